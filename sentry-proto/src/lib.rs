@@ -1,0 +1,37 @@
+//! Typed messages and framing shared by `sentry-sensor`, `sentry-enforcer` and `sentryctl`.
+//!
+//! This crate does no I/O of its own: it turns messages into length-prefixed frames and
+//! back, and it says which field values are acceptable. Everything that arrives from a
+//! peer is untrusted; the decoder enforces a hard size cap per direction *before* any
+//! body byte is read, decodes with a byte limit equal to that cap, and insists that the
+//! whole frame was consumed. A frame that fails any check is a [`ProtoError`], never a
+//! panic and never an allocation of an attacker-claimed size.
+//!
+//! The codec (bincode 2.0.1, pinned) stays private to this crate so it can be replaced
+//! without touching the daemons.
+#![forbid(unsafe_code)]
+
+mod frame;
+mod msg;
+
+pub use frame::{
+    check_version, decode_frame, encode_frame, frame_len, read_frame, write_frame, FrameBuf,
+    Message, ProtoError, HEADER_LEN,
+};
+pub use msg::*;
+
+/// Protocol version spoken by this build. A peer with any other version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Cap for frames on the sensor socket, both directions, and for control requests.
+pub const MAX_SMALL_FRAME: usize = 4096;
+
+/// Cap for replies from the enforcer to `sentryctl` (a list of up to `MAX_BLOCKS` blocks).
+/// The enforcer is the trusted side here, but `sentryctl` still refuses anything larger.
+pub const MAX_CONTROL_RESPONSE: usize = 16 << 20;
+
+/// Longest sensor name accepted in a [`Hello`].
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Most decisions carried in a [`Status`] reply.
+pub const MAX_RECENT_DECISIONS: usize = 32;

@@ -1,0 +1,505 @@
+//! The messages. Sensor ⇄ enforcer on `enforcer.sock`, sentryctl ⇄ enforcer on
+//! `control.sock`. Every connection opens with a version handshake.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::message;
+use crate::{MAX_CONTROL_RESPONSE, MAX_NAME_LEN, MAX_SMALL_FRAME};
+
+/// Transport protocol of a detection.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Lower-case name, as PortSentry substitutes it for `$MODE$`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+    /// Upper-case name, as in PortSentry's blocked/history files and log lines.
+    pub fn as_upper(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A detection mode, as PortSentry's command-line flags name them.
+#[derive(
+    Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `-tcp`: listening sockets on TCP_PORTS; a completed connect is a hit.
+    Tcp,
+    /// `-udp`: bound sockets on UDP_PORTS; a datagram is a hit.
+    Udp,
+    /// `-stcp`: raw capture of TCP probes to TCP_PORTS.
+    Stcp,
+    /// `-sudp`: raw capture of UDP to UDP_PORTS.
+    Sudp,
+    /// `-atcp`: raw capture of TCP probes below ADVANCED_PORTS_TCP.
+    Atcp,
+    /// `-audp`: raw capture of UDP below ADVANCED_PORTS_UDP.
+    Audp,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [
+        Self::Tcp,
+        Self::Udp,
+        Self::Stcp,
+        Self::Sudp,
+        Self::Atcp,
+        Self::Audp,
+    ];
+
+    /// The protocol this mode watches.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Self::Tcp | Self::Stcp | Self::Atcp => Protocol::Tcp,
+            Self::Udp | Self::Sudp | Self::Audp => Protocol::Udp,
+        }
+    }
+
+    /// PortSentry's flag name without the dash (`tcp`, `stcp`, `atcp`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Stcp => "stcp",
+            Self::Sudp => "sudp",
+            Self::Atcp => "atcp",
+            Self::Audp => "audp",
+        }
+    }
+
+    /// Parse `tcp`, `-tcp`, `stcp`, ... (the dash is optional).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.strip_prefix('-').unwrap_or(s);
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Basic modes bind sockets; the others capture.
+    pub fn is_basic(self) -> bool {
+        matches!(self, Self::Tcp | Self::Udp)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of probe was seen.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanKind {
+    /// A completed TCP connection to a basic-mode listener.
+    Connect,
+    /// SYN alone ("SYN/Normal scan").
+    Syn,
+    /// FIN alone.
+    Fin,
+    /// No flags at all.
+    Null,
+    /// FIN+PSH+URG.
+    Xmas,
+    /// Any other combination without ACK; the TCP flag byte is kept for the log.
+    Oddball { flags: u8 },
+    /// A UDP datagram.
+    Udp,
+}
+
+impl ScanKind {
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Self::Udp => Protocol::Udp,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// A short stable name (`syn`, `fin`, `oddball`, ...), for audit records and `$SCAN$`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Syn => "syn",
+            Self::Fin => "fin",
+            Self::Null => "null",
+            Self::Xmas => "xmas",
+            Self::Oddball { .. } => "oddball",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for ScanKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// First message on the sensor socket.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    /// Free-form identity (host name or instance name), printable ASCII, at most
+    /// [`MAX_NAME_LEN`] bytes.
+    pub sensor: String,
+    /// The sensor's own pid as it believes it (the enforcer trusts SO_PEERCRED instead).
+    pub pid: u32,
+    /// Modes this sensor runs; 1 to 6, no duplicates.
+    pub modes: Vec<Mode>,
+}
+
+/// A request to block `source`. Everything in it is a claim by a possibly compromised
+/// sensor: the enforcer validates it ([`BlockRequest::validate`]) and then applies its own
+/// rules before acting.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BlockRequest {
+    /// Strictly increasing per connection; echoed in the [`Ack`](EnforcerFrame::Ack).
+    pub seq: u64,
+    pub source: IpAddr,
+    pub protocol: Protocol,
+    /// The destination port of the probe that crossed the trigger.
+    pub port: u16,
+    pub scan: ScanKind,
+    pub mode: Mode,
+    /// Distinct watched ports this source touched inside the window (1..=65535).
+    pub distinct_ports: u32,
+    /// Milliseconds since the Unix epoch.
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// The triggering packet carried IP options (a detection-avoidance hint).
+    pub ip_options: bool,
+}
+
+/// Counters a sensor reports periodically; shown by `sentryctl status`.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SensorStats {
+    /// Frames delivered by the capture ring (or connections/datagrams in basic modes).
+    pub packets: u64,
+    /// Frames the kernel dropped before the sensor could read them.
+    pub kernel_drops: u64,
+    /// Frames rejected by the parser (truncated, bad header length, ...).
+    pub malformed: u64,
+    /// Probes that hit a watched port.
+    pub hits: u64,
+    /// Block requests produced.
+    pub reports: u64,
+    /// Block requests dropped because the outbound queue was full.
+    pub queue_drops: u64,
+    /// Sources currently tracked by the state engine.
+    pub tracked_sources: u64,
+    /// Sources evicted from the state engine because it was full.
+    pub evictions: u64,
+    /// Hits from ignored sources (skipped early).
+    pub ignored: u64,
+}
+
+/// Sensor → enforcer.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum SensorFrame {
+    Hello(Hello),
+    Block(BlockRequest),
+    Stats(SensorStats),
+}
+
+/// What the enforcer did with a request.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Blocked now; every configured action succeeded.
+    Blocked,
+    /// Already blocked; nothing run.
+    AlreadyBlocked,
+    /// On the ignore list.
+    Ignored,
+    /// In the never-block set (loopback, own address, multicast, ...).
+    NeverBlock,
+    /// BLOCK_TCP/BLOCK_UDP = 0: logged only.
+    LogOnly,
+    /// BLOCK_TCP/BLOCK_UDP = 2: KILL_RUN_CMD only.
+    CommandOnly,
+    /// Over BLOCK_RATE.
+    RateLimited,
+    /// MAX_BLOCKS reached.
+    Capped,
+    /// The request failed validation.
+    Rejected,
+    /// At least one action failed; see the audit log.
+    Failed,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::AlreadyBlocked => "already_blocked",
+            Self::Ignored => "ignored",
+            Self::NeverBlock => "never_block",
+            Self::LogOnly => "log_only",
+            Self::CommandOnly => "command_only",
+            Self::RateLimited => "rate_limited",
+            Self::Capped => "capped",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the enforcer refused a connection (sent just before it closes it).
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    VersionMismatch { ours: u16 },
+    HandshakeRequired,
+    NotAuthorized,
+    AlreadyConnected,
+    MalformedFrame,
+}
+
+/// Enforcer → sensor.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum EnforcerFrame {
+    Welcome { version: u16 },
+    Ack { seq: u64, decision: Decision },
+    Refused(Refusal),
+}
+
+/// sentryctl → enforcer. The first request on a connection must be `Hello`.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ControlRequest {
+    Hello { version: u16 },
+    Status,
+    Blocked,
+    Unblock { addr: IpAddr },
+}
+
+/// The connected sensor, as the enforcer sees it (uid/pid from SO_PEERCRED).
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SensorInfo {
+    pub uid: u32,
+    pub pid: u32,
+    pub name: String,
+    pub modes: Vec<Mode>,
+    pub protocol_version: u16,
+    pub connected_since_ms: u64,
+    pub stats: Option<SensorStats>,
+}
+
+/// Decision counters since the enforcer started.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub blocked: u64,
+    pub already_blocked: u64,
+    pub ignored: u64,
+    pub never_block: u64,
+    pub log_only: u64,
+    pub command_only: u64,
+    pub rate_limited: u64,
+    pub capped: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    /// Action failures, refused connections and other errors.
+    pub errors: u64,
+    pub unblocked: u64,
+    pub expired: u64,
+    pub restored: u64,
+}
+
+/// One recent decision, for `sentryctl status`.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RecentDecision {
+    pub time_ms: u64,
+    pub source: Option<IpAddr>,
+    pub decision: String,
+    pub reason: String,
+}
+
+/// `sentryctl status`.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub config_path: String,
+    pub sensor: Option<SensorInfo>,
+    pub counters: Counters,
+    pub active_blocks: u64,
+    pub max_blocks: u64,
+    pub backends: Vec<String>,
+    pub recent: Vec<RecentDecision>,
+}
+
+/// One active block, for `sentryctl blocked`.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BlockEntry {
+    pub addr: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub mode: Mode,
+    pub scan: ScanKind,
+    pub since_ms: u64,
+    /// `None` for a permanent block.
+    pub expires_ms: Option<u64>,
+}
+
+/// enforcer → sentryctl.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ControlResponse {
+    Welcome {
+        version: u16,
+    },
+    Status(Box<Status>),
+    Blocked(Vec<BlockEntry>),
+    Unblocked {
+        addr: IpAddr,
+        was_blocked: bool,
+        errors: Vec<String>,
+    },
+    Error(String),
+}
+
+message!(SensorFrame, MAX_SMALL_FRAME);
+message!(EnforcerFrame, MAX_SMALL_FRAME);
+message!(ControlRequest, MAX_SMALL_FRAME);
+message!(ControlResponse, MAX_CONTROL_RESPONSE);
+
+/// Why a field was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldError {
+    Version { ours: u16, theirs: u16 },
+    SensorName(&'static str),
+    Modes(&'static str),
+    Port,
+    ProtocolMismatch,
+    DistinctPorts(u32),
+    Times(&'static str),
+    Address(&'static str),
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Version { ours, theirs } => {
+                write!(f, "protocol version {theirs} (expected {ours})")
+            }
+            Self::SensorName(why) => write!(f, "sensor name: {why}"),
+            Self::Modes(why) => write!(f, "modes: {why}"),
+            Self::Port => write!(f, "port 0 is not a valid destination"),
+            Self::ProtocolMismatch => {
+                write!(f, "protocol, mode and scan kind do not agree")
+            }
+            Self::DistinctPorts(n) => write!(f, "distinct port count {n} out of range 1-65535"),
+            Self::Times(why) => write!(f, "timestamps: {why}"),
+            Self::Address(why) => write!(f, "source address: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Clock skew tolerated between the two daemons (they share a host).
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+impl Hello {
+    /// Check every field; `Ok` means the handshake may proceed.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.version != crate::PROTOCOL_VERSION {
+            return Err(FieldError::Version {
+                ours: crate::PROTOCOL_VERSION,
+                theirs: self.version,
+            });
+        }
+        if self.sensor.is_empty() {
+            return Err(FieldError::SensorName("empty"));
+        }
+        if self.sensor.len() > MAX_NAME_LEN {
+            return Err(FieldError::SensorName("too long"));
+        }
+        if !self.sensor.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(FieldError::SensorName("not printable ASCII"));
+        }
+        if self.modes.is_empty() || self.modes.len() > Mode::ALL.len() {
+            return Err(FieldError::Modes("must name 1 to 6 modes"));
+        }
+        let mut sorted = self.modes.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.modes.len() {
+            return Err(FieldError::Modes("duplicate mode"));
+        }
+        Ok(())
+    }
+}
+
+impl BlockRequest {
+    /// Check every field for internal consistency. `now_ms` is the enforcer's clock.
+    /// Address policy (never-block, ignore list) is not decided here.
+    pub fn validate(&self, now_ms: u64) -> Result<(), FieldError> {
+        if self.port == 0 {
+            return Err(FieldError::Port);
+        }
+        if self.mode.protocol() != self.protocol || self.scan.protocol() != self.protocol {
+            return Err(FieldError::ProtocolMismatch);
+        }
+        // A connect is only seen by the basic TCP mode, and the basic TCP mode sees
+        // nothing else.
+        if (self.scan == ScanKind::Connect) != (self.mode == Mode::Tcp) {
+            return Err(FieldError::ProtocolMismatch);
+        }
+        if let ScanKind::Oddball { flags } = self.scan {
+            // ACK-bearing segments are replies, never reported; and the named kinds have
+            // their own variants.
+            const ACK: u8 = 0x10;
+            if flags & ACK != 0 || matches!(flags, 0x00 | 0x01 | 0x02 | 0x29) {
+                return Err(FieldError::ProtocolMismatch);
+            }
+        }
+        if self.distinct_ports == 0 || self.distinct_ports > 65_535 {
+            return Err(FieldError::DistinctPorts(self.distinct_ports));
+        }
+        if self.first_seen_ms > self.last_seen_ms {
+            return Err(FieldError::Times("first seen after last seen"));
+        }
+        if self.last_seen_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            return Err(FieldError::Times("in the future"));
+        }
+        if self.first_seen_ms == 0 {
+            return Err(FieldError::Times("zero"));
+        }
+        if let IpAddr::V6(v6) = self.source {
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(FieldError::Address(
+                    "IPv4-mapped IPv6; the sensor must send IPv4 as IPv4",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
