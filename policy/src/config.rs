@@ -1,0 +1,567 @@
+//! `portsentry.conf` / `sentry.conf`: PortSentry 1.2 syntax, strictly validated.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{lines, read_text, ConfigError, ConfigErrors};
+use crate::ignore::IgnoreList;
+use crate::ports::{parse_port, PortSet};
+use crate::template::{CommandTemplate, LineTemplate};
+
+/// Where sentry looks first.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sentry/sentry.conf";
+/// Where PortSentry keeps its configuration (used when only that exists).
+pub const PORTSENTRY_CONFIG_PATH: &str = "/etc/portsentry/portsentry.conf";
+
+/// `BLOCK_TCP` / `BLOCK_UDP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockMode {
+    /// 0: detect and log only.
+    LogOnly,
+    /// 1: run the configured blocking actions.
+    Block,
+    /// 2: run `KILL_RUN_CMD` only.
+    CommandOnly,
+}
+
+/// `FIREWALL`: the native blocking backend of the enforcer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firewall {
+    None,
+    /// One nftables table with an address set per family.
+    Nftables,
+}
+
+/// A parsed, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub tcp_ports: PortSet,
+    pub udp_ports: PortSet,
+    pub advanced_ports_tcp: u16,
+    pub advanced_ports_udp: u16,
+    pub advanced_exclude_tcp: PortSet,
+    pub advanced_exclude_udp: PortSet,
+    pub ignore_file: Option<PathBuf>,
+    pub history_file: Option<PathBuf>,
+    pub blocked_file: Option<PathBuf>,
+    pub resolve_host: bool,
+    pub block_tcp: BlockMode,
+    pub block_udp: BlockMode,
+    pub kill_route: Option<CommandTemplate>,
+    pub kill_hosts_deny: Option<LineTemplate>,
+    pub kill_run_cmd: Option<CommandTemplate>,
+    pub kill_run_cmd_first: bool,
+    pub scan_trigger: u32,
+    pub port_banner: Option<String>,
+    pub hosts_deny_file: PathBuf,
+    pub audit_log: PathBuf,
+    pub block_timeout: Option<Duration>,
+    pub max_blocks: u32,
+    pub block_rate: u32,
+    pub firewall: Firewall,
+    pub nft_table: String,
+    pub blackhole_route: bool,
+    pub kill_timeout: Duration,
+    pub scan_window: Duration,
+    pub state_max_sources: usize,
+    pub sensor_queue: usize,
+    pub log_rate: u32,
+    pub control_group: Option<String>,
+    /// Line on which each key was set, for error messages about cross-key problems.
+    pub key_lines: HashMap<&'static str, usize>,
+    /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
+    pub warnings: Vec<ConfigError>,
+    /// Keys given an empty value that needs one (reported after the pass).
+    empty_required: Vec<&'static str>,
+}
+
+/// Value kinds, so that every key is validated the same way.
+#[derive(Clone, Copy)]
+enum Kind {
+    Ports,
+    Port,
+    Path,
+    Bool,
+    Block,
+    Command,
+    Line,
+    Text,
+    /// Unsigned number with inclusive bounds.
+    Num(u64, u64),
+    Firewall,
+    Ident,
+}
+
+/// Every key sentry understands: PortSentry 1.2's, then sentry's own. Exact names only;
+/// there is no prefix matching.
+const KEYS: &[(&str, Kind)] = &[
+    ("TCP_PORTS", Kind::Ports),
+    ("UDP_PORTS", Kind::Ports),
+    ("ADVANCED_PORTS_TCP", Kind::Port),
+    ("ADVANCED_PORTS_UDP", Kind::Port),
+    ("ADVANCED_EXCLUDE_TCP", Kind::Ports),
+    ("ADVANCED_EXCLUDE_UDP", Kind::Ports),
+    ("IGNORE_FILE", Kind::Path),
+    ("HISTORY_FILE", Kind::Path),
+    ("BLOCKED_FILE", Kind::Path),
+    ("RESOLVE_HOST", Kind::Bool),
+    ("BLOCK_TCP", Kind::Block),
+    ("BLOCK_UDP", Kind::Block),
+    ("KILL_ROUTE", Kind::Command),
+    ("KILL_HOSTS_DENY", Kind::Line),
+    ("KILL_RUN_CMD", Kind::Command),
+    ("KILL_RUN_CMD_FIRST", Kind::Bool),
+    ("SCAN_TRIGGER", Kind::Num(0, 65_534)),
+    ("PORT_BANNER", Kind::Text),
+    ("HOSTS_DENY_FILE", Kind::Path),
+    ("AUDIT_LOG", Kind::Path),
+    ("BLOCK_TIMEOUT", Kind::Num(0, 10 * 365 * 86_400)),
+    ("MAX_BLOCKS", Kind::Num(1, 1_000_000)),
+    ("BLOCK_RATE", Kind::Num(1, 1_000_000)),
+    ("FIREWALL", Kind::Firewall),
+    ("NFT_TABLE", Kind::Ident),
+    ("BLACKHOLE_ROUTE", Kind::Bool),
+    ("KILL_TIMEOUT", Kind::Num(1, 300)),
+    ("SCAN_WINDOW", Kind::Num(1, 86_400)),
+    ("STATE_MAX_SOURCES", Kind::Num(16, 16_777_216)),
+    ("SENSOR_QUEUE", Kind::Num(1, 1_000_000)),
+    ("LOG_RATE", Kind::Num(1, 100_000)),
+    ("CONTROL_GROUP", Kind::Ident),
+];
+
+/// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
+const MAX_BANNER: usize = 1024;
+
+/// A value as parsed for its kind.
+enum Value {
+    Ports(PortSet),
+    Port(u16),
+    Path(Option<PathBuf>),
+    Bool(bool),
+    Block(BlockMode),
+    Command(Option<CommandTemplate>),
+    Line(Option<LineTemplate>),
+    Text(Option<String>),
+    Num(u64),
+    Firewall(Firewall),
+    Ident(Option<String>),
+}
+
+fn parse_value(kind: Kind, raw: &str) -> Result<Value, String> {
+    let bool01 = |s: &str| match s {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(format!("expected 0 or 1, got '{s}'")),
+    };
+    Ok(match kind {
+        Kind::Ports => Value::Ports(PortSet::parse(raw)?),
+        Kind::Port => Value::Port(parse_port(raw.trim())?),
+        Kind::Path => {
+            let s = raw.trim();
+            if s.is_empty() {
+                Value::Path(None)
+            } else if !s.starts_with('/') {
+                return Err(format!("'{s}' must be an absolute path"));
+            } else {
+                Value::Path(Some(PathBuf::from(s)))
+            }
+        }
+        Kind::Bool => Value::Bool(bool01(raw.trim())?),
+        Kind::Block => Value::Block(match raw.trim() {
+            "0" => BlockMode::LogOnly,
+            "1" => BlockMode::Block,
+            "2" => BlockMode::CommandOnly,
+            s => return Err(format!("expected 0, 1 or 2, got '{s}'")),
+        }),
+        Kind::Command => Value::Command(if raw.trim().is_empty() {
+            None
+        } else {
+            Some(CommandTemplate::parse(raw).map_err(|e| e.to_string())?)
+        }),
+        Kind::Line => Value::Line(if raw.trim().is_empty() {
+            None
+        } else {
+            Some(LineTemplate::parse(raw).map_err(|e| e.to_string())?)
+        }),
+        Kind::Text => {
+            if raw.len() > MAX_BANNER {
+                return Err(format!("longer than {MAX_BANNER} bytes"));
+            }
+            if raw.chars().any(|c| c.is_control() && c != '\t') {
+                return Err("control character in value".into());
+            }
+            Value::Text((!raw.is_empty()).then(|| raw.to_owned()))
+        }
+        Kind::Num(min, max) => {
+            let s = raw.trim();
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("'{s}' is not a whole number"));
+            }
+            match s.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Value::Num(n),
+                _ => return Err(format!("{s} out of range {min}-{max}")),
+            }
+        }
+        Kind::Firewall => Value::Firewall(match raw.trim() {
+            "none" | "" => Firewall::None,
+            "nftables" => Firewall::Nftables,
+            s => return Err(format!("expected 'nftables' or 'none', got '{s}'")),
+        }),
+        Kind::Ident => {
+            let s = raw.trim();
+            if s.is_empty() {
+                Value::Ident(None)
+            } else if s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && s.as_bytes()[0].is_ascii_alphabetic()
+            {
+                Value::Ident(Some(s.to_owned()))
+            } else {
+                return Err(format!(
+                    "'{s}' must be 1-32 letters, digits, '_' or '-', starting with a letter"
+                ));
+            }
+        }
+    })
+}
+
+/// Split one non-comment line into key and raw value. Accepts `KEY="v"`, `KEY = "v"`,
+/// `KEY=v`, and a trailing `# comment` after a quoted value.
+fn split_line(line: &str) -> Result<(&str, &str), String> {
+    let (key, rest) = line
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=\"value\"".to_string())?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("missing key before '='".into());
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!("'{key}' is not a valid key name"));
+    }
+    let rest = rest.trim();
+    let value = if let Some(body) = rest.strip_prefix('"') {
+        // The value runs to the last quote on the line; only a comment may follow it.
+        let close = body
+            .rfind('"')
+            .ok_or_else(|| format!("{key}: missing closing quote"))?;
+        let after = body[close + 1..].trim();
+        if !after.is_empty() && !after.starts_with('#') {
+            return Err(format!(
+                "{key}: unexpected text after closing quote: '{after}'"
+            ));
+        }
+        &body[..close]
+    } else {
+        // Unquoted: up to a comment.
+        let v = rest.split_once('#').map_or(rest, |(v, _)| v).trim();
+        if v.contains('"') {
+            return Err(format!("{key}: stray quote in unquoted value"));
+        }
+        v
+    };
+    Ok((key, value))
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = read_text(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// The configuration the daemons use when none is named: sentry's own, or an existing
+    /// PortSentry installation's.
+    pub fn default_path() -> PathBuf {
+        let own = Path::new(DEFAULT_CONFIG_PATH);
+        let ps = Path::new(PORTSENTRY_CONFIG_PATH);
+        if !own.exists() && ps.exists() {
+            ps.to_path_buf()
+        } else {
+            own.to_path_buf()
+        }
+    }
+
+    /// Validate configuration text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigErrors> {
+        let mut cfg = Self::defaults(path);
+        let mut errors = Vec::new();
+        for (n, raw) in lines(text) {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = match split_line(line) {
+                Ok(kv) => kv,
+                Err(m) => {
+                    errors.push(ConfigError::new(path, Some(n), None, m));
+                    continue;
+                }
+            };
+            let Some(&(name, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
+                errors.push(ConfigError::new(path, Some(n), Some(key), "unknown key"));
+                continue;
+            };
+            if let Some(first) = cfg.key_lines.get(name) {
+                errors.push(ConfigError::new(
+                    path,
+                    Some(n),
+                    Some(name),
+                    format!("duplicate key (first set on line {first})"),
+                ));
+                continue;
+            }
+            cfg.key_lines.insert(name, n);
+            match parse_value(kind, value) {
+                Ok(v) => cfg.set(name, v),
+                Err(m) => errors.push(ConfigError::new(path, Some(n), Some(name), m)),
+            }
+        }
+        if errors.is_empty() {
+            cfg.cross_check(&mut errors);
+        }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn defaults(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            tcp_ports: PortSet::new(),
+            udp_ports: PortSet::new(),
+            advanced_ports_tcp: 1024,
+            advanced_ports_udp: 1024,
+            advanced_exclude_tcp: PortSet::new(),
+            advanced_exclude_udp: PortSet::new(),
+            ignore_file: None,
+            history_file: None,
+            blocked_file: None,
+            resolve_host: false,
+            block_tcp: BlockMode::LogOnly,
+            block_udp: BlockMode::LogOnly,
+            kill_route: None,
+            kill_hosts_deny: None,
+            kill_run_cmd: None,
+            kill_run_cmd_first: false,
+            scan_trigger: 0,
+            port_banner: None,
+            hosts_deny_file: PathBuf::from("/etc/hosts.deny"),
+            audit_log: PathBuf::from("/var/log/sentry/audit.jsonl"),
+            block_timeout: None,
+            max_blocks: 10_000,
+            block_rate: 600,
+            firewall: Firewall::None,
+            nft_table: "sentry".into(),
+            blackhole_route: false,
+            kill_timeout: Duration::from_secs(10),
+            scan_window: Duration::from_secs(300),
+            state_max_sources: 65_536,
+            sensor_queue: 4096,
+            log_rate: 50,
+            control_group: None,
+            key_lines: HashMap::new(),
+            warnings: Vec::new(),
+            empty_required: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, key: &'static str, v: Value) {
+        // Bounds were checked by `parse_value`; the conversions below cannot fail for the
+        // ranges in KEYS, and fall back to the default if they ever did.
+        let num = |v: &Value| match v {
+            Value::Num(n) => *n,
+            _ => 0,
+        };
+        match (key, v) {
+            ("TCP_PORTS", Value::Ports(p)) => self.tcp_ports = p,
+            ("UDP_PORTS", Value::Ports(p)) => self.udp_ports = p,
+            ("ADVANCED_PORTS_TCP", Value::Port(p)) => self.advanced_ports_tcp = p,
+            ("ADVANCED_PORTS_UDP", Value::Port(p)) => self.advanced_ports_udp = p,
+            ("ADVANCED_EXCLUDE_TCP", Value::Ports(p)) => self.advanced_exclude_tcp = p,
+            ("ADVANCED_EXCLUDE_UDP", Value::Ports(p)) => self.advanced_exclude_udp = p,
+            ("IGNORE_FILE", Value::Path(p)) => self.ignore_file = p,
+            ("HISTORY_FILE", Value::Path(p)) => self.history_file = p,
+            ("BLOCKED_FILE", Value::Path(p)) => self.blocked_file = p,
+            ("RESOLVE_HOST", Value::Bool(b)) => self.resolve_host = b,
+            ("BLOCK_TCP", Value::Block(b)) => self.block_tcp = b,
+            ("BLOCK_UDP", Value::Block(b)) => self.block_udp = b,
+            ("KILL_ROUTE", Value::Command(c)) => self.kill_route = c,
+            ("KILL_HOSTS_DENY", Value::Line(l)) => self.kill_hosts_deny = l,
+            ("KILL_RUN_CMD", Value::Command(c)) => self.kill_run_cmd = c,
+            ("KILL_RUN_CMD_FIRST", Value::Bool(b)) => self.kill_run_cmd_first = b,
+            ("PORT_BANNER", Value::Text(t)) => self.port_banner = t,
+            ("HOSTS_DENY_FILE", Value::Path(Some(p))) => self.hosts_deny_file = p,
+            ("AUDIT_LOG", Value::Path(Some(p))) => self.audit_log = p,
+            ("FIREWALL", Value::Firewall(f)) => self.firewall = f,
+            ("NFT_TABLE", Value::Ident(Some(t))) => self.nft_table = t,
+            ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
+            ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
+            (k, v @ Value::Num(_)) => {
+                let n = num(&v);
+                match k {
+                    "SCAN_TRIGGER" => self.scan_trigger = u32::try_from(n).unwrap_or(0),
+                    "BLOCK_TIMEOUT" => {
+                        self.block_timeout = (n > 0).then(|| Duration::from_secs(n));
+                    }
+                    "MAX_BLOCKS" => self.max_blocks = u32::try_from(n).unwrap_or(self.max_blocks),
+                    "BLOCK_RATE" => self.block_rate = u32::try_from(n).unwrap_or(self.block_rate),
+                    "KILL_TIMEOUT" => self.kill_timeout = Duration::from_secs(n),
+                    "SCAN_WINDOW" => self.scan_window = Duration::from_secs(n),
+                    "STATE_MAX_SOURCES" => {
+                        self.state_max_sources =
+                            usize::try_from(n).unwrap_or(self.state_max_sources);
+                    }
+                    "SENSOR_QUEUE" => {
+                        self.sensor_queue = usize::try_from(n).unwrap_or(self.sensor_queue);
+                    }
+                    "LOG_RATE" => self.log_rate = u32::try_from(n).unwrap_or(self.log_rate),
+                    _ => {}
+                }
+            }
+            // Empty values for keys that need one fall through to here and are reported by
+            // `cross_check` through `key_lines`.
+            (k, _) => self.empty_required.push(k),
+        }
+    }
+
+    fn cross_check(&mut self, errors: &mut Vec<ConfigError>) {
+        let path = self.path.clone();
+        let line = |k: &str| self.key_lines.get(k).copied();
+        for k in std::mem::take(&mut self.empty_required) {
+            errors.push(ConfigError::new(
+                &path,
+                line(k),
+                Some(k),
+                "must not be empty",
+            ));
+        }
+        for (key, mode) in [("BLOCK_TCP", self.block_tcp), ("BLOCK_UDP", self.block_udp)] {
+            if mode == BlockMode::CommandOnly && self.kill_run_cmd.is_none() {
+                errors.push(ConfigError::new(
+                    &path,
+                    line(key),
+                    Some(key),
+                    "2 (run KILL_RUN_CMD only) needs KILL_RUN_CMD",
+                ));
+            }
+            if mode == BlockMode::Block && !self.has_block_action() {
+                self.warnings.push(ConfigError::new(
+                    &path,
+                    line(key),
+                    Some(key),
+                    "1 (block) but no KILL_ROUTE, KILL_HOSTS_DENY, KILL_RUN_CMD, FIREWALL or BLACKHOLE_ROUTE is set: nothing will be blocked",
+                ));
+            }
+        }
+        if self.resolve_host {
+            self.warnings.push(ConfigError::new(
+                &path,
+                line("RESOLVE_HOST"),
+                Some("RESOLVE_HOST"),
+                "host names are not resolved (a scanner controls its reverse DNS); logs show the address in the NAME field",
+            ));
+        }
+    }
+
+    fn has_block_action(&self) -> bool {
+        self.kill_route.is_some()
+            || self.kill_hosts_deny.is_some()
+            || self.kill_run_cmd.is_some()
+            || self.firewall != Firewall::None
+            || self.blackhole_route
+    }
+
+    /// What to do with a detection of this protocol.
+    pub fn block_mode(&self, proto: sentry_proto::Protocol) -> BlockMode {
+        match proto {
+            sentry_proto::Protocol::Tcp => self.block_tcp,
+            sentry_proto::Protocol::Udp => self.block_udp,
+        }
+    }
+
+    /// Advanced TCP mode watches every port below ADVANCED_PORTS_TCP except the excluded
+    /// ones (inverse binding against live listeners is the sensor's job).
+    pub fn advanced_tcp_watched(&self, port: u16) -> bool {
+        port != 0 && port < self.advanced_ports_tcp && !self.advanced_exclude_tcp.contains(port)
+    }
+
+    pub fn advanced_udp_watched(&self, port: u16) -> bool {
+        port != 0 && port < self.advanced_ports_udp && !self.advanced_exclude_udp.contains(port)
+    }
+
+    /// The ignore list named by IGNORE_FILE (empty when none is configured).
+    pub fn load_ignore(&self) -> Result<IgnoreList, ConfigErrors> {
+        match &self.ignore_file {
+            Some(p) => IgnoreList::load(p),
+            None => Ok(IgnoreList::empty()),
+        }
+    }
+
+    /// Check the files the configuration names: the ignore list parses, the directories
+    /// of files to be written exist, and kill programs exist and are executable.
+    pub fn check_referenced_files(&self) -> Result<(), ConfigErrors> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut errors = Vec::new();
+        let at = |k: &str| self.key_lines.get(k).copied();
+        if let Err(ConfigErrors(mut e)) = self.load_ignore() {
+            errors.append(&mut e);
+        }
+        let writable: [(&str, Option<&Path>); 4] = [
+            ("HISTORY_FILE", self.history_file.as_deref()),
+            ("BLOCKED_FILE", self.blocked_file.as_deref()),
+            (
+                "HOSTS_DENY_FILE",
+                self.uses_hosts_deny()
+                    .then_some(self.hosts_deny_file.as_path()),
+            ),
+            ("AUDIT_LOG", Some(self.audit_log.as_path())),
+        ];
+        for (key, file) in writable {
+            let Some(file) = file else { continue };
+            match file.parent() {
+                Some(dir) if dir.is_dir() => {}
+                _ => errors.push(ConfigError::new(
+                    &self.path,
+                    at(key),
+                    Some(key),
+                    format!("directory of {} does not exist", file.display()),
+                )),
+            }
+        }
+        for (key, tpl) in [
+            ("KILL_ROUTE", &self.kill_route),
+            ("KILL_RUN_CMD", &self.kill_run_cmd),
+        ] {
+            let Some(tpl) = tpl else { continue };
+            let ok = std::fs::metadata(tpl.program())
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            if !ok {
+                errors.push(ConfigError::new(
+                    &self.path,
+                    at(key),
+                    Some(key),
+                    format!("{} is not an executable file", tpl.program()),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// True when blocks write the TCP-wrappers deny file.
+    pub fn uses_hosts_deny(&self) -> bool {
+        self.kill_hosts_deny.is_some()
+    }
+}

@@ -1,0 +1,246 @@
+//! `portsentry.ignore`: addresses and networks that are never reported or blocked.
+//!
+//! Entries become inclusive address ranges with the host bits masked off (so
+//! `10.1.2.3/24` covers 10.1.2.0-10.1.2.255, which PortSentry got wrong), merged and
+//! sorted: a lookup is a binary search, whatever the number of entries.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use crate::error::{lines, read_text, ConfigError, ConfigErrors};
+
+/// Parsed ignore list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IgnoreList {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+    entries: usize,
+}
+
+/// One network: first address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Net {
+    V4(u32, u8),
+    V6(u128, u8),
+}
+
+fn mask4(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+fn mask6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+/// Parse one entry (comment already removed, trimmed, non-empty).
+fn parse_entry(s: &str) -> Result<Net, String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.trim(), Some(l.trim())),
+        None => (s, None),
+    };
+    if addr.contains('%') {
+        return Err(format!("'{s}': zone identifiers are not supported"));
+    }
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an IPv4 or IPv6 address"))?;
+    let digits = |l: &str, max: u8| -> Result<u8, String> {
+        if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("'{l}' is not a prefix length"));
+        }
+        match l.parse::<u8>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(format!("prefix length {l} out of range 0-{max}")),
+        }
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            let len = match len {
+                None => 32,
+                Some(l) if l.contains('.') => {
+                    let m: Ipv4Addr = l.parse().map_err(|_| format!("'{l}' is not a netmask"))?;
+                    let m = u32::from(m);
+                    if m.leading_ones() + m.trailing_zeros() != 32 {
+                        return Err(format!("netmask {l} is not contiguous"));
+                    }
+                    m.leading_ones() as u8
+                }
+                Some(l) => digits(l, 32)?,
+            };
+            Ok(Net::V4(u32::from(a) & mask4(len), len))
+        }
+        IpAddr::V6(a) => {
+            let len = match len {
+                None => 128,
+                Some(l) => digits(l, 128)?,
+            };
+            let base = u128::from(a) & mask6(len);
+            // An IPv4-mapped network is the IPv4 network it maps.
+            if len >= 96 && Ipv6Addr::from(base).to_ipv4_mapped().is_some() {
+                let v4 = (base & u128::from(u32::MAX)) as u32;
+                return Ok(Net::V4(v4, len - 96));
+            }
+            Ok(Net::V6(base, len))
+        }
+    }
+}
+
+fn merge<T: Ord + Copy>(mut ranges: Vec<(T, T)>, next: impl Fn(T) -> Option<T>) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        if let Some(last) = out.last_mut() {
+            // Overlapping or adjacent: extend.
+            if lo <= last.1 || next(last.1) == Some(lo) {
+                if hi > last.1 {
+                    last.1 = hi;
+                }
+                continue;
+            }
+        }
+        out.push((lo, hi));
+    }
+    out
+}
+
+fn find<T: Ord + Copy>(ranges: &[(T, T)], x: T) -> bool {
+    let i = ranges.partition_point(|&(lo, _)| lo <= x);
+    i > 0 && ranges[i - 1].1 >= x
+}
+
+impl IgnoreList {
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = read_text(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// One entry per line; `#` starts a comment anywhere; blank lines, CRLF and a
+    /// missing final newline are fine. Every bad line is reported with its number.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigErrors> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        let mut errors = Vec::new();
+        let mut entries = 0;
+        for (n, raw) in lines(text) {
+            let line = raw.split_once('#').map_or(raw, |(l, _)| l).trim();
+            if line.is_empty() {
+                continue;
+            }
+            match parse_entry(line) {
+                Ok(Net::V4(base, len)) => {
+                    v4.push((base, base | !mask4(len)));
+                    entries += 1;
+                }
+                Ok(Net::V6(base, len)) => {
+                    v6.push((base, base | !mask6(len)));
+                    entries += 1;
+                }
+                Err(m) => errors.push(ConfigError::new(path, Some(n), None, m)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Self {
+            v4: merge(v4, |x: u32| x.checked_add(1)),
+            v6: merge(v6, |x: u128| x.checked_add(1)),
+            entries,
+        })
+    }
+
+    /// Is `ip` covered? IPv4-mapped IPv6 addresses are looked up as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => find(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => find(&self.v4, u32::from(v4)),
+                None => find(&self.v6, u128::from(a)),
+            },
+        }
+    }
+
+    /// Number of entries read (before merging).
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(text: &str) -> IgnoreList {
+        IgnoreList::parse(text, Path::new("t.ignore")).unwrap()
+    }
+
+    fn has(l: &IgnoreList, s: &str) -> bool {
+        l.contains(s.parse().unwrap())
+    }
+
+    #[test]
+    fn host_bits_are_masked() {
+        let l = list("10.1.2.3/24\n");
+        assert!(has(&l, "10.1.2.0") && has(&l, "10.1.2.255") && has(&l, "10.1.2.3"));
+        assert!(!has(&l, "10.1.3.0") && !has(&l, "10.1.1.255"));
+    }
+
+    #[test]
+    fn netmask_and_bare_forms() {
+        let l = list("192.168.0.0/255.255.0.0\n127.0.0.1\n0.0.0.0\n");
+        assert!(has(&l, "192.168.77.1") && has(&l, "127.0.0.1") && has(&l, "0.0.0.0"));
+        assert!(!has(&l, "127.0.0.2") && !has(&l, "192.169.0.0"));
+        assert_eq!(l.len(), 3);
+    }
+
+    #[test]
+    fn ipv6_any_case_and_mapped() {
+        let l = list("2001:DB8::/32\nFE80::1\n::ffff:198.51.100.0/120\n");
+        assert!(has(&l, "2001:db8:ffff::1") && has(&l, "fe80::1"));
+        assert!(!has(&l, "2001:db9::1") && !has(&l, "fe80::2"));
+        assert!(has(&l, "198.51.100.77") && has(&l, "::ffff:198.51.100.9"));
+    }
+
+    #[test]
+    fn comments_crlf_no_final_newline() {
+        let l = list("# header\r\n\r\n10.0.0.1 # trailing\r\n   \n2001:db8::1/128");
+        assert!(has(&l, "10.0.0.1") && has(&l, "2001:db8::1"));
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_numbers() {
+        let err = IgnoreList::parse(
+            "10.0.0.1\nnot-an-ip\n10.0.0.0/33\n10.0.0.0/255.0.255.0\nfe80::1%eth0\n::/129\n",
+            Path::new("/etc/x.ignore"),
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            [
+                "/etc/x.ignore:2: 'not-an-ip' is not an IPv4 or IPv6 address",
+                "/etc/x.ignore:3: prefix length 33 out of range 0-32",
+                "/etc/x.ignore:4: netmask 255.0.255.0 is not contiguous",
+                "/etc/x.ignore:5: 'fe80::1%eth0': zone identifiers are not supported",
+                "/etc/x.ignore:6: prefix length 129 out of range 0-128",
+            ]
+        );
+    }
+
+    #[test]
+    fn whole_space_and_merging() {
+        let l = list("0.0.0.0/0\n10.0.0.0/8\n");
+        assert!(has(&l, "255.255.255.255") && has(&l, "0.0.0.0"));
+        assert!(!has(&l, "::1"));
+        let l = list("10.0.0.0/25\n10.0.0.128/25\n");
+        assert_eq!(l.v4, vec![(0x0a00_0000, 0x0a00_00ff)]);
+    }
+}
