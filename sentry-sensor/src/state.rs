@@ -1,0 +1,453 @@
+//! Per-source state: distinct watched ports touched within a sliding window.
+//!
+//! A source is reported once it touched `trigger + 1` distinct watched ports within
+//! `window` (trigger 0 = first hit). After a report the source is *latched*: further hits
+//! only refresh it, so one scan produces one request. A source that stays silent for a
+//! whole window is forgotten and may be reported again later.
+//!
+//! Memory is bounded: at most `max_sources` entries, each holding at most `trigger + 1`
+//! ports. When full, a new source evicts the weakest of a random sample of entries
+//! (expired first, then the fewest distinct ports, then the longest idle), so a flood of
+//! spoofed single-packet sources displaces other single-packet sources, never a real
+//! scanner that has already made progress. The map uses std's `RandomState` (SipHash with
+//! a per-process random key): source addresses are attacker-chosen.
+
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+
+use sentry_proto::{Mode, ScanKind};
+
+/// How many entries an eviction looks at.
+pub const EVICTION_SAMPLE: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateConfig {
+    /// SCAN_TRIGGER: report on the (trigger+1)-th distinct port.
+    pub trigger: u32,
+    pub window_ms: u64,
+    /// STATE_MAX_SOURCES (at least 1).
+    pub max_sources: usize,
+}
+
+/// One classified hit on a watched port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub src: IpAddr,
+    pub port: u16,
+    pub scan: ScanKind,
+    pub mode: Mode,
+    pub ip_options: bool,
+}
+
+/// A source that crossed the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub src: IpAddr,
+    pub port: u16,
+    pub scan: ScanKind,
+    pub mode: Mode,
+    pub distinct_ports: u32,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub ip_options: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted; `distinct` ports so far, below the trigger.
+    Counted { distinct: u32 },
+    /// Crossed the trigger now.
+    Report(Report),
+    /// Already reported within the window; nothing to do.
+    Latched,
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    ip: IpAddr,
+    /// (port, monotonic ms of its latest hit), distinct ports, at most trigger+1 entries.
+    ports: Vec<(u16, u64)>,
+    last_ms: u64,
+    reported: bool,
+}
+
+/// The state engine. Times are monotonic milliseconds (for the window) plus the wall clock
+/// at the same instant (for the timestamps in reports).
+#[derive(Debug)]
+pub struct State {
+    cfg: StateConfig,
+    index: HashMap<IpAddr, usize, RandomState>,
+    slots: Vec<Source>,
+    rng: u64,
+    evictions: u64,
+}
+
+impl State {
+    pub fn new(cfg: StateConfig) -> Self {
+        let max = cfg.max_sources.max(1);
+        let hasher = RandomState::new();
+        let mut h = hasher.build_hasher();
+        h.write_u64(0x5eed);
+        let seed = h.finish() | 1;
+        Self {
+            cfg: StateConfig {
+                max_sources: max,
+                ..cfg
+            },
+            index: HashMap::with_capacity_and_hasher(max.min(1 << 16), hasher),
+            slots: Vec::with_capacity(max.min(1 << 16)),
+            rng: seed,
+            evictions: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    fn capacity_ports(&self) -> usize {
+        usize::try_from(self.cfg.trigger)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
+            .min(65_536)
+    }
+
+    fn expired(&self, s: &Source, now: u64) -> bool {
+        now.saturating_sub(s.last_ms) > self.cfg.window_ms
+    }
+
+    /// Record a hit at monotonic `now` (wall clock `wall`).
+    pub fn hit(&mut self, h: &Hit, now: u64, wall: u64) -> Outcome {
+        let idx = match self.index.get(&h.src) {
+            Some(&i) => i,
+            None => self.insert(h.src, now),
+        };
+        let window = self.cfg.window_ms;
+        let cap = self.capacity_ports();
+        let trigger_at = self.cfg.trigger.saturating_add(1);
+        let Some(s) = self.slots.get_mut(idx) else {
+            // Unreachable by construction (index and slots are kept in step); treat as a
+            // fresh, uncounted hit rather than panic.
+            return Outcome::Counted { distinct: 0 };
+        };
+        if now.saturating_sub(s.last_ms) > window {
+            // Silent for a whole window: start over.
+            s.ports.clear();
+            s.reported = false;
+        }
+        s.last_ms = now;
+        if s.reported {
+            return Outcome::Latched;
+        }
+        // Sliding window: forget ports not touched within it.
+        s.ports.retain(|&(_, t)| now.saturating_sub(t) <= window);
+        match s.ports.iter_mut().find(|(p, _)| *p == h.port) {
+            Some(_) => {}
+            None => {
+                if s.ports.len() < cap {
+                    s.ports.push((h.port, now));
+                }
+            }
+        }
+        let distinct = u32::try_from(s.ports.len()).unwrap_or(u32::MAX);
+        if distinct >= trigger_at {
+            s.reported = true;
+            let oldest = s.ports.iter().map(|&(_, t)| t).min().unwrap_or(now);
+            let first_seen_ms = wall.saturating_sub(now.saturating_sub(oldest)).max(1);
+            Outcome::Report(Report {
+                src: h.src,
+                port: h.port,
+                scan: h.scan,
+                mode: h.mode,
+                distinct_ports: distinct.min(65_535),
+                first_seen_ms,
+                last_seen_ms: wall.max(first_seen_ms),
+                ip_options: h.ip_options,
+            })
+        } else {
+            Outcome::Counted { distinct }
+        }
+    }
+
+    fn insert(&mut self, ip: IpAddr, now: u64) -> usize {
+        if self.slots.len() >= self.cfg.max_sources {
+            self.evict_one(now);
+        }
+        let idx = self.slots.len();
+        self.slots.push(Source {
+            ip,
+            ports: Vec::new(),
+            last_ms: now,
+            reported: false,
+        });
+        self.index.insert(ip, idx);
+        idx
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*: only used to pick eviction candidates; the seed comes from the
+        // randomly keyed hasher, so an attacker cannot predict which slots are sampled.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Eviction rank: lower is evicted first.
+    fn rank(&self, s: &Source, now: u64) -> (u8, usize, u64) {
+        if self.expired(s, now) {
+            return (0, 0, 0);
+        }
+        // A reported source ranks above every unreported one: it has proven to be a
+        // scanner and its latch stops duplicate requests.
+        (if s.reported { 2 } else { 1 }, s.ports.len(), s.last_ms)
+    }
+
+    fn evict_one(&mut self, now: u64) {
+        let n = self.slots.len();
+        if n == 0 {
+            return;
+        }
+        let mut best: Option<(usize, (u8, usize, u64))> = None;
+        for _ in 0..EVICTION_SAMPLE.min(n) {
+            let i = usize::try_from(self.next_rand() % n as u64).unwrap_or(0);
+            if let Some(s) = self.slots.get(i) {
+                let r = self.rank(s, now);
+                if best.is_none_or(|(_, br)| r < br) {
+                    best = Some((i, r));
+                }
+            }
+        }
+        if let Some((i, _)) = best {
+            self.remove_at(i);
+            self.evictions += 1;
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        if i >= self.slots.len() {
+            return;
+        }
+        let removed = self.slots.swap_remove(i);
+        self.index.remove(&removed.ip);
+        if let Some(moved) = self.slots.get(i) {
+            if let MapEntry::Occupied(mut e) = self.index.entry(moved.ip) {
+                e.insert(i);
+            }
+        }
+    }
+
+    /// Drop every source idle for longer than the window. Returns how many were dropped.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let mut dropped = 0;
+        let mut i = 0;
+        while i < self.slots.len() {
+            let expired = self
+                .slots
+                .get(i)
+                .is_some_and(|s| now.saturating_sub(s.last_ms) > self.cfg.window_ms);
+            if expired {
+                self.remove_at(i);
+                dropped += 1;
+            } else {
+                i += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Whether `ip` is currently tracked (tests, diagnostics).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.index.contains_key(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn cfg(trigger: u32, window_ms: u64, max: usize) -> StateConfig {
+        StateConfig {
+            trigger,
+            window_ms,
+            max_sources: max,
+        }
+    }
+
+    fn hit(src: IpAddr, port: u16) -> Hit {
+        Hit {
+            src,
+            port,
+            scan: ScanKind::Syn,
+            mode: Mode::Stcp,
+            ip_options: false,
+        }
+    }
+
+    fn v4(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(n))
+    }
+
+    const WALL: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn trigger_zero_reports_first_hit() {
+        let mut s = State::new(cfg(0, 1000, 10));
+        match s.hit(&hit(v4(1), 23), 5, WALL) {
+            Outcome::Report(r) => {
+                assert_eq!(r.distinct_ports, 1);
+                assert_eq!(r.port, 23);
+                assert_eq!(r.first_seen_ms, WALL);
+                assert_eq!(r.last_seen_ms, WALL);
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(s.hit(&hit(v4(1), 24), 6, WALL + 1), Outcome::Latched);
+    }
+
+    #[test]
+    fn trigger_counts_distinct_ports_only() {
+        let mut s = State::new(cfg(2, 1000, 10));
+        let a = v4(1);
+        assert_eq!(s.hit(&hit(a, 1), 0, WALL), Outcome::Counted { distinct: 1 });
+        assert_eq!(s.hit(&hit(a, 1), 1, WALL + 1), Outcome::Counted { distinct: 1 });
+        assert_eq!(s.hit(&hit(a, 2), 2, WALL + 2), Outcome::Counted { distinct: 2 });
+        match s.hit(&hit(a, 3), 10, WALL + 10) {
+            Outcome::Report(r) => {
+                assert_eq!(r.distinct_ports, 3);
+                assert_eq!(r.port, 3);
+                assert_eq!(r.first_seen_ms, WALL);
+                assert_eq!(r.last_seen_ms, WALL + 10);
+            }
+            o => panic!("{o:?}"),
+        }
+        // One request per trigger: further ports are latched.
+        for p in 4..100 {
+            assert_eq!(s.hit(&hit(a, p), 11, WALL + 11), Outcome::Latched);
+        }
+        // Another source is independent.
+        assert_eq!(s.hit(&hit(v4(2), 3), 12, WALL), Outcome::Counted { distinct: 1 });
+    }
+
+    #[test]
+    fn sliding_window_decays_old_ports() {
+        let mut s = State::new(cfg(1, 100, 10));
+        let a = v4(7);
+        assert_eq!(s.hit(&hit(a, 1), 0, WALL), Outcome::Counted { distinct: 1 });
+        // Port 1 is 150 ms old at t=150: forgotten; port 2 alone does not trigger.
+        assert_eq!(s.hit(&hit(a, 2), 150, WALL), Outcome::Counted { distinct: 1 });
+        assert!(matches!(s.hit(&hit(a, 3), 200, WALL), Outcome::Report(_)));
+    }
+
+    #[test]
+    fn latch_releases_after_a_silent_window() {
+        let mut s = State::new(cfg(0, 100, 10));
+        let a = v4(9);
+        assert!(matches!(s.hit(&hit(a, 1), 0, WALL), Outcome::Report(_)));
+        // Continuous activity keeps the latch.
+        for t in (10..=500).step_by(50) {
+            assert_eq!(s.hit(&hit(a, 2), t, WALL), Outcome::Latched);
+        }
+        // Silent for more than a window: reported again.
+        assert!(matches!(s.hit(&hit(a, 3), 700, WALL), Outcome::Report(_)));
+    }
+
+    #[test]
+    fn expire_drops_idle_sources() {
+        let mut s = State::new(cfg(5, 100, 10));
+        s.hit(&hit(v4(1), 1), 0, WALL);
+        s.hit(&hit(v4(2), 1), 50, WALL);
+        s.hit(&hit(v4(3), 1), 90, WALL);
+        assert_eq!(s.expire(120), 1);
+        assert!(!s.contains(v4(1)));
+        assert!(s.contains(v4(2)) && s.contains(v4(3)));
+        assert_eq!(s.expire(1000), 2);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded() {
+        let mut s = State::new(cfg(3, 10_000, 100));
+        for i in 0..10_000u32 {
+            s.hit(&hit(v4(i), 80), u64::from(i), WALL);
+            assert!(s.len() <= 100);
+        }
+        assert_eq!(s.len(), 100);
+        assert_eq!(s.evictions(), 9_900);
+        // Index and slots agree.
+        for slot in &s.slots {
+            assert_eq!(s.slots[s.index[&slot.ip]].ip, slot.ip);
+        }
+        assert_eq!(s.index.len(), s.slots.len());
+    }
+
+    /// A real scanner with progress survives a flood of spoofed single-port sources, and
+    /// is reported when it crosses the trigger.
+    #[test]
+    fn spoofed_flood_does_not_evict_a_progressing_scanner() {
+        let mut s = State::new(cfg(4, 10_000_000, 1000));
+        let scanner: IpAddr = IpAddr::V6("2001:db8::bad".parse::<Ipv6Addr>().unwrap());
+        let mut t = 0;
+        for p in 1..=4 {
+            t += 1;
+            s.hit(&hit(scanner, p), t, WALL);
+        }
+        for i in 0..200_000u32 {
+            t += 1;
+            s.hit(&hit(v4(0x0a00_0000 + i), 80), t, WALL);
+            assert!(s.contains(scanner), "evicted after {i} spoofed sources");
+        }
+        assert!(s.len() <= 1000);
+        assert!(matches!(s.hit(&hit(scanner, 5), t + 1, WALL), Outcome::Report(_)));
+    }
+
+    #[test]
+    fn reported_sources_stay_latched_under_flood() {
+        let mut s = State::new(cfg(1, 60_000, 50));
+        let scanner = v4(0xc000_0201);
+        s.hit(&hit(scanner, 1), 0, WALL);
+        assert!(matches!(s.hit(&hit(scanner, 2), 1, WALL), Outcome::Report(_)));
+        for i in 0..50_000u32 {
+            s.hit(&hit(v4(0x0a00_0000 + i), 80), 2, WALL);
+        }
+        assert_eq!(s.hit(&hit(scanner, 3), 3, WALL), Outcome::Latched);
+    }
+
+    #[test]
+    fn expired_entries_are_evicted_before_live_ones() {
+        let mut s = State::new(cfg(9, 100, 2));
+        s.hit(&hit(v4(1), 1), 0, WALL);
+        s.hit(&hit(v4(2), 1), 150, WALL);
+        s.hit(&hit(v4(2), 2), 150, WALL);
+        // v4(1) is expired at t=160; v4(2) is live with 2 ports.
+        s.hit(&hit(v4(3), 1), 160, WALL);
+        assert!(!s.contains(v4(1)));
+        assert!(s.contains(v4(2)));
+    }
+
+    #[test]
+    fn ports_per_source_are_bounded_by_the_trigger() {
+        let mut s = State::new(cfg(9, 1_000_000, 1));
+        for p in 1..=9 {
+            s.hit(&hit(v4(1), p), 1, WALL);
+        }
+        assert!(matches!(s.hit(&hit(v4(1), 10), 1, WALL), Outcome::Report(_)));
+        for p in 11..=2000 {
+            s.hit(&hit(v4(1), p), 1, WALL);
+        }
+        assert_eq!(s.slots[0].ports.len(), 10);
+    }
+}

@@ -1,0 +1,391 @@
+//! The only module with `unsafe`: raw system calls that neither std nor a safe wrapper
+//! offers — the AF_PACKET TPACKET_V3 ring (socket options, mmap, block hand-over),
+//! `poll(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with IPV6_V6ONLY/SO_REUSEADDR set
+//! before `bind`. Every block states why it is sound.
+
+use std::io;
+use std::mem::size_of;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+// linux/if_packet.h, asm-generic/socket.h
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TPACKET_V3: libc::c_int = 2;
+const SO_ATTACH_FILTER: libc::c_int = 26;
+const SO_LOCK_FILTER: libc::c_int = 44;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const ETH_P_ALL: u16 = 0x0003;
+
+/// `struct tpacket_req3`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct TpacketReq3 {
+    tp_block_size: u32,
+    tp_block_nr: u32,
+    tp_frame_size: u32,
+    tp_frame_nr: u32,
+    tp_retire_blk_tov: u32,
+    tp_sizeof_priv: u32,
+    tp_feature_req_word: u32,
+}
+
+/// `struct tpacket_stats_v3`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct TpacketStatsV3 {
+    tp_packets: u32,
+    tp_drops: u32,
+    tp_freeze_q_cnt: u32,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+pub type BpfInsn = libc::sock_filter;
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "option too large"))?;
+    // SAFETY: `val` points to a live, initialised `T` of exactly `len` bytes for the whole
+    // call; the kernel only reads it.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (val as *const T).cast(), len) };
+    cvt(rc).map(drop)
+}
+
+/// Geometry of the capture ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingGeometry {
+    /// Bytes per block (a multiple of the page size, a power of two).
+    pub block_size: u32,
+    pub block_nr: u32,
+    /// Milliseconds after which the kernel hands over a partly filled block; this bounds
+    /// detection latency when traffic is light.
+    pub retire_ms: u32,
+}
+
+/// An AF_PACKET socket (SOCK_DGRAM: frames start at the network header) with a TPACKET_V3
+/// receive ring mapped into this process.
+#[derive(Debug)]
+pub struct PacketRing {
+    fd: OwnedFd,
+    map: NonNull<u8>,
+    map_len: usize,
+    block_size: usize,
+    block_nr: usize,
+    current: usize,
+}
+
+impl PacketRing {
+    /// Open the socket, install the (locked) filter, set up and map the ring, then bind to
+    /// all interfaces. The filter is attached before the bind, so no unfiltered packet is
+    /// ever queued. Needs CAP_NET_RAW.
+    pub fn open(geo: RingGeometry, filter: &[BpfInsn]) -> io::Result<Self> {
+        let invalid = |m: &'static str| io::Error::new(io::ErrorKind::InvalidInput, m);
+        if geo.block_size == 0 || !geo.block_size.is_power_of_two() || geo.block_size < 4096 {
+            return Err(invalid("ring block size must be a power of two >= 4096"));
+        }
+        if geo.block_nr == 0 {
+            return Err(invalid("ring needs at least one block"));
+        }
+        // SAFETY: plain socket(2) call with constant arguments; the returned descriptor is
+        // checked and immediately owned by an OwnedFd.
+        let raw = cvt(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        })?;
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let s = fd.as_raw_fd();
+        setsockopt(s, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
+        // Do not even clone outgoing packets to this socket (Linux >= 4.20); the filter
+        // rejects them anyway, so failure here is only a performance matter.
+        let _ = setsockopt(s, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
+        let prog = libc::sock_fprog {
+            len: u16::try_from(filter.len()).map_err(|_| invalid("BPF program too long"))?,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        setsockopt(s, libc::SOL_SOCKET, SO_ATTACH_FILTER, &prog)?;
+        setsockopt(s, libc::SOL_SOCKET, SO_LOCK_FILTER, &1 as &libc::c_int)?;
+        let frame_size: u32 = 2048;
+        let frames_per_block = geo.block_size / frame_size;
+        let req = TpacketReq3 {
+            tp_block_size: geo.block_size,
+            tp_block_nr: geo.block_nr,
+            tp_frame_size: frame_size,
+            tp_frame_nr: frames_per_block
+                .checked_mul(geo.block_nr)
+                .ok_or_else(|| invalid("ring too large"))?,
+            tp_retire_blk_tov: geo.retire_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(s, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
+        let block_size = usize::try_from(geo.block_size).map_err(|_| invalid("block size"))?;
+        let block_nr = usize::try_from(geo.block_nr).map_err(|_| invalid("block count"))?;
+        let map_len = block_size
+            .checked_mul(block_nr)
+            .ok_or_else(|| invalid("ring too large"))?;
+        // SAFETY: maps the ring the kernel just allocated for this socket (offset 0, the
+        // exact size requested); the result is checked against MAP_FAILED. The mapping is
+        // owned by the returned PacketRing and unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                s,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = NonNull::new(p.cast::<u8>()).ok_or_else(|| invalid("mmap returned null"))?;
+        let ring = Self {
+            fd,
+            map,
+            map_len,
+            block_size,
+            block_nr,
+            current: 0,
+        };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = u16::try_from(libc::AF_PACKET).map_err(|_| invalid("AF_PACKET"))?;
+        sll.sll_protocol = ETH_P_ALL.to_be();
+        sll.sll_ifindex = 0; // every interface
+        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>())
+            .map_err(|_| invalid("sockaddr_ll"))?;
+        // SAFETY: `sll` is a valid sockaddr_ll of `len` bytes, alive for the call.
+        cvt(unsafe { libc::bind(s, (&sll as *const libc::sockaddr_ll).cast(), len) })?;
+        Ok(ring)
+    }
+
+    /// The next block the kernel has handed to user space, if any. The block is given back
+    /// to the kernel when the returned value is dropped.
+    pub fn next_block(&mut self) -> Option<Block<'_>> {
+        let offset = self.current.checked_mul(self.block_size)?;
+        if offset.checked_add(self.block_size)? > self.map_len {
+            return None;
+        }
+        // SAFETY: `offset + block_size <= map_len`, so the pointer stays inside the
+        // mapping, which lives as long as `self`.
+        let base = unsafe { self.map.as_ptr().add(offset) };
+        let status = block_status(base);
+        if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+            return None;
+        }
+        Some(Block {
+            ring: self,
+            base,
+        })
+    }
+
+    /// Kernel counters since the previous call (reading resets them): (packets, drops).
+    pub fn take_stats(&self) -> io::Result<(u32, u32)> {
+        let mut st = TpacketStatsV3::default();
+        let mut len = libc::socklen_t::try_from(size_of::<TpacketStatsV3>())
+            .map_err(|_| io::Error::other("stats size"))?;
+        // SAFETY: `st` is a writable TpacketStatsV3 and `len` holds its exact size; the
+        // kernel writes at most `len` bytes and updates `len`.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                (&mut st as *mut TpacketStatsV3).cast(),
+                &mut len,
+            )
+        })?;
+        Ok((st.tp_packets, st.tp_drops))
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The status word of a block: `tpacket_block_desc.hdr.bh1.block_status` at offset 8.
+fn block_status<'a>(base: *mut u8) -> &'a AtomicU32 {
+    // SAFETY: every block starts with a `tpacket_block_desc` (page aligned, so offset 8 is
+    // 4-byte aligned) inside the live mapping; the word is shared with the kernel, which
+    // is why it is only ever accessed atomically.
+    unsafe { &*base.add(8).cast::<AtomicU32>() }
+}
+
+impl Drop for PacketRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region mapped in `open`; no Block can be alive here
+        // because a Block borrows the ring mutably.
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
+/// A block owned by user space. Frames are read through [`Block::data`]; dropping the block
+/// hands it back to the kernel and moves on to the next one.
+#[derive(Debug)]
+pub struct Block<'r> {
+    ring: &'r mut PacketRing,
+    base: *mut u8,
+}
+
+impl Block<'_> {
+    /// The whole block as bytes. While the status word says TP_STATUS_USER the kernel does
+    /// not write to the block, so it is stable for as long as this borrow lives.
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: `base .. base + block_size` lies inside the mapping (checked in
+        // next_block); the kernel hands a block to user space only after filling it and
+        // does not touch it again until we store TP_STATUS_KERNEL in Drop, which needs
+        // `&mut self` and so cannot overlap this shared borrow.
+        unsafe { std::slice::from_raw_parts(self.base, self.ring.block_size) }
+    }
+}
+
+impl Drop for Block<'_> {
+    fn drop(&mut self) {
+        block_status(self.base).store(TP_STATUS_KERNEL, Ordering::Release);
+        self.ring.current = (self.ring.current + 1) % self.ring.block_nr.max(1);
+    }
+}
+
+/// One pollable descriptor.
+#[derive(Debug, Clone, Copy)]
+pub struct PollFd {
+    pub fd: RawFd,
+    pub events: i16,
+    pub revents: i16,
+}
+
+pub const POLLIN: i16 = libc::POLLIN;
+pub const POLLOUT: i16 = libc::POLLOUT;
+pub const POLLERR: i16 = libc::POLLERR;
+pub const POLLHUP: i16 = libc::POLLHUP;
+
+/// `poll(2)`; EINTR is reported as zero ready descriptors.
+pub fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
+    let mut raw: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|p| libc::pollfd {
+            fd: p.fd,
+            events: p.events,
+            revents: 0,
+        })
+        .collect();
+    let n = libc::nfds_t::try_from(raw.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many fds"))?;
+    // SAFETY: `raw` is a valid, exclusively borrowed array of `n` pollfd structures.
+    let rc = unsafe { libc::poll(raw.as_mut_ptr(), n, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    for (p, r) in fds.iter_mut().zip(&raw) {
+        p.revents = r.revents;
+    }
+    Ok(usize::try_from(rc).unwrap_or(0))
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: no core dumps of hostile-packet state, no ptrace by the
+/// same uid.
+pub fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map(drop)
+}
+
+/// Socket type for [`bound_socket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockKind {
+    Stream,
+    Datagram,
+}
+
+/// A non-blocking TCP listener or UDP socket bound to `addr` with SO_REUSEADDR (so a
+/// leftover TIME_WAIT connection does not block the port) and, for IPv6, IPV6_V6ONLY (so
+/// the IPv4 socket on the same port is separate).
+pub fn bound_socket(addr: SocketAddr, kind: SockKind) -> io::Result<OwnedFd> {
+    let (domain, v6) = match addr {
+        SocketAddr::V4(_) => (libc::AF_INET, false),
+        SocketAddr::V6(_) => (libc::AF_INET6, true),
+    };
+    let ty = match kind {
+        SockKind::Stream => libc::SOCK_STREAM,
+        SockKind::Datagram => libc::SOCK_DGRAM,
+    };
+    // SAFETY: socket(2) with constant arguments; the descriptor is checked and owned at once.
+    let raw = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    // SAFETY: fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let s = fd.as_raw_fd();
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1 as &libc::c_int)?;
+    if v6 {
+        setsockopt(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1 as &libc::c_int)?;
+    }
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_in is plain old data; all-zero is valid.
+            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sin.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2);
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).unwrap_or(16);
+            // SAFETY: `sin` is a valid sockaddr_in of `len` bytes, alive for the call.
+            cvt(unsafe { libc::bind(s, (&sin as *const libc::sockaddr_in).cast(), len) })?;
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_in6 is plain old data; all-zero is valid.
+            let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sin6.sin6_family = libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10);
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in6>()).unwrap_or(28);
+            // SAFETY: `sin6` is a valid sockaddr_in6 of `len` bytes, alive for the call.
+            cvt(unsafe { libc::bind(s, (&sin6 as *const libc::sockaddr_in6).cast(), len) })?;
+        }
+    }
+    if kind == SockKind::Stream {
+        // SAFETY: listen(2) on a descriptor we own; integer arguments only.
+        cvt(unsafe { libc::listen(s, 128) })?;
+    }
+    Ok(fd)
+}
+
+/// Make a forbidden system call (for the seccomp self-test). Under the sensor's filter the
+/// kernel kills the process with SIGSYS before this returns.
+pub fn forbidden_syscall() -> io::Result<()> {
+    // SAFETY: getppid-free, argument-free syscall with no memory effects (`personality`
+    // query with 0xffffffff only reads the current persona).
+    let rc = unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffff_u64) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
