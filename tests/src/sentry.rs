@@ -1,0 +1,776 @@
+//! The real enforcer + sensor pair running in the target namespace, and what tests observe.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cmd::{run, wait_until, Output};
+use crate::netns::{NetPair, Side};
+use crate::{bins, ensure_sensor_user, Bins, SENSOR_USER};
+
+/// How long a daemon may take to come up, and a detection to land. Generous for a loaded
+/// 2-core CI machine; every wait polls and returns as soon as the condition holds.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const SCAN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The nftables table name every test uses (inside its own target namespace).
+pub const NFT_TABLE: &str = "sentry";
+
+/// Configuration of one test run: PortSentry-syntax keys, ignore entries, sensor modes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub keys: BTreeMap<String, String>,
+    pub ignore: Vec<String>,
+    pub modes: Vec<String>,
+    /// Start the sensor at all (the hostile-client tests talk to the enforcer alone).
+    pub start_sensor: bool,
+}
+
+impl Settings {
+    /// Test defaults: block on the first probe, nftables in the target namespace,
+    /// hosts.deny and the audit log in the test's temporary directory.
+    pub fn new(modes: &[&str]) -> Settings {
+        let keys = [
+            (
+                "TCP_PORTS",
+                "1,11,15,79,111,119,143,540,635,1080,1524,2000,12345,31337",
+            ),
+            ("UDP_PORTS", "1,7,9,69,161,162,513,635,640,700,31337"),
+            ("ADVANCED_PORTS_TCP", "1024"),
+            ("ADVANCED_PORTS_UDP", "1024"),
+            ("ADVANCED_EXCLUDE_TCP", "113,139"),
+            ("ADVANCED_EXCLUDE_UDP", "520,138,137,67"),
+            ("RESOLVE_HOST", "0"),
+            ("BLOCK_TCP", "1"),
+            ("BLOCK_UDP", "1"),
+            ("KILL_HOSTS_DENY", "ALL: $TARGET$ : DENY"),
+            ("FIREWALL", "nftables"),
+            ("NFT_TABLE", NFT_TABLE),
+            ("SCAN_TRIGGER", "0"),
+            ("BLOCK_TIMEOUT", "0"),
+            ("MAX_BLOCKS", "1000"),
+            ("BLOCK_RATE", "600"),
+        ];
+        Settings {
+            keys: keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ignore: vec!["127.0.0.1".into(), "0.0.0.0".into()],
+            modes: modes.iter().map(|m| m.to_string()).collect(),
+            start_sensor: true,
+        }
+    }
+
+    pub fn set(mut self, key: &str, value: &str) -> Settings {
+        self.keys.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn unset(mut self, key: &str) -> Settings {
+        self.keys.remove(key);
+        self
+    }
+
+    pub fn ignore(mut self, entry: &str) -> Settings {
+        self.ignore.push(entry.to_string());
+        self
+    }
+
+    pub fn without_sensor(mut self) -> Settings {
+        self.start_sensor = false;
+        self
+    }
+}
+
+/// One running pair. Dropping it stops both daemons and deletes the namespaces.
+#[derive(Debug)]
+pub struct Sentry {
+    pub name: String,
+    pub bins: Bins,
+    pub settings: Settings,
+    pub dir: tempfile::TempDir,
+    pub runtime_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub conf: PathBuf,
+    pub ignore_file: PathBuf,
+    pub hosts_deny: PathBuf,
+    pub audit_log: PathBuf,
+    pub sensor_uid: u32,
+    pub enforcer: Option<Child>,
+    pub sensor: Option<Child>,
+    runs: u32,
+    // Declared last: dropped after the processes are gone.
+    pub net: NetPair,
+}
+
+fn world_readable(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    let start = s.len().saturating_sub(max);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    s[start..].to_string()
+}
+
+impl Sentry {
+    /// Build the namespaces, write the configuration, start the enforcer, then (unless
+    /// disabled) the sensor, and wait until `sentryctl status` shows the sensor connected.
+    pub fn start(name: &str, settings: Settings) -> Sentry {
+        let bins = bins();
+        let (sensor_uid, _) = ensure_sensor_user();
+        let net = NetPair::new();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sentry-e2e-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        // The sensor (user `sentry`) reads the config and the ignore file and connects to
+        // the enforcer socket; the state directory stays root-only.
+        world_readable(dir.path(), 0o755);
+        let runtime_dir = dir.path().join("run");
+        let state_dir = dir.path().join("state");
+        fs::create_dir(&runtime_dir).expect("mkdir run");
+        fs::create_dir(&state_dir).expect("mkdir state");
+        world_readable(&runtime_dir, 0o755);
+        world_readable(&state_dir, 0o700);
+        let conf = dir.path().join("sentry.conf");
+        let ignore_file = dir.path().join("sentry.ignore");
+        let hosts_deny = dir.path().join("hosts.deny");
+        let audit_log = dir.path().join("audit.jsonl");
+        fs::write(&hosts_deny, "# test hosts.deny\n").expect("write hosts.deny");
+        world_readable(&hosts_deny, 0o644);
+        let mut s = Sentry {
+            name: name.to_string(),
+            bins,
+            settings,
+            runtime_dir,
+            state_dir,
+            conf,
+            ignore_file,
+            hosts_deny,
+            audit_log,
+            sensor_uid,
+            enforcer: None,
+            sensor: None,
+            runs: 0,
+            dir,
+            net,
+        };
+        s.write_config();
+        s.start_enforcer();
+        if s.settings.start_sensor {
+            s.start_sensor();
+        }
+        s
+    }
+
+    /// (Re)write the config and ignore files from `self.settings`.
+    pub fn write_config(&self) {
+        let mut text = format!(
+            "# written by the sentry e2e harness for test {}\n",
+            self.name
+        );
+        let mut keys = self.settings.keys.clone();
+        keys.entry("IGNORE_FILE".into())
+            .or_insert_with(|| self.ignore_file.display().to_string());
+        keys.entry("HOSTS_DENY_FILE".into())
+            .or_insert_with(|| self.hosts_deny.display().to_string());
+        keys.entry("AUDIT_LOG".into())
+            .or_insert_with(|| self.audit_log.display().to_string());
+        keys.entry("HISTORY_FILE".into())
+            .or_insert_with(|| self.state_dir.join("sentry.history").display().to_string());
+        keys.entry("BLOCKED_FILE".into())
+            .or_insert_with(|| self.state_dir.join("sentry.blocked").display().to_string());
+        for (k, v) in &keys {
+            text.push_str(&format!("{k}=\"{v}\"\n"));
+        }
+        fs::write(&self.conf, text).expect("write config");
+        world_readable(&self.conf, 0o644);
+        let mut ig = String::from("# ignore list\n");
+        for e in &self.settings.ignore {
+            ig.push_str(e);
+            ig.push('\n');
+        }
+        fs::write(&self.ignore_file, ig).expect("write ignore");
+        world_readable(&self.ignore_file, 0o644);
+    }
+
+    fn log_path(&self, what: &str, run: u32) -> PathBuf {
+        self.dir.path().join(format!("{what}.{run}.log"))
+    }
+
+    fn log_file(&mut self, what: &str) -> (fs::File, fs::File) {
+        self.runs += 1;
+        let p = self.log_path(what, self.runs);
+        let f = fs::File::create(&p).expect("create log");
+        (f.try_clone().expect("dup log"), f)
+    }
+
+    /// Start the enforcer as root inside the target namespace and wait for its control socket.
+    pub fn start_enforcer(&mut self) {
+        assert!(self.enforcer.is_none(), "enforcer already running");
+        let (out, err) = self.log_file("enforcer");
+        let mut c = self.net.command(Side::Target, &self.bins.enforcer);
+        c.arg("--config")
+            .arg(&self.conf)
+            .arg("--runtime-dir")
+            .arg(&self.runtime_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--sensor-user", SENSOR_USER, "--log-stderr"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = c.spawn().expect("spawn enforcer");
+        self.enforcer = Some(child);
+        wait_until(
+            START_TIMEOUT,
+            "the enforcer to answer `sentryctl status`",
+            || {
+                self.assert_alive();
+                self.try_status().ok()
+            },
+            || self.diag(),
+        );
+    }
+
+    /// Start the sensor as user `sentry` holding only CAP_NET_RAW (as the systemd unit
+    /// does) inside the target namespace, and wait until the enforcer reports it connected.
+    pub fn start_sensor(&mut self) {
+        assert!(self.sensor.is_none(), "sensor already running");
+        let (out, err) = self.log_file("sensor");
+        let mut c = self.net.command(Side::Target, "setpriv");
+        c.args([
+            "--reuid",
+            SENSOR_USER,
+            "--regid",
+            SENSOR_USER,
+            "--clear-groups",
+            "--bounding-set",
+            "-all,+net_raw",
+            "--inh-caps",
+            "-all,+net_raw",
+            "--ambient-caps",
+            "+net_raw",
+            "--no-new-privs",
+        ])
+        .arg(&self.bins.sensor)
+        .arg("--config")
+        .arg(&self.conf)
+        .arg("--runtime-dir")
+        .arg(&self.runtime_dir)
+        .arg("--log-stderr")
+        .args(
+            self.settings
+                .modes
+                .iter()
+                .map(|m| format!("-{}", m.trim_start_matches('-'))),
+        )
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+        let child = c.spawn().expect("spawn sensor");
+        let pid = child.id();
+        self.sensor = Some(child);
+        wait_until(
+            START_TIMEOUT,
+            "the enforcer to report the sensor connected",
+            || {
+                self.assert_alive();
+                let st = self.try_status().ok()?;
+                let sensor = st.get("sensor")?;
+                (sensor.get("pid")?.as_u64()? == u64::from(pid)).then_some(())
+            },
+            || self.diag(),
+        );
+    }
+
+    /// Panic (with logs) if a daemon we started has exited (it is then a zombie child).
+    pub fn assert_alive(&self) {
+        for (what, child) in [("enforcer", &self.enforcer), ("sensor", &self.sensor)] {
+            if let Some(c) = child {
+                if !pid_alive(c.id()) {
+                    panic!("{what} (pid {}) exited\n{}", c.id(), self.diag());
+                }
+            }
+        }
+    }
+
+    pub fn enforcer_pid(&self) -> u32 {
+        self.enforcer.as_ref().expect("enforcer running").id()
+    }
+
+    pub fn sensor_pid(&self) -> u32 {
+        self.sensor.as_ref().expect("sensor running").id()
+    }
+
+    fn kill(
+        child: &mut Option<Child>,
+        sig: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
+        let mut c = child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, sig);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL the enforcer (nothing gets to run: no destructor, no flush).
+    pub fn kill_enforcer(&mut self) {
+        Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    pub fn kill_sensor(&mut self) {
+        Self::kill(&mut self.sensor, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// SIGTERM the enforcer and return its exit status.
+    pub fn stop_enforcer(&mut self) -> Option<std::process::ExitStatus> {
+        Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    // ---- sentryctl ------------------------------------------------------------------
+
+    pub fn sentryctl(&self, args: &[&str]) -> Output {
+        run(
+            Command::new(&self.bins.sentryctl)
+                .arg("--runtime-dir")
+                .arg(&self.runtime_dir)
+                .args(args),
+            Duration::from_secs(10),
+        )
+    }
+
+    pub fn try_status(&self) -> Result<Value, String> {
+        let out = self.sentryctl(&["status", "--json"]);
+        if !out.success() {
+            return Err(out.to_string());
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| format!("status --json: {e}: {out}"))
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("sentryctl status failed: {e}\n{}", self.diag()))
+    }
+
+    /// A counter from `sentryctl status --json` (`counters.<name>`).
+    pub fn counter(&self, name: &str) -> u64 {
+        let st = self.status();
+        st.pointer(&format!("/counters/{name}"))
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("status has no counters.{name}: {st}"))
+    }
+
+    /// Addresses listed by `sentryctl blocked --json`.
+    pub fn blocked_list(&self) -> BTreeSet<IpAddr> {
+        let out = self.sentryctl(&["blocked", "--json"]);
+        assert!(out.success(), "sentryctl blocked: {out}");
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("blocked --json: {e}: {out}"));
+        let mut set = BTreeSet::new();
+        collect_addrs(&v, &mut set);
+        set
+    }
+
+    // ---- what the enforcer did ------------------------------------------------------
+
+    /// Every address in any set of the target namespace's nftables ruleset.
+    pub fn nft_elements(&self) -> BTreeSet<IpAddr> {
+        let out = run(
+            &mut self
+                .net
+                .command(Side::Target, "nft")
+                .args(["-j", "list", "ruleset"]),
+            Duration::from_secs(10),
+        );
+        let mut set = BTreeSet::new();
+        if !out.success() {
+            return set;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&out.stdout) else {
+            return set;
+        };
+        for item in v
+            .get("nftables")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(elems) = item.pointer("/set/elem") {
+                collect_addrs(elems, &mut set);
+            }
+        }
+        set
+    }
+
+    /// The nftables ruleset of the target namespace, as text (for diagnostics).
+    pub fn nft_ruleset(&self) -> String {
+        let out = run(
+            &mut self
+                .net
+                .command(Side::Target, "nft")
+                .args(["list", "ruleset"]),
+            Duration::from_secs(10),
+        );
+        out.stdout + &out.stderr
+    }
+
+    pub fn hosts_deny_text(&self) -> String {
+        fs::read_to_string(&self.hosts_deny).unwrap_or_default()
+    }
+
+    /// The hosts.deny line the default template gives `ip` (IPv6 in brackets).
+    pub fn hosts_deny_line(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(a) => format!("ALL: {a} : DENY"),
+            IpAddr::V6(a) => format!("ALL: [{a}] : DENY"),
+        }
+    }
+
+    pub fn hosts_deny_has(&self, ip: IpAddr) -> bool {
+        let want = Self::hosts_deny_line(ip);
+        self.hosts_deny_text().lines().any(|l| l.trim() == want)
+    }
+
+    /// Every audit record; a line that is not a JSON object fails the test.
+    pub fn audit(&self) -> Vec<Value> {
+        let text = fs::read_to_string(&self.audit_log).unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) if v.is_object() => out.push(v),
+                _ => panic!("audit log line {} is not a JSON object: {line:?}", i + 1),
+            }
+        }
+        out
+    }
+
+    /// Audit records about `ip` with the given decision.
+    pub fn audit_for(&self, ip: IpAddr, decision: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| record_source(r) == Some(ip) && r["decision"] == decision)
+            .collect()
+    }
+
+    /// Wait until `ip` is blocked everywhere it should be: an element of the nftables set,
+    /// its hosts.deny line, and a `blocked` audit record (returned).
+    pub fn wait_blocked(&self, ip: IpAddr) -> Value {
+        wait_until(
+            DETECT_TIMEOUT,
+            &format!("{ip} to be blocked (nft set + hosts.deny + audit)"),
+            || {
+                if !self.nft_elements().contains(&ip) || !self.hosts_deny_has(ip) {
+                    return None;
+                }
+                self.audit_for(ip, "blocked").into_iter().next()
+            },
+            || self.diag(),
+        )
+    }
+
+    /// Wait for an audit record about `ip` with `decision`.
+    pub fn wait_decision(&self, ip: IpAddr, decision: &str) -> Value {
+        wait_until(
+            DETECT_TIMEOUT,
+            &format!("an audit record `{decision}` for {ip}"),
+            || self.audit_for(ip, decision).into_iter().next(),
+            || self.diag(),
+        )
+    }
+
+    /// Assert `ip` is blocked nowhere (set, hosts.deny, sentryctl blocked).
+    pub fn assert_not_blocked(&self, ip: IpAddr) {
+        assert!(
+            !self.nft_elements().contains(&ip),
+            "{ip} is in the nft set\n{}",
+            self.diag()
+        );
+        assert!(
+            !self.hosts_deny_has(ip),
+            "{ip} is in hosts.deny\n{}",
+            self.diag()
+        );
+        assert!(
+            !self.blocked_list().contains(&ip),
+            "{ip} is listed by sentryctl blocked"
+        );
+        assert!(
+            self.audit_for(ip, "blocked").is_empty(),
+            "{ip} has a `blocked` audit record"
+        );
+    }
+
+    /// Everything useful for understanding a failure.
+    pub fn diag(&self) -> String {
+        let mut s = format!(
+            "==== diagnostics for test `{}` (dir {})\n",
+            self.name,
+            self.dir.path().display()
+        );
+        for i in 1..=self.runs {
+            for what in ["enforcer", "sensor"] {
+                let p = self.log_path(what, i);
+                if p.exists() {
+                    s.push_str(&format!(
+                        "---- {} (last 3000 bytes)\n{}\n",
+                        p.display(),
+                        tail(&p, 3000)
+                    ));
+                }
+            }
+        }
+        s.push_str(&format!(
+            "---- audit log (last 3000 bytes)\n{}\n",
+            tail(&self.audit_log, 3000)
+        ));
+        s.push_str(&format!("---- hosts.deny\n{}\n", self.hosts_deny_text()));
+        s.push_str(&format!(
+            "---- nft ruleset (target)\n{}\n",
+            self.nft_ruleset()
+        ));
+        match self.try_status() {
+            Ok(v) => s.push_str(&format!("---- status\n{v}\n")),
+            Err(e) => s.push_str(&format!("---- status unavailable\n{e}\n")),
+        }
+        s
+    }
+
+    // ---- scanners -------------------------------------------------------------------
+
+    /// Run a program in the scanner namespace with a deadline.
+    pub fn scan(&self, program: &str, args: &[&str]) -> Output {
+        run(
+            self.net.command(Side::Scanner, program).args(args),
+            SCAN_TIMEOUT,
+        )
+    }
+
+    /// nmap from the scanner namespace, bounded in time and retries. The scan is expected to
+    /// run to completion (blocked ports simply show as filtered).
+    pub fn nmap(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            "-n",
+            "-Pn",
+            "--max-retries",
+            "0",
+            "--host-timeout",
+            "60s",
+            "-T4",
+        ];
+        all.extend_from_slice(args);
+        let out = self.scan("nmap", &all);
+        assert!(out.success(), "nmap failed: {out}\n{}", self.diag());
+        out
+    }
+
+    /// hping3 from the scanner namespace (always give it `-c N`).
+    pub fn hping(&self, args: &[&str]) -> Output {
+        assert!(args.contains(&"-c"), "hping3 must be bounded with -c");
+        let out = self.scan("hping3", args);
+        // hping3 exits 1 when no reply came back (e.g. the target already dropped us).
+        assert!(
+            !out.timed_out && out.status.and_then(|s| s.code()).is_some_and(|c| c <= 1),
+            "hping3 failed: {out}\n{}",
+            self.diag()
+        );
+        out
+    }
+
+    /// Concatenated stderr of every sensor run (its log under --log-stderr).
+    pub fn sensor_log(&self) -> String {
+        (1..=self.runs)
+            .map(|i| self.log_path("sensor", i))
+            .filter(|p| p.exists())
+            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    pub fn enforcer_log(&self) -> String {
+        (1..=self.runs)
+            .map(|i| self.log_path("enforcer", i))
+            .filter(|p| p.exists())
+            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// A field of `/proc/<pid>/status` (e.g. `VmRSS`, `CapEff`).
+    pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+        let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    }
+
+    /// Resident memory of a process in KiB.
+    pub fn rss_kib(pid: u32) -> u64 {
+        Self::proc_status(pid, "VmRSS")
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    }
+
+    /// Append a line to the test's diagnostics file (kept with the logs).
+    pub fn note(&self, text: &str) {
+        if let Ok(mut f) = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("notes.log"))
+        {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+}
+
+impl Drop for Sentry {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diag());
+        }
+        Self::kill(&mut self.sensor, nix::sys::signal::Signal::SIGTERM);
+        Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGTERM);
+        // `net` (namespaces, veth pair, nftables table) and `dir` are dropped next.
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ..." — comm may contain spaces and parentheses; the state follows the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The `source` of an audit record as an address.
+pub fn record_source(r: &Value) -> Option<IpAddr> {
+    r.get("source")?.as_str()?.parse().ok()
+}
+
+/// The scan kind named by an audit record: `"syn"`, or `{"oddball":{..}}` → `"oddball"`.
+pub fn scan_name(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_ascii_lowercase(),
+        Value::Object(m) => m
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        other => other.to_string(),
+    }
+}
+
+/// Every string anywhere in `v` that parses as an IP address (nft elements may be plain
+/// strings or objects carrying timeouts).
+fn collect_addrs(v: &Value, out: &mut BTreeSet<IpAddr>) {
+    match v {
+        Value::String(s) => {
+            if let Ok(ip) = s.parse() {
+                out.insert(ip);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_addrs(x, out)),
+        Value::Object(m) => m.values().for_each(|x| collect_addrs(x, out)),
+        _ => {}
+    }
+}
+
+/// Assert an audit record describes a block of `ip` for this detection.
+pub fn assert_block_record(rec: &Value, ip: IpAddr, protocol: &str, scan: &str, mode: &str) {
+    assert_eq!(record_source(rec), Some(ip), "source: {rec}");
+    assert_eq!(rec["decision"], "blocked", "decision: {rec}");
+    assert_eq!(
+        rec["protocol"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some(protocol),
+        "protocol: {rec}"
+    );
+    assert_eq!(scan_name(&rec["scan"]), scan, "scan kind: {rec}");
+    assert_eq!(
+        rec["mode"]
+            .as_str()
+            .map(|m| m.trim_start_matches('-').to_ascii_lowercase())
+            .as_deref(),
+        Some(mode),
+        "mode: {rec}"
+    );
+    let port = rec["port"].as_u64().unwrap_or(0);
+    assert!((1..=65535).contains(&port), "port: {rec}");
+    let time = rec["time"].as_str().unwrap_or_default();
+    assert!(
+        time.len() >= 20 && time.ends_with('Z') && time.contains('T'),
+        "time not RFC 3339 UTC: {rec}"
+    );
+    assert!(rec.get("reason").is_some(), "no reason: {rec}");
+    assert!(
+        rec["peer"].get("uid").is_some() && rec["peer"].get("pid").is_some(),
+        "peer: {rec}"
+    );
+    let actions = rec["actions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("actions: {rec}"));
+    assert!(!actions.is_empty(), "a block with no actions: {rec}");
+}
+
+impl Sentry {
+    /// The whole "detected and blocked" contract for one scanner address: nft element,
+    /// hosts.deny line, audit record, `sentryctl status --json` / `blocked --json`, and a
+    /// PortSentry-style alert line from the sensor. Returns the audit record.
+    pub fn assert_scan_blocked(&self, ip: IpAddr, protocol: &str, scan: &str, mode: &str) -> Value {
+        let rec = self.wait_blocked(ip);
+        assert_block_record(&rec, ip, protocol, scan, mode);
+        let st = self.status();
+        let blocked = st
+            .pointer("/counters/blocked")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let active = st.get("active_blocks").and_then(Value::as_u64).unwrap_or(0);
+        assert!(
+            blocked >= 1 && active >= 1,
+            "status does not count the block: {st}"
+        );
+        assert!(
+            self.blocked_list().contains(&ip),
+            "sentryctl blocked does not list {ip}"
+        );
+        let log = self.sensor_log();
+        assert!(
+            log.lines().any(|l| l.contains("attackalert:")
+                && l.contains(&ip.to_string())
+                && l.contains("port:")),
+            "no PortSentry-style attackalert line for {ip} in the sensor log\n{}",
+            self.diag()
+        );
+        rec
+    }
+}

@@ -1,0 +1,201 @@
+//! The shipped systemd units: exposure score goals, `systemd-analyze verify`, and the
+//! directives whose absence or presence would break the product.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sentry_tests::{bins, run, which};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn sensor_unit() -> PathBuf {
+    repo().join("sentry-sensor/dist/sentry-sensor.service")
+}
+
+fn enforcer_unit() -> PathBuf {
+    repo().join("sentry-enforcer/dist/sentry-enforcer.service")
+}
+
+fn have_analyze(test: &str) -> bool {
+    if which("systemd-analyze").is_some() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: systemd-analyze missing (apt-get install systemd) and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED (systemd-analyze not installed; apt-get install systemd): {test}");
+    false
+}
+
+/// `systemd-analyze security --offline=true UNIT` → the overall exposure score.
+fn exposure(unit: &Path) -> f64 {
+    let out = run(
+        std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(unit),
+        Duration::from_secs(60),
+    );
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure line: {out}"));
+    let score = line
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    eprintln!("{}: {line}", unit.display());
+    score
+}
+
+#[test]
+fn sensor_unit_exposure_at_most_1_5() {
+    if !have_analyze("sensor_unit_exposure_at_most_1_5") {
+        return;
+    }
+    let s = exposure(&sensor_unit());
+    assert!(s <= 1.5, "sentry-sensor.service exposure {s} > 1.5");
+}
+
+#[test]
+fn enforcer_unit_exposure_at_most_2_5() {
+    if !have_analyze("enforcer_unit_exposure_at_most_2_5") {
+        return;
+    }
+    let s = exposure(&enforcer_unit());
+    assert!(s <= 2.5, "sentry-enforcer.service exposure {s} > 2.5");
+}
+
+#[test]
+fn units_verify_clean() {
+    if !have_analyze("units_verify_clean") {
+        return;
+    }
+    // verify checks that ExecStart= binaries exist: point the units at the freshly built
+    // ones (the installed copies say /usr/local/sbin).
+    let b = bins();
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for unit in [sensor_unit(), enforcer_unit()] {
+        let text = std::fs::read_to_string(&unit).unwrap();
+        let text = text
+            .replace(
+                "/usr/local/sbin/sentry-sensor",
+                &b.sensor.display().to_string(),
+            )
+            .replace(
+                "/usr/local/sbin/sentry-enforcer",
+                &b.enforcer.display().to_string(),
+            )
+            .replace(
+                "/usr/local/sbin/sentryctl",
+                &b.sentryctl.display().to_string(),
+            );
+        assert!(
+            !text.contains("/usr/local/sbin/"),
+            "unexpected installed path left in {}",
+            unit.display()
+        );
+        let p = dir.path().join(unit.file_name().unwrap());
+        std::fs::write(&p, text).unwrap();
+        paths.push(p);
+    }
+    let out = run(
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&paths),
+        Duration::from_secs(60),
+    );
+    let complaints: Vec<&str> = out
+        .stderr
+        .lines()
+        .chain(out.stdout.lines())
+        .filter(|l| l.contains("sentry-sensor.service") || l.contains("sentry-enforcer.service"))
+        .collect();
+    assert!(
+        out.success() && complaints.is_empty(),
+        "systemd-analyze verify: {out}"
+    );
+}
+
+fn directives(unit: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(unit)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim_start().starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn values(d: &[(String, String)], key: &str) -> Vec<String> {
+    d.iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[test]
+fn sensor_unit_privileges_and_ordering() {
+    let d = directives(&sensor_unit());
+    assert_eq!(values(&d, "User"), ["sentry"]);
+    assert_eq!(values(&d, "AmbientCapabilities"), ["CAP_NET_RAW"]);
+    assert_eq!(values(&d, "CapabilityBoundingSet"), ["CAP_NET_RAW"]);
+    assert_eq!(values(&d, "NoNewPrivileges"), ["yes"]);
+    assert!(values(&d, "After")
+        .iter()
+        .any(|v| v.contains("sentry-enforcer.service")));
+    // Restarting one daemon must never stop the other.
+    for k in ["Requires", "BindsTo", "PartOf", "Requisite"] {
+        assert!(values(&d, k).is_empty(), "sensor unit has {k}=");
+    }
+    // IPAddressDeny= installs a cgroup packet filter that blinds raw capture.
+    assert!(values(&d, "IPAddressDeny").is_empty());
+    assert!(values(&d, "RestrictAddressFamilies")
+        .iter()
+        .any(|v| v.contains("AF_PACKET")));
+    assert!(values(&d, "ExecStart")
+        .iter()
+        .all(|v| v.contains("--runtime-dir /run/sentry")));
+}
+
+#[test]
+fn enforcer_unit_privileges_and_writable_paths() {
+    let d = directives(&enforcer_unit());
+    let caps = values(&d, "CapabilityBoundingSet").join(" ");
+    assert!(caps.contains("CAP_NET_ADMIN"));
+    for forbidden in [
+        "CAP_SYS_ADMIN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_SETUID",
+        "CAP_SYS_PTRACE",
+    ] {
+        assert!(!caps.contains(forbidden), "enforcer may keep {forbidden}");
+    }
+    for k in ["Requires", "BindsTo", "PartOf"] {
+        assert!(values(&d, k).is_empty(), "enforcer unit has {k}=");
+    }
+    assert_eq!(values(&d, "ProtectSystem"), ["strict"]);
+    assert_eq!(values(&d, "RuntimeDirectory"), ["sentry"]);
+    // Atomic rewrite of /etc/hosts.deny needs its directory writable; a single-file bind
+    // mount would make rename() fail with EBUSY.
+    let rw = values(&d, "ReadWritePaths").join(" ");
+    assert!(
+        !rw.contains("hosts.deny"),
+        "single-file ReadWritePaths breaks atomic rename"
+    );
+    assert!(rw
+        .split_whitespace()
+        .any(|p| p.trim_start_matches('-') == "/etc"));
+    // The sensor's unit is not pulled down with the enforcer's.
+    assert!(values(&d, "Wants")
+        .iter()
+        .all(|v| !v.contains("sentry-sensor")));
+}
