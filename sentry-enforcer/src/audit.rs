@@ -1,0 +1,271 @@
+//! The audit log (AUDIT_LOG): one JSON object per line per decision, appended and flushed
+//! to the kernel before the reply is sent. Also the syslog writer for PortSentry's
+//! `attackalert:` / `adminalert:` lines.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Who sent the request (from SO_PEERCRED, never from the message).
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: u32,
+}
+
+/// One executed action.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ActionRecord {
+    /// `nftables`, `blackhole_route`, `kill_route`, `hosts_deny`, `kill_run_cmd`.
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `ok` or `error`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub ms: f64,
+}
+
+impl ActionRecord {
+    pub fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// One line of the audit log.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct AuditRecord {
+    pub time: String,
+    pub source: Option<String>,
+    pub protocol: Option<&'static str>,
+    pub port: Option<u16>,
+    pub scan: Option<&'static str>,
+    pub mode: Option<&'static str>,
+    pub decision: &'static str,
+    pub reason: String,
+    pub peer: Option<Peer>,
+    pub actions: Vec<ActionRecord>,
+}
+
+impl AuditRecord {
+    /// A record about a connection or frame rather than a block request.
+    pub fn event(time_ms: u64, decision: &'static str, reason: String, peer: Option<Peer>) -> Self {
+        Self {
+            time: policy::logfmt::format_utc(time_ms),
+            source: None,
+            protocol: None,
+            port: None,
+            scan: None,
+            mode: None,
+            decision,
+            reason,
+            peer,
+            actions: Vec::new(),
+        }
+    }
+
+    pub fn with_source(mut self, addr: IpAddr) -> Self {
+        self.source = Some(addr.to_string());
+        self
+    }
+}
+
+/// Append-only JSON-lines writer.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl AuditLog {
+    /// Open (creating, mode 0640) the audit log. Refuses symlinks and files writable by
+    /// group or others.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(dir)?;
+            }
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        let md = file.metadata()?;
+        if !md.is_file() || md.mode() & 0o022 != 0 {
+            return Err(io::Error::other(format!(
+                "{}: not a regular file, or writable by group or others",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one record as one write(2) on an O_APPEND descriptor (lines from one writer
+    /// never interleave) and return once the kernel has it.
+    pub fn write(&mut self, rec: &AuditRecord) -> io::Result<()> {
+        let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.flush()
+    }
+}
+
+/// Where log lines go.
+#[derive(Debug)]
+enum Sink {
+    Stderr,
+    Syslog(Mutex<Option<UnixDatagram>>),
+}
+
+/// Syslog (facility daemon) or stderr (with `--log-stderr` or under systemd's journal).
+#[derive(Debug)]
+pub struct Logger {
+    sink: Sink,
+    ident: &'static str,
+}
+
+/// Syslog severities used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Err = 3,
+    Warning = 4,
+    Notice = 5,
+    Info = 6,
+}
+
+const LOG_DAEMON: u8 = 3 << 3;
+
+impl Logger {
+    pub fn new(stderr: bool, ident: &'static str) -> Self {
+        let sink = if stderr {
+            Sink::Stderr
+        } else {
+            Sink::Syslog(Mutex::new(None))
+        };
+        Self { sink, ident }
+    }
+
+    pub fn log(&self, level: Level, msg: &str) {
+        // Never let a control character from anywhere split or forge a log line.
+        let clean: String = msg
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        match &self.sink {
+            Sink::Stderr => {
+                let _ = writeln!(io::stderr().lock(), "{clean}");
+            }
+            Sink::Syslog(sock) => {
+                let line = format!(
+                    "<{}>{}[{}]: {clean}",
+                    LOG_DAEMON | level as u8,
+                    self.ident,
+                    std::process::id()
+                );
+                let Ok(mut guard) = sock.lock() else { return };
+                for _ in 0..2 {
+                    if guard.is_none() {
+                        *guard = UnixDatagram::unbound()
+                            .and_then(|s| s.connect("/dev/log").map(|()| s))
+                            .ok();
+                    }
+                    match guard.as_ref().map(|s| s.send(line.as_bytes())) {
+                        Some(Ok(_)) => return,
+                        _ => *guard = None,
+                    }
+                }
+                // syslog unavailable: fall back to stderr rather than lose the line.
+                let _ = writeln!(io::stderr().lock(), "{clean}");
+            }
+        }
+    }
+
+    pub fn notice(&self, msg: &str) {
+        self.log(Level::Notice, msg);
+    }
+    pub fn warn(&self, msg: &str) {
+        self.log(Level::Warning, msg);
+    }
+    pub fn err(&self, msg: &str) {
+        self.log(Level::Err, msg);
+    }
+    pub fn info(&self, msg: &str) {
+        self.log(Level::Info, msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_lines_are_json() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/audit.jsonl");
+        let mut a = AuditLog::open(&p).unwrap();
+        let mut r = AuditRecord::event(0, "rejected", "bad \"frame\"\n".into(), None)
+            .with_source("192.0.2.1".parse().unwrap());
+        r.actions.push(ActionRecord {
+            action: "kill_route",
+            argv: Some(vec!["/bin/false".into()]),
+            target: None,
+            status: "error",
+            exit_code: Some(1),
+            error: Some("exit 1".into()),
+            ms: 1.5,
+        });
+        a.write(&r).unwrap();
+        a.write(&AuditRecord::event(
+            1,
+            "expired",
+            "x".into(),
+            Some(Peer { uid: 1, pid: 2 }),
+        ))
+        .unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["decision"], "rejected");
+        assert_eq!(lines[0]["source"], "192.0.2.1");
+        assert_eq!(lines[0]["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(lines[0]["actions"][0]["exit_code"], 1);
+        assert_eq!(lines[1]["peer"]["uid"], 1);
+    }
+
+    #[test]
+    fn refuses_symlinked_audit_log() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        std::fs::write(&t, "").unwrap();
+        let l = d.path().join("l");
+        std::os::unix::fs::symlink(&t, &l).unwrap();
+        assert!(AuditLog::open(&l).is_err());
+    }
+}

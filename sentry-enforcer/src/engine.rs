@@ -1,0 +1,1030 @@
+//! The decision engine: every block request goes through [`Engine::decide`], which
+//! re-checks it against the enforcer's own rules, runs the configured actions, persists the
+//! result and writes the audit record — all before the caller sends the reply.
+//!
+//! Order of checks (first match wins): field validation, never-block set, ignore list,
+//! BLOCK_TCP / BLOCK_UDP mode, already blocked, BLOCK_RATE, MAX_BLOCKS.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use policy::{BlockMode, Config, Firewall, IgnoreList, NeverBlock, Vars};
+use sentry_proto::{
+    BlockEntry, BlockRequest, Counters, Decision, Protocol, RecentDecision, SensorInfo, Status,
+    MAX_RECENT_DECISIONS,
+};
+
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Logger, Peer};
+use crate::exec;
+use crate::hostsdeny;
+use crate::netlink::{NlSocket, SetElem};
+use crate::store::{write_atomic, BlockRecord, Store};
+
+/// Names of the two sets in the nftables table.
+pub const SET_V4: &str = "v4";
+pub const SET_V6: &str = "v6";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Decision names that are not a [`Decision`] (they are not replies to a request).
+pub mod extra {
+    pub const UNBLOCKED: &str = "unblocked";
+    pub const EXPIRED: &str = "expired";
+    pub const RESTORED: &str = "restored";
+    pub const REJECTED: &str = "rejected";
+}
+
+/// This host's addresses and IPv4 broadcast addresses, from getifaddrs(3).
+pub fn own_addresses() -> (Vec<IpAddr>, Vec<Ipv4Addr>) {
+    let mut own = Vec::new();
+    let mut bcast = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            if let Some(a) = ifa.address.as_ref() {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    own.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = a.as_sockaddr_in6() {
+                    own.push(IpAddr::V6(v6.ip()));
+                }
+            }
+            if let Some(b) = ifa.broadcast.as_ref().and_then(|b| b.as_sockaddr_in()) {
+                bcast.push(b.ip());
+            }
+        }
+    }
+    (own, bcast)
+}
+
+fn ms_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Build the `nft -f -` script that (re)creates the table: two sets with per-element
+/// timeouts and one drop rule each, in a prerouting hook at priority -300 (before
+/// connection tracking, so not even an established flow from a blocked host passes).
+pub fn nft_setup_script(table: &str) -> String {
+    format!(
+        "table inet {table} {{}}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n\
+         \tset {SET_V4} {{ type ipv4_addr; flags timeout; }}\n\
+         \tset {SET_V6} {{ type ipv6_addr; flags timeout; }}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority -300; policy accept;\n\
+         \t\tip saddr @{SET_V4} counter drop\n\
+         \t\tip6 saddr @{SET_V6} counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Run-time options that do not come from the configuration file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub state_dir: PathBuf,
+    /// Refresh this host's addresses from getifaddrs before every decision.
+    pub refresh_own_addresses: bool,
+}
+
+/// Everything the enforcer decides with.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Config,
+    ignore: IgnoreList,
+    never: NeverBlock,
+    opts: Options,
+    blocks: HashMap<IpAddr, BlockRecord>,
+    store: Store,
+    audit: AuditLog,
+    log: Arc<Logger>,
+    nft: Option<NlSocket>,
+    route: Option<NlSocket>,
+    rate: VecDeque<u64>,
+    counters: Counters,
+    recent: VecDeque<RecentDecision>,
+    started: Instant,
+    /// The connected sensor (maintained by the daemon).
+    pub sensor: Option<SensorInfo>,
+}
+
+/// Result of applying actions.
+struct Applied {
+    actions: Vec<ActionRecord>,
+    failed: bool,
+}
+
+impl Engine {
+    /// Open the state, the audit log and the backends, then restore persisted blocks.
+    pub fn new(cfg: Config, opts: Options, log: Arc<Logger>) -> Result<Self, String> {
+        let ignore = cfg.load_ignore().map_err(|e| e.to_string())?;
+        let (store, blocks, warnings) = Store::open(&opts.state_dir)
+            .map_err(|e| format!("state directory {}: {e}", opts.state_dir.display()))?;
+        for w in warnings {
+            log.warn(&format!("adminalert: state: {w}"));
+        }
+        let audit = AuditLog::open(&cfg.audit_log).map_err(|e| e.to_string())?;
+        let (own, bcast) = own_addresses();
+        let mut never = NeverBlock::new(own);
+        never.set_broadcasts(bcast);
+        let mut nft = None;
+        if cfg.firewall == Firewall::Nftables {
+            let r = exec::run(
+                &["nft".to_string(), "-f".to_string(), "-".to_string()],
+                Some(nft_setup_script(&cfg.nft_table).as_bytes()),
+                cfg.kill_timeout,
+            );
+            if !r.outcome.success() {
+                return Err(format!(
+                    "cannot create nftables table inet {}: nft {}: {}",
+                    cfg.nft_table,
+                    r.outcome.describe(),
+                    r.stderr
+                ));
+            }
+            nft = Some(NlSocket::netfilter().map_err(|e| format!("netfilter netlink: {e}"))?);
+        }
+        let route = if cfg.blackhole_route {
+            Some(NlSocket::route().map_err(|e| format!("route netlink: {e}"))?)
+        } else {
+            None
+        };
+        let mut engine = Self {
+            cfg,
+            ignore,
+            never,
+            opts,
+            blocks: HashMap::new(),
+            store,
+            audit,
+            log,
+            nft,
+            route,
+            rate: VecDeque::new(),
+            counters: Counters::default(),
+            recent: VecDeque::new(),
+            started: Instant::now(),
+            sensor: None,
+        };
+        engine.restore(blocks, now_ms());
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn is_blocked(&self, addr: IpAddr) -> bool {
+        self.blocks.contains_key(&addr)
+    }
+
+    pub fn active_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Capabilities the configured actions need (for confinement).
+    pub fn needs_net_admin(&self) -> bool {
+        self.cfg.firewall == Firewall::Nftables
+            || self.cfg.blackhole_route
+            || self.cfg.kill_route.is_some()
+            || self.cfg.kill_run_cmd.is_some()
+    }
+
+    pub fn runs_commands(&self) -> bool {
+        self.cfg.kill_route.is_some() || self.cfg.kill_run_cmd.is_some()
+    }
+
+    fn remember(&mut self, time_ms: u64, source: Option<IpAddr>, decision: &str, reason: &str) {
+        if self.recent.len() >= MAX_RECENT_DECISIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentDecision {
+            time_ms,
+            source,
+            decision: decision.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn write_audit(&mut self, rec: &AuditRecord) {
+        if let Err(e) = self.audit.write(rec) {
+            self.counters.errors += 1;
+            self.log.err(&format!(
+                "adminalert: ERROR: cannot write audit log {}: {e}",
+                self.audit.path().display()
+            ));
+        }
+    }
+
+    /// Count a refusal whose audit record was suppressed by the refusal rate limit.
+    pub fn count_suppressed_rejection(&mut self) {
+        self.counters.rejected += 1;
+        self.counters.errors += 1;
+    }
+
+    /// Audit and count a refused connection or a malformed / hostile frame.
+    pub fn reject(&mut self, now: u64, reason: &str, peer: Option<Peer>) {
+        self.counters.rejected += 1;
+        self.counters.errors += 1;
+        self.remember(now, None, extra::REJECTED, reason);
+        let rec = AuditRecord::event(now, extra::REJECTED, reason.to_string(), peer);
+        self.write_audit(&rec);
+        self.log
+            .warn(&format!("adminalert: sensor connection refused: {reason}"));
+    }
+
+    fn vars_target(addr: IpAddr) -> String {
+        addr.to_string()
+    }
+
+    fn run_template(
+        &self,
+        action: &'static str,
+        tpl: &policy::CommandTemplate,
+        req: &BlockRequest,
+    ) -> ActionRecord {
+        let target = Self::vars_target(req.source);
+        let argv = tpl.render(&Vars {
+            target: &target,
+            port: req.port,
+            mode: req.protocol.as_str(),
+        });
+        let r = exec::run(&argv, None, self.cfg.kill_timeout);
+        let ok = r.outcome.success();
+        let exit_code = match r.outcome {
+            exec::Outcome::Exited(c) => Some(c),
+            _ => None,
+        };
+        let error = if ok {
+            None
+        } else if r.stderr.is_empty() {
+            Some(r.outcome.describe())
+        } else {
+            Some(format!("{}: {}", r.outcome.describe(), r.stderr))
+        };
+        ActionRecord {
+            action,
+            argv: Some(argv),
+            target: None,
+            status: if ok { "ok" } else { "error" },
+            exit_code,
+            error,
+            ms: (r.elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        }
+    }
+
+    fn log_action(&self, addr: IpAddr, a: &ActionRecord) {
+        let cmd = a
+            .argv
+            .as_ref()
+            .map(|v| v.join(" "))
+            .or_else(|| a.target.clone())
+            .unwrap_or_default();
+        if !a.ok() {
+            self.log.err(&format!(
+                "attackalert: ERROR: could not block host {addr} via {} \"{cmd}\": {}",
+                a.action,
+                a.error.as_deref().unwrap_or("failed")
+            ));
+            return;
+        }
+        let line = match a.action {
+            "hosts_deny" => {
+                format!("attackalert: Host {addr} has been blocked via wrappers with string: \"{cmd}\"")
+            }
+            "kill_route" => format!(
+                "attackalert: Host {addr} has been blocked via dropped route using command: \"{cmd}\""
+            ),
+            "kill_run_cmd" => {
+                format!("attackalert: External command run for host: {addr} using command: \"{cmd}\"")
+            }
+            "nftables" => {
+                format!("attackalert: Host {addr} has been blocked via nftables set: \"{cmd}\"")
+            }
+            "blackhole_route" => format!(
+                "attackalert: Host {addr} has been blocked via dropped route using command: \"{cmd}\""
+            ),
+            other => format!("attackalert: Host {addr}: {other}: \"{cmd}\""),
+        };
+        self.log.notice(&line);
+    }
+
+    fn hosts_deny_line(&self, addr: IpAddr, port: u16, proto: Protocol) -> Option<String> {
+        let tpl = self.cfg.kill_hosts_deny.as_ref()?;
+        let target = match addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        Some(tpl.render(&Vars {
+            target: &target,
+            port,
+            mode: proto.as_str(),
+        }))
+    }
+
+    fn nft_target(&self, addr: IpAddr) -> String {
+        let set = if addr.is_ipv4() { SET_V4 } else { SET_V6 };
+        format!("inet {} {set} {addr}", self.cfg.nft_table)
+    }
+
+    fn nft_op(&mut self, elems: &[SetElem], add: bool) -> Result<(), String> {
+        let table = self.cfg.nft_table.clone();
+        match self.nft.as_mut() {
+            Some(s) => s
+                .setelems(&table, SET_V4, SET_V6, elems, add)
+                .map_err(|e| e.to_string()),
+            None => Err("nftables backend not open".into()),
+        }
+    }
+
+    fn nft_action(&mut self, addr: IpAddr, timeout: Option<Duration>, add: bool) -> ActionRecord {
+        let t = Instant::now();
+        let r = self.nft_op(&[SetElem { addr, timeout }], add);
+        let r = match r {
+            // Deleting an element the kernel already timed out is not a failure.
+            Err(e) if !add && e.contains(nix::errno::Errno::ENOENT.desc()) => Ok(()),
+            other => other,
+        };
+        ActionRecord {
+            action: "nftables",
+            argv: None,
+            target: Some(self.nft_target(addr)),
+            status: if r.is_ok() { "ok" } else { "error" },
+            exit_code: None,
+            error: r.err(),
+            ms: ms_since(t),
+        }
+    }
+
+    fn route_action(&mut self, addr: IpAddr, add: bool) -> ActionRecord {
+        let t = Instant::now();
+        let r = match self.route.as_mut() {
+            Some(s) => match s.blackhole(addr, add) {
+                Ok(()) => Ok(()),
+                Err(crate::netlink::NlError::Kernel(nix::errno::Errno::EEXIST)) if add => Ok(()),
+                Err(crate::netlink::NlError::Kernel(
+                    nix::errno::Errno::ESRCH | nix::errno::Errno::ENOENT,
+                )) if !add => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            None => Err("route backend not open".into()),
+        };
+        ActionRecord {
+            action: "blackhole_route",
+            argv: None,
+            target: Some(format!("blackhole {addr}")),
+            status: if r.is_ok() { "ok" } else { "error" },
+            exit_code: None,
+            error: r.err(),
+            ms: ms_since(t),
+        }
+    }
+
+    fn hosts_deny_action(&self, line: &str, add: bool) -> ActionRecord {
+        let t = Instant::now();
+        let path = &self.cfg.hosts_deny_file;
+        let r = if add {
+            hostsdeny::add(path, line).map(|_| ())
+        } else {
+            hostsdeny::remove(path, &[line]).map(|_| ())
+        };
+        ActionRecord {
+            action: "hosts_deny",
+            argv: None,
+            target: Some(line.to_string()),
+            status: if r.is_ok() { "ok" } else { "error" },
+            exit_code: None,
+            error: r.err().map(|e| e.to_string()),
+            ms: ms_since(t),
+        }
+    }
+
+    /// Run every configured blocking action for `req`, filling `rec` with what took effect.
+    fn apply_block(&mut self, req: &BlockRequest, rec: &mut BlockRecord) -> Applied {
+        let mut actions = Vec::new();
+        let run_cmd = self.cfg.kill_run_cmd.clone();
+        if let (true, Some(tpl)) = (self.cfg.kill_run_cmd_first, run_cmd.as_ref()) {
+            actions.push(self.run_template("kill_run_cmd", tpl, req));
+        }
+        if self.nft.is_some() {
+            let timeout = self.cfg.block_timeout;
+            let a = self.nft_action(req.source, timeout, true);
+            rec.nft = a.ok();
+            actions.push(a);
+        }
+        if self.route.is_some() {
+            let a = self.route_action(req.source, true);
+            rec.blackhole = a.ok();
+            actions.push(a);
+        }
+        if let Some(tpl) = self.cfg.kill_route.clone() {
+            actions.push(self.run_template("kill_route", &tpl, req));
+        }
+        if let Some(line) = self.hosts_deny_line(req.source, req.port, req.protocol) {
+            let a = self.hosts_deny_action(&line, true);
+            if a.ok() {
+                rec.hosts_deny_line = Some(line);
+            }
+            actions.push(a);
+        }
+        if let (false, Some(tpl)) = (self.cfg.kill_run_cmd_first, run_cmd.as_ref()) {
+            actions.push(self.run_template("kill_run_cmd", tpl, req));
+        }
+        let failed = actions.iter().any(|a| !a.ok());
+        Applied { actions, failed }
+    }
+
+    /// Whether any action that blocks traffic (as opposed to only running a command) is
+    /// configured.
+    fn blocking_configured(&self) -> bool {
+        self.nft.is_some()
+            || self.route.is_some()
+            || self.cfg.kill_route.is_some()
+            || self.cfg.kill_hosts_deny.is_some()
+    }
+
+    fn rate_ok(&mut self, now: u64) -> bool {
+        let cutoff = now.saturating_sub(60_000);
+        while self.rate.front().is_some_and(|t| *t <= cutoff) {
+            self.rate.pop_front();
+        }
+        (self.rate.len() as u64) < u64::from(self.cfg.block_rate)
+    }
+
+    fn refresh_own(&mut self) {
+        if self.opts.refresh_own_addresses {
+            let (own, bcast) = own_addresses();
+            self.never.set_own(own);
+            self.never.set_broadcasts(bcast);
+        }
+    }
+
+    fn count(&mut self, d: Decision) {
+        let c = &mut self.counters;
+        match d {
+            Decision::Blocked => c.blocked += 1,
+            Decision::AlreadyBlocked => c.already_blocked += 1,
+            Decision::Ignored => c.ignored += 1,
+            Decision::NeverBlock => c.never_block += 1,
+            Decision::LogOnly => c.log_only += 1,
+            Decision::CommandOnly => c.command_only += 1,
+            Decision::RateLimited => c.rate_limited += 1,
+            Decision::Capped => c.capped += 1,
+            Decision::Rejected => c.rejected += 1,
+            Decision::Failed => {
+                c.failed += 1;
+                c.errors += 1;
+            }
+        }
+    }
+
+    fn append_text(&mut self, path: Option<PathBuf>, line: &str) {
+        let Some(path) = path else { return };
+        if let Err(e) = append_line(&path, line) {
+            self.counters.errors += 1;
+            self.log.err(&format!(
+                "adminalert: ERROR: cannot write {}: {e}",
+                path.display()
+            ));
+        }
+    }
+
+    fn rewrite_blocked_file(&mut self) {
+        let Some(path) = self.cfg.blocked_file.clone() else {
+            return;
+        };
+        let mut recs: Vec<&BlockRecord> = self.blocks.values().collect();
+        recs.sort_by_key(|b| (b.since_ms, b.addr));
+        let mut text = String::new();
+        for b in recs {
+            text.push_str(&policy::logfmt::history_line(
+                b.since_ms / 1000,
+                b.addr,
+                b.port,
+                b.protocol,
+            ));
+            text.push('\n');
+        }
+        if let Err(e) = write_atomic(&path, text.as_bytes(), 0o600) {
+            self.counters.errors += 1;
+            self.log.err(&format!(
+                "adminalert: ERROR: cannot write {}: {e}",
+                path.display()
+            ));
+        }
+    }
+
+    /// Decide on one block request from `peer` and act on it. Persistence and the audit
+    /// record are complete when this returns.
+    pub fn decide(&mut self, req: &BlockRequest, peer: Peer, now: u64) -> Decision {
+        self.counters.requests += 1;
+        let mut rec = AuditRecord::event(now, "", String::new(), Some(peer));
+        rec.source = Some(req.source.to_string());
+        rec.protocol = Some(req.protocol.as_str());
+        rec.port = Some(req.port);
+        rec.scan = Some(req.scan.as_str());
+        rec.mode = Some(req.mode.as_str());
+        let (decision, reason) = self.decide_inner(req, now, &mut rec);
+        self.count(decision);
+        rec.decision = decision.as_str();
+        rec.reason = reason;
+        self.remember(now, Some(req.source), decision.as_str(), &rec.reason);
+        self.write_audit(&rec);
+        decision
+    }
+
+    fn decide_inner(
+        &mut self,
+        req: &BlockRequest,
+        now: u64,
+        rec: &mut AuditRecord,
+    ) -> (Decision, String) {
+        let addr = req.source;
+        if let Err(e) = req.validate(now) {
+            self.log.warn(&format!(
+                "adminalert: rejected block request from sensor: {e}"
+            ));
+            return (Decision::Rejected, e.to_string());
+        }
+        self.refresh_own();
+        if let Some(why) = self.never.check(addr) {
+            self.log.notice(&format!(
+                "attackalert: Host: {addr} is a {why} and is never blocked. Ignoring"
+            ));
+            return (Decision::NeverBlock, why.to_string());
+        }
+        if self.ignore.contains(addr) {
+            self.log.notice(&format!(
+                "attackalert: Host: {addr} is on the ignore list. Ignoring"
+            ));
+            return (Decision::Ignored, "on the ignore list".into());
+        }
+        let key = match req.protocol {
+            Protocol::Tcp => "BLOCK_TCP",
+            Protocol::Udp => "BLOCK_UDP",
+        };
+        let mode = self.cfg.block_mode(req.protocol);
+        if mode == BlockMode::LogOnly {
+            self.log.notice(&format!(
+                "attackalert: Ignoring {} response per configuration file setting.",
+                req.protocol.as_upper()
+            ));
+            return (Decision::LogOnly, format!("{key}=0"));
+        }
+        if mode == BlockMode::Block && self.blocks.contains_key(&addr) {
+            self.log.notice(&format!(
+                "attackalert: Host: {addr} is already blocked. Ignoring"
+            ));
+            return (Decision::AlreadyBlocked, "already blocked".into());
+        }
+        if !self.rate_ok(now) {
+            self.log.warn(&format!(
+                "adminalert: block rate limit (BLOCK_RATE={}/min) reached; not blocking {addr}",
+                self.cfg.block_rate
+            ));
+            return (
+                Decision::RateLimited,
+                format!("BLOCK_RATE={} per minute reached", self.cfg.block_rate),
+            );
+        }
+        if mode == BlockMode::CommandOnly {
+            let Some(tpl) = self.cfg.kill_run_cmd.clone() else {
+                return (
+                    Decision::LogOnly,
+                    format!("{key}=2 but no KILL_RUN_CMD is configured"),
+                );
+            };
+            self.rate.push_back(now);
+            let a = self.run_template("kill_run_cmd", &tpl, req);
+            self.log_action(addr, &a);
+            let ok = a.ok();
+            rec.actions.push(a);
+            return if ok {
+                (Decision::CommandOnly, format!("{key}=2"))
+            } else {
+                (Decision::Failed, format!("{key}=2; KILL_RUN_CMD failed"))
+            };
+        }
+        if self.blocks.len() >= self.cfg.max_blocks as usize {
+            self.log.warn(&format!(
+                "adminalert: MAX_BLOCKS={} reached; not blocking {addr}",
+                self.cfg.max_blocks
+            ));
+            return (
+                Decision::Capped,
+                format!("MAX_BLOCKS={} reached", self.cfg.max_blocks),
+            );
+        }
+        if !self.blocking_configured() && self.cfg.kill_run_cmd.is_none() {
+            return (
+                Decision::LogOnly,
+                format!("{key}=1 but no blocking action is configured"),
+            );
+        }
+        self.rate.push_back(now);
+        let mut block = BlockRecord {
+            addr,
+            protocol: req.protocol,
+            port: req.port,
+            mode: req.mode,
+            scan: req.scan,
+            since_ms: now,
+            expires_ms: self
+                .cfg
+                .block_timeout
+                .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            nft: false,
+            blackhole: false,
+            hosts_deny_line: None,
+        };
+        let applied = self.apply_block(req, &mut block);
+        for a in &applied.actions {
+            self.log_action(addr, a);
+        }
+        rec.actions = applied.actions;
+        let took_effect = block.nft
+            || block.blackhole
+            || block.hosts_deny_line.is_some()
+            || rec
+                .actions
+                .iter()
+                .any(|a| a.action == "kill_route" && a.ok())
+            || (!self.blocking_configured() && !applied.failed);
+        let mut reason = String::new();
+        if took_effect {
+            self.blocks.insert(addr, block.clone());
+            if let Err(e) = self.store.put(&block, &self.blocks) {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot persist block of {addr}: {e}"
+                ));
+                reason = format!("state not persisted: {e}; ");
+            }
+            let line = policy::logfmt::history_line(now / 1000, addr, req.port, req.protocol);
+            self.append_text(self.cfg.history_file.clone(), &line);
+            self.append_text(self.cfg.blocked_file.clone(), &line);
+        }
+        let failed = applied.failed || !reason.is_empty();
+        if failed {
+            let n = rec.actions.iter().filter(|a| !a.ok()).count();
+            reason.push_str(&format!(
+                "{n} of {} actions failed{}",
+                rec.actions.len(),
+                if took_effect {
+                    "; host recorded as blocked by the actions that succeeded"
+                } else {
+                    "; host not blocked"
+                }
+            ));
+            (Decision::Failed, reason)
+        } else {
+            let what = match block.expires_ms {
+                Some(_) => format!(
+                    "blocked for {}s",
+                    self.cfg.block_timeout.map_or(0, |t| t.as_secs())
+                ),
+                None => "blocked permanently".to_string(),
+            };
+            (Decision::Blocked, what)
+        }
+    }
+
+    /// Undo everything recorded in `b` (except KILL_ROUTE / KILL_RUN_CMD, which have no
+    /// inverse). `kernel_nft`: whether the nft element may still exist.
+    fn undo(&mut self, b: &BlockRecord, kernel_nft: bool) -> Vec<ActionRecord> {
+        let mut out = Vec::new();
+        if b.nft && kernel_nft && self.nft.is_some() {
+            out.push(self.nft_action(b.addr, None, false));
+        }
+        if b.blackhole && self.route.is_some() {
+            out.push(self.route_action(b.addr, false));
+        }
+        if let Some(line) = &b.hosts_deny_line {
+            out.push(self.hosts_deny_action(line, false));
+        }
+        out
+    }
+
+    fn end_block(
+        &mut self,
+        addr: IpAddr,
+        now: u64,
+        decision: &'static str,
+        reason: &str,
+        peer: Option<Peer>,
+        kernel_nft: bool,
+    ) -> Option<Vec<String>> {
+        let b = self.blocks.remove(&addr)?;
+        let actions = self.undo(&b, kernel_nft);
+        let errors: Vec<String> = actions
+            .iter()
+            .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.action)))
+            .collect();
+        if let Err(e) = self.store.del(addr, &self.blocks) {
+            self.counters.errors += 1;
+            self.log.err(&format!(
+                "adminalert: ERROR: cannot persist removal of {addr}: {e}"
+            ));
+        }
+        self.counters.errors += errors.len() as u64;
+        let mut rec = AuditRecord::event(now, decision, reason.to_string(), peer);
+        rec.source = Some(addr.to_string());
+        rec.protocol = Some(b.protocol.as_str());
+        rec.port = Some(b.port);
+        rec.scan = Some(b.scan.as_str());
+        rec.mode = Some(b.mode.as_str());
+        rec.actions = actions;
+        if self.cfg.kill_route.is_some() {
+            rec.reason
+                .push_str("; KILL_ROUTE has no inverse and was not undone");
+        }
+        self.write_audit(&rec);
+        self.remember(now, Some(addr), decision, reason);
+        self.log.notice(&format!(
+            "adminalert: Host {addr} is no longer blocked ({decision}: {reason})"
+        ));
+        Some(errors)
+    }
+
+    /// `sentryctl unblock`. Returns `None` when the address was not blocked.
+    pub fn unblock(&mut self, addr: IpAddr, peer: Peer, now: u64) -> Option<Vec<String>> {
+        let r = self.end_block(
+            addr,
+            now,
+            extra::UNBLOCKED,
+            "sentryctl unblock",
+            Some(peer),
+            true,
+        );
+        if r.is_some() {
+            self.counters.unblocked += 1;
+            self.rewrite_blocked_file();
+        }
+        r
+    }
+
+    /// Remove every block whose BLOCK_TIMEOUT has passed. Returns how many expired.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let due: Vec<IpAddr> = self
+            .blocks
+            .values()
+            .filter(|b| b.expires_ms.is_some_and(|e| e <= now))
+            .map(|b| b.addr)
+            .collect();
+        for a in &due {
+            self.end_block(*a, now, extra::EXPIRED, "BLOCK_TIMEOUT passed", None, true);
+            self.counters.expired += 1;
+        }
+        if !due.is_empty() {
+            self.rewrite_blocked_file();
+        }
+        due.len()
+    }
+
+    /// SIGHUP: re-read the ignore list and lift blocks on addresses it now covers.
+    pub fn reload_ignore(&mut self, now: u64) -> Result<usize, String> {
+        let ignore = self.cfg.load_ignore().map_err(|e| e.to_string())?;
+        self.ignore = ignore;
+        let now_ignored: Vec<IpAddr> = self
+            .blocks
+            .keys()
+            .copied()
+            .filter(|a| self.ignore.contains(*a))
+            .collect();
+        for a in &now_ignored {
+            self.end_block(
+                *a,
+                now,
+                extra::UNBLOCKED,
+                "now on the ignore list",
+                None,
+                true,
+            );
+            self.counters.unblocked += 1;
+        }
+        if !now_ignored.is_empty() {
+            self.rewrite_blocked_file();
+        }
+        self.log.notice(&format!(
+            "adminalert: ignore list reloaded ({} entries); {} blocks lifted",
+            self.ignore.len(),
+            now_ignored.len()
+        ));
+        Ok(now_ignored.len())
+    }
+
+    /// On start: expire stale blocks, lift blocks the current ignore list / never-block set
+    /// now covers, and re-apply the rest (one netlink batch for the nft elements).
+    fn restore(&mut self, persisted: HashMap<IpAddr, BlockRecord>, now: u64) {
+        let mut keep = Vec::new();
+        // All of them first, so that a compaction during the loop never loses any.
+        self.blocks = persisted;
+        let mut addrs: Vec<IpAddr> = self.blocks.keys().copied().collect();
+        addrs.sort();
+        for addr in addrs {
+            let Some(b) = self.blocks.get(&addr).cloned() else {
+                continue;
+            };
+            let verdict = if b.expires_ms.is_some_and(|e| e <= now) {
+                Some((
+                    extra::EXPIRED,
+                    "BLOCK_TIMEOUT passed while stopped".to_string(),
+                ))
+            } else if let Some(why) = self.never.check(addr) {
+                Some((extra::UNBLOCKED, format!("never-block: {why}")))
+            } else if self.ignore.contains(addr) {
+                Some((extra::UNBLOCKED, "now on the ignore list".to_string()))
+            } else {
+                None
+            };
+            match verdict {
+                Some((d, why)) => {
+                    // The table was just re-created, so there is no nft element to delete.
+                    self.end_block(addr, now, d, &why, None, false);
+                    if d == extra::EXPIRED {
+                        self.counters.expired += 1;
+                    } else {
+                        self.counters.unblocked += 1;
+                    }
+                }
+                None => keep.push(addr),
+            }
+        }
+        keep.sort();
+        // nftables: one batch for all.
+        let mut nft_error = None;
+        if self.nft.is_some() {
+            let elems: Vec<SetElem> = keep
+                .iter()
+                .filter_map(|a| self.blocks.get(a))
+                .map(|b| SetElem {
+                    addr: b.addr,
+                    timeout: b
+                        .expires_ms
+                        .map(|e| Duration::from_millis(e.saturating_sub(now).max(1))),
+                })
+                .collect();
+            let t = Instant::now();
+            if let Err(e) = self.nft_op(&elems, true) {
+                nft_error = Some(e);
+            }
+            self.log.info(&format!(
+                "adminalert: re-applied {} nftables elements in {:.3} ms",
+                elems.len(),
+                ms_since(t)
+            ));
+        }
+        for addr in keep {
+            let Some(mut b) = self.blocks.get(&addr).cloned() else {
+                continue;
+            };
+            let mut actions = Vec::new();
+            if self.nft.is_some() {
+                actions.push(ActionRecord {
+                    action: "nftables",
+                    argv: None,
+                    target: Some(self.nft_target(addr)),
+                    status: if nft_error.is_none() { "ok" } else { "error" },
+                    exit_code: None,
+                    error: nft_error.clone(),
+                    ms: 0.0,
+                });
+                b.nft = nft_error.is_none();
+            }
+            if self.route.is_some() {
+                let a = self.route_action(addr, true);
+                b.blackhole = a.ok();
+                actions.push(a);
+            }
+            if let Some(line) = b.hosts_deny_line.clone() {
+                let a = self.hosts_deny_action(&line, true);
+                actions.push(a);
+            }
+            let failed = actions.iter().filter(|a| !a.ok()).count();
+            self.counters.restored += 1;
+            self.counters.errors += failed as u64;
+            self.blocks.insert(addr, b);
+            let mut rec = AuditRecord::event(
+                now,
+                extra::RESTORED,
+                if failed == 0 {
+                    "re-applied after restart".to_string()
+                } else {
+                    format!("re-applied after restart; {failed} actions failed")
+                },
+                None,
+            );
+            if let Some(b) = self.blocks.get(&addr) {
+                rec.source = Some(addr.to_string());
+                rec.protocol = Some(b.protocol.as_str());
+                rec.port = Some(b.port);
+                rec.scan = Some(b.scan.as_str());
+                rec.mode = Some(b.mode.as_str());
+            }
+            rec.actions = actions;
+            self.write_audit(&rec);
+        }
+        if let Err(e) = self.store.compact(&self.blocks) {
+            self.counters.errors += 1;
+            self.log
+                .err(&format!("adminalert: ERROR: cannot persist state: {e}"));
+        }
+        self.rewrite_blocked_file();
+        if self.counters.restored > 0 {
+            self.log.notice(&format!(
+                "adminalert: restored {} blocks from {}",
+                self.counters.restored,
+                self.opts.state_dir.display()
+            ));
+        }
+    }
+
+    pub fn status(&self, config_path: &Path) -> Status {
+        let mut backends = Vec::new();
+        if self.nft.is_some() {
+            backends.push(format!("nftables inet {} (netlink)", self.cfg.nft_table));
+        }
+        if self.route.is_some() {
+            backends.push("blackhole routes (netlink)".into());
+        }
+        if let Some(t) = &self.cfg.kill_route {
+            backends.push(format!("KILL_ROUTE {}", t.source()));
+        }
+        if let Some(t) = &self.cfg.kill_hosts_deny {
+            backends.push(format!(
+                "KILL_HOSTS_DENY {} -> {}",
+                t.source(),
+                self.cfg.hosts_deny_file.display()
+            ));
+        }
+        if let Some(t) = &self.cfg.kill_run_cmd {
+            backends.push(format!("KILL_RUN_CMD {}", t.source()));
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config_path: config_path.display().to_string(),
+            sensor: self.sensor.clone(),
+            counters: self.counters.clone(),
+            active_blocks: self.blocks.len() as u64,
+            max_blocks: u64::from(self.cfg.max_blocks),
+            backends,
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    pub fn blocked(&self) -> Vec<BlockEntry> {
+        let mut v: Vec<BlockEntry> = self
+            .blocks
+            .values()
+            .map(|b| BlockEntry {
+                addr: b.addr,
+                protocol: b.protocol,
+                port: b.port,
+                mode: b.mode,
+                scan: b.scan,
+                since_ms: b.since_ms,
+                expires_ms: b.expires_ms,
+            })
+            .collect();
+        v.sort_by_key(|b| (b.since_ms, b.addr));
+        v
+    }
+}
+
+/// Append one line to a PortSentry text file (BLOCKED_FILE / HISTORY_FILE), refusing
+/// symlinks and files writable by group or others.
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.is_file() || md.mode() & 0o022 != 0 {
+        return Err(std::io::Error::other(
+            "not a regular file, or writable by group or others",
+        ));
+    }
+    let mut s = String::with_capacity(line.len() + 1);
+    s.push_str(line);
+    s.push('\n');
+    f.write_all(s.as_bytes())
+}

@@ -1,0 +1,512 @@
+//! A minimal netlink encoder for the two kernel operations the enforcer performs per block:
+//! adding/removing an element of an nftables set (NETLINK_NETFILTER, `NFT_MSG_NEWSETELEM` /
+//! `NFT_MSG_DELSETELEM` inside an nfnetlink batch) and adding/removing a blackhole route
+//! (NETLINK_ROUTE, `RTM_NEWROUTE` / `RTM_DELROUTE`).
+//!
+//! Written here instead of pulling in a netlink crate: the messages are fixed and tiny, the
+//! enforcer's dependency list is attack surface, and the one complete nftables crate
+//! (rustables) is GPL-3.0, incompatible with the project's MIT OR Apache-2.0 licence.
+//! Every request asks for an ACK and the reply is matched by sequence number, so a failure
+//! is always reported as an error, never assumed to be success.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SockFlag, SockProtocol, SockType,
+};
+use nix::sys::time::TimeVal;
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_INET: u8 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTA_DST: u16 = 1;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_NOWHERE: u8 = 253;
+const RTN_BLACKHOLE: u8 = 6;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// How long to wait for the kernel's ACK before calling the operation failed.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest reply we read; ACKs are small, errors echo our request (bounded by what we sent).
+const RECV_BUF: usize = 64 * 1024;
+
+/// A netlink operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NlError {
+    /// The kernel answered with this errno.
+    Kernel(Errno),
+    /// The socket itself failed (open, send, receive, timeout).
+    Io(Errno),
+    /// The reply could not be parsed.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for NlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Kernel(e) => write!(f, "kernel refused: {}", e.desc()),
+            Self::Io(Errno::EAGAIN) => write!(f, "netlink: no answer within {ACK_TIMEOUT:?}"),
+            Self::Io(e) => write!(f, "netlink socket: {}", e.desc()),
+            Self::Malformed(m) => write!(f, "netlink reply malformed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for NlError {}
+
+/// Builds one netlink message with nested attributes.
+struct MsgBuilder {
+    buf: Vec<u8>,
+    start: usize,
+    nests: Vec<usize>,
+}
+
+impl MsgBuilder {
+    fn new(buf: Vec<u8>) -> Self {
+        Self {
+            buf,
+            start: 0,
+            nests: Vec::new(),
+        }
+    }
+
+    fn begin(&mut self, ty: u16, flags: u16, seq: u32) {
+        self.start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in end()
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    fn pad(&mut self) {
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        let len = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.pad();
+    }
+
+    fn attr_strz(&mut self, ty: u16, s: &str) {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.attr(ty, &v);
+    }
+
+    fn nest_begin(&mut self, ty: u16) {
+        self.nests.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    }
+
+    fn nest_end(&mut self) {
+        if let Some(at) = self.nests.pop() {
+            let len = u16::try_from(self.buf.len() - at).unwrap_or(u16::MAX);
+            self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        }
+    }
+
+    fn end(&mut self) {
+        self.pad();
+        let len = u32::try_from(self.buf.len() - self.start).unwrap_or(u32::MAX);
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+fn nfgen(b: &mut MsgBuilder, family: u8, res_id: u16) {
+    b.bytes(&[family, 0]);
+    b.bytes(&res_id.to_be_bytes());
+}
+
+fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// One element operation for [`encode_setelem_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetElem {
+    pub addr: IpAddr,
+    /// Kernel-side timeout; `None` is permanent.
+    pub timeout: Option<Duration>,
+}
+
+/// Encode one nfnetlink batch that adds (or deletes) `elems` in `table` (family inet). The
+/// elements are split over as many NEWSETELEM/DELSETELEM messages as needed, one per set
+/// (`set_v4` / `set_v6`). Returns the bytes and the sequence numbers that expect an ACK.
+pub fn encode_setelem_batch(
+    table: &str,
+    set_v4: &str,
+    set_v6: &str,
+    elems: &[SetElem],
+    add: bool,
+    first_seq: u32,
+) -> (Vec<u8>, Vec<u32>) {
+    let mut b = MsgBuilder::new(Vec::with_capacity(128 + elems.len() * 40));
+    let mut seq = first_seq;
+    b.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq);
+    nfgen(&mut b, 0, NFNL_SUBSYS_NFTABLES);
+    b.end();
+    let mut acks = Vec::new();
+    for (set, v4) in [(set_v4, true), (set_v6, false)] {
+        // At most 256 elements per message keeps each message well under 64 KiB.
+        let mine: Vec<&SetElem> = elems.iter().filter(|e| e.addr.is_ipv4() == v4).collect();
+        for chunk in mine.chunks(256) {
+            seq = seq.wrapping_add(1);
+            let (ty, flags) = if add {
+                (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+            } else {
+                (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+            };
+            b.begin((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq);
+            nfgen(&mut b, NFPROTO_INET, 0);
+            b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+            b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+            b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for e in chunk {
+                b.nest_begin(NFTA_LIST_ELEM);
+                b.nest_begin(NFTA_SET_ELEM_KEY);
+                b.attr(NFTA_DATA_VALUE, &addr_bytes(&e.addr));
+                b.nest_end();
+                if let (true, Some(t)) = (add, e.timeout) {
+                    let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+                    b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+                }
+                b.nest_end();
+            }
+            b.nest_end();
+            b.end();
+            acks.push(seq);
+        }
+    }
+    seq = seq.wrapping_add(1);
+    b.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq);
+    nfgen(&mut b, 0, NFNL_SUBSYS_NFTABLES);
+    b.end();
+    (b.finish(), acks)
+}
+
+/// Encode an RTM_NEWROUTE / RTM_DELROUTE for a host blackhole route in the main table.
+pub fn encode_blackhole(addr: IpAddr, add: bool, seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new(Vec::with_capacity(64));
+    let (ty, flags, scope) = if add {
+        (
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+            RT_SCOPE_UNIVERSE,
+        )
+    } else {
+        (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, RT_SCOPE_NOWHERE)
+    };
+    b.begin(ty, flags, seq);
+    let (family, dst_len) = match addr {
+        IpAddr::V4(_) => (AF_INET, 32),
+        IpAddr::V6(_) => (AF_INET6, 128),
+    };
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
+    b.bytes(&[
+        family,
+        dst_len,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        scope,
+        RTN_BLACKHOLE,
+    ]);
+    b.bytes(&0u32.to_ne_bytes());
+    b.attr(RTA_DST, &addr_bytes(&addr));
+    b.end();
+    b.finish()
+}
+
+/// Parse kernel replies in `buf`; for each NLMSG_ERROR whose sequence number is in
+/// `pending`, remove it and record its result. Returns the first error seen.
+pub fn parse_acks(buf: &[u8], pending: &mut Vec<u32>) -> Result<(), NlError> {
+    let mut rest = buf;
+    let mut first_err = Ok(());
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return Err(NlError::Malformed("bad message length"));
+        }
+        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
+        let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        if ty == NLMSG_ERROR {
+            let Some(code) = rest.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4) else {
+                return Err(NlError::Malformed("short error message"));
+            };
+            let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+            if let Some(pos) = pending.iter().position(|s| *s == seq) {
+                pending.swap_remove(pos);
+                if code != 0 && first_err.is_ok() {
+                    first_err = Err(NlError::Kernel(Errno::from_raw(-code)));
+                }
+            }
+        } else if ty == NLMSG_DONE {
+            pending.clear();
+        }
+        let step = (len + 3) & !3;
+        rest = rest.get(step..).unwrap_or(&[]);
+    }
+    first_err
+}
+
+/// A bound netlink socket with an ACK timeout.
+#[derive(Debug)]
+pub struct NlSocket {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl NlSocket {
+    fn open(proto: SockProtocol) -> Result<Self, NlError> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            proto,
+        )
+        .map_err(NlError::Io)?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(NlError::Io)?;
+        let tv = TimeVal::new(i64::try_from(ACK_TIMEOUT.as_secs()).unwrap_or(2), 0);
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(NlError::Io)?;
+        // A per-process starting point so replies to a previous socket cannot match.
+        let seq = std::process::id().wrapping_mul(65_536);
+        Ok(Self {
+            fd,
+            seq,
+            buf: vec![0u8; RECV_BUF],
+        })
+    }
+
+    /// A NETLINK_NETFILTER socket (needs CAP_NET_ADMIN to change anything).
+    pub fn netfilter() -> Result<Self, NlError> {
+        Self::open(SockProtocol::NetlinkNetFilter)
+    }
+
+    /// A NETLINK_ROUTE socket (needs CAP_NET_ADMIN to change anything).
+    pub fn route() -> Result<Self, NlError> {
+        Self::open(SockProtocol::NetlinkRoute)
+    }
+
+    fn next_seq(&mut self, n: u32) -> u32 {
+        let s = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(n + 2);
+        s
+    }
+
+    /// Send `msg` and wait until every sequence number in `pending` has been ACKed.
+    fn transact(&mut self, msg: &[u8], mut pending: Vec<u32>) -> Result<(), NlError> {
+        let sent = sendto(
+            self.fd.as_raw_fd(),
+            msg,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .map_err(NlError::Io)?;
+        if sent != msg.len() {
+            return Err(NlError::Io(Errno::EMSGSIZE));
+        }
+        let mut result = Ok(());
+        while !pending.is_empty() {
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
+                    Err(Errno::EINTR) => continue,
+                    other => break other.map_err(NlError::Io)?,
+                }
+            };
+            let Some(reply) = self.buf.get(..n) else {
+                return Err(NlError::Malformed("reply longer than buffer"));
+            };
+            let r = parse_acks(reply, &mut pending);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// Add or delete set elements in one batch.
+    pub fn setelems(
+        &mut self,
+        table: &str,
+        set_v4: &str,
+        set_v6: &str,
+        elems: &[SetElem],
+        add: bool,
+    ) -> Result<(), NlError> {
+        if elems.is_empty() {
+            return Ok(());
+        }
+        let n = u32::try_from(elems.len()).unwrap_or(u32::MAX / 2);
+        let first = self.next_seq(n);
+        let (msg, acks) = encode_setelem_batch(table, set_v4, set_v6, elems, add, first);
+        self.transact(&msg, acks)
+    }
+
+    /// Add or delete a blackhole route for one host.
+    pub fn blackhole(&mut self, addr: IpAddr, add: bool) -> Result<(), NlError> {
+        let seq = self.next_seq(1);
+        let msg = encode_blackhole(addr, add, seq);
+        self.transact(&msg, vec![seq])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([b[at], b[at + 1]])
+    }
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    #[test]
+    fn setelem_batch_layout() {
+        let e = [SetElem {
+            addr: "192.0.2.7".parse().unwrap(),
+            timeout: Some(Duration::from_secs(60)),
+        }];
+        let (msg, acks) = encode_setelem_batch("sentry", "v4", "v6", &e, true, 100);
+        assert_eq!(acks, vec![101]);
+        // batch begin
+        assert_eq!(u32_at(&msg, 0), 20);
+        assert_eq!(u16_at(&msg, 4), NFNL_MSG_BATCH_BEGIN);
+        assert_eq!(&msg[18..20], &NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        // newsetelem
+        let m = &msg[20..];
+        let len = u32_at(m, 0) as usize;
+        assert_eq!(len % 4, 0);
+        assert_eq!(u16_at(m, 4), (10 << 8) | 12);
+        assert_eq!(u16_at(m, 6), NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK);
+        assert_eq!(u32_at(m, 8), 101);
+        assert_eq!(m[16], NFPROTO_INET);
+        let body = &m[20..len];
+        // table attribute "sentry\0" padded to 8
+        assert_eq!(u16_at(body, 0), 4 + 7);
+        assert_eq!(&body[4..11], b"sentry\0");
+        // the address bytes and the timeout (60000 ms, big-endian) are in there
+        let hay = body.windows(4).any(|w| w == [192, 0, 2, 7]);
+        assert!(hay);
+        let t = 60_000u64.to_be_bytes();
+        assert!(body.windows(8).any(|w| w == t));
+        // batch end
+        let end = &msg[20 + len..];
+        assert_eq!(u16_at(end, 4), NFNL_MSG_BATCH_END);
+        assert_eq!(end.len(), 20);
+    }
+
+    #[test]
+    fn delete_has_no_timeout_and_v6_goes_to_v6_set() {
+        let e = [SetElem {
+            addr: "2001:db8::1".parse().unwrap(),
+            timeout: Some(Duration::from_secs(60)),
+        }];
+        let (msg, acks) = encode_setelem_batch("t", "s4", "s6", &e, false, 1);
+        assert_eq!(acks.len(), 1);
+        assert!(msg.windows(3).any(|w| w == b"s6\0"));
+        assert!(!msg.windows(3).any(|w| w == b"s4\0"));
+        assert!(!msg.windows(8).any(|w| w == 60_000u64.to_be_bytes()));
+        assert_eq!(u16_at(&msg, 20 + 4), (10 << 8) | 14);
+    }
+
+    #[test]
+    fn large_batches_are_chunked() {
+        let e: Vec<SetElem> = (0..600u32)
+            .map(|i| SetElem {
+                addr: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                timeout: None,
+            })
+            .collect();
+        let (_, acks) = encode_setelem_batch("t", "a", "b", &e, true, 0);
+        assert_eq!(acks.len(), 3);
+    }
+
+    #[test]
+    fn blackhole_layout() {
+        let m = encode_blackhole("198.51.100.9".parse().unwrap(), true, 7);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(u16_at(&m, 4), RTM_NEWROUTE);
+        assert_eq!(m[16], AF_INET);
+        assert_eq!(m[17], 32);
+        assert_eq!(m[23], RTN_BLACKHOLE);
+        assert_eq!(&m[m.len() - 4..], &[198, 51, 100, 9]);
+        let d = encode_blackhole("2001:db8::2".parse().unwrap(), false, 8);
+        assert_eq!(u16_at(&d, 4), RTM_DELROUTE);
+        assert_eq!(d[17], 128);
+    }
+
+    #[test]
+    fn acks_parse_errors_and_ignore_garbage() {
+        let mut reply = Vec::new();
+        // an error message for seq 5 with -ENOENT
+        reply.extend_from_slice(&36u32.to_ne_bytes());
+        reply.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        reply.extend_from_slice(&0u16.to_ne_bytes());
+        reply.extend_from_slice(&5u32.to_ne_bytes());
+        reply.extend_from_slice(&0u32.to_ne_bytes());
+        reply.extend_from_slice(&(-2i32).to_ne_bytes());
+        reply.extend_from_slice(&[0u8; 16]);
+        let mut pending = vec![5, 6];
+        assert_eq!(
+            parse_acks(&reply, &mut pending),
+            Err(NlError::Kernel(Errno::ENOENT))
+        );
+        assert_eq!(pending, vec![6]);
+        let mut p = vec![1];
+        assert!(parse_acks(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &mut p).is_err());
+        assert!(parse_acks(&[0xff; 3], &mut p).is_ok());
+    }
+}
