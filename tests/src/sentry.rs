@@ -105,6 +105,7 @@ pub struct Sentry {
     pub hosts_deny: PathBuf,
     pub audit_log: PathBuf,
     pub sensor_uid: u32,
+    pub sensor_gid: u32,
     pub enforcer: Option<Child>,
     pub sensor: Option<Child>,
     runs: u32,
@@ -131,7 +132,7 @@ impl Sentry {
     /// disabled) the sensor, and wait until `sentryctl status` shows the sensor connected.
     pub fn start(name: &str, settings: Settings) -> Sentry {
         let bins = bins();
-        let (sensor_uid, _) = ensure_sensor_user();
+        let (sensor_uid, sensor_gid) = ensure_sensor_user();
         let net = NetPair::new();
         let dir = tempfile::Builder::new()
             .prefix(&format!("sentry-e2e-{name}-"))
@@ -163,6 +164,7 @@ impl Sentry {
             hosts_deny,
             audit_log,
             sensor_uid,
+            sensor_gid,
             enforcer: None,
             sensor: None,
             runs: 0,
@@ -223,7 +225,13 @@ impl Sentry {
     pub fn start_enforcer(&mut self) {
         assert!(self.enforcer.is_none(), "enforcer already running");
         let (out, err) = self.log_file("enforcer");
-        let mut c = self.net.command(Side::Target, &self.bins.enforcer);
+        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN +
+        // CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
+        // member of that group, SupplementaryGroups=sentry).
+        let mut c = self.net.command(Side::Target, "setpriv");
+        c.args(["--bounding-set", "-all,+net_admin,+net_raw", "--groups"])
+            .arg(self.sensor_gid.to_string())
+            .arg(&self.bins.enforcer);
         c.arg("--config")
             .arg(&self.conf)
             .arg("--runtime-dir")

@@ -57,7 +57,20 @@ fn sentryctl_check_config_accepts_default_and_rejects_broken() {
     let b = bins();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("sentry.conf");
-    std::fs::write(&good, default_conf_text()).unwrap();
+    // The referenced directories are created by `make install`; point them at ours.
+    for sub in ["lib", "log"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let text = default_conf_text()
+        .replace(
+            "/var/lib/sentry/",
+            &format!("{}/lib/", dir.path().display()),
+        )
+        .replace(
+            "/var/log/sentry/",
+            &format!("{}/log/", dir.path().display()),
+        );
+    std::fs::write(&good, text).unwrap();
     let out = run(
         std::process::Command::new(&b.sentryctl)
             .arg("check-config")
