@@ -63,7 +63,7 @@ fn parse_entry(s: &str) -> Result<Net, String> {
                     if m.leading_ones() + m.trailing_zeros() != 32 {
                         return Err(format!("netmask {l} is not contiguous"));
                     }
-                    m.leading_ones() as u8
+                    u8::try_from(m.leading_ones()).map_err(|_| format!("netmask {l} is invalid"))?
                 }
                 Some(l) => digits(l, 32)?,
             };
@@ -77,7 +77,7 @@ fn parse_entry(s: &str) -> Result<Net, String> {
             let base = u128::from(a) & mask6(len);
             // An IPv4-mapped network is the IPv4 network it maps.
             if len >= 96 && Ipv6Addr::from(base).to_ipv4_mapped().is_some() {
-                let v4 = (base & u128::from(u32::MAX)) as u32;
+                let v4 = u32::try_from(base & u128::from(u32::MAX)).unwrap_or(0);
                 return Ok(Net::V4(v4, len - 96));
             }
             Ok(Net::V6(base, len))

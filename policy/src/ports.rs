@@ -108,8 +108,8 @@ pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("'{s}' is not a port number"));
     }
-    match s.parse::<u32>() {
-        Ok(n @ 1..=65535) => Ok(n as u16),
+    match s.parse::<u16>() {
+        Ok(n) if n != 0 => Ok(n),
         _ => Err(format!("port {s} out of range 1-65535")),
     }
 }

@@ -1,0 +1,320 @@
+//! The configuration reader against PortSentry-shaped files and every error it must name.
+
+use std::path::{Path, PathBuf};
+
+use policy::{BlockMode, Config, Firewall, Vars};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::parse(text, Path::new("/etc/sentry/sentry.conf")) {
+        Ok(_) => panic!("expected an error for {text:?}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn one_error(text: &str) -> String {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn portsentry_sample_parses_unchanged() {
+    let cfg = Config::load(&fixture("portsentry-1.2.conf")).expect("sample parses");
+    assert_eq!(cfg.tcp_ports.len(), 26);
+    assert!(cfg.tcp_ports.contains(31337) && cfg.tcp_ports.contains(1));
+    assert_eq!(cfg.udp_ports.len(), 21);
+    assert!(cfg.udp_ports.contains(54321));
+    assert_eq!(
+        (cfg.advanced_ports_tcp, cfg.advanced_ports_udp),
+        (1024, 1024)
+    );
+    assert!(cfg.advanced_exclude_tcp.contains(113) && cfg.advanced_exclude_tcp.contains(139));
+    assert!(cfg.advanced_tcp_watched(1023) && !cfg.advanced_tcp_watched(1024));
+    assert!(!cfg.advanced_tcp_watched(113) && cfg.advanced_udp_watched(53));
+    assert!(!cfg.advanced_udp_watched(137));
+    assert_eq!(
+        cfg.ignore_file.as_deref(),
+        Some(Path::new("/usr/local/psionic/portsentry/portsentry.ignore"))
+    );
+    assert!(cfg.resolve_host);
+    assert_eq!(
+        (cfg.block_tcp, cfg.block_udp),
+        (BlockMode::Block, BlockMode::Block)
+    );
+    assert!(cfg.kill_route.is_none());
+    let v = Vars {
+        target: "192.0.2.1",
+        port: 1,
+        mode: "tcp",
+    };
+    assert_eq!(
+        cfg.kill_hosts_deny.as_ref().unwrap().render(&v),
+        "ALL: 192.0.2.1"
+    );
+    assert_eq!(cfg.scan_trigger, 0);
+    assert!(cfg.port_banner.is_none());
+    // sentry's own keys take their defaults.
+    assert_eq!(cfg.firewall, Firewall::None);
+    assert_eq!(cfg.hosts_deny_file, Path::new("/etc/hosts.deny"));
+    // RESOLVE_HOST=1 is accepted but not honoured, and says so.
+    assert_eq!(cfg.warnings.len(), 1);
+    assert!(cfg.warnings[0]
+        .to_string()
+        .contains(":24: RESOLVE_HOST: host names are not resolved"));
+}
+
+#[test]
+fn debian_crlf_sample_without_final_newline_parses() {
+    let cfg = Config::load(&fixture("debian.conf")).expect("debian sample parses");
+    assert_eq!(cfg.block_tcp, BlockMode::LogOnly);
+    assert_eq!(cfg.advanced_ports_tcp, 1023);
+    let v = Vars {
+        target: "2001:db8::1",
+        port: 22,
+        mode: "tcp",
+    };
+    assert_eq!(
+        cfg.kill_route.as_ref().unwrap().render(&v),
+        ["/sbin/route", "add", "-host", "2001:db8::1", "reject"]
+    );
+    assert_eq!(
+        cfg.port_banner.as_deref(),
+        Some("** UNAUTHORIZED ACCESS PROHIBITED *** YOUR CONNECTION ATTEMPT HAS BEEN LOGGED. GO AWAY.")
+    );
+    assert!(cfg.warnings.is_empty());
+}
+
+#[test]
+fn sentry_keys() {
+    let cfg = Config::parse(
+        "FIREWALL=\"nftables\"\nNFT_TABLE=\"sentry_test\"\nBLOCK_TIMEOUT=\"3600\"\nMAX_BLOCKS=\"500\"\n\
+         BLOCK_RATE=\"60\"\nHOSTS_DENY_FILE=\"/tmp/hd\"\nAUDIT_LOG=\"/tmp/a.jsonl\"\nBLACKHOLE_ROUTE=\"1\"\n\
+         KILL_TIMEOUT=\"5\"\nSCAN_WINDOW=\"60\"\nSTATE_MAX_SOURCES=\"1024\"\nSENSOR_QUEUE=\"16\"\nLOG_RATE=\"10\"\n\
+         CONTROL_GROUP=\"adm\"\nBLOCK_TCP=\"1\"\n",
+        Path::new("x.conf"),
+    )
+    .unwrap();
+    assert_eq!(cfg.firewall, Firewall::Nftables);
+    assert_eq!(cfg.nft_table, "sentry_test");
+    assert_eq!(cfg.block_timeout.unwrap().as_secs(), 3600);
+    assert_eq!((cfg.max_blocks, cfg.block_rate), (500, 60));
+    assert!(cfg.blackhole_route);
+    assert_eq!(cfg.state_max_sources, 1024);
+    assert_eq!(cfg.control_group.as_deref(), Some("adm"));
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let cfg = Config::parse("BLOCK_TIMEOUT=\"0\"\n", Path::new("x")).unwrap();
+    assert!(cfg.block_timeout.is_none());
+}
+
+#[test]
+fn unknown_and_prefix_keys_are_errors() {
+    assert_eq!(
+        one_error("TCP_PORT=\"1\"\n"),
+        "/etc/sentry/sentry.conf:1: TCP_PORT: unknown key"
+    );
+    assert_eq!(
+        one_error("# c\nTCP_PORTS_EXTRA=\"1\"\n"),
+        "/etc/sentry/sentry.conf:2: TCP_PORTS_EXTRA: unknown key"
+    );
+    assert_eq!(
+        one_error("tcp_ports=\"1\"\n"),
+        "/etc/sentry/sentry.conf:1: 'tcp_ports' is not a valid key name"
+    );
+}
+
+#[test]
+fn bad_ports_and_ranges() {
+    assert_eq!(
+        one_error("TCP_PORTS=\"1,abc,5-3\"\n"),
+        "/etc/sentry/sentry.conf:1: TCP_PORTS: 'abc' is not a port number"
+    );
+    assert_eq!(
+        one_error("UDP_PORTS=\"5-3\"\n"),
+        "/etc/sentry/sentry.conf:1: UDP_PORTS: reversed range 5-3"
+    );
+    assert_eq!(
+        one_error("\n\nTCP_PORTS=\"70000\"\n"),
+        "/etc/sentry/sentry.conf:3: TCP_PORTS: port 70000 out of range 1-65535"
+    );
+    assert_eq!(
+        one_error("ADVANCED_PORTS_TCP=\"0\"\n"),
+        "/etc/sentry/sentry.conf:1: ADVANCED_PORTS_TCP: port 0 out of range 1-65535"
+    );
+}
+
+#[test]
+fn numbers_never_wrap_or_clamp() {
+    assert_eq!(
+        one_error("SCAN_TRIGGER=\"4294967296\"\n"),
+        "/etc/sentry/sentry.conf:1: SCAN_TRIGGER: 4294967296 out of range 0-65534"
+    );
+    assert_eq!(
+        one_error("SCAN_TRIGGER=\"-1\"\n"),
+        "/etc/sentry/sentry.conf:1: SCAN_TRIGGER: '-1' is not a whole number"
+    );
+    assert_eq!(
+        one_error("MAX_BLOCKS=\"0\"\n"),
+        "/etc/sentry/sentry.conf:1: MAX_BLOCKS: 0 out of range 1-1000000"
+    );
+    assert_eq!(
+        one_error("KILL_TIMEOUT=\"99999999999999999999999\"\n"),
+        "/etc/sentry/sentry.conf:1: KILL_TIMEOUT: 99999999999999999999999 out of range 1-300"
+    );
+}
+
+#[test]
+fn block_values() {
+    assert_eq!(
+        one_error("BLOCK_TCP=\"3\"\n"),
+        "/etc/sentry/sentry.conf:1: BLOCK_TCP: expected 0, 1 or 2, got '3'"
+    );
+    assert_eq!(
+        one_error("BLOCK_UDP=\"2\"\n"),
+        "/etc/sentry/sentry.conf:1: BLOCK_UDP: 2 (run KILL_RUN_CMD only) needs KILL_RUN_CMD"
+    );
+    assert_eq!(
+        one_error("RESOLVE_HOST=\"yes\"\n"),
+        "/etc/sentry/sentry.conf:1: RESOLVE_HOST: expected 0 or 1, got 'yes'"
+    );
+}
+
+#[test]
+fn kill_templates() {
+    assert_eq!(
+        one_error("KILL_ROUTE=\"/sbin/route add -host $HOST$ reject\"\n"),
+        "/etc/sentry/sentry.conf:1: KILL_ROUTE: unknown token $HOST$ (known: $TARGET$, $PORT$, $MODE$)"
+    );
+    assert_eq!(
+        one_error("KILL_RUN_CMD=\"/usr/local/bin/page $PORT$\"\n"),
+        "/etc/sentry/sentry.conf:1: KILL_RUN_CMD: template does not contain $TARGET$"
+    );
+    assert_eq!(
+        one_error("KILL_HOSTS_DENY=\"ALL: somehost\"\n"),
+        "/etc/sentry/sentry.conf:1: KILL_HOSTS_DENY: template does not contain $TARGET$"
+    );
+    let e = one_error(
+        "KILL_ROUTE=\"/bin/echo 'block in log on ext0 from $TARGET$/32 to any' | /sbin/ipf -f -\"\n",
+    );
+    assert!(
+        e.starts_with("/etc/sentry/sentry.conf:1: KILL_ROUTE: shell syntax '|' is not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_errors_and_duplicates() {
+    assert_eq!(
+        one_error("TCP_PORTS \"1\"\n"),
+        "/etc/sentry/sentry.conf:1: expected KEY=\"value\""
+    );
+    assert_eq!(
+        one_error("TCP_PORTS=\"1\nUDP_PORTS=\"1\"\n"),
+        "/etc/sentry/sentry.conf:1: TCP_PORTS: missing closing quote"
+    );
+    assert_eq!(
+        one_error("TCP_PORTS=\"1\" trailing\n"),
+        "/etc/sentry/sentry.conf:1: TCP_PORTS: unexpected text after closing quote: 'trailing'"
+    );
+    assert_eq!(
+        one_error("SCAN_TRIGGER=\"0\"\nSCAN_TRIGGER=\"1\"\n"),
+        "/etc/sentry/sentry.conf:2: SCAN_TRIGGER: duplicate key (first set on line 1)"
+    );
+    assert_eq!(
+        one_error("IGNORE_FILE=\"relative/path\"\n"),
+        "/etc/sentry/sentry.conf:1: IGNORE_FILE: 'relative/path' must be an absolute path"
+    );
+    assert_eq!(
+        one_error("AUDIT_LOG=\"\"\n"),
+        "/etc/sentry/sentry.conf:1: AUDIT_LOG: must not be empty"
+    );
+}
+
+#[test]
+fn every_error_in_one_pass() {
+    let e = errors("TCP_PORTS=\"x\"\nBOGUS=\"1\"\nBLOCK_TCP=\"9\"\n");
+    assert_eq!(e.len(), 3);
+    assert!(
+        e[0].contains(":1: TCP_PORTS:")
+            && e[1].contains(":2: BOGUS:")
+            && e[2].contains(":3: BLOCK_TCP:")
+    );
+}
+
+#[test]
+fn accepted_syntax_variants() {
+    let cfg = Config::parse(
+        "  TCP_PORTS = \"1, 2,3-5\"   # trailing comment\nSCAN_TRIGGER=2\r\nPORT_BANNER=\"say \"hi\" # not a comment\"\n",
+        Path::new("x"),
+    )
+    .unwrap();
+    assert_eq!(cfg.tcp_ports.to_list(), "1-5");
+    assert_eq!(cfg.scan_trigger, 2);
+    assert_eq!(
+        cfg.port_banner.as_deref(),
+        Some("say \"hi\" # not a comment")
+    );
+}
+
+#[test]
+fn referenced_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ignore = dir.path().join("bad.ignore");
+    std::fs::write(&ignore, "10.0.0.1\n10.0.0.300\n").unwrap();
+    let text = format!(
+        "IGNORE_FILE=\"{}\"\nHISTORY_FILE=\"/nonexistent-dir/h\"\nKILL_ROUTE=\"/nonexistent/iptables -s $TARGET$\"\nAUDIT_LOG=\"{}/a.jsonl\"\n",
+        ignore.display(),
+        dir.path().display()
+    );
+    let cfg = Config::parse(&text, Path::new("/c.conf")).unwrap();
+    let e: Vec<String> = cfg
+        .check_referenced_files()
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert_eq!(
+        e[0],
+        format!(
+            "{}:2: '10.0.0.300' is not an IPv4 or IPv6 address",
+            ignore.display()
+        )
+    );
+    assert_eq!(
+        e[1],
+        "/c.conf:2: HISTORY_FILE: directory of /nonexistent-dir/h does not exist"
+    );
+    assert_eq!(
+        e[2],
+        "/c.conf:3: KILL_ROUTE: /nonexistent/iptables is not an executable file"
+    );
+}
+
+#[test]
+fn ignore_fixture_and_missing_file() {
+    let l = policy::IgnoreList::load(&fixture("portsentry.ignore")).unwrap();
+    assert_eq!(l.len(), 5);
+    for a in [
+        "127.0.0.1",
+        "0.0.0.0",
+        "10.1.2.200",
+        "172.31.255.1",
+        "fe80::abcd",
+    ] {
+        assert!(l.contains(a.parse().unwrap()), "{a}");
+    }
+    assert!(!l.contains("10.1.3.1".parse().unwrap()));
+    let e = policy::IgnoreList::load(Path::new("/nonexistent.ignore")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent.ignore: cannot open:"),
+        "{e}"
+    );
+}
