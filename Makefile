@@ -1,0 +1,135 @@
+# sentry — build, install, run and test.
+#
+#   make run      set up and run on this machine (Debian): apt packages, release
+#                 build, install, start the pair, print `sentryctl status`
+#   make stop     stop the pair and remove its nftables table
+#   make install  binaries, units, man pages, the `sentry` user, /etc/sentry
+#   make test     build the binaries, then run every test (root tests included)
+#   make uninstall
+#
+# Migration: if /etc/portsentry/portsentry.conf exists and /etc/sentry/sentry.conf
+# does not, install links /etc/sentry/sentry.conf to it, so the PortSentry
+# configuration and ignore file are used unchanged.
+
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+CONFDIR    ?= /etc/sentry
+PORTSENTRY ?= /etc/portsentry/portsentry.conf
+CARGO      ?= cargo
+SENSOR_USER = sentry
+BINS        = sentry-sensor sentry-enforcer sentryctl
+RELEASE     = target/release
+# Packages the product needs at run time (nft for inspection, setpriv is in
+# util-linux) and to build (a C linker).
+APT_PKGS    = nftables iproute2 util-linux build-essential pkg-config
+PID1       := $(shell cat /proc/1/comm 2>/dev/null)
+
+.PHONY: all build deps install install-bin install-units install-man install-conf \
+        run stop status test uninstall
+
+all: build
+
+build:
+	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer --bins
+
+# Install missing Debian packages (and rustup's cargo if no cargo at all).
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+	    echo "cargo not found: install Rust with https://rustup.rs (or apt-get install cargo)"; exit 1; }
+
+install: build install-bin install-units install-man install-conf
+	@echo "installed. Start with: make run   (or systemctl enable --now sentry-enforcer sentry-sensor)"
+
+install-bin:
+	install -d $(DESTDIR)$(SBINDIR)
+	for b in $(BINS); do install -m 0755 $(RELEASE)/$$b $(DESTDIR)$(SBINDIR)/$$b; done
+
+install-units:
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-enforcer/dist/sentry-enforcer.service \
+	    > $(DESTDIR)$(UNITDIR)/sentry-enforcer.service
+	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-sensor/dist/sentry-sensor.service \
+	    > $(DESTDIR)$(UNITDIR)/sentry-sensor.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sentry-*.service
+
+install-man:
+	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+	install -m 0644 sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8 \
+	    sentry-enforcer/man/sentryctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 policy/man/sentry.conf.5 $(DESTDIR)$(MANDIR)/man5/
+
+# The user, the directories, and the policy (never overwriting an existing one).
+install-conf:
+	getent passwd $(SENSOR_USER) >/dev/null || useradd --system --user-group \
+	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SENSOR_USER)
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	install -d -m 0700 $(DESTDIR)/var/lib/sentry
+	install -d -m 0750 $(DESTDIR)/var/log/sentry
+	@if [ -e $(DESTDIR)$(CONFDIR)/sentry.conf ]; then \
+	    echo "keeping existing $(CONFDIR)/sentry.conf"; \
+	elif [ -f $(PORTSENTRY) ]; then \
+	    echo "migration: $(CONFDIR)/sentry.conf -> $(PORTSENTRY) (used unchanged)"; \
+	    ln -s $(PORTSENTRY) $(DESTDIR)$(CONFDIR)/sentry.conf; \
+	    $(MAKE) --no-print-directory portsentry-dropin; \
+	else \
+	    install -m 0644 policy/dist/sentry.conf $(DESTDIR)$(CONFDIR)/sentry.conf; \
+	fi
+	@[ -e $(DESTDIR)$(CONFDIR)/sentry.ignore ] || \
+	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
+
+# A PortSentry configuration keeps its history and blocked files in
+# /var/lib/portsentry: let the enforcer unit write there.
+portsentry-dropin:
+	install -d /var/lib/portsentry $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d
+	printf '[Service]\n# PortSentry configuration in use: its files live here.\nReadWritePaths=-/var/lib/portsentry\n' \
+	    > $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d/portsentry.conf
+	@echo "note: stop PortSentry itself (systemctl disable --now portsentry) before starting sentry"
+
+# Set up and run, on a fresh Debian machine, with or without systemd as PID 1.
+run: deps install
+ifeq ($(PID1),systemd)
+	systemctl daemon-reload
+	systemctl enable --now sentry-enforcer.service sentry-sensor.service
+	@i=0; until $(SBINDIR)/sentryctl status >/dev/null 2>&1 || [ $$i -ge 100 ]; do i=$$((i+1)); sleep 0.1; done
+	$(SBINDIR)/sentryctl status
+	@echo "logs: journalctl -u sentry-enforcer -u sentry-sensor; audit: /var/log/sentry/audit.jsonl"
+else
+	SBIN=$(SBINDIR) CONF=$(CONFDIR)/sentry.conf sh tests/scripts/sentry-pair.sh start
+endif
+
+status:
+	$(SBINDIR)/sentryctl status
+
+# Stop the pair and remove its nftables table (the blocks are kept in
+# /var/lib/sentry and re-applied at the next start).
+stop:
+ifeq ($(PID1),systemd)
+	-systemctl stop sentry-sensor.service sentry-enforcer.service
+else
+	SBIN=$(SBINDIR) sh tests/scripts/sentry-pair.sh stop
+endif
+	@table=$$(sed -n 's/^NFT_TABLE[ ]*=[ ]*"\([A-Za-z0-9_]*\)".*/\1/p' $(CONFDIR)/sentry.conf 2>/dev/null); \
+	table=$${table:-sentry}; \
+	for fam in inet ip ip6; do \
+	    if nft list table $$fam $$table >/dev/null 2>&1; then \
+	        nft delete table $$fam $$table && echo "removed nftables table $$fam $$table"; fi; done
+
+# The single test command: binaries first (the e2e suite runs the real ones).
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+uninstall: stop
+	-systemctl disable sentry-enforcer.service sentry-sensor.service 2>/dev/null
+	for b in $(BINS); do rm -f $(DESTDIR)$(SBINDIR)/$$b; done
+	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service
+	rm -f $(DESTDIR)$(MANDIR)/man8/sentry-sensor.8 $(DESTDIR)$(MANDIR)/man8/sentry-enforcer.8 \
+	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man5/sentry.conf.5
+	@echo "kept /etc/sentry, /var/lib/sentry, /var/log/sentry and the sentry user"

@@ -1,0 +1,98 @@
+#!/bin/sh
+# Start, stop or inspect the installed sentry pair on a machine WITHOUT systemd as
+# PID 1 (containers, minimal VMs). With systemd, use the units instead (make run
+# does). Privilege separation matches the units:
+#   enforcer: root, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW, member of
+#             the sensor's group (to hand it enforcer.sock), no_new_privs.
+#   sensor:   user `sentry`, only CAP_NET_RAW (ambient), no_new_privs.
+# Logs: /var/log/sentry/{enforcer,sensor}.log; audit: AUDIT_LOG (sentry.conf).
+set -eu
+
+SBIN=${SBIN:-/usr/local/sbin}
+CONF=${CONF:-/etc/sentry/sentry.conf}
+RUN=${RUN:-/run/sentry}
+STATE=${STATE:-/var/lib/sentry}
+LOGDIR=${LOGDIR:-/var/log/sentry}
+MODES=${MODES:--atcp -audp}
+USER_=${SENSOR_USER:-sentry}
+
+die() { echo "sentry-pair: $*" >&2; exit 1; }
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_status() {
+    i=0
+    while [ $i -lt 100 ]; do
+        if "$SBIN/sentryctl" --runtime-dir "$RUN" status >/dev/null 2>&1; then return 0; fi
+        i=$((i + 1)); sleep 0.1
+    done
+    return 1
+}
+
+start() {
+    [ "$(id -u)" = 0 ] || die "must run as root"
+    id "$USER_" >/dev/null 2>&1 || die "user $USER_ missing (make install creates it)"
+    install -d -m 0755 -o root -g root "$RUN"
+    install -d -m 0700 -o root -g root "$STATE"
+    install -d -m 0750 -o root -g root "$LOGDIR"
+    "$SBIN/sentryctl" check-config "$CONF" || die "configuration $CONF is invalid"
+    gid=$(id -g "$USER_")
+    if alive "$RUN/enforcer.pid"; then
+        echo "enforcer already running (pid $(cat "$RUN/enforcer.pid"))"
+    else
+        setsid setpriv --bounding-set -all,+net_admin,+net_raw --groups "$gid" --no-new-privs \
+            "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
+            --sensor-user "$USER_" --log-stderr </dev/null >>"$LOGDIR/enforcer.log" 2>&1 &
+        echo $! >"$RUN/enforcer.pid"
+        wait_status || die "enforcer did not come up; see $LOGDIR/enforcer.log"
+    fi
+    if alive "$RUN/sensor.pid"; then
+        echo "sensor already running (pid $(cat "$RUN/sensor.pid"))"
+    else
+        # shellcheck disable=SC2086 # MODES is a list of flags
+        setsid setpriv --reuid "$USER_" --regid "$USER_" --clear-groups \
+            --bounding-set -all,+net_raw --inh-caps -all,+net_raw --ambient-caps +net_raw \
+            --no-new-privs \
+            "$SBIN/sentry-sensor" --config "$CONF" --runtime-dir "$RUN" --log-stderr $MODES \
+            </dev/null >>"$LOGDIR/sensor.log" 2>&1 &
+        echo $! >"$RUN/sensor.pid"
+    fi
+    # Wait (bounded) until the enforcer reports the sensor connected.
+    i=0
+    while [ $i -lt 100 ]; do
+        if "$SBIN/sentryctl" --runtime-dir "$RUN" --json status 2>/dev/null | grep -q '"sensor":{'; then
+            break
+        fi
+        alive "$RUN/sensor.pid" || die "sensor exited; see $LOGDIR/sensor.log"
+        i=$((i + 1)); sleep 0.1
+    done
+    "$SBIN/sentryctl" --runtime-dir "$RUN" status
+    echo
+    echo "sentry is running. Logs: $LOGDIR/enforcer.log $LOGDIR/sensor.log"
+    echo "Check it any time with: sentryctl status | sentryctl blocked"
+}
+
+stop_one() {
+    pidfile=$RUN/$1.pid
+    if alive "$pidfile"; then
+        pid=$(cat "$pidfile")
+        kill -TERM "$pid"
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        echo "stopped $1 (pid $pid)"
+    fi
+    rm -f "$pidfile"
+}
+
+stop() {
+    stop_one sensor
+    stop_one enforcer
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    status) exec "$SBIN/sentryctl" --runtime-dir "$RUN" status ;;
+    *) die "usage: $0 start|stop|status" ;;
+esac
