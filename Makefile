@@ -9,7 +9,8 @@
 #
 # Migration: if /etc/portsentry/portsentry.conf exists and /etc/sentry/sentry.conf
 # does not, install links /etc/sentry/sentry.conf to it, so the PortSentry
-# configuration and ignore file are used unchanged.
+# configuration and ignore file are used unchanged, and lets the enforcer unit
+# write /var/lib/portsentry (a drop-in) where PortSentry keeps its files.
 
 PREFIX     ?= /usr/local
 SBINDIR    ?= $(PREFIX)/sbin
@@ -77,20 +78,15 @@ install-conf:
 	elif [ -f $(PORTSENTRY) ]; then \
 	    echo "migration: $(CONFDIR)/sentry.conf -> $(PORTSENTRY) (used unchanged)"; \
 	    ln -s $(PORTSENTRY) $(DESTDIR)$(CONFDIR)/sentry.conf; \
-	    $(MAKE) --no-print-directory portsentry-dropin; \
+	    install -d /var/lib/portsentry $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d; \
+	    printf '[Service]\n# PortSentry configuration in use: its files live here.\nReadWritePaths=-/var/lib/portsentry\n' \
+	        > $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d/portsentry.conf; \
+	    echo "note: stop PortSentry itself (systemctl disable --now portsentry) before starting sentry"; \
 	else \
 	    install -m 0644 policy/dist/sentry.conf $(DESTDIR)$(CONFDIR)/sentry.conf; \
 	fi
 	@[ -e $(DESTDIR)$(CONFDIR)/sentry.ignore ] || \
 	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
-
-# A PortSentry configuration keeps its history and blocked files in
-# /var/lib/portsentry: let the enforcer unit write there.
-portsentry-dropin:
-	install -d /var/lib/portsentry $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d
-	printf '[Service]\n# PortSentry configuration in use: its files live here.\nReadWritePaths=-/var/lib/portsentry\n' \
-	    > $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d/portsentry.conf
-	@echo "note: stop PortSentry itself (systemctl disable --now portsentry) before starting sentry"
 
 # Set up and run, on a fresh Debian machine, with or without systemd as PID 1.
 run: deps install
