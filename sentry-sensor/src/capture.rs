@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use crate::sys::{self, BpfInsn, PacketRing, RingGeometry};
+use crate::sys::{BpfInsn, PacketRing, RingGeometry};
 
 /// Bytes of each packet copied into the ring: the IP header, up to a few IPv6 extension
 /// headers and the transport header.

@@ -1,14 +1,26 @@
 //! sentry-sensor: detects port scans in all six PortSentry modes, unprivileged and
 //! seccomp-confined, and asks `sentry-enforcer` to block the scanners.
 //!
-//! All `unsafe` code lives in [`sys`].
+//! Pipeline: [`capture`] (AF_PACKET ring) / [`basic`] (listening sockets) →
+//! [`packet`] (parser) → [`classify`] → ignore list → [`ports`] (+ [`listeners`]) →
+//! [`state`] → [`client`] (enforcer.sock), with [`log`] in PortSentry's formats and
+//! [`confine`] applied before the first packet is parsed. All `unsafe` code lives in
+//! [`sys`].
 #![deny(unsafe_code)]
 
+pub mod basic;
 pub mod capture;
 pub mod classify;
+pub mod cli;
+pub mod client;
+pub mod confine;
+pub mod daemon;
 pub mod listeners;
+pub mod log;
 pub mod packet;
 pub mod ports;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
+
+pub use daemon::main_with_args;

@@ -220,9 +220,12 @@ impl State {
         if n == 0 {
             return;
         }
+        // EVICTION_SAMPLE distinct slots from a random starting point (all of them when
+        // the table is smaller than the sample).
+        let start = usize::try_from(self.next_rand() % n as u64).unwrap_or(0);
         let mut best: Option<(usize, (u8, usize, u64))> = None;
-        for _ in 0..EVICTION_SAMPLE.min(n) {
-            let i = usize::try_from(self.next_rand() % n as u64).unwrap_or(0);
+        for k in 0..EVICTION_SAMPLE.min(n) {
+            let i = (start + k) % n;
             if let Some(s) = self.slots.get(i) {
                 let r = self.rank(s, now);
                 if best.is_none_or(|(_, br)| r < br) {

@@ -1,0 +1,488 @@
+//! The connection to `sentry-enforcer` (`<runtime-dir>/enforcer.sock`).
+//!
+//! Non-blocking, driven by the main poll loop: a stuck enforcer never stalls detection.
+//! Every report goes into a bounded queue (SENSOR_QUEUE; when full the oldest is dropped
+//! with a counted warning) and leaves it only when the enforcer has acknowledged it. On a
+//! disconnect every unacknowledged request is sent again on the next connection (with a
+//! new, increasing sequence number), so a restart of the enforcer loses no block.
+//! Reconnects back off from 100 ms to 5 s.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use sentry_proto::{
+    encode_frame, BlockRequest, Decision, EnforcerFrame, FrameBuf, Hello, Refusal, SensorFrame,
+    SensorStats, PROTOCOL_VERSION,
+};
+
+use crate::state::Report;
+
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 5_000;
+
+#[derive(Debug)]
+enum Conn {
+    Down,
+    Handshake(UnixStream),
+    Ready(UnixStream),
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    report: Report,
+    sent_seq: Option<u64>,
+}
+
+/// Something the caller should log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Connected,
+    Disconnected(String),
+    Refused(Refusal),
+    /// The enforcer decided on a request.
+    Decided { report: Report, decision: Decision },
+    /// The queue was full; this (oldest) report was dropped.
+    Dropped(Report),
+    /// An Ack for a sequence number this connection never used.
+    UnknownAck(u64),
+}
+
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    hello: Hello,
+    conn: Conn,
+    queue: VecDeque<Pending>,
+    cap: usize,
+    next_seq: u64,
+    out: Vec<u8>,
+    inbuf: FrameBuf<EnforcerFrame>,
+    backoff_ms: u64,
+    next_attempt_ms: u64,
+    pub queue_drops: u64,
+    pub acked: u64,
+}
+
+impl Client {
+    pub fn new(runtime_dir: &Path, hello: Hello, queue_cap: usize) -> Self {
+        Self {
+            path: runtime_dir.join("enforcer.sock"),
+            hello,
+            conn: Conn::Down,
+            queue: VecDeque::with_capacity(queue_cap.clamp(1, 4096)),
+            cap: queue_cap.max(1),
+            next_seq: 1,
+            out: Vec::new(),
+            inbuf: FrameBuf::new(),
+            backoff_ms: BACKOFF_MIN_MS,
+            next_attempt_ms: 0,
+            queue_drops: 0,
+            acked: 0,
+        }
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.conn, Conn::Ready(_))
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queue a report; when full the oldest queued report is dropped and returned.
+    pub fn enqueue(&mut self, report: Report, events: &mut Vec<Event>) {
+        if self.queue.len() >= self.cap {
+            if let Some(old) = self.queue.pop_front() {
+                self.queue_drops += 1;
+                events.push(Event::Dropped(old.report));
+                // If it was already on the wire, its Ack will be reported as unknown;
+                // that is harmless.
+            }
+        }
+        self.queue.push_back(Pending {
+            report,
+            sent_seq: None,
+        });
+        if self.is_ready() {
+            self.fill_out();
+        }
+    }
+
+    /// The descriptor to poll and the events wanted, if connected.
+    pub fn poll_interest(&self) -> Option<(RawFd, bool)> {
+        match &self.conn {
+            Conn::Down => None,
+            Conn::Handshake(s) | Conn::Ready(s) => Some((s.as_raw_fd(), !self.out.is_empty())),
+        }
+    }
+
+    /// Milliseconds until the next connection attempt (None when connected).
+    pub fn next_attempt_in(&self, now_ms: u64) -> Option<u64> {
+        match self.conn {
+            Conn::Down => Some(self.next_attempt_ms.saturating_sub(now_ms)),
+            _ => None,
+        }
+    }
+
+    /// Connect if down and the back-off has passed.
+    pub fn tick(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        if !matches!(self.conn, Conn::Down) || now_ms < self.next_attempt_ms {
+            return;
+        }
+        match self.connect() {
+            Ok(s) => {
+                self.out.clear();
+                self.inbuf = FrameBuf::new();
+                match encode_frame(&SensorFrame::Hello(self.hello.clone())) {
+                    Ok(f) => self.out.extend_from_slice(&f),
+                    Err(e) => {
+                        self.down(now_ms, format!("cannot encode Hello: {e}"), events);
+                        return;
+                    }
+                }
+                self.conn = Conn::Handshake(s);
+                self.pump_write(now_ms, events);
+            }
+            Err(e) => {
+                self.schedule_retry(now_ms);
+                let _ = e;
+            }
+        }
+    }
+
+    fn connect(&self) -> io::Result<UnixStream> {
+        let s = UnixStream::connect(&self.path)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }
+
+    fn schedule_retry(&mut self, now_ms: u64) {
+        self.next_attempt_ms = now_ms.saturating_add(self.backoff_ms);
+        self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+
+    fn down(&mut self, now_ms: u64, why: String, events: &mut Vec<Event>) {
+        let was_up = !matches!(self.conn, Conn::Down);
+        self.conn = Conn::Down;
+        self.out.clear();
+        self.inbuf = FrameBuf::new();
+        for p in &mut self.queue {
+            p.sent_seq = None;
+        }
+        self.schedule_retry(now_ms);
+        if was_up {
+            events.push(Event::Disconnected(why));
+        }
+    }
+
+    /// Queue a statistics frame (only when connected and nothing else is waiting).
+    pub fn send_stats(&mut self, stats: SensorStats, now_ms: u64, events: &mut Vec<Event>) {
+        if !self.is_ready() || !self.out.is_empty() {
+            return;
+        }
+        match encode_frame(&SensorFrame::Stats(stats)) {
+            Ok(f) => self.out.extend_from_slice(&f),
+            Err(e) => self.down(now_ms, format!("cannot encode Stats: {e}"), events),
+        }
+        self.pump_write(now_ms, events);
+    }
+
+    /// Encode every queued report that is not on the wire yet.
+    fn fill_out(&mut self) {
+        for p in &mut self.queue {
+            if p.sent_seq.is_some() {
+                continue;
+            }
+            let seq = self.next_seq;
+            let r = &p.report;
+            let req = BlockRequest {
+                seq,
+                source: r.src,
+                protocol: r.mode.protocol(),
+                port: r.port,
+                scan: r.scan,
+                mode: r.mode,
+                distinct_ports: r.distinct_ports,
+                first_seen_ms: r.first_seen_ms,
+                last_seen_ms: r.last_seen_ms,
+                ip_options: r.ip_options,
+            };
+            if let Ok(f) = encode_frame(&SensorFrame::Block(req)) {
+                self.next_seq += 1;
+                p.sent_seq = Some(seq);
+                self.out.extend_from_slice(&f);
+            }
+        }
+    }
+
+    /// Handle readiness of the connection.
+    pub fn on_ready(&mut self, readable: bool, writable: bool, hup: bool, now_ms: u64, events: &mut Vec<Event>) {
+        if readable || hup {
+            self.pump_read(now_ms, events);
+        }
+        if writable {
+            self.pump_write(now_ms, events);
+        }
+    }
+
+    fn pump_write(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        while !self.out.is_empty() {
+            let res = match &mut self.conn {
+                Conn::Down => return,
+                Conn::Handshake(s) | Conn::Ready(s) => s.write(&self.out),
+            };
+            match res {
+                Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
+                Ok(n) => {
+                    self.out.drain(..n.min(self.out.len()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.down(now_ms, format!("write: {e}"), events),
+            }
+        }
+    }
+
+    fn pump_read(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let want = match self.inbuf.wanted() {
+                Ok(w) => w.min(buf.len()),
+                Err(e) => return self.down(now_ms, format!("bad frame from enforcer: {e}"), events),
+            };
+            let res = match &mut self.conn {
+                Conn::Down => return,
+                Conn::Handshake(s) | Conn::Ready(s) => match buf.get_mut(..want) {
+                    Some(b) => s.read(b),
+                    None => return,
+                },
+            };
+            match res {
+                Ok(0) => {
+                    return self.down(now_ms, "enforcer closed the connection".into(), events)
+                }
+                Ok(n) => {
+                    let Some(chunk) = buf.get(..n) else { return };
+                    if let Err(e) = self.inbuf.feed(chunk) {
+                        return self.down(now_ms, format!("bad frame from enforcer: {e}"), events);
+                    }
+                    if let Some(msg) = self.inbuf.next_message() {
+                        match msg {
+                            Ok(m) => self.on_frame(m, now_ms, events),
+                            Err(e) => {
+                                return self.down(
+                                    now_ms,
+                                    format!("bad frame from enforcer: {e}"),
+                                    events,
+                                )
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.down(now_ms, format!("read: {e}"), events),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, f: EnforcerFrame, now_ms: u64, events: &mut Vec<Event>) {
+        match (f, &self.conn) {
+            (EnforcerFrame::Welcome { version }, Conn::Handshake(_)) => {
+                if version != PROTOCOL_VERSION {
+                    return self.down(
+                        now_ms,
+                        format!("enforcer speaks protocol {version}, we speak {PROTOCOL_VERSION}"),
+                        events,
+                    );
+                }
+                if let Conn::Handshake(s) = std::mem::replace(&mut self.conn, Conn::Down) {
+                    self.conn = Conn::Ready(s);
+                }
+                self.backoff_ms = BACKOFF_MIN_MS;
+                events.push(Event::Connected);
+                self.fill_out();
+                self.pump_write(now_ms, events);
+            }
+            (EnforcerFrame::Ack { seq, decision }, Conn::Ready(_)) => {
+                match self.queue.iter().position(|p| p.sent_seq == Some(seq)) {
+                    Some(i) => {
+                        if let Some(p) = self.queue.remove(i) {
+                            self.acked += 1;
+                            events.push(Event::Decided {
+                                report: p.report,
+                                decision,
+                            });
+                        }
+                    }
+                    None => events.push(Event::UnknownAck(seq)),
+                }
+            }
+            (EnforcerFrame::Refused(r), _) => {
+                events.push(Event::Refused(r));
+                self.down(now_ms, format!("refused: {r:?}"), events);
+            }
+            (other, _) => {
+                self.down(now_ms, format!("unexpected frame from enforcer: {other:?}"), events)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentry_proto::{read_frame, write_frame, Mode, ScanKind};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::os::unix::net::UnixListener;
+
+    fn report(n: u8) -> Report {
+        Report {
+            src: IpAddr::V4(Ipv4Addr::new(192, 0, 2, n)),
+            port: 23,
+            scan: ScanKind::Syn,
+            mode: Mode::Stcp,
+            distinct_ports: 1,
+            first_seen_ms: 1_000,
+            last_seen_ms: 1_000,
+            ip_options: false,
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            sensor: "test".into(),
+            pid: 1,
+            modes: vec![Mode::Stcp],
+        }
+    }
+
+    /// Drive the client until `done` or a deadline.
+    fn drive(c: &mut Client, ev: &mut Vec<Event>, mut done: impl FnMut(&Client, &[Event]) -> bool) {
+        let start = std::time::Instant::now();
+        while !done(c, ev) {
+            assert!(start.elapsed().as_secs() < 10, "timeout; events {ev:?}");
+            let now = u64::try_from(start.elapsed().as_millis()).unwrap() + 1_000_000;
+            c.tick(now, ev);
+            c.on_ready(true, true, false, now, ev);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn queue_drops_oldest_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Client::new(dir.path(), hello(), 2);
+        let mut ev = Vec::new();
+        c.enqueue(report(1), &mut ev);
+        c.enqueue(report(2), &mut ev);
+        c.enqueue(report(3), &mut ev);
+        assert_eq!(ev, vec![Event::Dropped(report(1))]);
+        assert_eq!(c.queued(), 2);
+        assert_eq!(c.queue_drops, 1);
+    }
+
+    #[test]
+    fn delivers_after_enforcer_restart_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enforcer.sock");
+        let mut c = Client::new(dir.path(), hello(), 16);
+        let mut ev = Vec::new();
+        // Enforcer down: reports queue up.
+        c.tick(0, &mut ev);
+        c.enqueue(report(1), &mut ev);
+        c.enqueue(report(2), &mut ev);
+        assert!(!c.is_ready());
+
+        // First enforcer: handshake, receives both, acks only the first, then dies.
+        let l = UnixListener::bind(&path).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let f: SensorFrame = read_frame(&mut s).unwrap();
+            assert!(matches!(f, SensorFrame::Hello(h) if h.version == PROTOCOL_VERSION));
+            write_frame(&mut s, &EnforcerFrame::Welcome { version: PROTOCOL_VERSION }).unwrap();
+            let mut seqs = Vec::new();
+            for _ in 0..2 {
+                match read_frame::<SensorFrame, _>(&mut s).unwrap() {
+                    SensorFrame::Block(b) => {
+                        assert_eq!(b.validate(u64::MAX / 2), Ok(()));
+                        seqs.push((b.seq, b.source));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            write_frame(
+                &mut s,
+                &EnforcerFrame::Ack {
+                    seq: seqs[0].0,
+                    decision: Decision::Blocked,
+                },
+            )
+            .unwrap();
+            drop(l);
+            seqs
+        });
+        drive(&mut c, &mut ev, |c, _| c.acked == 1);
+        let first = h.join().unwrap();
+        assert!(first[0].0 < first[1].0);
+        drive(&mut c, &mut ev, |_, ev| {
+            ev.iter().any(|e| matches!(e, Event::Disconnected(_)))
+        });
+        assert_eq!(c.queued(), 1);
+
+        // Second enforcer: the unacknowledged request is delivered again.
+        std::fs::remove_file(&path).unwrap();
+        let l = UnixListener::bind(&path).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _hello: SensorFrame = read_frame(&mut s).unwrap();
+            write_frame(&mut s, &EnforcerFrame::Welcome { version: PROTOCOL_VERSION }).unwrap();
+            match read_frame::<SensorFrame, _>(&mut s).unwrap() {
+                SensorFrame::Block(b) => {
+                    write_frame(
+                        &mut s,
+                        &EnforcerFrame::Ack {
+                            seq: b.seq,
+                            decision: Decision::AlreadyBlocked,
+                        },
+                    )
+                    .unwrap();
+                    (b.seq, b.source)
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+        drive(&mut c, &mut ev, |c, _| c.acked == 2);
+        let again = h.join().unwrap();
+        assert_eq!(again.1, first[1].1);
+        assert!(again.0 > first[1].0, "sequence numbers keep increasing");
+        assert_eq!(c.queued(), 0);
+    }
+
+    #[test]
+    fn refusal_and_bad_version_disconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enforcer.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let mut c = Client::new(dir.path(), hello(), 4);
+        let mut ev = Vec::new();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _: SensorFrame = read_frame(&mut s).unwrap();
+            write_frame(&mut s, &EnforcerFrame::Refused(Refusal::NotAuthorized)).unwrap();
+        });
+        drive(&mut c, &mut ev, |_, ev| {
+            ev.iter().any(|e| matches!(e, Event::Refused(Refusal::NotAuthorized)))
+        });
+        h.join().unwrap();
+        assert!(!c.is_ready());
+    }
+}

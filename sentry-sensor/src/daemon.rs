@@ -1,0 +1,557 @@
+//! Start-up sequence and the event loop.
+//!
+//! Order (nothing hostile is parsed before step 6):
+//! 1. parse the command line, open the log sink (syslog socket);
+//! 2. read the configuration and the ignore list;
+//! 3. open every socket the sensor will ever need: basic-mode listeners, the capture ring,
+//!    the /proc/net socket tables, a first connection to the enforcer;
+//! 4. switch to the service user, drop every capability, no_new_privs, not dumpable;
+//! 5. install the seccomp allowlist;
+//! 6. run: parse → classify → port policy → state engine → enforcer.
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use policy::{Config, IgnoreList};
+use sentry_proto::{Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
+
+use crate::basic::{Basic, BasicHit};
+use crate::capture::Capture;
+use crate::classify::classify_tcp;
+use crate::cli::{self, Args, Command};
+use crate::client::{Client, Event};
+use crate::confine;
+use crate::listeners::{ListenerSource, Listeners};
+use crate::log::{detection_line, ip_options_line, Logger};
+use crate::packet::{self, Parsed, Skip, Transport};
+use crate::ports::{PortConfig, PortPolicy};
+use crate::state::{Hit, Outcome, State, StateConfig};
+use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
+
+/// Periodic listener-table refresh.
+const LISTENER_REFRESH_MS: u64 = 1_000;
+/// On a hit, the table is re-read first if it is older than this, so a service that has
+/// just started is not mistaken for an unwatched port being probed.
+const LISTENER_STALE_MS: u64 = 100;
+/// Housekeeping (state expiry, kernel counters).
+const HOUSEKEEPING_MS: u64 = 1_000;
+/// Most ring blocks processed before other descriptors get a turn.
+const MAX_BLOCKS_PER_WAKE: usize = 64;
+
+/// Entry point for `main`: returns the process exit code.
+pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> i32 {
+    match cli::parse(args) {
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            0
+        }
+        Ok(Command::Version) => {
+            println!("sentry-sensor {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Ok(Command::SelftestSeccomp) => selftest_seccomp(),
+        Ok(Command::Run(args)) => run(args),
+        Err(e) => {
+            eprintln!("sentry-sensor: {e}\n\n{}", cli::USAGE);
+            2
+        }
+    }
+}
+
+fn selftest_seccomp() -> i32 {
+    if let Err(e) = sys::set_no_new_privs().map_err(|e| e.to_string()).and_then(|()| {
+        confine::apply_seccomp().map_err(|e| e.to_string())
+    }) {
+        eprintln!("sentry-sensor: selftest: {e}");
+        return 1;
+    }
+    // An allowed call still works...
+    let _ = writeln!(std::io::stderr(), "seccomp filter installed; making a forbidden call");
+    // ...and a forbidden one kills the process with SIGSYS.
+    let r = sys::forbidden_syscall();
+    eprintln!("sentry-sensor: selftest: forbidden system call returned {r:?}: filter NOT enforced");
+    3
+}
+
+fn now_wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+}
+
+fn sensor_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let clean: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(sentry_proto::MAX_NAME_LEN)
+        .collect();
+    if clean.is_empty() {
+        "sentry-sensor".into()
+    } else {
+        clean
+    }
+}
+
+fn fatal(log: &mut Logger, msg: &str) -> i32 {
+    log.error(&format!("adminalert: ERROR: {msg}"));
+    if !log.is_stderr() {
+        eprintln!("sentry-sensor: {msg}");
+    }
+    1
+}
+
+fn run(args: Args) -> i32 {
+    let stderr = args.log_stderr || std::env::var_os("JOURNAL_STREAM").is_some();
+    let mut log = Logger::open(stderr, 50);
+
+    // 1. Who we will become (fail fast on a bad --user, refuse root without one).
+    let target = match confine::resolve_user(args.user.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return fatal(&mut log, &e.0),
+    };
+
+    // 2. Configuration and ignore list.
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("sentry-sensor: {e}");
+            }
+            log.error(&format!(
+                "adminalert: ERROR: configuration {} rejected ({} errors)",
+                args.config.display(),
+                errs.0.len()
+            ));
+            return 2;
+        }
+    };
+    for w in &config.warnings {
+        log.notice(&format!("adminalert: warning: {w}"));
+    }
+    log.set_rate(config.log_rate);
+    let ignore = match config.load_ignore() {
+        Ok(i) => i,
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("sentry-sensor: {e}");
+            }
+            return 2;
+        }
+    };
+    let modes = args.modes.clone();
+    let has = |m: Mode| modes.contains(&m);
+    for (mode, set, key) in [
+        (Mode::Tcp, &config.tcp_ports, "TCP_PORTS"),
+        (Mode::Stcp, &config.tcp_ports, "TCP_PORTS"),
+        (Mode::Udp, &config.udp_ports, "UDP_PORTS"),
+        (Mode::Sudp, &config.udp_ports, "UDP_PORTS"),
+    ] {
+        if has(mode) && set.is_empty() {
+            return fatal(
+                &mut log,
+                &format!("mode -{mode} needs {key} in {}", args.config.display()),
+            );
+        }
+    }
+
+    // 3. Open everything.
+    let tcp_ports: Vec<u16> = config.tcp_ports.iter().collect();
+    let udp_ports: Vec<u16> = config.udp_ports.iter().collect();
+    let (basic, failures) = Basic::open(
+        has(Mode::Tcp).then_some(tcp_ports.as_slice()),
+        has(Mode::Udp).then_some(udp_ports.as_slice()),
+        config.port_banner.as_deref(),
+    );
+    for f in &failures {
+        log.notice(&format!(
+            "adminalert: ERROR: could not bind {} socket to {}: {}. Port {} will not be monitored.",
+            f.mode.protocol().as_upper(),
+            f.addr,
+            f.error,
+            f.addr.port()
+        ));
+    }
+    if (has(Mode::Tcp) || has(Mode::Udp)) && basic.is_empty() {
+        return fatal(&mut log, "no basic-mode port could be bound");
+    }
+    let port_cfg = PortConfig {
+        tcp_ports: tcp_ports.clone(),
+        udp_ports: udp_ports.clone(),
+        advanced_ports_tcp: config.advanced_ports_tcp,
+        advanced_ports_udp: config.advanced_ports_udp,
+        advanced_exclude_tcp: config.advanced_exclude_tcp.iter().collect(),
+        advanced_exclude_udp: config.advanced_exclude_udp.iter().collect(),
+    };
+    let policy = PortPolicy::new(&modes, &port_cfg);
+    let capturing = policy.captures(Protocol::Tcp) || policy.captures(Protocol::Udp);
+    let capture = if capturing {
+        match Capture::open() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return fatal(
+                    &mut log,
+                    &format!("cannot open the capture socket (needs CAP_NET_RAW): {e}"),
+                )
+            }
+        }
+    } else {
+        None
+    };
+    let own_inodes = basic.inodes();
+    let (listener_src, listeners) = if capturing {
+        match ListenerSource::open(policy.captures(Protocol::Tcp), policy.captures(Protocol::Udp))
+            .and_then(|mut s| s.read(&own_inodes).map(|l| (s, l)))
+        {
+            Ok((s, l)) => (Some(s), l),
+            Err(e) => return fatal(&mut log, &format!("cannot read the socket tables: {e}")),
+        }
+    } else {
+        (None, Listeners::default())
+    };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        sensor: sensor_name(),
+        pid: std::process::id(),
+        modes: modes.clone(),
+    };
+    let mut client = Client::new(&args.runtime_dir, hello, config.sensor_queue);
+    let mut events = Vec::new();
+    let start = Instant::now();
+    client.tick(0, &mut events);
+
+    // 4 + 5. Confine.
+    if let Err(e) = confine::drop_privileges(target.as_ref()) {
+        return fatal(&mut log, &e.0);
+    }
+    if let Err(e) = confine::apply_seccomp() {
+        return fatal(&mut log, &e.0);
+    }
+
+    let mode_list: Vec<String> = modes.iter().map(|m| format!("-{m}")).collect();
+    log.notice(&format!(
+        "adminalert: sentry-sensor {} is active: modes {}; uid {}; capabilities dropped; seccomp filter installed",
+        env!("CARGO_PKG_VERSION"),
+        mode_list.join(" "),
+        nix::unistd::Uid::current()
+    ));
+    for (mode, port) in basic.bound() {
+        log.notice(&format!(
+            "adminalert: Going into listen mode on {} port: {port}",
+            mode.protocol().as_upper()
+        ));
+    }
+    if let Some(p) = &policy_summary(&modes, &port_cfg) {
+        log.notice(p);
+    }
+
+    // 6. Run.
+    let window_ms = u64::try_from(config.scan_window.as_millis()).unwrap_or(u64::MAX);
+    let mut sensor = Sensor {
+        policy,
+        listeners,
+        listener_src,
+        own_inodes,
+        last_refresh_ms: 0,
+        ignore,
+        state: State::new(StateConfig {
+            trigger: config.scan_trigger,
+            window_ms,
+            max_sources: config.state_max_sources,
+        }),
+        stats: SensorStats::default(),
+        skipped: 0,
+        log,
+        client,
+        events,
+        start,
+    };
+    sensor.event_loop(capture, basic, args.stats_interval_ms)
+}
+
+fn policy_summary(modes: &[Mode], c: &PortConfig) -> Option<String> {
+    let mut parts = Vec::new();
+    if modes.contains(&Mode::Stcp) {
+        parts.push(format!("stealth TCP ports {:?}", c.tcp_ports));
+    }
+    if modes.contains(&Mode::Sudp) {
+        parts.push(format!("stealth UDP ports {:?}", c.udp_ports));
+    }
+    if modes.contains(&Mode::Atcp) {
+        parts.push(format!(
+            "advanced TCP ports 1-{} excluding {:?} and listening services",
+            c.advanced_ports_tcp.saturating_sub(1),
+            c.advanced_exclude_tcp
+        ));
+    }
+    if modes.contains(&Mode::Audp) {
+        parts.push(format!(
+            "advanced UDP ports 1-{} excluding {:?} and bound services",
+            c.advanced_ports_udp.saturating_sub(1),
+            c.advanced_exclude_udp
+        ));
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(format!("adminalert: Watching {}", parts.join("; ")))
+    }
+}
+
+struct Sensor {
+    policy: PortPolicy,
+    listeners: Listeners,
+    listener_src: Option<ListenerSource>,
+    own_inodes: HashSet<u64>,
+    last_refresh_ms: u64,
+    ignore: IgnoreList,
+    state: State,
+    stats: SensorStats,
+    skipped: u64,
+    log: Logger,
+    client: Client,
+    events: Vec<Event>,
+    start: Instant,
+}
+
+impl Sensor {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn event_loop(&mut self, mut capture: Option<Capture>, mut basic: Basic, stats_ms: u64) -> i32 {
+        let mut fds: Vec<PollFd> = Vec::new();
+        let mut next_housekeeping = 0u64;
+        let mut next_stats = stats_ms;
+        let mut basic_hits: Vec<BasicHit> = Vec::new();
+        let mut bad_frames = 0u64;
+        loop {
+            // Poll set: [capture] [client] basic...
+            fds.clear();
+            if let Some(c) = &capture {
+                fds.push(PollFd { fd: c.fd(), events: POLLIN, revents: 0 });
+            }
+            let client_idx = self.client.poll_interest().map(|(fd, out)| {
+                fds.push(PollFd {
+                    fd,
+                    events: POLLIN | if out { POLLOUT } else { 0 },
+                    revents: 0,
+                });
+                fds.len() - 1
+            });
+            let basic_start = fds.len();
+            fds.extend(basic.fds().map(|fd| PollFd { fd, events: POLLIN, revents: 0 }));
+
+            let now = self.now_ms();
+            let mut timeout = next_housekeeping.min(next_stats).saturating_sub(now);
+            if let Some(t) = self.client.next_attempt_in(now) {
+                timeout = timeout.min(t);
+            }
+            let timeout = i32::try_from(timeout.min(1_000)).unwrap_or(1_000);
+            if let Err(e) = sys::poll(&mut fds, timeout) {
+                return fatal(&mut self.log, &format!("poll: {e}"));
+            }
+
+            // Capture first: it is the latency-critical path. Blocks are checked even
+            // without POLLIN (cheap: one atomic load).
+            if let Some(c) = &mut capture {
+                let now = self.now_ms();
+                let wall = now_wall_ms();
+                c.drain(MAX_BLOCKS_PER_WAKE, &mut bad_frames, |frame| {
+                    self.on_frame(frame, now, wall)
+                });
+            }
+            if let Some(i) = client_idx {
+                if let Some(p) = fds.get(i) {
+                    let now = self.now_ms();
+                    self.client.on_ready(
+                        p.revents & POLLIN != 0,
+                        p.revents & POLLOUT != 0,
+                        p.revents & (POLLHUP | POLLERR) != 0,
+                        now,
+                        &mut self.events,
+                    );
+                }
+            }
+            let mut basic_errors = 0;
+            for (i, p) in fds.iter().enumerate().skip(basic_start) {
+                if p.revents & POLLIN != 0 {
+                    basic.on_ready(i - basic_start, &mut basic_hits, &mut basic_errors);
+                }
+            }
+            if !basic_hits.is_empty() {
+                let now = self.now_ms();
+                let wall = now_wall_ms();
+                for h in basic_hits.drain(..) {
+                    self.stats.packets += 1;
+                    self.on_hit(h.src, h.port, h.scan, h.mode, false, now, wall);
+                }
+            }
+
+            let now = self.now_ms();
+            self.client.tick(now, &mut self.events);
+            if now >= next_housekeeping {
+                next_housekeeping = now + HOUSEKEEPING_MS;
+                self.state.expire(now);
+                if let Some(c) = &capture {
+                    if let Ok((_, drops)) = c.take_stats() {
+                        self.stats.kernel_drops += u64::from(drops);
+                    }
+                }
+                self.stats.malformed += std::mem::take(&mut bad_frames);
+                if now.saturating_sub(self.last_refresh_ms) >= LISTENER_REFRESH_MS {
+                    self.refresh_listeners(now);
+                }
+            }
+            if now >= next_stats {
+                next_stats = now + stats_ms;
+                self.stats.tracked_sources = self.state.len() as u64;
+                self.stats.evictions = self.state.evictions();
+                self.stats.queue_drops = self.client.queue_drops;
+                self.client.send_stats(self.stats.clone(), now, &mut self.events);
+            }
+            self.log.tick(now);
+            self.drain_events();
+        }
+    }
+
+    fn refresh_listeners(&mut self, now: u64) {
+        if let Some(src) = &mut self.listener_src {
+            match src.read(&self.own_inodes) {
+                Ok(l) => self.listeners = l,
+                Err(e) => self
+                    .log
+                    .error(&format!("adminalert: ERROR: cannot re-read socket tables: {e}")),
+            }
+        }
+        self.last_refresh_ms = now;
+    }
+
+    /// The per-packet path: parse, classify, ignore list, port policy, state.
+    #[inline]
+    fn on_frame(&mut self, frame: &[u8], now: u64, wall: u64) {
+        self.stats.packets += 1;
+        let probe = match packet::parse(frame) {
+            Ok(Parsed::Probe(p)) => p,
+            Ok(Parsed::Skip(Skip::TinyFragment)) => {
+                self.skipped += 1;
+                self.stats.malformed += 1;
+                return;
+            }
+            Ok(Parsed::Skip(_)) => {
+                self.skipped += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let (proto, scan, port) = match probe.transport {
+            Transport::Tcp { dst_port, flags, .. } => match classify_tcp(flags) {
+                Some(k) => (Protocol::Tcp, k, dst_port),
+                None => return,
+            },
+            Transport::Udp { dst_port, .. } => (Protocol::Udp, ScanKind::Udp, dst_port),
+        };
+        if self.ignore.contains(probe.src) {
+            self.stats.ignored += 1;
+            return;
+        }
+        let Some(_) = self.policy.watched(proto, probe.dst, port, &self.listeners) else {
+            return;
+        };
+        // A service may have started since the last table read: re-check before counting.
+        if now.saturating_sub(self.last_refresh_ms) >= LISTENER_STALE_MS {
+            self.refresh_listeners(now);
+        }
+        let Some(mode) = self.policy.watched(proto, probe.dst, port, &self.listeners) else {
+            return;
+        };
+        self.on_hit(probe.src, port, scan, mode, probe.ip_options, now, wall);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_hit(
+        &mut self,
+        src: std::net::IpAddr,
+        port: u16,
+        scan: ScanKind,
+        mode: Mode,
+        ip_options: bool,
+        now: u64,
+        wall: u64,
+    ) {
+        if mode.is_basic() && self.ignore.contains(src) {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stats.hits += 1;
+        let hit = Hit {
+            src,
+            port,
+            scan,
+            mode,
+            ip_options,
+        };
+        match self.state.hit(&hit, now, wall) {
+            Outcome::Latched => {}
+            Outcome::Counted { .. } => {
+                self.log_hit(&hit, now);
+            }
+            Outcome::Report(r) => {
+                self.log_hit(&hit, now);
+                self.stats.reports += 1;
+                self.client.enqueue(r, &mut self.events);
+            }
+        }
+    }
+
+    fn log_hit(&mut self, h: &Hit, now: u64) {
+        let (scan, mode, src, port) = (h.scan, h.mode, h.src, h.port);
+        if h.ip_options {
+            self.log.packet(now, || ip_options_line(src, mode, port));
+        }
+        self.log.packet(now, || detection_line(scan, mode, src, port));
+    }
+
+    fn drain_events(&mut self) {
+        let now = self.now_ms();
+        for e in std::mem::take(&mut self.events) {
+            match e {
+                Event::Connected => self.log.notice(&format!(
+                    "adminalert: connected to sentry-enforcer at {}",
+                    self.client.socket_path().display()
+                )),
+                Event::Disconnected(why) => self.log.notice(&format!(
+                    "adminalert: lost connection to sentry-enforcer ({why}); {} requests queued, reconnecting",
+                    self.client.queued()
+                )),
+                Event::Refused(r) => self
+                    .log
+                    .error(&format!("adminalert: ERROR: sentry-enforcer refused the connection: {r:?}")),
+                Event::Decided { report, decision } => self.log.packet(now, || {
+                    format!(
+                        "adminalert: sentry-enforcer decision for host {}: {decision} ({} {} port {})",
+                        report.src,
+                        report.scan,
+                        report.mode.protocol().as_upper(),
+                        report.port
+                    )
+                }),
+                Event::Dropped(r) => self.log.packet(now, || {
+                    format!(
+                        "adminalert: WARNING: enforcer queue full (SENSOR_QUEUE); dropped the oldest request (host {}), {} dropped so far",
+                        r.src, self.client.queue_drops
+                    )
+                }),
+                Event::UnknownAck(seq) => self
+                    .log
+                    .notice(&format!("adminalert: enforcer acknowledged unknown request {seq}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Logging in PortSentry's line formats, to syslog (`/dev/log`, facility daemon, level
+//! notice, tag `portsentry` so existing logwatch/swatch/fail2ban filters keep matching) or
+//! to stderr (under systemd, where the journal adds time and unit).
+//!
+//! Lines that packets can trigger go through [`Logger::packet`], which allows at most
+//! LOG_RATE lines per second and then summarises the rest as one
+//! `adminalert: suppressed N log lines` line.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixDatagram;
+
+use sentry_proto::{Mode, ScanKind};
+
+use crate::classify::{ACK, FIN, PSH, RST, SYN, URG};
+
+/// The syslog tag.
+pub const SYSLOG_TAG: &str = "portsentry";
+const SYSLOG_PATH: &str = "/dev/log";
+/// `<facility * 8 + severity>`: daemon (3), notice (5).
+const PRI_NOTICE: u8 = 3 * 8 + 5;
+/// daemon, err (3).
+const PRI_ERR: u8 = 3 * 8 + 3;
+/// Longest line sent (syslog datagrams beyond ~2 KiB may be truncated by receivers).
+const MAX_LINE: usize = 1024;
+
+/// The detection line for a hit, exactly as PortSentry 1.2 wrote it. NAME is the address:
+/// the sensor never resolves names.
+pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> String {
+    let proto = mode.protocol().as_upper();
+    match scan {
+        ScanKind::Connect => {
+            format!("attackalert: Connect from host: {src}/{src} to {proto} port: {port}")
+        }
+        ScanKind::Udp if mode == Mode::Udp => {
+            format!("attackalert: Connect from host: {src}/{src} to UDP port: {port}")
+        }
+        ScanKind::Udp => format!("attackalert: UDP scan from host: {src}/{src} to UDP port: {port}"),
+        ScanKind::Syn => {
+            format!("attackalert: TCP SYN/Normal scan from host: {src}/{src} to TCP port: {port}")
+        }
+        ScanKind::Fin => {
+            format!("attackalert: TCP FIN scan from host: {src}/{src} to TCP port: {port}")
+        }
+        ScanKind::Null => {
+            format!("attackalert: TCP NULL scan from host: {src}/{src} to TCP port: {port}")
+        }
+        ScanKind::Xmas => {
+            format!("attackalert: TCP XMAS scan from host: {src}/{src} to TCP port: {port}")
+        }
+        ScanKind::Oddball { flags } => {
+            let b = |f: u8| u8::from(flags & f != 0);
+            format!(
+                "attackalert: Unknown Type: TCP Packet Flags: SYN: {} FIN: {} ACK: {} PSH: {} URG: {} RST: {} from host: {src}/{src} to TCP port: {port}",
+                b(SYN),
+                b(FIN),
+                b(ACK),
+                b(PSH),
+                b(URG),
+                b(RST)
+            )
+        }
+    }
+}
+
+/// PortSentry's IP-options warning.
+pub fn ip_options_line(src: IpAddr, mode: Mode, port: u16) -> String {
+    format!(
+        "attackalert: Packet from host: {src}/{src} to {} port: {port} has IP options set (detection avoidance technique).",
+        mode.protocol().as_upper()
+    )
+}
+
+#[derive(Debug)]
+enum Sink {
+    Syslog(Option<UnixDatagram>),
+    Stderr,
+}
+
+#[derive(Debug)]
+pub struct Logger {
+    sink: Sink,
+    pid: u32,
+    rate: u32,
+    second: u64,
+    in_second: u32,
+    suppressed: u64,
+    /// Lines that could not be delivered at all.
+    pub lost: u64,
+    buf: String,
+}
+
+impl Logger {
+    /// Open the log sink. Syslog is connected now (before the seccomp filter); if
+    /// `/dev/log` is unavailable, stderr is used and a note says so.
+    pub fn open(stderr: bool, rate: u32) -> Self {
+        let pid = std::process::id();
+        let sink = if stderr {
+            Sink::Stderr
+        } else {
+            match connect_syslog() {
+                Ok(s) => Sink::Syslog(Some(s)),
+                Err(e) => {
+                    eprintln!(
+                        "sentry-sensor: cannot connect to {SYSLOG_PATH} ({e}); logging to stderr"
+                    );
+                    Sink::Stderr
+                }
+            }
+        };
+        Self {
+            sink,
+            pid,
+            rate,
+            second: 0,
+            in_second: 0,
+            suppressed: 0,
+            lost: 0,
+            buf: String::with_capacity(MAX_LINE + 64),
+        }
+    }
+
+    pub fn set_rate(&mut self, rate: u32) {
+        self.rate = rate;
+    }
+
+    pub fn is_stderr(&self) -> bool {
+        matches!(self.sink, Sink::Stderr)
+    }
+
+    /// An operational line (start-up, errors): never rate-limited.
+    pub fn notice(&mut self, msg: &str) {
+        self.emit(PRI_NOTICE, msg);
+    }
+
+    pub fn error(&mut self, msg: &str) {
+        self.emit(PRI_ERR, msg);
+    }
+
+    /// A line a packet caused: at most `rate` per second (monotonic `now_ms`).
+    pub fn packet(&mut self, now_ms: u64, line: impl FnOnce() -> String) {
+        self.roll(now_ms);
+        if self.in_second >= self.rate {
+            self.suppressed += 1;
+            return;
+        }
+        self.in_second += 1;
+        let l = line();
+        self.emit(PRI_NOTICE, &l);
+    }
+
+    /// Called periodically: emits the suppression summary once the second is over.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.roll(now_ms);
+    }
+
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed
+    }
+
+    fn roll(&mut self, now_ms: u64) {
+        let sec = now_ms / 1000;
+        if sec != self.second {
+            self.second = sec;
+            self.in_second = 0;
+            if self.suppressed > 0 {
+                let n = std::mem::take(&mut self.suppressed);
+                self.emit(
+                    PRI_NOTICE,
+                    &format!("adminalert: suppressed {n} log lines (LOG_RATE reached)"),
+                );
+            }
+        }
+    }
+
+    fn emit(&mut self, pri: u8, msg: &str) {
+        let msg = truncate(msg, MAX_LINE);
+        match &mut self.sink {
+            Sink::Stderr => {
+                let mut e = io::stderr().lock();
+                if writeln!(e, "{msg}").is_err() {
+                    self.lost += 1;
+                }
+            }
+            Sink::Syslog(sock) => {
+                self.buf.clear();
+                let _ = write!(self.buf, "<{pri}>{SYSLOG_TAG}[{}]: {msg}", self.pid);
+                let sent = sock
+                    .as_ref()
+                    .is_some_and(|s| s.send(self.buf.as_bytes()).is_ok());
+                if !sent {
+                    // syslogd restarted: reconnect once (socket(AF_UNIX) + connect are
+                    // allowed by the seccomp filter for exactly this).
+                    *sock = connect_syslog().ok();
+                    let ok = sock
+                        .as_ref()
+                        .is_some_and(|s| s.send(self.buf.as_bytes()).is_ok());
+                    if !ok {
+                        self.lost += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn connect_syslog() -> io::Result<UnixDatagram> {
+    let s = UnixDatagram::unbound()?;
+    s.connect(SYSLOG_PATH)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const S: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+    #[test]
+    fn portsentry_formats() {
+        assert_eq!(
+            detection_line(ScanKind::Syn, Mode::Stcp, S, 23),
+            "attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Fin, Mode::Atcp, S, 1),
+            "attackalert: TCP FIN scan from host: 192.0.2.7/192.0.2.7 to TCP port: 1"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Null, Mode::Atcp, S, 1),
+            "attackalert: TCP NULL scan from host: 192.0.2.7/192.0.2.7 to TCP port: 1"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Xmas, Mode::Atcp, S, 1),
+            "attackalert: TCP XMAS scan from host: 192.0.2.7/192.0.2.7 to TCP port: 1"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Oddball { flags: PSH | URG }, Mode::Stcp, S, 79),
+            "attackalert: Unknown Type: TCP Packet Flags: SYN: 0 FIN: 0 ACK: 0 PSH: 1 URG: 1 RST: 0 from host: 192.0.2.7/192.0.2.7 to TCP port: 79"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Udp, Mode::Sudp, S, 137),
+            "attackalert: UDP scan from host: 192.0.2.7/192.0.2.7 to UDP port: 137"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Udp, Mode::Udp, S, 137),
+            "attackalert: Connect from host: 192.0.2.7/192.0.2.7 to UDP port: 137"
+        );
+        assert_eq!(
+            detection_line(ScanKind::Connect, Mode::Tcp, S, 143),
+            "attackalert: Connect from host: 192.0.2.7/192.0.2.7 to TCP port: 143"
+        );
+        assert_eq!(
+            ip_options_line(S, Mode::Stcp, 23),
+            "attackalert: Packet from host: 192.0.2.7/192.0.2.7 to TCP port: 23 has IP options set (detection avoidance technique)."
+        );
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(detection_line(ScanKind::Syn, Mode::Atcp, v6, 22)
+            .contains("from host: 2001:db8::1/2001:db8::1 to TCP port: 22"));
+    }
+
+    #[test]
+    fn rate_limit_counts_and_summarises() {
+        let mut l = Logger::open(true, 3);
+        let mut made = 0;
+        for _ in 0..10 {
+            l.packet(5_000, || {
+                made += 1;
+                "x".into()
+            });
+        }
+        assert_eq!(made, 3, "suppressed lines are not even formatted");
+        assert_eq!(l.suppressed_total(), 7);
+        l.tick(6_000);
+        assert_eq!(l.suppressed_total(), 0);
+        l.packet(6_001, || {
+            made += 1;
+            "y".into()
+        });
+        assert_eq!(made, 4);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let s = "é".repeat(600);
+        let t = truncate(&s, 1023);
+        assert!(t.len() <= 1023 && t.is_char_boundary(t.len()));
+    }
+}
