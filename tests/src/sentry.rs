@@ -311,7 +311,12 @@ impl Sentry {
         for (what, child) in [("enforcer", &self.enforcer), ("sensor", &self.sensor)] {
             if let Some(c) = child {
                 if !pid_alive(c.id()) {
-                    panic!("{what} (pid {}) exited\n{}", c.id(), self.diag());
+                    panic!(
+                        "{what} (pid {}) exited: {}\n{}",
+                        c.id(),
+                        zombie_exit(c.id()),
+                        self.diag()
+                    );
                 }
             }
         }
@@ -675,6 +680,18 @@ pub fn pid_alive(pid: u32) -> bool {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// How a zombie child died, from the `exit_code` field of `/proc/<pid>/stat`.
+pub fn zombie_exit(pid: u32) -> String {
+    let code = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().last()?.parse::<i32>().ok());
+    match code {
+        Some(c) if c & 0x7f != 0 => format!("killed by signal {}", c & 0x7f),
+        Some(c) => format!("exit status {}", (c >> 8) & 0xff),
+        None => "unknown".into(),
+    }
 }
 
 /// The `source` of an audit record as an address.
