@@ -464,6 +464,9 @@ fn prepare_runtime_dir(dir: &Path) -> Result<(), String> {
             .mode(0o755)
             .create(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Traversable by the sensor whatever the umask; the sockets' modes decide access.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: chmod: {e}", dir.display()))?;
     }
     let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !md.is_dir() {

@@ -50,7 +50,7 @@ const RTA_DST: u16 = 1;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_NOWHERE: u8 = 253;
+const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_BLACKHOLE: u8 = 6;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -237,14 +237,16 @@ pub fn encode_setelem_batch(
 /// Encode an RTM_NEWROUTE / RTM_DELROUTE for a host blackhole route in the main table.
 pub fn encode_blackhole(addr: IpAddr, add: bool, seq: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(Vec::with_capacity(64));
-    let (ty, flags, scope) = if add {
+    // As iproute2 does: a delete matches any protocol and scope (wildcards).
+    let (ty, flags, scope, proto) = if add {
         (
             RTM_NEWROUTE,
             NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
             RT_SCOPE_UNIVERSE,
+            RTPROT_STATIC,
         )
     } else {
-        (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, RT_SCOPE_NOWHERE)
+        (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, RT_SCOPE_NOWHERE, 0)
     };
     b.begin(ty, flags, seq);
     let (family, dst_len) = match addr {
@@ -258,7 +260,7 @@ pub fn encode_blackhole(addr: IpAddr, add: bool, seq: u32) -> Vec<u8> {
         0,
         0,
         RT_TABLE_MAIN,
-        RTPROT_STATIC,
+        proto,
         scope,
         RTN_BLACKHOLE,
     ]);

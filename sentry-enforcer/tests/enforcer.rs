@@ -1,0 +1,702 @@
+//! Integration tests: the real `sentry-enforcer` in a private network namespace, driven by a
+//! fake sensor and by hostile clients; checked through nft, hosts.deny, the audit log, the
+//! PortSentry text files and `sentryctl`.
+
+mod common;
+
+use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sentry_proto::{Decision, EnforcerFrame, Protocol, Refusal, SensorFrame, PROTOCOL_VERSION};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn decisions_end_to_end() {
+    if !need_root("decisions_end_to_end") {
+        return;
+    }
+    let mut env = Env::new(&[("BLOCK_UDP", "0")]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+
+    // blocked: nft element + hosts.deny line + audit + PortSentry files
+    assert_eq!(s.block("192.0.2.10", Protocol::Tcp, 143), Decision::Blocked);
+    assert!(env.nft_has(ip("192.0.2.10")), "{}", env.log());
+    assert!(env
+        .hosts_deny_text()
+        .lines()
+        .any(|l| l == "ALL: 192.0.2.10 : DENY"));
+    let rec = &env.audit_for("192.0.2.10", "blocked")[0];
+    assert_eq!(rec["protocol"], "tcp");
+    assert_eq!(rec["port"], 143);
+    assert_eq!(rec["scan"], "syn");
+    assert_eq!(rec["mode"], "stcp");
+    assert_eq!(rec["peer"]["uid"], 0);
+    assert!(rec["time"].as_str().unwrap().ends_with('Z'));
+    let actions = rec["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 2, "{rec}");
+    assert_eq!(actions[0]["action"], "nftables");
+    assert_eq!(actions[0]["status"], "ok");
+    assert_eq!(actions[1]["action"], "hosts_deny");
+    assert_eq!(actions[1]["target"], "ALL: 192.0.2.10 : DENY");
+    let hist = std::fs::read_to_string(env.state_dir.join("sentry.history")).unwrap();
+    assert!(
+        hist.contains("Host: 192.0.2.10/192.0.2.10 Port: 143 TCP Blocked"),
+        "{hist}"
+    );
+    let blocked = std::fs::read_to_string(env.state_dir.join("sentry.blocked")).unwrap();
+    assert!(blocked.contains("Host: 192.0.2.10/192.0.2.10 Port: 143 TCP Blocked"));
+
+    // IPv6: v6 set, bracketed in hosts.deny
+    assert_eq!(
+        s.block("2001:db8::10", Protocol::Tcp, 22),
+        Decision::Blocked
+    );
+    assert!(env.nft_has(ip("2001:db8::10")));
+    assert!(env
+        .hosts_deny_text()
+        .lines()
+        .any(|l| l == "ALL: [2001:db8::10] : DENY"));
+
+    // already blocked: nothing new
+    assert_eq!(
+        s.block("192.0.2.10", Protocol::Tcp, 80),
+        Decision::AlreadyBlocked
+    );
+    assert_eq!(
+        env.hosts_deny_text()
+            .matches("ALL: 192.0.2.10 : DENY")
+            .count(),
+        1
+    );
+    // BLOCK_UDP=0
+    assert_eq!(s.block("192.0.2.11", Protocol::Udp, 53), Decision::LogOnly);
+    assert!(!env.nft_has(ip("192.0.2.11")));
+    // never-block
+    for a in [
+        "127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "169.254.1.1",
+        "::1",
+        "fe80::1",
+        "ff02::1",
+    ] {
+        assert_eq!(s.block(a, Protocol::Tcp, 22), Decision::NeverBlock, "{a}");
+    }
+    // ignore list (198.51.100.0/24)
+    assert_eq!(
+        s.block("198.51.100.77", Protocol::Tcp, 22),
+        Decision::Ignored
+    );
+    // field validation: port 0 and protocol/scan mismatch are rejected, connection stays
+    let mut bad = req(100, "192.0.2.12", Protocol::Tcp, 0);
+    assert_eq!(s.send_req(bad.clone()), Decision::Rejected);
+    bad = req(101, "192.0.2.12", Protocol::Tcp, 22);
+    bad.protocol = Protocol::Udp;
+    assert_eq!(s.send_req(bad), Decision::Rejected);
+    let mut future = req(102, "192.0.2.12", Protocol::Tcp, 22);
+    future.last_seen_ms += 3_600_000;
+    assert_eq!(s.send_req(future), Decision::Rejected);
+    s.seq = 102;
+    assert!(!env.nft_has(ip("192.0.2.12")));
+    for (a, d) in [
+        ("127.0.0.1", "never_block"),
+        ("198.51.100.77", "ignored"),
+        ("192.0.2.11", "log_only"),
+        ("192.0.2.10", "already_blocked"),
+        ("192.0.2.12", "rejected"),
+    ] {
+        assert!(!env.audit_for(a, d).is_empty(), "no {d} record for {a}");
+    }
+
+    // sentryctl status --json
+    s.send(&SensorFrame::Stats(sentry_proto::SensorStats {
+        packets: 42,
+        ..Default::default()
+    }));
+    assert_eq!(s.block("192.0.2.13", Protocol::Tcp, 23), Decision::Blocked);
+    let st = env.ctl_json(&["status"]);
+    assert_eq!(st["active_blocks"], 3);
+    assert_eq!(st["counters"]["blocked"], 3);
+    assert_eq!(st["counters"]["already_blocked"], 1);
+    assert_eq!(st["counters"]["never_block"], 8);
+    assert_eq!(st["counters"]["ignored"], 1);
+    assert_eq!(st["counters"]["log_only"], 1);
+    assert_eq!(st["counters"]["rejected"], 3);
+    assert_eq!(st["sensor"]["name"], "fake-sensor");
+    assert_eq!(st["sensor"]["uid"], 0);
+    assert_eq!(st["sensor"]["protocol_version"], PROTOCOL_VERSION);
+    assert_eq!(st["sensor"]["stats"]["packets"], 42);
+    assert_eq!(st["config_path"], env.conf.display().to_string());
+    assert!(!st["recent"].as_array().unwrap().is_empty());
+    let text = env.ctl(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("sensor:   connected: fake-sensor"));
+
+    // sentryctl blocked / unblock
+    let list = env.ctl_json(&["blocked"]);
+    let addrs: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs, ["192.0.2.10", "2001:db8::10", "192.0.2.13"]);
+    let u = env.ctl_json(&["unblock", "192.0.2.10"]);
+    assert_eq!(u["was_blocked"], true);
+    assert!(!env.nft_has(ip("192.0.2.10")));
+    assert!(!env.hosts_deny_text().contains("192.0.2.10"));
+    assert_eq!(env.audit_for("192.0.2.10", "unblocked").len(), 1);
+    let blocked = std::fs::read_to_string(env.state_dir.join("sentry.blocked")).unwrap();
+    assert!(!blocked.contains("192.0.2.10/"), "{blocked}");
+    let u = env.ctl_json(&["unblock", "192.0.2.10"]);
+    assert_eq!(u["was_blocked"], false);
+    // and it can be blocked again
+    assert_eq!(s.block("192.0.2.10", Protocol::Tcp, 143), Decision::Blocked);
+
+    // syslog-compatible lines (stderr with --log-stderr)
+    let log = env.log();
+    assert!(
+        log.contains("attackalert: Host 192.0.2.10 has been blocked via wrappers with string: \"ALL: 192.0.2.10 : DENY\""),
+        "{log}"
+    );
+    assert!(log.contains("attackalert: Host: 192.0.2.10 is already blocked. Ignoring"));
+    assert!(env.alive());
+}
+
+#[test]
+fn sockets_have_explicit_modes_and_control_is_root_only() {
+    if !need_root("sockets_have_explicit_modes_and_control_is_root_only") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.sensor_user = "nobody".into();
+    env.start();
+    let md = std::fs::metadata(env.sensor_sock()).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o660);
+    assert_eq!(md.uid(), 0);
+    assert_eq!(md.gid(), 65534, "group = nobody's primary group");
+    let md = std::fs::metadata(env.run_dir.join("control.sock")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o600);
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+    // sentryctl as nobody cannot reach the control socket
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(SENTRYCTL)
+        .arg("--runtime-dir")
+        .arg(&env.run_dir)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // a stale socket file is replaced on restart; a live enforcer is not displaced
+    env.kill9();
+    assert!(env.sensor_sock().exists());
+    env.start();
+    let second = std::process::Command::new("ip")
+        .args(["netns", "exec", &env.ns.name, ENFORCER, "--config"])
+        .arg(&env.conf)
+        .arg("--runtime-dir")
+        .arg(&env.run_dir)
+        .arg("--state-dir")
+        .arg(env.path("state2"))
+        .args(["--sensor-user", "nobody", "--log-stderr"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another enforcer is running"));
+    assert!(env.alive());
+    assert!(env.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served() {
+    if !need_root("wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.sensor_user = "nobody".into();
+    env.start();
+    // We are root, not nobody.
+    let mut s = env.connect();
+    // The enforcer may refuse before reading anything, so the write may fail.
+    let _ = s.send_raw(&frame(&hello()));
+    assert_eq!(
+        s.recv().unwrap(),
+        EnforcerFrame::Refused(Refusal::NotAuthorized)
+    );
+    assert!(s.closed());
+    let rej: Vec<_> = env
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["decision"] == "rejected")
+        .collect();
+    assert_eq!(rej.len(), 1);
+    assert!(rej[0]["reason"].as_str().unwrap().contains("uid 0"));
+    assert_eq!(rej[0]["peer"]["uid"], 0);
+    // A real unprivileged client (this test binary re-executed as nobody) is served.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "nobody_sensor_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SENTRY_TEST_SOCK", env.sensor_sock())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CHILD DECISION Blocked"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.nft_has(ip("192.0.2.50")));
+    let rec = &env.audit_for("192.0.2.50", "blocked")[0];
+    assert_eq!(rec["peer"]["uid"], 65534);
+}
+
+/// Runs only as the child of the test above (as user nobody).
+#[test]
+#[ignore = "helper: run by wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served"]
+fn nobody_sensor_child() {
+    let Some(p) = std::env::var_os("SENTRY_TEST_SOCK") else {
+        return;
+    };
+    let mut s = FakeSensor::connect(std::path::Path::new(&p));
+    s.handshake();
+    let d = s.block("192.0.2.50", Protocol::Tcp, 25);
+    println!("CHILD DECISION {d:?}");
+}
+
+#[test]
+fn hostile_frames_close_the_connection_but_never_the_daemon() {
+    if !need_root("hostile_frames_close_the_connection_but_never_the_daemon") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.start();
+    let before = env.audit_records().len();
+    let cases: Vec<(&str, Vec<u8>, Option<Refusal>)> = vec![
+        (
+            "garbage",
+            b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+            Some(Refusal::MalformedFrame),
+        ),
+        (
+            "forged length",
+            vec![0xff, 0xff, 0xff, 0xf0, 1, 2, 3],
+            Some(Refusal::MalformedFrame),
+        ),
+        (
+            "zero length",
+            vec![0, 0, 0, 0],
+            Some(Refusal::MalformedFrame),
+        ),
+        (
+            "unknown tag",
+            vec![0, 0, 0, 4, 0, 0, 0, 9],
+            Some(Refusal::MalformedFrame),
+        ),
+        (
+            "block before hello",
+            frame(&SensorFrame::Block(req(1, "192.0.2.1", Protocol::Tcp, 22))),
+            Some(Refusal::HandshakeRequired),
+        ),
+        (
+            "wrong version",
+            frame(&SensorFrame::Hello(sentry_proto::Hello {
+                version: PROTOCOL_VERSION + 7,
+                sensor: "x".into(),
+                pid: 1,
+                modes: vec![sentry_proto::Mode::Stcp],
+            })),
+            Some(Refusal::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+            }),
+        ),
+        (
+            "bad hello name",
+            frame(&SensorFrame::Hello(sentry_proto::Hello {
+                version: PROTOCOL_VERSION,
+                sensor: "evil\nname".into(),
+                pid: 1,
+                modes: vec![sentry_proto::Mode::Stcp],
+            })),
+            Some(Refusal::MalformedFrame),
+        ),
+        ("truncated then close", vec![0, 0, 0, 50, 1, 2], None),
+    ];
+    for (name, bytes, want) in &cases {
+        let mut s = env.connect();
+        let _ = s.send_raw(bytes);
+        if want.is_none() {
+            let _ = s.s.shutdown(std::net::Shutdown::Write);
+        }
+        if let Some(r) = want {
+            assert_eq!(s.recv().ok(), Some(EnforcerFrame::Refused(*r)), "{name}");
+        }
+        assert!(s.closed(), "{name}: connection not closed");
+        assert!(env.alive(), "{name}: enforcer died");
+    }
+    // After the handshake: second hello, replayed sequence number.
+    let mut s = env.connect();
+    s.handshake();
+    s.send(&hello());
+    assert_eq!(
+        s.recv().ok(),
+        Some(EnforcerFrame::Refused(Refusal::MalformedFrame))
+    );
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.20", Protocol::Tcp, 22), Decision::Blocked);
+    s.seq = 0;
+    s.send(&SensorFrame::Block(req(1, "192.0.2.21", Protocol::Tcp, 22)));
+    assert_eq!(
+        s.recv().ok(),
+        Some(EnforcerFrame::Refused(Refusal::MalformedFrame))
+    );
+    assert!(!env.nft_has(ip("192.0.2.21")));
+    // Only one sensor at a time.
+    let mut a = env.connect();
+    a.handshake();
+    let mut b = env.connect();
+    let _ = b.send_raw(&frame(&hello()));
+    assert_eq!(
+        b.recv().ok(),
+        Some(EnforcerFrame::Refused(Refusal::AlreadyConnected))
+    );
+    drop(a);
+    // ...and after the first leaves, a new one gets in.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = env.connect();
+        let _ = c.send_raw(&frame(&hello()));
+        match c.recv() {
+            Ok(EnforcerFrame::Welcome { .. }) => break,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("reconnect: {other:?}"),
+        }
+    }
+    let recs = env.audit_records();
+    let rejected = recs[before..]
+        .iter()
+        .filter(|r| r["decision"] == "rejected")
+        .count();
+    assert!(rejected >= cases.len() + 3, "{rejected} rejected records");
+    assert!(env.alive());
+    assert!(env.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn thousands_of_requests_hit_rate_limit_and_cap() {
+    if !need_root("thousands_of_requests_hit_rate_limit_and_cap") {
+        return;
+    }
+    let mut env = Env::new(&[
+        ("BLOCK_RATE", "150"),
+        ("MAX_BLOCKS", "100000"),
+        ("KILL_HOSTS_DENY", ""),
+    ]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    let mut blocked = 0;
+    let mut limited = 0;
+    for i in 0..3000u32 {
+        let a = std::net::Ipv4Addr::from(0x0a00_0000 + i + 1).to_string();
+        match s.block(&a, Protocol::Tcp, 22) {
+            Decision::Blocked => blocked += 1,
+            Decision::RateLimited => limited += 1,
+            d => panic!("unexpected {d:?}"),
+        }
+    }
+    assert_eq!(blocked, 150);
+    assert_eq!(limited, 2850);
+    assert_eq!(env.nft_set("v4").len(), 150);
+    let st = env.ctl_json(&["status"]);
+    assert_eq!(st["counters"]["requests"], 3000);
+    assert_eq!(st["counters"]["rate_limited"], 2850);
+    assert_eq!(env.audit_records().len(), 3000);
+    drop(s);
+
+    // MAX_BLOCKS
+    env.kill9();
+    env.keys.insert("MAX_BLOCKS".into(), "152".into());
+    env.keys.insert("BLOCK_RATE".into(), "100000".into());
+    env.write_config();
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.1", Protocol::Tcp, 22), Decision::Blocked);
+    assert_eq!(s.block("192.0.2.2", Protocol::Tcp, 22), Decision::Blocked);
+    assert_eq!(s.block("192.0.2.3", Protocol::Tcp, 22), Decision::Capped);
+    assert!(!env.nft_has(ip("192.0.2.3")));
+    assert_eq!(env.audit_for("192.0.2.3", "capped").len(), 1);
+}
+
+#[test]
+fn sigkill_restart_restores_blocks_and_expires_stale_ones() {
+    if !need_root("sigkill_restart_restores_blocks_and_expires_stale_ones") {
+        return;
+    }
+    let mut env = Env::new(&[("BLOCK_TIMEOUT", "3")]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    for a in ["192.0.2.30", "192.0.2.31", "2001:db8::31"] {
+        assert_eq!(s.block(a, Protocol::Tcp, 22), Decision::Blocked);
+    }
+    // SIGKILL right after the replies: everything acknowledged must survive.
+    env.kill9();
+    // Simulate the kernel losing the table (reboot): the restart must rebuild it.
+    let _ = env.ns.run("nft", &["delete", "table", "inet", &env.table]);
+    // 192.0.2.31 is ignored now.
+    std::fs::write(&env.ignore, "198.51.100.0/24\n192.0.2.31\n").unwrap();
+    env.start();
+    assert!(env.nft_has(ip("192.0.2.30")), "{}", env.log());
+    assert!(env.nft_has(ip("2001:db8::31")));
+    assert!(!env.nft_has(ip("192.0.2.31")));
+    assert!(!env.hosts_deny_text().contains("192.0.2.31"));
+    assert_eq!(env.audit_for("192.0.2.30", "restored").len(), 1);
+    assert_eq!(env.audit_for("192.0.2.31", "unblocked").len(), 1);
+    let st = env.ctl_json(&["status"]);
+    assert_eq!(st["active_blocks"], 2);
+    assert_eq!(st["counters"]["restored"], 2);
+    // The timeout runs on: the nft element carries it and the enforcer removes the rest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.audit_for("192.0.2.30", "expired").is_empty() {
+        assert!(Instant::now() < deadline, "no expiry\n{}", env.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!env.hosts_deny_text().contains("192.0.2.30"));
+    assert!(!env.nft_has(ip("192.0.2.30")));
+    // Stopped long enough for a block to go stale: expired on start.
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.32", Protocol::Tcp, 22), Decision::Blocked);
+    drop(s);
+    assert_eq!(env.stop().code(), Some(0));
+    assert!(!env.sensor_sock().exists(), "sockets removed on SIGTERM");
+    // the table stays while stopped, so hosts stay blocked
+    assert!(env.nft_has(ip("192.0.2.32")));
+    std::thread::sleep(Duration::from_millis(3200));
+    env.start();
+    assert_eq!(env.audit_for("192.0.2.32", "expired").len(), 1);
+    assert!(!env.hosts_deny_text().contains("192.0.2.32"));
+    assert_eq!(env.ctl_json(&["status"])["active_blocks"], 0);
+}
+
+#[test]
+fn sighup_reloads_ignore_list() {
+    if !need_root("sighup_reloads_ignore_list") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.40", Protocol::Tcp, 22), Decision::Blocked);
+    std::fs::write(&env.ignore, "192.0.2.0/25\n").unwrap();
+    env.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.audit_for("192.0.2.40", "unblocked").is_empty() {
+        assert!(Instant::now() < deadline, "{}", env.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!env.nft_has(ip("192.0.2.40")));
+    assert_eq!(s.block("192.0.2.41", Protocol::Tcp, 22), Decision::Ignored);
+    // 198.51.100.0/24 is no longer ignored
+    assert_eq!(
+        s.block("198.51.100.1", Protocol::Tcp, 22),
+        Decision::Blocked
+    );
+    // a broken ignore file keeps the old list
+    std::fs::write(&env.ignore, "not-an-address\n").unwrap();
+    env.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(env.alive());
+    assert_eq!(s.block("192.0.2.42", Protocol::Tcp, 22), Decision::Ignored);
+}
+
+#[test]
+fn kill_commands_run_without_a_shell_and_failures_are_errors() {
+    if !need_root("kill_commands_run_without_a_shell_and_failures_are_errors") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rec = dir.path().join("calls");
+    let script = dir.path().join("record.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s|' \"$0\" \"$@\" >> {}\necho >> {}\n[ -z \"$HOME$USER\" ] || exit 9\n",
+            rec.display(),
+            rec.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let route = format!("{} route $TARGET$ $PORT$ $MODE$", script.display());
+    let run = format!("{} run '$TARGET$ x' $PORT$", script.display());
+    let mut env = Env::new(&[
+        ("FIREWALL", "none"),
+        ("KILL_ROUTE", &route),
+        ("KILL_RUN_CMD", &run),
+        ("KILL_RUN_CMD_FIRST", "1"),
+        ("BLOCK_UDP", "2"),
+    ]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.60", Protocol::Tcp, 143), Decision::Blocked);
+    assert_eq!(
+        s.block("2001:db8::60", Protocol::Udp, 53),
+        Decision::CommandOnly
+    );
+    let calls = std::fs::read_to_string(&rec).unwrap();
+    let sp = script.display().to_string();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{sp}|run|192.0.2.60 x|143|"),
+            format!("{sp}|route|192.0.2.60|143|tcp|"),
+            format!("{sp}|run|2001:db8::60 x|53|"),
+        ]
+    );
+    let r = &env.audit_for("192.0.2.60", "blocked")[0];
+    let acts = r["actions"].as_array().unwrap();
+    let names: Vec<&str> = acts.iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(names, ["kill_run_cmd", "kill_route", "hosts_deny"]);
+    assert_eq!(acts[1]["argv"][4], "tcp");
+    assert_eq!(acts[1]["exit_code"], 0);
+    let log = env.log();
+    assert!(log.contains(&format!(
+        "attackalert: Host 192.0.2.60 has been blocked via dropped route using command: \"{sp} route 192.0.2.60 143 tcp\""
+    )), "{log}");
+    assert!(log.contains("attackalert: External command run for host: 192.0.2.60 using command:"));
+    drop(s);
+
+    // A failing KILL_ROUTE is an error, never a silent success.
+    env.kill9();
+    env.keys
+        .insert("KILL_ROUTE".into(), "/bin/false $TARGET$".into());
+    env.keys.remove("KILL_RUN_CMD");
+    env.keys.remove("KILL_HOSTS_DENY");
+    env.keys.insert("BLOCK_UDP".into(), "0".into());
+    env.write_config();
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.61", Protocol::Tcp, 22), Decision::Failed);
+    let r = &env.audit_for("192.0.2.61", "failed")[0];
+    assert_eq!(r["actions"][0]["status"], "error");
+    assert_eq!(r["actions"][0]["exit_code"], 1);
+    assert!(!env.log().contains("Host 192.0.2.61 has been blocked"));
+    assert_eq!(
+        env.ctl_json(&["status"])["active_blocks"],
+        1,
+        "only 192.0.2.60 remains"
+    );
+}
+
+#[test]
+fn blackhole_routes_in_the_namespace() {
+    if !need_root("blackhole_routes_in_the_namespace") {
+        return;
+    }
+    let mut env = Env::new(&[("BLACKHOLE_ROUTE", "1"), ("FIREWALL", "none")]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.70", Protocol::Tcp, 22), Decision::Blocked);
+    assert_eq!(
+        s.block("2001:db8::70", Protocol::Tcp, 22),
+        Decision::Blocked
+    );
+    let r4 = env.ns.run("ip", &["route", "show", "type", "blackhole"]);
+    assert!(
+        String::from_utf8_lossy(&r4.stdout).contains("blackhole 192.0.2.70"),
+        "{}",
+        env.log()
+    );
+    let r6 = env
+        .ns
+        .run("ip", &["-6", "route", "show", "type", "blackhole"]);
+    assert!(String::from_utf8_lossy(&r6.stdout).contains("blackhole 2001:db8::70"));
+    assert_eq!(
+        env.ctl_json(&["unblock", "192.0.2.70"])["errors"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let r4 = env.ns.run("ip", &["route", "show", "type", "blackhole"]);
+    assert!(
+        !String::from_utf8_lossy(&r4.stdout).contains("192.0.2.70"),
+        "{}\n{}",
+        String::from_utf8_lossy(&env.ns.run("ip", &["route", "show", "table", "all"]).stdout),
+        env.log()
+    );
+}
+
+#[test]
+fn sentryctl_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.conf");
+    std::fs::write(
+        &good,
+        format!(
+            "BLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\"\nAUDIT_LOG=\"{}/audit.jsonl\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(SENTRYCTL)
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.conf");
+    std::fs::write(&bad, "# x\nTCP_PORTS=\"1,abc,5-3\"\nBLOCK_TCP=\"7\"\n").unwrap();
+    let out = std::process::Command::new(SENTRYCTL)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2: ", bad.display())), "{err}");
+    assert!(err.contains(&format!("{}:3: ", bad.display())), "{err}");
+    let out = std::process::Command::new(SENTRYCTL)
+        .args(["check-config", "--json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["errors"].as_array().unwrap().len() >= 2);
+    // usage errors exit 2
+    let out = std::process::Command::new(SENTRYCTL)
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
