@@ -94,7 +94,9 @@ pub fn nft_setup_script(table: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: PathBuf,
-    /// Refresh this host's addresses from getifaddrs before every decision.
+    /// Read this host's addresses from getifaddrs at start and before every decision.
+    /// Always on in the daemon; off only for tests and embedders, who then supply the
+    /// addresses with [`Engine::set_own_addresses`].
     pub refresh_own_addresses: bool,
 }
 
@@ -135,7 +137,11 @@ impl Engine {
             log.warn(&format!("adminalert: state: {w}"));
         }
         let audit = AuditLog::open(&cfg.audit_log).map_err(|e| e.to_string())?;
-        let (own, bcast) = own_addresses();
+        let (own, bcast) = if opts.refresh_own_addresses {
+            own_addresses()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut never = NeverBlock::new(own);
         never.set_broadcasts(bcast);
         let mut nft = None;
@@ -179,6 +185,12 @@ impl Engine {
         };
         engine.restore(blocks, now_ms());
         Ok(engine)
+    }
+
+    /// Replace this host's addresses in the never-block set (they are refreshed again
+    /// before the next decision when `refresh_own_addresses` is on).
+    pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
+        self.never.set_own(own);
     }
 
     pub fn config(&self) -> &Config {
@@ -564,7 +576,7 @@ impl Engine {
         self.refresh_own();
         if let Some(why) = self.never.check(addr) {
             self.log.notice(&format!(
-                "attackalert: Host: {addr} is a {why} and is never blocked. Ignoring"
+                "attackalert: Host: {addr} is never blocked ({why}). Ignoring"
             ));
             return (Decision::NeverBlock, why.to_string());
         }
@@ -1027,4 +1039,292 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     s.push_str(line);
     s.push('\n');
     f.write_all(s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentry_proto::{Mode, ScanKind};
+    use std::os::unix::fs::PermissionsExt;
+
+    struct T {
+        dir: tempfile::TempDir,
+        engine: Engine,
+    }
+
+    fn setup(extra: &[(&str, &str)]) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::write(dir.path().join("ignore"), "198.51.100.0/24\n").unwrap();
+        let mut keys: std::collections::BTreeMap<&str, String> = [
+            ("IGNORE_FILE", format!("{d}/ignore")),
+            ("HOSTS_DENY_FILE", format!("{d}/hosts.deny")),
+            ("AUDIT_LOG", format!("{d}/audit.jsonl")),
+            ("HISTORY_FILE", format!("{d}/history")),
+            ("BLOCKED_FILE", format!("{d}/blocked")),
+            ("KILL_HOSTS_DENY", "ALL: $TARGET$".to_string()),
+            ("BLOCK_TCP", "1".to_string()),
+            ("BLOCK_UDP", "1".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in extra {
+            if v.is_empty() {
+                keys.remove(k);
+            } else {
+                keys.insert(k, v.to_string());
+            }
+        }
+        let text: String = keys.iter().map(|(k, v)| format!("{k}=\"{v}\"\n")).collect();
+        let conf = dir.path().join("sentry.conf");
+        std::fs::write(&conf, &text).unwrap();
+        let engine = open(&dir, &conf);
+        T { dir, engine }
+    }
+
+    fn open(dir: &tempfile::TempDir, conf: &Path) -> Engine {
+        let cfg = Config::load(conf).unwrap_or_else(|e| panic!("{e}"));
+        Engine::new(
+            cfg,
+            Options {
+                state_dir: dir.path().join("state"),
+                refresh_own_addresses: false,
+            },
+            Arc::new(Logger::new(true, "test")),
+        )
+        .unwrap()
+    }
+
+    fn req(seq: u64, src: &str, protocol: Protocol, port: u16) -> BlockRequest {
+        let now = now_ms();
+        let (scan, mode) = match protocol {
+            Protocol::Tcp => (ScanKind::Syn, Mode::Stcp),
+            Protocol::Udp => (ScanKind::Udp, Mode::Sudp),
+        };
+        BlockRequest {
+            seq,
+            source: src.parse().unwrap(),
+            protocol,
+            port,
+            scan,
+            mode,
+            distinct_ports: 2,
+            first_seen_ms: now - 10,
+            last_seen_ms: now,
+            ip_options: false,
+        }
+    }
+
+    const PEER: Peer = Peer { uid: 1, pid: 2 };
+
+    impl T {
+        fn decide(&mut self, src: &str, p: Protocol) -> Decision {
+            let r = req(1, src, p, 22);
+            self.engine.decide(&r, PEER, now_ms())
+        }
+        fn audit(&self) -> Vec<serde_json::Value> {
+            std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+        fn last(&self) -> serde_json::Value {
+            self.audit().pop().unwrap()
+        }
+        fn deny(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("hosts.deny")).unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn rejected_never_block_ignored_log_only() {
+        let mut t = setup(&[("BLOCK_UDP", "0")]);
+        let mut bad = req(1, "192.0.2.1", Protocol::Tcp, 0);
+        assert_eq!(t.engine.decide(&bad, PEER, now_ms()), Decision::Rejected);
+        bad.port = 22;
+        bad.scan = ScanKind::Udp;
+        assert_eq!(t.engine.decide(&bad, PEER, now_ms()), Decision::Rejected);
+        assert_eq!(t.decide("127.0.0.1", Protocol::Tcp), Decision::NeverBlock);
+        assert_eq!(t.last()["reason"], "loopback address");
+        t.engine
+            .set_own_addresses(vec!["203.0.113.5".parse().unwrap()]);
+        assert_eq!(t.decide("203.0.113.5", Protocol::Tcp), Decision::NeverBlock);
+        assert_eq!(t.last()["reason"], "one of this host's addresses");
+        assert_eq!(t.decide("198.51.100.9", Protocol::Tcp), Decision::Ignored);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Udp), Decision::LogOnly);
+        assert_eq!(t.last()["reason"], "BLOCK_UDP=0");
+        assert_eq!(t.deny(), "");
+        assert_eq!(t.engine.active_blocks(), 0);
+        let c = t.engine.counters();
+        assert_eq!(
+            (c.rejected, c.never_block, c.ignored, c.log_only),
+            (2, 2, 1, 1)
+        );
+        assert_eq!(c.requests, 6);
+    }
+
+    #[test]
+    fn blocked_then_already_blocked_with_argv() {
+        let mut t = setup(&[
+            (
+                "KILL_ROUTE",
+                "/bin/true route add $TARGET$ port $PORT$ $MODE$",
+            ),
+            ("KILL_RUN_CMD", "/bin/true run $TARGET$"),
+            ("KILL_RUN_CMD_FIRST", "0"),
+        ]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        let rec = t.last();
+        let acts = rec["actions"].as_array().unwrap();
+        let argv: Vec<serde_json::Value> = acts.iter().map(|a| a["argv"].clone()).collect();
+        assert_eq!(
+            argv[0],
+            serde_json::json!([
+                "/bin/true",
+                "route",
+                "add",
+                "192.0.2.1",
+                "port",
+                "22",
+                "tcp"
+            ])
+        );
+        assert_eq!(acts[1]["action"], "hosts_deny");
+        assert_eq!(acts[1]["target"], "ALL: 192.0.2.1");
+        assert_eq!(
+            argv[2],
+            serde_json::json!(["/bin/true", "run", "192.0.2.1"])
+        );
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
+        assert_eq!(
+            t.decide("192.0.2.1", Protocol::Udp),
+            Decision::AlreadyBlocked
+        );
+        assert_eq!(t.last()["actions"].as_array().unwrap().len(), 0);
+        assert_eq!(t.decide("2001:db8::1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\nALL: [2001:db8::1]\n");
+        let hist = std::fs::read_to_string(t.dir.path().join("history")).unwrap();
+        assert_eq!(hist.lines().count(), 2);
+        assert!(hist.contains("Host: 2001:db8::1/2001:db8::1 Port: 22 TCP Blocked"));
+    }
+
+    #[test]
+    fn run_cmd_first_and_command_only() {
+        let mut t = setup(&[
+            ("KILL_RUN_CMD", "/bin/true $TARGET$ $MODE$"),
+            ("KILL_RUN_CMD_FIRST", "1"),
+            ("BLOCK_UDP", "2"),
+        ]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        let names: Vec<String> = t.last()["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["action"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["kill_run_cmd", "hosts_deny"]);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Udp), Decision::CommandOnly);
+        let rec = t.last();
+        assert_eq!(
+            rec["actions"][0]["argv"],
+            serde_json::json!(["/bin/true", "192.0.2.2", "udp"])
+        );
+        assert!(!t.deny().contains("192.0.2.2"));
+        assert!(!t.engine.is_blocked("192.0.2.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn rate_limit_and_cap() {
+        let mut t = setup(&[("BLOCK_RATE", "2")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.3", Protocol::Tcp), Decision::RateLimited);
+        // a minute later the window has moved on
+        let r = req(9, "192.0.2.3", Protocol::Tcp, 22);
+        let later = now_ms() + 61_000;
+        assert_eq!(t.engine.decide(&r, PEER, later), Decision::Blocked);
+
+        let mut t = setup(&[("MAX_BLOCKS", "1")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Capped);
+        assert_eq!(t.last()["reason"], "MAX_BLOCKS=1 reached");
+        // already blocked is checked before the cap
+        assert_eq!(
+            t.decide("192.0.2.1", Protocol::Tcp),
+            Decision::AlreadyBlocked
+        );
+    }
+
+    #[test]
+    fn failed_action_is_an_error() {
+        let mut t = setup(&[
+            ("KILL_ROUTE", "/bin/false $TARGET$"),
+            ("KILL_HOSTS_DENY", ""),
+        ]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Failed);
+        let rec = t.last();
+        assert_eq!(rec["decision"], "failed");
+        assert_eq!(rec["actions"][0]["status"], "error");
+        assert_eq!(rec["actions"][0]["exit_code"], 1);
+        assert!(!t.engine.is_blocked("192.0.2.1".parse().unwrap()));
+        assert_eq!(t.engine.counters().failed, 1);
+    }
+
+    #[test]
+    fn partial_failure_keeps_what_took_effect() {
+        let mut t = setup(&[("KILL_ROUTE", "/bin/false $TARGET$")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Failed);
+        assert!(t.engine.is_blocked("192.0.2.1".parse().unwrap()));
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
+    }
+
+    #[test]
+    fn expiry_unblock_and_restore() {
+        let mut t = setup(&[("BLOCK_TIMEOUT", "60")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.3", Protocol::Tcp), Decision::Blocked);
+        let a3: IpAddr = "192.0.2.3".parse().unwrap();
+        assert_eq!(t.engine.unblock(a3, PEER, now_ms()), Some(vec![]));
+        assert_eq!(t.engine.unblock(a3, PEER, now_ms()), None);
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\nALL: 192.0.2.2\n");
+        assert_eq!(t.engine.expire(now_ms()), 0);
+        // restart: both restored
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        assert_eq!(e2.active_blocks(), 2);
+        assert_eq!(e2.counters().restored, 2);
+        drop(e2);
+        // expiry
+        assert_eq!(t.engine.expire(now_ms() + 61_000), 2);
+        assert_eq!(t.deny(), "");
+        assert_eq!(t.last()["decision"], "expired");
+        let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
+        assert_eq!(blocked, "");
+    }
+
+    #[test]
+    fn restore_rechecks_ignore_list() {
+        let mut t = setup(&[]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        std::fs::write(t.dir.path().join("ignore"), "192.0.2.0/24\n").unwrap();
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        assert_eq!(e2.active_blocks(), 0);
+        assert_eq!(t.deny(), "");
+        assert_eq!(t.last()["decision"], "unblocked");
+        assert_eq!(t.last()["reason"], "now on the ignore list");
+    }
+
+    #[test]
+    fn nft_script_shape() {
+        let s = nft_setup_script("sentry");
+        assert!(s.contains("set v4 { type ipv4_addr; flags timeout; }"));
+        assert!(s.contains("hook prerouting priority -300"));
+        assert!(s.contains("ip saddr @v4 counter drop"));
+        assert!(s.contains("ip6 saddr @v6 counter drop"));
+        assert!(s.starts_with("table inet sentry {}\ndelete table inet sentry\n"));
+    }
 }
