@@ -24,7 +24,7 @@ BINS        = sentry-sensor sentry-enforcer sentryctl
 RELEASE     = target/release
 # Packages the product needs at run time (nft for inspection, setpriv is in
 # util-linux) and to build (a C linker).
-APT_PKGS    = nftables iproute2 util-linux build-essential pkg-config
+APT_PKGS    = nftables iproute2 util-linux build-essential
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 
 .PHONY: all build deps install install-bin install-units install-man install-conf \

@@ -72,6 +72,7 @@ fn reap_stale() {
 }
 
 impl NetPair {
+    #[allow(clippy::new_without_default)] // creating namespaces is not a "default"
     pub fn new() -> NetPair {
         reap_stale();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);

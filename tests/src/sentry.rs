@@ -414,8 +414,7 @@ impl Sentry {
     /// Every address in any set of the target namespace's nftables ruleset.
     pub fn nft_elements(&self) -> BTreeSet<IpAddr> {
         let out = run(
-            &mut self
-                .net
+            self.net
                 .command(Side::Target, "nft")
                 .args(["-j", "list", "ruleset"]),
             Duration::from_secs(10),
@@ -443,8 +442,7 @@ impl Sentry {
     /// The nftables ruleset of the target namespace, as text (for diagnostics).
     pub fn nft_ruleset(&self) -> String {
         let out = run(
-            &mut self
-                .net
+            self.net
                 .command(Side::Target, "nft")
                 .args(["list", "ruleset"]),
             Duration::from_secs(10),

@@ -78,12 +78,7 @@ fn drain(s: &mut UnixStream, r: &mut Report, max: usize) {
                 r.closed = true;
                 return;
             }
-            Err(ProtoError::Io(k))
-                if matches!(
-                    k,
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(ProtoError::Io(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)) => {
                 return
             }
             Err(ProtoError::Io(std::io::ErrorKind::ConnectionReset)) => {
@@ -128,9 +123,7 @@ fn main() {
     match mode.as_str() {
         "garbage" => {
             // Deterministic junk that is not a plausible frame header.
-            let junk: Vec<u8> = (0u32..256)
-                .map(|i| (i.wrapping_mul(97) ^ 0x5a) as u8)
-                .collect();
+            let junk: Vec<u8> = (0u8..=255).map(|i| i.wrapping_mul(97) ^ 0x5a).collect();
             if send(&mut s, &junk, &mut r) {
                 drain(&mut s, &mut r, 4);
             }
