@@ -32,6 +32,9 @@ pub struct Settings {
     pub modes: Vec<String>,
     /// Start the sensor at all (the hostile-client tests talk to the enforcer alone).
     pub start_sensor: bool,
+    /// A configuration file used as-is (a PortSentry file), except that the harness's
+    /// file locations and the keys in `keys` replace the lines that set them.
+    pub raw: Option<String>,
 }
 
 impl Settings {
@@ -67,7 +70,18 @@ impl Settings {
             ignore: vec!["127.0.0.1".into(), "0.0.0.0".into()],
             modes: modes.iter().map(|m| m.to_string()).collect(),
             start_sensor: true,
+            raw: None,
         }
+    }
+
+    /// An existing PortSentry configuration, kept line for line; only the file locations
+    /// (and keys later given with [`Settings::set`]) are redirected into the test's
+    /// directory, so nothing outside it is written.
+    pub fn portsentry(text: &str, modes: &[&str]) -> Settings {
+        let mut s = Settings::new(modes);
+        s.keys.clear();
+        s.raw = Some(text.to_string());
+        s
     }
 
     pub fn set(mut self, key: &str, value: &str) -> Settings {
@@ -197,6 +211,17 @@ impl Sentry {
             .or_insert_with(|| self.state_dir.join("sentry.history").display().to_string());
         keys.entry("BLOCKED_FILE".into())
             .or_insert_with(|| self.state_dir.join("sentry.blocked").display().to_string());
+        if let Some(raw) = &self.settings.raw {
+            for line in raw.lines() {
+                match config_key(line).and_then(|k| keys.remove_entry(k)) {
+                    Some((k, v)) => text.push_str(&format!("{k}=\"{v}\"\n")),
+                    None => {
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                }
+            }
+        }
         for (k, v) in &keys {
             text.push_str(&format!("{k}=\"{v}\"\n"));
         }
@@ -672,6 +697,16 @@ impl Drop for Sentry {
         Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGTERM);
         // `net` (namespaces, veth pair, nftables table) and `dir` are dropped next.
     }
+}
+
+/// The key a configuration line sets (`NAME=...` or `NAME = ...` at the line start).
+fn config_key(line: &str) -> Option<&str> {
+    let (k, _) = line.split_once('=')?;
+    let k = k.trim_end();
+    (!k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+    .then_some(k)
 }
 
 /// Whether `pid` is a live (not zombie) process.

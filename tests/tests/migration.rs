@@ -1,0 +1,86 @@
+//! Migration: Debian's own portsentry.conf, unchanged except for file locations, drives the
+//! real pair with PortSentry's behaviour (log-only by default; blocking through its
+//! KILL_ROUTE and KILL_HOSTS_DENY when BLOCK_TCP is turned on).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sentry_tests::netns::{SCANNER_IF, SCANNER_V4, TARGET_V4};
+use sentry_tests::{require_root, require_tool, run_ok, Sentry, Settings, Side};
+
+const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
+
+fn debian_conf() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures/debian.conf");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn ready(test: &str) -> bool {
+    require_root(test) && require_tool(test, "nmap") && require_tool(test, "nft")
+}
+
+#[test]
+fn debian_portsentry_conf_logs_only_like_portsentry() {
+    let test = "debian_portsentry_conf_logs_only_like_portsentry";
+    if !ready(test) {
+        return;
+    }
+    let s = Sentry::start(
+        test,
+        Settings::portsentry(&debian_conf(), &["atcp", "audp"]),
+    );
+    let target = TARGET_V4.to_string();
+    s.nmap(&["-sS", "-e", SCANNER_IF, "-p", "1-100", &target]);
+    let rec = s.wait_decision(SCANNER, "log_only");
+    assert_eq!(rec["protocol"], "tcp", "{rec}");
+    s.assert_not_blocked(SCANNER);
+    // PortSentry's own alert line, so existing log watchers keep matching.
+    let log = s.sensor_log();
+    assert!(
+        log.lines().any(|l| l.contains("attackalert:")
+            && l.contains("scan from host: 10.203.0.1/10.203.0.1 to TCP port:")),
+        "no PortSentry-format alert line:\n{log}"
+    );
+}
+
+#[test]
+fn debian_portsentry_conf_blocks_with_its_kill_route() {
+    let test = "debian_portsentry_conf_blocks_with_its_kill_route";
+    if !ready(test) || !require_tool(test, "route") {
+        return;
+    }
+    let s = Sentry::start(
+        test,
+        Settings::portsentry(&debian_conf(), &["atcp"]).set("BLOCK_TCP", "1"),
+    );
+    let target = TARGET_V4.to_string();
+    s.nmap(&["-sS", "-e", SCANNER_IF, "-p", "1-100", &target]);
+    // No native firewall in Debian's file: the block is KILL_ROUTE + KILL_HOSTS_DENY.
+    let rec = s.wait_decision(SCANNER, "blocked");
+    assert!(
+        s.hosts_deny_has(SCANNER),
+        "no hosts.deny line\n{}",
+        s.diag()
+    );
+    let actions = rec["actions"].to_string();
+    assert!(actions.contains("route"), "KILL_ROUTE did not run: {rec}");
+    let out = run_ok(
+        s.net
+            .command(Side::Target, "ip")
+            .args(["route", "show", "table", "all"]),
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.contains("10.203.0.1")
+            && (l.contains("unreachable") || l.contains("prohibit") || l.contains("blackhole"))),
+        "no reject route for the scanner: {out}"
+    );
+    let history = std::fs::read_to_string(s.state_dir.join("sentry.history")).unwrap_or_default();
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("Host: 10.203.0.1/10.203.0.1 Port:") && l.ends_with("TCP Blocked")),
+        "no PortSentry-format history line:\n{history}"
+    );
+}
