@@ -78,7 +78,7 @@ install-conf:
 	elif [ -f $(PORTSENTRY) ]; then \
 	    echo "migration: $(CONFDIR)/sentry.conf -> $(PORTSENTRY) (used unchanged)"; \
 	    ln -s $(PORTSENTRY) $(DESTDIR)$(CONFDIR)/sentry.conf; \
-	    install -d /var/lib/portsentry $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d; \
+	    install -d $(DESTDIR)/var/lib/portsentry $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d; \
 	    printf '[Service]\n# PortSentry configuration in use: its files live here.\nReadWritePaths=-/var/lib/portsentry\n' \
 	        > $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d/portsentry.conf; \
 	    echo "note: stop PortSentry itself (systemctl disable --now portsentry) before starting sentry"; \

@@ -60,7 +60,7 @@ start() {
     # Wait (bounded) until the enforcer reports the sensor connected.
     i=0
     while [ $i -lt 100 ]; do
-        if "$SBIN/sentryctl" --runtime-dir "$RUN" --json status 2>/dev/null | grep -q '"sensor":{'; then
+        if "$SBIN/sentryctl" --runtime-dir "$RUN" --json status 2>/dev/null | grep -Eq '"sensor": ?[{]'; then
             break
         fi
         alive "$RUN/sensor.pid" || die "sensor exited; see $LOGDIR/sensor.log"
