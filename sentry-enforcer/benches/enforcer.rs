@@ -1,1 +1,205 @@
-fn main() {}
+//! Decision + block latency, and the cost of one block at 1, 1,000 and 10,000 active blocks.
+//!
+//! Needs root: the benchmark re-executes itself under `unshare --net` so that the nftables
+//! table it creates lives in a private, throw-away network namespace (never the host's).
+//! Run: `cargo bench -p sentry-enforcer --bench enforcer`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use sentry_enforcer::audit::{Logger, Peer};
+use sentry_enforcer::engine::{now_ms, Engine, Options, SET_V4, SET_V6};
+use sentry_enforcer::netlink::{NlSocket, SetElem};
+use sentry_enforcer::store::BlockRecord;
+use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
+
+const MARK: &str = "SENTRY_BENCH_IN_NETNS";
+const PEER: Peer = Peer { uid: 0, pid: 1 };
+
+fn addr(i: u32) -> IpAddr {
+    // 10.0.0.0/8 and 100.64.0.0/10 keep clear of anything this host uses.
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
+}
+
+fn req(seq: u64, source: IpAddr) -> BlockRequest {
+    let now = now_ms();
+    BlockRequest {
+        seq,
+        source,
+        protocol: Protocol::Tcp,
+        port: 22,
+        scan: ScanKind::Syn,
+        mode: Mode::Stcp,
+        distinct_ports: 1,
+        first_seen_ms: now,
+        last_seen_ms: now,
+        ip_options: false,
+    }
+}
+
+/// An engine whose state directory already holds `n` blocks (restored with one netlink
+/// batch on start, which is also what a restart does).
+fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
+    let state = dir.join(format!("state-{n}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let now = now_ms();
+    let blocks: Vec<BlockRecord> = (0..n)
+        .map(|i| BlockRecord {
+            addr: addr(1_000_000 + i),
+            protocol: Protocol::Tcp,
+            port: 22,
+            mode: Mode::Stcp,
+            scan: ScanKind::Syn,
+            since_ms: now,
+            expires_ms: None,
+            nft: true,
+            blackhole: false,
+            hosts_deny_line: None,
+        })
+        .collect();
+    std::fs::write(
+        state.join("blocks.json"),
+        serde_json::to_vec(&serde_json::json!({"version": 1, "blocks": blocks})).unwrap(),
+    )
+    .unwrap();
+    let conf = dir.join(format!("bench-{n}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "FIREWALL=\"nftables\"\nNFT_TABLE=\"sentry_bench\"\nBLOCK_TCP=\"{block_tcp}\"\nBLOCK_UDP=\"1\"\n\
+             BLOCK_RATE=\"1000000\"\nMAX_BLOCKS=\"1000000\"\nAUDIT_LOG=\"{d}/audit-{n}.jsonl\"\n\
+             HISTORY_FILE=\"{d}/history-{n}\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let cfg = policy::Config::load(&conf).unwrap_or_else(|e| panic!("{e}"));
+    let t = Instant::now();
+    let e = Engine::new(
+        cfg,
+        Options {
+            state_dir: state,
+            refresh_own_addresses: true,
+        },
+        Arc::new(Logger::new(true, "bench")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "engine start with {n} persisted blocks (nft table setup + restore): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(e.active_blocks(), n as usize);
+    e
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::Builder::new()
+        .prefix("sentry-enforcer-bench-")
+        .tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
+        .unwrap();
+
+    // Full path: validate, own-address refresh, never-block, ignore, mode, dedupe, rate,
+    // cap, netlink NEWSETELEM + ACK, journal append + fdatasync, history line, audit line.
+    let mut g = c.benchmark_group("decide_block_nft");
+    g.sample_size(30).measurement_time(Duration::from_secs(8));
+    let mut seq = 0u64;
+    for n in [1u32, 1_000, 10_000] {
+        let mut e = engine(dir.path(), n - 1, "1");
+        let mut next = 0u32;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    seq += 1;
+                    let a = addr(next);
+                    let r = req(seq, a);
+                    let t = Instant::now();
+                    let d = e.decide(&r, PEER, now_ms());
+                    total += t.elapsed();
+                    assert_eq!(d, Decision::Blocked);
+                    // Keep the number of active blocks at n.
+                    e.unblock(a, PEER, now_ms());
+                }
+                total
+            })
+        });
+        assert_eq!(e.active_blocks(), (n - 1) as usize);
+    }
+    g.finish();
+
+    // The same without persistence cost dominating: log-only decision (audit line only).
+    let mut g = c.benchmark_group("decide_log_only");
+    let mut e = engine(dir.path(), 0, "0");
+    g.bench_function("tcp", |b| {
+        b.iter(|| {
+            seq += 1;
+            e.decide(&req(seq, addr(5)), PEER, now_ms())
+        })
+    });
+    g.finish();
+    drop(e);
+
+    // Kernel cost alone: one NEWSETELEM (+ACK) into a set holding n elements.
+    let mut g = c.benchmark_group("nft_add_element");
+    g.sample_size(50);
+    let mut nl = NlSocket::netfilter().unwrap();
+    for n in [1u32, 1_000, 10_000] {
+        let fill: Vec<SetElem> = (0..n.saturating_sub(1))
+            .map(|i| SetElem {
+                addr: addr(2_000_000 + i),
+                timeout: None,
+            })
+            .collect();
+        nl.setelems("sentry_bench", SET_V4, SET_V6, &fill, true)
+            .unwrap();
+        let mut next = 0u32;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    let el = [SetElem {
+                        addr: addr(3_000_000 + next),
+                        timeout: Some(Duration::from_secs(3600)),
+                    }];
+                    let t = Instant::now();
+                    nl.setelems("sentry_bench", SET_V4, SET_V6, &el, true)
+                        .unwrap();
+                    total += t.elapsed();
+                    nl.setelems("sentry_bench", SET_V4, SET_V6, &el, false)
+                        .unwrap();
+                }
+                total
+            })
+        });
+        nl.setelems("sentry_bench", SET_V4, SET_V6, &fill, false)
+            .unwrap();
+    }
+    g.finish();
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED (needs root): enforcer benchmark");
+        return;
+    }
+    if std::env::var_os(MARK).is_none() {
+        // Re-run inside a new, private network namespace that disappears with us.
+        let st = std::process::Command::new("unshare")
+            .arg("--net")
+            .arg("--")
+            .arg(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env(MARK, "1")
+            .status()
+            .expect("unshare --net");
+        std::process::exit(st.code().unwrap_or(1));
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}
