@@ -84,8 +84,7 @@ impl Basic {
                             socks.push((s, port));
                         }
                         Err(e)
-                            if addr.is_ipv6()
-                                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+                            if addr.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
                         Err(error) => failures.push(BindFailure { mode, addr, error }),
                     }
                 }

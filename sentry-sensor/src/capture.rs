@@ -294,7 +294,10 @@ mod tests {
         assert_eq!(run6(&ipv6(a, b, 17, &[], &udp_header(1, 2))), SNAPLEN);
         assert_eq!(run6(&ipv6(a, b, 58, &[], &[128, 0, 0, 0])), 0);
         for ext in [0u8, 43, 60, 44, 51] {
-            assert_eq!(run6(&ipv6(a, b, ext, &[6, 0, 0, 0, 0, 0, 0, 0], &[])), SNAPLEN);
+            assert_eq!(
+                run6(&ipv6(a, b, ext, &[6, 0, 0, 0, 0, 0, 0, 0], &[])),
+                SNAPLEN
+            );
         }
     }
 
@@ -307,7 +310,11 @@ mod tests {
         for (i, f) in frames.iter().enumerate() {
             let net = 80u16;
             let rec = usize::from(net) + f.len();
-            let next = if i + 1 == frames.len() { 0 } else { (rec + 15) & !15 };
+            let next = if i + 1 == frames.len() {
+                0
+            } else {
+                (rec + 15) & !15
+            };
             b[off..off + 4].copy_from_slice(&u32::try_from(next).unwrap().to_ne_bytes());
             b[off + 12..off + 16].copy_from_slice(&u32::try_from(f.len()).unwrap().to_ne_bytes());
             b[off + 26..off + 28].copy_from_slice(&net.to_ne_bytes());
@@ -324,7 +331,10 @@ mod tests {
         let f2 = udp4(A, B, 3, 4);
         let block = block_with(&[&f1, &f2]);
         let mut seen = Vec::new();
-        assert_eq!(for_each_frame(&block, &mut |d: &[u8]| seen.push(d.to_vec())), 0);
+        assert_eq!(
+            for_each_frame(&block, &mut |d: &[u8]| seen.push(d.to_vec())),
+            0
+        );
         assert_eq!(seen, vec![f1.clone(), f2]);
         // A corrupt snaplen is reported, never read past the block.
         let mut bad = block_with(&[&f1]);

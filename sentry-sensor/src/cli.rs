@@ -88,9 +88,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Strin
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
             "--selftest-seccomp" => return Ok(Command::SelftestSeccomp),
-            "--config" | "-c" => config = Some(PathBuf::from(non_empty(value("--config")?, "--config")?)),
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(non_empty(value("--config")?, "--config")?))
+            }
             "--runtime-dir" => {
-                runtime_dir = Some(PathBuf::from(non_empty(value("--runtime-dir")?, "--runtime-dir")?))
+                runtime_dir = Some(PathBuf::from(non_empty(
+                    value("--runtime-dir")?,
+                    "--runtime-dir",
+                )?))
             }
             "--user" | "-u" => user = Some(non_empty(value("--user")?, "--user")?),
             "--log-stderr" => log_stderr = true,
@@ -111,7 +116,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Strin
                 })?;
                 push_mode(&mut modes, m)?;
             }
-            other => match Mode::parse(other).filter(|_| other.starts_with('-') && !other.starts_with("--")) {
+            other => match Mode::parse(other)
+                .filter(|_| other.starts_with('-') && !other.starts_with("--"))
+            {
                 Some(m) => push_mode(&mut modes, m)?,
                 None => return Err(format!("unknown argument {other:?}")),
             },
@@ -159,8 +166,16 @@ mod tests {
     #[test]
     fn full_command_line() {
         let c = p(&[
-            "--config", "/etc/p.conf", "--runtime-dir=/run/sentry", "--user", "sentry", "-tcp",
-            "-audp", "--mode", "stcp", "--log-stderr",
+            "--config",
+            "/etc/p.conf",
+            "--runtime-dir=/run/sentry",
+            "--user",
+            "sentry",
+            "-tcp",
+            "-audp",
+            "--mode",
+            "stcp",
+            "--log-stderr",
         ])
         .unwrap();
         assert_eq!(
@@ -178,28 +193,49 @@ mod tests {
 
     #[test]
     fn errors_are_clear() {
-        assert!(p(&["--runtime-dir", "/r", "-tcp"]).unwrap_err().contains("--config"));
-        assert!(p(&["--config", "/c", "-tcp"]).unwrap_err().contains("--runtime-dir"));
-        assert!(p(&["--config", "/c", "--runtime-dir", "/r"]).unwrap_err().contains("mode"));
+        assert!(p(&["--runtime-dir", "/r", "-tcp"])
+            .unwrap_err()
+            .contains("--config"));
+        assert!(p(&["--config", "/c", "-tcp"])
+            .unwrap_err()
+            .contains("--runtime-dir"));
+        assert!(p(&["--config", "/c", "--runtime-dir", "/r"])
+            .unwrap_err()
+            .contains("mode"));
         assert!(p(&["--config", "/c", "--runtime-dir", "/r", "-xtcp"])
             .unwrap_err()
             .contains("unknown argument"));
         assert!(p(&["--config", "/c", "--runtime-dir", "/r", "tcp"])
             .unwrap_err()
             .contains("unknown argument"));
-        assert!(p(&["--config", "/c", "--runtime-dir", "/r", "-tcp", "--mode", "tcp"])
-            .unwrap_err()
-            .contains("twice"));
+        assert!(p(&[
+            "--config",
+            "/c",
+            "--runtime-dir",
+            "/r",
+            "-tcp",
+            "--mode",
+            "tcp"
+        ])
+        .unwrap_err()
+        .contains("twice"));
         assert!(p(&["--config"]).unwrap_err().contains("needs a value"));
         assert!(p(&["--config", ""]).unwrap_err().contains("empty"));
-        assert!(p(&["--mode", "bogus"]).unwrap_err().contains("unknown mode"));
-        assert!(p(&["--stats-interval-ms", "0"]).unwrap_err().contains("milliseconds"));
+        assert!(p(&["--mode", "bogus"])
+            .unwrap_err()
+            .contains("unknown mode"));
+        assert!(p(&["--stats-interval-ms", "0"])
+            .unwrap_err()
+            .contains("milliseconds"));
     }
 
     #[test]
     fn help_version_selftest() {
         assert_eq!(p(&["--help"]).unwrap(), Command::Help);
         assert_eq!(p(&["--version"]).unwrap(), Command::Version);
-        assert_eq!(p(&["--selftest-seccomp"]).unwrap(), Command::SelftestSeccomp);
+        assert_eq!(
+            p(&["--selftest-seccomp"]).unwrap(),
+            Command::SelftestSeccomp
+        );
     }
 }

@@ -43,7 +43,10 @@ pub enum Event {
     Disconnected(String),
     Refused(Refusal),
     /// The enforcer decided on a request.
-    Decided { report: Report, decision: Decision },
+    Decided {
+        report: Report,
+        decision: Decision,
+    },
     /// The queue was full; this (oldest) report was dropped.
     Dropped(Report),
     /// An Ack for a sequence number this connection never used.
@@ -223,7 +226,14 @@ impl Client {
     }
 
     /// Handle readiness of the connection.
-    pub fn on_ready(&mut self, readable: bool, writable: bool, hup: bool, now_ms: u64, events: &mut Vec<Event>) {
+    pub fn on_ready(
+        &mut self,
+        readable: bool,
+        writable: bool,
+        hup: bool,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) {
         if readable || hup {
             self.pump_read(now_ms, events);
         }
@@ -255,7 +265,9 @@ impl Client {
         loop {
             let want = match self.inbuf.wanted() {
                 Ok(w) => w.min(buf.len()),
-                Err(e) => return self.down(now_ms, format!("bad frame from enforcer: {e}"), events),
+                Err(e) => {
+                    return self.down(now_ms, format!("bad frame from enforcer: {e}"), events)
+                }
             };
             let res = match &mut self.conn {
                 Conn::Down => return,
@@ -265,9 +277,7 @@ impl Client {
                 },
             };
             match res {
-                Ok(0) => {
-                    return self.down(now_ms, "enforcer closed the connection".into(), events)
-                }
+                Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
                 Ok(n) => {
                     let Some(chunk) = buf.get(..n) else { return };
                     if let Err(e) = self.inbuf.feed(chunk) {
@@ -329,9 +339,11 @@ impl Client {
                 events.push(Event::Refused(r));
                 self.down(now_ms, format!("refused: {r:?}"), events);
             }
-            (other, _) => {
-                self.down(now_ms, format!("unexpected frame from enforcer: {other:?}"), events)
-            }
+            (other, _) => self.down(
+                now_ms,
+                format!("unexpected frame from enforcer: {other:?}"),
+                events,
+            ),
         }
     }
 }
@@ -408,7 +420,13 @@ mod tests {
             let (mut s, _) = l.accept().unwrap();
             let f: SensorFrame = read_frame(&mut s).unwrap();
             assert!(matches!(f, SensorFrame::Hello(h) if h.version == PROTOCOL_VERSION));
-            write_frame(&mut s, &EnforcerFrame::Welcome { version: PROTOCOL_VERSION }).unwrap();
+            write_frame(
+                &mut s,
+                &EnforcerFrame::Welcome {
+                    version: PROTOCOL_VERSION,
+                },
+            )
+            .unwrap();
             let mut seqs = Vec::new();
             for _ in 0..2 {
                 match read_frame::<SensorFrame, _>(&mut s).unwrap() {
@@ -444,7 +462,13 @@ mod tests {
         let h = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let _hello: SensorFrame = read_frame(&mut s).unwrap();
-            write_frame(&mut s, &EnforcerFrame::Welcome { version: PROTOCOL_VERSION }).unwrap();
+            write_frame(
+                &mut s,
+                &EnforcerFrame::Welcome {
+                    version: PROTOCOL_VERSION,
+                },
+            )
+            .unwrap();
             match read_frame::<SensorFrame, _>(&mut s).unwrap() {
                 SensorFrame::Block(b) => {
                     write_frame(
@@ -480,7 +504,8 @@ mod tests {
             write_frame(&mut s, &EnforcerFrame::Refused(Refusal::NotAuthorized)).unwrap();
         });
         drive(&mut c, &mut ev, |_, ev| {
-            ev.iter().any(|e| matches!(e, Event::Refused(Refusal::NotAuthorized)))
+            ev.iter()
+                .any(|e| matches!(e, Event::Refused(Refusal::NotAuthorized)))
         });
         h.join().unwrap();
         assert!(!c.is_ready());

@@ -9,8 +9,8 @@ use std::fmt;
 use caps::CapSet;
 use nix::unistd::{Gid, Uid, User};
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
-    SeccompFilter, SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
+    SeccompCondition as Cond, SeccompFilter, SeccompRule, TargetArch,
 };
 
 use crate::sys;
@@ -79,8 +79,7 @@ pub fn drop_privileges(target: Option<&Target>) -> Result<(), ConfineError> {
         // The bounding set can only be reduced while CAP_SETPCAP is still held.
         caps::clear(None, CapSet::Bounding)
             .map_err(|e| err(format!("cannot clear the capability bounding set: {e}")))?;
-        nix::unistd::setgroups(&[t.gid])
-            .map_err(|e| err(format!("setgroups({}): {e}", t.gid)))?;
+        nix::unistd::setgroups(&[t.gid]).map_err(|e| err(format!("setgroups({}): {e}", t.gid)))?;
         nix::unistd::setresgid(t.gid, t.gid, t.gid)
             .map_err(|e| err(format!("setresgid({}): {e}", t.gid)))?;
         nix::unistd::setresuid(t.uid, t.uid, t.uid)
@@ -92,7 +91,8 @@ pub fn drop_privileges(target: Option<&Target>) -> Result<(), ConfineError> {
         CapSet::Effective,
         CapSet::Permitted,
     ] {
-        caps::clear(None, set).map_err(|e| err(format!("cannot clear {set:?} capabilities: {e}")))?;
+        caps::clear(None, set)
+            .map_err(|e| err(format!("cannot clear {set:?} capabilities: {e}")))?;
     }
     // Verify rather than trust.
     if Uid::current().is_root() || Uid::effective().is_root() {
@@ -101,7 +101,9 @@ pub fn drop_privileges(target: Option<&Target>) -> Result<(), ConfineError> {
     let eff = caps::read(None, CapSet::Effective).map_err(|e| err(format!("read caps: {e}")))?;
     let prm = caps::read(None, CapSet::Permitted).map_err(|e| err(format!("read caps: {e}")))?;
     if !eff.is_empty() || !prm.is_empty() {
-        return Err(err(format!("capabilities left after dropping: {eff:?} {prm:?}")));
+        return Err(err(format!(
+            "capabilities left after dropping: {eff:?} {prm:?}"
+        )));
     }
     sys::set_no_new_privs().map_err(|e| err(format!("PR_SET_NO_NEW_PRIVS: {e}")))?;
     sys::set_not_dumpable().map_err(|e| err(format!("PR_SET_DUMPABLE: {e}")))?;
@@ -167,11 +169,23 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
     // getrandom: std's HashMap keys if a new map is seeded late.
     any(&mut rules, libc::SYS_getrandom);
     // socket: only AF_UNIX, to reconnect to enforcer.sock and /dev/log after a restart.
-    rules.insert(libc::SYS_socket, vec![rule(vec![cond(0, Op::Eq, af_unix)?])?]);
+    rules.insert(
+        libc::SYS_socket,
+        vec![rule(vec![cond(0, Op::Eq, af_unix)?])?],
+    );
     // connect: those AF_UNIX sockets (an AF_UNIX socket cannot reach the network).
     any(&mut rules, libc::SYS_connect);
     // ioctl(FIONBIO) only: std's set_nonblocking on new enforcer/syslog/accepted sockets.
-    rules.insert(libc::SYS_ioctl, vec![rule(vec![cond(1, Op::Eq, fionbio)?])?]);
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![cond(1, Op::Eq, fionbio)?])?],
+    );
+    // fcntl(F_GETFD) only: std checks that a descriptor is still open before closing it.
+    let f_getfd = u64::try_from(libc::F_GETFD).unwrap_or(1);
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![cond(1, Op::Eq, f_getfd)?])?],
+    );
     // rt_sigreturn, restart_syscall: signal delivery and interrupted-call restarts.
     any(&mut rules, libc::SYS_rt_sigreturn);
     any(&mut rules, libc::SYS_restart_syscall);

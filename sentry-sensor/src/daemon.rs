@@ -29,12 +29,13 @@ use crate::ports::{PortConfig, PortPolicy};
 use crate::state::{Hit, Outcome, State, StateConfig};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 
-/// Periodic listener-table refresh.
-const LISTENER_REFRESH_MS: u64 = 1_000;
 /// On a hit, the table is re-read first if it is older than this, so a service that has
-/// just started is not mistaken for an unwatched port being probed.
-const LISTENER_STALE_MS: u64 = 100;
-/// Housekeeping (state expiry, kernel counters).
+/// just started is not mistaken for a closed port being probed. This bounds both the
+/// blind spot (a service that started listening less than this before the probe) and the
+/// cost under a flood of probes (at most 1000/LISTENER_STALE_MS table reads per second).
+const LISTENER_STALE_MS: u64 = 20;
+/// Housekeeping (state expiry, kernel counters, listener-table refresh: a service that
+/// stopped is watched again within this time).
 const HOUSEKEEPING_MS: u64 = 1_000;
 /// Most ring blocks processed before other descriptors get a turn.
 const MAX_BLOCKS_PER_WAKE: usize = 64;
@@ -60,14 +61,18 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> i3
 }
 
 fn selftest_seccomp() -> i32 {
-    if let Err(e) = sys::set_no_new_privs().map_err(|e| e.to_string()).and_then(|()| {
-        confine::apply_seccomp().map_err(|e| e.to_string())
-    }) {
+    if let Err(e) = sys::set_no_new_privs()
+        .map_err(|e| e.to_string())
+        .and_then(|()| confine::apply_seccomp().map_err(|e| e.to_string()))
+    {
         eprintln!("sentry-sensor: selftest: {e}");
         return 1;
     }
     // An allowed call still works...
-    let _ = writeln!(std::io::stderr(), "seccomp filter installed; making a forbidden call");
+    let _ = writeln!(
+        std::io::stderr(),
+        "seccomp filter installed; making a forbidden call"
+    );
     // ...and a forbidden one kills the process with SIGSYS.
     let r = sys::forbidden_syscall();
     eprintln!("sentry-sensor: selftest: forbidden system call returned {r:?}: filter NOT enforced");
@@ -203,8 +208,11 @@ fn run(args: Args) -> i32 {
     };
     let own_inodes = basic.inodes();
     let (listener_src, listeners) = if capturing {
-        match ListenerSource::open(policy.captures(Protocol::Tcp), policy.captures(Protocol::Udp))
-            .and_then(|mut s| s.read(&own_inodes).map(|l| (s, l)))
+        match ListenerSource::open(
+            policy.captures(Protocol::Tcp),
+            policy.captures(Protocol::Udp),
+        )
+        .and_then(|mut s| s.read(&own_inodes).map(|l| (s, l)))
         {
             Ok((s, l)) => (Some(s), l),
             Err(e) => return fatal(&mut log, &format!("cannot read the socket tables: {e}")),
@@ -227,6 +235,7 @@ fn run(args: Args) -> i32 {
     if let Err(e) = confine::drop_privileges(target.as_ref()) {
         return fatal(&mut log, &e.0);
     }
+    let uid = nix::unistd::Uid::current();
     if let Err(e) = confine::apply_seccomp() {
         return fatal(&mut log, &e.0);
     }
@@ -236,7 +245,7 @@ fn run(args: Args) -> i32 {
         "adminalert: sentry-sensor {} is active: modes {}; uid {}; capabilities dropped; seccomp filter installed",
         env!("CARGO_PKG_VERSION"),
         mode_list.join(" "),
-        nix::unistd::Uid::current()
+        uid
     ));
     for (mode, port) in basic.bound() {
         log.notice(&format!(
@@ -332,7 +341,11 @@ impl Sensor {
             // Poll set: [capture] [client] basic...
             fds.clear();
             if let Some(c) = &capture {
-                fds.push(PollFd { fd: c.fd(), events: POLLIN, revents: 0 });
+                fds.push(PollFd {
+                    fd: c.fd(),
+                    events: POLLIN,
+                    revents: 0,
+                });
             }
             let client_idx = self.client.poll_interest().map(|(fd, out)| {
                 fds.push(PollFd {
@@ -343,7 +356,11 @@ impl Sensor {
                 fds.len() - 1
             });
             let basic_start = fds.len();
-            fds.extend(basic.fds().map(|fd| PollFd { fd, events: POLLIN, revents: 0 }));
+            fds.extend(basic.fds().map(|fd| PollFd {
+                fd,
+                events: POLLIN,
+                revents: 0,
+            }));
 
             let now = self.now_ms();
             let mut timeout = next_housekeeping.min(next_stats).saturating_sub(now);
@@ -402,16 +419,15 @@ impl Sensor {
                     }
                 }
                 self.stats.malformed += std::mem::take(&mut bad_frames);
-                if now.saturating_sub(self.last_refresh_ms) >= LISTENER_REFRESH_MS {
-                    self.refresh_listeners(now);
-                }
+                self.refresh_listeners(now);
             }
             if now >= next_stats {
                 next_stats = now + stats_ms;
                 self.stats.tracked_sources = self.state.len() as u64;
                 self.stats.evictions = self.state.evictions();
                 self.stats.queue_drops = self.client.queue_drops;
-                self.client.send_stats(self.stats.clone(), now, &mut self.events);
+                self.client
+                    .send_stats(self.stats.clone(), now, &mut self.events);
             }
             self.log.tick(now);
             self.drain_events();
@@ -422,9 +438,9 @@ impl Sensor {
         if let Some(src) = &mut self.listener_src {
             match src.read(&self.own_inodes) {
                 Ok(l) => self.listeners = l,
-                Err(e) => self
-                    .log
-                    .error(&format!("adminalert: ERROR: cannot re-read socket tables: {e}")),
+                Err(e) => self.log.error(&format!(
+                    "adminalert: ERROR: cannot re-read socket tables: {e}"
+                )),
             }
         }
         self.last_refresh_ms = now;
@@ -451,7 +467,9 @@ impl Sensor {
             }
         };
         let (proto, scan, port) = match probe.transport {
-            Transport::Tcp { dst_port, flags, .. } => match classify_tcp(flags) {
+            Transport::Tcp {
+                dst_port, flags, ..
+            } => match classify_tcp(flags) {
                 Some(k) => (Protocol::Tcp, k, dst_port),
                 None => return,
             },
@@ -515,7 +533,8 @@ impl Sensor {
         if h.ip_options {
             self.log.packet(now, || ip_options_line(src, mode, port));
         }
-        self.log.packet(now, || detection_line(scan, mode, src, port));
+        self.log
+            .packet(now, || detection_line(scan, mode, src, port));
     }
 
     fn drain_events(&mut self) {

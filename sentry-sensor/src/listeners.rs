@@ -48,9 +48,7 @@ fn covers(bound: IpAddr, dst: IpAddr) -> bool {
         (IpAddr::V4(b), IpAddr::V4(d)) => b.is_unspecified() || b == d,
         // An IPv6 wildcard socket also receives IPv4 unless IPV6_V6ONLY is set, which the
         // socket table does not show; assuming it does errs towards not watching the port.
-        (IpAddr::V6(b), IpAddr::V4(d)) => {
-            b.is_unspecified() || b.to_ipv4_mapped() == Some(d)
-        }
+        (IpAddr::V6(b), IpAddr::V4(d)) => b.is_unspecified() || b.to_ipv4_mapped() == Some(d),
         (IpAddr::V6(b), IpAddr::V6(d)) => b.is_unspecified() || b == d,
         (IpAddr::V4(_), IpAddr::V6(_)) => false,
     }
@@ -161,12 +159,7 @@ impl ListenerSource {
             match File::open(&path) {
                 Ok(f) => files.push((f, proto, v6)),
                 Err(e) if v6 && e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("{}: {e}", path.display()),
-                    ))
-                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
             }
         }
         Ok(Self {
@@ -254,10 +247,7 @@ mod tests {
             .filter_map(|l| parse_line(l, Protocol::Tcp, true))
             .collect();
         assert_eq!(lines[0], (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80, 77));
-        assert_eq!(
-            lines[1],
-            (IpAddr::V6("fd00::2".parse().unwrap()), 443, 78)
-        );
+        assert_eq!(lines[1], (IpAddr::V6("fd00::2".parse().unwrap()), 443, 78));
     }
 
     #[test]
@@ -286,7 +276,10 @@ mod tests {
         assert!(l.serves(Protocol::Tcp, d4, 22));
         assert!(!l.serves(Protocol::Tcp, d4, 631));
         assert!(l.serves(Protocol::Tcp, IpAddr::V4(Ipv4Addr::LOCALHOST), 631));
-        assert!(!l.serves(Protocol::Tcp, d4, 23), "own socket is not a service");
+        assert!(
+            !l.serves(Protocol::Tcp, d4, 23),
+            "own socket is not a service"
+        );
         assert!(l.serves(Protocol::Udp, d4, 137));
         assert_eq!(l.count(Protocol::Tcp), 2);
         // Re-read after the table changed (same open file handle semantics: rewritten).

@@ -36,7 +36,9 @@ pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> Str
         ScanKind::Udp if mode == Mode::Udp => {
             format!("attackalert: Connect from host: {src}/{src} to UDP port: {port}")
         }
-        ScanKind::Udp => format!("attackalert: UDP scan from host: {src}/{src} to UDP port: {port}"),
+        ScanKind::Udp => {
+            format!("attackalert: UDP scan from host: {src}/{src} to UDP port: {port}")
+        }
         ScanKind::Syn => {
             format!("attackalert: TCP SYN/Normal scan from host: {src}/{src} to TCP port: {port}")
         }

@@ -25,8 +25,15 @@ const UDP_HEADER: usize = 8;
 /// The transport part of a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    Tcp { src_port: u16, dst_port: u16, flags: u8 },
-    Udp { src_port: u16, dst_port: u16 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
 }
 
 /// A packet that reached the transport layer and may be a probe.
@@ -182,7 +189,9 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
                 let len_units = *rest.get(1).ok_or(Malformed::TruncatedExtHeader)?;
                 let len = (usize::from(len_units) + 1) * 8;
                 rest = rest.get(len..).ok_or(Malformed::TruncatedExtHeader)?;
-                on_wire = on_wire.checked_sub(len).ok_or(Malformed::TruncatedExtHeader)?;
+                on_wire = on_wire
+                    .checked_sub(len)
+                    .ok_or(Malformed::TruncatedExtHeader)?;
                 next = nh;
             }
             // Authentication header: length in 4-octet units, minus 2.
@@ -191,7 +200,9 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
                 let len_units = *rest.get(1).ok_or(Malformed::TruncatedExtHeader)?;
                 let len = (usize::from(len_units) + 2) * 4;
                 rest = rest.get(len..).ok_or(Malformed::TruncatedExtHeader)?;
-                on_wire = on_wire.checked_sub(len).ok_or(Malformed::TruncatedExtHeader)?;
+                on_wire = on_wire
+                    .checked_sub(len)
+                    .ok_or(Malformed::TruncatedExtHeader)?;
                 next = nh;
             }
             // Fragment header: fixed 8 bytes; offset in the upper 13 bits of bytes 2-3.
@@ -206,7 +217,9 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
                 }
                 fragmented |= off_flags & 1 != 0;
                 rest = rest.get(8..).ok_or(Malformed::TruncatedExtHeader)?;
-                on_wire = on_wire.checked_sub(8).ok_or(Malformed::TruncatedExtHeader)?;
+                on_wire = on_wire
+                    .checked_sub(8)
+                    .ok_or(Malformed::TruncatedExtHeader)?;
                 next = nh;
             }
             proto => {

@@ -109,19 +109,24 @@ fn advanced_set(limit: u16, exclude: &[u16]) -> PortBits {
 
 impl PortPolicy {
     pub fn new(modes: &[Mode], cfg: &PortConfig) -> Self {
-        let stealth = |ports: &[u16]| -> PortBits { ports.iter().copied().filter(|&p| p != 0).collect() };
+        let stealth =
+            |ports: &[u16]| -> PortBits { ports.iter().copied().filter(|&p| p != 0).collect() };
         let mut p = Self::default();
         for m in modes {
             match m {
                 Mode::Stcp => p.tcp.stealth = Some(stealth(&cfg.tcp_ports)),
                 Mode::Sudp => p.udp.stealth = Some(stealth(&cfg.udp_ports)),
                 Mode::Atcp => {
-                    p.tcp.advanced =
-                        Some(advanced_set(cfg.advanced_ports_tcp, &cfg.advanced_exclude_tcp))
+                    p.tcp.advanced = Some(advanced_set(
+                        cfg.advanced_ports_tcp,
+                        &cfg.advanced_exclude_tcp,
+                    ))
                 }
                 Mode::Audp => {
-                    p.udp.advanced =
-                        Some(advanced_set(cfg.advanced_ports_udp, &cfg.advanced_exclude_udp))
+                    p.udp.advanced = Some(advanced_set(
+                        cfg.advanced_ports_udp,
+                        &cfg.advanced_exclude_udp,
+                    ))
                 }
                 Mode::Tcp | Mode::Udp => {}
             }
@@ -252,7 +257,10 @@ mod tests {
         l.add(Protocol::Tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 23);
 
         assert_eq!(p.watched(Protocol::Tcp, D4, 22, &l), None);
-        assert_eq!(p.watched(Protocol::Tcp, IpAddr::V6(v6), 22, &l), Some(Mode::Atcp));
+        assert_eq!(
+            p.watched(Protocol::Tcp, IpAddr::V6(v6), 22, &l),
+            Some(Mode::Atcp)
+        );
         // 25 is only served on loopback: a probe to the external address is a hit.
         assert_eq!(p.watched(Protocol::Tcp, D4, 25, &l), Some(Mode::Atcp));
         assert_eq!(p.watched(Protocol::Tcp, lo, 25, &l), None);

@@ -326,8 +326,14 @@ mod tests {
         let mut s = State::new(cfg(2, 1000, 10));
         let a = v4(1);
         assert_eq!(s.hit(&hit(a, 1), 0, WALL), Outcome::Counted { distinct: 1 });
-        assert_eq!(s.hit(&hit(a, 1), 1, WALL + 1), Outcome::Counted { distinct: 1 });
-        assert_eq!(s.hit(&hit(a, 2), 2, WALL + 2), Outcome::Counted { distinct: 2 });
+        assert_eq!(
+            s.hit(&hit(a, 1), 1, WALL + 1),
+            Outcome::Counted { distinct: 1 }
+        );
+        assert_eq!(
+            s.hit(&hit(a, 2), 2, WALL + 2),
+            Outcome::Counted { distinct: 2 }
+        );
         match s.hit(&hit(a, 3), 10, WALL + 10) {
             Outcome::Report(r) => {
                 assert_eq!(r.distinct_ports, 3);
@@ -342,7 +348,10 @@ mod tests {
             assert_eq!(s.hit(&hit(a, p), 11, WALL + 11), Outcome::Latched);
         }
         // Another source is independent.
-        assert_eq!(s.hit(&hit(v4(2), 3), 12, WALL), Outcome::Counted { distinct: 1 });
+        assert_eq!(
+            s.hit(&hit(v4(2), 3), 12, WALL),
+            Outcome::Counted { distinct: 1 }
+        );
     }
 
     #[test]
@@ -351,7 +360,10 @@ mod tests {
         let a = v4(7);
         assert_eq!(s.hit(&hit(a, 1), 0, WALL), Outcome::Counted { distinct: 1 });
         // Port 1 is 150 ms old at t=150: forgotten; port 2 alone does not trigger.
-        assert_eq!(s.hit(&hit(a, 2), 150, WALL), Outcome::Counted { distinct: 1 });
+        assert_eq!(
+            s.hit(&hit(a, 2), 150, WALL),
+            Outcome::Counted { distinct: 1 }
+        );
         assert!(matches!(s.hit(&hit(a, 3), 200, WALL), Outcome::Report(_)));
     }
 
@@ -414,7 +426,10 @@ mod tests {
             assert!(s.contains(scanner), "evicted after {i} spoofed sources");
         }
         assert!(s.len() <= 1000);
-        assert!(matches!(s.hit(&hit(scanner, 5), t + 1, WALL), Outcome::Report(_)));
+        assert!(matches!(
+            s.hit(&hit(scanner, 5), t + 1, WALL),
+            Outcome::Report(_)
+        ));
     }
 
     #[test]
@@ -422,7 +437,10 @@ mod tests {
         let mut s = State::new(cfg(1, 60_000, 50));
         let scanner = v4(0xc000_0201);
         s.hit(&hit(scanner, 1), 0, WALL);
-        assert!(matches!(s.hit(&hit(scanner, 2), 1, WALL), Outcome::Report(_)));
+        assert!(matches!(
+            s.hit(&hit(scanner, 2), 1, WALL),
+            Outcome::Report(_)
+        ));
         for i in 0..50_000u32 {
             s.hit(&hit(v4(0x0a00_0000 + i), 80), 2, WALL);
         }
@@ -447,7 +465,10 @@ mod tests {
         for p in 1..=9 {
             s.hit(&hit(v4(1), p), 1, WALL);
         }
-        assert!(matches!(s.hit(&hit(v4(1), 10), 1, WALL), Outcome::Report(_)));
+        assert!(matches!(
+            s.hit(&hit(v4(1), 10), 1, WALL),
+            Outcome::Report(_)
+        ));
         for p in 11..=2000 {
             s.hit(&hit(v4(1), p), 1, WALL);
         }

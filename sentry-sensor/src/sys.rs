@@ -114,7 +114,12 @@ impl PacketRing {
         setsockopt(s, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
         // Do not even clone outgoing packets to this socket (Linux >= 4.20); the filter
         // rejects them anyway, so failure here is only a performance matter.
-        let _ = setsockopt(s, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
+        let _ = setsockopt(
+            s,
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            &1 as &libc::c_int,
+        );
         let prog = libc::sock_fprog {
             len: u16::try_from(filter.len()).map_err(|_| invalid("BPF program too long"))?,
             filter: filter.as_ptr().cast_mut(),
@@ -191,10 +196,7 @@ impl PacketRing {
         if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
             return None;
         }
-        Some(Block {
-            ring: self,
-            base,
-        })
+        Some(Block { ring: self, base })
     }
 
     /// Kernel counters since the previous call (reading resets them): (packets, drops).
@@ -339,7 +341,8 @@ pub fn bound_socket(addr: SocketAddr, kind: SockKind) -> io::Result<OwnedFd> {
         SockKind::Datagram => libc::SOCK_DGRAM,
     };
     // SAFETY: socket(2) with constant arguments; the descriptor is checked and owned at once.
-    let raw = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    let raw =
+        cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
     // SAFETY: fresh descriptor owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let s = fd.as_raw_fd();

@@ -1,0 +1,532 @@
+//! End-to-end tests of the real `sentry-sensor` binary in network namespaces created by the
+//! tests (see `common`). They need root (namespaces, veth, raw packets) and the tools
+//! `ip`, `hping3` and `nmap`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use sentry_proto::{Mode, Protocol, ScanKind};
+
+const CONFIG: &str = r#"# test configuration
+TCP_PORTS="1,23,79,143,31337"
+UDP_PORTS="7,161,31337"
+ADVANCED_PORTS_TCP="1024"
+ADVANCED_PORTS_UDP="1024"
+ADVANCED_EXCLUDE_TCP="113"
+ADVANCED_EXCLUDE_UDP="137"
+SCAN_TRIGGER="0"
+PORT_BANNER="GO AWAY"
+"#;
+
+const T: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .try_into()
+        .unwrap()
+}
+
+/// Every probe kind, IPv4 (hping3) and IPv6 (nmap), each from its own source so that with
+/// SCAN_TRIGGER=0 each yields exactly one BlockRequest; every request passes the enforcer's
+/// validation and carries the right kind, mode and port.
+#[test]
+fn detects_every_probe_kind_v4_and_v6() {
+    if !need_root("detects_every_probe_kind_v4_and_v6") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-stcp", "-sudp", "-atcp", "-audp"]);
+    let hello = enf.wait_hello(T).expect("no Hello");
+    assert_eq!(
+        hello.modes,
+        vec![Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp]
+    );
+    assert_eq!(hello.pid, sensor.pid());
+
+    // (source index, port, hping flags, expected kind, expected mode)
+    let cases: Vec<(u8, u16, Vec<&str>, ScanKind, Mode)> = vec![
+        (0, 23, vec!["-S"], ScanKind::Syn, Mode::Stcp),
+        (1, 22, vec!["-F"], ScanKind::Fin, Mode::Atcp),
+        (2, 25, vec![], ScanKind::Null, Mode::Atcp),
+        (3, 79, vec!["-F", "-P", "-U"], ScanKind::Xmas, Mode::Stcp),
+        (
+            4,
+            80,
+            vec!["-P", "-U"],
+            ScanKind::Oddball { flags: 0x28 },
+            Mode::Atcp,
+        ),
+        (
+            5,
+            81,
+            vec!["-S", "-F"],
+            ScanKind::Oddball { flags: 0x03 },
+            Mode::Atcp,
+        ),
+        (6, 161, vec!["--udp"], ScanKind::Udp, Mode::Sudp),
+        (7, 53, vec!["--udp"], ScanKind::Udp, Mode::Audp),
+    ];
+    let start = now_ms();
+    for (src, port, flags, _, _) in &cases {
+        net.hping(source(*src), *port, flags);
+    }
+    net.scan(
+        "nmap",
+        &[
+            "-n",
+            "-6",
+            "-sS",
+            "-Pn",
+            "-p",
+            "443",
+            "-e",
+            "sx0",
+            &TARGET6.to_string(),
+        ],
+    );
+    let want = cases.len() + 1;
+    let got = enf.blocks_until(T, |b| b.len() >= want);
+    let log = sensor.log_text();
+    assert_eq!(got.len(), want, "requests {got:#?}\nlog:\n{log}");
+    let by_src: HashMap<IpAddr, _> = got.iter().map(|b| (b.source, b)).collect();
+    for (src, port, _, kind, mode) in &cases {
+        let b = by_src
+            .get(&v4(source(*src)))
+            .unwrap_or_else(|| panic!("no request from {}: {got:#?}", source(*src)));
+        assert_eq!((b.port, b.scan, b.mode), (*port, *kind, *mode), "{b:?}");
+        assert_eq!(b.distinct_ports, 1);
+        assert_eq!(b.validate(now_ms()), Ok(()));
+        assert!(b.first_seen_ms >= start - 1000 && b.last_seen_ms <= now_ms());
+    }
+    let b6 = by_src.get(&IpAddr::V6(SCANNER6)).expect("no IPv6 request");
+    assert_eq!(
+        (b6.port, b6.scan, b6.mode),
+        (443, ScanKind::Syn, Mode::Atcp)
+    );
+    // Sequence numbers strictly increase.
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    // PortSentry-format log lines.
+    for line in [
+        format!("attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 23", source(0)),
+        format!("attackalert: TCP FIN scan from host: {0}/{0} to TCP port: 22", source(1)),
+        format!("attackalert: TCP NULL scan from host: {0}/{0} to TCP port: 25", source(2)),
+        format!("attackalert: TCP XMAS scan from host: {0}/{0} to TCP port: 79", source(3)),
+        format!("attackalert: Unknown Type: TCP Packet Flags: SYN: 0 FIN: 0 ACK: 0 PSH: 1 URG: 1 RST: 0 from host: {0}/{0} to TCP port: 80", source(4)),
+        format!("attackalert: UDP scan from host: {0}/{0} to UDP port: 161", source(6)),
+        format!("attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 443", SCANNER6),
+    ] {
+        assert!(log.contains(&line), "missing {line:?} in\n{log}");
+    }
+}
+
+/// A fast nmap SYN scan of 1000 ports with SCAN_TRIGGER=2 yields exactly one request for
+/// the scanner, for its third distinct port.
+#[test]
+fn nmap_scan_is_reported_once() {
+    if !need_root("nmap_scan_is_reported_once") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(&CONFIG.replace("SCAN_TRIGGER=\"0\"", "SCAN_TRIGGER=\"2\""));
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-atcp", "-stcp"]);
+    net.scan(
+        "nmap",
+        &[
+            "-n",
+            "-sS",
+            "-Pn",
+            "-T5",
+            "-p",
+            "1-1000",
+            "-S",
+            &SCANNER.to_string(),
+            "-e",
+            "sx0",
+            &TARGET.to_string(),
+        ],
+    );
+    let got = enf.blocks_until(Duration::from_secs(3), |b| b.len() >= 2);
+    assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
+    assert_eq!(got[0].source, v4(SCANNER));
+    assert_eq!(got[0].distinct_ports, 3);
+    assert_eq!(got[0].protocol, Protocol::Tcp);
+    assert_eq!(got[0].validate(now_ms()), Ok(()));
+    let stats = enf
+        .stats_until(T, |s| s.hits >= 999)
+        .expect("stats never showed 999 hits (ports 1-1000 minus ADVANCED_EXCLUDE_TCP 113)");
+    assert_eq!(stats.reports, 1);
+    assert_eq!(stats.kernel_drops, 0);
+}
+
+/// ACK and RST probes never count, nor do the replies to this host's own outgoing
+/// connections (SYN/ACK, RST/ACK).
+#[test]
+fn ack_rst_and_replies_never_count() {
+    if !need_root("ack_rst_and_replies_never_count") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-atcp", "-stcp"]);
+    net.hping(source(0), 23, &["-A"]);
+    net.hping(source(1), 23, &["-R"]);
+    net.hping(source(2), 22, &["-S", "-A"]);
+    net.hping(source(3), 22, &["-R", "-A"]);
+    net.hping(source(4), 22, &["-F", "-A"]);
+    // The target connects out to 200 scanner ports: the answers (RST/ACK, SYN/ACK) arrive
+    // at low ports of the scanner but high ephemeral ports here.
+    let out = net
+        .target_cmd("nmap")
+        .args(["-n", "-sT", "-Pn", "-p", "1-200", &SCANNER.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // A control probe proves the sensor is alive and capturing.
+    net.hping(source(5), 23, &["-S"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
+    assert_eq!(got[0].source, v4(source(5)));
+    let more = enf.blocks_until(Duration::from_millis(500), |b| !b.is_empty());
+    assert!(more.is_empty(), "{more:#?}");
+}
+
+/// /proc/<pid>/status of the running sensor: not root, no capabilities, seccomp filter
+/// mode, no_new_privs.
+#[test]
+fn running_sensor_is_confined() {
+    if !need_root("running_sensor_is_confined") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let _enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(
+        &net,
+        &setup,
+        &["-tcp", "-udp", "-stcp", "-sudp", "-atcp", "-audp"],
+    );
+    let st = proc_status(sensor.pid());
+    let uid = nix::unistd::User::from_name("sentry")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    for f in st["Uid"].split_whitespace() {
+        assert_eq!(f.parse::<u32>().unwrap(), uid, "Uid: {}", st["Uid"]);
+    }
+    for f in st["Gid"].split_whitespace() {
+        assert_ne!(f, "0", "Gid: {}", st["Gid"]);
+    }
+    assert_eq!(
+        st["Groups"]
+            .split_whitespace()
+            .filter(|g| *g == "0")
+            .count(),
+        0
+    );
+    for k in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+        assert_eq!(
+            u64::from_str_radix(&st[k], 16).unwrap(),
+            0,
+            "{k}: {}",
+            st[k]
+        );
+    }
+    assert_eq!(st["Seccomp"], "2");
+    assert_eq!(st["NoNewPrivs"], "1");
+    // Basic-mode ports below 1024 were bound before the drop and still work.
+    assert!(sensor
+        .log_text()
+        .contains("Going into listen mode on TCP port: 23"));
+}
+
+/// Started as an unprivileged user with ambient CAP_NET_RAW (as systemd does), the sensor
+/// uses it, then drops it.
+#[test]
+fn ambient_capability_start_via_setpriv() {
+    if !need_root("ambient_capability_start_via_setpriv") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let mut c = net.target_cmd("setpriv");
+    c.args([
+        "--reuid",
+        "sentry",
+        "--regid",
+        "sentry",
+        "--clear-groups",
+        "--inh-caps",
+        "+net_raw",
+        "--ambient-caps",
+        "+net_raw",
+        "--",
+    ])
+    .arg(BIN)
+    .arg("--config")
+    .arg(setup.config())
+    .arg("--runtime-dir")
+    .arg(setup.path())
+    .args(["--log-stderr", "-stcp", "-atcp"]);
+    let sensor = Sensor::spawn(c, &setup);
+    let st = proc_status(sensor.pid());
+    assert_eq!(u64::from_str_radix(&st["CapEff"], 16).unwrap(), 0);
+    assert_eq!(u64::from_str_radix(&st["CapPrm"], 16).unwrap(), 0);
+    assert_eq!(u64::from_str_radix(&st["CapAmb"], 16).unwrap(), 0);
+    assert_eq!(st["Seccomp"], "2");
+    net.hping(source(0), 23, &["-S"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+}
+
+/// The hidden self-test installs the real filter and makes a forbidden call: SIGSYS.
+#[test]
+fn forbidden_syscall_dies_by_sigsys() {
+    let out = Command::new(BIN)
+        .arg("--selftest-seccomp")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSYS),
+        "status {:?}, stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("seccomp filter installed"));
+}
+
+/// Basic modes: a completed connect gets the banner and is a hit; a datagram is a hit.
+#[test]
+fn basic_modes_connect_and_datagram() {
+    if !need_root("basic_modes_connect_and_datagram") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-tcp", "-udp"]);
+    let out = net
+        .exec(&net.scanner, "timeout")
+        .args([
+            "5",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{TARGET}/143; cat <&3"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "GO AWAY");
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert_eq!(
+        (got[0].source, got[0].port, got[0].scan, got[0].mode),
+        (v4(SCANNER), 143, ScanKind::Connect, Mode::Tcp)
+    );
+    assert_eq!(got[0].validate(now_ms()), Ok(()));
+    // UDP from another source, over IPv6 too.
+    let out = net
+        .exec(&net.scanner, "bash")
+        .args(["-c", &format!("echo x > /dev/udp/{TARGET6}/7")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert_eq!(
+        (got[0].source, got[0].port, got[0].scan, got[0].mode),
+        (IpAddr::V6(SCANNER6), 7, ScanKind::Udp, Mode::Udp)
+    );
+    let log = sensor.log_text();
+    assert!(
+        log.contains(&format!(
+            "attackalert: Connect from host: {SCANNER}/{SCANNER} to TCP port: 143"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "attackalert: Connect from host: {SCANNER6}/{SCANNER6} to UDP port: 7"
+        )),
+        "{log}"
+    );
+}
+
+/// Advanced mode does not watch ports where a real service listens, learnt live (a
+/// service started after the sensor), and only for the address it listens on.
+#[test]
+fn inverse_binding_live() {
+    if !need_root("inverse_binding_live") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-atcp", "-audp"]);
+    // Services started after the sensor: TCP 0.0.0.0:22, TCP 127.0.0.1:25, UDP [::]:53.
+    let (tcp22, tcp25, udp53) = net.in_target(|| {
+        (
+            std::net::TcpListener::bind("0.0.0.0:22").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:25").unwrap(),
+            std::net::UdpSocket::bind("[::]:53").unwrap(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    net.hping(source(0), 22, &["-S"]);
+    net.hping(source(1), 53, &["--udp"]);
+    net.hping(source(2), 25, &["-S"]); // served only on loopback: a hit
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
+    assert_eq!((got[0].source, got[0].port), (v4(source(2)), 25));
+    let more = enf.blocks_until(Duration::from_millis(500), |b| !b.is_empty());
+    assert!(more.is_empty(), "{more:#?}");
+    // The service stops: the port is watched again (the table is re-read every second).
+    drop((tcp22, tcp25, udp53));
+    std::thread::sleep(Duration::from_millis(1500));
+    net.hping(source(3), 22, &["-S"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert_eq!((got[0].source, got[0].port), (v4(source(3)), 22));
+}
+
+/// Hosts on the ignore list cost nothing and are never reported.
+#[test]
+fn ignored_sources_are_skipped() {
+    if !need_root("ignored_sources_are_skipped") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new("");
+    let ignore = setup.write("ignore", &format!("# test\n{}/31\n", source(0)));
+    std::fs::write(
+        setup.config(),
+        format!("{CONFIG}IGNORE_FILE=\"{}\"\n", ignore.display()),
+    )
+    .unwrap();
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp"]);
+    net.hping(source(0), 23, &["-S"]);
+    net.hping(source(1), 23, &["-S"]);
+    net.hping(source(2), 23, &["-S"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert_eq!(got[0].source, v4(source(2)));
+    let st = enf
+        .stats_until(T, |s| s.ignored >= 2)
+        .expect("ignored count");
+    assert_eq!(st.reports, 1);
+}
+
+/// Requests made while the enforcer is down are delivered when it comes (back) up.
+#[test]
+fn enforcer_restart_loses_no_block() {
+    if !need_root("enforcer_restart_loses_no_block") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let sensor = Sensor::start(&net, &setup, &["-stcp"]);
+    // No enforcer yet.
+    net.hping(source(0), 23, &["-S"]);
+    sensor.wait_log(&format!("from host: {0}/{0}", source(0)), T);
+    let enf = FakeEnforcer::start(setup.path());
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].source, v4(source(0)));
+    // Enforcer goes away; two more scanners; enforcer restarts.
+    drop(enf);
+    net.hping(source(1), 23, &["-S"]);
+    net.hping(source(2), 1, &["-S"]);
+    sensor.wait_log(&format!("from host: {0}/{0}", source(2)), T);
+    let enf = FakeEnforcer::start(setup.path());
+    let got = enf.blocks_until(Duration::from_secs(15), |b| b.len() >= 2);
+    let srcs: Vec<_> = got.iter().map(|b| b.source).collect();
+    assert_eq!(
+        srcs,
+        vec![v4(source(1)), v4(source(2))],
+        "{}",
+        sensor.log_text()
+    );
+}
+
+/// IP options are flagged in the request and logged as PortSentry did.
+#[test]
+fn ip_options_are_reported() {
+    if !need_root("ip_options_are_reported") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-stcp"]);
+    net.hping(source(0), 23, &["-S", "--rroute"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert!(got[0].ip_options);
+    sensor.wait_log(
+        &format!("attackalert: Packet from host: {0}/{0} to TCP port: 23 has IP options set (detection avoidance technique).", source(0)),
+        T,
+    );
+}
+
+#[test]
+fn refuses_root_without_user_and_bad_config() {
+    if !need_root("refuses_root_without_user_and_bad_config") {
+        return;
+    }
+    let setup = Setup::new(CONFIG);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(setup.config())
+        .arg("--runtime-dir")
+        .arg(setup.path())
+        .args(["--log-stderr", "-stcp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+
+    ensure_user();
+    let bad = setup.write("bad.conf", "TCP_PORTS=\"1,abc,5-3\"\n");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .arg("--runtime-dir")
+        .arg(setup.path())
+        .args(["--user", "sentry", "--log-stderr", "-stcp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.conf:1"), "{err}");
+
+    let out = Command::new(BIN).arg("-bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--runtime-dir"));
+}
