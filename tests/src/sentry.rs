@@ -35,6 +35,9 @@ pub struct Settings {
     /// A configuration file used as-is (a PortSentry file), except that the harness's
     /// file locations and the keys in `keys` replace the lines that set them.
     pub raw: Option<String>,
+    /// Run both daemons under `strace -f` (traces in the test directory), to compare the
+    /// system calls and socket families they really use with what the units allow.
+    pub strace: bool,
 }
 
 impl Settings {
@@ -71,6 +74,7 @@ impl Settings {
             modes: modes.iter().map(|m| m.to_string()).collect(),
             start_sensor: true,
             raw: None,
+            strace: false,
         }
     }
 
@@ -99,6 +103,11 @@ impl Settings {
         self
     }
 
+    pub fn traced(mut self) -> Settings {
+        self.strace = true;
+        self
+    }
+
     pub fn without_sensor(mut self) -> Settings {
         self.start_sensor = false;
         self
@@ -122,6 +131,9 @@ pub struct Sentry {
     pub sensor_gid: u32,
     pub enforcer: Option<Child>,
     pub sensor: Option<Child>,
+    /// The daemons' own pids (differ from the children's under strace).
+    enforcer_real: Option<u32>,
+    sensor_real: Option<u32>,
     runs: u32,
     // Declared last: dropped after the processes are gone.
     pub net: NetPair,
@@ -182,6 +194,8 @@ impl Sentry {
             sensor_gid,
             enforcer: None,
             sensor: None,
+            enforcer_real: None,
+            sensor_real: None,
             runs: 0,
             dir,
             net,
@@ -254,7 +268,7 @@ impl Sentry {
         // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN +
         // CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
         // member of that group, SupplementaryGroups=sentry).
-        let mut c = self.net.command(Side::Target, "setpriv");
+        let mut c = self.daemon_command("enforcer");
         c.args(["--bounding-set", "-all,+net_admin,+net_raw", "--groups"])
             .arg(self.sensor_gid.to_string())
             .arg(&self.bins.enforcer);
@@ -270,7 +284,7 @@ impl Sentry {
             .stderr(err);
         let child = c.spawn().expect("spawn enforcer");
         self.enforcer = Some(child);
-        wait_until(
+        let st = wait_until(
             START_TIMEOUT,
             "the enforcer to answer `sentryctl status`",
             || {
@@ -279,6 +293,10 @@ impl Sentry {
             },
             || self.diag(),
         );
+        self.enforcer_real = st
+            .get("pid")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok());
     }
 
     /// Start the sensor as user `sentry` holding only CAP_NET_RAW (as the systemd unit
@@ -286,7 +304,7 @@ impl Sentry {
     pub fn start_sensor(&mut self) {
         assert!(self.sensor.is_none(), "sensor already running");
         let (out, err) = self.log_file("sensor");
-        let mut c = self.net.command(Side::Target, "setpriv");
+        let mut c = self.daemon_command("sensor");
         c.args([
             "--reuid",
             SENSOR_USER,
@@ -319,17 +337,47 @@ impl Sentry {
         let child = c.spawn().expect("spawn sensor");
         let pid = child.id();
         self.sensor = Some(child);
-        wait_until(
+        let previous = self.sensor_real.take();
+        let traced = self.settings.strace;
+        let real = wait_until(
             START_TIMEOUT,
             "the enforcer to report the sensor connected",
             || {
                 self.assert_alive();
                 let st = self.try_status().ok()?;
-                let sensor = st.get("sensor")?;
-                (sensor.get("pid")?.as_u64()? == u64::from(pid)).then_some(())
+                let got = u32::try_from(st.get("sensor")?.get("pid")?.as_u64()?).ok()?;
+                // Under strace the sensor is strace's child: any new sensor pid will do.
+                (got == pid || (traced && Some(got) != previous)).then_some(got)
             },
             || self.diag(),
         );
+        self.sensor_real = Some(real);
+    }
+
+    /// `ip netns exec <target> [strace -f -o TRACE] setpriv` — the start of both daemons'
+    /// command lines.
+    fn daemon_command(&self, what: &str) -> Command {
+        if !self.settings.strace {
+            return self.net.command(Side::Target, "setpriv");
+        }
+        let mut c = self.net.command(Side::Target, "strace");
+        c.args(["-f", "-qq", "-s", "64", "-o"])
+            .arg(self.trace_path(what, self.runs))
+            .arg("setpriv");
+        c
+    }
+
+    /// Where the strace output of run `run` of `what` goes.
+    pub fn trace_path(&self, what: &str, run: u32) -> PathBuf {
+        self.dir.path().join(format!("{what}.{run}.strace"))
+    }
+
+    /// Every strace file written for `what` (`enforcer` or `sensor`).
+    pub fn traces(&self, what: &str) -> Vec<PathBuf> {
+        (1..=self.runs)
+            .map(|i| self.trace_path(what, i))
+            .filter(|p| p.exists())
+            .collect()
     }
 
     /// Panic (with logs) if a daemon we started has exited (it is then a zombie child).
@@ -348,20 +396,28 @@ impl Sentry {
         }
     }
 
+    /// The enforcer's own pid.
     pub fn enforcer_pid(&self) -> u32 {
-        self.enforcer.as_ref().expect("enforcer running").id()
+        assert!(self.enforcer.is_some(), "enforcer not running");
+        self.enforcer_real.expect("enforcer pid known")
     }
 
+    /// The sensor's own pid.
     pub fn sensor_pid(&self) -> u32 {
-        self.sensor.as_ref().expect("sensor running").id()
+        assert!(self.sensor.is_some(), "sensor not running");
+        self.sensor_real.expect("sensor pid known")
     }
 
+    /// Signal the daemon itself (`real`, which under strace is not our child), then wait
+    /// for our child to finish; SIGKILL it after 5 s.
     fn kill(
         child: &mut Option<Child>,
+        real: &mut Option<u32>,
         sig: nix::sys::signal::Signal,
     ) -> Option<std::process::ExitStatus> {
         let mut c = child.take()?;
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).ok()?);
+        let target = real.take().unwrap_or(c.id());
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(target).ok()?);
         let _ = nix::sys::signal::kill(pid, sig);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -376,18 +432,44 @@ impl Sentry {
         }
     }
 
+    /// Stop both daemons with SIGTERM and wait for them (and any strace) to finish.
+    pub fn stop_all(&mut self) {
+        Self::kill(
+            &mut self.sensor,
+            &mut self.sensor_real,
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        Self::kill(
+            &mut self.enforcer,
+            &mut self.enforcer_real,
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
     /// SIGKILL the enforcer (nothing gets to run: no destructor, no flush).
     pub fn kill_enforcer(&mut self) {
-        Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGKILL);
+        Self::kill(
+            &mut self.enforcer,
+            &mut self.enforcer_real,
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     pub fn kill_sensor(&mut self) {
-        Self::kill(&mut self.sensor, nix::sys::signal::Signal::SIGKILL);
+        Self::kill(
+            &mut self.sensor,
+            &mut self.sensor_real,
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     /// SIGTERM the enforcer and return its exit status.
     pub fn stop_enforcer(&mut self) -> Option<std::process::ExitStatus> {
-        Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGTERM)
+        Self::kill(
+            &mut self.enforcer,
+            &mut self.enforcer_real,
+            nix::sys::signal::Signal::SIGTERM,
+        )
     }
 
     // ---- sentryctl ------------------------------------------------------------------
@@ -546,6 +628,19 @@ impl Sentry {
         )
     }
 
+    /// Like [`Sentry::wait_decision`] with an explicit timeout.
+    pub fn wait_decision_within(&self, ip: IpAddr, decision: &str, timeout: Duration) -> Value {
+        wait_until(
+            timeout,
+            &format!("an audit record `{decision}` for {ip}"),
+            || {
+                self.assert_alive();
+                self.audit_for(ip, decision).into_iter().next()
+            },
+            || self.diag(),
+        )
+    }
+
     /// Assert `ip` is blocked nowhere (set, hosts.deny, sentryctl blocked).
     pub fn assert_not_blocked(&self, ip: IpAddr) {
         assert!(
@@ -693,8 +788,16 @@ impl Drop for Sentry {
         if std::thread::panicking() {
             eprintln!("{}", self.diag());
         }
-        Self::kill(&mut self.sensor, nix::sys::signal::Signal::SIGTERM);
-        Self::kill(&mut self.enforcer, nix::sys::signal::Signal::SIGTERM);
+        Self::kill(
+            &mut self.sensor,
+            &mut self.sensor_real,
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        Self::kill(
+            &mut self.enforcer,
+            &mut self.enforcer_real,
+            nix::sys::signal::Signal::SIGTERM,
+        );
         // `net` (namespaces, veth pair, nftables table) and `dir` are dropped next.
     }
 }
