@@ -194,10 +194,6 @@ impl ChildGuard {
         ChildGuard { child: Some(child) }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, std::process::Child::id)
-    }
-
     /// Send `sig`, wait up to 5 s for the exit, then SIGKILL.
     pub fn stop(&mut self, sig: Signal) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;

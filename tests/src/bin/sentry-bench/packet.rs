@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sentry_tests::netns::NetPair;
+use serde_json::Value;
 
 use crate::sys::PacketSender;
 
@@ -19,7 +19,7 @@ pub const SPOOF_SPACE: u32 = 1 << 22;
 /// The `i`-th of up to 2^22 distinct spoofed sources, spread over 10.64.0.0/10 (an odd
 /// multiplier is a bijection modulo 2^22, so the first N are distinct for N <= 2^22).
 pub fn spoofed_source(i: u64) -> Ipv4Addr {
-    let mixed = (i.wrapping_mul(2_654_435_761) % u64::from(SPOOF_SPACE)) as u32;
+    let mixed = u32::try_from(i.wrapping_mul(2_654_435_761) % u64::from(SPOOF_SPACE)).unwrap_or(0);
     Ipv4Addr::from(SPOOF_BASE + mixed)
 }
 
@@ -58,7 +58,11 @@ pub fn link_counters(ns: &str, ifname: &str) -> Result<(u64, u64, u64), String> 
         .map_err(|e| format!("ip -s link show: {e}"))?;
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j -s: {e}"))?;
     let s = v.pointer("/0/stats64").ok_or("no stats64")?;
-    let g = |p: &str| s.pointer(p).and_then(Value::as_u64).ok_or(format!("no {p}"));
+    let g = |p: &str| {
+        s.pointer(p)
+            .and_then(Value::as_u64)
+            .ok_or(format!("no {p}"))
+    };
     Ok((g("/rx/packets")?, g("/rx/dropped")?, g("/tx/packets")?))
 }
 
@@ -76,7 +80,7 @@ fn checksum(data: &[u8], initial: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    !u16::try_from(sum).unwrap_or(0xffff)
 }
 
 /// Fixed parts of every frame.
@@ -94,7 +98,7 @@ pub fn write_syn(f: &mut Vec<u8>, link: &Link, src: Ipv4Addr, sport: u16, dport:
     f.extend_from_slice(&link.src_mac);
     f.extend_from_slice(&[0x08, 0x00]);
     let ip_start = f.len();
-    let id = (seq & 0xffff) as u16;
+    let id = u16::try_from(seq & 0xffff).unwrap_or(0);
     f.extend_from_slice(&[0x45, 0, 0, 40]);
     f.extend_from_slice(&id.to_be_bytes());
     f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0]);
@@ -168,7 +172,16 @@ pub fn send_syns(
             for (k, f) in frames.iter_mut().take(n).enumerate() {
                 let i = sent + k as u64;
                 let (src, sport, dport) = shape(i);
-                write_syn(f, &link, src, sport, dport, (i as u32).wrapping_mul(7919));
+                write_syn(
+                    f,
+                    &link,
+                    src,
+                    sport,
+                    dport,
+                    u32::try_from(i & 0xffff_ffff)
+                        .unwrap_or(0)
+                        .wrapping_mul(7919),
+                );
             }
             let went = tx
                 .send_batch(&frames[..n])

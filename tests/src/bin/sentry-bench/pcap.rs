@@ -54,10 +54,19 @@ fn ip_at(b: &[u8], at: usize, v6: bool) -> Option<IpAddr> {
 #[derive(Debug, PartialEq, Eq)]
 enum Kind {
     /// TCP with these flags; `port` is the source port (for an answer, the target port).
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP/ICMPv6 port unreachable quoting a UDP datagram to `port`.
-    PortUnreachable { port: u16 },
+    PortUnreachable {
+        port: u16,
+    },
     Other,
 }
 
@@ -70,9 +79,19 @@ fn decode(frame: &[u8]) -> Option<(IpAddr, IpAddr, Kind)> {
             if ihl < 20 {
                 return None;
             }
-            (ip_at(ip, 12, false)?, ip_at(ip, 16, false)?, *ip.get(9)?, ip.get(ihl..)?)
+            (
+                ip_at(ip, 12, false)?,
+                ip_at(ip, 16, false)?,
+                *ip.get(9)?,
+                ip.get(ihl..)?,
+            )
         }
-        0x86dd => (ip_at(ip, 8, true)?, ip_at(ip, 24, true)?, *ip.get(6)?, ip.get(40..)?),
+        0x86dd => (
+            ip_at(ip, 8, true)?,
+            ip_at(ip, 24, true)?,
+            *ip.get(6)?,
+            ip.get(40..)?,
+        ),
         _ => return None,
     };
     let kind = match proto {
@@ -149,7 +168,12 @@ pub fn exposure(bytes: &[u8], scanner: IpAddr, target: IpAddr) -> Result<Exposur
             break; // the last record was cut short (capture stopped mid-write)
         };
         at = start + caplen;
-        let us = u64::from(sec) * 1_000_000 + if nanos { u64::from(frac) / 1000 } else { u64::from(frac) };
+        let us = u64::from(sec) * 1_000_000
+            + if nanos {
+                u64::from(frac) / 1000
+            } else {
+                u64::from(frac)
+            };
         let Some((src, dst, kind)) = decode(frame) else {
             continue;
         };
@@ -235,7 +259,12 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_tolerates_truncation() {
-        assert!(exposure(b"xx", IpAddr::from([1, 1, 1, 1]), IpAddr::from([2, 2, 2, 2])).is_err());
+        assert!(exposure(
+            b"xx",
+            IpAddr::from([1, 1, 1, 1]),
+            IpAddr::from([2, 2, 2, 2])
+        )
+        .is_err());
         let s = [10, 203, 0, 1];
         let t = [10, 203, 0, 2];
         let mut b = pcap(&[(5, tcp4(t, s, 7, 9, 0x04))]);

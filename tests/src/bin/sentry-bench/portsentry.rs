@@ -21,7 +21,8 @@ use crate::cleanup::{self, netns_inode, pids_in_netns, TempDir};
 /// The unpacked package.
 #[derive(Debug)]
 pub struct Package {
-    pub dir: TempDir,
+    /// Kept for its Drop: removes the unpacked package.
+    pub _dir: TempDir,
     pub binary: PathBuf,
     pub version: String,
 }
@@ -59,7 +60,10 @@ impl Package {
             return Err(format!("dpkg-deb -x failed: {out}"));
         }
         let ver = run(
-            Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"),
+            Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg("Version"),
             Duration::from_secs(30),
         );
         let binary = root.join("usr/sbin/portsentry");
@@ -67,7 +71,7 @@ impl Package {
             return Err(format!("{} missing from the package", binary.display()));
         }
         Ok(Package {
-            dir,
+            _dir: dir,
             binary,
             version: ver.stdout.trim().to_string(),
         })
@@ -79,7 +83,8 @@ impl Package {
 pub struct Running {
     pub pid: u32,
     /// Directory holding the config and the overlay mount point (host side).
-    pub work: TempDir,
+    /// Kept for its Drop.
+    pub _work: TempDir,
 }
 
 /// Processes in `ns` whose executable is `binary`.
@@ -101,7 +106,11 @@ fn has_raw_socket(pid: u32, proto: u16) -> bool {
         .unwrap_or_default()
         .lines()
         .skip(1)
-        .any(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&want)))
+        .any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&want))
+        })
 }
 
 impl Running {
@@ -133,8 +142,14 @@ impl Running {
             b = pkg.binary.display(),
         );
         let out = run(
-            net.command(Side::Target, "unshare")
-                .args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+            net.command(Side::Target, "unshare").args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ]),
             Duration::from_secs(20),
         );
         if !out.success() {
@@ -150,7 +165,7 @@ impl Running {
                 if has_raw_socket(pid, proto) {
                     // Give it a moment past the socket() call to enter its read loop.
                     std::thread::sleep(Duration::from_millis(300));
-                    return Ok(Running { pid, work });
+                    return Ok(Running { pid, _work: work });
                 }
             }
             if Instant::now() >= deadline {
@@ -162,11 +177,6 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// A file PortSentry wrote, read through its own mount namespace.
-    pub fn read_file(&self, path: &str) -> String {
-        fs::read_to_string(format!("/proc/{}/root{path}", self.pid)).unwrap_or_default()
     }
 }
 

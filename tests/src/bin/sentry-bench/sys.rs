@@ -49,7 +49,7 @@ impl PacketSender {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as libc::c_ushort;
+        sll.sll_family = libc::c_ushort::try_from(libc::AF_PACKET).unwrap_or(17);
         sll.sll_protocol = 0;
         sll.sll_ifindex = ifindex;
         let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>())

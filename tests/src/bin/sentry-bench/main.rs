@@ -1,0 +1,198 @@
+//! `sentry-bench`: measures sentry on real traffic between two network namespaces and
+//! compares it with PortSentry 1.2 on the same scans.
+//!
+//! ```text
+//! cargo build --release -p sentry-sensor -p sentry-enforcer -p sentry-tests --bins
+//! target/release/sentry-bench [OPTIONS] [SCENARIO...]
+//! ```
+//! Scenarios: `syn` (1: nmap -sS exposure and block latency vs PortSentry), `scans`
+//! (2: -sF -sN -sX -sU and IPv6), `capture` (3: sensor capture rate and CPU per packet),
+//! `flood` (4: spoofed-source flood), `enforce` (5: cost of the Nth block and data-path
+//! cost per backend), `all` (default).
+//!
+//! Everything runs inside namespaces this process creates; nothing touches the root
+//! namespace's firewall, routes or /etc. Interrupting (Ctrl-C) stops every process and
+//! deletes every namespace and temporary file it created.
+
+mod cleanup;
+mod enforce;
+mod packet;
+mod pcap;
+mod portsentry;
+mod procfs;
+mod scans;
+mod sys;
+mod table;
+
+use std::path::PathBuf;
+
+const USAGE: &str = "\
+usage: sentry-bench [OPTIONS] [SCENARIO...]
+
+Scenarios (default: all):
+  syn        1. nmap -sS -p1-1024 -T4: ports answered before the block, and latency,
+                PortSentry 1.2 vs sentry (iptables KILL_ROUTE) vs sentry (nftables)
+  scans      2. the same for -sF, -sN, -sX, -sU and an IPv6 -sS scan
+  enforce    5. time to add the Nth block (N = 1, N/10, N) per backend (nftables set,
+                iptables rule per host, blackhole route) and SYN->RST data-path rate
+                with N active blocks vs none
+  all        every scenario above
+
+Options:
+  --runs N               runs per tool and scan (median reported; default 5)
+  --portsentry-deb FILE  use this portsentry .deb instead of `apt-get download portsentry`
+  --no-portsentry        skip the PortSentry rows
+  --enforce-n N          blocks for the enforcement-cost scenario (default 10000)
+  --help
+Needs root, nmap, tcpdump, iptables, nft, ip, unshare, setpriv, dpkg-deb, apt-get, and
+the release binaries of sentry-sensor and sentry-enforcer next to this one (or
+SENTRY_BIN_DIR).";
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub runs: usize,
+    pub portsentry_deb: Option<PathBuf>,
+    pub no_portsentry: bool,
+    pub enforce_n: u64,
+    pub scenarios: Vec<String>,
+}
+
+const SCENARIOS: [&str; 3] = ["syn", "scans", "enforce"];
+
+fn parse_args(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        runs: 5,
+        portsentry_deb: None,
+        no_portsentry: false,
+        enforce_n: 10_000,
+        scenarios: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--help" | "-h" => return Err(String::new()),
+            "--runs" => {
+                let v = value("--runs")?;
+                o.runs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=101).contains(n))
+                    .ok_or(format!("--runs: {v:?} is not a number in 1-101"))?;
+            }
+            "--portsentry-deb" => {
+                o.portsentry_deb = Some(PathBuf::from(value("--portsentry-deb")?))
+            }
+            "--no-portsentry" => o.no_portsentry = true,
+            "--enforce-n" => {
+                let v = value("--enforce-n")?;
+                o.enforce_n = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (20..=200_000).contains(n))
+                    .ok_or(format!("--enforce-n: {v:?} is not a number in 20-200000"))?;
+            }
+            "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
+            s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.scenarios.is_empty() {
+        o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string()));
+    }
+    o.scenarios.dedup();
+    Ok(o)
+}
+
+fn machine() -> String {
+    let cmd = |p: &str, a: &[&str]| {
+        std::process::Command::new(p)
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "date {} | nproc {} | kernel {} | cpu {} | nmap {} | {}",
+        cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        cmd("nproc", &[]),
+        cmd("uname", &["-r"]),
+        cpu,
+        cmd("nmap", &["--version"])
+            .lines()
+            .next()
+            .unwrap_or_default(),
+        cmd("iptables", &["--version"]),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The enforcer's stand-in sensor, re-executed as the sensor user by `enforce`.
+    if args.first().is_some_and(|a| a == "__client") {
+        std::process::exit(enforce::client_main(&args[1..]));
+    }
+    let opts = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("sentry-bench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "sentry-bench: needs root (network namespaces, raw sockets, firewall inside them)"
+        );
+        std::process::exit(2);
+    }
+    cleanup::install();
+    println!(
+        "# sentry-bench\n\ncommand: sentry-bench {}\n\nmachine: {}",
+        args.join(" "),
+        machine()
+    );
+    let want = |s: &str| opts.scenarios.iter().any(|x| x == s);
+    let pkg = if (want("syn") || want("scans")) && !opts.no_portsentry {
+        match portsentry::Package::fetch(opts.portsentry_deb.as_deref()) {
+            Ok(p) => {
+                println!(
+                    "PortSentry: Debian package portsentry {} (unpacked, not installed)",
+                    p.version
+                );
+                Some(p)
+            }
+            Err(e) => {
+                eprintln!("sentry-bench: PortSentry unavailable, its rows are skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    println!("scans: {}", scans::describe());
+    if want("syn") {
+        scans::scenario(&opts, pkg.as_ref(), &scans::SCANS[..1]);
+    }
+    if want("scans") {
+        scans::scenario(&opts, pkg.as_ref(), &scans::SCANS[1..]);
+    }
+    if want("enforce") {
+        enforce::scenario(&opts);
+    }
+    drop(pkg);
+    cleanup::emergency_cleanup();
+}
