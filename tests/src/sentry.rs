@@ -361,7 +361,7 @@ impl Sentry {
             return self.net.command(Side::Target, "setpriv");
         }
         let mut c = self.net.command(Side::Target, "strace");
-        c.args(["-f", "-qq", "-s", "64", "-o"])
+        c.args(["-f", "-qq", "-y", "-s", "256", "-o"])
             .arg(self.trace_path(what, self.runs))
             .arg("setpriv");
         c

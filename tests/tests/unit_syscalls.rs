@@ -91,12 +91,47 @@ fn allowed_syscalls(unit: &Path) -> BTreeSet<String> {
 
 /// System calls and socket families used by `binary` (after it was exec'd) and by every
 /// process it started, from an `strace -f` log.
-fn traced(trace: &Path, binary: &str) -> (BTreeMap<String, u64>, BTreeSet<String>) {
+struct Trace {
+    calls: BTreeMap<String, u64>,
+    families: BTreeSet<String>,
+    /// Paths written, created, renamed, removed or bound (absolute, or `<dirfd path>/name`).
+    writes: BTreeSet<String>,
+}
+
+/// The quoted strings of an strace argument list, and `<path>` fd annotations (`-y`).
+fn path_args(args: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dir: Option<String> = None;
+    let mut rest = args;
+    while let Some(i) = rest.find(['"', '<']) {
+        let quote = rest.as_bytes()[i];
+        let tail = &rest[i + 1..];
+        let end = if quote == b'"' {
+            tail.find('"')
+        } else {
+            tail.find('>')
+        };
+        let Some(end) = end else { break };
+        let v = &tail[..end];
+        if quote == b'<' {
+            dir = Some(v.to_string());
+        } else if v.starts_with('/') {
+            out.push(v.to_string());
+        } else if let Some(d) = &dir {
+            out.push(format!("{d}/{v}"));
+        }
+        rest = &tail[end + 1..];
+    }
+    out
+}
+
+fn traced(trace: &Path, binary: &str) -> Trace {
     let text =
         std::fs::read_to_string(trace).unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
     let mut active: BTreeSet<u32> = BTreeSet::new();
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
     let mut families = BTreeSet::new();
+    let mut writes = BTreeSet::new();
     for line in text.lines() {
         let Some((pid, rest)) = line.split_once(' ') else {
             continue;
@@ -155,16 +190,33 @@ fn traced(trace: &Path, binary: &str) -> (BTreeMap<String, u64>, BTreeSet<String
                 active.insert(child);
             }
         }
+        let writing = match name {
+            "open" | "openat" | "openat2" => ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"]
+                .iter()
+                .any(|f| args.contains(f)),
+            "creat" | "rename" | "renameat" | "renameat2" | "link" | "linkat" | "symlink"
+            | "symlinkat" | "unlink" | "unlinkat" | "mkdir" | "mkdirat" | "rmdir" | "mknod"
+            | "mknodat" | "truncate" | "chmod" | "fchmodat" | "chown" | "lchown" | "fchownat"
+            | "bind" => true,
+            _ => false,
+        };
+        if writing && !rest.contains(" = -1 ") {
+            writes.extend(path_args(args));
+        }
         if matches!(name, "socket" | "socketpair") {
             if let Some(fam) = args.split(',').next() {
                 families.insert(fam.trim().to_string());
             }
         }
     }
-    (calls, families)
+    Trace {
+        calls,
+        families,
+        writes,
+    }
 }
 
-fn check(unit: &Path, traces: &[PathBuf], binary: &str) {
+fn check(unit: &Path, traces: &[PathBuf], binary: &str, writable: &[String]) {
     assert!(!traces.is_empty(), "no strace output for {binary}");
     let allowed = allowed_syscalls(unit);
     let families: BTreeSet<String> = directives(unit, "RestrictAddressFamilies")
@@ -173,20 +225,41 @@ fn check(unit: &Path, traces: &[PathBuf], binary: &str) {
         .collect();
     let mut used = BTreeMap::new();
     let mut fams = BTreeSet::new();
+    let mut writes = BTreeSet::new();
     for t in traces {
-        let (c, f) = traced(t, binary);
-        for (k, v) in c {
+        let tr = traced(t, binary);
+        for (k, v) in tr.calls {
             *used.entry(k).or_insert(0u64) += v;
         }
-        fams.extend(f);
+        fams.extend(tr.families);
+        // The test directory stands in for the unit's writable paths (state, logs,
+        // runtime dir, and the hosts.deny directory): nothing may be written elsewhere.
+        let outside: Vec<_> = tr
+            .writes
+            .iter()
+            .filter(|p| !writable.iter().any(|w| p.starts_with(w.as_str())))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "{binary} writes outside its writable paths: {outside:?}"
+        );
+        writes.extend(tr.writes);
     }
     assert!(used.len() > 10, "trace of {binary} looks empty: {used:?}");
     let denied: Vec<_> = used.keys().filter(|c| !allowed.contains(*c)).collect();
     let bad_fams: Vec<_> = fams.iter().filter(|f| !families.contains(*f)).collect();
     eprintln!(
-        "{binary}: {} distinct system calls, families {fams:?}",
-        used.len()
+        "{binary}: {} distinct system calls, families {fams:?}, {} paths written",
+        used.len(),
+        writes.len()
     );
+    if binary == "sentry-enforcer" {
+        // It binds its sockets and writes its audit log and state: proof the parser works.
+        assert!(
+            writes.iter().any(|w| w.ends_with("enforcer.sock")),
+            "writes not traced: {writes:?}"
+        );
+    }
     assert!(
         denied.is_empty(),
         "{binary} makes system calls {}'s SystemCallFilter= denies: {denied:?}\n(all used: {used:?})",
@@ -265,8 +338,20 @@ fn daemons_stay_inside_the_units_syscall_filter_and_address_families() {
         s.diag()
     );
     s.stop_all();
-    check(&sensor_unit, &s.traces("sensor"), "sentry-sensor");
-    check(&enforcer_unit, &s.traces("enforcer"), "sentry-enforcer");
+    let dir = s.dir.path().display().to_string();
+    // The sensor writes nothing at all (ProtectSystem=strict, no writable paths).
+    check(
+        &sensor_unit,
+        &s.traces("sensor"),
+        "sentry-sensor",
+        &["/dev/null".into()],
+    );
+    check(
+        &enforcer_unit,
+        &s.traces("enforcer"),
+        "sentry-enforcer",
+        &[dir.clone(), "/dev/null".into()],
+    );
     // ExecStartPre= runs sentryctl check-config under the enforcer's filter.
     let trace = s.dir.path().join("check-config.strace");
     let conf = s.conf.clone();
@@ -280,7 +365,12 @@ fn daemons_stay_inside_the_units_syscall_filter_and_address_families() {
         Duration::from_secs(30),
     );
     assert!(out.success(), "check-config of the traced policy: {out}");
-    check(&enforcer_unit, &[trace], "sentryctl");
+    check(
+        &enforcer_unit,
+        &[trace],
+        "sentryctl",
+        &[dir, "/dev/null".into()],
+    );
 }
 
 #[test]
@@ -309,9 +399,15 @@ fn portsentry_kill_route_commands_stay_inside_the_enforcer_unit() {
     assert!(rec["actions"].to_string().contains("route"), "{rec}");
     s.stop_all();
     let traces = s.traces("enforcer");
-    check(&enforcer_unit, &traces, "sentry-enforcer");
+    let dir = s.dir.path().display().to_string();
+    check(
+        &enforcer_unit,
+        &traces,
+        "sentry-enforcer",
+        &[dir, "/dev/null".into()],
+    );
     // The route command itself ran under the trace (as a child of the enforcer).
-    let (calls, fams) = traced(&traces[0], "route");
-    assert!(!calls.is_empty(), "route(8) not seen in the trace");
-    eprintln!("route: families {fams:?}");
+    let route = traced(&traces[0], "route");
+    assert!(!route.calls.is_empty(), "route(8) not seen in the trace");
+    eprintln!("route: families {:?}", route.families);
 }
