@@ -177,7 +177,7 @@ pub fn datapath(net: &NetPair) -> Result<(f64, f64), String> {
                 rate: None,
                 max_time: Duration::from_secs(2),
             },
-            |i| (SCANNER_V4, 1024 + (i % 60_000) as u16, 9),
+            |i| (SCANNER_V4, packet::cycle(i, 1024, 60_000), 9),
         )?;
         std::thread::sleep(Duration::from_millis(100));
         let (_, _, tx1) = packet::link_counters(&net.target, TARGET_IF)?;

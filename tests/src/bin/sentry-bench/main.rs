@@ -14,13 +14,16 @@
 //! namespace's firewall, routes or /etc. Interrupting (Ctrl-C) stops every process and
 //! deletes every namespace and temporary file it created.
 
+mod capture;
 mod cleanup;
 mod enforce;
+mod flood;
 mod packet;
 mod pcap;
 mod portsentry;
 mod procfs;
 mod scans;
+mod sensorctl;
 mod sys;
 mod table;
 
@@ -33,6 +36,10 @@ Scenarios (default: all):
   syn        1. nmap -sS -p1-1024 -T4: ports answered before the block, and latency,
                 PortSentry 1.2 vs sentry (iptables KILL_ROUTE) vs sentry (nftables)
   scans      2. the same for -sF, -sN, -sX, -sU and an IPv6 -sS scan
+  capture    3. packets/s the sensor keeps up with (fixed rates, then unpaced) and its
+                CPU per packet
+  flood      4. one SYN per distinct spoofed source (10k and 1M sources): blocks/s, caps,
+                CPU and peak memory of both daemons; PortSentry 1.2 on a slower flood
   enforce    5. time to add the Nth block (N = 1, N/10, N) per backend (nftables set,
                 iptables rule per host, blackhole route) and SYN->RST data-path rate
                 with N active blocks vs none
@@ -43,6 +50,15 @@ Options:
   --portsentry-deb FILE  use this portsentry .deb instead of `apt-get download portsentry`
   --no-portsentry        skip the PortSentry rows
   --enforce-n N          blocks for the enforcement-cost scenario (default 10000)
+  --capture-rates LIST   paced rates for `capture`, packets/s (default 25000,50000,100000,200000)
+  --step-secs N          seconds per capture step (default 3)
+  --flood-sizes LIST     distinct sources per flood (default 10000,1000000)
+  --flood-secs N         time bound of each flood (default 30)
+  --ps-flood-packets N   PortSentry flood size (default 20000)
+  --ps-flood-rate N      PortSentry flood rate, packets/s (default 1000)
+  --ps-settle-secs N     how long PortSentry may keep blocking after its flood (default 60)
+Environment: SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
+SENTRY_BENCH_STRACE=FILE straces the sensor during each sentry scan run.
   --help
 Needs root, nmap, tcpdump, iptables, nft, ip, unshare, setpriv, dpkg-deb, apt-get, and
 the release binaries of sentry-sensor and sentry-enforcer next to this one (or
@@ -55,10 +71,37 @@ pub struct Opts {
     pub portsentry_deb: Option<PathBuf>,
     pub no_portsentry: bool,
     pub enforce_n: u64,
+    pub capture_rates: Vec<u64>,
+    pub step_secs: u64,
+    pub flood_sizes: Vec<u64>,
+    pub flood_secs: u64,
+    pub ps_flood_packets: u64,
+    pub ps_flood_rate: u64,
+    pub ps_settle_secs: u64,
     pub scenarios: Vec<String>,
 }
 
-const SCENARIOS: [&str; 3] = ["syn", "scans", "enforce"];
+const SCENARIOS: [&str; 5] = ["syn", "scans", "capture", "flood", "enforce"];
+
+/// A number within `lo..=hi`, or an error naming the option.
+fn num(name: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or(format!("{name}: {v:?} is not a number in {lo}-{hi}"))
+}
+
+/// A comma-separated list of such numbers (at most 16).
+fn list(name: &str, v: &str, lo: u64, hi: u64) -> Result<Vec<u64>, String> {
+    let items: Vec<u64> = v
+        .split(',')
+        .map(|x| num(name, x.trim(), lo, hi))
+        .collect::<Result<_, _>>()?;
+    if items.is_empty() || items.len() > 16 {
+        return Err(format!("{name}: give 1-16 comma-separated numbers"));
+    }
+    Ok(items)
+}
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
@@ -66,6 +109,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         portsentry_deb: None,
         no_portsentry: false,
         enforce_n: 10_000,
+        capture_rates: vec![25_000, 50_000, 100_000, 200_000],
+        step_secs: 3,
+        flood_sizes: vec![10_000, 1_000_000],
+        flood_secs: 30,
+        ps_flood_packets: 20_000,
+        ps_flood_rate: 1_000,
+        ps_settle_secs: 60,
         scenarios: Vec::new(),
     };
     let mut it = args.iter();
@@ -92,6 +142,29 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                     .ok()
                     .filter(|n| (20..=200_000).contains(n))
                     .ok_or(format!("--enforce-n: {v:?} is not a number in 20-200000"))?;
+            }
+            "--capture-rates" => {
+                o.capture_rates =
+                    list("--capture-rates", &value("--capture-rates")?, 1, 10_000_000)?
+            }
+            "--flood-sizes" => {
+                o.flood_sizes = list("--flood-sizes", &value("--flood-sizes")?, 1, 4_000_000)?
+            }
+            "--step-secs" => o.step_secs = num("--step-secs", &value("--step-secs")?, 1, 60)?,
+            "--flood-secs" => o.flood_secs = num("--flood-secs", &value("--flood-secs")?, 1, 300)?,
+            "--ps-flood-packets" => {
+                o.ps_flood_packets = num(
+                    "--ps-flood-packets",
+                    &value("--ps-flood-packets")?,
+                    1,
+                    1_000_000,
+                )?
+            }
+            "--ps-flood-rate" => {
+                o.ps_flood_rate = num("--ps-flood-rate", &value("--ps-flood-rate")?, 1, 1_000_000)?
+            }
+            "--ps-settle-secs" => {
+                o.ps_settle_secs = num("--ps-settle-secs", &value("--ps-settle-secs")?, 1, 600)?
             }
             "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
             s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
@@ -166,7 +239,7 @@ fn main() {
         machine()
     );
     let want = |s: &str| opts.scenarios.iter().any(|x| x == s);
-    let pkg = if (want("syn") || want("scans")) && !opts.no_portsentry {
+    let pkg = if (want("syn") || want("scans") || want("flood")) && !opts.no_portsentry {
         match portsentry::Package::fetch(opts.portsentry_deb.as_deref()) {
             Ok(p) => {
                 println!(
@@ -189,6 +262,12 @@ fn main() {
     }
     if want("scans") {
         scans::scenario(&opts, pkg.as_ref(), &scans::SCANS[1..]);
+    }
+    if want("capture") {
+        capture::scenario(&opts);
+    }
+    if want("flood") {
+        flood::scenario(&opts, pkg.as_ref());
     }
     if want("enforce") {
         enforce::scenario(&opts);

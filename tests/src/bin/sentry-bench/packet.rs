@@ -23,6 +23,11 @@ pub fn spoofed_source(i: u64) -> Ipv4Addr {
     Ipv4Addr::from(SPOOF_BASE + mixed)
 }
 
+/// `base + i mod span`: cycles through `span` consecutive ports starting at `base`.
+pub fn cycle(i: u64, base: u16, span: u16) -> u16 {
+    base.saturating_add(u16::try_from(i % u64::from(span.max(1))).unwrap_or(0))
+}
+
 /// Interface index and MAC address of `ifname` inside namespace `ns`.
 pub fn link_info(ns: &str, ifname: &str) -> Result<(i32, [u8; 6]), String> {
     let out = Command::new("ip")
