@@ -677,6 +677,27 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
     prepare_runtime_dir(&args.runtime_dir)?;
+    // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
+    // what the actions need, then open the engine: the `nft -f -` it runs at start must
+    // already see the final (ambient) capability set, as every later command does.
+    let sensor_path = args.runtime_dir.join("enforcer.sock");
+    let control_path = args.runtime_dir.join("control.sock");
+    let sensor_l = bind_socket(&sensor_path, Some(sensor.gid), 0o660)?;
+    let control_l = match control_gid {
+        Some(g) => bind_socket(&control_path, Some(g), 0o660)?,
+        None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
+    };
+    let mut keep = CapsHashSet::new();
+    let (net_admin, net_raw) = crate::engine::required_caps(&cfg);
+    if net_admin {
+        keep.insert(Capability::CAP_NET_ADMIN);
+    }
+    if net_raw {
+        keep.insert(Capability::CAP_NET_RAW);
+    }
+    for w in confine(&keep)? {
+        log.warn(&format!("adminalert: confinement: {w}"));
+    }
     let config_path = cfg.path.clone();
     let engine = Engine::new(
         cfg,
@@ -685,26 +706,11 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
             refresh_own_addresses: true,
         },
         Arc::clone(&log),
-    )?;
-    let sensor_path = args.runtime_dir.join("enforcer.sock");
-    let control_path = args.runtime_dir.join("control.sock");
-    let sensor_l = bind_socket(&sensor_path, Some(sensor.gid), 0o660)?;
-    let control_l = match control_gid {
-        Some(g) => bind_socket(&control_path, Some(g), 0o660)?,
-        None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
-    };
-
-    let mut keep = CapsHashSet::new();
-    if engine.needs_net_admin() {
-        keep.insert(Capability::CAP_NET_ADMIN);
-    }
-    if engine.runs_commands() {
-        // Legacy iptables(8) in KILL_ROUTE opens a raw socket.
-        keep.insert(Capability::CAP_NET_RAW);
-    }
-    for w in confine(&keep)? {
-        log.warn(&format!("adminalert: confinement: {w}"));
-    }
+    )
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&sensor_path);
+        let _ = std::fs::remove_file(&control_path);
+    })?;
     let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     log.notice(&format!(
         "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}",

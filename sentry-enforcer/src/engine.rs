@@ -90,6 +90,15 @@ pub fn nft_setup_script(table: &str) -> String {
     )
 }
 
+/// Capabilities the configured actions need: CAP_NET_ADMIN for the nftables set, blackhole
+/// routes and firewall commands; CAP_NET_RAW when KILL_ROUTE / KILL_RUN_CMD may run legacy
+/// iptables(8), which opens a raw socket.
+pub fn required_caps(cfg: &Config) -> (bool, bool) {
+    let commands = cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some();
+    let net_admin = cfg.firewall == Firewall::Nftables || cfg.blackhole_route || commands;
+    (net_admin, commands)
+}
+
 /// Run-time options that do not come from the configuration file.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -207,18 +216,6 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
-    }
-
-    /// Capabilities the configured actions need (for confinement).
-    pub fn needs_net_admin(&self) -> bool {
-        self.cfg.firewall == Firewall::Nftables
-            || self.cfg.blackhole_route
-            || self.cfg.kill_route.is_some()
-            || self.cfg.kill_run_cmd.is_some()
-    }
-
-    pub fn runs_commands(&self) -> bool {
-        self.cfg.kill_route.is_some() || self.cfg.kill_run_cmd.is_some()
     }
 
     fn remember(&mut self, time_ms: u64, source: Option<IpAddr>, decision: &str, reason: &str) {

@@ -700,3 +700,72 @@ fn sentryctl_check_config() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn proc_status(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn capabilities_are_reduced_to_what_the_actions_need() {
+    if !need_root("capabilities_are_reduced_to_what_the_actions_need") {
+        return;
+    }
+    const NET_ADMIN: u64 = 1 << 12;
+    const NET_RAW: u64 = 1 << 13;
+    for (keys, want) in [
+        (vec![], NET_ADMIN),
+        (vec![("FIREWALL", "none")], 0),
+        (
+            vec![("FIREWALL", "none"), ("KILL_ROUTE", "/bin/true $TARGET$")],
+            NET_ADMIN | NET_RAW,
+        ),
+    ] {
+        let mut env = Env::new(&keys);
+        // A descriptor without close-on-exec, inherited by the enforcer we start: it must
+        // close it first thing.
+        let marker = std::fs::File::create(env.path("leak-marker")).unwrap();
+        nix::fcntl::fcntl(
+            &marker,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        env.start();
+        drop(marker);
+        let pid = env.child.as_ref().unwrap().id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "sentry-enforcer");
+        let st = proc_status(pid);
+        let hex = |k: &str| u64::from_str_radix(&st[k], 16).unwrap();
+        assert_eq!(hex("CapEff"), want, "{keys:?} {st:?}");
+        assert_eq!(hex("CapPrm"), want, "{keys:?}");
+        assert_eq!(hex("CapBnd"), want, "{keys:?}");
+        assert_eq!(hex("CapInh"), want, "{keys:?}");
+        assert_eq!(hex("CapAmb"), want, "{keys:?}");
+        assert_eq!(st["NoNewPrivs"], "1");
+        // Only stdin/stdout/stderr were inherited; nothing else leaks in.
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| {
+                std::fs::read_link(e.unwrap().path())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert!(!fds.iter().any(|f| f.contains("leak-marker")), "{fds:?}");
+        // And blocking still works with what is left.
+        let mut s = env.connect();
+        s.handshake();
+        assert_eq!(
+            s.block("192.0.2.80", Protocol::Tcp, 22),
+            Decision::Blocked,
+            "{}",
+            env.log()
+        );
+    }
+}
