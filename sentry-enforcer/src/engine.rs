@@ -99,6 +99,28 @@ pub fn required_caps(cfg: &Config) -> (bool, bool) {
     (net_admin, commands)
 }
 
+/// `add element` statements for `elems` (appended to [`nft_setup_script`]).
+pub fn nft_elements_script(table: &str, elems: &[SetElem]) -> String {
+    let mut out = String::new();
+    for (set, v4) in [(SET_V4, true), (SET_V6, false)] {
+        let mine: Vec<&SetElem> = elems.iter().filter(|e| e.addr.is_ipv4() == v4).collect();
+        for chunk in mine.chunks(1000) {
+            out.push_str(&format!("add element inet {table} {set} {{ "));
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&e.addr.to_string());
+                if let Some(t) = e.timeout {
+                    out.push_str(&format!(" timeout {}ms", t.as_millis().max(1)));
+                }
+            }
+            out.push_str(" }\n");
+        }
+    }
+    out
+}
+
 /// Run-time options that do not come from the configuration file.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -155,10 +177,26 @@ impl Engine {
         never.set_broadcasts(bcast);
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
+            // The table is rebuilt and the surviving blocks are loaded in the same nft
+            // transaction, so a restart never opens a window in which they pass.
+            let now = now_ms();
+            let preload: Vec<SetElem> = blocks
+                .values()
+                .filter(|b| b.nft && b.expires_ms.is_none_or(|e| e > now))
+                .filter(|b| never.check(b.addr).is_none() && !ignore.contains(b.addr))
+                .map(|b| SetElem {
+                    addr: b.addr,
+                    timeout: b
+                        .expires_ms
+                        .map(|e| Duration::from_millis(e.saturating_sub(now).max(1))),
+                })
+                .collect();
+            let mut script = nft_setup_script(&cfg.nft_table);
+            script.push_str(&nft_elements_script(&cfg.nft_table, &preload));
             let r = exec::run(
                 &["nft".to_string(), "-f".to_string(), "-".to_string()],
-                Some(nft_setup_script(&cfg.nft_table).as_bytes()),
-                cfg.kill_timeout,
+                Some(script.as_bytes()),
+                cfg.kill_timeout.max(Duration::from_secs(30)),
             );
             if !r.outcome.success() {
                 return Err(format!(
@@ -807,6 +845,16 @@ impl Engine {
 
     /// SIGHUP: re-read the ignore list and lift blocks on addresses it now covers.
     pub fn reload_ignore(&mut self, now: u64) -> Result<usize, String> {
+        // Also reopen the audit log, so that it can be rotated by renaming.
+        match AuditLog::open(&self.cfg.audit_log) {
+            Ok(a) => self.audit = a,
+            Err(e) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot reopen audit log (old one kept): {e}"
+                ));
+            }
+        }
         let ignore = self.cfg.load_ignore().map_err(|e| e.to_string())?;
         self.ignore = ignore;
         let now_ignored: Vec<IpAddr> = self
@@ -1313,6 +1361,30 @@ mod tests {
         assert_eq!(t.deny(), "");
         assert_eq!(t.last()["decision"], "unblocked");
         assert_eq!(t.last()["reason"], "now on the ignore list");
+    }
+
+    #[test]
+    fn nft_elements_statements() {
+        let e = [
+            SetElem {
+                addr: "192.0.2.1".parse().unwrap(),
+                timeout: None,
+            },
+            SetElem {
+                addr: "2001:db8::1".parse().unwrap(),
+                timeout: Some(Duration::from_secs(5)),
+            },
+            SetElem {
+                addr: "192.0.2.2".parse().unwrap(),
+                timeout: Some(Duration::from_millis(1500)),
+            },
+        ];
+        assert_eq!(
+            nft_elements_script("t", &e),
+            "add element inet t v4 { 192.0.2.1, 192.0.2.2 timeout 1500ms }\n\
+             add element inet t v6 { 2001:db8::1 timeout 5000ms }\n"
+        );
+        assert_eq!(nft_elements_script("t", &[]), "");
     }
 
     #[test]
