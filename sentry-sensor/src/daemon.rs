@@ -18,13 +18,12 @@ use sentry_proto::{Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSIO
 
 use crate::basic::{Basic, BasicHit};
 use crate::capture::Capture;
-use crate::classify::classify_tcp;
 use crate::cli::{self, Args, Command};
 use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
 use crate::log::{detection_line, ip_options_line, Logger};
-use crate::packet::{self, Parsed, Skip, Transport};
+use crate::pipeline::{candidate, Counters};
 use crate::ports::{PortConfig, PortPolicy};
 use crate::state::{Hit, Outcome, State, StateConfig};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -272,7 +271,7 @@ fn run(args: Args) -> i32 {
             max_sources: config.state_max_sources,
         }),
         stats: SensorStats::default(),
-        skipped: 0,
+        counters: Counters::default(),
         log,
         client,
         events,
@@ -319,7 +318,7 @@ struct Sensor {
     ignore: IgnoreList,
     state: State,
     stats: SensorStats,
-    skipped: u64,
+    counters: Counters,
     log: Logger,
     client: Client,
     events: Vec<Event>,
@@ -403,7 +402,7 @@ impl Sensor {
                 let now = self.now_ms();
                 let wall = now_wall_ms();
                 for h in basic_hits.drain(..) {
-                    self.stats.packets += 1;
+                    self.counters.packets += 1;
                     self.on_hit(h.src, h.port, h.scan, h.mode, false, now, wall);
                 }
             }
@@ -418,11 +417,14 @@ impl Sensor {
                         self.stats.kernel_drops += u64::from(drops);
                     }
                 }
-                self.stats.malformed += std::mem::take(&mut bad_frames);
+                self.counters.malformed += std::mem::take(&mut bad_frames);
                 self.refresh_listeners(now);
             }
             if now >= next_stats {
                 next_stats = now + stats_ms;
+                self.stats.packets = self.counters.packets;
+                self.stats.malformed = self.counters.malformed;
+                self.stats.ignored = self.counters.ignored;
                 self.stats.tracked_sources = self.state.len() as u64;
                 self.stats.evictions = self.state.evictions();
                 self.stats.queue_drops = self.client.queue_drops;
@@ -449,47 +451,26 @@ impl Sensor {
     /// The per-packet path: parse, classify, ignore list, port policy, state.
     #[inline]
     fn on_frame(&mut self, frame: &[u8], now: u64, wall: u64) {
-        self.stats.packets += 1;
-        let probe = match packet::parse(frame) {
-            Ok(Parsed::Probe(p)) => p,
-            Ok(Parsed::Skip(Skip::TinyFragment)) => {
-                self.skipped += 1;
-                self.stats.malformed += 1;
-                return;
-            }
-            Ok(Parsed::Skip(_)) => {
-                self.skipped += 1;
-                return;
-            }
-            Err(_) => {
-                self.stats.malformed += 1;
-                return;
-            }
-        };
-        let (proto, scan, port) = match probe.transport {
-            Transport::Tcp {
-                dst_port, flags, ..
-            } => match classify_tcp(flags) {
-                Some(k) => (Protocol::Tcp, k, dst_port),
-                None => return,
-            },
-            Transport::Udp { dst_port, .. } => (Protocol::Udp, ScanKind::Udp, dst_port),
-        };
-        if self.ignore.contains(probe.src) {
-            self.stats.ignored += 1;
-            return;
-        }
-        let Some(_) = self.policy.watched(proto, probe.dst, port, &self.listeners) else {
+        let Some(c) = candidate(
+            frame,
+            &self.policy,
+            &self.listeners,
+            &self.ignore,
+            &mut self.counters,
+        ) else {
             return;
         };
         // A service may have started since the last table read: re-check before counting.
-        if now.saturating_sub(self.last_refresh_ms) >= LISTENER_STALE_MS {
+        let mode = if now.saturating_sub(self.last_refresh_ms) >= LISTENER_STALE_MS {
             self.refresh_listeners(now);
-        }
-        let Some(mode) = self.policy.watched(proto, probe.dst, port, &self.listeners) else {
-            return;
+            match self.policy.watched(c.proto, c.dst, c.port, &self.listeners) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            c.mode
         };
-        self.on_hit(probe.src, port, scan, mode, probe.ip_options, now, wall);
+        self.on_hit(c.src, c.port, c.scan, mode, c.ip_options, now, wall);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -504,7 +485,7 @@ impl Sensor {
         wall: u64,
     ) {
         if mode.is_basic() && self.ignore.contains(src) {
-            self.stats.ignored += 1;
+            self.counters.ignored += 1;
             return;
         }
         self.stats.hits += 1;

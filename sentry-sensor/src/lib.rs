@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod listeners;
 pub mod log;
 pub mod packet;
+pub mod pipeline;
 pub mod ports;
 pub mod state;
 #[allow(unsafe_code)]

@@ -64,11 +64,92 @@ pub enum Outcome {
     Latched,
 }
 
+/// Ports held inline per source; larger triggers spill to the heap.
+const INLINE_PORTS: usize = 6;
+
+/// Distinct ports with the monotonic time of their first hit in the window. Up to
+/// [`INLINE_PORTS`] live inside the entry (no allocation per source, one cache line less
+/// per packet); beyond that they spill into a Vec.
+#[derive(Debug, Clone, Default)]
+struct PortList {
+    len: u8,
+    ports: [u16; INLINE_PORTS],
+    times: [u64; INLINE_PORTS],
+    spill: Vec<(u16, u64)>,
+}
+
+impl PortList {
+    fn len(&self) -> usize {
+        usize::from(self.len) + self.spill.len()
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spill.clear();
+    }
+
+    fn inline(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.ports
+            .iter()
+            .copied()
+            .zip(self.times.iter().copied())
+            .take(usize::from(self.len))
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        self.inline().any(|(p, _)| p == port) || self.spill.iter().any(|&(p, _)| p == port)
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.inline()
+            .map(|(_, t)| t)
+            .chain(self.spill.iter().map(|&(_, t)| t))
+            .min()
+    }
+
+    /// Keep only ports first hit within `window` of `now`.
+    fn retain_recent(&mut self, now: u64, window: u64) {
+        let n = usize::from(self.len);
+        let mut w = 0;
+        for r in 0..n {
+            let (Some(&p), Some(&t)) = (self.ports.get(r), self.times.get(r)) else {
+                break;
+            };
+            if now.saturating_sub(t) <= window {
+                if let (Some(pp), Some(tt)) = (self.ports.get_mut(w), self.times.get_mut(w)) {
+                    *pp = p;
+                    *tt = t;
+                }
+                w += 1;
+            }
+        }
+        self.len = u8::try_from(w).unwrap_or(0);
+        self.spill.retain(|&(_, t)| now.saturating_sub(t) <= window);
+    }
+
+    /// Add a port (if below `cap` entries).
+    fn push(&mut self, port: u16, now: u64, cap: usize) {
+        if self.len() >= cap {
+            return;
+        }
+        let n = usize::from(self.len);
+        if self.spill.is_empty() && n < INLINE_PORTS {
+            if let (Some(pp), Some(tt)) = (self.ports.get_mut(n), self.times.get_mut(n)) {
+                *pp = port;
+                *tt = now;
+                self.len += 1;
+            }
+        } else {
+            self.spill.push((port, now));
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Source {
     ip: IpAddr,
-    /// (port, monotonic ms of its latest hit), distinct ports, at most trigger+1 entries.
-    ports: Vec<(u16, u64)>,
+    /// Distinct ports in the window, at most trigger+1 entries.
+    ports: PortList,
     last_ms: u64,
     reported: bool,
 }
@@ -149,20 +230,15 @@ impl State {
         if s.reported {
             return Outcome::Latched;
         }
-        // Sliding window: forget ports not touched within it.
-        s.ports.retain(|&(_, t)| now.saturating_sub(t) <= window);
-        match s.ports.iter_mut().find(|(p, _)| *p == h.port) {
-            Some(_) => {}
-            None => {
-                if s.ports.len() < cap {
-                    s.ports.push((h.port, now));
-                }
-            }
+        // Sliding window: forget ports first hit longer than a window ago.
+        s.ports.retain_recent(now, window);
+        if !s.ports.contains(h.port) {
+            s.ports.push(h.port, now, cap);
         }
         let distinct = u32::try_from(s.ports.len()).unwrap_or(u32::MAX);
         if distinct >= trigger_at {
             s.reported = true;
-            let oldest = s.ports.iter().map(|&(_, t)| t).min().unwrap_or(now);
+            let oldest = s.ports.oldest().unwrap_or(now);
             let first_seen_ms = wall.saturating_sub(now.saturating_sub(oldest)).max(1);
             Outcome::Report(Report {
                 src: h.src,
@@ -186,7 +262,7 @@ impl State {
         let idx = self.slots.len();
         self.slots.push(Source {
             ip,
-            ports: Vec::new(),
+            ports: PortList::default(),
             last_ms: now,
             reported: false,
         });
@@ -473,5 +549,25 @@ mod tests {
             s.hit(&hit(v4(1), p), 1, WALL);
         }
         assert_eq!(s.slots[0].ports.len(), 10);
+    }
+
+    #[test]
+    fn port_list_inline_and_spill() {
+        let mut l = PortList::default();
+        for p in 1..=10u16 {
+            l.push(p, u64::from(p) * 10, 8);
+        }
+        assert_eq!(l.len(), 8, "capped");
+        assert!(l.contains(1) && l.contains(8) && !l.contains(9));
+        assert_eq!(l.oldest(), Some(10));
+        // At t=100 with a 35 ms window, ports first hit at 70 and 80 survive (6 inline,
+        // 2 spilled before).
+        l.retain_recent(100, 35);
+        assert_eq!(l.len(), 2);
+        assert!(l.contains(7) && l.contains(8) && !l.contains(6));
+        assert_eq!(l.oldest(), Some(70));
+        l.clear();
+        assert_eq!(l.len(), 0);
+        assert_eq!(l.oldest(), None);
     }
 }

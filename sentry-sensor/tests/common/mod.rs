@@ -224,7 +224,16 @@ impl NetPair {
 
     /// Run `f` in a thread that entered the target namespace.
     pub fn in_target<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.target);
+        Self::in_ns(&self.target, f)
+    }
+
+    /// Run `f` in a thread that entered the scanner namespace.
+    pub fn in_scanner<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        Self::in_ns(&self.scanner, f)
+    }
+
+    fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{ns}");
         std::thread::spawn(move || {
             let fd = File::open(&path).unwrap();
             nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
