@@ -22,6 +22,9 @@ use crate::state::Report;
 
 const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
+/// Most encoded bytes waiting for the socket; beyond this, requests stay in the queue
+/// (where the SENSOR_QUEUE bound applies) until the enforcer reads.
+const OUT_HIGH_WATER: usize = 64 * 1024;
 
 #[derive(Debug)]
 enum Conn {
@@ -59,6 +62,9 @@ pub struct Client {
     hello: Hello,
     conn: Conn,
     queue: VecDeque<Pending>,
+    /// The first `sent` queue entries are on the wire (sent in queue order); the rest are
+    /// not yet. Keeps `fill_out` O(new entries) instead of O(queue).
+    sent: usize,
     cap: usize,
     next_seq: u64,
     out: Vec<u8>,
@@ -76,6 +82,7 @@ impl Client {
             hello,
             conn: Conn::Down,
             queue: VecDeque::with_capacity(queue_cap.clamp(1, 4096)),
+            sent: 0,
             cap: queue_cap.max(1),
             next_seq: 1,
             out: Vec::new(),
@@ -103,6 +110,7 @@ impl Client {
     pub fn enqueue(&mut self, report: Report, events: &mut Vec<Event>) {
         if self.queue.len() >= self.cap {
             if let Some(old) = self.queue.pop_front() {
+                self.sent = self.sent.saturating_sub(1);
                 self.queue_drops += 1;
                 events.push(Event::Dropped(old.report));
                 // If it was already on the wire, its Ack will be reported as unknown;
@@ -179,6 +187,7 @@ impl Client {
         for p in &mut self.queue {
             p.sent_seq = None;
         }
+        self.sent = 0;
         self.schedule_retry(now_ms);
         if was_up {
             events.push(Event::Disconnected(why));
@@ -199,9 +208,10 @@ impl Client {
 
     /// Encode every queued report that is not on the wire yet.
     fn fill_out(&mut self) {
-        for p in &mut self.queue {
-            if p.sent_seq.is_some() {
-                continue;
+        let start = self.sent.min(self.queue.len());
+        for p in self.queue.range_mut(start..) {
+            if self.out.len() >= OUT_HIGH_WATER {
+                break;
             }
             let seq = self.next_seq;
             let r = &p.report;
@@ -217,10 +227,16 @@ impl Client {
                 last_seen_ms: r.last_seen_ms,
                 ip_options: r.ip_options,
             };
-            if let Ok(f) = encode_frame(&SensorFrame::Block(req)) {
-                self.next_seq += 1;
-                p.sent_seq = Some(seq);
-                self.out.extend_from_slice(&f);
+            // A BlockRequest is far below the frame cap, so encoding cannot fail; if it
+            // ever did, the entry would be sent with the next batch instead of skipped.
+            match encode_frame(&SensorFrame::Block(req)) {
+                Ok(f) => {
+                    self.next_seq += 1;
+                    p.sent_seq = Some(seq);
+                    self.out.extend_from_slice(&f);
+                    self.sent += 1;
+                }
+                Err(_) => break,
             }
         }
     }
@@ -243,6 +259,9 @@ impl Client {
     }
 
     fn pump_write(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        if self.is_ready() {
+            self.fill_out();
+        }
         while !self.out.is_empty() {
             let res = match &mut self.conn {
                 Conn::Down => return,
@@ -252,6 +271,9 @@ impl Client {
                 Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
                 Ok(n) => {
                     self.out.drain(..n.min(self.out.len()));
+                    if self.out.is_empty() && self.is_ready() {
+                        self.fill_out();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -325,6 +347,9 @@ impl Client {
                 match self.queue.iter().position(|p| p.sent_seq == Some(seq)) {
                     Some(i) => {
                         if let Some(p) = self.queue.remove(i) {
+                            if i < self.sent {
+                                self.sent -= 1;
+                            }
                             self.acked += 1;
                             events.push(Event::Decided {
                                 report: p.report,
@@ -509,5 +534,39 @@ mod tests {
         });
         h.join().unwrap();
         assert!(!c.is_ready());
+    }
+
+    /// An enforcer that handshakes and then never reads: memory stays bounded by the
+    /// queue cap and the output high-water mark.
+    #[test]
+    fn stuck_enforcer_keeps_memory_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enforcer.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let mut c = Client::new(dir.path(), hello(), 100);
+        let mut ev = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _: SensorFrame = read_frame(&mut s).unwrap();
+            write_frame(
+                &mut s,
+                &EnforcerFrame::Welcome {
+                    version: PROTOCOL_VERSION,
+                },
+            )
+            .unwrap();
+            let _ = rx.recv();
+        });
+        drive(&mut c, &mut ev, |c, _| c.is_ready());
+        for i in 0..50_000u32 {
+            c.enqueue(report(u8::try_from(i % 250).unwrap() + 1), &mut ev);
+            c.on_ready(false, true, false, 2_000_000, &mut ev);
+        }
+        assert!(c.queued() <= 100);
+        assert!(c.out.len() <= OUT_HIGH_WATER + 256, "out {}", c.out.len());
+        assert!(c.queue_drops >= 49_900);
+        tx.send(()).unwrap();
+        h.join().unwrap();
     }
 }
