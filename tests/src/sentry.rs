@@ -921,15 +921,27 @@ impl Sentry {
     pub fn assert_scan_blocked(&self, ip: IpAddr, protocol: &str, scan: &str, mode: &str) -> Value {
         let rec = self.wait_blocked(ip);
         assert_block_record(&rec, ip, protocol, scan, mode);
-        let st = self.status();
-        let blocked = st
-            .pointer("/counters/blocked")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let active = st.get("active_blocks").and_then(Value::as_u64).unwrap_or(0);
-        assert!(
-            blocked >= 1 && active >= 1,
-            "status does not count the block: {st}"
+        // The request came from the real sensor (SO_PEERCRED), and every action worked.
+        assert_eq!(rec["peer"]["uid"], self.sensor_uid, "peer: {rec}");
+        for a in rec["actions"].as_array().into_iter().flatten() {
+            assert_eq!(a["status"], "ok", "action failed: {rec}");
+        }
+        // `sentryctl status --json` counts exactly the blocks the audit log shows.
+        wait_until(
+            Duration::from_secs(5),
+            "status counters to match the audit log",
+            || {
+                let st = self.status();
+                let audited = self
+                    .audit()
+                    .iter()
+                    .filter(|r| r["decision"] == "blocked")
+                    .count() as u64;
+                let blocked = st.pointer("/counters/blocked").and_then(Value::as_u64)?;
+                let active = st.get("active_blocks").and_then(Value::as_u64)?;
+                (blocked == audited && active >= 1).then_some(())
+            },
+            || self.diag(),
         );
         assert!(
             self.blocked_list().contains(&ip),
