@@ -172,7 +172,18 @@ impl Capture {
         let child = net
             .command(Side::Target, "tcpdump")
             .args([
-                "-i", TARGET_IF, "-nn", "-U", "-s", "128", "-B", "16384", "-Z", "root", "-w",
+                "-i",
+                TARGET_IF,
+                "-nn",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "128",
+                "-B",
+                "16384",
+                "-Z",
+                "root",
+                "-w",
             ])
             .arg(&file)
             .arg(&filter)
@@ -202,6 +213,9 @@ impl Capture {
     fn finish(mut self) -> Result<(Vec<u8>, u64), String> {
         self.guard.stop(Signal::SIGINT);
         let log = fs::read_to_string(&self.log).unwrap_or_default();
+        if std::env::var_os("SENTRY_BENCH_VERBOSE").is_some() {
+            eprintln!("    tcpdump: {}", log.replace('\n', " | "));
+        }
         let drops = log
             .lines()
             .find(|l| l.contains("dropped by kernel"))
@@ -222,6 +236,7 @@ fn target_sysctls(net: &NetPair) -> Result<(), String> {
             "net.ipv4.icmp_ratelimit=0",
             "net.ipv6.icmp.ratelimit=0",
             "net.ipv4.icmp_msgs_per_sec=1000000",
+            "net.ipv4.icmp_msgs_burst=1000000",
         ]),
         Duration::from_secs(10),
     );
@@ -230,6 +245,39 @@ fn target_sysctls(net: &NetPair) -> Result<(), String> {
     } else {
         Err(format!("sysctl in target: {out}"))
     }
+}
+
+/// Permanent neighbour entries both ways (inside the two namespaces only), so that no
+/// answer waits for ARP/ND and a lost neighbour solicitation cannot empty a scan.
+fn static_neighbours(net: &NetPair) -> Result<(), String> {
+    use sentry_tests::netns::SCANNER_IF;
+    let (_, smac) = crate::packet::link_info(&net.scanner, SCANNER_IF)?;
+    let (_, tmac) = crate::packet::link_info(&net.target, TARGET_IF)?;
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let entries = [
+        (Side::Scanner, IpAddr::V4(TARGET_V4), SCANNER_IF, mac(tmac)),
+        (Side::Scanner, IpAddr::V6(TARGET_V6), SCANNER_IF, mac(tmac)),
+        (Side::Target, IpAddr::V4(SCANNER_V4), TARGET_IF, mac(smac)),
+        (Side::Target, IpAddr::V6(SCANNER_V6), TARGET_IF, mac(smac)),
+    ];
+    for (side, ip, dev, lladdr) in entries {
+        let out = run(
+            net.command(side, "ip")
+                .args(["neigh", "replace"])
+                .arg(ip.to_string())
+                .args(["lladdr", &lladdr, "dev", dev, "nud", "permanent"]),
+            Duration::from_secs(10),
+        );
+        if !out.success() {
+            return Err(format!("static neighbour: {out}"));
+        }
+    }
+    Ok(())
 }
 
 fn nmap(net: &NetPair, scan: &Scan) -> Result<(), String> {
@@ -255,12 +303,20 @@ fn iptables_has(net: &NetPair, ip: IpAddr) -> bool {
 /// Run one scan with capture around it.
 fn measure(net: &NetPair, dir: &Path, scan: &Scan) -> Result<(Exposure, u64), String> {
     target_sysctls(net)?;
+    static_neighbours(net)?;
+    let (_, t) = scan.addrs();
     let cap = Capture::start(net, dir, scan)?;
     nmap(net, scan)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // libpcap hands packets over in ring blocks; let the last one retire before stopping
+    // (tcpdump drops an unretired block on exit).
+    std::thread::sleep(Duration::from_millis(1200));
     let (bytes, drops) = cap.finish()?;
-    let (s, t) = scan.addrs();
-    Ok((pcap::exposure(&bytes, s, t)?, drops))
+    let s = scan.addrs().0;
+    let e = pcap::exposure(&bytes, s, t)?;
+    if e.probes == 0 {
+        return Err("the capture saw no probe from the scanner".into());
+    }
+    Ok((e, drops))
 }
 
 fn run_portsentry(pkg: &Package, scan: &Scan) -> Result<RunResult, String> {
@@ -351,7 +407,18 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
     })
 }
 
+/// One run; a run whose capture saw no probe at all (nmap sent nothing) is repeated once.
 pub fn run_one(tool: Tool, pkg: Option<&Package>, scan: &Scan) -> Result<RunResult, String> {
+    match run_once(tool, pkg, scan) {
+        Err(e) if e.contains("saw no probe") => {
+            eprintln!("  {} {}: {e}; repeating the run", scan.label, tool.label());
+            run_once(tool, pkg, scan)
+        }
+        other => other,
+    }
+}
+
+fn run_once(tool: Tool, pkg: Option<&Package>, scan: &Scan) -> Result<RunResult, String> {
     match tool {
         Tool::PortSentry => run_portsentry(pkg.ok_or("PortSentry package unavailable")?, scan),
         Tool::SentryIptables => run_sentry(scan, false),
