@@ -50,10 +50,6 @@ pub enum Event {
         report: Report,
         decision: Decision,
     },
-    /// The queue was full; this (oldest) report was dropped.
-    Dropped(Report),
-    /// An Ack for a sequence number this connection never used.
-    UnknownAck(u64),
 }
 
 #[derive(Debug)]
@@ -73,6 +69,8 @@ pub struct Client {
     next_attempt_ms: u64,
     pub queue_drops: u64,
     pub acked: u64,
+    /// Acks for requests no longer queued (dropped while on the wire).
+    pub unknown_acks: u64,
 }
 
 impl Client {
@@ -91,6 +89,7 @@ impl Client {
             next_attempt_ms: 0,
             queue_drops: 0,
             acked: 0,
+            unknown_acks: 0,
         }
     }
 
@@ -106,16 +105,15 @@ impl Client {
         self.queue.len()
     }
 
-    /// Queue a report; when full the oldest queued report is dropped and returned.
-    pub fn enqueue(&mut self, report: Report, events: &mut Vec<Event>) {
-        if self.queue.len() >= self.cap {
-            if let Some(old) = self.queue.pop_front() {
-                self.sent = self.sent.saturating_sub(1);
-                self.queue_drops += 1;
-                events.push(Event::Dropped(old.report));
-                // If it was already on the wire, its Ack will be reported as unknown;
-                // that is harmless.
-            }
+    /// Queue a report; when full the oldest queued report is dropped and counted in
+    /// `queue_drops` (the caller logs a summary; one event per drop could itself be a
+    /// flood).
+    pub fn enqueue(&mut self, report: Report) {
+        if self.queue.len() >= self.cap && self.queue.pop_front().is_some() {
+            self.sent = self.sent.saturating_sub(1);
+            self.queue_drops += 1;
+            // If it was already on the wire, its Ack will not match any entry; it is
+            // counted in `unknown_acks`.
         }
         self.queue.push_back(Pending {
             report,
@@ -357,7 +355,7 @@ impl Client {
                             });
                         }
                     }
-                    None => events.push(Event::UnknownAck(seq)),
+                    None => self.unknown_acks += 1,
                 }
             }
             (EnforcerFrame::Refused(r), _) => {
@@ -418,11 +416,10 @@ mod tests {
     fn queue_drops_oldest_when_full() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Client::new(dir.path(), hello(), 2);
-        let mut ev = Vec::new();
-        c.enqueue(report(1), &mut ev);
-        c.enqueue(report(2), &mut ev);
-        c.enqueue(report(3), &mut ev);
-        assert_eq!(ev, vec![Event::Dropped(report(1))]);
+        c.enqueue(report(1));
+        c.enqueue(report(2));
+        c.enqueue(report(3));
+        assert_eq!(c.queue.front().map(|p| p.report), Some(report(2)));
         assert_eq!(c.queued(), 2);
         assert_eq!(c.queue_drops, 1);
     }
@@ -435,8 +432,8 @@ mod tests {
         let mut ev = Vec::new();
         // Enforcer down: reports queue up.
         c.tick(0, &mut ev);
-        c.enqueue(report(1), &mut ev);
-        c.enqueue(report(2), &mut ev);
+        c.enqueue(report(1));
+        c.enqueue(report(2));
         assert!(!c.is_ready());
 
         // First enforcer: handshake, receives both, acks only the first, then dies.
@@ -560,7 +557,7 @@ mod tests {
         });
         drive(&mut c, &mut ev, |c, _| c.is_ready());
         for i in 0..50_000u32 {
-            c.enqueue(report(u8::try_from(i % 250).unwrap() + 1), &mut ev);
+            c.enqueue(report(u8::try_from(i % 250).unwrap() + 1));
             c.on_ready(false, true, false, 2_000_000, &mut ev);
         }
         assert!(c.queued() <= 100);

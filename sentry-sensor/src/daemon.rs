@@ -336,6 +336,7 @@ impl Sensor {
         let mut next_stats = stats_ms;
         let mut basic_hits: Vec<BasicHit> = Vec::new();
         let mut bad_frames = 0u64;
+        let mut logged_drops = 0u64;
         loop {
             // Poll set: [capture] [client] basic...
             fds.clear();
@@ -419,6 +420,14 @@ impl Sensor {
                 }
                 self.counters.malformed += std::mem::take(&mut bad_frames);
                 self.refresh_listeners(now);
+                let drops = self.client.queue_drops;
+                if drops > logged_drops {
+                    self.log.notice(&format!(
+                        "adminalert: WARNING: enforcer queue full (SENSOR_QUEUE): dropped the {} oldest requests ({drops} in total)",
+                        drops - logged_drops
+                    ));
+                    logged_drops = drops;
+                }
             }
             if now >= next_stats {
                 next_stats = now + stats_ms;
@@ -504,7 +513,7 @@ impl Sensor {
             Outcome::Report(r) => {
                 self.log_hit(&hit, now);
                 self.stats.reports += 1;
-                self.client.enqueue(r, &mut self.events);
+                self.client.enqueue(r);
             }
         }
     }
@@ -542,15 +551,6 @@ impl Sensor {
                         report.port
                     )
                 }),
-                Event::Dropped(r) => self.log.packet(now, || {
-                    format!(
-                        "adminalert: WARNING: enforcer queue full (SENSOR_QUEUE); dropped the oldest request (host {}), {} dropped so far",
-                        r.src, self.client.queue_drops
-                    )
-                }),
-                Event::UnknownAck(seq) => self
-                    .log
-                    .notice(&format!("adminalert: enforcer acknowledged unknown request {seq}")),
             }
         }
     }
