@@ -5,6 +5,7 @@
 #   make stop     stop the pair and remove its nftables table
 #   make install  binaries, units, man pages, the `sentry` user, /etc/sentry
 #   make test     build the binaries, then run every test (root tests included)
+#   make deb      a Debian package (sentry_<version>_<arch>.deb) from the release build
 #   make uninstall
 #
 # Migration: if /etc/portsentry/portsentry.conf exists and /etc/sentry/sentry.conf
@@ -28,7 +29,7 @@ APT_PKGS    = nftables iproute2 util-linux build-essential
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 
 .PHONY: all build deps install install-bin install-units install-man install-conf \
-        run stop status test uninstall
+        run stop status test uninstall deb
 
 all: build
 
@@ -121,6 +122,9 @@ endif
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+deb: build
+	sh tests/scripts/make-deb.sh $(RELEASE) .
 
 uninstall: stop
 	-systemctl disable sentry-enforcer.service sentry-sensor.service 2>/dev/null
