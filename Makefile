@@ -88,6 +88,8 @@ install-conf:
 	fi
 	@[ -e $(DESTDIR)$(CONFDIR)/sentry.ignore ] || \
 	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
+	install -d $(DESTDIR)/etc/logrotate.d
+	install -m 0644 sentry-enforcer/dist/sentry.logrotate $(DESTDIR)/etc/logrotate.d/sentry
 
 # Set up and run, on a fresh Debian machine, with or without systemd as PID 1.
 run: deps install
@@ -132,4 +134,5 @@ uninstall: stop
 	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service
 	rm -f $(DESTDIR)$(MANDIR)/man8/sentry-sensor.8 $(DESTDIR)$(MANDIR)/man8/sentry-enforcer.8 \
 	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man5/sentry.conf.5
+	rm -f $(DESTDIR)/etc/logrotate.d/sentry
 	@echo "kept /etc/sentry, /var/lib/sentry, /var/log/sentry and the sentry user"

@@ -28,6 +28,8 @@ for m in sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8
 done
 gzip -9n <policy/man/sentry.conf.5 >"$ROOT/usr/share/man/man5/sentry.conf.5.gz"
 install -m 0644 policy/dist/sentry.conf policy/dist/sentry.ignore "$ROOT/etc/sentry/"
+install -d "$ROOT/etc/logrotate.d"
+install -m 0644 sentry-enforcer/dist/sentry.logrotate "$ROOT/etc/logrotate.d/sentry"
 install -m 0644 LICENSE "$ROOT/usr/share/doc/sentry/copyright"
 
 cat >"$ROOT/DEBIAN/control" <<CTRL
@@ -45,7 +47,7 @@ Description: privilege-separated port scan detector (PortSentry successor)
  the scanner in an nftables set, hosts.deny or with PortSentry's commands.
  Reads portsentry.conf unchanged.
 CTRL
-printf '/etc/sentry/sentry.conf\n/etc/sentry/sentry.ignore\n' >"$ROOT/DEBIAN/conffiles"
+printf '/etc/sentry/sentry.conf\n/etc/sentry/sentry.ignore\n/etc/logrotate.d/sentry\n' >"$ROOT/DEBIAN/conffiles"
 cat >"$ROOT/DEBIAN/postinst" <<'POST'
 #!/bin/sh
 set -e
