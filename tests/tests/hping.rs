@@ -122,3 +122,33 @@ fn hping_spoofed_source_is_blocked_but_never_protected_addresses() {
         s.assert_not_blocked(src.parse().unwrap());
     }
 }
+
+#[test]
+fn stealth_mode_detects_every_probe_kind() {
+    // -stcp: each kind from its own source address to a listed port.
+    let test = "stealth_mode_detects_every_probe_kind";
+    if !ready(test) {
+        return;
+    }
+    let s = Sentry::start(
+        test,
+        Settings::new(&["stcp"]).set("TCP_PORTS", "79,111,143"),
+    );
+    let target = TARGET_V4.to_string();
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("10.203.0.1", &["-S"], "syn"),
+        ("10.203.0.3", &["-F"], "fin"),
+        ("10.203.0.4", &[], "null"),
+        ("10.203.0.5", &["-F", "-P", "-U"], "xmas"),
+    ];
+    for (src, flags, _) in cases {
+        let mut args = vec!["-a", src];
+        args.extend_from_slice(flags);
+        args.extend(["-p", "79", "-c", "2", "-i", "u10000", &target]);
+        s.hping(&args);
+    }
+    for (src, _, scan) in cases {
+        let rec = s.assert_scan_blocked(src.parse().unwrap(), "tcp", scan, "stcp");
+        assert_eq!(rec["port"], 79, "{rec}");
+    }
+}
