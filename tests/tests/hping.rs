@@ -152,3 +152,25 @@ fn stealth_mode_detects_every_probe_kind() {
         assert_eq!(rec["port"], 79, "{rec}");
     }
 }
+
+#[test]
+fn ip_options_are_detected_and_logged() {
+    // hping3 --rroute adds the record-route IP option: still parsed, blocked, and logged
+    // with PortSentry's "has IP options set" line.
+    let test = "ip_options_are_detected_and_logged";
+    if !ready(test) {
+        return;
+    }
+    let s = Sentry::start(test, Settings::new(&["atcp"]));
+    let target = TARGET_V4.to_string();
+    s.hping(&[
+        "-S", "--rroute", "-p", "++30", "-c", "3", "-i", "u10000", &target,
+    ]);
+    s.assert_scan_blocked(IpAddr::V4(SCANNER_V4), "tcp", "syn", "atcp");
+    let log = s.sensor_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("10.203.0.1") && l.contains("has IP options set")),
+        "no IP-options line:\n{log}"
+    );
+}
