@@ -753,7 +753,13 @@ impl Engine {
 
     /// Undo everything recorded in `b` (except KILL_ROUTE / KILL_RUN_CMD, which have no
     /// inverse). `kernel_nft`: whether the nft element may still exist.
-    fn undo(&mut self, b: &BlockRecord, kernel_nft: bool) -> Vec<ActionRecord> {
+    /// `deny_done`: the deny-file line was already removed in a batch with this result.
+    fn undo(
+        &mut self,
+        b: &BlockRecord,
+        kernel_nft: bool,
+        deny_done: Option<&ActionRecord>,
+    ) -> Vec<ActionRecord> {
         let mut out = Vec::new();
         if b.nft && kernel_nft && self.nft.is_some() {
             out.push(self.nft_action(b.addr, None, false));
@@ -762,22 +768,53 @@ impl Engine {
             out.push(self.route_action(b.addr, false));
         }
         if let Some(line) = &b.hosts_deny_line {
-            out.push(self.hosts_deny_action(line, false));
+            match deny_done {
+                Some(done) => {
+                    let mut a = done.clone();
+                    a.target = Some(line.clone());
+                    out.push(a);
+                }
+                None => out.push(self.hosts_deny_action(line, false)),
+            }
         }
         out
+    }
+
+    /// Remove the deny-file lines of all `addrs` with one rewrite (mass expiry, reload,
+    /// restore): per-line rewrites would cost O(n) each.
+    fn deny_batch_remove(&mut self, addrs: &[IpAddr]) -> Option<ActionRecord> {
+        let lines: Vec<String> = addrs
+            .iter()
+            .filter_map(|a| self.blocks.get(a)?.hosts_deny_line.clone())
+            .collect();
+        if lines.is_empty() {
+            return None;
+        }
+        let t = Instant::now();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let r = hostsdeny::remove(&self.cfg.hosts_deny_file, &refs);
+        Some(ActionRecord {
+            action: "hosts_deny",
+            argv: None,
+            target: None,
+            status: if r.is_ok() { "ok" } else { "error" },
+            exit_code: None,
+            error: r.err().map(|e| e.to_string()),
+            ms: ms_since(t),
+        })
     }
 
     fn end_block(
         &mut self,
         addr: IpAddr,
         now: u64,
-        decision: &'static str,
-        reason: &str,
+        (decision, reason): (&'static str, &str),
         peer: Option<Peer>,
         kernel_nft: bool,
+        deny_done: Option<&ActionRecord>,
     ) -> Option<Vec<String>> {
         let b = self.blocks.remove(&addr)?;
-        let actions = self.undo(&b, kernel_nft);
+        let actions = self.undo(&b, kernel_nft, deny_done);
         let errors: Vec<String> = actions
             .iter()
             .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.action)))
@@ -813,10 +850,10 @@ impl Engine {
         let r = self.end_block(
             addr,
             now,
-            extra::UNBLOCKED,
-            "sentryctl unblock",
+            (extra::UNBLOCKED, "sentryctl unblock"),
             Some(peer),
             true,
+            None,
         );
         if r.is_some() {
             self.counters.unblocked += 1;
@@ -833,8 +870,16 @@ impl Engine {
             .filter(|b| b.expires_ms.is_some_and(|e| e <= now))
             .map(|b| b.addr)
             .collect();
+        let deny = self.deny_batch_remove(&due);
         for a in &due {
-            self.end_block(*a, now, extra::EXPIRED, "BLOCK_TIMEOUT passed", None, true);
+            self.end_block(
+                *a,
+                now,
+                (extra::EXPIRED, "BLOCK_TIMEOUT passed"),
+                None,
+                true,
+                deny.as_ref(),
+            );
             self.counters.expired += 1;
         }
         if !due.is_empty() {
@@ -863,14 +908,15 @@ impl Engine {
             .copied()
             .filter(|a| self.ignore.contains(*a))
             .collect();
+        let deny = self.deny_batch_remove(&now_ignored);
         for a in &now_ignored {
             self.end_block(
                 *a,
                 now,
-                extra::UNBLOCKED,
-                "now on the ignore list",
+                (extra::UNBLOCKED, "now on the ignore list"),
                 None,
                 true,
+                deny.as_ref(),
             );
             self.counters.unblocked += 1;
         }
@@ -893,8 +939,9 @@ impl Engine {
         self.blocks = persisted;
         let mut addrs: Vec<IpAddr> = self.blocks.keys().copied().collect();
         addrs.sort();
+        let mut lift = Vec::new();
         for addr in addrs {
-            let Some(b) = self.blocks.get(&addr).cloned() else {
+            let Some(b) = self.blocks.get(&addr) else {
                 continue;
             };
             let verdict = if b.expires_ms.is_some_and(|e| e <= now) {
@@ -910,16 +957,19 @@ impl Engine {
                 None
             };
             match verdict {
-                Some((d, why)) => {
-                    // The table was just re-created, so there is no nft element to delete.
-                    self.end_block(addr, now, d, &why, None, false);
-                    if d == extra::EXPIRED {
-                        self.counters.expired += 1;
-                    } else {
-                        self.counters.unblocked += 1;
-                    }
-                }
+                Some(v) => lift.push((addr, v)),
                 None => keep.push(addr),
+            }
+        }
+        let lift_addrs: Vec<IpAddr> = lift.iter().map(|(a, _)| *a).collect();
+        let deny = self.deny_batch_remove(&lift_addrs);
+        for (addr, (d, why)) in lift {
+            // The nft table was just rebuilt without it: no element to delete.
+            self.end_block(addr, now, (d, &why), None, false, deny.as_ref());
+            if d == extra::EXPIRED {
+                self.counters.expired += 1;
+            } else {
+                self.counters.unblocked += 1;
             }
         }
         keep.sort();
@@ -946,6 +996,29 @@ impl Engine {
                 ms_since(t)
             ));
         }
+        // hosts.deny: one read and one append for all restored lines.
+        let deny_add = {
+            let lines: Vec<String> = keep
+                .iter()
+                .filter_map(|a| self.blocks.get(a)?.hosts_deny_line.clone())
+                .collect();
+            if lines.is_empty() {
+                None
+            } else {
+                let t = Instant::now();
+                let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+                let r = hostsdeny::add_many(&self.cfg.hosts_deny_file, &refs);
+                Some(ActionRecord {
+                    action: "hosts_deny",
+                    argv: None,
+                    target: None,
+                    status: if r.is_ok() { "ok" } else { "error" },
+                    exit_code: None,
+                    error: r.err().map(|e| e.to_string()),
+                    ms: ms_since(t),
+                })
+            }
+        };
         for addr in keep {
             let Some(mut b) = self.blocks.get(&addr).cloned() else {
                 continue;
@@ -968,8 +1041,9 @@ impl Engine {
                 b.blackhole = a.ok();
                 actions.push(a);
             }
-            if let Some(line) = b.hosts_deny_line.clone() {
-                let a = self.hosts_deny_action(&line, true);
+            if let (Some(line), Some(done)) = (b.hosts_deny_line.clone(), deny_add.as_ref()) {
+                let mut a = done.clone();
+                a.target = Some(line);
                 actions.push(a);
             }
             let failed = actions.iter().filter(|a| !a.ok()).count();

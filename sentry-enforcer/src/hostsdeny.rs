@@ -96,21 +96,35 @@ fn check_line(line: &str) -> io::Result<()> {
 
 /// Append `line` unless an identical line is present. Returns whether it was added.
 pub fn add(path: &Path, line: &str) -> io::Result<bool> {
-    check_line(line)?;
+    Ok(add_many(path, &[line])? > 0)
+}
+
+/// Append every line of `lines` that is not present yet, with one read and one write
+/// (used when many blocks are restored at once). Returns how many were added.
+pub fn add_many(path: &Path, lines: &[&str]) -> io::Result<usize> {
+    for l in lines {
+        check_line(l)?;
+    }
     let mut f = open(path)?;
     let text = read_all(&mut f, path)?;
-    if text.lines().any(|l| l.trim_end() == line) {
-        return Ok(false);
-    }
-    let mut out = String::with_capacity(line.len() + 2);
+    let mut present: std::collections::HashSet<&str> = text.lines().map(str::trim_end).collect();
+    let mut out = String::new();
     if !text.is_empty() && !text.ends_with('\n') {
         out.push('\n');
     }
-    out.push_str(line);
-    out.push('\n');
-    f.write_all(out.as_bytes())?;
-    f.sync_data()?;
-    Ok(true)
+    let mut added = 0;
+    for l in lines {
+        if present.insert(l) {
+            out.push_str(l);
+            out.push('\n');
+            added += 1;
+        }
+    }
+    if added > 0 {
+        f.write_all(out.as_bytes())?;
+        f.sync_data()?;
+    }
+    Ok(added)
 }
 
 /// Whether an identical line is present.
@@ -197,6 +211,22 @@ mod tests {
             "# keep me\nALL: 10.0.0.1\nALL: [2001:db8::1]\n"
         );
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn add_many_once() {
+        let d = dir();
+        let p = d.path().join("deny");
+        std::fs::write(&p, "ALL: 1.1.1.1").unwrap();
+        assert_eq!(
+            add_many(&p, &["ALL: 1.1.1.1", "ALL: 2.2.2.2", "ALL: 2.2.2.2"]).unwrap(),
+            1
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "ALL: 1.1.1.1\nALL: 2.2.2.2\n"
+        );
+        assert_eq!(add_many(&p, &[]).unwrap(), 0);
     }
 
     #[test]

@@ -350,15 +350,13 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
         assert!(env.alive(), "{name}: enforcer died");
     }
     // After the handshake: second hello, replayed sequence number.
-    let mut s = env.connect();
-    s.handshake();
+    let mut s = env.connect_welcomed();
     s.send(&hello());
     assert_eq!(
         s.recv().ok(),
         Some(EnforcerFrame::Refused(Refusal::MalformedFrame))
     );
-    let mut s = env.connect();
-    s.handshake();
+    let mut s = env.connect_welcomed();
     assert_eq!(s.block("192.0.2.20", Protocol::Tcp, 22), Decision::Blocked);
     s.seq = 0;
     s.send(&SensorFrame::Block(req(1, "192.0.2.21", Protocol::Tcp, 22)));
@@ -368,8 +366,7 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
     );
     assert!(!env.nft_has(ip("192.0.2.21")));
     // Only one sensor at a time.
-    let mut a = env.connect();
-    a.handshake();
+    let a = env.connect_welcomed();
     let mut b = env.connect();
     let _ = b.send_raw(&frame(&hello()));
     assert_eq!(
@@ -378,16 +375,7 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
     );
     drop(a);
     // ...and after the first leaves, a new one gets in.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut c = env.connect();
-        let _ = c.send_raw(&frame(&hello()));
-        match c.recv() {
-            Ok(EnforcerFrame::Welcome { .. }) => break,
-            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            other => panic!("reconnect: {other:?}"),
-        }
-    }
+    env.connect_welcomed();
     let recs = env.audit_records();
     let rejected = recs[before..]
         .iter()

@@ -296,6 +296,21 @@ impl Env {
         FakeSensor::connect(&self.sensor_sock())
     }
 
+    /// Connect and complete the handshake, retrying while the enforcer still holds the
+    /// slot of a sensor connection it has just closed.
+    pub fn connect_welcomed(&self) -> FakeSensor {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = self.connect();
+            let _ = c.send_raw(&frame(&hello()));
+            match c.recv() {
+                Ok(EnforcerFrame::Welcome { .. }) => return c,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("no Welcome: {other:?}"),
+            }
+        }
+    }
+
     /// Elements of one set of our table (`v4` or `v6`) inside the namespace.
     pub fn nft_set(&self, set: &str) -> Vec<IpAddr> {
         let out = self
