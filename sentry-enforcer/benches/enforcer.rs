@@ -180,6 +180,66 @@ fn bench(c: &mut Criterion) {
             .unwrap();
     }
     g.finish();
+
+    // BLACKHOLE_ROUTE: one RTM_NEWROUTE (+ACK) with n blackhole routes present.
+    let mut g = c.benchmark_group("blackhole_route_add");
+    g.sample_size(50);
+    let mut rt = NlSocket::route().unwrap();
+    for n in [1u32, 1_000, 10_000] {
+        let fill: Vec<IpAddr> = (0..n.saturating_sub(1))
+            .map(|i| addr(4_000_000 + i))
+            .collect();
+        for a in &fill {
+            rt.blackhole(*a, true).unwrap();
+        }
+        let mut next = 0u32;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    let a = addr(5_000_000 + next);
+                    let t = Instant::now();
+                    rt.blackhole(a, true).unwrap();
+                    total += t.elapsed();
+                    rt.blackhole(a, false).unwrap();
+                }
+                total
+            })
+        });
+        for a in &fill {
+            rt.blackhole(*a, false).unwrap();
+        }
+    }
+    g.finish();
+
+    // KILL_HOSTS_DENY: append one line to a deny file that already holds n lines (the
+    // duplicate check reads the file, so this one grows with n; fsync included).
+    let mut g = c.benchmark_group("hosts_deny_add");
+    g.sample_size(30);
+    for n in [1u32, 1_000, 10_000] {
+        let p = dir.path().join(format!("hosts.deny.{n}"));
+        let base: String = (0..n.saturating_sub(1))
+            .map(|i| format!("ALL: {} : DENY\n", addr(6_000_000 + i)))
+            .collect();
+        std::fs::write(&p, &base).unwrap();
+        let mut next = 0u32;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    let line = format!("ALL: {} : DENY", addr(7_000_000 + next));
+                    let t = Instant::now();
+                    sentry_enforcer::hostsdeny::add(&p, &line).unwrap();
+                    total += t.elapsed();
+                    std::fs::write(&p, &base).unwrap();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
 }
 
 fn main() {
