@@ -281,44 +281,46 @@ impl Client {
     }
 
     fn pump_read(&mut self, now_ms: u64, events: &mut Vec<Event>) {
-        let mut buf = [0u8; 4096];
+        // Read in chunks (one syscall for many Acks) and hand the frame decoder at most
+        // what it wants, so it never buffers more than one capped frame.
+        let mut buf = [0u8; 8192];
         loop {
-            let want = match self.inbuf.wanted() {
-                Ok(w) => w.min(buf.len()),
-                Err(e) => {
-                    return self.down(now_ms, format!("bad frame from enforcer: {e}"), events)
-                }
-            };
             let res = match &mut self.conn {
                 Conn::Down => return,
-                Conn::Handshake(s) | Conn::Ready(s) => match buf.get_mut(..want) {
-                    Some(b) => s.read(b),
-                    None => return,
-                },
+                Conn::Handshake(s) | Conn::Ready(s) => s.read(&mut buf),
             };
-            match res {
+            let n = match res {
                 Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
-                Ok(n) => {
-                    let Some(chunk) = buf.get(..n) else { return };
-                    if let Err(e) = self.inbuf.feed(chunk) {
-                        return self.down(now_ms, format!("bad frame from enforcer: {e}"), events);
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.down(now_ms, format!("read: {e}"), events),
+            };
+            let mut chunk = buf.get(..n).unwrap_or(&[]);
+            while !chunk.is_empty() {
+                let want = match self.inbuf.wanted() {
+                    Ok(w) => w.min(chunk.len()),
+                    Err(e) => {
+                        return self.down(now_ms, format!("bad frame from enforcer: {e}"), events)
                     }
-                    if let Some(msg) = self.inbuf.next_message() {
-                        match msg {
-                            Ok(m) => self.on_frame(m, now_ms, events),
-                            Err(e) => {
-                                return self.down(
-                                    now_ms,
-                                    format!("bad frame from enforcer: {e}"),
-                                    events,
-                                )
-                            }
+                };
+                let (now, rest) = chunk.split_at(want);
+                chunk = rest;
+                if let Err(e) = self.inbuf.feed(now) {
+                    return self.down(now_ms, format!("bad frame from enforcer: {e}"), events);
+                }
+                match self.inbuf.next_message() {
+                    None => {}
+                    Some(Ok(m)) => {
+                        self.on_frame(m, now_ms, events);
+                        if matches!(self.conn, Conn::Down) {
+                            return;
                         }
                     }
+                    Some(Err(e)) => {
+                        return self.down(now_ms, format!("bad frame from enforcer: {e}"), events)
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.down(now_ms, format!("read: {e}"), events),
             }
         }
     }

@@ -37,7 +37,7 @@ const LISTENER_STALE_MS: u64 = 20;
 /// stopped is watched again within this time).
 const HOUSEKEEPING_MS: u64 = 1_000;
 /// Most ring blocks processed before other descriptors get a turn.
-const MAX_BLOCKS_PER_WAKE: usize = 64;
+const MAX_BLOCKS_PER_WAKE: usize = 128;
 
 /// Entry point for `main`: returns the process exit code.
 pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> i32 {
@@ -254,6 +254,14 @@ fn run(args: Args) -> i32 {
     }
     if let Some(p) = &policy_summary(&modes, &port_cfg) {
         log.notice(p);
+    }
+    if let Some(src) = &listener_src {
+        log.notice(&format!(
+            "adminalert: listening services learnt from {} ({} TCP, {} UDP now)",
+            src.backend(),
+            listeners.count(Protocol::Tcp),
+            listeners.count(Protocol::Udp)
+        ));
     }
 
     // 6. Run.

@@ -392,3 +392,27 @@ pub fn forbidden_syscall() -> io::Result<()> {
         Ok(())
     }
 }
+
+/// A `NETLINK_SOCK_DIAG` socket (for the listening-socket table), as a `File` so it can
+/// be driven with plain `write`/`read`: a write sends one request to the kernel, a read
+/// returns one datagram of the reply. Reads time out after `timeout_ms` so a missing
+/// reply can never stall the sensor.
+pub fn sock_diag_socket(timeout_ms: u32) -> io::Result<std::fs::File> {
+    const NETLINK_SOCK_DIAG: libc::c_int = 4;
+    // SAFETY: socket(2) with constant arguments; the descriptor is checked and owned at once.
+    let raw = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    })?;
+    // SAFETY: fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::from(timeout_ms / 1000),
+        tv_usec: libc::suseconds_t::from((timeout_ms % 1000) * 1000),
+    };
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+    Ok(std::fs::File::from(fd))
+}

@@ -29,30 +29,60 @@ fn rx_packets(net: &NetPair) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-fn flood(net: &NetPair, secs: u32, extra: &[&str]) -> String {
-    let mut c = net.scanner_cmd("timeout");
-    c.args([
-        "-s",
-        "INT",
-        &secs.to_string(),
-        "hping3",
-        "-q",
-        "-S",
-        "-p",
-        "23",
-        "--flood",
-    ])
-    .args(extra)
-    .arg(TARGET.to_string());
-    let out = c.output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `senders` concurrent `hping3 --flood` processes for `secs` seconds; their summaries.
+fn flood(net: &NetPair, secs: u32, senders: u8, extra: &[&str]) -> String {
+    let children: Vec<_> = (0..senders)
+        .map(|i| {
+            let mut c = net.scanner_cmd("timeout");
+            c.args([
+                "-s",
+                "INT",
+                &secs.to_string(),
+                "hping3",
+                "-q",
+                "-S",
+                "-p",
+                "23",
+                "--flood",
+            ])
+            .args(["-a", &source(i).to_string()])
+            .args(extra)
+            .arg(TARGET.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.lines()
+                .filter(|l| l.contains("transmitted"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-fn run_flood(label: &str, extra: &[&str]) {
+/// CPU time (user + system) the process has used, in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    ticks * 10_000_000
+}
+
+fn run_flood(label: &str, senders: u8, extra: &[&str]) {
     ensure_user();
     let net = NetPair::new();
     let setup = Setup::new(CONFIG);
@@ -60,11 +90,13 @@ fn run_flood(label: &str, extra: &[&str]) {
     let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp", "-sudp", "-audp"]);
     let base = enf.stats_until(Duration::from_secs(5), |_| true).unwrap();
     let rx0 = rx_packets(&net);
+    let cpu0 = cpu_ns(sensor.pid());
     let t = Instant::now();
-    let hping = flood(&net, 3, extra);
+    let hping = flood(&net, 3, senders, extra);
     let dt = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(1500));
     let rx = rx_packets(&net) - rx0;
+    let cpu = cpu_ns(sensor.pid()) - cpu0;
     let st = enf
         .stats_until(Duration::from_secs(5), |s| {
             s.packets - base.packets >= rx.saturating_sub(1000)
@@ -74,12 +106,14 @@ fn run_flood(label: &str, extra: &[&str]) {
     let seen = st.packets - base.packets;
     let drops = st.kernel_drops - base.kernel_drops;
     eprintln!(
-        "{label}: interface rx {rx} packets in {dt:.2} s ({:.0} pps); sensor saw {seen}, kernel drops {drops}, hits {}, reports {}, tracked {}, evictions {}; hping3: {}",
+        "{label}: interface rx {rx} packets in {dt:.2} s ({:.0} pps); sensor saw {seen}, kernel drops {drops}, hits {}, reports {}, tracked {}, evictions {}; sensor CPU {:.2} s = {:.0} ns/packet (whole process: syscalls, logging, enforcer I/O); hping3: {}",
         rx as f64 / dt,
         st.hits - base.hits,
         st.reports - base.reports,
         st.tracked_sources,
         st.evictions,
+        cpu as f64 / 1e9,
+        cpu as f64 / seen.max(1) as f64,
         hping.trim().replace('\n', " | ")
     );
     // Every inbound packet reached the sensor or was counted as dropped (the interface
@@ -94,13 +128,21 @@ fn run_flood(label: &str, extra: &[&str]) {
 #[test]
 #[ignore]
 fn flood_one_source() {
-    run_flood("SYN flood, one source", &[]);
+    run_flood("SYN flood, one source", 1, &[]);
 }
 
 #[test]
 #[ignore]
 fn flood_random_sources() {
-    run_flood("SYN flood, random sources", &["--rand-source"]);
+    run_flood("SYN flood, random sources", 1, &["--rand-source"]);
+}
+
+/// Three senders at once: the highest rate this 2-core machine produces, with the
+/// senders competing with the sensor for CPU.
+#[test]
+#[ignore]
+fn flood_three_senders() {
+    run_flood("SYN flood, three senders", 3, &[]);
 }
 
 /// Time from sending a probe to the BlockRequest arriving at the (fake) enforcer.
