@@ -757,3 +757,59 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
         );
     }
 }
+
+#[test]
+fn control_group_members_may_use_sentryctl_and_garbage_is_refused() {
+    if !need_root("control_group_members_may_use_sentryctl_and_garbage_is_refused") {
+        return;
+    }
+    let mut env = Env::new(&[("CONTROL_GROUP", "nogroup")]);
+    env.start();
+    let ctl = env.run_dir.join("control.sock");
+    let md = std::fs::metadata(&ctl).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o660);
+    assert_eq!(md.gid(), 65534);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(SENTRYCTL)
+        .arg("--runtime-dir")
+        .arg(&env.run_dir)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Hostile bytes on the control socket: an error reply or a close, never a crash.
+    for bytes in [
+        vec![0xffu8, 0xff, 0xff, 0xff],
+        vec![0, 0, 0, 2, 9, 9],
+        b"garbage garbage".to_vec(),
+    ] {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        assert!(sink.len() < 4096);
+        assert!(env.alive());
+    }
+    // Unblock before Hello is refused.
+    let mut s = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
+    sentry_proto::write_frame(
+        &mut s,
+        &sentry_proto::ControlRequest::Unblock {
+            addr: ip("192.0.2.1"),
+        },
+    )
+    .unwrap();
+    let r: sentry_proto::ControlResponse = sentry_proto::read_frame(&mut s).unwrap();
+    assert!(
+        matches!(r, sentry_proto::ControlResponse::Error(_)),
+        "{r:?}"
+    );
+    assert!(env.ctl(&["status"]).status.success());
+}
