@@ -77,7 +77,7 @@ fn run(opts: &Opts, t: &mut Table) -> Result<(), String> {
                 )
             },
         )?;
-        let (after, _) = settle(&s, Duration::from_millis(600), Duration::from_secs(20))?;
+        let after = settle(&s, Duration::from_millis(600), Duration::from_secs(20))?.last;
         let cpu = procfs::cpu(pid).unwrap_or_default().since(cpu0);
         let (rx1, _, _) = packet::link_counters(&s.net.target, TARGET_IF)?;
         let delivered = rx1.saturating_sub(rx0);

@@ -79,13 +79,39 @@ fn sentry_row(n: u64, caps: Caps, opts: &Opts) -> Result<Vec<String>, String> {
             )
         },
     )?;
-    let (after, changed) = settle(&s, Duration::from_millis(1500), Duration::from_secs(60))?;
-    let busy = changed.duration_since(t0).as_secs_f64().max(1e-3);
+    let st = settle(
+        &s,
+        Duration::from_millis(1500),
+        Duration::from_secs(opts.settle_secs),
+    )?;
+    let after = st.last.clone();
+    let drain_s = st.changed.duration_since(t0).as_secs_f64();
+    let blocking_s = st
+        .blocked_changed
+        .duration_since(t0)
+        .as_secs_f64()
+        .max(1e-3);
     let scpu = procfs::cpu(spid).unwrap_or_default().since(scpu0);
     let ecpu = procfs::cpu(epid).unwrap_or_default().since(ecpu0);
     let shwm = procfs::status_kib(spid, "VmHWM").unwrap_or(0);
     let ehwm = procfs::status_kib(epid, "VmHWM").unwrap_or(0);
-    let d = |k: &str| after.sensor_u64(k).saturating_sub(before.sensor_u64(k));
+    let audit_bytes = std::fs::metadata(&s.audit_log).map_or(0, |m| m.len());
+    let actions = action_costs(&s.audit_log);
+    let sensor_txt = if after.sensor.is_null() {
+        "no statistics at the end (sensor not connected to the enforcer then)".to_string()
+    } else {
+        let d = |k: &str| after.sensor_u64(k).saturating_sub(before.sensor_u64(k));
+        format!(
+            "seen {}, kernel_drops {}, hits {}, reports {}, queue_drops {}, evictions {}, tracked {}",
+            d("packets"),
+            d("kernel_drops"),
+            d("hits"),
+            d("reports"),
+            d("queue_drops"),
+            d("evictions"),
+            after.sensor_u64("tracked_sources")
+        )
+    };
     let c = |k: &str| after.counter(k).saturating_sub(before.counter(k));
     let blocked = c("blocked");
     eprintln!(
@@ -101,28 +127,61 @@ fn sentry_row(n: u64, caps: Caps, opts: &Opts) -> Result<Vec<String>, String> {
     Ok(vec![
         format!("sentry, {n} sources, {}", caps.label),
         format!("{} in {:.1} s ({:.0} pps)", sent.sent, sent.elapsed.as_secs_f64(), sent.pps()),
+        sensor_txt,
         format!(
-            "seen {}, kernel_drops {}, hits {}, reports {}, queue_drops {}, evictions {}, tracked {}",
-            d("packets"),
-            d("kernel_drops"),
-            d("hits"),
-            d("reports"),
-            d("queue_drops"),
-            d("evictions"),
-            after.sensor_u64("tracked_sources")
-        ),
-        format!(
-            "requests {}, blocked {blocked}, rate_limited {}, capped {}, active {}",
+            "requests {}, blocked {blocked}, rate_limited {}, capped {}, active {}; per block: {actions}",
             c("requests"),
             c("rate_limited"),
             c("capped"),
             after.active_blocks
         ),
-        format!("{:.0}", blocked as f64 / busy),
+        format!("{:.0}", blocked as f64 / blocking_s),
+        format!(
+            "{drain_s:.1} s{}",
+            if st.timed_out { " (STILL BUSY when the wait ended)" } else { "" }
+        ),
+        format!("{:.1} MiB", audit_bytes as f64 / 1048576.0),
         format!("{:.2} s", scpu.own_s),
         format!("{:.2} s (+{:.2} s children)", ecpu.own_s, ecpu.children_s),
         format!("sensor {}, enforcer {}", kib(shwm), kib(ehwm)),
     ])
+}
+
+/// Mean time per action (from the `ms` of each action) over the last ~2 MiB of the audit
+/// log, i.e. the blocks added last, when the most blocks were already active.
+fn action_costs(path: &std::path::Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return "-".into();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(2 << 20)));
+    let mut buf = Vec::new();
+    let _ = f.take(2 << 20).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let mut sums: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    for line in text.lines().skip(1) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["decision"] != "blocked" {
+            continue;
+        }
+        for a in v["actions"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(ms)) = (a["action"].as_str(), a["ms"].as_f64()) {
+                let e = sums.entry(name.to_string()).or_default();
+                e.0 += ms;
+                e.1 += 1;
+            }
+        }
+    }
+    if sums.is_empty() {
+        return "-".into();
+    }
+    sums.iter()
+        .map(|(k, (t, n))| format!("{k} {:.2} ms", t / *n as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Drops counted on PortSentry's raw socket (last column of /proc/net/raw).
@@ -206,6 +265,16 @@ fn portsentry_row(pkg: &Package, opts: &Opts) -> Result<Vec<String>, String> {
             }
         ),
         format!("{:.0}", rules as f64 / busy),
+        format!(
+            "{:.1} s{}",
+            changed.duration_since(t0).as_secs_f64(),
+            if still {
+                " (STILL BLOCKING when the wait ended)"
+            } else {
+                ""
+            }
+        ),
+        "-".into(),
         "-".into(),
         format!(
             "{:.2} s (+{:.2} s shell+iptables children)",
@@ -224,6 +293,8 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>) {
             "sensor",
             "enforcer",
             "blocks/s",
+            "busy until",
+            "audit log",
             "sensor CPU",
             "enforcer CPU",
             "peak memory (VmHWM)",

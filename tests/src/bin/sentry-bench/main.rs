@@ -57,6 +57,7 @@ Options:
   --ps-flood-packets N   PortSentry flood size (default 20000)
   --ps-flood-rate N      PortSentry flood rate, packets/s (default 1000)
   --ps-settle-secs N     how long PortSentry may keep blocking after its flood (default 60)
+  --settle-secs N        how long sentry may keep working after a flood (default 60)
 Environment: SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
 SENTRY_BENCH_STRACE=FILE straces the sensor during each sentry scan run.
   --help
@@ -78,6 +79,7 @@ pub struct Opts {
     pub ps_flood_packets: u64,
     pub ps_flood_rate: u64,
     pub ps_settle_secs: u64,
+    pub settle_secs: u64,
     pub scenarios: Vec<String>,
 }
 
@@ -116,6 +118,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         ps_flood_packets: 20_000,
         ps_flood_rate: 1_000,
         ps_settle_secs: 60,
+        settle_secs: 60,
         scenarios: Vec::new(),
     };
     let mut it = args.iter();
@@ -165,6 +168,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--ps-settle-secs" => {
                 o.ps_settle_secs = num("--ps-settle-secs", &value("--ps-settle-secs")?, 1, 600)?
+            }
+            "--settle-secs" => {
+                o.settle_secs = num("--settle-secs", &value("--settle-secs")?, 1, 600)?
             }
             "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
             s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),

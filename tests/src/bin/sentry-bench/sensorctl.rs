@@ -102,13 +102,26 @@ pub fn snapshot(s: &Sentry) -> Result<Snapshot, String> {
     })
 }
 
+/// The outcome of [`settle`].
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub last: Snapshot,
+    /// When any watched counter last moved.
+    pub changed: Instant,
+    /// When the enforcer's `blocked` counter last moved.
+    pub blocked_changed: Instant,
+    /// `max` ran out while the counters were still moving.
+    pub timed_out: bool,
+}
+
 /// Wait until the sensor's packet counter and the enforcer's request counter have not
 /// moved for `quiet` (the sensor has drained its ring and the enforcer its queue), at
-/// most `max`. Returns the last snapshot and when it last changed.
-pub fn settle(s: &Sentry, quiet: Duration, max: Duration) -> Result<(Snapshot, Instant), String> {
+/// most `max`.
+pub fn settle(s: &Sentry, quiet: Duration, max: Duration) -> Result<Settled, String> {
     let start = Instant::now();
     let mut last = snapshot(s)?;
     let mut changed = Instant::now();
+    let mut blocked_changed = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(STATS_INTERVAL_MS + 50));
         let now = snapshot(s)?;
@@ -122,9 +135,17 @@ pub fn settle(s: &Sentry, quiet: Duration, max: Duration) -> Result<(Snapshot, I
         if key(&now) != key(&last) {
             changed = Instant::now();
         }
+        if now.counter("blocked") != last.counter("blocked") {
+            blocked_changed = Instant::now();
+        }
         last = now;
         if changed.elapsed() >= quiet || start.elapsed() >= max {
-            return Ok((last, changed));
+            return Ok(Settled {
+                last,
+                changed,
+                blocked_changed,
+                timed_out: changed.elapsed() < quiet,
+            });
         }
     }
 }
