@@ -813,3 +813,84 @@ fn control_group_members_may_use_sentryctl_and_garbage_is_refused() {
     );
     assert!(env.ctl(&["status"]).status.success());
 }
+
+#[test]
+fn command_line_and_unsafe_start_conditions() {
+    let out = std::process::Command::new(ENFORCER)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--sensor-user"));
+    let out = std::process::Command::new(ENFORCER)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sentry-enforcer "));
+    let out = std::process::Command::new(ENFORCER)
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    if !need_root("command_line_and_unsafe_start_conditions") {
+        return;
+    }
+    let env = Env::new(&[("FIREWALL", "none")]);
+    let start = |run_dir: &std::path::Path, conf: &std::path::Path| {
+        std::process::Command::new(ENFORCER)
+            .arg("--config")
+            .arg(conf)
+            .arg("--runtime-dir")
+            .arg(run_dir)
+            .arg("--state-dir")
+            .arg(env.path("state"))
+            .args(["--sensor-user", "nobody", "--log-stderr"])
+            .output()
+            .unwrap()
+    };
+    // A runtime directory others can write to is refused.
+    let bad = env.path("wwdir");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = start(&bad, &env.conf);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not writable by group or others"));
+    // Something other than a socket where the socket goes is never removed.
+    let rd = env.path("rd");
+    std::fs::create_dir(&rd).unwrap();
+    std::fs::set_permissions(&rd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(rd.join("enforcer.sock"), "precious").unwrap();
+    let out = start(&rd, &env.conf);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(
+        std::fs::read_to_string(rd.join("enforcer.sock")).unwrap(),
+        "precious"
+    );
+    // A broken configuration: path:LINE: message, exit 1.
+    let conf = env.path("broken.conf");
+    std::fs::write(&conf, "BLOCK_TCP=\"9\"\n").unwrap();
+    let out = start(&env.path("rd2"), &conf);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("{}:1:", conf.display())),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A symlinked hosts.deny is refused at block time (audited as an error), never followed.
+    let mut env = Env::new(&[("FIREWALL", "none")]);
+    let target = env.path("elsewhere");
+    std::fs::write(&target, "untouched\n").unwrap();
+    std::fs::remove_file(&env.hosts_deny).unwrap();
+    std::os::unix::fs::symlink(&target, &env.hosts_deny).unwrap();
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.90", Protocol::Tcp, 22), Decision::Failed);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+    let r = &env.audit_for("192.0.2.90", "failed")[0];
+    assert!(r["actions"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("symbolic link"));
+}
