@@ -357,10 +357,17 @@ impl Sentry {
     /// `ip netns exec <target> [strace -f -o TRACE] setpriv` — the start of both daemons'
     /// command lines.
     fn daemon_command(&self, what: &str) -> Command {
+        let mut c = if self.settings.strace {
+            self.net.command(Side::Target, "strace")
+        } else {
+            self.net.command(Side::Target, "setpriv")
+        };
+        // cargo points LD_LIBRARY_PATH at the toolchain for tests; systemd gives the
+        // daemons a clean environment, so do we (as far as the loader is concerned).
+        c.env_remove("LD_LIBRARY_PATH");
         if !self.settings.strace {
-            return self.net.command(Side::Target, "setpriv");
+            return c;
         }
-        let mut c = self.net.command(Side::Target, "strace");
         c.args(["-f", "-qq", "-y", "-s", "256", "-o"])
             .arg(self.trace_path(what, self.runs))
             .arg("setpriv");

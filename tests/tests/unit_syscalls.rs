@@ -96,6 +96,8 @@ struct Trace {
     families: BTreeSet<String>,
     /// Paths written, created, renamed, removed or bound (absolute, or `<dirfd path>/name`).
     writes: BTreeSet<String>,
+    /// Paths opened, stat'ed or checked that exist (successful calls only).
+    reads: BTreeSet<String>,
 }
 
 /// The quoted strings of an strace argument list, and `<path>` fd annotations (`-y`).
@@ -132,6 +134,7 @@ fn traced(trace: &Path, binary: &str) -> Trace {
     let mut calls: BTreeMap<String, u64> = BTreeMap::new();
     let mut families = BTreeSet::new();
     let mut writes = BTreeSet::new();
+    let mut reads = BTreeSet::new();
     for line in text.lines() {
         let Some((pid, rest)) = line.split_once(' ') else {
             continue;
@@ -203,6 +206,33 @@ fn traced(trace: &Path, binary: &str) -> Trace {
         if writing && !rest.contains(" = -1 ") {
             writes.extend(path_args(args));
         }
+        let reading = matches!(
+            name,
+            "open"
+                | "openat"
+                | "openat2"
+                | "stat"
+                | "lstat"
+                | "newfstatat"
+                | "statx"
+                | "access"
+                | "faccessat"
+                | "faccessat2"
+                | "readlink"
+                | "readlinkat"
+                | "execve"
+        );
+        if reading && !rest.contains(" = -1 ") {
+            // Quoted arguments only (not fd annotations, which name already-open files).
+            let quoted: Vec<String> = args
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .filter(|p| p.starts_with('/'))
+                .map(str::to_string)
+                .collect();
+            reads.extend(quoted);
+        }
         if matches!(name, "socket" | "socketpair") {
             if let Some(fam) = args.split(',').next() {
                 families.insert(fam.trim().to_string());
@@ -213,6 +243,7 @@ fn traced(trace: &Path, binary: &str) -> Trace {
         calls,
         families,
         writes,
+        reads,
     }
 }
 
@@ -244,6 +275,32 @@ fn check(unit: &Path, traces: &[PathBuf], binary: &str, writable: &[String]) {
             "{binary} writes outside its writable paths: {outside:?}"
         );
         writes.extend(tr.writes);
+        // ProcSubset=pid + ProtectProc=invisible: only the process's own /proc entries
+        // exist. ProtectHome=yes: no home directories.
+        let hidden: Vec<_> = tr
+            .reads
+            .iter()
+            .filter(|p| {
+                let in_proc = p.strip_prefix("/proc/").is_some_and(|r| {
+                    let first = r.split('/').next().unwrap_or_default();
+                    !(first == "self"
+                        || first == "thread-self"
+                        || first.bytes().all(|b| b.is_ascii_digit()))
+                });
+                // Known and harmless: the sensor names itself after the host name and
+                // falls back to "sentry-sensor" when /proc/sys is hidden.
+                let tolerated = *p == "/proc/sys/kernel/hostname";
+                !tolerated
+                    && (in_proc
+                        || p.starts_with("/home/")
+                        || p.starts_with("/root/")
+                        || p.starts_with("/run/user/"))
+            })
+            .collect();
+        assert!(
+            hidden.is_empty(),
+            "{binary} uses paths its unit hides: {hidden:?}"
+        );
     }
     assert!(used.len() > 10, "trace of {binary} looks empty: {used:?}");
     let denied: Vec<_> = used.keys().filter(|c| !allowed.contains(*c)).collect();
@@ -357,6 +414,7 @@ fn daemons_stay_inside_the_units_syscall_filter_and_address_families() {
     let conf = s.conf.clone();
     let out = run(
         Command::new("strace")
+            .env_remove("LD_LIBRARY_PATH")
             .args(["-f", "-qq", "-o"])
             .arg(&trace)
             .arg(&s.bins.sentryctl)
