@@ -88,6 +88,8 @@ install-conf:
 	fi
 	@[ -e $(DESTDIR)$(CONFDIR)/sentry.ignore ] || \
 	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
+	@# The enforcer runs with UMask=0077: give hosts.deny its usual mode up front.
+	@[ -e $(DESTDIR)/etc/hosts.deny ] || install -m 0644 /dev/null $(DESTDIR)/etc/hosts.deny
 	install -d $(DESTDIR)/etc/logrotate.d
 	install -m 0644 sentry-enforcer/dist/sentry.logrotate $(DESTDIR)/etc/logrotate.d/sentry
 

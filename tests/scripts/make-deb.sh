@@ -56,6 +56,7 @@ if [ "$1" = configure ]; then
         --home-dir /nonexistent --shell /usr/sbin/nologin sentry
     install -d -m 0700 /var/lib/sentry
     install -d -m 0750 /var/log/sentry
+    [ -e /etc/hosts.deny ] || install -m 0644 /dev/null /etc/hosts.deny
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload
         systemctl enable sentry-enforcer.service sentry-sensor.service >/dev/null
