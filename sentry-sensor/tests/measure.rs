@@ -106,8 +106,9 @@ fn run_flood(label: &str, senders: u8, extra: &[&str]) {
     let seen = st.packets - base.packets;
     let drops = st.kernel_drops - base.kernel_drops;
     eprintln!(
-        "{label}: interface rx {rx} packets in {dt:.2} s ({:.0} pps); sensor saw {seen}, kernel drops {drops}, hits {}, reports {}, tracked {}, evictions {}; sensor CPU {:.2} s = {:.0} ns/packet (whole process: syscalls, logging, enforcer I/O); hping3: {}",
+        "{label}: interface rx {rx} packets in {dt:.2} s ({:.0} pps); sensor saw {seen} (malformed {}), kernel drops {drops}, hits {}, reports {}, tracked {}, evictions {}; sensor CPU {:.2} s = {:.0} ns/packet (whole process: syscalls, logging, enforcer I/O); hping3: {}",
         rx as f64 / dt,
+        st.malformed - base.malformed,
         st.hits - base.hits,
         st.reports - base.reports,
         st.tracked_sources,
