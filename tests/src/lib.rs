@@ -47,9 +47,19 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: `{tool}` is not installed, and CI=true forbids skipping");
+        panic!(
+            "{test}: `{tool}` is not installed, and CI=true forbids skipping (.ci/run installs it)"
+        );
     }
-    eprintln!("SKIPPED (needs {tool}; apt-get install -y nmap hping3 nftables iproute2): {test}");
+    let package = match tool {
+        "nft" => "nftables",
+        "route" => "net-tools",
+        "systemd-analyze" => "systemd",
+        "ip" => "iproute2",
+        "setpriv" => "util-linux",
+        other => other,
+    };
+    eprintln!("SKIPPED (needs {tool}; apt-get install -y {package}): {test}");
     false
 }
 
