@@ -194,6 +194,17 @@ fn enforcer_unit_privileges_and_writable_paths() {
     assert!(rw
         .split_whitespace()
         .any(|p| p.trim_start_matches('-') == "/etc"));
+    // Writable /etc, but not the enforcer's own policy (nor hosts.deny made read-only).
+    let ro = values(&d, "ReadOnlyPaths").join(" ");
+    let ro: Vec<&str> = ro
+        .split_whitespace()
+        .map(|p| p.trim_start_matches('-'))
+        .collect();
+    assert!(
+        ro.contains(&"/etc/sentry"),
+        "the enforcer could rewrite its own policy"
+    );
+    assert!(!ro.iter().any(|p| p.contains("hosts.deny")));
     // The sensor's unit is not pulled down with the enforcer's.
     assert!(values(&d, "Wants")
         .iter()
