@@ -159,3 +159,35 @@ fn sighup_rereads_the_ignore_list() {
     syns(&s, other, 500);
     s.wait_blocked(other);
 }
+
+#[test]
+fn a_scanner_still_scanning_after_its_block_expired_is_blocked_again() {
+    // BLOCK_TIMEOUT lets a (possibly spoofed) block heal; a source that is still scanning
+    // when its block expires must be blocked again, not left free because the sensor
+    // already reported it once. Scans continue without pause across the expiry.
+    let test = "a_scanner_still_scanning_after_its_block_expired_is_blocked_again";
+    if !ready(test) {
+        return;
+    }
+    let s = Sentry::start(
+        test,
+        Settings::new(&["atcp"])
+            .set("BLOCK_TIMEOUT", "3")
+            .set("SCAN_WINDOW", "60"),
+    );
+    syns(&s, SCANNER, 20);
+    s.wait_blocked(SCANNER);
+    let mut port = 100;
+    wait_until(
+        Duration::from_secs(30),
+        "a second block of the scanner that kept scanning past its expiry",
+        || {
+            syns(&s, SCANNER, port);
+            port = if port > 900 { 100 } else { port + 10 };
+            std::thread::sleep(Duration::from_millis(200));
+            (s.audit_for(SCANNER, "blocked").len() >= 2 && s.nft_elements().contains(&SCANNER))
+                .then_some(())
+        },
+        || s.diag(),
+    );
+}
