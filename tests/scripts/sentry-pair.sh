@@ -51,7 +51,7 @@ start() {
     else
         # shellcheck disable=SC2086 # MODES is a list of flags
         setsid setpriv --reuid "$USER_" --regid "$USER_" --clear-groups \
-            --bounding-set -all,+net_raw --inh-caps -all,+net_raw --ambient-caps +net_raw \
+            --securebits +noroot,+noroot_locked --bounding-set -all,+net_raw --inh-caps -all,+net_raw --ambient-caps +net_raw \
             --no-new-privs \
             "$SBIN/sentry-sensor" --config "$CONF" --runtime-dir "$RUN" --log-stderr $MODES \
             </dev/null >>"$LOGDIR/sensor.log" 2>&1 &

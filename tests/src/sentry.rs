@@ -311,6 +311,9 @@ impl Sentry {
             "--regid",
             SENSOR_USER,
             "--clear-groups",
+            // As the unit: SecureBits=noroot-locked, CapabilityBoundingSet=CAP_NET_RAW.
+            "--securebits",
+            "+noroot,+noroot_locked",
             "--bounding-set",
             "-all,+net_raw",
             "--inh-caps",
