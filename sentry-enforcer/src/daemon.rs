@@ -227,6 +227,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
     let _slot = SensorSlot(sh);
     let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut session = Session::new();
+    let mut announced: Vec<sentry_proto::Mode> = Vec::new();
     let mut buf = vec![0u8; sentry_proto::MAX_SMALL_FRAME + sentry_proto::HEADER_LEN];
     loop {
         let want = match session.wanted() {
@@ -283,6 +284,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
             let reply = match ev {
                 Event::Hello(h) => {
                     let _ = s.set_read_timeout(Some(FRAME_STALL));
+                    announced = h.modes.clone();
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -303,7 +305,16 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                     })
                 }
                 Event::Block(req) => {
-                    let d = sh.engine().decide(&req, peer, now_ms());
+                    let d = if announced.contains(&req.mode) {
+                        sh.engine().decide(&req, peer, now_ms())
+                    } else {
+                        sh.engine().reject_request(
+                            &req,
+                            peer,
+                            now_ms(),
+                            format!("mode {} was not announced in the sensor's Hello", req.mode),
+                        )
+                    };
                     Some(EnforcerFrame::Ack {
                         seq: req.seq,
                         decision: d,

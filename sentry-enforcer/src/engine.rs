@@ -595,6 +595,37 @@ impl Engine {
         decision
     }
 
+    /// Answer a request the daemon refused before deciding (e.g. a mode the sensor did
+    /// not announce in its Hello): counted and audited like any rejected request.
+    pub fn reject_request(
+        &mut self,
+        req: &BlockRequest,
+        peer: Peer,
+        now: u64,
+        reason: String,
+    ) -> Decision {
+        self.counters.requests += 1;
+        self.count(Decision::Rejected);
+        let mut rec = AuditRecord::event(now, Decision::Rejected.as_str(), reason, Some(peer));
+        rec.source = Some(req.source.to_string());
+        rec.protocol = Some(req.protocol.as_str());
+        rec.port = Some(req.port);
+        rec.scan = Some(req.scan.as_str());
+        rec.mode = Some(req.mode.as_str());
+        self.log.warn(&format!(
+            "adminalert: rejected block request from sensor: {}",
+            rec.reason
+        ));
+        self.remember(
+            now,
+            Some(req.source),
+            Decision::Rejected.as_str(),
+            &rec.reason,
+        );
+        self.write_audit(&rec);
+        Decision::Rejected
+    }
+
     fn decide_inner(
         &mut self,
         req: &BlockRequest,

@@ -105,7 +105,15 @@ fn decisions_end_to_end() {
     let mut future = req(102, "192.0.2.12", Protocol::Tcp, 22);
     future.last_seen_ms += 3_600_000;
     assert_eq!(s.send_req(future), Decision::Rejected);
-    s.seq = 102;
+    // A mode the sensor did not announce (it said stcp + sudp).
+    let mut unannounced = req(103, "192.0.2.12", Protocol::Tcp, 22);
+    unannounced.mode = sentry_proto::Mode::Atcp;
+    assert_eq!(s.send_req(unannounced), Decision::Rejected);
+    assert!(env
+        .audit_for("192.0.2.12", "rejected")
+        .iter()
+        .any(|r| r["reason"].as_str().unwrap().contains("not announced")));
+    s.seq = 103;
     assert!(!env.nft_has(ip("192.0.2.12")));
     for (a, d) in [
         ("127.0.0.1", "never_block"),
@@ -130,7 +138,7 @@ fn decisions_end_to_end() {
     assert_eq!(st["counters"]["never_block"], 8);
     assert_eq!(st["counters"]["ignored"], 1);
     assert_eq!(st["counters"]["log_only"], 1);
-    assert_eq!(st["counters"]["rejected"], 3);
+    assert_eq!(st["counters"]["rejected"], 4);
     assert_eq!(st["sensor"]["name"], "fake-sensor");
     assert_eq!(st["sensor"]["uid"], 0);
     assert_eq!(st["sensor"]["protocol_version"], PROTOCOL_VERSION);
