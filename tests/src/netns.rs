@@ -135,7 +135,43 @@ impl NetPair {
         ]);
         ip(&["-n", s, "link", "set", SCANNER_IF, "up"]);
         ip(&["-n", t, "link", "set", TARGET_IF, "up"]);
+        pair.wait_reachable();
         pair
+    }
+
+    /// A fresh veth link does not answer IPv6 neighbour solicitations for a second or two;
+    /// a scan started earlier never leaves the scanner. Poll (bounded) until a TCP connect
+    /// from the scanner to the target is refused over both IPv4 and IPv6 (a RST came back).
+    /// Runs before any sensor exists, so these probes are never seen as a scan.
+    fn wait_reachable(&self) {
+        let path = format!("/run/netns/{}", self.scanner);
+        let ok = std::thread::spawn(move || {
+            let Ok(fd) = File::open(&path) else {
+                return Err(format!("open {path}"));
+            };
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {path}: {e}"))?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            for target in [IpAddr::V4(TARGET_V4), IpAddr::V6(TARGET_V6)] {
+                loop {
+                    let addr = std::net::SocketAddr::new(target, 9);
+                    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                        Err(e) if std::time::Instant::now() >= deadline => {
+                            return Err(format!("{target} unreachable from the scanner: {e}"));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("reachability thread panicked".into()));
+        if let Err(e) = ok {
+            panic!("network namespaces not ready: {e}");
+        }
     }
 
     pub fn name(&self, side: Side) -> &str {

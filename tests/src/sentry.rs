@@ -733,6 +733,14 @@ impl Sentry {
         all.extend_from_slice(args);
         let out = self.scan("nmap", &all);
         assert!(out.success(), "nmap failed: {out}\n{}", self.diag());
+        // The first probes are answered by the target's kernel (RST or ICMP unreachable)
+        // before any block can land: no answer at all means the scan never arrived.
+        assert!(
+            ["closed", "open", "unfiltered"]
+                .iter()
+                .any(|w| out.stdout.contains(w)),
+            "nmap got no answer at all; the scan did not reach the target: {out}"
+        );
         out
     }
 
