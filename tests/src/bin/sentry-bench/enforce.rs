@@ -164,11 +164,11 @@ fn drive(
 
 /// SYN -> RST rate through the target: the sender's achieved rate (the veth hands each
 /// frame to the target's stack synchronously) and RSTs the target sent per second.
-/// Median of three 2-second runs.
+/// Median of five 2-second runs.
 pub fn datapath(net: &NetPair) -> Result<(f64, f64), String> {
     let mut sent_pps = Vec::new();
     let mut rst_pps = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         let (_, _, tx0) = packet::link_counters(&net.target, TARGET_IF)?;
         let r = packet::send_syns(
             net,
@@ -297,11 +297,11 @@ fn measure_backend(b: Backend, opts: &Opts) -> Result<BackendResult, String> {
     let window = |v: &[f64], n: u64, offset: u64| -> Option<f64> {
         // v[k] is the add of block number offset + k.
         let lo = usize::try_from(n.checked_sub(offset)?).ok()?;
-        median(v.get(lo..(lo + 10).min(v.len()))?)
+        median(v.get(lo..(lo + 50).min(v.len()))?)
     };
     let (mid_t, big_t) = match b {
         Backend::Nft | Backend::Blackhole => {
-            let (v, d) = drive(&sock, 1, big + 9 - 1)?;
+            let (v, d) = drive(&sock, 1, big + 49 - 1)?;
             merge(d);
             (window(&v, mid, 2), window(&v, big, 2))
         }
@@ -354,11 +354,11 @@ pub fn scenario(opts: &Opts) {
         datapath(&net)
     };
     let mut adds = Table::new(
-        "Enforcement cost: time to add the Nth block (request -> Ack at the enforcer socket; median of blocks N..N+9 for N > 1)",
+        "Enforcement cost: time to add the Nth block (request -> Ack at the enforcer socket; for N > 1 the median of blocks N..N+49, iptables N..N+9)",
         &["backend", "N = 1", &format!("N = {mid}"), &format!("N = {big}"), "active blocks at end", "enforcer CPU for all adds", "enforcer VmHWM", "decisions"],
     );
     let mut dp = Table::new(
-        &format!("Data path: SYN -> RST through the target from an unblocked source (median of 3 x 2 s), {big} active blocks vs none"),
+        &format!("Data path: SYN -> RST through the target from an unblocked source (median of 5 x 2 s), {big} active blocks vs none"),
         &["backend", "no firewall at all", "backend loaded, 0 blocks", &format!("{big} blocks"), "change vs 0 blocks"],
     );
     let bare_txt = match &bare {

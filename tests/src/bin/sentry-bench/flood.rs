@@ -123,6 +123,18 @@ fn sentry_row(n: u64, caps: Caps, opts: &Opts) -> Result<Vec<String>, String> {
         after.counters
     );
     s.assert_alive();
+    if std::env::var_os("SENTRY_BENCH_VERBOSE").is_some() {
+        for (what, path) in [
+            ("sensor", s.dir.path().join("bench-sensor.log")),
+            ("enforcer", s.dir.path().join("enforcer.1.log")),
+        ] {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                eprintln!("    {what}: {l}");
+            }
+        }
+    }
     crate::cleanup::unregister_dir(s.dir.path());
     Ok(vec![
         format!("sentry, {n} sources, {}", caps.label),

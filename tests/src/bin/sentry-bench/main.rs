@@ -184,6 +184,16 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
+/// The first three fields of /proc/loadavg: other work on the machine shows up here.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn machine() -> String {
     let cmd = |p: &str, a: &[&str]| {
         std::process::Command::new(p)
@@ -202,11 +212,12 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!(
-        "date {} | nproc {} | kernel {} | cpu {} | nmap {} | {}",
+        "date {} | nproc {} | kernel {} | cpu {} | load {} | nmap {} | {}",
         cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         cmd("nproc", &[]),
         cmd("uname", &["-r"]),
         cpu,
+        loadavg(),
         cmd("nmap", &["--version"])
             .lines()
             .next()

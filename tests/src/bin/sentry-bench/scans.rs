@@ -152,6 +152,9 @@ impl Tool {
 pub struct RunResult {
     pub exposure: Exposure,
     pub blocked: bool,
+    /// sentry only: first probe -> the enforcer's decision (audit record time, ms
+    /// resolution), i.e. detection + transport, before the firewall action.
+    pub decision_ms: Option<f64>,
     pub capture_drops: u64,
 }
 
@@ -334,6 +337,7 @@ fn run_portsentry(pkg: &Package, scan: &Scan) -> Result<RunResult, String> {
         exposure,
         blocked,
         capture_drops,
+        decision_ms: None,
     })
 }
 
@@ -387,6 +391,14 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
         iptables_has(&s.net, src)
     };
     s.assert_alive();
+    let decision_ms = s
+        .audit()
+        .iter()
+        .filter(|r| sentry_tests::sentry::record_source(r) == Some(src))
+        .filter_map(|r| rfc3339_ms(r["time"].as_str()?))
+        .min()
+        .zip(exposure.first_probe_us)
+        .map(|(d, p)| d as f64 - p as f64 / 1000.0);
     if std::env::var_os("SENTRY_BENCH_VERBOSE").is_some() {
         for r in s.audit_for(src, "blocked") {
             eprintln!("    audit: {r}");
@@ -404,7 +416,33 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
         exposure,
         blocked,
         capture_drops,
+        decision_ms,
     })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` -> milliseconds since the epoch.
+pub fn rfc3339_ms(s: &str) -> Option<u64> {
+    let num = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
+    if s.len() < 20 || !s.ends_with('Z') || s.get(10..11) != Some("T") {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let ms = if s.get(19..20) == Some(".") {
+        let frac = s.get(20..s.len() - 1)?;
+        let digits: String = frac.chars().take(3).collect();
+        digits.parse::<i64>().ok()? * 10i64.pow(3 - u32::try_from(digits.len()).ok()?)
+    } else {
+        0
+    };
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + h) * 60 + mi) * 60 * 1000 + sec * 1000 + ms).ok()
 }
 
 /// One run; a run whose capture saw no probe at all (nmap sent nothing) is repeated once.
@@ -434,11 +472,29 @@ fn fmt_range(v: &[f64], prec: usize) -> String {
 }
 
 /// Scenarios 1 (`-sS` only) and 2 (all scan types).
+/// Results of one tool over the runs of one scan.
+#[derive(Debug, Default)]
+struct Acc {
+    answered: Vec<f64>,
+    latency: Vec<f64>,
+    length: Vec<f64>,
+    decision: Vec<f64>,
+    blocked: usize,
+    drops: u64,
+    notes: Vec<String>,
+}
+
+/// Scenarios 1 (`-sS` only) and 2 (all scan types). Tools take turns run by run, so a
+/// change in machine load during the scenario affects every tool alike.
 pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
+    let tools: Vec<Tool> = Tool::ALL
+        .into_iter()
+        .filter(|t| *t != Tool::PortSentry || pkg.is_some())
+        .collect();
     for scan in scans {
         let mut table = Table::new(
             &format!(
-                "Scan exposure: nmap {} ({} runs per tool, median (min-max))",
+                "Scan exposure: nmap {} ({} runs per tool, tools interleaved; median (min-max))",
                 scan.nmap_args().join(" "),
                 opts.runs
             ),
@@ -447,51 +503,34 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
                 "ports answered /1024",
                 "first probe -> last answer ms",
                 "scan length ms",
+                "first probe -> sentry decision ms",
                 "blocked",
                 "notes",
             ],
         );
-        let mut ps_latency = None;
-        for tool in Tool::ALL {
-            if tool == Tool::PortSentry && pkg.is_none() {
-                table.row(vec![
-                    tool.label().into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "PortSentry package unavailable".into(),
-                ]);
-                continue;
-            }
-            let mut answered = Vec::new();
-            let mut latency = Vec::new();
-            let mut length = Vec::new();
-            let mut blocked = 0;
-            let mut notes = Vec::new();
-            let mut drops = 0;
-            for i in 0..opts.runs {
+        let mut acc: Vec<Acc> = tools.iter().map(|_| Acc::default()).collect();
+        let load0 = crate::loadavg();
+        for i in 0..opts.runs {
+            for (tool, a) in tools.iter().zip(acc.iter_mut()) {
                 if crate::sys::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
-                match run_one(tool, pkg, scan) {
+                match run_one(*tool, pkg, scan) {
                     Ok(r) => {
-                        answered.push(r.exposure.answered.len() as f64);
-                        if let Some(l) = r.exposure.latency_ms() {
-                            latency.push(l);
-                        }
-                        if let Some(l) = r.exposure.scan_ms() {
-                            length.push(l);
-                        }
-                        blocked += usize::from(r.blocked);
-                        drops += r.capture_drops;
+                        a.answered.push(r.exposure.answered.len() as f64);
+                        a.latency.extend(r.exposure.latency_ms());
+                        a.length.extend(r.exposure.scan_ms());
+                        a.blocked += usize::from(r.blocked);
+                        a.decision.extend(r.decision_ms);
+                        a.drops += r.capture_drops;
                         eprintln!(
-                            "  {} {} run {}: {} ports answered, latency {:?} ms, blocked {}",
+                            "  {} {} run {}: {} ports answered, latency {:?} ms, decision {:?} ms, blocked {}",
                             scan.label,
                             tool.label(),
                             i + 1,
                             r.exposure.answered.len(),
                             r.exposure.latency_ms(),
+                            r.decision_ms,
                             r.blocked
                         );
                     }
@@ -502,40 +541,58 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
                             tool.label(),
                             i + 1
                         );
-                        notes.push(format!("run {} failed", i + 1));
+                        a.notes.push(format!("run {} failed", i + 1));
                     }
                 }
             }
-            if drops > 0 {
-                notes.push(format!("tcpdump dropped {drops} packets"));
+        }
+        let mut ps_latency = None;
+        if pkg.is_none() {
+            table.row(vec![
+                Tool::PortSentry.label().into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "PortSentry package unavailable".into(),
+            ]);
+        }
+        for (tool, mut a) in tools.iter().zip(acc) {
+            if a.drops > 0 {
+                a.notes.push(format!("tcpdump dropped {} packets", a.drops));
             }
-            if blocked == 0 && !answered.is_empty() {
-                notes.push("never blocked: latency = whole scan".into());
+            if a.blocked == 0 && !a.answered.is_empty() {
+                a.notes.push("never blocked: latency = whole scan".into());
             }
-            let med_lat = median(&latency);
-            if tool == Tool::PortSentry {
+            let med_lat = median(&a.latency);
+            if *tool == Tool::PortSentry {
                 ps_latency = med_lat;
-            } else if tool == Tool::SentryNft || tool == Tool::SentryIptables {
-                if let (Some(ps), Some(me), Some(ports)) = (ps_latency, med_lat, median(&answered))
-                {
-                    let ok = ports <= 20.0 && me <= ps / 5.0;
-                    notes.push(format!(
-                        "goal (<=20 ports, <= 1/5 PortSentry latency {:.2} ms): {}",
-                        ps / 5.0,
-                        if ok { "met" } else { "NOT met" }
-                    ));
-                }
+            } else if let (Some(ps), Some(me), Some(ports)) =
+                (ps_latency, med_lat, median(&a.answered))
+            {
+                let ok = ports <= 20.0 && me <= ps / 5.0;
+                a.notes.push(format!(
+                    "goal (<=20 ports, <= 1/5 PortSentry latency {:.2} ms): {}",
+                    ps / 5.0,
+                    if ok { "met" } else { "NOT met" }
+                ));
             }
             table.row(vec![
                 tool.label().into(),
-                fmt_range(&answered, 0),
-                fmt_range(&latency, 2),
-                fmt_range(&length, 1),
-                format!("{blocked}/{}", opts.runs),
-                notes.join("; "),
+                fmt_range(&a.answered, 0),
+                fmt_range(&a.latency, 2),
+                fmt_range(&a.length, 1),
+                fmt_range(&a.decision, 1),
+                format!("{}/{}", a.blocked, opts.runs),
+                a.notes.join("; "),
             ]);
         }
         table.print();
+        println!(
+            "\nload average (1/5/15 min) before: {load0}; after: {}",
+            crate::loadavg()
+        );
     }
 }
 
@@ -545,4 +602,31 @@ pub fn describe() -> String {
         "target {TARGET_V4} / {TARGET_V6}, scanner {SCANNER_V4} / {SCANNER_V6}; \
          capture: tcpdump -i {TARGET_IF} in the target namespace; kill route: {KILL_ROUTE_IPTABLES}"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_to_epoch_ms() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(rfc3339_ms("2000-03-01T00:00:01.5Z"), Some(951_868_801_500));
+        assert_eq!(
+            rfc3339_ms("2026-11-21T13:28:08.934Z"),
+            Some(1_795_267_688_934)
+        );
+        assert_eq!(rfc3339_ms("garbage"), None);
+    }
+
+    #[test]
+    fn nmap_arguments_are_bounded() {
+        let a = SCANS[0].nmap_args();
+        assert!(a.contains(&"--max-retries".to_string()) && a.contains(&"-p1-1024".to_string()));
+        assert_eq!(a.last().map(String::as_str), Some("10.203.0.2"));
+        assert_eq!(
+            SCANS[5].nmap_args().last().map(String::as_str),
+            Some("fd00:203::2")
+        );
+    }
 }
