@@ -2,8 +2,23 @@
 //! audits. It trusts nothing that arrives on its socket: every frame is checked for its
 //! peer (SO_PEERCRED), size, shape and fields, then every request is re-decided against
 //! the enforcer's own never-block set, ignore list, block mode, rate limit and cap.
-//!
 //! Also the library behind `sentryctl`.
+//!
+//! Reading order for an audit:
+//! * [`daemon`] — command line, sockets (modes set explicitly after bind), peer checks,
+//!   one sensor connection at a time (a second is refused, not allowed to replace it),
+//!   threads, signals (SIGHUP: ignore list + audit log reopen; SIGTERM: clean exit, the
+//!   nftables table is kept so hosts stay blocked), capability confinement.
+//! * [`session`] — the sensor connection's protocol state machine (handshake first, no
+//!   second Hello, strictly increasing sequence numbers); fuzzed in `fuzz/`.
+//! * [`engine`] — the decision order and the actions, persistence and audit per decision.
+//! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
+//! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
+//! * [`netlink`] — nftables set elements and blackhole routes over netlink (written here:
+//!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0).
+//! * [`store`] — snapshot + fdatasync'd journal in the state directory.
+//! * [`audit`] — JSON-lines audit log and syslog/stderr lines in PortSentry's wording.
+//! * `sys` — the only unsafe code: closing inherited descriptors.
 #![deny(unsafe_code)]
 
 pub mod audit;
