@@ -72,7 +72,7 @@ pub enum Cmd {
     Version,
 }
 
-/// Parse arguments (without argv[0]). Every option may be given as `--opt VALUE` or
+/// Parse arguments (without `argv[0]`). Every option may be given as `--opt VALUE` or
 /// `--opt=VALUE`; repeated or unknown options are errors.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, String> {
     let mut config = None;

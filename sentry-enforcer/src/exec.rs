@@ -53,7 +53,7 @@ pub struct RunResult {
     pub elapsed: Duration,
 }
 
-/// Run `argv` (argv[0] is the program) with stdin (`input`) if given, a clean environment
+/// Run `argv` (`argv[0]` is the program) with stdin (`input`) if given, a clean environment
 /// and `timeout`.
 pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResult {
     let start = Instant::now();
