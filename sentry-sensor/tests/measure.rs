@@ -97,12 +97,17 @@ fn run_flood(label: &str, senders: u8, extra: &[&str]) {
     std::thread::sleep(Duration::from_millis(1500));
     let rx = rx_packets(&net) - rx0;
     let cpu = cpu_ns(sensor.pid()) - cpu0;
-    let st = enf
-        .stats_until(Duration::from_secs(5), |s| {
-            s.packets - base.packets >= rx.saturating_sub(1000)
-        })
-        .or_else(|| enf.stats_until(Duration::from_secs(2), |_| true))
-        .unwrap();
+    // Wait until the sensor's counters stop moving (it has drained the ring), taking the
+    // latest Stats frame, not the first one that looks close enough.
+    let mut st = enf.stats_until(Duration::from_secs(5), |_| true).unwrap();
+    loop {
+        let next = enf.stats_until(Duration::from_secs(2), |_| true).unwrap();
+        let settled = next.packets == st.packets && next.kernel_drops == st.kernel_drops;
+        st = next;
+        if settled {
+            break;
+        }
+    }
     let seen = st.packets - base.packets;
     let drops = st.kernel_drops - base.kernel_drops;
     eprintln!(
@@ -117,12 +122,12 @@ fn run_flood(label: &str, senders: u8, extra: &[&str]) {
         cpu as f64 / seen.max(1) as f64,
         hping.trim().replace('\n', " | ")
     );
-    // Every inbound packet reached the sensor or was counted as dropped (the interface
-    // also counts a few non-probe packets such as ARP, which the filter rejects).
-    assert!(
-        seen + drops + 100 >= rx,
-        "seen {seen} + drops {drops} < rx {rx}"
-    );
+    // Every inbound packet reached the sensor or was counted as a kernel drop; the
+    // interface also counts a few packets the filter rightly rejects (ARP, neighbour
+    // discovery, MLD).
+    let gap = rx.saturating_sub(seen + drops);
+    eprintln!("{label}: unaccounted {gap} of {rx} (non-probe packets)");
+    assert!(gap <= 20, "seen {seen} + drops {drops} < rx {rx}");
     drop(sensor);
 }
 
