@@ -212,7 +212,8 @@ pub fn parse_diag(
                 let family = *body.first().ok_or_else(|| bad("short message"))?;
                 let port = body
                     .get(4..6)
-                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                    .and_then(|p| p.try_into().ok())
+                    .map(u16::from_be_bytes)
                     .ok_or_else(|| bad("short message"))?;
                 let src = body.get(8..24).ok_or_else(|| bad("short message"))?;
                 let inode = u64::from(u32_ne(body, 68).ok_or_else(|| bad("short message"))?);

@@ -76,7 +76,10 @@ pub fn ip_options_line(src: IpAddr, mode: Mode, port: u16) -> String {
 
 #[derive(Debug)]
 enum Sink {
-    Syslog(Option<UnixDatagram>),
+    Syslog {
+        sock: Option<UnixDatagram>,
+        path: std::path::PathBuf,
+    },
     Stderr,
 }
 
@@ -97,20 +100,33 @@ impl Logger {
     /// Open the log sink. Syslog is connected now (before the seccomp filter); if
     /// `/dev/log` is unavailable, stderr is used and a note says so.
     pub fn open(stderr: bool, rate: u32) -> Self {
-        let pid = std::process::id();
-        let sink = if stderr {
-            Sink::Stderr
-        } else {
-            match connect_syslog() {
-                Ok(s) => Sink::Syslog(Some(s)),
-                Err(e) => {
-                    eprintln!(
-                        "sentry-sensor: cannot connect to {SYSLOG_PATH} ({e}); logging to stderr"
-                    );
-                    Sink::Stderr
-                }
+        if stderr {
+            return Self::with_sink(Sink::Stderr, rate);
+        }
+        Self::syslog_at(std::path::Path::new(SYSLOG_PATH), rate)
+    }
+
+    /// Log to the syslog socket at `path` (tests use a private socket); stderr if it
+    /// cannot be reached.
+    pub fn syslog_at(path: &std::path::Path, rate: u32) -> Self {
+        let sink = match connect_syslog(path) {
+            Ok(s) => Sink::Syslog {
+                sock: Some(s),
+                path: path.to_path_buf(),
+            },
+            Err(e) => {
+                eprintln!(
+                    "sentry-sensor: cannot connect to {} ({e}); logging to stderr",
+                    path.display()
+                );
+                Sink::Stderr
             }
         };
+        Self::with_sink(sink, rate)
+    }
+
+    fn with_sink(sink: Sink, rate: u32) -> Self {
+        let pid = std::process::id();
         Self {
             sink,
             pid,
@@ -185,7 +201,7 @@ impl Logger {
                     self.lost += 1;
                 }
             }
-            Sink::Syslog(sock) => {
+            Sink::Syslog { sock, path } => {
                 self.buf.clear();
                 let _ = write!(self.buf, "<{pri}>{SYSLOG_TAG}[{}]: {msg}", self.pid);
                 let sent = sock
@@ -194,7 +210,7 @@ impl Logger {
                 if !sent {
                     // syslogd restarted: reconnect once (socket(AF_UNIX) + connect are
                     // allowed by the seccomp filter for exactly this).
-                    *sock = connect_syslog().ok();
+                    *sock = connect_syslog(path).ok();
                     let ok = sock
                         .as_ref()
                         .is_some_and(|s| s.send(self.buf.as_bytes()).is_ok());
@@ -207,9 +223,9 @@ impl Logger {
     }
 }
 
-fn connect_syslog() -> io::Result<UnixDatagram> {
+fn connect_syslog(path: &std::path::Path) -> io::Result<UnixDatagram> {
     let s = UnixDatagram::unbound()?;
-    s.connect(SYSLOG_PATH)?;
+    s.connect(path)?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
@@ -294,6 +310,37 @@ mod tests {
             "y".into()
         });
         assert_eq!(made, 4);
+    }
+
+    #[test]
+    fn syslog_datagrams_and_reconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let mut l = Logger::syslog_at(&path, 10);
+        assert!(!l.is_stderr());
+        l.notice("adminalert: hello");
+        l.packet(1, || detection_line(ScanKind::Syn, Mode::Stcp, S, 23));
+        let mut buf = [0u8; 2048];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!("<29>portsentry[{}]: adminalert: hello", std::process::id())
+        );
+        let n = server.recv(&mut buf).unwrap();
+        assert!(std::str::from_utf8(&buf[..n]).unwrap().ends_with(
+            "]: attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23"
+        ));
+        // syslogd restarts: the logger reconnects on the next line.
+        drop(server);
+        std::fs::remove_file(&path).unwrap();
+        let server = UnixDatagram::bind(&path).unwrap();
+        l.error("adminalert: after restart");
+        let n = server.recv(&mut buf).unwrap();
+        assert!(std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("<27>portsentry["));
+        assert_eq!(l.lost, 0);
     }
 
     #[test]
