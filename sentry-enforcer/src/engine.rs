@@ -730,6 +730,20 @@ impl Engine {
             blackhole: false,
             hosts_deny_line: None,
         };
+        // Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
+        // of the actions leaves nothing behind that a restart would not know about (the
+        // restart re-applies it; undoing an action that never ran is harmless).
+        let mut intent = block.clone();
+        intent.nft = self.nft.is_some();
+        intent.blackhole = self.route.is_some();
+        intent.hosts_deny_line = self.hosts_deny_line(addr, req.port, req.protocol);
+        self.blocks.insert(addr, intent.clone());
+        if let Err(e) = self.store.put(&intent, &self.blocks) {
+            self.counters.errors += 1;
+            self.log.err(&format!(
+                "adminalert: ERROR: cannot persist block of {addr}: {e}"
+            ));
+        }
         let applied = self.apply_block(req, &mut block);
         for a in &applied.actions {
             self.log_action(addr, a);
@@ -756,6 +770,14 @@ impl Engine {
             let line = policy::logfmt::history_line(now / 1000, addr, req.port, req.protocol);
             self.append_text(self.cfg.history_file.clone(), &line);
             self.append_text(self.cfg.blocked_file.clone(), &line);
+        } else {
+            self.blocks.remove(&addr);
+            if let Err(e) = self.store.del(addr, &self.blocks) {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot persist state for {addr}: {e}"
+                ));
+            }
         }
         let failed = applied.failed || !reason.is_empty();
         if failed {

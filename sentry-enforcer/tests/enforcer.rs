@@ -902,3 +902,59 @@ fn command_line_and_unsafe_start_conditions() {
         .unwrap()
         .contains("symbolic link"));
 }
+
+#[test]
+fn sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown() {
+    if !need_root("sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.path().join("die.sh");
+    // KILL_RUN_CMD runs after the firewall and hosts.deny actions: kill the enforcer there.
+    std::fs::write(&script, "#!/bin/sh\nkill -9 $PPID\nsleep 5\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cmd = format!("{} $TARGET$", script.display());
+    let mut env = Env::new(&[("KILL_RUN_CMD", &cmd), ("KILL_RUN_CMD_FIRST", "0")]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    s.seq += 1;
+    s.send(&SensorFrame::Block(req(
+        s.seq,
+        "192.0.2.95",
+        Protocol::Tcp,
+        22,
+    )));
+    assert!(
+        s.recv().is_err(),
+        "no reply: the enforcer died mid-decision"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.alive() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.child = None;
+    assert!(env.hosts_deny_text().contains("ALL: 192.0.2.95 : DENY"));
+    // Restart without the deadly command: the half-done block is known and completed.
+    env.keys.remove("KILL_RUN_CMD");
+    env.keys.remove("KILL_RUN_CMD_FIRST");
+    env.write_config();
+    env.start();
+    assert!(env.nft_has(ip("192.0.2.95")), "{}", env.log());
+    assert_eq!(env.audit_for("192.0.2.95", "restored").len(), 1);
+    assert_eq!(
+        env.hosts_deny_text()
+            .matches("ALL: 192.0.2.95 : DENY")
+            .count(),
+        1
+    );
+    // ...and it can be lifted completely.
+    assert_eq!(
+        env.ctl_json(&["unblock", "192.0.2.95"])["was_blocked"],
+        true
+    );
+    assert!(!env.hosts_deny_text().contains("192.0.2.95"));
+    assert!(!env.nft_has(ip("192.0.2.95")));
+}
