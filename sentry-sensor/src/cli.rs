@@ -26,6 +26,7 @@ Options:
   --user USER         when started as root: user to switch to after opening sockets
   --log-stderr        log to stderr instead of syslog (/dev/log); automatic when
                       JOURNAL_STREAM is set (running under systemd)
+  --syslog-socket P   syslog socket to use instead of /dev/log
   --help, --version
 
 Privileges: start as root with --user, or as an unprivileged user holding CAP_NET_RAW
@@ -41,6 +42,8 @@ pub struct Args {
     pub user: Option<String>,
     pub modes: Vec<Mode>,
     pub log_stderr: bool,
+    /// Syslog socket (default /dev/log).
+    pub syslog_socket: Option<PathBuf>,
     /// Milliseconds between Stats frames (hidden; tests use a short interval).
     pub stats_interval_ms: u64,
 }
@@ -64,6 +67,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Strin
     let mut user = None;
     let mut modes: Vec<Mode> = Vec::new();
     let mut log_stderr = false;
+    let mut syslog_socket = None;
     let mut stats_interval_ms = DEFAULT_STATS_INTERVAL_MS;
     let mut it = args.into_iter();
     while let Some(raw) = it.next() {
@@ -99,6 +103,12 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Strin
             }
             "--user" | "-u" => user = Some(non_empty(value("--user")?, "--user")?),
             "--log-stderr" => log_stderr = true,
+            "--syslog-socket" => {
+                syslog_socket = Some(PathBuf::from(non_empty(
+                    value("--syslog-socket")?,
+                    "--syslog-socket",
+                )?))
+            }
             "--stats-interval-ms" => {
                 let v = value("--stats-interval-ms")?;
                 stats_interval_ms = v
@@ -135,6 +145,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Strin
         user,
         modes,
         log_stderr,
+        syslog_socket,
         stats_interval_ms,
     }))
 }
@@ -186,6 +197,7 @@ mod tests {
                 user: Some("sentry".into()),
                 modes: vec![Mode::Tcp, Mode::Audp, Mode::Stcp],
                 log_stderr: true,
+                syslog_socket: None,
                 stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
             })
         );

@@ -131,14 +131,18 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
     let fionbio: u64 = 0x5421;
     let pid = u64::from(std::process::id());
 
-    // read: socket tables in /proc/net, the enforcer connection.
+    // read: sock_diag replies (or /proc/net tables), the enforcer connection.
     any(&mut rules, libc::SYS_read);
-    // write: the enforcer connection, PORT_BANNER to basic-mode peers, stderr logging.
+    // write: sock_diag requests, the enforcer connection, PORT_BANNER to basic-mode
+    // peers, stderr logging. (A write on the capture socket cannot inject packets: it is
+    // bound to no interface, so the kernel refuses it with ENXIO.)
     any(&mut rules, libc::SYS_write);
     // writev: std's stderr writer may coalesce buffers.
     any(&mut rules, libc::SYS_writev);
-    // sendto: syslog datagrams to /dev/log.
-    any(&mut rules, libc::SYS_sendto);
+    // sendto without a destination address only: syslog datagrams on the connected
+    // /dev/log socket. A destination (e.g. a sockaddr_ll on the capture socket, which
+    // would inject raw packets) kills the process.
+    rules.insert(libc::SYS_sendto, vec![rule(vec![cond(4, Op::Eq, 0)?])?]);
     // recvfrom: basic-mode UDP datagrams.
     any(&mut rules, libc::SYS_recvfrom);
     // accept4: basic-mode TCP connections.

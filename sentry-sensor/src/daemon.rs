@@ -110,7 +110,10 @@ fn fatal(log: &mut Logger, msg: &str) -> i32 {
 
 fn run(args: Args) -> i32 {
     let stderr = args.log_stderr || std::env::var_os("JOURNAL_STREAM").is_some();
-    let mut log = Logger::open(stderr, 50);
+    let mut log = match (&args.syslog_socket, stderr) {
+        (Some(p), false) => Logger::syslog_at(p, 50),
+        _ => Logger::open(stderr, 50),
+    };
 
     // 1. Who we will become (fail fast on a bad --user, refuse root without one).
     let target = match confine::resolve_user(args.user.as_deref()) {

@@ -530,3 +530,78 @@ fn refuses_root_without_user_and_bad_config() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--runtime-dir"));
 }
+
+/// Syslog mode under the seccomp filter: PortSentry lines arrive as `<29>portsentry[pid]:`
+/// datagrams, and after the syslog daemon restarts the sensor reconnects (a new AF_UNIX
+/// socket, which the filter allows by argument).
+#[test]
+fn syslog_lines_and_reconnect_under_seccomp() {
+    if !need_root("syslog_lines_and_reconnect_under_seccomp") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixDatagram;
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let sock = setup.path().join("log");
+    let bind = |p: &std::path::Path| {
+        let s = UnixDatagram::bind(p).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s
+    };
+    let server = bind(&sock);
+    let enf = FakeEnforcer::start(setup.path());
+    let mut c = net.target_cmd(BIN);
+    c.arg("--config")
+        .arg(setup.config())
+        .arg("--runtime-dir")
+        .arg(setup.path())
+        .arg("--syslog-socket")
+        .arg(&sock)
+        .args(["--user", "sentry", "-stcp"]);
+    let log = setup.path().join("stderr.log");
+    let child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed on drop, also if an assertion fails.
+    let sensor = Sensor { child, log };
+    let pid = sensor.pid();
+    let recv_until = |s: &UnixDatagram, needle: &str| -> Vec<String> {
+        let mut got = Vec::new();
+        let end = std::time::Instant::now() + T;
+        let mut buf = [0u8; 2048];
+        while std::time::Instant::now() < end {
+            if let Ok(n) = s.recv(&mut buf) {
+                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = line.contains(needle);
+                got.push(line);
+                if done {
+                    return got;
+                }
+            }
+        }
+        panic!("no {needle:?} in {got:#?}");
+    };
+    recv_until(&server, "is active");
+    enf.wait_hello(T).unwrap();
+    net.hping(source(0), 23, &["-S"]);
+    let lines = recv_until(&server, "TCP SYN/Normal scan");
+    let want = format!(
+        "<29>portsentry[{pid}]: attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 23",
+        source(0)
+    );
+    assert!(lines.contains(&want), "{lines:#?}");
+    // syslogd restarts.
+    drop(server);
+    std::fs::remove_file(&sock).unwrap();
+    let server = bind(&sock);
+    net.hping(source(1), 23, &["-S"]);
+    recv_until(&server, &format!("from host: {0}/{0}", source(1)));
+    assert_eq!(proc_status(pid)["Seccomp"], "2", "still alive and confined");
+    drop(sensor);
+}
