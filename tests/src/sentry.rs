@@ -268,9 +268,20 @@ impl Sentry {
         // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN +
         // CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
         // member of that group, SupplementaryGroups=sentry).
+        // With CONTROL_GROUP, control.sock goes to that group too: the documented drop-in
+        // adds it to SupplementaryGroups=, and so do we.
+        let mut groups = self.sensor_gid.to_string();
+        if let Some(g) = self.settings.keys.get("CONTROL_GROUP") {
+            let gid = nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("CONTROL_GROUP {g} does not exist"))
+                .gid;
+            groups.push_str(&format!(",{gid}"));
+        }
         let mut c = self.daemon_command("enforcer");
         c.args(["--bounding-set", "-all,+net_admin,+net_raw", "--groups"])
-            .arg(self.sensor_gid.to_string())
+            .arg(groups)
             .arg(&self.bins.enforcer);
         c.arg("--config")
             .arg(&self.conf)
