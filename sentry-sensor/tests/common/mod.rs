@@ -96,8 +96,32 @@ pub struct NetPair {
     pub target: String,
 }
 
+/// Delete namespaces left by test processes that no longer exist (a test killed by SIGKILL
+/// cannot run its destructors). Only names of this harness's form `sss<pid>n<k>[st]`.
+fn reap_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("sss")
+            .and_then(|r| r.split_once('n'))
+            .and_then(|(p, _)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
 impl NetPair {
     pub fn new() -> Self {
+        reap_stale();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("sss{}n{n}", std::process::id());
         let p = Self {
@@ -164,7 +188,6 @@ impl NetPair {
         ]);
         ip(&["-n", s, "link", "set", "sx0", "up"]);
         ip(&["-n", t, "link", "set", "tx0", "up"]);
-        // Static neighbours: no ARP/ND round trip delays the first probe.
         p
     }
 
