@@ -99,6 +99,9 @@ fn sentry_row(n: u64, caps: Caps, opts: &Opts) -> Result<Vec<String>, String> {
     let actions = action_costs(&s.audit_log);
     let sensor_txt = if after.sensor.is_null() {
         "no statistics at the end (sensor not connected to the enforcer then)".to_string()
+    } else if after.sensor_u64("packets") == 0 {
+        "statistics all zero in `sentryctl status` when the wait ended (no Stats frame got through)"
+            .to_string()
     } else {
         let d = |k: &str| after.sensor_u64(k).saturating_sub(before.sensor_u64(k));
         format!(

@@ -139,12 +139,15 @@ pub fn settle(s: &Sentry, quiet: Duration, max: Duration) -> Result<Settled, Str
             blocked_changed = Instant::now();
         }
         last = now;
-        if changed.elapsed() >= quiet || start.elapsed() >= max {
+        // A sensor whose statistics have not arrived yet (all zero: its Stats frames wait
+        // behind queued block requests) is not settled either.
+        let stats_in = last.sensor.is_null() || last.sensor_u64("packets") > 0;
+        if (changed.elapsed() >= quiet && stats_in) || start.elapsed() >= max {
             return Ok(Settled {
                 last,
                 changed,
                 blocked_changed,
-                timed_out: changed.elapsed() < quiet,
+                timed_out: changed.elapsed() < quiet || !stats_in,
             });
         }
     }
