@@ -12,7 +12,7 @@ use policy::IgnoreList;
 use sentry_proto::Mode;
 use sentry_sensor::listeners::Listeners;
 use sentry_sensor::packet::{self, build};
-use sentry_sensor::pipeline::{candidate, Counters};
+use sentry_sensor::pipeline::{candidate, Counters, Verdict};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{State, StateConfig};
 
@@ -141,7 +141,9 @@ fn bench(c: &mut Criterion) {
         let mut counters = Counters::default();
         let mut now = 1u64;
         for i in 0..pk.len() {
-            if let Some(cand) = candidate(pk.get(i), &policy, &listeners, &ignore, &mut counters) {
+            if let Some(Verdict::Probe(cand)) =
+                candidate(pk.get(i), &policy, &listeners, &ignore, &mut counters)
+            {
                 state.hit(&cand.hit(), now, now);
             }
         }
@@ -156,7 +158,7 @@ fn bench(c: &mut Criterion) {
                     now += 1;
                     let mut reports = 0u32;
                     for i in start..start + BATCH {
-                        if let Some(cand) = candidate(
+                        if let Some(Verdict::Probe(cand)) = candidate(
                             black_box(pk.get(i)),
                             &policy,
                             &listeners,

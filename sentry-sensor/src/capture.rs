@@ -3,8 +3,9 @@
 //! The kernel filter keeps only what can be a probe, so uninteresting traffic costs no
 //! copy and no wake-up: packets addressed to this host (PACKET_HOST: never our own outgoing
 //! packets, not broadcast/multicast, not promiscuous "other host" frames), IPv4 or IPv6,
-//! UDP, TCP without ACK or RST, IPv6 packets with extension headers (parsed in user space),
-//! and no IPv4 non-first fragments. At most [`SNAPLEN`] bytes of each are copied.
+//! UDP, TCP without ACK or RST, IPv4 first fragments and IPv6 packets with extension
+//! headers (both parsed in user space: the TCP header may be cut short), and no IPv4
+//! non-first fragments. At most [`SNAPLEN`] bytes of each are copied.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -57,32 +58,34 @@ pub fn filter_program() -> Vec<BpfInsn> {
     // Index comments give each instruction's position; jumps are relative (skip count).
     vec![
         /* 0 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PKTTYPE)),
-        /* 1 */ ins(JEQ_K, 0, 22, PACKET_HOST), // → 24 drop
+        /* 1 */ ins(JEQ_K, 0, 23, PACKET_HOST), // → 25 drop
         /* 2 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PROTOCOL)),
         /* 3 */ ins(JEQ_K, 1, 0, 0x0800), // → 5 v4
-        /* 4 */ ins(JEQ_K, 8, 19, 0x86dd), // → 13 v6, else → 24 drop
+        /* 4 */ ins(JEQ_K, 9, 20, 0x86dd), // → 14 v6, else → 25 drop
         /* v4 */
         /* 5 */ ins(LD_B_ABS, 0, 0, 9),
-        /* 6 */ ins(JEQ_K, 16, 0, 17), // UDP → 23 accept
-        /* 7 */ ins(JEQ_K, 0, 16, 6), // not TCP → 24 drop
+        /* 6 */ ins(JEQ_K, 17, 0, 17), // UDP → 24 accept
+        /* 7 */ ins(JEQ_K, 0, 17, 6), // not TCP → 25 drop
         /* 8 */ ins(LD_H_ABS, 0, 0, 6),
-        /* 9 */ ins(JSET_K, 14, 0, 0x1fff), // non-first fragment → 24 drop
-        /* 10 */ ins(LDX_B_MSH, 0, 0, 0),
-        /* 11 */ ins(LD_B_IND, 0, 0, 13),
-        /* 12 */ ins(JSET_K, 11, 10, ACK_RST), // → 24 drop, else → 23 accept
+        /* 9 */ ins(JSET_K, 15, 0, 0x1fff), // non-first fragment → 25 drop
+        /* 10 */
+        ins(JSET_K, 13, 0, 0x2000), // first fragment (MF): TCP header may be cut → 24
+        /* 11 */ ins(LDX_B_MSH, 0, 0, 0),
+        /* 12 */ ins(LD_B_IND, 0, 0, 13),
+        /* 13 */ ins(JSET_K, 11, 10, ACK_RST), // → 25 drop, else → 24 accept
         /* v6 */
-        /* 13 */ ins(LD_B_ABS, 0, 0, 6),
-        /* 14 */ ins(JEQ_K, 6, 0, 6), // TCP → 21
-        /* 15 */ ins(JEQ_K, 7, 0, 17), // UDP → 23 accept
-        /* 16 */ ins(JEQ_K, 6, 0, 0), // hop-by-hop → 23
-        /* 17 */ ins(JEQ_K, 5, 0, 43), // routing → 23
-        /* 18 */ ins(JEQ_K, 4, 0, 60), // destination options → 23
-        /* 19 */ ins(JEQ_K, 3, 0, 44), // fragment → 23
-        /* 20 */ ins(JEQ_K, 2, 3, 51), // AH → 23, else → 24 drop
-        /* 21 */ ins(LD_B_ABS, 0, 0, 40 + 13),
-        /* 22 */ ins(JSET_K, 1, 0, ACK_RST), // → 24 drop, else 23
-        /* 23 */ ins(RET_K, 0, 0, accept),
-        /* 24 */ ins(RET_K, 0, 0, 0),
+        /* 14 */ ins(LD_B_ABS, 0, 0, 6),
+        /* 15 */ ins(JEQ_K, 6, 0, 6), // TCP → 22
+        /* 16 */ ins(JEQ_K, 7, 0, 17), // UDP → 24 accept
+        /* 17 */ ins(JEQ_K, 6, 0, 0), // hop-by-hop → 24
+        /* 18 */ ins(JEQ_K, 5, 0, 43), // routing → 24
+        /* 19 */ ins(JEQ_K, 4, 0, 60), // destination options → 24
+        /* 20 */ ins(JEQ_K, 3, 0, 44), // fragment → 24
+        /* 21 */ ins(JEQ_K, 2, 3, 51), // AH → 24, else → 25 drop
+        /* 22 */ ins(LD_B_ABS, 0, 0, 40 + 13),
+        /* 23 */ ins(JSET_K, 1, 0, ACK_RST), // → 25 drop, else 24
+        /* 24 */ ins(RET_K, 0, 0, accept),
+        /* 25 */ ins(RET_K, 0, 0, 0),
     ]
 }
 
@@ -277,6 +280,16 @@ mod tests {
         frag[6] = 0x20;
         frag[7] = 0;
         assert_eq!(run4(&frag), SNAPLEN, "first fragment kept");
+        // nmap -f: a first fragment with only 8 bytes of TCP reaches user space (the
+        // flags byte is not in it), so the evasion is seen and logged.
+        let mut tiny = ipv4_header(A, B, 6, 8, &[]);
+        tiny.extend_from_slice(&tcp_header(1, 23, 0x02)[..8]);
+        tiny[6] = 0x20;
+        assert_eq!(run4(&tiny), SNAPLEN);
+        // Without MF the same short packet is just truncated: the filter's out-of-bounds
+        // load rejects it.
+        tiny[6] = 0x40;
+        assert_eq!(run4(&tiny), 0);
     }
 
     #[test]

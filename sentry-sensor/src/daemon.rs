@@ -22,8 +22,8 @@ use crate::cli::{self, Args, Command};
 use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
-use crate::log::{detection_line, ip_options_line, Logger};
-use crate::pipeline::{candidate, Counters};
+use crate::log::{detection_line, ip_options_line, tiny_fragment_line, Logger};
+use crate::pipeline::{candidate, Counters, Verdict};
 use crate::ports::{PortConfig, PortPolicy};
 use crate::state::{Hit, Outcome, State, StateConfig};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -471,14 +471,20 @@ impl Sensor {
     /// The per-packet path: parse, classify, ignore list, port policy, state.
     #[inline]
     fn on_frame(&mut self, frame: &[u8], now: u64, wall: u64) {
-        let Some(c) = candidate(
+        let c = match candidate(
             frame,
             &self.policy,
             &self.listeners,
             &self.ignore,
             &mut self.counters,
-        ) else {
-            return;
+        ) {
+            None => return,
+            Some(Verdict::Probe(c)) => c,
+            Some(Verdict::Evasion(e)) => {
+                self.log
+                    .packet(now, || tiny_fragment_line(e.src, e.mode, e.port));
+                return;
+            }
         };
         // A service may have started since the last table read: re-check before counting.
         let mode = if now.saturating_sub(self.last_refresh_ms) >= LISTENER_STALE_MS {

@@ -61,8 +61,19 @@ pub enum Skip {
     OtherProtocol,
     /// An IPv4 or IPv6 fragment with a non-zero offset: it carries no transport header.
     NonFirstFragment,
-    /// A first fragment too short to hold the transport header (a "tiny fragment"; RFC 1858).
-    TinyFragment,
+}
+
+/// A first fragment too short to hold the full transport header (a "tiny fragment",
+/// RFC 1858; `nmap -f`): the TCP flags are in a later fragment, so it cannot be classified,
+/// but it is a detection-avoidance technique in itself. `dst_port` is known when at least
+/// the port fields are present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TinyFragment {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    pub dst_port: Option<u16>,
 }
 
 /// Malformed packets; counted and dropped.
@@ -111,6 +122,7 @@ impl Malformed {
 pub enum Parsed {
     Probe(Probe),
     Skip(Skip),
+    TinyFragment(TinyFragment),
 }
 
 /// Parse one captured frame that starts at the IP header (AF_PACKET SOCK_DGRAM).
@@ -258,7 +270,16 @@ fn transport(
     if on_wire < need {
         // The packet itself is too short for the header: a tiny first fragment, or garbage.
         return if fragmented {
-            Ok(Parsed::Skip(Skip::TinyFragment))
+            let dst_port = l4
+                .get(2..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_be_bytes);
+            Ok(Parsed::TinyFragment(TinyFragment {
+                src,
+                dst,
+                protocol: proto,
+                dst_port,
+            }))
         } else {
             Err(Malformed::TruncatedTransport)
         };
@@ -508,7 +529,23 @@ mod tests {
         let mut p = ipv4_header(A, B, 6, 8, &[]);
         p.extend_from_slice(&tcp_header(1, 23, 0x02)[..8]);
         p[6] = 0x20;
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::TinyFragment)));
+        assert_eq!(
+            parse(&p),
+            Ok(Parsed::TinyFragment(TinyFragment {
+                src: IpAddr::V4(A),
+                dst: IpAddr::V4(B),
+                protocol: 6,
+                dst_port: Some(23)
+            }))
+        );
+        // Even the ports cut: still a tiny fragment, port unknown.
+        let mut p = ipv4_header(A, B, 6, 2, &[]);
+        p.extend_from_slice(&[0, 1]);
+        p[6] = 0x20;
+        assert!(matches!(
+            parse(&p),
+            Ok(Parsed::TinyFragment(TinyFragment { dst_port: None, .. }))
+        ));
     }
 
     #[test]
@@ -574,7 +611,14 @@ mod tests {
         // Tiny first fragment: only 8 bytes of TCP.
         let frag = [6, 0, 0x00, 0x01, 0, 0, 0, 1];
         let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02)[..8]);
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::TinyFragment)));
+        assert!(matches!(
+            parse(&p),
+            Ok(Parsed::TinyFragment(TinyFragment {
+                dst_port: Some(25),
+                protocol: 6,
+                ..
+            }))
+        ));
     }
 
     #[test]

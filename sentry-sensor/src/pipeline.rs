@@ -8,7 +8,7 @@ use sentry_proto::{Mode, Protocol, ScanKind};
 
 use crate::classify::classify_tcp;
 use crate::listeners::Listeners;
-use crate::packet::{self, Parsed, Skip, Transport};
+use crate::packet::{self, Parsed, Transport};
 use crate::ports::PortPolicy;
 use crate::state::Hit;
 
@@ -16,8 +16,11 @@ use crate::state::Hit;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     pub packets: u64,
-    /// Parser rejections, plus first fragments too short to hold a transport header.
+    /// Parser rejections.
     pub malformed: u64,
+    /// First fragments too short to hold the transport header (`nmap -f`), also counted
+    /// in `malformed` for the enforcer's statistics.
+    pub tiny_fragments: u64,
     /// Well-formed but not a probe (other protocol, non-first fragment).
     pub skipped: u64,
     /// Probes from sources on the ignore list.
@@ -48,6 +51,23 @@ impl Candidate {
     }
 }
 
+/// A tiny first fragment aimed at a watched port: logged as a detection-avoidance
+/// technique; it cannot count towards the trigger because its TCP flags are unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evasion {
+    pub src: IpAddr,
+    pub proto: Protocol,
+    pub port: u16,
+    pub mode: Mode,
+}
+
+/// What one frame amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Probe(Candidate),
+    Evasion(Evasion),
+}
+
 /// Everything up to the state engine for one captured frame.
 #[inline]
 pub fn candidate(
@@ -56,11 +76,31 @@ pub fn candidate(
     listeners: &Listeners,
     ignore: &IgnoreList,
     c: &mut Counters,
-) -> Option<Candidate> {
+) -> Option<Verdict> {
     c.packets += 1;
     let probe = match packet::parse(frame) {
         Ok(Parsed::Probe(p)) => p,
-        Ok(Parsed::Skip(Skip::TinyFragment)) | Err(_) => {
+        Ok(Parsed::TinyFragment(t)) => {
+            c.malformed += 1;
+            c.tiny_fragments += 1;
+            let proto = match t.protocol {
+                6 => Protocol::Tcp,
+                _ => Protocol::Udp,
+            };
+            let port = t.dst_port?;
+            if ignore.contains(t.src) {
+                c.ignored += 1;
+                return None;
+            }
+            let mode = policy.watched(proto, t.dst, port, listeners)?;
+            return Some(Verdict::Evasion(Evasion {
+                src: t.src,
+                proto,
+                port,
+                mode,
+            }));
+        }
+        Err(_) => {
             c.malformed += 1;
             return None;
         }
@@ -80,7 +120,7 @@ pub fn candidate(
         return None;
     }
     let mode = policy.watched(proto, probe.dst, port, listeners)?;
-    Some(Candidate {
+    Some(Verdict::Probe(Candidate {
         src: probe.src,
         dst: probe.dst,
         proto,
@@ -88,7 +128,7 @@ pub fn candidate(
         scan,
         mode,
         ip_options: probe.ip_options,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -117,7 +157,11 @@ mod tests {
         let mut c = Counters::default();
         let a = Ipv4Addr::new(192, 0, 2, 1);
         let me = Ipv4Addr::new(192, 0, 2, 2);
-        let got = candidate(&tcp4(a, me, 1, 23, 0x02), &policy, &l, &ignore, &mut c).unwrap();
+        let Some(Verdict::Probe(got)) =
+            candidate(&tcp4(a, me, 1, 23, 0x02), &policy, &l, &ignore, &mut c)
+        else {
+            panic!("no probe");
+        };
         assert_eq!(
             (got.mode, got.scan, got.port),
             (Mode::Stcp, ScanKind::Syn, 23)
@@ -126,15 +170,32 @@ mod tests {
         assert!(candidate(&tcp4(a, me, 1, 23, 0x12), &policy, &l, &ignore, &mut c).is_none());
         let ig = Ipv4Addr::new(10, 1, 2, 3);
         assert!(candidate(&tcp4(ig, me, 1, 23, 0x02), &policy, &l, &ignore, &mut c).is_none());
-        let u = candidate(&udp4(a, me, 1, 53), &policy, &l, &ignore, &mut c).unwrap();
+        let Some(Verdict::Probe(u)) = candidate(&udp4(a, me, 1, 53), &policy, &l, &ignore, &mut c)
+        else {
+            panic!("no probe");
+        };
         assert_eq!(u.mode, Mode::Audp);
         assert!(candidate(&udp4(a, me, 1, 137), &policy, &l, &ignore, &mut c).is_none());
         assert!(candidate(&[0x45, 0], &policy, &l, &ignore, &mut c).is_none());
+        // nmap -f: a first fragment with only 8 bytes of TCP, to a watched port.
+        let mut tiny = ipv4_header(a, me, 6, 8, &[]);
+        tiny.extend_from_slice(&tcp_header(1, 23, 0x02)[..8]);
+        tiny[6] = 0x20;
+        assert_eq!(
+            candidate(&tiny, &policy, &l, &ignore, &mut c),
+            Some(Verdict::Evasion(Evasion {
+                src: IpAddr::V4(a),
+                proto: Protocol::Tcp,
+                port: 23,
+                mode: Mode::Stcp
+            }))
+        );
         assert_eq!(
             c,
             Counters {
-                packets: 7,
-                malformed: 1,
+                packets: 8,
+                malformed: 2,
+                tiny_fragments: 1,
                 skipped: 0,
                 ignored: 1
             }

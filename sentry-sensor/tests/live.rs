@@ -605,3 +605,42 @@ fn syslog_lines_and_reconnect_under_seccomp() {
     assert_eq!(proc_status(pid)["Seccomp"], "2", "still alive and confined");
     drop(sensor);
 }
+
+/// `nmap -f` splits the TCP header over 8-byte fragments: the first fragment carries the
+/// ports but not the flags. It is announced as a detection-avoidance technique (and, with
+/// no flags to classify, not counted as a scan of a kind).
+#[test]
+fn tiny_fragments_are_announced() {
+    if !need_root("tiny_fragments_are_announced") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(CONFIG);
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp"]);
+    net.scan(
+        "nmap",
+        &[
+            "-n",
+            "-sS",
+            "-Pn",
+            "-f",
+            "-p",
+            "23",
+            "-e",
+            "sx0",
+            &TARGET.to_string(),
+        ],
+    );
+    sensor.wait_log(
+        &format!(
+            "attackalert: Packet from host: {SCANNER}/{SCANNER} to TCP port: 23 is a tiny IP fragment (detection avoidance technique)."
+        ),
+        T,
+    );
+    let st = enf
+        .stats_until(T, |s| s.malformed >= 1)
+        .expect("tiny fragments counted");
+    assert!(st.malformed >= 1);
+}
