@@ -211,13 +211,22 @@ fn machine() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default();
+    let src = env!("CARGO_MANIFEST_DIR");
+    let head = cmd("git", &["-C", src, "rev-parse", "--short", "HEAD"]);
+    let dirty = !cmd(
+        "git",
+        &["-C", src, "status", "--porcelain", "--untracked-files=no"],
+    )
+    .is_empty();
     format!(
-        "date {} | nproc {} | kernel {} | cpu {} | load {} | nmap {} | {}",
+        "date {} | nproc {} | kernel {} | cpu {} | load {} | sentry tree {}{} | nmap {} | {}",
         cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         cmd("nproc", &[]),
         cmd("uname", &["-r"]),
         cpu,
         loadavg(),
+        head,
+        if dirty { " + uncommitted changes" } else { "" },
         cmd("nmap", &["--version"])
             .lines()
             .next()
