@@ -1,13 +1,13 @@
 //! The TCP-wrappers deny file (HOSTS_DENY_FILE). Lines are added by appending and removed
-//! by writing a temporary file in the same directory and renaming it over the original.
+//! by rewriting the file in place (see [`remove`] for why not by rename).
 //!
 //! The file is opened with O_NOFOLLOW (a symlink is refused), must be a regular file owned
 //! by root (or by us) and not writable by group or others, and its directory must not be
-//! writable by group or others either (otherwise the rename dance could be raced).
+//! writable by group or others either (otherwise the file could be swapped under us).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Refuse to read deny files larger than this (an attacker-inflated file must not make us
@@ -135,10 +135,17 @@ pub fn contains(path: &Path, line: &str) -> io::Result<bool> {
 }
 
 /// Remove every line identical to one of `lines`. Returns how many lines were removed.
+///
+/// The file is rewritten in place (same inode: write from offset 0, truncate, fsync)
+/// rather than replaced by rename. That needs only the file itself to be writable, so
+/// the unit can grant `ReadWritePaths=/etc/hosts.deny` instead of all of /etc to a root
+/// daemon. A crash between the write and the truncate can only leave extra bytes of the
+/// old content after the new content — more deny lines, never fewer — and the next
+/// removal rewrites them away.
 pub fn remove(path: &Path, lines: &[&str]) -> io::Result<usize> {
-    let dir = check_dir(path)?;
+    use std::io::{Seek, SeekFrom};
+    check_dir(path)?;
     let mut f = open(path)?;
-    let md = f.metadata()?;
     let text = read_all(&mut f, path)?;
     let mut kept = String::with_capacity(text.len());
     let mut removed = 0;
@@ -153,36 +160,30 @@ pub fn remove(path: &Path, lines: &[&str]) -> io::Result<usize> {
     if removed == 0 {
         return Ok(0);
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "hosts.deny".into());
-    let tmp = dir.join(format!(".{name}.sentry-{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let res = (|| {
-        let mut t = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        t.write_all(kept.as_bytes())?;
-        std::os::unix::fs::fchown(&t, Some(md.uid()), Some(md.gid()))?;
-        t.set_permissions(std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
-        t.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    // `open` gives an O_APPEND handle; the rewrite needs a positional one on the same
+    // file, re-checked the same way (O_NOFOLLOW, owner, mode) and required to be the
+    // very inode we just read.
+    let mut w = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| err(path, e))?;
+    let (a, b) = (f.metadata()?, w.metadata()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(err(path, "replaced while being edited; refusing"));
     }
-    res.map_err(|e| err(path, e))?;
+    check_meta(path, &b, "file")?;
+    w.seek(SeekFrom::Start(0))?;
+    w.write_all(kept.as_bytes())?;
+    w.set_len(kept.len() as u64)?;
+    w.sync_data()?;
     Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn dir() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -211,6 +212,23 @@ mod tests {
             "# keep me\nALL: 10.0.0.1\nALL: [2001:db8::1]\n"
         );
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn remove_keeps_the_inode_so_a_single_file_bind_mount_works() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        std::fs::write(&p, "ALL: 192.0.2.1\nALL: 192.0.2.2\nALL: 192.0.2.3\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let before = std::fs::metadata(&p).unwrap().ino();
+        assert_eq!(
+            remove(&p, &["ALL: 192.0.2.1", "ALL: 192.0.2.3"]).unwrap(),
+            2
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 192.0.2.2\n");
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), before);
+        // No temporary files are left in (or needed from) the directory.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]
