@@ -36,7 +36,7 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: needs root, and CI=true forbids skipping root tests");
     }
-    eprintln!("SKIPPED (needs root): {test}");
+    skipped(&format!("SKIPPED (needs root): {test}"));
     false
 }
 
@@ -59,8 +59,17 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
         "setpriv" => "util-linux",
         other => other,
     };
-    eprintln!("SKIPPED (needs {tool}; apt-get install -y {package}): {test}");
+    skipped(&format!(
+        "SKIPPED (needs {tool}; apt-get install -y {package}): {test}"
+    ));
     false
+}
+
+/// Print a skip notice straight to the process's stderr: the test harness captures
+/// `eprintln!` output of passing tests, and a skip must be visible in `make test` output.
+pub fn skipped(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Full path of an executable found on PATH.

@@ -28,7 +28,9 @@ fn have_analyze(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: systemd-analyze missing (apt-get install systemd) and CI=true forbids skipping");
     }
-    eprintln!("SKIPPED (systemd-analyze not installed; apt-get install systemd): {test}");
+    sentry_tests::skipped(&format!(
+        "SKIPPED (systemd-analyze not installed; apt-get install systemd): {test}"
+    ));
     false
 }
 
