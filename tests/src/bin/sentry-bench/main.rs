@@ -283,6 +283,9 @@ fn main() {
         None
     };
     println!("scans: {}", scans::describe());
+    if want("syn") || want("scans") {
+        println!("{}", scans::proc_net_read_cost());
+    }
     if want("syn") {
         scans::scenario(&opts, pkg.as_ref(), &scans::SCANS[..1]);
     }

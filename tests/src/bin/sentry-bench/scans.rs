@@ -596,6 +596,30 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
     }
 }
 
+/// How long one read of each socket table takes inside a fresh target namespace (the
+/// sensor re-reads them on the hit path when its copy is older than 20 ms). The kernel
+/// walks its whole, host-wide hash table for each read, however few sockets the
+/// namespace has.
+pub fn proc_net_read_cost() -> String {
+    let net = NetPair::new();
+    let res = net.in_ns(Side::Target, || {
+        ["tcp", "tcp6", "udp", "udp6"]
+            .iter()
+            .map(|t| {
+                let mut ms = Vec::new();
+                for _ in 0..5 {
+                    let t0 = Instant::now();
+                    let _ = fs::read(format!("/proc/thread-self/net/{t}"));
+                    ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                format!("{t} {:.2} ms", median(&ms).unwrap_or(0.0))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    format!("one read of /proc/net/{{tcp,tcp6,udp,udp6}} in a fresh namespace (median of 5): {res}")
+}
+
 /// For the report: the command line used to drive nmap.
 pub fn describe() -> String {
     format!(
