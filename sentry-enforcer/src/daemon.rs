@@ -338,7 +338,10 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
     }
 }
 
-fn control_authorized(sh: &Shared, peer: Peer, peer_gid: u32) -> bool {
+/// Root, or a member of CONTROL_GROUP by the peer's own credentials at connect time:
+/// its primary gid (SO_PEERCRED) or one of its supplementary groups (SO_PEERGROUPS). The
+/// group database is not consulted: it can disagree with what the process really holds.
+fn control_authorized(sh: &Shared, s: &UnixStream, peer: Peer, peer_gid: u32) -> bool {
     if peer.uid == 0 {
         return true;
     }
@@ -348,11 +351,8 @@ fn control_authorized(sh: &Shared, peer: Peer, peer_gid: u32) -> bool {
     if peer_gid == cg.as_raw() {
         return true;
     }
-    // Supplementary membership, from the group database.
-    let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) else {
-        return false;
-    };
-    matches!(Group::from_gid(cg), Ok(Some(g)) if g.mem.contains(&user.name))
+    use std::os::fd::AsFd;
+    matches!(crate::sys::peer_groups(s.as_fd()), Ok(groups) if groups.contains(&cg.as_raw()))
 }
 
 fn canonical(addr: IpAddr) -> IpAddr {
@@ -377,7 +377,7 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
         Ok(p) => p,
         Err(_) => return,
     };
-    if !control_authorized(sh, peer, gid) {
+    if !control_authorized(sh, &s, peer, gid) {
         let _ = write_frame(&mut s, &ControlResponse::Error("not authorized".into()));
         sh.refuse(
             &format!(

@@ -292,7 +292,7 @@ impl Engine {
         let rec = AuditRecord::event(now, extra::REJECTED, reason.to_string(), peer);
         self.write_audit(&rec);
         self.log
-            .warn(&format!("adminalert: sensor connection refused: {reason}"));
+            .warn(&format!("adminalert: connection refused: {reason}"));
     }
 
     fn vars_target(addr: IpAddr) -> String {

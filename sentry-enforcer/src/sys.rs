@@ -30,3 +30,66 @@ pub fn close_inherited_fds() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `SO_PEERGROUPS` (Linux 4.13+) in the generic socket ABI; libc does not export it for
+/// every architecture. mips, sparc, alpha and parisc number it differently and are not
+/// supported here (the caller then falls back to the peer's primary group only).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "loongarch64"
+))]
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups of the peer of a connected Unix stream socket, as the kernel
+/// recorded them when it connected — the same credentials the kernel used to let it open
+/// the socket file, independent of the group database.
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<libc::gid_t>> {
+    use std::os::fd::AsRawFd;
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "powerpc64",
+        target_arch = "s390x",
+        target_arch = "loongarch64"
+    )))]
+    return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    // NGROUPS_MAX is 65536; start small and grow to what the kernel says it needs.
+    let mut buf: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = libc::socklen_t::try_from(buf.len() * GID)
+            .map_err(|_| std::io::Error::other("group list too large"))?;
+        // SAFETY: `buf` is valid for writes of `len` bytes and properly aligned for gid_t;
+        // the kernel writes at most `len` bytes and stores the length it wrote (or, with
+        // ERANGE, the length it needs) in `len`, which lives for the whole call.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if r == 0 {
+            buf.truncate(len / GID);
+            return Ok(buf);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) && len / GID > buf.len() && len / GID <= 65_536 {
+            buf.resize(len / GID, 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
