@@ -186,27 +186,18 @@ fn enforcer_unit_privileges_and_writable_paths() {
     }
     assert_eq!(values(&d, "ProtectSystem"), ["strict"]);
     assert_eq!(values(&d, "RuntimeDirectory"), ["sentry"]);
-    // Atomic rewrite of /etc/hosts.deny needs its directory writable; a single-file bind
-    // mount would make rename() fail with EBUSY.
+    // The enforcer edits hosts.deny in place, so the only writable path outside its own
+    // State/Logs/Runtime directories is that one file: not /etc, not its own policy.
     let rw = values(&d, "ReadWritePaths").join(" ");
-    assert!(
-        !rw.contains("hosts.deny"),
-        "single-file ReadWritePaths breaks atomic rename"
-    );
-    assert!(rw
-        .split_whitespace()
-        .any(|p| p.trim_start_matches('-') == "/etc"));
-    // Writable /etc, but not the enforcer's own policy (nor hosts.deny made read-only).
-    let ro = values(&d, "ReadOnlyPaths").join(" ");
-    let ro: Vec<&str> = ro
+    let rw: Vec<&str> = rw
         .split_whitespace()
         .map(|p| p.trim_start_matches('-'))
         .collect();
-    assert!(
-        ro.contains(&"/etc/sentry"),
-        "the enforcer could rewrite its own policy"
+    assert_eq!(
+        rw,
+        ["/etc/hosts.deny"],
+        "ReadWritePaths must be exactly the deny file"
     );
-    assert!(!ro.iter().any(|p| p.contains("hosts.deny")));
     // The sensor's unit is not pulled down with the enforcer's.
     assert!(values(&d, "Wants")
         .iter()
