@@ -12,7 +12,7 @@ use policy::IgnoreList;
 use sentry_proto::Mode;
 use sentry_sensor::listeners::Listeners;
 use sentry_sensor::packet::{self, build};
-use sentry_sensor::pipeline::{candidate, Counters, Verdict};
+use sentry_sensor::pipeline::{candidate, Counters, FragTable, Verdict};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{State, StateConfig};
 
@@ -137,13 +137,20 @@ fn bench(c: &mut Criterion) {
             trigger: 2,
             window_ms: 300_000,
             max_sources,
+            rereport_ms: sentry_sensor::state::DEFAULT_REREPORT_MS,
         });
         let mut counters = Counters::default();
+        let mut frags = FragTable::default();
         let mut now = 1u64;
         for i in 0..pk.len() {
-            if let Some(Verdict::Probe(cand)) =
-                candidate(pk.get(i), &policy, &listeners, &ignore, &mut counters)
-            {
+            if let Some(Verdict::Probe(cand)) = candidate(
+                pk.get(i),
+                &policy,
+                &listeners,
+                &ignore,
+                &mut frags,
+                &mut counters,
+            ) {
                 state.hit(&cand.hit(), now, now);
             }
         }
@@ -163,6 +170,7 @@ fn bench(c: &mut Criterion) {
                             &policy,
                             &listeners,
                             &ignore,
+                            &mut frags,
                             &mut counters,
                         ) {
                             if let sentry_sensor::state::Outcome::Report(_) =

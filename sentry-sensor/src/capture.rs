@@ -3,9 +3,9 @@
 //! The kernel filter keeps only what can be a probe, so uninteresting traffic costs no
 //! copy and no wake-up: packets addressed to this host (PACKET_HOST: never our own outgoing
 //! packets, not broadcast/multicast, not promiscuous "other host" frames), IPv4 or IPv6,
-//! UDP, TCP without ACK or RST, IPv4 first fragments and IPv6 packets with extension
-//! headers (both parsed in user space: the TCP header may be cut short), and no IPv4
-//! non-first fragments. At most [`SNAPLEN`] bytes of each are copied.
+//! UDP, TCP without ACK or RST, IPv4 first fragments and the fragment at offset 8 (which
+//! carries the flags of a tiny first fragment) and IPv6 packets with extension headers
+//! (parsed in user space), and no later IPv4 fragments. At most [`SNAPLEN`] bytes of each are copied.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -35,6 +35,7 @@ const LD_B_IND: u16 = 0x50; // BPF_LD | BPF_B | BPF_IND
 const LDX_B_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 
 const SKF_AD_OFF: i32 = -0x1000;
@@ -58,34 +59,40 @@ pub fn filter_program() -> Vec<BpfInsn> {
     // Index comments give each instruction's position; jumps are relative (skip count).
     vec![
         /* 0 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PKTTYPE)),
-        /* 1 */ ins(JEQ_K, 0, 23, PACKET_HOST), // → 25 drop
+        /* 1 */ ins(JEQ_K, 0, 26, PACKET_HOST), // → 28 drop
         /* 2 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PROTOCOL)),
         /* 3 */ ins(JEQ_K, 1, 0, 0x0800), // → 5 v4
-        /* 4 */ ins(JEQ_K, 9, 20, 0x86dd), // → 14 v6, else → 25 drop
+        /* 4 */ ins(JEQ_K, 12, 23, 0x86dd), // → 17 v6, else → 28 drop
         /* v4 */
         /* 5 */ ins(LD_B_ABS, 0, 0, 9),
-        /* 6 */ ins(JEQ_K, 17, 0, 17), // UDP → 24 accept
-        /* 7 */ ins(JEQ_K, 0, 17, 6), // not TCP → 25 drop
+        /* 6 */ ins(JEQ_K, 20, 0, 17), // UDP → 27 accept
+        /* 7 */ ins(JEQ_K, 0, 20, 6), // not TCP → 28 drop
         /* 8 */ ins(LD_H_ABS, 0, 0, 6),
-        /* 9 */ ins(JSET_K, 15, 0, 0x1fff), // non-first fragment → 25 drop
-        /* 10 */
-        ins(JSET_K, 13, 0, 0x2000), // first fragment (MF): TCP header may be cut → 24
-        /* 11 */ ins(LDX_B_MSH, 0, 0, 0),
-        /* 12 */ ins(LD_B_IND, 0, 0, 13),
-        /* 13 */ ins(JSET_K, 11, 10, ACK_RST), // → 25 drop, else → 24 accept
+        /* 9 */ ins(AND_K, 0, 0, 0x1fff), // fragment offset
+        /* 10 */ ins(JEQ_K, 1, 0, 0), // offset 0 → 12
+        // Offset 1 (8 bytes) may carry the flags of a tiny first fragment (nmap -f);
+        // later fragments carry nothing of use.
+        /* 11 */
+        ins(JEQ_K, 15, 16, 1), // → 27 accept, else → 28 drop
+        /* 12 */ ins(LD_H_ABS, 0, 0, 6),
+        /* 13 */
+        ins(JSET_K, 13, 0, 0x2000), // first fragment (MF): header may be cut → 27
+        /* 14 */ ins(LDX_B_MSH, 0, 0, 0),
+        /* 15 */ ins(LD_B_IND, 0, 0, 13),
+        /* 16 */ ins(JSET_K, 11, 10, ACK_RST), // → 28 drop, else → 27 accept
         /* v6 */
-        /* 14 */ ins(LD_B_ABS, 0, 0, 6),
-        /* 15 */ ins(JEQ_K, 6, 0, 6), // TCP → 22
-        /* 16 */ ins(JEQ_K, 7, 0, 17), // UDP → 24 accept
-        /* 17 */ ins(JEQ_K, 6, 0, 0), // hop-by-hop → 24
-        /* 18 */ ins(JEQ_K, 5, 0, 43), // routing → 24
-        /* 19 */ ins(JEQ_K, 4, 0, 60), // destination options → 24
-        /* 20 */ ins(JEQ_K, 3, 0, 44), // fragment → 24
-        /* 21 */ ins(JEQ_K, 2, 3, 51), // AH → 24, else → 25 drop
-        /* 22 */ ins(LD_B_ABS, 0, 0, 40 + 13),
-        /* 23 */ ins(JSET_K, 1, 0, ACK_RST), // → 25 drop, else 24
-        /* 24 */ ins(RET_K, 0, 0, accept),
-        /* 25 */ ins(RET_K, 0, 0, 0),
+        /* 17 */ ins(LD_B_ABS, 0, 0, 6),
+        /* 18 */ ins(JEQ_K, 6, 0, 6), // TCP → 25
+        /* 19 */ ins(JEQ_K, 7, 0, 17), // UDP → 27 accept
+        /* 20 */ ins(JEQ_K, 6, 0, 0), // hop-by-hop → 27
+        /* 21 */ ins(JEQ_K, 5, 0, 43), // routing → 27
+        /* 22 */ ins(JEQ_K, 4, 0, 60), // destination options → 27
+        /* 23 */ ins(JEQ_K, 3, 0, 44), // fragment → 27
+        /* 24 */ ins(JEQ_K, 2, 3, 51), // AH → 27, else → 28 drop
+        /* 25 */ ins(LD_B_ABS, 0, 0, 40 + 13),
+        /* 26 */ ins(JSET_K, 1, 0, ACK_RST), // → 28 drop, else 27
+        /* 27 */ ins(RET_K, 0, 0, accept),
+        /* 28 */ ins(RET_K, 0, 0, 0),
     ]
 }
 
@@ -214,6 +221,7 @@ pub fn run_filter(prog: &[BpfInsn], pkt: &[u8], pkttype: u32, proto: u16) -> u32
                 Some(v) => x = 4 * (v & 0xf),
                 None => return 0,
             },
+            AND_K => a &= i.k,
             JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
             JSET_K => pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf }),
             RET_K => return i.k,
@@ -275,8 +283,15 @@ mod tests {
         assert_eq!(run4(&icmp), 0);
         let mut frag = tcp4(A, B, 1, 23, 0x02);
         frag[6] = 0;
+        frag[7] = 2;
+        assert_eq!(run4(&frag), 0, "later fragments dropped in the kernel");
         frag[7] = 1;
-        assert_eq!(run4(&frag), 0, "non-first fragment dropped in the kernel");
+        assert_eq!(run4(&frag), SNAPLEN, "offset-8 fragment kept for pairing");
+        frag[6] = 0x20;
+        assert_eq!(run4(&frag), SNAPLEN);
+        frag[7] = 9;
+        assert_eq!(run4(&frag), 0);
+        frag[6] = 0;
         frag[6] = 0x20;
         frag[7] = 0;
         assert_eq!(run4(&frag), SNAPLEN, "first fragment kept");

@@ -177,7 +177,10 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
         libc::SYS_socket,
         vec![rule(vec![cond(0, Op::Eq, af_unix)?])?],
     );
-    // connect: those AF_UNIX sockets (an AF_UNIX socket cannot reach the network).
+    // connect: the AF_UNIX reconnects above. The address is a pointer, so the filter
+    // cannot check it; the other sockets are the capture socket (no connect on
+    // AF_PACKET), sock_diag (kernel only) and basic-mode sockets, through which nothing
+    // beyond what any unprivileged process may send can be sent.
     any(&mut rules, libc::SYS_connect);
     // ioctl(FIONBIO) only: std's set_nonblocking on new enforcer/syslog/accepted sockets.
     rules.insert(

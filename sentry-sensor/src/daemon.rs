@@ -23,9 +23,9 @@ use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
 use crate::log::{detection_line, ip_options_line, tiny_fragment_line, Logger};
-use crate::pipeline::{candidate, Counters, Verdict};
+use crate::pipeline::{candidate, Counters, FragTable, Verdict};
 use crate::ports::{PortConfig, PortPolicy};
-use crate::state::{Hit, Outcome, State, StateConfig};
+use crate::state::{Hit, Outcome, State, StateConfig, DEFAULT_REREPORT_MS};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 
 /// On a hit, the table is re-read first if it is older than this, so a service that has
@@ -280,9 +280,11 @@ fn run(args: Args) -> i32 {
             trigger: config.scan_trigger,
             window_ms,
             max_sources: config.state_max_sources,
+            rereport_ms: window_ms.min(DEFAULT_REREPORT_MS),
         }),
         stats: SensorStats::default(),
         counters: Counters::default(),
+        frags: FragTable::default(),
         log,
         client,
         events,
@@ -330,6 +332,7 @@ struct Sensor {
     state: State,
     stats: SensorStats,
     counters: Counters,
+    frags: FragTable,
     log: Logger,
     client: Client,
     events: Vec<Event>,
@@ -476,6 +479,7 @@ impl Sensor {
             &self.policy,
             &self.listeners,
             &self.ignore,
+            &mut self.frags,
             &mut self.counters,
         ) {
             None => return,

@@ -21,6 +21,8 @@ const IPV4_MIN_HEADER: usize = 20;
 const IPV6_HEADER: usize = 40;
 const TCP_MIN_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
 
 /// The transport part of a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,20 @@ pub struct TinyFragment {
     /// 6 (TCP) or 17 (UDP).
     pub protocol: u8,
     pub dst_port: Option<u16>,
+    /// IP identification (IPv4) or fragment header identification (IPv6).
+    pub id: u32,
+}
+
+/// The fragment at offset 8 of a fragmented TCP segment: with 8-byte fragments (`nmap -f`)
+/// it holds TCP header bytes 8-15, so the flags byte (13) of a [`TinyFragment`] with the
+/// same source, destination and id. Nothing else of it is interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondFragment {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub id: u32,
+    /// TCP header byte 13, if captured.
+    pub flags: Option<u8>,
 }
 
 /// Malformed packets; counted and dropped.
@@ -123,6 +139,7 @@ pub enum Parsed {
     Probe(Probe),
     Skip(Skip),
     TinyFragment(TinyFragment),
+    SecondFragment(SecondFragment),
 }
 
 /// Parse one captured frame that starts at the IP header (AF_PACKET SOCK_DGRAM).
@@ -154,22 +171,33 @@ fn parse_v4(frame: &[u8]) -> Result<Parsed, Malformed> {
     let ip_options = hlen > IPV4_MIN_HEADER;
     let src = ip.get_source();
     let dst = ip.get_destination();
+    let id = u32::from(ip.get_identification());
+    let end = total.min(frame.len());
     // Fragment offset is in 8-byte units; a non-zero offset means no transport header here.
-    if ip.get_fragment_offset() != 0 {
-        return Ok(Parsed::Skip(Skip::NonFirstFragment));
+    match ip.get_fragment_offset() {
+        0 => {}
+        1 if ip.get_next_level_protocol() == IpNextHeaderProtocols::Tcp => {
+            let payload = frame.get(hlen..end).ok_or(Malformed::TruncatedIp)?;
+            return Ok(Parsed::SecondFragment(SecondFragment {
+                src: IpAddr::V4(src),
+                dst: IpAddr::V4(dst),
+                id,
+                flags: payload.get(TCP_FLAGS_OFFSET - 8).copied(),
+            }));
+        }
+        _ => return Ok(Parsed::Skip(Skip::NonFirstFragment)),
     }
     const MORE_FRAGMENTS: u8 = 0b001;
     let fragmented = ip.get_flags() & MORE_FRAGMENTS != 0;
     // The transport header ends at the smaller of what was captured and what the IP
     // header says the packet holds.
-    let end = total.min(frame.len());
     let l4 = frame.get(hlen..end).ok_or(Malformed::TruncatedIp)?;
     let on_wire = total - hlen;
     transport(
         ip.get_next_level_protocol().0,
         l4,
         on_wire,
-        fragmented,
+        fragmented.then_some(id),
         IpAddr::V4(src),
         IpAddr::V4(dst),
         ip_options,
@@ -191,7 +219,7 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
     // a truncated transport).
     let mut on_wire = payload_len;
     let mut next = ip.get_next_header().0;
-    let mut fragmented = false;
+    let mut frag_id: Option<u32> = None;
     for _ in 0..=MAX_EXT_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, not
@@ -217,18 +245,38 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
                     .ok_or(Malformed::TruncatedExtHeader)?;
                 next = nh;
             }
-            // Fragment header: fixed 8 bytes; offset in the upper 13 bits of bytes 2-3.
+            // Fragment header: fixed 8 bytes; offset in the upper 13 bits of bytes 2-3,
+            // identification in bytes 4-7.
             44 => {
                 let hdr = rest.get(..8).ok_or(Malformed::TruncatedExtHeader)?;
                 let nh = *hdr.first().ok_or(Malformed::TruncatedExtHeader)?;
-                let b2 = *hdr.get(2).ok_or(Malformed::TruncatedExtHeader)?;
-                let b3 = *hdr.get(3).ok_or(Malformed::TruncatedExtHeader)?;
-                let off_flags = u16::from_be_bytes([b2, b3]);
-                if off_flags >> 3 != 0 {
-                    return Ok(Parsed::Skip(Skip::NonFirstFragment));
+                let off_flags = hdr
+                    .get(2..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u16::from_be_bytes)
+                    .ok_or(Malformed::TruncatedExtHeader)?;
+                let id = hdr
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or(Malformed::TruncatedExtHeader)?;
+                let payload = rest.get(8..).ok_or(Malformed::TruncatedExtHeader)?;
+                match off_flags >> 3 {
+                    0 => {}
+                    1 if nh == IpNextHeaderProtocols::Tcp.0 => {
+                        return Ok(Parsed::SecondFragment(SecondFragment {
+                            src: IpAddr::V6(src),
+                            dst: IpAddr::V6(dst),
+                            id,
+                            flags: payload.get(TCP_FLAGS_OFFSET - 8).copied(),
+                        }));
+                    }
+                    _ => return Ok(Parsed::Skip(Skip::NonFirstFragment)),
                 }
-                fragmented |= off_flags & 1 != 0;
-                rest = rest.get(8..).ok_or(Malformed::TruncatedExtHeader)?;
+                if off_flags & 1 != 0 {
+                    frag_id = Some(id);
+                }
+                rest = payload;
                 on_wire = on_wire
                     .checked_sub(8)
                     .ok_or(Malformed::TruncatedExtHeader)?;
@@ -239,7 +287,7 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
                     proto,
                     rest,
                     on_wire,
-                    fragmented,
+                    frag_id,
                     IpAddr::V6(src),
                     IpAddr::V6(dst),
                     false,
@@ -250,17 +298,19 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
     Err(Malformed::TooManyExtHeaders)
 }
 
-/// `l4`: captured transport bytes; `on_wire`: transport bytes the IP header announces.
+/// `l4`: captured transport bytes; `on_wire`: transport bytes the IP header announces;
+/// `frag_id`: the fragment identification when this is the first of several fragments.
 fn transport(
     proto: u8,
     l4: &[u8],
     on_wire: usize,
-    fragmented: bool,
+    frag_id: Option<u32>,
     src: IpAddr,
     dst: IpAddr,
     ip_options: bool,
 ) -> Result<Parsed, Malformed> {
-    let need = if proto == IpNextHeaderProtocols::Tcp.0 {
+    let tcp = proto == IpNextHeaderProtocols::Tcp.0;
+    let need = if tcp {
         TCP_MIN_HEADER
     } else if proto == IpNextHeaderProtocols::Udp.0 {
         UDP_HEADER
@@ -268,21 +318,40 @@ fn transport(
         return Ok(Parsed::Skip(Skip::OtherProtocol));
     };
     if on_wire < need {
-        // The packet itself is too short for the header: a tiny first fragment, or garbage.
-        return if fragmented {
-            let dst_port = l4
-                .get(2..4)
-                .and_then(|b| b.try_into().ok())
-                .map(u16::from_be_bytes);
-            Ok(Parsed::TinyFragment(TinyFragment {
-                src,
-                dst,
-                protocol: proto,
-                dst_port,
-            }))
-        } else {
-            Err(Malformed::TruncatedTransport)
+        let Some(id) = frag_id else {
+            // Not a fragment and too short for its header: garbage.
+            return Err(Malformed::TruncatedTransport);
         };
+        let port_at = |i: usize| {
+            l4.get(i..i + 2)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_be_bytes)
+        };
+        // A first fragment that holds the flags byte (e.g. hping3 -f, 16-byte
+        // fragments) is a classifiable probe even without the rest of the header.
+        if tcp && on_wire > TCP_FLAGS_OFFSET {
+            if let (Some(src_port), Some(dst_port), Some(&flags)) =
+                (port_at(0), port_at(2), l4.get(TCP_FLAGS_OFFSET))
+            {
+                return Ok(Parsed::Probe(Probe {
+                    src,
+                    dst,
+                    transport: Transport::Tcp {
+                        src_port,
+                        dst_port,
+                        flags,
+                    },
+                    ip_options,
+                }));
+            }
+        }
+        return Ok(Parsed::TinyFragment(TinyFragment {
+            src,
+            dst,
+            protocol: proto,
+            dst_port: port_at(2),
+            id,
+        }));
     }
     if l4.len() < need {
         return Err(Malformed::TruncatedTransport);
@@ -524,8 +593,9 @@ mod tests {
     }
 
     #[test]
-    fn tiny_first_fragment_is_skipped_not_misparsed() {
-        // nmap -f: first fragment holds 8 bytes of TCP (ports only).
+    fn tiny_first_fragment_is_not_misparsed() {
+        // nmap -f: first fragment holds 8 bytes of TCP (ports only). The builder's IP id
+        // is 1.
         let mut p = ipv4_header(A, B, 6, 8, &[]);
         p.extend_from_slice(&tcp_header(1, 23, 0x02)[..8]);
         p[6] = 0x20;
@@ -535,9 +605,41 @@ mod tests {
                 src: IpAddr::V4(A),
                 dst: IpAddr::V4(B),
                 protocol: 6,
-                dst_port: Some(23)
+                dst_port: Some(23),
+                id: 1,
             }))
         );
+        // The fragment at offset 8 yields only the flags byte, nothing else.
+        let mut s = ipv4_header(A, B, 6, 8, &[]);
+        s.extend_from_slice(&tcp_header(1, 23, 0x29)[8..16]);
+        s[7] = 1;
+        assert_eq!(
+            parse(&s),
+            Ok(Parsed::SecondFragment(SecondFragment {
+                src: IpAddr::V4(A),
+                dst: IpAddr::V4(B),
+                id: 1,
+                flags: Some(0x29),
+            }))
+        );
+        // hping3 -f: 16 bytes of TCP hold the flags: a probe.
+        let mut h = ipv4_header(A, B, 6, 16, &[]);
+        h.extend_from_slice(&tcp_header(1, 23, 0x01)[..16]);
+        h[6] = 0x20;
+        assert!(matches!(
+            parse(&h),
+            Ok(Parsed::Probe(Probe {
+                transport: Transport::Tcp {
+                    dst_port: 23,
+                    flags: 0x01,
+                    ..
+                },
+                ..
+            }))
+        ));
+        // The same 16 bytes without MF are just truncated.
+        h[6] = 0x40;
+        assert_eq!(parse(&h), Err(Malformed::TruncatedTransport));
         // Even the ports cut: still a tiny fragment, port unknown.
         let mut p = ipv4_header(A, B, 6, 2, &[]);
         p.extend_from_slice(&[0, 1]);
@@ -604,10 +706,23 @@ mod tests {
         let frag = [6, 0, 0x00, 0x01, 0, 0, 0, 1];
         let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02));
         assert!(matches!(parse(&p), Ok(Parsed::Probe(pr)) if pr.dst_port() == 25));
-        // Non-first fragment (offset 1).
-        let frag = [6, 0, 0x00, 0x08, 0, 0, 0, 1];
+        // Non-first fragment (offset 2): never interpreted.
+        let frag = [6, 0, 0x00, 0x10, 0, 0, 0, 1];
         let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02));
         assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::NonFirstFragment)));
+        // Offset 1 (8 bytes) of TCP: only the flags byte is extracted, for pairing with a
+        // tiny first fragment of the same id.
+        let frag = [6, 0, 0x00, 0x08, 0, 0, 0, 9];
+        let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x01)[8..16]);
+        assert_eq!(
+            parse(&p),
+            Ok(Parsed::SecondFragment(SecondFragment {
+                src: IpAddr::V6(a6()),
+                dst: IpAddr::V6(b6()),
+                id: 9,
+                flags: Some(0x01)
+            }))
+        );
         // Tiny first fragment: only 8 bytes of TCP.
         let frag = [6, 0, 0x00, 0x01, 0, 0, 0, 1];
         let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02)[..8]);

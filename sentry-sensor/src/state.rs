@@ -1,9 +1,12 @@
 //! Per-source state: distinct watched ports touched within a sliding window.
 //!
 //! A source is reported once it touched `trigger + 1` distinct watched ports within
-//! `window` (trigger 0 = first hit). After a report the source is *latched*: further hits
-//! only refresh it, so one scan produces one request. A source that stays silent for a
-//! whole window is forgotten and may be reported again later.
+//! `window` (trigger 0 = first hit). After a report the source is *latched* for
+//! `rereport_ms`: further hits only refresh it, so a scan produces one request, not one
+//! per packet. A source still scanning after that is counted afresh and reported again
+//! when it crosses the trigger again, so a block that expired (BLOCK_TIMEOUT) or was lost
+//! is renewed while the scan goes on; the enforcer answers "already blocked" cheaply
+//! otherwise. A source that stays silent for a whole window is forgotten.
 //!
 //! Memory is bounded: at most `max_sources` entries, each holding at most `trigger + 1`
 //! ports. When full, a new source evicts the weakest of a random sample of entries
@@ -29,7 +32,12 @@ pub struct StateConfig {
     pub window_ms: u64,
     /// STATE_MAX_SOURCES (at least 1).
     pub max_sources: usize,
+    /// How long a report latches a source that keeps scanning (see the module docs).
+    pub rereport_ms: u64,
 }
+
+/// Default latch: a still-scanning source is reported at most this often.
+pub const DEFAULT_REREPORT_MS: u64 = 5_000;
 
 /// One classified hit on a watched port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +68,7 @@ pub enum Outcome {
     Counted { distinct: u32 },
     /// Crossed the trigger now.
     Report(Report),
-    /// Already reported within the window; nothing to do.
+    /// Reported less than `rereport_ms` ago; nothing to do.
     Latched,
 }
 
@@ -152,6 +160,8 @@ struct Source {
     ports: PortList,
     last_ms: u64,
     reported: bool,
+    /// Monotonic time of the latest report.
+    reported_ms: u64,
 }
 
 /// The state engine. Times are monotonic milliseconds (for the window) plus the wall clock
@@ -216,6 +226,7 @@ impl State {
         let window = self.cfg.window_ms;
         let cap = self.capacity_ports();
         let trigger_at = self.cfg.trigger.saturating_add(1);
+        let rereport = self.cfg.rereport_ms;
         let Some(s) = self.slots.get_mut(idx) else {
             // Unreachable by construction (index and slots are kept in step); treat as a
             // fresh, uncounted hit rather than panic.
@@ -228,7 +239,12 @@ impl State {
         }
         s.last_ms = now;
         if s.reported {
-            return Outcome::Latched;
+            if now.saturating_sub(s.reported_ms) < rereport {
+                return Outcome::Latched;
+            }
+            // Still scanning after the latch: count afresh.
+            s.reported = false;
+            s.ports.clear();
         }
         // Sliding window: forget ports first hit longer than a window ago.
         s.ports.retain_recent(now, window);
@@ -238,6 +254,7 @@ impl State {
         let distinct = u32::try_from(s.ports.len()).unwrap_or(u32::MAX);
         if distinct >= trigger_at {
             s.reported = true;
+            s.reported_ms = now;
             let oldest = s.ports.oldest().unwrap_or(now);
             let first_seen_ms = wall.saturating_sub(now.saturating_sub(oldest)).max(1);
             Outcome::Report(Report {
@@ -265,6 +282,7 @@ impl State {
             ports: PortList::default(),
             last_ms: now,
             reported: false,
+            reported_ms: 0,
         });
         self.index.insert(ip, idx);
         idx
@@ -363,6 +381,7 @@ mod tests {
             trigger,
             window_ms,
             max_sources: max,
+            rereport_ms: u64::MAX,
         }
     }
 
@@ -454,6 +473,32 @@ mod tests {
         }
         // Silent for more than a window: reported again.
         assert!(matches!(s.hit(&hit(a, 3), 700, WALL), Outcome::Report(_)));
+    }
+
+    /// A source still scanning after the latch is reported again (a block that expired
+    /// is renewed); within the latch it is not.
+    #[test]
+    fn continuing_scanner_is_reported_again_after_the_latch() {
+        let mut s = State::new(StateConfig {
+            rereport_ms: 1_000,
+            ..cfg(1, 60_000, 10)
+        });
+        let a = v4(3);
+        s.hit(&hit(a, 1), 0, WALL);
+        assert!(matches!(s.hit(&hit(a, 2), 10, WALL), Outcome::Report(_)));
+        let mut t = 10;
+        let mut reports = vec![10u64];
+        let mut port = 3;
+        while t < 3_500 {
+            t += 50;
+            port += 1;
+            if let Outcome::Report(r) = s.hit(&hit(a, port), t, WALL + t) {
+                assert_eq!(r.distinct_ports, 2, "counted afresh");
+                reports.push(t);
+            }
+        }
+        // Reports at 10, then two fresh ports after each latch of 1000 ms.
+        assert_eq!(reports, vec![10, 1060, 2110, 3160]);
     }
 
     #[test]

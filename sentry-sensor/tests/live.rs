@@ -607,16 +607,17 @@ fn syslog_lines_and_reconnect_under_seccomp() {
 }
 
 /// `nmap -f` splits the TCP header over 8-byte fragments: the first fragment carries the
-/// ports but not the flags. It is announced as a detection-avoidance technique (and, with
-/// no flags to classify, not counted as a scan of a kind).
+/// ports but not the flags, the second the flags. The sensor announces the tiny fragment
+/// as a detection-avoidance technique and pairs the two (by source, destination and IP id)
+/// into a probe; other non-first fragments are never interpreted.
 #[test]
-fn tiny_fragments_are_announced() {
-    if !need_root("tiny_fragments_are_announced") {
+fn fragmented_scan_is_detected() {
+    if !need_root("fragmented_scan_is_detected") {
         return;
     }
     ensure_user();
     let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let setup = Setup::new(&CONFIG.replace("SCAN_TRIGGER=\"0\"", "SCAN_TRIGGER=\"2\""));
     let enf = FakeEnforcer::start(setup.path());
     let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp"]);
     net.scan(
@@ -627,7 +628,7 @@ fn tiny_fragments_are_announced() {
             "-Pn",
             "-f",
             "-p",
-            "23",
+            "20-30",
             "-e",
             "sx0",
             &TARGET.to_string(),
@@ -639,8 +640,20 @@ fn tiny_fragments_are_announced() {
         ),
         T,
     );
-    let st = enf
-        .stats_until(T, |s| s.malformed >= 1)
-        .expect("tiny fragments counted");
-    assert!(st.malformed >= 1);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert_eq!(got[0].source, v4(SCANNER));
+    assert_eq!(got[0].scan, ScanKind::Syn);
+    assert_eq!(got[0].distinct_ports, 3);
+    // hping3 -f (16-byte fragments: the flags are in the first one).
+    net.hping(source(0), 23, &["-S", "-f"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert!(got.is_empty(), "one port is below the trigger: {got:?}");
+    sensor.wait_log(
+        &format!(
+            "attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 23",
+            source(0)
+        ),
+        T,
+    );
 }
