@@ -162,32 +162,51 @@ fn drive(
     Ok((us, decisions))
 }
 
-/// SYN -> RST rate through the target: the sender's achieved rate (the veth hands each
-/// frame to the target's stack synchronously) and RSTs the target sent per second.
-/// Median of five 2-second runs.
-pub fn datapath(net: &NetPair) -> Result<(f64, f64), String> {
-    let mut sent_pps = Vec::new();
-    let mut rst_pps = Vec::new();
+/// RSTs per second the target of `net` sends back for an unpaced SYN stream from the
+/// (unblocked) scanner address, over `secs` seconds. The veth hands each frame to the
+/// target's stack synchronously, so this is the rate the target's input path sustains.
+fn rst_rate(net: &NetPair, secs: u64) -> Result<f64, String> {
+    let (_, _, tx0) = packet::link_counters(&net.target, TARGET_IF)?;
+    let r = packet::send_syns(
+        net,
+        Plan {
+            count: 5_000_000,
+            rate: None,
+            max_time: Duration::from_secs(secs),
+        },
+        |i| (SCANNER_V4, packet::cycle(i, 1024, 60_000), 9),
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, _, tx1) = packet::link_counters(&net.target, TARGET_IF)?;
+    Ok(tx1.saturating_sub(tx0) as f64 / r.elapsed.as_secs_f64().max(1e-9))
+}
+
+/// Data-path rate of `net`, measured in alternation with a bare namespace pair (no
+/// firewall at all) so that other load on the machine affects both alike.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Paired {
+    /// Median RST/s of `net`.
+    pub pps: f64,
+    /// Median RST/s of the bare pair.
+    pub control: f64,
+    /// Median of the per-round ratios `net / bare`.
+    pub ratio: f64,
+}
+
+pub fn datapath(control: &NetPair, net: &NetPair) -> Result<Paired, String> {
+    let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
-        let (_, _, tx0) = packet::link_counters(&net.target, TARGET_IF)?;
-        let r = packet::send_syns(
-            net,
-            Plan {
-                count: 2_000_000,
-                rate: None,
-                max_time: Duration::from_secs(2),
-            },
-            |i| (SCANNER_V4, packet::cycle(i, 1024, 60_000), 9),
-        )?;
-        std::thread::sleep(Duration::from_millis(100));
-        let (_, _, tx1) = packet::link_counters(&net.target, TARGET_IF)?;
-        sent_pps.push(r.pps());
-        rst_pps.push(tx1.saturating_sub(tx0) as f64 / r.elapsed.as_secs_f64().max(1e-9));
+        let c = rst_rate(control, 1)?;
+        let x = rst_rate(net, 1)?;
+        a.push(x);
+        b.push(c);
+        r.push(x / c.max(1.0));
     }
-    Ok((
-        median(&sent_pps).unwrap_or(0.0),
-        median(&rst_pps).unwrap_or(0.0),
-    ))
+    Ok(Paired {
+        pps: median(&a).unwrap_or(0.0),
+        control: median(&b).unwrap_or(0.0),
+        ratio: median(&r).unwrap_or(0.0),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,17 +291,17 @@ struct BackendResult {
     add: [Option<f64>; 3],
     active: usize,
     decisions: BTreeMap<String, u64>,
-    empty: (f64, f64),
-    full: (f64, f64),
+    empty: Paired,
+    full: Paired,
     enforcer_cpu_s: f64,
     enforcer_hwm_kib: u64,
 }
 
-fn measure_backend(b: Backend, opts: &Opts) -> Result<BackendResult, String> {
+fn measure_backend(b: Backend, opts: &Opts, control: &NetPair) -> Result<BackendResult, String> {
     let s = start_sentry("bench-enforce", b.settings());
     let dir = TempDir::new("sentry-bench-enforce-").map_err(|e| e.to_string())?;
     let sock = s.runtime_dir.join("enforcer.sock");
-    let empty = datapath(&s.net)?;
+    let empty = datapath(control, &s.net)?;
     let cpu0 = procfs::cpu(s.enforcer_pid()).unwrap_or_default();
     let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
     let mut merge = |d: BTreeMap<String, u64>| {
@@ -331,7 +350,7 @@ fn measure_backend(b: Backend, opts: &Opts) -> Result<BackendResult, String> {
         .lines()
         .count(),
     };
-    let full = datapath(&s.net)?;
+    let full = datapath(control, &s.net)?;
     let hwm = procfs::status_kib(s.enforcer_pid(), "VmHWM").unwrap_or(0);
     s.assert_alive();
     crate::cleanup::unregister_dir(s.dir.path());
@@ -349,28 +368,21 @@ fn measure_backend(b: Backend, opts: &Opts) -> Result<BackendResult, String> {
 pub fn scenario(opts: &Opts) {
     let big = opts.enforce_n;
     let mid = (big / 10).max(2);
-    let bare = {
-        let net = NetPair::new();
-        datapath(&net)
-    };
+    let control = NetPair::new();
     let mut adds = Table::new(
         "Enforcement cost: time to add the Nth block (request -> Ack at the enforcer socket; for N > 1 the median of blocks N..N+49, iptables N..N+9)",
         &["backend", "N = 1", &format!("N = {mid}"), &format!("N = {big}"), "active blocks at end", "enforcer CPU for all adds", "enforcer VmHWM", "decisions"],
     );
     let mut dp = Table::new(
-        &format!("Data path: SYN -> RST through the target from an unblocked source (median of 5 x 2 s), {big} active blocks vs none"),
-        &["backend", "no firewall at all", "backend loaded, 0 blocks", &format!("{big} blocks"), "change vs 0 blocks"],
+        &format!("Data path: SYN -> RST packets/s through the target from an unblocked source; 5 x 1 s, alternating with a bare namespace pair (no firewall) as control; {big} active blocks vs none"),
+        &["backend", "0 blocks (bare pair alongside)", &format!("{big} blocks (bare pair alongside)"), &format!("{big} blocks vs bare"), &format!("change 0 -> {big} blocks")],
     );
-    let bare_txt = match &bare {
-        Ok((_, rst)) => format!("{rst:.0} pps"),
-        Err(e) => format!("failed: {e}"),
-    };
     for b in [Backend::Nft, Backend::Iptables, Backend::Blackhole] {
         if crate::sys::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         eprintln!("  enforce: {}", b.label());
-        match measure_backend(b, opts) {
+        match measure_backend(b, opts, &control) {
             Ok(r) => {
                 adds.row(vec![
                     b.label().into(),
@@ -388,10 +400,13 @@ pub fn scenario(opts: &Opts) {
                 ]);
                 dp.row(vec![
                     b.label().into(),
-                    bare_txt.clone(),
-                    format!("{:.0} pps", r.empty.1),
-                    format!("{:.0} pps", r.full.1),
-                    format!("{:+.1}%", (r.full.1 / r.empty.1.max(1.0) - 1.0) * 100.0),
+                    format!("{:.0} ({:.0})", r.empty.pps, r.empty.control),
+                    format!("{:.0} ({:.0})", r.full.pps, r.full.control),
+                    format!("{:.2}x", r.full.ratio),
+                    format!(
+                        "{:+.1}%",
+                        (r.full.ratio / r.empty.ratio.max(1e-9) - 1.0) * 100.0
+                    ),
                 ]);
             }
             Err(e) => {
