@@ -26,9 +26,13 @@ RELEASE     = target/release
 # Packages the product needs at run time (nft for inspection, setpriv is in
 # util-linux) and to build (a C linker).
 APT_PKGS    = nftables iproute2 util-linux build-essential
+# ...and what the test suite drives: real scanners, firewalls, the units' checker,
+# strace for the unit sandbox test, route(8) for Debian's KILL_ROUTE, the sentry user.
+APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
+                procps passwd dpkg-dev
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 
-.PHONY: all build deps install install-bin install-units install-man install-conf \
+.PHONY: all build deps test-deps install install-bin install-units install-man install-conf \
         run stop status test uninstall deb
 
 all: build
@@ -36,15 +40,23 @@ all: build
 build:
 	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer --bins
 
-# Install missing Debian packages (and rustup's cargo if no cargo at all).
-deps:
-	@missing=""; for p in $(APT_PKGS); do \
+# Install missing Debian packages (and tell how to get cargo if there is none).
+define apt_install
+	@missing=""; for p in $(1); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
+	    if [ "$$(id -u)" -ne 0 ]; then echo "missing packages (run as root to install):$$missing"; \
+	    else echo "installing:$$missing"; apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; fi
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
 	    echo "cargo not found: install Rust with https://rustup.rs (or apt-get install cargo)"; exit 1; }
+endef
+
+deps:
+	$(call apt_install,$(APT_PKGS))
+
+test-deps:
+	$(call apt_install,$(APT_TEST_PKGS))
 
 install: build install-bin install-units install-man install-conf
 	@echo "installed. Start with: make run   (or systemctl enable --now sentry-enforcer sentry-sensor)"
@@ -123,7 +135,7 @@ endif
 	        nft delete table $$fam $$table && echo "removed nftables table $$fam $$table"; fi; done
 
 # The single test command: binaries first (the e2e suite runs the real ones).
-test:
+test: test-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
