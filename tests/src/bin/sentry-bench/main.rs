@@ -58,7 +58,8 @@ Options:
   --ps-flood-rate N      PortSentry flood rate, packets/s (default 1000)
   --ps-settle-secs N     how long PortSentry may keep blocking after its flood (default 60)
   --settle-secs N        how long sentry may keep working after a flood (default 60)
-Environment: SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
+Environment: SENTRY_BENCH_TREE=COMMIT names the source tree in the output when it has no .git;
+SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
 SENTRY_BENCH_STRACE=FILE straces the sensor during each sentry scan run.
   --help
 Needs root, nmap, tcpdump, iptables, nft, ip, unshare, setpriv, dpkg-deb, apt-get, and
@@ -212,7 +213,9 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let src = env!("CARGO_MANIFEST_DIR");
-    let head = cmd("git", &["-C", src, "rev-parse", "--short", "HEAD"]);
+    // A tree exported with `git archive` has no .git: the caller names the commit.
+    let head = std::env::var("SENTRY_BENCH_TREE")
+        .unwrap_or_else(|_| cmd("git", &["-C", src, "rev-parse", "--short", "HEAD"]));
     let dirty = !cmd(
         "git",
         &["-C", src, "status", "--porcelain", "--untracked-files=no"],
