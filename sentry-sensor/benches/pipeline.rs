@@ -12,7 +12,7 @@ use policy::IgnoreList;
 use sentry_proto::Mode;
 use sentry_sensor::listeners::Listeners;
 use sentry_sensor::packet::{self, build};
-use sentry_sensor::pipeline::{candidate, Counters, FragTable, Verdict};
+use sentry_sensor::pipeline::{candidate, Counters, Tables, Verdict};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{State, StateConfig};
 
@@ -140,11 +140,13 @@ fn bench(c: &mut Criterion) {
             rereport_ms: sentry_sensor::state::DEFAULT_REREPORT_MS,
         });
         let mut counters = Counters::default();
-        let mut frags = FragTable::default();
+        let mut frags = Tables::default();
         let mut now = 1u64;
         for i in 0..pk.len() {
             if let Some(Verdict::Probe(cand)) = candidate(
                 pk.get(i),
+                false,
+                now,
                 &policy,
                 &listeners,
                 &ignore,
@@ -167,6 +169,8 @@ fn bench(c: &mut Criterion) {
                     for i in start..start + BATCH {
                         if let Some(Verdict::Probe(cand)) = candidate(
                             black_box(pk.get(i)),
+                            false,
+                            now,
                             &policy,
                             &listeners,
                             &ignore,

@@ -1,11 +1,12 @@
 //! Packet capture: an AF_PACKET TPACKET_V3 ring behind a classic BPF filter.
 //!
 //! The kernel filter keeps only what can be a probe, so uninteresting traffic costs no
-//! copy and no wake-up: packets addressed to this host (PACKET_HOST: never our own outgoing
-//! packets, not broadcast/multicast, not promiscuous "other host" frames), IPv4 or IPv6,
+//! copy and no wake-up: packets addressed to this host (PACKET_HOST: not broadcast or
+//! multicast, not promiscuous "other host" frames), IPv4 or IPv6,
 //! UDP, TCP without ACK or RST, IPv4 first fragments and the fragment at offset 8 (which
 //! carries the flags of a tiny first fragment) and IPv6 packets with extension headers
-//! (parsed in user space), and no later IPv4 fragments. At most [`SNAPLEN`] bytes of each are copied.
+//! (parsed in user space), and no later IPv4 fragments. Of this host's own outgoing
+//! packets only UDP headers are kept: they mark UDP flows whose replies are not probes. At most [`SNAPLEN`] bytes of each are copied.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -42,6 +43,9 @@ const SKF_AD_OFF: i32 = -0x1000;
 const SKF_AD_PROTOCOL: i32 = 0;
 const SKF_AD_PKTTYPE: i32 = 4;
 const PACKET_HOST: u32 = 0;
+const PACKET_OUTGOING: u32 = 4;
+/// Bytes kept of an outgoing UDP packet: IP and UDP headers.
+pub const OUTGOING_SNAPLEN: u32 = 64;
 
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> BpfInsn {
     BpfInsn { code, jt, jf, k }
@@ -59,40 +63,54 @@ pub fn filter_program() -> Vec<BpfInsn> {
     // Index comments give each instruction's position; jumps are relative (skip count).
     vec![
         /* 0 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PKTTYPE)),
-        /* 1 */ ins(JEQ_K, 0, 26, PACKET_HOST), // → 28 drop
-        /* 2 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PROTOCOL)),
-        /* 3 */ ins(JEQ_K, 1, 0, 0x0800), // → 5 v4
-        /* 4 */ ins(JEQ_K, 12, 23, 0x86dd), // → 17 v6, else → 28 drop
+        /* 1 */ ins(JEQ_K, 1, 0, PACKET_HOST), // → 3 inbound
+        /* 2 */
+        ins(JEQ_K, 27, 26, PACKET_OUTGOING), // → 30 outgoing, else → 29 drop
+        /* 3 */ ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PROTOCOL)),
+        /* 4 */ ins(JEQ_K, 1, 0, 0x0800), // → 6 v4
+        /* 5 */ ins(JEQ_K, 12, 23, 0x86dd), // → 18 v6, else → 29 drop
         /* v4 */
-        /* 5 */ ins(LD_B_ABS, 0, 0, 9),
-        /* 6 */ ins(JEQ_K, 20, 0, 17), // UDP → 27 accept
-        /* 7 */ ins(JEQ_K, 0, 20, 6), // not TCP → 28 drop
-        /* 8 */ ins(LD_H_ABS, 0, 0, 6),
-        /* 9 */ ins(AND_K, 0, 0, 0x1fff), // fragment offset
-        /* 10 */ ins(JEQ_K, 1, 0, 0), // offset 0 → 12
+        /* 6 */ ins(LD_B_ABS, 0, 0, 9),
+        /* 7 */ ins(JEQ_K, 20, 0, 17), // UDP → 28 accept
+        /* 8 */ ins(JEQ_K, 0, 20, 6), // not TCP → 29 drop
+        /* 9 */ ins(LD_H_ABS, 0, 0, 6),
+        /* 10 */ ins(AND_K, 0, 0, 0x1fff), // fragment offset
+        /* 11 */ ins(JEQ_K, 1, 0, 0), // offset 0 → 13
         // Offset 1 (8 bytes) may carry the flags of a tiny first fragment (nmap -f);
         // later fragments carry nothing of use.
-        /* 11 */
-        ins(JEQ_K, 15, 16, 1), // → 27 accept, else → 28 drop
-        /* 12 */ ins(LD_H_ABS, 0, 0, 6),
-        /* 13 */
-        ins(JSET_K, 13, 0, 0x2000), // first fragment (MF): header may be cut → 27
-        /* 14 */ ins(LDX_B_MSH, 0, 0, 0),
-        /* 15 */ ins(LD_B_IND, 0, 0, 13),
-        /* 16 */ ins(JSET_K, 11, 10, ACK_RST), // → 28 drop, else → 27 accept
+        /* 12 */
+        ins(JEQ_K, 15, 16, 1), // → 28 accept, else → 29 drop
+        /* 13 */ ins(LD_H_ABS, 0, 0, 6),
+        /* 14 */
+        ins(JSET_K, 13, 0, 0x2000), // first fragment (MF): header may be cut → 28
+        /* 15 */ ins(LDX_B_MSH, 0, 0, 0),
+        /* 16 */ ins(LD_B_IND, 0, 0, 13),
+        /* 17 */ ins(JSET_K, 11, 10, ACK_RST), // → 29 drop, else → 28 accept
         /* v6 */
-        /* 17 */ ins(LD_B_ABS, 0, 0, 6),
-        /* 18 */ ins(JEQ_K, 6, 0, 6), // TCP → 25
-        /* 19 */ ins(JEQ_K, 7, 0, 17), // UDP → 27 accept
-        /* 20 */ ins(JEQ_K, 6, 0, 0), // hop-by-hop → 27
-        /* 21 */ ins(JEQ_K, 5, 0, 43), // routing → 27
-        /* 22 */ ins(JEQ_K, 4, 0, 60), // destination options → 27
-        /* 23 */ ins(JEQ_K, 3, 0, 44), // fragment → 27
-        /* 24 */ ins(JEQ_K, 2, 3, 51), // AH → 27, else → 28 drop
-        /* 25 */ ins(LD_B_ABS, 0, 0, 40 + 13),
-        /* 26 */ ins(JSET_K, 1, 0, ACK_RST), // → 28 drop, else 27
-        /* 27 */ ins(RET_K, 0, 0, accept),
-        /* 28 */ ins(RET_K, 0, 0, 0),
+        /* 18 */ ins(LD_B_ABS, 0, 0, 6),
+        /* 19 */ ins(JEQ_K, 6, 0, 6), // TCP → 26
+        /* 20 */ ins(JEQ_K, 7, 0, 17), // UDP → 28 accept
+        /* 21 */ ins(JEQ_K, 6, 0, 0), // hop-by-hop → 28
+        /* 22 */ ins(JEQ_K, 5, 0, 43), // routing → 28
+        /* 23 */ ins(JEQ_K, 4, 0, 60), // destination options → 28
+        /* 24 */ ins(JEQ_K, 3, 0, 44), // fragment → 28
+        /* 25 */ ins(JEQ_K, 2, 3, 51), // AH → 28, else → 29 drop
+        /* 26 */ ins(LD_B_ABS, 0, 0, 40 + 13),
+        /* 27 */ ins(JSET_K, 1, 0, ACK_RST), // → 29 drop, else 28
+        /* 28 */ ins(RET_K, 0, 0, accept),
+        /* 29 */ ins(RET_K, 0, 0, 0),
+        // Outgoing: only UDP (IPv4, or IPv6 without extension headers), headers only, to
+        // remember this host's own UDP flows so their replies are not probes.
+        /* 30 */
+        ins(LD_W_ABS, 0, 0, ancillary(SKF_AD_PROTOCOL)),
+        /* 31 */ ins(JEQ_K, 0, 2, 0x0800), // v4 → 32, else → 34
+        /* 32 */ ins(LD_B_ABS, 0, 0, 9),
+        /* 33 */ ins(JEQ_K, 3, 4, 17), // UDP → 37, else → 38
+        /* 34 */ ins(JEQ_K, 0, 3, 0x86dd), // v6 → 35, else → 38
+        /* 35 */ ins(LD_B_ABS, 0, 0, 6),
+        /* 36 */ ins(JEQ_K, 0, 1, 17), // UDP → 37, else → 38
+        /* 37 */ ins(RET_K, 0, 0, OUTGOING_SNAPLEN),
+        /* 38 */ ins(RET_K, 0, 0, 0),
     ]
 }
 
@@ -117,7 +135,12 @@ impl Capture {
     /// Hand every frame of up to `max_blocks` ready blocks to `f`. Returns the number of
     /// blocks processed (0: nothing ready) and counts frames whose descriptors do not fit
     /// the block in `bad`.
-    pub fn drain(&mut self, max_blocks: usize, bad: &mut u64, mut f: impl FnMut(&[u8])) -> usize {
+    pub fn drain(
+        &mut self,
+        max_blocks: usize,
+        bad: &mut u64,
+        mut f: impl FnMut(&[u8], bool),
+    ) -> usize {
         let mut blocks = 0;
         while blocks < max_blocks {
             let Some(block) = self.ring.next_block() else {
@@ -146,9 +169,10 @@ fn u16_at(b: &[u8], off: usize) -> Option<u16> {
 }
 
 /// Walk the frames of one TPACKET_V3 block (`struct tpacket_block_desc` followed by
-/// `struct tpacket3_hdr` records). Returns how many frame descriptors were inconsistent.
-/// The kernel writes these blocks, but every offset is still checked.
-pub fn for_each_frame(block: &[u8], f: &mut impl FnMut(&[u8])) -> u64 {
+/// `struct tpacket3_hdr` records, each followed by its `sockaddr_ll`). `f` gets the data
+/// and whether the packet was outgoing. Returns how many frame descriptors were
+/// inconsistent. The kernel writes these blocks, but every offset is still checked.
+pub fn for_each_frame(block: &[u8], f: &mut impl FnMut(&[u8], bool)) -> u64 {
     let Some(num) = u32_at(block, 12) else {
         return 1;
     };
@@ -163,12 +187,14 @@ pub fn for_each_frame(block: &[u8], f: &mut impl FnMut(&[u8])) -> u64 {
             let net = usize::from(u16_at(block, off.checked_add(26)?)?);
             let start = off.checked_add(net)?;
             let data = block.get(start..start.checked_add(snaplen)?)?;
-            Some((next, data))
+            // sockaddr_ll follows the 48-byte header; sll_pkttype is its byte 10.
+            let pkttype = *block.get(off.checked_add(48 + 10)?)?;
+            Some((next, data, u32::from(pkttype) == PACKET_OUTGOING))
         })();
-        let Some((next, data)) = frame else {
+        let Some((next, data, outgoing)) = frame else {
             return 1;
         };
-        f(data);
+        f(data, outgoing);
         if next == 0 {
             break;
         }
@@ -310,9 +336,29 @@ mod tests {
     #[test]
     fn direction_and_ethertype() {
         let p = tcp4(A, B, 1, 23, 0x02);
-        for pkttype in 1..=7 {
+        for pkttype in [1, 2, 3, 4, 5, 6, 7] {
             assert_eq!(run_filter(&filter_program(), &p, pkttype, 0x0800), 0);
         }
+        // Outgoing: UDP headers only.
+        let u = udp4(A, B, 40000, 53);
+        assert_eq!(
+            run_filter(&filter_program(), &u, 4, 0x0800),
+            OUTGOING_SNAPLEN
+        );
+        assert_eq!(run_filter(&filter_program(), &u, 1, 0x0800), 0);
+        let u6 = ipv6(
+            v6("fd00::1"),
+            v6("fd00::2"),
+            17,
+            &[],
+            &udp_header(40000, 53),
+        );
+        assert_eq!(
+            run_filter(&filter_program(), &u6, 4, 0x86dd),
+            OUTGOING_SNAPLEN
+        );
+        let t6 = tcp6(v6("fd00::1"), v6("fd00::2"), 1, 2, 2);
+        assert_eq!(run_filter(&filter_program(), &t6, 4, 0x86dd), 0);
         assert_eq!(run_filter(&filter_program(), &p, 0, 0x0806), 0);
     }
 
@@ -364,14 +410,15 @@ mod tests {
         let block = block_with(&[&f1, &f2]);
         let mut seen = Vec::new();
         assert_eq!(
-            for_each_frame(&block, &mut |d: &[u8]| seen.push(d.to_vec())),
+            for_each_frame(&block, &mut |d: &[u8], out: bool| seen
+                .push((d.to_vec(), out))),
             0
         );
-        assert_eq!(seen, vec![f1.clone(), f2]);
+        assert_eq!(seen, vec![(f1.clone(), false), (f2, false)]);
         // A corrupt snaplen is reported, never read past the block.
         let mut bad = block_with(&[&f1]);
         bad[48 + 12..48 + 16].copy_from_slice(&100_000u32.to_ne_bytes());
-        assert_eq!(for_each_frame(&bad, &mut |_: &[u8]| {}), 1);
-        assert_eq!(for_each_frame(&[0u8; 10], &mut |_: &[u8]| {}), 1);
+        assert_eq!(for_each_frame(&bad, &mut |_: &[u8], _| {}), 1);
+        assert_eq!(for_each_frame(&[0u8; 10], &mut |_: &[u8], _| {}), 1);
     }
 }

@@ -23,16 +23,20 @@ use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
 use crate::log::{detection_line, ip_options_line, tiny_fragment_line, Logger};
-use crate::pipeline::{candidate, Counters, FragTable, Verdict};
+use crate::pipeline::{candidate, Candidate, Counters, Tables, Verdict};
 use crate::ports::{PortConfig, PortPolicy};
 use crate::state::{Hit, Outcome, State, StateConfig, DEFAULT_REREPORT_MS};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 
-/// On a hit, the table is re-read first if it is older than this, so a service that has
-/// just started is not mistaken for a closed port being probed. This bounds both the
-/// blind spot (a service that started listening less than this before the probe) and the
-/// cost under a flood of probes (at most 1000/LISTENER_STALE_MS table reads per second).
-const LISTENER_STALE_MS: u64 = 20;
+/// Probes to ports the (possibly stale) table says are unserved are held back and judged
+/// against a table read *after* they were captured, so a reply to a socket that was bound
+/// a moment ago (a DNS query's ephemeral port, a service that just started) never counts.
+/// The table is re-read at most this often for that purpose, which bounds the cost under a
+/// flood of probes (at most 1000/LISTENER_RECHECK_MS reads per second) and the extra
+/// detection delay while probes keep arriving; an isolated probe is judged at once.
+const LISTENER_RECHECK_MS: u64 = 10;
+/// Most held-back probes; beyond this the table is re-read early.
+const MAX_PENDING: usize = 65_536;
 /// Housekeeping (state expiry, kernel counters, listener-table refresh: a service that
 /// stopped is watched again within this time).
 const HOUSEKEEPING_MS: u64 = 1_000;
@@ -284,7 +288,8 @@ fn run(args: Args) -> i32 {
         }),
         stats: SensorStats::default(),
         counters: Counters::default(),
-        frags: FragTable::default(),
+        tables: Tables::default(),
+        pending: Vec::new(),
         log,
         client,
         events,
@@ -332,7 +337,8 @@ struct Sensor {
     state: State,
     stats: SensorStats,
     counters: Counters,
-    frags: FragTable,
+    tables: Tables,
+    pending: Vec<(Candidate, u64)>,
     log: Logger,
     client: Client,
     events: Vec<Event>,
@@ -381,6 +387,10 @@ impl Sensor {
             if let Some(t) = self.client.next_attempt_in(now) {
                 timeout = timeout.min(t);
             }
+            if !self.pending.is_empty() {
+                let due = self.last_refresh_ms + LISTENER_RECHECK_MS;
+                timeout = timeout.min(due.saturating_sub(now));
+            }
             let timeout = i32::try_from(timeout.min(1_000)).unwrap_or(1_000);
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 return fatal(&mut self.log, &format!("poll: {e}"));
@@ -391,9 +401,10 @@ impl Sensor {
             if let Some(c) = &mut capture {
                 let now = self.now_ms();
                 let wall = now_wall_ms();
-                c.drain(MAX_BLOCKS_PER_WAKE, &mut bad_frames, |frame| {
-                    self.on_frame(frame, now, wall)
+                c.drain(MAX_BLOCKS_PER_WAKE, &mut bad_frames, |frame, outgoing| {
+                    self.on_frame(frame, outgoing, now, wall)
                 });
+                self.judge_pending(self.now_ms(), false);
             }
             if let Some(i) = client_idx {
                 if let Some(p) = fds.get(i) {
@@ -473,13 +484,15 @@ impl Sensor {
 
     /// The per-packet path: parse, classify, ignore list, port policy, state.
     #[inline]
-    fn on_frame(&mut self, frame: &[u8], now: u64, wall: u64) {
+    fn on_frame(&mut self, frame: &[u8], outgoing: bool, now: u64, wall: u64) {
         let c = match candidate(
             frame,
+            outgoing,
+            now,
             &self.policy,
             &self.listeners,
             &self.ignore,
-            &mut self.frags,
+            &mut self.tables,
             &mut self.counters,
         ) {
             None => return,
@@ -490,17 +503,32 @@ impl Sensor {
                 return;
             }
         };
-        // A service may have started since the last table read: re-check before counting.
-        let mode = if now.saturating_sub(self.last_refresh_ms) >= LISTENER_STALE_MS {
-            self.refresh_listeners(now);
-            match self.policy.watched(c.proto, c.dst, c.port, &self.listeners) {
-                Some(m) => m,
-                None => return,
+        // Judged after the next table read (see LISTENER_RECHECK_MS).
+        self.pending.push((c, wall));
+        if self.pending.len() >= MAX_PENDING {
+            self.judge_pending(now, true);
+        }
+    }
+
+    /// Re-read the listener table (if allowed now, or `force`) and count every held-back
+    /// probe whose port is still unserved.
+    fn judge_pending(&mut self, now: u64, force: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if !force && now.saturating_sub(self.last_refresh_ms) < LISTENER_RECHECK_MS {
+            return;
+        }
+        self.refresh_listeners(now);
+        let pending = std::mem::take(&mut self.pending);
+        for (c, wall) in &pending {
+            if let Some(mode) = self.policy.watched(c.proto, c.dst, c.port, &self.listeners) {
+                self.on_hit(c.src, c.port, c.scan, mode, c.ip_options, now, *wall);
             }
-        } else {
-            c.mode
-        };
-        self.on_hit(c.src, c.port, c.scan, mode, c.ip_options, now, wall);
+        }
+        // Keep the allocation.
+        self.pending = pending;
+        self.pending.clear();
     }
 
     #[allow(clippy::too_many_arguments)]

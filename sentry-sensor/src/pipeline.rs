@@ -24,6 +24,10 @@ pub struct Counters {
     pub tiny_fragments: u64,
     /// Of those, completed by the fragment carrying the flags.
     pub fragments_completed: u64,
+    /// This host's own outgoing UDP datagrams seen (not counted in `packets`).
+    pub outgoing: u64,
+    /// Inbound UDP datagrams that answered one of them.
+    pub udp_replies: u64,
     /// Well-formed but not a probe (other protocol, non-first fragment).
     pub skipped: u64,
     /// Probes from sources on the ignore list.
@@ -124,17 +128,100 @@ impl FragTable {
     }
 }
 
+/// Slots in the table of this host's recent outgoing UDP flows.
+pub const FLOW_SLOTS: usize = 8192;
+/// How long after an outgoing UDP datagram a datagram coming back on the same flow is
+/// taken as its reply.
+pub const UDP_REPLY_WINDOW_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    local: IpAddr,
+    local_port: u16,
+    remote: IpAddr,
+    remote_port: u16,
+}
+
+/// This host's recent outgoing UDP flows (DNS queries, NTP, ...), so that their replies,
+/// which arrive at ports no socket may be bound to any more by the time the sensor looks,
+/// are never counted as probes. Direct-mapped on a keyed hash with [`FLOW_SLOTS`] slots:
+/// fixed memory; a collision can only forget a flow (its reply then counts as a probe of
+/// the remote host, which the ignore list and trigger still govern).
+#[derive(Debug)]
+pub struct UdpFlows {
+    slots: Vec<Option<(FlowKey, u64)>>,
+    hasher: RandomState,
+}
+
+impl Default for UdpFlows {
+    fn default() -> Self {
+        Self {
+            slots: vec![None; FLOW_SLOTS],
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl UdpFlows {
+    fn slot(&self, k: &FlowKey) -> usize {
+        usize::try_from(self.hasher.hash_one(k) % FLOW_SLOTS as u64).unwrap_or(0)
+    }
+
+    fn record(&mut self, k: FlowKey, now: u64) {
+        let i = self.slot(&k);
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Some((k, now));
+        }
+    }
+
+    fn is_reply(&self, k: &FlowKey, now: u64) -> bool {
+        self.slots
+            .get(self.slot(k))
+            .and_then(|s| s.as_ref())
+            .is_some_and(|(key, t)| key == k && now.saturating_sub(*t) <= UDP_REPLY_WINDOW_MS)
+    }
+}
+
+/// Per-sensor tables the per-packet path keeps.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub frags: FragTable,
+    pub flows: UdpFlows,
+}
+
 /// Everything up to the state engine for one captured frame.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub fn candidate(
     frame: &[u8],
+    outgoing: bool,
+    now: u64,
     policy: &PortPolicy,
     listeners: &Listeners,
     ignore: &IgnoreList,
-    frags: &mut FragTable,
+    t: &mut Tables,
     c: &mut Counters,
 ) -> Option<Verdict> {
+    if outgoing {
+        // Only UDP headers of our own datagrams get here: remember the flow.
+        c.outgoing += 1;
+        if let Ok(Parsed::Probe(p)) = packet::parse(frame) {
+            if let Transport::Udp { src_port, dst_port } = p.transport {
+                t.flows.record(
+                    FlowKey {
+                        local: p.src,
+                        local_port: src_port,
+                        remote: p.dst,
+                        remote_port: dst_port,
+                    },
+                    now,
+                );
+            }
+        }
+        return None;
+    }
     c.packets += 1;
+    let frags = &mut t.frags;
     let probe = match packet::parse(frame) {
         Ok(Parsed::Probe(p)) => p,
         Ok(Parsed::TinyFragment(t)) => {
@@ -201,7 +288,22 @@ pub fn candidate(
         Transport::Tcp {
             dst_port, flags, ..
         } => (Protocol::Tcp, classify_tcp(flags)?, dst_port),
-        Transport::Udp { dst_port, .. } => (Protocol::Udp, ScanKind::Udp, dst_port),
+        Transport::Udp { src_port, dst_port } => {
+            let reply = t.flows.is_reply(
+                &FlowKey {
+                    local: probe.dst,
+                    local_port: dst_port,
+                    remote: probe.src,
+                    remote_port: src_port,
+                },
+                now,
+            );
+            if reply {
+                c.udp_replies += 1;
+                return None;
+            }
+            (Protocol::Udp, ScanKind::Udp, dst_port)
+        }
     };
     if ignore.contains(probe.src) {
         c.ignored += 1;
@@ -243,11 +345,13 @@ mod tests {
         let ignore = IgnoreList::parse("10.0.0.0/8\n", Path::new("t")).unwrap();
         let l = Listeners::default();
         let mut c = Counters::default();
-        let mut f = FragTable::default();
+        let mut f = Tables::default();
         let a = Ipv4Addr::new(192, 0, 2, 1);
         let me = Ipv4Addr::new(192, 0, 2, 2);
         let Some(Verdict::Probe(got)) = candidate(
             &tcp4(a, me, 1, 23, 0x02),
+            false,
+            1,
             &policy,
             &l,
             &ignore,
@@ -262,6 +366,8 @@ mod tests {
         );
         assert!(candidate(
             &tcp4(a, me, 1, 24, 0x02),
+            false,
+            1,
             &policy,
             &l,
             &ignore,
@@ -271,6 +377,8 @@ mod tests {
         .is_none());
         assert!(candidate(
             &tcp4(a, me, 1, 23, 0x12),
+            false,
+            1,
             &policy,
             &l,
             &ignore,
@@ -281,6 +389,8 @@ mod tests {
         let ig = Ipv4Addr::new(10, 1, 2, 3);
         assert!(candidate(
             &tcp4(ig, me, 1, 23, 0x02),
+            false,
+            1,
             &policy,
             &l,
             &ignore,
@@ -288,20 +398,37 @@ mod tests {
             &mut c
         )
         .is_none());
-        let Some(Verdict::Probe(u)) =
-            candidate(&udp4(a, me, 1, 53), &policy, &l, &ignore, &mut f, &mut c)
-        else {
+        let Some(Verdict::Probe(u)) = candidate(
+            &udp4(a, me, 1, 53),
+            false,
+            1,
+            &policy,
+            &l,
+            &ignore,
+            &mut f,
+            &mut c,
+        ) else {
             panic!("no probe");
         };
         assert_eq!(u.mode, Mode::Audp);
-        assert!(candidate(&udp4(a, me, 1, 137), &policy, &l, &ignore, &mut f, &mut c).is_none());
-        assert!(candidate(&[0x45, 0], &policy, &l, &ignore, &mut f, &mut c).is_none());
+        assert!(candidate(
+            &udp4(a, me, 1, 137),
+            false,
+            1,
+            &policy,
+            &l,
+            &ignore,
+            &mut f,
+            &mut c
+        )
+        .is_none());
+        assert!(candidate(&[0x45, 0], false, 1, &policy, &l, &ignore, &mut f, &mut c).is_none());
         // nmap -f: a first fragment with only 8 bytes of TCP, to a watched port.
         let mut tiny = ipv4_header(a, me, 6, 8, &[]);
         tiny.extend_from_slice(&tcp_header(1, 23, 0x02)[..8]);
         tiny[6] = 0x20;
         assert_eq!(
-            candidate(&tiny, &policy, &l, &ignore, &mut f, &mut c),
+            candidate(&tiny, false, 1, &policy, &l, &ignore, &mut f, &mut c),
             Some(Verdict::Evasion(Evasion {
                 src: IpAddr::V4(a),
                 proto: Protocol::Tcp,
@@ -313,7 +440,8 @@ mod tests {
         let mut second = ipv4_header(a, me, 6, 8, &[]);
         second.extend_from_slice(&tcp_header(1, 23, 0x02)[8..16]);
         second[7] = 1; // offset 1 (8 bytes)
-        let Some(Verdict::Probe(p)) = candidate(&second, &policy, &l, &ignore, &mut f, &mut c)
+        let Some(Verdict::Probe(p)) =
+            candidate(&second, false, 1, &policy, &l, &ignore, &mut f, &mut c)
         else {
             panic!("fragments not paired");
         };
@@ -322,7 +450,7 @@ mod tests {
             (IpAddr::V4(a), 23, ScanKind::Syn, Mode::Stcp)
         );
         // Replayed or unmatched second fragments are never interpreted.
-        assert!(candidate(&second, &policy, &l, &ignore, &mut f, &mut c).is_none());
+        assert!(candidate(&second, false, 1, &policy, &l, &ignore, &mut f, &mut c).is_none());
         assert_eq!(
             c,
             Counters {
@@ -331,8 +459,60 @@ mod tests {
                 tiny_fragments: 1,
                 fragments_completed: 1,
                 skipped: 0,
-                ignored: 1
+                ignored: 1,
+                outgoing: 0,
+                udp_replies: 0,
             }
         );
+        // Our own DNS query out, its answer back: not a probe; another source's datagram
+        // to the same port is.
+        let dns = Ipv4Addr::new(192, 0, 2, 53);
+        let q = udp4(me, dns, 40000, 53);
+        assert!(candidate(&q, true, 100, &policy, &l, &ignore, &mut f, &mut c).is_none());
+        let answer = udp4(dns, me, 53, 40000);
+        assert!(candidate(&answer, false, 200, &policy, &l, &ignore, &mut f, &mut c).is_none());
+        let policy_all = PortPolicy::new(
+            &[Mode::Audp],
+            &PortConfig {
+                tcp_ports: vec![],
+                udp_ports: vec![],
+                advanced_ports_tcp: 0,
+                advanced_ports_udp: 65535,
+                advanced_exclude_tcp: vec![],
+                advanced_exclude_udp: vec![],
+            },
+        );
+        assert!(candidate(
+            &answer,
+            false,
+            300,
+            &policy_all,
+            &l,
+            &ignore,
+            &mut f,
+            &mut c
+        )
+        .is_none());
+        let other = udp4(a, me, 53, 40000);
+        assert!(matches!(
+            candidate(&other, false, 300, &policy_all, &l, &ignore, &mut f, &mut c),
+            Some(Verdict::Probe(_))
+        ));
+        // After the reply window the flow is forgotten.
+        let late = 200 + UDP_REPLY_WINDOW_MS + 1;
+        assert!(matches!(
+            candidate(
+                &answer,
+                false,
+                late,
+                &policy_all,
+                &l,
+                &ignore,
+                &mut f,
+                &mut c
+            ),
+            Some(Verdict::Probe(_))
+        ));
+        assert_eq!((c.outgoing, c.udp_replies), (1, 2));
     }
 }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_VERSION: libc::c_int = 10;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TPACKET_V3: libc::c_int = 2;
 const SO_ATTACH_FILTER: libc::c_int = 26;
 const SO_LOCK_FILTER: libc::c_int = 44;
@@ -112,14 +111,8 @@ impl PacketRing {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let s = fd.as_raw_fd();
         setsockopt(s, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
-        // Do not even clone outgoing packets to this socket (Linux >= 4.20); the filter
-        // rejects them anyway, so failure here is only a performance matter.
-        let _ = setsockopt(
-            s,
-            libc::SOL_PACKET,
-            PACKET_IGNORE_OUTGOING,
-            &1 as &libc::c_int,
-        );
+        // Outgoing packets are not ignored (PACKET_IGNORE_OUTGOING): the filter keeps the
+        // headers of this host's UDP datagrams so their replies can be recognised.
         let prog = libc::sock_fprog {
             len: u16::try_from(filter.len()).map_err(|_| invalid("BPF program too long"))?,
             filter: filter.as_ptr().cast_mut(),

@@ -657,3 +657,56 @@ fn fragmented_scan_is_detected() {
         T,
     );
 }
+
+/// Replies to this host's own UDP queries arrive at an ephemeral port; with advanced UDP
+/// watching every port they must still not count (the querying socket is a bound
+/// service, learnt when the reply arrives).
+#[test]
+fn udp_replies_to_own_queries_never_count() {
+    if !need_root("udp_replies_to_own_queries_never_count") {
+        return;
+    }
+    ensure_user();
+    let net = NetPair::new();
+    let setup = Setup::new(
+        &CONFIG
+            .replace(
+                "ADVANCED_PORTS_UDP=\"1024\"",
+                "ADVANCED_PORTS_UDP=\"65535\"",
+            )
+            .replace(
+                "ADVANCED_PORTS_TCP=\"1024\"",
+                "ADVANCED_PORTS_TCP=\"65535\"",
+            ),
+    );
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = Sensor::start(&net, &setup, &["-atcp", "-audp"]);
+    let echo = net.in_scanner(|| std::net::UdpSocket::bind((SCANNER, 5300)).unwrap());
+    echo.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while n < 5 {
+            let Ok((len, from)) = echo.recv_from(&mut buf) else {
+                break;
+            };
+            let _ = echo.send_to(&buf[..len], from);
+            n += 1;
+        }
+        n
+    });
+    net.in_target(|| {
+        for _ in 0..5 {
+            let u = std::net::UdpSocket::bind((TARGET, 0)).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            u.send_to(b"ping", (SCANNER, 5300)).unwrap();
+            u.recv_from(&mut buf).expect("echo reply");
+        }
+    });
+    assert_eq!(echo_thread.join().unwrap(), 5);
+    net.hping(source(5), 23, &["-S"]);
+    let got = enf.blocks_until(T, |b| !b.is_empty());
+    assert_eq!(got.len(), 1, "{}", sensor.log_text());
+    assert_eq!(got[0].source, v4(source(5)), "{}", sensor.log_text());
+}
