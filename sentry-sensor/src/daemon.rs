@@ -34,7 +34,7 @@ use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
 /// The table is re-read at most this often for that purpose, which bounds the cost under a
 /// flood of probes (at most 1000/LISTENER_RECHECK_MS reads per second) and the extra
 /// detection delay while probes keep arriving; an isolated probe is judged at once.
-const LISTENER_RECHECK_MS: u64 = 10;
+const LISTENER_RECHECK_MS: u64 = 2;
 /// Most held-back probes; beyond this the table is re-read early.
 const MAX_PENDING: usize = 65_536;
 /// Housekeeping (state expiry, kernel counters, listener-table refresh: a service that
@@ -503,6 +503,11 @@ impl Sensor {
                 return;
             }
         };
+        // A latched source's hit only refreshes its latch, whatever the table says.
+        if self.state.is_latched(c.src, now) {
+            self.on_hit(c.src, c.port, c.scan, c.mode, c.ip_options, now, wall);
+            return;
+        }
         // Judged after the next table read (see LISTENER_RECHECK_MS).
         self.pending.push((c, wall));
         if self.pending.len() >= MAX_PENDING {

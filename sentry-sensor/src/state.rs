@@ -365,6 +365,19 @@ impl State {
         dropped
     }
 
+    /// Whether a hit from `ip` at `now` would only refresh its latch (reported less than
+    /// `rereport_ms` ago and not silent for a window).
+    pub fn is_latched(&self, ip: IpAddr, now: u64) -> bool {
+        self.index
+            .get(&ip)
+            .and_then(|&i| self.slots.get(i))
+            .is_some_and(|s| {
+                s.reported
+                    && now.saturating_sub(s.reported_ms) < self.cfg.rereport_ms
+                    && now.saturating_sub(s.last_ms) <= self.cfg.window_ms
+            })
+    }
+
     /// Whether `ip` is currently tracked (tests, diagnostics).
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.index.contains_key(&ip)
@@ -499,6 +512,9 @@ mod tests {
         }
         // Reports at 10, then two fresh ports after each latch of 1000 ms.
         assert_eq!(reports, vec![10, 1060, 2110, 3160]);
+        assert!(s.is_latched(a, 3200));
+        assert!(!s.is_latched(a, 4200));
+        assert!(!s.is_latched(v4(99), 3200));
     }
 
     #[test]
