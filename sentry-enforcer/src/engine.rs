@@ -923,22 +923,23 @@ impl Engine {
             .filter(|b| b.expires_ms.is_some_and(|e| e <= now))
             .map(|b| b.addr)
             .collect();
-        let deny = self.deny_batch_remove(&due);
-        for a in &due {
-            self.end_block(
-                *a,
-                now,
-                (extra::EXPIRED, "BLOCK_TIMEOUT passed"),
-                None,
-                true,
-                deny.as_ref(),
-            );
-            self.counters.expired += 1;
-        }
-        if !due.is_empty() {
-            self.rewrite_blocked_file();
-        }
+        self.end_blocks(&due, now, (extra::EXPIRED, "BLOCK_TIMEOUT passed"));
+        self.counters.expired += due.len() as u64;
         due.len()
+    }
+
+    /// End a batch of blocks for one reason, with one hosts.deny rewrite and one
+    /// BLOCKED_FILE rewrite for the whole batch (mass expiry and ignore-list reloads must
+    /// not rewrite the files once per block).
+    fn end_blocks(&mut self, addrs: &[IpAddr], now: u64, why: (&'static str, &'static str)) {
+        if addrs.is_empty() {
+            return;
+        }
+        let deny = self.deny_batch_remove(addrs);
+        for a in addrs {
+            self.end_block(*a, now, why, None, true, deny.as_ref());
+        }
+        self.rewrite_blocked_file();
     }
 
     /// SIGHUP: re-read the ignore list and lift blocks on addresses it now covers.
@@ -961,21 +962,12 @@ impl Engine {
             .copied()
             .filter(|a| self.ignore.contains(*a))
             .collect();
-        let deny = self.deny_batch_remove(&now_ignored);
-        for a in &now_ignored {
-            self.end_block(
-                *a,
-                now,
-                (extra::UNBLOCKED, "now on the ignore list"),
-                None,
-                true,
-                deny.as_ref(),
-            );
-            self.counters.unblocked += 1;
-        }
-        if !now_ignored.is_empty() {
-            self.rewrite_blocked_file();
-        }
+        self.end_blocks(
+            &now_ignored,
+            now,
+            (extra::UNBLOCKED, "now on the ignore list"),
+        );
+        self.counters.unblocked += now_ignored.len() as u64;
         self.log.notice(&format!(
             "adminalert: ignore list reloaded ({} entries); {} blocks lifted",
             self.ignore.len(),
