@@ -2,7 +2,7 @@
 //! list → port policy. The state engine ([`crate::state`]) comes after it.
 
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
 use policy::IgnoreList;
@@ -87,44 +87,71 @@ struct FragEntry {
     mode: Mode,
 }
 
-/// Tiny first fragments (ports but no TCP flags) waiting for the fragment that carries the
-/// flags. Direct-mapped on a keyed hash of (source, destination, id) with [`FRAG_SLOTS`]
-/// slots: memory is fixed, and a flood of fragments can only overwrite entries.
+/// A fixed-size table indexed by a keyed hash of the key (sources are attacker-chosen):
+/// memory never grows, a flood can only overwrite slots, and every slot keeps its full
+/// key, so a collision makes the table forget an entry, never confuse two.
 #[derive(Debug)]
-pub struct FragTable {
-    slots: Vec<Option<FragEntry>>,
+struct DirectMap<K, V> {
+    slots: Vec<Option<(K, V)>>,
     hasher: RandomState,
 }
 
-impl Default for FragTable {
-    fn default() -> Self {
+impl<K: Hash + Eq + Clone, V: Clone> DirectMap<K, V> {
+    fn new(slots: usize) -> Self {
         Self {
-            slots: vec![None; FRAG_SLOTS],
+            slots: vec![None; slots.max(1)],
             hasher: RandomState::new(),
         }
+    }
+
+    fn slot(&self, k: &K) -> usize {
+        let n = u64::try_from(self.slots.len()).unwrap_or(1);
+        usize::try_from(self.hasher.hash_one(k) % n).unwrap_or(0)
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        let i = self.slot(&k);
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Some((k, v));
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<&V> {
+        match self.slots.get(self.slot(k))? {
+            Some((key, v)) if key == k => Some(v),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self, k: &K) -> Option<V> {
+        let i = self.slot(k);
+        let s = self.slots.get_mut(i)?;
+        if s.as_ref().is_some_and(|(key, _)| key == k) {
+            s.take().map(|(_, v)| v)
+        } else {
+            None
+        }
+    }
+}
+
+/// Tiny first fragments (ports but no TCP flags) waiting for the fragment that carries the
+/// flags, keyed by (source, destination, id), [`FRAG_SLOTS`] slots.
+#[derive(Debug)]
+pub struct FragTable(DirectMap<(IpAddr, IpAddr, u32), FragEntry>);
+
+impl Default for FragTable {
+    fn default() -> Self {
+        Self(DirectMap::new(FRAG_SLOTS))
     }
 }
 
 impl FragTable {
-    fn slot(&self, src: IpAddr, dst: IpAddr, id: u32) -> usize {
-        let h = self.hasher.hash_one((src, dst, id));
-        usize::try_from(h % FRAG_SLOTS as u64).unwrap_or(0)
-    }
-
     fn insert(&mut self, e: FragEntry) {
-        let i = self.slot(e.src, e.dst, e.id);
-        if let Some(s) = self.slots.get_mut(i) {
-            *s = Some(e);
-        }
+        self.0.insert((e.src, e.dst, e.id), e);
     }
 
     fn take(&mut self, src: IpAddr, dst: IpAddr, id: u32) -> Option<FragEntry> {
-        let i = self.slot(src, dst, id);
-        let s = self.slots.get_mut(i)?;
-        match s {
-            Some(e) if e.src == src && e.dst == dst && e.id == id => s.take(),
-            _ => None,
-        }
+        self.0.take(&(src, dst, id))
     }
 }
 
@@ -144,41 +171,27 @@ struct FlowKey {
 
 /// This host's recent outgoing UDP flows (DNS queries, NTP, ...), so that their replies,
 /// which arrive at ports no socket may be bound to any more by the time the sensor looks,
-/// are never counted as probes. Direct-mapped on a keyed hash with [`FLOW_SLOTS`] slots:
-/// fixed memory; a collision can only forget a flow (its reply then counts as a probe of
-/// the remote host, which the ignore list and trigger still govern).
+/// are never counted as probes. [`FLOW_SLOTS`] slots; a collision can only forget a flow
+/// (its reply then counts as a probe of the remote host, which the ignore list and trigger
+/// still govern).
 #[derive(Debug)]
-pub struct UdpFlows {
-    slots: Vec<Option<(FlowKey, u64)>>,
-    hasher: RandomState,
-}
+pub struct UdpFlows(DirectMap<FlowKey, u64>);
 
 impl Default for UdpFlows {
     fn default() -> Self {
-        Self {
-            slots: vec![None; FLOW_SLOTS],
-            hasher: RandomState::new(),
-        }
+        Self(DirectMap::new(FLOW_SLOTS))
     }
 }
 
 impl UdpFlows {
-    fn slot(&self, k: &FlowKey) -> usize {
-        usize::try_from(self.hasher.hash_one(k) % FLOW_SLOTS as u64).unwrap_or(0)
-    }
-
     fn record(&mut self, k: FlowKey, now: u64) {
-        let i = self.slot(&k);
-        if let Some(s) = self.slots.get_mut(i) {
-            *s = Some((k, now));
-        }
+        self.0.insert(k, now);
     }
 
     fn is_reply(&self, k: &FlowKey, now: u64) -> bool {
-        self.slots
-            .get(self.slot(k))
-            .and_then(|s| s.as_ref())
-            .is_some_and(|(key, t)| key == k && now.saturating_sub(*t) <= UDP_REPLY_WINDOW_MS)
+        self.0
+            .get(k)
+            .is_some_and(|t| now.saturating_sub(*t) <= UDP_REPLY_WINDOW_MS)
     }
 }
 
