@@ -365,23 +365,31 @@ pub fn start_sentry(name: &str, settings: Settings) -> Sentry {
 fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
     let s = start_sentry("bench-scan", sentry_settings(&["atcp", "audp"], nft));
     let dir = TempDir::new("sentry-bench-scan-").map_err(|e| e.to_string())?;
-    let trace = std::env::var_os("SENTRY_BENCH_STRACE").map(|out| {
-        let c = std::process::Command::new("strace")
-            .args([
-                "-f",
-                "-tt",
-                "-e",
-                "trace=poll,ppoll,sendto,sendmsg,write,read,recvfrom",
-                "-o",
-            ])
-            .arg(out)
-            .arg("-p")
-            .arg(s.sensor_pid().to_string())
-            .spawn()
-            .expect("strace");
+    // Diagnostics: strace both daemons (epoch timestamps, comparable with the capture's)
+    // into FILE.sensor and FILE.enforcer.
+    let trace: Vec<ChildGuard> = std::env::var_os("SENTRY_BENCH_STRACE")
+        .map(|out| {
+            let out = out.to_string_lossy().into_owned();
+            [("sensor", s.sensor_pid()), ("enforcer", s.enforcer_pid())]
+                .into_iter()
+                .filter_map(|(what, pid)| {
+                    let c = std::process::Command::new("strace")
+                        .args(["-f", "-ttt", "-o"])
+                        .arg(format!("{out}.{what}"))
+                        .arg("-p")
+                        .arg(pid.to_string())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .ok()?;
+                    Some(ChildGuard::new(c))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !trace.is_empty() {
         std::thread::sleep(Duration::from_millis(500));
-        ChildGuard::new(c)
-    });
+    }
     let (exposure, capture_drops) = measure(&s.net, &dir.path, scan)?;
     drop(trace);
     let src = scan.addrs().0;
