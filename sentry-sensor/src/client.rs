@@ -68,6 +68,8 @@ pub struct Client {
     backoff_ms: u64,
     next_attempt_ms: u64,
     pub queue_drops: u64,
+    /// Reports evicted while on the wire (delivered unless the connection then failed).
+    pub in_flight_evictions: u64,
     pub acked: u64,
     /// Acks for requests no longer queued (dropped while on the wire).
     pub unknown_acks: u64,
@@ -88,6 +90,7 @@ impl Client {
             backoff_ms: BACKOFF_MIN_MS,
             next_attempt_ms: 0,
             queue_drops: 0,
+            in_flight_evictions: 0,
             acked: 0,
             unknown_acks: 0,
         }
@@ -105,15 +108,23 @@ impl Client {
         self.queue.len()
     }
 
-    /// Queue a report; when full the oldest queued report is dropped and counted in
-    /// `queue_drops` (the caller logs a summary; one event per drop could itself be a
-    /// flood).
+    /// Queue a report. When the queue is full, the oldest report not yet handed to the
+    /// enforcer is dropped and counted in `queue_drops` (the caller logs a summary; one
+    /// event per drop could itself be a flood). Reports already on the wire are kept:
+    /// the enforcer receives them anyway, so dropping them would lose nothing but their
+    /// re-send after a reconnect, and counting them as drops would overstate the loss.
+    /// Only when every queued report is in flight is the oldest of those evicted,
+    /// counted in `in_flight_evictions` (its Ack then lands in `unknown_acks`).
     pub fn enqueue(&mut self, report: Report) {
-        if self.queue.len() >= self.cap && self.queue.pop_front().is_some() {
-            self.sent = self.sent.saturating_sub(1);
-            self.queue_drops += 1;
-            // If it was already on the wire, its Ack will not match any entry; it is
-            // counted in `unknown_acks`.
+        if self.queue.len() >= self.cap {
+            if self.sent < self.queue.len() {
+                if self.queue.remove(self.sent).is_some() {
+                    self.queue_drops += 1;
+                }
+            } else if self.queue.pop_front().is_some() {
+                self.sent = self.sent.saturating_sub(1);
+                self.in_flight_evictions += 1;
+            }
         }
         self.queue.push_back(Pending {
             report,
@@ -415,6 +426,28 @@ mod tests {
     }
 
     #[test]
+    fn queue_keeps_reports_already_on_the_wire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Client::new(dir.path(), hello(), 3);
+        for i in 1..=3 {
+            c.enqueue(report(i));
+        }
+        // The first two are on the wire: the oldest unsent one is dropped instead.
+        c.sent = 2;
+        c.enqueue(report(4));
+        let left: Vec<_> = c.queue.iter().map(|p| p.report).collect();
+        assert_eq!(left, [report(1), report(2), report(4)]);
+        assert_eq!((c.queue_drops, c.in_flight_evictions), (1, 0));
+        // Everything in flight: the oldest in-flight report goes, counted apart.
+        c.sent = 3;
+        c.enqueue(report(5));
+        let left: Vec<_> = c.queue.iter().map(|p| p.report).collect();
+        assert_eq!(left, [report(2), report(4), report(5)]);
+        assert_eq!((c.queue_drops, c.in_flight_evictions), (1, 1));
+        assert_eq!(c.sent, 2);
+    }
+
+    #[test]
     fn queue_drops_oldest_when_full() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Client::new(dir.path(), hello(), 2);
@@ -564,7 +597,7 @@ mod tests {
         }
         assert!(c.queued() <= 100);
         assert!(c.out.len() <= OUT_HIGH_WATER + 256, "out {}", c.out.len());
-        assert!(c.queue_drops >= 49_900);
+        assert!(c.queue_drops + c.in_flight_evictions >= 49_900);
         tx.send(()).unwrap();
         h.join().unwrap();
     }

@@ -356,7 +356,7 @@ impl Sensor {
         let mut next_stats = stats_ms;
         let mut basic_hits: Vec<BasicHit> = Vec::new();
         let mut bad_frames = 0u64;
-        let mut logged_drops = 0u64;
+        let mut logged_drops = (0u64, 0u64);
         loop {
             // Poll set: [capture] [client] basic...
             fds.clear();
@@ -445,11 +445,14 @@ impl Sensor {
                 }
                 self.counters.malformed += std::mem::take(&mut bad_frames);
                 self.refresh_listeners(now);
-                let drops = self.client.queue_drops;
-                if drops > logged_drops {
+                let drops = (self.client.queue_drops, self.client.in_flight_evictions);
+                if drops != logged_drops {
                     self.log.notice(&format!(
-                        "adminalert: WARNING: enforcer queue full (SENSOR_QUEUE): dropped the {} oldest requests ({drops} in total)",
-                        drops - logged_drops
+                        "adminalert: WARNING: enforcer queue full (SENSOR_QUEUE): dropped the {} oldest unsent requests ({} in total); {} requests already sent stopped waiting for their answer ({} in total)",
+                        drops.0 - logged_drops.0,
+                        drops.0,
+                        drops.1 - logged_drops.1,
+                        drops.1
                     ));
                     logged_drops = drops;
                 }
