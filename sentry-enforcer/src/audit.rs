@@ -46,7 +46,13 @@ impl ActionRecord {
 /// One line of the audit log.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct AuditRecord {
+    /// RFC 3339 UTC, millisecond resolution.
     pub time: String,
+    /// The same instant in microseconds since the Unix epoch. For block requests it is
+    /// taken when the enforcer starts on the request, to the microsecond, so decision
+    /// latency can be measured; records that are not answers to a request (expiry,
+    /// unblock, restore, refused connections) carry their millisecond time × 1000.
+    pub time_us: u64,
     pub source: Option<String>,
     pub protocol: Option<&'static str>,
     pub port: Option<u16>,
@@ -61,8 +67,19 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// A record about a connection or frame rather than a block request.
     pub fn event(time_ms: u64, decision: &'static str, reason: String, peer: Option<Peer>) -> Self {
+        Self::event_us(time_ms.saturating_mul(1000), decision, reason, peer)
+    }
+
+    /// [`AuditRecord::event`] with a microsecond timestamp.
+    pub fn event_us(
+        time_us: u64,
+        decision: &'static str,
+        reason: String,
+        peer: Option<Peer>,
+    ) -> Self {
         Self {
-            time: policy::logfmt::format_utc(time_ms),
+            time: policy::logfmt::format_utc(time_us / 1000),
+            time_us,
             source: None,
             protocol: None,
             port: None,
@@ -257,6 +274,18 @@ mod tests {
         assert_eq!(lines[0]["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(lines[0]["actions"][0]["exit_code"], 1);
         assert_eq!(lines[1]["peer"]["uid"], 1);
+        assert_eq!(lines[0]["time_us"], 0);
+        assert_eq!(lines[1]["time_us"], 1000);
+        assert_eq!(lines[1]["time"], "1970-01-01T00:00:00.001Z");
+    }
+
+    #[test]
+    fn time_us_keeps_microseconds_and_time_agrees() {
+        let r = AuditRecord::event_us(1_700_000_000_123_456, "blocked", String::new(), None);
+        assert_eq!(r.time_us, 1_700_000_000_123_456);
+        assert_eq!(r.time, "2023-11-14T22:13:20.123Z");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["time_us"].as_u64(), Some(1_700_000_000_123_456));
     }
 
     #[test]

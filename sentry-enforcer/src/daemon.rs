@@ -22,7 +22,7 @@ use sentry_proto::{
 };
 
 use crate::audit::{Level, Logger, Peer};
-use crate::engine::{now_ms, Engine, Options};
+use crate::engine::{now_ms, now_us, Engine, Options};
 use crate::session::{Event, Session};
 
 /// Time a new sensor connection has to complete its handshake.
@@ -306,7 +306,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 }
                 Event::Block(req) => {
                     let d = if announced.contains(&req.mode) {
-                        sh.engine().decide(&req, peer, now_ms())
+                        sh.engine().decide_at_us(&req, peer, now_us())
                     } else {
                         sh.engine().reject_request(
                             &req,
@@ -617,6 +617,30 @@ fn expiry_loop(sh: Arc<Shared>) {
     }
 }
 
+/// Take this host's address changes as they happen (between decisions), so a decision
+/// normally finds its never-block set current and pays one empty non-blocking read for
+/// the check. Waits on the socket without reading it; the engine drains it under its lock
+/// (the next decision does the same, so a change is never missed if this thread is late).
+fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
+    use std::os::fd::AsFd;
+    loop {
+        if let Err(e) = crate::sys::wait_readable(fd.as_fd()) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                sh.log.err(&format!("adminalert: address-change wait: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        let mut e = sh.engine();
+        e.refresh_own_addresses();
+        if e.addr_watch_fd().is_none() {
+            // The engine gave the socket up (and logged why): it now re-reads the
+            // addresses before every decision, nothing is left to wait for.
+            return;
+        }
+    }
+}
+
 /// Entry point for the `sentry-enforcer` binary.
 pub fn main() -> ExitCode {
     // Before anything else opens a descriptor or starts a thread.
@@ -732,6 +756,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         sensor.uid
     ));
 
+    let addr_fd = engine.addr_watch_fd();
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),
         log: Arc::clone(&log),
@@ -757,6 +782,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
     {
         let sh = Arc::clone(&sh);
         spawn("expiry", Box::new(move || expiry_loop(sh)))?;
+    }
+    if let Some(fd) = addr_fd {
+        let sh = Arc::clone(&sh);
+        spawn("addresses", Box::new(move || addr_watch_loop(sh, fd)))?;
     }
     {
         let sh = Arc::clone(&sh);

@@ -23,7 +23,7 @@ use sentry_proto::{
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Logger, Peer};
 use crate::exec;
 use crate::hostsdeny;
-use crate::netlink::{NlSocket, SetElem};
+use crate::netlink::{AddrWatch, NlSocket, SetElem};
 use crate::store::{write_atomic, BlockRecord, Store};
 
 /// Names of the two sets in the nftables table.
@@ -35,6 +35,14 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch (the audit record's `time_us`).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -125,9 +133,10 @@ pub fn nft_elements_script(table: &str, elems: &[SetElem]) -> String {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: PathBuf,
-    /// Read this host's addresses from getifaddrs at start and before every decision.
-    /// Always on in the daemon; off only for tests and embedders, who then supply the
-    /// addresses with [`Engine::set_own_addresses`].
+    /// Read this host's addresses from getifaddrs at start and again whenever the kernel
+    /// reports an address change (checked, without waiting, at the start of every
+    /// decision; see [`AddrWatch`]). Always on in the daemon; off only for tests and
+    /// embedders, who then supply the addresses with [`Engine::set_own_addresses`].
     pub refresh_own_addresses: bool,
 }
 
@@ -144,6 +153,10 @@ pub struct Engine {
     log: Arc<Logger>,
     nft: Option<NlSocket>,
     route: Option<NlSocket>,
+    /// Address-change notifications; `None` when `refresh_own_addresses` is off, or when
+    /// the socket could not be opened (then the addresses are re-read before every
+    /// decision, as a fallback that is slow but never stale).
+    addr_watch: Option<AddrWatch>,
     rate: VecDeque<u64>,
     counters: Counters,
     recent: VecDeque<RecentDecision>,
@@ -168,6 +181,20 @@ impl Engine {
             log.warn(&format!("adminalert: state: {w}"));
         }
         let audit = AuditLog::open(&cfg.audit_log).map_err(|e| e.to_string())?;
+        // Subscribe before the first read, so that no change can fall in between.
+        let addr_watch = if opts.refresh_own_addresses {
+            match AddrWatch::open() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    log.warn(&format!(
+                        "adminalert: cannot watch address changes ({e}); this host's addresses are re-read before every decision"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (own, bcast) = if opts.refresh_own_addresses {
             own_addresses()
         } else {
@@ -224,6 +251,7 @@ impl Engine {
             log,
             nft,
             route,
+            addr_watch,
             rate: VecDeque::new(),
             counters: Counters::default(),
             recent: VecDeque::new(),
@@ -234,8 +262,8 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Replace this host's addresses in the never-block set (they are refreshed again
-    /// before the next decision when `refresh_own_addresses` is on).
+    /// Replace this host's addresses in the never-block set (they are read again from the
+    /// kernel on its next address change when `refresh_own_addresses` is on).
     pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
         self.never.set_own(own);
     }
@@ -461,14 +489,21 @@ impl Engine {
         }
     }
 
-    /// Run every configured blocking action for `req`, filling `rec` with what took effect.
-    fn apply_block(&mut self, req: &BlockRequest, rec: &mut BlockRecord) -> Applied {
-        let mut actions = Vec::new();
+    /// Run every configured blocking action for `req` after those already in `actions`,
+    /// filling `rec` with what took effect. `nft_done`: the nftables element was already
+    /// added (the fast path in [`Engine::decide_inner`]).
+    fn apply_block(
+        &mut self,
+        req: &BlockRequest,
+        rec: &mut BlockRecord,
+        mut actions: Vec<ActionRecord>,
+        nft_done: bool,
+    ) -> Applied {
         let run_cmd = self.cfg.kill_run_cmd.clone();
         if let (true, Some(tpl)) = (self.cfg.kill_run_cmd_first, run_cmd.as_ref()) {
             actions.push(self.run_template("kill_run_cmd", tpl, req));
         }
-        if self.nft.is_some() {
+        if self.nft.is_some() && !nft_done {
             let timeout = self.cfg.block_timeout;
             let a = self.nft_action(req.source, timeout, true);
             rec.nft = a.ok();
@@ -513,8 +548,33 @@ impl Engine {
         (self.rate.len() as u64) < u64::from(self.cfg.block_rate)
     }
 
-    fn refresh_own(&mut self) {
-        if self.opts.refresh_own_addresses {
+    /// The address-change socket, for the daemon's thread that waits on it and then calls
+    /// [`Engine::refresh_own_addresses`] (so changes are taken in between decisions, not
+    /// on the next decision's path).
+    pub fn addr_watch_fd(&self) -> Option<Arc<std::os::fd::OwnedFd>> {
+        self.addr_watch.as_ref().map(AddrWatch::poll_fd)
+    }
+
+    /// Re-read this host's addresses if the kernel reported a change since the last look
+    /// (one non-blocking `recvfrom` when nothing changed). Without a watch socket, re-read
+    /// unconditionally. No-op when `refresh_own_addresses` is off.
+    pub fn refresh_own_addresses(&mut self) {
+        if !self.opts.refresh_own_addresses {
+            return;
+        }
+        let changed = match self.addr_watch.as_mut().map(AddrWatch::drain) {
+            Some(Ok(changed)) => changed,
+            Some(Err(e)) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: address-change socket failed ({e}); this host's addresses are now re-read before every decision"
+                ));
+                self.addr_watch = None;
+                true
+            }
+            None => true,
+        };
+        if changed {
             let (own, bcast) = own_addresses();
             self.never.set_own(own);
             self.never.set_broadcasts(bcast);
@@ -577,10 +637,17 @@ impl Engine {
     }
 
     /// Decide on one block request from `peer` and act on it. Persistence and the audit
-    /// record are complete when this returns.
+    /// record are complete when this returns. `now` in milliseconds since the epoch.
     pub fn decide(&mut self, req: &BlockRequest, peer: Peer, now: u64) -> Decision {
+        self.decide_at_us(req, peer, now.saturating_mul(1000))
+    }
+
+    /// [`Engine::decide`] with the time in microseconds since the epoch (the daemon's
+    /// path: the audit record's `time_us` then has microsecond resolution).
+    pub fn decide_at_us(&mut self, req: &BlockRequest, peer: Peer, now_us: u64) -> Decision {
+        let now = now_us / 1000;
         self.counters.requests += 1;
-        let mut rec = AuditRecord::event(now, "", String::new(), Some(peer));
+        let mut rec = AuditRecord::event_us(now_us, "", String::new(), Some(peer));
         rec.source = Some(req.source.to_string());
         rec.protocol = Some(req.protocol.as_str());
         rec.port = Some(req.port);
@@ -639,7 +706,7 @@ impl Engine {
             ));
             return (Decision::Rejected, e.to_string());
         }
-        self.refresh_own();
+        self.refresh_own_addresses();
         if let Some(why) = self.never.check(addr) {
             self.log.notice(&format!(
                 "attackalert: Host: {addr} is never blocked ({why}). Ignoring"
@@ -730,21 +797,51 @@ impl Engine {
             blackhole: false,
             hosts_deny_line: None,
         };
+        // Fast path: the nftables element goes in FIRST, before the write-ahead record and
+        // its fdatasync (the scanner is being answered until the element exists; nmap -T4
+        // sends ~64 probes per ms). This cannot leave anything behind that a restart would
+        // not know about: on every start the enforcer deletes and recreates its nft table
+        // and loads exactly the persisted blocks in the same transaction
+        // (`nft_setup_script` + `nft_elements_script` in `Engine::new`), so an element
+        // whose record never reached the disk (SIGKILL or power loss right after the add)
+        // is wiped by the restart; and the element carries BLOCK_TIMEOUT itself, so it
+        // cannot outlive its block while the enforcer is down. Blackhole routes are NOT
+        // reconciled that way (a restart re-adds recorded routes but never removes
+        // unrecorded ones), and neither are hosts.deny lines, KILL_ROUTE or KILL_RUN_CMD:
+        // those stay after the write-ahead record. With KILL_RUN_CMD_FIRST="1" (and a
+        // KILL_RUN_CMD) the documented order "the command before the other actions" is
+        // kept, so the element is added after the record, as before.
+        let nft_first =
+            self.nft.is_some() && !(self.cfg.kill_run_cmd_first && self.cfg.kill_run_cmd.is_some());
+        let mut done = Vec::new();
+        if nft_first {
+            let a = self.nft_action(addr, self.cfg.block_timeout, true);
+            block.nft = a.ok();
+            done.push(a);
+        }
         // Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
         // of the actions leaves nothing behind that a restart would not know about (the
         // restart re-applies it; undoing an action that never ran is harmless).
         let mut intent = block.clone();
-        intent.nft = self.nft.is_some();
+        intent.nft = if nft_first {
+            block.nft
+        } else {
+            self.nft.is_some()
+        };
         intent.blackhole = self.route.is_some();
         intent.hosts_deny_line = self.hosts_deny_line(addr, req.port, req.protocol);
         self.blocks.insert(addr, intent.clone());
-        if let Err(e) = self.store.put(&intent, &self.blocks) {
-            self.counters.errors += 1;
-            self.log.err(&format!(
-                "adminalert: ERROR: cannot persist block of {addr}: {e}"
-            ));
-        }
-        let applied = self.apply_block(req, &mut block);
+        let intent_durable = match self.store.put(&intent, &self.blocks) {
+            Ok(()) => true,
+            Err(e) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot persist block of {addr}: {e}"
+                ));
+                false
+            }
+        };
+        let applied = self.apply_block(req, &mut block, done, nft_first);
         for a in &applied.actions {
             self.log_action(addr, a);
         }
@@ -760,7 +857,14 @@ impl Engine {
         let mut reason = String::new();
         if took_effect {
             self.blocks.insert(addr, block.clone());
-            if let Err(e) = self.store.put(&block, &self.blocks) {
+            // When everything took effect as intended, the write-ahead record already is
+            // the final state: a second identical record (and fdatasync) adds nothing.
+            let persisted = if intent_durable && block == intent {
+                Ok(())
+            } else {
+                self.store.put(&block, &self.blocks)
+            };
+            if let Err(e) = persisted {
                 self.counters.errors += 1;
                 self.log.err(&format!(
                     "adminalert: ERROR: cannot persist block of {addr}: {e}"

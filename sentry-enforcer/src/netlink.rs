@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
+    bind, recv, recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags,
+    NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
 
@@ -401,6 +401,76 @@ impl NlSocket {
         let seq = self.next_seq(1);
         let msg = encode_blackhole(addr, add, seq);
         self.transact(&msg, vec![seq])
+    }
+}
+
+/// rtnetlink multicast groups: IPv4 and IPv6 address changes (`RTM_NEWADDR` /
+/// `RTM_DELADDR`, which also carry the IPv4 broadcast address).
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+/// Most reads per [`AddrWatch::drain`]: only the kernel can produce these messages (it
+/// takes CAP_NET_ADMIN to change an address), but a drain must still end.
+const DRAIN_MAX_READS: usize = 256;
+
+/// A NETLINK_ROUTE socket subscribed to this network namespace's address changes, so the
+/// enforcer's copy of its own addresses is re-read when (and only when) the kernel says
+/// they changed, instead of dumping them before every decision.
+///
+/// The kernel queues the notification before it acknowledges the `RTM_NEWADDR` that
+/// caused it, so once `ip addr add` has returned, [`AddrWatch::drain`] sees the change.
+#[derive(Debug)]
+pub struct AddrWatch {
+    fd: std::sync::Arc<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl AddrWatch {
+    /// Open and subscribe (no capability needed to listen to these groups).
+    pub fn open() -> Result<Self, NlError> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(NlError::Io)?;
+        bind(
+            fd.as_raw_fd(),
+            &NetlinkAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR),
+        )
+        .map_err(NlError::Io)?;
+        Ok(Self {
+            fd: std::sync::Arc::new(fd),
+            buf: vec![0u8; 16 * 1024],
+        })
+    }
+
+    /// The socket, for a thread that waits for it to become readable (it must not read
+    /// from it: only [`AddrWatch::drain`] consumes, so no change is ever missed).
+    pub fn poll_fd(&self) -> std::sync::Arc<OwnedFd> {
+        std::sync::Arc::clone(&self.fd)
+    }
+
+    /// Read everything queued without waiting. `Ok(true)` when the kernel reported an
+    /// address change, or the queue overran (`ENOBUFS`: changes were lost, so the caller
+    /// must assume one). Messages not sent by the kernel (port id 0) are discarded: any
+    /// local process may send a unicast datagram to this socket, and it must not be able
+    /// to make the enforcer re-read its addresses. One cheap `recvfrom` returning
+    /// `EAGAIN` when nothing changed.
+    pub fn drain(&mut self) -> Result<bool, NlError> {
+        let mut changed = false;
+        for _ in 0..DRAIN_MAX_READS {
+            match recvfrom::<NetlinkAddr>(self.fd.as_raw_fd(), &mut self.buf) {
+                Ok((_, Some(from))) if from.pid() == 0 => changed = true,
+                Ok(_) => {}
+                Err(Errno::EAGAIN) => return Ok(changed),
+                Err(Errno::EINTR) => {}
+                Err(Errno::ENOBUFS) => changed = true,
+                Err(e) => return Err(NlError::Io(e)),
+            }
+        }
+        // Still more queued: report a change (the rest is read next time).
+        Ok(true)
     }
 }
 

@@ -93,3 +93,22 @@ pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<libc:
         return Err(e);
     }
 }
+
+/// Wait, without a timeout, until `fd` is readable or has an error pending (poll(2)).
+/// Nothing is read: whoever is woken reads the descriptor itself.
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one initialised pollfd that lives for the whole call and nfds is 1,
+    // so the kernel reads and writes only that struct; the descriptor is kept open by the
+    // caller's borrow for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, -1) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -958,3 +958,141 @@ fn sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown() {
     assert!(!env.hosts_deny_text().contains("192.0.2.95"));
     assert!(!env.nft_has(ip("192.0.2.95")));
 }
+
+#[test]
+fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
+    if !need_root("an_address_added_to_this_host_is_never_blocked_on_the_next_decision") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    // A decision first, so the enforcer's copy of its addresses is in use (not read fresh
+    // because nothing was decided yet).
+    assert_eq!(s.block("192.0.2.120", Protocol::Tcp, 22), Decision::Blocked);
+    let add = |args: &[&str]| {
+        let out = env.ns.run("ip", args);
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Added and then asked about at once: the kernel's notification must already be seen.
+    add(&["addr", "add", "192.0.2.121/32", "dev", "lo"]);
+    assert_eq!(
+        s.block("192.0.2.121", Protocol::Tcp, 22),
+        Decision::NeverBlock,
+        "{}",
+        env.log()
+    );
+    add(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::121/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    assert_eq!(
+        s.block("2001:db8::121", Protocol::Tcp, 22),
+        Decision::NeverBlock
+    );
+    let r = &env.audit_for("192.0.2.121", "never_block")[0];
+    assert_eq!(r["reason"], "one of this host's addresses");
+    assert!(!env.nft_has(ip("192.0.2.121")));
+    assert!(!env.nft_has(ip("2001:db8::121")));
+    // Removed: no longer ours, so it can be blocked again right away.
+    add(&["addr", "del", "192.0.2.121/32", "dev", "lo"]);
+    assert_eq!(s.block("192.0.2.121", Protocol::Tcp, 22), Decision::Blocked);
+    assert!(env.nft_has(ip("192.0.2.121")));
+    // The IPv4 broadcast address of a new address is never blocked either (on an
+    // interface with IFF_BROADCAST: a veth pair inside the test's own namespace).
+    add(&["link", "add", "sv0", "type", "veth", "peer", "name", "sv1"]);
+    add(&[
+        "addr",
+        "add",
+        "10.77.0.1/24",
+        "brd",
+        "10.77.0.255",
+        "dev",
+        "sv0",
+    ]);
+    assert_eq!(
+        s.block("10.77.0.255", Protocol::Tcp, 22),
+        Decision::NeverBlock
+    );
+}
+
+#[test]
+fn an_nft_element_without_a_record_is_gone_after_restart() {
+    if !need_root("an_nft_element_without_a_record_is_gone_after_restart") {
+        return;
+    }
+    // The enforcer adds the nftables element before it journals the block (the fast
+    // path). A crash between the two leaves an element with no record: the restart must
+    // remove it, and must keep the recorded ones.
+    let mut env = Env::new(&[]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.130", Protocol::Tcp, 22), Decision::Blocked);
+    drop(s);
+    env.kill9();
+    for (set, a) in [("v4", "192.0.2.131"), ("v6", "2001:db8::131")] {
+        let elem = format!("{{ {a} }}");
+        let out = env
+            .ns
+            .run("nft", &["add", "element", "inet", &env.table, set, &elem]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(env.nft_has(ip(a)));
+    }
+    env.start();
+    assert!(env.nft_has(ip("192.0.2.130")), "{}", env.log());
+    assert!(!env.nft_has(ip("192.0.2.131")), "{}", env.log());
+    assert!(!env.nft_has(ip("2001:db8::131")));
+    assert_eq!(env.ctl_json(&["status"])["active_blocks"], 1);
+}
+
+#[test]
+fn block_records_carry_microsecond_time_and_one_journal_record() {
+    if !need_root("block_records_carry_microsecond_time_and_one_journal_record") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    let before_us = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    assert_eq!(s.block("192.0.2.140", Protocol::Tcp, 22), Decision::Blocked);
+    let rec = &env.audit_for("192.0.2.140", "blocked")[0];
+    let us = rec["time_us"].as_u64().expect("time_us is an integer");
+    assert!(us >= before_us && us < before_us + 10_000_000, "{rec}");
+    // `time` is the same instant at millisecond resolution.
+    let ms = us / 1000;
+    let t = rec["time"].as_str().unwrap();
+    assert!(t.ends_with(&format!(".{:03}Z", ms % 1000)), "{t} vs {us}");
+    assert_eq!(rec["actions"][0]["action"], "nftables");
+    // Everything took effect as intended: the write-ahead record is the final one.
+    let journal = std::fs::read_to_string(env.state_dir.join("blocks.journal")).unwrap();
+    assert_eq!(
+        journal
+            .lines()
+            .filter(|l| l.contains("192.0.2.140"))
+            .count(),
+        1,
+        "{journal}"
+    );
+}
