@@ -101,8 +101,10 @@ fn bench(c: &mut Criterion) {
         .tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
         .unwrap();
 
-    // Full path: validate, own-address refresh, never-block, ignore, mode, dedupe, rate,
-    // cap, netlink NEWSETELEM + ACK, journal append + fdatasync, history line, audit line.
+    // Full path: validate, own-address check (one non-blocking read of the address-change
+    // socket), never-block, ignore, mode, dedupe, rate, cap, netlink NEWSETELEM + ACK,
+    // journal append + fdatasync (one: the write-ahead record is the final one when every
+    // action took effect), history line, audit line.
     let mut g = c.benchmark_group("decide_block_nft");
     g.sample_size(30).measurement_time(Duration::from_secs(8));
     let mut seq = 0u64;
