@@ -403,10 +403,16 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
         .audit()
         .iter()
         .filter(|r| sentry_tests::sentry::record_source(r) == Some(src))
-        .filter_map(|r| rfc3339_ms(r["time"].as_str()?))
+        // `time_us` (microseconds, when the enforcer began the decision); the millisecond
+        // `time` only as a fallback for older enforcers (it is up to 1 ms off).
+        .filter_map(|r| {
+            r["time_us"]
+                .as_u64()
+                .or_else(|| rfc3339_ms(r["time"].as_str()?).map(|ms| ms * 1000))
+        })
         .min()
         .zip(exposure.first_probe_us)
-        .map(|(d, p)| d as f64 - p as f64 / 1000.0);
+        .map(|(d, p)| (d as f64 - p as f64) / 1000.0);
     if std::env::var_os("SENTRY_BENCH_VERBOSE").is_some() {
         for r in s.audit_for(src, "blocked") {
             eprintln!("    audit: {r}");
