@@ -38,6 +38,28 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
+    /// The record of an action done in-process (netlink, a file edit): `ok`, or `error`
+    /// with the error's text. Commands have their own record (argv, exit code).
+    pub fn outcome<T, E: std::fmt::Display>(
+        action: &'static str,
+        target: Option<String>,
+        r: Result<T, E>,
+        ms: f64,
+    ) -> Self {
+        let error = r.err().map(|e| e.to_string());
+        Self {
+            action,
+            argv: None,
+            target,
+            status: if error.is_none() { "ok" } else { "error" },
+            exit_code: None,
+            error,
+            ms,
+        }
+    }
+}
+
+impl ActionRecord {
     pub fn ok(&self) -> bool {
         self.status == "ok"
     }

@@ -435,15 +435,7 @@ impl Engine {
             Err(e) if !add && e.contains(nix::errno::Errno::ENOENT.desc()) => Ok(()),
             other => other,
         };
-        ActionRecord {
-            action: "nftables",
-            argv: None,
-            target: Some(self.nft_target(addr)),
-            status: if r.is_ok() { "ok" } else { "error" },
-            exit_code: None,
-            error: r.err(),
-            ms: ms_since(t),
-        }
+        ActionRecord::outcome("nftables", Some(self.nft_target(addr)), r, ms_since(t))
     }
 
     fn route_action(&mut self, addr: IpAddr, add: bool) -> ActionRecord {
@@ -459,15 +451,12 @@ impl Engine {
             },
             None => Err("route backend not open".into()),
         };
-        ActionRecord {
-            action: "blackhole_route",
-            argv: None,
-            target: Some(format!("blackhole {addr}")),
-            status: if r.is_ok() { "ok" } else { "error" },
-            exit_code: None,
-            error: r.err(),
-            ms: ms_since(t),
-        }
+        ActionRecord::outcome(
+            "blackhole_route",
+            Some(format!("blackhole {addr}")),
+            r,
+            ms_since(t),
+        )
     }
 
     fn hosts_deny_action(&self, line: &str, add: bool) -> ActionRecord {
@@ -478,15 +467,7 @@ impl Engine {
         } else {
             hostsdeny::remove(path, &[line]).map(|_| ())
         };
-        ActionRecord {
-            action: "hosts_deny",
-            argv: None,
-            target: Some(line.to_string()),
-            status: if r.is_ok() { "ok" } else { "error" },
-            exit_code: None,
-            error: r.err().map(|e| e.to_string()),
-            ms: ms_since(t),
-        }
+        ActionRecord::outcome("hosts_deny", Some(line.to_string()), r, ms_since(t))
     }
 
     /// Run every configured blocking action for `req` after those already in `actions`,
@@ -950,15 +931,7 @@ impl Engine {
         let t = Instant::now();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         let r = hostsdeny::remove(&self.cfg.hosts_deny_file, &refs);
-        Some(ActionRecord {
-            action: "hosts_deny",
-            argv: None,
-            target: None,
-            status: if r.is_ok() { "ok" } else { "error" },
-            exit_code: None,
-            error: r.err().map(|e| e.to_string()),
-            ms: ms_since(t),
-        })
+        Some(ActionRecord::outcome("hosts_deny", None, r, ms_since(t)))
     }
 
     fn end_block(
@@ -1157,15 +1130,7 @@ impl Engine {
                 let t = Instant::now();
                 let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
                 let r = hostsdeny::add_many(&self.cfg.hosts_deny_file, &refs);
-                Some(ActionRecord {
-                    action: "hosts_deny",
-                    argv: None,
-                    target: None,
-                    status: if r.is_ok() { "ok" } else { "error" },
-                    exit_code: None,
-                    error: r.err().map(|e| e.to_string()),
-                    ms: ms_since(t),
-                })
+                Some(ActionRecord::outcome("hosts_deny", None, r, ms_since(t)))
             }
         };
         for addr in keep {

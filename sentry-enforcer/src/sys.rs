@@ -31,37 +31,18 @@ pub fn close_inherited_fds() -> std::io::Result<()> {
     Ok(())
 }
 
-/// `SO_PEERGROUPS` (Linux 4.13+) in the generic socket ABI; libc does not export it for
-/// every architecture. mips, sparc, alpha and parisc number it differently and are not
-/// supported here (the caller then falls back to the peer's primary group only).
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "powerpc64",
-    target_arch = "s390x",
-    target_arch = "loongarch64"
-))]
+/// `SO_PEERGROUPS` (Linux 4.13+); libc does not export it for every architecture. It is
+/// 59 in every Linux socket ABI except sparc's (0x3d).
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
 const SO_PEERGROUPS: libc::c_int = 59;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 0x3d;
 
 /// The supplementary groups of the peer of a connected Unix stream socket, as the kernel
 /// recorded them when it connected — the same credentials the kernel used to let it open
 /// the socket file, independent of the group database.
 pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<libc::gid_t>> {
     use std::os::fd::AsRawFd;
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "powerpc64",
-        target_arch = "s390x",
-        target_arch = "loongarch64"
-    )))]
-    return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
     const GID: usize = std::mem::size_of::<libc::gid_t>();
     // NGROUPS_MAX is 65536; start small and grow to what the kernel says it needs.
     let mut buf: Vec<libc::gid_t> = vec![0; 32];
