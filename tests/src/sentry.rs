@@ -38,6 +38,8 @@ pub struct Settings {
     /// Run both daemons under `strace -f` (traces in the test directory), to compare the
     /// system calls and socket families they really use with what the units allow.
     pub strace: bool,
+    /// Extra arguments for the sensor, before its modes (e.g. `--stats-interval-ms 200`).
+    pub sensor_args: Vec<String>,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             start_sensor: true,
             raw: None,
             strace: false,
+            sensor_args: Vec::new(),
         }
     }
 
@@ -310,9 +313,9 @@ impl Sentry {
             .and_then(|p| u32::try_from(p).ok());
     }
 
-    /// Start the sensor as user `sentry` holding only CAP_NET_RAW (as the systemd unit
-    /// does) inside the target namespace, and wait until the enforcer reports it connected.
-    pub fn start_sensor(&mut self) {
+    /// Spawn the sensor exactly as [`Sentry::start_sensor`] does, without waiting for it
+    /// to connect; returns the pid of the spawned process.
+    pub fn spawn_sensor(&mut self) -> std::io::Result<u32> {
         assert!(self.sensor.is_none(), "sensor already running");
         let (out, err) = self.log_file("sensor");
         let mut c = self.daemon_command("sensor");
@@ -339,6 +342,7 @@ impl Sentry {
         .arg("--runtime-dir")
         .arg(&self.runtime_dir)
         .arg("--log-stderr")
+        .args(&self.settings.sensor_args)
         .args(
             self.settings
                 .modes
@@ -348,9 +352,16 @@ impl Sentry {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-        let child = c.spawn().expect("spawn sensor");
+        let child = c.spawn()?;
         let pid = child.id();
         self.sensor = Some(child);
+        Ok(pid)
+    }
+
+    /// Start the sensor as user `sentry` holding only CAP_NET_RAW (as the systemd unit
+    /// does) inside the target namespace, and wait until the enforcer reports it connected.
+    pub fn start_sensor(&mut self) {
+        let pid = self.spawn_sensor().expect("spawn sensor");
         let previous = self.sensor_real.take();
         let traced = self.settings.strace;
         let real = wait_until(

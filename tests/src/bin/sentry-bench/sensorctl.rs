@@ -1,61 +1,25 @@
 //! Starting the sensor with a short statistics interval, and reading the counters of both
 //! daemons from `sentryctl status --json`.
 //!
-//! The sentry-tests harness starts the sensor with its default 5 s statistics interval;
-//! the capture and flood scenarios need fresher counters, so this starts the sensor the
-//! same way the harness does (user `sentry`, only CAP_NET_RAW, via setpriv, in the target
-//! namespace) with `--stats-interval-ms`.
+//! The capture and flood scenarios need fresher counters than the sensor's default 5 s
+//! statistics interval, so the sensor is started through the harness (user `sentry`, only
+//! CAP_NET_RAW, as the unit) with `--stats-interval-ms`.
 
-use std::fs;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sentry_tests::netns::Side;
-use sentry_tests::{Sentry, SENSOR_USER};
+use sentry_tests::Sentry;
 use serde_json::Value;
 
 pub const STATS_INTERVAL_MS: u64 = 200;
 
-/// Start the sensor of `s` (which must have been started `without_sensor`); returns its
-/// pid (the harness's `sensor_pid()` only knows sensors it started itself).
+/// Start the sensor of `s` (which must have been started `without_sensor`) through the
+/// harness, with `--stats-interval-ms`, and wait until it has connected and reported
+/// statistics; returns its pid (the harness's `sensor_pid()` only knows sensors its own
+/// `start_sensor` waited for).
 pub fn start_sensor(s: &mut Sentry) -> Result<u32, String> {
-    let log = fs::File::create(s.dir.path().join("bench-sensor.log")).map_err(|e| e.to_string())?;
-    let mut c = s.net.command(Side::Target, "setpriv");
-    c.args([
-        "--reuid",
-        SENSOR_USER,
-        "--regid",
-        SENSOR_USER,
-        "--clear-groups",
-        "--bounding-set",
-        "-all,+net_raw",
-        "--inh-caps",
-        "-all,+net_raw",
-        "--ambient-caps",
-        "+net_raw",
-        "--no-new-privs",
-    ])
-    .arg(&s.bins.sensor)
-    .arg("--config")
-    .arg(&s.conf)
-    .arg("--runtime-dir")
-    .arg(&s.runtime_dir)
-    .arg("--log-stderr")
-    .arg("--stats-interval-ms")
-    .arg(STATS_INTERVAL_MS.to_string())
-    .args(
-        s.settings
-            .modes
-            .iter()
-            .map(|m| format!("-{}", m.trim_start_matches('-'))),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(log);
-    let child = c.spawn().map_err(|e| format!("spawn sensor: {e}"))?;
-    let pid = child.id();
+    s.settings.sensor_args = vec!["--stats-interval-ms".into(), STATS_INTERVAL_MS.to_string()];
+    let pid = s.spawn_sensor().map_err(|e| format!("spawn sensor: {e}"))?;
     // No pid registration: the emergency cleanup kills everything in our namespaces.
-    s.sensor = Some(child);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(st) = s.try_status() {
@@ -67,8 +31,8 @@ pub fn start_sensor(s: &mut Sentry) -> Result<u32, String> {
         }
         if !sentry_tests::sentry::pid_alive(pid) || Instant::now() >= deadline {
             return Err(format!(
-                "sensor did not connect (and report statistics): {}",
-                fs::read_to_string(s.dir.path().join("bench-sensor.log")).unwrap_or_default()
+                "sensor did not connect (and report statistics):\n{}",
+                s.diag()
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
