@@ -68,6 +68,9 @@ pub struct Config {
     pub state_max_sources: usize,
     pub sensor_queue: usize,
     pub log_rate: u32,
+    /// AUDIT_RATE: most audit records (and enforcer log lines) per second for block
+    /// requests that changed nothing; the rest are summarised once per second.
+    pub audit_rate: u32,
     pub control_group: Option<String>,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<&'static str, usize>,
@@ -128,6 +131,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("STATE_MAX_SOURCES", Kind::Num(16, 16_777_216)),
     ("SENSOR_QUEUE", Kind::Num(1, 1_000_000)),
     ("LOG_RATE", Kind::Num(1, 100_000)),
+    ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
 ];
 
@@ -366,6 +370,7 @@ impl Config {
             state_max_sources: 65_536,
             sensor_queue: 4096,
             log_rate: 50,
+            audit_rate: 100,
             control_group: None,
             key_lines: HashMap::new(),
             warnings: Vec::new(),
@@ -423,6 +428,9 @@ impl Config {
                         self.sensor_queue = usize::try_from(n).unwrap_or(self.sensor_queue);
                     }
                     "LOG_RATE" => self.log_rate = u32::try_from(n).unwrap_or(self.log_rate),
+                    "AUDIT_RATE" => {
+                        self.audit_rate = u32::try_from(n).unwrap_or(self.audit_rate);
+                    }
                     _ => {}
                 }
             }

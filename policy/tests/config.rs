@@ -95,7 +95,7 @@ fn sentry_keys() {
     let cfg = Config::parse(
         "FIREWALL=\"nftables\"\nNFT_TABLE=\"sentry_test\"\nBLOCK_TIMEOUT=\"3600\"\nMAX_BLOCKS=\"500\"\n\
          BLOCK_RATE=\"60\"\nHOSTS_DENY_FILE=\"/tmp/hd\"\nAUDIT_LOG=\"/tmp/a.jsonl\"\nBLACKHOLE_ROUTE=\"1\"\n\
-         KILL_TIMEOUT=\"5\"\nSCAN_WINDOW=\"60\"\nSTATE_MAX_SOURCES=\"1024\"\nSENSOR_QUEUE=\"16\"\nLOG_RATE=\"10\"\n\
+         KILL_TIMEOUT=\"5\"\nSCAN_WINDOW=\"60\"\nSTATE_MAX_SOURCES=\"1024\"\nSENSOR_QUEUE=\"16\"\nLOG_RATE=\"10\"\nAUDIT_RATE=\"7\"\n\
          CONTROL_GROUP=\"adm\"\nBLOCK_TCP=\"1\"\n",
         Path::new("x.conf"),
     )
@@ -107,9 +107,11 @@ fn sentry_keys() {
     assert!(cfg.blackhole_route);
     assert_eq!(cfg.state_max_sources, 1024);
     assert_eq!(cfg.control_group.as_deref(), Some("adm"));
+    assert_eq!((cfg.log_rate, cfg.audit_rate), (10, 7));
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     let cfg = Config::parse("BLOCK_TIMEOUT=\"0\"\n", Path::new("x")).unwrap();
     assert!(cfg.block_timeout.is_none());
+    assert_eq!(cfg.audit_rate, 100, "AUDIT_RATE default");
 }
 
 #[test]
@@ -161,6 +163,24 @@ fn numbers_never_wrap_or_clamp() {
     assert_eq!(
         one_error("MAX_BLOCKS=\"0\"\n"),
         "/etc/sentry/sentry.conf:1: MAX_BLOCKS: 0 out of range 1-1000000"
+    );
+    assert_eq!(
+        one_error("AUDIT_RATE=\"0\"\n"),
+        "/etc/sentry/sentry.conf:1: AUDIT_RATE: 0 out of range 1-100000"
+    );
+    assert_eq!(
+        one_error("AUDIT_RATE=\"100001\"\n"),
+        "/etc/sentry/sentry.conf:1: AUDIT_RATE: 100001 out of range 1-100000"
+    );
+    assert_eq!(
+        one_error("AUDIT_RATE=\"1e3\"\n"),
+        "/etc/sentry/sentry.conf:1: AUDIT_RATE: '1e3' is not a whole number"
+    );
+    assert_eq!(
+        Config::parse("AUDIT_RATE=\"100000\"\n", Path::new("x"))
+            .unwrap()
+            .audit_rate,
+        100_000
     );
     assert_eq!(
         one_error("KILL_TIMEOUT=\"99999999999999999999999\"\n"),
