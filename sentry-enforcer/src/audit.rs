@@ -81,6 +81,20 @@ pub struct AuditRecord {
     pub scan: Option<&'static str>,
     pub mode: Option<&'static str>,
     pub decision: &'static str,
+    /// Present (`true`) only on an AUDIT_RATE summary: one record standing for the
+    /// `suppressed` records of `decision` not written individually in one second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+    /// Times (µs since the epoch) of the first and last suppressed record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_us: Option<u64>,
+    /// The first distinct sources among them (at most `budget::SAMPLE_MAX`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Vec<String>>,
     pub reason: String,
     pub peer: Option<Peer>,
     pub actions: Vec<ActionRecord>,
@@ -108,10 +122,32 @@ impl AuditRecord {
             scan: None,
             mode: None,
             decision,
+            summary: None,
+            suppressed: None,
+            first_us: None,
+            last_us: None,
+            sample: None,
             reason,
             peer,
             actions: Vec::new(),
         }
+    }
+
+    /// The record standing for the records `s` counts instead of writing them; `rate` is
+    /// AUDIT_RATE, `now_us` the time it is written.
+    pub fn summary(now_us: u64, s: &crate::budget::Summary, rate: u32) -> Self {
+        let mut r = Self::event_us(
+            now_us,
+            s.decision.as_str(),
+            format!("AUDIT_RATE={rate} per second reached"),
+            None,
+        );
+        r.summary = Some(true);
+        r.suppressed = Some(s.suppressed);
+        r.first_us = Some(s.first_us);
+        r.last_us = Some(s.last_us);
+        r.sample = Some(s.sample.iter().map(ToString::to_string).collect());
+        r
     }
 
     pub fn with_source(mut self, addr: IpAddr) -> Self {
@@ -308,6 +344,47 @@ mod tests {
         assert_eq!(r.time, "2023-11-14T22:13:20.123Z");
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["time_us"].as_u64(), Some(1_700_000_000_123_456));
+    }
+
+    #[test]
+    fn ordinary_records_have_no_summary_fields() {
+        // Byte for byte what records looked like before the summary fields existed.
+        let r = AuditRecord::event(1, "expired", "x".into(), Some(Peer { uid: 1, pid: 2 }))
+            .with_source("192.0.2.1".parse().unwrap());
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            "{\"time\":\"1970-01-01T00:00:00.001Z\",\"time_us\":1000,\"source\":\"192.0.2.1\",\
+             \"protocol\":null,\"port\":null,\"scan\":null,\"mode\":null,\"decision\":\"expired\",\
+             \"reason\":\"x\",\"peer\":{\"uid\":1,\"pid\":2},\"actions\":[]}"
+        );
+    }
+
+    #[test]
+    fn summary_record_fields() {
+        let s = crate::budget::Summary {
+            decision: sentry_proto::Decision::RateLimited,
+            suppressed: 9900,
+            first_us: 1_700_000_000_000_100,
+            last_us: 1_700_000_000_999_000,
+            sample: vec![
+                "203.0.113.7".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            ],
+        };
+        let v = serde_json::to_value(AuditRecord::summary(1_700_000_001_000_500, &s, 100)).unwrap();
+        assert_eq!(v["decision"], "rate_limited");
+        assert_eq!(v["summary"], true);
+        assert_eq!(v["suppressed"], 9900);
+        assert_eq!(v["first_us"], 1_700_000_000_000_100u64);
+        assert_eq!(v["last_us"], 1_700_000_000_999_000u64);
+        assert_eq!(
+            v["sample"],
+            serde_json::json!(["203.0.113.7", "2001:db8::1"])
+        );
+        assert_eq!(v["reason"], "AUDIT_RATE=100 per second reached");
+        assert_eq!(v["time_us"], 1_700_000_001_000_500u64);
+        assert_eq!(v["time"], "2023-11-14T22:13:21.000Z");
+        assert!(v["source"].is_null());
     }
 
     #[test]

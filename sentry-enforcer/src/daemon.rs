@@ -610,10 +610,14 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
     }
 }
 
+/// The one-second tick: BLOCK_TIMEOUT expiry, and the AUDIT_RATE summaries of a second
+/// that is over (written within about two seconds even when no further request comes).
 fn expiry_loop(sh: Arc<Shared>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        sh.engine().expire(now_ms());
+        let mut e = sh.engine();
+        e.flush_audit_budget(now_us());
+        e.expire(now_ms());
     }
 }
 

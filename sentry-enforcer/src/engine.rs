@@ -4,6 +4,9 @@
 //!
 //! Order of checks (first match wins): field validation, never-block set, ignore list,
 //! BLOCK_TCP / BLOCK_UDP mode, already blocked, BLOCK_RATE, MAX_BLOCKS.
+//!
+//! Records and log lines of decisions that changed nothing are bounded per second by
+//! AUDIT_RATE ([`crate::budget`]); the rest are counted and summarised once per kind.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
@@ -20,7 +23,8 @@ use sentry_proto::{
     MAX_RECENT_DECISIONS,
 };
 
-use crate::audit::{ActionRecord, AuditLog, AuditRecord, Logger, Peer};
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer};
+use crate::budget::AuditBudget;
 use crate::exec;
 use crate::hostsdeny;
 use crate::netlink::{AddrWatch, NlSocket, SetElem};
@@ -158,12 +162,17 @@ pub struct Engine {
     /// decision, as a fallback that is slow but never stale).
     addr_watch: Option<AddrWatch>,
     rate: VecDeque<u64>,
+    /// AUDIT_RATE: records and log lines of no-change decisions per second.
+    budget: AuditBudget,
     counters: Counters,
     recent: VecDeque<RecentDecision>,
     started: Instant,
     /// The connected sensor (maintained by the daemon).
     pub sensor: Option<SensorInfo>,
 }
+
+/// A log line held back until the AUDIT_RATE budget has admitted its decision.
+type Line = Option<(Level, String)>;
 
 /// Result of applying actions.
 struct Applied {
@@ -240,6 +249,7 @@ impl Engine {
         } else {
             None
         };
+        let budget = AuditBudget::new(cfg.audit_rate);
         let mut engine = Self {
             cfg,
             ignore,
@@ -253,6 +263,7 @@ impl Engine {
             route,
             addr_watch,
             rate: VecDeque::new(),
+            budget,
             counters: Counters::default(),
             recent: VecDeque::new(),
             started: Instant::now(),
@@ -302,6 +313,22 @@ impl Engine {
             self.log.err(&format!(
                 "adminalert: ERROR: cannot write audit log {}: {e}",
                 self.audit.path().display()
+            ));
+        }
+    }
+
+    /// Write the AUDIT_RATE summaries of a second that is over (one record and one log
+    /// line per decision kind that had records suppressed). Called before every decision
+    /// and by the daemon's one-second tick, so that summaries are not held back when the
+    /// requests stop.
+    pub fn flush_audit_budget(&mut self, now_us: u64) {
+        let rate = self.budget.rate();
+        for s in self.budget.roll(now_us) {
+            self.write_audit(&AuditRecord::summary(now_us, &s, rate));
+            self.log.warn(&format!(
+                "adminalert: {} further {} decisions in the last second not logged individually (AUDIT_RATE={rate})",
+                s.suppressed,
+                s.decision.as_str()
             ));
         }
     }
@@ -634,12 +661,18 @@ impl Engine {
         rec.port = Some(req.port);
         rec.scan = Some(req.scan.as_str());
         rec.mode = Some(req.mode.as_str());
-        let (decision, reason) = self.decide_inner(req, now, &mut rec);
+        self.flush_audit_budget(now_us);
+        let (decision, reason, line) = self.decide_inner(req, now, &mut rec);
         self.count(decision);
         rec.decision = decision.as_str();
         rec.reason = reason;
         self.remember(now, Some(req.source), decision.as_str(), &rec.reason);
-        self.write_audit(&rec);
+        if self.budget.admit(now_us, decision, req.source) {
+            if let Some((level, line)) = line {
+                self.log.log(level, &line);
+            }
+            self.write_audit(&rec);
+        }
         decision
     }
 
@@ -660,45 +693,57 @@ impl Engine {
         rec.port = Some(req.port);
         rec.scan = Some(req.scan.as_str());
         rec.mode = Some(req.mode.as_str());
-        self.log.warn(&format!(
-            "adminalert: rejected block request from sensor: {}",
-            rec.reason
-        ));
         self.remember(
             now,
             Some(req.source),
             Decision::Rejected.as_str(),
             &rec.reason,
         );
-        self.write_audit(&rec);
+        let now_us = now.saturating_mul(1000);
+        self.flush_audit_budget(now_us);
+        if self.budget.admit(now_us, Decision::Rejected, req.source) {
+            self.log.warn(&format!(
+                "adminalert: rejected block request from sensor: {}",
+                rec.reason
+            ));
+            self.write_audit(&rec);
+        }
         Decision::Rejected
     }
 
+    /// Decide and act. The log line of a decision that changed nothing is returned, not
+    /// logged, so that the caller can hold it to AUDIT_RATE with the audit record.
     fn decide_inner(
         &mut self,
         req: &BlockRequest,
         now: u64,
         rec: &mut AuditRecord,
-    ) -> (Decision, String) {
+    ) -> (Decision, String, Line) {
         let addr = req.source;
         if let Err(e) = req.validate(now) {
-            self.log.warn(&format!(
-                "adminalert: rejected block request from sensor: {e}"
-            ));
-            return (Decision::Rejected, e.to_string());
+            let line = format!("adminalert: rejected block request from sensor: {e}");
+            return (
+                Decision::Rejected,
+                e.to_string(),
+                Some((Level::Warning, line)),
+            );
         }
         self.refresh_own_addresses();
         if let Some(why) = self.never.check(addr) {
-            self.log.notice(&format!(
-                "attackalert: Host: {addr} is never blocked ({why}). Ignoring"
-            ));
-            return (Decision::NeverBlock, why.to_string());
+            let line = format!("attackalert: Host: {addr} is never blocked ({why}). Ignoring");
+            return (
+                Decision::NeverBlock,
+                why.to_string(),
+                Some((Level::Notice, line)),
+            );
         }
         if self.ignore.contains(addr) {
-            self.log.notice(&format!(
-                "attackalert: Host: {addr} is on the ignore list. Ignoring"
-            ));
-            return (Decision::Ignored, "on the ignore list".into());
+            let line = format!("attackalert: Host: {addr} is on the ignore list. Ignoring");
+            return (
+                Decision::Ignored,
+                "on the ignore list".into(),
+                Some((Level::Notice, line)),
+            );
         }
         let key = match req.protocol {
             Protocol::Tcp => "BLOCK_TCP",
@@ -706,26 +751,33 @@ impl Engine {
         };
         let mode = self.cfg.block_mode(req.protocol);
         if mode == BlockMode::LogOnly {
-            self.log.notice(&format!(
+            let line = format!(
                 "attackalert: Ignoring {} response per configuration file setting.",
                 req.protocol.as_upper()
-            ));
-            return (Decision::LogOnly, format!("{key}=0"));
+            );
+            return (
+                Decision::LogOnly,
+                format!("{key}=0"),
+                Some((Level::Notice, line)),
+            );
         }
         if mode == BlockMode::Block && self.blocks.contains_key(&addr) {
-            self.log.notice(&format!(
-                "attackalert: Host: {addr} is already blocked. Ignoring"
-            ));
-            return (Decision::AlreadyBlocked, "already blocked".into());
+            let line = format!("attackalert: Host: {addr} is already blocked. Ignoring");
+            return (
+                Decision::AlreadyBlocked,
+                "already blocked".into(),
+                Some((Level::Notice, line)),
+            );
         }
         if !self.rate_ok(now) {
-            self.log.warn(&format!(
+            let line = format!(
                 "adminalert: block rate limit (BLOCK_RATE={}/min) reached; not blocking {addr}",
                 self.cfg.block_rate
-            ));
+            );
             return (
                 Decision::RateLimited,
                 format!("BLOCK_RATE={} per minute reached", self.cfg.block_rate),
+                Some((Level::Warning, line)),
             );
         }
         if mode == BlockMode::CommandOnly {
@@ -733,6 +785,7 @@ impl Engine {
                 return (
                     Decision::LogOnly,
                     format!("{key}=2 but no KILL_RUN_CMD is configured"),
+                    None,
                 );
             };
             self.rate.push_back(now);
@@ -741,25 +794,31 @@ impl Engine {
             let ok = a.ok();
             rec.actions.push(a);
             return if ok {
-                (Decision::CommandOnly, format!("{key}=2"))
+                (Decision::CommandOnly, format!("{key}=2"), None)
             } else {
-                (Decision::Failed, format!("{key}=2; KILL_RUN_CMD failed"))
+                (
+                    Decision::Failed,
+                    format!("{key}=2; KILL_RUN_CMD failed"),
+                    None,
+                )
             };
         }
         if self.blocks.len() >= self.cfg.max_blocks as usize {
-            self.log.warn(&format!(
+            let line = format!(
                 "adminalert: MAX_BLOCKS={} reached; not blocking {addr}",
                 self.cfg.max_blocks
-            ));
+            );
             return (
                 Decision::Capped,
                 format!("MAX_BLOCKS={} reached", self.cfg.max_blocks),
+                Some((Level::Warning, line)),
             );
         }
         if !self.blocking_configured() && self.cfg.kill_run_cmd.is_none() {
             return (
                 Decision::LogOnly,
                 format!("{key}=1 but no blocking action is configured"),
+                None,
             );
         }
         self.rate.push_back(now);
@@ -876,7 +935,7 @@ impl Engine {
                     "; host not blocked"
                 }
             ));
-            (Decision::Failed, reason)
+            (Decision::Failed, reason, None)
         } else {
             let what = match block.expires_ms {
                 Some(_) => format!(
@@ -885,7 +944,7 @@ impl Engine {
                 ),
                 None => "blocked permanently".to_string(),
             };
-            (Decision::Blocked, what)
+            (Decision::Blocked, what, None)
         }
     }
 
@@ -1549,6 +1608,141 @@ mod tests {
         assert_eq!(t.deny(), "");
         assert_eq!(t.last()["decision"], "unblocked");
         assert_eq!(t.last()["reason"], "now on the ignore list");
+    }
+
+    /// The start of the next wall-clock second, in µs (requests made now validate there).
+    fn next_second_us() -> u64 {
+        (now_ms() / 1000 + 1) * 1_000_000
+    }
+
+    fn src(i: u32) -> String {
+        std::net::Ipv4Addr::from(0xCB00_7100 + (i % 250) + ((i / 250) << 8)).to_string()
+    }
+
+    #[test]
+    fn audit_rate_bounds_a_burst_of_rate_limited_requests() {
+        let mut t = setup(&[("BLOCK_RATE", "1")]);
+        let s0 = next_second_us();
+        // The one block BLOCK_RATE allows this minute, one second before the burst.
+        let r = req(1, "192.0.2.1", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_at_us(&r, PEER, s0 - 1_000_000),
+            Decision::Blocked
+        );
+        assert_eq!(t.audit().len(), 1);
+        // 10,000 spoofed sources within one second (one every 50 µs).
+        for i in 0..10_000u32 {
+            let r = req(u64::from(i) + 2, &src(i), Protocol::Tcp, 22);
+            let at = s0 + u64::from(i) * 50;
+            assert_eq!(t.engine.decide_at_us(&r, PEER, at), Decision::RateLimited);
+        }
+        // Still inside the second: exactly AUDIT_RATE (default 100) records of it.
+        let rate = t.engine.config().audit_rate as usize;
+        assert_eq!(rate, 100);
+        assert_eq!(t.audit().len(), 1 + rate);
+        // The daemon's tick in the next second writes the summary.
+        t.engine.flush_audit_budget(s0 + 1_000_000 + 7);
+        let audit = t.audit();
+        assert_eq!(
+            audit.len(),
+            1 + rate + 1,
+            "AUDIT_RATE + 1 lines for the burst"
+        );
+        let burst = &audit[1..];
+        assert!(burst[..rate]
+            .iter()
+            .all(|r| r["decision"] == "rate_limited" && r.get("summary").is_none()));
+        assert_eq!(burst[rate - 1]["source"], src(99));
+        let sum = &burst[rate];
+        assert_eq!(sum["decision"], "rate_limited");
+        assert_eq!(sum["summary"], true);
+        assert_eq!(sum["suppressed"], 10_000 - 100);
+        assert_eq!(sum["first_us"], s0 + 100 * 50);
+        assert_eq!(sum["last_us"], s0 + 9_999 * 50);
+        assert_eq!(sum["time_us"], s0 + 1_000_000 + 7);
+        let want: Vec<String> = (100..108).map(src).collect();
+        assert_eq!(sum["sample"], serde_json::json!(want));
+        assert_eq!(sum["reason"], "AUDIT_RATE=100 per second reached");
+        // A second tick has nothing left to write.
+        t.engine.flush_audit_budget(s0 + 2_000_000);
+        assert_eq!(t.audit().len(), 1 + rate + 1);
+        // Every decision is still counted.
+        let c = t.engine.counters();
+        assert_eq!((c.requests, c.blocked, c.rate_limited), (10_001, 1, 10_000));
+    }
+
+    #[test]
+    fn audit_summary_is_written_before_the_next_seconds_records() {
+        let mut t = setup(&[("MAX_BLOCKS", "1"), ("AUDIT_RATE", "2")]);
+        let s0 = next_second_us();
+        let r = req(1, "192.0.2.1", Protocol::Tcp, 22);
+        assert_eq!(t.engine.decide_at_us(&r, PEER, s0), Decision::Blocked);
+        for i in 0..5u32 {
+            let r = req(2, &src(i), Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_at_us(&r, PEER, s0 + 10 + u64::from(i)),
+                Decision::Capped
+            );
+        }
+        // 1 blocked + 2 capped; the next request, one second later, first writes the
+        // summary of the 3 suppressed ones, then its own record.
+        assert_eq!(t.audit().len(), 3);
+        let r = req(3, "198.51.100.9", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_at_us(&r, PEER, s0 + 1_000_000),
+            Decision::Ignored
+        );
+        let a = t.audit();
+        let kinds: Vec<&str> = a.iter().map(|r| r["decision"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["blocked", "capped", "capped", "capped", "ignored"]);
+        assert_eq!(a[3]["summary"], true);
+        assert_eq!(a[3]["suppressed"], 3);
+        assert_eq!(a[3]["reason"], "AUDIT_RATE=2 per second reached");
+        assert_eq!(a[3]["sample"], serde_json::json!([src(2), src(3), src(4)]));
+        assert!(a[4].get("summary").is_none());
+        assert_eq!(t.engine.counters().capped, 5);
+    }
+
+    #[test]
+    fn blocked_records_are_never_suppressed() {
+        let mut t = setup(&[("AUDIT_RATE", "1")]);
+        let s0 = next_second_us();
+        // Use up the budget of this second with no-change decisions ...
+        for i in 0..10u64 {
+            let r = req(i, "127.0.0.1", Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_at_us(&r, PEER, s0 + i),
+                Decision::NeverBlock
+            );
+        }
+        assert_eq!(t.audit().len(), 1);
+        // ... then every block of the same second is still written in full.
+        for i in 0..40u32 {
+            let r = req(100 + u64::from(i), &src(i), Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_at_us(&r, PEER, s0 + 100 + u64::from(i)),
+                Decision::Blocked
+            );
+        }
+        // And a failed one (the deny file is made unwritable: a directory in its place).
+        let deny = t.dir.path().join("hosts.deny");
+        std::fs::remove_file(&deny).unwrap();
+        std::fs::create_dir(&deny).unwrap();
+        let r = req(200, &src(40), Protocol::Tcp, 22);
+        assert_eq!(t.engine.decide_at_us(&r, PEER, s0 + 500), Decision::Failed);
+        let a = t.audit();
+        assert_eq!(a.len(), 1 + 40 + 1);
+        assert_eq!(a.iter().filter(|r| r["decision"] == "blocked").count(), 40);
+        assert!(a[1..41]
+            .iter()
+            .all(|r| r["actions"].as_array().is_some_and(|v| v.len() == 1)));
+        assert_eq!(a[41]["decision"], "failed");
+        t.engine.flush_audit_budget(s0 + 1_000_000);
+        let a = t.audit();
+        assert_eq!(a.len(), 43);
+        assert_eq!(a[42]["decision"], "never_block");
+        assert_eq!(a[42]["suppressed"], 9);
+        assert_eq!(a[42]["sample"], serde_json::json!(["127.0.0.1"]));
     }
 
     #[test]

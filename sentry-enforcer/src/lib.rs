@@ -18,10 +18,13 @@
 //!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0).
 //! * [`store`] — snapshot + fdatasync'd journal in the state directory.
 //! * [`audit`] — JSON-lines audit log and syslog/stderr lines in PortSentry's wording.
+//! * [`budget`] — AUDIT_RATE: per-second bound on records and log lines of decisions
+//!   that changed nothing, with one summary per kind for the rest.
 //! * `sys` — the only unsafe code: closing inherited descriptors.
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod budget;
 pub mod ctl;
 pub mod daemon;
 pub mod engine;
