@@ -399,10 +399,13 @@ fn thousands_of_requests_hit_rate_limit_and_cap() {
     if !need_root("thousands_of_requests_hit_rate_limit_and_cap") {
         return;
     }
+    // AUDIT_RATE high enough that every decision gets its own record here (the budget
+    // has its own test below).
     let mut env = Env::new(&[
         ("BLOCK_RATE", "150"),
         ("MAX_BLOCKS", "100000"),
         ("KILL_HOSTS_DENY", ""),
+        ("AUDIT_RATE", "100000"),
     ]);
     env.start();
     let mut s = env.connect();
@@ -439,6 +442,138 @@ fn thousands_of_requests_hit_rate_limit_and_cap() {
     assert_eq!(s.block("192.0.2.3", Protocol::Tcp, 22), Decision::Capped);
     assert!(!env.nft_has(ip("192.0.2.3")));
     assert_eq!(env.audit_for("192.0.2.3", "capped").len(), 1);
+}
+
+/// Wait (bounded) for `pred` over the audit records.
+fn wait_audit(env: &Env, what: &str, pred: impl Fn(&[serde_json::Value]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if pred(&env.audit_records()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
+    if !need_root("a_flood_of_refused_blocks_is_summarised_under_audit_rate") {
+        return;
+    }
+    const RATE: usize = 5;
+    const BURST: u32 = 1000;
+    let mut env = Env::new(&[
+        ("BLOCK_RATE", "1"),
+        ("AUDIT_RATE", "5"),
+        ("KILL_HOSTS_DENY", ""),
+    ]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    // The one block BLOCK_RATE=1 allows this minute: always written.
+    assert_eq!(s.block("192.0.2.1", Protocol::Tcp, 22), Decision::Blocked);
+    // Start the burst just after a wall-clock second begins, so that it normally fits in
+    // one second (the enforcer's budget is keyed by the same clock).
+    std::thread::sleep(Duration::from_millis(1000 - now_ms() % 1000 + 5));
+    let start_ms = now_ms();
+    // Pipelined, as a sensor under a spoofed flood sends them: all frames, then all acks.
+    let mut bytes = Vec::new();
+    let sources: Vec<String> = (0..BURST)
+        .map(|i| std::net::Ipv4Addr::from(0xCB00_7100 + (i % 250) + ((i / 250) << 8)).to_string())
+        .collect();
+    for src in &sources {
+        s.seq += 1;
+        bytes.extend(frame(&SensorFrame::Block(req(
+            s.seq,
+            src,
+            Protocol::Tcp,
+            22,
+        ))));
+    }
+    s.send_raw(&bytes).unwrap();
+    for _ in 0..BURST {
+        match s.recv() {
+            Ok(EnforcerFrame::Ack { decision, .. }) => {
+                assert_eq!(decision, Decision::RateLimited)
+            }
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+    let end_ms = now_ms();
+    let one_second = start_ms / 1000 == end_ms / 1000;
+
+    // No further request: the daemon's one-second tick must write the summary.
+    wait_audit(&env, "the AUDIT_RATE summary", |a| {
+        let suppressed: u64 = a
+            .iter()
+            .filter(|r| r["summary"] == true)
+            .map(|r| r["suppressed"].as_u64().unwrap())
+            .sum();
+        let single = a
+            .iter()
+            .filter(|r| r["decision"] == "rate_limited" && r.get("summary").is_none())
+            .count() as u64;
+        single + suppressed == u64::from(BURST)
+    });
+    let a = env.audit_records();
+    assert_eq!(a[0]["decision"], "blocked");
+    let limited: Vec<&serde_json::Value> = a
+        .iter()
+        .filter(|r| r["decision"] == "rate_limited")
+        .collect();
+    // Per wall-clock second, at most AUDIT_RATE individual records.
+    let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
+    for r in limited.iter().filter(|r| r.get("summary").is_none()) {
+        *per_second
+            .entry(r["time_us"].as_u64().unwrap() / 1_000_000)
+            .or_default() += 1;
+    }
+    assert!(per_second.values().all(|n| *n <= RATE), "{per_second:?}");
+    let summaries: Vec<&&serde_json::Value> =
+        limited.iter().filter(|r| r["summary"] == true).collect();
+    for sum in &summaries {
+        assert_eq!(sum["reason"], "AUDIT_RATE=5 per second reached");
+        let sample = sum["sample"].as_array().unwrap();
+        assert!(!sample.is_empty() && sample.len() <= 8, "{sum}");
+        assert!(sum["first_us"].as_u64() <= sum["last_us"].as_u64());
+        assert!(sum["source"].is_null());
+    }
+    if one_second {
+        // The burst fitted in one second: AUDIT_RATE records and one summary in all.
+        assert_eq!(a.len(), 1 + RATE + 1, "{a:?}");
+        assert_eq!(limited.len(), RATE + 1);
+        let sum = summaries[0];
+        assert_eq!(sum["suppressed"], u64::from(BURST) - RATE as u64);
+        let want: Vec<&str> = sources[RATE..RATE + 8].iter().map(String::as_str).collect();
+        assert_eq!(sum["sample"], serde_json::json!(want));
+        let log = env.log();
+        assert_eq!(
+            log.matches("adminalert: block rate limit (BLOCK_RATE=1/min) reached; not blocking")
+                .count(),
+            RATE,
+            "{log}"
+        );
+        assert!(log.contains(&format!(
+            "adminalert: {} further rate_limited decisions in the last second not logged individually (AUDIT_RATE=5)",
+            BURST as usize - RATE
+        )));
+    } else {
+        eprintln!(
+            "note: the burst spanned {} ms across a second boundary; checked the per-second bounds only",
+            end_ms - start_ms
+        );
+        assert!(a.len() <= 1 + per_second.len() * (RATE + 1) + 1);
+    }
+    // Counters still count every decision.
+    let st = env.ctl_json(&["status"]);
+    assert_eq!(st["counters"]["rate_limited"], u64::from(BURST));
+    assert_eq!(st["counters"]["requests"], u64::from(BURST) + 1);
+    assert!(env.alive());
 }
 
 #[test]
@@ -655,7 +790,7 @@ fn sentryctl_check_config() {
     std::fs::write(
         &good,
         format!(
-            "BLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\"\nAUDIT_LOG=\"{}/audit.jsonl\"\n",
+            "BLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\"\nAUDIT_LOG=\"{}/audit.jsonl\"\nAUDIT_RATE=\"50\"\n",
             dir.path().display()
         ),
     )
@@ -671,7 +806,11 @@ fn sentryctl_check_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bad = dir.path().join("bad.conf");
-    std::fs::write(&bad, "# x\nTCP_PORTS=\"1,abc,5-3\"\nBLOCK_TCP=\"7\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "# x\nTCP_PORTS=\"1,abc,5-3\"\nBLOCK_TCP=\"7\"\nAUDIT_RATE=\"0\"\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(SENTRYCTL)
         .args(["check-config"])
         .arg(&bad)
@@ -681,6 +820,13 @@ fn sentryctl_check_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:2: ", bad.display())), "{err}");
     assert!(err.contains(&format!("{}:3: ", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:4: AUDIT_RATE: 0 out of range 1-100000",
+            bad.display()
+        )),
+        "{err}"
+    );
     let out = std::process::Command::new(SENTRYCTL)
         .args(["check-config", "--json"])
         .arg(&bad)
@@ -688,7 +834,7 @@ fn sentryctl_check_config() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
-    assert!(v["errors"].as_array().unwrap().len() >= 2);
+    assert!(v["errors"].as_array().unwrap().len() >= 3);
     // usage errors exit 2
     let out = std::process::Command::new(SENTRYCTL)
         .arg("frobnicate")
