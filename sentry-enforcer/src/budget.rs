@@ -137,6 +137,16 @@ impl AuditBudget {
         }
         self.second = sec;
         self.used = 0;
+        self.take()
+    }
+
+    /// The summaries of what the current second suppressed so far, now (on shutdown, so
+    /// that no count is lost). The budget already used in this second stays used.
+    pub fn finish(&mut self) -> Vec<Summary> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Vec<Summary> {
         let mut out = Vec::new();
         for (kind, t) in KINDS.iter().zip(self.tallies.iter_mut()) {
             if t.suppressed > 0 {
@@ -275,6 +285,24 @@ mod tests {
         // A clock stepped back is another second too.
         assert_eq!(b.roll(SEC - 5_000_000).len(), 1);
         assert!(b.admit(SEC - 5_000_000, Decision::RateLimited, ip(1)));
+    }
+
+    #[test]
+    fn finish_hands_out_the_current_second_once() {
+        let mut b = AuditBudget::new(1);
+        b.roll(SEC);
+        assert!(b.admit(SEC, Decision::Capped, ip(1)));
+        assert!(!b.admit(SEC + 5, Decision::Capped, ip(2)));
+        let s = b.finish();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].suppressed, s[0].first_us, s[0].last_us),
+            (1, SEC + 5, SEC + 5)
+        );
+        assert!(b.finish().is_empty());
+        // Still the same second: its budget stays used.
+        assert!(!b.admit(SEC + 6, Decision::Capped, ip(3)));
+        assert_eq!(b.roll(SEC + 1_000_000)[0].suppressed, 1);
     }
 
     #[test]

@@ -598,7 +598,8 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
                 // Wait for any decision in progress, then leave. The nftables table stays
                 // in place so blocked hosts stay blocked while we are down; it is rebuilt
                 // from the persisted state on the next start.
-                let _e = sh.engine();
+                let mut e = sh.engine();
+                e.finish_audit_budget(now_us());
                 for p in &sh.sockets {
                     let _ = std::fs::remove_file(p);
                 }

@@ -322,8 +322,20 @@ impl Engine {
     /// and by the daemon's one-second tick, so that summaries are not held back when the
     /// requests stop.
     pub fn flush_audit_budget(&mut self, now_us: u64) {
+        let summaries = self.budget.roll(now_us);
+        self.write_summaries(now_us, summaries);
+    }
+
+    /// On shutdown: write the summaries of the current second too, so no count is lost.
+    pub fn finish_audit_budget(&mut self, now_us: u64) {
+        self.flush_audit_budget(now_us);
+        let summaries = self.budget.finish();
+        self.write_summaries(now_us, summaries);
+    }
+
+    fn write_summaries(&mut self, now_us: u64, summaries: Vec<crate::budget::Summary>) {
         let rate = self.budget.rate();
-        for s in self.budget.roll(now_us) {
+        for s in summaries {
             self.write_audit(&AuditRecord::summary(now_us, &s, rate));
             self.log.warn(&format!(
                 "adminalert: {} further {} decisions in the last second not logged individually (AUDIT_RATE={rate})",
@@ -1701,6 +1713,30 @@ mod tests {
         assert_eq!(a[3]["sample"], serde_json::json!([src(2), src(3), src(4)]));
         assert!(a[4].get("summary").is_none());
         assert_eq!(t.engine.counters().capped, 5);
+    }
+
+    #[test]
+    fn stopping_writes_the_summary_of_the_current_second() {
+        let mut t = setup(&[("BLOCK_TCP", "0"), ("AUDIT_RATE", "3")]);
+        let s0 = next_second_us();
+        for i in 0..10u32 {
+            let r = req(u64::from(i), &src(i), Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_at_us(&r, PEER, s0 + u64::from(i)),
+                Decision::LogOnly
+            );
+        }
+        t.engine.flush_audit_budget(s0 + 20);
+        assert_eq!(t.audit().len(), 3, "same second: nothing to flush yet");
+        t.engine.finish_audit_budget(s0 + 30);
+        let a = t.audit();
+        assert_eq!(a.len(), 4);
+        assert_eq!(a[3]["decision"], "log_only");
+        assert_eq!(a[3]["suppressed"], 7);
+        assert_eq!(a[3]["time_us"], s0 + 30);
+        // Nothing is summarised twice.
+        t.engine.flush_audit_budget(s0 + 1_000_000);
+        assert_eq!(t.audit().len(), 4);
     }
 
     #[test]

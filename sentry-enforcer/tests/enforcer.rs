@@ -574,6 +574,36 @@ fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
     assert_eq!(st["counters"]["rate_limited"], u64::from(BURST));
     assert_eq!(st["counters"]["requests"], u64::from(BURST) + 1);
     assert!(env.alive());
+
+    // A second burst, then SIGTERM at once (normally within the same second): the
+    // summary of the unfinished second is written before the daemon exits.
+    std::thread::sleep(Duration::from_millis(1000 - now_ms() % 1000 + 5));
+    let mut bytes = Vec::new();
+    for src in &sources {
+        s.seq += 1;
+        bytes.extend(frame(&SensorFrame::Block(req(
+            s.seq,
+            src,
+            Protocol::Tcp,
+            22,
+        ))));
+    }
+    s.send_raw(&bytes).unwrap();
+    for _ in 0..BURST {
+        assert!(matches!(s.recv(), Ok(EnforcerFrame::Ack { .. })));
+    }
+    assert!(env.stop().success());
+    let a = env.audit_records();
+    let suppressed: u64 = a
+        .iter()
+        .filter(|r| r["summary"] == true)
+        .map(|r| r["suppressed"].as_u64().unwrap())
+        .sum();
+    let single = a
+        .iter()
+        .filter(|r| r["decision"] == "rate_limited" && r.get("summary").is_none())
+        .count() as u64;
+    assert_eq!(single + suppressed, 2 * u64::from(BURST), "{}", env.log());
 }
 
 #[test]
