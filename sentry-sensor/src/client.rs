@@ -267,6 +267,15 @@ impl Client {
         }
     }
 
+    /// Write what is queued now, as far as the socket takes it without blocking (the rest
+    /// waits for POLLOUT). Called right after the reports of one wake-up were queued, so
+    /// the first report of a scan does not wait for another trip through `poll`.
+    pub fn flush(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        if self.is_ready() && (!self.out.is_empty() || self.sent < self.queue.len()) {
+            self.pump_write(now_ms, events);
+        }
+    }
+
     fn pump_write(&mut self, now_ms: u64, events: &mut Vec<Event>) {
         if self.is_ready() {
             self.fill_out();

@@ -11,13 +11,13 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy::{Config, IgnoreList};
 use sentry_proto::{Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
 
 use crate::basic::{Basic, BasicHit};
-use crate::capture::Capture;
+use crate::capture::{Capture, Pacer};
 use crate::cli::{self, Args, Command};
 use crate::client::{Client, Event};
 use crate::confine;
@@ -40,8 +40,8 @@ const MAX_PENDING: usize = 65_536;
 /// Housekeeping (state expiry, kernel counters, listener-table refresh: a service that
 /// stopped is watched again within this time).
 const HOUSEKEEPING_MS: u64 = 1_000;
-/// Most ring blocks processed before other descriptors get a turn.
-const MAX_BLOCKS_PER_WAKE: usize = 128;
+/// Most ring frames processed before other descriptors get a turn.
+const MAX_FRAMES_PER_WAKE: usize = 16_384;
 
 /// Entry point for `main`: returns the process exit code.
 pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> i32 {
@@ -357,10 +357,13 @@ impl Sensor {
         let mut basic_hits: Vec<BasicHit> = Vec::new();
         let mut bad_frames = 0u64;
         let mut logged_drops = (0u64, 0u64);
+        let mut pacer = Pacer::default();
         loop {
-            // Poll set: [capture] [client] basic...
+            // Poll set: [capture] [client] basic... (the ring is left out while the pacer
+            // coalesces wake-ups under continuous traffic).
             fds.clear();
-            if let Some(c) = &capture {
+            let nap = pacer.napping(Instant::now());
+            if let (Some(c), None) = (&capture, nap) {
                 fds.push(PollFd {
                     fd: c.fd(),
                     events: POLLIN,
@@ -391,20 +394,26 @@ impl Sensor {
                 let due = self.last_refresh_ms + LISTENER_RECHECK_MS;
                 timeout = timeout.min(due.saturating_sub(now));
             }
-            let timeout = i32::try_from(timeout.min(1_000)).unwrap_or(1_000);
+            let mut timeout = Duration::from_millis(timeout.min(1_000));
+            if let Some(n) = nap {
+                timeout = timeout.min(n);
+            }
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 return fatal(&mut self.log, &format!("poll: {e}"));
             }
 
-            // Capture first: it is the latency-critical path. Blocks are checked even
+            // Capture first: it is the latency-critical path. The ring is checked even
             // without POLLIN (cheap: one atomic load).
             if let Some(c) = &mut capture {
                 let now = self.now_ms();
                 let wall = now_wall_ms();
-                c.drain(MAX_BLOCKS_PER_WAKE, &mut bad_frames, |frame, outgoing| {
+                let frames = c.drain(MAX_FRAMES_PER_WAKE, &mut bad_frames, |frame, outgoing| {
                     self.on_frame(frame, outgoing, now, wall)
                 });
+                pacer.drained(frames, Instant::now());
                 self.judge_pending(self.now_ms(), false);
+                // Reports of this wake go out now, in one write, not after another poll.
+                self.client.flush(self.now_ms(), &mut self.events);
             }
             if let Some(i) = client_idx {
                 if let Some(p) = fds.get(i) {
@@ -444,7 +453,7 @@ impl Sensor {
                     }
                 }
                 self.counters.malformed += std::mem::take(&mut bad_frames);
-                self.refresh_listeners(now);
+                self.refresh_listeners(now, true, true);
                 let drops = (self.client.queue_drops, self.client.in_flight_evictions);
                 if drops != logged_drops {
                     self.log.notice(&format!(
@@ -473,10 +482,11 @@ impl Sensor {
         }
     }
 
-    fn refresh_listeners(&mut self, now: u64) {
+    /// Re-read the TCP and/or UDP listener tables.
+    fn refresh_listeners(&mut self, now: u64, tcp: bool, udp: bool) {
         if let Some(src) = &mut self.listener_src {
-            match src.read(&self.own_inodes) {
-                Ok(l) => self.listeners = l,
+            match src.read_some(&self.own_inodes, tcp, udp) {
+                Ok(l) => self.listeners.update(l, tcp, udp),
                 Err(e) => self.log.error(&format!(
                     "adminalert: ERROR: cannot re-read socket tables: {e}"
                 )),
@@ -527,7 +537,9 @@ impl Sensor {
         if !force && now.saturating_sub(self.last_refresh_ms) < LISTENER_RECHECK_MS {
             return;
         }
-        self.refresh_listeners(now);
+        let tcp = self.pending.iter().any(|(c, _)| c.proto == Protocol::Tcp);
+        let udp = self.pending.iter().any(|(c, _)| c.proto == Protocol::Udp);
+        self.refresh_listeners(now, tcp, udp);
         let pending = std::mem::take(&mut self.pending);
         for (c, wall) in &pending {
             if let Some(mode) = self.policy.watched(c.proto, c.dst, c.port, &self.listeners) {

@@ -81,6 +81,17 @@ impl Listeners {
         }
     }
 
+    /// Take the TCP and/or UDP part of `other` (a [`ListenerSource::read_some`] result),
+    /// keeping this snapshot's other part.
+    pub fn update(&mut self, other: Listeners, tcp: bool, udp: bool) {
+        if tcp {
+            self.tcp = other.tcp;
+        }
+        if udp {
+            self.udp = other.udp;
+        }
+    }
+
     pub fn count(&self, proto: Protocol) -> usize {
         let b = match proto {
             Protocol::Tcp => &self.tcp,
@@ -323,8 +334,15 @@ impl ListenerSource {
 
     /// Re-read the table. Sockets whose inode is in `own` are skipped.
     pub fn read(&mut self, own: &HashSet<u64>) -> io::Result<Listeners> {
+        self.read_some(own, true, true)
+    }
+
+    /// Re-read only the TCP and/or UDP part of the table (of those this source was opened
+    /// for); the other part of the result is empty. A probe is re-checked against its own
+    /// protocol only, which halves the cost on the latency-critical path.
+    pub fn read_some(&mut self, own: &HashSet<u64>, tcp: bool, udp: bool) -> io::Result<Listeners> {
         let mut l = Listeners::default();
-        let (tcp, udp) = (self.tcp, self.udp);
+        let (tcp, udp) = (tcp && self.tcp, udp && self.udp);
         match &mut self.backend {
             Backend::Diag { sock, buf, seq } => {
                 let mut dumps = Vec::new();
@@ -368,6 +386,13 @@ impl ListenerSource {
             }
             Backend::Proc { files, line } => {
                 for (file, proto, v6) in files.iter_mut() {
+                    let wanted = match proto {
+                        Protocol::Tcp => tcp,
+                        Protocol::Udp => udp,
+                    };
+                    if !wanted {
+                        continue;
+                    }
                     file.seek(SeekFrom::Start(0))?;
                     let mut r = BufReader::with_capacity(64 * 1024, &*file);
                     let mut first = true;
@@ -488,6 +513,29 @@ mod tests {
         writeln!(f, "   9: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 9 1 0 100 0 0 10 0").unwrap();
         let l = src.read(&own).unwrap();
         assert!(l.serves(Protocol::Tcp, d4, 8080));
+    }
+
+    #[test]
+    fn partial_reread_keeps_the_other_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tcp"), TCP4).unwrap();
+        std::fs::write(dir.path().join("udp"), UDP4).unwrap();
+        let mut src = ListenerSource::open_at(dir.path(), true, true).unwrap();
+        let own = HashSet::new();
+        let mut l = src.read(&own).unwrap();
+        let d4 = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2));
+        // TCP table changes (port 22 gone), UDP table vanishes from disk: a TCP-only
+        // re-read must not touch the file, and must keep the UDP part as it was.
+        std::fs::write(dir.path().join("tcp"), TCP4.lines().next().unwrap()).unwrap();
+        std::fs::write(dir.path().join("udp"), "").unwrap();
+        let tcp_only = src.read_some(&own, true, false).unwrap();
+        assert_eq!(tcp_only.count(Protocol::Udp), 0, "UDP not read");
+        l.update(tcp_only, true, false);
+        assert!(!l.serves(Protocol::Tcp, d4, 22), "TCP part replaced");
+        assert!(l.serves(Protocol::Udp, d4, 137), "UDP part kept");
+        let udp_only = src.read_some(&own, false, true).unwrap();
+        l.update(udp_only, false, true);
+        assert!(!l.serves(Protocol::Udp, d4, 137), "UDP part replaced");
     }
 
     fn diag_msg(seq: u32, family: u8, addr: &[u8], port: u16, inode: u32) -> Vec<u8> {

@@ -1,5 +1,5 @@
 //! The only module with `unsafe`: raw system calls that neither std nor a safe wrapper
-//! offers — the AF_PACKET TPACKET_V3 ring (socket options, mmap, block hand-over),
+//! offers — the AF_PACKET TPACKET_V2 ring (socket options, mmap, slot hand-over),
 //! `poll(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with IPV6_V6ONLY/SO_REUSEADDR set
 //! before `bind`. Every block states why it is sound.
 
@@ -14,33 +14,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_VERSION: libc::c_int = 10;
-const TPACKET_V3: libc::c_int = 2;
+const TPACKET_V2: libc::c_int = 1;
 const SO_ATTACH_FILTER: libc::c_int = 26;
 const SO_LOCK_FILTER: libc::c_int = 44;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const ETH_P_ALL: u16 = 0x0003;
 
-/// `struct tpacket_req3`.
+/// `struct tpacket_req` (TPACKET_V1/V2).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-struct TpacketReq3 {
+struct TpacketReq {
     tp_block_size: u32,
     tp_block_nr: u32,
     tp_frame_size: u32,
     tp_frame_nr: u32,
-    tp_retire_blk_tov: u32,
-    tp_sizeof_priv: u32,
-    tp_feature_req_word: u32,
 }
 
-/// `struct tpacket_stats_v3`.
+/// `struct tpacket_stats`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-struct TpacketStatsV3 {
+struct TpacketStats {
     tp_packets: u32,
     tp_drops: u32,
-    tp_freeze_q_cnt: u32,
 }
 
 /// One classic BPF instruction (`struct sock_filter`).
@@ -63,26 +59,29 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> i
     cvt(rc).map(drop)
 }
 
-/// Geometry of the capture ring.
+/// Geometry of the capture ring: `frame_nr` slots of `frame_size` bytes, allocated by the
+/// kernel in blocks of `block_size` bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct RingGeometry {
-    /// Bytes per block (a multiple of the page size, a power of two).
+    /// Bytes per slot (a multiple of 16 that divides `block_size`).
+    pub frame_size: u32,
+    /// Bytes per kernel allocation (a power of two, at least the page size).
     pub block_size: u32,
-    pub block_nr: u32,
-    /// Milliseconds after which the kernel hands over a partly filled block; this bounds
-    /// detection latency when traffic is light.
-    pub retire_ms: u32,
+    /// Number of slots (a multiple of `block_size / frame_size`).
+    pub frame_nr: u32,
 }
 
-/// An AF_PACKET socket (SOCK_DGRAM: frames start at the network header) with a TPACKET_V3
-/// receive ring mapped into this process.
+/// An AF_PACKET socket (SOCK_DGRAM: frames start at the network header) with a TPACKET_V2
+/// receive ring mapped into this process. The kernel hands each packet over on its own
+/// (status word per slot) and wakes a waiting reader at once, so detection latency is not
+/// tied to a block timer.
 #[derive(Debug)]
 pub struct PacketRing {
     fd: OwnedFd,
     map: NonNull<u8>,
     map_len: usize,
-    block_size: usize,
-    block_nr: usize,
+    frame_size: usize,
+    frame_nr: usize,
     current: usize,
 }
 
@@ -92,11 +91,17 @@ impl PacketRing {
     /// ever queued. Needs CAP_NET_RAW.
     pub fn open(geo: RingGeometry, filter: &[BpfInsn]) -> io::Result<Self> {
         let invalid = |m: &'static str| io::Error::new(io::ErrorKind::InvalidInput, m);
-        if geo.block_size == 0 || !geo.block_size.is_power_of_two() || geo.block_size < 4096 {
+        if geo.block_size < 4096 || !geo.block_size.is_power_of_two() {
             return Err(invalid("ring block size must be a power of two >= 4096"));
         }
-        if geo.block_nr == 0 {
-            return Err(invalid("ring needs at least one block"));
+        if geo.frame_size < 64 || geo.frame_size % 16 != 0 || geo.block_size % geo.frame_size != 0 {
+            return Err(invalid(
+                "ring frame size must be a multiple of 16 that divides the block size",
+            ));
+        }
+        let per_block = geo.block_size / geo.frame_size;
+        if geo.frame_nr == 0 || geo.frame_nr % per_block != 0 {
+            return Err(invalid("ring frame count must fill whole blocks"));
         }
         // SAFETY: plain socket(2) call with constant arguments; the returned descriptor is
         // checked and immediately owned by an OwnedFd.
@@ -110,7 +115,7 @@ impl PacketRing {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let s = fd.as_raw_fd();
-        setsockopt(s, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
+        setsockopt(s, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V2)?;
         // Outgoing packets are not ignored (PACKET_IGNORE_OUTGOING): the filter keeps the
         // headers of this host's UDP datagrams so their replies can be recognised.
         let prog = libc::sock_fprog {
@@ -119,27 +124,21 @@ impl PacketRing {
         };
         setsockopt(s, libc::SOL_SOCKET, SO_ATTACH_FILTER, &prog)?;
         setsockopt(s, libc::SOL_SOCKET, SO_LOCK_FILTER, &1 as &libc::c_int)?;
-        let frame_size: u32 = 2048;
-        let frames_per_block = geo.block_size / frame_size;
-        let req = TpacketReq3 {
+        let req = TpacketReq {
             tp_block_size: geo.block_size,
-            tp_block_nr: geo.block_nr,
-            tp_frame_size: frame_size,
-            tp_frame_nr: frames_per_block
-                .checked_mul(geo.block_nr)
-                .ok_or_else(|| invalid("ring too large"))?,
-            tp_retire_blk_tov: geo.retire_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
+            tp_block_nr: geo.frame_nr / per_block,
+            tp_frame_size: geo.frame_size,
+            tp_frame_nr: geo.frame_nr,
         };
         setsockopt(s, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
-        let block_size = usize::try_from(geo.block_size).map_err(|_| invalid("block size"))?;
-        let block_nr = usize::try_from(geo.block_nr).map_err(|_| invalid("block count"))?;
-        let map_len = block_size
-            .checked_mul(block_nr)
+        let frame_size = usize::try_from(geo.frame_size).map_err(|_| invalid("frame size"))?;
+        let frame_nr = usize::try_from(geo.frame_nr).map_err(|_| invalid("frame count"))?;
+        let map_len = frame_size
+            .checked_mul(frame_nr)
             .ok_or_else(|| invalid("ring too large"))?;
         // SAFETY: maps the ring the kernel just allocated for this socket (offset 0, the
-        // exact size requested); the result is checked against MAP_FAILED. The mapping is
+        // exact size requested: whole blocks, each exactly filled with frames, so the
+        // frames are contiguous); the result is checked against MAP_FAILED. The mapping is
         // owned by the returned PacketRing and unmapped in Drop.
         let p = unsafe {
             libc::mmap(
@@ -159,8 +158,8 @@ impl PacketRing {
             fd,
             map,
             map_len,
-            block_size,
-            block_nr,
+            frame_size,
+            frame_nr,
             current: 0,
         };
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
@@ -175,36 +174,35 @@ impl PacketRing {
         Ok(ring)
     }
 
-    /// The next block the kernel has handed to user space, if any. The block is given back
+    /// The next slot the kernel has handed to user space, if any. The slot is given back
     /// to the kernel when the returned value is dropped.
-    pub fn next_block(&mut self) -> Option<Block<'_>> {
-        let offset = self.current.checked_mul(self.block_size)?;
-        if offset.checked_add(self.block_size)? > self.map_len {
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        let offset = self.current.checked_mul(self.frame_size)?;
+        if offset.checked_add(self.frame_size)? > self.map_len {
             return None;
         }
-        // SAFETY: `offset + block_size <= map_len`, so the pointer stays inside the
+        // SAFETY: `offset + frame_size <= map_len`, so the pointer stays inside the
         // mapping, which lives as long as `self`.
         let base = unsafe { self.map.as_ptr().add(offset) };
-        let status = block_status(base);
-        if status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+        if frame_status(base).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
             return None;
         }
-        Some(Block { ring: self, base })
+        Some(Frame { ring: self, base })
     }
 
     /// Kernel counters since the previous call (reading resets them): (packets, drops).
     pub fn take_stats(&self) -> io::Result<(u32, u32)> {
-        let mut st = TpacketStatsV3::default();
-        let mut len = libc::socklen_t::try_from(size_of::<TpacketStatsV3>())
+        let mut st = TpacketStats::default();
+        let mut len = libc::socklen_t::try_from(size_of::<TpacketStats>())
             .map_err(|_| io::Error::other("stats size"))?;
-        // SAFETY: `st` is a writable TpacketStatsV3 and `len` holds its exact size; the
+        // SAFETY: `st` is a writable TpacketStats and `len` holds its exact size; the
         // kernel writes at most `len` bytes and updates `len`.
         cvt(unsafe {
             libc::getsockopt(
                 self.fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 PACKET_STATISTICS,
-                (&mut st as *mut TpacketStatsV3).cast(),
+                (&mut st as *mut TpacketStats).cast(),
                 &mut len,
             )
         })?;
@@ -216,48 +214,50 @@ impl PacketRing {
     }
 }
 
-/// The status word of a block: `tpacket_block_desc.hdr.bh1.block_status` at offset 8.
-fn block_status<'a>(base: *mut u8) -> &'a AtomicU32 {
-    // SAFETY: every block starts with a `tpacket_block_desc` (page aligned, so offset 8 is
-    // 4-byte aligned) inside the live mapping; the word is shared with the kernel, which
-    // is why it is only ever accessed atomically.
-    unsafe { &*base.add(8).cast::<AtomicU32>() }
+/// The status word of a slot: `tpacket2_hdr.tp_status` at offset 0.
+fn frame_status<'a>(base: *mut u8) -> &'a AtomicU32 {
+    // SAFETY: every slot starts with a `tpacket2_hdr` (slots are 16-byte aligned inside a
+    // page-aligned mapping, so offset 0 is 4-byte aligned) inside the live mapping; the
+    // word is shared with the kernel, which is why it is only ever accessed atomically.
+    unsafe { &*base.cast::<AtomicU32>() }
 }
 
 impl Drop for PacketRing {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `open`; no Block can be alive here
-        // because a Block borrows the ring mutably.
+        // SAFETY: unmaps exactly the region mapped in `open`; no Frame can be alive here
+        // because a Frame borrows the ring mutably.
         unsafe {
             libc::munmap(self.map.as_ptr().cast(), self.map_len);
         }
     }
 }
 
-/// A block owned by user space. Frames are read through [`Block::data`]; dropping the block
-/// hands it back to the kernel and moves on to the next one.
+/// A slot owned by user space. Its bytes are read through [`Frame::data`]; dropping the
+/// frame hands the slot back to the kernel and moves on to the next one.
 #[derive(Debug)]
-pub struct Block<'r> {
+pub struct Frame<'r> {
     ring: &'r mut PacketRing,
     base: *mut u8,
 }
 
-impl Block<'_> {
-    /// The whole block as bytes. While the status word says TP_STATUS_USER the kernel does
-    /// not write to the block, so it is stable for as long as this borrow lives.
+impl Frame<'_> {
+    /// The whole slot as bytes (header, address, packet). While the status word says
+    /// TP_STATUS_USER the kernel does not write to the slot, so it is stable for as long
+    /// as this borrow lives.
     pub fn data(&self) -> &[u8] {
-        // SAFETY: `base .. base + block_size` lies inside the mapping (checked in
-        // next_block); the kernel hands a block to user space only after filling it and
+        // SAFETY: `base .. base + frame_size` lies inside the mapping (checked in
+        // next_frame); the kernel hands a slot to user space only after filling it (its
+        // status store is ordered after the data, and our Acquire load pairs with it) and
         // does not touch it again until we store TP_STATUS_KERNEL in Drop, which needs
         // `&mut self` and so cannot overlap this shared borrow.
-        unsafe { std::slice::from_raw_parts(self.base, self.ring.block_size) }
+        unsafe { std::slice::from_raw_parts(self.base, self.ring.frame_size) }
     }
 }
 
-impl Drop for Block<'_> {
+impl Drop for Frame<'_> {
     fn drop(&mut self) {
-        block_status(self.base).store(TP_STATUS_KERNEL, Ordering::Release);
-        self.ring.current = (self.ring.current + 1) % self.ring.block_nr.max(1);
+        frame_status(self.base).store(TP_STATUS_KERNEL, Ordering::Release);
+        self.ring.current = (self.ring.current + 1) % self.ring.frame_nr.max(1);
     }
 }
 
@@ -274,8 +274,9 @@ pub const POLLOUT: i16 = libc::POLLOUT;
 pub const POLLERR: i16 = libc::POLLERR;
 pub const POLLHUP: i16 = libc::POLLHUP;
 
-/// `poll(2)`; EINTR is reported as zero ready descriptors.
-pub fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
+/// `ppoll(2)` with a timeout of `timeout` (microsecond resolution; no signal mask
+/// change); EINTR is reported as zero ready descriptors.
+pub fn poll(fds: &mut [PollFd], timeout: std::time::Duration) -> io::Result<usize> {
     let mut raw: Vec<libc::pollfd> = fds
         .iter()
         .map(|p| libc::pollfd {
@@ -286,8 +287,14 @@ pub fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
         .collect();
     let n = libc::nfds_t::try_from(raw.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many fds"))?;
-    // SAFETY: `raw` is a valid, exclusively borrowed array of `n` pollfd structures.
-    let rc = unsafe { libc::poll(raw.as_mut_ptr(), n, timeout_ms) };
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    // SAFETY: `raw` is a valid, exclusively borrowed array of `n` pollfd structures and
+    // `ts` a valid timespec, both alive for the call; a null signal mask means none is
+    // changed.
+    let rc = unsafe { libc::ppoll(raw.as_mut_ptr(), n, &ts, std::ptr::null()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
