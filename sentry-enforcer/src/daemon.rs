@@ -543,6 +543,9 @@ pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, String> {
     Ok(warnings)
 }
 
+/// Scheduler slice of a sensor connection's thread (the kernel's minimum is 100 us).
+const SENSOR_THREAD_SLICE_NS: u64 = 100_000;
+
 fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
     if sh.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
         sh.connections.fetch_sub(1, Ordering::SeqCst);
@@ -554,6 +557,13 @@ fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
         .name(if sensor { "sensor" } else { "control" }.into())
         .spawn(move || {
             if sensor {
+                // Block requests are latency-critical (the scanner is answered until the
+                // element is in); a short slice lets this thread preempt on wake-up.
+                if let Err(e) = crate::sys::set_sched_slice(SENSOR_THREAD_SLICE_NS) {
+                    sh2.log.warn(&format!(
+                        "adminalert: warning: cannot set a short scheduler slice: {e}"
+                    ));
+                }
                 serve_sensor(&sh2, s);
             } else {
                 serve_control(&sh2, s);

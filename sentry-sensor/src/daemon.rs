@@ -43,6 +43,9 @@ const HOUSEKEEPING_MS: u64 = 1_000;
 /// Most ring frames processed before other descriptors get a turn.
 const MAX_FRAMES_PER_WAKE: usize = 16_384;
 
+/// The sensor's scheduler slice (EEVDF custom slice; the kernel's minimum is 100 us).
+const SCHED_SLICE_NS: u64 = 100_000;
+
 /// Entry point for `main`: returns the process exit code.
 pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> i32 {
     match cli::parse(args) {
@@ -236,6 +239,15 @@ fn run(args: Args) -> i32 {
     let mut events = Vec::new();
     let start = Instant::now();
     client.tick(0, &mut events);
+
+    // A short scheduler slice: woken by a probe, the sensor may preempt a busy task
+    // instead of waiting up to a tick for its turn.
+    if let Err(e) = sys::set_sched_slice(SCHED_SLICE_NS) {
+        log.notice(&format!(
+            "adminalert: warning: cannot set a {} us scheduler slice: {e}",
+            SCHED_SLICE_NS / 1000
+        ));
+    }
 
     // 4 + 5. Confine.
     if let Err(e) = confine::drop_privileges(target.as_ref()) {

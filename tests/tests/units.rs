@@ -57,13 +57,17 @@ fn exposure(unit: &Path) -> f64 {
     score
 }
 
+/// 1.6: everything systemd-analyze scores is closed except the 0.2-weighted
+/// `SystemCallFilter=~@resources`, opened for sched_getattr/sched_setattr only (the
+/// sensor's short scheduler slice, set before its own seccomp filter forbids both; without
+/// CAP_SYS_NICE and with RestrictRealtime= it cannot raise its priority).
 #[test]
-fn sensor_unit_exposure_at_most_1_5() {
-    if !have_analyze("sensor_unit_exposure_at_most_1_5") {
+fn sensor_unit_exposure_at_most_1_6() {
+    if !have_analyze("sensor_unit_exposure_at_most_1_6") {
         return;
     }
     let s = exposure(&sensor_unit());
-    assert!(s <= 1.5, "sentry-sensor.service exposure {s} > 1.5");
+    assert!(s <= 1.6, "sentry-sensor.service exposure {s} > 1.6");
 }
 
 #[test]
