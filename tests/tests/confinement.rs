@@ -40,3 +40,56 @@ fn running_sensor_is_unprivileged_and_seccomp_confined() {
         "control.sock is world-accessible"
     );
 }
+
+/// `se.slice` (ns) of a thread, from /proc/<pid>/task/<tid>/sched; None when the kernel
+/// does not print it (before EEVDF custom slices).
+fn slice_ns(pid: u32, tid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("se.slice"))?;
+    line.split(':').nth(1)?.trim().parse().ok()
+}
+
+/// The latency-critical threads run with the 100 µs scheduler slice they ask for: the
+/// sensor (single-threaded) and the enforcer's thread serving the sensor's connection.
+/// Other enforcer threads keep the default.
+#[test]
+fn latency_critical_threads_have_a_short_scheduler_slice() {
+    let test = "latency_critical_threads_have_a_short_scheduler_slice";
+    if !require_root(test) {
+        return;
+    }
+    let s = Sentry::start(test, Settings::new(&["atcp"]));
+    let sensor = s.sensor_pid();
+    let Some(slice) = slice_ns(sensor, sensor) else {
+        eprintln!("SKIPPED (kernel prints no se.slice, custom slices need Linux 6.12+): {test}");
+        return;
+    };
+    assert_eq!(slice, 100_000, "sensor slice");
+    // The enforcer's "sensor" thread: found by name; it starts when the sensor connects,
+    // which Sentry::start waits for.
+    let enf = s.enforcer_pid();
+    let threads: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{enf}/task"))
+        .unwrap()
+        .filter_map(|e| {
+            let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{enf}/task/{tid}/comm")).ok()?;
+            Some((comm.trim().to_string(), tid))
+        })
+        .collect();
+    let serving: Vec<u32> = threads
+        .iter()
+        .filter(|(c, _)| c == "sensor")
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(serving.len(), 1, "enforcer threads {threads:?}");
+    assert_eq!(
+        slice_ns(enf, serving[0]),
+        Some(100_000),
+        "enforcer sensor thread"
+    );
+    assert_ne!(
+        slice_ns(enf, enf),
+        Some(100_000),
+        "the enforcer's main thread keeps the default slice"
+    );
+}
