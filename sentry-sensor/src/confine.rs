@@ -153,10 +153,8 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
     any(&mut rules, libc::SYS_lseek);
     // getsockopt: PACKET_STATISTICS (kernel drop counter) on the capture socket.
     any(&mut rules, libc::SYS_getsockopt);
-    // ppoll / poll: the main event loop.
+    // ppoll: the main event loop (sys::poll, microsecond timeouts for the ring's pacer).
     any(&mut rules, libc::SYS_ppoll);
-    #[cfg(target_arch = "x86_64")]
-    any(&mut rules, libc::SYS_poll);
     // clock_gettime: time stamps for the state window (normally served by the vDSO).
     any(&mut rules, libc::SYS_clock_gettime);
     // brk, munmap, mremap, madvise: the memory allocator.

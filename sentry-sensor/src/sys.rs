@@ -1,7 +1,7 @@
 //! The only module with `unsafe`: raw system calls that neither std nor a safe wrapper
 //! offers — the AF_PACKET TPACKET_V2 ring (socket options, mmap, slot hand-over),
-//! `poll(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with IPV6_V6ONLY/SO_REUSEADDR set
-//! before `bind`. Every block states why it is sound.
+//! `ppoll(2)`, `sched_setattr(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with
+//! IPV6_V6ONLY/SO_REUSEADDR set before `bind`. Every block states why it is sound.
 
 use std::io;
 use std::mem::size_of;
