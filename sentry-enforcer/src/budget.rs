@@ -47,11 +47,6 @@ fn slot(d: Decision) -> Option<usize> {
     }
 }
 
-/// Whether the budget applies to `d` at all.
-pub fn gated(d: Decision) -> bool {
-    slot(d).is_some()
-}
-
 /// Records of one kind not written individually in one second.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -186,6 +181,11 @@ impl AuditBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the budget applies to `d` at all.
+    fn gated(d: Decision) -> bool {
+        slot(d).is_some()
+    }
 
     const SEC: u64 = 1_700_000_000_000_000;
 
