@@ -22,8 +22,10 @@ use sentry_proto::{
 };
 
 use crate::audit::{Level, Logger, Peer};
-use crate::engine::{now_ms, now_us, Engine, Options};
+use crate::engine::{Engine, Options};
+use crate::error::EnforcerError;
 use crate::session::{Event, Session};
+use crate::time::{WallMs, WallUs};
 
 /// Time a new sensor connection has to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,10 +154,10 @@ impl Shared {
 
     /// Audit a refusal, at most REFUSALS_PER_SECOND per second (the rest only counted).
     fn refuse(&self, reason: &str, peer: Option<Peer>) {
-        let now = now_ms();
+        let now = WallMs::now();
         let allowed = {
             let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-            let sec = now / 1000;
+            let sec = now.secs();
             if r.0 != sec {
                 *r = (sec, 0);
             }
@@ -227,7 +229,6 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
     let _slot = SensorSlot(sh);
     let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut session = Session::new();
-    let mut announced: Vec<sentry_proto::Mode> = Vec::new();
     let mut buf = vec![0u8; sentry_proto::MAX_SMALL_FRAME + sentry_proto::HEADER_LEN];
     loop {
         let want = match session.wanted() {
@@ -272,7 +273,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
-        let events = match session.feed(buf.get(..n).unwrap_or(&[])) {
+        let events = match session.feed(buf.get(..n).unwrap_or(&[]), WallMs::now()) {
             Ok(ev) => ev,
             Err(e) => {
                 send_refusal(&mut s, e.refusal());
@@ -284,7 +285,6 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
             let reply = match ev {
                 Event::Hello(h) => {
                     let _ = s.set_read_timeout(Some(FRAME_STALL));
-                    announced = h.modes.clone();
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -292,7 +292,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                         name: h.sensor.clone(),
                         modes: h.modes.clone(),
                         protocol_version: h.version,
-                        connected_since_ms: now_ms(),
+                        connected_since_ms: WallMs::now().0,
                         stats: None,
                     });
                     drop(e);
@@ -304,22 +304,14 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                         version: PROTOCOL_VERSION,
                     })
                 }
-                Event::Block(req) => {
-                    let d = if announced.contains(&req.mode) {
-                        sh.engine().decide_at_us(&req, peer, now_us())
-                    } else {
-                        sh.engine().reject_request(
-                            &req,
-                            peer,
-                            now_ms(),
-                            format!("mode {} was not announced in the sensor's Hello", req.mode),
-                        )
-                    };
-                    Some(EnforcerFrame::Ack {
-                        seq: req.seq,
-                        decision: d,
-                    })
-                }
+                Event::Block(req) => Some(EnforcerFrame::Ack {
+                    seq: req.seq,
+                    decision: sh.engine().decide(&req, peer, WallUs::now()),
+                }),
+                Event::Invalid(req, why) => Some(EnforcerFrame::Ack {
+                    seq: req.seq,
+                    decision: sh.engine().reject_request(&req, &why, peer, WallUs::now()),
+                }),
                 Event::Stats(st) => {
                     if let Some(si) = sh.engine().sensor.as_mut() {
                         si.stats = Some(st);
@@ -426,7 +418,7 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
             (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
             (true, ControlRequest::Unblock { addr }) => {
                 let addr = canonical(addr);
-                match sh.engine().unblock(addr, peer, now_ms()) {
+                match sh.engine().unblock(addr, peer, WallMs::now()) {
                     Some(errors) => ControlResponse::Unblocked {
                         addr,
                         was_blocked: true,
@@ -448,98 +440,104 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
 
 /// Remove a stale socket left by a previous run. Refuses anything that is not a socket,
 /// and refuses to start when another enforcer still answers on it.
-fn clear_stale_socket(path: &Path) -> Result<(), String> {
+fn clear_stale_socket(path: &Path) -> Result<(), EnforcerError> {
+    let err = |d: &dyn std::fmt::Display| EnforcerError::runtime(path, d);
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-        Ok(md) if !md.file_type().is_socket() => Err(format!(
-            "{}: exists and is not a socket; refusing to remove it",
-            path.display()
-        )),
+        Err(e) => Err(err(&e)),
+        Ok(md) if !md.file_type().is_socket() => {
+            Err(err(&"exists and is not a socket; refusing to remove it"))
+        }
         Ok(_) => {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "{}: another enforcer is running (the socket accepts connections)",
-                    path.display()
+                return Err(err(
+                    &"another enforcer is running (the socket accepts connections)",
                 ));
             }
-            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))
+            std::fs::remove_file(path).map_err(|e| err(&e))
         }
     }
 }
 
-fn prepare_runtime_dir(dir: &Path) -> Result<(), String> {
+fn prepare_runtime_dir(dir: &Path) -> Result<(), EnforcerError> {
+    let err = |d: String| EnforcerError::runtime(dir, d);
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|e| err(e.to_string()))?;
         // Traversable by the sensor whatever the umask; the sockets' modes decide access.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: chmod: {e}", dir.display()))?;
+            .map_err(|e| err(format!("chmod: {e}")))?;
     }
-    let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let md = std::fs::symlink_metadata(dir).map_err(|e| err(e.to_string()))?;
     if !md.is_dir() {
-        return Err(format!("{}: not a directory", dir.display()));
+        return Err(err("not a directory".into()));
     }
     if md.uid() != 0 || md.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{}: runtime directory must be owned by root and not writable by group or others (mode {:o}, uid {})",
-            dir.display(),
+        return Err(err(format!(
+            "runtime directory must be owned by root and not writable by group or others (mode {:o}, uid {})",
             md.mode() & 0o7777,
             md.uid()
-        ));
+        )));
     }
     Ok(())
 }
 
-fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener, String> {
+fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener, EnforcerError> {
+    let err = |d: String| EnforcerError::runtime(path, d);
     clear_stale_socket(path)?;
-    let l = UnixListener::bind(path).map_err(|e| format!("{}: bind: {e}", path.display()))?;
+    let l = UnixListener::bind(path).map_err(|e| err(format!("bind: {e}")))?;
     // Ownership and mode set explicitly: the umask must not decide who may connect.
     nix::unistd::chown(path, Some(Uid::from_raw(0)), gid)
-        .map_err(|e| format!("{}: chown: {e}", path.display()))?;
+        .map_err(|e| err(format!("chown: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: chmod: {e}", path.display()))?;
+        .map_err(|e| err(format!("chmod: {e}")))?;
     Ok(l)
 }
 
 /// Keep only `keep` in the effective, permitted, inheritable and bounding sets (and
 /// ambient, so that kill commands started by a root whose securebits deny it full
 /// capabilities still get exactly these). Returns warnings for what could not be done.
-pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, String> {
+pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
     let mut warnings = Vec::new();
     let can_setpcap =
         caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
+    let bounding = caps::read(None, CapSet::Bounding)
+        .map_err(|e| EnforcerError::confine("bounding set", e))?;
     for c in bounding.difference(keep) {
         if can_setpcap {
             caps::drop(None, CapSet::Bounding, *c)
-                .map_err(|e| format!("drop {c} from bounding set: {e}"))?;
+                .map_err(|e| EnforcerError::confine(format!("drop {c} from bounding set"), e))?;
         } else {
             warnings.push(format!(
                 "cannot drop {c} from the bounding set without CAP_SETPCAP"
             ));
         }
     }
-    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+    let permitted = caps::read(None, CapSet::Permitted)
+        .map_err(|e| EnforcerError::confine("permitted set", e))?;
     let keep_now: CapsHashSet = keep.intersection(&permitted).copied().collect();
     for c in keep.difference(&permitted) {
         warnings.push(format!(
             "{c} is needed by the configured actions but not held"
         ));
     }
-    caps::set(None, CapSet::Inheritable, &keep_now).map_err(|e| format!("inheritable: {e}"))?;
-    caps::set(None, CapSet::Effective, &keep_now).map_err(|e| format!("effective: {e}"))?;
-    caps::set(None, CapSet::Permitted, &keep_now).map_err(|e| format!("permitted: {e}"))?;
+    for (set, name) in [
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        caps::set(None, set, &keep_now).map_err(|e| EnforcerError::confine(name, e))?;
+    }
     let _ = caps::clear(None, CapSet::Ambient);
     for c in &keep_now {
         if let Err(e) = caps::raise(None, CapSet::Ambient, *c) {
             warnings.push(format!("ambient {c}: {e}"));
         }
     }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
     Ok(warnings)
 }
 
@@ -597,7 +595,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         };
         match sig {
             Signal::SIGHUP => {
-                let r = sh.engine().reload_ignore(now_ms());
+                let r = sh.engine().reload_ignore(WallMs::now());
                 if let Err(e) = r {
                     sh.log.err(&format!(
                         "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
@@ -609,7 +607,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
                 // in place so blocked hosts stay blocked while we are down; it is rebuilt
                 // from the persisted state on the next start.
                 let mut e = sh.engine();
-                e.finish_audit_budget(now_us());
+                e.finish_audit_budget(WallUs::now());
                 for p in &sh.sockets {
                     let _ = std::fs::remove_file(p);
                 }
@@ -627,8 +625,8 @@ fn expiry_loop(sh: Arc<Shared>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let mut e = sh.engine();
-        e.flush_audit_budget(now_us());
-        e.expire(now_ms());
+        e.flush_audit_budget(WallUs::now());
+        e.expire(WallMs::now());
     }
 }
 
@@ -697,23 +695,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
+fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+    let cfg = policy::Config::load(&args.config)?;
     for w in &cfg.warnings {
         log.warn(&format!("adminalert: config: {w}"));
     }
+    let account = |what: String, detail: String| EnforcerError::Account { what, detail };
     let sensor = User::from_name(&args.sensor_user)
-        .map_err(|e| format!("sensor user {}: {e}", args.sensor_user))?
-        .ok_or_else(|| format!("sensor user {} does not exist", args.sensor_user))?;
+        .map_err(|e| account(format!("sensor user {}", args.sensor_user), e.to_string()))?
+        .ok_or_else(|| {
+            account(
+                format!("sensor user {}", args.sensor_user),
+                "does not exist".into(),
+            )
+        })?;
     if sensor.uid.is_root() {
         log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
     }
     let control_gid = match &cfg.control_group {
         Some(g) => Some(
             Group::from_name(g)
-                .map_err(|e| format!("CONTROL_GROUP {g}: {e}"))?
-                .ok_or_else(|| format!("CONTROL_GROUP {g} does not exist"))?
+                .map_err(|e| account(format!("CONTROL_GROUP {g}"), e.to_string()))?
+                .ok_or_else(|| account(format!("CONTROL_GROUP {g}"), "does not exist".into()))?
                 .gid,
         ),
         None => None,
@@ -724,7 +728,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         sigs.add(s);
     }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
+        .map_err(|e| EnforcerError::system("sigprocmask", e))?;
 
     prepare_runtime_dir(&args.runtime_dir)?;
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
@@ -738,7 +742,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
     };
     let mut keep = CapsHashSet::new();
-    let (net_admin, net_raw) = crate::engine::required_caps(&cfg);
+    let (net_admin, net_raw) = crate::action::required_caps(&cfg);
     if net_admin {
         keep.insert(Capability::CAP_NET_ADMIN);
     }
@@ -788,7 +792,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
             .name(name.into())
             .spawn(f)
             .map(drop)
-            .map_err(|e| format!("cannot start {name} thread: {e}"))
+            .map_err(|e| EnforcerError::system(format!("cannot start {name} thread"), e))
     };
     {
         let sh = Arc::clone(&sh);
@@ -862,11 +866,15 @@ mod tests {
         let p = d.path().join("s.sock");
         assert!(clear_stale_socket(&p).is_ok());
         std::fs::write(&p, "").unwrap();
-        assert!(clear_stale_socket(&p).unwrap_err().contains("not a socket"));
+        assert!(matches!(
+            clear_stale_socket(&p),
+            Err(EnforcerError::Runtime { detail, .. }) if detail.contains("not a socket")
+        ));
         std::fs::remove_file(&p).unwrap();
         let l = UnixListener::bind(&p).unwrap();
         assert!(clear_stale_socket(&p)
             .unwrap_err()
+            .to_string()
             .contains("another enforcer"));
         drop(l);
         assert!(clear_stale_socket(&p).is_ok());
