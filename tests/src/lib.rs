@@ -11,12 +11,20 @@
 //! Nothing here touches the root namespace's firewall, routes or /etc/hosts.deny.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cmd;
+pub mod fake;
 pub mod netns;
+pub mod req;
+pub mod sensor;
 pub mod sentry;
 
+pub use audit::{read_audit, ActionKind, ActionStatus, AuditAction, AuditDecision, AuditLine};
 pub use cmd::{run, run_ok, wait_until, Output};
+pub use fake::{FakeEnforcer, FakeSensor, Seen};
 pub use netns::{NetPair, Side};
+pub use req::{now_ms, now_us, Req};
+pub use sensor::{config_text, RunDir, SensorProc};
 pub use sentry::{Sentry, Settings};
 
 use std::path::{Path, PathBuf};
@@ -152,4 +160,15 @@ pub fn ensure_sensor_user() -> (u32, u32) {
         }
     }
     panic!("cannot create the `{SENSOR_USER}` user");
+}
+
+/// The fields of `/proc/<pid>/status` (`CapEff`, `Uid`, `Seccomp`, ...), values trimmed;
+/// empty when the process is gone.
+pub fn proc_fields(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }

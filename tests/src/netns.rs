@@ -21,6 +21,19 @@ pub const SCANNER3_V4: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 4);
 pub const SCANNER4_V4: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 5);
 pub const SCANNER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, 1);
 pub const TARGET_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, 2);
+/// How many further scanner-side sources [`NetPair::with_extra_sources`] adds.
+pub const EXTRA_SOURCES: u8 = 20;
+
+/// Extra scanner-side source `i` (below [`EXTRA_SOURCES`]): `10.203.0.(10 + i)`, one
+/// "attacker" each, for tests that need many distinct sources.
+pub fn source(i: u8) -> Ipv4Addr {
+    assert!(
+        i < EXTRA_SOURCES,
+        "source({i}): only {EXTRA_SOURCES} extra sources"
+    );
+    Ipv4Addr::new(10, 203, 0, 10 + i)
+}
+
 /// Interface names inside the namespaces.
 pub const SCANNER_IF: &str = "sx0";
 pub const TARGET_IF: &str = "tx0";
@@ -74,6 +87,15 @@ fn reap_stale() {
 impl NetPair {
     #[allow(clippy::new_without_default)] // creating namespaces is not a "default"
     pub fn new() -> NetPair {
+        NetPair::create(0)
+    }
+
+    /// [`NetPair::new`] plus the [`EXTRA_SOURCES`] addresses [`source`] names.
+    pub fn with_extra_sources() -> NetPair {
+        NetPair::create(EXTRA_SOURCES)
+    }
+
+    fn create(extra: u8) -> NetPair {
         reap_stale();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{PREFIX}{}x{n}", std::process::id());
@@ -93,7 +115,11 @@ impl NetPair {
             "-n", s, "link", "add", SCANNER_IF, "type", "veth", "peer", "name", TARGET_IF, "netns",
             t,
         ]);
-        for a in [SCANNER_V4, SCANNER2_V4, SCANNER3_V4, SCANNER4_V4] {
+        let extra = (0..extra).map(source);
+        for a in [SCANNER_V4, SCANNER2_V4, SCANNER3_V4, SCANNER4_V4]
+            .into_iter()
+            .chain(extra)
+        {
             ip(&[
                 "-n",
                 s,
@@ -186,6 +212,29 @@ impl NetPair {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", self.name(side)]).arg(program);
         c
+    }
+
+    /// Run `program args` in the namespace with a deadline; it must succeed.
+    pub fn run_ok(&self, side: Side, program: &str, args: &[&str]) -> crate::Output {
+        run_ok(self.command(side, program).args(args), CMD_TIMEOUT)
+    }
+
+    /// One `hping3` probe from the (spoofed) scanner-side source `src` to the target's
+    /// IPv4 `port`, with extra hping3 flags. hping3 exiting 1 (no reply, e.g. a FIN to a
+    /// closed port) is fine; only a failure to run is an error.
+    pub fn hping_from(&self, src: Ipv4Addr, port: u16, flags: &[&str]) {
+        let (src, port) = (src.to_string(), port.to_string());
+        let mut c = self.command(Side::Scanner, "timeout");
+        c.args([
+            "5", "hping3", "-q", "-c", "1", "-i", "u1000", "-a", &src, "-p", &port,
+        ])
+        .args(flags)
+        .arg(TARGET_V4.to_string());
+        let out = run(&mut c, CMD_TIMEOUT);
+        assert!(
+            out.status.and_then(|s| s.code()).is_some(),
+            "hping3 did not run: {out}"
+        );
     }
 
     /// Run `f` on a thread that has entered the namespace (sockets it creates stay there).

@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sentry_proto::{Mode, Protocol};
 use serde_json::Value;
 
+use crate::audit::{read_audit, ActionStatus, AuditDecision, AuditLine};
 use crate::cmd::{run, wait_until, Output};
+use crate::fake::FakeSensor;
 use crate::netns::{NetPair, Side};
-use crate::{bins, ensure_sensor_user, Bins, SENSOR_USER};
+use crate::{bins, ensure_sensor_user, proc_fields, Bins, SENSOR_USER};
 
 /// How long a daemon may take to come up, and a detection to land. Generous for a loaded
 /// 2-core CI machine; every wait polls and returns as soon as the condition holds.
@@ -40,6 +43,12 @@ pub struct Settings {
     pub strace: bool,
     /// Extra arguments for the sensor, before its modes (e.g. `--stats-interval-ms 200`).
     pub sensor_args: Vec<String>,
+    /// Start the enforcer confined as its unit confines it (setpriv: capability bounding
+    /// set, the sensor's group). `false`: as plain root, so that what is observed is the
+    /// enforcer's own dropping of privileges (the enforcer integration tests).
+    pub confined: bool,
+    /// The enforcer's `--sensor-user`.
+    pub sensor_user: String,
 }
 
 impl Settings {
@@ -78,7 +87,50 @@ impl Settings {
             raw: None,
             strace: false,
             sensor_args: Vec::new(),
+            confined: true,
+            sensor_user: SENSOR_USER.into(),
         }
+    }
+
+    /// The enforcer alone, as plain root, talked to by a [`FakeSensor`] that runs as
+    /// root (`--sensor-user root`): nftables and hosts.deny actions, TCP and UDP
+    /// blocking, permanent blocks, 198.51.100.0/24 ignored. `keys` override (an empty
+    /// value removes the key).
+    pub fn enforcer(keys: &[(&str, &str)]) -> Settings {
+        let mut s = Settings::new(&["stcp", "sudp"]).without_sensor();
+        s.keys = [
+            ("FIREWALL", "nftables"),
+            ("NFT_TABLE", NFT_TABLE),
+            ("BLOCK_TCP", "1"),
+            ("BLOCK_UDP", "1"),
+            ("KILL_HOSTS_DENY", "ALL: $TARGET$ : DENY"),
+            ("KILL_TIMEOUT", "5"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        s.ignore = vec!["198.51.100.0/24".into()];
+        s.confined = false;
+        s.sensor_user = "root".into();
+        s.with(keys)
+    }
+
+    /// Apply `(key, value)` pairs; an empty value removes the key.
+    pub fn with(mut self, keys: &[(&str, &str)]) -> Settings {
+        for (k, v) in keys {
+            if v.is_empty() {
+                self.keys.remove(*k);
+            } else {
+                self.keys.insert(k.to_string(), v.to_string());
+            }
+        }
+        self
+    }
+
+    /// The enforcer's `--sensor-user`.
+    pub fn sensor_user(mut self, user: &str) -> Settings {
+        self.sensor_user = user.to_string();
+        self
     }
 
     /// An existing PortSentry configuration, kept line for line; only the file locations
@@ -160,6 +212,17 @@ impl Sentry {
     /// Build the namespaces, write the configuration, start the enforcer, then (unless
     /// disabled) the sensor, and wait until `sentryctl status` shows the sensor connected.
     pub fn start(name: &str, settings: Settings) -> Sentry {
+        let mut s = Sentry::prepare(name, settings);
+        s.start_enforcer();
+        if s.settings.start_sensor {
+            s.start_sensor();
+        }
+        s
+    }
+
+    /// Namespaces, directories and files, but no daemon yet (a test may change the files
+    /// first, then call [`Sentry::start_enforcer`]).
+    pub fn prepare(name: &str, settings: Settings) -> Sentry {
         let bins = bins();
         let (sensor_uid, sensor_gid) = ensure_sensor_user();
         let net = NetPair::new();
@@ -183,7 +246,7 @@ impl Sentry {
         let audit_log = dir.path().join("audit.jsonl");
         fs::write(&hosts_deny, "# test hosts.deny\n").expect("write hosts.deny");
         world_readable(&hosts_deny, 0o644);
-        let mut s = Sentry {
+        let s = Sentry {
             name: name.to_string(),
             bins,
             settings,
@@ -204,10 +267,6 @@ impl Sentry {
             net,
         };
         s.write_config();
-        s.start_enforcer();
-        if s.settings.start_sensor {
-            s.start_sensor();
-        }
         s
     }
 
@@ -268,31 +327,20 @@ impl Sentry {
     pub fn start_enforcer(&mut self) {
         assert!(self.enforcer.is_none(), "enforcer already running");
         let (out, err) = self.log_file("enforcer");
-        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN +
-        // CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
-        // member of that group, SupplementaryGroups=sentry).
-        // With CONTROL_GROUP, control.sock goes to that group too: the documented drop-in
-        // adds it to SupplementaryGroups=, and so do we.
-        let mut groups = self.sensor_gid.to_string();
-        if let Some(g) = self.settings.keys.get("CONTROL_GROUP") {
-            let gid = nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| panic!("CONTROL_GROUP {g} does not exist"))
-                .gid;
-            groups.push_str(&format!(",{gid}"));
-        }
-        let mut c = self.daemon_command("enforcer");
-        c.args(["--bounding-set", "-all,+net_admin,+net_raw", "--groups"])
-            .arg(groups)
-            .arg(&self.bins.enforcer);
+        let mut c = if self.settings.confined {
+            self.confined_enforcer()
+        } else {
+            let mut c = self.net.command(Side::Target, &self.bins.enforcer);
+            c.env_remove("LD_LIBRARY_PATH");
+            c
+        };
         c.arg("--config")
             .arg(&self.conf)
             .arg("--runtime-dir")
             .arg(&self.runtime_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["--sensor-user", SENSOR_USER, "--log-stderr"])
+            .args(["--sensor-user", &self.settings.sensor_user, "--log-stderr"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -311,6 +359,30 @@ impl Sentry {
             .get("pid")
             .and_then(Value::as_u64)
             .and_then(|p| u32::try_from(p).ok());
+    }
+
+    /// `ip netns exec <target> [strace] setpriv ... sentry-enforcer`, confined as the
+    /// unit confines it.
+    fn confined_enforcer(&self) -> Command {
+        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN +
+        // CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
+        // member of that group, SupplementaryGroups=sentry).
+        // With CONTROL_GROUP, control.sock goes to that group too: the documented drop-in
+        // adds it to SupplementaryGroups=, and so do we.
+        let mut groups = self.sensor_gid.to_string();
+        if let Some(g) = self.settings.keys.get("CONTROL_GROUP") {
+            let gid = nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("CONTROL_GROUP {g} does not exist"))
+                .gid;
+            groups.push_str(&format!(",{gid}"));
+        }
+        let mut c = self.daemon_command("enforcer");
+        c.args(["--bounding-set", "-all,+net_admin,+net_raw", "--groups"])
+            .arg(groups)
+            .arg(&self.bins.enforcer);
+        c
     }
 
     /// Spawn the sensor exactly as [`Sentry::start_sensor`] does, without waiting for it
@@ -606,33 +678,22 @@ impl Sentry {
         self.hosts_deny_text().lines().any(|l| l.trim() == want)
     }
 
-    /// Every audit record; a line that is not a JSON object fails the test.
-    pub fn audit(&self) -> Vec<Value> {
-        let text = fs::read_to_string(&self.audit_log).unwrap_or_default();
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Value>(line) {
-                Ok(v) if v.is_object() => out.push(v),
-                _ => panic!("audit log line {} is not a JSON object: {line:?}", i + 1),
-            }
-        }
-        out
+    /// Every audit record; a line that is not an [`AuditLine`] fails the test.
+    pub fn audit(&self) -> Vec<AuditLine> {
+        read_audit(&self.audit_log)
     }
 
     /// Audit records about `ip` with the given decision.
-    pub fn audit_for(&self, ip: IpAddr, decision: &str) -> Vec<Value> {
+    pub fn audit_for(&self, ip: IpAddr, decision: AuditDecision) -> Vec<AuditLine> {
         self.audit()
             .into_iter()
-            .filter(|r| record_source(r) == Some(ip) && r["decision"] == decision)
+            .filter(|r| r.is(ip, decision))
             .collect()
     }
 
     /// Wait until `ip` is blocked everywhere it should be: an element of the nftables set,
     /// its hosts.deny line, and a `blocked` audit record (returned).
-    pub fn wait_blocked(&self, ip: IpAddr) -> Value {
+    pub fn wait_blocked(&self, ip: IpAddr) -> AuditLine {
         wait_until(
             DETECT_TIMEOUT,
             &format!("{ip} to be blocked (nft set + hosts.deny + audit)"),
@@ -641,30 +702,29 @@ impl Sentry {
                 if !self.nft_elements().contains(&ip) || !self.hosts_deny_has(ip) {
                     return None;
                 }
-                self.audit_for(ip, "blocked").into_iter().next()
+                self.audit_for(ip, AuditDecision::Blocked)
+                    .into_iter()
+                    .next()
             },
             || self.diag(),
         )
     }
 
     /// Wait for an audit record about `ip` with `decision`.
-    pub fn wait_decision(&self, ip: IpAddr, decision: &str) -> Value {
-        wait_until(
-            DETECT_TIMEOUT,
-            &format!("an audit record `{decision}` for {ip}"),
-            || {
-                self.assert_alive();
-                self.audit_for(ip, decision).into_iter().next()
-            },
-            || self.diag(),
-        )
+    pub fn wait_decision(&self, ip: IpAddr, decision: AuditDecision) -> AuditLine {
+        self.wait_decision_within(ip, decision, DETECT_TIMEOUT)
     }
 
     /// Like [`Sentry::wait_decision`] with an explicit timeout.
-    pub fn wait_decision_within(&self, ip: IpAddr, decision: &str, timeout: Duration) -> Value {
+    pub fn wait_decision_within(
+        &self,
+        ip: IpAddr,
+        decision: AuditDecision,
+        timeout: Duration,
+    ) -> AuditLine {
         wait_until(
             timeout,
-            &format!("an audit record `{decision}` for {ip}"),
+            &format!("an audit record `{decision:?}` for {ip}"),
             || {
                 self.assert_alive();
                 self.audit_for(ip, decision).into_iter().next()
@@ -690,7 +750,7 @@ impl Sentry {
             "{ip} is listed by sentryctl blocked"
         );
         assert!(
-            self.audit_for(ip, "blocked").is_empty(),
+            self.audit_for(ip, AuditDecision::Blocked).is_empty(),
             "{ip} has a `blocked` audit record"
         );
     }
@@ -798,10 +858,7 @@ impl Sentry {
 
     /// A field of `/proc/<pid>/status` (e.g. `VmRSS`, `CapEff`).
     pub fn proc_status(pid: u32, field: &str) -> Option<String> {
-        let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
+        proc_fields(pid).remove(field)
     }
 
     /// Resident memory of a process in KiB.
@@ -875,25 +932,6 @@ pub fn zombie_exit(pid: u32) -> String {
     }
 }
 
-/// The `source` of an audit record as an address.
-pub fn record_source(r: &Value) -> Option<IpAddr> {
-    r.get("source")?.as_str()?.parse().ok()
-}
-
-/// The scan kind named by an audit record: `"syn"`, or `{"oddball":{..}}` → `"oddball"`.
-pub fn scan_name(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.to_ascii_lowercase(),
-        Value::Object(m) => m
-            .keys()
-            .next()
-            .cloned()
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
-        other => other.to_string(),
-    }
-}
-
 /// Every string anywhere in `v` that parses as an IP address (nft elements may be plain
 /// strings or objects carrying timeouts).
 fn collect_addrs(v: &Value, out: &mut BTreeSet<IpAddr>) {
@@ -911,60 +949,55 @@ fn collect_addrs(v: &Value, out: &mut BTreeSet<IpAddr>) {
 
 /// Assert an audit record describes a block of `ip` for this detection (`scan` may be
 /// `"*"` for any kind).
-pub fn assert_block_record(rec: &Value, ip: IpAddr, protocol: &str, scan: &str, mode: &str) {
-    assert_eq!(record_source(rec), Some(ip), "source: {rec}");
-    assert_eq!(rec["decision"], "blocked", "decision: {rec}");
-    assert_eq!(
-        rec["protocol"]
-            .as_str()
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Some(protocol),
-        "protocol: {rec}"
-    );
+pub fn assert_block_record(
+    rec: &AuditLine,
+    ip: IpAddr,
+    protocol: Protocol,
+    scan: &str,
+    mode: Mode,
+) {
+    assert_eq!(rec.source, Some(ip), "source: {rec:?}");
+    assert_eq!(rec.decision, AuditDecision::Blocked, "decision: {rec:?}");
+    assert_eq!(rec.protocol, Some(protocol), "protocol: {rec:?}");
+    let kind = rec.scan.as_deref().unwrap_or_default();
     // "*": any TCP probe kind (a tiny first fragment carries ports but not the flags).
     if scan != "*" {
-        assert_eq!(scan_name(&rec["scan"]), scan, "scan kind: {rec}");
+        assert_eq!(kind, scan, "scan kind: {rec:?}");
     } else {
-        assert!(!scan_name(&rec["scan"]).is_empty(), "scan kind: {rec}");
+        assert!(!kind.is_empty(), "scan kind: {rec:?}");
     }
-    assert_eq!(
-        rec["mode"]
-            .as_str()
-            .map(|m| m.trim_start_matches('-').to_ascii_lowercase())
-            .as_deref(),
-        Some(mode),
-        "mode: {rec}"
-    );
-    let port = rec["port"].as_u64().unwrap_or(0);
-    assert!((1..=65535).contains(&port), "port: {rec}");
-    let time = rec["time"].as_str().unwrap_or_default();
+    assert_eq!(rec.mode, Some(mode), "mode: {rec:?}");
+    assert!(rec.port.is_some_and(|p| p >= 1), "port: {rec:?}");
+    let time = &rec.time;
     assert!(
         time.len() >= 20 && time.ends_with('Z') && time.contains('T'),
-        "time not RFC 3339 UTC: {rec}"
+        "time not RFC 3339 UTC: {rec:?}"
     );
-    assert!(rec.get("reason").is_some(), "no reason: {rec}");
-    assert!(
-        rec["peer"].get("uid").is_some() && rec["peer"].get("pid").is_some(),
-        "peer: {rec}"
-    );
-    let actions = rec["actions"]
-        .as_array()
-        .unwrap_or_else(|| panic!("actions: {rec}"));
-    assert!(!actions.is_empty(), "a block with no actions: {rec}");
+    assert!(rec.peer.is_some(), "peer: {rec:?}");
+    assert!(!rec.actions.is_empty(), "a block with no actions: {rec:?}");
 }
 
 impl Sentry {
     /// The whole "detected and blocked" contract for one scanner address: nft element,
     /// hosts.deny line, audit record, `sentryctl status --json` / `blocked --json`, and a
     /// PortSentry-style alert line from the sensor. Returns the audit record.
-    pub fn assert_scan_blocked(&self, ip: IpAddr, protocol: &str, scan: &str, mode: &str) -> Value {
+    pub fn assert_scan_blocked(
+        &self,
+        ip: IpAddr,
+        protocol: Protocol,
+        scan: &str,
+        mode: Mode,
+    ) -> AuditLine {
         let rec = self.wait_blocked(ip);
         assert_block_record(&rec, ip, protocol, scan, mode);
         // The request came from the real sensor (SO_PEERCRED), and every action worked.
-        assert_eq!(rec["peer"]["uid"], self.sensor_uid, "peer: {rec}");
-        for a in rec["actions"].as_array().into_iter().flatten() {
-            assert_eq!(a["status"], "ok", "action failed: {rec}");
+        assert_eq!(
+            rec.peer.map(|p| p.uid),
+            Some(self.sensor_uid),
+            "peer: {rec:?}"
+        );
+        for a in &rec.actions {
+            assert_eq!(a.status, ActionStatus::Ok, "action failed: {rec:?}");
         }
         // `sentryctl status --json` counts exactly the blocks the audit log shows.
         wait_until(
@@ -975,7 +1008,7 @@ impl Sentry {
                 let audited = self
                     .audit()
                     .iter()
-                    .filter(|r| r["decision"] == "blocked")
+                    .filter(|r| r.decision == AuditDecision::Blocked)
                     .count() as u64;
                 let blocked = st.pointer("/counters/blocked").and_then(Value::as_u64)?;
                 let active = st.get("active_blocks").and_then(Value::as_u64)?;
@@ -996,5 +1029,96 @@ impl Sentry {
             self.diag()
         );
         rec
+    }
+}
+
+/// Talking to the enforcer as a (fake) sensor, and what the enforcer integration tests
+/// look at directly.
+impl Sentry {
+    /// A file or directory in the test's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn sensor_sock(&self) -> PathBuf {
+        self.runtime_dir.join("enforcer.sock")
+    }
+
+    pub fn control_sock(&self) -> PathBuf {
+        self.runtime_dir.join("control.sock")
+    }
+
+    /// Connect to the sensor socket (no handshake).
+    pub fn connect(&self) -> FakeSensor {
+        FakeSensor::connect(&self.sensor_sock())
+    }
+
+    /// Connect and complete the handshake, retrying while the enforcer still holds the
+    /// slot of a sensor connection it has just closed.
+    pub fn connect_welcomed(&self) -> FakeSensor {
+        FakeSensor::welcomed(&self.sensor_sock())
+    }
+
+    /// Whether the enforcer we started still runs (not a zombie).
+    pub fn enforcer_alive(&self) -> bool {
+        self.enforcer.as_ref().is_some_and(|c| pid_alive(c.id()))
+    }
+
+    /// Send `sig` to the running enforcer.
+    pub fn signal_enforcer(&self, sig: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.enforcer_pid()).expect("pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+    }
+
+    /// Wait (bounded) for the enforcer to exit by itself, and reap it.
+    pub fn wait_enforcer_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut c = self.enforcer.take().expect("enforcer running");
+        self.enforcer_real = None;
+        let st = wait_until(
+            timeout,
+            "the enforcer to exit",
+            || c.try_wait().ok().flatten(),
+            || self.diag(),
+        );
+        st
+    }
+
+    /// `sentryctl ARGS --json`, which must succeed, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.sentryctl(&a);
+        assert!(out.success(), "sentryctl {args:?}: {out}");
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// Elements of one set (`v4` or `v6`) of the enforcer's table, sorted.
+    pub fn nft_set(&self, set: &str) -> Vec<IpAddr> {
+        let table = self
+            .settings
+            .keys
+            .get("NFT_TABLE")
+            .map_or(NFT_TABLE, String::as_str);
+        let out = run(
+            self.net
+                .command(Side::Target, "nft")
+                .args(["-j", "list", "set", "inet", table, set]),
+            Duration::from_secs(10),
+        );
+        assert!(out.success(), "nft list set: {out}");
+        let v: Value = serde_json::from_str(&out.stdout).expect("nft -j");
+        let mut addrs = BTreeSet::new();
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            if let Some(elems) = item.pointer("/set/elem") {
+                collect_addrs(elems, &mut addrs);
+            }
+        }
+        addrs.into_iter().collect()
+    }
+
+    /// Whether `ip` is an element of its family's set.
+    pub fn nft_has(&self, ip: IpAddr) -> bool {
+        self.nft_set(if ip.is_ipv4() { "v4" } else { "v6" })
+            .contains(&ip)
     }
 }

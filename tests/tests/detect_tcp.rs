@@ -5,6 +5,7 @@ use std::io::Read;
 use std::net::{IpAddr, TcpStream};
 use std::time::Duration;
 
+use sentry_proto::{Mode, Protocol};
 use sentry_tests::netns::{SCANNER_IF, SCANNER_V4, SCANNER_V6, TARGET_V4, TARGET_V6};
 use sentry_tests::{require_root, require_tool, Sentry, Settings, Side};
 
@@ -23,7 +24,7 @@ fn advanced_scan(test: &str, nmap_args: &[&str], scan: &str) {
     let mut args = nmap_args.to_vec();
     args.extend(["-e", SCANNER_IF, "-p", "1-200", &target]);
     s.nmap(&args);
-    s.assert_scan_blocked(SCANNER, "tcp", scan, "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, scan, Mode::Atcp);
 }
 
 #[test]
@@ -79,7 +80,7 @@ fn nmap_ipv6_syn_scan() {
     let target = TARGET_V6.to_string();
     s.nmap(&["-6", "-sS", "-e", SCANNER_IF, "-p", "1-200", &target]);
     let ip = IpAddr::V6(SCANNER_V6);
-    s.assert_scan_blocked(ip, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(ip, Protocol::Tcp, "syn", Mode::Atcp);
     // The IPv6 hosts.deny form is bracketed.
     assert!(s.hosts_deny_text().contains(&format!("[{SCANNER_V6}]")));
 }
@@ -103,11 +104,11 @@ fn nmap_slow_scan_with_trigger() {
         "20-27",
         &target,
     ]);
-    let rec = s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
-    let port = rec["port"].as_u64().unwrap_or(0);
+    let rec = s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
+    let port = rec.port.unwrap_or(0);
     assert!(
         (20..=27).contains(&port),
-        "reported port {port} was not probed: {rec}"
+        "reported port {port} was not probed: {rec:?}"
     );
 }
 
@@ -137,8 +138,8 @@ fn nmap_stealth_mode_watches_only_listed_ports() {
         &target,
     ]);
     let second: IpAddr = "10.203.0.3".parse().unwrap();
-    let rec = s.assert_scan_blocked(second, "tcp", "syn", "stcp");
-    assert_eq!(rec["port"], 79, "{rec}");
+    let rec = s.assert_scan_blocked(second, Protocol::Tcp, "syn", Mode::Stcp);
+    assert_eq!(rec.port, Some(79), "{rec:?}");
     s.assert_not_blocked(SCANNER);
 }
 
@@ -166,6 +167,6 @@ fn basic_tcp_mode_connect_with_banner() {
         banner.contains("UNAUTHORIZED ACCESS PROHIBITED"),
         "banner not sent: {banner:?}"
     );
-    let rec = s.assert_scan_blocked(SCANNER, "tcp", "connect", "tcp");
-    assert_eq!(rec["port"], 31337, "{rec}");
+    let rec = s.assert_scan_blocked(SCANNER, Protocol::Tcp, "connect", Mode::Tcp);
+    assert_eq!(rec.port, Some(31337), "{rec:?}");
 }

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, UdpSocket};
 
+use sentry_proto::{Mode, Protocol};
 use sentry_tests::netns::{SCANNER_IF, SCANNER_V4, SCANNER_V6, TARGET_V4, TARGET_V6};
 use sentry_tests::{require_root, require_tool, Sentry, Settings, Side};
 
@@ -20,7 +21,7 @@ fn nmap_udp_scan_advanced() {
     let s = Sentry::start(test, Settings::new(&["audp"]));
     let target = TARGET_V4.to_string();
     s.nmap(&["-sU", "-e", SCANNER_IF, "-p", "1-40", &target]);
-    s.assert_scan_blocked(SCANNER, "udp", "udp", "audp");
+    s.assert_scan_blocked(SCANNER, Protocol::Udp, "udp", Mode::Audp);
 }
 
 #[test]
@@ -32,7 +33,7 @@ fn nmap_udp_scan_ipv6_advanced() {
     let s = Sentry::start(test, Settings::new(&["audp"]));
     let target = TARGET_V6.to_string();
     s.nmap(&["-6", "-sU", "-e", SCANNER_IF, "-p", "1-40", &target]);
-    s.assert_scan_blocked(IpAddr::V6(SCANNER_V6), "udp", "udp", "audp");
+    s.assert_scan_blocked(IpAddr::V6(SCANNER_V6), Protocol::Udp, "udp", Mode::Audp);
 }
 
 #[test]
@@ -55,8 +56,8 @@ fn nmap_udp_scan_stealth_listed_ports() {
         &target,
     ]);
     let second: IpAddr = "10.203.0.3".parse().unwrap();
-    let rec = s.assert_scan_blocked(second, "udp", "udp", "sudp");
-    assert_eq!(rec["port"], 161, "{rec}");
+    let rec = s.assert_scan_blocked(second, Protocol::Udp, "udp", Mode::Sudp);
+    assert_eq!(rec.port, Some(161), "{rec:?}");
     s.assert_not_blocked(SCANNER);
 }
 
@@ -74,6 +75,6 @@ fn basic_udp_mode_datagram() {
         let u = UdpSocket::bind((SCANNER_V4, 0)).expect("bind");
         u.send_to(b"probe", (TARGET_V4, 32770)).expect("send");
     });
-    let rec = s.assert_scan_blocked(SCANNER, "udp", "udp", "udp");
-    assert_eq!(rec["port"], 32770, "{rec}");
+    let rec = s.assert_scan_blocked(SCANNER, Protocol::Udp, "udp", Mode::Udp);
+    assert_eq!(rec.port, Some(32770), "{rec:?}");
 }

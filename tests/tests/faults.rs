@@ -6,9 +6,12 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sentry_proto::{Mode, Protocol};
 use sentry_tests::netns::{SCANNER2_V4, SCANNER3_V4, SCANNER_V4, TARGET_V4};
 use sentry_tests::sentry::{pid_alive, NFT_TABLE};
-use sentry_tests::{require_root, require_tool, run, run_ok, wait_until, Sentry, Settings, Side};
+use sentry_tests::{
+    require_root, require_tool, run, run_ok, wait_until, AuditDecision, Sentry, Settings, Side,
+};
 use serde_json::Value;
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
@@ -59,7 +62,7 @@ fn enforcer_sigkill_restart_restores_blocks_and_delivers_queued_requests() {
     }
     let mut s = Sentry::start(test, Settings::new(&["atcp"]));
     syns(&s, SCANNER, 20, 3);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     s.kill_enforcer();
     drop_nft_table(&s);
     // Scans while the enforcer is down: the sensor must queue them.
@@ -76,7 +79,7 @@ fn enforcer_sigkill_restart_restores_blocks_and_delivers_queued_requests() {
         || s.diag(),
     );
     assert!(
-        !s.audit_for(SCANNER, "restored").is_empty(),
+        !s.audit_for(SCANNER, AuditDecision::Restored).is_empty(),
         "no `restored` audit record\n{}",
         s.diag()
     );
@@ -103,7 +106,7 @@ fn sensor_killed_enforcer_keeps_state_and_serves_sentryctl() {
     }
     let mut s = Sentry::start(test, Settings::new(&["atcp"]));
     syns(&s, SCANNER, 20, 3);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     let enforcer = s.enforcer_pid();
     s.kill_sensor();
     wait_until(
@@ -236,11 +239,13 @@ fn hostile_clients_on_the_enforcer_socket() {
             .unwrap_or(0);
     assert!(rejected >= 7, "hostile connections not counted: {st}");
     assert!(
-        s.audit().iter().any(|r| r["decision"] == "rejected"),
+        s.audit()
+            .iter()
+            .any(|r| r.decision == AuditDecision::Rejected),
         "no `rejected` audit record for the hostile connections"
     );
     syns(&s, SCANNER, 20, 3);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     assert_eq!(s.enforcer_pid(), pid);
 }
 

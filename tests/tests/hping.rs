@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use sentry_proto::{Mode, Protocol};
 use sentry_tests::netns::{SCANNER_V4, TARGET_V4};
 use sentry_tests::{require_root, require_tool, Sentry, Settings};
 
@@ -18,11 +19,11 @@ fn crafted(test: &str, flags: &[&str], scan: &str) {
     let mut args = flags.to_vec();
     args.extend(["-p", "++30", "-c", "5", "-i", "u20000", &target]);
     s.hping(&args);
-    let rec = s.assert_scan_blocked(IpAddr::V4(SCANNER_V4), "tcp", scan, "atcp");
-    let port = rec["port"].as_u64().unwrap_or(0);
+    let rec = s.assert_scan_blocked(IpAddr::V4(SCANNER_V4), Protocol::Tcp, scan, Mode::Atcp);
+    let port = rec.port.unwrap_or(0);
     assert!(
         (30..35).contains(&port),
-        "reported port {port} was not probed: {rec}"
+        "reported port {port} was not probed: {rec:?}"
     );
 }
 
@@ -117,7 +118,7 @@ fn hping_spoofed_source_is_blocked_but_never_protected_addresses() {
         "u10000",
         &target,
     ]);
-    s.assert_scan_blocked(spoofed, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(spoofed, Protocol::Tcp, "syn", Mode::Atcp);
     for src in protected {
         s.assert_not_blocked(src.parse().unwrap());
     }
@@ -148,8 +149,8 @@ fn stealth_mode_detects_every_probe_kind() {
         s.hping(&args);
     }
     for (src, _, scan) in cases {
-        let rec = s.assert_scan_blocked(src.parse().unwrap(), "tcp", scan, "stcp");
-        assert_eq!(rec["port"], 79, "{rec}");
+        let rec = s.assert_scan_blocked(src.parse().unwrap(), Protocol::Tcp, scan, Mode::Stcp);
+        assert_eq!(rec.port, Some(79), "{rec:?}");
     }
 }
 
@@ -166,7 +167,7 @@ fn ip_options_are_detected_and_logged() {
     s.hping(&[
         "-S", "--rroute", "-p", "++30", "-c", "3", "-i", "u10000", &target,
     ]);
-    s.assert_scan_blocked(IpAddr::V4(SCANNER_V4), "tcp", "syn", "atcp");
+    s.assert_scan_blocked(IpAddr::V4(SCANNER_V4), Protocol::Tcp, "syn", Mode::Atcp);
     let log = s.sensor_log();
     assert!(
         log.lines()

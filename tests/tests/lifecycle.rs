@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use sentry_proto::{Mode, Protocol};
 use sentry_tests::netns::{SCANNER2_V4, SCANNER_V4, TARGET_V4};
-use sentry_tests::{require_root, require_tool, wait_until, Sentry, Settings};
+use sentry_tests::{require_root, require_tool, wait_until, AuditDecision, Sentry, Settings};
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
 
@@ -32,8 +33,9 @@ fn rescan_until_blocked_again(s: &Sentry) {
         || {
             syns(s, SCANNER, port);
             port += 10;
-            (s.audit_for(SCANNER, "blocked").len() >= 2 && s.nft_elements().contains(&SCANNER))
-                .then_some(())
+            (s.audit_for(SCANNER, AuditDecision::Blocked).len() >= 2
+                && s.nft_elements().contains(&SCANNER))
+            .then_some(())
         },
         || s.diag(),
     );
@@ -68,9 +70,9 @@ fn block_timeout_expires_everywhere() {
             .set("SCAN_WINDOW", "2"),
     );
     syns(&s, SCANNER, 20);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     wait_gone(&s, SCANNER, "BLOCK_TIMEOUT=3");
-    s.wait_decision(SCANNER, "expired");
+    s.wait_decision(SCANNER, AuditDecision::Expired);
     assert_eq!(s.status()["active_blocks"], 0);
     assert!(s.counter("expired") >= 1);
     // After expiry the same scanner, scanning again, is blocked afresh.
@@ -90,7 +92,7 @@ fn sentryctl_unblock_removes_every_trace_and_allows_a_new_block() {
             .set("SCAN_WINDOW", "2"),
     );
     syns(&s, SCANNER, 20);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     let routes = || {
         sentry_tests::run_ok(
             s.net
@@ -113,7 +115,7 @@ fn sentryctl_unblock_removes_every_trace_and_allows_a_new_block() {
         "blackhole route left: {}",
         routes()
     );
-    s.wait_decision(SCANNER, "unblocked");
+    s.wait_decision(SCANNER, AuditDecision::Unblocked);
     assert!(s.counter("unblocked") >= 1);
     // Unblocking something that is not blocked says so (idempotent, nothing changes).
     let out = s.sentryctl(&["unblock", "192.0.2.200"]);
@@ -149,7 +151,7 @@ fn sighup_rereads_the_ignore_list() {
         || {
             syns(&s, SCANNER, port);
             port += 10;
-            (!s.audit_for(SCANNER, "ignored").is_empty()).then_some(())
+            (!s.audit_for(SCANNER, AuditDecision::Ignored).is_empty()).then_some(())
         },
         || s.diag(),
     );
@@ -185,8 +187,9 @@ fn a_scanner_still_scanning_after_its_block_expired_is_blocked_again() {
             syns(&s, SCANNER, port);
             port = if port > 900 { 100 } else { port + 10 };
             std::thread::sleep(Duration::from_millis(200));
-            (s.audit_for(SCANNER, "blocked").len() >= 2 && s.nft_elements().contains(&SCANNER))
-                .then_some(())
+            (s.audit_for(SCANNER, AuditDecision::Blocked).len() >= 2
+                && s.nft_elements().contains(&SCANNER))
+            .then_some(())
         },
         || s.diag(),
     );

@@ -6,8 +6,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use sentry_proto::Protocol;
 use sentry_tests::netns::{SCANNER_IF, SCANNER_V4, TARGET_V4};
-use sentry_tests::{require_root, require_tool, run_ok, Sentry, Settings, Side};
+use sentry_tests::{
+    require_root, require_tool, run_ok, ActionKind, AuditDecision, Sentry, Settings, Side,
+};
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
 
@@ -32,8 +35,8 @@ fn debian_portsentry_conf_logs_only_like_portsentry() {
     );
     let target = TARGET_V4.to_string();
     s.nmap(&["-sS", "-e", SCANNER_IF, "-p", "1-100", &target]);
-    let rec = s.wait_decision(SCANNER, "log_only");
-    assert_eq!(rec["protocol"], "tcp", "{rec}");
+    let rec = s.wait_decision(SCANNER, AuditDecision::LogOnly);
+    assert_eq!(rec.protocol, Some(Protocol::Tcp), "{rec:?}");
     s.assert_not_blocked(SCANNER);
     // PortSentry's own alert line, so existing log watchers keep matching.
     let log = s.sensor_log();
@@ -57,14 +60,16 @@ fn debian_portsentry_conf_blocks_with_its_kill_route() {
     let target = TARGET_V4.to_string();
     s.nmap(&["-sS", "-e", SCANNER_IF, "-p", "1-100", &target]);
     // No native firewall in Debian's file: the block is KILL_ROUTE + KILL_HOSTS_DENY.
-    let rec = s.wait_decision(SCANNER, "blocked");
+    let rec = s.wait_decision(SCANNER, AuditDecision::Blocked);
     assert!(
         s.hosts_deny_has(SCANNER),
         "no hosts.deny line\n{}",
         s.diag()
     );
-    let actions = rec["actions"].to_string();
-    assert!(actions.contains("route"), "KILL_ROUTE did not run: {rec}");
+    assert!(
+        rec.action_kinds().contains(&ActionKind::KillRoute),
+        "KILL_ROUTE did not run: {rec:?}"
+    );
     let out = run_ok(
         s.net
             .command(Side::Target, "ip")

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sentry_proto::{Mode, Protocol};
 use sentry_tests::netns::{SCANNER2_V4, SCANNER4_V4, SCANNER_IF, SCANNER_V4, TARGET_V4};
-use sentry_tests::{require_root, require_tool, Sentry, Settings, Side};
+use sentry_tests::{require_root, require_tool, AuditDecision, Sentry, Settings, Side};
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
 const CANARY: IpAddr = IpAddr::V4(SCANNER2_V4);
@@ -198,8 +199,8 @@ fn block_tcp_0_logs_only() {
     }
     let s = Sentry::start(test, Settings::new(&["atcp"]).set("BLOCK_TCP", "0"));
     syns(&s, SCANNER, 20, 5);
-    let rec = s.wait_decision(SCANNER, "log_only");
-    assert_eq!(rec["protocol"], "tcp", "{rec}");
+    let rec = s.wait_decision(SCANNER, AuditDecision::LogOnly);
+    assert_eq!(rec.protocol, Some(Protocol::Tcp), "{rec:?}");
     s.assert_not_blocked(SCANNER);
     assert!(s.counter("log_only") >= 1);
     assert_eq!(s.counter("blocked"), 0);
@@ -229,15 +230,12 @@ fn block_tcp_2_runs_the_command_only() {
             .set("KILL_RUN_CMD", &template),
     );
     syns(&s, SCANNER, 20, 1);
-    let rec = s.wait_decision(SCANNER, "command_only");
-    assert!(
-        rec["actions"].as_array().is_some_and(|a| !a.is_empty()),
-        "{rec}"
-    );
+    let rec = s.wait_decision(SCANNER, AuditDecision::CommandOnly);
+    assert!(!rec.actions.is_empty(), "{rec:?}");
     let marker = marker_dir.path().join("ran-10.203.0.1-20-tcp");
     assert!(
         marker.exists(),
-        "KILL_RUN_CMD did not run with the substituted argv: {rec}\n{}",
+        "KILL_RUN_CMD did not run with the substituted argv: {rec:?}\n{}",
         s.diag()
     );
     s.assert_not_blocked(SCANNER);
@@ -254,7 +252,7 @@ fn kill_route_command_runs_as_argv() {
     let template = format!("{} route add blackhole $TARGET$", ip.display());
     let s = Sentry::start(test, Settings::new(&["atcp"]).set("KILL_ROUTE", &template));
     syns(&s, SCANNER, 20, 2);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     let out = sentry_tests::run_ok(
         s.net
             .command(Side::Target, "ip")
@@ -282,5 +280,5 @@ fn scan_trigger_needs_more_ports() {
     s.assert_not_blocked(SCANNER);
     // The fourth distinct port crosses the trigger.
     syns(&s, SCANNER, 50, 1);
-    s.assert_scan_blocked(SCANNER, "tcp", "syn", "atcp");
+    s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
 }

@@ -11,6 +11,7 @@ use sentry_tests::sentry::{pid_alive, Sentry};
 use sentry_tests::{
     bin_dir, bins, ensure_sensor_user, require_root, require_tool, run, wait_until, NetPair, Side,
 };
+use sentry_tests::{read_audit, AuditDecision};
 
 struct Pair {
     net: NetPair,
@@ -182,8 +183,11 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
             )
         },
     );
-    let audit = std::fs::read_to_string(d.join("log/audit.jsonl")).unwrap_or_default();
-    assert!(audit.contains("\"decision\":\"blocked\""), "audit: {audit}");
+    let audit = read_audit(&d.join("log/audit.jsonl"));
+    assert!(
+        audit.iter().any(|r| r.decision == AuditDecision::Blocked),
+        "audit: {audit:?}"
+    );
     // stop: both gone.
     let out = pair.script("stop");
     assert!(out.success(), "stop: {out}");

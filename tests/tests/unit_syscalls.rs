@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use sentry_tests::netns::{SCANNER_V4, TARGET_V4};
-use sentry_tests::{require_root, require_tool, run, run_ok, Sentry, Settings};
+use sentry_tests::{
+    require_root, require_tool, run, run_ok, ActionKind, AuditDecision, Sentry, Settings,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -381,14 +383,14 @@ fn daemons_stay_inside_the_units_syscall_filter_and_address_families() {
     assert!(s.sentryctl(&["blocked", "--json"]).success());
     let out = s.sentryctl(&["unblock", "10.203.0.3"]);
     assert!(out.success(), "unblock: {out}");
-    s.wait_decision(udp_src, "unblocked");
+    s.wait_decision(udp_src, AuditDecision::Unblocked);
     // SIGHUP: re-read the ignore list.
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(s.enforcer_pid()).unwrap()),
         nix::sys::signal::Signal::SIGHUP,
     );
     // BLOCK_TIMEOUT=3: the first block expires.
-    let _ = s.wait_decision_within(scanner, "expired", Duration::from_secs(20));
+    let _ = s.wait_decision_within(scanner, AuditDecision::Expired, Duration::from_secs(20));
     assert!(
         s.status()["sensor"].is_object(),
         "the sensor died during the cycle\n{}",
@@ -453,8 +455,11 @@ fn portsentry_kill_route_commands_stay_inside_the_enforcer_unit() {
     let target = TARGET_V4.to_string();
     let scanner = IpAddr::V4(SCANNER_V4);
     s.hping(&["-S", "-p", "++20", "-c", "3", "-i", "u10000", &target]);
-    let rec = s.wait_decision(scanner, "blocked");
-    assert!(rec["actions"].to_string().contains("route"), "{rec}");
+    let rec = s.wait_decision(scanner, AuditDecision::Blocked);
+    assert!(
+        rec.action_kinds().contains(&ActionKind::KillRoute),
+        "{rec:?}"
+    );
     s.stop_all();
     let traces = s.traces("enforcer");
     let dir = s.dir.path().display().to_string();

@@ -15,12 +15,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sentry_proto::{
-    encode_frame, read_frame, BlockRequest, EnforcerFrame, Hello, Mode, ProtoError, Protocol,
-    ScanKind, SensorFrame, PROTOCOL_VERSION,
+    encode_frame, read_frame, EnforcerFrame, Hello, Mode, ProtoError, Protocol, SensorFrame,
+    PROTOCOL_VERSION,
 };
+use sentry_tests::Req;
 
 struct Report {
     replies: Vec<String>,
@@ -38,26 +39,11 @@ fn hello(version: u16) -> SensorFrame {
     })
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn request(seq: u64, source: IpAddr) -> SensorFrame {
-    let t = now_ms();
-    SensorFrame::Block(BlockRequest {
-        seq,
-        source,
-        protocol: Protocol::Tcp,
-        port: 22,
-        scan: ScanKind::Syn,
-        mode: Mode::Atcp,
-        distinct_ports: 1,
-        first_seen_ms: t,
-        last_seen_ms: t,
-        ip_options: false,
-    })
+    Req::new(source, Protocol::Tcp)
+        .mode(Mode::Atcp)
+        .seq(seq)
+        .frame()
 }
 
 fn frame(msg: &SensorFrame) -> Vec<u8> {

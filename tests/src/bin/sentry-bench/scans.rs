@@ -393,10 +393,15 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
         iptables_has(&s.net, src)
     };
     s.assert_alive();
-    let decision_ms = s
-        .audit()
+    // Read as plain JSON, not as typed records: the bench also measures older enforcers.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&s.audit_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let decision_ms = records
         .iter()
-        .filter(|r| sentry_tests::sentry::record_source(r) == Some(src))
+        .filter(|r| r["source"].as_str().and_then(|a| a.parse().ok()) == Some(src))
         // `time_us` (microseconds, when the enforcer began the decision); the millisecond
         // `time` only as a fallback for older enforcers (it is up to 1 ms off).
         .filter_map(|r| {
@@ -408,8 +413,8 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
         .zip(exposure.first_probe_us)
         .map(|(d, p)| (d as f64 - p as f64) / 1000.0);
     if std::env::var_os("SENTRY_BENCH_VERBOSE").is_some() {
-        for r in s.audit_for(src, "blocked") {
-            eprintln!("    audit: {r}");
+        for r in s.audit_for(src, sentry_tests::AuditDecision::Blocked) {
+            eprintln!("    audit: {r:?}");
         }
         eprintln!(
             "    first probe at {:?} us (epoch)",
