@@ -2,52 +2,50 @@
 //! tests (see `common`). They need root (namespaces, veth, raw packets) and the tools
 //! `ip`, `hping3` and `nmap`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use sentry_proto::{Mode, Protocol, ScanKind};
+use sentry_tests::netns::{source, SCANNER_IF, SCANNER_V4, SCANNER_V6, TARGET_V4, TARGET_V6};
+use sentry_tests::{
+    bins, config_text, ensure_sensor_user, now_ms, proc_fields, require_root, FakeEnforcer,
+    NetPair, RunDir, SensorProc, Side,
+};
 
-const CONFIG: &str = r#"# test configuration
-TCP_PORTS="1,23,79,143,31337"
-UDP_PORTS="7,161,31337"
-ADVANCED_PORTS_TCP="1024"
-ADVANCED_PORTS_UDP="1024"
-ADVANCED_EXCLUDE_TCP="113"
-ADVANCED_EXCLUDE_UDP="137"
-SCAN_TRIGGER="0"
-PORT_BANNER="GO AWAY"
-"#;
+/// The sensor's test configuration.
+const BASE: &[(&str, &str)] = &[
+    ("TCP_PORTS", "1,23,79,143,31337"),
+    ("UDP_PORTS", "7,161,31337"),
+    ("ADVANCED_PORTS_TCP", "1024"),
+    ("ADVANCED_PORTS_UDP", "1024"),
+    ("ADVANCED_EXCLUDE_TCP", "113"),
+    ("ADVANCED_EXCLUDE_UDP", "137"),
+    ("SCAN_TRIGGER", "0"),
+    ("PORT_BANNER", "GO AWAY"),
+];
+
+/// [`BASE`] with `over` replacing or adding keys.
+fn config(over: &[(&str, &str)]) -> String {
+    config_text(BASE.iter().chain(over))
+}
 
 const T: Duration = Duration::from_secs(10);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .try_into()
-        .unwrap()
-}
 
 /// Every probe kind, IPv4 (hping3) and IPv6 (nmap), each from its own source so that with
 /// SCAN_TRIGGER=0 each yields exactly one BlockRequest; every request passes the enforcer's
 /// validation and carries the right kind, mode and port.
 #[test]
 fn detects_every_probe_kind_v4_and_v6() {
-    if !need_root("detects_every_probe_kind_v4_and_v6") {
+    if !require_root("detects_every_probe_kind_v4_and_v6") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-stcp", "-sudp", "-atcp", "-audp"]);
+    let sensor = SensorProc::start(&net, &setup, &["-stcp", "-sudp", "-atcp", "-audp"]);
     let hello = enf.wait_hello(T).expect("no Hello");
     assert_eq!(
         hello.modes,
@@ -80,9 +78,10 @@ fn detects_every_probe_kind_v4_and_v6() {
     ];
     let start = now_ms();
     for (src, port, flags, _, _) in &cases {
-        net.hping(source(*src), *port, flags);
+        net.hping_from(source(*src), *port, flags);
     }
-    net.scan(
+    net.run_ok(
+        Side::Scanner,
         "nmap",
         &[
             "-n",
@@ -92,8 +91,8 @@ fn detects_every_probe_kind_v4_and_v6() {
             "-p",
             "443",
             "-e",
-            "sx0",
-            &TARGET6.to_string(),
+            SCANNER_IF,
+            &TARGET_V6.to_string(),
         ],
     );
     let want = cases.len() + 1;
@@ -103,14 +102,16 @@ fn detects_every_probe_kind_v4_and_v6() {
     let by_src: HashMap<IpAddr, _> = got.iter().map(|b| (b.source, b)).collect();
     for (src, port, _, kind, mode) in &cases {
         let b = by_src
-            .get(&v4(source(*src)))
+            .get(&IpAddr::V4(source(*src)))
             .unwrap_or_else(|| panic!("no request from {}: {got:#?}", source(*src)));
         assert_eq!((b.port, b.scan, b.mode), (*port, *kind, *mode), "{b:?}");
         assert_eq!(b.distinct_ports, 1);
         assert_eq!(b.validate(now_ms()), Ok(()));
         assert!(b.first_seen_ms >= start - 1000 && b.last_seen_ms <= now_ms());
     }
-    let b6 = by_src.get(&IpAddr::V6(SCANNER6)).expect("no IPv6 request");
+    let b6 = by_src
+        .get(&IpAddr::V6(SCANNER_V6))
+        .expect("no IPv6 request");
     assert_eq!(
         (b6.port, b6.scan, b6.mode),
         (443, ScanKind::Syn, Mode::Atcp)
@@ -125,7 +126,7 @@ fn detects_every_probe_kind_v4_and_v6() {
         format!("attackalert: TCP XMAS scan from host: {0}/{0} to TCP port: 79", source(3)),
         format!("attackalert: Unknown Type: TCP Packet Flags: SYN: 0 FIN: 0 ACK: 0 PSH: 1 URG: 1 RST: 0 from host: {0}/{0} to TCP port: 80", source(4)),
         format!("attackalert: UDP scan from host: {0}/{0} to UDP port: 161", source(6)),
-        format!("attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 443", SCANNER6),
+        format!("attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 443", SCANNER_V6),
     ] {
         assert!(log.contains(&line), "missing {line:?} in\n{log}");
     }
@@ -135,15 +136,15 @@ fn detects_every_probe_kind_v4_and_v6() {
 /// the scanner, for its third distinct port.
 #[test]
 fn nmap_scan_is_reported_once() {
-    if !need_root("nmap_scan_is_reported_once") {
+    if !require_root("nmap_scan_is_reported_once") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(&CONFIG.replace("SCAN_TRIGGER=\"0\"", "SCAN_TRIGGER=\"2\""));
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[("SCAN_TRIGGER", "2")]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-atcp", "-stcp"]);
-    net.scan(
+    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-stcp"]);
+    net.run_ok(
+        Side::Scanner,
         "nmap",
         &[
             "-n",
@@ -153,15 +154,15 @@ fn nmap_scan_is_reported_once() {
             "-p",
             "1-1000",
             "-S",
-            &SCANNER.to_string(),
+            &SCANNER_V4.to_string(),
             "-e",
-            "sx0",
-            &TARGET.to_string(),
+            SCANNER_IF,
+            &TARGET_V4.to_string(),
         ],
     );
     let got = enf.blocks_until(Duration::from_secs(3), |b| b.len() >= 2);
     assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
-    assert_eq!(got[0].source, v4(SCANNER));
+    assert_eq!(got[0].source, IpAddr::V4(SCANNER_V4));
     assert_eq!(got[0].distinct_ports, 3);
     assert_eq!(got[0].protocol, Protocol::Tcp);
     assert_eq!(got[0].validate(now_ms()), Ok(()));
@@ -176,32 +177,31 @@ fn nmap_scan_is_reported_once() {
 /// connections (SYN/ACK, RST/ACK).
 #[test]
 fn ack_rst_and_replies_never_count() {
-    if !need_root("ack_rst_and_replies_never_count") {
+    if !require_root("ack_rst_and_replies_never_count") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-atcp", "-stcp"]);
-    net.hping(source(0), 23, &["-A"]);
-    net.hping(source(1), 23, &["-R"]);
-    net.hping(source(2), 22, &["-S", "-A"]);
-    net.hping(source(3), 22, &["-R", "-A"]);
-    net.hping(source(4), 22, &["-F", "-A"]);
+    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-stcp"]);
+    net.hping_from(source(0), 23, &["-A"]);
+    net.hping_from(source(1), 23, &["-R"]);
+    net.hping_from(source(2), 22, &["-S", "-A"]);
+    net.hping_from(source(3), 22, &["-R", "-A"]);
+    net.hping_from(source(4), 22, &["-F", "-A"]);
     // The target connects out to 200 scanner ports: the answers (RST/ACK, SYN/ACK) arrive
     // at low ports of the scanner but high ephemeral ports here.
     let out = net
-        .target_cmd("nmap")
-        .args(["-n", "-sT", "-Pn", "-p", "1-200", &SCANNER.to_string()])
+        .command(Side::Target, "nmap")
+        .args(["-n", "-sT", "-Pn", "-p", "1-200", &SCANNER_V4.to_string()])
         .output()
         .unwrap();
     assert!(out.status.success());
     // A control probe proves the sensor is alive and capturing.
-    net.hping(source(5), 23, &["-S"]);
+    net.hping_from(source(5), 23, &["-S"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
-    assert_eq!(got[0].source, v4(source(5)));
+    assert_eq!(got[0].source, IpAddr::V4(source(5)));
     let more = enf.blocks_until(Duration::from_millis(500), |b| !b.is_empty());
     assert!(more.is_empty(), "{more:#?}");
 }
@@ -210,19 +210,18 @@ fn ack_rst_and_replies_never_count() {
 /// mode, no_new_privs.
 #[test]
 fn running_sensor_is_confined() {
-    if !need_root("running_sensor_is_confined") {
+    if !require_root("running_sensor_is_confined") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let _enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(
+    let sensor = SensorProc::start(
         &net,
         &setup,
         &["-tcp", "-udp", "-stcp", "-sudp", "-atcp", "-audp"],
     );
-    let st = proc_status(sensor.pid());
+    let st = proc_fields(sensor.pid());
     let uid = nix::unistd::User::from_name("sentry")
         .unwrap()
         .unwrap()
@@ -261,14 +260,14 @@ fn running_sensor_is_confined() {
 /// uses it, then drops it.
 #[test]
 fn ambient_capability_start_via_setpriv() {
-    if !need_root("ambient_capability_start_via_setpriv") {
+    if !require_root("ambient_capability_start_via_setpriv") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    ensure_sensor_user();
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let enf = FakeEnforcer::start(setup.path());
-    let mut c = net.target_cmd("setpriv");
+    let mut c = net.command(Side::Target, "setpriv");
     c.args([
         "--reuid",
         "sentry",
@@ -281,19 +280,19 @@ fn ambient_capability_start_via_setpriv() {
         "+net_raw",
         "--",
     ])
-    .arg(BIN)
+    .arg(bins().sensor)
     .arg("--config")
     .arg(setup.config())
     .arg("--runtime-dir")
     .arg(setup.path())
     .args(["--log-stderr", "-stcp", "-atcp"]);
-    let sensor = Sensor::spawn(c, &setup);
-    let st = proc_status(sensor.pid());
+    let sensor = SensorProc::spawn(c, &setup);
+    let st = proc_fields(sensor.pid());
     assert_eq!(u64::from_str_radix(&st["CapEff"], 16).unwrap(), 0);
     assert_eq!(u64::from_str_radix(&st["CapPrm"], 16).unwrap(), 0);
     assert_eq!(u64::from_str_radix(&st["CapAmb"], 16).unwrap(), 0);
     assert_eq!(st["Seccomp"], "2");
-    net.hping(source(0), 23, &["-S"]);
+    net.hping_from(source(0), 23, &["-S"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
 }
@@ -301,13 +300,13 @@ fn ambient_capability_start_via_setpriv() {
 /// The hidden self-test installs the real filter and makes a forbidden call: SIGSYS.
 #[test]
 fn forbidden_syscall_dies_by_sigsys() {
-    let out = Command::new(BIN)
+    let out = Command::new(bins().sensor)
         .arg("--selftest-seccomp")
         .output()
         .unwrap();
     assert_eq!(
         out.status.signal(),
-        Some(libc::SIGSYS),
+        Some(nix::sys::signal::Signal::SIGSYS as i32),
         "status {:?}, stderr {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
@@ -318,21 +317,20 @@ fn forbidden_syscall_dies_by_sigsys() {
 /// Basic modes: a completed connect gets the banner and is a hit; a datagram is a hit.
 #[test]
 fn basic_modes_connect_and_datagram() {
-    if !need_root("basic_modes_connect_and_datagram") {
+    if !require_root("basic_modes_connect_and_datagram") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-tcp", "-udp"]);
+    let sensor = SensorProc::start(&net, &setup, &["-tcp", "-udp"]);
     let out = net
-        .exec(&net.scanner, "timeout")
+        .command(Side::Scanner, "timeout")
         .args([
             "5",
             "bash",
             "-c",
-            &format!("exec 3<>/dev/tcp/{TARGET}/143; cat <&3"),
+            &format!("exec 3<>/dev/tcp/{TARGET_V4}/143; cat <&3"),
         ])
         .output()
         .unwrap();
@@ -341,13 +339,13 @@ fn basic_modes_connect_and_datagram() {
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
     assert_eq!(
         (got[0].source, got[0].port, got[0].scan, got[0].mode),
-        (v4(SCANNER), 143, ScanKind::Connect, Mode::Tcp)
+        (IpAddr::V4(SCANNER_V4), 143, ScanKind::Connect, Mode::Tcp)
     );
     assert_eq!(got[0].validate(now_ms()), Ok(()));
     // UDP from another source, over IPv6 too.
     let out = net
-        .exec(&net.scanner, "bash")
-        .args(["-c", &format!("echo x > /dev/udp/{TARGET6}/7")])
+        .command(Side::Scanner, "bash")
+        .args(["-c", &format!("echo x > /dev/udp/{TARGET_V6}/7")])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -355,18 +353,18 @@ fn basic_modes_connect_and_datagram() {
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
     assert_eq!(
         (got[0].source, got[0].port, got[0].scan, got[0].mode),
-        (IpAddr::V6(SCANNER6), 7, ScanKind::Udp, Mode::Udp)
+        (IpAddr::V6(SCANNER_V6), 7, ScanKind::Udp, Mode::Udp)
     );
     let log = sensor.log_text();
     assert!(
         log.contains(&format!(
-            "attackalert: Connect from host: {SCANNER}/{SCANNER} to TCP port: 143"
+            "attackalert: Connect from host: {SCANNER_V4}/{SCANNER_V4} to TCP port: 143"
         )),
         "{log}"
     );
     assert!(
         log.contains(&format!(
-            "attackalert: Connect from host: {SCANNER6}/{SCANNER6} to UDP port: 7"
+            "attackalert: Connect from host: {SCANNER_V6}/{SCANNER_V6} to UDP port: 7"
         )),
         "{log}"
     );
@@ -376,16 +374,15 @@ fn basic_modes_connect_and_datagram() {
 /// service started after the sensor), and only for the address it listens on.
 #[test]
 fn inverse_binding_live() {
-    if !need_root("inverse_binding_live") {
+    if !require_root("inverse_binding_live") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-atcp", "-audp"]);
+    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-audp"]);
     // Services started after the sensor: TCP 0.0.0.0:22, TCP 127.0.0.1:25, UDP [::]:53.
-    let (tcp22, tcp25, udp53) = net.in_target(|| {
+    let (tcp22, tcp25, udp53) = net.in_ns(Side::Target, || {
         (
             std::net::TcpListener::bind("0.0.0.0:22").unwrap(),
             std::net::TcpListener::bind("127.0.0.1:25").unwrap(),
@@ -393,46 +390,45 @@ fn inverse_binding_live() {
         )
     });
     std::thread::sleep(Duration::from_millis(100));
-    net.hping(source(0), 22, &["-S"]);
-    net.hping(source(1), 53, &["--udp"]);
-    net.hping(source(2), 25, &["-S"]); // served only on loopback: a hit
+    net.hping_from(source(0), 22, &["-S"]);
+    net.hping_from(source(1), 53, &["--udp"]);
+    net.hping_from(source(2), 25, &["-S"]); // served only on loopback: a hit
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
-    assert_eq!((got[0].source, got[0].port), (v4(source(2)), 25));
+    assert_eq!((got[0].source, got[0].port), (IpAddr::V4(source(2)), 25));
     let more = enf.blocks_until(Duration::from_millis(500), |b| !b.is_empty());
     assert!(more.is_empty(), "{more:#?}");
     // The service stops: the port is watched again (the table is re-read every second).
     drop((tcp22, tcp25, udp53));
     std::thread::sleep(Duration::from_millis(1500));
-    net.hping(source(3), 22, &["-S"]);
+    net.hping_from(source(3), 22, &["-S"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
-    assert_eq!((got[0].source, got[0].port), (v4(source(3)), 22));
+    assert_eq!((got[0].source, got[0].port), (IpAddr::V4(source(3)), 22));
 }
 
 /// Hosts on the ignore list cost nothing and are never reported.
 #[test]
 fn ignored_sources_are_skipped() {
-    if !need_root("ignored_sources_are_skipped") {
+    if !require_root("ignored_sources_are_skipped") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new("");
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new("");
     let ignore = setup.write("ignore", &format!("# test\n{}/31\n", source(0)));
     std::fs::write(
         setup.config(),
-        format!("{CONFIG}IGNORE_FILE=\"{}\"\n", ignore.display()),
+        config(&[("IGNORE_FILE", &ignore.display().to_string())]),
     )
     .unwrap();
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp"]);
-    net.hping(source(0), 23, &["-S"]);
-    net.hping(source(1), 23, &["-S"]);
-    net.hping(source(2), 23, &["-S"]);
+    let sensor = SensorProc::start(&net, &setup, &["-stcp", "-atcp"]);
+    net.hping_from(source(0), 23, &["-S"]);
+    net.hping_from(source(1), 23, &["-S"]);
+    net.hping_from(source(2), 23, &["-S"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
-    assert_eq!(got[0].source, v4(source(2)));
+    assert_eq!(got[0].source, IpAddr::V4(source(2)));
     let st = enf
         .stats_until(T, |s| s.ignored >= 2)
         .expect("ignored count");
@@ -442,31 +438,30 @@ fn ignored_sources_are_skipped() {
 /// Requests made while the enforcer is down are delivered when it comes (back) up.
 #[test]
 fn enforcer_restart_loses_no_block() {
-    if !need_root("enforcer_restart_loses_no_block") {
+    if !require_root("enforcer_restart_loses_no_block") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
-    let sensor = Sensor::start(&net, &setup, &["-stcp"]);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
+    let sensor = SensorProc::start(&net, &setup, &["-stcp"]);
     // No enforcer yet.
-    net.hping(source(0), 23, &["-S"]);
+    net.hping_from(source(0), 23, &["-S"]);
     sensor.wait_log(&format!("from host: {0}/{0}", source(0)), T);
     let enf = FakeEnforcer::start(setup.path());
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].source, v4(source(0)));
+    assert_eq!(got[0].source, IpAddr::V4(source(0)));
     // Enforcer goes away; two more scanners; enforcer restarts.
     drop(enf);
-    net.hping(source(1), 23, &["-S"]);
-    net.hping(source(2), 1, &["-S"]);
+    net.hping_from(source(1), 23, &["-S"]);
+    net.hping_from(source(2), 1, &["-S"]);
     sensor.wait_log(&format!("from host: {0}/{0}", source(2)), T);
     let enf = FakeEnforcer::start(setup.path());
     let got = enf.blocks_until(Duration::from_secs(15), |b| b.len() >= 2);
     let srcs: Vec<_> = got.iter().map(|b| b.source).collect();
     assert_eq!(
         srcs,
-        vec![v4(source(1)), v4(source(2))],
+        vec![IpAddr::V4(source(1)), IpAddr::V4(source(2))],
         "{}",
         sensor.log_text()
     );
@@ -475,15 +470,14 @@ fn enforcer_restart_loses_no_block() {
 /// IP options are flagged in the request and logged as PortSentry did.
 #[test]
 fn ip_options_are_reported() {
-    if !need_root("ip_options_are_reported") {
+    if !require_root("ip_options_are_reported") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-stcp"]);
-    net.hping(source(0), 23, &["-S", "--rroute"]);
+    let sensor = SensorProc::start(&net, &setup, &["-stcp"]);
+    net.hping_from(source(0), 23, &["-S", "--rroute"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
     assert!(got[0].ip_options);
@@ -495,11 +489,11 @@ fn ip_options_are_reported() {
 
 #[test]
 fn refuses_root_without_user_and_bad_config() {
-    if !need_root("refuses_root_without_user_and_bad_config") {
+    if !require_root("refuses_root_without_user_and_bad_config") {
         return;
     }
-    let setup = Setup::new(CONFIG);
-    let out = Command::new(BIN)
+    let setup = RunDir::new(&config(&[]));
+    let out = Command::new(bins().sensor)
         .arg("--config")
         .arg(setup.config())
         .arg("--runtime-dir")
@@ -510,9 +504,9 @@ fn refuses_root_without_user_and_bad_config() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
 
-    ensure_user();
+    ensure_sensor_user();
     let bad = setup.write("bad.conf", "TCP_PORTS=\"1,abc,5-3\"\n");
-    let out = Command::new(BIN)
+    let out = Command::new(bins().sensor)
         .arg("--config")
         .arg(&bad)
         .arg("--runtime-dir")
@@ -524,9 +518,9 @@ fn refuses_root_without_user_and_bad_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.conf:1"), "{err}");
 
-    let out = Command::new(BIN).arg("-bogus").output().unwrap();
+    let out = Command::new(bins().sensor).arg("-bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = Command::new(bins().sensor).arg("--help").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--runtime-dir"));
 }
@@ -536,14 +530,14 @@ fn refuses_root_without_user_and_bad_config() {
 /// socket, which the filter allows by argument).
 #[test]
 fn syslog_lines_and_reconnect_under_seccomp() {
-    if !need_root("syslog_lines_and_reconnect_under_seccomp") {
+    if !require_root("syslog_lines_and_reconnect_under_seccomp") {
         return;
     }
+    ensure_sensor_user();
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixDatagram;
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[]));
     let sock = setup.path().join("log");
     let bind = |p: &std::path::Path| {
         let s = UnixDatagram::bind(p).unwrap();
@@ -554,7 +548,7 @@ fn syslog_lines_and_reconnect_under_seccomp() {
     };
     let server = bind(&sock);
     let enf = FakeEnforcer::start(setup.path());
-    let mut c = net.target_cmd(BIN);
+    let mut c = net.command(Side::Target, bins().sensor);
     c.arg("--config")
         .arg(setup.config())
         .arg("--runtime-dir")
@@ -569,7 +563,7 @@ fn syslog_lines_and_reconnect_under_seccomp() {
         .spawn()
         .unwrap();
     // Killed on drop, also if an assertion fails.
-    let sensor = Sensor { child, log };
+    let sensor = SensorProc { child, log };
     let pid = sensor.pid();
     let recv_until = |s: &UnixDatagram, needle: &str| -> Vec<String> {
         let mut got = Vec::new();
@@ -589,7 +583,7 @@ fn syslog_lines_and_reconnect_under_seccomp() {
     };
     recv_until(&server, "is active");
     enf.wait_hello(T).unwrap();
-    net.hping(source(0), 23, &["-S"]);
+    net.hping_from(source(0), 23, &["-S"]);
     let lines = recv_until(&server, "TCP SYN/Normal scan");
     let want = format!(
         "<29>portsentry[{pid}]: attackalert: TCP SYN/Normal scan from host: {0}/{0} to TCP port: 23",
@@ -600,9 +594,9 @@ fn syslog_lines_and_reconnect_under_seccomp() {
     drop(server);
     std::fs::remove_file(&sock).unwrap();
     let server = bind(&sock);
-    net.hping(source(1), 23, &["-S"]);
+    net.hping_from(source(1), 23, &["-S"]);
     recv_until(&server, &format!("from host: {0}/{0}", source(1)));
-    assert_eq!(proc_status(pid)["Seccomp"], "2", "still alive and confined");
+    assert_eq!(proc_fields(pid)["Seccomp"], "2", "still alive and confined");
     drop(sensor);
 }
 
@@ -612,15 +606,15 @@ fn syslog_lines_and_reconnect_under_seccomp() {
 /// into a probe; other non-first fragments are never interpreted.
 #[test]
 fn fragmented_scan_is_detected() {
-    if !need_root("fragmented_scan_is_detected") {
+    if !require_root("fragmented_scan_is_detected") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(&CONFIG.replace("SCAN_TRIGGER=\"0\"", "SCAN_TRIGGER=\"2\""));
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[("SCAN_TRIGGER", "2")]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp"]);
-    net.scan(
+    let sensor = SensorProc::start(&net, &setup, &["-stcp", "-atcp"]);
+    net.run_ok(
+        Side::Scanner,
         "nmap",
         &[
             "-n",
@@ -630,23 +624,23 @@ fn fragmented_scan_is_detected() {
             "-p",
             "20-30",
             "-e",
-            "sx0",
-            &TARGET.to_string(),
+            SCANNER_IF,
+            &TARGET_V4.to_string(),
         ],
     );
     sensor.wait_log(
         &format!(
-            "attackalert: Packet from host: {SCANNER}/{SCANNER} to TCP port: 23 is a tiny IP fragment (detection avoidance technique)."
+            "attackalert: Packet from host: {SCANNER_V4}/{SCANNER_V4} to TCP port: 23 is a tiny IP fragment (detection avoidance technique)."
         ),
         T,
     );
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
-    assert_eq!(got[0].source, v4(SCANNER));
+    assert_eq!(got[0].source, IpAddr::V4(SCANNER_V4));
     assert_eq!(got[0].scan, ScanKind::Syn);
     assert_eq!(got[0].distinct_ports, 3);
     // hping3 -f (16-byte fragments: the flags are in the first one).
-    net.hping(source(0), 23, &["-S", "-f"]);
+    net.hping_from(source(0), 23, &["-S", "-f"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert!(got.is_empty(), "one port is below the trigger: {got:?}");
     sensor.wait_log(
@@ -663,25 +657,19 @@ fn fragmented_scan_is_detected() {
 /// service, learnt when the reply arrives).
 #[test]
 fn udp_replies_to_own_queries_never_count() {
-    if !need_root("udp_replies_to_own_queries_never_count") {
+    if !require_root("udp_replies_to_own_queries_never_count") {
         return;
     }
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(
-        &CONFIG
-            .replace(
-                "ADVANCED_PORTS_UDP=\"1024\"",
-                "ADVANCED_PORTS_UDP=\"65535\"",
-            )
-            .replace(
-                "ADVANCED_PORTS_TCP=\"1024\"",
-                "ADVANCED_PORTS_TCP=\"65535\"",
-            ),
-    );
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(&[
+        ("ADVANCED_PORTS_UDP", "65535"),
+        ("ADVANCED_PORTS_TCP", "65535"),
+    ]));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-atcp", "-audp"]);
-    let echo = net.in_scanner(|| std::net::UdpSocket::bind((SCANNER, 5300)).unwrap());
+    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-audp"]);
+    let echo = net.in_ns(Side::Scanner, || {
+        std::net::UdpSocket::bind((SCANNER_V4, 5300)).unwrap()
+    });
     echo.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let echo_thread = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
@@ -695,18 +683,23 @@ fn udp_replies_to_own_queries_never_count() {
         }
         n
     });
-    net.in_target(|| {
+    net.in_ns(Side::Target, || {
         for _ in 0..5 {
-            let u = std::net::UdpSocket::bind((TARGET, 0)).unwrap();
+            let u = std::net::UdpSocket::bind((TARGET_V4, 0)).unwrap();
             u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = [0u8; 64];
-            u.send_to(b"ping", (SCANNER, 5300)).unwrap();
+            u.send_to(b"ping", (SCANNER_V4, 5300)).unwrap();
             u.recv_from(&mut buf).expect("echo reply");
         }
     });
     assert_eq!(echo_thread.join().unwrap(), 5);
-    net.hping(source(5), 23, &["-S"]);
+    net.hping_from(source(5), 23, &["-S"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
-    assert_eq!(got[0].source, v4(source(5)), "{}", sensor.log_text());
+    assert_eq!(
+        got[0].source,
+        IpAddr::V4(source(5)),
+        "{}",
+        sensor.log_text()
+    );
 }

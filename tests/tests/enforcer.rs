@@ -2,49 +2,68 @@
 //! fake sensor and by hostile clients; checked through nft, hosts.deny, the audit log, the
 //! PortSentry text files and `sentryctl`.
 
-mod common;
-
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use common::*;
-use sentry_proto::{Decision, EnforcerFrame, Protocol, Refusal, SensorFrame, PROTOCOL_VERSION};
+use sentry_proto::{
+    Decision, EnforcerFrame, Mode, Protocol, Refusal, SensorFrame, PROTOCOL_VERSION,
+};
+use sentry_tests::fake::{frame, hello};
+use sentry_tests::sentry::NFT_TABLE;
+use sentry_tests::{
+    bins, now_ms, now_us, proc_fields, require_root, ActionKind, ActionStatus, AuditDecision,
+    AuditLine, FakeSensor, Req, Sentry, Settings, Side,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// The enforcer alone in the target namespace of a fresh pair, not started yet.
+fn rig(test: &str, keys: &[(&str, &str)]) -> Sentry {
+    Sentry::prepare(test, Settings::enforcer(keys))
+}
+
+/// `prog args` run in the enforcer's namespace.
+fn ns(env: &Sentry, prog: &str, args: &[&str]) -> std::process::Output {
+    env.net
+        .command(Side::Target, prog)
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
 #[test]
 fn decisions_end_to_end() {
-    if !need_root("decisions_end_to_end") {
+    if !require_root("decisions_end_to_end") {
         return;
     }
-    let mut env = Env::new(&[("BLOCK_UDP", "0")]);
-    env.start();
+    let mut env = rig("decisions_end_to_end", &[("BLOCK_UDP", "0")]);
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
 
     // blocked: nft element + hosts.deny line + audit + PortSentry files
     assert_eq!(s.block("192.0.2.10", Protocol::Tcp, 143), Decision::Blocked);
-    assert!(env.nft_has(ip("192.0.2.10")), "{}", env.log());
+    assert!(env.nft_has(ip("192.0.2.10")), "{}", env.enforcer_log());
     assert!(env
         .hosts_deny_text()
         .lines()
         .any(|l| l == "ALL: 192.0.2.10 : DENY"));
-    let rec = &env.audit_for("192.0.2.10", "blocked")[0];
-    assert_eq!(rec["protocol"], "tcp");
-    assert_eq!(rec["port"], 143);
-    assert_eq!(rec["scan"], "syn");
-    assert_eq!(rec["mode"], "stcp");
-    assert_eq!(rec["peer"]["uid"], 0);
-    assert!(rec["time"].as_str().unwrap().ends_with('Z'));
-    let actions = rec["actions"].as_array().unwrap();
-    assert_eq!(actions.len(), 2, "{rec}");
-    assert_eq!(actions[0]["action"], "nftables");
-    assert_eq!(actions[0]["status"], "ok");
-    assert_eq!(actions[1]["action"], "hosts_deny");
-    assert_eq!(actions[1]["target"], "ALL: 192.0.2.10 : DENY");
+    let rec = &env.audit_for(ip("192.0.2.10"), AuditDecision::Blocked)[0];
+    assert_eq!(rec.protocol, Some(Protocol::Tcp));
+    assert_eq!(rec.port, Some(143));
+    assert_eq!(rec.scan.as_deref(), Some("syn"));
+    assert_eq!(rec.mode, Some(Mode::Stcp));
+    assert_eq!(rec.peer.map(|p| p.uid), Some(0));
+    assert!(rec.time.ends_with('Z'));
+    let actions = &rec.actions;
+    assert_eq!(actions.len(), 2, "{rec:?}");
+    assert_eq!(actions[0].action, ActionKind::Nftables);
+    assert_eq!(actions[0].status, ActionStatus::Ok);
+    assert_eq!(actions[1].action, ActionKind::HostsDeny);
+    assert_eq!(actions[1].target.as_deref(), Some("ALL: 192.0.2.10 : DENY"));
     let hist = std::fs::read_to_string(env.state_dir.join("sentry.history")).unwrap();
     assert!(
         hist.contains("Host: 192.0.2.10/192.0.2.10 Port: 143 TCP Blocked"),
@@ -97,32 +116,44 @@ fn decisions_end_to_end() {
         Decision::Ignored
     );
     // field validation: port 0 and protocol/scan mismatch are rejected, connection stays
-    let mut bad = req(100, "192.0.2.12", Protocol::Tcp, 0);
-    assert_eq!(s.send_req(bad.clone()), Decision::Rejected);
-    bad = req(101, "192.0.2.12", Protocol::Tcp, 22);
-    bad.protocol = Protocol::Udp;
+    let bad = Req::tcp("192.0.2.12").seq(100).port(0).build();
     assert_eq!(s.send_req(bad), Decision::Rejected);
-    let mut future = req(102, "192.0.2.12", Protocol::Tcp, 22);
-    future.last_seen_ms += 3_600_000;
+    let bad = Req::tcp("192.0.2.12")
+        .seq(101)
+        .port(22)
+        .protocol(Protocol::Udp)
+        .build();
+    assert_eq!(s.send_req(bad), Decision::Rejected);
+    let future = Req::tcp("192.0.2.12")
+        .seq(102)
+        .port(22)
+        .last_seen_in(3_600_000)
+        .build();
     assert_eq!(s.send_req(future), Decision::Rejected);
     // A mode the sensor did not announce (it said stcp + sudp).
-    let mut unannounced = req(103, "192.0.2.12", Protocol::Tcp, 22);
-    unannounced.mode = sentry_proto::Mode::Atcp;
+    let unannounced = Req::tcp("192.0.2.12")
+        .seq(103)
+        .port(22)
+        .mode(Mode::Atcp)
+        .build();
     assert_eq!(s.send_req(unannounced), Decision::Rejected);
     assert!(env
-        .audit_for("192.0.2.12", "rejected")
+        .audit_for(ip("192.0.2.12"), AuditDecision::Rejected)
         .iter()
-        .any(|r| r["reason"].as_str().unwrap().contains("not announced")));
+        .any(|r| r.reason.contains("not announced")));
     s.seq = 103;
     assert!(!env.nft_has(ip("192.0.2.12")));
     for (a, d) in [
-        ("127.0.0.1", "never_block"),
-        ("198.51.100.77", "ignored"),
-        ("192.0.2.11", "log_only"),
-        ("192.0.2.10", "already_blocked"),
-        ("192.0.2.12", "rejected"),
+        ("127.0.0.1", AuditDecision::NeverBlock),
+        ("198.51.100.77", AuditDecision::Ignored),
+        ("192.0.2.11", AuditDecision::LogOnly),
+        ("192.0.2.10", AuditDecision::AlreadyBlocked),
+        ("192.0.2.12", AuditDecision::Rejected),
     ] {
-        assert!(!env.audit_for(a, d).is_empty(), "no {d} record for {a}");
+        assert!(
+            !env.audit_for(ip(a), d).is_empty(),
+            "no {d:?} record for {a}"
+        );
     }
 
     // sentryctl status --json
@@ -145,8 +176,8 @@ fn decisions_end_to_end() {
     assert_eq!(st["sensor"]["stats"]["packets"], 42);
     assert_eq!(st["config_path"], env.conf.display().to_string());
     assert!(!st["recent"].as_array().unwrap().is_empty());
-    let text = env.ctl(&["status"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("sensor:   connected: fake-sensor"));
+    let text = env.sentryctl(&["status"]);
+    assert!(text.stdout.contains("sensor:   connected: fake-sensor"));
 
     // sentryctl blocked / unblock
     let list = env.ctl_json(&["blocked"]);
@@ -161,7 +192,11 @@ fn decisions_end_to_end() {
     assert_eq!(u["was_blocked"], true);
     assert!(!env.nft_has(ip("192.0.2.10")));
     assert!(!env.hosts_deny_text().contains("192.0.2.10"));
-    assert_eq!(env.audit_for("192.0.2.10", "unblocked").len(), 1);
+    assert_eq!(
+        env.audit_for(ip("192.0.2.10"), AuditDecision::Unblocked)
+            .len(),
+        1
+    );
     let blocked = std::fs::read_to_string(env.state_dir.join("sentry.blocked")).unwrap();
     assert!(!blocked.contains("192.0.2.10/"), "{blocked}");
     let u = env.ctl_json(&["unblock", "192.0.2.10"]);
@@ -170,49 +205,51 @@ fn decisions_end_to_end() {
     assert_eq!(s.block("192.0.2.10", Protocol::Tcp, 143), Decision::Blocked);
 
     // syslog-compatible lines (stderr with --log-stderr)
-    let log = env.log();
+    let log = env.enforcer_log();
     assert!(
         log.contains("attackalert: Host 192.0.2.10 has been blocked via wrappers with string: \"ALL: 192.0.2.10 : DENY\""),
         "{log}"
     );
     assert!(log.contains("attackalert: Host: 192.0.2.10 is already blocked. Ignoring"));
-    assert!(env.alive());
+    assert!(env.enforcer_alive());
 }
 
 #[test]
 fn sockets_have_explicit_modes_and_control_is_root_only() {
-    if !need_root("sockets_have_explicit_modes_and_control_is_root_only") {
+    if !require_root("sockets_have_explicit_modes_and_control_is_root_only") {
         return;
     }
-    let mut env = Env::new(&[]);
-    env.sensor_user = "nobody".into();
-    env.start();
+    let mut env = rig("sockets_have_explicit_modes_and_control_is_root_only", &[]);
+    env.settings.sensor_user = "nobody".into();
+    env.start_enforcer();
     let md = std::fs::metadata(env.sensor_sock()).unwrap();
     assert_eq!(md.mode() & 0o777, 0o660);
     assert_eq!(md.uid(), 0);
     assert_eq!(md.gid(), 65534, "group = nobody's primary group");
-    let md = std::fs::metadata(env.run_dir.join("control.sock")).unwrap();
+    let md = std::fs::metadata(env.runtime_dir.join("control.sock")).unwrap();
     assert_eq!(md.mode() & 0o777, 0o600);
     assert_eq!((md.uid(), md.gid()), (0, 0));
     // sentryctl as nobody cannot reach the control socket
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(SENTRYCTL)
+        .arg(bins().sentryctl)
         .arg("--runtime-dir")
-        .arg(&env.run_dir)
+        .arg(&env.runtime_dir)
         .arg("status")
         .output()
         .unwrap();
     assert!(!out.status.success());
     // a stale socket file is replaced on restart; a live enforcer is not displaced
-    env.kill9();
+    env.kill_enforcer();
     assert!(env.sensor_sock().exists());
-    env.start();
+    env.start_enforcer();
     let second = std::process::Command::new("ip")
-        .args(["netns", "exec", &env.ns.name, ENFORCER, "--config"])
+        .args(["netns", "exec", &env.net.target])
+        .arg(bins().enforcer)
+        .arg("--config")
         .arg(&env.conf)
         .arg("--runtime-dir")
-        .arg(&env.run_dir)
+        .arg(&env.runtime_dir)
         .arg("--state-dir")
         .arg(env.path("state2"))
         .args(["--sensor-user", "nobody", "--log-stderr"])
@@ -220,18 +257,21 @@ fn sockets_have_explicit_modes_and_control_is_root_only() {
         .unwrap();
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("another enforcer is running"));
-    assert!(env.alive());
-    assert!(env.ctl(&["status"]).status.success());
+    assert!(env.enforcer_alive());
+    assert!(env.sentryctl(&["status"]).success());
 }
 
 #[test]
 fn wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served() {
-    if !need_root("wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served") {
+    if !require_root("wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served") {
         return;
     }
-    let mut env = Env::new(&[]);
-    env.sensor_user = "nobody".into();
-    env.start();
+    let mut env = rig(
+        "wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served",
+        &[],
+    );
+    env.settings.sensor_user = "nobody".into();
+    env.start_enforcer();
     // We are root, not nobody.
     let mut s = env.connect();
     // The enforcer may refuse before reading anything, so the write may fail.
@@ -242,13 +282,13 @@ fn wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served() {
     );
     assert!(s.closed());
     let rej: Vec<_> = env
-        .audit_records()
+        .audit()
         .into_iter()
-        .filter(|r| r["decision"] == "rejected")
+        .filter(|r| r.decision == AuditDecision::Rejected)
         .collect();
     assert_eq!(rej.len(), 1);
-    assert!(rej[0]["reason"].as_str().unwrap().contains("uid 0"));
-    assert_eq!(rej[0]["peer"]["uid"], 0);
+    assert!(rej[0].reason.contains("uid 0"));
+    assert_eq!(rej[0].peer.map(|p| p.uid), Some(0));
     // A real unprivileged client (this test binary re-executed as nobody) is served.
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -270,8 +310,8 @@ fn wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(env.nft_has(ip("192.0.2.50")));
-    let rec = &env.audit_for("192.0.2.50", "blocked")[0];
-    assert_eq!(rec["peer"]["uid"], 65534);
+    let rec = &env.audit_for(ip("192.0.2.50"), AuditDecision::Blocked)[0];
+    assert_eq!(rec.peer.map(|p| p.uid), Some(65534));
 }
 
 /// Runs only as the child of the test above (as user nobody).
@@ -289,12 +329,15 @@ fn nobody_sensor_child() {
 
 #[test]
 fn hostile_frames_close_the_connection_but_never_the_daemon() {
-    if !need_root("hostile_frames_close_the_connection_but_never_the_daemon") {
+    if !require_root("hostile_frames_close_the_connection_but_never_the_daemon") {
         return;
     }
-    let mut env = Env::new(&[]);
-    env.start();
-    let before = env.audit_records().len();
+    let mut env = rig(
+        "hostile_frames_close_the_connection_but_never_the_daemon",
+        &[],
+    );
+    env.start_enforcer();
+    let before = env.audit().len();
     let cases: Vec<(&str, Vec<u8>, Option<Refusal>)> = vec![
         (
             "garbage",
@@ -318,7 +361,9 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
         ),
         (
             "block before hello",
-            frame(&SensorFrame::Block(req(1, "192.0.2.1", Protocol::Tcp, 22))),
+            frame(&SensorFrame::Block(
+                Req::tcp("192.0.2.1").seq(1).port(22).build(),
+            )),
             Some(Refusal::HandshakeRequired),
         ),
         (
@@ -355,7 +400,7 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
             assert_eq!(s.recv().ok(), Some(EnforcerFrame::Refused(*r)), "{name}");
         }
         assert!(s.closed(), "{name}: connection not closed");
-        assert!(env.alive(), "{name}: enforcer died");
+        assert!(env.enforcer_alive(), "{name}: enforcer died");
     }
     // After the handshake: second hello, replayed sequence number.
     let mut s = env.connect_welcomed();
@@ -367,7 +412,9 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
     let mut s = env.connect_welcomed();
     assert_eq!(s.block("192.0.2.20", Protocol::Tcp, 22), Decision::Blocked);
     s.seq = 0;
-    s.send(&SensorFrame::Block(req(1, "192.0.2.21", Protocol::Tcp, 22)));
+    s.send(&SensorFrame::Block(
+        Req::tcp("192.0.2.21").seq(1).port(22).build(),
+    ));
     assert_eq!(
         s.recv().ok(),
         Some(EnforcerFrame::Refused(Refusal::MalformedFrame))
@@ -384,30 +431,33 @@ fn hostile_frames_close_the_connection_but_never_the_daemon() {
     drop(a);
     // ...and after the first leaves, a new one gets in.
     env.connect_welcomed();
-    let recs = env.audit_records();
+    let recs = env.audit();
     let rejected = recs[before..]
         .iter()
-        .filter(|r| r["decision"] == "rejected")
+        .filter(|r| r.decision == AuditDecision::Rejected)
         .count();
     assert!(rejected >= cases.len() + 3, "{rejected} rejected records");
-    assert!(env.alive());
-    assert!(env.ctl(&["status"]).status.success());
+    assert!(env.enforcer_alive());
+    assert!(env.sentryctl(&["status"]).success());
 }
 
 #[test]
 fn thousands_of_requests_hit_rate_limit_and_cap() {
-    if !need_root("thousands_of_requests_hit_rate_limit_and_cap") {
+    if !require_root("thousands_of_requests_hit_rate_limit_and_cap") {
         return;
     }
     // AUDIT_RATE high enough that every decision gets its own record here (the budget
     // has its own test below).
-    let mut env = Env::new(&[
-        ("BLOCK_RATE", "150"),
-        ("MAX_BLOCKS", "100000"),
-        ("KILL_HOSTS_DENY", ""),
-        ("AUDIT_RATE", "100000"),
-    ]);
-    env.start();
+    let mut env = rig(
+        "thousands_of_requests_hit_rate_limit_and_cap",
+        &[
+            ("BLOCK_RATE", "150"),
+            ("MAX_BLOCKS", "100000"),
+            ("KILL_HOSTS_DENY", ""),
+            ("AUDIT_RATE", "100000"),
+        ],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     let mut blocked = 0;
@@ -426,53 +476,87 @@ fn thousands_of_requests_hit_rate_limit_and_cap() {
     let st = env.ctl_json(&["status"]);
     assert_eq!(st["counters"]["requests"], 3000);
     assert_eq!(st["counters"]["rate_limited"], 2850);
-    assert_eq!(env.audit_records().len(), 3000);
+    assert_eq!(env.audit().len(), 3000);
     drop(s);
 
     // MAX_BLOCKS
-    env.kill9();
-    env.keys.insert("MAX_BLOCKS".into(), "152".into());
-    env.keys.insert("BLOCK_RATE".into(), "100000".into());
+    env.kill_enforcer();
+    env.settings.keys.insert("MAX_BLOCKS".into(), "152".into());
+    env.settings
+        .keys
+        .insert("BLOCK_RATE".into(), "100000".into());
     env.write_config();
-    env.start();
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.1", Protocol::Tcp, 22), Decision::Blocked);
     assert_eq!(s.block("192.0.2.2", Protocol::Tcp, 22), Decision::Blocked);
     assert_eq!(s.block("192.0.2.3", Protocol::Tcp, 22), Decision::Capped);
     assert!(!env.nft_has(ip("192.0.2.3")));
-    assert_eq!(env.audit_for("192.0.2.3", "capped").len(), 1);
+    assert_eq!(
+        env.audit_for(ip("192.0.2.3"), AuditDecision::Capped).len(),
+        1
+    );
 }
 
 /// Wait (bounded) for `pred` over the audit records.
-fn wait_audit(env: &Env, what: &str, pred: impl Fn(&[serde_json::Value]) -> bool) {
+fn wait_audit(env: &Sentry, what: &str, pred: impl Fn(&[AuditLine]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if pred(&env.audit_records()) {
+        if pred(&env.audit()) {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "timed out waiting for {what}\n{}",
-            env.log()
+            env.enforcer_log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// `rate_limited` decisions the records account for: written one by one, or counted in
+/// an AUDIT_RATE summary.
+fn rate_limited_total(a: &[AuditLine]) -> u64 {
+    let suppressed: u64 = a
+        .iter()
+        .filter(|r| r.is_summary())
+        .map(|r| r.suppressed.expect("a summary counts what it suppressed"))
+        .sum();
+    let single = a
+        .iter()
+        .filter(|r| r.decision == AuditDecision::RateLimited && r.summary.is_none())
+        .count() as u64;
+    single + suppressed
+}
+
+/// One request per source under the sensor's next sequence numbers, as one buffer: a
+/// sensor under a spoofed flood pipelines them (all frames, then all acks).
+fn pipelined(s: &mut FakeSensor, sources: &[String]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for src in sources {
+        let seq = s.next_seq();
+        bytes.extend(frame(&Req::new(ip(src), Protocol::Tcp).seq(seq).frame()));
+    }
+    bytes
+}
+
 #[test]
 fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
-    if !need_root("a_flood_of_refused_blocks_is_summarised_under_audit_rate") {
+    if !require_root("a_flood_of_refused_blocks_is_summarised_under_audit_rate") {
         return;
     }
     const RATE: usize = 5;
     const BURST: u32 = 1000;
-    let mut env = Env::new(&[
-        ("BLOCK_RATE", "1"),
-        ("AUDIT_RATE", "5"),
-        ("KILL_HOSTS_DENY", ""),
-    ]);
-    env.start();
+    let mut env = rig(
+        "a_flood_of_refused_blocks_is_summarised_under_audit_rate",
+        &[
+            ("BLOCK_RATE", "1"),
+            ("AUDIT_RATE", "5"),
+            ("KILL_HOSTS_DENY", ""),
+        ],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     // The one block BLOCK_RATE=1 allows this minute: always written.
@@ -481,20 +565,10 @@ fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
     // one second (the enforcer's budget is keyed by the same clock).
     std::thread::sleep(Duration::from_millis(1000 - now_ms() % 1000 + 5));
     let start_ms = now_ms();
-    // Pipelined, as a sensor under a spoofed flood sends them: all frames, then all acks.
-    let mut bytes = Vec::new();
     let sources: Vec<String> = (0..BURST)
         .map(|i| std::net::Ipv4Addr::from(0xCB00_7100 + (i % 250) + ((i / 250) << 8)).to_string())
         .collect();
-    for src in &sources {
-        s.seq += 1;
-        bytes.extend(frame(&SensorFrame::Block(req(
-            s.seq,
-            src,
-            Protocol::Tcp,
-            22,
-        ))));
-    }
+    let bytes = pipelined(&mut s, &sources);
     s.send_raw(&bytes).unwrap();
     for _ in 0..BURST {
         match s.recv() {
@@ -509,49 +583,41 @@ fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
 
     // No further request: the daemon's one-second tick must write the summary.
     wait_audit(&env, "the AUDIT_RATE summary", |a| {
-        let suppressed: u64 = a
-            .iter()
-            .filter(|r| r["summary"] == true)
-            .map(|r| r["suppressed"].as_u64().unwrap())
-            .sum();
-        let single = a
-            .iter()
-            .filter(|r| r["decision"] == "rate_limited" && r.get("summary").is_none())
-            .count() as u64;
-        single + suppressed == u64::from(BURST)
+        rate_limited_total(a) == u64::from(BURST)
     });
-    let a = env.audit_records();
-    assert_eq!(a[0]["decision"], "blocked");
-    let limited: Vec<&serde_json::Value> = a
+    let a = env.audit();
+    assert_eq!(a[0].decision, AuditDecision::Blocked);
+    let limited: Vec<&AuditLine> = a
         .iter()
-        .filter(|r| r["decision"] == "rate_limited")
+        .filter(|r| r.decision == AuditDecision::RateLimited)
         .collect();
     // Per wall-clock second, at most AUDIT_RATE individual records.
     let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
-    for r in limited.iter().filter(|r| r.get("summary").is_none()) {
-        *per_second
-            .entry(r["time_us"].as_u64().unwrap() / 1_000_000)
-            .or_default() += 1;
+    for r in limited.iter().filter(|r| r.summary.is_none()) {
+        *per_second.entry(r.time_us / 1_000_000).or_default() += 1;
     }
     assert!(per_second.values().all(|n| *n <= RATE), "{per_second:?}");
-    let summaries: Vec<&&serde_json::Value> =
-        limited.iter().filter(|r| r["summary"] == true).collect();
+    let summaries: Vec<&&AuditLine> = limited.iter().filter(|r| r.is_summary()).collect();
     for sum in &summaries {
-        assert_eq!(sum["reason"], "AUDIT_RATE=5 per second reached");
-        let sample = sum["sample"].as_array().unwrap();
-        assert!(!sample.is_empty() && sample.len() <= 8, "{sum}");
-        assert!(sum["first_us"].as_u64() <= sum["last_us"].as_u64());
-        assert!(sum["source"].is_null());
+        assert_eq!(sum.reason, "AUDIT_RATE=5 per second reached");
+        let sample = sum.sample.as_deref().expect("a summary has a sample");
+        assert!(!sample.is_empty() && sample.len() <= 8, "{sum:?}");
+        let (first, last) = (
+            sum.first_us.expect("first_us"),
+            sum.last_us.expect("last_us"),
+        );
+        assert!(first <= last, "{sum:?}");
+        assert!(sum.source.is_none());
     }
     if one_second {
         // The burst fitted in one second: AUDIT_RATE records and one summary in all.
         assert_eq!(a.len(), 1 + RATE + 1, "{a:?}");
         assert_eq!(limited.len(), RATE + 1);
         let sum = summaries[0];
-        assert_eq!(sum["suppressed"], u64::from(BURST) - RATE as u64);
-        let want: Vec<&str> = sources[RATE..RATE + 8].iter().map(String::as_str).collect();
-        assert_eq!(sum["sample"], serde_json::json!(want));
-        let log = env.log();
+        assert_eq!(sum.suppressed, Some(u64::from(BURST) - RATE as u64));
+        let want: Vec<IpAddr> = sources[RATE..RATE + 8].iter().map(|a| ip(a)).collect();
+        assert_eq!(sum.sample.as_deref(), Some(&want[..]));
+        let log = env.enforcer_log();
         assert_eq!(
             log.matches("adminalert: block rate limit (BLOCK_RATE=1/min) reached; not blocking")
                 .count(),
@@ -573,71 +639,75 @@ fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
     let st = env.ctl_json(&["status"]);
     assert_eq!(st["counters"]["rate_limited"], u64::from(BURST));
     assert_eq!(st["counters"]["requests"], u64::from(BURST) + 1);
-    assert!(env.alive());
+    assert!(env.enforcer_alive());
 
     // A second burst, then SIGTERM at once (normally within the same second): the
     // summary of the unfinished second is written before the daemon exits.
     std::thread::sleep(Duration::from_millis(1000 - now_ms() % 1000 + 5));
-    let mut bytes = Vec::new();
-    for src in &sources {
-        s.seq += 1;
-        bytes.extend(frame(&SensorFrame::Block(req(
-            s.seq,
-            src,
-            Protocol::Tcp,
-            22,
-        ))));
-    }
+    let bytes = pipelined(&mut s, &sources);
     s.send_raw(&bytes).unwrap();
     for _ in 0..BURST {
         assert!(matches!(s.recv(), Ok(EnforcerFrame::Ack { .. })));
     }
-    assert!(env.stop().success());
-    let a = env.audit_records();
-    let suppressed: u64 = a
-        .iter()
-        .filter(|r| r["summary"] == true)
-        .map(|r| r["suppressed"].as_u64().unwrap())
-        .sum();
-    let single = a
-        .iter()
-        .filter(|r| r["decision"] == "rate_limited" && r.get("summary").is_none())
-        .count() as u64;
-    assert_eq!(single + suppressed, 2 * u64::from(BURST), "{}", env.log());
+    assert!(env.stop_enforcer().expect("enforcer was running").success());
+    assert_eq!(
+        rate_limited_total(&env.audit()),
+        2 * u64::from(BURST),
+        "{}",
+        env.enforcer_log()
+    );
 }
 
 #[test]
 fn sigkill_restart_restores_blocks_and_expires_stale_ones() {
-    if !need_root("sigkill_restart_restores_blocks_and_expires_stale_ones") {
+    if !require_root("sigkill_restart_restores_blocks_and_expires_stale_ones") {
         return;
     }
-    let mut env = Env::new(&[("BLOCK_TIMEOUT", "3")]);
-    env.start();
+    let mut env = rig(
+        "sigkill_restart_restores_blocks_and_expires_stale_ones",
+        &[("BLOCK_TIMEOUT", "3")],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     for a in ["192.0.2.30", "192.0.2.31", "2001:db8::31"] {
         assert_eq!(s.block(a, Protocol::Tcp, 22), Decision::Blocked);
     }
     // SIGKILL right after the replies: everything acknowledged must survive.
-    env.kill9();
+    env.kill_enforcer();
     // Simulate the kernel losing the table (reboot): the restart must rebuild it.
-    let _ = env.ns.run("nft", &["delete", "table", "inet", &env.table]);
+    let _ = ns(&env, "nft", &["delete", "table", "inet", NFT_TABLE]);
     // 192.0.2.31 is ignored now.
-    std::fs::write(&env.ignore, "198.51.100.0/24\n192.0.2.31\n").unwrap();
-    env.start();
-    assert!(env.nft_has(ip("192.0.2.30")), "{}", env.log());
+    std::fs::write(&env.ignore_file, "198.51.100.0/24\n192.0.2.31\n").unwrap();
+    env.start_enforcer();
+    assert!(env.nft_has(ip("192.0.2.30")), "{}", env.enforcer_log());
     assert!(env.nft_has(ip("2001:db8::31")));
     assert!(!env.nft_has(ip("192.0.2.31")));
     assert!(!env.hosts_deny_text().contains("192.0.2.31"));
-    assert_eq!(env.audit_for("192.0.2.30", "restored").len(), 1);
-    assert_eq!(env.audit_for("192.0.2.31", "unblocked").len(), 1);
+    assert_eq!(
+        env.audit_for(ip("192.0.2.30"), AuditDecision::Restored)
+            .len(),
+        1
+    );
+    assert_eq!(
+        env.audit_for(ip("192.0.2.31"), AuditDecision::Unblocked)
+            .len(),
+        1
+    );
     let st = env.ctl_json(&["status"]);
     assert_eq!(st["active_blocks"], 2);
     assert_eq!(st["counters"]["restored"], 2);
     // The timeout runs on: the nft element carries it and the enforcer removes the rest.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while env.audit_for("192.0.2.30", "expired").is_empty() {
-        assert!(Instant::now() < deadline, "no expiry\n{}", env.log());
+    while env
+        .audit_for(ip("192.0.2.30"), AuditDecision::Expired)
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no expiry\n{}",
+            env.enforcer_log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!env.hosts_deny_text().contains("192.0.2.30"));
@@ -647,32 +717,42 @@ fn sigkill_restart_restores_blocks_and_expires_stale_ones() {
     s.handshake();
     assert_eq!(s.block("192.0.2.32", Protocol::Tcp, 22), Decision::Blocked);
     drop(s);
-    assert_eq!(env.stop().code(), Some(0));
+    assert_eq!(
+        env.stop_enforcer().expect("enforcer was running").code(),
+        Some(0)
+    );
     assert!(!env.sensor_sock().exists(), "sockets removed on SIGTERM");
     // the table stays while stopped, so hosts stay blocked
     assert!(env.nft_has(ip("192.0.2.32")));
     std::thread::sleep(Duration::from_millis(3200));
-    env.start();
-    assert_eq!(env.audit_for("192.0.2.32", "expired").len(), 1);
+    env.start_enforcer();
+    assert_eq!(
+        env.audit_for(ip("192.0.2.32"), AuditDecision::Expired)
+            .len(),
+        1
+    );
     assert!(!env.hosts_deny_text().contains("192.0.2.32"));
     assert_eq!(env.ctl_json(&["status"])["active_blocks"], 0);
 }
 
 #[test]
 fn sighup_reloads_ignore_list() {
-    if !need_root("sighup_reloads_ignore_list") {
+    if !require_root("sighup_reloads_ignore_list") {
         return;
     }
-    let mut env = Env::new(&[]);
-    env.start();
+    let mut env = rig("sighup_reloads_ignore_list", &[]);
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.40", Protocol::Tcp, 22), Decision::Blocked);
-    std::fs::write(&env.ignore, "192.0.2.0/25\n").unwrap();
-    env.signal(nix::sys::signal::Signal::SIGHUP);
+    std::fs::write(&env.ignore_file, "192.0.2.0/25\n").unwrap();
+    env.signal_enforcer(nix::sys::signal::Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while env.audit_for("192.0.2.40", "unblocked").is_empty() {
-        assert!(Instant::now() < deadline, "{}", env.log());
+    while env
+        .audit_for(ip("192.0.2.40"), AuditDecision::Unblocked)
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "{}", env.enforcer_log());
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!env.nft_has(ip("192.0.2.40")));
@@ -683,16 +763,16 @@ fn sighup_reloads_ignore_list() {
         Decision::Blocked
     );
     // a broken ignore file keeps the old list
-    std::fs::write(&env.ignore, "not-an-address\n").unwrap();
-    env.signal(nix::sys::signal::Signal::SIGHUP);
+    std::fs::write(&env.ignore_file, "not-an-address\n").unwrap();
+    env.signal_enforcer(nix::sys::signal::Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(env.alive());
+    assert!(env.enforcer_alive());
     assert_eq!(s.block("192.0.2.42", Protocol::Tcp, 22), Decision::Ignored);
 }
 
 #[test]
 fn kill_commands_run_without_a_shell_and_failures_are_errors() {
-    if !need_root("kill_commands_run_without_a_shell_and_failures_are_errors") {
+    if !require_root("kill_commands_run_without_a_shell_and_failures_are_errors") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -711,14 +791,17 @@ fn kill_commands_run_without_a_shell_and_failures_are_errors() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let route = format!("{} route $TARGET$ $PORT$ $MODE$", script.display());
     let run = format!("{} run '$TARGET$ x' $PORT$", script.display());
-    let mut env = Env::new(&[
-        ("FIREWALL", "none"),
-        ("KILL_ROUTE", &route),
-        ("KILL_RUN_CMD", &run),
-        ("KILL_RUN_CMD_FIRST", "1"),
-        ("BLOCK_UDP", "2"),
-    ]);
-    env.start();
+    let mut env = rig(
+        "kill_commands_run_without_a_shell_and_failures_are_errors",
+        &[
+            ("FIREWALL", "none"),
+            ("KILL_ROUTE", &route),
+            ("KILL_RUN_CMD", &run),
+            ("KILL_RUN_CMD_FIRST", "1"),
+            ("BLOCK_UDP", "2"),
+        ],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.60", Protocol::Tcp, 143), Decision::Blocked);
@@ -737,13 +820,19 @@ fn kill_commands_run_without_a_shell_and_failures_are_errors() {
             format!("{sp}|run|2001:db8::60 x|53|"),
         ]
     );
-    let r = &env.audit_for("192.0.2.60", "blocked")[0];
-    let acts = r["actions"].as_array().unwrap();
-    let names: Vec<&str> = acts.iter().map(|a| a["action"].as_str().unwrap()).collect();
-    assert_eq!(names, ["kill_run_cmd", "kill_route", "hosts_deny"]);
-    assert_eq!(acts[1]["argv"][4], "tcp");
-    assert_eq!(acts[1]["exit_code"], 0);
-    let log = env.log();
+    let r = &env.audit_for(ip("192.0.2.60"), AuditDecision::Blocked)[0];
+    assert_eq!(
+        r.action_kinds(),
+        [
+            ActionKind::KillRunCmd,
+            ActionKind::KillRoute,
+            ActionKind::HostsDeny
+        ]
+    );
+    let acts = &r.actions;
+    assert_eq!(acts[1].argv.as_ref().map(|a| a[4].as_str()), Some("tcp"));
+    assert_eq!(acts[1].exit_code, Some(0));
+    let log = env.enforcer_log();
     assert!(log.contains(&format!(
         "attackalert: Host 192.0.2.60 has been blocked via dropped route using command: \"{sp} route 192.0.2.60 143 tcp\""
     )), "{log}");
@@ -751,21 +840,24 @@ fn kill_commands_run_without_a_shell_and_failures_are_errors() {
     drop(s);
 
     // A failing KILL_ROUTE is an error, never a silent success.
-    env.kill9();
-    env.keys
+    env.kill_enforcer();
+    env.settings
+        .keys
         .insert("KILL_ROUTE".into(), "/bin/false $TARGET$".into());
-    env.keys.remove("KILL_RUN_CMD");
-    env.keys.remove("KILL_HOSTS_DENY");
-    env.keys.insert("BLOCK_UDP".into(), "0".into());
+    env.settings.keys.remove("KILL_RUN_CMD");
+    env.settings.keys.remove("KILL_HOSTS_DENY");
+    env.settings.keys.insert("BLOCK_UDP".into(), "0".into());
     env.write_config();
-    env.start();
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.61", Protocol::Tcp, 22), Decision::Failed);
-    let r = &env.audit_for("192.0.2.61", "failed")[0];
-    assert_eq!(r["actions"][0]["status"], "error");
-    assert_eq!(r["actions"][0]["exit_code"], 1);
-    assert!(!env.log().contains("Host 192.0.2.61 has been blocked"));
+    let r = &env.audit_for(ip("192.0.2.61"), AuditDecision::Failed)[0];
+    assert_eq!(r.actions[0].status, ActionStatus::Error);
+    assert_eq!(r.actions[0].exit_code, Some(1));
+    assert!(!env
+        .enforcer_log()
+        .contains("Host 192.0.2.61 has been blocked"));
     assert_eq!(
         env.ctl_json(&["status"])["active_blocks"],
         1,
@@ -775,11 +867,14 @@ fn kill_commands_run_without_a_shell_and_failures_are_errors() {
 
 #[test]
 fn blackhole_routes_in_the_namespace() {
-    if !need_root("blackhole_routes_in_the_namespace") {
+    if !require_root("blackhole_routes_in_the_namespace") {
         return;
     }
-    let mut env = Env::new(&[("BLACKHOLE_ROUTE", "1"), ("FIREWALL", "none")]);
-    env.start();
+    let mut env = rig(
+        "blackhole_routes_in_the_namespace",
+        &[("BLACKHOLE_ROUTE", "1"), ("FIREWALL", "none")],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.70", Protocol::Tcp, 22), Decision::Blocked);
@@ -787,15 +882,13 @@ fn blackhole_routes_in_the_namespace() {
         s.block("2001:db8::70", Protocol::Tcp, 22),
         Decision::Blocked
     );
-    let r4 = env.ns.run("ip", &["route", "show", "type", "blackhole"]);
+    let r4 = ns(&env, "ip", &["route", "show", "type", "blackhole"]);
     assert!(
         String::from_utf8_lossy(&r4.stdout).contains("blackhole 192.0.2.70"),
         "{}",
-        env.log()
+        env.enforcer_log()
     );
-    let r6 = env
-        .ns
-        .run("ip", &["-6", "route", "show", "type", "blackhole"]);
+    let r6 = ns(&env, "ip", &["-6", "route", "show", "type", "blackhole"]);
     assert!(String::from_utf8_lossy(&r6.stdout).contains("blackhole 2001:db8::70"));
     assert_eq!(
         env.ctl_json(&["unblock", "192.0.2.70"])["errors"]
@@ -804,12 +897,12 @@ fn blackhole_routes_in_the_namespace() {
             .len(),
         0
     );
-    let r4 = env.ns.run("ip", &["route", "show", "type", "blackhole"]);
+    let r4 = ns(&env, "ip", &["route", "show", "type", "blackhole"]);
     assert!(
         !String::from_utf8_lossy(&r4.stdout).contains("192.0.2.70"),
         "{}\n{}",
-        String::from_utf8_lossy(&env.ns.run("ip", &["route", "show", "table", "all"]).stdout),
-        env.log()
+        String::from_utf8_lossy(&ns(&env, "ip", &["route", "show", "table", "all"]).stdout),
+        env.enforcer_log()
     );
 }
 
@@ -825,7 +918,7 @@ fn sentryctl_check_config() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(SENTRYCTL)
+    let out = std::process::Command::new(bins().sentryctl)
         .args(["check-config"])
         .arg(&good)
         .output()
@@ -841,7 +934,7 @@ fn sentryctl_check_config() {
         "# x\nTCP_PORTS=\"1,abc,5-3\"\nBLOCK_TCP=\"7\"\nAUDIT_RATE=\"0\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(SENTRYCTL)
+    let out = std::process::Command::new(bins().sentryctl)
         .args(["check-config"])
         .arg(&bad)
         .output()
@@ -857,7 +950,7 @@ fn sentryctl_check_config() {
         )),
         "{err}"
     );
-    let out = std::process::Command::new(SENTRYCTL)
+    let out = std::process::Command::new(bins().sentryctl)
         .args(["check-config", "--json"])
         .arg(&bad)
         .output()
@@ -866,25 +959,16 @@ fn sentryctl_check_config() {
     assert_eq!(v["ok"], false);
     assert!(v["errors"].as_array().unwrap().len() >= 3);
     // usage errors exit 2
-    let out = std::process::Command::new(SENTRYCTL)
+    let out = std::process::Command::new(bins().sentryctl)
         .arg("frobnicate")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn proc_status(pid: u32) -> std::collections::HashMap<String, String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
-
 #[test]
 fn capabilities_are_reduced_to_what_the_actions_need() {
-    if !need_root("capabilities_are_reduced_to_what_the_actions_need") {
+    if !require_root("capabilities_are_reduced_to_what_the_actions_need") {
         return;
     }
     const NET_ADMIN: u64 = 1 << 12;
@@ -897,7 +981,7 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
             NET_ADMIN | NET_RAW,
         ),
     ] {
-        let mut env = Env::new(&keys);
+        let mut env = rig("capabilities_are_reduced_to_what_the_actions_need", &keys);
         // A descriptor without close-on-exec, inherited by the enforcer we start: it must
         // close it first thing.
         let marker = std::fs::File::create(env.path("leak-marker")).unwrap();
@@ -906,12 +990,12 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
         )
         .unwrap();
-        env.start();
+        env.start_enforcer();
         drop(marker);
-        let pid = env.child.as_ref().unwrap().id();
+        let pid = env.enforcer_pid();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "sentry-enforcer");
-        let st = proc_status(pid);
+        let st = proc_fields(pid);
         let hex = |k: &str| u64::from_str_radix(&st[k], 16).unwrap();
         assert_eq!(hex("CapEff"), want, "{keys:?} {st:?}");
         assert_eq!(hex("CapPrm"), want, "{keys:?}");
@@ -937,27 +1021,30 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
             s.block("192.0.2.80", Protocol::Tcp, 22),
             Decision::Blocked,
             "{}",
-            env.log()
+            env.enforcer_log()
         );
     }
 }
 
 #[test]
 fn control_group_members_may_use_sentryctl_and_garbage_is_refused() {
-    if !need_root("control_group_members_may_use_sentryctl_and_garbage_is_refused") {
+    if !require_root("control_group_members_may_use_sentryctl_and_garbage_is_refused") {
         return;
     }
-    let mut env = Env::new(&[("CONTROL_GROUP", "nogroup")]);
-    env.start();
-    let ctl = env.run_dir.join("control.sock");
+    let mut env = rig(
+        "control_group_members_may_use_sentryctl_and_garbage_is_refused",
+        &[("CONTROL_GROUP", "nogroup")],
+    );
+    env.start_enforcer();
+    let ctl = env.runtime_dir.join("control.sock");
     let md = std::fs::metadata(&ctl).unwrap();
     assert_eq!(md.mode() & 0o777, 0o660);
     assert_eq!(md.gid(), 65534);
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(SENTRYCTL)
+        .arg(bins().sentryctl)
         .arg("--runtime-dir")
-        .arg(&env.run_dir)
+        .arg(&env.runtime_dir)
         .args(["status", "--json"])
         .output()
         .unwrap();
@@ -979,7 +1066,7 @@ fn control_group_members_may_use_sentryctl_and_garbage_is_refused() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
         assert!(sink.len() < 4096);
-        assert!(env.alive());
+        assert!(env.enforcer_alive());
     }
     // Unblock before Hello is refused.
     let mut s = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
@@ -995,33 +1082,36 @@ fn control_group_members_may_use_sentryctl_and_garbage_is_refused() {
         matches!(r, sentry_proto::ControlResponse::Error(_)),
         "{r:?}"
     );
-    assert!(env.ctl(&["status"]).status.success());
+    assert!(env.sentryctl(&["status"]).success());
 }
 
 #[test]
 fn command_line_and_unsafe_start_conditions() {
-    let out = std::process::Command::new(ENFORCER)
+    let out = std::process::Command::new(bins().enforcer)
         .arg("--help")
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--sensor-user"));
-    let out = std::process::Command::new(ENFORCER)
+    let out = std::process::Command::new(bins().enforcer)
         .arg("--version")
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sentry-enforcer "));
-    let out = std::process::Command::new(ENFORCER)
+    let out = std::process::Command::new(bins().enforcer)
         .arg("--bogus")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    if !need_root("command_line_and_unsafe_start_conditions") {
+    if !require_root("command_line_and_unsafe_start_conditions") {
         return;
     }
-    let env = Env::new(&[("FIREWALL", "none")]);
+    let env = rig(
+        "command_line_and_unsafe_start_conditions",
+        &[("FIREWALL", "none")],
+    );
     let start = |run_dir: &std::path::Path, conf: &std::path::Path| {
-        std::process::Command::new(ENFORCER)
+        std::process::Command::new(bins().enforcer)
             .arg("--config")
             .arg(conf)
             .arg("--runtime-dir")
@@ -1062,26 +1152,29 @@ fn command_line_and_unsafe_start_conditions() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A symlinked hosts.deny is refused at block time (audited as an error), never followed.
-    let mut env = Env::new(&[("FIREWALL", "none")]);
+    let mut env = rig(
+        "command_line_and_unsafe_start_conditions",
+        &[("FIREWALL", "none")],
+    );
     let target = env.path("elsewhere");
     std::fs::write(&target, "untouched\n").unwrap();
     std::fs::remove_file(&env.hosts_deny).unwrap();
     std::os::unix::fs::symlink(&target, &env.hosts_deny).unwrap();
-    env.start();
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.90", Protocol::Tcp, 22), Decision::Failed);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
-    let r = &env.audit_for("192.0.2.90", "failed")[0];
-    assert!(r["actions"][0]["error"]
-        .as_str()
-        .unwrap()
-        .contains("symbolic link"));
+    let r = &env.audit_for(ip("192.0.2.90"), AuditDecision::Failed)[0];
+    assert!(r.actions[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("symbolic link")));
 }
 
 #[test]
 fn sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown() {
-    if !need_root("sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown") {
+    if !require_root("sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1091,35 +1184,32 @@ fn sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown() {
     std::fs::write(&script, "#!/bin/sh\nkill -9 $PPID\nsleep 5\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cmd = format!("{} $TARGET$", script.display());
-    let mut env = Env::new(&[("KILL_RUN_CMD", &cmd), ("KILL_RUN_CMD_FIRST", "0")]);
-    env.start();
+    let mut env = rig(
+        "sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown",
+        &[("KILL_RUN_CMD", &cmd), ("KILL_RUN_CMD_FIRST", "0")],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
-    s.seq += 1;
-    s.send(&SensorFrame::Block(req(
-        s.seq,
-        "192.0.2.95",
-        Protocol::Tcp,
-        22,
-    )));
+    let seq = s.next_seq();
+    s.send(&Req::tcp("192.0.2.95").seq(seq).frame());
     assert!(
         s.recv().is_err(),
         "no reply: the enforcer died mid-decision"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.alive() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    env.child = None;
+    env.wait_enforcer_exit(Duration::from_secs(10));
     assert!(env.hosts_deny_text().contains("ALL: 192.0.2.95 : DENY"));
     // Restart without the deadly command: the half-done block is known and completed.
-    env.keys.remove("KILL_RUN_CMD");
-    env.keys.remove("KILL_RUN_CMD_FIRST");
+    env.settings.keys.remove("KILL_RUN_CMD");
+    env.settings.keys.remove("KILL_RUN_CMD_FIRST");
     env.write_config();
-    env.start();
-    assert!(env.nft_has(ip("192.0.2.95")), "{}", env.log());
-    assert_eq!(env.audit_for("192.0.2.95", "restored").len(), 1);
+    env.start_enforcer();
+    assert!(env.nft_has(ip("192.0.2.95")), "{}", env.enforcer_log());
+    assert_eq!(
+        env.audit_for(ip("192.0.2.95"), AuditDecision::Restored)
+            .len(),
+        1
+    );
     assert_eq!(
         env.hosts_deny_text()
             .matches("ALL: 192.0.2.95 : DENY")
@@ -1137,18 +1227,21 @@ fn sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown() {
 
 #[test]
 fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
-    if !need_root("an_address_added_to_this_host_is_never_blocked_on_the_next_decision") {
+    if !require_root("an_address_added_to_this_host_is_never_blocked_on_the_next_decision") {
         return;
     }
-    let mut env = Env::new(&[]);
-    env.start();
+    let mut env = rig(
+        "an_address_added_to_this_host_is_never_blocked_on_the_next_decision",
+        &[],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     // A decision first, so the enforcer's copy of its addresses is in use (not read fresh
     // because nothing was decided yet).
     assert_eq!(s.block("192.0.2.120", Protocol::Tcp, 22), Decision::Blocked);
     let add = |args: &[&str]| {
-        let out = env.ns.run("ip", args);
+        let out = ns(&env, "ip", args);
         assert!(
             out.status.success(),
             "ip {args:?}: {}",
@@ -1161,7 +1254,7 @@ fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
         s.block("192.0.2.121", Protocol::Tcp, 22),
         Decision::NeverBlock,
         "{}",
-        env.log()
+        env.enforcer_log()
     );
     add(&[
         "-6",
@@ -1178,7 +1271,7 @@ fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
     // netlink dump of our own that runs after the queued work.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let out = env.ns.run("ip", &["-6", "-o", "addr", "show", "dev", "lo"]);
+        let out = ns(&env, "ip", &["-6", "-o", "addr", "show", "dev", "lo"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if text.contains("2001:db8::121/128") && !text.contains("tentative") {
             break;
@@ -1201,13 +1294,13 @@ fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
         }
         // Blocked before the announcement arrived: lift it and ask again.
         assert_eq!(decision, Decision::Blocked);
-        let out = env.ctl(&["unblock", "2001:db8::121"]);
-        assert!(out.status.success(), "unblock: {out:?}");
+        let out = env.sentryctl(&["unblock", "2001:db8::121"]);
+        assert!(out.success(), "unblock: {out}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(decision, Decision::NeverBlock, "{}", env.log());
-    let r = &env.audit_for("192.0.2.121", "never_block")[0];
-    assert_eq!(r["reason"], "one of this host's addresses");
+    assert_eq!(decision, Decision::NeverBlock, "{}", env.enforcer_log());
+    let r = &env.audit_for(ip("192.0.2.121"), AuditDecision::NeverBlock)[0];
+    assert_eq!(r.reason, "one of this host's addresses");
     assert!(!env.nft_has(ip("192.0.2.121")));
     assert!(!env.nft_has(ip("2001:db8::121")));
     // Removed: no longer ours, so it can be blocked again right away.
@@ -1234,24 +1327,26 @@ fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
 
 #[test]
 fn an_nft_element_without_a_record_is_gone_after_restart() {
-    if !need_root("an_nft_element_without_a_record_is_gone_after_restart") {
+    if !require_root("an_nft_element_without_a_record_is_gone_after_restart") {
         return;
     }
     // The enforcer adds the nftables element before it journals the block (the fast
     // path). A crash between the two leaves an element with no record: the restart must
     // remove it, and must keep the recorded ones.
-    let mut env = Env::new(&[]);
-    env.start();
+    let mut env = rig("an_nft_element_without_a_record_is_gone_after_restart", &[]);
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
     assert_eq!(s.block("192.0.2.130", Protocol::Tcp, 22), Decision::Blocked);
     drop(s);
-    env.kill9();
+    env.kill_enforcer();
     for (set, a) in [("v4", "192.0.2.131"), ("v6", "2001:db8::131")] {
         let elem = format!("{{ {a} }}");
-        let out = env
-            .ns
-            .run("nft", &["add", "element", "inet", &env.table, set, &elem]);
+        let out = ns(
+            &env,
+            "nft",
+            &["add", "element", "inet", NFT_TABLE, set, &elem],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -1259,38 +1354,35 @@ fn an_nft_element_without_a_record_is_gone_after_restart() {
         );
         assert!(env.nft_has(ip(a)));
     }
-    env.start();
-    assert!(env.nft_has(ip("192.0.2.130")), "{}", env.log());
-    assert!(!env.nft_has(ip("192.0.2.131")), "{}", env.log());
+    env.start_enforcer();
+    assert!(env.nft_has(ip("192.0.2.130")), "{}", env.enforcer_log());
+    assert!(!env.nft_has(ip("192.0.2.131")), "{}", env.enforcer_log());
     assert!(!env.nft_has(ip("2001:db8::131")));
     assert_eq!(env.ctl_json(&["status"])["active_blocks"], 1);
 }
 
 #[test]
 fn block_records_carry_microsecond_time_and_one_journal_record() {
-    if !need_root("block_records_carry_microsecond_time_and_one_journal_record") {
+    if !require_root("block_records_carry_microsecond_time_and_one_journal_record") {
         return;
     }
-    let mut env = Env::new(&[]);
-    env.start();
+    let mut env = rig(
+        "block_records_carry_microsecond_time_and_one_journal_record",
+        &[],
+    );
+    env.start_enforcer();
     let mut s = env.connect();
     s.handshake();
-    let before_us = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros(),
-    )
-    .unwrap();
+    let before_us = now_us();
     assert_eq!(s.block("192.0.2.140", Protocol::Tcp, 22), Decision::Blocked);
-    let rec = &env.audit_for("192.0.2.140", "blocked")[0];
-    let us = rec["time_us"].as_u64().expect("time_us is an integer");
-    assert!(us >= before_us && us < before_us + 10_000_000, "{rec}");
+    let rec = &env.audit_for(ip("192.0.2.140"), AuditDecision::Blocked)[0];
+    let us = rec.time_us;
+    assert!(us >= before_us && us < before_us + 10_000_000, "{rec:?}");
     // `time` is the same instant at millisecond resolution.
     let ms = us / 1000;
-    let t = rec["time"].as_str().unwrap();
+    let t = &rec.time;
     assert!(t.ends_with(&format!(".{:03}Z", ms % 1000)), "{t} vs {us}");
-    assert_eq!(rec["actions"][0]["action"], "nftables");
+    assert_eq!(rec.actions[0].action, ActionKind::Nftables);
     // Everything took effect as intended: the write-ahead record is the final one.
     let journal = std::fs::read_to_string(env.state_dir.join("blocks.journal")).unwrap();
     assert_eq!(

@@ -1,29 +1,31 @@
 //! Measurements (not pass/fail timing tests): capture loss at flood rates and detection
 //! latency, on a veth pair between two namespaces created here. Run with
 //!
-//! `cargo test -p sentry-sensor --release --test measure -- --ignored --nocapture`
+//! `cargo build --release --workspace --bins && SENTRY_BIN_DIR=target/release \
+//! cargo test -p sentry-tests --release --test sensor_measure -- --ignored --nocapture`
 //!
 //! Each test still asserts what must hold regardless of speed (everything received by the
 //! interface was seen by the sensor or counted as a kernel drop; every probe was detected).
 
-mod common;
-
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use sentry_tests::netns::{source, EXTRA_SOURCES, SCANNER_V4, TARGET_IF, TARGET_V4};
+use sentry_tests::{config_text, FakeEnforcer, NetPair, RunDir, SensorProc, Side};
 
-const CONFIG: &str = r#"TCP_PORTS="1,23,79,143,31337"
-UDP_PORTS="7,161,31337"
-ADVANCED_PORTS_TCP="1024"
-ADVANCED_PORTS_UDP="1024"
-SCAN_TRIGGER="0"
-LOG_RATE="20"
-"#;
+const CONFIG: &[(&str, &str)] = &[
+    ("TCP_PORTS", "1,23,79,143,31337"),
+    ("UDP_PORTS", "7,161,31337"),
+    ("ADVANCED_PORTS_TCP", "1024"),
+    ("ADVANCED_PORTS_UDP", "1024"),
+    ("SCAN_TRIGGER", "0"),
+    ("LOG_RATE", "20"),
+];
 
 fn rx_packets(net: &NetPair) -> u64 {
     let out = net
-        .target_cmd("cat")
-        .arg("/sys/class/net/tx0/statistics/rx_packets")
+        .command(Side::Target, "cat")
+        .arg(format!("/sys/class/net/{TARGET_IF}/statistics/rx_packets"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
@@ -33,7 +35,7 @@ fn rx_packets(net: &NetPair) -> u64 {
 fn flood(net: &NetPair, secs: u32, senders: u8, extra: &[&str]) -> String {
     let children: Vec<_> = (0..senders)
         .map(|i| {
-            let mut c = net.scanner_cmd("timeout");
+            let mut c = net.command(Side::Scanner, "timeout");
             c.args([
                 "-s",
                 "INT",
@@ -47,7 +49,7 @@ fn flood(net: &NetPair, secs: u32, senders: u8, extra: &[&str]) -> String {
             ])
             .args(["-a", &source(i).to_string()])
             .args(extra)
-            .arg(TARGET.to_string())
+            .arg(TARGET_V4.to_string())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
@@ -83,11 +85,10 @@ fn cpu_ns(pid: u32) -> u64 {
 }
 
 fn run_flood(label: &str, senders: u8, extra: &[&str]) {
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config_text(CONFIG));
     let enf = FakeEnforcer::start(setup.path());
-    let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp", "-sudp", "-audp"]);
+    let sensor = SensorProc::start(&net, &setup, &["-stcp", "-atcp", "-sudp", "-audp"]);
     let base = enf.stats_until(Duration::from_secs(5), |_| true).unwrap();
     let rx0 = rx_packets(&net);
     let cpu0 = cpu_ns(sensor.pid());
@@ -155,30 +156,29 @@ fn flood_three_senders() {
 #[test]
 #[ignore]
 fn detection_latency() {
-    ensure_user();
-    let net = NetPair::new();
-    let setup = Setup::new(CONFIG);
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config_text(CONFIG));
     let enf = FakeEnforcer::start(setup.path());
-    let _sensor = Sensor::start(&net, &setup, &["-audp"]);
+    let _sensor = SensorProc::start(&net, &setup, &["-audp"]);
     enf.wait_hello(Duration::from_secs(5)).unwrap();
     // Warm the neighbour cache so the first probe is not delayed by ARP.
-    net.in_scanner(|| {
-        let s = std::net::UdpSocket::bind((SCANNER, 0)).unwrap();
-        s.send_to(b"x", (TARGET, 1000)).unwrap();
+    net.in_ns(Side::Scanner, || {
+        let s = std::net::UdpSocket::bind((SCANNER_V4, 0)).unwrap();
+        s.send_to(b"x", (TARGET_V4, 1000)).unwrap();
     });
     let _ = enf.blocks_until(Duration::from_secs(2), |b| !b.is_empty());
     let mut lat = Vec::new();
     for i in 0..EXTRA_SOURCES {
-        let sent = net.in_scanner(move || {
+        let sent = net.in_ns(Side::Scanner, move || {
             let s = std::net::UdpSocket::bind((source(i), 0)).unwrap();
             let t = Instant::now();
-            s.send_to(b"probe", (TARGET, 53)).unwrap();
+            s.send_to(b"probe", (TARGET_V4, 53)).unwrap();
             t
         });
         let got = enf.blocks_until(Duration::from_secs(5), |b| !b.is_empty());
         let d = sent.elapsed();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].source, v4(source(i)));
+        assert_eq!(got[0].source, IpAddr::V4(source(i)));
         lat.push(d);
         std::thread::sleep(Duration::from_millis(37));
     }
