@@ -1074,13 +1074,12 @@ impl Sentry {
     pub fn wait_enforcer_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut c = self.enforcer.take().expect("enforcer running");
         self.enforcer_real = None;
-        let st = wait_until(
+        wait_until(
             timeout,
             "the enforcer to exit",
             || c.try_wait().ok().flatten(),
             || self.diag(),
-        );
-        st
+        )
     }
 
     /// `sentryctl ARGS --json`, which must succeed, parsed.

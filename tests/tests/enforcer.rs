@@ -25,6 +25,19 @@ fn rig(test: &str, keys: &[(&str, &str)]) -> Sentry {
     Sentry::prepare(test, Settings::enforcer(keys))
 }
 
+/// `test`'s enforcer started with `keys`, and a fake sensor past the handshake; `None`
+/// (after the visible skip line) when not root.
+fn up(test: &str, keys: &[(&str, &str)]) -> Option<(Sentry, FakeSensor)> {
+    if !require_root(test) {
+        return None;
+    }
+    let mut env = rig(test, keys);
+    env.start_enforcer();
+    let mut s = env.connect();
+    s.handshake();
+    Some((env, s))
+}
+
 /// `prog args` run in the enforcer's namespace.
 fn ns(env: &Sentry, prog: &str, args: &[&str]) -> std::process::Output {
     env.net
@@ -36,13 +49,9 @@ fn ns(env: &Sentry, prog: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn decisions_end_to_end() {
-    if !require_root("decisions_end_to_end") {
+    let Some((env, mut s)) = up("decisions_end_to_end", &[("BLOCK_UDP", "0")]) else {
         return;
-    }
-    let mut env = rig("decisions_end_to_end", &[("BLOCK_UDP", "0")]);
-    env.start_enforcer();
-    let mut s = env.connect();
-    s.handshake();
+    };
 
     // blocked: nft element + hosts.deny line + audit + PortSentry files
     assert_eq!(s.block("192.0.2.10", Protocol::Tcp, 143), Decision::Blocked);
@@ -660,16 +669,12 @@ fn a_flood_of_refused_blocks_is_summarised_under_audit_rate() {
 
 #[test]
 fn sigkill_restart_restores_blocks_and_expires_stale_ones() {
-    if !require_root("sigkill_restart_restores_blocks_and_expires_stale_ones") {
-        return;
-    }
-    let mut env = rig(
+    let Some((mut env, mut s)) = up(
         "sigkill_restart_restores_blocks_and_expires_stale_ones",
         &[("BLOCK_TIMEOUT", "3")],
-    );
-    env.start_enforcer();
-    let mut s = env.connect();
-    s.handshake();
+    ) else {
+        return;
+    };
     for a in ["192.0.2.30", "192.0.2.31", "2001:db8::31"] {
         assert_eq!(s.block(a, Protocol::Tcp, 22), Decision::Blocked);
     }
@@ -737,13 +742,9 @@ fn sigkill_restart_restores_blocks_and_expires_stale_ones() {
 
 #[test]
 fn sighup_reloads_ignore_list() {
-    if !require_root("sighup_reloads_ignore_list") {
+    let Some((env, mut s)) = up("sighup_reloads_ignore_list", &[]) else {
         return;
-    }
-    let mut env = rig("sighup_reloads_ignore_list", &[]);
-    env.start_enforcer();
-    let mut s = env.connect();
-    s.handshake();
+    };
     assert_eq!(s.block("192.0.2.40", Protocol::Tcp, 22), Decision::Blocked);
     std::fs::write(&env.ignore_file, "192.0.2.0/25\n").unwrap();
     env.signal_enforcer(nix::sys::signal::Signal::SIGHUP);
@@ -867,16 +868,12 @@ fn kill_commands_run_without_a_shell_and_failures_are_errors() {
 
 #[test]
 fn blackhole_routes_in_the_namespace() {
-    if !require_root("blackhole_routes_in_the_namespace") {
-        return;
-    }
-    let mut env = rig(
+    let Some((env, mut s)) = up(
         "blackhole_routes_in_the_namespace",
         &[("BLACKHOLE_ROUTE", "1"), ("FIREWALL", "none")],
-    );
-    env.start_enforcer();
-    let mut s = env.connect();
-    s.handshake();
+    ) else {
+        return;
+    };
     assert_eq!(s.block("192.0.2.70", Protocol::Tcp, 22), Decision::Blocked);
     assert_eq!(
         s.block("2001:db8::70", Protocol::Tcp, 22),
@@ -1227,16 +1224,12 @@ fn sigkill_in_the_middle_of_a_decision_leaves_nothing_unknown() {
 
 #[test]
 fn an_address_added_to_this_host_is_never_blocked_on_the_next_decision() {
-    if !require_root("an_address_added_to_this_host_is_never_blocked_on_the_next_decision") {
-        return;
-    }
-    let mut env = rig(
+    let Some((env, mut s)) = up(
         "an_address_added_to_this_host_is_never_blocked_on_the_next_decision",
         &[],
-    );
-    env.start_enforcer();
-    let mut s = env.connect();
-    s.handshake();
+    ) else {
+        return;
+    };
     // A decision first, so the enforcer's copy of its addresses is in use (not read fresh
     // because nothing was decided yet).
     assert_eq!(s.block("192.0.2.120", Protocol::Tcp, 22), Decision::Blocked);
@@ -1363,16 +1356,12 @@ fn an_nft_element_without_a_record_is_gone_after_restart() {
 
 #[test]
 fn block_records_carry_microsecond_time_and_one_journal_record() {
-    if !require_root("block_records_carry_microsecond_time_and_one_journal_record") {
-        return;
-    }
-    let mut env = rig(
+    let Some((env, mut s)) = up(
         "block_records_carry_microsecond_time_and_one_journal_record",
         &[],
-    );
-    env.start_enforcer();
-    let mut s = env.connect();
-    s.handshake();
+    ) else {
+        return;
+    };
     let before_us = now_us();
     assert_eq!(s.block("192.0.2.140", Protocol::Tcp, 22), Decision::Blocked);
     let rec = &env.audit_for(ip("192.0.2.140"), AuditDecision::Blocked)[0];

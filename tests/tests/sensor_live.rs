@@ -34,18 +34,50 @@ fn config(over: &[(&str, &str)]) -> String {
 
 const T: Duration = Duration::from_secs(10);
 
+/// A pair (with the extra sources), a run directory with [`config`]`(over)`, a fake
+/// enforcer in it, and the real sensor in `modes`, already active.
+struct Rig {
+    sensor: SensorProc,
+    enf: FakeEnforcer,
+    setup: RunDir,
+    net: NetPair,
+}
+
+/// The [`Rig`] for `test`; `None` (after the visible skip line) when not root.
+fn up(test: &str, over: &[(&str, &str)], modes: &[&str]) -> Option<Rig> {
+    if !require_root(test) {
+        return None;
+    }
+    let net = NetPair::with_extra_sources();
+    let setup = RunDir::new(&config(over));
+    let enf = FakeEnforcer::start(setup.path());
+    let sensor = SensorProc::start(&net, &setup, modes);
+    Some(Rig {
+        sensor,
+        enf,
+        setup,
+        net,
+    })
+}
+
 /// Every probe kind, IPv4 (hping3) and IPv6 (nmap), each from its own source so that with
 /// SCAN_TRIGGER=0 each yields exactly one BlockRequest; every request passes the enforcer's
 /// validation and carries the right kind, mode and port.
 #[test]
 fn detects_every_probe_kind_v4_and_v6() {
-    if !require_root("detects_every_probe_kind_v4_and_v6") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up(
+        "detects_every_probe_kind_v4_and_v6",
+        &[],
+        &["-stcp", "-sudp", "-atcp", "-audp"],
+    )
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-stcp", "-sudp", "-atcp", "-audp"]);
+    };
     let hello = enf.wait_hello(T).expect("no Hello");
     assert_eq!(
         hello.modes,
@@ -136,13 +168,19 @@ fn detects_every_probe_kind_v4_and_v6() {
 /// the scanner, for its third distinct port.
 #[test]
 fn nmap_scan_is_reported_once() {
-    if !require_root("nmap_scan_is_reported_once") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up(
+        "nmap_scan_is_reported_once",
+        &[("SCAN_TRIGGER", "2")],
+        &["-atcp", "-stcp"],
+    )
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[("SCAN_TRIGGER", "2")]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-stcp"]);
+    };
     net.run_ok(
         Side::Scanner,
         "nmap",
@@ -177,13 +215,15 @@ fn nmap_scan_is_reported_once() {
 /// connections (SYN/ACK, RST/ACK).
 #[test]
 fn ack_rst_and_replies_never_count() {
-    if !require_root("ack_rst_and_replies_never_count") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up("ack_rst_and_replies_never_count", &[], &["-atcp", "-stcp"])
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-stcp"]);
+    };
     net.hping_from(source(0), 23, &["-A"]);
     net.hping_from(source(1), 23, &["-R"]);
     net.hping_from(source(2), 22, &["-S", "-A"]);
@@ -210,17 +250,19 @@ fn ack_rst_and_replies_never_count() {
 /// mode, no_new_privs.
 #[test]
 fn running_sensor_is_confined() {
-    if !require_root("running_sensor_is_confined") {
-        return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[]));
-    let _enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(
-        &net,
-        &setup,
+    let Some(Rig {
+        net: _net,
+        setup: _setup,
+        enf: _enf,
+        sensor,
+    }) = up(
+        "running_sensor_is_confined",
+        &[],
         &["-tcp", "-udp", "-stcp", "-sudp", "-atcp", "-audp"],
-    );
+    )
+    else {
+        return;
+    };
     let st = proc_fields(sensor.pid());
     let uid = nix::unistd::User::from_name("sentry")
         .unwrap()
@@ -317,13 +359,15 @@ fn forbidden_syscall_dies_by_sigsys() {
 /// Basic modes: a completed connect gets the banner and is a hit; a datagram is a hit.
 #[test]
 fn basic_modes_connect_and_datagram() {
-    if !require_root("basic_modes_connect_and_datagram") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up("basic_modes_connect_and_datagram", &[], &["-tcp", "-udp"])
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-tcp", "-udp"]);
+    };
     let out = net
         .command(Side::Scanner, "timeout")
         .args([
@@ -374,13 +418,15 @@ fn basic_modes_connect_and_datagram() {
 /// service started after the sensor), and only for the address it listens on.
 #[test]
 fn inverse_binding_live() {
-    if !require_root("inverse_binding_live") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up("inverse_binding_live", &[], &["-atcp", "-audp"])
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-audp"]);
+    };
     // Services started after the sensor: TCP 0.0.0.0:22, TCP 127.0.0.1:25, UDP [::]:53.
     let (tcp22, tcp25, udp53) = net.in_ns(Side::Target, || {
         (
@@ -470,13 +516,15 @@ fn enforcer_restart_loses_no_block() {
 /// IP options are flagged in the request and logged as PortSentry did.
 #[test]
 fn ip_options_are_reported() {
-    if !require_root("ip_options_are_reported") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up("ip_options_are_reported", &[], &["-stcp"])
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-stcp"]);
+    };
     net.hping_from(source(0), 23, &["-S", "--rroute"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
@@ -606,13 +654,19 @@ fn syslog_lines_and_reconnect_under_seccomp() {
 /// into a probe; other non-first fragments are never interpreted.
 #[test]
 fn fragmented_scan_is_detected() {
-    if !require_root("fragmented_scan_is_detected") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up(
+        "fragmented_scan_is_detected",
+        &[("SCAN_TRIGGER", "2")],
+        &["-stcp", "-atcp"],
+    )
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[("SCAN_TRIGGER", "2")]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-stcp", "-atcp"]);
+    };
     net.run_ok(
         Side::Scanner,
         "nmap",
@@ -657,16 +711,22 @@ fn fragmented_scan_is_detected() {
 /// service, learnt when the reply arrives).
 #[test]
 fn udp_replies_to_own_queries_never_count() {
-    if !require_root("udp_replies_to_own_queries_never_count") {
+    let Some(Rig {
+        net,
+        setup: _setup,
+        enf,
+        sensor,
+    }) = up(
+        "udp_replies_to_own_queries_never_count",
+        &[
+            ("ADVANCED_PORTS_UDP", "65535"),
+            ("ADVANCED_PORTS_TCP", "65535"),
+        ],
+        &["-atcp", "-audp"],
+    )
+    else {
         return;
-    }
-    let net = NetPair::with_extra_sources();
-    let setup = RunDir::new(&config(&[
-        ("ADVANCED_PORTS_UDP", "65535"),
-        ("ADVANCED_PORTS_TCP", "65535"),
-    ]));
-    let enf = FakeEnforcer::start(setup.path());
-    let sensor = SensorProc::start(&net, &setup, &["-atcp", "-audp"]);
+    };
     let echo = net.in_ns(Side::Scanner, || {
         std::net::UdpSocket::bind((SCANNER_V4, 5300)).unwrap()
     });
