@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use sentry_proto::{
@@ -903,8 +904,27 @@ fn blackhole_routes_in_the_namespace() {
     );
 }
 
+/// A configuration with three errors (lines 2, 3 and 4), in `dir`.
+fn bad_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let bad = dir.join("bad.conf");
+    std::fs::write(
+        &bad,
+        "# x\nTCP_PORTS=\"1,abc,5-3\"\nBLOCK_TCP=\"7\"\nAUDIT_RATE=\"0\"\n",
+    )
+    .unwrap();
+    bad
+}
+
+fn sentryctl(args: &[&str], path: &std::path::Path) -> Output {
+    std::process::Command::new(bins().sentryctl)
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
-fn sentryctl_check_config() {
+fn sentryctl_check_config_accepts_a_good_config() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.conf");
     std::fs::write(
@@ -915,27 +935,19 @@ fn sentryctl_check_config() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bins().sentryctl)
-        .args(["check-config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = sentryctl(&["check-config"], &good);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bad = dir.path().join("bad.conf");
-    std::fs::write(
-        &bad,
-        "# x\nTCP_PORTS=\"1,abc,5-3\"\nBLOCK_TCP=\"7\"\nAUDIT_RATE=\"0\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bins().sentryctl)
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+}
+
+#[test]
+fn sentryctl_check_config_reports_every_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = bad_config(dir.path());
+    let out = sentryctl(&["check-config"], &bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:2: ", bad.display())), "{err}");
@@ -947,15 +959,19 @@ fn sentryctl_check_config() {
         )),
         "{err}"
     );
-    let out = std::process::Command::new(bins().sentryctl)
-        .args(["check-config", "--json"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+}
+
+#[test]
+fn sentryctl_check_config_json_lists_the_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sentryctl(&["check-config", "--json"], &bad_config(dir.path()));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert!(v["errors"].as_array().unwrap().len() >= 3);
-    // usage errors exit 2
+}
+
+#[test]
+fn sentryctl_usage_errors_exit_2() {
     let out = std::process::Command::new(bins().sentryctl)
         .arg("frobnicate")
         .output()
@@ -1083,7 +1099,7 @@ fn control_group_members_may_use_sentryctl_and_garbage_is_refused() {
 }
 
 #[test]
-fn command_line_and_unsafe_start_conditions() {
+fn command_line_help_version_and_usage_errors() {
     let out = std::process::Command::new(bins().enforcer)
         .arg("--help")
         .output()
@@ -1100,59 +1116,83 @@ fn command_line_and_unsafe_start_conditions() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    if !require_root("command_line_and_unsafe_start_conditions") {
+}
+
+/// The enforcer started by hand (in the root namespace: it must refuse before it touches
+/// any network state) with `run_dir` and `conf`; its output.
+fn start_by_hand(env: &Sentry, run_dir: &std::path::Path, conf: &std::path::Path) -> Output {
+    std::process::Command::new(bins().enforcer)
+        .arg("--config")
+        .arg(conf)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .arg("--state-dir")
+        .arg(env.path("state"))
+        .args(["--sensor-user", "nobody", "--log-stderr"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_runtime_directory_others_can_write_to_is_refused() {
+    let test = "a_runtime_directory_others_can_write_to_is_refused";
+    if !require_root(test) {
         return;
     }
-    let env = rig(
-        "command_line_and_unsafe_start_conditions",
-        &[("FIREWALL", "none")],
-    );
-    let start = |run_dir: &std::path::Path, conf: &std::path::Path| {
-        std::process::Command::new(bins().enforcer)
-            .arg("--config")
-            .arg(conf)
-            .arg("--runtime-dir")
-            .arg(run_dir)
-            .arg("--state-dir")
-            .arg(env.path("state"))
-            .args(["--sensor-user", "nobody", "--log-stderr"])
-            .output()
-            .unwrap()
-    };
-    // A runtime directory others can write to is refused.
+    let env = rig(test, &[("FIREWALL", "none")]);
     let bad = env.path("wwdir");
     std::fs::create_dir(&bad).unwrap();
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = start(&bad, &env.conf);
+    let out = start_by_hand(&env, &bad, &env.conf);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not writable by group or others"));
-    // Something other than a socket where the socket goes is never removed.
+}
+
+#[test]
+fn something_other_than_a_socket_where_the_socket_goes_is_never_removed() {
+    let test = "something_other_than_a_socket_where_the_socket_goes_is_never_removed";
+    if !require_root(test) {
+        return;
+    }
+    let env = rig(test, &[("FIREWALL", "none")]);
     let rd = env.path("rd");
     std::fs::create_dir(&rd).unwrap();
     std::fs::set_permissions(&rd, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(rd.join("enforcer.sock"), "precious").unwrap();
-    let out = start(&rd, &env.conf);
+    let out = start_by_hand(&env, &rd, &env.conf);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(
         std::fs::read_to_string(rd.join("enforcer.sock")).unwrap(),
         "precious"
     );
-    // A broken configuration: path:LINE: message, exit 1.
+}
+
+#[test]
+fn a_broken_configuration_is_reported_as_path_line_message() {
+    let test = "a_broken_configuration_is_reported_as_path_line_message";
+    if !require_root(test) {
+        return;
+    }
+    let env = rig(test, &[("FIREWALL", "none")]);
     let conf = env.path("broken.conf");
     std::fs::write(&conf, "BLOCK_TCP=\"9\"\n").unwrap();
-    let out = start(&env.path("rd2"), &conf);
+    let out = start_by_hand(&env, &env.path("rd2"), &conf);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("{}:1:", conf.display())),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A symlinked hosts.deny is refused at block time (audited as an error), never followed.
-    let mut env = rig(
-        "command_line_and_unsafe_start_conditions",
-        &[("FIREWALL", "none")],
-    );
+}
+
+#[test]
+fn a_symlinked_hosts_deny_is_refused_at_block_time_and_never_followed() {
+    let test = "a_symlinked_hosts_deny_is_refused_at_block_time_and_never_followed";
+    if !require_root(test) {
+        return;
+    }
+    let mut env = rig(test, &[("FIREWALL", "none")]);
     let target = env.path("elsewhere");
     std::fs::write(&target, "untouched\n").unwrap();
     std::fs::remove_file(&env.hosts_deny).unwrap();
@@ -1162,6 +1202,7 @@ fn command_line_and_unsafe_start_conditions() {
     s.handshake();
     assert_eq!(s.block("192.0.2.90", Protocol::Tcp, 22), Decision::Failed);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+    // Audited as an error.
     let r = &env.audit_for(ip("192.0.2.90"), AuditDecision::Failed)[0];
     assert!(r.actions[0]
         .error

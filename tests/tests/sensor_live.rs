@@ -536,8 +536,8 @@ fn ip_options_are_reported() {
 }
 
 #[test]
-fn refuses_root_without_user_and_bad_config() {
-    if !require_root("refuses_root_without_user_and_bad_config") {
+fn refuses_root_without_user() {
+    if !require_root("refuses_root_without_user") {
         return;
     }
     let setup = RunDir::new(&config(&[]));
@@ -551,8 +551,15 @@ fn refuses_root_without_user_and_bad_config() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+}
 
+#[test]
+fn a_bad_config_exits_2_naming_its_line() {
+    if !require_root("a_bad_config_exits_2_naming_its_line") {
+        return;
+    }
     ensure_sensor_user();
+    let setup = RunDir::new(&config(&[]));
     let bad = setup.write("bad.conf", "TCP_PORTS=\"1,abc,5-3\"\n");
     let out = Command::new(bins().sensor)
         .arg("--config")
@@ -565,7 +572,10 @@ fn refuses_root_without_user_and_bad_config() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.conf:1"), "{err}");
+}
 
+#[test]
+fn command_line_usage_errors_and_help() {
     let out = Command::new(bins().sensor).arg("-bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(bins().sensor).arg("--help").output().unwrap();
