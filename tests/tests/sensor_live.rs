@@ -43,6 +43,13 @@ struct Rig {
     net: NetPair,
 }
 
+/// `nmap -n -Pn -sS -e sx0 ARGS` from the scanner namespace; it must succeed.
+fn syn_scan(net: &NetPair, args: &[&str]) {
+    let mut all = vec!["-n", "-Pn", "-sS", "-e", SCANNER_IF];
+    all.extend_from_slice(args);
+    net.run_ok(Side::Scanner, "nmap", &all);
+}
+
 /// The [`Rig`] for `test`; `None` (after the visible skip line) when not root.
 fn up(test: &str, over: &[(&str, &str)], modes: &[&str]) -> Option<Rig> {
     if !require_root(test) {
@@ -112,21 +119,7 @@ fn detects_every_probe_kind_v4_and_v6() {
     for (src, port, flags, _, _) in &cases {
         net.hping_from(source(*src), *port, flags);
     }
-    net.run_ok(
-        Side::Scanner,
-        "nmap",
-        &[
-            "-n",
-            "-6",
-            "-sS",
-            "-Pn",
-            "-p",
-            "443",
-            "-e",
-            SCANNER_IF,
-            &TARGET_V6.to_string(),
-        ],
-    );
+    syn_scan(&net, &["-6", "-p", "443", &TARGET_V6.to_string()]);
     let want = cases.len() + 1;
     let got = enf.blocks_until(T, |b| b.len() >= want);
     let log = sensor.log_text();
@@ -181,23 +174,8 @@ fn nmap_scan_is_reported_once() {
     else {
         return;
     };
-    net.run_ok(
-        Side::Scanner,
-        "nmap",
-        &[
-            "-n",
-            "-sS",
-            "-Pn",
-            "-T5",
-            "-p",
-            "1-1000",
-            "-S",
-            &SCANNER_V4.to_string(),
-            "-e",
-            SCANNER_IF,
-            &TARGET_V4.to_string(),
-        ],
-    );
+    let (from, to) = (SCANNER_V4.to_string(), TARGET_V4.to_string());
+    syn_scan(&net, &["-T5", "-p", "1-1000", "-S", &from, &to]);
     let got = enf.blocks_until(Duration::from_secs(3), |b| b.len() >= 2);
     assert_eq!(got.len(), 1, "{got:#?}\n{}", sensor.log_text());
     assert_eq!(got[0].source, IpAddr::V4(SCANNER_V4));
@@ -677,21 +655,7 @@ fn fragmented_scan_is_detected() {
     else {
         return;
     };
-    net.run_ok(
-        Side::Scanner,
-        "nmap",
-        &[
-            "-n",
-            "-sS",
-            "-Pn",
-            "-f",
-            "-p",
-            "20-30",
-            "-e",
-            SCANNER_IF,
-            &TARGET_V4.to_string(),
-        ],
-    );
+    syn_scan(&net, &["-f", "-p", "20-30", &TARGET_V4.to_string()]);
     sensor.wait_log(
         &format!(
             "attackalert: Packet from host: {SCANNER_V4}/{SCANNER_V4} to TCP port: 23 is a tiny IP fragment (detection avoidance technique)."
