@@ -8,6 +8,17 @@
 //! the result: the nftables set in the target namespace, the hosts.deny file, the audit log
 //! and `sentryctl status --json`. Everything is torn down on drop, also when a test panics.
 //!
+//! The same kit serves the tests of one daemon alone:
+//! - the enforcer alone: [`Sentry::prepare`] / [`Sentry::start`] with
+//!   [`Settings::enforcer`] (plain root, no sensor), driven by a [`FakeSensor`] sending
+//!   requests built with [`Req`];
+//! - the sensor alone: [`SensorProc`] in a [`NetPair::with_extra_sources`], with a
+//!   [`RunDir`] and a [`FakeEnforcer`] that records what the sensor sends.
+//!
+//! The audit log is read as typed [`AuditLine`]s ([`read_audit`], [`Sentry::audit`]),
+//! which refuse unknown fields: a field the enforcer adds or renames fails the tests.
+//! Root-only tests begin with [`require_root`], which prints `SKIPPED (needs root): ...`.
+//!
 //! Nothing here touches the root namespace's firewall, routes or /etc/hosts.deny.
 #![forbid(unsafe_code)]
 

@@ -16,11 +16,10 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sentry_proto::{
-    read_frame, write_frame, BlockRequest, EnforcerFrame, Hello, Mode, Protocol, ScanKind,
-    SensorFrame, PROTOCOL_VERSION,
+    read_frame, write_frame, EnforcerFrame, Hello, Mode, Protocol, SensorFrame, PROTOCOL_VERSION,
 };
 use sentry_tests::cmd::run;
 use sentry_tests::netns::{NetPair, Side, SCANNER_V4, TARGET_IF};
@@ -33,12 +32,6 @@ use crate::procfs::{self, median};
 use crate::scans::{start_sentry, KILL_ROUTE_IPTABLES};
 use crate::table::Table;
 use crate::Opts;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// `sentry-bench __client SOCKET START COUNT`: connect to the enforcer as a sensor, send
 /// COUNT block requests for spoofed sources START.., one at a time, and print one JSON
@@ -87,20 +80,11 @@ fn client(sock: &str, start: u64, count: u64) -> Result<Value, String> {
     let mut us = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..count {
-        let t = now_ms();
         let seq = i + 1;
-        let req = SensorFrame::Block(BlockRequest {
-            seq,
-            source: IpAddr::V4(spoofed_source(start + i)),
-            protocol: Protocol::Tcp,
-            port: 22,
-            scan: ScanKind::Syn,
-            mode: Mode::Atcp,
-            distinct_ports: 1,
-            first_seen_ms: t,
-            last_seen_ms: t,
-            ip_options: false,
-        });
+        let req = sentry_tests::Req::new(IpAddr::V4(spoofed_source(start + i)), Protocol::Tcp)
+            .mode(Mode::Atcp)
+            .seq(seq)
+            .frame();
         let t0 = Instant::now();
         write_frame(&mut s, &req).map_err(|e| format!("request {seq}: {e}"))?;
         loop {
