@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use caps::{CapSet, Capability, CapsHashSet};
+use interprocess::local_socket::traits::{Listener as _, Stream as _};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use interprocess::os::unix::uds_local_socket::{Listener, Stream};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Group, Uid, User};
@@ -173,7 +177,7 @@ impl Shared {
     }
 }
 
-fn peer_of(s: &UnixStream) -> io::Result<(Peer, u32)> {
+fn peer_of(s: &Stream) -> io::Result<(Peer, u32)> {
     let c = getsockopt(s, sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok((
         Peer {
@@ -184,7 +188,7 @@ fn peer_of(s: &UnixStream) -> io::Result<(Peer, u32)> {
     ))
 }
 
-fn send_refusal(s: &mut UnixStream, r: Refusal) {
+fn send_refusal(s: &mut Stream, r: Refusal) {
     let _ = write_frame(s, &EnforcerFrame::Refused(r));
 }
 
@@ -197,7 +201,7 @@ impl Drop for SensorSlot<'_> {
     }
 }
 
-fn serve_sensor(sh: &Shared, mut s: UnixStream) {
+fn serve_sensor(sh: &Shared, mut s: Stream) {
     let (peer, _) = match peer_of(&s) {
         Ok(p) => p,
         Err(e) => {
@@ -227,7 +231,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
         return;
     }
     let _slot = SensorSlot(sh);
-    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = s.set_recv_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut session = Session::new();
     let mut buf = vec![0u8; sentry_proto::MAX_SMALL_FRAME + sentry_proto::HEADER_LEN];
     loop {
@@ -284,7 +288,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    let _ = s.set_read_timeout(Some(FRAME_STALL));
+                    let _ = s.set_recv_timeout(Some(FRAME_STALL));
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -333,7 +337,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
 /// Root, or a member of CONTROL_GROUP by the peer's own credentials at connect time:
 /// its primary gid (SO_PEERCRED) or one of its supplementary groups (SO_PEERGROUPS). The
 /// group database is not consulted: it can disagree with what the process really holds.
-fn control_authorized(sh: &Shared, s: &UnixStream, peer: Peer, peer_gid: u32) -> bool {
+fn control_authorized(sh: &Shared, s: &Stream, peer: Peer, peer_gid: u32) -> bool {
     if peer.uid == 0 {
         return true;
     }
@@ -354,7 +358,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn send_control(s: &mut UnixStream, r: &ControlResponse) -> Result<(), ProtoError> {
+fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
     match encode_frame(r) {
         Ok(bytes) => s.write_all(&bytes).map_err(|e| ProtoError::Io(e.kind())),
         Err(e) => write_frame(
@@ -364,7 +368,7 @@ fn send_control(s: &mut UnixStream, r: &ControlResponse) -> Result<(), ProtoErro
     }
 }
 
-fn serve_control(sh: &Shared, mut s: UnixStream) {
+fn serve_control(sh: &Shared, mut s: Stream) {
     let (peer, gid) = match peer_of(&s) {
         Ok(p) => p,
         Err(_) => return,
@@ -380,7 +384,7 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
         );
         return;
     }
-    let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
+    let _ = s.set_recv_timeout(Some(CONTROL_TIMEOUT));
     let mut greeted = false;
     loop {
         let req = match read_frame::<ControlRequest, _>(&mut s) {
@@ -485,13 +489,25 @@ fn prepare_runtime_dir(dir: &Path) -> Result<(), EnforcerError> {
     Ok(())
 }
 
-fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener, EnforcerError> {
+fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<Listener, EnforcerError> {
     let err = |d: String| EnforcerError::runtime(path, d);
     clear_stale_socket(path)?;
-    let l = UnixListener::bind(path).map_err(|e| err(format!("bind: {e}")))?;
-    // Ownership and mode set explicitly: the umask must not decide who may connect.
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| err(format!("socket name: {e}")))?;
+    // The mode is set on the socket before bind(2) (fchmod), so the file never exists
+    // with a mode the umask chose; the sockets are removed by the signal thread, not by
+    // the listener's destructor (reclaim off).
+    let l = ListenerOptions::new()
+        .name(name)
+        .mode(mode)
+        .reclaim_name(false)
+        .create_sync_as::<Listener>()
+        .map_err(|e| err(format!("bind: {e}")))?;
     nix::unistd::chown(path, Some(Uid::from_raw(0)), gid)
         .map_err(|e| err(format!("chown: {e}")))?;
+    // And once more by path: the effective mode must not depend on how a given kernel
+    // treats fchmod on a socket that was not yet bound.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| err(format!("chmod: {e}")))?;
     Ok(l)
@@ -544,7 +560,7 @@ pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
 /// Scheduler slice of a sensor connection's thread (the kernel's minimum is 100 us).
 const SENSOR_THREAD_SLICE_NS: u64 = 100_000;
 
-fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
+fn spawn_conn(sh: &Arc<Shared>, s: Stream, sensor: bool) {
     if sh.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
         sh.connections.fetch_sub(1, Ordering::SeqCst);
         sh.refuse("too many connections at once", None);
@@ -574,10 +590,10 @@ fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
     }
 }
 
-fn accept_loop(sh: Arc<Shared>, l: UnixListener, sensor: bool) {
+fn accept_loop(sh: Arc<Shared>, l: Listener, sensor: bool) {
     loop {
         match l.accept() {
-            Ok((s, _)) => spawn_conn(&sh, s, sensor),
+            Ok(s) => spawn_conn(&sh, s, sensor),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 sh.log.err(&format!("adminalert: accept: {e}"));
@@ -871,7 +887,7 @@ mod tests {
             Err(EnforcerError::Runtime { detail, .. }) if detail.contains("not a socket")
         ));
         std::fs::remove_file(&p).unwrap();
-        let l = UnixListener::bind(&p).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
         assert!(clear_stale_socket(&p)
             .unwrap_err()
             .to_string()
