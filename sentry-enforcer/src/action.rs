@@ -107,10 +107,12 @@ pub fn block_plan(cfg: &Config, b: Backends, s: &Subject, nft_done: bool) -> Vec
 }
 
 /// The actions that undo what `b` records (commands have no inverse). `kernel_nft`:
-/// whether the element may still exist (after a table rebuild it cannot).
+/// whether the element may still exist (after a table rebuild it cannot). The element's
+/// delete is tried even when the record says the add failed: a failed batch may still
+/// have put some elements in, and deleting one that is not there costs one ENOENT.
 pub fn undo_plan(b: &BlockRecord, backends: Backends, kernel_nft: bool) -> Vec<Action> {
     let mut plan = Vec::new();
-    if b.nft && kernel_nft && backends.nft {
+    if kernel_nft && backends.nft {
         plan.push(Action::Nft(Op::Delete));
     }
     if b.blackhole && backends.route {
@@ -425,6 +427,9 @@ mod tests {
             undo_plan(&b, ALL, false),
             vec![Action::HostsDeny(Op::Delete, "ALL: x".into())]
         );
+        // Recorded as not in the set (a failed restore batch): the delete is still tried.
+        let not_in = BlockRecord { nft: false, ..b.clone() };
+        assert_eq!(undo_plan(&not_in, ALL, true)[0], Action::Nft(Op::Delete));
         let mut r = b.clone();
         record_effect(&mut r, &Action::Nft(Op::Add), false);
         record_effect(&mut r, &Action::Route(Op::Add), true);

@@ -170,6 +170,7 @@ impl Engine {
     /// kernel on its next address change when `refresh_own_addresses` is on).
     pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
         self.never.set_own(own);
+        self.lift_never_blocked(WallMs::now());
     }
 
     pub fn config(&self) -> &Config {
@@ -322,7 +323,27 @@ impl Engine {
             let (own, bcast) = own_addresses();
             self.never.set_own(own);
             self.never.set_broadcasts(bcast);
+            self.lift_never_blocked(WallMs::now());
         }
+    }
+
+    /// Lift the blocks of addresses the never-block set now covers (an address this host
+    /// took after it was blocked): blocking it would cut the host off from itself.
+    fn lift_never_blocked(&mut self, now: WallMs) {
+        let mut covered: Vec<(IpAddr, String)> = self
+            .blocks
+            .keys()
+            .filter_map(|a| self.never.check(*a).map(|why| (*a, format!("never-block: {why}"))))
+            .collect();
+        if covered.is_empty() {
+            return;
+        }
+        covered.sort();
+        for (addr, why) in covered {
+            self.end_block(addr, now, (RecordKind::Unblocked, &why), None, true, None);
+            self.counters.unblocked += 1;
+        }
+        self.rewrite_blocked_file();
     }
 
     fn count(&mut self, d: Decision) {
@@ -885,6 +906,25 @@ mod tests {
         assert_eq!(t.last()["decision"], "expired");
         let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
         assert_eq!(blocked, "");
+    }
+
+    #[test]
+    fn an_address_that_becomes_our_own_is_unblocked_at_once() {
+        let mut t = setup(&[]);
+        assert_eq!(t.decide("203.0.113.5", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("203.0.113.6", Protocol::Tcp), Decision::Blocked);
+        t.engine
+            .set_own_addresses(vec!["203.0.113.5".parse().unwrap()]);
+        assert!(!t.engine.is_blocked("203.0.113.5".parse().unwrap()));
+        assert!(t.engine.is_blocked("203.0.113.6".parse().unwrap()));
+        assert_eq!(t.deny(), "ALL: 203.0.113.6\n");
+        let last = t.last();
+        assert_eq!(last["decision"], "unblocked");
+        assert_eq!(last["source"], "203.0.113.5");
+        assert_eq!(last["reason"], "never-block: one of this host's addresses");
+        let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
+        assert!(!blocked.contains("203.0.113.5/"), "{blocked}");
+        assert_eq!(t.engine.counters().unblocked, 1);
     }
 
     #[test]
