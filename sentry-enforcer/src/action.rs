@@ -428,7 +428,10 @@ mod tests {
             vec![Action::HostsDeny(Op::Delete, "ALL: x".into())]
         );
         // Recorded as not in the set (a failed restore batch): the delete is still tried.
-        let not_in = BlockRecord { nft: false, ..b.clone() };
+        let not_in = BlockRecord {
+            nft: false,
+            ..b.clone()
+        };
         assert_eq!(undo_plan(&not_in, ALL, true)[0], Action::Nft(Op::Delete));
         let mut r = b.clone();
         record_effect(&mut r, &Action::Nft(Op::Add), false);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caps::{CapSet, Capability, CapsHashSet};
 use interprocess::local_socket::traits::{Listener as _, Stream as _};
@@ -31,14 +31,21 @@ use crate::error::EnforcerError;
 use crate::session::{Event, Session};
 use crate::time::{WallMs, WallUs};
 
-/// Time a new sensor connection has to complete its handshake.
+/// Time a new sensor connection has from accept to a complete Hello: one deadline for
+/// the whole handshake, not per read (a peer dripping a byte at a time gains nothing).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A frame must not stall longer than this once its first byte arrived.
+/// Time a frame has from its first byte to its last, likewise one deadline per frame.
 const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Idle limit for control connections.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections being served at once (sensor + control + not yet refused).
-const MAX_CONNECTIONS: usize = 16;
+/// Most control connections served at once. Counted after authentication (which happens
+/// in the accept loop, before a thread exists), so unauthorised connections can never
+/// take the slots of root's `sentryctl`; the sensor has its own single slot.
+const MAX_CONTROL_CONNECTIONS: usize = 8;
+/// Most "sensor connected" lines per second; a process with the sensor's uid that
+/// reconnects in a loop must not be able to flood syslog (the rest are counted and
+/// summarised).
+const CONNECT_LINES_PER_SECOND: u32 = 5;
 /// Most refusal audit records per second; the rest are only counted.
 const REFUSALS_PER_SECOND: u32 = 20;
 
@@ -144,8 +151,10 @@ struct Shared {
     sensor_uid: Uid,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    connections: AtomicUsize,
+    control_connections: AtomicUsize,
     refusals: Mutex<(u64, u32)>,
+    /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
+    connect_lines: Mutex<(u64, u32, u64)>,
     sockets: Vec<PathBuf>,
 }
 
@@ -177,6 +186,43 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Log that a sensor connected, at most CONNECT_LINES_PER_SECOND a second; the count
+    /// of the rest is logged once that second is over.
+    fn log_connected(&self, line: &str) {
+        let sec = WallMs::now().secs();
+        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll_connect_lines(&mut c, sec);
+        if c.1 < CONNECT_LINES_PER_SECOND {
+            c.1 += 1;
+            self.log.info(line);
+        } else {
+            c.2 += 1;
+        }
+    }
+
+    /// The one-second tick's part: summarise a second that is over even when no
+    /// connection follows it.
+    fn flush_connect_lines(&self) {
+        let sec = WallMs::now().secs();
+        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll_connect_lines(&mut c, sec);
+    }
+
+    fn roll_connect_lines(&self, c: &mut (u64, u32, u64), sec: u64) {
+        if c.0 == sec {
+            return;
+        }
+        if c.2 > 0 {
+            self.log.info(&format!(
+                "adminalert: {} further sensor connections not logged individually",
+                c.2
+            ));
+        }
+        *c = (sec, 0, 0);
+    }
+}
+
 fn peer_of(s: &Stream) -> io::Result<(Peer, u32)> {
     let c = getsockopt(s, sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok((
@@ -201,37 +247,79 @@ impl Drop for SensorSlot<'_> {
     }
 }
 
-fn serve_sensor(sh: &Shared, mut s: Stream) {
-    let (peer, _) = match peer_of(&s) {
+/// Authenticate a new connection before any thread or slot is spent on it: the peer's
+/// credentials are the kernel's, available at once, so nothing here waits on the peer.
+fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
+    let (peer, gid) = match peer_of(s) {
         Ok(p) => p,
         Err(e) => {
             sh.refuse(&format!("cannot read peer credentials: {e}"), None);
-            return;
+            return None;
         }
     };
-    if peer.uid != sh.sensor_uid.as_raw() {
-        send_refusal(&mut s, Refusal::NotAuthorized);
-        sh.refuse(
-            &format!(
-                "peer uid {} (pid {}) is not the sensor user (uid {})",
-                peer.uid,
-                peer.pid,
-                sh.sensor_uid.as_raw()
-            ),
-            Some(peer),
-        );
-        return;
+    if sensor {
+        if peer.uid != sh.sensor_uid.as_raw() {
+            send_refusal(s, Refusal::NotAuthorized);
+            sh.refuse(
+                &format!(
+                    "peer uid {} (pid {}) is not the sensor user (uid {})",
+                    peer.uid,
+                    peer.pid,
+                    sh.sensor_uid.as_raw()
+                ),
+                Some(peer),
+            );
+            return None;
+        }
+        // One sensor at a time: a second connection is refused, not allowed to replace
+        // the first (a dead sensor's socket closes when its process exits, so a restarted
+        // sensor gets in; a second live one would only duplicate or hijack the stream).
+        if sh.sensor_busy.swap(true, Ordering::SeqCst) {
+            send_refusal(s, Refusal::AlreadyConnected);
+            sh.refuse("a sensor is already connected", Some(peer));
+            return None;
+        }
+    } else {
+        if !control_authorized(sh, s, peer, gid) {
+            let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
+            sh.refuse(
+                &format!(
+                    "control connection from uid {} (pid {}) not authorized",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
+            );
+            return None;
+        }
+        if sh.control_connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
+            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+            let _ = write_frame(
+                s,
+                &ControlResponse::Error("too many control connections".into()),
+            );
+            sh.refuse("too many control connections at once", Some(peer));
+            return None;
+        }
     }
-    // One sensor at a time: a second connection is refused, not allowed to replace the
-    // first (a dead sensor's socket closes when its process exits, so a restarted sensor
-    // gets in; a second live one would only duplicate or hijack the stream).
-    if sh.sensor_busy.swap(true, Ordering::SeqCst) {
-        send_refusal(&mut s, Refusal::AlreadyConnected);
-        sh.refuse("a sensor is already connected", Some(peer));
-        return;
+    Some(peer)
+}
+
+/// What a read on the sensor connection may wait for: the rest of the handshake, the
+/// rest of the current frame, or (between frames) the next one.
+fn read_deadline(session: &Session, handshake: Instant, frame: Option<Instant>) -> Instant {
+    if !session.greeted() {
+        handshake + HANDSHAKE_TIMEOUT
+    } else {
+        frame.map_or_else(|| Instant::now() + FRAME_STALL, |f| f + FRAME_STALL)
     }
+}
+
+/// Serve an authenticated sensor (its slot was taken in [`admit`]).
+fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
     let _slot = SensorSlot(sh);
-    let _ = s.set_recv_timeout(Some(HANDSHAKE_TIMEOUT));
+    let accepted = Instant::now();
+    // When the current frame's first byte arrived (None between frames).
+    let mut frame_start: Option<Instant> = None;
     let mut session = Session::new();
     let mut buf = vec![0u8; sentry_proto::MAX_SMALL_FRAME + sentry_proto::HEADER_LEN];
     loop {
@@ -243,7 +331,16 @@ fn serve_sensor(sh: &Shared, mut s: Stream) {
                 return;
             }
         };
-        let n = match s.read(buf.get_mut(..want).unwrap_or(&mut [])) {
+        let deadline = read_deadline(&session, accepted, frame_start);
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout means "block forever" to the kernel: past the deadline, the
+        // read is not even tried.
+        let n = match if left.is_zero() {
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        } else {
+            let _ = s.set_recv_timeout(Some(left));
+            s.read(buf.get_mut(..want).unwrap_or(&mut []))
+        } {
             Ok(0) => {
                 if !session.is_idle() {
                     sh.refuse("connection closed in the middle of a frame", Some(peer));
@@ -267,7 +364,7 @@ fn serve_sensor(sh: &Shared, mut s: Stream) {
                 }
                 if !session.is_idle() {
                     send_refusal(&mut s, Refusal::MalformedFrame);
-                    sh.refuse("frame stalled part-way", Some(peer));
+                    sh.refuse("frame not completed within the time limit", Some(peer));
                     return;
                 }
                 continue;
@@ -277,6 +374,9 @@ fn serve_sensor(sh: &Shared, mut s: Stream) {
                 return;
             }
         };
+        if frame_start.is_none() {
+            frame_start = Some(Instant::now());
+        }
         let events = match session.feed(buf.get(..n).unwrap_or(&[]), WallMs::now()) {
             Ok(ev) => ev,
             Err(e) => {
@@ -285,10 +385,12 @@ fn serve_sensor(sh: &Shared, mut s: Stream) {
                 return;
             }
         };
+        if session.is_idle() {
+            frame_start = None;
+        }
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    let _ = s.set_recv_timeout(Some(FRAME_STALL));
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -300,7 +402,7 @@ fn serve_sensor(sh: &Shared, mut s: Stream) {
                         stats: None,
                     });
                     drop(e);
-                    sh.log.info(&format!(
+                    sh.log_connected(&format!(
                         "adminalert: sensor {} connected (uid {}, pid {})",
                         h.sensor, peer.uid, peer.pid
                     ));
@@ -368,22 +470,8 @@ fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
     }
 }
 
-fn serve_control(sh: &Shared, mut s: Stream) {
-    let (peer, gid) = match peer_of(&s) {
-        Ok(p) => p,
-        Err(_) => return,
-    };
-    if !control_authorized(sh, &s, peer, gid) {
-        let _ = write_frame(&mut s, &ControlResponse::Error("not authorized".into()));
-        sh.refuse(
-            &format!(
-                "control connection from uid {} (pid {}) not authorized",
-                peer.uid, peer.pid
-            ),
-            Some(peer),
-        );
-        return;
-    }
+/// Serve an authorised control client (counted in [`admit`]).
+fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
     let _ = s.set_recv_timeout(Some(CONTROL_TIMEOUT));
     let mut greeted = false;
     loop {
@@ -560,12 +648,10 @@ pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
 /// Scheduler slice of a sensor connection's thread (the kernel's minimum is 100 us).
 const SENSOR_THREAD_SLICE_NS: u64 = 100_000;
 
-fn spawn_conn(sh: &Arc<Shared>, s: Stream, sensor: bool) {
-    if sh.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-        sh.connections.fetch_sub(1, Ordering::SeqCst);
-        sh.refuse("too many connections at once", None);
+fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
+    let Some(peer) = admit(sh, &mut s, sensor) else {
         return;
-    }
+    };
     let sh2 = Arc::clone(sh);
     let r = std::thread::Builder::new()
         .name(if sensor { "sensor" } else { "control" }.into())
@@ -578,14 +664,19 @@ fn spawn_conn(sh: &Arc<Shared>, s: Stream, sensor: bool) {
                         "adminalert: warning: cannot set a short scheduler slice: {e}"
                     ));
                 }
-                serve_sensor(&sh2, s);
+                serve_sensor(&sh2, s, peer);
             } else {
-                serve_control(&sh2, s);
+                serve_control(&sh2, s, peer);
+                sh2.control_connections.fetch_sub(1, Ordering::SeqCst);
             }
-            sh2.connections.fetch_sub(1, Ordering::SeqCst);
         });
     if r.is_err() {
-        sh.connections.fetch_sub(1, Ordering::SeqCst);
+        // The closure (and with it the sensor slot guard, if any) was never run.
+        if sensor {
+            sh.sensor_busy.store(false, Ordering::SeqCst);
+        } else {
+            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+        }
         sh.log.err("adminalert: cannot start a connection thread");
     }
 }
@@ -640,6 +731,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
 fn expiry_loop(sh: Arc<Shared>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        sh.flush_connect_lines();
         let mut e = sh.engine();
         e.flush_audit_budget(WallUs::now());
         e.expire(WallMs::now());
@@ -799,8 +891,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         sensor_uid: sensor.uid,
         control_gid,
         sensor_busy: AtomicBool::new(false),
-        connections: AtomicUsize::new(0),
+        control_connections: AtomicUsize::new(0),
         refusals: Mutex::new((0, 0)),
+        connect_lines: Mutex::new((0, 0, 0)),
         sockets: vec![sensor_path, control_path],
     });
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {

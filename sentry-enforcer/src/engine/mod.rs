@@ -333,7 +333,11 @@ impl Engine {
         let mut covered: Vec<(IpAddr, String)> = self
             .blocks
             .keys()
-            .filter_map(|a| self.never.check(*a).map(|why| (*a, format!("never-block: {why}"))))
+            .filter_map(|a| {
+                self.never
+                    .check(*a)
+                    .map(|why| (*a, format!("never-block: {why}")))
+            })
             .collect();
         if covered.is_empty() {
             return;
