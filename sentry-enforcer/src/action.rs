@@ -156,6 +156,11 @@ impl Executor {
         Self { nft, route }
     }
 
+    /// The netlink port id of the set socket (its own changes are not tampering).
+    pub fn nft_portid(&self) -> Option<u32> {
+        self.nft.as_ref().and_then(|s| s.portid().ok())
+    }
+
     pub fn backends(&self) -> Backends {
         Backends {
             nft: self.nft.is_some(),

@@ -762,6 +762,46 @@ fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
     }
 }
 
+/// Rebuild the nftables table within a moment of another process deleting, flushing or
+/// changing it. The rebuild's own notifications (it runs `nft`, another process) are read
+/// and discarded under the engine lock, right after it, so it never triggers itself.
+fn table_watch_loop(
+    sh: Arc<Shared>,
+    mut watch: crate::tablewatch::TableWatch,
+    table: String,
+    own: u32,
+) {
+    use std::os::fd::AsFd;
+    let fd = watch.poll_fd();
+    loop {
+        if let Err(e) = crate::sys::wait_readable(fd.as_fd()) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                sh.log.err(&format!("adminalert: nftables watch wait: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        // Let the rest of the other process's transaction arrive, so one rebuild answers
+        // all of it.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut e = sh.engine();
+        match watch.drain(&table, own) {
+            Ok(c) if c.any() => {
+                let _ = e.rebuild_table(c.by, WallMs::now());
+                let _ = watch.drain(&table, own);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                e.count_error();
+                sh.log.err(&format!(
+                    "adminalert: ERROR: nftables watch failed ({err}); a deleted table is rebuilt only at the next start"
+                ));
+                return;
+            }
+        }
+    }
+}
+
 /// Entry point for the `sentry-enforcer` binary.
 pub fn main() -> ExitCode {
     // Before anything else opens a descriptor or starts a thread.
@@ -884,6 +924,20 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     ));
 
     let addr_fd = engine.addr_watch_fd();
+    // Subscribed after the engine built the table, so its own start-up is not news.
+    let table_watch = match engine.nft_portid() {
+        Some(own) => match crate::tablewatch::TableWatch::open() {
+            Ok(w) => Some((w, own)),
+            Err(e) => {
+                log.warn(&format!(
+                    "adminalert: cannot watch the nftables table ({e}); if another process deletes it, it is rebuilt only at the next start"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let table_name = engine.config().nft_table.clone();
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),
         log: Arc::clone(&log),
@@ -914,6 +968,13 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     if let Some(fd) = addr_fd {
         let sh = Arc::clone(&sh);
         spawn("addresses", Box::new(move || addr_watch_loop(sh, fd)))?;
+    }
+    if let Some((w, own)) = table_watch {
+        let sh = Arc::clone(&sh);
+        spawn(
+            "nftables",
+            Box::new(move || table_watch_loop(sh, w, table_name, own)),
+        )?;
     }
     {
         let sh = Arc::clone(&sh);

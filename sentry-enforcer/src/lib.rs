@@ -17,7 +17,8 @@
 //!   expiry and status in its submodules.
 //! * [`action`] — typed actions (`Nft`, `Route`, `HostsDeny`, `Command`) and the
 //!   executor that runs them and records their outcomes.
-//! * [`table`] — the nftables table's layout, built in one transaction at start.
+//! * [`table`] — the nftables table's layout, built in one transaction at start;
+//!   [`tablewatch`] notices when another process deletes or flushes it.
 //! * [`error`], [`time`] — the one error type; wall-clock newtypes.
 //! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
 //! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
@@ -46,4 +47,5 @@ pub mod store;
 #[allow(unsafe_code)]
 mod sys;
 pub mod table;
+pub mod tablewatch;
 pub mod time;

@@ -185,6 +185,11 @@ impl Engine {
         self.blocks.len()
     }
 
+    /// The netlink port id of the set socket, when the nftables backend is open.
+    pub fn nft_portid(&self) -> Option<u32> {
+        self.exec.nft_portid()
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -250,6 +255,11 @@ impl Engine {
                 s.decision.as_str()
             ));
         }
+    }
+
+    /// Count an error the daemon logged itself.
+    pub fn count_error(&mut self) {
+        self.counters.errors += 1;
     }
 
     /// Count a refusal whose audit record was suppressed by the refusal rate limit.
