@@ -63,6 +63,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             nft: true,
             blackhole: false,
             hosts_deny_line: None,
+            distinct_ports: 1,
         })
         .collect();
     std::fs::write(

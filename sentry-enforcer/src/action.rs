@@ -420,6 +420,7 @@ mod tests {
             nft: true,
             blackhole: false,
             hosts_deny_line: Some("ALL: x".into()),
+            distinct_ports: 1,
         };
         assert_eq!(
             undo_plan(&b, ALL, true),

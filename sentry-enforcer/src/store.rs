@@ -42,6 +42,10 @@ pub struct BlockRecord {
     /// The exact line written to the deny file, if any.
     #[serde(default)]
     pub hosts_deny_line: Option<String>,
+    /// Distinct ports the request saw (its evidence; 0 in records written before it was
+    /// kept, read as a single probe).
+    #[serde(default)]
+    pub distinct_ports: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -265,6 +269,7 @@ mod tests {
             nft: true,
             blackhole: false,
             hosts_deny_line: Some(format!("ALL: {a}")),
+            distinct_ports: 1,
         }
     }
 

@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy::{Config, IgnoreList};
-use sentry_proto::{Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
+use sentry_proto::{Decision, Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
 
 use crate::basic::{Basic, BasicHit};
 use crate::capture::{Capture, Pacer};
@@ -369,6 +369,7 @@ impl Sensor {
         let mut basic_hits: Vec<BasicHit> = Vec::new();
         let mut bad_frames = 0u64;
         let mut logged_drops = (0u64, 0u64);
+        let mut logged_untracked = 0u64;
         let mut pacer = Pacer::default();
         loop {
             // Poll set: [capture] [client] basic... (the ring is left out while the pacer
@@ -476,6 +477,15 @@ impl Sensor {
                         drops.1
                     ));
                     logged_drops = drops;
+                }
+                let untracked = self.state.untracked();
+                if untracked != logged_untracked {
+                    self.log.notice(&format!(
+                        "adminalert: WARNING: state table full (STATE_MAX_SOURCES) of sources with more evidence: {} new single-packet sources not tracked ({} in total)",
+                        untracked - logged_untracked,
+                        untracked
+                    ));
+                    logged_untracked = untracked;
                 }
             }
             if now >= next_stats {
@@ -587,7 +597,7 @@ impl Sensor {
             ip_options,
         };
         match self.state.hit(&hit, now, wall) {
-            Outcome::Latched => {}
+            Outcome::Latched | Outcome::Untracked => {}
             Outcome::Counted { .. } => {
                 self.log_hit(&hit, now);
             }
@@ -623,15 +633,21 @@ impl Sensor {
                 Event::Refused(r) => self
                     .log
                     .error(&format!("adminalert: ERROR: sentry-enforcer refused the connection: {r:?}")),
-                Event::Decided { report, decision } => self.log.packet(now, || {
-                    format!(
-                        "adminalert: sentry-enforcer decision for host {}: {decision} ({} {} port {})",
-                        report.src,
-                        report.scan,
-                        report.mode.protocol().as_upper(),
-                        report.port
-                    )
-                }),
+                Event::Decided { report, decision } => {
+                    // Refused for want of budget: more evidence may change the answer.
+                    if matches!(decision, Decision::RateLimited | Decision::Capped) {
+                        self.state.escalate(report.src, report.distinct_ports);
+                    }
+                    self.log.packet(now, || {
+                        format!(
+                            "adminalert: sentry-enforcer decision for host {}: {decision} ({} {} port {})",
+                            report.src,
+                            report.scan,
+                            report.mode.protocol().as_upper(),
+                            report.port
+                        )
+                    })
+                }
             }
         }
     }

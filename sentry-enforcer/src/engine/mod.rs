@@ -8,12 +8,14 @@
 //! lines of decisions that changed nothing are bounded per second by AUDIT_RATE
 //! ([`crate::budget`]).
 
+mod blocks;
 mod expiry;
 mod files;
+pub mod rate;
 mod restore;
 mod status;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
-use crate::judge::{self, block_key, Facts, Verdict};
+use crate::judge::{self, block_key, Evidence, Facts, Verdict};
 use crate::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
@@ -73,7 +75,7 @@ pub struct Engine {
     ignore: IgnoreList,
     never: NeverBlock,
     opts: Options,
-    blocks: HashMap<IpAddr, BlockRecord>,
+    blocks: blocks::Blocks,
     store: Store,
     audit: AuditLog,
     log: Arc<Logger>,
@@ -82,8 +84,8 @@ pub struct Engine {
     /// the socket could not be opened (then the addresses are re-read before every
     /// decision, as a fallback that is slow but never stale).
     addr_watch: Option<AddrWatch>,
-    /// Start times of the blocks and commands of the last minute (BLOCK_RATE).
-    rate: VecDeque<WallMs>,
+    /// The blocks and commands of the last minute (BLOCK_RATE and its shares).
+    rate: rate::RateWindow,
     /// AUDIT_RATE: records and log lines of no-change decisions per second.
     budget: AuditBudget,
     counters: Counters,
@@ -149,13 +151,13 @@ impl Engine {
             ignore,
             never,
             opts,
-            blocks: HashMap::new(),
+            blocks: blocks::Blocks::default(),
             store,
             audit,
             log,
             exec: Executor::new(nft, route),
             addr_watch,
-            rate: VecDeque::new(),
+            rate: rate::RateWindow::default(),
             budget,
             counters: Counters::default(),
             recent: VecDeque::new(),
@@ -292,15 +294,6 @@ impl Engine {
     fn blocking_configured(&self) -> bool {
         let b = self.exec.backends();
         b.nft || b.route || self.cfg.kill_route.is_some() || self.cfg.kill_hosts_deny.is_some()
-    }
-
-    /// Forget BLOCK_RATE entries older than a minute; returns how many remain.
-    fn started_last_minute(&mut self, now: WallMs) -> usize {
-        let cutoff = WallMs(now.0.saturating_sub(60_000));
-        while self.rate.front().is_some_and(|t| *t <= cutoff) {
-            self.rate.pop_front();
-        }
-        self.rate.len()
     }
 
     /// The address-change socket, for the daemon's thread that waits on it and then calls
@@ -461,13 +454,15 @@ impl Engine {
         rec: &mut AuditRecord,
     ) -> (Decision, String, Line) {
         self.refresh_own_addresses();
-        let started_last_minute = self.started_last_minute(now);
+        self.rate.prune(now);
         let facts = Facts {
             cfg: &self.cfg,
             never: &self.never,
             ignore: &self.ignore,
             already_blocked: self.blocks.contains_key(&req.source),
-            started_last_minute,
+            evidence: Evidence::of(req.scan, req.distinct_ports),
+            started: self.rate.usage(req.source),
+            weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
             blocking_configured: self.blocking_configured(),
         };
@@ -475,6 +470,16 @@ impl Engine {
             Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
             Verdict::RunCommand => self.run_command_only(req, now, rec),
             Verdict::Block => self.block(req, now, rec),
+            Verdict::Evict(weak) => {
+                let why = format!(
+                    "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
+                    self.cfg.max_blocks, req.source
+                );
+                self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
+                self.counters.unblocked += 1;
+                self.rewrite_blocked_file();
+                self.block(req, now, rec)
+            }
         }
     }
 
@@ -486,7 +491,8 @@ impl Engine {
         rec: &mut AuditRecord,
     ) -> (Decision, String, Line) {
         let key = block_key(req.protocol);
-        self.rate.push_back(now);
+        self.rate
+            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
@@ -515,7 +521,8 @@ impl Engine {
     ) -> (Decision, String, Line) {
         let addr = req.source;
         let subj = subject(req);
-        self.rate.push_back(now);
+        self.rate
+            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
         let mut block = BlockRecord {
             addr,
             protocol: req.protocol,
@@ -527,6 +534,7 @@ impl Engine {
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
+            distinct_ports: req.distinct_ports,
         };
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
@@ -556,7 +564,7 @@ impl Engine {
         intent.nft = if nft_first { block.nft } else { backends.nft };
         intent.blackhole = backends.route;
         intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, &subj);
-        self.blocks.insert(addr, intent.clone());
+        self.blocks.insert(intent.clone());
         let intent_durable = match self.store.put(&intent, &self.blocks) {
             Ok(()) => true,
             Err(e) => {
@@ -583,7 +591,7 @@ impl Engine {
         rec.actions = actions;
         let mut reason = String::new();
         if took_effect {
-            self.blocks.insert(addr, block.clone());
+            self.blocks.insert(block.clone());
             // When everything took effect as intended, the write-ahead record already is
             // the final state: a second identical record (and fdatasync) adds nothing.
             let persisted = if intent_durable && block == intent {
@@ -854,12 +862,14 @@ mod tests {
 
     #[test]
     fn rate_limit_and_cap() {
+        // Three /24s: one /24 may use only a quarter of BLOCK_RATE (at least one).
         let mut t = setup(&[("BLOCK_RATE", "2")]);
         assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
-        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
-        assert_eq!(t.decide("192.0.2.3", Protocol::Tcp), Decision::RateLimited);
+        assert_eq!(t.decide("203.0.113.2", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("100.64.0.3", Protocol::Tcp), Decision::RateLimited);
+        assert_eq!(t.last()["reason"], "BLOCK_RATE=2 per minute reached");
         // a minute later the window has moved on
-        let r = req(9, "192.0.2.3", Protocol::Tcp, 22);
+        let r = req(9, "100.64.0.3", Protocol::Tcp, 22);
         let later = WallMs(now_ms().0 + 61_000);
         assert_eq!(t.engine.decide_raw(&r, PEER, later.us()), Decision::Blocked);
 
@@ -872,6 +882,75 @@ mod tests {
             t.decide("192.0.2.1", Protocol::Tcp),
             Decision::AlreadyBlocked
         );
+    }
+
+    #[test]
+    fn spoofed_single_probes_leave_room_for_a_real_scanner() {
+        // BLOCK_RATE=8: single probes may start 4 blocks a minute, one /24 2.
+        let mut t = setup(&[("BLOCK_RATE", "8"), ("MAX_BLOCKS", "4")]);
+        let single = |seq: u64, src: &str| {
+            let mut r = req(seq, src, Protocol::Tcp, 22);
+            r.distinct_ports = 1;
+            r
+        };
+        let forged = ["192.0.2.1", "203.0.113.1", "100.64.0.1", "100.65.0.1"];
+        for (i, src) in forged.iter().enumerate() {
+            let r = single(i as u64 + 1, src);
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, now_ms().us()),
+                Decision::Blocked
+            );
+        }
+        // The single-probe half of BLOCK_RATE is spent, and MAX_BLOCKS is full.
+        let r = single(5, "100.66.0.1");
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::RateLimited
+        );
+        assert!(t.last()["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("single-probe requests used their share"));
+        // A many-port scanner is not starved: it gets the other half of BLOCK_RATE and
+        // evicts the oldest single-probe block.
+        let r = req(6, "100.67.0.9", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::Blocked
+        );
+        assert!(t.engine.is_blocked("100.67.0.9".parse().unwrap()));
+        assert!(!t.engine.is_blocked("192.0.2.1".parse().unwrap()));
+        assert_eq!(t.engine.active_blocks(), 4);
+        let evicted = t
+            .audit()
+            .into_iter()
+            .find(|r| r["decision"] == "unblocked")
+            .unwrap();
+        assert_eq!(evicted["source"], "192.0.2.1");
+        assert!(evicted["reason"]
+            .as_str()
+            .unwrap()
+            .contains("evicted at MAX_BLOCKS=4"));
+        assert!(!t.deny().contains("192.0.2.1"));
+        // Each further one evicts another single-probe block...
+        for (seq, src) in [(7, "100.68.0.9"), (8, "100.69.0.9"), (9, "100.70.0.9")] {
+            let r = req(seq, src, Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, now_ms().us()),
+                Decision::Blocked
+            );
+        }
+        for src in forged {
+            assert!(!t.engine.is_blocked(src.parse().unwrap()), "{src}");
+        }
+        assert_eq!(t.engine.active_blocks(), 4);
+        // ... and BLOCK_RATE still bounds everything: 8 started this minute.
+        let r = req(10, "100.71.0.9", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::RateLimited
+        );
+        assert_eq!(t.last()["reason"], "BLOCK_RATE=8 per minute reached");
     }
 
     #[test]

@@ -68,9 +68,7 @@ impl Engine {
         let r = table::build(&self.cfg, &elems);
         let (reason, n) = match &r {
             Ok(()) => {
-                for b in self.blocks.values_mut() {
-                    b.nft = true;
-                }
+                self.blocks.set_all_in_nft();
                 if let Err(e) = self.store.compact(&self.blocks) {
                     self.persist_error("state", &e);
                 }
@@ -105,7 +103,7 @@ impl Engine {
     /// now covers, and re-apply the rest (one netlink batch for the nft elements).
     pub(super) fn restore(&mut self, persisted: HashMap<IpAddr, BlockRecord>, now: WallMs) {
         // All of them first, so that a compaction during the loop never loses any.
-        self.blocks = persisted;
+        self.blocks = super::blocks::Blocks::from_map(persisted);
         let mut addrs: Vec<IpAddr> = self.blocks.keys().copied().collect();
         addrs.sort();
         let mut keep = Vec::new();
@@ -218,7 +216,7 @@ impl Engine {
             rec.scan = Some(b.scan.as_str());
             rec.mode = Some(b.mode.as_str());
             rec.actions = actions;
-            self.blocks.insert(addr, b);
+            self.blocks.insert(b);
             self.write_audit(&rec);
         }
         if let Err(e) = self.store.compact(&self.blocks) {
