@@ -17,6 +17,7 @@ use interprocess::local_socket::traits::{Listener as _, Stream as _};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use interprocess::os::unix::uds_local_socket::{Listener, Stream};
+use interprocess::TryClone as _;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Group, Uid, User};
@@ -153,6 +154,9 @@ struct Shared {
     sensor_busy: AtomicBool,
     control_connections: AtomicUsize,
     refusals: Mutex<(u64, u32)>,
+    /// The connected sensor's stream, for every write to it (acks from its own thread,
+    /// block-ended notices from the others), so frames never interleave.
+    sensor_out: Mutex<Option<Stream>>,
     /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
     connect_lines: Mutex<(u64, u32, u64)>,
     sockets: Vec<PathBuf>,
@@ -187,6 +191,27 @@ impl Shared {
 }
 
 impl Shared {
+    /// Write one frame to the connected sensor. `false` when there is none or the write
+    /// failed (the sensor's own thread then sees the connection end).
+    fn write_sensor(&self, f: &EnforcerFrame) -> bool {
+        let mut out = self.sensor_out.lock().unwrap_or_else(|p| p.into_inner());
+        match out.as_mut() {
+            Some(s) => write_frame(s, f).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tell the sensor which blocks ended (taken from the engine, then sent without
+    /// holding its lock).
+    fn notify_lifted(&self) {
+        let lifted = self.engine().take_lifted();
+        for addr in lifted {
+            if !self.write_sensor(&EnforcerFrame::Unblocked { addr }) {
+                return;
+            }
+        }
+    }
+
     /// Log that a sensor connected, at most CONNECT_LINES_PER_SECOND a second; the count
     /// of the rest is logged once that second is over.
     fn log_connected(&self, line: &str) {
@@ -242,6 +267,7 @@ struct SensorSlot<'a>(&'a Shared);
 
 impl Drop for SensorSlot<'_> {
     fn drop(&mut self) {
+        *self.0.sensor_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.0.engine().sensor = None;
         self.0.sensor_busy.store(false, Ordering::SeqCst);
     }
@@ -425,13 +451,33 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
                     None
                 }
             };
-            if let Some(r) = reply {
-                if let Err(e) = write_frame(&mut s, &r) {
-                    sh.log
-                        .warn(&format!("adminalert: cannot reply to the sensor: {e}"));
-                    return;
+            let Some(r) = reply else { continue };
+            let welcome = matches!(r, EnforcerFrame::Welcome { .. });
+            let sent = if welcome {
+                // The Welcome goes first, on this thread; only then may other threads
+                // write to the sensor (a notice before it would break the handshake).
+                match write_frame(&mut s, &r) {
+                    Ok(()) => {
+                        let clone = s.try_clone();
+                        if let Ok(c) = &clone {
+                            // A sensor that stops reading must not hold a writer (and the
+                            // engine's callers) for long.
+                            let tv = nix::sys::time::TimeVal::new(1, 0);
+                            let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
+                        }
+                        *sh.sensor_out.lock().unwrap_or_else(|p| p.into_inner()) = clone.ok();
+                        true
+                    }
+                    Err(_) => false,
                 }
+            } else {
+                sh.write_sensor(&r)
+            };
+            if !sent {
+                sh.log.warn("adminalert: cannot reply to the sensor");
+                return;
             }
+            sh.notify_lifted();
         }
     }
 }
@@ -510,7 +556,9 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
             (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
             (true, ControlRequest::Unblock { addr }) => {
                 let addr = canonical(addr);
-                match sh.engine().unblock(addr, peer, WallMs::now()) {
+                let r = sh.engine().unblock(addr, peer, WallMs::now());
+                sh.notify_lifted();
+                match r {
                     Some(errors) => ControlResponse::Unblocked {
                         addr,
                         was_blocked: true,
@@ -703,6 +751,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         match sig {
             Signal::SIGHUP => {
                 let r = sh.engine().reload_ignore(WallMs::now());
+                sh.notify_lifted();
                 if let Err(e) = r {
                     sh.log.err(&format!(
                         "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
@@ -732,9 +781,12 @@ fn expiry_loop(sh: Arc<Shared>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
         sh.flush_connect_lines();
-        let mut e = sh.engine();
-        e.flush_audit_budget(WallUs::now());
-        e.expire(WallMs::now());
+        {
+            let mut e = sh.engine();
+            e.flush_audit_budget(WallUs::now());
+            e.expire(WallMs::now());
+        }
+        sh.notify_lifted();
     }
 }
 
@@ -754,7 +806,10 @@ fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
         }
         let mut e = sh.engine();
         e.refresh_own_addresses();
-        if e.addr_watch_fd().is_none() {
+        let gave_up = e.addr_watch_fd().is_none();
+        drop(e);
+        sh.notify_lifted();
+        if gave_up {
             // The engine gave the socket up (and logged why): it now re-reads the
             // addresses before every decision, nothing is left to wait for.
             return;
@@ -948,6 +1003,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         control_connections: AtomicUsize::new(0),
         refusals: Mutex::new((0, 0)),
         connect_lines: Mutex::new((0, 0, 0)),
+        sensor_out: Mutex::new(None),
         sockets: vec![sensor_path, control_path],
     });
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {

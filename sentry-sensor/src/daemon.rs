@@ -633,6 +633,7 @@ impl Sensor {
                 Event::Refused(r) => self
                     .log
                     .error(&format!("adminalert: ERROR: sentry-enforcer refused the connection: {r:?}")),
+                Event::Unblocked(addr) => self.state.forget(addr),
                 Event::Decided { report, decision } => {
                     // Refused for want of budget: more evidence may change the answer.
                     if matches!(decision, Decision::RateLimited | Decision::Capped) {

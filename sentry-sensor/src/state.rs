@@ -447,6 +447,14 @@ impl State {
             })
     }
 
+    /// Forget everything about `ip` (its block ended: if it scans again, it is counted
+    /// and reported afresh, not latched).
+    pub fn forget(&mut self, ip: IpAddr) {
+        if let Some(&i) = self.index.get(&ip) {
+            self.remove_at(i);
+        }
+    }
+
     /// Whether `ip` is currently tracked (tests, diagnostics).
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.index.contains_key(&ip)
@@ -528,6 +536,11 @@ mod tests {
         // An unknown source is ignored.
         s.escalate(v4(99), 1);
         assert!(!s.contains(v4(99)));
+        // Its block ended: reported again at once, not latched.
+        s.forget(a);
+        assert!(!s.contains(a));
+        assert!(matches!(s.hit(&hit(a, 7), 7, WALL + 7), Outcome::Report(_)));
+        s.forget(v4(98));
     }
 
     #[test]

@@ -26,7 +26,17 @@ fn forged_single_syns_do_not_starve_a_real_scanner() {
     );
     let target = TARGET_V4.to_string();
     // 400 SYNs from random sources, one each: far more than BLOCK_RATE.
-    s.hping(&["--rand-source", "-S", "-p", "++1", "-c", "400", "-i", "u1000", &target]);
+    s.hping(&[
+        "--rand-source",
+        "-S",
+        "-p",
+        "++1",
+        "-c",
+        "400",
+        "-i",
+        "u1000",
+        &target,
+    ]);
     wait_until(
         Duration::from_secs(20),
         "the forged SYNs to spend the single-probe share",
@@ -40,7 +50,9 @@ fn forged_single_syns_do_not_starve_a_real_scanner() {
     );
     // The real scanner: SYNs to 200 ports from one address.
     let src = SCANNER.to_string();
-    s.hping(&["-a", &src, "-S", "-p", "++500", "-c", "200", "-i", "u2000", &target]);
+    s.hping(&[
+        "-a", &src, "-S", "-p", "++500", "-c", "200", "-i", "u2000", &target,
+    ]);
     let scanner_trace = || {
         let recs: Vec<String> = s
             .audit()
@@ -54,7 +66,11 @@ fn forged_single_syns_do_not_starve_a_real_scanner() {
             .filter(|l| l.contains(src.as_str()))
             .map(str::to_string)
             .collect();
-        format!("audit for {src}:\n{}\nsensor lines:\n{}", recs.join("\n"), sensor.join("\n"))
+        format!(
+            "audit for {src}:\n{}\nsensor lines:\n{}",
+            recs.join("\n"),
+            sensor.join("\n")
+        )
     };
     wait_until(
         Duration::from_secs(15),
@@ -65,9 +81,7 @@ fn forged_single_syns_do_not_starve_a_real_scanner() {
     let rec = s.wait_blocked(SCANNER);
     let ports = rec["port"].as_u64().unwrap_or(0);
     assert!(ports >= 500, "block record for the scanner: {rec}");
-    let refused_then_blocked = s
-        .audit_for(SCANNER, "rate_limited")
-        .len();
+    let refused_then_blocked = s.audit_for(SCANNER, "rate_limited").len();
     assert!(
         refused_then_blocked >= 1,
         "the scanner's first, single-probe report should have met the spent share\n{}",

@@ -33,6 +33,7 @@ impl Engine {
         deny_done: Option<&ActionRecord>,
     ) -> Option<Vec<String>> {
         let b = self.blocks.remove(&addr)?;
+        self.lifted.push(addr);
         let subj = Subject {
             addr,
             port: b.port,

@@ -91,6 +91,9 @@ pub struct Engine {
     counters: Counters,
     recent: VecDeque<RecentDecision>,
     started: Instant,
+    /// Addresses whose block ended since the daemon last asked ([`Engine::take_lifted`]),
+    /// so the sensor can forget their state.
+    lifted: Vec<IpAddr>,
     /// The connected sensor (maintained by the daemon).
     pub sensor: Option<SensorInfo>,
 }
@@ -162,6 +165,7 @@ impl Engine {
             counters: Counters::default(),
             recent: VecDeque::new(),
             started: Instant::now(),
+            lifted: Vec::new(),
             sensor: None,
         };
         engine.restore(blocks, WallMs::now());
@@ -257,6 +261,11 @@ impl Engine {
                 s.decision.as_str()
             ));
         }
+    }
+
+    /// The addresses whose block ended since the last call.
+    pub fn take_lifted(&mut self) -> Vec<IpAddr> {
+        std::mem::take(&mut self.lifted)
     }
 
     /// Count an error the daemon logged itself.
