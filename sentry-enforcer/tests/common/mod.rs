@@ -376,6 +376,8 @@ impl Drop for Env {
 pub struct FakeSensor {
     pub s: UnixStream,
     pub seq: u64,
+    /// Addresses the enforcer said are no longer blocked.
+    pub unblocked: Vec<std::net::IpAddr>,
 }
 
 pub fn hello() -> SensorFrame {
@@ -411,7 +413,11 @@ impl FakeSensor {
     pub fn connect(path: &Path) -> Self {
         let s = UnixStream::connect(path).expect("connect enforcer.sock");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Self { s, seq: 0 }
+        Self {
+            s,
+            seq: 0,
+            unblocked: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, f: &SensorFrame) {
@@ -444,12 +450,16 @@ impl FakeSensor {
     pub fn send_req(&mut self, r: BlockRequest) -> Decision {
         let seq = r.seq;
         self.send(&SensorFrame::Block(r));
-        match self.recv() {
-            Ok(EnforcerFrame::Ack { seq: s, decision }) => {
-                assert_eq!(s, seq);
-                decision
+        loop {
+            match self.recv() {
+                Ok(EnforcerFrame::Ack { seq: s, decision }) => {
+                    assert_eq!(s, seq);
+                    return decision;
+                }
+                // Notices of ended blocks may come between answers.
+                Ok(EnforcerFrame::Unblocked { addr }) => self.unblocked.push(addr),
+                other => panic!("expected Ack, got {other:?}"),
             }
-            other => panic!("expected Ack, got {other:?}"),
         }
     }
 

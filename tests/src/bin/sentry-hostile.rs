@@ -265,14 +265,21 @@ fn main() {
                 if !send(&mut s, &bytes, &mut r) {
                     break;
                 }
-                for _ in 0..batch {
+                let mut answered = 0;
+                while answered < batch {
                     match read_frame::<EnforcerFrame, _>(&mut s) {
                         Ok(EnforcerFrame::Ack { decision, .. }) => {
+                            answered += 1;
                             *r.decisions
                                 .entry(decision.as_str().to_string())
                                 .or_default() += 1;
                         }
-                        Ok(other) => r.replies.push(format!("{other:?}")),
+                        // Notices of ended blocks are not answers.
+                        Ok(EnforcerFrame::Unblocked { .. }) => {}
+                        Ok(other) => {
+                            answered += 1;
+                            r.replies.push(format!("{other:?}"));
+                        }
                         Err(e) => {
                             r.error = Some(e.to_string());
                             r.closed = true;
