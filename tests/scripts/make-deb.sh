@@ -139,7 +139,11 @@ configure|abort-upgrade|abort-deconfigure|abort-remove)
         fi
         # deb-systemd-invoke (init-system-helpers, a dependency of systemd)
         # honours policy-rc.d, so image builds that forbid starts are obeyed.
-        deb-systemd-invoke $action $UNITS >/dev/null || true
+        # One unit at a time, the enforcer first: the sensor keeps detecting and
+        # queues its requests while the enforcer restarts, then restarts itself.
+        for u in $UNITS; do
+            deb-systemd-invoke $action "$u" >/dev/null || true
+        done
     fi
     ;;
 esac
