@@ -155,6 +155,20 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     let t0 = Instant::now();
     let work = tempfile::tempdir().expect("tempdir");
     let deb = build_deb(work.path());
+    // The package as Debian's checker sees it: no errors.
+    if require_tool(TEST, "lintian") {
+        let l = run(
+            Command::new("lintian")
+                .args(["--fail-on", "error"])
+                .arg(&deb),
+            Duration::from_secs(120),
+        );
+        assert!(
+            l.success() && !l.stdout.lines().any(|x| x.starts_with("E: ")),
+            "lintian: {l}"
+        );
+        eprintln!("{TEST}: lintian: {}", l.stdout.trim());
+    }
     let (cache, built) = rootfs();
     match built {
         Some(d) => eprintln!("{TEST}: debootstrapped {} in {d:.1?}", cache.display()),
@@ -386,8 +400,41 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "fail2ban's portsentry filter does not match the history: {f2b}"
     );
 
-    // ---- upgrade: the admin's `systemctl disable` is kept, running units restart.
+    // ---- a warning where there is a cause: a configured command needs CAP_NET_RAW and a
+    // drop-in took it out of the unit's bounding set.
+    c.exec_ok(&[
+        "sh",
+        "-c",
+        "cp /etc/sentry/sentry.conf /etc/sentry/sentry.conf.orig && \
+         echo 'KILL_RUN_CMD=\"/bin/true $TARGET$\"' >> /etc/sentry/sentry.conf && \
+         mkdir -p /etc/systemd/system/sentry-enforcer.service.d && \
+         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN\\n' \
+           > /etc/systemd/system/sentry-enforcer.service.d/test-caps.conf && \
+         systemctl daemon-reload",
+    ]);
     c.exec_ok(&["systemctl", "start", "sentry-enforcer.service"]);
+    wait_until(
+        WAIT,
+        "the enforcer to warn that CAP_NET_RAW is needed but not held",
+        || {
+            let j = c.journal(&["-t", "sentry-enforcer"]);
+            j.lines()
+                .any(|l| {
+                    l.contains("adminalert: confinement: CAP_NET_RAW is needed by the configured actions but not held")
+                })
+                .then_some(())
+        },
+        || c.diag(),
+    );
+    c.exec_ok(&[
+        "sh",
+        "-c",
+        "mv /etc/sentry/sentry.conf.orig /etc/sentry/sentry.conf && \
+         rm -r /etc/systemd/system/sentry-enforcer.service.d && systemctl daemon-reload",
+    ]);
+
+    // ---- upgrade: the admin's `systemctl disable` is kept, running units restart.
+    c.exec_ok(&["systemctl", "restart", "sentry-enforcer.service"]);
     wait_active(&c, "sentry-enforcer.service");
     c.exec_ok(&["systemctl", "disable", "sentry-sensor.service"]);
     let epid = c.unit_prop("sentry-enforcer.service", "MainPID");
