@@ -72,9 +72,9 @@ fn sensor_unit_exposure_at_most_1_6() {
 }
 
 /// The trade the README states: the sched_getattr/sched_setattr opening is the whole gap
-/// between 1.6 and the 1.5 goal. The same unit without it scores at most 1.5, and without
-/// the next-cheapest opening instead (AF_NETLINK, the listener tables over sock_diag) it
-/// still scores 1.6, so no other single directive buys the slice back.
+/// between 1.6 and the 1.5 goal. The same unit without it scores at most 1.5; without the
+/// cheapest opening the sensor could do without instead (AF_NETLINK, the listener tables
+/// over sock_diag) it still scores 1.6.
 #[test]
 fn sensor_unit_exposure_cost_of_the_scheduler_slice() {
     if !have_analyze("sensor_unit_exposure_cost_of_the_scheduler_slice") {
