@@ -626,12 +626,12 @@ impl Sensor {
                     .log
                     .error(&format!("adminalert: ERROR: sentry-enforcer refused the connection: {r:?}")),
                 Event::Decided { report, decision } => self.log.packet(now, || {
-                    format!(
-                        "adminalert: sentry-enforcer decision for host {}: {decision} ({} {} port {})",
+                    crate::log::decision_line(
                         report.src,
                         report.scan,
-                        report.mode.protocol().as_upper(),
-                        report.port
+                        report.mode,
+                        report.port,
+                        decision,
                     )
                 }),
             }

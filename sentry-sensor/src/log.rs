@@ -46,6 +46,31 @@ const PRI_ERR: u8 = 3 * 8 + 3;
 /// Longest line sent (syslog datagrams beyond ~2 KiB may be truncated by receivers).
 const MAX_LINE: usize = 1024;
 
+/// The line for the enforcer's decision on a report. A block and an already-blocked host
+/// are told in PortSentry 1.2's words (`Host A has been blocked ...`, `Host: A is already
+/// blocked. Ignoring`), so log watchers count them as they did PortSentry's; every other
+/// decision is sentry's own line.
+pub fn decision_line(
+    src: IpAddr,
+    scan: ScanKind,
+    mode: Mode,
+    port: u16,
+    decision: sentry_proto::Decision,
+) -> String {
+    let proto = mode.protocol().as_upper();
+    match decision {
+        sentry_proto::Decision::Blocked => format!(
+            "attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {proto} port {port})"
+        ),
+        sentry_proto::Decision::AlreadyBlocked => {
+            format!("attackalert: Host: {src} is already blocked. Ignoring")
+        }
+        other => format!(
+            "adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {proto} port {port})"
+        ),
+    }
+}
+
 /// The detection line for a hit, exactly as PortSentry 1.2 wrote it. NAME is the address:
 /// the sensor never resolves names.
 pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> String {
@@ -379,6 +404,25 @@ mod tests {
             .unwrap()
             .starts_with("<27>sentry-sensor["));
         assert_eq!(l.lost, 0);
+    }
+
+    #[test]
+    fn decisions_in_portsentry_words_where_portsentry_had_them() {
+        use sentry_proto::Decision;
+        assert_eq!(
+            decision_line(S, ScanKind::Syn, Mode::Atcp, 22, Decision::Blocked),
+            format!(
+                "attackalert: Host 192.0.2.7 has been blocked by sentry-enforcer ({} TCP port 22)",
+                ScanKind::Syn
+            )
+        );
+        assert_eq!(
+            decision_line(S, ScanKind::Syn, Mode::Atcp, 22, Decision::AlreadyBlocked),
+            "attackalert: Host: 192.0.2.7 is already blocked. Ignoring"
+        );
+        let l = decision_line(S, ScanKind::Udp, Mode::Audp, 161, Decision::Ignored);
+        assert!(l.starts_with("adminalert: sentry-enforcer decision for host 192.0.2.7: "));
+        assert_eq!(syslog_tag(&l), SENTRY_TAG);
     }
 
     #[test]

@@ -427,8 +427,12 @@ fn systemd_nspawn_package_units_and_log_consumers() {
             Duration::from_secs(60),
         );
         assert!(
-            lw.stdout.contains(&scanner),
-            "logwatch --detail {detail} does not report {scanner}: {lw}"
+            lw.stdout.contains(&format!("{scanner}: ports:")),
+            "logwatch --detail {detail} does not report the scan from {scanner}: {lw}"
+        );
+        assert!(
+            lw.stdout.contains(&format!("Blocked route from/to {scanner} ")),
+            "logwatch --detail {detail} does not report the block of {scanner}: {lw}"
         );
         // logwatch lists unmatched lines from detail 5 on.
         assert!(
@@ -486,9 +490,25 @@ fn systemd_nspawn_package_units_and_log_consumers() {
          rm -r /etc/systemd/system/sentry-enforcer.service.d && systemctl daemon-reload",
     ]);
 
-    // ---- upgrade: the admin's `systemctl disable` is kept, running units restart.
+    // ---- upgrade with both running: both restart with the new binaries, the block holds.
     c.exec_ok(&["systemctl", "restart", "sentry-enforcer.service"]);
-    wait_active(&c, "sentry-enforcer.service");
+    c.exec_ok(&["systemctl", "start", "sentry-sensor.service"]);
+    for u in UNITS {
+        wait_active(&c, u);
+    }
+    let pids: Vec<String> = UNITS.iter().map(|u| c.unit_prop(u, "MainPID")).collect();
+    let before = sensor_connections(&c);
+    let up = c.exec_ok(&["dpkg", "-i", DEB_IN_ROOT]);
+    for (u, pid) in UNITS.iter().zip(&pids) {
+        wait_active(&c, u);
+        assert_ne!(&c.unit_prop(u, "MainPID"), pid, "upgrade did not restart {u}: {up}");
+        assert_eq!(c.unit_prop(u, "UnitFileState"), "enabled", "{u}");
+    }
+    wait_sensor_connected(&c, before);
+    assert!(nft_set(&c).contains(&scanner), "upgrade lost the block");
+
+    // ---- upgrade after `systemctl disable`: the admin's choice is kept.
+    c.exec_ok(&["systemctl", "stop", "sentry-sensor.service"]);
     c.exec_ok(&["systemctl", "disable", "sentry-sensor.service"]);
     let epid = c.unit_prop("sentry-enforcer.service", "MainPID");
     let up = c.exec_ok(&["dpkg", "-i", DEB_IN_ROOT]);
