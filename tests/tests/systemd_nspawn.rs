@@ -194,7 +194,7 @@ fn systemd_nspawn_package_units_and_log_consumers() {
 
     // ---- the same on a host migrating from PortSentry (its configuration left by
     // `apt remove portsentry`): sentry.conf becomes a link to it, plus the drop-in that
-    // lets the enforcer write PortSentry's state directory; the policy checks clean.
+    // lets the enforcer write PortSentry's state directory, as `make install` does.
     let migrating = RootCopy::new(&cache);
     let fixture = repo().join("policy/tests/fixtures/debian.conf");
     std::fs::create_dir_all(migrating.join("/etc/portsentry")).unwrap();
@@ -269,6 +269,28 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     }
     assert_eq!(proc_field(&status, "NoNewPrivs"), "1");
     assert_eq!(proc_field(&status, "Seccomp"), "2");
+
+    // The installed units' exposure as the running systemd scores them (the offline
+    // figures are checked in units.rs).
+    for (u, max) in [
+        ("sentry-sensor.service", 1.6),
+        ("sentry-enforcer.service", 2.5),
+    ] {
+        let o = c.exec_ok(&["systemd-analyze", "security", "--no-pager", u]);
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.contains("Overall exposure level"))
+            .unwrap_or_else(|| panic!("no exposure line: {o}"));
+        let score: f64 = line
+            .split(':')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+        eprintln!("{TEST}: {}", line.trim());
+        assert!(score <= max, "{u}: exposure {score} > {max}");
+    }
 
     // No warning at start: neither the enforcer's confinement nor anything else.
     let start_journal = c.journal(&["-u", "sentry-enforcer", "-u", "sentry-sensor"]);
@@ -431,7 +453,8 @@ fn systemd_nspawn_package_units_and_log_consumers() {
             "logwatch --detail {detail} does not report the scan from {scanner}: {lw}"
         );
         assert!(
-            lw.stdout.contains(&format!("Blocked route from/to {scanner} ")),
+            lw.stdout
+                .contains(&format!("Blocked route from/to {scanner} ")),
             "logwatch --detail {detail} does not report the block of {scanner}: {lw}"
         );
         // logwatch lists unmatched lines from detail 5 on.
@@ -501,7 +524,11 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     let up = c.exec_ok(&["dpkg", "-i", DEB_IN_ROOT]);
     for (u, pid) in UNITS.iter().zip(&pids) {
         wait_active(&c, u);
-        assert_ne!(&c.unit_prop(u, "MainPID"), pid, "upgrade did not restart {u}: {up}");
+        assert_ne!(
+            &c.unit_prop(u, "MainPID"),
+            pid,
+            "upgrade did not restart {u}: {up}"
+        );
         assert_eq!(c.unit_prop(u, "UnitFileState"), "enabled", "{u}");
     }
     wait_sensor_connected(&c, before);
