@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sentry_tests::netns::{SCANNER2_V4, SCANNER_V4, TARGET_V4};
+use sentry_tests::netns::{SCANNER2_V4, SCANNER3_V4, SCANNER_V4, TARGET_V4};
 use sentry_tests::nspawn::{rootfs, Container, RootCopy};
 use sentry_tests::{bin_dir, require_root, require_tool, run, run_ok, wait_until, NetPair, Side};
 
@@ -389,6 +389,21 @@ fn systemd_nspawn_package_units_and_log_consumers() {
             c.diag()
         );
     }
+
+    // ---- the enforcer down (as during an upgrade): the sensor keeps running and queues
+    // what it detects; the enforcer blocks it once it is back.
+    c.exec_ok(&["systemctl", "stop", "sentry-enforcer.service"]);
+    assert_eq!(
+        c.unit_prop("sentry-sensor.service", "ActiveState"),
+        "active",
+        "stopping the enforcer stopped the sensor"
+    );
+    let before = sensor_connections(&c);
+    nmap(&c.net, SCANNER3_V4);
+    assert!(!nft_set(&c).contains(&SCANNER3_V4.to_string()));
+    c.exec_ok(&["systemctl", "start", "sentry-enforcer.service"]);
+    wait_sensor_connected(&c, before);
+    wait_blocked(&c, SCANNER3_V4);
 
     // ---- no unit was ever killed for a system call its filter denies (SIGSYS), and
     // neither restarted by itself.
