@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use sentry_enforcer::action::{SET_V4, SET_V6};
 use sentry_enforcer::audit::{Logger, Peer};
-use sentry_enforcer::engine::{now_ms, Engine, Options, SET_V4, SET_V6};
+use sentry_enforcer::engine::{Engine, Options};
 use sentry_enforcer::netlink::{NlSocket, SetElem};
+use sentry_enforcer::session::{check_request, Checked};
 use sentry_enforcer::store::BlockRecord;
+use sentry_enforcer::time::{WallMs, WallUs};
 use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 
 const MARK: &str = "SENTRY_BENCH_IN_NETNS";
@@ -24,9 +27,10 @@ fn addr(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
 }
 
-fn req(seq: u64, source: IpAddr) -> BlockRequest {
-    let now = now_ms();
-    BlockRequest {
+/// A request as the session hands it to the engine (checking is not what is measured).
+fn req(seq: u64, source: IpAddr) -> Checked {
+    let now = WallMs::now().0;
+    let r = BlockRequest {
         seq,
         source,
         protocol: Protocol::Tcp,
@@ -37,7 +41,8 @@ fn req(seq: u64, source: IpAddr) -> BlockRequest {
         first_seen_ms: now,
         last_seen_ms: now,
         ip_options: false,
-    }
+    };
+    check_request(r, &Mode::ALL, WallMs::now()).unwrap_or_else(|(_, e)| panic!("{e}"))
 }
 
 /// An engine whose state directory already holds `n` blocks (restored with one netlink
@@ -45,7 +50,7 @@ fn req(seq: u64, source: IpAddr) -> BlockRequest {
 fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
     let state = dir.join(format!("state-{n}"));
     std::fs::create_dir_all(&state).unwrap();
-    let now = now_ms();
+    let now = WallMs::now().0;
     let blocks: Vec<BlockRecord> = (0..n)
         .map(|i| BlockRecord {
             addr: addr(1_000_000 + i),
@@ -120,11 +125,11 @@ fn bench(c: &mut Criterion) {
                     let a = addr(next);
                     let r = req(seq, a);
                     let t = Instant::now();
-                    let d = e.decide(&r, PEER, now_ms());
+                    let d = e.decide(&r, PEER, WallUs::now());
                     total += t.elapsed();
                     assert_eq!(d, Decision::Blocked);
                     // Keep the number of active blocks at n.
-                    e.unblock(a, PEER, now_ms());
+                    e.unblock(a, PEER, WallMs::now());
                 }
                 total
             })
@@ -139,7 +144,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("tcp", |b| {
         b.iter(|| {
             seq += 1;
-            e.decide(&req(seq, addr(5)), PEER, now_ms())
+            e.decide(&req(seq, addr(5)), PEER, WallUs::now())
         })
     });
     g.finish();

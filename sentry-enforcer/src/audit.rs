@@ -10,7 +10,10 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use sentry_proto::Decision;
 use serde::Serialize;
+
+use crate::time::{WallMs, WallUs};
 
 /// Who sent the request (from SO_PEERCRED, never from the message).
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,17 +22,51 @@ pub struct Peer {
     pub pid: u32,
 }
 
+/// Which action an [`ActionRecord`] is about; serialised under the audit log's names.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// The source's element in the `v4` / `v6` set (netlink).
+    Nftables,
+    /// A blackhole route (BLACKHOLE_ROUTE, rtnetlink).
+    BlackholeRoute,
+    /// The KILL_ROUTE command.
+    KillRoute,
+    /// The KILL_HOSTS_DENY line in HOSTS_DENY_FILE.
+    HostsDeny,
+    /// The KILL_RUN_CMD command.
+    KillRunCmd,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nftables => "nftables",
+            Self::BlackholeRoute => "blackhole_route",
+            Self::KillRoute => "kill_route",
+            Self::HostsDeny => "hosts_deny",
+            Self::KillRunCmd => "kill_run_cmd",
+        }
+    }
+}
+
+/// Whether an action took effect.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    Ok,
+    Error,
+}
+
 /// One executed action.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct ActionRecord {
-    /// `nftables`, `blackhole_route`, `kill_route`, `hosts_deny`, `kill_run_cmd`.
-    pub action: &'static str,
+    pub action: ActionKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// `ok` or `error`.
-    pub status: &'static str,
+    pub status: ActionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,7 +78,7 @@ impl ActionRecord {
     /// The record of an action done in-process (netlink, a file edit): `ok`, or `error`
     /// with the error's text. Commands have their own record (argv, exit code).
     pub fn outcome<T, E: std::fmt::Display>(
-        action: &'static str,
+        action: ActionKind,
         target: Option<String>,
         r: Result<T, E>,
         ms: f64,
@@ -51,17 +88,55 @@ impl ActionRecord {
             action,
             argv: None,
             target,
-            status: if error.is_none() { "ok" } else { "error" },
+            status: if error.is_none() {
+                ActionStatus::Ok
+            } else {
+                ActionStatus::Error
+            },
             exit_code: None,
             error,
             ms,
         }
     }
+
+    pub fn ok(&self) -> bool {
+        self.status == ActionStatus::Ok
+    }
 }
 
-impl ActionRecord {
-    pub fn ok(&self) -> bool {
-        self.status == "ok"
+/// What an audit record reports: a decision on a block request, or an event that is not
+/// an answer to one. Serialised as the record's `decision` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Decision(Decision),
+    /// `sentryctl unblock`, or the ignore list / never-block set now covers the address.
+    Unblocked,
+    /// BLOCK_TIMEOUT passed.
+    Expired,
+    /// Re-applied from the state directory at start.
+    Restored,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision(d) => d.as_str(),
+            Self::Unblocked => "unblocked",
+            Self::Expired => "expired",
+            Self::Restored => "restored",
+        }
+    }
+}
+
+impl Serialize for RecordKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl From<Decision> for RecordKind {
+    fn from(d: Decision) -> Self {
+        Self::Decision(d)
     }
 }
 
@@ -80,7 +155,7 @@ pub struct AuditRecord {
     pub port: Option<u16>,
     pub scan: Option<&'static str>,
     pub mode: Option<&'static str>,
-    pub decision: &'static str,
+    pub decision: RecordKind,
     /// Present (`true`) only on an AUDIT_RATE summary: one record standing for the
     /// `suppressed` records of `decision` not written individually in one second.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,20 +177,20 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record about a connection or frame rather than a block request.
-    pub fn event(time_ms: u64, decision: &'static str, reason: String, peer: Option<Peer>) -> Self {
-        Self::event_us(time_ms.saturating_mul(1000), decision, reason, peer)
+    pub fn event(time: WallMs, decision: RecordKind, reason: String, peer: Option<Peer>) -> Self {
+        Self::event_us(time.us(), decision, reason, peer)
     }
 
     /// [`AuditRecord::event`] with a microsecond timestamp.
     pub fn event_us(
-        time_us: u64,
-        decision: &'static str,
+        time: WallUs,
+        decision: RecordKind,
         reason: String,
         peer: Option<Peer>,
     ) -> Self {
         Self {
-            time: policy::logfmt::format_utc(time_us / 1000),
-            time_us,
+            time: policy::logfmt::format_utc(time.ms().0),
+            time_us: time.0,
             source: None,
             protocol: None,
             port: None,
@@ -135,10 +210,10 @@ impl AuditRecord {
 
     /// The record standing for the records `s` counts instead of writing them; `rate` is
     /// AUDIT_RATE, `now_us` the time it is written.
-    pub fn summary(now_us: u64, s: &crate::budget::Summary, rate: u32) -> Self {
+    pub fn summary(now: WallUs, s: &crate::budget::Summary, rate: u32) -> Self {
         let mut r = Self::event_us(
-            now_us,
-            s.decision.as_str(),
+            now,
+            s.decision.into(),
             format!("AUDIT_RATE={rate} per second reached"),
             None,
         );
@@ -302,21 +377,26 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/audit.jsonl");
         let mut a = AuditLog::open(&p).unwrap();
-        let mut r = AuditRecord::event(0, "rejected", "bad \"frame\"\n".into(), None)
-            .with_source("192.0.2.1".parse().unwrap());
+        let mut r = AuditRecord::event(
+            WallMs(0),
+            Decision::Rejected.into(),
+            "bad \"frame\"\n".into(),
+            None,
+        )
+        .with_source("192.0.2.1".parse().unwrap());
         r.actions.push(ActionRecord {
-            action: "kill_route",
+            action: ActionKind::KillRoute,
             argv: Some(vec!["/bin/false".into()]),
             target: None,
-            status: "error",
+            status: ActionStatus::Error,
             exit_code: Some(1),
             error: Some("exit 1".into()),
             ms: 1.5,
         });
         a.write(&r).unwrap();
         a.write(&AuditRecord::event(
-            1,
-            "expired",
+            WallMs(1),
+            RecordKind::Expired,
             "x".into(),
             Some(Peer { uid: 1, pid: 2 }),
         ))
@@ -339,7 +419,12 @@ mod tests {
 
     #[test]
     fn time_us_keeps_microseconds_and_time_agrees() {
-        let r = AuditRecord::event_us(1_700_000_000_123_456, "blocked", String::new(), None);
+        let r = AuditRecord::event_us(
+            WallUs(1_700_000_000_123_456),
+            Decision::Blocked.into(),
+            String::new(),
+            None,
+        );
         assert_eq!(r.time_us, 1_700_000_000_123_456);
         assert_eq!(r.time, "2023-11-14T22:13:20.123Z");
         let v = serde_json::to_value(&r).unwrap();
@@ -349,8 +434,13 @@ mod tests {
     #[test]
     fn ordinary_records_have_no_summary_fields() {
         // Byte for byte what records looked like before the summary fields existed.
-        let r = AuditRecord::event(1, "expired", "x".into(), Some(Peer { uid: 1, pid: 2 }))
-            .with_source("192.0.2.1".parse().unwrap());
+        let r = AuditRecord::event(
+            WallMs(1),
+            RecordKind::Expired,
+            "x".into(),
+            Some(Peer { uid: 1, pid: 2 }),
+        )
+        .with_source("192.0.2.1".parse().unwrap());
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             "{\"time\":\"1970-01-01T00:00:00.001Z\",\"time_us\":1000,\"source\":\"192.0.2.1\",\
@@ -371,7 +461,8 @@ mod tests {
                 "2001:db8::1".parse().unwrap(),
             ],
         };
-        let v = serde_json::to_value(AuditRecord::summary(1_700_000_001_000_500, &s, 100)).unwrap();
+        let v = serde_json::to_value(AuditRecord::summary(WallUs(1_700_000_001_000_500), &s, 100))
+            .unwrap();
         assert_eq!(v["decision"], "rate_limited");
         assert_eq!(v["summary"], true);
         assert_eq!(v["suppressed"], 9900);

@@ -19,6 +19,8 @@ use std::net::IpAddr;
 
 use sentry_proto::Decision;
 
+use crate::time::WallUs;
+
 /// Sources kept per decision kind in one second's summary.
 pub const SAMPLE_MAX: usize = 8;
 
@@ -125,7 +127,8 @@ impl AuditBudget {
     /// back), returning the summaries of what it suppressed, in [`KINDS`] order. Call
     /// before [`AuditBudget::admit`] so the summaries are written before the new second's
     /// records, and periodically so they are not held back when requests stop.
-    pub fn roll(&mut self, now_us: u64) -> Vec<Summary> {
+    pub fn roll(&mut self, now: WallUs) -> Vec<Summary> {
+        let now_us = now.0;
         let sec = now_us / 1_000_000;
         if sec == self.second {
             return Vec::new();
@@ -163,7 +166,8 @@ impl AuditBudget {
     /// use the budget. A refused one is counted for the summary of its second. Assumes
     /// [`AuditBudget::roll`] was called for `now_us`; if it was not, a record from another
     /// second is admitted or counted against the current one, never lost.
-    pub fn admit(&mut self, now_us: u64, decision: Decision, source: IpAddr) -> bool {
+    pub fn admit(&mut self, now: WallUs, decision: Decision, source: IpAddr) -> bool {
+        let now_us = now.0;
         let Some(i) = slot(decision) else {
             return true;
         };
@@ -196,40 +200,43 @@ mod tests {
     #[test]
     fn exactly_rate_admitted_then_suppressed() {
         let mut b = AuditBudget::new(3);
-        assert!(b.roll(SEC).is_empty());
+        assert!(b.roll(WallUs(SEC)).is_empty());
         for i in 0..3 {
-            assert!(b.admit(SEC + i, Decision::RateLimited, ip(1)), "record {i}");
+            assert!(
+                b.admit(WallUs(SEC + i), Decision::RateLimited, ip(1)),
+                "record {i}"
+            );
         }
-        assert!(!b.admit(SEC + 3, Decision::RateLimited, ip(1)));
-        assert!(!b.admit(SEC + 4, Decision::Capped, ip(2)));
+        assert!(!b.admit(WallUs(SEC + 3), Decision::RateLimited, ip(1)));
+        assert!(!b.admit(WallUs(SEC + 4), Decision::Capped, ip(2)));
     }
 
     #[test]
     fn budget_is_shared_by_the_no_change_kinds() {
         let mut b = AuditBudget::new(2);
-        b.roll(SEC);
-        assert!(b.admit(SEC, Decision::Ignored, ip(1)));
-        assert!(b.admit(SEC, Decision::NeverBlock, ip(1)));
-        assert!(!b.admit(SEC, Decision::Rejected, ip(1)));
-        assert!(!b.admit(SEC, Decision::LogOnly, ip(1)));
-        assert!(!b.admit(SEC, Decision::AlreadyBlocked, ip(1)));
+        b.roll(WallUs(SEC));
+        assert!(b.admit(WallUs(SEC), Decision::Ignored, ip(1)));
+        assert!(b.admit(WallUs(SEC), Decision::NeverBlock, ip(1)));
+        assert!(!b.admit(WallUs(SEC), Decision::Rejected, ip(1)));
+        assert!(!b.admit(WallUs(SEC), Decision::LogOnly, ip(1)));
+        assert!(!b.admit(WallUs(SEC), Decision::AlreadyBlocked, ip(1)));
     }
 
     #[test]
     fn changes_are_never_suppressed_and_use_no_budget() {
         let mut b = AuditBudget::new(1);
-        b.roll(SEC);
+        b.roll(WallUs(SEC));
         for d in [Decision::Blocked, Decision::CommandOnly, Decision::Failed] {
             assert!(!gated(d));
             for _ in 0..100 {
-                assert!(b.admit(SEC, d, ip(1)));
+                assert!(b.admit(WallUs(SEC), d, ip(1)));
             }
         }
         // The one no-change record of this second is still available.
-        assert!(b.admit(SEC, Decision::Capped, ip(1)));
-        assert!(!b.admit(SEC, Decision::Capped, ip(1)));
-        assert!(b.admit(SEC, Decision::Blocked, ip(1)));
-        let s = b.roll(SEC + 1_000_000);
+        assert!(b.admit(WallUs(SEC), Decision::Capped, ip(1)));
+        assert!(!b.admit(WallUs(SEC), Decision::Capped, ip(1)));
+        assert!(b.admit(WallUs(SEC), Decision::Blocked, ip(1)));
+        let s = b.roll(WallUs(SEC + 1_000_000));
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].decision, s[0].suppressed), (Decision::Capped, 1));
     }
@@ -237,16 +244,16 @@ mod tests {
     #[test]
     fn summary_contents_per_kind_in_fixed_order() {
         let mut b = AuditBudget::new(1);
-        b.roll(SEC);
-        assert!(b.admit(SEC + 10, Decision::Capped, ip(9)));
+        b.roll(WallUs(SEC));
+        assert!(b.admit(WallUs(SEC + 10), Decision::Capped, ip(9)));
         for i in 0..5u32 {
-            assert!(!b.admit(SEC + 100 + u64::from(i), Decision::Capped, ip(i)));
+            assert!(!b.admit(WallUs(SEC + 100 + u64::from(i)), Decision::Capped, ip(i)));
         }
-        assert!(!b.admit(SEC + 200, Decision::RateLimited, ip(7)));
-        assert!(!b.admit(SEC + 300, Decision::RateLimited, ip(7)));
+        assert!(!b.admit(WallUs(SEC + 200), Decision::RateLimited, ip(7)));
+        assert!(!b.admit(WallUs(SEC + 300), Decision::RateLimited, ip(7)));
         // Same second: nothing to summarise yet.
-        assert!(b.roll(SEC + 999_999).is_empty());
-        let s = b.roll(SEC + 1_000_000);
+        assert!(b.roll(WallUs(SEC + 999_999)).is_empty());
+        let s = b.roll(WallUs(SEC + 1_000_000));
         assert_eq!(
             s,
             vec![
@@ -267,32 +274,32 @@ mod tests {
             ]
         );
         // Summaries are handed out once.
-        assert!(b.roll(SEC + 2_000_000).is_empty());
+        assert!(b.roll(WallUs(SEC + 2_000_000)).is_empty());
     }
 
     #[test]
     fn rollover_restores_the_budget() {
         let mut b = AuditBudget::new(2);
-        b.roll(SEC);
-        assert!(b.admit(SEC, Decision::RateLimited, ip(1)));
-        assert!(b.admit(SEC, Decision::RateLimited, ip(1)));
-        assert!(!b.admit(SEC, Decision::RateLimited, ip(1)));
-        let s = b.roll(SEC + 1_500_000);
+        b.roll(WallUs(SEC));
+        assert!(b.admit(WallUs(SEC), Decision::RateLimited, ip(1)));
+        assert!(b.admit(WallUs(SEC), Decision::RateLimited, ip(1)));
+        assert!(!b.admit(WallUs(SEC), Decision::RateLimited, ip(1)));
+        let s = b.roll(WallUs(SEC + 1_500_000));
         assert_eq!(s.len(), 1);
-        assert!(b.admit(SEC + 1_500_000, Decision::RateLimited, ip(1)));
-        assert!(b.admit(SEC + 1_500_001, Decision::RateLimited, ip(1)));
-        assert!(!b.admit(SEC + 1_500_002, Decision::RateLimited, ip(1)));
+        assert!(b.admit(WallUs(SEC + 1_500_000), Decision::RateLimited, ip(1)));
+        assert!(b.admit(WallUs(SEC + 1_500_001), Decision::RateLimited, ip(1)));
+        assert!(!b.admit(WallUs(SEC + 1_500_002), Decision::RateLimited, ip(1)));
         // A clock stepped back is another second too.
-        assert_eq!(b.roll(SEC - 5_000_000).len(), 1);
-        assert!(b.admit(SEC - 5_000_000, Decision::RateLimited, ip(1)));
+        assert_eq!(b.roll(WallUs(SEC - 5_000_000)).len(), 1);
+        assert!(b.admit(WallUs(SEC - 5_000_000), Decision::RateLimited, ip(1)));
     }
 
     #[test]
     fn finish_hands_out_the_current_second_once() {
         let mut b = AuditBudget::new(1);
-        b.roll(SEC);
-        assert!(b.admit(SEC, Decision::Capped, ip(1)));
-        assert!(!b.admit(SEC + 5, Decision::Capped, ip(2)));
+        b.roll(WallUs(SEC));
+        assert!(b.admit(WallUs(SEC), Decision::Capped, ip(1)));
+        assert!(!b.admit(WallUs(SEC + 5), Decision::Capped, ip(2)));
         let s = b.finish();
         assert_eq!(s.len(), 1);
         assert_eq!(
@@ -301,22 +308,22 @@ mod tests {
         );
         assert!(b.finish().is_empty());
         // Still the same second: its budget stays used.
-        assert!(!b.admit(SEC + 6, Decision::Capped, ip(3)));
-        assert_eq!(b.roll(SEC + 1_000_000)[0].suppressed, 1);
+        assert!(!b.admit(WallUs(SEC + 6), Decision::Capped, ip(3)));
+        assert_eq!(b.roll(WallUs(SEC + 1_000_000))[0].suppressed, 1);
     }
 
     #[test]
     fn samples_bounded_and_distinct() {
         let mut b = AuditBudget::new(1);
-        b.roll(SEC);
-        assert!(b.admit(SEC, Decision::RateLimited, ip(1000)));
+        b.roll(WallUs(SEC));
+        assert!(b.admit(WallUs(SEC), Decision::RateLimited, ip(1000)));
         for i in 0..100_000u32 {
-            assert!(!b.admit(SEC + u64::from(i), Decision::RateLimited, ip(i % 3)));
+            assert!(!b.admit(WallUs(SEC + u64::from(i)), Decision::RateLimited, ip(i % 3)));
         }
         for i in 0..100_000u32 {
-            assert!(!b.admit(SEC + 200_000, Decision::RateLimited, ip(i)));
+            assert!(!b.admit(WallUs(SEC + 200_000), Decision::RateLimited, ip(i)));
         }
-        let s = b.roll(SEC + 1_000_000);
+        let s = b.roll(WallUs(SEC + 1_000_000));
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].suppressed, 200_000);
         assert_eq!(s[0].sample.len(), SAMPLE_MAX);
@@ -329,14 +336,14 @@ mod tests {
     #[test]
     fn every_no_change_kind_has_its_own_slot() {
         let mut b = AuditBudget::new(1);
-        b.roll(SEC);
-        assert!(b.admit(SEC, Decision::Ignored, ip(0)));
+        b.roll(WallUs(SEC));
+        assert!(b.admit(WallUs(SEC), Decision::Ignored, ip(0)));
         for (i, d) in KINDS.iter().enumerate() {
             assert!(gated(*d));
             assert_eq!(slot(*d), Some(i));
-            assert!(!b.admit(SEC, *d, ip(1)));
+            assert!(!b.admit(WallUs(SEC), *d, ip(1)));
         }
-        let s = b.roll(SEC + 1_000_000);
+        let s = b.roll(WallUs(SEC + 1_000_000));
         let kinds: Vec<Decision> = s.iter().map(|s| s.decision).collect();
         assert_eq!(kinds, KINDS.to_vec());
         assert!(s.iter().all(|s| s.suppressed == 1));

@@ -1,9 +1,11 @@
 //! `sentryctl`: status, blocked, unblock (over control.sock) and check-config (local).
 
+use interprocess::local_socket::traits::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use interprocess::os::unix::uds_local_socket::Stream;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -138,9 +140,14 @@ pub fn check_config(path: &Path) -> CheckReport {
 /// One request/response exchange after the handshake.
 pub fn request(runtime_dir: &Path, req: &ControlRequest) -> Result<ControlResponse, String> {
     let path = runtime_dir.join("control.sock");
-    let mut s = UnixStream::connect(&path)
-        .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let connect_err = |e: std::io::Error| format!("cannot connect to {}: {e}", path.display());
+    let mut s = Stream::connect(
+        path.as_path()
+            .to_fs_name::<GenericFilePath>()
+            .map_err(connect_err)?,
+    )
+    .map_err(connect_err)?;
+    let _ = s.set_recv_timeout(Some(Duration::from_secs(30)));
     write_frame(
         &mut s,
         &ControlRequest::Hello {

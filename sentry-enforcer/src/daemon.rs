@@ -5,14 +5,18 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caps::{CapSet, Capability, CapsHashSet};
+use interprocess::local_socket::traits::{Listener as _, Stream as _};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use interprocess::os::unix::uds_local_socket::{Listener, Stream};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Group, Uid, User};
@@ -22,17 +26,26 @@ use sentry_proto::{
 };
 
 use crate::audit::{Level, Logger, Peer};
-use crate::engine::{now_ms, now_us, Engine, Options};
+use crate::engine::{Engine, Options};
+use crate::error::EnforcerError;
 use crate::session::{Event, Session};
+use crate::time::{WallMs, WallUs};
 
-/// Time a new sensor connection has to complete its handshake.
+/// Time a new sensor connection has from accept to a complete Hello: one deadline for
+/// the whole handshake, not per read (a peer dripping a byte at a time gains nothing).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A frame must not stall longer than this once its first byte arrived.
+/// Time a frame has from its first byte to its last, likewise one deadline per frame.
 const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Idle limit for control connections.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections being served at once (sensor + control + not yet refused).
-const MAX_CONNECTIONS: usize = 16;
+/// Most control connections served at once. Counted after authentication (which happens
+/// in the accept loop, before a thread exists), so unauthorised connections can never
+/// take the slots of root's `sentryctl`; the sensor has its own single slot.
+const MAX_CONTROL_CONNECTIONS: usize = 8;
+/// Most "sensor connected" lines per second; a process with the sensor's uid that
+/// reconnects in a loop must not be able to flood syslog (the rest are counted and
+/// summarised).
+const CONNECT_LINES_PER_SECOND: u32 = 5;
 /// Most refusal audit records per second; the rest are only counted.
 const REFUSALS_PER_SECOND: u32 = 20;
 
@@ -138,8 +151,10 @@ struct Shared {
     sensor_uid: Uid,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    connections: AtomicUsize,
+    control_connections: AtomicUsize,
     refusals: Mutex<(u64, u32)>,
+    /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
+    connect_lines: Mutex<(u64, u32, u64)>,
     sockets: Vec<PathBuf>,
 }
 
@@ -152,10 +167,10 @@ impl Shared {
 
     /// Audit a refusal, at most REFUSALS_PER_SECOND per second (the rest only counted).
     fn refuse(&self, reason: &str, peer: Option<Peer>) {
-        let now = now_ms();
+        let now = WallMs::now();
         let allowed = {
             let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-            let sec = now / 1000;
+            let sec = now.secs();
             if r.0 != sec {
                 *r = (sec, 0);
             }
@@ -171,7 +186,44 @@ impl Shared {
     }
 }
 
-fn peer_of(s: &UnixStream) -> io::Result<(Peer, u32)> {
+impl Shared {
+    /// Log that a sensor connected, at most CONNECT_LINES_PER_SECOND a second; the count
+    /// of the rest is logged once that second is over.
+    fn log_connected(&self, line: &str) {
+        let sec = WallMs::now().secs();
+        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll_connect_lines(&mut c, sec);
+        if c.1 < CONNECT_LINES_PER_SECOND {
+            c.1 += 1;
+            self.log.info(line);
+        } else {
+            c.2 += 1;
+        }
+    }
+
+    /// The one-second tick's part: summarise a second that is over even when no
+    /// connection follows it.
+    fn flush_connect_lines(&self) {
+        let sec = WallMs::now().secs();
+        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll_connect_lines(&mut c, sec);
+    }
+
+    fn roll_connect_lines(&self, c: &mut (u64, u32, u64), sec: u64) {
+        if c.0 == sec {
+            return;
+        }
+        if c.2 > 0 {
+            self.log.info(&format!(
+                "adminalert: {} further sensor connections not logged individually",
+                c.2
+            ));
+        }
+        *c = (sec, 0, 0);
+    }
+}
+
+fn peer_of(s: &Stream) -> io::Result<(Peer, u32)> {
     let c = getsockopt(s, sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok((
         Peer {
@@ -182,7 +234,7 @@ fn peer_of(s: &UnixStream) -> io::Result<(Peer, u32)> {
     ))
 }
 
-fn send_refusal(s: &mut UnixStream, r: Refusal) {
+fn send_refusal(s: &mut Stream, r: Refusal) {
     let _ = write_frame(s, &EnforcerFrame::Refused(r));
 }
 
@@ -195,39 +247,80 @@ impl Drop for SensorSlot<'_> {
     }
 }
 
-fn serve_sensor(sh: &Shared, mut s: UnixStream) {
-    let (peer, _) = match peer_of(&s) {
+/// Authenticate a new connection before any thread or slot is spent on it: the peer's
+/// credentials are the kernel's, available at once, so nothing here waits on the peer.
+fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
+    let (peer, gid) = match peer_of(s) {
         Ok(p) => p,
         Err(e) => {
             sh.refuse(&format!("cannot read peer credentials: {e}"), None);
-            return;
+            return None;
         }
     };
-    if peer.uid != sh.sensor_uid.as_raw() {
-        send_refusal(&mut s, Refusal::NotAuthorized);
-        sh.refuse(
-            &format!(
-                "peer uid {} (pid {}) is not the sensor user (uid {})",
-                peer.uid,
-                peer.pid,
-                sh.sensor_uid.as_raw()
-            ),
-            Some(peer),
-        );
-        return;
+    if sensor {
+        if peer.uid != sh.sensor_uid.as_raw() {
+            send_refusal(s, Refusal::NotAuthorized);
+            sh.refuse(
+                &format!(
+                    "peer uid {} (pid {}) is not the sensor user (uid {})",
+                    peer.uid,
+                    peer.pid,
+                    sh.sensor_uid.as_raw()
+                ),
+                Some(peer),
+            );
+            return None;
+        }
+        // One sensor at a time: a second connection is refused, not allowed to replace
+        // the first (a dead sensor's socket closes when its process exits, so a restarted
+        // sensor gets in; a second live one would only duplicate or hijack the stream).
+        if sh.sensor_busy.swap(true, Ordering::SeqCst) {
+            send_refusal(s, Refusal::AlreadyConnected);
+            sh.refuse("a sensor is already connected", Some(peer));
+            return None;
+        }
+    } else {
+        if !control_authorized(sh, s, peer, gid) {
+            let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
+            sh.refuse(
+                &format!(
+                    "control connection from uid {} (pid {}) not authorized",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
+            );
+            return None;
+        }
+        if sh.control_connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
+            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+            let _ = write_frame(
+                s,
+                &ControlResponse::Error("too many control connections".into()),
+            );
+            sh.refuse("too many control connections at once", Some(peer));
+            return None;
+        }
     }
-    // One sensor at a time: a second connection is refused, not allowed to replace the
-    // first (a dead sensor's socket closes when its process exits, so a restarted sensor
-    // gets in; a second live one would only duplicate or hijack the stream).
-    if sh.sensor_busy.swap(true, Ordering::SeqCst) {
-        send_refusal(&mut s, Refusal::AlreadyConnected);
-        sh.refuse("a sensor is already connected", Some(peer));
-        return;
+    Some(peer)
+}
+
+/// What a read on the sensor connection may wait for: the rest of the handshake, the
+/// rest of the current frame, or (between frames) the next one.
+fn read_deadline(session: &Session, handshake: Instant, frame: Option<Instant>) -> Instant {
+    if !session.greeted() {
+        handshake + HANDSHAKE_TIMEOUT
+    } else {
+        frame.map_or_else(|| Instant::now() + FRAME_STALL, |f| f + FRAME_STALL)
     }
+}
+
+/// Serve an authenticated sensor (its slot was taken in [`admit`]).
+fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
     let _slot = SensorSlot(sh);
-    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let accepted = Instant::now();
+    // When the current frame's first byte arrived (None between frames).
+    let mut frame_start: Option<Instant> = None;
     let mut session = Session::new();
-    let mut announced: Vec<sentry_proto::Mode> = Vec::new();
     let mut buf = vec![0u8; sentry_proto::MAX_SMALL_FRAME + sentry_proto::HEADER_LEN];
     loop {
         let want = match session.wanted() {
@@ -238,7 +331,16 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
-        let n = match s.read(buf.get_mut(..want).unwrap_or(&mut [])) {
+        let deadline = read_deadline(&session, accepted, frame_start);
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout means "block forever" to the kernel: past the deadline, the
+        // read is not even tried.
+        let n = match if left.is_zero() {
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        } else {
+            let _ = s.set_recv_timeout(Some(left));
+            s.read(buf.get_mut(..want).unwrap_or(&mut []))
+        } {
             Ok(0) => {
                 if !session.is_idle() {
                     sh.refuse("connection closed in the middle of a frame", Some(peer));
@@ -262,7 +364,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 }
                 if !session.is_idle() {
                     send_refusal(&mut s, Refusal::MalformedFrame);
-                    sh.refuse("frame stalled part-way", Some(peer));
+                    sh.refuse("frame not completed within the time limit", Some(peer));
                     return;
                 }
                 continue;
@@ -272,7 +374,10 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
-        let events = match session.feed(buf.get(..n).unwrap_or(&[])) {
+        if frame_start.is_none() {
+            frame_start = Some(Instant::now());
+        }
+        let events = match session.feed(buf.get(..n).unwrap_or(&[]), WallMs::now()) {
             Ok(ev) => ev,
             Err(e) => {
                 send_refusal(&mut s, e.refusal());
@@ -280,11 +385,12 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
+        if session.is_idle() {
+            frame_start = None;
+        }
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    let _ = s.set_read_timeout(Some(FRAME_STALL));
-                    announced = h.modes.clone();
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -292,11 +398,11 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                         name: h.sensor.clone(),
                         modes: h.modes.clone(),
                         protocol_version: h.version,
-                        connected_since_ms: now_ms(),
+                        connected_since_ms: WallMs::now().0,
                         stats: None,
                     });
                     drop(e);
-                    sh.log.info(&format!(
+                    sh.log_connected(&format!(
                         "adminalert: sensor {} connected (uid {}, pid {})",
                         h.sensor, peer.uid, peer.pid
                     ));
@@ -304,22 +410,14 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                         version: PROTOCOL_VERSION,
                     })
                 }
-                Event::Block(req) => {
-                    let d = if announced.contains(&req.mode) {
-                        sh.engine().decide_at_us(&req, peer, now_us())
-                    } else {
-                        sh.engine().reject_request(
-                            &req,
-                            peer,
-                            now_ms(),
-                            format!("mode {} was not announced in the sensor's Hello", req.mode),
-                        )
-                    };
-                    Some(EnforcerFrame::Ack {
-                        seq: req.seq,
-                        decision: d,
-                    })
-                }
+                Event::Block(req) => Some(EnforcerFrame::Ack {
+                    seq: req.seq,
+                    decision: sh.engine().decide(&req, peer, WallUs::now()),
+                }),
+                Event::Invalid(req, why) => Some(EnforcerFrame::Ack {
+                    seq: req.seq,
+                    decision: sh.engine().reject_request(&req, &why, peer, WallUs::now()),
+                }),
                 Event::Stats(st) => {
                     if let Some(si) = sh.engine().sensor.as_mut() {
                         si.stats = Some(st);
@@ -341,7 +439,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
 /// Root, or a member of CONTROL_GROUP by the peer's own credentials at connect time:
 /// its primary gid (SO_PEERCRED) or one of its supplementary groups (SO_PEERGROUPS). The
 /// group database is not consulted: it can disagree with what the process really holds.
-fn control_authorized(sh: &Shared, s: &UnixStream, peer: Peer, peer_gid: u32) -> bool {
+fn control_authorized(sh: &Shared, s: &Stream, peer: Peer, peer_gid: u32) -> bool {
     if peer.uid == 0 {
         return true;
     }
@@ -362,7 +460,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn send_control(s: &mut UnixStream, r: &ControlResponse) -> Result<(), ProtoError> {
+fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
     match encode_frame(r) {
         Ok(bytes) => s.write_all(&bytes).map_err(|e| ProtoError::Io(e.kind())),
         Err(e) => write_frame(
@@ -372,23 +470,9 @@ fn send_control(s: &mut UnixStream, r: &ControlResponse) -> Result<(), ProtoErro
     }
 }
 
-fn serve_control(sh: &Shared, mut s: UnixStream) {
-    let (peer, gid) = match peer_of(&s) {
-        Ok(p) => p,
-        Err(_) => return,
-    };
-    if !control_authorized(sh, &s, peer, gid) {
-        let _ = write_frame(&mut s, &ControlResponse::Error("not authorized".into()));
-        sh.refuse(
-            &format!(
-                "control connection from uid {} (pid {}) not authorized",
-                peer.uid, peer.pid
-            ),
-            Some(peer),
-        );
-        return;
-    }
-    let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
+/// Serve an authorised control client (counted in [`admit`]).
+fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
+    let _ = s.set_recv_timeout(Some(CONTROL_TIMEOUT));
     let mut greeted = false;
     loop {
         let req = match read_frame::<ControlRequest, _>(&mut s) {
@@ -426,7 +510,7 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
             (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
             (true, ControlRequest::Unblock { addr }) => {
                 let addr = canonical(addr);
-                match sh.engine().unblock(addr, peer, now_ms()) {
+                match sh.engine().unblock(addr, peer, WallMs::now()) {
                     Some(errors) => ControlResponse::Unblocked {
                         addr,
                         was_blocked: true,
@@ -448,60 +532,72 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
 
 /// Remove a stale socket left by a previous run. Refuses anything that is not a socket,
 /// and refuses to start when another enforcer still answers on it.
-fn clear_stale_socket(path: &Path) -> Result<(), String> {
+fn clear_stale_socket(path: &Path) -> Result<(), EnforcerError> {
+    let err = |d: &dyn std::fmt::Display| EnforcerError::runtime(path, d);
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-        Ok(md) if !md.file_type().is_socket() => Err(format!(
-            "{}: exists and is not a socket; refusing to remove it",
-            path.display()
-        )),
+        Err(e) => Err(err(&e)),
+        Ok(md) if !md.file_type().is_socket() => {
+            Err(err(&"exists and is not a socket; refusing to remove it"))
+        }
         Ok(_) => {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "{}: another enforcer is running (the socket accepts connections)",
-                    path.display()
+                return Err(err(
+                    &"another enforcer is running (the socket accepts connections)",
                 ));
             }
-            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))
+            std::fs::remove_file(path).map_err(|e| err(&e))
         }
     }
 }
 
-fn prepare_runtime_dir(dir: &Path) -> Result<(), String> {
+fn prepare_runtime_dir(dir: &Path) -> Result<(), EnforcerError> {
+    let err = |d: String| EnforcerError::runtime(dir, d);
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|e| err(e.to_string()))?;
         // Traversable by the sensor whatever the umask; the sockets' modes decide access.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: chmod: {e}", dir.display()))?;
+            .map_err(|e| err(format!("chmod: {e}")))?;
     }
-    let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let md = std::fs::symlink_metadata(dir).map_err(|e| err(e.to_string()))?;
     if !md.is_dir() {
-        return Err(format!("{}: not a directory", dir.display()));
+        return Err(err("not a directory".into()));
     }
     if md.uid() != 0 || md.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{}: runtime directory must be owned by root and not writable by group or others (mode {:o}, uid {})",
-            dir.display(),
+        return Err(err(format!(
+            "runtime directory must be owned by root and not writable by group or others (mode {:o}, uid {})",
             md.mode() & 0o7777,
             md.uid()
-        ));
+        )));
     }
     Ok(())
 }
 
-fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener, String> {
+fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<Listener, EnforcerError> {
+    let err = |d: String| EnforcerError::runtime(path, d);
     clear_stale_socket(path)?;
-    let l = UnixListener::bind(path).map_err(|e| format!("{}: bind: {e}", path.display()))?;
-    // Ownership and mode set explicitly: the umask must not decide who may connect.
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| err(format!("socket name: {e}")))?;
+    // The mode is set on the socket before bind(2) (fchmod), so the file never exists
+    // with a mode the umask chose; the sockets are removed by the signal thread, not by
+    // the listener's destructor (reclaim off).
+    let l = ListenerOptions::new()
+        .name(name)
+        .mode(mode)
+        .reclaim_name(false)
+        .create_sync_as::<Listener>()
+        .map_err(|e| err(format!("bind: {e}")))?;
     nix::unistd::chown(path, Some(Uid::from_raw(0)), gid)
-        .map_err(|e| format!("{}: chown: {e}", path.display()))?;
+        .map_err(|e| err(format!("chown: {e}")))?;
+    // And once more by path: the effective mode must not depend on how a given kernel
+    // treats fchmod on a socket that was not yet bound.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: chmod: {e}", path.display()))?;
+        .map_err(|e| err(format!("chmod: {e}")))?;
     Ok(l)
 }
 
@@ -516,28 +612,34 @@ fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener,
 /// set) and not by anything it executes (the kernel caps a no_new_privs exec's permitted
 /// set at the caller's). What is warned about is what has a cause: a capability the
 /// configured actions need but this process does not hold.
-pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, String> {
+pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
     let mut warnings = Vec::new();
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
     let can_setpcap =
         caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
     if can_setpcap {
-        let bounding = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
+        let bounding = caps::read(None, CapSet::Bounding)
+            .map_err(|e| EnforcerError::confine("bounding set", e))?;
         for c in bounding.difference(keep) {
             caps::drop(None, CapSet::Bounding, *c)
-                .map_err(|e| format!("drop {c} from bounding set: {e}"))?;
+                .map_err(|e| EnforcerError::confine(format!("drop {c} from bounding set"), e))?;
         }
     }
-    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+    let permitted = caps::read(None, CapSet::Permitted)
+        .map_err(|e| EnforcerError::confine("permitted set", e))?;
     let keep_now: CapsHashSet = keep.intersection(&permitted).copied().collect();
     for c in keep.difference(&permitted) {
         warnings.push(format!(
             "{c} is needed by the configured actions but not held"
         ));
     }
-    caps::set(None, CapSet::Inheritable, &keep_now).map_err(|e| format!("inheritable: {e}"))?;
-    caps::set(None, CapSet::Effective, &keep_now).map_err(|e| format!("effective: {e}"))?;
-    caps::set(None, CapSet::Permitted, &keep_now).map_err(|e| format!("permitted: {e}"))?;
+    for (set, name) in [
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        caps::set(None, set, &keep_now).map_err(|e| EnforcerError::confine(name, e))?;
+    }
     let _ = caps::clear(None, CapSet::Ambient);
     for c in &keep_now {
         if let Err(e) = caps::raise(None, CapSet::Ambient, *c) {
@@ -550,12 +652,10 @@ pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, String> {
 /// Scheduler slice of a sensor connection's thread (the kernel's minimum is 100 us).
 const SENSOR_THREAD_SLICE_NS: u64 = 100_000;
 
-fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
-    if sh.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-        sh.connections.fetch_sub(1, Ordering::SeqCst);
-        sh.refuse("too many connections at once", None);
+fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
+    let Some(peer) = admit(sh, &mut s, sensor) else {
         return;
-    }
+    };
     let sh2 = Arc::clone(sh);
     let r = std::thread::Builder::new()
         .name(if sensor { "sensor" } else { "control" }.into())
@@ -568,22 +668,27 @@ fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
                         "adminalert: warning: cannot set a short scheduler slice: {e}"
                     ));
                 }
-                serve_sensor(&sh2, s);
+                serve_sensor(&sh2, s, peer);
             } else {
-                serve_control(&sh2, s);
+                serve_control(&sh2, s, peer);
+                sh2.control_connections.fetch_sub(1, Ordering::SeqCst);
             }
-            sh2.connections.fetch_sub(1, Ordering::SeqCst);
         });
     if r.is_err() {
-        sh.connections.fetch_sub(1, Ordering::SeqCst);
+        // The closure (and with it the sensor slot guard, if any) was never run.
+        if sensor {
+            sh.sensor_busy.store(false, Ordering::SeqCst);
+        } else {
+            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+        }
         sh.log.err("adminalert: cannot start a connection thread");
     }
 }
 
-fn accept_loop(sh: Arc<Shared>, l: UnixListener, sensor: bool) {
+fn accept_loop(sh: Arc<Shared>, l: Listener, sensor: bool) {
     loop {
         match l.accept() {
-            Ok((s, _)) => spawn_conn(&sh, s, sensor),
+            Ok(s) => spawn_conn(&sh, s, sensor),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 sh.log.err(&format!("adminalert: accept: {e}"));
@@ -601,7 +706,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         };
         match sig {
             Signal::SIGHUP => {
-                let r = sh.engine().reload_ignore(now_ms());
+                let r = sh.engine().reload_ignore(WallMs::now());
                 if let Err(e) = r {
                     sh.log.err(&format!(
                         "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
@@ -613,7 +718,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
                 // in place so blocked hosts stay blocked while we are down; it is rebuilt
                 // from the persisted state on the next start.
                 let mut e = sh.engine();
-                e.finish_audit_budget(now_us());
+                e.finish_audit_budget(WallUs::now());
                 for p in &sh.sockets {
                     let _ = std::fs::remove_file(p);
                 }
@@ -630,9 +735,10 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
 fn expiry_loop(sh: Arc<Shared>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        sh.flush_connect_lines();
         let mut e = sh.engine();
-        e.flush_audit_budget(now_us());
-        e.expire(now_ms());
+        e.flush_audit_budget(WallUs::now());
+        e.expire(WallMs::now());
     }
 }
 
@@ -656,6 +762,46 @@ fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
             // The engine gave the socket up (and logged why): it now re-reads the
             // addresses before every decision, nothing is left to wait for.
             return;
+        }
+    }
+}
+
+/// Rebuild the nftables table within a moment of another process deleting, flushing or
+/// changing it. The rebuild's own notifications (it runs `nft`, another process) are read
+/// and discarded under the engine lock, right after it, so it never triggers itself.
+fn table_watch_loop(
+    sh: Arc<Shared>,
+    mut watch: crate::tablewatch::TableWatch,
+    table: String,
+    own: u32,
+) {
+    use std::os::fd::AsFd;
+    let fd = watch.poll_fd();
+    loop {
+        if let Err(e) = crate::sys::wait_readable(fd.as_fd()) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                sh.log.err(&format!("adminalert: nftables watch wait: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        // Let the rest of the other process's transaction arrive, so one rebuild answers
+        // all of it.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut e = sh.engine();
+        match watch.drain(&table, own) {
+            Ok(c) if c.any() => {
+                let _ = e.rebuild_table(c.by, WallMs::now());
+                let _ = watch.drain(&table, own);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                e.count_error();
+                sh.log.err(&format!(
+                    "adminalert: ERROR: nftables watch failed ({err}); a deleted table is rebuilt only at the next start"
+                ));
+                return;
+            }
         }
     }
 }
@@ -701,23 +847,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
+fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+    let cfg = policy::Config::load(&args.config)?;
     for w in &cfg.warnings {
         log.warn(&format!("adminalert: config: {w}"));
     }
+    let account = |what: String, detail: String| EnforcerError::Account { what, detail };
     let sensor = User::from_name(&args.sensor_user)
-        .map_err(|e| format!("sensor user {}: {e}", args.sensor_user))?
-        .ok_or_else(|| format!("sensor user {} does not exist", args.sensor_user))?;
+        .map_err(|e| account(format!("sensor user {}", args.sensor_user), e.to_string()))?
+        .ok_or_else(|| {
+            account(
+                format!("sensor user {}", args.sensor_user),
+                "does not exist".into(),
+            )
+        })?;
     if sensor.uid.is_root() {
         log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
     }
     let control_gid = match &cfg.control_group {
         Some(g) => Some(
             Group::from_name(g)
-                .map_err(|e| format!("CONTROL_GROUP {g}: {e}"))?
-                .ok_or_else(|| format!("CONTROL_GROUP {g} does not exist"))?
+                .map_err(|e| account(format!("CONTROL_GROUP {g}"), e.to_string()))?
+                .ok_or_else(|| account(format!("CONTROL_GROUP {g}"), "does not exist".into()))?
                 .gid,
         ),
         None => None,
@@ -728,7 +880,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         sigs.add(s);
     }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
+        .map_err(|e| EnforcerError::system("sigprocmask", e))?;
 
     prepare_runtime_dir(&args.runtime_dir)?;
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
@@ -742,7 +894,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
     };
     let mut keep = CapsHashSet::new();
-    let (net_admin, net_raw) = crate::engine::required_caps(&cfg);
+    let (net_admin, net_raw) = crate::action::required_caps(&cfg);
     if net_admin {
         keep.insert(Capability::CAP_NET_ADMIN);
     }
@@ -776,6 +928,20 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
     ));
 
     let addr_fd = engine.addr_watch_fd();
+    // Subscribed after the engine built the table, so its own start-up is not news.
+    let table_watch = match engine.nft_portid() {
+        Some(own) => match crate::tablewatch::TableWatch::open() {
+            Ok(w) => Some((w, own)),
+            Err(e) => {
+                log.warn(&format!(
+                    "adminalert: cannot watch the nftables table ({e}); if another process deletes it, it is rebuilt only at the next start"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let table_name = engine.config().nft_table.clone();
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),
         log: Arc::clone(&log),
@@ -783,8 +949,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         sensor_uid: sensor.uid,
         control_gid,
         sensor_busy: AtomicBool::new(false),
-        connections: AtomicUsize::new(0),
+        control_connections: AtomicUsize::new(0),
         refusals: Mutex::new((0, 0)),
+        connect_lines: Mutex::new((0, 0, 0)),
         sockets: vec![sensor_path, control_path],
     });
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -792,7 +959,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
             .name(name.into())
             .spawn(f)
             .map(drop)
-            .map_err(|e| format!("cannot start {name} thread: {e}"))
+            .map_err(|e| EnforcerError::system(format!("cannot start {name} thread"), e))
     };
     {
         let sh = Arc::clone(&sh);
@@ -805,6 +972,13 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
     if let Some(fd) = addr_fd {
         let sh = Arc::clone(&sh);
         spawn("addresses", Box::new(move || addr_watch_loop(sh, fd)))?;
+    }
+    if let Some((w, own)) = table_watch {
+        let sh = Arc::clone(&sh);
+        spawn(
+            "nftables",
+            Box::new(move || table_watch_loop(sh, w, table_name, own)),
+        )?;
     }
     {
         let sh = Arc::clone(&sh);
@@ -866,11 +1040,15 @@ mod tests {
         let p = d.path().join("s.sock");
         assert!(clear_stale_socket(&p).is_ok());
         std::fs::write(&p, "").unwrap();
-        assert!(clear_stale_socket(&p).unwrap_err().contains("not a socket"));
+        assert!(matches!(
+            clear_stale_socket(&p),
+            Err(EnforcerError::Runtime { detail, .. }) if detail.contains("not a socket")
+        ));
         std::fs::remove_file(&p).unwrap();
-        let l = UnixListener::bind(&p).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
         assert!(clear_stale_socket(&p)
             .unwrap_err()
+            .to_string()
             .contains("another enforcer"));
         drop(l);
         assert!(clear_stale_socket(&p).is_ok());

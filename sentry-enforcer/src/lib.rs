@@ -10,8 +10,16 @@
 //!   threads, signals (SIGHUP: ignore list + audit log reopen; SIGTERM: clean exit, the
 //!   nftables table is kept so hosts stay blocked), capability confinement.
 //! * [`session`] — the sensor connection's protocol state machine (handshake first, no
-//!   second Hello, strictly increasing sequence numbers); fuzzed in `fuzz/`.
-//! * [`engine`] — the decision order and the actions, persistence and audit per decision.
+//!   second Hello, strictly increasing sequence numbers) and the one place every block
+//!   request is checked (fields, announced mode); fuzzed in `fuzz/`.
+//! * [`judge`] — the decision order, pure: request + state snapshot in, verdict out.
+//! * [`engine`] — owns the state; per decision: judge, act, persist, audit; restore,
+//!   expiry and status in its submodules.
+//! * [`action`] — typed actions (`Nft`, `Route`, `HostsDeny`, `Command`) and the
+//!   executor that runs them and records their outcomes.
+//! * [`table`] — the nftables table's layout, built in one transaction at start;
+//!   [`tablewatch`] notices when another process deletes or flushes it.
+//! * [`error`], [`time`] — the one error type; wall-clock newtypes.
 //! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
 //! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
 //! * [`netlink`] — nftables set elements and blackhole routes over netlink (written here:
@@ -23,15 +31,21 @@
 //! * `sys` — the only unsafe code: closing inherited descriptors.
 #![deny(unsafe_code)]
 
+pub mod action;
 pub mod audit;
 pub mod budget;
 pub mod ctl;
 pub mod daemon;
 pub mod engine;
+pub mod error;
 pub mod exec;
 pub mod hostsdeny;
+pub mod judge;
 pub mod netlink;
 pub mod session;
 pub mod store;
 #[allow(unsafe_code)]
 mod sys;
+pub mod table;
+pub mod tablewatch;
+pub mod time;

@@ -341,6 +341,14 @@ impl NlSocket {
         Self::open(SockProtocol::NetlinkRoute)
     }
 
+    /// The socket's netlink port id (the kernel's notifications name it as the origin of
+    /// the changes this socket made).
+    pub fn portid(&self) -> Result<u32, NlError> {
+        nix::sys::socket::getsockname::<NetlinkAddr>(self.fd.as_raw_fd())
+            .map(|a| a.pid())
+            .map_err(NlError::Io)
+    }
+
     fn next_seq(&mut self, n: u32) -> u32 {
         let s = self.seq.wrapping_add(1);
         self.seq = self.seq.wrapping_add(n + 2);

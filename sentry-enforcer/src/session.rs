@@ -4,15 +4,77 @@
 //! Rules: the first frame must be a valid `Hello` with our protocol version; no second
 //! `Hello`; block request sequence numbers strictly increase. Framing errors (length cap,
 //! decode limit, trailing bytes, unknown tags) come from `sentry_proto::FrameBuf`.
-//! Any error ends the connection; field validation of a block request does not (the
-//! engine answers it with `Rejected`).
+//! Any error ends the connection; a block request that fails its checks does not (it is
+//! answered `Rejected`).
+//!
+//! This is the one place where what the sensor sends is checked: framing (through
+//! `sentry_proto::FrameBuf`), the handshake, sequence numbers, and every block request's
+//! fields and mode ([`check_request`]). Past this module a request is a [`Checked`], which
+//! nothing else can construct, so the engine cannot be handed an unchecked one.
 
 use std::fmt;
 
 use sentry_proto::{
-    BlockRequest, FieldError, FrameBuf, Hello, ProtoError, Refusal, SensorFrame, SensorStats,
+    BlockRequest, FieldError, FrameBuf, Hello, Mode, ProtoError, Refusal, SensorFrame, SensorStats,
     PROTOCOL_VERSION,
 };
+
+use crate::time::WallMs;
+
+/// A block request that passed [`check_request`]. Only this module can make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked(BlockRequest);
+
+impl Checked {
+    pub fn request(&self) -> &BlockRequest {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = BlockRequest;
+    fn deref(&self) -> &BlockRequest {
+        &self.0
+    }
+}
+
+/// Why a block request is answered `Rejected` (the connection stays open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// The request's mode was not among those its sensor announced in its Hello.
+    ModeNotAnnounced(Mode),
+    /// A field is out of range or inconsistent with another.
+    Field(FieldError),
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ModeNotAnnounced(m) => {
+                write!(f, "mode {m} was not announced in the sensor's Hello")
+            }
+            Self::Field(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Check a request against the modes its sensor announced and against itself (fields,
+/// consistency, a clock no more than the allowed skew ahead of `now`). Address policy
+/// (never-block, ignore list) is the judge's, not a validity question.
+pub fn check_request(
+    req: BlockRequest,
+    announced: &[Mode],
+    now: WallMs,
+) -> Result<Checked, (BlockRequest, Invalid)> {
+    if !announced.contains(&req.mode) {
+        let m = req.mode;
+        return Err((req, Invalid::ModeNotAnnounced(m)));
+    }
+    match req.validate(now.0) {
+        Ok(()) => Ok(Checked(req)),
+        Err(e) => Err((req, Invalid::Field(e))),
+    }
+}
 
 /// Something the daemon must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +82,9 @@ pub enum Event {
     /// Handshake accepted: reply `Welcome`.
     Hello(Hello),
     /// Decide and reply `Ack`.
-    Block(BlockRequest),
+    Block(Checked),
+    /// Reply `Ack` with `Rejected` (counted and audited).
+    Invalid(BlockRequest, Invalid),
     /// Store for `sentryctl status`.
     Stats(SensorStats),
 }
@@ -67,6 +131,8 @@ impl fmt::Display for SessionError {
 pub struct Session {
     buf: FrameBuf<SensorFrame>,
     greeted: bool,
+    /// The modes of the Hello; requests for any other mode are refused.
+    announced: Vec<Mode>,
     last_seq: Option<u64>,
     failed: bool,
 }
@@ -90,9 +156,10 @@ impl Session {
         self.greeted
     }
 
-    /// Feed bytes and collect the events they complete. After an error the session is
-    /// dead and returns the same kind of error for any further input.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<Vec<Event>, SessionError> {
+    /// Feed bytes and collect the events they complete; `now` is the enforcer's clock for
+    /// the requests' time checks. After an error the session is dead and returns the same
+    /// kind of error for any further input.
+    pub fn feed(&mut self, mut bytes: &[u8], now: WallMs) -> Result<Vec<Event>, SessionError> {
         if self.failed {
             return Err(SessionError::Frame(ProtoError::Closed));
         }
@@ -102,15 +169,15 @@ impl Session {
                 Ok(w) => w,
                 Err(e) => return self.fail(SessionError::Frame(e)),
             };
-            let (now, rest) = bytes.split_at(want.min(bytes.len()));
+            let (piece, rest) = bytes.split_at(want.min(bytes.len()));
             bytes = rest;
-            if let Err(e) = self.buf.feed(now) {
+            if let Err(e) = self.buf.feed(piece) {
                 return self.fail(SessionError::Frame(e));
             }
             while let Some(msg) = self.buf.next_message() {
                 match msg
                     .map_err(SessionError::Frame)
-                    .and_then(|m| self.on_frame(m))
+                    .and_then(|m| self.on_frame(m, now))
                 {
                     Ok(ev) => out.push(ev),
                     Err(e) => return self.fail(e),
@@ -125,11 +192,12 @@ impl Session {
         Err(e)
     }
 
-    fn on_frame(&mut self, m: SensorFrame) -> Result<Event, SessionError> {
+    fn on_frame(&mut self, m: SensorFrame, now: WallMs) -> Result<Event, SessionError> {
         match (self.greeted, m) {
             (false, SensorFrame::Hello(h)) => {
                 h.validate().map_err(SessionError::BadHello)?;
                 self.greeted = true;
+                self.announced = h.modes.clone();
                 Ok(Event::Hello(h))
             }
             (false, _) => Err(SessionError::HandshakeRequired),
@@ -141,7 +209,10 @@ impl Session {
                     }
                 }
                 self.last_seq = Some(b.seq);
-                Ok(Event::Block(b))
+                Ok(match check_request(b, &self.announced, now) {
+                    Ok(c) => Event::Block(c),
+                    Err((b, why)) => Event::Invalid(b, why),
+                })
             }
             (true, SensorFrame::Stats(s)) => Ok(Event::Stats(s)),
         }
@@ -151,7 +222,9 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sentry_proto::{encode_frame, Mode, Protocol, ScanKind};
+    use sentry_proto::{encode_frame, Protocol, ScanKind};
+
+    const NOW: WallMs = WallMs(1_000);
 
     fn hello(version: u16) -> Vec<u8> {
         encode_frame(&SensorFrame::Hello(Hello {
@@ -187,7 +260,7 @@ mod tests {
         all.extend(block(2));
         let mut evs = Vec::new();
         for b in &all {
-            evs.extend(s.feed(std::slice::from_ref(b)).unwrap());
+            evs.extend(s.feed(std::slice::from_ref(b), NOW).unwrap());
         }
         assert_eq!(evs.len(), 3);
         assert!(matches!(evs[0], Event::Hello(_)));
@@ -196,18 +269,91 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_checked_here_and_do_not_end_the_connection() {
+        let mut s = Session::new();
+        s.feed(&hello(PROTOCOL_VERSION), NOW).unwrap();
+        // Mode not announced (the Hello named only -stcp).
+        let mut r = BlockRequest {
+            seq: 1,
+            source: "192.0.2.1".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 53,
+            scan: ScanKind::Udp,
+            mode: Mode::Sudp,
+            distinct_ports: 1,
+            first_seen_ms: 1,
+            last_seen_ms: 1,
+            ip_options: false,
+        };
+        let ev = s
+            .feed(&encode_frame(&SensorFrame::Block(r.clone())).unwrap(), NOW)
+            .unwrap();
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::Invalid(_, Invalid::ModeNotAnnounced(Mode::Sudp))]
+            ),
+            "{ev:?}"
+        );
+        // Port 0, then a time in the future.
+        r = BlockRequest {
+            seq: 2,
+            protocol: Protocol::Tcp,
+            scan: ScanKind::Syn,
+            mode: Mode::Stcp,
+            port: 0,
+            ..r
+        };
+        let ev = s
+            .feed(&encode_frame(&SensorFrame::Block(r.clone())).unwrap(), NOW)
+            .unwrap();
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::Invalid(_, Invalid::Field(FieldError::Port))]
+            ),
+            "{ev:?}"
+        );
+        r = BlockRequest {
+            seq: 3,
+            port: 22,
+            last_seen_ms: NOW.0 + 3_600_000,
+            ..r
+        };
+        let ev = s
+            .feed(&encode_frame(&SensorFrame::Block(r.clone())).unwrap(), NOW)
+            .unwrap();
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::Invalid(_, Invalid::Field(FieldError::Times(_)))]
+            ),
+            "{ev:?}"
+        );
+        r = BlockRequest {
+            seq: 4,
+            last_seen_ms: 1,
+            ..r
+        };
+        let ev = s
+            .feed(&encode_frame(&SensorFrame::Block(r)).unwrap(), NOW)
+            .unwrap();
+        assert!(matches!(&ev[..], [Event::Block(c)] if c.seq == 4), "{ev:?}");
+    }
+
+    #[test]
     fn handshake_required_and_version_checked() {
         let mut s = Session::new();
-        let e = s.feed(&block(1)).unwrap_err();
+        let e = s.feed(&block(1), NOW).unwrap_err();
         assert_eq!(e, SessionError::HandshakeRequired);
         assert_eq!(e.refusal(), Refusal::HandshakeRequired);
         assert!(
-            s.feed(&hello(PROTOCOL_VERSION)).is_err(),
+            s.feed(&hello(PROTOCOL_VERSION), NOW).is_err(),
             "dead after an error"
         );
 
         let mut s = Session::new();
-        let e = s.feed(&hello(PROTOCOL_VERSION + 1)).unwrap_err();
+        let e = s.feed(&hello(PROTOCOL_VERSION + 1), NOW).unwrap_err();
         assert_eq!(
             e.refusal(),
             Refusal::VersionMismatch {
@@ -219,16 +365,16 @@ mod tests {
     #[test]
     fn duplicate_hello_and_seq_replay() {
         let mut s = Session::new();
-        s.feed(&hello(PROTOCOL_VERSION)).unwrap();
+        s.feed(&hello(PROTOCOL_VERSION), NOW).unwrap();
         assert_eq!(
-            s.feed(&hello(PROTOCOL_VERSION)).unwrap_err(),
+            s.feed(&hello(PROTOCOL_VERSION), NOW).unwrap_err(),
             SessionError::DuplicateHello
         );
         let mut s = Session::new();
-        s.feed(&hello(PROTOCOL_VERSION)).unwrap();
-        s.feed(&block(5)).unwrap();
+        s.feed(&hello(PROTOCOL_VERSION), NOW).unwrap();
+        s.feed(&block(5), NOW).unwrap();
         assert_eq!(
-            s.feed(&block(5)).unwrap_err(),
+            s.feed(&block(5), NOW).unwrap_err(),
             SessionError::SeqNotIncreasing { last: 5, got: 5 }
         );
     }
@@ -236,18 +382,18 @@ mod tests {
     #[test]
     fn forged_lengths_and_garbage() {
         let mut s = Session::new();
-        let e = s.feed(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap_err();
+        let e = s.feed(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3], NOW).unwrap_err();
         assert!(matches!(
             e,
             SessionError::Frame(ProtoError::TooLarge { .. })
         ));
         let mut s = Session::new();
         assert!(matches!(
-            s.feed(&[0, 0, 0, 0]).unwrap_err(),
+            s.feed(&[0, 0, 0, 0], NOW).unwrap_err(),
             SessionError::Frame(ProtoError::Empty)
         ));
         let mut s = Session::new();
-        let e = s.feed(&[0, 0, 0, 3, 9, 9, 9]).unwrap_err();
+        let e = s.feed(&[0, 0, 0, 3, 9, 9, 9], NOW).unwrap_err();
         assert!(matches!(e, SessionError::Frame(_)), "{e:?}");
         // trailing bytes inside a frame
         let mut f = hello(PROTOCOL_VERSION);
@@ -256,7 +402,7 @@ mod tests {
         f.push(0);
         let mut s = Session::new();
         assert!(matches!(
-            s.feed(&f).unwrap_err(),
+            s.feed(&f, NOW).unwrap_err(),
             SessionError::Frame(ProtoError::TrailingBytes { .. })
         ));
     }

@@ -1,0 +1,160 @@
+//! The end of a block: `sentryctl unblock`, BLOCK_TIMEOUT expiry, and lifts when the
+//! ignore list now covers an address. Each undoes exactly what the block's record says
+//! was done (commands have no inverse) and writes one audit record.
+
+use std::net::IpAddr;
+
+use super::Engine;
+use crate::action::{self, Op, Subject};
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Peer, RecordKind};
+use crate::error::EnforcerError;
+use crate::time::WallMs;
+
+impl Engine {
+    /// The deny-file lines of all `addrs`, added or removed with one rewrite (mass
+    /// expiry, reload, restore).
+    pub(super) fn deny_batch(&self, addrs: &[IpAddr], op: Op) -> Option<ActionRecord> {
+        let lines: Vec<String> = addrs
+            .iter()
+            .filter_map(|a| self.blocks.get(a)?.hosts_deny_line.clone())
+            .collect();
+        action::hosts_deny_batch(&self.cfg.hosts_deny_file, &lines, op)
+    }
+
+    /// End one block. `kernel_nft`: whether the nft element may still exist;
+    /// `deny_done`: the deny-file line was already removed in a batch with this result.
+    pub(super) fn end_block(
+        &mut self,
+        addr: IpAddr,
+        now: WallMs,
+        (kind, reason): (RecordKind, &str),
+        peer: Option<Peer>,
+        kernel_nft: bool,
+        deny_done: Option<&ActionRecord>,
+    ) -> Option<Vec<String>> {
+        let b = self.blocks.remove(&addr)?;
+        let subj = Subject {
+            addr,
+            port: b.port,
+            protocol: b.protocol,
+        };
+        let mut actions = Vec::new();
+        for act in action::undo_plan(&b, self.exec.backends(), kernel_nft) {
+            match (&act, deny_done) {
+                (action::Action::HostsDeny(_, line), Some(done)) => {
+                    let mut a = done.clone();
+                    a.target = Some(line.clone());
+                    actions.push(a);
+                }
+                _ => actions.push(self.exec.run(&self.cfg, &act, &subj)),
+            }
+        }
+        let errors: Vec<String> = actions
+            .iter()
+            .filter_map(|a| {
+                a.error
+                    .as_ref()
+                    .map(|e| format!("{}: {e}", a.action.as_str()))
+            })
+            .collect();
+        if let Err(e) = self.store.del(addr, &self.blocks) {
+            self.persist_error(&format!("removal of {addr}"), &e);
+        }
+        self.counters.errors += errors.len() as u64;
+        let mut rec = AuditRecord::event(now, kind, reason.to_string(), peer);
+        rec.source = Some(addr.to_string());
+        rec.protocol = Some(b.protocol.as_str());
+        rec.port = Some(b.port);
+        rec.scan = Some(b.scan.as_str());
+        rec.mode = Some(b.mode.as_str());
+        rec.actions = actions;
+        if self.cfg.kill_route.is_some() {
+            rec.reason
+                .push_str("; KILL_ROUTE has no inverse and was not undone");
+        }
+        self.write_audit(&rec);
+        self.remember(now, Some(addr), kind, reason);
+        self.log.notice(&format!(
+            "adminalert: Host {addr} is no longer blocked ({}: {reason})",
+            kind.as_str()
+        ));
+        Some(errors)
+    }
+
+    /// `sentryctl unblock`. Returns `None` when the address was not blocked.
+    pub fn unblock(&mut self, addr: IpAddr, peer: Peer, now: WallMs) -> Option<Vec<String>> {
+        let r = self.end_block(
+            addr,
+            now,
+            (RecordKind::Unblocked, "sentryctl unblock"),
+            Some(peer),
+            true,
+            None,
+        );
+        if r.is_some() {
+            self.counters.unblocked += 1;
+            self.rewrite_blocked_file();
+        }
+        r
+    }
+
+    /// Remove every block whose BLOCK_TIMEOUT has passed. Returns how many expired.
+    pub fn expire(&mut self, now: WallMs) -> usize {
+        let due: Vec<IpAddr> = self
+            .blocks
+            .values()
+            .filter(|b| b.expires_ms.is_some_and(|e| e <= now.0))
+            .map(|b| b.addr)
+            .collect();
+        self.end_blocks(&due, now, (RecordKind::Expired, "BLOCK_TIMEOUT passed"));
+        self.counters.expired += due.len() as u64;
+        due.len()
+    }
+
+    /// End a batch of blocks for one reason, with one hosts.deny rewrite and one
+    /// BLOCKED_FILE rewrite for the whole batch (mass expiry and ignore-list reloads must
+    /// not rewrite the files once per block).
+    fn end_blocks(&mut self, addrs: &[IpAddr], now: WallMs, why: (RecordKind, &'static str)) {
+        if addrs.is_empty() {
+            return;
+        }
+        let deny = self.deny_batch(addrs, Op::Delete);
+        for a in addrs {
+            self.end_block(*a, now, why, None, true, deny.as_ref());
+        }
+        self.rewrite_blocked_file();
+    }
+
+    /// SIGHUP: re-read the ignore list and lift blocks on addresses it now covers.
+    pub fn reload_ignore(&mut self, now: WallMs) -> Result<usize, EnforcerError> {
+        // Also reopen the audit log, so that it can be rotated by renaming.
+        match AuditLog::open(&self.cfg.audit_log) {
+            Ok(a) => self.audit = a,
+            Err(e) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot reopen audit log (old one kept): {e}"
+                ));
+            }
+        }
+        self.ignore = self.cfg.load_ignore()?;
+        let now_ignored: Vec<IpAddr> = self
+            .blocks
+            .keys()
+            .copied()
+            .filter(|a| self.ignore.contains(*a))
+            .collect();
+        self.end_blocks(
+            &now_ignored,
+            now,
+            (RecordKind::Unblocked, "now on the ignore list"),
+        );
+        self.counters.unblocked += now_ignored.len() as u64;
+        self.log.notice(&format!(
+            "adminalert: ignore list reloaded ({} entries); {} blocks lifted",
+            self.ignore.len(),
+            now_ignored.len()
+        ));
+        Ok(now_ignored.len())
+    }
+}

@@ -1,0 +1,1123 @@
+//! The decision engine: every checked block request goes through [`Engine::decide`]: the
+//! judge ([`crate::judge`]) decides, the executor ([`crate::action`]) acts, and the result
+//! is persisted and audited — all before the caller sends the reply.
+//!
+//! The engine owns the state the judge looks at (blocks, ignore list, never-block set,
+//! rate window) and the glue: write-ahead persistence, history lines, audit records,
+//! counters. Restore, expiry and status live in their own submodules; records and log
+//! lines of decisions that changed nothing are bounded per second by AUDIT_RATE
+//! ([`crate::budget`]).
+
+mod expiry;
+mod files;
+mod restore;
+mod status;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use policy::{Config, Firewall, IgnoreList, NeverBlock};
+use sentry_proto::{
+    BlockRequest, Counters, Decision, RecentDecision, SensorInfo, MAX_RECENT_DECISIONS,
+};
+
+use crate::action::{self, Action, Command, Executor, Subject};
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
+use crate::budget::AuditBudget;
+use crate::error::EnforcerError;
+use crate::judge::{self, block_key, Facts, Verdict};
+use crate::netlink::{AddrWatch, NlSocket};
+use crate::session::{Checked, Invalid};
+use crate::store::{BlockRecord, Store};
+use crate::time::{WallMs, WallUs};
+
+/// This host's addresses and IPv4 broadcast addresses, from getifaddrs(3).
+pub fn own_addresses() -> (Vec<IpAddr>, Vec<Ipv4Addr>) {
+    let mut own = Vec::new();
+    let mut bcast = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            if let Some(a) = ifa.address.as_ref() {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    own.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = a.as_sockaddr_in6() {
+                    own.push(IpAddr::V6(v6.ip()));
+                }
+            }
+            if let Some(b) = ifa.broadcast.as_ref().and_then(|b| b.as_sockaddr_in()) {
+                bcast.push(b.ip());
+            }
+        }
+    }
+    (own, bcast)
+}
+
+/// Run-time options that do not come from the configuration file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub state_dir: PathBuf,
+    /// Read this host's addresses from getifaddrs at start and again whenever the kernel
+    /// reports an address change (checked, without waiting, at the start of every
+    /// decision; see [`AddrWatch`]). Always on in the daemon; off only for tests and
+    /// embedders, who then supply the addresses with [`Engine::set_own_addresses`].
+    pub refresh_own_addresses: bool,
+}
+
+/// Everything the enforcer decides with.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Config,
+    ignore: IgnoreList,
+    never: NeverBlock,
+    opts: Options,
+    blocks: HashMap<IpAddr, BlockRecord>,
+    store: Store,
+    audit: AuditLog,
+    log: Arc<Logger>,
+    exec: Executor,
+    /// Address-change notifications; `None` when `refresh_own_addresses` is off, or when
+    /// the socket could not be opened (then the addresses are re-read before every
+    /// decision, as a fallback that is slow but never stale).
+    addr_watch: Option<AddrWatch>,
+    /// Start times of the blocks and commands of the last minute (BLOCK_RATE).
+    rate: VecDeque<WallMs>,
+    /// AUDIT_RATE: records and log lines of no-change decisions per second.
+    budget: AuditBudget,
+    counters: Counters,
+    recent: VecDeque<RecentDecision>,
+    started: Instant,
+    /// The connected sensor (maintained by the daemon).
+    pub sensor: Option<SensorInfo>,
+}
+
+/// A log line held back until the AUDIT_RATE budget has admitted its decision.
+type Line = Option<(Level, String)>;
+
+impl Engine {
+    /// Open the state, the audit log and the backends, then restore persisted blocks.
+    pub fn new(cfg: Config, opts: Options, log: Arc<Logger>) -> Result<Self, EnforcerError> {
+        let ignore = cfg.load_ignore()?;
+        let (store, blocks, warnings) =
+            Store::open(&opts.state_dir).map_err(|source| EnforcerError::State {
+                dir: opts.state_dir.clone(),
+                source,
+            })?;
+        for w in warnings {
+            log.warn(&format!("adminalert: state: {w}"));
+        }
+        let audit = AuditLog::open(&cfg.audit_log).map_err(EnforcerError::AuditLog)?;
+        // Subscribe before the first read, so that no change can fall in between.
+        let addr_watch = if opts.refresh_own_addresses {
+            match AddrWatch::open() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    log.warn(&format!(
+                        "adminalert: cannot watch address changes ({e}); this host's addresses are re-read before every decision"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (own, bcast) = if opts.refresh_own_addresses {
+            own_addresses()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut never = NeverBlock::new(own);
+        never.set_broadcasts(bcast);
+        let mut nft = None;
+        if cfg.firewall == Firewall::Nftables {
+            restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())?;
+            nft = Some(
+                NlSocket::netfilter()
+                    .map_err(|e| EnforcerError::netlink("netfilter netlink", e))?,
+            );
+        }
+        let route = if cfg.blackhole_route {
+            Some(NlSocket::route().map_err(|e| EnforcerError::netlink("route netlink", e))?)
+        } else {
+            None
+        };
+        let budget = AuditBudget::new(cfg.audit_rate);
+        let mut engine = Self {
+            cfg,
+            ignore,
+            never,
+            opts,
+            blocks: HashMap::new(),
+            store,
+            audit,
+            log,
+            exec: Executor::new(nft, route),
+            addr_watch,
+            rate: VecDeque::new(),
+            budget,
+            counters: Counters::default(),
+            recent: VecDeque::new(),
+            started: Instant::now(),
+            sensor: None,
+        };
+        engine.restore(blocks, WallMs::now());
+        Ok(engine)
+    }
+
+    /// Replace this host's addresses in the never-block set (they are read again from the
+    /// kernel on its next address change when `refresh_own_addresses` is on).
+    pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
+        self.never.set_own(own);
+        self.lift_never_blocked(WallMs::now());
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn is_blocked(&self, addr: IpAddr) -> bool {
+        self.blocks.contains_key(&addr)
+    }
+
+    pub fn active_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The netlink port id of the set socket, when the nftables backend is open.
+    pub fn nft_portid(&self) -> Option<u32> {
+        self.exec.nft_portid()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn remember(
+        &mut self,
+        time: WallMs,
+        source: Option<IpAddr>,
+        decision: RecordKind,
+        reason: &str,
+    ) {
+        if self.recent.len() >= MAX_RECENT_DECISIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentDecision {
+            time_ms: time.0,
+            source,
+            decision: decision.as_str().to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn write_audit(&mut self, rec: &AuditRecord) {
+        if let Err(e) = self.audit.write(rec) {
+            self.counters.errors += 1;
+            self.log.err(&format!(
+                "adminalert: ERROR: cannot write audit log {}: {e}",
+                self.audit.path().display()
+            ));
+        }
+    }
+
+    /// Count and log a failure to persist, which never stops a decision.
+    fn persist_error(&mut self, what: &str, e: &std::io::Error) {
+        self.counters.errors += 1;
+        self.log
+            .err(&format!("adminalert: ERROR: cannot persist {what}: {e}"));
+    }
+
+    /// Write the AUDIT_RATE summaries of a second that is over (one record and one log
+    /// line per decision kind that had records suppressed). Called before every decision
+    /// and by the daemon's one-second tick, so that summaries are not held back when the
+    /// requests stop.
+    pub fn flush_audit_budget(&mut self, now: WallUs) {
+        let summaries = self.budget.roll(now);
+        self.write_summaries(now, summaries);
+    }
+
+    /// On shutdown: write the summaries of the current second too, so no count is lost.
+    pub fn finish_audit_budget(&mut self, now: WallUs) {
+        self.flush_audit_budget(now);
+        let summaries = self.budget.finish();
+        self.write_summaries(now, summaries);
+    }
+
+    fn write_summaries(&mut self, now: WallUs, summaries: Vec<crate::budget::Summary>) {
+        let rate = self.budget.rate();
+        for s in summaries {
+            self.write_audit(&AuditRecord::summary(now, &s, rate));
+            self.log.warn(&format!(
+                "adminalert: {} further {} decisions in the last second not logged individually (AUDIT_RATE={rate})",
+                s.suppressed,
+                s.decision.as_str()
+            ));
+        }
+    }
+
+    /// Count an error the daemon logged itself.
+    pub fn count_error(&mut self) {
+        self.counters.errors += 1;
+    }
+
+    /// Count a refusal whose audit record was suppressed by the refusal rate limit.
+    pub fn count_suppressed_rejection(&mut self) {
+        self.counters.rejected += 1;
+        self.counters.errors += 1;
+    }
+
+    /// Audit and count a refused connection or a malformed / hostile frame.
+    pub fn reject(&mut self, now: WallMs, reason: &str, peer: Option<Peer>) {
+        self.counters.rejected += 1;
+        self.counters.errors += 1;
+        let kind = RecordKind::Decision(Decision::Rejected);
+        self.remember(now, None, kind, reason);
+        let rec = AuditRecord::event(now, kind, reason.to_string(), peer);
+        self.write_audit(&rec);
+        self.log
+            .warn(&format!("adminalert: connection refused: {reason}"));
+    }
+
+    fn log_action(&self, addr: IpAddr, a: &ActionRecord) {
+        match action::action_line(addr, a) {
+            (true, line) => self.log.notice(&line),
+            (false, line) => self.log.err(&line),
+        }
+    }
+
+    /// Whether any action that blocks traffic (as opposed to only running a command) is
+    /// configured.
+    fn blocking_configured(&self) -> bool {
+        let b = self.exec.backends();
+        b.nft || b.route || self.cfg.kill_route.is_some() || self.cfg.kill_hosts_deny.is_some()
+    }
+
+    /// Forget BLOCK_RATE entries older than a minute; returns how many remain.
+    fn started_last_minute(&mut self, now: WallMs) -> usize {
+        let cutoff = WallMs(now.0.saturating_sub(60_000));
+        while self.rate.front().is_some_and(|t| *t <= cutoff) {
+            self.rate.pop_front();
+        }
+        self.rate.len()
+    }
+
+    /// The address-change socket, for the daemon's thread that waits on it and then calls
+    /// [`Engine::refresh_own_addresses`] (so changes are taken in between decisions, not
+    /// on the next decision's path).
+    pub fn addr_watch_fd(&self) -> Option<Arc<std::os::fd::OwnedFd>> {
+        self.addr_watch.as_ref().map(AddrWatch::poll_fd)
+    }
+
+    /// Re-read this host's addresses if the kernel reported a change since the last look
+    /// (one non-blocking `recvfrom` when nothing changed). Without a watch socket, re-read
+    /// unconditionally. No-op when `refresh_own_addresses` is off.
+    pub fn refresh_own_addresses(&mut self) {
+        if !self.opts.refresh_own_addresses {
+            return;
+        }
+        let changed = match self.addr_watch.as_mut().map(AddrWatch::drain) {
+            Some(Ok(changed)) => changed,
+            Some(Err(e)) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: address-change socket failed ({e}); this host's addresses are now re-read before every decision"
+                ));
+                self.addr_watch = None;
+                true
+            }
+            None => true,
+        };
+        if changed {
+            let (own, bcast) = own_addresses();
+            self.never.set_own(own);
+            self.never.set_broadcasts(bcast);
+            self.lift_never_blocked(WallMs::now());
+        }
+    }
+
+    /// Lift the blocks of addresses the never-block set now covers (an address this host
+    /// took after it was blocked): blocking it would cut the host off from itself.
+    fn lift_never_blocked(&mut self, now: WallMs) {
+        let mut covered: Vec<(IpAddr, String)> = self
+            .blocks
+            .keys()
+            .filter_map(|a| {
+                self.never
+                    .check(*a)
+                    .map(|why| (*a, format!("never-block: {why}")))
+            })
+            .collect();
+        if covered.is_empty() {
+            return;
+        }
+        covered.sort();
+        for (addr, why) in covered {
+            self.end_block(addr, now, (RecordKind::Unblocked, &why), None, true, None);
+            self.counters.unblocked += 1;
+        }
+        self.rewrite_blocked_file();
+    }
+
+    fn count(&mut self, d: Decision) {
+        let c = &mut self.counters;
+        match d {
+            Decision::Blocked => c.blocked += 1,
+            Decision::AlreadyBlocked => c.already_blocked += 1,
+            Decision::Ignored => c.ignored += 1,
+            Decision::NeverBlock => c.never_block += 1,
+            Decision::LogOnly => c.log_only += 1,
+            Decision::CommandOnly => c.command_only += 1,
+            Decision::RateLimited => c.rate_limited += 1,
+            Decision::Capped => c.capped += 1,
+            Decision::Rejected => c.rejected += 1,
+            Decision::Failed => {
+                c.failed += 1;
+                c.errors += 1;
+            }
+        }
+    }
+
+    /// The audit record of a request, before its decision is known.
+    fn request_record(req: &BlockRequest, now: WallUs, peer: Peer) -> AuditRecord {
+        let mut rec = AuditRecord::event_us(
+            now,
+            RecordKind::Decision(Decision::Rejected),
+            String::new(),
+            Some(peer),
+        );
+        rec.source = Some(req.source.to_string());
+        rec.protocol = Some(req.protocol.as_str());
+        rec.port = Some(req.port);
+        rec.scan = Some(req.scan.as_str());
+        rec.mode = Some(req.mode.as_str());
+        rec
+    }
+
+    /// Decide on one checked block request from `peer` and act on it. Persistence and the
+    /// audit record are complete when this returns.
+    pub fn decide(&mut self, req: &Checked, peer: Peer, now: WallUs) -> Decision {
+        self.counters.requests += 1;
+        let mut rec = Self::request_record(req, now, peer);
+        self.flush_audit_budget(now);
+        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec);
+        self.conclude(rec, decision, reason, line, req.source, now)
+    }
+
+    /// Answer a request that failed its checks in [`crate::session`]: counted and
+    /// audited like any other decision.
+    pub fn reject_request(
+        &mut self,
+        req: &BlockRequest,
+        why: &Invalid,
+        peer: Peer,
+        now: WallUs,
+    ) -> Decision {
+        self.counters.requests += 1;
+        let rec = Self::request_record(req, now, peer);
+        self.flush_audit_budget(now);
+        let line = format!("adminalert: rejected block request from sensor: {why}");
+        self.conclude(
+            rec,
+            Decision::Rejected,
+            why.to_string(),
+            Some((Level::Warning, line)),
+            req.source,
+            now,
+        )
+    }
+
+    /// Count, remember, log and audit a decision (the last two held to AUDIT_RATE for
+    /// decisions that changed nothing).
+    fn conclude(
+        &mut self,
+        mut rec: AuditRecord,
+        decision: Decision,
+        reason: String,
+        line: Line,
+        source: IpAddr,
+        now: WallUs,
+    ) -> Decision {
+        self.count(decision);
+        rec.decision = decision.into();
+        rec.reason = reason;
+        self.remember(now.ms(), Some(source), decision.into(), &rec.reason);
+        if self.budget.admit(now, decision, source) {
+            if let Some((level, line)) = line {
+                self.log.log(level, &line);
+            }
+            self.write_audit(&rec);
+        }
+        decision
+    }
+
+    /// Judge, then act. The log line of a decision that changed nothing is returned, not
+    /// logged, so that the caller can hold it to AUDIT_RATE with the audit record.
+    fn decide_checked(
+        &mut self,
+        req: &BlockRequest,
+        now: WallMs,
+        rec: &mut AuditRecord,
+    ) -> (Decision, String, Line) {
+        self.refresh_own_addresses();
+        let started_last_minute = self.started_last_minute(now);
+        let facts = Facts {
+            cfg: &self.cfg,
+            never: &self.never,
+            ignore: &self.ignore,
+            already_blocked: self.blocks.contains_key(&req.source),
+            started_last_minute,
+            active_blocks: self.blocks.len(),
+            blocking_configured: self.blocking_configured(),
+        };
+        match judge::judge(req.source, req.protocol, &facts) {
+            Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
+            Verdict::RunCommand => self.run_command_only(req, now, rec),
+            Verdict::Block => self.block(req, now, rec),
+        }
+    }
+
+    /// BLOCK_* = 2: KILL_RUN_CMD and nothing else; nothing is recorded as blocked.
+    fn run_command_only(
+        &mut self,
+        req: &BlockRequest,
+        now: WallMs,
+        rec: &mut AuditRecord,
+    ) -> (Decision, String, Line) {
+        let key = block_key(req.protocol);
+        self.rate.push_back(now);
+        let a = self.exec.run(
+            &self.cfg,
+            &Action::Command(Command::KillRunCmd),
+            &subject(req),
+        );
+        self.log_action(req.source, &a);
+        let ok = a.ok();
+        rec.actions.push(a);
+        if ok {
+            (Decision::CommandOnly, format!("{key}=2"), None)
+        } else {
+            (
+                Decision::Failed,
+                format!("{key}=2; KILL_RUN_CMD failed"),
+                None,
+            )
+        }
+    }
+
+    /// Run every configured blocking action, with write-ahead persistence.
+    fn block(
+        &mut self,
+        req: &BlockRequest,
+        now: WallMs,
+        rec: &mut AuditRecord,
+    ) -> (Decision, String, Line) {
+        let addr = req.source;
+        let subj = subject(req);
+        self.rate.push_back(now);
+        let mut block = BlockRecord {
+            addr,
+            protocol: req.protocol,
+            port: req.port,
+            mode: req.mode,
+            scan: req.scan,
+            since_ms: now.0,
+            expires_ms: self.cfg.block_timeout.map(|t| now.after(t).0),
+            nft: false,
+            blackhole: false,
+            hosts_deny_line: None,
+        };
+        let backends = self.exec.backends();
+        // Fast path: the nftables element goes in FIRST, before the write-ahead record and
+        // its fdatasync, because the scanner is answered until the element exists. This
+        // cannot leave anything behind that a restart would not know about: every start
+        // deletes and recreates the table and loads exactly the persisted blocks in the
+        // same transaction ([`restore::rebuild_table`]), so an element whose record never
+        // reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
+        // itself, so it cannot outlive its block while the enforcer is down. Routes,
+        // hosts.deny lines and commands are not reconciled that way and stay after the
+        // write-ahead record. With KILL_RUN_CMD_FIRST="1" the documented order "the
+        // command before the other actions" is kept, so the element comes after it.
+        let nft_first =
+            backends.nft && !(self.cfg.kill_run_cmd_first && self.cfg.kill_run_cmd.is_some());
+        let mut actions = Vec::new();
+        if nft_first {
+            let a = self
+                .exec
+                .run(&self.cfg, &Action::Nft(action::Op::Add), &subj);
+            action::record_effect(&mut block, &Action::Nft(action::Op::Add), a.ok());
+            actions.push(a);
+        }
+        // Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
+        // of the actions leaves nothing behind that a restart would not know about (the
+        // restart re-applies it; undoing an action that never ran is harmless).
+        let mut intent = block.clone();
+        intent.nft = if nft_first { block.nft } else { backends.nft };
+        intent.blackhole = backends.route;
+        intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, &subj);
+        self.blocks.insert(addr, intent.clone());
+        let intent_durable = match self.store.put(&intent, &self.blocks) {
+            Ok(()) => true,
+            Err(e) => {
+                self.persist_error(&format!("block of {addr}"), &e);
+                false
+            }
+        };
+        for act in action::block_plan(&self.cfg, backends, &subj, nft_first) {
+            let a = self.exec.run(&self.cfg, &act, &subj);
+            action::record_effect(&mut block, &act, a.ok());
+            actions.push(a);
+        }
+        for a in &actions {
+            self.log_action(addr, a);
+        }
+        let failed = actions.iter().any(|a| !a.ok());
+        let took_effect = block.nft
+            || block.blackhole
+            || block.hosts_deny_line.is_some()
+            || actions
+                .iter()
+                .any(|a| a.action == crate::audit::ActionKind::KillRoute && a.ok())
+            || (!self.blocking_configured() && !failed);
+        rec.actions = actions;
+        let mut reason = String::new();
+        if took_effect {
+            self.blocks.insert(addr, block.clone());
+            // When everything took effect as intended, the write-ahead record already is
+            // the final state: a second identical record (and fdatasync) adds nothing.
+            let persisted = if intent_durable && block == intent {
+                Ok(())
+            } else {
+                self.store.put(&block, &self.blocks)
+            };
+            if let Err(e) = persisted {
+                self.persist_error(&format!("block of {addr}"), &e);
+                reason = format!("state not persisted: {e}; ");
+            }
+            let line = policy::logfmt::history_line(now.secs(), addr, req.port, req.protocol);
+            self.append_text(self.cfg.history_file.clone(), &line);
+            self.append_text(self.cfg.blocked_file.clone(), &line);
+        } else {
+            self.blocks.remove(&addr);
+            if let Err(e) = self.store.del(addr, &self.blocks) {
+                self.persist_error(&format!("state for {addr}"), &e);
+            }
+        }
+        if failed || !reason.is_empty() {
+            let n = rec.actions.iter().filter(|a| !a.ok()).count();
+            reason.push_str(&format!(
+                "{n} of {} actions failed{}",
+                rec.actions.len(),
+                if took_effect {
+                    "; host recorded as blocked by the actions that succeeded"
+                } else {
+                    "; host not blocked"
+                }
+            ));
+            (Decision::Failed, reason, None)
+        } else {
+            let what = match (block.expires_ms, self.cfg.block_timeout) {
+                (Some(_), Some(t)) => format!("blocked for {}s", t.as_secs()),
+                _ => "blocked permanently".to_string(),
+            };
+            (Decision::Blocked, what, None)
+        }
+    }
+}
+
+/// The template variables of a request.
+fn subject(req: &BlockRequest) -> Subject {
+    Subject {
+        addr: req.source,
+        port: req.port,
+        protocol: req.protocol,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::check_request;
+    use sentry_proto::{Mode, Protocol, ScanKind};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    fn now_ms() -> WallMs {
+        WallMs::now()
+    }
+
+    impl Engine {
+        /// The daemon's path for a request straight off the wire: checked in the
+        /// session, then decided or rejected.
+        fn decide_raw(&mut self, req: &BlockRequest, peer: Peer, now: WallUs) -> Decision {
+            match check_request(req.clone(), &Mode::ALL, now.ms()) {
+                Ok(c) => self.decide(&c, peer, now),
+                Err((r, why)) => self.reject_request(&r, &why, peer, now),
+            }
+        }
+    }
+
+    struct T {
+        dir: tempfile::TempDir,
+        engine: Engine,
+    }
+
+    fn setup(extra: &[(&str, &str)]) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::write(dir.path().join("ignore"), "198.51.100.0/24\n").unwrap();
+        let mut keys: std::collections::BTreeMap<&str, String> = [
+            ("IGNORE_FILE", format!("{d}/ignore")),
+            ("HOSTS_DENY_FILE", format!("{d}/hosts.deny")),
+            ("AUDIT_LOG", format!("{d}/audit.jsonl")),
+            ("HISTORY_FILE", format!("{d}/history")),
+            ("BLOCKED_FILE", format!("{d}/blocked")),
+            ("KILL_HOSTS_DENY", "ALL: $TARGET$".to_string()),
+            ("BLOCK_TCP", "1".to_string()),
+            ("BLOCK_UDP", "1".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in extra {
+            if v.is_empty() {
+                keys.remove(k);
+            } else {
+                keys.insert(k, v.to_string());
+            }
+        }
+        let text: String = keys.iter().map(|(k, v)| format!("{k}=\"{v}\"\n")).collect();
+        let conf = dir.path().join("sentry.conf");
+        std::fs::write(&conf, &text).unwrap();
+        let engine = open(&dir, &conf);
+        T { dir, engine }
+    }
+
+    fn open(dir: &tempfile::TempDir, conf: &Path) -> Engine {
+        let cfg = Config::load(conf).unwrap_or_else(|e| panic!("{e}"));
+        Engine::new(
+            cfg,
+            Options {
+                state_dir: dir.path().join("state"),
+                refresh_own_addresses: false,
+            },
+            Arc::new(Logger::new(true, "test")),
+        )
+        .unwrap()
+    }
+
+    fn req(seq: u64, src: &str, protocol: Protocol, port: u16) -> BlockRequest {
+        let now = now_ms().0;
+        let (scan, mode) = match protocol {
+            Protocol::Tcp => (ScanKind::Syn, Mode::Stcp),
+            Protocol::Udp => (ScanKind::Udp, Mode::Sudp),
+        };
+        BlockRequest {
+            seq,
+            source: src.parse().unwrap(),
+            protocol,
+            port,
+            scan,
+            mode,
+            distinct_ports: 2,
+            first_seen_ms: now - 10,
+            last_seen_ms: now,
+            ip_options: false,
+        }
+    }
+
+    const PEER: Peer = Peer { uid: 1, pid: 2 };
+
+    impl T {
+        fn decide(&mut self, src: &str, p: Protocol) -> Decision {
+            let r = req(1, src, p, 22);
+            self.engine.decide_raw(&r, PEER, now_ms().us())
+        }
+        fn audit(&self) -> Vec<serde_json::Value> {
+            std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+        fn last(&self) -> serde_json::Value {
+            self.audit().pop().unwrap()
+        }
+        fn deny(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("hosts.deny")).unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn rejected_never_block_ignored_log_only() {
+        let mut t = setup(&[("BLOCK_UDP", "0")]);
+        let mut bad = req(1, "192.0.2.1", Protocol::Tcp, 0);
+        assert_eq!(
+            t.engine.decide_raw(&bad, PEER, now_ms().us()),
+            Decision::Rejected
+        );
+        bad.port = 22;
+        bad.scan = ScanKind::Udp;
+        assert_eq!(
+            t.engine.decide_raw(&bad, PEER, now_ms().us()),
+            Decision::Rejected
+        );
+        assert_eq!(t.decide("127.0.0.1", Protocol::Tcp), Decision::NeverBlock);
+        assert_eq!(t.last()["reason"], "loopback address");
+        t.engine
+            .set_own_addresses(vec!["203.0.113.5".parse().unwrap()]);
+        assert_eq!(t.decide("203.0.113.5", Protocol::Tcp), Decision::NeverBlock);
+        assert_eq!(t.last()["reason"], "one of this host's addresses");
+        assert_eq!(t.decide("198.51.100.9", Protocol::Tcp), Decision::Ignored);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Udp), Decision::LogOnly);
+        assert_eq!(t.last()["reason"], "BLOCK_UDP=0");
+        assert_eq!(t.deny(), "");
+        assert_eq!(t.engine.active_blocks(), 0);
+        let c = t.engine.counters();
+        assert_eq!(
+            (c.rejected, c.never_block, c.ignored, c.log_only),
+            (2, 2, 1, 1)
+        );
+        assert_eq!(c.requests, 6);
+    }
+
+    #[test]
+    fn blocked_then_already_blocked_with_argv() {
+        let mut t = setup(&[
+            (
+                "KILL_ROUTE",
+                "/bin/true route add $TARGET$ port $PORT$ $MODE$",
+            ),
+            ("KILL_RUN_CMD", "/bin/true run $TARGET$"),
+            ("KILL_RUN_CMD_FIRST", "0"),
+        ]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        let rec = t.last();
+        let acts = rec["actions"].as_array().unwrap();
+        let argv: Vec<serde_json::Value> = acts.iter().map(|a| a["argv"].clone()).collect();
+        assert_eq!(
+            argv[0],
+            serde_json::json!([
+                "/bin/true",
+                "route",
+                "add",
+                "192.0.2.1",
+                "port",
+                "22",
+                "tcp"
+            ])
+        );
+        assert_eq!(acts[1]["action"], "hosts_deny");
+        assert_eq!(acts[1]["target"], "ALL: 192.0.2.1");
+        assert_eq!(
+            argv[2],
+            serde_json::json!(["/bin/true", "run", "192.0.2.1"])
+        );
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
+        assert_eq!(
+            t.decide("192.0.2.1", Protocol::Udp),
+            Decision::AlreadyBlocked
+        );
+        assert_eq!(t.last()["actions"].as_array().unwrap().len(), 0);
+        assert_eq!(t.decide("2001:db8::1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\nALL: [2001:db8::1]\n");
+        let hist = std::fs::read_to_string(t.dir.path().join("history")).unwrap();
+        assert_eq!(hist.lines().count(), 2);
+        assert!(hist.contains("Host: 2001:db8::1/2001:db8::1 Port: 22 TCP Blocked"));
+    }
+
+    #[test]
+    fn run_cmd_first_and_command_only() {
+        let mut t = setup(&[
+            ("KILL_RUN_CMD", "/bin/true $TARGET$ $MODE$"),
+            ("KILL_RUN_CMD_FIRST", "1"),
+            ("BLOCK_UDP", "2"),
+        ]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        let names: Vec<String> = t.last()["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["action"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["kill_run_cmd", "hosts_deny"]);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Udp), Decision::CommandOnly);
+        let rec = t.last();
+        assert_eq!(
+            rec["actions"][0]["argv"],
+            serde_json::json!(["/bin/true", "192.0.2.2", "udp"])
+        );
+        assert!(!t.deny().contains("192.0.2.2"));
+        assert!(!t.engine.is_blocked("192.0.2.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn rate_limit_and_cap() {
+        let mut t = setup(&[("BLOCK_RATE", "2")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.3", Protocol::Tcp), Decision::RateLimited);
+        // a minute later the window has moved on
+        let r = req(9, "192.0.2.3", Protocol::Tcp, 22);
+        let later = WallMs(now_ms().0 + 61_000);
+        assert_eq!(t.engine.decide_raw(&r, PEER, later.us()), Decision::Blocked);
+
+        let mut t = setup(&[("MAX_BLOCKS", "1")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Capped);
+        assert_eq!(t.last()["reason"], "MAX_BLOCKS=1 reached");
+        // already blocked is checked before the cap
+        assert_eq!(
+            t.decide("192.0.2.1", Protocol::Tcp),
+            Decision::AlreadyBlocked
+        );
+    }
+
+    #[test]
+    fn failed_action_is_an_error() {
+        let mut t = setup(&[
+            ("KILL_ROUTE", "/bin/false $TARGET$"),
+            ("KILL_HOSTS_DENY", ""),
+        ]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Failed);
+        let rec = t.last();
+        assert_eq!(rec["decision"], "failed");
+        assert_eq!(rec["actions"][0]["status"], "error");
+        assert_eq!(rec["actions"][0]["exit_code"], 1);
+        assert!(!t.engine.is_blocked("192.0.2.1".parse().unwrap()));
+        assert_eq!(t.engine.counters().failed, 1);
+    }
+
+    #[test]
+    fn partial_failure_keeps_what_took_effect() {
+        let mut t = setup(&[("KILL_ROUTE", "/bin/false $TARGET$")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Failed);
+        assert!(t.engine.is_blocked("192.0.2.1".parse().unwrap()));
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
+    }
+
+    #[test]
+    fn expiry_unblock_and_restore() {
+        let mut t = setup(&[("BLOCK_TIMEOUT", "60")]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("192.0.2.3", Protocol::Tcp), Decision::Blocked);
+        let a3: IpAddr = "192.0.2.3".parse().unwrap();
+        assert_eq!(t.engine.unblock(a3, PEER, now_ms()), Some(vec![]));
+        assert_eq!(t.engine.unblock(a3, PEER, now_ms()), None);
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\nALL: 192.0.2.2\n");
+        assert_eq!(t.engine.expire(now_ms()), 0);
+        // restart: both restored
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        assert_eq!(e2.active_blocks(), 2);
+        assert_eq!(e2.counters().restored, 2);
+        drop(e2);
+        // expiry
+        assert_eq!(t.engine.expire(WallMs(now_ms().0 + 61_000)), 2);
+        assert_eq!(t.deny(), "");
+        assert_eq!(t.last()["decision"], "expired");
+        let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
+        assert_eq!(blocked, "");
+    }
+
+    #[test]
+    fn an_address_that_becomes_our_own_is_unblocked_at_once() {
+        let mut t = setup(&[]);
+        assert_eq!(t.decide("203.0.113.5", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("203.0.113.6", Protocol::Tcp), Decision::Blocked);
+        t.engine
+            .set_own_addresses(vec!["203.0.113.5".parse().unwrap()]);
+        assert!(!t.engine.is_blocked("203.0.113.5".parse().unwrap()));
+        assert!(t.engine.is_blocked("203.0.113.6".parse().unwrap()));
+        assert_eq!(t.deny(), "ALL: 203.0.113.6\n");
+        let last = t.last();
+        assert_eq!(last["decision"], "unblocked");
+        assert_eq!(last["source"], "203.0.113.5");
+        assert_eq!(last["reason"], "never-block: one of this host's addresses");
+        let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
+        assert!(!blocked.contains("203.0.113.5/"), "{blocked}");
+        assert_eq!(t.engine.counters().unblocked, 1);
+    }
+
+    #[test]
+    fn restore_rechecks_ignore_list() {
+        let mut t = setup(&[]);
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        std::fs::write(t.dir.path().join("ignore"), "192.0.2.0/24\n").unwrap();
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        assert_eq!(e2.active_blocks(), 0);
+        assert_eq!(t.deny(), "");
+        assert_eq!(t.last()["decision"], "unblocked");
+        assert_eq!(t.last()["reason"], "now on the ignore list");
+    }
+
+    /// The start of the next wall-clock second, in µs (requests made now validate there).
+    fn next_second_us() -> u64 {
+        (now_ms().0 / 1000 + 1) * 1_000_000
+    }
+
+    fn src(i: u32) -> String {
+        std::net::Ipv4Addr::from(0xCB00_7100 + (i % 250) + ((i / 250) << 8)).to_string()
+    }
+
+    #[test]
+    fn audit_rate_bounds_a_burst_of_rate_limited_requests() {
+        let mut t = setup(&[("BLOCK_RATE", "1")]);
+        let s0 = next_second_us();
+        // The one block BLOCK_RATE allows this minute, one second before the burst.
+        let r = req(1, "192.0.2.1", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, WallUs(s0 - 1_000_000)),
+            Decision::Blocked
+        );
+        assert_eq!(t.audit().len(), 1);
+        // 10,000 spoofed sources within one second (one every 50 µs).
+        for i in 0..10_000u32 {
+            let r = req(u64::from(i) + 2, &src(i), Protocol::Tcp, 22);
+            let at = s0 + u64::from(i) * 50;
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, WallUs(at)),
+                Decision::RateLimited
+            );
+        }
+        // Still inside the second: exactly AUDIT_RATE (default 100) records of it.
+        let rate = t.engine.config().audit_rate as usize;
+        assert_eq!(rate, 100);
+        assert_eq!(t.audit().len(), 1 + rate);
+        // The daemon's tick in the next second writes the summary.
+        t.engine.flush_audit_budget(WallUs(s0 + 1_000_000 + 7));
+        let audit = t.audit();
+        assert_eq!(
+            audit.len(),
+            1 + rate + 1,
+            "AUDIT_RATE + 1 lines for the burst"
+        );
+        let burst = &audit[1..];
+        assert!(burst[..rate]
+            .iter()
+            .all(|r| r["decision"] == "rate_limited" && r.get("summary").is_none()));
+        assert_eq!(burst[rate - 1]["source"], src(99));
+        let sum = &burst[rate];
+        assert_eq!(sum["decision"], "rate_limited");
+        assert_eq!(sum["summary"], true);
+        assert_eq!(sum["suppressed"], 10_000 - 100);
+        assert_eq!(sum["first_us"], s0 + 100 * 50);
+        assert_eq!(sum["last_us"], s0 + 9_999 * 50);
+        assert_eq!(sum["time_us"], s0 + 1_000_000 + 7);
+        let want: Vec<String> = (100..108).map(src).collect();
+        assert_eq!(sum["sample"], serde_json::json!(want));
+        assert_eq!(sum["reason"], "AUDIT_RATE=100 per second reached");
+        // A second tick has nothing left to write.
+        t.engine.flush_audit_budget(WallUs(s0 + 2_000_000));
+        assert_eq!(t.audit().len(), 1 + rate + 1);
+        // Every decision is still counted.
+        let c = t.engine.counters();
+        assert_eq!((c.requests, c.blocked, c.rate_limited), (10_001, 1, 10_000));
+    }
+
+    #[test]
+    fn audit_summary_is_written_before_the_next_seconds_records() {
+        let mut t = setup(&[("MAX_BLOCKS", "1"), ("AUDIT_RATE", "2")]);
+        let s0 = next_second_us();
+        let r = req(1, "192.0.2.1", Protocol::Tcp, 22);
+        assert_eq!(t.engine.decide_raw(&r, PEER, WallUs(s0)), Decision::Blocked);
+        for i in 0..5u32 {
+            let r = req(2, &src(i), Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine
+                    .decide_raw(&r, PEER, WallUs(s0 + 10 + u64::from(i))),
+                Decision::Capped
+            );
+        }
+        // 1 blocked + 2 capped; the next request, one second later, first writes the
+        // summary of the 3 suppressed ones, then its own record.
+        assert_eq!(t.audit().len(), 3);
+        let r = req(3, "198.51.100.9", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, WallUs(s0 + 1_000_000)),
+            Decision::Ignored
+        );
+        let a = t.audit();
+        let kinds: Vec<&str> = a.iter().map(|r| r["decision"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["blocked", "capped", "capped", "capped", "ignored"]);
+        assert_eq!(a[3]["summary"], true);
+        assert_eq!(a[3]["suppressed"], 3);
+        assert_eq!(a[3]["reason"], "AUDIT_RATE=2 per second reached");
+        assert_eq!(a[3]["sample"], serde_json::json!([src(2), src(3), src(4)]));
+        assert!(a[4].get("summary").is_none());
+        assert_eq!(t.engine.counters().capped, 5);
+    }
+
+    #[test]
+    fn stopping_writes_the_summary_of_the_current_second() {
+        let mut t = setup(&[("BLOCK_TCP", "0"), ("AUDIT_RATE", "3")]);
+        let s0 = next_second_us();
+        for i in 0..10u32 {
+            let r = req(u64::from(i), &src(i), Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, WallUs(s0 + u64::from(i))),
+                Decision::LogOnly
+            );
+        }
+        t.engine.flush_audit_budget(WallUs(s0 + 20));
+        assert_eq!(t.audit().len(), 3, "same second: nothing to flush yet");
+        t.engine.finish_audit_budget(WallUs(s0 + 30));
+        let a = t.audit();
+        assert_eq!(a.len(), 4);
+        assert_eq!(a[3]["decision"], "log_only");
+        assert_eq!(a[3]["suppressed"], 7);
+        assert_eq!(a[3]["time_us"], s0 + 30);
+        // Nothing is summarised twice.
+        t.engine.flush_audit_budget(WallUs(s0 + 1_000_000));
+        assert_eq!(t.audit().len(), 4);
+    }
+
+    #[test]
+    fn blocked_records_are_never_suppressed() {
+        let mut t = setup(&[("AUDIT_RATE", "1")]);
+        let s0 = next_second_us();
+        // Use up the budget of this second with no-change decisions ...
+        for i in 0..10u64 {
+            let r = req(i, "127.0.0.1", Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, WallUs(s0 + i)),
+                Decision::NeverBlock
+            );
+        }
+        assert_eq!(t.audit().len(), 1);
+        // ... then every block of the same second is still written in full.
+        for i in 0..40u32 {
+            let r = req(100 + u64::from(i), &src(i), Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine
+                    .decide_raw(&r, PEER, WallUs(s0 + 100 + u64::from(i))),
+                Decision::Blocked
+            );
+        }
+        // And a failed one (the deny file is made unwritable: a directory in its place).
+        let deny = t.dir.path().join("hosts.deny");
+        std::fs::remove_file(&deny).unwrap();
+        std::fs::create_dir(&deny).unwrap();
+        let r = req(200, &src(40), Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, WallUs(s0 + 500)),
+            Decision::Failed
+        );
+        let a = t.audit();
+        assert_eq!(a.len(), 1 + 40 + 1);
+        assert_eq!(a.iter().filter(|r| r["decision"] == "blocked").count(), 40);
+        assert!(a[1..41]
+            .iter()
+            .all(|r| r["actions"].as_array().is_some_and(|v| v.len() == 1)));
+        assert_eq!(a[41]["decision"], "failed");
+        t.engine.flush_audit_budget(WallUs(s0 + 1_000_000));
+        let a = t.audit();
+        assert_eq!(a.len(), 43);
+        assert_eq!(a[42]["decision"], "never_block");
+        assert_eq!(a[42]["suppressed"], 9);
+        assert_eq!(a[42]["sample"], serde_json::json!(["127.0.0.1"]));
+    }
+}

@@ -1,0 +1,63 @@
+//! What `sentryctl status` and `sentryctl blocked` show.
+
+use std::path::Path;
+
+use sentry_proto::{BlockEntry, Status};
+
+use super::Engine;
+
+impl Engine {
+    pub fn status(&self, config_path: &Path) -> Status {
+        let mut backends = Vec::new();
+        let b = self.exec.backends();
+        if b.nft {
+            backends.push(format!("nftables inet {} (netlink)", self.cfg.nft_table));
+        }
+        if b.route {
+            backends.push("blackhole routes (netlink)".into());
+        }
+        if let Some(t) = &self.cfg.kill_route {
+            backends.push(format!("KILL_ROUTE {}", t.source()));
+        }
+        if let Some(t) = &self.cfg.kill_hosts_deny {
+            backends.push(format!(
+                "KILL_HOSTS_DENY {} -> {}",
+                t.source(),
+                self.cfg.hosts_deny_file.display()
+            ));
+        }
+        if let Some(t) = &self.cfg.kill_run_cmd {
+            backends.push(format!("KILL_RUN_CMD {}", t.source()));
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config_path: config_path.display().to_string(),
+            sensor: self.sensor.clone(),
+            counters: self.counters.clone(),
+            active_blocks: self.blocks.len() as u64,
+            max_blocks: u64::from(self.cfg.max_blocks),
+            backends,
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    pub fn blocked(&self) -> Vec<BlockEntry> {
+        let mut v: Vec<BlockEntry> = self
+            .blocks
+            .values()
+            .map(|b| BlockEntry {
+                addr: b.addr,
+                protocol: b.protocol,
+                port: b.port,
+                mode: b.mode,
+                scan: b.scan,
+                since_ms: b.since_ms,
+                expires_ms: b.expires_ms,
+            })
+            .collect();
+        v.sort_by_key(|b| (b.since_ms, b.addr));
+        v
+    }
+}

@@ -1,0 +1,319 @@
+//! The judge: a checked block request and a snapshot of the enforcer's state go in, a
+//! verdict with a typed reason comes out. No I/O, no clock, no mutation, so every rule of
+//! the decision order is tested here without sockets or files, and an auditor reads the
+//! whole policy in one function ([`judge`]).
+//!
+//! Order (first match wins): never-block set, ignore list, BLOCK_TCP / BLOCK_UDP = 0,
+//! already blocked, BLOCK_RATE, BLOCK_* = 2 (command only), MAX_BLOCKS, nothing
+//! configured that blocks. Field validation happened before, in [`crate::session`].
+
+use std::fmt;
+use std::net::IpAddr;
+
+use policy::{BlockMode, Config, IgnoreList, NeverBlock, NeverBlockReason};
+use sentry_proto::{Decision, Protocol};
+
+use crate::audit::Level;
+
+/// What the judge looks at besides the request. Built by the engine for each decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub cfg: &'a Config,
+    pub never: &'a NeverBlock,
+    pub ignore: &'a IgnoreList,
+    /// The source already has an active block.
+    pub already_blocked: bool,
+    /// Blocks (and commands) started in the last minute, for BLOCK_RATE.
+    pub started_last_minute: usize,
+    /// Active blocks, for MAX_BLOCKS.
+    pub active_blocks: usize,
+    /// An action that stops traffic (nftables, blackhole route, KILL_ROUTE,
+    /// KILL_HOSTS_DENY) is configured.
+    pub blocking_configured: bool,
+}
+
+/// The judge's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing is done; the reason says why.
+    Unchanged(Unchanged),
+    /// BLOCK_* = 2: run KILL_RUN_CMD only.
+    RunCommand,
+    /// Run every configured blocking action.
+    Block,
+}
+
+/// Why a request changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unchanged {
+    /// Loopback, multicast, own address, ...: the never-block set's reason.
+    NeverBlock(NeverBlockReason),
+    Ignored,
+    /// BLOCK_TCP / BLOCK_UDP = 0.
+    LogOnly(Protocol),
+    AlreadyBlocked,
+    RateLimited {
+        per_minute: u32,
+    },
+    Capped {
+        max: u32,
+    },
+    /// BLOCK_* = 2 without a KILL_RUN_CMD.
+    NoCommand(Protocol),
+    /// BLOCK_* = 1 with no action configured at all.
+    NoAction(Protocol),
+}
+
+/// The configuration key that sets the response for `p`.
+pub fn block_key(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "BLOCK_TCP",
+        Protocol::Udp => "BLOCK_UDP",
+    }
+}
+
+impl Unchanged {
+    pub fn decision(&self) -> Decision {
+        match self {
+            Self::NeverBlock(_) => Decision::NeverBlock,
+            Self::Ignored => Decision::Ignored,
+            Self::LogOnly(_) | Self::NoCommand(_) | Self::NoAction(_) => Decision::LogOnly,
+            Self::AlreadyBlocked => Decision::AlreadyBlocked,
+            Self::RateLimited { .. } => Decision::RateLimited,
+            Self::Capped { .. } => Decision::Capped,
+        }
+    }
+
+    /// The log line for this decision about `addr` (PortSentry's wording where PortSentry
+    /// had one), or none.
+    pub fn line(&self, addr: IpAddr) -> Option<(Level, String)> {
+        let line = match self {
+            Self::NeverBlock(why) => (
+                Level::Notice,
+                format!("attackalert: Host: {addr} is never blocked ({why}). Ignoring"),
+            ),
+            Self::Ignored => (
+                Level::Notice,
+                format!("attackalert: Host: {addr} is on the ignore list. Ignoring"),
+            ),
+            Self::LogOnly(p) => (
+                Level::Notice,
+                format!(
+                    "attackalert: Ignoring {} response per configuration file setting.",
+                    p.as_upper()
+                ),
+            ),
+            Self::AlreadyBlocked => (
+                Level::Notice,
+                format!("attackalert: Host: {addr} is already blocked. Ignoring"),
+            ),
+            Self::RateLimited { per_minute } => (
+                Level::Warning,
+                format!(
+                    "adminalert: block rate limit (BLOCK_RATE={per_minute}/min) reached; not blocking {addr}"
+                ),
+            ),
+            Self::Capped { max } => (
+                Level::Warning,
+                format!("adminalert: MAX_BLOCKS={max} reached; not blocking {addr}"),
+            ),
+            Self::NoCommand(_) | Self::NoAction(_) => return None,
+        };
+        Some(line)
+    }
+}
+
+/// The audit record's `reason`.
+impl fmt::Display for Unchanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NeverBlock(why) => write!(f, "{why}"),
+            Self::Ignored => f.write_str("on the ignore list"),
+            Self::LogOnly(p) => write!(f, "{}=0", block_key(*p)),
+            Self::AlreadyBlocked => f.write_str("already blocked"),
+            Self::RateLimited { per_minute } => {
+                write!(f, "BLOCK_RATE={per_minute} per minute reached")
+            }
+            Self::Capped { max } => write!(f, "MAX_BLOCKS={max} reached"),
+            Self::NoCommand(p) => {
+                write!(f, "{}=2 but no KILL_RUN_CMD is configured", block_key(*p))
+            }
+            Self::NoAction(p) => {
+                write!(
+                    f,
+                    "{}=1 but no blocking action is configured",
+                    block_key(*p)
+                )
+            }
+        }
+    }
+}
+
+/// Decide on a request for `source` over `protocol`.
+pub fn judge(source: IpAddr, protocol: Protocol, f: &Facts<'_>) -> Verdict {
+    use Verdict::Unchanged as No;
+    if let Some(why) = f.never.check(source) {
+        return No(Unchanged::NeverBlock(why));
+    }
+    if f.ignore.contains(source) {
+        return No(Unchanged::Ignored);
+    }
+    let mode = f.cfg.block_mode(protocol);
+    if mode == BlockMode::LogOnly {
+        return No(Unchanged::LogOnly(protocol));
+    }
+    if mode == BlockMode::Block && f.already_blocked {
+        return No(Unchanged::AlreadyBlocked);
+    }
+    if f.started_last_minute >= f.cfg.block_rate as usize {
+        return No(Unchanged::RateLimited {
+            per_minute: f.cfg.block_rate,
+        });
+    }
+    if mode == BlockMode::CommandOnly {
+        return if f.cfg.kill_run_cmd.is_some() {
+            Verdict::RunCommand
+        } else {
+            No(Unchanged::NoCommand(protocol))
+        };
+    }
+    if f.active_blocks >= f.cfg.max_blocks as usize {
+        return No(Unchanged::Capped {
+            max: f.cfg.max_blocks,
+        });
+    }
+    if !f.blocking_configured && f.cfg.kill_run_cmd.is_none() {
+        return No(Unchanged::NoAction(protocol));
+    }
+    Verdict::Block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(text: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.conf");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Path::new(&p)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    struct World {
+        cfg: Config,
+        never: NeverBlock,
+        ignore: IgnoreList,
+        already: bool,
+        started: usize,
+        active: usize,
+        blocking: bool,
+    }
+
+    impl World {
+        fn new(text: &str) -> Self {
+            let cfg = cfg(text);
+            Self {
+                cfg,
+                never: NeverBlock::new(vec!["203.0.113.5".parse().unwrap()]),
+                ignore: IgnoreList::parse("198.51.100.0/24\n", Path::new("ignore")).unwrap(),
+                already: false,
+                started: 0,
+                active: 0,
+                blocking: true,
+            }
+        }
+        fn judge(&self, src: &str, p: Protocol) -> Verdict {
+            judge(
+                src.parse().unwrap(),
+                p,
+                &Facts {
+                    cfg: &self.cfg,
+                    never: &self.never,
+                    ignore: &self.ignore,
+                    already_blocked: self.already,
+                    started_last_minute: self.started,
+                    active_blocks: self.active,
+                    blocking_configured: self.blocking,
+                },
+            )
+        }
+    }
+
+    const BASE: &str = "BLOCK_TCP=\"1\"\nBLOCK_UDP=\"0\"\nBLOCK_RATE=\"3\"\nMAX_BLOCKS=\"2\"\n";
+
+    #[test]
+    fn order_of_rules() {
+        let mut w = World::new(BASE);
+        let no = |u| Verdict::Unchanged(u);
+        assert_eq!(
+            w.judge("127.0.0.1", Protocol::Tcp),
+            no(Unchanged::NeverBlock(NeverBlockReason::Loopback))
+        );
+        assert_eq!(
+            w.judge("203.0.113.5", Protocol::Tcp),
+            no(Unchanged::NeverBlock(NeverBlockReason::OwnAddress))
+        );
+        assert_eq!(
+            w.judge("198.51.100.9", Protocol::Tcp),
+            no(Unchanged::Ignored)
+        );
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Udp),
+            no(Unchanged::LogOnly(Protocol::Udp))
+        );
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        w.already = true;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            no(Unchanged::AlreadyBlocked)
+        );
+        w.already = false;
+        w.active = 2;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            no(Unchanged::Capped { max: 2 })
+        );
+        // The rate limit is checked before the cap.
+        w.started = 3;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            no(Unchanged::RateLimited { per_minute: 3 })
+        );
+    }
+
+    #[test]
+    fn command_only_and_nothing_configured() {
+        let mut w = World::new("BLOCK_TCP=\"2\"\nKILL_RUN_CMD=\"/bin/true $TARGET$\"\n");
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::RunCommand);
+        // The configuration check refuses this combination; the judge still answers it.
+        w.cfg.kill_run_cmd = None;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::NoCommand(Protocol::Tcp))
+        );
+        let mut w = World::new("BLOCK_TCP=\"1\"\n");
+        w.blocking = false;
+        let v = w.judge("192.0.2.1", Protocol::Tcp);
+        assert_eq!(v, Verdict::Unchanged(Unchanged::NoAction(Protocol::Tcp)));
+    }
+
+    #[test]
+    fn reasons_and_lines_keep_their_wording() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(Unchanged::LogOnly(Protocol::Udp).to_string(), "BLOCK_UDP=0");
+        assert_eq!(
+            Unchanged::RateLimited { per_minute: 30 }.to_string(),
+            "BLOCK_RATE=30 per minute reached"
+        );
+        assert_eq!(
+            Unchanged::AlreadyBlocked.line(a).unwrap().1,
+            "attackalert: Host: 192.0.2.1 is already blocked. Ignoring"
+        );
+        assert_eq!(Unchanged::NoAction(Protocol::Tcp).line(a), None);
+        assert_eq!(
+            Unchanged::NoAction(Protocol::Tcp).decision(),
+            Decision::LogOnly
+        );
+    }
+}
