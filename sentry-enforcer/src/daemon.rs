@@ -652,20 +652,25 @@ fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<Listener, Enf
 /// Keep only `keep` in the effective, permitted, inheritable and bounding sets (and
 /// ambient, so that kill commands started by a root whose securebits deny it full
 /// capabilities still get exactly these). Returns warnings for what could not be done.
+///
+/// Without CAP_SETPCAP (the shipped unit does not grant it) the bounding set stays as the
+/// service manager set it. That is no gap and so no warning: no_new_privs is set first,
+/// and a capability that is in neither the permitted nor the inheritable set can never be
+/// regained under no_new_privs, not by this process (capset cannot raise the permitted
+/// set) and not by anything it executes (the kernel caps a no_new_privs exec's permitted
+/// set at the caller's). What is warned about is what has a cause: a capability the
+/// configured actions need but this process does not hold.
 pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
     let mut warnings = Vec::new();
+    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
     let can_setpcap =
         caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-    let bounding = caps::read(None, CapSet::Bounding)
-        .map_err(|e| EnforcerError::confine("bounding set", e))?;
-    for c in bounding.difference(keep) {
-        if can_setpcap {
+    if can_setpcap {
+        let bounding = caps::read(None, CapSet::Bounding)
+            .map_err(|e| EnforcerError::confine("bounding set", e))?;
+        for c in bounding.difference(keep) {
             caps::drop(None, CapSet::Bounding, *c)
                 .map_err(|e| EnforcerError::confine(format!("drop {c} from bounding set"), e))?;
-        } else {
-            warnings.push(format!(
-                "cannot drop {c} from the bounding set without CAP_SETPCAP"
-            ));
         }
     }
     let permitted = caps::read(None, CapSet::Permitted)
@@ -689,7 +694,6 @@ pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
             warnings.push(format!("ambient {c}: {e}"));
         }
     }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
     Ok(warnings)
 }
 

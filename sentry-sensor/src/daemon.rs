@@ -116,7 +116,9 @@ fn fatal(log: &mut Logger, msg: &str) -> i32 {
 }
 
 fn run(args: Args) -> i32 {
-    let stderr = args.log_stderr || std::env::var_os("JOURNAL_STREAM").is_some();
+    // Under systemd too the sensor logs through the syslog socket (journald's), not
+    // stderr: only there can PortSentry's lines and sentry's own carry different tags.
+    let stderr = args.log_stderr;
     let mut log = match (&args.syslog_socket, stderr) {
         (Some(p), false) => Logger::syslog_at(p, 50),
         _ => Logger::open(stderr, 50),
@@ -640,12 +642,12 @@ impl Sensor {
                         self.state.escalate(report.src, report.distinct_ports);
                     }
                     self.log.packet(now, || {
-                        format!(
-                            "adminalert: sentry-enforcer decision for host {}: {decision} ({} {} port {})",
+                        crate::log::decision_line(
                             report.src,
                             report.scan,
-                            report.mode.protocol().as_upper(),
-                            report.port
+                            report.mode,
+                            report.port,
+                            decision,
                         )
                     })
                 }

@@ -1,6 +1,11 @@
 //! Logging in PortSentry's line formats, to syslog (`/dev/log`, facility daemon, level
-//! notice, tag `portsentry` so existing logwatch/swatch/fail2ban filters keep matching) or
-//! to stderr (under systemd, where the journal adds time and unit).
+//! notice; under systemd that is journald's syslog socket) or to stderr (`--log-stderr`).
+//!
+//! In syslog, PortSentry's own line forms (every `attackalert:` line, and basic mode's
+//! `Going into listen mode`) carry PortSentry's tag `portsentry`, so existing
+//! logwatch/swatch/fail2ban filters keep matching them; the lines sentry adds (start-up
+//! details, the enforcer connection, decisions, summaries, errors) carry the tag
+//! `sentry-sensor`, so a PortSentry log watcher never sees a line it does not know.
 //!
 //! Lines that packets can trigger go through [`Logger::packet`], which allows at most
 //! LOG_RATE lines per second and then summarises the rest as one
@@ -15,8 +20,24 @@ use sentry_proto::{Mode, ScanKind};
 
 use crate::classify::{ACK, FIN, PSH, RST, SYN, URG};
 
-/// The syslog tag.
+/// The syslog tag of PortSentry's line forms.
 pub const SYSLOG_TAG: &str = "portsentry";
+/// The syslog tag of the lines sentry adds to PortSentry's.
+pub const SENTRY_TAG: &str = "sentry-sensor";
+
+/// Whether `msg` is one of PortSentry 1.2's line forms (logged under [`SYSLOG_TAG`]).
+pub fn is_portsentry_line(msg: &str) -> bool {
+    msg.starts_with("attackalert: ") || msg.starts_with("adminalert: Going into listen mode on ")
+}
+
+/// The syslog tag `msg` is logged under.
+pub fn syslog_tag(msg: &str) -> &'static str {
+    if is_portsentry_line(msg) {
+        SYSLOG_TAG
+    } else {
+        SENTRY_TAG
+    }
+}
 const SYSLOG_PATH: &str = "/dev/log";
 /// `<facility * 8 + severity>`: daemon (3), notice (5).
 const PRI_NOTICE: u8 = 3 * 8 + 5;
@@ -24,6 +45,31 @@ const PRI_NOTICE: u8 = 3 * 8 + 5;
 const PRI_ERR: u8 = 3 * 8 + 3;
 /// Longest line sent (syslog datagrams beyond ~2 KiB may be truncated by receivers).
 const MAX_LINE: usize = 1024;
+
+/// The line for the enforcer's decision on a report. A block and an already-blocked host
+/// are told in PortSentry 1.2's words (`Host A has been blocked ...`, `Host: A is already
+/// blocked. Ignoring`), so log watchers count them as they did PortSentry's; every other
+/// decision is sentry's own line.
+pub fn decision_line(
+    src: IpAddr,
+    scan: ScanKind,
+    mode: Mode,
+    port: u16,
+    decision: sentry_proto::Decision,
+) -> String {
+    let proto = mode.protocol().as_upper();
+    match decision {
+        sentry_proto::Decision::Blocked => format!(
+            "attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {proto} port {port})"
+        ),
+        sentry_proto::Decision::AlreadyBlocked => {
+            format!("attackalert: Host: {src} is already blocked. Ignoring")
+        }
+        other => format!(
+            "adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {proto} port {port})"
+        ),
+    }
+}
 
 /// The detection line for a hit, exactly as PortSentry 1.2 wrote it. NAME is the address:
 /// the sensor never resolves names.
@@ -212,7 +258,8 @@ impl Logger {
             }
             Sink::Syslog { sock, path } => {
                 self.buf.clear();
-                let _ = write!(self.buf, "<{pri}>{SYSLOG_TAG}[{}]: {msg}", self.pid);
+                let tag = syslog_tag(msg);
+                let _ = write!(self.buf, "<{pri}>{tag}[{}]: {msg}", self.pid);
                 let sent = sock
                     .as_ref()
                     .is_some_and(|s| s.send(self.buf.as_bytes()).is_ok());
@@ -334,12 +381,19 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(
             std::str::from_utf8(&buf[..n]).unwrap(),
-            format!("<29>portsentry[{}]: adminalert: hello", std::process::id())
+            format!(
+                "<29>sentry-sensor[{}]: adminalert: hello",
+                std::process::id()
+            )
         );
         let n = server.recv(&mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..n]).unwrap().ends_with(
-            "]: attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23"
-        ));
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!(
+                "<29>portsentry[{}]: attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23",
+                std::process::id()
+            )
+        );
         // syslogd restarts: the logger reconnects on the next line.
         drop(server);
         std::fs::remove_file(&path).unwrap();
@@ -348,8 +402,44 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         assert!(std::str::from_utf8(&buf[..n])
             .unwrap()
-            .starts_with("<27>portsentry["));
+            .starts_with("<27>sentry-sensor["));
         assert_eq!(l.lost, 0);
+    }
+
+    #[test]
+    fn decisions_in_portsentry_words_where_portsentry_had_them() {
+        use sentry_proto::Decision;
+        assert_eq!(
+            decision_line(S, ScanKind::Syn, Mode::Atcp, 22, Decision::Blocked),
+            format!(
+                "attackalert: Host 192.0.2.7 has been blocked by sentry-enforcer ({} TCP port 22)",
+                ScanKind::Syn
+            )
+        );
+        assert_eq!(
+            decision_line(S, ScanKind::Syn, Mode::Atcp, 22, Decision::AlreadyBlocked),
+            "attackalert: Host: 192.0.2.7 is already blocked. Ignoring"
+        );
+        let l = decision_line(S, ScanKind::Udp, Mode::Audp, 161, Decision::Ignored);
+        assert!(l.starts_with("adminalert: sentry-enforcer decision for host 192.0.2.7: "));
+        assert_eq!(syslog_tag(&l), SENTRY_TAG);
+    }
+
+    #[test]
+    fn portsentry_tag_only_for_portsentry_forms() {
+        for (line, tag) in [
+            (detection_line(ScanKind::Syn, Mode::Atcp, S, 23), "portsentry"),
+            (ip_options_line(S, Mode::Stcp, 23), "portsentry"),
+            (tiny_fragment_line(S, Mode::Stcp, 23), "portsentry"),
+            ("adminalert: Going into listen mode on TCP port: 1".into(), "portsentry"),
+            ("adminalert: sentry-sensor 0.1.0 is active: modes -atcp".into(), "sentry-sensor"),
+            ("adminalert: connected to sentry-enforcer at /run/sentry/enforcer.sock".into(), "sentry-sensor"),
+            ("adminalert: sentry-enforcer decision for host 192.0.2.7: blocked (syn TCP port 23)".into(), "sentry-sensor"),
+            ("adminalert: suppressed 3 log lines (LOG_RATE reached)".into(), "sentry-sensor"),
+            ("adminalert: ERROR: configuration rejected".into(), "sentry-sensor"),
+        ] {
+            assert_eq!(syslog_tag(&line), tag, "{line}");
+        }
     }
 
     #[test]
