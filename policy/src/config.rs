@@ -72,6 +72,9 @@ pub struct Config {
     /// requests that changed nothing; the rest are summarised once per second.
     pub audit_rate: u32,
     pub control_group: Option<String>,
+    /// NEVER_BLOCK_INFRASTRUCTURE: never block this host's default gateways, nameservers,
+    /// point-to-point peers and DHCP servers (default on).
+    pub never_block_infrastructure: bool,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<&'static str, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
@@ -133,6 +136,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("LOG_RATE", Kind::Num(1, 100_000)),
     ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
+    ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
 ];
 
 /// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
@@ -372,6 +376,7 @@ impl Config {
             log_rate: 50,
             audit_rate: 100,
             control_group: None,
+            never_block_infrastructure: true,
             key_lines: HashMap::new(),
             warnings: Vec::new(),
             empty_required: Vec::new(),
@@ -409,6 +414,7 @@ impl Config {
             ("NFT_TABLE", Value::Ident(Some(t))) => self.nft_table = t,
             ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
             ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
+            ("NEVER_BLOCK_INFRASTRUCTURE", Value::Bool(b)) => self.never_block_infrastructure = b,
             (k, v @ Value::Num(_)) => {
                 let n = num(&v);
                 match k {

@@ -338,3 +338,19 @@ fn ignore_fixture_and_missing_file() {
         "{e}"
     );
 }
+
+#[test]
+fn never_block_infrastructure_key() {
+    let cfg = Config::parse("BLOCK_TCP=\"0\"\n", Path::new("x")).unwrap();
+    assert!(cfg.never_block_infrastructure, "on by default");
+    let cfg = Config::parse("NEVER_BLOCK_INFRASTRUCTURE=\"0\"\n", Path::new("x")).unwrap();
+    assert!(!cfg.never_block_infrastructure);
+    assert_eq!(
+        one_error("NEVER_BLOCK_INFRASTRUCTURE=\"yes\"\n"),
+        "/etc/sentry/sentry.conf:1: NEVER_BLOCK_INFRASTRUCTURE: expected 0 or 1, got 'yes'"
+    );
+    let shipped =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/sentry.conf")).unwrap();
+    assert!(shipped.never_block_infrastructure);
+    assert!(shipped.key_lines.contains_key("NEVER_BLOCK_INFRASTRUCTURE"));
+}

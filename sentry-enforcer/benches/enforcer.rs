@@ -83,6 +83,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
         Options {
             state_dir: state,
             refresh_own_addresses: true,
+            infra: None,
         },
         Arc::new(Logger::new(true, "bench")),
     )

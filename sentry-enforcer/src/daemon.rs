@@ -62,6 +62,9 @@ pub struct Args {
     pub state_dir: PathBuf,
     pub sensor_user: String,
     pub log_stderr: bool,
+    /// issue #11, for tests: the directory the resolver and lease files are looked up
+    /// under instead of `/` (`--infra-root`, not in the usage text).
+    pub infra_root: PathBuf,
 }
 
 /// What the command line asks for.
@@ -79,6 +82,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut runtime_dir = None;
     let mut state_dir = None;
     let mut sensor_user = None;
+    let mut infra_root = None;
     let mut log_stderr = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -103,6 +107,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
             "--runtime-dir" => &mut runtime_dir,
             "--state-dir" => &mut state_dir,
             "--sensor-user" => &mut sensor_user,
+            "--infra-root" => &mut infra_root,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -127,6 +132,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
         sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
         log_stderr,
+        infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
     }))
 }
 
@@ -628,6 +634,7 @@ fn expiry_loop(sh: Arc<Shared>) {
         std::thread::sleep(Duration::from_secs(1));
         let mut e = sh.engine();
         e.flush_audit_budget(now_us());
+        e.refresh_infra(true); // issue #11: resolver/lease files, at most once per second
         e.expire(now_ms());
     }
 }
@@ -754,6 +761,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         Options {
             state_dir: args.state_dir.clone(),
             refresh_own_addresses: true,
+            infra: Some(crate::infra::InfraPaths {
+                root: args.infra_root.clone(),
+            }), // issue #11
         },
         Arc::clone(&log),
     )

@@ -142,6 +142,10 @@ pub struct Options {
     /// decision; see [`AddrWatch`]). Always on in the daemon; off only for tests and
     /// embedders, who then supply the addresses with [`Engine::set_own_addresses`].
     pub refresh_own_addresses: bool,
+    /// issue #11: where the resolver and lease files are (`/` in the daemon); `None` turns
+    /// infrastructure discovery off (unit tests, embedders). NEVER_BLOCK_INFRASTRUCTURE=0
+    /// turns it off too.
+    pub infra: Option<crate::infra::InfraPaths>,
 }
 
 /// Everything the enforcer decides with.
@@ -161,6 +165,8 @@ pub struct Engine {
     /// the socket could not be opened (then the addresses are re-read before every
     /// decision, as a fallback that is slow but never stale).
     addr_watch: Option<AddrWatch>,
+    /// issue #11: default gateways, nameservers, ptp peers, DHCP servers (never blocked).
+    infra: Option<crate::infra::Infra>,
     rate: VecDeque<u64>,
     /// AUDIT_RATE: records and log lines of no-change decisions per second.
     budget: AuditBudget,
@@ -211,6 +217,8 @@ impl Engine {
         };
         let mut never = NeverBlock::new(own);
         never.set_broadcasts(bcast);
+        // issue #11: infrastructure joins the never-block set before the restore below.
+        let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
             // The table is rebuilt and the surviving blocks are loaded in the same nft
@@ -262,6 +270,7 @@ impl Engine {
             nft,
             route,
             addr_watch,
+            infra,
             rate: VecDeque::new(),
             budget,
             counters: Counters::default(),
@@ -601,6 +610,43 @@ impl Engine {
         }
     }
 
+    /// issue #11: take route/address notifications (and, with `files`, changes of the
+    /// resolver and lease files, looked at no more than once per second); install the new
+    /// infrastructure list and lift blocks it now covers.
+    pub fn refresh_infra(&mut self, files: bool) {
+        let Some(infra) = self.infra.as_mut() else {
+            return;
+        };
+        let mut r = infra.refresh_kernel();
+        if files {
+            let f = infra.refresh_files(Instant::now());
+            r.changed |= f.changed;
+            r.problems.extend(f.problems);
+        }
+        let entries = r.changed.then(|| (infra.entries(), infra.dropped));
+        self.counters.errors += r.problems.len() as u64;
+        for p in &r.problems {
+            self.log.warn(&format!("adminalert: infrastructure: {p}"));
+        }
+        let Some((entries, dropped)) = entries else {
+            return;
+        };
+        crate::infra::log_entries(&self.log, &entries, dropped);
+        self.never.set_infrastructure(entries);
+        let lift: Vec<IpAddr> = self
+            .blocks
+            .keys()
+            .copied()
+            .filter(|a| self.never.check(*a).is_some())
+            .collect();
+        self.end_blocks(
+            &lift,
+            now_ms(),
+            (extra::UNBLOCKED, "now never-blocked infrastructure"),
+        );
+        self.counters.unblocked += lift.len() as u64;
+    }
+
     fn count(&mut self, d: Decision) {
         let c = &mut self.counters;
         match d {
@@ -741,6 +787,7 @@ impl Engine {
             );
         }
         self.refresh_own_addresses();
+        self.refresh_infra(false); // issue #11
         if let Some(why) = self.never.check(addr) {
             let line = format!("attackalert: Host: {addr} is never blocked ({why}). Ignoring");
             return (
@@ -1394,6 +1441,7 @@ mod tests {
             Options {
                 state_dir: dir.path().join("state"),
                 refresh_own_addresses: false,
+                infra: None,
             },
             Arc::new(Logger::new(true, "test")),
         )

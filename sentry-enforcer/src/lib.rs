@@ -13,6 +13,8 @@
 //!   second Hello, strictly increasing sequence numbers); fuzzed in `fuzz/`.
 //! * [`engine`] — the decision order and the actions, persistence and audit per decision.
 //! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
+//! * [`infra`] — default gateways, nameservers, point-to-point peers and DHCP servers
+//!   (never blocked), kept current from rtnetlink notifications and file changes.
 //! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
 //! * [`netlink`] — nftables set elements and blackhole routes over netlink (written here:
 //!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0).
@@ -30,6 +32,7 @@ pub mod daemon;
 pub mod engine;
 pub mod exec;
 pub mod hostsdeny;
+pub mod infra;
 pub mod netlink;
 pub mod session;
 pub mod store;

@@ -1302,3 +1302,160 @@ fn block_records_carry_microsecond_time_and_one_journal_record() {
         "{journal}"
     );
 }
+
+/// issue #11 A: the namespace's default gateways (IPv4 and IPv6) and its nameserver are
+/// never blocked, with the reason; a changed default route moves the protection within a
+/// second, and a changed resolver file within the one-second file check.
+#[test]
+fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
+    if !need_root("default_gateway_and_nameserver_are_never_blocked_and_kept_current") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    // The resolver file lives under a root of the test's own, never /etc/resolv.conf.
+    let root = env.path("infra-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/resolv.conf"),
+        "# test\nnameserver 10.88.0.53\n",
+    )
+    .unwrap();
+    env.extra_args = vec!["--infra-root".into(), root.display().to_string()];
+    let ns_name = env.ns.name.clone();
+    let ip_ok = move |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns_name, "ip"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip_ok(&["link", "add", "gw0", "type", "veth", "peer", "name", "gw1"]);
+    ip_ok(&["addr", "add", "10.88.0.2/24", "dev", "gw0"]);
+    ip_ok(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:88::2/64",
+        "dev",
+        "gw0",
+        "nodad",
+    ]);
+    ip_ok(&["link", "set", "gw0", "up"]);
+    ip_ok(&["link", "set", "gw1", "up"]);
+    ip_ok(&["route", "add", "default", "via", "10.88.0.1"]);
+    ip_ok(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:88::1",
+        "dev",
+        "gw0",
+    ]);
+    // A default route in another table counts too.
+    ip_ok(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.88.0.7",
+        "table",
+        "100",
+    ]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    for (addr, why) in [
+        ("10.88.0.1", "default gateway"),
+        ("2001:db8:88::1", "default gateway"),
+        ("10.88.0.7", "default gateway"),
+        ("10.88.0.53", "nameserver"),
+    ] {
+        assert_eq!(
+            s.block(addr, Protocol::Udp, 53),
+            Decision::NeverBlock,
+            "{addr}\n{}",
+            env.log()
+        );
+        let r = env.audit_for(addr, "never_block");
+        assert_eq!(r.last().unwrap()["reason"], why, "{addr}");
+        assert!(!env.nft_has(ip(addr)));
+    }
+    // An ordinary neighbour is still blockable.
+    assert_eq!(s.block("10.88.0.9", Protocol::Tcp, 22), Decision::Blocked);
+
+    // The default route moves: the new gateway is protected within a second, the old one
+    // is an ordinary address again.
+    ip_ok(&["route", "replace", "default", "via", "10.88.0.254"]);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(1);
+    loop {
+        match s.block("10.88.0.254", Protocol::Tcp, 22) {
+            Decision::NeverBlock => break,
+            Decision::Blocked => {
+                assert!(env.ctl(&["unblock", "10.88.0.254"]).status.success());
+            }
+            d => panic!("unexpected {d:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not protected within 1 s\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        env.audit_for("10.88.0.254", "never_block").last().unwrap()["reason"],
+        "default gateway"
+    );
+    assert_eq!(s.block("10.88.0.1", Protocol::Tcp, 22), Decision::Blocked);
+    assert!(env.nft_has(ip("10.88.0.1")));
+
+    // A new nameserver in the resolver file: picked up by the one-second file check.
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 10.88.0.153\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        match s.block("10.88.0.153", Protocol::Udp, 53) {
+            Decision::NeverBlock => break,
+            Decision::Blocked => {
+                assert!(env.ctl(&["unblock", "10.88.0.153"]).status.success());
+            }
+            d => panic!("unexpected {d:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nameserver change not seen\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.block("10.88.0.53", Protocol::Udp, 53), Decision::Blocked);
+    assert!(
+        env.log().contains("never blocked as infrastructure"),
+        "{}",
+        env.log()
+    );
+}
+
+/// issue #11 A: NEVER_BLOCK_INFRASTRUCTURE="0" turns the protection off.
+#[test]
+fn never_block_infrastructure_can_be_turned_off() {
+    if !need_root("never_block_infrastructure_can_be_turned_off") {
+        return;
+    }
+    let mut env = Env::new(&[("NEVER_BLOCK_INFRASTRUCTURE", "0")]);
+    let root = env.path("infra-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 10.89.0.53\n").unwrap();
+    env.extra_args = vec!["--infra-root".into(), root.display().to_string()];
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("10.89.0.53", Protocol::Udp, 53), Decision::Blocked);
+}
