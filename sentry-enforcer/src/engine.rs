@@ -507,13 +507,15 @@ impl Engine {
         )
     }
 
-    fn hosts_deny_action(&self, line: &str, add: bool) -> ActionRecord {
+    fn hosts_deny_action(&self, addr: IpAddr, line: &str, legacy: bool, add: bool) -> ActionRecord {
         let t = Instant::now();
         let path = &self.cfg.hosts_deny_file;
+        // issue #11 B: sentry's lines carry a marker; only marked ones are removed.
+        let entry = hostsdeny::Entry { addr, line, legacy };
         let r = if add {
-            hostsdeny::add(path, line).map(|_| ())
+            hostsdeny::add(path, &entry).map(|_| ())
         } else {
-            hostsdeny::remove(path, &[line]).map(|_| ())
+            hostsdeny::remove(path, &[entry]).map(|r| hostsdeny::log_kept(&self.log, &r))
         };
         ActionRecord::outcome("hosts_deny", Some(line.to_string()), r, ms_since(t))
     }
@@ -547,7 +549,7 @@ impl Engine {
             actions.push(self.run_template("kill_route", &tpl, req));
         }
         if let Some(line) = self.hosts_deny_line(req.source, req.port, req.protocol) {
-            let a = self.hosts_deny_action(&line, true);
+            let a = self.hosts_deny_action(req.source, &line, false, true);
             if a.ok() {
                 rec.hosts_deny_line = Some(line);
             }
@@ -895,6 +897,7 @@ impl Engine {
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
+            hosts_deny_legacy: false, // issue #11 B: written with a marker
         };
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
         // its fdatasync (the scanner is being answered until the element exists; nmap -T4
@@ -1030,7 +1033,7 @@ impl Engine {
                     a.target = Some(line.clone());
                     out.push(a);
                 }
-                None => out.push(self.hosts_deny_action(line, false)),
+                None => out.push(self.hosts_deny_action(b.addr, line, b.hosts_deny_legacy, false)),
             }
         }
         out
@@ -1039,16 +1042,20 @@ impl Engine {
     /// Remove the deny-file lines of all `addrs` with one rewrite (mass expiry, reload,
     /// restore): per-line rewrites would cost O(n) each.
     fn deny_batch_remove(&mut self, addrs: &[IpAddr]) -> Option<ActionRecord> {
-        let lines: Vec<String> = addrs
+        let lines: Vec<(IpAddr, String, bool)> = addrs
             .iter()
-            .filter_map(|a| self.blocks.get(a)?.hosts_deny_line.clone())
+            .filter_map(|a| {
+                let b = self.blocks.get(a)?;
+                Some((*a, b.hosts_deny_line.clone()?, b.hosts_deny_legacy))
+            })
             .collect();
         if lines.is_empty() {
             return None;
         }
         let t = Instant::now();
-        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let r = hostsdeny::remove(&self.cfg.hosts_deny_file, &refs);
+        let refs = hostsdeny::entries(&lines);
+        let r = hostsdeny::remove(&self.cfg.hosts_deny_file, &refs)
+            .map(|r| hostsdeny::log_kept(&self.log, &r));
         Some(ActionRecord::outcome("hosts_deny", None, r, ms_since(t)))
     }
 
@@ -1238,15 +1245,18 @@ impl Engine {
         }
         // hosts.deny: one read and one append for all restored lines.
         let deny_add = {
-            let lines: Vec<String> = keep
+            let lines: Vec<(IpAddr, String, bool)> = keep
                 .iter()
-                .filter_map(|a| self.blocks.get(a)?.hosts_deny_line.clone())
+                .filter_map(|a| {
+                    let b = self.blocks.get(a)?;
+                    Some((*a, b.hosts_deny_line.clone()?, b.hosts_deny_legacy))
+                })
                 .collect();
             if lines.is_empty() {
                 None
             } else {
                 let t = Instant::now();
-                let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+                let refs = hostsdeny::entries(&lines);
                 let r = hostsdeny::add_many(&self.cfg.hosts_deny_file, &refs);
                 Some(ActionRecord::outcome("hosts_deny", None, r, ms_since(t)))
             }
@@ -1485,8 +1495,14 @@ mod tests {
         fn last(&self) -> serde_json::Value {
             self.audit().pop().unwrap()
         }
+        /// The deny file without sentry's marker lines (issue #11 B).
         fn deny(&self) -> String {
-            std::fs::read_to_string(self.dir.path().join("hosts.deny")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("hosts.deny"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.starts_with(crate::hostsdeny::MARKER))
+                .map(|l| format!("{l}\n"))
+                .collect()
         }
     }
 

@@ -42,6 +42,14 @@ pub struct BlockRecord {
     /// The exact line written to the deny file, if any.
     #[serde(default)]
     pub hosts_deny_line: Option<String>,
+    /// The line was written by a version that did not mark its hosts.deny lines (records
+    /// without this field); see [`crate::hostsdeny`] for how such a line is removed.
+    #[serde(default = "legacy_default")]
+    pub hosts_deny_legacy: bool,
+}
+
+fn legacy_default() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize)]
@@ -265,6 +273,7 @@ mod tests {
             nft: true,
             blackhole: false,
             hosts_deny_line: Some(format!("ALL: {a}")),
+            hosts_deny_legacy: false,
         }
     }
 

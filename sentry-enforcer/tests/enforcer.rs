@@ -1459,3 +1459,75 @@ fn never_block_infrastructure_can_be_turned_off() {
     s.handshake();
     assert_eq!(s.block("10.89.0.53", Protocol::Udp, 53), Decision::Blocked);
 }
+
+/// issue #11 B: an admin's hosts.deny line identical to the one sentry writes survives
+/// unblock and expiry byte for byte, and so does the rest of the file (CRLF, no final
+/// newline); an unmarked line recorded by an older version is taken back only when it is
+/// the only one.
+#[test]
+fn unblock_and_expiry_take_back_only_sentrys_hosts_deny_lines() {
+    if !need_root("unblock_and_expiry_take_back_only_sentrys_hosts_deny_lines") {
+        return;
+    }
+    let mut env = Env::new(&[("BLOCK_TIMEOUT", "2")]);
+    let admin = b"# admin's bans\r\nALL: 192.0.2.150 : DENY\r\nsshd: 10.0.0.0/8 : DENY".to_vec();
+    std::fs::write(&env.hosts_deny, &admin).unwrap();
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    // The banned host scans once (spoofed or not): blocked by sentry too.
+    assert_eq!(s.block("192.0.2.150", Protocol::Tcp, 22), Decision::Blocked);
+    assert_eq!(s.block("192.0.2.151", Protocol::Tcp, 22), Decision::Blocked);
+    let text = env.hosts_deny_text();
+    assert!(
+        text.starts_with(std::str::from_utf8(&admin).unwrap()),
+        "{text:?}"
+    );
+    assert!(text.contains("\n# sentry: 192.0.2.150 "), "{text:?}");
+    // Unblocking removes sentry's copy only.
+    assert!(env.ctl(&["unblock", "192.0.2.150"]).status.success());
+    assert!(env
+        .hosts_deny_text()
+        .contains("ALL: 192.0.2.150 : DENY\r\n"));
+    // Expiry of the other block leaves the file exactly as the admin wrote it.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while env.audit_for("192.0.2.151", "expired").is_empty() {
+        assert!(Instant::now() < deadline, "no expiry\n{}", env.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read(&env.hosts_deny).unwrap(),
+        admin,
+        "{}",
+        env.log()
+    );
+    env.stop();
+
+    // Upgrade: a block recorded by the previous version (no marker, no
+    // hosts_deny_legacy field), its line once in the file, next to an admin's pair.
+    let old = format!(
+        r#"{{"version":1,"blocks":[{{"addr":"192.0.2.160","protocol":"tcp","port":22,"mode":"stcp","scan":"syn","since_ms":{now},"expires_ms":null,"nft":true,"blackhole":false,"hosts_deny_line":"ALL: 192.0.2.160 : DENY"}},{{"addr":"192.0.2.161","protocol":"tcp","port":22,"mode":"stcp","scan":"syn","since_ms":{now},"expires_ms":null,"nft":true,"blackhole":false,"hosts_deny_line":"ALL: 192.0.2.161 : DENY"}}]}}"#,
+        now = now_ms()
+    );
+    std::fs::write(env.state_dir.join("blocks.json"), old).unwrap();
+    std::fs::write(env.state_dir.join("blocks.journal"), "").unwrap();
+    let legacy = "ALL: 192.0.2.160 : DENY\nALL: 192.0.2.161 : DENY\nALL: 192.0.2.161 : DENY\n";
+    std::fs::write(&env.hosts_deny, legacy).unwrap();
+    env.start();
+    assert_eq!(
+        env.ctl_json(&["status"])["active_blocks"],
+        2,
+        "{}",
+        env.log()
+    );
+    // Restore did not add marked duplicates of lines that are still there.
+    assert_eq!(env.hosts_deny_text(), legacy);
+    assert!(env.ctl(&["unblock", "192.0.2.160"]).status.success());
+    assert!(env.ctl(&["unblock", "192.0.2.161"]).status.success());
+    // The single one went; the doubled one may be the admin's: left, and logged.
+    assert_eq!(
+        env.hosts_deny_text(),
+        "ALL: 192.0.2.161 : DENY\nALL: 192.0.2.161 : DENY\n"
+    );
+    assert!(env.log().contains("appears 2 times"), "{}", env.log());
+}
