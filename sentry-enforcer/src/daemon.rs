@@ -39,6 +39,7 @@ const REFUSALS_PER_SECOND: u32 = 20;
 pub const USAGE: &str = "\
 usage: sentry-enforcer [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
                        [--sensor-user USER] [--log-stderr]
+       sentry-enforcer --recover [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
        sentry-enforcer --help | --version
 
 The root half of sentry: authenticates the sensor on DIR/enforcer.sock, re-checks every
@@ -52,6 +53,9 @@ DIR/control.sock.
   --state-dir DIR     persistent block state (default /var/lib/sentry)
   --sensor-user USER  the only user allowed on enforcer.sock (default sentry)
   --log-stderr        log to stderr instead of syslog (also when JOURNAL_STREAM is set)
+  --recover           rebuild a damaged (or newer version's) state from what still
+                      verifies, BLOCKED_FILE and sentry's hosts.deny markers, keep the
+                      old files as *.damaged-EPOCH, and exit (the enforcer must be stopped)
 ";
 
 /// Parsed command line.
@@ -65,6 +69,8 @@ pub struct Args {
     /// issue #11, for tests: the directory the resolver and lease files are looked up
     /// under instead of `/` (`--infra-root`, not in the usage text).
     pub infra_root: PathBuf,
+    /// issue #11 C: `--recover`.
+    pub recover: bool,
 }
 
 /// What the command line asks for.
@@ -84,6 +90,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut sensor_user = None;
     let mut infra_root = None;
     let mut log_stderr = false;
+    let mut recover = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let a = a
@@ -101,6 +108,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
                     return Err("--log-stderr takes no value".into());
                 }
                 log_stderr = true;
+                continue;
+            }
+            "--recover" => {
+                if inline.is_some() || recover {
+                    return Err("--recover takes no value and is given once".into());
+                }
+                recover = true;
                 continue;
             }
             "--config" => &mut config,
@@ -133,6 +147,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
         log_stderr,
         infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
+        recover,
     }))
 }
 
@@ -692,6 +707,9 @@ pub fn main() -> ExitCode {
             "adminalert: could not close inherited descriptors: {e}"
         ));
     }
+    if args.recover {
+        return recover_main(&args); // issue #11 C
+    }
     match run(args, Arc::clone(&log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -699,6 +717,33 @@ pub fn main() -> ExitCode {
             if !journal {
                 eprintln!("sentry-enforcer: {e}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// issue #11 C: `--recover`, refused while an enforcer answers on the control socket.
+fn recover_main(args: &Args) -> ExitCode {
+    let r = (|| {
+        let control = args.runtime_dir.join("control.sock");
+        if UnixStream::connect(&control).is_ok() {
+            return Err(format!(
+                "{}: an enforcer is running; stop it before --recover",
+                control.display()
+            ));
+        }
+        let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+        crate::recover::recover(&cfg, &args.state_dir, now_ms() / 1000)
+    })();
+    match r {
+        Ok(rep) => {
+            for l in &rep.lines {
+                println!("sentry-enforcer: recover: {l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sentry-enforcer: recover: {e}");
             ExitCode::from(1)
         }
     }
@@ -864,6 +909,14 @@ mod tests {
         assert!(parse_args(os(&["--bogus"])).is_err());
         assert!(parse_args(os(&["--state-dir="])).is_err());
         assert!(parse_args(os(&["--log-stderr=1"])).is_err());
+        let Cmd::Run(r) = parse_args(os(&["--recover", "--infra-root", "/t"])).unwrap() else {
+            panic!()
+        };
+        assert!(r.recover && !d.recover);
+        assert_eq!(r.infra_root, PathBuf::from("/t"));
+        assert_eq!(d.infra_root, PathBuf::from("/"));
+        assert!(parse_args(os(&["--recover", "--recover"])).is_err());
+        assert!(parse_args(os(&["--recover=1"])).is_err());
     }
 
     #[test]

@@ -1531,3 +1531,132 @@ fn unblock_and_expiry_take_back_only_sentrys_hosts_deny_lines() {
     );
     assert!(env.log().contains("appears 2 times"), "{}", env.log());
 }
+
+/// Run the enforcer in the namespace to completion (bounded), with extra arguments.
+fn run_enforcer_once(env: &Env, extra: &[&str]) -> (Option<i32>, String) {
+    let mut child = env
+        .ns
+        .cmd(ENFORCER)
+        .arg("--config")
+        .arg(&env.conf)
+        .arg("--runtime-dir")
+        .arg(&env.run_dir)
+        .arg("--state-dir")
+        .arg(&env.state_dir)
+        .args(["--sensor-user", &env.sensor_user, "--log-stderr"])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("enforcer {extra:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// issue #11 C: 4 changed bytes in the state make the enforcer refuse to start, naming the
+/// file and the place, with the file left as it is; `--recover` rebuilds the state and
+/// the next start restores the blocks; a newer version's state is refused.
+#[test]
+fn damaged_state_is_refused_and_recovered() {
+    if !need_root("damaged_state_is_refused_and_recovered") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    env.start();
+    let mut s = env.connect();
+    s.handshake();
+    for a in ["192.0.2.170", "2001:db8::170"] {
+        assert_eq!(s.block(a, Protocol::Tcp, 22), Decision::Blocked);
+    }
+    drop(s);
+    env.stop();
+    // A restart folds the journal into the snapshot.
+    env.start();
+    env.stop();
+    let snap = env.state_dir.join("blocks.json");
+    let good = std::fs::read(&snap).unwrap();
+    let at = good
+        .windows(11)
+        .position(|w| w == b"192.0.2.170")
+        .expect("record in the snapshot");
+    let mut bad = good.clone();
+    bad[at..at + 4].copy_from_slice(b"10.1");
+    std::fs::write(&snap, &bad).unwrap();
+    let line = good[..at].iter().filter(|&&c| c == b'\n').count() + 1;
+
+    let (code, out) = run_enforcer_once(&env, &[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains(&snap.display().to_string()), "{out}");
+    assert!(
+        out.contains(&format!("damaged at line {line}, byte offset")),
+        "{out}"
+    );
+    assert!(out.contains("--recover"), "{out}");
+    assert_eq!(
+        std::fs::read(&snap).unwrap(),
+        bad,
+        "damaged file left untouched"
+    );
+    assert!(!env.sensor_sock().exists());
+
+    let (code, out) = run_enforcer_once(&env, &["--recover"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state rebuilt with 2 blocks"), "{out}");
+    let kept: Vec<_> = std::fs::read_dir(&env.state_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("blocks.json.damaged-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(kept[0].path()).unwrap(), bad);
+    env.start();
+    let st = env.ctl_json(&["status"]);
+    assert_eq!(st["active_blocks"], 2, "{}", env.log());
+    assert!(env.nft_has(ip("192.0.2.170")));
+    assert!(env.nft_has(ip("2001:db8::170")));
+    assert_eq!(env.audit_for("192.0.2.170", "restored").len(), 2);
+    // Lifting a recovered block takes its hosts.deny line back too.
+    assert!(env.ctl(&["unblock", "192.0.2.170"]).status.success());
+    assert!(!env.hosts_deny_text().contains("192.0.2.170"));
+    // --recover refuses to run under a live enforcer.
+    let (code, out) = run_enforcer_once(&env, &["--recover"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("an enforcer is running"), "{out}");
+    env.stop();
+
+    // A newer version's state: refused, not parsed, not rewritten.
+    let newer =
+        b"{\"format\":\"sentry-enforcer-state\",\"version\":3,\"records\":1}\nsomething new\n";
+    std::fs::write(&snap, newer).unwrap();
+    let (code, out) = run_enforcer_once(&env, &[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("newer sentry-enforcer (state format version 3"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&snap).unwrap(), newer);
+}
