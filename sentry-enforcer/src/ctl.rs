@@ -152,10 +152,10 @@ pub fn check_config(path: &Path) -> CheckReport {
                 let (found, _) = crate::infra::discover(&crate::infra::InfraPaths::system());
                 warnings.extend(infra_warnings(&cfg, &ignore, &found));
             }
-            let errors: Vec<String> = match cfg.check_referenced_files() {
-                Ok(()) => Vec::new(),
-                Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-            };
+            // issue #11 D: a directory the enforcer creates at start is a warning.
+            let files = cfg.check_files();
+            warnings.extend(files.warnings.iter().map(|w| w.to_string()));
+            let errors: Vec<String> = files.errors.iter().map(|e| e.to_string()).collect();
             CheckReport {
                 ok: errors.is_empty(),
                 errors,

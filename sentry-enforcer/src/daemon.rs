@@ -779,6 +779,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), String> {
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
     prepare_runtime_dir(&args.runtime_dir)?;
+    // issue #11 D: state (0700) and log (0750) directories, created when missing.
+    for l in crate::dirs::prepare(&cfg, &args.state_dir)? {
+        log.notice(&format!("adminalert: {l}"));
+    }
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.

@@ -12,6 +12,7 @@
 //! * [`session`] — the sensor connection's protocol state machine (handshake first, no
 //!   second Hello, strictly increasing sequence numbers); fuzzed in `fuzz/`.
 //! * [`engine`] — the decision order and the actions, persistence and audit per decision.
+//! * [`dirs`] — the state and log directories, created at start with safe modes.
 //! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
 //! * [`infra`] — default gateways, nameservers, point-to-point peers and DHCP servers
 //!   (never blocked), kept current from rtnetlink notifications and file changes.
@@ -32,6 +33,7 @@ pub mod audit;
 pub mod budget;
 pub mod ctl;
 pub mod daemon;
+pub mod dirs;
 pub mod engine;
 pub mod exec;
 pub mod hostsdeny;

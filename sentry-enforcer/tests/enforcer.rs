@@ -1660,3 +1660,72 @@ fn damaged_state_is_refused_and_recovered() {
     );
     assert_eq!(std::fs::read(&snap).unwrap(), newer);
 }
+
+/// issue #11 D: a host that is not set up yet is not a configuration error: check-config
+/// warns (exit 0) about a missing log directory, and the enforcer creates it (0750) and
+/// the state directory (0700), owned by root; below a world-writable directory it
+/// refuses.
+#[test]
+fn missing_directories_are_a_warning_and_created_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("portsentry.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "BLOCK_TCP = \"0\"\nBLOCK_UDP = \"0\"\nAUDIT_LOG=\"{}/log/sentry/audit.jsonl\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(SENTRYCTL)
+        .args(["check-config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("AUDIT_LOG: directory")
+            && l.contains("does not exist yet")),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("log").exists(),
+        "check-config creates nothing"
+    );
+
+    if !need_root("missing_directories_are_a_warning_and_created_safely (enforcer part)") {
+        return;
+    }
+    let mut env = Env::new(&[]);
+    let logs = env.path("newlog/sentry");
+    env.keys.insert(
+        "AUDIT_LOG".into(),
+        logs.join("audit.jsonl").display().to_string(),
+    );
+    env.write_config();
+    assert!(!env.state_dir.exists());
+    env.start();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&logs), 0o750);
+    assert_eq!(mode(&env.state_dir), 0o700);
+    assert_eq!(std::fs::metadata(&logs).unwrap().uid(), 0);
+    assert!(logs.join("audit.jsonl").exists());
+    assert!(env.log().contains("created "), "{}", env.log());
+    env.stop();
+
+    // Below a world-writable directory: refused, nothing created.
+    let open = env.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    env.keys.insert(
+        "AUDIT_LOG".into(),
+        open.join("sentry/audit.jsonl").display().to_string(),
+    );
+    env.write_config();
+    let (code, out) = run_enforcer_once(&env, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("writable by group or others"), "{out}");
+    assert!(!open.join("sentry").exists());
+}
