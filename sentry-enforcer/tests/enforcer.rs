@@ -1729,3 +1729,96 @@ fn missing_directories_are_a_warning_and_created_safely() {
     assert!(out.contains("writable by group or others"), "{out}");
     assert!(!open.join("sentry").exists());
 }
+
+/// issue #11 E: a restore of tens of thousands of blocks must not be one netlink batch
+/// larger than the socket's send buffer (EMSGSIZE, every block "not in nftables"). The
+/// test binary re-runs itself inside a private namespace and adds 20,000 IPv4 and
+/// 20,000 IPv6 elements through `NlSocket::setelems` in one call, then counts them.
+#[test]
+fn netlink_batches_stay_under_the_socket_buffer() {
+    if !need_root("netlink_batches_stay_under_the_socket_buffer") {
+        return;
+    }
+    let ns = Netns::new();
+    let out = ns
+        .cmd(&std::env::current_exe().unwrap().display().to_string())
+        .args([
+            "--exact",
+            "netlink_batches_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SENTRY_TEST_NL_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CHILD COUNT v4=20000 v6=20000"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+}
+
+/// Runs only as the child of the test above, inside its namespace.
+#[test]
+#[ignore = "helper: run by netlink_batches_stay_under_the_socket_buffer"]
+fn netlink_batches_child() {
+    use sentry_enforcer::netlink::{NlSocket, SetElem};
+    if std::env::var_os("SENTRY_TEST_NL_CHILD").is_none() {
+        return;
+    }
+    let table = "sentry_nlbatch";
+    let mut nft = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let script = sentry_enforcer::engine::nft_setup_script(table);
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    assert!(nft.wait().unwrap().success());
+    let mut elems = Vec::new();
+    for i in 0..20_000u32 {
+        elems.push(SetElem {
+            addr: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+            timeout: Some(Duration::from_secs(3600)),
+        });
+        elems.push(SetElem {
+            addr: IpAddr::V6(std::net::Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+            )),
+            timeout: None,
+        });
+    }
+    let mut s = NlSocket::netfilter().unwrap();
+    s.setelems(table, "v4", "v6", &elems, true)
+        .unwrap_or_else(|e| panic!("setelems: {e}"));
+    let count = |set: &str| {
+        let out = std::process::Command::new("nft")
+            .args(["-j", "list", "set", "inet", table, set])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.pointer("/set/elem").and_then(serde_json::Value::as_array))
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    println!("CHILD COUNT v4={} v6={}", count("v4"), count("v6"));
+    // And all of them go again the same way.
+    s.setelems(table, "v4", "v6", &elems, false)
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    assert_eq!((count("v4"), count("v6")), (0, 0));
+}
