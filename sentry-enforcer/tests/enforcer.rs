@@ -1320,6 +1320,12 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
         "# test\nnameserver 10.88.0.53\n",
     )
     .unwrap();
+    std::fs::create_dir_all(root.join("var/lib/dhcp")).unwrap();
+    std::fs::write(
+        root.join("var/lib/dhcp/dhclient.gw0.leases"),
+        "lease {\n  interface \"gw0\";\n  option dhcp-server-identifier 10.88.0.67;\n}\n",
+    )
+    .unwrap();
     env.extra_args = vec!["--infra-root".into(), root.display().to_string()];
     let ns_name = env.ns.name.clone();
     let ip_ok = move |args: &[&str]| {
@@ -1368,6 +1374,29 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
         "table",
         "100",
     ]);
+    // And one through a nexthop object (reported with its gateway in the kernel's
+    // default nexthop_compat_mode=1).
+    ip_ok(&[
+        "nexthop",
+        "add",
+        "id",
+        "8",
+        "via",
+        "10.88.0.8",
+        "dev",
+        "gw0",
+    ]);
+    ip_ok(&["route", "add", "default", "nhid", "8", "table", "200"]);
+    // A point-to-point peer.
+    ip_ok(&[
+        "addr",
+        "add",
+        "10.90.0.1",
+        "peer",
+        "10.90.0.2",
+        "dev",
+        "gw0",
+    ]);
     env.start();
     let mut s = env.connect();
     s.handshake();
@@ -1375,7 +1404,10 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
         ("10.88.0.1", "default gateway"),
         ("2001:db8:88::1", "default gateway"),
         ("10.88.0.7", "default gateway"),
+        ("10.88.0.8", "default gateway"),
         ("10.88.0.53", "nameserver"),
+        ("10.88.0.67", "DHCP server"),
+        ("10.90.0.2", "point-to-point peer"),
     ] {
         assert_eq!(
             s.block(addr, Protocol::Udp, 53),
@@ -1416,6 +1448,33 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
     );
     assert_eq!(s.block("10.88.0.1", Protocol::Tcp, 22), Decision::Blocked);
     assert!(env.nft_has(ip("10.88.0.1")));
+    // The nexthop object is pointed elsewhere: followed as well.
+    ip_ok(&[
+        "nexthop",
+        "replace",
+        "id",
+        "8",
+        "via",
+        "10.88.0.18",
+        "dev",
+        "gw0",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match s.block("10.88.0.18", Protocol::Tcp, 22) {
+            Decision::NeverBlock => break,
+            Decision::Blocked => {
+                assert!(env.ctl(&["unblock", "10.88.0.18"]).status.success());
+            }
+            d => panic!("unexpected {d:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nexthop change not seen\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A new nameserver in the resolver file: picked up by the one-second file check.
     std::fs::write(root.join("etc/resolv.conf"), "nameserver 10.88.0.153\n").unwrap();
