@@ -663,9 +663,15 @@ pub struct Infra {
     stamps: Vec<(PathBuf, Stamp)>,
     last_file_check: Option<Instant>,
     dirty: Dirty,
+    /// After a failed dump, no new attempt before this (a dump that keeps failing or
+    /// timing out must not cost every decision its full timeout).
+    retry_at: Option<Instant>,
     /// Entries beyond [`MAX_ENTRIES`] left out at the last update.
     pub dropped: usize,
 }
+
+/// Pause between failed dump attempts.
+const DUMP_RETRY: Duration = Duration::from_secs(1);
 
 /// What a refresh did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -702,6 +708,7 @@ impl Infra {
                 routes: true,
                 addrs: true,
             },
+            retry_at: None,
             dropped: 0,
         };
         let mut r = me.refresh_kernel();
@@ -743,6 +750,10 @@ impl Infra {
                 };
             }
         }
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|t| now < t) {
+            return r;
+        }
         if self.dirty.routes {
             match dump_default_gateways() {
                 Ok(g) => {
@@ -752,9 +763,12 @@ impl Infra {
                         r.changed = true;
                     }
                 }
-                // The old list stays (a failed dump must not unprotect anything); the
-                // next refresh tries again.
-                Err(e) => r.problems.push(format!("default routes: {e}")),
+                // The old list stays (a failed dump must not unprotect anything); a
+                // refresh after DUMP_RETRY tries again.
+                Err(e) => {
+                    self.retry_at = Some(now + DUMP_RETRY);
+                    r.problems.push(format!("default routes: {e}"));
+                }
             }
         }
         if self.dirty.addrs {
@@ -766,7 +780,10 @@ impl Infra {
                         r.changed = true;
                     }
                 }
-                Err(e) => r.problems.push(format!("point-to-point peers: {e}")),
+                Err(e) => {
+                    self.retry_at = Some(now + DUMP_RETRY);
+                    r.problems.push(format!("point-to-point peers: {e}"));
+                }
             }
         }
         r
@@ -1087,6 +1104,7 @@ mod tests {
             stamps: Vec::new(),
             last_file_check: None,
             dirty: Dirty::default(),
+            retry_at: None,
             dropped: 0,
         };
         let t0 = Instant::now();
