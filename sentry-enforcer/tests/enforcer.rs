@@ -1500,6 +1500,23 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
         "{}",
         env.log()
     );
+    // sentryctl check-config in this namespace: the gateway is not on the ignore list,
+    // which is a warning (exit 0), not an error.
+    let out = env
+        .ns
+        .cmd(SENTRYCTL)
+        .arg("check-config")
+        .arg(&env.conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("10.88.0.254 (default gateway) is not on the ignore list")),
+        "{err}"
+    );
+    assert!(!err.contains("10.88.0.9 ("), "{err}");
 }
 
 /// issue #11 A: NEVER_BLOCK_INFRASTRUCTURE="0" turns the protection off.
