@@ -8,7 +8,10 @@
 //! * an rtnetlink socket subscribed to route and address notifications, drained without
 //!   waiting before each decision; only a change of a *default* route (or an address
 //!   change, or an overrun) triggers a fresh dump, so a router's busy full table does not
-//!   make every decision pay for a dump;
+//!   make every decision pay for a dump; dumps are at least 200 ms apart, so a flood of
+//!   decisions during route churn cannot become a flood of dumps (a block that lands on a
+//!   new gateway inside that window is lifted by the refresh that follows, within a
+//!   second);
 //! * the resolver and lease files, re-read when their inode, size or mtime changes,
 //!   checked by `stat` at most once per second (the daemon's one-second tick), never on a
 //!   decision's path.
@@ -666,12 +669,19 @@ pub struct Infra {
     /// After a failed dump, no new attempt before this (a dump that keeps failing or
     /// timing out must not cost every decision its full timeout).
     retry_at: Option<Instant>,
+    /// When the last dump started: dumps are at least [`DUMP_MIN_INTERVAL`] apart, so a
+    /// router whose notification socket keeps overrunning (full-table churn) pays for at
+    /// most a few dumps per second, not one per decision.
+    last_dump: Option<Instant>,
     /// Entries beyond [`MAX_ENTRIES`] left out at the last update.
     pub dropped: usize,
 }
 
 /// Pause between failed dump attempts.
 const DUMP_RETRY: Duration = Duration::from_secs(1);
+/// Least time between two dumps (a change is still taken well within a second: the
+/// daemon's tick refreshes once per second as well).
+const DUMP_MIN_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What a refresh did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -709,6 +719,7 @@ impl Infra {
                 addrs: true,
             },
             retry_at: None,
+            last_dump: None,
             dropped: 0,
         };
         let mut r = me.refresh_kernel();
@@ -751,8 +762,16 @@ impl Infra {
             }
         }
         let now = Instant::now();
-        if self.retry_at.is_some_and(|t| now < t) {
+        if self.retry_at.is_some_and(|t| now < t)
+            || self
+                .last_dump
+                .is_some_and(|t| now.saturating_duration_since(t) < DUMP_MIN_INTERVAL)
+        {
+            // Still dirty: the next refresh after the pause dumps.
             return r;
+        }
+        if self.dirty.routes || self.dirty.addrs {
+            self.last_dump = Some(now);
         }
         if self.dirty.routes {
             match dump_default_gateways() {
@@ -1105,6 +1124,7 @@ mod tests {
             last_file_check: None,
             dirty: Dirty::default(),
             retry_at: None,
+            last_dump: None,
             dropped: 0,
         };
         let t0 = Instant::now();
@@ -1124,6 +1144,34 @@ mod tests {
             .contains(&("192.0.2.154".parse().unwrap(), InfraReason::Nameserver)));
         // Unchanged files: no re-read, no change.
         assert!(!infra.refresh_files(t0 + Duration::from_secs(4)).changed);
+    }
+
+    #[test]
+    fn dumps_are_spaced_out() {
+        let mut infra = Infra {
+            paths: InfraPaths::system(),
+            watch: None,
+            gateways: Vec::new(),
+            peers: Vec::new(),
+            files: Vec::new(),
+            stamps: Vec::new(),
+            last_file_check: None,
+            dirty: Dirty::default(),
+            retry_at: None,
+            last_dump: None,
+            dropped: 0,
+        };
+        // Without a watch socket every refresh wants a dump, but not more than one per
+        // DUMP_MIN_INTERVAL.
+        let r = infra.refresh_kernel();
+        assert!(r.problems.is_empty(), "{r:?}");
+        let first = infra.last_dump.unwrap();
+        infra.refresh_kernel();
+        assert_eq!(infra.last_dump, Some(first));
+        assert!(infra.dirty.routes, "still to be done");
+        std::thread::sleep(DUMP_MIN_INTERVAL);
+        infra.refresh_kernel();
+        assert!(infra.last_dump.unwrap() > first);
     }
 
     #[test]
