@@ -53,6 +53,7 @@ const REFUSALS_PER_SECOND: u32 = 20;
 pub const USAGE: &str = "\
 usage: sentry-enforcer [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
                        [--sensor-user USER] [--log-stderr]
+       sentry-enforcer --recover [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
        sentry-enforcer --help | --version
 
 The root half of sentry: authenticates the sensor on DIR/enforcer.sock, re-checks every
@@ -66,6 +67,9 @@ DIR/control.sock.
   --state-dir DIR     persistent block state (default /var/lib/sentry)
   --sensor-user USER  the only user allowed on enforcer.sock (default sentry)
   --log-stderr        log to stderr instead of syslog (also when JOURNAL_STREAM is set)
+  --recover           rebuild a damaged (or newer version's) state from what still
+                      verifies, BLOCKED_FILE and sentry's hosts.deny markers, keep the
+                      old files as *.damaged-EPOCH, and exit (the enforcer must be stopped)
 ";
 
 /// Parsed command line.
@@ -76,6 +80,11 @@ pub struct Args {
     pub state_dir: PathBuf,
     pub sensor_user: String,
     pub log_stderr: bool,
+    /// For tests: the directory the resolver and lease files are looked up
+    /// under instead of `/` (`--infra-root`, not in the usage text).
+    pub infra_root: PathBuf,
+    /// `--recover`.
+    pub recover: bool,
 }
 
 /// What the command line asks for.
@@ -93,7 +102,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut runtime_dir = None;
     let mut state_dir = None;
     let mut sensor_user = None;
+    let mut infra_root = None;
     let mut log_stderr = false;
+    let mut recover = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let a = a
@@ -113,10 +124,18 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
                 log_stderr = true;
                 continue;
             }
+            "--recover" => {
+                if inline.is_some() || recover {
+                    return Err("--recover takes no value and is given once".into());
+                }
+                recover = true;
+                continue;
+            }
             "--config" => &mut config,
             "--runtime-dir" => &mut runtime_dir,
             "--state-dir" => &mut state_dir,
             "--sensor-user" => &mut sensor_user,
+            "--infra-root" => &mut infra_root,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -141,6 +160,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
         sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
         log_stderr,
+        infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
+        recover,
     }))
 }
 
@@ -788,6 +809,8 @@ fn expiry_loop(sh: Arc<Shared>) {
         {
             let mut e = sh.engine();
             e.flush_audit_budget(WallUs::now());
+            // Resolver and lease files, at most once per second, off the decision path.
+            e.refresh_infra(true);
             e.expire(WallMs::now());
         }
         sh.notify_lifted();
@@ -890,6 +913,9 @@ pub fn main() -> ExitCode {
             "adminalert: could not close inherited descriptors: {e}"
         ));
     }
+    if args.recover {
+        return recover_main(&args);
+    }
     match run(args, Arc::clone(&log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -897,6 +923,33 @@ pub fn main() -> ExitCode {
             if !journal {
                 eprintln!("sentry-enforcer: {e}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--recover`, refused while an enforcer answers on the control socket.
+fn recover_main(args: &Args) -> ExitCode {
+    let r = (|| {
+        let control = args.runtime_dir.join("control.sock");
+        if UnixStream::connect(&control).is_ok() {
+            return Err(format!(
+                "{}: an enforcer is running; stop it before --recover",
+                control.display()
+            ));
+        }
+        let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+        crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
+    })();
+    match r {
+        Ok(rep) => {
+            for l in &rep.lines {
+                println!("sentry-enforcer: recover: {l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sentry-enforcer: recover: {e}");
             ExitCode::from(1)
         }
     }
@@ -938,6 +991,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         .map_err(|e| EnforcerError::system("sigprocmask", e))?;
 
     prepare_runtime_dir(&args.runtime_dir)?;
+    // State (0700) and log (0750) directories, created when missing.
+    for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
+        log.notice(&format!("adminalert: {l}"));
+    }
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -965,6 +1022,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         Options {
             state_dir: args.state_dir.clone(),
             refresh_own_addresses: true,
+            infra: Some(crate::infra::InfraPaths {
+                root: args.infra_root.clone(),
+            }),
         },
         Arc::clone(&log),
     )
@@ -1088,6 +1148,14 @@ mod tests {
         assert!(parse_args(os(&["--bogus"])).is_err());
         assert!(parse_args(os(&["--state-dir="])).is_err());
         assert!(parse_args(os(&["--log-stderr=1"])).is_err());
+        let Cmd::Run(r) = parse_args(os(&["--recover", "--infra-root", "/t"])).unwrap() else {
+            panic!()
+        };
+        assert!(r.recover && !d.recover);
+        assert_eq!(r.infra_root, PathBuf::from("/t"));
+        assert_eq!(d.infra_root, PathBuf::from("/"));
+        assert!(parse_args(os(&["--recover", "--recover"])).is_err());
+        assert!(parse_args(os(&["--recover=1"])).is_err());
     }
 
     #[test]

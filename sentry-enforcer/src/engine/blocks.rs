@@ -89,6 +89,7 @@ mod tests {
             blackhole: false,
             hosts_deny_line: None,
             distinct_ports: ports,
+            hosts_deny_legacy: false,
         }
     }
 

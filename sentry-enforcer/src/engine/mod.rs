@@ -66,6 +66,10 @@ pub struct Options {
     /// decision; see [`AddrWatch`]). Always on in the daemon; off only for tests and
     /// embedders, who then supply the addresses with [`Engine::set_own_addresses`].
     pub refresh_own_addresses: bool,
+    /// Where the resolver and lease files are (`/` in the daemon); `None` turns
+    /// infrastructure discovery off (unit tests, embedders). NEVER_BLOCK_INFRASTRUCTURE=0
+    /// turns it off too.
+    pub infra: Option<crate::infra::InfraPaths>,
 }
 
 /// Everything the enforcer decides with.
@@ -84,6 +88,8 @@ pub struct Engine {
     /// the socket could not be opened (then the addresses are re-read before every
     /// decision, as a fallback that is slow but never stale).
     addr_watch: Option<AddrWatch>,
+    /// Default gateways, nameservers, point-to-point peers, DHCP servers (never blocked).
+    infra: Option<crate::infra::Infra>,
     /// The blocks and commands of the last minute (BLOCK_RATE and its shares).
     rate: rate::RateWindow,
     /// AUDIT_RATE: records and log lines of no-change decisions per second.
@@ -135,6 +141,9 @@ impl Engine {
         };
         let mut never = NeverBlock::new(own);
         never.set_broadcasts(bcast);
+        // Infrastructure joins the never-block set before the table is rebuilt and the
+        // persisted blocks restored.
+        let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
             restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())?;
@@ -157,9 +166,10 @@ impl Engine {
             blocks: blocks::Blocks::default(),
             store,
             audit,
+            exec: Executor::new(nft, route, Arc::clone(&log)),
             log,
-            exec: Executor::new(nft, route),
             addr_watch,
+            infra,
             rate: rate::RateWindow::default(),
             budget,
             counters: Counters::default(),
@@ -339,6 +349,32 @@ impl Engine {
         }
     }
 
+    /// Take route/address notifications (and, with `files`, changes of the resolver and
+    /// lease files, looked at no more than once per second by the daemon's tick); install
+    /// the new infrastructure list and lift blocks it now covers.
+    pub fn refresh_infra(&mut self, files: bool) {
+        let Some(infra) = self.infra.as_mut() else {
+            return;
+        };
+        let mut r = infra.refresh_kernel();
+        if files {
+            let f = infra.refresh_files(Instant::now());
+            r.changed |= f.changed;
+            r.problems.extend(f.problems);
+        }
+        let entries = r.changed.then(|| (infra.entries(), infra.dropped));
+        self.counters.errors += r.problems.len() as u64;
+        for p in &r.problems {
+            self.log.warn(&format!("adminalert: infrastructure: {p}"));
+        }
+        let Some((entries, dropped)) = entries else {
+            return;
+        };
+        crate::infra::log_entries(&self.log, &entries, dropped);
+        self.never.set_infrastructure(entries);
+        self.lift_never_blocked(WallMs::now());
+    }
+
     /// Lift the blocks of addresses the never-block set now covers (an address this host
     /// took after it was blocked): blocking it would cut the host off from itself.
     fn lift_never_blocked(&mut self, now: WallMs) {
@@ -463,6 +499,7 @@ impl Engine {
         rec: &mut AuditRecord,
     ) -> (Decision, String, Line) {
         self.refresh_own_addresses();
+        self.refresh_infra(false);
         self.rate.prune(now);
         let facts = Facts {
             cfg: &self.cfg,
@@ -544,6 +581,8 @@ impl Engine {
             blackhole: false,
             hosts_deny_line: None,
             distinct_ports: req.distinct_ports,
+            // Written with a marker (crate::hostsdeny).
+            hosts_deny_legacy: false,
         };
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
@@ -718,6 +757,7 @@ mod tests {
             Options {
                 state_dir: dir.path().join("state"),
                 refresh_own_addresses: false,
+                infra: None,
             },
             Arc::new(Logger::new(true, "test")),
         )
@@ -761,8 +801,14 @@ mod tests {
         fn last(&self) -> serde_json::Value {
             self.audit().pop().unwrap()
         }
+        /// The deny file without sentry's marker lines.
         fn deny(&self) -> String {
-            std::fs::read_to_string(self.dir.path().join("hosts.deny")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("hosts.deny"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.starts_with(crate::hostsdeny::MARKER))
+                .map(|l| format!("{l}\n"))
+                .collect()
         }
     }
 

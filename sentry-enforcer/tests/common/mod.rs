@@ -101,6 +101,8 @@ pub struct Env {
     pub keys: BTreeMap<String, String>,
     pub child: Option<Child>,
     pub runs: u32,
+    /// More command-line arguments for the enforcer (e.g. `--infra-root DIR`).
+    pub extra_args: Vec<String>,
 }
 
 impl Env {
@@ -169,6 +171,7 @@ impl Env {
             keys: m,
             child: None,
             runs: 0,
+            extra_args: Vec::new(),
         };
         env.write_config();
         env
@@ -205,6 +208,7 @@ impl Env {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--sensor-user", &self.sensor_user, "--log-stderr"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
