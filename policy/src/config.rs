@@ -67,7 +67,10 @@ pub struct Config {
     pub scan_window: Duration,
     pub state_max_sources: usize,
     pub sensor_queue: usize,
+    /// LOG_RATE: most packet-triggered log lines per second from one source.
     pub log_rate: u32,
+    /// LOG_RATE_TOTAL: most packet-triggered log lines per second from all sources.
+    pub log_rate_total: u32,
     /// AUDIT_RATE: most audit records (and enforcer log lines) per second for block
     /// requests that changed nothing; the rest are summarised once per second.
     pub audit_rate: u32,
@@ -182,6 +185,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("STATE_MAX_SOURCES", Kind::Num(16, 16_777_216)),
     ("SENSOR_QUEUE", Kind::Num(1, 1_000_000)),
     ("LOG_RATE", Kind::Num(1, 100_000)),
+    ("LOG_RATE_TOTAL", Kind::Num(1, 1_000_000)),
     ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
     ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
@@ -422,6 +426,7 @@ impl Config {
             state_max_sources: 65_536,
             sensor_queue: 4096,
             log_rate: 50,
+            log_rate_total: 500,
             audit_rate: 100,
             control_group: None,
             never_block_infrastructure: true,
@@ -482,6 +487,9 @@ impl Config {
                         self.sensor_queue = usize::try_from(n).unwrap_or(self.sensor_queue);
                     }
                     "LOG_RATE" => self.log_rate = u32::try_from(n).unwrap_or(self.log_rate),
+                    "LOG_RATE_TOTAL" => {
+                        self.log_rate_total = u32::try_from(n).unwrap_or(self.log_rate_total);
+                    }
                     "AUDIT_RATE" => {
                         self.audit_rate = u32::try_from(n).unwrap_or(self.audit_rate);
                     }

@@ -148,7 +148,7 @@ fn run(args: Args) -> i32 {
     for w in &config.warnings {
         log.notice(&format!("adminalert: warning: {w}"));
     }
-    log.set_rate(config.log_rate);
+    log.set_rates(config.log_rate, config.log_rate_total);
     let ignore = match config.load_ignore() {
         Ok(i) => i,
         Err(errs) => {
@@ -536,7 +536,7 @@ impl Sensor {
             Some(Verdict::Probe(c)) => c,
             Some(Verdict::Evasion(e)) => {
                 self.log
-                    .packet(now, || tiny_fragment_line(e.src, e.mode, e.port));
+                    .packet(now, e.src, || tiny_fragment_line(e.src, e.mode, e.port));
                 return;
             }
         };
@@ -614,10 +614,11 @@ impl Sensor {
     fn log_hit(&mut self, h: &Hit, now: u64) {
         let (scan, mode, src, port) = (h.scan, h.mode, h.src, h.port);
         if h.ip_options {
-            self.log.packet(now, || ip_options_line(src, mode, port));
+            self.log
+                .packet(now, src, || ip_options_line(src, mode, port));
         }
         self.log
-            .packet(now, || detection_line(scan, mode, src, port));
+            .packet(now, src, || detection_line(scan, mode, src, port));
     }
 
     fn drain_events(&mut self) {
@@ -641,7 +642,7 @@ impl Sensor {
                     if matches!(decision, Decision::RateLimited | Decision::Capped) {
                         self.state.escalate(report.src, report.distinct_ports);
                     }
-                    self.log.packet(now, || {
+                    self.log.packet(now, report.src, || {
                         crate::log::decision_line(
                             report.src,
                             report.scan,
