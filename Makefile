@@ -27,9 +27,17 @@ RELEASE     = target/release
 # util-linux) and to build (a C linker).
 APT_PKGS    = nftables iproute2 util-linux build-essential
 # ...and what the test suite drives: real scanners, firewalls, the units' checker,
-# strace for the unit sandbox test, route(8) for Debian's KILL_ROUTE, the sentry user.
+# strace for the unit sandbox test, route(8) for Debian's KILL_ROUTE, the sentry user;
+# debootstrap + systemd-nspawn for the real-systemd package test (its Debian 12 root
+# file system is cached in /var/cache/sentry-tests), lintian for the package, and
+# logwatch + fail2ban for the log-consumer checks.
 APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
-                procps passwd dpkg-dev
+                procps passwd dpkg-dev \
+                debootstrap systemd-container lintian logwatch fail2ban
+# ...of which these are daemons: when test-deps installs one on a host running systemd,
+# it is stopped and disabled again (the tests only run fail2ban-regex).
+APT_TEST_DAEMONS = fail2ban
+NEW_DAEMONS := $(shell for p in $(APT_TEST_DAEMONS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 
 .PHONY: all build deps test-deps install install-bin install-units install-man install-conf \
@@ -57,6 +65,10 @@ deps:
 
 test-deps:
 	$(call apt_install,$(APT_TEST_PKGS))
+	@for p in $(NEW_DAEMONS); do \
+	    if [ -d /run/systemd/system ] && dpkg -s $$p >/dev/null 2>&1; then \
+	        echo "test-deps: $$p was installed for its tools only: systemctl disable --now $$p"; \
+	        systemctl disable --now $$p.service >/dev/null 2>&1 || true; fi; done
 
 install: build install-bin install-units install-man install-conf
 	@echo "installed. Start with: make run   (or systemctl enable --now sentry-enforcer sentry-sensor)"

@@ -67,17 +67,71 @@ pub struct Config {
     pub scan_window: Duration,
     pub state_max_sources: usize,
     pub sensor_queue: usize,
+    /// LOG_RATE: most packet-triggered log lines per second from one source.
     pub log_rate: u32,
+    /// LOG_RATE_TOTAL: most packet-triggered log lines per second from all sources.
+    pub log_rate_total: u32,
     /// AUDIT_RATE: most audit records (and enforcer log lines) per second for block
     /// requests that changed nothing; the rest are summarised once per second.
     pub audit_rate: u32,
     pub control_group: Option<String>,
+    /// NEVER_BLOCK_INFRASTRUCTURE: never block this host's default gateways, nameservers,
+    /// point-to-point peers and DHCP servers (default on).
+    pub never_block_infrastructure: bool,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<&'static str, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
     pub warnings: Vec<ConfigError>,
     /// Keys given an empty value that needs one (reported after the pass).
     empty_required: Vec<&'static str>,
+}
+
+/// Result of [`Config::check_files`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileCheck {
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
+}
+
+fn dir_mode(key: &str) -> u32 {
+    if key == "AUDIT_LOG" {
+        0o750
+    } else {
+        0o700
+    }
+}
+
+/// Whether a missing directory `dir` would be created by the enforcer: its nearest
+/// existing ancestor must be a directory owned by root and not writable by group or
+/// others (otherwise another user could plant something in its place).
+pub fn creatable(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut a = dir;
+    loop {
+        match std::fs::metadata(a) {
+            Ok(md) if !md.is_dir() => return Err(format!("{} is not a directory", a.display())),
+            Ok(md) if md.mode() & 0o022 != 0 => {
+                return Err(format!(
+                    "{} is writable by group or others (mode {:o})",
+                    a.display(),
+                    md.mode() & 0o7777
+                ))
+            }
+            Ok(md) if md.uid() != 0 => {
+                return Err(format!(
+                    "{} is owned by uid {}, not root",
+                    a.display(),
+                    md.uid()
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match a.parent() {
+                Some(p) if !p.as_os_str().is_empty() => a = p,
+                _ => return Err(format!("no existing parent of {}", dir.display())),
+            },
+            Err(e) => return Err(format!("{}: {e}", a.display())),
+        }
+    }
 }
 
 /// Value kinds, so that every key is validated the same way.
@@ -131,8 +185,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("STATE_MAX_SOURCES", Kind::Num(16, 16_777_216)),
     ("SENSOR_QUEUE", Kind::Num(1, 1_000_000)),
     ("LOG_RATE", Kind::Num(1, 100_000)),
+    ("LOG_RATE_TOTAL", Kind::Num(1, 1_000_000)),
     ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
+    ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
 ];
 
 /// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
@@ -370,8 +426,10 @@ impl Config {
             state_max_sources: 65_536,
             sensor_queue: 4096,
             log_rate: 50,
+            log_rate_total: 500,
             audit_rate: 100,
             control_group: None,
+            never_block_infrastructure: true,
             key_lines: HashMap::new(),
             warnings: Vec::new(),
             empty_required: Vec::new(),
@@ -409,6 +467,7 @@ impl Config {
             ("NFT_TABLE", Value::Ident(Some(t))) => self.nft_table = t,
             ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
             ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
+            ("NEVER_BLOCK_INFRASTRUCTURE", Value::Bool(b)) => self.never_block_infrastructure = b,
             (k, v @ Value::Num(_)) => {
                 let n = num(&v);
                 match k {
@@ -428,6 +487,9 @@ impl Config {
                         self.sensor_queue = usize::try_from(n).unwrap_or(self.sensor_queue);
                     }
                     "LOG_RATE" => self.log_rate = u32::try_from(n).unwrap_or(self.log_rate),
+                    "LOG_RATE_TOTAL" => {
+                        self.log_rate_total = u32::try_from(n).unwrap_or(self.log_rate_total);
+                    }
                     "AUDIT_RATE" => {
                         self.audit_rate = u32::try_from(n).unwrap_or(self.audit_rate);
                     }
@@ -514,10 +576,27 @@ impl Config {
     }
 
     /// Check the files the configuration names: the ignore list parses, the directories
-    /// of files to be written exist, and kill programs exist and are executable.
+    /// of files to be written exist, and kill programs exist and are executable. Errors
+    /// only; see [`Config::check_files`] for the warnings too.
     pub fn check_referenced_files(&self) -> Result<(), ConfigErrors> {
+        let c = self.check_files();
+        if c.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(c.errors))
+        }
+    }
+
+    /// [`Config::check_referenced_files`], telling a configuration's errors from a host
+    /// that is merely not set up yet: a missing directory the enforcer creates itself at
+    /// start (those of AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE, see
+    /// [`Config::created_dirs`]) is a warning when its nearest existing ancestor is a
+    /// directory not writable by group or others (where the enforcer will create it),
+    /// and an error otherwise.
+    pub fn check_files(&self) -> FileCheck {
         use std::os::unix::fs::PermissionsExt;
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         let at = |k: &str| self.key_lines.get(k).copied();
         if let Err(ConfigErrors(mut e)) = self.load_ignore() {
             errors.append(&mut e);
@@ -534,8 +613,32 @@ impl Config {
         ];
         for (key, file) in writable {
             let Some(file) = file else { continue };
+            let created = key != "HOSTS_DENY_FILE";
             match file.parent() {
                 Some(dir) if dir.is_dir() => {}
+                Some(dir) if created && !dir.as_os_str().is_empty() => {
+                    match creatable(dir) {
+                        Ok(()) => warnings.push(ConfigError::new(
+                            &self.path,
+                            at(key),
+                            Some(key),
+                            format!(
+                                "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}, owned by root) when it starts",
+                                dir.display(),
+                                dir_mode(key)
+                            ),
+                        )),
+                        Err(why) => errors.push(ConfigError::new(
+                            &self.path,
+                            at(key),
+                            Some(key),
+                            format!(
+                                "directory of {} does not exist, and sentry-enforcer will not create it: {why}",
+                                file.display()
+                            ),
+                        )),
+                    }
+                }
                 _ => errors.push(ConfigError::new(
                     &self.path,
                     at(key),
@@ -561,11 +664,30 @@ impl Config {
                 ));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
+        FileCheck { errors, warnings }
+    }
+
+    /// Directories the enforcer creates at start when missing, with their modes: the
+    /// audit log's (0750, like /var/log/sentry) and those of HISTORY_FILE and
+    /// BLOCKED_FILE (0700, like the state directory).
+    pub fn created_dirs(&self) -> Vec<(PathBuf, u32)> {
+        let mut v: Vec<(PathBuf, u32)> = Vec::new();
+        let files = [
+            ("AUDIT_LOG", Some(self.audit_log.as_path())),
+            ("HISTORY_FILE", self.history_file.as_deref()),
+            ("BLOCKED_FILE", self.blocked_file.as_deref()),
+        ];
+        for (key, f) in files {
+            if let Some(d) = f
+                .and_then(Path::parent)
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                if !v.iter().any(|(x, _)| x == d) {
+                    v.push((d.to_path_buf(), dir_mode(key)));
+                }
+            }
         }
+        v
     }
 
     /// True when blocks write the TCP-wrappers deny file.

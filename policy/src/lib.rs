@@ -18,10 +18,12 @@ mod neverblock;
 mod ports;
 mod template;
 
-pub use config::{BlockMode, Config, Firewall, DEFAULT_CONFIG_PATH, PORTSENTRY_CONFIG_PATH};
+pub use config::{
+    creatable, BlockMode, Config, FileCheck, Firewall, DEFAULT_CONFIG_PATH, PORTSENTRY_CONFIG_PATH,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use ignore::IgnoreList;
-pub use neverblock::{NeverBlock, NeverBlockReason};
+pub use neverblock::{InfraReason, NeverBlock, NeverBlockReason};
 pub use ports::PortSet;
 pub use template::{CommandTemplate, LineTemplate, TemplateError, Token, Vars};
 

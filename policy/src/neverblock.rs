@@ -2,7 +2,7 @@
 //! A spoofed probe "from" one of these would otherwise turn the blocker against the host
 //! itself or against whole groups of hosts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -17,6 +17,40 @@ pub enum NeverBlockReason {
     /// Reserved ranges no real peer uses as a source (0.0.0.0/8, 240.0.0.0/4, IPv4-mapped,
     /// documentation-free special cases are *not* included: 192.0.2.0/24 etc. stay blockable).
     Reserved,
+    /// Something this host depends on (learnt from the kernel's routes and addresses and
+    /// from the resolver and DHCP lease files): a forged probe "from" it must not cut the
+    /// host off from its gateway, resolver or lease server.
+    Infrastructure(InfraReason),
+}
+
+/// Why an address is part of this host's infrastructure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InfraReason {
+    /// A next hop of a default route (any routing table, multipath nexthops included).
+    DefaultGateway,
+    /// A `nameserver` of the resolver configuration.
+    Nameserver,
+    /// The remote end of a point-to-point link (IFA_ADDRESS differing from IFA_LOCAL).
+    PointToPointPeer,
+    /// The server of one of this host's DHCP leases.
+    DhcpServer,
+}
+
+impl InfraReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DefaultGateway => "default gateway",
+            Self::Nameserver => "nameserver",
+            Self::PointToPointPeer => "point-to-point peer",
+            Self::DhcpServer => "DHCP server",
+        }
+    }
+}
+
+impl fmt::Display for InfraReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl NeverBlockReason {
@@ -29,6 +63,7 @@ impl NeverBlockReason {
             Self::LinkLocal => "link-local address",
             Self::OwnAddress => "one of this host's addresses",
             Self::Reserved => "reserved address",
+            Self::Infrastructure(r) => r.as_str(),
         }
     }
 }
@@ -46,6 +81,8 @@ pub struct NeverBlock {
     own: HashSet<IpAddr>,
     /// Directed broadcast addresses of our own IPv4 networks.
     broadcasts: HashSet<Ipv4Addr>,
+    /// Infrastructure this host depends on, with the (first) reason it was learnt for.
+    infra: HashMap<IpAddr, InfraReason>,
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -76,11 +113,33 @@ impl NeverBlock {
         self.own.iter()
     }
 
+    /// Replace the infrastructure entries. When an address is listed for several reasons,
+    /// the first one (in [`InfraReason`] order) is the one reported.
+    pub fn set_infrastructure(&mut self, infra: impl IntoIterator<Item = (IpAddr, InfraReason)>) {
+        self.infra.clear();
+        for (ip, why) in infra {
+            let e = self.infra.entry(canonical(ip)).or_insert(why);
+            if why < *e {
+                *e = why;
+            }
+        }
+    }
+
+    /// The current infrastructure entries, sorted by address.
+    pub fn infrastructure(&self) -> Vec<(IpAddr, InfraReason)> {
+        let mut v: Vec<(IpAddr, InfraReason)> = self.infra.iter().map(|(a, r)| (*a, *r)).collect();
+        v.sort();
+        v
+    }
+
     /// `Some(reason)` when `ip` must never be blocked.
     pub fn check(&self, ip: IpAddr) -> Option<NeverBlockReason> {
         let ip = canonical(ip);
         if self.own.contains(&ip) {
             return Some(NeverBlockReason::OwnAddress);
+        }
+        if let Some(why) = self.infra.get(&ip) {
+            return Some(NeverBlockReason::Infrastructure(*why));
         }
         match ip {
             IpAddr::V4(a) => self.check_v4(a),
@@ -169,6 +228,38 @@ mod tests {
         assert_eq!(reason("192.0.2.10"), Some(OwnAddress));
         assert_eq!(reason("::ffff:192.0.2.10"), Some(OwnAddress));
         assert_eq!(reason("2001:db8::10"), Some(OwnAddress));
+    }
+
+    #[test]
+    fn infrastructure_with_reasons() {
+        use NeverBlockReason::Infrastructure as I;
+        let mut n = nb();
+        n.set_infrastructure([
+            ("192.0.2.1".parse().unwrap(), InfraReason::DefaultGateway),
+            ("2001:db8::53".parse().unwrap(), InfraReason::Nameserver),
+            ("192.0.2.1".parse().unwrap(), InfraReason::DhcpServer),
+            (
+                "::ffff:203.0.113.9".parse().unwrap(),
+                InfraReason::PointToPointPeer,
+            ),
+            ("fe80::1".parse().unwrap(), InfraReason::DefaultGateway),
+        ]);
+        let r = |s: &str| n.check(s.parse().unwrap());
+        assert_eq!(r("192.0.2.1"), Some(I(InfraReason::DefaultGateway)));
+        assert_eq!(r("192.0.2.1").unwrap().to_string(), "default gateway");
+        assert_eq!(r("2001:db8::53").unwrap().to_string(), "nameserver");
+        assert_eq!(r("203.0.113.9").unwrap().to_string(), "point-to-point peer");
+        // The more specific reason wins over the generic link-local rule.
+        assert_eq!(r("fe80::1"), Some(I(InfraReason::DefaultGateway)));
+        assert_eq!(r("192.0.2.2"), None);
+        assert_eq!(n.infrastructure().len(), 4);
+        // Replaced, not merged: the old gateway is blockable again.
+        n.set_infrastructure([("192.0.2.254".parse().unwrap(), InfraReason::DefaultGateway)]);
+        assert_eq!(n.check("192.0.2.1".parse().unwrap()), None);
+        assert_eq!(
+            n.check("192.0.2.254".parse().unwrap()).unwrap().to_string(),
+            "default gateway"
+        );
     }
 
     #[test]

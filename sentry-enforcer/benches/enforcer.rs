@@ -63,6 +63,8 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             nft: true,
             blackhole: false,
             hosts_deny_line: None,
+            distinct_ports: 1,
+            hosts_deny_legacy: false,
         })
         .collect();
     std::fs::write(
@@ -88,6 +90,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
         Options {
             state_dir: state,
             refresh_own_addresses: true,
+            infra: None,
         },
         Arc::new(Logger::new(true, "bench")),
     )
@@ -238,7 +241,12 @@ fn bench(c: &mut Criterion) {
                     next += 1;
                     let line = format!("ALL: {} : DENY", addr(7_000_000 + next));
                     let t = Instant::now();
-                    sentry_enforcer::hostsdeny::add(&p, &line).unwrap();
+                    let e = sentry_enforcer::hostsdeny::Entry {
+                        addr: addr(7_000_000 + next),
+                        line: &line,
+                        legacy: false,
+                    };
+                    sentry_enforcer::hostsdeny::add(&p, &e).unwrap();
                     total += t.elapsed();
                     std::fs::write(&p, &base).unwrap();
                 }

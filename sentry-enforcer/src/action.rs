@@ -5,13 +5,14 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use policy::{CommandTemplate, Config, Vars};
 use sentry_proto::Protocol;
 
-use crate::audit::{ActionKind, ActionRecord, ActionStatus};
+use crate::audit::{ActionKind, ActionRecord, ActionStatus, Logger};
 use crate::error::EnforcerError;
 use crate::exec;
 use crate::hostsdeny;
@@ -44,8 +45,9 @@ pub enum Action {
     Nft(Op),
     /// A blackhole route for the address (rtnetlink).
     Route(Op),
-    /// This exact line in HOSTS_DENY_FILE.
-    HostsDeny(Op, String),
+    /// This exact line in HOSTS_DENY_FILE; `true`: written by a version that did not mark
+    /// its lines (see [`crate::hostsdeny`] for how such a line is taken back).
+    HostsDeny(Op, String, bool),
     Command(Command),
 }
 
@@ -98,7 +100,7 @@ pub fn block_plan(cfg: &Config, b: Backends, s: &Subject, nft_done: bool) -> Vec
         plan.push(Action::Command(Command::KillRoute));
     }
     if let Some(line) = hosts_deny_line(cfg, s) {
-        plan.push(Action::HostsDeny(Op::Add, line));
+        plan.push(Action::HostsDeny(Op::Add, line, false));
     }
     if !cfg.kill_run_cmd_first && run_cmd {
         plan.push(Action::Command(Command::KillRunCmd));
@@ -107,17 +109,23 @@ pub fn block_plan(cfg: &Config, b: Backends, s: &Subject, nft_done: bool) -> Vec
 }
 
 /// The actions that undo what `b` records (commands have no inverse). `kernel_nft`:
-/// whether the element may still exist (after a table rebuild it cannot).
+/// whether the element may still exist (after a table rebuild it cannot). The element's
+/// delete is tried even when the record says the add failed: a failed batch may still
+/// have put some elements in, and deleting one that is not there costs one ENOENT.
 pub fn undo_plan(b: &BlockRecord, backends: Backends, kernel_nft: bool) -> Vec<Action> {
     let mut plan = Vec::new();
-    if b.nft && kernel_nft && backends.nft {
+    if kernel_nft && backends.nft {
         plan.push(Action::Nft(Op::Delete));
     }
     if b.blackhole && backends.route {
         plan.push(Action::Route(Op::Delete));
     }
     if let Some(line) = &b.hosts_deny_line {
-        plan.push(Action::HostsDeny(Op::Delete, line.clone()));
+        plan.push(Action::HostsDeny(
+            Op::Delete,
+            line.clone(),
+            b.hosts_deny_legacy,
+        ));
     }
     plan
 }
@@ -128,7 +136,10 @@ pub fn record_effect(rec: &mut BlockRecord, action: &Action, ok: bool) {
     match action {
         Action::Nft(Op::Add) => rec.nft = ok,
         Action::Route(Op::Add) => rec.blackhole = ok,
-        Action::HostsDeny(Op::Add, line) if ok => rec.hosts_deny_line = Some(line.clone()),
+        Action::HostsDeny(Op::Add, line, _) if ok => {
+            rec.hosts_deny_line = Some(line.clone());
+            rec.hosts_deny_legacy = false;
+        }
         _ => {}
     }
 }
@@ -147,11 +158,18 @@ pub fn required_caps(cfg: &Config) -> (bool, bool) {
 pub struct Executor {
     nft: Option<NlSocket>,
     route: Option<NlSocket>,
+    /// For the deny file's notes about lines it kept.
+    log: Arc<Logger>,
 }
 
 impl Executor {
-    pub fn new(nft: Option<NlSocket>, route: Option<NlSocket>) -> Self {
-        Self { nft, route }
+    pub fn new(nft: Option<NlSocket>, route: Option<NlSocket>, log: Arc<Logger>) -> Self {
+        Self { nft, route, log }
+    }
+
+    /// The netlink port id of the set socket (its own changes are not tampering).
+    pub fn nft_portid(&self) -> Option<u32> {
+        self.nft.as_ref().and_then(|s| s.portid().ok())
     }
 
     pub fn backends(&self) -> Backends {
@@ -199,11 +217,19 @@ impl Executor {
                     ms_since(t),
                 )
             }
-            Action::HostsDeny(op, line) => {
+            Action::HostsDeny(op, line, legacy) => {
                 let path = &cfg.hosts_deny_file;
+                // sentry's lines carry a marker; only marked ones (or a recorded legacy
+                // line, under the rules in hostsdeny) are ever taken back.
+                let entry = hostsdeny::Entry {
+                    addr: s.addr,
+                    line,
+                    legacy: *legacy,
+                };
                 let r = match op {
-                    Op::Add => hostsdeny::add(path, line).map(drop),
-                    Op::Delete => hostsdeny::remove(path, &[line.as_str()]).map(drop),
+                    Op::Add => hostsdeny::add(path, &entry).map(drop),
+                    Op::Delete => hostsdeny::remove(path, &[entry])
+                        .map(|r| hostsdeny::log_kept(&self.log, &r)),
                 };
                 ActionRecord::outcome(ActionKind::HostsDeny, Some(line.clone()), r, ms_since(t))
             }
@@ -255,17 +281,23 @@ impl Executor {
     }
 }
 
-/// Add or remove many deny-file lines with one read and one write (restore, mass expiry,
-/// reload: per-line edits would cost O(n) each). One record stands for all of them.
-pub fn hosts_deny_batch(path: &Path, lines: &[String], op: Op) -> Option<ActionRecord> {
+/// Add or remove many deny-file lines (address, line, legacy) with one read and one write
+/// (restore, mass expiry, reload: per-line edits would cost O(n) each). One record stands
+/// for all of them.
+pub fn hosts_deny_batch(
+    path: &Path,
+    lines: &[(IpAddr, String, bool)],
+    op: Op,
+    log: &Logger,
+) -> Option<ActionRecord> {
     if lines.is_empty() {
         return None;
     }
     let t = Instant::now();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let refs = hostsdeny::entries(lines);
     let r = match op {
         Op::Add => hostsdeny::add_many(path, &refs).map(drop),
-        Op::Delete => hostsdeny::remove(path, &refs).map(drop),
+        Op::Delete => hostsdeny::remove(path, &refs).map(|r| hostsdeny::log_kept(log, &r)),
     };
     Some(ActionRecord::outcome(
         ActionKind::HostsDeny,
@@ -389,7 +421,7 @@ mod tests {
                 Action::Nft(Op::Add),
                 Action::Route(Op::Add),
                 Action::Command(Command::KillRoute),
-                Action::HostsDeny(Op::Add, "ALL: [2001:db8::1]".into()),
+                Action::HostsDeny(Op::Add, "ALL: [2001:db8::1]".into(), false),
                 Action::Command(Command::KillRunCmd),
             ]
         );
@@ -413,18 +445,26 @@ mod tests {
             nft: true,
             blackhole: false,
             hosts_deny_line: Some("ALL: x".into()),
+            distinct_ports: 1,
+            hosts_deny_legacy: false,
         };
         assert_eq!(
             undo_plan(&b, ALL, true),
             vec![
                 Action::Nft(Op::Delete),
-                Action::HostsDeny(Op::Delete, "ALL: x".into())
+                Action::HostsDeny(Op::Delete, "ALL: x".into(), false)
             ]
         );
         assert_eq!(
             undo_plan(&b, ALL, false),
-            vec![Action::HostsDeny(Op::Delete, "ALL: x".into())]
+            vec![Action::HostsDeny(Op::Delete, "ALL: x".into(), false)]
         );
+        // Recorded as not in the set (a failed restore batch): the delete is still tried.
+        let not_in = BlockRecord {
+            nft: false,
+            ..b.clone()
+        };
+        assert_eq!(undo_plan(&not_in, ALL, true)[0], Action::Nft(Op::Delete));
         let mut r = b.clone();
         record_effect(&mut r, &Action::Nft(Op::Add), false);
         record_effect(&mut r, &Action::Route(Op::Add), true);
@@ -434,7 +474,7 @@ mod tests {
     #[test]
     fn a_closed_backend_is_a_recorded_error() {
         let c = cfg("");
-        let mut x = Executor::new(None, None);
+        let mut x = Executor::new(None, None, Arc::new(Logger::new(true, "test")));
         let a = x.run(&c, &Action::Nft(Op::Add), &S);
         assert_eq!(a.status, ActionStatus::Error);
         assert_eq!(a.error.as_deref(), Some("nftables backend not open"));

@@ -1,9 +1,11 @@
 //! `sentryctl`: status, blocked, unblock (over control.sock) and check-config (local).
 
+use interprocess::local_socket::traits::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use interprocess::os::unix::uds_local_socket::Stream;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -113,6 +115,31 @@ pub struct CheckReport {
     pub warnings: Vec<String>,
 }
 
+/// One warning per infrastructure address (`found`, with its reason) that the
+/// ignore list does not name. With NEVER_BLOCK_INFRASTRUCTURE=1 the enforcer still never
+/// blocks it, but the sensor keeps reporting it; with 0 a forged probe can block it.
+pub fn infra_warnings(
+    cfg: &policy::Config,
+    ignore: &policy::IgnoreList,
+    found: &[(IpAddr, policy::InfraReason)],
+) -> Vec<String> {
+    found
+        .iter()
+        .filter(|(a, _)| !ignore.contains(*a))
+        .map(|(a, why)| {
+            let what = if cfg.never_block_infrastructure {
+                "the enforcer never blocks it (NEVER_BLOCK_INFRASTRUCTURE=1), but the sensor reports probes from it"
+            } else {
+                "with NEVER_BLOCK_INFRASTRUCTURE=0 a single forged probe can block it"
+            };
+            format!(
+                "{}: IGNORE_FILE: {a} ({why}) is not on the ignore list; {what}",
+                cfg.path.display()
+            )
+        })
+        .collect()
+}
+
 pub fn check_config(path: &Path) -> CheckReport {
     match policy::Config::load(path) {
         Err(e) => CheckReport {
@@ -121,11 +148,16 @@ pub fn check_config(path: &Path) -> CheckReport {
             warnings: Vec::new(),
         },
         Ok(cfg) => {
-            let warnings = cfg.warnings.iter().map(|w| w.to_string()).collect();
-            let errors: Vec<String> = match cfg.check_referenced_files() {
-                Ok(()) => Vec::new(),
-                Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-            };
+            let mut warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+            // Infrastructure of this host not named by the ignore list.
+            if let Ok(ignore) = cfg.load_ignore() {
+                let (found, _) = crate::infra::discover(&crate::infra::InfraPaths::system());
+                warnings.extend(infra_warnings(&cfg, &ignore, &found));
+            }
+            // A directory the enforcer creates at start is a warning.
+            let files = cfg.check_files();
+            warnings.extend(files.warnings.iter().map(|w| w.to_string()));
+            let errors: Vec<String> = files.errors.iter().map(|e| e.to_string()).collect();
             CheckReport {
                 ok: errors.is_empty(),
                 errors,
@@ -138,9 +170,14 @@ pub fn check_config(path: &Path) -> CheckReport {
 /// One request/response exchange after the handshake.
 pub fn request(runtime_dir: &Path, req: &ControlRequest) -> Result<ControlResponse, String> {
     let path = runtime_dir.join("control.sock");
-    let mut s = UnixStream::connect(&path)
-        .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let connect_err = |e: std::io::Error| format!("cannot connect to {}: {e}", path.display());
+    let mut s = Stream::connect(
+        path.as_path()
+            .to_fs_name::<GenericFilePath>()
+            .map_err(connect_err)?,
+    )
+    .map_err(connect_err)?;
+    let _ = s.set_recv_timeout(Some(Duration::from_secs(30)));
     write_frame(
         &mut s,
         &ControlRequest::Hello {
@@ -405,6 +442,45 @@ mod tests {
             parse_args(os(&["check-config", "/x"])).unwrap().command,
             Command::CheckConfig("/x".into())
         );
+    }
+
+    #[test]
+    fn infrastructure_not_on_the_ignore_list_is_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let ign = d.path().join("ignore");
+        std::fs::write(&ign, "192.0.2.1\n").unwrap();
+        let conf = d.path().join("c.conf");
+        std::fs::write(&conf, format!("IGNORE_FILE=\"{}\"\n", ign.display())).unwrap();
+        let cfg = policy::Config::load(&conf).unwrap();
+        let ignore = cfg.load_ignore().unwrap();
+        let found = [
+            (
+                "192.0.2.1".parse().unwrap(),
+                policy::InfraReason::DefaultGateway,
+            ),
+            (
+                "192.0.2.53".parse().unwrap(),
+                policy::InfraReason::Nameserver,
+            ),
+        ];
+        let w = infra_warnings(&cfg, &ignore, &found);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("192.0.2.53 (nameserver) is not on the ignore list"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("never blocks it"), "{w:?}");
+        std::fs::write(
+            &conf,
+            format!(
+                "IGNORE_FILE=\"{}\"\nNEVER_BLOCK_INFRASTRUCTURE=\"0\"\n",
+                ign.display()
+            ),
+        )
+        .unwrap();
+        let cfg = policy::Config::load(&conf).unwrap();
+        let w = infra_warnings(&cfg, &ignore, &found);
+        assert!(w[0].contains("a single forged probe can block it"), "{w:?}");
     }
 
     #[test]

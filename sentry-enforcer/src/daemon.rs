@@ -5,14 +5,19 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caps::{CapSet, Capability, CapsHashSet};
+use interprocess::local_socket::traits::{Listener as _, Stream as _};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use interprocess::os::unix::uds_local_socket::{Listener, Stream};
+use interprocess::TryClone as _;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Group, Uid, User};
@@ -27,20 +32,28 @@ use crate::error::EnforcerError;
 use crate::session::{Event, Session};
 use crate::time::{WallMs, WallUs};
 
-/// Time a new sensor connection has to complete its handshake.
+/// Time a new sensor connection has from accept to a complete Hello: one deadline for
+/// the whole handshake, not per read (a peer dripping a byte at a time gains nothing).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A frame must not stall longer than this once its first byte arrived.
+/// Time a frame has from its first byte to its last, likewise one deadline per frame.
 const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Idle limit for control connections.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections being served at once (sensor + control + not yet refused).
-const MAX_CONNECTIONS: usize = 16;
+/// Most control connections served at once. Counted after authentication (which happens
+/// in the accept loop, before a thread exists), so unauthorised connections can never
+/// take the slots of root's `sentryctl`; the sensor has its own single slot.
+const MAX_CONTROL_CONNECTIONS: usize = 8;
+/// Most "sensor connected" lines per second; a process with the sensor's uid that
+/// reconnects in a loop must not be able to flood syslog (the rest are counted and
+/// summarised).
+const CONNECT_LINES_PER_SECOND: u32 = 5;
 /// Most refusal audit records per second; the rest are only counted.
 const REFUSALS_PER_SECOND: u32 = 20;
 
 pub const USAGE: &str = "\
 usage: sentry-enforcer [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
                        [--sensor-user USER] [--log-stderr]
+       sentry-enforcer --recover [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
        sentry-enforcer --help | --version
 
 The root half of sentry: authenticates the sensor on DIR/enforcer.sock, re-checks every
@@ -54,6 +67,9 @@ DIR/control.sock.
   --state-dir DIR     persistent block state (default /var/lib/sentry)
   --sensor-user USER  the only user allowed on enforcer.sock (default sentry)
   --log-stderr        log to stderr instead of syslog (also when JOURNAL_STREAM is set)
+  --recover           rebuild a damaged (or newer version's) state from what still
+                      verifies, BLOCKED_FILE and sentry's hosts.deny markers, keep the
+                      old files as *.damaged-EPOCH, and exit (the enforcer must be stopped)
 ";
 
 /// Parsed command line.
@@ -64,6 +80,11 @@ pub struct Args {
     pub state_dir: PathBuf,
     pub sensor_user: String,
     pub log_stderr: bool,
+    /// For tests: the directory the resolver and lease files are looked up
+    /// under instead of `/` (`--infra-root`, not in the usage text).
+    pub infra_root: PathBuf,
+    /// `--recover`.
+    pub recover: bool,
 }
 
 /// What the command line asks for.
@@ -81,7 +102,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut runtime_dir = None;
     let mut state_dir = None;
     let mut sensor_user = None;
+    let mut infra_root = None;
     let mut log_stderr = false;
+    let mut recover = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let a = a
@@ -101,10 +124,18 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
                 log_stderr = true;
                 continue;
             }
+            "--recover" => {
+                if inline.is_some() || recover {
+                    return Err("--recover takes no value and is given once".into());
+                }
+                recover = true;
+                continue;
+            }
             "--config" => &mut config,
             "--runtime-dir" => &mut runtime_dir,
             "--state-dir" => &mut state_dir,
             "--sensor-user" => &mut sensor_user,
+            "--infra-root" => &mut infra_root,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -129,6 +160,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
         sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
         log_stderr,
+        infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
+        recover,
     }))
 }
 
@@ -140,8 +173,13 @@ struct Shared {
     sensor_uid: Uid,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    connections: AtomicUsize,
+    control_connections: AtomicUsize,
     refusals: Mutex<(u64, u32)>,
+    /// The connected sensor's stream, for every write to it (acks from its own thread,
+    /// block-ended notices from the others), so frames never interleave.
+    sensor_out: Mutex<Option<Stream>>,
+    /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
+    connect_lines: Mutex<(u64, u32, u64)>,
     sockets: Vec<PathBuf>,
 }
 
@@ -173,7 +211,65 @@ impl Shared {
     }
 }
 
-fn peer_of(s: &UnixStream) -> io::Result<(Peer, u32)> {
+impl Shared {
+    /// Write one frame to the connected sensor. `false` when there is none or the write
+    /// failed (the sensor's own thread then sees the connection end).
+    fn write_sensor(&self, f: &EnforcerFrame) -> bool {
+        let mut out = self.sensor_out.lock().unwrap_or_else(|p| p.into_inner());
+        match out.as_mut() {
+            Some(s) => write_frame(s, f).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tell the sensor which blocks ended (taken from the engine, then sent without
+    /// holding its lock).
+    fn notify_lifted(&self) {
+        let lifted = self.engine().take_lifted();
+        for addr in lifted {
+            if !self.write_sensor(&EnforcerFrame::Unblocked { addr }) {
+                return;
+            }
+        }
+    }
+
+    /// Log that a sensor connected, at most CONNECT_LINES_PER_SECOND a second; the count
+    /// of the rest is logged once that second is over.
+    fn log_connected(&self, line: &str) {
+        let sec = WallMs::now().secs();
+        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll_connect_lines(&mut c, sec);
+        if c.1 < CONNECT_LINES_PER_SECOND {
+            c.1 += 1;
+            self.log.info(line);
+        } else {
+            c.2 += 1;
+        }
+    }
+
+    /// The one-second tick's part: summarise a second that is over even when no
+    /// connection follows it.
+    fn flush_connect_lines(&self) {
+        let sec = WallMs::now().secs();
+        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll_connect_lines(&mut c, sec);
+    }
+
+    fn roll_connect_lines(&self, c: &mut (u64, u32, u64), sec: u64) {
+        if c.0 == sec {
+            return;
+        }
+        if c.2 > 0 {
+            self.log.info(&format!(
+                "adminalert: {} further sensor connections not logged individually",
+                c.2
+            ));
+        }
+        *c = (sec, 0, 0);
+    }
+}
+
+fn peer_of(s: &Stream) -> io::Result<(Peer, u32)> {
     let c = getsockopt(s, sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok((
         Peer {
@@ -184,7 +280,7 @@ fn peer_of(s: &UnixStream) -> io::Result<(Peer, u32)> {
     ))
 }
 
-fn send_refusal(s: &mut UnixStream, r: Refusal) {
+fn send_refusal(s: &mut Stream, r: Refusal) {
     let _ = write_frame(s, &EnforcerFrame::Refused(r));
 }
 
@@ -192,42 +288,85 @@ struct SensorSlot<'a>(&'a Shared);
 
 impl Drop for SensorSlot<'_> {
     fn drop(&mut self) {
+        *self.0.sensor_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.0.engine().sensor = None;
         self.0.sensor_busy.store(false, Ordering::SeqCst);
     }
 }
 
-fn serve_sensor(sh: &Shared, mut s: UnixStream) {
-    let (peer, _) = match peer_of(&s) {
+/// Authenticate a new connection before any thread or slot is spent on it: the peer's
+/// credentials are the kernel's, available at once, so nothing here waits on the peer.
+fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
+    let (peer, gid) = match peer_of(s) {
         Ok(p) => p,
         Err(e) => {
             sh.refuse(&format!("cannot read peer credentials: {e}"), None);
-            return;
+            return None;
         }
     };
-    if peer.uid != sh.sensor_uid.as_raw() {
-        send_refusal(&mut s, Refusal::NotAuthorized);
-        sh.refuse(
-            &format!(
-                "peer uid {} (pid {}) is not the sensor user (uid {})",
-                peer.uid,
-                peer.pid,
-                sh.sensor_uid.as_raw()
-            ),
-            Some(peer),
-        );
-        return;
+    if sensor {
+        if peer.uid != sh.sensor_uid.as_raw() {
+            send_refusal(s, Refusal::NotAuthorized);
+            sh.refuse(
+                &format!(
+                    "peer uid {} (pid {}) is not the sensor user (uid {})",
+                    peer.uid,
+                    peer.pid,
+                    sh.sensor_uid.as_raw()
+                ),
+                Some(peer),
+            );
+            return None;
+        }
+        // One sensor at a time: a second connection is refused, not allowed to replace
+        // the first (a dead sensor's socket closes when its process exits, so a restarted
+        // sensor gets in; a second live one would only duplicate or hijack the stream).
+        if sh.sensor_busy.swap(true, Ordering::SeqCst) {
+            send_refusal(s, Refusal::AlreadyConnected);
+            sh.refuse("a sensor is already connected", Some(peer));
+            return None;
+        }
+    } else {
+        if !control_authorized(sh, s, peer, gid) {
+            let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
+            sh.refuse(
+                &format!(
+                    "control connection from uid {} (pid {}) not authorized",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
+            );
+            return None;
+        }
+        if sh.control_connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
+            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+            let _ = write_frame(
+                s,
+                &ControlResponse::Error("too many control connections".into()),
+            );
+            sh.refuse("too many control connections at once", Some(peer));
+            return None;
+        }
     }
-    // One sensor at a time: a second connection is refused, not allowed to replace the
-    // first (a dead sensor's socket closes when its process exits, so a restarted sensor
-    // gets in; a second live one would only duplicate or hijack the stream).
-    if sh.sensor_busy.swap(true, Ordering::SeqCst) {
-        send_refusal(&mut s, Refusal::AlreadyConnected);
-        sh.refuse("a sensor is already connected", Some(peer));
-        return;
+    Some(peer)
+}
+
+/// What a read on the sensor connection may wait for: the rest of the handshake, the
+/// rest of the current frame, or (between frames) the next one.
+fn read_deadline(session: &Session, handshake: Instant, frame: Option<Instant>) -> Instant {
+    if !session.greeted() {
+        handshake + HANDSHAKE_TIMEOUT
+    } else {
+        frame.map_or_else(|| Instant::now() + FRAME_STALL, |f| f + FRAME_STALL)
     }
+}
+
+/// Serve an authenticated sensor (its slot was taken in [`admit`]).
+fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
     let _slot = SensorSlot(sh);
-    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let accepted = Instant::now();
+    // When the current frame's first byte arrived (None between frames).
+    let mut frame_start: Option<Instant> = None;
     let mut session = Session::new();
     let mut buf = vec![0u8; sentry_proto::MAX_SMALL_FRAME + sentry_proto::HEADER_LEN];
     loop {
@@ -239,7 +378,16 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
-        let n = match s.read(buf.get_mut(..want).unwrap_or(&mut [])) {
+        let deadline = read_deadline(&session, accepted, frame_start);
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout means "block forever" to the kernel: past the deadline, the
+        // read is not even tried.
+        let n = match if left.is_zero() {
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        } else {
+            let _ = s.set_recv_timeout(Some(left));
+            s.read(buf.get_mut(..want).unwrap_or(&mut []))
+        } {
             Ok(0) => {
                 if !session.is_idle() {
                     sh.refuse("connection closed in the middle of a frame", Some(peer));
@@ -263,7 +411,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 }
                 if !session.is_idle() {
                     send_refusal(&mut s, Refusal::MalformedFrame);
-                    sh.refuse("frame stalled part-way", Some(peer));
+                    sh.refuse("frame not completed within the time limit", Some(peer));
                     return;
                 }
                 continue;
@@ -273,6 +421,9 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
+        if frame_start.is_none() {
+            frame_start = Some(Instant::now());
+        }
         let events = match session.feed(buf.get(..n).unwrap_or(&[]), WallMs::now()) {
             Ok(ev) => ev,
             Err(e) => {
@@ -281,10 +432,12 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                 return;
             }
         };
+        if session.is_idle() {
+            frame_start = None;
+        }
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    let _ = s.set_read_timeout(Some(FRAME_STALL));
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -296,7 +449,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                         stats: None,
                     });
                     drop(e);
-                    sh.log.info(&format!(
+                    sh.log_connected(&format!(
                         "adminalert: sensor {} connected (uid {}, pid {})",
                         h.sensor, peer.uid, peer.pid
                     ));
@@ -319,13 +472,33 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
                     None
                 }
             };
-            if let Some(r) = reply {
-                if let Err(e) = write_frame(&mut s, &r) {
-                    sh.log
-                        .warn(&format!("adminalert: cannot reply to the sensor: {e}"));
-                    return;
+            let Some(r) = reply else { continue };
+            let welcome = matches!(r, EnforcerFrame::Welcome { .. });
+            let sent = if welcome {
+                // The Welcome goes first, on this thread; only then may other threads
+                // write to the sensor (a notice before it would break the handshake).
+                match write_frame(&mut s, &r) {
+                    Ok(()) => {
+                        let clone = s.try_clone();
+                        if let Ok(c) = &clone {
+                            // A sensor that stops reading must not hold a writer (and the
+                            // engine's callers) for long.
+                            let tv = nix::sys::time::TimeVal::new(1, 0);
+                            let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
+                        }
+                        *sh.sensor_out.lock().unwrap_or_else(|p| p.into_inner()) = clone.ok();
+                        true
+                    }
+                    Err(_) => false,
                 }
+            } else {
+                sh.write_sensor(&r)
+            };
+            if !sent {
+                sh.log.warn("adminalert: cannot reply to the sensor");
+                return;
             }
+            sh.notify_lifted();
         }
     }
 }
@@ -333,7 +506,7 @@ fn serve_sensor(sh: &Shared, mut s: UnixStream) {
 /// Root, or a member of CONTROL_GROUP by the peer's own credentials at connect time:
 /// its primary gid (SO_PEERCRED) or one of its supplementary groups (SO_PEERGROUPS). The
 /// group database is not consulted: it can disagree with what the process really holds.
-fn control_authorized(sh: &Shared, s: &UnixStream, peer: Peer, peer_gid: u32) -> bool {
+fn control_authorized(sh: &Shared, s: &Stream, peer: Peer, peer_gid: u32) -> bool {
     if peer.uid == 0 {
         return true;
     }
@@ -354,7 +527,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn send_control(s: &mut UnixStream, r: &ControlResponse) -> Result<(), ProtoError> {
+fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
     match encode_frame(r) {
         Ok(bytes) => s.write_all(&bytes).map_err(|e| ProtoError::Io(e.kind())),
         Err(e) => write_frame(
@@ -364,23 +537,9 @@ fn send_control(s: &mut UnixStream, r: &ControlResponse) -> Result<(), ProtoErro
     }
 }
 
-fn serve_control(sh: &Shared, mut s: UnixStream) {
-    let (peer, gid) = match peer_of(&s) {
-        Ok(p) => p,
-        Err(_) => return,
-    };
-    if !control_authorized(sh, &s, peer, gid) {
-        let _ = write_frame(&mut s, &ControlResponse::Error("not authorized".into()));
-        sh.refuse(
-            &format!(
-                "control connection from uid {} (pid {}) not authorized",
-                peer.uid, peer.pid
-            ),
-            Some(peer),
-        );
-        return;
-    }
-    let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
+/// Serve an authorised control client (counted in [`admit`]).
+fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
+    let _ = s.set_recv_timeout(Some(CONTROL_TIMEOUT));
     let mut greeted = false;
     loop {
         let req = match read_frame::<ControlRequest, _>(&mut s) {
@@ -418,7 +577,9 @@ fn serve_control(sh: &Shared, mut s: UnixStream) {
             (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
             (true, ControlRequest::Unblock { addr }) => {
                 let addr = canonical(addr);
-                match sh.engine().unblock(addr, peer, WallMs::now()) {
+                let r = sh.engine().unblock(addr, peer, WallMs::now());
+                sh.notify_lifted();
+                match r {
                     Some(errors) => ControlResponse::Unblocked {
                         addr,
                         was_blocked: true,
@@ -485,13 +646,25 @@ fn prepare_runtime_dir(dir: &Path) -> Result<(), EnforcerError> {
     Ok(())
 }
 
-fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener, EnforcerError> {
+fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<Listener, EnforcerError> {
     let err = |d: String| EnforcerError::runtime(path, d);
     clear_stale_socket(path)?;
-    let l = UnixListener::bind(path).map_err(|e| err(format!("bind: {e}")))?;
-    // Ownership and mode set explicitly: the umask must not decide who may connect.
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| err(format!("socket name: {e}")))?;
+    // The mode is set on the socket before bind(2) (fchmod), so the file never exists
+    // with a mode the umask chose; the sockets are removed by the signal thread, not by
+    // the listener's destructor (reclaim off).
+    let l = ListenerOptions::new()
+        .name(name)
+        .mode(mode)
+        .reclaim_name(false)
+        .create_sync_as::<Listener>()
+        .map_err(|e| err(format!("bind: {e}")))?;
     nix::unistd::chown(path, Some(Uid::from_raw(0)), gid)
         .map_err(|e| err(format!("chown: {e}")))?;
+    // And once more by path: the effective mode must not depend on how a given kernel
+    // treats fchmod on a socket that was not yet bound.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| err(format!("chmod: {e}")))?;
     Ok(l)
@@ -500,20 +673,25 @@ fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<UnixListener,
 /// Keep only `keep` in the effective, permitted, inheritable and bounding sets (and
 /// ambient, so that kill commands started by a root whose securebits deny it full
 /// capabilities still get exactly these). Returns warnings for what could not be done.
+///
+/// Without CAP_SETPCAP (the shipped unit does not grant it) the bounding set stays as the
+/// service manager set it. That is no gap and so no warning: no_new_privs is set first,
+/// and a capability that is in neither the permitted nor the inheritable set can never be
+/// regained under no_new_privs, not by this process (capset cannot raise the permitted
+/// set) and not by anything it executes (the kernel caps a no_new_privs exec's permitted
+/// set at the caller's). What is warned about is what has a cause: a capability the
+/// configured actions need but this process does not hold.
 pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
     let mut warnings = Vec::new();
+    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
     let can_setpcap =
         caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-    let bounding = caps::read(None, CapSet::Bounding)
-        .map_err(|e| EnforcerError::confine("bounding set", e))?;
-    for c in bounding.difference(keep) {
-        if can_setpcap {
+    if can_setpcap {
+        let bounding = caps::read(None, CapSet::Bounding)
+            .map_err(|e| EnforcerError::confine("bounding set", e))?;
+        for c in bounding.difference(keep) {
             caps::drop(None, CapSet::Bounding, *c)
                 .map_err(|e| EnforcerError::confine(format!("drop {c} from bounding set"), e))?;
-        } else {
-            warnings.push(format!(
-                "cannot drop {c} from the bounding set without CAP_SETPCAP"
-            ));
         }
     }
     let permitted = caps::read(None, CapSet::Permitted)
@@ -537,19 +715,16 @@ pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
             warnings.push(format!("ambient {c}: {e}"));
         }
     }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
     Ok(warnings)
 }
 
 /// Scheduler slice of a sensor connection's thread (the kernel's minimum is 100 us).
 const SENSOR_THREAD_SLICE_NS: u64 = 100_000;
 
-fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
-    if sh.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-        sh.connections.fetch_sub(1, Ordering::SeqCst);
-        sh.refuse("too many connections at once", None);
+fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
+    let Some(peer) = admit(sh, &mut s, sensor) else {
         return;
-    }
+    };
     let sh2 = Arc::clone(sh);
     let r = std::thread::Builder::new()
         .name(if sensor { "sensor" } else { "control" }.into())
@@ -562,22 +737,27 @@ fn spawn_conn(sh: &Arc<Shared>, s: UnixStream, sensor: bool) {
                         "adminalert: warning: cannot set a short scheduler slice: {e}"
                     ));
                 }
-                serve_sensor(&sh2, s);
+                serve_sensor(&sh2, s, peer);
             } else {
-                serve_control(&sh2, s);
+                serve_control(&sh2, s, peer);
+                sh2.control_connections.fetch_sub(1, Ordering::SeqCst);
             }
-            sh2.connections.fetch_sub(1, Ordering::SeqCst);
         });
     if r.is_err() {
-        sh.connections.fetch_sub(1, Ordering::SeqCst);
+        // The closure (and with it the sensor slot guard, if any) was never run.
+        if sensor {
+            sh.sensor_busy.store(false, Ordering::SeqCst);
+        } else {
+            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+        }
         sh.log.err("adminalert: cannot start a connection thread");
     }
 }
 
-fn accept_loop(sh: Arc<Shared>, l: UnixListener, sensor: bool) {
+fn accept_loop(sh: Arc<Shared>, l: Listener, sensor: bool) {
     loop {
         match l.accept() {
-            Ok((s, _)) => spawn_conn(&sh, s, sensor),
+            Ok(s) => spawn_conn(&sh, s, sensor),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 sh.log.err(&format!("adminalert: accept: {e}"));
@@ -596,6 +776,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         match sig {
             Signal::SIGHUP => {
                 let r = sh.engine().reload_ignore(WallMs::now());
+                sh.notify_lifted();
                 if let Err(e) = r {
                     sh.log.err(&format!(
                         "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
@@ -624,9 +805,15 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
 fn expiry_loop(sh: Arc<Shared>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let mut e = sh.engine();
-        e.flush_audit_budget(WallUs::now());
-        e.expire(WallMs::now());
+        sh.flush_connect_lines();
+        {
+            let mut e = sh.engine();
+            e.flush_audit_budget(WallUs::now());
+            // Resolver and lease files, at most once per second, off the decision path.
+            e.refresh_infra(true);
+            e.expire(WallMs::now());
+        }
+        sh.notify_lifted();
     }
 }
 
@@ -646,10 +833,53 @@ fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
         }
         let mut e = sh.engine();
         e.refresh_own_addresses();
-        if e.addr_watch_fd().is_none() {
+        let gave_up = e.addr_watch_fd().is_none();
+        drop(e);
+        sh.notify_lifted();
+        if gave_up {
             // The engine gave the socket up (and logged why): it now re-reads the
             // addresses before every decision, nothing is left to wait for.
             return;
+        }
+    }
+}
+
+/// Rebuild the nftables table within a moment of another process deleting, flushing or
+/// changing it. The rebuild's own notifications (it runs `nft`, another process) are read
+/// and discarded under the engine lock, right after it, so it never triggers itself.
+fn table_watch_loop(
+    sh: Arc<Shared>,
+    mut watch: crate::tablewatch::TableWatch,
+    table: String,
+    own: u32,
+) {
+    use std::os::fd::AsFd;
+    let fd = watch.poll_fd();
+    loop {
+        if let Err(e) = crate::sys::wait_readable(fd.as_fd()) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                sh.log.err(&format!("adminalert: nftables watch wait: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        // Let the rest of the other process's transaction arrive, so one rebuild answers
+        // all of it.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut e = sh.engine();
+        match watch.drain(&table, own) {
+            Ok(c) if c.any() => {
+                let _ = e.rebuild_table(c.by, WallMs::now());
+                let _ = watch.drain(&table, own);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                e.count_error();
+                sh.log.err(&format!(
+                    "adminalert: ERROR: nftables watch failed ({err}); a deleted table is rebuilt only at the next start"
+                ));
+                return;
+            }
         }
     }
 }
@@ -683,6 +913,9 @@ pub fn main() -> ExitCode {
             "adminalert: could not close inherited descriptors: {e}"
         ));
     }
+    if args.recover {
+        return recover_main(&args);
+    }
     match run(args, Arc::clone(&log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -690,6 +923,33 @@ pub fn main() -> ExitCode {
             if !journal {
                 eprintln!("sentry-enforcer: {e}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--recover`, refused while an enforcer answers on the control socket.
+fn recover_main(args: &Args) -> ExitCode {
+    let r = (|| {
+        let control = args.runtime_dir.join("control.sock");
+        if UnixStream::connect(&control).is_ok() {
+            return Err(format!(
+                "{}: an enforcer is running; stop it before --recover",
+                control.display()
+            ));
+        }
+        let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+        crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
+    })();
+    match r {
+        Ok(rep) => {
+            for l in &rep.lines {
+                println!("sentry-enforcer: recover: {l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sentry-enforcer: recover: {e}");
             ExitCode::from(1)
         }
     }
@@ -731,6 +991,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         .map_err(|e| EnforcerError::system("sigprocmask", e))?;
 
     prepare_runtime_dir(&args.runtime_dir)?;
+    // State (0700) and log (0750) directories, created when missing.
+    for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
+        log.notice(&format!("adminalert: {l}"));
+    }
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -758,6 +1022,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         Options {
             state_dir: args.state_dir.clone(),
             refresh_own_addresses: true,
+            infra: Some(crate::infra::InfraPaths {
+                root: args.infra_root.clone(),
+            }),
         },
         Arc::clone(&log),
     )
@@ -776,6 +1043,20 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     ));
 
     let addr_fd = engine.addr_watch_fd();
+    // Subscribed after the engine built the table, so its own start-up is not news.
+    let table_watch = match engine.nft_portid() {
+        Some(own) => match crate::tablewatch::TableWatch::open() {
+            Ok(w) => Some((w, own)),
+            Err(e) => {
+                log.warn(&format!(
+                    "adminalert: cannot watch the nftables table ({e}); if another process deletes it, it is rebuilt only at the next start"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let table_name = engine.config().nft_table.clone();
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),
         log: Arc::clone(&log),
@@ -783,8 +1064,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         sensor_uid: sensor.uid,
         control_gid,
         sensor_busy: AtomicBool::new(false),
-        connections: AtomicUsize::new(0),
+        control_connections: AtomicUsize::new(0),
         refusals: Mutex::new((0, 0)),
+        connect_lines: Mutex::new((0, 0, 0)),
+        sensor_out: Mutex::new(None),
         sockets: vec![sensor_path, control_path],
     });
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -805,6 +1088,13 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     if let Some(fd) = addr_fd {
         let sh = Arc::clone(&sh);
         spawn("addresses", Box::new(move || addr_watch_loop(sh, fd)))?;
+    }
+    if let Some((w, own)) = table_watch {
+        let sh = Arc::clone(&sh);
+        spawn(
+            "nftables",
+            Box::new(move || table_watch_loop(sh, w, table_name, own)),
+        )?;
     }
     {
         let sh = Arc::clone(&sh);
@@ -858,6 +1148,14 @@ mod tests {
         assert!(parse_args(os(&["--bogus"])).is_err());
         assert!(parse_args(os(&["--state-dir="])).is_err());
         assert!(parse_args(os(&["--log-stderr=1"])).is_err());
+        let Cmd::Run(r) = parse_args(os(&["--recover", "--infra-root", "/t"])).unwrap() else {
+            panic!()
+        };
+        assert!(r.recover && !d.recover);
+        assert_eq!(r.infra_root, PathBuf::from("/t"));
+        assert_eq!(d.infra_root, PathBuf::from("/"));
+        assert!(parse_args(os(&["--recover", "--recover"])).is_err());
+        assert!(parse_args(os(&["--recover=1"])).is_err());
     }
 
     #[test]
@@ -871,7 +1169,7 @@ mod tests {
             Err(EnforcerError::Runtime { detail, .. }) if detail.contains("not a socket")
         ));
         std::fs::remove_file(&p).unwrap();
-        let l = UnixListener::bind(&p).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
         assert!(clear_stale_socket(&p)
             .unwrap_err()
             .to_string()

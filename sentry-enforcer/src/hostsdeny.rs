@@ -4,15 +4,100 @@
 //! The file is opened with O_NOFOLLOW (a symlink is refused), must be a regular file owned
 //! by root (or by us) and not writable by group or others, and its directory must not be
 //! writable by group or others either (otherwise the file could be swapped under us).
+//!
+//! # Only what sentry wrote is taken back
+//!
+//! Every line sentry adds is preceded by a marker line of its own:
+//!
+//! ```text
+//! # sentry: 192.0.2.7 1764626400
+//! ALL: 192.0.2.7 : DENY
+//! ```
+//!
+//! and unblock or expiry remove only such pairs. An admin's line identical to sentry's
+//! (a permanent ban of the same host) is not sentry's and stays, byte for byte, as does
+//! everything else in the file (CRLF line ends, a missing final newline).
+//!
+//! Why a marker *line* and not a trailing comment: libwrap (hosts_access.c) treats a line
+//! as a comment only when its very first character is `#`; a `#` later on the line is
+//! part of the rule, so `ALL: 192.0.2.7 # sentry` would no longer match that host. A
+//! line starting with `#` in column 0 is skipped by every libwrap version, so the marker
+//! changes nothing for tcpd. libwrap also joins a line ending in a backslash with the
+//! next one: after such a line sentry first writes an empty line, so that its marker
+//! (and rule) can never be glued onto an admin's rule. A marker ending in ` +sep` records
+//! that sentry wrote the one `\n` before it (to end an unterminated last line, or that
+//! empty line); when that pair is removed and nothing follows it, the `\n` goes too.
+//!
+//! Lines written by the previous version carry no marker. Their state records say so
+//! ([`Entry::legacy`]); such a line is removed only when no marked copy exists and it is
+//! the only occurrence of that exact line in the file; otherwise it is left alone and
+//! reported ([`Removed::kept`]), because it may be the admin's.
+//!
+//! # Other writers
+//!
+//! The whole read-modify-write holds an advisory `flock` on the file, waiting at most
+//! [`LOCK_TIMEOUT`]; past it the operation fails with an error (counted and audited by the
+//! caller), never hangs. Writers that do not lock (fail2ban, DenyHosts append with plain
+//! writes) are covered by the inode check before a rewrite and by appending with
+//! O_APPEND; a line such a writer appends between our read and our rewrite could still be
+//! lost, which is why rewrites happen only on removal.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 /// Refuse to read deny files larger than this (an attacker-inflated file must not make us
 /// allocate without bound).
 pub const MAX_FILE: u64 = 32 << 20;
+/// Longest wait for another writer's lock on the deny file.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Start of every marker line.
+pub const MARKER: &str = "# sentry: ";
+const SEP_FLAG: &str = " +sep";
+
+/// One line sentry owns (or owned, for [`remove`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub addr: IpAddr,
+    pub line: &'a str,
+    /// Written by a version without markers (state record without `hosts_deny_legacy:
+    /// false`).
+    pub legacy: bool,
+}
+
+/// What [`remove`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Lines removed (marked pairs count once, plus unmarked legacy lines).
+    pub removed: usize,
+    /// Legacy lines left in place because they were not provably sentry's (absent, or
+    /// present more than once): for the caller to log.
+    pub kept: Vec<String>,
+}
+
+/// Borrow `(addr, line, legacy)` triples as entries (the engine's batch paths).
+pub fn entries(v: &[(IpAddr, String, bool)]) -> Vec<Entry<'_>> {
+    v.iter()
+        .map(|(addr, line, legacy)| Entry {
+            addr: *addr,
+            line,
+            legacy: *legacy,
+        })
+        .collect()
+}
+
+/// Log the legacy lines [`remove`] left in place.
+pub fn log_kept(log: &crate::audit::Logger, r: &Removed) {
+    for k in &r.kept {
+        log.warn(&format!("adminalert: hosts.deny: {k}"));
+    }
+}
 
 fn err(path: &Path, msg: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{}: {msg}", path.display()))
@@ -48,8 +133,31 @@ fn check_dir(path: &Path) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Open the deny file for reading and appending, creating it (mode 0644) if missing.
-fn open(path: &Path) -> io::Result<File> {
+/// Take the advisory lock, polling until [`LOCK_TIMEOUT`].
+fn lock(f: File, path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
+    let deadline = Instant::now() + timeout;
+    let mut f = f;
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) => {
+                if Instant::now() >= deadline {
+                    return Err(err(
+                        path,
+                        format!("locked by another process for more than {timeout:?}; not changed"),
+                    ));
+                }
+                f = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((_, e)) => return Err(err(path, format!("flock: {}", e.desc()))),
+        }
+    }
+}
+
+/// Open the deny file for reading and appending, creating it (mode 0644) if missing, and
+/// lock it.
+fn open(path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
     check_dir(path)?;
     let f = OpenOptions::new()
         .read(true)
@@ -73,16 +181,17 @@ fn open(path: &Path) -> io::Result<File> {
     if md.len() > MAX_FILE {
         return Err(err(path, format!("larger than {MAX_FILE} bytes; refusing")));
     }
-    Ok(f)
+    lock(f, path, timeout)
 }
 
-fn read_all(f: &mut File, path: &Path) -> io::Result<String> {
-    let mut s = String::new();
-    f.take(MAX_FILE + 1).read_to_string(&mut s)?;
-    if s.len() as u64 > MAX_FILE {
+fn read_all(f: &mut File, path: &Path) -> io::Result<Vec<u8>> {
+    let mut b = Vec::new();
+    f.seek(SeekFrom::Start(0))?;
+    f.take(MAX_FILE + 1).read_to_end(&mut b)?;
+    if b.len() as u64 > MAX_FILE {
         return Err(err(path, "grew past the size limit while reading"));
     }
-    Ok(s)
+    Ok(b)
 }
 
 fn check_line(line: &str) -> io::Result<()> {
@@ -91,34 +200,156 @@ fn check_line(line: &str) -> io::Result<()> {
             "rendered deny line is empty or contains a line break",
         ));
     }
+    if line.starts_with('#') || line.ends_with('\\') {
+        // A leading '#' would make it a comment (no block, and a fake marker); a trailing
+        // backslash would glue the next line onto it.
+        return Err(io::Error::other(
+            "rendered deny line starts with '#' or ends with a backslash",
+        ));
+    }
     Ok(())
 }
 
-/// Append `line` unless an identical line is present. Returns whether it was added.
-pub fn add(path: &Path, line: &str) -> io::Result<bool> {
-    Ok(add_many(path, &[line])? > 0)
+/// One line of the file: its bytes including the terminator, and its text without it.
+struct Line<'a> {
+    start: usize,
+    end: usize,
+    text: &'a [u8],
 }
 
-/// Append every line of `lines` that is not present yet, with one read and one write
-/// (used when many blocks are restored at once). Returns how many were added.
-pub fn add_many(path: &Path, lines: &[&str]) -> io::Result<usize> {
-    for l in lines {
-        check_line(l)?;
-    }
-    let mut f = open(path)?;
-    let text = read_all(&mut f, path)?;
-    let mut present: std::collections::HashSet<&str> = text.lines().map(str::trim_end).collect();
-    let mut out = String::new();
-    if !text.is_empty() && !text.ends_with('\n') {
-        out.push('\n');
-    }
-    let mut added = 0;
-    for l in lines {
-        if present.insert(l) {
-            out.push_str(l);
-            out.push('\n');
-            added += 1;
+fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < b.len() {
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |i| start + i + 1);
+        let mut text = &b[start..end];
+        if let Some(t) = text.strip_suffix(b"\n") {
+            text = t;
         }
+        if let Some(t) = text.strip_suffix(b"\r") {
+            text = t;
+        }
+        out.push(Line { start, end, text });
+        start = end;
+    }
+    out
+}
+
+/// A marker line: `# sentry: ADDR EPOCH[ +sep]` → (addr, sep).
+fn parse_marker(text: &[u8]) -> Option<(IpAddr, bool)> {
+    let s = std::str::from_utf8(text).ok()?.strip_prefix(MARKER)?;
+    let (s, sep) = match s.strip_suffix(SEP_FLAG) {
+        Some(s) => (s, true),
+        None => (s, false),
+    };
+    let (addr, time) = s.split_once(' ')?;
+    if time.is_empty() || !time.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((addr.parse().ok()?, sep))
+}
+
+/// Index of every marked pair: (marker line index, addr, sep flag); the owned line is
+/// the next one.
+fn marked_pairs(lines: &[Line<'_>]) -> Vec<(usize, IpAddr, bool)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < lines.len() {
+        if let Some((addr, sep)) = parse_marker(lines[i].text) {
+            out.push((i, addr, sep));
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Lines sentry owns (after a marker) and the admin's (everything else but markers).
+fn owned_and_foreign<'a>(lines: &'a [Line<'a>]) -> (Vec<&'a [u8]>, Vec<&'a [u8]>) {
+    let pairs = marked_pairs(lines);
+    let mut owned_idx = std::collections::HashSet::new();
+    let mut marker_idx = std::collections::HashSet::new();
+    for (i, _, _) in &pairs {
+        marker_idx.insert(*i);
+        owned_idx.insert(i + 1);
+    }
+    let mut owned = Vec::new();
+    let mut foreign = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if owned_idx.contains(&i) {
+            owned.push(trim_end(l.text));
+        } else if !marker_idx.contains(&i) {
+            foreign.push(trim_end(l.text));
+        }
+    }
+    (owned, foreign)
+}
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &b[..n]
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Append `e.line` (with its marker) unless sentry's marked copy is present. Returns
+/// whether it was added.
+pub fn add(path: &Path, e: &Entry<'_>) -> io::Result<bool> {
+    Ok(add_many(path, std::slice::from_ref(e))? > 0)
+}
+
+/// Append every entry that is not present yet, with one read and one write (used when
+/// many blocks are restored at once). A marked copy counts as present; for a legacy entry
+/// an unmarked copy does too (it is the line the previous version wrote). Returns how
+/// many were added.
+pub fn add_many(path: &Path, entries: &[Entry<'_>]) -> io::Result<usize> {
+    add_many_with(path, entries, LOCK_TIMEOUT)
+}
+
+fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<usize> {
+    for e in entries {
+        check_line(e.line)?;
+    }
+    let mut f = open(path, timeout)?;
+    let text = read_all(&mut f, path)?;
+    let lines = split_lines(&text);
+    let (owned, foreign) = owned_and_foreign(&lines);
+    let mut present: std::collections::HashSet<Vec<u8>> =
+        owned.iter().map(|l| l.to_vec()).collect();
+    let foreign: std::collections::HashSet<&[u8]> = foreign.into_iter().collect();
+    let mut out = String::new();
+    // Whether the byte before our first marker must be written by us.
+    let mut sep = lines
+        .last()
+        .is_some_and(|last| !text.ends_with(b"\n") || last.text.ends_with(b"\\"));
+    let when = now_s();
+    let mut added = 0;
+    for e in entries {
+        if present.contains(e.line.as_bytes()) || (e.legacy && foreign.contains(e.line.as_bytes()))
+        {
+            continue;
+        }
+        present.insert(e.line.as_bytes().to_vec());
+        if std::mem::take(&mut sep) {
+            out.push('\n');
+            out.push_str(&format!("{MARKER}{} {when}{SEP_FLAG}\n", e.addr));
+        } else {
+            out.push_str(&format!("{MARKER}{} {when}\n", e.addr));
+        }
+        out.push_str(e.line);
+        out.push('\n');
+        added += 1;
     }
     if added > 0 {
         f.write_all(out.as_bytes())?;
@@ -127,14 +358,17 @@ pub fn add_many(path: &Path, lines: &[&str]) -> io::Result<usize> {
     Ok(added)
 }
 
-/// Whether an identical line is present.
+/// Whether sentry's marked copy of `line` is present.
 pub fn contains(path: &Path, line: &str) -> io::Result<bool> {
-    let mut f = open(path)?;
+    let mut f = open(path, LOCK_TIMEOUT)?;
     let text = read_all(&mut f, path)?;
-    Ok(text.lines().any(|l| l.trim_end() == line))
+    let lines = split_lines(&text);
+    let (owned, _) = owned_and_foreign(&lines);
+    Ok(owned.contains(&line.as_bytes()))
 }
 
-/// Remove every line identical to one of `lines`. Returns how many lines were removed.
+/// Remove sentry's lines for `entries` (and their markers); see the module documentation
+/// for legacy (unmarked) lines.
 ///
 /// The file is rewritten in place (same inode: write from offset 0, truncate, fsync)
 /// rather than replaced by rename. That needs only the file itself to be writable, so
@@ -142,27 +376,92 @@ pub fn contains(path: &Path, line: &str) -> io::Result<bool> {
 /// daemon. A crash between the write and the truncate can only leave extra bytes of the
 /// old content after the new content — more deny lines, never fewer — and the next
 /// removal rewrites them away.
-pub fn remove(path: &Path, lines: &[&str]) -> io::Result<usize> {
-    use std::io::{Seek, SeekFrom};
+pub fn remove(path: &Path, entries: &[Entry<'_>]) -> io::Result<Removed> {
+    remove_with(path, entries, LOCK_TIMEOUT)
+}
+
+fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<Removed> {
     check_dir(path)?;
-    let mut f = open(path)?;
+    let mut f = open(path, timeout)?;
     let text = read_all(&mut f, path)?;
-    let mut kept = String::with_capacity(text.len());
-    let mut removed = 0;
-    for l in text.lines() {
-        if lines.contains(&l.trim_end()) {
-            removed += 1;
-        } else {
-            kept.push_str(l);
-            kept.push('\n');
+    let lines = split_lines(&text);
+    let pairs = marked_pairs(&lines);
+    let mut drop = vec![false; lines.len()];
+    // Per marker line: its ` +sep` flag (recorded for dropped markers only).
+    let mut sep_before = vec![false; lines.len()];
+    let mut report = Removed::default();
+    for e in entries {
+        let want = e.line.as_bytes();
+        let mut found = false;
+        for (i, _, sep) in &pairs {
+            if trim_end(lines[i + 1].text) == want {
+                if !drop[*i] {
+                    drop[*i] = true;
+                    drop[i + 1] = true;
+                    sep_before[*i] = *sep;
+                    report.removed += 1;
+                }
+                found = true;
+            }
+        }
+        if found || !e.legacy {
+            continue;
+        }
+        // A line of the previous version: only when it is unambiguous.
+        let owned: std::collections::HashSet<usize> =
+            pairs.iter().flat_map(|(i, _, _)| [*i, i + 1]).collect();
+        let unmarked: Vec<usize> = (0..lines.len())
+            .filter(|i| !owned.contains(i) && trim_end(lines[*i].text) == want)
+            .collect();
+        match unmarked.as_slice() {
+            [only] if !drop[*only] => {
+                drop[*only] = true;
+                report.removed += 1;
+            }
+            [_] => {}
+            [] => report.kept.push(format!(
+                "{}: unmarked line {:?} of a block made by an older version is no longer there",
+                path.display(),
+                e.line
+            )),
+            many => report.kept.push(format!(
+                "{}: unmarked line {:?} of a block made by an older version appears {} times; none removed (one may be the admin's)",
+                path.display(),
+                e.line,
+                many.len()
+            )),
         }
     }
-    if removed == 0 {
-        return Ok(0);
+    if report.removed == 0 {
+        return Ok(report);
+    }
+    // A removed marker with ` +sep` owned the `\n` before it. If the next line kept is
+    // another of sentry's markers, that one inherits the flag; if nothing is kept after
+    // it, the `\n` goes (the admin's unterminated last line is restored exactly); if an
+    // admin's line follows, the `\n` now ends the line before it and stays.
+    let mut kept: Vec<u8> = Vec::with_capacity(text.len());
+    let mut pending_sep = false;
+    for (i, l) in lines.iter().enumerate() {
+        if drop[i] {
+            pending_sep |= sep_before[i];
+            continue;
+        }
+        if std::mem::take(&mut pending_sep) {
+            if let Some((_, false)) = parse_marker(l.text) {
+                kept.extend_from_slice(l.text);
+                kept.extend_from_slice(SEP_FLAG.as_bytes());
+                kept.extend_from_slice(&text[l.start + l.text.len()..l.end]);
+                continue;
+            }
+        }
+        kept.extend_from_slice(&text[l.start..l.end]);
+    }
+    if pending_sep && kept.ends_with(b"\n") {
+        kept.pop();
     }
     // `open` gives an O_APPEND handle; the rewrite needs a positional one on the same
     // file, re-checked the same way (O_NOFOLLOW, owner, mode) and required to be the
-    // very inode we just read.
+    // very inode we just read (the lock is held on the first handle meanwhile).
     let mut w = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -174,10 +473,29 @@ pub fn remove(path: &Path, lines: &[&str]) -> io::Result<usize> {
     }
     check_meta(path, &b, "file")?;
     w.seek(SeekFrom::Start(0))?;
-    w.write_all(kept.as_bytes())?;
+    w.write_all(&kept)?;
     w.set_len(kept.len() as u64)?;
     w.sync_data()?;
-    Ok(removed)
+    Ok(report)
+}
+
+/// Every marked pair of the file (address and owned line), for `--recover`.
+pub fn marked_entries(path: &Path) -> io::Result<Vec<(IpAddr, u64, String)>> {
+    let mut f = open(path, LOCK_TIMEOUT)?;
+    let text = read_all(&mut f, path)?;
+    let lines = split_lines(&text);
+    let mut out = Vec::new();
+    for (i, addr, _) in marked_pairs(&lines) {
+        let when = std::str::from_utf8(lines[i].text)
+            .ok()
+            .and_then(|s| s.strip_prefix(MARKER))
+            .and_then(|s| s.split(' ').nth(1))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let line = String::from_utf8_lossy(trim_end(lines[i + 1].text)).into_owned();
+        out.push((addr, when, line));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -191,59 +509,257 @@ mod tests {
         d
     }
 
+    fn e(line: &str) -> Entry<'_> {
+        let addr = line
+            .trim_start_matches("ALL: ")
+            .split(' ')
+            .next()
+            .unwrap()
+            .trim_matches(['[', ']'])
+            .parse()
+            .unwrap();
+        Entry {
+            addr,
+            line,
+            legacy: false,
+        }
+    }
+
+    fn legacy(line: &str) -> Entry<'_> {
+        Entry {
+            legacy: true,
+            ..e(line)
+        }
+    }
+
+    /// The file without sentry's marker lines.
+    fn rules(p: &Path) -> String {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with(MARKER))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     #[test]
     fn add_dedupe_remove() {
         let d = dir();
         let p = d.path().join("hosts.deny");
-        std::fs::write(&p, "# keep me\nALL: 10.0.0.1").unwrap();
+        std::fs::write(&p, "# keep me\nALL: 10.0.0.1\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(add(&p, "ALL: 192.0.2.1").unwrap());
-        assert!(!add(&p, "ALL: 192.0.2.1").unwrap());
-        assert!(add(&p, "ALL: [2001:db8::1]").unwrap());
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "# keep me\nALL: 10.0.0.1\nALL: 192.0.2.1\nALL: [2001:db8::1]\n"
-        );
+        assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
+        assert!(!add(&p, &e("ALL: 192.0.2.1")).unwrap());
+        assert!(add(&p, &e("ALL: [2001:db8::1]")).unwrap());
+        let text = std::fs::read_to_string(&p).unwrap();
+        let l: Vec<&str> = text.lines().collect();
+        assert_eq!(l.len(), 6, "{text}");
+        assert!(l[2].starts_with("# sentry: 192.0.2.1 "), "{text}");
+        assert_eq!(l[3], "ALL: 192.0.2.1");
+        assert!(l[4].starts_with("# sentry: 2001:db8::1 "), "{text}");
         assert!(contains(&p, "ALL: 192.0.2.1").unwrap());
-        assert_eq!(remove(&p, &["ALL: 192.0.2.1"]).unwrap(), 1);
-        assert_eq!(remove(&p, &["ALL: 192.0.2.1"]).unwrap(), 0);
+        assert!(
+            !contains(&p, "ALL: 10.0.0.1").unwrap(),
+            "the admin's line is not ours"
+        );
+        assert_eq!(remove(&p, &[e("ALL: 192.0.2.1")]).unwrap().removed, 1);
+        assert_eq!(remove(&p, &[e("ALL: 192.0.2.1")]).unwrap().removed, 0);
+        assert_eq!(rules(&p), "# keep me\nALL: 10.0.0.1\nALL: [2001:db8::1]\n");
+        assert_eq!(remove(&p, &[e("ALL: [2001:db8::1]")]).unwrap().removed, 1);
+        assert_eq!(std::fs::read(&p).unwrap(), b"# keep me\nALL: 10.0.0.1\n");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn an_admin_line_identical_to_sentrys_survives_unblock() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        // The admin banned 192.0.2.9 for good, with the very line sentry would write.
+        let admin = b"ALL: 192.0.2.9 : DENY\n".to_vec();
+        std::fs::write(&p, &admin).unwrap();
+        let mine = e("ALL: 192.0.2.9 : DENY");
+        assert!(add(&p, &mine).unwrap(), "sentry keeps a copy of its own");
+        assert_eq!(rules(&p), "ALL: 192.0.2.9 : DENY\nALL: 192.0.2.9 : DENY\n");
+        // The scanner scans once, the block expires: only sentry's copy goes.
+        assert_eq!(remove(&p, &[mine]).unwrap().removed, 1);
+        assert_eq!(std::fs::read(&p).unwrap(), admin);
+        // And with nothing of sentry's left, nothing more is removed.
+        assert_eq!(remove(&p, &[mine]).unwrap(), Removed::default());
+        assert_eq!(std::fs::read(&p).unwrap(), admin);
+    }
+
+    #[test]
+    fn crlf_and_missing_final_newline_are_preserved_byte_for_byte() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        for before in [
+            &b"# admin\r\nALL: 10.0.0.1 : DENY\r\nsshd: 10.0.0.2"[..],
+            &b"ALL: 10.0.0.3"[..],
+            &b"sshd: 10.0.0.4 \\\n"[..],
+            &b""[..],
+            &b"\r\n\r\n"[..],
+        ] {
+            std::fs::write(&p, before).unwrap();
+            assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
+            assert!(add(&p, &e("ALL: 192.0.2.2")).unwrap());
+            let mid = std::fs::read(&p).unwrap();
+            assert!(mid.starts_with(before), "{before:?}");
+            let text = String::from_utf8(mid).unwrap();
+            // tcpd would see the rules on lines of their own, never glued to the admin's.
+            assert!(text.contains("\nALL: 192.0.2.1\n"), "{text:?}");
+            assert_eq!(
+                remove(&p, &[e("ALL: 192.0.2.1"), e("ALL: 192.0.2.2")])
+                    .unwrap()
+                    .removed,
+                2
+            );
+            assert_eq!(std::fs::read(&p).unwrap(), before, "{before:?}");
+        }
+        // One at a time, the first-added first (its ` +sep` passes to the next marker),
+        // and in the other order: both end byte-identical.
+        for order in [[1, 2], [2, 1]] {
+            let before = b"ALL: 10.0.0.6";
+            std::fs::write(&p, before).unwrap();
+            assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
+            assert!(add(&p, &e("ALL: 192.0.2.2")).unwrap());
+            for n in order {
+                let l = format!("ALL: 192.0.2.{n}");
+                assert_eq!(remove(&p, &[e(&l)]).unwrap().removed, 1);
+            }
+            assert_eq!(std::fs::read(&p).unwrap(), before, "{order:?}");
+        }
+        // An admin line appended after sentry's: the separator now ends the admin's first
+        // line and stays.
+        std::fs::write(&p, b"ALL: 10.0.0.7").unwrap();
+        add(&p, &e("ALL: 192.0.2.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"ALL: 10.0.0.8\n")
+            .unwrap();
+        remove(&p, &[e("ALL: 192.0.2.1")]).unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"ALL: 10.0.0.7\nALL: 10.0.0.8\n"
+        );
+        // Removal in the other order, one at a time, also ends byte-identical.
+        let before = b"ALL: 10.0.0.5";
+        std::fs::write(&p, before).unwrap();
+        assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
+        assert!(add(&p, &e("ALL: 192.0.2.2")).unwrap());
+        remove(&p, &[e("ALL: 192.0.2.2")]).unwrap();
+        remove(&p, &[e("ALL: 192.0.2.1")]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+
+    #[test]
+    fn a_backslash_continuation_never_swallows_sentrys_marker() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        std::fs::write(&p, "sshd: 10.0.0.1 \\\n").unwrap();
+        add(&p, &e("ALL: 192.0.2.1")).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.starts_with("sshd: 10.0.0.1 \\\n\n# sentry: 192.0.2.1 "),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn legacy_lines_are_removed_only_when_unambiguous() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        // Written by the previous version (no marker), recorded in the state as sentry's.
+        std::fs::write(
+            &p,
+            "# admin\nALL: 192.0.2.1\nALL: 192.0.2.2\nALL: 192.0.2.2\n",
+        )
+        .unwrap();
+        // Restore does not add a marked duplicate of a legacy line that is still there.
+        assert_eq!(add_many(&p, &[legacy("ALL: 192.0.2.1")]).unwrap(), 0);
+        let r = remove(&p, &[legacy("ALL: 192.0.2.1"), legacy("ALL: 192.0.2.2")]).unwrap();
+        assert_eq!(r.removed, 1);
+        assert_eq!(r.kept.len(), 1);
+        assert!(r.kept[0].contains("appears 2 times"), "{r:?}");
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
-            "# keep me\nALL: 10.0.0.1\nALL: [2001:db8::1]\n"
+            "# admin\nALL: 192.0.2.2\nALL: 192.0.2.2\n"
         );
-        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+        let r = remove(&p, &[legacy("ALL: 192.0.2.9")]).unwrap();
+        assert_eq!((r.removed, r.kept.len()), (0, 1));
+        // A new-format record never takes an unmarked line, even a single one.
+        std::fs::write(&p, "ALL: 192.0.2.3\n").unwrap();
+        assert_eq!(remove(&p, &[e("ALL: 192.0.2.3")]).unwrap().removed, 0);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 192.0.2.3\n");
+        // A legacy record whose line is marked (re-added after a restore) takes the
+        // marked copy, not an admin's.
+        add(&p, &e("ALL: 192.0.2.3")).unwrap();
+        assert_eq!(remove(&p, &[legacy("ALL: 192.0.2.3")]).unwrap().removed, 1);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 192.0.2.3\n");
+    }
+
+    #[test]
+    fn lock_contention_is_bounded_and_an_error() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        std::fs::write(&p, "ALL: 10.0.0.1\n").unwrap();
+        let other = Flock::lock(File::open(&p).unwrap(), FlockArg::LockExclusive).unwrap();
+        let t = Instant::now();
+        let r = add_many_with(&p, &[e("ALL: 192.0.2.1")], Duration::from_millis(200));
+        let waited = t.elapsed();
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("locked by another process"), "{msg}");
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2));
+        let r = remove_with(&p, &[e("ALL: 10.0.0.1")], Duration::from_millis(50));
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 10.0.0.1\n");
+        drop(other);
+        assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
     }
 
     #[test]
     fn remove_keeps_the_inode_so_a_single_file_bind_mount_works() {
         let d = dir();
         let p = d.path().join("hosts.deny");
-        std::fs::write(&p, "ALL: 192.0.2.1\nALL: 192.0.2.2\nALL: 192.0.2.3\n").unwrap();
+        std::fs::write(&p, "").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for a in ["ALL: 192.0.2.1", "ALL: 192.0.2.2", "ALL: 192.0.2.3"] {
+            add(&p, &e(a)).unwrap();
+        }
         let before = std::fs::metadata(&p).unwrap().ino();
         assert_eq!(
-            remove(&p, &["ALL: 192.0.2.1", "ALL: 192.0.2.3"]).unwrap(),
+            remove(&p, &[e("ALL: 192.0.2.1"), e("ALL: 192.0.2.3")])
+                .unwrap()
+                .removed,
             2
         );
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 192.0.2.2\n");
+        assert_eq!(rules(&p), "ALL: 192.0.2.2\n");
         assert_eq!(std::fs::metadata(&p).unwrap().ino(), before);
         // No temporary files are left in (or needed from) the directory.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        let m = marked_entries(&p).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, "192.0.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(m[0].2, "ALL: 192.0.2.2");
+        assert!(m[0].1 > 1_700_000_000);
     }
 
     #[test]
     fn add_many_once() {
         let d = dir();
         let p = d.path().join("deny");
-        std::fs::write(&p, "ALL: 1.1.1.1").unwrap();
+        std::fs::write(&p, "").unwrap();
+        add(&p, &e("ALL: 1.1.1.1")).unwrap();
         assert_eq!(
-            add_many(&p, &["ALL: 1.1.1.1", "ALL: 2.2.2.2", "ALL: 2.2.2.2"]).unwrap(),
+            add_many(
+                &p,
+                &[e("ALL: 1.1.1.1"), e("ALL: 2.2.2.2"), e("ALL: 2.2.2.2")]
+            )
+            .unwrap(),
             1
         );
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "ALL: 1.1.1.1\nALL: 2.2.2.2\n"
-        );
+        assert_eq!(rules(&p), "ALL: 1.1.1.1\nALL: 2.2.2.2\n");
         assert_eq!(add_many(&p, &[]).unwrap(), 0);
     }
 
@@ -251,8 +767,8 @@ mod tests {
     fn creates_missing_file() {
         let d = dir();
         let p = d.path().join("deny");
-        assert!(add(&p, "ALL: 192.0.2.9").unwrap());
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 192.0.2.9\n");
+        assert!(add(&p, &e("ALL: 192.0.2.9")).unwrap());
+        assert_eq!(rules(&p), "ALL: 192.0.2.9\n");
     }
 
     #[test]
@@ -262,25 +778,59 @@ mod tests {
         std::fs::write(&target, "").unwrap();
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = add(&link, "ALL: 192.0.2.1").unwrap_err();
-        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let x = add(&link, &e("ALL: 192.0.2.1")).unwrap_err();
+        assert!(x.to_string().contains("symbolic link"), "{x}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
 
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = add(&target, "ALL: 192.0.2.1").unwrap_err();
-        assert!(e.to_string().contains("writable"), "{e}");
+        let x = add(&target, &e("ALL: 192.0.2.1")).unwrap_err();
+        assert!(x.to_string().contains("writable"), "{x}");
 
         let wd = dir();
         std::fs::set_permissions(wd.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = add(&wd.path().join("x"), "ALL: 192.0.2.1").unwrap_err();
-        assert!(e.to_string().contains("directory"), "{e}");
+        let x = add(&wd.path().join("x"), &e("ALL: 192.0.2.1")).unwrap_err();
+        assert!(x.to_string().contains("directory"), "{x}");
     }
 
     #[test]
-    fn refuses_line_breaks() {
+    fn refuses_line_breaks_comments_and_continuations() {
         let d = dir();
         let p = d.path().join("deny");
-        assert!(add(&p, "ALL: 1.2.3.4\nALL: ALL").is_err());
-        assert!(add(&p, "").is_err());
+        let a: IpAddr = "1.2.3.4".parse().unwrap();
+        for bad in [
+            "ALL: 1.2.3.4\nALL: ALL",
+            "",
+            "# sentry: 1.2.3.4 1",
+            "ALL: 1.2.3.4 \\",
+        ] {
+            let x = Entry {
+                addr: a,
+                line: bad,
+                legacy: false,
+            };
+            assert!(add(&p, &x).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn markers_parse_strictly() {
+        assert_eq!(
+            parse_marker(b"# sentry: 192.0.2.1 17"),
+            Some(("192.0.2.1".parse().unwrap(), false))
+        );
+        assert_eq!(
+            parse_marker(b"# sentry: 2001:db8::1 17 +sep"),
+            Some(("2001:db8::1".parse().unwrap(), true))
+        );
+        for bad in [
+            &b"# sentry: 192.0.2.1"[..],
+            b"# sentry: nonsense 17",
+            b"# sentry: 192.0.2.1 x",
+            b" # sentry: 192.0.2.1 17",
+            b"#sentry: 192.0.2.1 17",
+            b"\xff",
+        ] {
+            assert_eq!(parse_marker(bad), None, "{bad:?}");
+        }
     }
 }

@@ -4,16 +4,58 @@
 //! whole policy in one function ([`judge`]).
 //!
 //! Order (first match wins): never-block set, ignore list, BLOCK_TCP / BLOCK_UDP = 0,
-//! already blocked, BLOCK_RATE, BLOCK_* = 2 (command only), MAX_BLOCKS, nothing
-//! configured that blocks. Field validation happened before, in [`crate::session`].
+//! already blocked, BLOCK_RATE (with its single-probe and per-prefix shares), BLOCK_* = 2
+//! (command only), MAX_BLOCKS (where better evidence evicts the weakest single-probe
+//! block), nothing configured that blocks. Field validation happened before, in
+//! [`crate::session`].
+//!
+//! Evidence: a SYN or a datagram needs no handshake, so its source can be forged for the
+//! price of one packet. A request that saw several distinct ports from one source costs a
+//! forger that many packets per forged source, and a completed TCP handshake cannot be
+//! forged off-path at all. Budgets weigh that, so single forged packets cannot spend what
+//! a real scanner should get.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use policy::{BlockMode, Config, IgnoreList, NeverBlock, NeverBlockReason};
-use sentry_proto::{Decision, Protocol};
+use sentry_proto::{Decision, Protocol, ScanKind};
 
 use crate::audit::Level;
+
+/// How hard a request's evidence is to forge, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Evidence {
+    /// One packet to one port: forgeable for the price of that packet.
+    SingleProbe,
+    /// Several distinct ports from the source.
+    Ports,
+    /// A completed TCP handshake (basic `-tcp` mode): not forgeable off-path.
+    Handshake,
+}
+
+impl Evidence {
+    pub fn of(scan: ScanKind, distinct_ports: u32) -> Self {
+        if scan == ScanKind::Connect {
+            Self::Handshake
+        } else if distinct_ports >= 2 {
+            Self::Ports
+        } else {
+            Self::SingleProbe
+        }
+    }
+}
+
+/// The most of BLOCK_RATE that single-probe requests may use (the rest stays for better
+/// evidence).
+pub fn single_probe_share(block_rate: u32) -> usize {
+    (block_rate as usize / 2).max(1)
+}
+
+/// The most of BLOCK_RATE that one /24 or /64 may use.
+pub fn prefix_share(block_rate: u32) -> usize {
+    (block_rate as usize / 4).max(1)
+}
 
 /// What the judge looks at besides the request. Built by the engine for each decision.
 #[derive(Debug, Clone, Copy)]
@@ -23,8 +65,13 @@ pub struct Facts<'a> {
     pub ignore: &'a IgnoreList,
     /// The source already has an active block.
     pub already_blocked: bool,
-    /// Blocks (and commands) started in the last minute, for BLOCK_RATE.
-    pub started_last_minute: usize,
+    /// The request's evidence.
+    pub evidence: Evidence,
+    /// Blocks (and commands) started in the last minute, for BLOCK_RATE: all of them, those
+    /// on single-probe evidence, and those in the request source's /24 or /64.
+    pub started: crate::engine::rate::Usage,
+    /// The oldest single-probe block, which better evidence may evict at MAX_BLOCKS.
+    pub weakest_block: Option<IpAddr>,
     /// Active blocks, for MAX_BLOCKS.
     pub active_blocks: usize,
     /// An action that stops traffic (nftables, blackhole route, KILL_ROUTE,
@@ -41,6 +88,8 @@ pub enum Verdict {
     RunCommand,
     /// Run every configured blocking action.
     Block,
+    /// MAX_BLOCKS is reached: end this single-probe block, then block.
+    Evict(IpAddr),
 }
 
 /// Why a request changes nothing.
@@ -54,6 +103,14 @@ pub enum Unchanged {
     AlreadyBlocked,
     RateLimited {
         per_minute: u32,
+    },
+    /// Single-probe requests used their share of BLOCK_RATE.
+    SingleProbeShare {
+        share: usize,
+    },
+    /// The source's /24 or /64 used its share of BLOCK_RATE.
+    PrefixShare {
+        share: usize,
     },
     Capped {
         max: u32,
@@ -79,7 +136,9 @@ impl Unchanged {
             Self::Ignored => Decision::Ignored,
             Self::LogOnly(_) | Self::NoCommand(_) | Self::NoAction(_) => Decision::LogOnly,
             Self::AlreadyBlocked => Decision::AlreadyBlocked,
-            Self::RateLimited { .. } => Decision::RateLimited,
+            Self::RateLimited { .. } | Self::SingleProbeShare { .. } | Self::PrefixShare { .. } => {
+                Decision::RateLimited
+            }
             Self::Capped { .. } => Decision::Capped,
         }
     }
@@ -117,6 +176,10 @@ impl Unchanged {
                 Level::Warning,
                 format!("adminalert: MAX_BLOCKS={max} reached; not blocking {addr}"),
             ),
+            Self::SingleProbeShare { .. } | Self::PrefixShare { .. } => (
+                Level::Warning,
+                format!("adminalert: block rate limit ({self}); not blocking {addr}"),
+            ),
             Self::NoCommand(_) | Self::NoAction(_) => return None,
         };
         Some(line)
@@ -135,6 +198,14 @@ impl fmt::Display for Unchanged {
                 write!(f, "BLOCK_RATE={per_minute} per minute reached")
             }
             Self::Capped { max } => write!(f, "MAX_BLOCKS={max} reached"),
+            Self::SingleProbeShare { share } => write!(
+                f,
+                "single-probe requests used their share of BLOCK_RATE ({share} per minute)"
+            ),
+            Self::PrefixShare { share } => write!(
+                f,
+                "this /24 or /64 used its share of BLOCK_RATE ({share} per minute)"
+            ),
             Self::NoCommand(p) => {
                 write!(f, "{}=2 but no KILL_RUN_CMD is configured", block_key(*p))
             }
@@ -165,9 +236,18 @@ pub fn judge(source: IpAddr, protocol: Protocol, f: &Facts<'_>) -> Verdict {
     if mode == BlockMode::Block && f.already_blocked {
         return No(Unchanged::AlreadyBlocked);
     }
-    if f.started_last_minute >= f.cfg.block_rate as usize {
-        return No(Unchanged::RateLimited {
-            per_minute: f.cfg.block_rate,
+    let rate = f.cfg.block_rate;
+    if f.started.all >= rate as usize {
+        return No(Unchanged::RateLimited { per_minute: rate });
+    }
+    if f.evidence == Evidence::SingleProbe && f.started.single_probe >= single_probe_share(rate) {
+        return No(Unchanged::SingleProbeShare {
+            share: single_probe_share(rate),
+        });
+    }
+    if f.started.same_prefix >= prefix_share(rate) {
+        return No(Unchanged::PrefixShare {
+            share: prefix_share(rate),
         });
     }
     if mode == BlockMode::CommandOnly {
@@ -177,13 +257,16 @@ pub fn judge(source: IpAddr, protocol: Protocol, f: &Facts<'_>) -> Verdict {
             No(Unchanged::NoCommand(protocol))
         };
     }
-    if f.active_blocks >= f.cfg.max_blocks as usize {
-        return No(Unchanged::Capped {
-            max: f.cfg.max_blocks,
-        });
-    }
     if !f.blocking_configured && f.cfg.kill_run_cmd.is_none() {
         return No(Unchanged::NoAction(protocol));
+    }
+    if f.active_blocks >= f.cfg.max_blocks as usize {
+        return match f.weakest_block {
+            Some(weak) if f.evidence > Evidence::SingleProbe => Verdict::Evict(weak),
+            _ => No(Unchanged::Capped {
+                max: f.cfg.max_blocks,
+            }),
+        };
     }
     Verdict::Block
 }
@@ -206,6 +289,10 @@ mod tests {
         ignore: IgnoreList,
         already: bool,
         started: usize,
+        singles: usize,
+        same_prefix: usize,
+        evidence: Evidence,
+        weakest: Option<IpAddr>,
         active: usize,
         blocking: bool,
     }
@@ -219,6 +306,10 @@ mod tests {
                 ignore: IgnoreList::parse("198.51.100.0/24\n", Path::new("ignore")).unwrap(),
                 already: false,
                 started: 0,
+                singles: 0,
+                same_prefix: 0,
+                evidence: Evidence::Ports,
+                weakest: None,
                 active: 0,
                 blocking: true,
             }
@@ -232,7 +323,13 @@ mod tests {
                     never: &self.never,
                     ignore: &self.ignore,
                     already_blocked: self.already,
-                    started_last_minute: self.started,
+                    evidence: self.evidence,
+                    started: crate::engine::rate::Usage {
+                        all: self.started,
+                        single_probe: self.singles,
+                        same_prefix: self.same_prefix,
+                    },
+                    weakest_block: self.weakest,
                     active_blocks: self.active,
                     blocking_configured: self.blocking,
                 },
@@ -280,6 +377,62 @@ mod tests {
             w.judge("192.0.2.1", Protocol::Tcp),
             no(Unchanged::RateLimited { per_minute: 3 })
         );
+    }
+
+    #[test]
+    fn single_probes_cannot_starve_better_evidence() {
+        // BLOCK_RATE=3 in BASE: single probes may use 1, one prefix may use... max(1, 0) = 1.
+        let mut w = World::new("BLOCK_TCP=\"1\"\nBLOCK_RATE=\"8\"\nMAX_BLOCKS=\"2\"\n");
+        w.evidence = Evidence::SingleProbe;
+        w.started = 4;
+        w.singles = 4;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::SingleProbeShare { share: 4 })
+        );
+        // A many-port source still gets in, up to BLOCK_RATE.
+        w.evidence = Evidence::Ports;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        // ... unless its /24 used its quarter.
+        w.same_prefix = 2;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::PrefixShare { share: 2 })
+        );
+        w.same_prefix = 0;
+        w.started = 8;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::RateLimited { per_minute: 8 })
+        );
+    }
+
+    #[test]
+    fn at_the_cap_better_evidence_evicts_the_weakest_single_probe_block() {
+        let mut w = World::new(BASE);
+        w.active = 2;
+        let weak: IpAddr = "198.51.100.200".parse().unwrap();
+        w.weakest = Some(weak);
+        w.evidence = Evidence::Ports;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Evict(weak));
+        w.evidence = Evidence::Handshake;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Evict(weak));
+        // A single probe never evicts anything.
+        w.evidence = Evidence::SingleProbe;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::Capped { max: 2 })
+        );
+        // Nothing weak to evict: capped.
+        w.evidence = Evidence::Ports;
+        w.weakest = None;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::Capped { max: 2 })
+        );
+        assert_eq!(Evidence::of(ScanKind::Syn, 1), Evidence::SingleProbe);
+        assert_eq!(Evidence::of(ScanKind::Syn, 3), Evidence::Ports);
+        assert_eq!(Evidence::of(ScanKind::Connect, 1), Evidence::Handshake);
     }
 
     #[test]

@@ -17,13 +17,20 @@
 //!   expiry and status in its submodules.
 //! * [`action`] — typed actions (`Nft`, `Route`, `HostsDeny`, `Command`) and the
 //!   executor that runs them and records their outcomes.
-//! * [`table`] — the nftables table's layout, built in one transaction at start.
+//! * [`table`] — the nftables table's layout, built in one transaction at start;
+//!   [`tablewatch`] notices when another process deletes or flushes it.
 //! * [`error`], [`time`] — the one error type; wall-clock newtypes.
+//! * [`dirs`] — the state and log directories, created at start with safe modes.
 //! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
+//! * [`infra`] — default gateways, nameservers, point-to-point peers and DHCP servers
+//!   (never blocked), kept current from rtnetlink notifications and file changes.
 //! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
 //! * [`netlink`] — nftables set elements and blackhole routes over netlink (written here:
 //!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0).
-//! * [`store`] — snapshot + fdatasync'd journal in the state directory.
+//! * [`store`] — snapshot + fdatasync'd journal in the state directory, one CRC-32 per
+//!   record; damaged or newer state is refused with its place named.
+//! * [`recover`] — `--recover`: rebuild the state from what still verifies,
+//!   BLOCKED_FILE and the hosts.deny markers.
 //! * [`audit`] — JSON-lines audit log and syslog/stderr lines in PortSentry's wording.
 //! * [`budget`] — AUDIT_RATE: per-second bound on records and log lines of decisions
 //!   that changed nothing, with one summary per kind for the rest.
@@ -35,15 +42,19 @@ pub mod audit;
 pub mod budget;
 pub mod ctl;
 pub mod daemon;
+pub mod dirs;
 pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod hostsdeny;
+pub mod infra;
 pub mod judge;
 pub mod netlink;
+pub mod recover;
 pub mod session;
 pub mod store;
 #[allow(unsafe_code)]
 mod sys;
 pub mod table;
+pub mod tablewatch;
 pub mod time;

@@ -59,6 +59,31 @@ const AF_INET6: u8 = 10;
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest reply we read; ACKs are small, errors echo our request (bounded by what we sent).
 const RECV_BUF: usize = 64 * 1024;
+/// Largest nfnetlink batch sent at once, whatever the send buffer allows: each batch is
+/// ACKed (and, on failure, echoed back message by message) before the next is sent, so
+/// this also bounds what can queue up on the receive side.
+pub const BATCH_MAX: usize = 64 * 1024;
+/// The kernel refuses a netlink message longer than the send buffer minus this.
+const SNDBUF_SLACK: usize = 64;
+/// Upper bound of one element's encoding: list element and key nests, a 16-byte IPv6
+/// key and a 64-bit timeout.
+const ELEM_MAX: usize = 4 + 4 + (4 + 16) + (4 + 8);
+
+fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// How many elements fit in one batch of at most `limit` bytes, for any mix of families
+/// (the worst case, IPv6 with a timeout, is assumed for every element).
+pub fn elems_per_batch(limit: usize, table: &str, set_v4: &str, set_v6: &str) -> usize {
+    let set = set_v4.len().max(set_v6.len());
+    // header, nfgenmsg, table and set names, the elements nest
+    let per_msg = NLMSG_HDRLEN + 4 + 4 + pad4(table.len() + 1) + 4 + pad4(set + 1) + 4;
+    let fixed = 2 * (NLMSG_HDRLEN + 4) + 2 * per_msg;
+    // per element: its encoding plus its share of a message header (256 per message)
+    let per_elem_x256 = ELEM_MAX * 256 + per_msg;
+    (limit.saturating_sub(fixed) * 256 / per_elem_x256).max(1)
+}
 
 /// A netlink operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +94,12 @@ pub enum NlError {
     Io(Errno),
     /// The reply could not be parsed.
     Malformed(&'static str),
+    /// Some of the batches of a large operation failed.
+    Partial {
+        failed: usize,
+        total: usize,
+        first: Box<NlError>,
+    },
 }
 
 impl fmt::Display for NlError {
@@ -78,6 +109,11 @@ impl fmt::Display for NlError {
             Self::Io(Errno::EAGAIN) => write!(f, "netlink: no answer within {ACK_TIMEOUT:?}"),
             Self::Io(e) => write!(f, "netlink socket: {}", e.desc()),
             Self::Malformed(m) => write!(f, "netlink reply malformed: {m}"),
+            Self::Partial {
+                failed,
+                total,
+                first,
+            } => write!(f, "{failed} of {total} elements not applied: {first}"),
         }
     }
 }
@@ -308,6 +344,9 @@ pub struct NlSocket {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
+    /// Largest batch sent in one sendmsg: under the socket's send buffer (SO_SNDBUF,
+    /// read at open) and [`BATCH_MAX`].
+    send_limit: usize,
 }
 
 impl NlSocket {
@@ -324,10 +363,12 @@ impl NlSocket {
         setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(NlError::Io)?;
         // A per-process starting point so replies to a previous socket cannot match.
         let seq = std::process::id().wrapping_mul(65_536);
+        let sndbuf = nix::sys::socket::getsockopt(&fd, sockopt::SndBuf).map_err(NlError::Io)?;
         Ok(Self {
             fd,
             seq,
             buf: vec![0u8; RECV_BUF],
+            send_limit: sndbuf.saturating_sub(SNDBUF_SLACK).clamp(1024, BATCH_MAX),
         })
     }
 
@@ -339,6 +380,14 @@ impl NlSocket {
     /// A NETLINK_ROUTE socket (needs CAP_NET_ADMIN to change anything).
     pub fn route() -> Result<Self, NlError> {
         Self::open(SockProtocol::NetlinkRoute)
+    }
+
+    /// The socket's netlink port id (the kernel's notifications name it as the origin of
+    /// the changes this socket made).
+    pub fn portid(&self) -> Result<u32, NlError> {
+        nix::sys::socket::getsockname::<NetlinkAddr>(self.fd.as_raw_fd())
+            .map(|a| a.pid())
+            .map_err(NlError::Io)
     }
 
     fn next_seq(&mut self, n: u32) -> u32 {
@@ -378,7 +427,10 @@ impl NlSocket {
         result
     }
 
-    /// Add or delete set elements in one batch.
+    /// Add or delete set elements: one batch when they fit under the send limit (a
+    /// single block always does), otherwise as many batches as needed, each sent and
+    /// ACKed before the next. A batch that fails does not stop the others (a restore gets
+    /// in what it can); the first error is returned, saying how many elements it hit.
     pub fn setelems(
         &mut self,
         table: &str,
@@ -387,13 +439,32 @@ impl NlSocket {
         elems: &[SetElem],
         add: bool,
     ) -> Result<(), NlError> {
-        if elems.is_empty() {
-            return Ok(());
+        let per = elems_per_batch(self.send_limit, table, set_v4, set_v6);
+        let mut first_err = None;
+        let mut failed = 0usize;
+        for chunk in elems.chunks(per) {
+            let n = u32::try_from(chunk.len()).unwrap_or(u32::MAX / 2);
+            let first = self.next_seq(n);
+            let (msg, acks) = encode_setelem_batch(table, set_v4, set_v6, chunk, add, first);
+            let r = if msg.len() > self.send_limit {
+                Err(NlError::Malformed("batch larger than the send limit"))
+            } else {
+                self.transact(&msg, acks)
+            };
+            if let Err(e) = r {
+                failed += chunk.len();
+                first_err.get_or_insert(e);
+            }
         }
-        let n = u32::try_from(elems.len()).unwrap_or(u32::MAX / 2);
-        let first = self.next_seq(n);
-        let (msg, acks) = encode_setelem_batch(table, set_v4, set_v6, elems, add, first);
-        self.transact(&msg, acks)
+        match first_err {
+            None => Ok(()),
+            Some(e) if failed == elems.len() => Err(e),
+            Some(e) => Err(NlError::Partial {
+                failed,
+                total: elems.len(),
+                first: Box::new(e),
+            }),
+        }
     }
 
     /// Add or delete a blackhole route for one host.
@@ -544,6 +615,34 @@ mod tests {
             .collect();
         let (_, acks) = encode_setelem_batch("t", "a", "b", &e, true, 0);
         assert_eq!(acks.len(), 3);
+    }
+
+    #[test]
+    fn batches_fit_under_the_limit_for_any_mix() {
+        for limit in [1024usize, 4096, 60_000, BATCH_MAX, 212_992] {
+            let per = elems_per_batch(limit, "sentry_table_name", "v4", "v6");
+            for v6_share in [0u32, 1, 2] {
+                let e: Vec<SetElem> = (0..u32::try_from(per).unwrap())
+                    .map(|i| SetElem {
+                        addr: if v6_share == 2 || (v6_share == 1 && i % 2 == 0) {
+                            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1))
+                        } else {
+                            IpAddr::V4(std::net::Ipv4Addr::from(i + 1))
+                        },
+                        timeout: Some(Duration::from_secs(1)),
+                    })
+                    .collect();
+                let (msg, _) = encode_setelem_batch("sentry_table_name", "v4", "v6", &e, true, 0);
+                assert!(msg.len() <= limit, "{limit}: {} > limit", msg.len());
+            }
+            // Not wastefully small either: at least 80% of the limit for IPv6 elements.
+            let full = per * ELEM_MAX;
+            assert!(
+                full * 10 >= limit * 8 || limit < 4096,
+                "{limit}: {per} per batch"
+            );
+        }
+        assert_eq!(elems_per_batch(0, "t", "a", "b"), 1);
     }
 
     #[test]

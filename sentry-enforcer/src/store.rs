@@ -7,6 +7,7 @@
 //! A torn last line (SIGKILL or power loss in the middle of a write) is ignored on load.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -18,7 +19,12 @@ use serde::{Deserialize, Serialize};
 
 const SNAPSHOT: &str = "blocks.json";
 const JOURNAL: &str = "blocks.journal";
-const FORMAT_VERSION: u32 = 1;
+/// The state format this version writes, and the newest it reads. Version 1 (a single
+/// JSON object `{"version":1,"blocks":[...]}` and plain JSON journal lines) is read for
+/// the upgrade; version 2 is a header line plus one checksummed record per line.
+pub const FORMAT_VERSION: u32 = 2;
+/// `format` of the version-2 header line.
+const FORMAT_NAME: &str = "sentry-enforcer-state";
 /// Refuse state files larger than this.
 const MAX_STATE_FILE: u64 = 256 << 20;
 
@@ -42,12 +48,41 @@ pub struct BlockRecord {
     /// The exact line written to the deny file, if any.
     #[serde(default)]
     pub hosts_deny_line: Option<String>,
+    /// Distinct ports the request saw (its evidence; 0 in records written before it was
+    /// kept, read as a single probe).
+    #[serde(default)]
+    pub distinct_ports: u32,
+    /// The line was written by a version that did not mark its hosts.deny lines (records
+    /// without this field); see [`crate::hostsdeny`] for how such a line is removed.
+    #[serde(default = "legacy_default")]
+    pub hosts_deny_legacy: bool,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
+fn legacy_default() -> bool {
+    true
+}
+
+/// Version 1 snapshot (read for the upgrade only).
+#[derive(Deserialize)]
+struct SnapshotV1 {
     version: u32,
     blocks: Vec<BlockRecord>,
+}
+
+/// Just the version of a version-1-shaped file, so a newer one is refused before its
+/// blocks are interpreted.
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+/// First line of a version-2 snapshot.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    /// Number of record lines that follow (a truncated file is damage, not fewer blocks).
+    records: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,6 +90,358 @@ struct Snapshot {
 enum Op {
     Add(BlockRecord),
     Del { addr: IpAddr },
+}
+
+/// Why the state cannot be used as it is. The files are never changed when this is
+/// returned: the enforcer refuses to start and names the place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateError {
+    /// The bytes at `line` (1-based) / `byte` (0-based offset in the file) are not what
+    /// this enforcer wrote.
+    Damaged {
+        path: PathBuf,
+        line: usize,
+        byte: u64,
+        what: String,
+    },
+    /// Written by a newer version, in a format this one does not know.
+    Newer { path: PathBuf, version: u32 },
+    /// Could not be read at all.
+    Io { path: PathBuf, what: String },
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Damaged {
+                path,
+                line,
+                byte,
+                what,
+            } => write!(
+                f,
+                "{}: damaged at line {line}, byte offset {byte}: {what}; the file was left untouched (keep a copy, then rebuild the state with `sentry-enforcer --recover`)",
+                path.display()
+            ),
+            Self::Newer { path, version } => write!(
+                f,
+                "{}: written by a newer sentry-enforcer (state format version {version}; this one reads up to {FORMAT_VERSION}); refusing to start rather than lose its blocks (run the newer version, or rebuild with `sentry-enforcer --recover`)",
+                path.display()
+            ),
+            Self::Io { path, what } => write!(f, "{}: {what}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// CRC-32 (IEEE 802.3, reflected), table built at compile time. Detects the damage a
+/// JSON parser would accept (a changed digit in an address or a time).
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i: u32 = 0;
+    while i < 256 {
+        let mut c = i;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i as usize] = c;
+        i += 1;
+    }
+    t
+};
+
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c = CRC_TABLE[usize::from(c.to_le_bytes()[0] ^ b)] ^ (c >> 8);
+    }
+    !c
+}
+
+/// A version-2 line: `CCCCCCCC JSON` (the checksum of JSON, 8 lower-case hex digits).
+fn checked_line(json: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:08x} ", crc32(json)).into_bytes();
+    out.extend_from_slice(json);
+    out.push(b'\n');
+    out
+}
+
+/// Lines of `b` with their 1-based number and byte offset; the flag says whether the
+/// line was terminated.
+fn lines_at(b: &[u8]) -> Vec<(usize, u64, &[u8], bool)> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut n = 0;
+    while start < b.len() {
+        n += 1;
+        let (end, next, done) = match b[start..].iter().position(|&c| c == b'\n') {
+            Some(i) => (start + i, start + i + 1, true),
+            None => (b.len(), b.len(), false),
+        };
+        out.push((n, start as u64, &b[start..end], done));
+        start = next;
+    }
+    out
+}
+
+/// Byte offset of serde_json's (line, column) within `b` (both 1-based).
+fn json_offset(b: &[u8], e: &serde_json::Error) -> u64 {
+    let mut line = 1;
+    let mut at = 0usize;
+    for (i, &c) in b.iter().enumerate() {
+        if line == e.line() {
+            break;
+        }
+        if c == b'\n' {
+            line += 1;
+            at = i + 1;
+        }
+    }
+    (at + e.column().saturating_sub(1)).min(b.len()) as u64
+}
+
+/// Verify one `CCCCCCCC JSON` line and decode it.
+fn decode_checked<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    (n, off, line, _): (usize, u64, &[u8], bool),
+) -> Result<T, StateError> {
+    let damaged = |byte: u64, what: String| StateError::Damaged {
+        path: path.to_path_buf(),
+        line: n,
+        byte,
+        what,
+    };
+    let (crc, json) = match (line.get(..8), line.get(8), line.get(9..)) {
+        (Some(c), Some(b' '), Some(j)) => (c, j),
+        _ => return Err(damaged(off, "not a checksummed record line".into())),
+    };
+    let want = std::str::from_utf8(crc)
+        .ok()
+        .filter(|s| s.bytes().all(|c| c.is_ascii_hexdigit()))
+        .and_then(|s| u32::from_str_radix(s, 16).ok())
+        .ok_or_else(|| damaged(off, "bad checksum field".into()))?;
+    if crc32(json) != want {
+        return Err(damaged(
+            off,
+            format!(
+                "checksum mismatch (the {}-byte record was changed after it was written)",
+                json.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(json)
+        .map_err(|e| damaged(off + 9 + json_offset(json, &e), e.to_string()))
+}
+
+/// Parse a snapshot (`path` is for messages). Version 1 and 2 are read; anything newer
+/// is refused without interpreting its records.
+pub fn parse_snapshot(path: &Path, b: &[u8]) -> Result<Vec<BlockRecord>, StateError> {
+    let damaged = |line: usize, byte: u64, what: String| StateError::Damaged {
+        path: path.to_path_buf(),
+        line,
+        byte,
+        what,
+    };
+    let lines = lines_at(b);
+    let Some(first) = lines.first().copied() else {
+        return Err(damaged(1, 0, "empty file".into()));
+    };
+    if let Ok(h) = serde_json::from_slice::<Header>(first.2) {
+        if h.format != FORMAT_NAME {
+            return Err(damaged(1, 0, format!("unknown format {:?}", h.format)));
+        }
+        if h.version > FORMAT_VERSION {
+            return Err(StateError::Newer {
+                path: path.to_path_buf(),
+                version: h.version,
+            });
+        }
+        if h.version != FORMAT_VERSION {
+            return Err(damaged(1, 0, format!("header names version {}", h.version)));
+        }
+        let mut out = Vec::new();
+        for l in lines.iter().skip(1) {
+            if !l.3 {
+                return Err(damaged(
+                    l.0,
+                    l.1,
+                    "last line not terminated (truncated)".into(),
+                ));
+            }
+            out.push(decode_checked::<BlockRecord>(path, *l)?);
+        }
+        if out.len() as u64 != h.records {
+            let end = b.len() as u64;
+            return Err(damaged(
+                lines.len() + 1,
+                end,
+                format!("{} records, the header announces {}", out.len(), h.records),
+            ));
+        }
+        return Ok(out);
+    }
+    // Not a version-2 header: the version-1 shape, or damage.
+    let v = serde_json::from_slice::<VersionOnly>(b)
+        .map_err(|e| damaged(e.line().max(1), json_offset(b, &e), e.to_string()))?;
+    if v.version > FORMAT_VERSION {
+        return Err(StateError::Newer {
+            path: path.to_path_buf(),
+            version: v.version,
+        });
+    }
+    if v.version != 1 {
+        return Err(damaged(
+            1,
+            0,
+            format!("unknown format version {}", v.version),
+        ));
+    }
+    let s = serde_json::from_slice::<SnapshotV1>(b)
+        .map_err(|e| damaged(e.line().max(1), json_offset(b, &e), e.to_string()))?;
+    debug_assert_eq!(s.version, 1);
+    Ok(s.blocks)
+}
+
+/// Parse a journal over `blocks`. Lines are version 2 (`CCCCCCCC JSON`) or version 1
+/// (plain JSON, from before the upgrade). An unterminated last line is a write the
+/// enforcer was killed in the middle of: ignored with a warning. Returns the number of
+/// entries and the warnings.
+fn apply_journal(
+    path: &Path,
+    b: &[u8],
+    blocks: &mut HashMap<IpAddr, BlockRecord>,
+) -> Result<(usize, Vec<String>), StateError> {
+    let mut warnings = Vec::new();
+    let mut entries = 0;
+    for l in lines_at(b) {
+        let (n, off, line, done) = l;
+        if line.is_empty() && done {
+            continue;
+        }
+        let op = if line.first() == Some(&b'{') {
+            serde_json::from_slice::<Op>(line).map_err(|e| StateError::Damaged {
+                path: path.to_path_buf(),
+                line: n,
+                byte: off + json_offset(line, &e),
+                what: e.to_string(),
+            })
+        } else {
+            decode_checked::<Op>(path, l)
+        };
+        let op = match op {
+            Ok(op) => op,
+            Err(_) if !done => {
+                warnings.push(format!(
+                    "{}: torn last line (interrupted write) ignored",
+                    path.display()
+                ));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        entries += 1;
+        match op {
+            Op::Add(r) => {
+                blocks.insert(r.addr, r);
+            }
+            Op::Del { addr } => {
+                blocks.remove(&addr);
+            }
+        }
+    }
+    Ok((entries, warnings))
+}
+
+/// The blocks, the number of journal entries read, and warnings.
+pub type LoadedState = (HashMap<IpAddr, BlockRecord>, usize, Vec<String>);
+
+/// Read the whole state from the bytes of the two files (either may be absent): the
+/// snapshot, then the journal over it. The enforcer's loader and the fuzz target.
+pub fn read_state(
+    snapshot: Option<(&Path, &[u8])>,
+    journal: Option<(&Path, &[u8])>,
+) -> Result<LoadedState, StateError> {
+    let mut blocks = HashMap::new();
+    if let Some((p, b)) = snapshot {
+        for r in parse_snapshot(p, b)? {
+            blocks.insert(r.addr, r);
+        }
+    }
+    let (mut entries, mut warnings) = (0, Vec::new());
+    if let Some((p, b)) = journal {
+        (entries, warnings) = apply_journal(p, b, &mut blocks)?;
+    }
+    Ok((blocks, entries, warnings))
+}
+
+/// What `--recover` could still read from the state files: every record line that
+/// verifies, in order; the lines that did not are counted.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    pub blocks: HashMap<IpAddr, BlockRecord>,
+    pub from_snapshot: usize,
+    pub from_journal: usize,
+    pub bad_lines: usize,
+}
+
+/// Read what verifies of the snapshot and the journal in `dir`, skipping what does not.
+pub fn salvage(dir: &Path) -> Salvage {
+    let mut s = Salvage::default();
+    let snap = dir.join(SNAPSHOT);
+    if let Ok(Some(b)) = read_capped(&snap) {
+        match parse_snapshot(&snap, &b) {
+            Ok(v) => {
+                s.from_snapshot = v.len();
+                for r in v {
+                    s.blocks.insert(r.addr, r);
+                }
+            }
+            Err(_) => {
+                // Line by line: a damaged record costs that record only.
+                for l in lines_at(&b).into_iter().skip(1) {
+                    match decode_checked::<BlockRecord>(&snap, l) {
+                        Ok(r) => {
+                            s.from_snapshot += 1;
+                            s.blocks.insert(r.addr, r);
+                        }
+                        Err(_) => s.bad_lines += 1,
+                    }
+                }
+            }
+        }
+    }
+    let jpath = dir.join(JOURNAL);
+    if let Ok(Some(b)) = read_capped(&jpath) {
+        for l in lines_at(&b) {
+            if l.2.is_empty() {
+                continue;
+            }
+            let op = if l.2.first() == Some(&b'{') {
+                serde_json::from_slice::<Op>(l.2).ok()
+            } else {
+                decode_checked::<Op>(&jpath, l).ok()
+            };
+            match op {
+                Some(Op::Add(r)) => {
+                    s.from_journal += 1;
+                    s.blocks.insert(r.addr, r);
+                }
+                Some(Op::Del { addr }) => {
+                    s.from_journal += 1;
+                    s.blocks.remove(&addr);
+                }
+                None => s.bad_lines += 1,
+            }
+        }
+    }
+    s
 }
 
 /// The on-disk store.
@@ -65,7 +452,7 @@ pub struct Store {
     journal_entries: usize,
 }
 
-fn read_capped(path: &Path) -> io::Result<Option<String>> {
+fn read_capped(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let f = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -75,8 +462,8 @@ fn read_capped(path: &Path) -> io::Result<Option<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut s = String::new();
-    f.take(MAX_STATE_FILE + 1).read_to_string(&mut s)?;
+    let mut s = Vec::new();
+    f.take(MAX_STATE_FILE + 1).read_to_end(&mut s)?;
     if s.len() as u64 > MAX_STATE_FILE {
         return Err(io::Error::other(format!(
             "{}: larger than {MAX_STATE_FILE} bytes",
@@ -141,51 +528,17 @@ impl Store {
                 dir.display()
             )));
         }
-        let mut warnings = Vec::new();
-        let mut blocks = HashMap::new();
+        // Both files are read and checked before anything is written: a damaged or newer
+        // state makes this fail with the place named, and the files stay as they are.
         let snap_path = dir.join(SNAPSHOT);
-        if let Some(text) = read_capped(&snap_path)? {
-            match serde_json::from_str::<Snapshot>(&text) {
-                Ok(s) if s.version == FORMAT_VERSION => {
-                    for b in s.blocks {
-                        blocks.insert(b.addr, b);
-                    }
-                }
-                Ok(s) => warnings.push(format!(
-                    "{}: unknown format version {}; ignored",
-                    snap_path.display(),
-                    s.version
-                )),
-                Err(e) => warnings.push(format!("{}: {e}; ignored", snap_path.display())),
-            }
-        }
         let jpath = dir.join(JOURNAL);
-        let mut entries = 0;
-        if let Some(text) = read_capped(&jpath)? {
-            let complete = text.ends_with('\n');
-            let lines: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
-            let n = lines.len();
-            for (i, line) in lines.into_iter().enumerate() {
-                entries += 1;
-                match serde_json::from_str::<Op>(line) {
-                    Ok(Op::Add(b)) => {
-                        blocks.insert(b.addr, b);
-                    }
-                    Ok(Op::Del { addr }) => {
-                        blocks.remove(&addr);
-                    }
-                    Err(_) if i + 1 == n && !complete => {
-                        warnings.push(format!(
-                            "{}: torn last line (interrupted write) ignored",
-                            jpath.display()
-                        ));
-                    }
-                    Err(e) => {
-                        warnings.push(format!("{}:{}: {e}; line ignored", jpath.display(), i + 1))
-                    }
-                }
-            }
-        }
+        let snap = read_capped(&snap_path)?;
+        let jour = read_capped(&jpath)?;
+        let (blocks, entries, warnings) = read_state(
+            snap.as_deref().map(|b| (snap_path.as_path(), b)),
+            jour.as_deref().map(|b| (jpath.as_path(), b)),
+        )
+        .map_err(io::Error::other)?;
         let journal = OpenOptions::new()
             .append(true)
             .create(true)
@@ -203,8 +556,8 @@ impl Store {
     }
 
     fn append(&mut self, op: &Op) -> io::Result<()> {
-        let mut line = serde_json::to_vec(op).map_err(io::Error::other)?;
-        line.push(b'\n');
+        let json = serde_json::to_vec(op).map_err(io::Error::other)?;
+        let line = checked_line(&json);
         self.journal.write_all(&line)?;
         self.journal.sync_data()?;
         self.journal_entries += 1;
@@ -232,13 +585,9 @@ impl Store {
 
     /// Write a snapshot of `live` and empty the journal.
     pub fn compact(&mut self, live: &HashMap<IpAddr, BlockRecord>) -> io::Result<()> {
-        let mut blocks: Vec<BlockRecord> = live.values().cloned().collect();
+        let mut blocks: Vec<&BlockRecord> = live.values().collect();
         blocks.sort_by_key(|b| (b.since_ms, b.addr));
-        let snap = Snapshot {
-            version: FORMAT_VERSION,
-            blocks,
-        };
-        let data = serde_json::to_vec(&snap).map_err(io::Error::other)?;
+        let data = encode_snapshot(&blocks)?;
         write_atomic(&self.dir.join(SNAPSHOT), &data, 0o600)?;
         // Crash here: the journal is replayed over a snapshot that already contains it,
         // which yields the same state (each op sets one key).
@@ -247,6 +596,52 @@ impl Store {
         self.journal_entries = 0;
         Ok(())
     }
+}
+
+/// A version-2 snapshot: the header line, then one checksummed line per record.
+fn encode_snapshot(blocks: &[&BlockRecord]) -> io::Result<Vec<u8>> {
+    let header = Header {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        records: blocks.len() as u64,
+    };
+    let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
+    data.push(b'\n');
+    for b in blocks {
+        let json = serde_json::to_vec(b).map_err(io::Error::other)?;
+        data.extend_from_slice(&checked_line(&json));
+    }
+    Ok(data)
+}
+
+/// `--recover`: move the old files aside (renamed with `suffix`, bytes untouched) and
+/// write `blocks` as a fresh snapshot with an empty journal. Returns the paths the old
+/// files now have.
+pub fn rebuild(
+    dir: &Path,
+    blocks: &HashMap<IpAddr, BlockRecord>,
+    suffix: &str,
+) -> io::Result<Vec<PathBuf>> {
+    let mut moved = Vec::new();
+    for name in [SNAPSHOT, JOURNAL] {
+        let p = dir.join(name);
+        if p.exists() {
+            let to = dir.join(format!("{name}.{suffix}"));
+            if to.exists() {
+                return Err(io::Error::other(format!(
+                    "{}: exists already; refusing to overwrite it",
+                    to.display()
+                )));
+            }
+            std::fs::rename(&p, &to)?;
+            moved.push(to);
+        }
+    }
+    let mut v: Vec<&BlockRecord> = blocks.values().collect();
+    v.sort_by_key(|b| (b.since_ms, b.addr));
+    write_atomic(&dir.join(SNAPSHOT), &encode_snapshot(&v)?, 0o600)?;
+    write_atomic(&dir.join(JOURNAL), b"", 0o600)?;
+    Ok(moved)
 }
 
 #[cfg(test)]
@@ -265,6 +660,8 @@ mod tests {
             nft: true,
             blackhole: false,
             hosts_deny_line: Some(format!("ALL: {a}")),
+            distinct_ports: 1,
+            hosts_deny_legacy: false,
         }
     }
 
@@ -332,6 +729,194 @@ mod tests {
         drop(s);
         let (_, back, _) = Store::open(d.path()).unwrap();
         assert_eq!(back, live);
+    }
+
+    fn state_with_two(d: &Path) -> HashMap<IpAddr, BlockRecord> {
+        let (mut s, _, _) = Store::open(d).unwrap();
+        let mut live = HashMap::new();
+        for (i, a) in ["192.0.2.1", "2001:db8::2"].iter().enumerate() {
+            let r = rec(a, i as u64 + 1);
+            live.insert(r.addr, r.clone());
+            s.put(&r, &live).unwrap();
+        }
+        s.compact(&live).unwrap();
+        live
+    }
+
+    fn open_err(d: &Path) -> String {
+        Store::open(d).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn crc32_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn four_changed_bytes_are_refused_with_the_place_and_nothing_is_written() {
+        let d = tempfile::tempdir().unwrap();
+        state_with_two(d.path());
+        let snap = d.path().join(SNAPSHOT);
+        let good = std::fs::read(&snap).unwrap();
+        let line2 = good.iter().position(|&c| c == b'\n').unwrap() + 1;
+        // Four bytes inside the first record's JSON, JSON still valid: the checksum.
+        let at = line2
+            + 9
+            + good[line2 + 9..]
+                .windows(9)
+                .position(|w| w == b"192.0.2.1")
+                .unwrap();
+        let mut bad = good.clone();
+        bad[at..at + 4].copy_from_slice(b"10.9");
+        std::fs::write(&snap, &bad).unwrap();
+        let e = open_err(d.path());
+        assert!(
+            e.contains(&format!(
+                "{}: damaged at line 2, byte offset {line2}",
+                snap.display()
+            )),
+            "{e}"
+        );
+        assert!(e.contains("checksum mismatch"), "{e}");
+        assert!(e.contains("--recover"), "{e}");
+        assert_eq!(std::fs::read(&snap).unwrap(), bad, "left untouched");
+        // Four bytes that break the syntax: the JSON position.
+        let mut bad = good.clone();
+        bad[3..7].copy_from_slice(b"\x00\x01\x02\x03");
+        std::fs::write(&snap, &bad).unwrap();
+        let e = open_err(d.path());
+        assert!(e.contains("damaged at line 1, byte offset "), "{e}");
+        assert_eq!(std::fs::read(&snap).unwrap(), bad);
+        // A missing record (truncated file) is damage, not fewer blocks.
+        let last = good[..good.len() - 1]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .unwrap()
+            + 1;
+        std::fs::write(&snap, &good[..last]).unwrap();
+        assert!(open_err(d.path()).contains("records, the header announces 2"));
+        std::fs::write(&snap, &good).unwrap();
+        assert_eq!(Store::open(d.path()).unwrap().1.len(), 2);
+    }
+
+    #[test]
+    fn a_damaged_journal_line_is_refused_unless_it_is_the_torn_last_one() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _, _) = Store::open(d.path()).unwrap();
+        let mut live = HashMap::new();
+        for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            let r = rec(a, 1);
+            live.insert(r.addr, r.clone());
+            s.put(&r, &live).unwrap();
+        }
+        drop(s);
+        let j = d.path().join(JOURNAL);
+        let good = std::fs::read(&j).unwrap();
+        let second = good.iter().position(|&c| c == b'\n').unwrap() + 1;
+        let mut bad = good.clone();
+        bad[second + 30] ^= 0x01;
+        std::fs::write(&j, &bad).unwrap();
+        let e = open_err(d.path());
+        assert!(
+            e.contains(&format!(
+                "{}: damaged at line 2, byte offset {second}",
+                j.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&j).unwrap(), bad);
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_not_parsed() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = d.path().join(SNAPSHOT);
+        std::fs::write(
+            &snap,
+            "{\"format\":\"sentry-enforcer-state\",\"version\":3,\"records\":1}\nzzzz whatever v3 writes\n",
+        )
+        .unwrap();
+        let e = open_err(d.path());
+        assert!(
+            e.contains("newer sentry-enforcer (state format version 3"),
+            "{e}"
+        );
+        // The old single-object shape with a higher version number too.
+        std::fs::write(&snap, "{\"version\":7,\"blocks\":[{\"future\":true}]}").unwrap();
+        assert!(open_err(d.path()).contains("state format version 7"));
+        assert!(std::fs::read(&snap).unwrap().starts_with(b"{\"version\":7"));
+    }
+
+    #[test]
+    fn version_1_files_are_upgraded() {
+        let d = tempfile::tempdir().unwrap();
+        let r1 = rec("192.0.2.1", 1);
+        let r2 = rec("192.0.2.2", 2);
+        let v1 = serde_json::json!({"version": 1, "blocks": [r1]});
+        std::fs::write(d.path().join(SNAPSHOT), v1.to_string()).unwrap();
+        let mut j = serde_json::to_vec(&Op::Add(r2.clone())).unwrap();
+        j.push(b'\n');
+        std::fs::write(d.path().join(JOURNAL), j).unwrap();
+        let (_, back, w) = Store::open(d.path()).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[&r2.addr], r2);
+        let now = std::fs::read(d.path().join(SNAPSHOT)).unwrap();
+        assert!(now.starts_with(b"{\"format\":\"sentry-enforcer-state\",\"version\":2"));
+        // A record written before hosts.deny markers is a legacy one.
+        let old = r#"{"addr":"192.0.2.9","protocol":"tcp","port":1,"mode":"stcp","scan":"syn","since_ms":1,"expires_ms":null,"hosts_deny_line":"ALL: 192.0.2.9"}"#;
+        let r: BlockRecord = serde_json::from_str(old).unwrap();
+        assert!(r.hosts_deny_legacy);
+        assert!(!rec("192.0.2.9", 1).hosts_deny_legacy);
+    }
+
+    #[test]
+    fn salvage_and_rebuild() {
+        let d = tempfile::tempdir().unwrap();
+        let live = state_with_two(d.path());
+        let snap = d.path().join(SNAPSHOT);
+        let mut b = std::fs::read(&snap).unwrap();
+        // Damage the last record only.
+        let n = b.len();
+        b[n - 5] ^= 0x20;
+        std::fs::write(&snap, &b).unwrap();
+        assert!(Store::open(d.path()).is_err());
+        let s = salvage(d.path());
+        assert_eq!((s.from_snapshot, s.bad_lines), (1, 1));
+        let moved = rebuild(d.path(), &s.blocks, "damaged-1").unwrap();
+        assert_eq!(moved.len(), 2);
+        assert_eq!(
+            std::fs::read(&moved[0]).unwrap(),
+            b,
+            "the damaged file is kept as it was"
+        );
+        let (_, back, _) = Store::open(d.path()).unwrap();
+        assert_eq!(back.len(), 1);
+        assert!(live.contains_key(back.keys().next().unwrap()));
+        assert!(
+            rebuild(d.path(), &back, "damaged-1").is_err(),
+            "never overwrites a kept copy"
+        );
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_what_their_names_say() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/state");
+        let seed = |n: &str| std::fs::read(dir.join(n)).unwrap();
+        let p = Path::new("x");
+        let (b, _, _) = read_state(Some((p, &seed("snapshot-v2"))), None).unwrap();
+        assert_eq!(b.len(), 2);
+        let (b, _, _) = read_state(Some((p, &seed("snapshot-v1"))), None).unwrap();
+        assert_eq!(b.len(), 2);
+        let (b, n, _) = read_state(None, Some((p, &seed("journal-v2")))).unwrap();
+        assert_eq!((b.len(), n), (1, 3));
+        let (b, n, w) = read_state(None, Some((p, &seed("journal-v1-torn")))).unwrap();
+        assert_eq!((b.len(), n, w.len()), (1, 3, 1));
+        assert!(matches!(
+            read_state(Some((p, &seed("snapshot-newer"))), None),
+            Err(StateError::Newer { version: 3, .. })
+        ));
     }
 
     #[test]

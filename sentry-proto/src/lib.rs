@@ -21,7 +21,7 @@ pub use frame::{
 pub use msg::*;
 
 /// Protocol version spoken by this build. A peer with any other version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Cap for frames on the sensor socket, both directions, and for control requests.
 pub const MAX_SMALL_FRAME: usize = 4096;

@@ -285,9 +285,20 @@ pub enum Refusal {
 /// Enforcer → sensor.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum EnforcerFrame {
-    Welcome { version: u16 },
-    Ack { seq: u64, decision: Decision },
+    Welcome {
+        version: u16,
+    },
+    Ack {
+        seq: u64,
+        decision: Decision,
+    },
     Refused(Refusal),
+    /// A block ended (`sentryctl unblock`, expiry, ignore list, eviction): the sensor
+    /// forgets the source's state, so a source that scans again is reported, and blocked,
+    /// at once instead of after its latch.
+    Unblocked {
+        addr: std::net::IpAddr,
+    },
 }
 
 /// sentryctl → enforcer. The first request on a connection must be `Hello`.

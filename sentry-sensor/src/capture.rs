@@ -22,9 +22,9 @@ pub const SNAPLEN: u32 = 256;
 /// header, the link-layer address and [`SNAPLEN`] bytes of packet). Each packet is handed to
 /// the sensor on its own the moment it is copied, and a sleeping sensor is woken at once:
 /// a TPACKET_V3 ring would batch packets into blocks handed over when full or on a
-/// millisecond timer, and at nmap -T4 rates (~65 probes per ms) every such millisecond is
-/// ~65 more ports answered before the block. The slot count is what absorbs scheduling
-/// delays: 32768 probes, about 68 ms at the 485k packets/s this machine's veth carries.
+/// millisecond timer, and at nmap -T4 rates every such millisecond is dozens more ports
+/// answered before the block. The slot count is what absorbs scheduling delays: 32768
+/// probes, tens of milliseconds at a veth's line rate (README, Performance).
 pub const DEFAULT_GEOMETRY: RingGeometry = RingGeometry {
     frame_size: 512,
     block_size: 1 << 16,
@@ -38,11 +38,11 @@ pub const COALESCE_NAP: Duration = Duration::from_micros(150);
 
 /// Wake-up coalescing for the ring. A TPACKET_V2 ring wakes a sleeping reader for every
 /// packet: right for the first probe of a scan after a quiet spell (handled the moment it
-/// arrives), ruinous under a flood (a wake-up per packet cost ~1.3-1.9 µs of CPU per packet
-/// here, 8x the parsing). So when two wake-ups in a row found packets less than
+/// arrives), ruinous under a flood (a wake-up per packet costs several times the parsing;
+/// README, Performance). So when two wake-ups in a row found packets less than
 /// [`COALESCE_WINDOW`] apart, the ring's descriptor is left out of the poll set for
-/// [`COALESCE_NAP`]: while traffic is continuous the sensor drains the ring about every
-/// 150 µs, at a bounded wake-up rate; once a drain finds the ring empty, the next packet
+/// [`COALESCE_NAP`]: while traffic is continuous the sensor drains the ring once per nap,
+/// at a bounded wake-up rate; once a drain finds the ring empty, the next packet
 /// wakes it at once again. The cost: a new source that starts while other traffic keeps
 /// the sensor coalescing is seen up to [`COALESCE_NAP`] later.
 #[derive(Debug, Default, Clone)]

@@ -24,8 +24,8 @@ Options:
   --config FILE       portsentry.conf-compatible configuration (required)
   --runtime-dir DIR   directory holding enforcer.sock (required)
   --user USER         when started as root: user to switch to after opening sockets
-  --log-stderr        log to stderr instead of syslog (/dev/log); automatic when
-                      JOURNAL_STREAM is set (running under systemd)
+  --log-stderr        log to stderr instead of syslog (/dev/log, which is journald's
+                      socket under systemd); all lines then share one tag
   --syslog-socket P   syslog socket to use instead of /dev/log
   --help, --version
 

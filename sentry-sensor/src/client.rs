@@ -50,6 +50,8 @@ pub enum Event {
         report: Report,
         decision: Decision,
     },
+    /// A block ended.
+    Unblocked(std::net::IpAddr),
 }
 
 #[derive(Debug)]
@@ -379,6 +381,9 @@ impl Client {
                     }
                     None => self.unknown_acks += 1,
                 }
+            }
+            (EnforcerFrame::Unblocked { addr }, Conn::Ready(_)) => {
+                events.push(Event::Unblocked(addr));
             }
             (EnforcerFrame::Refused(r), _) => {
                 events.push(Event::Refused(r));

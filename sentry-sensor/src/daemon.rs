@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy::{Config, IgnoreList};
-use sentry_proto::{Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
+use sentry_proto::{Decision, Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
 
 use crate::basic::{Basic, BasicHit};
 use crate::capture::{Capture, Pacer};
@@ -116,7 +116,9 @@ fn fatal(log: &mut Logger, msg: &str) -> i32 {
 }
 
 fn run(args: Args) -> i32 {
-    let stderr = args.log_stderr || std::env::var_os("JOURNAL_STREAM").is_some();
+    // Under systemd too the sensor logs through the syslog socket (journald's), not
+    // stderr: only there can PortSentry's lines and sentry's own carry different tags.
+    let stderr = args.log_stderr;
     let mut log = match (&args.syslog_socket, stderr) {
         (Some(p), false) => Logger::syslog_at(p, 50),
         _ => Logger::open(stderr, 50),
@@ -146,7 +148,7 @@ fn run(args: Args) -> i32 {
     for w in &config.warnings {
         log.notice(&format!("adminalert: warning: {w}"));
     }
-    log.set_rate(config.log_rate);
+    log.set_rates(config.log_rate, config.log_rate_total);
     let ignore = match config.load_ignore() {
         Ok(i) => i,
         Err(errs) => {
@@ -369,6 +371,7 @@ impl Sensor {
         let mut basic_hits: Vec<BasicHit> = Vec::new();
         let mut bad_frames = 0u64;
         let mut logged_drops = (0u64, 0u64);
+        let mut logged_untracked = 0u64;
         let mut pacer = Pacer::default();
         loop {
             // Poll set: [capture] [client] basic... (the ring is left out while the pacer
@@ -477,6 +480,15 @@ impl Sensor {
                     ));
                     logged_drops = drops;
                 }
+                let untracked = self.state.untracked();
+                if untracked != logged_untracked {
+                    self.log.notice(&format!(
+                        "adminalert: WARNING: state table full (STATE_MAX_SOURCES) of sources with more evidence: {} new single-packet sources not tracked ({} in total)",
+                        untracked - logged_untracked,
+                        untracked
+                    ));
+                    logged_untracked = untracked;
+                }
             }
             if now >= next_stats {
                 next_stats = now + stats_ms;
@@ -524,7 +536,7 @@ impl Sensor {
             Some(Verdict::Probe(c)) => c,
             Some(Verdict::Evasion(e)) => {
                 self.log
-                    .packet(now, || tiny_fragment_line(e.src, e.mode, e.port));
+                    .packet(now, e.src, || tiny_fragment_line(e.src, e.mode, e.port));
                 return;
             }
         };
@@ -587,7 +599,7 @@ impl Sensor {
             ip_options,
         };
         match self.state.hit(&hit, now, wall) {
-            Outcome::Latched => {}
+            Outcome::Latched | Outcome::Untracked => {}
             Outcome::Counted { .. } => {
                 self.log_hit(&hit, now);
             }
@@ -602,10 +614,11 @@ impl Sensor {
     fn log_hit(&mut self, h: &Hit, now: u64) {
         let (scan, mode, src, port) = (h.scan, h.mode, h.src, h.port);
         if h.ip_options {
-            self.log.packet(now, || ip_options_line(src, mode, port));
+            self.log
+                .packet(now, src, || ip_options_line(src, mode, port));
         }
         self.log
-            .packet(now, || detection_line(scan, mode, src, port));
+            .packet(now, src, || detection_line(scan, mode, src, port));
     }
 
     fn drain_events(&mut self) {
@@ -623,15 +636,22 @@ impl Sensor {
                 Event::Refused(r) => self
                     .log
                     .error(&format!("adminalert: ERROR: sentry-enforcer refused the connection: {r:?}")),
-                Event::Decided { report, decision } => self.log.packet(now, || {
-                    format!(
-                        "adminalert: sentry-enforcer decision for host {}: {decision} ({} {} port {})",
-                        report.src,
-                        report.scan,
-                        report.mode.protocol().as_upper(),
-                        report.port
-                    )
-                }),
+                Event::Unblocked(addr) => self.state.forget(addr),
+                Event::Decided { report, decision } => {
+                    // Refused for want of budget: more evidence may change the answer.
+                    if matches!(decision, Decision::RateLimited | Decision::Capped) {
+                        self.state.escalate(report.src, report.distinct_ports);
+                    }
+                    self.log.packet(now, report.src, || {
+                        crate::log::decision_line(
+                            report.src,
+                            report.scan,
+                            report.mode,
+                            report.port,
+                            decision,
+                        )
+                    })
+                }
             }
         }
     }

@@ -5,7 +5,8 @@
 //! only its listening hash, so the cost does not grow with the number of established
 //! connections) and every UDP socket, IPv4 and IPv6. Fallback when sock_diag is
 //! unavailable: the tables `/proc/net/{tcp,tcp6,udp,udp6}`, opened at start-up and re-read
-//! from offset 0 (each read walks every TCP connection of the host, ~1-2 ms here).
+//! from offset 0 (each read walks every TCP connection of the host, so it costs more as
+//! the host has more connections).
 //! Sockets whose inode is one of the sensor's own basic-mode sockets are not services.
 //! No socket is ever bound to test a port, and no privilege is needed for either source.
 

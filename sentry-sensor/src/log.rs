@@ -1,11 +1,19 @@
 //! Logging in PortSentry's line formats, to syslog (`/dev/log`, facility daemon, level
-//! notice, tag `portsentry` so existing logwatch/swatch/fail2ban filters keep matching) or
-//! to stderr (under systemd, where the journal adds time and unit).
+//! notice; under systemd that is journald's syslog socket) or to stderr (`--log-stderr`).
+//!
+//! In syslog, PortSentry's own line forms (every `attackalert:` line, and basic mode's
+//! `Going into listen mode`) carry PortSentry's tag `portsentry`, so existing
+//! logwatch/swatch/fail2ban filters keep matching them; the lines sentry adds (start-up
+//! details, the enforcer connection, decisions, summaries, errors) carry the tag
+//! `sentry-sensor`, so a PortSentry log watcher never sees a line it does not know.
 //!
 //! Lines that packets can trigger go through [`Logger::packet`], which allows at most
-//! LOG_RATE lines per second and then summarises the rest as one
-//! `adminalert: suppressed N log lines` line.
+//! LOG_RATE lines per second from one source and LOG_RATE_TOTAL from all of them, and
+//! summarises the rest as one `adminalert: suppressed N log lines` line per second. The
+//! per-source limit is what keeps one noisy (or forged) source from hiding every other
+//! source's detection lines; the total keeps a flood of sources from flooding syslog.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -15,8 +23,24 @@ use sentry_proto::{Mode, ScanKind};
 
 use crate::classify::{ACK, FIN, PSH, RST, SYN, URG};
 
-/// The syslog tag.
+/// The syslog tag of PortSentry's line forms.
 pub const SYSLOG_TAG: &str = "portsentry";
+/// The syslog tag of the lines sentry adds to PortSentry's.
+pub const SENTRY_TAG: &str = "sentry-sensor";
+
+/// Whether `msg` is one of PortSentry 1.2's line forms (logged under [`SYSLOG_TAG`]).
+pub fn is_portsentry_line(msg: &str) -> bool {
+    msg.starts_with("attackalert: ") || msg.starts_with("adminalert: Going into listen mode on ")
+}
+
+/// The syslog tag `msg` is logged under.
+pub fn syslog_tag(msg: &str) -> &'static str {
+    if is_portsentry_line(msg) {
+        SYSLOG_TAG
+    } else {
+        SENTRY_TAG
+    }
+}
 const SYSLOG_PATH: &str = "/dev/log";
 /// `<facility * 8 + severity>`: daemon (3), notice (5).
 const PRI_NOTICE: u8 = 3 * 8 + 5;
@@ -24,6 +48,31 @@ const PRI_NOTICE: u8 = 3 * 8 + 5;
 const PRI_ERR: u8 = 3 * 8 + 3;
 /// Longest line sent (syslog datagrams beyond ~2 KiB may be truncated by receivers).
 const MAX_LINE: usize = 1024;
+
+/// The line for the enforcer's decision on a report. A block and an already-blocked host
+/// are told in PortSentry 1.2's words (`Host A has been blocked ...`, `Host: A is already
+/// blocked. Ignoring`), so log watchers count them as they did PortSentry's; every other
+/// decision is sentry's own line.
+pub fn decision_line(
+    src: IpAddr,
+    scan: ScanKind,
+    mode: Mode,
+    port: u16,
+    decision: sentry_proto::Decision,
+) -> String {
+    let proto = mode.protocol().as_upper();
+    match decision {
+        sentry_proto::Decision::Blocked => format!(
+            "attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {proto} port {port})"
+        ),
+        sentry_proto::Decision::AlreadyBlocked => {
+            format!("attackalert: Host: {src} is already blocked. Ignoring")
+        }
+        other => format!(
+            "adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {proto} port {port})"
+        ),
+    }
+}
 
 /// The detection line for a hit, exactly as PortSentry 1.2 wrote it. NAME is the address:
 /// the sensor never resolves names.
@@ -96,9 +145,15 @@ enum Sink {
 pub struct Logger {
     sink: Sink,
     pid: u32,
+    /// LOG_RATE: lines per second per source.
     rate: u32,
+    /// LOG_RATE_TOTAL: lines per second from all sources.
+    total: u32,
     second: u64,
     in_second: u32,
+    /// Lines this second per source. Only sources that got a line in are entered, so it
+    /// holds at most `total` entries.
+    per_source: HashMap<IpAddr, u32>,
     suppressed: u64,
     /// Lines that could not be delivered at all.
     pub lost: u64,
@@ -140,16 +195,20 @@ impl Logger {
             sink,
             pid,
             rate,
+            total: rate.saturating_mul(10),
             second: 0,
             in_second: 0,
+            per_source: HashMap::new(),
             suppressed: 0,
             lost: 0,
             buf: String::with_capacity(MAX_LINE + 64),
         }
     }
 
-    pub fn set_rate(&mut self, rate: u32) {
-        self.rate = rate;
+    /// LOG_RATE (per source) and LOG_RATE_TOTAL (all sources), per second.
+    pub fn set_rates(&mut self, per_source: u32, total: u32) {
+        self.rate = per_source;
+        self.total = total;
     }
 
     pub fn is_stderr(&self) -> bool {
@@ -165,13 +224,21 @@ impl Logger {
         self.emit(PRI_ERR, msg);
     }
 
-    /// A line a packet caused: at most `rate` per second (monotonic `now_ms`).
-    pub fn packet(&mut self, now_ms: u64, line: impl FnOnce() -> String) {
+    /// A line a packet from `src` caused: at most LOG_RATE per second from `src` and
+    /// LOG_RATE_TOTAL from all sources (monotonic `now_ms`). Suppressed lines are not
+    /// even formatted.
+    pub fn packet(&mut self, now_ms: u64, src: IpAddr, line: impl FnOnce() -> String) {
         self.roll(now_ms);
-        if self.in_second >= self.rate {
+        if self.in_second >= self.total {
             self.suppressed += 1;
             return;
         }
+        let n = self.per_source.entry(src).or_insert(0);
+        if *n >= self.rate {
+            self.suppressed += 1;
+            return;
+        }
+        *n += 1;
         self.in_second += 1;
         let l = line();
         self.emit(PRI_NOTICE, &l);
@@ -191,11 +258,14 @@ impl Logger {
         if sec != self.second {
             self.second = sec;
             self.in_second = 0;
+            self.per_source.clear();
             if self.suppressed > 0 {
                 let n = std::mem::take(&mut self.suppressed);
                 self.emit(
                     PRI_NOTICE,
-                    &format!("adminalert: suppressed {n} log lines (LOG_RATE reached)"),
+                    &format!(
+                        "adminalert: suppressed {n} log lines (LOG_RATE per source or LOG_RATE_TOTAL reached)"
+                    ),
                 );
             }
         }
@@ -212,7 +282,8 @@ impl Logger {
             }
             Sink::Syslog { sock, path } => {
                 self.buf.clear();
-                let _ = write!(self.buf, "<{pri}>{SYSLOG_TAG}[{}]: {msg}", self.pid);
+                let tag = syslog_tag(msg);
+                let _ = write!(self.buf, "<{pri}>{tag}[{}]: {msg}", self.pid);
                 let sent = sock
                     .as_ref()
                     .is_some_and(|s| s.send(self.buf.as_bytes()).is_ok());
@@ -305,7 +376,7 @@ mod tests {
         let mut l = Logger::open(true, 3);
         let mut made = 0;
         for _ in 0..10 {
-            l.packet(5_000, || {
+            l.packet(5_000, S, || {
                 made += 1;
                 "x".into()
             });
@@ -314,11 +385,45 @@ mod tests {
         assert_eq!(l.suppressed_total(), 7);
         l.tick(6_000);
         assert_eq!(l.suppressed_total(), 0);
-        l.packet(6_001, || {
+        l.packet(6_001, S, || {
             made += 1;
             "y".into()
         });
         assert_eq!(made, 4);
+    }
+
+    #[test]
+    fn one_source_cannot_hide_another_and_the_total_holds() {
+        let mut l = Logger::open(true, 3);
+        l.set_rates(3, 10);
+        let other: IpAddr = "198.51.100.9".parse().unwrap();
+        let mut lines = Vec::new();
+        // A noisy source first: only 3 of its 1000 lines...
+        for _ in 0..1000 {
+            l.packet(5_000, S, || {
+                lines.push("noisy");
+                String::new()
+            });
+        }
+        // ... so another source's lines still get through in the same second.
+        for _ in 0..2 {
+            l.packet(5_001, other, || {
+                lines.push("other");
+                String::new()
+            });
+        }
+        assert_eq!(lines.iter().filter(|l| **l == "other").count(), 2);
+        // Many sources: LOG_RATE_TOTAL caps the second.
+        for i in 0..100u32 {
+            let src = IpAddr::V4(std::net::Ipv4Addr::from(0xC000_0200 + i + 100));
+            l.packet(5_002, src, || {
+                lines.push("many");
+                String::new()
+            });
+        }
+        assert_eq!(lines.len(), 10);
+        assert_eq!(l.suppressed_total(), 997 + 95);
+        assert!(l.per_source.len() <= 10);
     }
 
     #[test]
@@ -329,17 +434,24 @@ mod tests {
         let mut l = Logger::syslog_at(&path, 10);
         assert!(!l.is_stderr());
         l.notice("adminalert: hello");
-        l.packet(1, || detection_line(ScanKind::Syn, Mode::Stcp, S, 23));
+        l.packet(1, S, || detection_line(ScanKind::Syn, Mode::Stcp, S, 23));
         let mut buf = [0u8; 2048];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(
             std::str::from_utf8(&buf[..n]).unwrap(),
-            format!("<29>portsentry[{}]: adminalert: hello", std::process::id())
+            format!(
+                "<29>sentry-sensor[{}]: adminalert: hello",
+                std::process::id()
+            )
         );
         let n = server.recv(&mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..n]).unwrap().ends_with(
-            "]: attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23"
-        ));
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!(
+                "<29>portsentry[{}]: attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23",
+                std::process::id()
+            )
+        );
         // syslogd restarts: the logger reconnects on the next line.
         drop(server);
         std::fs::remove_file(&path).unwrap();
@@ -348,8 +460,44 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         assert!(std::str::from_utf8(&buf[..n])
             .unwrap()
-            .starts_with("<27>portsentry["));
+            .starts_with("<27>sentry-sensor["));
         assert_eq!(l.lost, 0);
+    }
+
+    #[test]
+    fn decisions_in_portsentry_words_where_portsentry_had_them() {
+        use sentry_proto::Decision;
+        assert_eq!(
+            decision_line(S, ScanKind::Syn, Mode::Atcp, 22, Decision::Blocked),
+            format!(
+                "attackalert: Host 192.0.2.7 has been blocked by sentry-enforcer ({} TCP port 22)",
+                ScanKind::Syn
+            )
+        );
+        assert_eq!(
+            decision_line(S, ScanKind::Syn, Mode::Atcp, 22, Decision::AlreadyBlocked),
+            "attackalert: Host: 192.0.2.7 is already blocked. Ignoring"
+        );
+        let l = decision_line(S, ScanKind::Udp, Mode::Audp, 161, Decision::Ignored);
+        assert!(l.starts_with("adminalert: sentry-enforcer decision for host 192.0.2.7: "));
+        assert_eq!(syslog_tag(&l), SENTRY_TAG);
+    }
+
+    #[test]
+    fn portsentry_tag_only_for_portsentry_forms() {
+        for (line, tag) in [
+            (detection_line(ScanKind::Syn, Mode::Atcp, S, 23), "portsentry"),
+            (ip_options_line(S, Mode::Stcp, 23), "portsentry"),
+            (tiny_fragment_line(S, Mode::Stcp, 23), "portsentry"),
+            ("adminalert: Going into listen mode on TCP port: 1".into(), "portsentry"),
+            ("adminalert: sentry-sensor 0.1.0 is active: modes -atcp".into(), "sentry-sensor"),
+            ("adminalert: connected to sentry-enforcer at /run/sentry/enforcer.sock".into(), "sentry-sensor"),
+            ("adminalert: sentry-enforcer decision for host 192.0.2.7: blocked (syn TCP port 23)".into(), "sentry-sensor"),
+            ("adminalert: suppressed 3 log lines (LOG_RATE per source or LOG_RATE_TOTAL reached)".into(), "sentry-sensor"),
+            ("adminalert: ERROR: configuration rejected".into(), "sentry-sensor"),
+        ] {
+            assert_eq!(syslog_tag(&line), tag, "{line}");
+        }
     }
 
     #[test]

@@ -8,11 +8,20 @@
 //! is renewed while the scan goes on; the enforcer answers "already blocked" cheaply
 //! otherwise. A source that stays silent for a whole window is forgotten.
 //!
+//! When the enforcer refuses a report for want of budget (rate-limited or capped), the
+//! source is *escalated* instead of latched: its ports keep being counted and it is
+//! reported again once it has touched twice as many (up to [`ESCALATE_MAX_PORTS`]). A
+//! forged single packet never comes back with more ports; a real scanner does, at once,
+//! and the enforcer weighs the better evidence (its single-probe budget cannot be spent
+//! by forgers for the requests of a many-port source).
+//!
 //! Memory is bounded: at most `max_sources` entries, each holding at most `trigger + 1`
-//! ports. When full, a new source evicts the weakest of a random sample of entries
-//! (expired first, then the fewest distinct ports, then the longest idle), so a flood of
-//! spoofed single-packet sources displaces other single-packet sources, never a real
-//! scanner that has already made progress. The map uses std's `RandomState` (SipHash with
+//! ports (escalated ones up to [`ESCALATE_MAX_PORTS`]). When full, a new source evicts
+//! the weakest of a random sample of entries (expired first, then the fewest distinct
+//! ports, then the longest idle), and never an entry that has already seen more than one
+//! port: a flood of spoofed single-packet sources displaces only other single-packet
+//! sources (the newcomer is dropped instead), never a slow real scanner that has made
+//! progress. The map uses std's `RandomState` (SipHash with
 //! a per-process random key): source addresses are attacker-chosen.
 
 use std::collections::hash_map::{Entry as MapEntry, RandomState};
@@ -38,6 +47,9 @@ pub struct StateConfig {
 
 /// Default latch: a still-scanning source is reported at most this often.
 pub const DEFAULT_REREPORT_MS: u64 = 5_000;
+
+/// Most ports an escalated source is counted to before its last re-report.
+pub const ESCALATE_MAX_PORTS: u32 = 64;
 
 /// One classified hit on a watched port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +82,8 @@ pub enum Outcome {
     Report(Report),
     /// Reported less than `rereport_ms` ago; nothing to do.
     Latched,
+    /// The table is full of sources with more evidence: this one is not tracked.
+    Untracked,
 }
 
 /// Ports held inline per source; larger triggers spill to the heap.
@@ -162,6 +176,8 @@ struct Source {
     reported: bool,
     /// Monotonic time of the latest report.
     reported_ms: u64,
+    /// Escalated (see the module docs): report again at this many distinct ports.
+    escalate_at: u32,
 }
 
 /// The state engine. Times are monotonic milliseconds (for the window) plus the wall clock
@@ -173,6 +189,8 @@ pub struct State {
     slots: Vec<Source>,
     rng: u64,
     evictions: u64,
+    /// New sources not tracked because every candidate for eviction had more evidence.
+    untracked: u64,
 }
 
 impl State {
@@ -191,6 +209,7 @@ impl State {
             slots: Vec::with_capacity(max.min(1 << 16)),
             rng: seed,
             evictions: 0,
+            untracked: 0,
         }
     }
 
@@ -204,6 +223,27 @@ impl State {
 
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    pub fn untracked(&self) -> u64 {
+        self.untracked
+    }
+
+    /// The enforcer refused `ip`'s report of `reported` distinct ports for want of budget
+    /// (rate-limited, capped): report it again when it has shown twice as many.
+    pub fn escalate(&mut self, ip: IpAddr, reported: u32) {
+        let Some(&i) = self.index.get(&ip) else {
+            return;
+        };
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
+        let at = reported.saturating_mul(2).max(reported.saturating_add(1));
+        if reported >= ESCALATE_MAX_PORTS {
+            return;
+        }
+        s.escalate_at = at.min(ESCALATE_MAX_PORTS);
+        s.reported = false;
     }
 
     fn capacity_ports(&self) -> usize {
@@ -221,7 +261,10 @@ impl State {
     pub fn hit(&mut self, h: &Hit, now: u64, wall: u64) -> Outcome {
         let idx = match self.index.get(&h.src) {
             Some(&i) => i,
-            None => self.insert(h.src, now),
+            None => match self.insert(h.src, now) {
+                Some(i) => i,
+                None => return Outcome::Untracked,
+            },
         };
         let window = self.cfg.window_ms;
         let cap = self.capacity_ports();
@@ -236,7 +279,12 @@ impl State {
             // Silent for a whole window: start over.
             s.ports.clear();
             s.reported = false;
+            s.escalate_at = 0;
         }
+        let (cap, trigger_at) = match s.escalate_at {
+            0 => (cap, trigger_at),
+            at => (cap.max(at as usize), at),
+        };
         s.last_ms = now;
         if s.reported {
             if now.saturating_sub(s.reported_ms) < rereport {
@@ -255,6 +303,7 @@ impl State {
         if distinct >= trigger_at {
             s.reported = true;
             s.reported_ms = now;
+            s.escalate_at = 0;
             let oldest = s.ports.oldest().unwrap_or(now);
             let first_seen_ms = wall.saturating_sub(now.saturating_sub(oldest)).max(1);
             Outcome::Report(Report {
@@ -272,9 +321,10 @@ impl State {
         }
     }
 
-    fn insert(&mut self, ip: IpAddr, now: u64) -> usize {
-        if self.slots.len() >= self.cfg.max_sources {
-            self.evict_one(now);
+    fn insert(&mut self, ip: IpAddr, now: u64) -> Option<usize> {
+        if self.slots.len() >= self.cfg.max_sources && !self.evict_one(now) {
+            self.untracked += 1;
+            return None;
         }
         let idx = self.slots.len();
         self.slots.push(Source {
@@ -283,9 +333,10 @@ impl State {
             last_ms: now,
             reported: false,
             reported_ms: 0,
+            escalate_at: 0,
         });
         self.index.insert(ip, idx);
-        idx
+        Some(idx)
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -299,25 +350,40 @@ impl State {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Eviction rank: lower is evicted first.
-    fn rank(&self, s: &Source, now: u64) -> (u8, usize, u64) {
+    /// Eviction rank: lower is evicted first. Fewest distinct ports first; among equals,
+    /// unreported before reported (a reported source's latch stops duplicate requests),
+    /// then the longest idle.
+    fn rank(&self, s: &Source, now: u64) -> (u8, usize, u8, u64) {
         if self.expired(s, now) {
-            return (0, 0, 0);
+            return (0, 0, 0, 0);
         }
-        // A reported source ranks above every unreported one: it has proven to be a
-        // scanner and its latch stops duplicate requests.
-        (if s.reported { 2 } else { 1 }, s.ports.len(), s.last_ms)
+        (
+            1,
+            s.ports.len(),
+            u8::from(s.reported || s.escalate_at > 0),
+            s.last_ms,
+        )
     }
 
-    fn evict_one(&mut self, now: u64) {
+    /// Whether a newcomer (one port so far) may displace `s`: only if `s` has no more
+    /// evidence than it (at most one port) or is expired. An escalated single-port source
+    /// stays evictable: otherwise a flood of forged sources, each refused and escalated,
+    /// would fill the table for good.
+    fn evictable(&self, s: &Source, now: u64) -> bool {
+        self.expired(s, now) || s.ports.len() <= 1
+    }
+
+    /// Make room for a new source. `false` when the weakest candidate has more evidence
+    /// than the newcomer can have: then nothing is evicted.
+    fn evict_one(&mut self, now: u64) -> bool {
         let n = self.slots.len();
         if n == 0 {
-            return;
+            return true;
         }
         // EVICTION_SAMPLE distinct slots from a random starting point (all of them when
         // the table is smaller than the sample).
         let start = usize::try_from(self.next_rand() % n as u64).unwrap_or(0);
-        let mut best: Option<(usize, (u8, usize, u64))> = None;
+        let mut best: Option<(usize, (u8, usize, u8, u64))> = None;
         for k in 0..EVICTION_SAMPLE.min(n) {
             let i = (start + k) % n;
             if let Some(s) = self.slots.get(i) {
@@ -327,10 +393,13 @@ impl State {
                 }
             }
         }
-        if let Some((i, _)) = best {
-            self.remove_at(i);
-            self.evictions += 1;
+        let Some((i, _)) = best else { return false };
+        if !self.slots.get(i).is_some_and(|s| self.evictable(s, now)) {
+            return false;
         }
+        self.remove_at(i);
+        self.evictions += 1;
+        true
     }
 
     fn remove_at(&mut self, i: usize) {
@@ -376,6 +445,14 @@ impl State {
                     && now.saturating_sub(s.reported_ms) < self.cfg.rereport_ms
                     && now.saturating_sub(s.last_ms) <= self.cfg.window_ms
             })
+    }
+
+    /// Forget everything about `ip` (its block ended: if it scans again, it is counted
+    /// and reported afresh, not latched).
+    pub fn forget(&mut self, ip: IpAddr) {
+        if let Some(&i) = self.index.get(&ip) {
+            self.remove_at(i);
+        }
     }
 
     /// Whether `ip` is currently tracked (tests, diagnostics).
@@ -427,6 +504,80 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert_eq!(s.hit(&hit(v4(1), 24), 6, WALL + 1), Outcome::Latched);
+    }
+
+    #[test]
+    fn a_refused_report_comes_back_with_twice_the_ports() {
+        let mut s = State::new(cfg(0, 10_000, 10));
+        let a = v4(7);
+        assert!(matches!(s.hit(&hit(a, 1), 0, WALL), Outcome::Report(r) if r.distinct_ports == 1));
+        // Rate-limited by the enforcer: escalate instead of latching.
+        s.escalate(a, 1);
+        assert!(
+            matches!(s.hit(&hit(a, 2), 1, WALL + 1), Outcome::Report(r) if r.distinct_ports == 2)
+        );
+        s.escalate(a, 2);
+        assert_eq!(
+            s.hit(&hit(a, 3), 2, WALL + 2),
+            Outcome::Counted { distinct: 3 }
+        );
+        assert_eq!(
+            s.hit(&hit(a, 3), 3, WALL + 3),
+            Outcome::Counted { distinct: 3 }
+        );
+        assert!(
+            matches!(s.hit(&hit(a, 4), 4, WALL + 4), Outcome::Report(r) if r.distinct_ports == 4)
+        );
+        // Accepted this time (no escalate call): latched as before.
+        assert_eq!(s.hit(&hit(a, 5), 5, WALL + 5), Outcome::Latched);
+        // Escalation stops at ESCALATE_MAX_PORTS.
+        s.escalate(a, ESCALATE_MAX_PORTS);
+        assert_eq!(s.hit(&hit(a, 6), 6, WALL + 6), Outcome::Latched);
+        // An unknown source is ignored.
+        s.escalate(v4(99), 1);
+        assert!(!s.contains(v4(99)));
+        // Its block ended: reported again at once, not latched.
+        s.forget(a);
+        assert!(!s.contains(a));
+        assert!(matches!(s.hit(&hit(a, 7), 7, WALL + 7), Outcome::Report(_)));
+        s.forget(v4(98));
+    }
+
+    #[test]
+    fn single_packet_sources_never_displace_a_source_with_more_ports() {
+        let mut s = State::new(cfg(3, 100_000, 4));
+        // Four slow scanners, two ports each, tracked (trigger 3: not yet reported).
+        for n in 0..4 {
+            s.hit(&hit(v4(n), 1), 0, WALL);
+            assert_eq!(
+                s.hit(&hit(v4(n), 2), 1, WALL),
+                Outcome::Counted { distinct: 2 }
+            );
+        }
+        // A flood of forged single packets: none of them gets a slot.
+        for n in 100..1_100 {
+            assert_eq!(s.hit(&hit(v4(n), 9), 2, WALL), Outcome::Untracked);
+        }
+        assert_eq!(s.untracked(), 1_000);
+        assert_eq!(s.evictions(), 0);
+        // And the slow scanners are reported when they get there.
+        for n in 0..4 {
+            assert_eq!(
+                s.hit(&hit(v4(n), 3), 3, WALL),
+                Outcome::Counted { distinct: 3 }
+            );
+            assert!(matches!(s.hit(&hit(v4(n), 4), 4, WALL), Outcome::Report(_)));
+        }
+        // Single-packet sources still displace each other (trigger 0 under a flood keeps
+        // reporting new sources).
+        let mut s = State::new(cfg(0, 100_000, 4));
+        for n in 0..100 {
+            assert!(
+                matches!(s.hit(&hit(v4(n), 9), 0, WALL), Outcome::Report(_)),
+                "{n}"
+            );
+        }
+        assert_eq!(s.len(), 4);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct FakeSensor {
     pub s: UnixStream,
     /// The last sequence number used by [`FakeSensor::block`].
     pub seq: u64,
+    /// Addresses the enforcer said are no longer blocked.
+    pub unblocked: Vec<std::net::IpAddr>,
 }
 
 impl FakeSensor {
@@ -46,7 +48,11 @@ impl FakeSensor {
             UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
-        FakeSensor { s, seq: 0 }
+        FakeSensor {
+            s,
+            seq: 0,
+            unblocked: Vec::new(),
+        }
     }
 
     /// Connect and complete the handshake, retrying (bounded) while the enforcer still
@@ -91,10 +97,21 @@ impl FakeSensor {
         self.seq
     }
 
-    /// Send a default request about `source` under the next sequence number; the decision.
+    /// The request [`FakeSensor::block`] sends: a scan of three distinct ports over the
+    /// last 100 ms (evidence enough for a whole share of BLOCK_RATE).
+    pub fn scan_req(source: std::net::IpAddr, proto: Protocol, port: u16, seq: u64) -> Req {
+        Req::new(source, proto)
+            .port(port)
+            .seq(seq)
+            .distinct_ports(3)
+            .seen_for(100)
+    }
+
+    /// Send [`FakeSensor::scan_req`] about `source` under the next sequence number; the
+    /// decision.
     pub fn block(&mut self, source: &str, proto: Protocol, port: u16) -> Decision {
         let seq = self.next_seq();
-        let r = Req::new(parse(source), proto).port(port).seq(seq).build();
+        let r = FakeSensor::scan_req(parse(source), proto, port, seq).build();
         self.send_req(r)
     }
 
@@ -102,12 +119,16 @@ impl FakeSensor {
     pub fn send_req(&mut self, r: BlockRequest) -> Decision {
         let seq = r.seq;
         self.send(&SensorFrame::Block(r));
-        match self.recv() {
-            Ok(EnforcerFrame::Ack { seq: s, decision }) => {
-                assert_eq!(s, seq);
-                decision
+        loop {
+            match self.recv() {
+                Ok(EnforcerFrame::Ack { seq: s, decision }) => {
+                    assert_eq!(s, seq);
+                    return decision;
+                }
+                // Notices of ended blocks may come between answers.
+                Ok(EnforcerFrame::Unblocked { addr }) => self.unblocked.push(addr),
+                other => panic!("expected Ack, got {other:?}"),
             }
-            other => panic!("expected Ack, got {other:?}"),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod audit;
 pub mod cmd;
 pub mod fake;
 pub mod netns;
+pub mod nspawn;
 pub mod req;
 pub mod sensor;
 pub mod sentry;

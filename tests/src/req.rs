@@ -90,6 +90,12 @@ impl Req {
         self
     }
 
+    /// First seen `ms` before last seen.
+    pub fn seen_for(mut self, ms: u64) -> Req {
+        self.0.first_seen_ms = self.0.last_seen_ms.saturating_sub(ms);
+        self
+    }
+
     /// Shift the last-seen time by `ms` (into the future for positive values).
     pub fn last_seen_in(mut self, ms: i64) -> Req {
         self.0.last_seen_ms = self.0.last_seen_ms.saturating_add_signed(ms);

@@ -49,6 +49,8 @@ pub struct Settings {
     pub confined: bool,
     /// The enforcer's `--sensor-user`.
     pub sensor_user: String,
+    /// More command-line arguments for the enforcer (e.g. `--infra-root DIR`).
+    pub enforcer_args: Vec<String>,
 }
 
 impl Settings {
@@ -89,6 +91,7 @@ impl Settings {
             sensor_args: Vec::new(),
             confined: true,
             sensor_user: SENSOR_USER.into(),
+            enforcer_args: Vec::new(),
         }
     }
 
@@ -341,6 +344,7 @@ impl Sentry {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--sensor-user", &self.settings.sensor_user, "--log-stderr"])
+            .args(&self.settings.enforcer_args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -14,11 +14,14 @@ impl Engine {
     /// The deny-file lines of all `addrs`, added or removed with one rewrite (mass
     /// expiry, reload, restore).
     pub(super) fn deny_batch(&self, addrs: &[IpAddr], op: Op) -> Option<ActionRecord> {
-        let lines: Vec<String> = addrs
+        let lines: Vec<(IpAddr, String, bool)> = addrs
             .iter()
-            .filter_map(|a| self.blocks.get(a)?.hosts_deny_line.clone())
+            .filter_map(|a| {
+                let b = self.blocks.get(a)?;
+                Some((*a, b.hosts_deny_line.clone()?, b.hosts_deny_legacy))
+            })
             .collect();
-        action::hosts_deny_batch(&self.cfg.hosts_deny_file, &lines, op)
+        action::hosts_deny_batch(&self.cfg.hosts_deny_file, &lines, op, &self.log)
     }
 
     /// End one block. `kernel_nft`: whether the nft element may still exist;
@@ -33,6 +36,7 @@ impl Engine {
         deny_done: Option<&ActionRecord>,
     ) -> Option<Vec<String>> {
         let b = self.blocks.remove(&addr)?;
+        self.lifted.push(addr);
         let subj = Subject {
             addr,
             port: b.port,
@@ -41,7 +45,7 @@ impl Engine {
         let mut actions = Vec::new();
         for act in action::undo_plan(&b, self.exec.backends(), kernel_nft) {
             match (&act, deny_done) {
-                (action::Action::HostsDeny(_, line), Some(done)) => {
+                (action::Action::HostsDeny(_, line, _), Some(done)) => {
                     let mut a = done.clone();
                     a.target = Some(line.clone());
                     actions.push(a);

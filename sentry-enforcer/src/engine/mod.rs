@@ -8,12 +8,14 @@
 //! lines of decisions that changed nothing are bounded per second by AUDIT_RATE
 //! ([`crate::budget`]).
 
+mod blocks;
 mod expiry;
 mod files;
+pub mod rate;
 mod restore;
 mod status;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
-use crate::judge::{self, block_key, Facts, Verdict};
+use crate::judge::{self, block_key, Evidence, Facts, Verdict};
 use crate::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
@@ -64,6 +66,10 @@ pub struct Options {
     /// decision; see [`AddrWatch`]). Always on in the daemon; off only for tests and
     /// embedders, who then supply the addresses with [`Engine::set_own_addresses`].
     pub refresh_own_addresses: bool,
+    /// Where the resolver and lease files are (`/` in the daemon); `None` turns
+    /// infrastructure discovery off (unit tests, embedders). NEVER_BLOCK_INFRASTRUCTURE=0
+    /// turns it off too.
+    pub infra: Option<crate::infra::InfraPaths>,
 }
 
 /// Everything the enforcer decides with.
@@ -73,7 +79,7 @@ pub struct Engine {
     ignore: IgnoreList,
     never: NeverBlock,
     opts: Options,
-    blocks: HashMap<IpAddr, BlockRecord>,
+    blocks: blocks::Blocks,
     store: Store,
     audit: AuditLog,
     log: Arc<Logger>,
@@ -82,13 +88,18 @@ pub struct Engine {
     /// the socket could not be opened (then the addresses are re-read before every
     /// decision, as a fallback that is slow but never stale).
     addr_watch: Option<AddrWatch>,
-    /// Start times of the blocks and commands of the last minute (BLOCK_RATE).
-    rate: VecDeque<WallMs>,
+    /// Default gateways, nameservers, point-to-point peers, DHCP servers (never blocked).
+    infra: Option<crate::infra::Infra>,
+    /// The blocks and commands of the last minute (BLOCK_RATE and its shares).
+    rate: rate::RateWindow,
     /// AUDIT_RATE: records and log lines of no-change decisions per second.
     budget: AuditBudget,
     counters: Counters,
     recent: VecDeque<RecentDecision>,
     started: Instant,
+    /// Addresses whose block ended since the daemon last asked ([`Engine::take_lifted`]),
+    /// so the sensor can forget their state.
+    lifted: Vec<IpAddr>,
     /// The connected sensor (maintained by the daemon).
     pub sensor: Option<SensorInfo>,
 }
@@ -130,6 +141,9 @@ impl Engine {
         };
         let mut never = NeverBlock::new(own);
         never.set_broadcasts(bcast);
+        // Infrastructure joins the never-block set before the table is rebuilt and the
+        // persisted blocks restored.
+        let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
             restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())?;
@@ -149,17 +163,19 @@ impl Engine {
             ignore,
             never,
             opts,
-            blocks: HashMap::new(),
+            blocks: blocks::Blocks::default(),
             store,
             audit,
+            exec: Executor::new(nft, route, Arc::clone(&log)),
             log,
-            exec: Executor::new(nft, route),
             addr_watch,
-            rate: VecDeque::new(),
+            infra,
+            rate: rate::RateWindow::default(),
             budget,
             counters: Counters::default(),
             recent: VecDeque::new(),
             started: Instant::now(),
+            lifted: Vec::new(),
             sensor: None,
         };
         engine.restore(blocks, WallMs::now());
@@ -170,6 +186,7 @@ impl Engine {
     /// kernel on its next address change when `refresh_own_addresses` is on).
     pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
         self.never.set_own(own);
+        self.lift_never_blocked(WallMs::now());
     }
 
     pub fn config(&self) -> &Config {
@@ -182,6 +199,11 @@ impl Engine {
 
     pub fn active_blocks(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// The netlink port id of the set socket, when the nftables backend is open.
+    pub fn nft_portid(&self) -> Option<u32> {
+        self.exec.nft_portid()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -251,6 +273,16 @@ impl Engine {
         }
     }
 
+    /// The addresses whose block ended since the last call.
+    pub fn take_lifted(&mut self) -> Vec<IpAddr> {
+        std::mem::take(&mut self.lifted)
+    }
+
+    /// Count an error the daemon logged itself.
+    pub fn count_error(&mut self) {
+        self.counters.errors += 1;
+    }
+
     /// Count a refusal whose audit record was suppressed by the refusal rate limit.
     pub fn count_suppressed_rejection(&mut self) {
         self.counters.rejected += 1;
@@ -283,15 +315,6 @@ impl Engine {
         b.nft || b.route || self.cfg.kill_route.is_some() || self.cfg.kill_hosts_deny.is_some()
     }
 
-    /// Forget BLOCK_RATE entries older than a minute; returns how many remain.
-    fn started_last_minute(&mut self, now: WallMs) -> usize {
-        let cutoff = WallMs(now.0.saturating_sub(60_000));
-        while self.rate.front().is_some_and(|t| *t <= cutoff) {
-            self.rate.pop_front();
-        }
-        self.rate.len()
-    }
-
     /// The address-change socket, for the daemon's thread that waits on it and then calls
     /// [`Engine::refresh_own_addresses`] (so changes are taken in between decisions, not
     /// on the next decision's path).
@@ -322,7 +345,57 @@ impl Engine {
             let (own, bcast) = own_addresses();
             self.never.set_own(own);
             self.never.set_broadcasts(bcast);
+            self.lift_never_blocked(WallMs::now());
         }
+    }
+
+    /// Take route/address notifications (and, with `files`, changes of the resolver and
+    /// lease files, looked at no more than once per second by the daemon's tick); install
+    /// the new infrastructure list and lift blocks it now covers.
+    pub fn refresh_infra(&mut self, files: bool) {
+        let Some(infra) = self.infra.as_mut() else {
+            return;
+        };
+        let mut r = infra.refresh_kernel();
+        if files {
+            let f = infra.refresh_files(Instant::now());
+            r.changed |= f.changed;
+            r.problems.extend(f.problems);
+        }
+        let entries = r.changed.then(|| (infra.entries(), infra.dropped));
+        self.counters.errors += r.problems.len() as u64;
+        for p in &r.problems {
+            self.log.warn(&format!("adminalert: infrastructure: {p}"));
+        }
+        let Some((entries, dropped)) = entries else {
+            return;
+        };
+        crate::infra::log_entries(&self.log, &entries, dropped);
+        self.never.set_infrastructure(entries);
+        self.lift_never_blocked(WallMs::now());
+    }
+
+    /// Lift the blocks of addresses the never-block set now covers (an address this host
+    /// took after it was blocked): blocking it would cut the host off from itself.
+    fn lift_never_blocked(&mut self, now: WallMs) {
+        let mut covered: Vec<(IpAddr, String)> = self
+            .blocks
+            .keys()
+            .filter_map(|a| {
+                self.never
+                    .check(*a)
+                    .map(|why| (*a, format!("never-block: {why}")))
+            })
+            .collect();
+        if covered.is_empty() {
+            return;
+        }
+        covered.sort();
+        for (addr, why) in covered {
+            self.end_block(addr, now, (RecordKind::Unblocked, &why), None, true, None);
+            self.counters.unblocked += 1;
+        }
+        self.rewrite_blocked_file();
     }
 
     fn count(&mut self, d: Decision) {
@@ -426,13 +499,16 @@ impl Engine {
         rec: &mut AuditRecord,
     ) -> (Decision, String, Line) {
         self.refresh_own_addresses();
-        let started_last_minute = self.started_last_minute(now);
+        self.refresh_infra(false);
+        self.rate.prune(now);
         let facts = Facts {
             cfg: &self.cfg,
             never: &self.never,
             ignore: &self.ignore,
             already_blocked: self.blocks.contains_key(&req.source),
-            started_last_minute,
+            evidence: Evidence::of(req.scan, req.distinct_ports),
+            started: self.rate.usage(req.source),
+            weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
             blocking_configured: self.blocking_configured(),
         };
@@ -440,6 +516,16 @@ impl Engine {
             Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
             Verdict::RunCommand => self.run_command_only(req, now, rec),
             Verdict::Block => self.block(req, now, rec),
+            Verdict::Evict(weak) => {
+                let why = format!(
+                    "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
+                    self.cfg.max_blocks, req.source
+                );
+                self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
+                self.counters.unblocked += 1;
+                self.rewrite_blocked_file();
+                self.block(req, now, rec)
+            }
         }
     }
 
@@ -451,7 +537,8 @@ impl Engine {
         rec: &mut AuditRecord,
     ) -> (Decision, String, Line) {
         let key = block_key(req.protocol);
-        self.rate.push_back(now);
+        self.rate
+            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
@@ -480,7 +567,8 @@ impl Engine {
     ) -> (Decision, String, Line) {
         let addr = req.source;
         let subj = subject(req);
-        self.rate.push_back(now);
+        self.rate
+            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
         let mut block = BlockRecord {
             addr,
             protocol: req.protocol,
@@ -492,6 +580,9 @@ impl Engine {
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
+            distinct_ports: req.distinct_ports,
+            // Written with a marker (crate::hostsdeny).
+            hosts_deny_legacy: false,
         };
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
@@ -521,7 +612,7 @@ impl Engine {
         intent.nft = if nft_first { block.nft } else { backends.nft };
         intent.blackhole = backends.route;
         intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, &subj);
-        self.blocks.insert(addr, intent.clone());
+        self.blocks.insert(intent.clone());
         let intent_durable = match self.store.put(&intent, &self.blocks) {
             Ok(()) => true,
             Err(e) => {
@@ -548,7 +639,7 @@ impl Engine {
         rec.actions = actions;
         let mut reason = String::new();
         if took_effect {
-            self.blocks.insert(addr, block.clone());
+            self.blocks.insert(block.clone());
             // When everything took effect as intended, the write-ahead record already is
             // the final state: a second identical record (and fdatasync) adds nothing.
             let persisted = if intent_durable && block == intent {
@@ -666,6 +757,7 @@ mod tests {
             Options {
                 state_dir: dir.path().join("state"),
                 refresh_own_addresses: false,
+                infra: None,
             },
             Arc::new(Logger::new(true, "test")),
         )
@@ -709,8 +801,14 @@ mod tests {
         fn last(&self) -> serde_json::Value {
             self.audit().pop().unwrap()
         }
+        /// The deny file without sentry's marker lines.
         fn deny(&self) -> String {
-            std::fs::read_to_string(self.dir.path().join("hosts.deny")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("hosts.deny"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.starts_with(crate::hostsdeny::MARKER))
+                .map(|l| format!("{l}\n"))
+                .collect()
         }
     }
 
@@ -819,12 +917,14 @@ mod tests {
 
     #[test]
     fn rate_limit_and_cap() {
+        // Three /24s: one /24 may use only a quarter of BLOCK_RATE (at least one).
         let mut t = setup(&[("BLOCK_RATE", "2")]);
         assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
-        assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
-        assert_eq!(t.decide("192.0.2.3", Protocol::Tcp), Decision::RateLimited);
+        assert_eq!(t.decide("203.0.113.2", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("100.64.0.3", Protocol::Tcp), Decision::RateLimited);
+        assert_eq!(t.last()["reason"], "BLOCK_RATE=2 per minute reached");
         // a minute later the window has moved on
-        let r = req(9, "192.0.2.3", Protocol::Tcp, 22);
+        let r = req(9, "100.64.0.3", Protocol::Tcp, 22);
         let later = WallMs(now_ms().0 + 61_000);
         assert_eq!(t.engine.decide_raw(&r, PEER, later.us()), Decision::Blocked);
 
@@ -837,6 +937,75 @@ mod tests {
             t.decide("192.0.2.1", Protocol::Tcp),
             Decision::AlreadyBlocked
         );
+    }
+
+    #[test]
+    fn spoofed_single_probes_leave_room_for_a_real_scanner() {
+        // BLOCK_RATE=8: single probes may start 4 blocks a minute, one /24 2.
+        let mut t = setup(&[("BLOCK_RATE", "8"), ("MAX_BLOCKS", "4")]);
+        let single = |seq: u64, src: &str| {
+            let mut r = req(seq, src, Protocol::Tcp, 22);
+            r.distinct_ports = 1;
+            r
+        };
+        let forged = ["192.0.2.1", "203.0.113.1", "100.64.0.1", "100.65.0.1"];
+        for (i, src) in forged.iter().enumerate() {
+            let r = single(i as u64 + 1, src);
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, now_ms().us()),
+                Decision::Blocked
+            );
+        }
+        // The single-probe half of BLOCK_RATE is spent, and MAX_BLOCKS is full.
+        let r = single(5, "100.66.0.1");
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::RateLimited
+        );
+        assert!(t.last()["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("single-probe requests used their share"));
+        // A many-port scanner is not starved: it gets the other half of BLOCK_RATE and
+        // evicts the oldest single-probe block.
+        let r = req(6, "100.67.0.9", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::Blocked
+        );
+        assert!(t.engine.is_blocked("100.67.0.9".parse().unwrap()));
+        assert!(!t.engine.is_blocked("192.0.2.1".parse().unwrap()));
+        assert_eq!(t.engine.active_blocks(), 4);
+        let evicted = t
+            .audit()
+            .into_iter()
+            .find(|r| r["decision"] == "unblocked")
+            .unwrap();
+        assert_eq!(evicted["source"], "192.0.2.1");
+        assert!(evicted["reason"]
+            .as_str()
+            .unwrap()
+            .contains("evicted at MAX_BLOCKS=4"));
+        assert!(!t.deny().contains("192.0.2.1"));
+        // Each further one evicts another single-probe block...
+        for (seq, src) in [(7, "100.68.0.9"), (8, "100.69.0.9"), (9, "100.70.0.9")] {
+            let r = req(seq, src, Protocol::Tcp, 22);
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, now_ms().us()),
+                Decision::Blocked
+            );
+        }
+        for src in forged {
+            assert!(!t.engine.is_blocked(src.parse().unwrap()), "{src}");
+        }
+        assert_eq!(t.engine.active_blocks(), 4);
+        // ... and BLOCK_RATE still bounds everything: 8 started this minute.
+        let r = req(10, "100.71.0.9", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::RateLimited
+        );
+        assert_eq!(t.last()["reason"], "BLOCK_RATE=8 per minute reached");
     }
 
     #[test]
@@ -885,6 +1054,25 @@ mod tests {
         assert_eq!(t.last()["decision"], "expired");
         let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
         assert_eq!(blocked, "");
+    }
+
+    #[test]
+    fn an_address_that_becomes_our_own_is_unblocked_at_once() {
+        let mut t = setup(&[]);
+        assert_eq!(t.decide("203.0.113.5", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("203.0.113.6", Protocol::Tcp), Decision::Blocked);
+        t.engine
+            .set_own_addresses(vec!["203.0.113.5".parse().unwrap()]);
+        assert!(!t.engine.is_blocked("203.0.113.5".parse().unwrap()));
+        assert!(t.engine.is_blocked("203.0.113.6".parse().unwrap()));
+        assert_eq!(t.deny(), "ALL: 203.0.113.6\n");
+        let last = t.last();
+        assert_eq!(last["decision"], "unblocked");
+        assert_eq!(last["source"], "203.0.113.5");
+        assert_eq!(last["reason"], "never-block: one of this host's addresses");
+        let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
+        assert!(!blocked.contains("203.0.113.5/"), "{blocked}");
+        assert_eq!(t.engine.counters().unblocked, 1);
     }
 
     #[test]

@@ -49,11 +49,61 @@ pub(super) fn rebuild_table(
 }
 
 impl Engine {
+    /// The table was deleted, flushed or changed by another process (`nft flush ruleset`,
+    /// `systemctl restart nftables`, ...): rebuild it with every active block, in one
+    /// transaction, and audit it. `by`: the netlink port id of the process that changed
+    /// it, when known. Blocks whose element had failed before are put in too.
+    pub fn rebuild_table(&mut self, by: Option<u32>, now: WallMs) -> Result<usize, EnforcerError> {
+        let elems: Vec<SetElem> = self
+            .blocks
+            .values()
+            .filter(|b| survives(b, &self.never, &self.ignore, now))
+            .map(|b| elem(b, now))
+            .collect();
+        let t = Instant::now();
+        let who = by.map_or_else(
+            || "changes were lost (notification queue overrun)".to_string(),
+            |p| format!("changed by netlink port {p}"),
+        );
+        let r = table::build(&self.cfg, &elems);
+        let (reason, n) = match &r {
+            Ok(()) => {
+                self.blocks.set_all_in_nft();
+                if let Err(e) = self.store.compact(&self.blocks) {
+                    self.persist_error("state", &e);
+                }
+                (
+                    format!(
+                        "table inet {} {who}; rebuilt with {} blocks in {:.1} ms",
+                        self.cfg.nft_table,
+                        elems.len(),
+                        ms_since(t)
+                    ),
+                    elems.len(),
+                )
+            }
+            Err(e) => {
+                self.counters.errors += 1;
+                (
+                    format!(
+                        "table inet {} {who}; rebuild failed: {e}",
+                        self.cfg.nft_table
+                    ),
+                    0,
+                )
+            }
+        };
+        let rec = AuditRecord::event(now, RecordKind::Restored, reason.clone(), None);
+        self.write_audit(&rec);
+        self.log.notice(&format!("adminalert: {reason}"));
+        r.map(|()| n)
+    }
+
     /// On start: expire stale blocks, lift blocks the current ignore list / never-block set
     /// now covers, and re-apply the rest (one netlink batch for the nft elements).
     pub(super) fn restore(&mut self, persisted: HashMap<IpAddr, BlockRecord>, now: WallMs) {
         // All of them first, so that a compaction during the loop never loses any.
-        self.blocks = persisted;
+        self.blocks = super::blocks::Blocks::from_map(persisted);
         let mut addrs: Vec<IpAddr> = self.blocks.keys().copied().collect();
         addrs.sort();
         let mut keep = Vec::new();
@@ -166,7 +216,7 @@ impl Engine {
             rec.scan = Some(b.scan.as_str());
             rec.mode = Some(b.mode.as_str());
             rec.actions = actions;
-            self.blocks.insert(addr, b);
+            self.blocks.insert(b);
             self.write_audit(&rec);
         }
         if let Err(e) = self.store.compact(&self.blocks) {

@@ -7,8 +7,10 @@
 //! Modes: `garbage`, `huge` (length prefix 0xFFFFFFFF), `zero` (length 0), `truncated`
 //! (prefix promises more than is sent, then EOF), `bad-version`, `no-hello`, `trailing`
 //! (a Hello with extra bytes inside the frame), `hello` (a valid Hello, then wait),
-//! `hold SECS` (half a header, then sit on the connection), `flood N ADDR...` (a valid
-//! Hello, then N block requests cycling over ADDRs, counting the decisions).
+//! `hold SECS` (half a header, then sit on the connection), `drip MS` (a valid Hello sent
+//! one byte every MS milliseconds, so no single read waits long), `reconnect N` (N times:
+//! connect, Hello, Welcome, close), `flood N ADDR...` (a valid Hello, then N block
+//! requests cycling over ADDRs, counting the decisions).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -169,6 +171,43 @@ fn main() {
                 drain(&mut s, &mut r, 1);
             }
         }
+        "drip" => {
+            let ms: u64 = args
+                .get(3)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| fail("drip MS"));
+            for b in frame(&hello(PROTOCOL_VERSION)) {
+                if !send(&mut s, &[b], &mut r) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(ms.min(2_000)));
+            }
+            if !r.closed {
+                drain(&mut s, &mut r, 4);
+            }
+        }
+        "reconnect" => {
+            let n: u64 = args
+                .get(3)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| fail("reconnect N"));
+            drop(s);
+            let mut welcomed = 0u64;
+            for _ in 0..n.min(10_000) {
+                let mut c = UnixStream::connect(path)
+                    .unwrap_or_else(|e| fail(&format!("connect {path}: {e}")));
+                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                if send(&mut c, &frame(&hello(PROTOCOL_VERSION)), &mut r)
+                    && matches!(
+                        read_frame::<EnforcerFrame, _>(&mut c),
+                        Ok(EnforcerFrame::Welcome { .. })
+                    )
+                {
+                    welcomed += 1;
+                }
+            }
+            r.decisions.insert("welcomed".into(), welcomed);
+        }
         "flood" => {
             let n: u64 = args
                 .get(3)
@@ -212,14 +251,21 @@ fn main() {
                 if !send(&mut s, &bytes, &mut r) {
                     break;
                 }
-                for _ in 0..batch {
+                let mut answered = 0;
+                while answered < batch {
                     match read_frame::<EnforcerFrame, _>(&mut s) {
                         Ok(EnforcerFrame::Ack { decision, .. }) => {
+                            answered += 1;
                             *r.decisions
                                 .entry(decision.as_str().to_string())
                                 .or_default() += 1;
                         }
-                        Ok(other) => r.replies.push(format!("{other:?}")),
+                        // Notices of ended blocks are not answers.
+                        Ok(EnforcerFrame::Unblocked { .. }) => {}
+                        Ok(other) => {
+                            answered += 1;
+                            r.replies.push(format!("{other:?}"));
+                        }
                         Err(e) => {
                             r.error = Some(e.to_string());
                             r.closed = true;
