@@ -39,6 +39,30 @@ fn up(test: &str, keys: &[(&str, &str)]) -> Option<(Sentry, FakeSensor)> {
     Some((env, s))
 }
 
+/// Ask about `(addr, protocol, port)` until the enforcer answers `never_block`, lifting
+/// the block each time it still blocks; fail with `what` after `within`.
+fn until_never_blocked(
+    env: &Sentry,
+    s: &mut FakeSensor,
+    (addr, protocol, port): (&str, Protocol, u16),
+    within: Duration,
+    pause: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match s.block(addr, protocol, port) {
+            Decision::NeverBlock => break,
+            Decision::Blocked => {
+                assert!(env.sentryctl(&["unblock", addr]).success());
+            }
+            d => panic!("unexpected {d:?}"),
+        }
+        assert!(Instant::now() < deadline, "{what}\n{}", env.enforcer_log());
+        std::thread::sleep(pause);
+    }
+}
+
 /// `prog args` run in the enforcer's namespace.
 fn ns(env: &Sentry, prog: &str, args: &[&str]) -> std::process::Output {
     env.net
@@ -1552,23 +1576,14 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
     // The default route moves: the new gateway is protected within a second, the old one
     // is an ordinary address again.
     ip_ok(&["route", "replace", "default", "via", "10.88.0.254"]);
-    let t = Instant::now();
-    let deadline = t + Duration::from_secs(1);
-    loop {
-        match s.block("10.88.0.254", Protocol::Tcp, 22) {
-            Decision::NeverBlock => break,
-            Decision::Blocked => {
-                assert!(env.sentryctl(&["unblock", "10.88.0.254"]).success());
-            }
-            d => panic!("unexpected {d:?}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not protected within 1 s\n{}",
-            env.enforcer_log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_never_blocked(
+        &env,
+        &mut s,
+        ("10.88.0.254", Protocol::Tcp, 22),
+        Duration::from_secs(1),
+        Duration::from_millis(20),
+        "not protected within 1 s",
+    );
     assert_eq!(
         env.audit_for(ip("10.88.0.254"), AuditDecision::NeverBlock)
             .last()
@@ -1589,41 +1604,25 @@ fn default_gateway_and_nameserver_are_never_blocked_and_kept_current() {
         "dev",
         "gw0",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        match s.block("10.88.0.18", Protocol::Tcp, 22) {
-            Decision::NeverBlock => break,
-            Decision::Blocked => {
-                assert!(env.sentryctl(&["unblock", "10.88.0.18"]).success());
-            }
-            d => panic!("unexpected {d:?}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nexthop change not seen\n{}",
-            env.enforcer_log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_never_blocked(
+        &env,
+        &mut s,
+        ("10.88.0.18", Protocol::Tcp, 22),
+        Duration::from_secs(1),
+        Duration::from_millis(20),
+        "nexthop change not seen",
+    );
 
     // A new nameserver in the resolver file: picked up by the one-second file check.
     std::fs::write(root.join("etc/resolv.conf"), "nameserver 10.88.0.153\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(4);
-    loop {
-        match s.block("10.88.0.153", Protocol::Udp, 53) {
-            Decision::NeverBlock => break,
-            Decision::Blocked => {
-                assert!(env.sentryctl(&["unblock", "10.88.0.153"]).success());
-            }
-            d => panic!("unexpected {d:?}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nameserver change not seen\n{}",
-            env.enforcer_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_never_blocked(
+        &env,
+        &mut s,
+        ("10.88.0.153", Protocol::Udp, 53),
+        Duration::from_secs(4),
+        Duration::from_millis(100),
+        "nameserver change not seen",
+    );
     assert_eq!(s.block("10.88.0.53", Protocol::Udp, 53), Decision::Blocked);
     assert!(
         env.enforcer_log()
