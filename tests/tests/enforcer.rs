@@ -1904,11 +1904,7 @@ fn missing_directories_are_a_warning_and_created_safely() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bins().sentryctl)
-        .args(["check-config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
+    let out = sentryctl(&["check-config"], &conf);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
