@@ -343,9 +343,18 @@ impl Env {
         addrs
     }
 
+    /// Whether nftables drops `addr`: its element, or (IPv6) its /64 in `v6net`
+    /// (BLOCK_PREFIX6 in the harness's configuration is the default 64).
     pub fn nft_has(&self, addr: IpAddr) -> bool {
-        self.nft_set(if addr.is_ipv4() { "v4" } else { "v6" })
-            .contains(&addr)
+        match addr {
+            IpAddr::V4(_) => self.nft_set("v4").contains(&addr),
+            IpAddr::V6(a) => {
+                let net = IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(a) & !((1u128 << 64) - 1),
+                ));
+                self.nft_set("v6").contains(&addr) || self.nft_set("v6net").contains(&net)
+            }
+        }
     }
 
     pub fn hosts_deny_text(&self) -> String {
