@@ -13,8 +13,12 @@ use serde_json::Value;
 
 const BLOCKED: [&str; 3] = ["198.18.0.11", "198.18.0.12", "2001:db8::11"];
 
+/// The elements they are: the IPv6 source as its /64 (BLOCK_PREFIX6), in `v6net`.
 fn blocked() -> BTreeSet<IpAddr> {
-    BLOCKED.iter().map(|a| a.parse().unwrap()).collect()
+    ["198.18.0.11", "198.18.0.12", "2001:db8::"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
 }
 
 /// Three blocks made through the enforcer socket, as the sensor would ask for them.
