@@ -142,8 +142,8 @@ fn a_flushed_set_or_deleted_element_is_put_back() {
             "element",
             "inet",
             NFT_TABLE,
-            "v6",
-            "{ 2001:db8::11 }",
+            "v6net",
+            "{ 2001:db8:: }",
         ],
     );
     assert_eq!(wait_rebuild_records(&s, 2).len(), 2, "{}", s.diag());
