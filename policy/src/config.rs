@@ -71,6 +71,10 @@ pub struct Config {
     pub log_rate: u32,
     /// LOG_RATE_TOTAL: most packet-triggered log lines per second from all sources.
     pub log_rate_total: u32,
+    /// BLOCK_PREFIX6: an IPv6 scanner is blocked, and counted by the sensor, as this
+    /// network prefix (an IPv6 host owns a whole /64 and can rotate through it); 128 is
+    /// the address alone.
+    pub block_prefix6: u8,
     /// AUDIT_RATE: most audit records (and enforcer log lines) per second for block
     /// requests that changed nothing; the rest are summarised once per second.
     pub audit_rate: u32,
@@ -186,6 +190,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("SENSOR_QUEUE", Kind::Num(1, 1_000_000)),
     ("LOG_RATE", Kind::Num(1, 100_000)),
     ("LOG_RATE_TOTAL", Kind::Num(1, 1_000_000)),
+    ("BLOCK_PREFIX6", Kind::Num(32, 128)),
     ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
     ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
@@ -427,6 +432,7 @@ impl Config {
             sensor_queue: 4096,
             log_rate: 50,
             log_rate_total: 500,
+            block_prefix6: 64,
             audit_rate: 100,
             control_group: None,
             never_block_infrastructure: true,
@@ -487,6 +493,9 @@ impl Config {
                         self.sensor_queue = usize::try_from(n).unwrap_or(self.sensor_queue);
                     }
                     "LOG_RATE" => self.log_rate = u32::try_from(n).unwrap_or(self.log_rate),
+                    "BLOCK_PREFIX6" => {
+                        self.block_prefix6 = u8::try_from(n).unwrap_or(self.block_prefix6)
+                    }
                     "LOG_RATE_TOTAL" => {
                         self.log_rate_total = u32::try_from(n).unwrap_or(self.log_rate_total);
                     }

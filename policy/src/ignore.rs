@@ -163,6 +163,17 @@ impl IgnoreList {
         }
     }
 
+    /// Does any entry overlap the IPv6 network `net`/`len`? (A prefix block must not cover
+    /// an address the administrator asked never to block.)
+    pub fn overlaps_net6(&self, net: std::net::Ipv6Addr, len: u8) -> bool {
+        let lo = u128::from(net) & mask6(len.min(128));
+        let hi = lo | !mask6(len.min(128));
+        // Ranges are sorted and disjoint: the first one ending at or after `lo` is the
+        // only candidate.
+        let i = self.v6.partition_point(|&(_, end)| end < lo);
+        self.v6.get(i).is_some_and(|&(start, _)| start <= hi)
+    }
+
     /// Number of entries read (before merging).
     pub fn len(&self) -> usize {
         self.entries
@@ -176,6 +187,18 @@ impl IgnoreList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_overlaps() {
+        let l = list("2001:db8:1:2::9\n2001:db8:5::/48\n");
+        let n = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        assert!(l.overlaps_net6(n("2001:db8:1:2::"), 64));
+        assert!(!l.overlaps_net6(n("2001:db8:1:3::"), 64));
+        assert!(l.overlaps_net6(n("2001:db8:5:7::"), 64));
+        assert!(!l.overlaps_net6(n("2001:db8:6::"), 64));
+        assert!(l.overlaps_net6(n("2001:db8::"), 32));
+        assert!(!list("").overlaps_net6(n("2001:db8::"), 32));
+    }
 
     fn list(text: &str) -> IgnoreList {
         IgnoreList::parse(text, Path::new("t.ignore")).unwrap()

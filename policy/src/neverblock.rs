@@ -147,6 +147,28 @@ impl NeverBlock {
         }
     }
 
+    /// Why a block of the IPv6 network `net`/`len` would cover something never blocked:
+    /// one of this host's addresses or its infrastructure inside it, or a network address
+    /// that is itself never blocked (link-local, multicast, ...). `None`: the whole
+    /// network may be blocked.
+    pub fn check_net6(&self, net: Ipv6Addr, len: u8) -> Option<NeverBlockReason> {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(len.min(128)))
+            .unwrap_or(0);
+        let base = u128::from(net) & mask;
+        let inside = |ip: &IpAddr| match ip {
+            IpAddr::V6(a) => u128::from(*a) & mask == base,
+            IpAddr::V4(_) => false,
+        };
+        if self.own.iter().any(inside) {
+            return Some(NeverBlockReason::OwnAddress);
+        }
+        if let Some((_, why)) = self.infra.iter().find(|(ip, _)| inside(ip)) {
+            return Some(NeverBlockReason::Infrastructure(*why));
+        }
+        check_v6(Ipv6Addr::from(base))
+    }
+
     fn check_v4(&self, a: Ipv4Addr) -> Option<NeverBlockReason> {
         use NeverBlockReason::*;
         let o = a.octets();
@@ -190,6 +212,33 @@ fn check_v6(a: Ipv6Addr) -> Option<NeverBlockReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_network_never_covers_our_own_or_infrastructure() {
+        let n = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let mut nb = NeverBlock::new(vec!["2001:db8:1:2::5".parse().unwrap()]);
+        nb.set_infrastructure(vec![(
+            "2001:db8:9::1".parse().unwrap(),
+            InfraReason::DefaultGateway,
+        )]);
+        assert_eq!(
+            nb.check_net6(n("2001:db8:1:2::"), 64),
+            Some(NeverBlockReason::OwnAddress)
+        );
+        assert_eq!(
+            nb.check_net6(n("2001:db8:9::77"), 64),
+            Some(NeverBlockReason::Infrastructure(
+                InfraReason::DefaultGateway
+            ))
+        );
+        assert_eq!(nb.check_net6(n("2001:db8:1:3::9"), 64), None);
+        assert_eq!(
+            nb.check_net6(n("fe80::1"), 64),
+            Some(NeverBlockReason::LinkLocal)
+        );
+        // /128 is the address alone.
+        assert_eq!(nb.check_net6(n("2001:db8:1:2::6"), 128), None);
+    }
 
     fn nb() -> NeverBlock {
         let mut n = NeverBlock::new([

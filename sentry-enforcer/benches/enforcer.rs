@@ -64,6 +64,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             blackhole: false,
             hosts_deny_line: None,
             distinct_ports: 1,
+            prefix6: None,
             hosts_deny_legacy: false,
         })
         .collect();
@@ -200,7 +201,7 @@ fn bench(c: &mut Criterion) {
             .map(|i| addr(4_000_000 + i))
             .collect();
         for a in &fill {
-            rt.blackhole(*a, true).unwrap();
+            rt.blackhole(*a, 32, true).unwrap();
         }
         let mut next = 0u32;
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -210,15 +211,15 @@ fn bench(c: &mut Criterion) {
                     next += 1;
                     let a = addr(5_000_000 + next);
                     let t = Instant::now();
-                    rt.blackhole(a, true).unwrap();
+                    rt.blackhole(a, 32, true).unwrap();
                     total += t.elapsed();
-                    rt.blackhole(a, false).unwrap();
+                    rt.blackhole(a, 32, false).unwrap();
                 }
                 total
             })
         });
         for a in &fill {
-            rt.blackhole(*a, false).unwrap();
+            rt.blackhole(*a, 32, false).unwrap();
         }
     }
     g.finish();

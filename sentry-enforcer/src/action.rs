@@ -23,6 +23,8 @@ use crate::time::ms_since;
 /// Names of the two sets in the nftables table.
 pub const SET_V4: &str = "v4";
 pub const SET_V6: &str = "v6";
+/// The set of IPv6 networks (BLOCK_PREFIX6), looked up with the source masked.
+pub const SET_V6NET: &str = "v6net";
 
 /// Whether an action puts something in place or takes it away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +60,35 @@ pub struct Subject {
     pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// The block covers the IPv6 network `addr`/len (BLOCK_PREFIX6).
+    pub prefix6: Option<u8>,
+}
+
+impl Subject {
+    /// What the templates' `$TARGET$` stands for: the address, or `network/len`.
+    pub fn target(&self) -> String {
+        match self.prefix6 {
+            Some(len) => format!("{}/{len}", self.addr),
+            None => self.addr.to_string(),
+        }
+    }
+
+    fn prefix_len(&self) -> u8 {
+        match (self.prefix6, self.addr) {
+            (Some(len), _) => len,
+            (None, IpAddr::V4(_)) => 32,
+            (None, IpAddr::V6(_)) => 128,
+        }
+    }
 }
 
 /// The KILL_HOSTS_DENY line for `s` (IPv6 in brackets, as hosts_access(5) wants).
 pub fn hosts_deny_line(cfg: &Config, s: &Subject) -> Option<String> {
     let tpl = cfg.kill_hosts_deny.as_ref()?;
-    let target = match s.addr {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
+    let target = match (s.addr, s.prefix6) {
+        (IpAddr::V4(a), _) => a.to_string(),
+        (IpAddr::V6(a), None) => format!("[{a}]"),
+        (IpAddr::V6(a), Some(len)) => format!("[{a}]/{len}"),
     };
     Some(tpl.render(&Vars {
         target: &target,
@@ -194,7 +217,7 @@ impl Executor {
                     addr: s.addr,
                     timeout,
                 };
-                let r = match self.nft_batch(cfg, &[elem], *op) {
+                let r = match self.nft_batch(cfg, &[elem], *op, s.prefix6.is_some()) {
                     // Deleting an element the kernel already timed out is not a failure.
                     Err(e) if *op == Op::Delete && e.kernel_errno() == Some(Errno::ENOENT) => {
                         Ok(())
@@ -203,16 +226,16 @@ impl Executor {
                 };
                 ActionRecord::outcome(
                     ActionKind::Nftables,
-                    Some(nft_target(cfg, s.addr)),
+                    Some(nft_target(cfg, s.addr, s.prefix6)),
                     r,
                     ms_since(t),
                 )
             }
             Action::Route(op) => {
-                let r = self.route(s.addr, *op);
+                let r = self.route(s.addr, s.prefix_len(), *op);
                 ActionRecord::outcome(
                     ActionKind::BlackholeRoute,
-                    Some(format!("blackhole {}", s.addr)),
+                    Some(format!("blackhole {}", s.target())),
                     r,
                     ms_since(t),
                 )
@@ -251,27 +274,30 @@ impl Executor {
         }
     }
 
-    /// Add or delete many elements in as few netlink batches as the kernel takes.
+    /// Add or delete many elements in as few netlink batches as the kernel takes; `nets`:
+    /// the IPv6 elements are network addresses (the `v6net` set).
     pub fn nft_batch(
         &mut self,
         cfg: &Config,
         elems: &[SetElem],
         op: Op,
+        nets: bool,
     ) -> Result<(), EnforcerError> {
         let s = self
             .nft
             .as_mut()
             .ok_or(EnforcerError::BackendClosed("nftables"))?;
-        s.setelems(&cfg.nft_table, SET_V4, SET_V6, elems, op == Op::Add)
+        let v6 = if nets { SET_V6NET } else { SET_V6 };
+        s.setelems(&cfg.nft_table, SET_V4, v6, elems, op == Op::Add)
             .map_err(|e| EnforcerError::netlink("nftables", e))
     }
 
-    fn route(&mut self, addr: IpAddr, op: Op) -> Result<(), EnforcerError> {
+    fn route(&mut self, addr: IpAddr, prefix: u8, op: Op) -> Result<(), EnforcerError> {
         let s = self
             .route
             .as_mut()
             .ok_or(EnforcerError::BackendClosed("route"))?;
-        match (s.blackhole(addr, op == Op::Add), op) {
+        match (s.blackhole(addr, prefix, op == Op::Add), op) {
             (Ok(()), _) => Ok(()),
             // Already there / already gone: the state we wanted.
             (Err(NlError::Kernel(Errno::EEXIST)), Op::Add) => Ok(()),
@@ -308,8 +334,12 @@ pub fn hosts_deny_batch(
 }
 
 /// How the audit log names an address's element.
-pub fn nft_target(cfg: &Config, addr: IpAddr) -> String {
-    let set = if addr.is_ipv4() { SET_V4 } else { SET_V6 };
+pub fn nft_target(cfg: &Config, addr: IpAddr, prefix6: Option<u8>) -> String {
+    let set = match (addr.is_ipv4(), prefix6) {
+        (true, _) => SET_V4,
+        (false, None) => SET_V6,
+        (false, Some(_)) => SET_V6NET,
+    };
     format!("inet {} {set} {addr}", cfg.nft_table)
 }
 
@@ -319,7 +349,7 @@ fn run_template(
     s: &Subject,
     timeout: Duration,
 ) -> ActionRecord {
-    let target = s.addr.to_string();
+    let target = s.target();
     let argv = tpl.render(&Vars {
         target: &target,
         port: s.port,
@@ -403,6 +433,7 @@ mod tests {
         addr: IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
         port: 22,
         protocol: Protocol::Tcp,
+        prefix6: None,
     };
     const ALL: Backends = Backends {
         nft: true,
@@ -446,6 +477,7 @@ mod tests {
             blackhole: false,
             hosts_deny_line: Some("ALL: x".into()),
             distinct_ports: 1,
+            prefix6: None,
             hosts_deny_legacy: false,
         };
         assert_eq!(

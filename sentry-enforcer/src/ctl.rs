@@ -360,7 +360,10 @@ pub fn main() -> ExitCode {
                     for b in &list {
                         println!(
                             "{:<39}  {} {:<5}  {:<4} {:<7}  since {}  {}",
-                            b.addr.to_string(),
+                            match b.prefix6 {
+                                Some(len) => format!("{}/{len}", b.addr),
+                                None => b.addr.to_string(),
+                            },
                             b.protocol.as_upper(),
                             b.port,
                             b.mode.as_str(),

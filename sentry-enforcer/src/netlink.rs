@@ -271,7 +271,8 @@ pub fn encode_setelem_batch(
 }
 
 /// Encode an RTM_NEWROUTE / RTM_DELROUTE for a host blackhole route in the main table.
-pub fn encode_blackhole(addr: IpAddr, add: bool, seq: u32) -> Vec<u8> {
+/// `prefix`: the destination length (32 / 128 for one host; less for an IPv6 network).
+pub fn encode_blackhole(addr: IpAddr, prefix: u8, add: bool, seq: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(Vec::with_capacity(64));
     // As iproute2 does: a delete matches any protocol and scope (wildcards).
     let (ty, flags, scope, proto) = if add {
@@ -286,8 +287,8 @@ pub fn encode_blackhole(addr: IpAddr, add: bool, seq: u32) -> Vec<u8> {
     };
     b.begin(ty, flags, seq);
     let (family, dst_len) = match addr {
-        IpAddr::V4(_) => (AF_INET, 32),
-        IpAddr::V6(_) => (AF_INET6, 128),
+        IpAddr::V4(_) => (AF_INET, prefix.min(32)),
+        IpAddr::V6(_) => (AF_INET6, prefix.min(128)),
     };
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
     b.bytes(&[
@@ -468,9 +469,9 @@ impl NlSocket {
     }
 
     /// Add or delete a blackhole route for one host.
-    pub fn blackhole(&mut self, addr: IpAddr, add: bool) -> Result<(), NlError> {
+    pub fn blackhole(&mut self, addr: IpAddr, prefix: u8, add: bool) -> Result<(), NlError> {
         let seq = self.next_seq(1);
-        let msg = encode_blackhole(addr, add, seq);
+        let msg = encode_blackhole(addr, prefix, add, seq);
         self.transact(&msg, vec![seq])
     }
 }
@@ -647,14 +648,14 @@ mod tests {
 
     #[test]
     fn blackhole_layout() {
-        let m = encode_blackhole("198.51.100.9".parse().unwrap(), true, 7);
+        let m = encode_blackhole("198.51.100.9".parse().unwrap(), 32, true, 7);
         assert_eq!(u32_at(&m, 0) as usize, m.len());
         assert_eq!(u16_at(&m, 4), RTM_NEWROUTE);
         assert_eq!(m[16], AF_INET);
         assert_eq!(m[17], 32);
         assert_eq!(m[23], RTN_BLACKHOLE);
         assert_eq!(&m[m.len() - 4..], &[198, 51, 100, 9]);
-        let d = encode_blackhole("2001:db8::2".parse().unwrap(), false, 8);
+        let d = encode_blackhole("2001:db8::2".parse().unwrap(), 128, false, 8);
         assert_eq!(u16_at(&d, 4), RTM_DELROUTE);
         assert_eq!(d[17], 128);
     }

@@ -46,6 +46,7 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
     BlockRecord {
         // Unknown: such a block counts as made on a single probe.
         distinct_ports: 0,
+        prefix6: None,
         addr,
         protocol: proto,
         port,

@@ -52,6 +52,10 @@ pub struct BlockRecord {
     /// kept, read as a single probe).
     #[serde(default)]
     pub distinct_ports: u32,
+    /// Set when the block covers the IPv6 network `addr`/len (BLOCK_PREFIX6); `addr` is
+    /// then the network address.
+    #[serde(default)]
+    pub prefix6: Option<u8>,
     /// The line was written by a version that did not mark its hosts.deny lines (records
     /// without this field); see [`crate::hostsdeny`] for how such a line is removed.
     #[serde(default = "legacy_default")]
@@ -661,6 +665,7 @@ mod tests {
             blackhole: false,
             hosts_deny_line: Some(format!("ALL: {a}")),
             distinct_ports: 1,
+            prefix6: None,
             hosts_deny_legacy: false,
         }
     }

@@ -378,6 +378,8 @@ pub struct BlockEntry {
     pub since_ms: u64,
     /// `None` for a permanent block.
     pub expires_ms: Option<u64>,
+    /// Set when the block covers the IPv6 network `addr`/len (BLOCK_PREFIX6).
+    pub prefix6: Option<u8>,
 }
 
 /// enforcer → sentryctl.

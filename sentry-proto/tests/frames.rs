@@ -126,6 +126,7 @@ fn every_message_roundtrips() {
         scan: ScanKind::Udp,
         since_ms: 1,
         expires_ms: Some(2),
+        prefix6: Some(64),
     }]));
     roundtrip(ControlResponse::Unblocked {
         addr: v6,

@@ -299,7 +299,8 @@ fn run(args: Args) -> i32 {
             window_ms,
             max_sources: config.state_max_sources,
             rereport_ms: window_ms.min(DEFAULT_REREPORT_MS),
-        }),
+        })
+        .with_prefix6(config.block_prefix6),
         stats: SensorStats::default(),
         counters: Counters::default(),
         tables: Tables::default(),

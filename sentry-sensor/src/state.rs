@@ -191,6 +191,9 @@ pub struct State {
     evictions: u64,
     /// New sources not tracked because every candidate for eviction had more evidence.
     untracked: u64,
+    /// BLOCK_PREFIX6: IPv6 sources are counted by this network (an IPv6 scanner can take
+    /// a new address from its /64 for every probe); 128 counts each address.
+    prefix6: u8,
 }
 
 impl State {
@@ -210,6 +213,7 @@ impl State {
             rng: seed,
             evictions: 0,
             untracked: 0,
+            prefix6: 128,
         }
     }
 
@@ -229,10 +233,30 @@ impl State {
         self.untracked
     }
 
+    /// Count IPv6 sources by their `len`-bit network (BLOCK_PREFIX6), as the enforcer
+    /// blocks them.
+    pub fn with_prefix6(mut self, len: u8) -> Self {
+        self.prefix6 = len.clamp(1, 128);
+        self
+    }
+
+    /// The key a source is counted under: its address, or its IPv6 network.
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(a) if self.prefix6 < 128 => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix6))
+                    .unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
+            other => other,
+        }
+    }
+
     /// The enforcer refused `ip`'s report of `reported` distinct ports for want of budget
     /// (rate-limited, capped): report it again when it has shown twice as many.
     pub fn escalate(&mut self, ip: IpAddr, reported: u32) {
-        let Some(&i) = self.index.get(&ip) else {
+        let Some(&i) = self.index.get(&self.key(ip)) else {
             return;
         };
         let Some(s) = self.slots.get_mut(i) else {
@@ -259,9 +283,10 @@ impl State {
 
     /// Record a hit at monotonic `now` (wall clock `wall`).
     pub fn hit(&mut self, h: &Hit, now: u64, wall: u64) -> Outcome {
-        let idx = match self.index.get(&h.src) {
+        let key = self.key(h.src);
+        let idx = match self.index.get(&key) {
             Some(&i) => i,
-            None => match self.insert(h.src, now) {
+            None => match self.insert(key, now) {
                 Some(i) => i,
                 None => return Outcome::Untracked,
             },
@@ -438,7 +463,7 @@ impl State {
     /// `rereport_ms` ago and not silent for a window).
     pub fn is_latched(&self, ip: IpAddr, now: u64) -> bool {
         self.index
-            .get(&ip)
+            .get(&self.key(ip))
             .and_then(|&i| self.slots.get(i))
             .is_some_and(|s| {
                 s.reported
@@ -450,14 +475,14 @@ impl State {
     /// Forget everything about `ip` (its block ended: if it scans again, it is counted
     /// and reported afresh, not latched).
     pub fn forget(&mut self, ip: IpAddr) {
-        if let Some(&i) = self.index.get(&ip) {
+        if let Some(&i) = self.index.get(&self.key(ip)) {
             self.remove_at(i);
         }
     }
 
     /// Whether `ip` is currently tracked (tests, diagnostics).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.index.contains_key(&ip)
+        self.index.contains_key(&self.key(ip))
     }
 }
 
@@ -541,6 +566,41 @@ mod tests {
         assert!(!s.contains(a));
         assert!(matches!(s.hit(&hit(a, 7), 7, WALL + 7), Outcome::Report(_)));
         s.forget(v4(98));
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_by_their_network() {
+        let mut s = State::new(cfg(2, 10_000, 10)).with_prefix6(64);
+        let a = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, n));
+        // A new address from the /64 per probe: still one source, reported at 3 ports.
+        assert_eq!(
+            s.hit(&hit(a(1), 1), 0, WALL),
+            Outcome::Counted { distinct: 1 }
+        );
+        assert_eq!(
+            s.hit(&hit(a(2), 2), 1, WALL),
+            Outcome::Counted { distinct: 2 }
+        );
+        match s.hit(&hit(a(3), 3), 2, WALL) {
+            Outcome::Report(r) => assert_eq!(r.src, a(3), "the report names the real source"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(s.len(), 1);
+        assert!(s.contains(a(99)));
+        // Another /64 is another source; IPv4 is untouched.
+        let other = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1));
+        assert_eq!(
+            s.hit(&hit(other, 1), 3, WALL),
+            Outcome::Counted { distinct: 1 }
+        );
+        assert_eq!(
+            s.hit(&hit(v4(1), 1), 3, WALL),
+            Outcome::Counted { distinct: 1 }
+        );
+        assert_eq!(s.len(), 3);
+        // The enforcer's notice names the network: forgetting it forgets the /64.
+        s.forget(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, 0)));
+        assert!(!s.contains(a(1)));
     }
 
     #[test]

@@ -1119,9 +1119,17 @@ impl Sentry {
         addrs.into_iter().collect()
     }
 
-    /// Whether `ip` is an element of its family's set.
+    /// Whether nftables drops `ip`: its element, or (IPv6) its /64 in `v6net`
+    /// (BLOCK_PREFIX6 in [`Settings::enforcer`]'s configuration is the default 64).
     pub fn nft_has(&self, ip: IpAddr) -> bool {
-        self.nft_set(if ip.is_ipv4() { "v4" } else { "v6" })
-            .contains(&ip)
+        match ip {
+            IpAddr::V4(_) => self.nft_set("v4").contains(&ip),
+            IpAddr::V6(a) => {
+                let net = IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(a) & !((1u128 << 64) - 1),
+                ));
+                self.nft_set("v6").contains(&ip) || self.nft_set("v6net").contains(&net)
+            }
+        }
     }
 }

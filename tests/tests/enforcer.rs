@@ -106,16 +106,18 @@ fn decisions_end_to_end() {
     let blocked = std::fs::read_to_string(env.state_dir.join("sentry.blocked")).unwrap();
     assert!(blocked.contains("Host: 192.0.2.10/192.0.2.10 Port: 143 TCP Blocked"));
 
-    // IPv6: v6 set, bracketed in hosts.deny
+    // IPv6: its /64 (BLOCK_PREFIX6) in the v6net set, bracketed with its length in
+    // hosts.deny (hosts_access(5): [n:n::]/m)
     assert_eq!(
         s.block("2001:db8::10", Protocol::Tcp, 22),
         Decision::Blocked
     );
     assert!(env.nft_has(ip("2001:db8::10")));
+    assert!(env.nft_set("v6net").contains(&ip("2001:db8::")));
     assert!(env
         .hosts_deny_text()
         .lines()
-        .any(|l| l == "ALL: [2001:db8::10] : DENY"));
+        .any(|l| l == "ALL: [2001:db8::]/64 : DENY"));
 
     // already blocked: nothing new
     assert_eq!(
@@ -221,7 +223,9 @@ fn decisions_end_to_end() {
         .iter()
         .map(|b| b["addr"].as_str().unwrap())
         .collect();
-    assert_eq!(addrs, ["192.0.2.10", "2001:db8::10", "192.0.2.13"]);
+    assert_eq!(addrs, ["192.0.2.10", "2001:db8::", "192.0.2.13"]);
+    assert_eq!(list[1]["prefix6"], 64);
+    assert!(env.sentryctl(&["blocked"]).stdout.contains("2001:db8::/64"));
     let u = env.ctl_json(&["unblock", "192.0.2.10"]);
     assert_eq!(u["was_blocked"], true);
     assert!(!env.nft_has(ip("192.0.2.10")));
@@ -913,7 +917,8 @@ fn blackhole_routes_in_the_namespace() {
         env.enforcer_log()
     );
     let r6 = ns(&env, "ip", &["-6", "route", "show", "type", "blackhole"]);
-    assert!(String::from_utf8_lossy(&r6.stdout).contains("blackhole 2001:db8::70"));
+    // IPv6: the source's /64 (BLOCK_PREFIX6).
+    assert!(String::from_utf8_lossy(&r6.stdout).contains("blackhole 2001:db8::/64"));
     assert_eq!(
         env.ctl_json(&["unblock", "192.0.2.70"])["errors"]
             .as_array()
@@ -2006,7 +2011,7 @@ fn netlink_batches_child() {
         .unwrap();
     {
         use std::io::Write;
-        let script = sentry_enforcer::table::setup_script(table);
+        let script = sentry_enforcer::table::setup_script(table, 64);
         nft.stdin
             .take()
             .unwrap()

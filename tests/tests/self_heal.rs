@@ -15,8 +15,12 @@ use serde_json::Value;
 
 const BLOCKED: [&str; 3] = ["198.18.0.11", "198.18.0.12", "2001:db8::11"];
 
+/// The elements they are: the IPv6 source as its /64 (BLOCK_PREFIX6), in `v6net`.
 fn blocked() -> BTreeSet<IpAddr> {
-    BLOCKED.iter().map(|a| a.parse().unwrap()).collect()
+    ["198.18.0.11", "198.18.0.12", "2001:db8::"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
 }
 
 /// Three blocks made through the enforcer socket, as the sensor would ask for them.
@@ -134,8 +138,8 @@ fn a_flushed_set_or_deleted_element_is_put_back() {
             "element",
             "inet",
             NFT_TABLE,
-            "v6",
-            "{ 2001:db8::11 }",
+            "v6net",
+            "{ 2001:db8:: }",
         ],
     );
     assert_eq!(wait_rebuild_records(&s, 2).len(), 2, "{}", s.diag());

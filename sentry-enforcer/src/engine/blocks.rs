@@ -89,6 +89,7 @@ mod tests {
             blackhole: false,
             hosts_deny_line: None,
             distinct_ports: ports,
+            prefix6: None,
             hosts_deny_legacy: false,
         }
     }

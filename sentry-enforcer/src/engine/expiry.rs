@@ -41,6 +41,7 @@ impl Engine {
             addr,
             port: b.port,
             protocol: b.protocol,
+            prefix6: b.prefix6,
         };
         let mut actions = Vec::new();
         for act in action::undo_plan(&b, self.exec.backends(), kernel_nft) {
@@ -86,7 +87,23 @@ impl Engine {
     }
 
     /// `sentryctl unblock`. Returns `None` when the address was not blocked.
+    /// An IPv6 address inside a blocked BLOCK_PREFIX6 network unblocks that network.
     pub fn unblock(&mut self, addr: IpAddr, peer: Peer, now: WallMs) -> Option<Vec<String>> {
+        let addr = match addr {
+            IpAddr::V6(a) if !self.blocks.contains_key(&addr) => {
+                let len = self.cfg.block_prefix6;
+                let net = u128::from(a)
+                    & u128::MAX
+                        .checked_shl(128 - u32::from(len.min(128)))
+                        .unwrap_or(0);
+                let net = IpAddr::V6(std::net::Ipv6Addr::from(net));
+                match self.blocks.get(&net) {
+                    Some(b) if b.prefix6.is_some() => net,
+                    _ => addr,
+                }
+            }
+            other => other,
+        };
         let r = self.end_block(
             addr,
             now,
@@ -144,9 +161,12 @@ impl Engine {
         self.ignore = self.cfg.load_ignore()?;
         let now_ignored: Vec<IpAddr> = self
             .blocks
-            .keys()
-            .copied()
-            .filter(|a| self.ignore.contains(*a))
+            .values()
+            .filter(|b| {
+                self.now_covered(b)
+                    .is_some_and(|w| w.starts_with("now on the ignore"))
+            })
+            .map(|b| b.addr)
             .collect();
         self.end_blocks(
             &now_ignored,

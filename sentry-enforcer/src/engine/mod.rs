@@ -349,6 +349,40 @@ impl Engine {
         }
     }
 
+    /// What a block of `source` covers: its BLOCK_PREFIX6 network for IPv6 (an IPv6 host
+    /// owns a whole /64 and can take a new address from it per probe), unless that network
+    /// holds something never blocked or on the ignore list; then the address alone.
+    fn block_target(&self, source: IpAddr) -> (IpAddr, Option<u8>) {
+        let len = self.cfg.block_prefix6;
+        match source {
+            IpAddr::V6(a) if len < 128 => {
+                if self.never.check_net6(a, len).is_some() || self.ignore.overlaps_net6(a, len) {
+                    return (source, None);
+                }
+                let net = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                (IpAddr::V6(std::net::Ipv6Addr::from(net)), Some(len))
+            }
+            _ => (source, None),
+        }
+    }
+
+    /// Why block `b` must end now: the never-block set or the ignore list covers it (for
+    /// a network block: anything in the network).
+    pub(super) fn now_covered(&self, b: &BlockRecord) -> Option<String> {
+        let never = match (b.addr, b.prefix6) {
+            (IpAddr::V6(a), Some(len)) => self.never.check_net6(a, len),
+            _ => self.never.check(b.addr),
+        };
+        if let Some(why) = never {
+            return Some(format!("never-block: {why}"));
+        }
+        let ignored = match (b.addr, b.prefix6) {
+            (IpAddr::V6(a), Some(len)) => self.ignore.overlaps_net6(a, len),
+            _ => self.ignore.contains(b.addr),
+        };
+        ignored.then(|| "now on the ignore list".to_string())
+    }
+
     /// Take route/address notifications (and, with `files`, changes of the resolver and
     /// lease files, looked at no more than once per second by the daemon's tick); install
     /// the new infrastructure list and lift blocks it now covers.
@@ -380,11 +414,10 @@ impl Engine {
     fn lift_never_blocked(&mut self, now: WallMs) {
         let mut covered: Vec<(IpAddr, String)> = self
             .blocks
-            .keys()
-            .filter_map(|a| {
-                self.never
-                    .check(*a)
-                    .map(|why| (*a, format!("never-block: {why}")))
+            .values()
+            .filter_map(|b| {
+                let why = self.now_covered(b)?;
+                why.starts_with("never-block").then_some((b.addr, why))
             })
             .collect();
         if covered.is_empty() {
@@ -501,11 +534,13 @@ impl Engine {
         self.refresh_own_addresses();
         self.refresh_infra(false);
         self.rate.prune(now);
+        let target = self.block_target(req.source);
         let facts = Facts {
             cfg: &self.cfg,
             never: &self.never,
             ignore: &self.ignore,
-            already_blocked: self.blocks.contains_key(&req.source),
+            already_blocked: self.blocks.contains_key(&target.0)
+                || self.blocks.contains_key(&req.source),
             evidence: Evidence::of(req.scan, req.distinct_ports),
             started: self.rate.usage(req.source),
             weakest_block: self.blocks.weakest(),
@@ -515,7 +550,7 @@ impl Engine {
         match judge::judge(req.source, req.protocol, &facts) {
             Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
             Verdict::RunCommand => self.run_command_only(req, now, rec),
-            Verdict::Block => self.block(req, now, rec),
+            Verdict::Block => self.block(req, target, now, rec),
             Verdict::Evict(weak) => {
                 let why = format!(
                     "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
@@ -524,7 +559,7 @@ impl Engine {
                 self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
                 self.counters.unblocked += 1;
                 self.rewrite_blocked_file();
-                self.block(req, now, rec)
+                self.block(req, target, now, rec)
             }
         }
     }
@@ -542,7 +577,7 @@ impl Engine {
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
-            &subject(req),
+            &subject(req, (req.source, None)),
         );
         self.log_action(req.source, &a);
         let ok = a.ok();
@@ -562,11 +597,12 @@ impl Engine {
     fn block(
         &mut self,
         req: &BlockRequest,
+        target: (IpAddr, Option<u8>),
         now: WallMs,
         rec: &mut AuditRecord,
     ) -> (Decision, String, Line) {
-        let addr = req.source;
-        let subj = subject(req);
+        let addr = target.0;
+        let subj = subject(req, target);
         self.rate
             .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
         let mut block = BlockRecord {
@@ -583,6 +619,7 @@ impl Engine {
             distinct_ports: req.distinct_ports,
             // Written with a marker (crate::hostsdeny).
             hosts_deny_legacy: false,
+            prefix6: target.1,
         };
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
@@ -673,21 +710,26 @@ impl Engine {
             ));
             (Decision::Failed, reason, None)
         } else {
-            let what = match (block.expires_ms, self.cfg.block_timeout) {
-                (Some(_), Some(t)) => format!("blocked for {}s", t.as_secs()),
-                _ => "blocked permanently".to_string(),
+            let how_long = match (block.expires_ms, self.cfg.block_timeout) {
+                (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
+                _ => "permanently".to_string(),
+            };
+            let what = match target.1 {
+                Some(len) => format!("blocked {addr}/{len} {how_long}"),
+                None => format!("blocked {how_long}"),
             };
             (Decision::Blocked, what, None)
         }
     }
 }
 
-/// The template variables of a request.
-fn subject(req: &BlockRequest) -> Subject {
+/// The template variables of a block of `target` (an address, or an IPv6 network).
+fn subject(req: &BlockRequest, (addr, prefix6): (IpAddr, Option<u8>)) -> Subject {
     Subject {
-        addr: req.source,
+        addr,
         port: req.port,
         protocol: req.protocol,
+        prefix6,
     }
 }
 
@@ -884,10 +926,11 @@ mod tests {
         );
         assert_eq!(t.last()["actions"].as_array().unwrap().len(), 0);
         assert_eq!(t.decide("2001:db8::1", Protocol::Tcp), Decision::Blocked);
-        assert_eq!(t.deny(), "ALL: 192.0.2.1\nALL: [2001:db8::1]\n");
+        // IPv6: the source's BLOCK_PREFIX6 network (default 64).
+        assert_eq!(t.deny(), "ALL: 192.0.2.1\nALL: [2001:db8::]/64\n");
         let hist = std::fs::read_to_string(t.dir.path().join("history")).unwrap();
         assert_eq!(hist.lines().count(), 2);
-        assert!(hist.contains("Host: 2001:db8::1/2001:db8::1 Port: 22 TCP Blocked"));
+        assert!(hist.contains("Host: 2001:db8::/2001:db8:: Port: 22 TCP Blocked"));
     }
 
     #[test]
@@ -1073,6 +1116,49 @@ mod tests {
         let blocked = std::fs::read_to_string(t.dir.path().join("blocked")).unwrap();
         assert!(!blocked.contains("203.0.113.5/"), "{blocked}");
         assert_eq!(t.engine.counters().unblocked, 1);
+    }
+
+    #[test]
+    fn ipv6_scanners_are_blocked_by_their_network_unless_it_holds_ours() {
+        let mut t = setup(&[("KILL_ROUTE", "/bin/true $TARGET$")]);
+        assert_eq!(
+            t.decide("2001:db8:1:2::5", Protocol::Tcp),
+            Decision::Blocked
+        );
+        assert_eq!(t.last()["reason"], "blocked 2001:db8:1:2::/64 permanently");
+        assert_eq!(
+            t.last()["actions"][0]["argv"],
+            serde_json::json!(["/bin/true", "2001:db8:1:2::/64"])
+        );
+        // A new address from the same /64 is already blocked.
+        assert_eq!(
+            t.decide("2001:db8:1:2::77", Protocol::Tcp),
+            Decision::AlreadyBlocked
+        );
+        // unblock with any address inside the network lifts it.
+        let inner: IpAddr = "2001:db8:1:2::abcd".parse().unwrap();
+        assert_eq!(t.engine.unblock(inner, PEER, now_ms()), Some(vec![]));
+        assert_eq!(t.engine.active_blocks(), 0);
+        // A /64 that holds one of this host's addresses: the address alone.
+        t.engine
+            .set_own_addresses(vec!["2001:db8:9:9::1".parse().unwrap()]);
+        assert_eq!(
+            t.decide("2001:db8:9:9::66", Protocol::Tcp),
+            Decision::Blocked
+        );
+        assert_eq!(t.last()["reason"], "blocked permanently");
+        assert!(t.engine.is_blocked("2001:db8:9:9::66".parse().unwrap()));
+        // BLOCK_PREFIX6=128: addresses alone.
+        let mut t = setup(&[("BLOCK_PREFIX6", "128")]);
+        assert_eq!(
+            t.decide("2001:db8:1:2::5", Protocol::Tcp),
+            Decision::Blocked
+        );
+        assert_eq!(
+            t.decide("2001:db8:1:2::6", Protocol::Tcp),
+            Decision::Blocked
+        );
+        assert_eq!(t.engine.active_blocks(), 2);
     }
 
     #[test]

@@ -17,11 +17,29 @@ use crate::store::BlockRecord;
 use crate::table;
 use crate::time::{ms_since, WallMs};
 
-/// Whether a persisted block is still due at `now` under the current lists.
+/// Whether a persisted block is still due at `now` under the current lists (for a network
+/// block: nothing in the network is never blocked or ignored).
 fn survives(b: &BlockRecord, never: &NeverBlock, ignore: &IgnoreList, now: WallMs) -> bool {
-    b.expires_ms.is_none_or(|e| e > now.0)
-        && never.check(b.addr).is_none()
-        && !ignore.contains(b.addr)
+    let covered = match (b.addr, b.prefix6) {
+        (IpAddr::V6(a), Some(len)) => {
+            never.check_net6(a, len).is_some() || ignore.overlaps_net6(a, len)
+        }
+        _ => never.check(b.addr).is_some() || ignore.contains(b.addr),
+    };
+    b.expires_ms.is_none_or(|e| e > now.0) && !covered
+}
+
+/// Single-address elements and IPv6 network elements, for their two sets.
+fn split_elems<'a>(
+    blocks: impl Iterator<Item = &'a BlockRecord>,
+    now: WallMs,
+) -> (Vec<SetElem>, Vec<SetElem>) {
+    let (nets, hosts): (Vec<&BlockRecord>, Vec<&BlockRecord>) =
+        blocks.partition(|b| b.prefix6.is_some());
+    (
+        hosts.into_iter().map(|b| elem(b, now)).collect(),
+        nets.into_iter().map(|b| elem(b, now)).collect(),
+    )
 }
 
 fn elem(b: &BlockRecord, now: WallMs) -> SetElem {
@@ -40,12 +58,13 @@ pub(super) fn rebuild_table(
     ignore: &IgnoreList,
     now: WallMs,
 ) -> Result<(), EnforcerError> {
-    let preload: Vec<SetElem> = blocks
-        .values()
-        .filter(|b| b.nft && survives(b, never, ignore, now))
-        .map(|b| elem(b, now))
-        .collect();
-    table::build(cfg, &preload)
+    let (hosts, nets) = split_elems(
+        blocks
+            .values()
+            .filter(|b| b.nft && survives(b, never, ignore, now)),
+        now,
+    );
+    table::build(cfg, &hosts, &nets)
 }
 
 impl Engine {
@@ -54,18 +73,19 @@ impl Engine {
     /// transaction, and audit it. `by`: the netlink port id of the process that changed
     /// it, when known. Blocks whose element had failed before are put in too.
     pub fn rebuild_table(&mut self, by: Option<u32>, now: WallMs) -> Result<usize, EnforcerError> {
-        let elems: Vec<SetElem> = self
-            .blocks
-            .values()
-            .filter(|b| survives(b, &self.never, &self.ignore, now))
-            .map(|b| elem(b, now))
-            .collect();
+        let (hosts, nets) = split_elems(
+            self.blocks
+                .values()
+                .filter(|b| survives(b, &self.never, &self.ignore, now)),
+            now,
+        );
+        let count = hosts.len() + nets.len();
         let t = Instant::now();
         let who = by.map_or_else(
             || "changes were lost (notification queue overrun)".to_string(),
             |p| format!("changed by netlink port {p}"),
         );
-        let r = table::build(&self.cfg, &elems);
+        let r = table::build(&self.cfg, &hosts, &nets);
         let (reason, n) = match &r {
             Ok(()) => {
                 self.blocks.set_all_in_nft();
@@ -76,10 +96,10 @@ impl Engine {
                     format!(
                         "table inet {} {who}; rebuilt with {} blocks in {:.1} ms",
                         self.cfg.nft_table,
-                        elems.len(),
+                        count,
                         ms_since(t)
                     ),
-                    elems.len(),
+                    count,
                 )
             }
             Err(e) => {
@@ -117,12 +137,8 @@ impl Engine {
                     RecordKind::Expired,
                     "BLOCK_TIMEOUT passed while stopped".to_string(),
                 ))
-            } else if let Some(why) = self.never.check(addr) {
-                Some((RecordKind::Unblocked, format!("never-block: {why}")))
-            } else if self.ignore.contains(addr) {
-                Some((RecordKind::Unblocked, "now on the ignore list".to_string()))
             } else {
-                None
+                self.now_covered(b).map(|why| (RecordKind::Unblocked, why))
             };
             match verdict {
                 Some(v) => lift.push((addr, v)),
@@ -144,18 +160,16 @@ impl Engine {
         // nftables: one batch for all.
         let mut nft_error = None;
         if backends.nft {
-            let elems: Vec<SetElem> = keep
-                .iter()
-                .filter_map(|a| self.blocks.get(a))
-                .map(|b| elem(b, now))
-                .collect();
+            let (hosts, nets) = split_elems(keep.iter().filter_map(|a| self.blocks.get(a)), now);
             let t = Instant::now();
-            if let Err(e) = self.exec.nft_batch(&self.cfg, &elems, Op::Add) {
-                nft_error = Some(e.to_string());
+            for (elems, is_net) in [(&hosts, false), (&nets, true)] {
+                if let Err(e) = self.exec.nft_batch(&self.cfg, elems, Op::Add, is_net) {
+                    nft_error = Some(e.to_string());
+                }
             }
             self.log.info(&format!(
                 "adminalert: re-applied {} nftables elements in {:.3} ms",
-                elems.len(),
+                hosts.len() + nets.len(),
                 ms_since(t)
             ));
         }
@@ -170,7 +184,7 @@ impl Engine {
                 actions.push(ActionRecord {
                     action: ActionKind::Nftables,
                     argv: None,
-                    target: Some(action::nft_target(&self.cfg, addr)),
+                    target: Some(action::nft_target(&self.cfg, addr, b.prefix6)),
                     status: if nft_error.is_none() {
                         ActionStatus::Ok
                     } else {
@@ -186,6 +200,7 @@ impl Engine {
                 addr,
                 port: b.port,
                 protocol: b.protocol,
+                prefix6: b.prefix6,
             };
             if backends.route {
                 let a = self.exec.run(&self.cfg, &Action::Route(Op::Add), &subj);

@@ -55,6 +55,7 @@ impl Engine {
                 scan: b.scan,
                 since_ms: b.since_ms,
                 expires_ms: b.expires_ms,
+                prefix6: b.prefix6,
             })
             .collect();
         v.sort_by_key(|b| (b.since_ms, b.addr));
