@@ -760,6 +760,32 @@ impl Sentry {
     }
 
     /// Everything useful for understanding a failure.
+    /// Run the hostile client (`sentry-hostile`, tests/src/bin) against the enforcer
+    /// socket, as the sensor user (no capabilities) or as root, and return its JSON report.
+    pub fn hostile(&self, as_sensor_user: bool, args: &[&str], limit: Duration) -> Value {
+        let bin = crate::bin_dir().join("sentry-hostile");
+        let mut c = if as_sensor_user {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                SENSOR_USER,
+                "--regid",
+                SENSOR_USER,
+                "--clear-groups",
+            ])
+            .args(["--inh-caps", "-all"])
+            .arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        c.arg(self.runtime_dir.join("enforcer.sock")).args(args);
+        let out = run(&mut c, limit);
+        assert!(out.success(), "hostile client: {out}\n{}", self.diag());
+        serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("hostile output {e}: {out}\n{}", self.diag()))
+    }
+
     pub fn diag(&self) -> String {
         let mut s = format!(
             "==== diagnostics for test `{}` (dir {})\n",

@@ -2,30 +2,13 @@
 //! whole handshake (not per read), and a bounded number of "connected" log lines however
 //! fast it reconnects. Runs the real enforcer; needs root (the `sentry` user, setpriv).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sentry_tests::{require_root, run, AuditDecision, Sentry, Settings};
+use sentry_tests::{require_root, AuditDecision, Sentry, Settings};
 use serde_json::Value;
 
-/// Run the hostile client as the sensor user against the enforcer socket.
 fn hostile_as_sensor(s: &Sentry, args: &[&str], limit: Duration) -> Value {
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "sentry",
-        "--regid",
-        "sentry",
-        "--clear-groups",
-        "--inh-caps",
-        "-all",
-    ])
-    .arg(env!("CARGO_BIN_EXE_sentry-hostile"))
-    .arg(s.runtime_dir.join("enforcer.sock"))
-    .args(args);
-    let out = run(&mut c, limit);
-    assert!(out.success(), "hostile client: {out}\n{}", s.diag());
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("hostile output {e}: {out}"))
+    s.hostile(true, args, limit)
 }
 
 #[test]

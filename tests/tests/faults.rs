@@ -132,28 +132,7 @@ fn sensor_killed_enforcer_keeps_state_and_serves_sentryctl() {
 }
 
 fn hostile(s: &Sentry, as_sensor_user: bool, args: &[&str]) -> Value {
-    let sock = s.runtime_dir.join("enforcer.sock");
-    let bin = env!("CARGO_BIN_EXE_sentry-hostile");
-    let mut c = if as_sensor_user {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            "sentry",
-            "--regid",
-            "sentry",
-            "--clear-groups",
-            "--inh-caps",
-            "-all",
-            bin,
-        ]);
-        c
-    } else {
-        Command::new(bin)
-    };
-    c.arg(&sock).args(args);
-    let out = run(&mut c, Duration::from_secs(60));
-    assert!(out.success(), "hostile client: {out}\n{}", s.diag());
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("hostile output {e}: {out}"))
+    s.hostile(as_sensor_user, args, Duration::from_secs(60))
 }
 
 #[test]

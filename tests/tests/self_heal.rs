@@ -4,14 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sentry_tests::sentry::NFT_TABLE;
 use sentry_tests::{
-    require_root, require_tool, run, run_ok, AuditDecision, AuditLine, Sentry, Settings, Side,
+    require_root, require_tool, run_ok, AuditDecision, AuditLine, Sentry, Settings, Side,
 };
-use serde_json::Value;
 
 const BLOCKED: [&str; 3] = ["198.18.0.11", "198.18.0.12", "2001:db8::11"];
 
@@ -26,23 +24,9 @@ fn blocked() -> BTreeSet<IpAddr> {
 /// Three blocks made through the enforcer socket, as the sensor would ask for them.
 fn with_three_blocks(test: &str) -> Sentry {
     let s = Sentry::start(test, Settings::new(&["atcp"]).without_sensor());
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "sentry",
-        "--regid",
-        "sentry",
-        "--clear-groups",
-        "--inh-caps",
-        "-all",
-    ])
-    .arg(env!("CARGO_BIN_EXE_sentry-hostile"))
-    .arg(s.runtime_dir.join("enforcer.sock"))
-    .args(["flood", "3"])
-    .args(BLOCKED);
-    let out = run(&mut c, Duration::from_secs(30));
-    let r: Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("hostile output {e}: {out}\n{}", s.diag()));
+    let mut args = vec!["flood", "3"];
+    args.extend(BLOCKED);
+    let r = s.hostile(true, &args, Duration::from_secs(30));
     assert_eq!(r["decisions"]["blocked"], 3, "{r}\n{}", s.diag());
     assert_eq!(s.nft_elements(), blocked());
     s
