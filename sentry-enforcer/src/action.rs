@@ -292,6 +292,27 @@ impl Executor {
             .map_err(|e| EnforcerError::netlink("nftables", e))
     }
 
+    /// Every address in the three sets of the table, read back from the kernel (at most
+    /// `limit` per set: a larger set is an error, not unbounded memory).
+    pub fn nft_elements(
+        &mut self,
+        cfg: &Config,
+        limit: usize,
+    ) -> Result<std::collections::HashSet<IpAddr>, EnforcerError> {
+        let s = self
+            .nft
+            .as_mut()
+            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let mut all = std::collections::HashSet::new();
+        for set in [SET_V4, SET_V6, SET_V6NET] {
+            let v = s
+                .set_elements(&cfg.nft_table, set, limit)
+                .map_err(|e| EnforcerError::netlink("nftables read-back", e))?;
+            all.extend(v);
+        }
+        Ok(all)
+    }
+
     fn route(&mut self, addr: IpAddr, prefix: u8, op: Op) -> Result<(), EnforcerError> {
         let s = self
             .route

@@ -140,6 +140,24 @@ impl From<Decision> for RecordKind {
     }
 }
 
+/// The counts of one start-up restore ([`AuditRecord::restore`]).
+#[derive(Serialize, Clone, Debug, PartialEq, Default)]
+pub struct RestoreCounts {
+    /// Persisted blocks still due, re-applied.
+    pub restored: u64,
+    /// Of those, elements found in the kernel's sets when read back after the table build.
+    pub verified: u64,
+    /// Elements the read-back did not find, added again over netlink.
+    pub readded: u64,
+    /// Elements still not in the kernel after that (each one an error).
+    pub missing: u64,
+    /// KILL_ROUTE commands re-run because the kernel booted since the last start, and how
+    /// many of them failed.
+    pub kill_route_rerun: u64,
+    pub kill_route_failed: u64,
+    pub ms: f64,
+}
+
 /// One line of the audit log.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct AuditRecord {
@@ -170,6 +188,9 @@ pub struct AuditRecord {
     /// The first distinct sources among them (at most `budget::SAMPLE_MAX`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<Vec<String>>,
+    /// Present only on the one summary record of a start-up restore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreCounts>,
     pub reason: String,
     pub peer: Option<Peer>,
     pub actions: Vec<ActionRecord>,
@@ -202,6 +223,7 @@ impl AuditRecord {
             first_us: None,
             last_us: None,
             sample: None,
+            restore: None,
             reason,
             peer,
             actions: Vec::new(),

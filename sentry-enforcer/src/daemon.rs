@@ -83,6 +83,10 @@ pub struct Args {
     /// For tests: the directory the resolver and lease files are looked up
     /// under instead of `/` (`--infra-root`, not in the usage text).
     pub infra_root: PathBuf,
+    /// For tests: the file the kernel's boot id is read from instead of
+    /// /proc/sys/kernel/random/boot_id, so a reboot can be faked (`--boot-id-file`, not
+    /// in the usage text).
+    pub boot_id_file: PathBuf,
     /// `--recover`.
     pub recover: bool,
 }
@@ -103,6 +107,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut state_dir = None;
     let mut sensor_user = None;
     let mut infra_root = None;
+    let mut boot_id_file = None;
     let mut log_stderr = false;
     let mut recover = false;
     let mut it = args.into_iter();
@@ -136,6 +141,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
             "--state-dir" => &mut state_dir,
             "--sensor-user" => &mut sensor_user,
             "--infra-root" => &mut infra_root,
+            "--boot-id-file" => &mut boot_id_file,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -161,6 +167,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
         log_stderr,
         infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
+        boot_id_file: boot_id_file.map_or_else(
+            || PathBuf::from(crate::engine::DEFAULT_BOOT_ID_PATH),
+            PathBuf::from,
+        ),
         recover,
     }))
 }
@@ -1025,6 +1035,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
             infra: Some(crate::infra::InfraPaths {
                 root: args.infra_root.clone(),
             }),
+            boot_id_path: args.boot_id_file.clone(),
         },
         Arc::clone(&log),
     )
@@ -1154,6 +1165,14 @@ mod tests {
         assert!(r.recover && !d.recover);
         assert_eq!(r.infra_root, PathBuf::from("/t"));
         assert_eq!(d.infra_root, PathBuf::from("/"));
+        assert_eq!(
+            d.boot_id_file,
+            PathBuf::from("/proc/sys/kernel/random/boot_id")
+        );
+        let Cmd::Run(b) = parse_args(os(&["--boot-id-file=/b"])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(b.boot_id_file, PathBuf::from("/b"));
         assert!(parse_args(os(&["--recover", "--recover"])).is_err());
         assert!(parse_args(os(&["--recover=1"])).is_err());
     }

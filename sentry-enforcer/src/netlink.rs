@@ -26,14 +26,22 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+/// NLM_F_ROOT | NLM_F_MATCH: a dump request.
+const NLM_F_DUMP: u16 = 0x300;
+/// Set by the kernel on a dump message when the object changed while it was dumped.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NLMSG_NOOP: u16 = 1;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
+/// The attribute-type bits (NLA_F_NESTED and NLA_F_NET_BYTEORDER masked off).
+const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_INET: u8 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -94,6 +102,11 @@ pub enum NlError {
     Io(Errno),
     /// The reply could not be parsed.
     Malformed(&'static str),
+    /// A dump was interrupted: the set changed while the kernel was sending it
+    /// (NLM_F_DUMP_INTR), so what was read is not one consistent view.
+    Interrupted,
+    /// A dump held more elements than the caller's bound (its memory is bounded).
+    TooMany { limit: usize },
     /// Some of the batches of a large operation failed.
     Partial {
         failed: usize,
@@ -109,6 +122,8 @@ impl fmt::Display for NlError {
             Self::Io(Errno::EAGAIN) => write!(f, "netlink: no answer within {ACK_TIMEOUT:?}"),
             Self::Io(e) => write!(f, "netlink socket: {}", e.desc()),
             Self::Malformed(m) => write!(f, "netlink reply malformed: {m}"),
+            Self::Interrupted => write!(f, "netlink dump interrupted (the set changed)"),
+            Self::TooMany { limit } => write!(f, "netlink dump: more than {limit} elements"),
             Self::Partial {
                 failed,
                 total,
@@ -330,13 +345,136 @@ pub fn parse_acks(buf: &[u8], pending: &mut Vec<u32>) -> Result<(), NlError> {
                     first_err = Err(NlError::Kernel(Errno::from_raw(-code)));
                 }
             }
-        } else if ty == NLMSG_DONE {
+        } else if ty == NLMSG_DONE && pending.contains(&seq) {
+            // Only the end of a dump of ours: a stale one (the rest of a dump abandoned on
+            // an error) must not count as the ACK of anything pending.
             pending.clear();
         }
         let step = (len + 3) & !3;
         rest = rest.get(step..).unwrap_or(&[]);
     }
     first_err
+}
+
+/// Encode an NFT_MSG_GETSETELEM dump request for `set` of `table` (family inet). Not a
+/// batch: nfnetlink takes GET requests on their own.
+pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new(Vec::with_capacity(64));
+    b.begin(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    );
+    nfgen(&mut b, NFPROTO_INET, 0);
+    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    b.end();
+    b.finish()
+}
+
+/// The attributes in `b`: (type without flag bits, payload). Every length is checked
+/// against what is left; a bad one is an error, never a read past the end.
+fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (Some(l), Some(t)) = (b.get(0..2), b.get(2..4)) else {
+            return Err(NlError::Malformed("truncated attribute header"));
+        };
+        let len = usize::from(u16::from_ne_bytes([l[0], l[1]]));
+        let ty = u16::from_ne_bytes([t[0], t[1]]) & NLA_TYPE_MASK;
+        let Some(payload) = b.get(4..len).filter(|_| len >= 4) else {
+            return Err(NlError::Malformed("bad attribute length"));
+        };
+        out.push((ty, payload));
+        b = b.get(pad4(len)..).unwrap_or(&[]);
+    }
+    Ok(out)
+}
+
+/// The element keys of one NEWSETELEM dump message's body (after the nlmsghdr).
+fn dump_elements(body: &[u8], out: &mut Vec<IpAddr>, limit: usize) -> Result<(), NlError> {
+    let Some(attrs_at) = body.get(4..) else {
+        return Err(NlError::Malformed("short nfgenmsg"));
+    };
+    for (ty, list) in attrs(attrs_at)? {
+        if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for (ty, elem) in attrs(list)? {
+            if ty != NFTA_LIST_ELEM {
+                continue;
+            }
+            let key = attrs(elem)?
+                .into_iter()
+                .find(|(t, _)| *t == NFTA_SET_ELEM_KEY)
+                .ok_or(NlError::Malformed("element without a key"))?;
+            let value = attrs(key.1)?
+                .into_iter()
+                .find(|(t, _)| *t == NFTA_DATA_VALUE)
+                .ok_or(NlError::Malformed("key without a value"))?;
+            let addr = match value.1.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(value.1).unwrap_or_default()),
+                16 => IpAddr::from(<[u8; 16]>::try_from(value.1).unwrap_or_default()),
+                _ => return Err(NlError::Malformed("key is not an address")),
+            };
+            if out.len() >= limit {
+                return Err(NlError::TooMany { limit });
+            }
+            out.push(addr);
+        }
+    }
+    Ok(())
+}
+
+/// Parse one read of a GETSETELEM dump (any number of messages) for request `seq`,
+/// appending the element keys to `out` (at most `limit` in all). `Ok(true)` once the dump
+/// is complete (NLMSG_DONE). Messages for other sequence numbers are skipped; an error
+/// message, an interrupted dump, a bad length or a malformed element is an error.
+pub fn parse_setelem_dump(
+    buf: &[u8],
+    seq: u32,
+    out: &mut Vec<IpAddr>,
+    limit: usize,
+) -> Result<bool, NlError> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let Some(h) = rest.get(..NLMSG_HDRLEN) else {
+            return Err(NlError::Malformed("truncated message header"));
+        };
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let ty = u16::from_ne_bytes([h[4], h[5]]);
+        let flags = u16::from_ne_bytes([h[6], h[7]]);
+        let mseq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+        let Some(body) = rest.get(NLMSG_HDRLEN..len).filter(|_| len >= NLMSG_HDRLEN) else {
+            return Err(NlError::Malformed("bad message length"));
+        };
+        rest = rest.get(pad4(len)..).unwrap_or(&[]);
+        if mseq != seq {
+            continue;
+        }
+        if flags & NLM_F_DUMP_INTR != 0 {
+            return Err(NlError::Interrupted);
+        }
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let Some(c) = body.get(..4) else {
+                    return Err(NlError::Malformed("short error message"));
+                };
+                let code = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                if code != 0 {
+                    return Err(NlError::Kernel(Errno::from_raw(-code)));
+                }
+                return Ok(true);
+            }
+            NLMSG_NOOP => {}
+            t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM => {
+                dump_elements(body, out, limit)?;
+            }
+            _ => return Err(NlError::Malformed("unexpected message type in dump")),
+        }
+    }
+    Ok(false)
 }
 
 /// A bound netlink socket with an ACK timeout.
@@ -465,6 +603,45 @@ impl NlSocket {
                 total: elems.len(),
                 first: Box::new(e),
             }),
+        }
+    }
+
+    /// Every element key of `set` in `table`, read back from the kernel with a
+    /// GETSETELEM dump; at most `limit` (a larger set is [`NlError::TooMany`]).
+    pub fn set_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+        limit: usize,
+    ) -> Result<Vec<IpAddr>, NlError> {
+        let seq = self.next_seq(1);
+        let msg = encode_getsetelem(table, set, seq);
+        let sent = sendto(
+            self.fd.as_raw_fd(),
+            &msg,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .map_err(NlError::Io)?;
+        if sent != msg.len() {
+            return Err(NlError::Io(Errno::EMSGSIZE));
+        }
+        let mut out = Vec::new();
+        loop {
+            // MSG_TRUNC: the return value is the datagram's real length, so a reply larger
+            // than the buffer is noticed instead of parsed as if it were whole.
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
+                    Err(Errno::EINTR) => continue,
+                    other => break other.map_err(NlError::Io)?,
+                }
+            };
+            let Some(reply) = self.buf.get(..n) else {
+                return Err(NlError::Malformed("reply longer than buffer"));
+            };
+            if parse_setelem_dump(reply, seq, &mut out, limit)? {
+                return Ok(out);
+            }
         }
     }
 
@@ -680,5 +857,159 @@ mod tests {
         let mut p = vec![1];
         assert!(parse_acks(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &mut p).is_err());
         assert!(parse_acks(&[0xff; 3], &mut p).is_ok());
+    }
+
+    /// A NEWSETELEM dump message as the kernel sends it, with `keys` as element keys.
+    fn dump_msg(seq: u32, flags: u16, keys: &[&[u8]]) -> Vec<u8> {
+        let mut b = MsgBuilder::new(Vec::new());
+        b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
+            0x2 | flags,
+            seq,
+        );
+        nfgen(&mut b, NFPROTO_INET, 0);
+        b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, "sentry");
+        b.attr_strz(NFTA_SET_ELEM_LIST_SET, "v4");
+        b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for k in keys {
+            b.nest_begin(NFTA_LIST_ELEM);
+            b.nest_begin(NFTA_SET_ELEM_KEY);
+            b.attr(NFTA_DATA_VALUE, k);
+            b.nest_end();
+            b.attr(NFTA_SET_ELEM_TIMEOUT, &60_000u64.to_be_bytes());
+            b.nest_end();
+        }
+        b.nest_end();
+        b.end();
+        b.finish()
+    }
+
+    fn done_msg(seq: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&20u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        m.extend_from_slice(&0x2u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&0i32.to_ne_bytes());
+        m
+    }
+
+    fn parse(buf: &[u8], seq: u32, limit: usize) -> Result<(bool, Vec<IpAddr>), NlError> {
+        let mut out = Vec::new();
+        parse_setelem_dump(buf, seq, &mut out, limit).map(|d| (d, out))
+    }
+
+    #[test]
+    fn getsetelem_request_layout() {
+        let m = encode_getsetelem("sentry", "v6", 9);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(u16_at(&m, 4), (10 << 8) | 13);
+        assert_eq!(u16_at(&m, 6), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(u32_at(&m, 8), 9);
+        assert_eq!(m[16], NFPROTO_INET);
+        assert!(m.windows(7).any(|w| w == b"sentry\0"));
+        assert!(m.windows(3).any(|w| w == b"v6\0"));
+    }
+
+    #[test]
+    fn setelem_dump_parses_keys_of_both_families() {
+        let v6 = "2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let mut buf = dump_msg(5, 0, &[&[192, 0, 2, 1], &v6]);
+        buf.extend(dump_msg(5, 0, &[&[192, 0, 2, 2]]));
+        let (done, keys) = parse(&buf, 5, 10).unwrap();
+        assert!(!done, "no NLMSG_DONE yet");
+        assert_eq!(
+            keys,
+            ["192.0.2.1", "2001:db8::7", "192.0.2.2"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        buf.extend(done_msg(5));
+        assert!(parse(&buf, 5, 10).unwrap().0);
+        // Another request's messages are skipped, not counted.
+        let mut other = dump_msg(4, 0, &[&[10, 0, 0, 1]]);
+        other.extend(done_msg(4));
+        other.extend(done_msg(5));
+        assert_eq!(parse(&other, 5, 10).unwrap(), (true, vec![]));
+    }
+
+    #[test]
+    fn setelem_dump_errors_are_typed() {
+        // The kernel's answer to a dump of a set that does not exist.
+        let mut err = Vec::new();
+        err.extend_from_slice(&36u32.to_ne_bytes());
+        err.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        err.extend_from_slice(&0u16.to_ne_bytes());
+        err.extend_from_slice(&5u32.to_ne_bytes());
+        err.extend_from_slice(&0u32.to_ne_bytes());
+        err.extend_from_slice(&(-2i32).to_ne_bytes());
+        err.extend_from_slice(&[0u8; 16]);
+        assert_eq!(parse(&err, 5, 10), Err(NlError::Kernel(Errno::ENOENT)));
+        assert_eq!(
+            parse(&dump_msg(5, NLM_F_DUMP_INTR, &[&[1, 2, 3, 4]]), 5, 10),
+            Err(NlError::Interrupted)
+        );
+        let three = dump_msg(5, 0, &[&[1, 2, 3, 4], &[1, 2, 3, 5], &[1, 2, 3, 6]]);
+        assert_eq!(parse(&three, 5, 2), Err(NlError::TooMany { limit: 2 }));
+        assert_eq!(
+            parse(&dump_msg(5, 0, &[&[1, 2, 3, 4, 5]]), 5, 10),
+            Err(NlError::Malformed("key is not an address"))
+        );
+        let mut odd = done_msg(5);
+        odd[4] = 0x77;
+        assert!(matches!(parse(&odd, 5, 10), Err(NlError::Malformed(_))));
+    }
+
+    #[test]
+    fn truncated_or_garbage_dumps_never_panic_nor_complete() {
+        let mut full = dump_msg(5, 0, &[&[192, 0, 2, 1], &[192, 0, 2, 2]]);
+        let first = full.len();
+        full.extend(done_msg(5));
+        for cut in 0..full.len() {
+            let r = parse(&full[..cut], 5, 10);
+            // Only a cut at a message boundary parses, and then it is not complete.
+            match r {
+                Ok((done, keys)) => {
+                    assert!(!done, "cut {cut}");
+                    assert!(cut == 0 || cut == first, "cut {cut}: {keys:?}");
+                }
+                Err(NlError::Malformed(_)) => {}
+                Err(e) => panic!("cut {cut}: {e}"),
+            }
+        }
+        // Every single-byte change of a valid reply: no panic, and at most 2 keys.
+        for at in 0..full.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut b = full.clone();
+                b[at] ^= bit;
+                if let Ok((_, keys)) = parse(&b, 5, 10) {
+                    assert!(keys.len() <= 2);
+                }
+            }
+        }
+        // Random bytes.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..2000usize {
+            let b: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                })
+                .collect();
+            let _ = parse(&b, 5, 10);
+        }
+    }
+
+    #[test]
+    fn a_stale_dump_end_is_not_an_ack() {
+        let mut pending = vec![7];
+        assert!(parse_acks(&done_msg(3), &mut pending).is_ok());
+        assert_eq!(pending, vec![7]);
+        assert!(parse_acks(&done_msg(7), &mut pending).is_ok());
+        assert!(pending.is_empty());
     }
 }

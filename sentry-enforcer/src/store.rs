@@ -87,6 +87,24 @@ struct Header {
     version: u32,
     /// Number of record lines that follow (a truncated file is damage, not fewer blocks).
     records: u64,
+    /// The kernel boot (`/proc/sys/kernel/random/boot_id`) whose start-up last re-ran
+    /// KILL_ROUTE for the restored blocks. Optional, so files without it (and readers
+    /// that do not know it) stay version 2: a reboot is noticed by comparing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
+}
+
+/// A boot id as the kernel writes it: 36 characters, hex digits and dashes. Anything else
+/// in a header is ignored (treated as unknown), never trusted as a name.
+pub fn valid_boot_id(s: &str) -> bool {
+    s.len() == 36 && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
+}
+
+/// The boot id recorded in a version-2 snapshot's header, if any (and well-formed).
+fn header_boot_id(b: &[u8]) -> Option<String> {
+    let first = b.split(|&c| c == b'\n').next()?;
+    let h = serde_json::from_slice::<Header>(first).ok()?;
+    h.boot_id.filter(|id| valid_boot_id(id))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -454,6 +472,8 @@ pub struct Store {
     dir: PathBuf,
     journal: File,
     journal_entries: usize,
+    /// Written into every snapshot header (see [`Header::boot_id`]).
+    boot_id: Option<String>,
 }
 
 fn read_capped(path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -553,10 +573,21 @@ impl Store {
             dir: dir.to_path_buf(),
             journal,
             journal_entries: entries,
+            boot_id: snap.as_deref().and_then(header_boot_id),
         };
         // Start from a clean snapshot so a torn line can never be followed by good ones.
         store.compact(&blocks)?;
         Ok((store, blocks, warnings))
+    }
+
+    /// The boot whose start-up last re-ran KILL_ROUTE, as read from the snapshot.
+    pub fn boot_id(&self) -> Option<&str> {
+        self.boot_id.as_deref()
+    }
+
+    /// Record `id` as that boot; written (durably) by the next [`Store::compact`].
+    pub fn set_boot_id(&mut self, id: String) {
+        self.boot_id = Some(id);
     }
 
     fn append(&mut self, op: &Op) -> io::Result<()> {
@@ -591,7 +622,7 @@ impl Store {
     pub fn compact(&mut self, live: &HashMap<IpAddr, BlockRecord>) -> io::Result<()> {
         let mut blocks: Vec<&BlockRecord> = live.values().collect();
         blocks.sort_by_key(|b| (b.since_ms, b.addr));
-        let data = encode_snapshot(&blocks)?;
+        let data = encode_snapshot(&blocks, self.boot_id.as_deref())?;
         write_atomic(&self.dir.join(SNAPSHOT), &data, 0o600)?;
         // Crash here: the journal is replayed over a snapshot that already contains it,
         // which yields the same state (each op sets one key).
@@ -603,11 +634,12 @@ impl Store {
 }
 
 /// A version-2 snapshot: the header line, then one checksummed line per record.
-fn encode_snapshot(blocks: &[&BlockRecord]) -> io::Result<Vec<u8>> {
+fn encode_snapshot(blocks: &[&BlockRecord], boot_id: Option<&str>) -> io::Result<Vec<u8>> {
     let header = Header {
         format: FORMAT_NAME.into(),
         version: FORMAT_VERSION,
         records: blocks.len() as u64,
+        boot_id: boot_id.map(str::to_owned),
     };
     let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
     data.push(b'\n');
@@ -643,7 +675,9 @@ pub fn rebuild(
     }
     let mut v: Vec<&BlockRecord> = blocks.values().collect();
     v.sort_by_key(|b| (b.since_ms, b.addr));
-    write_atomic(&dir.join(SNAPSHOT), &encode_snapshot(&v)?, 0o600)?;
+    // No boot id: a recovered state cannot say whether KILL_ROUTE ran in this boot, and
+    // running it twice (duplicate firewall rules) is not assumed safe.
+    write_atomic(&dir.join(SNAPSHOT), &encode_snapshot(&v, None)?, 0o600)?;
     write_atomic(&dir.join(JOURNAL), b"", 0o600)?;
     Ok(moved)
 }
@@ -750,6 +784,32 @@ mod tests {
 
     fn open_err(d: &Path) -> String {
         Store::open(d).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_boot_id_survives_compaction_and_bad_ones_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let live = state_with_two(d.path());
+        let (mut s, _, _) = Store::open(d.path()).unwrap();
+        assert_eq!(s.boot_id(), None);
+        let id = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        s.set_boot_id(id.into());
+        s.compact(&live).unwrap();
+        drop(s);
+        let snap = d.path().join(SNAPSHOT);
+        let text = std::fs::read_to_string(&snap).unwrap();
+        assert!(text.lines().next().unwrap().contains(id), "{text}");
+        // Read back, and kept by the compaction every open does.
+        for _ in 0..2 {
+            let (s, back, _) = Store::open(d.path()).unwrap();
+            assert_eq!(s.boot_id(), Some(id));
+            assert_eq!(back, live);
+        }
+        // A header naming something else is read as no boot id, the records still load.
+        let bad = text.replacen(id, "../../etc/passwd-xxxxxxxxxxxxxxxxxxxx", 1);
+        std::fs::write(&snap, bad).unwrap();
+        let (s, back, _) = Store::open(d.path()).unwrap();
+        assert_eq!((s.boot_id(), back.len()), (None, 2));
     }
 
     #[test]

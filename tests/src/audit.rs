@@ -109,6 +109,22 @@ pub struct AuditLine {
     pub reason: String,
     pub peer: Option<Peer>,
     pub actions: Vec<AuditAction>,
+    /// Only on the one summary record of a start-up restore.
+    #[serde(default)]
+    pub restore: Option<RestoreCounts>,
+}
+
+/// The counts of a start-up restore, as the enforcer writes them.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreCounts {
+    pub restored: u64,
+    pub verified: u64,
+    pub readded: u64,
+    pub missing: u64,
+    pub kill_route_rerun: u64,
+    pub kill_route_failed: u64,
+    pub ms: f64,
 }
 
 impl AuditLine {

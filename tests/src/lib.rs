@@ -31,7 +31,9 @@ pub mod req;
 pub mod sensor;
 pub mod sentry;
 
-pub use audit::{read_audit, ActionKind, ActionStatus, AuditAction, AuditDecision, AuditLine};
+pub use audit::{
+    read_audit, ActionKind, ActionStatus, AuditAction, AuditDecision, AuditLine, RestoreCounts,
+};
 pub use cmd::{run, run_ok, wait_until, Output};
 pub use fake::{FakeEnforcer, FakeSensor, Seen};
 pub use netns::{NetPair, Side};

@@ -70,7 +70,13 @@ pub struct Options {
     /// infrastructure discovery off (unit tests, embedders). NEVER_BLOCK_INFRASTRUCTURE=0
     /// turns it off too.
     pub infra: Option<crate::infra::InfraPaths>,
+    /// The kernel's boot id ([`DEFAULT_BOOT_ID_PATH`] in the daemon; tests fake a reboot
+    /// with another file). A restore after a reboot re-runs KILL_ROUTE.
+    pub boot_id_path: PathBuf,
 }
+
+/// Where the kernel publishes the id of the current boot.
+pub const DEFAULT_BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Everything the enforcer decides with.
 #[derive(Debug)]
@@ -144,6 +150,7 @@ impl Engine {
         // Infrastructure joins the never-block set before the table is rebuilt and the
         // persisted blocks restored.
         let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
+        let started = Instant::now();
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
             restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())?;
@@ -178,7 +185,7 @@ impl Engine {
             lifted: Vec::new(),
             sensor: None,
         };
-        engine.restore(blocks, WallMs::now());
+        engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
     }
 
@@ -800,6 +807,7 @@ mod tests {
                 state_dir: dir.path().join("state"),
                 refresh_own_addresses: false,
                 infra: None,
+                boot_id_path: DEFAULT_BOOT_ID_PATH.into(),
             },
             Arc::new(Logger::new(true, "test")),
         )

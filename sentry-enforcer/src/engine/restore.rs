@@ -1,16 +1,19 @@
-//! Start-up: rebuild the nftables table with the surviving blocks, then re-apply what
-//! the state directory records (routes, deny-file lines), lifting blocks that expired
-//! while stopped or that the ignore list / never-block set now covers.
+//! Start-up: rebuild the nftables table with the surviving blocks, read its sets back
+//! from the kernel and add what is missing, then re-apply what the state directory
+//! records (routes, deny-file lines, KILL_ROUTE after a reboot), lifting blocks that
+//! expired while stopped or that the ignore list / never-block set now covers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Instant;
 
 use policy::{Config, IgnoreList, NeverBlock};
 
 use super::Engine;
-use crate::action::{self, Action, Op, Subject};
-use crate::audit::{ActionKind, ActionRecord, ActionStatus, AuditRecord, RecordKind};
+use crate::action::{self, Action, Command, Op, Subject};
+use crate::audit::{
+    ActionKind, ActionRecord, ActionStatus, AuditRecord, RecordKind, RestoreCounts,
+};
 use crate::error::EnforcerError;
 use crate::netlink::SetElem;
 use crate::store::BlockRecord;
@@ -58,10 +61,10 @@ pub(super) fn rebuild_table(
     ignore: &IgnoreList,
     now: WallMs,
 ) -> Result<(), EnforcerError> {
+    // Every surviving block, also those whose element had failed before: the netlink
+    // re-add after start covers only what the read-back finds missing.
     let (hosts, nets) = split_elems(
-        blocks
-            .values()
-            .filter(|b| b.nft && survives(b, never, ignore, now)),
+        blocks.values().filter(|b| survives(b, never, ignore, now)),
         now,
     );
     table::build(cfg, &hosts, &nets)
@@ -120,8 +123,18 @@ impl Engine {
     }
 
     /// On start: expire stale blocks, lift blocks the current ignore list / never-block set
-    /// now covers, and re-apply the rest (one netlink batch for the nft elements).
-    pub(super) fn restore(&mut self, persisted: HashMap<IpAddr, BlockRecord>, now: WallMs) {
+    /// now covers, and re-apply the rest. The nftables elements were preloaded by the
+    /// table build; here they are read back from the kernel, the missing ones added again
+    /// (chunked), and each block records what the kernel really holds. After a reboot
+    /// (another boot id than the one recorded) KILL_ROUTE is re-run for every block, once
+    /// per boot. One summary record carries the counts. `started`: when the start-up
+    /// (table build included) began, for the time in the summary.
+    pub(super) fn restore(
+        &mut self,
+        persisted: HashMap<IpAddr, BlockRecord>,
+        now: WallMs,
+        started: Instant,
+    ) {
         // All of them first, so that a compaction during the loop never loses any.
         self.blocks = super::blocks::Blocks::from_map(persisted);
         let mut addrs: Vec<IpAddr> = self.blocks.keys().copied().collect();
@@ -157,22 +170,16 @@ impl Engine {
             }
         }
         let backends = self.exec.backends();
-        // nftables: one batch for all.
-        let mut nft_error = None;
-        if backends.nft {
-            let (hosts, nets) = split_elems(keep.iter().filter_map(|a| self.blocks.get(a)), now);
-            let t = Instant::now();
-            for (elems, is_net) in [(&hosts, false), (&nets, true)] {
-                if let Err(e) = self.exec.nft_batch(&self.cfg, elems, Op::Add, is_net) {
-                    nft_error = Some(e.to_string());
-                }
-            }
-            self.log.info(&format!(
-                "adminalert: re-applied {} nftables elements in {:.3} ms",
-                hosts.len() + nets.len(),
-                ms_since(t)
-            ));
-        }
+        let mut counts = RestoreCounts {
+            restored: keep.len() as u64,
+            ..RestoreCounts::default()
+        };
+        let nft = if backends.nft {
+            Some(self.verify_elements(&keep, now, &mut counts))
+        } else {
+            None
+        };
+        let rerun = self.kill_route_rerun(!keep.is_empty());
         // hosts.deny: one read and one append for all restored lines.
         let deny_add = self.deny_batch(&keep, Op::Add);
         for addr in keep {
@@ -180,21 +187,22 @@ impl Engine {
                 continue;
             };
             let mut actions = Vec::new();
-            if backends.nft {
+            if let Some(v) = &nft {
+                let present = v.present(addr);
                 actions.push(ActionRecord {
                     action: ActionKind::Nftables,
                     argv: None,
                     target: Some(action::nft_target(&self.cfg, addr, b.prefix6)),
-                    status: if nft_error.is_none() {
+                    status: if present {
                         ActionStatus::Ok
                     } else {
                         ActionStatus::Error
                     },
                     exit_code: None,
-                    error: nft_error.clone(),
+                    error: (!present).then(|| v.why_missing()),
                     ms: 0.0,
                 });
-                b.nft = nft_error.is_none();
+                b.nft = present;
             }
             let subj = Subject {
                 addr,
@@ -205,6 +213,16 @@ impl Engine {
             if backends.route {
                 let a = self.exec.run(&self.cfg, &Action::Route(Op::Add), &subj);
                 b.blackhole = a.ok();
+                actions.push(a);
+            }
+            if rerun {
+                let a = self
+                    .exec
+                    .run(&self.cfg, &Action::Command(Command::KillRoute), &subj);
+                counts.kill_route_rerun += 1;
+                if !a.ok() {
+                    counts.kill_route_failed += 1;
+                }
                 actions.push(a);
             }
             if let (Some(line), Some(done)) = (b.hosts_deny_line.clone(), deny_add.as_ref()) {
@@ -218,10 +236,10 @@ impl Engine {
             let mut rec = AuditRecord::event(
                 now,
                 RecordKind::Restored,
-                if failed == 0 {
-                    "re-applied after restart".to_string()
-                } else {
-                    format!("re-applied after restart; {failed} actions failed")
+                match (failed, rerun) {
+                    (0, false) => "re-applied after restart".to_string(),
+                    (0, true) => "re-applied after reboot; KILL_ROUTE re-run".to_string(),
+                    (n, _) => format!("re-applied after restart; {n} actions failed"),
                 },
                 None,
             );
@@ -238,12 +256,158 @@ impl Engine {
             self.persist_error("state", &e);
         }
         self.rewrite_blocked_file();
-        if self.counters.restored > 0 {
-            self.log.notice(&format!(
-                "adminalert: restored {} blocks from {}",
-                self.counters.restored,
-                self.opts.state_dir.display()
-            ));
+        counts.ms = (ms_since(started) * 10.0).round() / 10.0;
+        if counts.restored > 0 || counts.missing > 0 {
+            let mut reason = format!(
+                "restored {} blocks from {} in {:.1} ms: {} verified in the kernel's sets, {} re-added, {} missing after retry",
+                counts.restored,
+                self.opts.state_dir.display(),
+                counts.ms,
+                counts.verified,
+                counts.readded,
+                counts.missing
+            );
+            if rerun {
+                reason.push_str(&format!(
+                    "; KILL_ROUTE re-run for {} (the kernel booted since the last start), {} failed",
+                    counts.kill_route_rerun, counts.kill_route_failed
+                ));
+            }
+            if counts.missing > 0 || counts.kill_route_failed > 0 {
+                self.log.err(&format!("adminalert: ERROR: {reason}"));
+            } else {
+                self.log.notice(&format!("adminalert: {reason}"));
+            }
+            let mut rec = AuditRecord::event(now, RecordKind::Restored, reason, None);
+            rec.summary = Some(true);
+            rec.restore = Some(counts);
+            self.write_audit(&rec);
+        }
+    }
+
+    /// Read the sets back, add what is missing (in chunks), read them back again.
+    fn verify_elements(
+        &mut self,
+        keep: &[IpAddr],
+        now: WallMs,
+        counts: &mut RestoreCounts,
+    ) -> Verified {
+        // Room for every restored block and anything a rule added meanwhile; more is a
+        // set this enforcer did not make, refused rather than read into memory.
+        let limit = keep.len() + self.cfg.max_blocks as usize + 1024;
+        let first = self.exec.nft_elements(&self.cfg, limit);
+        let missing: Vec<IpAddr> = match &first {
+            Ok(set) => keep.iter().filter(|a| !set.contains(a)).copied().collect(),
+            Err(e) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot read the nftables sets back ({e}); adding every restored element again"
+                ));
+                keep.to_vec()
+            }
+        };
+        counts.verified = (keep.len() - missing.len()) as u64;
+        counts.readded = missing.len() as u64;
+        if missing.is_empty() {
+            return Verified {
+                kernel: first.ok(),
+                missing: HashSet::new(),
+                error: None,
+            };
+        }
+        let (hosts, nets) = split_elems(missing.iter().filter_map(|a| self.blocks.get(a)), now);
+        let added = self
+            .exec
+            .nft_batch(&self.cfg, &hosts, Op::Add, false)
+            .and(self.exec.nft_batch(&self.cfg, &nets, Op::Add, true));
+        let mut error = added.as_ref().err().map(ToString::to_string);
+        let v = match self.exec.nft_elements(&self.cfg, limit) {
+            Ok(set) => {
+                let still: HashSet<IpAddr> =
+                    missing.into_iter().filter(|a| !set.contains(a)).collect();
+                Verified {
+                    kernel: Some(set),
+                    missing: still,
+                    error,
+                }
+            }
+            Err(e) => {
+                // Not verifiable: only a re-add that fully succeeded counts as present.
+                self.counters.errors += 1;
+                let e = format!("cannot read the sets back: {e}");
+                let still = if added.is_ok() {
+                    HashSet::new()
+                } else {
+                    missing.into_iter().collect()
+                };
+                error.get_or_insert(e);
+                Verified {
+                    kernel: None,
+                    missing: still,
+                    error,
+                }
+            }
+        };
+        counts.missing = v.missing.len() as u64;
+        v
+    }
+
+    /// Whether KILL_ROUTE must be re-run for the restored blocks: configured, and the
+    /// kernel's boot id is not the one recorded at the last restore (a reboot lost what
+    /// the commands did). The current boot id is recorded, durably, before any command
+    /// runs: an enforcer killed in the middle does not run them a second time in the
+    /// same boot (a duplicate `iptables -I` rule) — at most once per boot.
+    fn kill_route_rerun(&mut self, any: bool) -> bool {
+        let current = match std::fs::read_to_string(&self.opts.boot_id_path) {
+            Ok(s) if crate::store::valid_boot_id(s.trim()) => s.trim().to_string(),
+            Ok(_) | Err(_) => {
+                self.counters.errors += 1;
+                self.log.err(&format!(
+                    "adminalert: ERROR: cannot read the boot id from {}; KILL_ROUTE is not re-run for restored blocks",
+                    self.opts.boot_id_path.display()
+                ));
+                return false;
+            }
+        };
+        let rerun = any
+            && self.cfg.kill_route.is_some()
+            && self.store.boot_id().is_some_and(|r| r != current);
+        if self.store.boot_id() != Some(current.as_str()) {
+            self.store.set_boot_id(current);
+            if let Err(e) = self.store.compact(&self.blocks) {
+                // Not recorded: running now could repeat at the next start in this boot.
+                self.persist_error("state (boot id)", &e);
+                return false;
+            }
+        }
+        rerun
+    }
+}
+
+/// What the kernel holds after the read-back and the re-add.
+struct Verified {
+    /// The last read-back, when it succeeded.
+    kernel: Option<HashSet<IpAddr>>,
+    /// Restored addresses not (known to be) in the sets.
+    missing: HashSet<IpAddr>,
+    /// Why: the re-add's or the read-back's error.
+    error: Option<String>,
+}
+
+impl Verified {
+    fn present(&self, addr: IpAddr) -> bool {
+        !self.missing.contains(&addr)
+    }
+
+    fn why_missing(&self) -> String {
+        let base = if self.kernel.is_some() {
+            "not in the kernel's set after the table build and a re-add"
+        } else {
+            "not verified in the kernel's set"
+        };
+        match &self.error {
+            Some(e) => format!("{base}: {e}"),
+            None => base.to_string(),
         }
     }
 }

@@ -1,0 +1,143 @@
+//! A restore is verified element by element against what the kernel holds, and
+//! KILL_ROUTE is re-run once after a reboot. The real enforcer in a test namespace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use sentry_proto::{Decision, Protocol};
+use sentry_tests::{
+    now_ms, require_root, run_ok, ActionKind, ActionStatus, AuditDecision, RestoreCounts, Sentry,
+    Settings, Side,
+};
+
+/// A version-1 state file (as the bench writes it) with `n` IPv4 and `n` IPv6 blocks.
+fn persist(env: &Sentry, n: u32, timeout_ms: u64) {
+    std::fs::create_dir_all(&env.state_dir).unwrap();
+    let now = now_ms();
+    let mut blocks = Vec::new();
+    for i in 0..n {
+        for addr in [
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0000u128
+                    + u128::from(i) * 65_536 * 65_536 * 65_536 * 65_536,
+            )),
+        ] {
+            blocks.push(serde_json::json!({
+                "addr": addr, "protocol": "tcp", "port": 22, "mode": "stcp", "scan": "syn",
+                "since_ms": now, "expires_ms": now + timeout_ms, "nft": true,
+                "distinct_ports": 3, "hosts_deny_legacy": false
+            }));
+        }
+    }
+    let snap = serde_json::json!({"version": 1, "blocks": blocks});
+    std::fs::write(env.state_dir.join("blocks.json"), snap.to_string()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+fn summary(env: &Sentry) -> RestoreCounts {
+    env.audit()
+        .into_iter()
+        .rev()
+        .find_map(|r| {
+            (r.decision == AuditDecision::Restored)
+                .then_some(r.restore)
+                .flatten()
+        })
+        .expect("restore summary record")
+}
+
+#[test]
+fn a_flushed_firewall_gets_every_block_back_verified() {
+    let test = "a_flushed_firewall_gets_every_block_back_verified";
+    if !require_root(test) {
+        return;
+    }
+    let mut env = Sentry::prepare(
+        test,
+        Settings::enforcer(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]),
+    );
+    persist(&env, 20_000, 3_600_000);
+    // As a reboot does: nothing in the namespace's ruleset.
+    run_ok(
+        env.net
+            .command(Side::Target, "nft")
+            .args(["flush", "ruleset"]),
+        Duration::from_secs(10),
+    );
+    env.start_enforcer();
+    let v4 = env.nft_set("v4");
+    let v6 = env.nft_set("v6");
+    assert_eq!(
+        (v4.len(), v6.len()),
+        (20_000, 20_000),
+        "{}",
+        env.enforcer_log()
+    );
+    // sentryctl's count of active blocks (the list itself is 40,000 entries).
+    let st = env.ctl_json(&["status"]);
+    assert_eq!(st["active_blocks"].as_u64(), Some((v4.len() + v6.len()) as u64), "{st}");
+    let s = summary(&env);
+    assert_eq!(
+        (s.restored, s.verified, s.readded, s.missing),
+        (40_000, 40_000, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(env.ctl_json(&["status"])["counters"]["errors"], 0);
+    let line = env
+        .enforcer_log()
+        .lines()
+        .find(|l| l.contains("restored 40000 blocks"))
+        .map(str::to_string);
+    eprintln!("RESTORE 40000: {line:?}");
+    assert!(line.is_some(), "{}", env.enforcer_log());
+}
+
+#[test]
+fn kill_route_is_re_run_once_after_a_reboot() {
+    let test = "kill_route_is_re_run_once_after_a_reboot";
+    if !require_root(test) {
+        return;
+    }
+    let mut env = Sentry::prepare(test, Settings::enforcer(&[]));
+    let routes = env.path("routes");
+    std::fs::create_dir(&routes).unwrap();
+    let tpl = format!("/usr/bin/touch {}/route-$TARGET$", routes.display());
+    env.settings.keys.insert("KILL_ROUTE".into(), tpl);
+    env.write_config();
+    let boot = env.path("boot_id");
+    std::fs::write(&boot, "11111111-2222-3333-4444-555555555555\n").unwrap();
+    env.settings.enforcer_args = vec!["--boot-id-file".into(), boot.display().to_string()];
+    env.start_enforcer();
+    let mut s = env.connect();
+    s.handshake();
+    assert_eq!(s.block("192.0.2.80", Protocol::Tcp, 22), Decision::Blocked);
+    drop(s);
+    let f = routes.join("route-192.0.2.80");
+    assert!(f.exists());
+    std::fs::remove_file(&f).unwrap();
+    // Restart in the same boot: not re-run.
+    env.stop_enforcer();
+    env.start_enforcer();
+    assert!(!f.exists(), "re-run in the same boot");
+    assert_eq!(summary(&env).kill_route_rerun, 0);
+    // Another boot id: re-run once, its outcome in the block's restored record.
+    env.stop_enforcer();
+    std::fs::write(&boot, "99999999-2222-3333-4444-555555555555\n").unwrap();
+    env.start_enforcer();
+    assert!(f.exists(), "{}", env.enforcer_log());
+    assert_eq!(summary(&env).kill_route_rerun, 1);
+    let r = env.audit_for("192.0.2.80".parse().unwrap(), AuditDecision::Restored);
+    let last = r.last().unwrap();
+    assert!(
+        last.actions
+            .iter()
+            .any(|a| a.action == ActionKind::KillRoute && a.status == ActionStatus::Ok),
+        "{last:?}"
+    );
+    std::fs::remove_file(&f).unwrap();
+    env.stop_enforcer();
+    env.start_enforcer();
+    assert!(!f.exists(), "re-run twice in one boot");
+}
