@@ -158,3 +158,18 @@ fn measure_rss_and_reply_size() {
         String::from_utf8_lossy(&out.stderr).trim()
     );
 }
+
+/// At the largest MAX_BLOCKS the policy accepts, `sentryctl blocked` still fits the
+/// control reply cap and lists every block.
+#[test]
+fn sentryctl_blocked_fits_at_the_max_blocks_bound() {
+    if !need_root("sentryctl_blocked_fits_at_the_max_blocks_bound") {
+        return;
+    }
+    let mut env = Env::new(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]);
+    persist(&env, 50_000, 3_600_000);
+    env.start();
+    let list = env.ctl_json(&["blocked"]);
+    assert_eq!(list.as_array().unwrap().len(), 100_000);
+    assert_eq!(env.ctl_json(&["status"])["active_blocks"], 100_000);
+}
