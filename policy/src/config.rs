@@ -179,7 +179,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("HOSTS_DENY_FILE", Kind::Path),
     ("AUDIT_LOG", Kind::Path),
     ("BLOCK_TIMEOUT", Kind::Num(0, 10 * 365 * 86_400)),
-    ("MAX_BLOCKS", Kind::Num(1, 1_000_000)),
+    // What the shipped enforcer unit (MemoryMax=256M), the state-file cap and the 16 MiB
+    // `sentryctl blocked` reply can all hold with margin (README, Performance).
+    ("MAX_BLOCKS", Kind::Num(1, 100_000)),
     ("BLOCK_RATE", Kind::Num(1, 1_000_000)),
     ("FIREWALL", Kind::Firewall),
     ("NFT_TABLE", Kind::Ident),

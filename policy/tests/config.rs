@@ -162,7 +162,12 @@ fn numbers_never_wrap_or_clamp() {
     );
     assert_eq!(
         one_error("MAX_BLOCKS=\"0\"\n"),
-        "/etc/sentry/sentry.conf:1: MAX_BLOCKS: 0 out of range 1-1000000"
+        "/etc/sentry/sentry.conf:1: MAX_BLOCKS: 0 out of range 1-100000"
+    );
+    // More than the shipped enforcer unit and the sentryctl reply can hold.
+    assert_eq!(
+        one_error("MAX_BLOCKS=\"1000000\"\n"),
+        "/etc/sentry/sentry.conf:1: MAX_BLOCKS: 1000000 out of range 1-100000"
     );
     assert_eq!(
         one_error("AUDIT_RATE=\"0\"\n"),

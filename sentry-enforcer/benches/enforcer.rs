@@ -78,7 +78,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
         &conf,
         format!(
             "FIREWALL=\"nftables\"\nNFT_TABLE=\"sentry_bench\"\nBLOCK_TCP=\"{block_tcp}\"\nBLOCK_UDP=\"1\"\n\
-             BLOCK_RATE=\"1000000\"\nMAX_BLOCKS=\"1000000\"\nAUDIT_LOG=\"{d}/audit-{n}.jsonl\"\n\
+             BLOCK_RATE=\"1000000\"\nMAX_BLOCKS=\"100000\"\nAUDIT_LOG=\"{d}/audit-{n}.jsonl\"\n\
              HISTORY_FILE=\"{d}/history-{n}\"\n",
             d = dir.display()
         ),

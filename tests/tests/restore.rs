@@ -141,3 +141,54 @@ fn kill_route_is_re_run_once_after_a_reboot() {
     env.start_enforcer();
     assert!(!f.exists(), "re-run twice in one boot");
 }
+
+/// Measurement for MAX_BLOCKS (issue #11): the enforcer's peak RSS and the size of the
+/// `sentryctl blocked` answer with SENTRY_MEASURE_BLOCKS blocks (half IPv4, half IPv6).
+/// Run: `SENTRY_MEASURE_BLOCKS=100000 cargo test -p sentry-enforcer --test restore
+/// measure_rss -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_rss_and_reply_size() {
+    let Some(n) = std::env::var("SENTRY_MEASURE_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let mut env = Env::new(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]);
+    persist(&env, n / 2, 3_600_000);
+    env.start();
+    let out = env.ctl(&["blocked"]);
+    let pid = env.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let get = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or("")
+            .to_string()
+    };
+    eprintln!(
+        "MEASURE n={n} {} {} sentryctl blocked ok={} text bytes={} stderr={}",
+        get("VmHWM"),
+        get("VmRSS"),
+        out.status.success(),
+        out.stdout.len(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// At the largest MAX_BLOCKS the policy accepts, `sentryctl blocked` still fits the
+/// control reply cap and lists every block.
+#[test]
+fn sentryctl_blocked_fits_at_the_max_blocks_bound() {
+    if !need_root("sentryctl_blocked_fits_at_the_max_blocks_bound") {
+        return;
+    }
+    let mut env = Env::new(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]);
+    persist(&env, 50_000, 3_600_000);
+    env.start();
+    let list = env.ctl_json(&["blocked"]);
+    assert_eq!(list.as_array().unwrap().len(), 100_000);
+    assert_eq!(env.ctl_json(&["status"])["active_blocks"], 100_000);
+}

@@ -31,8 +31,8 @@ const DEFAULT_CAPS: Caps = Caps {
     block_rate: None,
 };
 const WIDE_CAPS: Caps = Caps {
-    label: "MAX_BLOCKS=1000000, BLOCK_RATE=1000000/min",
-    max_blocks: Some("1000000"),
+    label: "MAX_BLOCKS=100000, BLOCK_RATE=1000000/min",
+    max_blocks: Some("100000"),
     block_rate: Some("1000000"),
 };
 
