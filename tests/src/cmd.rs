@@ -53,8 +53,9 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<String> {
     thread::spawn(move || {
         let mut buf = Vec::new();
         if let Some(mut r) = r {
-            // Bounded: every command we run produces little output; cap it anyway.
-            let _ = r.by_ref().take(4 << 20).read_to_end(&mut buf);
+            // Bounded: the largest output a test reads is `sentryctl blocked --json` at the
+            // MAX_BLOCKS bound (about 20 MB); cap it anyway.
+            let _ = r.by_ref().take(64 << 20).read_to_end(&mut buf);
         }
         String::from_utf8_lossy(&buf).into_owned()
     })

@@ -77,7 +77,11 @@ fn a_flushed_firewall_gets_every_block_back_verified() {
     );
     // sentryctl's count of active blocks (the list itself is 40,000 entries).
     let st = env.ctl_json(&["status"]);
-    assert_eq!(st["active_blocks"].as_u64(), Some((v4.len() + v6.len()) as u64), "{st}");
+    assert_eq!(
+        st["active_blocks"].as_u64(),
+        Some((v4.len() + v6.len()) as u64),
+        "{st}"
+    );
     let s = summary(&env);
     assert_eq!(
         (s.restored, s.verified, s.readded, s.missing),
@@ -142,9 +146,9 @@ fn kill_route_is_re_run_once_after_a_reboot() {
     assert!(!f.exists(), "re-run twice in one boot");
 }
 
-/// Measurement for MAX_BLOCKS (issue #11): the enforcer's peak RSS and the size of the
+/// Measurement for MAX_BLOCKS: the enforcer's peak RSS and the size of the
 /// `sentryctl blocked` answer with SENTRY_MEASURE_BLOCKS blocks (half IPv4, half IPv6).
-/// Run: `SENTRY_MEASURE_BLOCKS=100000 cargo test -p sentry-enforcer --test restore
+/// Run: `SENTRY_MEASURE_BLOCKS=100000 cargo test -p sentry-tests --test restore
 /// measure_rss -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement, run by hand"]
@@ -155,26 +159,20 @@ fn measure_rss_and_reply_size() {
     else {
         return;
     };
-    let mut env = Env::new(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]);
+    let mut env = Sentry::prepare(
+        "measure_rss_and_reply_size",
+        Settings::enforcer(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]),
+    );
     persist(&env, n / 2, 3_600_000);
-    env.start();
-    let out = env.ctl(&["blocked"]);
-    let pid = env.child.as_ref().unwrap().id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let get = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .unwrap_or("")
-            .to_string()
-    };
+    env.start_enforcer();
+    let out = env.sentryctl(&["blocked"]);
+    let rss = |k: &str| Sentry::proc_status(env.enforcer_pid(), k).unwrap_or_default();
     eprintln!(
-        "MEASURE n={n} {} {} sentryctl blocked ok={} text bytes={} stderr={}",
-        get("VmHWM"),
-        get("VmRSS"),
-        out.status.success(),
+        "MEASURE n={n} VmHWM {} VmRSS {} sentryctl blocked ok={} text bytes={}",
+        rss("VmHWM"),
+        rss("VmRSS"),
+        out.success(),
         out.stdout.len(),
-        String::from_utf8_lossy(&out.stderr).trim()
     );
 }
 
@@ -182,12 +180,16 @@ fn measure_rss_and_reply_size() {
 /// control reply cap and lists every block.
 #[test]
 fn sentryctl_blocked_fits_at_the_max_blocks_bound() {
-    if !need_root("sentryctl_blocked_fits_at_the_max_blocks_bound") {
+    let test = "sentryctl_blocked_fits_at_the_max_blocks_bound";
+    if !require_root(test) {
         return;
     }
-    let mut env = Env::new(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]);
+    let mut env = Sentry::prepare(
+        test,
+        Settings::enforcer(&[("KILL_HOSTS_DENY", ""), ("MAX_BLOCKS", "100000")]),
+    );
     persist(&env, 50_000, 3_600_000);
-    env.start();
+    env.start_enforcer();
     let list = env.ctl_json(&["blocked"]);
     assert_eq!(list.as_array().unwrap().len(), 100_000);
     assert_eq!(env.ctl_json(&["status"])["active_blocks"], 100_000);
