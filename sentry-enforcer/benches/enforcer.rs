@@ -93,6 +93,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             refresh_own_addresses: true,
             infra: None,
             boot_id_path: sentry_enforcer::engine::DEFAULT_BOOT_ID_PATH.into(),
+            boot_id: None,
         },
         Arc::new(Logger::new(true, "bench")),
     )

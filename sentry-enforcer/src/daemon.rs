@@ -87,6 +87,9 @@ pub struct Args {
     /// /proc/sys/kernel/random/boot_id, so a reboot can be faked (`--boot-id-file`, not
     /// in the usage text).
     pub boot_id_file: PathBuf,
+    /// `--boot-id ID`: the current boot's id (the unit passes systemd's `%b`, because its
+    /// `ProcSubset=pid` hides the kernel's file).
+    pub boot_id: Option<String>,
     /// `--recover`.
     pub recover: bool,
 }
@@ -108,6 +111,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut sensor_user = None;
     let mut infra_root = None;
     let mut boot_id_file = None;
+    let mut boot_id = None;
     let mut log_stderr = false;
     let mut recover = false;
     let mut it = args.into_iter();
@@ -142,6 +146,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
             "--sensor-user" => &mut sensor_user,
             "--infra-root" => &mut infra_root,
             "--boot-id-file" => &mut boot_id_file,
+            "--boot-id" => &mut boot_id,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -171,6 +176,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
             || PathBuf::from(crate::engine::DEFAULT_BOOT_ID_PATH),
             PathBuf::from,
         ),
+        boot_id: match boot_id {
+            Some(v) => Some(
+                crate::store::normalize_boot_id(&v)
+                    .ok_or_else(|| format!("--boot-id: {v:?} is not a boot id"))?,
+            ),
+            None => None,
+        },
         recover,
     }))
 }
@@ -1036,6 +1048,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
                 root: args.infra_root.clone(),
             }),
             boot_id_path: args.boot_id_file.clone(),
+            boot_id: args.boot_id.clone(),
         },
         Arc::clone(&log),
     )

@@ -100,6 +100,27 @@ pub fn valid_boot_id(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
 }
 
+/// A boot id as the kernel writes it (8-4-4-4-12 hex digits), from that form or from the
+/// 32 digits systemd's `%b` gives; `None` for anything else.
+pub fn normalize_boot_id(s: &str) -> Option<String> {
+    let s = s.trim();
+    if valid_boot_id(s) {
+        return Some(s.to_ascii_lowercase());
+    }
+    if s.len() != 32 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let s = s.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &s[..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..]
+    ))
+}
+
 /// The boot id recorded in a version-2 snapshot's header, if any (and well-formed).
 fn header_boot_id(b: &[u8]) -> Option<String> {
     let first = b.split(|&c| c == b'\n').next()?;
@@ -685,6 +706,18 @@ pub fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_ids_from_the_kernel_or_from_systemd() {
+        let k = "0f8a2c1e-1b2c-4d5e-8f90-a1b2c3d4e5f6";
+        assert_eq!(normalize_boot_id(&format!("{k}\n")).as_deref(), Some(k));
+        assert_eq!(
+            normalize_boot_id("0F8A2C1E1B2C4D5E8F90A1B2C3D4E5F6").as_deref(),
+            Some(k)
+        );
+        assert_eq!(normalize_boot_id("%b"), None);
+        assert_eq!(normalize_boot_id("0f8a2c1e1b2c4d5e8f90a1b2c3d4e5f"), None);
+    }
 
     fn rec(a: &str, since: u64) -> BlockRecord {
         BlockRecord {

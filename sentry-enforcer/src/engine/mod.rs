@@ -73,6 +73,9 @@ pub struct Options {
     /// The kernel's boot id ([`DEFAULT_BOOT_ID_PATH`] in the daemon; tests fake a reboot
     /// with another file). A restore after a reboot re-runs KILL_ROUTE.
     pub boot_id_path: PathBuf,
+    /// The boot id given on the command line (the unit passes systemd's `%b`: under
+    /// `ProcSubset=pid` the kernel's file is hidden); read from `boot_id_path` otherwise.
+    pub boot_id: Option<String>,
 }
 
 /// Where the kernel publishes the id of the current boot.
@@ -808,6 +811,7 @@ mod tests {
                 refresh_own_addresses: false,
                 infra: None,
                 boot_id_path: DEFAULT_BOOT_ID_PATH.into(),
+                boot_id: None,
             },
             Arc::new(Logger::new(true, "test")),
         )

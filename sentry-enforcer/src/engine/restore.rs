@@ -358,9 +358,15 @@ impl Engine {
     /// runs: an enforcer killed in the middle does not run them a second time in the
     /// same boot (a duplicate `iptables -I` rule) — at most once per boot.
     fn kill_route_rerun(&mut self, any: bool) -> bool {
-        let current = match std::fs::read_to_string(&self.opts.boot_id_path) {
-            Ok(s) if crate::store::valid_boot_id(s.trim()) => s.trim().to_string(),
-            Ok(_) | Err(_) => {
+        let given = self.opts.boot_id.clone();
+        let read = || {
+            std::fs::read_to_string(&self.opts.boot_id_path)
+                .ok()
+                .and_then(|s| crate::store::normalize_boot_id(&s))
+        };
+        let current = match given.or_else(read) {
+            Some(id) => id,
+            None => {
                 self.counters.errors += 1;
                 self.log.err(&format!(
                     "adminalert: ERROR: cannot read the boot id from {}; KILL_ROUTE is not re-run for restored blocks",
