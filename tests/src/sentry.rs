@@ -19,8 +19,10 @@ use crate::netns::{NetPair, Side};
 use crate::{bins, ensure_sensor_user, proc_fields, Bins, SENSOR_USER};
 
 /// How long a daemon may take to come up, and a detection to land. Generous for a loaded
-/// 2-core CI machine; every wait polls and returns as soon as the condition holds.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// 2-core CI machine (a debug-build enforcer restoring 100,000 blocks at the MAX_BLOCKS
+/// bound takes several seconds); every wait polls and returns as soon as the condition
+/// holds.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const SCAN_TIMEOUT: Duration = Duration::from_secs(90);
 
