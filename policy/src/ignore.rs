@@ -171,6 +171,21 @@ impl IgnoreList {
     pub fn is_empty(&self) -> bool {
         self.entries == 0
     }
+
+    /// The merged IPv4 ranges (inclusive, sorted, disjoint): what the enforcer loads into
+    /// the detection chain's kernel set.
+    pub fn ranges_v4(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + '_ {
+        self.v4
+            .iter()
+            .map(|&(lo, hi)| (Ipv4Addr::from(lo), Ipv4Addr::from(hi)))
+    }
+
+    /// The merged IPv6 ranges (inclusive, sorted, disjoint).
+    pub fn ranges_v6(&self) -> impl Iterator<Item = (Ipv6Addr, Ipv6Addr)> + '_ {
+        self.v6
+            .iter()
+            .map(|&(lo, hi)| (Ipv6Addr::from(lo), Ipv6Addr::from(hi)))
+    }
 }
 
 #[cfg(test)]

@@ -156,7 +156,20 @@ struct Shared {
     /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
     connect_lines: Mutex<(u64, u32, u64)>,
     sockets: Vec<PathBuf>,
+    // --- detection input (issue #13): the detection chain and the NFLOG hand-over ---
+    detect: Mutex<Detect>,
 }
+
+/// The detection chain's inputs. `modes` are the last ones a sensor announced, kept in
+/// memory only, so the chain holds while the sensor is down (not across an enforcer
+/// restart: persisting them in the state directory is left to the store's owner; until
+/// the next Hello after a restart the chain is not there).
+struct Detect {
+    cfg: policy::Config,
+    modes: Option<Vec<sentry_proto::Mode>>,
+    support: crate::table::Support,
+}
+// --- end detection input ---
 
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -389,8 +402,10 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
             frame_start = None;
         }
         for ev in events {
+            let mut handover: Option<Vec<sentry_proto::Mode>> = None;
             let reply = match ev {
                 Event::Hello(h) => {
+                    handover = Some(h.modes.clone());
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -432,9 +447,117 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
                     return;
                 }
             }
+            if let Some(modes) = handover {
+                if hand_over(sh, &s, modes).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
+
+// --- detection input (issue #13) ---
+
+/// After the Welcome: rebuild the detection chain for the modes the sensor announced, then
+/// bind a fresh NFLOG socket and send it to the sensor (`Capture` frame + SCM_RIGHTS).
+/// Our copy is closed when this returns. `Err` only when the connection itself failed.
+fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<(), ()> {
+    use crate::capture::{open_nflog, send_with_fd, BindError, NFLOG_GROUP, NFLOG_SNAPLEN};
+    if !modes.iter().any(|m| !m.is_basic()) {
+        sh.detect.lock().unwrap_or_else(|p| p.into_inner()).modes = Some(modes);
+        return Ok(());
+    }
+    if !rebuild_detection(sh, Some(modes)) {
+        return Ok(());
+    }
+    // The previous sensor process may still be exiting with its socket: give it a moment.
+    let mut fd = Err(BindError::Busy);
+    for _ in 0..10 {
+        fd = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN);
+        if !matches!(fd, Err(BindError::Busy)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(BindError::Busy) => {
+            sh.log.warn(&format!(
+                "adminalert: WARNING: NFLOG group {NFLOG_GROUP} is still bound by another socket (a previous sensor process that has not exited, or this sensor's descriptor from before this enforcer started, which it keeps using): no new descriptor handed over; trying again on the next sensor connection"
+            ));
+            return Ok(());
+        }
+        Err(BindError::Other(e)) => {
+            sh.log.err(&format!(
+                "adminalert: ERROR: cannot bind NFLOG group {NFLOG_GROUP} for the sensor ({e}): stealth and advanced detection are off, basic modes still work"
+            ));
+            return Ok(());
+        }
+    };
+    let frame = match encode_frame(&EnforcerFrame::Capture {
+        group: NFLOG_GROUP,
+        snaplen: NFLOG_SNAPLEN,
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            sh.log
+                .err(&format!("adminalert: ERROR: cannot encode Capture: {e}"));
+            return Ok(());
+        }
+    };
+    match send_with_fd(s, &frame, &fd) {
+        Ok(()) => {
+            sh.log.info(&format!(
+                "adminalert: handed NFLOG group {NFLOG_GROUP} (snaplen {NFLOG_SNAPLEN}) to the sensor"
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            sh.log.warn(&format!(
+                "adminalert: cannot hand the capture socket to the sensor: {e}"
+            ));
+            Err(())
+        }
+    }
+}
+
+/// Rebuild the detection chain (with new modes, or the remembered ones after SIGHUP).
+/// Returns whether the chain is in place.
+fn rebuild_detection(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>) -> bool {
+    let mut d = sh.detect.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = modes {
+        d.modes = Some(m);
+    }
+    let Some(modes) = d.modes.clone() else {
+        return false;
+    };
+    if let Err(e) = &d.support.nftables {
+        sh.log.err(&format!(
+            "adminalert: ERROR: nf_tables is not usable ({e}): no detection chain, so stealth and advanced detection are off; basic modes (-tcp -udp) still work"
+        ));
+        return false;
+    }
+    let ignore = match d.cfg.load_ignore() {
+        Ok(i) => i,
+        Err(e) => {
+            sh.log.err(&format!(
+                "adminalert: ERROR: ignore list not loaded into the detection chain (the kernel keeps the previous one): {e}"
+            ));
+            return true;
+        }
+    };
+    let spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, d.support.socket.is_ok());
+    match crate::table::apply_detection(&d.cfg, &spec) {
+        Ok(()) => true,
+        Err(e) => {
+            sh.log.err(&format!(
+                "adminalert: ERROR: detection chain not built: {e}; stealth and advanced detection are off, basic modes still work"
+            ));
+            false
+        }
+    }
+}
+// --- end detection input ---
 
 /// Root, or a member of CONTROL_GROUP by the peer's own credentials at connect time:
 /// its primary gid (SO_PEERCRED) or one of its supplementary groups (SO_PEERGROUPS). The
@@ -703,10 +826,14 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         match sig {
             Signal::SIGHUP => {
                 let r = sh.engine().reload_ignore(WallMs::now());
-                if let Err(e) = r {
-                    sh.log.err(&format!(
+                match r {
+                    Err(e) => sh.log.err(&format!(
                         "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
-                    ));
+                    )),
+                    // The detection chain's ignore sets follow the file.
+                    Ok(_) => {
+                        rebuild_detection(&sh, None);
+                    }
                 }
             }
             _ => {
@@ -857,10 +984,31 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     if net_raw {
         keep.insert(Capability::CAP_NET_RAW);
     }
+    // --- detection input: the detection chain and the NFLOG binding need CAP_NET_ADMIN
+    // whatever the configured actions are.
+    keep.insert(Capability::CAP_NET_ADMIN);
+    // --- end detection input
     for w in confine(&keep)? {
         log.warn(&format!("adminalert: confinement: {w}"));
     }
     let config_path = cfg.path.clone();
+    // --- detection input: what the kernel offers, said once at start.
+    let support = crate::table::probe_support(&cfg.nft_table);
+    match (&support.nftables, &support.socket) {
+        (Err(e), _) => log.err(&format!(
+            "adminalert: ERROR: nf_tables is missing or unusable ({e}): no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work"
+        )),
+        (Ok(()), Err(e)) => log.warn(&format!(
+            "adminalert: the nftables socket expression is missing (CONFIG_NFT_SOCKET; {e}): advanced modes copy every probe to the sensor, which skips served ports with its own listener table; everything else works"
+        )),
+        (Ok(()), Ok(())) => {}
+    }
+    let detect = Detect {
+        cfg: cfg.clone(),
+        modes: None,
+        support,
+    };
+    // --- end detection input
     let engine = Engine::new(
         cfg,
         Options {
@@ -895,6 +1043,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         refusals: Mutex::new((0, 0)),
         connect_lines: Mutex::new((0, 0, 0)),
         sockets: vec![sensor_path, control_path],
+        detect: Mutex::new(detect),
     });
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()

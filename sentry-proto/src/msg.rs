@@ -285,9 +285,22 @@ pub enum Refusal {
 /// Enforcer → sensor.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum EnforcerFrame {
-    Welcome { version: u16 },
-    Ack { seq: u64, decision: Decision },
+    Welcome {
+        version: u16,
+    },
+    Ack {
+        seq: u64,
+        decision: Decision,
+    },
     Refused(Refusal),
+    /// Sent right after `Welcome`, with a descriptor as ancillary data (SCM_RIGHTS): an
+    /// NFLOG socket the enforcer has bound to `group` (copy mode packet, at most
+    /// `snaplen` bytes from the network header). The sensor reads its detection input
+    /// from it; no capability is needed to read an already bound socket.
+    Capture {
+        group: u16,
+        snaplen: u32,
+    },
 }
 
 /// sentryctl → enforcer. The first request on a connection must be `Hello`.

@@ -74,15 +74,6 @@ pub fn ip_options_line(src: IpAddr, mode: Mode, port: u16) -> String {
     )
 }
 
-/// A tiny first fragment to a watched port (`nmap -f`): flags unknown, so it is not counted
-/// as a scan of a kind, but it is announced in PortSentry's detection-avoidance style.
-pub fn tiny_fragment_line(src: IpAddr, mode: Mode, port: u16) -> String {
-    format!(
-        "attackalert: Packet from host: {src}/{src} to {} port: {port} is a tiny IP fragment (detection avoidance technique).",
-        mode.protocol().as_upper()
-    )
-}
-
 #[derive(Debug)]
 enum Sink {
     Syslog {
