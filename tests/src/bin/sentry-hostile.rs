@@ -265,13 +265,18 @@ fn main() {
                 if !send(&mut s, &bytes, &mut r) {
                     break;
                 }
-                for _ in 0..batch {
+                let mut answered = 0;
+                while answered < batch {
+                    answered += 1;
                     match read_frame::<EnforcerFrame, _>(&mut s) {
                         Ok(EnforcerFrame::Ack { decision, .. }) => {
                             *r.decisions
                                 .entry(decision.as_str().to_string())
                                 .or_default() += 1;
                         }
+                        // The NFLOG hand-over after the Welcome (its descriptor is discarded
+                        // by the kernel: this reads with read(2)); not an answer.
+                        Ok(EnforcerFrame::Capture { .. }) => answered -= 1,
                         Ok(other) => r.replies.push(format!("{other:?}")),
                         Err(e) => {
                             r.error = Some(e.to_string());
