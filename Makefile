@@ -28,7 +28,8 @@ RELEASE     = target/release
 APT_PKGS    = nftables iproute2 util-linux build-essential
 # ...and what the test suite drives: real scanners, firewalls, the units' checker,
 # strace for the unit sandbox test, route(8) for Debian's KILL_ROUTE, the sentry user.
-APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
+# scapy (system python3) crafts fragments and IPv6 header chains for input_path.rs.
+APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools python3-scapy \
                 procps passwd dpkg-dev
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 

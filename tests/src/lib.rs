@@ -13,6 +13,7 @@
 
 pub mod cmd;
 pub mod netns;
+pub mod router;
 pub mod sentry;
 
 pub use cmd::{run, run_ok, wait_until, Output};
