@@ -86,7 +86,7 @@ fn run_flood(label: &str, senders: u8, extra: &[&str]) {
     ensure_user();
     let net = NetPair::new();
     let setup = Setup::new(CONFIG);
-    let enf = FakeEnforcer::start(setup.path());
+    let enf = FakeEnforcer::start_with_capture(&net, &setup);
     let sensor = Sensor::start(&net, &setup, &["-stcp", "-atcp", "-sudp", "-audp"]);
     let base = enf.stats_until(Duration::from_secs(5), |_| true).unwrap();
     let rx0 = rx_packets(&net);
@@ -158,7 +158,7 @@ fn detection_latency() {
     ensure_user();
     let net = NetPair::new();
     let setup = Setup::new(CONFIG);
-    let enf = FakeEnforcer::start(setup.path());
+    let enf = FakeEnforcer::start_with_capture(&net, &setup);
     let _sensor = Sensor::start(&net, &setup, &["-audp"]);
     enf.wait_hello(Duration::from_secs(5)).unwrap();
     // Warm the neighbour cache so the first probe is not delayed by ARP.

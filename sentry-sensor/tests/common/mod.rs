@@ -293,8 +293,46 @@ pub struct FakeEnforcer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the real enforcer does after the Welcome, done here for the sensor's own tests:
+/// build the detection chain (the enforcer's own script, `sentry_enforcer::table`) in the
+/// target namespace and bind an NFLOG socket there, to be handed over with SCM_RIGHTS.
+fn capture_for(target_ns: &str, config: &Path, h: &Hello) -> Option<std::os::fd::OwnedFd> {
+    use sentry_enforcer::capture::{open_nflog, NFLOG_GROUP, NFLOG_SNAPLEN};
+    use sentry_enforcer::table::{detection_script, DetectSpec};
+    if h.modes.iter().all(|m| m.is_basic()) {
+        return None;
+    }
+    let cfg = policy::Config::load(config).expect("test config");
+    let ignore = cfg.load_ignore().expect("test ignore list");
+    let spec = DetectSpec::new(&cfg, &h.modes, &ignore, true);
+    let script = config.with_extension("detect.nft");
+    std::fs::write(&script, detection_script(&cfg.nft_table, &spec)).unwrap();
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", target_ns, "nft", "-f"])
+        .arg(&script);
+    sh_ok(&mut c);
+    let ns = target_ns.to_string();
+    std::thread::spawn(move || {
+        let f = File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN).ok()
+    })
+    .join()
+    .unwrap()
+}
+
 impl FakeEnforcer {
+    /// A fake enforcer that also hands over the detection input, as the real one does.
+    pub fn start_with_capture(net: &NetPair, setup: &Setup) -> Self {
+        Self::start_inner(setup.path(), Some((net.target.clone(), setup.config())))
+    }
+
+    /// A fake enforcer without a detection input (basic modes, protocol tests).
     pub fn start(dir: &Path) -> Self {
+        Self::start_inner(dir, None)
+    }
+
+    fn start_inner(dir: &Path, capture: Option<(String, PathBuf)>) -> Self {
         let path = dir.join("enforcer.sock");
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path).unwrap();
@@ -304,6 +342,7 @@ impl FakeEnforcer {
         let stop = Arc::new(Mutex::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
+            let capture = capture;
             let deadline = Instant::now() + Duration::from_secs(120);
             while !*stop2.lock().unwrap() && Instant::now() < deadline {
                 let (mut s, _) = match l.accept() {
@@ -322,12 +361,25 @@ impl FakeEnforcer {
                     }
                     match read_frame::<SensorFrame, _>(&mut s) {
                         Ok(SensorFrame::Hello(h)) => {
+                            // Chain and socket first, so the detection input is in place
+                            // by the time the test sees the Hello.
+                            let fd = capture
+                                .as_ref()
+                                .and_then(|(ns, cfg)| capture_for(ns, cfg, &h));
                             let _ = write_frame(
                                 &mut s,
                                 &EnforcerFrame::Welcome {
                                     version: PROTOCOL_VERSION,
                                 },
                             );
+                            if let Some(fd) = fd {
+                                let frame = sentry_proto::encode_frame(&EnforcerFrame::Capture {
+                                    group: sentry_enforcer::capture::NFLOG_GROUP,
+                                    snaplen: sentry_enforcer::capture::NFLOG_SNAPLEN,
+                                })
+                                .unwrap();
+                                sentry_enforcer::capture::send_with_fd(&s, &frame, &fd).unwrap();
+                            }
                             let _ = tx.send(Seen::Hello(h));
                         }
                         Ok(SensorFrame::Block(b)) => {
