@@ -891,7 +891,9 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
     const NET_RAW: u64 = 1 << 13;
     for (keys, want) in [
         (vec![], NET_ADMIN),
-        (vec![("FIREWALL", "none")], 0),
+        // CAP_NET_ADMIN whatever the actions: the detection chain and the NFLOG binding
+        // for the sensor need it (issue #13).
+        (vec![("FIREWALL", "none")], NET_ADMIN),
         (
             vec![("FIREWALL", "none"), ("KILL_ROUTE", "/bin/true $TARGET$")],
             NET_ADMIN | NET_RAW,
@@ -1301,4 +1303,93 @@ fn block_records_carry_microsecond_time_and_one_journal_record() {
         1,
         "{journal}"
     );
+}
+
+/// After the Welcome the enforcer sends `Capture` with an NFLOG socket attached (SCM_RIGHTS)
+/// and has built the detection chain; a second sensor connection, while the first one's
+/// socket is still open, gets no new socket (the group is taken) but is served.
+#[test]
+fn capture_socket_is_handed_over_after_the_welcome() {
+    if !need_root("capture_socket_is_handed_over_after_the_welcome") {
+        return;
+    }
+    use nix::sys::socket::{
+        getsockname, recvmsg, ControlMessageOwned, MsgFlags, NetlinkAddr, UnixAddr,
+    };
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut env = Env::new(&[]);
+    env.start();
+    let mut s = env.connect();
+    s.send(&hello());
+    // Read frames with recvmsg until the Capture frame and its descriptor are in.
+    let mut bytes = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut frames = Vec::new();
+    while frames.len() < 2 && Instant::now() < deadline {
+        let mut buf = [0u8; 256];
+        let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<UnixAddr>(
+            s.s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .expect("recvmsg");
+        let n = msg.bytes;
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(r) = c {
+                // SAFETY: descriptors the kernel just installed for this message.
+                fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        assert!(n > 0, "connection closed after {frames:?}");
+        bytes.extend_from_slice(&buf[..n]);
+        while let Some(h) = bytes.first_chunk::<{ sentry_proto::HEADER_LEN }>() {
+            let len = sentry_proto::HEADER_LEN
+                + sentry_proto::frame_len::<EnforcerFrame>(*h).expect("length prefix");
+            if bytes.len() < len {
+                break;
+            }
+            let f: EnforcerFrame = sentry_proto::decode_frame(&bytes[..len]).expect("frame");
+            bytes.drain(..len);
+            frames.push(f);
+        }
+    }
+    assert!(
+        matches!(frames.first(), Some(EnforcerFrame::Welcome { .. })),
+        "{frames:?}"
+    );
+    assert!(
+        matches!(
+            frames.get(1),
+            Some(EnforcerFrame::Capture {
+                group: 0x5e47,
+                snaplen: 1280
+            })
+        ),
+        "{frames:?}\n{}",
+        env.log()
+    );
+    assert_eq!(fds.len(), 1, "{frames:?}");
+    let nl: NetlinkAddr = getsockname(fds[0].as_raw_fd()).expect("a netlink socket");
+    let _ = nl;
+    let chain = env
+        .ns
+        .run("nft", &["list", "chain", "inet", &env.table, "detect"]);
+    let text = String::from_utf8_lossy(&chain.stdout);
+    assert!(
+        text.contains("hook input priority"),
+        "{text}\n{}",
+        env.log()
+    );
+    // The first connection still holds the group: a new connection is served without one.
+    drop(s);
+    let mut again = env.connect_welcomed();
+    assert_eq!(
+        again.block("192.0.2.77", Protocol::Tcp, 23),
+        Decision::Blocked
+    );
+    drop(fds);
 }

@@ -422,8 +422,16 @@ impl FakeSensor {
         self.s.write_all(b)
     }
 
+    /// The next frame, skipping the NFLOG hand-over that follows the Welcome (read with
+    /// read(2), its descriptor is discarded by the kernel; the hand-over itself is tested
+    /// in `tests/enforcer.rs`).
     pub fn recv(&mut self) -> Result<EnforcerFrame, sentry_proto::ProtoError> {
-        read_frame::<EnforcerFrame, _>(&mut self.s)
+        loop {
+            match read_frame::<EnforcerFrame, _>(&mut self.s) {
+                Ok(EnforcerFrame::Capture { .. }) => continue,
+                other => return other,
+            }
+        }
     }
 
     pub fn handshake(&mut self) {
