@@ -201,6 +201,16 @@ mod tests {
     }
 
     #[test]
+    fn ranges_for_the_kernel_set() {
+        let l = list("10.1.2.3/24\n10.1.3.0/24\n192.0.2.7\n2001:db8::/126\n");
+        let v4: Vec<_> = l.ranges_v4().map(|(a, b)| format!("{a}-{b}")).collect();
+        // Adjacent networks are merged: an interval set rejects overlapping elements.
+        assert_eq!(v4, ["10.1.2.0-10.1.3.255", "192.0.2.7-192.0.2.7"]);
+        let v6: Vec<_> = l.ranges_v6().map(|(a, b)| format!("{a}-{b}")).collect();
+        assert_eq!(v6, ["2001:db8::-2001:db8::3"]);
+    }
+
+    #[test]
     fn host_bits_are_masked() {
         let l = list("10.1.2.3/24\n");
         assert!(has(&l, "10.1.2.0") && has(&l, "10.1.2.255") && has(&l, "10.1.2.3"));
