@@ -28,6 +28,7 @@ pub mod fake;
 pub mod netns;
 pub mod nspawn;
 pub mod req;
+pub mod router;
 pub mod sensor;
 pub mod sentry;
 

@@ -649,6 +649,11 @@ impl Sentry {
             .into_iter()
             .flatten()
         {
+            // Only the block sets: the detection chain's ignore sets hold addresses too.
+            let name = item.pointer("/set/name").and_then(Value::as_str);
+            if !matches!(name, Some("v4" | "v6")) {
+                continue;
+            }
             if let Some(elems) = item.pointer("/set/elem") {
                 collect_addrs(elems, &mut set);
             }

@@ -194,8 +194,9 @@ fn values(d: &[(String, String)], key: &str) -> Vec<String> {
 fn sensor_unit_privileges_and_ordering() {
     let d = directives(&sensor_unit());
     assert_eq!(values(&d, "User"), ["sentry"]);
-    assert_eq!(values(&d, "AmbientCapabilities"), ["CAP_NET_RAW"]);
-    assert_eq!(values(&d, "CapabilityBoundingSet"), ["CAP_NET_RAW"]);
+    // No capability: the NFLOG socket it reads is bound by the enforcer and handed over.
+    assert_eq!(values(&d, "AmbientCapabilities"), [""]);
+    assert_eq!(values(&d, "CapabilityBoundingSet"), [""]);
     assert_eq!(values(&d, "NoNewPrivileges"), ["yes"]);
     assert!(values(&d, "After")
         .iter()
@@ -204,9 +205,8 @@ fn sensor_unit_privileges_and_ordering() {
     for k in ["Requires", "BindsTo", "PartOf", "Requisite"] {
         assert!(values(&d, k).is_empty(), "sensor unit has {k}=");
     }
-    // IPAddressDeny= installs a cgroup packet filter that blinds raw capture.
-    assert!(values(&d, "IPAddressDeny").is_empty());
-    assert!(values(&d, "RestrictAddressFamilies")
+    // No raw capture any more: AF_PACKET is not needed.
+    assert!(!values(&d, "RestrictAddressFamilies")
         .iter()
         .any(|v| v.contains("AF_PACKET")));
     assert!(values(&d, "ExecStart")
