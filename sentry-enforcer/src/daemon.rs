@@ -1313,12 +1313,13 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     })?;
     let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     log.notice(&format!(
-        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}",
+        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
         env!("CARGO_PKG_VERSION"),
         config_path.display(),
         engine.active_blocks(),
         kept.join(","),
-        sensor.uid
+        sensor.uid,
+        engine.blocking_in_effect()
     ));
 
     let addr_fd = engine.addr_watch_fd();

@@ -156,11 +156,19 @@ impl Engine {
         let started = Instant::now();
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
-            restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())?;
-            nft = Some(
-                NlSocket::netfilter()
-                    .map_err(|e| EnforcerError::netlink("netfilter netlink", e))?,
-            );
+            let built = restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())
+                .and_then(|()| {
+                    NlSocket::netfilter()
+                        .map_err(|e| EnforcerError::netlink("netfilter netlink", e))
+                });
+            match (built, cfg.firewall_origin) {
+                (Ok(sock), _) => nft = Some(sock),
+                (Err(e), policy::FirewallOrigin::Key) => return Err(e),
+                // The default, not the admin's choice: say so and block with the rest.
+                (Err(e), policy::FirewallOrigin::Default) => log.err(&format!(
+                    "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
+                )),
+            }
         }
         let route = if cfg.blackhole_route {
             Some(NlSocket::route().map_err(|e| EnforcerError::netlink("route netlink", e))?)
@@ -320,6 +328,17 @@ impl Engine {
 
     /// Whether any action that blocks traffic (as opposed to only running a command) is
     /// configured.
+    /// [`policy::Config::blocking_summary`] of what actually came up (the default
+    /// nftables set is left out when the kernel refused it).
+    pub fn blocking_in_effect(&self) -> String {
+        if self.cfg.firewall == Firewall::Nftables && !self.exec.backends().nft {
+            let mut c = self.cfg.clone();
+            c.firewall = Firewall::None;
+            return format!("{} (nftables unavailable)", c.blocking_summary());
+        }
+        self.cfg.blocking_summary()
+    }
+
     fn blocking_configured(&self) -> bool {
         let b = self.exec.backends();
         b.nft || b.route || self.cfg.kill_route.is_some() || self.cfg.kill_hosts_deny.is_some()
@@ -640,10 +659,9 @@ impl Engine {
         // reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
         // itself, so it cannot outlive its block while the enforcer is down. Routes,
         // hosts.deny lines and commands are not reconciled that way and stay after the
-        // write-ahead record. With KILL_RUN_CMD_FIRST="1" the documented order "the
-        // command before the other actions" is kept, so the element comes after it.
-        let nft_first =
-            backends.nft && !(self.cfg.kill_run_cmd_first && self.cfg.kill_run_cmd.is_some());
+        // write-ahead record. KILL_RUN_CMD_FIRST="1" orders the command before the other
+        // actions it always ran with (routes, hosts.deny), not before the element.
+        let nft_first = backends.nft;
         let mut actions = Vec::new();
         if nft_first {
             let a = self
@@ -707,19 +725,24 @@ impl Engine {
                 self.persist_error(&format!("state for {addr}"), &e);
             }
         }
-        if failed || !reason.is_empty() {
+        if !took_effect {
             let n = rec.actions.iter().filter(|a| !a.ok()).count();
             reason.push_str(&format!(
-                "{n} of {} actions failed{}",
-                rec.actions.len(),
-                if took_effect {
-                    "; host recorded as blocked by the actions that succeeded"
-                } else {
-                    "; host not blocked"
-                }
+                "{n} of {} actions failed; host not blocked",
+                rec.actions.len()
             ));
             (Decision::Failed, reason, None)
         } else {
+            // Blocked when any block took effect; each failed action stays in the record
+            // with its error (and counts in `errors`).
+            if failed {
+                let n = rec.actions.iter().filter(|a| !a.ok()).count();
+                self.counters.errors += n as u64;
+                reason.push_str(&format!(
+                    "{n} of {} actions failed, the others took effect; ",
+                    rec.actions.len()
+                ));
+            }
             let how_long = match (block.expires_ms, self.cfg.block_timeout) {
                 (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
                 _ => "permanently".to_string(),
@@ -727,6 +750,11 @@ impl Engine {
             let what = match target.1 {
                 Some(len) => format!("blocked {addr}/{len} {how_long}"),
                 None => format!("blocked {how_long}"),
+            };
+            let what = if reason.is_empty() {
+                what
+            } else {
+                format!("{what} ({})", reason.trim_end_matches("; "))
             };
             (Decision::Blocked, what, None)
         }
@@ -785,6 +813,8 @@ mod tests {
             ("KILL_HOSTS_DENY", "ALL: $TARGET$".to_string()),
             ("BLOCK_TCP", "1".to_string()),
             ("BLOCK_UDP", "1".to_string()),
+            // Unit tests run in the root namespace: never its nftables.
+            ("FIREWALL", "none".to_string()),
         ]
         .into_iter()
         .collect();
@@ -1081,7 +1111,13 @@ mod tests {
     #[test]
     fn partial_failure_keeps_what_took_effect() {
         let mut t = setup(&[("KILL_ROUTE", "/bin/false $TARGET$")]);
-        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Failed);
+        // Blocked: the hosts.deny line took effect; the failed command is in the record
+        // and counts as an error.
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        let rec = t.last();
+        assert_eq!(rec["actions"][0]["status"], "error");
+        assert_eq!(t.engine.counters().errors, 1);
+        assert_eq!(t.engine.counters().failed, 0);
         assert!(t.engine.is_blocked("192.0.2.1".parse().unwrap()));
         assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
     }
