@@ -14,6 +14,7 @@ mod files;
 pub mod rate;
 mod restore;
 mod status;
+pub mod tripwire;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
@@ -111,6 +112,8 @@ pub struct Engine {
     lifted: Vec<IpAddr>,
     /// The connected sensor (maintained by the daemon).
     pub sensor: Option<SensorInfo>,
+    /// The never-block set changed ([`Engine::take_never_changed`]).
+    never_changed: bool,
 }
 
 /// A log line held back until the AUDIT_RATE budget has admitted its decision.
@@ -195,6 +198,7 @@ impl Engine {
             started: Instant::now(),
             lifted: Vec::new(),
             sensor: None,
+            never_changed: false,
         };
         engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
@@ -388,8 +392,7 @@ impl Engine {
                 if self.never.check_net6(a, len).is_some() || self.ignore.overlaps_net6(a, len) {
                     return (source, None);
                 }
-                let net = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                (IpAddr::V6(std::net::Ipv6Addr::from(net)), Some(len))
+                (IpAddr::V6(policy::mask6(a, len)), Some(len))
             }
             _ => (source, None),
         }
@@ -435,6 +438,7 @@ impl Engine {
         };
         crate::infra::log_entries(&self.log, &entries, dropped);
         self.never.set_infrastructure(entries);
+        self.never_changed = true;
         self.lift_never_blocked(WallMs::now());
     }
 
@@ -502,7 +506,9 @@ impl Engine {
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
         let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec);
-        self.conclude(rec, decision, reason, line, req.source, now)
+        let d = self.conclude(rec, decision, reason, line, req.source, now);
+        self.settle_kernel_hit(req.source, d);
+        d
     }
 
     /// Answer a request that failed its checks in [`crate::session`]: counted and
