@@ -396,6 +396,9 @@ fn send_refusal(s: &mut Stream, r: Refusal) {
     let _ = write_frame(s, &EnforcerFrame::Refused(r));
 }
 
+/// How long a new sensor connection waits for the previous one's slot.
+const SLOT_WAIT: Duration = Duration::from_millis(50);
+
 struct SensorSlot<'a>(&'a Shared);
 
 impl Drop for SensorSlot<'_> {
@@ -433,10 +436,17 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
         // One sensor at a time: a second connection is refused, not allowed to replace
         // the first (a dead sensor's socket closes when its process exits, so a restarted
         // sensor gets in; a second live one would only duplicate or hijack the stream).
-        if sh.sensor_busy.swap(true, Ordering::SeqCst) {
-            send_refusal(s, Refusal::AlreadyConnected);
-            sh.refuse("a sensor is already connected", Some(peer));
-            return None;
+        // A sensor that restarts connects again right after its old connection closed,
+        // and that connection's thread may not have let go of the slot yet: wait for it a
+        // moment (in this accept thread only) before refusing.
+        let deadline = Instant::now() + SLOT_WAIT;
+        while sh.sensor_busy.swap(true, Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                send_refusal(s, Refusal::AlreadyConnected);
+                sh.refuse("a sensor is already connected", Some(peer));
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     } else {
         if !control_authorized(sh, s, peer, gid) {
@@ -636,12 +646,14 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
     }
     // The previous sensor process may still be exiting with its socket: give it a moment.
     let mut fd = Err(BindError::Busy);
-    for _ in 0..10 {
+    // The kernel frees a closed socket's group a little later (the descriptor the last
+    // sensor discarded may still be in flight): poll briefly, up to a second.
+    for _ in 0..200 {
         fd = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN);
         if !matches!(fd, Err(BindError::Busy)) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let fd = match fd {
         Ok(fd) => fd,
@@ -671,11 +683,14 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
     };
     match send_with_fd(s, &frame, &fd) {
         Ok(()) => {
-            sh.log.info(&format!(
+            // Under the same per-second budget as the "connected" line it follows.
+            sh.log_connected(&format!(
                 "adminalert: handed NFLOG group {NFLOG_GROUP} (snaplen {NFLOG_SNAPLEN}) to the sensor"
             ));
             Ok(())
         }
+        // The sensor closed the connection already: nothing to say about the hand-over.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => Err(()),
         Err(e) => {
             sh.log.warn(&format!(
                 "adminalert: cannot hand the capture socket to the sensor: {e}"

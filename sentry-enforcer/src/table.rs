@@ -477,8 +477,10 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
 /// stealth ports too: nothing a service answers is ever dropped here); this host's own
 /// addresses and the never-block set are only copied; over the per-prefix or the total
 /// budget a probe is only copied (the enforcer then answers `rate_limited` as it would
-/// without the first hit); otherwise the source goes into the map (which fails, and skips
-/// only that rule, when the map is full), the probe is copied to the sensor and dropped.
+/// without the first hit); a probe conntrack found invalid is copied and dropped but not
+/// put in the map (its checksum is unverified); otherwise the source goes into the map
+/// (which fails, and skips only that rule, when the map is full), the probe is copied to
+/// the sensor and dropped.
 fn first_hit_rules(o: &mut String, table: &str, proto: &str, t: &Tripwire) {
     let chain = format!("detect_hit_{proto}");
     let flags = if proto == "tcp" { "tcp flags" } else { "0x0" };
@@ -491,6 +493,13 @@ fn first_hit_rules(o: &mut String, table: &str, proto: &str, t: &Tripwire) {
         format!("add @detect_rl4 {{ ip saddr & 255.255.255.0 limit rate over {q}/minute burst {q} packets }} goto detect_copy"),
         format!("add @detect_rl6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over {q}/minute burst {q} packets }} goto detect_copy"),
         format!("limit rate over {h}/minute burst {h} packets goto detect_copy"),
+        // Only conntrack's `new` (a SYN, a first datagram) had its checksum verified on
+        // the way here (nf_conntrack_checksum=1, the default): a flag probe (`invalid`)
+        // may be a --badsum packet the stack discards, so only the sensor, which checks
+        // its checksum, may report it. Its probe is still dropped: nothing serves the
+        // port, and a bare FIN/NULL/XMAS is never part of a flow conntrack knows.
+        "ct state invalid jump detect_copy".to_string(),
+        "ct state invalid drop".to_string(),
         format!("meta nfproto ipv4 add @{HIT_V4} {{ ip saddr : meta l4proto . th dport . {flags} }}"),
         format!("meta nfproto ipv6 add @{HIT_V6} {{ ip6 saddr : meta l4proto . th dport . {flags} }}"),
         "jump detect_copy".to_string(),

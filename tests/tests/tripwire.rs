@@ -233,3 +233,28 @@ fn a_listener_started_after_the_enforcer_is_never_a_probe() {
     );
     drop(listeners);
 }
+
+/// A FIN scan: conntrack calls the probes invalid and their checksum is unverified, so the
+/// kernel drops them (nothing serves those ports) but leaves the block to the sensor, which
+/// checks the checksum: still no port answers, the block is the sensor's, the map stays
+/// empty.
+#[test]
+fn a_flag_probe_is_dropped_and_left_to_the_sensor() {
+    let test = "a_flag_probe_is_dropped_and_left_to_the_sensor";
+    if !ready(test) {
+        return;
+    }
+    let s = Sentry::start(test, Settings::new(&["atcp"]));
+    count_answers(&s);
+    let target = TARGET_V4.to_string();
+    s.nmap(&["-sF", "-e", SCANNER_IF, "-p", "1-100", &target]);
+    let rec = s.wait_decision(SCANNER, AuditDecision::Blocked);
+    assert!(!kernel_peer(&rec), "{rec:?}");
+    assert_eq!(rec.scan.as_deref(), Some("fin"), "{rec:?}");
+    assert_eq!(answers(&s), 0, "ports answered\n{}", s.diag());
+    assert!(
+        !hits(&s, "hit4").contains(&SCANNER_V4.to_string()),
+        "{}",
+        s.diag()
+    );
+}
