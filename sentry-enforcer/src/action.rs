@@ -340,6 +340,14 @@ impl Executor {
             .nft
             .as_mut()
             .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let map = if addr.is_ipv4() { map_v4 } else { map_v6 };
+        // Look first: deleting a missing element aborts a transaction, which costs an RCU
+        // grace period; most refused sources were never in the map.
+        match s.has_element(&cfg.nft_table, map, addr) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => return Err(EnforcerError::netlink("nftables lookup", e)),
+        }
         let e = [crate::netlink::SetElem {
             addr,
             timeout: None,

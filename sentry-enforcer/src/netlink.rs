@@ -374,6 +374,31 @@ pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
     b.finish()
 }
 
+/// Encode an NFT_MSG_GETSETELEM lookup of one element (`addr`) of `set`, with an ACK:
+/// the reply is the element and the ACK, or an error (ENOENT when it is not there). A
+/// lookup is not a transaction: asking costs no commit, where deleting a missing element
+/// aborts a batch, which waits for an RCU grace period (about 10-15 ms here).
+pub fn encode_getelem(table: &str, set: &str, addr: IpAddr, seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new(Vec::with_capacity(96));
+    b.begin(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    );
+    nfgen(&mut b, NFPROTO_INET, 0);
+    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+    b.nest_begin(NFTA_LIST_ELEM);
+    b.nest_begin(NFTA_SET_ELEM_KEY);
+    b.attr(NFTA_DATA_VALUE, &addr_bytes(&addr));
+    b.nest_end();
+    b.nest_end();
+    b.nest_end();
+    b.end();
+    b.finish()
+}
+
 /// The attributes in `b`: (type without flag bits, payload). Every length is checked
 /// against what is left; a bad one is an error, never a read past the end.
 fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
@@ -689,6 +714,40 @@ impl NlSocket {
             };
             if parse_setelem_dump(reply, seq, &mut out, limit)? {
                 return Ok(out);
+            }
+        }
+    }
+
+    /// Whether `set` (or map) of `table` holds `addr`.
+    pub fn has_element(&mut self, table: &str, set: &str, addr: IpAddr) -> Result<bool, NlError> {
+        let seq = self.next_seq(1);
+        let msg = encode_getelem(table, set, addr, seq);
+        let sent = sendto(
+            self.fd.as_raw_fd(),
+            &msg,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .map_err(NlError::Io)?;
+        if sent != msg.len() {
+            return Err(NlError::Io(Errno::EMSGSIZE));
+        }
+        let mut found = Vec::new();
+        loop {
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
+                    Err(Errno::EINTR) => continue,
+                    other => break other.map_err(NlError::Io)?,
+                }
+            };
+            let Some(reply) = self.buf.get(..n) else {
+                return Err(NlError::Malformed("reply longer than buffer"));
+            };
+            match parse_setelem_dump(reply, seq, &mut found, 1) {
+                Ok(true) => return Ok(!found.is_empty()),
+                Ok(false) => {}
+                Err(NlError::Kernel(Errno::ENOENT)) => return Ok(false),
+                Err(e) => return Err(e),
             }
         }
     }
