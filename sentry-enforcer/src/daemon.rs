@@ -280,22 +280,6 @@ fn save_modes(dir: &Path, modes: &[sentry_proto::Mode]) -> io::Result<()> {
 // --- end detection input ---
 
 impl Shared {
-    /// Read and drop what the watch has queued: called under the engine lock right after
-    /// our own `nft` ran.
-    fn discard_own_changes(&self) {
-        let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((watch, own)) = w.as_mut() {
-            let table = self
-                .detect
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .cfg
-                .nft_table
-                .clone();
-            let _ = watch.drain(&table, *own);
-        }
-    }
-
     fn engine(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding the lock cannot leave the engine half-updated in a way
         // that matters more than stopping would: keep serving.
@@ -705,9 +689,7 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
 /// drains the watch after it (see [`Shared::watch`]).
 fn rebuild_detection(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>) -> bool {
     let e = sh.engine();
-    let ok = rebuild_detection_locked(sh, &e, modes);
-    sh.discard_own_changes();
-    ok
+    rebuild_detection_locked(sh, &e, modes)
 }
 
 /// [`rebuild_detection`] for a caller that holds the engine lock (`e`) and drains the
@@ -1091,7 +1073,6 @@ fn expiry_loop(sh: Arc<Shared>) {
             // The kernel's never-block set follows the enforcer's.
             if e.take_never_changed() {
                 rebuild_detection_locked(&sh, &e, None);
-                sh.discard_own_changes();
             }
             let modes = sh
                 .detect
@@ -1158,12 +1139,23 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
         let own = *own;
         match watch.drain(&table, own) {
             Ok(c) if c.any() => {
-                // The rebuild deletes and recreates the whole table: the detection chain
-                // goes back in with the blocks.
-                let _ = e.rebuild_table(c.by, WallMs::now());
-                sh.detect.lock().unwrap_or_else(|p| p.into_inner()).applied = None;
-                rebuild_detection_locked(&sh, &e, None);
-                let _ = watch.drain(&table, own);
+                let mut by = c.by;
+                // Bounded: another process changing the table again and again gets a
+                // rebuild after each change, not a loop without a pause.
+                for _ in 0..3 {
+                    // The rebuild deletes and recreates the whole table: the detection
+                    // chain goes back in with the blocks.
+                    let _ = e.rebuild_table(by, WallMs::now());
+                    sh.detect.lock().unwrap_or_else(|p| p.into_inner()).applied = None;
+                    rebuild_detection_locked(&sh, &e, None);
+                    // Our own `nft` runs are recognised by their pid and an overrun is
+                    // our own rebuild's flood of notifications; a change by another
+                    // process that came in meanwhile is news, and is answered at once.
+                    match watch.drain(&table, own) {
+                        Ok(after) if after.by.is_some() => by = after.by,
+                        _ => break,
+                    }
+                }
             }
             Ok(_) => {}
             Err(err) => {
