@@ -11,9 +11,11 @@
 //! without touching the daemons.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 mod frame;
 mod msg;
 
+pub use duration::{format_go_duration, parse_go_duration, DurationError};
 pub use frame::{
     check_version, decode_frame, encode_frame, frame_len, read_frame, write_frame, FrameBuf,
     Message, ProtoError, HEADER_LEN,

@@ -27,7 +27,7 @@ use sentry_proto::{
 };
 
 use crate::action::{self, Action, Command, Executor, Subject};
-use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind, Typed};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
 use crate::judge::{self, block_key, Evidence, Facts, Verdict};
@@ -111,6 +111,16 @@ pub struct Engine {
     lifted: Vec<IpAddr>,
     /// The connected sensor (maintained by the daemon).
     pub sensor: Option<SensorInfo>,
+    /// The decision stream (`sentryctl watch`): every audit record, numbered.
+    pub watch: crate::watch::Hub,
+}
+
+/// A block asked for over the control socket: who asked, and for how long (`None`:
+/// BLOCK_TIMEOUT).
+#[derive(Debug, Clone)]
+pub struct ControlBlock {
+    pub origin: String,
+    pub duration: Option<std::time::Duration>,
 }
 
 /// A log line held back until the AUDIT_RATE budget has admitted its decision.
@@ -187,6 +197,7 @@ impl Engine {
             started: Instant::now(),
             lifted: Vec::new(),
             sensor: None,
+            watch: crate::watch::Hub::new(WallUs::now().0),
         };
         engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
@@ -245,6 +256,29 @@ impl Engine {
                 "adminalert: ERROR: cannot write audit log {}: {e}",
                 self.audit.path().display()
             ));
+        }
+        // The same record, to the decision stream; never blocks (a slow client is
+        // dropped instead).
+        let dropped = self.watch.publish(rec);
+        if dropped > 0 {
+            self.counters.watch_dropped += dropped as u64;
+            self.log.warn(&format!(
+                "adminalert: {dropped} decision-stream client(s) dropped: more than {} records not yet read",
+                crate::watch::CLIENT_BUFFER
+            ));
+        }
+    }
+
+    /// A snapshot for the Prometheus exposition.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            counters: self.counters.clone(),
+            active_blocks: self.blocks.len() as u64,
+            fleet_blocks: self.blocks.values().filter(|b| b.origin.is_some()).count() as u64,
+            max_blocks: u64::from(self.cfg.max_blocks),
+            sensor: self.sensor.clone(),
+            watch_clients: self.watch.clients() as u64,
+            start_time_s: self.watch.run() / 1_000_000,
         }
     }
 
@@ -473,7 +507,98 @@ impl Engine {
         rec.port = Some(req.port);
         rec.scan = Some(req.scan.as_str());
         rec.mode = Some(req.mode.as_str());
+        rec.origin = Some(sentry_proto::ORIGIN_SENSOR.to_string());
+        rec.distinct_ports = Some(req.distinct_ports);
+        rec.handshake = Some(req.scan == sentry_proto::ScanKind::Connect);
+        rec.typed = Some(Typed {
+            source: req.source,
+            prefix: None,
+            protocol: Some(req.protocol),
+            port: Some(req.port),
+            scan: Some(req.scan),
+            mode: Some(req.mode),
+        });
         rec
+    }
+
+    /// `sentryctl block` and the fleet bridge: a block of `addr` for `ctl.origin`, judged
+    /// like a sensor request (never-block set, ignore list, BLOCK_TCP, BLOCK_RATE,
+    /// MAX_BLOCKS; its evidence counts as more than a single probe), acted on, persisted
+    /// with its origin and audited. Returns the decision, the reason and when the block
+    /// ends.
+    pub fn decide_control(
+        &mut self,
+        addr: IpAddr,
+        ctl: &ControlBlock,
+        peer: Peer,
+        now: WallUs,
+    ) -> (Decision, String, Option<u64>) {
+        self.counters.requests += 1;
+        self.counters.control_requests += 1;
+        let mut rec = AuditRecord::event_us(
+            now,
+            RecordKind::Decision(Decision::Rejected),
+            String::new(),
+            Some(peer),
+        );
+        rec.source = Some(addr.to_string());
+        rec.origin = Some(ctl.origin.clone());
+        rec.typed = Some(Typed {
+            source: addr,
+            prefix: None,
+            protocol: None,
+            port: None,
+            scan: None,
+            mode: None,
+        });
+        self.flush_audit_budget(now);
+        let invalid = if let Err(e) = sentry_proto::validate_origin(&ctl.origin) {
+            Some(e.to_string())
+        } else if ctl.origin == sentry_proto::ORIGIN_SENSOR {
+            Some("origin name \"sensor\" is reserved for the local sensor".to_string())
+        } else {
+            match ctl.duration {
+                Some(d) if d < std::time::Duration::from_secs(1) => {
+                    Some(format!("duration {d:?} is shorter than 1 s"))
+                }
+                Some(d) if d.as_millis() > u128::from(sentry_proto::MAX_BLOCK_DURATION_MS) => Some(
+                    format!("duration {}s is longer than ten years", d.as_secs()),
+                ),
+                _ => None,
+            }
+        };
+        let (decision, reason, line) = match invalid {
+            Some(why) => (
+                Decision::Rejected,
+                why.clone(),
+                Some((
+                    Level::Warning,
+                    format!("adminalert: rejected block request from control: {why}"),
+                )),
+            ),
+            None => {
+                // The request the judge and the actions see: TCP (BLOCK_TCP governs
+                // control blocks), no port (0 in templates and the history file).
+                let req = BlockRequest {
+                    seq: 0,
+                    source: addr,
+                    protocol: sentry_proto::Protocol::Tcp,
+                    port: 0,
+                    scan: sentry_proto::ScanKind::Syn,
+                    mode: sentry_proto::Mode::Stcp,
+                    distinct_ports: 1,
+                    first_seen_ms: now.ms().0,
+                    last_seen_ms: now.ms().0,
+                    ip_options: false,
+                };
+                self.decide_checked(&req, now.ms(), &mut rec, Some(ctl))
+            }
+        };
+        let expires = (decision == Decision::Blocked)
+            .then_some(rec.expires_ms)
+            .flatten();
+        let d = self.conclude(rec, decision, reason.clone(), line, addr, now);
+        (d, reason, expires)
     }
 
     /// Decide on one checked block request from `peer` and act on it. Persistence and the
@@ -482,7 +607,7 @@ impl Engine {
         self.counters.requests += 1;
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
-        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec);
+        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec, None);
         self.conclude(rec, decision, reason, line, req.source, now)
     }
 
@@ -540,6 +665,7 @@ impl Engine {
         req: &BlockRequest,
         now: WallMs,
         rec: &mut AuditRecord,
+        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         self.refresh_own_addresses();
         self.refresh_infra(false);
@@ -551,7 +677,7 @@ impl Engine {
             ignore: &self.ignore,
             already_blocked: self.blocks.contains_key(&target.0)
                 || self.blocks.contains_key(&req.source),
-            evidence: Evidence::of(req.scan, req.distinct_ports),
+            evidence: evidence_of(req, ctl),
             started: self.rate.usage(req.source),
             weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
@@ -559,8 +685,8 @@ impl Engine {
         };
         match judge::judge(req.source, req.protocol, &facts) {
             Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
-            Verdict::RunCommand => self.run_command_only(req, now, rec),
-            Verdict::Block => self.block(req, target, now, rec),
+            Verdict::RunCommand => self.run_command_only(req, now, rec, ctl),
+            Verdict::Block => self.block(req, target, now, rec, ctl),
             Verdict::Evict(weak) => {
                 let why = format!(
                     "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
@@ -569,7 +695,7 @@ impl Engine {
                 self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
                 self.counters.unblocked += 1;
                 self.rewrite_blocked_file();
-                self.block(req, target, now, rec)
+                self.block(req, target, now, rec, ctl)
             }
         }
     }
@@ -580,14 +706,14 @@ impl Engine {
         req: &BlockRequest,
         now: WallMs,
         rec: &mut AuditRecord,
+        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         let key = block_key(req.protocol);
-        self.rate
-            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
+        self.rate.record(now, evidence_of(req, ctl), req.source);
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
-            &subject(req, (req.source, None)),
+            &subject(req, (req.source, None), None),
         );
         self.log_action(req.source, &a);
         let ok = a.ok();
@@ -610,11 +736,15 @@ impl Engine {
         target: (IpAddr, Option<u8>),
         now: WallMs,
         rec: &mut AuditRecord,
+        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         let addr = target.0;
-        let subj = subject(req, target);
-        self.rate
-            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
+        let duration = match ctl.and_then(|c| c.duration) {
+            Some(d) => Some(d),
+            None => self.cfg.block_timeout,
+        };
+        let subj = subject(req, target, duration);
+        self.rate.record(now, evidence_of(req, ctl), req.source);
         let mut block = BlockRecord {
             addr,
             protocol: req.protocol,
@@ -622,7 +752,7 @@ impl Engine {
             mode: req.mode,
             scan: req.scan,
             since_ms: now.0,
-            expires_ms: self.cfg.block_timeout.map(|t| now.after(t).0),
+            expires_ms: duration.map(|t| now.after(t).0),
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
@@ -630,7 +760,16 @@ impl Engine {
             // Written with a marker (crate::hostsdeny).
             hosts_deny_legacy: false,
             prefix6: target.1,
+            origin: ctl.map(|c| c.origin.clone()),
         };
+        if ctl.is_some() {
+            // Placeholders, not evidence (see BlockRecord::origin).
+            block.distinct_ports = 0;
+        }
+        rec.expires_ms = block.expires_ms;
+        if let Some(t) = rec.typed.as_mut() {
+            t.prefix = target.1;
+        }
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
         // its fdatasync, because the scanner is answered until the element exists. This
@@ -720,7 +859,7 @@ impl Engine {
             ));
             (Decision::Failed, reason, None)
         } else {
-            let how_long = match (block.expires_ms, self.cfg.block_timeout) {
+            let how_long = match (block.expires_ms, duration) {
                 (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
                 _ => "permanently".to_string(),
             };
@@ -733,13 +872,28 @@ impl Engine {
     }
 }
 
-/// The template variables of a block of `target` (an address, or an IPv6 network).
-fn subject(req: &BlockRequest, (addr, prefix6): (IpAddr, Option<u8>)) -> Subject {
+/// The template variables of a block of `target` (an address, or an IPv6 network) that
+/// lasts `timeout`.
+fn subject(
+    req: &BlockRequest,
+    (addr, prefix6): (IpAddr, Option<u8>),
+    timeout: Option<std::time::Duration>,
+) -> Subject {
     Subject {
         addr,
         port: req.port,
         protocol: req.protocol,
         prefix6,
+        timeout,
+    }
+}
+
+/// The evidence a request counts as: a control client's block is more than a single
+/// probe (it cannot be forged with a packet), a sensor's is what it saw.
+fn evidence_of(req: &BlockRequest, ctl: Option<&ControlBlock>) -> Evidence {
+    match ctl {
+        Some(_) => Evidence::Ports,
+        None => Evidence::of(req.scan, req.distinct_ports),
     }
 }
 
