@@ -37,6 +37,13 @@ APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tool
 # ...of which these are daemons: when test-deps installs one on a host running systemd,
 # it is stopped and disabled again (the tests only run fail2ban-regex).
 APT_TEST_DAEMONS = fail2ban
+# The fleet tests' CrowdSec Local API (crowdsec 1.4.6) and promtool (prometheus). Not
+# installed: their maintainer scripts would start services, register the local agent
+# and try hub updates (no network here). `apt-get download` + `dpkg -x` unpacks the
+# packages under TEST_CACHE instead, so no script runs, nothing is started and nothing
+# keeps running; the tests start a LAPI of their own (tests/src/fleet.rs).
+APT_TEST_UNPACK = crowdsec prometheus
+TEST_CACHE      = /var/cache/sentry-tests
 NEW_DAEMONS := $(shell for p in $(APT_TEST_DAEMONS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 
@@ -65,6 +72,14 @@ deps:
 
 test-deps:
 	$(call apt_install,$(APT_TEST_PKGS))
+	@for p in $(APT_TEST_UNPACK); do \
+	    [ -d $(TEST_CACHE)/$$p/usr/bin ] && continue; \
+	    if [ "$$(id -u)" -ne 0 ]; then echo "missing $(TEST_CACHE)/$$p (run as root to unpack it)"; continue; fi; \
+	    echo "unpacking $$p into $(TEST_CACHE)/$$p"; \
+	    tmp=$$(mktemp -d) && chmod 755 $$tmp && (cd $$tmp && apt-get update -qq && apt-get download -qq $$p) && \
+	    mkdir -p $(TEST_CACHE)/$$p.new && dpkg -x $$tmp/$${p}_*.deb $(TEST_CACHE)/$$p.new && \
+	    rm -rf $(TEST_CACHE)/$$p && mv $(TEST_CACHE)/$$p.new $(TEST_CACHE)/$$p; rc=$$?; \
+	    rm -rf $$tmp; [ $$rc -eq 0 ] || exit 1; done
 	@for p in $(NEW_DAEMONS); do \
 	    if [ -d /run/systemd/system ] && dpkg -s $$p >/dev/null 2>&1; then \
 	        echo "test-deps: $$p was installed for its tools only: systemctl disable --now $$p"; \
