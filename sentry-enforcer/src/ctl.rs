@@ -340,12 +340,9 @@ pub enum WatchEvent {
 impl Watch {
     pub fn next_event(&mut self) -> Result<WatchEvent, String> {
         let f = read_frame::<ControlResponse, _>(&mut self.s).map_err(|e| match e {
-            sentry_proto::ProtoError::Io(k)
-                if matches!(
-                    k,
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            sentry_proto::ProtoError::Io(
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut,
+            ) => {
                 format!(
                     "no record or heartbeat from the enforcer for {}s",
                     WATCH_SILENCE.as_secs()

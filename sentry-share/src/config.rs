@@ -138,7 +138,7 @@ impl Config {
                         return Err(err("one to eight URLs, separated by spaces".into()));
                     }
                     for u in &urls {
-                        check_url(u).map_err(|e| err(e))?;
+                        check_url(u).map_err(&err)?;
                     }
                     c.lapi_urls = urls;
                     "LAPI_URLS"
