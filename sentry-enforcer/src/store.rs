@@ -959,6 +959,36 @@ mod tests {
     }
 
     #[test]
+    fn version_2_files_are_read_and_origins_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = d.path().join(SNAPSHOT);
+        let r1 = rec("192.0.2.1", 1);
+        let json = serde_json::to_vec(&r1).unwrap();
+        let mut v2 =
+            b"{\"format\":\"sentry-enforcer-state\",\"version\":2,\"records\":1}\n".to_vec();
+        v2.extend_from_slice(&checked_line(&json));
+        std::fs::write(&snap, &v2).unwrap();
+        let (mut store, blocks, _) = Store::open(d.path()).unwrap();
+        assert_eq!(blocks.get(&r1.addr), Some(&r1));
+        assert_eq!(
+            blocks[&r1.addr].origin, None,
+            "version 2 blocks are the sensor's"
+        );
+        let mut fleet = rec("192.0.2.2", 2);
+        fleet.origin = Some("crowdsec".into());
+        let mut live = blocks.clone();
+        live.insert(fleet.addr, fleet.clone());
+        store.put(&fleet, &live).unwrap();
+        store.compact(&live).unwrap();
+        drop(store);
+        let (_, back, _) = Store::open(d.path()).unwrap();
+        assert_eq!(back[&fleet.addr].origin.as_deref(), Some("crowdsec"));
+        assert!(std::fs::read(&snap)
+            .unwrap()
+            .starts_with(b"{\"format\":\"sentry-enforcer-state\",\"version\":3"));
+    }
+
+    #[test]
     fn version_1_files_are_upgraded() {
         let d = tempfile::tempdir().unwrap();
         let r1 = rec("192.0.2.1", 1);

@@ -1217,6 +1217,145 @@ mod tests {
         assert_eq!(t.last()["reason"], "BLOCK_RATE=8 per minute reached");
     }
 
+    fn ctl(origin: &str, secs: Option<u64>) -> ControlBlock {
+        ControlBlock {
+            origin: origin.into(),
+            duration: secs.map(std::time::Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn control_blocks_go_through_the_judge_and_keep_their_origin() {
+        let mut t = setup(&[("BLOCK_TIMEOUT", "60")]);
+        let a: IpAddr = "192.0.2.40".parse().unwrap();
+        let now = now_ms().us();
+        let (d, reason, exp) =
+            t.engine
+                .decide_control(a, &ctl("crowdsec", Some(4 * 3600)), PEER, now);
+        assert_eq!(d, Decision::Blocked, "{reason}");
+        assert_eq!(reason, "blocked for 14400s");
+        // Its own duration, not BLOCK_TIMEOUT.
+        let exp = exp.unwrap();
+        assert!(exp >= now.ms().0 + 14_399_000 && exp <= now.ms().0 + 14_401_000);
+        let rec = t.last();
+        assert_eq!(rec["origin"], "crowdsec");
+        assert_eq!(rec["decision"], "blocked");
+        assert!(rec["port"].is_null() && rec["scan"].is_null(), "{rec}");
+        assert_eq!(rec["peer"]["uid"], 1);
+        assert_eq!(t.engine.counters().control_requests, 1);
+        // The same judge: the ignore list and the never-block set.
+        let (d, _, _) = t.engine.decide_control(
+            "198.51.100.9".parse().unwrap(),
+            &ctl("crowdsec", None),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::Ignored);
+        assert_eq!(t.last()["origin"], "crowdsec");
+        let (d, _, _) = t.engine.decide_control(
+            "127.0.0.1".parse().unwrap(),
+            &ctl("crowdsec", None),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::NeverBlock);
+        // Already blocked.
+        let (d, _, _) = t.engine.decide_control(a, &ctl("manual", None), PEER, now);
+        assert_eq!(d, Decision::AlreadyBlocked);
+        // Bad origins and durations are rejected, audited, not clamped.
+        for (c, why) in [
+            (ctl("sensor", None), "reserved"),
+            (ctl("a b", None), "origin name"),
+            (ctl("", None), "origin name"),
+            (
+                ControlBlock {
+                    origin: "x".into(),
+                    duration: Some(std::time::Duration::from_millis(500)),
+                },
+                "shorter than 1 s",
+            ),
+            (ctl("x", Some(11 * 365 * 86_400)), "longer than ten years"),
+        ] {
+            let (d, reason, _) =
+                t.engine
+                    .decide_control("192.0.2.41".parse().unwrap(), &c, PEER, now);
+            assert_eq!(d, Decision::Rejected);
+            assert!(reason.contains(why), "{reason}");
+        }
+        assert!(!t.engine.is_blocked("192.0.2.41".parse().unwrap()));
+        // Persisted with its origin and its own expiry across a restart.
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        let entry = e2
+            .blocked()
+            .into_iter()
+            .find(|b| b.addr == a)
+            .expect("restored");
+        assert_eq!(entry.origin, "crowdsec");
+        assert_eq!(entry.expires_ms, Some(exp));
+        drop(e2);
+        // The fleet may lift only its own blocks.
+        assert!(t.decide("192.0.2.42", Protocol::Tcp) == Decision::Blocked);
+        let local: IpAddr = "192.0.2.42".parse().unwrap();
+        assert_eq!(
+            t.engine.unblock_origin(local, "crowdsec", PEER, now_ms()),
+            Err("sensor".to_string())
+        );
+        assert!(t.engine.is_blocked(local));
+        assert_eq!(
+            t.engine.unblock_origin(a, "crowdsec", PEER, now_ms()),
+            Ok(Some(vec![]))
+        );
+        assert_eq!(t.last()["origin"], "crowdsec");
+        assert_eq!(
+            t.engine.unblock_origin(a, "crowdsec", PEER, now_ms()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn control_blocks_count_against_max_blocks_and_are_not_evicted_as_weak() {
+        let mut t = setup(&[("MAX_BLOCKS", "2")]);
+        let now = now_ms().us();
+        for a in ["192.0.2.50", "192.0.2.51"] {
+            let (d, _, _) =
+                t.engine
+                    .decide_control(a.parse().unwrap(), &ctl("crowdsec", None), PEER, now);
+            assert_eq!(d, Decision::Blocked);
+        }
+        let (d, reason, _) = t.engine.decide_control(
+            "192.0.2.52".parse().unwrap(),
+            &ctl("crowdsec", None),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::Capped, "{reason}");
+        // A sensor request with more evidence finds nothing weak to evict.
+        let r = req(9, "192.0.2.53", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::Capped
+        );
+        assert_eq!(t.engine.active_blocks(), 2);
+    }
+
+    #[test]
+    fn every_audit_record_reaches_the_decision_stream() {
+        let mut t = setup(&[]);
+        let sub = t.engine.watch.subscribe(None).unwrap();
+        assert_eq!(t.decide("192.0.2.60", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("198.51.100.1", Protocol::Tcp), Decision::Ignored);
+        let got: Vec<sentry_proto::WatchRecord> = sub.rx.try_iter().collect();
+        assert_eq!(got.len(), t.audit().len());
+        assert_eq!(got[0].kind, "blocked");
+        assert_eq!(got[0].origin.as_deref(), Some("sensor"));
+        assert_eq!(got[0].source, Some("192.0.2.60".parse().unwrap()));
+        assert_eq!(got[0].scan, Some(sentry_proto::ScanKind::Syn));
+        assert!(got[0].evidence.is_some_and(|e| !e.handshake));
+        assert_eq!(got[1].kind, "ignored");
+        assert_eq!(got[0].seq + 1, got[1].seq);
+    }
+
     #[test]
     fn failed_action_is_an_error() {
         let mut t = setup(&[
