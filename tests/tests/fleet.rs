@@ -436,3 +436,222 @@ fn run_stdin(c: &mut std::process::Command, input: &[u8]) -> (bool, String) {
         ),
     )
 }
+
+/// A `sentryctl watch --json` child whose stdout lines are collected by a thread.
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    fn start(s: &Sentry, extra: &[&str]) -> Watcher {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(&s.bins.sentryctl)
+            .arg("--runtime-dir")
+            .arg(&s.runtime_dir)
+            .args(["--json", "watch"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sentryctl watch");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Watcher { child, lines: rx }
+    }
+
+    /// The next line as JSON, within 10 s.
+    fn next(&self) -> serde_json::Value {
+        let l = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line from sentryctl watch within 10 s");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))
+    }
+
+    /// The next record about `addr`, skipping others.
+    fn record_for(&self, addr: &str) -> serde_json::Value {
+        loop {
+            let v = self.next();
+            if v["source"] == addr {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The control socket's new commands against the real enforcer: `watch` (origin and
+/// evidence on every record, cursors, resuming), `block` (authorised like unblock,
+/// through the judge, audited with its origin, strict --for), `metrics`, and a watcher
+/// that stops reading is dropped (counted, logged) while decisions go on.
+#[test]
+fn control_socket_watch_block_and_metrics() {
+    let test = "control_socket_watch_block_and_metrics";
+    if !require_root(test) {
+        return;
+    }
+    let _turn = serial();
+    let s = Sentry::start(
+        test,
+        Settings::enforcer(&[("AUDIT_RATE", "100000"), ("BLOCK_RATE", "100000")]),
+    );
+    let w = Watcher::start(&s, &[]);
+    let start = w.next();
+    assert_eq!(start["event"], "start", "{start}");
+    assert_eq!(start["lost"], 0);
+    let mut sensor = s.connect_welcomed();
+    assert_eq!(
+        sensor.block("192.0.2.10", sentry_proto::Protocol::Tcp, 22),
+        sentry_proto::Decision::Blocked
+    );
+    let r = w.record_for("192.0.2.10");
+    assert_eq!(r["kind"], "blocked");
+    assert_eq!(r["origin"], "sensor");
+    assert_eq!(r["evidence"]["distinct_ports"], 3);
+    assert_eq!(r["evidence"]["handshake"], false);
+    assert_eq!(r["scan"], "syn");
+    let cursor_after_first = r["cursor"].as_str().expect("cursor").to_string();
+
+    // block: strict duration, origin recorded, the judge applies.
+    let out = s.sentryctl(&["block", "192.0.2.11", "--for", "4d"]);
+    assert_eq!(out.status.and_then(|c| c.code()), Some(2), "{out}");
+    assert!(out.stderr.contains("unknown unit \"d\""), "{out}");
+    let out = s.sentryctl(&[
+        "--json",
+        "block",
+        "192.0.2.11",
+        "--for",
+        "1h30m",
+        "--origin",
+        "ops",
+    ]);
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["decision"], "blocked", "{v}");
+    assert!(s.nft_has("192.0.2.11".parse().unwrap()));
+    let r = w.record_for("192.0.2.11");
+    assert_eq!(
+        (r["kind"].as_str(), r["origin"].as_str()),
+        (Some("blocked"), Some("ops"))
+    );
+    let exp = r["expires_ms"].as_u64().expect("expires");
+    let now = sentry_tests::now_ms();
+    assert!(exp > now + 5_300_000 && exp <= now + 5_400_000, "{r}");
+    assert!(
+        r["evidence"].is_null(),
+        "a control block carries no sensor evidence: {r}"
+    );
+    let out = s.sentryctl(&["block", "198.51.100.7"]);
+    assert_eq!(out.status.and_then(|c| c.code()), Some(1), "{out}");
+    assert!(out.stdout.contains("ignored"), "{out}");
+    let r = w.record_for("198.51.100.7");
+    assert_eq!(
+        (r["kind"].as_str(), r["origin"].as_str()),
+        (Some("ignored"), Some("manual"))
+    );
+    let audit = s.audit_for("192.0.2.11".parse().unwrap(), AuditDecision::Blocked);
+    assert_eq!(audit[0].origin.as_deref(), Some("ops"));
+    assert_eq!(audit[0].peer.map(|p| p.uid), Some(0));
+    let list = s.ctl_json(&["blocked"]);
+    assert!(
+        list.as_array().is_some_and(|l| l
+            .iter()
+            .any(|b| b["addr"] == "192.0.2.11" && b["origin"] == "ops")),
+        "{list}"
+    );
+
+    // Resume from a cursor: the records after it, nothing lost.
+    let w2 = Watcher::start(&s, &["--from", &cursor_after_first]);
+    let st = w2.next();
+    assert_eq!(
+        (st["event"].as_str(), st["lost"].as_u64()),
+        (Some("start"), Some(0)),
+        "{st}"
+    );
+    assert_eq!(w2.next()["source"], "192.0.2.11");
+    drop(w2);
+    // A cursor of another enforcer run says so.
+    let run: u64 = cursor_after_first
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let w3 = Watcher::start(&s, &["--from", &format!("{}:5", run + 1)]);
+    let st = w3.next();
+    assert_eq!(st["run_changed"], true, "{st}");
+    drop(w3);
+
+    // A watcher that connects and never reads: dropped once its buffer is full, while
+    // every decision is still answered at once.
+    let mut slow = std::os::unix::net::UnixStream::connect(s.control_sock()).expect("connect");
+    use std::io::Write;
+    for req in [
+        sentry_proto::ControlRequest::Hello {
+            version: sentry_proto::PROTOCOL_VERSION,
+        },
+        sentry_proto::ControlRequest::Watch { from: None },
+    ] {
+        slow.write_all(&sentry_proto::encode_frame(&req).unwrap())
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    for i in 0..4000u32 {
+        let src = format!("198.51.100.{}", 1 + i % 250);
+        assert_eq!(
+            sensor.block(&src, sentry_proto::Protocol::Tcp, 22),
+            sentry_proto::Decision::Ignored
+        );
+    }
+    println!("4000 decisions with a stuck watcher: {:?}", t.elapsed());
+    wait_until(
+        Duration::from_secs(15),
+        "the stuck watcher to be dropped and counted",
+        || {
+            let m = s.sentryctl(&["metrics"]).stdout;
+            m.contains("sentry_watch_dropped_total 1").then_some(())
+        },
+        || s.diag(),
+    );
+    assert!(
+        s.enforcer_log()
+            .contains("decision-stream client(s) dropped"),
+        "{}",
+        s.enforcer_log()
+    );
+    drop(slow);
+    // The live watcher kept up (it reads): it saw the last of them.
+    let mut last = serde_json::Value::Null;
+    while let Ok(l) = w.lines.recv_timeout(Duration::from_secs(2)) {
+        last = serde_json::from_str(&l).unwrap();
+    }
+    assert_eq!(last["kind"], "ignored", "{last}");
+    let m = s.sentryctl(&["metrics"]);
+    assert!(m.success(), "{m}");
+    for family in [
+        "# TYPE sentry_decisions_total counter",
+        "sentry_decisions_total{decision=\"ignored\"} 4001",
+        "sentry_requests_total{origin=\"control\"} 2",
+        "sentry_active_blocks{origin=\"control\"} 1",
+        "sentry_active_blocks{origin=\"sensor\"} 1",
+    ] {
+        assert!(m.stdout.contains(family), "{family}\n{}", m.stdout);
+    }
+}
