@@ -21,7 +21,8 @@ CONFDIR    ?= /etc/sentry
 PORTSENTRY ?= /etc/portsentry/portsentry.conf
 CARGO      ?= cargo
 SENSOR_USER = sentry
-BINS        = sentry-sensor sentry-enforcer sentryctl
+BINS        = sentry-sensor sentry-enforcer sentryctl sentry-share
+SHARE_USER  = sentry-share
 RELEASE     = target/release
 # Packages the product needs at run time (nft for inspection, setpriv is in
 # util-linux) and to build (a C linker).
@@ -53,7 +54,7 @@ PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 all: build
 
 build:
-	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer --bins
+	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer -p sentry-share --bins
 
 # Install missing Debian packages (and tell how to get cargo if there is none).
 define apt_install
@@ -98,18 +99,22 @@ install-units:
 	    > $(DESTDIR)$(UNITDIR)/sentry-enforcer.service
 	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-sensor/dist/sentry-sensor.service \
 	    > $(DESTDIR)$(UNITDIR)/sentry-sensor.service
+	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-share/dist/sentry-share.service \
+	    > $(DESTDIR)$(UNITDIR)/sentry-share.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/sentry-*.service
 
 install-man:
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
 	install -m 0644 sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8 \
-	    sentry-enforcer/man/sentryctl.8 $(DESTDIR)$(MANDIR)/man8/
+	    sentry-enforcer/man/sentryctl.8 sentry-share/man/sentry-share.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 policy/man/sentry.conf.5 $(DESTDIR)$(MANDIR)/man5/
 
 # The user, the directories, and the policy (never overwriting an existing one).
 install-conf:
 	getent passwd $(SENSOR_USER) >/dev/null || useradd --system --user-group \
 	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SENSOR_USER)
+	getent passwd $(SHARE_USER) >/dev/null || useradd --system --user-group \
+	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SHARE_USER)
 	install -d -m 0755 $(DESTDIR)$(CONFDIR)
 	install -d -m 0700 $(DESTDIR)/var/lib/sentry
 	install -d -m 0750 $(DESTDIR)/var/log/sentry
@@ -125,6 +130,9 @@ install-conf:
 	else \
 	    install -m 0644 policy/dist/sentry.conf $(DESTDIR)$(CONFDIR)/sentry.conf; \
 	fi
+	@# The fleet bridge's configuration (sentry-share is not enabled by install).
+	@[ -e $(DESTDIR)$(CONFDIR)/share.conf ] || \
+	    install -m 0644 sentry-share/dist/share.conf $(DESTDIR)$(CONFDIR)/share.conf
 	@[ -e $(DESTDIR)$(CONFDIR)/sentry.ignore ] || \
 	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
 	@# The enforcer runs with UMask=0077: give hosts.deny its usual mode up front.
@@ -172,8 +180,11 @@ deb: build
 uninstall: stop
 	-systemctl disable sentry-enforcer.service sentry-sensor.service 2>/dev/null
 	for b in $(BINS); do rm -f $(DESTDIR)$(SBINDIR)/$$b; done
-	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service
+	-systemctl disable --now sentry-share.service 2>/dev/null
+	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service \
+	    $(DESTDIR)$(UNITDIR)/sentry-share.service
 	rm -f $(DESTDIR)$(MANDIR)/man8/sentry-sensor.8 $(DESTDIR)$(MANDIR)/man8/sentry-enforcer.8 \
-	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man5/sentry.conf.5
+	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man8/sentry-share.8 \
+	    $(DESTDIR)$(MANDIR)/man5/sentry.conf.5
 	rm -f $(DESTDIR)/etc/logrotate.d/sentry
-	@echo "kept /etc/sentry, /var/lib/sentry, /var/log/sentry and the sentry user"
+	@echo "kept /etc/sentry, /var/lib/sentry, /var/lib/sentry-share, /var/log/sentry and the sentry and sentry-share users"

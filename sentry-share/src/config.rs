@@ -372,6 +372,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = Config::parse(include_str!("../dist/share.conf")).unwrap();
+        assert!(c.push && c.pull && !c.delete_on_unblock);
+        assert_eq!(c.decision_duration, None);
+    }
+
+    #[test]
     fn secrets() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();

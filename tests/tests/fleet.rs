@@ -655,3 +655,82 @@ fn control_socket_watch_block_and_metrics() {
         assert!(m.stdout.contains(family), "{family}\n{}", m.stdout);
     }
 }
+
+/// Throughput (a figure for the README, and a functional check of batching, the
+/// cursor and the queue): 1000 strong local blocks are made while the bridge is
+/// stopped; started, it resumes from its saved cursor, queues all of them and gets each
+/// accepted by the LAPI exactly once.
+#[test]
+fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
+    let test = "a_backlog_of_blocks_reaches_the_lapi_once_each";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    sentry_tests::fleet::ensure_share_user();
+    let lapi = Lapi::start();
+    lapi.add_machine("host-a", "pw-host-a-0123456789");
+    let s = Sentry::start(
+        test,
+        Settings::enforcer(&[("BLOCK_RATE", "100000"), ("CONTROL_GROUP", SHARE_USER)]),
+    );
+    let b = Bridge::prepare(
+        s.dir.path(),
+        &s.runtime_dir,
+        &lapi.url,
+        Some(("host-a", "pw-host-a-0123456789")),
+        None,
+        "",
+    );
+    // Start once so it saves a cursor, then stop it.
+    b.start();
+    wait_until(
+        Duration::from_secs(15),
+        "the bridge to save its cursor",
+        || b.dir.join("state/cursor").is_file().then_some(()),
+        || b.log(),
+    );
+    b.stop();
+    const N: u32 = 1000;
+    let mut sensor = s.connect_welcomed();
+    let t = Instant::now();
+    for i in 0..N {
+        let src = format!("10.60.{}.{}", i / 250, 1 + i % 250);
+        let r = sentry_tests::FakeSensor::scan_req(
+            src.parse().unwrap(),
+            sentry_proto::Protocol::Tcp,
+            22,
+            sensor.next_seq(),
+        )
+        .distinct_ports(12)
+        .build();
+        assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
+    }
+    println!("fleet bench: {N} blocks made in {:?}", t.elapsed());
+    let t = Instant::now();
+    b.start();
+    wait_until(
+        Duration::from_secs(300),
+        "every block to be pushed",
+        || (b.log().matches("pushed alert for").count() >= N as usize).then_some(()),
+        || format!("{}\n{}", b.log(), lapi.log()),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "fleet bench: {N} alerts queued and accepted by the LAPI in {secs:.2} s = {:.0} alerts/s",
+        f64::from(N) / secs
+    );
+    let alerts = lapi.cscli(&["alerts", "list", "-o", "json", "--limit", "0"]);
+    let list: serde_json::Value = serde_json::from_str(&alerts.stdout).expect("json");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(N as usize),
+        "each block once"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the queue to be empty",
+        || (b.metric("sentry_share_queue_depth") == Some(0)).then_some(()),
+        || b.log(),
+    );
+}
