@@ -31,9 +31,10 @@ APT_PKGS    = nftables iproute2 util-linux build-essential
 # strace for the unit sandbox test, route(8) for Debian's KILL_ROUTE, the sentry user;
 # debootstrap + systemd-nspawn for the real-systemd package test (its Debian 12 root
 # file system is cached in /var/cache/sentry-tests), lintian for the package, and
-# logwatch + fail2ban for the log-consumer checks.
+# logwatch + fail2ban for the log-consumer checks; scapy (system python3) crafts
+# fragments and IPv6 header chains for input_path.rs.
 APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
-                procps passwd dpkg-dev \
+                procps passwd dpkg-dev python3-scapy \
                 debootstrap systemd-container lintian logwatch fail2ban
 # ...of which these are daemons: when test-deps installs one on a host running systemd,
 # it is stopped and disabled again (the tests only run fail2ban-regex).

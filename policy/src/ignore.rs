@@ -182,6 +182,21 @@ impl IgnoreList {
     pub fn is_empty(&self) -> bool {
         self.entries == 0
     }
+
+    /// The merged IPv4 ranges (inclusive, sorted, disjoint): what the enforcer loads into
+    /// the detection chain's kernel set.
+    pub fn ranges_v4(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + '_ {
+        self.v4
+            .iter()
+            .map(|&(lo, hi)| (Ipv4Addr::from(lo), Ipv4Addr::from(hi)))
+    }
+
+    /// The merged IPv6 ranges (inclusive, sorted, disjoint).
+    pub fn ranges_v6(&self) -> impl Iterator<Item = (Ipv6Addr, Ipv6Addr)> + '_ {
+        self.v6
+            .iter()
+            .map(|&(lo, hi)| (Ipv6Addr::from(lo), Ipv6Addr::from(hi)))
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +221,16 @@ mod tests {
 
     fn has(l: &IgnoreList, s: &str) -> bool {
         l.contains(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ranges_for_the_kernel_set() {
+        let l = list("10.1.2.3/24\n10.1.3.0/24\n192.0.2.7\n2001:db8::/126\n");
+        let v4: Vec<_> = l.ranges_v4().map(|(a, b)| format!("{a}-{b}")).collect();
+        // Adjacent networks are merged: an interval set rejects overlapping elements.
+        assert_eq!(v4, ["10.1.2.0-10.1.3.255", "192.0.2.7-192.0.2.7"]);
+        let v6: Vec<_> = l.ranges_v6().map(|(a, b)| format!("{a}-{b}")).collect();
+        assert_eq!(v6, ["2001:db8::-2001:db8::3"]);
     }
 
     #[test]

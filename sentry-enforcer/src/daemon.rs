@@ -205,9 +205,97 @@ struct Shared {
     /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
     connect_lines: Mutex<(u64, u32, u64)>,
     sockets: Vec<PathBuf>,
+    // --- detection input (issue #13): the detection chain and the NFLOG hand-over ---
+    detect: Mutex<Detect>,
+    /// The nftables watch and our own netlink port id. Locked after the engine, by the
+    /// watch thread and by whoever runs `nft` for the detection chain: the notifications
+    /// of our own `nft` child are drained under the same engine lock, so the watch never
+    /// takes them for another process's change.
+    watch: Mutex<Option<(crate::tablewatch::TableWatch, u32)>>,
 }
 
+/// The detection chain's inputs. `modes` are the last ones a sensor announced, kept in
+/// the state directory ([`MODES_FILE`]), so the chain holds while the sensor is down and
+/// is rebuilt at the next start before any sensor connects.
+struct Detect {
+    cfg: policy::Config,
+    modes: Option<Vec<sentry_proto::Mode>>,
+    support: crate::table::Support,
+    state_dir: PathBuf,
+}
+
+/// The announced modes, one line of mode names (`stcp sudp atcp audp`).
+const MODES_FILE: &str = "modes";
+/// Longer than any list of the six modes: a bigger file is not ours.
+const MODES_FILE_MAX: u64 = 128;
+
+/// The modes a previous sensor announced, from the state directory: `Ok(None)` when none
+/// were recorded, an error naming the file when it is not a list of mode names.
+fn load_modes(dir: &Path) -> Result<Option<Vec<sentry_proto::Mode>>, String> {
+    use std::io::Read as _;
+    let path = dir.join(MODES_FILE);
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut text = String::new();
+    f.take(MODES_FILE_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.len() as u64 > MODES_FILE_MAX {
+        return Err(format!(
+            "{}: longer than {MODES_FILE_MAX} bytes",
+            path.display()
+        ));
+    }
+    parse_modes(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_modes(text: &str) -> Result<Vec<sentry_proto::Mode>, String> {
+    let mut modes = Vec::new();
+    for w in text.split_ascii_whitespace() {
+        let m = sentry_proto::Mode::parse(w).ok_or_else(|| format!("unknown mode {w:?}"))?;
+        if modes.contains(&m) {
+            return Err(format!("mode {w} twice"));
+        }
+        modes.push(m);
+    }
+    if modes.is_empty() {
+        return Err("no mode".into());
+    }
+    Ok(modes)
+}
+
+fn save_modes(dir: &Path, modes: &[sentry_proto::Mode]) -> io::Result<()> {
+    let line: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    crate::store::write_atomic(
+        &dir.join(MODES_FILE),
+        format!("{}\n", line.join(" ")).as_bytes(),
+        0o600,
+    )
+}
+// --- end detection input ---
+
 impl Shared {
+    /// Read and drop what the watch has queued: called under the engine lock right after
+    /// our own `nft` ran.
+    fn discard_own_changes(&self) {
+        let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((watch, own)) = w.as_mut() {
+            let table = self
+                .detect
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cfg
+                .nft_table
+                .clone();
+            let _ = watch.drain(&table, *own);
+        }
+    }
+
     fn engine(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding the lock cannot leave the engine half-updated in a way
         // that matters more than stopping would: keep serving.
@@ -460,8 +548,10 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
             frame_start = None;
         }
         for ev in events {
+            let mut handover: Option<Vec<sentry_proto::Mode>> = None;
             let reply = match ev {
                 Event::Hello(h) => {
+                    handover = Some(h.modes.clone());
                     let mut e = sh.engine();
                     e.sensor = Some(SensorInfo {
                         uid: peer.uid,
@@ -503,6 +593,13 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
                 // write to the sensor (a notice before it would break the handshake).
                 match write_frame(&mut s, &r) {
                     Ok(()) => {
+                        // The NFLOG hand-over comes right after the Welcome, before any
+                        // notice can be written by another thread.
+                        if let Some(modes) = handover.take() {
+                            if hand_over(sh, &s, modes).is_err() {
+                                return;
+                            }
+                        }
                         let clone = s.try_clone();
                         if let Ok(c) = &clone {
                             // A sensor that stops reading must not hold a writer (and the
@@ -526,6 +623,127 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
         }
     }
 }
+
+// --- detection input (issue #13) ---
+
+/// After the Welcome: rebuild the detection chain for the modes the sensor announced, then
+/// bind a fresh NFLOG socket and send it to the sensor (`Capture` frame + SCM_RIGHTS).
+/// Our copy is closed when this returns. `Err` only when the connection itself failed.
+fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<(), ()> {
+    use crate::capture::{open_nflog, send_with_fd, BindError, NFLOG_GROUP, NFLOG_SNAPLEN};
+    if !rebuild_detection(sh, Some(modes.clone())) || modes.iter().all(|m| m.is_basic()) {
+        return Ok(());
+    }
+    // The previous sensor process may still be exiting with its socket: give it a moment.
+    let mut fd = Err(BindError::Busy);
+    for _ in 0..10 {
+        fd = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN);
+        if !matches!(fd, Err(BindError::Busy)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(BindError::Busy) => {
+            sh.log.warn(&format!(
+                "adminalert: WARNING: NFLOG group {NFLOG_GROUP} is still bound by another socket (a previous sensor process that has not exited, or this sensor's descriptor from before this enforcer started, which it keeps using): no new descriptor handed over; trying again on the next sensor connection"
+            ));
+            return Ok(());
+        }
+        Err(BindError::Other(e)) => {
+            sh.log.err(&format!(
+                "adminalert: ERROR: cannot bind NFLOG group {NFLOG_GROUP} for the sensor ({e}): stealth and advanced detection are off, basic modes still work"
+            ));
+            return Ok(());
+        }
+    };
+    let frame = match encode_frame(&EnforcerFrame::Capture {
+        group: NFLOG_GROUP,
+        snaplen: NFLOG_SNAPLEN,
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            sh.log
+                .err(&format!("adminalert: ERROR: cannot encode Capture: {e}"));
+            return Ok(());
+        }
+    };
+    match send_with_fd(s, &frame, &fd) {
+        Ok(()) => {
+            sh.log.info(&format!(
+                "adminalert: handed NFLOG group {NFLOG_GROUP} (snaplen {NFLOG_SNAPLEN}) to the sensor"
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            sh.log.warn(&format!(
+                "adminalert: cannot hand the capture socket to the sensor: {e}"
+            ));
+            Err(())
+        }
+    }
+}
+
+/// Rebuild the detection chain (with new modes, or the remembered ones after SIGHUP).
+/// Returns whether the chain is in place. Holds the engine lock while `nft` runs and
+/// drains the watch after it (see [`Shared::watch`]).
+fn rebuild_detection(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>) -> bool {
+    let _serialised = sh.engine();
+    let ok = rebuild_detection_locked(sh, modes);
+    sh.discard_own_changes();
+    ok
+}
+
+/// [`rebuild_detection`] for a caller that holds the engine lock and drains the watch.
+fn rebuild_detection_locked(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>) -> bool {
+    let mut d = sh.detect.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = modes {
+        if d.modes.as_ref() != Some(&m) {
+            if let Err(e) = save_modes(&d.state_dir, &m) {
+                sh.log.err(&format!(
+                    "adminalert: ERROR: cannot record the sensor's modes in {} ({e}): after a restart the detection chain waits for the sensor",
+                    d.state_dir.join(MODES_FILE).display()
+                ));
+            }
+        }
+        d.modes = Some(m);
+    }
+    let Some(modes) = d.modes.clone() else {
+        return false;
+    };
+    if modes.iter().all(|m| m.is_basic()) {
+        // Basic modes listen on their own sockets; no chain (and none left from before).
+        let spec = crate::table::DetectSpec::default();
+        return crate::table::apply_detection(&d.cfg, &spec).is_ok();
+    }
+    if let Err(e) = &d.support.nftables {
+        sh.log.err(&format!(
+            "adminalert: ERROR: nf_tables is not usable ({e}): no detection chain, so stealth and advanced detection are off; basic modes (-tcp -udp) still work"
+        ));
+        return false;
+    }
+    let ignore = match d.cfg.load_ignore() {
+        Ok(i) => i,
+        Err(e) => {
+            sh.log.err(&format!(
+                "adminalert: ERROR: ignore list not loaded into the detection chain (the kernel keeps the previous one): {e}"
+            ));
+            return true;
+        }
+    };
+    let spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, d.support.socket.is_ok());
+    match crate::table::apply_detection(&d.cfg, &spec) {
+        Ok(()) => true,
+        Err(e) => {
+            sh.log.err(&format!(
+                "adminalert: ERROR: detection chain not built: {e}; stealth and advanced detection are off, basic modes still work"
+            ));
+            false
+        }
+    }
+}
+// --- end detection input ---
 
 /// Root, or a member of CONTROL_GROUP by the peer's own credentials at connect time:
 /// its primary gid (SO_PEERCRED) or one of its supplementary groups (SO_PEERGROUPS). The
@@ -915,10 +1133,14 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
             Signal::SIGHUP => {
                 let r = sh.engine().reload_ignore(WallMs::now());
                 sh.notify_lifted();
-                if let Err(e) = r {
-                    sh.log.err(&format!(
+                match r {
+                    Err(e) => sh.log.err(&format!(
                         "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
-                    ));
+                    )),
+                    // The detection chain's ignore sets follow the file.
+                    Ok(_) => {
+                        rebuild_detection(&sh, None);
+                    }
                 }
             }
             _ => {
@@ -1008,14 +1230,8 @@ fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
 /// Rebuild the nftables table within a moment of another process deleting, flushing or
 /// changing it. The rebuild's own notifications (it runs `nft`, another process) are read
 /// and discarded under the engine lock, right after it, so it never triggers itself.
-fn table_watch_loop(
-    sh: Arc<Shared>,
-    mut watch: crate::tablewatch::TableWatch,
-    table: String,
-    own: u32,
-) {
+fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: String) {
     use std::os::fd::AsFd;
-    let fd = watch.poll_fd();
     loop {
         if let Err(e) = crate::sys::wait_readable(fd.as_fd()) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -1028,9 +1244,17 @@ fn table_watch_loop(
         // all of it.
         std::thread::sleep(Duration::from_millis(20));
         let mut e = sh.engine();
+        let mut w = sh.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((watch, own)) = w.as_mut() else {
+            return;
+        };
+        let own = *own;
         match watch.drain(&table, own) {
             Ok(c) if c.any() => {
+                // The rebuild deletes and recreates the whole table: the detection chain
+                // goes back in with the blocks.
                 let _ = e.rebuild_table(c.by, WallMs::now());
+                rebuild_detection_locked(&sh, None);
                 let _ = watch.drain(&table, own);
             }
             Ok(_) => {}
@@ -1174,10 +1398,41 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     if net_raw {
         keep.insert(Capability::CAP_NET_RAW);
     }
+    // --- detection input: the detection chain and the NFLOG binding need CAP_NET_ADMIN
+    // whatever the configured actions are.
+    keep.insert(Capability::CAP_NET_ADMIN);
+    // --- end detection input
     for w in confine(&keep)? {
         log.warn(&format!("adminalert: confinement: {w}"));
     }
     let config_path = cfg.path.clone();
+    // --- detection input: what the kernel offers, said once at start.
+    let support = crate::table::probe_support(&cfg.nft_table);
+    match (&support.nftables, &support.socket) {
+        (Err(e), _) => log.err(&format!(
+            "adminalert: ERROR: nf_tables is missing or unusable ({e}): no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work"
+        )),
+        (Ok(()), Err(e)) => log.warn(&format!(
+            "adminalert: the nftables socket expression is missing (CONFIG_NFT_SOCKET; {e}): advanced modes copy every probe to the sensor, which skips served ports with its own listener table; everything else works"
+        )),
+        (Ok(()), Ok(())) => {}
+    }
+    let modes = match load_modes(&args.state_dir) {
+        Ok(m) => m,
+        Err(e) => {
+            log.err(&format!(
+                "adminalert: ERROR: recorded sensor modes not used ({e}): the detection chain waits for the sensor's Hello"
+            ));
+            None
+        }
+    };
+    let detect = Detect {
+        cfg: cfg.clone(),
+        modes,
+        support,
+        state_dir: args.state_dir.clone(),
+    };
+    // --- end detection input
     let engine = Engine::new(
         cfg,
         Options {
@@ -1220,6 +1475,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         None => None,
     };
     let table_name = engine.config().nft_table.clone();
+    let watch_fd = table_watch.as_ref().map(|(w, _)| w.poll_fd());
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),
         log: Arc::clone(&log),
@@ -1232,7 +1488,20 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         connect_lines: Mutex::new((0, 0, 0)),
         sensor_out: Mutex::new(None),
         sockets: vec![sensor_path, control_path],
+        detect: Mutex::new(detect),
+        watch: Mutex::new(table_watch),
     });
+    // The remembered modes' chain goes in now, before any sensor connects, so the
+    // kernel sees probes across an enforcer restart and while the sensor is down.
+    if sh
+        .detect
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .modes
+        .is_some()
+    {
+        rebuild_detection(&sh, None);
+    }
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.into())
@@ -1252,11 +1521,11 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         let sh = Arc::clone(&sh);
         spawn("addresses", Box::new(move || addr_watch_loop(sh, fd)))?;
     }
-    if let Some((w, own)) = table_watch {
+    if let Some(fd) = watch_fd {
         let sh = Arc::clone(&sh);
         spawn(
             "nftables",
-            Box::new(move || table_watch_loop(sh, w, table_name, own)),
+            Box::new(move || table_watch_loop(sh, fd, table_name)),
         )?;
     }
     {

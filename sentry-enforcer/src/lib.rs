@@ -17,8 +17,10 @@
 //!   expiry and status in its submodules.
 //! * [`action`] — typed actions (`Nft`, `Route`, `HostsDeny`, `Command`) and the
 //!   executor that runs them and records their outcomes.
-//! * [`table`] — the nftables table's layout, built in one transaction at start;
+//! * [`table`] — the nftables table's layout, built in one transaction at start, and
+//!   the detection chain in the input path, rebuilt whenever a sensor announces its modes;
 //!   [`tablewatch`] notices when another process deletes or flushes it.
+//! * [`capture`] — the NFLOG socket the enforcer binds and hands to the sensor.
 //! * [`error`], [`time`] — the one error type; wall-clock newtypes.
 //! * [`dirs`] — the state and log directories, created at start with safe modes.
 //! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
@@ -40,6 +42,7 @@
 pub mod action;
 pub mod audit;
 pub mod budget;
+pub mod capture;
 pub mod ctl;
 pub mod daemon;
 pub mod dirs;

@@ -3,9 +3,11 @@
 //! ([`crate::netlink`]); nft(8) is used here because the table is built once and its
 //! text form is what an administrator reads back with `nft list table`.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
-use policy::Config;
+use policy::{Config, IgnoreList};
+use sentry_proto::{Mode, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW};
 
 use crate::action::{SET_V4, SET_V6, SET_V6NET};
 use crate::error::EnforcerError;
@@ -85,9 +87,376 @@ pub fn build(cfg: &Config, hosts: &[SetElem], nets: &[SetElem]) -> Result<(), En
     }
 }
 
+/// Most candidates per second the detection chain copies to the sensor; beyond this they
+/// are counted (the `counter` on the limit rule, `nft list chain inet T detect_copy`) and
+/// not copied, so a flood cannot drown the sensor. Far above what a scan needs to cross
+/// SCAN_TRIGGER.
+pub const DETECT_RATE: u32 = 20_000;
+/// Burst the limit lets through at once.
+pub const DETECT_BURST: u32 = 2_000;
+
+/// What the detection chain watches: derived from the policy and the modes the sensor
+/// announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DetectSpec {
+    pub stcp: Vec<(u16, u16)>,
+    pub sudp: Vec<(u16, u16)>,
+    pub atcp: Vec<(u16, u16)>,
+    pub audp: Vec<(u16, u16)>,
+    pub ignore4: Vec<String>,
+    pub ignore6: Vec<String>,
+    /// The kernel has the `socket` expression (CONFIG_NFT_SOCKET): advanced modes skip
+    /// served ports in the kernel. Without it the sensor's own listener check does it.
+    pub socket_expr: bool,
+}
+
+/// Sorted, merged port ranges of `ports`.
+fn ranges(mut ports: Vec<u16>) -> Vec<(u16, u16)> {
+    ports.sort_unstable();
+    ports.dedup();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for p in ports.into_iter().filter(|&p| p != 0) {
+        match out.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(p) => *hi = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+fn advanced(limit: u16, exclude: &policy::PortSet) -> Vec<(u16, u16)> {
+    ranges((1..limit).filter(|p| !exclude.contains(*p)).collect())
+}
+
+impl DetectSpec {
+    pub fn new(cfg: &Config, modes: &[Mode], ignore: &IgnoreList, socket_expr: bool) -> Self {
+        let has = |m| modes.contains(&m);
+        let mut s = Self {
+            socket_expr,
+            ..Self::default()
+        };
+        if has(Mode::Stcp) {
+            s.stcp = ranges(cfg.tcp_ports.iter().collect());
+        }
+        if has(Mode::Sudp) {
+            s.sudp = ranges(cfg.udp_ports.iter().collect());
+        }
+        if has(Mode::Atcp) {
+            s.atcp = advanced(cfg.advanced_ports_tcp, &cfg.advanced_exclude_tcp);
+        }
+        if has(Mode::Audp) {
+            s.audp = advanced(cfg.advanced_ports_udp, &cfg.advanced_exclude_udp);
+        }
+        let range = |lo: String, hi: String| if lo == hi { lo } else { format!("{lo}-{hi}") };
+        s.ignore4 = ignore
+            .ranges_v4()
+            .map(|(a, b)| range(a.to_string(), b.to_string()))
+            .collect();
+        s.ignore6 = ignore
+            .ranges_v6()
+            .map(|(a, b)| range(a.to_string(), b.to_string()))
+            .collect();
+        s
+    }
+
+    /// Does the chain copy anything at all?
+    pub fn watches(&self) -> bool {
+        !(self.stcp.is_empty()
+            && self.sudp.is_empty()
+            && self.atcp.is_empty()
+            && self.audp.is_empty())
+    }
+}
+
+fn elements(out: &mut String, table: &str, set: &str, items: impl IntoIterator<Item = String>) {
+    let items: Vec<String> = items.into_iter().collect();
+    for chunk in items.chunks(1000) {
+        let _ = writeln!(
+            out,
+            "add element inet {table} {set} {{ {} }}",
+            chunk.join(", ")
+        );
+    }
+}
+
+fn port_items(r: &[(u16, u16)]) -> impl Iterator<Item = String> + '_ {
+    r.iter().map(|&(a, b)| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    })
+}
+
+/// The detection objects, as one `nft -f -` transaction that works whether the table
+/// exists (FIREWALL="nftables": its block sets and prerouting chain are left alone) or not
+/// (any other FIREWALL: the table then holds only these). Every object is declared first
+/// (a no-op when it exists with the same definition, which it always has), then emptied
+/// and refilled, so the swap is atomic: no packet sees a half-built chain.
+///
+/// Layout (`nft list table inet T`):
+/// * `detect`: `type filter hook input priority -150` — after conntrack (-200) and
+///   defragmentation, before the host's own filter rules (0), so a host firewall that drops
+///   a scan does not hide it; the input hook only sees packets for this host (never
+///   forwarded ones); unicast to us only (`meta pkttype host`, as PACKET_HOST before);
+///   established/related flows (replies to the host's own connections) return at once;
+///   the ignore list (`detect_ign4`/`detect_ign6`, interval sets) returns.
+/// * `detect_tcp`/`detect_udp`: ACK/RST-bearing segments return (never probes); stealth
+///   ports (`detect_stcp`/`detect_sudp`) are candidates; advanced ports
+///   (`detect_atcp`/`detect_audp`) are candidates unless a socket serves them
+///   (`socket transparent 0-1 return`, when the kernel has the expression). UDP only
+///   `ct state new`: an invalid datagram is one the stack drops (bad checksum, truncated).
+/// * `detect_copy`: over [`DETECT_RATE`]/s, counted and not copied; otherwise copied to
+///   NFLOG group [`crate::capture::NFLOG_GROUP`] with [`crate::capture::NFLOG_SNAPLEN`]
+///   bytes and a prefix saying whether conntrack found the packet new or invalid.
+pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
+    let group = crate::capture::NFLOG_GROUP;
+    let snaplen = crate::capture::NFLOG_SNAPLEN;
+    let mut o = String::new();
+    let _ = writeln!(o, "add table inet {table}");
+    for (set, ty) in [
+        ("detect_ign4", "ipv4_addr"),
+        ("detect_ign6", "ipv6_addr"),
+        ("detect_stcp", "inet_service"),
+        ("detect_sudp", "inet_service"),
+        ("detect_atcp", "inet_service"),
+        ("detect_audp", "inet_service"),
+    ] {
+        let _ = writeln!(
+            o,
+            "add set inet {table} {set} {{ type {ty}; flags interval; }}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "add chain inet {table} detect {{ type filter hook input priority -150; policy accept; }}"
+    );
+    for c in ["detect_tcp", "detect_udp", "detect_copy"] {
+        let _ = writeln!(o, "add chain inet {table} {c}");
+    }
+    for c in ["detect", "detect_tcp", "detect_udp", "detect_copy"] {
+        let _ = writeln!(o, "flush chain inet {table} {c}");
+    }
+    for set in [
+        "detect_ign4",
+        "detect_ign6",
+        "detect_stcp",
+        "detect_sudp",
+        "detect_atcp",
+        "detect_audp",
+    ] {
+        let _ = writeln!(o, "flush set inet {table} {set}");
+    }
+    elements(&mut o, table, "detect_ign4", spec.ignore4.iter().cloned());
+    elements(&mut o, table, "detect_ign6", spec.ignore6.iter().cloned());
+    elements(&mut o, table, "detect_stcp", port_items(&spec.stcp));
+    elements(&mut o, table, "detect_sudp", port_items(&spec.sudp));
+    elements(&mut o, table, "detect_atcp", port_items(&spec.atcp));
+    elements(&mut o, table, "detect_audp", port_items(&spec.audp));
+    let rule = |o: &mut String, chain: &str, r: &str| {
+        let _ = writeln!(o, "add rule inet {table} {chain} {r}");
+    };
+    rule(&mut o, "detect", "meta pkttype != host return");
+    rule(&mut o, "detect", "ct state established,related return");
+    rule(&mut o, "detect", "ip saddr @detect_ign4 return");
+    rule(&mut o, "detect", "ip6 saddr @detect_ign6 return");
+    let tcp = !(spec.stcp.is_empty() && spec.atcp.is_empty());
+    let udp = !(spec.sudp.is_empty() && spec.audp.is_empty());
+    if tcp {
+        rule(&mut o, "detect", "meta l4proto tcp jump detect_tcp");
+    }
+    if udp {
+        rule(
+            &mut o,
+            "detect",
+            "meta l4proto udp ct state new jump detect_udp",
+        );
+    }
+    rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
+    for (chain, proto, stealth, adv) in [
+        ("detect_tcp", "tcp", &spec.stcp, &spec.atcp),
+        ("detect_udp", "udp", &spec.sudp, &spec.audp),
+    ] {
+        let short = &chain[7..];
+        if !stealth.is_empty() {
+            rule(
+                &mut o,
+                chain,
+                &format!("{proto} dport @detect_s{short} goto detect_copy"),
+            );
+        }
+        if !adv.is_empty() {
+            if spec.socket_expr {
+                rule(
+                    &mut o,
+                    chain,
+                    &format!("{proto} dport @detect_a{short} socket transparent 0-1 return"),
+                );
+            }
+            rule(
+                &mut o,
+                chain,
+                &format!("{proto} dport @detect_a{short} goto detect_copy"),
+            );
+        }
+    }
+    rule(
+        &mut o,
+        "detect_copy",
+        &format!(
+            "limit rate over {DETECT_RATE}/second burst {DETECT_BURST} packets counter return"
+        ),
+    );
+    rule(
+        &mut o,
+        "detect_copy",
+        &format!("ct state new log prefix \"{NFLOG_PREFIX_NEW}\" group {group} snaplen {snaplen}"),
+    );
+    rule(
+        &mut o,
+        "detect_copy",
+        &format!(
+            "ct state invalid log prefix \"{NFLOG_PREFIX_INVALID}\" group {group} snaplen {snaplen}"
+        ),
+    );
+    o
+}
+
+fn nft(script: &str, timeout: Duration) -> Result<(), String> {
+    let r = exec::run(
+        &["nft".to_string(), "-f".to_string(), "-".to_string()],
+        Some(script.as_bytes()),
+        timeout,
+    );
+    if r.outcome.success() {
+        Ok(())
+    } else {
+        Err(format!("nft {}: {}", r.outcome.describe(), r.stderr.trim()))
+    }
+}
+
+/// (Re)build the detection chain in one transaction.
+pub fn apply_detection(cfg: &Config, spec: &DetectSpec) -> Result<(), EnforcerError> {
+    nft(
+        &detection_script(&cfg.nft_table, spec),
+        cfg.kill_timeout.max(Duration::from_secs(30)),
+    )
+    .map_err(|detail| EnforcerError::NftTable {
+        table: cfg.nft_table.clone(),
+        detail,
+    })
+}
+
+/// What the kernel offers the detection chain, probed once at start in a throw-away
+/// table (created and deleted in the same transaction, so nothing is left behind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Support {
+    /// nf_tables with conntrack, `log group` and `limit` work.
+    pub nftables: Result<(), String>,
+    /// The `socket` expression (CONFIG_NFT_SOCKET) works.
+    pub socket: Result<(), String>,
+}
+
+pub fn probe_support(table: &str) -> Support {
+    let t = format!("{table}_probe{}", std::process::id());
+    let base = format!(
+        "add table inet {t}
+         add chain inet {t} c {{ type filter hook input priority -150; policy accept; }}
+         add rule inet {t} c meta pkttype host ct state new limit rate over 1/second return
+         add rule inet {t} c ct state invalid log group {} snaplen 64
+",
+        crate::capture::NFLOG_GROUP
+    );
+    let timeout = Duration::from_secs(10);
+    let nftables = nft(
+        &format!(
+            "{base}delete table inet {t}
+"
+        ),
+        timeout,
+    );
+    let socket = match &nftables {
+        Ok(()) => nft(
+            &format!(
+                "{base}add rule inet {t} c tcp dport 1 socket transparent 0-1 return
+                 delete table inet {t}
+"
+            ),
+            timeout,
+        ),
+        Err(_) => Err("nf_tables is not usable".into()),
+    };
+    Support { nftables, socket }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(
+            ranges(vec![5, 1, 2, 3, 9, 0, 2]),
+            vec![(1, 3), (5, 5), (9, 9)]
+        );
+        assert_eq!(ranges(vec![65534, 65535]), vec![(65534, 65535)]);
+        let ex: policy::PortSet = policy::PortSet::parse("113,139").unwrap();
+        assert_eq!(advanced(1024, &ex), vec![(1, 112), (114, 138), (140, 1023)]);
+        assert!(advanced(1, &ex).is_empty());
+    }
+
+    #[test]
+    fn detection_shape() {
+        let cfg = Config::parse(
+            "TCP_PORTS=\"23,31337\"\nUDP_PORTS=\"161\"\nADVANCED_PORTS_TCP=\"1024\"\nADVANCED_EXCLUDE_TCP=\"113\"\n",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let ign = IgnoreList::parse(
+            "10.0.0.0/8\n192.0.2.7\n2001:db8::/32\n",
+            std::path::Path::new("i"),
+        )
+        .unwrap();
+        let spec = DetectSpec::new(&cfg, &[Mode::Stcp, Mode::Atcp, Mode::Tcp], &ign, true);
+        assert!(spec.watches());
+        assert!(spec.sudp.is_empty() && spec.audp.is_empty());
+        let s = detection_script("sentry", &spec);
+        assert!(s.contains("hook input priority -150"), "{s}");
+        assert!(
+            s.contains("add element inet sentry detect_stcp { 23, 31337 }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add element inet sentry detect_atcp { 1-112, 114-1023 }"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "add element inet sentry detect_ign4 { 10.0.0.0-10.255.255.255, 192.0.2.7 }"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("detect_ign6 { 2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff }"),
+            "{s}"
+        );
+        assert!(s.contains("tcp dport @detect_atcp socket transparent 0-1 return"));
+        assert!(s.contains("meta l4proto tcp jump detect_tcp"));
+        assert!(!s.contains("jump detect_udp"));
+        assert!(
+            s.contains("log prefix \"sentry invalid\" group 24135 snaplen 1280"),
+            "{s}"
+        );
+        // Never deletes the table: its blocks must survive a rebuild.
+        assert!(!s.contains("delete"));
+        let no_socket = DetectSpec {
+            socket_expr: false,
+            ..spec
+        };
+        assert!(!detection_script("sentry", &no_socket).contains("socket"));
+        assert!(!DetectSpec::default().watches());
+    }
 
     #[test]
     fn elements_statements() {
@@ -123,5 +492,44 @@ mod tests {
         assert!(s.contains("ip6 saddr @v6 counter drop"));
         assert!(s.contains("ip6 saddr & ffff:ffff:ffff:ffff:: @v6net counter drop"));
         assert!(s.starts_with("table inet sentry {}\ndelete table inet sentry\n"));
+    }
+
+    /// The scripts against the real nft(8) and kernel, in a private network namespace.
+    #[test]
+    fn kernel_accepts_the_chain() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED (needs root): kernel_accepts_the_chain");
+            return;
+        }
+        let r = std::thread::spawn(|| -> Result<String, String> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            let sup = probe_support("sentrytest");
+            sup.nftables.clone()?;
+            let cfg = Config::parse(
+                "TCP_PORTS=\"23\"\nUDP_PORTS=\"161\"\nFIREWALL=\"nftables\"\nNFT_TABLE=\"sentrytest\"\n",
+                std::path::Path::new("t.conf"),
+            )
+            .map_err(|e| format!("{e:?}"))?;
+            build(&cfg, &[], &[]).map_err(|e| e.to_string())?;
+            let ign = IgnoreList::parse("10.0.0.0/8\n2001:db8::1\n", std::path::Path::new("i")).unwrap();
+            let all = [Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
+            let spec = DetectSpec::new(&cfg, &all, &ign, sup.socket.is_ok());
+            apply_detection(&cfg, &spec).map_err(|e| e.to_string())?;
+            // Twice: the rebuild of an existing chain works too, and keeps the block sets.
+            let spec2 = DetectSpec::new(&cfg, &[Mode::Stcp], &IgnoreList::empty(), sup.socket.is_ok());
+            apply_detection(&cfg, &spec2).map_err(|e| e.to_string())?;
+            let out = std::process::Command::new("nft")
+                .args(["list", "table", "inet", "sentrytest"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            Ok(format!("socket: {:?}\n{}", sup.socket, String::from_utf8_lossy(&out.stdout)))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        assert!(r.contains("chain detect"), "{r}");
+        assert!(r.contains("set v4"), "{r}");
+        assert!(!r.contains("jump detect_udp"), "{r}");
+        eprintln!("{r}");
     }
 }

@@ -23,7 +23,19 @@ pub use frame::{
 pub use msg::*;
 
 /// Protocol version spoken by this build. A peer with any other version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 2: `EnforcerFrame::Unblocked`; 3: `EnforcerFrame::Capture` (the NFLOG descriptor
+/// hand-over); 4: the control socket's `Block`, `UnblockOrigin`, `Watch`, `Metrics`,
+/// and origins in `BlockEntry` and the counters (a sentryctl or bridge of version 3
+/// would misread the replies, so it is refused at the handshake).
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// NFLOG prefix of packets conntrack took as the first of a new flow (its checksum was
+/// verified by conntrack unless `nf_conntrack_checksum` is 0).
+pub const NFLOG_PREFIX_NEW: &str = "sentry new";
+/// NFLOG prefix of packets conntrack found invalid: flag probes (FIN, NULL, XMAS, ...),
+/// but also packets with a bad checksum, which the host's stack will discard: the sensor
+/// verifies the checksum of these itself.
+pub const NFLOG_PREFIX_INVALID: &str = "sentry invalid";
 
 /// Cap for frames on the sensor socket, both directions, and for control requests.
 pub const MAX_SMALL_FRAME: usize = 4096;

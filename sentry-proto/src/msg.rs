@@ -299,6 +299,14 @@ pub enum EnforcerFrame {
     Unblocked {
         addr: std::net::IpAddr,
     },
+    /// Sent right after `Welcome`, with a descriptor as ancillary data (SCM_RIGHTS): an
+    /// NFLOG socket the enforcer has bound to `group` (copy mode packet, at most
+    /// `snaplen` bytes from the network header). The sensor reads its detection input
+    /// from it; no capability is needed to read an already bound socket.
+    Capture {
+        group: u16,
+        snaplen: u32,
+    },
 }
 
 /// sentryctl → enforcer. The first request on a connection must be `Hello`.

@@ -110,6 +110,10 @@ fn every_message_roundtrips() {
         });
     }
     roundtrip(EnforcerFrame::Refused(Refusal::VersionMismatch { ours: 1 }));
+    roundtrip(EnforcerFrame::Capture {
+        group: 0x5e47,
+        snaplen: 1280,
+    });
     roundtrip(ControlRequest::Hello {
         version: PROTOCOL_VERSION,
     });

@@ -11,15 +11,16 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use policy::IgnoreList;
 use sentry_proto::Mode;
 use sentry_sensor::listeners::Listeners;
+use sentry_sensor::nflog::CtState;
 use sentry_sensor::packet::{self, build};
-use sentry_sensor::pipeline::{candidate, Counters, Tables, Verdict};
+use sentry_sensor::pipeline::{candidate, Counters};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{State, StateConfig};
 
 const BATCH: usize = 100_000;
 
-/// `n` probes from `sources` distinct sources, stored back to back like frames in the
-/// capture ring.
+/// `n` probes from `sources` distinct sources, stored back to back like the payloads of
+/// NFLOG messages.
 struct Frames {
     buf: Vec<u8>,
     spans: Vec<(usize, usize)>,
@@ -140,17 +141,14 @@ fn bench(c: &mut Criterion) {
             rereport_ms: sentry_sensor::state::DEFAULT_REREPORT_MS,
         });
         let mut counters = Counters::default();
-        let mut frags = Tables::default();
         let mut now = 1u64;
         for i in 0..pk.len() {
-            if let Some(Verdict::Probe(cand)) = candidate(
+            if let Some(cand) = candidate(
                 pk.get(i),
-                false,
-                now,
+                CtState::New,
                 &policy,
                 &listeners,
                 &ignore,
-                &mut frags,
                 &mut counters,
             ) {
                 state.hit(&cand.hit(), now, now);
@@ -167,14 +165,12 @@ fn bench(c: &mut Criterion) {
                     now += 1;
                     let mut reports = 0u32;
                     for i in start..start + BATCH {
-                        if let Some(Verdict::Probe(cand)) = candidate(
+                        if let Some(cand) = candidate(
                             black_box(pk.get(i)),
-                            false,
-                            now,
+                            CtState::New,
                             &policy,
                             &listeners,
                             &ignore,
-                            &mut frags,
                             &mut counters,
                         ) {
                             if let sentry_sensor::state::Outcome::Report(_) =

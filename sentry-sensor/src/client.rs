@@ -8,8 +8,8 @@
 //! Reconnects back off from 100 ms to 5 s.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +52,13 @@ pub enum Event {
     },
     /// A block ended.
     Unblocked(std::net::IpAddr),
+    /// The enforcer handed over its NFLOG socket (take it with [`Client::take_capture`]).
+    Capture {
+        group: u16,
+        snaplen: u32,
+    },
+    /// A `Capture` frame arrived without a descriptor, or descriptors without one.
+    CaptureProblem(String),
 }
 
 #[derive(Debug)]
@@ -75,6 +82,9 @@ pub struct Client {
     pub acked: u64,
     /// Acks for requests no longer queued (dropped while on the wire).
     pub unknown_acks: u64,
+    /// Descriptors received with the bytes not yet matched to a `Capture` frame.
+    fds: Vec<OwnedFd>,
+    capture: Option<(OwnedFd, u16)>,
 }
 
 impl Client {
@@ -95,7 +105,14 @@ impl Client {
             in_flight_evictions: 0,
             acked: 0,
             unknown_acks: 0,
+            fds: Vec::new(),
+            capture: None,
         }
+    }
+
+    /// The NFLOG socket (and its group) the enforcer handed over, once.
+    pub fn take_capture(&mut self) -> Option<(OwnedFd, u16)> {
+        self.capture.take()
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -195,6 +212,7 @@ impl Client {
         self.conn = Conn::Down;
         self.out.clear();
         self.inbuf = FrameBuf::new();
+        self.fds.clear();
         for p in &mut self.queue {
             p.sent_seq = None;
         }
@@ -307,10 +325,23 @@ impl Client {
         // what it wants, so it never buffers more than one capped frame.
         let mut buf = [0u8; 8192];
         loop {
+            // recvmsg, not read: the enforcer's NFLOG socket arrives as ancillary data, which
+            // a plain read would make the kernel discard.
             let res = match &mut self.conn {
                 Conn::Down => return,
-                Conn::Handshake(s) | Conn::Ready(s) => s.read(&mut buf),
+                Conn::Handshake(s) | Conn::Ready(s) => {
+                    crate::sys::recv_with_fds(s.as_raw_fd(), &mut buf, &mut self.fds)
+                }
             };
+            // At most one descriptor is ever expected; more is the enforcer's mistake or
+            // a peer that is not the enforcer: close them instead of piling them up.
+            if self.fds.len() > 1 {
+                let extra = self.fds.len() - 1;
+                self.fds.truncate(1);
+                events.push(Event::CaptureProblem(format!(
+                    "{extra} unexpected descriptors from the enforcer closed"
+                )));
+            }
             let n = match res {
                 Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
                 Ok(n) => n,
@@ -385,6 +416,15 @@ impl Client {
             (EnforcerFrame::Unblocked { addr }, Conn::Ready(_)) => {
                 events.push(Event::Unblocked(addr));
             }
+            (EnforcerFrame::Capture { group, snaplen }, Conn::Ready(_)) => match self.fds.pop() {
+                Some(fd) => {
+                    self.capture = Some((fd, group));
+                    events.push(Event::Capture { group, snaplen });
+                }
+                None => events.push(Event::CaptureProblem(
+                    "Capture frame without a descriptor".into(),
+                )),
+            },
             (EnforcerFrame::Refused(r), _) => {
                 events.push(Event::Refused(r));
                 self.down(now_ms, format!("refused: {r:?}"), events);

@@ -1,6 +1,7 @@
 //! Confinement, applied once every socket and file is open and before the first packet is
-//! parsed: drop to the service user, drop every capability (CAP_NET_RAW too: the capture
-//! socket is already open), forbid regaining privilege (no_new_privs, not dumpable), then
+//! parsed: drop to the service user, drop every capability (the sensor needs none to read
+//! the NFLOG socket the enforcer hands over; CAP_NET_BIND_SERVICE, if a basic mode needed
+//! it, is no longer needed once its sockets are bound), forbid regaining privilege (no_new_privs, not dumpable), then
 //! install a seccomp allowlist that kills the process on any other system call.
 
 use std::collections::BTreeMap;
@@ -47,7 +48,7 @@ pub fn resolve_user(user: Option<&str>) -> Result<Option<Target>, ConfineError> 
     match user {
         None if me.is_root() || euid.is_root() => Err(err(
             "refusing to run as root: pass --user USER (e.g. --user sentry) or start the \
-             sensor as an unprivileged user with ambient CAP_NET_RAW",
+             sensor as an unprivileged user",
         )),
         None => Ok(None),
         Some(name) => {
@@ -131,19 +132,24 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
     let fionbio: u64 = 0x5421;
     let pid = u64::from(std::process::id());
 
-    // read: sock_diag replies (or /proc/net tables), the enforcer connection.
+    // read: sock_diag replies (or /proc/net tables).
     any(&mut rules, libc::SYS_read);
+    // recvmsg: the enforcer connection, read with recvmsg so the NFLOG socket the enforcer
+    // hands over (SCM_RIGHTS) is received instead of discarded.
+    any(&mut rules, libc::SYS_recvmsg);
     // write: sock_diag requests, the enforcer connection, PORT_BANNER to basic-mode
-    // peers, stderr logging. (A write on the capture socket cannot inject packets: it is
-    // bound to no interface, so the kernel refuses it with ENXIO.)
+    // peers, stderr logging. (A write on the NFLOG socket is a netlink request to the
+    // kernel's nfnetlink_log, which checks CAP_NET_ADMIN: the sensor holds none, so it
+    // cannot rebind or reconfigure the group.)
     any(&mut rules, libc::SYS_write);
     // writev: std's stderr writer may coalesce buffers.
     any(&mut rules, libc::SYS_writev);
     // sendto without a destination address only: syslog datagrams on the connected
-    // /dev/log socket. A destination (e.g. a sockaddr_ll on the capture socket, which
-    // would inject raw packets) kills the process.
+    // /dev/log socket. A destination (e.g. a datagram to another host through a
+    // basic-mode UDP socket) kills the process.
     rules.insert(libc::SYS_sendto, vec![rule(vec![cond(4, Op::Eq, 0)?])?]);
-    // recvfrom: basic-mode UDP datagrams.
+    // recvfrom: basic-mode UDP datagrams; NFLOG datagrams (recv(2) with MSG_TRUNC is
+    // recvfrom without an address).
     any(&mut rules, libc::SYS_recvfrom);
     // accept4: basic-mode TCP connections.
     any(&mut rules, libc::SYS_accept4);
@@ -151,8 +157,6 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
     any(&mut rules, libc::SYS_close);
     // lseek: rewind the /proc/net socket tables opened at start-up.
     any(&mut rules, libc::SYS_lseek);
-    // getsockopt: PACKET_STATISTICS (kernel drop counter) on the capture socket.
-    any(&mut rules, libc::SYS_getsockopt);
     // ppoll: the main event loop (sys::poll, microsecond timeouts for the ring's pacer).
     any(&mut rules, libc::SYS_ppoll);
     // clock_gettime: time stamps for the state window (normally served by the vDSO).
@@ -176,8 +180,8 @@ pub fn filter() -> Result<BpfProgram, ConfineError> {
         vec![rule(vec![cond(0, Op::Eq, af_unix)?])?],
     );
     // connect: the AF_UNIX reconnects above. The address is a pointer, so the filter
-    // cannot check it; the other sockets are the capture socket (no connect on
-    // AF_PACKET), sock_diag (kernel only) and basic-mode sockets, through which nothing
+    // cannot check it; the other sockets are the NFLOG and sock_diag sockets (netlink,
+    // kernel only) and basic-mode sockets, through which nothing
     // beyond what any unprivileged process may send can be sent.
     any(&mut rules, libc::SYS_connect);
     // ioctl(FIONBIO) only: std's set_nonblocking on new enforcer/syslog/accepted sockets.

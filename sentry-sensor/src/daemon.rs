@@ -3,8 +3,10 @@
 //! Order (nothing hostile is parsed before step 6):
 //! 1. parse the command line, open the log sink (syslog socket);
 //! 2. read the configuration and the ignore list;
-//! 3. open every socket the sensor will ever need: basic-mode listeners, the capture ring,
-//!    the /proc/net socket tables, a first connection to the enforcer;
+//! 3. open every socket the sensor will ever need: basic-mode listeners, the /proc/net
+//!    socket tables, a first connection to the enforcer (the detection input, an NFLOG
+//!    socket, is not opened here: the enforcer binds it and hands it over on that
+//!    connection, so the sensor needs no capability for it);
 //! 4. switch to the service user, drop every capability, no_new_privs, not dumpable;
 //! 5. install the seccomp allowlist;
 //! 6. run: parse → classify → port policy → state engine → enforcer.
@@ -17,13 +19,13 @@ use policy::{Config, IgnoreList};
 use sentry_proto::{Decision, Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
 
 use crate::basic::{Basic, BasicHit};
-use crate::capture::{Capture, Pacer};
 use crate::cli::{self, Args, Command};
 use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
-use crate::log::{detection_line, ip_options_line, tiny_fragment_line, Logger};
-use crate::pipeline::{candidate, Candidate, Counters, Tables, Verdict};
+use crate::log::{detection_line, ip_options_line, Logger};
+use crate::nflog::{CtState, Message, Nflog};
+use crate::pipeline::{candidate, Candidate, Counters};
 use crate::ports::{PortConfig, PortPolicy};
 use crate::state::{Hit, Outcome, State, StateConfig, DEFAULT_REREPORT_MS};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -40,7 +42,7 @@ const MAX_PENDING: usize = 65_536;
 /// Housekeeping (state expiry, kernel counters, listener-table refresh: a service that
 /// stopped is watched again within this time).
 const HOUSEKEEPING_MS: u64 = 1_000;
-/// Most ring frames processed before other descriptors get a turn.
+/// Most NFLOG datagrams processed before other descriptors get a turn.
 const MAX_FRAMES_PER_WAKE: usize = 16_384;
 
 /// The sensor's scheduler slice (EEVDF custom slice; the kernel's minimum is 100 us).
@@ -204,19 +206,6 @@ fn run(args: Args) -> i32 {
     };
     let policy = PortPolicy::new(&modes, &port_cfg);
     let capturing = policy.captures(Protocol::Tcp) || policy.captures(Protocol::Udp);
-    let capture = if capturing {
-        match Capture::open() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                return fatal(
-                    &mut log,
-                    &format!("cannot open the capture socket (needs CAP_NET_RAW): {e}"),
-                )
-            }
-        }
-    } else {
-        None
-    };
     let own_inodes = basic.inodes();
     let (listener_src, listeners) = if capturing {
         match ListenerSource::open(
@@ -303,14 +292,14 @@ fn run(args: Args) -> i32 {
         .with_prefix6(config.block_prefix6),
         stats: SensorStats::default(),
         counters: Counters::default(),
-        tables: Tables::default(),
+        capturing,
         pending: Vec::new(),
         log,
         client,
         events,
         start,
     };
-    sensor.event_loop(capture, basic, args.stats_interval_ms)
+    sensor.event_loop(basic, args.stats_interval_ms)
 }
 
 fn policy_summary(modes: &[Mode], c: &PortConfig) -> Option<String> {
@@ -352,7 +341,8 @@ struct Sensor {
     state: State,
     stats: SensorStats,
     counters: Counters,
-    tables: Tables,
+    /// Stealth or advanced modes run: an NFLOG socket from the enforcer is wanted.
+    capturing: bool,
     pending: Vec<(Candidate, u64)>,
     log: Logger,
     client: Client,
@@ -365,23 +355,28 @@ impl Sensor {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn event_loop(&mut self, mut capture: Option<Capture>, mut basic: Basic, stats_ms: u64) -> i32 {
+    fn event_loop(&mut self, mut basic: Basic, stats_ms: u64) -> i32 {
         let mut fds: Vec<PollFd> = Vec::new();
         let mut next_housekeeping = 0u64;
         let mut next_stats = stats_ms;
         let mut basic_hits: Vec<BasicHit> = Vec::new();
-        let mut bad_frames = 0u64;
         let mut logged_drops = (0u64, 0u64);
         let mut logged_untracked = 0u64;
-        let mut pacer = Pacer::default();
+        // The detection input: none until the enforcer hands its NFLOG socket over (until
+        // then only the basic modes detect anything).
+        let mut nflog: Option<Nflog> = None;
+        let mut nflog_seen = (0u64, 0u64);
+        if self.capturing {
+            self.log.notice(
+                "adminalert: waiting for sentry-enforcer to hand over the detection input (NFLOG); stealth and advanced modes detect nothing until then, basic modes work",
+            );
+        }
         loop {
-            // Poll set: [capture] [client] basic... (the ring is left out while the pacer
-            // coalesces wake-ups under continuous traffic).
+            // Poll set: [nflog] [client] basic...
             fds.clear();
-            let nap = pacer.napping(Instant::now());
-            if let (Some(c), None) = (&capture, nap) {
+            if let Some(n) = &nflog {
                 fds.push(PollFd {
-                    fd: c.fd(),
+                    fd: n.fd(),
                     events: POLLIN,
                     revents: 0,
                 });
@@ -410,23 +405,29 @@ impl Sensor {
                 let due = self.last_refresh_ms + LISTENER_RECHECK_MS;
                 timeout = timeout.min(due.saturating_sub(now));
             }
-            let mut timeout = Duration::from_millis(timeout.min(1_000));
-            if let Some(n) = nap {
-                timeout = timeout.min(n);
-            }
+            let timeout = Duration::from_millis(timeout.min(1_000));
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 return fatal(&mut self.log, &format!("poll: {e}"));
             }
 
-            // Capture first: it is the latency-critical path. The ring is checked even
-            // without POLLIN (cheap: one atomic load).
-            if let Some(c) = &mut capture {
+            // Detection input first: it is the latency-critical path.
+            let nflog_ready = fds
+                .first()
+                .is_some_and(|p| nflog.is_some() && p.revents != 0);
+            if let (Some(n), true) = (&mut nflog, nflog_ready) {
                 let now = self.now_ms();
                 let wall = now_wall_ms();
-                let frames = c.drain(MAX_FRAMES_PER_WAKE, &mut bad_frames, |frame, outgoing| {
-                    self.on_frame(frame, outgoing, now, wall)
+                let r = n.drain(MAX_FRAMES_PER_WAKE, |m| match m {
+                    Message::Packet(p) => self.on_frame(p.payload, p.state, now, wall),
+                    Message::Control => {}
+                    Message::Bad(_) => self.counters.malformed += 1,
                 });
-                pacer.drained(frames, Instant::now());
+                if let Err(e) = r {
+                    self.log.error(&format!(
+                        "adminalert: ERROR: reading the NFLOG socket failed ({e}); stealth and advanced detection stop until sentry-enforcer hands over a new one"
+                    ));
+                    nflog = None;
+                }
                 self.judge_pending(self.now_ms(), false);
                 // Reports of this wake go out now, in one write, not after another poll.
                 self.client.flush(self.now_ms(), &mut self.events);
@@ -441,6 +442,16 @@ impl Sensor {
                         now,
                         &mut self.events,
                     );
+                }
+            }
+            if let Some((fd, group)) = self.client.take_capture() {
+                if self.capturing {
+                    // A new one replaces the old (which the enforcer could only bind after
+                    // the old binding was gone, so the old one no longer receives).
+                    nflog = Some(Nflog::new(fd, group));
+                    nflog_seen = (0, 0);
+                } else {
+                    drop(fd);
                 }
             }
             let mut basic_errors = 0;
@@ -463,12 +474,18 @@ impl Sensor {
             if now >= next_housekeeping {
                 next_housekeeping = now + HOUSEKEEPING_MS;
                 self.state.expire(now);
-                if let Some(c) = &capture {
-                    if let Ok((_, drops)) = c.take_stats() {
-                        self.stats.kernel_drops += u64::from(drops);
+                if let Some(n) = &nflog {
+                    let seen = (n.overruns, n.truncated);
+                    self.stats.kernel_drops += seen.0 - nflog_seen.0;
+                    self.counters.malformed += seen.1 - nflog_seen.1;
+                    if seen.0 != nflog_seen.0 {
+                        self.log.notice(&format!(
+                            "adminalert: WARNING: the NFLOG socket overran {} times (the kernel dropped probes before the sensor read them)",
+                            seen.0 - nflog_seen.0
+                        ));
                     }
+                    nflog_seen = seen;
                 }
-                self.counters.malformed += std::mem::take(&mut bad_frames);
                 self.refresh_listeners(now, true, true);
                 let drops = (self.client.queue_drops, self.client.in_flight_evictions);
                 if drops != logged_drops {
@@ -522,24 +539,16 @@ impl Sensor {
 
     /// The per-packet path: parse, classify, ignore list, port policy, state.
     #[inline]
-    fn on_frame(&mut self, frame: &[u8], outgoing: bool, now: u64, wall: u64) {
-        let c = match candidate(
+    fn on_frame(&mut self, frame: &[u8], state: CtState, now: u64, wall: u64) {
+        let Some(c) = candidate(
             frame,
-            outgoing,
-            now,
+            state,
             &self.policy,
             &self.listeners,
             &self.ignore,
-            &mut self.tables,
             &mut self.counters,
-        ) {
-            None => return,
-            Some(Verdict::Probe(c)) => c,
-            Some(Verdict::Evasion(e)) => {
-                self.log
-                    .packet(now, e.src, || tiny_fragment_line(e.src, e.mode, e.port));
-                return;
-            }
+        ) else {
+            return;
         };
         // A latched source's hit only refreshes its latch, whatever the table says.
         if self.state.is_latched(c.src, now) {
@@ -637,6 +646,12 @@ impl Sensor {
                 Event::Refused(r) => self
                     .log
                     .error(&format!("adminalert: ERROR: sentry-enforcer refused the connection: {r:?}")),
+                Event::Capture { group, snaplen } => self.log.notice(&format!(
+                    "adminalert: detection input from sentry-enforcer: NFLOG group {group}, {snaplen} bytes per packet (packets this host's input path accepts)"
+                )),
+                Event::CaptureProblem(why) => self
+                    .log
+                    .error(&format!("adminalert: ERROR: capture hand-over: {why}")),
                 Event::Unblocked(addr) => self.state.forget(addr),
                 Event::Decided { report, decision } => {
                     // Refused for want of budget: more evidence may change the answer.

@@ -1,7 +1,8 @@
 //! sentry-sensor: detects port scans in all six PortSentry modes, unprivileged and
 //! seccomp-confined, and asks `sentry-enforcer` to block the scanners.
 //!
-//! Pipeline: [`capture`] (AF_PACKET ring) / [`basic`] (listening sockets) →
+//! Pipeline: [`nflog`] (packets the enforcer's input-path chain copies, from the NFLOG
+//! socket it hands over) / [`basic`] (listening sockets) →
 //! [`packet`] (parser) → [`classify`] → ignore list → [`ports`] (+ [`listeners`]) →
 //! [`state`] → [`client`] (enforcer.sock), with [`log`] in PortSentry's formats and
 //! [`confine`] applied before the first packet is parsed. All `unsafe` code lives in
@@ -9,7 +10,6 @@
 #![deny(unsafe_code)]
 
 pub mod basic;
-pub mod capture;
 pub mod classify;
 pub mod cli;
 pub mod client;
@@ -17,6 +17,7 @@ pub mod confine;
 pub mod daemon;
 pub mod listeners;
 pub mod log;
+pub mod nflog;
 pub mod packet;
 pub mod pipeline;
 pub mod ports;

@@ -123,15 +123,6 @@ pub fn ip_options_line(src: IpAddr, mode: Mode, port: u16) -> String {
     )
 }
 
-/// A tiny first fragment to a watched port (`nmap -f`): flags unknown, so it is not counted
-/// as a scan of a kind, but it is announced in PortSentry's detection-avoidance style.
-pub fn tiny_fragment_line(src: IpAddr, mode: Mode, port: u16) -> String {
-    format!(
-        "attackalert: Packet from host: {src}/{src} to {} port: {port} is a tiny IP fragment (detection avoidance technique).",
-        mode.protocol().as_upper()
-    )
-}
-
 #[derive(Debug)]
 enum Sink {
     Syslog {
@@ -488,7 +479,6 @@ mod tests {
         for (line, tag) in [
             (detection_line(ScanKind::Syn, Mode::Atcp, S, 23), "portsentry"),
             (ip_options_line(S, Mode::Stcp, 23), "portsentry"),
-            (tiny_fragment_line(S, Mode::Stcp, 23), "portsentry"),
             ("adminalert: Going into listen mode on TCP port: 1".into(), "portsentry"),
             ("adminalert: sentry-sensor 0.1.0 is active: modes -atcp".into(), "sentry-sensor"),
             ("adminalert: connected to sentry-enforcer at /run/sentry/enforcer.sock".into(), "sentry-sensor"),

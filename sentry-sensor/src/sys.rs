@@ -1,46 +1,12 @@
 //! The only module with `unsafe`: raw system calls that neither std nor a safe wrapper
-//! offers — the AF_PACKET TPACKET_V2 ring (socket options, mmap, slot hand-over),
-//! `ppoll(2)`, `sched_setattr(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with
+//! offers — datagram reads that report truncation, taking ownership of descriptors
+//! received with SCM_RIGHTS, `ppoll(2)`, `sched_setattr(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with
 //! IPV6_V6ONLY/SO_REUSEADDR set before `bind`. Every block states why it is sound.
 
 use std::io;
 use std::mem::size_of;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-// linux/if_packet.h, asm-generic/socket.h
-const PACKET_RX_RING: libc::c_int = 5;
-const PACKET_STATISTICS: libc::c_int = 6;
-const PACKET_VERSION: libc::c_int = 10;
-const TPACKET_V2: libc::c_int = 1;
-const SO_ATTACH_FILTER: libc::c_int = 26;
-const SO_LOCK_FILTER: libc::c_int = 44;
-const TP_STATUS_KERNEL: u32 = 0;
-const TP_STATUS_USER: u32 = 1;
-const ETH_P_ALL: u16 = 0x0003;
-
-/// `struct tpacket_req` (TPACKET_V1/V2).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct TpacketReq {
-    tp_block_size: u32,
-    tp_block_nr: u32,
-    tp_frame_size: u32,
-    tp_frame_nr: u32,
-}
-
-/// `struct tpacket_stats`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct TpacketStats {
-    tp_packets: u32,
-    tp_drops: u32,
-}
-
-/// One classic BPF instruction (`struct sock_filter`).
-pub type BpfInsn = libc::sock_filter;
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -59,206 +25,52 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> i
     cvt(rc).map(drop)
 }
 
-/// Geometry of the capture ring: `frame_nr` slots of `frame_size` bytes, allocated by the
-/// kernel in blocks of `block_size` bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct RingGeometry {
-    /// Bytes per slot (a multiple of 16 that divides `block_size`).
-    pub frame_size: u32,
-    /// Bytes per kernel allocation (a power of two, at least the page size).
-    pub block_size: u32,
-    /// Number of slots (a multiple of `block_size / frame_size`).
-    pub frame_nr: u32,
-}
-
-/// An AF_PACKET socket (SOCK_DGRAM: frames start at the network header) with a TPACKET_V2
-/// receive ring mapped into this process. The kernel hands each packet over on its own
-/// (status word per slot) and wakes a waiting reader at once, so detection latency is not
-/// tied to a block timer.
-#[derive(Debug)]
-pub struct PacketRing {
-    fd: OwnedFd,
-    map: NonNull<u8>,
-    map_len: usize,
-    frame_size: usize,
-    frame_nr: usize,
-    current: usize,
-}
-
-impl PacketRing {
-    /// Open the socket, install the (locked) filter, set up and map the ring, then bind to
-    /// all interfaces. The filter is attached before the bind, so no unfiltered packet is
-    /// ever queued. Needs CAP_NET_RAW.
-    pub fn open(geo: RingGeometry, filter: &[BpfInsn]) -> io::Result<Self> {
-        let invalid = |m: &'static str| io::Error::new(io::ErrorKind::InvalidInput, m);
-        if geo.block_size < 4096 || !geo.block_size.is_power_of_two() {
-            return Err(invalid("ring block size must be a power of two >= 4096"));
-        }
-        if geo.frame_size < 64 || geo.frame_size % 16 != 0 || geo.block_size % geo.frame_size != 0 {
-            return Err(invalid(
-                "ring frame size must be a multiple of 16 that divides the block size",
-            ));
-        }
-        let per_block = geo.block_size / geo.frame_size;
-        if geo.frame_nr == 0 || geo.frame_nr % per_block != 0 {
-            return Err(invalid("ring frame count must fill whole blocks"));
-        }
-        // SAFETY: plain socket(2) call with constant arguments; the returned descriptor is
-        // checked and immediately owned by an OwnedFd.
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        })?;
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let s = fd.as_raw_fd();
-        setsockopt(s, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V2)?;
-        // Outgoing packets are not ignored (PACKET_IGNORE_OUTGOING): the filter keeps the
-        // headers of this host's UDP datagrams so their replies can be recognised.
-        let prog = libc::sock_fprog {
-            len: u16::try_from(filter.len()).map_err(|_| invalid("BPF program too long"))?,
-            filter: filter.as_ptr().cast_mut(),
-        };
-        setsockopt(s, libc::SOL_SOCKET, SO_ATTACH_FILTER, &prog)?;
-        setsockopt(s, libc::SOL_SOCKET, SO_LOCK_FILTER, &1 as &libc::c_int)?;
-        let req = TpacketReq {
-            tp_block_size: geo.block_size,
-            tp_block_nr: geo.frame_nr / per_block,
-            tp_frame_size: geo.frame_size,
-            tp_frame_nr: geo.frame_nr,
-        };
-        setsockopt(s, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
-        let frame_size = usize::try_from(geo.frame_size).map_err(|_| invalid("frame size"))?;
-        let frame_nr = usize::try_from(geo.frame_nr).map_err(|_| invalid("frame count"))?;
-        let map_len = frame_size
-            .checked_mul(frame_nr)
-            .ok_or_else(|| invalid("ring too large"))?;
-        // SAFETY: maps the ring the kernel just allocated for this socket (offset 0, the
-        // exact size requested: whole blocks, each exactly filled with frames, so the
-        // frames are contiguous); the result is checked against MAP_FAILED. The mapping is
-        // owned by the returned PacketRing and unmapped in Drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                s,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let map = NonNull::new(p.cast::<u8>()).ok_or_else(|| invalid("mmap returned null"))?;
-        let ring = Self {
+/// `recv(2)` with MSG_TRUNC|MSG_DONTWAIT on a datagram socket: (bytes copied, length of
+/// the datagram), so a datagram longer than `buf` is noticed instead of silently cut.
+pub fn recv_trunc(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call; the kernel
+    // writes at most that many and returns the datagram's full length with MSG_TRUNC.
+    let rc = unsafe {
+        libc::recv(
             fd,
-            map,
-            map_len,
-            frame_size,
-            frame_nr,
-            current: 0,
-        };
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = u16::try_from(libc::AF_PACKET).map_err(|_| invalid("AF_PACKET"))?;
-        sll.sll_protocol = ETH_P_ALL.to_be();
-        sll.sll_ifindex = 0; // every interface
-        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>())
-            .map_err(|_| invalid("sockaddr_ll"))?;
-        // SAFETY: `sll` is a valid sockaddr_ll of `len` bytes, alive for the call.
-        cvt(unsafe { libc::bind(s, (&sll as *const libc::sockaddr_ll).cast(), len) })?;
-        Ok(ring)
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    /// The next slot the kernel has handed to user space, if any. The slot is given back
-    /// to the kernel when the returned value is dropped.
-    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
-        let offset = self.current.checked_mul(self.frame_size)?;
-        if offset.checked_add(self.frame_size)? > self.map_len {
-            return None;
-        }
-        // SAFETY: `offset + frame_size <= map_len`, so the pointer stays inside the
-        // mapping, which lives as long as `self`.
-        let base = unsafe { self.map.as_ptr().add(offset) };
-        if frame_status(base).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
-            return None;
-        }
-        Some(Frame { ring: self, base })
-    }
-
-    /// Kernel counters since the previous call (reading resets them): (packets, drops).
-    pub fn take_stats(&self) -> io::Result<(u32, u32)> {
-        let mut st = TpacketStats::default();
-        let mut len = libc::socklen_t::try_from(size_of::<TpacketStats>())
-            .map_err(|_| io::Error::other("stats size"))?;
-        // SAFETY: `st` is a writable TpacketStats and `len` holds its exact size; the
-        // kernel writes at most `len` bytes and updates `len`.
-        cvt(unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_STATISTICS,
-                (&mut st as *mut TpacketStats).cast(),
-                &mut len,
-            )
-        })?;
-        Ok((st.tp_packets, st.tp_drops))
-    }
-
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
+    let full = usize::try_from(rc).unwrap_or(0);
+    Ok((full.min(buf.len()), full))
 }
 
-/// The status word of a slot: `tpacket2_hdr.tp_status` at offset 0.
-fn frame_status<'a>(base: *mut u8) -> &'a AtomicU32 {
-    // SAFETY: every slot starts with a `tpacket2_hdr` (slots are 16-byte aligned inside a
-    // page-aligned mapping, so offset 0 is 4-byte aligned) inside the live mapping; the
-    // word is shared with the kernel, which is why it is only ever accessed atomically.
-    unsafe { &*base.cast::<AtomicU32>() }
-}
-
-impl Drop for PacketRing {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `open`; no Frame can be alive here
-        // because a Frame borrows the ring mutably.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), self.map_len);
+/// Read from a Unix stream socket with `recvmsg(2)`, taking any descriptors that arrive
+/// with the bytes (SCM_RIGHTS, close-on-exec). The enforcer sends the NFLOG socket this
+/// way; a plain read would make the kernel discard (close) it.
+pub fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<UnixAddr>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel just installed `r` in this process for this message
+                // (SCM_RIGHTS); nothing else knows the number yet, so taking ownership here
+                // is the only owner.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
         }
     }
-}
-
-/// A slot owned by user space. Its bytes are read through [`Frame::data`]; dropping the
-/// frame hands the slot back to the kernel and moves on to the next one.
-#[derive(Debug)]
-pub struct Frame<'r> {
-    ring: &'r mut PacketRing,
-    base: *mut u8,
-}
-
-impl Frame<'_> {
-    /// The whole slot as bytes (header, address, packet). While the status word says
-    /// TP_STATUS_USER the kernel does not write to the slot, so it is stable for as long
-    /// as this borrow lives.
-    pub fn data(&self) -> &[u8] {
-        // SAFETY: `base .. base + frame_size` lies inside the mapping (checked in
-        // next_frame); the kernel hands a slot to user space only after filling it (its
-        // status store is ordered after the data, and our Acquire load pairs with it) and
-        // does not touch it again until we store TP_STATUS_KERNEL in Drop, which needs
-        // `&mut self` and so cannot overlap this shared borrow.
-        unsafe { std::slice::from_raw_parts(self.base, self.ring.frame_size) }
-    }
-}
-
-impl Drop for Frame<'_> {
-    fn drop(&mut self) {
-        frame_status(self.base).store(TP_STATUS_KERNEL, Ordering::Release);
-        self.ring.current = (self.ring.current + 1) % self.ring.frame_nr.max(1);
-    }
+    Ok(n)
 }
 
 /// One pollable descriptor.

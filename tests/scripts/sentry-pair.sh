@@ -4,7 +4,8 @@
 # does). Privilege separation matches the units:
 #   enforcer: root, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW, member of
 #             the sensor's group (to hand it enforcer.sock), no_new_privs.
-#   sensor:   user `sentry`, only CAP_NET_RAW (ambient), no_new_privs.
+#   sensor:   user `sentry`, no capabilities at all (the enforcer hands it the
+#             NFLOG socket it reads), no_new_privs.
 # Logs: /var/log/sentry/{enforcer,sensor}.log; audit: AUDIT_LOG (sentry.conf).
 set -eu
 
@@ -51,7 +52,7 @@ start() {
     else
         # shellcheck disable=SC2086 # MODES is a list of flags
         setsid setpriv --reuid "$USER_" --regid "$USER_" --clear-groups \
-            --securebits +noroot,+noroot_locked --bounding-set -all,+net_raw --inh-caps -all,+net_raw --ambient-caps +net_raw \
+            --securebits +noroot,+noroot_locked --bounding-set -all --inh-caps -all \
             --no-new-privs \
             "$SBIN/sentry-sensor" --config "$CONF" --runtime-dir "$RUN" --log-stderr $MODES \
             </dev/null >>"$LOGDIR/sensor.log" 2>&1 &

@@ -2,6 +2,7 @@
 //! [`FakeEnforcer`] for observing the real sensor.
 
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use sentry_proto::{
     Protocol, SensorFrame, SensorStats, PROTOCOL_VERSION,
 };
 
+use crate::netns::NetPair;
 use crate::req::Req;
+use crate::sensor::RunDir;
 
 /// The Hello of the fake sensor: `fake-sensor`, this process, modes stcp + sudp.
 pub fn hello() -> SensorFrame {
@@ -78,8 +81,16 @@ impl FakeSensor {
         self.s.write_all(b)
     }
 
+    /// The next frame, skipping the NFLOG hand-over that follows the Welcome (read with
+    /// read(2), its descriptor is discarded by the kernel; the hand-over itself is tested
+    /// in `tests/enforcer.rs`).
     pub fn recv(&mut self) -> Result<EnforcerFrame, sentry_proto::ProtoError> {
-        read_frame::<EnforcerFrame, _>(&mut self.s)
+        loop {
+            match read_frame::<EnforcerFrame, _>(&mut self.s) {
+                Ok(EnforcerFrame::Capture { .. }) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Send the Hello and expect the Welcome.
@@ -173,8 +184,46 @@ pub struct FakeEnforcer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the real enforcer does after the Welcome, done here for the sensor's own tests:
+/// build the detection chain (the enforcer's own script, `sentry_enforcer::table`) in the
+/// target namespace and bind an NFLOG socket there, to be handed over with SCM_RIGHTS.
+fn capture_for(target_ns: &str, config: &Path, h: &Hello) -> Option<OwnedFd> {
+    use sentry_enforcer::capture::{open_nflog, NFLOG_GROUP, NFLOG_SNAPLEN};
+    use sentry_enforcer::table::{detection_script, DetectSpec};
+    if h.modes.iter().all(|m| m.is_basic()) {
+        return None;
+    }
+    let cfg = policy::Config::load(config).expect("test config");
+    let ignore = cfg.load_ignore().expect("test ignore list");
+    let spec = DetectSpec::new(&cfg, &h.modes, &ignore, true);
+    let script = config.with_extension("detect.nft");
+    std::fs::write(&script, detection_script(&cfg.nft_table, &spec)).expect("write script");
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", target_ns, "nft", "-f"])
+        .arg(&script);
+    crate::cmd::run_ok(&mut c, Duration::from_secs(10));
+    let ns = target_ns.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN).ok()
+    })
+    .join()
+    .expect("nflog thread")
+}
+
 impl FakeEnforcer {
+    /// A fake enforcer that also hands over the detection input, as the real one does.
+    pub fn start_with_capture(net: &NetPair, dir: &RunDir) -> FakeEnforcer {
+        Self::start_inner(dir.path(), Some((net.target.clone(), dir.config())))
+    }
+
+    /// A fake enforcer without a detection input (basic modes, protocol tests).
     pub fn start(dir: &Path) -> FakeEnforcer {
+        Self::start_inner(dir, None)
+    }
+
+    fn start_inner(dir: &Path, capture: Option<(String, PathBuf)>) -> FakeEnforcer {
         let path = dir.join("enforcer.sock");
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path).expect("bind enforcer.sock");
@@ -198,10 +247,26 @@ impl FakeEnforcer {
                     }
                     match read_frame::<SensorFrame, _>(&mut s) {
                         Ok(SensorFrame::Hello(h)) => {
+                            // Chain and socket first, so the detection input is in place
+                            // by the time the test sees the Hello.
+                            let fd = capture
+                                .as_ref()
+                                .and_then(|(ns, cfg)| capture_for(ns, cfg, &h));
                             let welcome = EnforcerFrame::Welcome {
                                 version: PROTOCOL_VERSION,
                             };
                             let _ = write_frame(&mut s, &welcome);
+                            if let Some(fd) = fd {
+                                use sentry_enforcer::capture::{
+                                    send_with_fd, NFLOG_GROUP, NFLOG_SNAPLEN,
+                                };
+                                let frame = encode_frame(&EnforcerFrame::Capture {
+                                    group: NFLOG_GROUP,
+                                    snaplen: NFLOG_SNAPLEN,
+                                })
+                                .expect("encode Capture");
+                                send_with_fd(&s, &frame, &fd).expect("hand over NFLOG");
+                            }
                             let _ = tx.send(Seen::Hello(h));
                         }
                         Ok(SensorFrame::Block(b)) => {

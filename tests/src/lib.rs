@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod netns;
 pub mod nspawn;
 pub mod req;
+pub mod router;
 pub mod sensor;
 pub mod sentry;
 

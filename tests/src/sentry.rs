@@ -22,7 +22,7 @@ use crate::{bins, ensure_sensor_user, proc_fields, Bins, SENSOR_USER};
 /// 2-core CI machine (a debug-build enforcer restoring 100,000 blocks at the MAX_BLOCKS
 /// bound takes several seconds); every wait polls and returns as soon as the condition
 /// holds.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const SCAN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -649,6 +649,11 @@ impl Sentry {
             .into_iter()
             .flatten()
         {
+            // Only the block sets: the detection chain's ignore sets hold addresses too.
+            let name = item.pointer("/set/name").and_then(Value::as_str);
+            if !matches!(name, Some("v4" | "v6" | "v6net")) {
+                continue;
+            }
             if let Some(elems) = item.pointer("/set/elem") {
                 collect_addrs(elems, &mut set);
             }

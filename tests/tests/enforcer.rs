@@ -1019,7 +1019,9 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
     const NET_RAW: u64 = 1 << 13;
     for (keys, want) in [
         (vec![], NET_ADMIN),
-        (vec![("FIREWALL", "none")], 0),
+        // CAP_NET_ADMIN whatever the actions: the detection chain and the NFLOG binding
+        // for the sensor need it (issue #13).
+        (vec![("FIREWALL", "none")], NET_ADMIN),
         (
             vec![("FIREWALL", "none"), ("KILL_ROUTE", "/bin/true $TARGET$")],
             NET_ADMIN | NET_RAW,
@@ -2055,4 +2057,81 @@ fn netlink_batches_child() {
     s.setelems(table, "v4", "v6", &elems, false)
         .unwrap_or_else(|e| panic!("delete: {e}"));
     assert_eq!((count("v4"), count("v6")), (0, 0));
+}
+
+/// After the Welcome the enforcer sends `Capture` with an NFLOG socket attached (SCM_RIGHTS)
+/// and has built the detection chain; a second sensor connection, while the first one's
+/// socket is still open, gets no new socket (the group is taken) but is served.
+#[test]
+fn capture_socket_is_handed_over_after_the_welcome() {
+    let test = "capture_socket_is_handed_over_after_the_welcome";
+    if !require_root(test) {
+        return;
+    }
+    use nix::sys::socket::{getsockname, NetlinkAddr};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let mut env = rig(test, &[]);
+    env.start_enforcer();
+    let mut s = env.connect();
+    s.send(&hello());
+    // Read frames with recvmsg until the Capture frame and its descriptor are in.
+    let mut bytes = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut frames = Vec::new();
+    while frames.len() < 2 && Instant::now() < deadline {
+        let mut buf = [0u8; 256];
+        let n = match sentry_sensor::sys::recv_with_fds(s.s.as_raw_fd(), &mut buf, &mut fds) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => panic!("recvmsg: {e}"),
+        };
+        assert!(n > 0, "connection closed after {frames:?}");
+        bytes.extend_from_slice(&buf[..n]);
+        while let Some(h) = bytes.first_chunk::<{ sentry_proto::HEADER_LEN }>() {
+            let len = sentry_proto::HEADER_LEN
+                + sentry_proto::frame_len::<EnforcerFrame>(*h).expect("length prefix");
+            if bytes.len() < len {
+                break;
+            }
+            let f: EnforcerFrame = sentry_proto::decode_frame(&bytes[..len]).expect("frame");
+            bytes.drain(..len);
+            frames.push(f);
+        }
+    }
+    assert!(
+        matches!(frames.first(), Some(EnforcerFrame::Welcome { .. })),
+        "{frames:?}"
+    );
+    assert!(
+        matches!(
+            frames.get(1),
+            Some(EnforcerFrame::Capture {
+                group: 0x5e47,
+                snaplen: 1280
+            })
+        ),
+        "{frames:?}\n{}",
+        env.diag()
+    );
+    assert_eq!(fds.len(), 1, "{frames:?}");
+    let _: NetlinkAddr = getsockname(fds[0].as_raw_fd()).expect("a netlink socket");
+    let chain = ns(&env, "nft", &["list", "chain", "inet", NFT_TABLE, "detect"]);
+    let text = String::from_utf8_lossy(&chain.stdout);
+    assert!(
+        text.contains("hook input priority"),
+        "{text}\n{}",
+        env.diag()
+    );
+    // The first connection still holds the group: a new connection is served without one.
+    drop(s);
+    let mut again = env.connect_welcomed();
+    assert_eq!(
+        again.block("192.0.2.77", Protocol::Tcp, 23),
+        Decision::Blocked
+    );
+    drop(fds);
 }

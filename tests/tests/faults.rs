@@ -64,12 +64,15 @@ fn enforcer_sigkill_restart_restores_blocks_and_delivers_queued_requests() {
     syns(&s, SCANNER, 20, 3);
     s.assert_scan_blocked(SCANNER, Protocol::Tcp, "syn", Mode::Atcp);
     s.kill_enforcer();
-    drop_nft_table(&s);
-    // Scans while the enforcer is down: the sensor must queue them.
+    // Scans while the enforcer is down: the detection chain and the sensor's NFLOG socket
+    // outlive the enforcer, so the sensor still sees them and must queue them.
     let queued = [IpAddr::V4(SCANNER2_V4), IpAddr::V4(SCANNER3_V4)];
     for (i, src) in queued.iter().enumerate() {
         syns(&s, *src, 100 + 10 * u16::try_from(i).unwrap(), 3);
     }
+    // Then the table is lost too (as with `nft flush ruleset`): blocks come back from the
+    // state directory.
+    drop_nft_table(&s);
     s.start_enforcer();
     // The earlier block is restored from the state dir...
     wait_until(

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use sentry_proto::{Mode, Protocol};
-use sentry_tests::netns::{SCANNER2_V4, SCANNER_V4, TARGET_V4};
+use sentry_tests::netns::{Side, SCANNER2_V4, SCANNER_V4, TARGET_V4};
 use sentry_tests::{require_root, require_tool, wait_until, AuditDecision, Sentry, Settings};
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
@@ -142,18 +142,35 @@ fn sighup_rereads_the_ignore_list() {
     s.write_config();
     let pid = nix::unistd::Pid::from_raw(i32::try_from(s.enforcer_pid()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    // The sensor still has the old list, so it reports; the enforcer's re-check must say
-    // "ignored" once it has re-read the file. Poll: SIGHUP handling is asynchronous.
-    let mut port = 20;
+    // The enforcer loads the new list into the detection chain's kernel set, so the
+    // ignored host's probes no longer even reach the sensor (which still has the old
+    // list). Poll: SIGHUP handling is asynchronous.
     wait_until(
         Duration::from_secs(15),
-        "the enforcer to ignore 10.203.0.1 after SIGHUP",
+        "the detection chain's ignore set to hold 10.203.0.1 after SIGHUP",
         || {
-            syns(&s, SCANNER, port);
-            port += 10;
-            (!s.audit_for(SCANNER, AuditDecision::Ignored).is_empty()).then_some(())
+            let out = sentry_tests::cmd::run(
+                s.net.command(Side::Target, "nft").args([
+                    "list",
+                    "set",
+                    "inet",
+                    sentry_tests::sentry::NFT_TABLE,
+                    "detect_ign4",
+                ]),
+                Duration::from_secs(10),
+            );
+            out.stdout.contains("10.203.0.1").then_some(())
         },
         || s.diag(),
+    );
+    for port in [20, 30, 40] {
+        syns(&s, SCANNER, port);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.audit_for(SCANNER, AuditDecision::Blocked).is_empty(),
+        "ignored host blocked after SIGHUP\n{}",
+        s.diag()
     );
     s.assert_not_blocked(SCANNER);
     // Others are still blocked.

@@ -87,7 +87,7 @@ fn cpu_ns(pid: u32) -> u64 {
 fn run_flood(label: &str, senders: u8, extra: &[&str]) {
     let net = NetPair::with_extra_sources();
     let setup = RunDir::new(&config_text(CONFIG));
-    let enf = FakeEnforcer::start(setup.path());
+    let enf = FakeEnforcer::start_with_capture(&net, &setup);
     let sensor = SensorProc::start(&net, &setup, &["-stcp", "-atcp", "-sudp", "-audp"]);
     let base = enf.stats_until(Duration::from_secs(5), |_| true).unwrap();
     let rx0 = rx_packets(&net);
@@ -158,7 +158,7 @@ fn flood_three_senders() {
 fn detection_latency() {
     let net = NetPair::with_extra_sources();
     let setup = RunDir::new(&config_text(CONFIG));
-    let enf = FakeEnforcer::start(setup.path());
+    let enf = FakeEnforcer::start_with_capture(&net, &setup);
     let _sensor = SensorProc::start(&net, &setup, &["-audp"]);
     enf.wait_hello(Duration::from_secs(5)).unwrap();
     // Warm the neighbour cache so the first probe is not delayed by ARP.

@@ -1,6 +1,7 @@
 //! Fuzz the whole per-packet path with state: a sequence of frames (each prefixed by one
-//! control byte: direction and a time step) through `candidate()` (parser, fragment
-//! pairing, UDP flow table, ignore list, port policy) and the state engine. Never panics;
+//! control byte: conntrack state new/invalid and a time step) through `candidate()`
+//! (parser, checksum check of invalid packets, ignore list, port policy) and the state
+//! engine. Never panics;
 //! every report the state engine makes passes the enforcer's validation.
 #![no_main]
 
@@ -10,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use policy::IgnoreList;
 use sentry_proto::{BlockRequest, Mode};
 use sentry_sensor::listeners::Listeners;
-use sentry_sensor::pipeline::{candidate, Counters, Tables, Verdict};
+use sentry_sensor::nflog::CtState;
+use sentry_sensor::pipeline::{candidate, Counters};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{Outcome, State, StateConfig};
 
@@ -28,7 +30,6 @@ fuzz_target!(|data: &[u8]| {
     );
     let ignore = IgnoreList::parse("10.0.0.0/8\n", Path::new("fuzz")).unwrap();
     let listeners = Listeners::default();
-    let mut tables = Tables::default();
     let mut counters = Counters::default();
     let mut state = State::new(StateConfig {
         trigger: 1,
@@ -44,10 +45,12 @@ fuzz_target!(|data: &[u8]| {
         let (frame, next) = tail.split_at(n);
         rest = next;
         now += u64::from(ctl >> 1);
-        let outgoing = ctl & 1 == 1;
-        if let Some(Verdict::Probe(c)) = candidate(
-            frame, outgoing, now, &policy, &listeners, &ignore, &mut tables, &mut counters,
-        ) {
+        let state_ = if ctl & 1 == 1 {
+            CtState::Invalid
+        } else {
+            CtState::New
+        };
+        if let Some(c) = candidate(frame, state_, &policy, &listeners, &ignore, &mut counters) {
             if let Outcome::Report(r) = state.hit(&c.hit(), now, 1_700_000_000_000 + now) {
                 let req = BlockRequest {
                     seq: 1,

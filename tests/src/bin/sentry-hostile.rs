@@ -260,8 +260,10 @@ fn main() {
                                 .entry(decision.as_str().to_string())
                                 .or_default() += 1;
                         }
-                        // Notices of ended blocks are not answers.
-                        Ok(EnforcerFrame::Unblocked { .. }) => {}
+                        // Notices of ended blocks and the NFLOG hand-over after the Welcome
+                        // (its descriptor is discarded by the kernel: this reads with
+                        // read(2)) are not answers.
+                        Ok(EnforcerFrame::Unblocked { .. } | EnforcerFrame::Capture { .. }) => {}
                         Ok(other) => {
                             answered += 1;
                             r.replies.push(format!("{other:?}"));

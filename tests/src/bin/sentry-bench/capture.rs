@@ -2,8 +2,10 @@
 //! packet. SYN probes from one spoofed source to ports 1-1023 are written onto the
 //! scanner's veth end at fixed rates and then as fast as the veth carries them.
 //! Delivered = the target interface's rx counter; seen = the sensor's own `packets`
-//! counter (`sentryctl status --json`); loss = delivered - seen; the ring's drop counter is
-//! reported as `kernel_drops`.
+//! counter (`sentryctl status --json`); loss = delivered - seen; the NFLOG socket's
+//! overruns are reported as `kernel_drops`. Since issue #13 the detection chain also
+//! holds copies to DETECT_RATE per second (sentry-enforcer/src/table.rs), so above that
+//! rate "loss" is by design.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

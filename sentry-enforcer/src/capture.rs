@@ -1,0 +1,276 @@
+//! The sensor's detection input: an NFLOG socket bound to [`NFLOG_GROUP`], opened here
+//! (binding a group needs CAP_NET_ADMIN) and handed to the sensor over its Unix socket
+//! with SCM_RIGHTS right after the handshake. The enforcer never parses a packet from it:
+//! while it waits for the kernel's answers to its configuration requests it only looks
+//! at message types, and it closes its own copy as soon as the descriptor is sent, so the
+//! binding lives exactly as long as the sensor process that holds it.
+//!
+//! Everything is done through nix's safe socket API; no unsafe code is needed here.
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{
+    bind, recv, send, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
+    MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
+
+/// The NFLOG group the detection chain copies candidates to. Groups are per network
+/// namespace; 0x5e47 ("SG") is far from the small numbers ulogd and tcpdump examples use.
+pub const NFLOG_GROUP: u16 = 0x5e47;
+
+/// Bytes of each packet copied to the sensor, from the network header on. The IPv6
+/// minimum MTU: the whole of every probe that fits an unfragmented packet on any link,
+/// including every IPv6 extension-header chain that fits one (the kernel has parsed and
+/// reassembled the packet, but NFLOG's payload still starts at the IP header, so the
+/// chain is in front of the transport header), and the whole segment of a flag probe, so
+/// the sensor can verify its checksum (see `sentry-sensor/src/nflog.rs`).
+pub const NFLOG_SNAPLEN: u32 = 1280;
+
+/// Receive buffer the sensor's socket gets (SO_RCVBUFFORCE): a burst of this many bytes of
+/// NFLOG messages waits for the sensor instead of being dropped (drops are counted by the
+/// sensor from ENOBUFS).
+const RCVBUF: usize = 4 << 20;
+
+/// How long the kernel has to acknowledge a configuration request.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+// linux/netfilter/nfnetlink.h, nfnetlink_log.h, linux/netlink.h
+const NFNL_SUBSYS_ULOG: u16 = 4;
+const NFULNL_MSG_CONFIG: u16 = 1;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_TIMEOUT: u16 = 4;
+const NFULA_CFG_QTHRESH: u16 = 5;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_COPY_PACKET: u8 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+
+/// Why no socket could be handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindError {
+    /// The group is bound by another socket: most likely the previous sensor process
+    /// still exiting, or a sensor that kept its descriptor across an enforcer restart.
+    Busy,
+    /// Anything else (no nfnetlink_log in this kernel, no CAP_NET_ADMIN, ...).
+    Other(String),
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Busy => write!(
+                f,
+                "NFLOG group {NFLOG_GROUP} is already bound by another socket"
+            ),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(payload);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// One NFULNL_MSG_CONFIG request for `group`: bind, copy whole packets up to `snaplen`,
+/// and hand every packet over on its own at once (queue threshold 1, no flush timer
+/// needed): by default the kernel batches up to 100 packets or one second, which would
+/// let a scanner run on for that long before the sensor sees its first probe.
+pub fn config_request(group: u16, snaplen: u32, seq: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    // struct nfgenmsg: family AF_UNSPEC, version NFNETLINK_V0, res_id = group (be16).
+    body.extend_from_slice(&[0, 0]);
+    body.extend_from_slice(&group.to_be_bytes());
+    attr(&mut body, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
+    // struct nfulnl_msg_config_mode (packed): be32 copy_range, u8 copy_mode, u8 pad.
+    let mut mode = snaplen.to_be_bytes().to_vec();
+    mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+    attr(&mut body, NFULA_CFG_MODE, &mode);
+    attr(&mut body, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
+    attr(&mut body, NFULA_CFG_TIMEOUT, &0u32.to_be_bytes());
+    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    let len = u32::try_from(NLMSG_HDRLEN + body.len()).unwrap_or(u32::MAX);
+    msg.extend_from_slice(&len.to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// The kernel's answer to request `seq` in one received datagram: `Some(0)` for an ACK,
+/// `Some(-errno)` for an error, `None` when the datagram holds no answer to it (a packet
+/// message that arrived first: skipped by type, never parsed).
+pub fn ack_for(buf: &[u8], seq: u32) -> Option<i32> {
+    let mut rest = buf;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = usize::try_from(u32::from_ne_bytes(rest.get(0..4)?.try_into().ok()?)).ok()?;
+        let ty = u16::from_ne_bytes(rest.get(4..6)?.try_into().ok()?);
+        let mseq = u32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return None;
+        }
+        if ty == NLMSG_ERROR && mseq == seq {
+            let e = rest.get(16..20)?;
+            return Some(i32::from_ne_bytes(e.try_into().ok()?));
+        }
+        let step = (len + 3) & !3;
+        rest = rest.get(step.min(rest.len())..)?;
+    }
+    None
+}
+
+/// Open an NFLOG socket bound to `group`, non-blocking, ready to hand over.
+pub fn open_nflog(group: u16, snaplen: u32) -> Result<OwnedFd, BindError> {
+    let other = |what: &str, e: Errno| BindError::Other(format!("{what}: {e}"));
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(|e| other("socket(AF_NETLINK, NETLINK_NETFILTER)", e))?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| other("bind netlink", e))?;
+    // Best effort: the default buffer still works, it only absorbs less of a burst.
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF);
+    let tv = TimeVal::new(i64::try_from(ACK_TIMEOUT.as_secs()).unwrap_or(1), 0);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(|e| other("SO_RCVTIMEO", e))?;
+    let seq = 1;
+    let req = config_request(group, snaplen, seq);
+    send(fd.as_raw_fd(), &req, MsgFlags::empty()).map_err(|e| other("NFULNL_CFG_CMD_BIND", e))?;
+    let deadline = Instant::now() + ACK_TIMEOUT;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        if Instant::now() > deadline {
+            return Err(BindError::Other("no answer to NFULNL_MSG_CONFIG".into()));
+        }
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+            Ok(n) => n.min(buf.len()),
+            Err(Errno::EINTR) | Err(Errno::ENOBUFS) => continue,
+            Err(e) => return Err(other("reading the NFLOG configuration answer", e)),
+        };
+        match ack_for(buf.get(..n).unwrap_or(&[]), seq) {
+            Some(0) => break,
+            Some(e) => {
+                let errno = Errno::from_raw(-e);
+                return Err(match errno {
+                    Errno::EBUSY | Errno::EPERM => BindError::Busy,
+                    e => other("NFULNL_CFG_CMD_BIND", e),
+                });
+            }
+            None => continue,
+        }
+    }
+    // The sensor polls it; the flag belongs to the shared file description.
+    let fl = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| other("F_GETFL", e))?;
+    let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(fl)).map_err(|e| other("F_SETFL", e))?;
+    Ok(fd)
+}
+
+/// Send `frame` (an encoded `EnforcerFrame::Capture`) with `fd` attached. The caller drops
+/// its `fd` afterwards: from then on the sensor's copy is the only reference.
+pub fn send_with_fd(stream: &impl AsFd, frame: &[u8], fd: &OwnedFd) -> std::io::Result<()> {
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let mut sent = 0;
+    while sent < frame.len() {
+        let rest = frame.get(sent..).unwrap_or(&[]);
+        let iov = [IoSlice::new(rest)];
+        // The descriptor travels with the first byte only.
+        let c: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
+        match sendmsg::<UnixAddr>(
+            stream.as_fd().as_raw_fd(),
+            &iov,
+            c,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_layout() {
+        let m = config_request(NFLOG_GROUP, 1280, 7);
+        assert_eq!(m.len() % 4, 0);
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 0x0401);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
+        assert_eq!(&m[18..20], &NFLOG_GROUP.to_be_bytes());
+        // First attribute: CMD (len 5) with BIND.
+        assert_eq!(u16::from_ne_bytes(m[20..22].try_into().unwrap()), 5);
+        assert_eq!(m[24], NFULNL_CFG_CMD_BIND);
+    }
+
+    #[test]
+    fn acks() {
+        let mut err = vec![0u8; 36];
+        err[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        err[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        err[16..20].copy_from_slice(&(-16i32).to_ne_bytes());
+        assert_eq!(ack_for(&err, 3), Some(-16));
+        assert_eq!(ack_for(&err, 4), None);
+        // A packet message in front is skipped by its header alone.
+        let mut pkt = vec![0u8; 20];
+        pkt[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        pkt[4..6].copy_from_slice(&0x0400u16.to_ne_bytes());
+        pkt.extend_from_slice(&err);
+        assert_eq!(ack_for(&pkt, 3), Some(-16));
+        assert_eq!(ack_for(&[1, 2, 3], 3), None);
+        let mut bad = err.clone();
+        bad[0..4].copy_from_slice(&999u32.to_ne_bytes());
+        assert_eq!(ack_for(&bad, 3), None);
+    }
+
+    #[test]
+    fn bind_in_a_private_namespace() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED (needs root): bind_in_a_private_namespace");
+            return;
+        }
+        // Run in a child thread's own network namespace so the host's groups are untouched.
+        let r = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            let a = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN).map_err(|e| e.to_string())?;
+            let b = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN);
+            if !matches!(b, Err(BindError::Busy)) {
+                return Err(format!("second bind: {b:?}"));
+            }
+            drop(a);
+            open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap();
+        r.unwrap();
+    }
+}
