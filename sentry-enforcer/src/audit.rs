@@ -272,6 +272,10 @@ impl AuditRecord {
                 self.scan = Some(b.scan.as_str());
                 self.mode = Some(b.mode.as_str());
                 self.origin = Some(sentry_proto::ORIGIN_SENSOR.to_string());
+                // The evidence the block was made on (0 ports: a record from before it
+                // was kept).
+                self.distinct_ports = Some(b.distinct_ports);
+                self.handshake = Some(b.scan == sentry_proto::ScanKind::Connect);
                 self.typed = Some(Typed {
                     source: b.addr,
                     prefix: b.prefix6,

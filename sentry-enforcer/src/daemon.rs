@@ -874,7 +874,11 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
             (true, ControlRequest::Watch { from }) => {
                 let sub = sh.engine().watch.subscribe(from);
                 match sub {
-                    Ok(sub) => serve_watch(sh, s, sub),
+                    Ok(sub) => {
+                        let id = sub.id;
+                        serve_watch(sh, s, sub);
+                        sh.engine().watch.unsubscribe(id);
+                    }
                     Err(e) => {
                         let _ = send_control(&mut s, &ControlResponse::Error(e));
                     }

@@ -20,6 +20,8 @@ pub const MAX_CLIENTS: usize = 4;
 /// have, and its live feed.
 #[derive(Debug)]
 pub struct Subscription {
+    /// For [`Hub::unsubscribe`] when the client's thread ends.
+    pub id: u64,
     pub next: Cursor,
     pub lost: u64,
     pub run_changed: bool,
@@ -32,7 +34,8 @@ pub struct Hub {
     run: u64,
     next: u64,
     ring: VecDeque<WatchRecord>,
-    subs: Vec<SyncSender<WatchRecord>>,
+    subs: Vec<(u64, SyncSender<WatchRecord>)>,
+    next_id: u64,
     cap: usize,
     buffer: usize,
 }
@@ -49,6 +52,7 @@ impl Hub {
             next: 0,
             ring: VecDeque::with_capacity(cap.min(WATCH_RING)),
             subs: Vec::new(),
+            next_id: 0,
             cap: cap.max(1),
             buffer: buffer.max(1),
         }
@@ -81,7 +85,7 @@ impl Hub {
         // A full channel drops the client (counted); a closed one (its thread ended)
         // is only removed.
         let mut dropped = 0;
-        self.subs.retain(|tx| match tx.try_send(w.clone()) {
+        self.subs.retain(|(_, tx)| match tx.try_send(w.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 dropped += 1;
@@ -90,6 +94,11 @@ impl Hub {
             Err(TrySendError::Disconnected(_)) => false,
         });
         dropped
+    }
+
+    /// A client's thread ended: its place is free at once (not only at the next record).
+    pub fn unsubscribe(&mut self, id: u64) {
+        self.subs.retain(|(i, _)| *i != id);
     }
 
     /// A new client from `from` (`None`: only what happens from now on).
@@ -118,8 +127,11 @@ impl Hub {
             .cloned()
             .collect();
         let (tx, rx) = sync_channel(self.buffer);
-        self.subs.push(tx);
+        self.next_id += 1;
+        let id = self.next_id;
+        self.subs.push((id, tx));
         Ok(Subscription {
+            id,
             next: Cursor {
                 run: self.run,
                 seq: from_seq,
@@ -246,7 +258,11 @@ mod tests {
             .map(|_| h.subscribe(None).unwrap())
             .collect();
         assert!(h.subscribe(None).is_err());
-        // A client that left frees its place at the next record.
+        // A client that left frees its place at the next record, or at once when its
+        // thread says so.
+        let first = keep.first().map(|s| s.id).unwrap();
+        h.unsubscribe(first);
+        assert_eq!(h.clients(), MAX_CLIENTS - 1);
         drop(keep);
         assert_eq!(h.publish(&rec("4")), 0);
         assert_eq!(h.clients(), 0);

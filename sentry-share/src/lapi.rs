@@ -631,6 +631,110 @@ mod tests {
         assert_eq!(e.kind(), "unreachable", "{e}");
     }
 
+    /// A scripted HTTP server on loopback: answers each connection with the next
+    /// `(status, body)` and returns the request lines it saw.
+    fn script(replies: Vec<(u16, &'static str)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (code, body) in replies {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s);
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut b = vec![0u8; len];
+                r.read_exact(&mut b).unwrap();
+                seen.push(first.trim().to_string());
+                let mut s = r.into_inner();
+                write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (url, t)
+    }
+
+    #[test]
+    fn an_expired_token_logs_in_again_and_bad_credentials_are_named() {
+        let login = r#"{"code":200,"expire":"2099-01-01T00:00:00Z","token":"t1"}"#;
+        let (url, t) = script(vec![
+            (200, login),
+            (401, r#"{"message":"token expired"}"#),
+            (200, login),
+            (201, r#"["7"]"#),
+        ]);
+        let mut l = Lapi::new(
+            vec![url],
+            Some(("m".into(), "p".into())),
+            None,
+            Duration::from_secs(5),
+        );
+        assert_eq!(l.push_alerts(&serde_json::json!([])).unwrap(), ["7"]);
+        let seen = t.join().unwrap();
+        assert_eq!(
+            seen,
+            [
+                "POST /v1/watchers/login HTTP/1.1",
+                "POST /v1/alerts HTTP/1.1",
+                "POST /v1/watchers/login HTTP/1.1",
+                "POST /v1/alerts HTTP/1.1"
+            ]
+        );
+        // Wrong password: a credentials error naming the machine, no retry loop.
+        let (url, t) = script(vec![(
+            401,
+            r#"{"code":401,"message":"incorrect Username or Password"}"#,
+        )]);
+        let mut l = Lapi::new(
+            vec![url],
+            Some(("host-a".into(), "bad".into())),
+            None,
+            Duration::from_secs(5),
+        );
+        let e = l.push_alerts(&serde_json::json!([])).unwrap_err();
+        assert_eq!(e.kind(), "credentials", "{e}");
+        assert!(e.to_string().contains("host-a"), "{e}");
+        t.join().unwrap();
+        // A token already expired by our clock: clock skew, not a protocol error.
+        let (url, t) = script(vec![(
+            200,
+            r#"{"code":200,"expire":"2001-01-01T00:00:00Z","token":"t"}"#,
+        )]);
+        let mut l = Lapi::new(
+            vec![url],
+            Some(("m".into(), "p".into())),
+            None,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            l.push_alerts(&serde_json::json!([])).unwrap_err().kind(),
+            "clock_skew"
+        );
+        t.join().unwrap();
+        // A bouncer key refused: 403.
+        let (url, t) = script(vec![(403, r#"{"message":"access forbidden"}"#)]);
+        let mut l = Lapi::new(vec![url], None, Some("k".into()), Duration::from_secs(5));
+        assert_eq!(l.stream(true).unwrap_err().kind(), "credentials");
+        t.join().unwrap();
+    }
+
     /// An oversized reply is refused, not truncated or buffered without bound.
     #[test]
     fn oversized_replies_are_refused() {
