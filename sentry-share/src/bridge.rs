@@ -27,6 +27,7 @@ pub struct Stats {
     pub not_pushed_not_sensor: u64,
     pub not_pushed_already_decided: u64,
     pub queue_full: u64,
+    pub queue_write_errors: u64,
     pub queue_rejected: u64,
     pub queue_depth: u64,
     pub stream_lost: u64,
@@ -147,6 +148,9 @@ pub fn handle_record(sh: &Shared, r: &WatchRecord) {
         }
         return;
     }
+    if !sh.cfg.push {
+        return;
+    }
     match push_filter(r, sh.cfg.push_min_ports) {
         Ok(rep) => {
             if lock(&sh.active).contains_key(&rep.source) {
@@ -169,7 +173,7 @@ pub fn handle_record(sh: &Shared, r: &WatchRecord) {
                     ));
                 }
                 Err(e) => {
-                    sh.stats().queue_full += 1;
+                    sh.stats().queue_write_errors += 1;
                     sh.log(&format!(
                         "cannot write the queue: {e}; block of {} not pushed",
                         rep.source
@@ -632,6 +636,7 @@ pub fn render_metrics(s: &Stats) -> String {
         ("not_sensor", s.not_pushed_not_sensor),
         ("already_decided", s.not_pushed_already_decided),
         ("queue_full", s.queue_full),
+        ("queue_write_error", s.queue_write_errors),
     ] {
         e.sample("sentry_share_not_pushed_total", &[("reason", why)], v);
     }

@@ -92,11 +92,24 @@ fn run(path: &std::path::Path, check: bool) -> Result<(), String> {
         if cfg.pull { "on" } else { "off" },
         cfg.pull_interval.as_secs()
     ));
+    // Every worker loops for ever; one that ends (it cannot, short of a bug) ends the
+    // process, so that systemd restarts the whole bridge rather than half of it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
+    struct Done(String, std::sync::mpsc::Sender<String>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let _ = self.1.send(std::mem::take(&mut self.0));
+        }
+    }
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let done = Done(name.to_string(), done_tx.clone());
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(f)
+            .spawn(move || {
+                let _done = done;
+                f();
+            })
             .map_err(|e| format!("cannot start the {name} thread: {e}"))
     };
     if cfg.push || cfg.delete_on_unblock {
@@ -127,10 +140,15 @@ fn run(path: &std::path::Path, check: bool) -> Result<(), String> {
         let s = Arc::clone(&sh);
         threads.push(spawn("pull", Box::new(move || bridge::pull_loop(s, lapi)))?);
     }
-    let s = Arc::clone(&sh);
-    threads.push(spawn("metrics", Box::new(move || bridge::metrics_loop(s)))?);
-    for t in threads {
-        let _ = t.join();
+    if cfg.metrics_dir.is_some() {
+        let s = Arc::clone(&sh);
+        threads.push(spawn("metrics", Box::new(move || bridge::metrics_loop(s)))?);
     }
-    Err("a worker thread ended".into())
+    let name = done_rx
+        .recv()
+        .unwrap_or_else(|_| "every worker".to_string());
+    Err(format!(
+        "the {name} thread ended ({} started); exiting so the service restarts",
+        threads.len()
+    ))
 }
