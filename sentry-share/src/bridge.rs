@@ -39,6 +39,7 @@ pub struct Stats {
     pub unsupported_scope: u64,
     pub unsupported_range: u64,
     pub unsupported_type: u64,
+    pub unsupported_origin: u64,
     pub decisions_invalid: u64,
     pub enforcer_errors: u64,
     pub deleted_on_unblock: u64,
@@ -512,6 +513,17 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
         }
     }
     for d in reply.new.unwrap_or_default() {
+        if !sh.cfg.pull_origins.contains(&d.origin) {
+            sh.stats().unsupported_origin += 1;
+            sh.log_change(
+                "origin",
+                Some(&format!(
+                    "decisions of origin {:?} are not enforced (PULL_ORIGINS)",
+                    d.origin
+                )),
+            );
+            continue;
+        }
         match classify(&d) {
             Action::Skip(what, why) => {
                 {
@@ -711,6 +723,7 @@ pub fn render_metrics(s: &Stats) -> String {
         ("scope", s.unsupported_scope),
         ("range", s.unsupported_range),
         ("type", s.unsupported_type),
+        ("origin", s.unsupported_origin),
         ("invalid", s.decisions_invalid),
     ] {
         e.sample(

@@ -29,6 +29,10 @@ pub struct Config {
     pub decision_duration: Option<Duration>,
     /// ORIGIN: the origin name of the blocks made from fleet decisions.
     pub origin: String,
+    /// PULL_ORIGINS: the decision origins enforced (default the LAPI's own: `crowdsec`,
+    /// from alerts and profiles, and `cscli`, added by hand); others (`CAPI`, `lists`:
+    /// the Central API's community blocklists) are counted and skipped.
+    pub pull_origins: Vec<String>,
     /// RUNTIME_DIR: where the enforcer's control.sock is.
     pub runtime_dir: PathBuf,
     /// STATE_DIR: the queue and the stream cursor.
@@ -75,6 +79,7 @@ impl Config {
             push_min_ports: 5,
             decision_duration: None,
             origin: "crowdsec".into(),
+            pull_origins: vec!["crowdsec".into(), "cscli".into()],
             runtime_dir: PathBuf::from("/run/sentry"),
             state_dir: PathBuf::from("/var/lib/sentry-share"),
             queue_max: 10_000,
@@ -213,6 +218,19 @@ impl Config {
                     c.origin = v.to_string();
                     "ORIGIN"
                 }
+                "PULL_ORIGINS" => {
+                    let v: Vec<String> = v.split_whitespace().map(str::to_string).collect();
+                    if v.is_empty() || v.len() > 16 {
+                        return Err(err("one to sixteen origin names".into()));
+                    }
+                    for o in &v {
+                        if o.len() > 64 || !o.bytes().all(|b| b.is_ascii_graphic()) {
+                            return Err(err(format!("{o:?} is not an origin name")));
+                        }
+                    }
+                    c.pull_origins = v;
+                    "PULL_ORIGINS"
+                }
                 "RUNTIME_DIR" => {
                     c.runtime_dir = path(v)?.ok_or_else(|| err("needs a value".into()))?;
                     "RUNTIME_DIR"
@@ -327,6 +345,7 @@ mod tests {
         assert_eq!(c.push_min_ports, 5);
         assert_eq!(c.decision_duration, None);
         assert_eq!(c.origin, "crowdsec");
+        assert_eq!(c.pull_origins, ["crowdsec", "cscli"]);
         let c = Config::parse(&format!(
             "{MIN}PULL_INTERVAL=1s\nDECISION_DURATION=\"4h\"\nPUSH_MIN_PORTS=3\n# c\n\nQUEUE_MAX=5\n"
         ))
@@ -334,6 +353,9 @@ mod tests {
         assert_eq!(c.pull_interval, Duration::from_secs(1));
         assert_eq!(c.decision_duration, Some(Duration::from_secs(14_400)));
         assert_eq!((c.push_min_ports, c.queue_max), (3, 5));
+        let c = Config::parse(&format!("{MIN}PULL_ORIGINS=\"crowdsec cscli CAPI\"\n")).unwrap();
+        assert_eq!(c.pull_origins.len(), 3);
+        assert!(Config::parse(&format!("{MIN}PULL_ORIGINS=\"\"\n")).is_err());
     }
 
     #[test]
