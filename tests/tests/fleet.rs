@@ -733,4 +733,29 @@ fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
         || (b.metric("sentry_share_queue_depth") == Some(0)).then_some(()),
         || b.log(),
     );
+
+    // The enforcer restarts under the bridge: it reconnects, says the cursor named the
+    // previous run, and the next block is pushed too.
+    drop(sensor);
+    let mut s = s;
+    s.stop_enforcer().expect("enforcer was running");
+    s.start_enforcer();
+    let mut sensor = s.connect_welcomed();
+    let r = sentry_tests::FakeSensor::scan_req(
+        "10.61.0.1".parse().unwrap(),
+        sentry_proto::Protocol::Tcp,
+        22,
+        sensor.next_seq(),
+    )
+    .distinct_ports(12)
+    .build();
+    assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
+    wait_until(
+        Duration::from_secs(30),
+        "the block after the enforcer's restart to be pushed",
+        || b.log().contains("pushed alert for 10.61.0.1").then_some(()),
+        || b.log(),
+    );
+    assert!(b.log().contains("the enforcer restarted"), "{}", b.log());
+    assert!(b.alive(), "{}", b.log());
 }
