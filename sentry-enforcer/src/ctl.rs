@@ -182,6 +182,8 @@ pub struct CheckReport {
     pub ok: bool,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Which blocking is in effect, in order (`None` when the file did not load).
+    pub blocking: Option<String>,
 }
 
 /// One warning per infrastructure address (`found`, with its reason) that the
@@ -215,6 +217,7 @@ pub fn check_config(path: &Path) -> CheckReport {
             ok: false,
             errors: e.0.iter().map(|e| e.to_string()).collect(),
             warnings: Vec::new(),
+            blocking: None,
         },
         Ok(cfg) => {
             let mut warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
@@ -231,6 +234,7 @@ pub fn check_config(path: &Path) -> CheckReport {
                 ok: errors.is_empty(),
                 errors,
                 warnings,
+                blocking: Some(cfg.blocking_summary()),
             }
         }
     }
@@ -546,6 +550,9 @@ pub fn main() -> ExitCode {
                     eprintln!("{e}");
                 }
                 if r.ok {
+                    if let Some(b) = &r.blocking {
+                        println!("blocking: {b}");
+                    }
                     println!("{}: OK", p.display());
                 }
             }
