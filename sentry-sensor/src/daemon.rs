@@ -469,6 +469,13 @@ impl Sensor {
                 }
             }
 
+            // A held-back probe whose re-check is due although no frame arrived to
+            // trigger it (the last probes of a burst): judged now, not at the next packet
+            // (the poll above already woke for it).
+            if !self.pending.is_empty() {
+                self.judge_pending(self.now_ms(), false);
+                self.client.flush(self.now_ms(), &mut self.events);
+            }
             let now = self.now_ms();
             self.client.tick(now, &mut self.events);
             if now >= next_housekeeping {

@@ -20,6 +20,12 @@ use crate::time::WallUs;
 /// arrives within milliseconds (the copy goes out with the drop).
 pub const REPORT_GRACE: Duration = Duration::from_millis(1500);
 
+/// Most kernel-made blocks judged in one pass (one a second, under the engine lock): each
+/// is a full decision with its journal write, and under a flood whose reports the sensor's
+/// queue dropped there can be thousands; the rest wait for the next pass (the kernel keeps
+/// dropping their sources meanwhile, for up to the map's timeout).
+pub const AUDITS_PER_PASS: usize = 64;
+
 /// The audit record of a block the kernel made on its own names this peer: uid 0, pid 0.
 pub const KERNEL_PEER: Peer = Peer { uid: 0, pid: 0 };
 
@@ -225,6 +231,9 @@ impl Engine {
             ));
             self.decide(&checked, KERNEL_PEER, now);
             decided += 1;
+            if decided >= AUDITS_PER_PASS {
+                break;
+            }
         }
         decided
     }
