@@ -21,7 +21,8 @@ CONFDIR    ?= /etc/sentry
 PORTSENTRY ?= /etc/portsentry/portsentry.conf
 CARGO      ?= cargo
 SENSOR_USER = sentry
-BINS        = sentry-sensor sentry-enforcer sentryctl
+BINS        = sentry-sensor sentry-enforcer sentryctl sentry-share
+SHARE_USER  = sentry-share
 RELEASE     = target/release
 # Packages the product needs at run time (nft for inspection, setpriv is in
 # util-linux) and to build (a C linker).
@@ -40,6 +41,13 @@ APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tool
 # ...of which these are daemons: when test-deps installs one on a host running systemd,
 # it is stopped and disabled again (the tests only run fail2ban-regex).
 APT_TEST_DAEMONS = fail2ban
+# The fleet tests' CrowdSec Local API (crowdsec 1.4.6) and promtool (prometheus). Not
+# installed: their maintainer scripts would start services, register the local agent
+# and try hub updates (no network here). `apt-get download` + `dpkg -x` unpacks the
+# packages under TEST_CACHE instead, so no script runs, nothing is started and nothing
+# keeps running; the tests start a LAPI of their own (tests/src/fleet.rs).
+APT_TEST_UNPACK = crowdsec prometheus
+TEST_CACHE      = /var/cache/sentry-tests
 NEW_DAEMONS := $(shell for p in $(APT_TEST_DAEMONS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)
 PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 
@@ -49,7 +57,7 @@ PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 all: build
 
 build:
-	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer --bins
+	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer -p sentry-share --bins
 
 # Install missing Debian packages (and tell how to get cargo if there is none).
 define apt_install
@@ -68,6 +76,14 @@ deps:
 
 test-deps:
 	$(call apt_install,$(APT_TEST_PKGS))
+	@for p in $(APT_TEST_UNPACK); do \
+	    [ -d $(TEST_CACHE)/$$p/usr/bin ] && continue; \
+	    if [ "$$(id -u)" -ne 0 ]; then echo "missing $(TEST_CACHE)/$$p (run as root to unpack it)"; continue; fi; \
+	    echo "unpacking $$p into $(TEST_CACHE)/$$p"; \
+	    tmp=$$(mktemp -d) && chmod 755 $$tmp && (cd $$tmp && apt-get update -qq && apt-get download -qq $$p) && \
+	    mkdir -p $(TEST_CACHE)/$$p.new && dpkg -x $$tmp/$${p}_*.deb $(TEST_CACHE)/$$p.new && \
+	    rm -rf $(TEST_CACHE)/$$p && mv $(TEST_CACHE)/$$p.new $(TEST_CACHE)/$$p; rc=$$?; \
+	    rm -rf $$tmp; [ $$rc -eq 0 ] || exit 1; done
 	@for p in $(NEW_DAEMONS); do \
 	    if [ -d /run/systemd/system ] && dpkg -s $$p >/dev/null 2>&1; then \
 	        echo "test-deps: $$p was installed for its tools only: systemctl disable --now $$p"; \
@@ -86,18 +102,22 @@ install-units:
 	    > $(DESTDIR)$(UNITDIR)/sentry-enforcer.service
 	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-sensor/dist/sentry-sensor.service \
 	    > $(DESTDIR)$(UNITDIR)/sentry-sensor.service
+	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-share/dist/sentry-share.service \
+	    > $(DESTDIR)$(UNITDIR)/sentry-share.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/sentry-*.service
 
 install-man:
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
 	install -m 0644 sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8 \
-	    sentry-enforcer/man/sentryctl.8 $(DESTDIR)$(MANDIR)/man8/
+	    sentry-enforcer/man/sentryctl.8 sentry-share/man/sentry-share.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 policy/man/sentry.conf.5 $(DESTDIR)$(MANDIR)/man5/
 
 # The user, the directories, and the policy (never overwriting an existing one).
 install-conf:
 	getent passwd $(SENSOR_USER) >/dev/null || useradd --system --user-group \
 	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SENSOR_USER)
+	getent passwd $(SHARE_USER) >/dev/null || useradd --system --user-group \
+	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SHARE_USER)
 	install -d -m 0755 $(DESTDIR)$(CONFDIR)
 	install -d -m 0700 $(DESTDIR)/var/lib/sentry
 	install -d -m 0750 $(DESTDIR)/var/log/sentry
@@ -113,6 +133,9 @@ install-conf:
 	else \
 	    install -m 0644 policy/dist/sentry.conf $(DESTDIR)$(CONFDIR)/sentry.conf; \
 	fi
+	@# The fleet bridge's configuration (sentry-share is not enabled by install).
+	@[ -e $(DESTDIR)$(CONFDIR)/share.conf ] || \
+	    install -m 0644 sentry-share/dist/share.conf $(DESTDIR)$(CONFDIR)/share.conf
 	@[ -e $(DESTDIR)$(CONFDIR)/sentry.ignore ] || \
 	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
 	@# The enforcer runs with UMask=0077: give hosts.deny its usual mode up front.
@@ -160,8 +183,11 @@ deb: build
 uninstall: stop
 	-systemctl disable sentry-enforcer.service sentry-sensor.service 2>/dev/null
 	for b in $(BINS); do rm -f $(DESTDIR)$(SBINDIR)/$$b; done
-	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service
+	-systemctl disable --now sentry-share.service 2>/dev/null
+	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service \
+	    $(DESTDIR)$(UNITDIR)/sentry-share.service
 	rm -f $(DESTDIR)$(MANDIR)/man8/sentry-sensor.8 $(DESTDIR)$(MANDIR)/man8/sentry-enforcer.8 \
-	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man5/sentry.conf.5
+	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man8/sentry-share.8 \
+	    $(DESTDIR)$(MANDIR)/man5/sentry.conf.5
 	rm -f $(DESTDIR)/etc/logrotate.d/sentry
-	@echo "kept /etc/sentry, /var/lib/sentry, /var/log/sentry and the sentry user"
+	@echo "kept /etc/sentry, /var/lib/sentry, /var/lib/sentry-share, /var/log/sentry and the sentry and sentry-share users"

@@ -105,6 +105,10 @@ pub struct Config {
     /// NEVER_BLOCK_INFRASTRUCTURE: never block this host's default gateways, nameservers,
     /// point-to-point peers and DHCP servers (default on).
     pub never_block_infrastructure: bool,
+    /// METRICS_DIR: where the enforcer writes `sentry-enforcer.prom` (Prometheus text
+    /// format, replaced atomically every 5 s) for node_exporter's textfile collector;
+    /// unset (default): no file (`sentryctl metrics` prints the same text).
+    pub metrics_dir: Option<PathBuf>,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<&'static str, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
@@ -219,6 +223,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
     ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
+    ("METRICS_DIR", Kind::Path),
 ];
 
 /// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
@@ -462,6 +467,7 @@ impl Config {
             audit_rate: 100,
             control_group: None,
             never_block_infrastructure: true,
+            metrics_dir: None,
             key_lines: HashMap::new(),
             warnings: Vec::new(),
             empty_required: Vec::new(),
@@ -503,6 +509,7 @@ impl Config {
             ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
             ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
             ("NEVER_BLOCK_INFRASTRUCTURE", Value::Bool(b)) => self.never_block_infrastructure = b,
+            ("METRICS_DIR", Value::Path(p)) => self.metrics_dir = p,
             (k, v @ Value::Num(_)) => {
                 let n = num(&v);
                 match k {
@@ -728,6 +735,18 @@ impl Config {
                     Some(key),
                     format!("directory of {} does not exist", file.display()),
                 )),
+            }
+        }
+        // METRICS_DIR is not created by the enforcer: it belongs to node_exporter's
+        // textfile collector (and under systemd needs a ReadWritePaths= drop-in).
+        if let Some(dir) = &self.metrics_dir {
+            if !dir.is_dir() {
+                errors.push(ConfigError::new(
+                    &self.path,
+                    at("METRICS_DIR"),
+                    Some("METRICS_DIR"),
+                    format!("{} is not an existing directory", dir.display()),
+                ));
             }
         }
         for (key, tpl) in [

@@ -66,6 +66,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             distinct_ports: 1,
             prefix6: None,
             hosts_deny_legacy: false,
+            origin: None,
         })
         .collect();
     std::fs::write(

@@ -62,6 +62,9 @@ pub struct Subject {
     pub protocol: Protocol,
     /// The block covers the IPv6 network `addr`/len (BLOCK_PREFIX6).
     pub prefix6: Option<u8>,
+    /// Kernel timeout of an added nftables element: the block's duration (BLOCK_TIMEOUT,
+    /// or what a control client asked for); `None` is permanent. Unused by the others.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Subject {
@@ -202,17 +205,14 @@ impl Executor {
         }
     }
 
-    /// Run one action for `s`. Adding an element uses BLOCK_TIMEOUT as its kernel
-    /// timeout, so the element cannot outlive its block while the enforcer is down.
+    /// Run one action for `s`. Adding an element uses the block's duration
+    /// ([`Subject::timeout`]) as its kernel timeout, so the element cannot outlive its
+    /// block while the enforcer is down.
     pub fn run(&mut self, cfg: &Config, action: &Action, s: &Subject) -> ActionRecord {
         let t = Instant::now();
         match action {
             Action::Nft(op) => {
-                let timeout = if *op == Op::Add {
-                    cfg.block_timeout
-                } else {
-                    None
-                };
+                let timeout = if *op == Op::Add { s.timeout } else { None };
                 let elem = SetElem {
                     addr: s.addr,
                     timeout,
@@ -500,6 +500,7 @@ mod tests {
         port: 22,
         protocol: Protocol::Tcp,
         prefix6: None,
+        timeout: None,
     };
     const ALL: Backends = Backends {
         nft: true,
@@ -545,6 +546,7 @@ mod tests {
             distinct_ports: 1,
             prefix6: None,
             hosts_deny_legacy: false,
+            origin: None,
         };
         assert_eq!(
             undo_plan(&b, ALL, true),

@@ -194,6 +194,33 @@ pub struct AuditRecord {
     pub reason: String,
     pub peer: Option<Peer>,
     pub actions: Vec<ActionRecord>,
+    /// Who asked: `sensor`, or a control client's origin name (`sentryctl block
+    /// --origin`, the fleet bridge's `crowdsec`). Absent on records about no request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The evidence of a sensor request: distinct ports seen, completed handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_ports: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<bool>,
+    /// When the block ends (ms since the epoch), on records of a block made or restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// The typed request fields, for the decision stream (`sentryctl watch`); the audit
+    /// log has their names above.
+    #[serde(skip)]
+    pub typed: Option<Typed>,
+}
+
+/// Typed copies of a record's request fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Typed {
+    pub source: IpAddr,
+    pub prefix: Option<u8>,
+    pub protocol: Option<sentry_proto::Protocol>,
+    pub port: Option<u16>,
+    pub scan: Option<sentry_proto::ScanKind>,
+    pub mode: Option<sentry_proto::Mode>,
 }
 
 impl AuditRecord {
@@ -227,6 +254,48 @@ impl AuditRecord {
             reason,
             peer,
             actions: Vec::new(),
+            origin: None,
+            distinct_ports: None,
+            handshake: None,
+            expires_ms: None,
+            typed: None,
+        }
+    }
+
+    /// Fill the request fields from a block's record (unblock, expiry, restore).
+    pub fn set_block(&mut self, b: &crate::store::BlockRecord) {
+        self.source = Some(b.addr.to_string());
+        match &b.origin {
+            None => {
+                self.protocol = Some(b.protocol.as_str());
+                self.port = Some(b.port);
+                self.scan = Some(b.scan.as_str());
+                self.mode = Some(b.mode.as_str());
+                self.origin = Some(sentry_proto::ORIGIN_SENSOR.to_string());
+                // The evidence the block was made on (0 ports: a record from before it
+                // was kept).
+                self.distinct_ports = Some(b.distinct_ports);
+                self.handshake = Some(b.scan == sentry_proto::ScanKind::Connect);
+                self.typed = Some(Typed {
+                    source: b.addr,
+                    prefix: b.prefix6,
+                    protocol: Some(b.protocol),
+                    port: Some(b.port),
+                    scan: Some(b.scan),
+                    mode: Some(b.mode),
+                });
+            }
+            Some(o) => {
+                self.origin = Some(o.clone());
+                self.typed = Some(Typed {
+                    source: b.addr,
+                    prefix: b.prefix6,
+                    protocol: None,
+                    port: None,
+                    scan: None,
+                    mode: None,
+                });
+            }
         }
     }
 

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sentry_proto::{
-    read_frame, write_frame, ControlRequest, ControlResponse, Status, PROTOCOL_VERSION,
+    read_frame, write_frame, ControlRequest, ControlResponse, Cursor, Decision, Status,
+    WatchRecord, MAX_BLOCK_DURATION_MS, PROTOCOL_VERSION,
 };
 
 pub const USAGE: &str = "\
@@ -20,11 +21,23 @@ commands:
   status             enforcer uptime, sensor connection, counters, recent decisions
   blocked            active blocks
   unblock ADDR       lift the block on ADDR (firewall, route, hosts.deny, state)
+  block ADDR [--for DURATION] [--origin NAME]
+                     block ADDR through the enforcer's own checks (never-block set,
+                     ignore list, BLOCK_RATE, MAX_BLOCKS); DURATION is Go-style (4h,
+                     90m, 1h30m; default BLOCK_TIMEOUT), NAME is recorded as the
+                     block's origin (default manual)
+  watch [--from RUN:SEQ]
+                     follow the decisions as they are made (what the audit log gets),
+                     from a cursor printed by an earlier watch
+  metrics            the enforcer's counters in Prometheus text format
   check-config FILE  validate a configuration and the files it names (runs locally)
 options:
   --runtime-dir DIR  where control.sock lives (default /run/sentry)
-  --json             machine-readable output
+  --json             machine-readable output (watch: one JSON object per line)
 ";
+
+/// The origin `sentryctl block` records without `--origin`.
+pub const DEFAULT_ORIGIN: &str = "manual";
 
 /// The parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +45,15 @@ pub enum Command {
     Status,
     Blocked,
     Unblock(IpAddr),
+    Block {
+        addr: IpAddr,
+        duration: Option<Duration>,
+        origin: String,
+    },
+    Watch {
+        from: Option<Cursor>,
+    },
+    Metrics,
     CheckConfig(PathBuf),
     Help,
     Version,
@@ -48,6 +70,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<CtlArgs, S
     let mut runtime_dir = None;
     let mut json = false;
     let mut words = Vec::new();
+    let mut dur: Option<String> = None;
+    let mut origin: Option<String> = None;
+    let mut from: Option<String> = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let a = a
@@ -78,6 +103,21 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<CtlArgs, S
                 }
                 runtime_dir = Some(v.to_string());
             }
+            "--for" | "--origin" | "--from" => {
+                let slot = match a.as_str() {
+                    "--for" => &mut dur,
+                    "--origin" => &mut origin,
+                    _ => &mut from,
+                };
+                if slot.is_some() {
+                    return Err(format!("{a} given twice"));
+                }
+                *slot = Some(
+                    it.next()
+                        .and_then(|v| v.into_string().ok())
+                        .ok_or_else(|| format!("{a} needs a value"))?,
+                );
+            }
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s:?}")),
             _ => words.push(a),
         }
@@ -96,10 +136,39 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<CtlArgs, S
             addr.parse()
                 .map_err(|_| format!("unblock: {addr:?} is not an IP address"))?,
         ),
+        ["block", addr] => {
+            let addr = addr
+                .parse()
+                .map_err(|_| format!("block: {addr:?} is not an IP address"))?;
+            let duration = dur.take().map(|d| parse_block_duration(&d)).transpose()?;
+            let origin = origin.take().unwrap_or_else(|| DEFAULT_ORIGIN.to_string());
+            sentry_proto::validate_origin(&origin).map_err(|e| format!("--origin: {e}"))?;
+            if origin == sentry_proto::ORIGIN_SENSOR {
+                return Err("--origin: \"sensor\" is reserved for the local sensor".into());
+            }
+            Command::Block {
+                addr,
+                duration,
+                origin,
+            }
+        }
+        ["watch"] => Command::Watch {
+            from: from
+                .take()
+                .map(|c| c.parse::<Cursor>().map_err(|e| format!("--from: {e}")))
+                .transpose()?,
+        },
+        ["metrics"] => Command::Metrics,
         ["check-config", file] => Command::CheckConfig(PathBuf::from(file)),
         [] => return Err("no command given".into()),
         [cmd, ..] => return Err(format!("unknown command or wrong arguments: {cmd}")),
     };
+    for (opt, v) in [("--for", &dur), ("--origin", &origin), ("--from", &from)] {
+        if v.is_some() {
+            let belongs = if opt == "--from" { "watch" } else { "block" };
+            return Err(format!("{opt} belongs to {belongs}"));
+        }
+    }
     Ok(CtlArgs {
         runtime_dir: PathBuf::from(runtime_dir.unwrap_or_else(|| "/run/sentry".into())),
         json,
@@ -171,34 +240,180 @@ pub fn check_config(path: &Path) -> CheckReport {
     }
 }
 
+/// `--for`: a Go-style duration, 1 s to ten years, whole milliseconds.
+pub fn parse_block_duration(s: &str) -> Result<Duration, String> {
+    let d = sentry_proto::parse_go_duration(s).map_err(|e| format!("--for {s:?}: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("--for {s:?}: a block lasts at least 1s"));
+    }
+    if d.as_millis() > u128::from(MAX_BLOCK_DURATION_MS) {
+        return Err(format!("--for {s:?}: at most ten years (87600h)"));
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("--for {s:?}: finer than a millisecond"));
+    }
+    Ok(d)
+}
+
+/// A connection to the enforcer's control socket, past the version handshake. The
+/// fleet bridge uses this too, so it speaks exactly what sentryctl speaks.
+#[derive(Debug)]
+pub struct Client {
+    s: Stream,
+}
+
+impl Client {
+    pub fn connect(runtime_dir: &Path) -> Result<Self, String> {
+        let path = runtime_dir.join("control.sock");
+        let connect_err = |e: std::io::Error| format!("cannot connect to {}: {e}", path.display());
+        let mut s = Stream::connect(
+            path.as_path()
+                .to_fs_name::<GenericFilePath>()
+                .map_err(connect_err)?,
+        )
+        .map_err(connect_err)?;
+        let _ = s.set_recv_timeout(Some(Duration::from_secs(30)));
+        write_frame(
+            &mut s,
+            &ControlRequest::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .map_err(|e| format!("send: {e}"))?;
+        match read_frame::<ControlResponse, _>(&mut s).map_err(|e| format!("receive: {e}"))? {
+            ControlResponse::Welcome { .. } => Ok(Self { s }),
+            ControlResponse::Error(e) => Err(format!("enforcer refused: {e}")),
+            other => Err(format!("unexpected reply to Hello: {other:?}")),
+        }
+    }
+
+    /// One request, one reply (an `Error` reply is an `Err`).
+    pub fn call(&mut self, req: &ControlRequest) -> Result<ControlResponse, String> {
+        write_frame(&mut self.s, req).map_err(|e| format!("send: {e}"))?;
+        match read_frame::<ControlResponse, _>(&mut self.s).map_err(|e| format!("receive: {e}"))? {
+            ControlResponse::Error(e) => Err(format!("enforcer: {e}")),
+            r => Ok(r),
+        }
+    }
+
+    /// Turn this connection into a decision stream from `from`.
+    pub fn watch(mut self, from: Option<Cursor>) -> Result<Watch, String> {
+        // Heartbeats come every second: five without one is a dead or stuck enforcer.
+        let _ = self.s.set_recv_timeout(Some(WATCH_SILENCE));
+        match self.call(&ControlRequest::Watch { from })? {
+            ControlResponse::WatchStart {
+                next,
+                lost,
+                run_changed,
+            } => Ok(Watch {
+                s: self.s,
+                next,
+                lost,
+                run_changed,
+            }),
+            other => Err(format!("unexpected reply to Watch: {other:?}")),
+        }
+    }
+}
+
+/// Longest silence tolerated on a decision stream (the enforcer sends a heartbeat each
+/// second).
+pub const WATCH_SILENCE: Duration = Duration::from_secs(5);
+
+/// A decision stream.
+#[derive(Debug)]
+pub struct Watch {
+    s: Stream,
+    /// The cursor of the next record (resume from here).
+    pub next: Cursor,
+    /// Records between the requested cursor and the oldest the enforcer still had.
+    pub lost: u64,
+    /// The requested cursor named an earlier enforcer run.
+    pub run_changed: bool,
+}
+
+/// What a decision stream delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Record(Box<WatchRecord>),
+    Heartbeat,
+    /// The enforcer ended the stream (this client fell behind), with its reason.
+    End(String),
+}
+
+impl Watch {
+    pub fn next_event(&mut self) -> Result<WatchEvent, String> {
+        let f = read_frame::<ControlResponse, _>(&mut self.s).map_err(|e| match e {
+            sentry_proto::ProtoError::Io(
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut,
+            ) => {
+                format!(
+                    "no record or heartbeat from the enforcer for {}s",
+                    WATCH_SILENCE.as_secs()
+                )
+            }
+            sentry_proto::ProtoError::Closed => "the enforcer closed the stream".to_string(),
+            e => format!("receive: {e}"),
+        })?;
+        match f {
+            ControlResponse::Record(r) => {
+                if r.seq < self.next.seq {
+                    return Err(format!(
+                        "record {} out of order (expected {} or later)",
+                        r.seq, self.next.seq
+                    ));
+                }
+                self.next = r.next_cursor(self.next.run);
+                Ok(WatchEvent::Record(r))
+            }
+            ControlResponse::Heartbeat { next } => {
+                self.next = next;
+                Ok(WatchEvent::Heartbeat)
+            }
+            ControlResponse::WatchEnd { reason } => Ok(WatchEvent::End(reason)),
+            ControlResponse::Error(e) => Err(format!("enforcer: {e}")),
+            other => Err(format!("unexpected frame on the stream: {other:?}")),
+        }
+    }
+}
+
 /// One request/response exchange after the handshake.
 pub fn request(runtime_dir: &Path, req: &ControlRequest) -> Result<ControlResponse, String> {
-    let path = runtime_dir.join("control.sock");
-    let connect_err = |e: std::io::Error| format!("cannot connect to {}: {e}", path.display());
-    let mut s = Stream::connect(
-        path.as_path()
-            .to_fs_name::<GenericFilePath>()
-            .map_err(connect_err)?,
+    Client::connect(runtime_dir)?.call(req)
+}
+
+/// One line of `sentryctl watch`.
+pub fn format_record(r: &WatchRecord) -> String {
+    let src = match (r.source, r.prefix) {
+        (Some(a), Some(len)) => format!("{a}/{len}"),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "-".to_string(),
+    };
+    let what = match (r.protocol, r.port, r.scan, r.mode) {
+        (Some(p), Some(port), Some(scan), Some(mode)) => {
+            format!("{} {port} {mode}/{scan}", p.as_upper())
+        }
+        _ => "-".to_string(),
+    };
+    let ev = match r.evidence {
+        Some(e) => format!(
+            "ports={}{}",
+            e.distinct_ports,
+            if e.handshake { " handshake" } else { "" }
+        ),
+        None => "-".to_string(),
+    };
+    format!(
+        "{:>6}  {}  {:<15}  {:<39}  {:<10}  {:<22}  {:<18}  {}",
+        r.seq,
+        fmt_time(r.time_us / 1000),
+        r.kind,
+        src,
+        r.origin.as_deref().unwrap_or("-"),
+        what,
+        ev,
+        r.reason
     )
-    .map_err(connect_err)?;
-    let _ = s.set_recv_timeout(Some(Duration::from_secs(30)));
-    write_frame(
-        &mut s,
-        &ControlRequest::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    )
-    .map_err(|e| format!("send: {e}"))?;
-    match read_frame::<ControlResponse, _>(&mut s).map_err(|e| format!("receive: {e}"))? {
-        ControlResponse::Welcome { .. } => {}
-        ControlResponse::Error(e) => return Err(format!("enforcer refused: {e}")),
-        other => return Err(format!("unexpected reply to Hello: {other:?}")),
-    }
-    write_frame(&mut s, req).map_err(|e| format!("send: {e}"))?;
-    match read_frame::<ControlResponse, _>(&mut s).map_err(|e| format!("receive: {e}"))? {
-        ControlResponse::Error(e) => Err(format!("enforcer: {e}")),
-        r => Ok(r),
-    }
 }
 
 fn fmt_time(ms: u64) -> String {
@@ -365,16 +580,23 @@ pub fn main() -> ExitCode {
                     println!("{}", json(&list));
                 } else {
                     for b in &list {
+                        let how = if b.origin == sentry_proto::ORIGIN_SENSOR {
+                            format!(
+                                "{} {:<5}  {:<4} {:<7}",
+                                b.protocol.as_upper(),
+                                b.port,
+                                b.mode.as_str(),
+                                b.scan.as_str()
+                            )
+                        } else {
+                            format!("{:<22}", format!("origin {}", b.origin))
+                        };
                         println!(
-                            "{:<39}  {} {:<5}  {:<4} {:<7}  since {}  {}",
+                            "{:<39}  {how}  since {}  {}",
                             match b.prefix6 {
                                 Some(len) => format!("{}/{len}", b.addr),
                                 None => b.addr.to_string(),
                             },
-                            b.protocol.as_upper(),
-                            b.port,
-                            b.mode.as_str(),
-                            b.scan.as_str(),
                             fmt_time(b.since_ms),
                             b.expires_ms.map_or_else(
                                 || "permanent".to_string(),
@@ -389,6 +611,101 @@ pub fn main() -> ExitCode {
             Ok(other) => fail(format!("unexpected reply: {other:?}")),
             Err(e) => fail(e),
         },
+        Command::Metrics => match request(&a.runtime_dir, &ControlRequest::Metrics) {
+            Ok(ControlResponse::Metrics(text)) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Ok(other) => fail(format!("unexpected reply: {other:?}")),
+            Err(e) => fail(e),
+        },
+        Command::Block {
+            addr,
+            duration,
+            origin,
+        } => {
+            let req = ControlRequest::Block {
+                addr: *addr,
+                duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                origin: origin.clone(),
+            };
+            match request(&a.runtime_dir, &req) {
+                Ok(ControlResponse::BlockResult {
+                    addr,
+                    decision,
+                    reason,
+                    expires_ms,
+                }) => {
+                    if a.json {
+                        println!(
+                            "{}",
+                            json(&serde_json::json!({"addr": addr, "decision": decision,
+                                "reason": reason, "expires_ms": expires_ms, "origin": origin}))
+                        );
+                    } else {
+                        println!("{addr}: {decision} ({reason})");
+                    }
+                    if matches!(decision, Decision::Blocked | Decision::AlreadyBlocked) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Ok(other) => fail(format!("unexpected reply: {other:?}")),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Watch { from } => {
+            let mut w = match Client::connect(&a.runtime_dir).and_then(|c| c.watch(*from)) {
+                Ok(w) => w,
+                Err(e) => return fail(e),
+            };
+            let start = serde_json::json!({"event": "start", "cursor": w.next.to_string(),
+                "lost": w.lost, "run_changed": w.run_changed});
+            if a.json {
+                println!("{start}");
+            } else {
+                eprintln!(
+                    "sentryctl: watching from {}{}{}",
+                    w.next,
+                    if w.lost > 0 {
+                        format!("; {} records lost (older than the enforcer keeps)", w.lost)
+                    } else {
+                        String::new()
+                    },
+                    if w.run_changed {
+                        "; the enforcer restarted since that cursor (its audit log has the rest)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            loop {
+                match w.next_event() {
+                    Ok(WatchEvent::Record(r)) => {
+                        let line = if a.json {
+                            let mut v = serde_json::to_value(&*r).unwrap_or_default();
+                            if let Some(o) = v.as_object_mut() {
+                                o.insert("cursor".into(), w.next.to_string().into());
+                            }
+                            v.to_string()
+                        } else {
+                            format_record(&r)
+                        };
+                        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    Ok(WatchEvent::Heartbeat) => {}
+                    Ok(WatchEvent::End(reason)) => {
+                        return fail(format!("the enforcer ended the stream: {reason}"))
+                    }
+                    Err(e) => return fail(format!("{e} (resume with --from {})", w.next)),
+                }
+            }
+        }
         Command::Unblock(addr) => {
             match request(&a.runtime_dir, &ControlRequest::Unblock { addr: *addr }) {
                 Ok(ControlResponse::Unblocked {
@@ -491,6 +808,74 @@ mod tests {
         let cfg = policy::Config::load(&conf).unwrap();
         let w = infra_warnings(&cfg, &ignore, &found);
         assert!(w[0].contains("a single forged probe can block it"), "{w:?}");
+    }
+
+    #[test]
+    fn parses_block_watch_metrics() {
+        let a = parse_args(os(&[
+            "block",
+            "192.0.2.1",
+            "--for",
+            "1h30m",
+            "--origin",
+            "fleet-1",
+        ]))
+        .unwrap();
+        assert_eq!(
+            a.command,
+            Command::Block {
+                addr: "192.0.2.1".parse().unwrap(),
+                duration: Some(Duration::from_secs(5400)),
+                origin: "fleet-1".into()
+            }
+        );
+        let a = parse_args(os(&["block", "2001:db8::1"])).unwrap();
+        assert_eq!(
+            a.command,
+            Command::Block {
+                addr: "2001:db8::1".parse().unwrap(),
+                duration: None,
+                origin: DEFAULT_ORIGIN.into()
+            }
+        );
+        for bad in [
+            &["block", "192.0.2.1", "--for", "4"][..],
+            &["block", "192.0.2.1", "--for", "4d"],
+            &["block", "192.0.2.1", "--for", "-4h"],
+            &["block", "192.0.2.1", "--for", "500ms"],
+            &["block", "192.0.2.1", "--for", "87601h"],
+            &["block", "192.0.2.1", "--for", "1.0000001s"],
+            &["block", "192.0.2.1", "--for"],
+            &["block", "192.0.2.1", "--for", "1h", "--for", "2h"],
+            &["block", "192.0.2.1", "--origin", "sensor"],
+            &["block", "192.0.2.1", "--origin", "a b"],
+            &["block", "192.0.2.1", "--origin", ""],
+            &["block", "host.example"],
+            &["status", "--for", "1h"],
+            &["watch", "--from", "12"],
+            &["watch", "--from", "1:x"],
+            &["block", "192.0.2.1", "--from", "1:2"],
+        ] {
+            assert!(parse_args(os(bad)).is_err(), "{bad:?}");
+        }
+        let e = parse_args(os(&["block", "192.0.2.1", "--for", "4d"])).unwrap_err();
+        assert!(e.contains("unknown unit \"d\""), "{e}");
+        assert_eq!(
+            parse_args(os(&["watch", "--from", "17:4"]))
+                .unwrap()
+                .command,
+            Command::Watch {
+                from: Some(Cursor { run: 17, seq: 4 })
+            }
+        );
+        assert_eq!(
+            parse_args(os(&["watch"])).unwrap().command,
+            Command::Watch { from: None }
+        );
+        assert_eq!(
+            parse_args(os(&["metrics"])).unwrap().command,
+            Command::Metrics
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ const MAX_CONTROL_CONNECTIONS: usize = 8;
 const CONNECT_LINES_PER_SECOND: u32 = 5;
 /// Most refusal audit records per second; the rest are only counted.
 const REFUSALS_PER_SECOND: u32 = 20;
+/// How often the metrics textfile in METRICS_DIR is rewritten, in seconds.
+const METRICS_EVERY_S: u64 = 5;
 
 pub const USAGE: &str = "\
 usage: sentry-enforcer [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
@@ -829,6 +831,74 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                 ControlResponse::Status(Box::new(sh.engine().status(&sh.config_path)))
             }
             (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
+            (true, ControlRequest::Metrics) => {
+                let snap = sh.engine().metrics_snapshot();
+                ControlResponse::Metrics(crate::metrics::render(&snap))
+            }
+            (
+                true,
+                ControlRequest::Block {
+                    addr,
+                    duration_ms,
+                    origin,
+                },
+            ) => {
+                let addr = canonical(addr);
+                let ctl = crate::engine::ControlBlock {
+                    origin,
+                    duration: duration_ms.map(Duration::from_millis),
+                };
+                let (decision, reason, expires_ms) =
+                    sh.engine().decide_control(addr, &ctl, peer, WallUs::now());
+                sh.notify_lifted();
+                ControlResponse::BlockResult {
+                    addr,
+                    decision,
+                    reason,
+                    expires_ms,
+                }
+            }
+            (true, ControlRequest::UnblockOrigin { addr, origin }) => {
+                let addr = canonical(addr);
+                let r = sh
+                    .engine()
+                    .unblock_origin(addr, &origin, peer, WallMs::now());
+                sh.notify_lifted();
+                match r {
+                    Ok(Some(errors)) => ControlResponse::UnblockedOrigin {
+                        addr,
+                        was_blocked: true,
+                        other_origin: None,
+                        errors,
+                    },
+                    Ok(None) => ControlResponse::UnblockedOrigin {
+                        addr,
+                        was_blocked: false,
+                        other_origin: None,
+                        errors: Vec::new(),
+                    },
+                    Err(other) => ControlResponse::UnblockedOrigin {
+                        addr,
+                        was_blocked: true,
+                        other_origin: Some(other),
+                        errors: Vec::new(),
+                    },
+                }
+            }
+            (true, ControlRequest::Watch { from }) => {
+                let sub = sh.engine().watch.subscribe(from);
+                match sub {
+                    Ok(sub) => {
+                        let id = sub.id;
+                        serve_watch(sh, s, sub);
+                        sh.engine().watch.unsubscribe(id);
+                    }
+                    Err(e) => {
+                        let _ = send_control(&mut s, &ControlResponse::Error(e));
+                    }
+                }
+                return;
+            }
             (true, ControlRequest::Unblock { addr }) => {
                 let addr = canonical(addr);
                 let r = sh.engine().unblock(addr, peer, WallMs::now());
@@ -848,6 +918,56 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
             }
         };
         if send_control(&mut s, &resp).is_err() {
+            return;
+        }
+    }
+}
+
+/// Most time one write to a watch client may take before the stream is ended.
+const WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stream decisions to a watch client until it leaves, falls behind (its bounded buffer
+/// overflowed: the engine dropped it and counted it) or a write stalls.
+fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::watch::Subscription) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let tv =
+        nix::sys::time::TimeVal::new(i64::try_from(WATCH_SEND_TIMEOUT.as_secs()).unwrap_or(5), 0);
+    let _ = nix::sys::socket::setsockopt(&s, sockopt::SendTimeout, &tv);
+    let run = sub.next.run;
+    let mut next = sub.next;
+    let start = ControlResponse::WatchStart {
+        next,
+        lost: sub.lost,
+        run_changed: sub.run_changed,
+    };
+    if send_control(&mut s, &start).is_err() {
+        return;
+    }
+    for r in sub.backlog {
+        next = r.next_cursor(run);
+        if send_control(&mut s, &ControlResponse::Record(Box::new(r))).is_err() {
+            return;
+        }
+    }
+    loop {
+        let msg = match sub.rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) if r.seq < next.seq => continue,
+            Ok(r) => {
+                next = r.next_cursor(run);
+                ControlResponse::Record(Box::new(r))
+            }
+            Err(RecvTimeoutError::Timeout) => ControlResponse::Heartbeat { next },
+            Err(RecvTimeoutError::Disconnected) => {
+                let reason = format!(
+                    "dropped: more than {} records buffered and not read (resume with --from {next})",
+                    crate::watch::CLIENT_BUFFER
+                );
+                sh.log.warn(&format!("adminalert: watch client {reason}"));
+                let _ = send_control(&mut s, &ControlResponse::WatchEnd { reason });
+                return;
+            }
+        };
+        if send_control(&mut s, &msg).is_err() {
             return;
         }
     }
@@ -1061,8 +1181,31 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
 /// The one-second tick: BLOCK_TIMEOUT expiry, and the AUDIT_RATE summaries of a second
 /// that is over (written within about two seconds even when no further request comes).
 fn expiry_loop(sh: Arc<Shared>) {
+    let metrics_dir = sh.engine().config().metrics_dir.clone();
+    let mut tick: u64 = 0;
+    let mut last_metrics_error: Option<String> = None;
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        tick += 1;
+        if let (Some(dir), 0) = (&metrics_dir, tick % METRICS_EVERY_S) {
+            let snap = sh.engine().metrics_snapshot();
+            let text = crate::metrics::render(&snap);
+            match crate::metrics::write_textfile(dir, crate::metrics::TEXTFILE, &text) {
+                Ok(()) => last_metrics_error = None,
+                Err(e) => {
+                    let why = format!(
+                        "adminalert: ERROR: cannot write metrics textfile in METRICS_DIR {}: {e}",
+                        dir.display()
+                    );
+                    // Counted every time, logged when it starts or changes.
+                    sh.engine().count_error();
+                    if last_metrics_error.as_deref() != Some(why.as_str()) {
+                        sh.log.err(&why);
+                        last_metrics_error = Some(why);
+                    }
+                }
+            }
+        }
         sh.flush_connect_lines();
         {
             let mut e = sh.engine();

@@ -70,6 +70,7 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
             })
         }),
         hosts_deny_legacy: false,
+        origin: None,
     }
 }
 

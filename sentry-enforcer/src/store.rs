@@ -21,8 +21,14 @@ const SNAPSHOT: &str = "blocks.json";
 const JOURNAL: &str = "blocks.journal";
 /// The state format this version writes, and the newest it reads. Version 1 (a single
 /// JSON object `{"version":1,"blocks":[...]}` and plain JSON journal lines) is read for
-/// the upgrade; version 2 is a header line plus one checksummed record per line.
-pub const FORMAT_VERSION: u32 = 2;
+/// the upgrade; version 2 is a header line plus one checksummed record per line; version
+/// 3 is version 2 whose records may carry an `origin` (a block asked for over the
+/// control socket: `sentryctl block`, the fleet bridge). Version 2 is read as it is (its
+/// blocks are the sensor's); an older enforcer refuses a version-3 file as newer rather
+/// than take fleet blocks for its sensor's.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest header version read as it is.
+const OLDEST_HEADER_VERSION: u32 = 2;
 /// `format` of the version-2 header line.
 const FORMAT_NAME: &str = "sentry-enforcer-state";
 /// Refuse state files larger than this.
@@ -60,6 +66,11 @@ pub struct BlockRecord {
     /// without this field); see [`crate::hostsdeny`] for how such a line is removed.
     #[serde(default = "legacy_default")]
     pub hosts_deny_legacy: bool,
+    /// Who asked for the block over the control socket (`None`: the local sensor). Its
+    /// `protocol`, `port`, `mode` and `scan` are then placeholders (TCP, port 0), not
+    /// evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 fn legacy_default() -> bool {
@@ -306,7 +317,7 @@ pub fn parse_snapshot(path: &Path, b: &[u8]) -> Result<Vec<BlockRecord>, StateEr
                 version: h.version,
             });
         }
-        if h.version != FORMAT_VERSION {
+        if h.version < OLDEST_HEADER_VERSION {
             return Err(damaged(1, 0, format!("header names version {}", h.version)));
         }
         let mut out = Vec::new();
@@ -734,6 +745,7 @@ mod tests {
             distinct_ports: 1,
             prefix6: None,
             hosts_deny_legacy: false,
+            origin: None,
         }
     }
 
@@ -932,18 +944,48 @@ mod tests {
         let snap = d.path().join(SNAPSHOT);
         std::fs::write(
             &snap,
-            "{\"format\":\"sentry-enforcer-state\",\"version\":3,\"records\":1}\nzzzz whatever v3 writes\n",
+            "{\"format\":\"sentry-enforcer-state\",\"version\":4,\"records\":1}\nzzzz whatever v4 writes\n",
         )
         .unwrap();
         let e = open_err(d.path());
         assert!(
-            e.contains("newer sentry-enforcer (state format version 3"),
+            e.contains("newer sentry-enforcer (state format version 4"),
             "{e}"
         );
         // The old single-object shape with a higher version number too.
         std::fs::write(&snap, "{\"version\":7,\"blocks\":[{\"future\":true}]}").unwrap();
         assert!(open_err(d.path()).contains("state format version 7"));
         assert!(std::fs::read(&snap).unwrap().starts_with(b"{\"version\":7"));
+    }
+
+    #[test]
+    fn version_2_files_are_read_and_origins_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = d.path().join(SNAPSHOT);
+        let r1 = rec("192.0.2.1", 1);
+        let json = serde_json::to_vec(&r1).unwrap();
+        let mut v2 =
+            b"{\"format\":\"sentry-enforcer-state\",\"version\":2,\"records\":1}\n".to_vec();
+        v2.extend_from_slice(&checked_line(&json));
+        std::fs::write(&snap, &v2).unwrap();
+        let (mut store, blocks, _) = Store::open(d.path()).unwrap();
+        assert_eq!(blocks.get(&r1.addr), Some(&r1));
+        assert_eq!(
+            blocks[&r1.addr].origin, None,
+            "version 2 blocks are the sensor's"
+        );
+        let mut fleet = rec("192.0.2.2", 2);
+        fleet.origin = Some("crowdsec".into());
+        let mut live = blocks.clone();
+        live.insert(fleet.addr, fleet.clone());
+        store.put(&fleet, &live).unwrap();
+        store.compact(&live).unwrap();
+        drop(store);
+        let (_, back, _) = Store::open(d.path()).unwrap();
+        assert_eq!(back[&fleet.addr].origin.as_deref(), Some("crowdsec"));
+        assert!(std::fs::read(&snap)
+            .unwrap()
+            .starts_with(b"{\"format\":\"sentry-enforcer-state\",\"version\":3"));
     }
 
     #[test]
@@ -961,7 +1003,7 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert_eq!(back[&r2.addr], r2);
         let now = std::fs::read(d.path().join(SNAPSHOT)).unwrap();
-        assert!(now.starts_with(b"{\"format\":\"sentry-enforcer-state\",\"version\":2"));
+        assert!(now.starts_with(b"{\"format\":\"sentry-enforcer-state\",\"version\":3"));
         // A record written before hosts.deny markers is a legacy one.
         let old = r#"{"addr":"192.0.2.9","protocol":"tcp","port":1,"mode":"stcp","scan":"syn","since_ms":1,"expires_ms":null,"hosts_deny_line":"ALL: 192.0.2.9"}"#;
         let r: BlockRecord = serde_json::from_str(old).unwrap();
@@ -1013,7 +1055,7 @@ mod tests {
         assert_eq!((b.len(), n, w.len()), (1, 3, 1));
         assert!(matches!(
             read_state(Some((p, &seed("snapshot-newer"))), None),
-            Err(StateError::Newer { version: 3, .. })
+            Err(StateError::Newer { version: 4, .. })
         ));
     }
 

@@ -50,6 +50,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })?,
         ),
         (
+            "ctl-block",
+            encode_frame(&ControlRequest::Block {
+                addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                duration_ms: Some(14_400_000),
+                origin: "crowdsec".into(),
+            })?,
+        ),
+        (
+            "ctl-watch",
+            encode_frame(&ControlRequest::Watch {
+                from: Some(Cursor { run: 1, seq: 2 }),
+            })?,
+        ),
+        (
             "ctl-error",
             encode_frame(&ControlResponse::Error("x".into()))?,
         ),

@@ -11,9 +11,11 @@
 //! without touching the daemons.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 mod frame;
 mod msg;
 
+pub use duration::{format_go_duration, parse_go_duration, DurationError};
 pub use frame::{
     check_version, decode_frame, encode_frame, frame_len, read_frame, write_frame, FrameBuf,
     Message, ProtoError, HEADER_LEN,
@@ -22,8 +24,10 @@ pub use msg::*;
 
 /// Protocol version spoken by this build. A peer with any other version is refused.
 /// 2: `EnforcerFrame::Unblocked`; 3: `EnforcerFrame::Capture` (the NFLOG descriptor
-/// hand-over).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// hand-over); 4: the control socket's `Block`, `UnblockOrigin`, `Watch`, `Metrics`,
+/// and origins in `BlockEntry` and the counters (a sentryctl or bridge of version 3
+/// would misread the replies, so it is refused at the handshake).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// NFLOG prefix of packets conntrack took as the first of a new flow (its checksum was
 /// verified by conntrack unless `nf_conntrack_checksum` is 0).

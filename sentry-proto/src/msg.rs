@@ -312,10 +312,147 @@ pub enum EnforcerFrame {
 /// sentryctl → enforcer. The first request on a connection must be `Hello`.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ControlRequest {
-    Hello { version: u16 },
+    Hello {
+        version: u16,
+    },
     Status,
     Blocked,
-    Unblock { addr: IpAddr },
+    Unblock {
+        addr: IpAddr,
+    },
+    /// `sentryctl block` and the fleet bridge: block `addr` through the same judge as a
+    /// sensor request (never-block set, ignore list, BLOCK_RATE, MAX_BLOCKS). `origin`
+    /// names who asked (checked with [`validate_origin`]; never [`ORIGIN_SENSOR`]);
+    /// `duration_ms` overrides BLOCK_TIMEOUT (1 s to [`MAX_BLOCK_DURATION_MS`]).
+    Block {
+        addr: IpAddr,
+        duration_ms: Option<u64>,
+        origin: String,
+    },
+    /// Lift the block on `addr` only if it was made by `origin` (the fleet bridge lifts
+    /// only the blocks the fleet made, never a local sensor's).
+    UnblockOrigin {
+        addr: IpAddr,
+        origin: String,
+    },
+    /// A live stream of the decisions the audit log gets: the enforcer answers
+    /// [`ControlResponse::WatchStart`], then the records from `from` on (as far as its
+    /// ring still holds them) and every new one, with a [`ControlResponse::Heartbeat`]
+    /// each second when there is nothing else. The connection serves nothing else after.
+    Watch {
+        from: Option<Cursor>,
+    },
+    /// Prometheus text exposition of the enforcer's counters.
+    Metrics,
+}
+
+/// Who made a block: the local sensor, or a control client by the name it gave.
+pub const ORIGIN_SENSOR: &str = "sensor";
+/// Longest origin name.
+pub const MAX_ORIGIN_LEN: usize = 32;
+/// Longest block a control client may ask for (ten years, BLOCK_TIMEOUT's bound).
+pub const MAX_BLOCK_DURATION_MS: u64 = 10 * 365 * 86_400 * 1000;
+/// Records the enforcer keeps for `Watch` clients that resume from a cursor.
+pub const WATCH_RING: usize = 4096;
+
+/// An origin name: 1 to [`MAX_ORIGIN_LEN`] of `[A-Za-z0-9._-]`, starting with a letter
+/// or digit. [`ORIGIN_SENSOR`] is valid here; the enforcer refuses it from control.
+pub fn validate_origin(s: &str) -> Result<(), FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::Origin("empty"));
+    }
+    if s.len() > MAX_ORIGIN_LEN {
+        return Err(FieldError::Origin("longer than 32 bytes"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(FieldError::Origin("only letters, digits, '.', '_' and '-'"));
+    }
+    if !s.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(FieldError::Origin("must start with a letter or a digit"));
+    }
+    Ok(())
+}
+
+/// A position in the decision stream: the enforcer run (its start time in µs) and the
+/// sequence number of the next record wanted. Printed and parsed as `RUN:SEQ`.
+#[derive(
+    Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub struct Cursor {
+    pub run: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.run, self.seq)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("cursor {s:?}: expected RUN:SEQ (two decimal numbers)");
+        let (r, q) = s.split_once(':').ok_or_else(bad)?;
+        let num = |x: &str| {
+            if x.is_empty() || x.len() > 20 || !x.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            x.parse::<u64>().map_err(|_| bad())
+        };
+        Ok(Self {
+            run: num(r)?,
+            seq: num(q)?,
+        })
+    }
+}
+
+/// How hard a decision's evidence is to forge (what the request carried).
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvidenceInfo {
+    /// Distinct watched ports the source touched inside the window.
+    pub distinct_ports: u32,
+    /// A completed TCP handshake (basic `-tcp` mode): not forgeable off-path.
+    pub handshake: bool,
+}
+
+/// One record of the decision stream: what the audit log got, typed.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WatchRecord {
+    pub seq: u64,
+    pub time_us: u64,
+    /// The audit record's `decision` (`blocked`, `unblocked`, `expired`, ...).
+    pub kind: String,
+    pub source: Option<IpAddr>,
+    /// Set when the block covers a network `source`/len.
+    pub prefix: Option<u8>,
+    pub protocol: Option<Protocol>,
+    pub port: Option<u16>,
+    pub scan: Option<ScanKind>,
+    pub mode: Option<Mode>,
+    /// [`ORIGIN_SENSOR`] for the local sensor, the control client's name otherwise;
+    /// `None` for records that are about no request (refused connections, summaries).
+    pub origin: Option<String>,
+    /// Present on records about a sensor request.
+    pub evidence: Option<EvidenceInfo>,
+    /// When the block ends (`None`: permanent, or not a block).
+    pub expires_ms: Option<u64>,
+    /// AUDIT_RATE summaries: how many records this one stands for.
+    pub suppressed: Option<u64>,
+    pub reason: String,
+}
+
+impl WatchRecord {
+    /// The record's cursor in `run` (the position after it).
+    pub fn next_cursor(&self, run: u64) -> Cursor {
+        Cursor {
+            run,
+            seq: self.seq.saturating_add(1),
+        }
+    }
 }
 
 /// The connected sensor, as the enforcer sees it (uid/pid from SO_PEERCRED).
@@ -349,6 +486,10 @@ pub struct Counters {
     pub unblocked: u64,
     pub expired: u64,
     pub restored: u64,
+    /// Blocks asked for over the control socket (`sentryctl block`, the fleet bridge).
+    pub control_requests: u64,
+    /// Watch clients dropped because they did not keep up.
+    pub watch_dropped: u64,
 }
 
 /// One recent decision, for `sentryctl status`.
@@ -388,6 +529,8 @@ pub struct BlockEntry {
     pub expires_ms: Option<u64>,
     /// Set when the block covers the IPv6 network `addr`/len (BLOCK_PREFIX6).
     pub prefix6: Option<u8>,
+    /// [`ORIGIN_SENSOR`], or the control client's origin name.
+    pub origin: String,
 }
 
 /// enforcer → sentryctl.
@@ -403,6 +546,40 @@ pub enum ControlResponse {
         was_blocked: bool,
         errors: Vec<String>,
     },
+    /// The answer to [`ControlRequest::Block`].
+    BlockResult {
+        addr: IpAddr,
+        decision: Decision,
+        reason: String,
+        expires_ms: Option<u64>,
+    },
+    /// The answer to [`ControlRequest::UnblockOrigin`]: `origin` is the block's origin
+    /// when it exists and is another one (then nothing was lifted).
+    UnblockedOrigin {
+        addr: IpAddr,
+        was_blocked: bool,
+        other_origin: Option<String>,
+        errors: Vec<String>,
+    },
+    /// First answer to [`ControlRequest::Watch`]: records follow from `next.seq` on.
+    /// `lost` records between the requested cursor and the ring's oldest are gone;
+    /// `run_changed`: the cursor named another enforcer run (the records of that run
+    /// after the cursor are not known here; its audit log has them).
+    WatchStart {
+        next: Cursor,
+        lost: u64,
+        run_changed: bool,
+    },
+    Record(Box<WatchRecord>),
+    /// Nothing happened for a second; `next` is the cursor of the next record.
+    Heartbeat {
+        next: Cursor,
+    },
+    /// The enforcer ends the stream (the client did not keep up).
+    WatchEnd {
+        reason: String,
+    },
+    Metrics(String),
     Error(String),
 }
 
@@ -422,6 +599,7 @@ pub enum FieldError {
     DistinctPorts(u32),
     Times(&'static str),
     Address(&'static str),
+    Origin(&'static str),
 }
 
 impl fmt::Display for FieldError {
@@ -439,6 +617,7 @@ impl fmt::Display for FieldError {
             Self::DistinctPorts(n) => write!(f, "distinct port count {n} out of range 1-65535"),
             Self::Times(why) => write!(f, "timestamps: {why}"),
             Self::Address(why) => write!(f, "source address: {why}"),
+            Self::Origin(why) => write!(f, "origin name: {why}"),
         }
     }
 }

@@ -131,7 +131,52 @@ fn every_message_roundtrips() {
         since_ms: 1,
         expires_ms: Some(2),
         prefix6: Some(64),
+        origin: ORIGIN_SENSOR.into(),
     }]));
+    roundtrip(ControlRequest::Block {
+        addr: v6,
+        duration_ms: Some(4 * 3_600_000),
+        origin: "crowdsec".into(),
+    });
+    roundtrip(ControlRequest::UnblockOrigin {
+        addr: v6,
+        origin: "crowdsec".into(),
+    });
+    roundtrip(ControlRequest::Watch {
+        from: Some(sentry_proto::Cursor { run: 1, seq: 2 }),
+    });
+    roundtrip(ControlRequest::Metrics);
+    roundtrip(ControlResponse::BlockResult {
+        addr: v6,
+        decision: Decision::NeverBlock,
+        reason: "default gateway".into(),
+        expires_ms: None,
+    });
+    roundtrip(ControlResponse::WatchStart {
+        next: sentry_proto::Cursor { run: 1, seq: 0 },
+        lost: 3,
+        run_changed: false,
+    });
+    roundtrip(ControlResponse::Record(Box::new(WatchRecord {
+        seq: 4,
+        time_us: 5,
+        kind: "blocked".into(),
+        source: Some(v6),
+        prefix: Some(64),
+        protocol: Some(Protocol::Tcp),
+        port: Some(22),
+        scan: Some(ScanKind::Syn),
+        mode: Some(Mode::Stcp),
+        origin: Some(ORIGIN_SENSOR.into()),
+        evidence: Some(EvidenceInfo {
+            distinct_ports: 7,
+            handshake: false,
+        }),
+        expires_ms: Some(9),
+        suppressed: None,
+        reason: "blocked".into(),
+    })));
+    roundtrip(ControlResponse::Metrics("a_total 1\n".into()));
     roundtrip(ControlResponse::Unblocked {
         addr: v6,
         was_blocked: true,

@@ -109,6 +109,17 @@ pub struct AuditLine {
     pub reason: String,
     pub peer: Option<Peer>,
     pub actions: Vec<AuditAction>,
+    /// `sensor`, or a control client's origin name (`sentryctl block --origin`).
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// The evidence of a sensor request.
+    #[serde(default)]
+    pub distinct_ports: Option<u32>,
+    #[serde(default)]
+    pub handshake: Option<bool>,
+    /// When the block ends (ms since the epoch).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
     /// Only on the one summary record of a start-up restore.
     #[serde(default)]
     pub restore: Option<RestoreCounts>,

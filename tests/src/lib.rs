@@ -25,6 +25,7 @@
 pub mod audit;
 pub mod cmd;
 pub mod fake;
+pub mod fleet;
 pub mod netns;
 pub mod nspawn;
 pub mod req;

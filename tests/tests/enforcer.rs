@@ -1890,12 +1890,12 @@ fn damaged_state_is_refused_and_recovered() {
 
     // A newer version's state: refused, not parsed, not rewritten.
     let newer =
-        b"{\"format\":\"sentry-enforcer-state\",\"version\":3,\"records\":1}\nsomething new\n";
+        b"{\"format\":\"sentry-enforcer-state\",\"version\":4,\"records\":1}\nsomething new\n";
     std::fs::write(&snap, newer).unwrap();
     let (code, out) = run_enforcer_once(&env, &[]);
     assert_ne!(code, Some(0), "{out}");
     assert!(
-        out.contains("newer sentry-enforcer (state format version 3"),
+        out.contains("newer sentry-enforcer (state format version 4"),
         "{out}"
     );
     assert_eq!(std::fs::read(&snap).unwrap(), newer);

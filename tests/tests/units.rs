@@ -21,6 +21,10 @@ fn enforcer_unit() -> PathBuf {
     repo().join("sentry-enforcer/dist/sentry-enforcer.service")
 }
 
+fn share_unit() -> PathBuf {
+    repo().join("sentry-share/dist/sentry-share.service")
+}
+
 fn have_analyze(test: &str) -> bool {
     if which("systemd-analyze").is_some() {
         return true;
@@ -81,6 +85,31 @@ fn enforcer_unit_exposure_at_most_2_5() {
     assert!(s <= 2.5, "sentry-enforcer.service exposure {s} > 2.5");
 }
 
+/// issue #14: the fleet bridge holds no capability and speaks HTTP: it must be the
+/// tightest unit of the three.
+#[test]
+fn share_unit_exposure_at_most_2_0() {
+    if !have_analyze("share_unit_exposure_at_most_2_0") {
+        return;
+    }
+    let s = exposure(&share_unit());
+    assert!(s <= 2.0, "sentry-share.service exposure {s} > 2.0");
+}
+
+#[test]
+fn share_unit_has_no_capability_and_its_own_user() {
+    let d = directives(&share_unit());
+    assert_eq!(values(&d, "User"), ["sentry-share"]);
+    assert_eq!(values(&d, "CapabilityBoundingSet"), [""]);
+    assert_eq!(values(&d, "AmbientCapabilities"), [""]);
+    assert_eq!(values(&d, "NoNewPrivileges"), ["yes"]);
+    assert_eq!(values(&d, "StateDirectory"), ["sentry-share"]);
+    assert_eq!(
+        values(&d, "RestrictAddressFamilies"),
+        ["AF_UNIX AF_INET AF_INET6"]
+    );
+}
+
 #[test]
 fn units_verify_clean() {
     if !have_analyze("units_verify_clean") {
@@ -91,7 +120,8 @@ fn units_verify_clean() {
     let b = bins();
     let dir = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();
-    for unit in [sensor_unit(), enforcer_unit()] {
+    let share_bin = sentry_tests::bin_dir().join("sentry-share");
+    for unit in [sensor_unit(), enforcer_unit(), share_unit()] {
         let text = std::fs::read_to_string(&unit).unwrap();
         let text = text
             .replace(
@@ -105,6 +135,10 @@ fn units_verify_clean() {
             .replace(
                 "/usr/local/sbin/sentryctl",
                 &b.sentryctl.display().to_string(),
+            )
+            .replace(
+                "/usr/local/sbin/sentry-share",
+                &share_bin.display().to_string(),
             );
         assert!(
             !text.contains("/usr/local/sbin/"),
@@ -125,7 +159,11 @@ fn units_verify_clean() {
         .stderr
         .lines()
         .chain(out.stdout.lines())
-        .filter(|l| l.contains("sentry-sensor.service") || l.contains("sentry-enforcer.service"))
+        .filter(|l| {
+            l.contains("sentry-sensor.service")
+                || l.contains("sentry-enforcer.service")
+                || l.contains("sentry-share.service")
+        })
         .collect();
     assert!(
         out.success() && complaints.is_empty(),

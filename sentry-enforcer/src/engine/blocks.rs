@@ -11,7 +11,12 @@ use crate::store::BlockRecord;
 
 /// The evidence a block was made on.
 pub fn evidence(b: &BlockRecord) -> Evidence {
-    Evidence::of(b.scan, b.distinct_ports)
+    match b.origin {
+        // Asked for over the control socket (root or CONTROL_GROUP, or the fleet): not a
+        // forgeable probe, never the one evicted for better evidence.
+        Some(_) => Evidence::Ports,
+        None => Evidence::of(b.scan, b.distinct_ports),
+    }
 }
 
 /// Active blocks by address. Reads go through `Deref` to the map; every change goes
@@ -91,6 +96,7 @@ mod tests {
             distinct_ports: ports,
             prefix6: None,
             hosts_deny_legacy: false,
+            origin: None,
         }
     }
 

@@ -44,6 +44,7 @@ impl Engine {
             port: b.port,
             protocol: b.protocol,
             prefix6: b.prefix6,
+            timeout: None,
         };
         let mut actions = Vec::new();
         for act in action::undo_plan(&b, self.exec.backends(), kernel_nft) {
@@ -69,11 +70,7 @@ impl Engine {
         }
         self.counters.errors += errors.len() as u64;
         let mut rec = AuditRecord::event(now, kind, reason.to_string(), peer);
-        rec.source = Some(addr.to_string());
-        rec.protocol = Some(b.protocol.as_str());
-        rec.port = Some(b.port);
-        rec.scan = Some(b.scan.as_str());
-        rec.mode = Some(b.mode.as_str());
+        rec.set_block(&b);
         rec.actions = actions;
         if self.cfg.kill_route.is_some() {
             rec.reason
@@ -91,7 +88,34 @@ impl Engine {
     /// `sentryctl unblock`. Returns `None` when the address was not blocked.
     /// An IPv6 address inside a blocked BLOCK_PREFIX6 network unblocks that network.
     pub fn unblock(&mut self, addr: IpAddr, peer: Peer, now: WallMs) -> Option<Vec<String>> {
-        let addr = match addr {
+        let addr = self.unblock_target(addr);
+        self.unblock_exact(addr, "sentryctl unblock", peer, now)
+    }
+
+    /// The fleet bridge's unblock: lift the block on `addr` only if `origin` made it.
+    /// `Err` names the block's other origin (nothing is lifted); `Ok(None)`: not blocked.
+    pub fn unblock_origin(
+        &mut self,
+        addr: IpAddr,
+        origin: &str,
+        peer: Peer,
+        now: WallMs,
+    ) -> Result<Option<Vec<String>>, String> {
+        let addr = self.unblock_target(addr);
+        match self.blocks.get(&addr).map(|b| b.origin.clone()) {
+            None => Ok(None),
+            Some(Some(o)) if o == origin => {
+                let why = format!("unblocked by control client (origin {origin})");
+                Ok(self.unblock_exact(addr, &why, peer, now))
+            }
+            Some(other) => Err(other.unwrap_or_else(|| sentry_proto::ORIGIN_SENSOR.to_string())),
+        }
+    }
+
+    /// The block an unblock of `addr` means: an IPv6 address inside a blocked
+    /// BLOCK_PREFIX6 network means that network.
+    fn unblock_target(&self, addr: IpAddr) -> IpAddr {
+        match addr {
             IpAddr::V6(a) if !self.blocks.contains_key(&addr) => {
                 let len = self.cfg.block_prefix6;
                 let net = IpAddr::V6(policy::mask6(a, len));
@@ -101,11 +125,20 @@ impl Engine {
                 }
             }
             other => other,
-        };
+        }
+    }
+
+    fn unblock_exact(
+        &mut self,
+        addr: IpAddr,
+        why: &str,
+        peer: Peer,
+        now: WallMs,
+    ) -> Option<Vec<String>> {
         let r = self.end_block(
             addr,
             now,
-            (RecordKind::Unblocked, "sentryctl unblock"),
+            (RecordKind::Unblocked, why),
             Some(peer),
             true,
             None,

@@ -28,7 +28,7 @@ use sentry_proto::{
 };
 
 use crate::action::{self, Action, Command, Executor, Subject};
-use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind, Typed};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
 use crate::judge::{self, block_key, Evidence, Facts, Verdict};
@@ -114,6 +114,16 @@ pub struct Engine {
     pub sensor: Option<SensorInfo>,
     /// The never-block set changed ([`Engine::take_never_changed`]).
     never_changed: bool,
+    /// The decision stream (`sentryctl watch`): every audit record, numbered.
+    pub watch: crate::watch::Hub,
+}
+
+/// A block asked for over the control socket: who asked, and for how long (`None`:
+/// BLOCK_TIMEOUT).
+#[derive(Debug, Clone)]
+pub struct ControlBlock {
+    pub origin: String,
+    pub duration: Option<std::time::Duration>,
 }
 
 /// A log line held back until the AUDIT_RATE budget has admitted its decision.
@@ -199,6 +209,7 @@ impl Engine {
             lifted: Vec::new(),
             sensor: None,
             never_changed: false,
+            watch: crate::watch::Hub::new(WallUs::now().0),
         };
         engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
@@ -257,6 +268,29 @@ impl Engine {
                 "adminalert: ERROR: cannot write audit log {}: {e}",
                 self.audit.path().display()
             ));
+        }
+        // The same record, to the decision stream; never blocks (a slow client is
+        // dropped instead).
+        let dropped = self.watch.publish(rec);
+        if dropped > 0 {
+            self.counters.watch_dropped += dropped as u64;
+            self.log.warn(&format!(
+                "adminalert: {dropped} decision-stream client(s) dropped: more than {} records not yet read",
+                crate::watch::CLIENT_BUFFER
+            ));
+        }
+    }
+
+    /// A snapshot for the Prometheus exposition.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            counters: self.counters.clone(),
+            active_blocks: self.blocks.len() as u64,
+            fleet_blocks: self.blocks.values().filter(|b| b.origin.is_some()).count() as u64,
+            max_blocks: u64::from(self.cfg.max_blocks),
+            sensor: self.sensor.clone(),
+            watch_clients: self.watch.clients() as u64,
+            start_time_s: self.watch.run() / 1_000_000,
         }
     }
 
@@ -496,7 +530,98 @@ impl Engine {
         rec.port = Some(req.port);
         rec.scan = Some(req.scan.as_str());
         rec.mode = Some(req.mode.as_str());
+        rec.origin = Some(sentry_proto::ORIGIN_SENSOR.to_string());
+        rec.distinct_ports = Some(req.distinct_ports);
+        rec.handshake = Some(req.scan == sentry_proto::ScanKind::Connect);
+        rec.typed = Some(Typed {
+            source: req.source,
+            prefix: None,
+            protocol: Some(req.protocol),
+            port: Some(req.port),
+            scan: Some(req.scan),
+            mode: Some(req.mode),
+        });
         rec
+    }
+
+    /// `sentryctl block` and the fleet bridge: a block of `addr` for `ctl.origin`, judged
+    /// like a sensor request (never-block set, ignore list, BLOCK_TCP, BLOCK_RATE,
+    /// MAX_BLOCKS; its evidence counts as more than a single probe), acted on, persisted
+    /// with its origin and audited. Returns the decision, the reason and when the block
+    /// ends.
+    pub fn decide_control(
+        &mut self,
+        addr: IpAddr,
+        ctl: &ControlBlock,
+        peer: Peer,
+        now: WallUs,
+    ) -> (Decision, String, Option<u64>) {
+        self.counters.requests += 1;
+        self.counters.control_requests += 1;
+        let mut rec = AuditRecord::event_us(
+            now,
+            RecordKind::Decision(Decision::Rejected),
+            String::new(),
+            Some(peer),
+        );
+        rec.source = Some(addr.to_string());
+        rec.origin = Some(ctl.origin.clone());
+        rec.typed = Some(Typed {
+            source: addr,
+            prefix: None,
+            protocol: None,
+            port: None,
+            scan: None,
+            mode: None,
+        });
+        self.flush_audit_budget(now);
+        let invalid = if let Err(e) = sentry_proto::validate_origin(&ctl.origin) {
+            Some(e.to_string())
+        } else if ctl.origin == sentry_proto::ORIGIN_SENSOR {
+            Some("origin name \"sensor\" is reserved for the local sensor".to_string())
+        } else {
+            match ctl.duration {
+                Some(d) if d < std::time::Duration::from_secs(1) => {
+                    Some(format!("duration {d:?} is shorter than 1 s"))
+                }
+                Some(d) if d.as_millis() > u128::from(sentry_proto::MAX_BLOCK_DURATION_MS) => Some(
+                    format!("duration {}s is longer than ten years", d.as_secs()),
+                ),
+                _ => None,
+            }
+        };
+        let (decision, reason, line) = match invalid {
+            Some(why) => (
+                Decision::Rejected,
+                why.clone(),
+                Some((
+                    Level::Warning,
+                    format!("adminalert: rejected block request from control: {why}"),
+                )),
+            ),
+            None => {
+                // The request the judge and the actions see: TCP (BLOCK_TCP governs
+                // control blocks), no port (0 in templates and the history file).
+                let req = BlockRequest {
+                    seq: 0,
+                    source: addr,
+                    protocol: sentry_proto::Protocol::Tcp,
+                    port: 0,
+                    scan: sentry_proto::ScanKind::Syn,
+                    mode: sentry_proto::Mode::Stcp,
+                    distinct_ports: 1,
+                    first_seen_ms: now.ms().0,
+                    last_seen_ms: now.ms().0,
+                    ip_options: false,
+                };
+                self.decide_checked(&req, now.ms(), &mut rec, Some(ctl))
+            }
+        };
+        let expires = (decision == Decision::Blocked)
+            .then_some(rec.expires_ms)
+            .flatten();
+        let d = self.conclude(rec, decision, reason.clone(), line, addr, now);
+        (d, reason, expires)
     }
 
     /// Decide on one checked block request from `peer` and act on it. Persistence and the
@@ -505,7 +630,7 @@ impl Engine {
         self.counters.requests += 1;
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
-        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec);
+        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec, None);
         let d = self.conclude(rec, decision, reason, line, req.source, now);
         self.settle_kernel_hit(req.source, d);
         d
@@ -565,6 +690,7 @@ impl Engine {
         req: &BlockRequest,
         now: WallMs,
         rec: &mut AuditRecord,
+        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         self.refresh_own_addresses();
         self.refresh_infra(false);
@@ -576,7 +702,7 @@ impl Engine {
             ignore: &self.ignore,
             already_blocked: self.blocks.contains_key(&target.0)
                 || self.blocks.contains_key(&req.source),
-            evidence: Evidence::of(req.scan, req.distinct_ports),
+            evidence: evidence_of(req, ctl),
             started: self.rate.usage(req.source),
             weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
@@ -584,8 +710,8 @@ impl Engine {
         };
         match judge::judge(req.source, req.protocol, &facts) {
             Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
-            Verdict::RunCommand => self.run_command_only(req, now, rec),
-            Verdict::Block => self.block(req, target, now, rec),
+            Verdict::RunCommand => self.run_command_only(req, now, rec, ctl),
+            Verdict::Block => self.block(req, target, now, rec, ctl),
             Verdict::Evict(weak) => {
                 let why = format!(
                     "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
@@ -594,7 +720,7 @@ impl Engine {
                 self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
                 self.counters.unblocked += 1;
                 self.rewrite_blocked_file();
-                self.block(req, target, now, rec)
+                self.block(req, target, now, rec, ctl)
             }
         }
     }
@@ -605,14 +731,14 @@ impl Engine {
         req: &BlockRequest,
         now: WallMs,
         rec: &mut AuditRecord,
+        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         let key = block_key(req.protocol);
-        self.rate
-            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
+        self.rate.record(now, evidence_of(req, ctl), req.source);
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
-            &subject(req, (req.source, None)),
+            &subject(req, (req.source, None), None),
         );
         self.log_action(req.source, &a);
         let ok = a.ok();
@@ -635,11 +761,15 @@ impl Engine {
         target: (IpAddr, Option<u8>),
         now: WallMs,
         rec: &mut AuditRecord,
+        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         let addr = target.0;
-        let subj = subject(req, target);
-        self.rate
-            .record(now, Evidence::of(req.scan, req.distinct_ports), req.source);
+        let duration = match ctl.and_then(|c| c.duration) {
+            Some(d) => Some(d),
+            None => self.cfg.block_timeout,
+        };
+        let subj = subject(req, target, duration);
+        self.rate.record(now, evidence_of(req, ctl), req.source);
         let mut block = BlockRecord {
             addr,
             protocol: req.protocol,
@@ -647,7 +777,7 @@ impl Engine {
             mode: req.mode,
             scan: req.scan,
             since_ms: now.0,
-            expires_ms: self.cfg.block_timeout.map(|t| now.after(t).0),
+            expires_ms: duration.map(|t| now.after(t).0),
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
@@ -655,7 +785,16 @@ impl Engine {
             // Written with a marker (crate::hostsdeny).
             hosts_deny_legacy: false,
             prefix6: target.1,
+            origin: ctl.map(|c| c.origin.clone()),
         };
+        if ctl.is_some() {
+            // Placeholders, not evidence (see BlockRecord::origin).
+            block.distinct_ports = 0;
+        }
+        rec.expires_ms = block.expires_ms;
+        if let Some(t) = rec.typed.as_mut() {
+            t.prefix = target.1;
+        }
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
         // its fdatasync, because the scanner is answered until the element exists. This
@@ -749,7 +888,7 @@ impl Engine {
                     rec.actions.len()
                 ));
             }
-            let how_long = match (block.expires_ms, self.cfg.block_timeout) {
+            let how_long = match (block.expires_ms, duration) {
                 (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
                 _ => "permanently".to_string(),
             };
@@ -767,13 +906,28 @@ impl Engine {
     }
 }
 
-/// The template variables of a block of `target` (an address, or an IPv6 network).
-fn subject(req: &BlockRequest, (addr, prefix6): (IpAddr, Option<u8>)) -> Subject {
+/// The template variables of a block of `target` (an address, or an IPv6 network) that
+/// lasts `timeout`.
+fn subject(
+    req: &BlockRequest,
+    (addr, prefix6): (IpAddr, Option<u8>),
+    timeout: Option<std::time::Duration>,
+) -> Subject {
     Subject {
         addr,
         port: req.port,
         protocol: req.protocol,
         prefix6,
+        timeout,
+    }
+}
+
+/// The evidence a request counts as: a control client's block is more than a single
+/// probe (it cannot be forged with a packet), a sensor's is what it saw.
+fn evidence_of(req: &BlockRequest, ctl: Option<&ControlBlock>) -> Evidence {
+    match ctl {
+        Some(_) => Evidence::Ports,
+        None => Evidence::of(req.scan, req.distinct_ports),
     }
 }
 
@@ -1097,6 +1251,145 @@ mod tests {
             Decision::RateLimited
         );
         assert_eq!(t.last()["reason"], "BLOCK_RATE=8 per minute reached");
+    }
+
+    fn ctl(origin: &str, secs: Option<u64>) -> ControlBlock {
+        ControlBlock {
+            origin: origin.into(),
+            duration: secs.map(std::time::Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn control_blocks_go_through_the_judge_and_keep_their_origin() {
+        let mut t = setup(&[("BLOCK_TIMEOUT", "60")]);
+        let a: IpAddr = "192.0.2.40".parse().unwrap();
+        let now = now_ms().us();
+        let (d, reason, exp) =
+            t.engine
+                .decide_control(a, &ctl("crowdsec", Some(4 * 3600)), PEER, now);
+        assert_eq!(d, Decision::Blocked, "{reason}");
+        assert_eq!(reason, "blocked for 14400s");
+        // Its own duration, not BLOCK_TIMEOUT.
+        let exp = exp.unwrap();
+        assert!(exp >= now.ms().0 + 14_399_000 && exp <= now.ms().0 + 14_401_000);
+        let rec = t.last();
+        assert_eq!(rec["origin"], "crowdsec");
+        assert_eq!(rec["decision"], "blocked");
+        assert!(rec["port"].is_null() && rec["scan"].is_null(), "{rec}");
+        assert_eq!(rec["peer"]["uid"], 1);
+        assert_eq!(t.engine.counters().control_requests, 1);
+        // The same judge: the ignore list and the never-block set.
+        let (d, _, _) = t.engine.decide_control(
+            "198.51.100.9".parse().unwrap(),
+            &ctl("crowdsec", None),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::Ignored);
+        assert_eq!(t.last()["origin"], "crowdsec");
+        let (d, _, _) = t.engine.decide_control(
+            "127.0.0.1".parse().unwrap(),
+            &ctl("crowdsec", None),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::NeverBlock);
+        // Already blocked.
+        let (d, _, _) = t.engine.decide_control(a, &ctl("manual", None), PEER, now);
+        assert_eq!(d, Decision::AlreadyBlocked);
+        // Bad origins and durations are rejected, audited, not clamped.
+        for (c, why) in [
+            (ctl("sensor", None), "reserved"),
+            (ctl("a b", None), "origin name"),
+            (ctl("", None), "origin name"),
+            (
+                ControlBlock {
+                    origin: "x".into(),
+                    duration: Some(std::time::Duration::from_millis(500)),
+                },
+                "shorter than 1 s",
+            ),
+            (ctl("x", Some(11 * 365 * 86_400)), "longer than ten years"),
+        ] {
+            let (d, reason, _) =
+                t.engine
+                    .decide_control("192.0.2.41".parse().unwrap(), &c, PEER, now);
+            assert_eq!(d, Decision::Rejected);
+            assert!(reason.contains(why), "{reason}");
+        }
+        assert!(!t.engine.is_blocked("192.0.2.41".parse().unwrap()));
+        // Persisted with its origin and its own expiry across a restart.
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        let entry = e2
+            .blocked()
+            .into_iter()
+            .find(|b| b.addr == a)
+            .expect("restored");
+        assert_eq!(entry.origin, "crowdsec");
+        assert_eq!(entry.expires_ms, Some(exp));
+        drop(e2);
+        // The fleet may lift only its own blocks.
+        assert!(t.decide("192.0.2.42", Protocol::Tcp) == Decision::Blocked);
+        let local: IpAddr = "192.0.2.42".parse().unwrap();
+        assert_eq!(
+            t.engine.unblock_origin(local, "crowdsec", PEER, now_ms()),
+            Err("sensor".to_string())
+        );
+        assert!(t.engine.is_blocked(local));
+        assert_eq!(
+            t.engine.unblock_origin(a, "crowdsec", PEER, now_ms()),
+            Ok(Some(vec![]))
+        );
+        assert_eq!(t.last()["origin"], "crowdsec");
+        assert_eq!(
+            t.engine.unblock_origin(a, "crowdsec", PEER, now_ms()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn control_blocks_count_against_max_blocks_and_are_not_evicted_as_weak() {
+        let mut t = setup(&[("MAX_BLOCKS", "2")]);
+        let now = now_ms().us();
+        for a in ["192.0.2.50", "192.0.2.51"] {
+            let (d, _, _) =
+                t.engine
+                    .decide_control(a.parse().unwrap(), &ctl("crowdsec", None), PEER, now);
+            assert_eq!(d, Decision::Blocked);
+        }
+        let (d, reason, _) = t.engine.decide_control(
+            "192.0.2.52".parse().unwrap(),
+            &ctl("crowdsec", None),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::Capped, "{reason}");
+        // A sensor request with more evidence finds nothing weak to evict.
+        let r = req(9, "192.0.2.53", Protocol::Tcp, 22);
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::Capped
+        );
+        assert_eq!(t.engine.active_blocks(), 2);
+    }
+
+    #[test]
+    fn every_audit_record_reaches_the_decision_stream() {
+        let mut t = setup(&[]);
+        let sub = t.engine.watch.subscribe(None).unwrap();
+        assert_eq!(t.decide("192.0.2.60", Protocol::Tcp), Decision::Blocked);
+        assert_eq!(t.decide("198.51.100.1", Protocol::Tcp), Decision::Ignored);
+        let got: Vec<sentry_proto::WatchRecord> = sub.rx.try_iter().collect();
+        assert_eq!(got.len(), t.audit().len());
+        assert_eq!(got[0].kind, "blocked");
+        assert_eq!(got[0].origin.as_deref(), Some("sensor"));
+        assert_eq!(got[0].source, Some("192.0.2.60".parse().unwrap()));
+        assert_eq!(got[0].scan, Some(sentry_proto::ScanKind::Syn));
+        assert!(got[0].evidence.is_some_and(|e| !e.handshake));
+        assert_eq!(got[1].kind, "ignored");
+        assert_eq!(got[0].seq + 1, got[1].seq);
     }
 
     #[test]

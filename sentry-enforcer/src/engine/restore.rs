@@ -209,6 +209,8 @@ impl Engine {
                 port: b.port,
                 protocol: b.protocol,
                 prefix6: b.prefix6,
+                // Only the route and KILL_ROUTE run here; the element came with the table.
+                timeout: None,
             };
             if backends.route {
                 let a = self.exec.run(&self.cfg, &Action::Route(Op::Add), &subj);
@@ -243,11 +245,8 @@ impl Engine {
                 },
                 None,
             );
-            rec.source = Some(addr.to_string());
-            rec.protocol = Some(b.protocol.as_str());
-            rec.port = Some(b.port);
-            rec.scan = Some(b.scan.as_str());
-            rec.mode = Some(b.mode.as_str());
+            rec.set_block(&b);
+            rec.expires_ms = b.expires_ms;
             rec.actions = actions;
             self.blocks.insert(b);
             self.write_audit(&rec);

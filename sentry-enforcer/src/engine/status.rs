@@ -56,6 +56,10 @@ impl Engine {
                 since_ms: b.since_ms,
                 expires_ms: b.expires_ms,
                 prefix6: b.prefix6,
+                origin: b
+                    .origin
+                    .clone()
+                    .unwrap_or_else(|| sentry_proto::ORIGIN_SENSOR.to_string()),
             })
             .collect();
         v.sort_by_key(|b| (b.since_ms, b.addr));

@@ -1,0 +1,878 @@
+//! The bridge's threads: the decision stream to the queue (push filter), the queue to
+//! the LAPI (alerts), the LAPI's decision stream to the enforcer (pull), and the
+//! metrics textfile.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sentry_enforcer::ctl::{Client, WatchEvent};
+use sentry_proto::{ControlRequest, ControlResponse, Decision, WatchRecord, ORIGIN_SENSOR};
+
+use crate::config::Config;
+use crate::lapi::{Lapi, LapiError, Report};
+use crate::queue::Queue;
+
+/// Alerts sent in one `POST /v1/alerts`.
+pub const BATCH: usize = 50;
+
+/// Everything counted, for the textfile.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub pushed: u64,
+    pub push_failures: HashMap<&'static str, u64>,
+    pub not_pushed_weak: u64,
+    pub not_pushed_not_sensor: u64,
+    pub not_pushed_already_decided: u64,
+    pub queue_full: u64,
+    pub queue_write_errors: u64,
+    pub queue_rejected: u64,
+    pub queue_depth: u64,
+    pub stream_lost: u64,
+    pub stream_errors: u64,
+    pub pulled_block: u64,
+    pub pulled_unblock: u64,
+    pub pull_refused: u64,
+    pub pull_failures: HashMap<&'static str, u64>,
+    pub unsupported_scope: u64,
+    pub unsupported_range: u64,
+    pub unsupported_type: u64,
+    pub unsupported_origin: u64,
+    pub decisions_invalid: u64,
+    pub enforcer_errors: u64,
+    pub deleted_on_unblock: u64,
+}
+
+/// State shared by the threads.
+#[derive(Debug)]
+pub struct Shared {
+    pub cfg: Config,
+    pub stats: Mutex<Stats>,
+    pub queue: Mutex<Option<Queue>>,
+    pub wake: Condvar,
+    /// Addresses with an active fleet decision, with the decisions' ids (an address is
+    /// unblocked when its last decision goes).
+    pub active: Mutex<HashMap<IpAddr, HashSet<i64>>>,
+    /// Addresses whose fleet block `sentryctl unblock` lifted (DELETE_ON_UNBLOCK).
+    pub to_delete: Mutex<Vec<IpAddr>>,
+    last_log: Mutex<HashMap<&'static str, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            stats: Mutex::default(),
+            queue: Mutex::new(None),
+            wake: Condvar::new(),
+            active: Mutex::default(),
+            to_delete: Mutex::default(),
+            last_log: Mutex::default(),
+        }
+    }
+
+    pub fn stats(&self) -> MutexGuard<'_, Stats> {
+        lock(&self.stats)
+    }
+
+    pub fn log(&self, line: &str) {
+        eprintln!("sentry-share: {line}");
+    }
+
+    /// Log `line` for `topic` only when it differs from the last one (a LAPI that stays
+    /// down is one line, not one per retry); `None` clears the topic (logs recovery).
+    pub fn log_change(&self, topic: &'static str, line: Option<&str>) {
+        let mut l = lock(&self.last_log);
+        match line {
+            Some(s) if l.get(topic).map(String::as_str) != Some(s) => {
+                self.log(s);
+                l.insert(topic, s.to_string());
+            }
+            Some(_) => {}
+            None => {
+                if l.remove(topic).is_some() {
+                    self.log(&format!("{topic}: working again"));
+                }
+            }
+        }
+    }
+
+    fn state_path(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join(name)
+    }
+}
+
+/// Why a local decision is not pushed, or `None` when it is to be.
+pub fn push_filter(r: &WatchRecord, min_ports: u32) -> Result<Report, &'static str> {
+    if r.kind != Decision::Blocked.as_str() {
+        return Err("not_a_block");
+    }
+    if r.origin.as_deref() != Some(ORIGIN_SENSOR) {
+        return Err("not_sensor");
+    }
+    let (Some(source), Some(ev)) = (r.source, r.evidence) else {
+        return Err("not_sensor");
+    };
+    if !ev.handshake && ev.distinct_ports < min_ports {
+        return Err("weak");
+    }
+    Ok(Report {
+        source,
+        prefix: r.prefix,
+        protocol: r.protocol.map_or("tcp", |p| p.as_str()).to_string(),
+        port: r.port.unwrap_or(0),
+        scan: r.scan.map_or("", |s| s.as_str()).to_string(),
+        mode: r.mode.map_or("", |m| m.as_str()).to_string(),
+        distinct_ports: ev.distinct_ports,
+        handshake: ev.handshake,
+        time_us: r.time_us,
+    })
+}
+
+/// One record of the stream: queue it, count it, or note a manual unblock.
+pub fn handle_record(sh: &Shared, r: &WatchRecord) {
+    // An administrator's `sentryctl unblock` (of a fleet block, or of a local one that
+    // was pushed): the fleet's decisions for the address go too.
+    if r.kind == "unblocked"
+        && sh.cfg.delete_on_unblock
+        && r.reason.starts_with("sentryctl unblock")
+    {
+        if let Some(a) = r.source {
+            lock(&sh.to_delete).push(a);
+            sh.wake.notify_all();
+        }
+        return;
+    }
+    if !sh.cfg.push {
+        return;
+    }
+    match push_filter(r, sh.cfg.push_min_ports) {
+        Ok(rep) => {
+            if lock(&sh.active).contains_key(&rep.source) {
+                sh.stats().not_pushed_already_decided += 1;
+                return;
+            }
+            let mut q = lock(&sh.queue);
+            let Some(q) = q.as_mut() else { return };
+            match q.push(&rep) {
+                Ok(true) => {
+                    let depth = q.len() as u64;
+                    sh.stats().queue_depth = depth;
+                    sh.wake.notify_all();
+                }
+                Ok(false) => {
+                    sh.stats().queue_full += 1;
+                    sh.log(&format!(
+                        "queue full (QUEUE_MAX={}): block of {} not pushed",
+                        sh.cfg.queue_max, rep.source
+                    ));
+                }
+                Err(e) => {
+                    sh.stats().queue_write_errors += 1;
+                    sh.log(&format!(
+                        "cannot write the queue: {e}; block of {} not pushed",
+                        rep.source
+                    ));
+                }
+            }
+        }
+        Err("weak") => sh.stats().not_pushed_weak += 1,
+        Err("not_sensor") => sh.stats().not_pushed_not_sensor += 1,
+        Err(_) => {}
+    }
+}
+
+/// Follow the enforcer's decision stream for ever (reconnecting), resuming from the
+/// saved cursor.
+pub fn watch_loop(sh: Arc<Shared>) {
+    let cursor_path = sh.state_path("cursor");
+    let mut cursor = match crate::queue::load_cursor(&cursor_path) {
+        Ok(c) => c,
+        Err(e) => {
+            sh.log(&format!("{e}; starting from the live stream"));
+            None
+        }
+    };
+    loop {
+        let w = Client::connect(&sh.cfg.runtime_dir).and_then(|c| c.watch(cursor));
+        let mut w = match w {
+            Ok(w) => {
+                sh.log_change("enforcer", None);
+                w
+            }
+            Err(e) => {
+                sh.stats().enforcer_errors += 1;
+                sh.log_change("enforcer", Some(&format!("decision stream: {e}")));
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if w.lost > 0 || w.run_changed {
+            sh.stats().stream_lost += w.lost;
+            sh.log(&format!(
+                "decision stream resumed at {}: {} records lost{}; their blocks were not pushed",
+                w.next,
+                w.lost,
+                if w.run_changed {
+                    " (the enforcer restarted; records of its previous run after the cursor are only in its audit log)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let mut saved = Instant::now();
+        loop {
+            match w.next_event() {
+                Ok(WatchEvent::Record(r)) => {
+                    handle_record(&sh, &r);
+                    // After the queue write: at least once, never lost.
+                    cursor = Some(w.next);
+                    if let Err(e) = crate::queue::save_cursor(&cursor_path, w.next) {
+                        sh.log_change("cursor", Some(&format!("cannot save the cursor: {e}")));
+                    }
+                    saved = Instant::now();
+                }
+                Ok(WatchEvent::Heartbeat) => {
+                    if cursor != Some(w.next) && saved.elapsed() > Duration::from_secs(5) {
+                        cursor = Some(w.next);
+                        let _ = crate::queue::save_cursor(&cursor_path, w.next);
+                        saved = Instant::now();
+                    }
+                }
+                Ok(WatchEvent::End(reason)) => {
+                    sh.stats().stream_errors += 1;
+                    sh.log(&format!("the enforcer ended the decision stream: {reason}"));
+                    cursor = Some(w.next);
+                    break;
+                }
+                Err(e) => {
+                    sh.stats().stream_errors += 1;
+                    sh.log(&format!("decision stream: {e}; reconnecting"));
+                    cursor = Some(w.next);
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn count_failure(map: &mut HashMap<&'static str, u64>, e: &LapiError) {
+    *map.entry(e.kind()).or_default() += 1;
+}
+
+/// Send what the queue holds, oldest first; on failure wait (1 s, doubling to 30 s) and
+/// retry. Nothing leaves the queue until a LAPI accepted it.
+pub fn push_loop(sh: Arc<Shared>, mut lapi: Lapi) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let batch = {
+            let q = lock(&sh.queue);
+            let batch = q.as_ref().map(|q| q.front(BATCH)).unwrap_or_default();
+            if batch.is_empty() && lock(&sh.to_delete).is_empty() {
+                let _ = sh.wake.wait_timeout(q, Duration::from_secs(1)).map(drop);
+                continue;
+            }
+            batch
+        };
+        let deletes: Vec<IpAddr> = std::mem::take(&mut *lock(&sh.to_delete));
+        for a in deletes {
+            match lapi.delete_decisions(a) {
+                Ok(()) => {
+                    sh.stats().deleted_on_unblock += 1;
+                    sh.log(&format!(
+                        "fleet decisions for {a} deleted (sentryctl unblock)"
+                    ));
+                }
+                Err(e) => {
+                    count_failure(&mut sh.stats().push_failures, &e);
+                    sh.log(&format!("cannot delete the fleet decisions for {a}: {e}"));
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let body = crate::lapi::alerts_body(&batch, sh.cfg.decision_duration);
+        match lapi.push_alerts(&body) {
+            Ok(ids) => {
+                backoff = Duration::from_secs(1);
+                sh.log_change("push", None);
+                if lapi.failed_over {
+                    lapi.failed_over = false;
+                    sh.log(&format!("pushing to {} now", lapi.current_url()));
+                }
+                let depth = {
+                    let mut g = lock(&sh.queue);
+                    let q = g.as_mut();
+                    if let Some(Err(e)) = q.map(|q| q.pop(batch.len())) {
+                        sh.log(&format!("cannot rewrite the queue: {e}"));
+                    }
+                    g.as_ref().map_or(0, Queue::len) as u64
+                };
+                {
+                    let mut st = sh.stats();
+                    st.pushed += batch.len() as u64;
+                    st.queue_depth = depth;
+                }
+                for r in &batch {
+                    sh.log(&format!(
+                        "pushed alert for {} ({} ports{}) to {} (ids {})",
+                        r.source,
+                        r.distinct_ports,
+                        if r.handshake { ", handshake" } else { "" },
+                        lapi.current_url(),
+                        ids.join(",")
+                    ));
+                }
+            }
+            Err(e) => {
+                count_failure(&mut sh.stats().push_failures, &e);
+                sh.log_change(
+                    "push",
+                    Some(&format!(
+                        "{e}; {} alerts stay queued, retrying",
+                        lock(&sh.queue).as_ref().map_or(0, Queue::len)
+                    )),
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// What to do with one decision of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Block {
+        addr: IpAddr,
+        duration_ms: u64,
+        id: i64,
+    },
+    Skip(&'static str, String),
+}
+
+/// Check a new decision (scope, type, value, duration) — every field is LAPI input.
+pub fn classify(d: &crate::lapi::Decision) -> Action {
+    let skip = |what: &'static str, why: String| Action::Skip(what, why);
+    if d.kind != "ban" {
+        return skip(
+            "type",
+            format!(
+                "decision {} for {}: type {:?} (only ban is enforced)",
+                d.id, d.value, d.kind
+            ),
+        );
+    }
+    let addr = match d.scope.as_str() {
+        // 1.4.6 is case-sensitive: "Ip" and "Range" exactly.
+        "Ip" => match d.value.parse::<IpAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                return skip(
+                    "invalid",
+                    format!("decision {}: {:?} is not an address", d.id, d.value),
+                )
+            }
+        },
+        "Range" => {
+            let single = d.value.split_once('/').and_then(|(a, l)| {
+                let a: IpAddr = a.parse().ok()?;
+                let l: u8 = l.parse().ok()?;
+                let full = if a.is_ipv4() { 32 } else { 128 };
+                (l == full).then_some(a)
+            });
+            match single {
+                Some(a) => a,
+                None => {
+                    return skip(
+                        "range",
+                        format!(
+                            "decision {}: range {} not enforced (the enforcer blocks single addresses, and IPv6 scanners by its BLOCK_PREFIX6 network)",
+                            d.id, d.value
+                        ),
+                    )
+                }
+            }
+        }
+        other => {
+            return skip(
+                "scope",
+                format!(
+                    "decision {}: scope {other:?} not enforced (Ip and Range only)",
+                    d.id
+                ),
+            )
+        }
+    };
+    let dur = match sentry_proto::parse_go_duration(&d.duration) {
+        Ok(x) => x,
+        Err(sentry_proto::DurationError::Negative) => {
+            return skip(
+                "expired",
+                format!("decision {} for {addr} already expired", d.id),
+            )
+        }
+        Err(e) => {
+            return skip(
+                "invalid",
+                format!(
+                    "decision {} for {addr}: duration {:?}: {e}",
+                    d.id, d.duration
+                ),
+            )
+        }
+    };
+    let ms = u64::try_from(dur.as_millis()).unwrap_or(u64::MAX);
+    if ms < 1000 {
+        return skip(
+            "expired",
+            format!("decision {} for {addr} ends within a second", d.id),
+        );
+    }
+    Action::Block {
+        addr,
+        duration_ms: ms.min(sentry_proto::MAX_BLOCK_DURATION_MS),
+        id: d.id,
+    }
+}
+
+/// Apply one stream reply; `startup` replies are the whole active set.
+pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool) {
+    let origin = sh.cfg.origin.clone();
+    let mut client = match Client::connect(&sh.cfg.runtime_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            sh.stats().enforcer_errors += 1;
+            sh.log(&format!("cannot apply fleet decisions: {e}"));
+            return;
+        }
+    };
+    if startup {
+        lock(&sh.active).clear();
+    }
+    for d in reply.deleted.unwrap_or_default() {
+        let Action::Block { addr, .. } = classify(&crate::lapi::Decision {
+            duration: "1h".into(),
+            kind: "ban".into(),
+            ..d.clone()
+        }) else {
+            continue;
+        };
+        let last = {
+            let mut act = lock(&sh.active);
+            match act.get_mut(&addr) {
+                Some(ids) => {
+                    ids.remove(&d.id);
+                    let empty = ids.is_empty();
+                    if empty {
+                        act.remove(&addr);
+                    }
+                    empty
+                }
+                None => true,
+            }
+        };
+        if !last {
+            continue;
+        }
+        match client.call(&ControlRequest::UnblockOrigin {
+            addr,
+            origin: origin.clone(),
+        }) {
+            Ok(ControlResponse::UnblockedOrigin {
+                was_blocked: true,
+                other_origin: None,
+                ..
+            }) => {
+                sh.stats().pulled_unblock += 1;
+                sh.log(&format!(
+                    "fleet decision {} for {addr} ended: unblocked",
+                    d.id
+                ));
+            }
+            Ok(ControlResponse::UnblockedOrigin {
+                other_origin: Some(o),
+                ..
+            }) => sh.log(&format!(
+                "fleet decision {} for {addr} ended; its block is {o}'s, kept",
+                d.id
+            )),
+            Ok(_) => {}
+            Err(e) => {
+                sh.stats().enforcer_errors += 1;
+                sh.log(&format!("unblock of {addr}: {e}"));
+            }
+        }
+    }
+    for d in reply.new.unwrap_or_default() {
+        if !sh.cfg.pull_origins.contains(&d.origin) {
+            sh.stats().unsupported_origin += 1;
+            sh.log_change(
+                "origin",
+                Some(&format!(
+                    "decisions of origin {:?} are not enforced (PULL_ORIGINS)",
+                    d.origin
+                )),
+            );
+            continue;
+        }
+        match classify(&d) {
+            Action::Skip(what, why) => {
+                {
+                    let mut st = sh.stats();
+                    match what {
+                        "type" => st.unsupported_type += 1,
+                        "range" => st.unsupported_range += 1,
+                        "scope" => st.unsupported_scope += 1,
+                        "expired" => {}
+                        _ => st.decisions_invalid += 1,
+                    }
+                }
+                sh.log(&why);
+            }
+            Action::Block {
+                addr,
+                duration_ms,
+                id,
+            } => {
+                lock(&sh.active).entry(addr).or_default().insert(id);
+                match client.call(&ControlRequest::Block {
+                    addr,
+                    duration_ms: Some(duration_ms),
+                    origin: origin.clone(),
+                }) {
+                    Ok(ControlResponse::BlockResult {
+                        decision, reason, ..
+                    }) => {
+                        if decision == Decision::Blocked {
+                            sh.stats().pulled_block += 1;
+                        } else if decision != Decision::AlreadyBlocked {
+                            sh.stats().pull_refused += 1;
+                        }
+                        sh.log(&format!(
+                            "fleet decision {id} for {addr} ({}s): {decision} ({reason})",
+                            duration_ms / 1000
+                        ));
+                    }
+                    Ok(other) => sh.log(&format!("unexpected reply to block: {other:?}")),
+                    Err(e) => {
+                        sh.stats().enforcer_errors += 1;
+                        sh.log(&format!("block of {addr}: {e}"));
+                        // The connection may be gone: one new try for the rest.
+                        match Client::connect(&sh.cfg.runtime_dir) {
+                            Ok(c) => client = c,
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if startup {
+        // Fleet blocks the fleet no longer has (decisions deleted while this bridge was
+        // down) end now.
+        let active: HashSet<IpAddr> = lock(&sh.active).keys().copied().collect();
+        if let Ok(ControlResponse::Blocked(list)) = client.call(&ControlRequest::Blocked) {
+            for b in list {
+                if b.origin == origin && !active.contains(&b.addr) {
+                    let r = client.call(&ControlRequest::UnblockOrigin {
+                        addr: b.addr,
+                        origin: origin.clone(),
+                    });
+                    if r.is_ok() {
+                        sh.stats().pulled_unblock += 1;
+                        sh.log(&format!(
+                            "{} has no fleet decision any more: unblocked",
+                            b.addr
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Poll the LAPI's decision stream: startup first (and after any failure, so nothing
+/// missed while unreachable is kept), then deltas every PULL_INTERVAL.
+pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
+    let mut startup = true;
+    loop {
+        let t = Instant::now();
+        match lapi.stream(startup) {
+            Ok(r) => {
+                sh.log_change("pull", None);
+                apply_stream(&sh, r, startup);
+                startup = false;
+                if lapi.failed_over {
+                    // Another LAPI: its cursor for this key is its own; start over there
+                    // with the full set.
+                    lapi.failed_over = false;
+                    sh.log(&format!("pulling from {} now", lapi.current_url()));
+                    startup = true;
+                }
+            }
+            Err(e) => {
+                count_failure(&mut sh.stats().pull_failures, &e);
+                sh.log_change("pull", Some(&format!("decision stream: {e}")));
+                startup = true;
+            }
+        }
+        std::thread::sleep(sh.cfg.pull_interval.saturating_sub(t.elapsed()));
+    }
+}
+
+/// The bridge's own metrics (Prometheus text format).
+pub fn render_metrics(s: &Stats) -> String {
+    let mut e = sentry_enforcer::metrics::Expo::default();
+    e.single(
+        "sentry_share_alerts_pushed_total",
+        "counter",
+        "Local blocks a LAPI accepted as alerts.",
+        s.pushed,
+    );
+    e.family(
+        "sentry_share_not_pushed_total",
+        "counter",
+        "Local decisions not pushed, by reason.",
+    );
+    for (why, v) in [
+        ("weak_evidence", s.not_pushed_weak),
+        ("not_sensor", s.not_pushed_not_sensor),
+        ("already_decided", s.not_pushed_already_decided),
+        ("queue_full", s.queue_full),
+        ("queue_write_error", s.queue_write_errors),
+    ] {
+        e.sample("sentry_share_not_pushed_total", &[("reason", why)], v);
+    }
+    for (name, help, map) in [
+        (
+            "sentry_share_push_failures_total",
+            "Failed LAPI calls of the push side, by kind.",
+            &s.push_failures,
+        ),
+        (
+            "sentry_share_pull_failures_total",
+            "Failed LAPI calls of the pull side, by kind.",
+            &s.pull_failures,
+        ),
+    ] {
+        e.family(name, "counter", help);
+        for k in ["unreachable", "credentials", "clock_skew", "protocol"] {
+            e.sample(name, &[("kind", k)], map.get(k).copied().unwrap_or(0));
+        }
+    }
+    e.single(
+        "sentry_share_queue_depth",
+        "gauge",
+        "Alerts waiting for a LAPI.",
+        s.queue_depth,
+    );
+    e.single(
+        "sentry_share_queue_rejected_total",
+        "counter",
+        "Damaged queue-file lines skipped at start.",
+        s.queue_rejected,
+    );
+    e.single(
+        "sentry_share_stream_lost_total",
+        "counter",
+        "Decision-stream records lost (older than the enforcer keeps).",
+        s.stream_lost,
+    );
+    e.single(
+        "sentry_share_stream_errors_total",
+        "counter",
+        "Decision streams that ended with an error.",
+        s.stream_errors,
+    );
+    e.family(
+        "sentry_share_decisions_pulled_total",
+        "counter",
+        "Fleet decisions applied to the enforcer, by action.",
+    )
+    .sample(
+        "sentry_share_decisions_pulled_total",
+        &[("action", "block")],
+        s.pulled_block,
+    )
+    .sample(
+        "sentry_share_decisions_pulled_total",
+        &[("action", "unblock")],
+        s.pulled_unblock,
+    );
+    e.single(
+        "sentry_share_decisions_refused_total",
+        "counter",
+        "Fleet decisions the enforcer's own checks refused (never-block, ignore list, budgets).",
+        s.pull_refused,
+    );
+    e.family(
+        "sentry_share_decisions_unsupported_total",
+        "counter",
+        "Fleet decisions not enforced, by what was unsupported.",
+    );
+    for (what, v) in [
+        ("scope", s.unsupported_scope),
+        ("range", s.unsupported_range),
+        ("type", s.unsupported_type),
+        ("origin", s.unsupported_origin),
+        ("invalid", s.decisions_invalid),
+    ] {
+        e.sample(
+            "sentry_share_decisions_unsupported_total",
+            &[("what", what)],
+            v,
+        );
+    }
+    e.single(
+        "sentry_share_enforcer_errors_total",
+        "counter",
+        "Failed calls to the enforcer's control socket.",
+        s.enforcer_errors,
+    );
+    e.single(
+        "sentry_share_decisions_deleted_total",
+        "counter",
+        "Fleet decisions deleted after sentryctl unblock (DELETE_ON_UNBLOCK).",
+        s.deleted_on_unblock,
+    );
+    e.finish()
+}
+
+pub const TEXTFILE: &str = "sentry-share.prom";
+
+pub fn metrics_loop(sh: Arc<Shared>) {
+    let Some(dir) = sh.cfg.metrics_dir.clone() else {
+        return;
+    };
+    loop {
+        let text = render_metrics(&sh.stats().clone());
+        if let Err(e) = sentry_enforcer::metrics::write_textfile(&dir, TEXTFILE, &text) {
+            sh.log_change(
+                "metrics",
+                Some(&format!("cannot write {}/{TEXTFILE}: {e}", dir.display())),
+            );
+        } else {
+            sh.log_change("metrics", None);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentry_proto::{EvidenceInfo, Mode, Protocol, ScanKind};
+
+    fn rec(origin: &str, ports: u32, handshake: bool) -> WatchRecord {
+        WatchRecord {
+            seq: 1,
+            time_us: 1,
+            kind: "blocked".into(),
+            source: Some("10.0.0.5".parse().unwrap()),
+            prefix: None,
+            protocol: Some(Protocol::Tcp),
+            port: Some(22),
+            scan: Some(if handshake {
+                ScanKind::Connect
+            } else {
+                ScanKind::Syn
+            }),
+            mode: Some(if handshake { Mode::Tcp } else { Mode::Stcp }),
+            origin: Some(origin.into()),
+            evidence: Some(EvidenceInfo {
+                distinct_ports: ports,
+                handshake,
+            }),
+            expires_ms: None,
+            suppressed: None,
+            reason: "blocked permanently".into(),
+        }
+    }
+
+    #[test]
+    fn only_strong_local_blocks_are_pushed() {
+        assert!(push_filter(&rec("sensor", 5, false), 5).is_ok());
+        assert!(push_filter(&rec("sensor", 1, true), 5).is_ok());
+        assert_eq!(push_filter(&rec("sensor", 4, false), 5), Err("weak"));
+        assert_eq!(push_filter(&rec("sensor", 1, false), 2), Err("weak"));
+        assert_eq!(
+            push_filter(&rec("crowdsec", 99, true), 5),
+            Err("not_sensor")
+        );
+        assert_eq!(push_filter(&rec("manual", 99, true), 5), Err("not_sensor"));
+        let mut r = rec("sensor", 9, false);
+        r.kind = "already_blocked".into();
+        assert_eq!(push_filter(&r, 5), Err("not_a_block"));
+        let r = push_filter(&rec("sensor", 9, false), 5).unwrap();
+        assert_eq!(
+            (r.scan.as_str(), r.mode.as_str(), r.port),
+            ("syn", "stcp", 22)
+        );
+    }
+
+    fn dec(scope: &str, value: &str, kind: &str, duration: &str) -> crate::lapi::Decision {
+        crate::lapi::Decision {
+            id: 7,
+            origin: "crowdsec".into(),
+            kind: kind.into(),
+            scope: scope.into(),
+            value: value.into(),
+            duration: duration.into(),
+            scenario: "sentry/portscan".into(),
+        }
+    }
+
+    #[test]
+    fn decisions_are_checked_field_by_field() {
+        assert_eq!(
+            classify(&dec("Ip", "10.0.0.5", "ban", "3h59m59.5s")),
+            Action::Block {
+                addr: "10.0.0.5".parse().unwrap(),
+                duration_ms: 14_399_500,
+                id: 7
+            }
+        );
+        assert!(matches!(
+            classify(&dec("Range", "10.0.0.5/32", "ban", "1h")),
+            Action::Block { .. }
+        ));
+        for (d, what) in [
+            (dec("ip", "10.0.0.5", "ban", "1h"), "scope"),
+            (dec("Country", "FR", "ban", "1h"), "scope"),
+            (dec("Range", "10.0.0.0/24", "ban", "1h"), "range"),
+            (dec("Range", "2001:db8::/64", "ban", "1h"), "range"),
+            (dec("Ip", "10.0.0.5", "captcha", "1h"), "type"),
+            (dec("Ip", "10.0.0.300", "ban", "1h"), "invalid"),
+            (dec("Ip", "10.0.0.5", "ban", "1d"), "invalid"),
+            (dec("Ip", "10.0.0.5", "ban", "-5m"), "expired"),
+            (dec("Ip", "10.0.0.5", "ban", "300ms"), "expired"),
+        ] {
+            match classify(&d) {
+                Action::Skip(w, why) => assert_eq!(w, what, "{d:?}: {why}"),
+                a => panic!("{d:?}: {a:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_families_are_complete() {
+        let mut s = Stats {
+            pushed: 3,
+            ..Stats::default()
+        };
+        s.push_failures.insert("unreachable", 2);
+        let t = render_metrics(&s);
+        assert!(t.contains("sentry_share_alerts_pushed_total 3\n"));
+        assert!(t.contains("sentry_share_push_failures_total{kind=\"unreachable\"} 2\n"));
+        assert!(t.contains("sentry_share_queue_depth 0\n"));
+    }
+}

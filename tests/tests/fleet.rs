@@ -1,0 +1,761 @@
+//! issue #14: the fleet. Two hosts (each its own pair of namespaces running the real
+//! enforcer, sensor and `sentry-share` bridge) and one real CrowdSec LAPI (Debian's
+//! 1.4.6, LAPI only, SQLite in a temp dir, loopback). A scan of host A is blocked on
+//! host B; unblock propagates; an LAPI outage is queued through; B's enforcer refuses a
+//! fleet decision for its own gateway; a forged single SYN stays local; both metrics
+//! textfiles pass `promtool check metrics`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use sentry_tests::fleet::{promtool, require_crowdsec, Bridge, Lapi, SHARE_USER};
+use sentry_tests::netns::{SCANNER2_V4, SCANNER3_V4, SCANNER4_V4, SCANNER_V4, TARGET_V4};
+use sentry_tests::{require_root, wait_until, AuditDecision, AuditLine, Sentry, Settings};
+
+/// The fleet tests take turns: each runs two hosts, a LAPI and two bridges.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A host: the pair, with CONTROL_GROUP for the bridge and a metrics textfile.
+fn host(name: &str, settings: Settings, gateway: Option<Ipv4Addr>) -> Sentry {
+    sentry_tests::fleet::ensure_share_user();
+    let mut s = Sentry::prepare(name, settings);
+    let metrics = s.dir.path().join("metrics");
+    std::fs::create_dir(&metrics).expect("mkdir metrics");
+    s.settings = s
+        .settings
+        .clone()
+        .set("CONTROL_GROUP", SHARE_USER)
+        .set("METRICS_DIR", &metrics.display().to_string());
+    s.write_config();
+    if let Some(gw) = gateway {
+        s.net.run_ok(
+            sentry_tests::Side::Target,
+            "ip",
+            &["route", "add", "default", "via", &gw.to_string()],
+        );
+    }
+    s.start_enforcer();
+    s.start_sensor();
+    s
+}
+
+fn bridge(s: &Sentry, lapi: &Lapi, machine: &str, key: &str, extra: &str) -> Bridge {
+    let b = Bridge::prepare(
+        s.dir.path(),
+        &s.runtime_dir,
+        &lapi.url,
+        Some((machine, &format!("pw-{machine}-0123456789"))),
+        Some(key),
+        &format!("PULL_INTERVAL=\"1s\"\nPUSH_MIN_PORTS=\"5\"\n{extra}"),
+    );
+    b.start();
+    b
+}
+
+fn diag(hosts: &[(&Sentry, &Bridge)], lapi: &Lapi) -> String {
+    let mut o = String::new();
+    for (s, b) in hosts {
+        o.push_str(&format!(
+            "=== host {} ===\n{}\n--- bridge log ---\n{}\n--- bridge metrics ---\n{}\n",
+            s.name,
+            s.diag(),
+            b.log(),
+            b.metrics_text()
+        ));
+    }
+    o.push_str(&format!("=== LAPI log ===\n{}", lapi.log()));
+    o
+}
+
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    hosts: &[(&Sentry, &Bridge)],
+    lapi: &Lapi,
+    mut f: impl FnMut() -> bool,
+) {
+    wait_until(timeout, what, || f().then_some(()), || diag(hosts, lapi));
+}
+
+fn fleet_record(s: &Sentry, ip: IpAddr, d: AuditDecision) -> Option<AuditLine> {
+    s.audit_for(ip, d)
+        .into_iter()
+        .find(|r| r.origin.as_deref() == Some("crowdsec"))
+}
+
+/// A scan of A is blocked on B within 2 s of A's block (B polls every second); the
+/// LAPI goes down, A queues the next scanner and sends it once the LAPI is back;
+/// `sentryctl unblock` on A (DELETE_ON_UNBLOCK) lifts the fleet block on B.
+#[test]
+fn a_scan_of_one_host_is_blocked_on_the_other() {
+    let test = "a_scan_of_one_host_is_blocked_on_the_other";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    let mut lapi = Lapi::start();
+    for m in ["host-a", "host-b"] {
+        lapi.add_machine(m, &format!("pw-{m}-0123456789"));
+    }
+    let key_a = lapi.add_bouncer("host-a");
+    let key_b = lapi.add_bouncer("host-b");
+    let settings = Settings::new(&["atcp"]).set("SCAN_TRIGGER", "5");
+    let a = host("fleet-a", settings.clone(), None);
+    let b = host("fleet-b", settings, None);
+    let ba = bridge(&a, &lapi, "host-a", &key_a, "DELETE_ON_UNBLOCK=\"1\"\n");
+    let bb = bridge(&b, &lapi, "host-b", &key_b, "");
+    let scanner = IpAddr::V4(SCANNER_V4);
+    // Both bridges are following their enforcer's stream before the scan.
+    wait_for(
+        "both bridges to follow the decision stream",
+        Duration::from_secs(15),
+        &[(&a, &ba), (&b, &bb)],
+        &lapi,
+        || {
+            [&a, &b].iter().all(|s| {
+                s.sentryctl(&["metrics"])
+                    .stdout
+                    .contains("sentry_watch_clients 1")
+            })
+        },
+    );
+
+    a.nmap(&["-sS", "-p", "1-100", &TARGET_V4.to_string()]);
+    let on_a = a.wait_blocked(scanner);
+    assert_eq!(on_a.origin.as_deref(), Some("sensor"), "{on_a:?}");
+    assert!(on_a.distinct_ports.unwrap_or(0) >= 5, "{on_a:?}");
+    assert_eq!(on_a.handshake, Some(false), "{on_a:?}");
+    let hosts = [(&a, &ba), (&b, &bb)];
+    let mut on_b = None;
+    wait_for(
+        "host B to block A's scanner (fleet decision)",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || {
+            on_b = fleet_record(&b, scanner, AuditDecision::Blocked);
+            on_b.is_some()
+        },
+    );
+    let on_b = on_b.expect("record");
+    let latency_ms = (on_b.time_us.saturating_sub(on_a.time_us)) / 1000;
+    println!("fleet: scan blocked on A -> blocked on B in {latency_ms} ms");
+    assert!(
+        latency_ms <= 2000,
+        "B blocked {latency_ms} ms after A (want <= 2000)\n{}",
+        diag(&hosts, &lapi)
+    );
+    assert!(b.nft_has(scanner), "B's nftables set lacks {scanner}");
+    // B's scanner namespace has the same address: its probes are now dropped on B.
+    let st = b.ctl_json(&["blocked"]);
+    assert!(
+        st.as_array().is_some_and(|l| l
+            .iter()
+            .any(|e| e["addr"] == scanner.to_string() && e["origin"] == "crowdsec")),
+        "{st}"
+    );
+    // The decision came back to A too: A's own block stays A's (already blocked), and
+    // A does not push a fleet block back.
+    wait_for(
+        "A to pull the decision it caused",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || fleet_record(&a, scanner, AuditDecision::AlreadyBlocked).is_some(),
+    );
+    wait_for(
+        "A's metrics to count the push",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || ba.metric("sentry_share_alerts_pushed_total") == Some(1),
+    );
+    wait_for(
+        "B's metrics to count the pull",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || bb.metric("sentry_share_decisions_pulled_total{action=\"block\"}") == Some(1),
+    );
+    assert_eq!(bb.metric("sentry_share_alerts_pushed_total"), Some(0));
+    let alerts = lapi.cscli(&["alerts", "list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&alerts.stdout).expect("alerts JSON");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "one alert in the fleet: {alerts}"
+    );
+
+    // The LAPI goes away: the next scanner is queued on A...
+    lapi.stop();
+    let second = IpAddr::V4(SCANNER2_V4);
+    a.nmap(&[
+        "-sS",
+        "-S",
+        &SCANNER2_V4.to_string(),
+        "-e",
+        sentry_tests::netns::SCANNER_IF,
+        "-p",
+        "1-100",
+        &TARGET_V4.to_string(),
+    ]);
+    a.wait_blocked(second);
+    wait_for(
+        "A's bridge to queue the alert while the LAPI is down",
+        Duration::from_secs(20),
+        &hosts,
+        &lapi,
+        || {
+            ba.metric("sentry_share_queue_depth") == Some(1)
+                && ba
+                    .metric("sentry_share_push_failures_total{kind=\"unreachable\"}")
+                    .unwrap_or(0)
+                    >= 1
+        },
+    );
+    // ... survives a restart of the bridge itself ...
+    ba.stop();
+    ba.start();
+    wait_for(
+        "the restarted bridge to find the queued alert",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || ba.log().contains("1 queued alerts from before the restart"),
+    );
+    assert!(fleet_record(&b, second, AuditDecision::Blocked).is_none());
+    // ... and is sent once the LAPI is back.
+    lapi.run();
+    wait_for(
+        "B to block the scanner A queued during the outage",
+        Duration::from_secs(60),
+        &hosts,
+        &lapi,
+        || fleet_record(&b, second, AuditDecision::Blocked).is_some(),
+    );
+    wait_for(
+        "A's queue to drain",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || ba.metric("sentry_share_queue_depth") == Some(0),
+    );
+
+    // Unblock on A: with DELETE_ON_UNBLOCK the fleet's decisions go, and B lifts its
+    // fleet block (and only that).
+    assert!(a.sentryctl(&["unblock", &scanner.to_string()]).success());
+    wait_for(
+        "B to lift the fleet block after the unblock on A",
+        Duration::from_secs(20),
+        &hosts,
+        &lapi,
+        || {
+            b.audit_for(scanner, AuditDecision::Unblocked)
+                .iter()
+                .any(|r| r.origin.as_deref() == Some("crowdsec"))
+        },
+    );
+    assert!(!b.nft_has(scanner));
+    assert!(b.nft_has(second), "the other fleet block stays");
+    assert!(ba.alive(), "bridge A died\n{}", ba.log());
+    drop((ba, bb));
+    lapi.stop();
+}
+
+/// B's enforcer refuses a fleet decision for its own default gateway (never_block,
+/// audited with origin crowdsec); a single forged SYN blocked on A is not pushed
+/// (counted); both textfiles of each host pass `promtool check metrics`.
+#[test]
+fn the_fleet_cannot_block_a_gateway_and_forged_probes_stay_local() {
+    let test = "the_fleet_cannot_block_a_gateway_and_forged_probes_stay_local";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    let lapi = Lapi::start();
+    for m in ["host-a", "host-b"] {
+        lapi.add_machine(m, &format!("pw-{m}-0123456789"));
+    }
+    let key_a = lapi.add_bouncer("host-a");
+    let key_b = lapi.add_bouncer("host-b");
+    let gateway = SCANNER4_V4;
+    let a = host("fleet-forge-a", Settings::new(&["atcp"]), None);
+    let b = host("fleet-gw-b", Settings::new(&["atcp"]), Some(gateway));
+    let ba = bridge(&a, &lapi, "host-a", &key_a, "");
+    let bb = bridge(&b, &lapi, "host-b", &key_b, "");
+    let hosts = [(&a, &ba), (&b, &bb)];
+
+    // A fleet decision for B's gateway (and one for an ordinary address).
+    for ip in [gateway.to_string(), "10.203.0.77".to_string()] {
+        let o = lapi.cscli(&["decisions", "add", "--ip", &ip, "--duration", "1h"]);
+        assert!(o.success(), "{o}");
+    }
+    let gw = IpAddr::V4(gateway);
+    wait_for(
+        "B to refuse the decision for its gateway",
+        Duration::from_secs(20),
+        &hosts,
+        &lapi,
+        || fleet_record(&b, gw, AuditDecision::NeverBlock).is_some(),
+    );
+    let rec = fleet_record(&b, gw, AuditDecision::NeverBlock).expect("record");
+    assert!(rec.reason.contains("gateway"), "{rec:?}");
+    assert!(!b.nft_has(gw));
+    let other: IpAddr = "10.203.0.77".parse().unwrap();
+    wait_for(
+        "B to block the ordinary fleet decision",
+        Duration::from_secs(20),
+        &hosts,
+        &lapi,
+        || fleet_record(&b, other, AuditDecision::Blocked).is_some(),
+    );
+    let rec = fleet_record(&b, other, AuditDecision::Blocked).expect("record");
+    assert!(
+        rec.expires_ms
+            .is_some_and(|e| e > sentry_tests::now_ms() + 3_000_000),
+        "a 1h decision: {rec:?}"
+    );
+    wait_for(
+        "B's bridge to count the refused decision",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || bb.metric("sentry_share_decisions_refused_total") == Some(1),
+    );
+
+    // One forged SYN from a third address (SCAN_TRIGGER=0 blocks on it locally).
+    let forged = IpAddr::V4(SCANNER3_V4);
+    a.net.hping_from(SCANNER3_V4, 80, &["-S"]);
+    let rec = a.wait_blocked(forged);
+    assert_eq!(rec.distinct_ports, Some(1), "{rec:?}");
+    wait_for(
+        "A's bridge to count the weak block as not pushed",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || ba.metric("sentry_share_not_pushed_total{reason=\"weak_evidence\"}") == Some(1),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ba.metric("sentry_share_alerts_pushed_total"), Some(0));
+    let alerts = lapi.cscli(&["alerts", "list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&alerts.stdout).expect("alerts JSON");
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().all(|a| a["scenario"] != "sentry/portscan")),
+        "no alert from a bridge: {alerts}"
+    );
+    assert!(
+        !alerts.stdout.contains(&forged.to_string()),
+        "the forged source reached the fleet: {alerts}"
+    );
+    assert!(fleet_record(&b, forged, AuditDecision::Blocked).is_none());
+
+    // The textfiles: the enforcer's (METRICS_DIR) and the bridge's.
+    let promtool = promtool();
+    if promtool.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("promtool missing (make test-deps unpacks prometheus)");
+    }
+    for (s, br) in hosts {
+        let enforcer_file = s.dir.path().join("metrics/sentry-enforcer.prom");
+        let share_file = br.metrics_dir.join("sentry-share.prom");
+        wait_for(
+            "both textfiles",
+            Duration::from_secs(15),
+            &hosts,
+            &lapi,
+            || enforcer_file.is_file() && share_file.is_file(),
+        );
+        let text = std::fs::read_to_string(&enforcer_file).unwrap();
+        assert!(
+            text.contains("sentry_decisions_total{decision=\"blocked\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("10.203."),
+            "no address in the metrics: {text}"
+        );
+        let Some(p) = &promtool else {
+            println!("SKIPPED (promtool not unpacked; run make test-deps): promtool check");
+            continue;
+        };
+        for f in [&enforcer_file, &share_file] {
+            let body = std::fs::read(f).unwrap();
+            let mut c = std::process::Command::new(p);
+            c.args(["check", "metrics"]);
+            let out = run_stdin(&mut c, &body);
+            assert!(out.0, "promtool check metrics {}: {}", f.display(), out.1);
+        }
+        // `sentryctl metrics` prints the same families.
+        let out = s.sentryctl(&["metrics"]);
+        assert!(
+            out.success() && out.stdout.contains("# TYPE sentry_active_blocks gauge"),
+            "{out}"
+        );
+    }
+}
+
+/// Run `c` with `input` on stdin; (success, stdout+stderr). Bounded: promtool reads a
+/// small file and exits.
+fn run_stdin(c: &mut std::process::Command, input: &[u8]) -> (bool, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A `sentryctl watch --json` child whose stdout lines are collected by a thread.
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    fn start(s: &Sentry, extra: &[&str]) -> Watcher {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(&s.bins.sentryctl)
+            .arg("--runtime-dir")
+            .arg(&s.runtime_dir)
+            .args(["--json", "watch"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sentryctl watch");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Watcher { child, lines: rx }
+    }
+
+    /// The next line as JSON, within 10 s.
+    fn next(&self) -> serde_json::Value {
+        let l = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line from sentryctl watch within 10 s");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))
+    }
+
+    /// The next record about `addr`, skipping others.
+    fn record_for(&self, addr: &str) -> serde_json::Value {
+        loop {
+            let v = self.next();
+            if v["source"] == addr {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The control socket's new commands against the real enforcer: `watch` (origin and
+/// evidence on every record, cursors, resuming), `block` (authorised like unblock,
+/// through the judge, audited with its origin, strict --for), `metrics`, and a watcher
+/// that stops reading is dropped (counted, logged) while decisions go on.
+#[test]
+fn control_socket_watch_block_and_metrics() {
+    let test = "control_socket_watch_block_and_metrics";
+    if !require_root(test) {
+        return;
+    }
+    let _turn = serial();
+    let s = Sentry::start(
+        test,
+        Settings::enforcer(&[("AUDIT_RATE", "100000"), ("BLOCK_RATE", "100000")]),
+    );
+    let w = Watcher::start(&s, &[]);
+    let start = w.next();
+    assert_eq!(start["event"], "start", "{start}");
+    assert_eq!(start["lost"], 0);
+    let mut sensor = s.connect_welcomed();
+    assert_eq!(
+        sensor.block("192.0.2.10", sentry_proto::Protocol::Tcp, 22),
+        sentry_proto::Decision::Blocked
+    );
+    let r = w.record_for("192.0.2.10");
+    assert_eq!(r["kind"], "blocked");
+    assert_eq!(r["origin"], "sensor");
+    assert_eq!(r["evidence"]["distinct_ports"], 3);
+    assert_eq!(r["evidence"]["handshake"], false);
+    assert_eq!(r["scan"], "syn");
+    let cursor_after_first = r["cursor"].as_str().expect("cursor").to_string();
+
+    // block: strict duration, origin recorded, the judge applies.
+    let out = s.sentryctl(&["block", "192.0.2.11", "--for", "4d"]);
+    assert_eq!(out.status.and_then(|c| c.code()), Some(2), "{out}");
+    assert!(out.stderr.contains("unknown unit \"d\""), "{out}");
+    let out = s.sentryctl(&[
+        "--json",
+        "block",
+        "192.0.2.11",
+        "--for",
+        "1h30m",
+        "--origin",
+        "ops",
+    ]);
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["decision"], "blocked", "{v}");
+    assert!(s.nft_has("192.0.2.11".parse().unwrap()));
+    let r = w.record_for("192.0.2.11");
+    assert_eq!(
+        (r["kind"].as_str(), r["origin"].as_str()),
+        (Some("blocked"), Some("ops"))
+    );
+    let exp = r["expires_ms"].as_u64().expect("expires");
+    let now = sentry_tests::now_ms();
+    assert!(exp > now + 5_300_000 && exp <= now + 5_400_000, "{r}");
+    assert!(
+        r["evidence"].is_null(),
+        "a control block carries no sensor evidence: {r}"
+    );
+    let out = s.sentryctl(&["block", "198.51.100.7"]);
+    assert_eq!(out.status.and_then(|c| c.code()), Some(1), "{out}");
+    assert!(out.stdout.contains("ignored"), "{out}");
+    let r = w.record_for("198.51.100.7");
+    assert_eq!(
+        (r["kind"].as_str(), r["origin"].as_str()),
+        (Some("ignored"), Some("manual"))
+    );
+    let audit = s.audit_for("192.0.2.11".parse().unwrap(), AuditDecision::Blocked);
+    assert_eq!(audit[0].origin.as_deref(), Some("ops"));
+    assert_eq!(audit[0].peer.map(|p| p.uid), Some(0));
+    let list = s.ctl_json(&["blocked"]);
+    assert!(
+        list.as_array().is_some_and(|l| l
+            .iter()
+            .any(|b| b["addr"] == "192.0.2.11" && b["origin"] == "ops")),
+        "{list}"
+    );
+
+    // Resume from a cursor: the records after it, nothing lost.
+    let w2 = Watcher::start(&s, &["--from", &cursor_after_first]);
+    let st = w2.next();
+    assert_eq!(
+        (st["event"].as_str(), st["lost"].as_u64()),
+        (Some("start"), Some(0)),
+        "{st}"
+    );
+    assert_eq!(w2.next()["source"], "192.0.2.11");
+    drop(w2);
+    // A cursor of another enforcer run says so.
+    let run: u64 = cursor_after_first
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let w3 = Watcher::start(&s, &["--from", &format!("{}:5", run + 1)]);
+    let st = w3.next();
+    assert_eq!(st["run_changed"], true, "{st}");
+    drop(w3);
+
+    // A watcher that connects and never reads: dropped once its buffer is full, while
+    // every decision is still answered at once.
+    let mut slow = std::os::unix::net::UnixStream::connect(s.control_sock()).expect("connect");
+    use std::io::Write;
+    for req in [
+        sentry_proto::ControlRequest::Hello {
+            version: sentry_proto::PROTOCOL_VERSION,
+        },
+        sentry_proto::ControlRequest::Watch { from: None },
+    ] {
+        slow.write_all(&sentry_proto::encode_frame(&req).unwrap())
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    for i in 0..4000u32 {
+        let src = format!("198.51.100.{}", 1 + i % 250);
+        assert_eq!(
+            sensor.block(&src, sentry_proto::Protocol::Tcp, 22),
+            sentry_proto::Decision::Ignored
+        );
+    }
+    println!("4000 decisions with a stuck watcher: {:?}", t.elapsed());
+    wait_until(
+        Duration::from_secs(15),
+        "the stuck watcher to be dropped and counted",
+        || {
+            let m = s.sentryctl(&["metrics"]).stdout;
+            m.contains("sentry_watch_dropped_total 1").then_some(())
+        },
+        || s.diag(),
+    );
+    assert!(
+        s.enforcer_log()
+            .contains("decision-stream client(s) dropped"),
+        "{}",
+        s.enforcer_log()
+    );
+    drop(slow);
+    // The live watcher kept up (it reads): it saw the last of them.
+    let mut last = serde_json::Value::Null;
+    while let Ok(l) = w.lines.recv_timeout(Duration::from_secs(2)) {
+        last = serde_json::from_str(&l).unwrap();
+    }
+    assert_eq!(last["kind"], "ignored", "{last}");
+    let m = s.sentryctl(&["metrics"]);
+    assert!(m.success(), "{m}");
+    for family in [
+        "# TYPE sentry_decisions_total counter",
+        "sentry_decisions_total{decision=\"ignored\"} 4001",
+        "sentry_requests_total{origin=\"control\"} 2",
+        "sentry_active_blocks{origin=\"control\"} 1",
+        "sentry_active_blocks{origin=\"sensor\"} 1",
+    ] {
+        assert!(m.stdout.contains(family), "{family}\n{}", m.stdout);
+    }
+}
+
+/// Throughput (a figure for the README, and a functional check of batching, the
+/// cursor and the queue): 1000 strong local blocks are made while the bridge is
+/// stopped; started, it resumes from its saved cursor, queues all of them and gets each
+/// accepted by the LAPI exactly once.
+#[test]
+fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
+    let test = "a_backlog_of_blocks_reaches_the_lapi_once_each";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    sentry_tests::fleet::ensure_share_user();
+    let lapi = Lapi::start();
+    lapi.add_machine("host-a", "pw-host-a-0123456789");
+    let s = Sentry::start(
+        test,
+        Settings::enforcer(&[("BLOCK_RATE", "100000"), ("CONTROL_GROUP", SHARE_USER)]),
+    );
+    let b = Bridge::prepare(
+        s.dir.path(),
+        &s.runtime_dir,
+        &lapi.url,
+        Some(("host-a", "pw-host-a-0123456789")),
+        None,
+        "",
+    );
+    // Start once so it saves a cursor, then stop it.
+    b.start();
+    wait_until(
+        Duration::from_secs(15),
+        "the bridge to save its cursor",
+        || b.dir.join("state/cursor").is_file().then_some(()),
+        || b.log(),
+    );
+    b.stop();
+    const N: u32 = 1000;
+    let mut sensor = s.connect_welcomed();
+    let t = Instant::now();
+    for i in 0..N {
+        let src = format!("10.60.{}.{}", i / 250, 1 + i % 250);
+        let r = sentry_tests::FakeSensor::scan_req(
+            src.parse().unwrap(),
+            sentry_proto::Protocol::Tcp,
+            22,
+            sensor.next_seq(),
+        )
+        .distinct_ports(12)
+        .build();
+        assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
+    }
+    println!("fleet bench: {N} blocks made in {:?}", t.elapsed());
+    let t = Instant::now();
+    b.start();
+    wait_until(
+        Duration::from_secs(300),
+        "every block to be pushed",
+        || (b.log().matches("pushed alert for").count() >= N as usize).then_some(()),
+        || format!("{}\n{}", b.log(), lapi.log()),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "fleet bench: {N} alerts queued and accepted by the LAPI in {secs:.2} s = {:.0} alerts/s",
+        f64::from(N) / secs
+    );
+    let alerts = lapi.cscli(&["alerts", "list", "-o", "json", "--limit", "0"]);
+    let list: serde_json::Value = serde_json::from_str(&alerts.stdout).expect("json");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(N as usize),
+        "each block once"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the queue to be empty",
+        || (b.metric("sentry_share_queue_depth") == Some(0)).then_some(()),
+        || b.log(),
+    );
+
+    // The enforcer restarts under the bridge: it reconnects, says the cursor named the
+    // previous run, and the next block is pushed too.
+    drop(sensor);
+    let mut s = s;
+    s.stop_enforcer().expect("enforcer was running");
+    s.start_enforcer();
+    let mut sensor = s.connect_welcomed();
+    let r = sentry_tests::FakeSensor::scan_req(
+        "10.61.0.1".parse().unwrap(),
+        sentry_proto::Protocol::Tcp,
+        22,
+        sensor.next_seq(),
+    )
+    .distinct_ports(12)
+    .build();
+    assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
+    wait_until(
+        Duration::from_secs(30),
+        "the block after the enforcer's restart to be pushed",
+        || b.log().contains("pushed alert for 10.61.0.1").then_some(()),
+        || b.log(),
+    );
+    assert!(b.log().contains("the enforcer restarted"), "{}", b.log());
+    assert!(b.alive(), "{}", b.log());
+}
