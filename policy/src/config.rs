@@ -82,6 +82,10 @@ pub struct Config {
     /// NEVER_BLOCK_INFRASTRUCTURE: never block this host's default gateways, nameservers,
     /// point-to-point peers and DHCP servers (default on).
     pub never_block_infrastructure: bool,
+    /// BLOCK_OTHER_SCANS: block the probes PortSentry never saw (ACK-family, IP-protocol,
+    /// SCTP INIT; [`sentry_proto::ScanKind::is_other`]) as BLOCK_TCP=1 would, instead of
+    /// only logging and auditing them (default off).
+    pub block_other_scans: bool,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<&'static str, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
@@ -196,6 +200,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("AUDIT_RATE", Kind::Num(1, 100_000)),
     ("CONTROL_GROUP", Kind::Ident),
     ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
+    ("BLOCK_OTHER_SCANS", Kind::Bool),
 ];
 
 /// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
@@ -438,6 +443,7 @@ impl Config {
             audit_rate: 100,
             control_group: None,
             never_block_infrastructure: true,
+            block_other_scans: false,
             key_lines: HashMap::new(),
             warnings: Vec::new(),
             empty_required: Vec::new(),
@@ -476,6 +482,7 @@ impl Config {
             ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
             ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
             ("NEVER_BLOCK_INFRASTRUCTURE", Value::Bool(b)) => self.never_block_infrastructure = b,
+            ("BLOCK_OTHER_SCANS", Value::Bool(b)) => self.block_other_scans = b,
             (k, v @ Value::Num(_)) => {
                 let n = num(&v);
                 match k {
@@ -524,7 +531,11 @@ impl Config {
                 "must not be empty",
             ));
         }
-        for (key, mode) in [("BLOCK_TCP", self.block_tcp), ("BLOCK_UDP", self.block_udp)] {
+        for (key, mode) in [
+            ("BLOCK_TCP", self.block_tcp),
+            ("BLOCK_UDP", self.block_udp),
+            ("BLOCK_OTHER_SCANS", self.other_scans_mode()),
+        ] {
             if mode == BlockMode::CommandOnly && self.kill_run_cmd.is_none() {
                 errors.push(ConfigError::new(
                     &path,
@@ -560,11 +571,31 @@ impl Config {
             || self.blackhole_route
     }
 
-    /// What to do with a detection of this protocol.
+    /// What to do with a detection of this protocol. SCTP and IP-protocol probes are
+    /// always "other" kinds: BLOCK_OTHER_SCANS decides.
     pub fn block_mode(&self, proto: sentry_proto::Protocol) -> BlockMode {
         match proto {
             sentry_proto::Protocol::Tcp => self.block_tcp,
             sentry_proto::Protocol::Udp => self.block_udp,
+            sentry_proto::Protocol::Sctp | sentry_proto::Protocol::Ip => self.other_scans_mode(),
+        }
+    }
+
+    /// What to do with a probe of this kind: BLOCK_OTHER_SCANS for the kinds PortSentry
+    /// never reported, BLOCK_TCP / BLOCK_UDP for the others.
+    pub fn block_mode_for(&self, scan: sentry_proto::ScanKind) -> BlockMode {
+        if scan.is_other() {
+            self.other_scans_mode()
+        } else {
+            self.block_mode(scan.protocol())
+        }
+    }
+
+    fn other_scans_mode(&self) -> BlockMode {
+        if self.block_other_scans {
+            BlockMode::Block
+        } else {
+            BlockMode::LogOnly
         }
     }
 

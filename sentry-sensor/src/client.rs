@@ -247,7 +247,7 @@ impl Client {
             let req = BlockRequest {
                 seq,
                 source: r.src,
-                protocol: r.mode.protocol(),
+                protocol: r.scan.protocol(),
                 port: r.port,
                 scan: r.scan,
                 mode: r.mode,

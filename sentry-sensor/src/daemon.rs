@@ -23,7 +23,7 @@ use crate::cli::{self, Args, Command};
 use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
-use crate::log::{detection_line, ip_options_line, Logger};
+use crate::log::{detection_line, ip_options_line_for, Logger};
 use crate::nflog::{CtState, Message, Nflog};
 use crate::pipeline::{candidate, Candidate, Counters};
 use crate::ports::{PortConfig, PortPolicy};
@@ -205,6 +205,7 @@ fn run(args: Args) -> i32 {
         advanced_exclude_udp: config.advanced_exclude_udp.iter().collect(),
     };
     let policy = PortPolicy::new(&modes, &port_cfg);
+    // SCTP and IP-protocol probes are watched only when TCP or UDP capture is.
     let capturing = policy.captures(Protocol::Tcp) || policy.captures(Protocol::Udp);
     let own_inodes = basic.inodes();
     let (listener_src, listeners) = if capturing {
@@ -571,7 +572,11 @@ impl Sensor {
         if !force && now.saturating_sub(self.last_refresh_ms) < LISTENER_RECHECK_MS {
             return;
         }
-        let tcp = self.pending.iter().any(|(c, _)| c.proto == Protocol::Tcp);
+        // SCTP endpoints are read with the TCP part.
+        let tcp = self
+            .pending
+            .iter()
+            .any(|(c, _)| matches!(c.proto, Protocol::Tcp | Protocol::Sctp));
         let udp = self.pending.iter().any(|(c, _)| c.proto == Protocol::Udp);
         self.refresh_listeners(now, tcp, udp);
         let pending = std::mem::take(&mut self.pending);
@@ -625,7 +630,7 @@ impl Sensor {
         let (scan, mode, src, port) = (h.scan, h.mode, h.src, h.port);
         if h.ip_options {
             self.log
-                .packet(now, src, || ip_options_line(src, mode, port));
+                .packet(now, src, || ip_options_line_for(src, scan.protocol(), port));
         }
         self.log
             .packet(now, src, || detection_line(scan, mode, src, port));

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 
-use sentry_proto::{Mode, ScanKind};
+use sentry_proto::{Mode, Protocol, ScanKind};
 
 use crate::classify::{ACK, FIN, PSH, RST, SYN, URG};
 
@@ -28,9 +28,30 @@ pub const SYSLOG_TAG: &str = "portsentry";
 /// The syslog tag of the lines sentry adds to PortSentry's.
 pub const SENTRY_TAG: &str = "sentry-sensor";
 
+/// What marks the detection lines of the kinds PortSentry never reported (ACK-family,
+/// IP-protocol, SCTP INIT): they read like PortSentry's but are sentry's own, so a
+/// PortSentry log watcher never gets a line it does not know.
+const SENTRY_ONLY_MARKERS: [&str; 4] = [
+    "attackalert: TCP ACK scan ",
+    "attackalert: TCP FIN/ACK (Maimon) scan ",
+    " to IP protocol: ",
+    " to SCTP port: ",
+];
+
 /// Whether `msg` is one of PortSentry 1.2's line forms (logged under [`SYSLOG_TAG`]).
 pub fn is_portsentry_line(msg: &str) -> bool {
+    if SENTRY_ONLY_MARKERS.iter().any(|m| msg.contains(m)) {
+        return false;
+    }
     msg.starts_with("attackalert: ") || msg.starts_with("adminalert: Going into listen mode on ")
+}
+
+/// `TCP port: N`, or for a probe without ports `IP protocol: N`.
+fn target(proto: Protocol, port: u16) -> String {
+    match proto {
+        Protocol::Ip => format!("IP protocol: {port}"),
+        p => format!("{} port: {port}", p.as_upper()),
+    }
 }
 
 /// The syslog tag `msg` is logged under.
@@ -56,21 +77,24 @@ const MAX_LINE: usize = 1024;
 pub fn decision_line(
     src: IpAddr,
     scan: ScanKind,
-    mode: Mode,
+    _mode: Mode,
     port: u16,
     decision: sentry_proto::Decision,
 ) -> String {
-    let proto = mode.protocol().as_upper();
+    let what = match scan.protocol() {
+        Protocol::Ip => format!("IP protocol {port}"),
+        p => format!("{} port {port}", p.as_upper()),
+    };
     match decision {
-        sentry_proto::Decision::Blocked => format!(
-            "attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {proto} port {port})"
-        ),
+        sentry_proto::Decision::Blocked => {
+            format!("attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {what})")
+        }
         sentry_proto::Decision::AlreadyBlocked => {
             format!("attackalert: Host: {src} is already blocked. Ignoring")
         }
-        other => format!(
-            "adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {proto} port {port})"
-        ),
+        other => {
+            format!("adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {what})")
+        }
     }
 }
 
@@ -100,6 +124,19 @@ pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> Str
         ScanKind::Xmas => {
             format!("attackalert: TCP XMAS scan from host: {src}/{src} to TCP port: {port}")
         }
+        // The kinds PortSentry never reported: sentry's own lines (see SENTRY_ONLY_MARKERS).
+        ScanKind::Ack => {
+            format!("attackalert: TCP ACK scan from host: {src}/{src} to TCP port: {port}")
+        }
+        ScanKind::Maimon => format!(
+            "attackalert: TCP FIN/ACK (Maimon) scan from host: {src}/{src} to TCP port: {port}"
+        ),
+        ScanKind::IpProtocol => {
+            format!("attackalert: IP protocol scan from host: {src}/{src} to IP protocol: {port}")
+        }
+        ScanKind::SctpInit => {
+            format!("attackalert: SCTP INIT scan from host: {src}/{src} to SCTP port: {port}")
+        }
         ScanKind::Oddball { flags } => {
             let b = |f: u8| u8::from(flags & f != 0);
             format!(
@@ -117,9 +154,14 @@ pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> Str
 
 /// PortSentry's IP-options warning.
 pub fn ip_options_line(src: IpAddr, mode: Mode, port: u16) -> String {
+    ip_options_line_for(src, mode.protocol(), port)
+}
+
+/// The IP-options warning for a probe of `proto` (PortSentry's line for TCP and UDP).
+pub fn ip_options_line_for(src: IpAddr, proto: Protocol, port: u16) -> String {
     format!(
-        "attackalert: Packet from host: {src}/{src} to {} port: {port} has IP options set (detection avoidance technique).",
-        mode.protocol().as_upper()
+        "attackalert: Packet from host: {src}/{src} to {} has IP options set (detection avoidance technique).",
+        target(proto, port)
     )
 }
 
@@ -488,6 +530,44 @@ mod tests {
         ] {
             assert_eq!(syslog_tag(&line), tag, "{line}");
         }
+    }
+
+    /// The kinds PortSentry never reported get lines in its style, tagged as sentry's own.
+    #[test]
+    fn other_kinds_lines_are_sentrys_own() {
+        for (line, want) in [
+            (
+                detection_line(ScanKind::Ack, Mode::Atcp, S, 80),
+                "attackalert: TCP ACK scan from host: 192.0.2.7/192.0.2.7 to TCP port: 80",
+            ),
+            (
+                detection_line(ScanKind::Maimon, Mode::Stcp, S, 23),
+                "attackalert: TCP FIN/ACK (Maimon) scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23",
+            ),
+            (
+                detection_line(ScanKind::IpProtocol, Mode::Atcp, S, 0),
+                "attackalert: IP protocol scan from host: 192.0.2.7/192.0.2.7 to IP protocol: 0",
+            ),
+            (
+                detection_line(ScanKind::SctpInit, Mode::Atcp, S, 80),
+                "attackalert: SCTP INIT scan from host: 192.0.2.7/192.0.2.7 to SCTP port: 80",
+            ),
+            (
+                ip_options_line_for(S, Protocol::Sctp, 80),
+                "attackalert: Packet from host: 192.0.2.7/192.0.2.7 to SCTP port: 80 has IP options set (detection avoidance technique).",
+            ),
+        ] {
+            assert_eq!(line, want);
+            assert_eq!(syslog_tag(&line), SENTRY_TAG, "{line}");
+        }
+        assert_eq!(
+            decision_line(S, ScanKind::IpProtocol, Mode::Atcp, 253, sentry_proto::Decision::LogOnly),
+            "adminalert: sentry-enforcer decision for host 192.0.2.7: log_only (ipproto IP protocol 253)"
+        );
+        assert_eq!(
+            ip_options_line_for(S, Protocol::Tcp, 23),
+            ip_options_line(S, Mode::Stcp, 23)
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use policy::IgnoreList;
-use sentry_proto::{Mode, Protocol, ScanKind};
+use sentry_proto::{Mode, Protocol, ScanKind, NOT_PROBE_PROTOCOLS};
 
 use crate::classify::classify_tcp;
 use crate::listeners::Listeners;
@@ -28,10 +28,12 @@ pub struct Counters {
     /// Packets conntrack found invalid whose transport checksum is wrong: the host's stack
     /// drops them, so they are no evidence (`nmap --badsum`).
     pub bad_checksum: u64,
-    /// Invalid packets whose segment is longer than the snap length: the checksum cannot be
-    /// verified, so they do not count.
+    /// Invalid packets whose checksum cannot be verified (the segment is longer than the
+    /// snap length, or it is SCTP or another protocol, which the chain copies only when
+    /// conntrack found them new): they do not count.
     pub unverifiable: u64,
-    /// Well-formed but not a probe (other protocol, a fragment, ACK/RST).
+    /// Well-formed but not a probe (a protocol the host uses, a fragment, RST, an ACK
+    /// that is not a bare ACK or FIN+ACK, an SCTP packet that is not an INIT).
     pub skipped: u64,
     /// Probes from sources on the ignore list.
     pub ignored: u64,
@@ -76,7 +78,7 @@ pub fn candidate(
         Ok(Parsed::Probe(p)) => p,
         // Reassembled by the kernel before the input hook: a fragment here is not a
         // packet the stack would deliver whole; never interpreted.
-        Ok(Parsed::Skip(_) | Parsed::TinyFragment(_) | Parsed::SecondFragment(_)) => {
+        Ok(Parsed::Skip(_)) => {
             c.skipped += 1;
             return None;
         }
@@ -85,19 +87,34 @@ pub fn candidate(
             return None;
         }
     };
-    let (proto, scan, port, l4proto) = match probe.transport {
-        Transport::Tcp {
-            dst_port, flags, ..
-        } => match classify_tcp(flags) {
-            Some(scan) => (Protocol::Tcp, scan, dst_port, 6),
+    let port = probe.dst_port();
+    let (proto, scan, l4proto) = match probe.transport {
+        Transport::Tcp { flags, .. } => match classify_tcp(flags) {
+            Some(scan) => (Protocol::Tcp, scan, 6),
             None => {
                 c.skipped += 1;
                 return None;
             }
         },
-        Transport::Udp { dst_port, .. } => (Protocol::Udp, ScanKind::Udp, dst_port, 17),
+        Transport::Udp { .. } => (Protocol::Udp, ScanKind::Udp, 17),
+        Transport::Sctp { init: true, .. } => (Protocol::Sctp, ScanKind::SctpInit, 132),
+        Transport::Sctp { init: false, .. } => {
+            c.skipped += 1;
+            return None;
+        }
+        Transport::Other { protocol } if NOT_PROBE_PROTOCOLS.contains(&protocol) => {
+            c.skipped += 1;
+            return None;
+        }
+        Transport::Other { protocol } => (Protocol::Ip, ScanKind::IpProtocol, protocol),
     };
     if state == CtState::Invalid {
+        if matches!(proto, Protocol::Sctp | Protocol::Ip) {
+            // Copied only when conntrack found them new (conntrack verified the SCTP
+            // CRC32c; nothing here checks it).
+            c.unverifiable += 1;
+            return None;
+        }
         // Conntrack calls both a flag probe and a corrupted packet invalid; only the first
         // reaches the host's stack as a packet.
         match probe.segment(frame) {
@@ -226,6 +243,84 @@ mod tests {
                 unverifiable: 1,
                 skipped: 2,
                 ignored: 1,
+            }
+        );
+    }
+
+    /// ACK-family, SCTP INIT and IP-protocol probes: one candidate each, on the same port
+    /// policy as SYNs; protocols the host uses and SCTP other than INIT are skipped.
+    #[test]
+    fn other_kinds() {
+        let policy = PortPolicy::new(
+            &[Mode::Stcp, Mode::Atcp],
+            &PortConfig {
+                tcp_ports: vec![23],
+                udp_ports: vec![],
+                advanced_ports_tcp: 1024,
+                advanced_ports_udp: 1024,
+                advanced_exclude_tcp: vec![],
+                advanced_exclude_udp: vec![],
+            },
+        );
+        let mut l = Listeners::default();
+        l.add(Protocol::Tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 22);
+        let ignore = IgnoreList::empty();
+        let mut c = Counters::default();
+        let a = Ipv4Addr::new(192, 0, 2, 1);
+        let me = Ipv4Addr::new(192, 0, 2, 2);
+        let (new, inv) = (CtState::New, CtState::Invalid);
+        let mut got = |frame: &[u8], st| {
+            candidate(frame, st, &policy, &l, &ignore, &mut c).map(|c| (c.scan, c.mode, c.port))
+        };
+        assert_eq!(
+            got(&tcp4(a, me, 1, 23, 0x10), new),
+            Some((ScanKind::Ack, Mode::Stcp, 23))
+        );
+        // FIN+ACK is invalid to conntrack: counted with a correct checksum only.
+        let maimon = with_checksum(tcp4(a, me, 1, 80, 0x11));
+        assert_eq!(got(&maimon, inv), Some((ScanKind::Maimon, Mode::Atcp, 80)));
+        let mut bad = maimon.clone();
+        bad[36] ^= 1;
+        assert_eq!(got(&bad, inv), None);
+        // A served port does not count, whatever the kind.
+        assert_eq!(got(&tcp4(a, me, 1, 22, 0x10), new), None);
+        assert_eq!(got(&tcp4(a, me, 1, 80, 0x18), new), None); // PSH+ACK: data
+        let init = sctp4(a, me, &sctp_init(5, 80));
+        assert_eq!(got(&init, new), Some((ScanKind::SctpInit, Mode::Atcp, 80)));
+        // A TCP service on 22 does not serve SCTP.
+        let init22 = sctp4(a, me, &sctp_init(5, 22));
+        assert_eq!(
+            got(&init22, new),
+            Some((ScanKind::SctpInit, Mode::Atcp, 22))
+        );
+        assert_eq!(got(&init, inv), None);
+        let mut cookie = sctp_init(5, 80);
+        cookie[12] = 10;
+        assert_eq!(got(&sctp4(a, me, &cookie), new), None);
+        assert_eq!(
+            got(&ipv4_header(a, me, 253, 0, &[]), new),
+            Some((ScanKind::IpProtocol, Mode::Atcp, 253))
+        );
+        assert_eq!(
+            got(&ipv4_header(a, me, 0, 0, &[]), new),
+            Some((ScanKind::IpProtocol, Mode::Atcp, 0))
+        );
+        for used in [1u8, 47, 50] {
+            assert_eq!(
+                got(&ipv4_header(a, me, used, 8, &[0; 8]), new),
+                None,
+                "{used}"
+            );
+        }
+        assert_eq!(
+            c,
+            Counters {
+                packets: 14,
+                malformed: 0,
+                bad_checksum: 1,
+                unverifiable: 1,
+                skipped: 5,
+                ignored: 0,
             }
         );
     }

@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
                 let req = BlockRequest {
                     seq: 1,
                     source: r.src,
-                    protocol: r.mode.protocol(),
+                    protocol: r.scan.protocol(),
                     port: r.port,
                     scan: r.scan,
                     mode: r.mode,
