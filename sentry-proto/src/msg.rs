@@ -232,7 +232,7 @@ pub struct BlockRequest {
 /// Counters a sensor reports periodically; shown by `sentryctl status`.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SensorStats {
-    /// Frames delivered by the capture ring (or connections/datagrams in basic modes).
+    /// Packets the detection chain copied (NFLOG), and connections/datagrams in basic modes.
     pub packets: u64,
     /// Frames the kernel dropped before the sensor could read them.
     pub kernel_drops: u64,

@@ -22,6 +22,7 @@ use std::os::unix::net::UnixDatagram;
 use sentry_proto::{Mode, Protocol, ScanKind};
 
 use crate::classify::{ACK, FIN, PSH, RST, SYN, URG};
+use crate::time::Mono;
 
 /// The syslog tag of PortSentry's line forms.
 pub const SYSLOG_TAG: &str = "portsentry";
@@ -258,10 +259,9 @@ impl Logger {
     }
 
     /// A line a packet from `src` caused: at most LOG_RATE per second from `src` and
-    /// LOG_RATE_TOTAL from all sources (monotonic `now_ms`). Suppressed lines are not
-    /// even formatted.
-    pub fn packet(&mut self, now_ms: u64, src: IpAddr, line: impl FnOnce() -> String) {
-        self.roll(now_ms);
+    /// LOG_RATE_TOTAL from all sources. Suppressed lines are not even formatted.
+    pub fn packet(&mut self, now: Mono, src: IpAddr, line: impl FnOnce() -> String) {
+        self.roll(now);
         if self.in_second >= self.total {
             self.suppressed += 1;
             return;
@@ -278,16 +278,16 @@ impl Logger {
     }
 
     /// Called periodically: emits the suppression summary once the second is over.
-    pub fn tick(&mut self, now_ms: u64) {
-        self.roll(now_ms);
+    pub fn tick(&mut self, now: Mono) {
+        self.roll(now);
     }
 
     pub fn suppressed_total(&self) -> u64 {
         self.suppressed
     }
 
-    fn roll(&mut self, now_ms: u64) {
-        let sec = now_ms / 1000;
+    fn roll(&mut self, now: Mono) {
+        let sec = now.0 / 1000;
         if sec != self.second {
             self.second = sec;
             self.in_second = 0;
@@ -357,6 +357,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Mono;
     use std::net::Ipv4Addr;
 
     const S: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -409,16 +410,16 @@ mod tests {
         let mut l = Logger::open(true, 3);
         let mut made = 0;
         for _ in 0..10 {
-            l.packet(5_000, S, || {
+            l.packet(Mono(5_000), S, || {
                 made += 1;
                 "x".into()
             });
         }
         assert_eq!(made, 3, "suppressed lines are not even formatted");
         assert_eq!(l.suppressed_total(), 7);
-        l.tick(6_000);
+        l.tick(Mono(6_000));
         assert_eq!(l.suppressed_total(), 0);
-        l.packet(6_001, S, || {
+        l.packet(Mono(6_001), S, || {
             made += 1;
             "y".into()
         });
@@ -433,14 +434,14 @@ mod tests {
         let mut lines = Vec::new();
         // A noisy source first: only 3 of its 1000 lines...
         for _ in 0..1000 {
-            l.packet(5_000, S, || {
+            l.packet(Mono(5_000), S, || {
                 lines.push("noisy");
                 String::new()
             });
         }
         // ... so another source's lines still get through in the same second.
         for _ in 0..2 {
-            l.packet(5_001, other, || {
+            l.packet(Mono(5_001), other, || {
                 lines.push("other");
                 String::new()
             });
@@ -449,7 +450,7 @@ mod tests {
         // Many sources: LOG_RATE_TOTAL caps the second.
         for i in 0..100u32 {
             let src = IpAddr::V4(std::net::Ipv4Addr::from(0xC000_0200 + i + 100));
-            l.packet(5_002, src, || {
+            l.packet(Mono(5_002), src, || {
                 lines.push("many");
                 String::new()
             });
@@ -467,7 +468,9 @@ mod tests {
         let mut l = Logger::syslog_at(&path, 10);
         assert!(!l.is_stderr());
         l.notice("adminalert: hello");
-        l.packet(1, S, || detection_line(ScanKind::Syn, Mode::Stcp, S, 23));
+        l.packet(Mono(1), S, || {
+            detection_line(ScanKind::Syn, Mode::Stcp, S, 23)
+        });
         let mut buf = [0u8; 2048];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(
