@@ -31,9 +31,11 @@ APT_PKGS    = nftables iproute2 util-linux build-essential
 # debootstrap + systemd-nspawn for the real-systemd package test (its Debian 12 root
 # file system is cached in /var/cache/sentry-tests), lintian for the package, and
 # logwatch + fail2ban for the log-consumer checks; scapy (system python3) crafts
-# fragments and IPv6 header chains for input_path.rs.
+# fragments and IPv6 header chains for input_path.rs; masscan is sentry-bench's 1M
+# packets/s scanner (issue #13's figures: a scanner with its own TCP stack, far faster
+# than nmap).
 APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
-                procps passwd dpkg-dev python3-scapy \
+                procps passwd dpkg-dev python3-scapy masscan \
                 debootstrap systemd-container lintian logwatch fail2ban
 # ...of which these are daemons: when test-deps installs one on a host running systemd,
 # it is stopped and disabled again (the tests only run fail2ban-regex).

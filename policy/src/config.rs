@@ -25,12 +25,34 @@ pub enum BlockMode {
     CommandOnly,
 }
 
+impl BlockMode {
+    /// The key's value: 0, 1 or 2.
+    pub fn as_num(self) -> u8 {
+        match self {
+            Self::LogOnly => 0,
+            Self::Block => 1,
+            Self::CommandOnly => 2,
+        }
+    }
+}
+
 /// `FIREWALL`: the native blocking backend of the enforcer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firewall {
     None,
     /// One nftables table with an address set per family.
     Nftables,
+}
+
+/// Where [`Config::firewall`] came from: a PortSentry configuration has no `FIREWALL`
+/// key, and still gets the native set (where the kernel has nf_tables) in front of its
+/// KILL_* actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallOrigin {
+    /// `FIREWALL` not set: nftables when the kernel offers it, else the KILL_* actions only.
+    Default,
+    /// Set in the file: `nftables` must work, `none` opts out.
+    Key,
 }
 
 /// A parsed, validated configuration.
@@ -61,6 +83,7 @@ pub struct Config {
     pub max_blocks: u32,
     pub block_rate: u32,
     pub firewall: Firewall,
+    pub firewall_origin: FirewallOrigin,
     pub nft_table: String,
     pub blackhole_route: bool,
     pub kill_timeout: Duration,
@@ -430,7 +453,8 @@ impl Config {
             block_timeout: None,
             max_blocks: 10_000,
             block_rate: 600,
-            firewall: Firewall::None,
+            firewall: Firewall::Nftables,
+            firewall_origin: FirewallOrigin::Default,
             nft_table: "sentry".into(),
             blackhole_route: false,
             kill_timeout: Duration::from_secs(10),
@@ -477,7 +501,10 @@ impl Config {
             ("PORT_BANNER", Value::Text(t)) => self.port_banner = t,
             ("HOSTS_DENY_FILE", Value::Path(Some(p))) => self.hosts_deny_file = p,
             ("AUDIT_LOG", Value::Path(Some(p))) => self.audit_log = p,
-            ("FIREWALL", Value::Firewall(f)) => self.firewall = f,
+            ("FIREWALL", Value::Firewall(f)) => {
+                self.firewall = f;
+                self.firewall_origin = FirewallOrigin::Key;
+            }
             ("NFT_TABLE", Value::Ident(Some(t))) => self.nft_table = t,
             ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
             ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
@@ -560,6 +587,51 @@ impl Config {
                 Some("RESOLVE_HOST"),
                 "host names are not resolved (a scanner controls its reverse DNS); logs show the address in the NAME field",
             ));
+        }
+    }
+
+    /// Which blocking is in effect, in the order it is applied (for check-config and the
+    /// enforcer's start-up line): the nftables set first, then the KILL_* actions.
+    pub fn blocking_summary(&self) -> String {
+        let mut parts = Vec::new();
+        if self.firewall == Firewall::Nftables {
+            parts.push(match self.firewall_origin {
+                FirewallOrigin::Key => format!("nftables set (table inet {})", self.nft_table),
+                FirewallOrigin::Default => format!(
+                    "nftables set (table inet {}; FIREWALL not set: the default where the kernel has nf_tables, FIREWALL=\"none\" opts out)",
+                    self.nft_table
+                ),
+            });
+        }
+        let cmd_first = self.kill_run_cmd_first && self.kill_run_cmd.is_some();
+        if cmd_first {
+            parts.push("KILL_RUN_CMD (KILL_RUN_CMD_FIRST)".into());
+        }
+        if self.blackhole_route {
+            parts.push("blackhole route".into());
+        }
+        if self.kill_route.is_some() {
+            parts.push("KILL_ROUTE".into());
+        }
+        if self.kill_hosts_deny.is_some() {
+            parts.push(format!(
+                "KILL_HOSTS_DENY ({})",
+                self.hosts_deny_file.display()
+            ));
+        }
+        if self.kill_run_cmd.is_some() && !cmd_first {
+            parts.push("KILL_RUN_CMD".into());
+        }
+        let modes = match (self.block_tcp, self.block_udp) {
+            (BlockMode::LogOnly, BlockMode::LogOnly) => {
+                return "none: BLOCK_TCP and BLOCK_UDP are 0 (detect and log only)".into()
+            }
+            (t, u) => format!("BLOCK_TCP={} BLOCK_UDP={}", t.as_num(), u.as_num()),
+        };
+        if parts.is_empty() {
+            format!("none ({modes}, but no blocking action is configured)")
+        } else {
+            format!("{} ({modes})", parts.join(", then "))
         }
     }
 

@@ -29,7 +29,7 @@ fn mask4(len: u8) -> u32 {
 }
 
 fn mask6(len: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+    crate::prefix6_bits(len)
 }
 
 /// Parse one entry (comment already removed, trimmed, non-empty).

@@ -19,13 +19,27 @@ mod ports;
 mod template;
 
 pub use config::{
-    creatable, BlockMode, Config, FileCheck, Firewall, DEFAULT_CONFIG_PATH, PORTSENTRY_CONFIG_PATH,
+    creatable, BlockMode, Config, FileCheck, Firewall, FirewallOrigin, DEFAULT_CONFIG_PATH,
+    PORTSENTRY_CONFIG_PATH,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use ignore::IgnoreList;
 pub use neverblock::{InfraReason, NeverBlock, NeverBlockReason};
 pub use ports::PortSet;
 pub use template::{CommandTemplate, LineTemplate, TemplateError, Token, Vars};
+
+/// The bits of an IPv6 prefix of `len` (over 128 counts as 128): the one place every
+/// IPv6 network (BLOCK_PREFIX6, ignore entries, the never-block check) is masked.
+pub fn prefix6_bits(len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0)
+}
+
+/// The network address of `a` in its /`len`.
+pub fn mask6(a: std::net::Ipv6Addr, len: u8) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from(u128::from(a) & prefix6_bits(len))
+}
 
 /// Largest configuration or ignore file accepted (bytes). Anything bigger is refused
 /// rather than read into memory.

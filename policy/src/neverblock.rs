@@ -152,9 +152,7 @@ impl NeverBlock {
     /// that is itself never blocked (link-local, multicast, ...). `None`: the whole
     /// network may be blocked.
     pub fn check_net6(&self, net: Ipv6Addr, len: u8) -> Option<NeverBlockReason> {
-        let mask = u128::MAX
-            .checked_shl(128 - u32::from(len.min(128)))
-            .unwrap_or(0);
+        let mask = crate::prefix6_bits(len);
         let base = u128::from(net) & mask;
         let inside = |ip: &IpAddr| match ip {
             IpAddr::V6(a) => u128::from(*a) & mask == base,

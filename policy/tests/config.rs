@@ -60,7 +60,9 @@ fn portsentry_sample_parses_unchanged() {
     assert_eq!(cfg.scan_trigger, 0);
     assert!(cfg.port_banner.is_none());
     // sentry's own keys take their defaults.
-    assert_eq!(cfg.firewall, Firewall::None);
+    // No FIREWALL key (PortSentry's file): the native set by default, in front of KILL_*.
+    assert_eq!(cfg.firewall, Firewall::Nftables);
+    assert_eq!(cfg.firewall_origin, policy::FirewallOrigin::Default);
     assert_eq!(cfg.hosts_deny_file, Path::new("/etc/hosts.deny"));
     // RESOLVE_HOST=1 is accepted but not honoured, and says so.
     assert_eq!(cfg.warnings.len(), 1);
@@ -455,7 +457,11 @@ fn block_other_scans_key() {
         "/etc/sentry/sentry.conf:1: BLOCK_OTHER_SCANS: expected 0 or 1, got '2'"
     );
     // Blocking with nothing that blocks is worth a warning, as for BLOCK_TCP=1.
-    let bare = Config::parse("BLOCK_OTHER_SCANS=\"1\"\n", Path::new("x")).unwrap();
+    let bare = Config::parse(
+        "BLOCK_OTHER_SCANS=\"1\"\nFIREWALL=\"none\"\n",
+        Path::new("x"),
+    )
+    .unwrap();
     assert!(
         bare.warnings.iter().any(|w| w
             .to_string()
@@ -467,4 +473,43 @@ fn block_other_scans_key() {
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/sentry.conf")).unwrap();
     assert!(!shipped.block_other_scans);
     assert!(shipped.key_lines.contains_key("BLOCK_OTHER_SCANS"));
+}
+
+/// Which blocking is in effect, in the order it is applied: the native set first whether
+/// FIREWALL is set or not (PortSentry's file has no such key), `none` opts out, and
+/// KILL_RUN_CMD_FIRST orders the command before the other KILL_* actions only.
+#[test]
+fn blocking_summary_names_the_set_first_and_the_opt_out() {
+    let p = Path::new("/etc/sentry/sentry.conf");
+    let cfg = Config::parse(
+        "BLOCK_TCP=\"1\"\nKILL_ROUTE=\"/sbin/route add -host $TARGET$ reject\"\nKILL_RUN_CMD=\"/bin/true $TARGET$\"\nKILL_RUN_CMD_FIRST=\"1\"\n",
+        p,
+    )
+    .unwrap();
+    assert_eq!(cfg.firewall, Firewall::Nftables);
+    let s = cfg.blocking_summary();
+    assert!(
+        s.starts_with("nftables set (table inet sentry; FIREWALL not set"),
+        "{s}"
+    );
+    assert!(
+        s.contains("then KILL_RUN_CMD (KILL_RUN_CMD_FIRST), then KILL_ROUTE"),
+        "{s}"
+    );
+    let none = Config::parse("BLOCK_TCP=\"1\"\nFIREWALL=\"none\"\n", p).unwrap();
+    assert_eq!(none.firewall_origin, policy::FirewallOrigin::Key);
+    assert!(
+        none.blocking_summary()
+            .starts_with("none (BLOCK_TCP=1 BLOCK_UDP=0"),
+        "{}",
+        none.blocking_summary()
+    );
+    let quiet = Config::parse("", p).unwrap();
+    assert!(
+        quiet
+            .blocking_summary()
+            .starts_with("none: BLOCK_TCP and BLOCK_UDP are 0"),
+        "{}",
+        quiet.blocking_summary()
+    );
 }

@@ -313,6 +313,51 @@ impl Executor {
         Ok(all)
     }
 
+    /// Every element of `map` (the kernel's first-hit maps), at most `limit`.
+    pub fn nft_map_elements(
+        &mut self,
+        cfg: &Config,
+        map: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::netlink::DumpElem>, EnforcerError> {
+        let s = self
+            .nft
+            .as_mut()
+            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        s.elements(&cfg.nft_table, map, limit)
+            .map_err(|e| EnforcerError::netlink("nftables read-back", e))
+    }
+
+    /// Delete `addr` from `map_v4`/`map_v6` (whichever its family); not there is fine.
+    pub fn nft_forget(
+        &mut self,
+        cfg: &Config,
+        map_v4: &str,
+        map_v6: &str,
+        addr: IpAddr,
+    ) -> Result<(), EnforcerError> {
+        let s = self
+            .nft
+            .as_mut()
+            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let map = if addr.is_ipv4() { map_v4 } else { map_v6 };
+        // Look first: deleting a missing element aborts a transaction, which costs an RCU
+        // grace period; most refused sources were never in the map.
+        match s.has_element(&cfg.nft_table, map, addr) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => return Err(EnforcerError::netlink("nftables lookup", e)),
+        }
+        let e = [crate::netlink::SetElem {
+            addr,
+            timeout: None,
+        }];
+        match s.setelems(&cfg.nft_table, map_v4, map_v6, &e, false) {
+            Ok(()) | Err(NlError::Kernel(Errno::ENOENT)) => Ok(()),
+            Err(e) => Err(EnforcerError::netlink("nftables", e)),
+        }
+    }
+
     fn route(&mut self, addr: IpAddr, prefix: u8, op: Op) -> Result<(), EnforcerError> {
         let s = self
             .route

@@ -113,6 +113,8 @@ pub struct CheckReport {
     pub ok: bool,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Which blocking is in effect, in order (`None` when the file did not load).
+    pub blocking: Option<String>,
 }
 
 /// One warning per infrastructure address (`found`, with its reason) that the
@@ -146,6 +148,7 @@ pub fn check_config(path: &Path) -> CheckReport {
             ok: false,
             errors: e.0.iter().map(|e| e.to_string()).collect(),
             warnings: Vec::new(),
+            blocking: None,
         },
         Ok(cfg) => {
             let mut warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
@@ -162,6 +165,7 @@ pub fn check_config(path: &Path) -> CheckReport {
                 ok: errors.is_empty(),
                 errors,
                 warnings,
+                blocking: Some(cfg.blocking_summary()),
             }
         }
     }
@@ -331,6 +335,9 @@ pub fn main() -> ExitCode {
                     eprintln!("{e}");
                 }
                 if r.ok {
+                    if let Some(b) = &r.blocking {
+                        println!("blocking: {b}");
+                    }
                     println!("{}: OK", p.display());
                 }
             }

@@ -220,6 +220,8 @@ struct Detect {
     modes: Option<Vec<sentry_proto::Mode>>,
     support: crate::table::Support,
     state_dir: PathBuf,
+    /// What the kernel holds now (`None`: unknown, as after a table rebuild).
+    applied: Option<crate::table::DetectSpec>,
 }
 
 /// The announced modes, one line of mode names (`stcp sudp atcp audp`).
@@ -394,6 +396,9 @@ fn send_refusal(s: &mut Stream, r: Refusal) {
     let _ = write_frame(s, &EnforcerFrame::Refused(r));
 }
 
+/// How long a new sensor connection waits for the previous one's slot.
+const SLOT_WAIT: Duration = Duration::from_millis(50);
+
 struct SensorSlot<'a>(&'a Shared);
 
 impl Drop for SensorSlot<'_> {
@@ -431,10 +436,17 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
         // One sensor at a time: a second connection is refused, not allowed to replace
         // the first (a dead sensor's socket closes when its process exits, so a restarted
         // sensor gets in; a second live one would only duplicate or hijack the stream).
-        if sh.sensor_busy.swap(true, Ordering::SeqCst) {
-            send_refusal(s, Refusal::AlreadyConnected);
-            sh.refuse("a sensor is already connected", Some(peer));
-            return None;
+        // A sensor that restarts connects again right after its old connection closed,
+        // and that connection's thread may not have let go of the slot yet: wait for it a
+        // moment (in this accept thread only) before refusing.
+        let deadline = Instant::now() + SLOT_WAIT;
+        while sh.sensor_busy.swap(true, Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                send_refusal(s, Refusal::AlreadyConnected);
+                sh.refuse("a sensor is already connected", Some(peer));
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     } else {
         if !control_authorized(sh, s, peer, gid) {
@@ -634,12 +646,14 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
     }
     // The previous sensor process may still be exiting with its socket: give it a moment.
     let mut fd = Err(BindError::Busy);
-    for _ in 0..10 {
+    // The kernel frees a closed socket's group a little later (the descriptor the last
+    // sensor discarded may still be in flight): poll briefly, up to a second.
+    for _ in 0..200 {
         fd = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN);
         if !matches!(fd, Err(BindError::Busy)) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let fd = match fd {
         Ok(fd) => fd,
@@ -669,11 +683,14 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
     };
     match send_with_fd(s, &frame, &fd) {
         Ok(()) => {
-            sh.log.info(&format!(
+            // Under the same per-second budget as the "connected" line it follows.
+            sh.log_connected(&format!(
                 "adminalert: handed NFLOG group {NFLOG_GROUP} (snaplen {NFLOG_SNAPLEN}) to the sensor"
             ));
             Ok(())
         }
+        // The sensor closed the connection already: nothing to say about the hand-over.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => Err(()),
         Err(e) => {
             sh.log.warn(&format!(
                 "adminalert: cannot hand the capture socket to the sensor: {e}"
@@ -687,14 +704,20 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
 /// Returns whether the chain is in place. Holds the engine lock while `nft` runs and
 /// drains the watch after it (see [`Shared::watch`]).
 fn rebuild_detection(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>) -> bool {
-    let _serialised = sh.engine();
-    let ok = rebuild_detection_locked(sh, modes);
+    let e = sh.engine();
+    let ok = rebuild_detection_locked(sh, &e, modes);
     sh.discard_own_changes();
     ok
 }
 
-/// [`rebuild_detection`] for a caller that holds the engine lock and drains the watch.
-fn rebuild_detection_locked(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>) -> bool {
+/// [`rebuild_detection`] for a caller that holds the engine lock (`e`) and drains the
+/// watch. The engine says whether the kernel makes the first block itself and which
+/// addresses it must never block.
+fn rebuild_detection_locked(
+    sh: &Shared,
+    e: &Engine,
+    modes: Option<Vec<sentry_proto::Mode>>,
+) -> bool {
     let mut d = sh.detect.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(m) = modes {
         if d.modes.as_ref() != Some(&m) {
@@ -710,11 +733,6 @@ fn rebuild_detection_locked(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>)
     let Some(modes) = d.modes.clone() else {
         return false;
     };
-    if modes.iter().all(|m| m.is_basic()) {
-        // Basic modes listen on their own sockets; no chain (and none left from before).
-        let spec = crate::table::DetectSpec::default();
-        return crate::table::apply_detection(&d.cfg, &spec).is_ok();
-    }
     if let Err(e) = &d.support.nftables {
         sh.log.err(&format!(
             "adminalert: ERROR: nf_tables is not usable ({e}): no detection chain, so stealth and advanced detection are off; basic modes (-tcp -udp) still work"
@@ -730,9 +748,23 @@ fn rebuild_detection_locked(sh: &Shared, modes: Option<Vec<sentry_proto::Mode>>)
             return true;
         }
     };
-    let spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, d.support.socket.is_ok());
+    // Basic modes listen on their own sockets: an empty chain (none left from before).
+    let spec = if modes.iter().all(|m| m.is_basic()) {
+        crate::table::DetectSpec::default()
+    } else {
+        crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, d.support.socket.is_ok())
+            .with_tripwire(e.tripwire(), &e.never_block_addrs())
+    };
+    // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
+    // reconnect loop must not become a loop of table transactions).
+    if d.applied.as_ref() == Some(&spec) {
+        return true;
+    }
     match crate::table::apply_detection(&d.cfg, &spec) {
-        Ok(()) => true,
+        Ok(()) => {
+            d.applied = Some(spec);
+            true
+        }
         Err(e) => {
             sh.log.err(&format!(
                 "adminalert: ERROR: detection chain not built: {e}; stealth and advanced detection are off, basic modes still work"
@@ -1056,6 +1088,20 @@ fn expiry_loop(sh: Arc<Shared>) {
             // Resolver and lease files, at most once per second, off the decision path.
             e.refresh_infra(true);
             e.expire(WallMs::now());
+            // The kernel's never-block set follows the enforcer's.
+            if e.take_never_changed() {
+                rebuild_detection_locked(&sh, &e, None);
+                sh.discard_own_changes();
+            }
+            let modes = sh
+                .detect
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .modes
+                .clone();
+            if let Some(m) = modes {
+                e.audit_kernel_hits(&m, WallUs::now());
+            }
         }
         sh.notify_lifted();
     }
@@ -1115,7 +1161,8 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
                 // The rebuild deletes and recreates the whole table: the detection chain
                 // goes back in with the blocks.
                 let _ = e.rebuild_table(c.by, WallMs::now());
-                rebuild_detection_locked(&sh, None);
+                sh.detect.lock().unwrap_or_else(|p| p.into_inner()).applied = None;
+                rebuild_detection_locked(&sh, &e, None);
                 let _ = watch.drain(&table, own);
             }
             Ok(_) => {}
@@ -1292,6 +1339,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         modes,
         support,
         state_dir: args.state_dir.clone(),
+        applied: None,
     };
     // --- end detection input
     let engine = Engine::new(
@@ -1313,12 +1361,13 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     })?;
     let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     log.notice(&format!(
-        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}",
+        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
         env!("CARGO_PKG_VERSION"),
         config_path.display(),
         engine.active_blocks(),
         kept.join(","),
-        sensor.uid
+        sensor.uid,
+        engine.blocking_in_effect()
     ));
 
     let addr_fd = engine.addr_watch_fd();

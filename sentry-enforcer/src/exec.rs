@@ -44,6 +44,22 @@ impl Outcome {
     }
 }
 
+/// The pids of the last children [`run`] started, newest last. nftables notifications name
+/// the netlink port of the process that made a change, which for a process's first socket
+/// is its pid: so the table watch can tell our own `nft` runs from another process's.
+static SPAWNED: std::sync::Mutex<std::collections::VecDeque<u32>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// How many pids [`SPAWNED`] keeps.
+const SPAWNED_KEEP: usize = 64;
+
+/// Whether `pid` is one of the last children [`run`] started.
+pub fn recently_spawned(pid: u32) -> bool {
+    SPAWNED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&pid)
+}
+
 /// Result of [`run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunResult {
@@ -87,6 +103,13 @@ pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResul
             }
         }
     };
+    {
+        let mut s = SPAWNED.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() >= SPAWNED_KEEP {
+            s.pop_front();
+        }
+        s.push_back(child.id());
+    }
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         let data = data.to_vec();

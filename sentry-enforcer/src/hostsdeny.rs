@@ -317,22 +317,70 @@ pub fn add_many(path: &Path, entries: &[Entry<'_>]) -> io::Result<usize> {
     add_many_with(path, entries, LOCK_TIMEOUT)
 }
 
+/// What the last add read or wrote, so the next add under a flood of blocks does not
+/// re-read and re-parse the whole file (which grows by two lines per block): valid only
+/// while the file's identity, size, mtime and ctime are exactly what this process left.
+/// Any other writer (an admin's editor, fail2ban, DenyHosts) changes at least one of
+/// them, and the next add reads the file again.
+#[derive(Debug)]
+struct Parsed {
+    path: std::path::PathBuf,
+    stamp: Stamp,
+    present: std::collections::HashSet<Vec<u8>>,
+    foreign: std::collections::HashSet<Vec<u8>>,
+    /// The byte before our next marker must be a newline we write.
+    sep: bool,
+}
+
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(md: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    (
+        md.dev(),
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec(),
+    )
+}
+
+static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
+
 fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<usize> {
     for e in entries {
         check_line(e.line)?;
     }
     let mut f = open(path, timeout)?;
-    let text = read_all(&mut f, path)?;
-    let lines = split_lines(&text);
-    let (owned, foreign) = owned_and_foreign(&lines);
-    let mut present: std::collections::HashSet<Vec<u8>> =
-        owned.iter().map(|l| l.to_vec()).collect();
-    let foreign: std::collections::HashSet<&[u8]> = foreign.into_iter().collect();
+    let mut cache = PARSED.lock().unwrap_or_else(|p| p.into_inner());
+    let now = stamp(&f.metadata()?);
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|c| c.path == path && c.stamp == now);
+    if !fresh {
+        let text = read_all(&mut f, path)?;
+        let lines = split_lines(&text);
+        let (owned, foreign) = owned_and_foreign(&lines);
+        *cache = Some(Parsed {
+            path: path.to_path_buf(),
+            stamp: now,
+            present: owned.iter().map(|l| l.to_vec()).collect(),
+            foreign: foreign.iter().map(|l| l.to_vec()).collect(),
+            sep: lines
+                .last()
+                .is_some_and(|last| !text.ends_with(b"\n") || last.text.ends_with(b"\\")),
+        });
+    }
+    let Some(parsed) = cache.as_mut() else {
+        return Err(io::Error::other("hosts.deny cache lost"));
+    };
+    let present = &mut parsed.present;
+    let foreign = &parsed.foreign;
     let mut out = String::new();
     // Whether the byte before our first marker must be written by us.
-    let mut sep = lines
-        .last()
-        .is_some_and(|last| !text.ends_with(b"\n") || last.text.ends_with(b"\\"));
+    let mut sep = parsed.sep;
     let when = now_s();
     let mut added = 0;
     for e in entries {
@@ -352,8 +400,18 @@ fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::R
         added += 1;
     }
     if added > 0 {
-        f.write_all(out.as_bytes())?;
-        f.sync_data()?;
+        // Until the write is known to be complete, the cache says nothing.
+        let written = f.write_all(out.as_bytes()).and_then(|()| f.sync_data());
+        match (written, f.metadata()) {
+            (Ok(()), Ok(md)) => {
+                parsed.stamp = stamp(&md);
+                parsed.sep = false;
+            }
+            (r, _) => {
+                *cache = None;
+                r?;
+            }
+        }
     }
     Ok(added)
 }
@@ -383,6 +441,8 @@ pub fn remove(path: &Path, entries: &[Entry<'_>]) -> io::Result<Removed> {
 fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<Removed> {
     check_dir(path)?;
     let mut f = open(path, timeout)?;
+    // Rewritten in place below: the next add reads it again.
+    *PARSED.lock().unwrap_or_else(|p| p.into_inner()) = None;
     let text = read_all(&mut f, path)?;
     let lines = split_lines(&text);
     let pairs = marked_pairs(&lines);
@@ -540,6 +600,32 @@ mod tests {
             .filter(|l| !l.starts_with(MARKER))
             .map(|l| format!("{l}\n"))
             .collect()
+    }
+
+    #[test]
+    fn another_writer_between_two_adds_is_seen() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        std::fs::write(&p, "# admin\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
+        // Another writer puts the file back as it was (sentry's line gone): the next add
+        // must see that, not the cache of its last write.
+        std::fs::write(&p, "# admin\n").unwrap();
+        assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap(), "{}", rules(&p));
+        assert!(contains(&p, "ALL: 192.0.2.1").unwrap());
+        // An append by another writer without a final newline.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"ALL: 10.9.9.9").unwrap();
+        drop(f);
+        assert!(add(&p, &e("ALL: 192.0.2.2")).unwrap());
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("ALL: 10.9.9.9\n# sentry: 192.0.2.2 "),
+            "{text}"
+        );
+        // Unchanged in between: the cached parse still dedupes.
+        assert!(!add(&p, &e("ALL: 192.0.2.2")).unwrap());
     }
 
     #[test]

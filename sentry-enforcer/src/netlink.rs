@@ -49,7 +49,9 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 const NFTA_DATA_VALUE: u16 = 1;
 
 const RTM_NEWROUTE: u16 = 24;
@@ -372,6 +374,31 @@ pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
     b.finish()
 }
 
+/// Encode an NFT_MSG_GETSETELEM lookup of one element (`addr`) of `set`, with an ACK:
+/// the reply is the element and the ACK, or an error (ENOENT when it is not there). A
+/// lookup is not a transaction: asking costs no commit, where deleting a missing element
+/// aborts a batch, which waits for an RCU grace period (about 10-15 ms here).
+pub fn encode_getelem(table: &str, set: &str, addr: IpAddr, seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new(Vec::with_capacity(96));
+    b.begin(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    );
+    nfgen(&mut b, NFPROTO_INET, 0);
+    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+    b.nest_begin(NFTA_LIST_ELEM);
+    b.nest_begin(NFTA_SET_ELEM_KEY);
+    b.attr(NFTA_DATA_VALUE, &addr_bytes(&addr));
+    b.nest_end();
+    b.nest_end();
+    b.nest_end();
+    b.end();
+    b.finish()
+}
+
 /// The attributes in `b`: (type without flag bits, payload). Every length is checked
 /// against what is left; a bad one is an error, never a read past the end.
 fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
@@ -391,8 +418,27 @@ fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
     Ok(out)
 }
 
-/// The element keys of one NEWSETELEM dump message's body (after the nlmsghdr).
-fn dump_elements(body: &[u8], out: &mut Vec<IpAddr>, limit: usize) -> Result<(), NlError> {
+/// One element of a set or map read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpElem {
+    pub addr: IpAddr,
+    /// A map element's data (the registers' bytes, each field 4-byte aligned).
+    pub data: Option<Vec<u8>>,
+    /// Time left before the kernel removes it.
+    pub expires: Option<Duration>,
+}
+
+/// The value of a nested NFTA_DATA_VALUE (a key or a map element's data).
+fn data_value(nest: &[u8]) -> Result<&[u8], NlError> {
+    attrs(nest)?
+        .into_iter()
+        .find(|(t, _)| *t == NFTA_DATA_VALUE)
+        .map(|(_, v)| v)
+        .ok_or(NlError::Malformed("data without a value"))
+}
+
+/// The elements of one NEWSETELEM dump message's body (after the nlmsghdr).
+fn dump_elements(body: &[u8], out: &mut Vec<DumpElem>, limit: usize) -> Result<(), NlError> {
     let Some(attrs_at) = body.get(4..) else {
         return Err(NlError::Malformed("short nfgenmsg"));
     };
@@ -404,36 +450,48 @@ fn dump_elements(body: &[u8], out: &mut Vec<IpAddr>, limit: usize) -> Result<(),
             if ty != NFTA_LIST_ELEM {
                 continue;
             }
-            let key = attrs(elem)?
-                .into_iter()
-                .find(|(t, _)| *t == NFTA_SET_ELEM_KEY)
-                .ok_or(NlError::Malformed("element without a key"))?;
-            let value = attrs(key.1)?
-                .into_iter()
-                .find(|(t, _)| *t == NFTA_DATA_VALUE)
-                .ok_or(NlError::Malformed("key without a value"))?;
-            let addr = match value.1.len() {
-                4 => IpAddr::from(<[u8; 4]>::try_from(value.1).unwrap_or_default()),
-                16 => IpAddr::from(<[u8; 16]>::try_from(value.1).unwrap_or_default()),
+            let mut key = None;
+            let mut data = None;
+            let mut expires = None;
+            for (t, v) in attrs(elem)? {
+                match t {
+                    NFTA_SET_ELEM_KEY => key = Some(data_value(v)?),
+                    NFTA_SET_ELEM_DATA => data = Some(data_value(v)?.to_vec()),
+                    NFTA_SET_ELEM_EXPIRATION => {
+                        let ms = <[u8; 8]>::try_from(v)
+                            .map_err(|_| NlError::Malformed("expiration is not 8 bytes"))?;
+                        expires = Some(Duration::from_millis(u64::from_be_bytes(ms)));
+                    }
+                    _ => {}
+                }
+            }
+            let value = key.ok_or(NlError::Malformed("element without a key"))?;
+            let addr = match value.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(value).unwrap_or_default()),
+                16 => IpAddr::from(<[u8; 16]>::try_from(value).unwrap_or_default()),
                 _ => return Err(NlError::Malformed("key is not an address")),
             };
             if out.len() >= limit {
                 return Err(NlError::TooMany { limit });
             }
-            out.push(addr);
+            out.push(DumpElem {
+                addr,
+                data,
+                expires,
+            });
         }
     }
     Ok(())
 }
 
 /// Parse one read of a GETSETELEM dump (any number of messages) for request `seq`,
-/// appending the element keys to `out` (at most `limit` in all). `Ok(true)` once the dump
+/// appending the elements to `out` (at most `limit` in all). `Ok(true)` once the dump
 /// is complete (NLMSG_DONE). Messages for other sequence numbers are skipped; an error
 /// message, an interrupted dump, a bad length or a malformed element is an error.
 pub fn parse_setelem_dump(
     buf: &[u8],
     seq: u32,
-    out: &mut Vec<IpAddr>,
+    out: &mut Vec<DumpElem>,
     limit: usize,
 ) -> Result<bool, NlError> {
     let mut rest = buf;
@@ -614,6 +672,21 @@ impl NlSocket {
         set: &str,
         limit: usize,
     ) -> Result<Vec<IpAddr>, NlError> {
+        Ok(self
+            .elements(table, set, limit)?
+            .into_iter()
+            .map(|e| e.addr)
+            .collect())
+    }
+
+    /// Every element of `set` (or map) in `table`, with its data and time left; at most
+    /// `limit`.
+    pub fn elements(
+        &mut self,
+        table: &str,
+        set: &str,
+        limit: usize,
+    ) -> Result<Vec<DumpElem>, NlError> {
         let seq = self.next_seq(1);
         let msg = encode_getsetelem(table, set, seq);
         let sent = sendto(
@@ -641,6 +714,40 @@ impl NlSocket {
             };
             if parse_setelem_dump(reply, seq, &mut out, limit)? {
                 return Ok(out);
+            }
+        }
+    }
+
+    /// Whether `set` (or map) of `table` holds `addr`.
+    pub fn has_element(&mut self, table: &str, set: &str, addr: IpAddr) -> Result<bool, NlError> {
+        let seq = self.next_seq(1);
+        let msg = encode_getelem(table, set, addr, seq);
+        let sent = sendto(
+            self.fd.as_raw_fd(),
+            &msg,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .map_err(NlError::Io)?;
+        if sent != msg.len() {
+            return Err(NlError::Io(Errno::EMSGSIZE));
+        }
+        let mut found = Vec::new();
+        loop {
+            let n = loop {
+                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
+                    Err(Errno::EINTR) => continue,
+                    other => break other.map_err(NlError::Io)?,
+                }
+            };
+            let Some(reply) = self.buf.get(..n) else {
+                return Err(NlError::Malformed("reply longer than buffer"));
+            };
+            match parse_setelem_dump(reply, seq, &mut found, 1) {
+                Ok(true) => return Ok(!found.is_empty()),
+                Ok(false) => {}
+                Err(NlError::Kernel(Errno::ENOENT)) => return Ok(false),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -897,7 +1004,8 @@ mod tests {
 
     fn parse(buf: &[u8], seq: u32, limit: usize) -> Result<(bool, Vec<IpAddr>), NlError> {
         let mut out = Vec::new();
-        parse_setelem_dump(buf, seq, &mut out, limit).map(|d| (d, out))
+        parse_setelem_dump(buf, seq, &mut out, limit)
+            .map(|d| (d, out.into_iter().map(|e| e.addr).collect()))
     }
 
     #[test]

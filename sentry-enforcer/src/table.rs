@@ -20,11 +20,7 @@ use crate::netlink::SetElem;
 /// in a prerouting hook at priority -300 (before connection tracking, so not even an
 /// established flow from a blocked host passes).
 pub fn setup_script(table: &str, prefix6: u8) -> String {
-    let mask = std::net::Ipv6Addr::from(
-        u128::MAX
-            .checked_shl(128 - u32::from(prefix6.min(128)))
-            .unwrap_or(0),
-    );
+    let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(prefix6));
     format!(
         "table inet {table} {{}}\n\
          delete table inet {table}\n\
@@ -108,6 +104,62 @@ pub struct DetectSpec {
     /// The kernel has the `socket` expression (CONFIG_NFT_SOCKET): advanced modes skip
     /// served ports in the kernel. Without it the sensor's own listener check does it.
     pub socket_expr: bool,
+    /// The in-kernel first hit (SCAN_TRIGGER=0 with BLOCK_*=1 and the native set).
+    pub tripwire: Option<Tripwire>,
+    /// Addresses never blocked in the kernel (default gateways, nameservers, ...), as
+    /// interval-set items: a probe from one is only copied, for the enforcer to audit.
+    pub never4: Vec<String>,
+    pub never6: Vec<String>,
+}
+
+/// Maps the kernel fills on a first probe (SCAN_TRIGGER=0): the source, with the
+/// protocol, port and TCP flags of the probe as data, so that the enforcer can audit a
+/// block the kernel made while the sensor was down. Separate from the enforcer's own sets
+/// (which only it writes), dropped from in their own prerouting chain.
+pub const HIT_V4: &str = "hit4";
+pub const HIT_V6: &str = "hit6";
+
+/// The first-hit settings, derived from the policy by [`Tripwire::from_config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tripwire {
+    pub tcp: bool,
+    pub udp: bool,
+    /// At most this many kernel-made blocks per minute in all: the single-probe half of
+    /// BLOCK_RATE, the share the enforcer gives requests made on one probe.
+    pub per_minute: u32,
+    /// And per IPv4 /24 or IPv6 /64: a quarter of BLOCK_RATE, as the enforcer's prefix share.
+    pub per_prefix_minute: u32,
+    /// Map size: MAX_BLOCKS (a full map makes the add fail; the probe is still dropped).
+    pub size: u32,
+    /// The kernel's own timeout of an element: long enough for the enforcer to record the
+    /// block (which puts the source in its own set with BLOCK_TIMEOUT) or to take it back.
+    pub timeout: Duration,
+}
+
+/// How long a kernel-made element lives on its own (BLOCK_TIMEOUT when that is shorter).
+pub const HIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Tripwire {
+    /// `Some` when the policy blocks a source on its first probe and the native set is in
+    /// effect (`nft`: the enforcer's nftables backend came up).
+    pub fn from_config(cfg: &Config, nft: bool) -> Option<Self> {
+        use policy::BlockMode;
+        let tcp = cfg.block_tcp == BlockMode::Block;
+        let udp = cfg.block_udp == BlockMode::Block;
+        if !nft || cfg.scan_trigger != 0 || !(tcp || udp) {
+            return None;
+        }
+        Some(Self {
+            tcp,
+            udp,
+            per_minute: (cfg.block_rate / 2).max(1),
+            per_prefix_minute: (cfg.block_rate / 4).max(1),
+            size: cfg.max_blocks.max(1),
+            timeout: cfg
+                .block_timeout
+                .map_or(HIT_TIMEOUT, |t| t.min(HIT_TIMEOUT)),
+        })
+    }
 }
 
 /// Sorted, merged port ranges of `ports`.
@@ -157,6 +209,30 @@ impl DetectSpec {
             .map(|(a, b)| range(a.to_string(), b.to_string()))
             .collect();
         s
+    }
+
+    /// The same, with the in-kernel first hit and the addresses it must never block.
+    /// Without the `socket` expression there is no first hit: the kernel could not tell a
+    /// served port from a tripwire, and only the sensor's listener table can.
+    pub fn with_tripwire(mut self, t: Option<Tripwire>, never: &[std::net::IpAddr]) -> Self {
+        self.tripwire = t.filter(|_| self.socket_expr);
+        let mut v4: Vec<String> = never
+            .iter()
+            .filter(|a| a.is_ipv4())
+            .map(|a| a.to_string())
+            .collect();
+        let mut v6: Vec<String> = never
+            .iter()
+            .filter(|a| a.is_ipv6())
+            .map(|a| a.to_string())
+            .collect();
+        v4.sort();
+        v4.dedup();
+        v6.sort();
+        v6.dedup();
+        self.never4 = v4;
+        self.never6 = v6;
+        self
     }
 
     /// Does the chain copy anything at all?
@@ -218,6 +294,8 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     for (set, ty) in [
         ("detect_ign4", "ipv4_addr"),
         ("detect_ign6", "ipv6_addr"),
+        ("detect_never4", "ipv4_addr"),
+        ("detect_never6", "ipv6_addr"),
         ("detect_stcp", "inet_service"),
         ("detect_sudp", "inet_service"),
         ("detect_atcp", "inet_service"),
@@ -232,26 +310,54 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         o,
         "add chain inet {table} detect {{ type filter hook input priority -150; policy accept; }}"
     );
+    // The first hit's maps and meters, declared whether used or not (re-declaring updates
+    // size and timeout; elements stay, so a rebuild keeps the kernel's recent blocks).
+    let t = spec.tripwire;
+    let (size, timeout) = t.map_or((1, HIT_TIMEOUT), |t| (t.size, t.timeout));
+    for (map, key) in [(HIT_V4, "ipv4_addr"), (HIT_V6, "ipv6_addr")] {
+        let _ = writeln!(
+            o,
+            "add map inet {table} {map} {{ type {key} : inet_proto . inet_service . tcp_flag; flags dynamic, timeout; size {size}; timeout {}s; }}",
+            timeout.as_secs().max(1)
+        );
+    }
+    for (set, key) in [("detect_rl4", "ipv4_addr"), ("detect_rl6", "ipv6_addr")] {
+        let _ = writeln!(
+            o,
+            "add set inet {table} {set} {{ type {key}; flags dynamic, timeout; size 65536; timeout 60s; }}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "add chain inet {table} detect_pre {{ type filter hook prerouting priority -300; policy accept; }}"
+    );
     for c in [
         "detect_tcp",
         "detect_udp",
         "detect_copy",
         "detect_ack",
         "detect_sctp",
+        "detect_hit_tcp",
+        "detect_hit_udp",
     ] {
         let _ = writeln!(o, "add chain inet {table} {c}");
     }
     for c in [
         "detect",
+        "detect_pre",
         "detect_tcp",
         "detect_udp",
         "detect_copy",
         "detect_ack",
         "detect_sctp",
+        "detect_hit_tcp",
+        "detect_hit_udp",
     ] {
         let _ = writeln!(o, "flush chain inet {table} {c}");
     }
     for set in [
+        "detect_never4",
+        "detect_never6",
         "detect_ign4",
         "detect_ign6",
         "detect_stcp",
@@ -263,6 +369,8 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     }
     elements(&mut o, table, "detect_ign4", spec.ignore4.iter().cloned());
     elements(&mut o, table, "detect_ign6", spec.ignore6.iter().cloned());
+    elements(&mut o, table, "detect_never4", spec.never4.iter().cloned());
+    elements(&mut o, table, "detect_never6", spec.never6.iter().cloned());
     elements(&mut o, table, "detect_stcp", port_items(&spec.stcp));
     elements(&mut o, table, "detect_sudp", port_items(&spec.sudp));
     elements(&mut o, table, "detect_atcp", port_items(&spec.atcp));
@@ -288,20 +396,41 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     }
     other_kinds(&mut o, table, spec);
     rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
-    for (chain, proto, stealth, adv) in [
-        ("detect_tcp", "tcp", &spec.stcp, &spec.atcp),
-        ("detect_udp", "udp", &spec.sudp, &spec.audp),
+    for (chain, proto, stealth, adv, first_hit) in [
+        (
+            "detect_tcp",
+            "tcp",
+            &spec.stcp,
+            &spec.atcp,
+            t.is_some_and(|t| t.tcp),
+        ),
+        (
+            "detect_udp",
+            "udp",
+            &spec.sudp,
+            &spec.audp,
+            t.is_some_and(|t| t.udp),
+        ),
     ] {
         let short = &chain[7..];
+        // A candidate goes to the first hit (kernel block, then the copy) or to the copy.
+        let target = if first_hit {
+            format!("detect_hit_{short}")
+        } else {
+            "detect_copy".to_string()
+        };
+        if let Some(tw) = t.filter(|_| first_hit) {
+            first_hit_rules(&mut o, table, proto, &tw);
+        }
         if !stealth.is_empty() {
             rule(
                 &mut o,
                 chain,
-                &format!("{proto} dport @detect_s{short} goto detect_copy"),
+                &format!("{proto} dport @detect_s{short} goto {target}"),
             );
         }
         if !adv.is_empty() {
-            if spec.socket_expr {
+            if spec.socket_expr && !first_hit {
                 rule(
                     &mut o,
                     chain,
@@ -311,9 +440,21 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             rule(
                 &mut o,
                 chain,
-                &format!("{proto} dport @detect_a{short} goto detect_copy"),
+                &format!("{proto} dport @detect_a{short} goto {target}"),
             );
         }
+    }
+    if t.is_some() {
+        rule(
+            &mut o,
+            "detect_pre",
+            &format!("ip saddr @{HIT_V4} counter drop"),
+        );
+        rule(
+            &mut o,
+            "detect_pre",
+            &format!("ip6 saddr @{HIT_V6} counter drop"),
+        );
     }
     rule(
         &mut o,
@@ -401,6 +542,42 @@ fn other_kinds(o: &mut String, table: &str, spec: &DetectSpec) {
                 used.join(", ")
             ),
         );
+    }
+}
+
+/// `detect_hit_{proto}`: a served port returns (the kernel's own socket lookup, for
+/// stealth ports too: nothing a service answers is ever dropped here); this host's own
+/// addresses and the never-block set are only copied; over the per-prefix or the total
+/// budget a probe is only copied (the enforcer then answers `rate_limited` as it would
+/// without the first hit); a probe conntrack found invalid is copied and dropped but not
+/// put in the map (its checksum is unverified); otherwise the source goes into the map
+/// (which fails, and skips only that rule, when the map is full), the probe is copied to
+/// the sensor and dropped.
+fn first_hit_rules(o: &mut String, table: &str, proto: &str, t: &Tripwire) {
+    let chain = format!("detect_hit_{proto}");
+    let flags = if proto == "tcp" { "tcp flags" } else { "0x0" };
+    let (q, h) = (t.per_prefix_minute, t.per_minute);
+    for r in [
+        "socket transparent 0-1 return".to_string(),
+        "fib saddr type local goto detect_copy".to_string(),
+        "ip saddr @detect_never4 goto detect_copy".to_string(),
+        "ip6 saddr @detect_never6 goto detect_copy".to_string(),
+        format!("add @detect_rl4 {{ ip saddr & 255.255.255.0 limit rate over {q}/minute burst {q} packets }} goto detect_copy"),
+        format!("add @detect_rl6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over {q}/minute burst {q} packets }} goto detect_copy"),
+        format!("limit rate over {h}/minute burst {h} packets goto detect_copy"),
+        // Only conntrack's `new` (a SYN, a first datagram) had its checksum verified on
+        // the way here (nf_conntrack_checksum=1, the default): a flag probe (`invalid`)
+        // may be a --badsum packet the stack discards, so only the sensor, which checks
+        // its checksum, may report it. Its probe is still dropped: nothing serves the
+        // port, and a bare FIN/NULL/XMAS is never part of a flow conntrack knows.
+        "ct state invalid jump detect_copy".to_string(),
+        "ct state invalid drop".to_string(),
+        format!("meta nfproto ipv4 add @{HIT_V4} {{ ip saddr : meta l4proto . th dport . {flags} }}"),
+        format!("meta nfproto ipv6 add @{HIT_V6} {{ ip6 saddr : meta l4proto . th dport . {flags} }}"),
+        "jump detect_copy".to_string(),
+        "drop".to_string(),
+    ] {
+        let _ = writeln!(o, "add rule inet {table} {chain} {r}");
     }
 }
 
@@ -600,6 +777,29 @@ mod tests {
 
     /// The scripts against the real nft(8) and kernel, in a private network namespace.
     #[test]
+    fn tripwire_only_for_a_first_probe_block_with_the_native_set() {
+        let p = std::path::Path::new("t.conf");
+        let cfg = |t: &str| Config::parse(t, p).unwrap();
+        let on =
+            Tripwire::from_config(&cfg("BLOCK_TCP=\"1\"\nBLOCK_RATE=\"600\"\n"), true).unwrap();
+        assert!(on.tcp && !on.udp);
+        assert_eq!((on.per_minute, on.per_prefix_minute), (300, 150));
+        assert_eq!(on.timeout, HIT_TIMEOUT);
+        let short =
+            Tripwire::from_config(&cfg("BLOCK_UDP=\"1\"\nBLOCK_TIMEOUT=\"30\"\n"), true).unwrap();
+        assert_eq!(short.timeout, Duration::from_secs(30));
+        // A trigger above 0, log-only, or no native set: no first hit.
+        assert!(
+            Tripwire::from_config(&cfg("BLOCK_TCP=\"1\"\nSCAN_TRIGGER=\"2\"\n"), true).is_none()
+        );
+        assert!(Tripwire::from_config(&cfg("BLOCK_TCP=\"0\"\n"), true).is_none());
+        assert!(Tripwire::from_config(&cfg("BLOCK_TCP=\"1\"\n"), false).is_none());
+        // Without the socket expression the kernel cannot tell a served port: none either.
+        let spec = DetectSpec::default().with_tripwire(Some(on), &[]);
+        assert!(spec.tripwire.is_none());
+    }
+
+    #[test]
     fn kernel_accepts_the_chain() {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("SKIPPED (needs root): kernel_accepts_the_chain");
@@ -619,6 +819,28 @@ mod tests {
             let all = [Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
             let spec = DetectSpec::new(&cfg, &all, &ign, sup.socket.is_ok());
             apply_detection(&cfg, &spec).map_err(|e| e.to_string())?;
+            // With the first hit (BLOCK_TCP=1, SCAN_TRIGGER=0) and a never-block address.
+            let blocking = Config::parse(
+                "TCP_PORTS=\"23\"\nBLOCK_TCP=\"1\"\nFIREWALL=\"nftables\"\nNFT_TABLE=\"sentrytest\"\n",
+                std::path::Path::new("t.conf"),
+            )
+            .map_err(|e| format!("{e:?}"))?;
+            let tw = Tripwire::from_config(&blocking, true);
+            let gw: std::net::IpAddr = "192.0.2.254".parse().unwrap();
+            let hit = DetectSpec::new(&blocking, &all, &ign, sup.socket.is_ok()).with_tripwire(tw, &[gw]);
+            apply_detection(&blocking, &hit).map_err(|e| e.to_string())?;
+            let out = std::process::Command::new("nft")
+                .args(["list", "table", "inet", "sentrytest"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if sup.socket.is_ok()
+                && !(text.contains("add @hit4 { ip saddr : meta l4proto . tcp dport . tcp flags }")
+                    && text.contains("ip saddr @hit4 counter")
+                    && text.contains("192.0.2.254"))
+            {
+                return Err(format!("first hit missing:\n{text}"));
+            }
             // Twice: the rebuild of an existing chain works too, and keeps the block sets.
             let spec2 = DetectSpec::new(&cfg, &[Mode::Stcp], &IgnoreList::empty(), sup.socket.is_ok());
             apply_detection(&cfg, &spec2).map_err(|e| e.to_string())?;

@@ -143,7 +143,9 @@ impl TableWatch {
             match recvfrom::<NetlinkAddr>(self.fd.as_raw_fd(), &mut self.buf) {
                 Ok((n, Some(from))) if from.pid() == 0 => {
                     if c.by.is_none() {
-                        c.by = scan_datagram(self.buf.get(..n).unwrap_or(&[]), table, own_portid);
+                        // Our own `nft` children (table and detection builds) are not news.
+                        c.by = scan_datagram(self.buf.get(..n).unwrap_or(&[]), table, own_portid)
+                            .filter(|p| !crate::exec::recently_spawned(*p));
                     }
                 }
                 Ok(_) => {}

@@ -972,6 +972,12 @@ fn sentryctl_check_config_accepts_a_good_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It says which blocking is in effect.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("blocking: none: BLOCK_TCP and BLOCK_UDP are 0"),
+        "{stdout}"
+    );
 }
 
 #[test]

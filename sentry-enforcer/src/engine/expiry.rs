@@ -37,6 +37,8 @@ impl Engine {
     ) -> Option<Vec<String>> {
         let b = self.blocks.remove(&addr)?;
         self.lifted.push(addr);
+        // The kernel's own first-hit element would keep dropping the source.
+        self.forget_kernel_hits(addr, b.prefix6);
         let subj = Subject {
             addr,
             port: b.port,
@@ -92,11 +94,7 @@ impl Engine {
         let addr = match addr {
             IpAddr::V6(a) if !self.blocks.contains_key(&addr) => {
                 let len = self.cfg.block_prefix6;
-                let net = u128::from(a)
-                    & u128::MAX
-                        .checked_shl(128 - u32::from(len.min(128)))
-                        .unwrap_or(0);
-                let net = IpAddr::V6(std::net::Ipv6Addr::from(net));
+                let net = IpAddr::V6(policy::mask6(a, len));
                 match self.blocks.get(&net) {
                     Some(b) if b.prefix6.is_some() => net,
                     _ => addr,

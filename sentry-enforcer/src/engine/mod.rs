@@ -14,6 +14,7 @@ mod files;
 pub mod rate;
 mod restore;
 mod status;
+pub mod tripwire;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
@@ -111,6 +112,8 @@ pub struct Engine {
     lifted: Vec<IpAddr>,
     /// The connected sensor (maintained by the daemon).
     pub sensor: Option<SensorInfo>,
+    /// The never-block set changed ([`Engine::take_never_changed`]).
+    never_changed: bool,
 }
 
 /// A log line held back until the AUDIT_RATE budget has admitted its decision.
@@ -156,11 +159,19 @@ impl Engine {
         let started = Instant::now();
         let mut nft = None;
         if cfg.firewall == Firewall::Nftables {
-            restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())?;
-            nft = Some(
-                NlSocket::netfilter()
-                    .map_err(|e| EnforcerError::netlink("netfilter netlink", e))?,
-            );
+            let built = restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())
+                .and_then(|()| {
+                    NlSocket::netfilter()
+                        .map_err(|e| EnforcerError::netlink("netfilter netlink", e))
+                });
+            match (built, cfg.firewall_origin) {
+                (Ok(sock), _) => nft = Some(sock),
+                (Err(e), policy::FirewallOrigin::Key) => return Err(e),
+                // The default, not the admin's choice: say so and block with the rest.
+                (Err(e), policy::FirewallOrigin::Default) => log.err(&format!(
+                    "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
+                )),
+            }
         }
         let route = if cfg.blackhole_route {
             Some(NlSocket::route().map_err(|e| EnforcerError::netlink("route netlink", e))?)
@@ -187,6 +198,7 @@ impl Engine {
             started: Instant::now(),
             lifted: Vec::new(),
             sensor: None,
+            never_changed: false,
         };
         engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
@@ -320,6 +332,17 @@ impl Engine {
 
     /// Whether any action that blocks traffic (as opposed to only running a command) is
     /// configured.
+    /// [`policy::Config::blocking_summary`] of what actually came up (the default
+    /// nftables set is left out when the kernel refused it).
+    pub fn blocking_in_effect(&self) -> String {
+        if self.cfg.firewall == Firewall::Nftables && !self.exec.backends().nft {
+            let mut c = self.cfg.clone();
+            c.firewall = Firewall::None;
+            return format!("{} (nftables unavailable)", c.blocking_summary());
+        }
+        self.cfg.blocking_summary()
+    }
+
     fn blocking_configured(&self) -> bool {
         let b = self.exec.backends();
         b.nft || b.route || self.cfg.kill_route.is_some() || self.cfg.kill_hosts_deny.is_some()
@@ -369,8 +392,7 @@ impl Engine {
                 if self.never.check_net6(a, len).is_some() || self.ignore.overlaps_net6(a, len) {
                     return (source, None);
                 }
-                let net = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                (IpAddr::V6(std::net::Ipv6Addr::from(net)), Some(len))
+                (IpAddr::V6(policy::mask6(a, len)), Some(len))
             }
             _ => (source, None),
         }
@@ -416,6 +438,7 @@ impl Engine {
         };
         crate::infra::log_entries(&self.log, &entries, dropped);
         self.never.set_infrastructure(entries);
+        self.never_changed = true;
         self.lift_never_blocked(WallMs::now());
     }
 
@@ -483,7 +506,9 @@ impl Engine {
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
         let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec);
-        self.conclude(rec, decision, reason, line, req.source, now)
+        let d = self.conclude(rec, decision, reason, line, req.source, now);
+        self.settle_kernel_hit(req.source, d);
+        d
     }
 
     /// Answer a request that failed its checks in [`crate::session`]: counted and
@@ -640,10 +665,9 @@ impl Engine {
         // reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
         // itself, so it cannot outlive its block while the enforcer is down. Routes,
         // hosts.deny lines and commands are not reconciled that way and stay after the
-        // write-ahead record. With KILL_RUN_CMD_FIRST="1" the documented order "the
-        // command before the other actions" is kept, so the element comes after it.
-        let nft_first =
-            backends.nft && !(self.cfg.kill_run_cmd_first && self.cfg.kill_run_cmd.is_some());
+        // write-ahead record. KILL_RUN_CMD_FIRST="1" orders the command before the other
+        // actions it always ran with (routes, hosts.deny), not before the element.
+        let nft_first = backends.nft;
         let mut actions = Vec::new();
         if nft_first {
             let a = self
@@ -707,19 +731,24 @@ impl Engine {
                 self.persist_error(&format!("state for {addr}"), &e);
             }
         }
-        if failed || !reason.is_empty() {
+        if !took_effect {
             let n = rec.actions.iter().filter(|a| !a.ok()).count();
             reason.push_str(&format!(
-                "{n} of {} actions failed{}",
-                rec.actions.len(),
-                if took_effect {
-                    "; host recorded as blocked by the actions that succeeded"
-                } else {
-                    "; host not blocked"
-                }
+                "{n} of {} actions failed; host not blocked",
+                rec.actions.len()
             ));
             (Decision::Failed, reason, None)
         } else {
+            // Blocked when any block took effect; each failed action stays in the record
+            // with its error (and counts in `errors`).
+            if failed {
+                let n = rec.actions.iter().filter(|a| !a.ok()).count();
+                self.counters.errors += n as u64;
+                reason.push_str(&format!(
+                    "{n} of {} actions failed, the others took effect; ",
+                    rec.actions.len()
+                ));
+            }
             let how_long = match (block.expires_ms, self.cfg.block_timeout) {
                 (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
                 _ => "permanently".to_string(),
@@ -727,6 +756,11 @@ impl Engine {
             let what = match target.1 {
                 Some(len) => format!("blocked {addr}/{len} {how_long}"),
                 None => format!("blocked {how_long}"),
+            };
+            let what = if reason.is_empty() {
+                what
+            } else {
+                format!("{what} ({})", reason.trim_end_matches("; "))
             };
             (Decision::Blocked, what, None)
         }
@@ -785,6 +819,8 @@ mod tests {
             ("KILL_HOSTS_DENY", "ALL: $TARGET$".to_string()),
             ("BLOCK_TCP", "1".to_string()),
             ("BLOCK_UDP", "1".to_string()),
+            // Unit tests run in the root namespace: never its nftables.
+            ("FIREWALL", "none".to_string()),
         ]
         .into_iter()
         .collect();
@@ -1131,7 +1167,13 @@ mod tests {
     #[test]
     fn partial_failure_keeps_what_took_effect() {
         let mut t = setup(&[("KILL_ROUTE", "/bin/false $TARGET$")]);
-        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Failed);
+        // Blocked: the hosts.deny line took effect; the failed command is in the record
+        // and counts as an error.
+        assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+        let rec = t.last();
+        assert_eq!(rec["actions"][0]["status"], "error");
+        assert_eq!(t.engine.counters().errors, 1);
+        assert_eq!(t.engine.counters().failed, 0);
         assert!(t.engine.is_blocked("192.0.2.1".parse().unwrap()));
         assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
     }

@@ -4,7 +4,7 @@
 //! scanner always finds room and no prefix takes the whole budget.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::judge::Evidence;
 use crate::time::WallMs;
@@ -13,7 +13,7 @@ use crate::time::WallMs;
 pub fn share_prefix(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & 0xffff_ff00)),
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !((1u128 << 64) - 1))),
+        IpAddr::V6(a) => IpAddr::V6(policy::mask6(a, 64)),
     }
 }
 

@@ -204,6 +204,10 @@ fn main() {
                     )
                 {
                     welcomed += 1;
+                    // As a sensor does, take the NFLOG hand-over that follows (read(2)
+                    // discards its descriptor) before going away.
+                    let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                    let _ = read_frame::<EnforcerFrame, _>(&mut c);
                 }
             }
             r.decisions.insert("welcomed".into(), welcomed);

@@ -152,8 +152,16 @@ fn sentry_row(n: u64, caps: Caps, opts: &Opts) -> Result<Vec<String>, String> {
         ),
         format!("{:.0}", blocked as f64 / blocking_s),
         format!(
-            "{drain_s:.1} s{}",
-            if st.timed_out { " (STILL BUSY when the wait ended)" } else { "" }
+            "{drain_s:.1} s{}{}",
+            if st.timed_out { " (STILL BUSY when the wait ended)" } else { "" },
+            if st.unanswered > 0 {
+                format!(
+                    "; `sentryctl status` unanswered {} times (10 s each): the counters are from the last answer",
+                    st.unanswered
+                )
+            } else {
+                String::new()
+            }
         ),
         format!("{:.1} MiB", audit_bytes as f64 / 1048576.0),
         format!("{:.2} s", scpu.own_s),

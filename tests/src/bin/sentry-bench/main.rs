@@ -6,7 +6,7 @@
 //! target/release/sentry-bench [OPTIONS] [SCENARIO...]
 //! ```
 //! Scenarios: `syn` (1: nmap -sS exposure and block latency vs PortSentry), `scans`
-//! (2: -sF -sN -sX -sU and IPv6), `capture` (3: sensor capture rate and CPU per packet),
+//! (2: -sS -T5 --min-rate, -sF -sN -sX, IPv6, -sU -T5, masscan at 1M packets/s), `capture` (3: sensor capture rate and CPU per packet),
 //! `flood` (4: spoofed-source flood), `enforce` (5: cost of the Nth block and data-path
 //! cost per backend), `all` (default).
 //!
@@ -21,6 +21,7 @@ mod flood;
 mod packet;
 mod pcap;
 mod portsentry;
+mod probe;
 mod procfs;
 mod scans;
 mod sensorctl;
@@ -33,9 +34,11 @@ const USAGE: &str = "\
 usage: sentry-bench [OPTIONS] [SCENARIO...]
 
 Scenarios (default: all):
-  syn        1. nmap -sS -p1-1024 -T4: ports answered before the block, and latency,
-                PortSentry 1.2 vs sentry (iptables KILL_ROUTE) vs sentry (nftables)
-  scans      2. the same for -sF, -sN, -sX, -sU and an IPv6 -sS scan
+  syn        1. nmap -sS -p1-1024 -T4: ports answered before the block (counted on the
+                scanner's interface), and latency, PortSentry 1.2 vs sentry (shipped policy)
+                vs sentry (Debian's portsentry.conf + BLOCK_TCP/UDP=1, no FIREWALL key)
+  scans      2. the same for nmap -sS -T5 --min-rate 20000, -sF, -sN, -sX, -6 -sS,
+                -sU -T5 -p1-300, and masscan --rate 1000000 -p1-1024
   capture    3. packets/s the sensor keeps up with (fixed rates, then unpaced) and its
                 CPU per packet
   flood      4. one SYN per distinct spoofed source (10k and 1M sources): blocks/s, caps,
@@ -47,6 +50,8 @@ Scenarios (default: all):
 
 Options:
   --runs N               runs per tool and scan (median reported; default 5)
+  --scans LIST           only these scans, by id: syn,syn-t5,fin,null,xmas,syn6,udp,masscan
+                         (with --scans, `syn` and `scans` mean the same: the listed scans)
   --portsentry-deb FILE  use this portsentry .deb instead of `apt-get download portsentry`
   --no-portsentry        skip the PortSentry rows
   --enforce-n N          blocks for the enforcement-cost scenario (default 10000)
@@ -60,9 +65,10 @@ Options:
   --settle-secs N        how long sentry may keep working after a flood (default 60)
 Environment: SENTRY_BENCH_TREE=COMMIT names the source tree in the output when it has no .git;
 SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
-SENTRY_BENCH_STRACE=FILE straces the sensor during each sentry scan run.
+SENTRY_BENCH_STRACE=FILE straces the sensor during each sentry scan run;
+SENTRY_BENCH_KEEP_PCAP=DIR keeps the capture of each sentry scan run in which a port answered.
   --help
-Needs root, nmap, tcpdump, iptables, nft, ip, unshare, setpriv, dpkg-deb, apt-get, and
+Needs root, nmap, masscan, tcpdump, iptables, nft, ip, unshare, setpriv, dpkg-deb, apt-get, and
 the release binaries of sentry-sensor and sentry-enforcer next to this one (or
 SENTRY_BIN_DIR).";
 
@@ -82,6 +88,8 @@ pub struct Opts {
     pub ps_settle_secs: u64,
     pub settle_secs: u64,
     pub scenarios: Vec<String>,
+    /// `--scans`: replaces the scan lists of `syn` and `scans`.
+    pub scans: Option<Vec<probe::Scan>>,
 }
 
 const SCENARIOS: [&str; 5] = ["syn", "scans", "capture", "flood", "enforce"];
@@ -121,6 +129,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         ps_settle_secs: 60,
         settle_secs: 60,
         scenarios: Vec::new(),
+        scans: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -139,6 +148,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 o.portsentry_deb = Some(PathBuf::from(value("--portsentry-deb")?))
             }
             "--no-portsentry" => o.no_portsentry = true,
+            "--scans" => o.scans = Some(probe::select(&value("--scans")?)?),
             "--enforce-n" => {
                 let v = value("--enforce-n")?;
                 o.enforce_n = v
@@ -272,8 +282,17 @@ fn main() {
         match portsentry::Package::fetch(opts.portsentry_deb.as_deref()) {
             Ok(p) => {
                 println!(
-                    "PortSentry: Debian package portsentry {} (unpacked, not installed)",
-                    p.version
+                    "PortSentry: Debian package portsentry {} (unpacked, not installed); \
+                     sentry's Debian row: {}",
+                    p.version,
+                    match p.debian_conf.as_deref() {
+                        Some(c) if c == scans::DEBIAN_CONF_FIXTURE => {
+                            "the package's portsentry.conf (same as policy/tests/fixtures/debian.conf)"
+                        }
+                        Some(_) =>
+                            "the package's portsentry.conf (differs from the repository's fixture)",
+                        None => "policy/tests/fixtures/debian.conf (the package has none)",
+                    }
                 );
                 Some(p)
             }
@@ -289,11 +308,17 @@ fn main() {
     if want("syn") || want("scans") {
         println!("{}", scans::proc_net_read_cost());
     }
-    if want("syn") {
-        scans::scenario(&opts, pkg.as_ref(), &scans::SCANS[..1]);
-    }
-    if want("scans") {
-        scans::scenario(&opts, pkg.as_ref(), &scans::SCANS[1..]);
+    if let Some(list) = &opts.scans {
+        if want("syn") || want("scans") {
+            scans::scenario(&opts, pkg.as_ref(), list);
+        }
+    } else {
+        if want("syn") {
+            scans::scenario(&opts, pkg.as_ref(), &probe::SCANS[..1]);
+        }
+        if want("scans") {
+            scans::scenario(&opts, pkg.as_ref(), &probe::SCANS[1..]);
+        }
     }
     if want("capture") {
         capture::scenario(&opts);

@@ -1,9 +1,10 @@
-//! Reading the target-side capture of a scan: which ports the target answered, and when.
+//! Reading the capture of a scan: which ports the target answered, and when.
 //!
-//! The capture is a classic pcap file written by tcpdump on the target's veth end
-//! (Ethernet link type). Every access is bounds-checked: a short or odd record is skipped.
+//! The capture is a classic pcap file written by tcpdump on the scanner's veth end
+//! (Ethernet link type), so an answer is counted only if it reached the scanner. Every
+//! access is bounds-checked: a short or odd record is skipped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// What the target said to the scanner during one scan.
@@ -11,8 +12,8 @@ use std::net::IpAddr;
 pub struct Exposure {
     /// Probe packets from the scanner to the target seen on the wire.
     pub probes: u64,
-    /// Distinct target ports that answered (SYN-ACK or RST for TCP; ICMP port
-    /// unreachable or a UDP reply for UDP).
+    /// Distinct target ports that answered: SYN-ACK or RST for TCP, a UDP reply, or an
+    /// ICMP/ICMPv6 destination unreachable (any code) quoting a probe to the port.
     pub answered: BTreeSet<u16>,
     /// Timestamp (µs) of the first probe from the scanner.
     pub first_probe_us: Option<u64>,
@@ -20,6 +21,10 @@ pub struct Exposure {
     pub last_answer_us: Option<u64>,
     /// Timestamp (µs) of the last probe.
     pub last_probe_us: Option<u64>,
+    /// Per target port: (position of its first probe in the scan, 1-based; time of it, µs).
+    pub first_probe: BTreeMap<u16, (u64, u64)>,
+    /// Per answered port: time of its first answer (µs).
+    pub first_answer: BTreeMap<u16, u64>,
 }
 
 impl Exposure {
@@ -27,6 +32,37 @@ impl Exposure {
     pub fn latency_ms(&self) -> Option<f64> {
         let (a, b) = (self.first_probe_us?, self.last_answer_us?);
         Some(b.saturating_sub(a) as f64 / 1000.0)
+    }
+
+    /// Which ports answered, when each was probed and answered (ms after the first
+    /// probe): what to look at when a port answered although it should not have. At
+    /// most `max` ports, in the order they were probed.
+    pub fn answered_detail(&self, max: usize) -> String {
+        let t0 = self.first_probe_us.unwrap_or(0);
+        let ms = |us: u64| us.saturating_sub(t0) as f64 / 1000.0;
+        let mut rows: Vec<(u64, String)> = self
+            .answered
+            .iter()
+            .map(|p| {
+                let (n, at) = self.first_probe.get(p).copied().unwrap_or((0, t0));
+                let ans = self.first_answer.get(p).copied().unwrap_or(t0);
+                (
+                    n,
+                    format!(
+                        "port {p} (probe #{n} at {:.3} ms, answered at {:.3} ms)",
+                        ms(at),
+                        ms(ans)
+                    ),
+                )
+            })
+            .collect();
+        rows.sort();
+        let more = rows.len().saturating_sub(max);
+        let mut out: Vec<String> = rows.into_iter().take(max).map(|(_, s)| s).collect();
+        if more > 0 {
+            out.push(format!("{more} more"));
+        }
+        out.join(", ")
     }
 
     /// Milliseconds from the first to the last probe (the scan's length on the wire).
@@ -63,8 +99,9 @@ enum Kind {
         sport: u16,
         dport: u16,
     },
-    /// ICMP/ICMPv6 port unreachable quoting a UDP datagram to `port`.
-    PortUnreachable {
+    /// ICMP/ICMPv6 destination unreachable (any code) quoting a TCP or UDP packet to
+    /// `port`.
+    Unreachable {
         port: u16,
     },
     Other,
@@ -104,25 +141,26 @@ fn decode(frame: &[u8]) -> Option<(IpAddr, IpAddr, Kind)> {
             sport: be16(l4, 0)?,
             dport: be16(l4, 2)?,
         },
-        // ICMP destination unreachable / port unreachable, quoting the IPv4 header.
-        1 if l4.first() == Some(&3) && l4.get(1) == Some(&3) => {
+        // ICMP destination unreachable (port, host, administratively prohibited...),
+        // quoting the IPv4 header of a TCP or UDP probe.
+        1 if l4.first() == Some(&3) => {
             let inner = l4.get(8..)?;
             let ihl = usize::from(inner.first()? & 0x0f) * 4;
-            if inner.get(9) != Some(&17) || ihl < 20 {
+            if !matches!(inner.get(9), Some(6 | 17)) || ihl < 20 {
                 Kind::Other
             } else {
-                Kind::PortUnreachable {
+                Kind::Unreachable {
                     port: be16(inner, ihl + 2)?,
                 }
             }
         }
-        // ICMPv6 destination unreachable / port unreachable, quoting the IPv6 header.
-        58 if l4.first() == Some(&1) && l4.get(1) == Some(&4) => {
+        // ICMPv6 destination unreachable (any code), quoting the IPv6 header.
+        58 if l4.first() == Some(&1) => {
             let inner = l4.get(8..)?;
-            if inner.get(6) != Some(&17) {
+            if !matches!(inner.get(6), Some(6 | 17)) {
                 Kind::Other
             } else {
-                Kind::PortUnreachable {
+                Kind::Unreachable {
                     port: be16(inner, 40 + 2)?,
                 }
             }
@@ -178,8 +216,16 @@ pub fn exposure(bytes: &[u8], scanner: IpAddr, target: IpAddr) -> Result<Exposur
             continue;
         };
         if src == scanner && dst == target {
-            if matches!(kind, Kind::Tcp { .. } | Kind::Udp { .. }) {
+            // A probe; the scanner kernel's own RSTs (to a SYN-ACK it did not expect) are not.
+            let probe = match kind {
+                Kind::Tcp { flags, dport, .. } if flags & 0x04 == 0 => Some(dport),
+                Kind::Udp { dport, .. } => Some(dport),
+                _ => None,
+            };
+            if let Some(dport) = probe {
                 e.probes += 1;
+                let n = e.probes;
+                e.first_probe.entry(dport).or_insert((n, us));
                 e.first_probe_us.get_or_insert(us);
                 e.last_probe_us = Some(us);
             }
@@ -190,11 +236,12 @@ pub fn exposure(bytes: &[u8], scanner: IpAddr, target: IpAddr) -> Result<Exposur
                     Some(sport)
                 }
                 Kind::Udp { sport, .. } => Some(sport),
-                Kind::PortUnreachable { port } => Some(port),
+                Kind::Unreachable { port } => Some(port),
                 _ => None,
             };
             if let Some(p) = port {
                 e.answered.insert(p);
+                e.first_answer.entry(p).or_insert(us);
                 e.last_answer_us = Some(us);
             }
         }
@@ -254,7 +301,34 @@ mod tests {
         assert_eq!(e.probes, 3);
         assert_eq!(e.answered.iter().copied().collect::<Vec<_>>(), vec![22, 80]);
         assert_eq!(e.latency_ms(), Some(0.4));
+        assert_eq!(
+            e.answered_detail(1),
+            "port 22 (probe #1 at 0.000 ms, answered at 0.100 ms), 1 more"
+        );
         assert_eq!(e.scan_ms(), Some(0.5));
+    }
+
+    #[test]
+    fn any_unreachable_quoting_a_probe_counts() {
+        let s = [10, 203, 0, 1];
+        let t = [10, 203, 0, 2];
+        // ICMP host prohibited (3/10) quoting the SYN to port 22.
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = vec![0x45, 0, 0, 68, 0, 0, 0, 0, 64, 1, 0, 0];
+        ip.extend_from_slice(&t);
+        ip.extend_from_slice(&s);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[3, 10, 0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&tcp4(s, t, 40000, 22, 0x02)[14..]);
+        let recs = vec![
+            (1_000_000, tcp4(s, t, 40000, 22, 0x02)),
+            (1_000_100, f),
+            (1_000_200, tcp4(s, t, 40000, 23, 0x04)), // the scanner's own RST: no probe
+        ];
+        let e = exposure(&pcap(&recs), IpAddr::from(s), IpAddr::from(t)).unwrap();
+        assert_eq!(e.probes, 1);
+        assert_eq!(e.answered.iter().copied().collect::<Vec<_>>(), vec![22]);
     }
 
     #[test]

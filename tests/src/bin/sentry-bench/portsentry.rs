@@ -25,6 +25,8 @@ pub struct Package {
     pub _dir: TempDir,
     pub binary: PathBuf,
     pub version: String,
+    /// The package's own /etc/portsentry/portsentry.conf, unchanged.
+    pub debian_conf: Option<String>,
 }
 
 impl Package {
@@ -70,10 +72,12 @@ impl Package {
         if !binary.is_file() {
             return Err(format!("{} missing from the package", binary.display()));
         }
+        let debian_conf = fs::read_to_string(root.join("etc/portsentry/portsentry.conf")).ok();
         Ok(Package {
             _dir: dir,
             binary,
             version: ver.stdout.trim().to_string(),
+            debian_conf,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Scenarios 1 and 2: scan exposure and block latency, sentry vs PortSentry 1.2, on real
-//! nmap scans from the scanner namespace, measured from a capture in the target namespace.
+//! nmap and masscan scans from the scanner namespace, measured from a capture on the
+//! scanner's own interface: an answer counts only if it reached the scanner (SYN-ACK, RST,
+//! ICMP unreachable, UDP reply from the target), never what the scanner concluded.
 
 use std::fs;
 use std::net::IpAddr;
@@ -9,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sentry_tests::cmd::run;
-use sentry_tests::netns::{NetPair, Side, SCANNER_V4, SCANNER_V6, TARGET_IF, TARGET_V4, TARGET_V6};
+use sentry_tests::netns::{NetPair, Side, SCANNER_IF, TARGET_IF, TARGET_V4, TARGET_V6};
 use sentry_tests::{Sentry, Settings};
 
 use crate::cleanup::{self, ChildGuard, TempDir};
 use crate::pcap::{self, Exposure};
 use crate::portsentry::{self, Package};
+use crate::probe::{mac_text, Scan};
 use crate::procfs::{median, min_max};
 use crate::table::Table;
 use crate::Opts;
@@ -47,103 +50,51 @@ pub fn shared_keys() -> Vec<(&'static str, String)> {
 
 pub const IGNORE: [&str; 2] = ["127.0.0.1", "0.0.0.0"];
 
-/// One nmap scan type.
-#[derive(Debug, Clone, Copy)]
-pub struct Scan {
-    pub label: &'static str,
-    pub flags: &'static [&'static str],
-    pub v6: bool,
-    pub udp: bool,
-}
-
-pub const SCANS: [Scan; 6] = [
-    Scan {
-        label: "-sS",
-        flags: &["-sS"],
-        v6: false,
-        udp: false,
-    },
-    Scan {
-        label: "-sF",
-        flags: &["-sF"],
-        v6: false,
-        udp: false,
-    },
-    Scan {
-        label: "-sN",
-        flags: &["-sN"],
-        v6: false,
-        udp: false,
-    },
-    Scan {
-        label: "-sX",
-        flags: &["-sX"],
-        v6: false,
-        udp: false,
-    },
-    Scan {
-        label: "-sU",
-        flags: &["-sU"],
-        v6: false,
-        udp: true,
-    },
-    Scan {
-        label: "-6 -sS",
-        flags: &["-6", "-sS"],
-        v6: true,
-        udp: false,
-    },
-];
-
-impl Scan {
-    pub fn nmap_args(&self) -> Vec<String> {
-        let target = if self.v6 {
-            TARGET_V6.to_string()
-        } else {
-            TARGET_V4.to_string()
-        };
-        let mut a: Vec<String> = [
-            "-n",
-            "-Pn",
-            "-T4",
-            "--max-retries",
-            "0",
-            "--host-timeout",
-            "15s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(self.flags.iter().map(|s| s.to_string()));
-        a.extend(["-p1-1024".to_string(), target]);
-        a
-    }
-
-    fn addrs(&self) -> (IpAddr, IpAddr) {
-        if self.v6 {
-            (IpAddr::V6(SCANNER_V6), IpAddr::V6(TARGET_V6))
-        } else {
-            (IpAddr::V4(SCANNER_V4), IpAddr::V4(TARGET_V4))
-        }
-    }
-}
+/// The policy sentry ships (policy/dist/sentry.conf, FIREWALL="nftables"), as installed.
+pub const SHIPPED_POLICY: &str = include_str!("../../../../policy/dist/sentry.conf");
+/// Debian's portsentry.conf as the repository keeps it (used when no package is at hand).
+pub const DEBIAN_CONF_FIXTURE: &str = include_str!("../../../../policy/tests/fixtures/debian.conf");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     PortSentry,
-    SentryIptables,
-    SentryNft,
+    /// The shipped policy, unchanged but for file locations.
+    SentryShipped,
+    /// Debian's portsentry.conf unchanged but for file locations and BLOCK_TCP/UDP="1":
+    /// no FIREWALL key, so the native set first, then its KILL_ROUTE and KILL_HOSTS_DENY.
+    SentryDebian,
 }
 
 impl Tool {
-    pub const ALL: [Tool; 3] = [Tool::PortSentry, Tool::SentryIptables, Tool::SentryNft];
+    pub const ALL: [Tool; 3] = [Tool::PortSentry, Tool::SentryShipped, Tool::SentryDebian];
 
     pub fn label(self) -> &'static str {
         match self {
-            Tool::PortSentry => "PortSentry 1.2 (iptables)",
-            Tool::SentryIptables => "sentry (iptables KILL_ROUTE)",
-            Tool::SentryNft => "sentry (FIREWALL=nftables)",
+            Tool::PortSentry => "PortSentry 1.2 (iptables KILL_ROUTE)",
+            Tool::SentryShipped => "sentry (shipped policy, FIREWALL=nftables)",
+            Tool::SentryDebian => "sentry (Debian portsentry.conf + BLOCK_TCP/UDP=1)",
         }
+    }
+
+    /// The sentry settings of this tool (`None` for PortSentry); both run -atcp -audp as
+    /// the shipped unit does.
+    pub fn settings(self, pkg: Option<&Package>) -> Option<Settings> {
+        let modes = ["atcp", "audp"];
+        let s = match self {
+            Tool::PortSentry => return None,
+            Tool::SentryShipped => Settings::portsentry(SHIPPED_POLICY, &modes),
+            Tool::SentryDebian => {
+                let text = pkg
+                    .and_then(|p| p.debian_conf.as_deref())
+                    .unwrap_or(DEBIAN_CONF_FIXTURE);
+                Settings::portsentry(text, &modes)
+                    .set("BLOCK_TCP", "1")
+                    .set("BLOCK_UDP", "1")
+            }
+        };
+        let mut s = s;
+        s.ignore = IGNORE.iter().map(|s| s.to_string()).collect();
+        Some(s)
     }
 }
 
@@ -158,7 +109,8 @@ pub struct RunResult {
     pub capture_drops: u64,
 }
 
-/// tcpdump on the target's veth end, writing a pcap file; stopped with SIGINT.
+/// tcpdump on the scanner's veth end, writing a pcap file; stopped with SIGINT. On the
+/// scanner's side, so that what it records as an answer is what reached the scanner.
 struct Capture {
     guard: ChildGuard,
     file: PathBuf,
@@ -173,9 +125,9 @@ impl Capture {
         let filter = format!("host {s} and host {t}");
         let logf = fs::File::create(&log).map_err(|e| e.to_string())?;
         let child = net
-            .command(Side::Target, "tcpdump")
+            .command(Side::Scanner, "tcpdump")
             .args([
-                "-i", TARGET_IF, "-nn",
+                "-i", SCANNER_IF, "-nn",
                 // Buffered (no --immediate-mode, no -U): the figures come from the
                 // kernel's receive timestamps, which do not depend on when tcpdump reads
                 // them, and a capture woken and writing once per packet would compete
@@ -246,22 +198,39 @@ fn target_sysctls(net: &NetPair) -> Result<(), String> {
 
 /// Permanent neighbour entries both ways (inside the two namespaces only), so that no
 /// answer waits for ARP/ND and a lost neighbour solicitation cannot empty a scan.
-fn static_neighbours(net: &NetPair) -> Result<(), String> {
-    use sentry_tests::netns::SCANNER_IF;
+fn static_neighbours(net: &NetPair, scan: &Scan) -> Result<(), String> {
+    use sentry_tests::netns::{SCANNER_V4, SCANNER_V6};
     let (_, smac) = crate::packet::link_info(&net.scanner, SCANNER_IF)?;
     let (_, tmac) = crate::packet::link_info(&net.target, TARGET_IF)?;
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    let entries = [
-        (Side::Scanner, IpAddr::V4(TARGET_V4), SCANNER_IF, mac(tmac)),
-        (Side::Scanner, IpAddr::V6(TARGET_V6), SCANNER_IF, mac(tmac)),
-        (Side::Target, IpAddr::V4(SCANNER_V4), TARGET_IF, mac(smac)),
-        (Side::Target, IpAddr::V6(SCANNER_V6), TARGET_IF, mac(smac)),
+    let mut entries = vec![
+        (
+            Side::Scanner,
+            IpAddr::V4(TARGET_V4),
+            SCANNER_IF,
+            mac_text(tmac),
+        ),
+        (
+            Side::Scanner,
+            IpAddr::V6(TARGET_V6),
+            SCANNER_IF,
+            mac_text(tmac),
+        ),
+        (
+            Side::Target,
+            IpAddr::V4(SCANNER_V4),
+            TARGET_IF,
+            mac_text(smac),
+        ),
+        (
+            Side::Target,
+            IpAddr::V6(SCANNER_V6),
+            TARGET_IF,
+            mac_text(smac),
+        ),
     ];
+    for (ip, lladdr) in scan.extra_neighbours(smac) {
+        entries.push((Side::Target, ip, TARGET_IF, lladdr));
+    }
     for (side, ip, dev, lladdr) in entries {
         let out = run(
             net.command(side, "ip")
@@ -277,18 +246,6 @@ fn static_neighbours(net: &NetPair) -> Result<(), String> {
     Ok(())
 }
 
-fn nmap(net: &NetPair, scan: &Scan) -> Result<(), String> {
-    let out = run(
-        net.command(Side::Scanner, "nmap").args(scan.nmap_args()),
-        Duration::from_secs(120),
-    );
-    if out.success() {
-        Ok(())
-    } else {
-        Err(format!("nmap failed: {out}"))
-    }
-}
-
 fn iptables_has(net: &NetPair, ip: IpAddr) -> bool {
     let out = run(
         net.command(Side::Target, "iptables").args(["-S", "INPUT"]),
@@ -297,13 +254,39 @@ fn iptables_has(net: &NetPair, ip: IpAddr) -> bool {
     out.stdout.contains(&format!("-s {ip}/32"))
 }
 
-/// Run one scan with capture around it.
-fn measure(net: &NetPair, dir: &Path, scan: &Scan) -> Result<(Exposure, u64), String> {
+/// With SENTRY_BENCH_KEEP_PCAP=DIR, the capture of every sentry run in which a port
+/// answered is copied there (for `tcpdump -r`: which packet was answered, and when).
+fn keep_capture(bytes: &[u8], scan: &Scan, what: &str) {
+    let Some(dir) = std::env::var_os("SENTRY_BENCH_KEEP_PCAP") else {
+        return;
+    };
+    let name = format!(
+        "{}-{what}-{}.pcap",
+        scan.id,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    );
+    let path = PathBuf::from(dir).join(name);
+    match fs::write(&path, bytes) {
+        Ok(()) => eprintln!("    capture kept: {}", path.display()),
+        Err(e) => eprintln!("    capture not kept ({}): {e}", path.display()),
+    }
+}
+
+/// Run one scan with capture around it; `keep` names the tool when a capture with
+/// answers is to be kept (see [`keep_capture`]).
+fn measure(
+    net: &NetPair,
+    dir: &Path,
+    scan: &Scan,
+    keep: Option<&str>,
+) -> Result<(Exposure, u64), String> {
     target_sysctls(net)?;
-    static_neighbours(net)?;
+    static_neighbours(net, scan)?;
     let (_, t) = scan.addrs();
     let cap = Capture::start(net, dir, scan)?;
-    nmap(net, scan)?;
+    scan.run(net)?;
     // libpcap hands packets over in ring blocks; let the last one retire before stopping
     // (tcpdump drops an unretired block on exit).
     std::thread::sleep(Duration::from_millis(1200));
@@ -312,6 +295,9 @@ fn measure(net: &NetPair, dir: &Path, scan: &Scan) -> Result<(Exposure, u64), St
     let e = pcap::exposure(&bytes, s, t)?;
     if e.probes == 0 {
         return Err("the capture saw no probe from the scanner".into());
+    }
+    if let (Some(what), false) = (keep, e.answered.is_empty()) {
+        keep_capture(&bytes, scan, what);
     }
     Ok((e, drops))
 }
@@ -323,7 +309,7 @@ fn run_portsentry(pkg: &Package, scan: &Scan) -> Result<RunResult, String> {
     let ignore: Vec<String> = IGNORE.iter().map(|s| s.to_string()).collect();
     let mode = if scan.udp { "audp" } else { "atcp" };
     let ps = portsentry::Running::start(pkg, &net, mode, &conf, &ignore)?;
-    let (exposure, capture_drops) = measure(&net, &dir.path, scan)?;
+    let (exposure, capture_drops) = measure(&net, &dir.path, scan, None)?;
     // Give a late kill command the same settle time the capture had.
     let blocked = iptables_has(&net, scan.addrs().0);
     drop(ps);
@@ -356,8 +342,8 @@ pub fn start_sentry(name: &str, settings: Settings) -> Sentry {
     s
 }
 
-fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
-    let s = start_sentry("bench-scan", sentry_settings(&["atcp", "audp"], nft));
+fn run_sentry(scan: &Scan, settings: Settings, what: &str) -> Result<RunResult, String> {
+    let s = start_sentry("bench-scan", settings);
     let dir = TempDir::new("sentry-bench-scan-").map_err(|e| e.to_string())?;
     // Diagnostics: strace both daemons (epoch timestamps, comparable with the capture's)
     // into FILE.sensor and FILE.enforcer.
@@ -384,14 +370,11 @@ fn run_sentry(scan: &Scan, nft: bool) -> Result<RunResult, String> {
     if !trace.is_empty() {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (exposure, capture_drops) = measure(&s.net, &dir.path, scan)?;
+    let (exposure, capture_drops) = measure(&s.net, &dir.path, scan, Some(what))?;
     drop(trace);
     let src = scan.addrs().0;
-    let blocked = if nft {
-        s.nft_elements().contains(&src)
-    } else {
-        iptables_has(&s.net, src)
-    };
+    // Both configurations block in the native set (the enforcer's v4/v6 sets).
+    let blocked = s.nft_elements().contains(&src);
     s.assert_alive();
     // Read as plain JSON, not as typed records: the bench also measures older enforcers.
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&s.audit_log)
@@ -472,8 +455,16 @@ pub fn run_one(tool: Tool, pkg: Option<&Package>, scan: &Scan) -> Result<RunResu
 fn run_once(tool: Tool, pkg: Option<&Package>, scan: &Scan) -> Result<RunResult, String> {
     match tool {
         Tool::PortSentry => run_portsentry(pkg.ok_or("PortSentry package unavailable")?, scan),
-        Tool::SentryIptables => run_sentry(scan, false),
-        Tool::SentryNft => run_sentry(scan, true),
+        Tool::SentryShipped | Tool::SentryDebian => run_sentry(
+            scan,
+            tool.settings(pkg)
+                .ok_or("no sentry settings for this tool")?,
+            if tool == Tool::SentryShipped {
+                "shipped"
+            } else {
+                "debian"
+            },
+        ),
     }
 }
 
@@ -489,6 +480,7 @@ fn fmt_range(v: &[f64], prec: usize) -> String {
 #[derive(Debug, Default)]
 struct Acc {
     answered: Vec<f64>,
+    probes: Vec<f64>,
     latency: Vec<f64>,
     length: Vec<f64>,
     decision: Vec<f64>,
@@ -505,15 +497,18 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
         .filter(|t| *t != Tool::PortSentry || pkg.is_some())
         .collect();
     for scan in scans {
+        let answered_hdr = format!("ports answered /{}", scan.last_port);
         let mut table = Table::new(
             &format!(
-                "Scan exposure: nmap {} ({} runs per tool, tools interleaved; median (min-max))",
-                scan.nmap_args().join(" "),
+                "Scan exposure: {} ({} runs per tool, tools interleaved; median (min-max); \
+                 answers counted on the scanner's interface)",
+                scan.command_line(),
                 opts.runs
             ),
             &[
                 "tool",
-                "ports answered /1024",
+                &answered_hdr,
+                "probes on the wire",
                 "first probe -> last answer ms",
                 "scan length ms",
                 "first probe -> sentry decision ms",
@@ -531,17 +526,20 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
                 match run_one(*tool, pkg, scan) {
                     Ok(r) => {
                         a.answered.push(r.exposure.answered.len() as f64);
+                        a.probes.push(r.exposure.probes as f64);
                         a.latency.extend(r.exposure.latency_ms());
                         a.length.extend(r.exposure.scan_ms());
                         a.blocked += usize::from(r.blocked);
                         a.decision.extend(r.decision_ms);
                         a.drops += r.capture_drops;
                         eprintln!(
-                            "  {} {} run {}: {} ports answered, latency {:?} ms, decision {:?} ms, blocked {}",
+                            "  {} {} run {}: {} ports answered [{}] ({} probes), latency {:?} ms, decision {:?} ms, blocked {}",
                             scan.label,
                             tool.label(),
                             i + 1,
                             r.exposure.answered.len(),
+                            r.exposure.answered_detail(6),
+                            r.exposure.probes,
                             r.exposure.latency_ms(),
                             r.decision_ms,
                             r.blocked
@@ -559,10 +557,10 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
                 }
             }
         }
-        let mut ps_latency = None;
         if pkg.is_none() {
             table.row(vec![
                 Tool::PortSentry.label().into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -578,22 +576,18 @@ pub fn scenario(opts: &Opts, pkg: Option<&Package>, scans: &[Scan]) {
             if a.blocked == 0 && !a.answered.is_empty() {
                 a.notes.push("never blocked: latency = whole scan".into());
             }
-            let med_lat = median(&a.latency);
-            if *tool == Tool::PortSentry {
-                ps_latency = med_lat;
-            } else if let (Some(ps), Some(me), Some(ports)) =
-                (ps_latency, med_lat, median(&a.answered))
-            {
-                let ok = ports <= 20.0 && me <= ps / 5.0;
-                a.notes.push(format!(
-                    "goal (<=20 ports, <= 1/5 PortSentry latency {:.2} ms): {}",
-                    ps / 5.0,
-                    if ok { "met" } else { "NOT met" }
-                ));
+            if *tool != Tool::PortSentry {
+                if let Some((_, worst)) = min_max(&a.answered) {
+                    a.notes.push(format!(
+                        "goal (issue #13: at most 1 port answered in every run): {}",
+                        if worst <= 1.0 { "met" } else { "NOT met" }
+                    ));
+                }
             }
             table.row(vec![
                 tool.label().into(),
                 fmt_range(&a.answered, 0),
+                fmt_range(&a.probes, 0),
                 fmt_range(&a.latency, 2),
                 fmt_range(&a.length, 1),
                 fmt_range(&a.decision, 1),
@@ -636,8 +630,13 @@ pub fn proc_net_read_cost() -> String {
 /// For the report: the command line used to drive nmap.
 pub fn describe() -> String {
     format!(
-        "target {TARGET_V4} / {TARGET_V6}, scanner {SCANNER_V4} / {SCANNER_V6}; \
-         capture: tcpdump -i {TARGET_IF} in the target namespace; kill route: {KILL_ROUTE_IPTABLES}"
+        "target {TARGET_V4} / {TARGET_V6}, scanner {} / {} (masscan: {}); \
+         capture: tcpdump -i {SCANNER_IF} in the scanner namespace; PortSentry's kill route: \
+         {KILL_ROUTE_IPTABLES}; sentry: policy/dist/sentry.conf as shipped, and Debian's \
+         portsentry.conf with BLOCK_TCP/BLOCK_UDP=1 (no FIREWALL key), both -atcp -audp",
+        sentry_tests::netns::SCANNER_V4,
+        sentry_tests::netns::SCANNER_V6,
+        crate::probe::MASSCAN_V4
     )
 }
 
@@ -654,16 +653,5 @@ mod tests {
             Some(1_795_267_688_934)
         );
         assert_eq!(rfc3339_ms("garbage"), None);
-    }
-
-    #[test]
-    fn nmap_arguments_are_bounded() {
-        let a = SCANS[0].nmap_args();
-        assert!(a.contains(&"--max-retries".to_string()) && a.contains(&"-p1-1024".to_string()));
-        assert_eq!(a.last().map(String::as_str), Some("10.203.0.2"));
-        assert_eq!(
-            SCANS[5].nmap_args().last().map(String::as_str),
-            Some("fd00:203::2")
-        );
     }
 }

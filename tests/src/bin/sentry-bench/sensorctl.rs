@@ -76,6 +76,9 @@ pub struct Settled {
     pub blocked_changed: Instant,
     /// `max` ran out while the counters were still moving.
     pub timed_out: bool,
+    /// `sentryctl status` calls that got no answer within its 10 s (the enforcer's control
+    /// thread waits for the engine lock while another thread holds it).
+    pub unanswered: u32,
 }
 
 /// Wait until the sensor's packet counter and the enforcer's request counter have not
@@ -86,9 +89,28 @@ pub fn settle(s: &Sentry, quiet: Duration, max: Duration) -> Result<Settled, Str
     let mut last = snapshot(s)?;
     let mut changed = Instant::now();
     let mut blocked_changed = Instant::now();
+    let mut unanswered = 0;
     loop {
         std::thread::sleep(Duration::from_millis(STATS_INTERVAL_MS + 50));
-        let now = snapshot(s)?;
+        let now = match snapshot(s) {
+            Ok(n) => n,
+            // Unanswered is busy, not finished: count it and ask again (within `max`).
+            Err(e) if e.contains("TIMED OUT") => {
+                unanswered += 1;
+                changed = Instant::now();
+                if start.elapsed() >= max {
+                    return Ok(Settled {
+                        last,
+                        changed,
+                        blocked_changed,
+                        timed_out: true,
+                        unanswered,
+                    });
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let key = |x: &Snapshot| {
             (
                 x.sensor_u64("packets"),
@@ -112,6 +134,7 @@ pub fn settle(s: &Sentry, quiet: Duration, max: Duration) -> Result<Settled, Str
                 changed,
                 blocked_changed,
                 timed_out: changed.elapsed() < quiet || !stats_in,
+                unanswered,
             });
         }
     }
