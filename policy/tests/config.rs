@@ -513,3 +513,17 @@ fn blocking_summary_names_the_set_first_and_the_opt_out() {
         quiet.blocking_summary()
     );
 }
+
+/// The settings Debian's portsentry package ships, as they are: they parse with no error
+/// and no warning, log only (BLOCK_TCP/UDP 0), and with no FIREWALL key the native set is
+/// in front of KILL_ROUTE and KILL_HOSTS_DENY once blocking is turned on.
+#[test]
+fn debian_package_settings_parse_unchanged() {
+    let cfg = Config::load(&fixture("debian-package.conf")).expect("the package's settings");
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert_eq!(cfg.advanced_ports_tcp, 1024);
+    assert_eq!(cfg.block_tcp, BlockMode::LogOnly);
+    assert_eq!(cfg.firewall, Firewall::Nftables);
+    assert_eq!(cfg.firewall_origin, policy::FirewallOrigin::Default);
+    assert!(cfg.kill_route.is_some() && cfg.kill_hosts_deny.is_some());
+}

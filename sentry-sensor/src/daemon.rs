@@ -450,12 +450,19 @@ impl Sensor {
                 }
                 self.send_reports();
             }
-            // A held-back probe whose re-check is due (no frame arrived to trigger it).
-            let now = self.now();
-            self.detector
-                .judge_pending(now, false, &mut self.log, &mut self.reports);
-            self.send_reports();
 
+            // A held-back probe whose re-check is due although no frame arrived to
+            // trigger it (the last probes of a burst): judged now, not at the next packet
+            // (the poll above already woke for it).
+            if self.detector.pending_due().is_some() {
+                let now = self.now();
+                self.detector
+                    .judge_pending(now, false, &mut self.log, &mut self.reports);
+                if !self.reports.is_empty() {
+                    self.send_reports();
+                    self.client.flush(self.now(), &mut self.events);
+                }
+            }
             let now = self.now();
             self.client.tick(now, &mut self.events);
             if now >= next_housekeeping {

@@ -16,7 +16,8 @@ use sentry_tests::{
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
 
 fn debian_conf() -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures/debian.conf");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures/debian-package.conf");
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -287,11 +287,11 @@ fn main() {
                     p.version,
                     match p.debian_conf.as_deref() {
                         Some(c) if c == scans::DEBIAN_CONF_FIXTURE => {
-                            "the package's portsentry.conf (same as policy/tests/fixtures/debian.conf)"
+                            "the package's portsentry.conf (its settings are policy/tests/fixtures/debian-package.conf)"
                         }
                         Some(_) =>
                             "the package's portsentry.conf (differs from the repository's fixture)",
-                        None => "policy/tests/fixtures/debian.conf (the package has none)",
+                        None => "policy/tests/fixtures/debian-package.conf (the package has none)",
                     }
                 );
                 Some(p)

@@ -53,7 +53,8 @@ pub const IGNORE: [&str; 2] = ["127.0.0.1", "0.0.0.0"];
 /// The policy sentry ships (policy/dist/sentry.conf, FIREWALL="nftables"), as installed.
 pub const SHIPPED_POLICY: &str = include_str!("../../../../policy/dist/sentry.conf");
 /// Debian's portsentry.conf as the repository keeps it (used when no package is at hand).
-pub const DEBIAN_CONF_FIXTURE: &str = include_str!("../../../../policy/tests/fixtures/debian.conf");
+pub const DEBIAN_CONF_FIXTURE: &str =
+    include_str!("../../../../policy/tests/fixtures/debian-package.conf");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
