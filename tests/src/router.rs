@@ -122,3 +122,128 @@ impl Drop for Wan {
         );
     }
 }
+
+/// The Docker-style bridge's addresses: the host's bridge and one container behind it.
+pub const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+pub const CONTAINER_V4: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+/// The container's port the host publishes on its WAN address (DNAT), as `docker run -p`.
+pub const PUBLISHED_PORT: u16 = 80;
+const BRIDGE_IF: &str = "sbr0";
+const HOST_CTR_IF: &str = "tc0";
+const CTR_IF: &str = "cc0";
+
+/// A container namespace behind a bridge in the target (which must have a [`Wan`]): the
+/// target masquerades the container's traffic to the WAN and publishes the container's
+/// port [`PUBLISHED_PORT`] on its WAN address, as Docker does, in a table of the test's own
+/// (`inet sentrykit_nat`). Deleted on drop (namespace, bridge, table).
+#[derive(Debug)]
+pub struct Container {
+    pub ns: String,
+    target: String,
+}
+
+impl Container {
+    pub fn attach(net: &NetPair) -> Container {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let c = Container {
+            ns: format!("snt{}xc{n}-c", std::process::id()),
+            target: net.name(Side::Target).to_string(),
+        };
+        let (t, ns) = (c.target.as_str(), c.ns.as_str());
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["-n", t, "link", "add", BRIDGE_IF, "type", "bridge"]);
+        ip(&[
+            "-n",
+            t,
+            "addr",
+            "add",
+            &format!("{BRIDGE_V4}/24"),
+            "dev",
+            BRIDGE_IF,
+        ]);
+        ip(&["-n", t, "link", "set", BRIDGE_IF, "up"]);
+        ip(&[
+            "-n",
+            t,
+            "link",
+            "add",
+            HOST_CTR_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CTR_IF,
+            "netns",
+            ns,
+        ]);
+        ip(&["-n", t, "link", "set", HOST_CTR_IF, "master", BRIDGE_IF]);
+        ip(&["-n", t, "link", "set", HOST_CTR_IF, "up"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{CONTAINER_V4}/24"),
+            "dev",
+            CTR_IF,
+        ]);
+        ip(&["-n", ns, "link", "set", CTR_IF, "up"]);
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_V4.to_string(),
+        ]);
+        let nat = format!(
+            "table inet sentrykit_nat {{\n\
+             \tchain pre {{ type nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tiifname \"{ROUTER_WAN_IF}\" tcp dport {PUBLISHED_PORT} dnat ip to {CONTAINER_V4}:{PUBLISHED_PORT}\n\
+             \t}}\n\
+             \tchain post {{ type nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr 172.30.0.0/24 oifname \"{ROUTER_WAN_IF}\" masquerade\n\
+             \t}}\n\
+             }}\n"
+        );
+        let path = std::env::temp_dir().join(format!("{}.nft", c.ns));
+        std::fs::write(&path, nat).expect("write the nat script");
+        run_ok(
+            net.command(Side::Target, "nft").arg("-f").arg(&path),
+            CMD_TIMEOUT,
+        );
+        let _ = std::fs::remove_file(&path);
+        c
+    }
+
+    /// A command inside the container namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let t = self.target.as_str();
+        for args in [
+            vec![
+                "netns",
+                "exec",
+                t,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "sentrykit_nat",
+            ],
+            vec!["-n", t, "link", "del", BRIDGE_IF],
+            vec!["netns", "del", &self.ns],
+        ] {
+            let _ = crate::cmd::run(Command::new("ip").args(&args), CMD_TIMEOUT);
+        }
+    }
+}

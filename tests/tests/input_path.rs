@@ -15,7 +15,7 @@ use std::time::Duration;
 use sentry_proto::{Mode, Protocol};
 use sentry_tests::cmd::run;
 use sentry_tests::netns::{Side, SCANNER2_V4, SCANNER_V4, SCANNER_V6, TARGET_V4, TARGET_V6};
-use sentry_tests::router::{Wan, SERVER_V4};
+use sentry_tests::router::{Container, Wan, BRIDGE_V4, CONTAINER_V4, PUBLISHED_PORT, SERVER_V4};
 use sentry_tests::{require_root, require_tool, run_ok, AuditLine, Sentry, Settings};
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
@@ -287,4 +287,107 @@ fn badsum_probes_never_block() {
         T,
     );
     assert!(ok.stdout.contains("priority"), "{ok}");
+}
+
+/// A Docker-style host: a container behind a bridge, masqueraded to the WAN, its port
+/// published on the host's WAN address (DNAT). The container's own connections out, a WAN
+/// client's connections to the published port (forwarded to the container, no socket on
+/// the host) and even a scan of the WAN from the container never count; the container
+/// scanning the host itself does.
+#[test]
+fn docker_style_bridge_with_masquerade_never_counts_forwarded_traffic() {
+    let test = "docker_style_bridge_with_masquerade_never_counts_forwarded_traffic";
+    if !ready(test) {
+        return;
+    }
+    let s = Sentry::start(test, Settings::new(&["atcp", "audp"]));
+    let wan = Wan::attach(&s.net);
+    let ctr = Container::attach(&s.net);
+    // The container's service on the published port, and a WAN service it talks to.
+    let mut svc = ctr.command(PYTHON);
+    svc.args([
+        "-c",
+        &format!(
+            "import socket,time\n\
+             t=socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('0.0.0.0',{PUBLISHED_PORT})); t.listen(64)\n\
+             time.sleep(25)\n"
+        ),
+    ]);
+    let mut svc = svc.spawn().expect("container service");
+    let mut srv = wan.command(PYTHON);
+    srv.args([
+        "-c",
+        "import socket,time\n\
+         t=socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('0.0.0.0',443)); t.listen(64)\n\
+         time.sleep(25)\n",
+    ]);
+    let mut srv = srv.spawn().expect("WAN service");
+    std::thread::sleep(Duration::from_millis(500));
+    let connect = |ports: &str, to: &str| {
+        format!(
+            "import socket\n\
+             ok=0\n\
+             for p in [{ports}]:\n\
+             \x20   s=socket.socket(); s.settimeout(2)\n\
+             \x20   try: s.connect(('{to}', p)); ok+=1\n\
+             \x20   except OSError: pass\n\
+             \x20   s.close()\n\
+             print('connected', ok)\n"
+        )
+    };
+    // WAN clients to the published port, five connections: forwarded to the container.
+    let out = run_ok(
+        wan.command(PYTHON)
+            .args(["-c", &connect("80, 80, 80, 80, 80", "10.204.0.1")]),
+        T,
+    );
+    assert!(out.stdout.contains("connected 5"), "published port: {out}");
+    // The container's own traffic out (masqueraded): connections, datagrams, a scan.
+    run_ok(
+        ctr.command(PYTHON)
+            .args(["-c", &connect("443, 22, 25, 81", &SERVER_V4.to_string())]),
+        T,
+    );
+    run_ok(
+        ctr.command(PYTHON).args([
+            "-c",
+            "import socket\nu=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor p in [53, 123, 161]: u.sendto(b'x', ('10.204.0.2', p))\n",
+        ]),
+        T,
+    );
+    run_ok(
+        ctr.command("nmap").args([
+            "-n",
+            "-Pn",
+            "-sS",
+            "--max-retries",
+            "0",
+            "-p",
+            "1-200",
+            &SERVER_V4.to_string(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_never_seen(&s, IpAddr::V4(CONTAINER_V4));
+    assert_never_seen(&s, IpAddr::V4(SERVER_V4));
+    let _ = (svc.kill(), srv.kill());
+    let _ = (svc.wait(), srv.wait());
+    // The container scanning the host itself (its bridge address) is a scanner.
+    run(
+        ctr.command("nmap").args([
+            "-n",
+            "-Pn",
+            "-sS",
+            "--max-retries",
+            "0",
+            "-p",
+            "1-100",
+            &BRIDGE_V4.to_string(),
+        ]),
+        Duration::from_secs(60),
+    );
+    s.wait_decision(
+        IpAddr::V4(CONTAINER_V4),
+        sentry_tests::AuditDecision::Blocked,
+    );
 }
