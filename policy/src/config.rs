@@ -109,6 +109,10 @@ pub struct Config {
     /// format, replaced atomically every 5 s) for node_exporter's textfile collector;
     /// unset (default): no file (`sentryctl metrics` prints the same text).
     pub metrics_dir: Option<PathBuf>,
+    /// BLOCK_OTHER_SCANS: block the probes PortSentry never saw (ACK-family, IP-protocol,
+    /// SCTP INIT; [`sentry_proto::ScanKind::is_other`]) as BLOCK_TCP=1 would, instead of
+    /// only logging and auditing them (default off).
+    pub block_other_scans: bool,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<&'static str, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
@@ -224,6 +228,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("CONTROL_GROUP", Kind::Ident),
     ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
     ("METRICS_DIR", Kind::Path),
+    ("BLOCK_OTHER_SCANS", Kind::Bool),
 ];
 
 /// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
@@ -468,6 +473,7 @@ impl Config {
             control_group: None,
             never_block_infrastructure: true,
             metrics_dir: None,
+            block_other_scans: false,
             key_lines: HashMap::new(),
             warnings: Vec::new(),
             empty_required: Vec::new(),
@@ -510,6 +516,7 @@ impl Config {
             ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
             ("NEVER_BLOCK_INFRASTRUCTURE", Value::Bool(b)) => self.never_block_infrastructure = b,
             ("METRICS_DIR", Value::Path(p)) => self.metrics_dir = p,
+            ("BLOCK_OTHER_SCANS", Value::Bool(b)) => self.block_other_scans = b,
             (k, v @ Value::Num(_)) => {
                 let n = num(&v);
                 match k {
@@ -558,7 +565,11 @@ impl Config {
                 "must not be empty",
             ));
         }
-        for (key, mode) in [("BLOCK_TCP", self.block_tcp), ("BLOCK_UDP", self.block_udp)] {
+        for (key, mode) in [
+            ("BLOCK_TCP", self.block_tcp),
+            ("BLOCK_UDP", self.block_udp),
+            ("BLOCK_OTHER_SCANS", self.other_scans_mode()),
+        ] {
             if mode == BlockMode::CommandOnly && self.kill_run_cmd.is_none() {
                 errors.push(ConfigError::new(
                     &path,
@@ -639,11 +650,31 @@ impl Config {
             || self.blackhole_route
     }
 
-    /// What to do with a detection of this protocol.
+    /// What to do with a detection of this protocol. SCTP and IP-protocol probes are
+    /// always "other" kinds: BLOCK_OTHER_SCANS decides.
     pub fn block_mode(&self, proto: sentry_proto::Protocol) -> BlockMode {
         match proto {
             sentry_proto::Protocol::Tcp => self.block_tcp,
             sentry_proto::Protocol::Udp => self.block_udp,
+            sentry_proto::Protocol::Sctp | sentry_proto::Protocol::Ip => self.other_scans_mode(),
+        }
+    }
+
+    /// What to do with a probe of this kind: BLOCK_OTHER_SCANS for the kinds PortSentry
+    /// never reported, BLOCK_TCP / BLOCK_UDP for the others.
+    pub fn block_mode_for(&self, scan: sentry_proto::ScanKind) -> BlockMode {
+        if scan.is_other() {
+            self.other_scans_mode()
+        } else {
+            self.block_mode(scan.protocol())
+        }
+    }
+
+    fn other_scans_mode(&self) -> BlockMode {
+        if self.block_other_scans {
+            BlockMode::Block
+        } else {
+            BlockMode::LogOnly
         }
     }
 

@@ -92,6 +92,8 @@ pub fn parse_history_line(line: &str) -> Option<(u64, IpAddr, u16, Protocol)> {
     let proto = match words.next()? {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        "IP" => Protocol::Ip,
         _ => return None,
     };
     Some((epoch, ip, port, proto))

@@ -423,6 +423,58 @@ fn never_block_infrastructure_key() {
     assert!(shipped.key_lines.contains_key("NEVER_BLOCK_INFRASTRUCTURE"));
 }
 
+#[test]
+fn block_other_scans_key() {
+    use sentry_proto::{Protocol, ScanKind};
+    let cfg = Config::parse("BLOCK_TCP=\"1\"\nFIREWALL=\"nftables\"\n", Path::new("x")).unwrap();
+    assert!(!cfg.block_other_scans, "off by default");
+    // Off: the kinds PortSentry never reported are logged only, whatever BLOCK_TCP says;
+    // the others keep BLOCK_TCP / BLOCK_UDP.
+    for k in [
+        ScanKind::Ack,
+        ScanKind::Maimon,
+        ScanKind::IpProtocol,
+        ScanKind::SctpInit,
+    ] {
+        assert_eq!(cfg.block_mode_for(k), BlockMode::LogOnly, "{k}");
+    }
+    assert_eq!(cfg.block_mode_for(ScanKind::Syn), BlockMode::Block);
+    assert_eq!(cfg.block_mode_for(ScanKind::Udp), BlockMode::LogOnly);
+    assert_eq!(cfg.block_mode(Protocol::Sctp), BlockMode::LogOnly);
+    let on = Config::parse(
+        "BLOCK_TCP=\"0\"\nBLOCK_OTHER_SCANS=\"1\"\nFIREWALL=\"nftables\"\n",
+        Path::new("x"),
+    )
+    .unwrap();
+    assert!(on.block_other_scans);
+    assert!(on.warnings.is_empty(), "{:?}", on.warnings);
+    assert_eq!(on.block_mode_for(ScanKind::Ack), BlockMode::Block);
+    assert_eq!(on.block_mode_for(ScanKind::IpProtocol), BlockMode::Block);
+    assert_eq!(on.block_mode(Protocol::Ip), BlockMode::Block);
+    assert_eq!(on.block_mode_for(ScanKind::Syn), BlockMode::LogOnly);
+    assert_eq!(
+        one_error("BLOCK_OTHER_SCANS=\"2\"\n"),
+        "/etc/sentry/sentry.conf:1: BLOCK_OTHER_SCANS: expected 0 or 1, got '2'"
+    );
+    // Blocking with nothing that blocks is worth a warning, as for BLOCK_TCP=1.
+    let bare = Config::parse(
+        "BLOCK_OTHER_SCANS=\"1\"\nFIREWALL=\"none\"\n",
+        Path::new("x"),
+    )
+    .unwrap();
+    assert!(
+        bare.warnings.iter().any(|w| w
+            .to_string()
+            .contains("BLOCK_OTHER_SCANS: 1 (block) but no")),
+        "{:?}",
+        bare.warnings
+    );
+    let shipped =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/sentry.conf")).unwrap();
+    assert!(!shipped.block_other_scans);
+    assert!(shipped.key_lines.contains_key("BLOCK_OTHER_SCANS"));
+}
+
 /// Which blocking is in effect, in the order it is applied: the native set first whether
 /// FIREWALL is set or not (PortSentry's file has no such key), `none` opts out, and
 /// KILL_RUN_CMD_FIRST orders the command before the other KILL_* actions only.

@@ -3,8 +3,9 @@
 //! the decision order is tested here without sockets or files, and an auditor reads the
 //! whole policy in one function ([`judge`]).
 //!
-//! Order (first match wins): never-block set, ignore list, BLOCK_TCP / BLOCK_UDP = 0,
-//! already blocked, BLOCK_RATE (with its single-probe and per-prefix shares), BLOCK_* = 2
+//! Order (first match wins): never-block set, ignore list, BLOCK_OTHER_SCANS = 0 for the
+//! kinds PortSentry never reported (ACK-family, IP-protocol, SCTP INIT: logged and audited
+//! `log_only` unless the key says block), BLOCK_TCP / BLOCK_UDP = 0, already blocked, BLOCK_RATE (with its single-probe and per-prefix shares), BLOCK_* = 2
 //! (command only), MAX_BLOCKS (where better evidence evicts the weakest single-probe
 //! block), nothing configured that blocks. Field validation happened before, in
 //! [`crate::session`].
@@ -100,6 +101,8 @@ pub enum Unchanged {
     Ignored,
     /// BLOCK_TCP / BLOCK_UDP = 0.
     LogOnly(Protocol),
+    /// BLOCK_OTHER_SCANS = 0 and the probe is of a kind PortSentry never reported.
+    OtherScan(ScanKind),
     AlreadyBlocked,
     RateLimited {
         per_minute: u32,
@@ -126,6 +129,16 @@ pub fn block_key(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "BLOCK_TCP",
         Protocol::Udp => "BLOCK_UDP",
+        Protocol::Sctp | Protocol::Ip => "BLOCK_OTHER_SCANS",
+    }
+}
+
+/// The configuration key that sets the response for a probe of kind `scan`.
+pub fn block_key_for(scan: ScanKind) -> &'static str {
+    if scan.is_other() {
+        "BLOCK_OTHER_SCANS"
+    } else {
+        block_key(scan.protocol())
     }
 }
 
@@ -134,7 +147,9 @@ impl Unchanged {
         match self {
             Self::NeverBlock(_) => Decision::NeverBlock,
             Self::Ignored => Decision::Ignored,
-            Self::LogOnly(_) | Self::NoCommand(_) | Self::NoAction(_) => Decision::LogOnly,
+            Self::LogOnly(_) | Self::OtherScan(_) | Self::NoCommand(_) | Self::NoAction(_) => {
+                Decision::LogOnly
+            }
             Self::AlreadyBlocked => Decision::AlreadyBlocked,
             Self::RateLimited { .. } | Self::SingleProbeShare { .. } | Self::PrefixShare { .. } => {
                 Decision::RateLimited
@@ -160,6 +175,12 @@ impl Unchanged {
                 format!(
                     "attackalert: Ignoring {} response per configuration file setting.",
                     p.as_upper()
+                ),
+            ),
+            Self::OtherScan(scan) => (
+                Level::Notice,
+                format!(
+                    "adminalert: {scan} probe from {addr} logged only (BLOCK_OTHER_SCANS=0)"
                 ),
             ),
             Self::AlreadyBlocked => (
@@ -193,6 +214,7 @@ impl fmt::Display for Unchanged {
             Self::NeverBlock(why) => write!(f, "{why}"),
             Self::Ignored => f.write_str("on the ignore list"),
             Self::LogOnly(p) => write!(f, "{}=0", block_key(*p)),
+            Self::OtherScan(scan) => write!(f, "BLOCK_OTHER_SCANS=0 ({scan} probe)"),
             Self::AlreadyBlocked => f.write_str("already blocked"),
             Self::RateLimited { per_minute } => {
                 write!(f, "BLOCK_RATE={per_minute} per minute reached")
@@ -220,16 +242,24 @@ impl fmt::Display for Unchanged {
     }
 }
 
-/// Decide on a request for `source` over `protocol`.
-pub fn judge(source: IpAddr, protocol: Protocol, f: &Facts<'_>) -> Verdict {
+/// Decide on a request for `source`, a probe of kind `scan` (whose protocol is
+/// `scan.protocol()`; validation checked that the request's protocol agrees).
+pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
     use Verdict::Unchanged as No;
+    let protocol = scan.protocol();
     if let Some(why) = f.never.check(source) {
         return No(Unchanged::NeverBlock(why));
     }
     if f.ignore.contains(source) {
         return No(Unchanged::Ignored);
     }
-    let mode = f.cfg.block_mode(protocol);
+    // The kinds PortSentry never reported answer to BLOCK_OTHER_SCANS alone (an ACK probe
+    // with BLOCK_TCP=1 is still only logged by default); with the key set they go through
+    // every rule below like any other probe, rate limits and MAX_BLOCKS included.
+    let mode = f.cfg.block_mode_for(scan);
+    if mode == BlockMode::LogOnly && scan.is_other() {
+        return No(Unchanged::OtherScan(scan));
+    }
     if mode == BlockMode::LogOnly {
         return No(Unchanged::LogOnly(protocol));
     }
@@ -315,9 +345,18 @@ mod tests {
             }
         }
         fn judge(&self, src: &str, p: Protocol) -> Verdict {
+            let scan = match p {
+                Protocol::Tcp => ScanKind::Syn,
+                Protocol::Udp => ScanKind::Udp,
+                Protocol::Sctp => ScanKind::SctpInit,
+                Protocol::Ip => ScanKind::IpProtocol,
+            };
+            self.judge_scan(src, scan)
+        }
+        fn judge_scan(&self, src: &str, scan: ScanKind) -> Verdict {
             judge(
                 src.parse().unwrap(),
-                p,
+                scan,
                 &Facts {
                     cfg: &self.cfg,
                     never: &self.never,
@@ -449,6 +488,56 @@ mod tests {
         w.blocking = false;
         let v = w.judge("192.0.2.1", Protocol::Tcp);
         assert_eq!(v, Verdict::Unchanged(Unchanged::NoAction(Protocol::Tcp)));
+    }
+
+    /// ACK-family, IP-protocol and SCTP INIT probes are log_only unless BLOCK_OTHER_SCANS=1,
+    /// whatever BLOCK_TCP / BLOCK_UDP say; with the key they are judged like any probe.
+    #[test]
+    fn other_scans_are_log_only_unless_the_key_says_block() {
+        let others = [
+            ScanKind::Ack,
+            ScanKind::Maimon,
+            ScanKind::IpProtocol,
+            ScanKind::SctpInit,
+        ];
+        let w = World::new("BLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\n");
+        for k in others {
+            let v = w.judge_scan("192.0.2.1", k);
+            assert_eq!(v, Verdict::Unchanged(Unchanged::OtherScan(k)), "{k}");
+            let Verdict::Unchanged(u) = v else {
+                unreachable!()
+            };
+            assert_eq!(u.decision(), Decision::LogOnly);
+            assert_eq!(u.to_string(), format!("BLOCK_OTHER_SCANS=0 ({k} probe)"));
+        }
+        // The never-block set and the ignore list still come first.
+        assert_eq!(
+            w.judge_scan("127.0.0.1", ScanKind::Ack),
+            Verdict::Unchanged(Unchanged::NeverBlock(NeverBlockReason::Loopback))
+        );
+        assert_eq!(w.judge_scan("192.0.2.1", ScanKind::Syn), Verdict::Block);
+        let mut w = World::new("BLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\"\nBLOCK_OTHER_SCANS=\"1\"\n");
+        for k in others {
+            assert_eq!(w.judge_scan("192.0.2.1", k), Verdict::Block, "{k}");
+        }
+        assert_eq!(
+            w.judge_scan("192.0.2.1", ScanKind::Fin),
+            Verdict::Unchanged(Unchanged::LogOnly(Protocol::Tcp))
+        );
+        // Blocked like any probe: already blocked, the rate limit and the cap apply.
+        w.already = true;
+        assert_eq!(
+            w.judge_scan("192.0.2.1", ScanKind::Ack),
+            Verdict::Unchanged(Unchanged::AlreadyBlocked)
+        );
+        w.already = false;
+        w.started = 1_000_000;
+        assert!(matches!(
+            w.judge_scan("192.0.2.1", ScanKind::SctpInit),
+            Verdict::Unchanged(Unchanged::RateLimited { .. })
+        ));
+        assert_eq!(block_key_for(ScanKind::Ack), "BLOCK_OTHER_SCANS");
+        assert_eq!(block_key_for(ScanKind::Fin), "BLOCK_TCP");
     }
 
     #[test]

@@ -42,6 +42,9 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
     let (mode, scan) = match proto {
         Protocol::Tcp => (Mode::Stcp, ScanKind::Syn),
         Protocol::Udp => (Mode::Sudp, ScanKind::Udp),
+        // Lines sentry wrote for BLOCK_OTHER_SCANS=1 blocks.
+        Protocol::Sctp => (Mode::Atcp, ScanKind::SctpInit),
+        Protocol::Ip => (Mode::Atcp, ScanKind::IpProtocol),
     };
     BlockRecord {
         // Unknown: such a block counts as made on a single probe.

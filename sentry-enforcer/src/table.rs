@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use policy::{Config, IgnoreList};
-use sentry_proto::{Mode, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW};
+use sentry_proto::{Mode, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW, NOT_PROBE_PROTOCOLS};
 
 use crate::action::{SET_V4, SET_V6, SET_V6NET};
 use crate::error::EnforcerError;
@@ -335,6 +335,8 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         "detect_tcp",
         "detect_udp",
         "detect_copy",
+        "detect_ack",
+        "detect_sctp",
         "detect_hit_tcp",
         "detect_hit_udp",
     ] {
@@ -346,6 +348,8 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         "detect_tcp",
         "detect_udp",
         "detect_copy",
+        "detect_ack",
+        "detect_sctp",
         "detect_hit_tcp",
         "detect_hit_udp",
     ] {
@@ -390,6 +394,7 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             "meta l4proto udp ct state new jump detect_udp",
         );
     }
+    other_kinds(&mut o, table, spec);
     rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
     for (chain, proto, stealth, adv, first_hit) in [
         (
@@ -471,6 +476,73 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         ),
     );
     o
+}
+
+/// The probes PortSentry never saw (the sensor reports them as `ScanKind::{Ack, Maimon,
+/// SctpInit, IpProtocol}`; the enforcer only logs them unless BLOCK_OTHER_SCANS=1). Their
+/// rules are kept apart from the SYN/flag-probe rules: copies only, through `detect_copy`
+/// and so under its rate limit, never an in-kernel block.
+///
+/// * ACK-family (`nmap -sA`/`-sW`: a bare ACK; `-sM`: FIN+ACK), in front of the rule of
+///   `detect_tcp` that returns every ACK-bearing segment: only those two exact shapes
+///   (ECN bits aside) go to `detect_ack`. A reply within one of the host's own flows never
+///   gets here (`ct state established,related return` in `detect`); what does belongs to
+///   no flow conntrack knows — with nf_conntrack_tcp_loose=1 (the default) conntrack picks
+///   a bare ACK up as `new`, FIN+ACK and everything with loose=0 is `invalid`, and
+///   `detect_copy` copies both (the sensor verifies the checksum of the invalid ones).
+///   `detect_ack` uses the same tripwire sets and socket lookup as SYNs, so a port a
+///   service serves (which also finds the late segments of its own closed connections in
+///   TIME_WAIT) never counts.
+/// * SCTP INIT (`nmap -sY`), `ct state new` only (conntrack verified the CRC32c and calls
+///   only an INIT new), on the TCP modes' tripwire sets: PortSentry has no SCTP port lists
+///   and a scanner probes the same service ports. nft's `socket` has no SCTP lookup; the
+///   sensor skips ports an SCTP endpoint serves.
+/// * IP protocols (`nmap -sO`) other than [`NOT_PROBE_PROTOCOLS`] (the ones the host's
+///   stack, tunnels and routing daemons use, and TCP/UDP/SCTP), `ct state new`, when an
+///   advanced mode runs: the protocol a probe names is its "port".
+fn other_kinds(o: &mut String, table: &str, spec: &DetectSpec) {
+    let rule = |o: &mut String, chain: &str, r: &str| {
+        let _ = writeln!(o, "add rule inet {table} {chain} {r}");
+    };
+    let tcp = !(spec.stcp.is_empty() && spec.atcp.is_empty());
+    if tcp {
+        rule(
+            o,
+            "detect_tcp",
+            "tcp flags & (fin | syn | rst | psh | ack | urg) { ack, fin | ack } goto detect_ack",
+        );
+        rule(
+            o,
+            "detect",
+            "meta l4proto sctp ct state new jump detect_sctp",
+        );
+        for (chain, match_) in [("detect_ack", "tcp dport"), ("detect_sctp", "sctp dport")] {
+            if !spec.stcp.is_empty() {
+                rule(o, chain, &format!("{match_} @detect_stcp goto detect_copy"));
+            }
+            if !spec.atcp.is_empty() {
+                if spec.socket_expr && chain == "detect_ack" {
+                    rule(
+                        o,
+                        chain,
+                        &format!("{match_} @detect_atcp socket transparent 0-1 return"),
+                    );
+                }
+                rule(o, chain, &format!("{match_} @detect_atcp goto detect_copy"));
+            }
+        }
+    }
+    if !(spec.atcp.is_empty() && spec.audp.is_empty()) {
+        let used: Vec<String> = NOT_PROBE_PROTOCOLS.iter().map(u8::to_string).collect();
+        rule(
+            o,
+            "detect",
+            &format!(
+                "meta l4proto != {{ {} }} ct state new goto detect_copy",
+                used.join(", ")
+            ),
+        );
+    }
 }
 
 /// `detect_hit_{proto}`: a served port returns (the kernel's own socket lookup, for
@@ -629,6 +701,26 @@ mod tests {
         );
         assert!(s.contains("tcp dport @detect_atcp socket transparent 0-1 return"));
         assert!(s.contains("meta l4proto tcp jump detect_tcp"));
+        // The kinds PortSentry never saw: copies only, in their own chains.
+        let ack = s
+            .find("{ ack, fin | ack } goto detect_ack")
+            .expect("ACK-family rule");
+        let ret = s.find("tcp flags & (ack | rst) != 0 return").unwrap();
+        assert!(
+            ack < ret,
+            "the ACK-family rule must come before the ACK return: {s}"
+        );
+        assert!(
+            s.contains("add rule inet sentry detect_ack tcp dport @detect_stcp goto detect_copy")
+        );
+        assert!(s.contains("detect_ack tcp dport @detect_atcp socket transparent 0-1 return"));
+        assert!(s.contains("meta l4proto sctp ct state new jump detect_sctp"));
+        assert!(s.contains("detect_sctp sctp dport @detect_atcp goto detect_copy"));
+        assert!(!s.contains("sctp dport @detect_atcp socket"));
+        assert!(
+            s.contains("meta l4proto != { 1, 2, 4, 6, 17, 33, 41, 47, 50, 51, 58, 89, 103, 112, 115, 132, 136 } ct state new goto detect_copy"),
+            "{s}"
+        );
         assert!(!s.contains("jump detect_udp"));
         assert!(
             s.contains("log prefix \"sentry invalid\" group 24135 snaplen 1280"),
@@ -641,6 +733,9 @@ mod tests {
             ..spec
         };
         assert!(!detection_script("sentry", &no_socket).contains("socket"));
+        // Stealth modes alone: no IP-protocol rule (that is the advanced modes' job).
+        let stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, true);
+        assert!(!detection_script("sentry", &stealth).contains("meta l4proto !="));
         assert!(!DetectSpec::default().watches());
     }
 

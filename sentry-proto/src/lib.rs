@@ -24,10 +24,22 @@ pub use msg::*;
 
 /// Protocol version spoken by this build. A peer with any other version is refused.
 /// 2: `EnforcerFrame::Unblocked`; 3: `EnforcerFrame::Capture` (the NFLOG descriptor
-/// hand-over); 4: the control socket's `Block`, `UnblockOrigin`, `Watch`, `Metrics`,
-/// and origins in `BlockEntry` and the counters (a sentryctl or bridge of version 3
-/// would misread the replies, so it is refused at the handshake).
+/// hand-over); 4 (one step for this release): the control socket's `Block`,
+/// `UnblockOrigin`, `Watch`, `Metrics`, origins in `BlockEntry` and the counters, and
+/// `ScanKind::{Ack, Maimon, IpProtocol, SctpInit}` with `Protocol::{Sctp, Ip}` (a
+/// version-3 peer would misread them, so it is refused at the handshake).
 pub const PROTOCOL_VERSION: u16 = 4;
+
+/// IP protocols that are not probes when they arrive unasked: they are what the host's
+/// own stack, tunnels and routing daemons receive (ICMP and ICMPv6, which includes
+/// neighbour discovery; IGMP; IPIP, 6in4 and GRE tunnels; IPsec ESP and AH; OSPF, PIM,
+/// VRRP; L2TPv3; UDP-Lite; DCCP, whose tracker marks a headerless probe invalid anyway),
+/// plus TCP, UDP and SCTP, which are judged by their own rules. The detection chain
+/// copies a packet of any other protocol as an IP-protocol probe (`nmap -sO` sends every
+/// number), and the sensor checks the same list again.
+pub const NOT_PROBE_PROTOCOLS: &[u8] = &[
+    1, 2, 4, 6, 17, 33, 41, 47, 50, 51, 58, 89, 103, 112, 115, 132, 136,
+];
 
 /// NFLOG prefix of packets conntrack took as the first of a new flow (its checksum was
 /// verified by conntrack unless `nf_conntrack_checksum` is 0).

@@ -16,6 +16,12 @@ use crate::{MAX_CONTROL_RESPONSE, MAX_NAME_LEN, MAX_SMALL_FRAME};
 pub enum Protocol {
     Tcp,
     Udp,
+    /// SCTP (an INIT, `nmap -sY`). Watched on the TCP modes' ports: PortSentry had no SCTP
+    /// port lists, and a scanner probes the same service ports.
+    Sctp,
+    /// A bare IP protocol number (`nmap -sO`): the request's `port` carries the protocol
+    /// number (0-255), since such a packet has no port.
+    Ip,
 }
 
 impl Protocol {
@@ -24,13 +30,18 @@ impl Protocol {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Sctp => "sctp",
+            Self::Ip => "ip",
         }
     }
-    /// Upper-case name, as in PortSentry's blocked/history files and log lines.
+    /// Upper-case name, as in PortSentry's blocked/history files and log lines (TCP and
+    /// UDP as PortSentry wrote them; SCTP and IP are sentry's own).
     pub fn as_upper(self) -> &'static str {
         match self {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+            Self::Ip => "IP",
         }
     }
 }
@@ -127,14 +138,36 @@ pub enum ScanKind {
     Oddball { flags: u8 },
     /// A UDP datagram.
     Udp,
+    /// A bare ACK to a port no flow of ours uses (`nmap -sA`, `-sW`: the same packet).
+    Ack,
+    /// FIN+ACK to a port no flow of ours uses (`nmap -sM`, Maimon).
+    Maimon,
+    /// A packet of an IP protocol this host does not use (`nmap -sO`); the request's
+    /// `port` is the protocol number.
+    IpProtocol,
+    /// An SCTP INIT (`nmap -sY`).
+    SctpInit,
 }
 
 impl ScanKind {
     pub fn protocol(self) -> Protocol {
         match self {
             Self::Udp => Protocol::Udp,
+            Self::IpProtocol => Protocol::Ip,
+            Self::SctpInit => Protocol::Sctp,
             _ => Protocol::Tcp,
         }
+    }
+
+    /// The kinds PortSentry never reported (ACK-family, IP-protocol, SCTP INIT). They are
+    /// logged and audited, and blocked only with BLOCK_OTHER_SCANS=1: a bare ACK or a
+    /// FIN/ACK also comes from a stale flow of a real client (after a reboot or a conntrack
+    /// flush), and an unknown IP protocol from a tunnel the host does not know it has.
+    pub fn is_other(self) -> bool {
+        matches!(
+            self,
+            Self::Ack | Self::Maimon | Self::IpProtocol | Self::SctpInit
+        )
     }
 
     /// A short stable name (`syn`, `fin`, `oddball`, ...), for audit records and `$SCAN$`.
@@ -147,6 +180,10 @@ impl ScanKind {
             Self::Xmas => "xmas",
             Self::Oddball { .. } => "oddball",
             Self::Udp => "udp",
+            Self::Ack => "ack",
+            Self::Maimon => "maimon",
+            Self::IpProtocol => "ipproto",
+            Self::SctpInit => "sctp_init",
         }
     }
 }
@@ -195,7 +232,7 @@ pub struct BlockRequest {
 /// Counters a sensor reports periodically; shown by `sentryctl status`.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SensorStats {
-    /// Frames delivered by the capture ring (or connections/datagrams in basic modes).
+    /// Packets the detection chain copied (NFLOG), and connections/datagrams in basic modes.
     pub packets: u64,
     /// Frames the kernel dropped before the sensor could read them.
     pub kernel_drops: u64,
@@ -591,9 +628,13 @@ message!(ControlResponse, MAX_CONTROL_RESPONSE);
 /// Why a field was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldError {
-    Version { ours: u16, theirs: u16 },
+    Version {
+        ours: u16,
+        theirs: u16,
+    },
     SensorName(&'static str),
     Modes(&'static str),
+    /// Port 0 (TCP, UDP, SCTP), or above 255 as an IP protocol number.
     Port,
     ProtocolMismatch,
     DistinctPorts(u32),
@@ -610,7 +651,10 @@ impl fmt::Display for FieldError {
             }
             Self::SensorName(why) => write!(f, "sensor name: {why}"),
             Self::Modes(why) => write!(f, "modes: {why}"),
-            Self::Port => write!(f, "port 0 is not a valid destination"),
+            Self::Port => write!(
+                f,
+                "port 0 (or an IP protocol number above 255) is not a valid destination"
+            ),
             Self::ProtocolMismatch => {
                 write!(f, "protocol, mode and scan kind do not agree")
             }
@@ -662,10 +706,29 @@ impl BlockRequest {
     /// Check every field for internal consistency. `now_ms` is the enforcer's clock.
     /// Address policy (never-block, ignore list) is not decided here.
     pub fn validate(&self, now_ms: u64) -> Result<(), FieldError> {
-        if self.port == 0 {
-            return Err(FieldError::Port);
+        match self.protocol {
+            // The port field of an IP-protocol probe is the protocol number, and 0 (IPv4
+            // HOPOPT) is one nmap -sO sends.
+            Protocol::Ip if self.port > 255 => return Err(FieldError::Port),
+            Protocol::Ip => {}
+            _ if self.port == 0 => return Err(FieldError::Port),
+            _ => {}
         }
-        if self.mode.protocol() != self.protocol || self.scan.protocol() != self.protocol {
+        if self.scan.protocol() != self.protocol {
+            return Err(FieldError::ProtocolMismatch);
+        }
+        let mode_ok = match self.protocol {
+            Protocol::Tcp | Protocol::Udp => self.mode.protocol() == self.protocol,
+            // SCTP INITs are watched on the TCP capture modes' ports.
+            Protocol::Sctp => matches!(self.mode, Mode::Stcp | Mode::Atcp),
+            // IP-protocol probes are watched by the advanced modes (every unserved thing).
+            Protocol::Ip => matches!(self.mode, Mode::Atcp | Mode::Audp),
+        };
+        if !mode_ok {
+            return Err(FieldError::ProtocolMismatch);
+        }
+        // The basic modes see only connects and datagrams.
+        if self.scan.is_other() && self.mode.is_basic() {
             return Err(FieldError::ProtocolMismatch);
         }
         // A connect is only seen by the basic TCP mode, and the basic TCP mode sees

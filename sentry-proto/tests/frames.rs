@@ -490,3 +490,72 @@ fn hello_validation() {
     h.modes = vec![Mode::Tcp, Mode::Tcp];
     assert_eq!(h.validate(), Err(FieldError::Modes("duplicate mode")));
 }
+
+/// The kinds PortSentry never reported: each with its protocol and the modes that watch
+/// it, and nothing else; an IP-protocol probe's port is its protocol number (0-255).
+#[test]
+fn other_scan_kinds_validation() {
+    let now = 1_700_000_001_000;
+    let ok = block(1, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let with = |scan, protocol, mode, port| BlockRequest {
+        scan,
+        protocol,
+        mode,
+        port,
+        ..ok.clone()
+    };
+    for r in [
+        with(ScanKind::Ack, Protocol::Tcp, Mode::Stcp, 80),
+        with(ScanKind::Maimon, Protocol::Tcp, Mode::Atcp, 80),
+        with(ScanKind::SctpInit, Protocol::Sctp, Mode::Stcp, 80),
+        with(ScanKind::SctpInit, Protocol::Sctp, Mode::Atcp, 80),
+        with(ScanKind::IpProtocol, Protocol::Ip, Mode::Atcp, 0),
+        with(ScanKind::IpProtocol, Protocol::Ip, Mode::Audp, 255),
+    ] {
+        assert_eq!(r.validate(now), Ok(()), "{r:?}");
+        roundtrip(SensorFrame::Block(r));
+    }
+    for (r, e) in [
+        // An ACK probe is TCP, seen by a capture mode.
+        (
+            with(ScanKind::Ack, Protocol::Udp, Mode::Sudp, 80),
+            FieldError::ProtocolMismatch,
+        ),
+        (
+            with(ScanKind::Ack, Protocol::Tcp, Mode::Tcp, 80),
+            FieldError::ProtocolMismatch,
+        ),
+        (
+            with(ScanKind::SctpInit, Protocol::Tcp, Mode::Atcp, 80),
+            FieldError::ProtocolMismatch,
+        ),
+        (
+            with(ScanKind::SctpInit, Protocol::Sctp, Mode::Sudp, 80),
+            FieldError::ProtocolMismatch,
+        ),
+        (
+            with(ScanKind::SctpInit, Protocol::Sctp, Mode::Tcp, 80),
+            FieldError::ProtocolMismatch,
+        ),
+        (
+            with(ScanKind::SctpInit, Protocol::Sctp, Mode::Atcp, 0),
+            FieldError::Port,
+        ),
+        (
+            with(ScanKind::IpProtocol, Protocol::Ip, Mode::Stcp, 5),
+            FieldError::ProtocolMismatch,
+        ),
+        (
+            with(ScanKind::IpProtocol, Protocol::Ip, Mode::Atcp, 256),
+            FieldError::Port,
+        ),
+        (
+            with(ScanKind::Syn, Protocol::Ip, Mode::Atcp, 6),
+            FieldError::ProtocolMismatch,
+        ),
+    ] {
+        assert_eq!(r.validate(now), Err(e), "{r:?}");
+    }
+    assert!(ScanKind::Ack.is_other() && ScanKind::IpProtocol.is_other());
+    assert!(!ScanKind::Syn.is_other() && !ScanKind::Oddball { flags: 0x28 }.is_other());
+}

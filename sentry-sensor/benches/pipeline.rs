@@ -16,6 +16,7 @@ use sentry_sensor::packet::{self, build};
 use sentry_sensor::pipeline::{candidate, Counters};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{State, StateConfig};
+use sentry_sensor::time::{Mono, Wall};
 
 const BATCH: usize = 100_000;
 
@@ -151,7 +152,7 @@ fn bench(c: &mut Criterion) {
                 &ignore,
                 &mut counters,
             ) {
-                state.hit(&cand.hit(), now, now);
+                state.hit(&cand, Mono(now), Wall(now));
             }
         }
         let mut off = 0usize;
@@ -174,7 +175,7 @@ fn bench(c: &mut Criterion) {
                             &mut counters,
                         ) {
                             if let sentry_sensor::state::Outcome::Report(_) =
-                                state.hit(&cand.hit(), now, now)
+                                state.hit(&cand, Mono(now), Wall(now))
                             {
                                 reports += 1;
                             }

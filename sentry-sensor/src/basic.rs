@@ -14,19 +14,24 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use sentry_proto::{Mode, ScanKind};
 
+use crate::state::Hit;
 use crate::sys::{bound_socket, SockKind};
 
 /// Most connections or datagrams handled per socket per loop iteration, so one busy port
-/// cannot starve the capture ring.
+/// cannot starve the detection input (or the other ports).
 const BATCH: usize = 64;
 
-/// A basic-mode hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BasicHit {
-    pub src: IpAddr,
-    pub port: u16,
-    pub mode: Mode,
-    pub scan: ScanKind,
+/// A basic-mode hit: the sensor's one hit type, probed address the wildcard the
+/// listening sockets are bound to (a basic hit needs no listener check).
+fn basic_hit(src: IpAddr, port: u16, mode: Mode, scan: ScanKind) -> Hit {
+    Hit {
+        src: src.to_canonical(),
+        dst: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        port,
+        scan,
+        mode,
+        ip_options: false,
+    }
 }
 
 #[derive(Debug)]
@@ -142,7 +147,7 @@ impl Basic {
     }
 
     /// Handle socket `i` being readable; hits are appended to `hits`.
-    pub fn on_ready(&mut self, i: usize, hits: &mut Vec<BasicHit>, errors: &mut u64) {
+    pub fn on_ready(&mut self, i: usize, hits: &mut Vec<Hit>, errors: &mut u64) {
         let Some((sock, port)) = self.socks.get(i) else {
             return;
         };
@@ -160,12 +165,7 @@ impl Basic {
                                 }
                             }
                             drop(stream);
-                            hits.push(BasicHit {
-                                src: peer.ip().to_canonical(),
-                                port,
-                                mode: Mode::Tcp,
-                                scan: ScanKind::Connect,
-                            });
+                            hits.push(basic_hit(peer.ip(), port, Mode::Tcp, ScanKind::Connect));
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -181,12 +181,9 @@ impl Basic {
                 let mut buf = [0u8; 64];
                 for _ in 0..BATCH {
                     match u.recv_from(&mut buf) {
-                        Ok((_, peer)) => hits.push(BasicHit {
-                            src: peer.ip().to_canonical(),
-                            port,
-                            mode: Mode::Udp,
-                            scan: ScanKind::Udp,
-                        }),
+                        Ok((_, peer)) => {
+                            hits.push(basic_hit(peer.ip(), port, Mode::Udp, ScanKind::Udp))
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => {
@@ -234,11 +231,13 @@ mod tests {
         }
         assert_eq!(
             hits,
-            vec![BasicHit {
+            vec![Hit {
                 src: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                dst: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 port,
                 mode: Mode::Tcp,
-                scan: ScanKind::Connect
+                scan: ScanKind::Connect,
+                ip_options: false,
             }]
         );
         let mut got = String::new();

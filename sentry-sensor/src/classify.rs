@@ -1,10 +1,15 @@
 //! TCP flag combinations → [`ScanKind`].
 //!
-//! A segment carrying ACK is part of (or a reply within) a connection — including the
-//! SYN/ACK, RST/ACK and plain ACKs answering this host's own outgoing connections — and
-//! never counts. RST never counts either: it is what a host sends when *our* packet was
-//! unwelcome. ECE and CWR (ECN) are ignored for classification so that an ECN-capable
-//! SYN is a SYN.
+//! The detection chain never copies a segment of one of this host's flows (conntrack calls
+//! those established or related and the chain returns them first), so what arrives
+//! carrying ACK belongs to no flow the host knows. Two shapes of those are probes: a bare
+//! ACK (`nmap -sA`, `-sW`) and FIN+ACK (`nmap -sM`, Maimon); they are reported as
+//! [`ScanKind::Ack`] and [`ScanKind::Maimon`], kinds PortSentry never saw, which the
+//! enforcer only logs unless BLOCK_OTHER_SCANS=1 (a real client's stale flow after a reboot
+//! or a conntrack flush sends the same segments). Every other ACK-bearing segment (SYN/ACK,
+//! data, RST/ACK) and every RST — what a host sends when *our* packet was unwelcome — never
+//! counts. ECE and CWR (ECN) are ignored for classification so that an ECN-capable SYN is
+//! a SYN.
 
 use sentry_proto::ScanKind;
 
@@ -17,9 +22,16 @@ pub const URG: u8 = 0x20;
 /// The six classic flags; ECE (0x40) and CWR (0x80) are masked off.
 pub const CLASSIC: u8 = 0x3f;
 
-/// Classify a TCP flag byte. `None`: not a probe (ACK or RST set).
+/// Classify a TCP flag byte. `None`: not a probe (RST, or ACK other than a bare ACK or
+/// FIN+ACK).
 pub fn classify_tcp(flags: u8) -> Option<ScanKind> {
     let f = flags & CLASSIC;
+    if f == ACK {
+        return Some(ScanKind::Ack);
+    }
+    if f == FIN | ACK {
+        return Some(ScanKind::Maimon);
+    }
     if f & (ACK | RST) != 0 {
         return None;
     }
@@ -46,7 +58,11 @@ mod tests {
         for flags in 0u8..=255 {
             let got = classify_tcp(flags);
             let f = flags & CLASSIC;
-            let expected = if f & ACK != 0 || f & RST != 0 {
+            let expected = if f == ACK {
+                Some(ScanKind::Ack)
+            } else if f == FIN | ACK {
+                Some(ScanKind::Maimon)
+            } else if f & ACK != 0 || f & RST != 0 {
                 None
             } else if f == SYN {
                 Some(ScanKind::Syn)
@@ -77,8 +93,11 @@ mod tests {
                 assert_eq!(req.validate(1), Ok(()), "flags {flags:#04x}");
             }
         }
-        // 64 classic combinations × 4 ECN variants; ACK or RST set in 48 of the 64.
-        assert_eq!(counts[&None], 48 * 4);
+        // 64 classic combinations × 4 ECN variants; ACK or RST set in 48 of the 64, two
+        // of which (ACK, FIN+ACK) are probes.
+        assert_eq!(counts[&None], 46 * 4);
+        assert_eq!(counts[&Some("ack")], 4);
+        assert_eq!(counts[&Some("maimon")], 4);
         assert_eq!(counts[&Some("syn")], 4);
         assert_eq!(counts[&Some("fin")], 4);
         assert_eq!(counts[&Some("null")], 4);
@@ -93,8 +112,11 @@ mod tests {
         assert_eq!(classify_tcp(SYN | ACK), None); // reply to our own connect
         assert_eq!(classify_tcp(RST), None);
         assert_eq!(classify_tcp(RST | ACK), None);
-        assert_eq!(classify_tcp(ACK), None); // nmap -sA
-        assert_eq!(classify_tcp(FIN | ACK), None);
+        assert_eq!(classify_tcp(ACK), Some(ScanKind::Ack)); // nmap -sA, -sW
+        assert_eq!(classify_tcp(ACK | 0x40), Some(ScanKind::Ack));
+        assert_eq!(classify_tcp(FIN | ACK), Some(ScanKind::Maimon)); // nmap -sM
+        assert_eq!(classify_tcp(PSH | ACK), None); // data of a flow we do not know
+        assert_eq!(classify_tcp(FIN | PSH | ACK), None);
         assert_eq!(classify_tcp(FIN), Some(ScanKind::Fin));
         assert_eq!(classify_tcp(0), Some(ScanKind::Null));
         assert_eq!(classify_tcp(FIN | PSH | URG), Some(ScanKind::Xmas));

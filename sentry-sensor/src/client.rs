@@ -19,6 +19,7 @@ use sentry_proto::{
 };
 
 use crate::state::Report;
+use crate::time::Mono;
 
 const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
@@ -75,7 +76,7 @@ pub struct Client {
     out: Vec<u8>,
     inbuf: FrameBuf<EnforcerFrame>,
     backoff_ms: u64,
-    next_attempt_ms: u64,
+    next_attempt: Mono,
     pub queue_drops: u64,
     /// Reports evicted while on the wire (delivered unless the connection then failed).
     pub in_flight_evictions: u64,
@@ -84,7 +85,7 @@ pub struct Client {
     pub unknown_acks: u64,
     /// Descriptors received with the bytes not yet matched to a `Capture` frame.
     fds: Vec<OwnedFd>,
-    capture: Option<(OwnedFd, u16)>,
+    capture: Option<OwnedFd>,
 }
 
 impl Client {
@@ -100,7 +101,7 @@ impl Client {
             out: Vec::new(),
             inbuf: FrameBuf::new(),
             backoff_ms: BACKOFF_MIN_MS,
-            next_attempt_ms: 0,
+            next_attempt: Mono(0),
             queue_drops: 0,
             in_flight_evictions: 0,
             acked: 0,
@@ -111,7 +112,7 @@ impl Client {
     }
 
     /// The NFLOG socket (and its group) the enforcer handed over, once.
-    pub fn take_capture(&mut self) -> Option<(OwnedFd, u16)> {
+    pub fn take_capture(&mut self) -> Option<OwnedFd> {
         self.capture.take()
     }
 
@@ -163,16 +164,16 @@ impl Client {
     }
 
     /// Milliseconds until the next connection attempt (None when connected).
-    pub fn next_attempt_in(&self, now_ms: u64) -> Option<u64> {
+    pub fn next_attempt_in(&self, now: Mono) -> Option<u64> {
         match self.conn {
-            Conn::Down => Some(self.next_attempt_ms.saturating_sub(now_ms)),
+            Conn::Down => Some(self.next_attempt.ms_since(now)),
             _ => None,
         }
     }
 
     /// Connect if down and the back-off has passed.
-    pub fn tick(&mut self, now_ms: u64, events: &mut Vec<Event>) {
-        if !matches!(self.conn, Conn::Down) || now_ms < self.next_attempt_ms {
+    pub fn tick(&mut self, now: Mono, events: &mut Vec<Event>) {
+        if !matches!(self.conn, Conn::Down) || now < self.next_attempt {
             return;
         }
         match self.connect() {
@@ -182,15 +183,15 @@ impl Client {
                 match encode_frame(&SensorFrame::Hello(self.hello.clone())) {
                     Ok(f) => self.out.extend_from_slice(&f),
                     Err(e) => {
-                        self.down(now_ms, format!("cannot encode Hello: {e}"), events);
+                        self.down(now, format!("cannot encode Hello: {e}"), events);
                         return;
                     }
                 }
                 self.conn = Conn::Handshake(s);
-                self.pump_write(now_ms, events);
+                self.pump_write(now, events);
             }
             Err(e) => {
-                self.schedule_retry(now_ms);
+                self.schedule_retry(now);
                 let _ = e;
             }
         }
@@ -202,12 +203,12 @@ impl Client {
         Ok(s)
     }
 
-    fn schedule_retry(&mut self, now_ms: u64) {
-        self.next_attempt_ms = now_ms.saturating_add(self.backoff_ms);
+    fn schedule_retry(&mut self, now: Mono) {
+        self.next_attempt = now.plus_ms(self.backoff_ms);
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
     }
 
-    fn down(&mut self, now_ms: u64, why: String, events: &mut Vec<Event>) {
+    fn down(&mut self, now: Mono, why: String, events: &mut Vec<Event>) {
         let was_up = !matches!(self.conn, Conn::Down);
         self.conn = Conn::Down;
         self.out.clear();
@@ -217,22 +218,22 @@ impl Client {
             p.sent_seq = None;
         }
         self.sent = 0;
-        self.schedule_retry(now_ms);
+        self.schedule_retry(now);
         if was_up {
             events.push(Event::Disconnected(why));
         }
     }
 
     /// Queue a statistics frame (only when connected and nothing else is waiting).
-    pub fn send_stats(&mut self, stats: SensorStats, now_ms: u64, events: &mut Vec<Event>) {
+    pub fn send_stats(&mut self, stats: SensorStats, now: Mono, events: &mut Vec<Event>) {
         if !self.is_ready() || !self.out.is_empty() {
             return;
         }
         match encode_frame(&SensorFrame::Stats(stats)) {
             Ok(f) => self.out.extend_from_slice(&f),
-            Err(e) => self.down(now_ms, format!("cannot encode Stats: {e}"), events),
+            Err(e) => self.down(now, format!("cannot encode Stats: {e}"), events),
         }
-        self.pump_write(now_ms, events);
+        self.pump_write(now, events);
     }
 
     /// Encode every queued report that is not on the wire yet.
@@ -247,13 +248,13 @@ impl Client {
             let req = BlockRequest {
                 seq,
                 source: r.src,
-                protocol: r.mode.protocol(),
+                protocol: r.scan.protocol(),
                 port: r.port,
                 scan: r.scan,
                 mode: r.mode,
                 distinct_ports: r.distinct_ports,
-                first_seen_ms: r.first_seen_ms,
-                last_seen_ms: r.last_seen_ms,
+                first_seen_ms: r.first_seen.0,
+                last_seen_ms: r.last_seen.0,
                 ip_options: r.ip_options,
             };
             // A BlockRequest is far below the frame cap, so encoding cannot fail; if it
@@ -276,27 +277,27 @@ impl Client {
         readable: bool,
         writable: bool,
         hup: bool,
-        now_ms: u64,
+        now: Mono,
         events: &mut Vec<Event>,
     ) {
         if readable || hup {
-            self.pump_read(now_ms, events);
+            self.pump_read(now, events);
         }
         if writable {
-            self.pump_write(now_ms, events);
+            self.pump_write(now, events);
         }
     }
 
     /// Write what is queued now, as far as the socket takes it without blocking (the rest
     /// waits for POLLOUT). Called right after the reports of one wake-up were queued, so
     /// the first report of a scan does not wait for another trip through `poll`.
-    pub fn flush(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+    pub fn flush(&mut self, now: Mono, events: &mut Vec<Event>) {
         if self.is_ready() && (!self.out.is_empty() || self.sent < self.queue.len()) {
-            self.pump_write(now_ms, events);
+            self.pump_write(now, events);
         }
     }
 
-    fn pump_write(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+    fn pump_write(&mut self, now: Mono, events: &mut Vec<Event>) {
         if self.is_ready() {
             self.fill_out();
         }
@@ -306,7 +307,7 @@ impl Client {
                 Conn::Handshake(s) | Conn::Ready(s) => s.write(&self.out),
             };
             match res {
-                Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
+                Ok(0) => return self.down(now, "enforcer closed the connection".into(), events),
                 Ok(n) => {
                     self.out.drain(..n.min(self.out.len()));
                     if self.out.is_empty() && self.is_ready() {
@@ -315,12 +316,12 @@ impl Client {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.down(now_ms, format!("write: {e}"), events),
+                Err(e) => return self.down(now, format!("write: {e}"), events),
             }
         }
     }
 
-    fn pump_read(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+    fn pump_read(&mut self, now: Mono, events: &mut Vec<Event>) {
         // Read in chunks (one syscall for many Acks) and hand the frame decoder at most
         // what it wants, so it never buffers more than one capped frame.
         let mut buf = [0u8; 8192];
@@ -343,47 +344,47 @@ impl Client {
                 )));
             }
             let n = match res {
-                Ok(0) => return self.down(now_ms, "enforcer closed the connection".into(), events),
+                Ok(0) => return self.down(now, "enforcer closed the connection".into(), events),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.down(now_ms, format!("read: {e}"), events),
+                Err(e) => return self.down(now, format!("read: {e}"), events),
             };
             let mut chunk = buf.get(..n).unwrap_or(&[]);
             while !chunk.is_empty() {
                 let want = match self.inbuf.wanted() {
                     Ok(w) => w.min(chunk.len()),
                     Err(e) => {
-                        return self.down(now_ms, format!("bad frame from enforcer: {e}"), events)
+                        return self.down(now, format!("bad frame from enforcer: {e}"), events)
                     }
                 };
-                let (now, rest) = chunk.split_at(want);
+                let (part, rest) = chunk.split_at(want);
                 chunk = rest;
-                if let Err(e) = self.inbuf.feed(now) {
-                    return self.down(now_ms, format!("bad frame from enforcer: {e}"), events);
+                if let Err(e) = self.inbuf.feed(part) {
+                    return self.down(now, format!("bad frame from enforcer: {e}"), events);
                 }
                 match self.inbuf.next_message() {
                     None => {}
                     Some(Ok(m)) => {
-                        self.on_frame(m, now_ms, events);
+                        self.on_frame(m, now, events);
                         if matches!(self.conn, Conn::Down) {
                             return;
                         }
                     }
                     Some(Err(e)) => {
-                        return self.down(now_ms, format!("bad frame from enforcer: {e}"), events)
+                        return self.down(now, format!("bad frame from enforcer: {e}"), events)
                     }
                 }
             }
         }
     }
 
-    fn on_frame(&mut self, f: EnforcerFrame, now_ms: u64, events: &mut Vec<Event>) {
+    fn on_frame(&mut self, f: EnforcerFrame, now: Mono, events: &mut Vec<Event>) {
         match (f, &self.conn) {
             (EnforcerFrame::Welcome { version }, Conn::Handshake(_)) => {
                 if version != PROTOCOL_VERSION {
                     return self.down(
-                        now_ms,
+                        now,
                         format!("enforcer speaks protocol {version}, we speak {PROTOCOL_VERSION}"),
                         events,
                     );
@@ -394,7 +395,7 @@ impl Client {
                 self.backoff_ms = BACKOFF_MIN_MS;
                 events.push(Event::Connected);
                 self.fill_out();
-                self.pump_write(now_ms, events);
+                self.pump_write(now, events);
             }
             (EnforcerFrame::Ack { seq, decision }, Conn::Ready(_)) => {
                 match self.queue.iter().position(|p| p.sent_seq == Some(seq)) {
@@ -418,7 +419,7 @@ impl Client {
             }
             (EnforcerFrame::Capture { group, snaplen }, Conn::Ready(_)) => match self.fds.pop() {
                 Some(fd) => {
-                    self.capture = Some((fd, group));
+                    self.capture = Some(fd);
                     events.push(Event::Capture { group, snaplen });
                 }
                 None => events.push(Event::CaptureProblem(
@@ -427,10 +428,10 @@ impl Client {
             },
             (EnforcerFrame::Refused(r), _) => {
                 events.push(Event::Refused(r));
-                self.down(now_ms, format!("refused: {r:?}"), events);
+                self.down(now, format!("refused: {r:?}"), events);
             }
             (other, _) => self.down(
-                now_ms,
+                now,
                 format!("unexpected frame from enforcer: {other:?}"),
                 events,
             ),
@@ -452,8 +453,8 @@ mod tests {
             scan: ScanKind::Syn,
             mode: Mode::Stcp,
             distinct_ports: 1,
-            first_seen_ms: 1_000,
-            last_seen_ms: 1_000,
+            first_seen: crate::time::Wall(1_000),
+            last_seen: crate::time::Wall(1_000),
             ip_options: false,
         }
     }
@@ -472,7 +473,7 @@ mod tests {
         let start = std::time::Instant::now();
         while !done(c, ev) {
             assert!(start.elapsed().as_secs() < 10, "timeout; events {ev:?}");
-            let now = u64::try_from(start.elapsed().as_millis()).unwrap() + 1_000_000;
+            let now = Mono(u64::try_from(start.elapsed().as_millis()).unwrap() + 1_000_000);
             c.tick(now, ev);
             c.on_ready(true, true, false, now, ev);
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -520,7 +521,7 @@ mod tests {
         let mut c = Client::new(dir.path(), hello(), 16);
         let mut ev = Vec::new();
         // Enforcer down: reports queue up.
-        c.tick(0, &mut ev);
+        c.tick(Mono(0), &mut ev);
         c.enqueue(report(1));
         c.enqueue(report(2));
         assert!(!c.is_ready());
@@ -647,7 +648,7 @@ mod tests {
         drive(&mut c, &mut ev, |c, _| c.is_ready());
         for i in 0..50_000u32 {
             c.enqueue(report(u8::try_from(i % 250).unwrap() + 1));
-            c.on_ready(false, true, false, 2_000_000, &mut ev);
+            c.on_ready(false, true, false, Mono(2_000_000), &mut ev);
         }
         assert!(c.queued() <= 100);
         assert!(c.out.len() <= OUT_HIGH_WATER + 256, "out {}", c.out.len());

@@ -11,34 +11,24 @@
 //! 5. install the seccomp allowlist;
 //! 6. run: parse → classify → port policy → state engine → enforcer.
 
-use std::collections::HashSet;
 use std::io::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use policy::{Config, IgnoreList};
-use sentry_proto::{Decision, Hello, Mode, Protocol, ScanKind, SensorStats, PROTOCOL_VERSION};
+use policy::Config;
+use sentry_proto::{Decision, Hello, Mode, Protocol, SensorStats, PROTOCOL_VERSION};
 
-use crate::basic::{Basic, BasicHit};
+use crate::basic::Basic;
 use crate::cli::{self, Args, Command};
 use crate::client::{Client, Event};
 use crate::confine;
 use crate::listeners::{ListenerSource, Listeners};
-use crate::log::{detection_line, ip_options_line, Logger};
-use crate::nflog::{CtState, Message, Nflog};
-use crate::pipeline::{candidate, Candidate, Counters};
+use crate::log::Logger;
+use crate::nflog::{Message, Nflog};
+use crate::pipeline::Detector;
 use crate::ports::{PortConfig, PortPolicy};
-use crate::state::{Hit, Outcome, State, StateConfig, DEFAULT_REREPORT_MS};
+use crate::state::{Hit, Report, State, StateConfig, DEFAULT_REREPORT_MS};
 use crate::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLOUT};
-
-/// Probes to ports the (possibly stale) table says are unserved are held back and judged
-/// against a table read *after* they were captured, so a reply to a socket that was bound
-/// a moment ago (a DNS query's ephemeral port, a service that just started) never counts.
-/// The table is re-read at most this often for that purpose, which bounds the cost under a
-/// flood of probes (at most 1000/LISTENER_RECHECK_MS reads per second) and the extra
-/// detection delay while probes keep arriving; an isolated probe is judged at once.
-const LISTENER_RECHECK_MS: u64 = 2;
-/// Most held-back probes; beyond this the table is re-read early.
-const MAX_PENDING: usize = 65_536;
+use crate::time::{Clock, Mono, Wall};
 /// Housekeeping (state expiry, kernel counters, listener-table refresh: a service that
 /// stopped is watched again within this time).
 const HOUSEKEEPING_MS: u64 = 1_000;
@@ -85,13 +75,6 @@ fn selftest_seccomp() -> i32 {
     let r = sys::forbidden_syscall();
     eprintln!("sentry-sensor: selftest: forbidden system call returned {r:?}: filter NOT enforced");
     3
-}
-
-fn now_wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(1)
 }
 
 fn sensor_name() -> String {
@@ -205,6 +188,7 @@ fn run(args: Args) -> i32 {
         advanced_exclude_udp: config.advanced_exclude_udp.iter().collect(),
     };
     let policy = PortPolicy::new(&modes, &port_cfg);
+    // SCTP and IP-protocol probes are watched only when TCP or UDP capture is.
     let capturing = policy.captures(Protocol::Tcp) || policy.captures(Protocol::Udp);
     let own_inodes = basic.inodes();
     let (listener_src, listeners) = if capturing {
@@ -228,8 +212,8 @@ fn run(args: Args) -> i32 {
     };
     let mut client = Client::new(&args.runtime_dir, hello, config.sensor_queue);
     let mut events = Vec::new();
-    let start = Instant::now();
-    client.tick(0, &mut events);
+    let clock = Clock::start();
+    client.tick(clock.now(), &mut events);
 
     // A short scheduler slice: woken by a probe, the sensor may preempt a busy task
     // instead of waiting up to a tick for its turn.
@@ -276,28 +260,22 @@ fn run(args: Args) -> i32 {
 
     // 6. Run.
     let window_ms = u64::try_from(config.scan_window.as_millis()).unwrap_or(u64::MAX);
+    let state = State::new(StateConfig {
+        trigger: config.scan_trigger,
+        window_ms,
+        max_sources: config.state_max_sources,
+        rereport_ms: window_ms.min(DEFAULT_REREPORT_MS),
+    })
+    .with_prefix6(config.block_prefix6);
     let mut sensor = Sensor {
-        policy,
-        listeners,
-        listener_src,
-        own_inodes,
-        last_refresh_ms: 0,
-        ignore,
-        state: State::new(StateConfig {
-            trigger: config.scan_trigger,
-            window_ms,
-            max_sources: config.state_max_sources,
-            rereport_ms: window_ms.min(DEFAULT_REREPORT_MS),
-        })
-        .with_prefix6(config.block_prefix6),
+        detector: Detector::new(policy, (listener_src, listeners), own_inodes, ignore, state),
         stats: SensorStats::default(),
-        counters: Counters::default(),
         capturing,
-        pending: Vec::new(),
         log,
         client,
         events,
-        start,
+        reports: Vec::new(),
+        clock,
     };
     sensor.event_loop(basic, args.stats_interval_ms)
 }
@@ -332,34 +310,36 @@ fn policy_summary(modes: &[Mode], c: &PortConfig) -> Option<String> {
 }
 
 struct Sensor {
-    policy: PortPolicy,
-    listeners: Listeners,
-    listener_src: Option<ListenerSource>,
-    own_inodes: HashSet<u64>,
-    last_refresh_ms: u64,
-    ignore: IgnoreList,
-    state: State,
+    /// The packet path: frames and basic-mode hits in, reports out.
+    detector: Detector,
     stats: SensorStats,
-    counters: Counters,
     /// Stealth or advanced modes run: an NFLOG socket from the enforcer is wanted.
     capturing: bool,
-    pending: Vec<(Candidate, u64)>,
     log: Logger,
     client: Client,
     events: Vec<Event>,
-    start: Instant,
+    /// Reports of this wake-up, on their way to the client.
+    reports: Vec<Report>,
+    clock: Clock,
 }
 
 impl Sensor {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now(&self) -> Mono {
+        self.clock.now()
+    }
+
+    /// Hand this wake-up's reports to the client.
+    fn send_reports(&mut self) {
+        for r in self.reports.drain(..) {
+            self.client.enqueue(r);
+        }
     }
 
     fn event_loop(&mut self, mut basic: Basic, stats_ms: u64) -> i32 {
         let mut fds: Vec<PollFd> = Vec::new();
-        let mut next_housekeeping = 0u64;
-        let mut next_stats = stats_ms;
-        let mut basic_hits: Vec<BasicHit> = Vec::new();
+        let mut next_housekeeping = Mono(0);
+        let mut next_stats = Mono(stats_ms);
+        let mut basic_hits: Vec<Hit> = Vec::new();
         let mut logged_drops = (0u64, 0u64);
         let mut logged_untracked = 0u64;
         // The detection input: none until the enforcer hands its NFLOG socket over (until
@@ -396,14 +376,13 @@ impl Sensor {
                 revents: 0,
             }));
 
-            let now = self.now_ms();
-            let mut timeout = next_housekeeping.min(next_stats).saturating_sub(now);
+            let now = self.now();
+            let mut timeout = next_housekeeping.min(next_stats).ms_since(now);
             if let Some(t) = self.client.next_attempt_in(now) {
                 timeout = timeout.min(t);
             }
-            if !self.pending.is_empty() {
-                let due = self.last_refresh_ms + LISTENER_RECHECK_MS;
-                timeout = timeout.min(due.saturating_sub(now));
+            if let Some(due) = self.detector.pending_due() {
+                timeout = timeout.min(due.ms_since(now));
             }
             let timeout = Duration::from_millis(timeout.min(1_000));
             if let Err(e) = sys::poll(&mut fds, timeout) {
@@ -415,12 +394,12 @@ impl Sensor {
                 .first()
                 .is_some_and(|p| nflog.is_some() && p.revents != 0);
             if let (Some(n), true) = (&mut nflog, nflog_ready) {
-                let now = self.now_ms();
-                let wall = now_wall_ms();
+                let at = (self.now(), Wall::now());
+                let (d, log, out) = (&mut self.detector, &mut self.log, &mut self.reports);
                 let r = n.drain(MAX_FRAMES_PER_WAKE, |m| match m {
-                    Message::Packet(p) => self.on_frame(p.payload, p.state, now, wall),
+                    Message::Packet(p) => d.frame(p.payload, p.state, at, log, out),
                     Message::Control => {}
-                    Message::Bad(_) => self.counters.malformed += 1,
+                    Message::Bad(_) => d.counters.malformed += 1,
                 });
                 if let Err(e) = r {
                     self.log.error(&format!(
@@ -428,13 +407,16 @@ impl Sensor {
                     ));
                     nflog = None;
                 }
-                self.judge_pending(self.now_ms(), false);
+                let now = self.now();
+                self.detector
+                    .judge_pending(now, false, &mut self.log, &mut self.reports);
+                self.send_reports();
                 // Reports of this wake go out now, in one write, not after another poll.
-                self.client.flush(self.now_ms(), &mut self.events);
+                self.client.flush(self.now(), &mut self.events);
             }
             if let Some(i) = client_idx {
                 if let Some(p) = fds.get(i) {
-                    let now = self.now_ms();
+                    let now = self.now();
                     self.client.on_ready(
                         p.revents & POLLIN != 0,
                         p.revents & POLLOUT != 0,
@@ -444,11 +426,11 @@ impl Sensor {
                     );
                 }
             }
-            if let Some((fd, group)) = self.client.take_capture() {
+            if let Some(fd) = self.client.take_capture() {
                 if self.capturing {
                     // A new one replaces the old (which the enforcer could only bind after
                     // the old binding was gone, so the old one no longer receives).
-                    nflog = Some(Nflog::new(fd, group));
+                    nflog = Some(Nflog::new(fd));
                     nflog_seen = (0, 0);
                 } else {
                     drop(fd);
@@ -461,30 +443,35 @@ impl Sensor {
                 }
             }
             if !basic_hits.is_empty() {
-                let now = self.now_ms();
-                let wall = now_wall_ms();
+                let at = (self.now(), Wall::now());
                 for h in basic_hits.drain(..) {
-                    self.counters.packets += 1;
-                    self.on_hit(h.src, h.port, h.scan, h.mode, false, now, wall);
+                    let r = self.detector.basic(&h, at, &mut self.log);
+                    self.reports.extend(r);
                 }
+                self.send_reports();
             }
 
             // A held-back probe whose re-check is due although no frame arrived to
             // trigger it (the last probes of a burst): judged now, not at the next packet
             // (the poll above already woke for it).
-            if !self.pending.is_empty() {
-                self.judge_pending(self.now_ms(), false);
-                self.client.flush(self.now_ms(), &mut self.events);
+            if self.detector.pending_due().is_some() {
+                let now = self.now();
+                self.detector
+                    .judge_pending(now, false, &mut self.log, &mut self.reports);
+                if !self.reports.is_empty() {
+                    self.send_reports();
+                    self.client.flush(self.now(), &mut self.events);
+                }
             }
-            let now = self.now_ms();
+            let now = self.now();
             self.client.tick(now, &mut self.events);
             if now >= next_housekeeping {
-                next_housekeeping = now + HOUSEKEEPING_MS;
-                self.state.expire(now);
+                next_housekeeping = now.plus_ms(HOUSEKEEPING_MS);
+                self.detector.state_mut().expire(now);
                 if let Some(n) = &nflog {
                     let seen = (n.overruns, n.truncated);
                     self.stats.kernel_drops += seen.0 - nflog_seen.0;
-                    self.counters.malformed += seen.1 - nflog_seen.1;
+                    self.detector.counters.malformed += seen.1 - nflog_seen.1;
                     if seen.0 != nflog_seen.0 {
                         self.log.notice(&format!(
                             "adminalert: WARNING: the NFLOG socket overran {} times (the kernel dropped probes before the sensor read them)",
@@ -493,7 +480,8 @@ impl Sensor {
                     }
                     nflog_seen = seen;
                 }
-                self.refresh_listeners(now, true, true);
+                self.detector
+                    .refresh_listeners(now, (true, true), &mut self.log);
                 let drops = (self.client.queue_drops, self.client.in_flight_evictions);
                 if drops != logged_drops {
                     self.log.notice(&format!(
@@ -505,7 +493,7 @@ impl Sensor {
                     ));
                     logged_drops = drops;
                 }
-                let untracked = self.state.untracked();
+                let untracked = self.detector.state().untracked();
                 if untracked != logged_untracked {
                     self.log.notice(&format!(
                         "adminalert: WARNING: state table full (STATE_MAX_SOURCES) of sources with more evidence: {} new single-packet sources not tracked ({} in total)",
@@ -516,12 +504,15 @@ impl Sensor {
                 }
             }
             if now >= next_stats {
-                next_stats = now + stats_ms;
-                self.stats.packets = self.counters.packets;
-                self.stats.malformed = self.counters.malformed;
-                self.stats.ignored = self.counters.ignored;
-                self.stats.tracked_sources = self.state.len() as u64;
-                self.stats.evictions = self.state.evictions();
+                next_stats = now.plus_ms(stats_ms);
+                let d = &self.detector;
+                self.stats.packets = d.counters.packets;
+                self.stats.malformed = d.counters.malformed;
+                self.stats.ignored = d.counters.ignored;
+                self.stats.hits = d.hits;
+                self.stats.reports = d.reports;
+                self.stats.tracked_sources = d.state().len() as u64;
+                self.stats.evictions = d.state().evictions();
                 self.stats.queue_drops = self.client.queue_drops;
                 self.client
                     .send_stats(self.stats.clone(), now, &mut self.events);
@@ -531,115 +522,8 @@ impl Sensor {
         }
     }
 
-    /// Re-read the TCP and/or UDP listener tables.
-    fn refresh_listeners(&mut self, now: u64, tcp: bool, udp: bool) {
-        if let Some(src) = &mut self.listener_src {
-            match src.read_some(&self.own_inodes, tcp, udp) {
-                Ok(l) => self.listeners.update(l, tcp, udp),
-                Err(e) => self.log.error(&format!(
-                    "adminalert: ERROR: cannot re-read socket tables: {e}"
-                )),
-            }
-        }
-        self.last_refresh_ms = now;
-    }
-
-    /// The per-packet path: parse, classify, ignore list, port policy, state.
-    #[inline]
-    fn on_frame(&mut self, frame: &[u8], state: CtState, now: u64, wall: u64) {
-        let Some(c) = candidate(
-            frame,
-            state,
-            &self.policy,
-            &self.listeners,
-            &self.ignore,
-            &mut self.counters,
-        ) else {
-            return;
-        };
-        // A latched source's hit only refreshes its latch, whatever the table says.
-        if self.state.is_latched(c.src, now) {
-            self.on_hit(c.src, c.port, c.scan, c.mode, c.ip_options, now, wall);
-            return;
-        }
-        // Judged after the next table read (see LISTENER_RECHECK_MS).
-        self.pending.push((c, wall));
-        if self.pending.len() >= MAX_PENDING {
-            self.judge_pending(now, true);
-        }
-    }
-
-    /// Re-read the listener table (if allowed now, or `force`) and count every held-back
-    /// probe whose port is still unserved.
-    fn judge_pending(&mut self, now: u64, force: bool) {
-        if self.pending.is_empty() {
-            return;
-        }
-        if !force && now.saturating_sub(self.last_refresh_ms) < LISTENER_RECHECK_MS {
-            return;
-        }
-        let tcp = self.pending.iter().any(|(c, _)| c.proto == Protocol::Tcp);
-        let udp = self.pending.iter().any(|(c, _)| c.proto == Protocol::Udp);
-        self.refresh_listeners(now, tcp, udp);
-        let pending = std::mem::take(&mut self.pending);
-        for (c, wall) in &pending {
-            if let Some(mode) = self.policy.watched(c.proto, c.dst, c.port, &self.listeners) {
-                self.on_hit(c.src, c.port, c.scan, mode, c.ip_options, now, *wall);
-            }
-        }
-        // Keep the allocation.
-        self.pending = pending;
-        self.pending.clear();
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_hit(
-        &mut self,
-        src: std::net::IpAddr,
-        port: u16,
-        scan: ScanKind,
-        mode: Mode,
-        ip_options: bool,
-        now: u64,
-        wall: u64,
-    ) {
-        if mode.is_basic() && self.ignore.contains(src) {
-            self.counters.ignored += 1;
-            return;
-        }
-        self.stats.hits += 1;
-        let hit = Hit {
-            src,
-            port,
-            scan,
-            mode,
-            ip_options,
-        };
-        match self.state.hit(&hit, now, wall) {
-            Outcome::Latched | Outcome::Untracked => {}
-            Outcome::Counted { .. } => {
-                self.log_hit(&hit, now);
-            }
-            Outcome::Report(r) => {
-                self.log_hit(&hit, now);
-                self.stats.reports += 1;
-                self.client.enqueue(r);
-            }
-        }
-    }
-
-    fn log_hit(&mut self, h: &Hit, now: u64) {
-        let (scan, mode, src, port) = (h.scan, h.mode, h.src, h.port);
-        if h.ip_options {
-            self.log
-                .packet(now, src, || ip_options_line(src, mode, port));
-        }
-        self.log
-            .packet(now, src, || detection_line(scan, mode, src, port));
-    }
-
     fn drain_events(&mut self) {
-        let now = self.now_ms();
+        let now = self.now();
         for e in std::mem::take(&mut self.events) {
             match e {
                 Event::Connected => self.log.notice(&format!(
@@ -659,11 +543,13 @@ impl Sensor {
                 Event::CaptureProblem(why) => self
                     .log
                     .error(&format!("adminalert: ERROR: capture hand-over: {why}")),
-                Event::Unblocked(addr) => self.state.forget(addr),
+                Event::Unblocked(addr) => self.detector.state_mut().forget(addr),
                 Event::Decided { report, decision } => {
                     // Refused for want of budget: more evidence may change the answer.
                     if matches!(decision, Decision::RateLimited | Decision::Capped) {
-                        self.state.escalate(report.src, report.distinct_ports);
+                        self.detector
+                            .state_mut()
+                            .escalate(report.src, report.distinct_ports);
                     }
                     self.log.packet(now, report.src, || {
                         crate::log::decision_line(

@@ -2,11 +2,12 @@
 //! seccomp-confined, and asks `sentry-enforcer` to block the scanners.
 //!
 //! Pipeline: [`nflog`] (packets the enforcer's input-path chain copies, from the NFLOG
-//! socket it hands over) / [`basic`] (listening sockets) →
-//! [`packet`] (parser) → [`classify`] → ignore list → [`ports`] (+ [`listeners`]) →
-//! [`state`] → [`client`] (enforcer.sock), with [`log`] in PortSentry's formats and
-//! [`confine`] applied before the first packet is parsed. All `unsafe` code lives in
-//! [`sys`].
+//! socket it hands over) / [`basic`] (listening sockets) → [`pipeline::Detector`], one
+//! object that takes a frame (or a basic-mode hit) and gives at most one report: [`packet`]
+//! (parser) → [`classify`] → ignore list → [`ports`] (+ [`listeners`]) → [`state`]; then
+//! [`client`] (enforcer.sock), with [`log`] in PortSentry's formats and [`confine`] applied
+//! before the first packet is parsed. Times are [`time::Mono`] or [`time::Wall`], never
+//! bare numbers. All `unsafe` code lives in [`sys`].
 #![deny(unsafe_code)]
 
 pub mod basic;
@@ -24,5 +25,6 @@ pub mod ports;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod time;
 
 pub use daemon::main_with_args;

@@ -63,6 +63,8 @@ fn covers(bound: IpAddr, dst: IpAddr) -> bool {
 pub struct Listeners {
     tcp: Bound,
     udp: Bound,
+    /// SCTP endpoints (read with the TCP part: SCTP INITs are watched on the TCP ports).
+    sctp: Bound,
 }
 
 impl Listeners {
@@ -70,6 +72,9 @@ impl Listeners {
         match proto {
             Protocol::Tcp => self.tcp.add(addr, port),
             Protocol::Udp => self.udp.add(addr, port),
+            Protocol::Sctp => self.sctp.add(addr, port),
+            // No socket serves a bare IP protocol.
+            Protocol::Ip => {}
         }
     }
 
@@ -79,14 +84,17 @@ impl Listeners {
         match proto {
             Protocol::Tcp => self.tcp.serves(dst, port),
             Protocol::Udp => self.udp.serves(dst, port),
+            Protocol::Sctp => self.sctp.serves(dst, port),
+            Protocol::Ip => false,
         }
     }
 
-    /// Take the TCP and/or UDP part of `other` (a [`ListenerSource::read_some`] result),
-    /// keeping this snapshot's other part.
+    /// Take the TCP (with SCTP) and/or UDP part of `other` (a
+    /// [`ListenerSource::read_some`] result), keeping this snapshot's other part.
     pub fn update(&mut self, other: Listeners, tcp: bool, udp: bool) {
         if tcp {
             self.tcp = other.tcp;
+            self.sctp = other.sctp;
         }
         if udp {
             self.udp = other.udp;
@@ -97,9 +105,24 @@ impl Listeners {
         let b = match proto {
             Protocol::Tcp => &self.tcp,
             Protocol::Udp => &self.udp,
+            Protocol::Sctp => &self.sctp,
+            Protocol::Ip => return 0,
         };
         b.addrs.values().map(Vec::len).sum()
     }
+}
+
+/// One line of `/proc/net/sctp/eps` (` ENDPT SOCK STY SST HBKT LPORT UID INODE LADDRS`):
+/// the port, the inode and the bound addresses (an endpoint bound to the wildcard lists
+/// `0.0.0.0` or `::`; a `*` marks a primary address). `None` for the header and garbage.
+pub fn parse_sctp_line(line: &str) -> Option<(u16, u64, Vec<IpAddr>)> {
+    let mut f = line.split_whitespace();
+    let port: u16 = f.nth(5)?.parse().ok()?;
+    let inode: u64 = f.nth(1)?.parse().ok()?;
+    let addrs: Vec<IpAddr> = f
+        .filter_map(|a| a.trim_start_matches('*').parse().ok())
+        .collect();
+    Some((port, inode, addrs))
 }
 
 const TCP_LISTEN: &str = "0A";
@@ -272,6 +295,12 @@ pub struct ListenerSource {
     backend: Backend,
     tcp: bool,
     udp: bool,
+    /// `/proc/self/net/sctp/eps`, read with the TCP part, when the kernel has SCTP at
+    /// start-up (sock_diag for SCTP needs another module, and nothing else lists SCTP
+    /// endpoints without privilege). A kernel without SCTP has no SCTP service to mistake
+    /// for a probe; one that loads the module later is not seen until the sensor restarts
+    /// (sentry-sensor(8)).
+    sctp: Option<File>,
 }
 
 impl ListenerSource {
@@ -287,12 +316,18 @@ impl ListenerSource {
                 },
                 tcp,
                 udp,
+                sctp: None,
             };
             if s.read(&HashSet::new()).is_ok() {
+                s.sctp = Self::open_sctp(Path::new("/proc/self/net"), tcp);
                 return Ok(s);
             }
         }
         Self::open_at(Path::new("/proc/self/net"), tcp, udp)
+    }
+
+    fn open_sctp(dir: &Path, tcp: bool) -> Option<File> {
+        tcp.then(|| File::open(dir.join("sctp/eps")).ok()).flatten()
     }
 
     /// The /proc/net-format tables in `dir` (tests use a temporary directory). A missing
@@ -323,6 +358,7 @@ impl ListenerSource {
             },
             tcp,
             udp,
+            sctp: Self::open_sctp(dir, tcp),
         })
     }
 
@@ -388,8 +424,8 @@ impl ListenerSource {
             Backend::Proc { files, line } => {
                 for (file, proto, v6) in files.iter_mut() {
                     let wanted = match proto {
-                        Protocol::Tcp => tcp,
                         Protocol::Udp => udp,
+                        _ => tcp,
                     };
                     if !wanted {
                         continue;
@@ -410,6 +446,22 @@ impl ListenerSource {
                                 l.add(*proto, addr, port);
                             }
                         }
+                    }
+                }
+            }
+        }
+        if let (Some(file), true) = (&mut self.sctp, tcp) {
+            file.seek(SeekFrom::Start(0))?;
+            let r = BufReader::with_capacity(16 * 1024, &*file);
+            // Bounded like a sock_diag dump: a table that never ends is cut off.
+            for line in r.lines().skip(1).take(1 << 20) {
+                if let Some((port, _, addrs)) = parse_sctp_line(&line?) {
+                    if addrs.is_empty() {
+                        l.add(Protocol::Sctp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+                        l.add(Protocol::Sctp, IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+                    }
+                    for a in addrs {
+                        l.add(Protocol::Sctp, a, port);
                     }
                 }
             }
@@ -437,6 +489,39 @@ mod tests {
   100: 3500007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 5555 2 0000000000000000 0
   101: 00000000:0089 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5556 2 0000000000000000 0
 ";
+
+    #[test]
+    fn sctp_endpoints() {
+        // As the kernel prints them (sctp_eps_seq_show), a wildcard and a multi-homed one.
+        let t = " ENDPT     SOCK   STY SST HBKT LPORT   UID INODE LADDRS
+ffff8881 ffff8882 1   10  29   3868      0 41234 0.0.0.0 
+ffff8883 ffff8884 2   10  12   2905    107 41235 10.9.0.2 fd00:0000:0000:0000:0000:0000:0000:0002 
+";
+        let mut lines = t.lines();
+        assert_eq!(parse_sctp_line(lines.next().unwrap()), None);
+        let (p, ino, a) = parse_sctp_line(lines.next().unwrap()).unwrap();
+        assert_eq!(
+            (p, ino, a),
+            (3868, 41234, vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)])
+        );
+        let (p, _, a) = parse_sctp_line(lines.next().unwrap()).unwrap();
+        assert_eq!(p, 2905);
+        assert_eq!(a.len(), 2);
+        assert_eq!(parse_sctp_line("garbage"), None);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tcp"), TCP4).unwrap();
+        std::fs::create_dir(dir.path().join("sctp")).unwrap();
+        std::fs::write(dir.path().join("sctp/eps"), t).unwrap();
+        let mut src = ListenerSource::open_at(dir.path(), true, false).unwrap();
+        let l = src.read(&HashSet::new()).unwrap();
+        let d4 = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2));
+        assert!(l.serves(Protocol::Sctp, d4, 3868));
+        assert!(l.serves(Protocol::Sctp, d4, 2905));
+        assert!(!l.serves(Protocol::Sctp, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 3)), 2905));
+        assert!(!l.serves(Protocol::Sctp, d4, 22));
+        assert!(l.serves(Protocol::Tcp, d4, 22));
+        assert_eq!(l.count(Protocol::Sctp), 3);
+    }
 
     #[test]
     fn parse_v4_lines() {

@@ -19,18 +19,40 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 
-use sentry_proto::{Mode, ScanKind};
+use sentry_proto::{Mode, Protocol, ScanKind};
 
 use crate::classify::{ACK, FIN, PSH, RST, SYN, URG};
+use crate::time::Mono;
 
 /// The syslog tag of PortSentry's line forms.
 pub const SYSLOG_TAG: &str = "portsentry";
 /// The syslog tag of the lines sentry adds to PortSentry's.
 pub const SENTRY_TAG: &str = "sentry-sensor";
 
+/// What marks the detection lines of the kinds PortSentry never reported (ACK-family,
+/// IP-protocol, SCTP INIT): they read like PortSentry's but are sentry's own, so a
+/// PortSentry log watcher never gets a line it does not know.
+const SENTRY_ONLY_MARKERS: [&str; 4] = [
+    "attackalert: TCP ACK scan ",
+    "attackalert: TCP FIN/ACK (Maimon) scan ",
+    " to IP protocol: ",
+    " to SCTP port: ",
+];
+
 /// Whether `msg` is one of PortSentry 1.2's line forms (logged under [`SYSLOG_TAG`]).
 pub fn is_portsentry_line(msg: &str) -> bool {
+    if SENTRY_ONLY_MARKERS.iter().any(|m| msg.contains(m)) {
+        return false;
+    }
     msg.starts_with("attackalert: ") || msg.starts_with("adminalert: Going into listen mode on ")
+}
+
+/// `TCP port: N`, or for a probe without ports `IP protocol: N`.
+fn target(proto: Protocol, port: u16) -> String {
+    match proto {
+        Protocol::Ip => format!("IP protocol: {port}"),
+        p => format!("{} port: {port}", p.as_upper()),
+    }
 }
 
 /// The syslog tag `msg` is logged under.
@@ -56,21 +78,24 @@ const MAX_LINE: usize = 1024;
 pub fn decision_line(
     src: IpAddr,
     scan: ScanKind,
-    mode: Mode,
+    _mode: Mode,
     port: u16,
     decision: sentry_proto::Decision,
 ) -> String {
-    let proto = mode.protocol().as_upper();
+    let what = match scan.protocol() {
+        Protocol::Ip => format!("IP protocol {port}"),
+        p => format!("{} port {port}", p.as_upper()),
+    };
     match decision {
-        sentry_proto::Decision::Blocked => format!(
-            "attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {proto} port {port})"
-        ),
+        sentry_proto::Decision::Blocked => {
+            format!("attackalert: Host {src} has been blocked by sentry-enforcer ({scan} {what})")
+        }
         sentry_proto::Decision::AlreadyBlocked => {
             format!("attackalert: Host: {src} is already blocked. Ignoring")
         }
-        other => format!(
-            "adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {proto} port {port})"
-        ),
+        other => {
+            format!("adminalert: sentry-enforcer decision for host {src}: {other} ({scan} {what})")
+        }
     }
 }
 
@@ -100,6 +125,19 @@ pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> Str
         ScanKind::Xmas => {
             format!("attackalert: TCP XMAS scan from host: {src}/{src} to TCP port: {port}")
         }
+        // The kinds PortSentry never reported: sentry's own lines (see SENTRY_ONLY_MARKERS).
+        ScanKind::Ack => {
+            format!("attackalert: TCP ACK scan from host: {src}/{src} to TCP port: {port}")
+        }
+        ScanKind::Maimon => format!(
+            "attackalert: TCP FIN/ACK (Maimon) scan from host: {src}/{src} to TCP port: {port}"
+        ),
+        ScanKind::IpProtocol => {
+            format!("attackalert: IP protocol scan from host: {src}/{src} to IP protocol: {port}")
+        }
+        ScanKind::SctpInit => {
+            format!("attackalert: SCTP INIT scan from host: {src}/{src} to SCTP port: {port}")
+        }
         ScanKind::Oddball { flags } => {
             let b = |f: u8| u8::from(flags & f != 0);
             format!(
@@ -117,9 +155,14 @@ pub fn detection_line(scan: ScanKind, mode: Mode, src: IpAddr, port: u16) -> Str
 
 /// PortSentry's IP-options warning.
 pub fn ip_options_line(src: IpAddr, mode: Mode, port: u16) -> String {
+    ip_options_line_for(src, mode.protocol(), port)
+}
+
+/// The IP-options warning for a probe of `proto` (PortSentry's line for TCP and UDP).
+pub fn ip_options_line_for(src: IpAddr, proto: Protocol, port: u16) -> String {
     format!(
-        "attackalert: Packet from host: {src}/{src} to {} port: {port} has IP options set (detection avoidance technique).",
-        mode.protocol().as_upper()
+        "attackalert: Packet from host: {src}/{src} to {} has IP options set (detection avoidance technique).",
+        target(proto, port)
     )
 }
 
@@ -216,10 +259,9 @@ impl Logger {
     }
 
     /// A line a packet from `src` caused: at most LOG_RATE per second from `src` and
-    /// LOG_RATE_TOTAL from all sources (monotonic `now_ms`). Suppressed lines are not
-    /// even formatted.
-    pub fn packet(&mut self, now_ms: u64, src: IpAddr, line: impl FnOnce() -> String) {
-        self.roll(now_ms);
+    /// LOG_RATE_TOTAL from all sources. Suppressed lines are not even formatted.
+    pub fn packet(&mut self, now: Mono, src: IpAddr, line: impl FnOnce() -> String) {
+        self.roll(now);
         if self.in_second >= self.total {
             self.suppressed += 1;
             return;
@@ -236,16 +278,16 @@ impl Logger {
     }
 
     /// Called periodically: emits the suppression summary once the second is over.
-    pub fn tick(&mut self, now_ms: u64) {
-        self.roll(now_ms);
+    pub fn tick(&mut self, now: Mono) {
+        self.roll(now);
     }
 
     pub fn suppressed_total(&self) -> u64 {
         self.suppressed
     }
 
-    fn roll(&mut self, now_ms: u64) {
-        let sec = now_ms / 1000;
+    fn roll(&mut self, now: Mono) {
+        let sec = now.0 / 1000;
         if sec != self.second {
             self.second = sec;
             self.in_second = 0;
@@ -315,6 +357,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Mono;
     use std::net::Ipv4Addr;
 
     const S: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -367,16 +410,16 @@ mod tests {
         let mut l = Logger::open(true, 3);
         let mut made = 0;
         for _ in 0..10 {
-            l.packet(5_000, S, || {
+            l.packet(Mono(5_000), S, || {
                 made += 1;
                 "x".into()
             });
         }
         assert_eq!(made, 3, "suppressed lines are not even formatted");
         assert_eq!(l.suppressed_total(), 7);
-        l.tick(6_000);
+        l.tick(Mono(6_000));
         assert_eq!(l.suppressed_total(), 0);
-        l.packet(6_001, S, || {
+        l.packet(Mono(6_001), S, || {
             made += 1;
             "y".into()
         });
@@ -391,14 +434,14 @@ mod tests {
         let mut lines = Vec::new();
         // A noisy source first: only 3 of its 1000 lines...
         for _ in 0..1000 {
-            l.packet(5_000, S, || {
+            l.packet(Mono(5_000), S, || {
                 lines.push("noisy");
                 String::new()
             });
         }
         // ... so another source's lines still get through in the same second.
         for _ in 0..2 {
-            l.packet(5_001, other, || {
+            l.packet(Mono(5_001), other, || {
                 lines.push("other");
                 String::new()
             });
@@ -407,7 +450,7 @@ mod tests {
         // Many sources: LOG_RATE_TOTAL caps the second.
         for i in 0..100u32 {
             let src = IpAddr::V4(std::net::Ipv4Addr::from(0xC000_0200 + i + 100));
-            l.packet(5_002, src, || {
+            l.packet(Mono(5_002), src, || {
                 lines.push("many");
                 String::new()
             });
@@ -425,7 +468,9 @@ mod tests {
         let mut l = Logger::syslog_at(&path, 10);
         assert!(!l.is_stderr());
         l.notice("adminalert: hello");
-        l.packet(1, S, || detection_line(ScanKind::Syn, Mode::Stcp, S, 23));
+        l.packet(Mono(1), S, || {
+            detection_line(ScanKind::Syn, Mode::Stcp, S, 23)
+        });
         let mut buf = [0u8; 2048];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(
@@ -488,6 +533,44 @@ mod tests {
         ] {
             assert_eq!(syslog_tag(&line), tag, "{line}");
         }
+    }
+
+    /// The kinds PortSentry never reported get lines in its style, tagged as sentry's own.
+    #[test]
+    fn other_kinds_lines_are_sentrys_own() {
+        for (line, want) in [
+            (
+                detection_line(ScanKind::Ack, Mode::Atcp, S, 80),
+                "attackalert: TCP ACK scan from host: 192.0.2.7/192.0.2.7 to TCP port: 80",
+            ),
+            (
+                detection_line(ScanKind::Maimon, Mode::Stcp, S, 23),
+                "attackalert: TCP FIN/ACK (Maimon) scan from host: 192.0.2.7/192.0.2.7 to TCP port: 23",
+            ),
+            (
+                detection_line(ScanKind::IpProtocol, Mode::Atcp, S, 0),
+                "attackalert: IP protocol scan from host: 192.0.2.7/192.0.2.7 to IP protocol: 0",
+            ),
+            (
+                detection_line(ScanKind::SctpInit, Mode::Atcp, S, 80),
+                "attackalert: SCTP INIT scan from host: 192.0.2.7/192.0.2.7 to SCTP port: 80",
+            ),
+            (
+                ip_options_line_for(S, Protocol::Sctp, 80),
+                "attackalert: Packet from host: 192.0.2.7/192.0.2.7 to SCTP port: 80 has IP options set (detection avoidance technique).",
+            ),
+        ] {
+            assert_eq!(line, want);
+            assert_eq!(syslog_tag(&line), SENTRY_TAG, "{line}");
+        }
+        assert_eq!(
+            decision_line(S, ScanKind::IpProtocol, Mode::Atcp, 253, sentry_proto::Decision::LogOnly),
+            "adminalert: sentry-enforcer decision for host 192.0.2.7: log_only (ipproto IP protocol 253)"
+        );
+        assert_eq!(
+            ip_options_line_for(S, Protocol::Tcp, 23),
+            ip_options_line(S, Mode::Stcp, 23)
+        );
     }
 
     #[test]

@@ -225,7 +225,6 @@ pub fn l4_checksum_ok(src: std::net::IpAddr, dst: std::net::IpAddr, proto: u8, l
 pub struct Nflog {
     fd: OwnedFd,
     buf: Vec<u8>,
-    pub group: u16,
     /// Datagrams the kernel could not queue (ENOBUFS: the receive buffer was full).
     pub overruns: u64,
     /// Datagrams longer than [`READ_BUF`].
@@ -233,11 +232,10 @@ pub struct Nflog {
 }
 
 impl Nflog {
-    pub fn new(fd: OwnedFd, group: u16) -> Self {
+    pub fn new(fd: OwnedFd) -> Self {
         Self {
             fd,
             buf: vec![0; READ_BUF],
-            group,
             overruns: 0,
             truncated: 0,
         }

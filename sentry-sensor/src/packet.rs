@@ -1,10 +1,16 @@
-//! Packet parser: captured bytes (starting at the network header) → a [`Probe`].
+//! Packet parser: the bytes of one packet the input path copied (starting at the network
+//! header) → a [`Probe`].
 //!
 //! Everything here is hostile input. pnet packet views are used only for their fixed-offset
 //! getters after this module has checked the lengths itself (pnet's option/payload helpers
 //! compute `header_length * 4 - 20` and must never see an IHL below 5). No indexing, no
 //! unwrap: every access is a checked `get`, so the parser cannot panic (see the fuzz target
 //! in `sentry-sensor/fuzz`).
+//!
+//! The kernel reassembles fragments before the input hook, so a fragment never reaches
+//! the sensor from the detection chain; should one arrive it is skipped, never
+//! interpreted (there is no fragment pairing: the kernel's defragmentation is the one that
+//! decides what the host's stack sees).
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -25,8 +31,10 @@ const IPV4_MIN_HEADER: usize = 20;
 const IPV6_HEADER: usize = 40;
 const TCP_MIN_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
-/// Offset of the flags byte in the TCP header.
-const TCP_FLAGS_OFFSET: usize = 13;
+/// SCTP common header (ports, verification tag, checksum) plus the first chunk's header.
+const SCTP_MIN: usize = 16;
+const PROTO_SCTP: u8 = 132;
+const SCTP_CHUNK_INIT: u8 = 1;
 
 /// The transport part of a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,17 @@ pub enum Transport {
     Udp {
         src_port: u16,
         dst_port: u16,
+    },
+    /// SCTP; `init`: the first chunk is an INIT with verification tag 0 (RFC 9260 3.3.2:
+    /// how every association, and `nmap -sY`, begins).
+    Sctp {
+        src_port: u16,
+        dst_port: u16,
+        init: bool,
+    },
+    /// Any other IP protocol (for IPv6: the header after the extension headers).
+    Other {
+        protocol: u8,
     },
 }
 
@@ -61,12 +80,15 @@ impl Probe {
     pub fn segment<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
         frame.get(self.l4_offset..self.l4_offset.checked_add(self.l4_len)?)
     }
-}
 
-impl Probe {
+    /// The destination port; for a protocol without ports, its protocol number (what an
+    /// IP-protocol scan varies, and what the state engine counts).
     pub fn dst_port(&self) -> u16 {
         match self.transport {
-            Transport::Tcp { dst_port, .. } | Transport::Udp { dst_port, .. } => dst_port,
+            Transport::Tcp { dst_port, .. }
+            | Transport::Udp { dst_port, .. }
+            | Transport::Sctp { dst_port, .. } => dst_port,
+            Transport::Other { protocol } => u16::from(protocol),
         }
     }
 }
@@ -74,40 +96,13 @@ impl Probe {
 /// Well-formed packets that are not probes; counted, not logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
-    /// Neither TCP nor UDP (ICMP, ESP, no-next-header, ...).
-    OtherProtocol,
-    /// An IPv4 or IPv6 fragment with a non-zero offset: it carries no transport header.
-    NonFirstFragment,
+    /// An IPv4 or IPv6 fragment: the kernel reassembles before the input hook, so none
+    /// should arrive, and one that does is not what the host's stack delivers.
+    Fragment,
 }
 
-/// A first fragment too short to hold the full transport header (a "tiny fragment",
-/// RFC 1858; `nmap -f`): the TCP flags are in a later fragment, so it cannot be classified,
-/// but it is a detection-avoidance technique in itself. `dst_port` is known when at least
-/// the port fields are present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TinyFragment {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// 6 (TCP) or 17 (UDP).
-    pub protocol: u8,
-    pub dst_port: Option<u16>,
-    /// IP identification (IPv4) or fragment header identification (IPv6).
-    pub id: u32,
-}
-
-/// The fragment at offset 8 of a fragmented TCP segment: with 8-byte fragments (`nmap -f`)
-/// it holds TCP header bytes 8-15, so the flags byte (13) of a [`TinyFragment`] with the
-/// same source, destination and id. Nothing else of it is interpreted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SecondFragment {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub id: u32,
-    /// TCP header byte 13, if captured.
-    pub flags: Option<u8>,
-}
-
-/// Malformed packets; counted and dropped.
+/// Malformed packets; counted (`malformed`) and dropped, so the kinds are for the tests
+/// and the fuzz target, not for a log line a flood could fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
     Empty,
@@ -119,7 +114,7 @@ pub enum Malformed {
     TruncatedIp,
     /// IPv4 total length smaller than the header length.
     BadTotalLength,
-    /// The transport header is cut off (and the packet is not a fragment).
+    /// The transport header is cut off.
     TruncatedTransport,
     /// TCP data offset below 5 words.
     TcpOffsetTooSmall,
@@ -131,35 +126,15 @@ pub enum Malformed {
     BogusSource,
 }
 
-impl Malformed {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Empty => "empty",
-            Self::Version(_) => "bad IP version",
-            Self::IhlTooSmall(_) => "IPv4 header length below 5",
-            Self::TruncatedIp => "truncated IP header",
-            Self::BadTotalLength => "IPv4 total length below header length",
-            Self::TruncatedTransport => "truncated transport header",
-            Self::TcpOffsetTooSmall => "TCP data offset below 5",
-            Self::TooManyExtHeaders => "too many IPv6 extension headers",
-            Self::TruncatedExtHeader => "truncated IPv6 extension header",
-            Self::BogusSource => "IPv4-mapped IPv6 source",
-        }
-    }
-}
-
 /// What the parser made of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     Probe(Probe),
     Skip(Skip),
-    TinyFragment(TinyFragment),
-    SecondFragment(SecondFragment),
 }
 
-/// Parse one captured frame that starts at the IP header (AF_PACKET SOCK_DGRAM).
-/// `frame` may be shorter than the packet on the wire (snap length); only the headers are
-/// needed.
+/// Parse one packet that starts at the IP header. `frame` may be shorter than the packet
+/// on the wire (snap length); only the headers are needed.
 pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {
     let first = *frame.first().ok_or(Malformed::Empty)?;
     match first >> 4 {
@@ -183,39 +158,21 @@ fn parse_v4(frame: &[u8]) -> Result<Parsed, Malformed> {
     if frame.len() < hlen {
         return Err(Malformed::TruncatedIp);
     }
-    let ip_options = hlen > IPV4_MIN_HEADER;
-    let src = ip.get_source();
-    let dst = ip.get_destination();
-    let id = u32::from(ip.get_identification());
-    let end = total.min(frame.len());
-    // Fragment offset is in 8-byte units; a non-zero offset means no transport header here.
-    match ip.get_fragment_offset() {
-        0 => {}
-        1 if ip.get_next_level_protocol() == IpNextHeaderProtocols::Tcp => {
-            let payload = frame.get(hlen..end).ok_or(Malformed::TruncatedIp)?;
-            return Ok(Parsed::SecondFragment(SecondFragment {
-                src: IpAddr::V4(src),
-                dst: IpAddr::V4(dst),
-                id,
-                flags: payload.get(TCP_FLAGS_OFFSET - 8).copied(),
-            }));
-        }
-        _ => return Ok(Parsed::Skip(Skip::NonFirstFragment)),
-    }
     const MORE_FRAGMENTS: u8 = 0b001;
-    let fragmented = ip.get_flags() & MORE_FRAGMENTS != 0;
+    if ip.get_fragment_offset() != 0 || ip.get_flags() & MORE_FRAGMENTS != 0 {
+        return Ok(Parsed::Skip(Skip::Fragment));
+    }
     // The transport header ends at the smaller of what was captured and what the IP
     // header says the packet holds.
+    let end = total.min(frame.len());
     let l4 = frame.get(hlen..end).ok_or(Malformed::TruncatedIp)?;
-    let on_wire = total - hlen;
     transport(
         ip.get_next_level_protocol().0,
         l4,
-        (hlen, on_wire),
-        fragmented.then_some(id),
-        IpAddr::V4(src),
-        IpAddr::V4(dst),
-        ip_options,
+        (hlen, total - hlen),
+        IpAddr::V4(ip.get_source()),
+        IpAddr::V4(ip.get_destination()),
+        hlen > IPV4_MIN_HEADER,
     )
 }
 
@@ -234,143 +191,59 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Malformed> {
     // a truncated transport).
     let mut on_wire = payload_len;
     let mut next = ip.get_next_header().0;
-    let mut frag_id: Option<u32> = None;
     for _ in 0..=MAX_EXT_HEADERS {
-        match next {
+        let len = match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, not
             // counting the first 8.
             0 | 43 | 60 => {
-                let nh = *rest.first().ok_or(Malformed::TruncatedExtHeader)?;
-                let len_units = *rest.get(1).ok_or(Malformed::TruncatedExtHeader)?;
-                let len = (usize::from(len_units) + 1) * 8;
-                rest = rest.get(len..).ok_or(Malformed::TruncatedExtHeader)?;
-                on_wire = on_wire
-                    .checked_sub(len)
-                    .ok_or(Malformed::TruncatedExtHeader)?;
-                next = nh;
+                (usize::from(*rest.get(1).ok_or(Malformed::TruncatedExtHeader)?) + 1) * 8
             }
             // Authentication header: length in 4-octet units, minus 2.
-            51 => {
-                let nh = *rest.first().ok_or(Malformed::TruncatedExtHeader)?;
-                let len_units = *rest.get(1).ok_or(Malformed::TruncatedExtHeader)?;
-                let len = (usize::from(len_units) + 2) * 4;
-                rest = rest.get(len..).ok_or(Malformed::TruncatedExtHeader)?;
-                on_wire = on_wire
-                    .checked_sub(len)
-                    .ok_or(Malformed::TruncatedExtHeader)?;
-                next = nh;
-            }
-            // Fragment header: fixed 8 bytes; offset in the upper 13 bits of bytes 2-3,
-            // identification in bytes 4-7.
-            44 => {
-                let hdr = rest.get(..8).ok_or(Malformed::TruncatedExtHeader)?;
-                let nh = *hdr.first().ok_or(Malformed::TruncatedExtHeader)?;
-                let off_flags = hdr
-                    .get(2..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u16::from_be_bytes)
-                    .ok_or(Malformed::TruncatedExtHeader)?;
-                let id = hdr
-                    .get(4..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes)
-                    .ok_or(Malformed::TruncatedExtHeader)?;
-                let payload = rest.get(8..).ok_or(Malformed::TruncatedExtHeader)?;
-                match off_flags >> 3 {
-                    0 => {}
-                    1 if nh == IpNextHeaderProtocols::Tcp.0 => {
-                        return Ok(Parsed::SecondFragment(SecondFragment {
-                            src: IpAddr::V6(src),
-                            dst: IpAddr::V6(dst),
-                            id,
-                            flags: payload.get(TCP_FLAGS_OFFSET - 8).copied(),
-                        }));
-                    }
-                    _ => return Ok(Parsed::Skip(Skip::NonFirstFragment)),
-                }
-                if off_flags & 1 != 0 {
-                    frag_id = Some(id);
-                }
-                rest = payload;
-                on_wire = on_wire
-                    .checked_sub(8)
-                    .ok_or(Malformed::TruncatedExtHeader)?;
-                next = nh;
-            }
+            51 => (usize::from(*rest.get(1).ok_or(Malformed::TruncatedExtHeader)?) + 2) * 4,
+            // Fragment header.
+            44 => return Ok(Parsed::Skip(Skip::Fragment)),
             proto => {
                 return transport(
                     proto,
                     rest,
                     (end - rest.len(), on_wire),
-                    frag_id,
                     IpAddr::V6(src),
                     IpAddr::V6(dst),
                     false,
                 );
             }
-        }
+        };
+        next = *rest.first().ok_or(Malformed::TruncatedExtHeader)?;
+        rest = rest.get(len..).ok_or(Malformed::TruncatedExtHeader)?;
+        on_wire = on_wire
+            .checked_sub(len)
+            .ok_or(Malformed::TruncatedExtHeader)?;
     }
     Err(Malformed::TooManyExtHeaders)
 }
 
-/// `l4`: captured transport bytes; `on_wire`: transport bytes the IP header announces;
-/// `frag_id`: the fragment identification when this is the first of several fragments.
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at.checked_add(2)?)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_be_bytes)
+}
+
+/// `l4`: captured transport bytes; `on_wire`: transport bytes the IP header announces.
 fn transport(
     proto: u8,
     l4: &[u8],
     (l4_offset, on_wire): (usize, usize),
-    frag_id: Option<u32>,
     src: IpAddr,
     dst: IpAddr,
     ip_options: bool,
 ) -> Result<Parsed, Malformed> {
-    let tcp = proto == IpNextHeaderProtocols::Tcp.0;
-    let need = if tcp {
-        TCP_MIN_HEADER
-    } else if proto == IpNextHeaderProtocols::Udp.0 {
-        UDP_HEADER
-    } else {
-        return Ok(Parsed::Skip(Skip::OtherProtocol));
+    let need = match proto {
+        6 => TCP_MIN_HEADER,
+        17 => UDP_HEADER,
+        PROTO_SCTP => SCTP_MIN,
+        _ => 0,
     };
-    if on_wire < need {
-        let Some(id) = frag_id else {
-            // Not a fragment and too short for its header: garbage.
-            return Err(Malformed::TruncatedTransport);
-        };
-        let port_at = |i: usize| {
-            l4.get(i..i + 2)
-                .and_then(|b| b.try_into().ok())
-                .map(u16::from_be_bytes)
-        };
-        // A first fragment that holds the flags byte (e.g. hping3 -f, 16-byte
-        // fragments) is a classifiable probe even without the rest of the header.
-        if tcp && on_wire > TCP_FLAGS_OFFSET {
-            if let (Some(src_port), Some(dst_port), Some(&flags)) =
-                (port_at(0), port_at(2), l4.get(TCP_FLAGS_OFFSET))
-            {
-                return Ok(Parsed::Probe(Probe {
-                    src,
-                    dst,
-                    transport: Transport::Tcp {
-                        src_port,
-                        dst_port,
-                        flags,
-                    },
-                    ip_options,
-                    l4_offset,
-                    l4_len: on_wire,
-                }));
-            }
-        }
-        return Ok(Parsed::TinyFragment(TinyFragment {
-            src,
-            dst,
-            protocol: proto,
-            dst_port: port_at(2),
-            id,
-        }));
-    }
-    if l4.len() < need {
+    if on_wire < need || l4.len() < need {
         return Err(Malformed::TruncatedTransport);
     }
     let transport = if proto == IpNextHeaderProtocols::Tcp.0 {
@@ -383,12 +256,23 @@ fn transport(
             dst_port: tcp.get_destination(),
             flags: tcp.get_flags(),
         }
-    } else {
+    } else if proto == IpNextHeaderProtocols::Udp.0 {
         let udp = UdpPacket::new(l4).ok_or(Malformed::TruncatedTransport)?;
         Transport::Udp {
             src_port: udp.get_source(),
             dst_port: udp.get_destination(),
         }
+    } else if proto == PROTO_SCTP {
+        let (Some(src_port), Some(dst_port)) = (be16(l4, 0), be16(l4, 2)) else {
+            return Err(Malformed::TruncatedTransport);
+        };
+        Transport::Sctp {
+            src_port,
+            dst_port,
+            init: l4.get(4..8) == Some(&[0, 0, 0, 0]) && l4.get(12) == Some(&SCTP_CHUNK_INIT),
+        }
+    } else {
+        Transport::Other { protocol: proto }
     };
     Ok(Parsed::Probe(Probe {
         src,
@@ -478,6 +362,25 @@ pub mod build {
 
     pub fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         ipv6(src, dst, 6, &[], &tcp_header(sport, dport, flags))
+    }
+
+    /// An SCTP common header (verification tag 0, checksum 0) and an INIT chunk, as
+    /// `nmap -sY` sends them.
+    pub fn sctp_init(sport: u16, dport: u16) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        s[0..2].copy_from_slice(&sport.to_be_bytes());
+        s[2..4].copy_from_slice(&dport.to_be_bytes());
+        s[12] = 1; // INIT
+        s[14..16].copy_from_slice(&20u16.to_be_bytes());
+        s[16..20].copy_from_slice(&0x1234_5678u32.to_be_bytes()); // initiate tag
+        s
+    }
+
+    /// IPv4 + an SCTP packet `l4`.
+    pub fn sctp4(src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+        let mut p = ipv4_header(src, dst, 132, l4.len(), &[]);
+        p.extend_from_slice(l4);
+        p
     }
 }
 
@@ -599,76 +502,38 @@ mod tests {
         let mut p = tcp4(A, B, 1, 23, 0x02);
         p[6] = 0x00;
         p[7] = 0x03; // offset 3 * 8 bytes
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::NonFirstFragment)));
+        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::Fragment)));
         // MF also set.
         p[6] = 0x20;
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::NonFirstFragment)));
+        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::Fragment)));
     }
 
     #[test]
-    fn first_fragment_is_parsed() {
+    fn first_fragments_are_skipped_too() {
+        // The kernel reassembles before the input hook: even a first fragment with the
+        // whole header is not what the host's stack delivers.
         let mut p = tcp4(A, B, 1, 23, 0x02);
         p[6] = 0x20; // MF, offset 0
         p[7] = 0;
-        assert!(matches!(parse(&p), Ok(Parsed::Probe(_))));
+        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::Fragment)));
     }
 
     #[test]
-    fn tiny_first_fragment_is_not_misparsed() {
-        // nmap -f: first fragment holds 8 bytes of TCP (ports only). The builder's IP id
-        // is 1.
+    fn tiny_fragments_are_never_interpreted() {
+        // nmap -f: a first fragment with 8 bytes of TCP, and the one at offset 8 with the
+        // flags byte: neither is read as TCP.
         let mut p = ipv4_header(A, B, 6, 8, &[]);
         p.extend_from_slice(&tcp_header(1, 23, 0x02)[..8]);
         p[6] = 0x20;
-        assert_eq!(
-            parse(&p),
-            Ok(Parsed::TinyFragment(TinyFragment {
-                src: IpAddr::V4(A),
-                dst: IpAddr::V4(B),
-                protocol: 6,
-                dst_port: Some(23),
-                id: 1,
-            }))
-        );
-        // The fragment at offset 8 yields only the flags byte, nothing else.
+        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::Fragment)));
         let mut s = ipv4_header(A, B, 6, 8, &[]);
         s.extend_from_slice(&tcp_header(1, 23, 0x29)[8..16]);
         s[7] = 1;
-        assert_eq!(
-            parse(&s),
-            Ok(Parsed::SecondFragment(SecondFragment {
-                src: IpAddr::V4(A),
-                dst: IpAddr::V4(B),
-                id: 1,
-                flags: Some(0x29),
-            }))
-        );
-        // hping3 -f: 16 bytes of TCP hold the flags: a probe.
+        assert_eq!(parse(&s), Ok(Parsed::Skip(Skip::Fragment)));
+        // 16 bytes of TCP without MF are just truncated.
         let mut h = ipv4_header(A, B, 6, 16, &[]);
         h.extend_from_slice(&tcp_header(1, 23, 0x01)[..16]);
-        h[6] = 0x20;
-        assert!(matches!(
-            parse(&h),
-            Ok(Parsed::Probe(Probe {
-                transport: Transport::Tcp {
-                    dst_port: 23,
-                    flags: 0x01,
-                    ..
-                },
-                ..
-            }))
-        ));
-        // The same 16 bytes without MF are just truncated.
-        h[6] = 0x40;
         assert_eq!(parse(&h), Err(Malformed::TruncatedTransport));
-        // Even the ports cut: still a tiny fragment, port unknown.
-        let mut p = ipv4_header(A, B, 6, 2, &[]);
-        p.extend_from_slice(&[0, 1]);
-        p[6] = 0x20;
-        assert!(matches!(
-            parse(&p),
-            Ok(Parsed::TinyFragment(TinyFragment { dst_port: None, .. }))
-        ));
     }
 
     #[test]
@@ -682,9 +547,73 @@ mod tests {
     fn other_protocols_and_versions() {
         let mut p = ipv4_header(A, B, 1, 8, &[]);
         p.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::OtherProtocol)));
+        let Ok(Parsed::Probe(pr)) = parse(&p) else {
+            panic!("{:?}", parse(&p));
+        };
+        assert_eq!(pr.transport, Transport::Other { protocol: 1 });
+        // nmap -sO: a bare IP header of any protocol number, 0 included.
+        for proto in [0u8, 3, 255] {
+            let p = ipv4_header(A, B, proto, 0, &[]);
+            let Ok(Parsed::Probe(pr)) = parse(&p) else {
+                panic!("{proto}: {:?}", parse(&p));
+            };
+            assert_eq!(pr.transport, Transport::Other { protocol: proto });
+            assert_eq!(pr.dst_port(), u16::from(proto));
+        }
         assert_eq!(parse(&[0x50; 40]), Err(Malformed::Version(5)));
         assert_eq!(parse(&[]), Err(Malformed::Empty));
+    }
+
+    #[test]
+    fn sctp() {
+        let init = sctp_init(7, 80);
+        let p4 = sctp4(A, B, &init);
+        let Ok(Parsed::Probe(pr)) = parse(&p4) else {
+            panic!("{:?}", parse(&p4));
+        };
+        assert_eq!(
+            pr.transport,
+            Transport::Sctp {
+                src_port: 7,
+                dst_port: 80,
+                init: true
+            }
+        );
+        let p6 = ipv6(a6(), b6(), 132, &[], &init);
+        assert!(matches!(
+            parse(&p6),
+            Ok(Parsed::Probe(Probe {
+                transport: Transport::Sctp {
+                    init: true,
+                    dst_port: 80,
+                    ..
+                },
+                ..
+            }))
+        ));
+        // A non-zero verification tag, or another first chunk (COOKIE ECHO, nmap -sZ):
+        // not an INIT.
+        let mut tagged = init;
+        tagged[7] = 1;
+        let mut cookie = init;
+        cookie[12] = 10;
+        for c in [tagged, cookie] {
+            assert!(matches!(
+                parse(&sctp4(A, B, &c)),
+                Ok(Parsed::Probe(Probe {
+                    transport: Transport::Sctp { init: false, .. },
+                    ..
+                }))
+            ));
+        }
+        // Shorter than the common header and a chunk header: malformed, at every length.
+        for len in 0..16 {
+            assert_eq!(
+                parse(&sctp4(A, B, &init[..len])),
+                Err(Malformed::TruncatedTransport),
+                "{len}"
+            );
+        }
     }
 
     #[test]
@@ -723,38 +652,14 @@ mod tests {
 
     #[test]
     fn ipv6_fragments() {
-        // First fragment (offset 0, M=1) → parsed.
-        let frag = [6, 0, 0x00, 0x01, 0, 0, 0, 1];
-        let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02));
-        assert!(matches!(parse(&p), Ok(Parsed::Probe(pr)) if pr.dst_port() == 25));
-        // Non-first fragment (offset 2): never interpreted.
-        let frag = [6, 0, 0x00, 0x10, 0, 0, 0, 1];
-        let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02));
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::NonFirstFragment)));
-        // Offset 1 (8 bytes) of TCP: only the flags byte is extracted, for pairing with a
-        // tiny first fragment of the same id.
-        let frag = [6, 0, 0x00, 0x08, 0, 0, 0, 9];
-        let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x01)[8..16]);
-        assert_eq!(
-            parse(&p),
-            Ok(Parsed::SecondFragment(SecondFragment {
-                src: IpAddr::V6(a6()),
-                dst: IpAddr::V6(b6()),
-                id: 9,
-                flags: Some(0x01)
-            }))
-        );
-        // Tiny first fragment: only 8 bytes of TCP.
-        let frag = [6, 0, 0x00, 0x01, 0, 0, 0, 1];
-        let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02)[..8]);
-        assert!(matches!(
-            parse(&p),
-            Ok(Parsed::TinyFragment(TinyFragment {
-                dst_port: Some(25),
-                protocol: 6,
-                ..
-            }))
-        ));
+        // First (offset 0, M=1) and later fragments alike: never interpreted.
+        for frag in [
+            [6, 0, 0x00, 0x01, 0, 0, 0, 1],
+            [6, 0, 0x00, 0x10, 0, 0, 0, 1],
+        ] {
+            let p = ipv6(a6(), b6(), 44, &frag, &tcp_header(7, 25, 0x02));
+            assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::Fragment)));
+        }
     }
 
     #[test]
@@ -792,7 +697,13 @@ mod tests {
     #[test]
     fn ipv6_no_next_header_and_v4_mapped_source() {
         let p = ipv6(a6(), b6(), 59, &[], &[]);
-        assert_eq!(parse(&p), Ok(Parsed::Skip(Skip::OtherProtocol)));
+        assert_eq!(
+            parse(&p).map(|p| match p {
+                Parsed::Probe(p) => Some(p.transport),
+                Parsed::Skip(_) => None,
+            }),
+            Ok(Some(Transport::Other { protocol: 59 }))
+        );
         let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().unwrap();
         let p = tcp6(mapped, b6(), 1, 2, 2);
         assert_eq!(parse(&p), Err(Malformed::BogusSource));

@@ -1,23 +1,27 @@
-//! The per-packet path shared by the daemon, the benchmark and the fuzz target: parse →
-//! classify → ignore list → port policy. The state engine ([`crate::state`]) comes after it.
+//! The sensor's packet path as one object, [`Detector`]: a frame the input path copied (or
+//! a basic-mode hit) goes in, at most one report for the enforcer comes out. Inside, in
+//! order: parse → classify → ignore list → port policy ([`candidate`], shared with the
+//! benchmark and the fuzz target) → the listener re-check of held-back probes → the state
+//! engine ([`crate::state`]) → the detection line.
 //!
-//! One packet in, at most one candidate out. The input is what the host's own input path
-//! accepted (see [`crate::nflog`]): reassembled, routed to this host, not a reply to one of
-//! its flows. So there is no fragment pairing and no table of our own outgoing flows here
-//! any more: the kernel's defragmentation and conntrack do both, exactly as the host's stack
-//! judges the packet.
+//! The input is what the host's own input path accepted (see [`crate::nflog`]):
+//! reassembled, routed to this host, not a reply to one of its flows. So there is no
+//! fragment pairing and no table of our own outgoing flows here: the kernel's
+//! defragmentation and conntrack do both, exactly as the host's stack judges the packet.
 
-use std::net::IpAddr;
+use std::collections::HashSet;
 
 use policy::IgnoreList;
-use sentry_proto::{Mode, Protocol, ScanKind};
+use sentry_proto::{Protocol, ScanKind, NOT_PROBE_PROTOCOLS};
 
 use crate::classify::classify_tcp;
-use crate::listeners::Listeners;
+use crate::listeners::{ListenerSource, Listeners};
+use crate::log::{detection_line, ip_options_line_for, Logger};
 use crate::nflog::{l4_checksum_ok, CtState};
 use crate::packet::{self, Parsed, Transport};
 use crate::ports::PortPolicy;
-use crate::state::Hit;
+use crate::state::{Hit, Outcome, Report, State};
+use crate::time::{Mono, Wall};
 
 /// Per-packet counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,40 +32,19 @@ pub struct Counters {
     /// Packets conntrack found invalid whose transport checksum is wrong: the host's stack
     /// drops them, so they are no evidence (`nmap --badsum`).
     pub bad_checksum: u64,
-    /// Invalid packets whose segment is longer than the snap length: the checksum cannot be
-    /// verified, so they do not count.
+    /// Invalid packets whose checksum cannot be verified (the segment is longer than the
+    /// snap length, or it is SCTP or another protocol, which the chain copies only when
+    /// conntrack found them new): they do not count.
     pub unverifiable: u64,
-    /// Well-formed but not a probe (other protocol, a fragment, ACK/RST).
+    /// Well-formed but not a probe (a protocol the host uses, a fragment, RST, an ACK
+    /// that is not a bare ACK or FIN+ACK, an SCTP packet that is not an INIT).
     pub skipped: u64,
     /// Probes from sources on the ignore list.
     pub ignored: u64,
 }
 
-/// A probe to a watched port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub proto: Protocol,
-    pub port: u16,
-    pub scan: ScanKind,
-    pub mode: Mode,
-    pub ip_options: bool,
-}
-
-impl Candidate {
-    pub fn hit(&self) -> Hit {
-        Hit {
-            src: self.src,
-            port: self.port,
-            scan: self.scan,
-            mode: self.mode,
-            ip_options: self.ip_options,
-        }
-    }
-}
-
-/// Everything up to the state engine for one packet that the input path copied.
+/// Everything up to the state engine for one packet that the input path copied: the hit,
+/// if it is a probe of a watched port.
 #[inline]
 pub fn candidate(
     frame: &[u8],
@@ -70,13 +53,13 @@ pub fn candidate(
     listeners: &Listeners,
     ignore: &IgnoreList,
     c: &mut Counters,
-) -> Option<Candidate> {
+) -> Option<Hit> {
     c.packets += 1;
     let probe = match packet::parse(frame) {
         Ok(Parsed::Probe(p)) => p,
         // Reassembled by the kernel before the input hook: a fragment here is not a
         // packet the stack would deliver whole; never interpreted.
-        Ok(Parsed::Skip(_) | Parsed::TinyFragment(_) | Parsed::SecondFragment(_)) => {
+        Ok(Parsed::Skip(_)) => {
             c.skipped += 1;
             return None;
         }
@@ -85,19 +68,34 @@ pub fn candidate(
             return None;
         }
     };
-    let (proto, scan, port, l4proto) = match probe.transport {
-        Transport::Tcp {
-            dst_port, flags, ..
-        } => match classify_tcp(flags) {
-            Some(scan) => (Protocol::Tcp, scan, dst_port, 6),
+    let port = probe.dst_port();
+    let (proto, scan, l4proto) = match probe.transport {
+        Transport::Tcp { flags, .. } => match classify_tcp(flags) {
+            Some(scan) => (Protocol::Tcp, scan, 6),
             None => {
                 c.skipped += 1;
                 return None;
             }
         },
-        Transport::Udp { dst_port, .. } => (Protocol::Udp, ScanKind::Udp, dst_port, 17),
+        Transport::Udp { .. } => (Protocol::Udp, ScanKind::Udp, 17),
+        Transport::Sctp { init: true, .. } => (Protocol::Sctp, ScanKind::SctpInit, 132),
+        Transport::Sctp { init: false, .. } => {
+            c.skipped += 1;
+            return None;
+        }
+        Transport::Other { protocol } if NOT_PROBE_PROTOCOLS.contains(&protocol) => {
+            c.skipped += 1;
+            return None;
+        }
+        Transport::Other { protocol } => (Protocol::Ip, ScanKind::IpProtocol, protocol),
     };
     if state == CtState::Invalid {
+        if matches!(proto, Protocol::Sctp | Protocol::Ip) {
+            // Copied only when conntrack found them new (conntrack verified the SCTP
+            // CRC32c; nothing here checks it).
+            c.unverifiable += 1;
+            return None;
+        }
         // Conntrack calls both a flag probe and a corrupted packet invalid; only the first
         // reaches the host's stack as a packet.
         match probe.segment(frame) {
@@ -117,10 +115,9 @@ pub fn candidate(
         return None;
     }
     let mode = policy.watched(proto, probe.dst, port, listeners)?;
-    Some(Candidate {
+    Some(Hit {
         src: probe.src,
         dst: probe.dst,
-        proto,
         port,
         scan,
         mode,
@@ -128,12 +125,211 @@ pub fn candidate(
     })
 }
 
+/// Probes to ports the (possibly stale) table says are unserved are held back and judged
+/// against a table read *after* they were captured, so a probe of a socket bound a moment
+/// ago (a service that just started on a stealth port, or any advanced port when the
+/// kernel has no `socket` expression to check it in the chain) never counts. The table is
+/// re-read at most this often for that purpose, which bounds the cost under a flood of
+/// probes (at most 1000/LISTENER_RECHECK_MS reads per second) and the extra detection
+/// delay while probes keep arriving; an isolated probe is judged at once.
+pub const LISTENER_RECHECK_MS: u64 = 2;
+/// Most held-back probes; beyond this the table is re-read early.
+const MAX_PENDING: usize = 65_536;
+
+/// The packet path: see the module documentation.
+#[derive(Debug)]
+pub struct Detector {
+    policy: PortPolicy,
+    listeners: Listeners,
+    listener_src: Option<ListenerSource>,
+    /// The sensor's own basic-mode sockets, which are no services.
+    own_inodes: HashSet<u64>,
+    last_refresh: Mono,
+    ignore: IgnoreList,
+    state: State,
+    pending: Vec<(Hit, Wall)>,
+    pub counters: Counters,
+    /// Hits on watched ports, and reports made.
+    pub hits: u64,
+    pub reports: u64,
+}
+
+impl Detector {
+    pub fn new(
+        policy: PortPolicy,
+        (listener_src, listeners): (Option<ListenerSource>, Listeners),
+        own_inodes: HashSet<u64>,
+        ignore: IgnoreList,
+        state: State,
+    ) -> Self {
+        Self {
+            policy,
+            listeners,
+            listener_src,
+            own_inodes,
+            last_refresh: Mono(0),
+            ignore,
+            state,
+            pending: Vec::new(),
+            counters: Counters::default(),
+            hits: 0,
+            reports: 0,
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// Held-back probes are waiting: the caller should call [`Detector::judge_pending`]
+    /// once this instant has come.
+    pub fn pending_due(&self) -> Option<Mono> {
+        (!self.pending.is_empty()).then(|| self.last_refresh.plus_ms(LISTENER_RECHECK_MS))
+    }
+
+    /// One frame the input path copied; it yields at most one report, into `out`: at once
+    /// when its source is latched (the hit only refreshes the latch), otherwise when its
+    /// hold-back for the listener re-check ends ([`Detector::judge_pending`], which this
+    /// calls itself when [`MAX_PENDING`] probes wait).
+    #[inline]
+    pub fn frame(
+        &mut self,
+        frame: &[u8],
+        ct: CtState,
+        (now, wall): (Mono, Wall),
+        log: &mut Logger,
+        out: &mut Vec<Report>,
+    ) {
+        let Some(h) = candidate(
+            frame,
+            ct,
+            &self.policy,
+            &self.listeners,
+            &self.ignore,
+            &mut self.counters,
+        ) else {
+            return;
+        };
+        // A latched source's hit only refreshes its latch, whatever the table says.
+        if self.state.is_latched(h.src, now) {
+            out.extend(self.hit(&h, (now, wall), log));
+            return;
+        }
+        self.pending.push((h, wall));
+        if self.pending.len() >= MAX_PENDING {
+            self.judge_pending(now, true, log, out);
+        }
+    }
+
+    /// A connection or datagram on a basic-mode socket (already accepted by the kernel:
+    /// no listener check; only the ignore list and the state engine).
+    pub fn basic(
+        &mut self,
+        h: &Hit,
+        (now, wall): (Mono, Wall),
+        log: &mut Logger,
+    ) -> Option<Report> {
+        self.counters.packets += 1;
+        if self.ignore.contains(h.src) {
+            self.counters.ignored += 1;
+            return None;
+        }
+        self.hit(h, (now, wall), log)
+    }
+
+    /// Re-read the listener table (if allowed now, or `force`) and count every held-back
+    /// probe whose port is still unserved; reports go to `out`.
+    pub fn judge_pending(
+        &mut self,
+        now: Mono,
+        force: bool,
+        log: &mut Logger,
+        out: &mut Vec<Report>,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if !force && now.ms_since(self.last_refresh) < LISTENER_RECHECK_MS {
+            return;
+        }
+        // SCTP endpoints are read with the TCP part.
+        let tcp = self
+            .pending
+            .iter()
+            .any(|(h, _)| matches!(h.scan.protocol(), Protocol::Tcp | Protocol::Sctp));
+        let udp = self
+            .pending
+            .iter()
+            .any(|(h, _)| h.scan.protocol() == Protocol::Udp);
+        self.refresh_listeners(now, (tcp, udp), log);
+        let pending = std::mem::take(&mut self.pending);
+        for (h, wall) in &pending {
+            let watched = self
+                .policy
+                .watched(h.scan.protocol(), h.dst, h.port, &self.listeners);
+            if let Some(mode) = watched {
+                let h = Hit { mode, ..*h };
+                out.extend(self.hit(&h, (now, *wall), log));
+            }
+        }
+        // Keep the allocation.
+        self.pending = pending;
+        self.pending.clear();
+    }
+
+    /// Re-read the TCP (with SCTP) and/or UDP listener tables.
+    pub fn refresh_listeners(&mut self, now: Mono, (tcp, udp): (bool, bool), log: &mut Logger) {
+        if let Some(src) = &mut self.listener_src {
+            match src.read_some(&self.own_inodes, tcp, udp) {
+                Ok(l) => self.listeners.update(l, tcp, udp),
+                Err(e) => log.error(&format!(
+                    "adminalert: ERROR: cannot re-read socket tables: {e}"
+                )),
+            }
+        }
+        self.last_refresh = now;
+    }
+
+    /// The state engine and the detection line for a hit on a watched port.
+    fn hit(&mut self, h: &Hit, (now, wall): (Mono, Wall), log: &mut Logger) -> Option<Report> {
+        self.hits += 1;
+        match self.state.hit(h, now, wall) {
+            Outcome::Latched | Outcome::Untracked => None,
+            Outcome::Counted { .. } => {
+                log_hit(log, h, now);
+                None
+            }
+            Outcome::Report(r) => {
+                log_hit(log, h, now);
+                self.reports += 1;
+                Some(r)
+            }
+        }
+    }
+}
+
+/// PortSentry's lines for a hit (the IP-options warning first, as PortSentry did), each
+/// under the per-source LOG_RATE.
+fn log_hit(log: &mut Logger, h: &Hit, now: Mono) {
+    let (scan, mode, src, port) = (h.scan, h.mode, h.src, h.port);
+    if h.ip_options {
+        log.packet(now, src, || ip_options_line_for(src, scan.protocol(), port));
+    }
+    log.packet(now, src, || detection_line(scan, mode, src, port));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::packet::build::*;
     use crate::ports::PortConfig;
-    use std::net::Ipv4Addr;
+    use crate::state::StateConfig;
+    use sentry_proto::Mode;
+    use std::net::{IpAddr, Ipv4Addr};
     use std::path::Path;
 
     /// Fill in a correct TCP/UDP checksum (the builders leave it 0).
@@ -228,5 +424,179 @@ mod tests {
                 ignored: 1,
             }
         );
+    }
+
+    /// ACK-family, SCTP INIT and IP-protocol probes: one candidate each, on the same port
+    /// policy as SYNs; protocols the host uses and SCTP other than INIT are skipped.
+    #[test]
+    fn other_kinds() {
+        let policy = PortPolicy::new(
+            &[Mode::Stcp, Mode::Atcp],
+            &PortConfig {
+                tcp_ports: vec![23],
+                udp_ports: vec![],
+                advanced_ports_tcp: 1024,
+                advanced_ports_udp: 1024,
+                advanced_exclude_tcp: vec![],
+                advanced_exclude_udp: vec![],
+            },
+        );
+        let mut l = Listeners::default();
+        l.add(Protocol::Tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 22);
+        let ignore = IgnoreList::empty();
+        let mut c = Counters::default();
+        let a = Ipv4Addr::new(192, 0, 2, 1);
+        let me = Ipv4Addr::new(192, 0, 2, 2);
+        let (new, inv) = (CtState::New, CtState::Invalid);
+        let mut got = |frame: &[u8], st| {
+            candidate(frame, st, &policy, &l, &ignore, &mut c).map(|c| (c.scan, c.mode, c.port))
+        };
+        assert_eq!(
+            got(&tcp4(a, me, 1, 23, 0x10), new),
+            Some((ScanKind::Ack, Mode::Stcp, 23))
+        );
+        // FIN+ACK is invalid to conntrack: counted with a correct checksum only.
+        let maimon = with_checksum(tcp4(a, me, 1, 80, 0x11));
+        assert_eq!(got(&maimon, inv), Some((ScanKind::Maimon, Mode::Atcp, 80)));
+        let mut bad = maimon.clone();
+        bad[36] ^= 1;
+        assert_eq!(got(&bad, inv), None);
+        // A served port does not count, whatever the kind.
+        assert_eq!(got(&tcp4(a, me, 1, 22, 0x10), new), None);
+        assert_eq!(got(&tcp4(a, me, 1, 80, 0x18), new), None); // PSH+ACK: data
+        let init = sctp4(a, me, &sctp_init(5, 80));
+        assert_eq!(got(&init, new), Some((ScanKind::SctpInit, Mode::Atcp, 80)));
+        // A TCP service on 22 does not serve SCTP.
+        let init22 = sctp4(a, me, &sctp_init(5, 22));
+        assert_eq!(
+            got(&init22, new),
+            Some((ScanKind::SctpInit, Mode::Atcp, 22))
+        );
+        assert_eq!(got(&init, inv), None);
+        let mut cookie = sctp_init(5, 80);
+        cookie[12] = 10;
+        assert_eq!(got(&sctp4(a, me, &cookie), new), None);
+        assert_eq!(
+            got(&ipv4_header(a, me, 253, 0, &[]), new),
+            Some((ScanKind::IpProtocol, Mode::Atcp, 253))
+        );
+        assert_eq!(
+            got(&ipv4_header(a, me, 0, 0, &[]), new),
+            Some((ScanKind::IpProtocol, Mode::Atcp, 0))
+        );
+        for used in [1u8, 47, 50] {
+            assert_eq!(
+                got(&ipv4_header(a, me, used, 8, &[0; 8]), new),
+                None,
+                "{used}"
+            );
+        }
+        assert_eq!(
+            c,
+            Counters {
+                packets: 14,
+                malformed: 0,
+                bad_checksum: 1,
+                unverifiable: 1,
+                skipped: 5,
+                ignored: 0,
+            }
+        );
+    }
+
+    /// The object: a frame in, at most one report out, after the hold-back; a latched
+    /// source yields nothing more; basic hits go through the ignore list.
+    #[test]
+    fn detector_frame_in_report_out() {
+        let policy = PortPolicy::new(
+            &[Mode::Stcp],
+            &PortConfig {
+                tcp_ports: vec![23, 24],
+                udp_ports: vec![],
+                advanced_ports_tcp: 1024,
+                advanced_ports_udp: 1024,
+                advanced_exclude_tcp: vec![],
+                advanced_exclude_udp: vec![],
+            },
+        );
+        let state = State::new(StateConfig {
+            trigger: 0,
+            window_ms: 60_000,
+            max_sources: 16,
+            rereport_ms: 5_000,
+        });
+        let ignore = IgnoreList::parse("10.0.0.0/8\n", Path::new("t")).unwrap();
+        let mut d = Detector::new(
+            policy,
+            (None, Listeners::default()),
+            HashSet::new(),
+            ignore,
+            state,
+        );
+        let mut log = Logger::open(true, 50);
+        let (a, me) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+        let mut out = Vec::new();
+        let t0 = (Mono(10), Wall(1_700_000_000_000));
+        // The table was read "long ago" (never): judged at the first re-check.
+        d.refresh_listeners(Mono(10), (true, true), &mut log);
+        d.frame(
+            &tcp4(a, me, 1, 23, 0x02),
+            CtState::New,
+            t0,
+            &mut log,
+            &mut out,
+        );
+        assert!(out.is_empty(), "held back for the listener re-check");
+        assert_eq!(d.pending_due(), Some(Mono(12)));
+        d.judge_pending(Mono(11), false, &mut log, &mut out);
+        assert!(out.is_empty(), "not before LISTENER_RECHECK_MS");
+        d.judge_pending(Mono(12), false, &mut log, &mut out);
+        assert_eq!(out.len(), 1);
+        let r = out.pop().unwrap();
+        assert_eq!((r.src, r.port, r.scan), (IpAddr::V4(a), 23, ScanKind::Syn));
+        assert_eq!(r.first_seen, t0.1);
+        assert_eq!(d.pending_due(), None);
+        // Latched: the next probe is counted at once and yields nothing.
+        d.frame(
+            &tcp4(a, me, 1, 24, 0x02),
+            CtState::New,
+            (Mono(13), t0.1),
+            &mut log,
+            &mut out,
+        );
+        assert!(out.is_empty() && d.pending_due().is_none());
+        // Not a probe: nothing, nothing held.
+        d.frame(
+            &tcp4(a, me, 1, 23, 0x12),
+            CtState::New,
+            (Mono(14), t0.1),
+            &mut log,
+            &mut out,
+        );
+        assert!(out.is_empty() && d.pending_due().is_none());
+        let basic = |src: Ipv4Addr| Hit {
+            src: IpAddr::V4(src),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 143,
+            scan: ScanKind::Connect,
+            mode: Mode::Tcp,
+            ip_options: false,
+        };
+        assert!(d
+            .basic(
+                &basic(Ipv4Addr::new(10, 1, 1, 1)),
+                (Mono(15), t0.1),
+                &mut log
+            )
+            .is_none());
+        let b = d.basic(
+            &basic(Ipv4Addr::new(192, 0, 2, 9)),
+            (Mono(15), t0.1),
+            &mut log,
+        );
+        assert_eq!(b.map(|r| r.scan), Some(ScanKind::Connect));
+        assert_eq!((d.hits, d.reports), (3, 2));
+        assert_eq!(d.counters.ignored, 1);
+        assert_eq!(d.counters.packets, 5);
     }
 }

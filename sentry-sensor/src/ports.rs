@@ -134,14 +134,13 @@ impl PortPolicy {
         p
     }
 
+    /// Probes of `proto` are watched at all. SCTP INITs are watched on the TCP modes'
+    /// ports; IP-protocol probes by the advanced modes.
     pub fn captures(&self, proto: Protocol) -> bool {
-        self.for_proto(proto).is_active()
-    }
-
-    fn for_proto(&self, proto: Protocol) -> &ProtoPolicy {
         match proto {
-            Protocol::Tcp => &self.tcp,
-            Protocol::Udp => &self.udp,
+            Protocol::Tcp | Protocol::Sctp => self.tcp.is_active(),
+            Protocol::Udp => self.udp.is_active(),
+            Protocol::Ip => self.tcp.advanced.is_some() || self.udp.advanced.is_some(),
         }
     }
 
@@ -155,17 +154,20 @@ impl PortPolicy {
         port: u16,
         listeners: &Listeners,
     ) -> Option<Mode> {
-        let pp = self.for_proto(proto);
+        let (pp, stealth, advanced) = match proto {
+            Protocol::Tcp | Protocol::Sctp => (&self.tcp, Mode::Stcp, Mode::Atcp),
+            Protocol::Udp => (&self.udp, Mode::Sudp, Mode::Audp),
+            // `port` is the protocol number; the advanced modes watch every protocol the
+            // host does not use (sentry_proto::NOT_PROBE_PROTOCOLS, checked before), and
+            // no socket serves a bare IP protocol.
+            Protocol::Ip if self.tcp.advanced.is_some() => return Some(Mode::Atcp),
+            Protocol::Ip if self.udp.advanced.is_some() => return Some(Mode::Audp),
+            Protocol::Ip => return None,
+        };
         let mode = if pp.stealth.as_ref().is_some_and(|s| s.contains(port)) {
-            match proto {
-                Protocol::Tcp => Mode::Stcp,
-                Protocol::Udp => Mode::Sudp,
-            }
+            stealth
         } else if pp.advanced.as_ref().is_some_and(|s| s.contains(port)) {
-            match proto {
-                Protocol::Tcp => Mode::Atcp,
-                Protocol::Udp => Mode::Audp,
-            }
+            advanced
         } else {
             return None;
         };
@@ -272,5 +274,29 @@ mod tests {
         assert_eq!(p.watched(Protocol::Udp, D4, 22, &l), Some(Mode::Audp));
         // Stealth also respects real services.
         assert_eq!(p.watched(Protocol::Tcp, D4, 23, &l), None);
+    }
+
+    /// SCTP INITs are watched on the TCP modes' ports, against SCTP services only; IP
+    /// protocols by the advanced modes.
+    #[test]
+    fn sctp_and_ip_protocols() {
+        let mut l = Listeners::default();
+        l.add(Protocol::Tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 22);
+        l.add(Protocol::Sctp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80);
+        let p = PortPolicy::new(&[Mode::Atcp, Mode::Stcp], &cfg());
+        assert_eq!(p.watched(Protocol::Sctp, D4, 23, &l), Some(Mode::Stcp));
+        // A TCP service on 22 does not serve SCTP; an SCTP one on 80 does.
+        assert_eq!(p.watched(Protocol::Sctp, D4, 22, &l), Some(Mode::Atcp));
+        assert_eq!(p.watched(Protocol::Sctp, D4, 80, &l), None);
+        assert_eq!(p.watched(Protocol::Tcp, D4, 80, &l), Some(Mode::Atcp));
+        assert_eq!(p.watched(Protocol::Sctp, D4, 2000, &l), None);
+        assert!(p.captures(Protocol::Sctp) && p.captures(Protocol::Ip));
+        assert_eq!(p.watched(Protocol::Ip, D4, 0, &l), Some(Mode::Atcp));
+        let u = PortPolicy::new(&[Mode::Audp], &cfg());
+        assert_eq!(u.watched(Protocol::Ip, D4, 253, &l), Some(Mode::Audp));
+        assert!(!u.captures(Protocol::Sctp));
+        let stealth = PortPolicy::new(&[Mode::Stcp, Mode::Sudp], &cfg());
+        assert!(!stealth.captures(Protocol::Ip));
+        assert_eq!(stealth.watched(Protocol::Ip, D4, 253, &l), None);
     }
 }

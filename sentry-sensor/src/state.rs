@@ -31,6 +31,8 @@ use std::net::IpAddr;
 
 use sentry_proto::{Mode, ScanKind};
 
+use crate::time::{Mono, Wall};
+
 /// How many entries an eviction looks at.
 pub const EVICTION_SAMPLE: usize = 8;
 
@@ -51,10 +53,15 @@ pub const DEFAULT_REREPORT_MS: u64 = 5_000;
 /// Most ports an escalated source is counted to before its last re-report.
 pub const ESCALATE_MAX_PORTS: u32 = 64;
 
-/// One classified hit on a watched port.
+/// One classified probe of a watched port: what the parser and the port policy make of a
+/// frame, and what a basic-mode socket reports. The only hit type of the sensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
     pub src: IpAddr,
+    /// The address probed (for a basic-mode hit, the listening socket's wildcard).
+    pub dst: IpAddr,
+    /// The destination port, or the protocol number of an IP-protocol probe; the protocol
+    /// is `scan.protocol()`.
     pub port: u16,
     pub scan: ScanKind,
     pub mode: Mode,
@@ -69,8 +76,8 @@ pub struct Report {
     pub scan: ScanKind,
     pub mode: Mode,
     pub distinct_ports: u32,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
+    pub first_seen: Wall,
+    pub last_seen: Wall,
     pub ip_options: bool,
 }
 
@@ -282,7 +289,12 @@ impl State {
     }
 
     /// Record a hit at monotonic `now` (wall clock `wall`).
-    pub fn hit(&mut self, h: &Hit, now: u64, wall: u64) -> Outcome {
+    pub fn hit(&mut self, h: &Hit, now: Mono, wall: Wall) -> Outcome {
+        self.hit_at(h, now.0, wall.0)
+    }
+
+    /// [`State::hit`] in plain milliseconds (the arithmetic below, and the tests).
+    fn hit_at(&mut self, h: &Hit, now: u64, wall: u64) -> Outcome {
         let key = self.key(h.src);
         let idx = match self.index.get(&key) {
             Some(&i) => i,
@@ -337,8 +349,8 @@ impl State {
                 scan: h.scan,
                 mode: h.mode,
                 distinct_ports: distinct.min(65_535),
-                first_seen_ms,
-                last_seen_ms: wall.max(first_seen_ms),
+                first_seen: Wall(first_seen_ms),
+                last_seen: Wall(wall.max(first_seen_ms)),
                 ip_options: h.ip_options,
             })
         } else {
@@ -441,7 +453,11 @@ impl State {
     }
 
     /// Drop every source idle for longer than the window. Returns how many were dropped.
-    pub fn expire(&mut self, now: u64) -> usize {
+    pub fn expire(&mut self, now: Mono) -> usize {
+        self.expire_at(now.0)
+    }
+
+    fn expire_at(&mut self, now: u64) -> usize {
         let mut dropped = 0;
         let mut i = 0;
         while i < self.slots.len() {
@@ -461,7 +477,11 @@ impl State {
 
     /// Whether a hit from `ip` at `now` would only refresh its latch (reported less than
     /// `rereport_ms` ago and not silent for a window).
-    pub fn is_latched(&self, ip: IpAddr, now: u64) -> bool {
+    pub fn is_latched(&self, ip: IpAddr, now: Mono) -> bool {
+        self.is_latched_at(ip, now.0)
+    }
+
+    fn is_latched_at(&self, ip: IpAddr, now: u64) -> bool {
         self.index
             .get(&self.key(ip))
             .and_then(|&i| self.slots.get(i))
@@ -503,6 +523,7 @@ mod tests {
     fn hit(src: IpAddr, port: u16) -> Hit {
         Hit {
             src,
+            dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254)),
             port,
             scan: ScanKind::Syn,
             mode: Mode::Stcp,
@@ -519,52 +540,57 @@ mod tests {
     #[test]
     fn trigger_zero_reports_first_hit() {
         let mut s = State::new(cfg(0, 1000, 10));
-        match s.hit(&hit(v4(1), 23), 5, WALL) {
+        match s.hit_at(&hit(v4(1), 23), 5, WALL) {
             Outcome::Report(r) => {
                 assert_eq!(r.distinct_ports, 1);
                 assert_eq!(r.port, 23);
-                assert_eq!(r.first_seen_ms, WALL);
-                assert_eq!(r.last_seen_ms, WALL);
+                assert_eq!(r.first_seen.0, WALL);
+                assert_eq!(r.last_seen.0, WALL);
             }
             o => panic!("{o:?}"),
         }
-        assert_eq!(s.hit(&hit(v4(1), 24), 6, WALL + 1), Outcome::Latched);
+        assert_eq!(s.hit_at(&hit(v4(1), 24), 6, WALL + 1), Outcome::Latched);
     }
 
     #[test]
     fn a_refused_report_comes_back_with_twice_the_ports() {
         let mut s = State::new(cfg(0, 10_000, 10));
         let a = v4(7);
-        assert!(matches!(s.hit(&hit(a, 1), 0, WALL), Outcome::Report(r) if r.distinct_ports == 1));
+        assert!(
+            matches!(s.hit_at(&hit(a, 1), 0, WALL), Outcome::Report(r) if r.distinct_ports == 1)
+        );
         // Rate-limited by the enforcer: escalate instead of latching.
         s.escalate(a, 1);
         assert!(
-            matches!(s.hit(&hit(a, 2), 1, WALL + 1), Outcome::Report(r) if r.distinct_ports == 2)
+            matches!(s.hit_at(&hit(a, 2), 1, WALL + 1), Outcome::Report(r) if r.distinct_ports == 2)
         );
         s.escalate(a, 2);
         assert_eq!(
-            s.hit(&hit(a, 3), 2, WALL + 2),
+            s.hit_at(&hit(a, 3), 2, WALL + 2),
             Outcome::Counted { distinct: 3 }
         );
         assert_eq!(
-            s.hit(&hit(a, 3), 3, WALL + 3),
+            s.hit_at(&hit(a, 3), 3, WALL + 3),
             Outcome::Counted { distinct: 3 }
         );
         assert!(
-            matches!(s.hit(&hit(a, 4), 4, WALL + 4), Outcome::Report(r) if r.distinct_ports == 4)
+            matches!(s.hit_at(&hit(a, 4), 4, WALL + 4), Outcome::Report(r) if r.distinct_ports == 4)
         );
         // Accepted this time (no escalate call): latched as before.
-        assert_eq!(s.hit(&hit(a, 5), 5, WALL + 5), Outcome::Latched);
+        assert_eq!(s.hit_at(&hit(a, 5), 5, WALL + 5), Outcome::Latched);
         // Escalation stops at ESCALATE_MAX_PORTS.
         s.escalate(a, ESCALATE_MAX_PORTS);
-        assert_eq!(s.hit(&hit(a, 6), 6, WALL + 6), Outcome::Latched);
+        assert_eq!(s.hit_at(&hit(a, 6), 6, WALL + 6), Outcome::Latched);
         // An unknown source is ignored.
         s.escalate(v4(99), 1);
         assert!(!s.contains(v4(99)));
         // Its block ended: reported again at once, not latched.
         s.forget(a);
         assert!(!s.contains(a));
-        assert!(matches!(s.hit(&hit(a, 7), 7, WALL + 7), Outcome::Report(_)));
+        assert!(matches!(
+            s.hit_at(&hit(a, 7), 7, WALL + 7),
+            Outcome::Report(_)
+        ));
         s.forget(v4(98));
     }
 
@@ -574,14 +600,14 @@ mod tests {
         let a = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, n));
         // A new address from the /64 per probe: still one source, reported at 3 ports.
         assert_eq!(
-            s.hit(&hit(a(1), 1), 0, WALL),
+            s.hit_at(&hit(a(1), 1), 0, WALL),
             Outcome::Counted { distinct: 1 }
         );
         assert_eq!(
-            s.hit(&hit(a(2), 2), 1, WALL),
+            s.hit_at(&hit(a(2), 2), 1, WALL),
             Outcome::Counted { distinct: 2 }
         );
-        match s.hit(&hit(a(3), 3), 2, WALL) {
+        match s.hit_at(&hit(a(3), 3), 2, WALL) {
             Outcome::Report(r) => assert_eq!(r.src, a(3), "the report names the real source"),
             o => panic!("{o:?}"),
         }
@@ -590,11 +616,11 @@ mod tests {
         // Another /64 is another source; IPv4 is untouched.
         let other = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1));
         assert_eq!(
-            s.hit(&hit(other, 1), 3, WALL),
+            s.hit_at(&hit(other, 1), 3, WALL),
             Outcome::Counted { distinct: 1 }
         );
         assert_eq!(
-            s.hit(&hit(v4(1), 1), 3, WALL),
+            s.hit_at(&hit(v4(1), 1), 3, WALL),
             Outcome::Counted { distinct: 1 }
         );
         assert_eq!(s.len(), 3);
@@ -608,32 +634,35 @@ mod tests {
         let mut s = State::new(cfg(3, 100_000, 4));
         // Four slow scanners, two ports each, tracked (trigger 3: not yet reported).
         for n in 0..4 {
-            s.hit(&hit(v4(n), 1), 0, WALL);
+            s.hit_at(&hit(v4(n), 1), 0, WALL);
             assert_eq!(
-                s.hit(&hit(v4(n), 2), 1, WALL),
+                s.hit_at(&hit(v4(n), 2), 1, WALL),
                 Outcome::Counted { distinct: 2 }
             );
         }
         // A flood of forged single packets: none of them gets a slot.
         for n in 100..1_100 {
-            assert_eq!(s.hit(&hit(v4(n), 9), 2, WALL), Outcome::Untracked);
+            assert_eq!(s.hit_at(&hit(v4(n), 9), 2, WALL), Outcome::Untracked);
         }
         assert_eq!(s.untracked(), 1_000);
         assert_eq!(s.evictions(), 0);
         // And the slow scanners are reported when they get there.
         for n in 0..4 {
             assert_eq!(
-                s.hit(&hit(v4(n), 3), 3, WALL),
+                s.hit_at(&hit(v4(n), 3), 3, WALL),
                 Outcome::Counted { distinct: 3 }
             );
-            assert!(matches!(s.hit(&hit(v4(n), 4), 4, WALL), Outcome::Report(_)));
+            assert!(matches!(
+                s.hit_at(&hit(v4(n), 4), 4, WALL),
+                Outcome::Report(_)
+            ));
         }
         // Single-packet sources still displace each other (trigger 0 under a flood keeps
         // reporting new sources).
         let mut s = State::new(cfg(0, 100_000, 4));
         for n in 0..100 {
             assert!(
-                matches!(s.hit(&hit(v4(n), 9), 0, WALL), Outcome::Report(_)),
+                matches!(s.hit_at(&hit(v4(n), 9), 0, WALL), Outcome::Report(_)),
                 "{n}"
             );
         }
@@ -644,31 +673,34 @@ mod tests {
     fn trigger_counts_distinct_ports_only() {
         let mut s = State::new(cfg(2, 1000, 10));
         let a = v4(1);
-        assert_eq!(s.hit(&hit(a, 1), 0, WALL), Outcome::Counted { distinct: 1 });
         assert_eq!(
-            s.hit(&hit(a, 1), 1, WALL + 1),
+            s.hit_at(&hit(a, 1), 0, WALL),
             Outcome::Counted { distinct: 1 }
         );
         assert_eq!(
-            s.hit(&hit(a, 2), 2, WALL + 2),
+            s.hit_at(&hit(a, 1), 1, WALL + 1),
+            Outcome::Counted { distinct: 1 }
+        );
+        assert_eq!(
+            s.hit_at(&hit(a, 2), 2, WALL + 2),
             Outcome::Counted { distinct: 2 }
         );
-        match s.hit(&hit(a, 3), 10, WALL + 10) {
+        match s.hit_at(&hit(a, 3), 10, WALL + 10) {
             Outcome::Report(r) => {
                 assert_eq!(r.distinct_ports, 3);
                 assert_eq!(r.port, 3);
-                assert_eq!(r.first_seen_ms, WALL);
-                assert_eq!(r.last_seen_ms, WALL + 10);
+                assert_eq!(r.first_seen.0, WALL);
+                assert_eq!(r.last_seen.0, WALL + 10);
             }
             o => panic!("{o:?}"),
         }
         // One request per trigger: further ports are latched.
         for p in 4..100 {
-            assert_eq!(s.hit(&hit(a, p), 11, WALL + 11), Outcome::Latched);
+            assert_eq!(s.hit_at(&hit(a, p), 11, WALL + 11), Outcome::Latched);
         }
         // Another source is independent.
         assert_eq!(
-            s.hit(&hit(v4(2), 3), 12, WALL),
+            s.hit_at(&hit(v4(2), 3), 12, WALL),
             Outcome::Counted { distinct: 1 }
         );
     }
@@ -677,26 +709,35 @@ mod tests {
     fn sliding_window_decays_old_ports() {
         let mut s = State::new(cfg(1, 100, 10));
         let a = v4(7);
-        assert_eq!(s.hit(&hit(a, 1), 0, WALL), Outcome::Counted { distinct: 1 });
-        // Port 1 is 150 ms old at t=150: forgotten; port 2 alone does not trigger.
         assert_eq!(
-            s.hit(&hit(a, 2), 150, WALL),
+            s.hit_at(&hit(a, 1), 0, WALL),
             Outcome::Counted { distinct: 1 }
         );
-        assert!(matches!(s.hit(&hit(a, 3), 200, WALL), Outcome::Report(_)));
+        // Port 1 is 150 ms old at t=150: forgotten; port 2 alone does not trigger.
+        assert_eq!(
+            s.hit_at(&hit(a, 2), 150, WALL),
+            Outcome::Counted { distinct: 1 }
+        );
+        assert!(matches!(
+            s.hit_at(&hit(a, 3), 200, WALL),
+            Outcome::Report(_)
+        ));
     }
 
     #[test]
     fn latch_releases_after_a_silent_window() {
         let mut s = State::new(cfg(0, 100, 10));
         let a = v4(9);
-        assert!(matches!(s.hit(&hit(a, 1), 0, WALL), Outcome::Report(_)));
+        assert!(matches!(s.hit_at(&hit(a, 1), 0, WALL), Outcome::Report(_)));
         // Continuous activity keeps the latch.
         for t in (10..=500).step_by(50) {
-            assert_eq!(s.hit(&hit(a, 2), t, WALL), Outcome::Latched);
+            assert_eq!(s.hit_at(&hit(a, 2), t, WALL), Outcome::Latched);
         }
         // Silent for more than a window: reported again.
-        assert!(matches!(s.hit(&hit(a, 3), 700, WALL), Outcome::Report(_)));
+        assert!(matches!(
+            s.hit_at(&hit(a, 3), 700, WALL),
+            Outcome::Report(_)
+        ));
     }
 
     /// A source still scanning after the latch is reported again (a block that expired
@@ -708,36 +749,36 @@ mod tests {
             ..cfg(1, 60_000, 10)
         });
         let a = v4(3);
-        s.hit(&hit(a, 1), 0, WALL);
-        assert!(matches!(s.hit(&hit(a, 2), 10, WALL), Outcome::Report(_)));
+        s.hit_at(&hit(a, 1), 0, WALL);
+        assert!(matches!(s.hit_at(&hit(a, 2), 10, WALL), Outcome::Report(_)));
         let mut t = 10;
         let mut reports = vec![10u64];
         let mut port = 3;
         while t < 3_500 {
             t += 50;
             port += 1;
-            if let Outcome::Report(r) = s.hit(&hit(a, port), t, WALL + t) {
+            if let Outcome::Report(r) = s.hit_at(&hit(a, port), t, WALL + t) {
                 assert_eq!(r.distinct_ports, 2, "counted afresh");
                 reports.push(t);
             }
         }
         // Reports at 10, then two fresh ports after each latch of 1000 ms.
         assert_eq!(reports, vec![10, 1060, 2110, 3160]);
-        assert!(s.is_latched(a, 3200));
-        assert!(!s.is_latched(a, 4200));
-        assert!(!s.is_latched(v4(99), 3200));
+        assert!(s.is_latched_at(a, 3200));
+        assert!(!s.is_latched_at(a, 4200));
+        assert!(!s.is_latched_at(v4(99), 3200));
     }
 
     #[test]
     fn expire_drops_idle_sources() {
         let mut s = State::new(cfg(5, 100, 10));
-        s.hit(&hit(v4(1), 1), 0, WALL);
-        s.hit(&hit(v4(2), 1), 50, WALL);
-        s.hit(&hit(v4(3), 1), 90, WALL);
-        assert_eq!(s.expire(120), 1);
+        s.hit_at(&hit(v4(1), 1), 0, WALL);
+        s.hit_at(&hit(v4(2), 1), 50, WALL);
+        s.hit_at(&hit(v4(3), 1), 90, WALL);
+        assert_eq!(s.expire_at(120), 1);
         assert!(!s.contains(v4(1)));
         assert!(s.contains(v4(2)) && s.contains(v4(3)));
-        assert_eq!(s.expire(1000), 2);
+        assert_eq!(s.expire_at(1000), 2);
         assert!(s.is_empty());
     }
 
@@ -745,7 +786,7 @@ mod tests {
     fn capacity_is_never_exceeded() {
         let mut s = State::new(cfg(3, 10_000, 100));
         for i in 0..10_000u32 {
-            s.hit(&hit(v4(i), 80), u64::from(i), WALL);
+            s.hit_at(&hit(v4(i), 80), u64::from(i), WALL);
             assert!(s.len() <= 100);
         }
         assert_eq!(s.len(), 100);
@@ -766,16 +807,16 @@ mod tests {
         let mut t = 0;
         for p in 1..=4 {
             t += 1;
-            s.hit(&hit(scanner, p), t, WALL);
+            s.hit_at(&hit(scanner, p), t, WALL);
         }
         for i in 0..200_000u32 {
             t += 1;
-            s.hit(&hit(v4(0x0a00_0000 + i), 80), t, WALL);
+            s.hit_at(&hit(v4(0x0a00_0000 + i), 80), t, WALL);
             assert!(s.contains(scanner), "evicted after {i} spoofed sources");
         }
         assert!(s.len() <= 1000);
         assert!(matches!(
-            s.hit(&hit(scanner, 5), t + 1, WALL),
+            s.hit_at(&hit(scanner, 5), t + 1, WALL),
             Outcome::Report(_)
         ));
     }
@@ -784,25 +825,25 @@ mod tests {
     fn reported_sources_stay_latched_under_flood() {
         let mut s = State::new(cfg(1, 60_000, 50));
         let scanner = v4(0xc000_0201);
-        s.hit(&hit(scanner, 1), 0, WALL);
+        s.hit_at(&hit(scanner, 1), 0, WALL);
         assert!(matches!(
-            s.hit(&hit(scanner, 2), 1, WALL),
+            s.hit_at(&hit(scanner, 2), 1, WALL),
             Outcome::Report(_)
         ));
         for i in 0..50_000u32 {
-            s.hit(&hit(v4(0x0a00_0000 + i), 80), 2, WALL);
+            s.hit_at(&hit(v4(0x0a00_0000 + i), 80), 2, WALL);
         }
-        assert_eq!(s.hit(&hit(scanner, 3), 3, WALL), Outcome::Latched);
+        assert_eq!(s.hit_at(&hit(scanner, 3), 3, WALL), Outcome::Latched);
     }
 
     #[test]
     fn expired_entries_are_evicted_before_live_ones() {
         let mut s = State::new(cfg(9, 100, 2));
-        s.hit(&hit(v4(1), 1), 0, WALL);
-        s.hit(&hit(v4(2), 1), 150, WALL);
-        s.hit(&hit(v4(2), 2), 150, WALL);
+        s.hit_at(&hit(v4(1), 1), 0, WALL);
+        s.hit_at(&hit(v4(2), 1), 150, WALL);
+        s.hit_at(&hit(v4(2), 2), 150, WALL);
         // v4(1) is expired at t=160; v4(2) is live with 2 ports.
-        s.hit(&hit(v4(3), 1), 160, WALL);
+        s.hit_at(&hit(v4(3), 1), 160, WALL);
         assert!(!s.contains(v4(1)));
         assert!(s.contains(v4(2)));
     }
@@ -811,14 +852,14 @@ mod tests {
     fn ports_per_source_are_bounded_by_the_trigger() {
         let mut s = State::new(cfg(9, 1_000_000, 1));
         for p in 1..=9 {
-            s.hit(&hit(v4(1), p), 1, WALL);
+            s.hit_at(&hit(v4(1), p), 1, WALL);
         }
         assert!(matches!(
-            s.hit(&hit(v4(1), 10), 1, WALL),
+            s.hit_at(&hit(v4(1), 10), 1, WALL),
             Outcome::Report(_)
         ));
         for p in 11..=2000 {
-            s.hit(&hit(v4(1), p), 1, WALL);
+            s.hit_at(&hit(v4(1), p), 1, WALL);
         }
         assert_eq!(s.slots[0].ports.len(), 10);
     }

@@ -28,12 +28,15 @@ pub struct Req(BlockRequest);
 
 impl Req {
     /// A request about `source` for `protocol`, with valid defaults for everything else
-    /// (port 22 for TCP, 53 for UDP; sequence number 1).
+    /// (port 22 for TCP, 53 for UDP, 80 for an SCTP INIT, protocol 253 for an IP-protocol
+    /// probe; sequence number 1).
     pub fn new(source: impl Into<IpAddr>, protocol: Protocol) -> Req {
         let now = now_ms();
         let (scan, mode, port) = match protocol {
             Protocol::Tcp => (ScanKind::Syn, Mode::Stcp, 22),
             Protocol::Udp => (ScanKind::Udp, Mode::Sudp, 53),
+            Protocol::Sctp => (ScanKind::SctpInit, Mode::Atcp, 80),
+            Protocol::Ip => (ScanKind::IpProtocol, Mode::Atcp, 253),
         };
         Req(BlockRequest {
             seq: 1,

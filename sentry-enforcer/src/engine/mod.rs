@@ -31,7 +31,7 @@ use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind, Typed};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
-use crate::judge::{self, block_key, Evidence, Facts, Verdict};
+use crate::judge::{self, block_key_for, Evidence, Facts, Verdict};
 use crate::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
@@ -708,7 +708,7 @@ impl Engine {
             active_blocks: self.blocks.len(),
             blocking_configured: self.blocking_configured(),
         };
-        match judge::judge(req.source, req.protocol, &facts) {
+        match judge::judge(req.source, req.scan, &facts) {
             Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
             Verdict::RunCommand => self.run_command_only(req, now, rec, ctl),
             Verdict::Block => self.block(req, target, now, rec, ctl),
@@ -733,7 +733,7 @@ impl Engine {
         rec: &mut AuditRecord,
         ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
-        let key = block_key(req.protocol);
+        let key = block_key_for(req.scan);
         self.rate.record(now, evidence_of(req, ctl), req.source);
         let a = self.exec.run(
             &self.cfg,
@@ -1013,6 +1013,8 @@ mod tests {
         let (scan, mode) = match protocol {
             Protocol::Tcp => (ScanKind::Syn, Mode::Stcp),
             Protocol::Udp => (ScanKind::Udp, Mode::Sudp),
+            Protocol::Sctp => (ScanKind::SctpInit, Mode::Atcp),
+            Protocol::Ip => (ScanKind::IpProtocol, Mode::Atcp),
         };
         BlockRequest {
             seq,
@@ -1054,6 +1056,54 @@ mod tests {
                 .map(|l| format!("{l}\n"))
                 .collect()
         }
+    }
+
+    /// ACK-family, IP-protocol and SCTP INIT requests: audited log_only with BLOCK_TCP=1;
+    /// blocked with BLOCK_OTHER_SCANS=1, in sentry's own history words for SCTP and IP.
+    #[test]
+    fn other_scans_log_only_unless_the_key_blocks_them() {
+        let kinds = [
+            (ScanKind::Ack, Protocol::Tcp, 80),
+            (ScanKind::Maimon, Protocol::Tcp, 81),
+            (ScanKind::SctpInit, Protocol::Sctp, 80),
+            (ScanKind::IpProtocol, Protocol::Ip, 0),
+        ];
+        let mut t = setup(&[]);
+        for (i, (scan, protocol, port)) in kinds.into_iter().enumerate() {
+            let mut r = req(i as u64 + 1, "192.0.2.1", protocol, port);
+            r.scan = scan;
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, now_ms().us()),
+                Decision::LogOnly,
+                "{scan}"
+            );
+            let a = t.last();
+            assert_eq!(a["reason"], format!("BLOCK_OTHER_SCANS=0 ({scan} probe)"));
+            assert_eq!(a["scan"], scan.as_str());
+        }
+        assert_eq!(t.engine.active_blocks(), 0);
+        assert_eq!(t.deny(), "");
+        let mut t = setup(&[("BLOCK_OTHER_SCANS", "1"), ("BLOCK_TCP", "0")]);
+        for (i, (scan, protocol, port)) in kinds.into_iter().enumerate() {
+            let mut r = req(i as u64 + 1, &format!("192.0.2.{}", i + 1), protocol, port);
+            r.scan = scan;
+            assert_eq!(
+                t.engine.decide_raw(&r, PEER, now_ms().us()),
+                Decision::Blocked,
+                "{scan}"
+            );
+        }
+        assert_eq!(t.engine.active_blocks(), 4);
+        let history = std::fs::read_to_string(t.dir.path().join("history")).unwrap();
+        assert!(history.contains("Port: 80 TCP Blocked"), "{history}");
+        assert!(history.contains("Port: 80 SCTP Blocked"), "{history}");
+        assert!(
+            history.contains("Host: 192.0.2.4/192.0.2.4 Port: 0 IP Blocked"),
+            "{history}"
+        );
+        // BLOCK_TCP=0 still holds for the kinds PortSentry reported.
+        assert_eq!(t.decide("192.0.2.9", Protocol::Tcp), Decision::LogOnly);
+        assert_eq!(t.last()["reason"], "BLOCK_TCP=0");
     }
 
     #[test]

@@ -245,6 +245,9 @@ fn hit_mode(cfg: &policy::Config, modes: &[Mode], h: &KernelHit) -> Option<Mode>
     let (stealth, advanced, ports) = match h.protocol {
         Protocol::Tcp => (Mode::Stcp, Mode::Atcp, &cfg.tcp_ports),
         Protocol::Udp => (Mode::Sudp, Mode::Audp, &cfg.udp_ports),
+        // Never in the map: parse_hit takes TCP and UDP only, and the chain's first hit
+        // sees nothing else (SCTP and IP-protocol probes are only copied).
+        Protocol::Sctp | Protocol::Ip => return None,
     };
     if modes.contains(&stealth) && ports.contains(h.port) {
         Some(stealth)

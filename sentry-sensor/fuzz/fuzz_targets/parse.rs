@@ -1,13 +1,13 @@
 //! Fuzz the packet parser (hostile bytes straight off the wire) and the classifier behind
 //! it. Invariants: never panics; a probe's addresses are of the packet's IP version; an
 //! IPv6 source is never IPv4-mapped; the TCP classification of every probe passes the
-//! enforcer's validation.
+//! enforcer's validation, and so do SCTP INIT and IP-protocol probes.
 #![no_main]
 
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use sentry_proto::{BlockRequest, Mode, Protocol};
+use sentry_proto::{BlockRequest, Mode, Protocol, ScanKind};
 use sentry_sensor::classify::classify_tcp;
 use sentry_sensor::packet::{parse, Parsed, Transport};
 
@@ -37,5 +37,27 @@ fuzz_target!(|data: &[u8]| {
             };
             assert_eq!(req.validate(1), Ok(()));
         }
+    }
+    let other = match p.transport {
+        Transport::Sctp { init: true, .. } if p.dst_port() != 0 => {
+            Some((Protocol::Sctp, ScanKind::SctpInit))
+        }
+        Transport::Other { .. } => Some((Protocol::Ip, ScanKind::IpProtocol)),
+        _ => None,
+    };
+    if let Some((protocol, scan)) = other {
+        let req = BlockRequest {
+            seq: 1,
+            source: p.src,
+            protocol,
+            port: p.dst_port(),
+            scan,
+            mode: Mode::Atcp,
+            distinct_ports: 1,
+            first_seen_ms: 1,
+            last_seen_ms: 1,
+            ip_options: p.ip_options,
+        };
+        assert_eq!(req.validate(1), Ok(()));
     }
 });

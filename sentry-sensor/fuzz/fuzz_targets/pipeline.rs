@@ -15,6 +15,7 @@ use sentry_sensor::nflog::CtState;
 use sentry_sensor::pipeline::{candidate, Counters};
 use sentry_sensor::ports::{PortConfig, PortPolicy};
 use sentry_sensor::state::{Outcome, State, StateConfig};
+use sentry_sensor::time::{Mono, Wall};
 
 fuzz_target!(|data: &[u8]| {
     let policy = PortPolicy::new(
@@ -51,17 +52,17 @@ fuzz_target!(|data: &[u8]| {
             CtState::New
         };
         if let Some(c) = candidate(frame, state_, &policy, &listeners, &ignore, &mut counters) {
-            if let Outcome::Report(r) = state.hit(&c.hit(), now, 1_700_000_000_000 + now) {
+            if let Outcome::Report(r) = state.hit(&c, Mono(now), Wall(1_700_000_000_000 + now)) {
                 let req = BlockRequest {
                     seq: 1,
                     source: r.src,
-                    protocol: r.mode.protocol(),
+                    protocol: r.scan.protocol(),
                     port: r.port,
                     scan: r.scan,
                     mode: r.mode,
                     distinct_ports: r.distinct_ports,
-                    first_seen_ms: r.first_seen_ms,
-                    last_seen_ms: r.last_seen_ms,
+                    first_seen_ms: r.first_seen.0,
+                    last_seen_ms: r.last_seen.0,
                     ip_options: r.ip_options,
                 };
                 assert_eq!(req.validate(1_800_000_000_000), Ok(()), "{req:?}");
