@@ -688,10 +688,30 @@ impl NlSocket {
         limit: usize,
     ) -> Result<Vec<DumpElem>, NlError> {
         let seq = self.next_seq(1);
-        let msg = encode_getsetelem(table, set, seq);
+        self.get_elements(&encode_getsetelem(table, set, seq), seq, limit)
+    }
+
+    /// Whether `set` (or map) of `table` holds `addr`.
+    pub fn has_element(&mut self, table: &str, set: &str, addr: IpAddr) -> Result<bool, NlError> {
+        let seq = self.next_seq(1);
+        match self.get_elements(&encode_getelem(table, set, addr, seq), seq, 1) {
+            Ok(found) => Ok(!found.is_empty()),
+            Err(NlError::Kernel(Errno::ENOENT)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send one GETSETELEM request (`msg`, sequence `seq`) and collect the elements of its
+    /// reply, at most `limit`, until the dump's end or the ACK.
+    fn get_elements(
+        &mut self,
+        msg: &[u8],
+        seq: u32,
+        limit: usize,
+    ) -> Result<Vec<DumpElem>, NlError> {
         let sent = sendto(
             self.fd.as_raw_fd(),
-            &msg,
+            msg,
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
         )
@@ -714,40 +734,6 @@ impl NlSocket {
             };
             if parse_setelem_dump(reply, seq, &mut out, limit)? {
                 return Ok(out);
-            }
-        }
-    }
-
-    /// Whether `set` (or map) of `table` holds `addr`.
-    pub fn has_element(&mut self, table: &str, set: &str, addr: IpAddr) -> Result<bool, NlError> {
-        let seq = self.next_seq(1);
-        let msg = encode_getelem(table, set, addr, seq);
-        let sent = sendto(
-            self.fd.as_raw_fd(),
-            &msg,
-            &NetlinkAddr::new(0, 0),
-            MsgFlags::empty(),
-        )
-        .map_err(NlError::Io)?;
-        if sent != msg.len() {
-            return Err(NlError::Io(Errno::EMSGSIZE));
-        }
-        let mut found = Vec::new();
-        loop {
-            let n = loop {
-                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
-                    Err(Errno::EINTR) => continue,
-                    other => break other.map_err(NlError::Io)?,
-                }
-            };
-            let Some(reply) = self.buf.get(..n) else {
-                return Err(NlError::Malformed("reply longer than buffer"));
-            };
-            match parse_setelem_dump(reply, seq, &mut found, 1) {
-                Ok(true) => return Ok(!found.is_empty()),
-                Ok(false) => {}
-                Err(NlError::Kernel(Errno::ENOENT)) => return Ok(false),
-                Err(e) => return Err(e),
             }
         }
     }

@@ -44,11 +44,12 @@ const MAIMON: Kind = Kind {
     scan: "maimon",
     line: "attackalert: TCP FIN/ACK (Maimon) scan from host: ",
 };
-/// nmap -sO's `-p` is a list of protocol numbers; 1 (ICMP) and 6 (TCP, an ACK to port 80)
-/// are in it on purpose: the first is never an IP-protocol probe, the second is one of the
-/// ACK family.
+/// nmap -sO's `-p` is a list of protocol numbers; 1 (ICMP) is in it on purpose: it is never
+/// an IP-protocol probe. 6 is not: nmap's probe for it is a TCP ACK to port 80, an ACK-family
+/// probe that, reported first, would be the record (and with BLOCK_OTHER_SCANS=1 the block)
+/// instead of the IP-protocol one.
 const IPPROTO: Kind = Kind {
-    nmap: &["-sO", "-p", "1,6,200-255"],
+    nmap: &["-sO", "-p", "1,200-255"],
     scan: "ipproto",
     line: "attackalert: IP protocol scan from host: ",
 };
