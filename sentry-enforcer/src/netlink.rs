@@ -930,17 +930,23 @@ mod tests {
         assert_eq!(d[17], 128);
     }
 
+    /// An NLMSG_ERROR message for `seq` with -ENOENT and the 16-byte header it quotes.
+    fn enoent_msg(seq: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&(-2i32).to_ne_bytes());
+        m.extend_from_slice(&[0u8; 16]);
+        m
+    }
+
     #[test]
     fn acks_parse_errors_and_ignore_garbage() {
-        let mut reply = Vec::new();
         // an error message for seq 5 with -ENOENT
-        reply.extend_from_slice(&36u32.to_ne_bytes());
-        reply.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        reply.extend_from_slice(&0u16.to_ne_bytes());
-        reply.extend_from_slice(&5u32.to_ne_bytes());
-        reply.extend_from_slice(&0u32.to_ne_bytes());
-        reply.extend_from_slice(&(-2i32).to_ne_bytes());
-        reply.extend_from_slice(&[0u8; 16]);
+        let reply = enoent_msg(5);
         let mut pending = vec![5, 6];
         assert_eq!(
             parse_acks(&reply, &mut pending),
@@ -1032,14 +1038,7 @@ mod tests {
     #[test]
     fn setelem_dump_errors_are_typed() {
         // The kernel's answer to a dump of a set that does not exist.
-        let mut err = Vec::new();
-        err.extend_from_slice(&36u32.to_ne_bytes());
-        err.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        err.extend_from_slice(&0u16.to_ne_bytes());
-        err.extend_from_slice(&5u32.to_ne_bytes());
-        err.extend_from_slice(&0u32.to_ne_bytes());
-        err.extend_from_slice(&(-2i32).to_ne_bytes());
-        err.extend_from_slice(&[0u8; 16]);
+        let err = enoent_msg(5);
         assert_eq!(parse(&err, 5, 10), Err(NlError::Kernel(Errno::ENOENT)));
         assert_eq!(
             parse(&dump_msg(5, NLM_F_DUMP_INTR, &[&[1, 2, 3, 4]]), 5, 10),
