@@ -349,19 +349,25 @@ mod tests {
         unreachable!()
     }
 
-    #[test]
-    fn end_to_end_decisions() {
-        let policy = PortPolicy::new(
-            &[Mode::Stcp, Mode::Audp],
+    /// The tests' port policy: `modes`, stealth TCP ports `tcp`, advanced ranges up to
+    /// 1024 with UDP ports `exclude_udp` left out.
+    fn test_policy(modes: &[Mode], tcp: &[u16], exclude_udp: &[u16]) -> PortPolicy {
+        PortPolicy::new(
+            modes,
             &PortConfig {
-                tcp_ports: vec![23],
+                tcp_ports: tcp.to_vec(),
                 udp_ports: vec![],
                 advanced_ports_tcp: 1024,
                 advanced_ports_udp: 1024,
                 advanced_exclude_tcp: vec![],
-                advanced_exclude_udp: vec![137],
+                advanced_exclude_udp: exclude_udp.to_vec(),
             },
-        );
+        )
+    }
+
+    #[test]
+    fn end_to_end_decisions() {
+        let policy = test_policy(&[Mode::Stcp, Mode::Audp], &[23], &[137]);
         let ignore = IgnoreList::parse("10.0.0.0/8\n", Path::new("t")).unwrap();
         let l = Listeners::default();
         let mut c = Counters::default();
@@ -430,17 +436,7 @@ mod tests {
     /// policy as SYNs; protocols the host uses and SCTP other than INIT are skipped.
     #[test]
     fn other_kinds() {
-        let policy = PortPolicy::new(
-            &[Mode::Stcp, Mode::Atcp],
-            &PortConfig {
-                tcp_ports: vec![23],
-                udp_ports: vec![],
-                advanced_ports_tcp: 1024,
-                advanced_ports_udp: 1024,
-                advanced_exclude_tcp: vec![],
-                advanced_exclude_udp: vec![],
-            },
-        );
+        let policy = test_policy(&[Mode::Stcp, Mode::Atcp], &[23], &[]);
         let mut l = Listeners::default();
         l.add(Protocol::Tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 22);
         let ignore = IgnoreList::empty();
@@ -508,17 +504,7 @@ mod tests {
     /// source yields nothing more; basic hits go through the ignore list.
     #[test]
     fn detector_frame_in_report_out() {
-        let policy = PortPolicy::new(
-            &[Mode::Stcp],
-            &PortConfig {
-                tcp_ports: vec![23, 24],
-                udp_ports: vec![],
-                advanced_ports_tcp: 1024,
-                advanced_ports_udp: 1024,
-                advanced_exclude_tcp: vec![],
-                advanced_exclude_udp: vec![],
-            },
-        );
+        let policy = test_policy(&[Mode::Stcp], &[23, 24], &[]);
         let state = State::new(StateConfig {
             trigger: 0,
             window_ms: 60_000,
