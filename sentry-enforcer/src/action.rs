@@ -170,13 +170,11 @@ pub fn record_effect(rec: &mut BlockRecord, action: &Action, ok: bool) {
     }
 }
 
-/// Capabilities the configured actions need: CAP_NET_ADMIN for the nftables set, blackhole
-/// routes and firewall commands; CAP_NET_RAW when KILL_ROUTE / KILL_RUN_CMD may run legacy
-/// iptables(8), which opens a raw socket.
-pub fn required_caps(cfg: &Config) -> (bool, bool) {
-    let commands = cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some();
-    let net_admin = cfg.firewall == policy::Firewall::Nftables || cfg.blackhole_route || commands;
-    (net_admin, commands)
+/// Whether the configured actions need CAP_NET_RAW: KILL_ROUTE / KILL_RUN_CMD may run
+/// legacy iptables(8), which opens a raw socket. (CAP_NET_ADMIN, for the nftables sets,
+/// blackhole routes, firewall commands and the detection chain, is always kept.)
+pub fn needs_net_raw(cfg: &Config) -> bool {
+    cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some()
 }
 
 /// The open in-process backends.

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -281,18 +281,22 @@ fn save_modes(dir: &Path, modes: &[sentry_proto::Mode]) -> io::Result<()> {
 }
 // --- end detection input ---
 
+/// Lock `m`, poisoned or not. A panic while holding one of the daemon's locks cannot leave
+/// its data half-updated in a way that matters more than stopping would: keep serving.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Engine> {
-        // A panic while holding the lock cannot leave the engine half-updated in a way
-        // that matters more than stopping would: keep serving.
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.engine)
     }
 
     /// Audit a refusal, at most REFUSALS_PER_SECOND per second (the rest only counted).
     fn refuse(&self, reason: &str, peer: Option<Peer>) {
         let now = WallMs::now();
         let allowed = {
-            let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = lock(&self.refusals);
             let sec = now.secs();
             if r.0 != sec {
                 *r = (sec, 0);
@@ -313,7 +317,7 @@ impl Shared {
     /// Write one frame to the connected sensor. `false` when there is none or the write
     /// failed (the sensor's own thread then sees the connection end).
     fn write_sensor(&self, f: &EnforcerFrame) -> bool {
-        let mut out = self.sensor_out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = lock(&self.sensor_out);
         match out.as_mut() {
             Some(s) => write_frame(s, f).is_ok(),
             None => false,
@@ -335,7 +339,7 @@ impl Shared {
     /// of the rest is logged once that second is over.
     fn log_connected(&self, line: &str) {
         let sec = WallMs::now().secs();
-        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = lock(&self.connect_lines);
         self.roll_connect_lines(&mut c, sec);
         if c.1 < CONNECT_LINES_PER_SECOND {
             c.1 += 1;
@@ -349,7 +353,7 @@ impl Shared {
     /// connection follows it.
     fn flush_connect_lines(&self) {
         let sec = WallMs::now().secs();
-        let mut c = self.connect_lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = lock(&self.connect_lines);
         self.roll_connect_lines(&mut c, sec);
     }
 
@@ -389,7 +393,7 @@ struct SensorSlot<'a>(&'a Shared);
 
 impl Drop for SensorSlot<'_> {
     fn drop(&mut self) {
-        *self.0.sensor_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *lock(&self.0.sensor_out) = None;
         self.0.engine().sensor = None;
         self.0.sensor_busy.store(false, Ordering::SeqCst);
     }
@@ -544,12 +548,9 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
             frame_start = None;
         }
         for ev in events {
-            let mut handover: Option<Vec<sentry_proto::Mode>> = None;
             let reply = match ev {
                 Event::Hello(h) => {
-                    handover = Some(h.modes.clone());
-                    let mut e = sh.engine();
-                    e.sensor = Some(SensorInfo {
+                    sh.engine().sensor = Some(SensorInfo {
                         uid: peer.uid,
                         pid: peer.pid,
                         name: h.sensor.clone(),
@@ -558,60 +559,50 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
                         connected_since_ms: WallMs::now().0,
                         stats: None,
                     });
-                    drop(e);
                     sh.log_connected(&format!(
                         "adminalert: sensor {} connected (uid {}, pid {})",
                         h.sensor, peer.uid, peer.pid
                     ));
-                    Some(EnforcerFrame::Welcome {
+                    // The Welcome goes first, on this thread, and the NFLOG hand-over right
+                    // after it; only then may other threads write to the sensor (a notice
+                    // before them would break the handshake).
+                    let welcome = EnforcerFrame::Welcome {
                         version: PROTOCOL_VERSION,
-                    })
+                    };
+                    if write_frame(&mut s, &welcome).is_err() {
+                        sh.log.warn("adminalert: cannot reply to the sensor");
+                        return;
+                    }
+                    if hand_over(sh, &s, h.modes).is_err() {
+                        return;
+                    }
+                    let clone = s.try_clone();
+                    if let Ok(c) = &clone {
+                        // A sensor that stops reading must not hold a writer (and the
+                        // engine's callers) for long.
+                        let tv = nix::sys::time::TimeVal::new(1, 0);
+                        let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
+                    }
+                    *lock(&sh.sensor_out) = clone.ok();
+                    sh.notify_lifted();
+                    continue;
                 }
-                Event::Block(req) => Some(EnforcerFrame::Ack {
+                Event::Block(req) => EnforcerFrame::Ack {
                     seq: req.seq,
                     decision: sh.engine().decide(&req, peer, WallUs::now()),
-                }),
-                Event::Invalid(req, why) => Some(EnforcerFrame::Ack {
+                },
+                Event::Invalid(req, why) => EnforcerFrame::Ack {
                     seq: req.seq,
                     decision: sh.engine().reject_request(&req, &why, peer, WallUs::now()),
-                }),
+                },
                 Event::Stats(st) => {
                     if let Some(si) = sh.engine().sensor.as_mut() {
                         si.stats = Some(st);
                     }
-                    None
+                    continue;
                 }
             };
-            let Some(r) = reply else { continue };
-            let welcome = matches!(r, EnforcerFrame::Welcome { .. });
-            let sent = if welcome {
-                // The Welcome goes first, on this thread; only then may other threads
-                // write to the sensor (a notice before it would break the handshake).
-                match write_frame(&mut s, &r) {
-                    Ok(()) => {
-                        // The NFLOG hand-over comes right after the Welcome, before any
-                        // notice can be written by another thread.
-                        if let Some(modes) = handover.take() {
-                            if hand_over(sh, &s, modes).is_err() {
-                                return;
-                            }
-                        }
-                        let clone = s.try_clone();
-                        if let Ok(c) = &clone {
-                            // A sensor that stops reading must not hold a writer (and the
-                            // engine's callers) for long.
-                            let tv = nix::sys::time::TimeVal::new(1, 0);
-                            let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
-                        }
-                        *sh.sensor_out.lock().unwrap_or_else(|p| p.into_inner()) = clone.ok();
-                        true
-                    }
-                    Err(_) => false,
-                }
-            } else {
-                sh.write_sensor(&r)
-            };
-            if !sent {
+            if !sh.write_sensor(&reply) {
                 sh.log.warn("adminalert: cannot reply to the sensor");
                 return;
             }
@@ -702,7 +693,7 @@ fn rebuild_detection_locked(
     e: &Engine,
     modes: Option<Vec<sentry_proto::Mode>>,
 ) -> bool {
-    let mut d = sh.detect.lock().unwrap_or_else(|p| p.into_inner());
+    let mut d = lock(&sh.detect);
     if let Some(m) = modes {
         if d.modes.as_ref() != Some(&m) {
             if let Err(e) = save_modes(&d.state_dir, &m) {
@@ -864,25 +855,15 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                     .engine()
                     .unblock_origin(addr, &origin, peer, WallMs::now());
                 sh.notify_lifted();
-                match r {
-                    Ok(Some(errors)) => ControlResponse::UnblockedOrigin {
-                        addr,
-                        was_blocked: true,
-                        other_origin: None,
-                        errors,
-                    },
-                    Ok(None) => ControlResponse::UnblockedOrigin {
-                        addr,
-                        was_blocked: false,
-                        other_origin: None,
-                        errors: Vec::new(),
-                    },
-                    Err(other) => ControlResponse::UnblockedOrigin {
-                        addr,
-                        was_blocked: true,
-                        other_origin: Some(other),
-                        errors: Vec::new(),
-                    },
+                let (was_blocked, other_origin, errors) = match r {
+                    Ok(errors) => (errors.is_some(), None, errors.unwrap_or_default()),
+                    Err(other) => (true, Some(other), Vec::new()),
+                };
+                ControlResponse::UnblockedOrigin {
+                    addr,
+                    was_blocked,
+                    other_origin,
+                    errors,
                 }
             }
             (true, ControlRequest::Watch { from }) => {
@@ -903,17 +884,10 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                 let addr = canonical(addr);
                 let r = sh.engine().unblock(addr, peer, WallMs::now());
                 sh.notify_lifted();
-                match r {
-                    Some(errors) => ControlResponse::Unblocked {
-                        addr,
-                        was_blocked: true,
-                        errors,
-                    },
-                    None => ControlResponse::Unblocked {
-                        addr,
-                        was_blocked: false,
-                        errors: Vec::new(),
-                    },
+                ControlResponse::Unblocked {
+                    addr,
+                    was_blocked: r.is_some(),
+                    errors: r.unwrap_or_default(),
                 }
             }
         };
@@ -1217,12 +1191,7 @@ fn expiry_loop(sh: Arc<Shared>) {
             if e.take_never_changed() {
                 rebuild_detection_locked(&sh, &e, None);
             }
-            let modes = sh
-                .detect
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .modes
-                .clone();
+            let modes = lock(&sh.detect).modes.clone();
             if let Some(m) = modes {
                 e.audit_kernel_hits(&m, WallUs::now());
             }
@@ -1275,7 +1244,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
         // all of it.
         std::thread::sleep(Duration::from_millis(20));
         let mut e = sh.engine();
-        let mut w = sh.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&sh.watch);
         let Some((watch, own)) = w.as_mut() else {
             return;
         };
@@ -1289,7 +1258,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
                     // The rebuild deletes and recreates the whole table: the detection
                     // chain goes back in with the blocks.
                     let _ = e.rebuild_table(by, WallMs::now());
-                    sh.detect.lock().unwrap_or_else(|p| p.into_inner()).applied = None;
+                    lock(&sh.detect).applied = None;
                     rebuild_detection_locked(&sh, &e, None);
                     // Our own `nft` runs are recognised by their pid and an overrun is
                     // our own rebuild's flood of notifications; a change by another
@@ -1383,31 +1352,37 @@ fn recover_main(args: &Args) -> ExitCode {
     }
 }
 
+/// A user or group looked up by name: an error names `what` when the lookup failed or
+/// found nothing.
+fn account<T>(what: String, found: nix::Result<Option<T>>) -> Result<T, EnforcerError> {
+    match found {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(EnforcerError::Account {
+            what,
+            detail: "does not exist".into(),
+        }),
+        Err(e) => Err(EnforcerError::Account {
+            what,
+            detail: e.to_string(),
+        }),
+    }
+}
+
 fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cfg = policy::Config::load(&args.config)?;
     for w in &cfg.warnings {
         log.warn(&format!("adminalert: config: {w}"));
     }
-    let account = |what: String, detail: String| EnforcerError::Account { what, detail };
-    let sensor = User::from_name(&args.sensor_user)
-        .map_err(|e| account(format!("sensor user {}", args.sensor_user), e.to_string()))?
-        .ok_or_else(|| {
-            account(
-                format!("sensor user {}", args.sensor_user),
-                "does not exist".into(),
-            )
-        })?;
+    let sensor = account(
+        format!("sensor user {}", args.sensor_user),
+        User::from_name(&args.sensor_user),
+    )?;
     if sensor.uid.is_root() {
         log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
     }
     let control_gid = match &cfg.control_group {
-        Some(g) => Some(
-            Group::from_name(g)
-                .map_err(|e| account(format!("CONTROL_GROUP {g}"), e.to_string()))?
-                .ok_or_else(|| account(format!("CONTROL_GROUP {g}"), "does not exist".into()))?
-                .gid,
-        ),
+        Some(g) => Some(account(format!("CONTROL_GROUP {g}"), Group::from_name(g))?.gid),
         None => None,
     };
     // Signals are handled by one thread with sigwait; block them before threads exist.
@@ -1433,18 +1408,12 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         Some(g) => bind_socket(&control_path, Some(g), 0o660)?,
         None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
     };
-    let mut keep = CapsHashSet::new();
-    let (net_admin, net_raw) = crate::action::required_caps(&cfg);
-    if net_admin {
-        keep.insert(Capability::CAP_NET_ADMIN);
-    }
-    if net_raw {
+    // CAP_NET_ADMIN whatever the configured actions are: the detection chain and the
+    // NFLOG binding need it.
+    let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
+    if crate::action::needs_net_raw(&cfg) {
         keep.insert(Capability::CAP_NET_RAW);
     }
-    // --- detection input: the detection chain and the NFLOG binding need CAP_NET_ADMIN
-    // whatever the configured actions are.
-    keep.insert(Capability::CAP_NET_ADMIN);
-    // --- end detection input
     for w in confine(&keep)? {
         log.warn(&format!("adminalert: confinement: {w}"));
     }
@@ -1538,48 +1507,32 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     });
     // The remembered modes' chain goes in now, before any sensor connects, so the
     // kernel sees probes across an enforcer restart and while the sensor is down.
-    if sh
-        .detect
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .modes
-        .is_some()
-    {
+    if lock(&sh.detect).modes.is_some() {
         rebuild_detection(&sh, None);
     }
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+    let spawn = |name: &str, f: Box<dyn FnOnce(Arc<Shared>) + Send>| {
+        let sh = Arc::clone(&sh);
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(f)
+            .spawn(move || f(sh))
             .map(drop)
             .map_err(|e| EnforcerError::system(format!("cannot start {name} thread"), e))
     };
-    {
-        let sh = Arc::clone(&sh);
-        spawn("signals", Box::new(move || signal_loop(sh, sigs)))?;
-    }
-    {
-        let sh = Arc::clone(&sh);
-        spawn("expiry", Box::new(move || expiry_loop(sh)))?;
-    }
+    spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
+    spawn("expiry", Box::new(expiry_loop))?;
     if let Some(fd) = addr_fd {
-        let sh = Arc::clone(&sh);
-        spawn("addresses", Box::new(move || addr_watch_loop(sh, fd)))?;
+        spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
     if let Some(fd) = watch_fd {
-        let sh = Arc::clone(&sh);
         spawn(
             "nftables",
-            Box::new(move || table_watch_loop(sh, fd, table_name)),
+            Box::new(move |sh| table_watch_loop(sh, fd, table_name)),
         )?;
     }
-    {
-        let sh = Arc::clone(&sh);
-        spawn(
-            "control",
-            Box::new(move || accept_loop(sh, control_l, false)),
-        )?;
-    }
+    spawn(
+        "control",
+        Box::new(move |sh| accept_loop(sh, control_l, false)),
+    )?;
     accept_loop(sh, sensor_l, true);
     Ok(())
 }
