@@ -10,7 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use sentry_proto::Decision;
+use sentry_proto::{Decision, Mode, Protocol, ScanKind};
 use serde::Serialize;
 
 use crate::time::{WallMs, WallUs};
@@ -168,11 +168,15 @@ pub struct AuditRecord {
     /// latency can be measured; records that are not answers to a request (expiry,
     /// unblock, restore, refused connections) carry their millisecond time × 1000.
     pub time_us: u64,
-    pub source: Option<String>,
-    pub protocol: Option<&'static str>,
+    #[serde(serialize_with = "display")]
+    pub source: Option<IpAddr>,
+    #[serde(serialize_with = "display")]
+    pub protocol: Option<Protocol>,
     pub port: Option<u16>,
-    pub scan: Option<&'static str>,
-    pub mode: Option<&'static str>,
+    #[serde(serialize_with = "display")]
+    pub scan: Option<ScanKind>,
+    #[serde(serialize_with = "display")]
+    pub mode: Option<Mode>,
     pub decision: RecordKind,
     /// Present (`true`) only on an AUDIT_RATE summary: one record standing for the
     /// `suppressed` records of `decision` not written individually in one second.
@@ -206,21 +210,22 @@ pub struct AuditRecord {
     /// When the block ends (ms since the epoch), on records of a block made or restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
-    /// The typed request fields, for the decision stream (`sentryctl watch`); the audit
-    /// log has their names above.
+    /// The IPv6 prefix length when the block covers a network (BLOCK_PREFIX6): for the
+    /// decision stream (`sentryctl watch`); the audit log names the address only.
     #[serde(skip)]
-    pub typed: Option<Typed>,
+    pub prefix: Option<u8>,
 }
 
-/// Typed copies of a record's request fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Typed {
-    pub source: IpAddr,
-    pub prefix: Option<u8>,
-    pub protocol: Option<sentry_proto::Protocol>,
-    pub port: Option<u16>,
-    pub scan: Option<sentry_proto::ScanKind>,
-    pub mode: Option<sentry_proto::Mode>,
+/// An optional field in its `Display` form, the names of [`Protocol::as_str`] and its
+/// siblings (serde's own form of `ScanKind::Oddball` would be a map); `null` when absent.
+fn display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 impl AuditRecord {
@@ -258,44 +263,27 @@ impl AuditRecord {
             distinct_ports: None,
             handshake: None,
             expires_ms: None,
-            typed: None,
+            prefix: None,
         }
     }
 
     /// Fill the request fields from a block's record (unblock, expiry, restore).
     pub fn set_block(&mut self, b: &crate::store::BlockRecord) {
-        self.source = Some(b.addr.to_string());
+        self.source = Some(b.addr);
+        self.prefix = b.prefix6;
         match &b.origin {
             None => {
-                self.protocol = Some(b.protocol.as_str());
+                self.protocol = Some(b.protocol);
                 self.port = Some(b.port);
-                self.scan = Some(b.scan.as_str());
-                self.mode = Some(b.mode.as_str());
+                self.scan = Some(b.scan);
+                self.mode = Some(b.mode);
                 self.origin = Some(sentry_proto::ORIGIN_SENSOR.to_string());
                 // The evidence the block was made on (0 ports: a record from before it
                 // was kept).
                 self.distinct_ports = Some(b.distinct_ports);
-                self.handshake = Some(b.scan == sentry_proto::ScanKind::Connect);
-                self.typed = Some(Typed {
-                    source: b.addr,
-                    prefix: b.prefix6,
-                    protocol: Some(b.protocol),
-                    port: Some(b.port),
-                    scan: Some(b.scan),
-                    mode: Some(b.mode),
-                });
+                self.handshake = Some(b.scan == ScanKind::Connect);
             }
-            Some(o) => {
-                self.origin = Some(o.clone());
-                self.typed = Some(Typed {
-                    source: b.addr,
-                    prefix: b.prefix6,
-                    protocol: None,
-                    port: None,
-                    scan: None,
-                    mode: None,
-                });
-            }
+            Some(o) => self.origin = Some(o.clone()),
         }
     }
 
@@ -317,7 +305,7 @@ impl AuditRecord {
     }
 
     pub fn with_source(mut self, addr: IpAddr) -> Self {
-        self.source = Some(addr.to_string());
+        self.source = Some(addr);
         self
     }
 }

@@ -145,19 +145,16 @@ impl Hub {
 }
 
 fn to_watch(seq: u64, rec: &AuditRecord) -> WatchRecord {
-    let t = rec.typed;
     WatchRecord {
         seq,
         time_us: rec.time_us,
         kind: rec.decision.as_str().to_string(),
-        source: t
-            .map(|t| t.source)
-            .or_else(|| rec.source.as_deref().and_then(|s| s.parse().ok())),
-        prefix: t.and_then(|t| t.prefix),
-        protocol: t.and_then(|t| t.protocol),
-        port: t.and_then(|t| t.port),
-        scan: t.and_then(|t| t.scan),
-        mode: t.and_then(|t| t.mode),
+        source: rec.source,
+        prefix: rec.prefix,
+        protocol: rec.protocol,
+        port: rec.port,
+        scan: rec.scan,
+        mode: rec.mode,
         origin: rec.origin.clone(),
         evidence: match (rec.distinct_ports, rec.handshake) {
             (Some(distinct_ports), Some(handshake)) => Some(EvidenceInfo {

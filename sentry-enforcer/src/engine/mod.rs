@@ -28,7 +28,7 @@ use sentry_proto::{
 };
 
 use crate::action::{self, Action, Command, Executor, Subject};
-use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind, Typed};
+use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
 use crate::judge::{self, block_key_for, Evidence, Facts, Verdict};
@@ -525,22 +525,14 @@ impl Engine {
             String::new(),
             Some(peer),
         );
-        rec.source = Some(req.source.to_string());
-        rec.protocol = Some(req.protocol.as_str());
+        rec.source = Some(req.source);
+        rec.protocol = Some(req.protocol);
         rec.port = Some(req.port);
-        rec.scan = Some(req.scan.as_str());
-        rec.mode = Some(req.mode.as_str());
+        rec.scan = Some(req.scan);
+        rec.mode = Some(req.mode);
         rec.origin = Some(sentry_proto::ORIGIN_SENSOR.to_string());
         rec.distinct_ports = Some(req.distinct_ports);
         rec.handshake = Some(req.scan == sentry_proto::ScanKind::Connect);
-        rec.typed = Some(Typed {
-            source: req.source,
-            prefix: None,
-            protocol: Some(req.protocol),
-            port: Some(req.port),
-            scan: Some(req.scan),
-            mode: Some(req.mode),
-        });
         rec
     }
 
@@ -564,16 +556,8 @@ impl Engine {
             String::new(),
             Some(peer),
         );
-        rec.source = Some(addr.to_string());
+        rec.source = Some(addr);
         rec.origin = Some(ctl.origin.clone());
-        rec.typed = Some(Typed {
-            source: addr,
-            prefix: None,
-            protocol: None,
-            port: None,
-            scan: None,
-            mode: None,
-        });
         self.flush_audit_budget(now);
         let invalid = if let Err(e) = sentry_proto::validate_origin(&ctl.origin) {
             Some(e.to_string())
@@ -792,9 +776,7 @@ impl Engine {
             block.distinct_ports = 0;
         }
         rec.expires_ms = block.expires_ms;
-        if let Some(t) = rec.typed.as_mut() {
-            t.prefix = target.1;
-        }
+        rec.prefix = target.1;
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
         // its fdatasync, because the scanner is answered until the element exists. This
