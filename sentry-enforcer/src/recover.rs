@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use policy::{Config, Firewall, Vars};
+use policy::{Config, Firewall};
 use sentry_proto::{Mode, Protocol, ScanKind};
 
 use crate::hostsdeny;
@@ -61,17 +61,16 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
             .map(|t| since_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         nft: cfg.firewall == Firewall::Nftables,
         blackhole: cfg.blackhole_route,
-        hosts_deny_line: cfg.kill_hosts_deny.as_ref().map(|tpl| {
-            let target = match addr {
-                IpAddr::V4(a) => a.to_string(),
-                IpAddr::V6(a) => format!("[{a}]"),
-            };
-            tpl.render(&Vars {
-                target: &target,
+        hosts_deny_line: crate::action::hosts_deny_line(
+            cfg,
+            &crate::action::Subject {
+                addr,
                 port,
-                mode: proto.as_str(),
-            })
-        }),
+                protocol: proto,
+                prefix6: None,
+                timeout: None,
+            },
+        ),
         hosts_deny_legacy: false,
         origin: None,
     }

@@ -68,19 +68,7 @@ pub fn build(cfg: &Config, hosts: &[SetElem], nets: &[SetElem]) -> Result<(), En
     let mut script = setup_script(&cfg.nft_table, cfg.block_prefix6);
     script.push_str(&elements_script(&cfg.nft_table, hosts, false));
     script.push_str(&elements_script(&cfg.nft_table, nets, true));
-    let r = exec::run(
-        &["nft".to_string(), "-f".to_string(), "-".to_string()],
-        Some(script.as_bytes()),
-        cfg.kill_timeout.max(Duration::from_secs(30)),
-    );
-    if r.outcome.success() {
-        Ok(())
-    } else {
-        Err(EnforcerError::NftTable {
-            table: cfg.nft_table.clone(),
-            detail: format!("nft {}: {}", r.outcome.describe(), r.stderr),
-        })
-    }
+    nft_table(cfg, &script)
 }
 
 /// Most candidates per second the detection chain copies to the sensor; beyond this they
@@ -216,22 +204,17 @@ impl DetectSpec {
     /// served port from a tripwire, and only the sensor's listener table can.
     pub fn with_tripwire(mut self, t: Option<Tripwire>, never: &[std::net::IpAddr]) -> Self {
         self.tripwire = t.filter(|_| self.socket_expr);
-        let mut v4: Vec<String> = never
-            .iter()
-            .filter(|a| a.is_ipv4())
-            .map(|a| a.to_string())
-            .collect();
-        let mut v6: Vec<String> = never
-            .iter()
-            .filter(|a| a.is_ipv6())
-            .map(|a| a.to_string())
-            .collect();
-        v4.sort();
-        v4.dedup();
-        v6.sort();
-        v6.dedup();
-        self.never4 = v4;
-        self.never6 = v6;
+        let family = |v4: bool| {
+            let mut v: Vec<String> = never
+                .iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .map(|a| a.to_string())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        (self.never4, self.never6) = (family(true), family(false));
         self
     }
 
@@ -243,6 +226,29 @@ impl DetectSpec {
             && self.audp.is_empty())
     }
 }
+
+/// The detection chain's interval sets and their key types.
+const DETECT_SETS: [(&str, &str); 8] = [
+    ("detect_ign4", "ipv4_addr"),
+    ("detect_ign6", "ipv6_addr"),
+    ("detect_never4", "ipv4_addr"),
+    ("detect_never6", "ipv6_addr"),
+    ("detect_stcp", "inet_service"),
+    ("detect_sudp", "inet_service"),
+    ("detect_atcp", "inet_service"),
+    ("detect_audp", "inet_service"),
+];
+
+/// The regular chains `detect` and `detect_pre` jump or go to.
+const DETECT_CHAINS: [&str; 7] = [
+    "detect_tcp",
+    "detect_udp",
+    "detect_copy",
+    "detect_ack",
+    "detect_sctp",
+    "detect_hit_tcp",
+    "detect_hit_udp",
+];
 
 fn elements(out: &mut String, table: &str, set: &str, items: impl IntoIterator<Item = String>) {
     let items: Vec<String> = items.into_iter().collect();
@@ -291,16 +297,7 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     let snaplen = crate::capture::NFLOG_SNAPLEN;
     let mut o = String::new();
     let _ = writeln!(o, "add table inet {table}");
-    for (set, ty) in [
-        ("detect_ign4", "ipv4_addr"),
-        ("detect_ign6", "ipv6_addr"),
-        ("detect_never4", "ipv4_addr"),
-        ("detect_never6", "ipv6_addr"),
-        ("detect_stcp", "inet_service"),
-        ("detect_sudp", "inet_service"),
-        ("detect_atcp", "inet_service"),
-        ("detect_audp", "inet_service"),
-    ] {
+    for (set, ty) in DETECT_SETS {
         let _ = writeln!(
             o,
             "add set inet {table} {set} {{ type {ty}; flags interval; }}"
@@ -331,40 +328,13 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         o,
         "add chain inet {table} detect_pre {{ type filter hook prerouting priority -300; policy accept; }}"
     );
-    for c in [
-        "detect_tcp",
-        "detect_udp",
-        "detect_copy",
-        "detect_ack",
-        "detect_sctp",
-        "detect_hit_tcp",
-        "detect_hit_udp",
-    ] {
+    for c in DETECT_CHAINS {
         let _ = writeln!(o, "add chain inet {table} {c}");
     }
-    for c in [
-        "detect",
-        "detect_pre",
-        "detect_tcp",
-        "detect_udp",
-        "detect_copy",
-        "detect_ack",
-        "detect_sctp",
-        "detect_hit_tcp",
-        "detect_hit_udp",
-    ] {
+    for c in ["detect", "detect_pre"].iter().chain(&DETECT_CHAINS) {
         let _ = writeln!(o, "flush chain inet {table} {c}");
     }
-    for set in [
-        "detect_never4",
-        "detect_never6",
-        "detect_ign4",
-        "detect_ign6",
-        "detect_stcp",
-        "detect_sudp",
-        "detect_atcp",
-        "detect_audp",
-    ] {
+    for (set, _) in DETECT_SETS {
         let _ = writeln!(o, "flush set inet {table} {set}");
     }
     elements(&mut o, table, "detect_ign4", spec.ignore4.iter().cloned());
@@ -596,13 +566,16 @@ fn nft(script: &str, timeout: Duration) -> Result<(), String> {
 
 /// (Re)build the detection chain in one transaction.
 pub fn apply_detection(cfg: &Config, spec: &DetectSpec) -> Result<(), EnforcerError> {
-    nft(
-        &detection_script(&cfg.nft_table, spec),
-        cfg.kill_timeout.max(Duration::from_secs(30)),
-    )
-    .map_err(|detail| EnforcerError::NftTable {
-        table: cfg.nft_table.clone(),
-        detail,
+    nft_table(cfg, &detection_script(&cfg.nft_table, spec))
+}
+
+/// Run one `nft -f -` transaction on the table.
+fn nft_table(cfg: &Config, script: &str) -> Result<(), EnforcerError> {
+    nft(script, cfg.kill_timeout.max(Duration::from_secs(30))).map_err(|detail| {
+        EnforcerError::NftTable {
+            table: cfg.nft_table.clone(),
+            detail,
+        }
     })
 }
 

@@ -11,9 +11,7 @@ use policy::{Config, IgnoreList, NeverBlock};
 
 use super::Engine;
 use crate::action::{self, Action, Command, Op, Subject};
-use crate::audit::{
-    ActionKind, ActionRecord, ActionStatus, AuditRecord, RecordKind, RestoreCounts,
-};
+use crate::audit::{ActionKind, ActionRecord, AuditRecord, RecordKind, RestoreCounts};
 use crate::error::EnforcerError;
 use crate::netlink::SetElem;
 use crate::store::BlockRecord;
@@ -188,21 +186,13 @@ impl Engine {
             };
             let mut actions = Vec::new();
             if let Some(v) = &nft {
-                let present = v.present(addr);
-                actions.push(ActionRecord {
-                    action: ActionKind::Nftables,
-                    argv: None,
-                    target: Some(action::nft_target(&self.cfg, addr, b.prefix6)),
-                    status: if present {
-                        ActionStatus::Ok
-                    } else {
-                        ActionStatus::Error
-                    },
-                    exit_code: None,
-                    error: (!present).then(|| v.why_missing()),
-                    ms: 0.0,
-                });
-                b.nft = present;
+                b.nft = v.present(addr);
+                actions.push(ActionRecord::outcome(
+                    ActionKind::Nftables,
+                    Some(action::nft_target(&self.cfg, addr, b.prefix6)),
+                    if b.nft { Ok(()) } else { Err(v.why_missing()) },
+                    0.0,
+                ));
             }
             let subj = Subject {
                 addr,
