@@ -1271,10 +1271,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
             }
             Ok(_) => {}
             Err(err) => {
-                e.count_error();
-                sh.log.err(&format!(
-                    "adminalert: ERROR: nftables watch failed ({err}); a deleted table is rebuilt only at the next start"
-                ));
+                e.error(format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
                 return;
             }
         }

@@ -183,10 +183,7 @@ impl Engine {
         match AuditLog::open(&self.cfg.audit_log) {
             Ok(a) => self.audit = a,
             Err(e) => {
-                self.counters.errors += 1;
-                self.log.err(&format!(
-                    "adminalert: ERROR: cannot reopen audit log (old one kept): {e}"
-                ));
+                self.error(format!("cannot reopen audit log (old one kept): {e}"));
             }
         }
         self.ignore = self.cfg.load_ignore()?;

@@ -13,11 +13,7 @@ impl Engine {
     pub(super) fn append_text(&mut self, path: Option<PathBuf>, line: &str) {
         let Some(path) = path else { return };
         if let Err(e) = append_line(&path, line) {
-            self.counters.errors += 1;
-            self.log.err(&format!(
-                "adminalert: ERROR: cannot write {}: {e}",
-                path.display()
-            ));
+            self.error(format!("cannot write {}: {e}", path.display()));
         }
     }
 
@@ -38,11 +34,7 @@ impl Engine {
             text.push('\n');
         }
         if let Err(e) = write_atomic(&path, text.as_bytes(), 0o600) {
-            self.counters.errors += 1;
-            self.log.err(&format!(
-                "adminalert: ERROR: cannot write {}: {e}",
-                path.display()
-            ));
+            self.error(format!("cannot write {}: {e}", path.display()));
         }
     }
 }

@@ -263,9 +263,8 @@ impl Engine {
 
     fn write_audit(&mut self, rec: &AuditRecord) {
         if let Err(e) = self.audit.write(rec) {
-            self.counters.errors += 1;
-            self.log.err(&format!(
-                "adminalert: ERROR: cannot write audit log {}: {e}",
+            self.error(format!(
+                "cannot write audit log {}: {e}",
                 self.audit.path().display()
             ));
         }
@@ -294,11 +293,16 @@ impl Engine {
         }
     }
 
+    /// Count and log an error (`adminalert: ERROR: ...`); the work goes on without what
+    /// failed.
+    pub fn error(&mut self, what: String) {
+        self.counters.errors += 1;
+        self.log.err(&format!("adminalert: ERROR: {what}"));
+    }
+
     /// Count and log a failure to persist, which never stops a decision.
     fn persist_error(&mut self, what: &str, e: &std::io::Error) {
-        self.counters.errors += 1;
-        self.log
-            .err(&format!("adminalert: ERROR: cannot persist {what}: {e}"));
+        self.error(format!("cannot persist {what}: {e}"));
     }
 
     /// Write the AUDIT_RATE summaries of a second that is over (one record and one log
@@ -399,10 +403,7 @@ impl Engine {
         let changed = match self.addr_watch.as_mut().map(AddrWatch::drain) {
             Some(Ok(changed)) => changed,
             Some(Err(e)) => {
-                self.counters.errors += 1;
-                self.log.err(&format!(
-                    "adminalert: ERROR: address-change socket failed ({e}); this host's addresses are now re-read before every decision"
-                ));
+                self.error(format!("address-change socket failed ({e}); this host's addresses are now re-read before every decision"));
                 self.addr_watch = None;
                 true
             }

@@ -288,9 +288,8 @@ impl Engine {
         let missing: Vec<IpAddr> = match &first {
             Ok(set) => keep.iter().filter(|a| !set.contains(a)).copied().collect(),
             Err(e) => {
-                self.counters.errors += 1;
-                self.log.err(&format!(
-                    "adminalert: ERROR: cannot read the nftables sets back ({e}); adding every restored element again"
+                self.error(format!(
+                    "cannot read the nftables sets back ({e}); adding every restored element again"
                 ));
                 keep.to_vec()
             }
@@ -356,9 +355,8 @@ impl Engine {
         let current = match given.or_else(read) {
             Some(id) => id,
             None => {
-                self.counters.errors += 1;
-                self.log.err(&format!(
-                    "adminalert: ERROR: cannot read the boot id from {}; KILL_ROUTE is not re-run for restored blocks",
+                self.error(format!(
+                    "cannot read the boot id from {}; KILL_ROUTE is not re-run for restored blocks",
                     self.opts.boot_id_path.display()
                 ));
                 return false;

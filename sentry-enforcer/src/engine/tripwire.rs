@@ -116,10 +116,7 @@ impl Engine {
             return;
         }
         if let Err(e) = self.exec.nft_forget(&self.cfg, HIT_V4, HIT_V6, source) {
-            self.counters.errors += 1;
-            self.log.err(&format!(
-                "adminalert: ERROR: cannot take back the kernel's first-hit block of {source} ({e}); it runs out by itself"
-            ));
+            self.error(format!("cannot take back the kernel's first-hit block of {source} ({e}); it runs out by itself"));
         }
     }
 
@@ -138,19 +135,15 @@ impl Engine {
                     IpAddr::V4(_) => false,
                 })),
                 Err(e) => {
-                    self.counters.errors += 1;
-                    self.log.err(&format!(
-                        "adminalert: ERROR: cannot read the kernel's first-hit map {HIT_V6}: {e}"
+                    self.error(format!(
+                        "cannot read the kernel's first-hit map {HIT_V6}: {e}"
                     ));
                 }
             }
         }
         for a in gone {
             if let Err(e) = self.exec.nft_forget(&self.cfg, HIT_V4, HIT_V6, a) {
-                self.counters.errors += 1;
-                self.log.err(&format!(
-                    "adminalert: ERROR: cannot delete the kernel's first-hit element of {a} ({e}); it runs out by itself"
-                ));
+                self.error(format!("cannot delete the kernel's first-hit element of {a} ({e}); it runs out by itself"));
             }
         }
     }
@@ -169,21 +162,14 @@ impl Engine {
             match self.exec.nft_map_elements(&self.cfg, map, limit) {
                 Ok(v) => elems.extend(v),
                 Err(e) => {
-                    self.counters.errors += 1;
-                    self.log.err(&format!(
-                        "adminalert: ERROR: cannot read the kernel's first-hit map {map}: {e}"
-                    ));
+                    self.error(format!("cannot read the kernel's first-hit map {map}: {e}"));
                 }
             }
         }
         let mut decided = 0;
         for e in &elems {
             let Some(h) = parse_hit(e, t.timeout) else {
-                self.counters.errors += 1;
-                self.log.err(&format!(
-                    "adminalert: ERROR: unreadable first-hit element for {}",
-                    e.addr
-                ));
+                self.error(format!("unreadable first-hit element for {}", e.addr));
                 continue;
             };
             let target = self.block_target(h.source).0;
@@ -215,9 +201,8 @@ impl Engine {
             let checked = match crate::session::check_request(req, modes, now.ms()) {
                 Ok(c) => c,
                 Err((_, why)) => {
-                    self.counters.errors += 1;
-                    self.log.err(&format!(
-                        "adminalert: ERROR: kernel first hit from {} not auditable: {why}",
+                    self.error(format!(
+                        "kernel first hit from {} not auditable: {why}",
                         h.source
                     ));
                     continue;
