@@ -272,6 +272,12 @@ impl Executor {
         }
     }
 
+    fn nft(&mut self) -> Result<&mut NlSocket, EnforcerError> {
+        self.nft
+            .as_mut()
+            .ok_or(EnforcerError::BackendClosed("nftables"))
+    }
+
     /// Add or delete many elements in as few netlink batches as the kernel takes; `nets`:
     /// the IPv6 elements are network addresses (the `v6net` set).
     pub fn nft_batch(
@@ -281,10 +287,7 @@ impl Executor {
         op: Op,
         nets: bool,
     ) -> Result<(), EnforcerError> {
-        let s = self
-            .nft
-            .as_mut()
-            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let s = self.nft()?;
         let v6 = if nets { SET_V6NET } else { SET_V6 };
         s.setelems(&cfg.nft_table, SET_V4, v6, elems, op == Op::Add)
             .map_err(|e| EnforcerError::netlink("nftables", e))
@@ -297,10 +300,7 @@ impl Executor {
         cfg: &Config,
         limit: usize,
     ) -> Result<std::collections::HashSet<IpAddr>, EnforcerError> {
-        let s = self
-            .nft
-            .as_mut()
-            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let s = self.nft()?;
         let mut all = std::collections::HashSet::new();
         for set in [SET_V4, SET_V6, SET_V6NET] {
             let v = s
@@ -318,10 +318,7 @@ impl Executor {
         map: &str,
         limit: usize,
     ) -> Result<Vec<crate::netlink::DumpElem>, EnforcerError> {
-        let s = self
-            .nft
-            .as_mut()
-            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let s = self.nft()?;
         s.elements(&cfg.nft_table, map, limit)
             .map_err(|e| EnforcerError::netlink("nftables read-back", e))
     }
@@ -334,10 +331,7 @@ impl Executor {
         map_v6: &str,
         addr: IpAddr,
     ) -> Result<(), EnforcerError> {
-        let s = self
-            .nft
-            .as_mut()
-            .ok_or(EnforcerError::BackendClosed("nftables"))?;
+        let s = self.nft()?;
         let map = if addr.is_ipv4() { map_v4 } else { map_v6 };
         // Look first: deleting a missing element aborts a transaction, which costs an RCU
         // grace period; most refused sources were never in the map.
@@ -346,7 +340,7 @@ impl Executor {
             Ok(true) => {}
             Err(e) => return Err(EnforcerError::netlink("nftables lookup", e)),
         }
-        let e = [crate::netlink::SetElem {
+        let e = [SetElem {
             addr,
             timeout: None,
         }];

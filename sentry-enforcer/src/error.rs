@@ -11,8 +11,6 @@ use crate::netlink::NlError;
 /// What went wrong, with the object it went wrong on.
 #[derive(Debug)]
 pub enum EnforcerError {
-    /// The command line (the usage text is printed by the caller).
-    Args(String),
     /// The configuration file, or a file it names (the ignore list).
     Config(policy::ConfigErrors),
     /// The state directory could not be opened or read.
@@ -82,7 +80,6 @@ impl EnforcerError {
 impl fmt::Display for EnforcerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Args(m) => f.write_str(m),
             Self::Config(e) => write!(f, "{e}"),
             Self::State { dir, source } => {
                 write!(f, "state directory {}: {source}", dir.display())

@@ -73,12 +73,13 @@ pub struct RunResult {
 /// and `timeout`.
 pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResult {
     let start = Instant::now();
+    let failed = |why: String| RunResult {
+        outcome: Outcome::SpawnFailed(why),
+        stderr: String::new(),
+        elapsed: start.elapsed(),
+    };
     let Some((prog, args)) = argv.split_first() else {
-        return RunResult {
-            outcome: Outcome::SpawnFailed("empty command".into()),
-            stderr: String::new(),
-            elapsed: start.elapsed(),
-        };
+        return failed("empty command".into());
     };
     let mut cmd = Command::new(prog);
     cmd.args(args)
@@ -95,13 +96,7 @@ pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResul
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            return RunResult {
-                outcome: Outcome::SpawnFailed(e.to_string()),
-                stderr: String::new(),
-                elapsed: start.elapsed(),
-            }
-        }
+        Err(e) => return failed(e.to_string()),
     };
     {
         let mut s = SPAWNED.lock().unwrap_or_else(|p| p.into_inner());

@@ -749,10 +749,7 @@ impl Engine {
         ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         let addr = target.0;
-        let duration = match ctl.and_then(|c| c.duration) {
-            Some(d) => Some(d),
-            None => self.cfg.block_timeout,
-        };
+        let duration = ctl.and_then(|c| c.duration).or(self.cfg.block_timeout);
         let subj = subject(req, target, duration);
         self.rate.record(now, evidence_of(req, ctl), req.source);
         let mut block = BlockRecord {
