@@ -827,62 +827,54 @@ impl Engine {
                 .any(|a| a.action == crate::audit::ActionKind::KillRoute && a.ok())
             || (!self.blocking_configured() && !failed);
         rec.actions = actions;
-        let mut reason = String::new();
-        if took_effect {
-            self.blocks.insert(block.clone());
-            // When everything took effect as intended, the write-ahead record already is
-            // the final state: a second identical record (and fdatasync) adds nothing.
-            let persisted = if intent_durable && block == intent {
-                Ok(())
-            } else {
-                self.store.put(&block, &self.blocks)
-            };
-            if let Err(e) = persisted {
-                self.persist_error(&format!("block of {addr}"), &e);
-                reason = format!("state not persisted: {e}; ");
-            }
-            let line = policy::logfmt::history_line(now.secs(), addr, req.port, req.protocol);
-            self.append_text(self.cfg.history_file.clone(), &line);
-            self.append_text(self.cfg.blocked_file.clone(), &line);
-        } else {
+        let (n_failed, n_all) = (
+            rec.actions.iter().filter(|a| !a.ok()).count(),
+            rec.actions.len(),
+        );
+        if !took_effect {
             self.blocks.remove(&addr);
             if let Err(e) = self.store.del(addr, &self.blocks) {
                 self.persist_error(&format!("state for {addr}"), &e);
             }
+            let why = format!("{n_failed} of {n_all} actions failed; host not blocked");
+            return (Decision::Failed, why, None);
         }
-        if !took_effect {
-            let n = rec.actions.iter().filter(|a| !a.ok()).count();
-            reason.push_str(&format!(
-                "{n} of {} actions failed; host not blocked",
-                rec.actions.len()
-            ));
-            (Decision::Failed, reason, None)
+        self.blocks.insert(block.clone());
+        // When everything took effect as intended, the write-ahead record already is the
+        // final state: a second identical record (and fdatasync) adds nothing.
+        let persisted = if intent_durable && block == intent {
+            Ok(())
         } else {
-            // Blocked when any block took effect; each failed action stays in the record
-            // with its error (and counts in `errors`).
-            if failed {
-                let n = rec.actions.iter().filter(|a| !a.ok()).count();
-                self.counters.errors += n as u64;
-                reason.push_str(&format!(
-                    "{n} of {} actions failed, the others took effect; ",
-                    rec.actions.len()
-                ));
-            }
-            let how_long = match (block.expires_ms, duration) {
-                (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
-                _ => "permanently".to_string(),
-            };
-            let what = match target.1 {
-                Some(len) => format!("blocked {addr}/{len} {how_long}"),
-                None => format!("blocked {how_long}"),
-            };
-            let what = if reason.is_empty() {
-                what
-            } else {
-                format!("{what} ({})", reason.trim_end_matches("; "))
-            };
-            (Decision::Blocked, what, None)
+            self.store.put(&block, &self.blocks)
+        };
+        let mut notes = Vec::new();
+        if let Err(e) = persisted {
+            self.persist_error(&format!("block of {addr}"), &e);
+            notes.push(format!("state not persisted: {e}"));
         }
+        let line = policy::logfmt::history_line(now.secs(), addr, req.port, req.protocol);
+        self.append_text(self.cfg.history_file.clone(), &line);
+        self.append_text(self.cfg.blocked_file.clone(), &line);
+        // Blocked when any block took effect; each failed action stays in the record with
+        // its error (and counts in `errors`).
+        if failed {
+            self.counters.errors += n_failed as u64;
+            notes.push(format!(
+                "{n_failed} of {n_all} actions failed, the others took effect"
+            ));
+        }
+        let how_long = match (block.expires_ms, duration) {
+            (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
+            _ => "permanently".to_string(),
+        };
+        let mut what = match target.1 {
+            Some(len) => format!("blocked {addr}/{len} {how_long}"),
+            None => format!("blocked {how_long}"),
+        };
+        if !notes.is_empty() {
+            what = format!("{what} ({})", notes.join("; "));
+        }
+        (Decision::Blocked, what, None)
     }
 }
 
