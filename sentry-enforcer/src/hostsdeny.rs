@@ -439,7 +439,6 @@ pub fn remove(path: &Path, entries: &[Entry<'_>]) -> io::Result<Removed> {
 }
 
 fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<Removed> {
-    check_dir(path)?;
     let mut f = open(path, timeout)?;
     // Rewritten in place below: the next add reads it again.
     *PARSED.lock().unwrap_or_else(|p| p.into_inner()) = None;

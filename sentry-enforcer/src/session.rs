@@ -25,12 +25,6 @@ use crate::time::WallMs;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked(BlockRequest);
 
-impl Checked {
-    pub fn request(&self) -> &BlockRequest {
-        &self.0
-    }
-}
-
 impl std::ops::Deref for Checked {
     type Target = BlockRequest;
     fn deref(&self) -> &BlockRequest {
