@@ -18,21 +18,17 @@ pub const PORTSENTRY_CONFIG_PATH: &str = "/etc/portsentry/portsentry.conf";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockMode {
     /// 0: detect and log only.
-    LogOnly,
+    LogOnly = 0,
     /// 1: run the configured blocking actions.
-    Block,
+    Block = 1,
     /// 2: run `KILL_RUN_CMD` only.
-    CommandOnly,
+    CommandOnly = 2,
 }
 
 impl BlockMode {
     /// The key's value: 0, 1 or 2.
     pub fn as_num(self) -> u8 {
-        match self {
-            Self::LogOnly => 0,
-            Self::Block => 1,
-            Self::CommandOnly => 2,
-        }
+        self as u8
     }
 }
 
@@ -595,23 +591,14 @@ impl Config {
             || self.blackhole_route
     }
 
-    /// What to do with a detection of this protocol. SCTP and IP-protocol probes are
-    /// always "other" kinds: BLOCK_OTHER_SCANS decides.
-    pub fn block_mode(&self, proto: sentry_proto::Protocol) -> BlockMode {
-        match proto {
-            sentry_proto::Protocol::Tcp => self.block_tcp,
-            sentry_proto::Protocol::Udp => self.block_udp,
-            sentry_proto::Protocol::Sctp | sentry_proto::Protocol::Ip => self.other_scans_mode(),
-        }
-    }
-
     /// What to do with a probe of this kind: BLOCK_OTHER_SCANS for the kinds PortSentry
-    /// never reported, BLOCK_TCP / BLOCK_UDP for the others.
+    /// never reported (SCTP and IP-protocol probes always are), BLOCK_TCP / BLOCK_UDP for
+    /// the others.
     pub fn block_mode_for(&self, scan: sentry_proto::ScanKind) -> BlockMode {
-        if scan.is_other() {
-            self.other_scans_mode()
-        } else {
-            self.block_mode(scan.protocol())
+        match scan.protocol() {
+            sentry_proto::Protocol::Tcp if !scan.is_other() => self.block_tcp,
+            sentry_proto::Protocol::Udp if !scan.is_other() => self.block_udp,
+            _ => self.other_scans_mode(),
         }
     }
 
@@ -623,16 +610,6 @@ impl Config {
         }
     }
 
-    /// Advanced TCP mode watches every port below ADVANCED_PORTS_TCP except the excluded
-    /// ones (inverse binding against live listeners is the sensor's job).
-    pub fn advanced_tcp_watched(&self, port: u16) -> bool {
-        port != 0 && port < self.advanced_ports_tcp && !self.advanced_exclude_tcp.contains(port)
-    }
-
-    pub fn advanced_udp_watched(&self, port: u16) -> bool {
-        port != 0 && port < self.advanced_ports_udp && !self.advanced_exclude_udp.contains(port)
-    }
-
     /// The ignore list named by IGNORE_FILE (empty when none is configured).
     pub fn load_ignore(&self) -> Result<IgnoreList, ConfigErrors> {
         match &self.ignore_file {
@@ -642,23 +619,12 @@ impl Config {
     }
 
     /// Check the files the configuration names: the ignore list parses, the directories
-    /// of files to be written exist, and kill programs exist and are executable. Errors
-    /// only; see [`Config::check_files`] for the warnings too.
-    pub fn check_referenced_files(&self) -> Result<(), ConfigErrors> {
-        let c = self.check_files();
-        if c.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(c.errors))
-        }
-    }
-
-    /// [`Config::check_referenced_files`], telling a configuration's errors from a host
-    /// that is merely not set up yet: a missing directory the enforcer creates itself at
-    /// start (those of AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE, see
-    /// [`Config::created_dirs`]) is a warning when its nearest existing ancestor is a
-    /// directory not writable by group or others (where the enforcer will create it),
-    /// and an error otherwise.
+    /// of files to be written exist, and kill programs exist and are executable. A
+    /// configuration's errors are told from a host that is merely not set up yet: a missing
+    /// directory the enforcer creates itself at start (those of AUDIT_LOG, HISTORY_FILE and
+    /// BLOCKED_FILE, see [`Config::created_dirs`]) is a warning when its nearest existing
+    /// ancestor is a directory not writable by group or others (where the enforcer will
+    /// create it), and an error otherwise.
     pub fn check_files(&self) -> FileCheck {
         use std::os::unix::fs::PermissionsExt;
         let mut errors = Vec::new();
