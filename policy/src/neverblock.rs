@@ -119,9 +119,7 @@ impl NeverBlock {
         self.infra.clear();
         for (ip, why) in infra {
             let e = self.infra.entry(canonical(ip)).or_insert(why);
-            if why < *e {
-                *e = why;
-            }
+            *e = (*e).min(why);
         }
     }
 
