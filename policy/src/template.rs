@@ -151,13 +151,15 @@ impl CommandTemplate {
         }
         let mut args: Vec<Vec<Piece>> = Vec::new();
         let mut cur: Option<Vec<Piece>> = None;
-        let mut chars = s.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
+        // Byte offset of the next character; every step below ends on a char boundary.
+        let mut i = 0;
+        while let Some(c) = s[i..].chars().next() {
             match c {
                 ' ' | '\t' => {
                     if let Some(a) = cur.take() {
                         args.push(a);
                     }
+                    i += 1;
                 }
                 '\'' | '"' => {
                     let body_start = i + 1;
@@ -170,13 +172,8 @@ impl CommandTemplate {
                     if body.is_empty() {
                         push_lit(arg, "");
                     }
-                    // Skip past the closing quote.
-                    while let Some(&(j, _)) = chars.peek() {
-                        if j > body_start + close {
-                            break;
-                        }
-                        chars.next();
-                    }
+                    // Past the closing quote.
+                    i = body_start + close + 1;
                 }
                 '|' | ';' | '&' | '<' | '>' | '`' | '(' | ')' | '\\' => {
                     return Err(TemplateError::ShellSyntax(c));
@@ -187,12 +184,7 @@ impl CommandTemplate {
                         .find(|ch: char| " \t'\"|;&<>`()\\".contains(ch))
                         .map_or(s.len(), |n| i + n);
                     push_text(cur.get_or_insert_with(Vec::new), &s[i..end])?;
-                    while let Some(&(j, _)) = chars.peek() {
-                        if j >= end {
-                            break;
-                        }
-                        chars.next();
-                    }
+                    i = end;
                 }
             }
         }
