@@ -25,6 +25,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 4] = [Self::Tcp, Self::Udp, Self::Sctp, Self::Ip];
+
     /// Lower-case name, as PortSentry substitutes it for `$MODE$`.
     pub fn as_str(self) -> &'static str {
         match self {
