@@ -19,17 +19,6 @@ pub enum Token {
     Mode,
 }
 
-impl Token {
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "TARGET" => Some(Self::Target),
-            "PORT" => Some(Self::Port),
-            "MODE" => Some(Self::Mode),
-            _ => None,
-        }
-    }
-}
-
 /// Values substituted for the tokens. Every one is formatted by the enforcer itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Vars<'a> {
@@ -99,8 +88,12 @@ fn push_text(pieces: &mut Vec<Piece>, text: &str) -> Result<(), TemplateError> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
             return Err(TemplateError::StrayDollar);
         }
-        let tok = Token::from_name(name).ok_or_else(|| TemplateError::UnknownToken(name.into()))?;
-        pieces.push(Piece::Tok(tok));
+        pieces.push(Piece::Tok(match name {
+            "TARGET" => Token::Target,
+            "PORT" => Token::Port,
+            "MODE" => Token::Mode,
+            _ => return Err(TemplateError::UnknownToken(name.into())),
+        }));
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {

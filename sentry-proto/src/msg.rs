@@ -645,9 +645,7 @@ impl fmt::Display for FieldError {
                 f,
                 "port 0 (or an IP protocol number above 255) is not a valid destination"
             ),
-            Self::ProtocolMismatch => {
-                write!(f, "protocol, mode and scan kind do not agree")
-            }
+            Self::ProtocolMismatch => write!(f, "protocol, mode and scan kind do not agree"),
             Self::DistinctPorts(n) => write!(f, "distinct port count {n} out of range 1-65535"),
             Self::Times(why) => write!(f, "timestamps: {why}"),
             Self::Address(why) => write!(f, "source address: {why}"),
