@@ -430,22 +430,18 @@ impl Config {
                     continue;
                 }
             };
+            let error = |m: String| ConfigError::new(path, Some(n), Some(key), m);
             let Some(kind) = kind(key) else {
-                errors.push(ConfigError::new(path, Some(n), Some(key), "unknown key"));
+                errors.push(error("unknown key".into()));
                 continue;
             };
             if let Some(first) = cfg.key_lines.get(key) {
-                errors.push(ConfigError::new(
-                    path,
-                    Some(n),
-                    Some(key),
-                    format!("duplicate key (first set on line {first})"),
-                ));
+                errors.push(error(format!("duplicate key (first set on line {first})")));
                 continue;
             }
             cfg.key_lines.insert(key.to_owned(), n);
             if let Err(m) = set(&mut cfg, key, kind, value) {
-                errors.push(ConfigError::new(path, Some(n), Some(key), m));
+                errors.push(error(m));
             }
         }
         if errors.is_empty() {
