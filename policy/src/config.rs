@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::{lines, read_text, ConfigError, ConfigErrors};
 use crate::ignore::IgnoreList;
 use crate::ports::{parse_port, PortSet};
-use crate::template::{CommandTemplate, LineTemplate};
+use crate::template::{CommandTemplate, LineTemplate, TemplateError};
 
 /// Where sentry looks first.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sentry/sentry.conf";
@@ -18,21 +18,17 @@ pub const PORTSENTRY_CONFIG_PATH: &str = "/etc/portsentry/portsentry.conf";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockMode {
     /// 0: detect and log only.
-    LogOnly,
+    LogOnly = 0,
     /// 1: run the configured blocking actions.
-    Block,
+    Block = 1,
     /// 2: run `KILL_RUN_CMD` only.
-    CommandOnly,
+    CommandOnly = 2,
 }
 
 impl BlockMode {
     /// The key's value: 0, 1 or 2.
     pub fn as_num(self) -> u8 {
-        match self {
-            Self::LogOnly => 0,
-            Self::Block => 1,
-            Self::CommandOnly => 2,
-        }
+        self as u8
     }
 }
 
@@ -114,11 +110,11 @@ pub struct Config {
     /// only logging and auditing them (default off).
     pub block_other_scans: bool,
     /// Line on which each key was set, for error messages about cross-key problems.
-    pub key_lines: HashMap<&'static str, usize>,
+    pub key_lines: HashMap<String, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
     pub warnings: Vec<ConfigError>,
     /// Keys given an empty value that needs one (reported after the pass).
-    empty_required: Vec<&'static str>,
+    empty_required: Vec<String>,
 }
 
 /// Result of [`Config::check_files`].
@@ -169,163 +165,194 @@ pub fn creatable(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Value kinds, so that every key is validated the same way.
-#[derive(Clone, Copy)]
+/// Where a key's value is stored.
+type Field<T> = fn(&mut Config) -> &mut T;
+
+/// Value kinds, so that every key is validated the same way, each with the field it sets.
 enum Kind {
-    Ports,
-    Port,
-    Path,
-    Bool,
-    Block,
-    Command,
-    Line,
-    Text,
-    /// Unsigned number with inclusive bounds.
-    Num(u64, u64),
+    Ports(Field<PortSet>),
+    Port(Field<u16>),
+    /// An absolute path; empty: unset.
+    Path(Field<Option<PathBuf>>),
+    /// An absolute path that must not be empty.
+    RequiredPath(Field<PathBuf>),
+    Bool(Field<bool>),
+    Block(Field<BlockMode>),
+    Command(Field<Option<CommandTemplate>>),
+    Line(Field<Option<LineTemplate>>),
+    Text(Field<Option<String>>),
+    /// Unsigned number with inclusive bounds, and how to store it.
+    Num(u64, u64, fn(&mut Config, u64)),
     Firewall,
-    Ident,
+    /// An identifier; empty: unset.
+    Ident(Field<Option<String>>),
+    /// An identifier that must not be empty.
+    RequiredIdent(Field<String>),
 }
 
-/// Every key sentry understands: PortSentry 1.2's, then sentry's own. Exact names only;
-/// there is no prefix matching.
-const KEYS: &[(&str, Kind)] = &[
-    ("TCP_PORTS", Kind::Ports),
-    ("UDP_PORTS", Kind::Ports),
-    ("ADVANCED_PORTS_TCP", Kind::Port),
-    ("ADVANCED_PORTS_UDP", Kind::Port),
-    ("ADVANCED_EXCLUDE_TCP", Kind::Ports),
-    ("ADVANCED_EXCLUDE_UDP", Kind::Ports),
-    ("IGNORE_FILE", Kind::Path),
-    ("HISTORY_FILE", Kind::Path),
-    ("BLOCKED_FILE", Kind::Path),
-    ("RESOLVE_HOST", Kind::Bool),
-    ("BLOCK_TCP", Kind::Block),
-    ("BLOCK_UDP", Kind::Block),
-    ("KILL_ROUTE", Kind::Command),
-    ("KILL_HOSTS_DENY", Kind::Line),
-    ("KILL_RUN_CMD", Kind::Command),
-    ("KILL_RUN_CMD_FIRST", Kind::Bool),
-    ("SCAN_TRIGGER", Kind::Num(0, 65_534)),
-    ("PORT_BANNER", Kind::Text),
-    ("HOSTS_DENY_FILE", Kind::Path),
-    ("AUDIT_LOG", Kind::Path),
-    ("BLOCK_TIMEOUT", Kind::Num(0, 10 * 365 * 86_400)),
-    // What the shipped enforcer unit (MemoryMax=256M), the state-file cap and the 16 MiB
-    // `sentryctl blocked` reply can all hold with margin (README, Performance).
-    ("MAX_BLOCKS", Kind::Num(1, 100_000)),
-    ("BLOCK_RATE", Kind::Num(1, 1_000_000)),
-    ("FIREWALL", Kind::Firewall),
-    ("NFT_TABLE", Kind::Ident),
-    ("BLACKHOLE_ROUTE", Kind::Bool),
-    ("KILL_TIMEOUT", Kind::Num(1, 300)),
-    ("SCAN_WINDOW", Kind::Num(1, 86_400)),
-    ("STATE_MAX_SOURCES", Kind::Num(16, 16_777_216)),
-    ("SENSOR_QUEUE", Kind::Num(1, 1_000_000)),
-    ("LOG_RATE", Kind::Num(1, 100_000)),
-    ("LOG_RATE_TOTAL", Kind::Num(1, 1_000_000)),
-    ("BLOCK_PREFIX6", Kind::Num(32, 128)),
-    ("AUDIT_RATE", Kind::Num(1, 100_000)),
-    ("CONTROL_GROUP", Kind::Ident),
-    ("NEVER_BLOCK_INFRASTRUCTURE", Kind::Bool),
-    ("METRICS_DIR", Kind::Path),
-    ("BLOCK_OTHER_SCANS", Kind::Bool),
-];
+/// The kind of every key sentry understands, with the field it sets: PortSentry 1.2's,
+/// then sentry's own. Exact names only; there is no prefix matching.
+fn kind(key: &str) -> Option<Kind> {
+    Some(match key {
+        "TCP_PORTS" => Kind::Ports(|c| &mut c.tcp_ports),
+        "UDP_PORTS" => Kind::Ports(|c| &mut c.udp_ports),
+        "ADVANCED_PORTS_TCP" => Kind::Port(|c| &mut c.advanced_ports_tcp),
+        "ADVANCED_PORTS_UDP" => Kind::Port(|c| &mut c.advanced_ports_udp),
+        "ADVANCED_EXCLUDE_TCP" => Kind::Ports(|c| &mut c.advanced_exclude_tcp),
+        "ADVANCED_EXCLUDE_UDP" => Kind::Ports(|c| &mut c.advanced_exclude_udp),
+        "IGNORE_FILE" => Kind::Path(|c| &mut c.ignore_file),
+        "HISTORY_FILE" => Kind::Path(|c| &mut c.history_file),
+        "BLOCKED_FILE" => Kind::Path(|c| &mut c.blocked_file),
+        "RESOLVE_HOST" => Kind::Bool(|c| &mut c.resolve_host),
+        "BLOCK_TCP" => Kind::Block(|c| &mut c.block_tcp),
+        "BLOCK_UDP" => Kind::Block(|c| &mut c.block_udp),
+        "KILL_ROUTE" => Kind::Command(|c| &mut c.kill_route),
+        "KILL_HOSTS_DENY" => Kind::Line(|c| &mut c.kill_hosts_deny),
+        "KILL_RUN_CMD" => Kind::Command(|c| &mut c.kill_run_cmd),
+        "KILL_RUN_CMD_FIRST" => Kind::Bool(|c| &mut c.kill_run_cmd_first),
+        "SCAN_TRIGGER" => Kind::Num(0, 65_534, |c, n| fit(&mut c.scan_trigger, n)),
+        "PORT_BANNER" => Kind::Text(|c| &mut c.port_banner),
+        "HOSTS_DENY_FILE" => Kind::RequiredPath(|c| &mut c.hosts_deny_file),
+        "AUDIT_LOG" => Kind::RequiredPath(|c| &mut c.audit_log),
+        "BLOCK_TIMEOUT" => Kind::Num(0, 10 * 365 * 86_400, |c, n| c.block_timeout = secs(n)),
+        // What the shipped enforcer unit (MemoryMax=256M), the state-file cap and the 16 MiB
+        // `sentryctl blocked` reply can all hold with margin (README, Performance).
+        "MAX_BLOCKS" => Kind::Num(1, 100_000, |c, n| fit(&mut c.max_blocks, n)),
+        "BLOCK_RATE" => Kind::Num(1, 1_000_000, |c, n| fit(&mut c.block_rate, n)),
+        "FIREWALL" => Kind::Firewall,
+        "NFT_TABLE" => Kind::RequiredIdent(|c| &mut c.nft_table),
+        "BLACKHOLE_ROUTE" => Kind::Bool(|c| &mut c.blackhole_route),
+        "KILL_TIMEOUT" => Kind::Num(1, 300, |c, n| c.kill_timeout = Duration::from_secs(n)),
+        "SCAN_WINDOW" => Kind::Num(1, 86_400, |c, n| c.scan_window = Duration::from_secs(n)),
+        "STATE_MAX_SOURCES" => Kind::Num(16, 16_777_216, |c, n| fit(&mut c.state_max_sources, n)),
+        "SENSOR_QUEUE" => Kind::Num(1, 1_000_000, |c, n| fit(&mut c.sensor_queue, n)),
+        "LOG_RATE" => Kind::Num(1, 100_000, |c, n| fit(&mut c.log_rate, n)),
+        "LOG_RATE_TOTAL" => Kind::Num(1, 1_000_000, |c, n| fit(&mut c.log_rate_total, n)),
+        "BLOCK_PREFIX6" => Kind::Num(32, 128, |c, n| fit(&mut c.block_prefix6, n)),
+        "AUDIT_RATE" => Kind::Num(1, 100_000, |c, n| fit(&mut c.audit_rate, n)),
+        "CONTROL_GROUP" => Kind::Ident(|c| &mut c.control_group),
+        "NEVER_BLOCK_INFRASTRUCTURE" => Kind::Bool(|c| &mut c.never_block_infrastructure),
+        "METRICS_DIR" => Kind::Path(|c| &mut c.metrics_dir),
+        "BLOCK_OTHER_SCANS" => Kind::Bool(|c| &mut c.block_other_scans),
+        _ => return None,
+    })
+}
 
 /// Longest PORT_BANNER accepted (PortSentry's buffer was 1 KiB).
 const MAX_BANNER: usize = 1024;
 
-/// A value as parsed for its kind.
-enum Value {
-    Ports(PortSet),
-    Port(u16),
-    Path(Option<PathBuf>),
-    Bool(bool),
-    Block(BlockMode),
-    Command(Option<CommandTemplate>),
-    Line(Option<LineTemplate>),
-    Text(Option<String>),
-    Num(u64),
-    Firewall(Firewall),
-    Ident(Option<String>),
+/// Store a number in a narrower field. Bounds were checked against [`kind`]'s, so it always
+/// fits; the field keeps its default if it ever did not.
+fn fit<T: TryFrom<u64>>(field: &mut T, n: u64) {
+    if let Ok(v) = T::try_from(n) {
+        *field = v;
+    }
 }
 
-fn parse_value(kind: Kind, raw: &str) -> Result<Value, String> {
-    let bool01 = |s: &str| match s {
-        "0" => Ok(false),
-        "1" => Ok(true),
-        _ => Err(format!("expected 0 or 1, got '{s}'")),
-    };
-    Ok(match kind {
-        Kind::Ports => Value::Ports(PortSet::parse(raw)?),
-        Kind::Port => Value::Port(parse_port(raw.trim())?),
-        Kind::Path => {
-            let s = raw.trim();
-            if s.is_empty() {
-                Value::Path(None)
-            } else if !s.starts_with('/') {
-                return Err(format!("'{s}' must be an absolute path"));
-            } else {
-                Value::Path(Some(PathBuf::from(s)))
+/// BLOCK_TIMEOUT: 0 is permanent.
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+fn path(s: &str) -> Result<Option<PathBuf>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else if !s.starts_with('/') {
+        Err(format!("'{s}' must be an absolute path"))
+    } else {
+        Ok(Some(PathBuf::from(s)))
+    }
+}
+
+fn ident(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else if s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.as_bytes()[0].is_ascii_alphabetic()
+    {
+        Ok(Some(s.to_owned()))
+    } else {
+        Err(format!(
+            "'{s}' must be 1-32 letters, digits, '_' or '-', starting with a letter"
+        ))
+    }
+}
+
+/// A template, or `None` for a blank value.
+fn template<T>(
+    raw: &str,
+    parse: fn(&str) -> Result<T, TemplateError>,
+) -> Result<Option<T>, String> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    parse(raw).map(Some).map_err(|e| e.to_string())
+}
+
+/// Validate `raw` for the kind of `key` and store it in `cfg`. An empty value for a key
+/// that needs one is noted in `empty_required` (reported by `cross_check`).
+fn set(cfg: &mut Config, key: &str, kind: Kind, raw: &str) -> Result<(), String> {
+    let s = raw.trim();
+    match kind {
+        Kind::Ports(f) => *f(cfg) = PortSet::parse(raw)?,
+        Kind::Port(f) => *f(cfg) = parse_port(s)?,
+        Kind::Path(f) => *f(cfg) = path(s)?,
+        Kind::RequiredPath(f) => match path(s)? {
+            Some(p) => *f(cfg) = p,
+            None => cfg.empty_required.push(key.to_owned()),
+        },
+        Kind::Bool(f) => {
+            *f(cfg) = match s {
+                "0" => false,
+                "1" => true,
+                _ => return Err(format!("expected 0 or 1, got '{s}'")),
             }
         }
-        Kind::Bool => Value::Bool(bool01(raw.trim())?),
-        Kind::Block => Value::Block(match raw.trim() {
-            "0" => BlockMode::LogOnly,
-            "1" => BlockMode::Block,
-            "2" => BlockMode::CommandOnly,
-            s => return Err(format!("expected 0, 1 or 2, got '{s}'")),
-        }),
-        Kind::Command => Value::Command(if raw.trim().is_empty() {
-            None
-        } else {
-            Some(CommandTemplate::parse(raw).map_err(|e| e.to_string())?)
-        }),
-        Kind::Line => Value::Line(if raw.trim().is_empty() {
-            None
-        } else {
-            Some(LineTemplate::parse(raw).map_err(|e| e.to_string())?)
-        }),
-        Kind::Text => {
+        Kind::Block(f) => {
+            *f(cfg) = match s {
+                "0" => BlockMode::LogOnly,
+                "1" => BlockMode::Block,
+                "2" => BlockMode::CommandOnly,
+                _ => return Err(format!("expected 0, 1 or 2, got '{s}'")),
+            }
+        }
+        Kind::Command(f) => *f(cfg) = template(raw, CommandTemplate::parse)?,
+        Kind::Line(f) => *f(cfg) = template(raw, LineTemplate::parse)?,
+        Kind::Text(f) => {
             if raw.len() > MAX_BANNER {
                 return Err(format!("longer than {MAX_BANNER} bytes"));
             }
             if raw.chars().any(|c| c.is_control() && c != '\t') {
                 return Err("control character in value".into());
             }
-            Value::Text((!raw.is_empty()).then(|| raw.to_owned()))
+            *f(cfg) = (!raw.is_empty()).then(|| raw.to_owned());
         }
-        Kind::Num(min, max) => {
-            let s = raw.trim();
+        Kind::Num(min, max, store) => {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("'{s}' is not a whole number"));
             }
             match s.parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Value::Num(n),
+                Ok(n) if (min..=max).contains(&n) => store(cfg, n),
                 _ => return Err(format!("{s} out of range {min}-{max}")),
             }
         }
-        Kind::Firewall => Value::Firewall(match raw.trim() {
-            "none" | "" => Firewall::None,
-            "nftables" => Firewall::Nftables,
-            s => return Err(format!("expected 'nftables' or 'none', got '{s}'")),
-        }),
-        Kind::Ident => {
-            let s = raw.trim();
-            if s.is_empty() {
-                Value::Ident(None)
-            } else if s.len() <= 32
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                && s.as_bytes()[0].is_ascii_alphabetic()
-            {
-                Value::Ident(Some(s.to_owned()))
-            } else {
-                return Err(format!(
-                    "'{s}' must be 1-32 letters, digits, '_' or '-', starting with a letter"
-                ));
-            }
+        Kind::Firewall => {
+            cfg.firewall = match s {
+                "none" | "" => Firewall::None,
+                "nftables" => Firewall::Nftables,
+                _ => return Err(format!("expected 'nftables' or 'none', got '{s}'")),
+            };
+            cfg.firewall_origin = FirewallOrigin::Key;
         }
-    })
+        Kind::Ident(f) => *f(cfg) = ident(s)?,
+        Kind::RequiredIdent(f) => match ident(s)? {
+            Some(i) => *f(cfg) = i,
+            None => cfg.empty_required.push(key.to_owned()),
+        },
+    }
+    Ok(())
 }
 
 /// Split one non-comment line into key and raw value. Accepts `KEY="v"`, `KEY = "v"`,
@@ -403,23 +430,18 @@ impl Config {
                     continue;
                 }
             };
-            let Some(&(name, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
-                errors.push(ConfigError::new(path, Some(n), Some(key), "unknown key"));
+            let error = |m: String| ConfigError::new(path, Some(n), Some(key), m);
+            let Some(kind) = kind(key) else {
+                errors.push(error("unknown key".into()));
                 continue;
             };
-            if let Some(first) = cfg.key_lines.get(name) {
-                errors.push(ConfigError::new(
-                    path,
-                    Some(n),
-                    Some(name),
-                    format!("duplicate key (first set on line {first})"),
-                ));
+            if let Some(first) = cfg.key_lines.get(key) {
+                errors.push(error(format!("duplicate key (first set on line {first})")));
                 continue;
             }
-            cfg.key_lines.insert(name, n);
-            match parse_value(kind, value) {
-                Ok(v) => cfg.set(name, v),
-                Err(m) => errors.push(ConfigError::new(path, Some(n), Some(name), m)),
+            cfg.key_lines.insert(key.to_owned(), n);
+            if let Err(m) = set(&mut cfg, key, kind, value) {
+                errors.push(error(m));
             }
         }
         if errors.is_empty() {
@@ -480,90 +502,14 @@ impl Config {
         }
     }
 
-    fn set(&mut self, key: &'static str, v: Value) {
-        // Bounds were checked by `parse_value`; the conversions below cannot fail for the
-        // ranges in KEYS, and fall back to the default if they ever did.
-        let num = |v: &Value| match v {
-            Value::Num(n) => *n,
-            _ => 0,
-        };
-        match (key, v) {
-            ("TCP_PORTS", Value::Ports(p)) => self.tcp_ports = p,
-            ("UDP_PORTS", Value::Ports(p)) => self.udp_ports = p,
-            ("ADVANCED_PORTS_TCP", Value::Port(p)) => self.advanced_ports_tcp = p,
-            ("ADVANCED_PORTS_UDP", Value::Port(p)) => self.advanced_ports_udp = p,
-            ("ADVANCED_EXCLUDE_TCP", Value::Ports(p)) => self.advanced_exclude_tcp = p,
-            ("ADVANCED_EXCLUDE_UDP", Value::Ports(p)) => self.advanced_exclude_udp = p,
-            ("IGNORE_FILE", Value::Path(p)) => self.ignore_file = p,
-            ("HISTORY_FILE", Value::Path(p)) => self.history_file = p,
-            ("BLOCKED_FILE", Value::Path(p)) => self.blocked_file = p,
-            ("RESOLVE_HOST", Value::Bool(b)) => self.resolve_host = b,
-            ("BLOCK_TCP", Value::Block(b)) => self.block_tcp = b,
-            ("BLOCK_UDP", Value::Block(b)) => self.block_udp = b,
-            ("KILL_ROUTE", Value::Command(c)) => self.kill_route = c,
-            ("KILL_HOSTS_DENY", Value::Line(l)) => self.kill_hosts_deny = l,
-            ("KILL_RUN_CMD", Value::Command(c)) => self.kill_run_cmd = c,
-            ("KILL_RUN_CMD_FIRST", Value::Bool(b)) => self.kill_run_cmd_first = b,
-            ("PORT_BANNER", Value::Text(t)) => self.port_banner = t,
-            ("HOSTS_DENY_FILE", Value::Path(Some(p))) => self.hosts_deny_file = p,
-            ("AUDIT_LOG", Value::Path(Some(p))) => self.audit_log = p,
-            ("FIREWALL", Value::Firewall(f)) => {
-                self.firewall = f;
-                self.firewall_origin = FirewallOrigin::Key;
-            }
-            ("NFT_TABLE", Value::Ident(Some(t))) => self.nft_table = t,
-            ("BLACKHOLE_ROUTE", Value::Bool(b)) => self.blackhole_route = b,
-            ("CONTROL_GROUP", Value::Ident(g)) => self.control_group = g,
-            ("NEVER_BLOCK_INFRASTRUCTURE", Value::Bool(b)) => self.never_block_infrastructure = b,
-            ("METRICS_DIR", Value::Path(p)) => self.metrics_dir = p,
-            ("BLOCK_OTHER_SCANS", Value::Bool(b)) => self.block_other_scans = b,
-            (k, v @ Value::Num(_)) => {
-                let n = num(&v);
-                match k {
-                    "SCAN_TRIGGER" => self.scan_trigger = u32::try_from(n).unwrap_or(0),
-                    "BLOCK_TIMEOUT" => {
-                        self.block_timeout = (n > 0).then(|| Duration::from_secs(n));
-                    }
-                    "MAX_BLOCKS" => self.max_blocks = u32::try_from(n).unwrap_or(self.max_blocks),
-                    "BLOCK_RATE" => self.block_rate = u32::try_from(n).unwrap_or(self.block_rate),
-                    "KILL_TIMEOUT" => self.kill_timeout = Duration::from_secs(n),
-                    "SCAN_WINDOW" => self.scan_window = Duration::from_secs(n),
-                    "STATE_MAX_SOURCES" => {
-                        self.state_max_sources =
-                            usize::try_from(n).unwrap_or(self.state_max_sources);
-                    }
-                    "SENSOR_QUEUE" => {
-                        self.sensor_queue = usize::try_from(n).unwrap_or(self.sensor_queue);
-                    }
-                    "LOG_RATE" => self.log_rate = u32::try_from(n).unwrap_or(self.log_rate),
-                    "BLOCK_PREFIX6" => {
-                        self.block_prefix6 = u8::try_from(n).unwrap_or(self.block_prefix6)
-                    }
-                    "LOG_RATE_TOTAL" => {
-                        self.log_rate_total = u32::try_from(n).unwrap_or(self.log_rate_total);
-                    }
-                    "AUDIT_RATE" => {
-                        self.audit_rate = u32::try_from(n).unwrap_or(self.audit_rate);
-                    }
-                    _ => {}
-                }
-            }
-            // Empty values for keys that need one fall through to here and are reported by
-            // `cross_check` through `key_lines`.
-            (k, _) => self.empty_required.push(k),
-        }
+    /// A problem with `key`, located at the line that set it.
+    fn key_error(&self, key: &str, msg: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.path, self.key_lines.get(key).copied(), Some(key), msg)
     }
 
     fn cross_check(&mut self, errors: &mut Vec<ConfigError>) {
-        let path = self.path.clone();
-        let line = |k: &str| self.key_lines.get(k).copied();
         for k in std::mem::take(&mut self.empty_required) {
-            errors.push(ConfigError::new(
-                &path,
-                line(k),
-                Some(k),
-                "must not be empty",
-            ));
+            errors.push(self.key_error(&k, "must not be empty"));
         }
         for (key, mode) in [
             ("BLOCK_TCP", self.block_tcp),
@@ -571,27 +517,18 @@ impl Config {
             ("BLOCK_OTHER_SCANS", self.other_scans_mode()),
         ] {
             if mode == BlockMode::CommandOnly && self.kill_run_cmd.is_none() {
-                errors.push(ConfigError::new(
-                    &path,
-                    line(key),
-                    Some(key),
-                    "2 (run KILL_RUN_CMD only) needs KILL_RUN_CMD",
-                ));
+                errors.push(self.key_error(key, "2 (run KILL_RUN_CMD only) needs KILL_RUN_CMD"));
             }
             if mode == BlockMode::Block && !self.has_block_action() {
-                self.warnings.push(ConfigError::new(
-                    &path,
-                    line(key),
-                    Some(key),
+                self.warnings.push(self.key_error(
+                    key,
                     "1 (block) but no KILL_ROUTE, KILL_HOSTS_DENY, KILL_RUN_CMD, FIREWALL or BLACKHOLE_ROUTE is set: nothing will be blocked",
                 ));
             }
         }
         if self.resolve_host {
-            self.warnings.push(ConfigError::new(
-                &path,
-                line("RESOLVE_HOST"),
-                Some("RESOLVE_HOST"),
+            self.warnings.push(self.key_error(
+                "RESOLVE_HOST",
                 "host names are not resolved (a scanner controls its reverse DNS); logs show the address in the NAME field",
             ));
         }
@@ -650,23 +587,14 @@ impl Config {
             || self.blackhole_route
     }
 
-    /// What to do with a detection of this protocol. SCTP and IP-protocol probes are
-    /// always "other" kinds: BLOCK_OTHER_SCANS decides.
-    pub fn block_mode(&self, proto: sentry_proto::Protocol) -> BlockMode {
-        match proto {
-            sentry_proto::Protocol::Tcp => self.block_tcp,
-            sentry_proto::Protocol::Udp => self.block_udp,
-            sentry_proto::Protocol::Sctp | sentry_proto::Protocol::Ip => self.other_scans_mode(),
-        }
-    }
-
     /// What to do with a probe of this kind: BLOCK_OTHER_SCANS for the kinds PortSentry
-    /// never reported, BLOCK_TCP / BLOCK_UDP for the others.
+    /// never reported (SCTP and IP-protocol probes always are), BLOCK_TCP / BLOCK_UDP for
+    /// the others.
     pub fn block_mode_for(&self, scan: sentry_proto::ScanKind) -> BlockMode {
-        if scan.is_other() {
-            self.other_scans_mode()
-        } else {
-            self.block_mode(scan.protocol())
+        match scan.protocol() {
+            sentry_proto::Protocol::Tcp if !scan.is_other() => self.block_tcp,
+            sentry_proto::Protocol::Udp if !scan.is_other() => self.block_udp,
+            _ => self.other_scans_mode(),
         }
     }
 
@@ -678,16 +606,6 @@ impl Config {
         }
     }
 
-    /// Advanced TCP mode watches every port below ADVANCED_PORTS_TCP except the excluded
-    /// ones (inverse binding against live listeners is the sensor's job).
-    pub fn advanced_tcp_watched(&self, port: u16) -> bool {
-        port != 0 && port < self.advanced_ports_tcp && !self.advanced_exclude_tcp.contains(port)
-    }
-
-    pub fn advanced_udp_watched(&self, port: u16) -> bool {
-        port != 0 && port < self.advanced_ports_udp && !self.advanced_exclude_udp.contains(port)
-    }
-
     /// The ignore list named by IGNORE_FILE (empty when none is configured).
     pub fn load_ignore(&self) -> Result<IgnoreList, ConfigErrors> {
         match &self.ignore_file {
@@ -697,28 +615,16 @@ impl Config {
     }
 
     /// Check the files the configuration names: the ignore list parses, the directories
-    /// of files to be written exist, and kill programs exist and are executable. Errors
-    /// only; see [`Config::check_files`] for the warnings too.
-    pub fn check_referenced_files(&self) -> Result<(), ConfigErrors> {
-        let c = self.check_files();
-        if c.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(c.errors))
-        }
-    }
-
-    /// [`Config::check_referenced_files`], telling a configuration's errors from a host
-    /// that is merely not set up yet: a missing directory the enforcer creates itself at
-    /// start (those of AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE, see
-    /// [`Config::created_dirs`]) is a warning when its nearest existing ancestor is a
-    /// directory not writable by group or others (where the enforcer will create it),
-    /// and an error otherwise.
+    /// of files to be written exist, and kill programs exist and are executable. A
+    /// configuration's errors are told from a host that is merely not set up yet: a missing
+    /// directory the enforcer creates itself at start (those of AUDIT_LOG, HISTORY_FILE and
+    /// BLOCKED_FILE, see [`Config::created_dirs`]) is a warning when its nearest existing
+    /// ancestor is a directory not writable by group or others (where the enforcer will
+    /// create it), and an error otherwise.
     pub fn check_files(&self) -> FileCheck {
         use std::os::unix::fs::PermissionsExt;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let at = |k: &str| self.key_lines.get(k).copied();
         if let Err(ConfigErrors(mut e)) = self.load_ignore() {
             errors.append(&mut e);
         }
@@ -739,20 +645,16 @@ impl Config {
                 Some(dir) if dir.is_dir() => {}
                 Some(dir) if created && !dir.as_os_str().is_empty() => {
                     match creatable(dir) {
-                        Ok(()) => warnings.push(ConfigError::new(
-                            &self.path,
-                            at(key),
-                            Some(key),
+                        Ok(()) => warnings.push(self.key_error(
+                            key,
                             format!(
                                 "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}, owned by root) when it starts",
                                 dir.display(),
                                 dir_mode(key)
                             ),
                         )),
-                        Err(why) => errors.push(ConfigError::new(
-                            &self.path,
-                            at(key),
-                            Some(key),
+                        Err(why) => errors.push(self.key_error(
+                            key,
                             format!(
                                 "directory of {} does not exist, and sentry-enforcer will not create it: {why}",
                                 file.display()
@@ -760,10 +662,8 @@ impl Config {
                         )),
                     }
                 }
-                _ => errors.push(ConfigError::new(
-                    &self.path,
-                    at(key),
-                    Some(key),
+                _ => errors.push(self.key_error(
+                    key,
                     format!("directory of {} does not exist", file.display()),
                 )),
             }
@@ -772,10 +672,8 @@ impl Config {
         // textfile collector (and under systemd needs a ReadWritePaths= drop-in).
         if let Some(dir) = &self.metrics_dir {
             if !dir.is_dir() {
-                errors.push(ConfigError::new(
-                    &self.path,
-                    at("METRICS_DIR"),
-                    Some("METRICS_DIR"),
+                errors.push(self.key_error(
+                    "METRICS_DIR",
                     format!("{} is not an existing directory", dir.display()),
                 ));
             }
@@ -789,12 +687,9 @@ impl Config {
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false);
             if !ok {
-                errors.push(ConfigError::new(
-                    &self.path,
-                    at(key),
-                    Some(key),
-                    format!("{} is not an executable file", tpl.program()),
-                ));
+                errors.push(
+                    self.key_error(key, format!("{} is not an executable file", tpl.program())),
+                );
             }
         }
         FileCheck { errors, warnings }

@@ -28,10 +28,6 @@ fn mask4(len: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
 }
 
-fn mask6(len: u8) -> u128 {
-    crate::prefix6_bits(len)
-}
-
 /// Parse one entry (comment already removed, trimmed, non-empty).
 fn parse_entry(s: &str) -> Result<Net, String> {
     let (addr, len) = match s.split_once('/') {
@@ -74,7 +70,7 @@ fn parse_entry(s: &str) -> Result<Net, String> {
                 None => 128,
                 Some(l) => digits(l, 128)?,
             };
-            let base = u128::from(a) & mask6(len);
+            let base = u128::from(crate::mask6(a, len));
             // An IPv4-mapped network is the IPv4 network it maps.
             if len >= 96 && Ipv6Addr::from(base).to_ipv4_mapped().is_some() {
                 let v4 = u32::try_from(base & u128::from(u32::MAX)).unwrap_or(0);
@@ -124,21 +120,14 @@ impl IgnoreList {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         let mut errors = Vec::new();
-        let mut entries = 0;
         for (n, raw) in lines(text) {
             let line = raw.split_once('#').map_or(raw, |(l, _)| l).trim();
             if line.is_empty() {
                 continue;
             }
             match parse_entry(line) {
-                Ok(Net::V4(base, len)) => {
-                    v4.push((base, base | !mask4(len)));
-                    entries += 1;
-                }
-                Ok(Net::V6(base, len)) => {
-                    v6.push((base, base | !mask6(len)));
-                    entries += 1;
-                }
+                Ok(Net::V4(base, len)) => v4.push((base, base | !mask4(len))),
+                Ok(Net::V6(base, len)) => v6.push((base, base | !crate::prefix6_bits(len))),
                 Err(m) => errors.push(ConfigError::new(path, Some(n), None, m)),
             }
         }
@@ -146,9 +135,10 @@ impl IgnoreList {
             return Err(ConfigErrors(errors));
         }
         Ok(Self {
+            // Entries read, before merging.
+            entries: v4.len() + v6.len(),
             v4: merge(v4, |x: u32| x.checked_add(1)),
             v6: merge(v6, |x: u128| x.checked_add(1)),
-            entries,
         })
     }
 
@@ -166,8 +156,8 @@ impl IgnoreList {
     /// Does any entry overlap the IPv6 network `net`/`len`? (A prefix block must not cover
     /// an address the administrator asked never to block.)
     pub fn overlaps_net6(&self, net: std::net::Ipv6Addr, len: u8) -> bool {
-        let lo = u128::from(net) & mask6(len.min(128));
-        let hi = lo | !mask6(len.min(128));
+        let lo = u128::from(crate::mask6(net, len));
+        let hi = lo | !crate::prefix6_bits(len);
         // Ranges are sorted and disjoint: the first one ending at or after `lo` is the
         // only candidate.
         let i = self.v6.partition_point(|&(_, end)| end < lo);

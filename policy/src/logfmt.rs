@@ -19,57 +19,28 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-struct Parts {
-    y: i64,
-    mo: u32,
-    d: u32,
-    h: u64,
-    mi: u64,
-    s: u64,
-}
-
-fn parts(epoch_s: u64) -> Parts {
+/// (year, month, day, hour, minute, second) of a Unix time in UTC.
+fn parts(epoch_s: u64) -> (i64, u32, u32, u64, u64, u64) {
     let days = i64::try_from(epoch_s / 86_400).unwrap_or(i64::MAX / 2);
     let (y, mo, d) = civil_from_days(days);
     let secs = epoch_s % 86_400;
-    Parts {
-        y,
-        mo,
-        d,
-        h: secs / 3600,
-        mi: secs % 3600 / 60,
-        s: secs % 60,
-    }
+    (y, mo, d, secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 /// RFC 3339 in UTC with milliseconds: `2026-11-21T13:05:00.123Z`.
 pub fn format_utc(epoch_ms: u64) -> String {
-    let p = parts(epoch_ms / 1000);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.y,
-        p.mo,
-        p.d,
-        p.h,
-        p.mi,
-        p.s,
-        epoch_ms % 1000
-    )
+    let (y, mo, d, h, mi, s) = parts(epoch_ms / 1000);
+    let ms = epoch_ms % 1000;
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
 /// A line of PortSentry's BLOCKED_FILE / HISTORY_FILE:
 /// `<epoch> - MM/DD/YYYY HH:MM:SS Host: <name>/<ip> Port: <n> <TCP|UDP> Blocked`.
 /// sentry never resolves names, so `<name>` is the address; the time is UTC.
 pub fn history_line(epoch_s: u64, ip: IpAddr, port: u16, proto: Protocol) -> String {
-    let p = parts(epoch_s);
+    let (y, mo, d, h, mi, s) = parts(epoch_s);
     format!(
-        "{epoch_s} - {:02}/{:02}/{:04} {:02}:{:02}:{:02} Host: {ip}/{ip} Port: {port} {} Blocked",
-        p.mo,
-        p.d,
-        p.y,
-        p.h,
-        p.mi,
-        p.s,
+        "{epoch_s} - {mo:02}/{d:02}/{y:04} {h:02}:{mi:02}:{s:02} Host: {ip}/{ip} Port: {port} {} Blocked",
         proto.as_upper()
     )
 }
@@ -89,13 +60,8 @@ pub fn parse_history_line(line: &str) -> Option<(u64, IpAddr, u16, Protocol)> {
     let rest = rest.strip_prefix("Port: ")?;
     let mut words = rest.split_whitespace();
     let port = words.next()?.parse().ok()?;
-    let proto = match words.next()? {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        "SCTP" => Protocol::Sctp,
-        "IP" => Protocol::Ip,
-        _ => return None,
-    };
+    let word = words.next()?;
+    let proto = Protocol::ALL.into_iter().find(|p| p.as_upper() == word)?;
     Some((epoch, ip, port, proto))
 }
 

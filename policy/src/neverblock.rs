@@ -119,9 +119,7 @@ impl NeverBlock {
         self.infra.clear();
         for (ip, why) in infra {
             let e = self.infra.entry(canonical(ip)).or_insert(why);
-            if why < *e {
-                *e = why;
-            }
+            *e = (*e).min(why);
         }
     }
 
@@ -152,19 +150,15 @@ impl NeverBlock {
     /// that is itself never blocked (link-local, multicast, ...). `None`: the whole
     /// network may be blocked.
     pub fn check_net6(&self, net: Ipv6Addr, len: u8) -> Option<NeverBlockReason> {
-        let mask = crate::prefix6_bits(len);
-        let base = u128::from(net) & mask;
-        let inside = |ip: &IpAddr| match ip {
-            IpAddr::V6(a) => u128::from(*a) & mask == base,
-            IpAddr::V4(_) => false,
-        };
+        let base = crate::mask6(net, len);
+        let inside = |ip: &IpAddr| matches!(ip, IpAddr::V6(a) if crate::mask6(*a, len) == base);
         if self.own.iter().any(inside) {
             return Some(NeverBlockReason::OwnAddress);
         }
         if let Some((_, why)) = self.infra.iter().find(|(ip, _)| inside(ip)) {
             return Some(NeverBlockReason::Infrastructure(*why));
         }
-        check_v6(Ipv6Addr::from(base))
+        check_v6(base)
     }
 
     fn check_v4(&self, a: Ipv4Addr) -> Option<NeverBlockReason> {

@@ -54,7 +54,7 @@ impl PortSet {
 
     /// Compact text form (`1,7,9-11`), for logs and `check-config`.
     pub fn to_list(&self) -> String {
-        let mut out = String::new();
+        let mut items = Vec::new();
         let mut iter = self.iter().peekable();
         while let Some(start) = iter.next() {
             let mut end = start;
@@ -62,16 +62,13 @@ impl PortSet {
                 end += 1;
                 iter.next();
             }
-            if !out.is_empty() {
-                out.push(',');
-            }
-            if start == end {
-                out.push_str(&start.to_string());
+            items.push(if start == end {
+                start.to_string()
             } else {
-                out.push_str(&format!("{start}-{end}"));
-            }
+                format!("{start}-{end}")
+            });
         }
-        out
+        items.join(",")
     }
 
     /// Parse `1,7,9-11` (spaces around items allowed). Every item must be a port in

@@ -19,17 +19,6 @@ pub enum Token {
     Mode,
 }
 
-impl Token {
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "TARGET" => Some(Self::Target),
-            "PORT" => Some(Self::Port),
-            "MODE" => Some(Self::Mode),
-            _ => None,
-        }
-    }
-}
-
 /// Values substituted for the tokens. Every one is formatted by the enforcer itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Vars<'a> {
@@ -99,8 +88,12 @@ fn push_text(pieces: &mut Vec<Piece>, text: &str) -> Result<(), TemplateError> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
             return Err(TemplateError::StrayDollar);
         }
-        let tok = Token::from_name(name).ok_or_else(|| TemplateError::UnknownToken(name.into()))?;
-        pieces.push(Piece::Tok(tok));
+        pieces.push(Piece::Tok(match name {
+            "TARGET" => Token::Target,
+            "PORT" => Token::Port,
+            "MODE" => Token::Mode,
+            _ => return Err(TemplateError::UnknownToken(name.into())),
+        }));
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {
@@ -151,13 +144,15 @@ impl CommandTemplate {
         }
         let mut args: Vec<Vec<Piece>> = Vec::new();
         let mut cur: Option<Vec<Piece>> = None;
-        let mut chars = s.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
+        // Byte offset of the next character; every step below ends on a char boundary.
+        let mut i = 0;
+        while let Some(c) = s[i..].chars().next() {
             match c {
                 ' ' | '\t' => {
                     if let Some(a) = cur.take() {
                         args.push(a);
                     }
+                    i += 1;
                 }
                 '\'' | '"' => {
                     let body_start = i + 1;
@@ -170,13 +165,8 @@ impl CommandTemplate {
                     if body.is_empty() {
                         push_lit(arg, "");
                     }
-                    // Skip past the closing quote.
-                    while let Some(&(j, _)) = chars.peek() {
-                        if j > body_start + close {
-                            break;
-                        }
-                        chars.next();
-                    }
+                    // Past the closing quote.
+                    i = body_start + close + 1;
                 }
                 '|' | ';' | '&' | '<' | '>' | '`' | '(' | ')' | '\\' => {
                     return Err(TemplateError::ShellSyntax(c));
@@ -187,12 +177,7 @@ impl CommandTemplate {
                         .find(|ch: char| " \t'\"|;&<>`()\\".contains(ch))
                         .map_or(s.len(), |n| i + n);
                     push_text(cur.get_or_insert_with(Vec::new), &s[i..end])?;
-                    while let Some(&(j, _)) = chars.peek() {
-                        if j >= end {
-                            break;
-                        }
-                        chars.next();
-                    }
+                    i = end;
                 }
             }
         }

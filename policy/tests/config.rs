@@ -35,9 +35,7 @@ fn portsentry_sample_parses_unchanged() {
         (1024, 1024)
     );
     assert!(cfg.advanced_exclude_tcp.contains(113) && cfg.advanced_exclude_tcp.contains(139));
-    assert!(cfg.advanced_tcp_watched(1023) && !cfg.advanced_tcp_watched(1024));
-    assert!(!cfg.advanced_tcp_watched(113) && cfg.advanced_udp_watched(53));
-    assert!(!cfg.advanced_udp_watched(137));
+    assert!(cfg.advanced_exclude_udp.contains(137) && !cfg.advanced_exclude_udp.contains(53));
     assert_eq!(
         cfg.ignore_file.as_deref(),
         Some(Path::new("/usr/local/psionic/portsentry/portsentry.ignore"))
@@ -300,9 +298,8 @@ fn referenced_files_are_checked() {
     );
     let cfg = Config::parse(&text, Path::new("/c.conf")).unwrap();
     let e: Vec<String> = cfg
-        .check_referenced_files()
-        .unwrap_err()
-        .0
+        .check_files()
+        .errors
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -425,7 +422,7 @@ fn never_block_infrastructure_key() {
 
 #[test]
 fn block_other_scans_key() {
-    use sentry_proto::{Protocol, ScanKind};
+    use sentry_proto::ScanKind;
     let cfg = Config::parse("BLOCK_TCP=\"1\"\nFIREWALL=\"nftables\"\n", Path::new("x")).unwrap();
     assert!(!cfg.block_other_scans, "off by default");
     // Off: the kinds PortSentry never reported are logged only, whatever BLOCK_TCP says;
@@ -440,7 +437,6 @@ fn block_other_scans_key() {
     }
     assert_eq!(cfg.block_mode_for(ScanKind::Syn), BlockMode::Block);
     assert_eq!(cfg.block_mode_for(ScanKind::Udp), BlockMode::LogOnly);
-    assert_eq!(cfg.block_mode(Protocol::Sctp), BlockMode::LogOnly);
     let on = Config::parse(
         "BLOCK_TCP=\"0\"\nBLOCK_OTHER_SCANS=\"1\"\nFIREWALL=\"nftables\"\n",
         Path::new("x"),
@@ -450,7 +446,6 @@ fn block_other_scans_key() {
     assert!(on.warnings.is_empty(), "{:?}", on.warnings);
     assert_eq!(on.block_mode_for(ScanKind::Ack), BlockMode::Block);
     assert_eq!(on.block_mode_for(ScanKind::IpProtocol), BlockMode::Block);
-    assert_eq!(on.block_mode(Protocol::Ip), BlockMode::Block);
     assert_eq!(on.block_mode_for(ScanKind::Syn), BlockMode::LogOnly);
     assert_eq!(
         one_error("BLOCK_OTHER_SCANS=\"2\"\n"),

@@ -31,8 +31,6 @@ pub enum ProtoError {
     Malformed(String),
     /// A message too large to send, or that could not be encoded.
     Encode(String),
-    /// The peer speaks another protocol version.
-    Version { ours: u16, theirs: u16 },
     /// The peer closed the connection cleanly between frames.
     Closed,
     /// Transport error (only from [`read_frame`] / [`write_frame`]).
@@ -57,9 +55,6 @@ impl fmt::Display for ProtoError {
             Self::UnexpectedEnd => write!(f, "message ends in the middle of a value"),
             Self::Malformed(m) => write!(f, "malformed message: {m}"),
             Self::Encode(m) => write!(f, "cannot encode message: {m}"),
-            Self::Version { ours, theirs } => {
-                write!(f, "protocol version mismatch: ours {ours}, peer {theirs}")
-            }
             Self::Closed => write!(f, "connection closed"),
             Self::Io(k) => write!(f, "i/o error: {k}"),
         }
@@ -81,7 +76,6 @@ impl ProtoError {
             Self::UnexpectedEnd => "unexpected_end",
             Self::Malformed(_) => "malformed",
             Self::Encode(_) => "encode",
-            Self::Version { .. } => "version",
             Self::Closed => "closed",
             Self::Io(_) => "io",
         }
@@ -119,16 +113,10 @@ pub trait Message: Sized + bincode::Encode + bincode::Decode<()> {
 /// limit is the frame cap, so a claimed length can never exceed what the frame holds.
 type BaseConfig = config::Configuration<config::BigEndian, config::Fixint, config::NoLimit>;
 
-fn base_config() -> BaseConfig {
+pub(crate) fn base_config() -> BaseConfig {
     config::standard()
         .with_big_endian()
         .with_fixed_int_encoding()
-}
-
-pub(crate) fn decode_with_limit<T: bincode::Decode<()>, const MAX: usize>(
-    body: &[u8],
-) -> Result<(T, usize), DecodeError> {
-    bincode::decode_from_slice(body, base_config().with_limit::<MAX>())
 }
 
 macro_rules! message {
@@ -136,7 +124,8 @@ macro_rules! message {
         impl $crate::frame::Message for $t {
             const MAX_FRAME: usize = $max;
             fn decode_limited(body: &[u8]) -> Result<(Self, usize), ::bincode::error::DecodeError> {
-                $crate::frame::decode_with_limit::<Self, { $max }>(body)
+                let config = $crate::frame::base_config().with_limit::<{ $max }>();
+                ::bincode::decode_from_slice(body, config)
             }
         }
     };
@@ -328,17 +317,5 @@ impl<T: Message> FrameBuf<T> {
     /// True when no partial frame is buffered (a close here is a clean close).
     pub fn is_idle(&self) -> bool {
         self.buf.is_empty()
-    }
-}
-
-/// Check a peer's protocol version against ours.
-pub fn check_version(theirs: u16) -> Result<(), ProtoError> {
-    if theirs == crate::PROTOCOL_VERSION {
-        Ok(())
-    } else {
-        Err(ProtoError::Version {
-            ours: crate::PROTOCOL_VERSION,
-            theirs,
-        })
     }
 }

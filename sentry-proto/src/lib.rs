@@ -17,8 +17,8 @@ mod msg;
 
 pub use duration::{format_go_duration, parse_go_duration, DurationError};
 pub use frame::{
-    check_version, decode_frame, encode_frame, frame_len, read_frame, write_frame, FrameBuf,
-    Message, ProtoError, HEADER_LEN,
+    decode_frame, encode_frame, frame_len, read_frame, write_frame, FrameBuf, Message, ProtoError,
+    HEADER_LEN,
 };
 pub use msg::*;
 

@@ -10,6 +10,18 @@ use serde::{Deserialize, Serialize};
 use crate::frame::message;
 use crate::{MAX_CONTROL_RESPONSE, MAX_NAME_LEN, MAX_SMALL_FRAME};
 
+/// `Display` as the type's `as_str` name.
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Protocol, Mode, ScanKind, Decision);
+
 /// Transport protocol of a detection.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +37,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 4] = [Self::Tcp, Self::Udp, Self::Sctp, Self::Ip];
+
     /// Lower-case name, as PortSentry substitutes it for `$MODE$`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,12 +57,6 @@ impl Protocol {
             Self::Sctp => "SCTP",
             Self::Ip => "IP",
         }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -111,12 +119,6 @@ impl Mode {
     /// Basic modes bind sockets; the others capture.
     pub fn is_basic(self) -> bool {
         matches!(self, Self::Tcp | Self::Udp)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -185,12 +187,6 @@ impl ScanKind {
             Self::IpProtocol => "ipproto",
             Self::SctpInit => "sctp_init",
         }
-    }
-}
-
-impl fmt::Display for ScanKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -300,12 +296,6 @@ impl Decision {
             Self::Rejected => "rejected",
             Self::Failed => "failed",
         }
-    }
-}
-
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -655,9 +645,7 @@ impl fmt::Display for FieldError {
                 f,
                 "port 0 (or an IP protocol number above 255) is not a valid destination"
             ),
-            Self::ProtocolMismatch => {
-                write!(f, "protocol, mode and scan kind do not agree")
-            }
+            Self::ProtocolMismatch => write!(f, "protocol, mode and scan kind do not agree"),
             Self::DistinctPorts(n) => write!(f, "distinct port count {n} out of range 1-65535"),
             Self::Times(why) => write!(f, "timestamps: {why}"),
             Self::Address(why) => write!(f, "source address: {why}"),
@@ -692,10 +680,7 @@ impl Hello {
         if self.modes.is_empty() || self.modes.len() > Mode::ALL.len() {
             return Err(FieldError::Modes("must name 1 to 6 modes"));
         }
-        let mut sorted = self.modes.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != self.modes.len() {
+        if (1..self.modes.len()).any(|i| self.modes[..i].contains(&self.modes[i])) {
             return Err(FieldError::Modes("duplicate mode"));
         }
         Ok(())
@@ -706,16 +691,14 @@ impl BlockRequest {
     /// Check every field for internal consistency. `now_ms` is the enforcer's clock.
     /// Address policy (never-block, ignore list) is not decided here.
     pub fn validate(&self, now_ms: u64) -> Result<(), FieldError> {
-        match self.protocol {
-            // The port field of an IP-protocol probe is the protocol number, and 0 (IPv4
-            // HOPOPT) is one nmap -sO sends.
-            Protocol::Ip if self.port > 255 => return Err(FieldError::Port),
-            Protocol::Ip => {}
-            _ if self.port == 0 => return Err(FieldError::Port),
-            _ => {}
-        }
-        if self.scan.protocol() != self.protocol {
-            return Err(FieldError::ProtocolMismatch);
+        // The port field of an IP-protocol probe is the protocol number, and 0 (IPv4
+        // HOPOPT) is one nmap -sO sends.
+        let port_ok = match self.protocol {
+            Protocol::Ip => self.port <= 255,
+            _ => self.port != 0,
+        };
+        if !port_ok {
+            return Err(FieldError::Port);
         }
         let mode_ok = match self.protocol {
             Protocol::Tcp | Protocol::Udp => self.mode.protocol() == self.protocol,
@@ -724,25 +707,21 @@ impl BlockRequest {
             // IP-protocol probes are watched by the advanced modes (every unserved thing).
             Protocol::Ip => matches!(self.mode, Mode::Atcp | Mode::Audp),
         };
-        if !mode_ok {
+        // ACK-bearing segments are replies, never reported; and the named kinds have their
+        // own variants.
+        const ACK: u8 = 0x10;
+        let bad_oddball = matches!(self.scan, ScanKind::Oddball { flags }
+            if flags & ACK != 0 || matches!(flags, 0x00 | 0x01 | 0x02 | 0x29));
+        if self.scan.protocol() != self.protocol
+            || !mode_ok
+            // The basic modes see only connects and datagrams.
+            || (self.scan.is_other() && self.mode.is_basic())
+            // A connect is only seen by the basic TCP mode, and the basic TCP mode sees
+            // nothing else.
+            || (self.scan == ScanKind::Connect) != (self.mode == Mode::Tcp)
+            || bad_oddball
+        {
             return Err(FieldError::ProtocolMismatch);
-        }
-        // The basic modes see only connects and datagrams.
-        if self.scan.is_other() && self.mode.is_basic() {
-            return Err(FieldError::ProtocolMismatch);
-        }
-        // A connect is only seen by the basic TCP mode, and the basic TCP mode sees
-        // nothing else.
-        if (self.scan == ScanKind::Connect) != (self.mode == Mode::Tcp) {
-            return Err(FieldError::ProtocolMismatch);
-        }
-        if let ScanKind::Oddball { flags } = self.scan {
-            // ACK-bearing segments are replies, never reported; and the named kinds have
-            // their own variants.
-            const ACK: u8 = 0x10;
-            if flags & ACK != 0 || matches!(flags, 0x00 | 0x01 | 0x02 | 0x29) {
-                return Err(FieldError::ProtocolMismatch);
-            }
         }
         if self.distinct_ports == 0 || self.distinct_ports > 65_535 {
             return Err(FieldError::DistinctPorts(self.distinct_ports));
@@ -756,12 +735,10 @@ impl BlockRequest {
         if self.first_seen_ms == 0 {
             return Err(FieldError::Times("zero"));
         }
-        if let IpAddr::V6(v6) = self.source {
-            if v6.to_ipv4_mapped().is_some() {
-                return Err(FieldError::Address(
-                    "IPv4-mapped IPv6; the sensor must send IPv4 as IPv4",
-                ));
-            }
+        if matches!(self.source, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
+            return Err(FieldError::Address(
+                "IPv4-mapped IPv6; the sensor must send IPv4 as IPv4",
+            ));
         }
         Ok(())
     }

@@ -338,14 +338,6 @@ fn claimed_container_length_is_limited() {
 
 #[test]
 fn wrong_version() {
-    assert_eq!(check_version(PROTOCOL_VERSION), Ok(()));
-    assert_eq!(
-        check_version(PROTOCOL_VERSION + 1),
-        Err(ProtoError::Version {
-            ours: PROTOCOL_VERSION,
-            theirs: PROTOCOL_VERSION + 1
-        })
-    );
     let h = Hello {
         version: 0,
         sensor: "s".into(),
@@ -382,7 +374,6 @@ fn each_error_kind_is_distinct() {
         ProtoError::UnexpectedEnd,
         ProtoError::Malformed(String::new()),
         ProtoError::Encode(String::new()),
-        ProtoError::Version { ours: 1, theirs: 2 },
         ProtoError::Closed,
         ProtoError::Io(std::io::ErrorKind::Other),
     ];
