@@ -202,12 +202,14 @@ fn dump_request(ty: u16, seq: u32) -> Vec<u8> {
     b.finish()
 }
 
-/// Run one rtnetlink dump and hand every reply message of type `want` to `each`.
-fn dump(
+/// Run one rtnetlink dump and collect (sorted, deduplicated) the addresses `each` finds in
+/// every reply message of type `want`.
+fn dump<I: IntoIterator<Item = IpAddr>>(
     ty: u16,
     want: u16,
-    mut each: impl FnMut(&[u8]) -> Result<(), InfraError>,
-) -> Result<(), InfraError> {
+    each: fn(&[u8]) -> Result<I, InfraError>,
+) -> Result<Vec<IpAddr>, InfraError> {
+    let mut out = BTreeSet::new();
     let fd = nl::open(SockProtocol::NetlinkRoute, 0, SockFlag::empty()).map_err(InfraError::Io)?;
     setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0)).map_err(InfraError::Io)?;
     let seq = std::process::id()
@@ -237,7 +239,7 @@ fn dump(
                 continue;
             }
             match m.ty {
-                NLMSG_DONE => return Ok(()),
+                NLMSG_DONE => return Ok(out.into_iter().collect()),
                 NLMSG_ERROR => {
                     let code = nl::error_code(m.payload)
                         .ok_or(InfraError::Malformed("short error message"))?;
@@ -245,7 +247,7 @@ fn dump(
                         return Err(InfraError::Kernel(Errno::from_raw(-code)));
                     }
                 }
-                t if t == want => each(m.payload)?,
+                t if t == want => out.extend(each(m.payload)?),
                 _ => {}
             }
         }
@@ -254,26 +256,12 @@ fn dump(
 
 /// Default-route next hops of every table, IPv4 and IPv6 (one RTM_GETROUTE dump).
 pub fn dump_default_gateways() -> Result<Vec<IpAddr>, InfraError> {
-    let mut out = BTreeSet::new();
-    dump(RTM_GETROUTE, RTM_NEWROUTE, |p| {
-        for g in default_route_gateways(p)? {
-            out.insert(g);
-        }
-        Ok(())
-    })?;
-    Ok(out.into_iter().collect())
+    dump(RTM_GETROUTE, RTM_NEWROUTE, default_route_gateways)
 }
 
 /// Point-to-point peers of every address (one RTM_GETADDR dump).
 pub fn dump_ptp_peers() -> Result<Vec<IpAddr>, InfraError> {
-    let mut out = BTreeSet::new();
-    dump(RTM_GETADDR, RTM_NEWADDR, |p| {
-        if let Some(a) = ptp_peer(p)? {
-            out.insert(a);
-        }
-        Ok(())
-    })?;
-    Ok(out.into_iter().collect())
+    dump(RTM_GETADDR, RTM_NEWADDR, ptp_peer)
 }
 
 /// What a batch of notifications says must be looked at again.
@@ -362,11 +350,11 @@ pub struct InfraPaths {
 }
 
 /// Lease directories and the file-name suffix of a lease in each ("" = every file).
-const LEASE_DIRS: &[(&str, &str, InfraReason)] = &[
-    ("var/lib/dhcp", ".leases", InfraReason::DhcpServer),
-    ("var/lib/dhclient", ".leases", InfraReason::DhcpServer),
-    ("var/lib/NetworkManager", ".lease", InfraReason::DhcpServer),
-    ("run/systemd/netif/leases", "", InfraReason::DhcpServer),
+const LEASE_DIRS: &[(&str, &str)] = &[
+    ("var/lib/dhcp", ".leases"),
+    ("var/lib/dhclient", ".leases"),
+    ("var/lib/NetworkManager", ".lease"),
+    ("run/systemd/netif/leases", ""),
 ];
 const RESOLV_FILES: &[&str] = &["etc/resolv.conf", "run/systemd/resolve/resolv.conf"];
 
@@ -377,24 +365,14 @@ impl InfraPaths {
         }
     }
 
-    fn resolv_files(&self) -> Vec<PathBuf> {
-        RESOLV_FILES.iter().map(|f| self.root.join(f)).collect()
-    }
-
-    fn lease_dirs(&self) -> Vec<(PathBuf, &'static str)> {
-        LEASE_DIRS
-            .iter()
-            .map(|(d, suffix, _)| (self.root.join(d), *suffix))
-            .collect()
-    }
-
     /// Every file that may hold infrastructure, plus the lease directories themselves
     /// (their mtime changes when a lease file appears or goes). Bounded per directory.
     fn candidates(&self, problems: &mut Vec<String>) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>) {
-        let resolv = self.resolv_files();
+        let resolv = RESOLV_FILES.iter().map(|f| self.root.join(f)).collect();
         let mut leases = Vec::new();
         let mut dirs = Vec::new();
-        for (dir, suffix) in self.lease_dirs() {
+        for &(dir, suffix) in LEASE_DIRS {
+            let dir = self.root.join(dir);
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -508,26 +486,22 @@ pub fn read_files(paths: &InfraPaths) -> (Vec<(IpAddr, InfraReason)>, Vec<String
     let mut problems = Vec::new();
     let (resolv, leases, _) = paths.candidates(&mut problems);
     let mut out = Vec::new();
-    for p in resolv {
-        match read_small(&p) {
-            Ok(Some(t)) => {
-                let (a, bad) = parse_resolv_conf(&t);
-                out.extend(a.into_iter().map(|a| (a, InfraReason::Nameserver)));
-                problems.extend(bad.into_iter().map(|b| format!("{}: {b}", p.display())));
+    type Parse = fn(&str) -> (Vec<IpAddr>, Vec<String>);
+    let kinds: [(_, Parse, _); 2] = [
+        (resolv, parse_resolv_conf, InfraReason::Nameserver),
+        (leases, parse_lease, InfraReason::DhcpServer),
+    ];
+    for (files, parse, reason) in kinds {
+        for p in files {
+            match read_small(&p) {
+                Ok(Some(t)) => {
+                    let (a, bad) = parse(&t);
+                    out.extend(a.into_iter().map(|a| (a, reason)));
+                    problems.extend(bad.into_iter().map(|b| format!("{}: {b}", p.display())));
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(e),
             }
-            Ok(None) => {}
-            Err(e) => problems.push(e),
-        }
-    }
-    for p in leases {
-        match read_small(&p) {
-            Ok(Some(t)) => {
-                let (a, bad) = parse_lease(&t);
-                out.extend(a.into_iter().map(|a| (a, InfraReason::DhcpServer)));
-                problems.extend(bad.into_iter().map(|b| format!("{}: {b}", p.display())));
-            }
-            Ok(None) => {}
-            Err(e) => problems.push(e),
         }
     }
     (out, problems)
