@@ -126,6 +126,15 @@ fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
+/// Begin a set-element message of type `ty` (NFT_MSG_*SETELEM) for `set` of `table`
+/// (family inet).
+fn begin_setelem(b: &mut MsgBuilder, ty: u16, flags: u16, seq: u32, table: &str, set: &str) {
+    b.begin((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq);
+    b.nfgen(NFPROTO_INET, 0);
+    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+}
+
 /// One element operation for [`encode_setelem_batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetElem {
@@ -161,10 +170,7 @@ pub fn encode_setelem_batch(
             } else {
                 (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
             };
-            b.begin((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq);
-            b.nfgen(NFPROTO_INET, 0);
-            b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
-            b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+            begin_setelem(&mut b, ty, flags, seq, table, set);
             b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
             for e in chunk {
                 b.nest_begin(NFTA_LIST_ELEM);
@@ -258,14 +264,8 @@ pub fn parse_acks(buf: &[u8], pending: &mut Vec<u32>) -> Result<(), NlError> {
 /// batch: nfnetlink takes GET requests on their own.
 pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(Vec::with_capacity(64));
-    b.begin(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-    );
-    b.nfgen(NFPROTO_INET, 0);
-    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    let flags = NLM_F_REQUEST | NLM_F_DUMP;
+    begin_setelem(&mut b, NFT_MSG_GETSETELEM, flags, seq, table, set);
     b.end();
     b.finish()
 }
@@ -276,14 +276,8 @@ pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
 /// aborts a batch, which waits for an RCU grace period (about 10-15 ms here).
 pub fn encode_getelem(table: &str, set: &str, addr: IpAddr, seq: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(Vec::with_capacity(96));
-    b.begin(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-    );
-    b.nfgen(NFPROTO_INET, 0);
-    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    begin_setelem(&mut b, NFT_MSG_GETSETELEM, flags, seq, table, set);
     b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
     b.nest_begin(NFTA_LIST_ELEM);
     b.nest_begin(NFTA_SET_ELEM_KEY);
@@ -776,14 +770,7 @@ mod tests {
     /// A NEWSETELEM dump message as the kernel sends it, with `keys` as element keys.
     fn dump_msg(seq: u32, flags: u16, keys: &[&[u8]]) -> Vec<u8> {
         let mut b = MsgBuilder::new(Vec::new());
-        b.begin(
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
-            0x2 | flags,
-            seq,
-        );
-        b.nfgen(NFPROTO_INET, 0);
-        b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, "sentry");
-        b.attr_strz(NFTA_SET_ELEM_LIST_SET, "v4");
+        begin_setelem(&mut b, NFT_MSG_NEWSETELEM, 0x2 | flags, seq, "sentry", "v4");
         b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
         for k in keys {
             b.nest_begin(NFTA_LIST_ELEM);
