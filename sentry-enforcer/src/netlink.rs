@@ -329,9 +329,7 @@ fn dump_elements(body: &[u8], out: &mut Vec<DumpElem>, limit: usize) -> Result<(
             if ty != NFTA_LIST_ELEM {
                 continue;
             }
-            let mut key = None;
-            let mut data = None;
-            let mut expires = None;
+            let (mut key, mut data, mut expires) = (None, None, None);
             for (t, v) in attrs(elem)? {
                 match t {
                     NFTA_SET_ELEM_KEY => key = Some(data_value(v)?),

@@ -32,8 +32,8 @@ pub const RTM_DELROUTE: u16 = 25;
 /// `RTM_DELADDR`, which also carry the IPv4 broadcast address).
 pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 pub const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-/// Receive buffer of a request socket: ACKs are small, errors echo the request (bounded
-/// by what was sent).
+/// Largest reply or notification read at once; ACKs are small, errors echo the request
+/// (bounded by what was sent).
 pub const RECV_BUF: usize = 64 * 1024;
 
 pub fn pad4(n: usize) -> usize {
