@@ -287,13 +287,11 @@ pub fn classify(buf: &[u8]) -> Result<Dirty, InfraError> {
     for m in messages(buf)? {
         match m.ty {
             RTM_NEWROUTE | RTM_DELROUTE => {
-                let dst_len = *m
+                let dst_len = m
                     .payload
                     .get(1)
                     .ok_or(InfraError::Malformed("short rtmsg"))?;
-                if dst_len == 0 {
-                    d.routes = true;
-                }
+                d.routes |= *dst_len == 0;
             }
             RTM_NEWADDR | RTM_DELADDR => d.addrs = true,
             _ => {}
