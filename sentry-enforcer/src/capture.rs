@@ -19,6 +19,8 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+use crate::nl::{self, MsgBuilder, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
+
 /// The NFLOG group the detection chain copies candidates to. Groups are per network
 /// namespace; 0x5e47 ("SG") is far from the small numbers ulogd and tcpdump examples use.
 pub const NFLOG_GROUP: u16 = 0x5e47;
@@ -48,10 +50,6 @@ const NFULA_CFG_TIMEOUT: u16 = 4;
 const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
 
 /// Why no socket could be handed over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,63 +73,35 @@ impl std::fmt::Display for BindError {
     }
 }
 
-fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(payload);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-}
-
 /// One NFULNL_MSG_CONFIG request for `group`: bind, copy whole packets up to `snaplen`,
 /// and hand every packet over on its own at once (queue threshold 1, no flush timer
 /// needed): by default the kernel batches up to 100 packets or one second, which would
 /// let a scanner run on for that long before the sensor sees its first probe.
 pub fn config_request(group: u16, snaplen: u32, seq: u32) -> Vec<u8> {
-    let mut body = Vec::new();
+    let mut b = MsgBuilder::new(Vec::new());
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    b.begin((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG, flags, seq);
     // struct nfgenmsg: family AF_UNSPEC, version NFNETLINK_V0, res_id = group (be16).
-    body.extend_from_slice(&[0, 0]);
-    body.extend_from_slice(&group.to_be_bytes());
-    attr(&mut body, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
+    b.nfgen(0, group);
+    b.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
     // struct nfulnl_msg_config_mode (packed): be32 copy_range, u8 copy_mode, u8 pad.
     let mut mode = snaplen.to_be_bytes().to_vec();
     mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
-    attr(&mut body, NFULA_CFG_MODE, &mode);
-    attr(&mut body, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
-    attr(&mut body, NFULA_CFG_TIMEOUT, &0u32.to_be_bytes());
-    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-    let len = u32::try_from(NLMSG_HDRLEN + body.len()).unwrap_or(u32::MAX);
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&body);
-    msg
+    b.attr(NFULA_CFG_MODE, &mode);
+    b.attr(NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
+    b.attr(NFULA_CFG_TIMEOUT, &0u32.to_be_bytes());
+    b.end();
+    b.finish()
 }
 
 /// The kernel's answer to request `seq` in one received datagram: `Some(0)` for an ACK,
 /// `Some(-errno)` for an error, `None` when the datagram holds no answer to it (a packet
 /// message that arrived first: skipped by type, never parsed).
 pub fn ack_for(buf: &[u8], seq: u32) -> Option<i32> {
-    let mut rest = buf;
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = usize::try_from(u32::from_ne_bytes(rest.get(0..4)?.try_into().ok()?)).ok()?;
-        let ty = u16::from_ne_bytes(rest.get(4..6)?.try_into().ok()?);
-        let mseq = u32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return None;
-        }
-        if ty == NLMSG_ERROR && mseq == seq {
-            let e = rest.get(16..20)?;
-            return Some(i32::from_ne_bytes(e.try_into().ok()?));
-        }
-        let step = (len + 3) & !3;
-        rest = rest.get(step.min(rest.len())..)?;
-    }
-    None
+    nl::messages(buf)
+        .map_while(Result::ok)
+        .find(|m| m.ty == NLMSG_ERROR && m.seq == seq)
+        .and_then(|m| nl::error_code(m.to_end))
 }
 
 /// Open an NFLOG socket bound to `group`, non-blocking, ready to hand over.

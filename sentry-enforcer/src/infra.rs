@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,12 +32,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    bind, recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
-};
+use nix::sys::socket::{recvfrom, setsockopt, sockopt, NetlinkAddr, SockFlag, SockProtocol};
 use nix::sys::time::TimeVal;
 pub use policy::InfraReason;
+
+use crate::nl::{
+    self, AF_INET, AF_INET6, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF,
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTM_DELROUTE, RTM_NEWROUTE,
+};
 
 /// Largest resolver or lease file read (bytes); a bigger one is refused and reported.
 pub const MAX_FILE: u64 = 1 << 20;
@@ -50,16 +52,9 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the files may be looked at (stat) at most.
 pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const RTA_GATEWAY: u16 = 5;
 const RTA_MULTIPATH: u16 = 9;
@@ -67,15 +62,10 @@ const RTA_VIA: u16 = 18;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTN_UNICAST: u8 = 1;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 /// Most reads per drain of the notification socket (a drain must end).
 const DRAIN_MAX_READS: usize = 256;
-const RECV_BUF: usize = 64 * 1024;
 
 /// A netlink reply that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,84 +93,37 @@ impl fmt::Display for InfraError {
 
 impl std::error::Error for InfraError {}
 
-/// One netlink message: type, sequence number and payload (after the 16-byte header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NlMsg<'a> {
-    pub ty: u16,
-    pub seq: u32,
-    pub payload: &'a [u8],
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// Split a datagram into netlink messages, every length checked.
-pub fn messages(buf: &[u8]) -> Result<Vec<NlMsg<'_>>, InfraError> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while !rest.is_empty() {
-        if rest.len() < NLMSG_HDRLEN {
-            return Err(InfraError::Malformed(
-                "trailing bytes shorter than a header",
-            ));
-        }
-        let len = u32_at(rest, 0).ok_or(InfraError::Malformed("short header"))? as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(InfraError::Malformed("bad message length"));
-        }
-        out.push(NlMsg {
-            ty: u16_at(rest, 4).ok_or(InfraError::Malformed("short header"))?,
-            seq: u32_at(rest, 8).ok_or(InfraError::Malformed("short header"))?,
-            payload: &rest[NLMSG_HDRLEN..len],
-        });
-        let step = (len + 3) & !3;
-        rest = rest.get(step..).unwrap_or(&[]);
-    }
-    Ok(out)
+pub fn messages(buf: &[u8]) -> Result<Vec<nl::Msg<'_>>, InfraError> {
+    nl::messages(buf)
+        .collect::<Result<_, _>>()
+        .map_err(|e| InfraError::Malformed(e.text("trailing bytes shorter than a header")))
 }
 
 /// Split attribute space into (type, payload) pairs (the nested flag masked off).
-pub fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, InfraError> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        if b.len() < 4 {
-            return Err(InfraError::Malformed("attribute shorter than its header"));
-        }
-        let len = usize::from(u16_at(b, 0).ok_or(InfraError::Malformed("short attribute"))?);
-        let ty = u16_at(b, 2).ok_or(InfraError::Malformed("short attribute"))? & 0x3fff;
-        if len < 4 || len > b.len() {
-            return Err(InfraError::Malformed("bad attribute length"));
-        }
-        out.push((ty, &b[4..len]));
-        let step = (len + 3) & !3;
-        b = b.get(step..).unwrap_or(&[]);
-    }
-    Ok(out)
+pub fn attrs(b: &[u8]) -> Result<Vec<(u16, &[u8])>, InfraError> {
+    nl::attrs(b)
+        .collect::<Result<_, _>>()
+        .map_err(|e| InfraError::Malformed(e.text("attribute shorter than its header")))
 }
 
 fn ip_from(family: u8, b: &[u8]) -> Result<IpAddr, InfraError> {
-    match (family, b.len()) {
-        (AF_INET, 4) => Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        (AF_INET6, 16) => {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(b);
-            Ok(IpAddr::V6(Ipv6Addr::from(o)))
-        }
-        (AF_INET | AF_INET6, _) => Err(InfraError::Malformed("address of the wrong length")),
-        _ => Err(InfraError::Malformed("address of an unknown family")),
+    match family {
+        AF_INET => <[u8; 4]>::try_from(b).map(IpAddr::from),
+        AF_INET6 => <[u8; 16]>::try_from(b).map(IpAddr::from),
+        _ => return Err(InfraError::Malformed("address of an unknown family")),
     }
+    .map_err(|_| InfraError::Malformed("address of the wrong length"))
 }
 
 /// `struct rtvia`: a 16-bit address family, then the address.
 fn via(b: &[u8]) -> Result<IpAddr, InfraError> {
-    let fam = u16_at(b, 0).ok_or(InfraError::Malformed("short RTA_VIA"))?;
-    let fam = u8::try_from(fam).map_err(|_| InfraError::Malformed("RTA_VIA family"))?;
-    ip_from(fam, &b[2..])
+    let (fam, addr) = b
+        .split_first_chunk::<2>()
+        .ok_or(InfraError::Malformed("short RTA_VIA"))?;
+    let fam = u8::try_from(u16::from_ne_bytes(*fam))
+        .map_err(|_| InfraError::Malformed("RTA_VIA family"))?;
+    ip_from(fam, addr)
 }
 
 /// The next hops of a route message's payload (`struct rtmsg` + attributes) when it is a
@@ -195,33 +138,29 @@ pub fn default_route_gateways(payload: &[u8]) -> Result<Vec<IpAddr>, InfraError>
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for (t, v) in attrs(&payload[12..])? {
+    let mut next_hop = |t: u16, v: &[u8]| -> Result<(), InfraError> {
         match t {
             RTA_GATEWAY => out.push(ip_from(family, v)?),
             RTA_VIA => out.push(via(v)?),
-            RTA_MULTIPATH => {
-                // A sequence of struct rtnexthop {len u16, flags u8, hops u8, ifindex
-                // i32}, each followed by its own attributes within `len`.
-                let mut rest = v;
-                while !rest.is_empty() {
-                    let len = usize::from(
-                        u16_at(rest, 0).ok_or(InfraError::Malformed("short rtnexthop"))?,
-                    );
-                    if len < 8 || len > rest.len() {
-                        return Err(InfraError::Malformed("bad rtnexthop length"));
-                    }
-                    for (nt, nv) in attrs(&rest[8..len])? {
-                        match nt {
-                            RTA_GATEWAY => out.push(ip_from(family, nv)?),
-                            RTA_VIA => out.push(via(nv)?),
-                            _ => {}
-                        }
-                    }
-                    let step = (len + 3) & !3;
-                    rest = rest.get(step..).unwrap_or(&[]);
-                }
-            }
             _ => {}
+        }
+        Ok(())
+    };
+    for (t, v) in attrs(&payload[12..])? {
+        if t != RTA_MULTIPATH {
+            next_hop(t, v)?;
+            continue;
+        }
+        // A sequence of struct rtnexthop {len u16, flags u8, hops u8, ifindex i32}, each
+        // followed by its own attributes within `len`.
+        for hop in nl::split(v, 2, nl::len16, "bad rtnexthop length") {
+            let (_, hop) = hop.map_err(|e| InfraError::Malformed(e.text("short rtnexthop")))?;
+            let hop_attrs = hop
+                .get(6..)
+                .ok_or(InfraError::Malformed("bad rtnexthop length"))?;
+            for (t, v) in attrs(hop_attrs)? {
+                next_hop(t, v)?;
+            }
         }
     }
     Ok(out)
@@ -254,49 +193,29 @@ pub fn ptp_peer(payload: &[u8]) -> Result<Option<IpAddr>, InfraError> {
 }
 
 fn dump_request(ty: u16, seq: u32) -> Vec<u8> {
-    // Header plus a zeroed rtmsg (12 bytes; also a valid, longer-than-needed ifaddrmsg):
-    // family AF_UNSPEC, table 0 = every table.
-    let body = 12usize;
-    let len = u32::try_from(NLMSG_HDRLEN + body).unwrap_or(28);
-    let mut m = Vec::with_capacity(NLMSG_HDRLEN + body);
-    m.extend_from_slice(&len.to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.resize(NLMSG_HDRLEN + body, 0);
-    m
+    let mut b = nl::MsgBuilder::new(Vec::with_capacity(28));
+    b.begin(ty, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    // A zeroed rtmsg (12 bytes; also a valid, longer-than-needed ifaddrmsg): family
+    // AF_UNSPEC, table 0 = every table.
+    b.bytes(&[0; 12]);
+    b.end();
+    b.finish()
 }
 
-/// Run one rtnetlink dump and hand every reply message of type `want` to `each`.
-fn dump(
+/// Run one rtnetlink dump and collect (sorted, deduplicated) the addresses `each` finds in
+/// every reply message of type `want`.
+fn dump<I: IntoIterator<Item = IpAddr>>(
     ty: u16,
     want: u16,
-    mut each: impl FnMut(&[u8]) -> Result<(), InfraError>,
-) -> Result<(), InfraError> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )
-    .map_err(InfraError::Io)?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(InfraError::Io)?;
+    each: fn(&[u8]) -> Result<I, InfraError>,
+) -> Result<Vec<IpAddr>, InfraError> {
+    let mut out = BTreeSet::new();
+    let fd = nl::open(SockProtocol::NetlinkRoute, 0, SockFlag::empty()).map_err(InfraError::Io)?;
     setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0)).map_err(InfraError::Io)?;
     let seq = std::process::id()
         .wrapping_mul(7919)
         .wrapping_add(u32::from(ty));
-    let req = dump_request(ty, seq);
-    let sent = sendto(
-        fd.as_raw_fd(),
-        &req,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .map_err(InfraError::Io)?;
-    if sent != req.len() {
-        return Err(InfraError::Io(Errno::EMSGSIZE));
-    }
+    nl::send(&fd, &dump_request(ty, seq)).map_err(InfraError::Io)?;
     let deadline = Instant::now() + DUMP_TIMEOUT;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
@@ -320,16 +239,15 @@ fn dump(
                 continue;
             }
             match m.ty {
-                NLMSG_DONE => return Ok(()),
+                NLMSG_DONE => return Ok(out.into_iter().collect()),
                 NLMSG_ERROR => {
-                    let code = u32_at(m.payload, 0)
-                        .ok_or(InfraError::Malformed("short error message"))?
-                        as i32;
+                    let code = nl::error_code(m.payload)
+                        .ok_or(InfraError::Malformed("short error message"))?;
                     if code != 0 {
                         return Err(InfraError::Kernel(Errno::from_raw(-code)));
                     }
                 }
-                t if t == want => each(m.payload)?,
+                t if t == want => out.extend(each(m.payload)?),
                 _ => {}
             }
         }
@@ -338,26 +256,12 @@ fn dump(
 
 /// Default-route next hops of every table, IPv4 and IPv6 (one RTM_GETROUTE dump).
 pub fn dump_default_gateways() -> Result<Vec<IpAddr>, InfraError> {
-    let mut out = BTreeSet::new();
-    dump(RTM_GETROUTE, RTM_NEWROUTE, |p| {
-        for g in default_route_gateways(p)? {
-            out.insert(g);
-        }
-        Ok(())
-    })?;
-    Ok(out.into_iter().collect())
+    dump(RTM_GETROUTE, RTM_NEWROUTE, default_route_gateways)
 }
 
 /// Point-to-point peers of every address (one RTM_GETADDR dump).
 pub fn dump_ptp_peers() -> Result<Vec<IpAddr>, InfraError> {
-    let mut out = BTreeSet::new();
-    dump(RTM_GETADDR, RTM_NEWADDR, |p| {
-        if let Some(a) = ptp_peer(p)? {
-            out.insert(a);
-        }
-        Ok(())
-    })?;
-    Ok(out.into_iter().collect())
+    dump(RTM_GETADDR, RTM_NEWADDR, ptp_peer)
 }
 
 /// What a batch of notifications says must be looked at again.
@@ -365,6 +269,14 @@ pub fn dump_ptp_peers() -> Result<Vec<IpAddr>, InfraError> {
 pub struct Dirty {
     pub routes: bool,
     pub addrs: bool,
+}
+
+impl Dirty {
+    /// Everything is to be looked at again.
+    const ALL: Self = Self {
+        routes: true,
+        addrs: true,
+    };
 }
 
 /// Classify notification messages: a default route added or removed, or any address
@@ -375,13 +287,11 @@ pub fn classify(buf: &[u8]) -> Result<Dirty, InfraError> {
     for m in messages(buf)? {
         match m.ty {
             RTM_NEWROUTE | RTM_DELROUTE => {
-                let dst_len = *m
+                let dst_len = m
                     .payload
                     .get(1)
                     .ok_or(InfraError::Malformed("short rtmsg"))?;
-                if dst_len == 0 {
-                    d.routes = true;
-                }
+                d.routes |= *dst_len == 0;
             }
             RTM_NEWADDR | RTM_DELADDR => d.addrs = true,
             _ => {}
@@ -392,70 +302,40 @@ pub fn classify(buf: &[u8]) -> Result<Dirty, InfraError> {
 
 /// The notification socket (route and address groups, IPv4 and IPv6).
 #[derive(Debug)]
-pub struct InfraWatch {
-    fd: Arc<OwnedFd>,
-    buf: Vec<u8>,
-}
+pub struct InfraWatch(nl::Watch);
 
 impl InfraWatch {
     /// Open and subscribe (no capability needed to listen).
     pub fn open() -> Result<Self, InfraError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(InfraError::Io)?;
         let groups =
             RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups)).map_err(InfraError::Io)?;
-        Ok(Self {
-            fd: Arc::new(fd),
-            buf: vec![0u8; RECV_BUF],
-        })
+        nl::Watch::open(SockProtocol::NetlinkRoute, groups, RECV_BUF)
+            .map(Self)
+            .map_err(InfraError::Io)
     }
 
     pub fn poll_fd(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.fd)
+        Arc::clone(&self.0.fd)
     }
 
     /// Read everything queued without waiting. Messages not from the kernel are dropped;
     /// an overrun (ENOBUFS) or a malformed notification means "look at everything".
     pub fn drain(&mut self) -> Result<Dirty, InfraError> {
         let mut d = Dirty::default();
-        for _ in 0..DRAIN_MAX_READS {
-            match recvfrom::<NetlinkAddr>(self.fd.as_raw_fd(), &mut self.buf) {
-                Ok((n, Some(from))) if from.pid() == 0 => {
-                    let got = self
-                        .buf
-                        .get(..n)
-                        .map_or(
-                            Err(InfraError::Malformed("reply longer than buffer")),
-                            classify,
-                        )
-                        .unwrap_or(Dirty {
-                            routes: true,
-                            addrs: true,
-                        });
-                    d.routes |= got.routes;
-                    d.addrs |= got.addrs;
-                }
-                Ok(_) => {}
-                Err(Errno::EAGAIN) => return Ok(d),
-                Err(Errno::EINTR) => {}
-                Err(Errno::ENOBUFS) => {
-                    d = Dirty {
-                        routes: true,
-                        addrs: true,
-                    };
-                }
-                Err(e) => return Err(InfraError::Io(e)),
-            }
-        }
-        Ok(Dirty {
-            routes: true,
-            addrs: true,
+        let lost = self.0.drain(DRAIN_MAX_READS, |b| {
+            let got = b
+                .map_or(
+                    Err(InfraError::Malformed("reply longer than buffer")),
+                    classify,
+                )
+                .unwrap_or(Dirty::ALL);
+            d.routes |= got.routes;
+            d.addrs |= got.addrs;
+        });
+        Ok(if lost.map_err(InfraError::Io)? {
+            Dirty::ALL
+        } else {
+            d
         })
     }
 }
@@ -468,11 +348,11 @@ pub struct InfraPaths {
 }
 
 /// Lease directories and the file-name suffix of a lease in each ("" = every file).
-const LEASE_DIRS: &[(&str, &str, InfraReason)] = &[
-    ("var/lib/dhcp", ".leases", InfraReason::DhcpServer),
-    ("var/lib/dhclient", ".leases", InfraReason::DhcpServer),
-    ("var/lib/NetworkManager", ".lease", InfraReason::DhcpServer),
-    ("run/systemd/netif/leases", "", InfraReason::DhcpServer),
+const LEASE_DIRS: &[(&str, &str)] = &[
+    ("var/lib/dhcp", ".leases"),
+    ("var/lib/dhclient", ".leases"),
+    ("var/lib/NetworkManager", ".lease"),
+    ("run/systemd/netif/leases", ""),
 ];
 const RESOLV_FILES: &[&str] = &["etc/resolv.conf", "run/systemd/resolve/resolv.conf"];
 
@@ -483,24 +363,14 @@ impl InfraPaths {
         }
     }
 
-    fn resolv_files(&self) -> Vec<PathBuf> {
-        RESOLV_FILES.iter().map(|f| self.root.join(f)).collect()
-    }
-
-    fn lease_dirs(&self) -> Vec<(PathBuf, &'static str)> {
-        LEASE_DIRS
-            .iter()
-            .map(|(d, suffix, _)| (self.root.join(d), *suffix))
-            .collect()
-    }
-
     /// Every file that may hold infrastructure, plus the lease directories themselves
     /// (their mtime changes when a lease file appears or goes). Bounded per directory.
     fn candidates(&self, problems: &mut Vec<String>) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>) {
-        let resolv = self.resolv_files();
+        let resolv = RESOLV_FILES.iter().map(|f| self.root.join(f)).collect();
         let mut leases = Vec::new();
         let mut dirs = Vec::new();
-        for (dir, suffix) in self.lease_dirs() {
+        for &(dir, suffix) in LEASE_DIRS {
+            let dir = self.root.join(dir);
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -614,26 +484,22 @@ pub fn read_files(paths: &InfraPaths) -> (Vec<(IpAddr, InfraReason)>, Vec<String
     let mut problems = Vec::new();
     let (resolv, leases, _) = paths.candidates(&mut problems);
     let mut out = Vec::new();
-    for p in resolv {
-        match read_small(&p) {
-            Ok(Some(t)) => {
-                let (a, bad) = parse_resolv_conf(&t);
-                out.extend(a.into_iter().map(|a| (a, InfraReason::Nameserver)));
-                problems.extend(bad.into_iter().map(|b| format!("{}: {b}", p.display())));
+    type Parse = fn(&str) -> (Vec<IpAddr>, Vec<String>);
+    let kinds: [(_, Parse, _); 2] = [
+        (resolv, parse_resolv_conf, InfraReason::Nameserver),
+        (leases, parse_lease, InfraReason::DhcpServer),
+    ];
+    for (files, parse, reason) in kinds {
+        for p in files {
+            match read_small(&p) {
+                Ok(Some(t)) => {
+                    let (a, bad) = parse(&t);
+                    out.extend(a.into_iter().map(|a| (a, reason)));
+                    problems.extend(bad.into_iter().map(|b| format!("{}: {b}", p.display())));
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(e),
             }
-            Ok(None) => {}
-            Err(e) => problems.push(e),
-        }
-    }
-    for p in leases {
-        match read_small(&p) {
-            Ok(Some(t)) => {
-                let (a, bad) = parse_lease(&t);
-                out.extend(a.into_iter().map(|a| (a, InfraReason::DhcpServer)));
-                problems.extend(bad.into_iter().map(|b| format!("{}: {b}", p.display())));
-            }
-            Ok(None) => {}
-            Err(e) => problems.push(e),
         }
     }
     (out, problems)
@@ -714,10 +580,7 @@ impl Infra {
             files: Vec::new(),
             stamps: Vec::new(),
             last_file_check: None,
-            dirty: Dirty {
-                routes: true,
-                addrs: true,
-            },
+            dirty: Dirty::ALL,
             retry_at: None,
             last_dump: None,
             dropped: 0,
@@ -749,17 +612,9 @@ impl Infra {
                     "route-change socket failed ({e}); routes are now dumped again before every decision"
                 ));
                 self.watch = None;
-                self.dirty = Dirty {
-                    routes: true,
-                    addrs: true,
-                };
+                self.dirty = Dirty::ALL;
             }
-            None => {
-                self.dirty = Dirty {
-                    routes: true,
-                    addrs: true,
-                };
-            }
+            None => self.dirty = Dirty::ALL,
         }
         let now = Instant::now();
         if self.retry_at.is_some_and(|t| now < t)
@@ -909,6 +764,8 @@ pub fn log_entries(log: &crate::audit::Logger, entries: &[(IpAddr, InfraReason)]
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
@@ -1021,6 +878,16 @@ mod tests {
         for n in 0..p.len() {
             let _ = default_route_gateways(&p[..n]);
         }
+    }
+
+    #[test]
+    fn dump_request_layout() {
+        let mut want = 28u32.to_ne_bytes().to_vec();
+        want.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+        want.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        want.extend_from_slice(&9u32.to_ne_bytes());
+        want.extend_from_slice(&[0; 4 + 12]);
+        assert_eq!(dump_request(RTM_GETROUTE, 9), want);
     }
 
     #[test]

@@ -28,7 +28,9 @@
 //!   (never blocked), kept current from rtnetlink notifications and file changes.
 //! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
 //! * [`netlink`] — nftables set elements and blackhole routes over netlink (written here:
-//!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0).
+//!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0);
+//!   `nl` holds the netlink plumbing it shares with [`infra`], [`tablewatch`] and
+//!   [`capture`] (builder, checked splitters, sockets).
 //! * [`store`] — snapshot + fdatasync'd journal in the state directory, one CRC-32 per
 //!   record; damaged or newer state is refused with its place named.
 //! * [`recover`] — `--recover`: rebuild the state from what still verifies,
@@ -54,6 +56,7 @@ pub mod infra;
 pub mod judge;
 pub mod metrics;
 pub mod netlink;
+mod nl;
 pub mod recover;
 pub mod session;
 pub mod store;

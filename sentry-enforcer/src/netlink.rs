@@ -12,38 +12,30 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    bind, recv, recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags,
-    NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
+use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags, NetlinkAddr, SockFlag, SockProtocol};
 use nix::sys::time::TimeVal;
 
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-/// NLM_F_ROOT | NLM_F_MATCH: a dump request.
-const NLM_F_DUMP: u16 = 0x300;
+use crate::nl::{
+    self, pad4, MsgBuilder, AF_INET, AF_INET6, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLMSG_DONE,
+    NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF, RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR, RTM_DELROUTE, RTM_NEWROUTE,
+};
+
 /// Set by the kernel on a dump message when the object changed while it was dumped.
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLMSG_NOOP: u16 = 1;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
-const NLA_F_NESTED: u16 = 0x8000;
-/// The attribute-type bits (NLA_F_NESTED and NLA_F_NET_BYTEORDER masked off).
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NFPROTO_INET: u8 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -54,21 +46,15 @@ const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 const NFTA_DATA_VALUE: u16 = 1;
 
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
 const RTA_DST: u16 = 1;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_BLACKHOLE: u8 = 6;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 /// How long to wait for the kernel's ACK before calling the operation failed.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest reply we read; ACKs are small, errors echo our request (bounded by what we sent).
-const RECV_BUF: usize = 64 * 1024;
 /// Largest nfnetlink batch sent at once, whatever the send buffer allows: each batch is
 /// ACKed (and, on failure, echoed back message by message) before the next is sent, so
 /// this also bounds what can queue up on the receive side.
@@ -78,10 +64,6 @@ const SNDBUF_SLACK: usize = 64;
 /// Upper bound of one element's encoding: list element and key nests, a 16-byte IPv6
 /// key and a 64-bit timeout.
 const ELEM_MAX: usize = 4 + 4 + (4 + 16) + (4 + 8);
-
-fn pad4(n: usize) -> usize {
-    (n + 3) & !3
-}
 
 /// How many elements fit in one batch of at most `limit` bytes, for any mix of families
 /// (the worst case, IPv6 with a timeout, is assumed for every element).
@@ -137,91 +119,20 @@ impl fmt::Display for NlError {
 
 impl std::error::Error for NlError {}
 
-/// Builds one netlink message with nested attributes.
-struct MsgBuilder {
-    buf: Vec<u8>,
-    start: usize,
-    nests: Vec<usize>,
-}
-
-impl MsgBuilder {
-    fn new(buf: Vec<u8>) -> Self {
-        Self {
-            buf,
-            start: 0,
-            nests: Vec::new(),
-        }
-    }
-
-    fn begin(&mut self, ty: u16, flags: u16, seq: u32) {
-        self.start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in end()
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-    }
-
-    fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
-    }
-
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
-        let len = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.pad();
-    }
-
-    fn attr_strz(&mut self, ty: u16, s: &str) {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.attr(ty, &v);
-    }
-
-    fn nest_begin(&mut self, ty: u16) {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn nest_end(&mut self) {
-        if let Some(at) = self.nests.pop() {
-            let len = u16::try_from(self.buf.len() - at).unwrap_or(u16::MAX);
-            self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-        }
-    }
-
-    fn end(&mut self) {
-        self.pad();
-        let len = u32::try_from(self.buf.len() - self.start).unwrap_or(u32::MAX);
-        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn finish(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-fn nfgen(b: &mut MsgBuilder, family: u8, res_id: u16) {
-    b.bytes(&[family, 0]);
-    b.bytes(&res_id.to_be_bytes());
-}
-
 fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
+}
+
+/// Begin a set-element message of type `ty` (NFT_MSG_*SETELEM) for `set` of `table`
+/// (family inet).
+fn begin_setelem(b: &mut MsgBuilder, ty: u16, flags: u16, seq: u32, table: &str, set: &str) {
+    b.begin((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq);
+    b.nfgen(NFPROTO_INET, 0);
+    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
 }
 
 /// One element operation for [`encode_setelem_batch`].
@@ -246,7 +157,7 @@ pub fn encode_setelem_batch(
     let mut b = MsgBuilder::new(Vec::with_capacity(128 + elems.len() * 40));
     let mut seq = first_seq;
     b.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq);
-    nfgen(&mut b, 0, NFNL_SUBSYS_NFTABLES);
+    b.nfgen(0, NFNL_SUBSYS_NFTABLES);
     b.end();
     let mut acks = Vec::new();
     for (set, v4) in [(set_v4, true), (set_v6, false)] {
@@ -259,10 +170,7 @@ pub fn encode_setelem_batch(
             } else {
                 (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
             };
-            b.begin((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq);
-            nfgen(&mut b, NFPROTO_INET, 0);
-            b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
-            b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+            begin_setelem(&mut b, ty, flags, seq, table, set);
             b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
             for e in chunk {
                 b.nest_begin(NFTA_LIST_ELEM);
@@ -282,7 +190,7 @@ pub fn encode_setelem_batch(
     }
     seq = seq.wrapping_add(1);
     b.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq);
-    nfgen(&mut b, 0, NFNL_SUBSYS_NFTABLES);
+    b.nfgen(0, NFNL_SUBSYS_NFTABLES);
     b.end();
     (b.finish(), acks)
 }
@@ -327,33 +235,27 @@ pub fn encode_blackhole(addr: IpAddr, prefix: u8, add: bool, seq: u32) -> Vec<u8
 /// Parse kernel replies in `buf`; for each NLMSG_ERROR whose sequence number is in
 /// `pending`, remove it and record its result. Returns the first error seen.
 pub fn parse_acks(buf: &[u8], pending: &mut Vec<u32>) -> Result<(), NlError> {
-    let mut rest = buf;
     let mut first_err = Ok(());
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(NlError::Malformed("bad message length"));
-        }
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-        if ty == NLMSG_ERROR {
-            let Some(code) = rest.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4) else {
-                return Err(NlError::Malformed("short error message"));
-            };
-            let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-            if let Some(pos) = pending.iter().position(|s| *s == seq) {
+    for m in nl::messages(buf) {
+        let m = match m {
+            Ok(m) => m,
+            // Fewer bytes than a header after the last message: ignored.
+            Err(nl::Bad::Short) => break,
+            Err(nl::Bad::Length(e)) => return Err(NlError::Malformed(e)),
+        };
+        if m.ty == NLMSG_ERROR {
+            let code = nl::error_code(m.to_end).ok_or(NlError::Malformed("short error message"))?;
+            if let Some(pos) = pending.iter().position(|s| *s == m.seq) {
                 pending.swap_remove(pos);
                 if code != 0 && first_err.is_ok() {
                     first_err = Err(NlError::Kernel(Errno::from_raw(-code)));
                 }
             }
-        } else if ty == NLMSG_DONE && pending.contains(&seq) {
+        } else if m.ty == NLMSG_DONE && pending.contains(&m.seq) {
             // Only the end of a dump of ours: a stale one (the rest of a dump abandoned on
             // an error) must not count as the ACK of anything pending.
             pending.clear();
         }
-        let step = (len + 3) & !3;
-        rest = rest.get(step..).unwrap_or(&[]);
     }
     first_err
 }
@@ -362,14 +264,8 @@ pub fn parse_acks(buf: &[u8], pending: &mut Vec<u32>) -> Result<(), NlError> {
 /// batch: nfnetlink takes GET requests on their own.
 pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(Vec::with_capacity(64));
-    b.begin(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-    );
-    nfgen(&mut b, NFPROTO_INET, 0);
-    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    let flags = NLM_F_REQUEST | NLM_F_DUMP;
+    begin_setelem(&mut b, NFT_MSG_GETSETELEM, flags, seq, table, set);
     b.end();
     b.finish()
 }
@@ -380,14 +276,8 @@ pub fn encode_getsetelem(table: &str, set: &str, seq: u32) -> Vec<u8> {
 /// aborts a batch, which waits for an RCU grace period (about 10-15 ms here).
 pub fn encode_getelem(table: &str, set: &str, addr: IpAddr, seq: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(Vec::with_capacity(96));
-    b.begin(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-    );
-    nfgen(&mut b, NFPROTO_INET, 0);
-    b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_strz(NFTA_SET_ELEM_LIST_SET, set);
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    begin_setelem(&mut b, NFT_MSG_GETSETELEM, flags, seq, table, set);
     b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
     b.nest_begin(NFTA_LIST_ELEM);
     b.nest_begin(NFTA_SET_ELEM_KEY);
@@ -401,21 +291,10 @@ pub fn encode_getelem(table: &str, set: &str, addr: IpAddr, seq: u32) -> Vec<u8>
 
 /// The attributes in `b`: (type without flag bits, payload). Every length is checked
 /// against what is left; a bad one is an error, never a read past the end.
-fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let (Some(l), Some(t)) = (b.get(0..2), b.get(2..4)) else {
-            return Err(NlError::Malformed("truncated attribute header"));
-        };
-        let len = usize::from(u16::from_ne_bytes([l[0], l[1]]));
-        let ty = u16::from_ne_bytes([t[0], t[1]]) & NLA_TYPE_MASK;
-        let Some(payload) = b.get(4..len).filter(|_| len >= 4) else {
-            return Err(NlError::Malformed("bad attribute length"));
-        };
-        out.push((ty, payload));
-        b = b.get(pad4(len)..).unwrap_or(&[]);
-    }
-    Ok(out)
+fn attrs(b: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
+    nl::attrs(b)
+        .collect::<Result<_, _>>()
+        .map_err(|e| NlError::Malformed(e.text("truncated attribute header")))
 }
 
 /// One element of a set or map read back from the kernel.
@@ -450,9 +329,7 @@ fn dump_elements(body: &[u8], out: &mut Vec<DumpElem>, limit: usize) -> Result<(
             if ty != NFTA_LIST_ELEM {
                 continue;
             }
-            let mut key = None;
-            let mut data = None;
-            let mut expires = None;
+            let (mut key, mut data, mut expires) = (None, None, None);
             for (t, v) in attrs(elem)? {
                 match t {
                     NFTA_SET_ELEM_KEY => key = Some(data_value(v)?),
@@ -494,32 +371,19 @@ pub fn parse_setelem_dump(
     out: &mut Vec<DumpElem>,
     limit: usize,
 ) -> Result<bool, NlError> {
-    let mut rest = buf;
-    while !rest.is_empty() {
-        let Some(h) = rest.get(..NLMSG_HDRLEN) else {
-            return Err(NlError::Malformed("truncated message header"));
-        };
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let ty = u16::from_ne_bytes([h[4], h[5]]);
-        let flags = u16::from_ne_bytes([h[6], h[7]]);
-        let mseq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        let Some(body) = rest.get(NLMSG_HDRLEN..len).filter(|_| len >= NLMSG_HDRLEN) else {
-            return Err(NlError::Malformed("bad message length"));
-        };
-        rest = rest.get(pad4(len)..).unwrap_or(&[]);
-        if mseq != seq {
+    for m in nl::messages(buf) {
+        let m = m.map_err(|e| NlError::Malformed(e.text("truncated message header")))?;
+        if m.seq != seq {
             continue;
         }
-        if flags & NLM_F_DUMP_INTR != 0 {
+        if m.flags & NLM_F_DUMP_INTR != 0 {
             return Err(NlError::Interrupted);
         }
-        match ty {
+        match m.ty {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
-                let Some(c) = body.get(..4) else {
-                    return Err(NlError::Malformed("short error message"));
-                };
-                let code = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                let code =
+                    nl::error_code(m.payload).ok_or(NlError::Malformed("short error message"))?;
                 if code != 0 {
                     return Err(NlError::Kernel(Errno::from_raw(-code)));
                 }
@@ -527,7 +391,7 @@ pub fn parse_setelem_dump(
             }
             NLMSG_NOOP => {}
             t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM => {
-                dump_elements(body, out, limit)?;
+                dump_elements(m.payload, out, limit)?;
             }
             _ => return Err(NlError::Malformed("unexpected message type in dump")),
         }
@@ -548,14 +412,7 @@ pub struct NlSocket {
 
 impl NlSocket {
     fn open(proto: SockProtocol) -> Result<Self, NlError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            proto,
-        )
-        .map_err(NlError::Io)?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(NlError::Io)?;
+        let fd = nl::open(proto, 0, SockFlag::empty()).map_err(NlError::Io)?;
         let tv = TimeVal::new(i64::try_from(ACK_TIMEOUT.as_secs()).unwrap_or(2), 0);
         setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(NlError::Io)?;
         // A per-process starting point so replies to a previous socket cannot match.
@@ -593,30 +450,25 @@ impl NlSocket {
         s
     }
 
+    /// One reply datagram (a receive interrupted by a signal is retried).
+    fn recv(&mut self, flags: MsgFlags) -> Result<&[u8], NlError> {
+        let n = loop {
+            match recv(self.fd.as_raw_fd(), &mut self.buf, flags) {
+                Err(Errno::EINTR) => continue,
+                other => break other.map_err(NlError::Io)?,
+            }
+        };
+        self.buf
+            .get(..n)
+            .ok_or(NlError::Malformed("reply longer than buffer"))
+    }
+
     /// Send `msg` and wait until every sequence number in `pending` has been ACKed.
     fn transact(&mut self, msg: &[u8], mut pending: Vec<u32>) -> Result<(), NlError> {
-        let sent = sendto(
-            self.fd.as_raw_fd(),
-            msg,
-            &NetlinkAddr::new(0, 0),
-            MsgFlags::empty(),
-        )
-        .map_err(NlError::Io)?;
-        if sent != msg.len() {
-            return Err(NlError::Io(Errno::EMSGSIZE));
-        }
+        nl::send(&self.fd, msg).map_err(NlError::Io)?;
         let mut result = Ok(());
         while !pending.is_empty() {
-            let n = loop {
-                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
-                    Err(Errno::EINTR) => continue,
-                    other => break other.map_err(NlError::Io)?,
-                }
-            };
-            let Some(reply) = self.buf.get(..n) else {
-                return Err(NlError::Malformed("reply longer than buffer"));
-            };
-            let r = parse_acks(reply, &mut pending);
+            let r = parse_acks(self.recv(MsgFlags::empty())?, &mut pending);
             if result.is_ok() {
                 result = r;
             }
@@ -709,29 +561,12 @@ impl NlSocket {
         seq: u32,
         limit: usize,
     ) -> Result<Vec<DumpElem>, NlError> {
-        let sent = sendto(
-            self.fd.as_raw_fd(),
-            msg,
-            &NetlinkAddr::new(0, 0),
-            MsgFlags::empty(),
-        )
-        .map_err(NlError::Io)?;
-        if sent != msg.len() {
-            return Err(NlError::Io(Errno::EMSGSIZE));
-        }
+        nl::send(&self.fd, msg).map_err(NlError::Io)?;
         let mut out = Vec::new();
         loop {
             // MSG_TRUNC: the return value is the datagram's real length, so a reply larger
             // than the buffer is noticed instead of parsed as if it were whole.
-            let n = loop {
-                match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
-                    Err(Errno::EINTR) => continue,
-                    other => break other.map_err(NlError::Io)?,
-                }
-            };
-            let Some(reply) = self.buf.get(..n) else {
-                return Err(NlError::Malformed("reply longer than buffer"));
-            };
+            let reply = self.recv(MsgFlags::MSG_TRUNC)?;
             if parse_setelem_dump(reply, seq, &mut out, limit)? {
                 return Ok(out);
             }
@@ -746,10 +581,6 @@ impl NlSocket {
     }
 }
 
-/// rtnetlink multicast groups: IPv4 and IPv6 address changes (`RTM_NEWADDR` /
-/// `RTM_DELADDR`, which also carry the IPv4 broadcast address).
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 /// Most reads per [`AddrWatch::drain`]: only the kernel can produce these messages (it
 /// takes CAP_NET_ADMIN to change an address), but a drain must still end.
 const DRAIN_MAX_READS: usize = 256;
@@ -761,36 +592,21 @@ const DRAIN_MAX_READS: usize = 256;
 /// The kernel queues the notification before it acknowledges the `RTM_NEWADDR` that
 /// caused it, so once `ip addr add` has returned, [`AddrWatch::drain`] sees the change.
 #[derive(Debug)]
-pub struct AddrWatch {
-    fd: std::sync::Arc<OwnedFd>,
-    buf: Vec<u8>,
-}
+pub struct AddrWatch(nl::Watch);
 
 impl AddrWatch {
     /// Open and subscribe (no capability needed to listen to these groups).
     pub fn open() -> Result<Self, NlError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(NlError::Io)?;
-        bind(
-            fd.as_raw_fd(),
-            &NetlinkAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR),
-        )
-        .map_err(NlError::Io)?;
-        Ok(Self {
-            fd: std::sync::Arc::new(fd),
-            buf: vec![0u8; 16 * 1024],
-        })
+        let groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        nl::Watch::open(SockProtocol::NetlinkRoute, groups, 16 * 1024)
+            .map(Self)
+            .map_err(NlError::Io)
     }
 
     /// The socket, for a thread that waits for it to become readable (it must not read
     /// from it: only [`AddrWatch::drain`] consumes, so no change is ever missed).
-    pub fn poll_fd(&self) -> std::sync::Arc<OwnedFd> {
-        std::sync::Arc::clone(&self.fd)
+    pub fn poll_fd(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.0.fd)
     }
 
     /// Read everything queued without waiting. `Ok(true)` when the kernel reported an
@@ -801,18 +617,9 @@ impl AddrWatch {
     /// `EAGAIN` when nothing changed.
     pub fn drain(&mut self) -> Result<bool, NlError> {
         let mut changed = false;
-        for _ in 0..DRAIN_MAX_READS {
-            match recvfrom::<NetlinkAddr>(self.fd.as_raw_fd(), &mut self.buf) {
-                Ok((_, Some(from))) if from.pid() == 0 => changed = true,
-                Ok(_) => {}
-                Err(Errno::EAGAIN) => return Ok(changed),
-                Err(Errno::EINTR) => {}
-                Err(Errno::ENOBUFS) => changed = true,
-                Err(e) => return Err(NlError::Io(e)),
-            }
-        }
-        // Still more queued: report a change (the rest is read next time).
-        Ok(true)
+        // Lost notifications (an overrun, or more still queued) count as a change.
+        let lost = self.0.drain(DRAIN_MAX_READS, |_| changed = true);
+        Ok(lost.map_err(NlError::Io)? || changed)
     }
 }
 
@@ -961,14 +768,7 @@ mod tests {
     /// A NEWSETELEM dump message as the kernel sends it, with `keys` as element keys.
     fn dump_msg(seq: u32, flags: u16, keys: &[&[u8]]) -> Vec<u8> {
         let mut b = MsgBuilder::new(Vec::new());
-        b.begin(
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
-            0x2 | flags,
-            seq,
-        );
-        nfgen(&mut b, NFPROTO_INET, 0);
-        b.attr_strz(NFTA_SET_ELEM_LIST_TABLE, "sentry");
-        b.attr_strz(NFTA_SET_ELEM_LIST_SET, "v4");
+        begin_setelem(&mut b, NFT_MSG_NEWSETELEM, 0x2 | flags, seq, "sentry", "v4");
         b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
         for k in keys {
             b.nest_begin(NFTA_LIST_ELEM);
