@@ -109,6 +109,22 @@ pub struct Config {
     /// SCTP INIT; [`sentry_proto::ScanKind::is_other`]) as BLOCK_TCP=1 would, instead of
     /// only logging and auditing them (default off).
     pub block_other_scans: bool,
+    /// ANSWER_PROBES: let the stack answer probes of watched ports where nothing is
+    /// served (a RST, an ICMP port unreachable), as PortSentry did. Off (default): the
+    /// detection chain drops them, so a scanner learns nothing from a port sentry
+    /// watches, whatever its block budget allows.
+    pub answer_probes: bool,
+    /// FLEET_MAX_BLOCKS: most active blocks asked for over the control socket by anyone
+    /// but root's `sentryctl block` (the fleet bridge, other CONTROL_GROUP clients);
+    /// `None`: a quarter of MAX_BLOCKS. Such blocks never count against the sensor's
+    /// budgets, and a local block with multi-port evidence evicts the oldest of them
+    /// when MAX_BLOCKS is reached.
+    pub fleet_max_blocks: Option<u32>,
+    /// FLEET_BLOCK_RATE: most fleet blocks started per minute.
+    pub fleet_block_rate: u32,
+    /// FLEET_MAX_DURATION: the longest a fleet block lasts; a longer duration asked for is
+    /// shortened to it (said in the audit record's reason).
+    pub fleet_max_duration: Duration,
     /// Line on which each key was set, for error messages about cross-key problems.
     pub key_lines: HashMap<String, usize>,
     /// Non-fatal remarks (for `sentryctl check-config` and the start-up log).
@@ -234,6 +250,14 @@ fn kind(key: &str) -> Option<Kind> {
         "NEVER_BLOCK_INFRASTRUCTURE" => Kind::Bool(|c| &mut c.never_block_infrastructure),
         "METRICS_DIR" => Kind::Path(|c| &mut c.metrics_dir),
         "BLOCK_OTHER_SCANS" => Kind::Bool(|c| &mut c.block_other_scans),
+        "ANSWER_PROBES" => Kind::Bool(|c| &mut c.answer_probes),
+        "FLEET_MAX_BLOCKS" => Kind::Num(1, 100_000, |c, n| {
+            c.fleet_max_blocks = u32::try_from(n).ok();
+        }),
+        "FLEET_BLOCK_RATE" => Kind::Num(1, 1_000_000, |c, n| fit(&mut c.fleet_block_rate, n)),
+        "FLEET_MAX_DURATION" => Kind::Num(1, 10 * 365 * 86_400, |c, n| {
+            c.fleet_max_duration = Duration::from_secs(n);
+        }),
         _ => return None,
     })
 }
@@ -496,6 +520,10 @@ impl Config {
             never_block_infrastructure: true,
             metrics_dir: None,
             block_other_scans: false,
+            answer_probes: false,
+            fleet_max_blocks: None,
+            fleet_block_rate: 600,
+            fleet_max_duration: Duration::from_secs(86_400),
             key_lines: HashMap::new(),
             warnings: Vec::new(),
             empty_required: Vec::new(),
@@ -510,6 +538,15 @@ impl Config {
     fn cross_check(&mut self, errors: &mut Vec<ConfigError>) {
         for k in std::mem::take(&mut self.empty_required) {
             errors.push(self.key_error(&k, "must not be empty"));
+        }
+        if let Some(n) = self.fleet_max_blocks.filter(|&n| n > self.max_blocks) {
+            errors.push(self.key_error(
+                "FLEET_MAX_BLOCKS",
+                format!(
+                    "{n} is more than MAX_BLOCKS={}: the fleet's share must fit in the table",
+                    self.max_blocks
+                ),
+            ));
         }
         for (key, mode) in [
             ("BLOCK_TCP", self.block_tcp),
@@ -577,6 +614,12 @@ impl Config {
         } else {
             format!("{} ({modes})", parts.join(", then "))
         }
+    }
+
+    /// FLEET_MAX_BLOCKS in effect: the key, or a quarter of MAX_BLOCKS.
+    pub fn fleet_cap(&self) -> u32 {
+        self.fleet_max_blocks
+            .unwrap_or((self.max_blocks / 4).max(1))
     }
 
     fn has_block_action(&self) -> bool {

@@ -109,6 +109,11 @@ impl NeverBlock {
         self.broadcasts = b.into_iter().collect();
     }
 
+    /// The directed broadcast (and network) addresses of our own IPv4 networks.
+    pub fn broadcasts(&self) -> impl Iterator<Item = &Ipv4Addr> {
+        self.broadcasts.iter()
+    }
+
     pub fn own_addresses(&self) -> impl Iterator<Item = &IpAddr> {
         self.own.iter()
     }

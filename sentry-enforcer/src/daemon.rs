@@ -723,13 +723,9 @@ fn rebuild_detection_locked(
             return true;
         }
     };
-    // Basic modes listen on their own sockets: an empty chain (none left from before).
-    let spec = if modes.iter().all(|m| m.is_basic()) {
-        crate::table::DetectSpec::default()
-    } else {
-        crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, d.support.socket.is_ok())
-            .with_tripwire(e.tripwire(), &e.never_block_addrs())
-    };
+    let socket = d.support.socket.is_ok();
+    let spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
+        .with_tripwire(e.tripwire(), &e.never_block_addrs());
     // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
     // reconnect loop must not become a loop of table transactions).
     if d.applied.as_ref() == Some(&spec) {

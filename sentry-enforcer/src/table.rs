@@ -14,28 +14,81 @@ use crate::error::EnforcerError;
 use crate::exec;
 use crate::netlink::SetElem;
 
+/// The regular chain every packet that is not a reply within one of this host's own flows
+/// goes through: a source in a block set (or, from the detection script, a first-hit map)
+/// is dropped here.
+pub const CHAIN_BLOCKED: &str = "blocked";
+
 /// Build the `nft -f -` script that (re)creates the table: sets with per-element timeouts
 /// for single addresses (`v4`, `v6`) and for IPv6 networks of BLOCK_PREFIX6 (`v6net`,
-/// looked up with the source masked, so it stays a plain hash set), one drop rule each,
-/// in a prerouting hook at priority -300 (before connection tracking, so not even an
-/// established flow from a blocked host passes).
+/// looked up with the source masked, so it stays a plain hash set), and the two base
+/// chains every block acts in.
+///
+/// A block removes only what the blocked address originates: both base chains sit after
+/// connection tracking (priority -150) and let `ct direction reply` pass first, so the
+/// replies in a flow this host (or, on a router, one of its clients) opened are never
+/// dropped. A forged probe "from" a server the host talks to (its LAPI, NTP server, package
+/// mirror) then costs the host nothing; the forged address only loses the right to open
+/// connections to or through this host. `input` is rebuilt with the detection rules when
+/// the sensor announces its modes ([`detection_script`]); `forward` (a router's, a
+/// container host's) never changes.
 pub fn setup_script(table: &str, prefix6: u8) -> String {
-    let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(prefix6));
-    format!(
+    let mut o = format!(
         "table inet {table} {{}}\n\
          delete table inet {table}\n\
          table inet {table} {{\n\
          \tset {SET_V4} {{ type ipv4_addr; flags timeout; }}\n\
          \tset {SET_V6} {{ type ipv6_addr; flags timeout; }}\n\
          \tset {SET_V6NET} {{ type ipv6_addr; flags timeout; }}\n\
-         \tchain prerouting {{\n\
-         \t\ttype filter hook prerouting priority -300; policy accept;\n\
-         \t\tip saddr @{SET_V4} counter drop\n\
-         \t\tip6 saddr @{SET_V6} counter drop\n\
-         \t\tip6 saddr & {mask} @{SET_V6NET} counter drop\n\
-         \t}}\n\
          }}\n"
-    )
+    );
+    base_chains(&mut o, table);
+    for r in blocked_rules(Some(prefix6), false) {
+        let _ = writeln!(o, "add rule inet {table} {CHAIN_BLOCKED} {r}");
+    }
+    for r in ["ct direction reply return", "goto blocked"] {
+        let _ = writeln!(o, "add rule inet {table} input {r}");
+    }
+    o
+}
+
+/// Declare the base chains and the block chain (a no-op for those that exist), then empty
+/// the two whose rules the caller writes next (`input`, `blocked`); `forward`'s two rules
+/// never change and are written once here.
+fn base_chains(o: &mut String, table: &str) {
+    let _ = writeln!(
+        o,
+        "add chain inet {table} input {{ type filter hook input priority -150; policy accept; }}\n\
+         add chain inet {table} {CHAIN_BLOCKED}\n\
+         add chain inet {table} forward {{ type filter hook forward priority -150; policy accept; }}\n\
+         flush chain inet {table} input\n\
+         flush chain inet {table} {CHAIN_BLOCKED}\n\
+         flush chain inet {table} forward\n\
+         add rule inet {table} forward ct direction reply return\n\
+         add rule inet {table} forward goto {CHAIN_BLOCKED}"
+    );
+}
+
+/// The lookups of a blocked source: the enforcer's own sets (`native`: they exist, with
+/// this BLOCK_PREFIX6) and the first hit's maps (`hits`), each ending in `drop`.
+fn blocked_rules(native: Option<u8>, hits: bool) -> Vec<String> {
+    blocked_lookups(native, hits, "counter drop")
+}
+
+/// `ip saddr @set VERDICT` for every set and map a blocked source is in.
+fn blocked_lookups(native: Option<u8>, hits: bool, verdict: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(prefix6) = native {
+        let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(prefix6));
+        v.push(format!("ip saddr @{SET_V4} {verdict}"));
+        v.push(format!("ip6 saddr @{SET_V6} {verdict}"));
+        v.push(format!("ip6 saddr & {mask} @{SET_V6NET} {verdict}"));
+    }
+    if hits {
+        v.push(format!("ip saddr @{HIT_V4} {verdict}"));
+        v.push(format!("ip6 saddr @{HIT_V6} {verdict}"));
+    }
+    v
 }
 
 /// `add element` statements for `elems` (appended to [`setup_script`]): single addresses
@@ -98,6 +151,14 @@ pub struct DetectSpec {
     /// interval-set items: a probe from one is only copied, for the enforcer to audit.
     pub never4: Vec<String>,
     pub never6: Vec<String>,
+    /// The enforcer's own block sets exist (FIREWALL="nftables" and its backend came up),
+    /// with this BLOCK_PREFIX6: the block check and the evidence path look them up.
+    pub native: Option<u8>,
+    /// ANSWER_PROBES=1: probes of unserved watched ports are answered (copied, not
+    /// dropped), as PortSentry let them be.
+    pub answer_probes: bool,
+    /// The NFLOG group the copies go to.
+    pub nflog_group: u16,
 }
 
 /// Maps the kernel fills on a first probe (SCAN_TRIGGER=0): the source, with the
@@ -150,6 +211,61 @@ impl Tripwire {
     }
 }
 
+/// Sources the kernel's first hit never puts in its maps, besides this host's own
+/// addresses (`fib saddr type local`): everything the judge never blocks whatever the
+/// host's state (unspecified, loopback, link-local, multicast, broadcast and reserved
+/// ranges, IPv4-compatible and -mapped IPv6) plus `extra` (infrastructure, the network
+/// and broadcast addresses of the host's subnets), so the kernel never blocks what the
+/// judge would release a moment later. Merged into disjoint `lo-hi` items, as an interval
+/// set needs them.
+pub fn kernel_never(extra: &[std::net::IpAddr]) -> (Vec<String>, Vec<String>) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut v4: Vec<(u32, u32)> = [
+        (0x0000_0000, 0x00ff_ffff), // 0.0.0.0/8
+        (0x7f00_0000, 0x7fff_ffff), // 127.0.0.0/8
+        (0xa9fe_0000, 0xa9fe_ffff), // 169.254.0.0/16
+        (0xe000_0000, 0xffff_ffff), // multicast, 240/4, 255.255.255.255
+    ]
+    .to_vec();
+    let mut v6: Vec<(u128, u128)> = vec![
+        (0, 0xffff_ffff),                     // ::/96: ::, ::1, ::a.b.c.d
+        (0xffff_0000_0000, 0xffff_ffff_ffff), // ::ffff:0:0/96
+        (0xfe80 << 112, (0xfec0 << 112) - 1), // fe80::/10
+        (0xff00 << 112, u128::MAX),           // ff00::/8
+    ];
+    for a in extra {
+        match a {
+            IpAddr::V4(a) => v4.push((u32::from(*a), u32::from(*a))),
+            IpAddr::V6(a) => v6.push((u128::from(*a), u128::from(*a))),
+        }
+    }
+    fn merge<T: Copy + Ord + std::ops::Add<Output = T> + From<u8>>(
+        mut v: Vec<(T, T)>,
+        max: T,
+    ) -> Vec<(T, T)> {
+        v.sort();
+        let mut out: Vec<(T, T)> = Vec::new();
+        for (lo, hi) in v {
+            match out.last_mut() {
+                Some((_, h)) if *h == max || lo <= *h + T::from(1) => *h = (*h).max(hi),
+                _ => out.push((lo, hi)),
+            }
+        }
+        out
+    }
+    let item = |lo: String, hi: String| if lo == hi { lo } else { format!("{lo}-{hi}") };
+    (
+        merge(v4, u32::MAX)
+            .into_iter()
+            .map(|(a, b)| item(Ipv4Addr::from(a).to_string(), Ipv4Addr::from(b).to_string()))
+            .collect(),
+        merge(v6, u128::MAX)
+            .into_iter()
+            .map(|(a, b)| item(Ipv6Addr::from(a).to_string(), Ipv6Addr::from(b).to_string()))
+            .collect(),
+    )
+}
+
 /// Sorted, merged port ranges of `ports`.
 fn ranges(mut ports: Vec<u16>) -> Vec<(u16, u16)> {
     ports.sort_unstable();
@@ -169,10 +285,25 @@ fn advanced(limit: u16, exclude: &policy::PortSet) -> Vec<(u16, u16)> {
 }
 
 impl DetectSpec {
-    pub fn new(cfg: &Config, modes: &[Mode], ignore: &IgnoreList, socket_expr: bool) -> Self {
+    /// What the chains watch for `modes`; `native`: the enforcer's block sets are in the
+    /// table (`Some(BLOCK_PREFIX6)`, [`crate::engine::Engine::native_sets`]), so the block
+    /// check looks them up. Basic modes alone watch nothing here.
+    pub fn new(
+        cfg: &Config,
+        modes: &[Mode],
+        ignore: &IgnoreList,
+        socket_expr: bool,
+        native: Option<u8>,
+    ) -> Self {
+        if modes.iter().all(|m| m.is_basic()) {
+            return Self::blocks_only(native);
+        }
         let has = |m| modes.contains(&m);
         let mut s = Self {
+            native,
             socket_expr,
+            answer_probes: cfg.answer_probes,
+            nflog_group: crate::capture::NFLOG_GROUP,
             ..Self::default()
         };
         if has(Mode::Stcp) {
@@ -204,18 +335,17 @@ impl DetectSpec {
     /// served port from a tripwire, and only the sensor's listener table can.
     pub fn with_tripwire(mut self, t: Option<Tripwire>, never: &[std::net::IpAddr]) -> Self {
         self.tripwire = t.filter(|_| self.socket_expr);
-        let family = |v4: bool| {
-            let mut v: Vec<String> = never
-                .iter()
-                .filter(|a| a.is_ipv4() == v4)
-                .map(|a| a.to_string())
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        (self.never4, self.never6) = (family(true), family(false));
+        (self.never4, self.never6) = kernel_never(never);
         self
+    }
+
+    /// No candidates (basic modes listen on their own sockets), only the block check.
+    pub fn blocks_only(native: Option<u8>) -> Self {
+        Self {
+            native,
+            nflog_group: crate::capture::NFLOG_GROUP,
+            ..Self::default()
+        }
     }
 
     /// Does the chain copy anything at all?
@@ -226,29 +356,6 @@ impl DetectSpec {
             && self.audp.is_empty())
     }
 }
-
-/// The detection chain's interval sets and their key types.
-const DETECT_SETS: [(&str, &str); 8] = [
-    ("detect_ign4", "ipv4_addr"),
-    ("detect_ign6", "ipv6_addr"),
-    ("detect_never4", "ipv4_addr"),
-    ("detect_never6", "ipv6_addr"),
-    ("detect_stcp", "inet_service"),
-    ("detect_sudp", "inet_service"),
-    ("detect_atcp", "inet_service"),
-    ("detect_audp", "inet_service"),
-];
-
-/// The regular chains `detect` and `detect_pre` jump or go to.
-const DETECT_CHAINS: [&str; 7] = [
-    "detect_tcp",
-    "detect_udp",
-    "detect_copy",
-    "detect_ack",
-    "detect_sctp",
-    "detect_hit_tcp",
-    "detect_hit_udp",
-];
 
 fn elements(out: &mut String, table: &str, set: &str, items: impl IntoIterator<Item = String>) {
     let items: Vec<String> = items.into_iter().collect();
@@ -271,30 +378,98 @@ fn port_items(r: &[(u16, u16)]) -> impl Iterator<Item = String> + '_ {
     })
 }
 
+/// The detection chains' interval sets and their key types.
+const DETECT_SETS: [(&str, &str); 8] = [
+    ("detect_ign4", "ipv4_addr"),
+    ("detect_ign6", "ipv6_addr"),
+    ("detect_never4", "ipv4_addr"),
+    ("detect_never6", "ipv6_addr"),
+    ("detect_stcp", "inet_service"),
+    ("detect_sudp", "inet_service"),
+    ("detect_atcp", "inet_service"),
+    ("detect_audp", "inet_service"),
+];
+
+/// The regular chains `input` jumps or goes to.
+const DETECT_CHAINS: [&str; 11] = [
+    "detect_tcp",
+    "detect_udp",
+    "detect_copy",
+    "detect_ack",
+    "detect_sctp",
+    "detect_hit_tcp",
+    "detect_hit_udp",
+    "detect_cand",
+    "detect_seen",
+    "detect_log",
+    "detect_drop",
+];
+
+/// Most copies a second of one blocked source's later probes (the evidence that keeps
+/// growing after its block), with this burst; and of all blocked sources together. A
+/// scanner that is blocked on its first probe and goes on through 1024 ports still shows
+/// a few hundred of them; a flood from blocked sources cannot drown the sensor.
+pub const SEEN_RATE: u32 = 50;
+pub const SEEN_BURST: u32 = 400;
+pub const SEEN_RATE_TOTAL: u32 = 2_000;
+
+/// The chains that evidence-after-block and the first hit need, declared whether used or
+/// not (re-declaring updates size and timeout; elements stay, so a rebuild keeps the
+/// kernel's recent blocks and its meters).
+fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
+    let (size, timeout) = spec
+        .tripwire
+        .map_or((1, HIT_TIMEOUT), |t| (t.size, t.timeout));
+    for (map, key) in [(HIT_V4, "ipv4_addr"), (HIT_V6, "ipv6_addr")] {
+        let _ = writeln!(
+            o,
+            "add map inet {table} {map} {{ type {key} : inet_proto . inet_service . tcp_flag; flags dynamic, timeout; size {size}; timeout {}s; }}",
+            timeout.as_secs().max(1)
+        );
+    }
+    for (set, key) in [
+        ("detect_rl4", "ipv4_addr"),
+        ("detect_rl6", "ipv6_addr"),
+        ("detect_ev4", "ipv4_addr"),
+        ("detect_ev6", "ipv6_addr"),
+    ] {
+        let _ = writeln!(
+            o,
+            "add set inet {table} {set} {{ type {key}; flags dynamic, timeout; size 65536; timeout 60s; }}"
+        );
+    }
+}
+
 /// The detection objects, as one `nft -f -` transaction that works whether the table
-/// exists (FIREWALL="nftables": its block sets and prerouting chain are left alone) or not
-/// (any other FIREWALL: the table then holds only these). Every object is declared first
-/// (a no-op when it exists with the same definition, which it always has), then emptied
-/// and refilled, so the swap is atomic: no packet sees a half-built chain.
+/// exists (FIREWALL="nftables": its block sets are left alone) or not (any other
+/// FIREWALL: the table then holds only these). Every object is declared first (a no-op
+/// when it exists with the same definition, which it always has), then emptied and
+/// refilled, so the swap is atomic: no packet sees a half-built chain.
 ///
-/// Layout (`nft list table inet T`):
-/// * `detect`: `type filter hook input priority -150` — after conntrack (-200) and
-///   defragmentation, before the host's own filter rules (0), so a host firewall that drops
-///   a scan does not hide it; the input hook only sees packets for this host (never
-///   forwarded ones); unicast to us only (`meta pkttype host`, as PACKET_HOST before);
-///   established/related flows (replies to the host's own connections) return at once;
-///   the ignore list (`detect_ign4`/`detect_ign6`, interval sets) returns.
-/// * `detect_tcp`/`detect_udp`: ACK/RST-bearing segments return (never probes); stealth
-///   ports (`detect_stcp`/`detect_sudp`) are candidates; advanced ports
-///   (`detect_atcp`/`detect_audp`) are candidates unless a socket serves them
-///   (`socket transparent 0-1 return`, when the kernel has the expression). UDP only
-///   `ct state new`: an invalid datagram is one the stack drops (bad checksum, truncated).
-/// * `detect_copy`: over [`DETECT_RATE`]/s, counted and not copied; otherwise copied to
-///   NFLOG group [`crate::capture::NFLOG_GROUP`] with [`crate::capture::NFLOG_SNAPLEN`]
-///   bytes and a prefix saying whether conntrack found the packet new or invalid.
+/// One base chain per hook, so a packet of the host's own traffic pays for one chain and
+/// a few compares (the `overhead` benchmark of sentry-bench measures it). `input`
+/// (`type filter hook input priority -150`: after conntrack (-200) and defragmentation,
+/// before the host's own filter rules (0), so a host firewall that drops a scan does not
+/// hide it; the input hook only sees packets for this host, never forwarded ones):
+/// * replies within the host's own flows (`ct direction reply`) return first: a block
+///   never cuts the host off from a server it talks to;
+/// * established/related packets and packets not unicast to us go to the block check;
+/// * the ignore list returns (the enforcer never blocks it);
+/// * what is left is new, invalid or untracked (`notrack` rules too: they are probes
+///   all the same) and goes through the per-protocol candidate chains, then the block
+///   check.
+///
+/// A candidate is a probe of a watched port: `detect_tcp`/`detect_udp` (ACK/RST-bearing
+/// segments are never probes; stealth ports `detect_stcp`/`detect_sudp`; advanced ports
+/// `detect_atcp`/`detect_audp` unless a socket serves them), the other kinds
+/// ([`other_kinds`]). Every candidate reaches `detect_copy` or a first-hit chain, and both
+/// begin with `detect_cand`: a source already blocked goes to `detect_seen`, which copies
+/// its probe under a per-source rate ([`SEEN_RATE`]) so the evidence keeps growing after
+/// the block, and drops it. Any other candidate is copied to the sensor ([`DETECT_RATE`]
+/// bounds the copies, never the drop) and dropped in `detect_drop` unless a service
+/// serves its port: a probe of a port where nothing listens is never answered, whatever a
+/// forger spent of the block budgets (ANSWER_PROBES=1 answers them as PortSentry did).
 pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
-    let group = crate::capture::NFLOG_GROUP;
-    let snaplen = crate::capture::NFLOG_SNAPLEN;
     let mut o = String::new();
     let _ = writeln!(o, "add table inet {table}");
     for (set, ty) in DETECT_SETS {
@@ -303,35 +478,12 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             "add set inet {table} {set} {{ type {ty}; flags interval; }}"
         );
     }
-    let _ = writeln!(
-        o,
-        "add chain inet {table} detect {{ type filter hook input priority -150; policy accept; }}"
-    );
-    // The first hit's maps and meters, declared whether used or not (re-declaring updates
-    // size and timeout; elements stay, so a rebuild keeps the kernel's recent blocks).
-    let t = spec.tripwire;
-    let (size, timeout) = t.map_or((1, HIT_TIMEOUT), |t| (t.size, t.timeout));
-    for (map, key) in [(HIT_V4, "ipv4_addr"), (HIT_V6, "ipv6_addr")] {
-        let _ = writeln!(
-            o,
-            "add map inet {table} {map} {{ type {key} : inet_proto . inet_service . tcp_flag; flags dynamic, timeout; size {size}; timeout {}s; }}",
-            timeout.as_secs().max(1)
-        );
-    }
-    for (set, key) in [("detect_rl4", "ipv4_addr"), ("detect_rl6", "ipv6_addr")] {
-        let _ = writeln!(
-            o,
-            "add set inet {table} {set} {{ type {key}; flags dynamic, timeout; size 65536; timeout 60s; }}"
-        );
-    }
-    let _ = writeln!(
-        o,
-        "add chain inet {table} detect_pre {{ type filter hook prerouting priority -300; policy accept; }}"
-    );
+    declare_dynamic(&mut o, table, spec);
+    base_chains(&mut o, table);
     for c in DETECT_CHAINS {
         let _ = writeln!(o, "add chain inet {table} {c}");
     }
-    for c in ["detect", "detect_pre"].iter().chain(&DETECT_CHAINS) {
+    for c in DETECT_CHAINS {
         let _ = writeln!(o, "flush chain inet {table} {c}");
     }
     for (set, _) in DETECT_SETS {
@@ -345,26 +497,41 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     elements(&mut o, table, "detect_sudp", port_items(&spec.sudp));
     elements(&mut o, table, "detect_atcp", port_items(&spec.atcp));
     elements(&mut o, table, "detect_audp", port_items(&spec.audp));
+    let t = spec.tripwire;
     let rule = |o: &mut String, chain: &str, r: &str| {
         let _ = writeln!(o, "add rule inet {table} {chain} {r}");
     };
-    rule(&mut o, "detect", "meta pkttype != host return");
-    rule(&mut o, "detect", "ct state established,related return");
-    rule(&mut o, "detect", "ip saddr @detect_ign4 return");
-    rule(&mut o, "detect", "ip6 saddr @detect_ign6 return");
+    for r in blocked_rules(spec.native, t.is_some()) {
+        rule(&mut o, CHAIN_BLOCKED, &r);
+    }
+    rule(&mut o, "input", "ct direction reply return");
+    rule(
+        &mut o,
+        "input",
+        &format!("ct state established,related goto {CHAIN_BLOCKED}"),
+    );
+    rule(
+        &mut o,
+        "input",
+        &format!("meta pkttype != host goto {CHAIN_BLOCKED}"),
+    );
+    rule(&mut o, "input", "ip saddr @detect_ign4 return");
+    rule(&mut o, "input", "ip6 saddr @detect_ign6 return");
     let tcp = !(spec.stcp.is_empty() && spec.atcp.is_empty());
     let udp = !(spec.sudp.is_empty() && spec.audp.is_empty());
     if tcp {
-        rule(&mut o, "detect", "meta l4proto tcp jump detect_tcp");
+        rule(&mut o, "input", "meta l4proto tcp jump detect_tcp");
     }
     if udp {
+        // An invalid datagram is one the stack drops (bad checksum, truncated).
         rule(
             &mut o,
-            "detect",
-            "meta l4proto udp ct state new jump detect_udp",
+            "input",
+            "meta l4proto udp ct state new,untracked jump detect_udp",
         );
     }
     other_kinds(&mut o, table, spec);
+    rule(&mut o, "input", &format!("goto {CHAIN_BLOCKED}"));
     rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
     for (chain, proto, stealth, adv, first_hit) in [
         (
@@ -414,38 +581,73 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             );
         }
     }
-    if t.is_some() {
-        rule(
-            &mut o,
-            "detect_pre",
-            &format!("ip saddr @{HIT_V4} counter drop"),
-        );
-        rule(
-            &mut o,
-            "detect_pre",
-            &format!("ip6 saddr @{HIT_V6} counter drop"),
-        );
+    // A blocked source's candidate: evidence, then dropped.
+    for r in blocked_lookups(spec.native, t.is_some(), "goto detect_seen") {
+        rule(&mut o, "detect_cand", &r);
     }
+    let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(spec.native.unwrap_or(64)));
+    for r in [
+        format!("add @detect_ev4 {{ ip saddr limit rate over {SEEN_RATE}/second burst {SEEN_BURST} packets }} drop"),
+        format!("add @detect_ev6 {{ ip6 saddr & {mask} limit rate over {SEEN_RATE}/second burst {SEEN_BURST} packets }} drop"),
+        format!("limit rate over {SEEN_RATE_TOTAL}/second burst {SEEN_BURST} packets counter drop"),
+        "jump detect_log".to_string(),
+        "drop".to_string(),
+    ] {
+        rule(&mut o, "detect_seen", &r);
+    }
+    rule(&mut o, "detect_copy", "jump detect_cand");
     rule(
         &mut o,
         "detect_copy",
-        &format!(
-            "limit rate over {DETECT_RATE}/second burst {DETECT_BURST} packets counter return"
-        ),
+        &format!("limit rate over {DETECT_RATE}/second burst {DETECT_BURST} packets counter goto detect_drop"),
     );
-    rule(
-        &mut o,
-        "detect_copy",
-        &format!("ct state new log prefix \"{NFLOG_PREFIX_NEW}\" group {group} snaplen {snaplen}"),
-    );
-    rule(
-        &mut o,
-        "detect_copy",
-        &format!(
-            "ct state invalid log prefix \"{NFLOG_PREFIX_INVALID}\" group {group} snaplen {snaplen}"
-        ),
-    );
+    rule(&mut o, "detect_copy", "jump detect_log");
+    rule(&mut o, "detect_copy", "goto detect_drop");
+    log_rules(&mut o, table, spec.nflog_group);
+    drop_rules(&mut o, table, spec);
     o
+}
+
+/// `detect_log`: the copy to the sensor, with a prefix saying whether conntrack found the
+/// packet `new` (its checksum verified on the way) or not (`invalid`, or `untracked`
+/// under a notrack rule: the sensor verifies the checksum itself).
+fn log_rules(o: &mut String, table: &str, group: u16) {
+    let snaplen = crate::capture::NFLOG_SNAPLEN;
+    let _ = writeln!(
+        o,
+        "add rule inet {table} detect_log ct state new log prefix \"{NFLOG_PREFIX_NEW}\" group {group} snaplen {snaplen}\n\
+         add rule inet {table} detect_log ct state invalid,untracked log prefix \"{NFLOG_PREFIX_INVALID}\" group {group} snaplen {snaplen}"
+    );
+}
+
+/// `detect_drop`: a candidate nobody serves is dropped, so it is never answered. A port a
+/// socket serves returns (its service answers; a blocked source was dropped before it got
+/// here). SCTP has no `socket` lookup and without the expression the kernel cannot tell a
+/// served port: those are copied only, as before.
+fn drop_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    if spec.answer_probes {
+        return;
+    }
+    // This host's own traffic (it arrives on loopback, whichever of its addresses it
+    // uses): a local program trying a closed port must still get its refusal at once,
+    // not a time-out.
+    let rules: &[&str] = if spec.socket_expr {
+        &[
+            "meta iif lo return",
+            "meta l4proto sctp return",
+            "socket transparent 0-1 return",
+            "counter drop",
+        ]
+    } else {
+        &[
+            "meta iif lo return",
+            "meta l4proto { tcp, udp, sctp } return",
+            "counter drop",
+        ]
+    };
+    for r in rules {
+        let _ = writeln!(o, "add rule inet {table} detect_drop {r}");
+    }
 }
 
 /// The probes PortSentry never saw (the sensor reports them as `ScanKind::{Ack, Maimon,
@@ -483,8 +685,8 @@ fn other_kinds(o: &mut String, table: &str, spec: &DetectSpec) {
         );
         rule(
             o,
-            "detect",
-            "meta l4proto sctp ct state new jump detect_sctp",
+            "input",
+            "meta l4proto sctp ct state new,untracked jump detect_sctp",
         );
         for (chain, match_) in [("detect_ack", "tcp dport"), ("detect_sctp", "sctp dport")] {
             if !spec.stcp.is_empty() {
@@ -506,28 +708,32 @@ fn other_kinds(o: &mut String, table: &str, spec: &DetectSpec) {
         let used: Vec<String> = NOT_PROBE_PROTOCOLS.iter().map(u8::to_string).collect();
         rule(
             o,
-            "detect",
+            "input",
             &format!(
-                "meta l4proto != {{ {} }} ct state new goto detect_copy",
+                "meta l4proto != {{ {} }} ct state new,untracked jump detect_copy",
                 used.join(", ")
             ),
         );
     }
 }
 
-/// `detect_hit_{proto}`: a served port returns (the kernel's own socket lookup, for
-/// stealth ports too: nothing a service answers is ever dropped here); this host's own
-/// addresses and the never-block set are only copied; over the per-prefix or the total
-/// budget a probe is only copied (the enforcer then answers `rate_limited` as it would
-/// without the first hit); a probe conntrack found invalid is copied and dropped but not
-/// put in the map (its checksum is unverified); otherwise the source goes into the map
-/// (which fails, and skips only that rule, when the map is full), the probe is copied to
-/// the sensor and dropped.
+/// `detect_hit_{proto}`: a blocked source's probe is evidence (`detect_cand`); a served
+/// port returns (the kernel's own socket lookup, for stealth ports too: nothing a service
+/// answers is ever dropped here); this host's own addresses and the never-block set are
+/// only copied; over the per-prefix or the total single-probe budget a probe is only
+/// copied (the enforcer then weighs the sensor's report, and a second port is better
+/// evidence that no forger's budget refuses); a probe conntrack did not find `new` is
+/// copied but not put in the map (its checksum is unverified); otherwise the source goes
+/// into the map (which fails, and skips only that rule, when the map is full), the probe
+/// is copied to the sensor and dropped. Every branch that copies also drops
+/// (`detect_copy` ends in `detect_drop`): what a forger spends of a budget decides who is
+/// blocked, never which port answers.
 fn first_hit_rules(o: &mut String, table: &str, proto: &str, t: &Tripwire) {
     let chain = format!("detect_hit_{proto}");
     let flags = if proto == "tcp" { "tcp flags" } else { "0x0" };
     let (q, h) = (t.per_prefix_minute, t.per_minute);
     for r in [
+        "jump detect_cand".to_string(),
         "socket transparent 0-1 return".to_string(),
         "fib saddr type local goto detect_copy".to_string(),
         "ip saddr @detect_never4 goto detect_copy".to_string(),
@@ -536,15 +742,13 @@ fn first_hit_rules(o: &mut String, table: &str, proto: &str, t: &Tripwire) {
         format!("add @detect_rl6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over {q}/minute burst {q} packets }} goto detect_copy"),
         format!("limit rate over {h}/minute burst {h} packets goto detect_copy"),
         // Only conntrack's `new` (a SYN, a first datagram) had its checksum verified on
-        // the way here (nf_conntrack_checksum=1, the default): a flag probe (`invalid`)
-        // may be a --badsum packet the stack discards, so only the sensor, which checks
-        // its checksum, may report it. Its probe is still dropped: nothing serves the
-        // port, and a bare FIN/NULL/XMAS is never part of a flow conntrack knows.
-        "ct state invalid jump detect_copy".to_string(),
-        "ct state invalid drop".to_string(),
+        // the way here (nf_conntrack_checksum=1, the default): a flag probe (`invalid`),
+        // or any probe under a notrack rule (`untracked`), may be a --badsum packet the
+        // stack discards, so only the sensor, which checks its checksum, may report it.
+        "ct state != new goto detect_copy".to_string(),
         format!("meta nfproto ipv4 add @{HIT_V4} {{ ip saddr : meta l4proto . th dport . {flags} }}"),
         format!("meta nfproto ipv6 add @{HIT_V6} {{ ip6 saddr : meta l4proto . th dport . {flags} }}"),
-        "jump detect_copy".to_string(),
+        "jump detect_log".to_string(),
         "drop".to_string(),
     ] {
         let _ = writeln!(o, "add rule inet {table} {chain} {r}");
@@ -649,7 +853,13 @@ mod tests {
             std::path::Path::new("i"),
         )
         .unwrap();
-        let spec = DetectSpec::new(&cfg, &[Mode::Stcp, Mode::Atcp, Mode::Tcp], &ign, true);
+        let spec = DetectSpec::new(
+            &cfg,
+            &[Mode::Stcp, Mode::Atcp, Mode::Tcp],
+            &ign,
+            true,
+            Some(64),
+        );
         assert!(spec.watches());
         assert!(spec.sudp.is_empty() && spec.audp.is_empty());
         let s = detection_script("sentry", &spec);
@@ -687,11 +897,11 @@ mod tests {
             s.contains("add rule inet sentry detect_ack tcp dport @detect_stcp goto detect_copy")
         );
         assert!(s.contains("detect_ack tcp dport @detect_atcp socket transparent 0-1 return"));
-        assert!(s.contains("meta l4proto sctp ct state new jump detect_sctp"));
+        assert!(s.contains("meta l4proto sctp ct state new,untracked jump detect_sctp"));
         assert!(s.contains("detect_sctp sctp dport @detect_atcp goto detect_copy"));
         assert!(!s.contains("sctp dport @detect_atcp socket"));
         assert!(
-            s.contains("meta l4proto != { 1, 2, 4, 6, 17, 33, 41, 47, 50, 51, 58, 89, 103, 112, 115, 132, 136 } ct state new goto detect_copy"),
+            s.contains("meta l4proto != { 1, 2, 4, 6, 17, 33, 41, 47, 50, 51, 58, 89, 103, 112, 115, 132, 136 } ct state new,untracked jump detect_copy"),
             "{s}"
         );
         assert!(!s.contains("jump detect_udp"));
@@ -707,9 +917,91 @@ mod tests {
         };
         assert!(!detection_script("sentry", &no_socket).contains("socket"));
         // Stealth modes alone: no IP-protocol rule (that is the advanced modes' job).
-        let stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, true);
+        let stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, true, None);
         assert!(!detection_script("sentry", &stealth).contains("meta l4proto !="));
         assert!(!DetectSpec::default().watches());
+    }
+
+    #[test]
+    fn every_candidate_is_dropped_and_blocked_sources_keep_their_evidence() {
+        let cfg = Config::parse(
+            "TCP_PORTS=\"23\"\nBLOCK_TCP=\"1\"\n",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let all = [Mode::Stcp, Mode::Atcp];
+        let tw = Tripwire::from_config(&cfg, true);
+        let spec = DetectSpec::new(&cfg, &all, &IgnoreList::empty(), true, Some(64))
+            .with_tripwire(tw, &[]);
+        let s = detection_script("t", &spec);
+        let rules = |chain: &str| -> Vec<&str> {
+            let p = format!("add rule inet t {chain} ");
+            s.lines()
+                .filter_map(|l| l.strip_prefix(p.as_str()))
+                .collect()
+        };
+        // Over every budget the probe is still dropped (the copy's rate limit too).
+        assert_eq!(
+            rules("detect_drop"),
+            [
+                "meta iif lo return",
+                "meta l4proto sctp return",
+                "socket transparent 0-1 return",
+                "counter drop"
+            ]
+        );
+        let copy = rules("detect_copy");
+        assert_eq!(copy[0], "jump detect_cand");
+        assert!(copy[1].ends_with("counter goto detect_drop"), "{copy:?}");
+        assert_eq!(copy[3], "goto detect_drop");
+        let hit = rules("detect_hit_tcp");
+        assert_eq!(hit[0], "jump detect_cand");
+        assert!(hit
+            .iter()
+            .filter(|r| r.contains("limit rate over"))
+            .all(|r| r.ends_with("goto detect_copy")));
+        assert_eq!(hit.last(), Some(&"drop"));
+        // A blocked source (either set, either map) is evidence, copied per source.
+        let cand = rules("detect_cand");
+        assert_eq!(cand.len(), 5, "{cand:?}");
+        assert!(cand.iter().all(|r| r.ends_with("goto detect_seen")));
+        assert!(rules("detect_seen")[0].contains("limit rate over 50/second"));
+        // notrack'ed probes are candidates, logged as unverified.
+        assert!(rules("detect_log")[1].starts_with("ct state invalid,untracked log"));
+        // The block check covers the kernel's maps too, and forwarded traffic.
+        assert_eq!(rules("blocked").len(), 5);
+        // ANSWER_PROBES=1: nothing dropped for want of a block.
+        let answer = DetectSpec {
+            answer_probes: true,
+            ..spec
+        };
+        assert!(!detection_script("t", &answer).contains("detect_drop counter drop"));
+    }
+
+    #[test]
+    fn the_kernel_never_blocks_what_the_judge_never_blocks() {
+        let (v4, v6) = kernel_never(&[
+            "192.0.2.255".parse().unwrap(),
+            "127.0.0.9".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ]);
+        assert_eq!(
+            v4,
+            [
+                "0.0.0.0-0.255.255.255",
+                "127.0.0.0-127.255.255.255",
+                "169.254.0.0-169.254.255.255",
+                "192.0.2.255",
+                "224.0.0.0-255.255.255.255"
+            ]
+        );
+        assert!(
+            v6.contains(&"fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff".to_string()),
+            "{v6:?}"
+        );
+        assert!(v6.contains(&"2001:db8::1".to_string()));
+        assert!(v6.contains(&"ff00::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".to_string()));
+        assert_eq!(v6[0], "::-::ffff:ffff");
     }
 
     #[test]
@@ -741,7 +1033,13 @@ mod tests {
     fn script_shape() {
         let s = setup_script("sentry", 64);
         assert!(s.contains("set v4 { type ipv4_addr; flags timeout; }"));
-        assert!(s.contains("hook prerouting priority -300"));
+        // After conntrack, replies in the host's own flows first: a block never cuts the
+        // host off from a server it uses. Forwarded traffic is checked too (routers).
+        assert!(!s.contains("prerouting"));
+        assert!(s.contains("hook input priority -150"));
+        assert!(s.contains("hook forward priority -150"));
+        assert!(s.contains("add rule inet sentry input ct direction reply return\nadd rule inet sentry input goto blocked\n"), "{s}");
+        assert!(s.contains("add rule inet sentry forward ct direction reply return\nadd rule inet sentry forward goto blocked"), "{s}");
         assert!(s.contains("ip saddr @v4 counter drop"));
         assert!(s.contains("ip6 saddr @v6 counter drop"));
         assert!(s.contains("ip6 saddr & ffff:ffff:ffff:ffff:: @v6net counter drop"));
@@ -790,7 +1088,7 @@ mod tests {
             build(&cfg, &[], &[]).map_err(|e| e.to_string())?;
             let ign = IgnoreList::parse("10.0.0.0/8\n2001:db8::1\n", std::path::Path::new("i")).unwrap();
             let all = [Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
-            let spec = DetectSpec::new(&cfg, &all, &ign, sup.socket.is_ok());
+            let spec = DetectSpec::new(&cfg, &all, &ign, sup.socket.is_ok(), Some(64));
             apply_detection(&cfg, &spec).map_err(|e| e.to_string())?;
             // With the first hit (BLOCK_TCP=1, SCAN_TRIGGER=0) and a never-block address.
             let blocking = Config::parse(
@@ -800,7 +1098,7 @@ mod tests {
             .map_err(|e| format!("{e:?}"))?;
             let tw = Tripwire::from_config(&blocking, true);
             let gw: std::net::IpAddr = "192.0.2.254".parse().unwrap();
-            let hit = DetectSpec::new(&blocking, &all, &ign, sup.socket.is_ok()).with_tripwire(tw, &[gw]);
+            let hit = DetectSpec::new(&blocking, &all, &ign, sup.socket.is_ok(), Some(64)).with_tripwire(tw, &[gw]);
             apply_detection(&blocking, &hit).map_err(|e| e.to_string())?;
             let out = std::process::Command::new("nft")
                 .args(["list", "table", "inet", "sentrytest"])
@@ -815,7 +1113,7 @@ mod tests {
                 return Err(format!("first hit missing:\n{text}"));
             }
             // Twice: the rebuild of an existing chain works too, and keeps the block sets.
-            let spec2 = DetectSpec::new(&cfg, &[Mode::Stcp], &IgnoreList::empty(), sup.socket.is_ok());
+            let spec2 = DetectSpec::new(&cfg, &[Mode::Stcp], &IgnoreList::empty(), sup.socket.is_ok(), Some(64));
             apply_detection(&cfg, &spec2).map_err(|e| e.to_string())?;
             let out = std::process::Command::new("nft")
                 .args(["list", "table", "inet", "sentrytest"])

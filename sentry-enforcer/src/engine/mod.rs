@@ -53,9 +53,27 @@ pub fn own_addresses() -> (Vec<IpAddr>, Vec<Ipv4Addr>) {
             if let Some(b) = ifa.broadcast.as_ref().and_then(|b| b.as_sockaddr_in()) {
                 bcast.push(b.ip());
             }
+            // The subnet's network and broadcast addresses, also when the interface has
+            // no broadcast address configured (a forged probe "from" either must not
+            // become a block that the judge releases a moment later).
+            let v4 = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in());
+            let mask = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in());
+            if let (Some(a), Some(m)) = (v4, mask) {
+                bcast.extend(subnet_ends(a.ip(), m.ip()));
+            }
         }
     }
     (own, bcast)
+}
+
+/// The network and broadcast addresses of `addr`'s subnet (none for /31 and /32, whose
+/// two or one addresses are all hosts).
+pub fn subnet_ends(addr: Ipv4Addr, mask: Ipv4Addr) -> Vec<Ipv4Addr> {
+    let (a, m) = (u32::from(addr), u32::from(mask));
+    if m.leading_ones() > 30 || m.leading_ones() + m.trailing_zeros() != 32 {
+        return Vec::new();
+    }
+    vec![Ipv4Addr::from(a & m), Ipv4Addr::from(a | !m)]
 }
 
 /// Run-time options that do not come from the configuration file.

@@ -89,17 +89,21 @@ impl Engine {
         Tripwire::from_config(&self.cfg, self.exec.backends().nft)
     }
 
-    /// The infrastructure the kernel must never block (this host's own addresses are
-    /// matched there with `fib saddr type local`).
+    /// The addresses of this host's state the kernel must never block besides its own
+    /// (matched there with `fib saddr type local`): its subnets' network and broadcast
+    /// addresses, and its infrastructure (unless NEVER_BLOCK_INFRASTRUCTURE=0).
     pub fn never_block_addrs(&self) -> Vec<IpAddr> {
-        if !self.cfg.never_block_infrastructure {
-            return Vec::new();
+        let mut v: Vec<IpAddr> = self.never.broadcasts().map(|b| IpAddr::V4(*b)).collect();
+        if self.cfg.never_block_infrastructure {
+            v.extend(self.never.infrastructure().into_iter().map(|(a, _)| a));
         }
-        self.never
-            .infrastructure()
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect()
+        v
+    }
+
+    /// The enforcer's block sets are in the table (FIREWALL="nftables" and its backend
+    /// came up): `Some(BLOCK_PREFIX6)`.
+    pub fn native_sets(&self) -> Option<u8> {
+        self.exec.backends().nft.then_some(self.cfg.block_prefix6)
     }
 
     /// Whether the never-block set changed since the daemon last asked (the kernel's copy
