@@ -47,6 +47,47 @@ impl Evidence {
     }
 }
 
+/// Who asked for a block: the budgets each draws on are its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The local sensor (or the kernel's first hit it stands for): BLOCK_RATE with its
+    /// single-probe and per-prefix shares, MAX_BLOCKS with eviction by evidence.
+    Sensor,
+    /// Root's `sentryctl block` (origin [`MANUAL_ORIGIN`]): the administrator's own,
+    /// bounded by MAX_BLOCKS alone.
+    Manual,
+    /// Any other control client (the fleet bridge, other CONTROL_GROUP members): its own
+    /// FLEET_MAX_BLOCKS and FLEET_BLOCK_RATE, never the sensor's budgets; at MAX_BLOCKS
+    /// a local block with more evidence than one probe evicts the oldest of these.
+    Fleet,
+}
+
+/// The origin name of root's `sentryctl block` (its default `--origin`).
+pub const MANUAL_ORIGIN: &str = "manual";
+
+impl Origin {
+    /// The class of a block made for the origin name `name` (`None`: the sensor).
+    pub fn of(name: Option<&str>) -> Self {
+        match name {
+            None => Self::Sensor,
+            Some(n) if n == sentry_proto::ORIGIN_SENSOR => Self::Sensor,
+            Some(MANUAL_ORIGIN) => Self::Manual,
+            Some(_) => Self::Fleet,
+        }
+    }
+}
+
+/// The fleet's share of the table, for a [`Origin::Fleet`] request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetUsage {
+    /// Active fleet blocks.
+    pub active: usize,
+    /// Fleet blocks started in the last minute.
+    pub started: usize,
+    /// The oldest active fleet block, which local multi-port evidence may evict.
+    pub oldest: Option<IpAddr>,
+}
+
 /// The most of BLOCK_RATE that single-probe requests may use (the rest stays for better
 /// evidence).
 pub fn single_probe_share(block_rate: u32) -> usize {
@@ -68,6 +109,10 @@ pub struct Facts<'a> {
     pub already_blocked: bool,
     /// The request's evidence.
     pub evidence: Evidence,
+    /// Who asked.
+    pub origin: Origin,
+    /// The fleet's share in use.
+    pub fleet: FleetUsage,
     /// Blocks (and commands) started in the last minute, for BLOCK_RATE: all of them, those
     /// on single-probe evidence, and those in the request source's /24 or /64.
     pub started: crate::engine::rate::Usage,
@@ -118,6 +163,14 @@ pub enum Unchanged {
     Capped {
         max: u32,
     },
+    /// Fleet blocks used FLEET_BLOCK_RATE.
+    FleetRate {
+        per_minute: u32,
+    },
+    /// Fleet blocks fill FLEET_MAX_BLOCKS.
+    FleetCapped {
+        max: u32,
+    },
     /// BLOCK_* = 2 without a KILL_RUN_CMD.
     NoCommand(Protocol),
     /// BLOCK_* = 1 with no action configured at all.
@@ -151,10 +204,11 @@ impl Unchanged {
                 Decision::LogOnly
             }
             Self::AlreadyBlocked => Decision::AlreadyBlocked,
-            Self::RateLimited { .. } | Self::SingleProbeShare { .. } | Self::PrefixShare { .. } => {
-                Decision::RateLimited
-            }
-            Self::Capped { .. } => Decision::Capped,
+            Self::RateLimited { .. }
+            | Self::SingleProbeShare { .. }
+            | Self::PrefixShare { .. }
+            | Self::FleetRate { .. } => Decision::RateLimited,
+            Self::Capped { .. } | Self::FleetCapped { .. } => Decision::Capped,
         }
     }
 
@@ -197,9 +251,13 @@ impl Unchanged {
                 Level::Warning,
                 format!("adminalert: MAX_BLOCKS={max} reached; not blocking {addr}"),
             ),
-            Self::SingleProbeShare { .. } | Self::PrefixShare { .. } => (
+            Self::SingleProbeShare { .. } | Self::PrefixShare { .. } | Self::FleetRate { .. } => (
                 Level::Warning,
                 format!("adminalert: block rate limit ({self}); not blocking {addr}"),
+            ),
+            Self::FleetCapped { max } => (
+                Level::Warning,
+                format!("adminalert: FLEET_MAX_BLOCKS={max} reached; not blocking {addr}"),
             ),
             Self::NoCommand(_) | Self::NoAction(_) => return None,
         };
@@ -226,8 +284,12 @@ impl fmt::Display for Unchanged {
             ),
             Self::PrefixShare { share } => write!(
                 f,
-                "this /24 or /64 used its share of BLOCK_RATE ({share} per minute)"
+                "single-probe requests from this /24 or /64 used their share of BLOCK_RATE ({share} per minute)"
             ),
+            Self::FleetRate { per_minute } => {
+                write!(f, "FLEET_BLOCK_RATE={per_minute} per minute reached")
+            }
+            Self::FleetCapped { max } => write!(f, "FLEET_MAX_BLOCKS={max} reached"),
             Self::NoCommand(p) => {
                 write!(f, "{}=2 but no KILL_RUN_CMD is configured", block_key(*p))
             }
@@ -266,19 +328,8 @@ pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
     if mode == BlockMode::Block && f.already_blocked {
         return No(Unchanged::AlreadyBlocked);
     }
-    let rate = f.cfg.block_rate;
-    if f.started.all >= rate as usize {
-        return No(Unchanged::RateLimited { per_minute: rate });
-    }
-    if f.evidence == Evidence::SingleProbe && f.started.single_probe >= single_probe_share(rate) {
-        return No(Unchanged::SingleProbeShare {
-            share: single_probe_share(rate),
-        });
-    }
-    if f.started.same_prefix >= prefix_share(rate) {
-        return No(Unchanged::PrefixShare {
-            share: prefix_share(rate),
-        });
+    if let Some(no) = over_budget(f) {
+        return No(no);
     }
     if mode == BlockMode::CommandOnly {
         return if f.cfg.kill_run_cmd.is_some() {
@@ -291,14 +342,59 @@ pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
         return No(Unchanged::NoAction(protocol));
     }
     if f.active_blocks >= f.cfg.max_blocks as usize {
-        return match f.weakest_block {
-            Some(weak) if f.evidence > Evidence::SingleProbe => Verdict::Evict(weak),
-            _ => No(Unchanged::Capped {
+        // Only local evidence of more than one probe evicts: the oldest single-probe
+        // block first, else the oldest fleet block (a compromised fleet can then fill
+        // at most its own share, never lock local blocking out).
+        let victim = match (f.origin, f.evidence) {
+            (Origin::Sensor, e) if e > Evidence::SingleProbe => f.weakest_block.or(f.fleet.oldest),
+            _ => None,
+        };
+        return match victim {
+            Some(v) => Verdict::Evict(v),
+            None => No(Unchanged::Capped {
                 max: f.cfg.max_blocks,
             }),
         };
     }
     Verdict::Block
+}
+
+/// The rate budgets of the request's origin. A source with more evidence than one probe
+/// is refused only when BLOCK_RATE itself is spent, and single-probe requests (forgeable
+/// for one packet each) may spend at most half of it, so what forgers spend never refuses
+/// a real scanner; the per-prefix share bounds single-probe blocks in one /24 or /64 and
+/// counts nothing else.
+fn over_budget(f: &Facts<'_>) -> Option<Unchanged> {
+    match f.origin {
+        Origin::Manual => None,
+        Origin::Fleet => {
+            let (rate, cap) = (f.cfg.fleet_block_rate, f.cfg.fleet_cap());
+            if f.fleet.started >= rate as usize {
+                Some(Unchanged::FleetRate { per_minute: rate })
+            } else if f.fleet.active >= cap as usize {
+                Some(Unchanged::FleetCapped { max: cap })
+            } else {
+                None
+            }
+        }
+        Origin::Sensor => {
+            let rate = f.cfg.block_rate;
+            let single = f.evidence == Evidence::SingleProbe;
+            if f.started.all >= rate as usize {
+                Some(Unchanged::RateLimited { per_minute: rate })
+            } else if single && f.started.single_probe >= single_probe_share(rate) {
+                Some(Unchanged::SingleProbeShare {
+                    share: single_probe_share(rate),
+                })
+            } else if single && f.started.same_prefix >= prefix_share(rate) {
+                Some(Unchanged::PrefixShare {
+                    share: prefix_share(rate),
+                })
+            } else {
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +421,8 @@ mod tests {
         weakest: Option<IpAddr>,
         active: usize,
         blocking: bool,
+        origin: Origin,
+        fleet: FleetUsage,
     }
 
     impl World {
@@ -342,6 +440,8 @@ mod tests {
                 weakest: None,
                 active: 0,
                 blocking: true,
+                origin: Origin::Sensor,
+                fleet: FleetUsage::default(),
             }
         }
         fn judge(&self, src: &str, p: Protocol) -> Verdict {
@@ -371,6 +471,8 @@ mod tests {
                     weakest_block: self.weakest,
                     active_blocks: self.active,
                     blocking_configured: self.blocking,
+                    origin: self.origin,
+                    fleet: self.fleet,
                 },
             )
         }
@@ -429,15 +531,21 @@ mod tests {
             w.judge("192.0.2.1", Protocol::Tcp),
             Verdict::Unchanged(Unchanged::SingleProbeShare { share: 4 })
         );
-        // A many-port source still gets in, up to BLOCK_RATE.
+        // A many-port source still gets in, up to BLOCK_RATE...
         w.evidence = Evidence::Ports;
         assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
-        // ... unless its /24 used its quarter.
+        // ... also when forgers spent its /24's single-probe quarter (they forged one
+        // SYN from each neighbour of the scanner).
         w.same_prefix = 2;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        // A single probe from that /24 is refused by the prefix's share.
+        w.evidence = Evidence::SingleProbe;
+        w.singles = 0;
         assert_eq!(
             w.judge("192.0.2.1", Protocol::Tcp),
             Verdict::Unchanged(Unchanged::PrefixShare { share: 2 })
         );
+        w.evidence = Evidence::Ports;
         w.same_prefix = 0;
         w.started = 8;
         assert_eq!(
@@ -472,6 +580,63 @@ mod tests {
         assert_eq!(Evidence::of(ScanKind::Syn, 1), Evidence::SingleProbe);
         assert_eq!(Evidence::of(ScanKind::Syn, 3), Evidence::Ports);
         assert_eq!(Evidence::of(ScanKind::Connect, 1), Evidence::Handshake);
+    }
+
+    #[test]
+    fn the_fleet_has_its_own_budget_and_gives_way_to_local_evidence() {
+        let mut w = World::new(
+            "BLOCK_TCP=\"1\"\nBLOCK_RATE=\"8\"\nMAX_BLOCKS=\"4\"\nFLEET_MAX_BLOCKS=\"4\"\nFLEET_BLOCK_RATE=\"3\"\n",
+        );
+        let old: IpAddr = "198.51.100.7".parse().unwrap();
+        // The sensor's budgets spent do not refuse the fleet, and the other way round.
+        w.origin = Origin::Fleet;
+        w.started = 8;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        w.started = 0;
+        w.fleet = FleetUsage {
+            active: 0,
+            started: 3,
+            oldest: None,
+        };
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::FleetRate { per_minute: 3 })
+        );
+        w.origin = Origin::Sensor;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        // The fleet filled the table: it cannot evict, a local many-port scanner can.
+        w.active = 4;
+        w.fleet = FleetUsage {
+            active: 4,
+            started: 0,
+            oldest: Some(old),
+        };
+        w.origin = Origin::Fleet;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::FleetCapped { max: 4 })
+        );
+        w.origin = Origin::Sensor;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Evict(old));
+        w.evidence = Evidence::SingleProbe;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::Capped { max: 4 })
+        );
+        // Root's own blocks: MAX_BLOCKS alone.
+        w.origin = Origin::Manual;
+        w.evidence = Evidence::Ports;
+        w.started = 8;
+        w.active = 3;
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        w.active = 4;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::Unchanged(Unchanged::Capped { max: 4 })
+        );
+        assert_eq!(Origin::of(None), Origin::Sensor);
+        assert_eq!(Origin::of(Some("manual")), Origin::Manual);
+        assert_eq!(Origin::of(Some("crowdsec")), Origin::Fleet);
     }
 
     #[test]

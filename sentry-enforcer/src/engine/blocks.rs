@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::Deref;
 
-use crate::judge::Evidence;
+use crate::judge::{Evidence, Origin};
 use crate::store::BlockRecord;
 
 /// The evidence a block was made on.
@@ -26,6 +26,9 @@ pub struct Blocks {
     map: HashMap<IpAddr, BlockRecord>,
     /// Single-probe blocks by (start, address): the first is the one to evict.
     weak: BTreeSet<(u64, IpAddr)>,
+    /// Fleet blocks ([`Origin::Fleet`]) by (start, address): FLEET_MAX_BLOCKS counts them,
+    /// and at MAX_BLOCKS the first goes when no single-probe block is left to evict.
+    fleet: BTreeSet<(u64, IpAddr)>,
 }
 
 impl Deref for Blocks {
@@ -49,6 +52,9 @@ impl Blocks {
         if evidence(&r) == Evidence::SingleProbe {
             self.weak.insert((r.since_ms, r.addr));
         }
+        if Origin::of(r.origin.as_deref()) == Origin::Fleet {
+            self.fleet.insert((r.since_ms, r.addr));
+        }
         self.map.insert(r.addr, r);
         old
     }
@@ -56,7 +62,18 @@ impl Blocks {
     pub fn remove(&mut self, addr: &IpAddr) -> Option<BlockRecord> {
         let r = self.map.remove(addr)?;
         self.weak.remove(&(r.since_ms, r.addr));
+        self.fleet.remove(&(r.since_ms, r.addr));
         Some(r)
+    }
+
+    /// Active fleet blocks.
+    pub fn fleet_len(&self) -> usize {
+        self.fleet.len()
+    }
+
+    /// The oldest fleet block, if any.
+    pub fn oldest_fleet(&self) -> Option<IpAddr> {
+        self.fleet.first().map(|(_, a)| *a)
     }
 
     /// The oldest block made on a single probe, if any.
@@ -118,5 +135,23 @@ mod tests {
         assert_eq!(b.len(), 4);
         let m = b.map.clone();
         assert_eq!(Blocks::from_map(m).weakest(), b.weakest());
+    }
+
+    #[test]
+    fn fleet_blocks_are_indexed_apart_from_manual_and_sensor_ones() {
+        let mut b = Blocks::default();
+        let with = |a: &str, since: u64, origin: Option<&str>| BlockRecord {
+            origin: origin.map(str::to_string),
+            ..rec(a, since, ScanKind::Syn, 1)
+        };
+        b.insert(with("192.0.2.1", 30, Some("crowdsec")));
+        b.insert(with("192.0.2.2", 10, Some("crowdsec")));
+        b.insert(with("192.0.2.3", 5, Some("manual")));
+        b.insert(with("192.0.2.4", 1, None));
+        assert_eq!(b.fleet_len(), 2);
+        assert_eq!(b.oldest_fleet(), Some("192.0.2.2".parse().unwrap()));
+        assert_eq!(b.weakest(), Some("192.0.2.4".parse().unwrap()));
+        b.remove(&"192.0.2.2".parse().unwrap());
+        assert_eq!(b.oldest_fleet(), Some("192.0.2.1".parse().unwrap()));
     }
 }

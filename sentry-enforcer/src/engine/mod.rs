@@ -120,6 +120,8 @@ pub struct Engine {
     infra: Option<crate::infra::Infra>,
     /// The blocks and commands of the last minute (BLOCK_RATE and its shares).
     rate: rate::RateWindow,
+    /// The fleet's blocks of the last minute (FLEET_BLOCK_RATE).
+    fleet_rate: rate::RateWindow,
     /// AUDIT_RATE: records and log lines of no-change decisions per second.
     budget: AuditBudget,
     counters: Counters,
@@ -220,6 +222,7 @@ impl Engine {
             addr_watch,
             infra,
             rate: rate::RateWindow::default(),
+            fleet_rate: rate::RateWindow::default(),
             budget,
             counters: Counters::default(),
             recent: VecDeque::new(),
@@ -582,6 +585,11 @@ impl Engine {
             Some(e.to_string())
         } else if ctl.origin == sentry_proto::ORIGIN_SENSOR {
             Some("origin name \"sensor\" is reserved for the local sensor".to_string())
+        } else if ctl.origin == judge::MANUAL_ORIGIN && peer.uid != 0 {
+            Some(format!(
+                "origin name \"{}\" is root's own (its blocks are bounded by MAX_BLOCKS alone); pass --origin NAME, counted against FLEET_MAX_BLOCKS and FLEET_BLOCK_RATE",
+                judge::MANUAL_ORIGIN
+            ))
         } else {
             match ctl.duration {
                 Some(d) if d < std::time::Duration::from_secs(1) => {
@@ -617,7 +625,27 @@ impl Engine {
                     last_seen_ms: now.ms().0,
                     ip_options: false,
                 };
-                self.decide_checked(&req, now.ms(), &mut rec, Some(ctl))
+                // A fleet block lasts at most FLEET_MAX_DURATION: a compromised LAPI or
+                // fleet machine cannot make ten-year blocks. Shortened, and said so.
+                let max = self.cfg.fleet_max_duration;
+                let fleet = judge::Origin::of(Some(&ctl.origin)) == judge::Origin::Fleet;
+                let asked = ctl.duration.or(self.cfg.block_timeout);
+                let mut ctl = ctl.clone();
+                let shortened = fleet && asked.is_none_or(|d| d > max);
+                if shortened {
+                    ctl.duration = Some(max);
+                }
+                let (d, mut reason, line) =
+                    self.decide_checked(&req, now.ms(), &mut rec, Some(&ctl));
+                if shortened && d == Decision::Blocked {
+                    let asked =
+                        asked.map_or("permanent".to_string(), |a| format!("{}s", a.as_secs()));
+                    reason.push_str(&format!(
+                        " (asked for {asked}; FLEET_MAX_DURATION={}s)",
+                        max.as_secs()
+                    ));
+                }
+                (d, reason, line)
             }
         };
         let expires = (decision == Decision::Blocked)
@@ -698,7 +726,9 @@ impl Engine {
         self.refresh_own_addresses();
         self.refresh_infra(false);
         self.rate.prune(now);
+        self.fleet_rate.prune(now);
         let target = self.block_target(req.source);
+        let origin = judge::Origin::of(ctl.map(|c| c.origin.as_str()));
         let facts = Facts {
             cfg: &self.cfg,
             never: &self.never,
@@ -706,6 +736,12 @@ impl Engine {
             already_blocked: self.blocks.contains_key(&target.0)
                 || self.blocks.contains_key(&req.source),
             evidence: evidence_of(req, ctl),
+            origin,
+            fleet: judge::FleetUsage {
+                active: self.blocks.fleet_len(),
+                started: self.fleet_rate.usage(req.source).all,
+                oldest: self.blocks.oldest_fleet(),
+            },
             started: self.rate.usage(req.source),
             weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
@@ -737,7 +773,7 @@ impl Engine {
         ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
         let key = block_key_for(req.scan);
-        self.rate.record(now, evidence_of(req, ctl), req.source);
+        self.record_rate(now, req, ctl);
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
@@ -769,7 +805,7 @@ impl Engine {
         let addr = target.0;
         let duration = ctl.and_then(|c| c.duration).or(self.cfg.block_timeout);
         let subj = subject(req, target, duration);
-        self.rate.record(now, evidence_of(req, ctl), req.source);
+        self.record_rate(now, req, ctl);
         let mut block = BlockRecord {
             addr,
             protocol: req.protocol,
@@ -893,6 +929,19 @@ impl Engine {
             what = format!("{what} ({})", notes.join("; "));
         }
         (Decision::Blocked, what, None)
+    }
+}
+
+impl Engine {
+    /// A block or command started: it spends its origin's rate (root's own blocks spend
+    /// none).
+    fn record_rate(&mut self, now: WallMs, req: &BlockRequest, ctl: Option<&ControlBlock>) {
+        let ev = evidence_of(req, ctl);
+        match judge::Origin::of(ctl.map(|c| c.origin.as_str())) {
+            judge::Origin::Sensor => self.rate.record(now, ev, req.source),
+            judge::Origin::Fleet => self.fleet_rate.record(now, ev, req.source),
+            judge::Origin::Manual => {}
+        }
     }
 }
 
@@ -1021,6 +1070,7 @@ mod tests {
     }
 
     const PEER: Peer = Peer { uid: 1, pid: 2 };
+    const ROOT: Peer = Peer { uid: 0, pid: 2 };
 
     impl T {
         fn decide(&mut self, src: &str, p: Protocol) -> Decision {
@@ -1335,9 +1385,26 @@ mod tests {
             now,
         );
         assert_eq!(d, Decision::NeverBlock);
-        // Already blocked.
-        let (d, _, _) = t.engine.decide_control(a, &ctl("manual", None), PEER, now);
+        // Already blocked (root's own `sentryctl block`).
+        let (d, _, _) = t.engine.decide_control(a, &ctl("manual", None), ROOT, now);
         assert_eq!(d, Decision::AlreadyBlocked);
+        // "manual" is root's: a CONTROL_GROUP member must name its origin.
+        let (d, reason, _) = t.engine.decide_control(a, &ctl("manual", None), PEER, now);
+        assert_eq!(d, Decision::Rejected);
+        assert!(reason.contains("root's own"), "{reason}");
+        // A fleet block lasts at most FLEET_MAX_DURATION (default a day), and says so.
+        let (d, reason, long) = t.engine.decide_control(
+            "192.0.2.43".parse().unwrap(),
+            &ctl("crowdsec", Some(10 * 365 * 86_400)),
+            PEER,
+            now,
+        );
+        assert_eq!(d, Decision::Blocked);
+        assert_eq!(
+            reason,
+            "blocked for 86400s (asked for 315360000s; FLEET_MAX_DURATION=86400s)"
+        );
+        assert!(long.unwrap() <= now.ms().0 + 86_401_000);
         // Bad origins and durations are rejected, audited, not clamped.
         for (c, why) in [
             (ctl("sensor", None), "reserved"),
@@ -1390,8 +1457,8 @@ mod tests {
     }
 
     #[test]
-    fn control_blocks_count_against_max_blocks_and_are_not_evicted_as_weak() {
-        let mut t = setup(&[("MAX_BLOCKS", "2")]);
+    fn fleet_blocks_fill_only_their_share_and_give_way_to_a_real_scanner() {
+        let mut t = setup(&[("MAX_BLOCKS", "2"), ("FLEET_MAX_BLOCKS", "2")]);
         let now = now_ms().us();
         for a in ["192.0.2.50", "192.0.2.51"] {
             let (d, _, _) =
@@ -1406,13 +1473,32 @@ mod tests {
             now,
         );
         assert_eq!(d, Decision::Capped, "{reason}");
-        // A sensor request with more evidence finds nothing weak to evict.
-        let r = req(9, "192.0.2.53", Protocol::Tcp, 22);
+        assert_eq!(reason, "FLEET_MAX_BLOCKS=2 reached");
+        // A single forged probe cannot evict a fleet block...
+        let mut r = req(9, "192.0.2.53", Protocol::Tcp, 22);
+        r.distinct_ports = 1;
         assert_eq!(
             t.engine.decide_raw(&r, PEER, now_ms().us()),
             Decision::Capped
         );
+        // ... a local scanner with more evidence evicts the oldest one.
+        r.seq = 10;
+        r.distinct_ports = 2;
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::Blocked
+        );
+        assert!(!t.engine.is_blocked("192.0.2.50".parse().unwrap()));
+        assert!(t.engine.is_blocked("192.0.2.53".parse().unwrap()));
         assert_eq!(t.engine.active_blocks(), 2);
+        // Root's own block is bounded by MAX_BLOCKS alone, and evicts nothing.
+        let (d, _, _) = t.engine.decide_control(
+            "192.0.2.54".parse().unwrap(),
+            &ctl("manual", None),
+            ROOT,
+            now_ms().us(),
+        );
+        assert_eq!(d, Decision::Capped);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! BLOCK_RATE's one-minute window, with the shares that keep spoofed sources from
 //! spending it: single-probe requests (one forged SYN or datagram each) may use at most
-//! half of it, and one /24 (IPv4) or /64 (IPv6) at most a quarter, so a real many-port
-//! scanner always finds room and no prefix takes the whole budget.
+//! half of it, and the single-probe blocks of one /24 (IPv4) or /64 (IPv6) at most a
+//! quarter, so a real many-port scanner always finds room, also one whose own /24 a forger
+//! filled, and no prefix takes the whole budget. The fleet's FLEET_BLOCK_RATE is a window
+//! of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,6 +24,7 @@ pub fn share_prefix(addr: IpAddr) -> IpAddr {
 pub struct Usage {
     pub all: usize,
     pub single_probe: usize,
+    /// Single-probe blocks in the source's /24 or /64.
     pub same_prefix: usize,
 }
 
@@ -45,10 +48,12 @@ impl RateWindow {
             if ev == Evidence::SingleProbe {
                 self.single_probe -= 1;
             }
-            if let Some(n) = self.per_prefix.get_mut(&prefix) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_prefix.remove(&prefix);
+            if ev == Evidence::SingleProbe {
+                if let Some(n) = self.per_prefix.get_mut(&prefix) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_prefix.remove(&prefix);
+                    }
                 }
             }
         }
@@ -71,8 +76,8 @@ impl RateWindow {
         self.entries.push_back((now, ev, prefix));
         if ev == Evidence::SingleProbe {
             self.single_probe += 1;
+            *self.per_prefix.entry(prefix).or_insert(0) += 1;
         }
-        *self.per_prefix.entry(prefix).or_insert(0) += 1;
     }
 }
 
@@ -91,12 +96,13 @@ mod tests {
         w.record(WallMs(2_000), Evidence::Ports, ip("192.0.2.200"));
         w.record(WallMs(3_000), Evidence::SingleProbe, ip("2001:db8:1:2::1"));
         let u = w.usage(ip("192.0.2.77"));
-        assert_eq!((u.all, u.single_probe, u.same_prefix), (3, 2, 2));
+        // The multi-port block spends BLOCK_RATE but not its prefix's single-probe share.
+        assert_eq!((u.all, u.single_probe, u.same_prefix), (3, 2, 1));
         assert_eq!(w.usage(ip("2001:db8:1:2:ffff::9")).same_prefix, 1);
         assert_eq!(w.usage(ip("2001:db8:1:3::1")).same_prefix, 0);
         w.prune(WallMs(61_000));
         let u = w.usage(ip("192.0.2.77"));
-        assert_eq!((u.all, u.single_probe, u.same_prefix), (2, 1, 1));
+        assert_eq!((u.all, u.single_probe, u.same_prefix), (2, 1, 0));
         w.prune(WallMs(63_000));
         assert_eq!(w.usage(ip("192.0.2.77")), Usage::default());
         assert!(w.per_prefix.is_empty());
