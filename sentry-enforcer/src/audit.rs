@@ -115,6 +115,9 @@ pub enum RecordKind {
     Expired,
     /// Re-applied from the state directory at start.
     Restored,
+    /// A sensor-made block's evidence grew: the source went on probing after its block
+    /// (the kernel drops its probes and still copies them), with more distinct ports.
+    Evidence,
 }
 
 impl RecordKind {
@@ -124,6 +127,7 @@ impl RecordKind {
             Self::Unblocked => "unblocked",
             Self::Expired => "expired",
             Self::Restored => "restored",
+            Self::Evidence => "evidence",
         }
     }
 }

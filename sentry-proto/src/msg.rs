@@ -558,6 +558,10 @@ pub struct BlockEntry {
     pub prefix6: Option<u8>,
     /// [`ORIGIN_SENSOR`], or the control client's origin name.
     pub origin: String,
+    /// A sensor-made block's evidence: the distinct ports its source probed, counted on
+    /// after the block (the kernel drops and still copies its probes). `None` for
+    /// control blocks, whose evidence is their origin's.
+    pub distinct_ports: Option<u32>,
 }
 
 /// enforcer → sentryctl.

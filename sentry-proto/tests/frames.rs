@@ -132,6 +132,7 @@ fn every_message_roundtrips() {
         expires_ms: Some(2),
         prefix6: Some(64),
         origin: ORIGIN_SENSOR.into(),
+        distinct_ports: Some(300),
     }]));
     roundtrip(ControlRequest::Block {
         addr: v6,

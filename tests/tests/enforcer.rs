@@ -2125,7 +2125,7 @@ fn capture_socket_is_handed_over_after_the_welcome() {
     );
     assert_eq!(fds.len(), 1, "{frames:?}");
     let _: NetlinkAddr = getsockname(fds[0].as_raw_fd()).expect("a netlink socket");
-    let chain = ns(&env, "nft", &["list", "chain", "inet", NFT_TABLE, "detect"]);
+    let chain = ns(&env, "nft", &["list", "chain", "inet", NFT_TABLE, "input"]);
     let text = String::from_utf8_lossy(&chain.stdout);
     assert!(
         text.contains("hook input priority"),

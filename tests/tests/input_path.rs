@@ -267,7 +267,7 @@ fn badsum_probes_never_block() {
     let ok = run(
         s.net
             .command(Side::Target, "nft")
-            .args(["list", "chain", "inet", "sentry", "detect"]),
+            .args(["list", "chain", "inet", "sentry", "input"]),
         T,
     );
     assert!(ok.stdout.contains("priority"), "{ok}");

@@ -664,7 +664,48 @@ impl Engine {
         let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec, None);
         let d = self.conclude(rec, decision, reason, line, req.source, now);
         self.settle_kernel_hit(req.source, d);
+        if d == Decision::AlreadyBlocked {
+            self.grow_evidence(req, now);
+        }
         d
+    }
+
+    /// A blocked source's later report with more distinct ports: its block's record keeps
+    /// the larger count (persisted, so `sentryctl blocked` and a restart show it) and an
+    /// `evidence` record tells the audit log and the fleet bridge, which shares a scanner
+    /// blocked on its first probe once it has shown PUSH_MIN_PORTS. The sensor reports a
+    /// blocked source again only when its count doubles, so this happens a few times per
+    /// scanner, never per packet; fleet and manual blocks keep their origin's record.
+    fn grow_evidence(&mut self, req: &BlockRequest, now: WallUs) {
+        let target = self.block_target(req.source).0;
+        let Some(b) = self
+            .blocks
+            .get(&target)
+            .or_else(|| self.blocks.get(&req.source))
+        else {
+            return;
+        };
+        if b.origin.is_some() || req.distinct_ports <= b.distinct_ports {
+            return;
+        }
+        let mut b = b.clone();
+        b.distinct_ports = req.distinct_ports;
+        self.blocks.insert(b.clone());
+        if let Err(e) = self.store.put(&b, &self.blocks) {
+            self.persist_error(&format!("evidence of {}", b.addr), &e);
+        }
+        let mut rec = AuditRecord::event_us(
+            now,
+            RecordKind::Evidence,
+            format!(
+                "still probing while blocked: {} distinct ports seen",
+                b.distinct_ports
+            ),
+            None,
+        );
+        rec.set_block(&b);
+        rec.expires_ms = b.expires_ms;
+        self.write_audit(&rec);
     }
 
     /// Answer a request that failed its checks in [`crate::session`]: counted and
@@ -1499,6 +1540,49 @@ mod tests {
             now_ms().us(),
         );
         assert_eq!(d, Decision::Capped);
+    }
+
+    #[test]
+    fn a_blocked_scanner_keeps_adding_evidence() {
+        let mut t = setup(&[]);
+        let mut r = req(1, "192.0.2.70", Protocol::Tcp, 22);
+        r.distinct_ports = 1;
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::Blocked
+        );
+        let a: IpAddr = "192.0.2.70".parse().unwrap();
+        let ports = |t: &T| {
+            t.engine
+                .blocked()
+                .into_iter()
+                .find(|b| b.addr == a)
+                .and_then(|b| b.distinct_ports)
+        };
+        assert_eq!(ports(&t), Some(1));
+        // Its later probes (copied by the kernel while it is blocked) come back with more.
+        r.seq = 2;
+        r.distinct_ports = 300;
+        assert_eq!(
+            t.engine.decide_raw(&r, PEER, now_ms().us()),
+            Decision::AlreadyBlocked
+        );
+        assert_eq!(ports(&t), Some(300));
+        let ev = t.last();
+        assert_eq!(ev["decision"], "evidence", "{ev}");
+        assert_eq!(ev["distinct_ports"], 300);
+        assert_eq!(ev["origin"], "sensor");
+        // Fewer ports change nothing.
+        r.seq = 3;
+        r.distinct_ports = 7;
+        t.engine.decide_raw(&r, PEER, now_ms().us());
+        assert_eq!(ports(&t), Some(300));
+        assert_eq!(t.last()["decision"], "already_blocked");
+        // Kept across a restart.
+        let conf = t.dir.path().join("sentry.conf");
+        let e2 = open(&t.dir, &conf);
+        let b = e2.blocked().into_iter().find(|b| b.addr == a).unwrap();
+        assert_eq!(b.distinct_ports, Some(300));
     }
 
     #[test]

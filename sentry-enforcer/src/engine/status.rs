@@ -60,6 +60,7 @@ impl Engine {
                     .origin
                     .clone()
                     .unwrap_or_else(|| sentry_proto::ORIGIN_SENSOR.to_string()),
+                distinct_ports: b.origin.is_none().then_some(b.distinct_ports),
             })
             .collect();
         v.sort_by_key(|b| (b.since_ms, b.addr));
