@@ -93,7 +93,15 @@ impl Engine {
     /// (matched there with `fib saddr type local`): its subnets' network and broadcast
     /// addresses, and its infrastructure (unless NEVER_BLOCK_INFRASTRUCTURE=0).
     pub fn never_block_addrs(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self.never.broadcasts().map(|b| IpAddr::V4(*b)).collect();
+        // getifaddrs(3) names an address without a broadcast address its own broadcast:
+        // own addresses are matched apart (`fib saddr type local`).
+        let own: std::collections::HashSet<&IpAddr> = self.never.own_addresses().collect();
+        let mut v: Vec<IpAddr> = self
+            .never
+            .broadcasts()
+            .map(|b| IpAddr::V4(*b))
+            .filter(|a| !own.contains(a))
+            .collect();
         if self.cfg.never_block_infrastructure {
             v.extend(self.never.infrastructure().into_iter().map(|(a, _)| a));
         }

@@ -8,7 +8,8 @@
 //! Scenarios: `syn` (1: nmap -sS exposure and block latency vs PortSentry), `scans`
 //! (2: -sS -T5 --min-rate, -sF -sN -sX, IPv6, -sU -T5, masscan at 1M packets/s), `capture` (3: sensor capture rate and CPU per packet),
 //! `flood` (4: spoofed-source flood), `enforce` (5: cost of the Nth block and data-path
-//! cost per backend), `all` (default).
+//! cost per backend), `overhead` (6: what the table costs the host's own traffic), `all`
+//! (default).
 //!
 //! Everything runs inside namespaces this process creates; nothing touches the root
 //! namespace's firewall, routes or /etc. Interrupting (Ctrl-C) stops every process and
@@ -18,6 +19,7 @@ mod capture;
 mod cleanup;
 mod enforce;
 mod flood;
+mod overhead;
 mod packet;
 mod pcap;
 mod portsentry;
@@ -46,6 +48,9 @@ Scenarios (default: all):
   enforce    5. time to add the Nth block (N = 1, N/10, N) per backend (nftables set,
                 iptables rule per host, blackhole route) and SYN->RST data-path rate
                 with N active blocks vs none
+  overhead   6. the host's own traffic over a conntrack firewall, alone, with the previous
+                table and with sentry's table: 64-byte UDP datagrams/s (iperf3) and new
+                TCP connections/s to a served port, as ratios to the firewall alone
   all        every scenario above
 
 Options:
@@ -63,6 +68,8 @@ Options:
   --ps-flood-rate N      PortSentry flood rate, packets/s (default 1000)
   --ps-settle-secs N     how long PortSentry may keep blocking after its flood (default 60)
   --settle-secs N        how long sentry may keep working after a flood (default 60)
+  --overhead-secs N      seconds per overhead round (default 3; --runs rounds)
+  --overhead-blocks N    blocked addresses in the sets during `overhead` (default 10000)
 Environment: SENTRY_BENCH_TREE=COMMIT names the source tree in the output when it has no .git;
 SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
 SENTRY_BENCH_STRACE=FILE straces the sensor during each sentry scan run;
@@ -87,12 +94,14 @@ pub struct Opts {
     pub ps_flood_rate: u64,
     pub ps_settle_secs: u64,
     pub settle_secs: u64,
+    pub overhead_secs: u64,
+    pub overhead_blocks: u64,
     pub scenarios: Vec<String>,
     /// `--scans`: replaces the scan lists of `syn` and `scans`.
     pub scans: Option<Vec<probe::Scan>>,
 }
 
-const SCENARIOS: [&str; 5] = ["syn", "scans", "capture", "flood", "enforce"];
+const SCENARIOS: [&str; 6] = ["syn", "scans", "capture", "flood", "enforce", "overhead"];
 
 /// A number within `lo..=hi`, or an error naming the option.
 fn num(name: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
@@ -128,6 +137,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         ps_flood_rate: 1_000,
         ps_settle_secs: 60,
         settle_secs: 60,
+        overhead_secs: 3,
+        overhead_blocks: 10_000,
         scenarios: Vec::new(),
         scans: None,
     };
@@ -182,6 +193,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--settle-secs" => {
                 o.settle_secs = num("--settle-secs", &value("--settle-secs")?, 1, 600)?
+            }
+            "--overhead-secs" => {
+                o.overhead_secs = num("--overhead-secs", &value("--overhead-secs")?, 1, 60)?
+            }
+            "--overhead-blocks" => {
+                o.overhead_blocks =
+                    num("--overhead-blocks", &value("--overhead-blocks")?, 0, 60_000)?
             }
             "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
             s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
@@ -328,6 +346,9 @@ fn main() {
     }
     if want("enforce") {
         enforce::scenario(&opts);
+    }
+    if want("overhead") {
+        overhead::scenario(&opts);
     }
     drop(pkg);
     cleanup::emergency_cleanup();

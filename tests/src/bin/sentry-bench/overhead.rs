@@ -1,0 +1,321 @@
+//! Scenario 6 (`overhead`): what sentry's table costs the host's own traffic.
+//!
+//! Two namespace pairs side by side, each a client and a server joined by a veth pair.
+//! Both servers run a conntrack host firewall (established/related accepted first, invalid
+//! dropped, the test ports accepted). One configuration at a time is loaded on top in the
+//! measured pair, the reference pair keeps the firewall alone, and the rounds alternate,
+//! so drift of the machine's load hits both:
+//! * `firewall alone`;
+//! * `+ previous table` (the layout before issue #19: two prerouting base chains at -300
+//!   with five set lookups before conntrack, plus the detection chain in input);
+//! * `+ sentry table` (the current one: one input and one forward base chain after
+//!   conntrack, replies in the host's own flows first), built with the enforcer's own
+//!   scripts from the shipped policy, first hit on, with `--overhead-blocks` addresses in
+//!   the block sets.
+//!
+//! Measured: 64-byte UDP datagrams per second the server receives from one iperf3 flow
+//! (established traffic), and new TCP connections per second to a served port (each one
+//! passes the detection chain's candidate checks), each as the ratio of the measured pair
+//! to the reference pair in the same round.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sentry_tests::cmd::run;
+use sentry_tests::netns::{NetPair, Side, TARGET_V4};
+
+use crate::table::Table;
+use crate::Opts;
+
+const TABLE: &str = "sentry";
+const FIREWALL: &str = "table inet hostfw {}\ndelete table inet hostfw\n\
+table inet hostfw {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  ct state invalid drop\n  iif lo accept\n  meta l4proto icmp accept\n  meta l4proto ipv6-icmp accept\n  tcp dport { 5201, 8080 } accept\n  udp dport 5201 accept\n }\n}\n";
+
+/// What is loaded on top of the firewall in the measured pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    FirewallAlone,
+    Previous,
+    Current,
+}
+
+impl Layout {
+    fn label(self) -> &'static str {
+        match self {
+            Self::FirewallAlone => "firewall alone",
+            Self::Previous => "+ previous table (before #19)",
+            Self::Current => "+ sentry table",
+        }
+    }
+}
+
+fn nft(pair: &NetPair, script: &str) -> Result<(), String> {
+    let path =
+        std::env::temp_dir().join(format!("sentry-bench-overhead-{}.nft", std::process::id()));
+    std::fs::write(&path, script).map_err(|e| e.to_string())?;
+    let out = run(
+        pair.command(Side::Target, "nft").arg("-f").arg(&path),
+        Duration::from_secs(60),
+    );
+    let _ = std::fs::remove_file(&path);
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!("nft: {out}"))
+    }
+}
+
+/// `n` addresses of 198.18.0.0/15 (benchmarking space), as set elements.
+fn blocked(n: u64) -> Vec<sentry_enforcer::netlink::SetElem> {
+    (0..n)
+        .map(|i| sentry_enforcer::netlink::SetElem {
+            addr: std::net::IpAddr::V4(Ipv4Addr::from(0xc612_0000u32 + i as u32)),
+            timeout: None,
+        })
+        .collect()
+}
+
+/// The current table, from the enforcer's own scripts and the shipped policy.
+fn current_script(n: u64) -> Result<String, String> {
+    use sentry_enforcer::table::{
+        detection_script, elements_script, setup_script, DetectSpec, Tripwire,
+    };
+    let text = include_str!("../../../../policy/dist/sentry.conf")
+        .replace("IGNORE_FILE=\"/etc/sentry/sentry.ignore\"", "");
+    let cfg = policy::Config::parse(&text, std::path::Path::new("sentry.conf"))
+        .map_err(|e| format!("shipped policy: {e:?}"))?;
+    let ignore = policy::IgnoreList::parse("127.0.0.1\n0.0.0.0\n", std::path::Path::new("i"))
+        .map_err(|e| format!("{e:?}"))?;
+    let modes = [
+        sentry_proto::Mode::Stcp,
+        sentry_proto::Mode::Atcp,
+        sentry_proto::Mode::Sudp,
+        sentry_proto::Mode::Audp,
+    ];
+    let spec = DetectSpec::new(&cfg, &modes, &ignore, true, Some(cfg.block_prefix6))
+        .with_tripwire(Tripwire::from_config(&cfg, true), &[]);
+    let mut s = setup_script(TABLE, cfg.block_prefix6);
+    s.push_str(&elements_script(TABLE, &blocked(n), false));
+    s.push_str(&detection_script(TABLE, &spec));
+    Ok(s)
+}
+
+/// The layout before issue #19, rule for rule where a packet of the host's own traffic
+/// goes: drop chains before conntrack in prerouting (the enforcer's three sets, the first
+/// hit's two maps), then the detection chain's first rules in input.
+fn previous_script(n: u64) -> String {
+    let mut s = format!(
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n\
+         \tset v4 {{ type ipv4_addr; flags timeout; }}\n\tset v6 {{ type ipv6_addr; flags timeout; }}\n\tset v6net {{ type ipv6_addr; flags timeout; }}\n\
+         \tmap hit4 {{ type ipv4_addr : inet_proto . inet_service . tcp_flag; flags dynamic, timeout; size 10000; timeout 120s; }}\n\
+         \tmap hit6 {{ type ipv6_addr : inet_proto . inet_service . tcp_flag; flags dynamic, timeout; size 10000; timeout 120s; }}\n\
+         \tset ign4 {{ type ipv4_addr; flags interval; elements = {{ 127.0.0.1 }} }}\n\
+         \tset ign6 {{ type ipv6_addr; flags interval; elements = {{ ::1 }} }}\n\
+         \tchain prerouting {{ type filter hook prerouting priority -300; policy accept;\n\
+         \t\tip saddr @v4 counter drop\n\t\tip6 saddr @v6 counter drop\n\t\tip6 saddr & ffff:ffff:ffff:ffff:: @v6net counter drop\n\t}}\n\
+         \tchain detect_pre {{ type filter hook prerouting priority -300; policy accept;\n\
+         \t\tip saddr @hit4 counter drop\n\t\tip6 saddr @hit6 counter drop\n\t}}\n\
+         \tchain detect_tcp {{ }}\n\tchain detect_udp {{ }}\n\
+         \tchain detect {{ type filter hook input priority -150; policy accept;\n\
+         \t\tmeta pkttype != host return\n\t\tct state established,related return\n\
+         \t\tip saddr @ign4 return\n\t\tip6 saddr @ign6 return\n\
+         \t\tmeta l4proto tcp jump detect_tcp\n\t\tmeta l4proto udp ct state new jump detect_udp\n\t}}\n}}\n"
+    );
+    s.push_str(&sentry_enforcer::table::elements_script(
+        TABLE,
+        &blocked(n),
+        false,
+    ));
+    s
+}
+
+/// One iperf3 UDP run (64-byte datagrams, one flow, unpaced) from the client to the
+/// server of `pair`: datagrams per second the server received.
+fn udp_rate(pair: &NetPair, secs: u64) -> Result<f64, String> {
+    let out = run(
+        pair.command(Side::Scanner, "iperf3").args([
+            "-c",
+            &TARGET_V4.to_string(),
+            "-u",
+            "-b",
+            "0",
+            "-l",
+            "64",
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ]),
+        Duration::from_secs(secs + 30),
+    );
+    if !out.success() {
+        return Err(format!("iperf3: {out}"));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).map_err(|e| format!("iperf3 -J: {e}"))?;
+    let sum = &v["end"]["sum"];
+    let (packets, lost, seconds) = (
+        sum["packets"].as_f64().unwrap_or(0.0),
+        sum["lost_packets"].as_f64().unwrap_or(0.0),
+        sum["seconds"].as_f64().unwrap_or(0.0),
+    );
+    if seconds <= 0.0 || packets <= 0.0 {
+        return Err(format!("iperf3 reported nothing: {sum}"));
+    }
+    Ok((packets - lost) / seconds)
+}
+
+/// New TCP connections per second from the client to the server's port 8080 (a listener
+/// that accepts and closes), for `secs`.
+fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (st, rd) = (stop.clone(), ready.clone());
+    let server = pair.spawn_in_ns(Side::Target, move || {
+        let Ok(l) = TcpListener::bind((TARGET_V4, 8080)) else {
+            return;
+        };
+        let _ = l.set_nonblocking(true);
+        rd.store(true, Ordering::SeqCst);
+        while !st.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((c, _)) => drop(c),
+                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    });
+    while !ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let n = pair.in_ns(Side::Scanner, move || {
+        let to = SocketAddr::from((TARGET_V4, 8080));
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            if TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    });
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
+    n as f64 / secs as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn setup(pair: &NetPair) -> Result<(), String> {
+    // Short-lived client connections: TIME_WAIT must not run out of ports.
+    run(
+        pair.command(Side::Scanner, "sysctl").args([
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=1024 65000",
+        ]),
+        Duration::from_secs(10),
+    );
+    nft(pair, FIREWALL)
+}
+
+fn iperf_server(pair: &NetPair) -> std::process::Child {
+    pair.command(Side::Target, "iperf3")
+        .args(["-s", "-B", &TARGET_V4.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s")
+}
+
+pub fn scenario(opts: &Opts) {
+    if sentry_tests::which("iperf3").is_none() {
+        eprintln!("sentry-bench overhead: needs iperf3 (apt-get install iperf3)");
+        return;
+    }
+    let (reference, measured) = (NetPair::new(), NetPair::new());
+    for p in [&reference, &measured] {
+        if let Err(e) = setup(p) {
+            eprintln!("sentry-bench overhead: {e}");
+            return;
+        }
+    }
+    let mut servers = [iperf_server(&reference), iperf_server(&measured)];
+    std::thread::sleep(Duration::from_millis(500));
+    let secs = opts.overhead_secs;
+    let mut t = Table::new(
+        &format!(
+            "overhead: the host's own traffic with sentry's table ({} rounds of {secs} s, alternating; {} blocked addresses)",
+            opts.runs, opts.overhead_blocks
+        ),
+        &[
+            "on top of a conntrack firewall",
+            "64-byte UDP, datagrams/s (median)",
+            "ratio to firewall alone",
+            "new TCP connections/s to a served port",
+            "ratio to firewall alone",
+        ],
+    );
+    for layout in [Layout::FirewallAlone, Layout::Previous, Layout::Current] {
+        let script = match layout {
+            Layout::FirewallAlone => {
+                format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+            }
+            Layout::Previous => previous_script(opts.overhead_blocks),
+            Layout::Current => match current_script(opts.overhead_blocks) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("sentry-bench overhead: {e}");
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = nft(&measured, &script) {
+            eprintln!("sentry-bench overhead: {}: {e}", layout.label());
+            continue;
+        }
+        let (mut udp, mut udp_ratio, mut conn, mut conn_ratio) = (vec![], vec![], vec![], vec![]);
+        for round in 0..opts.runs {
+            // Alternate which pair goes first.
+            let order = if round % 2 == 0 {
+                [&measured, &reference]
+            } else {
+                [&reference, &measured]
+            };
+            let mut rates = [0.0f64; 2];
+            for p in order {
+                match udp_rate(p, secs) {
+                    Ok(r) => rates[usize::from(std::ptr::eq(p, &reference))] = r,
+                    Err(e) => eprintln!("sentry-bench overhead: {e}"),
+                }
+            }
+            if rates[1] > 0.0 {
+                udp.push(rates[0]);
+                udp_ratio.push(rates[0] / rates[1]);
+            }
+            let mut c = [0.0f64; 2];
+            for p in order {
+                c[usize::from(std::ptr::eq(p, &reference))] = conn_rate(p, secs.min(3));
+            }
+            if c[1] > 0.0 {
+                conn.push(c[0]);
+                conn_ratio.push(c[0] / c[1]);
+            }
+        }
+        t.row(vec![
+            layout.label().to_string(),
+            format!("{:.0}", median(udp)),
+            format!("{:.3}", median(udp_ratio)),
+            format!("{:.0}", median(conn)),
+            format!("{:.3}", median(conn_ratio)),
+        ]);
+    }
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    t.print();
+}
