@@ -94,6 +94,9 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// `sentryctl version`, as the former command line had it (same as --version)
+    #[command(hide = true)]
+    Version,
 }
 
 #[derive(Debug, Subcommand, PartialEq, Eq)]
@@ -228,6 +231,10 @@ fn run(a: &Cli, o: &mut impl Write) -> Done {
     let rt = a.runtime_dir.as_path();
     match &a.command {
         Cmd::CheckConfig { file } => check(a, file, o),
+        Cmd::Version => {
+            writeln!(o, "sentryctl {}", env!("CARGO_PKG_VERSION"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Completions { shell } => {
             let sh = match shell {
                 Shell::Bash => clap_complete::Shell::Bash,
@@ -656,6 +663,7 @@ mod tests {
             Cmd::CheckConfig { file: "/x".into() }
         );
         assert_eq!(parse(&["metrics"]).unwrap().command, Cmd::Metrics);
+        assert_eq!(parse(&["version"]).unwrap().command, Cmd::Version);
     }
 
     #[test]
