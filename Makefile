@@ -57,7 +57,7 @@ PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 all: build
 
 build:
-	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer -p sentry-share --bins
+	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer -p sentryctl -p sentry-share --bins
 
 # Install missing Debian packages (and tell how to get cargo if there is none).
 define apt_install
@@ -109,7 +109,7 @@ install-units:
 install-man:
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
 	install -m 0644 sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8 \
-	    sentry-enforcer/man/sentryctl.8 sentry-share/man/sentry-share.8 $(DESTDIR)$(MANDIR)/man8/
+	    sentry-client/man/sentryctl.8 sentry-share/man/sentry-share.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 policy/man/sentry.conf.5 $(DESTDIR)$(MANDIR)/man5/
 
 # The user, the directories, and the policy (never overwriting an existing one).

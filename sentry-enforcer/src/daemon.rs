@@ -886,6 +886,19 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                     errors: r.unwrap_or_default(),
                 }
             }
+            // sentryctl explain / unblock --all / ignore (engine/explain.rs).
+            (true, ControlRequest::Explain { addr }) => {
+                ControlResponse::Explain(Box::new(sh.engine().explain(canonical(addr))))
+            }
+            (true, ControlRequest::UnblockAll) => {
+                let (count, errors) = sh.engine().unblock_all(peer, WallMs::now());
+                sh.notify_lifted();
+                ControlResponse::UnblockedAll { count, errors }
+            }
+            (true, ControlRequest::Reload) => match reload(sh) {
+                Ok((entries, lifted)) => ControlResponse::Reloaded { entries, lifted },
+                Err(e) => ControlResponse::Error(format!("ignore list not reloaded: {e}")),
+            },
         };
         if send_control(&mut s, &resp).is_err() {
             return;
@@ -1119,17 +1132,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         };
         match sig {
             Signal::SIGHUP => {
-                let r = sh.engine().reload_ignore(WallMs::now());
-                sh.notify_lifted();
-                match r {
-                    Err(e) => sh.log.err(&format!(
-                        "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
-                    )),
-                    // The detection chain's ignore sets follow the file.
-                    Ok(_) => {
-                        rebuild_detection(&sh, None);
-                    }
-                }
+                let _ = reload(&sh);
             }
             _ => {
                 // Wait for any decision in progress, then leave. The nftables table stays
@@ -1146,6 +1149,24 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
             }
         }
     }
+}
+
+/// SIGHUP and `sentryctl ignore`: re-read the ignore list (lifting what it now covers)
+/// and rebuild the detection chain's ignore sets; a list that does not load is logged
+/// and the old one kept. Returns (entries, blocks lifted).
+fn reload(sh: &Shared) -> Result<(u64, u64), EnforcerError> {
+    let r = sh.engine().reload(WallMs::now());
+    sh.notify_lifted();
+    match &r {
+        Err(e) => sh.log.err(&format!(
+            "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
+        )),
+        // The detection chain's ignore sets follow the file.
+        Ok(_) => {
+            rebuild_detection(sh, None);
+        }
+    }
+    r
 }
 
 /// The one-second tick: BLOCK_TIMEOUT expiry, and the AUDIT_RATE summaries of a second

@@ -2,7 +2,7 @@
 //! audits. It trusts nothing that arrives on its socket: every frame is checked for its
 //! peer (SO_PEERCRED), size, shape and fields, then every request is re-decided against
 //! the enforcer's own never-block set, ignore list, block mode, rate limit and cap.
-//! Also the library behind `sentryctl`.
+//! Its clients (`sentryctl`, the fleet bridge) are in `sentry-client`.
 //!
 //! Reading order for an audit:
 //! * [`daemon`] — command line, sockets (modes set explicitly after bind), peer checks,
@@ -45,7 +45,6 @@ pub mod action;
 pub mod audit;
 pub mod budget;
 pub mod capture;
-pub mod ctl;
 pub mod daemon;
 pub mod dirs;
 pub mod engine;

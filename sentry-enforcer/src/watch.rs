@@ -96,6 +96,21 @@ impl Hub {
         dropped
     }
 
+    /// The last `max` records the ring still holds that `about` selects, oldest first
+    /// (`sentryctl explain`).
+    pub fn recent(&self, max: usize, about: impl Fn(&WatchRecord) -> bool) -> Vec<WatchRecord> {
+        let mut v: Vec<WatchRecord> = self
+            .ring
+            .iter()
+            .rev()
+            .filter(|r| about(r))
+            .take(max)
+            .cloned()
+            .collect();
+        v.reverse();
+        v
+    }
+
     /// A client's thread ended: its place is free at once (not only at the next record).
     pub fn unsubscribe(&mut self, id: u64) {
         self.subs.retain(|(i, _)| *i != id);
@@ -184,6 +199,28 @@ mod tests {
             None,
         )
         .with_source("192.0.2.7".parse().unwrap())
+    }
+
+    #[test]
+    fn recent_selects_the_newest_oldest_first() {
+        let mut h = Hub::with_limits(1, 4, 4);
+        for r in ["a", "b", "c", "d", "e"] {
+            h.publish(&rec(r));
+        }
+        let got: Vec<String> = h
+            .recent(2, |_| true)
+            .into_iter()
+            .map(|r| r.reason)
+            .collect();
+        assert_eq!(got, ["d", "e"]);
+        // The ring holds 4: "a" is gone.
+        let got: Vec<String> = h
+            .recent(10, |r| r.reason != "c")
+            .into_iter()
+            .map(|r| r.reason)
+            .collect();
+        assert_eq!(got, ["b", "d", "e"]);
+        assert!(h.recent(10, |r| r.source.is_none()).is_empty());
     }
 
     #[test]

@@ -371,6 +371,16 @@ pub enum ControlRequest {
     },
     /// Prometheus text exposition of the enforcer's counters.
     Metrics,
+    // Variants below were appended: the bincode index of each earlier one is unchanged.
+    /// `sentryctl explain`: is `addr` blocked, by which block, and why (not).
+    Explain {
+        addr: IpAddr,
+    },
+    /// `sentryctl unblock --all`: lift every active block, each as `Unblock` would.
+    UnblockAll,
+    /// Re-read the ignore list, as SIGHUP does (`sentryctl ignore add|remove`), and
+    /// answer whether it loaded.
+    Reload,
 }
 
 /// Who made a block: the local sensor, or a control client by the name it gave.
@@ -564,6 +574,45 @@ pub struct BlockEntry {
     pub distinct_ports: Option<u32>,
 }
 
+/// How an active block covers the address `sentryctl explain` asked about.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Coverage {
+    /// The block is on the address itself.
+    Address,
+    /// The block is on the address's IPv6 network (BLOCK_PREFIX6).
+    Network,
+}
+
+/// One active block that covers an explained address.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ExplainEntry {
+    pub matched: Coverage,
+    /// A fleet (or manual) decision: the block's origin is not the local sensor (its
+    /// evidence, `distinct_ports`, is then `None`).
+    pub fleet: bool,
+    #[serde(flatten)]
+    pub block: BlockEntry,
+}
+
+/// `sentryctl explain ADDR`: whether ADDR is blocked now, by which block, and why (not).
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub address: IpAddr,
+    pub blocked: bool,
+    /// The active blocks covering the address (its own, its network's).
+    pub entries: Vec<ExplainEntry>,
+    /// The ignore list covers the address.
+    pub ignored: bool,
+    /// Why the enforcer never blocks it (`default gateway`, `loopback address`, ...).
+    pub never_block: Option<String>,
+    /// One sentence: why it is, or would not be, blocked.
+    pub reason: String,
+    /// The decisions about it that the enforcer still holds (its watch ring), oldest
+    /// first.
+    pub decisions: Vec<WatchRecord>,
+}
+
 /// enforcer → sentryctl.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ControlResponse {
@@ -612,6 +661,22 @@ pub enum ControlResponse {
     },
     Metrics(String),
     Error(String),
+    // Variants below were appended: the bincode index of each earlier one is unchanged.
+    /// The answer to [`ControlRequest::Explain`].
+    Explain(Box<Explanation>),
+    /// The answer to [`ControlRequest::UnblockAll`]: how many blocks were lifted, and
+    /// the errors of their actions (each prefixed with its address).
+    UnblockedAll {
+        count: u64,
+        errors: Vec<String>,
+    },
+    /// The answer to [`ControlRequest::Reload`]: entries of the ignore list now in use,
+    /// and blocks lifted because it now covers them. A list that does not load is an
+    /// [`ControlResponse::Error`] (the old one is kept).
+    Reloaded {
+        entries: u64,
+        lifted: u64,
+    },
 }
 
 message!(SensorFrame, MAX_SMALL_FRAME);

@@ -184,6 +184,96 @@ fn every_message_roundtrips() {
         errors: vec![],
     });
     roundtrip(ControlResponse::Error("no".into()));
+    roundtrip(ControlRequest::Explain { addr: v6 });
+    roundtrip(ControlRequest::UnblockAll);
+    roundtrip(ControlRequest::Reload);
+    let entry = BlockEntry {
+        addr: v6,
+        protocol: Protocol::Tcp,
+        port: 22,
+        mode: Mode::Stcp,
+        scan: ScanKind::Syn,
+        since_ms: 1,
+        expires_ms: None,
+        prefix6: Some(64),
+        origin: "crowdsec".into(),
+        distinct_ports: None,
+    };
+    roundtrip(ControlResponse::Explain(Box::new(Explanation {
+        address: v6,
+        blocked: true,
+        entries: vec![ExplainEntry {
+            matched: Coverage::Network,
+            fleet: true,
+            block: entry,
+        }],
+        ignored: false,
+        never_block: Some("default gateway".into()),
+        reason: "blocked".into(),
+        decisions: vec![WatchRecord {
+            seq: 1,
+            time_us: 2,
+            kind: "blocked".into(),
+            source: Some(v6),
+            prefix: None,
+            protocol: None,
+            port: None,
+            scan: None,
+            mode: None,
+            origin: Some("ops".into()),
+            evidence: None,
+            expires_ms: None,
+            suppressed: None,
+            reason: "x".into(),
+        }],
+    })));
+    roundtrip(ControlResponse::UnblockedAll {
+        count: 600,
+        errors: vec!["192.0.2.1: hosts.deny: gone".into()],
+    });
+    roundtrip(ControlResponse::Reloaded {
+        entries: 3,
+        lifted: 1,
+    });
+}
+
+/// New control messages are appended: the variant index (the first four bytes of a
+/// frame's body) of every earlier one is what enforcers and clients already speak.
+#[test]
+fn control_variant_indices_are_stable() {
+    let idx = |f: Vec<u8>| u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+    let a: IpAddr = Ipv4Addr::new(192, 0, 2, 1).into();
+    for (req, want) in [
+        (ControlRequest::Hello { version: 1 }, 0),
+        (ControlRequest::Status, 1),
+        (ControlRequest::Metrics, 7),
+        (ControlRequest::Explain { addr: a }, 8),
+        (ControlRequest::UnblockAll, 9),
+        (ControlRequest::Reload, 10),
+    ] {
+        assert_eq!(idx(encode_frame(&req).unwrap()), want, "{req:?}");
+    }
+    for (resp, want) in [
+        (ControlResponse::Welcome { version: 1 }, 0),
+        (ControlResponse::Metrics(String::new()), 10),
+        (ControlResponse::Error(String::new()), 11),
+        (
+            ControlResponse::UnblockedAll {
+                count: 0,
+                errors: vec![],
+            },
+            13,
+        ),
+        (
+            ControlResponse::Reloaded {
+                entries: 0,
+                lifted: 0,
+            },
+            14,
+        ),
+    ] {
+        assert_eq!(idx(encode_frame(&resp).unwrap()), want, "{resp:?}");
+    }
 }
 
 fn with_len(len: u32, body: &[u8]) -> Vec<u8> {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sentry_enforcer::ctl::{Client, WatchEvent};
+use sentry_client::client::{Client, WatchEvent};
 use sentry_proto::{ControlRequest, ControlResponse, Decision, WatchRecord, ORIGIN_SENSOR};
 
 use crate::config::Config;
@@ -668,7 +668,7 @@ pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
 
 /// The bridge's own metrics (Prometheus text format).
 pub fn render_metrics(s: &Stats) -> String {
-    let mut e = sentry_enforcer::metrics::Expo::default();
+    let mut e = sentry_client::expo::Expo::default();
     e.single(
         "sentry_share_alerts_pushed_total",
         "counter",
@@ -792,7 +792,7 @@ pub fn metrics_loop(sh: Arc<Shared>) {
     };
     loop {
         let text = render_metrics(&sh.stats().clone());
-        if let Err(e) = sentry_enforcer::metrics::write_textfile(&dir, TEXTFILE, &text) {
+        if let Err(e) = sentry_client::expo::write_textfile(&dir, TEXTFILE, &text) {
             sh.log_change(
                 "metrics",
                 Some(&format!("cannot write {}/{TEXTFILE}: {e}", dir.display())),

@@ -26,7 +26,7 @@ done
 for u in sentry-enforcer/dist/sentry-enforcer.service sentry-sensor/dist/sentry-sensor.service; do
     sed 's|/usr/local/sbin|/usr/sbin|g' "$u" >"$ROOT/lib/systemd/system/$(basename "$u")"
 done
-for m in sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8 sentry-enforcer/man/sentryctl.8; do
+for m in sentry-sensor/man/sentry-sensor.8 sentry-enforcer/man/sentry-enforcer.8 sentry-client/man/sentryctl.8; do
     gzip -9n <"$m" >"$ROOT/usr/share/man/man8/$(basename "$m").gz"
 done
 gzip -9n <policy/man/sentry.conf.5 >"$ROOT/usr/share/man/man5/sentry.conf.5.gz"

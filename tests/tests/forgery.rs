@@ -228,10 +228,13 @@ fn fleet_blocks_filling_the_table_cannot_switch_local_blocking_off() {
     // ... and last a day at most (FLEET_MAX_DURATION).
     let fleet = s.ctl_json(&["blocked", "--json"]);
     let until = fleet[0]["expires_ms"].as_u64().expect("an expiry");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
     assert!(until <= now + 86_401_000, "{fleet}");
     // More fleet blocks are refused by the fleet's own cap.
     let out = s.sentryctl(&["block", "192.0.2.200", "--origin", "crowdsec"]);

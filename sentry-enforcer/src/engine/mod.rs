@@ -10,6 +10,7 @@
 
 mod blocks;
 mod expiry;
+pub mod explain;
 mod files;
 pub mod rate;
 mod restore;

@@ -2,7 +2,7 @@
 //! compares it with PortSentry 1.2 on the same scans.
 //!
 //! ```text
-//! cargo build --release -p sentry-sensor -p sentry-enforcer -p sentry-tests --bins
+//! cargo build --release -p sentry-sensor -p sentry-enforcer -p sentryctl -p sentry-tests --bins
 //! target/release/sentry-bench [OPTIONS] [SCENARIO...]
 //! ```
 //! Scenarios: `syn` (1: nmap -sS exposure and block latency vs PortSentry), `scans`

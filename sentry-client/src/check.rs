@@ -1,0 +1,178 @@
+//! `sentryctl check-config` (runs locally, no enforcer needed) and the checks of
+//! command-line values that the enforcer would refuse anyway.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sentry_proto::MAX_BLOCK_DURATION_MS;
+
+/// The origin `sentryctl block` records without `--origin`.
+pub const DEFAULT_ORIGIN: &str = "manual";
+
+/// Outcome of `check-config`: errors (each `path:LINE: message`) and warnings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Which blocking is in effect, in order (`None` when the file did not load).
+    pub blocking: Option<String>,
+}
+
+/// One warning per infrastructure address (`found`, with its reason) that the
+/// ignore list does not name. With NEVER_BLOCK_INFRASTRUCTURE=1 the enforcer still never
+/// blocks it, but the sensor keeps reporting it; with 0 a forged probe can block it.
+pub fn infra_warnings(
+    cfg: &policy::Config,
+    ignore: &policy::IgnoreList,
+    found: &[(IpAddr, policy::InfraReason)],
+) -> Vec<String> {
+    found
+        .iter()
+        .filter(|(a, _)| !ignore.contains(*a))
+        .map(|(a, why)| {
+            let what = if cfg.never_block_infrastructure {
+                "the enforcer never blocks it (NEVER_BLOCK_INFRASTRUCTURE=1), but the sensor reports probes from it"
+            } else {
+                "with NEVER_BLOCK_INFRASTRUCTURE=0 a single forged probe can block it"
+            };
+            format!(
+                "{}: IGNORE_FILE: {a} ({why}) is not on the ignore list; {what}",
+                cfg.path.display()
+            )
+        })
+        .collect()
+}
+
+/// Check the configuration at `path` and the files it names. `infra` discovers this
+/// host's infrastructure (default gateways, nameservers, ...); it is asked only when the
+/// configuration and its ignore list load.
+pub fn check_config(
+    path: &Path,
+    infra: impl FnOnce() -> Vec<(IpAddr, policy::InfraReason)>,
+) -> CheckReport {
+    match policy::Config::load(path) {
+        Err(e) => CheckReport {
+            ok: false,
+            errors: e.0.iter().map(|e| e.to_string()).collect(),
+            warnings: Vec::new(),
+            blocking: None,
+        },
+        Ok(cfg) => {
+            let mut warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+            // Infrastructure of this host not named by the ignore list.
+            if let Ok(ignore) = cfg.load_ignore() {
+                warnings.extend(infra_warnings(&cfg, &ignore, &infra()));
+            }
+            // A directory the enforcer creates at start is a warning.
+            let files = cfg.check_files();
+            warnings.extend(files.warnings.iter().map(|w| w.to_string()));
+            let errors: Vec<String> = files.errors.iter().map(|e| e.to_string()).collect();
+            CheckReport {
+                ok: errors.is_empty(),
+                errors,
+                warnings,
+                blocking: Some(cfg.blocking_summary()),
+            }
+        }
+    }
+}
+
+/// `--for`: a Go-style duration, 1 s to ten years, whole milliseconds.
+pub fn parse_block_duration(s: &str) -> Result<Duration, String> {
+    let d = sentry_proto::parse_go_duration(s).map_err(|e| format!("--for {s:?}: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("--for {s:?}: a block lasts at least 1s"));
+    }
+    if d.as_millis() > u128::from(MAX_BLOCK_DURATION_MS) {
+        return Err(format!("--for {s:?}: at most ten years (87600h)"));
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("--for {s:?}: finer than a millisecond"));
+    }
+    Ok(d)
+}
+
+/// `--origin`: a valid origin name that is not the local sensor's.
+pub fn parse_origin(s: &str) -> Result<String, String> {
+    sentry_proto::validate_origin(s).map_err(|e| format!("--origin: {e}"))?;
+    if s == sentry_proto::ORIGIN_SENSOR {
+        return Err("--origin: \"sensor\" is reserved for the local sensor".into());
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_not_on_the_ignore_list_is_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let ign = d.path().join("ignore");
+        std::fs::write(&ign, "192.0.2.1\n").unwrap();
+        let conf = d.path().join("c.conf");
+        std::fs::write(&conf, format!("IGNORE_FILE=\"{}\"\n", ign.display())).unwrap();
+        let cfg = policy::Config::load(&conf).unwrap();
+        let ignore = cfg.load_ignore().unwrap();
+        let found = [
+            (
+                "192.0.2.1".parse().unwrap(),
+                policy::InfraReason::DefaultGateway,
+            ),
+            (
+                "192.0.2.53".parse().unwrap(),
+                policy::InfraReason::Nameserver,
+            ),
+        ];
+        let w = infra_warnings(&cfg, &ignore, &found);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("192.0.2.53 (nameserver) is not on the ignore list"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("never blocks it"), "{w:?}");
+        let r = check_config(&conf, || found.to_vec());
+        assert!(r.warnings.iter().any(|x| x.contains("192.0.2.53")), "{r:?}");
+        std::fs::write(
+            &conf,
+            format!(
+                "IGNORE_FILE=\"{}\"\nNEVER_BLOCK_INFRASTRUCTURE=\"0\"\n",
+                ign.display()
+            ),
+        )
+        .unwrap();
+        let cfg = policy::Config::load(&conf).unwrap();
+        let w = infra_warnings(&cfg, &ignore, &found);
+        assert!(w[0].contains("a single forged probe can block it"), "{w:?}");
+    }
+
+    #[test]
+    fn a_broken_config_is_reported_without_asking_for_infrastructure() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("c.conf");
+        std::fs::write(&conf, "AUDIT_RATE=\"0\"\n").unwrap();
+        let r = check_config(&conf, || panic!("infrastructure asked for a broken file"));
+        assert!(!r.ok && r.blocking.is_none(), "{r:?}");
+        assert!(r.errors[0].contains(":1: AUDIT_RATE"), "{r:?}");
+    }
+
+    #[test]
+    fn durations_and_origins() {
+        assert_eq!(
+            parse_block_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        for bad in ["4", "4d", "-4h", "500ms", "87601h", "1.0000001s", ""] {
+            assert!(parse_block_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_block_duration("4d")
+            .unwrap_err()
+            .contains("unknown unit \"d\""));
+        assert_eq!(parse_origin("fleet-1").unwrap(), "fleet-1");
+        for bad in ["sensor", "a b", "", "-x"] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+    }
+}

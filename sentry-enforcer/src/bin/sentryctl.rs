@@ -1,6 +1,0 @@
-//! `sentryctl`: see the library documentation.
-#![forbid(unsafe_code)]
-
-fn main() -> std::process::ExitCode {
-    sentry_enforcer::ctl::main()
-}
