@@ -57,6 +57,7 @@ pub mod judge;
 pub mod metrics;
 pub mod netlink;
 mod nl;
+pub mod peercheck;
 pub mod recover;
 pub mod session;
 pub mod store;

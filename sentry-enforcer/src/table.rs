@@ -81,7 +81,7 @@ pub const DETECT_BURST: u32 = 2_000;
 
 /// What the detection chain watches: derived from the policy and the modes the sensor
 /// announced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectSpec {
     pub stcp: Vec<(u16, u16)>,
     pub sudp: Vec<(u16, u16)>,
@@ -98,6 +98,28 @@ pub struct DetectSpec {
     /// interval-set items: a probe from one is only copied, for the enforcer to audit.
     pub never4: Vec<String>,
     pub never6: Vec<String>,
+    /// The NFLOG group the candidates are copied to: a fresh one on each hand-over to a
+    /// verified sensor, so a socket bound for an earlier holder never gets another packet
+    /// (see `crate::capture::GROUPS`).
+    pub nflog_group: u16,
+}
+
+impl Default for DetectSpec {
+    fn default() -> Self {
+        Self {
+            stcp: Vec::new(),
+            sudp: Vec::new(),
+            atcp: Vec::new(),
+            audp: Vec::new(),
+            ignore4: Vec::new(),
+            ignore6: Vec::new(),
+            socket_expr: false,
+            tripwire: None,
+            never4: Vec::new(),
+            never6: Vec::new(),
+            nflog_group: crate::capture::NFLOG_GROUP,
+        }
+    }
 }
 
 /// Maps the kernel fills on a first probe (SCAN_TRIGGER=0): the source, with the
@@ -293,7 +315,7 @@ fn port_items(r: &[(u16, u16)]) -> impl Iterator<Item = String> + '_ {
 ///   NFLOG group [`crate::capture::NFLOG_GROUP`] with [`crate::capture::NFLOG_SNAPLEN`]
 ///   bytes and a prefix saying whether conntrack found the packet new or invalid.
 pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
-    let group = crate::capture::NFLOG_GROUP;
+    let group = spec.nflog_group;
     let snaplen = crate::capture::NFLOG_SNAPLEN;
     let mut o = String::new();
     let _ = writeln!(o, "add table inet {table}");
