@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Idle limit for control connections.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most control connections served at once. Counted after authentication (which happens
-/// in the accept loop, before a thread exists), so unauthorised connections can never
-/// take the slots of root's `sentryctl`; the sensor has its own single slot.
-const MAX_CONTROL_CONNECTIONS: usize = 8;
 /// Most "sensor connected" lines per second; a process with the sensor's uid that
 /// reconnects in a loop must not be able to flood syslog (the rest are counted and
 /// summarised).
@@ -215,7 +211,8 @@ struct Shared {
     verifier: crate::peercheck::Verifier,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    control_connections: AtomicUsize,
+    /// Control connection slots: root's reserved, each other uid capped ([`crate::slots`]).
+    control_slots: Mutex<crate::slots::Slots>,
     refusals: Mutex<(u64, u32)>,
     /// The connected sensor's stream, for every write to it (acks from its own thread,
     /// block-ended notices from the others), so frames never interleave.
@@ -262,6 +259,9 @@ impl Detect {
         }
     }
 }
+
+/// The lock file of sentry's hosts.deny writers, in the state directory (0700 root).
+const HOSTS_DENY_LOCK: &str = "hosts.deny.lock";
 
 /// The announced modes, one line of mode names (`stcp sudp atcp audp`).
 const MODES_FILE: &str = "modes";
@@ -511,13 +511,15 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
             );
             return None;
         }
-        if sh.control_connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
-            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_frame(
-                s,
-                &ControlResponse::Error("too many control connections".into()),
+        if let Err(full) = lock(&sh.control_slots).take(peer.uid) {
+            let _ = write_frame(s, &ControlResponse::Error(full.to_string()));
+            sh.refuse(
+                &format!(
+                    "control connection from uid {} (pid {}) refused: {full}",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
             );
-            sh.refuse("too many control connections at once", Some(peer));
             return None;
         }
     }
@@ -1170,7 +1172,7 @@ fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
                 serve_sensor(&sh2, s, peer);
             } else {
                 serve_control(&sh2, s, peer);
-                sh2.control_connections.fetch_sub(1, Ordering::SeqCst);
+                lock(&sh2.control_slots).give(peer.uid);
             }
         });
     if r.is_err() {
@@ -1178,7 +1180,7 @@ fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
         if sensor {
             sh.sensor_busy.store(false, Ordering::SeqCst);
         } else {
-            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+            lock(&sh.control_slots).give(peer.uid);
         }
         sh.log.err("adminalert: cannot start a connection thread");
     }
@@ -1415,6 +1417,7 @@ fn recover_main(args: &Args) -> ExitCode {
             ));
         }
         let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+        crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
         crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
     })();
     match r {
@@ -1477,6 +1480,8 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
         log.notice(&format!("adminalert: {l}"));
     }
+    // sentry's hosts.deny writers lock a file only root can open, never the deny file.
+    crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -1609,7 +1614,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         verifier,
         control_gid,
         sensor_busy: AtomicBool::new(false),
-        control_connections: AtomicUsize::new(0),
+        control_slots: Mutex::new(crate::slots::Slots::default()),
         refusals: Mutex::new((0, 0)),
         connect_lines: Mutex::new((0, 0, 0)),
         sensor_out: Mutex::new(None),

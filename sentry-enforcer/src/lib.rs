@@ -60,6 +60,7 @@ mod nl;
 pub mod peercheck;
 pub mod recover;
 pub mod session;
+pub mod slots;
 pub mod store;
 #[allow(unsafe_code)]
 mod sys;
