@@ -1579,6 +1579,14 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         let _ = std::fs::remove_file(&sensor_path);
         let _ = std::fs::remove_file(&control_path);
     })?;
+    if let Some(dir) = &engine.config().metrics_dir {
+        if let Err(e) = crate::metrics::check_dir(dir) {
+            log.err(&format!(
+                "adminalert: ERROR: METRICS_DIR {}: {e}",
+                dir.display()
+            ));
+        }
+    }
     let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     log.notice(&format!(
         "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",

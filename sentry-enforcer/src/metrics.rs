@@ -228,9 +228,32 @@ pub fn render(s: &Snapshot) -> String {
 /// Write `text` as `dir/name` atomically: a temporary file in the same directory, then
 /// rename, so the textfile collector never reads half a file. Mode 0644 (node_exporter
 /// runs as its own user).
+/// METRICS_DIR gets the state directory's checks (issue #21): a directory owned by root
+/// (or by us) that neither group nor others can write. In a directory another user can
+/// write, that user could put a file, a symlink or a directory where the temporary file
+/// or the textfile goes, and so stop it from being written or replace what
+/// node_exporter reads.
+pub fn check_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dir)?;
+    if !md.is_dir() {
+        return Err(io::Error::other("not a directory"));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if (md.uid() != 0 && md.uid() != me) || md.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "must be owned by root and not writable by group or others (owner uid {}, mode {:o}); not written",
+            md.uid(),
+            md.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 pub fn write_textfile(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
+    check_dir(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -254,6 +277,32 @@ pub fn write_textfile(dir: &Path, name: &str, text: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_textfile(d.path(), TEXTFILE, "x 1\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(TEXTFILE)).unwrap(),
+            "x 1\n"
+        );
+        for mode in [0o777, 0o1777, 0o775] {
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = write_textfile(d.path(), TEXTFILE, "x 2\n").unwrap_err();
+            assert!(
+                e.to_string().contains("not writable by group or others"),
+                "{e}"
+            );
+        }
+        // The old file is left as it was.
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(TEXTFILE)).unwrap(),
+            "x 1\n"
+        );
+        assert!(check_dir(&d.path().join("missing")).is_err());
+    }
 
     #[test]
     fn families_have_help_type_and_no_address_labels() {
