@@ -103,6 +103,8 @@ pub struct Args {
 }
 
 /// What the command line asks for.
+// Made once, at start, and matched at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
     Run(Args),

@@ -245,11 +245,8 @@ impl Verifier {
     /// Verify the peer of `stream` (SO_PEERCRED pid `pid`). Waits at most a couple of
     /// seconds for the verifier thread; never for the peer.
     pub fn verify(&self, stream: std::os::fd::BorrowedFd<'_>, pid: u32) -> Verdict {
-        let pidfd = match crate::sys::peer_pidfd(stream) {
-            Ok(fd) => Some(fd),
-            // Before Linux 6.5: the verifier opens one by pid (see SECURITY.md).
-            Err(_) => None,
-        };
+        // None before Linux 6.5: the verifier opens one by pid (see SECURITY.md).
+        let pidfd = crate::sys::peer_pidfd(stream).ok();
         let (reply, answer) = mpsc::sync_channel(1);
         let sent = self
             .tx

@@ -525,7 +525,7 @@ mod tests {
         let scanner: IpAddr = "198.51.100.77".parse().unwrap();
         let mut scanner_lines = Vec::new();
         let mut summaries = Vec::new();
-        let mut drain = |summaries: &mut Vec<String>| {
+        let drain = |summaries: &mut Vec<String>| {
             let mut buf = [0u8; 2048];
             while let Ok(n) = rx.recv(&mut buf) {
                 let t = String::from_utf8_lossy(&buf[..n]).into_owned();
