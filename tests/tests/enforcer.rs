@@ -309,6 +309,12 @@ fn wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served() {
         &[],
     );
     env.settings.sensor_user = "nobody".into();
+    // The non-root client below is this test binary: it is the "installed sensor" here,
+    // so it passes the peer check (issue #21) and its requests reach the engine.
+    env.settings.enforcer_args.push("--sensor-exe".into());
+    env.settings
+        .enforcer_args
+        .push(std::env::current_exe().unwrap().display().to_string());
     env.start_enforcer();
     // We are root, not nobody.
     let mut s = env.connect();
