@@ -83,3 +83,61 @@ fn an_impostor_of_the_sensor_uid_gets_nothing_and_is_named() {
         "{st}"
     );
 }
+
+/// Issue #21, the log budget: 1,000 forged sources a second (a few seconds, bounded) plus
+/// a real scan: the scanner's `attackalert` line is in the sensor's log, and the
+/// suppression summary names sample sources. LOG_RATE_TOTAL is set low so the flood
+/// alone could spend it many times over.
+#[test]
+fn a_forged_flood_does_not_hide_the_scanners_log_line() {
+    let test = "a_forged_flood_does_not_hide_the_scanners_log_line";
+    if !require_root(test) || !require_tool(test, "hping3") || !require_tool(test, "nft") {
+        return;
+    }
+    let s = Sentry::start(
+        test,
+        Settings::new(&["atcp"])
+            .set("SCAN_TRIGGER", "2")
+            .set("LOG_RATE_TOTAL", "20")
+            .set("BLOCK_RATE", "600"),
+    );
+    let target = TARGET_V4.to_string();
+    let src = SCANNER.to_string();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // 3,000 SYNs from random sources over about 3 s.
+            s.hping(&[
+                "--rand-source",
+                "-S",
+                "-p",
+                "++1",
+                "-c",
+                "3000",
+                "-i",
+                "u1000",
+                &target,
+            ]);
+        });
+        // The real scan starts once the flood is under way, and spreads over its seconds.
+        std::thread::sleep(Duration::from_millis(500));
+        s.hping(&[
+            "-a", &src, "-S", "-p", "++600", "-c", "20", "-i", "u100000", &target,
+        ]);
+    });
+    let log = s.sensor_log();
+    let scanner_line =
+        format!("attackalert: TCP SYN/Normal scan from host: {src}/{src} to TCP port: ");
+    assert!(
+        log.lines().any(|l| l.contains(&scanner_line)),
+        "the scanner's attackalert line is missing under the flood:\n{}",
+        log.lines()
+            .filter(|l| !l.contains("attackalert: TCP SYN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("adminalert: suppressed ") && l.contains("sources include ")),
+        "no suppression summary with sample sources:\n{log}"
+    );
+}
