@@ -1508,6 +1508,14 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
                 .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
         }),
     };
+    log.notice(&format!(
+        "adminalert: the detection input goes only to a sensor running {}{}",
+        want.exe.display(),
+        want.unit
+            .as_deref()
+            .map(|u| format!(" in unit {u}"))
+            .unwrap_or_default()
+    ));
     let (verifier, warning) = crate::peercheck::Verifier::start(want)
         .map_err(|e| EnforcerError::system("cannot start the sensor check thread", e))?;
     if let Some(w) = warning {
