@@ -48,12 +48,35 @@ impl Expo {
     }
 }
 
+/// METRICS_DIR gets the state directory's checks (issue #21): a directory owned by root
+/// (or by us) that neither group nor others can write. In a directory another user can
+/// write, that user could put a file, a symlink or a directory where the temporary file
+/// or the textfile goes, and so stop it from being written or replace what
+/// node_exporter reads.
+pub fn check_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dir)?;
+    if !md.is_dir() {
+        return Err(io::Error::other("not a directory"));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if (md.uid() != 0 && md.uid() != me) || md.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "must be owned by root and not writable by group or others (owner uid {}, mode {:o}); not written",
+            md.uid(),
+            md.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// Write `text` as `dir/name` atomically: a temporary file in the same directory, then
 /// rename, so the textfile collector never reads half a file. Mode 0644 (node_exporter
-/// runs as its own user).
+/// runs as its own user). The directory is checked first ([`check_dir`]).
 pub fn write_textfile(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
+    check_dir(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()

@@ -1,9 +1,16 @@
-//! The sensor's detection input: an NFLOG socket bound to [`NFLOG_GROUP`], opened here
-//! (binding a group needs CAP_NET_ADMIN) and handed to the sensor over its Unix socket
-//! with SCM_RIGHTS right after the handshake. The enforcer never parses a packet from it:
-//! while it waits for the kernel's answers to its configuration requests it only looks
-//! at message types, and it closes its own copy as soon as the descriptor is sent, so the
-//! binding lives exactly as long as the sensor process that holds it.
+//! The sensor's detection input: an NFLOG socket bound to a group in [`GROUPS`], opened
+//! here (binding a group needs CAP_NET_ADMIN) and handed to the verified sensor over its
+//! Unix socket with SCM_RIGHTS right after the handshake. The enforcer never parses a
+//! packet from it: while it waits for the kernel's answers to its configuration requests
+//! it only looks at message types.
+//!
+//! No stale holder gets another packet (issue #21): each hand-over binds a fresh group
+//! (the next free one in [`GROUPS`]), the detection chain is switched to it before the
+//! descriptor is sent, and the enforcer keeps its own copy of the socket it handed over so
+//! that it can unbind the group ([`unbind`]) when the next hand-over replaces it or the
+//! sensor's connection ends: an unbound socket receives nothing, whoever else (a forked
+//! child, an impostor) still holds a copy. Only CAP_NET_ADMIN can bind a group, so an
+//! unprivileged process can never bind the chain's group itself.
 //!
 //! Everything is done through nix's safe socket API; no unsafe code is needed here.
 
@@ -24,6 +31,36 @@ use crate::nl::{self, MsgBuilder, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 /// The NFLOG group the detection chain copies candidates to. Groups are per network
 /// namespace; 0x5e47 ("SG") is far from the small numbers ulogd and tcpdump examples use.
 pub const NFLOG_GROUP: u16 = 0x5e47;
+
+/// The groups hand-overs rotate through: [`NFLOG_GROUP`] and the 63 after it
+/// (0x5e47-0x5e86, 24135-24198). A group still bound by a socket another process holds is
+/// skipped, so up to 63 stale holders cannot stop a hand-over.
+pub const GROUPS: std::ops::RangeInclusive<u16> = NFLOG_GROUP..=NFLOG_GROUP + 63;
+
+/// The groups to try after `current`, in order: the rest of [`GROUPS`], wrapping around,
+/// `current` itself last (never first: the point is a group nobody held before).
+pub fn rotation(current: u16) -> impl Iterator<Item = u16> {
+    let (lo, hi) = (*GROUPS.start(), *GROUPS.end());
+    let n = hi - lo + 1;
+    let at = if GROUPS.contains(&current) {
+        current - lo
+    } else {
+        n - 1
+    };
+    (1..=n).map(move |i| lo + (at + i) % n)
+}
+
+/// Bind the first free group of `rotation(current)`: the group and its socket.
+pub fn open_next(current: u16, snaplen: u32) -> Result<(u16, OwnedFd), BindError> {
+    for g in rotation(current) {
+        match open_nflog(g, snaplen) {
+            Ok(fd) => return Ok((g, fd)),
+            Err(BindError::Busy) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(BindError::Busy)
+}
 
 /// Bytes of each packet copied to the sensor, from the network header on. The IPv6
 /// minimum MTU: the whole of every probe that fits an unfragmented packet on any link,
@@ -49,6 +86,7 @@ const NFULA_CFG_MODE: u16 = 2;
 const NFULA_CFG_TIMEOUT: u16 = 4;
 const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_CFG_CMD_UNBIND: u8 = 2;
 const NFULNL_COPY_PACKET: u8 = 2;
 
 /// Why no socket could be handed over.
@@ -66,7 +104,9 @@ impl std::fmt::Display for BindError {
         match self {
             Self::Busy => write!(
                 f,
-                "NFLOG group {NFLOG_GROUP} is already bound by another socket"
+                "every NFLOG group in {}-{} is already bound by another socket",
+                GROUPS.start(),
+                GROUPS.end()
             ),
             Self::Other(s) => f.write_str(s),
         }
@@ -92,6 +132,32 @@ pub fn config_request(group: u16, snaplen: u32, seq: u32) -> Vec<u8> {
     b.attr(NFULA_CFG_TIMEOUT, &0u32.to_be_bytes());
     b.end();
     b.finish()
+}
+
+/// One NFULNL_MSG_CONFIG request that unbinds `group` from the socket it is sent on. No
+/// ACK is asked for: the socket is shared with its other holders, who may be reading it,
+/// and nfnetlink handles the request synchronously inside the send.
+pub fn unbind_request(group: u16, seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new(Vec::new());
+    b.begin(
+        (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
+        NLM_F_REQUEST,
+        seq,
+    );
+    b.nfgen(0, group);
+    b.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_UNBIND]);
+    b.end();
+    b.finish()
+}
+
+/// Unbind `group` from `fd`, the enforcer's own copy of a socket it bound and handed over,
+/// then close that copy. The kernel lets only the binding socket unbind its group, and the
+/// copy is that socket, so every other holder's descriptor stops receiving at once.
+pub fn unbind(group: u16, fd: OwnedFd) -> std::io::Result<()> {
+    let req = unbind_request(group, 2);
+    let r = send(fd.as_raw_fd(), &req, MsgFlags::MSG_DONTWAIT).map(drop);
+    drop(fd);
+    r.map_err(std::io::Error::from)
 }
 
 /// The kernel's answer to request `seq` in one received datagram: `Some(0)` for an ACK,
@@ -152,8 +218,8 @@ pub fn open_nflog(group: u16, snaplen: u32) -> Result<OwnedFd, BindError> {
     Ok(fd)
 }
 
-/// Send `frame` (an encoded `EnforcerFrame::Capture`) with `fd` attached. The caller drops
-/// its `fd` afterwards: from then on the sensor's copy is the only reference.
+/// Send `frame` (an encoded `EnforcerFrame::Capture`) with `fd` attached. The caller keeps
+/// its `fd` only to [`unbind`] the group later.
 pub fn send_with_fd(stream: &impl AsFd, frame: &[u8], fd: &OwnedFd) -> std::io::Result<()> {
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -218,6 +284,75 @@ mod tests {
         let mut bad = err.clone();
         bad[0..4].copy_from_slice(&999u32.to_ne_bytes());
         assert_eq!(ack_for(&bad, 3), None);
+    }
+
+    #[test]
+    fn rotation_visits_every_other_group_once() {
+        let all: Vec<u16> = rotation(NFLOG_GROUP).collect();
+        assert_eq!(all.len(), 64);
+        assert_eq!(all[0], NFLOG_GROUP + 1);
+        assert_eq!(*all.last().unwrap(), NFLOG_GROUP);
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, GROUPS.collect::<Vec<_>>());
+        // From the last group it wraps to the first; from outside the range it starts there.
+        assert_eq!(rotation(*GROUPS.end()).next(), Some(NFLOG_GROUP));
+        assert_eq!(rotation(7).next(), Some(NFLOG_GROUP));
+    }
+
+    #[test]
+    fn unbind_layout() {
+        let m = unbind_request(NFLOG_GROUP + 3, 9);
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 0x0401);
+        // Request only: no ACK flag.
+        assert_eq!(
+            u16::from_ne_bytes(m[6..8].try_into().unwrap()),
+            NLM_F_REQUEST
+        );
+        assert_eq!(&m[18..20], &(NFLOG_GROUP + 3).to_be_bytes());
+        assert_eq!(m[24], NFULNL_CFG_CMD_UNBIND);
+    }
+
+    #[test]
+    fn the_chain_copies_to_the_spec_group() {
+        let spec = crate::table::DetectSpec {
+            stcp: vec![(22, 22)],
+            nflog_group: NFLOG_GROUP + 5,
+            ..Default::default()
+        };
+        let s = crate::table::detection_script("t", &spec);
+        let want = format!("group {} snaplen", NFLOG_GROUP + 5);
+        assert_eq!(s.matches(&want).count(), 2, "{s}");
+        assert_eq!(crate::table::DetectSpec::default().nflog_group, NFLOG_GROUP);
+    }
+
+    #[test]
+    fn a_rotated_group_leaves_the_old_holder_nothing() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED (needs root): a_rotated_group_leaves_the_old_holder_nothing");
+            return;
+        }
+        let r = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            let a = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN).map_err(|e| e.to_string())?;
+            // A stale holder's copy of the same socket.
+            let stale = a.try_clone().map_err(|e| e.to_string())?;
+            // Held: the next hand-over skips the group.
+            let (g, b) = open_next(NFLOG_GROUP - 1, NFLOG_SNAPLEN).map_err(|e| e.to_string())?;
+            if g == NFLOG_GROUP {
+                return Err("a held group was handed out again".into());
+            }
+            // Unbinding through our copy frees the group for everyone holding the socket.
+            unbind(NFLOG_GROUP, a).map_err(|e| e.to_string())?;
+            let again =
+                open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN).map_err(|e| format!("rebind: {e}"))?;
+            drop((stale, b, again));
+            Ok::<(), String>(())
+        })
+        .join()
+        .unwrap();
+        r.unwrap();
     }
 
     #[test]

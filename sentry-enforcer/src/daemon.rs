@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Idle limit for control connections.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most control connections served at once. Counted after authentication (which happens
-/// in the accept loop, before a thread exists), so unauthorised connections can never
-/// take the slots of root's `sentryctl`; the sensor has its own single slot.
-const MAX_CONTROL_CONNECTIONS: usize = 8;
 /// Most "sensor connected" lines per second; a process with the sensor's uid that
 /// reconnects in a loop must not be able to flood syslog (the rest are counted and
 /// summarised).
@@ -54,7 +50,8 @@ const METRICS_EVERY_S: u64 = 5;
 
 pub const USAGE: &str = "\
 usage: sentry-enforcer [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
-                       [--sensor-user USER] [--log-stderr]
+                       [--sensor-user USER] [--sensor-exe PATH] [--sensor-unit UNIT]
+                       [--log-stderr]
        sentry-enforcer --recover [--config FILE] [--runtime-dir DIR] [--state-dir DIR]
        sentry-enforcer --help | --version
 
@@ -68,6 +65,11 @@ DIR/control.sock.
   --runtime-dir DIR   sockets (default /run/sentry)
   --state-dir DIR     persistent block state (default /var/lib/sentry)
   --sensor-user USER  the only user allowed on enforcer.sock (default sentry)
+  --sensor-exe PATH   the sensor binary: the detection input goes only to a process
+                      running this file (same device and inode; default sentry-sensor
+                      next to this executable)
+  --sensor-unit UNIT  under systemd, the unit the sensor must run in (default
+                      sentry-sensor.service)
   --log-stderr        log to stderr instead of syslog (also when JOURNAL_STREAM is set)
   --recover           rebuild a damaged (or newer version's) state from what still
                       verifies, BLOCKED_FILE and sentry's hosts.deny markers, keep the
@@ -81,6 +83,10 @@ pub struct Args {
     pub runtime_dir: PathBuf,
     pub state_dir: PathBuf,
     pub sensor_user: String,
+    /// `--sensor-exe`: `None` is `sentry-sensor` next to our own executable.
+    pub sensor_exe: Option<PathBuf>,
+    /// `--sensor-unit`: `None` is [`crate::peercheck::DEFAULT_UNIT`].
+    pub sensor_unit: Option<String>,
     pub log_stderr: bool,
     /// For tests: the directory the resolver and lease files are looked up
     /// under instead of `/` (`--infra-root`, not in the usage text).
@@ -97,6 +103,8 @@ pub struct Args {
 }
 
 /// What the command line asks for.
+// Made once, at start, and matched at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
     Run(Args),
@@ -111,6 +119,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
     let mut runtime_dir = None;
     let mut state_dir = None;
     let mut sensor_user = None;
+    let mut sensor_exe = None;
+    let mut sensor_unit = None;
     let mut infra_root = None;
     let mut boot_id_file = None;
     let mut boot_id = None;
@@ -146,6 +156,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
             "--runtime-dir" => &mut runtime_dir,
             "--state-dir" => &mut state_dir,
             "--sensor-user" => &mut sensor_user,
+            "--sensor-exe" => &mut sensor_exe,
+            "--sensor-unit" => &mut sensor_unit,
             "--infra-root" => &mut infra_root,
             "--boot-id-file" => &mut boot_id_file,
             "--boot-id" => &mut boot_id,
@@ -172,6 +184,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         runtime_dir: PathBuf::from(runtime_dir.unwrap_or_else(|| "/run/sentry".into())),
         state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
         sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
+        sensor_exe: sensor_exe.map(PathBuf::from),
+        sensor_unit,
         log_stderr,
         infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
         boot_id_file: boot_id_file.map_or_else(
@@ -195,9 +209,12 @@ struct Shared {
     log: Arc<Logger>,
     config_path: PathBuf,
     sensor_uid: Uid,
+    /// Ties a sensor connection to the installed sensor before it gets anything.
+    verifier: crate::peercheck::Verifier,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    control_connections: AtomicUsize,
+    /// Control connection slots: root's reserved, each other uid capped ([`crate::slots`]).
+    control_slots: Mutex<crate::slots::Slots>,
     refusals: Mutex<(u64, u32)>,
     /// The connected sensor's stream, for every write to it (acks from its own thread,
     /// block-ended notices from the others), so frames never interleave.
@@ -224,7 +241,29 @@ struct Detect {
     state_dir: PathBuf,
     /// What the kernel holds now (`None`: unknown, as after a table rebuild).
     applied: Option<crate::table::DetectSpec>,
+    /// The NFLOG group the chain copies to (rotated on each hand-over).
+    group: u16,
+    /// Our copy of the socket handed to the connected, verified sensor, bound to `group`:
+    /// kept only to unbind the group when that sensor's connection ends.
+    held: Option<(u16, std::os::fd::OwnedFd)>,
 }
+
+impl Detect {
+    /// Unbind and close the handed-over socket, if any: from now on nobody who holds a
+    /// copy of it (the sensor that left, a child it forked) receives a packet.
+    fn release(&mut self, log: &Logger) {
+        if let Some((g, fd)) = self.held.take() {
+            if let Err(e) = crate::capture::unbind(g, fd) {
+                log.warn(&format!(
+                    "adminalert: cannot unbind NFLOG group {g} ({e}); the detection chain moves to a new group at the next hand-over"
+                ));
+            }
+        }
+    }
+}
+
+/// The lock file of sentry's hosts.deny writers, in the state directory (0700 root).
+const HOSTS_DENY_LOCK: &str = "hosts.deny.lock";
 
 /// The announced modes, one line of mode names (`stcp sudp atcp audp`).
 const MODES_FILE: &str = "modes";
@@ -395,6 +434,7 @@ impl Drop for SensorSlot<'_> {
     fn drop(&mut self) {
         *lock(&self.0.sensor_out) = None;
         self.0.engine().sensor = None;
+        lock(&self.0.detect).release(&self.0.log);
         self.0.sensor_busy.store(false, Ordering::SeqCst);
     }
 }
@@ -423,6 +463,23 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
             );
             return None;
         }
+        // Same uid is not enough (issue #21): the peer must be the installed sensor. A
+        // root peer could bind the NFLOG group itself, so checking it adds nothing.
+        if peer.uid != 0 {
+            use std::os::fd::AsFd;
+            let v = sh.verifier.verify(s.as_fd(), peer.pid);
+            if let Some(why) = v.refused {
+                send_refusal(s, Refusal::NotAuthorized);
+                sh.refuse(
+                    &format!(
+                        "sensor claimant uid {} pid {} exe {} is not the verified sensor: {why}; it gets no detection input",
+                        peer.uid, peer.pid, v.exe
+                    ),
+                    Some(peer),
+                );
+                return None;
+            }
+        }
         // One sensor at a time: a second connection is refused, not allowed to replace
         // the first (a dead sensor's socket closes when its process exits, so a restarted
         // sensor gets in; a second live one would only duplicate or hijack the stream).
@@ -433,7 +490,13 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
         while sh.sensor_busy.swap(true, Ordering::SeqCst) {
             if Instant::now() >= deadline {
                 send_refusal(s, Refusal::AlreadyConnected);
-                sh.refuse("a sensor is already connected", Some(peer));
+                sh.refuse(
+                    &format!(
+                        "second sensor claimant uid {} pid {} refused: a sensor is already connected",
+                        peer.uid, peer.pid
+                    ),
+                    Some(peer),
+                );
                 return None;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -450,13 +513,15 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
             );
             return None;
         }
-        if sh.control_connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
-            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_frame(
-                s,
-                &ControlResponse::Error("too many control connections".into()),
+        if let Err(full) = lock(&sh.control_slots).take(peer.uid) {
+            let _ = write_frame(s, &ControlResponse::Error(full.to_string()));
+            sh.refuse(
+                &format!(
+                    "control connection from uid {} (pid {}) refused: {full}",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
             );
-            sh.refuse("too many control connections at once", Some(peer));
             return None;
         }
     }
@@ -550,19 +615,6 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    sh.engine().sensor = Some(SensorInfo {
-                        uid: peer.uid,
-                        pid: peer.pid,
-                        name: h.sensor.clone(),
-                        modes: h.modes.clone(),
-                        protocol_version: h.version,
-                        connected_since_ms: WallMs::now().0,
-                        stats: None,
-                    });
-                    sh.log_connected(&format!(
-                        "adminalert: sensor {} connected (uid {}, pid {})",
-                        h.sensor, peer.uid, peer.pid
-                    ));
                     // The Welcome goes first, on this thread, and the NFLOG hand-over right
                     // after it; only then may other threads write to the sensor (a notice
                     // before them would break the handshake).
@@ -573,8 +625,26 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
                         sh.log.warn("adminalert: cannot reply to the sensor");
                         return;
                     }
-                    if hand_over(sh, &s, h.modes).is_err() {
-                        return;
+                    let holds = match hand_over(sh, &s, h.modes.clone()) {
+                        Ok(holds) => holds,
+                        Err(()) => return,
+                    };
+                    // "Connected" in status and metrics means: the verified sensor holds
+                    // the current detection input (or its modes need none).
+                    if holds {
+                        sh.engine().sensor = Some(SensorInfo {
+                            uid: peer.uid,
+                            pid: peer.pid,
+                            name: h.sensor.clone(),
+                            modes: h.modes.clone(),
+                            protocol_version: h.version,
+                            connected_since_ms: WallMs::now().0,
+                            stats: None,
+                        });
+                        sh.log_connected(&format!(
+                            "adminalert: sensor {} connected (uid {}, pid {})",
+                            h.sensor, peer.uid, peer.pid
+                        ));
                     }
                     let clone = s.try_clone();
                     if let Ok(c) = &clone {
@@ -613,58 +683,73 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
 
 // --- detection input (issue #13) ---
 
-/// After the Welcome: rebuild the detection chain for the modes the sensor announced, then
-/// bind a fresh NFLOG socket and send it to the sensor (`Capture` frame + SCM_RIGHTS).
-/// Our copy is closed when this returns. `Err` only when the connection itself failed.
-fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<(), ()> {
-    use crate::capture::{open_nflog, send_with_fd, BindError, NFLOG_GROUP, NFLOG_SNAPLEN};
-    if !rebuild_detection(sh, Some(modes.clone())) || modes.iter().all(|m| m.is_basic()) {
-        return Ok(());
+/// After the Welcome: bind a fresh NFLOG group, switch the detection chain (for the modes
+/// the sensor announced) to it, and send the socket to the sensor (`Capture` frame +
+/// SCM_RIGHTS). Our copy is kept in [`Detect::held`] to unbind the group when this
+/// connection ends. `Ok(true)` when the sensor now holds the chain's group (or its modes
+/// need no detection input, or this kernel has none to give); `Err` only when the
+/// connection itself failed.
+fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
+    use crate::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
+    if modes.iter().all(|m| m.is_basic()) {
+        rebuild_detection(sh, Some(modes));
+        return Ok(true);
     }
-    // The previous sensor process may still be exiting with its socket: give it a moment.
-    let mut fd = Err(BindError::Busy);
-    // The kernel frees a closed socket's group a little later (the descriptor the last
-    // sensor discarded may still be in flight): poll briefly, up to a second.
-    for _ in 0..200 {
-        fd = open_nflog(NFLOG_GROUP, NFLOG_SNAPLEN);
-        if !matches!(fd, Err(BindError::Busy)) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let fd = match fd {
-        Ok(fd) => fd,
+    let current = lock(&sh.detect).group;
+    let (group, fd) = match open_next(current, NFLOG_SNAPLEN) {
+        Ok(x) => x,
         Err(BindError::Busy) => {
-            sh.log.warn(&format!(
-                "adminalert: WARNING: NFLOG group {NFLOG_GROUP} is still bound by another socket (a previous sensor process that has not exited, or this sensor's descriptor from before this enforcer started, which it keeps using): no new descriptor handed over; trying again on the next sensor connection"
+            sh.log.err(&format!(
+                "adminalert: ERROR: {}: no detection input handed over; trying again on the next sensor connection",
+                BindError::Busy
             ));
-            return Ok(());
+            rebuild_detection(sh, Some(modes));
+            return Ok(false);
         }
         Err(BindError::Other(e)) => {
             sh.log.err(&format!(
-                "adminalert: ERROR: cannot bind NFLOG group {NFLOG_GROUP} for the sensor ({e}): stealth and advanced detection are off, basic modes still work"
+                "adminalert: ERROR: cannot bind an NFLOG group for the sensor ({e}): stealth and advanced detection are off, basic modes still work"
             ));
-            return Ok(());
+            rebuild_detection(sh, Some(modes));
+            return Ok(true);
         }
     };
+    // The chain moves to the new group before the socket leaves: packets in between wait
+    // in the new socket's buffer, and the old group gets none from now on.
+    let switched = {
+        let e = sh.engine();
+        lock(&sh.detect).group = group;
+        rebuild_detection_locked(sh, &e, Some(modes))
+            && lock(&sh.detect).applied.as_ref().map(|a| a.nflog_group) == Some(group)
+    };
+    // Whatever an earlier connection left bound stops receiving now.
+    lock(&sh.detect).release(&sh.log);
+    if !switched {
+        // Closing our only copy unbinds the new group again.
+        sh.log.err(&format!(
+            "adminalert: ERROR: the detection chain could not be moved to NFLOG group {group}: no detection input handed over"
+        ));
+        return Ok(false);
+    }
     let frame = match encode_frame(&EnforcerFrame::Capture {
-        group: NFLOG_GROUP,
+        group,
         snaplen: NFLOG_SNAPLEN,
     }) {
         Ok(f) => f,
         Err(e) => {
             sh.log
                 .err(&format!("adminalert: ERROR: cannot encode Capture: {e}"));
-            return Ok(());
+            return Ok(false);
         }
     };
     match send_with_fd(s, &frame, &fd) {
         Ok(()) => {
-            // Under the same per-second budget as the "connected" line it follows.
+            lock(&sh.detect).held = Some((group, fd));
+            // Under the same per-second budget as the "connected" line it precedes.
             sh.log_connected(&format!(
-                "adminalert: handed NFLOG group {NFLOG_GROUP} (snaplen {NFLOG_SNAPLEN}) to the sensor"
+                "adminalert: handed NFLOG group {group} (snaplen {NFLOG_SNAPLEN}) to the verified sensor"
             ));
-            Ok(())
+            Ok(true)
         }
         // The sensor closed the connection already: nothing to say about the hand-over.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => Err(()),
@@ -724,8 +809,9 @@ fn rebuild_detection_locked(
         }
     };
     let socket = d.support.socket.is_ok();
-    let spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
+    let mut spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
         .with_tripwire(e.tripwire(), &e.never_block_addrs());
+    spec.nflog_group = d.group;
     // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
     // reconnect loop must not become a loop of table transactions).
     if d.applied.as_ref() == Some(&spec) {
@@ -1097,7 +1183,7 @@ fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
                 serve_sensor(&sh2, s, peer);
             } else {
                 serve_control(&sh2, s, peer);
-                sh2.control_connections.fetch_sub(1, Ordering::SeqCst);
+                lock(&sh2.control_slots).give(peer.uid);
             }
         });
     if r.is_err() {
@@ -1105,7 +1191,7 @@ fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
         if sensor {
             sh.sensor_busy.store(false, Ordering::SeqCst);
         } else {
-            sh.control_connections.fetch_sub(1, Ordering::SeqCst);
+            lock(&sh.control_slots).give(peer.uid);
         }
         sh.log.err("adminalert: cannot start a connection thread");
     }
@@ -1350,6 +1436,7 @@ fn recover_main(args: &Args) -> ExitCode {
             ));
         }
         let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+        crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
         crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
     })();
     match r {
@@ -1412,6 +1499,8 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
         log.notice(&format!("adminalert: {l}"));
     }
+    // sentry's hosts.deny writers lock a file only root can open, never the deny file.
+    crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -1422,6 +1511,35 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         Some(g) => bind_socket(&control_path, Some(g), 0o660)?,
         None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
     };
+    // The sensor check's thread keeps CAP_SYS_PTRACE for itself; it must start before
+    // this thread gives it up below (capabilities are per thread).
+    let want = crate::peercheck::Expected {
+        exe: match &args.sensor_exe {
+            Some(p) => p.clone(),
+            None => crate::peercheck::default_exe()
+                .map_err(|e| EnforcerError::system("cannot find our own executable", e))?,
+        },
+        unit: crate::peercheck::own_unit().map(|_| {
+            args.sensor_unit
+                .clone()
+                .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
+        }),
+    };
+    log.notice(&format!(
+        "adminalert: the detection input goes only to a sensor running {}{}",
+        want.exe.display(),
+        want.unit
+            .as_deref()
+            .map(|u| format!(" in unit {u}"))
+            .unwrap_or_default()
+    ));
+    let (verifier, warning) = crate::peercheck::Verifier::start(want)
+        .map_err(|e| EnforcerError::system("cannot start the sensor check thread", e))?;
+    if let Some(w) = warning {
+        if !sensor.uid.is_root() {
+            log.err(&format!("adminalert: ERROR: {w}"));
+        }
+    }
     // CAP_NET_ADMIN whatever the configured actions are: the detection chain and the
     // NFLOG binding need it.
     let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
@@ -1452,12 +1570,23 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
             None
         }
     };
+    // Start on a group nobody holds: a socket a sensor of an earlier run still has (or a
+    // process it passed it to) keeps its group, which the chain then never copies to.
+    let group = match crate::capture::open_next(*crate::capture::GROUPS.end(), 0) {
+        Ok((g, fd)) => {
+            drop(fd);
+            g
+        }
+        Err(_) => crate::capture::NFLOG_GROUP,
+    };
     let detect = Detect {
         cfg: cfg.clone(),
         modes,
         support,
         state_dir: args.state_dir.clone(),
         applied: None,
+        group,
+        held: None,
     };
     // --- end detection input
     let engine = Engine::new(
@@ -1477,6 +1606,14 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         let _ = std::fs::remove_file(&sensor_path);
         let _ = std::fs::remove_file(&control_path);
     })?;
+    if let Some(dir) = &engine.config().metrics_dir {
+        if let Err(e) = crate::metrics::check_dir(dir) {
+            log.err(&format!(
+                "adminalert: ERROR: METRICS_DIR {}: {e}",
+                dir.display()
+            ));
+        }
+    }
     let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     log.notice(&format!(
         "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
@@ -1509,9 +1646,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         log: Arc::clone(&log),
         config_path,
         sensor_uid: sensor.uid,
+        verifier,
         control_gid,
         sensor_busy: AtomicBool::new(false),
-        control_connections: AtomicUsize::new(0),
+        control_slots: Mutex::new(crate::slots::Slots::default()),
         refusals: Mutex::new((0, 0)),
         connect_lines: Mutex::new((0, 0, 0)),
         sensor_out: Mutex::new(None),

@@ -35,12 +35,25 @@
 //!
 //! # Other writers
 //!
-//! The whole read-modify-write holds an advisory `flock` on the file, waiting at most
-//! [`LOCK_TIMEOUT`]; past it the operation fails with an error (counted and audited by the
-//! caller), never hangs. Writers that do not lock (fail2ban, DenyHosts append with plain
-//! writes) are covered by the inode check before a rewrite and by appending with
-//! O_APPEND; a line such a writer appends between our read and our rewrite could still be
-//! lost, which is why rewrites happen only on removal.
+//! sentry's own writers (the enforcer's threads, `--recover`) serialise on a lock that
+//! only root can take: an in-process mutex plus an `flock` on [`set_lock_file`]'s file in
+//! the enforcer's state directory (mode 0600, directory 0700). Never on the deny file
+//! itself: it is world-readable, so any local user could open it and hold an `flock` on
+//! it, and every block would wait on that user (issue #21). Other programs' lines are kept
+//! without any lock:
+//!
+//! * adds are single `write(2)`s on an O_APPEND descriptor, which the kernel positions
+//!   at the end atomically with respect to every other O_APPEND writer (fail2ban,
+//!   DenyHosts, `echo >>`), so no line of theirs is overwritten;
+//! * a removal re-reads the file and compares its identity, size and times right before
+//!   the in-place write; on any change it reads and merges again (up to
+//!   [`REWRITE_TRIES`] times). Bytes another writer appends between that check and our
+//!   truncate are carried over: after writing, the file's size is compared with the size
+//!   read, and anything beyond it is copied behind our content before the truncate (see
+//!   [`rewrite_in_place`]);
+//! * an editor that replaces the file by rename makes a new inode: the rewrite refuses
+//!   ("replaced while being edited") and the removal is retried later, so the worst case
+//!   is a sentry line that stays, never an admin's line that goes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -55,8 +68,71 @@ use nix::fcntl::{Flock, FlockArg};
 /// Refuse to read deny files larger than this (an attacker-inflated file must not make us
 /// allocate without bound).
 pub const MAX_FILE: u64 = 32 << 20;
-/// Longest wait for another writer's lock on the deny file.
+/// Longest wait for the lock of sentry's own writers (held only by root processes, for
+/// the few milliseconds of one read-modify-write).
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reads and merges a removal tries before giving up when the file keeps changing.
+pub const REWRITE_TRIES: usize = 5;
+
+/// The lock file of sentry's writers; unset (unit tests, `sentryctl`): the in-process
+/// mutex alone.
+static LOCK_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// Serialises this process's writers (flock is per open file description, so threads
+/// with their own descriptors would not exclude each other by it alone).
+static WRITERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Name the file whose `flock` serialises sentry's processes. It must be in a directory
+/// only root can enter (the enforcer's state directory); it is created 0600 and refused
+/// when a symbolic link, not ours, or open to group or others. Set once, at start.
+pub fn set_lock_file(path: PathBuf) {
+    let _ = LOCK_FILE.set(path);
+}
+
+/// Held for one operation on the deny file.
+#[derive(Debug)]
+struct WriterLock {
+    _file: Option<Flock<File>>,
+    _mutex: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Open (creating it 0600) the lock file, refusing a symbolic link, another owner, or
+/// access for group or others: a lock another user could open, they could hold.
+fn open_lock(p: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(p)
+        .map_err(|e| err(p, e))?;
+    let md = f.metadata()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !md.file_type().is_file() || md.uid() != me || md.mode() & 0o077 != 0 {
+        return Err(err(
+            p,
+            format!(
+                "lock file must be a regular file of uid {me} with mode 0600 (uid {}, mode {:o})",
+                md.uid(),
+                md.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(f)
+}
+
+fn lock_writers(timeout: Duration) -> io::Result<WriterLock> {
+    let mutex = WRITERS.lock().unwrap_or_else(|p| p.into_inner());
+    let file = match LOCK_FILE.get() {
+        None => None,
+        Some(p) => Some(lock(open_lock(p)?, p, timeout)?),
+    };
+    Ok(WriterLock {
+        _file: file,
+        _mutex: mutex,
+    })
+}
 /// Start of every marker line.
 pub const MARKER: &str = "# sentry: ";
 const SEP_FLAG: &str = " +sep";
@@ -133,7 +209,7 @@ fn check_dir(path: &Path) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Take the advisory lock, polling until [`LOCK_TIMEOUT`].
+/// Take the advisory lock on sentry's own lock file, polling until [`LOCK_TIMEOUT`].
 fn lock(f: File, path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
     let deadline = Instant::now() + timeout;
     let mut f = f;
@@ -155,9 +231,9 @@ fn lock(f: File, path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
     }
 }
 
-/// Open the deny file for reading and appending, creating it (mode 0644) if missing, and
-/// lock it.
-fn open(path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
+/// Open the deny file for reading and appending, creating it (mode 0644) if missing. The
+/// caller holds [`lock_writers`].
+fn open(path: &Path) -> io::Result<File> {
     check_dir(path)?;
     let f = OpenOptions::new()
         .read(true)
@@ -181,7 +257,7 @@ fn open(path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
     if md.len() > MAX_FILE {
         return Err(err(path, format!("larger than {MAX_FILE} bytes; refusing")));
     }
-    lock(f, path, timeout)
+    Ok(f)
 }
 
 fn read_all(f: &mut File, path: &Path) -> io::Result<Vec<u8>> {
@@ -353,7 +429,8 @@ fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::R
     for e in entries {
         check_line(e.line)?;
     }
-    let mut f = open(path, timeout)?;
+    let _lock = lock_writers(timeout)?;
+    let mut f = open(path)?;
     let mut cache = PARSED.lock().unwrap_or_else(|p| p.into_inner());
     let now = stamp(&f.metadata()?);
     let fresh = cache
@@ -418,7 +495,8 @@ fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::R
 
 /// Whether sentry's marked copy of `line` is present.
 pub fn contains(path: &Path, line: &str) -> io::Result<bool> {
-    let mut f = open(path, LOCK_TIMEOUT)?;
+    let _lock = lock_writers(LOCK_TIMEOUT)?;
+    let mut f = open(path)?;
     let text = read_all(&mut f, path)?;
     let lines = split_lines(&text);
     let (owned, _) = owned_and_foreign(&lines);
@@ -439,9 +517,25 @@ pub fn remove(path: &Path, entries: &[Entry<'_>]) -> io::Result<Removed> {
 }
 
 fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<Removed> {
-    let mut f = open(path, timeout)?;
+    let _lock = lock_writers(timeout)?;
     // Rewritten in place below: the next add reads it again.
     *PARSED.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    for _ in 0..REWRITE_TRIES {
+        if let Some(r) = remove_once(path, entries)? {
+            return Ok(r);
+        }
+    }
+    Err(err(
+        path,
+        format!("changed by another writer during each of {REWRITE_TRIES} attempts; not changed"),
+    ))
+}
+
+/// One read-merge-rewrite; `None` when the file changed between the read and the write
+/// (the caller reads it again).
+fn remove_once(path: &Path, entries: &[Entry<'_>]) -> io::Result<Option<Removed>> {
+    let mut f = open(path)?;
+    let before = stamp(&f.metadata()?);
     let text = read_all(&mut f, path)?;
     let lines = split_lines(&text);
     let pairs = marked_pairs(&lines);
@@ -492,7 +586,7 @@ fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Res
         }
     }
     if report.removed == 0 {
-        return Ok(report);
+        return Ok(Some(report));
     }
     // A removed marker with ` +sep` owned the `\n` before it. If the next line kept is
     // another of sentry's markers, that one inherits the flag; if nothing is kept after
@@ -520,7 +614,7 @@ fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Res
     }
     // `open` gives an O_APPEND handle; the rewrite needs a positional one on the same
     // file, re-checked the same way (O_NOFOLLOW, owner, mode) and required to be the
-    // very inode we just read (the lock is held on the first handle meanwhile).
+    // very inode we just read.
     let mut w = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -531,16 +625,57 @@ fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Res
         return Err(err(path, "replaced while being edited; refusing"));
     }
     check_meta(path, &b, "file")?;
+    // Compare and retry: a writer that came in since the read is merged by reading again.
+    if stamp(&b) != before {
+        return Ok(None);
+    }
+    rewrite_in_place(&mut w, &kept, text.len() as u64)?;
+    Ok(Some(report))
+}
+
+/// Write `kept` over the file from offset 0 and cut it to its new length, keeping whatever
+/// another writer appended after the `read_len` bytes we read: those bytes are copied
+/// behind `kept` before the truncate (repeated while the file keeps growing, a bounded
+/// number of times). The window left is the one between the last size check and the
+/// truncate, a few instructions; see SECURITY.md.
+pub fn rewrite_in_place(w: &mut File, kept: &[u8], read_len: u64) -> io::Result<()> {
+    // Appended bytes must be read before our write can overwrite them (when `kept` is
+    // shorter than the old content they are past its end, but a removal never makes the
+    // file longer, so the old tail is never overwritten by `kept` itself).
+    let mut seen = read_len;
+    let mut tail: Vec<u8> = Vec::new();
+    let grab = |w: &mut File, from: u64, tail: &mut Vec<u8>| -> io::Result<u64> {
+        let len = w.metadata()?.len();
+        if len > from {
+            let mut more = Vec::new();
+            w.seek(SeekFrom::Start(from))?;
+            w.take(MAX_FILE.min(len - from)).read_to_end(&mut more)?;
+            tail.extend_from_slice(&more);
+            return Ok(from + more.len() as u64);
+        }
+        Ok(from)
+    };
+    seen = grab(w, seen, &mut tail)?;
     w.seek(SeekFrom::Start(0))?;
-    w.write_all(&kept)?;
-    w.set_len(kept.len() as u64)?;
-    w.sync_data()?;
-    Ok(report)
+    w.write_all(kept)?;
+    w.write_all(&tail)?;
+    for _ in 0..REWRITE_TRIES {
+        let before = tail.len();
+        seen = grab(w, seen, &mut tail)?;
+        if tail.len() == before {
+            break;
+        }
+        w.seek(SeekFrom::Start(kept.len() as u64 + before as u64))?;
+        w.write_all(tail.get(before..).unwrap_or(&[]))?;
+    }
+    w.set_len((kept.len() + tail.len()) as u64)?;
+    w.sync_data()
 }
 
 /// Every marked pair of the file (address and owned line), for `--recover`.
 pub fn marked_entries(path: &Path) -> io::Result<Vec<(IpAddr, u64, String)>> {
-    let mut f = open(path, LOCK_TIMEOUT)?;
+    let _lock = lock_writers(LOCK_TIMEOUT)?;
+    let mut f = open(path)?;
     let text = read_all(&mut f, path)?;
     let lines = split_lines(&text);
     let mut out = Vec::new();
@@ -599,6 +734,59 @@ mod tests {
             .filter(|l| !l.starts_with(MARKER))
             .map(|l| format!("{l}\n"))
             .collect()
+    }
+
+    #[test]
+    fn another_users_flock_on_the_deny_file_stalls_nothing() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        std::fs::write(&p, "ALL: 203.0.113.1\n").unwrap();
+        // Anyone who can read the file can hold this lock; we no longer take it.
+        let held = Flock::lock(File::open(&p).unwrap(), FlockArg::LockExclusiveNonblock).unwrap();
+        let t = Instant::now();
+        assert!(add(&p, &e("ALL: 192.0.2.7 : DENY")).unwrap());
+        assert_eq!(
+            remove(&p, &[e("ALL: 192.0.2.7 : DENY")]).unwrap().removed,
+            1
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(rules(&p), "ALL: 203.0.113.1\n");
+        drop(held);
+    }
+
+    #[test]
+    fn a_line_appended_during_a_rewrite_is_carried_over() {
+        let d = dir();
+        let p = d.path().join("hosts.deny");
+        let old = b"ALL: 203.0.113.1\n# sentry: 192.0.2.7 1\nALL: 192.0.2.7 : DENY\n";
+        std::fs::write(&p, old).unwrap();
+        // fail2ban appends after our read, before our write.
+        let mut other = OpenOptions::new().append(true).open(&p).unwrap();
+        other.write_all(b"ALL: 198.51.100.9\n").unwrap();
+        let mut w = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        rewrite_in_place(&mut w, b"ALL: 203.0.113.1\n", old.len() as u64).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "ALL: 203.0.113.1\nALL: 198.51.100.9\n"
+        );
+    }
+
+    #[test]
+    fn the_lock_file_must_be_ours_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir();
+        let p = d.path().join("lock");
+        let f = open_lock(&p).unwrap();
+        assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(open_lock(&p).is_err(), "a readable lock file was used");
+        let l = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &l).unwrap();
+        assert!(open_lock(&l).is_err(), "a symlinked lock file was used");
     }
 
     #[test]
@@ -786,21 +974,19 @@ mod tests {
 
     #[test]
     fn lock_contention_is_bounded_and_an_error() {
+        // Contention on sentry's own lock file (only another root process of sentry's can
+        // hold it): bounded, and an error, never a hang.
         let d = dir();
-        let p = d.path().join("hosts.deny");
-        std::fs::write(&p, "ALL: 10.0.0.1\n").unwrap();
-        let other = Flock::lock(File::open(&p).unwrap(), FlockArg::LockExclusive).unwrap();
+        let p = d.path().join("hosts.deny.lock");
+        let other = Flock::lock(open_lock(&p).unwrap(), FlockArg::LockExclusive).unwrap();
         let t = Instant::now();
-        let r = add_many_with(&p, &[e("ALL: 192.0.2.1")], Duration::from_millis(200));
+        let r = lock(open_lock(&p).unwrap(), &p, Duration::from_millis(200));
         let waited = t.elapsed();
         let msg = r.unwrap_err().to_string();
         assert!(msg.contains("locked by another process"), "{msg}");
         assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2));
-        let r = remove_with(&p, &[e("ALL: 10.0.0.1")], Duration::from_millis(50));
-        assert!(r.is_err());
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 10.0.0.1\n");
         drop(other);
-        assert!(add(&p, &e("ALL: 192.0.2.1")).unwrap());
+        assert!(lock(open_lock(&p).unwrap(), &p, Duration::from_millis(200)).is_ok());
     }
 
     #[test]

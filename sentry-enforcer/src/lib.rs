@@ -56,8 +56,10 @@ pub mod judge;
 pub mod metrics;
 pub mod netlink;
 mod nl;
+pub mod peercheck;
 pub mod recover;
 pub mod session;
+pub mod slots;
 pub mod store;
 #[allow(unsafe_code)]
 mod sys;

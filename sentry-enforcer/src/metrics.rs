@@ -6,7 +6,7 @@
 use sentry_proto::{Counters, SensorInfo};
 
 // The exposition writer and the textfile writer are shared with the fleet bridge.
-pub use sentry_client::expo::{write_textfile, Expo};
+pub use sentry_client::expo::{check_dir, write_textfile, Expo};
 
 /// The file written into METRICS_DIR.
 pub const TEXTFILE: &str = "sentry-enforcer.prom";
@@ -185,6 +185,32 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_textfile(d.path(), TEXTFILE, "x 1\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(TEXTFILE)).unwrap(),
+            "x 1\n"
+        );
+        for mode in [0o777, 0o1777, 0o775] {
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = write_textfile(d.path(), TEXTFILE, "x 2\n").unwrap_err();
+            assert!(
+                e.to_string().contains("not writable by group or others"),
+                "{e}"
+            );
+        }
+        // The old file is left as it was.
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(TEXTFILE)).unwrap(),
+            "x 1\n"
+        );
+        assert!(check_dir(&d.path().join("missing")).is_err());
+    }
 
     #[test]
     fn families_have_help_type_and_no_address_labels() {

@@ -134,7 +134,7 @@ pub const DETECT_BURST: u32 = 2_000;
 
 /// What the detection chain watches: derived from the policy and the modes the sensor
 /// announced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectSpec {
     pub stcp: Vec<(u16, u16)>,
     pub sudp: Vec<(u16, u16)>,
@@ -157,8 +157,30 @@ pub struct DetectSpec {
     /// ANSWER_PROBES=1: probes of unserved watched ports are answered (copied, not
     /// dropped), as PortSentry let them be.
     pub answer_probes: bool,
-    /// The NFLOG group the copies go to.
+    /// The NFLOG group the candidates are copied to: a fresh one on each hand-over to a
+    /// verified sensor, so a socket bound for an earlier holder never gets another packet
+    /// (see `crate::capture::GROUPS`).
     pub nflog_group: u16,
+}
+
+impl Default for DetectSpec {
+    fn default() -> Self {
+        Self {
+            stcp: Vec::new(),
+            sudp: Vec::new(),
+            atcp: Vec::new(),
+            audp: Vec::new(),
+            ignore4: Vec::new(),
+            ignore6: Vec::new(),
+            socket_expr: false,
+            tripwire: None,
+            never4: Vec::new(),
+            never6: Vec::new(),
+            native: None,
+            answer_probes: false,
+            nflog_group: crate::capture::NFLOG_GROUP,
+        }
+    }
 }
 
 /// Maps the kernel fills on a first probe (SCAN_TRIGGER=0): the source, with the

@@ -9,9 +9,19 @@
 //!
 //! Lines that packets can trigger go through [`Logger::packet`], which allows at most
 //! LOG_RATE lines per second from one source and LOG_RATE_TOTAL from all of them, and
-//! summarises the rest as one `adminalert: suppressed N log lines` line per second. The
-//! per-source limit is what keeps one noisy (or forged) source from hiding every other
-//! source's detection lines; the total keeps a flood of sources from flooding syslog.
+//! summarises the rest as one `adminalert: suppressed N log lines` line per second, naming
+//! up to [`SAMPLES`] of the sources. The per-source limit is what keeps one noisy (or
+//! forged) source from hiding every other source's detection lines; the total keeps a
+//! flood of sources from flooding syslog.
+//!
+//! Under a flood of forged sources (one probe each, 1,000 a second) the total alone was
+//! spent by whoever came first each second, and a real scanner's lines could all fall
+//! behind it (issue #21). So the total is split: half is shared, first come; the other
+//! half is reserved for sources that are not yet in the log — whose lines were suppressed
+//! within the last [`PENDING_WINDOW_S`] seconds, and which probe again. A forged source
+//! probes once; a scanner probes again and again, so its next line gets in. The sources
+//! are remembered in two generations of a keyed bit set ([`Pending`], fixed memory, keyed
+//! with a per-process random key so forged addresses cannot be chosen to collide).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -70,6 +80,69 @@ const PRI_NOTICE: u8 = 3 * 8 + 5;
 const PRI_ERR: u8 = 3 * 8 + 3;
 /// Longest line sent (syslog datagrams beyond ~2 KiB may be truncated by receivers).
 const MAX_LINE: usize = 1024;
+/// Sources named in a suppression summary.
+pub const SAMPLES: usize = 8;
+/// How long a source whose line was suppressed keeps its claim on the reserved share:
+/// two generations of this many seconds each, so between 5 and 10 s.
+pub const PENDING_WINDOW_S: u64 = 5;
+/// Bits per generation of [`Pending`]: 8 KiB each. With 5,000 forged sources a
+/// generation (1,000/s), about 1 in 20 forged sources looks pending across both.
+const PENDING_BITS: usize = 1 << 16;
+
+/// Sources whose lines were suppressed recently: a Bloom filter of three keyed hashes,
+/// in two generations that rotate every [`PENDING_WINDOW_S`] seconds. A false positive
+/// only lets a forged source use the reserved share, which is bounded anyway.
+#[derive(Debug)]
+struct Pending {
+    current: Vec<u64>,
+    previous: Vec<u64>,
+    since: u64,
+    key: std::collections::hash_map::RandomState,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            current: vec![0; PENDING_BITS / 64],
+            previous: vec![0; PENDING_BITS / 64],
+            since: 0,
+            key: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn bits(&self, a: IpAddr) -> [usize; 3] {
+        use std::hash::BuildHasher;
+        let h = self.key.hash_one(a);
+        let m = PENDING_BITS as u64 - 1;
+        // Three 16-bit slices of one 64-bit keyed hash.
+        [h & m, (h >> 16) & m, (h >> 32) & m].map(|b| usize::try_from(b).unwrap_or(0))
+    }
+
+    fn contains(&self, a: IpAddr) -> bool {
+        let b = self.bits(a);
+        let has = |set: &[u64]| {
+            b.iter()
+                .all(|&i| set.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
+        };
+        has(&self.current) || has(&self.previous)
+    }
+
+    fn insert(&mut self, a: IpAddr) {
+        for i in self.bits(a) {
+            if let Some(w) = self.current.get_mut(i / 64) {
+                *w |= 1 << (i % 64);
+            }
+        }
+    }
+
+    fn rotate(&mut self, sec: u64) {
+        if sec >= self.since + PENDING_WINDOW_S || sec < self.since {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.iter_mut().for_each(|w| *w = 0);
+            self.since = sec;
+        }
+    }
+}
 
 /// The line for the enforcer's decision on a report. A block and an already-blocked host
 /// are told in PortSentry 1.2's words (`Host A has been blocked ...`, `Host: A is already
@@ -188,6 +261,12 @@ pub struct Logger {
     /// Lines this second per source. Only sources that got a line in are entered, so it
     /// holds at most `total` entries.
     per_source: HashMap<IpAddr, u32>,
+    /// Lines this second from the reserved share.
+    reserved_used: u32,
+    /// Sources whose lines were suppressed recently ([`Pending`]).
+    pending: Pending,
+    /// Up to [`SAMPLES`] distinct sources suppressed this second, for the summary.
+    samples: Vec<IpAddr>,
     suppressed: u64,
     /// Lines that could not be delivered at all.
     pub lost: u64,
@@ -233,6 +312,9 @@ impl Logger {
             second: 0,
             in_second: 0,
             per_source: HashMap::new(),
+            reserved_used: 0,
+            pending: Pending::new(),
+            samples: Vec::with_capacity(SAMPLES),
             suppressed: 0,
             lost: 0,
             buf: String::with_capacity(MAX_LINE + 64),
@@ -258,23 +340,43 @@ impl Logger {
         self.emit(PRI_ERR, msg);
     }
 
+    /// The share of LOG_RATE_TOTAL reserved for sources not yet in the log.
+    fn reserved(&self) -> u32 {
+        self.total / 2
+    }
+
     /// A line a packet from `src` caused: at most LOG_RATE per second from `src` and
-    /// LOG_RATE_TOTAL from all sources. Suppressed lines are not even formatted.
+    /// LOG_RATE_TOTAL from all sources, half of which only sources whose lines were
+    /// suppressed recently may use (see the module documentation). Suppressed lines are
+    /// not even formatted.
     pub fn packet(&mut self, now: Mono, src: IpAddr, line: impl FnOnce() -> String) {
         self.roll(now);
-        if self.in_second >= self.total {
-            self.suppressed += 1;
+        let logged = self.per_source.get(&src).copied().unwrap_or(0);
+        if logged >= self.rate {
+            self.suppress(src);
             return;
         }
-        let n = self.per_source.entry(src).or_insert(0);
-        if *n >= self.rate {
-            self.suppressed += 1;
-            return;
+        let shared = self.total - self.reserved();
+        let from_shared = self.in_second - self.reserved_used < shared;
+        if !from_shared {
+            if self.reserved_used >= self.reserved() || !self.pending.contains(src) {
+                self.suppress(src);
+                return;
+            }
+            self.reserved_used += 1;
         }
-        *n += 1;
+        self.per_source.insert(src, logged + 1);
         self.in_second += 1;
         let l = line();
         self.emit(PRI_NOTICE, &l);
+    }
+
+    fn suppress(&mut self, src: IpAddr) {
+        self.suppressed += 1;
+        self.pending.insert(src);
+        if self.samples.len() < SAMPLES && !self.samples.contains(&src) {
+            self.samples.push(src);
+        }
     }
 
     /// Called periodically: emits the suppression summary once the second is over.
@@ -291,13 +393,17 @@ impl Logger {
         if sec != self.second {
             self.second = sec;
             self.in_second = 0;
+            self.reserved_used = 0;
             self.per_source.clear();
+            self.pending.rotate(sec);
             if self.suppressed > 0 {
                 let n = std::mem::take(&mut self.suppressed);
+                let samples: Vec<String> = self.samples.drain(..).map(|a| a.to_string()).collect();
                 self.emit(
                     PRI_NOTICE,
                     &format!(
-                        "adminalert: suppressed {n} log lines (LOG_RATE per source or LOG_RATE_TOTAL reached)"
+                        "adminalert: suppressed {n} log lines (LOG_RATE per source or LOG_RATE_TOTAL reached); sources include {}",
+                        samples.join(", ")
                     ),
                 );
             }
@@ -405,6 +511,99 @@ mod tests {
             .contains("from host: 2001:db8::1/2001:db8::1 to TCP port: 22"));
     }
 
+    /// Issue #21: 1,000 forged sources a second, one line each, all before the real
+    /// scanner in every second (the worst order for it): its line still gets in, within
+    /// its second probe's second.
+    #[test]
+    fn a_flood_of_forged_sources_leaves_the_scanner_a_line() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let mut l = Logger::syslog_at(&path, 50);
+        l.set_rates(50, 500);
+        let scanner: IpAddr = "198.51.100.77".parse().unwrap();
+        let mut scanner_lines = Vec::new();
+        let mut summaries = Vec::new();
+        let drain = |summaries: &mut Vec<String>| {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = rx.recv(&mut buf) {
+                let t = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if t.contains("adminalert: suppressed ") {
+                    summaries.push(t);
+                }
+            }
+        };
+        let mut forged: u32 = 0;
+        for sec in 0..4u64 {
+            for i in 0..1000u64 {
+                forged = forged.wrapping_add(2_654_435_761);
+                let src = IpAddr::V4(Ipv4Addr::from((forged & 0x00ff_ffff) | 0x0a00_0000));
+                l.packet(Mono(sec * 1000 + i / 2), src, || {
+                    "attackalert: forged".into()
+                });
+                if i % 100 == 0 {
+                    drain(&mut summaries);
+                }
+            }
+            // The scanner's probes of this second come last.
+            for port in 0..3u16 {
+                l.packet(Mono(sec * 1000 + 600 + u64::from(port)), scanner, || {
+                    scanner_lines.push((sec, port));
+                    detection_line(ScanKind::Syn, Mode::Atcp, scanner, 40 + port)
+                });
+            }
+        }
+        l.tick(Mono(10_000));
+        drain(&mut summaries);
+        assert!(
+            scanner_lines.first().is_some_and(|(sec, _)| *sec == 0),
+            "the scanner got no line in its first second: {scanner_lines:?}"
+        );
+        // The flood is still capped at LOG_RATE_TOTAL, and summarised with samples.
+        assert!(l.suppressed_total() == 0);
+        assert!(!summaries.is_empty());
+        let s = &summaries[0];
+        assert!(
+            s.contains(
+                "log lines (LOG_RATE per source or LOG_RATE_TOTAL reached); sources include 10."
+            ),
+            "{s}"
+        );
+        assert!(s.matches(", ").count() == SAMPLES - 1, "{s}");
+    }
+
+    #[test]
+    fn the_reserved_share_is_bounded_and_forged_one_shots_rarely_reach_it() {
+        let mut l = Logger::open(true, 1_000);
+        l.set_rates(1_000, 10);
+        // Fill the shared half with five sources, then five more one-shot sources.
+        let mut made = 0;
+        for i in 0..10u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            l.packet(Mono(1_000), src, || {
+                made += 1;
+                String::new()
+            });
+        }
+        assert_eq!(made, 5, "one-shot sources used the reserved share");
+        // Each of those suppressed sources probes again: the reserved half takes them.
+        for i in 5..10u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            l.packet(Mono(1_001), src, || {
+                made += 1;
+                String::new()
+            });
+        }
+        assert_eq!(made, 10);
+        // And no more than the total.
+        l.packet(Mono(1_002), "192.0.2.1".parse().unwrap(), || {
+            made += 1;
+            String::new()
+        });
+        assert_eq!(made, 10);
+    }
+
     #[test]
     fn rate_limit_counts_and_summarises() {
         let mut l = Logger::open(true, 3);
@@ -455,8 +654,18 @@ mod tests {
                 String::new()
             });
         }
+        // One-shot sources get the shared half, already spent by the first two.
+        assert_eq!(lines.len(), 5);
+        // Those that probe again take the reserved half, and no more: the total holds.
+        for i in 0..100u32 {
+            let src = IpAddr::V4(std::net::Ipv4Addr::from(0xC000_0200 + i + 100));
+            l.packet(Mono(5_003), src, || {
+                lines.push("many");
+                String::new()
+            });
+        }
         assert_eq!(lines.len(), 10);
-        assert_eq!(l.suppressed_total(), 997 + 95);
+        assert_eq!(l.suppressed_total(), 997 + 100 + 95);
         assert!(l.per_source.len() <= 10);
     }
 

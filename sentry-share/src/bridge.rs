@@ -189,8 +189,9 @@ pub fn handle_record(sh: &Shared, r: &WatchRecord) {
     }
     match push_filter(r, sh.cfg.push_min_ports) {
         Ok(rep) => {
-            if lock(&sh.active).contains_key(&rep.source)
-                || !first_push(&mut lock(&sh.pushed), rep.source, Instant::now())
+            let source = crate::lapi::normal(rep.source);
+            if lock(&sh.active).contains_key(&source)
+                || !first_push(&mut lock(&sh.pushed), source, Instant::now())
             {
                 sh.stats().not_pushed_already_decided += 1;
                 return;
@@ -449,6 +450,8 @@ pub fn classify(d: &crate::lapi::Decision) -> Action {
             )
         }
     };
+    // The enforcer blocks and lists a mapped address as IPv4; the index must too.
+    let addr = crate::lapi::normal(addr);
     let dur = match sentry_proto::parse_go_duration(&d.duration) {
         Ok(x) => x,
         Err(sentry_proto::DurationError::Negative) => {
@@ -619,7 +622,7 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
         let active: HashSet<IpAddr> = lock(&sh.active).keys().copied().collect();
         if let Ok(ControlResponse::Blocked(list)) = client.call(&ControlRequest::Blocked) {
             for b in list {
-                if b.origin == origin && !active.contains(&b.addr) {
+                if b.origin == origin && !active.contains(&crate::lapi::normal(b.addr)) {
                     let r = client.call(&ControlRequest::UnblockOrigin {
                         addr: b.addr,
                         origin: origin.clone(),
@@ -889,6 +892,38 @@ mod tests {
             duration: duration.into(),
             scenario: "sentry/portscan".into(),
         }
+    }
+
+    /// Issue #21: a decision for `::ffff:a.b.c.d` was blocked as a.b.c.d by the enforcer
+    /// but indexed as `::ffff:a.b.c.d` here, so the next startup poll found the block
+    /// without a decision and lifted it. One form everywhere: the IPv4 address.
+    #[test]
+    fn a_mapped_address_is_indexed_as_the_ipv4_address() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        for d in [
+            dec("Ip", "::ffff:192.0.2.7", "ban", "1h"),
+            dec("Range", "::ffff:192.0.2.7/128", "ban", "1h"),
+            dec("Ip", "::FFFF:c000:207", "ban", "1h"),
+        ] {
+            assert!(
+                matches!(classify(&d), Action::Block { addr, .. } if addr == v4),
+                "{d:?}: {:?}",
+                classify(&d)
+            );
+        }
+        // What the enforcer lists after that block is what the index holds.
+        let mut active: HashMap<IpAddr, HashSet<i64>> = HashMap::new();
+        if let Action::Block { addr, id, .. } =
+            classify(&dec("Ip", "::ffff:192.0.2.7", "ban", "1h"))
+        {
+            active.entry(addr).or_default().insert(id);
+        }
+        assert!(active.contains_key(&v4));
+        // A real IPv6 address stays as it is.
+        assert!(matches!(
+            classify(&dec("Ip", "2001:db8::7", "ban", "1h")),
+            Action::Block { addr, .. } if addr == "2001:db8::7".parse::<IpAddr>().unwrap()
+        ));
     }
 
     #[test]

@@ -130,6 +130,16 @@ pub fn parse_alerts_reply(body: &[u8]) -> Result<Vec<String>, LapiError> {
         .map_err(|e| LapiError::Protocol(format!("alerts reply is not a list of ids: {e}")))
 }
 
+/// The one form of an address in the bridge, in its index and in what it sends: an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4 address a.b.c.d, which is how
+/// the enforcer blocks and lists it. Any other address is itself.
+pub fn normal(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// A local block to report.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +165,7 @@ pub fn alerts_body(reports: &[Report], decision: Option<Duration>) -> serde_json
         .iter()
         .map(|r| {
             let at = policy::logfmt::format_utc(r.time_us / 1000);
-            let ip = r.source.to_string();
+            let ip = normal(r.source).to_string();
             let (scope, value) = match r.prefix {
                 Some(len) => ("Range", format!("{ip}/{len}")),
                 None => ("Ip", ip.clone()),
@@ -460,7 +470,7 @@ impl Lapi {
 
     /// `DELETE /v1/decisions?ip=ADDR` as the machine (1.4.6 wants a machine JWT here).
     pub fn delete_decisions(&mut self, addr: IpAddr) -> Result<(), LapiError> {
-        let path = format!("/v1/decisions?ip={addr}");
+        let path = format!("/v1/decisions?ip={}", normal(addr));
         self.with_failover(|me, i| {
             let tok = me.token_for(i)?;
             let bearer = format!("Bearer {tok}");
@@ -482,6 +492,18 @@ impl Lapi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_normal_form() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(normal("::ffff:192.0.2.7".parse().unwrap()), v4);
+        assert_eq!(normal(v4), v4);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(normal(v6), v6);
+        // IPv4-compatible (deprecated) is not mapped: left alone.
+        let compat: IpAddr = "::192.0.2.7".parse().unwrap();
+        assert_eq!(normal(compat), compat);
+    }
 
     #[test]
     fn login_replies() {

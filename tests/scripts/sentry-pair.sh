@@ -2,7 +2,8 @@
 # Start, stop or inspect the installed sentry pair on a machine WITHOUT systemd as
 # PID 1 (containers, minimal VMs). With systemd, use the units instead (make run
 # does). Privilege separation matches the units:
-#   enforcer: root, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW, member of
+#   enforcer: root, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW (+CAP_SYS_PTRACE,
+#             kept only by the thread that checks the sensor's executable), member of
 #             the sensor's group (to hand it enforcer.sock), no_new_privs.
 #   sensor:   user `sentry`, no capabilities at all (the enforcer hands it the
 #             NFLOG socket it reads), no_new_privs.
@@ -41,7 +42,7 @@ start() {
     if alive "$RUN/enforcer.pid"; then
         echo "enforcer already running (pid $(cat "$RUN/enforcer.pid"))"
     else
-        setsid setpriv --bounding-set -all,+net_admin,+net_raw --groups "$gid" --no-new-privs \
+        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace --groups "$gid" --no-new-privs \
             "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
             --sensor-user "$USER_" --log-stderr </dev/null >>"$LOGDIR/enforcer.log" 2>&1 &
         echo $! >"$RUN/enforcer.pid"

@@ -172,6 +172,23 @@ impl Settings {
         self.start_sensor = false;
         self
     }
+
+    /// No real sensor: the hostile client (`sentry-hostile`, [`Sentry::hostile`]) plays
+    /// it. The enforcer is told that it is the sensor binary, so the hostile client of the
+    /// sensor's uid passes the peer check (issue #21) and reaches the protocol checks
+    /// those tests are about, as a compromised sensor would. (Root clients are never
+    /// checked.)
+    pub fn hostile_sensor(mut self) -> Settings {
+        self.start_sensor = false;
+        self.enforcer_args.push("--sensor-exe".into());
+        self.enforcer_args.push(
+            crate::bin_dir()
+                .join("sentry-hostile")
+                .display()
+                .to_string(),
+        );
+        self
+    }
 }
 
 /// One running pair. Dropping it stops both daemons and deletes the namespaces.
@@ -385,9 +402,15 @@ impl Sentry {
             groups.push_str(&format!(",{gid}"));
         }
         let mut c = self.daemon_command("enforcer");
-        c.args(["--bounding-set", "-all,+net_admin,+net_raw", "--groups"])
-            .arg(groups)
-            .arg(&self.bins.enforcer);
+        // CAP_SYS_PTRACE: the sensor check reads the (not dumpable) sensor's
+        // /proc/PID/exe; only the enforcer's verifier thread keeps it.
+        c.args([
+            "--bounding-set",
+            "-all,+net_admin,+net_raw,+sys_ptrace",
+            "--groups",
+        ])
+        .arg(groups)
+        .arg(&self.bins.enforcer);
         c
     }
 

@@ -44,6 +44,46 @@ fn running_sensor_is_unprivileged_and_seccomp_confined() {
     );
 }
 
+/// CAP_SYS_PTRACE (bit 19), which the confined enforcer keeps for the sensor check, is
+/// held by its `peercheck` thread only: not by the threads that decide, run kill commands
+/// or `nft`, and so never by a command (issue #21).
+#[test]
+fn only_the_enforcers_peer_check_thread_can_ptrace() {
+    let test = "only_the_enforcers_peer_check_thread_can_ptrace";
+    if !require_root(test) {
+        return;
+    }
+    let s = Sentry::start(test, Settings::new(&["atcp"]));
+    let enf = s.enforcer_pid();
+    const SYS_PTRACE: u64 = 1 << 19;
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{enf}/task")).unwrap() {
+        let tid = e.unwrap().file_name().to_string_lossy().into_owned();
+        let dir = format!("/proc/{enf}/task/{tid}");
+        let comm = std::fs::read_to_string(format!("{dir}/comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
+        let cap = |f: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{f}:\t")))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or_else(|| panic!("no {f} for thread {tid}"))
+        };
+        let held = ["CapEff", "CapPrm", "CapInh", "CapAmb"]
+            .iter()
+            .any(|f| cap(f) & SYS_PTRACE != 0);
+        seen.push((comm.trim().to_string(), held));
+    }
+    assert!(
+        seen.iter().any(|(c, h)| c == "peercheck" && *h),
+        "the peer check thread lacks CAP_SYS_PTRACE: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(c, h)| c == "peercheck" || !*h),
+        "a thread other than the peer check holds CAP_SYS_PTRACE: {seen:?}"
+    );
+}
+
 /// `se.slice` (ns) of a thread, from /proc/<pid>/task/<tid>/sched; None when the kernel
 /// does not print it (before EEVDF custom slices).
 fn slice_ns(pid: u32, tid: u32) -> Option<u64> {

@@ -309,6 +309,12 @@ fn wrong_uid_is_refused_and_audited_and_a_nonroot_sensor_is_served() {
         &[],
     );
     env.settings.sensor_user = "nobody".into();
+    // The non-root client below is this test binary: it is the "installed sensor" here,
+    // so it passes the peer check (issue #21) and its requests reach the engine.
+    env.settings.enforcer_args.push("--sensor-exe".into());
+    env.settings
+        .enforcer_args
+        .push(std::env::current_exe().unwrap().display().to_string());
     env.start_enforcer();
     // We are root, not nobody.
     let mut s = env.connect();
@@ -2066,8 +2072,9 @@ fn netlink_batches_child() {
 }
 
 /// After the Welcome the enforcer sends `Capture` with an NFLOG socket attached (SCM_RIGHTS)
-/// and has built the detection chain; a second sensor connection, while the first one's
-/// socket is still open, gets no new socket (the group is taken) but is served.
+/// and has built the detection chain for that group; the next sensor connection gets a
+/// fresh group, and the chain no longer copies to the one the first connection (whose
+/// descriptor this test keeps, as a stale holder would) was given (issue #21).
 #[test]
 fn capture_socket_is_handed_over_after_the_welcome() {
     let test = "capture_socket_is_handed_over_after_the_welcome";
@@ -2078,66 +2085,82 @@ fn capture_socket_is_handed_over_after_the_welcome() {
     use std::os::fd::{AsRawFd, OwnedFd};
     let mut env = rig(test, &[]);
     env.start_enforcer();
+    // Read frames with recvmsg until the Capture frame and its descriptor are in.
+    let handed_over = |env: &Sentry, s: &FakeSensor| -> (u16, Vec<OwnedFd>) {
+        let mut bytes = Vec::new();
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut frames = Vec::new();
+        while frames.len() < 2 && Instant::now() < deadline {
+            let mut buf = [0u8; 256];
+            let n = match sentry_sensor::sys::recv_with_fds(s.s.as_raw_fd(), &mut buf, &mut fds) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => panic!("recvmsg: {e}"),
+            };
+            assert!(n > 0, "connection closed after {frames:?}");
+            bytes.extend_from_slice(&buf[..n]);
+            while let Some(h) = bytes.first_chunk::<{ sentry_proto::HEADER_LEN }>() {
+                let len = sentry_proto::HEADER_LEN
+                    + sentry_proto::frame_len::<EnforcerFrame>(*h).expect("length prefix");
+                if bytes.len() < len {
+                    break;
+                }
+                let f: EnforcerFrame = sentry_proto::decode_frame(&bytes[..len]).expect("frame");
+                bytes.drain(..len);
+                frames.push(f);
+            }
+        }
+        assert!(
+            matches!(frames.first(), Some(EnforcerFrame::Welcome { .. })),
+            "{frames:?}"
+        );
+        let group = match frames.get(1) {
+            Some(EnforcerFrame::Capture {
+                group,
+                snaplen: 1280,
+            }) if sentry_enforcer::capture::GROUPS.contains(group) => *group,
+            other => panic!("{other:?}\n{}", env.diag()),
+        };
+        assert_eq!(fds.len(), 1, "{frames:?}");
+        let _: NetlinkAddr = getsockname(fds[0].as_raw_fd()).expect("a netlink socket");
+        (group, fds)
+    };
+    let chain = |env: &Sentry| {
+        let out = ns(
+            env,
+            "nft",
+            &["list", "chain", "inet", NFT_TABLE, "detect_log"],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let mut s = env.connect();
     s.send(&hello());
-    // Read frames with recvmsg until the Capture frame and its descriptor are in.
-    let mut bytes = Vec::new();
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut frames = Vec::new();
-    while frames.len() < 2 && Instant::now() < deadline {
-        let mut buf = [0u8; 256];
-        let n = match sentry_sensor::sys::recv_with_fds(s.s.as_raw_fd(), &mut buf, &mut fds) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            Err(e) => panic!("recvmsg: {e}"),
-        };
-        assert!(n > 0, "connection closed after {frames:?}");
-        bytes.extend_from_slice(&buf[..n]);
-        while let Some(h) = bytes.first_chunk::<{ sentry_proto::HEADER_LEN }>() {
-            let len = sentry_proto::HEADER_LEN
-                + sentry_proto::frame_len::<EnforcerFrame>(*h).expect("length prefix");
-            if bytes.len() < len {
-                break;
-            }
-            let f: EnforcerFrame = sentry_proto::decode_frame(&bytes[..len]).expect("frame");
-            bytes.drain(..len);
-            frames.push(f);
-        }
-    }
+    let (first, fds) = handed_over(&env, &s);
+    let text = chain(&env);
     assert!(
-        matches!(frames.first(), Some(EnforcerFrame::Welcome { .. })),
-        "{frames:?}"
-    );
-    assert!(
-        matches!(
-            frames.get(1),
-            Some(EnforcerFrame::Capture {
-                group: 0x5e47,
-                snaplen: 1280
-            })
-        ),
-        "{frames:?}\n{}",
-        env.diag()
-    );
-    assert_eq!(fds.len(), 1, "{frames:?}");
-    let _: NetlinkAddr = getsockname(fds[0].as_raw_fd()).expect("a netlink socket");
-    let chain = ns(&env, "nft", &["list", "chain", "inet", NFT_TABLE, "input"]);
-    let text = String::from_utf8_lossy(&chain.stdout);
-    assert!(
-        text.contains("hook input priority"),
+        text.contains(&format!("group {first} ")),
         "{text}\n{}",
         env.diag()
     );
-    // The first connection still holds the group: a new connection is served without one.
+    // The first connection ends; its descriptor lives on here, as in a stale holder.
     drop(s);
-    let mut again = env.connect_welcomed();
+    let mut again = env.connect();
+    again.send(&hello());
+    let (second, fds2) = handed_over(&env, &again);
+    assert_ne!(first, second, "the same group was handed over twice");
+    let text = chain(&env);
+    assert!(
+        text.contains(&format!("group {second} ")) && !text.contains(&format!("group {first} ")),
+        "{text}\n{}",
+        env.diag()
+    );
     assert_eq!(
         again.block("192.0.2.77", Protocol::Tcp, 23),
         Decision::Blocked
     );
-    drop(fds);
+    drop((fds, fds2));
 }

@@ -17,7 +17,7 @@ fn a_handshake_dripped_byte_by_byte_is_cut_off_at_its_deadline() {
     if !require_root(test) {
         return;
     }
-    let s = Sentry::start(test, Settings::new(&["atcp"]).without_sensor());
+    let s = Sentry::start(test, Settings::new(&["atcp"]).hostile_sensor());
     // One byte every 400 ms: each read returns well within any per-read timeout, the whole
     // Hello (over 20 bytes) takes longer than the 5 s handshake deadline.
     let t = Instant::now();
@@ -47,7 +47,7 @@ fn a_reconnect_loop_cannot_flood_the_log() {
     if !require_root(test) {
         return;
     }
-    let s = Sentry::start(test, Settings::new(&["atcp"]).without_sensor());
+    let s = Sentry::start(test, Settings::new(&["atcp"]).hostile_sensor());
     let t = Instant::now();
     let r = hostile_as_sensor(&s, &["reconnect", "300"], Duration::from_secs(60));
     let secs = t.elapsed().as_secs() + 1;

@@ -242,7 +242,7 @@ fn forged_requests_for_protected_addresses_are_never_blocked() {
         test,
         Settings::new(&["atcp"])
             .ignore("192.0.2.0/24")
-            .without_sensor(),
+            .hostile_sensor(),
     );
     let protected = [
         "127.0.0.1",

@@ -132,16 +132,25 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
     );
     assert_eq!(status_field(sen, "Seccomp"), "2");
     assert_eq!(status_field(sen, "NoNewPrivs"), "1");
-    // The enforcer: root, bounded to CAP_NET_ADMIN + CAP_NET_RAW.
+    // The enforcer: root, bounded to CAP_NET_ADMIN + CAP_NET_RAW, and CAP_SYS_PTRACE for
+    // its sensor-check thread only (issue #21): the main thread holds none of it.
     assert!(status_field(enf, "Uid")
         .split_whitespace()
         .all(|u| u == "0"));
     let bnd = u64::from_str_radix(&status_field(enf, "CapBnd"), 16).unwrap();
     assert_eq!(
-        bnd & !((1 << 12) | (1 << 13)),
+        bnd & !((1 << 12) | (1 << 13) | (1 << 19)),
         0,
         "enforcer bounding set {bnd:#x}"
     );
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        let v = u64::from_str_radix(&status_field(enf, set), 16).unwrap();
+        assert_eq!(
+            v & (1 << 19),
+            0,
+            "the enforcer's main thread has CAP_SYS_PTRACE in {set}"
+        );
+    }
     // It detects and blocks.
     let target = TARGET_V4.to_string();
     let o = run(

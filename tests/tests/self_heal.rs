@@ -23,7 +23,7 @@ fn blocked() -> BTreeSet<IpAddr> {
 
 /// Three blocks made through the enforcer socket, as the sensor would ask for them.
 fn with_three_blocks(test: &str) -> Sentry {
-    let s = Sentry::start(test, Settings::new(&["atcp"]).without_sensor());
+    let s = Sentry::start(test, Settings::new(&["atcp"]).hostile_sensor());
     let mut args = vec!["flood", "3"];
     args.extend(BLOCKED);
     let r = s.hostile(true, &args, Duration::from_secs(30));

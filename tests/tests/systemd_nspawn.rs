@@ -255,6 +255,20 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         assert_eq!(c.unit_prop(u, "UnitFileState"), "enabled", "{u}");
     }
     wait_sensor_connected(&c, 0);
+    // Under systemd the detection input goes only to the sensor binary in its own unit
+    // (issue #21), and the unit's sensor passed that check.
+    let j = c.journal(&["-t", "sentry-enforcer"]);
+    assert!(
+        j.lines().any(
+            |l| l.contains("the detection input goes only to a sensor running")
+                && l.contains("in unit sentry-sensor.service")
+        ),
+        "the enforcer does not check the sensor's unit:\n{j}"
+    );
+    assert!(
+        j.lines().any(|l| l.contains("to the verified sensor")),
+        "no hand-over to the verified sensor:\n{j}"
+    );
 
     // The sensor as the unit confines it: user sentry, no capabilities, no_new_privs,
     // seccomp filter mode.
