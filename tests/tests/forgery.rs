@@ -226,7 +226,7 @@ fn fleet_blocks_filling_the_table_cannot_switch_local_blocking_off() {
     }
     assert_eq!(s.blocked_list().len(), 40);
     // ... and last a day at most (FLEET_MAX_DURATION).
-    let fleet = s.ctl_json(&["blocked", "--json"]);
+    let fleet = s.ctl_json(&["blocked"]);
     let until = fleet[0]["expires_ms"].as_u64().expect("an expiry");
     let now = u64::try_from(
         std::time::SystemTime::now()
@@ -359,7 +359,7 @@ fn a_scan_blocked_on_its_first_probe_shows_how_much_it_tried() {
     real_scan(&s);
     assert_blocked_unanswered(&s, "a plain scan");
     let ports = || {
-        s.ctl_json(&["blocked", "--json"])
+        s.ctl_json(&["blocked"])
             .as_array()
             .into_iter()
             .flatten()
