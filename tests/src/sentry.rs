@@ -912,15 +912,40 @@ impl Sentry {
     /// Packets counted since [`Sentry::count_arrivals`] (0 when the table is gone, e.g.
     /// after a test flushed the ruleset).
     pub fn arrivals(&self) -> u64 {
+        self.nft_counter("sentrykit", "arrived")
+    }
+
+    /// (Re)create table `answers` in the target namespace: one counter of the packets the
+    /// target sends that match any of `rules` (nft expressions, in its output hook): what
+    /// a scanner sees as answers, measured where they leave, not inferred from nmap.
+    pub fn count_answers(&self, rules: &[&str]) {
+        let mut script = "table inet answers {}\ndelete table inet answers\n\
+            table inet answers {\n counter sent {}\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+            .to_string();
+        for r in rules {
+            script.push_str(&format!("  {r} counter name sent\n"));
+        }
+        script.push_str(" }\n}\n");
+        let path = self.path("answers.nft");
+        std::fs::write(&path, script).expect("write the answers table");
         let out = run(
-            self.net.command(Side::Target, "nft").args([
-                "-j",
-                "list",
-                "counter",
-                "inet",
-                "sentrykit",
-                "arrived",
-            ]),
+            self.net.command(Side::Target, "nft").arg("-f").arg(&path),
+            Duration::from_secs(10),
+        );
+        assert!(out.success(), "answers table: {out}");
+    }
+
+    /// Packets counted since [`Sentry::count_answers`].
+    pub fn answers(&self) -> u64 {
+        self.nft_counter("answers", "sent")
+    }
+
+    /// A named counter of table `inet TABLE` in the target namespace (0 when missing).
+    fn nft_counter(&self, table: &str, counter: &str) -> u64 {
+        let out = run(
+            self.net
+                .command(Side::Target, "nft")
+                .args(["-j", "list", "counter", "inet", table, counter]),
             Duration::from_secs(10),
         );
         serde_json::from_str::<Value>(&out.stdout)

@@ -81,38 +81,17 @@ impl Drop for Bg {
 }
 
 /// Count what the target sends the real scanner as an answer to a probe: SYN-ACKs and
-/// RSTs (TCP) and ICMP errors, in the target's output hook.
+/// RSTs (TCP) and ICMP errors.
 fn count_answers(s: &Sentry) {
-    let path = s.path("answers.nft");
-    std::fs::write(
-        &path,
-        format!(
-            "table inet answers {{}}\ndelete table inet answers\n\
-             table inet answers {{\n counter sent {{}}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip daddr {SCANNER_V4} tcp flags & (syn | rst) != 0 counter name sent\n  ip daddr {SCANNER_V4} icmp type destination-unreachable counter name sent\n }}\n}}\n"
-        ),
-    )
-    .unwrap();
-    run_ok(
-        s.net.command(Side::Target, "nft").arg("-f").arg(&path),
-        Duration::from_secs(10),
+    let (tcp, icmp) = (
+        format!("ip daddr {SCANNER_V4} tcp flags & (syn | rst) != 0"),
+        format!("ip daddr {SCANNER_V4} icmp type destination-unreachable"),
     );
+    s.count_answers(&[&tcp, &icmp]);
 }
 
 fn answers(s: &Sentry) -> u64 {
-    let out = run_ok(
-        s.net
-            .command(Side::Target, "nft")
-            .args(["-j", "list", "counter", "inet", "answers", "sent"]),
-        Duration::from_secs(10),
-    )
-    .stdout;
-    let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j");
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|i| i.pointer("/counter/packets").and_then(|p| p.as_u64()))
-        .expect("the answers counter")
+    s.answers()
 }
 
 /// The real scan: nmap SYN scan of 1-1024, one probe a port.

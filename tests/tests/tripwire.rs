@@ -34,32 +34,15 @@ fn hits(s: &Sentry, map: &str) -> String {
     nft(s, &["list", "map", "inet", NFT_TABLE, map])
 }
 
-/// (Re)create a table counting every TCP segment and ICMP message the target sends to the
-/// scanners' IPv4 addresses: what a scanner would see as an answer (IPv6's own neighbour
-/// discovery and MLD chatter would count too, so IPv6 is left out).
+/// Count every TCP segment and ICMP message the target sends to the scanners' IPv4
+/// addresses: what a scanner would see as an answer (IPv6's own neighbour discovery and
+/// MLD chatter would count too, so IPv6 is left out).
 fn count_answers(s: &Sentry) {
-    let path = s.path("answers.nft");
-    std::fs::write(
-        &path,
-        "table inet answers {}\ndelete table inet answers\n\
-         table inet answers {\n counter sent {}\n chain out {\n  type filter hook output priority 0; policy accept;\n  oifname != \"lo\" ip daddr 10.203.0.0/16 meta l4proto { tcp, icmp } counter name sent\n }\n}\n",
-    )
-    .unwrap();
-    run_ok(
-        s.net.command(Side::Target, "nft").arg("-f").arg(&path),
-        Duration::from_secs(10),
-    );
+    s.count_answers(&["oifname != \"lo\" ip daddr 10.203.0.0/16 meta l4proto { tcp, icmp }"]);
 }
 
 fn answers(s: &Sentry) -> u64 {
-    let out = nft(s, &["-j", "list", "counter", "inet", "answers", "sent"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j");
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|i| i.pointer("/counter/packets").and_then(|p| p.as_u64()))
-        .expect("the answers counter")
+    s.answers()
 }
 
 /// One SYN from `src` to `port`.

@@ -5,12 +5,12 @@
 
 use std::net::IpAddr;
 
-use sentry_proto::{BlockEntry, Coverage, ExplainEntry, Explanation, WatchRecord, ORIGIN_SENSOR};
+use sentry_proto::{Coverage, ExplainEntry, Explanation, WatchRecord, ORIGIN_SENSOR};
 
+use super::status::entry_of;
 use super::Engine;
 use crate::audit::Peer;
 use crate::error::EnforcerError;
-use crate::store::BlockRecord;
 use crate::time::WallMs;
 
 /// Most decisions an explanation lists (the newest).
@@ -25,25 +25,6 @@ fn about(r: &WatchRecord, addr: IpAddr) -> bool {
         }
         (Some(s), _, _) => s == addr,
         _ => false,
-    }
-}
-
-/// A block as `sentryctl blocked` lists it.
-fn entry_of(b: &BlockRecord) -> BlockEntry {
-    BlockEntry {
-        addr: b.addr,
-        protocol: b.protocol,
-        port: b.port,
-        mode: b.mode,
-        scan: b.scan,
-        since_ms: b.since_ms,
-        expires_ms: b.expires_ms,
-        prefix6: b.prefix6,
-        origin: b
-            .origin
-            .clone()
-            .unwrap_or_else(|| ORIGIN_SENSOR.to_string()),
-        distinct_ports: b.origin.is_none().then_some(b.distinct_ports),
     }
 }
 

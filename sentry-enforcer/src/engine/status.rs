@@ -44,26 +44,28 @@ impl Engine {
     }
 
     pub fn blocked(&self) -> Vec<BlockEntry> {
-        let mut v: Vec<BlockEntry> = self
-            .blocks
-            .values()
-            .map(|b| BlockEntry {
-                addr: b.addr,
-                protocol: b.protocol,
-                port: b.port,
-                mode: b.mode,
-                scan: b.scan,
-                since_ms: b.since_ms,
-                expires_ms: b.expires_ms,
-                prefix6: b.prefix6,
-                origin: b
-                    .origin
-                    .clone()
-                    .unwrap_or_else(|| sentry_proto::ORIGIN_SENSOR.to_string()),
-                distinct_ports: b.origin.is_none().then_some(b.distinct_ports),
-            })
-            .collect();
+        let mut v: Vec<BlockEntry> = self.blocks.values().map(entry_of).collect();
         v.sort_by_key(|b| (b.since_ms, b.addr));
         v
+    }
+}
+
+/// A block as `sentryctl blocked` (and `explain`) lists it: a sensor block's evidence
+/// with it, a control block's origin instead.
+pub(super) fn entry_of(b: &crate::store::BlockRecord) -> BlockEntry {
+    BlockEntry {
+        addr: b.addr,
+        protocol: b.protocol,
+        port: b.port,
+        mode: b.mode,
+        scan: b.scan,
+        since_ms: b.since_ms,
+        expires_ms: b.expires_ms,
+        prefix6: b.prefix6,
+        origin: b
+            .origin
+            .clone()
+            .unwrap_or_else(|| sentry_proto::ORIGIN_SENSOR.to_string()),
+        distinct_ports: b.origin.is_none().then_some(b.distinct_ports),
     }
 }
