@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sentry_client::expo::Histogram;
 use sentry_client::procstat::{self, ProcessStats};
-use sentry_proto::{Counters, Protocol, ScanKind, SensorInfo, ORIGIN_SENSOR};
+use sentry_proto::{Counters, Protocol, ScanKind, SensorInfo, ORIGIN_SENSOR, SCAN_KINDS as SCANS};
 
 use crate::judge::MANUAL_ORIGIN;
 
@@ -46,21 +46,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// A probe-to-block time above this is taken as a clock step between the probe and the
 /// block, not a latency: counted apart, kept out of the histogram's sum.
 pub const MAX_PLAUSIBLE_LATENCY: Duration = Duration::from_secs(3600);
-
-/// Every scan kind, for the series that are present (at 0) before the first request.
-const SCANS: [ScanKind; 11] = [
-    ScanKind::Connect,
-    ScanKind::Syn,
-    ScanKind::Fin,
-    ScanKind::Null,
-    ScanKind::Xmas,
-    ScanKind::Oddball { flags: 0 },
-    ScanKind::Udp,
-    ScanKind::Ack,
-    ScanKind::Maimon,
-    ScanKind::IpProtocol,
-    ScanKind::SctpInit,
-];
 
 /// What went wrong, for `sentry_errors_total{kind}`: one fixed kind per place that counts
 /// an error, so an alert can tell a failing firewall from a full disk.

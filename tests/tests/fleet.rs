@@ -524,10 +524,12 @@ fn control_socket_watch_block_and_metrics() {
         sentry_proto::Decision::Blocked
     );
     let r = w.record_for("192.0.2.10");
-    assert_eq!(r["kind"], "blocked");
+    // The decision-record schema (docs/records.md): the audit log's names.
+    assert_eq!(r["schema"], 1, "{r}");
+    assert_eq!(r["decision"], "blocked");
     assert_eq!(r["origin"], "sensor");
-    assert_eq!(r["evidence"]["distinct_ports"], 3);
-    assert_eq!(r["evidence"]["handshake"], false);
+    assert_eq!(r["distinct_ports"], 3);
+    assert_eq!(r["handshake"], false);
     assert_eq!(r["scan"], "syn");
     let cursor_after_first = r["cursor"].as_str().expect("cursor").to_string();
 
@@ -550,14 +552,14 @@ fn control_socket_watch_block_and_metrics() {
     assert!(s.nft_has("192.0.2.11".parse().unwrap()));
     let r = w.record_for("192.0.2.11");
     assert_eq!(
-        (r["kind"].as_str(), r["origin"].as_str()),
+        (r["decision"].as_str(), r["origin"].as_str()),
         (Some("blocked"), Some("ops"))
     );
     let exp = r["expires_ms"].as_u64().expect("expires");
     let now = sentry_tests::now_ms();
     assert!(exp > now + 5_300_000 && exp <= now + 5_400_000, "{r}");
     assert!(
-        r["evidence"].is_null(),
+        r.get("distinct_ports").is_none() && r.get("handshake").is_none(),
         "a control block carries no sensor evidence: {r}"
     );
     let out = s.sentryctl(&["block", "198.51.100.7"]);
@@ -565,7 +567,7 @@ fn control_socket_watch_block_and_metrics() {
     assert!(out.stdout.contains("ignored"), "{out}");
     let r = w.record_for("198.51.100.7");
     assert_eq!(
-        (r["kind"].as_str(), r["origin"].as_str()),
+        (r["decision"].as_str(), r["origin"].as_str()),
         (Some("ignored"), Some("manual"))
     );
     let audit = s.audit_for("192.0.2.11".parse().unwrap(), AuditDecision::Blocked);
@@ -645,7 +647,7 @@ fn control_socket_watch_block_and_metrics() {
     while let Ok(l) = w.lines.recv_timeout(Duration::from_secs(2)) {
         last = serde_json::from_str(&l).unwrap();
     }
-    assert_eq!(last["kind"], "ignored", "{last}");
+    assert_eq!(last["decision"], "ignored", "{last}");
     let m = s.sentryctl(&["metrics"]);
     assert!(m.success(), "{m}");
     for family in [
