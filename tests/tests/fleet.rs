@@ -357,6 +357,18 @@ fn the_fleet_cannot_block_a_gateway_and_forged_probes_stay_local() {
     );
     assert!(fleet_record(&b, forged, AuditDecision::Blocked).is_none());
 
+    // B's fleet requests by the bridge's origin name, not lumped as "control" (live: the
+    // textfile is up to 5 s behind).
+    let live = b.sentryctl(&["metrics"]).stdout;
+    assert!(
+        live.contains("sentry_requests_total{origin=\"crowdsec\"} ")
+            && live.contains(
+                "sentry_blocks_total{origin=\"crowdsec\",scan=\"none\",protocol=\"none\"} 1\n"
+            )
+            && !live.contains("origin=\"control\""),
+        "{live}"
+    );
+
     // The textfiles: the enforcer's (METRICS_DIR) and the bridge's.
     let promtool = promtool();
     if promtool.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -381,6 +393,16 @@ fn the_fleet_cannot_block_a_gateway_and_forged_probes_stay_local() {
             !text.contains("10.203."),
             "no address in the metrics: {text}"
         );
+        // The build and the process_* families in both files.
+        let share = std::fs::read_to_string(&share_file).unwrap();
+        for (t, want) in [
+            (&text, "sentry_build_info{version="),
+            (&text, "process_resident_memory_bytes "),
+            (&share, "sentry_share_build_info{version="),
+            (&share, "process_resident_memory_bytes "),
+        ] {
+            assert!(t.contains(want), "{want}: {t}");
+        }
         let Some(p) = &promtool else {
             println!("SKIPPED (promtool not unpacked; run make test-deps): promtool check");
             continue;
@@ -653,9 +675,13 @@ fn control_socket_watch_block_and_metrics() {
     for family in [
         "# TYPE sentry_decisions_total counter",
         "sentry_decisions_total{decision=\"ignored\"} 4001",
-        "sentry_requests_total{origin=\"control\"} 2",
-        "sentry_active_blocks{origin=\"control\"} 1",
-        "sentry_active_blocks{origin=\"sensor\"} 1",
+        // Control requests by origin name: `block --origin ops` and root's own
+        // (`manual`), not lumped as "control".
+        "sentry_requests_total{origin=\"ops\"} 1\n",
+        "sentry_requests_total{origin=\"manual\"} 1\n",
+        "sentry_active_blocks{origin=\"ops\"} 1\n",
+        "sentry_active_blocks{origin=\"sensor\"} 1\n",
+        "sentry_blocks_total{origin=\"ops\",scan=\"none\",protocol=\"none\"} 1\n",
     ] {
         assert!(m.stdout.contains(family), "{family}\n{}", m.stdout);
     }
