@@ -323,9 +323,15 @@ impl Engine {
         .into_iter()
         .map(|o| (o, 0))
         .collect();
+        // Counted per origin name first, then labelled: one label lookup per name, not
+        // per block (this runs under the engine lock, with up to MAX_BLOCKS blocks).
+        let mut by_name: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
         for b in self.blocks.values() {
             let o = b.origin.as_deref().unwrap_or(sentry_proto::ORIGIN_SENSOR);
-            *active.entry(self.stats.origin_label(o)).or_default() += 1;
+            *by_name.entry(o).or_default() += 1;
+        }
+        for (o, n) in by_name {
+            *active.entry(self.stats.origin_label(o)).or_default() += n;
         }
         crate::metrics::Snapshot {
             counters: self.counters.clone(),
