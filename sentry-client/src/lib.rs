@@ -8,7 +8,8 @@
 //! * [`check`] — `check-config` and the command-line values the enforcer checks too.
 //! * [`ignorefile`] — `sentryctl ignore`: edits IGNORE_FILE, keeping every line of the
 //!   administrator's byte for byte; fuzzed in `fuzz/`.
-//! * [`expo`] — the Prometheus text writer and the atomic textfile writer.
+//! * [`expo`] — the Prometheus text writer and the atomic textfile writer; [`procstat`]
+//!   — the standard `process_*` families from `/proc/self`.
 //!
 //! The command line (clap) is the `sentryctl` crate's, never this library's: the
 //! enforcer links this library, and every dependency of the root process is attack
@@ -20,3 +21,4 @@ pub mod client;
 pub mod expo;
 pub mod format;
 pub mod ignorefile;
+pub mod procstat;

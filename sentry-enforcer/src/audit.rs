@@ -162,7 +162,9 @@ pub struct RestoreCounts {
     pub ms: f64,
 }
 
-/// One line of the audit log.
+/// One line of the audit log. Its names are the decision-record schema's
+/// ([`sentry_proto::record`], docs/records.md), which `sentryctl watch --json`, `explain
+/// --json` and `status --json` print too.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct AuditRecord {
     /// RFC 3339 UTC, millisecond resolution.
@@ -214,10 +216,13 @@ pub struct AuditRecord {
     /// When the block ends (ms since the epoch), on records of a block made or restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
-    /// The IPv6 prefix length when the block covers a network (BLOCK_PREFIX6): for the
-    /// decision stream (`sentryctl watch`); the audit log names the address only.
-    #[serde(skip)]
+    /// The IPv6 prefix length when the block covers a network (BLOCK_PREFIX6): `source`
+    /// is then the network's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<u8>,
+    /// [`sentry_proto::RECORD_SCHEMA`]; last, so that a line still starts as it did
+    /// before the field existed (for line-oriented matchers anchored at `{"time":`).
+    pub schema: u32,
 }
 
 /// An optional field in its `Display` form, the names of [`Protocol::as_str`] and its
@@ -246,6 +251,7 @@ impl AuditRecord {
         peer: Option<Peer>,
     ) -> Self {
         Self {
+            schema: sentry_proto::RECORD_SCHEMA,
             time: policy::logfmt::format_utc(time.ms().0),
             time_us: time.0,
             source: None,
@@ -516,7 +522,8 @@ mod tests {
 
     #[test]
     fn ordinary_records_have_no_summary_fields() {
-        // Byte for byte what records looked like before the summary fields existed.
+        // Byte for byte what records looked like before the summary fields existed, plus
+        // the schema version at the end.
         let r = AuditRecord::event(
             WallMs(1),
             RecordKind::Expired,
@@ -528,7 +535,7 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             "{\"time\":\"1970-01-01T00:00:00.001Z\",\"time_us\":1000,\"source\":\"192.0.2.1\",\
              \"protocol\":null,\"port\":null,\"scan\":null,\"mode\":null,\"decision\":\"expired\",\
-             \"reason\":\"x\",\"peer\":{\"uid\":1,\"pid\":2},\"actions\":[]}"
+             \"reason\":\"x\",\"peer\":{\"uid\":1,\"pid\":2},\"actions\":[],\"schema\":1}"
         );
     }
 

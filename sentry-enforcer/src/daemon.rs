@@ -906,7 +906,7 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
             (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
             (true, ControlRequest::Metrics) => {
                 let snap = sh.engine().metrics_snapshot();
-                ControlResponse::Metrics(crate::metrics::render(&snap))
+                ControlResponse::Metrics(crate::metrics::render_live(snap))
             }
             (
                 true,
@@ -1266,7 +1266,7 @@ fn expiry_loop(sh: Arc<Shared>) {
         tick += 1;
         if let (Some(dir), 0) = (&metrics_dir, tick % METRICS_EVERY_S) {
             let snap = sh.engine().metrics_snapshot();
-            let text = crate::metrics::render(&snap);
+            let text = crate::metrics::render_live(snap);
             match crate::metrics::write_textfile(dir, crate::metrics::TEXTFILE, &text) {
                 Ok(()) => last_metrics_error = None,
                 Err(e) => {
@@ -1275,7 +1275,7 @@ fn expiry_loop(sh: Arc<Shared>) {
                         dir.display()
                     );
                     // Counted every time, logged when it starts or changes.
-                    sh.engine().count_error();
+                    sh.engine().count_error(crate::metrics::ErrorKind::Metrics);
                     if last_metrics_error.as_deref() != Some(why.as_str()) {
                         sh.log.err(&why);
                         last_metrics_error = Some(why);
@@ -1374,7 +1374,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
             }
             Ok(_) => {}
             Err(err) => {
-                e.error(format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
+                e.error(crate::metrics::ErrorKind::Netlink, format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
                 return;
             }
         }

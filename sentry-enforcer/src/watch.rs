@@ -301,4 +301,44 @@ mod tests {
         assert_eq!(h.publish(&rec("4")), 0);
         assert_eq!(h.clients(), 0);
     }
+
+    /// One schema: every field of a watch record (but its stream number) is in the
+    /// audit record it came from, under the same name and with the same value.
+    #[test]
+    fn watch_json_is_the_audit_logs_record() {
+        let mut r = rec("blocked for 600s");
+        r.source = Some("2001:db8::".parse().unwrap());
+        r.prefix = Some(64);
+        r.protocol = Some(sentry_proto::Protocol::Tcp);
+        r.port = Some(23);
+        r.scan = Some(sentry_proto::ScanKind::Oddball { flags: 3 });
+        r.mode = Some(sentry_proto::Mode::Atcp);
+        r.origin = Some("sensor".into());
+        r.distinct_ports = Some(9);
+        r.handshake = Some(false);
+        r.expires_ms = Some(1_700_000_600_000);
+        let summary = AuditRecord::summary(
+            WallMs(1_700_000_000_000).us(),
+            &crate::budget::Summary {
+                decision: Decision::Ignored,
+                suppressed: 5,
+                first_us: 1,
+                last_us: 2,
+                sample: vec!["192.0.2.1".parse().unwrap()],
+            },
+            10,
+        );
+        let event = AuditRecord::event(WallMs(5), RecordKind::Expired, "x".into(), None);
+        for a in [r, summary, event] {
+            let audit = serde_json::to_value(&a).unwrap();
+            let watch = serde_json::to_value(to_watch(3, &a)).unwrap();
+            assert_eq!(audit["schema"], sentry_proto::RECORD_SCHEMA);
+            for (k, v) in watch.as_object().unwrap() {
+                if k == "seq" {
+                    continue;
+                }
+                assert_eq!(&audit[k], v, "{k}: audit {audit} watch {watch}");
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@
 pub mod duration;
 mod frame;
 mod msg;
+pub mod record;
 
 pub use duration::{format_go_duration, parse_go_duration, DurationError};
 pub use frame::{
@@ -21,6 +22,7 @@ pub use frame::{
     HEADER_LEN,
 };
 pub use msg::*;
+pub use record::{RECORD_SCHEMA, SCAN_KINDS};
 
 /// Protocol version spoken by this build. A peer with any other version is refused.
 /// 2: `EnforcerFrame::Unblocked`; 3: `EnforcerFrame::Capture` (the NFLOG descriptor

@@ -456,8 +456,14 @@ pub struct EvidenceInfo {
     pub handshake: bool,
 }
 
-/// One record of the decision stream: what the audit log got, typed.
+/// One record of the decision stream: what the audit log got, typed. Its JSON is the
+/// decision-record schema ([`crate::record`]): `kind` is written as `decision`, the
+/// evidence flat, with `"schema": 1`.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(
+    into = "crate::record::RecordJson",
+    try_from = "crate::record::RecordJson"
+)]
 pub struct WatchRecord {
     pub seq: u64,
     pub time_us: u64,
@@ -529,8 +535,13 @@ pub struct Counters {
     pub watch_dropped: u64,
 }
 
-/// One recent decision, for `sentryctl status`.
+/// One recent decision, for `sentryctl status`. Its JSON has the decision-record
+/// schema's names ([`crate::record`]): `time_us`, `decision`, `"schema": 1`.
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(
+    into = "crate::record::RecentJson",
+    try_from = "crate::record::RecentJson"
+)]
 pub struct RecentDecision {
     pub time_ms: u64,
     pub source: Option<IpAddr>,
@@ -560,6 +571,8 @@ pub struct BlockEntry {
     pub protocol: Protocol,
     pub port: u16,
     pub mode: Mode,
+    /// By its [`ScanKind::as_str`] name in JSON, as in the decision records.
+    #[serde(with = "crate::record::scan_name")]
     pub scan: ScanKind,
     pub since_ms: u64,
     /// `None` for a permanent block.

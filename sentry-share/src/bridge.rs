@@ -669,9 +669,20 @@ pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
     }
 }
 
-/// The bridge's own metrics (Prometheus text format).
+/// The bridge's own metrics (Prometheus text format), with its build and the standard
+/// `process_*` families (read from /proc/self now; the stats are a copy, no lock held).
 pub fn render_metrics(s: &Stats) -> String {
     let mut e = sentry_client::expo::Expo::default();
+    e.family(
+        "sentry_share_build_info",
+        "gauge",
+        "The running build: always 1, its version as a label.",
+    )
+    .sample(
+        "sentry_share_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
     e.single(
         "sentry_share_alerts_pushed_total",
         "counter",
@@ -784,6 +795,7 @@ pub fn render_metrics(s: &Stats) -> String {
         "Fleet decisions deleted after sentryctl unblock (DELETE_ON_UNBLOCK).",
         s.deleted_on_unblock,
     );
+    sentry_client::procstat::render(&mut e, &sentry_client::procstat::read_self());
     e.finish()
 }
 
@@ -969,5 +981,17 @@ mod tests {
         assert!(t.contains("sentry_share_alerts_pushed_total 3\n"));
         assert!(t.contains("sentry_share_push_failures_total{kind=\"unreachable\"} 2\n"));
         assert!(t.contains("sentry_share_queue_depth 0\n"));
+        assert!(t.contains(&format!(
+            "sentry_share_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(
+            t.contains("# TYPE process_resident_memory_bytes gauge\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE process_cpu_seconds_total counter\n"),
+            "{t}"
+        );
     }
 }

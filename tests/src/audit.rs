@@ -125,6 +125,11 @@ pub struct AuditLine {
     /// Only on the one summary record of a start-up restore.
     #[serde(default)]
     pub restore: Option<RestoreCounts>,
+    /// The prefix length when the block covers an IPv6 network (BLOCK_PREFIX6).
+    #[serde(default)]
+    pub prefix: Option<u8>,
+    /// The decision-record schema (docs/records.md); every record has it.
+    pub schema: u32,
 }
 
 /// The counts of a start-up restore, as the enforcer writes them.
@@ -184,7 +189,7 @@ pub fn read_audit(path: &Path) -> Vec<AuditLine> {
 mod tests {
     use super::*;
 
-    const BLOCK: &str = r#"{"time":"2026-01-01T00:00:00.001Z","time_us":1000,"source":"192.0.2.1","protocol":"tcp","port":22,"scan":"syn","mode":"stcp","decision":"blocked","reason":"r","peer":{"uid":0,"pid":7},"actions":[{"action":"nftables","status":"ok","ms":0.5},{"action":"kill_route","argv":["/bin/true"],"status":"error","exit_code":1,"ms":1.0}]}"#;
+    const BLOCK: &str = r#"{"time":"2026-01-01T00:00:00.001Z","time_us":1000,"source":"192.0.2.1","protocol":"tcp","port":22,"scan":"syn","mode":"stcp","decision":"blocked","reason":"r","peer":{"uid":0,"pid":7},"actions":[{"action":"nftables","status":"ok","ms":0.5},{"action":"kill_route","argv":["/bin/true"],"status":"error","exit_code":1,"ms":1.0}],"schema":1}"#;
 
     #[test]
     fn a_block_record_parses_into_types() {

@@ -212,6 +212,17 @@ fn decisions_end_to_end() {
     assert_eq!(st["sensor"]["stats"]["packets"], 42);
     assert_eq!(st["config_path"], env.conf.display().to_string());
     assert!(!st["recent"].as_array().unwrap().is_empty());
+    // Recent decisions use the decision-record schema's names (docs/records.md), as the
+    // audit log does.
+    let last = st["recent"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["schema"], 1, "{last}");
+    assert_eq!(last["decision"], "blocked", "{last}");
+    assert_eq!(last["source"], "192.0.2.13", "{last}");
+    assert!(
+        last["time_us"].as_u64().unwrap() > 1_600_000_000_000_000,
+        "{last}"
+    );
+    assert!(last.get("time_ms").is_none(), "{last}");
     let text = env.sentryctl(&["status"]);
     assert!(text.stdout.contains("sensor:   connected: fake-sensor"));
 

@@ -357,6 +357,18 @@ fn the_fleet_cannot_block_a_gateway_and_forged_probes_stay_local() {
     );
     assert!(fleet_record(&b, forged, AuditDecision::Blocked).is_none());
 
+    // B's fleet requests by the bridge's origin name, not lumped as "control" (live: the
+    // textfile is up to 5 s behind).
+    let live = b.sentryctl(&["metrics"]).stdout;
+    assert!(
+        live.contains("sentry_requests_total{origin=\"crowdsec\"} ")
+            && live.contains(
+                "sentry_blocks_total{origin=\"crowdsec\",scan=\"none\",protocol=\"none\"} 1\n"
+            )
+            && !live.contains("origin=\"control\""),
+        "{live}"
+    );
+
     // The textfiles: the enforcer's (METRICS_DIR) and the bridge's.
     let promtool = promtool();
     if promtool.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -381,6 +393,16 @@ fn the_fleet_cannot_block_a_gateway_and_forged_probes_stay_local() {
             !text.contains("10.203."),
             "no address in the metrics: {text}"
         );
+        // The build and the process_* families in both files.
+        let share = std::fs::read_to_string(&share_file).unwrap();
+        for (t, want) in [
+            (&text, "sentry_build_info{version="),
+            (&text, "process_resident_memory_bytes "),
+            (&share, "sentry_share_build_info{version="),
+            (&share, "process_resident_memory_bytes "),
+        ] {
+            assert!(t.contains(want), "{want}: {t}");
+        }
         let Some(p) = &promtool else {
             println!("SKIPPED (promtool not unpacked; run make test-deps): promtool check");
             continue;
@@ -524,10 +546,12 @@ fn control_socket_watch_block_and_metrics() {
         sentry_proto::Decision::Blocked
     );
     let r = w.record_for("192.0.2.10");
-    assert_eq!(r["kind"], "blocked");
+    // The decision-record schema (docs/records.md): the audit log's names.
+    assert_eq!(r["schema"], 1, "{r}");
+    assert_eq!(r["decision"], "blocked");
     assert_eq!(r["origin"], "sensor");
-    assert_eq!(r["evidence"]["distinct_ports"], 3);
-    assert_eq!(r["evidence"]["handshake"], false);
+    assert_eq!(r["distinct_ports"], 3);
+    assert_eq!(r["handshake"], false);
     assert_eq!(r["scan"], "syn");
     let cursor_after_first = r["cursor"].as_str().expect("cursor").to_string();
 
@@ -550,14 +574,14 @@ fn control_socket_watch_block_and_metrics() {
     assert!(s.nft_has("192.0.2.11".parse().unwrap()));
     let r = w.record_for("192.0.2.11");
     assert_eq!(
-        (r["kind"].as_str(), r["origin"].as_str()),
+        (r["decision"].as_str(), r["origin"].as_str()),
         (Some("blocked"), Some("ops"))
     );
     let exp = r["expires_ms"].as_u64().expect("expires");
     let now = sentry_tests::now_ms();
     assert!(exp > now + 5_300_000 && exp <= now + 5_400_000, "{r}");
     assert!(
-        r["evidence"].is_null(),
+        r.get("distinct_ports").is_none() && r.get("handshake").is_none(),
         "a control block carries no sensor evidence: {r}"
     );
     let out = s.sentryctl(&["block", "198.51.100.7"]);
@@ -565,7 +589,7 @@ fn control_socket_watch_block_and_metrics() {
     assert!(out.stdout.contains("ignored"), "{out}");
     let r = w.record_for("198.51.100.7");
     assert_eq!(
-        (r["kind"].as_str(), r["origin"].as_str()),
+        (r["decision"].as_str(), r["origin"].as_str()),
         (Some("ignored"), Some("manual"))
     );
     let audit = s.audit_for("192.0.2.11".parse().unwrap(), AuditDecision::Blocked);
@@ -645,15 +669,19 @@ fn control_socket_watch_block_and_metrics() {
     while let Ok(l) = w.lines.recv_timeout(Duration::from_secs(2)) {
         last = serde_json::from_str(&l).unwrap();
     }
-    assert_eq!(last["kind"], "ignored", "{last}");
+    assert_eq!(last["decision"], "ignored", "{last}");
     let m = s.sentryctl(&["metrics"]);
     assert!(m.success(), "{m}");
     for family in [
         "# TYPE sentry_decisions_total counter",
         "sentry_decisions_total{decision=\"ignored\"} 4001",
-        "sentry_requests_total{origin=\"control\"} 2",
-        "sentry_active_blocks{origin=\"control\"} 1",
-        "sentry_active_blocks{origin=\"sensor\"} 1",
+        // Control requests by origin name: `block --origin ops` and root's own
+        // (`manual`), not lumped as "control".
+        "sentry_requests_total{origin=\"ops\"} 1\n",
+        "sentry_requests_total{origin=\"manual\"} 1\n",
+        "sentry_active_blocks{origin=\"ops\"} 1\n",
+        "sentry_active_blocks{origin=\"sensor\"} 1\n",
+        "sentry_blocks_total{origin=\"ops\",scan=\"none\",protocol=\"none\"} 1\n",
     ] {
         assert!(m.stdout.contains(family), "{family}\n{}", m.stdout);
     }

@@ -152,9 +152,9 @@ fn explain_names_the_block_and_why_not() {
     assert!(e["since_ms"].as_u64().is_some(), "{x}");
     let decisions = x["decisions"].as_array().expect("decisions");
     assert!(
-        decisions
-            .iter()
-            .any(|d| d["kind"] == "blocked" && d["source"] == SCANNER.to_string()),
+        decisions.iter().any(|d| d["decision"] == "blocked"
+            && d["source"] == SCANNER.to_string()
+            && d["schema"] == 1),
         "{x}"
     );
     let out = s.sentryctl(&["explain", &SCANNER.to_string()]);

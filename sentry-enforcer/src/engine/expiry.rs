@@ -8,6 +8,7 @@ use super::Engine;
 use crate::action::{self, Op, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Peer, RecordKind};
 use crate::error::EnforcerError;
+use crate::metrics::ErrorKind;
 use crate::time::WallMs;
 
 impl Engine {
@@ -68,7 +69,7 @@ impl Engine {
         if let Err(e) = self.store.del(addr, &self.blocks) {
             self.persist_error(&format!("removal of {addr}"), &e);
         }
-        self.counters.errors += errors.len() as u64;
+        self.count_errors(ErrorKind::Action, errors.len() as u64);
         let mut rec = AuditRecord::event(now, kind, reason.to_string(), peer);
         rec.set_block(&b);
         rec.actions = actions;
@@ -183,7 +184,10 @@ impl Engine {
         match AuditLog::open(&self.cfg.audit_log) {
             Ok(a) => self.audit = a,
             Err(e) => {
-                self.error(format!("cannot reopen audit log (old one kept): {e}"));
+                self.error(
+                    ErrorKind::Audit,
+                    format!("cannot reopen audit log (old one kept): {e}"),
+                );
             }
         }
         self.ignore = self.cfg.load_ignore()?;

@@ -112,7 +112,11 @@ impl Engine {
 
     /// The ignore-list reload of SIGHUP, answered: entries now in use and blocks lifted.
     pub fn reload(&mut self, now: WallMs) -> Result<(u64, u64), EnforcerError> {
-        let lifted = self.reload_ignore(now)?;
+        let r = self.reload_ignore(now);
+        // For sentry_config_last_reload_successful: a list that does not load keeps the
+        // old one, which nothing else would tell an alert about.
+        self.note_reload(r.is_ok(), now);
+        let lifted = r?;
         Ok((self.ignore.len() as u64, lifted as u64))
     }
 }
@@ -279,5 +283,50 @@ mod tests {
         std::fs::write(dir.path().join("ignore"), "bogus\n").unwrap();
         assert!(e.reload(WallMs::now()).is_err());
         assert!(e.explain(ip("192.0.2.9")).ignored, "the old list is kept");
+    }
+
+    /// The metrics follow the engine: a sensor block's latency, blocks by origin name, a
+    /// failed reload (and the next good one), and errors by kind adding up to the total.
+    #[test]
+    fn the_metrics_see_origins_latency_reloads_and_error_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(&dir);
+        assert_eq!(scan(&mut e, 1, "192.0.2.9"), Decision::Blocked);
+        let ctl = ControlBlock {
+            origin: "crowdsec".into(),
+            duration: None,
+        };
+        let (d, ..) = e.decide_control(ip("203.0.113.4"), &ctl, PEER, WallUs::now());
+        assert_eq!(d, Decision::Blocked);
+        std::fs::write(dir.path().join("ignore"), "not an address\n").unwrap();
+        assert!(e.reload(WallMs::now()).is_err());
+        let t = crate::metrics::render(&e.metrics_snapshot());
+        for want in [
+            "sentry_block_latency_seconds_count 1\n",
+            "sentry_block_latency_clock_skew_total 0\n",
+            "sentry_blocks_total{origin=\"sensor\",scan=\"syn\",protocol=\"tcp\"} 1\n",
+            "sentry_blocks_total{origin=\"crowdsec\",scan=\"none\",protocol=\"none\"} 1\n",
+            "sentry_requests_total{origin=\"crowdsec\"} 1\n",
+            "sentry_active_blocks{origin=\"crowdsec\"} 1\n",
+            "sentry_active_blocks{origin=\"sensor\"} 1\n",
+            "sentry_active_blocks{origin=\"manual\"} 0\n",
+            "sentry_config_last_reload_successful 0\n",
+            "sentry_errors_total{kind=\"config\"} 1\n",
+        ] {
+            assert!(t.contains(want), "{want}: {t}");
+        }
+        let by_kind: u64 = t
+            .lines()
+            .filter(|l| l.starts_with("sentry_errors_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(by_kind, e.counters().errors);
+        std::fs::write(dir.path().join("ignore"), "198.51.100.0/24\n").unwrap();
+        assert!(e.reload(WallMs::now()).is_ok());
+        let t = crate::metrics::render(&e.metrics_snapshot());
+        assert!(
+            t.contains("sentry_config_last_reload_successful 1\n"),
+            "{t}"
+        );
     }
 }

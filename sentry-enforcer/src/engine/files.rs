@@ -7,13 +7,17 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Engine;
+use crate::metrics::ErrorKind;
 use crate::store::{write_atomic, BlockRecord};
 
 impl Engine {
     pub(super) fn append_text(&mut self, path: Option<PathBuf>, line: &str) {
         let Some(path) = path else { return };
         if let Err(e) = append_line(&path, line) {
-            self.error(format!("cannot write {}: {e}", path.display()));
+            self.error(
+                ErrorKind::Persist,
+                format!("cannot write {}: {e}", path.display()),
+            );
         }
     }
 
@@ -34,7 +38,10 @@ impl Engine {
             text.push('\n');
         }
         if let Err(e) = write_atomic(&path, text.as_bytes(), 0o600) {
-            self.error(format!("cannot write {}: {e}", path.display()));
+            self.error(
+                ErrorKind::Persist,
+                format!("cannot write {}: {e}", path.display()),
+            );
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, Rec
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
 use crate::judge::{self, block_key_for, Evidence, Facts, Verdict};
+use crate::metrics::{ErrorKind, Stats};
 use crate::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
@@ -126,6 +127,11 @@ pub struct Engine {
     /// AUDIT_RATE: records and log lines of no-change decisions per second.
     budget: AuditBudget,
     counters: Counters,
+    /// What only the metrics show (errors by kind, origins, latency, reloads).
+    stats: Stats,
+    /// When the block being made took effect (its first blocking action), for the
+    /// probe-to-block latency ([`Engine::decide`] takes it).
+    effect_at: Option<WallUs>,
     recent: VecDeque<RecentDecision>,
     started: Instant,
     /// Addresses whose block ended since the daemon last asked ([`Engine::take_lifted`]),
@@ -226,6 +232,8 @@ impl Engine {
             fleet_rate: rate::RateWindow::default(),
             budget,
             counters: Counters::default(),
+            stats: Stats::new(WallMs::now().0),
+            effect_at: None,
             recent: VecDeque::new(),
             started: Instant::now(),
             lifted: Vec::new(),
@@ -285,10 +293,13 @@ impl Engine {
 
     fn write_audit(&mut self, rec: &AuditRecord) {
         if let Err(e) = self.audit.write(rec) {
-            self.error(format!(
-                "cannot write audit log {}: {e}",
-                self.audit.path().display()
-            ));
+            self.error(
+                ErrorKind::Audit,
+                format!(
+                    "cannot write audit log {}: {e}",
+                    self.audit.path().display()
+                ),
+            );
         }
         // The same record, to the decision stream; never blocks (a slow client is
         // dropped instead).
@@ -302,29 +313,63 @@ impl Engine {
         }
     }
 
-    /// A snapshot for the Prometheus exposition.
-    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+    /// A snapshot for the Prometheus exposition (`&mut`: an origin seen for the first
+    /// time, a restored block's, takes its label here).
+    pub fn metrics_snapshot(&mut self) -> crate::metrics::Snapshot {
+        let mut active: std::collections::BTreeMap<String, u64> = [
+            sentry_proto::ORIGIN_SENSOR.to_string(),
+            judge::MANUAL_ORIGIN.to_string(),
+        ]
+        .into_iter()
+        .map(|o| (o, 0))
+        .collect();
+        // Counted per origin name first, then labelled: one label lookup per name, not
+        // per block (this runs under the engine lock, with up to MAX_BLOCKS blocks).
+        let mut by_name: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for b in self.blocks.values() {
+            let o = b.origin.as_deref().unwrap_or(sentry_proto::ORIGIN_SENSOR);
+            *by_name.entry(o).or_default() += 1;
+        }
+        for (o, n) in by_name {
+            *active.entry(self.stats.origin_label(o)).or_default() += n;
+        }
         crate::metrics::Snapshot {
             counters: self.counters.clone(),
-            active_blocks: self.blocks.len() as u64,
-            fleet_blocks: self.blocks.values().filter(|b| b.origin.is_some()).count() as u64,
+            stats: self.stats.clone(),
+            active_by_origin: active.into_iter().collect(),
             max_blocks: u64::from(self.cfg.max_blocks),
             sensor: self.sensor.clone(),
             watch_clients: self.watch.clients() as u64,
             start_time_s: self.watch.run() / 1_000_000,
+            process: None,
         }
+    }
+
+    /// Count `n` errors of `kind`: in the status page's total and the metrics' breakdown.
+    pub fn count_errors(&mut self, kind: ErrorKind, n: u64) {
+        self.counters.errors += n;
+        self.stats.count_error(kind, n);
+    }
+
+    /// The outcome of a reload (SIGHUP, `sentryctl ignore`), for the metrics; a failure
+    /// counts as a `config` error.
+    pub fn note_reload(&mut self, ok: bool, now: WallMs) {
+        if !ok {
+            self.counters.errors += 1;
+        }
+        self.stats.reloaded(ok, now.0);
     }
 
     /// Count and log an error (`adminalert: ERROR: ...`); the work goes on without what
     /// failed.
-    pub fn error(&mut self, what: String) {
-        self.counters.errors += 1;
+    pub fn error(&mut self, kind: ErrorKind, what: String) {
+        self.count_errors(kind, 1);
         self.log.err(&format!("adminalert: ERROR: {what}"));
     }
 
     /// Count and log a failure to persist, which never stops a decision.
     fn persist_error(&mut self, what: &str, e: &std::io::Error) {
-        self.error(format!("cannot persist {what}: {e}"));
+        self.error(ErrorKind::Persist, format!("cannot persist {what}: {e}"));
     }
 
     /// Write the AUDIT_RATE summaries of a second that is over (one record and one log
@@ -361,20 +406,20 @@ impl Engine {
     }
 
     /// Count an error the daemon logged itself.
-    pub fn count_error(&mut self) {
-        self.counters.errors += 1;
+    pub fn count_error(&mut self, kind: ErrorKind) {
+        self.count_errors(kind, 1);
     }
 
     /// Count a refusal whose audit record was suppressed by the refusal rate limit.
     pub fn count_suppressed_rejection(&mut self) {
         self.counters.rejected += 1;
-        self.counters.errors += 1;
+        self.count_errors(ErrorKind::Refused, 1);
     }
 
     /// Audit and count a refused connection or a malformed / hostile frame.
     pub fn reject(&mut self, now: WallMs, reason: &str, peer: Option<Peer>) {
         self.counters.rejected += 1;
-        self.counters.errors += 1;
+        self.count_errors(ErrorKind::Refused, 1);
         let kind = RecordKind::Decision(Decision::Rejected);
         self.remember(now, None, kind, reason);
         let rec = AuditRecord::event(now, kind, reason.to_string(), peer);
@@ -425,7 +470,7 @@ impl Engine {
         let changed = match self.addr_watch.as_mut().map(AddrWatch::drain) {
             Some(Ok(changed)) => changed,
             Some(Err(e)) => {
-                self.error(format!("address-change socket failed ({e}); this host's addresses are now re-read before every decision"));
+                self.error(ErrorKind::Netlink, format!("address-change socket failed ({e}); this host's addresses are now re-read before every decision"));
                 self.addr_watch = None;
                 true
             }
@@ -486,7 +531,7 @@ impl Engine {
             r.problems.extend(f.problems);
         }
         let entries = r.changed.then(|| (infra.entries(), infra.dropped));
-        self.counters.errors += r.problems.len() as u64;
+        self.count_errors(ErrorKind::Infra, r.problems.len() as u64);
         for p in &r.problems {
             self.log.warn(&format!("adminalert: infrastructure: {p}"));
         }
@@ -522,6 +567,9 @@ impl Engine {
     }
 
     fn count(&mut self, d: Decision) {
+        if d == Decision::Failed {
+            self.count_errors(ErrorKind::Action, 1);
+        }
         let c = &mut self.counters;
         match d {
             Decision::Blocked => c.blocked += 1,
@@ -533,10 +581,7 @@ impl Engine {
             Decision::RateLimited => c.rate_limited += 1,
             Decision::Capped => c.capped += 1,
             Decision::Rejected => c.rejected += 1,
-            Decision::Failed => {
-                c.failed += 1;
-                c.errors += 1;
-            }
+            Decision::Failed => c.failed += 1,
         }
     }
 
@@ -662,8 +707,16 @@ impl Engine {
         self.counters.requests += 1;
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
+        self.effect_at = None;
         let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec, None);
         let d = self.conclude(rec, decision, reason, line, req.source, now);
+        // Probe to block, for blocks the sensor asked for (a kernel hit judged late is
+        // late by design).
+        if let (Decision::Blocked, Some(at)) = (d, self.effect_at.take()) {
+            if peer != tripwire::KERNEL_PEER {
+                self.stats.observe_block_latency(req.last_seen_ms, at.0);
+            }
+        }
         self.settle_kernel_hit(req.source, d);
         if d == Decision::AlreadyBlocked {
             self.grow_evidence(req, now);
@@ -744,6 +797,9 @@ impl Engine {
         now: WallUs,
     ) -> Decision {
         self.count(decision);
+        let probe = rec.scan.zip(rec.protocol);
+        self.stats
+            .count_request(rec.origin.as_deref(), probe, decision == Decision::Blocked);
         rec.decision = decision.into();
         rec.reason = reason;
         self.remember(now.ms(), Some(source), decision.into(), &rec.reason);
@@ -888,6 +944,9 @@ impl Engine {
             let a = self
                 .exec
                 .run(&self.cfg, &Action::Nft(action::Op::Add), &subj);
+            if a.ok() {
+                self.effect_at = Some(WallUs::now());
+            }
             action::record_effect(&mut block, &Action::Nft(action::Op::Add), a.ok());
             actions.push(a);
         }
@@ -909,6 +968,10 @@ impl Engine {
         for act in action::block_plan(&self.cfg, backends, &subj, nft_first) {
             let a = self.exec.run(&self.cfg, &act, &subj);
             action::record_effect(&mut block, &act, a.ok());
+            let blocks_traffic = !matches!(act, Action::Command(Command::KillRunCmd));
+            if a.ok() && blocks_traffic && self.effect_at.is_none() {
+                self.effect_at = Some(WallUs::now());
+            }
             actions.push(a);
         }
         for a in &actions {
@@ -954,7 +1017,7 @@ impl Engine {
         // Blocked when any block took effect; each failed action stays in the record with
         // its error (and counts in `errors`).
         if failed {
-            self.counters.errors += n_failed as u64;
+            self.count_errors(ErrorKind::Action, n_failed as u64);
             notes.push(format!(
                 "{n_failed} of {n_all} actions failed, the others took effect"
             ));

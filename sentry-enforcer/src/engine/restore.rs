@@ -13,6 +13,7 @@ use super::Engine;
 use crate::action::{self, Action, Command, Op, Subject};
 use crate::audit::{ActionKind, ActionRecord, AuditRecord, RecordKind, RestoreCounts};
 use crate::error::EnforcerError;
+use crate::metrics::ErrorKind;
 use crate::netlink::SetElem;
 use crate::store::BlockRecord;
 use crate::table;
@@ -104,7 +105,7 @@ impl Engine {
                 )
             }
             Err(e) => {
-                self.counters.errors += 1;
+                self.count_errors(ErrorKind::Netlink, 1);
                 (
                     format!(
                         "table inet {} {who}; rebuild failed: {e}",
@@ -224,7 +225,7 @@ impl Engine {
             }
             let failed = actions.iter().filter(|a| !a.ok()).count();
             self.counters.restored += 1;
-            self.counters.errors += failed as u64;
+            self.count_errors(ErrorKind::Action, failed as u64);
             let mut rec = AuditRecord::event(
                 now,
                 RecordKind::Restored,
@@ -288,9 +289,12 @@ impl Engine {
         let missing: Vec<IpAddr> = match &first {
             Ok(set) => keep.iter().filter(|a| !set.contains(a)).copied().collect(),
             Err(e) => {
-                self.error(format!(
+                self.error(
+                    ErrorKind::Netlink,
+                    format!(
                     "cannot read the nftables sets back ({e}); adding every restored element again"
-                ));
+                ),
+                );
                 keep.to_vec()
             }
         };
@@ -321,7 +325,7 @@ impl Engine {
             }
             Err(e) => {
                 // Not verifiable: only a re-add that fully succeeded counts as present.
-                self.counters.errors += 1;
+                self.count_errors(ErrorKind::Netlink, 1);
                 let e = format!("cannot read the sets back: {e}");
                 let still = if added.is_ok() {
                     HashSet::new()
@@ -355,10 +359,13 @@ impl Engine {
         let current = match given.or_else(read) {
             Some(id) => id,
             None => {
-                self.error(format!(
+                self.error(
+                    ErrorKind::Other,
+                    format!(
                     "cannot read the boot id from {}; KILL_ROUTE is not re-run for restored blocks",
                     self.opts.boot_id_path.display()
-                ));
+                ),
+                );
                 return false;
             }
         };

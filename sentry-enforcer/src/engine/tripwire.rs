@@ -12,6 +12,7 @@ use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 
 use super::Engine;
 use crate::audit::Peer;
+use crate::metrics::ErrorKind;
 use crate::netlink::DumpElem;
 use crate::table::{Tripwire, HIT_V4, HIT_V6};
 use crate::time::WallUs;
@@ -128,7 +129,7 @@ impl Engine {
             return;
         }
         if let Err(e) = self.exec.nft_forget(&self.cfg, HIT_V4, HIT_V6, source) {
-            self.error(format!("cannot take back the kernel's first-hit block of {source} ({e}); it runs out by itself"));
+            self.error(ErrorKind::KernelHit, format!("cannot take back the kernel's first-hit block of {source} ({e}); it runs out by itself"));
         }
     }
 
@@ -147,15 +148,16 @@ impl Engine {
                     IpAddr::V4(_) => false,
                 })),
                 Err(e) => {
-                    self.error(format!(
-                        "cannot read the kernel's first-hit map {HIT_V6}: {e}"
-                    ));
+                    self.error(
+                        ErrorKind::KernelHit,
+                        format!("cannot read the kernel's first-hit map {HIT_V6}: {e}"),
+                    );
                 }
             }
         }
         for a in gone {
             if let Err(e) = self.exec.nft_forget(&self.cfg, HIT_V4, HIT_V6, a) {
-                self.error(format!("cannot delete the kernel's first-hit element of {a} ({e}); it runs out by itself"));
+                self.error(ErrorKind::KernelHit, format!("cannot delete the kernel's first-hit element of {a} ({e}); it runs out by itself"));
             }
         }
     }
@@ -174,14 +176,20 @@ impl Engine {
             match self.exec.nft_map_elements(&self.cfg, map, limit) {
                 Ok(v) => elems.extend(v),
                 Err(e) => {
-                    self.error(format!("cannot read the kernel's first-hit map {map}: {e}"));
+                    self.error(
+                        ErrorKind::KernelHit,
+                        format!("cannot read the kernel's first-hit map {map}: {e}"),
+                    );
                 }
             }
         }
         let mut decided = 0;
         for e in &elems {
             let Some(h) = parse_hit(e, t.timeout) else {
-                self.error(format!("unreadable first-hit element for {}", e.addr));
+                self.error(
+                    ErrorKind::KernelHit,
+                    format!("unreadable first-hit element for {}", e.addr),
+                );
                 continue;
             };
             let target = self.block_target(h.source).0;
@@ -213,10 +221,10 @@ impl Engine {
             let checked = match crate::session::check_request(req, modes, now.ms()) {
                 Ok(c) => c,
                 Err((_, why)) => {
-                    self.error(format!(
-                        "kernel first hit from {} not auditable: {why}",
-                        h.source
-                    ));
+                    self.error(
+                        ErrorKind::KernelHit,
+                        format!("kernel first hit from {} not auditable: {why}", h.source),
+                    );
                     continue;
                 }
             };
