@@ -108,7 +108,17 @@ fn assert_blocked_unanswered(s: &Sentry, what: &str) {
         || s.diag(),
     );
     let n = answers(s);
-    eprintln!("{what}: the real scanner got {n} answers");
+    // How many of its probes it took: the ports of the request that blocked it (1: the
+    // kernel's first hit; 2: the sensor's second report, after forgers spent a share).
+    let probes = s
+        .audit_for(SCANNER, AuditDecision::Blocked)
+        .first()
+        .and_then(|r| r.distinct_ports)
+        .unwrap_or(0);
+    eprintln!(
+        "FIGURE {what}: the real scanner got {n} answers, blocked on its probe #{probes}; {} blocks in all",
+        s.counter("blocked")
+    );
     assert!(
         n <= MAX_ANSWERED,
         "{what}: {n} answers to the real scanner\n{}",
