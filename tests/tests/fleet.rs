@@ -705,7 +705,7 @@ fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
             22,
             sensor.next_seq(),
         )
-        .distinct_ports(12)
+        .distinct_ports(25)
         .build();
         assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
     }
@@ -750,7 +750,7 @@ fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
         22,
         sensor.next_seq(),
     )
-    .distinct_ports(12)
+    .distinct_ports(25)
     .build();
     assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
     wait_until(
