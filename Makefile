@@ -142,6 +142,15 @@ install-conf:
 	@[ -e $(DESTDIR)/etc/hosts.deny ] || install -m 0644 /dev/null $(DESTDIR)/etc/hosts.deny
 	install -d $(DESTDIR)/etc/logrotate.d
 	install -m 0644 sentry-enforcer/dist/sentry.logrotate $(DESTDIR)/etc/logrotate.d/sentry
+	@# fail2ban's [portsentry] jail (Debian) reads PortSentry's history file: point it
+	@# at this configuration's HISTORY_FILE (only where fail2ban is; never overwritten).
+	@f=$(DESTDIR)/etc/fail2ban/jail.d/sentry.conf; \
+	if [ -d $(DESTDIR)/etc/fail2ban/jail.d ] && [ ! -e $$f ]; then \
+	    hist=$$(sed -n 's/^[[:space:]]*HISTORY_FILE[[:space:]]*=[[:space:]]*"\{0,1\}\([^"#[:space:]]*\).*/\1/p' \
+	        $(DESTDIR)$(CONFDIR)/sentry.conf | tail -n 1); \
+	    if [ -n "$$hist" ]; then \
+	        sed "s|^logpath = .*|logpath = $$hist|" sentry-enforcer/dist/fail2ban-sentry.conf > $$f && \
+	        chmod 0644 $$f && echo "fail2ban: $$f sets the [portsentry] jail's logpath to $$hist"; fi; fi
 
 # Set up and run, on a fresh Debian machine, with or without systemd as PID 1.
 run: deps install

@@ -29,10 +29,11 @@ Options:
   --syslog-socket P   syslog socket to use instead of /dev/log
   --help, --version
 
-Privileges: start as root with --user, or as an unprivileged user holding CAP_NET_RAW
-(and CAP_NET_BIND_SERVICE when a basic mode binds ports below 1024) as ambient
-capabilities. All capabilities are dropped once the sockets are open; the sensor never
-keeps running as uid 0.
+Privileges: none. Start it as an unprivileged user (systemd User=sentry), or as root
+with --user. Stealth and advanced modes read the NFLOG socket sentry-enforcer binds and
+hands over on enforcer.sock; only a basic mode binding ports below 1024 needs
+CAP_NET_BIND_SERVICE (ambient), dropped once the ports are bound. The sensor never keeps
+running as uid 0.
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,10 @@ use sentry_client::client::{Client, WatchEvent};
 use sentry_proto::{ControlRequest, ControlResponse, Decision, WatchRecord, ORIGIN_SENSOR};
 
 use crate::config::Config;
-use crate::lapi::{Lapi, LapiError, Report};
+use crate::lapi::{normal, Lapi, LapiError, Report, SCENARIO};
 use crate::queue::Queue;
+use crate::ratelog::RateLog;
+use crate::state::{FleetState, Held};
 
 /// Alerts sent in one `POST /v1/alerts`.
 pub const BATCH: usize = 50;
@@ -52,9 +55,25 @@ pub struct Shared {
     pub stats: Mutex<Stats>,
     pub queue: Mutex<Option<Queue>>,
     pub wake: Condvar,
-    /// Addresses with an active fleet decision, with the decisions' ids (an address is
-    /// unblocked when its last decision goes).
-    pub active: Mutex<HashMap<IpAddr, HashSet<i64>>>,
+    /// Addresses with an active fleet decision, with the decisions' ids and when each
+    /// ends (ms since the epoch; an address is unblocked when its last decision goes).
+    pub active: Mutex<HashMap<IpAddr, HashMap<i64, u64>>>,
+    /// Decisions lifted here by `sentryctl unblock`, and those that followed this host's
+    /// alerts: kept across restarts (`STATE_DIR/fleet.json`).
+    pub state: Mutex<FleetState>,
+    /// Addresses whose block this bridge lifted itself with an unblock request (so that
+    /// the `unblocked` record it causes is not taken for the administrator's).
+    self_lifted: Mutex<HashMap<IpAddr, Instant>>,
+    /// Addresses `sentryctl unblock` lifted before the first startup poll (their decision
+    /// ids were not known yet): that poll treats their decisions as lifted here.
+    pending_unblocks: Mutex<HashSet<IpAddr>>,
+    /// The first startup poll was applied.
+    pulled_once: AtomicBool,
+    /// The decision stream caught up once (its first heartbeat): the pull waits for it,
+    /// so that unblocks made while the bridge was down are known before it applies the
+    /// fleet's decisions.
+    pub watch_ready: AtomicBool,
+    not_pushed_log: Mutex<RateLog>,
     /// Addresses whose fleet block `sentryctl unblock` lifted (DELETE_ON_UNBLOCK).
     pub to_delete: Mutex<Vec<IpAddr>>,
     /// Addresses queued for the LAPI lately, so that a block and the `evidence` records
@@ -65,6 +84,20 @@ pub struct Shared {
 
 /// How long a queued address is not queued again.
 pub const PUSHED_MEMORY: Duration = Duration::from_secs(3600);
+/// At most one log line per reason a block is not pushed, per this period.
+pub const NOT_PUSHED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A decision that leaves the stream this long before its end was deleted (`cscli
+/// decisions delete`, DELETE_ON_UNBLOCK), not expired: the LAPI reports both the same way
+/// (a negative duration), only the end the bridge noted tells them apart.
+pub const DELETED_EARLY_MS: u64 = 2_000;
+
+/// Milliseconds since the epoch by this host's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 /// Most addresses remembered as queued (beyond, the oldest are forgotten first).
 pub const PUSHED_MAX: usize = 16_384;
 
@@ -101,9 +134,63 @@ impl Shared {
             queue: Mutex::new(None),
             wake: Condvar::new(),
             active: Mutex::default(),
+            state: Mutex::new(FleetState::in_memory()),
+            self_lifted: Mutex::default(),
+            pending_unblocks: Mutex::default(),
+            pulled_once: AtomicBool::new(false),
+            watch_ready: AtomicBool::new(false),
+            not_pushed_log: Mutex::new(RateLog::new(NOT_PUSHED_LOG_EVERY)),
             to_delete: Mutex::default(),
             pushed: Mutex::default(),
             last_log: Mutex::default(),
+        }
+    }
+
+    /// Load the fleet state from STATE_DIR (a damaged file is logged and replaced).
+    pub fn load_state(&self) {
+        let (st, msg) = FleetState::load(&self.state_path("fleet.json"), now_ms());
+        if let Some(m) = msg {
+            self.log(&format!("fleet state: {m}"));
+        }
+        if !st.unblocked.is_empty() {
+            self.log(&format!(
+                "{} fleet decision(s) stay lifted on this host (sentryctl unblock): {}",
+                st.unblocked.len(),
+                st.unblocked
+                    .iter()
+                    .map(|(id, h)| format!("{id} ({})", h.addr))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        *lock(&self.state) = st;
+    }
+
+    fn save_state(&self, st: &mut FleetState) {
+        st.prune(now_ms());
+        if let Err(e) = st.save() {
+            self.log_change("state", Some(&format!("cannot save the fleet state: {e}")));
+        } else {
+            self.log_change("state", None);
+        }
+    }
+
+    /// Remember that `a` is on its way to the LAPI (the queue's contents at a restart).
+    pub fn note_pushed(&self, a: IpAddr) {
+        first_push(&mut lock(&self.pushed), normal(a), Instant::now());
+    }
+
+    fn recently_pushed(&self, a: IpAddr) -> bool {
+        lock(&self.pushed)
+            .get(&a)
+            .is_some_and(|t| t.elapsed() < PUSHED_MEMORY)
+    }
+
+    /// A block not pushed: one line per reason per [`NOT_PUSHED_LOG_EVERY`].
+    fn not_pushed(&self, reason: &'static str, line: String) {
+        let l = lock(&self.not_pushed_log).note(reason, line, Instant::now());
+        if let Some(l) = l {
+            self.log(&l);
         }
     }
 
@@ -172,28 +259,41 @@ pub fn push_filter(r: &WatchRecord, min_ports: u32) -> Result<Report, &'static s
 
 /// One record of the stream: queue it, count it, or note a manual unblock.
 pub fn handle_record(sh: &Shared, r: &WatchRecord) {
-    // An administrator's `sentryctl unblock` (of a fleet block, or of a local one that
-    // was pushed): the fleet's decisions for the address go too.
-    if r.kind == "unblocked"
-        && sh.cfg.delete_on_unblock
-        && r.reason.starts_with("sentryctl unblock")
-    {
+    // An administrator's `sentryctl unblock` (or `unblock --all`).
+    if r.kind == "unblocked" && r.reason.starts_with("sentryctl unblock") {
         if let Some(a) = r.source {
-            lock(&sh.to_delete).push(a);
-            sh.wake.notify_all();
+            admin_unblocked(sh, normal(a));
         }
         return;
     }
     if !sh.cfg.push {
         return;
     }
+    // Blocks (not the `evidence` records that follow one) get a log line when they are
+    // not pushed; every record is counted.
+    let a_block = r.kind == Decision::Blocked.as_str();
+    let src = r
+        .source
+        .map_or_else(|| "?".to_string(), |a| normal(a).to_string());
     match push_filter(r, sh.cfg.push_min_ports) {
         Ok(rep) => {
-            let source = crate::lapi::normal(rep.source);
-            if lock(&sh.active).contains_key(&source)
-                || !first_push(&mut lock(&sh.pushed), source, Instant::now())
-            {
+            let source = normal(rep.source);
+            let decided = lock(&sh.active).contains_key(&source);
+            if decided || !first_push(&mut lock(&sh.pushed), source, Instant::now()) {
                 sh.stats().not_pushed_already_decided += 1;
+                if a_block {
+                    sh.not_pushed(
+                        "already_decided",
+                        format!(
+                            "block of {source} not pushed: {}",
+                            if decided {
+                                "the fleet already has a decision for it"
+                            } else {
+                                "already pushed within the last hour"
+                            }
+                        ),
+                    );
+                }
                 return;
             }
             let mut q = lock(&sh.queue);
@@ -206,23 +306,93 @@ pub fn handle_record(sh: &Shared, r: &WatchRecord) {
                 }
                 Ok(false) => {
                     sh.stats().queue_full += 1;
-                    sh.log(&format!(
-                        "queue full (QUEUE_MAX={}): block of {} not pushed",
-                        sh.cfg.queue_max, rep.source
-                    ));
+                    sh.not_pushed(
+                        "queue_full",
+                        format!(
+                            "block of {source} not pushed: queue full (QUEUE_MAX={}; is the LAPI reachable?)",
+                            sh.cfg.queue_max
+                        ),
+                    );
                 }
                 Err(e) => {
                     sh.stats().queue_write_errors += 1;
-                    sh.log(&format!(
-                        "cannot write the queue: {e}; block of {} not pushed",
-                        rep.source
-                    ));
+                    sh.not_pushed(
+                        "queue_write_error",
+                        format!("block of {source} not pushed: cannot write the queue: {e}"),
+                    );
                 }
             }
         }
-        Err("weak") => sh.stats().not_pushed_weak += 1,
-        Err("not_sensor") => sh.stats().not_pushed_not_sensor += 1,
+        Err("weak") => {
+            sh.stats().not_pushed_weak += 1;
+            if a_block {
+                let ports = r.evidence.map_or(0, |e| e.distinct_ports);
+                sh.not_pushed(
+                    "weak_evidence",
+                    format!(
+                        "block of {src} not pushed (yet): weak evidence, {ports} distinct port(s) and no completed handshake (PUSH_MIN_PORTS={}; pushed if its evidence grows)",
+                        sh.cfg.push_min_ports
+                    ),
+                );
+            }
+        }
+        Err("not_sensor") => {
+            sh.stats().not_pushed_not_sensor += 1;
+            if a_block {
+                sh.not_pushed(
+                    "not_sensor",
+                    format!(
+                        "block of {src} (origin {}) not pushed: only the local sensor's blocks are",
+                        r.origin.as_deref().unwrap_or("unknown")
+                    ),
+                );
+            }
+        }
         Err(_) => {}
+    }
+}
+
+/// `sentryctl unblock ADDR` on this host: the fleet decisions for ADDR stay lifted here
+/// while they last (a restart of the bridge must not block it again), and with
+/// DELETE_ON_UNBLOCK they are deleted in the fleet.
+fn admin_unblocked(sh: &Shared, a: IpAddr) {
+    let mine = lock(&sh.self_lifted)
+        .remove(&a)
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+    if mine {
+        return;
+    }
+    let ids: Vec<(i64, u64)> = lock(&sh.active)
+        .get(&a)
+        .map(|m| m.iter().map(|(id, until)| (*id, *until)).collect())
+        .unwrap_or_default();
+    if !ids.is_empty() {
+        let mut st = lock(&sh.state);
+        for (id, until_ms) in &ids {
+            st.unblocked.insert(
+                *id,
+                Held {
+                    addr: a,
+                    until_ms: *until_ms,
+                },
+            );
+        }
+        sh.save_state(&mut st);
+        drop(st);
+        sh.log(&format!(
+            "{a} unblocked here (sentryctl unblock): fleet decision(s) {} stay lifted on this host until they end, also across restarts",
+            ids.iter()
+                .map(|(id, _)| id.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    } else if sh.cfg.pull && !sh.pulled_once.load(Ordering::SeqCst) {
+        // Replayed from before this start: the first startup poll settles it.
+        lock(&sh.pending_unblocks).insert(a);
+    }
+    if sh.cfg.delete_on_unblock {
+        lock(&sh.to_delete).push(a);
+        sh.wake.notify_all();
     }
 }
 
@@ -277,6 +447,10 @@ pub fn watch_loop(sh: Arc<Shared>) {
                     saved = Instant::now();
                 }
                 Ok(WatchEvent::Heartbeat) => {
+                    sh.watch_ready.store(true, Ordering::SeqCst);
+                    for l in lock(&sh.not_pushed_log).flush(Instant::now()) {
+                        sh.log(&l);
+                    }
                     if cursor != Some(w.next) && saved.elapsed() > Duration::from_secs(5) {
                         cursor = Some(w.next);
                         let _ = crate::queue::save_cursor(&cursor_path, w.next);
@@ -484,6 +658,37 @@ pub fn classify(d: &crate::lapi::Decision) -> Action {
     }
 }
 
+/// Lift this host's own (sensor) block of `addr`, after the fleet decision `id` that
+/// followed this host's alert was deleted before its end (DELETE_LIFTS_LOCAL).
+fn lift_local(sh: &Shared, client: &mut Client, addr: IpAddr, id: i64, how: &str) {
+    lock(&sh.self_lifted).insert(addr, Instant::now());
+    match client.call(&ControlRequest::Unblock { addr }) {
+        Ok(ControlResponse::Unblocked {
+            was_blocked: true,
+            errors,
+            ..
+        }) => {
+            sh.stats().pulled_unblock += 1;
+            sh.log(&format!(
+                "fleet decision {id} for {addr}, which followed this host's alert, was deleted {how}: this host's own block of {addr} lifted too (DELETE_LIFTS_LOCAL=1){}",
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; errors: {}", errors.join("; "))
+                }
+            ));
+        }
+        Ok(_) => {
+            lock(&sh.self_lifted).remove(&addr);
+        }
+        Err(e) => {
+            lock(&sh.self_lifted).remove(&addr);
+            sh.stats().enforcer_errors += 1;
+            sh.log(&format!("unblock of {addr}: {e}"));
+        }
+    }
+}
+
 /// Apply one stream reply; `startup` replies are the whole active set.
 pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool) {
     let origin = sh.cfg.origin.clone();
@@ -495,6 +700,8 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
             return;
         }
     };
+    let now = now_ms();
+    let mut state_changed = false;
     if startup {
         lock(&sh.active).clear();
     }
@@ -506,23 +713,32 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
         }) else {
             continue;
         };
-        let last = {
+        let (until, last) = {
             let mut act = lock(&sh.active);
             match act.get_mut(&addr) {
                 Some(ids) => {
-                    ids.remove(&d.id);
+                    let until = ids.remove(&d.id);
                     let empty = ids.is_empty();
                     if empty {
                         act.remove(&addr);
                     }
-                    empty
+                    (until, empty)
                 }
-                None => true,
+                None => (None, true),
             }
+        };
+        let (ours, was_lifted) = {
+            let mut st = lock(&sh.state);
+            let ours = st.ours.remove(&d.id).is_some();
+            let lifted = st.unblocked.remove(&d.id).is_some();
+            state_changed |= ours || lifted;
+            (ours, lifted)
         };
         if !last {
             continue;
         }
+        // Deleted (not expired): it left the stream before the end noted when it came.
+        let early = until.is_some_and(|u| now.saturating_add(DELETED_EARLY_MS) < u);
         match client.call(&ControlRequest::UnblockOrigin {
             addr,
             origin: origin.clone(),
@@ -534,15 +750,36 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
             }) => {
                 sh.stats().pulled_unblock += 1;
                 sh.log(&format!(
-                    "fleet decision {} for {addr} ended: unblocked",
-                    d.id
+                    "fleet decision {} for {addr} {}: unblocked",
+                    d.id,
+                    if early { "deleted" } else { "ended" }
                 ));
             }
             Ok(ControlResponse::UnblockedOrigin {
                 other_origin: Some(o),
                 ..
-            }) => sh.log(&format!(
-                "fleet decision {} for {addr} ended; its block is {o}'s, kept",
+            }) => {
+                if o == ORIGIN_SENSOR && early && ours && sh.cfg.delete_lifts_local {
+                    lift_local(sh, &mut client, addr, d.id, "before its end");
+                } else {
+                    sh.log(&format!(
+                        "fleet decision {} for {addr} {}; its block is {o}'s, kept{}",
+                        d.id,
+                        if early { "deleted" } else { "ended" },
+                        if o != ORIGIN_SENSOR {
+                            ""
+                        } else if !early {
+                            " (the local block has its own BLOCK_TIMEOUT)"
+                        } else if !ours {
+                            " (the decision did not follow this host's alert)"
+                        } else {
+                            " (DELETE_LIFTS_LOCAL=0)"
+                        }
+                    ));
+                }
+            }
+            Ok(_) if was_lifted => sh.log(&format!(
+                "fleet decision {} for {addr} ended (it was lifted here by sentryctl unblock)",
                 d.id
             )),
             Ok(_) => {}
@@ -552,7 +789,15 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
             }
         }
     }
+    let pending: HashSet<IpAddr> = if startup && !sh.pulled_once.load(Ordering::SeqCst) {
+        std::mem::take(&mut *lock(&sh.pending_unblocks))
+    } else {
+        HashSet::new()
+    };
+    // Every decision id of a startup reply: what the fleet still has.
+    let mut present: HashSet<i64> = HashSet::new();
     for d in reply.new.unwrap_or_default() {
+        present.insert(d.id);
         if !sh.cfg.pull_origins.contains(&d.origin) {
             sh.stats().unsupported_origin += 1;
             sh.log_change(
@@ -583,7 +828,34 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
                 duration_ms,
                 id,
             } => {
-                lock(&sh.active).entry(addr).or_default().insert(id);
+                let until_ms = now.saturating_add(duration_ms);
+                lock(&sh.active)
+                    .entry(addr)
+                    .or_default()
+                    .insert(id, until_ms);
+                let lifted_here = {
+                    let mut st = lock(&sh.state);
+                    let held = Held { addr, until_ms };
+                    if d.origin == "crowdsec"
+                        && d.scenario == SCENARIO
+                        && sh.recently_pushed(addr)
+                        && !st.ours.contains_key(&id)
+                    {
+                        st.ours.insert(id, held);
+                        state_changed = true;
+                    }
+                    if pending.contains(&addr) && !st.unblocked.contains_key(&id) {
+                        st.unblocked.insert(id, held);
+                        state_changed = true;
+                    }
+                    st.unblocked.contains_key(&id)
+                };
+                if lifted_here {
+                    sh.log(&format!(
+                        "fleet decision {id} for {addr} not enforced: lifted on this host by sentryctl unblock"
+                    ));
+                    continue;
+                }
                 match client.call(&ControlRequest::Block {
                     addr,
                     duration_ms: Some(duration_ms),
@@ -617,12 +889,32 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
         }
     }
     if startup {
-        // Fleet blocks the fleet no longer has (decisions deleted while this bridge was
-        // down) end now.
+        // What the fleet deleted while this bridge was not looking (it was down, or the
+        // LAPI was unreachable): decisions that followed this host's alerts and are gone
+        // before their end, and decisions lifted here that are gone.
+        let (gone_ours, gone_lifted): (Vec<(i64, Held)>, usize) = {
+            let mut st = lock(&sh.state);
+            let gone: Vec<(i64, Held)> = st
+                .ours
+                .iter()
+                .filter(|(id, _)| !present.contains(id))
+                .map(|(id, h)| (*id, *h))
+                .collect();
+            st.ours.retain(|id, _| present.contains(id));
+            let before = st.unblocked.len();
+            st.unblocked.retain(|id, _| present.contains(id));
+            (gone, before - st.unblocked.len())
+        };
+        state_changed |= !gone_ours.is_empty() || gone_lifted > 0;
         let active: HashSet<IpAddr> = lock(&sh.active).keys().copied().collect();
         if let Ok(ControlResponse::Blocked(list)) = client.call(&ControlRequest::Blocked) {
             for b in list {
-                if b.origin == origin && !active.contains(&crate::lapi::normal(b.addr)) {
+                let a = normal(b.addr);
+                if active.contains(&a) {
+                    continue;
+                }
+                if b.origin == origin {
+                    // Fleet blocks the fleet no longer has end now.
                     let r = client.call(&ControlRequest::UnblockOrigin {
                         addr: b.addr,
                         origin: origin.clone(),
@@ -634,9 +926,26 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
                             b.addr
                         ));
                     }
+                } else if b.origin == ORIGIN_SENSOR && sh.cfg.delete_lifts_local {
+                    if let Some((id, _)) = gone_ours.iter().find(|(_, h)| {
+                        h.addr == a && now.saturating_add(DELETED_EARLY_MS) < h.until_ms
+                    }) {
+                        lift_local(
+                            sh,
+                            &mut client,
+                            b.addr,
+                            *id,
+                            "while the bridge was not polling",
+                        );
+                    }
                 }
             }
         }
+        sh.pulled_once.store(true, Ordering::SeqCst);
+    }
+    if state_changed {
+        let mut st = lock(&sh.state);
+        sh.save_state(&mut st);
     }
 }
 
@@ -644,6 +953,12 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
 /// missed while unreachable is kept), then deltas every PULL_INTERVAL.
 pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
     let mut startup = true;
+    // Unblocks made while the bridge was down come with the decision stream's backlog:
+    // let it catch up first (its first heartbeat; at most a few seconds).
+    let t = Instant::now();
+    while !sh.watch_ready.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     loop {
         let t = Instant::now();
         match lapi.stream(startup) {

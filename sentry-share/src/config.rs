@@ -22,7 +22,7 @@ pub struct Config {
     /// PULL_INTERVAL: between two decision-stream polls (at least 1 s).
     pub pull_interval: Duration,
     /// PUSH_MIN_PORTS: a block without a completed handshake is pushed only when the
-    /// source touched at least this many distinct ports.
+    /// source touched at least this many distinct ports (see [`DEFAULT_PUSH_MIN_PORTS`]).
     pub push_min_ports: u32,
     /// DECISION_DURATION: unset (default): alerts carry no decision and the LAPI's
     /// profiles decide (`remediation: true`); set: an explicit ban of this long.
@@ -46,6 +46,50 @@ pub struct Config {
     pub delete_on_unblock: bool,
     /// HTTP_TIMEOUT: one LAPI call, connect to last byte.
     pub http_timeout: Duration,
+    /// DELETE_LIFTS_LOCAL: a fleet decision that followed this host's own alert and is
+    /// deleted in CrowdSec before its end also lifts this host's own (sensor) block.
+    pub delete_lifts_local: bool,
+    /// SENTRY_CONFIG: the enforcer's configuration, read by `--check-config` only (for
+    /// SCAN_TRIGGER, against PUSH_MIN_PORTS).
+    pub sentry_config: PathBuf,
+}
+
+/// PUSH_MIN_PORTS' default. Port counts cost a forger one packet each, so no count proves
+/// a source's address; what the count decides is how cheap a fleet-wide ban of an
+/// address of the forger's choice is, and which real clients never become one. 20: a
+/// real scan gets there within a second of its block (the kernel keeps copying a blocked
+/// source's probes, 50 a second; nmap's smallest usual scan, `-F`, is 100 ports), while
+/// a client trying a few services (a mail client's 7 ports, a monitoring check) and
+/// every forgery of fewer than 20 packets to 20 ports of one host stays local.
+pub const DEFAULT_PUSH_MIN_PORTS: u32 = 20;
+
+/// Below this, `--check-config` warns whatever the trigger: a handful of forged packets
+/// would make a fleet ban.
+pub const PUSH_MIN_PORTS_FLOOR: u32 = 10;
+
+/// `--check-config`'s rule: a warning when PUSH_MIN_PORTS is below
+/// [`PUSH_MIN_PORTS_FLOOR`] or below twice the ports the enforcer's SCAN_TRIGGER needs
+/// for a local report (SCAN_TRIGGER+1): near that, every local block, forged ones
+/// included, becomes a fleet ban.
+pub fn push_min_ports_warning(push_min_ports: u32, scan_trigger: Option<u32>) -> Option<String> {
+    let trigger_ports = scan_trigger.map(|t| t.saturating_add(1));
+    let want = trigger_ports
+        .map_or(PUSH_MIN_PORTS_FLOOR, |p| p.saturating_mul(2))
+        .max(PUSH_MIN_PORTS_FLOOR);
+    if push_min_ports >= want {
+        return None;
+    }
+    let why = match (scan_trigger, trigger_ports) {
+        (Some(t), Some(p)) if push_min_ports < p.saturating_mul(2) => format!(
+            "the enforcer's SCAN_TRIGGER={t} reports a source at {p} port(s), so nearly every local block, forged ones included, becomes a fleet ban"
+        ),
+        _ => format!(
+            "fewer than {PUSH_MIN_PORTS_FLOOR} forged packets (one per port) make a fleet-wide ban"
+        ),
+    };
+    Some(format!(
+        "PUSH_MIN_PORTS={push_min_ports} is low: {why}; at least {want} is advised (default {DEFAULT_PUSH_MIN_PORTS})"
+    ))
 }
 
 impl Config {
@@ -76,7 +120,7 @@ impl Config {
             pull: true,
             bouncer_key_file: None,
             pull_interval: Duration::from_secs(10),
-            push_min_ports: 5,
+            push_min_ports: DEFAULT_PUSH_MIN_PORTS,
             decision_duration: None,
             origin: "crowdsec".into(),
             pull_origins: vec!["crowdsec".into(), "cscli".into()],
@@ -86,6 +130,8 @@ impl Config {
             metrics_dir: None,
             delete_on_unblock: false,
             http_timeout: Duration::from_secs(10),
+            delete_lifts_local: true,
+            sentry_config: PathBuf::from("/etc/sentry/sentry.conf"),
         };
         let mut seen: Vec<&str> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -156,6 +202,14 @@ impl Config {
                     c.pull = bool01(v)?;
                     "PULL"
                 }
+                "DELETE_LIFTS_LOCAL" => {
+                    c.delete_lifts_local = bool01(v)?;
+                    "DELETE_LIFTS_LOCAL"
+                }
+                "SENTRY_CONFIG" => {
+                    c.sentry_config = path(v)?.ok_or_else(|| err("needs a value".into()))?;
+                    "SENTRY_CONFIG"
+                }
                 "DELETE_ON_UNBLOCK" => {
                     c.delete_on_unblock = bool01(v)?;
                     "DELETE_ON_UNBLOCK"
@@ -192,7 +246,8 @@ impl Config {
                     "PULL_INTERVAL"
                 }
                 "PUSH_MIN_PORTS" => {
-                    c.push_min_ports = u32::try_from(num(v, 2, 65_535)?).unwrap_or(5);
+                    c.push_min_ports =
+                        u32::try_from(num(v, 2, 65_535)?).unwrap_or(DEFAULT_PUSH_MIN_PORTS);
                     "PUSH_MIN_PORTS"
                 }
                 "DECISION_DURATION" => {
@@ -342,7 +397,9 @@ mod tests {
         assert_eq!(c.lapi_urls.len(), 2);
         assert!(c.push && c.pull);
         assert_eq!(c.pull_interval, Duration::from_secs(10));
-        assert_eq!(c.push_min_ports, 5);
+        assert_eq!(c.push_min_ports, DEFAULT_PUSH_MIN_PORTS);
+        assert!(c.delete_lifts_local);
+        assert_eq!(c.sentry_config, PathBuf::from("/etc/sentry/sentry.conf"));
         assert_eq!(c.decision_duration, None);
         assert_eq!(c.origin, "crowdsec");
         assert_eq!(c.pull_origins, ["crowdsec", "cscli"]);
@@ -396,8 +453,24 @@ mod tests {
     #[test]
     fn the_shipped_example_is_valid() {
         let c = Config::parse(include_str!("../dist/share.conf")).unwrap();
-        assert!(c.push && c.pull && !c.delete_on_unblock);
+        assert!(c.push && c.pull && !c.delete_on_unblock && c.delete_lifts_local);
         assert_eq!(c.decision_duration, None);
+        assert_eq!(c.push_min_ports, DEFAULT_PUSH_MIN_PORTS);
+        // The shipped value passes its own check against the shipped policy's trigger.
+        assert_eq!(push_min_ports_warning(c.push_min_ports, Some(0)), None);
+    }
+
+    #[test]
+    fn push_min_ports_is_checked_against_the_trigger() {
+        assert_eq!(push_min_ports_warning(20, Some(0)), None);
+        assert_eq!(push_min_ports_warning(10, None), None);
+        let w = push_min_ports_warning(5, Some(0)).unwrap();
+        assert!(w.contains("fewer than 10 forged packets"), "{w}");
+        let w = push_min_ports_warning(20, Some(14)).unwrap();
+        assert!(w.contains("SCAN_TRIGGER=14 reports a source at 15"), "{w}");
+        assert!(w.contains("at least 30"), "{w}");
+        assert_eq!(push_min_ports_warning(30, Some(14)), None);
+        assert!(push_min_ports_warning(2, Some(u32::MAX)).is_some());
     }
 
     #[test]

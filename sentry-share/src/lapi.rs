@@ -407,6 +407,50 @@ impl Lapi {
         }
     }
 
+    /// The URLs, in order of preference.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// `--check-config`: log in as the machine on URL `i` (what `cscli lapi status`
+    /// does); the token's expiry (s since the epoch) on success.
+    pub fn check_login(&mut self, i: usize) -> Result<i64, LapiError> {
+        self.token = None;
+        self.login(i)?;
+        Ok(self.token.as_ref().map_or(0, |t| t.2))
+    }
+
+    /// `--check-config`: try the bouncer key on URL `i` with `GET /v1/decisions` (a
+    /// lookup that, unlike `/v1/decisions/stream`, does not move this key's stream
+    /// cursor, so the running bridge misses nothing). Ok with the number of decisions
+    /// the LAPI holds for 127.0.0.1 (normally 0).
+    pub fn check_bouncer(&mut self, i: usize) -> Result<usize, LapiError> {
+        let Some(key) = self.bouncer_key.clone() else {
+            return Err(LapiError::Credentials("no bouncer key configured".into()));
+        };
+        let path = "/v1/decisions?ip=127.0.0.1";
+        let (code, resp) = self.raw(i, &Call::Get(path), Some(("X-Api-Key", &key)))?;
+        match code {
+            200 => {
+                let b = read_body(resp, MAX_ALERTS_REPLY)?;
+                // `null` when there is none, else a list of decisions.
+                serde_json::from_slice::<Option<Vec<Decision>>>(&b)
+                    .map(|v| v.map_or(0, |v| v.len()))
+                    .map_err(|e| {
+                        LapiError::Protocol(format!("GET {path}: not a list of decisions: {e}"))
+                    })
+            }
+            401 | 403 => Err(LapiError::Credentials(format!(
+                "bouncer key refused: HTTP {code}: {}",
+                excerpt(resp)
+            ))),
+            c => Err(LapiError::Protocol(format!(
+                "HTTP {c} to GET {path}: {}",
+                excerpt(resp)
+            ))),
+        }
+    }
+
     /// `POST /v1/alerts` as the machine; a 401 logs in again once (expired JWT).
     pub fn push_alerts(&mut self, body: &serde_json::Value) -> Result<Vec<String>, LapiError> {
         self.with_failover(|me, i| {
@@ -755,6 +799,42 @@ mod tests {
         let mut l = Lapi::new(vec![url], None, Some("k".into()), Duration::from_secs(5));
         assert_eq!(l.stream(true).unwrap_err().kind(), "credentials");
         t.join().unwrap();
+    }
+
+    #[test]
+    fn check_config_calls_name_what_failed() {
+        let login = r#"{"code":200,"expire":"2099-01-01T00:00:00Z","token":"t1"}"#;
+        let (url, t) = script(vec![
+            (200, login),
+            (
+                401,
+                r#"{"code":401,"message":"incorrect Username or Password"}"#,
+            ),
+            (200, "null"),
+            (200, "[]"),
+            (403, r#"{"message":"access forbidden"}"#),
+            (200, r#"{"not":"a list"}"#),
+        ]);
+        let mut l = Lapi::new(
+            vec![url],
+            Some(("host-a".into(), "pw".into())),
+            Some("k".into()),
+            Duration::from_secs(5),
+        );
+        assert_eq!(l.check_login(0).unwrap(), 4_070_908_800);
+        let e = l.check_login(0).unwrap_err();
+        assert_eq!(e.kind(), "credentials", "{e}");
+        assert!(
+            e.to_string().contains("incorrect Username or Password"),
+            "{e}"
+        );
+        assert_eq!(l.check_bouncer(0).unwrap(), 0);
+        assert_eq!(l.check_bouncer(0).unwrap(), 0);
+        assert_eq!(l.check_bouncer(0).unwrap_err().kind(), "credentials");
+        assert_eq!(l.check_bouncer(0).unwrap_err().kind(), "protocol");
+        let seen = t.join().unwrap();
+        assert_eq!(seen[0], "POST /v1/watchers/login HTTP/1.1");
+        assert_eq!(seen[2], "GET /v1/decisions?ip=127.0.0.1 HTTP/1.1");
     }
 
     /// An oversized reply is refused, not truncated or buffered without bound.

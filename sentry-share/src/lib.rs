@@ -15,4 +15,6 @@ pub mod bridge;
 pub mod config;
 pub mod lapi;
 pub mod queue;
+pub mod ratelog;
 pub mod rfc3339;
+pub mod state;

@@ -109,7 +109,7 @@ config_paths:\n  config_dir: {d}/etc/\n  data_dir: {d}/data/\n  simulation_path:
 crowdsec_service:\n  acquisition_path: {d}/etc/acquis.yaml\n\
 cscli:\n  output: human\n  color: \"no\"\n\
 db_config:\n  log_level: info\n  type: sqlite\n  use_wal: true\n  db_path: {d}/data/crowdsec.db\n\
-api:\n  client:\n    insecure_skip_verify: false\n    credentials_path: {d}/etc/local_api_credentials.yaml\n  server:\n    log_level: info\n    listen_uri: 127.0.0.1:{port}\n    profiles_path: {d}/etc/profiles.yaml\n    trusted_ips:\n      - 127.0.0.1\n\
+api:\n  client:\n    insecure_skip_verify: false\n    credentials_path: {d}/etc/local_api_credentials.yaml\n  server:\n    log_level: info\n    listen_uri: 127.0.0.1:{port}\n    profiles_path: {d}/etc/profiles.yaml\n    console_path: {d}/etc/console.yaml\n    trusted_ips:\n      - 127.0.0.1\n\
 prometheus:\n  enabled: false\n"
         );
         let cfg = t.join("config.yaml");
@@ -190,6 +190,11 @@ prometheus:\n  enabled: false\n"
         }
         let _ = c.kill();
         let _ = c.wait();
+    }
+
+    /// The cscli binary (for shims that add `-c CONFIG`).
+    pub fn cscli_bin(&self) -> &Path {
+        &self.cscli
     }
 
     pub fn cscli(&self, args: &[&str]) -> Output {
@@ -360,6 +365,61 @@ impl Bridge {
             child: std::sync::Mutex::new(None),
             runs: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// A bridge on a configuration written elsewhere (the README's steps): its logs go
+    /// to `dir`.
+    pub fn adopt(dir: &Path, config: &Path, metrics_dir: &Path) -> Bridge {
+        let (uid, gid) = ensure_share_user();
+        Bridge {
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+            metrics_dir: metrics_dir.to_path_buf(),
+            bin: crate::bin_dir().join("sentry-share"),
+            uid,
+            gid,
+            child: std::sync::Mutex::new(None),
+            runs: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// `sentry-share` as its own user, no capability, no new privileges (as its unit),
+    /// in a shell command line (README shims).
+    pub fn command_line(&self) -> String {
+        format!(
+            "setpriv --reuid={} --regid={} --init-groups --inh-caps=-all --bounding-set=-all --no-new-privs {}",
+            self.uid,
+            self.gid,
+            self.bin.display()
+        )
+    }
+
+    /// `sentry-share --check-config --config CONFIG ARGS...` as the bridge's user.
+    pub fn check_config(&self, args: &[&str]) -> Output {
+        run(
+            Command::new("setpriv")
+                .args([
+                    &format!("--reuid={}", self.uid),
+                    &format!("--regid={}", self.gid),
+                    "--init-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                    "--no-new-privs",
+                ])
+                .arg(&self.bin)
+                .arg("--check-config")
+                .arg("--config")
+                .arg(&self.config)
+                .args(args)
+                .env_remove("LD_LIBRARY_PATH"),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Replace a secret file's content (mode and owner kept).
+    pub fn write_secret(&self, name: &str, value: &str) {
+        let p = self.dir.join(name);
+        fs::write(&p, format!("{value}\n")).expect("secret");
     }
 
     fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {

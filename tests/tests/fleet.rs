@@ -733,7 +733,7 @@ fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
             22,
             sensor.next_seq(),
         )
-        .distinct_ports(12)
+        .distinct_ports(25)
         .build();
         assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
     }
@@ -778,7 +778,7 @@ fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
         22,
         sensor.next_seq(),
     )
-    .distinct_ports(12)
+    .distinct_ports(25)
     .build();
     assert_eq!(sensor.send_req(r), sentry_proto::Decision::Blocked);
     wait_until(
@@ -789,4 +789,483 @@ fn a_backlog_of_blocks_reaches_the_lapi_once_each() {
     );
     assert!(b.log().contains("the enforcer restarted"), "{}", b.log());
     assert!(b.alive(), "{}", b.log());
+}
+
+/// Issue #20: `--check-config` logs in as the machine and tries the bouncer key on the
+/// LAPI, as `cscli lapi status` does: a wrong machine password or key fails it with a
+/// message naming what to fix; `--offline` checks the files only; a low PUSH_MIN_PORTS is
+/// a warning.
+#[test]
+fn check_config_logs_in_and_tries_the_bouncer_key() {
+    let test = "check_config_logs_in_and_tries_the_bouncer_key";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    let mut lapi = Lapi::start();
+    lapi.add_machine("host-a", "pw-host-a-0123456789");
+    let key = lapi.add_bouncer("host-a");
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let b = Bridge::prepare(
+        work.path(),
+        &work.path().join("run"),
+        &lapi.url,
+        Some(("host-a", "pw-host-a-0123456789")),
+        Some(&key),
+        "",
+    );
+    let ok = b.check_config(&[]);
+    assert!(ok.success(), "{ok}");
+    assert!(
+        ok.stdout.contains("machine host-a: login OK") && ok.stdout.contains("bouncer key: OK"),
+        "{ok}"
+    );
+
+    b.write_secret("machine.password", "not-the-password");
+    let bad = b.check_config(&[]);
+    assert_eq!(bad.status.and_then(|c| c.code()), Some(1), "{bad}");
+    assert!(
+        bad.stderr.contains("machine host-a")
+            && bad.stderr.contains("incorrect Username or Password")
+            && bad.stderr.contains("cscli machines add host-a"),
+        "a wrong password must be named: {bad}"
+    );
+    assert!(bad.stdout.contains("bouncer key: OK"), "{bad}");
+    // The files alone are fine.
+    let off = b.check_config(&["--offline"]);
+    assert!(off.success(), "{off}");
+    assert!(off.stdout.contains("no LAPI contacted"), "{off}");
+
+    b.write_secret("machine.password", "pw-host-a-0123456789");
+    b.write_secret("bouncer.key", "0123456789abcdef0123456789abcdef");
+    let bad = b.check_config(&[]);
+    assert_eq!(bad.status.and_then(|c| c.code()), Some(1), "{bad}");
+    assert!(
+        bad.stderr
+            .contains("bouncer key: LAPI refused the credentials")
+            && bad.stderr.contains("cscli bouncers add"),
+        "{bad}"
+    );
+    assert!(bad.stdout.contains("login OK"), "{bad}");
+
+    // An LAPI that is down is an error too (not a silent pass).
+    b.write_secret("bouncer.key", &key);
+    lapi.stop();
+    let down = b.check_config(&[]);
+    assert_eq!(down.status.and_then(|c| c.code()), Some(1), "{down}");
+    assert!(down.stderr.contains("LAPI unreachable"), "{down}");
+
+    // PUSH_MIN_PORTS against the enforcer's trigger (SENTRY_CONFIG).
+    let sentry_conf = work.path().join("sentry.conf");
+    std::fs::write(&sentry_conf, "SCAN_TRIGGER=\"0\"\n").expect("write");
+    std::fs::set_permissions(
+        &sentry_conf,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let text = std::fs::read_to_string(&b.config).expect("read");
+    std::fs::write(
+        &b.config,
+        format!(
+            "{text}PUSH_MIN_PORTS=\"5\"\nSENTRY_CONFIG=\"{}\"\n",
+            sentry_conf.display()
+        ),
+    )
+    .expect("write");
+    let low = b.check_config(&["--offline"]);
+    assert!(low.success(), "a warning, not an error: {low}");
+    assert!(
+        low.stdout
+            .contains("warning: PUSH_MIN_PORTS=5 is low: fewer than 10 forged packets"),
+        "{low}"
+    );
+}
+
+/// A `sh` script file whose body is `body` (a shim in front of a real program).
+fn shim(dir: &std::path::Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("shim");
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+}
+
+/// The `sh` blocks of the README's "Two hosts and one LAPI, step by step".
+fn readme_fleet_blocks() -> Vec<String> {
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&readme).expect("README.md");
+    let start = text
+        .find("### Two hosts and one LAPI, step by step")
+        .expect("the README's step-by-step fleet section");
+    let rest = &text[start + 4..];
+    let end = ["\n## ", "\n### "]
+        .iter()
+        .filter_map(|h| rest.find(h))
+        .min()
+        .unwrap_or(rest.len());
+    let section = &rest[..end];
+    let mut blocks = Vec::new();
+    let mut it = section.split("```");
+    it.next();
+    while let (Some(code), _) = (it.next(), it.next()) {
+        if let Some(body) = code.strip_prefix("sh\n") {
+            blocks.push(body.to_string());
+        }
+    }
+    assert_eq!(blocks.len(), 2, "the LAPI's block and a host's block");
+    blocks
+}
+
+/// Run a README block with `sh -ex` in `cwd`, PATH starting with the shims.
+fn run_block(block: &str, cwd: &std::path::Path, shims: &std::path::Path) -> sentry_tests::Output {
+    let path = format!(
+        "{}:{}",
+        shims.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    sentry_tests::run(
+        std::process::Command::new("sh")
+            .args(["-exc", block])
+            .current_dir(cwd)
+            .env("PATH", path),
+        Duration::from_secs(120),
+    )
+}
+
+/// Issue #20: the README's fleet steps, run as written with the shipped `share.conf`
+/// (the test only sets PULL_INTERVAL and its own directories on top) against a real
+/// LAPI; a scan of A is blocked on B; `cscli decisions delete --ip` then lifts it on
+/// every host, A included (its own sensor block: its alert caused the decision).
+#[test]
+fn the_readme_fleet_steps_work_with_the_shipped_files() {
+    let test = "the_readme_fleet_steps_work_with_the_shipped_files";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    sentry_tests::fleet::ensure_share_user();
+    let [lapi_block, host_block] = <[String; 2]>::try_from(readme_fleet_blocks()).unwrap();
+    let mut lapi = Lapi::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let shims = work.path().join("bin");
+    std::fs::create_dir(&shims).expect("mkdir");
+    let systemctl_log = work.path().join("systemctl.log");
+    shim(
+        &shims,
+        "cscli",
+        &format!(
+            "exec {} -c {} \"$@\"",
+            lapi.cscli_bin().display(),
+            lapi.config.display()
+        ),
+    );
+    shim(
+        &shims,
+        "systemctl",
+        &format!("echo \"systemctl $*\" >> {}", systemctl_log.display()),
+    );
+
+    // ---- on the LAPI host
+    let lapi_etc = format!("{}/etc/", lapi.dir.path().display());
+    let o = run_block(
+        &lapi_block.replace("/etc/crowdsec/", &lapi_etc),
+        work.path(),
+        &shims,
+    );
+    assert!(o.success(), "the README's LAPI block: {o}\n{}", lapi.log());
+    let console = std::fs::read_to_string(lapi.dir.path().join("etc/console.yaml")).unwrap();
+    assert_eq!(console, "share_custom: false\n");
+    // `systemctl restart crowdsec`: the LAPI reads console.yaml again.
+    lapi.stop();
+    lapi.run();
+    for f in ["host-a.pw", "host-b.pw", "host-a.key", "host-b.key"] {
+        let t = std::fs::read_to_string(work.path().join(f)).unwrap();
+        assert!(t.trim().len() >= 32, "{f}: {t:?}");
+    }
+
+    // ---- on each host: the shipped share.conf, the README's edits, check-config.
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sentry-share/dist/share.conf"),
+    )
+    .expect("shipped share.conf");
+    let settings = Settings::new(&["atcp"]).set("SCAN_TRIGGER", "0");
+    let mut hosts = Vec::new();
+    for (name, machine) in [("fleet-readme-a", "host-a"), ("fleet-readme-b", "host-b")] {
+        let mut s = Sentry::prepare(name, settings.clone());
+        s.write_config();
+        let h = s.dir.path().to_path_buf();
+        let etc = h.join("etc/sentry");
+        let share = h.join("share");
+        let (state, metrics) = (share.join("state"), share.join("metrics"));
+        for d in [&etc, &share, &state, &metrics] {
+            std::fs::create_dir_all(d).expect("mkdir");
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+        }
+        for d in [&state, &metrics] {
+            sentry_tests::run_ok(
+                std::process::Command::new("chown")
+                    .arg("sentry-share:sentry-share")
+                    .arg(d),
+                Duration::from_secs(10),
+            );
+        }
+        // Test plumbing only: a 1 s poll and the test's directories (its /etc/sentry).
+        assert!(shipped.contains("PULL_INTERVAL=\"10s\""));
+        let conf_text = format!(
+            "{}RUNTIME_DIR=\"{}\"\nSTATE_DIR=\"{}\"\nMETRICS_DIR=\"{}\"\nSENTRY_CONFIG=\"{}\"\n",
+            shipped
+                .replace("PULL_INTERVAL=\"10s\"", "PULL_INTERVAL=\"1s\"")
+                .replace("/etc/sentry/", &format!("{}/", etc.display())),
+            s.runtime_dir.display(),
+            state.display(),
+            metrics.display(),
+            s.conf.display()
+        );
+        let share_conf = etc.join("share.conf");
+        std::fs::write(&share_conf, conf_text).expect("write");
+        std::fs::set_permissions(
+            &share_conf,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .expect("chmod");
+        let b = Bridge::adopt(&share, &share_conf, &metrics);
+        shim(
+            &shims,
+            "sentry-share",
+            &format!(
+                "exec {} --config {} \"$@\"",
+                b.command_line(),
+                share_conf.display()
+            ),
+        );
+        let block = host_block
+            .replace("host-a", machine)
+            .replace("https://lapi.example.net:8080", &lapi.url)
+            .replace("/etc/sentry/sentry.conf", &s.conf.display().to_string())
+            .replace("/etc/sentry/", &format!("{}/", etc.display()))
+            .replace("/etc/systemd/", &format!("{}/systemd/", h.display()));
+        let o = run_block(&block, work.path(), &shims);
+        assert!(o.success(), "the README's host block on {name}: {o}");
+        assert!(
+            o.stdout.contains(&format!("machine {machine}: login OK"))
+                && o.stdout.contains("bouncer key: OK"),
+            "check-config did not log in: {o}"
+        );
+        assert!(
+            !o.stdout.contains("warning:"),
+            "the shipped PUSH_MIN_PORTS warns against the shipped trigger: {o}"
+        );
+        let conf = std::fs::read_to_string(&share_conf).unwrap();
+        assert!(
+            conf.contains(&format!("MACHINE_ID=\"{machine}\"")),
+            "{conf}"
+        );
+        // `systemctl restart sentry-enforcer` with the README's drop-in: the harness
+        // starts the enforcer with the drop-in's SupplementaryGroups= (its config file
+        // already has the README's CONTROL_GROUP line, not rewritten here).
+        let dropin =
+            std::fs::read_to_string(h.join("systemd/system/sentry-enforcer.service.d/share.conf"))
+                .unwrap();
+        let group = dropin
+            .lines()
+            .find_map(|l| l.strip_prefix("SupplementaryGroups="))
+            .expect("SupplementaryGroups= in the drop-in");
+        assert_eq!(group, "sentry-share", "{dropin}");
+        s.settings = s.settings.clone().set("CONTROL_GROUP", group);
+        // `enable --now sentry-share`: the test starts the bridge itself.
+        s.start_enforcer();
+        s.start_sensor();
+        b.start();
+        hosts.push((s, b));
+    }
+    let log = std::fs::read_to_string(&systemctl_log).unwrap();
+    assert!(log.contains("enable --now sentry-share"), "{log}");
+    let [(a, ba), (b, bb)] = <[(Sentry, Bridge); 2]>::try_from(hosts).unwrap();
+    let hosts = [(&a, &ba), (&b, &bb)];
+    wait_for(
+        "both bridges to follow the decision stream",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || {
+            [&a, &b].iter().all(|s| {
+                s.sentryctl(&["metrics"])
+                    .stdout
+                    .contains("sentry_watch_clients 1")
+            })
+        },
+    );
+
+    // ---- a scan of A, blocked on B
+    let scanner = IpAddr::V4(SCANNER_V4);
+    a.nmap(&["-sS", "-p", "1-100", &TARGET_V4.to_string()]);
+    let on_a = a.wait_blocked(scanner);
+    let mut on_b = None;
+    wait_for(
+        "host B to block A's scanner",
+        Duration::from_secs(20),
+        &hosts,
+        &lapi,
+        || {
+            on_b = fleet_record(&b, scanner, AuditDecision::Blocked);
+            on_b.is_some()
+        },
+    );
+    let latency_ms = on_b.expect("record").time_us.saturating_sub(on_a.time_us) / 1000;
+    println!(
+        "fleet (README steps, PUSH_MIN_PORTS=20, PULL_INTERVAL=1s): A -> B in {latency_ms} ms"
+    );
+    assert!(
+        latency_ms <= 3000,
+        "{latency_ms} ms\n{}",
+        diag(&hosts, &lapi)
+    );
+    assert!(
+        ba.log().contains("not pushed (yet): weak evidence"),
+        "the first-probe block is logged as not pushed yet\n{}",
+        ba.log()
+    );
+    assert!(ba.log().contains("pushed alert for"), "{}", ba.log());
+
+    // ---- cscli decisions delete --ip: lifted on every host, A included.
+    let o = lapi.cscli(&["decisions", "delete", "--ip", &scanner.to_string()]);
+    assert!(o.success(), "{o}");
+    wait_for(
+        "B to lift the fleet block",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || {
+            b.audit_for(scanner, AuditDecision::Unblocked)
+                .iter()
+                .any(|r| r.origin.as_deref() == Some("crowdsec"))
+        },
+    );
+    wait_for(
+        "A to lift its own block (its alert caused the deleted decision)",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || !a.audit_for(scanner, AuditDecision::Unblocked).is_empty(),
+    );
+    assert!(
+        !a.nft_has(scanner),
+        "A still blocks\n{}",
+        diag(&hosts, &lapi)
+    );
+    assert!(!b.nft_has(scanner), "B still blocks");
+    assert!(
+        ba.log().contains("lifted too (DELETE_LIFTS_LOCAL=1)"),
+        "{}",
+        ba.log()
+    );
+    assert!(ba.alive() && bb.alive(), "{}", diag(&hosts, &lapi));
+}
+
+/// Issue #20: `sentryctl unblock` of a fleet block (on B) and of the detecting host's
+/// own block (on A) stay lifted when the bridges restart (their startup poll hands the
+/// decision out again); the decision itself stays in the fleet.
+#[test]
+fn a_bridge_restart_does_not_reblock_what_the_admin_unblocked() {
+    let test = "a_bridge_restart_does_not_reblock_what_the_admin_unblocked";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    let lapi = Lapi::start();
+    for m in ["host-a", "host-b"] {
+        lapi.add_machine(m, &format!("pw-{m}-0123456789"));
+    }
+    let key_a = lapi.add_bouncer("host-a");
+    let key_b = lapi.add_bouncer("host-b");
+    let settings = Settings::new(&["atcp"]).set("SCAN_TRIGGER", "0");
+    let a = host("fleet-restart-a", settings.clone(), None);
+    let b = host("fleet-restart-b", settings, None);
+    let ba = bridge(&a, &lapi, "host-a", &key_a, "");
+    let bb = bridge(&b, &lapi, "host-b", &key_b, "");
+    let hosts = [(&a, &ba), (&b, &bb)];
+    wait_for(
+        "both bridges to follow the decision stream",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || {
+            [&a, &b].iter().all(|s| {
+                s.sentryctl(&["metrics"])
+                    .stdout
+                    .contains("sentry_watch_clients 1")
+            })
+        },
+    );
+    let scanner = IpAddr::V4(SCANNER_V4);
+    a.nmap(&["-sS", "-p", "1-100", &TARGET_V4.to_string()]);
+    a.wait_blocked(scanner);
+    wait_for(
+        "B to block A's scanner",
+        Duration::from_secs(20),
+        &hosts,
+        &lapi,
+        || fleet_record(&b, scanner, AuditDecision::Blocked).is_some(),
+    );
+    wait_for(
+        "A to pull the decision it caused",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || fleet_record(&a, scanner, AuditDecision::AlreadyBlocked).is_some(),
+    );
+
+    for (s, br) in hosts {
+        assert!(s.sentryctl(&["unblock", &scanner.to_string()]).success());
+        wait_for(
+            "the bridge to remember the unblock",
+            Duration::from_secs(10),
+            &hosts,
+            &lapi,
+            || br.log().contains("stay lifted on this host"),
+        );
+        assert!(!s.nft_has(scanner));
+    }
+    for (_, br) in hosts {
+        br.stop();
+        br.start();
+    }
+    for (_, br) in hosts {
+        wait_for(
+            "the restarted bridge to skip the lifted decision",
+            Duration::from_secs(15),
+            &hosts,
+            &lapi,
+            || {
+                br.log()
+                    .rsplit("--- restart ---")
+                    .next()
+                    .is_some_and(|l| l.contains("not enforced: lifted on this host"))
+            },
+        );
+    }
+    // A few more polls: still not blocked anywhere, while the decision stays.
+    std::thread::sleep(Duration::from_secs(3));
+    for (s, _) in hosts {
+        assert!(
+            !s.nft_has(scanner),
+            "{} re-blocked\n{}",
+            s.name,
+            diag(&hosts, &lapi)
+        );
+    }
+    assert_eq!(
+        b.audit_for(scanner, AuditDecision::Blocked).len(),
+        1,
+        "B blocked it again\n{}",
+        diag(&hosts, &lapi)
+    );
+    let list = lapi.cscli(&["decisions", "list", "-o", "json"]);
+    assert!(list.stdout.contains(&scanner.to_string()), "{list}");
+    assert!(ba.alive() && bb.alive());
 }
