@@ -229,6 +229,9 @@ struct Shared {
     /// of our own `nft` child are drained under the same engine lock, so the watch never
     /// takes them for another process's change.
     watch: Mutex<Option<(crate::tablewatch::TableWatch, u32)>>,
+    /// The detection chain was (re)built, or the table with it: the served-port poller
+    /// rewrites every element of its sets at its next poll ([`crate::served`]).
+    served_resync: AtomicBool,
 }
 
 /// The detection chain's inputs. `modes` are the last ones a sensor announced, kept in
@@ -820,6 +823,7 @@ fn rebuild_detection_locked(
     match crate::table::apply_detection(&d.cfg, &spec) {
         Ok(()) => {
             d.applied = Some(spec);
+            sh.served_resync.store(true, Ordering::Relaxed);
             true
         }
         Err(e) => {
@@ -1381,6 +1385,45 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
     }
 }
 
+/// RESTART_GRACE in the kernel: poll the served ports every [`crate::served::POLL`] and
+/// write what changed. No engine lock: the sets are the poller's alone. A failure is said
+/// once (and its end once); until the table has its sets (no detection chain yet) writes
+/// fail with ENOENT, which is expected and retried quietly.
+fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
+    let mut failing: Option<String> = None;
+    let mut over_said = false;
+    loop {
+        std::thread::sleep(crate::served::POLL);
+        if sh.served_resync.swap(false, Ordering::Relaxed) {
+            p.resync();
+        }
+        match p.poll(std::time::Instant::now()) {
+            Ok(r) => {
+                if failing.take().is_some() {
+                    sh.log
+                        .notice("adminalert: served ports are written to the kernel again");
+                }
+                if r.over > 0 && !std::mem::replace(&mut over_said, true) {
+                    sh.log.warn(&format!(
+                        "adminalert: more than {} served sockets: the rest get no RESTART_GRACE in the kernel",
+                        crate::served::MAX_KEYS
+                    ));
+                }
+            }
+            Err(crate::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    sh.log.warn(&format!(
+                        "adminalert: cannot write the served ports ({text}): RESTART_GRACE holds in the sensor only until this recovers"
+                    ));
+                }
+                failing = Some(text);
+            }
+        }
+    }
+}
+
 /// Entry point for the `sentry-enforcer` binary.
 pub fn main() -> ExitCode {
     // Before anything else opens a descriptor or starts a thread.
@@ -1579,6 +1622,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         }
         Err(_) => crate::capture::NFLOG_GROUP,
     };
+    let support_ok = support.nftables.is_ok();
     let detect = Detect {
         cfg: cfg.clone(),
         modes,
@@ -1625,6 +1669,22 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         engine.blocking_in_effect()
     ));
 
+    // RESTART_GRACE: the served ports' poller, when the kernel has a table for its sets.
+    let served = match (engine.config().restart_grace, &support_ok) {
+        (g, true) if !g.is_zero() => {
+            let skip = (!sensor.uid.is_root()).then(|| sensor.uid.as_raw());
+            match crate::served::Poller::open(&engine.config().nft_table, skip, g) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    log.err(&format!(
+                        "adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only, the kernel knows only the sockets there are now"
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let addr_fd = engine.addr_watch_fd();
     // Subscribed after the engine built the table, so its own start-up is not news.
     let table_watch = match engine.nft_portid() {
@@ -1656,6 +1716,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         sockets: vec![sensor_path, control_path],
         detect: Mutex::new(detect),
         watch: Mutex::new(table_watch),
+        served_resync: AtomicBool::new(false),
     });
     // The remembered modes' chain goes in now, before any sensor connects, so the
     // kernel sees probes across an enforcer restart and while the sensor is down.
@@ -1672,6 +1733,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     };
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
+    if let Some(p) = served {
+        spawn("served", Box::new(move |sh| served_loop(sh, p)))?;
+    }
     if let Some(fd) = addr_fd {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
