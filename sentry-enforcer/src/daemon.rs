@@ -1385,6 +1385,25 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
     }
 }
 
+/// The effects worker (`engine::effects`): runs the deferred actions of each block in
+/// the order decided, without the engine lock, and hands the results back to the engine.
+fn effects_loop(
+    sh: Arc<Shared>,
+    rx: std::sync::mpsc::Receiver<()>,
+    mut exec: crate::action::Executor,
+    cfg: policy::Config,
+) {
+    while rx.recv().is_ok() {
+        loop {
+            let Some(job) = sh.engine().take_effects() else {
+                break;
+            };
+            let actions = crate::engine::effects::run(&mut exec, &cfg, &job);
+            sh.engine().finish_effects(job, actions, WallMs::now());
+        }
+    }
+}
+
 /// RESTART_GRACE in the kernel: poll the served ports every [`crate::served::POLL`] and
 /// write what changed. No engine lock: the sets are the poller's alone. A failure is said
 /// once (and its end once); until the table has its sets (no detection chain yet) writes
@@ -1685,6 +1704,22 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         }
         _ => None,
     };
+    // Slow effects (KILL_*, hosts.deny) run in their own worker, off the decision path.
+    let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
+    let mut engine = engine;
+    engine.enable_effects(doorbell);
+    let effects_exec = crate::action::Executor::new(
+        None,
+        match engine.config().blackhole_route {
+            true => Some(
+                crate::netlink::NlSocket::route()
+                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
+            ),
+            false => None,
+        },
+        Arc::clone(&log),
+    );
+    let effects_cfg = engine.config().clone();
     let addr_fd = engine.addr_watch_fd();
     // Subscribed after the engine built the table, so its own start-up is not news.
     let table_watch = match engine.nft_portid() {
@@ -1733,6 +1768,10 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     };
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
+    spawn(
+        "effects",
+        Box::new(move |sh| effects_loop(sh, effects_rx, effects_exec, effects_cfg)),
+    )?;
     if let Some(p) = served {
         spawn("served", Box::new(move |sh| served_loop(sh, p)))?;
     }
