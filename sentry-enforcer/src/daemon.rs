@@ -37,8 +37,27 @@ use crate::time::{WallMs, WallUs};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a frame has from its first byte to its last, likewise one deadline per frame.
 const FRAME_STALL: Duration = Duration::from_secs(10);
-/// Idle limit for control connections.
+/// Deadline of one control frame, from the moment the enforcer starts waiting for it to
+/// its last byte: an idle connection ends after this, and so does one that drips a byte
+/// now and then (a per-read timeout would let it hold its slot for ever).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A control stream read under one deadline for the whole frame ([`CONTROL_TIMEOUT`]).
+struct FrameDeadline<'a> {
+    s: &'a mut Stream,
+    deadline: Instant,
+}
+
+impl io::Read for FrameDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.s.set_recv_timeout(Some(left))?;
+        self.s.read(buf)
+    }
+}
 /// Most "sensor connected" lines per second; a process with the sensor's uid that
 /// reconnects in a loop must not be able to flood syslog (the rest are counted and
 /// summarised).
@@ -872,10 +891,13 @@ fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
 
 /// Serve an authorised control client (counted in [`admit`]).
 fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
-    let _ = s.set_recv_timeout(Some(CONTROL_TIMEOUT));
     let mut greeted = false;
     loop {
-        let req = match read_frame::<ControlRequest, _>(&mut s) {
+        let mut r = FrameDeadline {
+            s: &mut s,
+            deadline: Instant::now() + CONTROL_TIMEOUT,
+        };
+        let req = match read_frame::<ControlRequest, _>(&mut r) {
             Ok(r) => r,
             Err(ProtoError::Closed) => return,
             Err(e) => {
