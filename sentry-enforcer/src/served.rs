@@ -608,6 +608,54 @@ mod tests {
         );
     }
 
+    /// The cost of a poll with `n` served ports (run by hand, as root:
+    /// `cargo test -p sentry-enforcer --release served::tests::measure -- --ignored
+    /// --nocapture`): a quiet poll (dumps only) and a full rewrite.
+    #[test]
+    #[ignore = "measurement, run by hand"]
+    fn measure_poll_cost() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let script = format!(
+                "table inet sm {{\n\
+                 set {SET_ANY} {{ type inet_proto . inet_service; flags timeout; }}\n\
+                 set {SET_V4} {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n\
+                 set {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n}}\n"
+            );
+            let mut c = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), script.as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success());
+            for n in [10u16, 100, 1000] {
+                let socks: Vec<std::net::TcpListener> = (0..n)
+                    .map(|i| std::net::TcpListener::bind(("0.0.0.0", 20_000 + i)).unwrap())
+                    .collect();
+                let mut p = Poller::open("sm", None, Duration::from_secs(5)).unwrap();
+                let t = Instant::now();
+                p.poll(Instant::now()).unwrap();
+                let full = t.elapsed();
+                let t = Instant::now();
+                for _ in 0..20 {
+                    p.poll(Instant::now()).unwrap();
+                }
+                let quiet = t.elapsed() / 20;
+                drop(socks);
+                let t = Instant::now();
+                let r = p.poll(Instant::now()).unwrap();
+                let gone = t.elapsed();
+                eprintln!(
+                    "{n} ports: full rewrite {full:?}, quiet poll {quiet:?}, {} gone in {gone:?}",
+                    r.written
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Against the real kernel, in a private network namespace: a served port's element
     /// appears, and after its socket closed it expires after the grace.
     #[test]
