@@ -114,6 +114,11 @@ pub struct Config {
     /// detection chain drops them, so a scanner learns nothing from a port sentry
     /// watches, whatever its block budget allows.
     pub answer_probes: bool,
+    /// RESTART_GRACE: a port a service served within this long is still treated as
+    /// served, by the kernel's first hit and by the sensor alike, so a client that
+    /// retries while its service restarts is never taken for a scanner (0: served only
+    /// while a socket is there).
+    pub restart_grace: Duration,
     /// FLEET_MAX_BLOCKS: most active blocks asked for over the control socket by anyone
     /// but root's `sentryctl block` (the fleet bridge, other CONTROL_GROUP clients);
     /// `None`: a quarter of MAX_BLOCKS. Such blocks never count against the sensor's
@@ -251,6 +256,7 @@ fn kind(key: &str) -> Option<Kind> {
         "METRICS_DIR" => Kind::Path(|c| &mut c.metrics_dir),
         "BLOCK_OTHER_SCANS" => Kind::Bool(|c| &mut c.block_other_scans),
         "ANSWER_PROBES" => Kind::Bool(|c| &mut c.answer_probes),
+        "RESTART_GRACE" => Kind::Num(0, 3600, |c, n| c.restart_grace = Duration::from_secs(n)),
         "FLEET_MAX_BLOCKS" => Kind::Num(1, 100_000, |c, n| {
             c.fleet_max_blocks = u32::try_from(n).ok();
         }),
@@ -521,6 +527,7 @@ impl Config {
             metrics_dir: None,
             block_other_scans: false,
             answer_probes: false,
+            restart_grace: Duration::from_secs(5),
             fleet_max_blocks: None,
             fleet_block_rate: 600,
             fleet_max_duration: Duration::from_secs(86_400),

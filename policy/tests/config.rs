@@ -193,6 +193,20 @@ fn numbers_never_wrap_or_clamp() {
     );
 }
 
+/// RESTART_GRACE: seconds a port stays served after its socket closed (issue #21).
+#[test]
+fn restart_grace() {
+    let p = Path::new("x.conf");
+    let d = Config::parse("", p).unwrap();
+    assert_eq!(d.restart_grace, std::time::Duration::from_secs(5));
+    let off = Config::parse("RESTART_GRACE=\"0\"\n", p).unwrap();
+    assert!(off.restart_grace.is_zero());
+    assert_eq!(
+        one_error("RESTART_GRACE=\"3601\"\n"),
+        "/etc/sentry/sentry.conf:1: RESTART_GRACE: 3601 out of range 0-3600"
+    );
+}
+
 #[test]
 fn block_values() {
     assert_eq!(

@@ -118,6 +118,9 @@ pub enum RecordKind {
     /// A sensor-made block's evidence grew: the source went on probing after its block
     /// (the kernel drops its probes and still copies them), with more distinct ports.
     Evidence,
+    /// The actions of a block that ran after its decision (KILL_*, hosts.deny, the
+    /// blackhole route: `engine::effects`), with their results.
+    Effects,
 }
 
 impl RecordKind {
@@ -128,6 +131,7 @@ impl RecordKind {
             Self::Expired => "expired",
             Self::Restored => "restored",
             Self::Evidence => "evidence",
+            Self::Effects => "effects",
         }
     }
 }

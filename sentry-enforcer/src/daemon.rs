@@ -37,8 +37,27 @@ use crate::time::{WallMs, WallUs};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a frame has from its first byte to its last, likewise one deadline per frame.
 const FRAME_STALL: Duration = Duration::from_secs(10);
-/// Idle limit for control connections.
+/// Deadline of one control frame, from the moment the enforcer starts waiting for it to
+/// its last byte: an idle connection ends after this, and so does one that drips a byte
+/// now and then (a per-read timeout would let it hold its slot for ever).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A control stream read under one deadline for the whole frame ([`CONTROL_TIMEOUT`]).
+struct FrameDeadline<'a> {
+    s: &'a mut Stream,
+    deadline: Instant,
+}
+
+impl io::Read for FrameDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.s.set_recv_timeout(Some(left))?;
+        self.s.read(buf)
+    }
+}
 /// Most "sensor connected" lines per second; a process with the sensor's uid that
 /// reconnects in a loop must not be able to flood syslog (the rest are counted and
 /// summarised).
@@ -229,6 +248,9 @@ struct Shared {
     /// of our own `nft` child are drained under the same engine lock, so the watch never
     /// takes them for another process's change.
     watch: Mutex<Option<(crate::tablewatch::TableWatch, u32)>>,
+    /// The detection chain was (re)built, or the table with it: the served-port poller
+    /// rewrites every element of its sets at its next poll ([`crate::served`]).
+    served_resync: AtomicBool,
 }
 
 /// The detection chain's inputs. `modes` are the last ones a sensor announced, kept in
@@ -820,6 +842,7 @@ fn rebuild_detection_locked(
     match crate::table::apply_detection(&d.cfg, &spec) {
         Ok(()) => {
             d.applied = Some(spec);
+            sh.served_resync.store(true, Ordering::Relaxed);
             true
         }
         Err(e) => {
@@ -868,10 +891,13 @@ fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
 
 /// Serve an authorised control client (counted in [`admit`]).
 fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
-    let _ = s.set_recv_timeout(Some(CONTROL_TIMEOUT));
     let mut greeted = false;
     loop {
-        let req = match read_frame::<ControlRequest, _>(&mut s) {
+        let mut r = FrameDeadline {
+            s: &mut s,
+            deadline: Instant::now() + CONTROL_TIMEOUT,
+        };
+        let req = match read_frame::<ControlRequest, _>(&mut r) {
             Ok(r) => r,
             Err(ProtoError::Closed) => return,
             Err(e) => {
@@ -1381,6 +1407,64 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
     }
 }
 
+/// The effects worker (`engine::effects`): runs the deferred actions of each block in
+/// the order decided, without the engine lock, and hands the results back to the engine.
+fn effects_loop(
+    sh: Arc<Shared>,
+    rx: std::sync::mpsc::Receiver<()>,
+    mut exec: crate::action::Executor,
+    cfg: policy::Config,
+) {
+    while rx.recv().is_ok() {
+        loop {
+            let Some(job) = sh.engine().take_effects() else {
+                break;
+            };
+            let actions = crate::engine::effects::run(&mut exec, &cfg, &job);
+            sh.engine().finish_effects(job, actions, WallMs::now());
+        }
+    }
+}
+
+/// RESTART_GRACE in the kernel: poll the served ports every [`crate::served::POLL`] and
+/// write what changed. No engine lock: the sets are the poller's alone. A failure is said
+/// once (and its end once); until the table has its sets (no detection chain yet) writes
+/// fail with ENOENT, which is expected and retried quietly.
+fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
+    let mut failing: Option<String> = None;
+    let mut over_said = false;
+    loop {
+        std::thread::sleep(crate::served::POLL);
+        if sh.served_resync.swap(false, Ordering::Relaxed) {
+            p.resync();
+        }
+        match p.poll(std::time::Instant::now()) {
+            Ok(r) => {
+                if failing.take().is_some() {
+                    sh.log
+                        .notice("adminalert: served ports are written to the kernel again");
+                }
+                if r.over > 0 && !std::mem::replace(&mut over_said, true) {
+                    sh.log.warn(&format!(
+                        "adminalert: more than {} served sockets: the rest get no RESTART_GRACE in the kernel",
+                        crate::served::MAX_KEYS
+                    ));
+                }
+            }
+            Err(crate::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    sh.log.warn(&format!(
+                        "adminalert: cannot write the served ports ({text}): RESTART_GRACE holds in the sensor only until this recovers"
+                    ));
+                }
+                failing = Some(text);
+            }
+        }
+    }
+}
+
 /// Entry point for the `sentry-enforcer` binary.
 pub fn main() -> ExitCode {
     // Before anything else opens a descriptor or starts a thread.
@@ -1579,6 +1663,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         }
         Err(_) => crate::capture::NFLOG_GROUP,
     };
+    let support_ok = support.nftables.is_ok();
     let detect = Detect {
         cfg: cfg.clone(),
         modes,
@@ -1625,6 +1710,38 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         engine.blocking_in_effect()
     ));
 
+    // RESTART_GRACE: the served ports' poller, when the kernel has a table for its sets.
+    let served = match (engine.config().restart_grace, &support_ok) {
+        (g, true) if !g.is_zero() => {
+            let skip = (!sensor.uid.is_root()).then(|| sensor.uid.as_raw());
+            match crate::served::Poller::open(&engine.config().nft_table, skip, g) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    log.err(&format!(
+                        "adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only, the kernel knows only the sockets there are now"
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    // Slow effects (KILL_*, hosts.deny) run in their own worker, off the decision path.
+    let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
+    let mut engine = engine;
+    engine.enable_effects(doorbell);
+    let effects_exec = crate::action::Executor::new(
+        None,
+        match engine.config().blackhole_route {
+            true => Some(
+                crate::netlink::NlSocket::route()
+                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
+            ),
+            false => None,
+        },
+        Arc::clone(&log),
+    );
+    let effects_cfg = engine.config().clone();
     let addr_fd = engine.addr_watch_fd();
     // Subscribed after the engine built the table, so its own start-up is not news.
     let table_watch = match engine.nft_portid() {
@@ -1656,6 +1773,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         sockets: vec![sensor_path, control_path],
         detect: Mutex::new(detect),
         watch: Mutex::new(table_watch),
+        served_resync: AtomicBool::new(false),
     });
     // The remembered modes' chain goes in now, before any sensor connects, so the
     // kernel sees probes across an enforcer restart and while the sensor is down.
@@ -1672,6 +1790,13 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     };
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
+    spawn(
+        "effects",
+        Box::new(move |sh| effects_loop(sh, effects_rx, effects_exec, effects_cfg)),
+    )?;
+    if let Some(p) = served {
+        spawn("served", Box::new(move |sh| served_loop(sh, p)))?;
+    }
     if let Some(fd) = addr_fd {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }

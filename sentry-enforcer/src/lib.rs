@@ -58,6 +58,7 @@ pub mod netlink;
 mod nl;
 pub mod peercheck;
 pub mod recover;
+pub mod served;
 pub mod session;
 pub mod slots;
 pub mod store;

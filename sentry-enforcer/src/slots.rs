@@ -2,7 +2,8 @@
 //! with slots that only root can take and a cap per uid, so that a CONTROL_GROUP member
 //! (the fleet bridge, say) holding idle connections can never lock root's `sentryctl`
 //! out. Counted after authentication, in the accept loop, so unauthorised peers take no
-//! slot at all. Idle connections still end after the control read timeout.
+//! slot at all. Idle connections still end at the control frame deadline (10 s from the
+//! wait for a frame to its last byte, so dripping a byte now and then does not help).
 
 use std::collections::HashMap;
 

@@ -172,6 +172,9 @@ pub struct DetectSpec {
     /// verified sensor, so a socket bound for an earlier holder never gets another packet
     /// (see `crate::capture::GROUPS`).
     pub nflog_group: u16,
+    /// RESTART_GRACE is on: ports in the `detect_served` sets (kept by
+    /// [`crate::served`]) are no tripwires.
+    pub served: bool,
 }
 
 impl Default for DetectSpec {
@@ -190,6 +193,7 @@ impl Default for DetectSpec {
             native: None,
             answer_probes: false,
             nflog_group: crate::capture::NFLOG_GROUP,
+            served: false,
         }
     }
 }
@@ -337,6 +341,7 @@ impl DetectSpec {
             socket_expr,
             answer_probes: cfg.answer_probes,
             nflog_group: crate::capture::NFLOG_GROUP,
+            served: !cfg.restart_grace.is_zero(),
             ..Self::default()
         };
         if has(Mode::Stcp) {
@@ -460,6 +465,24 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
             timeout.as_secs().max(1)
         );
     }
+    // The served ports (crate::served writes them; never flushed here, so a rebuild of
+    // the chains keeps the grace of a service that just stopped).
+    for (set, key) in [
+        (crate::served::SET_ANY, "inet_proto . inet_service"),
+        (
+            crate::served::SET_V4,
+            "ipv4_addr . inet_proto . inet_service",
+        ),
+        (
+            crate::served::SET_V6,
+            "ipv6_addr . inet_proto . inet_service",
+        ),
+    ] {
+        let _ = writeln!(
+            o,
+            "add set inet {table} {set} {{ type {key}; flags timeout; }}"
+        );
+    }
     for (set, key) in [
         ("detect_rl4", "ipv4_addr"),
         ("detect_rl6", "ipv6_addr"),
@@ -566,6 +589,7 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             "meta l4proto udp ct state new,untracked jump detect_udp",
         );
     }
+    served_rules(&mut o, table, spec, tcp, udp);
     other_kinds(&mut o, table, spec);
     rule(&mut o, "input", &format!("goto {CHAIN_BLOCKED}"));
     rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
@@ -642,6 +666,31 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     log_rules(&mut o, table, spec.nflog_group);
     drop_rules(&mut o, table, spec);
     o
+}
+
+/// RESTART_GRACE: a port a service served within the grace ([`crate::served`]) is no
+/// tripwire. First in `detect_tcp` and `detect_udp`, so that no probe of it (ACK-family
+/// included: the late segments of the restarted service's old connections) is dropped,
+/// copied or put in a first-hit map; it returns to `input`, whose block check still drops
+/// a blocked source. The kernel's `socket` lookups stay for sockets bound since the last
+/// poll.
+fn served_rules(o: &mut String, table: &str, spec: &DetectSpec, tcp: bool, udp: bool) {
+    if !spec.served {
+        return;
+    }
+    use crate::served::{SET_ANY, SET_V4, SET_V6};
+    for (chain, on) in [("detect_tcp", tcp), ("detect_udp", udp)] {
+        if !on {
+            continue;
+        }
+        for r in [
+            format!("meta l4proto . th dport @{SET_ANY} return"),
+            format!("ip daddr . meta l4proto . th dport @{SET_V4} return"),
+            format!("ip6 daddr . meta l4proto . th dport @{SET_V6} return"),
+        ] {
+            let _ = writeln!(o, "add rule inet {table} {chain} {r}");
+        }
+    }
 }
 
 /// `detect_log`: the copy to the sensor, with a prefix saying whether conntrack found the
@@ -923,6 +972,15 @@ mod tests {
         );
         assert!(s.contains("tcp dport @detect_atcp socket transparent 0-1 return"));
         assert!(s.contains("meta l4proto tcp jump detect_tcp"));
+        // RESTART_GRACE (on by default): a recently served port is no tripwire, before
+        // any rule of the TCP chain, ACK-family included.
+        let served = s
+            .find("add rule inet sentry detect_tcp meta l4proto . th dport @detect_served return")
+            .expect("served rule");
+        assert!(served < s.find("goto detect_ack").unwrap(), "{s}");
+        assert!(s.contains("detect_tcp ip6 daddr . meta l4proto . th dport @detect_served6 return"));
+        assert!(s.contains("add set inet sentry detect_served4 { type ipv4_addr . inet_proto . inet_service; flags timeout; }"));
+        assert!(!s.contains("flush set inet sentry detect_served"));
         // The kinds PortSentry never saw: copies only, in their own chains.
         let ack = s
             .find("{ ack, fin | ack } goto detect_ack")

@@ -25,6 +25,10 @@ const NFNLGRP_NFTABLES: u32 = 7;
 /// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
 /// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
 const ATTR_TABLE: u16 = 1;
+/// The set-name attribute of a set-element message (NFTA_SET_ELEM_LIST_SET).
+const ATTR_SET: u16 = 2;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 /// NFT_MSG_NEWGEN ends every transaction and names no table.
 const NFT_MSG_NEWGEN: u16 = 15;
 /// Most reads per drain: the kernel is the only sender that counts, but a drain ends.
@@ -52,18 +56,25 @@ fn foreign_change(m: nl::Msg<'_>, table: &str, own_portid: u32) -> Option<u32> {
     {
         return None;
     }
+    let elems = matches!(m.ty & 0xff, NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM);
     let (gen, attrs) = m.payload.split_at_checked(NFGENMSG_LEN)?;
     if gen[0] != NFPROTO_INET {
         return None;
     }
+    let mut ours = false;
     for a in nl::attrs(attrs) {
-        let (ty, payload) = a.ok()?;
+        let Ok((ty, payload)) = a else { break };
+        let name = payload.split(|b| *b == 0).next().unwrap_or_default();
         if ty == ATTR_TABLE {
-            let name = payload.split(|b| *b == 0).next()?;
-            return (name == table.as_bytes()).then_some(m.portid);
+            ours = name == table.as_bytes();
+        } else if ty == ATTR_SET && elems && name.starts_with(crate::served::SET_ANY.as_bytes()) {
+            // The served-port poller's own writes (crate::served), four a second at
+            // most: not a change to answer with a rebuild. Whatever else changes them
+            // is overwritten by its next full rewrite.
+            return None;
         }
     }
-    None
+    ours.then_some(m.portid)
 }
 
 /// The first foreign change to `table` among the netlink messages in one datagram (they
@@ -159,6 +170,20 @@ mod tests {
             scan_datagram(&note(NFT_MSG_NEWGEN, 1, "sentry", 77), "sentry", 5),
             None
         );
+        // The served-port poller's element writes are not tampering; other sets' are.
+        let served = |set: &str| {
+            let mut b = nl::MsgBuilder::new(Vec::new());
+            b.begin((NFNL_SUBSYS_NFTABLES << 8) | DELSETELEM, 0, 1);
+            b.nfgen(1, 0);
+            b.attr_strz(ATTR_TABLE, "sentry");
+            b.attr_strz(ATTR_SET, set);
+            b.end();
+            let mut m = b.finish();
+            m[12..16].copy_from_slice(&77u32.to_ne_bytes());
+            m
+        };
+        assert_eq!(scan_datagram(&served("detect_served4"), "sentry", 5), None);
+        assert_eq!(scan_datagram(&served("v4"), "sentry", 5), Some(77));
         // Several messages in one datagram: the one that matters is found.
         let mut d = note(DELTABLE, 1, "filter", 9);
         d.extend(note(DELSETELEM, 1, "sentry", 9));

@@ -191,7 +191,7 @@ fn run(args: Args) -> i32 {
     // SCTP and IP-protocol probes are watched only when TCP or UDP capture is.
     let capturing = policy.captures(Protocol::Tcp) || policy.captures(Protocol::Udp);
     let own_inodes = basic.inodes();
-    let (listener_src, listeners) = if capturing {
+    let (listener_src, mut listeners) = if capturing {
         match ListenerSource::open(
             policy.captures(Protocol::Tcp),
             policy.captures(Protocol::Udp),
@@ -204,6 +204,9 @@ fn run(args: Args) -> i32 {
     } else {
         (None, Listeners::default())
     };
+    // RESTART_GRACE: a port served a moment ago is no tripwire (ending a little before
+    // the kernel's, so the kernel never blocks what the sensor would not report).
+    listeners.set_grace_ms(crate::listeners::sensor_grace(config.restart_grace));
     let hello = Hello {
         version: PROTOCOL_VERSION,
         sensor: sensor_name(),

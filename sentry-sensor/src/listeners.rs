@@ -9,6 +9,11 @@
 //! the host has more connections).
 //! Sockets whose inode is one of the sensor's own basic-mode sockets are not services.
 //! No socket is ever bound to test a port, and no privilege is needed for either source.
+//!
+//! RESTART_GRACE: a binding that disappeared from the table still serves its port until
+//! [`sensor_grace`] after the last read that saw it, so a client retrying while its
+//! service restarts is no scanner. A connected UDP socket (a client's) is no service: it
+//! receives only from its peer, as the kernel's own socket lookup finds it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -19,12 +24,31 @@ use std::path::Path;
 use sentry_proto::Protocol;
 
 use crate::ports::PortBits;
+use crate::time::Mono;
+
+/// How much earlier than RESTART_GRACE the sensor's grace ends. The enforcer writes a
+/// port's grace into the kernel at the poll that found it gone (up to 250 ms after it
+/// closed; sentry-enforcer's `served::SENSOR_MARGIN`), the sensor counts from the last
+/// read that saw it served: with this margin whatever the sensor calls served the kernel
+/// does too, so the kernel's first hit never blocks a probe the sensor would not report.
+pub const SENSOR_MARGIN_MS: u64 = 500;
+
+/// The sensor's grace for RESTART_GRACE `restart_grace` (0 stays 0).
+pub fn sensor_grace(restart_grace: std::time::Duration) -> u64 {
+    u64::try_from(restart_grace.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_sub(SENSOR_MARGIN_MS)
+}
 
 /// Bound addresses per port, for one protocol.
 #[derive(Debug, Clone, Default)]
 struct Bound {
     any: PortBits,
     addrs: HashMap<u16, Vec<IpAddr>>,
+    /// Bindings gone from the table, with the last read that saw them (RESTART_GRACE).
+    recent: HashMap<u16, Vec<(IpAddr, Mono)>>,
+    /// When this part was read.
+    read_at: Mono,
 }
 
 impl Bound {
@@ -36,13 +60,53 @@ impl Bound {
         }
     }
 
-    fn serves(&self, dst: IpAddr, port: u16) -> bool {
+    fn serves(&self, dst: IpAddr, port: u16, now: Mono, grace_ms: u64) -> bool {
+        let recent = || {
+            self.recent.get(&port).is_some_and(|v| {
+                v.iter()
+                    .any(|&(b, seen)| now.ms_since(seen) < grace_ms && covers(b, dst))
+            })
+        };
         if !self.any.contains(port) {
-            return false;
+            return !self.recent.is_empty() && recent();
         }
         self.addrs
             .get(&port)
             .is_some_and(|v| v.iter().any(|&b| covers(b, dst)))
+            || recent()
+    }
+
+    /// Take `new` (read at `now`) as the current table, remembering for `grace_ms` the
+    /// bindings it no longer has: from the read before (`self.read_at`), the last that saw
+    /// them.
+    fn replace(&mut self, mut new: Bound, now: Mono, grace_ms: u64) {
+        new.read_at = now;
+        if grace_ms > 0 {
+            let live = |seen: Mono| now.ms_since(seen) < grace_ms;
+            let still = |new: &Bound, port: u16, a: IpAddr| {
+                new.addrs.get(&port).is_some_and(|v| v.contains(&a))
+            };
+            let mut recent: HashMap<u16, Vec<(IpAddr, Mono)>> = HashMap::new();
+            let gone = self
+                .addrs
+                .iter()
+                .flat_map(|(p, v)| v.iter().map(|a| (*p, *a, self.read_at)));
+            let older = self
+                .recent
+                .iter()
+                .flat_map(|(p, v)| v.iter().map(|(a, t)| (*p, *a, *t)));
+            for (port, a, seen) in gone.chain(older) {
+                if live(seen) && !still(&new, port, a) {
+                    let v = recent.entry(port).or_default();
+                    match v.iter_mut().find(|(b, _)| *b == a) {
+                        Some((_, t)) => *t = (*t).max(seen),
+                        None => v.push((a, seen)),
+                    }
+                }
+            }
+            new.recent = recent;
+        }
+        *self = new;
     }
 }
 
@@ -65,6 +129,11 @@ pub struct Listeners {
     udp: Bound,
     /// SCTP endpoints (read with the TCP part: SCTP INITs are watched on the TCP ports).
     sctp: Bound,
+    /// RESTART_GRACE as the sensor holds it ([`sensor_grace`]); 0: served only while a
+    /// socket is there.
+    grace_ms: u64,
+    /// The time lookups are made at ([`Listeners::set_now`], and each update).
+    now: Mono,
 }
 
 impl Listeners {
@@ -78,13 +147,25 @@ impl Listeners {
         }
     }
 
-    /// A real service receives `proto` traffic for `dst`:`port`.
+    /// Keep bindings that disappear for this long ([`sensor_grace`] of RESTART_GRACE).
+    pub fn set_grace_ms(&mut self, ms: u64) {
+        self.grace_ms = ms;
+    }
+
+    /// The time of the lookups that follow (the grace is counted to it).
+    #[inline]
+    pub fn set_now(&mut self, now: Mono) {
+        self.now = self.now.max(now);
+    }
+
+    /// A real service receives `proto` traffic for `dst`:`port`, or did within the grace.
     #[inline]
     pub fn serves(&self, proto: Protocol, dst: IpAddr, port: u16) -> bool {
+        let (now, g) = (self.now, self.grace_ms);
         match proto {
-            Protocol::Tcp => self.tcp.serves(dst, port),
-            Protocol::Udp => self.udp.serves(dst, port),
-            Protocol::Sctp => self.sctp.serves(dst, port),
+            Protocol::Tcp => self.tcp.serves(dst, port, now, g),
+            Protocol::Udp => self.udp.serves(dst, port, now, g),
+            Protocol::Sctp => self.sctp.serves(dst, port, now, g),
             Protocol::Ip => false,
         }
     }
@@ -92,12 +173,21 @@ impl Listeners {
     /// Take the TCP (with SCTP) and/or UDP part of `other` (a
     /// [`ListenerSource::read_some`] result), keeping this snapshot's other part.
     pub fn update(&mut self, other: Listeners, tcp: bool, udp: bool) {
+        let now = self.now;
+        self.update_at(other, tcp, udp, now);
+    }
+
+    /// [`Listeners::update`] with a read made at `now`: bindings the new part lacks stay
+    /// served for the grace, counted from the read before, the last that saw them.
+    pub fn update_at(&mut self, other: Listeners, tcp: bool, udp: bool, now: Mono) {
+        self.set_now(now);
+        let (now, g) = (self.now, self.grace_ms);
         if tcp {
-            self.tcp = other.tcp;
-            self.sctp = other.sctp;
+            self.tcp.replace(other.tcp, now, g);
+            self.sctp.replace(other.sctp, now, g);
         }
         if udp {
-            self.udp = other.udp;
+            self.udp.replace(other.udp, now, g);
         }
     }
 
@@ -156,9 +246,13 @@ pub fn parse_line(line: &str, proto: Protocol, v6: bool) -> Option<(IpAddr, u16,
     let mut f = line.split_whitespace();
     let _sl = f.next()?;
     let local = f.next()?;
-    let _remote = f.next()?;
+    let remote = f.next()?;
     let state = f.next()?;
     if proto == Protocol::Tcp && state != TCP_LISTEN {
+        return None;
+    }
+    // A connected UDP socket (a client's) receives from its peer only.
+    if proto == Protocol::Udp && !remote.ends_with(":0000") {
         return None;
     }
     // tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
@@ -252,6 +346,11 @@ pub fn parse_diag(
                     .ok_or_else(|| bad("short message"))?;
                 let src = body.get(8..24).ok_or_else(|| bad("short message"))?;
                 let inode = u64::from(u32_ne(body, 68).ok_or_else(|| bad("short message"))?);
+                let dport = body.get(6..8).ok_or_else(|| bad("short message"))?;
+                // A connected UDP socket (a client's) receives from its peer only.
+                if proto == Protocol::Udp && dport != [0, 0] {
+                    continue;
+                }
                 let addr = match family {
                     AF_INET => {
                         let a: [u8; 4] = src
@@ -622,6 +721,60 @@ ffff8883 ffff8884 2   10  12   2905    107 41235 10.9.0.2 fd00:0000:0000:0000:00
         let udp_only = src.read_some(&own, false, true).unwrap();
         l.update(udp_only, false, true);
         assert!(!l.serves(Protocol::Udp, d4, 137), "UDP part replaced");
+    }
+
+    #[test]
+    fn a_port_served_a_moment_ago_stays_served_for_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tcp"), TCP4).unwrap();
+        std::fs::write(dir.path().join("udp"), UDP4).unwrap();
+        let mut src = ListenerSource::open_at(dir.path(), true, true).unwrap();
+        let own = HashSet::new();
+        let d4 = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2));
+        let mut l = Listeners::default();
+        l.set_grace_ms(sensor_grace(std::time::Duration::from_secs(5)));
+        l.update_at(src.read(&own).unwrap(), true, true, Mono(1_000));
+        assert!(l.serves(Protocol::Tcp, d4, 22));
+        // The service stops (the table loses port 22); the read at 1.2 s no longer has
+        // it, but it was seen at 1.0 s: served until 1.0 + 4.5 s.
+        std::fs::write(dir.path().join("tcp"), TCP4.lines().next().unwrap()).unwrap();
+        l.update_at(src.read(&own).unwrap(), true, true, Mono(1_200));
+        assert!(l.serves(Protocol::Tcp, d4, 22));
+        assert!(l.serves(Protocol::Udp, d4, 137), "UDP untouched");
+        // Re-reads within the grace keep the first sighting, not the re-read's time.
+        l.update_at(src.read(&own).unwrap(), true, false, Mono(5_000));
+        l.set_now(Mono(5_499));
+        assert!(l.serves(Protocol::Tcp, d4, 22));
+        l.set_now(Mono(5_500));
+        assert!(!l.serves(Protocol::Tcp, d4, 22), "grace over");
+        assert!(!l.serves(Protocol::Tcp, d4, 23), "never served");
+        l.update_at(src.read(&own).unwrap(), true, false, Mono(6_000));
+        l.set_now(Mono(5_000));
+        assert!(
+            !l.serves(Protocol::Tcp, d4, 22),
+            "forgotten after the grace"
+        );
+        // Without a grace a closed port is unserved at once.
+        let mut z = Listeners::default();
+        std::fs::write(dir.path().join("tcp"), TCP4).unwrap();
+        z.update_at(src.read(&own).unwrap(), true, true, Mono(1));
+        std::fs::write(dir.path().join("tcp"), "").unwrap();
+        z.update_at(src.read(&own).unwrap(), true, true, Mono(2));
+        assert!(!z.serves(Protocol::Tcp, d4, 22));
+        assert_eq!(sensor_grace(std::time::Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn connected_udp_sockets_are_no_services() {
+        let line = "  7: 0200090A:9C40 0100090A:0035 01 00000000:00000000 00:00000000 00000000     0        0 77 2 0000000000000000 0";
+        assert_eq!(parse_line(line, Protocol::Udp, false), None);
+        let mut m = diag_msg(7, AF_INET, &[10, 9, 0, 2], 40000, 1);
+        m[NLMSG_HDR + 6..NLMSG_HDR + 8].copy_from_slice(&53u16.to_be_bytes());
+        let mut l = Listeners::default();
+        parse_diag(&m, 7, Protocol::Udp, &HashSet::new(), &mut l).unwrap();
+        assert_eq!(l.count(Protocol::Udp), 0);
+        parse_diag(&m, 7, Protocol::Tcp, &HashSet::new(), &mut l).unwrap();
+        assert_eq!(l.count(Protocol::Tcp), 1);
     }
 
     fn diag_msg(seq: u32, family: u8, addr: &[u8], port: u16, inode: u32) -> Vec<u8> {

@@ -204,6 +204,7 @@ impl Detector {
         log: &mut Logger,
         out: &mut Vec<Report>,
     ) {
+        self.listeners.set_now(now);
         let Some(h) = candidate(
             frame,
             ct,
@@ -285,7 +286,7 @@ impl Detector {
     pub fn refresh_listeners(&mut self, now: Mono, (tcp, udp): (bool, bool), log: &mut Logger) {
         if let Some(src) = &mut self.listener_src {
             match src.read_some(&self.own_inodes, tcp, udp) {
-                Ok(l) => self.listeners.update(l, tcp, udp),
+                Ok(l) => self.listeners.update_at(l, tcp, udp, now),
                 Err(e) => log.error(&format!(
                     "adminalert: ERROR: cannot re-read socket tables: {e}"
                 )),

@@ -28,6 +28,8 @@ pub enum AuditDecision {
     Restored,
     /// A blocked source went on probing: its block's evidence grew.
     Evidence,
+    /// The actions of a block that ran after its decision (KILL_*, hosts.deny).
+    Effects,
 }
 
 impl From<sentry_proto::Decision> for AuditDecision {

@@ -1218,7 +1218,9 @@ impl Sentry {
     /// `sentryctl ARGS --json`, which must succeed, parsed.
     pub fn ctl_json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
-        a.push("--json");
+        if !a.contains(&"--json") {
+            a.push("--json");
+        }
         let out = self.sentryctl(&a);
         assert!(out.success(), "sentryctl {args:?}: {out}");
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))

@@ -150,3 +150,46 @@ fn idle_control_connections_of_a_group_member_leave_root_a_slot() {
     );
     drop(holders);
 }
+
+/// A CONTROL_GROUP member dripping one byte every 2 s never completes a frame: the
+/// enforcer cuts it off at the frame's deadline (10 s), not after each byte's, so it
+/// cannot hold a control slot for ever.
+#[test]
+fn a_dripping_control_client_is_cut_off_at_the_frame_deadline() {
+    let test = "a_dripping_control_client_is_cut_off_at_the_frame_deadline";
+    if !require_root(test) {
+        return;
+    }
+    let s = Sentry::start(
+        test,
+        Settings::new(&["atcp"]).set("CONTROL_GROUP", "nogroup"),
+    );
+    let sock = s.runtime_dir.join("control.sock");
+    let bin = sentry_tests::bin_dir().join("sentry-hostile");
+    let t = Instant::now();
+    let mut c = Holder(
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(&bin)
+            .arg(&sock)
+            .args(["drip", "2000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the dripping client"),
+    );
+    // Every byte came well within a per-read timeout; the frame took longer than its
+    // deadline. The client ends when its next byte hits the closed connection.
+    wait_until(
+        Duration::from_secs(20),
+        "the dripping client to be cut off",
+        || c.0.try_wait().ok().flatten(),
+        || s.diag(),
+    );
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the dripping client held its connection for {took:?}"
+    );
+    assert!(s.sentryctl(&["status"]).success());
+}

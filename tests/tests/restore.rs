@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sentry_proto::{Decision, Protocol};
 use sentry_tests::{
-    now_ms, require_root, run_ok, ActionKind, ActionStatus, AuditDecision, RestoreCounts, Sentry,
-    Settings, Side,
+    now_ms, require_root, run_ok, wait_until, ActionKind, ActionStatus, AuditDecision,
+    RestoreCounts, Sentry, Settings, Side,
 };
 
 /// The two tests with tens of thousands of blocks take turns: at once, on two cores, a
@@ -124,7 +124,13 @@ fn kill_route_is_re_run_once_after_a_reboot() {
     assert_eq!(s.block("192.0.2.80", Protocol::Tcp, 22), Decision::Blocked);
     drop(s);
     let f = routes.join("route-192.0.2.80");
-    assert!(f.exists());
+    // KILL_ROUTE runs in the effects worker, right after the decision answered.
+    wait_until(
+        Duration::from_secs(5),
+        "KILL_ROUTE to run",
+        || f.exists().then_some(()),
+        || env.enforcer_log(),
+    );
     std::fs::remove_file(&f).unwrap();
     // Restart in the same boot: not re-run.
     env.stop_enforcer();

@@ -48,7 +48,20 @@ impl Engine {
             timeout: None,
         };
         let mut actions = Vec::new();
+        // Effects of this block still queued or running (engine::effects): its route and
+        // hosts.deny line are taken back behind them, never before they were put in.
+        let busy = self.effects_busy(addr);
+        let mut later = Vec::new();
         for act in action::undo_plan(&b, self.exec.backends(), kernel_nft) {
+            if busy
+                && matches!(
+                    act,
+                    action::Action::Route(_) | action::Action::HostsDeny(..)
+                )
+            {
+                later.push(act);
+                continue;
+            }
             match (&act, deny_done) {
                 (action::Action::HostsDeny(_, line, _), Some(done)) => {
                     let mut a = done.clone();
@@ -70,6 +83,18 @@ impl Engine {
             self.persist_error(&format!("removal of {addr}"), &e);
         }
         self.count_errors(ErrorKind::Action, errors.len() as u64);
+        let mut reason = reason.to_string();
+        if !later.is_empty() {
+            reason.push_str("; its route / hosts.deny line are taken back after its pending effects, audited as `effects`");
+            self.defer_undo(Box::new(super::effects::Job {
+                addr,
+                subj,
+                plan: later,
+                block: b.clone(),
+                undo: true,
+            }));
+        }
+        let reason = reason.as_str();
         let mut rec = AuditRecord::event(now, kind, reason.to_string(), peer);
         rec.set_block(&b);
         rec.actions = actions;
@@ -171,9 +196,16 @@ impl Engine {
         if addrs.is_empty() {
             return;
         }
-        let deny = self.deny_batch(addrs, Op::Delete);
-        for a in addrs {
-            self.end_block(*a, now, why, None, true, deny.as_ref());
+        // An address with effects still pending keeps its deny line out of the batch: it
+        // is removed behind those effects (engine::effects).
+        let (busy, free): (Vec<IpAddr>, Vec<IpAddr>) =
+            addrs.iter().partition(|a| self.effects_busy(**a));
+        let deny = self.deny_batch(&free, Op::Delete);
+        for a in free {
+            self.end_block(a, now, why, None, true, deny.as_ref());
+        }
+        for a in busy {
+            self.end_block(a, now, why, None, true, None);
         }
         self.rewrite_blocked_file();
     }

@@ -9,6 +9,7 @@
 //! ([`crate::budget`]).
 
 mod blocks;
+pub mod effects;
 mod expiry;
 pub mod explain;
 mod files;
@@ -114,6 +115,9 @@ pub struct Engine {
     audit: AuditLog,
     log: Arc<Logger>,
     exec: Executor,
+    /// Slow effects deferred to the daemon's worker ([`effects`]); `None`: every action
+    /// runs in the decision (unit tests, embedders).
+    effects: Option<effects::Queue>,
     /// Address-change notifications; `None` when `refresh_own_addresses` is off, or when
     /// the socket could not be opened (then the addresses are re-read before every
     /// decision, as a fallback that is slow but never stale).
@@ -225,6 +229,7 @@ impl Engine {
             store,
             audit,
             exec: Executor::new(nft, route, Arc::clone(&log)),
+            effects: None,
             log,
             addr_watch,
             infra,
@@ -965,7 +970,35 @@ impl Engine {
                 false
             }
         };
-        for act in action::block_plan(&self.cfg, backends, &subj, nft_first) {
+        let mut plan = action::block_plan(&self.cfg, backends, &subj, nft_first);
+        // Once the element is in, the decision is made: the slow rest runs in the effects
+        // worker, in the same order (engine::effects). Without it, here, as before.
+        let mut deferred = 0;
+        let mut queue_full = false;
+        if block.nft && !plan.is_empty() {
+            let n = plan.len();
+            let job = Box::new(effects::Job {
+                addr,
+                subj,
+                plan,
+                block: intent.clone(),
+                undo: false,
+            });
+            plan = match self.defer_effects(job) {
+                Ok(()) => {
+                    deferred = n;
+                    // The block stands as journalled; the worker records what its
+                    // actions really did.
+                    block = intent.clone();
+                    Vec::new()
+                }
+                Err(job) => {
+                    queue_full = self.effects.is_some();
+                    job.plan
+                }
+            };
+        }
+        for act in plan {
             let a = self.exec.run(&self.cfg, &act, &subj);
             action::record_effect(&mut block, &act, a.ok());
             let blocks_traffic = !matches!(act, Action::Command(Command::KillRunCmd));
@@ -1030,6 +1063,14 @@ impl Engine {
             Some(len) => format!("blocked {addr}/{len} {how_long}"),
             None => format!("blocked {how_long}"),
         };
+        if deferred > 0 {
+            notes.push(format!(
+                "{deferred} more actions run after the decision, audited as `effects`"
+            ));
+        }
+        if queue_full {
+            notes.push("effects queue full: actions run in the decision".to_string());
+        }
         if !notes.is_empty() {
             what = format!("{what} ({})", notes.join("; "));
         }
@@ -1693,6 +1734,87 @@ mod tests {
         assert_eq!(t.engine.counters().failed, 0);
         assert!(t.engine.is_blocked("192.0.2.1".parse().unwrap()));
         assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
+    }
+
+    /// Effects off the decision path (issue #21): with the element in, the decision
+    /// answers at once and audits only the element; the worker's run comes later as an
+    /// `effects` record; an unblock while they wait takes the deny line back behind them;
+    /// a failed effect leaves the decision `blocked` and counts as an error. Needs the
+    /// kernel's nftables: in a private network namespace, as root.
+    #[test]
+    fn slow_effects_run_after_the_decision_in_order() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED (needs root): slow_effects_run_after_the_decision_in_order");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut t = setup(&[
+                ("FIREWALL", "nftables"),
+                ("NFT_TABLE", "sentryunit"),
+                ("KILL_RUN_CMD", "/bin/false $TARGET$"),
+            ]);
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            t.engine.enable_effects(tx);
+            let mut worker = Executor::new(None, None, Arc::new(Logger::new(true, "test")));
+            let cfg = t.engine.config().clone();
+            let mut work = |t: &mut T| {
+                let job = t.engine.take_effects().expect("a job");
+                let actions = effects::run(&mut worker, &cfg, &job);
+                t.engine.finish_effects(job, actions, now_ms());
+            };
+            assert_eq!(t.decide("192.0.2.1", Protocol::Tcp), Decision::Blocked);
+            let rec = t.last();
+            assert_eq!(rec["decision"], "blocked");
+            assert_eq!(rec["actions"].as_array().unwrap().len(), 1, "{rec}");
+            assert_eq!(rec["actions"][0]["action"], "nftables", "{rec}");
+            assert!(
+                rec["reason"].as_str().unwrap().contains("2 more actions"),
+                "{rec}"
+            );
+            assert!(rx.try_recv().is_ok(), "the worker was woken");
+            assert_eq!(t.deny(), "", "nothing slow ran in the decision");
+            assert_eq!(t.engine.effects_waiting(), 1);
+            work(&mut t);
+            let rec = t.last();
+            assert_eq!(rec["decision"], "effects", "{rec}");
+            assert_eq!(rec["source"], "192.0.2.1");
+            assert_eq!(rec["actions"][0]["action"], "hosts_deny", "{rec}");
+            assert_eq!(rec["actions"][1]["status"], "error", "{rec}");
+            assert!(rec["reason"].as_str().unwrap().contains("1 of 2"), "{rec}");
+            assert_eq!(t.deny(), "ALL: 192.0.2.1\n");
+            assert_eq!(t.engine.counters().errors, 1);
+            assert_eq!(t.engine.counters().failed, 0);
+            // Blocked again while its effects wait, then unblocked: the line is added and
+            // then taken back, in that order, by the worker.
+            assert!(t
+                .engine
+                .unblock("192.0.2.1".parse().unwrap(), ROOT, now_ms())
+                .is_some());
+            assert_eq!(t.deny(), "");
+            assert_eq!(t.decide("192.0.2.2", Protocol::Tcp), Decision::Blocked);
+            let lifted = t
+                .engine
+                .unblock("192.0.2.2".parse().unwrap(), ROOT, now_ms());
+            assert!(lifted.is_some());
+            assert!(t.last()["reason"]
+                .as_str()
+                .unwrap()
+                .contains("after its pending effects"));
+            assert_eq!(t.engine.effects_waiting(), 2);
+            work(&mut t);
+            assert_eq!(t.deny(), "ALL: 192.0.2.2\n");
+            assert!(t.last()["reason"]
+                .as_str()
+                .unwrap()
+                .contains("lifted meanwhile"));
+            work(&mut t);
+            assert_eq!(t.deny(), "", "the undo ran behind the add");
+            assert!(t.last()["reason"].as_str().unwrap().contains("undo"));
+            assert!(t.engine.take_effects().is_none());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
