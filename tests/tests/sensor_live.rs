@@ -444,7 +444,11 @@ fn inverse_binding_live() {
         setup: _setup,
         enf,
         sensor,
-    }) = up("inverse_binding_live", &[], &["-atcp", "-audp"])
+    }) = up(
+        "inverse_binding_live",
+        &[("RESTART_GRACE", "1")],
+        &["-atcp", "-audp"],
+    )
     else {
         return;
     };
@@ -465,9 +469,10 @@ fn inverse_binding_live() {
     assert_eq!((got[0].source, got[0].port), (IpAddr::V4(source(2)), 25));
     let more = enf.blocks_until(Duration::from_millis(500), |b| !b.is_empty());
     assert!(more.is_empty(), "{more:#?}");
-    // The service stops: the port is watched again (the table is re-read every second).
+    // The service stops: the port is watched again once RESTART_GRACE (1 s here) has
+    // passed since a read of the table (re-read every second) last saw it served.
     drop((tcp22, tcp25, udp53));
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     net.hping_from(source(3), 22, &["-S"]);
     let got = enf.blocks_until(T, |b| !b.is_empty());
     assert_eq!(got.len(), 1, "{}", sensor.log_text());
