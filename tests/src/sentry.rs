@@ -749,6 +749,18 @@ impl Sentry {
         self.wait_decision_within(ip, decision, DETECT_TIMEOUT)
     }
 
+    /// The `blocked` record of `ip` with every action of its block: the ones run in the
+    /// decision and, when the record says some run after it (issue #21), those of its
+    /// `effects` record, appended in the order they ran.
+    pub fn wait_block_actions(&self, ip: IpAddr) -> AuditLine {
+        let mut rec = self.wait_decision(ip, AuditDecision::Blocked);
+        if rec.reason.contains("audited as `effects`") {
+            let effects = self.wait_decision(ip, AuditDecision::Effects);
+            rec.actions.extend(effects.actions);
+        }
+        rec
+    }
+
     /// Like [`Sentry::wait_decision`] with an explicit timeout.
     pub fn wait_decision_within(
         &self,

@@ -63,7 +63,7 @@ fn debian_portsentry_conf_blocks_with_its_kill_route() {
     s.nmap(&["-sS", "-e", SCANNER_IF, "-p", "1-100", &target]);
     // No FIREWALL key in Debian's file: the native set first (the kernel drops the
     // scanner within microseconds), then its KILL_ROUTE and KILL_HOSTS_DENY.
-    let rec = s.wait_decision(SCANNER, AuditDecision::Blocked);
+    let rec = s.wait_block_actions(SCANNER);
     assert_eq!(
         rec.action_kinds().first(),
         Some(&ActionKind::Nftables),
@@ -117,7 +117,7 @@ fn debian_portsentry_conf_blocks_an_ipv6_scanner_natively() {
     let scanner = IpAddr::V6(SCANNER_V6);
     let target = TARGET_V6.to_string();
     s.nmap(&["-6", "-sS", "-e", SCANNER_IF, "-p", "1-100", &target]);
-    let rec = s.wait_decision(scanner, AuditDecision::Blocked);
+    let rec = s.wait_block_actions(scanner);
     assert!(s.nft_has(scanner), "not in the nftables set\n{}", s.diag());
     let nft = rec.actions.first().expect("actions");
     assert_eq!(

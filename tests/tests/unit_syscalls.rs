@@ -458,7 +458,7 @@ fn portsentry_kill_route_commands_stay_inside_the_enforcer_unit() {
     let target = TARGET_V4.to_string();
     let scanner = IpAddr::V4(SCANNER_V4);
     s.hping(&["-S", "-p", "++20", "-c", "3", "-i", "u10000", &target]);
-    let rec = s.wait_decision(scanner, AuditDecision::Blocked);
+    let rec = s.wait_block_actions(scanner);
     assert!(
         rec.action_kinds().contains(&ActionKind::KillRoute),
         "{rec:?}"
