@@ -1155,7 +1155,7 @@ fn the_readme_fleet_steps_work_with_the_shipped_files() {
     );
     wait_for(
         "A to lift its own block (its alert caused the deleted decision)",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         &hosts,
         &lapi,
         || !a.audit_for(scanner, AuditDecision::Unblocked).is_empty(),
