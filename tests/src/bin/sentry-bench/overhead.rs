@@ -30,6 +30,19 @@ use crate::table::Table;
 use crate::Opts;
 
 const TABLE: &str = "sentry";
+/// Every process of a measurement runs on this CPU, client and server alike: a veth
+/// packet is processed in the sender's softirq, so pinning both ends to one core makes
+/// the two pairs' rounds comparable (unpinned, the scheduler's placement alone moved
+/// the rate by 15-35 % between identical pairs on a 2-core machine).
+const PIN: &str = "1";
+
+/// Pin the calling thread to [`PIN`].
+fn pin() {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(1).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
 const FIREWALL: &str = "table inet hostfw {}\ndelete table inet hostfw\n\
 table inet hostfw {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  ct state invalid drop\n  iif lo accept\n  meta l4proto icmp accept\n  meta l4proto ipv6-icmp accept\n  tcp dport { 5201, 8080 } accept\n  udp dport 5201 accept\n }\n}\n";
 
@@ -135,7 +148,10 @@ fn previous_script(n: u64) -> String {
 /// server of `pair`: datagrams per second the server received.
 fn udp_rate(pair: &NetPair, secs: u64) -> Result<f64, String> {
     let out = run(
-        pair.command(Side::Scanner, "iperf3").args([
+        pair.command(Side::Scanner, "taskset").args([
+            "-c",
+            PIN,
+            "iperf3",
             "-c",
             &TARGET_V4.to_string(),
             "-u",
@@ -167,28 +183,30 @@ fn udp_rate(pair: &NetPair, secs: u64) -> Result<f64, String> {
 }
 
 /// New TCP connections per second from the client to the server's port 8080 (a listener
-/// that accepts and closes), for `secs`.
+/// that accepts and closes, blocking in accept so the backlog never fills), for `secs`.
 fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let (st, rd) = (stop.clone(), ready.clone());
     let server = pair.spawn_in_ns(Side::Target, move || {
+        pin();
         let Ok(l) = TcpListener::bind((TARGET_V4, 8080)) else {
+            rd.store(true, Ordering::SeqCst);
             return;
         };
-        let _ = l.set_nonblocking(true);
         rd.store(true, Ordering::SeqCst);
         while !st.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((c, _)) => drop(c),
-                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+            if let Ok((c, _)) = l.accept() {
+                drop(c);
             }
         }
     });
     while !ready.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let st = stop.clone();
     let n = pair.in_ns(Side::Scanner, move || {
+        pin();
         let to = SocketAddr::from((TARGET_V4, 8080));
         let end = Instant::now() + Duration::from_secs(secs);
         let mut n = 0u64;
@@ -207,9 +225,11 @@ fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
                 n += 1;
             }
         }
+        // One more connection wakes the server from accept, now told to stop.
+        st.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&to, Duration::from_secs(1));
         n
     });
-    stop.store(true, Ordering::SeqCst);
     let _ = server.join();
     n as f64 / secs as f64
 }
@@ -233,8 +253,8 @@ fn setup(pair: &NetPair) -> Result<(), String> {
 }
 
 fn iperf_server(pair: &NetPair) -> std::process::Child {
-    pair.command(Side::Target, "iperf3")
-        .args(["-s", "-B", &TARGET_V4.to_string()])
+    pair.command(Side::Target, "taskset")
+        .args(["-c", PIN, "iperf3", "-s", "-B", &TARGET_V4.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
