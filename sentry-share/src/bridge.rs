@@ -48,9 +48,11 @@ pub struct Stats {
     pub decisions_invalid: u64,
     pub enforcer_errors: u64,
     pub deleted_on_unblock: u64,
-    /// Decisions whose scenario failed the enforcer's checks ([`decision_meta`]): blocked
-    /// without it.
+    /// Decisions with a scenario, alert id or machine that failed the enforcer's checks
+    /// ([`decision_meta`]): blocked without it.
     pub meta_invalid: u64,
+    /// Failed lookups of a decision's alert (its block then has no alert id, machine).
+    pub alert_lookup_failures: u64,
 }
 
 /// State shared by the threads.
@@ -693,29 +695,55 @@ pub fn classify(d: &crate::lapi::Decision) -> Action {
     }
 }
 
-/// What the enforcer is told about decision `d` with its block: its scenario and id.
-/// The decision stream of CrowdSec 1.4.6 carries neither the alert's id nor the machine
-/// that sent it (those are in `GET /v1/alerts`, see docs). The scenario is LAPI text (a
-/// `cscli decisions add --reason` is free text): one the enforcer would refuse is left
-/// out, and the reason returned for the caller to count and log, since refusing the ban
-/// itself for its label would leave the address unblocked.
-pub fn decision_meta(d: &crate::lapi::Decision) -> (BlockMeta, Option<String>) {
+/// Alert lookups per poll ([`Lapi::alert_of`](crate::lapi::Lapi::alert_of)): a startup
+/// poll with thousands of decisions must not become thousands of requests before the
+/// blocks; the decisions beyond are blocked without their alert id and machine.
+pub const ALERT_LOOKUPS_PER_POLL: usize = 16;
+
+/// What the enforcer is told about decision `d` with its block: its scenario and id,
+/// and `alert` (its alert's id and machine) when the lookup found it: the decision
+/// stream of CrowdSec 1.4.6 carries neither of those. Everything is LAPI text (a `cscli
+/// decisions add --reason` is the scenario): a field the enforcer would refuse is left
+/// out, and said in the returned list for the caller to count and log, since refusing
+/// the ban itself for a label would leave the address unblocked.
+pub fn decision_meta(
+    d: &crate::lapi::Decision,
+    alert: Option<(i64, String)>,
+) -> (BlockMeta, Vec<String>) {
     let mut meta = BlockMeta {
-        scenario: (!d.scenario.is_empty()).then(|| d.scenario.clone()),
         decision_id: u64::try_from(d.id).ok().filter(|&i| i > 0),
-        alert_id: None,
-        machine: None,
+        ..BlockMeta::default()
     };
-    match meta.validate() {
-        Ok(()) => (meta, None),
-        Err(e) => {
-            meta.scenario = None;
-            (
-                meta,
-                Some(format!("scenario {:?} refused: {e}", d.scenario)),
-            )
+    let mut refused = Vec::new();
+    let mut take = |what: &str, one: BlockMeta, shown: String| match one.validate() {
+        Ok(()) => {
+            meta.scenario = meta.scenario.take().or(one.scenario);
+            meta.alert_id = meta.alert_id.or(one.alert_id);
+            meta.machine = meta.machine.take().or(one.machine);
         }
+        Err(e) => refused.push(format!("{what} {shown} refused: {e}")),
+    };
+    if !d.scenario.is_empty() {
+        let one = BlockMeta {
+            scenario: Some(d.scenario.clone()),
+            ..BlockMeta::default()
+        };
+        take("scenario", one, format!("{:?}", d.scenario));
     }
+    if let Some((id, machine)) = alert {
+        let one = BlockMeta {
+            // 0 for a negative id: refused by the check, as 0 is.
+            alert_id: Some(u64::try_from(id).unwrap_or(0)),
+            ..BlockMeta::default()
+        };
+        take("alert id", one, id.to_string());
+        let one = BlockMeta {
+            machine: Some(machine.clone()),
+            ..BlockMeta::default()
+        };
+        take("machine", one, format!("{machine:?}"));
+    }
+    (meta, refused)
 }
 
 /// Lift this host's own (sensor) block of `addr`, after the fleet decision `id` that
@@ -749,8 +777,14 @@ fn lift_local(sh: &Shared, client: &mut Client, addr: IpAddr, id: i64, how: &str
     }
 }
 
-/// Apply one stream reply; `startup` replies are the whole active set.
-pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool) {
+/// Apply one stream reply; `startup` replies are the whole active set. `alert_of` finds
+/// a decision's alert (id, machine) for the block's metadata, or `None`.
+pub fn apply_stream(
+    sh: &Shared,
+    reply: crate::lapi::StreamReply,
+    startup: bool,
+    alert_of: &mut dyn FnMut(IpAddr, i64) -> Option<(i64, String)>,
+) {
     let origin = sh.cfg.origin.clone();
     let mut client = match Client::connect(&sh.cfg.runtime_dir) {
         Ok(c) => c,
@@ -920,11 +954,12 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
                     ));
                     continue;
                 }
-                let (meta, bad) = decision_meta(&d);
-                if let Some(why) = bad {
+                let (meta, refused) = decision_meta(&d, alert_of(addr, id));
+                if !refused.is_empty() {
                     sh.stats().meta_invalid += 1;
                     sh.log(&format!(
-                        "fleet decision {id} for {addr}: {why}; blocked without its scenario"
+                        "fleet decision {id} for {addr}: {}; blocked without it",
+                        refused.join("; ")
                     ));
                 }
                 match client.call(&ControlRequest::BlockWith {
@@ -1036,7 +1071,28 @@ pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
         match lapi.stream(startup) {
             Ok(r) => {
                 sh.log_change("pull", None);
-                apply_stream(&sh, r, startup);
+                let mut budget = ALERT_LOOKUPS_PER_POLL;
+                let mut alert_of = |addr: IpAddr, id: i64| {
+                    if budget == 0 {
+                        return None;
+                    }
+                    budget -= 1;
+                    match lapi.alert_of(addr, id) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            // One failure ends this poll's lookups: a LAPI that does not
+                            // answer must not delay every block by a timeout.
+                            budget = 0;
+                            sh.stats().alert_lookup_failures += 1;
+                            sh.log_change(
+                                "alert_lookup",
+                                Some(&format!("alert of decision {id} ({addr}): {e}")),
+                            );
+                            None
+                        }
+                    }
+                };
+                apply_stream(&sh, r, startup, &mut alert_of);
                 startup = false;
                 if lapi.failed_over {
                     // Another LAPI: its cursor for this key is its own; start over there
@@ -1177,10 +1233,16 @@ pub fn render_metrics(s: &Stats) -> String {
         s.enforcer_errors,
     );
     e.single(
-        "sentry_share_decision_scenarios_refused_total",
+        "sentry_share_decision_meta_refused_total",
         "counter",
-        "Fleet decisions blocked without their scenario, which failed the enforcer's checks.",
+        "Fleet decisions blocked without a scenario, alert id or machine that failed the enforcer's checks.",
         s.meta_invalid,
+    );
+    e.single(
+        "sentry_share_alert_lookup_failures_total",
+        "counter",
+        "Failed lookups of a fleet decision's alert (its block lacks the alert id and machine).",
+        s.alert_lookup_failures,
     );
     e.single(
         "sentry_share_decisions_deleted_total",
@@ -1365,8 +1427,8 @@ mod tests {
     }
 
     #[test]
-    fn a_decision_tells_its_scenario_and_id_and_a_bad_scenario_is_left_out_and_said() {
-        let (m, bad) = decision_meta(&dec("Ip", "10.0.0.5", "ban", "1h"));
+    fn a_decision_tells_its_scenario_id_alert_and_machine_and_a_bad_field_is_left_out_and_said() {
+        let (m, refused) = decision_meta(&dec("Ip", "10.0.0.5", "ban", "1h"), None);
         assert_eq!(
             m,
             BlockMeta {
@@ -1376,17 +1438,33 @@ mod tests {
                 machine: None,
             }
         );
-        assert_eq!(bad, None);
+        assert!(refused.is_empty());
+        let (m, refused) = decision_meta(
+            &dec("Ip", "10.0.0.5", "ban", "1h"),
+            Some((3, "host-a".into())),
+        );
+        assert_eq!(
+            (m.alert_id, m.machine.as_deref()),
+            (Some(3), Some("host-a"))
+        );
+        assert!(refused.is_empty());
         let mut d = dec("Ip", "10.0.0.5", "ban", "1h");
         d.scenario = "x\nattackalert: Connect from host: 192.0.2.1".into();
-        let (m, bad) = decision_meta(&d);
-        assert_eq!(m.scenario, None);
-        assert_eq!(m.decision_id, Some(7));
+        let (m, refused) = decision_meta(&d, Some((-1, "host a".into())));
+        assert_eq!(
+            m,
+            BlockMeta {
+                decision_id: Some(7),
+                ..BlockMeta::default()
+            }
+        );
         m.validate().unwrap();
-        assert!(bad.is_some_and(|w| w.contains("scenario")));
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(refused[0].starts_with("scenario") && refused[2].starts_with("machine"));
         d.scenario = String::new();
-        let (m, bad) = decision_meta(&d);
-        assert_eq!((m.scenario, bad), (None, None));
+        let (m, refused) = decision_meta(&d, None);
+        assert_eq!(m.scenario, None);
+        assert!(refused.is_empty());
         // A decision without a valid id is not enforced at all (nothing could delete it).
         d.id = 0;
         assert!(matches!(classify(&d), Action::Skip("invalid", _)));
@@ -1436,7 +1514,8 @@ mod tests {
         assert!(t.contains("sentry_share_alerts_pushed_total 3\n"));
         assert!(t.contains("sentry_share_push_failures_total{kind=\"unreachable\"} 2\n"));
         assert!(t.contains("sentry_share_queue_depth 0\n"));
-        assert!(t.contains("sentry_share_decision_scenarios_refused_total 0\n"));
+        assert!(t.contains("sentry_share_decision_meta_refused_total 0\n"));
+        assert!(t.contains("sentry_share_alert_lookup_failures_total 0\n"));
         assert!(t.contains(&format!(
             "sentry_share_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")
