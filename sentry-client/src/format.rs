@@ -4,7 +4,44 @@
 
 use std::fmt::Write as _;
 
-use sentry_proto::{BlockEntry, Coverage, Explanation, Status, WatchRecord};
+use sentry_proto::{BlockEntry, BlockMeta, Coverage, Explanation, Status, WatchRecord};
+
+/// What a fleet decision says about itself, as `, `-separated words (`scenario
+/// sentry/portscan, decision 12, alert 7, machine hostA`); empty when nothing is known.
+/// A scenario with spaces (a manual decision's reason) is quoted so it reads as one.
+pub fn format_meta(m: &BlockMeta) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = &m.scenario {
+        if s.contains(' ') {
+            parts.push(format!("scenario {s:?}"));
+        } else {
+            parts.push(format!("scenario {s}"));
+        }
+    }
+    if let Some(id) = m.decision_id {
+        parts.push(format!("decision {id}"));
+    }
+    if let Some(id) = m.alert_id {
+        parts.push(format!("alert {id}"));
+    }
+    if let Some(name) = &m.machine {
+        parts.push(format!("machine {name}"));
+    }
+    parts.join(", ")
+}
+
+/// A sensor block's probe (`TCP 143 stcp/syn`); `None` for a control block, which has
+/// none.
+fn probe(
+    b: &BlockEntry,
+) -> Option<(
+    sentry_proto::Protocol,
+    u16,
+    sentry_proto::Mode,
+    sentry_proto::ScanKind,
+)> {
+    Some((b.protocol?, b.port?, b.mode?, b.scan?))
+}
 
 /// One line of `sentryctl watch`.
 pub fn format_record(r: &WatchRecord) -> String {
@@ -27,8 +64,9 @@ pub fn format_record(r: &WatchRecord) -> String {
         ),
         None => "-".to_string(),
     };
+    let meta = format_meta(&r.meta);
     format!(
-        "{:>6}  {}  {:<15}  {:<39}  {:<10}  {:<22}  {:<18}  {}",
+        "{:>6}  {}  {:<15}  {:<39}  {:<10}  {:<22}  {:<18}  {}{}",
         r.seq,
         fmt_time(r.time_us / 1000),
         r.kind,
@@ -36,7 +74,12 @@ pub fn format_record(r: &WatchRecord) -> String {
         r.origin.as_deref().unwrap_or("-"),
         what,
         ev,
-        r.reason
+        r.reason,
+        if meta.is_empty() {
+            String::new()
+        } else {
+            format!(" [{meta}]")
+        }
     )
 }
 
@@ -134,22 +177,24 @@ pub fn format_status(st: &Status) -> String {
 
 /// One line of `sentryctl blocked`.
 pub fn format_block(b: &BlockEntry) -> String {
-    let how = if b.origin == sentry_proto::ORIGIN_SENSOR {
-        format!(
+    let how = match probe(b) {
+        Some((protocol, port, mode, scan)) if b.origin == sentry_proto::ORIGIN_SENSOR => format!(
             "{} {:<5}  {:<4} {:<7}",
-            b.protocol.as_upper(),
-            b.port,
-            b.mode.as_str(),
-            b.scan.as_str()
-        )
-    } else {
-        format!("{:<22}", format!("origin {}", b.origin))
+            protocol.as_upper(),
+            port,
+            mode.as_str(),
+            scan.as_str()
+        ),
+        _ => format!("{:<22}", format!("origin {}", b.origin)),
     };
     // The evidence last: it keeps growing after the block (the kernel still copies the
-    // blocked source's probes), so it tells a real scan from a forged probe.
-    let evidence = b
-        .distinct_ports
-        .map_or(String::new(), |n| format!("  {n} ports"));
+    // blocked source's probes), so it tells a real scan from a forged probe. A fleet
+    // block's evidence is its decision: scenario, ids, detecting machine.
+    let evidence = match b.distinct_ports {
+        Some(n) => format!("  {n} ports"),
+        None if !b.meta.is_empty() => format!("  {}", format_meta(&b.meta)),
+        None => String::new(),
+    };
     format!(
         "{:<39}  {how}  since {}  {}{evidence}",
         block_target(b),
@@ -183,18 +228,19 @@ pub fn format_explanation(x: &Explanation) -> String {
             Coverage::Address => "the address itself",
             Coverage::Network => "its network (BLOCK_PREFIX6)",
         };
-        let what = if e.fleet {
-            format!("fleet/manual decision, origin {}", b.origin)
-        } else {
-            format!(
-                "origin {}, {} {} {}/{}, evidence {} distinct ports",
+        let what = match probe(b) {
+            Some((protocol, port, mode, scan)) if !e.fleet => format!(
+                "origin {}, {} {port} {mode}/{scan}, evidence {} distinct ports",
                 b.origin,
-                b.protocol.as_upper(),
-                b.port,
-                b.mode.as_str(),
-                b.scan.as_str(),
+                protocol.as_upper(),
                 b.distinct_ports.unwrap_or(0)
-            )
+            ),
+            _ if b.meta.is_empty() => format!("fleet/manual decision, origin {}", b.origin),
+            _ => format!(
+                "fleet/manual decision, origin {}, {}",
+                b.origin,
+                format_meta(&b.meta)
+            ),
         };
         let _ = writeln!(
             o,
@@ -237,21 +283,32 @@ mod tests {
     }
 
     fn entry(origin: &str, prefix6: Option<u8>) -> BlockEntry {
+        let sensor = origin == "sensor";
         BlockEntry {
             addr: if prefix6.is_some() {
                 "2001:db8::".parse().unwrap()
             } else {
                 "192.0.2.9".parse().unwrap()
             },
-            protocol: Protocol::Tcp,
-            port: 143,
-            mode: Mode::Stcp,
-            scan: ScanKind::Syn,
+            protocol: sensor.then_some(Protocol::Tcp),
+            port: sensor.then_some(143),
+            mode: sensor.then_some(Mode::Stcp),
+            scan: sensor.then_some(ScanKind::Syn),
             since_ms: 0,
             expires_ms: None,
             prefix6,
-            distinct_ports: (origin == "sensor").then_some(7),
+            distinct_ports: sensor.then_some(7),
             origin: origin.into(),
+            meta: if sensor {
+                BlockMeta::default()
+            } else {
+                BlockMeta {
+                    scenario: Some("sentry/portscan".into()),
+                    decision_id: Some(12),
+                    alert_id: None,
+                    machine: None,
+                }
+            },
         }
     }
 
@@ -268,6 +325,52 @@ mod tests {
         let l = format_block(&entry("crowdsec", Some(64)));
         assert!(l.starts_with("2001:db8::/64 "), "{l}");
         assert!(l.contains(&format!("  {:<22}  ", "origin crowdsec")), "{l}");
+        assert!(
+            l.ends_with("permanent  scenario sentry/portscan, decision 12"),
+            "{l}"
+        );
+        // No made-up probe for a fleet block.
+        assert!(!l.contains("stcp") && !l.contains("TCP"), "{l}");
+        // A manual block without metadata ends at its time.
+        let mut m = entry("manual", None);
+        m.meta = BlockMeta::default();
+        assert!(
+            format_block(&m).ends_with("permanent"),
+            "{}",
+            format_block(&m)
+        );
+    }
+
+    #[test]
+    fn metadata_reads_as_words_and_a_reason_with_spaces_is_quoted() {
+        let m = BlockMeta {
+            scenario: Some("manual 'ban' from 'm1'".into()),
+            decision_id: Some(3),
+            alert_id: Some(2),
+            machine: Some("m1".into()),
+        };
+        assert_eq!(
+            format_meta(&m),
+            "scenario \"manual 'ban' from 'm1'\", decision 3, alert 2, machine m1"
+        );
+        assert_eq!(format_meta(&BlockMeta::default()), "");
+    }
+
+    #[test]
+    fn a_fleet_entry_in_json_has_its_metadata_and_no_probe() {
+        let v = serde_json::to_value(entry("crowdsec", None)).unwrap();
+        for k in ["protocol", "port", "mode", "scan", "alert_id", "machine"] {
+            assert!(v.get(k).is_none(), "{k} in {v}");
+        }
+        assert_eq!(v["scenario"], "sentry/portscan");
+        assert_eq!(v["decision_id"], 12);
+        assert_eq!(v["origin"], "crowdsec");
+        let back: BlockEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, entry("crowdsec", None));
+        let v = serde_json::to_value(entry("sensor", None)).unwrap();
+        assert_eq!(v["scan"], "syn");
+        assert_eq!(v["mode"], "stcp");
+        assert!(v.get("scenario").is_none(), "{v}");
     }
 
     #[test]
@@ -291,7 +394,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("block 2001:db8::/64 (its network (BLOCK_PREFIX6)): fleet/manual decision, origin crowdsec"),
+            t.contains("block 2001:db8::/64 (its network (BLOCK_PREFIX6)): fleet/manual decision, origin crowdsec, scenario sentry/portscan, decision 12;"),
             "{t}"
         );
         assert!(t.contains("decisions: none recorded"), "{t}");

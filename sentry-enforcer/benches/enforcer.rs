@@ -53,6 +53,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
     let now = WallMs::now().0;
     let blocks: Vec<BlockRecord> = (0..n)
         .map(|i| BlockRecord {
+            meta: Default::default(),
             addr: addr(1_000_000 + i),
             protocol: Protocol::Tcp,
             port: 22,

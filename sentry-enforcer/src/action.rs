@@ -525,6 +525,7 @@ mod tests {
     #[test]
     fn undo_only_what_was_recorded() {
         let b = BlockRecord {
+            meta: Default::default(),
             addr: S.addr,
             protocol: Protocol::Tcp,
             port: 22,

@@ -224,6 +224,11 @@ pub struct AuditRecord {
     /// is then the network's address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<u8>,
+    /// A fleet block's `scenario`, `decision_id`, `alert_id` and `machine`, flat and
+    /// each left out when not known (on every record about a fleet block: blocked,
+    /// unblocked, expired, restored).
+    #[serde(flatten)]
+    pub meta: sentry_proto::BlockMeta,
     /// [`sentry_proto::RECORD_SCHEMA`]; last, so that a line still starts as it did
     /// before the field existed (for line-oriented matchers anchored at `{"time":`).
     pub schema: u32,
@@ -278,6 +283,7 @@ impl AuditRecord {
             handshake: None,
             expires_ms: None,
             prefix: None,
+            meta: sentry_proto::BlockMeta::default(),
         }
     }
 
@@ -297,7 +303,10 @@ impl AuditRecord {
                 self.distinct_ports = Some(b.distinct_ports);
                 self.handshake = Some(b.scan == ScanKind::Connect);
             }
-            Some(o) => self.origin = Some(o.clone()),
+            Some(o) => {
+                self.origin = Some(o.clone());
+                self.meta = b.meta.clone();
+            }
         }
     }
 

@@ -22,8 +22,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Group, Uid, User};
 use sentry_proto::{
-    encode_frame, read_frame, write_frame, ControlRequest, ControlResponse, EnforcerFrame,
-    ProtoError, Refusal, SensorInfo, PROTOCOL_VERSION,
+    encode_frame, read_frame, write_frame, BlockMeta, ControlRequest, ControlResponse,
+    EnforcerFrame, ProtoError, Refusal, SensorInfo, PROTOCOL_VERSION,
 };
 
 use crate::audit::{Level, Logger, Peer};
@@ -889,6 +889,33 @@ fn send_control(s: &mut Stream, r: &ControlResponse) -> Result<(), ProtoError> {
     }
 }
 
+/// `sentryctl block` and the fleet bridge's blocks (with the fleet decision's `meta`):
+/// judged, acted on and answered.
+fn control_block(
+    sh: &Shared,
+    peer: Peer,
+    addr: IpAddr,
+    duration_ms: Option<u64>,
+    origin: String,
+    meta: BlockMeta,
+) -> ControlResponse {
+    let addr = canonical(addr);
+    let ctl = crate::engine::ControlBlock {
+        origin,
+        duration: duration_ms.map(Duration::from_millis),
+        meta,
+    };
+    let (decision, reason, expires_ms) =
+        sh.engine().decide_control(addr, &ctl, peer, WallUs::now());
+    sh.notify_lifted();
+    ControlResponse::BlockResult {
+        addr,
+        decision,
+        reason,
+        expires_ms,
+    }
+}
+
 /// Serve an authorised control client (counted in [`admit`]).
 fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
     let mut greeted = false;
@@ -941,22 +968,16 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                     duration_ms,
                     origin,
                 },
-            ) => {
-                let addr = canonical(addr);
-                let ctl = crate::engine::ControlBlock {
-                    origin,
-                    duration: duration_ms.map(Duration::from_millis),
-                };
-                let (decision, reason, expires_ms) =
-                    sh.engine().decide_control(addr, &ctl, peer, WallUs::now());
-                sh.notify_lifted();
-                ControlResponse::BlockResult {
+            ) => control_block(sh, peer, addr, duration_ms, origin, BlockMeta::default()),
+            (
+                true,
+                ControlRequest::BlockWith {
                     addr,
-                    decision,
-                    reason,
-                    expires_ms,
-                }
-            }
+                    duration_ms,
+                    origin,
+                    meta,
+                },
+            ) => control_block(sh, peer, addr, duration_ms, origin, meta),
             (true, ControlRequest::UnblockOrigin { addr, origin }) => {
                 let addr = canonical(addr);
                 let r = sh

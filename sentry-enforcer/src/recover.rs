@@ -50,6 +50,7 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
         // Unknown: such a block counts as made on a single probe.
         distinct_ports: 0,
         prefix6: None,
+        meta: sentry_proto::BlockMeta::default(),
         addr,
         protocol: proto,
         port,

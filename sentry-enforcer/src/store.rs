@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use sentry_proto::{Mode, Protocol, ScanKind};
+use sentry_proto::{BlockMeta, Mode, Protocol, ScanKind};
 use serde::{Deserialize, Serialize};
 
 const SNAPSHOT: &str = "blocks.json";
@@ -71,6 +71,10 @@ pub struct BlockRecord {
     /// evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// A fleet block's decision: scenario, ids, detecting machine (empty, and not
+    /// written, for every other block; records from before it was kept read as empty).
+    #[serde(default, skip_serializing_if = "BlockMeta::is_empty")]
+    pub meta: BlockMeta,
 }
 
 fn legacy_default() -> bool {
@@ -732,6 +736,7 @@ mod tests {
 
     fn rec(a: &str, since: u64) -> BlockRecord {
         BlockRecord {
+            meta: Default::default(),
             addr: a.parse().unwrap(),
             protocol: Protocol::Tcp,
             port: 22,
@@ -956,6 +961,46 @@ mod tests {
         std::fs::write(&snap, "{\"version\":7,\"blocks\":[{\"future\":true}]}").unwrap();
         assert!(open_err(d.path()).contains("state format version 7"));
         assert!(std::fs::read(&snap).unwrap().starts_with(b"{\"version\":7"));
+    }
+
+    /// A fleet block's metadata survives the journal and a compaction; a record from
+    /// before it was kept (no `meta` key) reads as empty, and an empty one is not
+    /// written (sensor blocks' lines stay as they were).
+    #[test]
+    fn fleet_metadata_round_trips_and_old_records_read_without_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut store, _, _) = Store::open(d.path()).unwrap();
+        let mut fleet = rec("192.0.2.3", 3);
+        fleet.origin = Some("crowdsec".into());
+        fleet.meta = BlockMeta {
+            scenario: Some("sentry/portscan".into()),
+            decision_id: Some(12),
+            alert_id: Some(7),
+            machine: Some("host-a".into()),
+        };
+        let plain = rec("192.0.2.4", 4);
+        let mut live = HashMap::new();
+        live.insert(fleet.addr, fleet.clone());
+        live.insert(plain.addr, plain.clone());
+        store.put(&fleet, &live).unwrap();
+        store.put(&plain, &live).unwrap();
+        drop(store);
+        let (mut store, back, _) = Store::open(d.path()).unwrap();
+        assert_eq!(back[&fleet.addr], fleet, "from the journal");
+        assert_eq!(back[&plain.addr], plain);
+        store.compact(&live).unwrap();
+        drop(store);
+        let (_, back, _) = Store::open(d.path()).unwrap();
+        assert_eq!(back[&fleet.addr].meta, fleet.meta, "from the snapshot");
+        assert!(back[&plain.addr].meta.is_empty());
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("meta").is_none(), "{json}");
+        // A line written before the field existed.
+        let mut old = serde_json::to_value(&fleet).unwrap();
+        old.as_object_mut().unwrap().remove("meta");
+        let r: BlockRecord = serde_json::from_value(old).unwrap();
+        assert!(r.meta.is_empty());
+        assert_eq!(r.origin.as_deref(), Some("crowdsec"));
     }
 
     #[test]

@@ -181,6 +181,7 @@ fn to_watch(seq: u64, rec: &AuditRecord) -> WatchRecord {
         expires_ms: rec.expires_ms,
         suppressed: rec.suppressed,
         reason: rec.reason.clone(),
+        meta: rec.meta.clone(),
     }
 }
 

@@ -24,13 +24,20 @@ pub use frame::{
 pub use msg::*;
 pub use record::{RECORD_SCHEMA, SCAN_KINDS};
 
+#[cfg(test)]
+mod meta_tests;
+
 /// Protocol version spoken by this build. A peer with any other version is refused.
 /// 2: `EnforcerFrame::Unblocked`; 3: `EnforcerFrame::Capture` (the NFLOG descriptor
 /// hand-over); 4 (one step for this release): the control socket's `Block`,
 /// `UnblockOrigin`, `Watch`, `Metrics`, origins in `BlockEntry` and the counters, and
 /// `ScanKind::{Ack, Maimon, IpProtocol, SctpInit}` with `Protocol::{Sctp, Ip}` (a
-/// version-3 peer would misread them, so it is refused at the handshake).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// version-3 peer would misread them, so it is refused at the handshake). 5:
+/// `ControlRequest::BlockWith` and `BlockMeta` in `BlockEntry` and `WatchRecord`, whose
+/// probe fields are optional now (a control block has no probe): a version-4 client
+/// would misread `Blocked` and `Record` replies, so it is refused at the handshake
+/// instead.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// IP protocols that are not probes when they arrive unasked: they are what the host's
 /// own stack, tunnels and routing daemons receive (ICMP and ICMPv6, which includes

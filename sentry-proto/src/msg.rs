@@ -381,6 +381,92 @@ pub enum ControlRequest {
     /// Re-read the ignore list, as SIGHUP does (`sentryctl ignore add|remove`), and
     /// answer whether it loaded.
     Reload,
+    /// [`ControlRequest::Block`] with what the fleet decision says about itself (the
+    /// fleet bridge): it is kept with the block, audited and shown by `sentryctl blocked`
+    /// and `explain`. The enforcer refuses a block whose `meta` fails
+    /// [`BlockMeta::validate`] (rejected, counted and logged; never shortened).
+    BlockWith {
+        addr: IpAddr,
+        duration_ms: Option<u64>,
+        origin: String,
+        meta: BlockMeta,
+    },
+}
+
+/// What a fleet (LAPI) decision says about itself, carried with a control block. Every
+/// field is optional (a LAPI tells what it knows), and every field is a claim of the
+/// LAPI, relayed by the bridge: checked by [`BlockMeta::validate`], and printed only
+/// escaped (JSON) or as a field of its own, never inside a syslog line that log watchers
+/// match.
+#[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockMeta {
+    /// The scenario that made the decision: `sentry/portscan`, `crowdsecurity/ssh-bf`,
+    /// or for a `cscli decisions add` the reason given (`manual 'ban' from 'm1'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    /// The LAPI's decision id (`cscli decisions list`, `cscli decisions delete --id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<u64>,
+    /// The id of the alert the decision belongs to (`cscli alerts inspect ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<u64>,
+    /// The machine (watcher) that sent that alert: the detecting host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// Longest [`BlockMeta::scenario`] (CrowdSec's hub names are well below; a `cscli
+/// decisions add --reason` is free text).
+pub const MAX_SCENARIO_LEN: usize = 128;
+/// Longest [`BlockMeta::machine`] (CrowdSec's generated machine ids are 48 bytes).
+pub const MAX_MACHINE_LEN: usize = 128;
+/// Largest id: the LAPI's ids are SQL 64-bit signed integers, and start at 1.
+pub const MAX_LAPI_ID: u64 = i64::MAX as u64;
+
+impl BlockMeta {
+    /// Nothing known.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Check every field: `scenario` 1 to [`MAX_SCENARIO_LEN`] bytes of printable ASCII
+    /// (spaces inside only: a manual decision's reason has them), `machine` 1 to
+    /// [`MAX_MACHINE_LEN`] bytes of printable ASCII without spaces, ids 1 to
+    /// [`MAX_LAPI_ID`]. No control character, no byte above 0x7e: these end up in
+    /// terminals, the audit log and the bridge's log lines.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(s) = &self.scenario {
+            if s.is_empty() || s.len() > MAX_SCENARIO_LEN {
+                return Err(FieldError::Meta("scenario must be 1 to 128 bytes"));
+            }
+            if !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                return Err(FieldError::Meta(
+                    "scenario must be printable ASCII (no control characters)",
+                ));
+            }
+            if s.starts_with(' ') || s.ends_with(' ') {
+                return Err(FieldError::Meta(
+                    "scenario must not begin or end with a space",
+                ));
+            }
+        }
+        if let Some(m) = &self.machine {
+            if m.is_empty() || m.len() > MAX_MACHINE_LEN {
+                return Err(FieldError::Meta("machine must be 1 to 128 bytes"));
+            }
+            if !m.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(FieldError::Meta(
+                    "machine must be printable ASCII without spaces",
+                ));
+            }
+        }
+        for id in [self.decision_id, self.alert_id].into_iter().flatten() {
+            if id == 0 || id > MAX_LAPI_ID {
+                return Err(FieldError::Meta("LAPI ids are 1 to 2^63-1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Who made a block: the local sensor, or a control client by the name it gave.
@@ -486,6 +572,9 @@ pub struct WatchRecord {
     /// AUDIT_RATE summaries: how many records this one stands for.
     pub suppressed: Option<u64>,
     pub reason: String,
+    /// A fleet block's scenario, decision and alert ids and detecting machine (empty on
+    /// every other record).
+    pub meta: BlockMeta,
 }
 
 impl WatchRecord {
@@ -568,12 +657,22 @@ pub struct Status {
 #[derive(Encode, Decode, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct BlockEntry {
     pub addr: IpAddr,
-    pub protocol: Protocol,
-    pub port: u16,
-    pub mode: Mode,
+    /// The probe a sensor block was made on: its protocol, destination port, mode and
+    /// scan kind. `None` (absent in JSON) for a control block, which has no probe: its
+    /// evidence is its origin's (see `meta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
     /// By its [`ScanKind::as_str`] name in JSON, as in the decision records.
-    #[serde(with = "crate::record::scan_name")]
-    pub scan: ScanKind,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::record::opt_scan_name"
+    )]
+    pub scan: Option<ScanKind>,
     pub since_ms: u64,
     /// `None` for a permanent block.
     pub expires_ms: Option<u64>,
@@ -585,6 +684,10 @@ pub struct BlockEntry {
     /// after the block (the kernel drops and still copies its probes). `None` for
     /// control blocks, whose evidence is their origin's.
     pub distinct_ports: Option<u32>,
+    /// A fleet block's scenario, ids and detecting machine, flat in JSON (`scenario`,
+    /// `decision_id`, `alert_id`, `machine`; absent when not known).
+    #[serde(flatten)]
+    pub meta: BlockMeta,
 }
 
 /// How an active block covers the address `sentryctl explain` asked about.
@@ -713,6 +816,8 @@ pub enum FieldError {
     Times(&'static str),
     Address(&'static str),
     Origin(&'static str),
+    /// A control block's [`BlockMeta`].
+    Meta(&'static str),
 }
 
 impl fmt::Display for FieldError {
@@ -732,6 +837,7 @@ impl fmt::Display for FieldError {
             Self::Times(why) => write!(f, "timestamps: {why}"),
             Self::Address(why) => write!(f, "source address: {why}"),
             Self::Origin(why) => write!(f, "origin name: {why}"),
+            Self::Meta(why) => write!(f, "fleet decision metadata: {why}"),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EvidenceInfo, Mode, Protocol, RecentDecision, ScanKind, WatchRecord};
+use crate::{BlockMeta, EvidenceInfo, Mode, Protocol, RecentDecision, ScanKind, WatchRecord};
 
 /// The version of the decision-record schema. Adding an optional field keeps it;
 /// renaming, removing or changing the meaning of a field raises it.
@@ -63,6 +63,29 @@ pub mod scan_name {
     }
 }
 
+/// `#[serde(with = "opt_scan_name")]`: an optional scan kind by its name (see
+/// [`scan_name`]).
+pub mod opt_scan_name {
+    use super::ScanKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &Option<ScanKind>, s: S) -> Result<S::Ok, S::Error> {
+        match k {
+            Some(k) => s.serialize_str(k.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ScanKind>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => ScanKind::from_name(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown scan kind {s:?}"))),
+        }
+    }
+}
+
 fn schema_ok(v: u32) -> Result<(), String> {
     if v == RECORD_SCHEMA {
         Ok(())
@@ -101,6 +124,10 @@ pub(crate) struct RecordJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     suppressed: Option<u64>,
     reason: String,
+    /// A fleet block's `scenario`, `decision_id`, `alert_id`, `machine` (added within
+    /// schema 1: absent when not known, and on every other record).
+    #[serde(flatten)]
+    meta: BlockMeta,
 }
 
 impl From<WatchRecord> for RecordJson {
@@ -122,6 +149,7 @@ impl From<WatchRecord> for RecordJson {
             expires_ms: r.expires_ms,
             suppressed: r.suppressed,
             reason: r.reason,
+            meta: r.meta,
         }
     }
 }
@@ -157,6 +185,7 @@ impl TryFrom<RecordJson> for WatchRecord {
             expires_ms: j.expires_ms,
             suppressed: j.suppressed,
             reason: j.reason,
+            meta: j.meta,
         })
     }
 }
@@ -221,6 +250,7 @@ mod tests {
             expires_ms: Some(1_700_000_600_000),
             suppressed: None,
             reason: "blocked for 600s".into(),
+            meta: BlockMeta::default(),
         }
     }
 
@@ -276,6 +306,47 @@ mod tests {
         let mut v = serde_json::to_value(&r).unwrap();
         v["scan"] = "bogus".into();
         assert!(serde_json::from_value::<WatchRecord>(v).is_err());
+    }
+
+    #[test]
+    fn a_fleet_blocks_metadata_is_flat_and_reads_back() {
+        let r = WatchRecord {
+            protocol: None,
+            port: None,
+            scan: None,
+            mode: None,
+            evidence: None,
+            prefix: None,
+            origin: Some("crowdsec".into()),
+            meta: BlockMeta {
+                scenario: Some("sentry/portscan".into()),
+                decision_id: Some(12),
+                alert_id: Some(7),
+                machine: Some("hostA".into()),
+            },
+            ..rec()
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["scenario"], "sentry/portscan");
+        assert_eq!(v["decision_id"], 12);
+        assert_eq!(v["alert_id"], 7);
+        assert_eq!(v["machine"], "hostA");
+        assert!(v["mode"].is_null() && v["scan"].is_null(), "{v}");
+        assert_eq!(v["schema"], 1);
+        assert_eq!(serde_json::from_value::<WatchRecord>(v).unwrap(), r);
+        // Unknown parts stay out of the record: only what is known is written.
+        let partial = WatchRecord {
+            meta: BlockMeta {
+                decision_id: Some(3),
+                ..BlockMeta::default()
+            },
+            ..r
+        };
+        let v = serde_json::to_value(&partial).unwrap();
+        assert!(
+            v.get("scenario").is_none() && v.get("machine").is_none(),
+            "{v}"
+        );
     }
 
     #[test]

@@ -59,6 +59,15 @@ fn status() -> Status {
     }
 }
 
+fn fleet_meta() -> BlockMeta {
+    BlockMeta {
+        scenario: Some("sentry/portscan".into()),
+        decision_id: Some(12),
+        alert_id: Some(7),
+        machine: Some("hostA".into()),
+    }
+}
+
 fn roundtrip<T: Message + PartialEq + std::fmt::Debug>(m: T) {
     let frame = encode_frame(&m).expect("encodes");
     assert_eq!(decode_frame::<T>(&frame).expect("decodes"), m);
@@ -124,15 +133,16 @@ fn every_message_roundtrips() {
     roundtrip(ControlResponse::Status(Box::new(status())));
     roundtrip(ControlResponse::Blocked(vec![BlockEntry {
         addr: v6,
-        protocol: Protocol::Udp,
-        port: 53,
-        mode: Mode::Sudp,
-        scan: ScanKind::Udp,
+        protocol: Some(Protocol::Udp),
+        port: Some(53),
+        mode: Some(Mode::Sudp),
+        scan: Some(ScanKind::Udp),
         since_ms: 1,
         expires_ms: Some(2),
         prefix6: Some(64),
         origin: ORIGIN_SENSOR.into(),
         distinct_ports: Some(300),
+        meta: BlockMeta::default(),
     }]));
     roundtrip(ControlRequest::Block {
         addr: v6,
@@ -176,6 +186,7 @@ fn every_message_roundtrips() {
         expires_ms: Some(9),
         suppressed: None,
         reason: "blocked".into(),
+        meta: BlockMeta::default(),
     })));
     roundtrip(ControlResponse::Metrics("a_total 1\n".into()));
     roundtrip(ControlResponse::Unblocked {
@@ -187,18 +198,33 @@ fn every_message_roundtrips() {
     roundtrip(ControlRequest::Explain { addr: v6 });
     roundtrip(ControlRequest::UnblockAll);
     roundtrip(ControlRequest::Reload);
+    roundtrip(ControlRequest::BlockWith {
+        addr: v6,
+        duration_ms: Some(4 * 3_600_000),
+        origin: "crowdsec".into(),
+        meta: fleet_meta(),
+    });
+    roundtrip(ControlRequest::BlockWith {
+        addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        duration_ms: None,
+        origin: "crowdsec".into(),
+        meta: BlockMeta::default(),
+    });
+    // A control block has no probe: no protocol, port, mode or scan kind.
     let entry = BlockEntry {
         addr: v6,
-        protocol: Protocol::Tcp,
-        port: 22,
-        mode: Mode::Stcp,
-        scan: ScanKind::Syn,
+        protocol: None,
+        port: None,
+        mode: None,
+        scan: None,
         since_ms: 1,
         expires_ms: None,
         prefix6: Some(64),
         origin: "crowdsec".into(),
         distinct_ports: None,
+        meta: fleet_meta(),
     };
+    roundtrip(ControlResponse::Blocked(vec![entry.clone()]));
     roundtrip(ControlResponse::Explain(Box::new(Explanation {
         address: v6,
         blocked: true,
@@ -225,6 +251,7 @@ fn every_message_roundtrips() {
             expires_ms: None,
             suppressed: None,
             reason: "x".into(),
+            meta: fleet_meta(),
         }],
     })));
     roundtrip(ControlResponse::UnblockedAll {
@@ -250,6 +277,15 @@ fn control_variant_indices_are_stable() {
         (ControlRequest::Explain { addr: a }, 8),
         (ControlRequest::UnblockAll, 9),
         (ControlRequest::Reload, 10),
+        (
+            ControlRequest::BlockWith {
+                addr: a,
+                duration_ms: None,
+                origin: "crowdsec".into(),
+                meta: BlockMeta::default(),
+            },
+            11,
+        ),
     ] {
         assert_eq!(idx(encode_frame(&req).unwrap()), want, "{req:?}");
     }
@@ -640,4 +676,30 @@ fn other_scan_kinds_validation() {
     }
     assert!(ScanKind::Ack.is_other() && ScanKind::IpProtocol.is_other());
     assert!(!ScanKind::Syn.is_other() && !ScanKind::Oddball { flags: 0x28 }.is_other());
+}
+
+/// The fuzz corpus reaches `BlockWith` and its metadata: its seed is a real frame of it
+/// (regenerate with `SENTRY_WRITE_SEEDS=1` when the message changes on purpose).
+#[test]
+fn the_block_with_seed_is_a_block_with_frame() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/seeds/decode/seed-ctl-block-with"
+    );
+    let want = encode_frame(&ControlRequest::BlockWith {
+        addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 77)),
+        duration_ms: Some(4 * 3_600_000),
+        origin: "crowdsec".into(),
+        meta: fleet_meta(),
+    })
+    .unwrap();
+    if std::env::var_os("SENTRY_WRITE_SEEDS").is_some() {
+        std::fs::write(path, &want).unwrap();
+    }
+    let seed = std::fs::read(path).expect("seed file");
+    assert_eq!(seed, want);
+    match decode_frame::<ControlRequest>(&seed).unwrap() {
+        ControlRequest::BlockWith { meta, .. } => meta.validate().unwrap(),
+        other => panic!("{other:?}"),
+    }
 }

@@ -10,7 +10,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sentry_client::client::{Client, WatchEvent};
-use sentry_proto::{ControlRequest, ControlResponse, Decision, WatchRecord, ORIGIN_SENSOR};
+use sentry_proto::{
+    BlockMeta, ControlRequest, ControlResponse, Decision, WatchRecord, ORIGIN_SENSOR,
+};
 
 use crate::config::Config;
 use crate::lapi::{normal, Lapi, LapiError, Report, SCENARIO};
@@ -46,6 +48,11 @@ pub struct Stats {
     pub decisions_invalid: u64,
     pub enforcer_errors: u64,
     pub deleted_on_unblock: u64,
+    /// Decisions with a scenario, alert id or machine that failed the enforcer's checks
+    /// ([`decision_meta`]): blocked without it.
+    pub meta_invalid: u64,
+    /// Failed lookups of a decision's alert (its block then has no alert id, machine).
+    pub alert_lookup_failures: u64,
 }
 
 /// State shared by the threads.
@@ -67,6 +74,11 @@ pub struct Shared {
     /// Addresses `sentryctl unblock` lifted before the first startup poll (their decision
     /// ids were not known yet): that poll treats their decisions as lifted here.
     pending_unblocks: Mutex<HashSet<IpAddr>>,
+    /// Addresses this host pushed and the administrator unblocked here before the
+    /// decision that followed the push was pulled (less than a PULL_INTERVAL after the
+    /// push): that decision, when it comes, is lifted here at once instead of blocking
+    /// the address again. Kept at most [`PUSHED_MEMORY`], at most [`PUSHED_MAX`].
+    unblocked_unpulled: Mutex<HashMap<IpAddr, Instant>>,
     /// The first startup poll was applied.
     pulled_once: AtomicBool,
     /// The decision stream caught up once (its first heartbeat): the pull waits for it,
@@ -137,6 +149,7 @@ impl Shared {
             state: Mutex::new(FleetState::in_memory()),
             self_lifted: Mutex::default(),
             pending_unblocks: Mutex::default(),
+            unblocked_unpulled: Mutex::default(),
             pulled_once: AtomicBool::new(false),
             watch_ready: AtomicBool::new(false),
             not_pushed_log: Mutex::new(RateLog::new(NOT_PUSHED_LOG_EVERY)),
@@ -178,6 +191,15 @@ impl Shared {
     /// Remember that `a` is on its way to the LAPI (the queue's contents at a restart).
     pub fn note_pushed(&self, a: IpAddr) {
         first_push(&mut lock(&self.pushed), normal(a), Instant::now());
+    }
+
+    /// Whether the administrator unblocked `a` here after this host pushed it and before
+    /// its decision was pulled; the answer is given once (the decision it was about has
+    /// come).
+    fn take_unblocked_unpulled(&self, a: IpAddr) -> bool {
+        lock(&self.unblocked_unpulled)
+            .remove(&a)
+            .is_some_and(|t| t.elapsed() < PUSHED_MEMORY)
     }
 
     fn recently_pushed(&self, a: IpAddr) -> bool {
@@ -389,6 +411,17 @@ fn admin_unblocked(sh: &Shared, a: IpAddr) {
     } else if sh.cfg.pull && !sh.pulled_once.load(Ordering::SeqCst) {
         // Replayed from before this start: the first startup poll settles it.
         lock(&sh.pending_unblocks).insert(a);
+    } else if sh.cfg.pull && sh.recently_pushed(a) {
+        // Pushed, but its decision not pulled yet: without this, that decision would
+        // block the address again at the next poll.
+        let mut m = lock(&sh.unblocked_unpulled);
+        // Bounded like the push memory; the unblock's own time is what counts.
+        first_push(&mut m, a, Instant::now());
+        m.insert(a, Instant::now());
+        drop(m);
+        sh.log(&format!(
+            "{a} unblocked here (sentryctl unblock) before the fleet decision that follows this host's alert was pulled: that decision will stay lifted on this host"
+        ));
     }
     if sh.cfg.delete_on_unblock {
         lock(&sh.to_delete).push(a);
@@ -624,6 +657,10 @@ pub fn classify(d: &crate::lapi::Decision) -> Action {
             )
         }
     };
+    // The LAPI's ids start at 1; another one names no decision it could delete.
+    if d.id <= 0 {
+        return skip("invalid", format!("decision id {} for {addr}", d.id));
+    }
     // The enforcer blocks and lists a mapped address as IPv4; the index must too.
     let addr = crate::lapi::normal(addr);
     let dur = match sentry_proto::parse_go_duration(&d.duration) {
@@ -658,6 +695,57 @@ pub fn classify(d: &crate::lapi::Decision) -> Action {
     }
 }
 
+/// Alert lookups per poll ([`Lapi::alert_of`](crate::lapi::Lapi::alert_of)): a startup
+/// poll with thousands of decisions must not become thousands of requests before the
+/// blocks; the decisions beyond are blocked without their alert id and machine.
+pub const ALERT_LOOKUPS_PER_POLL: usize = 16;
+
+/// What the enforcer is told about decision `d` with its block: its scenario and id,
+/// and `alert` (its alert's id and machine) when the lookup found it: the decision
+/// stream of CrowdSec 1.4.6 carries neither of those. Everything is LAPI text (a `cscli
+/// decisions add --reason` is the scenario): a field the enforcer would refuse is left
+/// out, and said in the returned list for the caller to count and log, since refusing
+/// the ban itself for a label would leave the address unblocked.
+pub fn decision_meta(
+    d: &crate::lapi::Decision,
+    alert: Option<(i64, String)>,
+) -> (BlockMeta, Vec<String>) {
+    let mut meta = BlockMeta {
+        decision_id: u64::try_from(d.id).ok().filter(|&i| i > 0),
+        ..BlockMeta::default()
+    };
+    let mut refused = Vec::new();
+    let mut take = |what: &str, one: BlockMeta, shown: String| match one.validate() {
+        Ok(()) => {
+            meta.scenario = meta.scenario.take().or(one.scenario);
+            meta.alert_id = meta.alert_id.or(one.alert_id);
+            meta.machine = meta.machine.take().or(one.machine);
+        }
+        Err(e) => refused.push(format!("{what} {shown} refused: {e}")),
+    };
+    if !d.scenario.is_empty() {
+        let one = BlockMeta {
+            scenario: Some(d.scenario.clone()),
+            ..BlockMeta::default()
+        };
+        take("scenario", one, format!("{:?}", d.scenario));
+    }
+    if let Some((id, machine)) = alert {
+        let one = BlockMeta {
+            // 0 for a negative id: refused by the check, as 0 is.
+            alert_id: Some(u64::try_from(id).unwrap_or(0)),
+            ..BlockMeta::default()
+        };
+        take("alert id", one, id.to_string());
+        let one = BlockMeta {
+            machine: Some(machine.clone()),
+            ..BlockMeta::default()
+        };
+        take("machine", one, format!("{machine:?}"));
+    }
+    (meta, refused)
+}
+
 /// Lift this host's own (sensor) block of `addr`, after the fleet decision `id` that
 /// followed this host's alert was deleted before its end (DELETE_LIFTS_LOCAL).
 fn lift_local(sh: &Shared, client: &mut Client, addr: IpAddr, id: i64, how: &str) {
@@ -689,8 +777,14 @@ fn lift_local(sh: &Shared, client: &mut Client, addr: IpAddr, id: i64, how: &str
     }
 }
 
-/// Apply one stream reply; `startup` replies are the whole active set.
-pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool) {
+/// Apply one stream reply; `startup` replies are the whole active set. `alert_of` finds
+/// a decision's alert (id, machine) for the block's metadata, or `None`.
+pub fn apply_stream(
+    sh: &Shared,
+    reply: crate::lapi::StreamReply,
+    startup: bool,
+    alert_of: &mut dyn FnMut(IpAddr, i64) -> Option<(i64, String)>,
+) {
     let origin = sh.cfg.origin.clone();
     let mut client = match Client::connect(&sh.cfg.runtime_dir) {
         Ok(c) => c,
@@ -848,6 +942,10 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
                         st.unblocked.insert(id, held);
                         state_changed = true;
                     }
+                    if st.ours.contains_key(&id) && sh.take_unblocked_unpulled(addr) {
+                        st.unblocked.insert(id, held);
+                        state_changed = true;
+                    }
                     st.unblocked.contains_key(&id)
                 };
                 if lifted_here {
@@ -856,10 +954,19 @@ pub fn apply_stream(sh: &Shared, reply: crate::lapi::StreamReply, startup: bool)
                     ));
                     continue;
                 }
-                match client.call(&ControlRequest::Block {
+                let (meta, refused) = decision_meta(&d, alert_of(addr, id));
+                if !refused.is_empty() {
+                    sh.stats().meta_invalid += 1;
+                    sh.log(&format!(
+                        "fleet decision {id} for {addr}: {}; blocked without it",
+                        refused.join("; ")
+                    ));
+                }
+                match client.call(&ControlRequest::BlockWith {
                     addr,
                     duration_ms: Some(duration_ms),
                     origin: origin.clone(),
+                    meta,
                 }) {
                     Ok(ControlResponse::BlockResult {
                         decision, reason, ..
@@ -964,7 +1071,28 @@ pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
         match lapi.stream(startup) {
             Ok(r) => {
                 sh.log_change("pull", None);
-                apply_stream(&sh, r, startup);
+                let mut budget = ALERT_LOOKUPS_PER_POLL;
+                let mut alert_of = |addr: IpAddr, id: i64| {
+                    if budget == 0 {
+                        return None;
+                    }
+                    budget -= 1;
+                    match lapi.alert_of(addr, id) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            // One failure ends this poll's lookups: a LAPI that does not
+                            // answer must not delay every block by a timeout.
+                            budget = 0;
+                            sh.stats().alert_lookup_failures += 1;
+                            sh.log_change(
+                                "alert_lookup",
+                                Some(&format!("alert of decision {id} ({addr}): {e}")),
+                            );
+                            None
+                        }
+                    }
+                };
+                apply_stream(&sh, r, startup, &mut alert_of);
                 startup = false;
                 if lapi.failed_over {
                     // Another LAPI: its cursor for this key is its own; start over there
@@ -1105,6 +1233,18 @@ pub fn render_metrics(s: &Stats) -> String {
         s.enforcer_errors,
     );
     e.single(
+        "sentry_share_decision_meta_refused_total",
+        "counter",
+        "Fleet decisions blocked without a scenario, alert id or machine that failed the enforcer's checks.",
+        s.meta_invalid,
+    );
+    e.single(
+        "sentry_share_alert_lookup_failures_total",
+        "counter",
+        "Failed lookups of a fleet decision's alert (its block lacks the alert id and machine).",
+        s.alert_lookup_failures,
+    );
+    e.single(
         "sentry_share_decisions_deleted_total",
         "counter",
         "Fleet decisions deleted after sentryctl unblock (DELETE_ON_UNBLOCK).",
@@ -1162,6 +1302,7 @@ mod tests {
             expires_ms: None,
             suppressed: None,
             reason: "blocked permanently".into(),
+            meta: BlockMeta::default(),
         }
     }
 
@@ -1286,6 +1427,83 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_tells_its_scenario_id_alert_and_machine_and_a_bad_field_is_left_out_and_said() {
+        let (m, refused) = decision_meta(&dec("Ip", "10.0.0.5", "ban", "1h"), None);
+        assert_eq!(
+            m,
+            BlockMeta {
+                scenario: Some("sentry/portscan".into()),
+                decision_id: Some(7),
+                alert_id: None,
+                machine: None,
+            }
+        );
+        assert!(refused.is_empty());
+        let (m, refused) = decision_meta(
+            &dec("Ip", "10.0.0.5", "ban", "1h"),
+            Some((3, "host-a".into())),
+        );
+        assert_eq!(
+            (m.alert_id, m.machine.as_deref()),
+            (Some(3), Some("host-a"))
+        );
+        assert!(refused.is_empty());
+        let mut d = dec("Ip", "10.0.0.5", "ban", "1h");
+        d.scenario = "x\nattackalert: Connect from host: 192.0.2.1".into();
+        let (m, refused) = decision_meta(&d, Some((-1, "host a".into())));
+        assert_eq!(
+            m,
+            BlockMeta {
+                decision_id: Some(7),
+                ..BlockMeta::default()
+            }
+        );
+        m.validate().unwrap();
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(refused[0].starts_with("scenario") && refused[2].starts_with("machine"));
+        d.scenario = String::new();
+        let (m, refused) = decision_meta(&d, None);
+        assert_eq!(m.scenario, None);
+        assert!(refused.is_empty());
+        // A decision without a valid id is not enforced at all (nothing could delete it).
+        d.id = 0;
+        assert!(matches!(classify(&d), Action::Skip("invalid", _)));
+    }
+
+    fn unblocked(a: &str) -> WatchRecord {
+        WatchRecord {
+            kind: "unblocked".into(),
+            origin: None,
+            evidence: None,
+            source: Some(a.parse().unwrap()),
+            reason: "sentryctl unblock".into(),
+            ..rec("sensor", 1, false)
+        }
+    }
+
+    /// The helper's note on issue #20: an unblock on the detecting host less than one
+    /// PULL_INTERVAL after the push came before the decision; the decision must not
+    /// block the address again when it is pulled.
+    #[test]
+    fn an_unblock_before_the_pull_lifts_the_decision_that_follows_the_push() {
+        let cfg = crate::config::Config::parse(
+            "LAPI_URLS=\"http://127.0.0.1:8080\"\nMACHINE_ID=host-a\nMACHINE_PASSWORD_FILE=/p\nBOUNCER_KEY_FILE=/k\n",
+        )
+        .unwrap();
+        let sh = Shared::new(cfg);
+        sh.pulled_once.store(true, Ordering::SeqCst);
+        let pushed: IpAddr = "192.0.2.7".parse().unwrap();
+        sh.note_pushed(pushed);
+        handle_record(&sh, &unblocked("192.0.2.7"));
+        // Another host's address this host never pushed: nothing to remember.
+        handle_record(&sh, &unblocked("192.0.2.8"));
+        assert!(!sh.take_unblocked_unpulled("192.0.2.8".parse().unwrap()));
+        assert!(sh.take_unblocked_unpulled(pushed));
+        // Once: a later decision for it (a new scan, another host's) is enforced.
+        assert!(!sh.take_unblocked_unpulled(pushed));
+    }
+
+    #[test]
     fn metrics_families_are_complete() {
         let mut s = Stats {
             pushed: 3,
@@ -1296,6 +1514,8 @@ mod tests {
         assert!(t.contains("sentry_share_alerts_pushed_total 3\n"));
         assert!(t.contains("sentry_share_push_failures_total{kind=\"unreachable\"} 2\n"));
         assert!(t.contains("sentry_share_queue_depth 0\n"));
+        assert!(t.contains("sentry_share_decision_meta_refused_total 0\n"));
+        assert!(t.contains("sentry_share_alert_lookup_failures_total 0\n"));
         assert!(t.contains(&format!(
             "sentry_share_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")

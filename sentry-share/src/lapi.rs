@@ -124,6 +124,40 @@ pub fn parse_login(body: &[u8], now_s: i64) -> Result<(String, i64), LapiError> 
     Ok((r.token, exp))
 }
 
+/// Alerts asked for in one [`Lapi::alert_of`] (the newest first: the decision just
+/// pulled belongs to one of an address's latest alerts).
+pub const ALERT_LOOKUP_LIMIT: usize = 10;
+
+/// What `GET /v1/alerts` says of one alert, as far as the bridge uses it.
+#[derive(Deserialize)]
+struct AlertRef {
+    id: i64,
+    #[serde(default)]
+    machine_id: String,
+    #[serde(default)]
+    decisions: Option<Vec<DecisionRef>>,
+}
+
+#[derive(Deserialize)]
+struct DecisionRef {
+    id: i64,
+}
+
+/// Parse a `GET /v1/alerts` body (`null` or a list) and find the alert that holds
+/// decision `decision_id`: its id and its machine (the detecting host). `Ok(None)` when
+/// no listed alert holds it. The values are LAPI claims: the caller checks them.
+pub fn parse_alert_of(body: &[u8], decision_id: i64) -> Result<Option<(i64, String)>, LapiError> {
+    let list: Option<Vec<AlertRef>> = serde_json::from_slice(body)
+        .map_err(|e| LapiError::Protocol(format!("alerts list is not the expected JSON: {e}")))?;
+    Ok(list.unwrap_or_default().into_iter().find_map(|a| {
+        a.decisions
+            .unwrap_or_default()
+            .iter()
+            .any(|d| d.id == decision_id)
+            .then_some((a.id, a.machine_id))
+    }))
+}
+
 /// Parse the reply to `POST /v1/alerts`: the ids of the created alerts.
 pub fn parse_alerts_reply(body: &[u8]) -> Result<Vec<String>, LapiError> {
     serde_json::from_slice::<Vec<String>>(body)
@@ -512,6 +546,42 @@ impl Lapi {
         })
     }
 
+    /// The alert of decision `decision_id` for `addr`: `GET /v1/alerts?ip=ADDR` as the
+    /// machine (the decision stream of 1.4.6 names neither the alert nor its machine),
+    /// the newest [`ALERT_LOOKUP_LIMIT`] with an active decision, on the current URL only
+    /// (a lookup is worth no fail-over). `Ok(None)`: no such alert, or no machine
+    /// credentials to ask with.
+    pub fn alert_of(
+        &mut self,
+        addr: IpAddr,
+        decision_id: i64,
+    ) -> Result<Option<(i64, String)>, LapiError> {
+        if self.machine.is_none() {
+            return Ok(None);
+        }
+        let path = format!(
+            "/v1/alerts?ip={}&has_active_decision=true&limit={ALERT_LOOKUP_LIMIT}",
+            normal(addr)
+        );
+        let i = self.current;
+        for attempt in 0..2 {
+            let tok = self.token_for(i)?;
+            let bearer = format!("Bearer {tok}");
+            let (code, resp) = self.raw(i, &Call::Get(&path), Some(("Authorization", &bearer)))?;
+            match code {
+                200 => return parse_alert_of(&read_body(resp, MAX_ALERTS_REPLY)?, decision_id),
+                401 if attempt == 0 => self.token = None,
+                401 | 403 => {
+                    return Err(LapiError::Credentials(format!(
+                        "GET /v1/alerts: HTTP {code}"
+                    )))
+                }
+                c => return Err(LapiError::Protocol(format!("HTTP {c} to GET {path}"))),
+            }
+        }
+        Err(LapiError::Credentials("token refused twice".into()))
+    }
+
     /// `DELETE /v1/decisions?ip=ADDR` as the machine (1.4.6 wants a machine JWT here).
     pub fn delete_decisions(&mut self, addr: IpAddr) -> Result<(), LapiError> {
         let path = format!("/v1/decisions?ip={}", normal(addr));
@@ -573,6 +643,30 @@ mod tests {
         ] {
             assert!(
                 matches!(parse_login(bad, 0), Err(LapiError::Protocol(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// What 1.4.6 answers to `GET /v1/alerts?ip=...` (trimmed from the real LAPI).
+    #[test]
+    fn the_alert_of_a_decision_is_found_by_its_id() {
+        let body = br#"[{"capacity":0,"created_at":"2026-12-07T11:29:11Z","decisions":[{"duration":"3h55m8s","id":4,"origin":"crowdsec","scenario":"sentry/portscan","scope":"Ip","simulated":false,"type":"ban","value":"192.0.2.77"}],"events_count":25,"id":3,"machine_id":"hostA","scenario":"sentry/portscan"},
+            {"id":1,"machine_id":"hostB","decisions":[{"id":1}]},{"id":9,"decisions":null}]"#;
+        assert_eq!(
+            parse_alert_of(body, 4).unwrap(),
+            Some((3, "hostA".to_string()))
+        );
+        assert_eq!(
+            parse_alert_of(body, 1).unwrap(),
+            Some((1, "hostB".to_string()))
+        );
+        assert_eq!(parse_alert_of(body, 2).unwrap(), None);
+        assert_eq!(parse_alert_of(b"null", 2).unwrap(), None);
+        for bad in [&b"{}"[..], b"[{\"id\":\"x\"}]", b"[1]", b""] {
+            assert!(
+                matches!(parse_alert_of(bad, 1), Err(LapiError::Protocol(_))),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

@@ -249,7 +249,12 @@ fn run(path: &std::path::Path) -> Result<(), String> {
             }
         }
         *sh.queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(q);
-        let lapi = Lapi::new(cfg.lapi_urls.clone(), machine, None, cfg.http_timeout);
+        let lapi = Lapi::new(
+            cfg.lapi_urls.clone(),
+            machine.clone(),
+            None,
+            cfg.http_timeout,
+        );
         let s = Arc::clone(&sh);
         threads.push(spawn("push", Box::new(move || bridge::push_loop(s, lapi)))?);
     }
@@ -258,7 +263,9 @@ fn run(path: &std::path::Path) -> Result<(), String> {
     let s = Arc::clone(&sh);
     threads.push(spawn("watch", Box::new(move || bridge::watch_loop(s)))?);
     if cfg.pull {
-        let lapi = Lapi::new(cfg.lapi_urls.clone(), None, key, cfg.http_timeout);
+        // The machine too: a pulled decision's alert (its id, the detecting machine) is
+        // only in GET /v1/alerts, which wants a machine's token.
+        let lapi = Lapi::new(cfg.lapi_urls.clone(), machine, key, cfg.http_timeout);
         let s = Arc::clone(&sh);
         threads.push(spawn("pull", Box::new(move || bridge::pull_loop(s, lapi)))?);
     }

@@ -130,6 +130,16 @@ pub struct AuditLine {
     /// The prefix length when the block covers an IPv6 network (BLOCK_PREFIX6).
     #[serde(default)]
     pub prefix: Option<u8>,
+    /// A fleet block's decision: scenario, LAPI decision and alert ids, the machine that
+    /// sent the alert (each absent when not known, and on every other record).
+    #[serde(default)]
+    pub scenario: Option<String>,
+    #[serde(default)]
+    pub decision_id: Option<u64>,
+    #[serde(default)]
+    pub alert_id: Option<u64>,
+    #[serde(default)]
+    pub machine: Option<String>,
     /// The decision-record schema (docs/records.md); every record has it.
     pub schema: u32,
 }

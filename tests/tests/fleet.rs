@@ -154,12 +154,58 @@ fn a_scan_of_one_host_is_blocked_on_the_other() {
     );
     assert!(b.nft_has(scanner), "B's nftables set lacks {scanner}");
     // B's scanner namespace has the same address: its probes are now dropped on B.
-    let st = b.ctl_json(&["blocked"]);
+    // The fleet block names its decision: scenario, the LAPI's decision and alert ids,
+    // and A as the detecting machine; and no probe B never saw.
+    let decisions = lapi.cscli(&["decisions", "list", "-o", "json"]);
+    let alerts: serde_json::Value =
+        serde_json::from_str(&decisions.stdout).expect("decisions JSON");
+    let alert = &alerts[0];
+    let (alert_id, decision_id) = (&alert["id"], &alert["decisions"][0]["id"]);
     assert!(
-        st.as_array().is_some_and(|l| l
-            .iter()
-            .any(|e| e["addr"] == scanner.to_string() && e["origin"] == "crowdsec")),
-        "{st}"
+        alert_id.is_u64() && decision_id.is_u64(),
+        "cscli decisions list: {decisions}"
+    );
+    assert_eq!(
+        on_b.scenario.as_deref(),
+        Some("sentry/portscan"),
+        "{on_b:?}"
+    );
+    assert_eq!(on_b.decision_id, decision_id.as_u64(), "{on_b:?}");
+    assert_eq!(on_b.alert_id, alert_id.as_u64(), "{on_b:?}");
+    assert_eq!(on_b.machine.as_deref(), Some("host-a"), "{on_b:?}");
+    assert_eq!((on_b.mode, on_b.scan.as_deref()), (None, None), "{on_b:?}");
+    let st = b.ctl_json(&["blocked"]);
+    let entry = st
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e["addr"] == scanner.to_string() && e["origin"] == "crowdsec")
+        })
+        .unwrap_or_else(|| panic!("no fleet block of {scanner} on B: {st}"));
+    let check = |e: &serde_json::Value| {
+        assert_eq!(e["scenario"], "sentry/portscan", "{e}");
+        assert_eq!(&e["decision_id"], decision_id, "{e}");
+        assert_eq!(&e["alert_id"], alert_id, "{e}");
+        assert_eq!(e["machine"], "host-a", "{e}");
+        for k in ["mode", "scan", "protocol", "port", "distinct_ports"] {
+            assert!(e.get(k).is_none_or(serde_json::Value::is_null), "{k}: {e}");
+        }
+    };
+    check(entry);
+    let x = b.ctl_json(&["explain", &scanner.to_string()]);
+    assert_eq!(x["blocked"], true, "{x}");
+    check(&x["entries"][0]);
+    let rec = x["decisions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["decision"] == "blocked"))
+        .unwrap_or_else(|| panic!("no blocked record in explain: {x}"));
+    check(rec);
+    let text = b.sentryctl(&["blocked"]).stdout;
+    assert!(
+        text.contains(&format!(
+            "scenario sentry/portscan, decision {decision_id}, alert {alert_id}, machine host-a"
+        )) && !text.contains("stcp"),
+        "{text}"
     );
     // The decision came back to A too: A's own block stays A's (already blocked), and
     // A does not push a fleet block back.
@@ -1138,6 +1184,15 @@ fn the_readme_fleet_steps_work_with_the_shipped_files() {
         ba.log()
     );
     assert!(ba.log().contains("pushed alert for"), "{}", ba.log());
+    // A learns that the decision followed its own alert when it pulls it (within one
+    // PULL_INTERVAL): a decision deleted before that is one A never saw (README).
+    wait_for(
+        "A to pull the decision it caused",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || fleet_record(&a, scanner, AuditDecision::AlreadyBlocked).is_some(),
+    );
 
     // ---- cscli decisions delete --ip: lifted on every host, A included.
     let o = lapi.cscli(&["decisions", "delete", "--ip", &scanner.to_string()]);
@@ -1275,4 +1330,88 @@ fn a_bridge_restart_does_not_reblock_what_the_admin_unblocked() {
     let list = lapi.cscli(&["decisions", "list", "-o", "json"]);
     assert!(list.stdout.contains(&scanner.to_string()), "{list}");
     assert!(ba.alive() && bb.alive());
+}
+
+/// Helper's note on issue #20: `sentryctl unblock` on the detecting host after its push
+/// and before its bridge pulled the decision that followed (less than one PULL_INTERVAL
+/// later) knew no decision to keep lifted, and that decision blocked the address again.
+/// The bridge remembers the unblock and lifts the decision when it comes.
+#[test]
+fn an_unblock_before_the_pull_is_not_undone_by_the_decision() {
+    let test = "an_unblock_before_the_pull_is_not_undone_by_the_decision";
+    if !require_root(test) || !require_crowdsec(test) {
+        return;
+    }
+    let _turn = serial();
+    let lapi = Lapi::start();
+    lapi.add_machine("host-a", "pw-host-a-0123456789");
+    let key_a = lapi.add_bouncer("host-a");
+    let a = host(
+        "fleet-early-a",
+        Settings::new(&["atcp"]).set("SCAN_TRIGGER", "0"),
+        None,
+    );
+    // A long interval, so that the unblock lands between the push and the next pull.
+    let ba = Bridge::prepare(
+        a.dir.path(),
+        &a.runtime_dir,
+        &lapi.url,
+        Some(("host-a", "pw-host-a-0123456789")),
+        Some(&key_a),
+        "PULL_INTERVAL=\"20s\"\nPUSH_MIN_PORTS=\"5\"\n",
+    );
+    ba.start();
+    let hosts = [(&a, &ba)];
+    wait_for(
+        "the bridge to follow the decision stream",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || {
+            a.sentryctl(&["metrics"])
+                .stdout
+                .contains("sentry_watch_clients 1")
+        },
+    );
+    // The startup poll first (the pull waits up to 5 s for the stream's backlog): an
+    // unblock before it is the startup poll's business, not this test's.
+    std::thread::sleep(Duration::from_secs(6));
+    let scanner = IpAddr::V4(SCANNER_V4);
+    a.nmap(&["-sS", "-p", "1-100", &TARGET_V4.to_string()]);
+    a.wait_blocked(scanner);
+    wait_until(
+        Duration::from_secs(15),
+        "the push",
+        || ba.log().contains("pushed alert for").then_some(()),
+        || diag(&hosts, &lapi),
+    );
+    assert!(a.sentryctl(&["unblock", &scanner.to_string()]).success());
+    let early = "before the fleet decision that follows this host's alert was pulled";
+    wait_for(
+        "the bridge to remember the early unblock",
+        Duration::from_secs(10),
+        &hosts,
+        &lapi,
+        || ba.log().contains(early),
+    );
+    wait_for(
+        "the next pull to lift the decision here",
+        Duration::from_secs(40),
+        &hosts,
+        &lapi,
+        || {
+            ba.log()
+                .contains("not enforced: lifted on this host by sentryctl unblock")
+        },
+    );
+    assert!(
+        fleet_record(&a, scanner, AuditDecision::Blocked).is_none(),
+        "the decision blocked the address again\n{}",
+        diag(&hosts, &lapi)
+    );
+    assert!(!a.nft_has(scanner), "{}", diag(&hosts, &lapi));
+    // The decision itself stays in the fleet (DELETE_ON_UNBLOCK is off).
+    let d = lapi.cscli(&["decisions", "list", "-o", "json"]);
+    assert!(d.stdout.contains(&scanner.to_string()), "{d}");
+    assert!(ba.alive(), "{}", ba.log());
 }

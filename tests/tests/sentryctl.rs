@@ -193,6 +193,17 @@ fn explain_names_the_block_and_why_not() {
         "{x}"
     );
     assert_eq!(x["entries"][0]["origin"], "crowdsec", "{x}");
+    // No made-up probe for it, and no fleet metadata it was not given.
+    for k in [
+        "protocol",
+        "port",
+        "mode",
+        "scan",
+        "scenario",
+        "decision_id",
+    ] {
+        assert!(x["entries"][0].get(k).is_none(), "{k}: {x}");
+    }
     // This host's own address.
     let x = s.ctl_json(&["explain", &TARGET_V4.to_string()]);
     assert_eq!(x["blocked"], false, "{x}");

@@ -96,6 +96,7 @@ mod tests {
 
     fn rec(a: &str, since: u64, scan: ScanKind, ports: u32) -> BlockRecord {
         BlockRecord {
+            meta: Default::default(),
             addr: a.parse().unwrap(),
             protocol: Protocol::Tcp,
             port: 22,
@@ -141,6 +142,7 @@ mod tests {
     fn fleet_blocks_are_indexed_apart_from_manual_and_sensor_ones() {
         let mut b = Blocks::default();
         let with = |a: &str, since: u64, origin: Option<&str>| BlockRecord {
+            meta: Default::default(),
             origin: origin.map(str::to_string),
             ..rec(a, since, ScanKind::Syn, 1)
         };

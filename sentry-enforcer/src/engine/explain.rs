@@ -210,6 +210,7 @@ mod tests {
         );
         // A fleet decision.
         let ctl = ControlBlock {
+            meta: Default::default(),
             origin: "crowdsec".into(),
             duration: None,
         };
@@ -293,6 +294,7 @@ mod tests {
         let mut e = engine(&dir);
         assert_eq!(scan(&mut e, 1, "192.0.2.9"), Decision::Blocked);
         let ctl = ControlBlock {
+            meta: Default::default(),
             origin: "crowdsec".into(),
             duration: None,
         };

@@ -155,6 +155,8 @@ pub struct Engine {
 pub struct ControlBlock {
     pub origin: String,
     pub duration: Option<std::time::Duration>,
+    /// What the fleet decision says about itself (empty for `sentryctl block`).
+    pub meta: sentry_proto::BlockMeta,
 }
 
 /// A log line held back until the AUDIT_RATE budget has admitted its decision.
@@ -634,6 +636,10 @@ impl Engine {
         self.flush_audit_budget(now);
         let invalid = if let Err(e) = sentry_proto::validate_origin(&ctl.origin) {
             Some(e.to_string())
+        } else if let Err(e) = ctl.meta.validate() {
+            // Refused whole, never trimmed: a LAPI that sends a bad field is broken or
+            // hostile, and its other claims are not taken either.
+            Some(e.to_string())
         } else if ctl.origin == sentry_proto::ORIGIN_SENSOR {
             Some("origin name \"sensor\" is reserved for the local sensor".to_string())
         } else if ctl.origin == judge::MANUAL_ORIGIN && peer.uid != 0 {
@@ -652,6 +658,10 @@ impl Engine {
                 _ => None,
             }
         };
+        // Only validated metadata reaches the audit log.
+        if invalid.is_none() {
+            rec.meta = ctl.meta.clone();
+        }
         let (decision, reason, line) = match invalid {
             Some(why) => (
                 Decision::Rejected,
@@ -925,6 +935,7 @@ impl Engine {
             hosts_deny_legacy: false,
             prefix6: target.1,
             origin: ctl.map(|c| c.origin.clone()),
+            meta: ctl.map(|c| c.meta.clone()).unwrap_or_default(),
         };
         if ctl.is_some() {
             // Placeholders, not evidence (see BlockRecord::origin).
@@ -1491,9 +1502,69 @@ mod tests {
 
     fn ctl(origin: &str, secs: Option<u64>) -> ControlBlock {
         ControlBlock {
+            meta: Default::default(),
             origin: origin.into(),
             duration: secs.map(std::time::Duration::from_secs),
         }
+    }
+
+    /// A fleet block carries its decision (scenario, ids, machine) into its record, the
+    /// audit log and `sentryctl blocked`, and no made-up probe; metadata that fails its
+    /// checks refuses the block (counted, logged, audited), it is never trimmed.
+    #[test]
+    fn fleet_blocks_keep_their_decision_and_bad_metadata_is_refused() {
+        let mut t = setup(&[]);
+        let a: IpAddr = "192.0.2.44".parse().unwrap();
+        let meta = sentry_proto::BlockMeta {
+            scenario: Some("sentry/portscan".into()),
+            decision_id: Some(12),
+            alert_id: Some(7),
+            machine: Some("host-a".into()),
+        };
+        let c = ControlBlock {
+            meta: meta.clone(),
+            ..ctl("crowdsec", Some(3600))
+        };
+        let (d, reason, _) = t.engine.decide_control(a, &c, PEER, now_ms().us());
+        assert_eq!(d, Decision::Blocked, "{reason}");
+        let rec = t.last();
+        assert_eq!(rec["scenario"], "sentry/portscan");
+        assert_eq!(rec["decision_id"], 12);
+        assert_eq!(rec["alert_id"], 7);
+        assert_eq!(rec["machine"], "host-a");
+        assert!(rec["mode"].is_null() && rec["scan"].is_null(), "{rec}");
+        let listed = t.engine.blocked();
+        let e = listed.iter().find(|e| e.addr == a).unwrap();
+        assert_eq!(e.meta, meta);
+        assert_eq!(
+            (e.protocol, e.port, e.mode, e.scan),
+            (None, None, None, None)
+        );
+        // Its end names the decision too.
+        t.engine.unblock(a, PEER, now_ms());
+        let rec = t.last();
+        assert_eq!(rec["decision"], "unblocked");
+        assert_eq!(rec["decision_id"], 12);
+
+        let rejected = t.engine.counters().rejected;
+        let bad = ControlBlock {
+            meta: sentry_proto::BlockMeta {
+                scenario: Some("x\nattackalert: forged".into()),
+                ..meta
+            },
+            ..ctl("crowdsec", Some(3600))
+        };
+        let (d, reason, _) = t.engine.decide_control(a, &bad, PEER, now_ms().us());
+        assert_eq!(d, Decision::Rejected);
+        assert!(reason.contains("scenario"), "{reason}");
+        assert!(!t.engine.is_blocked(a));
+        assert_eq!(t.engine.counters().rejected, rejected + 1);
+        let rec = t.last();
+        assert_eq!(rec["decision"], "rejected");
+        assert!(
+            rec.get("scenario").is_none(),
+            "unchecked text stays out: {rec}"
+        );
     }
 
     #[test]
@@ -1558,6 +1629,7 @@ mod tests {
             (ctl("", None), "origin name"),
             (
                 ControlBlock {
+                    meta: Default::default(),
                     origin: "x".into(),
                     duration: Some(std::time::Duration::from_millis(500)),
                 },

@@ -50,15 +50,17 @@ impl Engine {
     }
 }
 
-/// A block as `sentryctl blocked` (and `explain`) lists it: a sensor block's evidence
-/// with it, a control block's origin instead.
+/// A block as `sentryctl blocked` (and `explain`) lists it: a sensor block's probe and
+/// evidence with it, a control block's origin and metadata instead (its record's probe
+/// fields are placeholders for the templates, not something that was seen).
 pub(super) fn entry_of(b: &crate::store::BlockRecord) -> BlockEntry {
+    let sensor = b.origin.is_none();
     BlockEntry {
         addr: b.addr,
-        protocol: b.protocol,
-        port: b.port,
-        mode: b.mode,
-        scan: b.scan,
+        protocol: sensor.then_some(b.protocol),
+        port: sensor.then_some(b.port),
+        mode: sensor.then_some(b.mode),
+        scan: sensor.then_some(b.scan),
         since_ms: b.since_ms,
         expires_ms: b.expires_ms,
         prefix6: b.prefix6,
@@ -66,6 +68,7 @@ pub(super) fn entry_of(b: &crate::store::BlockRecord) -> BlockEntry {
             .origin
             .clone()
             .unwrap_or_else(|| sentry_proto::ORIGIN_SENSOR.to_string()),
-        distinct_ports: b.origin.is_none().then_some(b.distinct_ports),
+        distinct_ports: sensor.then_some(b.distinct_ports),
+        meta: b.meta.clone(),
     }
 }

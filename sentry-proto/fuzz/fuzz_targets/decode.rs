@@ -33,4 +33,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(SensorFrame::Block(b)) = decode_frame::<SensorFrame>(data) {
         let _ = b.validate(1_700_000_000_000);
     }
+    // A fleet block's metadata is LAPI input relayed by the bridge: its checks see
+    // whatever decodes.
+    if let Ok(ControlRequest::BlockWith { meta, .. }) = decode_frame::<ControlRequest>(data) {
+        let _ = meta.validate();
+    }
 });
