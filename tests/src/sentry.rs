@@ -932,10 +932,14 @@ impl Sentry {
     /// a scanner sees as answers, measured where they leave, not inferred from nmap.
     pub fn count_answers(&self, rules: &[&str]) {
         let mut script = "table inet answers {}\ndelete table inet answers\n\
-            table inet answers {\n counter sent {}\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+            table inet answers {\n counter sent {}\n set ports { type inet_service; flags dynamic; size 65536; }\n chain out {\n  type filter hook output priority 0; policy accept;\n"
             .to_string();
         for r in rules {
-            script.push_str(&format!("  {r} counter name sent\n"));
+            // The answering port too (for ICMP, its type and code), so a test can say
+            // which ports answered, not only how many.
+            script.push_str(&format!(
+                "  {r} counter name sent add @ports {{ th sport }}\n"
+            ));
         }
         script.push_str(" }\n}\n");
         let path = self.path("answers.nft");
@@ -950,6 +954,23 @@ impl Sentry {
     /// Packets counted since [`Sentry::count_answers`].
     pub fn answers(&self) -> u64 {
         self.nft_counter("answers", "sent")
+    }
+
+    /// The source ports of the answers counted since [`Sentry::count_answers`] (as nft
+    /// lists the set's elements).
+    pub fn answered_ports(&self) -> String {
+        let out = run(
+            self.net
+                .command(Side::Target, "nft")
+                .args(["list", "set", "inet", "answers", "ports"]),
+            Duration::from_secs(10),
+        );
+        out.stdout
+            .split_once("elements = {")
+            .and_then(|(_, e)| e.split_once('}'))
+            .map_or_else(String::new, |(e, _)| {
+                e.split_whitespace().collect::<Vec<_>>().join(" ")
+            })
     }
 
     /// A named counter of table `inet TABLE` in the target namespace (0 when missing).

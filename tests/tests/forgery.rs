@@ -116,7 +116,8 @@ fn assert_blocked_unanswered(s: &Sentry, what: &str) {
         .and_then(|r| r.distinct_ports)
         .unwrap_or(0);
     eprintln!(
-        "FIGURE {what}: the real scanner got {n} answers, blocked on its probe #{probes}; {} blocks in all",
+        "FIGURE {what}: the real scanner got {n} answers (from ports: {}), blocked on its probe #{probes}; {} blocks in all",
+        s.answered_ports(),
         s.counter("blocked")
     );
     assert!(
