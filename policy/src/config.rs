@@ -236,7 +236,7 @@ fn kind(key: &str) -> Option<Kind> {
         "HOSTS_DENY_FILE" => Kind::RequiredPath(|c| &mut c.hosts_deny_file),
         "AUDIT_LOG" => Kind::RequiredPath(|c| &mut c.audit_log),
         "BLOCK_TIMEOUT" => Kind::Num(0, 10 * 365 * 86_400, |c, n| c.block_timeout = secs(n)),
-        // What the shipped enforcer unit (MemoryMax=256M), the state-file cap and the 16 MiB
+        // What the shipped enforcer unit (MemoryMax=256M), the state-file cap and the 32 MiB
         // `sentryctl blocked` reply can all hold with margin (docs/performance.md, "MAX_BLOCKS bound").
         "MAX_BLOCKS" => Kind::Num(1, 100_000, |c, n| fit(&mut c.max_blocks, n)),
         "BLOCK_RATE" => Kind::Num(1, 1_000_000, |c, n| fit(&mut c.block_rate, n)),

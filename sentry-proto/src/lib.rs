@@ -63,7 +63,10 @@ pub const MAX_SMALL_FRAME: usize = 4096;
 
 /// Cap for replies from the enforcer to `sentryctl` (a list of up to `MAX_BLOCKS` blocks).
 /// The enforcer is the trusted side here, but `sentryctl` still refuses anything larger.
-pub const MAX_CONTROL_RESPONSE: usize = 16 << 20;
+/// bincode's limit counts what a reply may make the decoder allocate (a `Vec`'s length
+/// times its element's size in memory, about 170 bytes for a `BlockEntry` with its fleet
+/// metadata), not the bytes on the wire (about 70 each): 100,000 blocks need 17 MB.
+pub const MAX_CONTROL_RESPONSE: usize = 32 << 20;
 
 /// Longest sensor name accepted in a [`Hello`].
 pub const MAX_NAME_LEN: usize = 64;
