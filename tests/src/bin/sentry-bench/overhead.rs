@@ -30,16 +30,18 @@ use crate::table::Table;
 use crate::Opts;
 
 const TABLE: &str = "sentry";
-/// Every process of a measurement runs on this CPU, client and server alike: a veth
-/// packet is processed in the sender's softirq, so pinning both ends to one core makes
-/// the two pairs' rounds comparable (unpinned, the scheduler's placement alone moved
-/// the rate by 15-35 % between identical pairs on a 2-core machine).
-const PIN: &str = "1";
+/// The client of a measurement runs on CPU 0, the server on CPU 1, in both pairs: a veth
+/// packet is processed in the sender's softirq, so the client's CPU carries the whole
+/// receive path, netfilter included, and is the bottleneck that the table's cost shows
+/// in. Unpinned, the scheduler's placement alone moved the rate of two identical pairs
+/// by 15-35 % on a 2-core machine.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
 
-/// Pin the calling thread to [`PIN`].
-fn pin() {
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
-    if set.set(1).is_ok() {
+    if set.set(cpu).is_ok() {
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
 }
@@ -150,7 +152,7 @@ fn udp_rate(pair: &NetPair, secs: u64) -> Result<f64, String> {
     let out = run(
         pair.command(Side::Scanner, "taskset").args([
             "-c",
-            PIN,
+            &CLIENT_CPU.to_string(),
             "iperf3",
             "-c",
             &TARGET_V4.to_string(),
@@ -189,15 +191,17 @@ fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
     let ready = Arc::new(AtomicBool::new(false));
     let (st, rd) = (stop.clone(), ready.clone());
     let server = pair.spawn_in_ns(Side::Target, move || {
-        pin();
+        pin(SERVER_CPU);
         let Ok(l) = TcpListener::bind((TARGET_V4, 8080)) else {
             rd.store(true, Ordering::SeqCst);
             return;
         };
         rd.store(true, Ordering::SeqCst);
         while !st.load(Ordering::SeqCst) {
-            if let Ok((c, _)) = l.accept() {
-                drop(c);
+            if let Ok((mut c, _)) = l.accept() {
+                // Wait for the client's RST: the server never closes first, so no
+                // TIME_WAIT piles up on either side over the rounds.
+                let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
             }
         }
     });
@@ -206,7 +210,7 @@ fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
     }
     let st = stop.clone();
     let n = pair.in_ns(Side::Scanner, move || {
-        pin();
+        pin(CLIENT_CPU);
         let to = SocketAddr::from((TARGET_V4, 8080));
         let end = Instant::now() + Duration::from_secs(secs);
         let mut n = 0u64;
@@ -254,7 +258,14 @@ fn setup(pair: &NetPair) -> Result<(), String> {
 
 fn iperf_server(pair: &NetPair) -> std::process::Child {
     pair.command(Side::Target, "taskset")
-        .args(["-c", PIN, "iperf3", "-s", "-B", &TARGET_V4.to_string()])
+        .args([
+            "-c",
+            &SERVER_CPU.to_string(),
+            "iperf3",
+            "-s",
+            "-B",
+            &TARGET_V4.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
