@@ -99,6 +99,17 @@ pub fn prefix_share(block_rate: u32) -> usize {
     (block_rate as usize / 4).max(1)
 }
 
+/// What the judge needs to know about a rate window ([`crate::engine::rate`]) for one
+/// request. Defined here, not by the window, so that the judge depends on nothing of the
+/// engine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub all: usize,
+    pub single_probe: usize,
+    /// Single-probe blocks in the source's /24 or /64.
+    pub same_prefix: usize,
+}
+
 /// What the judge looks at besides the request. Built by the engine for each decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -115,7 +126,7 @@ pub struct Facts<'a> {
     pub fleet: FleetUsage,
     /// Blocks (and commands) started in the last minute, for BLOCK_RATE: all of them, those
     /// on single-probe evidence, and those in the request source's /24 or /64.
-    pub started: crate::engine::rate::Usage,
+    pub started: Usage,
     /// The oldest single-probe block, which better evidence may evict at MAX_BLOCKS.
     pub weakest_block: Option<IpAddr>,
     /// Active blocks, for MAX_BLOCKS.
@@ -463,7 +474,7 @@ mod tests {
                     ignore: &self.ignore,
                     already_blocked: self.already,
                     evidence: self.evidence,
-                    started: crate::engine::rate::Usage {
+                    started: Usage {
                         all: self.started,
                         single_probe: self.singles,
                         same_prefix: self.same_prefix,
