@@ -33,7 +33,7 @@ use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
 use crate::error::EnforcerError;
-use crate::judge::{self, block_key_for, Evidence, Facts, Verdict};
+use crate::judge::{self, Evidence, Facts, Verdict};
 use crate::metrics::{ErrorKind, Stats};
 use crate::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
@@ -489,20 +489,10 @@ impl Engine {
         }
     }
 
-    /// What a block of `source` covers: its BLOCK_PREFIX6 network for IPv6 (an IPv6 host
-    /// owns a whole /64 and can take a new address from it per probe), unless that network
-    /// holds something never blocked or on the ignore list; then the address alone.
-    fn block_target(&self, source: IpAddr) -> (IpAddr, Option<u8>) {
-        let len = self.cfg.block_prefix6;
-        match source {
-            IpAddr::V6(a) if len < 128 => {
-                if self.never.check_net6(a, len).is_some() || self.ignore.overlaps_net6(a, len) {
-                    return (source, None);
-                }
-                (IpAddr::V6(policy::mask6(a, len)), Some(len))
-            }
-            _ => (source, None),
-        }
+    /// What a block of `source` covers ([`judge::block_target`]): for looking up whether
+    /// it is blocked already. A new block takes the target from the judge's verdict.
+    fn block_target(&self, source: IpAddr) -> judge::Target {
+        judge::block_target(&self.cfg, &self.never, &self.ignore, source)
     }
 
     /// Why block `b` must end now: the never-block set or the ignore list covers it (for
@@ -662,19 +652,11 @@ impl Engine {
                 )),
             ),
             None => {
-                // The request the judge and the actions see: TCP (BLOCK_TCP governs
-                // control blocks), no port (0 in templates and the history file).
-                let req = BlockRequest {
-                    seq: 0,
-                    source: addr,
-                    protocol: sentry_proto::Protocol::Tcp,
-                    port: 0,
-                    scan: sentry_proto::ScanKind::Syn,
-                    mode: sentry_proto::Mode::Stcp,
-                    distinct_ports: 1,
-                    first_seen_ms: now.ms().0,
-                    last_seen_ms: now.ms().0,
-                    ip_options: false,
+                // No probe behind it: the judge sees an address and an origin (BLOCK_TCP
+                // governs it: judge::Request::mode).
+                let req = judge::Request::Control {
+                    addr,
+                    origin: judge::Origin::of(Some(&ctl.origin)),
                 };
                 // A fleet block lasts at most FLEET_MAX_DURATION: a compromised LAPI or
                 // fleet machine cannot make ten-year blocks. Shortened, and said so.
@@ -687,7 +669,7 @@ impl Engine {
                     ctl.duration = Some(max);
                 }
                 let (d, mut reason, line) =
-                    self.decide_checked(&req, now.ms(), &mut rec, Some(&ctl));
+                    self.decide_checked(req, now.ms(), &mut rec, Some(&ctl));
                 if shortened && d == Decision::Blocked {
                     let asked =
                         asked.map_or("permanent".to_string(), |a| format!("{}s", a.as_secs()));
@@ -713,7 +695,8 @@ impl Engine {
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
         self.effect_at = None;
-        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec, None);
+        let (decision, reason, line) =
+            self.decide_checked(judge::Request::Probe(req), now.ms(), &mut rec, None);
         let d = self.conclude(rec, decision, reason, line, req.source, now);
         // Probe to block, for blocks the sensor asked for (a kernel hit judged late is
         // late by design).
@@ -736,7 +719,7 @@ impl Engine {
     /// blocked source again only when its count doubles, so this happens a few times per
     /// scanner, never per packet; fleet and manual blocks keep their origin's record.
     fn grow_evidence(&mut self, req: &BlockRequest, now: WallUs) {
-        let target = self.block_target(req.source).0;
+        let target = self.block_target(req.source).addr;
         let Some(b) = self
             .blocks
             .get(&target)
@@ -819,9 +802,11 @@ impl Engine {
 
     /// Judge, then act. The log line of a decision that changed nothing is returned, not
     /// logged, so that the caller can hold it to AUDIT_RATE with the audit record.
+    /// `ctl` is the control block behind a [`judge::Request::Control`] (its origin name
+    /// and duration), `None` for a probe.
     fn decide_checked(
         &mut self,
-        req: &BlockRequest,
+        req: judge::Request<'_>,
         now: WallMs,
         rec: &mut AuditRecord,
         ctl: Option<&ControlBlock>,
@@ -830,39 +815,36 @@ impl Engine {
         self.refresh_infra(false);
         self.rate.prune(now);
         self.fleet_rate.prune(now);
-        let target = self.block_target(req.source);
-        let origin = judge::Origin::of(ctl.map(|c| c.origin.as_str()));
+        let source = req.source();
         let facts = Facts {
             cfg: &self.cfg,
             never: &self.never,
             ignore: &self.ignore,
-            already_blocked: self.blocks.contains_key(&target.0)
-                || self.blocks.contains_key(&req.source),
-            evidence: evidence_of(req, ctl),
-            origin,
+            already_blocked: self.blocks.contains_key(&self.block_target(source).addr)
+                || self.blocks.contains_key(&source),
             fleet: judge::FleetUsage {
                 active: self.blocks.fleet_len(),
-                started: self.fleet_rate.usage(req.source).all,
+                started: self.fleet_rate.usage(source).all,
                 oldest: self.blocks.oldest_fleet(),
             },
-            started: self.rate.usage(req.source),
+            started: self.rate.usage(source),
             weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
             blocking_configured: self.blocking_configured(),
         };
-        match judge::judge(req.source, req.scan, &facts) {
-            Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
-            Verdict::RunCommand => self.run_command_only(req, now, rec, ctl),
-            Verdict::Block => self.block(req, target, now, rec, ctl),
-            Verdict::Evict(weak) => {
+        match judge::judge(req, &facts) {
+            Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(source)),
+            Verdict::RunCommand { evidence } => self.run_command_only(req, evidence, now, rec),
+            Verdict::Block(b) => self.block(req, b, now, rec, ctl),
+            Verdict::Evict { victim, block } => {
                 let why = format!(
                     "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
-                    self.cfg.max_blocks, req.source
+                    self.cfg.max_blocks, source
                 );
-                self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
+                self.end_block(victim, now, (RecordKind::Unblocked, &why), None, true, None);
                 self.counters.unblocked += 1;
                 self.rewrite_blocked_file();
-                self.block(req, target, now, rec, ctl)
+                self.block(req, block, now, rec, ctl)
             }
         }
     }
@@ -870,19 +852,24 @@ impl Engine {
     /// BLOCK_* = 2: KILL_RUN_CMD and nothing else; nothing is recorded as blocked.
     fn run_command_only(
         &mut self,
-        req: &BlockRequest,
+        req: judge::Request<'_>,
+        evidence: Evidence,
         now: WallMs,
         rec: &mut AuditRecord,
-        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
-        let key = block_key_for(req.scan);
-        self.record_rate(now, req, ctl);
+        let key = req.key();
+        self.record_rate(now, req, evidence);
+        let source = req.source();
+        let single = judge::Target {
+            addr: source,
+            prefix6: None,
+        };
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
-            &subject(req, (req.source, None), None),
+            &subject(&Probe::of(&req), single, None),
         );
-        self.log_action(req.source, &a);
+        self.log_action(source, &a);
         let ok = a.ok();
         rec.actions.push(a);
         if ok {
@@ -899,39 +886,37 @@ impl Engine {
     /// Run every configured blocking action, with write-ahead persistence.
     fn block(
         &mut self,
-        req: &BlockRequest,
-        target: (IpAddr, Option<u8>),
+        req: judge::Request<'_>,
+        verdict: judge::Blocking,
         now: WallMs,
         rec: &mut AuditRecord,
         ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
-        let addr = target.0;
+        let target = verdict.target;
+        let addr = target.addr;
+        let probe = Probe::of(&req);
         let duration = ctl.and_then(|c| c.duration).or(self.cfg.block_timeout);
-        let subj = subject(req, target, duration);
-        self.record_rate(now, req, ctl);
+        let subj = subject(&probe, target, duration);
+        self.record_rate(now, req, verdict.evidence);
         let mut block = BlockRecord {
             addr,
-            protocol: req.protocol,
-            port: req.port,
-            mode: req.mode,
-            scan: req.scan,
+            protocol: probe.protocol,
+            port: probe.port,
+            mode: probe.mode,
+            scan: probe.scan,
             since_ms: now.0,
             expires_ms: duration.map(|t| now.after(t).0),
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
-            distinct_ports: req.distinct_ports,
+            distinct_ports: probe.distinct_ports,
             // Written with a marker (crate::hostsdeny).
             hosts_deny_legacy: false,
-            prefix6: target.1,
+            prefix6: target.prefix6,
             origin: ctl.map(|c| c.origin.clone()),
         };
-        if ctl.is_some() {
-            // Placeholders, not evidence (see BlockRecord::origin).
-            block.distinct_ports = 0;
-        }
         rec.expires_ms = block.expires_ms;
-        rec.prefix = target.1;
+        rec.prefix = target.prefix6;
         let backends = self.exec.backends();
         // Fast path: the nftables element goes in FIRST, before the write-ahead record and
         // its fdatasync, because the scanner is answered until the element exists. This
@@ -1044,7 +1029,7 @@ impl Engine {
             self.persist_error(&format!("block of {addr}"), &e);
             notes.push(format!("state not persisted: {e}"));
         }
-        let line = policy::logfmt::history_line(now.secs(), addr, req.port, req.protocol);
+        let line = policy::logfmt::history_line(now.secs(), addr, probe.port, probe.protocol);
         self.append_text(self.cfg.history_file.clone(), &line);
         self.append_text(self.cfg.blocked_file.clone(), &line);
         // Blocked when any block took effect; each failed action stays in the record with
@@ -1059,7 +1044,7 @@ impl Engine {
             (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
             _ => "permanently".to_string(),
         };
-        let mut what = match target.1 {
+        let mut what = match target.prefix6 {
             Some(len) => format!("blocked {addr}/{len} {how_long}"),
             None => format!("blocked {how_long}"),
         };
@@ -1081,38 +1066,59 @@ impl Engine {
 impl Engine {
     /// A block or command started: it spends its origin's rate (root's own blocks spend
     /// none).
-    fn record_rate(&mut self, now: WallMs, req: &BlockRequest, ctl: Option<&ControlBlock>) {
-        let ev = evidence_of(req, ctl);
-        match judge::Origin::of(ctl.map(|c| c.origin.as_str())) {
-            judge::Origin::Sensor => self.rate.record(now, ev, req.source),
-            judge::Origin::Fleet => self.fleet_rate.record(now, ev, req.source),
+    fn record_rate(&mut self, now: WallMs, req: judge::Request<'_>, ev: Evidence) {
+        let source = req.source();
+        match req.origin() {
+            judge::Origin::Sensor => self.rate.record(now, ev, source),
+            judge::Origin::Fleet => self.fleet_rate.record(now, ev, source),
             judge::Origin::Manual => {}
+        }
+    }
+}
+
+/// What a block (its record, templates and history line) says about the probe behind it.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    protocol: sentry_proto::Protocol,
+    port: u16,
+    mode: sentry_proto::Mode,
+    scan: sentry_proto::ScanKind,
+    distinct_ports: u32,
+}
+
+impl Probe {
+    /// A control block has no probe. It keeps what its records always said: TCP (BLOCK_TCP
+    /// governs it), port 0 (0 in templates and the history file), mode stcp, scan syn, and
+    /// 0 distinct ports (placeholders, not evidence: see BlockRecord::origin).
+    fn of(req: &judge::Request<'_>) -> Self {
+        match req {
+            judge::Request::Probe(r) => Self {
+                protocol: r.protocol,
+                port: r.port,
+                mode: r.mode,
+                scan: r.scan,
+                distinct_ports: r.distinct_ports,
+            },
+            judge::Request::Control { .. } => Self {
+                protocol: sentry_proto::Protocol::Tcp,
+                port: 0,
+                mode: sentry_proto::Mode::Stcp,
+                scan: sentry_proto::ScanKind::Syn,
+                distinct_ports: 0,
+            },
         }
     }
 }
 
 /// The template variables of a block of `target` (an address, or an IPv6 network) that
 /// lasts `timeout`.
-fn subject(
-    req: &BlockRequest,
-    (addr, prefix6): (IpAddr, Option<u8>),
-    timeout: Option<std::time::Duration>,
-) -> Subject {
+fn subject(probe: &Probe, target: judge::Target, timeout: Option<std::time::Duration>) -> Subject {
     Subject {
-        addr,
-        port: req.port,
-        protocol: req.protocol,
-        prefix6,
+        addr: target.addr,
+        port: probe.port,
+        protocol: probe.protocol,
+        prefix6: target.prefix6,
         timeout,
-    }
-}
-
-/// The evidence a request counts as: a control client's block is more than a single
-/// probe (it cannot be forged with a packet), a sensor's is what it saw.
-fn evidence_of(req: &BlockRequest, ctl: Option<&ControlBlock>) -> Evidence {
-    match ctl {
-        Some(_) => Evidence::Ports,
-        None => Evidence::of(req.scan, req.distinct_ports),
     }
 }
 

@@ -192,7 +192,7 @@ impl Engine {
                 );
                 continue;
             };
-            let target = self.block_target(h.source).0;
+            let target = self.block_target(h.source).addr;
             if h.age < REPORT_GRACE || self.is_blocked(target) || self.is_blocked(h.source) {
                 continue;
             }
