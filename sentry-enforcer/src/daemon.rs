@@ -1201,7 +1201,7 @@ fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
             if sensor {
                 // Block requests are latency-critical (the scanner is answered until the
                 // element is in); a short slice lets this thread preempt on wake-up.
-                if let Err(e) = crate::sys::set_sched_slice(SENSOR_THREAD_SLICE_NS) {
+                if let Err(e) = sentry_sched::set_sched_slice(SENSOR_THREAD_SLICE_NS) {
                     sh2.log.warn(&format!(
                         "adminalert: warning: cannot set a short scheduler slice: {e}"
                     ));
