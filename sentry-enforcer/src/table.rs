@@ -1239,4 +1239,53 @@ mod tests {
         assert!(!r.contains("jump detect_udp"), "{r}");
         eprintln!("{r}");
     }
+
+    /// Specs that reach every branch of [`detection_script`]: every mode with the first
+    /// hit, the native sets, kernel never-block entries and RESTART_GRACE; then stealth
+    /// only, without the socket expression or native sets, answering probes.
+    fn golden_specs() -> [(&'static str, DetectSpec); 2] {
+        let cfg = Config::parse(
+            "TCP_PORTS=\"23,31337\"\nUDP_PORTS=\"161,162\"\nADVANCED_PORTS_TCP=\"1024\"\nADVANCED_EXCLUDE_TCP=\"113\"\nADVANCED_PORTS_UDP=\"600\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\n",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let ign = IgnoreList::parse(
+            "10.0.0.0/8\n192.0.2.7\n2001:db8::/32\n",
+            std::path::Path::new("i"),
+        )
+        .unwrap();
+        let all = [Mode::Tcp, Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
+        let never: Vec<std::net::IpAddr> =
+            vec!["192.0.2.1".parse().unwrap(), "fe80::1".parse().unwrap()];
+        let mut full = DetectSpec::new(&cfg, &all, &ign, true, Some(64))
+            .with_tripwire(Tripwire::from_config(&cfg, true), &never);
+        full.served = true;
+        let mut stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, false, None);
+        stealth.answer_probes = true;
+        [("full", full), ("stealth", stealth)]
+    }
+
+    /// The script is what the kernel test and every deployment load: a refactoring of
+    /// [`detection_script`] must leave it byte for byte as it is.
+    /// After an intended change, `SENTRY_WRITE_GOLDEN=1 cargo test -p sentry-enforcer
+    /// detection_script_is_byte` rewrites the stored scripts (review their diff).
+    #[test]
+    fn detection_script_is_byte_identical_to_the_stored_one() {
+        let stored = [
+            include_str!("testdata/detect_full.nft"),
+            include_str!("testdata/detect_stealth.nft"),
+        ];
+        for ((name, spec), want) in golden_specs().into_iter().zip(stored) {
+            let got = detection_script("sentry", &spec);
+            if std::env::var_os("SENTRY_WRITE_GOLDEN").is_some() {
+                let p = format!(
+                    "{}/src/testdata/detect_{name}.nft",
+                    env!("CARGO_MANIFEST_DIR")
+                );
+                std::fs::write(p, &got).unwrap();
+                continue;
+            }
+            assert_eq!(got, want, "{name}");
+        }
+    }
 }
