@@ -527,6 +527,29 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
 /// forger spent of the block budgets (ANSWER_PROBES=1 answers them as PortSentry did).
 pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     let mut o = String::new();
+    detection_objects(&mut o, table, spec);
+    for r in blocked_rules(spec.native, spec.tripwire.is_some()) {
+        add_rule(&mut o, table, CHAIN_BLOCKED, &r);
+    }
+    for r in blocked_rules(spec.native, false) {
+        add_rule(&mut o, table, CHAIN_BLOCKED_EST, &r);
+    }
+    input_rules(&mut o, table, spec);
+    protocol_rules(&mut o, table, spec);
+    seen_and_copy_rules(&mut o, table, spec);
+    log_rules(&mut o, table, spec.nflog_group);
+    drop_rules(&mut o, table, spec);
+    o
+}
+
+/// `add rule inet TABLE CHAIN RULE`, one line of the script.
+fn add_rule(o: &mut String, table: &str, chain: &str, r: &str) {
+    let _ = writeln!(o, "add rule inet {table} {chain} {r}");
+}
+
+/// The table, its sets, maps and chains, emptied and refilled: the objects the rules
+/// below refer to.
+fn detection_objects(o: &mut String, table: &str, spec: &DetectSpec) {
     let _ = writeln!(o, "add table inet {table}");
     for (set, ty) in DETECT_SETS {
         let _ = writeln!(
@@ -534,8 +557,8 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             "add set inet {table} {set} {{ type {ty}; flags interval; }}"
         );
     }
-    declare_dynamic(&mut o, table, spec);
-    base_chains(&mut o, table);
+    declare_dynamic(o, table, spec);
+    base_chains(o, table);
     for c in DETECT_CHAINS {
         let _ = writeln!(o, "add chain inet {table} {c}");
     }
@@ -545,54 +568,53 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     for (set, _) in DETECT_SETS {
         let _ = writeln!(o, "flush set inet {table} {set}");
     }
-    elements(&mut o, table, "detect_ign4", spec.ignore4.iter().cloned());
-    elements(&mut o, table, "detect_ign6", spec.ignore6.iter().cloned());
-    elements(&mut o, table, "detect_never4", spec.never4.iter().cloned());
-    elements(&mut o, table, "detect_never6", spec.never6.iter().cloned());
-    elements(&mut o, table, "detect_stcp", port_items(&spec.stcp));
-    elements(&mut o, table, "detect_sudp", port_items(&spec.sudp));
-    elements(&mut o, table, "detect_atcp", port_items(&spec.atcp));
-    elements(&mut o, table, "detect_audp", port_items(&spec.audp));
-    let t = spec.tripwire;
-    let rule = |o: &mut String, chain: &str, r: &str| {
-        let _ = writeln!(o, "add rule inet {table} {chain} {r}");
-    };
-    for r in blocked_rules(spec.native, t.is_some()) {
-        rule(&mut o, CHAIN_BLOCKED, &r);
-    }
-    for r in blocked_rules(spec.native, false) {
-        rule(&mut o, CHAIN_BLOCKED_EST, &r);
-    }
-    rule(&mut o, "input", "ct direction reply return");
+    elements(o, table, "detect_ign4", spec.ignore4.iter().cloned());
+    elements(o, table, "detect_ign6", spec.ignore6.iter().cloned());
+    elements(o, table, "detect_never4", spec.never4.iter().cloned());
+    elements(o, table, "detect_never6", spec.never6.iter().cloned());
+    elements(o, table, "detect_stcp", port_items(&spec.stcp));
+    elements(o, table, "detect_sudp", port_items(&spec.sudp));
+    elements(o, table, "detect_atcp", port_items(&spec.atcp));
+    elements(o, table, "detect_audp", port_items(&spec.audp));
+}
+
+/// The `input` chain: replies and established flows out, then not-for-us and ignored
+/// sources, then each protocol's candidates to its detect chain; the rest to the block
+/// check.
+fn input_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    let rule = |o: &mut String, r: &str| add_rule(o, table, "input", r);
+    rule(o, "ct direction reply return");
     rule(
-        &mut o,
-        "input",
+        o,
         &format!("ct state established,related goto {CHAIN_BLOCKED_EST}"),
     );
-    rule(
-        &mut o,
-        "input",
-        &format!("meta pkttype != host goto {CHAIN_BLOCKED}"),
-    );
-    rule(&mut o, "input", "ip saddr @detect_ign4 return");
-    rule(&mut o, "input", "ip6 saddr @detect_ign6 return");
+    rule(o, &format!("meta pkttype != host goto {CHAIN_BLOCKED}"));
+    rule(o, "ip saddr @detect_ign4 return");
+    rule(o, "ip6 saddr @detect_ign6 return");
     let tcp = !(spec.stcp.is_empty() && spec.atcp.is_empty());
     let udp = !(spec.sudp.is_empty() && spec.audp.is_empty());
     if tcp {
-        rule(&mut o, "input", "meta l4proto tcp jump detect_tcp");
+        rule(o, "meta l4proto tcp jump detect_tcp");
     }
     if udp {
         // An invalid datagram is one the stack drops (bad checksum, truncated).
-        rule(
-            &mut o,
-            "input",
-            "meta l4proto udp ct state new,untracked jump detect_udp",
-        );
+        rule(o, "meta l4proto udp ct state new,untracked jump detect_udp");
     }
-    served_rules(&mut o, table, spec, tcp, udp);
-    other_kinds(&mut o, table, spec);
-    rule(&mut o, "input", &format!("goto {CHAIN_BLOCKED}"));
-    rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
+    served_rules(o, table, spec, tcp, udp);
+    other_kinds(o, table, spec);
+    rule(o, &format!("goto {CHAIN_BLOCKED}"));
+}
+
+/// `detect_tcp` and `detect_udp`: a watched port's candidate goes to the first hit
+/// (kernel block, then the copy) or to the copy.
+fn protocol_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    let t = spec.tripwire;
+    add_rule(
+        o,
+        table,
+        "detect_tcp",
+        "tcp flags & (ack | rst) != 0 return",
+    );
     for (chain, proto, stealth, adv, first_hit) in [
         (
             "detect_tcp",
@@ -610,40 +632,46 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         ),
     ] {
         let short = &chain[7..];
-        // A candidate goes to the first hit (kernel block, then the copy) or to the copy.
         let target = if first_hit {
             format!("detect_hit_{short}")
         } else {
             "detect_copy".to_string()
         };
         if let Some(tw) = t.filter(|_| first_hit) {
-            first_hit_rules(&mut o, table, proto, &tw);
+            first_hit_rules(o, table, proto, &tw);
         }
         if !stealth.is_empty() {
-            rule(
-                &mut o,
+            add_rule(
+                o,
+                table,
                 chain,
                 &format!("{proto} dport @detect_s{short} goto {target}"),
             );
         }
         if !adv.is_empty() {
             if spec.socket_expr && !first_hit {
-                rule(
-                    &mut o,
+                add_rule(
+                    o,
+                    table,
                     chain,
                     &format!("{proto} dport @detect_a{short} socket transparent 0-1 return"),
                 );
             }
-            rule(
-                &mut o,
+            add_rule(
+                o,
+                table,
                 chain,
                 &format!("{proto} dport @detect_a{short} goto {target}"),
             );
         }
     }
-    // A blocked source's candidate: evidence, then dropped.
-    for r in blocked_lookups(spec.native, t.is_some(), "goto detect_seen") {
-        rule(&mut o, "detect_cand", &r);
+}
+
+/// `detect_cand`, `detect_seen` and `detect_copy`: a blocked source's candidate adds
+/// evidence and is dropped; any other is copied to the sensor within DETECT_RATE.
+fn seen_and_copy_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    for r in blocked_lookups(spec.native, spec.tripwire.is_some(), "goto detect_seen") {
+        add_rule(o, table, "detect_cand", &r);
     }
     let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(spec.native.unwrap_or(64)));
     for r in [
@@ -653,19 +681,16 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         "jump detect_log".to_string(),
         "drop".to_string(),
     ] {
-        rule(&mut o, "detect_seen", &r);
+        add_rule(o, table, "detect_seen", &r);
     }
-    rule(&mut o, "detect_copy", "jump detect_cand");
+    let rule = |o: &mut String, r: &str| add_rule(o, table, "detect_copy", r);
+    rule(o, "jump detect_cand");
     rule(
-        &mut o,
-        "detect_copy",
+        o,
         &format!("limit rate over {DETECT_RATE}/second burst {DETECT_BURST} packets counter goto detect_drop"),
     );
-    rule(&mut o, "detect_copy", "jump detect_log");
-    rule(&mut o, "detect_copy", "goto detect_drop");
-    log_rules(&mut o, table, spec.nflog_group);
-    drop_rules(&mut o, table, spec);
-    o
+    rule(o, "jump detect_log");
+    rule(o, "goto detect_drop");
 }
 
 /// RESTART_GRACE: a port a service served within the grace ([`crate::served`]) is no
