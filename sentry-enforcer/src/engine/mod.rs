@@ -917,92 +917,16 @@ impl Engine {
         };
         rec.expires_ms = block.expires_ms;
         rec.prefix = target.prefix6;
+        // One view of the backends for the whole block (they are fixed at start-up).
         let backends = self.exec.backends();
-        // Fast path: the nftables element goes in FIRST, before the write-ahead record and
-        // its fdatasync, because the scanner is answered until the element exists. This
-        // cannot leave anything behind that a restart would not know about: every start
-        // deletes and recreates the table and loads exactly the persisted blocks in the
-        // same transaction ([`restore::rebuild_table`]), so an element whose record never
-        // reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
-        // itself, so it cannot outlive its block while the enforcer is down. Routes,
-        // hosts.deny lines and commands are not reconciled that way and stay after the
-        // write-ahead record. KILL_RUN_CMD_FIRST="1" orders the command before the other
-        // actions it always ran with (routes, hosts.deny), not before the element.
-        let nft_first = backends.nft;
-        let mut actions = Vec::new();
-        if nft_first {
-            let a = self
-                .exec
-                .run(&self.cfg, &Action::Nft(action::Op::Add), &subj);
-            if a.ok() {
-                self.effect_at = Some(WallUs::now());
-            }
-            action::record_effect(&mut block, &Action::Nft(action::Op::Add), a.ok());
-            actions.push(a);
-        }
-        // Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
-        // of the actions leaves nothing behind that a restart would not know about (the
-        // restart re-applies it; undoing an action that never ran is harmless).
-        let mut intent = block.clone();
-        intent.nft = if nft_first { block.nft } else { backends.nft };
-        intent.blackhole = backends.route;
-        intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, &subj);
-        self.blocks.insert(intent.clone());
-        let intent_durable = match self.store.put(&intent, &self.blocks) {
-            Ok(()) => true,
-            Err(e) => {
-                self.persist_error(&format!("block of {addr}"), &e);
-                false
-            }
-        };
-        let mut plan = action::block_plan(&self.cfg, backends, &subj, nft_first);
-        // Once the element is in, the decision is made: the slow rest runs in the effects
-        // worker, in the same order (engine::effects). Without it, here, as before.
-        let mut deferred = 0;
-        let mut queue_full = false;
-        if block.nft && !plan.is_empty() {
-            let n = plan.len();
-            let job = Box::new(effects::Job {
-                addr,
-                subj,
-                plan,
-                block: intent.clone(),
-                undo: false,
-            });
-            plan = match self.defer_effects(job) {
-                Ok(()) => {
-                    deferred = n;
-                    // The block stands as journalled; the worker records what its
-                    // actions really did.
-                    block = intent.clone();
-                    Vec::new()
-                }
-                Err(job) => {
-                    queue_full = self.effects.is_some();
-                    job.plan
-                }
-            };
-        }
-        for act in plan {
-            let a = self.exec.run(&self.cfg, &act, &subj);
-            action::record_effect(&mut block, &act, a.ok());
-            let blocks_traffic = !matches!(act, Action::Command(Command::KillRunCmd));
-            if a.ok() && blocks_traffic && self.effect_at.is_none() {
-                self.effect_at = Some(WallUs::now());
-            }
-            actions.push(a);
-        }
+        let mut actions = self.add_element_first(&mut block, &subj, backends);
+        let (intent, intent_durable) = self.journal_intent(&block, &subj, backends);
+        let rest = self.run_rest(&mut block, &intent, subj, backends, &mut actions);
         for a in &actions {
             self.log_action(addr, a);
         }
         let failed = actions.iter().any(|a| !a.ok());
-        let took_effect = block.nft
-            || block.blackhole
-            || block.hosts_deny_line.is_some()
-            || actions
-                .iter()
-                .any(|a| a.action == crate::audit::ActionKind::KillRoute && a.ok())
-            || (!self.blocking_configured() && !failed);
+        let took_effect = self.took_effect(&block, &actions);
         rec.actions = actions;
         let (n_failed, n_all) = (
             rec.actions.iter().filter(|a| !a.ok()).count(),
@@ -1016,19 +940,10 @@ impl Engine {
             let why = format!("{n_failed} of {n_all} actions failed; host not blocked");
             return (Decision::Failed, why, None);
         }
-        self.blocks.insert(block.clone());
-        // When everything took effect as intended, the write-ahead record already is the
-        // final state: a second identical record (and fdatasync) adds nothing.
-        let persisted = if intent_durable && block == intent {
-            Ok(())
-        } else {
-            self.store.put(&block, &self.blocks)
-        };
-        let mut notes = Vec::new();
-        if let Err(e) = persisted {
-            self.persist_error(&format!("block of {addr}"), &e);
-            notes.push(format!("state not persisted: {e}"));
-        }
+        let mut notes: Vec<String> = self
+            .persist_final(&block, &intent, intent_durable)
+            .into_iter()
+            .collect();
         let line = policy::logfmt::history_line(now.secs(), addr, probe.port, probe.protocol);
         self.append_text(self.cfg.history_file.clone(), &line);
         self.append_text(self.cfg.blocked_file.clone(), &line);
@@ -1040,27 +955,189 @@ impl Engine {
                 "{n_failed} of {n_all} actions failed, the others took effect"
             ));
         }
-        let how_long = match (block.expires_ms, duration) {
-            (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
-            _ => "permanently".to_string(),
-        };
-        let mut what = match target.prefix6 {
-            Some(len) => format!("blocked {addr}/{len} {how_long}"),
-            None => format!("blocked {how_long}"),
-        };
-        if deferred > 0 {
-            notes.push(format!(
-                "{deferred} more actions run after the decision, audited as `effects`"
-            ));
-        }
-        if queue_full {
-            notes.push("effects queue full: actions run in the decision".to_string());
-        }
-        if !notes.is_empty() {
-            what = format!("{what} ({})", notes.join("; "));
-        }
+        let what = blocked_reason(target, block.expires_ms, duration, rest, notes);
         (Decision::Blocked, what, None)
     }
+
+    /// A block stands when any of its blocks took effect (or nothing that blocks is
+    /// configured and nothing failed); each failed action stays in the record.
+    fn took_effect(&self, block: &BlockRecord, actions: &[ActionRecord]) -> bool {
+        let failed = actions.iter().any(|a| !a.ok());
+        block.nft
+            || block.blackhole
+            || block.hosts_deny_line.is_some()
+            || actions
+                .iter()
+                .any(|a| a.action == crate::audit::ActionKind::KillRoute && a.ok())
+            || (!self.blocking_configured() && !failed)
+    }
+
+    /// Keep the block that took effect, and persist it; the note for its reason when that
+    /// failed.
+    fn persist_final(
+        &mut self,
+        block: &BlockRecord,
+        intent: &BlockRecord,
+        intent_durable: bool,
+    ) -> Option<String> {
+        self.blocks.insert(block.clone());
+        // When everything took effect as intended, the write-ahead record already is the
+        // final state: a second identical record (and fdatasync) adds nothing.
+        let persisted = if intent_durable && block == intent {
+            Ok(())
+        } else {
+            self.store.put(block, &self.blocks)
+        };
+        let e = persisted.err()?;
+        self.persist_error(&format!("block of {}", block.addr), &e);
+        Some(format!("state not persisted: {e}"))
+    }
+
+    /// Fast path: the nftables element goes in FIRST, before the write-ahead record and
+    /// its fdatasync, because the scanner is answered until the element exists. This
+    /// cannot leave anything behind that a restart would not know about: every start
+    /// deletes and recreates the table and loads exactly the persisted blocks in the
+    /// same transaction ([`restore::rebuild_table`]), so an element whose record never
+    /// reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
+    /// itself, so it cannot outlive its block while the enforcer is down. Routes,
+    /// hosts.deny lines and commands are not reconciled that way and stay after the
+    /// write-ahead record. KILL_RUN_CMD_FIRST="1" orders the command before the other
+    /// actions it always ran with (routes, hosts.deny), not before the element.
+    fn add_element_first(
+        &mut self,
+        block: &mut BlockRecord,
+        subj: &Subject,
+        backends: action::Backends,
+    ) -> Vec<ActionRecord> {
+        let mut actions = Vec::new();
+        if backends.nft {
+            let a = self
+                .exec
+                .run(&self.cfg, &Action::Nft(action::Op::Add), subj);
+            if a.ok() {
+                self.effect_at = Some(WallUs::now());
+            }
+            action::record_effect(block, &Action::Nft(action::Op::Add), a.ok());
+            actions.push(a);
+        }
+        actions
+    }
+
+    /// Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
+    /// of the actions leaves nothing behind that a restart would not know about (the
+    /// restart re-applies it; undoing an action that never ran is harmless). Returns the
+    /// journalled record and whether it reached the disk.
+    fn journal_intent(
+        &mut self,
+        block: &BlockRecord,
+        subj: &Subject,
+        backends: action::Backends,
+    ) -> (BlockRecord, bool) {
+        // The element went in first when the nft backend is there (add_element_first).
+        let nft_first = backends.nft;
+        let mut intent = block.clone();
+        intent.nft = if nft_first { block.nft } else { backends.nft };
+        intent.blackhole = backends.route;
+        intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, subj);
+        self.blocks.insert(intent.clone());
+        let durable = match self.store.put(&intent, &self.blocks) {
+            Ok(()) => true,
+            Err(e) => {
+                self.persist_error(&format!("block of {}", block.addr), &e);
+                false
+            }
+        };
+        (intent, durable)
+    }
+
+    /// The actions after the element. Once the element is in, the decision is made: the
+    /// slow rest runs in the effects worker, in the same order (engine::effects). Without
+    /// it (or with its queue full), here, as before, each recorded in `block`.
+    fn run_rest(
+        &mut self,
+        block: &mut BlockRecord,
+        intent: &BlockRecord,
+        subj: Subject,
+        backends: action::Backends,
+        actions: &mut Vec<ActionRecord>,
+    ) -> Rest {
+        let mut plan = action::block_plan(&self.cfg, backends, &subj, backends.nft);
+        let mut rest = Rest::default();
+        if block.nft && !plan.is_empty() {
+            let n = plan.len();
+            let job = Box::new(effects::Job {
+                addr: block.addr,
+                subj,
+                plan,
+                block: intent.clone(),
+                undo: false,
+            });
+            plan = match self.defer_effects(job) {
+                Ok(()) => {
+                    rest.deferred = n;
+                    // The block stands as journalled; the worker records what its
+                    // actions really did.
+                    *block = intent.clone();
+                    Vec::new()
+                }
+                Err(job) => {
+                    rest.queue_full = self.effects.is_some();
+                    job.plan
+                }
+            };
+        }
+        for act in plan {
+            let a = self.exec.run(&self.cfg, &act, &subj);
+            action::record_effect(block, &act, a.ok());
+            let blocks_traffic = !matches!(act, Action::Command(Command::KillRunCmd));
+            if a.ok() && blocks_traffic && self.effect_at.is_none() {
+                self.effect_at = Some(WallUs::now());
+            }
+            actions.push(a);
+        }
+        rest
+    }
+}
+
+/// Where a block's actions after the element ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rest {
+    /// Handed to the effects worker (audited later as `effects`).
+    deferred: usize,
+    /// The effects queue was full: they ran in the decision.
+    queue_full: bool,
+}
+
+/// The reason of a `blocked` decision: what, for how long, and what to know about it.
+fn blocked_reason(
+    target: judge::Target,
+    expires_ms: Option<u64>,
+    duration: Option<std::time::Duration>,
+    rest: Rest,
+    mut notes: Vec<String>,
+) -> String {
+    let addr = target.addr;
+    let how_long = match (expires_ms, duration) {
+        (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
+        _ => "permanently".to_string(),
+    };
+    let mut what = match target.prefix6 {
+        Some(len) => format!("blocked {addr}/{len} {how_long}"),
+        None => format!("blocked {how_long}"),
+    };
+    if rest.deferred > 0 {
+        notes.push(format!(
+            "{} more actions run after the decision, audited as `effects`",
+            rest.deferred
+        ));
+    }
+    if rest.queue_full {
+        notes.push("effects queue full: actions run in the decision".to_string());
+    }
+    if !notes.is_empty() {
+        what = format!("{what} ({})", notes.join("; "));
+    }
+    what
 }
 
 impl Engine {
