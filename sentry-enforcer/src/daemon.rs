@@ -1559,25 +1559,8 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     for w in &cfg.warnings {
         log.warn(&format!("adminalert: config: {w}"));
     }
-    let sensor = account(
-        format!("sensor user {}", args.sensor_user),
-        User::from_name(&args.sensor_user),
-    )?;
-    if sensor.uid.is_root() {
-        log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
-    }
-    let control_gid = match &cfg.control_group {
-        Some(g) => Some(account(format!("CONTROL_GROUP {g}"), Group::from_name(g))?.gid),
-        None => None,
-    };
-    // Signals are handled by one thread with sigwait; block them before threads exist.
-    let mut sigs = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-        sigs.add(s);
-    }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
-        .map_err(|e| EnforcerError::system("sigprocmask", e))?;
-
+    let (sensor, control_gid) = accounts(&args, &cfg, &log)?;
+    let sigs = block_signals()?;
     prepare_runtime_dir(&args.runtime_dir)?;
     // State (0700) and log (0750) directories, created when missing.
     for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
@@ -1597,6 +1580,182 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     };
     // The sensor check's thread keeps CAP_SYS_PTRACE for itself; it must start before
     // this thread gives it up below (capabilities are per thread).
+    let verifier = start_sensor_check(&args, &log, sensor.uid)?;
+    let keep = drop_capabilities(&cfg, &log)?;
+    let config_path = cfg.path.clone();
+    let detect = detection_input(&cfg, &args.state_dir, &log);
+    let support_ok = detect.support.nftables.is_ok();
+    let mut engine = open_engine(cfg, &args, &log).inspect_err(|_| {
+        let _ = std::fs::remove_file(&sensor_path);
+        let _ = std::fs::remove_file(&control_path);
+    })?;
+    log_started(&log, &engine, &keep, &config_path, sensor.uid);
+
+    let served = served_poller(engine.config(), support_ok, sensor.uid, &log);
+    let effects = effects_worker(&mut engine, &log)?;
+    let addr_fd = engine.addr_watch_fd();
+    // Subscribed after the engine built the table, so its own start-up is not news.
+    let table_watch = open_table_watch(engine.nft_portid(), &log);
+    let table_name = engine.config().nft_table.clone();
+    let table = (table_watch.as_ref()).map(|(w, _)| (w.poll_fd(), table_name));
+    let sh = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        log: Arc::clone(&log),
+        config_path,
+        sensor_uid: sensor.uid,
+        verifier,
+        control_gid,
+        sensor_busy: AtomicBool::new(false),
+        control_slots: Mutex::new(crate::slots::Slots::default()),
+        refusals: Mutex::new((0, 0)),
+        connect_lines: Mutex::new((0, 0, 0)),
+        sensor_out: Mutex::new(None),
+        sockets: vec![sensor_path, control_path],
+        detect: Mutex::new(detect),
+        watch: Mutex::new(table_watch),
+        served_resync: AtomicBool::new(false),
+    });
+    // The remembered modes' chain goes in now, before any sensor connects, so the
+    // kernel sees probes across an enforcer restart and while the sensor is down.
+    if lock(&sh.detect).modes.is_some() {
+        rebuild_detection(&sh, None);
+    }
+    let threads = Threads {
+        sigs,
+        effects,
+        served,
+        addr_fd,
+        table,
+        control_l,
+    };
+    start_threads(&sh, threads)?;
+    accept_loop(sh, sensor_l, true);
+    Ok(())
+}
+
+/// The sensor's user and CONTROL_GROUP's group, looked up before anything is bound.
+fn accounts(
+    args: &Args,
+    cfg: &policy::Config,
+    log: &Logger,
+) -> Result<(User, Option<Gid>), EnforcerError> {
+    let sensor = account(
+        format!("sensor user {}", args.sensor_user),
+        User::from_name(&args.sensor_user),
+    )?;
+    if sensor.uid.is_root() {
+        log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
+    }
+    let control_gid = match &cfg.control_group {
+        Some(g) => Some(account(format!("CONTROL_GROUP {g}"), Group::from_name(g))?.gid),
+        None => None,
+    };
+    Ok((sensor, control_gid))
+}
+
+/// Open the engine (state, audit log, backends, restored blocks) and check METRICS_DIR.
+fn open_engine(
+    cfg: policy::Config,
+    args: &Args,
+    log: &Arc<Logger>,
+) -> Result<Engine, EnforcerError> {
+    let engine = Engine::new(
+        cfg,
+        Options {
+            state_dir: args.state_dir.clone(),
+            refresh_own_addresses: true,
+            infra: Some(crate::infra::InfraPaths {
+                root: args.infra_root.clone(),
+            }),
+            boot_id_path: args.boot_id_file.clone(),
+            boot_id: args.boot_id.clone(),
+        },
+        Arc::clone(log),
+    )?;
+    if let Some(dir) = &engine.config().metrics_dir {
+        if let Err(e) = crate::metrics::check_dir(dir) {
+            log.err(&format!(
+                "adminalert: ERROR: METRICS_DIR {}: {e}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(engine)
+}
+
+/// The start line: version, config, blocks, capabilities, sensor and blocking.
+fn log_started(
+    log: &Logger,
+    engine: &Engine,
+    keep: &CapsHashSet,
+    config_path: &Path,
+    sensor_uid: Uid,
+) {
+    let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+    log.notice(&format!(
+        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
+        env!("CARGO_PKG_VERSION"),
+        config_path.display(),
+        engine.active_blocks(),
+        kept.join(","),
+        sensor_uid,
+        engine.blocking_in_effect()
+    ));
+}
+
+/// The effects worker's doorbell, executor and configuration: slow effects (KILL_*,
+/// hosts.deny) run in their own worker, off the decision path.
+fn effects_worker(engine: &mut Engine, log: &Arc<Logger>) -> Result<EffectsWorker, EnforcerError> {
+    let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
+    engine.enable_effects(doorbell);
+    let exec = effects_executor(engine.config(), log)?;
+    Ok((effects_rx, exec, engine.config().clone()))
+}
+
+/// What the effects thread runs with: its doorbell, its executor, the configuration.
+type EffectsWorker = (
+    std::sync::mpsc::Receiver<()>,
+    crate::action::Executor,
+    policy::Config,
+);
+
+/// The effects worker's executor: commands and hosts.deny, and its own route socket
+/// for BLACKHOLE_ROUTE (the nftables element stays in the decision).
+fn effects_executor(
+    cfg: &policy::Config,
+    log: &Arc<Logger>,
+) -> Result<crate::action::Executor, EnforcerError> {
+    Ok(crate::action::Executor::new(
+        None,
+        match cfg.blackhole_route {
+            true => Some(
+                crate::netlink::NlSocket::route()
+                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
+            ),
+            false => None,
+        },
+        Arc::clone(log),
+    ))
+}
+
+/// Signals are handled by one thread with sigwait; block them before threads exist.
+fn block_signals() -> Result<SigSet, EnforcerError> {
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        sigs.add(s);
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
+        .map_err(|e| EnforcerError::system("sigprocmask", e))?;
+    Ok(sigs)
+}
+
+/// Start the thread that checks each connecting sensor's executable (and unit), and say
+/// which sensor gets the detection input.
+fn start_sensor_check(
+    args: &Args,
+    log: &Logger,
+    sensor_uid: Uid,
+) -> Result<crate::peercheck::Verifier, EnforcerError> {
     let want = crate::peercheck::Expected {
         exe: match &args.sensor_exe {
             Some(p) => p.clone(),
@@ -1620,21 +1779,29 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     let (verifier, warning) = crate::peercheck::Verifier::start(want)
         .map_err(|e| EnforcerError::system("cannot start the sensor check thread", e))?;
     if let Some(w) = warning {
-        if !sensor.uid.is_root() {
+        if !sensor_uid.is_root() {
             log.err(&format!("adminalert: ERROR: {w}"));
         }
     }
-    // CAP_NET_ADMIN whatever the configured actions are: the detection chain and the
-    // NFLOG binding need it.
+    Ok(verifier)
+}
+
+/// Keep CAP_NET_ADMIN whatever the configured actions are (the detection chain and the
+/// NFLOG binding need it), CAP_NET_RAW when an action needs it, and nothing else.
+fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, EnforcerError> {
     let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
-    if crate::action::needs_net_raw(&cfg) {
+    if crate::action::needs_net_raw(cfg) {
         keep.insert(Capability::CAP_NET_RAW);
     }
     for w in confine(&keep)? {
         log.warn(&format!("adminalert: confinement: {w}"));
     }
-    let config_path = cfg.path.clone();
-    // --- detection input: what the kernel offers, said once at start.
+    Ok(keep)
+}
+
+/// The detection input: what the kernel offers (said once at start), the sensor modes
+/// recorded by the last run, and a fresh NFLOG group.
+fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Detect {
     let support = crate::table::probe_support(&cfg.nft_table);
     match (&support.nftables, &support.socket) {
         (Err(e), _) => log.err(&format!(
@@ -1645,7 +1812,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         )),
         (Ok(()), Ok(())) => {}
     }
-    let modes = match load_modes(&args.state_dir) {
+    let modes = match load_modes(state_dir) {
         Ok(m) => m,
         Err(e) => {
             log.err(&format!(
@@ -1663,58 +1830,29 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         }
         Err(_) => crate::capture::NFLOG_GROUP,
     };
-    let support_ok = support.nftables.is_ok();
-    let detect = Detect {
+    Detect {
         cfg: cfg.clone(),
         modes,
         support,
-        state_dir: args.state_dir.clone(),
+        state_dir: state_dir.to_path_buf(),
         applied: None,
         group,
         held: None,
-    };
-    // --- end detection input
-    let engine = Engine::new(
-        cfg,
-        Options {
-            state_dir: args.state_dir.clone(),
-            refresh_own_addresses: true,
-            infra: Some(crate::infra::InfraPaths {
-                root: args.infra_root.clone(),
-            }),
-            boot_id_path: args.boot_id_file.clone(),
-            boot_id: args.boot_id.clone(),
-        },
-        Arc::clone(&log),
-    )
-    .inspect_err(|_| {
-        let _ = std::fs::remove_file(&sensor_path);
-        let _ = std::fs::remove_file(&control_path);
-    })?;
-    if let Some(dir) = &engine.config().metrics_dir {
-        if let Err(e) = crate::metrics::check_dir(dir) {
-            log.err(&format!(
-                "adminalert: ERROR: METRICS_DIR {}: {e}",
-                dir.display()
-            ));
-        }
     }
-    let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
-    log.notice(&format!(
-        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
-        env!("CARGO_PKG_VERSION"),
-        config_path.display(),
-        engine.active_blocks(),
-        kept.join(","),
-        sensor.uid,
-        engine.blocking_in_effect()
-    ));
+}
 
-    // RESTART_GRACE: the served ports' poller, when the kernel has a table for its sets.
-    let served = match (engine.config().restart_grace, &support_ok) {
+/// RESTART_GRACE's poller of the served ports, unless the grace is 0 or the kernel has
+/// no table for its sets.
+fn served_poller(
+    cfg: &policy::Config,
+    support_ok: bool,
+    sensor_uid: Uid,
+    log: &Logger,
+) -> Option<crate::served::Poller> {
+    match (cfg.restart_grace, &support_ok) {
         (g, true) if !g.is_zero() => {
-            let skip = (!sensor.uid.is_root()).then(|| sensor.uid.as_raw());
-            match crate::served::Poller::open(&engine.config().nft_table, skip, g) {
+            let skip = (!sensor_uid.is_root()).then(|| sensor_uid.as_raw());
+            match crate::served::Poller::open(&cfg.nft_table, skip, g) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log.err(&format!(
@@ -1725,26 +1863,16 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
             }
         }
         _ => None,
-    };
-    // Slow effects (KILL_*, hosts.deny) run in their own worker, off the decision path.
-    let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
-    let mut engine = engine;
-    engine.enable_effects(doorbell);
-    let effects_exec = crate::action::Executor::new(
-        None,
-        match engine.config().blackhole_route {
-            true => Some(
-                crate::netlink::NlSocket::route()
-                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
-            ),
-            false => None,
-        },
-        Arc::clone(&log),
-    );
-    let effects_cfg = engine.config().clone();
-    let addr_fd = engine.addr_watch_fd();
-    // Subscribed after the engine built the table, so its own start-up is not news.
-    let table_watch = match engine.nft_portid() {
+    }
+}
+
+/// Watch the nftables table for changes by others, when the engine has a netlink
+/// socket of its own (`own_portid`, whose own changes are not news).
+fn open_table_watch(
+    own_portid: Option<u32>,
+    log: &Logger,
+) -> Option<(crate::tablewatch::TableWatch, u32)> {
+    match own_portid {
         Some(own) => match crate::tablewatch::TableWatch::open() {
             Ok(w) => Some((w, own)),
             Err(e) => {
@@ -1755,39 +1883,38 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
             }
         },
         None => None,
-    };
-    let table_name = engine.config().nft_table.clone();
-    let watch_fd = table_watch.as_ref().map(|(w, _)| w.poll_fd());
-    let sh = Arc::new(Shared {
-        engine: Mutex::new(engine),
-        log: Arc::clone(&log),
-        config_path,
-        sensor_uid: sensor.uid,
-        verifier,
-        control_gid,
-        sensor_busy: AtomicBool::new(false),
-        control_slots: Mutex::new(crate::slots::Slots::default()),
-        refusals: Mutex::new((0, 0)),
-        connect_lines: Mutex::new((0, 0, 0)),
-        sensor_out: Mutex::new(None),
-        sockets: vec![sensor_path, control_path],
-        detect: Mutex::new(detect),
-        watch: Mutex::new(table_watch),
-        served_resync: AtomicBool::new(false),
-    });
-    // The remembered modes' chain goes in now, before any sensor connects, so the
-    // kernel sees probes across an enforcer restart and while the sensor is down.
-    if lock(&sh.detect).modes.is_some() {
-        rebuild_detection(&sh, None);
     }
+}
+
+/// What the daemon's threads (besides the sensor's accept loop) are started with.
+struct Threads {
+    sigs: SigSet,
+    effects: EffectsWorker,
+    served: Option<crate::served::Poller>,
+    addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
+    table: Option<(Arc<std::os::fd::OwnedFd>, String)>,
+    control_l: Listener,
+}
+
+/// Start the signal, expiry, effects, served-ports, address, table-watch and control
+/// threads.
+fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
     let spawn = |name: &str, f: Box<dyn FnOnce(Arc<Shared>) + Send>| {
-        let sh = Arc::clone(&sh);
+        let sh = Arc::clone(sh);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || f(sh))
             .map(drop)
             .map_err(|e| EnforcerError::system(format!("cannot start {name} thread"), e))
     };
+    let Threads {
+        sigs,
+        effects: (effects_rx, effects_exec, effects_cfg),
+        served,
+        addr_fd,
+        table,
+        control_l,
+    } = t;
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
     spawn(
@@ -1800,7 +1927,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     if let Some(fd) = addr_fd {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
-    if let Some(fd) = watch_fd {
+    if let Some((fd, table_name)) = table {
         spawn(
             "nftables",
             Box::new(move |sh| table_watch_loop(sh, fd, table_name)),
@@ -1810,7 +1937,6 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         "control",
         Box::new(move |sh| accept_loop(sh, control_l, false)),
     )?;
-    accept_loop(sh, sensor_l, true);
     Ok(())
 }
 
