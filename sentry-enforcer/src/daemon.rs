@@ -578,47 +578,11 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
             }
         };
         let deadline = read_deadline(&session, accepted, frame_start);
-        let left = deadline.saturating_duration_since(Instant::now());
-        // A zero timeout means "block forever" to the kernel: past the deadline, the
-        // read is not even tried.
-        let n = match if left.is_zero() {
-            Err(io::Error::from(io::ErrorKind::TimedOut))
-        } else {
-            let _ = s.set_recv_timeout(Some(left));
-            s.read(buf.get_mut(..want).unwrap_or(&mut []))
-        } {
-            Ok(0) => {
-                if !session.is_idle() {
-                    sh.refuse("connection closed in the middle of a frame", Some(peer));
-                } else if !session.greeted() {
-                    sh.refuse("connection closed before the handshake", Some(peer));
-                }
-                return;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if !session.greeted() {
-                    send_refusal(&mut s, Refusal::HandshakeRequired);
-                    sh.refuse("no handshake within the time limit", Some(peer));
-                    return;
-                }
-                if !session.is_idle() {
-                    send_refusal(&mut s, Refusal::MalformedFrame);
-                    sh.refuse("frame not completed within the time limit", Some(peer));
-                    return;
-                }
-                continue;
-            }
-            Err(e) => {
-                sh.log.warn(&format!("adminalert: sensor connection: {e}"));
-                return;
-            }
+        let into = buf.get_mut(..want).unwrap_or(&mut []);
+        let n = match read_sensor(sh, &mut s, &session, into, deadline, peer) {
+            SensorRead::Bytes(n) => n,
+            SensorRead::Again => continue,
+            SensorRead::Closed => return,
         };
         if frame_start.is_none() {
             frame_start = Some(Instant::now());
@@ -637,46 +601,9 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    // The Welcome goes first, on this thread, and the NFLOG hand-over right
-                    // after it; only then may other threads write to the sensor (a notice
-                    // before them would break the handshake).
-                    let welcome = EnforcerFrame::Welcome {
-                        version: PROTOCOL_VERSION,
-                    };
-                    if write_frame(&mut s, &welcome).is_err() {
-                        sh.log.warn("adminalert: cannot reply to the sensor");
+                    if welcome(sh, &mut s, peer, &h).is_err() {
                         return;
                     }
-                    let holds = match hand_over(sh, &s, h.modes.clone()) {
-                        Ok(holds) => holds,
-                        Err(()) => return,
-                    };
-                    // "Connected" in status and metrics means: the verified sensor holds
-                    // the current detection input (or its modes need none).
-                    if holds {
-                        sh.engine().sensor = Some(SensorInfo {
-                            uid: peer.uid,
-                            pid: peer.pid,
-                            name: h.sensor.clone(),
-                            modes: h.modes.clone(),
-                            protocol_version: h.version,
-                            connected_since_ms: WallMs::now().0,
-                            stats: None,
-                        });
-                        sh.log_connected(&format!(
-                            "adminalert: sensor {} connected (uid {}, pid {})",
-                            h.sensor, peer.uid, peer.pid
-                        ));
-                    }
-                    let clone = s.try_clone();
-                    if let Ok(c) = &clone {
-                        // A sensor that stops reading must not hold a writer (and the
-                        // engine's callers) for long.
-                        let tv = nix::sys::time::TimeVal::new(1, 0);
-                        let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
-                    }
-                    *lock(&sh.sensor_out) = clone.ok();
-                    sh.notify_lifted();
                     continue;
                 }
                 Event::Block(req) => EnforcerFrame::Ack {
@@ -701,6 +628,111 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
             sh.notify_lifted();
         }
     }
+}
+
+/// What one read on the sensor's connection gave.
+enum SensorRead {
+    Bytes(usize),
+    /// Nothing yet (interrupted, or a timeout between frames): read again.
+    Again,
+    /// The connection is done (closed, refused or broken; said and counted).
+    Closed,
+}
+
+/// Read what the session wants into `into`, until `deadline` (the handshake's, or the
+/// current frame's); a timeout mid-handshake or mid-frame refuses the sensor.
+fn read_sensor(
+    sh: &Shared,
+    s: &mut Stream,
+    session: &Session,
+    into: &mut [u8],
+    deadline: Instant,
+    peer: Peer,
+) -> SensorRead {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // A zero timeout means "block forever" to the kernel: past the deadline, the
+    // read is not even tried.
+    let r = if left.is_zero() {
+        Err(io::Error::from(io::ErrorKind::TimedOut))
+    } else {
+        let _ = s.set_recv_timeout(Some(left));
+        s.read(into)
+    };
+    match r {
+        Ok(0) => {
+            if !session.is_idle() {
+                sh.refuse("connection closed in the middle of a frame", Some(peer));
+            } else if !session.greeted() {
+                sh.refuse("connection closed before the handshake", Some(peer));
+            }
+            SensorRead::Closed
+        }
+        Ok(n) => SensorRead::Bytes(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => SensorRead::Again,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            if !session.greeted() {
+                send_refusal(s, Refusal::HandshakeRequired);
+                sh.refuse("no handshake within the time limit", Some(peer));
+                return SensorRead::Closed;
+            }
+            if !session.is_idle() {
+                send_refusal(s, Refusal::MalformedFrame);
+                sh.refuse("frame not completed within the time limit", Some(peer));
+                return SensorRead::Closed;
+            }
+            SensorRead::Again
+        }
+        Err(e) => {
+            sh.log.warn(&format!("adminalert: sensor connection: {e}"));
+            SensorRead::Closed
+        }
+    }
+}
+
+/// Answer the sensor's Hello. The Welcome goes first, on this thread, and the NFLOG
+/// hand-over right after it; only then may other threads write to the sensor (a notice
+/// before them would break the handshake). `Err`: the connection is done.
+fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> Result<(), ()> {
+    let welcome = EnforcerFrame::Welcome {
+        version: PROTOCOL_VERSION,
+    };
+    if write_frame(s, &welcome).is_err() {
+        sh.log.warn("adminalert: cannot reply to the sensor");
+        return Err(());
+    }
+    let holds = hand_over(sh, s, h.modes.clone())?;
+    // "Connected" in status and metrics means: the verified sensor holds
+    // the current detection input (or its modes need none).
+    if holds {
+        sh.engine().sensor = Some(SensorInfo {
+            uid: peer.uid,
+            pid: peer.pid,
+            name: h.sensor.clone(),
+            modes: h.modes.clone(),
+            protocol_version: h.version,
+            connected_since_ms: WallMs::now().0,
+            stats: None,
+        });
+        sh.log_connected(&format!(
+            "adminalert: sensor {} connected (uid {}, pid {})",
+            h.sensor, peer.uid, peer.pid
+        ));
+    }
+    let clone = s.try_clone();
+    if let Ok(c) = &clone {
+        // A sensor that stops reading must not hold a writer (and the
+        // engine's callers) for long.
+        let tv = nix::sys::time::TimeVal::new(1, 0);
+        let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
+    }
+    *lock(&sh.sensor_out) = clone.ok();
+    sh.notify_lifted();
+    Ok(())
 }
 
 // --- detection input (issue #13) ---
