@@ -957,55 +957,6 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                 let _ = write_frame(&mut s, &ControlResponse::Error("Hello first".into()));
                 return;
             }
-            (true, ControlRequest::Hello { .. }) => ControlResponse::Error("second Hello".into()),
-            (true, ControlRequest::Status) => {
-                ControlResponse::Status(Box::new(sh.engine().status(&sh.config_path)))
-            }
-            (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
-            (true, ControlRequest::Metrics) => {
-                let snap = sh.engine().metrics_snapshot();
-                ControlResponse::Metrics(crate::metrics::render_live(snap))
-            }
-            (
-                true,
-                ControlRequest::Block {
-                    addr,
-                    duration_ms,
-                    origin,
-                },
-            ) => {
-                let addr = canonical(addr);
-                let ctl = crate::engine::ControlBlock {
-                    origin,
-                    duration: duration_ms.map(Duration::from_millis),
-                };
-                let (decision, reason, expires_ms) =
-                    sh.engine().decide_control(addr, &ctl, peer, WallUs::now());
-                sh.notify_lifted();
-                ControlResponse::BlockResult {
-                    addr,
-                    decision,
-                    reason,
-                    expires_ms,
-                }
-            }
-            (true, ControlRequest::UnblockOrigin { addr, origin }) => {
-                let addr = canonical(addr);
-                let r = sh
-                    .engine()
-                    .unblock_origin(addr, &origin, peer, WallMs::now());
-                sh.notify_lifted();
-                let (was_blocked, other_origin, errors) = match r {
-                    Ok(errors) => (errors.is_some(), None, errors.unwrap_or_default()),
-                    Err(other) => (true, Some(other), Vec::new()),
-                };
-                ControlResponse::UnblockedOrigin {
-                    addr,
-                    was_blocked,
-                    other_origin,
-                    errors,
-                }
-            }
             (true, ControlRequest::Watch { from }) => {
                 let sub = sh.engine().watch.subscribe(from);
                 match sub {
@@ -1020,32 +971,89 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                 }
                 return;
             }
-            (true, ControlRequest::Unblock { addr }) => {
-                let addr = canonical(addr);
-                let r = sh.engine().unblock(addr, peer, WallMs::now());
-                sh.notify_lifted();
-                ControlResponse::Unblocked {
-                    addr,
-                    was_blocked: r.is_some(),
-                    errors: r.unwrap_or_default(),
-                }
-            }
-            // sentryctl explain / unblock --all / ignore (engine/explain.rs).
-            (true, ControlRequest::Explain { addr }) => {
-                ControlResponse::Explain(Box::new(sh.engine().explain(canonical(addr))))
-            }
-            (true, ControlRequest::UnblockAll) => {
-                let (count, errors) = sh.engine().unblock_all(peer, WallMs::now());
-                sh.notify_lifted();
-                ControlResponse::UnblockedAll { count, errors }
-            }
-            (true, ControlRequest::Reload) => match reload(sh) {
-                Ok((entries, lifted)) => ControlResponse::Reloaded { entries, lifted },
-                Err(e) => ControlResponse::Error(format!("ignore list not reloaded: {e}")),
-            },
+            (true, req) => answer_control(sh, peer, req),
         };
         if send_control(&mut s, &resp).is_err() {
             return;
+        }
+    }
+}
+
+/// The answer to one request after the Hello. (A Watch takes the connection over and is
+/// served by [`serve_control`] itself.)
+fn answer_control(sh: &Shared, peer: Peer, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Hello { .. } => ControlResponse::Error("second Hello".into()),
+        ControlRequest::Status => {
+            ControlResponse::Status(Box::new(sh.engine().status(&sh.config_path)))
+        }
+        ControlRequest::Blocked => ControlResponse::Blocked(sh.engine().blocked()),
+        ControlRequest::Metrics => {
+            let snap = sh.engine().metrics_snapshot();
+            ControlResponse::Metrics(crate::metrics::render_live(snap))
+        }
+        ControlRequest::Block {
+            addr,
+            duration_ms,
+            origin,
+        } => {
+            let addr = canonical(addr);
+            let ctl = crate::engine::ControlBlock {
+                origin,
+                duration: duration_ms.map(Duration::from_millis),
+            };
+            let (decision, reason, expires_ms) =
+                sh.engine().decide_control(addr, &ctl, peer, WallUs::now());
+            sh.notify_lifted();
+            ControlResponse::BlockResult {
+                addr,
+                decision,
+                reason,
+                expires_ms,
+            }
+        }
+        ControlRequest::UnblockOrigin { addr, origin } => {
+            let addr = canonical(addr);
+            let r = sh
+                .engine()
+                .unblock_origin(addr, &origin, peer, WallMs::now());
+            sh.notify_lifted();
+            let (was_blocked, other_origin, errors) = match r {
+                Ok(errors) => (errors.is_some(), None, errors.unwrap_or_default()),
+                Err(other) => (true, Some(other), Vec::new()),
+            };
+            ControlResponse::UnblockedOrigin {
+                addr,
+                was_blocked,
+                other_origin,
+                errors,
+            }
+        }
+        ControlRequest::Unblock { addr } => {
+            let addr = canonical(addr);
+            let r = sh.engine().unblock(addr, peer, WallMs::now());
+            sh.notify_lifted();
+            ControlResponse::Unblocked {
+                addr,
+                was_blocked: r.is_some(),
+                errors: r.unwrap_or_default(),
+            }
+        }
+        // sentryctl explain / unblock --all / ignore (engine/explain.rs).
+        ControlRequest::Explain { addr } => {
+            ControlResponse::Explain(Box::new(sh.engine().explain(canonical(addr))))
+        }
+        ControlRequest::UnblockAll => {
+            let (count, errors) = sh.engine().unblock_all(peer, WallMs::now());
+            sh.notify_lifted();
+            ControlResponse::UnblockedAll { count, errors }
+        }
+        ControlRequest::Reload => match reload(sh) {
+            Ok((entries, lifted)) => ControlResponse::Reloaded { entries, lifted },
+            Err(e) => ControlResponse::Error(format!("ignore list not reloaded: {e}")),
+        },
+        ControlRequest::Watch { .. } => {
+            ControlResponse::Error("watch is served on its own connection".into())
         }
     }
 }
