@@ -134,17 +134,7 @@ pub enum Cmd {
 /// Parse arguments (without `argv[0]`). Every option may be given as `--opt VALUE` or
 /// `--opt=VALUE`; repeated or unknown options are errors.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, String> {
-    let mut config = None;
-    let mut runtime_dir = None;
-    let mut state_dir = None;
-    let mut sensor_user = None;
-    let mut sensor_exe = None;
-    let mut sensor_unit = None;
-    let mut infra_root = None;
-    let mut boot_id_file = None;
-    let mut boot_id = None;
-    let mut log_stderr = false;
-    let mut recover = false;
+    let mut g = Given::default();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let a = a
@@ -161,25 +151,25 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
                 if inline.is_some() {
                     return Err("--log-stderr takes no value".into());
                 }
-                log_stderr = true;
+                g.log_stderr = true;
                 continue;
             }
             "--recover" => {
-                if inline.is_some() || recover {
+                if inline.is_some() || g.recover {
                     return Err("--recover takes no value and is given once".into());
                 }
-                recover = true;
+                g.recover = true;
                 continue;
             }
-            "--config" => &mut config,
-            "--runtime-dir" => &mut runtime_dir,
-            "--state-dir" => &mut state_dir,
-            "--sensor-user" => &mut sensor_user,
-            "--sensor-exe" => &mut sensor_exe,
-            "--sensor-unit" => &mut sensor_unit,
-            "--infra-root" => &mut infra_root,
-            "--boot-id-file" => &mut boot_id_file,
-            "--boot-id" => &mut boot_id,
+            "--config" => &mut g.config,
+            "--runtime-dir" => &mut g.runtime_dir,
+            "--state-dir" => &mut g.state_dir,
+            "--sensor-user" => &mut g.sensor_user,
+            "--sensor-exe" => &mut g.sensor_exe,
+            "--sensor-unit" => &mut g.sensor_unit,
+            "--infra-root" => &mut g.infra_root,
+            "--boot-id-file" => &mut g.boot_id_file,
+            "--boot-id" => &mut g.boot_id,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -198,28 +188,64 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         }
         *slot = Some(v);
     }
-    Ok(Cmd::Run(Args {
-        config: config.map_or_else(policy::Config::default_path, PathBuf::from),
-        runtime_dir: PathBuf::from(runtime_dir.unwrap_or_else(|| "/run/sentry".into())),
-        state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
-        sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
-        sensor_exe: sensor_exe.map(PathBuf::from),
-        sensor_unit,
-        log_stderr,
-        infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
-        boot_id_file: boot_id_file.map_or_else(
-            || PathBuf::from(crate::engine::DEFAULT_BOOT_ID_PATH),
-            PathBuf::from,
-        ),
-        boot_id: match boot_id {
-            Some(v) => Some(
-                crate::store::normalize_boot_id(&v)
-                    .ok_or_else(|| format!("--boot-id: {v:?} is not a boot id"))?,
+    g.into_args().map(Cmd::Run)
+}
+
+/// The options as given, before their defaults.
+#[derive(Debug, Default)]
+struct Given {
+    config: Option<String>,
+    runtime_dir: Option<String>,
+    state_dir: Option<String>,
+    sensor_user: Option<String>,
+    sensor_exe: Option<String>,
+    sensor_unit: Option<String>,
+    infra_root: Option<String>,
+    boot_id_file: Option<String>,
+    boot_id: Option<String>,
+    log_stderr: bool,
+    recover: bool,
+}
+
+impl Given {
+    /// The arguments, with the defaults for what was not given.
+    fn into_args(self) -> Result<Args, String> {
+        let Given {
+            config,
+            runtime_dir,
+            state_dir,
+            sensor_user,
+            sensor_exe,
+            sensor_unit,
+            infra_root,
+            boot_id_file,
+            boot_id,
+            log_stderr,
+            recover,
+        } = self;
+        Ok(Args {
+            config: config.map_or_else(policy::Config::default_path, PathBuf::from),
+            runtime_dir: PathBuf::from(runtime_dir.unwrap_or_else(|| "/run/sentry".into())),
+            state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
+            sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
+            sensor_exe: sensor_exe.map(PathBuf::from),
+            sensor_unit,
+            log_stderr,
+            infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
+            boot_id_file: boot_id_file.map_or_else(
+                || PathBuf::from(crate::engine::DEFAULT_BOOT_ID_PATH),
+                PathBuf::from,
             ),
-            None => None,
-        },
-        recover,
-    }))
+            boot_id: match boot_id {
+                Some(v) => Some(
+                    crate::store::normalize_boot_id(&v)
+                        .ok_or_else(|| format!("--boot-id: {v:?} is not a boot id"))?,
+                ),
+                None => None,
+            },
+            recover,
+        })
+    }
 }
 
 /// State shared by the threads.
