@@ -497,83 +497,95 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
             return None;
         }
     };
-    if sensor {
-        if peer.uid != sh.sensor_uid.as_raw() {
+    let admitted = if sensor {
+        admit_sensor(sh, s, peer)
+    } else {
+        admit_control(sh, s, peer, gid)
+    };
+    admitted.then_some(peer)
+}
+
+/// The sensor's checks: its uid, the verified executable, one at a time.
+fn admit_sensor(sh: &Shared, s: &mut Stream, peer: Peer) -> bool {
+    if peer.uid != sh.sensor_uid.as_raw() {
+        send_refusal(s, Refusal::NotAuthorized);
+        sh.refuse(
+            &format!(
+                "peer uid {} (pid {}) is not the sensor user (uid {})",
+                peer.uid,
+                peer.pid,
+                sh.sensor_uid.as_raw()
+            ),
+            Some(peer),
+        );
+        return false;
+    }
+    // Same uid is not enough (issue #21): the peer must be the installed sensor. A
+    // root peer could bind the NFLOG group itself, so checking it adds nothing.
+    if peer.uid != 0 {
+        use std::os::fd::AsFd;
+        let v = sh.verifier.verify(s.as_fd(), peer.pid);
+        if let Some(why) = v.refused {
             send_refusal(s, Refusal::NotAuthorized);
             sh.refuse(
                 &format!(
-                    "peer uid {} (pid {}) is not the sensor user (uid {})",
-                    peer.uid,
-                    peer.pid,
-                    sh.sensor_uid.as_raw()
+                    "sensor claimant uid {} pid {} exe {} is not the verified sensor: {why}; it gets no detection input",
+                    peer.uid, peer.pid, v.exe
                 ),
                 Some(peer),
             );
-            return None;
-        }
-        // Same uid is not enough (issue #21): the peer must be the installed sensor. A
-        // root peer could bind the NFLOG group itself, so checking it adds nothing.
-        if peer.uid != 0 {
-            use std::os::fd::AsFd;
-            let v = sh.verifier.verify(s.as_fd(), peer.pid);
-            if let Some(why) = v.refused {
-                send_refusal(s, Refusal::NotAuthorized);
-                sh.refuse(
-                    &format!(
-                        "sensor claimant uid {} pid {} exe {} is not the verified sensor: {why}; it gets no detection input",
-                        peer.uid, peer.pid, v.exe
-                    ),
-                    Some(peer),
-                );
-                return None;
-            }
-        }
-        // One sensor at a time: a second connection is refused, not allowed to replace
-        // the first (a dead sensor's socket closes when its process exits, so a restarted
-        // sensor gets in; a second live one would only duplicate or hijack the stream).
-        // A sensor that restarts connects again right after its old connection closed,
-        // and that connection's thread may not have let go of the slot yet: wait for it a
-        // moment (in this accept thread only) before refusing.
-        let deadline = Instant::now() + SLOT_WAIT;
-        while sh.sensor_busy.swap(true, Ordering::SeqCst) {
-            if Instant::now() >= deadline {
-                send_refusal(s, Refusal::AlreadyConnected);
-                sh.refuse(
-                    &format!(
-                        "second sensor claimant uid {} pid {} refused: a sensor is already connected",
-                        peer.uid, peer.pid
-                    ),
-                    Some(peer),
-                );
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    } else {
-        if !control_authorized(sh, s, peer, gid) {
-            let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
-            sh.refuse(
-                &format!(
-                    "control connection from uid {} (pid {}) not authorized",
-                    peer.uid, peer.pid
-                ),
-                Some(peer),
-            );
-            return None;
-        }
-        if let Err(full) = lock(&sh.control_slots).take(peer.uid) {
-            let _ = write_frame(s, &ControlResponse::Error(full.to_string()));
-            sh.refuse(
-                &format!(
-                    "control connection from uid {} (pid {}) refused: {full}",
-                    peer.uid, peer.pid
-                ),
-                Some(peer),
-            );
-            return None;
+            return false;
         }
     }
-    Some(peer)
+    // One sensor at a time: a second connection is refused, not allowed to replace
+    // the first (a dead sensor's socket closes when its process exits, so a restarted
+    // sensor gets in; a second live one would only duplicate or hijack the stream).
+    // A sensor that restarts connects again right after its old connection closed,
+    // and that connection's thread may not have let go of the slot yet: wait for it a
+    // moment (in this accept thread only) before refusing.
+    let deadline = Instant::now() + SLOT_WAIT;
+    while sh.sensor_busy.swap(true, Ordering::SeqCst) {
+        if Instant::now() >= deadline {
+            send_refusal(s, Refusal::AlreadyConnected);
+            sh.refuse(
+                &format!(
+                    "second sensor claimant uid {} pid {} refused: a sensor is already connected",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// A control client's checks: CONTROL_GROUP (or root), and a free slot for its uid.
+fn admit_control(sh: &Shared, s: &mut Stream, peer: Peer, gid: u32) -> bool {
+    if !control_authorized(sh, s, peer, gid) {
+        let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
+        sh.refuse(
+            &format!(
+                "control connection from uid {} (pid {}) not authorized",
+                peer.uid, peer.pid
+            ),
+            Some(peer),
+        );
+        return false;
+    }
+    if let Err(full) = lock(&sh.control_slots).take(peer.uid) {
+        let _ = write_frame(s, &ControlResponse::Error(full.to_string()));
+        sh.refuse(
+            &format!(
+                "control connection from uid {} (pid {}) refused: {full}",
+                peer.uid, peer.pid
+            ),
+            Some(peer),
+        );
+        return false;
+    }
+    true
 }
 
 /// What a read on the sensor connection may wait for: the rest of the handshake, the
