@@ -40,6 +40,46 @@ use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
 
+/// The address-change subscription; without it, this host's addresses are re-read
+/// before every decision (said once).
+fn open_addr_watch(log: &Logger) -> Option<AddrWatch> {
+    match AddrWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log.warn(&format!(
+                "adminalert: cannot watch address changes ({e}); this host's addresses are re-read before every decision"
+            ));
+            None
+        }
+    }
+}
+
+/// Rebuild the table with the persisted blocks and open the netfilter socket. Failing,
+/// it is an error when FIREWALL="nftables" was the admin's choice; when it was the
+/// default, it is said and blocks use the other actions.
+fn open_nft(
+    cfg: &Config,
+    blocks: &std::collections::HashMap<IpAddr, BlockRecord>,
+    never: &NeverBlock,
+    ignore: &IgnoreList,
+    log: &Logger,
+) -> Result<Option<NlSocket>, EnforcerError> {
+    let built = restore::rebuild_table(cfg, blocks, never, ignore, WallMs::now()).and_then(|()| {
+        NlSocket::netfilter().map_err(|e| EnforcerError::netlink("netfilter netlink", e))
+    });
+    match (built, cfg.firewall_origin) {
+        (Ok(sock), _) => Ok(Some(sock)),
+        (Err(e), policy::FirewallOrigin::Key) => Err(e),
+        // The default, not the admin's choice: say so and block with the rest.
+        (Err(e), policy::FirewallOrigin::Default) => {
+            log.err(&format!(
+                "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// This host's addresses and IPv4 broadcast addresses, from getifaddrs(3).
 pub fn own_addresses() -> (Vec<IpAddr>, Vec<Ipv4Addr>) {
     let mut own = Vec::new();
@@ -174,19 +214,10 @@ impl Engine {
         }
         let audit = AuditLog::open(&cfg.audit_log).map_err(EnforcerError::AuditLog)?;
         // Subscribe before the first read, so that no change can fall in between.
-        let addr_watch = if opts.refresh_own_addresses {
-            match AddrWatch::open() {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    log.warn(&format!(
-                        "adminalert: cannot watch address changes ({e}); this host's addresses are re-read before every decision"
-                    ));
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let addr_watch = opts
+            .refresh_own_addresses
+            .then(|| open_addr_watch(&log))
+            .flatten();
         let (own, bcast) = if opts.refresh_own_addresses {
             own_addresses()
         } else {
@@ -198,22 +229,11 @@ impl Engine {
         // persisted blocks restored.
         let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
         let started = Instant::now();
-        let mut nft = None;
-        if cfg.firewall == Firewall::Nftables {
-            let built = restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())
-                .and_then(|()| {
-                    NlSocket::netfilter()
-                        .map_err(|e| EnforcerError::netlink("netfilter netlink", e))
-                });
-            match (built, cfg.firewall_origin) {
-                (Ok(sock), _) => nft = Some(sock),
-                (Err(e), policy::FirewallOrigin::Key) => return Err(e),
-                // The default, not the admin's choice: say so and block with the rest.
-                (Err(e), policy::FirewallOrigin::Default) => log.err(&format!(
-                    "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
-                )),
-            }
-        }
+        let nft = if cfg.firewall == Firewall::Nftables {
+            open_nft(&cfg, &blocks, &never, &ignore, &log)?
+        } else {
+            None
+        };
         let route = if cfg.blackhole_route {
             Some(NlSocket::route().map_err(|e| EnforcerError::netlink("route netlink", e))?)
         } else {
