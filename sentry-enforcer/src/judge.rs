@@ -156,7 +156,7 @@ impl Request<'_> {
         }
     }
 
-    /// The configuration key that sets the response (see [`Request::mode`]).
+    /// The configuration key that sets the response (BLOCK_TCP for a control block).
     pub fn key(&self) -> &'static str {
         match self {
             Self::Probe(r) => block_key_for(r.scan),
