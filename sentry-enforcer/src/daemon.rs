@@ -258,8 +258,8 @@ struct Shared {
     verifier: crate::peercheck::Verifier,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    /// Control connection slots: root's reserved, each other uid capped ([`crate::slots`]).
-    control_slots: Mutex<crate::slots::Slots>,
+    /// Control connection slots: root's reserved, each other uid capped ([`crate::control::slots`]).
+    control_slots: Mutex<crate::control::slots::Slots>,
     refusals: Mutex<(u64, u32)>,
     /// The connected sensor's stream, for every write to it (acks from its own thread,
     /// block-ended notices from the others), so frames never interleave.
@@ -273,9 +273,9 @@ struct Shared {
     /// watch thread and by whoever runs `nft` for the detection chain: the notifications
     /// of our own `nft` child are drained under the same engine lock, so the watch never
     /// takes them for another process's change.
-    watch: Mutex<Option<(crate::tablewatch::TableWatch, u32)>>,
+    watch: Mutex<Option<(crate::kernel::tablewatch::TableWatch, u32)>>,
     /// The detection chain was (re)built, or the table with it: the served-port poller
-    /// rewrites every element of its sets at its next poll ([`crate::served`]).
+    /// rewrites every element of its sets at its next poll ([`crate::kernel::served`]).
     served_resync: AtomicBool,
 }
 
@@ -285,10 +285,10 @@ struct Shared {
 struct Detect {
     cfg: policy::Config,
     modes: Option<Vec<sentry_proto::Mode>>,
-    support: crate::table::Support,
+    support: crate::kernel::table::Support,
     state_dir: PathBuf,
     /// What the kernel holds now (`None`: unknown, as after a table rebuild).
-    applied: Option<crate::table::DetectSpec>,
+    applied: Option<crate::kernel::table::DetectSpec>,
     /// The NFLOG group the chain copies to (rotated on each hand-over).
     group: u16,
     /// Our copy of the socket handed to the connected, verified sensor, bound to `group`:
@@ -301,7 +301,7 @@ impl Detect {
     /// copy of it (the sensor that left, a child it forked) receives a packet.
     fn release(&mut self, log: &Logger) {
         if let Some((g, fd)) = self.held.take() {
-            if let Err(e) = crate::capture::unbind(g, fd) {
+            if let Err(e) = crate::kernel::capture::unbind(g, fd) {
                 log.warn(&format!(
                     "adminalert: cannot unbind NFLOG group {g} ({e}); the detection chain moves to a new group at the next hand-over"
                 ));
@@ -782,7 +782,7 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 /// need no detection input, or this kernel has none to give); `Err` only when the
 /// connection itself failed.
 fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
-    use crate::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
+    use crate::kernel::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
     if modes.iter().all(|m| m.is_basic()) {
         rebuild_detection(sh, Some(modes));
         return Ok(true);
@@ -901,15 +901,16 @@ fn rebuild_detection_locked(
         }
     };
     let socket = d.support.socket.is_ok();
-    let mut spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
-        .with_tripwire(e.tripwire(), &e.never_block_addrs());
+    let mut spec =
+        crate::kernel::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
+            .with_tripwire(e.tripwire(), &e.never_block_addrs());
     spec.nflog_group = d.group;
     // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
     // reconnect loop must not become a loop of table transactions).
     if d.applied.as_ref() == Some(&spec) {
         return true;
     }
-    match crate::table::apply_detection(&d.cfg, &spec) {
+    match crate::kernel::table::apply_detection(&d.cfg, &spec) {
         Ok(()) => {
             d.applied = Some(spec);
             sh.served_resync.store(true, Ordering::Relaxed);
@@ -1028,7 +1029,7 @@ fn answer_control(sh: &Shared, peer: Peer, req: ControlRequest) -> ControlRespon
         ControlRequest::Blocked => ControlResponse::Blocked(sh.engine().blocked()),
         ControlRequest::Metrics => {
             let snap = sh.engine().metrics_snapshot();
-            ControlResponse::Metrics(crate::metrics::render_live(snap))
+            ControlResponse::Metrics(crate::control::metrics::render_live(snap))
         }
         ControlRequest::Block {
             addr,
@@ -1101,7 +1102,7 @@ const WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stream decisions to a watch client until it leaves, falls behind (its bounded buffer
 /// overflowed: the engine dropped it and counted it) or a write stalls.
-fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::watch::Subscription) {
+fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::control::watch::Subscription) {
     use std::sync::mpsc::RecvTimeoutError;
     let tv =
         nix::sys::time::TimeVal::new(i64::try_from(WATCH_SEND_TIMEOUT.as_secs()).unwrap_or(5), 0);
@@ -1133,7 +1134,7 @@ fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::watch::Subscription) {
             Err(RecvTimeoutError::Disconnected) => {
                 let reason = format!(
                     "dropped: more than {} records buffered and not read (resume with --from {next})",
-                    crate::watch::CLIENT_BUFFER
+                    crate::control::watch::CLIENT_BUFFER
                 );
                 sh.log.warn(&format!("adminalert: watch client {reason}"));
                 let _ = send_control(&mut s, &ControlResponse::WatchEnd { reason });
@@ -1370,8 +1371,12 @@ fn expiry_loop(sh: Arc<Shared>) {
         tick += 1;
         if let (Some(dir), 0) = (&metrics_dir, tick % METRICS_EVERY_S) {
             let snap = sh.engine().metrics_snapshot();
-            let text = crate::metrics::render_live(snap);
-            match crate::metrics::write_textfile(dir, crate::metrics::TEXTFILE, &text) {
+            let text = crate::control::metrics::render_live(snap);
+            match crate::control::metrics::write_textfile(
+                dir,
+                crate::control::metrics::TEXTFILE,
+                &text,
+            ) {
                 Ok(()) => last_metrics_error = None,
                 Err(e) => {
                     let why = format!(
@@ -1379,7 +1384,8 @@ fn expiry_loop(sh: Arc<Shared>) {
                         dir.display()
                     );
                     // Counted every time, logged when it starts or changes.
-                    sh.engine().count_error(crate::metrics::ErrorKind::Metrics);
+                    sh.engine()
+                        .count_error(crate::control::metrics::ErrorKind::Metrics);
                     if last_metrics_error.as_deref() != Some(why.as_str()) {
                         sh.log.err(&why);
                         last_metrics_error = Some(why);
@@ -1478,7 +1484,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
             }
             Ok(_) => {}
             Err(err) => {
-                e.error(crate::metrics::ErrorKind::Netlink, format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
+                e.error(crate::control::metrics::ErrorKind::Netlink, format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
                 return;
             }
         }
@@ -1490,7 +1496,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
 fn effects_loop(
     sh: Arc<Shared>,
     rx: std::sync::mpsc::Receiver<()>,
-    mut exec: crate::action::Executor,
+    mut exec: crate::effects::action::Executor,
     cfg: policy::Config,
 ) {
     while rx.recv().is_ok() {
@@ -1504,15 +1510,15 @@ fn effects_loop(
     }
 }
 
-/// RESTART_GRACE in the kernel: poll the served ports every [`crate::served::POLL`] and
+/// RESTART_GRACE in the kernel: poll the served ports every [`crate::kernel::served::POLL`] and
 /// write what changed. No engine lock: the sets are the poller's alone. A failure is said
 /// once (and its end once); until the table has its sets (no detection chain yet) writes
 /// fail with ENOENT, which is expected and retried quietly.
-fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
+fn served_loop(sh: Arc<Shared>, mut p: crate::kernel::served::Poller) {
     let mut failing: Option<String> = None;
     let mut over_said = false;
     loop {
-        std::thread::sleep(crate::served::POLL);
+        std::thread::sleep(crate::kernel::served::POLL);
         if sh.served_resync.swap(false, Ordering::Relaxed) {
             p.resync();
         }
@@ -1525,11 +1531,11 @@ fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
                 if r.over > 0 && !std::mem::replace(&mut over_said, true) {
                     sh.log.warn(&format!(
                         "adminalert: more than {} served sockets: the rest get no RESTART_GRACE in the kernel",
-                        crate::served::MAX_KEYS
+                        crate::kernel::served::MAX_KEYS
                     ));
                 }
             }
-            Err(crate::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
+            Err(crate::kernel::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
             Err(e) => {
                 let text = e.to_string();
                 if failing.as_deref() != Some(text.as_str()) {
@@ -1598,7 +1604,7 @@ fn recover_main(args: &Args) -> ExitCode {
             ));
         }
         let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
-        crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
+        crate::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
         crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
     })();
     match r {
@@ -1645,7 +1651,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         log.notice(&format!("adminalert: {l}"));
     }
     // sentry's hosts.deny writers lock a file only root can open, never the deny file.
-    crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
+    crate::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -1684,7 +1690,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         verifier,
         control_gid,
         sensor_busy: AtomicBool::new(false),
-        control_slots: Mutex::new(crate::slots::Slots::default()),
+        control_slots: Mutex::new(crate::control::slots::Slots::default()),
         refusals: Mutex::new((0, 0)),
         connect_lines: Mutex::new((0, 0, 0)),
         sensor_out: Mutex::new(None),
@@ -1751,7 +1757,7 @@ fn open_engine(
         Arc::clone(log),
     )?;
     if let Some(dir) = &engine.config().metrics_dir {
-        if let Err(e) = crate::metrics::check_dir(dir) {
+        if let Err(e) = crate::control::metrics::check_dir(dir) {
             log.err(&format!(
                 "adminalert: ERROR: METRICS_DIR {}: {e}",
                 dir.display()
@@ -1793,7 +1799,7 @@ fn effects_worker(engine: &mut Engine, log: &Arc<Logger>) -> Result<EffectsWorke
 /// What the effects thread runs with: its doorbell, its executor, the configuration.
 type EffectsWorker = (
     std::sync::mpsc::Receiver<()>,
-    crate::action::Executor,
+    crate::effects::action::Executor,
     policy::Config,
 );
 
@@ -1802,12 +1808,12 @@ type EffectsWorker = (
 fn effects_executor(
     cfg: &policy::Config,
     log: &Arc<Logger>,
-) -> Result<crate::action::Executor, EnforcerError> {
-    Ok(crate::action::Executor::new(
+) -> Result<crate::effects::action::Executor, EnforcerError> {
+    Ok(crate::effects::action::Executor::new(
         None,
         match cfg.blackhole_route {
             true => Some(
-                crate::netlink::NlSocket::route()
+                crate::kernel::netlink::NlSocket::route()
                     .map_err(|e| EnforcerError::netlink("route netlink", e))?,
             ),
             false => None,
@@ -1868,7 +1874,7 @@ fn start_sensor_check(
 /// NFLOG binding need it), CAP_NET_RAW when an action needs it, and nothing else.
 fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, EnforcerError> {
     let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
-    if crate::action::needs_net_raw(cfg) {
+    if crate::effects::action::needs_net_raw(cfg) {
         keep.insert(Capability::CAP_NET_RAW);
     }
     for w in confine(&keep)? {
@@ -1880,7 +1886,7 @@ fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, 
 /// The detection input: what the kernel offers (said once at start), the sensor modes
 /// recorded by the last run, and a fresh NFLOG group.
 fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Detect {
-    let support = crate::table::probe_support(&cfg.nft_table);
+    let support = crate::kernel::table::probe_support(&cfg.nft_table);
     match (&support.nftables, &support.socket) {
         (Err(e), _) => log.err(&format!(
             "adminalert: ERROR: nf_tables is missing or unusable ({e}): no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work"
@@ -1901,12 +1907,12 @@ fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Dete
     };
     // Start on a group nobody holds: a socket a sensor of an earlier run still has (or a
     // process it passed it to) keeps its group, which the chain then never copies to.
-    let group = match crate::capture::open_next(*crate::capture::GROUPS.end(), 0) {
+    let group = match crate::kernel::capture::open_next(*crate::kernel::capture::GROUPS.end(), 0) {
         Ok((g, fd)) => {
             drop(fd);
             g
         }
-        Err(_) => crate::capture::NFLOG_GROUP,
+        Err(_) => crate::kernel::capture::NFLOG_GROUP,
     };
     Detect {
         cfg: cfg.clone(),
@@ -1926,11 +1932,11 @@ fn served_poller(
     support_ok: bool,
     sensor_uid: Uid,
     log: &Logger,
-) -> Option<crate::served::Poller> {
+) -> Option<crate::kernel::served::Poller> {
     match (cfg.restart_grace, &support_ok) {
         (g, true) if !g.is_zero() => {
             let skip = (!sensor_uid.is_root()).then(|| sensor_uid.as_raw());
-            match crate::served::Poller::open(&cfg.nft_table, skip, g) {
+            match crate::kernel::served::Poller::open(&cfg.nft_table, skip, g) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log.err(&format!(
@@ -1949,9 +1955,9 @@ fn served_poller(
 fn open_table_watch(
     own_portid: Option<u32>,
     log: &Logger,
-) -> Option<(crate::tablewatch::TableWatch, u32)> {
+) -> Option<(crate::kernel::tablewatch::TableWatch, u32)> {
     match own_portid {
-        Some(own) => match crate::tablewatch::TableWatch::open() {
+        Some(own) => match crate::kernel::tablewatch::TableWatch::open() {
             Ok(w) => Some((w, own)),
             Err(e) => {
                 log.warn(&format!(
@@ -1968,7 +1974,7 @@ fn open_table_watch(
 struct Threads {
     sigs: SigSet,
     effects: EffectsWorker,
-    served: Option<crate::served::Poller>,
+    served: Option<crate::kernel::served::Poller>,
     addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
     table: Option<(Arc<std::os::fd::OwnedFd>, String)>,
     control_l: Listener,

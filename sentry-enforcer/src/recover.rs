@@ -24,7 +24,7 @@ use std::path::Path;
 use policy::{Config, Firewall};
 use sentry_proto::{Mode, Protocol, ScanKind};
 
-use crate::hostsdeny;
+use crate::effects::hostsdeny;
 use crate::store::{self, BlockRecord};
 
 /// Largest BLOCKED_FILE read.
@@ -61,9 +61,9 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
             .map(|t| since_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         nft: cfg.firewall == Firewall::Nftables,
         blackhole: cfg.blackhole_route,
-        hosts_deny_line: crate::action::hosts_deny_line(
+        hosts_deny_line: crate::effects::action::hosts_deny_line(
             cfg,
-            &crate::action::Subject {
+            &crate::effects::action::Subject {
                 addr,
                 port,
                 protocol: proto,

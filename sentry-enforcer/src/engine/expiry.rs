@@ -5,10 +5,10 @@
 use std::net::IpAddr;
 
 use super::Engine;
-use crate::action::{self, Op, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Peer, RecordKind};
+use crate::control::metrics::ErrorKind;
+use crate::effects::action::{self, Op, Subject};
 use crate::error::EnforcerError;
-use crate::metrics::ErrorKind;
 use crate::store::BlockRecord;
 use crate::time::WallMs;
 

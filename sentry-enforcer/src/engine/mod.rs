@@ -1,5 +1,5 @@
 //! The decision engine: every checked block request goes through [`Engine::decide`]: the
-//! judge ([`crate::judge`]) decides, the executor ([`crate::action`]) acts, and the result
+//! judge ([`crate::judge`]) decides, the executor ([`crate::effects::action`]) acts, and the result
 //! is persisted and audited — all before the caller sends the reply.
 //!
 //! The engine owns the state the judge looks at (blocks, ignore list, never-block set,
@@ -29,13 +29,13 @@ use sentry_proto::{
     BlockRequest, Counters, Decision, RecentDecision, SensorInfo, MAX_RECENT_DECISIONS,
 };
 
-use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
+use crate::control::metrics::{ErrorKind, Stats};
+use crate::effects::action::{self, Action, Command, Executor, Subject};
 use crate::error::EnforcerError;
 use crate::judge::{self, Evidence, Facts, Verdict};
-use crate::metrics::{ErrorKind, Stats};
-use crate::netlink::{AddrWatch, NlSocket};
+use crate::kernel::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
@@ -186,7 +186,7 @@ pub struct Engine {
     /// The never-block set changed ([`Engine::take_never_changed`]).
     never_changed: bool,
     /// The decision stream (`sentryctl watch`): every audit record, numbered.
-    pub watch: crate::watch::Hub,
+    pub watch: crate::control::watch::Hub,
 }
 
 /// A block asked for over the control socket: who asked, and for how long (`None`:
@@ -264,7 +264,7 @@ impl Engine {
             lifted: Vec::new(),
             sensor: None,
             never_changed: false,
-            watch: crate::watch::Hub::new(WallUs::now().0),
+            watch: crate::control::watch::Hub::new(WallUs::now().0),
         };
         engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
@@ -333,14 +333,14 @@ impl Engine {
             self.counters.watch_dropped += dropped as u64;
             self.log.warn(&format!(
                 "adminalert: {dropped} decision-stream client(s) dropped: more than {} records not yet read",
-                crate::watch::CLIENT_BUFFER
+                crate::control::watch::CLIENT_BUFFER
             ));
         }
     }
 
     /// A snapshot for the Prometheus exposition (`&mut`: an origin seen for the first
     /// time, a restored block's, takes its label here).
-    pub fn metrics_snapshot(&mut self) -> crate::metrics::Snapshot {
+    pub fn metrics_snapshot(&mut self) -> crate::control::metrics::Snapshot {
         let mut active: std::collections::BTreeMap<String, u64> = [
             sentry_proto::ORIGIN_SENSOR.to_string(),
             judge::MANUAL_ORIGIN.to_string(),
@@ -358,7 +358,7 @@ impl Engine {
         for (o, n) in by_name {
             *active.entry(self.stats.origin_label(o)).or_default() += n;
         }
-        crate::metrics::Snapshot {
+        crate::control::metrics::Snapshot {
             counters: self.counters.clone(),
             stats: self.stats.clone(),
             active_by_origin: active.into_iter().collect(),
@@ -930,7 +930,7 @@ impl Engine {
             blackhole: false,
             hosts_deny_line: None,
             distinct_ports: probe.distinct_ports,
-            // Written with a marker (crate::hostsdeny).
+            // Written with a marker (crate::effects::hostsdeny).
             hosts_deny_legacy: false,
             prefix6: target.prefix6,
             origin: ctl.map(|c| c.origin.clone()),
@@ -1341,7 +1341,7 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join("hosts.deny"))
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| !l.starts_with(crate::hostsdeny::MARKER))
+                .filter(|l| !l.starts_with(crate::effects::hostsdeny::MARKER))
                 .map(|l| format!("{l}\n"))
                 .collect()
         }

@@ -10,13 +10,13 @@ use std::time::Instant;
 use policy::{Config, IgnoreList, NeverBlock};
 
 use super::Engine;
-use crate::action::{self, Action, Command, Op, Subject};
 use crate::audit::{ActionKind, ActionRecord, AuditRecord, RecordKind, RestoreCounts};
+use crate::control::metrics::ErrorKind;
+use crate::effects::action::{self, Action, Command, Op, Subject};
 use crate::error::EnforcerError;
-use crate::metrics::ErrorKind;
-use crate::netlink::SetElem;
+use crate::kernel::netlink::SetElem;
+use crate::kernel::table;
 use crate::store::BlockRecord;
-use crate::table;
 use crate::time::{ms_since, WallMs};
 
 /// Whether a persisted block is still due at `now` under the current lists (for a network

@@ -1,6 +1,6 @@
 //! sentry's nftables table: its shape, and the one `nft -f -` transaction that builds it
 //! with the surviving blocks at start. Everything after start-up goes over netlink
-//! ([`crate::netlink`]); nft(8) is used here because the table is built once and its
+//! ([`crate::kernel::netlink`]); nft(8) is used here because the table is built once and its
 //! text form is what an administrator reads back with `nft list table`.
 
 use std::fmt::Write as _;
@@ -9,10 +9,10 @@ use std::time::Duration;
 use policy::{Config, IgnoreList};
 use sentry_proto::{Mode, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW, NOT_PROBE_PROTOCOLS};
 
-use crate::action::{SET_V4, SET_V6, SET_V6NET};
+use crate::effects::action::{SET_V4, SET_V6, SET_V6NET};
+use crate::effects::exec;
 use crate::error::EnforcerError;
-use crate::exec;
-use crate::netlink::SetElem;
+use crate::kernel::netlink::SetElem;
 
 /// The regular chain every new, invalid or untracked packet goes through: a source in a
 /// block set (or, from the detection script, a first-hit map) is dropped here.
@@ -170,10 +170,10 @@ pub struct DetectSpec {
     pub answer_probes: bool,
     /// The NFLOG group the candidates are copied to: a fresh one on each hand-over to a
     /// verified sensor, so a socket bound for an earlier holder never gets another packet
-    /// (see `crate::capture::GROUPS`).
+    /// (see `crate::kernel::capture::GROUPS`).
     pub nflog_group: u16,
     /// RESTART_GRACE is on: ports in the `detect_served` sets (kept by
-    /// [`crate::served`]) are no tripwires.
+    /// [`crate::kernel::served`]) are no tripwires.
     pub served: bool,
 }
 
@@ -192,7 +192,7 @@ impl Default for DetectSpec {
             never6: Vec::new(),
             native: None,
             answer_probes: false,
-            nflog_group: crate::capture::NFLOG_GROUP,
+            nflog_group: crate::kernel::capture::NFLOG_GROUP,
             served: false,
         }
     }
@@ -340,7 +340,7 @@ impl DetectSpec {
             native,
             socket_expr,
             answer_probes: cfg.answer_probes,
-            nflog_group: crate::capture::NFLOG_GROUP,
+            nflog_group: crate::kernel::capture::NFLOG_GROUP,
             served: !cfg.restart_grace.is_zero(),
             ..Self::default()
         };
@@ -381,7 +381,7 @@ impl DetectSpec {
     pub fn blocks_only(native: Option<u8>) -> Self {
         Self {
             native,
-            nflog_group: crate::capture::NFLOG_GROUP,
+            nflog_group: crate::kernel::capture::NFLOG_GROUP,
             ..Self::default()
         }
     }
@@ -465,16 +465,16 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
             timeout.as_secs().max(1)
         );
     }
-    // The served ports (crate::served writes them; never flushed here, so a rebuild of
+    // The served ports (crate::kernel::served writes them; never flushed here, so a rebuild of
     // the chains keeps the grace of a service that just stopped).
     for (set, key) in [
-        (crate::served::SET_ANY, "inet_proto . inet_service"),
+        (crate::kernel::served::SET_ANY, "inet_proto . inet_service"),
         (
-            crate::served::SET_V4,
+            crate::kernel::served::SET_V4,
             "ipv4_addr . inet_proto . inet_service",
         ),
         (
-            crate::served::SET_V6,
+            crate::kernel::served::SET_V6,
             "ipv6_addr . inet_proto . inet_service",
         ),
     ] {
@@ -693,7 +693,7 @@ fn seen_and_copy_rules(o: &mut String, table: &str, spec: &DetectSpec) {
     rule(o, "goto detect_drop");
 }
 
-/// RESTART_GRACE: a port a service served within the grace ([`crate::served`]) is no
+/// RESTART_GRACE: a port a service served within the grace ([`crate::kernel::served`]) is no
 /// tripwire. First in `detect_tcp` and `detect_udp`, so that no probe of it (ACK-family
 /// included: the late segments of the restarted service's old connections) is dropped,
 /// copied or put in a first-hit map; it returns to `input`, whose block check still drops
@@ -703,7 +703,7 @@ fn served_rules(o: &mut String, table: &str, spec: &DetectSpec, tcp: bool, udp: 
     if !spec.served {
         return;
     }
-    use crate::served::{SET_ANY, SET_V4, SET_V6};
+    use crate::kernel::served::{SET_ANY, SET_V4, SET_V6};
     for (chain, on) in [("detect_tcp", tcp), ("detect_udp", udp)] {
         if !on {
             continue;
@@ -722,7 +722,7 @@ fn served_rules(o: &mut String, table: &str, spec: &DetectSpec, tcp: bool, udp: 
 /// packet `new` (its checksum verified on the way) or not (`invalid`, or `untracked`
 /// under a notrack rule: the sensor verifies the checksum itself).
 fn log_rules(o: &mut String, table: &str, group: u16) {
-    let snaplen = crate::capture::NFLOG_SNAPLEN;
+    let snaplen = crate::kernel::capture::NFLOG_SNAPLEN;
     let _ = writeln!(
         o,
         "add rule inet {table} detect_log ct state new log prefix \"{NFLOG_PREFIX_NEW}\" group {group} snaplen {snaplen}\n\
@@ -914,7 +914,7 @@ pub fn probe_support(table: &str) -> Support {
          add rule inet {t} c meta pkttype host ct state new limit rate over 1/second return
          add rule inet {t} c ct state invalid log group {} snaplen 64
 ",
-        crate::capture::NFLOG_GROUP
+        crate::kernel::capture::NFLOG_GROUP
     );
     let timeout = Duration::from_secs(10);
     let nftables = nft(
@@ -1304,7 +1304,7 @@ mod tests {
             let got = detection_script("sentry", &spec);
             if std::env::var_os("SENTRY_WRITE_GOLDEN").is_some() {
                 let p = format!(
-                    "{}/src/testdata/detect_{name}.nft",
+                    "{}/src/kernel/testdata/detect_{name}.nft",
                     env!("CARGO_MANIFEST_DIR")
                 );
                 std::fs::write(p, &got).unwrap();
