@@ -134,17 +134,7 @@ pub enum Cmd {
 /// Parse arguments (without `argv[0]`). Every option may be given as `--opt VALUE` or
 /// `--opt=VALUE`; repeated or unknown options are errors.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, String> {
-    let mut config = None;
-    let mut runtime_dir = None;
-    let mut state_dir = None;
-    let mut sensor_user = None;
-    let mut sensor_exe = None;
-    let mut sensor_unit = None;
-    let mut infra_root = None;
-    let mut boot_id_file = None;
-    let mut boot_id = None;
-    let mut log_stderr = false;
-    let mut recover = false;
+    let mut g = Given::default();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let a = a
@@ -161,25 +151,25 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
                 if inline.is_some() {
                     return Err("--log-stderr takes no value".into());
                 }
-                log_stderr = true;
+                g.log_stderr = true;
                 continue;
             }
             "--recover" => {
-                if inline.is_some() || recover {
+                if inline.is_some() || g.recover {
                     return Err("--recover takes no value and is given once".into());
                 }
-                recover = true;
+                g.recover = true;
                 continue;
             }
-            "--config" => &mut config,
-            "--runtime-dir" => &mut runtime_dir,
-            "--state-dir" => &mut state_dir,
-            "--sensor-user" => &mut sensor_user,
-            "--sensor-exe" => &mut sensor_exe,
-            "--sensor-unit" => &mut sensor_unit,
-            "--infra-root" => &mut infra_root,
-            "--boot-id-file" => &mut boot_id_file,
-            "--boot-id" => &mut boot_id,
+            "--config" => &mut g.config,
+            "--runtime-dir" => &mut g.runtime_dir,
+            "--state-dir" => &mut g.state_dir,
+            "--sensor-user" => &mut g.sensor_user,
+            "--sensor-exe" => &mut g.sensor_exe,
+            "--sensor-unit" => &mut g.sensor_unit,
+            "--infra-root" => &mut g.infra_root,
+            "--boot-id-file" => &mut g.boot_id_file,
+            "--boot-id" => &mut g.boot_id,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -198,28 +188,64 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
         }
         *slot = Some(v);
     }
-    Ok(Cmd::Run(Args {
-        config: config.map_or_else(policy::Config::default_path, PathBuf::from),
-        runtime_dir: PathBuf::from(runtime_dir.unwrap_or_else(|| "/run/sentry".into())),
-        state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
-        sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
-        sensor_exe: sensor_exe.map(PathBuf::from),
-        sensor_unit,
-        log_stderr,
-        infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
-        boot_id_file: boot_id_file.map_or_else(
-            || PathBuf::from(crate::engine::DEFAULT_BOOT_ID_PATH),
-            PathBuf::from,
-        ),
-        boot_id: match boot_id {
-            Some(v) => Some(
-                crate::store::normalize_boot_id(&v)
-                    .ok_or_else(|| format!("--boot-id: {v:?} is not a boot id"))?,
+    g.into_args().map(Cmd::Run)
+}
+
+/// The options as given, before their defaults.
+#[derive(Debug, Default)]
+struct Given {
+    config: Option<String>,
+    runtime_dir: Option<String>,
+    state_dir: Option<String>,
+    sensor_user: Option<String>,
+    sensor_exe: Option<String>,
+    sensor_unit: Option<String>,
+    infra_root: Option<String>,
+    boot_id_file: Option<String>,
+    boot_id: Option<String>,
+    log_stderr: bool,
+    recover: bool,
+}
+
+impl Given {
+    /// The arguments, with the defaults for what was not given.
+    fn into_args(self) -> Result<Args, String> {
+        let Given {
+            config,
+            runtime_dir,
+            state_dir,
+            sensor_user,
+            sensor_exe,
+            sensor_unit,
+            infra_root,
+            boot_id_file,
+            boot_id,
+            log_stderr,
+            recover,
+        } = self;
+        Ok(Args {
+            config: config.map_or_else(policy::Config::default_path, PathBuf::from),
+            runtime_dir: PathBuf::from(runtime_dir.unwrap_or_else(|| "/run/sentry".into())),
+            state_dir: PathBuf::from(state_dir.unwrap_or_else(|| "/var/lib/sentry".into())),
+            sensor_user: sensor_user.unwrap_or_else(|| "sentry".into()),
+            sensor_exe: sensor_exe.map(PathBuf::from),
+            sensor_unit,
+            log_stderr,
+            infra_root: PathBuf::from(infra_root.unwrap_or_else(|| "/".into())),
+            boot_id_file: boot_id_file.map_or_else(
+                || PathBuf::from(crate::engine::DEFAULT_BOOT_ID_PATH),
+                PathBuf::from,
             ),
-            None => None,
-        },
-        recover,
-    }))
+            boot_id: match boot_id {
+                Some(v) => Some(
+                    crate::store::normalize_boot_id(&v)
+                        .ok_or_else(|| format!("--boot-id: {v:?} is not a boot id"))?,
+                ),
+                None => None,
+            },
+            recover,
+        })
+    }
 }
 
 /// State shared by the threads.
@@ -232,8 +258,8 @@ struct Shared {
     verifier: crate::peercheck::Verifier,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
-    /// Control connection slots: root's reserved, each other uid capped ([`crate::slots`]).
-    control_slots: Mutex<crate::slots::Slots>,
+    /// Control connection slots: root's reserved, each other uid capped ([`crate::control::slots`]).
+    control_slots: Mutex<crate::control::slots::Slots>,
     refusals: Mutex<(u64, u32)>,
     /// The connected sensor's stream, for every write to it (acks from its own thread,
     /// block-ended notices from the others), so frames never interleave.
@@ -247,9 +273,9 @@ struct Shared {
     /// watch thread and by whoever runs `nft` for the detection chain: the notifications
     /// of our own `nft` child are drained under the same engine lock, so the watch never
     /// takes them for another process's change.
-    watch: Mutex<Option<(crate::tablewatch::TableWatch, u32)>>,
+    watch: Mutex<Option<(crate::kernel::tablewatch::TableWatch, u32)>>,
     /// The detection chain was (re)built, or the table with it: the served-port poller
-    /// rewrites every element of its sets at its next poll ([`crate::served`]).
+    /// rewrites every element of its sets at its next poll ([`crate::kernel::served`]).
     served_resync: AtomicBool,
 }
 
@@ -259,10 +285,10 @@ struct Shared {
 struct Detect {
     cfg: policy::Config,
     modes: Option<Vec<sentry_proto::Mode>>,
-    support: crate::table::Support,
+    support: crate::kernel::table::Support,
     state_dir: PathBuf,
     /// What the kernel holds now (`None`: unknown, as after a table rebuild).
-    applied: Option<crate::table::DetectSpec>,
+    applied: Option<crate::kernel::table::DetectSpec>,
     /// The NFLOG group the chain copies to (rotated on each hand-over).
     group: u16,
     /// Our copy of the socket handed to the connected, verified sensor, bound to `group`:
@@ -275,7 +301,7 @@ impl Detect {
     /// copy of it (the sensor that left, a child it forked) receives a packet.
     fn release(&mut self, log: &Logger) {
         if let Some((g, fd)) = self.held.take() {
-            if let Err(e) = crate::capture::unbind(g, fd) {
+            if let Err(e) = crate::kernel::capture::unbind(g, fd) {
                 log.warn(&format!(
                     "adminalert: cannot unbind NFLOG group {g} ({e}); the detection chain moves to a new group at the next hand-over"
                 ));
@@ -471,83 +497,95 @@ fn admit(sh: &Shared, s: &mut Stream, sensor: bool) -> Option<Peer> {
             return None;
         }
     };
-    if sensor {
-        if peer.uid != sh.sensor_uid.as_raw() {
+    let admitted = if sensor {
+        admit_sensor(sh, s, peer)
+    } else {
+        admit_control(sh, s, peer, gid)
+    };
+    admitted.then_some(peer)
+}
+
+/// The sensor's checks: its uid, the verified executable, one at a time.
+fn admit_sensor(sh: &Shared, s: &mut Stream, peer: Peer) -> bool {
+    if peer.uid != sh.sensor_uid.as_raw() {
+        send_refusal(s, Refusal::NotAuthorized);
+        sh.refuse(
+            &format!(
+                "peer uid {} (pid {}) is not the sensor user (uid {})",
+                peer.uid,
+                peer.pid,
+                sh.sensor_uid.as_raw()
+            ),
+            Some(peer),
+        );
+        return false;
+    }
+    // Same uid is not enough (issue #21): the peer must be the installed sensor. A
+    // root peer could bind the NFLOG group itself, so checking it adds nothing.
+    if peer.uid != 0 {
+        use std::os::fd::AsFd;
+        let v = sh.verifier.verify(s.as_fd(), peer.pid);
+        if let Some(why) = v.refused {
             send_refusal(s, Refusal::NotAuthorized);
             sh.refuse(
                 &format!(
-                    "peer uid {} (pid {}) is not the sensor user (uid {})",
-                    peer.uid,
-                    peer.pid,
-                    sh.sensor_uid.as_raw()
+                    "sensor claimant uid {} pid {} exe {} is not the verified sensor: {why}; it gets no detection input",
+                    peer.uid, peer.pid, v.exe
                 ),
                 Some(peer),
             );
-            return None;
-        }
-        // Same uid is not enough (issue #21): the peer must be the installed sensor. A
-        // root peer could bind the NFLOG group itself, so checking it adds nothing.
-        if peer.uid != 0 {
-            use std::os::fd::AsFd;
-            let v = sh.verifier.verify(s.as_fd(), peer.pid);
-            if let Some(why) = v.refused {
-                send_refusal(s, Refusal::NotAuthorized);
-                sh.refuse(
-                    &format!(
-                        "sensor claimant uid {} pid {} exe {} is not the verified sensor: {why}; it gets no detection input",
-                        peer.uid, peer.pid, v.exe
-                    ),
-                    Some(peer),
-                );
-                return None;
-            }
-        }
-        // One sensor at a time: a second connection is refused, not allowed to replace
-        // the first (a dead sensor's socket closes when its process exits, so a restarted
-        // sensor gets in; a second live one would only duplicate or hijack the stream).
-        // A sensor that restarts connects again right after its old connection closed,
-        // and that connection's thread may not have let go of the slot yet: wait for it a
-        // moment (in this accept thread only) before refusing.
-        let deadline = Instant::now() + SLOT_WAIT;
-        while sh.sensor_busy.swap(true, Ordering::SeqCst) {
-            if Instant::now() >= deadline {
-                send_refusal(s, Refusal::AlreadyConnected);
-                sh.refuse(
-                    &format!(
-                        "second sensor claimant uid {} pid {} refused: a sensor is already connected",
-                        peer.uid, peer.pid
-                    ),
-                    Some(peer),
-                );
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    } else {
-        if !control_authorized(sh, s, peer, gid) {
-            let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
-            sh.refuse(
-                &format!(
-                    "control connection from uid {} (pid {}) not authorized",
-                    peer.uid, peer.pid
-                ),
-                Some(peer),
-            );
-            return None;
-        }
-        if let Err(full) = lock(&sh.control_slots).take(peer.uid) {
-            let _ = write_frame(s, &ControlResponse::Error(full.to_string()));
-            sh.refuse(
-                &format!(
-                    "control connection from uid {} (pid {}) refused: {full}",
-                    peer.uid, peer.pid
-                ),
-                Some(peer),
-            );
-            return None;
+            return false;
         }
     }
-    Some(peer)
+    // One sensor at a time: a second connection is refused, not allowed to replace
+    // the first (a dead sensor's socket closes when its process exits, so a restarted
+    // sensor gets in; a second live one would only duplicate or hijack the stream).
+    // A sensor that restarts connects again right after its old connection closed,
+    // and that connection's thread may not have let go of the slot yet: wait for it a
+    // moment (in this accept thread only) before refusing.
+    let deadline = Instant::now() + SLOT_WAIT;
+    while sh.sensor_busy.swap(true, Ordering::SeqCst) {
+        if Instant::now() >= deadline {
+            send_refusal(s, Refusal::AlreadyConnected);
+            sh.refuse(
+                &format!(
+                    "second sensor claimant uid {} pid {} refused: a sensor is already connected",
+                    peer.uid, peer.pid
+                ),
+                Some(peer),
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// A control client's checks: CONTROL_GROUP (or root), and a free slot for its uid.
+fn admit_control(sh: &Shared, s: &mut Stream, peer: Peer, gid: u32) -> bool {
+    if !control_authorized(sh, s, peer, gid) {
+        let _ = write_frame(s, &ControlResponse::Error("not authorized".into()));
+        sh.refuse(
+            &format!(
+                "control connection from uid {} (pid {}) not authorized",
+                peer.uid, peer.pid
+            ),
+            Some(peer),
+        );
+        return false;
+    }
+    if let Err(full) = lock(&sh.control_slots).take(peer.uid) {
+        let _ = write_frame(s, &ControlResponse::Error(full.to_string()));
+        sh.refuse(
+            &format!(
+                "control connection from uid {} (pid {}) refused: {full}",
+                peer.uid, peer.pid
+            ),
+            Some(peer),
+        );
+        return false;
+    }
+    true
 }
 
 /// What a read on the sensor connection may wait for: the rest of the handshake, the
@@ -578,47 +616,11 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
             }
         };
         let deadline = read_deadline(&session, accepted, frame_start);
-        let left = deadline.saturating_duration_since(Instant::now());
-        // A zero timeout means "block forever" to the kernel: past the deadline, the
-        // read is not even tried.
-        let n = match if left.is_zero() {
-            Err(io::Error::from(io::ErrorKind::TimedOut))
-        } else {
-            let _ = s.set_recv_timeout(Some(left));
-            s.read(buf.get_mut(..want).unwrap_or(&mut []))
-        } {
-            Ok(0) => {
-                if !session.is_idle() {
-                    sh.refuse("connection closed in the middle of a frame", Some(peer));
-                } else if !session.greeted() {
-                    sh.refuse("connection closed before the handshake", Some(peer));
-                }
-                return;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if !session.greeted() {
-                    send_refusal(&mut s, Refusal::HandshakeRequired);
-                    sh.refuse("no handshake within the time limit", Some(peer));
-                    return;
-                }
-                if !session.is_idle() {
-                    send_refusal(&mut s, Refusal::MalformedFrame);
-                    sh.refuse("frame not completed within the time limit", Some(peer));
-                    return;
-                }
-                continue;
-            }
-            Err(e) => {
-                sh.log.warn(&format!("adminalert: sensor connection: {e}"));
-                return;
-            }
+        let into = buf.get_mut(..want).unwrap_or(&mut []);
+        let n = match read_sensor(sh, &mut s, &session, into, deadline, peer) {
+            SensorRead::Bytes(n) => n,
+            SensorRead::Again => continue,
+            SensorRead::Closed => return,
         };
         if frame_start.is_none() {
             frame_start = Some(Instant::now());
@@ -637,46 +639,9 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
         for ev in events {
             let reply = match ev {
                 Event::Hello(h) => {
-                    // The Welcome goes first, on this thread, and the NFLOG hand-over right
-                    // after it; only then may other threads write to the sensor (a notice
-                    // before them would break the handshake).
-                    let welcome = EnforcerFrame::Welcome {
-                        version: PROTOCOL_VERSION,
-                    };
-                    if write_frame(&mut s, &welcome).is_err() {
-                        sh.log.warn("adminalert: cannot reply to the sensor");
+                    if welcome(sh, &mut s, peer, &h).is_err() {
                         return;
                     }
-                    let holds = match hand_over(sh, &s, h.modes.clone()) {
-                        Ok(holds) => holds,
-                        Err(()) => return,
-                    };
-                    // "Connected" in status and metrics means: the verified sensor holds
-                    // the current detection input (or its modes need none).
-                    if holds {
-                        sh.engine().sensor = Some(SensorInfo {
-                            uid: peer.uid,
-                            pid: peer.pid,
-                            name: h.sensor.clone(),
-                            modes: h.modes.clone(),
-                            protocol_version: h.version,
-                            connected_since_ms: WallMs::now().0,
-                            stats: None,
-                        });
-                        sh.log_connected(&format!(
-                            "adminalert: sensor {} connected (uid {}, pid {})",
-                            h.sensor, peer.uid, peer.pid
-                        ));
-                    }
-                    let clone = s.try_clone();
-                    if let Ok(c) = &clone {
-                        // A sensor that stops reading must not hold a writer (and the
-                        // engine's callers) for long.
-                        let tv = nix::sys::time::TimeVal::new(1, 0);
-                        let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
-                    }
-                    *lock(&sh.sensor_out) = clone.ok();
-                    sh.notify_lifted();
                     continue;
                 }
                 Event::Block(req) => EnforcerFrame::Ack {
@@ -703,6 +668,111 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
     }
 }
 
+/// What one read on the sensor's connection gave.
+enum SensorRead {
+    Bytes(usize),
+    /// Nothing yet (interrupted, or a timeout between frames): read again.
+    Again,
+    /// The connection is done (closed, refused or broken; said and counted).
+    Closed,
+}
+
+/// Read what the session wants into `into`, until `deadline` (the handshake's, or the
+/// current frame's); a timeout mid-handshake or mid-frame refuses the sensor.
+fn read_sensor(
+    sh: &Shared,
+    s: &mut Stream,
+    session: &Session,
+    into: &mut [u8],
+    deadline: Instant,
+    peer: Peer,
+) -> SensorRead {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // A zero timeout means "block forever" to the kernel: past the deadline, the
+    // read is not even tried.
+    let r = if left.is_zero() {
+        Err(io::Error::from(io::ErrorKind::TimedOut))
+    } else {
+        let _ = s.set_recv_timeout(Some(left));
+        s.read(into)
+    };
+    match r {
+        Ok(0) => {
+            if !session.is_idle() {
+                sh.refuse("connection closed in the middle of a frame", Some(peer));
+            } else if !session.greeted() {
+                sh.refuse("connection closed before the handshake", Some(peer));
+            }
+            SensorRead::Closed
+        }
+        Ok(n) => SensorRead::Bytes(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => SensorRead::Again,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            if !session.greeted() {
+                send_refusal(s, Refusal::HandshakeRequired);
+                sh.refuse("no handshake within the time limit", Some(peer));
+                return SensorRead::Closed;
+            }
+            if !session.is_idle() {
+                send_refusal(s, Refusal::MalformedFrame);
+                sh.refuse("frame not completed within the time limit", Some(peer));
+                return SensorRead::Closed;
+            }
+            SensorRead::Again
+        }
+        Err(e) => {
+            sh.log.warn(&format!("adminalert: sensor connection: {e}"));
+            SensorRead::Closed
+        }
+    }
+}
+
+/// Answer the sensor's Hello. The Welcome goes first, on this thread, and the NFLOG
+/// hand-over right after it; only then may other threads write to the sensor (a notice
+/// before them would break the handshake). `Err`: the connection is done.
+fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> Result<(), ()> {
+    let welcome = EnforcerFrame::Welcome {
+        version: PROTOCOL_VERSION,
+    };
+    if write_frame(s, &welcome).is_err() {
+        sh.log.warn("adminalert: cannot reply to the sensor");
+        return Err(());
+    }
+    let holds = hand_over(sh, s, h.modes.clone())?;
+    // "Connected" in status and metrics means: the verified sensor holds
+    // the current detection input (or its modes need none).
+    if holds {
+        sh.engine().sensor = Some(SensorInfo {
+            uid: peer.uid,
+            pid: peer.pid,
+            name: h.sensor.clone(),
+            modes: h.modes.clone(),
+            protocol_version: h.version,
+            connected_since_ms: WallMs::now().0,
+            stats: None,
+        });
+        sh.log_connected(&format!(
+            "adminalert: sensor {} connected (uid {}, pid {})",
+            h.sensor, peer.uid, peer.pid
+        ));
+    }
+    let clone = s.try_clone();
+    if let Ok(c) = &clone {
+        // A sensor that stops reading must not hold a writer (and the
+        // engine's callers) for long.
+        let tv = nix::sys::time::TimeVal::new(1, 0);
+        let _ = nix::sys::socket::setsockopt(c, sockopt::SendTimeout, &tv);
+    }
+    *lock(&sh.sensor_out) = clone.ok();
+    sh.notify_lifted();
+    Ok(())
+}
+
 // --- detection input (issue #13) ---
 
 /// After the Welcome: bind a fresh NFLOG group, switch the detection chain (for the modes
@@ -712,7 +782,7 @@ fn serve_sensor(sh: &Shared, mut s: Stream, peer: Peer) {
 /// need no detection input, or this kernel has none to give); `Err` only when the
 /// connection itself failed.
 fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
-    use crate::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
+    use crate::kernel::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
     if modes.iter().all(|m| m.is_basic()) {
         rebuild_detection(sh, Some(modes));
         return Ok(true);
@@ -831,15 +901,16 @@ fn rebuild_detection_locked(
         }
     };
     let socket = d.support.socket.is_ok();
-    let mut spec = crate::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
-        .with_tripwire(e.tripwire(), &e.never_block_addrs());
+    let mut spec =
+        crate::kernel::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
+            .with_tripwire(e.tripwire(), &e.never_block_addrs());
     spec.nflog_group = d.group;
     // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
     // reconnect loop must not become a loop of table transactions).
     if d.applied.as_ref() == Some(&spec) {
         return true;
     }
-    match crate::table::apply_detection(&d.cfg, &spec) {
+    match crate::kernel::table::apply_detection(&d.cfg, &spec) {
         Ok(()) => {
             d.applied = Some(spec);
             sh.served_resync.store(true, Ordering::Relaxed);
@@ -952,49 +1023,6 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                 let _ = write_frame(&mut s, &ControlResponse::Error("Hello first".into()));
                 return;
             }
-            (true, ControlRequest::Hello { .. }) => ControlResponse::Error("second Hello".into()),
-            (true, ControlRequest::Status) => {
-                ControlResponse::Status(Box::new(sh.engine().status(&sh.config_path)))
-            }
-            (true, ControlRequest::Blocked) => ControlResponse::Blocked(sh.engine().blocked()),
-            (true, ControlRequest::Metrics) => {
-                let snap = sh.engine().metrics_snapshot();
-                ControlResponse::Metrics(crate::metrics::render_live(snap))
-            }
-            (
-                true,
-                ControlRequest::Block {
-                    addr,
-                    duration_ms,
-                    origin,
-                },
-            ) => control_block(sh, peer, addr, duration_ms, origin, BlockMeta::default()),
-            (
-                true,
-                ControlRequest::BlockWith {
-                    addr,
-                    duration_ms,
-                    origin,
-                    meta,
-                },
-            ) => control_block(sh, peer, addr, duration_ms, origin, meta),
-            (true, ControlRequest::UnblockOrigin { addr, origin }) => {
-                let addr = canonical(addr);
-                let r = sh
-                    .engine()
-                    .unblock_origin(addr, &origin, peer, WallMs::now());
-                sh.notify_lifted();
-                let (was_blocked, other_origin, errors) = match r {
-                    Ok(errors) => (errors.is_some(), None, errors.unwrap_or_default()),
-                    Err(other) => (true, Some(other), Vec::new()),
-                };
-                ControlResponse::UnblockedOrigin {
-                    addr,
-                    was_blocked,
-                    other_origin,
-                    errors,
-                }
-            }
             (true, ControlRequest::Watch { from }) => {
                 let sub = sh.engine().watch.subscribe(from);
                 match sub {
@@ -1009,32 +1037,80 @@ fn serve_control(sh: &Shared, mut s: Stream, peer: Peer) {
                 }
                 return;
             }
-            (true, ControlRequest::Unblock { addr }) => {
-                let addr = canonical(addr);
-                let r = sh.engine().unblock(addr, peer, WallMs::now());
-                sh.notify_lifted();
-                ControlResponse::Unblocked {
-                    addr,
-                    was_blocked: r.is_some(),
-                    errors: r.unwrap_or_default(),
-                }
-            }
-            // sentryctl explain / unblock --all / ignore (engine/explain.rs).
-            (true, ControlRequest::Explain { addr }) => {
-                ControlResponse::Explain(Box::new(sh.engine().explain(canonical(addr))))
-            }
-            (true, ControlRequest::UnblockAll) => {
-                let (count, errors) = sh.engine().unblock_all(peer, WallMs::now());
-                sh.notify_lifted();
-                ControlResponse::UnblockedAll { count, errors }
-            }
-            (true, ControlRequest::Reload) => match reload(sh) {
-                Ok((entries, lifted)) => ControlResponse::Reloaded { entries, lifted },
-                Err(e) => ControlResponse::Error(format!("ignore list not reloaded: {e}")),
-            },
+            (true, req) => answer_control(sh, peer, req),
         };
         if send_control(&mut s, &resp).is_err() {
             return;
+        }
+    }
+}
+
+/// The answer to one request after the Hello. (A Watch takes the connection over and is
+/// served by [`serve_control`] itself.)
+fn answer_control(sh: &Shared, peer: Peer, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Hello { .. } => ControlResponse::Error("second Hello".into()),
+        ControlRequest::Status => {
+            ControlResponse::Status(Box::new(sh.engine().status(&sh.config_path)))
+        }
+        ControlRequest::Blocked => ControlResponse::Blocked(sh.engine().blocked()),
+        ControlRequest::Metrics => {
+            let snap = sh.engine().metrics_snapshot();
+            ControlResponse::Metrics(crate::control::metrics::render_live(snap))
+        }
+        ControlRequest::Block {
+            addr,
+            duration_ms,
+            origin,
+        } => control_block(sh, peer, addr, duration_ms, origin, BlockMeta::default()),
+        ControlRequest::BlockWith {
+            addr,
+            duration_ms,
+            origin,
+            meta,
+        } => control_block(sh, peer, addr, duration_ms, origin, meta),
+        ControlRequest::UnblockOrigin { addr, origin } => {
+            let addr = canonical(addr);
+            let r = sh
+                .engine()
+                .unblock_origin(addr, &origin, peer, WallMs::now());
+            sh.notify_lifted();
+            let (was_blocked, other_origin, errors) = match r {
+                Ok(errors) => (errors.is_some(), None, errors.unwrap_or_default()),
+                Err(other) => (true, Some(other), Vec::new()),
+            };
+            ControlResponse::UnblockedOrigin {
+                addr,
+                was_blocked,
+                other_origin,
+                errors,
+            }
+        }
+        ControlRequest::Unblock { addr } => {
+            let addr = canonical(addr);
+            let r = sh.engine().unblock(addr, peer, WallMs::now());
+            sh.notify_lifted();
+            ControlResponse::Unblocked {
+                addr,
+                was_blocked: r.is_some(),
+                errors: r.unwrap_or_default(),
+            }
+        }
+        // sentryctl explain / unblock --all / ignore (engine/explain.rs).
+        ControlRequest::Explain { addr } => {
+            ControlResponse::Explain(Box::new(sh.engine().explain(canonical(addr))))
+        }
+        ControlRequest::UnblockAll => {
+            let (count, errors) = sh.engine().unblock_all(peer, WallMs::now());
+            sh.notify_lifted();
+            ControlResponse::UnblockedAll { count, errors }
+        }
+        ControlRequest::Reload => match reload(sh) {
+            Ok((entries, lifted)) => ControlResponse::Reloaded { entries, lifted },
+            Err(e) => ControlResponse::Error(format!("ignore list not reloaded: {e}")),
+        },
+        ControlRequest::Watch { .. } => {
+            ControlResponse::Error("watch is served on its own connection".into())
         }
     }
 }
@@ -1044,7 +1120,7 @@ const WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stream decisions to a watch client until it leaves, falls behind (its bounded buffer
 /// overflowed: the engine dropped it and counted it) or a write stalls.
-fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::watch::Subscription) {
+fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::control::watch::Subscription) {
     use std::sync::mpsc::RecvTimeoutError;
     let tv =
         nix::sys::time::TimeVal::new(i64::try_from(WATCH_SEND_TIMEOUT.as_secs()).unwrap_or(5), 0);
@@ -1076,7 +1152,7 @@ fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::watch::Subscription) {
             Err(RecvTimeoutError::Disconnected) => {
                 let reason = format!(
                     "dropped: more than {} records buffered and not read (resume with --from {next})",
-                    crate::watch::CLIENT_BUFFER
+                    crate::control::watch::CLIENT_BUFFER
                 );
                 sh.log.warn(&format!("adminalert: watch client {reason}"));
                 let _ = send_control(&mut s, &ControlResponse::WatchEnd { reason });
@@ -1222,7 +1298,7 @@ fn spawn_conn(sh: &Arc<Shared>, mut s: Stream, sensor: bool) {
             if sensor {
                 // Block requests are latency-critical (the scanner is answered until the
                 // element is in); a short slice lets this thread preempt on wake-up.
-                if let Err(e) = crate::sys::set_sched_slice(SENSOR_THREAD_SLICE_NS) {
+                if let Err(e) = sentry_sched::set_sched_slice(SENSOR_THREAD_SLICE_NS) {
                     sh2.log.warn(&format!(
                         "adminalert: warning: cannot set a short scheduler slice: {e}"
                     ));
@@ -1313,8 +1389,12 @@ fn expiry_loop(sh: Arc<Shared>) {
         tick += 1;
         if let (Some(dir), 0) = (&metrics_dir, tick % METRICS_EVERY_S) {
             let snap = sh.engine().metrics_snapshot();
-            let text = crate::metrics::render_live(snap);
-            match crate::metrics::write_textfile(dir, crate::metrics::TEXTFILE, &text) {
+            let text = crate::control::metrics::render_live(snap);
+            match crate::control::metrics::write_textfile(
+                dir,
+                crate::control::metrics::TEXTFILE,
+                &text,
+            ) {
                 Ok(()) => last_metrics_error = None,
                 Err(e) => {
                     let why = format!(
@@ -1322,7 +1402,8 @@ fn expiry_loop(sh: Arc<Shared>) {
                         dir.display()
                     );
                     // Counted every time, logged when it starts or changes.
-                    sh.engine().count_error(crate::metrics::ErrorKind::Metrics);
+                    sh.engine()
+                        .count_error(crate::control::metrics::ErrorKind::Metrics);
                     if last_metrics_error.as_deref() != Some(why.as_str()) {
                         sh.log.err(&why);
                         last_metrics_error = Some(why);
@@ -1421,7 +1502,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
             }
             Ok(_) => {}
             Err(err) => {
-                e.error(crate::metrics::ErrorKind::Netlink, format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
+                e.error(crate::control::metrics::ErrorKind::Netlink, format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
                 return;
             }
         }
@@ -1433,7 +1514,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
 fn effects_loop(
     sh: Arc<Shared>,
     rx: std::sync::mpsc::Receiver<()>,
-    mut exec: crate::action::Executor,
+    mut exec: crate::effects::action::Executor,
     cfg: policy::Config,
 ) {
     while rx.recv().is_ok() {
@@ -1447,15 +1528,15 @@ fn effects_loop(
     }
 }
 
-/// RESTART_GRACE in the kernel: poll the served ports every [`crate::served::POLL`] and
+/// RESTART_GRACE in the kernel: poll the served ports every [`crate::kernel::served::POLL`] and
 /// write what changed. No engine lock: the sets are the poller's alone. A failure is said
 /// once (and its end once); until the table has its sets (no detection chain yet) writes
 /// fail with ENOENT, which is expected and retried quietly.
-fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
+fn served_loop(sh: Arc<Shared>, mut p: crate::kernel::served::Poller) {
     let mut failing: Option<String> = None;
     let mut over_said = false;
     loop {
-        std::thread::sleep(crate::served::POLL);
+        std::thread::sleep(crate::kernel::served::POLL);
         if sh.served_resync.swap(false, Ordering::Relaxed) {
             p.resync();
         }
@@ -1468,11 +1549,11 @@ fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
                 if r.over > 0 && !std::mem::replace(&mut over_said, true) {
                     sh.log.warn(&format!(
                         "adminalert: more than {} served sockets: the rest get no RESTART_GRACE in the kernel",
-                        crate::served::MAX_KEYS
+                        crate::kernel::served::MAX_KEYS
                     ));
                 }
             }
-            Err(crate::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
+            Err(crate::kernel::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
             Err(e) => {
                 let text = e.to_string();
                 if failing.as_deref() != Some(text.as_str()) {
@@ -1541,7 +1622,7 @@ fn recover_main(args: &Args) -> ExitCode {
             ));
         }
         let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
-        crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
+        crate::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
         crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
     })();
     match r {
@@ -1580,32 +1661,15 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     for w in &cfg.warnings {
         log.warn(&format!("adminalert: config: {w}"));
     }
-    let sensor = account(
-        format!("sensor user {}", args.sensor_user),
-        User::from_name(&args.sensor_user),
-    )?;
-    if sensor.uid.is_root() {
-        log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
-    }
-    let control_gid = match &cfg.control_group {
-        Some(g) => Some(account(format!("CONTROL_GROUP {g}"), Group::from_name(g))?.gid),
-        None => None,
-    };
-    // Signals are handled by one thread with sigwait; block them before threads exist.
-    let mut sigs = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-        sigs.add(s);
-    }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
-        .map_err(|e| EnforcerError::system("sigprocmask", e))?;
-
+    let (sensor, control_gid) = accounts(&args, &cfg, &log)?;
+    let sigs = block_signals()?;
     prepare_runtime_dir(&args.runtime_dir)?;
     // State (0700) and log (0750) directories, created when missing.
     for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
         log.notice(&format!("adminalert: {l}"));
     }
     // sentry's hosts.deny writers lock a file only root can open, never the deny file.
-    crate::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
+    crate::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -1618,6 +1682,182 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     };
     // The sensor check's thread keeps CAP_SYS_PTRACE for itself; it must start before
     // this thread gives it up below (capabilities are per thread).
+    let verifier = start_sensor_check(&args, &log, sensor.uid)?;
+    let keep = drop_capabilities(&cfg, &log)?;
+    let config_path = cfg.path.clone();
+    let detect = detection_input(&cfg, &args.state_dir, &log);
+    let support_ok = detect.support.nftables.is_ok();
+    let mut engine = open_engine(cfg, &args, &log).inspect_err(|_| {
+        let _ = std::fs::remove_file(&sensor_path);
+        let _ = std::fs::remove_file(&control_path);
+    })?;
+    log_started(&log, &engine, &keep, &config_path, sensor.uid);
+
+    let served = served_poller(engine.config(), support_ok, sensor.uid, &log);
+    let effects = effects_worker(&mut engine, &log)?;
+    let addr_fd = engine.addr_watch_fd();
+    // Subscribed after the engine built the table, so its own start-up is not news.
+    let table_watch = open_table_watch(engine.nft_portid(), &log);
+    let table_name = engine.config().nft_table.clone();
+    let table = (table_watch.as_ref()).map(|(w, _)| (w.poll_fd(), table_name));
+    let sh = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        log: Arc::clone(&log),
+        config_path,
+        sensor_uid: sensor.uid,
+        verifier,
+        control_gid,
+        sensor_busy: AtomicBool::new(false),
+        control_slots: Mutex::new(crate::control::slots::Slots::default()),
+        refusals: Mutex::new((0, 0)),
+        connect_lines: Mutex::new((0, 0, 0)),
+        sensor_out: Mutex::new(None),
+        sockets: vec![sensor_path, control_path],
+        detect: Mutex::new(detect),
+        watch: Mutex::new(table_watch),
+        served_resync: AtomicBool::new(false),
+    });
+    // The remembered modes' chain goes in now, before any sensor connects, so the
+    // kernel sees probes across an enforcer restart and while the sensor is down.
+    if lock(&sh.detect).modes.is_some() {
+        rebuild_detection(&sh, None);
+    }
+    let threads = Threads {
+        sigs,
+        effects,
+        served,
+        addr_fd,
+        table,
+        control_l,
+    };
+    start_threads(&sh, threads)?;
+    accept_loop(sh, sensor_l, true);
+    Ok(())
+}
+
+/// The sensor's user and CONTROL_GROUP's group, looked up before anything is bound.
+fn accounts(
+    args: &Args,
+    cfg: &policy::Config,
+    log: &Logger,
+) -> Result<(User, Option<Gid>), EnforcerError> {
+    let sensor = account(
+        format!("sensor user {}", args.sensor_user),
+        User::from_name(&args.sensor_user),
+    )?;
+    if sensor.uid.is_root() {
+        log.warn("adminalert: --sensor-user is root: the sensor socket is then open to any root process only, and the sensor is not privilege-separated");
+    }
+    let control_gid = match &cfg.control_group {
+        Some(g) => Some(account(format!("CONTROL_GROUP {g}"), Group::from_name(g))?.gid),
+        None => None,
+    };
+    Ok((sensor, control_gid))
+}
+
+/// Open the engine (state, audit log, backends, restored blocks) and check METRICS_DIR.
+fn open_engine(
+    cfg: policy::Config,
+    args: &Args,
+    log: &Arc<Logger>,
+) -> Result<Engine, EnforcerError> {
+    let engine = Engine::new(
+        cfg,
+        Options {
+            state_dir: args.state_dir.clone(),
+            refresh_own_addresses: true,
+            infra: Some(crate::infra::InfraPaths {
+                root: args.infra_root.clone(),
+            }),
+            boot_id_path: args.boot_id_file.clone(),
+            boot_id: args.boot_id.clone(),
+        },
+        Arc::clone(log),
+    )?;
+    if let Some(dir) = &engine.config().metrics_dir {
+        if let Err(e) = crate::control::metrics::check_dir(dir) {
+            log.err(&format!(
+                "adminalert: ERROR: METRICS_DIR {}: {e}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(engine)
+}
+
+/// The start line: version, config, blocks, capabilities, sensor and blocking.
+fn log_started(
+    log: &Logger,
+    engine: &Engine,
+    keep: &CapsHashSet,
+    config_path: &Path,
+    sensor_uid: Uid,
+) {
+    let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+    log.notice(&format!(
+        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
+        env!("CARGO_PKG_VERSION"),
+        config_path.display(),
+        engine.active_blocks(),
+        kept.join(","),
+        sensor_uid,
+        engine.blocking_in_effect()
+    ));
+}
+
+/// The effects worker's doorbell, executor and configuration: slow effects (KILL_*,
+/// hosts.deny) run in their own worker, off the decision path.
+fn effects_worker(engine: &mut Engine, log: &Arc<Logger>) -> Result<EffectsWorker, EnforcerError> {
+    let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
+    engine.enable_effects(doorbell);
+    let exec = effects_executor(engine.config(), log)?;
+    Ok((effects_rx, exec, engine.config().clone()))
+}
+
+/// What the effects thread runs with: its doorbell, its executor, the configuration.
+type EffectsWorker = (
+    std::sync::mpsc::Receiver<()>,
+    crate::effects::action::Executor,
+    policy::Config,
+);
+
+/// The effects worker's executor: commands and hosts.deny, and its own route socket
+/// for BLACKHOLE_ROUTE (the nftables element stays in the decision).
+fn effects_executor(
+    cfg: &policy::Config,
+    log: &Arc<Logger>,
+) -> Result<crate::effects::action::Executor, EnforcerError> {
+    Ok(crate::effects::action::Executor::new(
+        None,
+        match cfg.blackhole_route {
+            true => Some(
+                crate::kernel::netlink::NlSocket::route()
+                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
+            ),
+            false => None,
+        },
+        Arc::clone(log),
+    ))
+}
+
+/// Signals are handled by one thread with sigwait; block them before threads exist.
+fn block_signals() -> Result<SigSet, EnforcerError> {
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        sigs.add(s);
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
+        .map_err(|e| EnforcerError::system("sigprocmask", e))?;
+    Ok(sigs)
+}
+
+/// Start the thread that checks each connecting sensor's executable (and unit), and say
+/// which sensor gets the detection input.
+fn start_sensor_check(
+    args: &Args,
+    log: &Logger,
+    sensor_uid: Uid,
+) -> Result<crate::peercheck::Verifier, EnforcerError> {
     let want = crate::peercheck::Expected {
         exe: match &args.sensor_exe {
             Some(p) => p.clone(),
@@ -1641,22 +1881,30 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     let (verifier, warning) = crate::peercheck::Verifier::start(want)
         .map_err(|e| EnforcerError::system("cannot start the sensor check thread", e))?;
     if let Some(w) = warning {
-        if !sensor.uid.is_root() {
+        if !sensor_uid.is_root() {
             log.err(&format!("adminalert: ERROR: {w}"));
         }
     }
-    // CAP_NET_ADMIN whatever the configured actions are: the detection chain and the
-    // NFLOG binding need it.
+    Ok(verifier)
+}
+
+/// Keep CAP_NET_ADMIN whatever the configured actions are (the detection chain and the
+/// NFLOG binding need it), CAP_NET_RAW when an action needs it, and nothing else.
+fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, EnforcerError> {
     let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
-    if crate::action::needs_net_raw(&cfg) {
+    if crate::effects::action::needs_net_raw(cfg) {
         keep.insert(Capability::CAP_NET_RAW);
     }
     for w in confine(&keep)? {
         log.warn(&format!("adminalert: confinement: {w}"));
     }
-    let config_path = cfg.path.clone();
-    // --- detection input: what the kernel offers, said once at start.
-    let support = crate::table::probe_support(&cfg.nft_table);
+    Ok(keep)
+}
+
+/// The detection input: what the kernel offers (said once at start), the sensor modes
+/// recorded by the last run, and a fresh NFLOG group.
+fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Detect {
+    let support = crate::kernel::table::probe_support(&cfg.nft_table);
     match (&support.nftables, &support.socket) {
         (Err(e), _) => log.err(&format!(
             "adminalert: ERROR: nf_tables is missing or unusable ({e}): no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work"
@@ -1666,7 +1914,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         )),
         (Ok(()), Ok(())) => {}
     }
-    let modes = match load_modes(&args.state_dir) {
+    let modes = match load_modes(state_dir) {
         Ok(m) => m,
         Err(e) => {
             log.err(&format!(
@@ -1677,65 +1925,36 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     };
     // Start on a group nobody holds: a socket a sensor of an earlier run still has (or a
     // process it passed it to) keeps its group, which the chain then never copies to.
-    let group = match crate::capture::open_next(*crate::capture::GROUPS.end(), 0) {
+    let group = match crate::kernel::capture::open_next(*crate::kernel::capture::GROUPS.end(), 0) {
         Ok((g, fd)) => {
             drop(fd);
             g
         }
-        Err(_) => crate::capture::NFLOG_GROUP,
+        Err(_) => crate::kernel::capture::NFLOG_GROUP,
     };
-    let support_ok = support.nftables.is_ok();
-    let detect = Detect {
+    Detect {
         cfg: cfg.clone(),
         modes,
         support,
-        state_dir: args.state_dir.clone(),
+        state_dir: state_dir.to_path_buf(),
         applied: None,
         group,
         held: None,
-    };
-    // --- end detection input
-    let engine = Engine::new(
-        cfg,
-        Options {
-            state_dir: args.state_dir.clone(),
-            refresh_own_addresses: true,
-            infra: Some(crate::infra::InfraPaths {
-                root: args.infra_root.clone(),
-            }),
-            boot_id_path: args.boot_id_file.clone(),
-            boot_id: args.boot_id.clone(),
-        },
-        Arc::clone(&log),
-    )
-    .inspect_err(|_| {
-        let _ = std::fs::remove_file(&sensor_path);
-        let _ = std::fs::remove_file(&control_path);
-    })?;
-    if let Some(dir) = &engine.config().metrics_dir {
-        if let Err(e) = crate::metrics::check_dir(dir) {
-            log.err(&format!(
-                "adminalert: ERROR: METRICS_DIR {}: {e}",
-                dir.display()
-            ));
-        }
     }
-    let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
-    log.notice(&format!(
-        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
-        env!("CARGO_PKG_VERSION"),
-        config_path.display(),
-        engine.active_blocks(),
-        kept.join(","),
-        sensor.uid,
-        engine.blocking_in_effect()
-    ));
+}
 
-    // RESTART_GRACE: the served ports' poller, when the kernel has a table for its sets.
-    let served = match (engine.config().restart_grace, &support_ok) {
+/// RESTART_GRACE's poller of the served ports, unless the grace is 0 or the kernel has
+/// no table for its sets.
+fn served_poller(
+    cfg: &policy::Config,
+    support_ok: bool,
+    sensor_uid: Uid,
+    log: &Logger,
+) -> Option<crate::kernel::served::Poller> {
+    match (cfg.restart_grace, &support_ok) {
         (g, true) if !g.is_zero() => {
-            let skip = (!sensor.uid.is_root()).then(|| sensor.uid.as_raw());
-            match crate::served::Poller::open(&engine.config().nft_table, skip, g) {
+            let skip = (!sensor_uid.is_root()).then(|| sensor_uid.as_raw());
+            match crate::kernel::served::Poller::open(&cfg.nft_table, skip, g) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log.err(&format!(
@@ -1746,27 +1965,17 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
             }
         }
         _ => None,
-    };
-    // Slow effects (KILL_*, hosts.deny) run in their own worker, off the decision path.
-    let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
-    let mut engine = engine;
-    engine.enable_effects(doorbell);
-    let effects_exec = crate::action::Executor::new(
-        None,
-        match engine.config().blackhole_route {
-            true => Some(
-                crate::netlink::NlSocket::route()
-                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
-            ),
-            false => None,
-        },
-        Arc::clone(&log),
-    );
-    let effects_cfg = engine.config().clone();
-    let addr_fd = engine.addr_watch_fd();
-    // Subscribed after the engine built the table, so its own start-up is not news.
-    let table_watch = match engine.nft_portid() {
-        Some(own) => match crate::tablewatch::TableWatch::open() {
+    }
+}
+
+/// Watch the nftables table for changes by others, when the engine has a netlink
+/// socket of its own (`own_portid`, whose own changes are not news).
+fn open_table_watch(
+    own_portid: Option<u32>,
+    log: &Logger,
+) -> Option<(crate::kernel::tablewatch::TableWatch, u32)> {
+    match own_portid {
+        Some(own) => match crate::kernel::tablewatch::TableWatch::open() {
             Ok(w) => Some((w, own)),
             Err(e) => {
                 log.warn(&format!(
@@ -1776,39 +1985,38 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
             }
         },
         None => None,
-    };
-    let table_name = engine.config().nft_table.clone();
-    let watch_fd = table_watch.as_ref().map(|(w, _)| w.poll_fd());
-    let sh = Arc::new(Shared {
-        engine: Mutex::new(engine),
-        log: Arc::clone(&log),
-        config_path,
-        sensor_uid: sensor.uid,
-        verifier,
-        control_gid,
-        sensor_busy: AtomicBool::new(false),
-        control_slots: Mutex::new(crate::slots::Slots::default()),
-        refusals: Mutex::new((0, 0)),
-        connect_lines: Mutex::new((0, 0, 0)),
-        sensor_out: Mutex::new(None),
-        sockets: vec![sensor_path, control_path],
-        detect: Mutex::new(detect),
-        watch: Mutex::new(table_watch),
-        served_resync: AtomicBool::new(false),
-    });
-    // The remembered modes' chain goes in now, before any sensor connects, so the
-    // kernel sees probes across an enforcer restart and while the sensor is down.
-    if lock(&sh.detect).modes.is_some() {
-        rebuild_detection(&sh, None);
     }
+}
+
+/// What the daemon's threads (besides the sensor's accept loop) are started with.
+struct Threads {
+    sigs: SigSet,
+    effects: EffectsWorker,
+    served: Option<crate::kernel::served::Poller>,
+    addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
+    table: Option<(Arc<std::os::fd::OwnedFd>, String)>,
+    control_l: Listener,
+}
+
+/// Start the signal, expiry, effects, served-ports, address, table-watch and control
+/// threads.
+fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
     let spawn = |name: &str, f: Box<dyn FnOnce(Arc<Shared>) + Send>| {
-        let sh = Arc::clone(&sh);
+        let sh = Arc::clone(sh);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || f(sh))
             .map(drop)
             .map_err(|e| EnforcerError::system(format!("cannot start {name} thread"), e))
     };
+    let Threads {
+        sigs,
+        effects: (effects_rx, effects_exec, effects_cfg),
+        served,
+        addr_fd,
+        table,
+        control_l,
+    } = t;
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
     spawn(
@@ -1821,7 +2029,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     if let Some(fd) = addr_fd {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
-    if let Some(fd) = watch_fd {
+    if let Some((fd, table_name)) = table {
         spawn(
             "nftables",
             Box::new(move |sh| table_watch_loop(sh, fd, table_name)),
@@ -1831,7 +2039,6 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         "control",
         Box::new(move |sh| accept_loop(sh, control_l, false)),
     )?;
-    accept_loop(sh, sensor_l, true);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The judge: a checked block request and a snapshot of the enforcer's state go in, a
-//! verdict with a typed reason comes out. No I/O, no clock, no mutation, so every rule of
+//! The judge: a request (a checked sensor probe, or a control block with its origin) and
+//! a snapshot of the enforcer's state go in, a verdict with a typed reason (or with what
+//! the block covers and the evidence it spends) comes out. No I/O, no clock, no mutation, so every rule of
 //! the decision order is tested here without sockets or files, and an auditor reads the
 //! whole policy in one function ([`judge`]).
 //!
@@ -20,7 +21,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use policy::{BlockMode, Config, IgnoreList, NeverBlock, NeverBlockReason};
-use sentry_proto::{Decision, Protocol, ScanKind};
+use sentry_proto::{BlockRequest, Decision, Protocol, ScanKind};
 
 use crate::audit::Level;
 
@@ -99,6 +100,127 @@ pub fn prefix_share(block_rate: u32) -> usize {
     (block_rate as usize / 4).max(1)
 }
 
+/// What the judge is asked to decide on. A control block is not a probe and is no longer
+/// disguised as one: it has an address and an origin, nothing a sensor saw.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    /// A checked sensor request (or a kernel first hit standing for one): origin
+    /// [`Origin::Sensor`], evidence from what the sensor saw.
+    Probe(&'a BlockRequest),
+    /// `sentryctl block` or another control client (the fleet bridge): never
+    /// [`Origin::Sensor`] (the control server refuses that name).
+    Control { addr: IpAddr, origin: Origin },
+}
+
+impl Request<'_> {
+    /// The address the request is about.
+    pub fn source(&self) -> IpAddr {
+        match self {
+            Self::Probe(r) => r.source,
+            Self::Control { addr, .. } => *addr,
+        }
+    }
+
+    /// Who asked: the budgets drawn on are that origin's.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Self::Probe(_) => Origin::Sensor,
+            Self::Control { origin, .. } => *origin,
+        }
+    }
+
+    /// How hard the request is to forge. A control client's block is more than a single
+    /// probe: it cannot be forged with a packet.
+    pub fn evidence(&self) -> Evidence {
+        match self {
+            Self::Probe(r) => Evidence::of(r.scan, r.distinct_ports),
+            Self::Control { .. } => Evidence::Ports,
+        }
+    }
+
+    /// The response the configuration sets. BLOCK_TCP governs control blocks (as it did
+    /// when they were judged as TCP probes): an administrator who set BLOCK_TCP=0 or 2
+    /// gets the same from `sentryctl block` and the fleet as from the sensor's TCP scans.
+    fn mode(&self, cfg: &Config) -> BlockMode {
+        match self {
+            Self::Probe(r) => cfg.block_mode_for(r.scan),
+            Self::Control { .. } => cfg.block_tcp,
+        }
+    }
+
+    /// The protocol whose key is named in the reasons.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Self::Probe(r) => r.scan.protocol(),
+            Self::Control { .. } => Protocol::Tcp,
+        }
+    }
+
+    /// The configuration key that sets the response (BLOCK_TCP for a control block).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Probe(r) => block_key_for(r.scan),
+            Self::Control { .. } => block_key(Protocol::Tcp),
+        }
+    }
+
+    /// The probe kind, when there is one and it is of a kind PortSentry never reported.
+    fn other_scan(&self) -> Option<ScanKind> {
+        match self {
+            Self::Probe(r) if r.scan.is_other() => Some(r.scan),
+            _ => None,
+        }
+    }
+}
+
+/// What a block of one source covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The address, or the IPv6 network's address.
+    pub addr: IpAddr,
+    /// For an IPv6 network block: its BLOCK_PREFIX6 length.
+    pub prefix6: Option<u8>,
+}
+
+/// What a block of `source` covers: its BLOCK_PREFIX6 network for IPv6 (an IPv6 host owns
+/// a whole /64 and can take a new address from it per probe), unless that network holds
+/// something never blocked or on the ignore list; then the address alone.
+pub fn block_target(
+    cfg: &Config,
+    never: &NeverBlock,
+    ignore: &IgnoreList,
+    source: IpAddr,
+) -> Target {
+    let len = cfg.block_prefix6;
+    let single = Target {
+        addr: source,
+        prefix6: None,
+    };
+    match source {
+        IpAddr::V6(a) if len < 128 => {
+            if never.check_net6(a, len).is_some() || ignore.overlaps_net6(a, len) {
+                return single;
+            }
+            Target {
+                addr: IpAddr::V6(policy::mask6(a, len)),
+                prefix6: Some(len),
+            }
+        }
+        _ => single,
+    }
+}
+
+/// What the judge needs to know about a rate window ([`crate::engine::rate`]) for one
+/// request. Defined here, not by the window, so that the judge depends on nothing of the
+/// engine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub all: usize,
+    pub single_probe: usize,
+    /// Single-probe blocks in the source's /24 or /64.
+    pub same_prefix: usize,
+}
+
 /// What the judge looks at besides the request. Built by the engine for each decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -107,15 +229,11 @@ pub struct Facts<'a> {
     pub ignore: &'a IgnoreList,
     /// The source already has an active block.
     pub already_blocked: bool,
-    /// The request's evidence.
-    pub evidence: Evidence,
-    /// Who asked.
-    pub origin: Origin,
     /// The fleet's share in use.
     pub fleet: FleetUsage,
     /// Blocks (and commands) started in the last minute, for BLOCK_RATE: all of them, those
     /// on single-probe evidence, and those in the request source's /24 or /64.
-    pub started: crate::engine::rate::Usage,
+    pub started: Usage,
     /// The oldest single-probe block, which better evidence may evict at MAX_BLOCKS.
     pub weakest_block: Option<IpAddr>,
     /// Active blocks, for MAX_BLOCKS.
@@ -130,12 +248,22 @@ pub struct Facts<'a> {
 pub enum Verdict {
     /// Nothing is done; the reason says why.
     Unchanged(Unchanged),
-    /// BLOCK_* = 2: run KILL_RUN_CMD only.
-    RunCommand,
+    /// BLOCK_* = 2: run KILL_RUN_CMD only (it spends the origin's rate as `evidence`).
+    RunCommand { evidence: Evidence },
     /// Run every configured blocking action.
-    Block,
-    /// MAX_BLOCKS is reached: end this single-probe block, then block.
-    Evict(IpAddr),
+    Block(Blocking),
+    /// MAX_BLOCKS is reached: end block `victim` (single-probe or fleet), then block.
+    Evict { victim: IpAddr, block: Blocking },
+}
+
+/// What a block the judge allowed needs, decided once here so the engine does not
+/// derive it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    /// The request's evidence, which the origin's rate window records.
+    pub evidence: Evidence,
+    /// What the block covers (see [`block_target`]).
+    pub target: Target,
 }
 
 /// Why a request changes nothing.
@@ -304,11 +432,11 @@ impl fmt::Display for Unchanged {
     }
 }
 
-/// Decide on a request for `source`, a probe of kind `scan` (whose protocol is
-/// `scan.protocol()`; validation checked that the request's protocol agrees).
-pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
+/// Decide on `req` (a probe's protocol is `scan.protocol()`; validation checked that the
+/// request's protocol agrees).
+pub fn judge(req: Request<'_>, f: &Facts<'_>) -> Verdict {
     use Verdict::Unchanged as No;
-    let protocol = scan.protocol();
+    let (source, protocol, evidence) = (req.source(), req.protocol(), req.evidence());
     if let Some(why) = f.never.check(source) {
         return No(Unchanged::NeverBlock(why));
     }
@@ -318,8 +446,8 @@ pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
     // The kinds PortSentry never reported answer to BLOCK_OTHER_SCANS alone (an ACK probe
     // with BLOCK_TCP=1 is still only logged by default); with the key set they go through
     // every rule below like any other probe, rate limits and MAX_BLOCKS included.
-    let mode = f.cfg.block_mode_for(scan);
-    if mode == BlockMode::LogOnly && scan.is_other() {
+    let mode = req.mode(f.cfg);
+    if let (BlockMode::LogOnly, Some(scan)) = (mode, req.other_scan()) {
         return No(Unchanged::OtherScan(scan));
     }
     if mode == BlockMode::LogOnly {
@@ -328,12 +456,12 @@ pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
     if mode == BlockMode::Block && f.already_blocked {
         return No(Unchanged::AlreadyBlocked);
     }
-    if let Some(no) = over_budget(f) {
+    if let Some(no) = over_budget(req.origin(), evidence, f) {
         return No(no);
     }
     if mode == BlockMode::CommandOnly {
         return if f.cfg.kill_run_cmd.is_some() {
-            Verdict::RunCommand
+            Verdict::RunCommand { evidence }
         } else {
             No(Unchanged::NoCommand(protocol))
         };
@@ -341,22 +469,26 @@ pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
     if !f.blocking_configured && f.cfg.kill_run_cmd.is_none() {
         return No(Unchanged::NoAction(protocol));
     }
+    let block = Blocking {
+        evidence,
+        target: block_target(f.cfg, f.never, f.ignore, source),
+    };
     if f.active_blocks >= f.cfg.max_blocks as usize {
         // Only local evidence of more than one probe evicts: the oldest single-probe
         // block first, else the oldest fleet block (a compromised fleet can then fill
         // at most its own share, never lock local blocking out).
-        let victim = match (f.origin, f.evidence) {
+        let victim = match (req.origin(), evidence) {
             (Origin::Sensor, e) if e > Evidence::SingleProbe => f.weakest_block.or(f.fleet.oldest),
             _ => None,
         };
         return match victim {
-            Some(v) => Verdict::Evict(v),
+            Some(victim) => Verdict::Evict { victim, block },
             None => No(Unchanged::Capped {
                 max: f.cfg.max_blocks,
             }),
         };
     }
-    Verdict::Block
+    Verdict::Block(block)
 }
 
 /// The rate budgets of the request's origin. A source with more evidence than one probe
@@ -364,8 +496,8 @@ pub fn judge(source: IpAddr, scan: ScanKind, f: &Facts<'_>) -> Verdict {
 /// for one packet each) may spend at most half of it, so what forgers spend never refuses
 /// a real scanner; the per-prefix share bounds single-probe blocks in one /24 or /64 and
 /// counts nothing else.
-fn over_budget(f: &Facts<'_>) -> Option<Unchanged> {
-    match f.origin {
+fn over_budget(origin: Origin, evidence: Evidence, f: &Facts<'_>) -> Option<Unchanged> {
+    match origin {
         Origin::Manual => None,
         Origin::Fleet => {
             let (rate, cap) = (f.cfg.fleet_block_rate, f.cfg.fleet_cap());
@@ -379,7 +511,7 @@ fn over_budget(f: &Facts<'_>) -> Option<Unchanged> {
         }
         Origin::Sensor => {
             let rate = f.cfg.block_rate;
-            let single = f.evidence == Evidence::SingleProbe;
+            let single = evidence == Evidence::SingleProbe;
             if f.started.all >= rate as usize {
                 Some(Unchanged::RateLimited { per_minute: rate })
             } else if single && f.started.single_probe >= single_probe_share(rate) {
@@ -426,6 +558,30 @@ mod tests {
     }
 
     impl World {
+        /// The verdict that blocks `src` (an IPv4 address: the address alone) with the
+        /// world's evidence (a control block's is more than one probe).
+        fn block(&self, src: &str) -> Verdict {
+            Verdict::Block(self.blocking(src))
+        }
+        fn evict(&self, victim: IpAddr, src: &str) -> Verdict {
+            Verdict::Evict {
+                victim,
+                block: self.blocking(src),
+            }
+        }
+        fn blocking(&self, src: &str) -> Blocking {
+            let evidence = match self.origin {
+                Origin::Sensor => self.evidence,
+                _ => Evidence::Ports,
+            };
+            Blocking {
+                evidence,
+                target: Target {
+                    addr: src.parse().unwrap(),
+                    prefix6: None,
+                },
+            }
+        }
         fn new(text: &str) -> Self {
             let cfg = cfg(text);
             Self {
@@ -453,17 +609,44 @@ mod tests {
             };
             self.judge_scan(src, scan)
         }
-        fn judge_scan(&self, src: &str, scan: ScanKind) -> Verdict {
-            judge(
-                src.parse().unwrap(),
+        /// The request the world's origin and evidence stand for: a sensor's probe (a
+        /// connect for a handshake, two ports for more than one probe), or a control block.
+        fn probe(&self, src: &str, scan: ScanKind) -> BlockRequest {
+            let (scan, distinct_ports) = match self.evidence {
+                Evidence::SingleProbe => (scan, 1),
+                Evidence::Ports => (scan, 2),
+                Evidence::Handshake => (ScanKind::Connect, 1),
+            };
+            BlockRequest {
+                seq: 1,
+                source: src.parse().unwrap(),
+                protocol: scan.protocol(),
+                port: 22,
                 scan,
+                mode: sentry_proto::Mode::Stcp,
+                distinct_ports,
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+                ip_options: false,
+            }
+        }
+        fn judge_scan(&self, src: &str, scan: ScanKind) -> Verdict {
+            let probe = self.probe(src, scan);
+            let req = match self.origin {
+                Origin::Sensor => Request::Probe(&probe),
+                origin => Request::Control {
+                    addr: probe.source,
+                    origin,
+                },
+            };
+            judge(
+                req,
                 &Facts {
                     cfg: &self.cfg,
                     never: &self.never,
                     ignore: &self.ignore,
                     already_blocked: self.already,
-                    evidence: self.evidence,
-                    started: crate::engine::rate::Usage {
+                    started: Usage {
                         all: self.started,
                         single_probe: self.singles,
                         same_prefix: self.same_prefix,
@@ -471,7 +654,6 @@ mod tests {
                     weakest_block: self.weakest,
                     active_blocks: self.active,
                     blocking_configured: self.blocking,
-                    origin: self.origin,
                     fleet: self.fleet,
                 },
             )
@@ -500,7 +682,7 @@ mod tests {
             w.judge("192.0.2.1", Protocol::Udp),
             no(Unchanged::LogOnly(Protocol::Udp))
         );
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), w.block("192.0.2.1"));
         w.already = true;
         assert_eq!(
             w.judge("192.0.2.1", Protocol::Tcp),
@@ -533,11 +715,11 @@ mod tests {
         );
         // A many-port source still gets in, up to BLOCK_RATE...
         w.evidence = Evidence::Ports;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), w.block("192.0.2.1"));
         // ... also when forgers spent its /24's single-probe quarter (they forged one
         // SYN from each neighbour of the scanner).
         w.same_prefix = 2;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), w.block("192.0.2.1"));
         // A single probe from that /24 is refused by the prefix's share.
         w.evidence = Evidence::SingleProbe;
         w.singles = 0;
@@ -561,9 +743,15 @@ mod tests {
         let weak: IpAddr = "198.51.100.200".parse().unwrap();
         w.weakest = Some(weak);
         w.evidence = Evidence::Ports;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Evict(weak));
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            w.evict(weak, "192.0.2.1")
+        );
         w.evidence = Evidence::Handshake;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Evict(weak));
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            w.evict(weak, "192.0.2.1")
+        );
         // A single probe never evicts anything.
         w.evidence = Evidence::SingleProbe;
         assert_eq!(
@@ -591,7 +779,7 @@ mod tests {
         // The sensor's budgets spent do not refuse the fleet, and the other way round.
         w.origin = Origin::Fleet;
         w.started = 8;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), w.block("192.0.2.1"));
         w.started = 0;
         w.fleet = FleetUsage {
             active: 0,
@@ -603,7 +791,7 @@ mod tests {
             Verdict::Unchanged(Unchanged::FleetRate { per_minute: 3 })
         );
         w.origin = Origin::Sensor;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), w.block("192.0.2.1"));
         // The fleet filled the table: it cannot evict, a local many-port scanner can.
         w.active = 4;
         w.fleet = FleetUsage {
@@ -617,7 +805,10 @@ mod tests {
             Verdict::Unchanged(Unchanged::FleetCapped { max: 4 })
         );
         w.origin = Origin::Sensor;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Evict(old));
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            w.evict(old, "192.0.2.1")
+        );
         w.evidence = Evidence::SingleProbe;
         assert_eq!(
             w.judge("192.0.2.1", Protocol::Tcp),
@@ -628,7 +819,7 @@ mod tests {
         w.evidence = Evidence::Ports;
         w.started = 8;
         w.active = 3;
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::Block);
+        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), w.block("192.0.2.1"));
         w.active = 4;
         assert_eq!(
             w.judge("192.0.2.1", Protocol::Tcp),
@@ -642,7 +833,12 @@ mod tests {
     #[test]
     fn command_only_and_nothing_configured() {
         let mut w = World::new("BLOCK_TCP=\"2\"\nKILL_RUN_CMD=\"/bin/true $TARGET$\"\n");
-        assert_eq!(w.judge("192.0.2.1", Protocol::Tcp), Verdict::RunCommand);
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Tcp),
+            Verdict::RunCommand {
+                evidence: Evidence::Ports
+            }
+        );
         // The configuration check refuses this combination; the judge still answers it.
         w.cfg.kill_run_cmd = None;
         assert_eq!(
@@ -653,6 +849,32 @@ mod tests {
         w.blocking = false;
         let v = w.judge("192.0.2.1", Protocol::Tcp);
         assert_eq!(v, Verdict::Unchanged(Unchanged::NoAction(Protocol::Tcp)));
+    }
+
+    /// A control block has no probe whose key could apply: BLOCK_TCP governs it. The
+    /// verdict carries what the block covers: an IPv6 source's BLOCK_PREFIX6 network.
+    #[test]
+    fn control_blocks_answer_to_block_tcp_and_the_verdict_carries_the_target() {
+        let mut w = World::new("BLOCK_TCP=\"0\"\nBLOCK_UDP=\"1\"\n");
+        w.origin = Origin::Fleet;
+        assert_eq!(
+            w.judge("192.0.2.1", Protocol::Udp),
+            Verdict::Unchanged(Unchanged::LogOnly(Protocol::Tcp))
+        );
+        let mut w = World::new("BLOCK_TCP=\"1\"\nBLOCK_PREFIX6=\"64\"\n");
+        w.origin = Origin::Manual;
+        w.evidence = Evidence::SingleProbe;
+        let expected = Blocking {
+            evidence: Evidence::Ports,
+            target: Target {
+                addr: "2001:db8:1:2::".parse().unwrap(),
+                prefix6: Some(64),
+            },
+        };
+        assert_eq!(
+            w.judge("2001:db8:1:2::9", Protocol::Tcp),
+            Verdict::Block(expected)
+        );
     }
 
     /// ACK-family, IP-protocol and SCTP INIT probes are log_only unless BLOCK_OTHER_SCANS=1,
@@ -680,10 +902,13 @@ mod tests {
             w.judge_scan("127.0.0.1", ScanKind::Ack),
             Verdict::Unchanged(Unchanged::NeverBlock(NeverBlockReason::Loopback))
         );
-        assert_eq!(w.judge_scan("192.0.2.1", ScanKind::Syn), Verdict::Block);
+        assert_eq!(
+            w.judge_scan("192.0.2.1", ScanKind::Syn),
+            w.block("192.0.2.1")
+        );
         let mut w = World::new("BLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\"\nBLOCK_OTHER_SCANS=\"1\"\n");
         for k in others {
-            assert_eq!(w.judge_scan("192.0.2.1", k), Verdict::Block, "{k}");
+            assert_eq!(w.judge_scan("192.0.2.1", k), w.block("192.0.2.1"), "{k}");
         }
         assert_eq!(
             w.judge_scan("192.0.2.1", ScanKind::Fin),

@@ -15,22 +15,22 @@
 //! * [`judge`] — the decision order, pure: request + state snapshot in, verdict out.
 //! * [`engine`] — owns the state; per decision: judge, act, persist, audit; restore,
 //!   expiry and status in its submodules.
-//! * [`action`] — typed actions (`Nft`, `Route`, `HostsDeny`, `Command`) and the
+//! * [`effects::action`] — typed actions (`Nft`, `Route`, `HostsDeny`, `Command`) and the
 //!   executor that runs them and records their outcomes.
-//! * [`table`] — the nftables table's layout, built in one transaction at start, and
+//! * [`kernel::table`] — the nftables table's layout, built in one transaction at start, and
 //!   the detection chain in the input path, rebuilt whenever a sensor announces its modes;
-//!   [`tablewatch`] notices when another process deletes or flushes it.
-//! * [`capture`] — the NFLOG socket the enforcer binds and hands to the sensor.
+//!   [`kernel::tablewatch`] notices when another process deletes or flushes it.
+//! * [`kernel::capture`] — the NFLOG socket the enforcer binds and hands to the sensor.
 //! * [`error`], [`time`] — the one error type; wall-clock newtypes.
 //! * [`dirs`] — the state and log directories, created at start with safe modes.
-//! * [`exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
+//! * [`effects::exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
 //! * [`infra`] — default gateways, nameservers, point-to-point peers and DHCP servers
 //!   (never blocked), kept current from rtnetlink notifications and file changes.
-//! * [`hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
-//! * [`netlink`] — nftables set elements and blackhole routes over netlink (written here:
+//! * [`effects::hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
+//! * [`kernel::netlink`] — nftables set elements and blackhole routes over netlink (written here:
 //!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0);
-//!   `nl` holds the netlink plumbing it shares with [`infra`], [`tablewatch`] and
-//!   [`capture`] (builder, checked splitters, sockets).
+//!   `kernel::nl` holds the netlink plumbing it shares with [`infra`], [`kernel::tablewatch`] and
+//!   [`kernel::capture`] (builder, checked splitters, sockets).
 //! * [`store`] — snapshot + fdatasync'd journal in the state directory, one CRC-32 per
 //!   record; damaged or newer state is refused with its place named.
 //! * [`recover`] — `--recover`: rebuild the state from what still verifies,
@@ -38,33 +38,35 @@
 //! * [`audit`] — JSON-lines audit log and syslog/stderr lines in PortSentry's wording.
 //! * [`budget`] — AUDIT_RATE: per-second bound on records and log lines of decisions
 //!   that changed nothing, with one summary per kind for the rest.
-//! * `sys` — the only unsafe code: closing inherited descriptors.
+//! * `sys` — the crate's only unsafe code: closing inherited descriptors, peer groups and
+//!   pidfds, poll (`sched_setattr`, shared with the sensor, is in the `sentry-sched` crate).
+//!
+//! Files are grouped by role: `kernel/` (nftables, netlink, NFLOG, the table watch,
+//! served ports), `effects/` (actions, kill commands, hosts.deny), `control/` (watch
+//! stream, slots, metrics), `engine/` (state per decision); the rest (daemon, session,
+//! peer check, judge, store, audit, budget, infra, recover) at the top.
 #![deny(unsafe_code)]
 
-pub mod action;
 pub mod audit;
 pub mod budget;
-pub mod capture;
+pub mod control;
 pub mod daemon;
 pub mod dirs;
+pub mod effects;
 pub mod engine;
 pub mod error;
-pub mod exec;
-pub mod hostsdeny;
 pub mod infra;
 pub mod judge;
-pub mod metrics;
-pub mod netlink;
-mod nl;
+pub mod kernel;
 pub mod peercheck;
 pub mod recover;
-pub mod served;
 pub mod session;
-pub mod slots;
 pub mod store;
 #[allow(unsafe_code)]
 mod sys;
-pub mod table;
-pub mod tablewatch;
 pub mod time;
-pub mod watch;
+
+// The paths tests/, the fuzz targets and the benches use (sentry_enforcer::table, ...),
+// kept as they were before the files moved into their role folders.
+pub use effects::{action, hostsdeny};
+pub use kernel::{capture, netlink, served, table};

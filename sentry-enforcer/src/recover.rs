@@ -24,7 +24,7 @@ use std::path::Path;
 use policy::{Config, Firewall};
 use sentry_proto::{Mode, Protocol, ScanKind};
 
-use crate::hostsdeny;
+use crate::effects::hostsdeny;
 use crate::store::{self, BlockRecord};
 
 /// Largest BLOCKED_FILE read.
@@ -62,9 +62,9 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
             .map(|t| since_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         nft: cfg.firewall == Firewall::Nftables,
         blackhole: cfg.blackhole_route,
-        hosts_deny_line: crate::action::hosts_deny_line(
+        hosts_deny_line: crate::effects::action::hosts_deny_line(
             cfg,
-            &crate::action::Subject {
+            &crate::effects::action::Subject {
                 addr,
                 port,
                 protocol: proto,
@@ -117,54 +117,11 @@ pub fn recover(cfg: &Config, state_dir: &Path, now_s: u64) -> Result<Report, Str
     let mut blocks: HashMap<IpAddr, BlockRecord> = s.blocks;
 
     if let Some(path) = &cfg.blocked_file {
-        match read_blocked_file(path)? {
-            Some(text) => {
-                let (mut added, mut bad) = (0, 0);
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    match policy::logfmt::parse_history_line(line) {
-                        Some((t, addr, port, proto)) => {
-                            if let std::collections::hash_map::Entry::Vacant(v) = blocks.entry(addr)
-                            {
-                                v.insert(new_record(cfg, addr, t, port, proto));
-                                added += 1;
-                            }
-                        }
-                        None => bad += 1,
-                    }
-                }
-                r.lines.push(format!(
-                    "{}: {added} more blocks, {bad} lines not understood",
-                    path.display()
-                ));
-            }
-            None => r.lines.push(format!("{}: not there", path.display())),
-        }
+        r.lines.push(from_blocked_file(cfg, path, &mut blocks)?);
     }
 
     if cfg.uses_hosts_deny() && cfg.hosts_deny_file.exists() {
-        let marked = hostsdeny::marked_entries(&cfg.hosts_deny_file).map_err(|e| e.to_string())?;
-        let (mut added, mut lines) = (0, 0);
-        for (addr, when, line) in marked {
-            match blocks.get_mut(&addr) {
-                Some(b) => {
-                    if b.hosts_deny_line.as_deref() != Some(line.as_str()) {
-                        b.hosts_deny_line = Some(line);
-                        b.hosts_deny_legacy = false;
-                        lines += 1;
-                    }
-                }
-                None => {
-                    let mut b = new_record(cfg, addr, when, 0, Protocol::Tcp);
-                    b.hosts_deny_line = Some(line);
-                    blocks.insert(addr, b);
-                    added += 1;
-                }
-            }
-        }
-        r.lines.push(format!(
-            "{}: {added} more blocks from sentry's markers, {lines} deny lines re-attached",
-            cfg.hosts_deny_file.display()
-        ));
+        r.lines.push(from_hosts_deny(cfg, &mut blocks)?);
     }
 
     let moved = store::rebuild(state_dir, &blocks, &format!("damaged-{now_s}"))
@@ -178,6 +135,66 @@ pub fn recover(cfg: &Config, state_dir: &Path, now_s: u64) -> Result<Report, Str
         r.blocks
     ));
     Ok(r)
+}
+
+/// Add the blocks of BLOCKED_FILE that the state does not have; the report line.
+fn from_blocked_file(
+    cfg: &Config,
+    path: &Path,
+    blocks: &mut HashMap<IpAddr, BlockRecord>,
+) -> Result<String, String> {
+    Ok(match read_blocked_file(path)? {
+        Some(text) => {
+            let (mut added, mut bad) = (0, 0);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match policy::logfmt::parse_history_line(line) {
+                    Some((t, addr, port, proto)) => {
+                        if let std::collections::hash_map::Entry::Vacant(v) = blocks.entry(addr) {
+                            v.insert(new_record(cfg, addr, t, port, proto));
+                            added += 1;
+                        }
+                    }
+                    None => bad += 1,
+                }
+            }
+            format!(
+                "{}: {added} more blocks, {bad} lines not understood",
+                path.display()
+            )
+        }
+        None => format!("{}: not there", path.display()),
+    })
+}
+
+/// Re-attach sentry's marked hosts.deny lines to their blocks, adding the blocks the
+/// state lost; the report line.
+fn from_hosts_deny(
+    cfg: &Config,
+    blocks: &mut HashMap<IpAddr, BlockRecord>,
+) -> Result<String, String> {
+    let marked = hostsdeny::marked_entries(&cfg.hosts_deny_file).map_err(|e| e.to_string())?;
+    let (mut added, mut lines) = (0, 0);
+    for (addr, when, line) in marked {
+        match blocks.get_mut(&addr) {
+            Some(b) => {
+                if b.hosts_deny_line.as_deref() != Some(line.as_str()) {
+                    b.hosts_deny_line = Some(line);
+                    b.hosts_deny_legacy = false;
+                    lines += 1;
+                }
+            }
+            None => {
+                let mut b = new_record(cfg, addr, when, 0, Protocol::Tcp);
+                b.hosts_deny_line = Some(line);
+                blocks.insert(addr, b);
+                added += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "{}: {added} more blocks from sentry's markers, {lines} deny lines re-attached",
+        cfg.hosts_deny_file.display()
+    ))
 }
 
 #[cfg(test)]

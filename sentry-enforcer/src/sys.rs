@@ -1,4 +1,5 @@
-//! The only unsafe code in the enforcer.
+//! The only unsafe code in the enforcer crate (its one call shared with the sensor,
+//! `sched_setattr(2)`, is in the `sentry-sched` crate).
 
 /// Close every file descriptor above stderr that was inherited from whoever started us
 /// (a leaked descriptor to a privileged file or socket must not reach kill commands).
@@ -89,62 +90,6 @@ pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
     // caller's borrow for the duration of the call.
     let r = unsafe { libc::poll(&mut p, 1, -1) };
     if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `struct sched_attr` (SCHED_ATTR_SIZE_VER0).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct SchedAttr {
-    size: u32,
-    sched_policy: u32,
-    sched_flags: u64,
-    sched_nice: i32,
-    sched_priority: u32,
-    sched_runtime: u64,
-    sched_deadline: u64,
-    sched_period: u64,
-}
-
-/// Ask the fair scheduler (EEVDF, Linux 6.12+) for a time slice of `slice_ns` for the
-/// calling thread, keeping its policy and nice value: woken by a block request, the thread
-/// may then preempt a busy task instead of waiting up to a tick for its turn (it gets no
-/// more CPU time in total). Threads do not inherit it. (The sensor has the same call in its
-/// own `sys` module: each crate keeps its unsafe code in one place.)
-pub fn set_sched_slice(slice_ns: u64) -> std::io::Result<()> {
-    let size = u32::try_from(std::mem::size_of::<SchedAttr>())
-        .map_err(|_| std::io::Error::other("size"))?;
-    let mut attr = SchedAttr {
-        size,
-        ..SchedAttr::default()
-    };
-    // SAFETY: sched_getattr(0, &attr, size, 0) writes at most `size` bytes into `attr`,
-    // a live, exclusively borrowed SchedAttr of exactly that size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            &mut attr as *mut SchedAttr,
-            size,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if attr.sched_policy != 0 {
-        // Not SCHED_OTHER (the administrator chose another policy): leave it alone.
-        return Ok(());
-    }
-    attr.size = size;
-    attr.sched_runtime = slice_ns;
-    attr.sched_flags = 0;
-    // SAFETY: sched_setattr(0, &attr, 0) only reads `attr`, a live, initialised
-    // SchedAttr whose `size` field is its exact size.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

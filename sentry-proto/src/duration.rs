@@ -76,32 +76,15 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
     let mut total: u128 = 0;
     while i < b.len() {
         let start = i;
-        let mut int: u128 = 0;
-        while i < b.len() && b[i].is_ascii_digit() {
-            int = int
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u128::from(b[i] - b'0')))
-                .ok_or(DurationError::Overflow)?;
-            i += 1;
-        }
-        let int_digits = i - start;
-        // Fraction: digits after the point, kept to nanosecond precision of the unit.
-        let mut frac: u128 = 0;
-        let mut frac_scale: u128 = 1;
-        let mut frac_digits = 0;
-        if i < b.len() && b[i] == b'.' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_digit() {
-                // 18 digits are more than any unit's nanoseconds need; the rest are
-                // read and ignored (truncated, as Go does).
-                if frac_digits < 18 {
-                    frac = frac * 10 + u128::from(b[i] - b'0');
-                    frac_scale *= 10;
-                }
-                frac_digits += 1;
-                i += 1;
-            }
-        }
+        let Number {
+            int,
+            frac,
+            frac_scale,
+            int_digits,
+            frac_digits,
+            end,
+        } = number(b, i)?;
+        i = end;
         if int_digits == 0 && frac_digits == 0 {
             return Err(DurationError::Syntax {
                 at: start,
@@ -140,6 +123,56 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
     }
     let ns = u64::try_from(total).map_err(|_| DurationError::Overflow)?;
     Ok(Duration::from_nanos(ns))
+}
+
+/// A number in a duration: integer part, fraction (`frac / frac_scale`) and how many
+/// digits each had; `end` is where its unit starts.
+struct Number {
+    int: u128,
+    frac: u128,
+    frac_scale: u128,
+    int_digits: usize,
+    frac_digits: usize,
+    end: usize,
+}
+
+/// Read the number at `b[i..]` (`digits[.digits]`, either part may be empty).
+fn number(b: &[u8], mut i: usize) -> Result<Number, DurationError> {
+    let start = i;
+    let mut int: u128 = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        int = int
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u128::from(b[i] - b'0')))
+            .ok_or(DurationError::Overflow)?;
+        i += 1;
+    }
+    let int_digits = i - start;
+    // Fraction: digits after the point, kept to nanosecond precision of the unit.
+    let mut frac: u128 = 0;
+    let mut frac_scale: u128 = 1;
+    let mut frac_digits = 0;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            // 18 digits are more than any unit's nanoseconds need; the rest are
+            // read and ignored (truncated, as Go does).
+            if frac_digits < 18 {
+                frac = frac * 10 + u128::from(b[i] - b'0');
+                frac_scale *= 10;
+            }
+            frac_digits += 1;
+            i += 1;
+        }
+    }
+    Ok(Number {
+        int,
+        frac,
+        frac_scale,
+        int_digits,
+        frac_digits,
+        end: i,
+    })
 }
 
 /// A duration in Go's notation, whole seconds (`4h0m0s` is written `4h`, `90m` as

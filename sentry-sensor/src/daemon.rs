@@ -220,7 +220,7 @@ fn run(args: Args) -> i32 {
 
     // A short scheduler slice: woken by a probe, the sensor may preempt a busy task
     // instead of waiting up to a tick for its turn.
-    if let Err(e) = sys::set_sched_slice(SCHED_SLICE_NS) {
+    if let Err(e) = sentry_sched::set_sched_slice(SCHED_SLICE_NS) {
         log.notice(&format!(
             "adminalert: warning: cannot set a {} us scheduler slice: {e}",
             SCHED_SLICE_NS / 1000

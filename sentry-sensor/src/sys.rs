@@ -1,6 +1,6 @@
 //! The only module with `unsafe`: raw system calls that neither std nor a safe wrapper
 //! offers — datagram reads that report truncation, taking ownership of descriptors
-//! received with SCM_RIGHTS, `ppoll(2)`, `sched_setattr(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with
+//! received with SCM_RIGHTS, `ppoll(2)`, `prctl(PR_SET_NO_NEW_PRIVS)`, and sockets with
 //! IPV6_V6ONLY/SO_REUSEADDR set before `bind`. Every block states why it is sound.
 
 use std::io;
@@ -227,59 +227,4 @@ pub fn sock_diag_socket(timeout_ms: u32) -> io::Result<std::fs::File> {
     };
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
     Ok(std::fs::File::from(fd))
-}
-
-/// `struct sched_attr` (SCHED_ATTR_SIZE_VER0).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct SchedAttr {
-    size: u32,
-    sched_policy: u32,
-    sched_flags: u64,
-    sched_nice: i32,
-    sched_priority: u32,
-    sched_runtime: u64,
-    sched_deadline: u64,
-    sched_period: u64,
-}
-
-/// Ask the fair scheduler (EEVDF, Linux 6.12+) for a time slice of `slice_ns` for this
-/// thread, keeping its policy and nice value. A task with a shorter slice than the one
-/// running may preempt it on wake-up instead of waiting for that task's slice (up to a
-/// tick, 4 ms at HZ=250) to run out; it gets no more CPU time in total. Needs no
-/// privilege. Older kernels ignore the value for normal tasks.
-pub fn set_sched_slice(slice_ns: u64) -> io::Result<()> {
-    let size = u32::try_from(size_of::<SchedAttr>()).map_err(|_| io::Error::other("size"))?;
-    let mut attr = SchedAttr {
-        size,
-        ..SchedAttr::default()
-    };
-    // SAFETY: sched_getattr(0, &attr, size, 0) writes at most `size` bytes into `attr`,
-    // a live, exclusively borrowed SchedAttr of exactly that size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            &mut attr as *mut SchedAttr,
-            size,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if attr.sched_policy != 0 {
-        // Not SCHED_OTHER (the administrator chose another policy): leave it alone.
-        return Ok(());
-    }
-    attr.size = size;
-    attr.sched_runtime = slice_ns;
-    attr.sched_flags = 0;
-    // SAFETY: sched_setattr(0, &attr, 0) only reads `attr`, a live, initialised
-    // SchedAttr whose `size` field is its exact size.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

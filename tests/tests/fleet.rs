@@ -1194,6 +1194,18 @@ fn the_readme_fleet_steps_work_with_the_shipped_files() {
         || fleet_record(&a, scanner, AuditDecision::AlreadyBlocked).is_some(),
     );
 
+    // A's bridge must have pulled the decision too before it is deleted: one it never saw
+    // arrive looks ended, not deleted, and A's own block is then kept. Both bridges pull
+    // every second, so right after B's block A's pull may still be due (the test failed
+    // about every other run, on main as well). Pulled, it is a control request to A's
+    // enforcer (answered already_blocked: the sensor's block stands).
+    wait_for(
+        "A's bridge to pull the decision its alert caused",
+        Duration::from_secs(15),
+        &hosts,
+        &lapi,
+        || a.ctl_json(&["status"])["counters"]["control_requests"].as_u64() >= Some(1),
+    );
     // ---- cscli decisions delete --ip: lifted on every host, A included.
     let o = lapi.cscli(&["decisions", "delete", "--ip", &scanner.to_string()]);
     assert!(o.success(), "{o}");

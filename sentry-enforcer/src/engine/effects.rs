@@ -30,8 +30,8 @@ use std::sync::mpsc::SyncSender;
 use policy::Config;
 
 use super::Engine;
-use crate::action::{self, Action, Executor, Subject};
 use crate::audit::{ActionRecord, AuditRecord, RecordKind};
+use crate::effects::action::{self, Action, Executor, Subject};
 use crate::store::BlockRecord;
 use crate::time::WallMs;
 
@@ -152,7 +152,7 @@ impl Engine {
             self.log_action(job.addr, a);
         }
         let failed = actions.iter().filter(|a| !a.ok()).count();
-        self.count_errors(crate::metrics::ErrorKind::Action, failed as u64);
+        self.count_errors(crate::control::metrics::ErrorKind::Action, failed as u64);
         let mut reason = if failed == 0 {
             format!("{} actions after the decision took effect", actions.len())
         } else {

@@ -5,10 +5,11 @@
 use std::net::IpAddr;
 
 use super::Engine;
-use crate::action::{self, Op, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Peer, RecordKind};
+use crate::control::metrics::ErrorKind;
+use crate::effects::action::{self, Op, Subject};
 use crate::error::EnforcerError;
-use crate::metrics::ErrorKind;
+use crate::store::BlockRecord;
 use crate::time::WallMs;
 
 impl Engine {
@@ -47,30 +48,7 @@ impl Engine {
             prefix6: b.prefix6,
             timeout: None,
         };
-        let mut actions = Vec::new();
-        // Effects of this block still queued or running (engine::effects): its route and
-        // hosts.deny line are taken back behind them, never before they were put in.
-        let busy = self.effects_busy(addr);
-        let mut later = Vec::new();
-        for act in action::undo_plan(&b, self.exec.backends(), kernel_nft) {
-            if busy
-                && matches!(
-                    act,
-                    action::Action::Route(_) | action::Action::HostsDeny(..)
-                )
-            {
-                later.push(act);
-                continue;
-            }
-            match (&act, deny_done) {
-                (action::Action::HostsDeny(_, line, _), Some(done)) => {
-                    let mut a = done.clone();
-                    a.target = Some(line.clone());
-                    actions.push(a);
-                }
-                _ => actions.push(self.exec.run(&self.cfg, &act, &subj)),
-            }
-        }
+        let (actions, later) = self.undo_actions(&b, &subj, kernel_nft, deny_done);
         let errors: Vec<String> = actions
             .iter()
             .filter_map(|a| {
@@ -109,6 +87,42 @@ impl Engine {
             kind.as_str()
         ));
         Some(errors)
+    }
+
+    /// Undo block `b`'s actions now, except those that must wait behind its pending
+    /// effects: returned second, to run after them.
+    fn undo_actions(
+        &mut self,
+        b: &BlockRecord,
+        subj: &Subject,
+        kernel_nft: bool,
+        deny_done: Option<&ActionRecord>,
+    ) -> (Vec<ActionRecord>, Vec<action::Action>) {
+        let mut actions = Vec::new();
+        // Effects of this block still queued or running (engine::effects): its route and
+        // hosts.deny line are taken back behind them, never before they were put in.
+        let busy = self.effects_busy(subj.addr);
+        let mut later = Vec::new();
+        for act in action::undo_plan(b, self.exec.backends(), kernel_nft) {
+            if busy
+                && matches!(
+                    act,
+                    action::Action::Route(_) | action::Action::HostsDeny(..)
+                )
+            {
+                later.push(act);
+                continue;
+            }
+            match (&act, deny_done) {
+                (action::Action::HostsDeny(_, line, _), Some(done)) => {
+                    let mut a = done.clone();
+                    a.target = Some(line.clone());
+                    actions.push(a);
+                }
+                _ => actions.push(self.exec.run(&self.cfg, &act, subj)),
+            }
+        }
+        (actions, later)
     }
 
     /// `sentryctl unblock`. Returns `None` when the address was not blocked.

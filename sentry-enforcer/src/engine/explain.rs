@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(d, Decision::Blocked);
         std::fs::write(dir.path().join("ignore"), "not an address\n").unwrap();
         assert!(e.reload(WallMs::now()).is_err());
-        let t = crate::metrics::render(&e.metrics_snapshot());
+        let t = crate::control::metrics::render(&e.metrics_snapshot());
         for want in [
             "sentry_block_latency_seconds_count 1\n",
             "sentry_block_latency_clock_skew_total 0\n",
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(by_kind, e.counters().errors);
         std::fs::write(dir.path().join("ignore"), "198.51.100.0/24\n").unwrap();
         assert!(e.reload(WallMs::now()).is_ok());
-        let t = crate::metrics::render(&e.metrics_snapshot());
+        let t = crate::control::metrics::render(&e.metrics_snapshot());
         assert!(
             t.contains("sentry_config_last_reload_successful 1\n"),
             "{t}"

@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Engine;
-use crate::metrics::ErrorKind;
+use crate::control::metrics::ErrorKind;
 use crate::store::{write_atomic, BlockRecord};
 
 impl Engine {

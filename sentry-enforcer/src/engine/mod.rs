@@ -1,5 +1,5 @@
 //! The decision engine: every checked block request goes through [`Engine::decide`]: the
-//! judge ([`crate::judge`]) decides, the executor ([`crate::action`]) acts, and the result
+//! judge ([`crate::judge`]) decides, the executor ([`crate::effects::action`]) acts, and the result
 //! is persisted and audited — all before the caller sends the reply.
 //!
 //! The engine owns the state the judge looks at (blocks, ignore list, never-block set,
@@ -29,16 +29,56 @@ use sentry_proto::{
     BlockRequest, Counters, Decision, RecentDecision, SensorInfo, MAX_RECENT_DECISIONS,
 };
 
-use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
+use crate::control::metrics::{ErrorKind, Stats};
+use crate::effects::action::{self, Action, Command, Executor, Subject};
 use crate::error::EnforcerError;
-use crate::judge::{self, block_key_for, Evidence, Facts, Verdict};
-use crate::metrics::{ErrorKind, Stats};
-use crate::netlink::{AddrWatch, NlSocket};
+use crate::judge::{self, Evidence, Facts, Verdict};
+use crate::kernel::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
+
+/// The address-change subscription; without it, this host's addresses are re-read
+/// before every decision (said once).
+fn open_addr_watch(log: &Logger) -> Option<AddrWatch> {
+    match AddrWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log.warn(&format!(
+                "adminalert: cannot watch address changes ({e}); this host's addresses are re-read before every decision"
+            ));
+            None
+        }
+    }
+}
+
+/// Rebuild the table with the persisted blocks and open the netfilter socket. Failing,
+/// it is an error when FIREWALL="nftables" was the admin's choice; when it was the
+/// default, it is said and blocks use the other actions.
+fn open_nft(
+    cfg: &Config,
+    blocks: &std::collections::HashMap<IpAddr, BlockRecord>,
+    never: &NeverBlock,
+    ignore: &IgnoreList,
+    log: &Logger,
+) -> Result<Option<NlSocket>, EnforcerError> {
+    let built = restore::rebuild_table(cfg, blocks, never, ignore, WallMs::now()).and_then(|()| {
+        NlSocket::netfilter().map_err(|e| EnforcerError::netlink("netfilter netlink", e))
+    });
+    match (built, cfg.firewall_origin) {
+        (Ok(sock), _) => Ok(Some(sock)),
+        (Err(e), policy::FirewallOrigin::Key) => Err(e),
+        // The default, not the admin's choice: say so and block with the rest.
+        (Err(e), policy::FirewallOrigin::Default) => {
+            log.err(&format!(
+                "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
+            ));
+            Ok(None)
+        }
+    }
+}
 
 /// This host's addresses and IPv4 broadcast addresses, from getifaddrs(3).
 pub fn own_addresses() -> (Vec<IpAddr>, Vec<Ipv4Addr>) {
@@ -146,7 +186,7 @@ pub struct Engine {
     /// The never-block set changed ([`Engine::take_never_changed`]).
     never_changed: bool,
     /// The decision stream (`sentryctl watch`): every audit record, numbered.
-    pub watch: crate::watch::Hub,
+    pub watch: crate::control::watch::Hub,
 }
 
 /// A block asked for over the control socket: who asked, and for how long (`None`:
@@ -176,19 +216,10 @@ impl Engine {
         }
         let audit = AuditLog::open(&cfg.audit_log).map_err(EnforcerError::AuditLog)?;
         // Subscribe before the first read, so that no change can fall in between.
-        let addr_watch = if opts.refresh_own_addresses {
-            match AddrWatch::open() {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    log.warn(&format!(
-                        "adminalert: cannot watch address changes ({e}); this host's addresses are re-read before every decision"
-                    ));
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let addr_watch = opts
+            .refresh_own_addresses
+            .then(|| open_addr_watch(&log))
+            .flatten();
         let (own, bcast) = if opts.refresh_own_addresses {
             own_addresses()
         } else {
@@ -200,22 +231,11 @@ impl Engine {
         // persisted blocks restored.
         let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
         let started = Instant::now();
-        let mut nft = None;
-        if cfg.firewall == Firewall::Nftables {
-            let built = restore::rebuild_table(&cfg, &blocks, &never, &ignore, WallMs::now())
-                .and_then(|()| {
-                    NlSocket::netfilter()
-                        .map_err(|e| EnforcerError::netlink("netfilter netlink", e))
-                });
-            match (built, cfg.firewall_origin) {
-                (Ok(sock), _) => nft = Some(sock),
-                (Err(e), policy::FirewallOrigin::Key) => return Err(e),
-                // The default, not the admin's choice: say so and block with the rest.
-                (Err(e), policy::FirewallOrigin::Default) => log.err(&format!(
-                    "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
-                )),
-            }
-        }
+        let nft = if cfg.firewall == Firewall::Nftables {
+            open_nft(&cfg, &blocks, &never, &ignore, &log)?
+        } else {
+            None
+        };
         let route = if cfg.blackhole_route {
             Some(NlSocket::route().map_err(|e| EnforcerError::netlink("route netlink", e))?)
         } else {
@@ -246,7 +266,7 @@ impl Engine {
             lifted: Vec::new(),
             sensor: None,
             never_changed: false,
-            watch: crate::watch::Hub::new(WallUs::now().0),
+            watch: crate::control::watch::Hub::new(WallUs::now().0),
         };
         engine.restore(blocks, WallMs::now(), started);
         Ok(engine)
@@ -315,14 +335,14 @@ impl Engine {
             self.counters.watch_dropped += dropped as u64;
             self.log.warn(&format!(
                 "adminalert: {dropped} decision-stream client(s) dropped: more than {} records not yet read",
-                crate::watch::CLIENT_BUFFER
+                crate::control::watch::CLIENT_BUFFER
             ));
         }
     }
 
     /// A snapshot for the Prometheus exposition (`&mut`: an origin seen for the first
     /// time, a restored block's, takes its label here).
-    pub fn metrics_snapshot(&mut self) -> crate::metrics::Snapshot {
+    pub fn metrics_snapshot(&mut self) -> crate::control::metrics::Snapshot {
         let mut active: std::collections::BTreeMap<String, u64> = [
             sentry_proto::ORIGIN_SENSOR.to_string(),
             judge::MANUAL_ORIGIN.to_string(),
@@ -340,7 +360,7 @@ impl Engine {
         for (o, n) in by_name {
             *active.entry(self.stats.origin_label(o)).or_default() += n;
         }
-        crate::metrics::Snapshot {
+        crate::control::metrics::Snapshot {
             counters: self.counters.clone(),
             stats: self.stats.clone(),
             active_by_origin: active.into_iter().collect(),
@@ -491,20 +511,10 @@ impl Engine {
         }
     }
 
-    /// What a block of `source` covers: its BLOCK_PREFIX6 network for IPv6 (an IPv6 host
-    /// owns a whole /64 and can take a new address from it per probe), unless that network
-    /// holds something never blocked or on the ignore list; then the address alone.
-    fn block_target(&self, source: IpAddr) -> (IpAddr, Option<u8>) {
-        let len = self.cfg.block_prefix6;
-        match source {
-            IpAddr::V6(a) if len < 128 => {
-                if self.never.check_net6(a, len).is_some() || self.ignore.overlaps_net6(a, len) {
-                    return (source, None);
-                }
-                (IpAddr::V6(policy::mask6(a, len)), Some(len))
-            }
-            _ => (source, None),
-        }
+    /// What a block of `source` covers ([`judge::block_target`]): for looking up whether
+    /// it is blocked already. A new block takes the target from the judge's verdict.
+    fn block_target(&self, source: IpAddr) -> judge::Target {
+        judge::block_target(&self.cfg, &self.never, &self.ignore, source)
     }
 
     /// Why block `b` must end now: the never-block set or the ignore list covers it (for
@@ -672,19 +682,11 @@ impl Engine {
                 )),
             ),
             None => {
-                // The request the judge and the actions see: TCP (BLOCK_TCP governs
-                // control blocks), no port (0 in templates and the history file).
-                let req = BlockRequest {
-                    seq: 0,
-                    source: addr,
-                    protocol: sentry_proto::Protocol::Tcp,
-                    port: 0,
-                    scan: sentry_proto::ScanKind::Syn,
-                    mode: sentry_proto::Mode::Stcp,
-                    distinct_ports: 1,
-                    first_seen_ms: now.ms().0,
-                    last_seen_ms: now.ms().0,
-                    ip_options: false,
+                // No probe behind it: the judge sees an address and an origin (BLOCK_TCP
+                // governs it: judge::Request::mode).
+                let req = judge::Request::Control {
+                    addr,
+                    origin: judge::Origin::of(Some(&ctl.origin)),
                 };
                 // A fleet block lasts at most FLEET_MAX_DURATION: a compromised LAPI or
                 // fleet machine cannot make ten-year blocks. Shortened, and said so.
@@ -697,7 +699,7 @@ impl Engine {
                     ctl.duration = Some(max);
                 }
                 let (d, mut reason, line) =
-                    self.decide_checked(&req, now.ms(), &mut rec, Some(&ctl));
+                    self.decide_checked(req, now.ms(), &mut rec, Some(&ctl));
                 if shortened && d == Decision::Blocked {
                     let asked =
                         asked.map_or("permanent".to_string(), |a| format!("{}s", a.as_secs()));
@@ -723,7 +725,8 @@ impl Engine {
         let mut rec = Self::request_record(req, now, peer);
         self.flush_audit_budget(now);
         self.effect_at = None;
-        let (decision, reason, line) = self.decide_checked(req, now.ms(), &mut rec, None);
+        let (decision, reason, line) =
+            self.decide_checked(judge::Request::Probe(req), now.ms(), &mut rec, None);
         let d = self.conclude(rec, decision, reason, line, req.source, now);
         // Probe to block, for blocks the sensor asked for (a kernel hit judged late is
         // late by design).
@@ -746,7 +749,7 @@ impl Engine {
     /// blocked source again only when its count doubles, so this happens a few times per
     /// scanner, never per packet; fleet and manual blocks keep their origin's record.
     fn grow_evidence(&mut self, req: &BlockRequest, now: WallUs) {
-        let target = self.block_target(req.source).0;
+        let target = self.block_target(req.source).addr;
         let Some(b) = self
             .blocks
             .get(&target)
@@ -829,9 +832,11 @@ impl Engine {
 
     /// Judge, then act. The log line of a decision that changed nothing is returned, not
     /// logged, so that the caller can hold it to AUDIT_RATE with the audit record.
+    /// `ctl` is the control block behind a [`judge::Request::Control`] (its origin name
+    /// and duration), `None` for a probe.
     fn decide_checked(
         &mut self,
-        req: &BlockRequest,
+        req: judge::Request<'_>,
         now: WallMs,
         rec: &mut AuditRecord,
         ctl: Option<&ControlBlock>,
@@ -840,39 +845,36 @@ impl Engine {
         self.refresh_infra(false);
         self.rate.prune(now);
         self.fleet_rate.prune(now);
-        let target = self.block_target(req.source);
-        let origin = judge::Origin::of(ctl.map(|c| c.origin.as_str()));
+        let source = req.source();
         let facts = Facts {
             cfg: &self.cfg,
             never: &self.never,
             ignore: &self.ignore,
-            already_blocked: self.blocks.contains_key(&target.0)
-                || self.blocks.contains_key(&req.source),
-            evidence: evidence_of(req, ctl),
-            origin,
+            already_blocked: self.blocks.contains_key(&self.block_target(source).addr)
+                || self.blocks.contains_key(&source),
             fleet: judge::FleetUsage {
                 active: self.blocks.fleet_len(),
-                started: self.fleet_rate.usage(req.source).all,
+                started: self.fleet_rate.usage(source).all,
                 oldest: self.blocks.oldest_fleet(),
             },
-            started: self.rate.usage(req.source),
+            started: self.rate.usage(source),
             weakest_block: self.blocks.weakest(),
             active_blocks: self.blocks.len(),
             blocking_configured: self.blocking_configured(),
         };
-        match judge::judge(req.source, req.scan, &facts) {
-            Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(req.source)),
-            Verdict::RunCommand => self.run_command_only(req, now, rec, ctl),
-            Verdict::Block => self.block(req, target, now, rec, ctl),
-            Verdict::Evict(weak) => {
+        match judge::judge(req, &facts) {
+            Verdict::Unchanged(u) => (u.decision(), u.to_string(), u.line(source)),
+            Verdict::RunCommand { evidence } => self.run_command_only(req, evidence, now, rec),
+            Verdict::Block(b) => self.block(req, b, now, rec, ctl),
+            Verdict::Evict { victim, block } => {
                 let why = format!(
                     "evicted at MAX_BLOCKS={} by a request with more evidence ({})",
-                    self.cfg.max_blocks, req.source
+                    self.cfg.max_blocks, source
                 );
-                self.end_block(weak, now, (RecordKind::Unblocked, &why), None, true, None);
+                self.end_block(victim, now, (RecordKind::Unblocked, &why), None, true, None);
                 self.counters.unblocked += 1;
                 self.rewrite_blocked_file();
-                self.block(req, target, now, rec, ctl)
+                self.block(req, block, now, rec, ctl)
             }
         }
     }
@@ -880,19 +882,24 @@ impl Engine {
     /// BLOCK_* = 2: KILL_RUN_CMD and nothing else; nothing is recorded as blocked.
     fn run_command_only(
         &mut self,
-        req: &BlockRequest,
+        req: judge::Request<'_>,
+        evidence: Evidence,
         now: WallMs,
         rec: &mut AuditRecord,
-        ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
-        let key = block_key_for(req.scan);
-        self.record_rate(now, req, ctl);
+        let key = req.key();
+        self.record_rate(now, req, evidence);
+        let source = req.source();
+        let single = judge::Target {
+            addr: source,
+            prefix6: None,
+        };
         let a = self.exec.run(
             &self.cfg,
             &Action::Command(Command::KillRunCmd),
-            &subject(req, (req.source, None), None),
+            &subject(&Probe::of(&req), single, None),
         );
-        self.log_action(req.source, &a);
+        self.log_action(source, &a);
         let ok = a.ok();
         rec.actions.push(a);
         if ok {
@@ -909,126 +916,48 @@ impl Engine {
     /// Run every configured blocking action, with write-ahead persistence.
     fn block(
         &mut self,
-        req: &BlockRequest,
-        target: (IpAddr, Option<u8>),
+        req: judge::Request<'_>,
+        verdict: judge::Blocking,
         now: WallMs,
         rec: &mut AuditRecord,
         ctl: Option<&ControlBlock>,
     ) -> (Decision, String, Line) {
-        let addr = target.0;
+        let target = verdict.target;
+        let addr = target.addr;
+        let probe = Probe::of(&req);
         let duration = ctl.and_then(|c| c.duration).or(self.cfg.block_timeout);
-        let subj = subject(req, target, duration);
-        self.record_rate(now, req, ctl);
+        let subj = subject(&probe, target, duration);
+        self.record_rate(now, req, verdict.evidence);
         let mut block = BlockRecord {
             addr,
-            protocol: req.protocol,
-            port: req.port,
-            mode: req.mode,
-            scan: req.scan,
+            protocol: probe.protocol,
+            port: probe.port,
+            mode: probe.mode,
+            scan: probe.scan,
             since_ms: now.0,
             expires_ms: duration.map(|t| now.after(t).0),
             nft: false,
             blackhole: false,
             hosts_deny_line: None,
-            distinct_ports: req.distinct_ports,
-            // Written with a marker (crate::hostsdeny).
+            distinct_ports: probe.distinct_ports,
+            // Written with a marker (crate::effects::hostsdeny).
             hosts_deny_legacy: false,
-            prefix6: target.1,
+            prefix6: target.prefix6,
             origin: ctl.map(|c| c.origin.clone()),
             meta: ctl.map(|c| c.meta.clone()).unwrap_or_default(),
         };
-        if ctl.is_some() {
-            // Placeholders, not evidence (see BlockRecord::origin).
-            block.distinct_ports = 0;
-        }
         rec.expires_ms = block.expires_ms;
-        rec.prefix = target.1;
+        rec.prefix = target.prefix6;
+        // One view of the backends for the whole block (they are fixed at start-up).
         let backends = self.exec.backends();
-        // Fast path: the nftables element goes in FIRST, before the write-ahead record and
-        // its fdatasync, because the scanner is answered until the element exists. This
-        // cannot leave anything behind that a restart would not know about: every start
-        // deletes and recreates the table and loads exactly the persisted blocks in the
-        // same transaction ([`restore::rebuild_table`]), so an element whose record never
-        // reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
-        // itself, so it cannot outlive its block while the enforcer is down. Routes,
-        // hosts.deny lines and commands are not reconciled that way and stay after the
-        // write-ahead record. KILL_RUN_CMD_FIRST="1" orders the command before the other
-        // actions it always ran with (routes, hosts.deny), not before the element.
-        let nft_first = backends.nft;
-        let mut actions = Vec::new();
-        if nft_first {
-            let a = self
-                .exec
-                .run(&self.cfg, &Action::Nft(action::Op::Add), &subj);
-            if a.ok() {
-                self.effect_at = Some(WallUs::now());
-            }
-            action::record_effect(&mut block, &Action::Nft(action::Op::Add), a.ok());
-            actions.push(a);
-        }
-        // Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
-        // of the actions leaves nothing behind that a restart would not know about (the
-        // restart re-applies it; undoing an action that never ran is harmless).
-        let mut intent = block.clone();
-        intent.nft = if nft_first { block.nft } else { backends.nft };
-        intent.blackhole = backends.route;
-        intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, &subj);
-        self.blocks.insert(intent.clone());
-        let intent_durable = match self.store.put(&intent, &self.blocks) {
-            Ok(()) => true,
-            Err(e) => {
-                self.persist_error(&format!("block of {addr}"), &e);
-                false
-            }
-        };
-        let mut plan = action::block_plan(&self.cfg, backends, &subj, nft_first);
-        // Once the element is in, the decision is made: the slow rest runs in the effects
-        // worker, in the same order (engine::effects). Without it, here, as before.
-        let mut deferred = 0;
-        let mut queue_full = false;
-        if block.nft && !plan.is_empty() {
-            let n = plan.len();
-            let job = Box::new(effects::Job {
-                addr,
-                subj,
-                plan,
-                block: intent.clone(),
-                undo: false,
-            });
-            plan = match self.defer_effects(job) {
-                Ok(()) => {
-                    deferred = n;
-                    // The block stands as journalled; the worker records what its
-                    // actions really did.
-                    block = intent.clone();
-                    Vec::new()
-                }
-                Err(job) => {
-                    queue_full = self.effects.is_some();
-                    job.plan
-                }
-            };
-        }
-        for act in plan {
-            let a = self.exec.run(&self.cfg, &act, &subj);
-            action::record_effect(&mut block, &act, a.ok());
-            let blocks_traffic = !matches!(act, Action::Command(Command::KillRunCmd));
-            if a.ok() && blocks_traffic && self.effect_at.is_none() {
-                self.effect_at = Some(WallUs::now());
-            }
-            actions.push(a);
-        }
+        let mut actions = self.add_element_first(&mut block, &subj, backends);
+        let (intent, intent_durable) = self.journal_intent(&block, &subj, backends);
+        let rest = self.run_rest(&mut block, &intent, subj, backends, &mut actions);
         for a in &actions {
             self.log_action(addr, a);
         }
         let failed = actions.iter().any(|a| !a.ok());
-        let took_effect = block.nft
-            || block.blackhole
-            || block.hosts_deny_line.is_some()
-            || actions
-                .iter()
-                .any(|a| a.action == crate::audit::ActionKind::KillRoute && a.ok())
-            || (!self.blocking_configured() && !failed);
+        let took_effect = self.took_effect(&block, &actions);
         rec.actions = actions;
         let (n_failed, n_all) = (
             rec.actions.iter().filter(|a| !a.ok()).count(),
@@ -1042,20 +971,11 @@ impl Engine {
             let why = format!("{n_failed} of {n_all} actions failed; host not blocked");
             return (Decision::Failed, why, None);
         }
-        self.blocks.insert(block.clone());
-        // When everything took effect as intended, the write-ahead record already is the
-        // final state: a second identical record (and fdatasync) adds nothing.
-        let persisted = if intent_durable && block == intent {
-            Ok(())
-        } else {
-            self.store.put(&block, &self.blocks)
-        };
-        let mut notes = Vec::new();
-        if let Err(e) = persisted {
-            self.persist_error(&format!("block of {addr}"), &e);
-            notes.push(format!("state not persisted: {e}"));
-        }
-        let line = policy::logfmt::history_line(now.secs(), addr, req.port, req.protocol);
+        let mut notes: Vec<String> = self
+            .persist_final(&block, &intent, intent_durable)
+            .into_iter()
+            .collect();
+        let line = policy::logfmt::history_line(now.secs(), addr, probe.port, probe.protocol);
         self.append_text(self.cfg.history_file.clone(), &line);
         self.append_text(self.cfg.blocked_file.clone(), &line);
         // Blocked when any block took effect; each failed action stays in the record with
@@ -1066,64 +986,247 @@ impl Engine {
                 "{n_failed} of {n_all} actions failed, the others took effect"
             ));
         }
-        let how_long = match (block.expires_ms, duration) {
-            (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
-            _ => "permanently".to_string(),
-        };
-        let mut what = match target.1 {
-            Some(len) => format!("blocked {addr}/{len} {how_long}"),
-            None => format!("blocked {how_long}"),
-        };
-        if deferred > 0 {
-            notes.push(format!(
-                "{deferred} more actions run after the decision, audited as `effects`"
-            ));
-        }
-        if queue_full {
-            notes.push("effects queue full: actions run in the decision".to_string());
-        }
-        if !notes.is_empty() {
-            what = format!("{what} ({})", notes.join("; "));
-        }
+        let what = blocked_reason(target, block.expires_ms, duration, rest, notes);
         (Decision::Blocked, what, None)
     }
+
+    /// A block stands when any of its blocks took effect (or nothing that blocks is
+    /// configured and nothing failed); each failed action stays in the record.
+    fn took_effect(&self, block: &BlockRecord, actions: &[ActionRecord]) -> bool {
+        let failed = actions.iter().any(|a| !a.ok());
+        block.nft
+            || block.blackhole
+            || block.hosts_deny_line.is_some()
+            || actions
+                .iter()
+                .any(|a| a.action == crate::audit::ActionKind::KillRoute && a.ok())
+            || (!self.blocking_configured() && !failed)
+    }
+
+    /// Keep the block that took effect, and persist it; the note for its reason when that
+    /// failed.
+    fn persist_final(
+        &mut self,
+        block: &BlockRecord,
+        intent: &BlockRecord,
+        intent_durable: bool,
+    ) -> Option<String> {
+        self.blocks.insert(block.clone());
+        // When everything took effect as intended, the write-ahead record already is the
+        // final state: a second identical record (and fdatasync) adds nothing.
+        let persisted = if intent_durable && block == intent {
+            Ok(())
+        } else {
+            self.store.put(block, &self.blocks)
+        };
+        let e = persisted.err()?;
+        self.persist_error(&format!("block of {}", block.addr), &e);
+        Some(format!("state not persisted: {e}"))
+    }
+
+    /// Fast path: the nftables element goes in FIRST, before the write-ahead record and
+    /// its fdatasync, because the scanner is answered until the element exists. This
+    /// cannot leave anything behind that a restart would not know about: every start
+    /// deletes and recreates the table and loads exactly the persisted blocks in the
+    /// same transaction ([`restore::rebuild_table`]), so an element whose record never
+    /// reached the disk is wiped by the restart; and the element carries BLOCK_TIMEOUT
+    /// itself, so it cannot outlive its block while the enforcer is down. Routes,
+    /// hosts.deny lines and commands are not reconciled that way and stay after the
+    /// write-ahead record. KILL_RUN_CMD_FIRST="1" orders the command before the other
+    /// actions it always ran with (routes, hosts.deny), not before the element.
+    fn add_element_first(
+        &mut self,
+        block: &mut BlockRecord,
+        subj: &Subject,
+        backends: action::Backends,
+    ) -> Vec<ActionRecord> {
+        let mut actions = Vec::new();
+        if backends.nft {
+            let a = self
+                .exec
+                .run(&self.cfg, &Action::Nft(action::Op::Add), subj);
+            if a.ok() {
+                self.effect_at = Some(WallUs::now());
+            }
+            action::record_effect(block, &Action::Nft(action::Op::Add), a.ok());
+            actions.push(a);
+        }
+        actions
+    }
+
+    /// Write-ahead: journal what is about to be applied, so that a SIGKILL in the middle
+    /// of the actions leaves nothing behind that a restart would not know about (the
+    /// restart re-applies it; undoing an action that never ran is harmless). Returns the
+    /// journalled record and whether it reached the disk.
+    fn journal_intent(
+        &mut self,
+        block: &BlockRecord,
+        subj: &Subject,
+        backends: action::Backends,
+    ) -> (BlockRecord, bool) {
+        // The element went in first when the nft backend is there (add_element_first).
+        let nft_first = backends.nft;
+        let mut intent = block.clone();
+        intent.nft = if nft_first { block.nft } else { backends.nft };
+        intent.blackhole = backends.route;
+        intent.hosts_deny_line = action::hosts_deny_line(&self.cfg, subj);
+        self.blocks.insert(intent.clone());
+        let durable = match self.store.put(&intent, &self.blocks) {
+            Ok(()) => true,
+            Err(e) => {
+                self.persist_error(&format!("block of {}", block.addr), &e);
+                false
+            }
+        };
+        (intent, durable)
+    }
+
+    /// The actions after the element. Once the element is in, the decision is made: the
+    /// slow rest runs in the effects worker, in the same order (engine::effects). Without
+    /// it (or with its queue full), here, as before, each recorded in `block`.
+    fn run_rest(
+        &mut self,
+        block: &mut BlockRecord,
+        intent: &BlockRecord,
+        subj: Subject,
+        backends: action::Backends,
+        actions: &mut Vec<ActionRecord>,
+    ) -> Rest {
+        let mut plan = action::block_plan(&self.cfg, backends, &subj, backends.nft);
+        let mut rest = Rest::default();
+        if block.nft && !plan.is_empty() {
+            let n = plan.len();
+            let job = Box::new(effects::Job {
+                addr: block.addr,
+                subj,
+                plan,
+                block: intent.clone(),
+                undo: false,
+            });
+            plan = match self.defer_effects(job) {
+                Ok(()) => {
+                    rest.deferred = n;
+                    // The block stands as journalled; the worker records what its
+                    // actions really did.
+                    *block = intent.clone();
+                    Vec::new()
+                }
+                Err(job) => {
+                    rest.queue_full = self.effects.is_some();
+                    job.plan
+                }
+            };
+        }
+        for act in plan {
+            let a = self.exec.run(&self.cfg, &act, &subj);
+            action::record_effect(block, &act, a.ok());
+            let blocks_traffic = !matches!(act, Action::Command(Command::KillRunCmd));
+            if a.ok() && blocks_traffic && self.effect_at.is_none() {
+                self.effect_at = Some(WallUs::now());
+            }
+            actions.push(a);
+        }
+        rest
+    }
+}
+
+/// Where a block's actions after the element ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rest {
+    /// Handed to the effects worker (audited later as `effects`).
+    deferred: usize,
+    /// The effects queue was full: they ran in the decision.
+    queue_full: bool,
+}
+
+/// The reason of a `blocked` decision: what, for how long, and what to know about it.
+fn blocked_reason(
+    target: judge::Target,
+    expires_ms: Option<u64>,
+    duration: Option<std::time::Duration>,
+    rest: Rest,
+    mut notes: Vec<String>,
+) -> String {
+    let addr = target.addr;
+    let how_long = match (expires_ms, duration) {
+        (Some(_), Some(t)) => format!("for {}s", t.as_secs()),
+        _ => "permanently".to_string(),
+    };
+    let mut what = match target.prefix6 {
+        Some(len) => format!("blocked {addr}/{len} {how_long}"),
+        None => format!("blocked {how_long}"),
+    };
+    if rest.deferred > 0 {
+        notes.push(format!(
+            "{} more actions run after the decision, audited as `effects`",
+            rest.deferred
+        ));
+    }
+    if rest.queue_full {
+        notes.push("effects queue full: actions run in the decision".to_string());
+    }
+    if !notes.is_empty() {
+        what = format!("{what} ({})", notes.join("; "));
+    }
+    what
 }
 
 impl Engine {
     /// A block or command started: it spends its origin's rate (root's own blocks spend
     /// none).
-    fn record_rate(&mut self, now: WallMs, req: &BlockRequest, ctl: Option<&ControlBlock>) {
-        let ev = evidence_of(req, ctl);
-        match judge::Origin::of(ctl.map(|c| c.origin.as_str())) {
-            judge::Origin::Sensor => self.rate.record(now, ev, req.source),
-            judge::Origin::Fleet => self.fleet_rate.record(now, ev, req.source),
+    fn record_rate(&mut self, now: WallMs, req: judge::Request<'_>, ev: Evidence) {
+        let source = req.source();
+        match req.origin() {
+            judge::Origin::Sensor => self.rate.record(now, ev, source),
+            judge::Origin::Fleet => self.fleet_rate.record(now, ev, source),
             judge::Origin::Manual => {}
+        }
+    }
+}
+
+/// What a block (its record, templates and history line) says about the probe behind it.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    protocol: sentry_proto::Protocol,
+    port: u16,
+    mode: sentry_proto::Mode,
+    scan: sentry_proto::ScanKind,
+    distinct_ports: u32,
+}
+
+impl Probe {
+    /// A control block has no probe. It keeps what its records always said: TCP (BLOCK_TCP
+    /// governs it), port 0 (0 in templates and the history file), mode stcp, scan syn, and
+    /// 0 distinct ports (placeholders, not evidence: see BlockRecord::origin).
+    fn of(req: &judge::Request<'_>) -> Self {
+        match req {
+            judge::Request::Probe(r) => Self {
+                protocol: r.protocol,
+                port: r.port,
+                mode: r.mode,
+                scan: r.scan,
+                distinct_ports: r.distinct_ports,
+            },
+            judge::Request::Control { .. } => Self {
+                protocol: sentry_proto::Protocol::Tcp,
+                port: 0,
+                mode: sentry_proto::Mode::Stcp,
+                scan: sentry_proto::ScanKind::Syn,
+                distinct_ports: 0,
+            },
         }
     }
 }
 
 /// The template variables of a block of `target` (an address, or an IPv6 network) that
 /// lasts `timeout`.
-fn subject(
-    req: &BlockRequest,
-    (addr, prefix6): (IpAddr, Option<u8>),
-    timeout: Option<std::time::Duration>,
-) -> Subject {
+fn subject(probe: &Probe, target: judge::Target, timeout: Option<std::time::Duration>) -> Subject {
     Subject {
-        addr,
-        port: req.port,
-        protocol: req.protocol,
-        prefix6,
+        addr: target.addr,
+        port: probe.port,
+        protocol: probe.protocol,
+        prefix6: target.prefix6,
         timeout,
-    }
-}
-
-/// The evidence a request counts as: a control client's block is more than a single
-/// probe (it cannot be forged with a packet), a sensor's is what it saw.
-fn evidence_of(req: &BlockRequest, ctl: Option<&ControlBlock>) -> Evidence {
-    match ctl {
-        Some(_) => Evidence::Ports,
-        None => Evidence::of(req.scan, req.distinct_ports),
     }
 }
 
@@ -1249,7 +1352,7 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join("hosts.deny"))
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| !l.starts_with(crate::hostsdeny::MARKER))
+                .filter(|l| !l.starts_with(crate::effects::hostsdeny::MARKER))
                 .map(|l| format!("{l}\n"))
                 .collect()
         }

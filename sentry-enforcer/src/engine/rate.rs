@@ -8,7 +8,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::judge::Evidence;
+// The judge's vocabulary (Evidence, Usage) lives in the judge; this window only counts in
+// it, so the dependency runs one way: engine -> judge.
+use crate::judge::{Evidence, Usage};
 use crate::time::WallMs;
 
 /// The prefix a source's share is counted under: its /24 or /64.
@@ -17,15 +19,6 @@ pub fn share_prefix(addr: IpAddr) -> IpAddr {
         IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & 0xffff_ff00)),
         IpAddr::V6(a) => IpAddr::V6(policy::mask6(a, 64)),
     }
-}
-
-/// What the judge needs to know about the window for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    pub all: usize,
-    pub single_probe: usize,
-    /// Single-probe blocks in the source's /24 or /64.
-    pub same_prefix: usize,
 }
 
 /// Blocks and commands started in the last minute.

@@ -10,13 +10,13 @@ use std::time::Instant;
 use policy::{Config, IgnoreList, NeverBlock};
 
 use super::Engine;
-use crate::action::{self, Action, Command, Op, Subject};
 use crate::audit::{ActionKind, ActionRecord, AuditRecord, RecordKind, RestoreCounts};
+use crate::control::metrics::ErrorKind;
+use crate::effects::action::{self, Action, Command, Op, Subject};
 use crate::error::EnforcerError;
-use crate::metrics::ErrorKind;
-use crate::netlink::SetElem;
+use crate::kernel::netlink::SetElem;
+use crate::kernel::table;
 use crate::store::BlockRecord;
-use crate::table;
 use crate::time::{ms_since, WallMs};
 
 /// Whether a persisted block is still due at `now` under the current lists (for a network
@@ -136,6 +136,40 @@ impl Engine {
     ) {
         // All of them first, so that a compaction during the loop never loses any.
         self.blocks = super::blocks::Blocks::from_map(persisted);
+        let keep = self.lift_stale(now);
+        let backends = self.exec.backends();
+        let mut counts = RestoreCounts {
+            restored: keep.len() as u64,
+            ..RestoreCounts::default()
+        };
+        let nft = if backends.nft {
+            Some(self.verify_elements(&keep, now, &mut counts))
+        } else {
+            None
+        };
+        let rerun = self.kill_route_rerun(!keep.is_empty());
+        // hosts.deny: one read and one append for all restored lines.
+        let deny_add = self.deny_batch(&keep, Op::Add);
+        let how = Reapply {
+            nft: nft.as_ref(),
+            rerun,
+            deny_add: deny_add.as_ref(),
+            route: backends.route,
+        };
+        for addr in keep {
+            self.reapply(addr, &how, &mut counts, now);
+        }
+        if let Err(e) = self.store.compact(&self.blocks) {
+            self.persist_error("state", &e);
+        }
+        self.rewrite_blocked_file();
+        counts.ms = (ms_since(started) * 10.0).round() / 10.0;
+        self.restore_summary(counts, rerun, now);
+    }
+
+    /// End the blocks that expired while stopped or that the ignore list or the
+    /// never-block set now covers; the others' addresses, sorted.
+    fn lift_stale(&mut self, now: WallMs) -> Vec<IpAddr> {
         let mut addrs: Vec<IpAddr> = self.blocks.keys().copied().collect();
         addrs.sort();
         let mut keep = Vec::new();
@@ -168,85 +202,83 @@ impl Engine {
                 self.counters.unblocked += 1;
             }
         }
-        let backends = self.exec.backends();
-        let mut counts = RestoreCounts {
-            restored: keep.len() as u64,
-            ..RestoreCounts::default()
+        keep
+    }
+
+    /// Re-apply one kept block: record what the kernel holds, re-add its route, re-run
+    /// KILL_ROUTE after a reboot, note its hosts.deny line, and audit it.
+    fn reapply(
+        &mut self,
+        addr: IpAddr,
+        how: &Reapply<'_>,
+        counts: &mut RestoreCounts,
+        now: WallMs,
+    ) {
+        let (nft, rerun, deny_add) = (how.nft, how.rerun, how.deny_add);
+        let Some(mut b) = self.blocks.get(&addr).cloned() else {
+            return;
         };
-        let nft = if backends.nft {
-            Some(self.verify_elements(&keep, now, &mut counts))
-        } else {
-            None
+        let mut actions = Vec::new();
+        if let Some(v) = &nft {
+            b.nft = v.present(addr);
+            actions.push(ActionRecord::outcome(
+                ActionKind::Nftables,
+                Some(action::nft_target(&self.cfg, addr, b.prefix6)),
+                if b.nft { Ok(()) } else { Err(v.why_missing()) },
+                0.0,
+            ));
+        }
+        let subj = Subject {
+            addr,
+            port: b.port,
+            protocol: b.protocol,
+            prefix6: b.prefix6,
+            // Only the route and KILL_ROUTE run here; the element came with the table.
+            timeout: None,
         };
-        let rerun = self.kill_route_rerun(!keep.is_empty());
-        // hosts.deny: one read and one append for all restored lines.
-        let deny_add = self.deny_batch(&keep, Op::Add);
-        for addr in keep {
-            let Some(mut b) = self.blocks.get(&addr).cloned() else {
-                continue;
-            };
-            let mut actions = Vec::new();
-            if let Some(v) = &nft {
-                b.nft = v.present(addr);
-                actions.push(ActionRecord::outcome(
-                    ActionKind::Nftables,
-                    Some(action::nft_target(&self.cfg, addr, b.prefix6)),
-                    if b.nft { Ok(()) } else { Err(v.why_missing()) },
-                    0.0,
-                ));
-            }
-            let subj = Subject {
-                addr,
-                port: b.port,
-                protocol: b.protocol,
-                prefix6: b.prefix6,
-                // Only the route and KILL_ROUTE run here; the element came with the table.
-                timeout: None,
-            };
-            if backends.route {
-                let a = self.exec.run(&self.cfg, &Action::Route(Op::Add), &subj);
-                b.blackhole = a.ok();
-                actions.push(a);
-            }
-            if rerun {
-                let a = self
-                    .exec
-                    .run(&self.cfg, &Action::Command(Command::KillRoute), &subj);
-                counts.kill_route_rerun += 1;
-                if !a.ok() {
-                    counts.kill_route_failed += 1;
-                }
-                actions.push(a);
-            }
-            if let (Some(line), Some(done)) = (b.hosts_deny_line.clone(), deny_add.as_ref()) {
-                let mut a = done.clone();
-                a.target = Some(line);
-                actions.push(a);
-            }
-            let failed = actions.iter().filter(|a| !a.ok()).count();
-            self.counters.restored += 1;
-            self.count_errors(ErrorKind::Action, failed as u64);
-            let mut rec = AuditRecord::event(
-                now,
-                RecordKind::Restored,
-                match (failed, rerun) {
-                    (0, false) => "re-applied after restart".to_string(),
-                    (0, true) => "re-applied after reboot; KILL_ROUTE re-run".to_string(),
-                    (n, _) => format!("re-applied after restart; {n} actions failed"),
-                },
-                None,
-            );
-            rec.set_block(&b);
-            rec.expires_ms = b.expires_ms;
-            rec.actions = actions;
-            self.blocks.insert(b);
-            self.write_audit(&rec);
+        if how.route {
+            let a = self.exec.run(&self.cfg, &Action::Route(Op::Add), &subj);
+            b.blackhole = a.ok();
+            actions.push(a);
         }
-        if let Err(e) = self.store.compact(&self.blocks) {
-            self.persist_error("state", &e);
+        if rerun {
+            let a = self
+                .exec
+                .run(&self.cfg, &Action::Command(Command::KillRoute), &subj);
+            counts.kill_route_rerun += 1;
+            if !a.ok() {
+                counts.kill_route_failed += 1;
+            }
+            actions.push(a);
         }
-        self.rewrite_blocked_file();
-        counts.ms = (ms_since(started) * 10.0).round() / 10.0;
+        if let (Some(line), Some(done)) = (b.hosts_deny_line.clone(), deny_add) {
+            let mut a = done.clone();
+            a.target = Some(line);
+            actions.push(a);
+        }
+        let failed = actions.iter().filter(|a| !a.ok()).count();
+        self.counters.restored += 1;
+        self.count_errors(ErrorKind::Action, failed as u64);
+        let mut rec = AuditRecord::event(
+            now,
+            RecordKind::Restored,
+            match (failed, rerun) {
+                (0, false) => "re-applied after restart".to_string(),
+                (0, true) => "re-applied after reboot; KILL_ROUTE re-run".to_string(),
+                (n, _) => format!("re-applied after restart; {n} actions failed"),
+            },
+            None,
+        );
+        rec.set_block(&b);
+        rec.expires_ms = b.expires_ms;
+        rec.actions = actions;
+        self.blocks.insert(b);
+        self.write_audit(&rec);
+    }
+
+    /// One summary record (and log line) with the counts, when anything was restored or
+    /// found missing.
+    fn restore_summary(&mut self, counts: RestoreCounts, rerun: bool, now: WallMs) {
         if counts.restored > 0 || counts.missing > 0 {
             let mut reason = format!(
                 "restored {} blocks from {} in {:.1} ms: {} verified in the kernel's sets, {} re-added, {} missing after retry",
@@ -382,6 +414,18 @@ impl Engine {
         }
         rerun
     }
+}
+
+/// How every kept block is re-applied at start, decided once for all of them.
+struct Reapply<'a> {
+    /// The kernel's sets as read back (with the nft backend).
+    nft: Option<&'a Verified>,
+    /// KILL_ROUTE is re-run (the kernel booted since the last start).
+    rerun: bool,
+    /// The outcome of the one hosts.deny append for all restored lines.
+    deny_add: Option<&'a ActionRecord>,
+    /// The blackhole-route backend is open.
+    route: bool,
 }
 
 /// What the kernel holds after the read-back and the re-add.

@@ -36,7 +36,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags, SockFlag, SockProtocol};
 use nix::sys::time::TimeVal;
 
-use crate::nl::{self, MsgBuilder, AF_INET, AF_INET6, NFNL_SUBSYS_NFTABLES, NFPROTO_INET};
+use crate::kernel::nl::{self, MsgBuilder, AF_INET, AF_INET6, NFNL_SUBSYS_NFTABLES, NFPROTO_INET};
 
 /// Port served on any address (`inet_proto . inet_service`).
 pub const SET_ANY: &str = "detect_served";
@@ -447,9 +447,9 @@ impl Poller {
                 }
             };
             let data = self.buf.get(..n).ok_or(Error::Malformed("read size"))?;
-            let r = crate::netlink::parse_acks(data, &mut pending).map_err(|e| match e {
-                crate::netlink::NlError::Kernel(e) => Error::Kernel(e),
-                crate::netlink::NlError::Io(e) => Error::Io(e),
+            let r = crate::kernel::netlink::parse_acks(data, &mut pending).map_err(|e| match e {
+                crate::kernel::netlink::NlError::Kernel(e) => Error::Kernel(e),
+                crate::kernel::netlink::NlError::Io(e) => Error::Io(e),
                 _ => Error::Malformed("acknowledgement"),
             });
             if result.is_ok() {

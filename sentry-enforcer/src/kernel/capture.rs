@@ -26,7 +26,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::nl::{self, MsgBuilder, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
+use crate::kernel::nl::{self, MsgBuilder, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 
 /// The NFLOG group the detection chain copies candidates to. Groups are per network
 /// namespace; 0x5e47 ("SG") is far from the small numbers ulogd and tcpdump examples use.
@@ -316,15 +316,18 @@ mod tests {
 
     #[test]
     fn the_chain_copies_to_the_spec_group() {
-        let spec = crate::table::DetectSpec {
+        let spec = crate::kernel::table::DetectSpec {
             stcp: vec![(22, 22)],
             nflog_group: NFLOG_GROUP + 5,
             ..Default::default()
         };
-        let s = crate::table::detection_script("t", &spec);
+        let s = crate::kernel::table::detection_script("t", &spec);
         let want = format!("group {} snaplen", NFLOG_GROUP + 5);
         assert_eq!(s.matches(&want).count(), 2, "{s}");
-        assert_eq!(crate::table::DetectSpec::default().nflog_group, NFLOG_GROUP);
+        assert_eq!(
+            crate::kernel::table::DetectSpec::default().nflog_group,
+            NFLOG_GROUP
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Netlink plumbing shared by the enforcer's sockets ([`crate::netlink`], [`crate::infra`],
-//! [`crate::tablewatch`], [`crate::capture`]): the constants they have in common, one
+//! Netlink plumbing shared by the enforcer's sockets ([`crate::kernel::netlink`], [`crate::infra`],
+//! [`crate::kernel::tablewatch`], [`crate::kernel::capture`]): the constants they have in common, one
 //! message builder, one checked splitter for messages and attributes, and the socket
 //! helpers (open and bind, send, drain a notification socket).
 

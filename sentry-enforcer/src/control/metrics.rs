@@ -258,10 +258,25 @@ fn base_origins() -> [&'static str; 2] {
     [ORIGIN_SENSOR, MANUAL_ORIGIN]
 }
 
+/// The Prometheus text exposition of a snapshot.
 pub fn render(s: &Snapshot) -> String {
-    let c = &s.counters;
-    let st = &s.stats;
     let mut e = Expo::default();
+    // Families in a fixed order (scrapers and tests compare the text): what came in, how
+    // it ended, the state now, then the sensor's own figures and this process.
+    build_info(&mut e);
+    decisions_and_requests(&mut e, s);
+    sensor_requests_and_blocks(&mut e, s);
+    outcomes(&mut e, s);
+    state(&mut e, s);
+    sensor_figures(&mut e, s);
+    if let Some(p) = &s.process {
+        procstat::render(&mut e, p);
+    }
+    e.finish()
+}
+
+/// `sentry_build_info`.
+fn build_info(e: &mut Expo) {
     e.family(
         "sentry_build_info",
         "gauge",
@@ -272,6 +287,12 @@ pub fn render(s: &Snapshot) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+}
+
+/// Decisions by kind and requests by origin.
+fn decisions_and_requests(e: &mut Expo, s: &Snapshot) {
+    let c = &s.counters;
+    let st = &s.stats;
     e.family(
         "sentry_decisions_total",
         "counter",
@@ -306,6 +327,11 @@ pub fn render(s: &Snapshot) -> String {
     for (o, v) in &requests {
         e.sample("sentry_requests_total", &[("origin", o)], *v);
     }
+}
+
+/// Sensor requests by probe, blocks by origin and probe.
+fn sensor_requests_and_blocks(e: &mut Expo, s: &Snapshot) {
+    let st = &s.stats;
     e.family(
         "sentry_sensor_requests_total",
         "counter",
@@ -347,6 +373,12 @@ pub fn render(s: &Snapshot) -> String {
             *v,
         );
     }
+}
+
+/// How blocks ended, errors, drops, latency and reloads.
+fn outcomes(e: &mut Expo, s: &Snapshot) {
+    let c = &s.counters;
+    let st = &s.stats;
     e.family(
         "sentry_block_ends_total",
         "counter",
@@ -401,6 +433,10 @@ pub fn render(s: &Snapshot) -> String {
         "When the configuration last loaded (at start or by a reload), in seconds since the Unix epoch.",
         st.reload_success_ms as f64 / 1000.0,
     );
+}
+
+/// Gauges of the state now: blocks, clients, start time, the sensor.
+fn state(e: &mut Expo, s: &Snapshot) {
     e.family("sentry_active_blocks", "gauge", "Active blocks, by origin.");
     for (o, v) in &s.active_by_origin {
         e.sample("sentry_active_blocks", &[("origin", o)], *v);
@@ -429,6 +465,10 @@ pub fn render(s: &Snapshot) -> String {
         "1 while a sensor is connected.",
         u64::from(s.sensor.is_some()),
     );
+}
+
+/// The sensor's own counters, as it last reported them.
+fn sensor_figures(e: &mut Expo, s: &Snapshot) {
     let ss = s
         .sensor
         .as_ref()
@@ -484,10 +524,6 @@ pub fn render(s: &Snapshot) -> String {
         "Sources the sensor tracks.",
         ss.tracked_sources,
     );
-    if let Some(p) = &s.process {
-        procstat::render(&mut e, p);
-    }
-    e.finish()
 }
 
 #[cfg(test)]

@@ -114,6 +114,24 @@ pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResul
             let _ = stdin.write_all(&data);
         });
     }
+    let rx = read_stderr(&mut child);
+    let outcome = wait_or_kill(&mut child, pgid, start + timeout);
+    // The stderr reader finishes when every holder of the pipe has exited; do not wait
+    // long for grandchildren that escaped the process group.
+    let stderr = rx
+        .recv_timeout(Duration::from_millis(100))
+        .map(|v| String::from_utf8_lossy(&v).trim_end().to_string())
+        .unwrap_or_default();
+    RunResult {
+        outcome,
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A thread that keeps the first [`STDERR_KEEP`] bytes of the child's stderr and sends
+/// them when the pipe closes.
+fn read_stderr(child: &mut std::process::Child) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     if let Some(mut err) = child.stderr.take() {
         std::thread::spawn(move || {
@@ -131,9 +149,14 @@ pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResul
             let _ = tx.send(kept);
         });
     }
-    let deadline = start + timeout;
+    rx
+}
+
+/// Wait for the child until `deadline` (polling, with a growing nap of at most 5 ms);
+/// past it, kill its process group and the child.
+fn wait_or_kill(child: &mut std::process::Child, pgid: Pid, deadline: Instant) -> Outcome {
     let mut nap = Duration::from_micros(100);
-    let outcome = loop {
+    loop {
         match child.try_wait() {
             Ok(Some(status)) => {
                 break match (status.code(), status.signal()) {
@@ -157,17 +180,6 @@ pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResul
         }
         std::thread::sleep(nap.min(deadline - now));
         nap = (nap * 2).min(Duration::from_millis(5));
-    };
-    // The stderr reader finishes when every holder of the pipe has exited; do not wait
-    // long for grandchildren that escaped the process group.
-    let stderr = rx
-        .recv_timeout(Duration::from_millis(100))
-        .map(|v| String::from_utf8_lossy(&v).trim_end().to_string())
-        .unwrap_or_default();
-    RunResult {
-        outcome,
-        stderr,
-        elapsed: start.elapsed(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! sentry's nftables table: its shape, and the one `nft -f -` transaction that builds it
 //! with the surviving blocks at start. Everything after start-up goes over netlink
-//! ([`crate::netlink`]); nft(8) is used here because the table is built once and its
+//! ([`crate::kernel::netlink`]); nft(8) is used here because the table is built once and its
 //! text form is what an administrator reads back with `nft list table`.
 
 use std::fmt::Write as _;
@@ -9,10 +9,10 @@ use std::time::Duration;
 use policy::{Config, IgnoreList};
 use sentry_proto::{Mode, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW, NOT_PROBE_PROTOCOLS};
 
-use crate::action::{SET_V4, SET_V6, SET_V6NET};
+use crate::effects::action::{SET_V4, SET_V6, SET_V6NET};
+use crate::effects::exec;
 use crate::error::EnforcerError;
-use crate::exec;
-use crate::netlink::SetElem;
+use crate::kernel::netlink::SetElem;
 
 /// The regular chain every new, invalid or untracked packet goes through: a source in a
 /// block set (or, from the detection script, a first-hit map) is dropped here.
@@ -170,10 +170,10 @@ pub struct DetectSpec {
     pub answer_probes: bool,
     /// The NFLOG group the candidates are copied to: a fresh one on each hand-over to a
     /// verified sensor, so a socket bound for an earlier holder never gets another packet
-    /// (see `crate::capture::GROUPS`).
+    /// (see `crate::kernel::capture::GROUPS`).
     pub nflog_group: u16,
     /// RESTART_GRACE is on: ports in the `detect_served` sets (kept by
-    /// [`crate::served`]) are no tripwires.
+    /// [`crate::kernel::served`]) are no tripwires.
     pub served: bool,
 }
 
@@ -192,7 +192,7 @@ impl Default for DetectSpec {
             never6: Vec::new(),
             native: None,
             answer_probes: false,
-            nflog_group: crate::capture::NFLOG_GROUP,
+            nflog_group: crate::kernel::capture::NFLOG_GROUP,
             served: false,
         }
     }
@@ -340,7 +340,7 @@ impl DetectSpec {
             native,
             socket_expr,
             answer_probes: cfg.answer_probes,
-            nflog_group: crate::capture::NFLOG_GROUP,
+            nflog_group: crate::kernel::capture::NFLOG_GROUP,
             served: !cfg.restart_grace.is_zero(),
             ..Self::default()
         };
@@ -381,7 +381,7 @@ impl DetectSpec {
     pub fn blocks_only(native: Option<u8>) -> Self {
         Self {
             native,
-            nflog_group: crate::capture::NFLOG_GROUP,
+            nflog_group: crate::kernel::capture::NFLOG_GROUP,
             ..Self::default()
         }
     }
@@ -465,16 +465,16 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
             timeout.as_secs().max(1)
         );
     }
-    // The served ports (crate::served writes them; never flushed here, so a rebuild of
+    // The served ports (crate::kernel::served writes them; never flushed here, so a rebuild of
     // the chains keeps the grace of a service that just stopped).
     for (set, key) in [
-        (crate::served::SET_ANY, "inet_proto . inet_service"),
+        (crate::kernel::served::SET_ANY, "inet_proto . inet_service"),
         (
-            crate::served::SET_V4,
+            crate::kernel::served::SET_V4,
             "ipv4_addr . inet_proto . inet_service",
         ),
         (
-            crate::served::SET_V6,
+            crate::kernel::served::SET_V6,
             "ipv6_addr . inet_proto . inet_service",
         ),
     ] {
@@ -527,6 +527,29 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
 /// forger spent of the block budgets (ANSWER_PROBES=1 answers them as PortSentry did).
 pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     let mut o = String::new();
+    detection_objects(&mut o, table, spec);
+    for r in blocked_rules(spec.native, spec.tripwire.is_some()) {
+        add_rule(&mut o, table, CHAIN_BLOCKED, &r);
+    }
+    for r in blocked_rules(spec.native, false) {
+        add_rule(&mut o, table, CHAIN_BLOCKED_EST, &r);
+    }
+    input_rules(&mut o, table, spec);
+    protocol_rules(&mut o, table, spec);
+    seen_and_copy_rules(&mut o, table, spec);
+    log_rules(&mut o, table, spec.nflog_group);
+    drop_rules(&mut o, table, spec);
+    o
+}
+
+/// `add rule inet TABLE CHAIN RULE`, one line of the script.
+fn add_rule(o: &mut String, table: &str, chain: &str, r: &str) {
+    let _ = writeln!(o, "add rule inet {table} {chain} {r}");
+}
+
+/// The table, its sets, maps and chains, emptied and refilled: the objects the rules
+/// below refer to.
+fn detection_objects(o: &mut String, table: &str, spec: &DetectSpec) {
     let _ = writeln!(o, "add table inet {table}");
     for (set, ty) in DETECT_SETS {
         let _ = writeln!(
@@ -534,8 +557,8 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
             "add set inet {table} {set} {{ type {ty}; flags interval; }}"
         );
     }
-    declare_dynamic(&mut o, table, spec);
-    base_chains(&mut o, table);
+    declare_dynamic(o, table, spec);
+    base_chains(o, table);
     for c in DETECT_CHAINS {
         let _ = writeln!(o, "add chain inet {table} {c}");
     }
@@ -545,54 +568,53 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     for (set, _) in DETECT_SETS {
         let _ = writeln!(o, "flush set inet {table} {set}");
     }
-    elements(&mut o, table, "detect_ign4", spec.ignore4.iter().cloned());
-    elements(&mut o, table, "detect_ign6", spec.ignore6.iter().cloned());
-    elements(&mut o, table, "detect_never4", spec.never4.iter().cloned());
-    elements(&mut o, table, "detect_never6", spec.never6.iter().cloned());
-    elements(&mut o, table, "detect_stcp", port_items(&spec.stcp));
-    elements(&mut o, table, "detect_sudp", port_items(&spec.sudp));
-    elements(&mut o, table, "detect_atcp", port_items(&spec.atcp));
-    elements(&mut o, table, "detect_audp", port_items(&spec.audp));
-    let t = spec.tripwire;
-    let rule = |o: &mut String, chain: &str, r: &str| {
-        let _ = writeln!(o, "add rule inet {table} {chain} {r}");
-    };
-    for r in blocked_rules(spec.native, t.is_some()) {
-        rule(&mut o, CHAIN_BLOCKED, &r);
-    }
-    for r in blocked_rules(spec.native, false) {
-        rule(&mut o, CHAIN_BLOCKED_EST, &r);
-    }
-    rule(&mut o, "input", "ct direction reply return");
+    elements(o, table, "detect_ign4", spec.ignore4.iter().cloned());
+    elements(o, table, "detect_ign6", spec.ignore6.iter().cloned());
+    elements(o, table, "detect_never4", spec.never4.iter().cloned());
+    elements(o, table, "detect_never6", spec.never6.iter().cloned());
+    elements(o, table, "detect_stcp", port_items(&spec.stcp));
+    elements(o, table, "detect_sudp", port_items(&spec.sudp));
+    elements(o, table, "detect_atcp", port_items(&spec.atcp));
+    elements(o, table, "detect_audp", port_items(&spec.audp));
+}
+
+/// The `input` chain: replies and established flows out, then not-for-us and ignored
+/// sources, then each protocol's candidates to its detect chain; the rest to the block
+/// check.
+fn input_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    let rule = |o: &mut String, r: &str| add_rule(o, table, "input", r);
+    rule(o, "ct direction reply return");
     rule(
-        &mut o,
-        "input",
+        o,
         &format!("ct state established,related goto {CHAIN_BLOCKED_EST}"),
     );
-    rule(
-        &mut o,
-        "input",
-        &format!("meta pkttype != host goto {CHAIN_BLOCKED}"),
-    );
-    rule(&mut o, "input", "ip saddr @detect_ign4 return");
-    rule(&mut o, "input", "ip6 saddr @detect_ign6 return");
+    rule(o, &format!("meta pkttype != host goto {CHAIN_BLOCKED}"));
+    rule(o, "ip saddr @detect_ign4 return");
+    rule(o, "ip6 saddr @detect_ign6 return");
     let tcp = !(spec.stcp.is_empty() && spec.atcp.is_empty());
     let udp = !(spec.sudp.is_empty() && spec.audp.is_empty());
     if tcp {
-        rule(&mut o, "input", "meta l4proto tcp jump detect_tcp");
+        rule(o, "meta l4proto tcp jump detect_tcp");
     }
     if udp {
         // An invalid datagram is one the stack drops (bad checksum, truncated).
-        rule(
-            &mut o,
-            "input",
-            "meta l4proto udp ct state new,untracked jump detect_udp",
-        );
+        rule(o, "meta l4proto udp ct state new,untracked jump detect_udp");
     }
-    served_rules(&mut o, table, spec, tcp, udp);
-    other_kinds(&mut o, table, spec);
-    rule(&mut o, "input", &format!("goto {CHAIN_BLOCKED}"));
-    rule(&mut o, "detect_tcp", "tcp flags & (ack | rst) != 0 return");
+    served_rules(o, table, spec, tcp, udp);
+    other_kinds(o, table, spec);
+    rule(o, &format!("goto {CHAIN_BLOCKED}"));
+}
+
+/// `detect_tcp` and `detect_udp`: a watched port's candidate goes to the first hit
+/// (kernel block, then the copy) or to the copy.
+fn protocol_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    let t = spec.tripwire;
+    add_rule(
+        o,
+        table,
+        "detect_tcp",
+        "tcp flags & (ack | rst) != 0 return",
+    );
     for (chain, proto, stealth, adv, first_hit) in [
         (
             "detect_tcp",
@@ -610,40 +632,46 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         ),
     ] {
         let short = &chain[7..];
-        // A candidate goes to the first hit (kernel block, then the copy) or to the copy.
         let target = if first_hit {
             format!("detect_hit_{short}")
         } else {
             "detect_copy".to_string()
         };
         if let Some(tw) = t.filter(|_| first_hit) {
-            first_hit_rules(&mut o, table, proto, &tw);
+            first_hit_rules(o, table, proto, &tw);
         }
         if !stealth.is_empty() {
-            rule(
-                &mut o,
+            add_rule(
+                o,
+                table,
                 chain,
                 &format!("{proto} dport @detect_s{short} goto {target}"),
             );
         }
         if !adv.is_empty() {
             if spec.socket_expr && !first_hit {
-                rule(
-                    &mut o,
+                add_rule(
+                    o,
+                    table,
                     chain,
                     &format!("{proto} dport @detect_a{short} socket transparent 0-1 return"),
                 );
             }
-            rule(
-                &mut o,
+            add_rule(
+                o,
+                table,
                 chain,
                 &format!("{proto} dport @detect_a{short} goto {target}"),
             );
         }
     }
-    // A blocked source's candidate: evidence, then dropped.
-    for r in blocked_lookups(spec.native, t.is_some(), "goto detect_seen") {
-        rule(&mut o, "detect_cand", &r);
+}
+
+/// `detect_cand`, `detect_seen` and `detect_copy`: a blocked source's candidate adds
+/// evidence and is dropped; any other is copied to the sensor within DETECT_RATE.
+fn seen_and_copy_rules(o: &mut String, table: &str, spec: &DetectSpec) {
+    for r in blocked_lookups(spec.native, spec.tripwire.is_some(), "goto detect_seen") {
+        add_rule(o, table, "detect_cand", &r);
     }
     let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(spec.native.unwrap_or(64)));
     for r in [
@@ -653,22 +681,19 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
         "jump detect_log".to_string(),
         "drop".to_string(),
     ] {
-        rule(&mut o, "detect_seen", &r);
+        add_rule(o, table, "detect_seen", &r);
     }
-    rule(&mut o, "detect_copy", "jump detect_cand");
+    let rule = |o: &mut String, r: &str| add_rule(o, table, "detect_copy", r);
+    rule(o, "jump detect_cand");
     rule(
-        &mut o,
-        "detect_copy",
+        o,
         &format!("limit rate over {DETECT_RATE}/second burst {DETECT_BURST} packets counter goto detect_drop"),
     );
-    rule(&mut o, "detect_copy", "jump detect_log");
-    rule(&mut o, "detect_copy", "goto detect_drop");
-    log_rules(&mut o, table, spec.nflog_group);
-    drop_rules(&mut o, table, spec);
-    o
+    rule(o, "jump detect_log");
+    rule(o, "goto detect_drop");
 }
 
-/// RESTART_GRACE: a port a service served within the grace ([`crate::served`]) is no
+/// RESTART_GRACE: a port a service served within the grace ([`crate::kernel::served`]) is no
 /// tripwire. First in `detect_tcp` and `detect_udp`, so that no probe of it (ACK-family
 /// included: the late segments of the restarted service's old connections) is dropped,
 /// copied or put in a first-hit map; it returns to `input`, whose block check still drops
@@ -678,7 +703,7 @@ fn served_rules(o: &mut String, table: &str, spec: &DetectSpec, tcp: bool, udp: 
     if !spec.served {
         return;
     }
-    use crate::served::{SET_ANY, SET_V4, SET_V6};
+    use crate::kernel::served::{SET_ANY, SET_V4, SET_V6};
     for (chain, on) in [("detect_tcp", tcp), ("detect_udp", udp)] {
         if !on {
             continue;
@@ -697,7 +722,7 @@ fn served_rules(o: &mut String, table: &str, spec: &DetectSpec, tcp: bool, udp: 
 /// packet `new` (its checksum verified on the way) or not (`invalid`, or `untracked`
 /// under a notrack rule: the sensor verifies the checksum itself).
 fn log_rules(o: &mut String, table: &str, group: u16) {
-    let snaplen = crate::capture::NFLOG_SNAPLEN;
+    let snaplen = crate::kernel::capture::NFLOG_SNAPLEN;
     let _ = writeln!(
         o,
         "add rule inet {table} detect_log ct state new log prefix \"{NFLOG_PREFIX_NEW}\" group {group} snaplen {snaplen}\n\
@@ -889,7 +914,7 @@ pub fn probe_support(table: &str) -> Support {
          add rule inet {t} c meta pkttype host ct state new limit rate over 1/second return
          add rule inet {t} c ct state invalid log group {} snaplen 64
 ",
-        crate::capture::NFLOG_GROUP
+        crate::kernel::capture::NFLOG_GROUP
     );
     let timeout = Duration::from_secs(10);
     let nftables = nft(
@@ -1238,5 +1263,54 @@ mod tests {
         assert!(r.contains("set v4"), "{r}");
         assert!(!r.contains("jump detect_udp"), "{r}");
         eprintln!("{r}");
+    }
+
+    /// Specs that reach every branch of [`detection_script`]: every mode with the first
+    /// hit, the native sets, kernel never-block entries and RESTART_GRACE; then stealth
+    /// only, without the socket expression or native sets, answering probes.
+    fn golden_specs() -> [(&'static str, DetectSpec); 2] {
+        let cfg = Config::parse(
+            "TCP_PORTS=\"23,31337\"\nUDP_PORTS=\"161,162\"\nADVANCED_PORTS_TCP=\"1024\"\nADVANCED_EXCLUDE_TCP=\"113\"\nADVANCED_PORTS_UDP=\"600\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\n",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let ign = IgnoreList::parse(
+            "10.0.0.0/8\n192.0.2.7\n2001:db8::/32\n",
+            std::path::Path::new("i"),
+        )
+        .unwrap();
+        let all = [Mode::Tcp, Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
+        let never: Vec<std::net::IpAddr> =
+            vec!["192.0.2.1".parse().unwrap(), "fe80::1".parse().unwrap()];
+        let mut full = DetectSpec::new(&cfg, &all, &ign, true, Some(64))
+            .with_tripwire(Tripwire::from_config(&cfg, true), &never);
+        full.served = true;
+        let mut stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, false, None);
+        stealth.answer_probes = true;
+        [("full", full), ("stealth", stealth)]
+    }
+
+    /// The script is what the kernel test and every deployment load: a refactoring of
+    /// [`detection_script`] must leave it byte for byte as it is.
+    /// After an intended change, `SENTRY_WRITE_GOLDEN=1 cargo test -p sentry-enforcer
+    /// detection_script_is_byte` rewrites the stored scripts (review their diff).
+    #[test]
+    fn detection_script_is_byte_identical_to_the_stored_one() {
+        let stored = [
+            include_str!("testdata/detect_full.nft"),
+            include_str!("testdata/detect_stealth.nft"),
+        ];
+        for ((name, spec), want) in golden_specs().into_iter().zip(stored) {
+            let got = detection_script("sentry", &spec);
+            if std::env::var_os("SENTRY_WRITE_GOLDEN").is_some() {
+                let p = format!(
+                    "{}/src/kernel/testdata/detect_{name}.nft",
+                    env!("CARGO_MANIFEST_DIR")
+                );
+                std::fs::write(p, &got).unwrap();
+                continue;
+            }
+            assert_eq!(got, want, "{name}");
+        }
     }
 }

@@ -539,6 +539,41 @@ fn remove_once(path: &Path, entries: &[Entry<'_>]) -> io::Result<Option<Removed>
     let text = read_all(&mut f, path)?;
     let lines = split_lines(&text);
     let pairs = marked_pairs(&lines);
+    let (drop, sep_before, report) = mark_removals(path, &lines, &pairs, entries);
+    if report.removed == 0 {
+        return Ok(Some(report));
+    }
+    let kept = kept_text(&text, &lines, &drop, &sep_before);
+    // `open` gives an O_APPEND handle; the rewrite needs a positional one on the same
+    // file, re-checked the same way (O_NOFOLLOW, owner, mode) and required to be the
+    // very inode we just read.
+    let mut w = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| err(path, e))?;
+    let (a, b) = (f.metadata()?, w.metadata()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(err(path, "replaced while being edited; refusing"));
+    }
+    check_meta(path, &b, "file")?;
+    // Compare and retry: a writer that came in since the read is merged by reading again.
+    if stamp(&b) != before {
+        return Ok(None);
+    }
+    rewrite_in_place(&mut w, &kept, text.len() as u64)?;
+    Ok(Some(report))
+}
+
+/// Which lines go for `entries`: each entry's marked pair, or (for a block made by an
+/// older version) its unmarked line when that is unambiguous. Returns the lines to drop,
+/// each dropped marker's ` +sep` flag, and the report.
+fn mark_removals(
+    path: &Path,
+    lines: &[Line<'_>],
+    pairs: &[(usize, IpAddr, bool)],
+    entries: &[Entry<'_>],
+) -> (Vec<bool>, Vec<bool>, Removed) {
     let mut drop = vec![false; lines.len()];
     // Per marker line: its ` +sep` flag (recorded for dropped markers only).
     let mut sep_before = vec![false; lines.len()];
@@ -546,7 +581,7 @@ fn remove_once(path: &Path, entries: &[Entry<'_>]) -> io::Result<Option<Removed>
     for e in entries {
         let want = e.line.as_bytes();
         let mut found = false;
-        for (i, _, sep) in &pairs {
+        for (i, _, sep) in pairs {
             if trim_end(lines[i + 1].text) == want {
                 if !drop[*i] {
                     drop[*i] = true;
@@ -585,9 +620,11 @@ fn remove_once(path: &Path, entries: &[Entry<'_>]) -> io::Result<Option<Removed>
             )),
         }
     }
-    if report.removed == 0 {
-        return Ok(Some(report));
-    }
+    (drop, sep_before, report)
+}
+
+/// The file without the dropped lines.
+fn kept_text(text: &[u8], lines: &[Line<'_>], drop: &[bool], sep_before: &[bool]) -> Vec<u8> {
     // A removed marker with ` +sep` owned the `\n` before it. If the next line kept is
     // another of sentry's markers, that one inherits the flag; if nothing is kept after
     // it, the `\n` goes (the admin's unterminated last line is restored exactly); if an
@@ -612,25 +649,7 @@ fn remove_once(path: &Path, entries: &[Entry<'_>]) -> io::Result<Option<Removed>
     if pending_sep && kept.ends_with(b"\n") {
         kept.pop();
     }
-    // `open` gives an O_APPEND handle; the rewrite needs a positional one on the same
-    // file, re-checked the same way (O_NOFOLLOW, owner, mode) and required to be the
-    // very inode we just read.
-    let mut w = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| err(path, e))?;
-    let (a, b) = (f.metadata()?, w.metadata()?);
-    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-        return Err(err(path, "replaced while being edited; refusing"));
-    }
-    check_meta(path, &b, "file")?;
-    // Compare and retry: a writer that came in since the read is merged by reading again.
-    if stamp(&b) != before {
-        return Ok(None);
-    }
-    rewrite_in_place(&mut w, &kept, text.len() as u64)?;
-    Ok(Some(report))
+    kept
 }
 
 /// Write `kept` over the file from offset 0 and cut it to its new length, keeping whatever

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags, NetlinkAddr, SockFlag, SockProtocol};
 use nix::sys::time::TimeVal;
 
-use crate::nl::{
+use crate::kernel::nl::{
     self, pad4, MsgBuilder, AF_INET, AF_INET6, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLMSG_DONE,
     NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF, RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV6_IFADDR, RTM_DELROUTE, RTM_NEWROUTE,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use nix::sys::socket::{setsockopt, sockopt, SockProtocol};
 
-use crate::netlink::NlError;
-use crate::nl::{self, NFNL_SUBSYS_NFTABLES, NFPROTO_INET};
+use crate::kernel::netlink::NlError;
+use crate::kernel::nl::{self, NFNL_SUBSYS_NFTABLES, NFPROTO_INET};
 
 const NFGENMSG_LEN: usize = 4;
 /// nf_tables' multicast group (NFNLGRP_NFTABLES).
@@ -67,8 +67,11 @@ fn foreign_change(m: nl::Msg<'_>, table: &str, own_portid: u32) -> Option<u32> {
         let name = payload.split(|b| *b == 0).next().unwrap_or_default();
         if ty == ATTR_TABLE {
             ours = name == table.as_bytes();
-        } else if ty == ATTR_SET && elems && name.starts_with(crate::served::SET_ANY.as_bytes()) {
-            // The served-port poller's own writes (crate::served), four a second at
+        } else if ty == ATTR_SET
+            && elems
+            && name.starts_with(crate::kernel::served::SET_ANY.as_bytes())
+        {
+            // The served-port poller's own writes (crate::kernel::served), four a second at
             // most: not a change to answer with a rebuild. Whatever else changes them
             // is overwritten by its next full rewrite.
             return None;
@@ -114,7 +117,7 @@ impl TableWatch {
             if by.is_none() {
                 // Our own `nft` children (table and detection builds) are not news.
                 by = scan_datagram(b.unwrap_or(&[]), table, own_portid)
-                    .filter(|p| !crate::exec::recently_spawned(*p));
+                    .filter(|p| !crate::effects::exec::recently_spawned(*p));
             }
         });
         Ok(Changes {
