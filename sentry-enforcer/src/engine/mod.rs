@@ -644,30 +644,7 @@ impl Engine {
         rec.source = Some(addr);
         rec.origin = Some(ctl.origin.clone());
         self.flush_audit_budget(now);
-        let invalid = if let Err(e) = sentry_proto::validate_origin(&ctl.origin) {
-            Some(e.to_string())
-        } else if let Err(e) = ctl.meta.validate() {
-            // Refused whole, never trimmed: a LAPI that sends a bad field is broken or
-            // hostile, and its other claims are not taken either.
-            Some(e.to_string())
-        } else if ctl.origin == sentry_proto::ORIGIN_SENSOR {
-            Some("origin name \"sensor\" is reserved for the local sensor".to_string())
-        } else if ctl.origin == judge::MANUAL_ORIGIN && peer.uid != 0 {
-            Some(format!(
-                "origin name \"{}\" is root's own (its blocks are bounded by MAX_BLOCKS alone); pass --origin NAME, counted against FLEET_MAX_BLOCKS and FLEET_BLOCK_RATE",
-                judge::MANUAL_ORIGIN
-            ))
-        } else {
-            match ctl.duration {
-                Some(d) if d < std::time::Duration::from_secs(1) => {
-                    Some(format!("duration {d:?} is shorter than 1 s"))
-                }
-                Some(d) if d.as_millis() > u128::from(sentry_proto::MAX_BLOCK_DURATION_MS) => Some(
-                    format!("duration {}s is longer than ten years", d.as_secs()),
-                ),
-                _ => None,
-            }
-        };
+        let invalid = control_invalid(ctl, peer);
         // Only validated metadata reaches the audit log.
         if invalid.is_none() {
             rec.meta = ctl.meta.clone();
@@ -681,41 +658,48 @@ impl Engine {
                     format!("adminalert: rejected block request from control: {why}"),
                 )),
             ),
-            None => {
-                // No probe behind it: the judge sees an address and an origin (BLOCK_TCP
-                // governs it: judge::Request::mode).
-                let req = judge::Request::Control {
-                    addr,
-                    origin: judge::Origin::of(Some(&ctl.origin)),
-                };
-                // A fleet block lasts at most FLEET_MAX_DURATION: a compromised LAPI or
-                // fleet machine cannot make ten-year blocks. Shortened, and said so.
-                let max = self.cfg.fleet_max_duration;
-                let fleet = judge::Origin::of(Some(&ctl.origin)) == judge::Origin::Fleet;
-                let asked = ctl.duration.or(self.cfg.block_timeout);
-                let mut ctl = ctl.clone();
-                let shortened = fleet && asked.is_none_or(|d| d > max);
-                if shortened {
-                    ctl.duration = Some(max);
-                }
-                let (d, mut reason, line) =
-                    self.decide_checked(req, now.ms(), &mut rec, Some(&ctl));
-                if shortened && d == Decision::Blocked {
-                    let asked =
-                        asked.map_or("permanent".to_string(), |a| format!("{}s", a.as_secs()));
-                    reason.push_str(&format!(
-                        " (asked for {asked}; FLEET_MAX_DURATION={}s)",
-                        max.as_secs()
-                    ));
-                }
-                (d, reason, line)
-            }
+            None => self.judge_control(addr, ctl, now, &mut rec),
         };
         let expires = (decision == Decision::Blocked)
             .then_some(rec.expires_ms)
             .flatten();
         let d = self.conclude(rec, decision, reason.clone(), line, addr, now);
         (d, reason, expires)
+    }
+
+    /// A valid control block, judged and acted on. A fleet block lasts at most
+    /// FLEET_MAX_DURATION: a compromised LAPI or fleet machine cannot make ten-year blocks.
+    /// Shortened, and said so in the reason.
+    fn judge_control(
+        &mut self,
+        addr: IpAddr,
+        ctl: &ControlBlock,
+        now: WallUs,
+        rec: &mut AuditRecord,
+    ) -> (Decision, String, Line) {
+        // No probe behind it: the judge sees an address and an origin (BLOCK_TCP governs
+        // it: judge::Request::mode).
+        let req = judge::Request::Control {
+            addr,
+            origin: judge::Origin::of(Some(&ctl.origin)),
+        };
+        let max = self.cfg.fleet_max_duration;
+        let fleet = judge::Origin::of(Some(&ctl.origin)) == judge::Origin::Fleet;
+        let asked = ctl.duration.or(self.cfg.block_timeout);
+        let mut ctl = ctl.clone();
+        let shortened = fleet && asked.is_none_or(|d| d > max);
+        if shortened {
+            ctl.duration = Some(max);
+        }
+        let (d, mut reason, line) = self.decide_checked(req, now.ms(), rec, Some(&ctl));
+        if shortened && d == Decision::Blocked {
+            let asked = asked.map_or("permanent".to_string(), |a| format!("{}s", a.as_secs()));
+            reason.push_str(&format!(
+                " (asked for {asked}; FLEET_MAX_DURATION={}s)",
+                max.as_secs()
+            ));
+        }
+        (d, reason, line)
     }
 
     /// Decide on one checked block request from `peer` and act on it. Persistence and the
@@ -1215,6 +1199,37 @@ impl Probe {
                 distinct_ports: 0,
             },
         }
+    }
+}
+
+/// Why a control block request is refused before the judge sees it, if it is: a bad
+/// origin name or metadata (refused whole, never trimmed: a LAPI that sends a bad field is
+/// broken or hostile, and its other claims are not taken either), a reserved origin, or a
+/// duration out of bounds.
+fn control_invalid(ctl: &ControlBlock, peer: Peer) -> Option<String> {
+    if let Err(e) = sentry_proto::validate_origin(&ctl.origin) {
+        return Some(e.to_string());
+    }
+    if let Err(e) = ctl.meta.validate() {
+        return Some(e.to_string());
+    }
+    if ctl.origin == sentry_proto::ORIGIN_SENSOR {
+        return Some("origin name \"sensor\" is reserved for the local sensor".to_string());
+    }
+    if ctl.origin == judge::MANUAL_ORIGIN && peer.uid != 0 {
+        return Some(format!(
+            "origin name \"{}\" is root's own (its blocks are bounded by MAX_BLOCKS alone); pass --origin NAME, counted against FLEET_MAX_BLOCKS and FLEET_BLOCK_RATE",
+            judge::MANUAL_ORIGIN
+        ));
+    }
+    match ctl.duration {
+        Some(d) if d < std::time::Duration::from_secs(1) => {
+            Some(format!("duration {d:?} is shorter than 1 s"))
+        }
+        Some(d) if d.as_millis() > u128::from(sentry_proto::MAX_BLOCK_DURATION_MS) => Some(
+            format!("duration {}s is longer than ten years", d.as_secs()),
+        ),
+        _ => None,
     }
 }
 
