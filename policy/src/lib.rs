@@ -44,3 +44,38 @@ pub fn mask6(a: std::net::Ipv6Addr, len: u8) -> std::net::Ipv6Addr {
 /// Largest configuration or ignore file accepted (bytes). Anything bigger is refused
 /// rather than read into memory.
 pub const MAX_FILE_SIZE: u64 = 16 << 20;
+
+/// Why [`read_bounded`] failed.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(std::io::Error),
+    /// A directory, a FIFO, a device: never read.
+    NotRegular,
+    /// Larger than the cap given.
+    TooLarge(u64),
+}
+
+/// Read a regular file of at most `max` bytes: checked on the opened descriptor (no race
+/// with a rename between a stat and the open), never more than `max` + 1 bytes read, so
+/// a huge or endless file costs nothing. `Ok(None)`: it does not exist. The one bounded
+/// reader of the small files the enforcer and sentryctl read (resolver and lease files,
+/// the ignore file they edit).
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    if !f.metadata().map_err(ReadError::Io)?.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    let mut b = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut b)
+        .map_err(ReadError::Io)?;
+    if b.len() as u64 > max {
+        return Err(ReadError::TooLarge(max));
+    }
+    Ok(Some(b))
+}

@@ -12,7 +12,7 @@
 //!
 //! The text functions ([`add`], [`remove`], [`list`]) are pure and fuzzed.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -232,24 +232,18 @@ pub fn today() -> String {
 
 /// Read IGNORE_FILE (`Ok(None)` when it does not exist).
 pub fn read(path: &Path) -> Result<Option<String>, String> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    use policy::ReadError;
+    let b = match policy::read_bounded(path, MAX_SIZE) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(ReadError::Io(e)) => return Err(format!("{}: {e}", path.display())),
+        Err(ReadError::NotRegular) => {
+            return Err(format!("{}: not a regular file", path.display()))
+        }
+        Err(ReadError::TooLarge(max)) => {
+            return Err(format!("{}: larger than {max} bytes", path.display()))
+        }
     };
-    let md = f
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if !md.is_file() {
-        return Err(format!("{}: not a regular file", path.display()));
-    }
-    let mut b = Vec::new();
-    f.take(MAX_SIZE + 1)
-        .read_to_end(&mut b)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if b.len() as u64 > MAX_SIZE {
-        return Err(format!("{}: larger than {MAX_SIZE} bytes", path.display()));
-    }
     String::from_utf8(b)
         .map(Some)
         .map_err(|_| format!("{}: not valid UTF-8 text", path.display()))

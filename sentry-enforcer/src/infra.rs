@@ -23,7 +23,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::Read;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -445,28 +444,18 @@ pub fn parse_lease(text: &str) -> (Vec<IpAddr>, Vec<String>) {
 
 /// Read a text file of at most [`MAX_FILE`] bytes; `Ok(None)` when it does not exist.
 fn read_small(path: &Path) -> Result<Option<String>, String> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let md = f
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if !md.is_file() {
-        return Err(format!("{}: not a regular file; ignored", path.display()));
-    }
-    let mut b = Vec::new();
-    f.take(MAX_FILE + 1)
-        .read_to_end(&mut b)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if b.len() as u64 > MAX_FILE {
-        return Err(format!(
-            "{}: larger than {MAX_FILE} bytes; not read",
+    use policy::ReadError;
+    match policy::read_bounded(path, MAX_FILE) {
+        Ok(b) => Ok(b.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        Err(ReadError::Io(e)) => Err(format!("{}: {e}", path.display())),
+        Err(ReadError::NotRegular) => {
+            Err(format!("{}: not a regular file; ignored", path.display()))
+        }
+        Err(ReadError::TooLarge(max)) => Err(format!(
+            "{}: larger than {max} bytes; not read",
             path.display()
-        ));
+        )),
     }
-    Ok(Some(String::from_utf8_lossy(&b).into_owned()))
 }
 
 /// Identity of a file's current version: (device, inode, size, mtime seconds, mtime ns).
