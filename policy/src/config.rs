@@ -15,6 +15,15 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/sentry/sentry.conf";
 pub const PORTSENTRY_CONFIG_PATH: &str = "/etc/portsentry/portsentry.conf";
 
 /// `BLOCK_TCP` / `BLOCK_UDP`.
+/// Which BLOCK_* key a probe falls under: TCP and UDP scans PortSentry knew, or the
+/// others (SCTP INIT, IP-protocol probes, ACK and Maimon scans: BLOCK_OTHER_SCANS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanClass {
+    Tcp,
+    Udp,
+    Other,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockMode {
     /// 0: detect and log only.
@@ -640,11 +649,11 @@ impl Config {
     /// What to do with a probe of this kind: BLOCK_OTHER_SCANS for the kinds PortSentry
     /// never reported (SCTP and IP-protocol probes always are), BLOCK_TCP / BLOCK_UDP for
     /// the others.
-    pub fn block_mode_for(&self, scan: sentry_proto::ScanKind) -> BlockMode {
-        match scan.protocol() {
-            sentry_proto::Protocol::Tcp if !scan.is_other() => self.block_tcp,
-            sentry_proto::Protocol::Udp if !scan.is_other() => self.block_udp,
-            _ => self.other_scans_mode(),
+    pub fn block_mode_for(&self, class: ScanClass) -> BlockMode {
+        match class {
+            ScanClass::Tcp => self.block_tcp,
+            ScanClass::Udp => self.block_udp,
+            ScanClass::Other => self.other_scans_mode(),
         }
     }
 

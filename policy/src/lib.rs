@@ -13,13 +13,12 @@
 mod config;
 mod error;
 mod ignore;
-pub mod logfmt;
 mod neverblock;
 mod ports;
 mod template;
 
 pub use config::{
-    creatable, BlockMode, Config, FileCheck, Firewall, FirewallOrigin, DEFAULT_CONFIG_PATH,
+    creatable, BlockMode, ScanClass, Config, FileCheck, Firewall, FirewallOrigin, DEFAULT_CONFIG_PATH,
     PORTSENTRY_CONFIG_PATH,
 };
 pub use error::{ConfigError, ConfigErrors};

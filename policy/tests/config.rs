@@ -447,10 +447,10 @@ fn block_other_scans_key() {
         ScanKind::IpProtocol,
         ScanKind::SctpInit,
     ] {
-        assert_eq!(cfg.block_mode_for(k), BlockMode::LogOnly, "{k}");
+        assert_eq!(cfg.block_mode_for(class(k)), BlockMode::LogOnly, "{k}");
     }
-    assert_eq!(cfg.block_mode_for(ScanKind::Syn), BlockMode::Block);
-    assert_eq!(cfg.block_mode_for(ScanKind::Udp), BlockMode::LogOnly);
+    assert_eq!(cfg.block_mode_for(class(ScanKind::Syn)), BlockMode::Block);
+    assert_eq!(cfg.block_mode_for(class(ScanKind::Udp)), BlockMode::LogOnly);
     let on = Config::parse(
         "BLOCK_TCP=\"0\"\nBLOCK_OTHER_SCANS=\"1\"\nFIREWALL=\"nftables\"\n",
         Path::new("x"),
@@ -458,9 +458,9 @@ fn block_other_scans_key() {
     .unwrap();
     assert!(on.block_other_scans);
     assert!(on.warnings.is_empty(), "{:?}", on.warnings);
-    assert_eq!(on.block_mode_for(ScanKind::Ack), BlockMode::Block);
-    assert_eq!(on.block_mode_for(ScanKind::IpProtocol), BlockMode::Block);
-    assert_eq!(on.block_mode_for(ScanKind::Syn), BlockMode::LogOnly);
+    assert_eq!(on.block_mode_for(class(ScanKind::Ack)), BlockMode::Block);
+    assert_eq!(on.block_mode_for(class(ScanKind::IpProtocol)), BlockMode::Block);
+    assert_eq!(on.block_mode_for(class(ScanKind::Syn)), BlockMode::LogOnly);
     assert_eq!(
         one_error("BLOCK_OTHER_SCANS=\"2\"\n"),
         "/etc/sentry/sentry.conf:1: BLOCK_OTHER_SCANS: expected 0 or 1, got '2'"
@@ -535,4 +535,13 @@ fn debian_package_settings_parse_unchanged() {
     assert_eq!(cfg.firewall, Firewall::Nftables);
     assert_eq!(cfg.firewall_origin, policy::FirewallOrigin::Default);
     assert!(cfg.kill_route.is_some() && cfg.kill_hosts_deny.is_some());
+}
+
+/// The BLOCK_* key a scan kind falls under (as the worker's judge maps it).
+fn class(k: sentry_proto::ScanKind) -> policy::ScanClass {
+    match (k.protocol(), k.is_other()) {
+        (sentry_proto::Protocol::Tcp, false) => policy::ScanClass::Tcp,
+        (sentry_proto::Protocol::Udp, false) => policy::ScanClass::Udp,
+        _ => policy::ScanClass::Other,
+    }
 }

@@ -84,7 +84,7 @@ pub fn format_record(r: &WatchRecord) -> String {
 }
 
 pub fn fmt_time(ms: u64) -> String {
-    policy::logfmt::format_utc(ms)
+    sentry_proto::logfmt::format_utc(ms)
 }
 
 pub fn fmt_duration(s: u64) -> String {

@@ -227,7 +227,7 @@ pub fn today() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    policy::logfmt::format_utc(ms)[..10].to_string()
+    sentry_proto::logfmt::format_utc(ms)[..10].to_string()
 }
 
 /// Read IGNORE_FILE (`Ok(None)` when it does not exist).

@@ -21,6 +21,25 @@ pub mod channel;
 mod sys;
 pub use channel::{Channel, RecvError};
 
+/// IP protocols that are not probes when they arrive unasked: they are what the host's
+/// own stack, tunnels and routing daemons receive (ICMP and ICMPv6, which includes
+/// neighbour discovery; IGMP; IPIP, 6in4 and GRE tunnels; IPsec ESP and AH; OSPF, PIM,
+/// VRRP; L2TPv3; UDP-Lite; DCCP, whose tracker marks a headerless probe invalid anyway),
+/// plus TCP, UDP and SCTP, which are judged by their own rules. The detection chain
+/// copies a packet of any other protocol as an IP-protocol probe (`nmap -sO` sends every
+/// number), and the sensor checks the same list again (sentry-proto re-exports these).
+pub const NOT_PROBE_PROTOCOLS: &[u8] = &[
+    1, 2, 4, 6, 17, 33, 41, 47, 50, 51, 58, 89, 103, 112, 115, 132, 136,
+];
+
+/// NFLOG prefix of packets conntrack took as the first of a new flow (its checksum was
+/// verified by conntrack unless `nf_conntrack_checksum` is 0).
+pub const NFLOG_PREFIX_NEW: &str = "sentry new";
+/// NFLOG prefix of packets conntrack found invalid: flag probes (FIN, NULL, XMAS, ...),
+/// but also packets with a bad checksum, which the host's stack will discard: the sensor
+/// verifies the checksum of these itself.
+pub const NFLOG_PREFIX_INVALID: &str = "sentry invalid";
+
 /// Bumped whenever a record's layout or meaning changes; the worker's first request
 /// ([`Verb::Hello`]) carries it, and the parent refuses any other.
 pub const VERSION: u64 = 1;

@@ -13,6 +13,7 @@
 
 pub mod duration;
 mod frame;
+pub mod logfmt;
 mod msg;
 pub mod record;
 
@@ -39,24 +40,10 @@ mod meta_tests;
 /// instead.
 pub const PROTOCOL_VERSION: u16 = 5;
 
-/// IP protocols that are not probes when they arrive unasked: they are what the host's
-/// own stack, tunnels and routing daemons receive (ICMP and ICMPv6, which includes
-/// neighbour discovery; IGMP; IPIP, 6in4 and GRE tunnels; IPsec ESP and AH; OSPF, PIM,
-/// VRRP; L2TPv3; UDP-Lite; DCCP, whose tracker marks a headerless probe invalid anyway),
-/// plus TCP, UDP and SCTP, which are judged by their own rules. The detection chain
-/// copies a packet of any other protocol as an IP-protocol probe (`nmap -sO` sends every
-/// number), and the sensor checks the same list again.
-pub const NOT_PROBE_PROTOCOLS: &[u8] = &[
-    1, 2, 4, 6, 17, 33, 41, 47, 50, 51, 58, 89, 103, 112, 115, 132, 136,
-];
-
-/// NFLOG prefix of packets conntrack took as the first of a new flow (its checksum was
-/// verified by conntrack unless `nf_conntrack_checksum` is 0).
-pub const NFLOG_PREFIX_NEW: &str = "sentry new";
-/// NFLOG prefix of packets conntrack found invalid: flag probes (FIN, NULL, XMAS, ...),
-/// but also packets with a bad checksum, which the host's stack will discard: the sensor
-/// verifies the checksum of these itself.
-pub const NFLOG_PREFIX_INVALID: &str = "sentry invalid";
+// What the kernel's detection chain and the sensor agree on (protocols that are no
+// probes, the NFLOG prefixes): defined once, beside the root parent's records, because
+// the parent builds the chain and links no sentry-proto.
+pub use sentry_privsep::{NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW, NOT_PROBE_PROTOCOLS};
 
 /// Cap for frames on the sensor socket, both directions, and for control requests.
 pub const MAX_SMALL_FRAME: usize = 4096;

@@ -198,7 +198,7 @@ pub fn alerts_body(reports: &[Report], decision: Option<Duration>) -> serde_json
     let alerts: Vec<serde_json::Value> = reports
         .iter()
         .map(|r| {
-            let at = policy::logfmt::format_utc(r.time_us / 1000);
+            let at = sentry_proto::logfmt::format_utc(r.time_us / 1000);
             let ip = normal(r.source).to_string();
             let (scope, value) = match r.prefix {
                 Some(len) => ("Range", format!("{ip}/{len}")),

@@ -143,7 +143,7 @@ fn check_config(path: &std::path::Path, offline: bool) -> Result<(), String> {
             match lapi.check_login(i) {
                 Ok(exp) => println!(
                     "{url}: machine {id}: login OK (token valid until {})",
-                    policy::logfmt::format_utc(
+                    sentry_proto::logfmt::format_utc(
                         u64::try_from(exp).unwrap_or(0).saturating_mul(1000)
                     )
                 ),

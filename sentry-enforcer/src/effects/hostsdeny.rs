@@ -168,13 +168,6 @@ pub fn entries(v: &[(IpAddr, String, bool)]) -> Vec<Entry<'_>> {
         .collect()
 }
 
-/// Log the legacy lines [`remove`] left in place.
-pub fn log_kept(log: &crate::audit::Logger, r: &Removed) {
-    for k in &r.kept {
-        log.warn(&format!("adminalert: hosts.deny: {k}"));
-    }
-}
-
 fn err(path: &Path, msg: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{}: {msg}", path.display()))
 }

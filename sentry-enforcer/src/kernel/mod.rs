@@ -6,7 +6,7 @@
 
 pub mod capture;
 pub mod netlink;
-pub(crate) mod nl;
+pub mod nl;
 pub mod served;
 pub mod table;
 pub mod tablewatch;

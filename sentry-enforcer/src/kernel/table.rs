@@ -7,12 +7,16 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use policy::{Config, IgnoreList};
-use sentry_proto::{Mode, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW, NOT_PROBE_PROTOCOLS};
+use sentry_privsep::{Modes, NFLOG_PREFIX_INVALID, NFLOG_PREFIX_NEW, NOT_PROBE_PROTOCOLS};
 
-use crate::effects::action::{SET_V4, SET_V6, SET_V6NET};
 use crate::effects::exec;
-use crate::error::EnforcerError;
 use crate::kernel::netlink::SetElem;
+
+/// Names of the two sets in the nftables table.
+pub const SET_V4: &str = "v4";
+pub const SET_V6: &str = "v6";
+/// The set of IPv6 networks (BLOCK_PREFIX6), looked up with the source masked.
+pub const SET_V6NET: &str = "v6net";
 
 /// The regular chain every new, invalid or untracked packet goes through: a source in a
 /// block set (or, from the detection script, a first-hit map) is dropped here.
@@ -128,7 +132,7 @@ pub fn elements_script(table: &str, elems: &[SetElem], nets: bool) -> String {
 
 /// Delete and recreate the table with `hosts` and IPv6 `nets` in it, in one transaction,
 /// so a restart never opens a window in which the surviving blocks pass.
-pub fn build(cfg: &Config, hosts: &[SetElem], nets: &[SetElem]) -> Result<(), EnforcerError> {
+pub fn build(cfg: &Config, hosts: &[SetElem], nets: &[SetElem]) -> Result<(), String> {
     let mut script = setup_script(&cfg.nft_table, cfg.block_prefix6);
     script.push_str(&elements_script(&cfg.nft_table, hosts, false));
     script.push_str(&elements_script(&cfg.nft_table, nets, true));
@@ -327,15 +331,15 @@ impl DetectSpec {
     /// check looks them up. Basic modes alone watch nothing here.
     pub fn new(
         cfg: &Config,
-        modes: &[Mode],
+        modes: Modes,
         ignore: &IgnoreList,
         socket_expr: bool,
         native: Option<u8>,
     ) -> Self {
-        if modes.iter().all(|m| m.is_basic()) {
+        if modes.basic_only() {
             return Self::blocks_only(native);
         }
-        let has = |m| modes.contains(&m);
+        let has = |m| modes.has(m);
         let mut s = Self {
             native,
             socket_expr,
@@ -344,16 +348,16 @@ impl DetectSpec {
             served: !cfg.restart_grace.is_zero(),
             ..Self::default()
         };
-        if has(Mode::Stcp) {
+        if has(Modes::STCP) {
             s.stcp = ranges(cfg.tcp_ports.iter().collect());
         }
-        if has(Mode::Sudp) {
+        if has(Modes::SUDP) {
             s.sudp = ranges(cfg.udp_ports.iter().collect());
         }
-        if has(Mode::Atcp) {
+        if has(Modes::ATCP) {
             s.atcp = advanced(cfg.advanced_ports_tcp, &cfg.advanced_exclude_tcp);
         }
-        if has(Mode::Audp) {
+        if has(Modes::AUDP) {
             s.audp = advanced(cfg.advanced_ports_udp, &cfg.advanced_exclude_udp);
         }
         let range = |lo: String, hi: String| if lo == hi { lo } else { format!("{lo}-{hi}") };
@@ -882,18 +886,14 @@ fn nft(script: &str, timeout: Duration) -> Result<(), String> {
 }
 
 /// (Re)build the detection chain in one transaction.
-pub fn apply_detection(cfg: &Config, spec: &DetectSpec) -> Result<(), EnforcerError> {
+pub fn apply_detection(cfg: &Config, spec: &DetectSpec) -> Result<(), String> {
     nft_table(cfg, &detection_script(&cfg.nft_table, spec))
 }
 
 /// Run one `nft -f -` transaction on the table.
-fn nft_table(cfg: &Config, script: &str) -> Result<(), EnforcerError> {
-    nft(script, cfg.kill_timeout.max(Duration::from_secs(30))).map_err(|detail| {
-        EnforcerError::NftTable {
-            table: cfg.nft_table.clone(),
-            detail,
-        }
-    })
+fn nft_table(cfg: &Config, script: &str) -> Result<(), String> {
+    nft(script, cfg.kill_timeout.max(Duration::from_secs(30)))
+        .map_err(|detail| format!("cannot create nftables table inet {}: {detail}", cfg.nft_table))
 }
 
 /// What the kernel offers the detection chain, probed once at start in a throw-away
@@ -968,7 +968,7 @@ mod tests {
         .unwrap();
         let spec = DetectSpec::new(
             &cfg,
-            &[Mode::Stcp, Mode::Atcp, Mode::Tcp],
+            Modes(Modes::STCP | Modes::ATCP | Modes::TCP),
             &ign,
             true,
             Some(64),
@@ -1039,7 +1039,7 @@ mod tests {
         };
         assert!(!detection_script("sentry", &no_socket).contains("socket"));
         // Stealth modes alone: no IP-protocol rule (that is the advanced modes' job).
-        let stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, true, None);
+        let stealth = DetectSpec::new(&cfg, Modes(Modes::STCP), &ign, true, None);
         assert!(!detection_script("sentry", &stealth).contains("meta l4proto !="));
         assert!(!DetectSpec::default().watches());
     }
@@ -1051,9 +1051,9 @@ mod tests {
             std::path::Path::new("t.conf"),
         )
         .unwrap();
-        let all = [Mode::Stcp, Mode::Atcp];
+        let all = Modes(Modes::STCP | Modes::ATCP);
         let tw = Tripwire::from_config(&cfg, true);
-        let spec = DetectSpec::new(&cfg, &all, &IgnoreList::empty(), true, Some(64))
+        let spec = DetectSpec::new(&cfg, all, &IgnoreList::empty(), true, Some(64))
             .with_tripwire(tw, &[]);
         let s = detection_script("t", &spec);
         let rules = |chain: &str| -> Vec<&str> {
@@ -1222,8 +1222,8 @@ mod tests {
             .map_err(|e| format!("{e:?}"))?;
             build(&cfg, &[], &[]).map_err(|e| e.to_string())?;
             let ign = IgnoreList::parse("10.0.0.0/8\n2001:db8::1\n", std::path::Path::new("i")).unwrap();
-            let all = [Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
-            let spec = DetectSpec::new(&cfg, &all, &ign, sup.socket.is_ok(), Some(64));
+            let all = Modes(Modes::STCP | Modes::SUDP | Modes::ATCP | Modes::AUDP);
+            let spec = DetectSpec::new(&cfg, all, &ign, sup.socket.is_ok(), Some(64));
             apply_detection(&cfg, &spec).map_err(|e| e.to_string())?;
             // With the first hit (BLOCK_TCP=1, SCAN_TRIGGER=0) and a never-block address.
             let blocking = Config::parse(
@@ -1233,7 +1233,7 @@ mod tests {
             .map_err(|e| format!("{e:?}"))?;
             let tw = Tripwire::from_config(&blocking, true);
             let gw: std::net::IpAddr = "192.0.2.254".parse().unwrap();
-            let hit = DetectSpec::new(&blocking, &all, &ign, sup.socket.is_ok(), Some(64)).with_tripwire(tw, &[gw]);
+            let hit = DetectSpec::new(&blocking, all, &ign, sup.socket.is_ok(), Some(64)).with_tripwire(tw, &[gw]);
             apply_detection(&blocking, &hit).map_err(|e| e.to_string())?;
             let out = std::process::Command::new("nft")
                 .args(["list", "table", "inet", "sentrytest"])
@@ -1248,7 +1248,7 @@ mod tests {
                 return Err(format!("first hit missing:\n{text}"));
             }
             // Twice: the rebuild of an existing chain works too, and keeps the block sets.
-            let spec2 = DetectSpec::new(&cfg, &[Mode::Stcp], &IgnoreList::empty(), sup.socket.is_ok(), Some(64));
+            let spec2 = DetectSpec::new(&cfg, Modes(Modes::STCP), &IgnoreList::empty(), sup.socket.is_ok(), Some(64));
             apply_detection(&cfg, &spec2).map_err(|e| e.to_string())?;
             let out = std::process::Command::new("nft")
                 .args(["list", "table", "inet", "sentrytest"])
@@ -1279,13 +1279,13 @@ mod tests {
             std::path::Path::new("i"),
         )
         .unwrap();
-        let all = [Mode::Tcp, Mode::Stcp, Mode::Sudp, Mode::Atcp, Mode::Audp];
+        let all = Modes(Modes::TCP | Modes::STCP | Modes::SUDP | Modes::ATCP | Modes::AUDP);
         let never: Vec<std::net::IpAddr> =
             vec!["192.0.2.1".parse().unwrap(), "fe80::1".parse().unwrap()];
-        let mut full = DetectSpec::new(&cfg, &all, &ign, true, Some(64))
+        let mut full = DetectSpec::new(&cfg, all, &ign, true, Some(64))
             .with_tripwire(Tripwire::from_config(&cfg, true), &never);
         full.served = true;
-        let mut stealth = DetectSpec::new(&cfg, &[Mode::Stcp], &ign, false, None);
+        let mut stealth = DetectSpec::new(&cfg, Modes(Modes::STCP), &ign, false, None);
         stealth.answer_probes = true;
         [("full", full), ("stealth", stealth)]
     }

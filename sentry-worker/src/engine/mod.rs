@@ -1,5 +1,5 @@
 //! The decision engine: every checked block request goes through [`Engine::decide`]: the
-//! judge ([`crate::judge`]) decides, the executor ([`crate::effects::action`]) acts, and the result
+//! judge ([`crate::judge`]) decides, the executor ([`crate::action`]) acts, and the result
 //! is persisted and audited — all before the caller sends the reply.
 //!
 //! The engine owns the state the judge looks at (blocks, ignore list, never-block set,
@@ -32,10 +32,10 @@ use sentry_proto::{
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
 use crate::control::metrics::{ErrorKind, Stats};
-use crate::effects::action::{self, Action, Command, Executor, Subject};
+use crate::action::{self, Action, Command, Executor, Subject};
 use crate::error::EnforcerError;
 use crate::judge::{self, Evidence, Facts, Verdict};
-use crate::kernel::netlink::{AddrWatch, NlSocket};
+use sentry_enforcer::kernel::netlink::{AddrWatch, NlSocket};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
@@ -924,7 +924,7 @@ impl Engine {
             blackhole: false,
             hosts_deny_line: None,
             distinct_ports: probe.distinct_ports,
-            // Written with a marker (crate::effects::hostsdeny).
+            // Written with a marker (sentry_enforcer::effects::hostsdeny).
             hosts_deny_legacy: false,
             prefix6: target.prefix6,
             origin: ctl.map(|c| c.origin.clone()),
@@ -959,7 +959,7 @@ impl Engine {
             .persist_final(&block, &intent, intent_durable)
             .into_iter()
             .collect();
-        let line = policy::logfmt::history_line(now.secs(), addr, probe.port, probe.protocol);
+        let line = sentry_proto::logfmt::history_line(now.secs(), addr, probe.port, probe.protocol);
         self.append_text(self.cfg.history_file.clone(), &line);
         self.append_text(self.cfg.blocked_file.clone(), &line);
         // Blocked when any block took effect; each failed action stays in the record with
@@ -1367,7 +1367,7 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join("hosts.deny"))
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| !l.starts_with(crate::effects::hostsdeny::MARKER))
+                .filter(|l| !l.starts_with(sentry_enforcer::effects::hostsdeny::MARKER))
                 .map(|l| format!("{l}\n"))
                 .collect()
         }

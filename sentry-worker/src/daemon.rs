@@ -104,7 +104,7 @@ pub struct Args {
     pub sensor_user: String,
     /// `--sensor-exe`: `None` is `sentry-sensor` next to our own executable.
     pub sensor_exe: Option<PathBuf>,
-    /// `--sensor-unit`: `None` is [`crate::peercheck::DEFAULT_UNIT`].
+    /// `--sensor-unit`: `None` is [`sentry_enforcer::peercheck::DEFAULT_UNIT`].
     pub sensor_unit: Option<String>,
     pub log_stderr: bool,
     /// For tests: the directory the resolver and lease files are looked up
@@ -255,7 +255,7 @@ struct Shared {
     config_path: PathBuf,
     sensor_uid: Uid,
     /// Ties a sensor connection to the installed sensor before it gets anything.
-    verifier: crate::peercheck::Verifier,
+    verifier: sentry_enforcer::peercheck::Verifier,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
     /// Control connection slots: root's reserved, each other uid capped ([`crate::control::slots`]).
@@ -273,9 +273,9 @@ struct Shared {
     /// watch thread and by whoever runs `nft` for the detection chain: the notifications
     /// of our own `nft` child are drained under the same engine lock, so the watch never
     /// takes them for another process's change.
-    watch: Mutex<Option<(crate::kernel::tablewatch::TableWatch, u32)>>,
+    watch: Mutex<Option<(sentry_enforcer::kernel::tablewatch::TableWatch, u32)>>,
     /// The detection chain was (re)built, or the table with it: the served-port poller
-    /// rewrites every element of its sets at its next poll ([`crate::kernel::served`]).
+    /// rewrites every element of its sets at its next poll ([`sentry_enforcer::kernel::served`]).
     served_resync: AtomicBool,
 }
 
@@ -285,10 +285,10 @@ struct Shared {
 struct Detect {
     cfg: policy::Config,
     modes: Option<Vec<sentry_proto::Mode>>,
-    support: crate::kernel::table::Support,
+    support: sentry_enforcer::kernel::table::Support,
     state_dir: PathBuf,
     /// What the kernel holds now (`None`: unknown, as after a table rebuild).
-    applied: Option<crate::kernel::table::DetectSpec>,
+    applied: Option<sentry_enforcer::kernel::table::DetectSpec>,
     /// The NFLOG group the chain copies to (rotated on each hand-over).
     group: u16,
     /// Our copy of the socket handed to the connected, verified sensor, bound to `group`:
@@ -301,7 +301,7 @@ impl Detect {
     /// copy of it (the sensor that left, a child it forked) receives a packet.
     fn release(&mut self, log: &Logger) {
         if let Some((g, fd)) = self.held.take() {
-            if let Err(e) = crate::kernel::capture::unbind(g, fd) {
+            if let Err(e) = sentry_enforcer::kernel::capture::unbind(g, fd) {
                 log.warn(&format!(
                     "adminalert: cannot unbind NFLOG group {g} ({e}); the detection chain moves to a new group at the next hand-over"
                 ));
@@ -782,7 +782,7 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 /// need no detection input, or this kernel has none to give); `Err` only when the
 /// connection itself failed.
 fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
-    use crate::kernel::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
+    use sentry_enforcer::kernel::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
     if modes.iter().all(|m| m.is_basic()) {
         rebuild_detection(sh, Some(modes));
         return Ok(true);
@@ -902,7 +902,7 @@ fn rebuild_detection_locked(
     };
     let socket = d.support.socket.is_ok();
     let mut spec =
-        crate::kernel::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
+        sentry_enforcer::kernel::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
             .with_tripwire(e.tripwire(), &e.never_block_addrs());
     spec.nflog_group = d.group;
     // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
@@ -910,7 +910,7 @@ fn rebuild_detection_locked(
     if d.applied.as_ref() == Some(&spec) {
         return true;
     }
-    match crate::kernel::table::apply_detection(&d.cfg, &spec) {
+    match sentry_enforcer::kernel::table::apply_detection(&d.cfg, &spec) {
         Ok(()) => {
             d.applied = Some(spec);
             sh.served_resync.store(true, Ordering::Relaxed);
@@ -1514,7 +1514,7 @@ fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: Strin
 fn effects_loop(
     sh: Arc<Shared>,
     rx: std::sync::mpsc::Receiver<()>,
-    mut exec: crate::effects::action::Executor,
+    mut exec: crate::action::Executor,
     cfg: policy::Config,
 ) {
     while rx.recv().is_ok() {
@@ -1528,15 +1528,15 @@ fn effects_loop(
     }
 }
 
-/// RESTART_GRACE in the kernel: poll the served ports every [`crate::kernel::served::POLL`] and
+/// RESTART_GRACE in the kernel: poll the served ports every [`sentry_enforcer::kernel::served::POLL`] and
 /// write what changed. No engine lock: the sets are the poller's alone. A failure is said
 /// once (and its end once); until the table has its sets (no detection chain yet) writes
 /// fail with ENOENT, which is expected and retried quietly.
-fn served_loop(sh: Arc<Shared>, mut p: crate::kernel::served::Poller) {
+fn served_loop(sh: Arc<Shared>, mut p: sentry_enforcer::kernel::served::Poller) {
     let mut failing: Option<String> = None;
     let mut over_said = false;
     loop {
-        std::thread::sleep(crate::kernel::served::POLL);
+        std::thread::sleep(sentry_enforcer::kernel::served::POLL);
         if sh.served_resync.swap(false, Ordering::Relaxed) {
             p.resync();
         }
@@ -1549,11 +1549,11 @@ fn served_loop(sh: Arc<Shared>, mut p: crate::kernel::served::Poller) {
                 if r.over > 0 && !std::mem::replace(&mut over_said, true) {
                     sh.log.warn(&format!(
                         "adminalert: more than {} served sockets: the rest get no RESTART_GRACE in the kernel",
-                        crate::kernel::served::MAX_KEYS
+                        sentry_enforcer::kernel::served::MAX_KEYS
                     ));
                 }
             }
-            Err(crate::kernel::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
+            Err(sentry_enforcer::kernel::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
             Err(e) => {
                 let text = e.to_string();
                 if failing.as_deref() != Some(text.as_str()) {
@@ -1622,7 +1622,7 @@ fn recover_main(args: &Args) -> ExitCode {
             ));
         }
         let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
-        crate::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
+        sentry_enforcer::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
         crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
     })();
     match r {
@@ -1669,7 +1669,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         log.notice(&format!("adminalert: {l}"));
     }
     // sentry's hosts.deny writers lock a file only root can open, never the deny file.
-    crate::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
+    sentry_enforcer::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
     // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
     // what the actions need, then open the engine: the `nft -f -` it runs at start must
     // already see the final (ambient) capability set, as every later command does.
@@ -1817,7 +1817,7 @@ fn effects_worker(engine: &mut Engine, log: &Arc<Logger>) -> Result<EffectsWorke
 /// What the effects thread runs with: its doorbell, its executor, the configuration.
 type EffectsWorker = (
     std::sync::mpsc::Receiver<()>,
-    crate::effects::action::Executor,
+    crate::action::Executor,
     policy::Config,
 );
 
@@ -1826,12 +1826,12 @@ type EffectsWorker = (
 fn effects_executor(
     cfg: &policy::Config,
     log: &Arc<Logger>,
-) -> Result<crate::effects::action::Executor, EnforcerError> {
-    Ok(crate::effects::action::Executor::new(
+) -> Result<crate::action::Executor, EnforcerError> {
+    Ok(crate::action::Executor::new(
         None,
         match cfg.blackhole_route {
             true => Some(
-                crate::kernel::netlink::NlSocket::route()
+                sentry_enforcer::kernel::netlink::NlSocket::route()
                     .map_err(|e| EnforcerError::netlink("route netlink", e))?,
             ),
             false => None,
@@ -1857,17 +1857,17 @@ fn start_sensor_check(
     args: &Args,
     log: &Logger,
     sensor_uid: Uid,
-) -> Result<crate::peercheck::Verifier, EnforcerError> {
-    let want = crate::peercheck::Expected {
+) -> Result<sentry_enforcer::peercheck::Verifier, EnforcerError> {
+    let want = sentry_enforcer::peercheck::Expected {
         exe: match &args.sensor_exe {
             Some(p) => p.clone(),
-            None => crate::peercheck::default_exe()
+            None => sentry_enforcer::peercheck::default_exe()
                 .map_err(|e| EnforcerError::system("cannot find our own executable", e))?,
         },
-        unit: crate::peercheck::own_unit().map(|_| {
+        unit: sentry_enforcer::peercheck::own_unit().map(|_| {
             args.sensor_unit
                 .clone()
-                .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
+                .unwrap_or_else(|| sentry_enforcer::peercheck::DEFAULT_UNIT.into())
         }),
     };
     log.notice(&format!(
@@ -1878,7 +1878,7 @@ fn start_sensor_check(
             .map(|u| format!(" in unit {u}"))
             .unwrap_or_default()
     ));
-    let (verifier, warning) = crate::peercheck::Verifier::start(want)
+    let (verifier, warning) = sentry_enforcer::peercheck::Verifier::start(want)
         .map_err(|e| EnforcerError::system("cannot start the sensor check thread", e))?;
     if let Some(w) = warning {
         if !sensor_uid.is_root() {
@@ -1892,7 +1892,7 @@ fn start_sensor_check(
 /// NFLOG binding need it), CAP_NET_RAW when an action needs it, and nothing else.
 fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, EnforcerError> {
     let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
-    if crate::effects::action::needs_net_raw(cfg) {
+    if crate::action::needs_net_raw(cfg) {
         keep.insert(Capability::CAP_NET_RAW);
     }
     for w in confine(&keep)? {
@@ -1904,7 +1904,7 @@ fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, 
 /// The detection input: what the kernel offers (said once at start), the sensor modes
 /// recorded by the last run, and a fresh NFLOG group.
 fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Detect {
-    let support = crate::kernel::table::probe_support(&cfg.nft_table);
+    let support = sentry_enforcer::kernel::table::probe_support(&cfg.nft_table);
     match (&support.nftables, &support.socket) {
         (Err(e), _) => log.err(&format!(
             "adminalert: ERROR: nf_tables is missing or unusable ({e}): no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work"
@@ -1925,12 +1925,12 @@ fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Dete
     };
     // Start on a group nobody holds: a socket a sensor of an earlier run still has (or a
     // process it passed it to) keeps its group, which the chain then never copies to.
-    let group = match crate::kernel::capture::open_next(*crate::kernel::capture::GROUPS.end(), 0) {
+    let group = match sentry_enforcer::kernel::capture::open_next(*sentry_enforcer::kernel::capture::GROUPS.end(), 0) {
         Ok((g, fd)) => {
             drop(fd);
             g
         }
-        Err(_) => crate::kernel::capture::NFLOG_GROUP,
+        Err(_) => sentry_enforcer::kernel::capture::NFLOG_GROUP,
     };
     Detect {
         cfg: cfg.clone(),
@@ -1950,11 +1950,11 @@ fn served_poller(
     support_ok: bool,
     sensor_uid: Uid,
     log: &Logger,
-) -> Option<crate::kernel::served::Poller> {
+) -> Option<sentry_enforcer::kernel::served::Poller> {
     match (cfg.restart_grace, &support_ok) {
         (g, true) if !g.is_zero() => {
             let skip = (!sensor_uid.is_root()).then(|| sensor_uid.as_raw());
-            match crate::kernel::served::Poller::open(&cfg.nft_table, skip, g) {
+            match sentry_enforcer::kernel::served::Poller::open(&cfg.nft_table, skip, g) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log.err(&format!(
@@ -1973,9 +1973,9 @@ fn served_poller(
 fn open_table_watch(
     own_portid: Option<u32>,
     log: &Logger,
-) -> Option<(crate::kernel::tablewatch::TableWatch, u32)> {
+) -> Option<(sentry_enforcer::kernel::tablewatch::TableWatch, u32)> {
     match own_portid {
-        Some(own) => match crate::kernel::tablewatch::TableWatch::open() {
+        Some(own) => match sentry_enforcer::kernel::tablewatch::TableWatch::open() {
             Ok(w) => Some((w, own)),
             Err(e) => {
                 log.warn(&format!(
@@ -1992,7 +1992,7 @@ fn open_table_watch(
 struct Threads {
     sigs: SigSet,
     effects: EffectsWorker,
-    served: Option<crate::kernel::served::Poller>,
+    served: Option<sentry_enforcer::kernel::served::Poller>,
     addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
     table: Option<(Arc<std::os::fd::OwnedFd>, String)>,
     control_l: Listener,

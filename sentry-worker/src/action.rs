@@ -13,10 +13,10 @@ use policy::{CommandTemplate, Config, Vars};
 use sentry_proto::Protocol;
 
 use crate::audit::{ActionKind, ActionRecord, ActionStatus, Logger};
-use crate::effects::exec;
-use crate::effects::hostsdeny;
+use sentry_enforcer::effects::exec;
+use sentry_enforcer::effects::hostsdeny;
 use crate::error::EnforcerError;
-use crate::kernel::netlink::{NlError, NlSocket, SetElem};
+use sentry_enforcer::kernel::netlink::{NlError, NlSocket, SetElem};
 use crate::store::BlockRecord;
 use crate::time::ms_since;
 
@@ -48,7 +48,7 @@ pub enum Action {
     /// A blackhole route for the address (rtnetlink).
     Route(Op),
     /// This exact line in HOSTS_DENY_FILE; `true`: written by a version that did not mark
-    /// its lines (see [`crate::effects::hostsdeny`] for how such a line is taken back).
+    /// its lines (see [`sentry_enforcer::effects::hostsdeny`] for how such a line is taken back).
     HostsDeny(Op, String, bool),
     Command(Command),
 }
@@ -317,7 +317,7 @@ impl Executor {
         cfg: &Config,
         map: &str,
         limit: usize,
-    ) -> Result<Vec<crate::kernel::netlink::DumpElem>, EnforcerError> {
+    ) -> Result<Vec<sentry_enforcer::kernel::netlink::DumpElem>, EnforcerError> {
         let s = self.nft()?;
         s.elements(&cfg.nft_table, map, limit)
             .map_err(|e| EnforcerError::netlink("nftables read-back", e))

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use sentry_proto::Protocol;
+use crate::Protocol;
 
 /// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {

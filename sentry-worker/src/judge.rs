@@ -143,7 +143,7 @@ impl Request<'_> {
     /// gets the same from `sentryctl block` and the fleet as from the sensor's TCP scans.
     fn mode(&self, cfg: &Config) -> BlockMode {
         match self {
-            Self::Probe(r) => cfg.block_mode_for(r.scan),
+            Self::Probe(r) => cfg.block_mode_for(scan_class(r.scan)),
             Self::Control { .. } => cfg.block_tcp,
         }
     }
@@ -526,6 +526,16 @@ fn over_budget(origin: Origin, evidence: Evidence, f: &Facts<'_>) -> Option<Unch
                 None
             }
         }
+    }
+}
+
+/// The BLOCK_* key a scan kind falls under: BLOCK_TCP / BLOCK_UDP for the scans PortSentry
+/// reported, BLOCK_OTHER_SCANS for the rest.
+pub fn scan_class(k: sentry_proto::ScanKind) -> policy::ScanClass {
+    match (k.protocol(), k.is_other()) {
+        (sentry_proto::Protocol::Tcp, false) => policy::ScanClass::Tcp,
+        (sentry_proto::Protocol::Udp, false) => policy::ScanClass::Udp,
+        _ => policy::ScanClass::Other,
     }
 }
 
@@ -949,3 +959,4 @@ mod tests {
         );
     }
 }
+

@@ -24,7 +24,7 @@ use std::path::Path;
 use policy::{Config, Firewall};
 use sentry_proto::{Mode, Protocol, ScanKind};
 
-use crate::effects::hostsdeny;
+use sentry_enforcer::effects::hostsdeny;
 use crate::store::{self, BlockRecord};
 
 /// Largest BLOCKED_FILE read.
@@ -62,9 +62,9 @@ fn new_record(cfg: &Config, addr: IpAddr, since_s: u64, port: u16, proto: Protoc
             .map(|t| since_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         nft: cfg.firewall == Firewall::Nftables,
         blackhole: cfg.blackhole_route,
-        hosts_deny_line: crate::effects::action::hosts_deny_line(
+        hosts_deny_line: crate::action::hosts_deny_line(
             cfg,
-            &crate::effects::action::Subject {
+            &crate::action::Subject {
                 addr,
                 port,
                 protocol: proto,
@@ -147,7 +147,7 @@ fn from_blocked_file(
         Some(text) => {
             let (mut added, mut bad) = (0, 0);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                match policy::logfmt::parse_history_line(line) {
+                match sentry_proto::logfmt::parse_history_line(line) {
                     Some((t, addr, port, proto)) => {
                         if let std::collections::hash_map::Entry::Vacant(v) = blocks.entry(addr) {
                             v.insert(new_record(cfg, addr, t, port, proto));
@@ -220,13 +220,13 @@ mod tests {
             &blocked,
             format!(
                 "{}\n{}\ngarbage\n",
-                policy::logfmt::history_line(
+                sentry_proto::logfmt::history_line(
                     1_800_000_000,
                     "192.0.2.5".parse().unwrap(),
                     143,
                     Protocol::Tcp
                 ),
-                policy::logfmt::history_line(1_800_000_001, v6, 53, Protocol::Udp)
+                sentry_proto::logfmt::history_line(1_800_000_001, v6, 53, Protocol::Udp)
             ),
         )
         .unwrap();

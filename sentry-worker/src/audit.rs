@@ -261,7 +261,7 @@ impl AuditRecord {
     ) -> Self {
         Self {
             schema: sentry_proto::RECORD_SCHEMA,
-            time: policy::logfmt::format_utc(time.ms().0),
+            time: sentry_proto::logfmt::format_utc(time.ms().0),
             time_us: time.0,
             source: None,
             protocol: None,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::kernel::netlink::NlError;
+use sentry_enforcer::kernel::netlink::NlError;
 
 /// What went wrong, with the object it went wrong on.
 #[derive(Debug)]

@@ -31,7 +31,7 @@ use policy::Config;
 
 use super::Engine;
 use crate::audit::{ActionRecord, AuditRecord, RecordKind};
-use crate::effects::action::{self, Action, Executor, Subject};
+use crate::action::{self, Action, Executor, Subject};
 use crate::store::BlockRecord;
 use crate::time::WallMs;
 

@@ -12,10 +12,10 @@ use policy::{Config, IgnoreList, NeverBlock};
 use super::Engine;
 use crate::audit::{ActionKind, ActionRecord, AuditRecord, RecordKind, RestoreCounts};
 use crate::control::metrics::ErrorKind;
-use crate::effects::action::{self, Action, Command, Op, Subject};
+use crate::action::{self, Action, Command, Op, Subject};
 use crate::error::EnforcerError;
-use crate::kernel::netlink::SetElem;
-use crate::kernel::table;
+use sentry_enforcer::kernel::netlink::SetElem;
+use sentry_enforcer::kernel::table;
 use crate::store::BlockRecord;
 use crate::time::{ms_since, WallMs};
 

@@ -1,6 +1,6 @@
 //! The in-kernel first hit (SCAN_TRIGGER=0 with BLOCK_*=1): the detection chain puts a
 //! probing source into `hit4`/`hit6` and drops the probe, so not even the first port
-//! answers ([`crate::kernel::table`]). The enforcer stays the one that decides: it takes back a
+//! answers ([`sentry_enforcer::kernel::table`]). The enforcer stays the one that decides: it takes back a
 //! kernel-made block its judge refuses (ignored, never-block, over budget, ...), and it
 //! audits a kernel-made block the sensor never reported (the sensor was down, or its copy
 //! was lost), reading the map's elements — never a packet.
@@ -13,8 +13,8 @@ use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 use super::Engine;
 use crate::audit::Peer;
 use crate::control::metrics::ErrorKind;
-use crate::kernel::netlink::DumpElem;
-use crate::kernel::table::{Tripwire, HIT_V4, HIT_V6};
+use sentry_enforcer::kernel::netlink::DumpElem;
+use sentry_enforcer::kernel::table::{Tripwire, HIT_V4, HIT_V6};
 use crate::time::WallUs;
 
 /// A kernel-made element younger than this is left to the sensor's report, which normally

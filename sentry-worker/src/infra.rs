@@ -35,7 +35,7 @@ use nix::sys::socket::{recvfrom, setsockopt, sockopt, NetlinkAddr, SockFlag, Soc
 use nix::sys::time::TimeVal;
 pub use policy::InfraReason;
 
-use crate::kernel::nl::{
+use sentry_enforcer::kernel::nl::{
     self, AF_INET, AF_INET6, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF,
     RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTM_DELROUTE, RTM_NEWROUTE,
 };

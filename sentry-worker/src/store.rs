@@ -63,7 +63,7 @@ pub struct BlockRecord {
     #[serde(default)]
     pub prefix6: Option<u8>,
     /// The line was written by a version that did not mark its hosts.deny lines (records
-    /// without this field); see [`crate::effects::hostsdeny`] for how such a line is removed.
+    /// without this field); see [`sentry_enforcer::effects::hostsdeny`] for how such a line is removed.
     #[serde(default = "legacy_default")]
     pub hosts_deny_legacy: bool,
     /// Who asked for the block over the control socket (`None`: the local sensor). Its

@@ -29,7 +29,7 @@ impl Engine {
         recs.sort_by_key(|b| (b.since_ms, b.addr));
         let mut text = String::new();
         for b in recs {
-            text.push_str(&policy::logfmt::history_line(
+            text.push_str(&sentry_proto::logfmt::history_line(
                 b.since_ms / 1000,
                 b.addr,
                 b.port,

@@ -1,0 +1,166 @@
+//! The only unsafe code in the enforcer crate (its one call shared with the sensor,
+//! `sched_setattr(2)`, is in the `sentry-sched` crate).
+
+/// Close every file descriptor above stderr that was inherited from whoever started us
+/// (a leaked descriptor to a privileged file or socket must not reach kill commands).
+/// Call first thing in `main`, before any thread exists and before anything in this
+/// process opened a descriptor of its own.
+pub fn close_inherited_fds() -> std::io::Result<()> {
+    // SAFETY: close_range(2) only closes descriptors; at this point in `main` no Rust
+    // object owns a descriptor above 2 (nothing has been opened yet and no other thread
+    // exists), so no owned descriptor is invalidated behind its owner's back.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    // Kernels before 5.9: walk /proc/self/fd instead.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; the directory handle used for listing is already closed, and
+        // EBADF for it (or any other stale number) is harmless.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13+); libc does not export it for every architecture. It is
+/// 59 in every Linux socket ABI except sparc's (0x3d).
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERGROUPS: libc::c_int = 59;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 0x3d;
+
+/// The supplementary groups of the peer of a connected Unix stream socket, as the kernel
+/// recorded them when it connected — the same credentials the kernel used to let it open
+/// the socket file, independent of the group database.
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<libc::gid_t>> {
+    use std::os::fd::AsRawFd;
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    // NGROUPS_MAX is 65536; start small and grow to what the kernel says it needs.
+    let mut buf: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = libc::socklen_t::try_from(buf.len() * GID)
+            .map_err(|_| std::io::Error::other("group list too large"))?;
+        // SAFETY: `buf` is valid for writes of `len` bytes and properly aligned for gid_t;
+        // the kernel writes at most `len` bytes and stores the length it wrote (or, with
+        // ERANGE, the length it needs) in `len`, which lives for the whole call.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if r == 0 {
+            buf.truncate(len / GID);
+            return Ok(buf);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) && len / GID > buf.len() && len / GID <= 65_536 {
+            buf.resize(len / GID, 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
+
+/// Wait, without a timeout, until `fd` is readable or has an error pending (poll(2)).
+/// Nothing is read: whoever is woken reads the descriptor itself.
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one initialised pollfd that lives for the whole call and nfds is 1,
+    // so the kernel reads and writes only that struct; the descriptor is kept open by the
+    // caller's borrow for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, -1) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5+); not in libc yet. 77 in the generic socket ABI, 0x56 on
+/// sparc.
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERPIDFD: libc::c_int = 77;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERPIDFD: libc::c_int = 0x56;
+
+/// A pidfd for the process that connected the peer end of a Unix stream socket, taken by
+/// the kernel at connect time: unlike the SO_PEERCRED pid it cannot come to name another
+/// process after the peer exits. `Err` with ENOPROTOOPT on kernels before 6.5.
+pub fn peer_pidfd(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut pidfd: libc::c_int = -1;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| std::io::Error::other("socklen"))?;
+    // SAFETY: `pidfd` is a live c_int and `len` holds its exact size; the kernel writes at
+    // most that many bytes into it and stores the written length in `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pidfd < 0 {
+        return Err(std::io::Error::other("SO_PEERPIDFD returned no descriptor"));
+    }
+    // SAFETY: on success the kernel installed a new descriptor (O_CLOEXEC) in this
+    // process that nothing else owns; the OwnedFd becomes its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd) })
+}
+
+/// `pidfd_open(pid, 0)` (Linux 5.3+): the fallback for kernels without SO_PEERPIDFD.
+pub fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1;
+    // no memory is shared with the kernel.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(r).map_err(|_| std::io::Error::other("descriptor"))?;
+    // SAFETY: the kernel just installed `fd` (close-on-exec) for us alone; the OwnedFd is
+    // its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether `fd` is readable right now (poll(2) with a zero timeout). For a pidfd:
+/// whether the process has exited.
+pub fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one initialised pollfd that lives for the whole call, nfds 1, no wait.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r > 0 && p.revents != 0)
+}
