@@ -96,6 +96,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             infra: None,
             boot_id_path: sentry_enforcer::engine::DEFAULT_BOOT_ID_PATH.into(),
             boot_id: None,
+            parent: None,
         },
         Arc::new(Logger::new(true, "bench")),
     )

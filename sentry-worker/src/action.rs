@@ -1,30 +1,25 @@
 //! The executor: typed actions in, typed outcomes ([`ActionRecord`]) out. The judge
 //! ([`crate::judge`]) decides *whether* to block; [`block_plan`] says *which* actions, in
-//! which order (pure, tested here); [`Executor`] runs them against the kernel, the deny
-//! file and the kill commands, and says what each did.
+//! which order (pure, tested here); [`Executor`] asks the root parent for each
+//! ([`crate::privsep`]), which checks it against its own floor and runs it, and records
+//! what each did.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::errno::Errno;
 use policy::{CommandTemplate, Config, Vars};
+use sentry_enforcer::kernel::netlink::{DumpElem, SetElem};
+use sentry_privsep::{Outcome, Request, SetName, Verb};
 use sentry_proto::Protocol;
 
 use crate::audit::{ActionKind, ActionRecord, ActionStatus, Logger};
-use sentry_enforcer::effects::exec;
-use sentry_enforcer::effects::hostsdeny;
 use crate::error::EnforcerError;
-use sentry_enforcer::kernel::netlink::{NlError, NlSocket, SetElem};
+use crate::privsep::{self, Failure, Link};
 use crate::store::BlockRecord;
 use crate::time::ms_since;
 
-/// Names of the two sets in the nftables table.
-pub const SET_V4: &str = "v4";
-pub const SET_V6: &str = "v6";
-/// The set of IPv6 networks (BLOCK_PREFIX6), looked up with the source masked.
-pub const SET_V6NET: &str = "v6net";
+pub use sentry_enforcer::table::{SET_V4, SET_V6, SET_V6NET};
 
 /// Whether an action puts something in place or takes it away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,30 +172,68 @@ pub fn needs_net_raw(cfg: &Config) -> bool {
     cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some()
 }
 
-/// The open in-process backends.
-#[derive(Debug)]
+/// The backends the parent has open (its Hello), and the channel to it.
+#[derive(Debug, Clone)]
 pub struct Executor {
-    nft: Option<NlSocket>,
-    route: Option<NlSocket>,
+    link: Option<Arc<Link>>,
+    backends: Backends,
     /// For the deny file's notes about lines it kept.
     log: Arc<Logger>,
 }
 
+/// What a failed request says in an action record.
+fn failure(f: Failure) -> EnforcerError {
+    EnforcerError::Parent(f.to_string())
+}
+
 impl Executor {
-    pub fn new(nft: Option<NlSocket>, route: Option<NlSocket>, log: Arc<Logger>) -> Self {
-        Self { nft, route, log }
+    /// `link`: the parent's channel (`None`: no backend at all, as in unit tests).
+    pub fn new(link: Option<Arc<Link>>, backends: Backends, log: Arc<Logger>) -> Self {
+        let backends = match link {
+            Some(_) => backends,
+            None => Backends {
+                nft: false,
+                route: false,
+            },
+        };
+        Self {
+            link,
+            backends,
+            log,
+        }
     }
 
-    /// The netlink port id of the set socket (its own changes are not tampering).
-    pub fn nft_portid(&self) -> Option<u32> {
-        self.nft.as_ref().and_then(|s| s.portid().ok())
+    /// The same channel, for another thread's executor (the effects worker's `fx`).
+    pub fn with_link(&self, link: Arc<Link>) -> Self {
+        Self {
+            link: Some(link),
+            ..self.clone()
+        }
     }
 
     pub fn backends(&self) -> Backends {
-        Backends {
-            nft: self.nft.is_some(),
-            route: self.route.is_some(),
-        }
+        self.backends
+    }
+
+    /// The same channel with fewer backends (one the parent could not bring up).
+    pub fn with_backends(self, backends: Backends) -> Self {
+        Self { backends, ..self }
+    }
+
+    /// The parent's channel, for the daemon's own requests (detection chain, NFLOG).
+    pub fn parent(&self) -> Option<&Arc<Link>> {
+        self.link.as_ref()
+    }
+
+    fn link(&self) -> Result<&Link, EnforcerError> {
+        self.link
+            .as_deref()
+            .ok_or(EnforcerError::BackendClosed("root parent"))
+    }
+
+    /// One request that must succeed.
+    fn ask(&self, items: &[Request]) -> Result<sentry_privsep::Reply, EnforcerError> {
+        self.link()?.ask(items).map_err(failure)
     }
 
     /// Run one action for `s`. Adding an element uses the block's duration
@@ -210,18 +243,9 @@ impl Executor {
         let t = Instant::now();
         match action {
             Action::Nft(op) => {
+                let verb = if *op == Op::Add { Verb::NftAdd } else { Verb::NftDel };
                 let timeout = if *op == Op::Add { s.timeout } else { None };
-                let elem = SetElem {
-                    addr: s.addr,
-                    timeout,
-                };
-                let r = match self.nft_batch(cfg, &[elem], *op, s.prefix6.is_some()) {
-                    // Deleting an element the kernel already timed out is not a failure.
-                    Err(e) if *op == Op::Delete && e.kernel_errno() == Some(Errno::ENOENT) => {
-                        Ok(())
-                    }
-                    other => other,
-                };
+                let r = self.ask(&[privsep::subject(verb, s.addr, s.prefix6, timeout)]);
                 ActionRecord::outcome(
                     ActionKind::Nftables,
                     Some(nft_target(cfg, s.addr, s.prefix6)),
@@ -230,7 +254,8 @@ impl Executor {
                 )
             }
             Action::Route(op) => {
-                let r = self.route(s.addr, s.prefix_len(), *op);
+                let verb = if *op == Op::Add { Verb::RouteAdd } else { Verb::RouteDel };
+                let r = self.ask(&[privsep::subject(verb, s.addr, s.prefix6, None)]);
                 ActionRecord::outcome(
                     ActionKind::BlackholeRoute,
                     Some(format!("blackhole {}", s.target())),
@@ -239,28 +264,20 @@ impl Executor {
                 )
             }
             Action::HostsDeny(op, line, legacy) => {
-                let path = &cfg.hosts_deny_file;
-                // sentry's lines carry a marker; only marked ones (or a recorded legacy
-                // line, under the rules in hostsdeny) are ever taken back.
-                let entry = hostsdeny::Entry {
-                    addr: s.addr,
-                    line,
-                    legacy: *legacy,
-                };
-                let r = match op {
-                    Op::Add => hostsdeny::add(path, &entry).map(drop),
-                    Op::Delete => hostsdeny::remove(path, &[entry])
-                        .map(|r| hostsdeny::log_kept(&self.log, &r)),
-                };
+                let r = self.deny(&[(s.addr, s.prefix6, s.port, s.protocol, *legacy)], *op);
                 ActionRecord::outcome(ActionKind::HostsDeny, Some(line.clone()), r, ms_since(t))
             }
             Action::Command(c) => {
-                let (kind, tpl) = match c {
-                    Command::KillRoute => (ActionKind::KillRoute, cfg.kill_route.as_ref()),
-                    Command::KillRunCmd => (ActionKind::KillRunCmd, cfg.kill_run_cmd.as_ref()),
+                let (kind, tpl, verb) = match c {
+                    Command::KillRoute => {
+                        (ActionKind::KillRoute, cfg.kill_route.as_ref(), Verb::KillRoute)
+                    }
+                    Command::KillRunCmd => {
+                        (ActionKind::KillRunCmd, cfg.kill_run_cmd.as_ref(), Verb::KillRunCmd)
+                    }
                 };
                 match tpl {
-                    Some(tpl) => run_template(kind, tpl, s, cfg.kill_timeout),
+                    Some(tpl) => self.command(kind, tpl, verb, s),
                     None => ActionRecord::outcome(
                         kind,
                         None,
@@ -272,10 +289,66 @@ impl Executor {
         }
     }
 
-    fn nft(&mut self) -> Result<&mut NlSocket, EnforcerError> {
-        self.nft
-            .as_mut()
-            .ok_or(EnforcerError::BackendClosed("nftables"))
+    /// Add or delete deny-file lines (rendered by the parent from its own template).
+    fn deny(
+        &self,
+        items: &[(IpAddr, Option<u8>, u16, Protocol, bool)],
+        op: Op,
+    ) -> Result<(), EnforcerError> {
+        let verb = if op == Op::Add { Verb::DenyAdd } else { Verb::DenyDel };
+        let reqs: Vec<Request> = items
+            .iter()
+            .map(|(addr, prefix6, port, proto, legacy)| {
+                let mut r = privsep::subject(verb, *addr, *prefix6, None);
+                r.port = *port;
+                r.proto = proto_of(*proto);
+                r.flag = u8::from(*legacy);
+                r
+            })
+            .collect();
+        let rep = self.ask(&reqs)?;
+        if !rep.text.is_empty() {
+            self.log.warn(&format!("adminalert: hosts.deny: {}", rep.text));
+        }
+        Ok(())
+    }
+
+    /// A kill command, run by the parent's command helper; the record's argv is rendered
+    /// here from the same template the helper renders.
+    fn command(
+        &self,
+        kind: ActionKind,
+        tpl: &CommandTemplate,
+        verb: Verb,
+        s: &Subject,
+    ) -> ActionRecord {
+        let t = Instant::now();
+        let target = s.target();
+        let argv = tpl.render(&Vars {
+            target: &target,
+            port: s.port,
+            mode: s.protocol.as_str(),
+        });
+        let mut req = privsep::subject(verb, s.addr, s.prefix6, None);
+        req.port = s.port;
+        req.proto = proto_of(s.protocol);
+        let (ok, exit_code, error) = match self.ask(&[req]) {
+            Ok(rep) => command_outcome(&rep),
+            Err(e) => (false, None, Some(e.to_string())),
+        };
+        ActionRecord {
+            action: kind,
+            argv: Some(argv),
+            target: None,
+            status: if ok {
+                ActionStatus::Ok
+            } else {
+                ActionStatus::Error
+            },
+            exit_code,
+            error,
+            ms: ms_since(t),
+        }
     }
 
     /// Add or delete many elements in as few netlink batches as the kernel takes; `nets`:
@@ -287,108 +360,170 @@ impl Executor {
         op: Op,
         nets: bool,
     ) -> Result<(), EnforcerError> {
-        let s = self.nft()?;
-        let v6 = if nets { SET_V6NET } else { SET_V6 };
-        s.setelems(&cfg.nft_table, SET_V4, v6, elems, op == Op::Add)
-            .map_err(|e| EnforcerError::netlink("nftables", e))
+        if elems.is_empty() {
+            return Ok(());
+        }
+        let verb = if op == Op::Add { Verb::NftAdd } else { Verb::NftDel };
+        let prefix = nets.then_some(cfg.block_prefix6);
+        let reqs: Vec<Request> = elems
+            .iter()
+            .map(|e| privsep::subject(verb, e.addr, prefix, e.timeout))
+            .collect();
+        let rep = self.ask(&reqs)?;
+        match rep.b {
+            0 => Ok(()),
+            n => Err(EnforcerError::Parent(format!(
+                "the root parent's floor refused {n} of {} elements",
+                elems.len()
+            ))),
+        }
+    }
+
+    /// Rebuild the table with these elements, in one transaction (the parent's `nft -f -`).
+    pub fn build(&self, hosts: &[SetElem], nets: &[SetElem], prefix6: u8) -> Result<u64, EnforcerError> {
+        let mut reqs: Vec<Request> = hosts
+            .iter()
+            .map(|e| privsep::subject(Verb::Build, e.addr, None, e.timeout))
+            .chain(
+                nets.iter()
+                    .map(|e| privsep::subject(Verb::Build, e.addr, Some(prefix6), e.timeout)),
+            )
+            .collect();
+        if reqs.is_empty() {
+            reqs.push(Request::new(Verb::Build, 0));
+        }
+        Ok(self.ask(&reqs)?.b)
     }
 
     /// Every address in the three sets of the table, read back from the kernel (at most
     /// `limit` per set: a larger set is an error, not unbounded memory).
     pub fn nft_elements(
         &mut self,
-        cfg: &Config,
+        _cfg: &Config,
         limit: usize,
     ) -> Result<std::collections::HashSet<IpAddr>, EnforcerError> {
-        let s = self.nft()?;
-        let mut all = std::collections::HashSet::new();
-        for set in [SET_V4, SET_V6, SET_V6NET] {
-            let v = s
-                .set_elements(&cfg.nft_table, set, limit)
-                .map_err(|e| EnforcerError::netlink("nftables read-back", e))?;
-            all.extend(v);
-        }
-        Ok(all)
+        Ok(self
+            .dump(SetName::Blocks, limit.saturating_mul(3))?
+            .into_iter()
+            .map(|e| e.addr)
+            .collect())
     }
 
     /// Every element of `map` (the kernel's first-hit maps), at most `limit`.
     pub fn nft_map_elements(
         &mut self,
-        cfg: &Config,
+        _cfg: &Config,
         map: &str,
         limit: usize,
-    ) -> Result<Vec<sentry_enforcer::kernel::netlink::DumpElem>, EnforcerError> {
-        let s = self.nft()?;
-        s.elements(&cfg.nft_table, map, limit)
-            .map_err(|e| EnforcerError::netlink("nftables read-back", e))
+    ) -> Result<Vec<DumpElem>, EnforcerError> {
+        let which = if map == sentry_enforcer::table::HIT_V6 {
+            SetName::Hit6
+        } else {
+            SetName::Hit4
+        };
+        self.dump(which, limit)
     }
 
-    /// Delete `addr` from `map_v4`/`map_v6` (whichever its family); not there is fine.
+    fn dump(&self, which: SetName, limit: usize) -> Result<Vec<DumpElem>, EnforcerError> {
+        let mut req = Request::new(Verb::Dump, 0);
+        req.flag = which as u8;
+        req.extra = u64::try_from(limit).unwrap_or(u64::MAX);
+        let (reps, _) = self.link()?.call(&[req], None).map_err(failure)?;
+        let mut out = Vec::with_capacity(reps.len());
+        for r in reps {
+            let r = privsep::check(r).map_err(failure)?;
+            if r.kind != sentry_privsep::ReplyKind::Elem {
+                break;
+            }
+            if let Some(addr) = r.addr {
+                out.push(DumpElem {
+                    addr,
+                    data: (which != SetName::Blocks).then(|| r.data.to_vec()),
+                    expires: (r.a > 0).then(|| std::time::Duration::from_millis(r.a)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete `addr` from the first-hit map of its family; not there is fine.
     pub fn nft_forget(
         &mut self,
-        cfg: &Config,
-        map_v4: &str,
-        map_v6: &str,
+        _cfg: &Config,
+        _map_v4: &str,
+        _map_v6: &str,
         addr: IpAddr,
     ) -> Result<(), EnforcerError> {
-        let s = self.nft()?;
-        let map = if addr.is_ipv4() { map_v4 } else { map_v6 };
-        // Look first: deleting a missing element aborts a transaction, which costs an RCU
-        // grace period; most refused sources were never in the map.
-        match s.has_element(&cfg.nft_table, map, addr) {
-            Ok(false) => return Ok(()),
-            Ok(true) => {}
-            Err(e) => return Err(EnforcerError::netlink("nftables lookup", e)),
-        }
-        let e = [SetElem {
-            addr,
-            timeout: None,
-        }];
-        match s.setelems(&cfg.nft_table, map_v4, map_v6, &e, false) {
-            Ok(()) | Err(NlError::Kernel(Errno::ENOENT)) => Ok(()),
-            Err(e) => Err(EnforcerError::netlink("nftables", e)),
-        }
+        let mut req = Request::for_addr(Verb::Forget, 0, addr);
+        req.flag = if addr.is_ipv4() { SetName::Hit4 } else { SetName::Hit6 } as u8;
+        self.ask(&[req]).map(drop)
     }
 
-    fn route(&mut self, addr: IpAddr, prefix: u8, op: Op) -> Result<(), EnforcerError> {
-        let s = self
-            .route
-            .as_mut()
-            .ok_or(EnforcerError::BackendClosed("route"))?;
-        match (s.blackhole(addr, prefix, op == Op::Add), op) {
-            (Ok(()), _) => Ok(()),
-            // Already there / already gone: the state we wanted.
-            (Err(NlError::Kernel(Errno::EEXIST)), Op::Add) => Ok(()),
-            (Err(NlError::Kernel(Errno::ESRCH | Errno::ENOENT)), Op::Delete) => Ok(()),
-            (Err(e), _) => Err(EnforcerError::netlink("route", e)),
+    /// Add or remove many deny-file lines (address, line, legacy) with one read and one
+    /// write in the parent (restore, mass expiry, reload: per-line edits would cost O(n)
+    /// each). One record stands for all of them.
+    pub fn hosts_deny_batch(
+        &self,
+        lines: &[(IpAddr, String, bool)],
+        op: Op,
+    ) -> Option<ActionRecord> {
+        if lines.is_empty() {
+            return None;
         }
+        let t = Instant::now();
+        let items: Vec<_> = lines
+            .iter()
+            .map(|(a, line, legacy)| (*a, net_of(a, line), 0, Protocol::Tcp, *legacy))
+            .collect();
+        let r = self.deny(&items, op);
+        Some(ActionRecord::outcome(
+            ActionKind::HostsDeny,
+            None,
+            r,
+            ms_since(t),
+        ))
     }
 }
 
-/// Add or remove many deny-file lines (address, line, legacy) with one read and one write
-/// (restore, mass expiry, reload: per-line edits would cost O(n) each). One record stands
-/// for all of them.
-pub fn hosts_deny_batch(
-    path: &Path,
-    lines: &[(IpAddr, String, bool)],
-    op: Op,
-    log: &Logger,
-) -> Option<ActionRecord> {
-    if lines.is_empty() {
+/// The IPv6 prefix a recorded deny line names (`[net]/len`), so the parent renders the
+/// same line again.
+fn net_of(addr: &IpAddr, line: &str) -> Option<u8> {
+    if addr.is_ipv4() {
         return None;
     }
-    let t = Instant::now();
-    let refs = hostsdeny::entries(lines);
-    let r = match op {
-        Op::Add => hostsdeny::add_many(path, &refs).map(drop),
-        Op::Delete => hostsdeny::remove(path, &refs).map(|r| hostsdeny::log_kept(log, &r)),
-    };
-    Some(ActionRecord::outcome(
-        ActionKind::HostsDeny,
-        None,
-        r,
-        ms_since(t),
-    ))
+    let after = line.split_once(&format!("[{addr}]/"))?.1;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|l| *l <= 128)
+}
+
+fn proto_of(p: Protocol) -> sentry_privsep::Proto {
+    match p {
+        Protocol::Tcp => sentry_privsep::Proto::Tcp,
+        Protocol::Udp => sentry_privsep::Proto::Udp,
+        Protocol::Sctp => sentry_privsep::Proto::Sctp,
+        Protocol::Ip => sentry_privsep::Proto::Ip,
+    }
+}
+
+/// (succeeded, exit code, error) of a kill command's reply.
+fn command_outcome(rep: &sentry_privsep::Reply) -> (bool, Option<i32>, Option<String>) {
+    let code = i32::try_from(rep.a).ok();
+    let text = (!rep.text.is_empty()).then(|| rep.text.clone());
+    match Outcome::from_u8(rep.code) {
+        Some(Outcome::Exited) if rep.a == 0 => (true, Some(0), None),
+        Some(Outcome::Exited) => (
+            false,
+            code,
+            Some(format!("exited with status {}{}", rep.a, colon(text))),
+        ),
+        Some(Outcome::Signaled) => (false, None, Some(format!("killed by signal {}{}", rep.a, colon(text)))),
+        Some(Outcome::TimedOut) => (false, None, Some(format!("timed out{}", colon(text)))),
+        _ => (false, None, Some(format!("not started{}", colon(text)))),
+    }
+}
+
+fn colon(t: Option<String>) -> String {
+    t.map(|t| format!(": {t}")).unwrap_or_default()
 }
 
 /// How the audit log names an address's element.
@@ -399,46 +534,6 @@ pub fn nft_target(cfg: &Config, addr: IpAddr, prefix6: Option<u8>) -> String {
         (false, Some(_)) => SET_V6NET,
     };
     format!("inet {} {set} {addr}", cfg.nft_table)
-}
-
-fn run_template(
-    kind: ActionKind,
-    tpl: &CommandTemplate,
-    s: &Subject,
-    timeout: Duration,
-) -> ActionRecord {
-    let target = s.target();
-    let argv = tpl.render(&Vars {
-        target: &target,
-        port: s.port,
-        mode: s.protocol.as_str(),
-    });
-    let r = exec::run(&argv, None, timeout);
-    let ok = r.outcome.success();
-    let exit_code = match r.outcome {
-        exec::Outcome::Exited(c) => Some(c),
-        _ => None,
-    };
-    let error = if ok {
-        None
-    } else if r.stderr.is_empty() {
-        Some(r.outcome.describe())
-    } else {
-        Some(format!("{}: {}", r.outcome.describe(), r.stderr))
-    };
-    ActionRecord {
-        action: kind,
-        argv: Some(argv),
-        target: None,
-        status: if ok {
-            ActionStatus::Ok
-        } else {
-            ActionStatus::Error
-        },
-        exit_code,
-        error,
-        ms: (r.elapsed.as_secs_f64() * 1e6).round() / 1e3,
-    }
 }
 
 /// The PortSentry-style log line for an action that ran for `addr`.

@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use caps::{CapSet, Capability, CapsHashSet};
 use interprocess::local_socket::traits::{Listener as _, Stream as _};
-use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::local_socket::ToFsName;
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use interprocess::os::unix::uds_local_socket::{Listener, Stream};
 use interprocess::TryClone as _;
@@ -255,7 +254,8 @@ struct Shared {
     config_path: PathBuf,
     sensor_uid: Uid,
     /// Ties a sensor connection to the installed sensor before it gets anything.
-    verifier: sentry_enforcer::peercheck::Verifier,
+    /// The root parent's request channel (peer checks, the detection chain, NFLOG).
+    parent: Arc<crate::privsep::Link>,
     control_gid: Option<Gid>,
     sensor_busy: AtomicBool,
     /// Control connection slots: root's reserved, each other uid capped ([`crate::control::slots`]).
@@ -266,52 +266,43 @@ struct Shared {
     sensor_out: Mutex<Option<Stream>>,
     /// Per-second budget of "sensor connected" lines: (second, lines, suppressed).
     connect_lines: Mutex<(u64, u32, u64)>,
-    sockets: Vec<PathBuf>,
     // --- detection input (issue #13): the detection chain and the NFLOG hand-over ---
     detect: Mutex<Detect>,
-    /// The nftables watch and our own netlink port id. Locked after the engine, by the
-    /// watch thread and by whoever runs `nft` for the detection chain: the notifications
-    /// of our own `nft` child are drained under the same engine lock, so the watch never
-    /// takes them for another process's change.
-    watch: Mutex<Option<(sentry_enforcer::kernel::tablewatch::TableWatch, u32)>>,
-    /// The detection chain was (re)built, or the table with it: the served-port poller
-    /// rewrites every element of its sets at its next poll ([`sentry_enforcer::kernel::served`]).
-    served_resync: AtomicBool,
+}
+
+/// What the peer check found: the executable, and why it is refused (if it is).
+struct Verdict {
+    exe: String,
+    refused: Option<String>,
 }
 
 /// The detection chain's inputs. `modes` are the last ones a sensor announced, kept in
 /// the state directory ([`MODES_FILE`]), so the chain holds while the sensor is down and
-/// is rebuilt at the next start before any sensor connects.
+/// is rebuilt at the next start before any sensor connects. The chain itself, its NFLOG
+/// group and the socket bound to it are the root parent's.
 struct Detect {
-    cfg: policy::Config,
     modes: Option<Vec<sentry_proto::Mode>>,
-    support: sentry_enforcer::kernel::table::Support,
+    /// nf_tables is usable (the parent's probe at start).
+    nftables: bool,
     state_dir: PathBuf,
-    /// What the kernel holds now (`None`: unknown, as after a table rebuild).
-    applied: Option<sentry_enforcer::kernel::table::DetectSpec>,
-    /// The NFLOG group the chain copies to (rotated on each hand-over).
-    group: u16,
-    /// Our copy of the socket handed to the connected, verified sensor, bound to `group`:
-    /// kept only to unbind the group when that sensor's connection ends.
-    held: Option<(u16, std::os::fd::OwnedFd)>,
 }
 
-impl Detect {
-    /// Unbind and close the handed-over socket, if any: from now on nobody who holds a
-    /// copy of it (the sensor that left, a child it forked) receives a packet.
-    fn release(&mut self, log: &Logger) {
-        if let Some((g, fd)) = self.held.take() {
-            if let Err(e) = sentry_enforcer::kernel::capture::unbind(g, fd) {
-                log.warn(&format!(
-                    "adminalert: cannot unbind NFLOG group {g} ({e}); the detection chain moves to a new group at the next hand-over"
-                ));
-            }
-        }
+/// The modes as the parent's bits.
+fn mode_bits(modes: &[sentry_proto::Mode]) -> sentry_privsep::Modes {
+    use sentry_privsep::Modes;
+    let mut b = 0;
+    for m in modes {
+        b |= match m {
+            sentry_proto::Mode::Tcp => Modes::TCP,
+            sentry_proto::Mode::Udp => Modes::UDP,
+            sentry_proto::Mode::Stcp => Modes::STCP,
+            sentry_proto::Mode::Sudp => Modes::SUDP,
+            sentry_proto::Mode::Atcp => Modes::ATCP,
+            sentry_proto::Mode::Audp => Modes::AUDP,
+        };
     }
+    Modes(b)
 }
-
-/// The lock file of sentry's hosts.deny writers, in the state directory (0700 root).
-const HOSTS_DENY_LOCK: &str = "hosts.deny.lock";
 
 /// The announced modes, one line of mode names (`stcp sudp atcp audp`).
 const MODES_FILE: &str = "modes";
@@ -482,7 +473,6 @@ impl Drop for SensorSlot<'_> {
     fn drop(&mut self) {
         *lock(&self.0.sensor_out) = None;
         self.0.engine().sensor = None;
-        lock(&self.0.detect).release(&self.0.log);
         self.0.sensor_busy.store(false, Ordering::SeqCst);
     }
 }
@@ -524,7 +514,16 @@ fn admit_sensor(sh: &Shared, s: &mut Stream, peer: Peer) -> bool {
     // root peer could bind the NFLOG group itself, so checking it adds nothing.
     if peer.uid != 0 {
         use std::os::fd::AsFd;
-        let v = sh.verifier.verify(s.as_fd(), peer.pid);
+        let mut req = sentry_privsep::Request::new(sentry_privsep::Verb::Peer, 0);
+        req.extra = u64::from(sh.sensor_uid.as_raw());
+        let v = match sh.parent.call(&[req], Some(s.as_fd())) {
+            Ok((mut r, _)) => match r.pop().map(crate::privsep::check) {
+                Some(Ok(rep)) => Verdict { exe: rep.text, refused: None },
+                Some(Err(f)) => Verdict { exe: "unknown".into(), refused: Some(f.to_string()) },
+                None => Verdict { exe: "unknown".into(), refused: Some("no reply".into()) },
+            },
+            Err(f) => Verdict { exe: "unknown".into(), refused: Some(f.to_string()) },
+        };
         if let Some(why) = v.refused {
             send_refusal(s, Refusal::NotAuthorized);
             sh.refuse(
@@ -782,47 +781,30 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 /// need no detection input, or this kernel has none to give); `Err` only when the
 /// connection itself failed.
 fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
-    use sentry_enforcer::kernel::capture::{open_next, send_with_fd, BindError, NFLOG_SNAPLEN};
-    if modes.iter().all(|m| m.is_basic()) {
-        rebuild_detection(sh, Some(modes));
+    use sentry_enforcer::kernel::capture::{send_with_fd, NFLOG_SNAPLEN};
+    let basic = modes.iter().all(|m| m.is_basic());
+    // The modes first: the parent moves the chain to the new group with them.
+    if !rebuild_detection(sh, Some(modes)) || basic {
         return Ok(true);
     }
-    let current = lock(&sh.detect).group;
-    let (group, fd) = match open_next(current, NFLOG_SNAPLEN) {
-        Ok(x) => x,
-        Err(BindError::Busy) => {
-            sh.log.err(&format!(
-                "adminalert: ERROR: {}: no detection input handed over; trying again on the next sensor connection",
-                BindError::Busy
-            ));
-            rebuild_detection(sh, Some(modes));
-            return Ok(false);
+    // A fresh group from the parent: the chain moves to it before the socket comes back,
+    // and whatever an earlier connection held stops receiving.
+    let req = sentry_privsep::Request::new(sentry_privsep::Verb::Nflog, 0);
+    let (group, fd) = match sh.parent.call(&[req], None) {
+        Ok((mut r, Some(fd))) => match r.pop().map(crate::privsep::check) {
+            Some(Ok(rep)) => (rep.port, fd),
+            Some(Err(e)) => return Ok(nflog_failed(sh, &e.to_string())),
+            None => return Ok(nflog_failed(sh, "no reply")),
+        },
+        Ok((mut r, None)) => {
+            let why = match r.pop().map(crate::privsep::check) {
+                Some(Err(e)) => e.to_string(),
+                _ => "no descriptor came with the reply".to_string(),
+            };
+            return Ok(nflog_failed(sh, &why));
         }
-        Err(BindError::Other(e)) => {
-            sh.log.err(&format!(
-                "adminalert: ERROR: cannot bind an NFLOG group for the sensor ({e}): stealth and advanced detection are off, basic modes still work"
-            ));
-            rebuild_detection(sh, Some(modes));
-            return Ok(true);
-        }
+        Err(e) => return Ok(nflog_failed(sh, &e.to_string())),
     };
-    // The chain moves to the new group before the socket leaves: packets in between wait
-    // in the new socket's buffer, and the old group gets none from now on.
-    let switched = {
-        let e = sh.engine();
-        lock(&sh.detect).group = group;
-        rebuild_detection_locked(sh, &e, Some(modes))
-            && lock(&sh.detect).applied.as_ref().map(|a| a.nflog_group) == Some(group)
-    };
-    // Whatever an earlier connection left bound stops receiving now.
-    lock(&sh.detect).release(&sh.log);
-    if !switched {
-        // Closing our only copy unbinds the new group again.
-        sh.log.err(&format!(
-            "adminalert: ERROR: the detection chain could not be moved to NFLOG group {group}: no detection input handed over"
-        ));
-        return Ok(false);
-    }
     let frame = match encode_frame(&EnforcerFrame::Capture {
         group,
         snaplen: NFLOG_SNAPLEN,
@@ -836,7 +818,6 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
     };
     match send_with_fd(s, &frame, &fd) {
         Ok(()) => {
-            lock(&sh.detect).held = Some((group, fd));
             // Under the same per-second budget as the "connected" line it precedes.
             sh.log_connected(&format!(
                 "adminalert: handed NFLOG group {group} (snaplen {NFLOG_SNAPLEN}) to the verified sensor"
@@ -852,6 +833,14 @@ fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<
             Err(())
         }
     }
+}
+
+/// No NFLOG socket for this sensor: said, and tried again at its next connection.
+fn nflog_failed(sh: &Shared, why: &str) -> bool {
+    sh.log.err(&format!(
+        "adminalert: ERROR: no detection input handed over ({why}); trying again on the next sensor connection"
+    ));
+    false
 }
 
 /// Rebuild the detection chain (with new modes, or the remembered ones after SIGHUP).
@@ -885,37 +874,25 @@ fn rebuild_detection_locked(
     let Some(modes) = d.modes.clone() else {
         return false;
     };
-    if let Err(e) = &d.support.nftables {
-        sh.log.err(&format!(
-            "adminalert: ERROR: nf_tables is not usable ({e}): no detection chain, so stealth and advanced detection are off; basic modes (-tcp -udp) still work"
-        ));
+    if !d.nftables {
+        sh.log.err(
+            "adminalert: ERROR: nf_tables is not usable: no detection chain, so stealth and advanced detection are off; basic modes (-tcp -udp) still work",
+        );
         return false;
     }
-    let ignore = match d.cfg.load_ignore() {
-        Ok(i) => i,
-        Err(e) => {
-            sh.log.err(&format!(
-                "adminalert: ERROR: ignore list not loaded into the detection chain (the kernel keeps the previous one): {e}"
-            ));
-            return true;
-        }
-    };
-    let socket = d.support.socket.is_ok();
-    let mut spec =
-        sentry_enforcer::kernel::table::DetectSpec::new(&d.cfg, &modes, &ignore, socket, e.native_sets())
-            .with_tripwire(e.tripwire(), &e.never_block_addrs());
-    spec.nflog_group = d.group;
-    // A sensor that reconnects with the same modes changes nothing: no `nft` run (a
-    // reconnect loop must not become a loop of table transactions).
-    if d.applied.as_ref() == Some(&spec) {
-        return true;
-    }
-    match sentry_enforcer::kernel::table::apply_detection(&d.cfg, &spec) {
-        Ok(()) => {
-            d.applied = Some(spec);
-            sh.served_resync.store(true, Ordering::Relaxed);
-            true
-        }
+    drop(d);
+    // The infrastructure the kernel must never block (the parent adds its own floor),
+    // then the modes: one batch, one `nft -f -` in the parent.
+    let mut items: Vec<sentry_privsep::Request> = e
+        .never_block_addrs()
+        .into_iter()
+        .map(|a| sentry_privsep::Request::for_addr(sentry_privsep::Verb::Detect, 0, a))
+        .collect();
+    let mut last = sentry_privsep::Request::new(sentry_privsep::Verb::Detect, 0);
+    last.extra = u64::from(mode_bits(&modes).0);
+    items.push(last);
+    match sh.parent.ask(&items) {
+        Ok(_) => true,
         Err(e) => {
             sh.log.err(&format!(
                 "adminalert: ERROR: detection chain not built: {e}; stealth and advanced detection are off, basic modes still work"
@@ -1165,125 +1142,6 @@ fn serve_watch(sh: &Shared, mut s: Stream, sub: crate::control::watch::Subscript
     }
 }
 
-/// Remove a stale socket left by a previous run. Refuses anything that is not a socket,
-/// and refuses to start when another enforcer still answers on it.
-fn clear_stale_socket(path: &Path) -> Result<(), EnforcerError> {
-    let err = |d: &dyn std::fmt::Display| EnforcerError::runtime(path, d);
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(err(&e)),
-        Ok(md) if !md.file_type().is_socket() => {
-            Err(err(&"exists and is not a socket; refusing to remove it"))
-        }
-        Ok(_) => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(err(
-                    &"another enforcer is running (the socket accepts connections)",
-                ));
-            }
-            std::fs::remove_file(path).map_err(|e| err(&e))
-        }
-    }
-}
-
-fn prepare_runtime_dir(dir: &Path) -> Result<(), EnforcerError> {
-    let err = |d: String| EnforcerError::runtime(dir, d);
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(|e| err(e.to_string()))?;
-        // Traversable by the sensor whatever the umask; the sockets' modes decide access.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| err(format!("chmod: {e}")))?;
-    }
-    let md = std::fs::symlink_metadata(dir).map_err(|e| err(e.to_string()))?;
-    if !md.is_dir() {
-        return Err(err("not a directory".into()));
-    }
-    if md.uid() != 0 || md.mode() & 0o022 != 0 {
-        return Err(err(format!(
-            "runtime directory must be owned by root and not writable by group or others (mode {:o}, uid {})",
-            md.mode() & 0o7777,
-            md.uid()
-        )));
-    }
-    Ok(())
-}
-
-fn bind_socket(path: &Path, gid: Option<Gid>, mode: u32) -> Result<Listener, EnforcerError> {
-    let err = |d: String| EnforcerError::runtime(path, d);
-    clear_stale_socket(path)?;
-    let name = path
-        .to_fs_name::<GenericFilePath>()
-        .map_err(|e| err(format!("socket name: {e}")))?;
-    // The mode is set on the socket before bind(2) (fchmod), so the file never exists
-    // with a mode the umask chose; the sockets are removed by the signal thread, not by
-    // the listener's destructor (reclaim off).
-    let l = ListenerOptions::new()
-        .name(name)
-        .mode(mode)
-        .reclaim_name(false)
-        .create_sync_as::<Listener>()
-        .map_err(|e| err(format!("bind: {e}")))?;
-    nix::unistd::chown(path, Some(Uid::from_raw(0)), gid)
-        .map_err(|e| err(format!("chown: {e}")))?;
-    // And once more by path: the effective mode must not depend on how a given kernel
-    // treats fchmod on a socket that was not yet bound.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| err(format!("chmod: {e}")))?;
-    Ok(l)
-}
-
-/// Keep only `keep` in the effective, permitted, inheritable and bounding sets (and
-/// ambient, so that kill commands started by a root whose securebits deny it full
-/// capabilities still get exactly these). Returns warnings for what could not be done.
-///
-/// Without CAP_SETPCAP (the shipped unit does not grant it) the bounding set stays as the
-/// service manager set it. That is no gap and so no warning: no_new_privs is set first,
-/// and a capability that is in neither the permitted nor the inheritable set can never be
-/// regained under no_new_privs, not by this process (capset cannot raise the permitted
-/// set) and not by anything it executes (the kernel caps a no_new_privs exec's permitted
-/// set at the caller's). What is warned about is what has a cause: a capability the
-/// configured actions need but this process does not hold.
-pub fn confine(keep: &CapsHashSet) -> Result<Vec<String>, EnforcerError> {
-    let mut warnings = Vec::new();
-    nix::sys::prctl::set_no_new_privs().map_err(|e| EnforcerError::confine("no_new_privs", e))?;
-    let can_setpcap =
-        caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-    if can_setpcap {
-        let bounding = caps::read(None, CapSet::Bounding)
-            .map_err(|e| EnforcerError::confine("bounding set", e))?;
-        for c in bounding.difference(keep) {
-            caps::drop(None, CapSet::Bounding, *c)
-                .map_err(|e| EnforcerError::confine(format!("drop {c} from bounding set"), e))?;
-        }
-    }
-    let permitted = caps::read(None, CapSet::Permitted)
-        .map_err(|e| EnforcerError::confine("permitted set", e))?;
-    let keep_now: CapsHashSet = keep.intersection(&permitted).copied().collect();
-    for c in keep.difference(&permitted) {
-        warnings.push(format!(
-            "{c} is needed by the configured actions but not held"
-        ));
-    }
-    for (set, name) in [
-        (CapSet::Inheritable, "inheritable"),
-        (CapSet::Effective, "effective"),
-        (CapSet::Permitted, "permitted"),
-    ] {
-        caps::set(None, set, &keep_now).map_err(|e| EnforcerError::confine(name, e))?;
-    }
-    let _ = caps::clear(None, CapSet::Ambient);
-    for c in &keep_now {
-        if let Err(e) = caps::raise(None, CapSet::Ambient, *c) {
-            warnings.push(format!("ambient {c}: {e}"));
-        }
-    }
-    Ok(warnings)
-}
-
 /// Scheduler slice of a sensor connection's thread (the kernel's minimum is 100 us).
 const SENSOR_THREAD_SLICE_NS: u64 = 100_000;
 
@@ -1349,9 +1207,6 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
                 // from the persisted state on the next start.
                 let mut e = sh.engine();
                 e.finish_audit_budget(WallUs::now());
-                for p in &sh.sockets {
-                    let _ = std::fs::remove_file(p);
-                }
                 sh.log
                     .notice(&format!("adminalert: sentry-enforcer stopping on {sig}"));
                 std::process::exit(0);
@@ -1458,53 +1313,37 @@ fn addr_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>) {
     }
 }
 
-/// Rebuild the nftables table within a moment of another process deleting, flushing or
-/// changing it. The rebuild's own notifications (it runs `nft`, another process) are read
-/// and discarded under the engine lock, right after it, so it never triggers itself.
-fn table_watch_loop(sh: Arc<Shared>, fd: Arc<std::os::fd::OwnedFd>, table: String) {
-    use std::os::fd::AsFd;
+/// What the root parent says unasked: another process changed the table (rebuild it
+/// with every block, then the detection chain), or SIGHUP reached it (reload). The parent
+/// gone, the worker exits: its blocks stay in the kernel, and systemd restarts the pair.
+fn events_loop(sh: Arc<Shared>, events: sentry_privsep::Channel) {
     loop {
-        if let Err(e) = crate::sys::wait_readable(fd.as_fd()) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                sh.log.err(&format!("adminalert: nftables watch wait: {e}"));
-                std::thread::sleep(Duration::from_millis(100));
+        let rep = match events.recv_reply() {
+            Ok((r, _)) => r,
+            Err(sentry_privsep::RecvError::Os(nix::errno::Errno::EINTR)) => continue,
+            Err(e) => {
+                sh.log.err(&format!(
+                    "adminalert: ERROR: the root parent's event channel ended ({e}); exiting"
+                ));
+                std::process::exit(1);
             }
-            continue;
-        }
-        // Let the rest of the other process's transaction arrive, so one rebuild answers
-        // all of it.
-        std::thread::sleep(Duration::from_millis(20));
-        let mut e = sh.engine();
-        let mut w = lock(&sh.watch);
-        let Some((watch, own)) = w.as_mut() else {
-            return;
         };
-        let own = *own;
-        match watch.drain(&table, own) {
-            Ok(c) if c.any() => {
-                let mut by = c.by;
-                // Bounded: another process changing the table again and again gets a
-                // rebuild after each change, not a loop without a pause.
-                for _ in 0..3 {
-                    // The rebuild deletes and recreates the whole table: the detection
-                    // chain goes back in with the blocks.
-                    let _ = e.rebuild_table(by, WallMs::now());
-                    lock(&sh.detect).applied = None;
-                    rebuild_detection_locked(&sh, &e, None);
-                    // Our own `nft` runs are recognised by their pid and an overrun is
-                    // our own rebuild's flood of notifications; a change by another
-                    // process that came in meanwhile is news, and is answered at once.
-                    match watch.drain(&table, own) {
-                        Ok(after) if after.by.is_some() => by = after.by,
-                        _ => break,
-                    }
+        match sentry_privsep::Event::from_u8(rep.code) {
+            Some(sentry_privsep::Event::TableChanged) => {
+                let mut e = sh.engine();
+                let by = u32::try_from(rep.a).ok().filter(|p| *p != 0);
+                let _ = e.rebuild_table(by, WallMs::now());
+                rebuild_detection_locked(&sh, &e, None);
+            }
+            Some(sentry_privsep::Event::Reload) => {
+                if let Err(e) = reload(&sh) {
+                    sh.log.err(&format!("adminalert: ERROR: reload failed: {e}"));
                 }
             }
-            Ok(_) => {}
-            Err(err) => {
-                e.error(crate::control::metrics::ErrorKind::Netlink, format!("nftables watch failed ({err}); a deleted table is rebuilt only at the next start"));
-                return;
-            }
+            None => sh.log.warn(&format!(
+                "adminalert: unknown event {} from the root parent",
+                rep.code
+            )),
         }
     }
 }
@@ -1524,45 +1363,6 @@ fn effects_loop(
             };
             let actions = crate::engine::effects::run(&mut exec, &cfg, &job);
             sh.engine().finish_effects(job, actions, WallMs::now());
-        }
-    }
-}
-
-/// RESTART_GRACE in the kernel: poll the served ports every [`sentry_enforcer::kernel::served::POLL`] and
-/// write what changed. No engine lock: the sets are the poller's alone. A failure is said
-/// once (and its end once); until the table has its sets (no detection chain yet) writes
-/// fail with ENOENT, which is expected and retried quietly.
-fn served_loop(sh: Arc<Shared>, mut p: sentry_enforcer::kernel::served::Poller) {
-    let mut failing: Option<String> = None;
-    let mut over_said = false;
-    loop {
-        std::thread::sleep(sentry_enforcer::kernel::served::POLL);
-        if sh.served_resync.swap(false, Ordering::Relaxed) {
-            p.resync();
-        }
-        match p.poll(std::time::Instant::now()) {
-            Ok(r) => {
-                if failing.take().is_some() {
-                    sh.log
-                        .notice("adminalert: served ports are written to the kernel again");
-                }
-                if r.over > 0 && !std::mem::replace(&mut over_said, true) {
-                    sh.log.warn(&format!(
-                        "adminalert: more than {} served sockets: the rest get no RESTART_GRACE in the kernel",
-                        sentry_enforcer::kernel::served::MAX_KEYS
-                    ));
-                }
-            }
-            Err(sentry_enforcer::kernel::served::Error::Kernel(nix::errno::Errno::ENOENT)) => {}
-            Err(e) => {
-                let text = e.to_string();
-                if failing.as_deref() != Some(text.as_str()) {
-                    sh.log.warn(&format!(
-                        "adminalert: cannot write the served ports ({text}): RESTART_GRACE holds in the sensor only until this recovers"
-                    ));
-                }
-                failing = Some(text);
-            }
         }
     }
 }
@@ -1622,7 +1422,6 @@ fn recover_main(args: &Args) -> ExitCode {
             ));
         }
         let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
-        sentry_enforcer::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
         crate::recover::recover(&cfg, &args.state_dir, WallMs::now().secs())
     })();
     match r {
@@ -1656,6 +1455,7 @@ fn account<T>(what: String, found: nix::Result<Option<T>>) -> Result<T, Enforcer
 }
 
 fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
+    use crate::privsep::{Link, FD_CONTROL_LISTENER, FD_EVENTS, FD_FX, FD_RPC, FD_SENSOR_LISTENER};
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cfg = policy::Config::load(&args.config)?;
     for w in &cfg.warnings {
@@ -1663,76 +1463,68 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     }
     let (sensor, control_gid) = accounts(&args, &cfg, &log)?;
     let sigs = block_signals()?;
-    prepare_runtime_dir(&args.runtime_dir)?;
-    // State (0700) and log (0750) directories, created when missing.
-    for l in crate::dirs::prepare(&cfg, &args.state_dir).map_err(EnforcerError::Dirs)? {
-        log.notice(&format!("adminalert: {l}"));
-    }
-    // sentry's hosts.deny writers lock a file only root can open, never the deny file.
-    sentry_enforcer::effects::hostsdeny::set_lock_file(args.state_dir.join(HOSTS_DENY_LOCK));
-    // Sockets first (giving them to the sensor's group may need CAP_CHOWN), then drop to
-    // what the actions need, then open the engine: the `nft -f -` it runs at start must
-    // already see the final (ambient) capability set, as every later command does.
-    let sensor_path = args.runtime_dir.join("enforcer.sock");
-    let control_path = args.runtime_dir.join("control.sock");
-    let sensor_l = bind_socket(&sensor_path, Some(sensor.gid), 0o660)?;
-    let control_l = match control_gid {
-        Some(g) => bind_socket(&control_path, Some(g), 0o660)?,
-        None => bind_socket(&control_path, Some(Gid::from_raw(0)), 0o600)?,
+    let inherited = |what: &str, r: Result<Link, String>| {
+        r.map(Arc::new).map_err(|e| EnforcerError::system(what.to_string(), io::Error::other(e)))
     };
-    // The sensor check's thread keeps CAP_SYS_PTRACE for itself; it must start before
-    // this thread gives it up below (capabilities are per thread).
-    let verifier = start_sensor_check(&args, &log, sensor.uid)?;
-    let keep = drop_capabilities(&cfg, &log)?;
+    let rpc = inherited("rpc channel", Link::inherited(FD_RPC))?;
+    let fx = inherited("effects channel", Link::inherited(FD_FX))?;
+    let adopt = |fd| {
+        sentry_privsep::Channel::from_inherited(fd)
+            .map(sentry_privsep::Channel::into_fd)
+            .map_err(|e| EnforcerError::system(format!("descriptor {fd}"), io::Error::from(e)))
+    };
+    let events = sentry_privsep::Channel::from_fd(adopt(FD_EVENTS)?);
+    let sensor_l = Listener::from(adopt(FD_SENSOR_LISTENER)?);
+    let control_l = Listener::from(adopt(FD_CONTROL_LISTENER)?);
+    let hello = parent_hello(&rpc)?;
     let config_path = cfg.path.clone();
-    let detect = detection_input(&cfg, &args.state_dir, &log);
-    let support_ok = detect.support.nftables.is_ok();
-    let mut engine = open_engine(cfg, &args, &log).inspect_err(|_| {
-        let _ = std::fs::remove_file(&sensor_path);
-        let _ = std::fs::remove_file(&control_path);
-    })?;
-    log_started(&log, &engine, &keep, &config_path, sensor.uid);
-
-    let served = served_poller(engine.config(), support_ok, sensor.uid, &log);
-    let effects = effects_worker(&mut engine, &log)?;
+    let detect = detection_input(&args.state_dir, hello, &log);
+    let backends = crate::action::Backends {
+        nft: hello.has(sentry_privsep::Hello::NFT),
+        route: hello.has(sentry_privsep::Hello::ROUTE),
+    };
+    let mut engine = open_engine(cfg, &args, &log, Some((Arc::clone(&rpc), backends)))?;
+    log_started(&log, &engine, &config_path, sensor.uid);
+    let effects = effects_worker(&mut engine, &log, fx)?;
     let addr_fd = engine.addr_watch_fd();
-    // Subscribed after the engine built the table, so its own start-up is not news.
-    let table_watch = open_table_watch(engine.nft_portid(), &log);
-    let table_name = engine.config().nft_table.clone();
-    let table = (table_watch.as_ref()).map(|(w, _)| (w.poll_fd(), table_name));
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),
         log: Arc::clone(&log),
         config_path,
         sensor_uid: sensor.uid,
-        verifier,
+        parent: rpc,
         control_gid,
         sensor_busy: AtomicBool::new(false),
         control_slots: Mutex::new(crate::control::slots::Slots::default()),
         refusals: Mutex::new((0, 0)),
         connect_lines: Mutex::new((0, 0, 0)),
         sensor_out: Mutex::new(None),
-        sockets: vec![sensor_path, control_path],
         detect: Mutex::new(detect),
-        watch: Mutex::new(table_watch),
-        served_resync: AtomicBool::new(false),
     });
     // The remembered modes' chain goes in now, before any sensor connects, so the
-    // kernel sees probes across an enforcer restart and while the sensor is down.
+    // kernel sees probes across a restart and while the sensor is down.
     if lock(&sh.detect).modes.is_some() {
         rebuild_detection(&sh, None);
     }
     let threads = Threads {
         sigs,
         effects,
-        served,
         addr_fd,
-        table,
+        events,
         control_l,
     };
     start_threads(&sh, threads)?;
     accept_loop(sh, sensor_l, true);
     Ok(())
+}
+
+/// The first request: the protocol version; the parent answers with what it has.
+fn parent_hello(rpc: &crate::privsep::Link) -> Result<sentry_privsep::Hello, EnforcerError> {
+    let mut req = sentry_privsep::Request::new(sentry_privsep::Verb::Hello, 0);
+    req.extra = sentry_privsep::VERSION;
+    rpc.ask(&[req])
+        .map(|r| sentry_privsep::Hello(r.a))
+        .map_err(|e| EnforcerError::Parent(format!("root parent: {e}")))
 }
 
 /// The sensor's user and CONTROL_GROUP's group, looked up before anything is bound.
@@ -1760,6 +1552,7 @@ fn open_engine(
     cfg: policy::Config,
     args: &Args,
     log: &Arc<Logger>,
+    parent: Option<(Arc<crate::privsep::Link>, crate::action::Backends)>,
 ) -> Result<Engine, EnforcerError> {
     let engine = Engine::new(
         cfg,
@@ -1771,6 +1564,7 @@ fn open_engine(
             }),
             boot_id_path: args.boot_id_file.clone(),
             boot_id: args.boot_id.clone(),
+            parent,
         },
         Arc::clone(log),
     )?;
@@ -1786,20 +1580,13 @@ fn open_engine(
 }
 
 /// The start line: version, config, blocks, capabilities, sensor and blocking.
-fn log_started(
-    log: &Logger,
-    engine: &Engine,
-    keep: &CapsHashSet,
-    config_path: &Path,
-    sensor_uid: Uid,
-) {
-    let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+fn log_started(log: &Logger, engine: &Engine, config_path: &Path, sensor_uid: Uid) {
     log.notice(&format!(
-        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, capabilities [{}], sensor uid {}, blocking: {}",
+        "adminalert: sentry-enforcer {} started: config {}, {} active blocks, worker uid {} (no capabilities), sensor uid {}, blocking: {}",
         env!("CARGO_PKG_VERSION"),
         config_path.display(),
         engine.active_blocks(),
-        kept.join(","),
+        nix::unistd::getuid(),
         sensor_uid,
         engine.blocking_in_effect()
     ));
@@ -1807,10 +1594,14 @@ fn log_started(
 
 /// The effects worker's doorbell, executor and configuration: slow effects (KILL_*,
 /// hosts.deny) run in their own worker, off the decision path.
-fn effects_worker(engine: &mut Engine, log: &Arc<Logger>) -> Result<EffectsWorker, EnforcerError> {
+fn effects_worker(
+    engine: &mut Engine,
+    _log: &Arc<Logger>,
+    fx: Arc<crate::privsep::Link>,
+) -> Result<EffectsWorker, EnforcerError> {
     let (doorbell, effects_rx) = std::sync::mpsc::sync_channel(1);
     engine.enable_effects(doorbell);
-    let exec = effects_executor(engine.config(), log)?;
+    let exec = engine.executor().with_link(fx);
     Ok((effects_rx, exec, engine.config().clone()))
 }
 
@@ -1820,25 +1611,6 @@ type EffectsWorker = (
     crate::action::Executor,
     policy::Config,
 );
-
-/// The effects worker's executor: commands and hosts.deny, and its own route socket
-/// for BLACKHOLE_ROUTE (the nftables element stays in the decision).
-fn effects_executor(
-    cfg: &policy::Config,
-    log: &Arc<Logger>,
-) -> Result<crate::action::Executor, EnforcerError> {
-    Ok(crate::action::Executor::new(
-        None,
-        match cfg.blackhole_route {
-            true => Some(
-                sentry_enforcer::kernel::netlink::NlSocket::route()
-                    .map_err(|e| EnforcerError::netlink("route netlink", e))?,
-            ),
-            false => None,
-        },
-        Arc::clone(log),
-    ))
-}
 
 /// Signals are handled by one thread with sigwait; block them before threads exist.
 fn block_signals() -> Result<SigSet, EnforcerError> {
@@ -1851,68 +1623,14 @@ fn block_signals() -> Result<SigSet, EnforcerError> {
     Ok(sigs)
 }
 
-/// Start the thread that checks each connecting sensor's executable (and unit), and say
-/// which sensor gets the detection input.
-fn start_sensor_check(
-    args: &Args,
-    log: &Logger,
-    sensor_uid: Uid,
-) -> Result<sentry_enforcer::peercheck::Verifier, EnforcerError> {
-    let want = sentry_enforcer::peercheck::Expected {
-        exe: match &args.sensor_exe {
-            Some(p) => p.clone(),
-            None => sentry_enforcer::peercheck::default_exe()
-                .map_err(|e| EnforcerError::system("cannot find our own executable", e))?,
-        },
-        unit: sentry_enforcer::peercheck::own_unit().map(|_| {
-            args.sensor_unit
-                .clone()
-                .unwrap_or_else(|| sentry_enforcer::peercheck::DEFAULT_UNIT.into())
-        }),
-    };
-    log.notice(&format!(
-        "adminalert: the detection input goes only to a sensor running {}{}",
-        want.exe.display(),
-        want.unit
-            .as_deref()
-            .map(|u| format!(" in unit {u}"))
-            .unwrap_or_default()
-    ));
-    let (verifier, warning) = sentry_enforcer::peercheck::Verifier::start(want)
-        .map_err(|e| EnforcerError::system("cannot start the sensor check thread", e))?;
-    if let Some(w) = warning {
-        if !sensor_uid.is_root() {
-            log.err(&format!("adminalert: ERROR: {w}"));
-        }
-    }
-    Ok(verifier)
-}
-
-/// Keep CAP_NET_ADMIN whatever the configured actions are (the detection chain and the
-/// NFLOG binding need it), CAP_NET_RAW when an action needs it, and nothing else.
-fn drop_capabilities(cfg: &policy::Config, log: &Logger) -> Result<CapsHashSet, EnforcerError> {
-    let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
-    if crate::action::needs_net_raw(cfg) {
-        keep.insert(Capability::CAP_NET_RAW);
-    }
-    for w in confine(&keep)? {
-        log.warn(&format!("adminalert: confinement: {w}"));
-    }
-    Ok(keep)
-}
-
 /// The detection input: what the kernel offers (said once at start), the sensor modes
 /// recorded by the last run, and a fresh NFLOG group.
-fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Detect {
-    let support = sentry_enforcer::kernel::table::probe_support(&cfg.nft_table);
-    match (&support.nftables, &support.socket) {
-        (Err(e), _) => log.err(&format!(
-            "adminalert: ERROR: nf_tables is missing or unusable ({e}): no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work"
-        )),
-        (Ok(()), Err(e)) => log.warn(&format!(
-            "adminalert: the nftables socket expression is missing (CONFIG_NFT_SOCKET; {e}): advanced modes copy every probe to the sensor, which skips served ports with its own listener table; everything else works"
-        )),
-        (Ok(()), Ok(())) => {}
+fn detection_input(state_dir: &Path, hello: sentry_privsep::Hello, log: &Logger) -> Detect {
+    use sentry_privsep::Hello;
+    if !hello.has(Hello::NFTABLES) {
+        log.err("adminalert: ERROR: nf_tables is missing or unusable: no detection chain can be built, so stealth and advanced modes (-stcp -sudp -atcp -audp) detect nothing; basic modes (-tcp -udp) and blocking still work");
+    } else if !hello.has(Hello::SOCKET) {
+        log.warn("adminalert: the nftables socket expression is missing (CONFIG_NFT_SOCKET): advanced modes copy every probe to the sensor, which skips served ports with its own listener table; everything else works");
     }
     let modes = match load_modes(state_dir) {
         Ok(m) => m,
@@ -1923,68 +1641,10 @@ fn detection_input(cfg: &policy::Config, state_dir: &Path, log: &Logger) -> Dete
             None
         }
     };
-    // Start on a group nobody holds: a socket a sensor of an earlier run still has (or a
-    // process it passed it to) keeps its group, which the chain then never copies to.
-    let group = match sentry_enforcer::kernel::capture::open_next(*sentry_enforcer::kernel::capture::GROUPS.end(), 0) {
-        Ok((g, fd)) => {
-            drop(fd);
-            g
-        }
-        Err(_) => sentry_enforcer::kernel::capture::NFLOG_GROUP,
-    };
     Detect {
-        cfg: cfg.clone(),
         modes,
-        support,
+        nftables: hello.has(Hello::NFTABLES),
         state_dir: state_dir.to_path_buf(),
-        applied: None,
-        group,
-        held: None,
-    }
-}
-
-/// RESTART_GRACE's poller of the served ports, unless the grace is 0 or the kernel has
-/// no table for its sets.
-fn served_poller(
-    cfg: &policy::Config,
-    support_ok: bool,
-    sensor_uid: Uid,
-    log: &Logger,
-) -> Option<sentry_enforcer::kernel::served::Poller> {
-    match (cfg.restart_grace, &support_ok) {
-        (g, true) if !g.is_zero() => {
-            let skip = (!sensor_uid.is_root()).then(|| sensor_uid.as_raw());
-            match sentry_enforcer::kernel::served::Poller::open(&cfg.nft_table, skip, g) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    log.err(&format!(
-                        "adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only, the kernel knows only the sockets there are now"
-                    ));
-                    None
-                }
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Watch the nftables table for changes by others, when the engine has a netlink
-/// socket of its own (`own_portid`, whose own changes are not news).
-fn open_table_watch(
-    own_portid: Option<u32>,
-    log: &Logger,
-) -> Option<(sentry_enforcer::kernel::tablewatch::TableWatch, u32)> {
-    match own_portid {
-        Some(own) => match sentry_enforcer::kernel::tablewatch::TableWatch::open() {
-            Ok(w) => Some((w, own)),
-            Err(e) => {
-                log.warn(&format!(
-                    "adminalert: cannot watch the nftables table ({e}); if another process deletes it, it is rebuilt only at the next start"
-                ));
-                None
-            }
-        },
-        None => None,
     }
 }
 
@@ -1992,14 +1652,12 @@ fn open_table_watch(
 struct Threads {
     sigs: SigSet,
     effects: EffectsWorker,
-    served: Option<sentry_enforcer::kernel::served::Poller>,
     addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
-    table: Option<(Arc<std::os::fd::OwnedFd>, String)>,
+    events: sentry_privsep::Channel,
     control_l: Listener,
 }
 
-/// Start the signal, expiry, effects, served-ports, address, table-watch and control
-/// threads.
+/// Start the signal, expiry, effects, address, parent-event and control threads.
 fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
     let spawn = |name: &str, f: Box<dyn FnOnce(Arc<Shared>) + Send>| {
         let sh = Arc::clone(sh);
@@ -2012,9 +1670,8 @@ fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
     let Threads {
         sigs,
         effects: (effects_rx, effects_exec, effects_cfg),
-        served,
         addr_fd,
-        table,
+        events,
         control_l,
     } = t;
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
@@ -2023,18 +1680,10 @@ fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
         "effects",
         Box::new(move |sh| effects_loop(sh, effects_rx, effects_exec, effects_cfg)),
     )?;
-    if let Some(p) = served {
-        spawn("served", Box::new(move |sh| served_loop(sh, p)))?;
-    }
     if let Some(fd) = addr_fd {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
-    if let Some((fd, table_name)) = table {
-        spawn(
-            "nftables",
-            Box::new(move |sh| table_watch_loop(sh, fd, table_name)),
-        )?;
-    }
+    spawn("parent", Box::new(move |sh| events_loop(sh, events)))?;
     spawn(
         "control",
         Box::new(move |sh| accept_loop(sh, control_l, false)),

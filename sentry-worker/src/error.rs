@@ -21,6 +21,8 @@ pub enum EnforcerError {
     NftTable { table: String, detail: String },
     /// A netlink socket could not be opened, or an operation on it failed.
     Netlink { what: &'static str, source: NlError },
+    /// The root parent refused or failed a request, or its channel broke.
+    Parent(String),
     /// A backend the configuration needs is not open.
     BackendClosed(&'static str),
     /// A user or group the configuration or the command line names.
@@ -89,6 +91,7 @@ impl fmt::Display for EnforcerError {
                 write!(f, "cannot create nftables table inet {table}: {detail}")
             }
             Self::Netlink { what, source } => write!(f, "{what}: {source}"),
+            Self::Parent(m) => f.write_str(m),
             Self::BackendClosed(what) => write!(f, "{what} backend not open"),
             Self::Account { what, detail } => write!(f, "{what}: {detail}"),
             Self::Runtime { path, detail } => write!(f, "{}: {detail}", path.display()),

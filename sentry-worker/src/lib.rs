@@ -57,6 +57,7 @@ pub mod engine;
 pub mod error;
 pub mod infra;
 pub mod judge;
+pub mod privsep;
 pub mod recover;
 pub mod session;
 pub mod store;

@@ -23,7 +23,7 @@ impl Engine {
                 Some((*a, b.hosts_deny_line.clone()?, b.hosts_deny_legacy))
             })
             .collect();
-        action::hosts_deny_batch(&self.cfg.hosts_deny_file, &lines, op, &self.log)
+        self.exec.hosts_deny_batch(&lines, op)
     }
 
     /// End one block. `kernel_nft`: whether the nft element may still exist;

@@ -154,6 +154,7 @@ mod tests {
                 infra: None,
                 boot_id_path: DEFAULT_BOOT_ID_PATH.into(),
                 boot_id: None,
+                parent: None,
             },
             Arc::new(Logger::new(true, "test")),
         )

@@ -35,7 +35,7 @@ use crate::control::metrics::{ErrorKind, Stats};
 use crate::action::{self, Action, Command, Executor, Subject};
 use crate::error::EnforcerError;
 use crate::judge::{self, Evidence, Facts, Verdict};
-use sentry_enforcer::kernel::netlink::{AddrWatch, NlSocket};
+use sentry_enforcer::kernel::netlink::AddrWatch;
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
@@ -54,30 +54,39 @@ fn open_addr_watch(log: &Logger) -> Option<AddrWatch> {
     }
 }
 
-/// Rebuild the table with the persisted blocks and open the netfilter socket. Failing,
-/// it is an error when FIREWALL="nftables" was the admin's choice; when it was the
-/// default, it is said and blocks use the other actions.
-fn open_nft(
+/// The executor over the parent's channel, with the table rebuilt with the persisted
+/// blocks. A table the parent cannot build is an error when FIREWALL="nftables" was the
+/// admin's choice; when it was the default, it is said and blocks use the other actions.
+fn open_backends(
     cfg: &Config,
+    opts: &Options,
     blocks: &std::collections::HashMap<IpAddr, BlockRecord>,
     never: &NeverBlock,
     ignore: &IgnoreList,
-    log: &Logger,
-) -> Result<Option<NlSocket>, EnforcerError> {
-    let built = restore::rebuild_table(cfg, blocks, never, ignore, WallMs::now()).and_then(|()| {
-        NlSocket::netfilter().map_err(|e| EnforcerError::netlink("netfilter netlink", e))
-    });
-    match (built, cfg.firewall_origin) {
-        (Ok(sock), _) => Ok(Some(sock)),
-        (Err(e), policy::FirewallOrigin::Key) => Err(e),
-        // The default, not the admin's choice: say so and block with the rest.
-        (Err(e), policy::FirewallOrigin::Default) => {
-            log.err(&format!(
-                "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
-            ));
-            Ok(None)
+    log: &Arc<Logger>,
+) -> Result<Executor, EnforcerError> {
+    let Some((link, mut backends)) = opts.parent.clone() else {
+        return Ok(Executor::new(None, action::Backends { nft: false, route: false }, Arc::clone(log)));
+    };
+    backends.nft &= cfg.firewall == Firewall::Nftables;
+    backends.route &= cfg.blackhole_route;
+    let mut exec = Executor::new(Some(link), backends, Arc::clone(log));
+    if backends.nft {
+        let built = restore::rebuild_table(&exec, cfg, blocks, never, ignore, WallMs::now());
+        match (built, cfg.firewall_origin) {
+            (Ok(()), _) => {}
+            (Err(e), policy::FirewallOrigin::Key) => return Err(e),
+            // The default, not the admin's choice: say so and block with the rest.
+            (Err(e), policy::FirewallOrigin::Default) => {
+                log.err(&format!(
+                    "adminalert: ERROR: nftables is not usable ({e}); FIREWALL is not set, so blocks use only the configured KILL_ROUTE / KILL_HOSTS_DENY / KILL_RUN_CMD"
+                ));
+                backends.nft = false;
+                exec = exec.with_backends(backends);
+            }
         }
     }
+    Ok(exec)
 }
 
 /// This host's addresses and IPv4 broadcast addresses, from getifaddrs(3).
@@ -138,6 +147,9 @@ pub struct Options {
     /// The boot id given on the command line (the unit passes systemd's `%b`: under
     /// `ProcSubset=pid` the kernel's file is hidden); read from `boot_id_path` otherwise.
     pub boot_id: Option<String>,
+    /// The root parent's request channel and the backends it said it has (its Hello);
+    /// `None`: no backend at all (unit tests, embedders).
+    pub parent: Option<(Arc<crate::privsep::Link>, action::Backends)>,
 }
 
 /// Where the kernel publishes the id of the current boot.
@@ -231,16 +243,7 @@ impl Engine {
         // persisted blocks restored.
         let infra = crate::infra::open_for(&cfg, opts.infra.as_ref(), &mut never, &log);
         let started = Instant::now();
-        let nft = if cfg.firewall == Firewall::Nftables {
-            open_nft(&cfg, &blocks, &never, &ignore, &log)?
-        } else {
-            None
-        };
-        let route = if cfg.blackhole_route {
-            Some(NlSocket::route().map_err(|e| EnforcerError::netlink("route netlink", e))?)
-        } else {
-            None
-        };
+        let exec = open_backends(&cfg, &opts, &blocks, &never, &ignore, &log)?;
         let budget = AuditBudget::new(cfg.audit_rate);
         let mut engine = Self {
             cfg,
@@ -250,7 +253,7 @@ impl Engine {
             blocks: blocks::Blocks::default(),
             store,
             audit,
-            exec: Executor::new(nft, route, Arc::clone(&log)),
+            exec,
             effects: None,
             log,
             addr_watch,
@@ -283,17 +286,17 @@ impl Engine {
         &self.cfg
     }
 
+    /// The executor (its backends and the parent's channel), for the effects thread.
+    pub fn executor(&self) -> &Executor {
+        &self.exec
+    }
+
     pub fn is_blocked(&self, addr: IpAddr) -> bool {
         self.blocks.contains_key(&addr)
     }
 
     pub fn active_blocks(&self) -> usize {
         self.blocks.len()
-    }
-
-    /// The netlink port id of the set socket, when the nftables backend is open.
-    pub fn nft_portid(&self) -> Option<u32> {
-        self.exec.nft_portid()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -1316,6 +1319,7 @@ mod tests {
                 infra: None,
                 boot_id_path: DEFAULT_BOOT_ID_PATH.into(),
                 boot_id: None,
+                parent: None,
             },
             Arc::new(Logger::new(true, "test")),
         )

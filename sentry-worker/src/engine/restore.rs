@@ -15,7 +15,6 @@ use crate::control::metrics::ErrorKind;
 use crate::action::{self, Action, Command, Op, Subject};
 use crate::error::EnforcerError;
 use sentry_enforcer::kernel::netlink::SetElem;
-use sentry_enforcer::kernel::table;
 use crate::store::BlockRecord;
 use crate::time::{ms_since, WallMs};
 
@@ -54,6 +53,7 @@ fn elem(b: &BlockRecord, now: WallMs) -> SetElem {
 /// Delete and recreate the table, with the persisted blocks that survive already in it
 /// (one transaction: a restart never opens a window in which they pass).
 pub(super) fn rebuild_table(
+    exec: &crate::action::Executor,
     cfg: &Config,
     blocks: &HashMap<IpAddr, BlockRecord>,
     never: &NeverBlock,
@@ -66,7 +66,7 @@ pub(super) fn rebuild_table(
         blocks.values().filter(|b| survives(b, never, ignore, now)),
         now,
     );
-    table::build(cfg, &hosts, &nets)
+    exec.build(&hosts, &nets, cfg.block_prefix6).map(drop)
 }
 
 impl Engine {
@@ -87,7 +87,7 @@ impl Engine {
             || "changes were lost (notification queue overrun)".to_string(),
             |p| format!("changed by netlink port {p}"),
         );
-        let r = table::build(&self.cfg, &hosts, &nets);
+        let r = self.exec.build(&hosts, &nets, self.cfg.block_prefix6).map(drop);
         let (reason, n) = match &r {
             Ok(()) => {
                 self.blocks.set_all_in_nft();

@@ -1,0 +1,155 @@
+//! The worker's side of the root parent's channels ([`sentry_privsep`]): every effect the
+//! worker decides on (a set element, a route, a hosts.deny line, a kill command, the
+//! table, the detection chain, an NFLOG socket, the sensor's peer check) is one request
+//! and one reply. The parent checks each against its own floor; a refusal comes back as
+//! an error naming the reason, and the worker records it like any failed action.
+//!
+//! Two request channels: `rpc` for the decision path and start-up, `fx` for the effects
+//! thread, so a slow kill command never holds up a block. Each is one lock around one
+//! request/reply exchange (the parent answers each in order).
+
+use std::net::IpAddr;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sentry_privsep::{Channel, Refusal, Reply, ReplyKind, Request, Verb};
+
+/// The descriptor numbers the parent gives the worker (see the parent's spawn).
+pub const FD_RPC: RawFd = 3;
+pub const FD_FX: RawFd = 4;
+pub const FD_EVENTS: RawFd = 5;
+pub const FD_SENSOR_LISTENER: RawFd = 6;
+pub const FD_CONTROL_LISTENER: RawFd = 7;
+
+/// Why a request did not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The parent's floor refused it.
+    Refused(Refusal),
+    /// Tried and failed: errno (0 when none) and the parent's words.
+    Failed(i32, String),
+    /// The channel broke (the parent is gone or answered out of order).
+    Channel(String),
+}
+
+impl Failure {
+    /// The errno of a failure the kernel reported.
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        match self {
+            Failure::Failed(e, _) if *e != 0 => Some(nix::errno::Errno::from_raw(*e)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(r) => write!(f, "refused by the root parent: {}", r.as_str()),
+            Failure::Failed(0, t) => f.write_str(t),
+            Failure::Failed(e, t) if t.is_empty() => {
+                write!(f, "{}", nix::errno::Errno::from_raw(*e))
+            }
+            Failure::Failed(_, t) => f.write_str(t),
+            Failure::Channel(t) => write!(f, "root parent: {t}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// One request channel to the parent.
+#[derive(Debug)]
+pub struct Link {
+    chan: Mutex<(Channel, u32)>,
+}
+
+impl Link {
+    pub fn new(chan: Channel) -> Self {
+        Self {
+            chan: Mutex::new((chan, 0)),
+        }
+    }
+
+    /// The channel the parent left at `fd`.
+    pub fn inherited(fd: RawFd) -> Result<Self, String> {
+        Channel::from_inherited(fd)
+            .map(Self::new)
+            .map_err(|e| format!("privsep descriptor {fd}: {e}"))
+    }
+
+    /// Send `items` (one request, or the items of a batch: `more` is set here on all but
+    /// the last) and collect the answer: one reply, or for a dump the elements up to End.
+    pub fn call(
+        &self,
+        items: &[Request],
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(Vec<Reply>, Option<OwnedFd>), Failure> {
+        let mut g = self
+            .chan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.1 = g.1.wrapping_add(1);
+        let id = g.1;
+        let last = items.len().saturating_sub(1);
+        for (i, it) in items.iter().enumerate() {
+            let mut r = *it;
+            r.id = id;
+            r.more = i < last;
+            g.0.send_request(&r, if i == last { fd } else { None })
+                .map_err(|e| Failure::Channel(format!("send: {e}")))?;
+        }
+        let dump = items.first().is_some_and(|r| r.verb == Verb::Dump);
+        let mut out = Vec::new();
+        loop {
+            let (rep, fd) = g
+                .0
+                .recv_reply()
+                .map_err(|e| Failure::Channel(format!("receive: {e}")))?;
+            if rep.id != id {
+                return Err(Failure::Channel(format!(
+                    "reply {} to request {id}",
+                    rep.id
+                )));
+            }
+            let done = !dump || rep.kind != ReplyKind::Elem;
+            out.push(rep);
+            if done {
+                return Ok((out, fd));
+            }
+        }
+    }
+
+    /// One request whose single reply must be Ok: the reply, or the failure it names.
+    pub fn ask(&self, items: &[Request]) -> Result<Reply, Failure> {
+        let (mut v, _) = self.call(items, None)?;
+        let r = v.pop().ok_or_else(|| Failure::Channel("no reply".into()))?;
+        check(r)
+    }
+}
+
+/// A reply that is Ok (or a dump's End), or the failure it names.
+pub fn check(r: Reply) -> Result<Reply, Failure> {
+    match r.kind {
+        ReplyKind::Ok | ReplyKind::End | ReplyKind::Elem => Ok(r),
+        ReplyKind::Refused => Err(Failure::Refused(
+            Refusal::from_u8(r.code).unwrap_or(Refusal::Malformed),
+        )),
+        ReplyKind::Fail => Err(Failure::Failed(
+            i32::try_from(r.a).unwrap_or(0),
+            r.text.clone(),
+        )),
+    }
+}
+
+/// A request about `addr` as a block of `prefix` bits (a single address when `None`),
+/// with a kernel timeout.
+pub fn subject(verb: Verb, addr: IpAddr, prefix6: Option<u8>, timeout: Option<Duration>) -> Request {
+    let mut r = Request::for_addr(verb, 0, addr);
+    if let (Some(len), IpAddr::V6(_)) = (prefix6, addr) {
+        r.prefix = len;
+    }
+    r.timeout_ms = timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    r
+}
