@@ -21,7 +21,8 @@ CONFDIR    ?= /etc/sentry
 PORTSENTRY ?= /etc/portsentry/portsentry.conf
 CARGO      ?= cargo
 SENSOR_USER = sentry
-BINS        = sentry-sensor sentry-enforcer sentryctl sentry-share
+BINS        = sentry-sensor sentry-enforcer sentry-worker sentryctl sentry-share
+WORKER_USER = sentry-worker
 SHARE_USER  = sentry-share
 RELEASE     = target/release
 # Packages the product needs at run time (nft for inspection, setpriv is in
@@ -57,7 +58,7 @@ PID1       := $(shell cat /proc/1/comm 2>/dev/null)
 all: build
 
 build:
-	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer -p sentryctl -p sentry-share --bins
+	$(CARGO) build --release -p sentry-sensor -p sentry-enforcer -p sentry-worker -p sentryctl -p sentry-share --bins
 
 # Install missing Debian packages (and tell how to get cargo if there is none).
 define apt_install
@@ -118,6 +119,8 @@ install-conf:
 	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SENSOR_USER)
 	getent passwd $(SHARE_USER) >/dev/null || useradd --system --user-group \
 	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SHARE_USER)
+	getent passwd $(WORKER_USER) >/dev/null || useradd --system --user-group \
+	    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(WORKER_USER)
 	install -d -m 0755 $(DESTDIR)$(CONFDIR)
 	install -d -m 0700 $(DESTDIR)/var/lib/sentry
 	install -d -m 0750 $(DESTDIR)/var/log/sentry

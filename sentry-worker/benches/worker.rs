@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use sentry_enforcer::action::{SET_V4, SET_V6};
-use sentry_enforcer::audit::{Logger, Peer};
-use sentry_enforcer::engine::{Engine, Options};
+use sentry_worker::action::{SET_V4, SET_V6};
+use sentry_worker::audit::{Logger, Peer};
+use sentry_worker::engine::{Engine, Options};
 use sentry_enforcer::netlink::{NlSocket, SetElem};
-use sentry_enforcer::session::{check_request, Checked};
-use sentry_enforcer::store::BlockRecord;
-use sentry_enforcer::time::{WallMs, WallUs};
+use sentry_worker::session::{check_request, Checked};
+use sentry_worker::store::BlockRecord;
+use sentry_worker::time::{WallMs, WallUs};
 use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 
 const MARK: &str = "SENTRY_BENCH_IN_NETNS";
@@ -94,7 +94,7 @@ fn engine(dir: &Path, n: u32, block_tcp: &str) -> Engine {
             state_dir: state,
             refresh_own_addresses: true,
             infra: None,
-            boot_id_path: sentry_enforcer::engine::DEFAULT_BOOT_ID_PATH.into(),
+            boot_id_path: sentry_worker::engine::DEFAULT_BOOT_ID_PATH.into(),
             boot_id: None,
             parent: None,
         },

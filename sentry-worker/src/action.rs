@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn a_closed_backend_is_a_recorded_error() {
         let c = cfg("");
-        let mut x = Executor::new(None, None, Arc::new(Logger::new(true, "test")));
+        let mut x = Executor::new(None, Backends { nft: false, route: false }, Arc::new(Logger::new(true, "test")));
         let a = x.run(&c, &Action::Nft(Op::Add), &S);
         assert_eq!(a.status, ActionStatus::Error);
         assert_eq!(a.error.as_deref(), Some("nftables backend not open"));

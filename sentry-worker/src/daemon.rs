@@ -118,6 +118,10 @@ pub struct Args {
     pub boot_id: Option<String>,
     /// `--recover`.
     pub recover: bool,
+    /// `--privsep`: started by the root parent, with its channels and the listening
+    /// sockets at the descriptors [`crate::privsep`] names. Without it (and without
+    /// `--recover`) the worker refuses to run.
+    pub privsep: bool,
 }
 
 /// What the command line asks for.
@@ -160,6 +164,16 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Strin
                 g.recover = true;
                 continue;
             }
+            "--privsep" => {
+                if inline.is_some() || g.privsep {
+                    return Err("--privsep takes no value and is given once".into());
+                }
+                g.privsep = true;
+                continue;
+            }
+            // The parent's own options, passed through with the rest: checked there.
+            "--worker-user" => &mut g.worker_user,
+            "--worker" => &mut g.worker,
             "--config" => &mut g.config,
             "--runtime-dir" => &mut g.runtime_dir,
             "--state-dir" => &mut g.state_dir,
@@ -202,8 +216,11 @@ struct Given {
     infra_root: Option<String>,
     boot_id_file: Option<String>,
     boot_id: Option<String>,
+    worker_user: Option<String>,
+    worker: Option<String>,
     log_stderr: bool,
     recover: bool,
+    privsep: bool,
 }
 
 impl Given {
@@ -221,6 +238,9 @@ impl Given {
             boot_id,
             log_stderr,
             recover,
+            privsep,
+            worker_user: _,
+            worker: _,
         } = self;
         Ok(Args {
             config: config.map_or_else(policy::Config::default_path, PathBuf::from),
@@ -243,6 +263,7 @@ impl Given {
                 None => None,
             },
             recover,
+            privsep,
         })
     }
 }
@@ -285,23 +306,6 @@ struct Detect {
     /// nf_tables is usable (the parent's probe at start).
     nftables: bool,
     state_dir: PathBuf,
-}
-
-/// The modes as the parent's bits.
-fn mode_bits(modes: &[sentry_proto::Mode]) -> sentry_privsep::Modes {
-    use sentry_privsep::Modes;
-    let mut b = 0;
-    for m in modes {
-        b |= match m {
-            sentry_proto::Mode::Tcp => Modes::TCP,
-            sentry_proto::Mode::Udp => Modes::UDP,
-            sentry_proto::Mode::Stcp => Modes::STCP,
-            sentry_proto::Mode::Sudp => Modes::SUDP,
-            sentry_proto::Mode::Atcp => Modes::ATCP,
-            sentry_proto::Mode::Audp => Modes::AUDP,
-        };
-    }
-    Modes(b)
 }
 
 /// The announced modes, one line of mode names (`stcp sudp atcp audp`).
@@ -889,7 +893,7 @@ fn rebuild_detection_locked(
         .map(|a| sentry_privsep::Request::for_addr(sentry_privsep::Verb::Detect, 0, a))
         .collect();
     let mut last = sentry_privsep::Request::new(sentry_privsep::Verb::Detect, 0);
-    last.extra = u64::from(mode_bits(&modes).0);
+    last.extra = u64::from(crate::privsep::mode_bits(&modes).0);
     items.push(last);
     match sh.parent.ask(&items) {
         Ok(_) => true,
@@ -1370,7 +1374,9 @@ fn effects_loop(
 /// Entry point for the `sentry-enforcer` binary.
 pub fn main() -> ExitCode {
     // Before anything else opens a descriptor or starts a thread.
-    let fd_result = crate::sys::close_inherited_fds();
+    // The parent's channels and listeners are at 3..=7 (crate::privsep); nothing else.
+    let first = u32::try_from(crate::privsep::FD_CONTROL_LISTENER + 1).unwrap_or(8);
+    let fd_result = crate::sys::close_inherited_fds(first);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     for (k, _) in std::env::vars_os() {
         std::env::remove_var(k);
@@ -1382,7 +1388,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Cmd::Version) => {
-            println!("sentry-enforcer {}", env!("CARGO_PKG_VERSION"));
+            println!("sentry-worker {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -1398,6 +1404,10 @@ pub fn main() -> ExitCode {
     }
     if args.recover {
         return recover_main(&args);
+    }
+    if !args.privsep {
+        log.err("adminalert: ERROR: sentry-worker is started by sentry-enforcer (its root parent), which hands it its sockets; run sentry-enforcer");
+        return ExitCode::from(2);
     }
     match run(args, Arc::clone(&log)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -1750,24 +1760,4 @@ mod tests {
         assert!(parse_args(os(&["--recover=1"])).is_err());
     }
 
-    #[test]
-    fn stale_socket_handling() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("s.sock");
-        assert!(clear_stale_socket(&p).is_ok());
-        std::fs::write(&p, "").unwrap();
-        assert!(matches!(
-            clear_stale_socket(&p),
-            Err(EnforcerError::Runtime { detail, .. }) if detail.contains("not a socket")
-        ));
-        std::fs::remove_file(&p).unwrap();
-        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
-        assert!(clear_stale_socket(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("another enforcer"));
-        drop(l);
-        assert!(clear_stale_socket(&p).is_ok());
-        assert!(!p.exists());
-    }
 }

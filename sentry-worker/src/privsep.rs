@@ -153,3 +153,20 @@ pub fn subject(verb: Verb, addr: IpAddr, prefix6: Option<u8>, timeout: Option<Du
     r.timeout_ms = timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     r
 }
+
+/// The modes as the parent's bits.
+pub fn mode_bits(modes: &[sentry_proto::Mode]) -> sentry_privsep::Modes {
+    use sentry_privsep::Modes;
+    let mut b = 0;
+    for m in modes {
+        b |= match m {
+            sentry_proto::Mode::Tcp => Modes::TCP,
+            sentry_proto::Mode::Udp => Modes::UDP,
+            sentry_proto::Mode::Stcp => Modes::STCP,
+            sentry_proto::Mode::Sudp => Modes::SUDP,
+            sentry_proto::Mode::Atcp => Modes::ATCP,
+            sentry_proto::Mode::Audp => Modes::AUDP,
+        };
+    }
+    Modes(b)
+}

@@ -109,7 +109,9 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct Bins {
     pub sensor: PathBuf,
+    /// The root parent; it starts `worker` (found beside it) as [`WORKER_USER`].
     pub enforcer: PathBuf,
+    pub worker: PathBuf,
     pub sentryctl: PathBuf,
 }
 
@@ -142,18 +144,31 @@ pub fn bins() -> Bins {
     Bins {
         sensor: find("sentry-sensor"),
         enforcer: find("sentry-enforcer"),
+        worker: find("sentry-worker"),
         sentryctl: find("sentryctl"),
     }
 }
 
 static USER_LOCK: Mutex<()> = Mutex::new(());
 
+/// The enforcer's unprivileged worker runs as this user (`--worker-user`'s default).
+pub const WORKER_USER: &str = "sentry-worker";
+
 /// Create the `sentry` system user if it is missing (as `make install` does) and return its
 /// uid and primary gid.
 pub fn ensure_sensor_user() -> (u32, u32) {
+    ensure_user(SENSOR_USER)
+}
+
+/// The same for the worker's user.
+pub fn ensure_worker_user() -> (u32, u32) {
+    ensure_user(WORKER_USER)
+}
+
+fn ensure_user(name: &str) -> (u32, u32) {
     let _guard = USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for attempt in 0..3 {
-        if let Ok(Some(u)) = nix::unistd::User::from_name(SENSOR_USER) {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
             return (u.uid.as_raw(), u.gid.as_raw());
         }
         // Another test binary may be creating it at the same moment: the loser's useradd
@@ -167,7 +182,7 @@ pub fn ensure_sensor_user() -> (u32, u32) {
                 "/nonexistent",
                 "--shell",
                 "/usr/sbin/nologin",
-                SENSOR_USER,
+                name,
             ]),
             Duration::from_secs(30),
         );
@@ -175,7 +190,7 @@ pub fn ensure_sensor_user() -> (u32, u32) {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    panic!("cannot create the `{SENSOR_USER}` user");
+    panic!("cannot create the `{name}` user");
 }
 
 /// The fields of `/proc/<pid>/status` (`CapEff`, `Uid`, `Seccomp`, ...), values trimmed;

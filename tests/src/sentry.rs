@@ -348,6 +348,7 @@ impl Sentry {
     /// Start the enforcer as root inside the target namespace and wait for its control socket.
     pub fn start_enforcer(&mut self) {
         assert!(self.enforcer.is_none(), "enforcer already running");
+        crate::ensure_worker_user();
         let (out, err) = self.log_file("enforcer");
         let mut c = if self.settings.confined {
             self.confined_enforcer()
@@ -403,10 +404,12 @@ impl Sentry {
         }
         let mut c = self.daemon_command("enforcer");
         // CAP_SYS_PTRACE: the sensor check reads the (not dumpable) sensor's
-        // /proc/PID/exe; only the enforcer's verifier thread keeps it.
+        // /proc/PID/exe. CAP_SETUID/SETGID: the parent starts (and restarts) its worker
+        // as the worker's user; CAP_CHOWN/FOWNER: it gives the state and log directories
+        // to that user at start.
         c.args([
             "--bounding-set",
-            "-all,+net_admin,+net_raw,+sys_ptrace",
+            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown,+fowner",
             "--groups",
         ])
         .arg(groups)

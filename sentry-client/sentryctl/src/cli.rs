@@ -387,7 +387,7 @@ fn run(a: &Cli, o: &mut impl Write) -> Done {
 
 fn check(a: &Cli, file: &Path, o: &mut impl Write) -> Done {
     let r = check_config(file, || {
-        sentry_enforcer::infra::discover(&sentry_enforcer::infra::InfraPaths::system()).0
+        sentry_worker::infra::discover(&sentry_worker::infra::InfraPaths::system()).0
     });
     if a.json {
         writeln!(o, "{}", json(&r))?;

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sentry_enforcer::session::{Event, Session};
-use sentry_enforcer::time::WallMs;
+use sentry_worker::session::{Event, Session};
+use sentry_worker::time::WallMs;
 use sentry_proto::{HEADER_LEN, MAX_SMALL_FRAME};
 
 fuzz_target!(|data: &[u8]| {

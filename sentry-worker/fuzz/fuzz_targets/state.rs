@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sentry_enforcer::store::{read_state, LoadedState, StateError};
+use sentry_worker::store::{read_state, LoadedState, StateError};
 
 fn check(r: Result<LoadedState, StateError>, len: usize) {
     match r {

@@ -1950,7 +1950,7 @@ mod tests {
             ]);
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             t.engine.enable_effects(tx);
-            let mut worker = Executor::new(None, None, Arc::new(Logger::new(true, "test")));
+            let mut worker = Executor::new(None, action::Backends { nft: false, route: false }, Arc::new(Logger::new(true, "test")));
             let cfg = t.engine.config().clone();
             let mut work = |t: &mut T| {
                 let job = t.engine.take_effects().expect("a job");
