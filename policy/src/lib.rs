@@ -18,8 +18,8 @@ mod ports;
 mod template;
 
 pub use config::{
-    creatable, BlockMode, ScanClass, Config, FileCheck, Firewall, FirewallOrigin, DEFAULT_CONFIG_PATH,
-    PORTSENTRY_CONFIG_PATH,
+    creatable, BlockMode, Config, FileCheck, Firewall, FirewallOrigin, ScanClass,
+    DEFAULT_CONFIG_PATH, PORTSENTRY_CONFIG_PATH,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use ignore::IgnoreList;

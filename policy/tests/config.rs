@@ -459,7 +459,10 @@ fn block_other_scans_key() {
     assert!(on.block_other_scans);
     assert!(on.warnings.is_empty(), "{:?}", on.warnings);
     assert_eq!(on.block_mode_for(class(ScanKind::Ack)), BlockMode::Block);
-    assert_eq!(on.block_mode_for(class(ScanKind::IpProtocol)), BlockMode::Block);
+    assert_eq!(
+        on.block_mode_for(class(ScanKind::IpProtocol)),
+        BlockMode::Block
+    );
     assert_eq!(on.block_mode_for(class(ScanKind::Syn)), BlockMode::LogOnly);
     assert_eq!(
         one_error("BLOCK_OTHER_SCANS=\"2\"\n"),

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use sentry_enforcer::netlink::{NlSocket, SetElem};
+use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 use sentry_worker::action::{SET_V4, SET_V6};
 use sentry_worker::audit::{Logger, Peer};
 use sentry_worker::engine::{Engine, Options};
-use sentry_enforcer::netlink::{NlSocket, SetElem};
 use sentry_worker::session::{check_request, Checked};
 use sentry_worker::store::BlockRecord;
 use sentry_worker::time::{WallMs, WallUs};
-use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 
 const MARK: &str = "SENTRY_BENCH_IN_NETNS";
 const PEER: Peer = Peer { uid: 0, pid: 1 };

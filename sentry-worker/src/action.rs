@@ -243,7 +243,11 @@ impl Executor {
         let t = Instant::now();
         match action {
             Action::Nft(op) => {
-                let verb = if *op == Op::Add { Verb::NftAdd } else { Verb::NftDel };
+                let verb = if *op == Op::Add {
+                    Verb::NftAdd
+                } else {
+                    Verb::NftDel
+                };
                 let timeout = if *op == Op::Add { s.timeout } else { None };
                 let r = self.ask(&[privsep::subject(verb, s.addr, s.prefix6, timeout)]);
                 ActionRecord::outcome(
@@ -254,7 +258,11 @@ impl Executor {
                 )
             }
             Action::Route(op) => {
-                let verb = if *op == Op::Add { Verb::RouteAdd } else { Verb::RouteDel };
+                let verb = if *op == Op::Add {
+                    Verb::RouteAdd
+                } else {
+                    Verb::RouteDel
+                };
                 let r = self.ask(&[privsep::subject(verb, s.addr, s.prefix6, None)]);
                 ActionRecord::outcome(
                     ActionKind::BlackholeRoute,
@@ -269,12 +277,16 @@ impl Executor {
             }
             Action::Command(c) => {
                 let (kind, tpl, verb) = match c {
-                    Command::KillRoute => {
-                        (ActionKind::KillRoute, cfg.kill_route.as_ref(), Verb::KillRoute)
-                    }
-                    Command::KillRunCmd => {
-                        (ActionKind::KillRunCmd, cfg.kill_run_cmd.as_ref(), Verb::KillRunCmd)
-                    }
+                    Command::KillRoute => (
+                        ActionKind::KillRoute,
+                        cfg.kill_route.as_ref(),
+                        Verb::KillRoute,
+                    ),
+                    Command::KillRunCmd => (
+                        ActionKind::KillRunCmd,
+                        cfg.kill_run_cmd.as_ref(),
+                        Verb::KillRunCmd,
+                    ),
                 };
                 match tpl {
                     Some(tpl) => self.command(kind, tpl, verb, s),
@@ -295,7 +307,11 @@ impl Executor {
         items: &[(IpAddr, Option<u8>, u16, Protocol, bool)],
         op: Op,
     ) -> Result<(), EnforcerError> {
-        let verb = if op == Op::Add { Verb::DenyAdd } else { Verb::DenyDel };
+        let verb = if op == Op::Add {
+            Verb::DenyAdd
+        } else {
+            Verb::DenyDel
+        };
         let reqs: Vec<Request> = items
             .iter()
             .map(|(addr, prefix6, port, proto, legacy)| {
@@ -308,7 +324,8 @@ impl Executor {
             .collect();
         let rep = self.ask(&reqs)?;
         if !rep.text.is_empty() {
-            self.log.warn(&format!("adminalert: hosts.deny: {}", rep.text));
+            self.log
+                .warn(&format!("adminalert: hosts.deny: {}", rep.text));
         }
         Ok(())
     }
@@ -363,7 +380,11 @@ impl Executor {
         if elems.is_empty() {
             return Ok(());
         }
-        let verb = if op == Op::Add { Verb::NftAdd } else { Verb::NftDel };
+        let verb = if op == Op::Add {
+            Verb::NftAdd
+        } else {
+            Verb::NftDel
+        };
         let prefix = nets.then_some(cfg.block_prefix6);
         let reqs: Vec<Request> = elems
             .iter()
@@ -380,7 +401,12 @@ impl Executor {
     }
 
     /// Rebuild the table with these elements, in one transaction (the parent's `nft -f -`).
-    pub fn build(&self, hosts: &[SetElem], nets: &[SetElem], prefix6: u8) -> Result<u64, EnforcerError> {
+    pub fn build(
+        &self,
+        hosts: &[SetElem],
+        nets: &[SetElem],
+        prefix6: u8,
+    ) -> Result<u64, EnforcerError> {
         let mut reqs: Vec<Request> = hosts
             .iter()
             .map(|e| privsep::subject(Verb::Build, e.addr, None, e.timeout))
@@ -455,7 +481,11 @@ impl Executor {
         addr: IpAddr,
     ) -> Result<(), EnforcerError> {
         let mut req = Request::for_addr(Verb::Forget, 0, addr);
-        req.flag = if addr.is_ipv4() { SetName::Hit4 } else { SetName::Hit6 } as u8;
+        req.flag = if addr.is_ipv4() {
+            SetName::Hit4
+        } else {
+            SetName::Hit6
+        } as u8;
         self.ask(&[req]).map(drop)
     }
 
@@ -516,7 +546,11 @@ fn command_outcome(rep: &sentry_privsep::Reply) -> (bool, Option<i32>, Option<St
             code,
             Some(format!("exited with status {}{}", rep.a, colon(text))),
         ),
-        Some(Outcome::Signaled) => (false, None, Some(format!("killed by signal {}{}", rep.a, colon(text)))),
+        Some(Outcome::Signaled) => (
+            false,
+            None,
+            Some(format!("killed by signal {}{}", rep.a, colon(text))),
+        ),
         Some(Outcome::TimedOut) => (false, None, Some(format!("timed out{}", colon(text)))),
         _ => (false, None, Some(format!("not started{}", colon(text)))),
     }
@@ -662,7 +696,14 @@ mod tests {
     #[test]
     fn a_closed_backend_is_a_recorded_error() {
         let c = cfg("");
-        let mut x = Executor::new(None, Backends { nft: false, route: false }, Arc::new(Logger::new(true, "test")));
+        let mut x = Executor::new(
+            None,
+            Backends {
+                nft: false,
+                route: false,
+            },
+            Arc::new(Logger::new(true, "test")),
+        );
         let a = x.run(&c, &Action::Nft(Op::Add), &S);
         assert_eq!(a.status, ActionStatus::Error);
         assert_eq!(a.error.as_deref(), Some("nftables backend not open"));

@@ -522,11 +522,23 @@ fn admit_sensor(sh: &Shared, s: &mut Stream, peer: Peer) -> bool {
         req.extra = u64::from(sh.sensor_uid.as_raw());
         let v = match sh.parent.call(&[req], Some(s.as_fd())) {
             Ok((mut r, _)) => match r.pop().map(crate::privsep::check) {
-                Some(Ok(rep)) => Verdict { exe: rep.text, refused: None },
-                Some(Err(f)) => Verdict { exe: "unknown".into(), refused: Some(f.to_string()) },
-                None => Verdict { exe: "unknown".into(), refused: Some("no reply".into()) },
+                Some(Ok(rep)) => Verdict {
+                    exe: rep.text,
+                    refused: None,
+                },
+                Some(Err(f)) => Verdict {
+                    exe: "unknown".into(),
+                    refused: Some(f.to_string()),
+                },
+                None => Verdict {
+                    exe: "unknown".into(),
+                    refused: Some("no reply".into()),
+                },
             },
-            Err(f) => Verdict { exe: "unknown".into(), refused: Some(f.to_string()) },
+            Err(f) => Verdict {
+                exe: "unknown".into(),
+                refused: Some(f.to_string()),
+            },
         };
         if let Some(why) = v.refused {
             send_refusal(s, Refusal::NotAuthorized);
@@ -1341,7 +1353,8 @@ fn events_loop(sh: Arc<Shared>, events: sentry_privsep::Channel) {
             }
             Some(sentry_privsep::Event::Reload) => {
                 if let Err(e) = reload(&sh) {
-                    sh.log.err(&format!("adminalert: ERROR: reload failed: {e}"));
+                    sh.log
+                        .err(&format!("adminalert: ERROR: reload failed: {e}"));
                 }
             }
             None => sh.log.warn(&format!(
@@ -1474,7 +1487,8 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     let (sensor, control_gid) = accounts(&args, &cfg, &log)?;
     let sigs = block_signals()?;
     let inherited = |what: &str, r: Result<Link, String>| {
-        r.map(Arc::new).map_err(|e| EnforcerError::system(what.to_string(), io::Error::other(e)))
+        r.map(Arc::new)
+            .map_err(|e| EnforcerError::system(what.to_string(), io::Error::other(e)))
     };
     let rpc = inherited("rpc channel", Link::inherited(FD_RPC))?;
     let fx = inherited("effects channel", Link::inherited(FD_FX))?;
@@ -1759,5 +1773,4 @@ mod tests {
         assert!(parse_args(os(&["--recover", "--recover"])).is_err());
         assert!(parse_args(os(&["--recover=1"])).is_err());
     }
-
 }

@@ -103,10 +103,9 @@ impl Link {
         let dump = items.first().is_some_and(|r| r.verb == Verb::Dump);
         let mut out = Vec::new();
         loop {
-            let (rep, fd) = g
-                .0
-                .recv_reply()
-                .map_err(|e| Failure::Channel(format!("receive: {e}")))?;
+            let (rep, fd) =
+                g.0.recv_reply()
+                    .map_err(|e| Failure::Channel(format!("receive: {e}")))?;
             if rep.id != id {
                 return Err(Failure::Channel(format!(
                     "reply {} to request {id}",
@@ -145,7 +144,12 @@ pub fn check(r: Reply) -> Result<Reply, Failure> {
 
 /// A request about `addr` as a block of `prefix` bits (a single address when `None`),
 /// with a kernel timeout.
-pub fn subject(verb: Verb, addr: IpAddr, prefix6: Option<u8>, timeout: Option<Duration>) -> Request {
+pub fn subject(
+    verb: Verb,
+    addr: IpAddr,
+    prefix6: Option<u8>,
+    timeout: Option<Duration>,
+) -> Request {
     let mut r = Request::for_addr(verb, 0, addr);
     if let (Some(len), IpAddr::V6(_)) = (prefix6, addr) {
         r.prefix = len;

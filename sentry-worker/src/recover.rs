@@ -24,8 +24,8 @@ use std::path::Path;
 use policy::{Config, Firewall};
 use sentry_proto::{Mode, Protocol, ScanKind};
 
-use sentry_enforcer::effects::hostsdeny;
 use crate::store::{self, BlockRecord};
+use sentry_enforcer::effects::hostsdeny;
 
 /// Largest BLOCKED_FILE read.
 const MAX_BLOCKED_FILE: u64 = 64 << 20;

@@ -195,7 +195,13 @@ fn capture_for(target_ns: &str, config: &Path, h: &Hello) -> Option<OwnedFd> {
     }
     let cfg = policy::Config::load(config).expect("test config");
     let ignore = cfg.load_ignore().expect("test ignore list");
-    let spec = DetectSpec::new(&cfg, sentry_worker::privsep::mode_bits(&h.modes), &ignore, true, None);
+    let spec = DetectSpec::new(
+        &cfg,
+        sentry_worker::privsep::mode_bits(&h.modes),
+        &ignore,
+        true,
+        None,
+    );
     let script = config.with_extension("detect.nft");
     std::fs::write(&script, detection_script(&cfg.nft_table, &spec)).expect("write script");
     let mut c = std::process::Command::new("ip");

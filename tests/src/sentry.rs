@@ -347,6 +347,25 @@ impl Sentry {
 
     /// Start the enforcer as root inside the target namespace and wait for its control socket.
     pub fn start_enforcer(&mut self) {
+        self.spawn_enforcer();
+        let st = wait_until(
+            START_TIMEOUT,
+            "the enforcer to answer `sentryctl status`",
+            || {
+                self.assert_alive();
+                self.try_status().ok()
+            },
+            || self.diag(),
+        );
+        self.enforcer_real = st
+            .get("pid")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok());
+    }
+
+    /// Spawn the enforcer (the root parent, which starts its worker) without waiting for
+    /// anything.
+    pub fn spawn_enforcer(&mut self) {
         assert!(self.enforcer.is_none(), "enforcer already running");
         crate::ensure_worker_user();
         let (out, err) = self.log_file("enforcer");
@@ -370,19 +389,6 @@ impl Sentry {
             .stderr(err);
         let child = c.spawn().expect("spawn enforcer");
         self.enforcer = Some(child);
-        let st = wait_until(
-            START_TIMEOUT,
-            "the enforcer to answer `sentryctl status`",
-            || {
-                self.assert_alive();
-                self.try_status().ok()
-            },
-            || self.diag(),
-        );
-        self.enforcer_real = st
-            .get("pid")
-            .and_then(Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok());
     }
 
     /// `ip netns exec <target> [strace] setpriv ... sentry-enforcer`, confined as the

@@ -30,8 +30,8 @@ use std::sync::mpsc::SyncSender;
 use policy::Config;
 
 use super::Engine;
-use crate::audit::{ActionRecord, AuditRecord, RecordKind};
 use crate::action::{self, Action, Executor, Subject};
+use crate::audit::{ActionRecord, AuditRecord, RecordKind};
 use crate::store::BlockRecord;
 use crate::time::WallMs;
 

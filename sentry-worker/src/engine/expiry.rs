@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 
 use super::Engine;
+use crate::action::{self, Op, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Peer, RecordKind};
 use crate::control::metrics::ErrorKind;
-use crate::action::{self, Op, Subject};
 use crate::error::EnforcerError;
 use crate::store::BlockRecord;
 use crate::time::WallMs;

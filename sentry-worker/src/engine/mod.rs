@@ -29,16 +29,16 @@ use sentry_proto::{
     BlockRequest, Counters, Decision, RecentDecision, SensorInfo, MAX_RECENT_DECISIONS,
 };
 
+use crate::action::{self, Action, Command, Executor, Subject};
 use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, RecordKind};
 use crate::budget::AuditBudget;
 use crate::control::metrics::{ErrorKind, Stats};
-use crate::action::{self, Action, Command, Executor, Subject};
 use crate::error::EnforcerError;
 use crate::judge::{self, Evidence, Facts, Verdict};
-use sentry_enforcer::kernel::netlink::AddrWatch;
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
+use sentry_enforcer::kernel::netlink::AddrWatch;
 
 /// The address-change subscription; without it, this host's addresses are re-read
 /// before every decision (said once).
@@ -66,7 +66,14 @@ fn open_backends(
     log: &Arc<Logger>,
 ) -> Result<Executor, EnforcerError> {
     let Some((link, mut backends)) = opts.parent.clone() else {
-        return Ok(Executor::new(None, action::Backends { nft: false, route: false }, Arc::clone(log)));
+        return Ok(Executor::new(
+            None,
+            action::Backends {
+                nft: false,
+                route: false,
+            },
+            Arc::clone(log),
+        ));
     };
     backends.nft &= cfg.firewall == Firewall::Nftables;
     backends.route &= cfg.blackhole_route;
@@ -1950,7 +1957,14 @@ mod tests {
             ]);
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             t.engine.enable_effects(tx);
-            let mut worker = Executor::new(None, action::Backends { nft: false, route: false }, Arc::new(Logger::new(true, "test")));
+            let mut worker = Executor::new(
+                None,
+                action::Backends {
+                    nft: false,
+                    route: false,
+                },
+                Arc::new(Logger::new(true, "test")),
+            );
             let cfg = t.engine.config().clone();
             let mut work = |t: &mut T| {
                 let job = t.engine.take_effects().expect("a job");

@@ -10,13 +10,13 @@ use std::time::Instant;
 use policy::{Config, IgnoreList, NeverBlock};
 
 use super::Engine;
+use crate::action::{self, Action, Command, Op, Subject};
 use crate::audit::{ActionKind, ActionRecord, AuditRecord, RecordKind, RestoreCounts};
 use crate::control::metrics::ErrorKind;
-use crate::action::{self, Action, Command, Op, Subject};
 use crate::error::EnforcerError;
-use sentry_enforcer::kernel::netlink::SetElem;
 use crate::store::BlockRecord;
 use crate::time::{ms_since, WallMs};
+use sentry_enforcer::kernel::netlink::SetElem;
 
 /// Whether a persisted block is still due at `now` under the current lists (for a network
 /// block: nothing in the network is never blocked or ignored).
@@ -87,7 +87,10 @@ impl Engine {
             || "changes were lost (notification queue overrun)".to_string(),
             |p| format!("changed by netlink port {p}"),
         );
-        let r = self.exec.build(&hosts, &nets, self.cfg.block_prefix6).map(drop);
+        let r = self
+            .exec
+            .build(&hosts, &nets, self.cfg.block_prefix6)
+            .map(drop);
         let (reason, n) = match &r {
             Ok(()) => {
                 self.blocks.set_all_in_nft();

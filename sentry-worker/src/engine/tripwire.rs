@@ -13,9 +13,9 @@ use sentry_proto::{BlockRequest, Decision, Mode, Protocol, ScanKind};
 use super::Engine;
 use crate::audit::Peer;
 use crate::control::metrics::ErrorKind;
+use crate::time::WallUs;
 use sentry_enforcer::kernel::netlink::DumpElem;
 use sentry_enforcer::kernel::table::{Tripwire, HIT_V4, HIT_V6};
-use crate::time::WallUs;
 
 /// A kernel-made element younger than this is left to the sensor's report, which normally
 /// arrives within milliseconds (the copy goes out with the drop).

@@ -109,8 +109,14 @@ fn current_script(n: u64) -> Result<String, String> {
         sentry_proto::Mode::Sudp,
         sentry_proto::Mode::Audp,
     ];
-    let spec = DetectSpec::new(&cfg, sentry_worker::privsep::mode_bits(&modes), &ignore, true, Some(cfg.block_prefix6))
-        .with_tripwire(Tripwire::from_config(&cfg, true), &[]);
+    let spec = DetectSpec::new(
+        &cfg,
+        sentry_worker::privsep::mode_bits(&modes),
+        &ignore,
+        true,
+        Some(cfg.block_prefix6),
+    )
+    .with_tripwire(Tripwire::from_config(&cfg, true), &[]);
     let mut s = setup_script(TABLE, cfg.block_prefix6);
     s.push_str(&elements_script(TABLE, &blocked(n), false));
     s.push_str(&detection_script(TABLE, &spec));
