@@ -892,8 +892,12 @@ pub fn apply_detection(cfg: &Config, spec: &DetectSpec) -> Result<(), String> {
 
 /// Run one `nft -f -` transaction on the table.
 fn nft_table(cfg: &Config, script: &str) -> Result<(), String> {
-    nft(script, cfg.kill_timeout.max(Duration::from_secs(30)))
-        .map_err(|detail| format!("cannot create nftables table inet {}: {detail}", cfg.nft_table))
+    nft(script, cfg.kill_timeout.max(Duration::from_secs(30))).map_err(|detail| {
+        format!(
+            "cannot create nftables table inet {}: {detail}",
+            cfg.nft_table
+        )
+    })
 }
 
 /// What the kernel offers the detection chain, probed once at start in a throw-away
@@ -1053,8 +1057,8 @@ mod tests {
         .unwrap();
         let all = Modes(Modes::STCP | Modes::ATCP);
         let tw = Tripwire::from_config(&cfg, true);
-        let spec = DetectSpec::new(&cfg, all, &IgnoreList::empty(), true, Some(64))
-            .with_tripwire(tw, &[]);
+        let spec =
+            DetectSpec::new(&cfg, all, &IgnoreList::empty(), true, Some(64)).with_tripwire(tw, &[]);
         let s = detection_script("t", &spec);
         let rules = |chain: &str| -> Vec<&str> {
             let p = format!("add rule inet t {chain} ");
