@@ -6,7 +6,8 @@
 //!
 //! Reading order for an audit:
 //! * [`parent`] — start-up (configuration, sockets, the worker and the command helper),
-//!   the single-threaded loop, and the checks of each request ([`parent::floor`]).
+//!   the single-threaded loop, the checks of each request ([`parent::serve::check`]
+//!   against [`parent::floor`]) and the parent's seccomp filter ([`parent::confine`]).
 //! * [`kernel::table`] — the nftables table and the detection chain, built by `nft -f -`;
 //!   [`kernel::netlink`] set elements and blackhole routes over netlink (on the plumbing
 //!   in [`kernel::nl`]); [`kernel::tablewatch`] notices another process changing the
@@ -16,7 +17,7 @@
 //!   [`effects::exec`] — kill commands: argv + execve, never a shell, clean environment,
 //!   timeout (run by the command helper, outside the parent's seccomp filter).
 //! * [`peercheck`] — is a connection the installed sensor (its executable, its unit)?
-//! * `sys` — the crate's only unsafe code.
+//! * `sys` — the crate's only unsafe code (descriptors, fork, pidfds).
 #![deny(unsafe_code)]
 
 pub mod effects;

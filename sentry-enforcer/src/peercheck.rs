@@ -17,28 +17,20 @@
 //! exited and was reaped). The residual risks are in SECURITY.md.
 //!
 //! Reading another user's `/proc/PID/exe` (and, with ProtectProc=invisible, seeing its
-//! /proc entry at all) takes CAP_SYS_PTRACE, because the sensor is not dumpable. The
-//! enforcer's main thread drops it with everything else; only the verifier thread started
-//! here keeps it, and nothing else: it runs no command and starts no thread, so no kill
-//! command or `nft` child inherits it.
+//! /proc entry at all) takes CAP_SYS_PTRACE, because the sensor is not dumpable: the root
+//! parent keeps it for this check (the worker passes it the accepted connection,
+//! `sentry_privsep::Verb::Peer`); kill commands run in its helper, which does not hold it.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use caps::{CapSet, Capability, CapsHashSet};
 
 /// The sensor's systemd unit, as shipped (sentry-sensor/dist).
 pub const DEFAULT_UNIT: &str = "sentry-sensor.service";
 /// Bytes of /proc/PID/cgroup read; a longer file is not one the service manager made for
 /// a unit (one line per hierarchy, paths bounded by PATH_MAX).
 const CGROUP_MAX: u64 = 64 * 1024;
-/// How long the accept loop waits for the verifier's answer.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the sensor must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,123 +185,6 @@ pub fn check(want: &Expected, pid: u32, pidfd: &OwnedFd) -> Verdict {
     }
 }
 
-struct Job {
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-    reply: mpsc::SyncSender<Verdict>,
-}
-
-/// The verifier thread's handle.
-#[derive(Debug)]
-pub struct Verifier {
-    tx: Mutex<mpsc::Sender<JobBox>>,
-    pub want: Expected,
-}
-
-/// `Job` behind a Debug-able box (the handle is part of the daemon's shared state).
-struct JobBox(Job);
-
-impl std::fmt::Debug for JobBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Job(pid {})", self.0.pid)
-    }
-}
-
-impl Verifier {
-    /// Start the verifier thread. Call before the main thread confines itself: the thread
-    /// keeps CAP_SYS_PTRACE (and only that) from the capabilities it inherits. Returns a
-    /// warning when it could not keep it (checks of another uid's process then fail, and
-    /// the sensor is refused: fail closed).
-    pub fn start(want: Expected) -> io::Result<(Verifier, Option<String>)> {
-        let (tx, rx) = mpsc::channel::<JobBox>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let mine = want.clone();
-        std::thread::Builder::new()
-            .name("peercheck".into())
-            .spawn(move || {
-                let _ = ready_tx.send(confine_thread());
-                serve(&rx, &mine);
-            })?;
-        let warning = ready_rx
-            .recv_timeout(VERIFY_TIMEOUT)
-            .unwrap_or_else(|_| Some("verifier thread did not start".into()));
-        Ok((
-            Verifier {
-                tx: Mutex::new(tx),
-                want,
-            },
-            warning,
-        ))
-    }
-
-    /// Verify the peer of `stream` (SO_PEERCRED pid `pid`). Waits at most a couple of
-    /// seconds for the verifier thread; never for the peer.
-    pub fn verify(&self, stream: std::os::fd::BorrowedFd<'_>, pid: u32) -> Verdict {
-        // None before Linux 6.5: the verifier opens one by pid (see SECURITY.md).
-        let pidfd = crate::sys::peer_pidfd(stream).ok();
-        let (reply, answer) = mpsc::sync_channel(1);
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(JobBox(Job { pid, pidfd, reply }));
-        let fail = |why: &str| Verdict {
-            exe: "unknown".into(),
-            refused: Some(why.into()),
-        };
-        if sent.is_err() {
-            return fail("the verifier thread is gone");
-        }
-        answer
-            .recv_timeout(VERIFY_TIMEOUT)
-            .unwrap_or_else(|_| fail("no answer from the verifier thread"))
-    }
-}
-
-/// The verifier thread's loop; returns when the handle is dropped.
-fn serve(rx: &mpsc::Receiver<JobBox>, want: &Expected) {
-    while let Ok(JobBox(job)) = rx.recv() {
-        let _ = job.reply.send(run_job(want, &job));
-    }
-}
-
-fn run_job(want: &Expected, job: &Job) -> Verdict {
-    match &job.pidfd {
-        Some(fd) => check(want, job.pid, fd),
-        None => match crate::sys::pidfd_open(job.pid) {
-            Ok(fd) => check(want, job.pid, &fd),
-            Err(e) => Verdict {
-                exe: "unknown".into(),
-                refused: Some(format!("pidfd_open({}): {e}", job.pid)),
-            },
-        },
-    }
-}
-
-/// Keep only CAP_SYS_PTRACE in this thread (capabilities and no_new_privs are per
-/// thread). `Some(warning)` when it is not held.
-fn confine_thread() -> Option<String> {
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        return Some(format!("verifier thread: no_new_privs: {e}"));
-    }
-    let want = Capability::CAP_SYS_PTRACE;
-    let held = caps::has_cap(None, CapSet::Permitted, want).unwrap_or(false);
-    let keep: CapsHashSet = if held {
-        CapsHashSet::from([want])
-    } else {
-        CapsHashSet::new()
-    };
-    let _ = caps::clear(None, CapSet::Ambient);
-    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        if let Err(e) = caps::set(None, set, &keep) {
-            return Some(format!("verifier thread: capabilities: {e}"));
-        }
-    }
-    (!held).then(|| {
-        "CAP_SYS_PTRACE is not held: the sensor's executable cannot be checked, so no sensor of another uid gets the detection input (add CAP_SYS_PTRACE to the enforcer's bounding set)".to_string()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,20 +278,5 @@ mod tests {
             &fd,
         );
         assert!(v.refused.is_some(), "{v:?}");
-    }
-
-    #[test]
-    fn socket_peer_through_the_thread() {
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let (v, _warn) = Verifier::start(Expected { exe, unit: None }).unwrap();
-        let r = v.verify(a.as_fd(), std::process::id());
-        assert_eq!(r.refused, None, "{r:?}");
-        let (v2, _) = Verifier::start(Expected {
-            exe: "/bin/sh".into(),
-            unit: None,
-        })
-        .unwrap();
-        assert!(v2.verify(a.as_fd(), std::process::id()).refused.is_some());
     }
 }

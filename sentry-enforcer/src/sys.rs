@@ -1,5 +1,7 @@
-//! The only unsafe code in the enforcer crate (its one call shared with the sensor,
-//! `sched_setattr(2)`, is in the `sentry-sched` crate).
+//! The only unsafe code in the enforcer crate: descriptors (closing inherited ones,
+//! placing the worker's), fork, signal dispositions, and the pidfd calls libc lacks.
+
+use std::os::fd::RawFd;
 
 /// Close every file descriptor above stderr that was inherited from whoever started us
 /// (a leaked descriptor to a privileged file or socket must not reach kill commands).
@@ -28,69 +30,6 @@ pub fn close_inherited_fds() -> std::io::Result<()> {
         unsafe {
             libc::close(fd);
         }
-    }
-    Ok(())
-}
-
-/// `SO_PEERGROUPS` (Linux 4.13+); libc does not export it for every architecture. It is
-/// 59 in every Linux socket ABI except sparc's (0x3d).
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-const SO_PEERGROUPS: libc::c_int = 59;
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-const SO_PEERGROUPS: libc::c_int = 0x3d;
-
-/// The supplementary groups of the peer of a connected Unix stream socket, as the kernel
-/// recorded them when it connected — the same credentials the kernel used to let it open
-/// the socket file, independent of the group database.
-pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<libc::gid_t>> {
-    use std::os::fd::AsRawFd;
-    const GID: usize = std::mem::size_of::<libc::gid_t>();
-    // NGROUPS_MAX is 65536; start small and grow to what the kernel says it needs.
-    let mut buf: Vec<libc::gid_t> = vec![0; 32];
-    loop {
-        let mut len = libc::socklen_t::try_from(buf.len() * GID)
-            .map_err(|_| std::io::Error::other("group list too large"))?;
-        // SAFETY: `buf` is valid for writes of `len` bytes and properly aligned for gid_t;
-        // the kernel writes at most `len` bytes and stores the length it wrote (or, with
-        // ERANGE, the length it needs) in `len`, which lives for the whole call.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PEERGROUPS,
-                buf.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        if r == 0 {
-            buf.truncate(len / GID);
-            return Ok(buf);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && len / GID > buf.len() && len / GID <= 65_536 {
-            buf.resize(len / GID, 0);
-            continue;
-        }
-        return Err(e);
-    }
-}
-
-/// Wait, without a timeout, until `fd` is readable or has an error pending (poll(2)).
-/// Nothing is read: whoever is woken reads the descriptor itself.
-pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `p` is one initialised pollfd that lives for the whole call and nfds is 1,
-    // so the kernel reads and writes only that struct; the descriptor is kept open by the
-    // caller's borrow for the duration of the call.
-    let r = unsafe { libc::poll(&mut p, 1, -1) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -163,4 +102,56 @@ pub fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(r > 0 && p.revents != 0)
+}
+
+/// `fork(2)`: `None` in the child, the child's pid in the parent. Only called while the
+/// process has one thread (the parent is single-threaded; tests fork from a process whose
+/// other threads hold no lock), so the child may allocate and lock as usual.
+pub fn fork() -> std::io::Result<Option<nix::unistd::Pid>> {
+    // SAFETY: see above: no other thread exists (or holds a lock) whose state the child
+    // could inherit half-changed; the child runs ordinary Rust code and then execs or exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+    }
+}
+
+/// In a forked child before exec: put `fds` at 3, 4, ... (close-on-exec cleared on
+/// exactly those) and close every descriptor above them. The sources are first copied
+/// above 63, so a source that already sits on a target number is not lost.
+pub fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor; `fd` is open (borrowed by
+        // the caller), and the copy is owned by this function until it is closed below.
+        let h = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64) };
+        if h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        high.push(h);
+    }
+    for (n, h) in (3..).zip(&high) {
+        // SAFETY: dup2 replaces descriptor `n` in this child, which is about to exec: no
+        // Rust object that owns `n` is used again (the caller execs or exits).
+        if unsafe { libc::dup2(*h, n) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let first = u32::try_from(3 + fds.len()).unwrap_or(u32::MAX);
+    // SAFETY: close_range only closes descriptors; as above, nothing that owns them is
+    // used again in this child.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// In a forked child before exec: every signal unblocked, SIGPIPE back to its default
+/// (the Rust runtime ignores it, and an ignored signal stays ignored across exec).
+pub fn reset_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // SAFETY: SIG_DFL installs no handler code, so no handler can run unsafely.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }?;
+    Ok(())
 }

@@ -1,6 +1,6 @@
-//! `sentry-enforcer`: see the library documentation.
+//! `sentry-enforcer`: the root parent; see the library documentation.
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    sentry_enforcer::daemon::main()
+    sentry_enforcer::parent::main()
 }

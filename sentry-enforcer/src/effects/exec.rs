@@ -2,12 +2,13 @@
 //! PATH; stdin from /dev/null; stdout discarded; stderr captured up to a bound; a timeout
 //! after which the whole process group is killed; the exit status is always reported.
 
-use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -44,20 +45,32 @@ impl Outcome {
     }
 }
 
-/// The pids of the last children [`run`] started, newest last. nftables notifications name
-/// the netlink port of the process that made a change, which for a process's first socket
-/// is its pid: so the table watch can tell our own `nft` runs from another process's.
-static SPAWNED: std::sync::Mutex<std::collections::VecDeque<u32>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
+thread_local! {
+    /// The pids of the last children [`run`] started, newest last. nftables notifications
+    /// name the netlink port of the process that made a change, which for a process's
+    /// first socket is its pid: so the table watch can tell our own `nft` runs from
+    /// another process's. (The parent is single-threaded: its runs and its watch share
+    /// this thread.)
+    static SPAWNED: std::cell::RefCell<std::collections::VecDeque<u32>> = const {
+        std::cell::RefCell::new(std::collections::VecDeque::new())
+    };
+}
 /// How many pids [`SPAWNED`] keeps.
 const SPAWNED_KEEP: usize = 64;
 
-/// Whether `pid` is one of the last children [`run`] started.
+/// Whether `pid` is one of the last children [`run`] started (on this thread).
 pub fn recently_spawned(pid: u32) -> bool {
-    SPAWNED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&pid)
+    SPAWNED.with(|s| s.borrow().contains(&pid))
+}
+
+fn remember(pid: u32) {
+    SPAWNED.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() >= SPAWNED_KEEP {
+            s.pop_front();
+        }
+        s.push_back(pid);
+    });
 }
 
 /// Result of [`run`].
@@ -70,7 +83,8 @@ pub struct RunResult {
 }
 
 /// Run `argv` (`argv[0]` is the program) with stdin (`input`) if given, a clean environment
-/// and `timeout`.
+/// and `timeout`. No thread: one poll(2) loop feeds stdin, keeps the head of stderr and
+/// waits for the child (its pidfd), so the single-threaded parent stays so.
 pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResult {
     let start = Instant::now();
     let failed = |why: String| RunResult {
@@ -98,88 +112,132 @@ pub fn run(argv: &[String], input: Option<&[u8]>, timeout: Duration) -> RunResul
         Ok(c) => c,
         Err(e) => return failed(e.to_string()),
     };
-    {
-        let mut s = SPAWNED.lock().unwrap_or_else(|p| p.into_inner());
-        if s.len() >= SPAWNED_KEEP {
-            s.pop_front();
-        }
-        s.push_back(child.id());
-    }
-    let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
-    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
-        let data = data.to_vec();
-        // A writer thread so a child that does not read cannot block us past the timeout.
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = stdin.write_all(&data);
-        });
-    }
-    let rx = read_stderr(&mut child);
-    let outcome = wait_or_kill(&mut child, pgid, start + timeout);
-    // The stderr reader finishes when every holder of the pipe has exited; do not wait
-    // long for grandchildren that escaped the process group.
-    let stderr = rx
-        .recv_timeout(Duration::from_millis(100))
-        .map(|v| String::from_utf8_lossy(&v).trim_end().to_string())
-        .unwrap_or_default();
+    remember(child.id());
+    let mut io = Io {
+        stdin: child.stdin.take().map(OwnedFd::from),
+        input: input.unwrap_or_default(),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        kept: Vec::with_capacity(STDERR_KEEP),
+        pidfd: crate::sys::pidfd_open(child.id()).ok(),
+    };
+    let outcome = io.until_exit(&mut child, start + timeout, false);
+    // Grandchildren that escaped the process group may hold stderr: not long.
+    io.stdin = None;
+    io.pidfd = None;
+    let _ = io.until_exit(
+        &mut child,
+        Instant::now() + Duration::from_millis(100),
+        true,
+    );
     RunResult {
         outcome,
-        stderr,
+        stderr: String::from_utf8_lossy(&io.kept).trim_end().to_string(),
         elapsed: start.elapsed(),
     }
 }
 
-/// A thread that keeps the first [`STDERR_KEEP`] bytes of the child's stderr and sends
-/// them when the pipe closes.
-fn read_stderr(child: &mut std::process::Child) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    if let Some(mut err) = child.stderr.take() {
-        std::thread::spawn(move || {
-            let mut kept = Vec::with_capacity(STDERR_KEEP);
-            let mut chunk = [0u8; 1024];
-            loop {
-                match err.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let room = STDERR_KEEP.saturating_sub(kept.len());
-                        kept.extend_from_slice(chunk.get(..n.min(room)).unwrap_or(&[]));
-                    }
-                }
-            }
-            let _ = tx.send(kept);
-        });
-    }
-    rx
+/// The child's pipes while it runs.
+struct Io<'a> {
+    stdin: Option<OwnedFd>,
+    input: &'a [u8],
+    stderr: Option<OwnedFd>,
+    kept: Vec<u8>,
+    pidfd: Option<OwnedFd>,
 }
 
-/// Wait for the child until `deadline` (polling, with a growing nap of at most 5 ms);
-/// past it, kill its process group and the child.
-fn wait_or_kill(child: &mut std::process::Child, pgid: Pid, deadline: Instant) -> Outcome {
-    let mut nap = Duration::from_micros(100);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                break match (status.code(), status.signal()) {
-                    (Some(c), _) => Outcome::Exited(c),
-                    (None, Some(s)) => Outcome::Signaled(s),
-                    (None, None) => Outcome::Exited(-1),
+impl Io<'_> {
+    /// Feed stdin and read stderr until the child exits (with `drain`: and stderr
+    /// closed) or `deadline`, past which its process group is killed.
+    fn until_exit(
+        &mut self,
+        child: &mut std::process::Child,
+        deadline: Instant,
+        drain: bool,
+    ) -> Outcome {
+        for fd in [&self.stdin, &self.stderr].into_iter().flatten() {
+            let fl = fcntl(fd, FcntlArg::F_GETFL)
+                .map(OFlag::from_bits_truncate)
+                .unwrap_or(OFlag::empty());
+            let _ = fcntl(fd, FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK));
+        }
+        loop {
+            if let Some(o) = exited(child) {
+                if !drain || self.stderr.is_none() || Instant::now() >= deadline {
+                    return o;
                 }
             }
-            Ok(None) => {}
-            Err(e) => break Outcome::SpawnFailed(format!("wait: {e}")),
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            // The child is not reaped yet, so its process group id cannot have been reused.
-            if pgid.as_raw() > 0 {
-                let _ = killpg(pgid, Signal::SIGKILL);
+            let now = Instant::now();
+            if now >= deadline {
+                // The child is not reaped yet, so its process group id cannot be reused.
+                if let Ok(pg) = i32::try_from(child.id()) {
+                    let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Outcome::TimedOut;
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            break Outcome::TimedOut;
+            self.step(deadline - now);
         }
-        std::thread::sleep(nap.min(deadline - now));
-        nap = (nap * 2).min(Duration::from_millis(5));
+    }
+
+    /// One poll: write what stdin takes, read what stderr has, or wake when the child
+    /// exits (5 ms ticks without a pidfd).
+    fn step(&mut self, left: Duration) {
+        let mut fds = Vec::new();
+        if let Some(f) = &self.stdin {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLOUT));
+        }
+        if let Some(f) = &self.stderr {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
+        let left = match &self.pidfd {
+            Some(f) => {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                left
+            }
+            None => left.min(Duration::from_millis(5)),
+        };
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        );
+        drop(fds);
+        if let Some(f) = &self.stdin {
+            match nix::unistd::write(f, self.input) {
+                Ok(n) => self.input = self.input.get(n..).unwrap_or_default(),
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => self.input = &[],
+            }
+            if self.input.is_empty() {
+                self.stdin = None;
+            }
+        }
+        if let Some(f) = &self.stderr {
+            let mut chunk = [0u8; 1024];
+            match nix::unistd::read(f, &mut chunk) {
+                Ok(0) => self.stderr = None,
+                Ok(n) => {
+                    let room = STDERR_KEEP.saturating_sub(self.kept.len());
+                    self.kept
+                        .extend_from_slice(chunk.get(..n.min(room)).unwrap_or_default());
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(_) => self.stderr = None,
+            }
+        }
+    }
+}
+
+/// How the child ended, if it has (reaped here).
+fn exited(child: &mut std::process::Child) -> Option<Outcome> {
+    match child.try_wait() {
+        Ok(Some(status)) => Some(match (status.code(), status.signal()) {
+            (Some(c), _) => Outcome::Exited(c),
+            (None, Some(s)) => Outcome::Signaled(s),
+            (None, None) => Outcome::Exited(-1),
+        }),
+        Ok(None) => None,
+        Err(e) => Some(Outcome::SpawnFailed(format!("wait: {e}"))),
     }
 }
 

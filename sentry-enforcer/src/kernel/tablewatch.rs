@@ -110,6 +110,12 @@ impl TableWatch {
         Arc::clone(&self.0.fd)
     }
 
+    /// The socket, for a poll loop (which must not read it: only [`TableWatch::drain`]
+    /// consumes).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&*self.0.fd)
+    }
+
     /// Read everything queued without waiting.
     pub fn drain(&mut self, table: &str, own_portid: u32) -> Result<Changes, NlError> {
         let mut by = None;

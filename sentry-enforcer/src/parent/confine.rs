@@ -1,0 +1,224 @@
+//! The parent's confinement once start-up is done: the capabilities it still needs,
+//! no_new_privs, and its own seccomp allowlist.
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// Keep only `keep` in the effective, permitted and inheritable sets, raise `ambient`
+/// (so the commands and `nft` runs get exactly these, also under SecureBits=noroot), and
+/// set no_new_privs. Returns warnings for what is needed and not held. The bounding set
+/// is cut too when CAP_SETPCAP allows; without it nothing outside the permitted set can
+/// be regained under no_new_privs anyway.
+pub fn keep_only(keep: &[Capability], ambient: &[Capability]) -> Result<Vec<String>, String> {
+    let keep: CapsHashSet = keep.iter().copied().collect();
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::read(None, CapSet::Bounding)
+            .map_err(|e| e.to_string())?
+            .difference(&keep)
+        {
+            caps::drop(None, CapSet::Bounding, *c).map_err(|e| format!("bounding set: {e}"))?;
+        }
+    }
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+    let warnings = keep
+        .difference(&permitted)
+        .map(|c| format!("{c} is needed but not held"))
+        .collect();
+    let now: CapsHashSet = keep.intersection(&permitted).copied().collect();
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &now).map_err(|e| format!("capabilities ({set:?}): {e}"))?;
+    }
+    let _ = caps::clear(None, CapSet::Ambient);
+    for c in ambient.iter().filter(|c| now.contains(c)) {
+        caps::raise(None, CapSet::Ambient, *c).map_err(|e| format!("ambient {c}: {e}"))?;
+    }
+    Ok(warnings)
+}
+
+/// What the parent keeps: CAP_NET_ADMIN (tables, elements, routes, NFLOG binds),
+/// CAP_SYS_PTRACE (reading the non-dumpable sensor's /proc entry in the peer check),
+/// CAP_SETUID and CAP_SETGID (a restarted worker drops to its user), CAP_KILL (stopping a
+/// worker of another uid). Not CAP_NET_RAW: kill commands run in the helper.
+pub const PARENT_CAPS: [Capability; 5] = [
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_KILL,
+];
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
+    SeccompCondition as Cond, SeccompFilter, SeccompRule,
+};
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn cond(arg: u8, op: Op, v: u64) -> Result<SeccompRule, String> {
+    let c = Cond::new(arg, Len::Qword, op, v).map_err(|e| format!("seccomp condition: {e}"))?;
+    SeccompRule::new(vec![c]).map_err(|e| format!("seccomp rule: {e}"))
+}
+
+fn compile(
+    rules: Rules,
+    default: SeccompAction,
+    on_match: SeccompAction,
+) -> Result<BpfProgram, String> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp: {e:?}"))?;
+    let f = SeccompFilter::new(rules, default, on_match, arch)
+        .map_err(|e| format!("seccomp filter: {e}"))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| format!("seccomp compile: {e}"))
+}
+
+/// The system calls the parent makes, with why; and, because they run under this
+/// filter too (filters are inherited across fork and exec), those of the `nft` it runs
+/// (table and detection builds: an ordinary dynamically linked program) and of a
+/// restarted worker until that one installs its own, narrower filter. Anything else
+/// kills the process (SECCOMP_RET_KILL_PROCESS).
+#[rustfmt::skip]
+const ALLOWED: &[(libc::c_long, &str)] = &[
+    // The loop and its descriptors.
+    (libc::SYS_ppoll, "the poll loop (glibc's poll), waits for children and for room"),
+    (libc::SYS_read, "signalfd, pipes of nft's stderr, /proc files, config reads"),
+    (libc::SYS_write, "stderr lines; nft's stdin script"),
+    (libc::SYS_writev, "std's stderr writer"),
+    (libc::SYS_close, "every descriptor"),
+    (libc::SYS_fcntl, "non-blocking pipes and channels, F_DUPFD_CLOEXEC when placing the worker's descriptors"),
+    (libc::SYS_ioctl, "std checks terminals/FIONBIO; nft's libraries (TCGETS)"),
+    (libc::SYS_lseek, "file reads (hosts.deny rewrite, /proc)"),
+    (libc::SYS_pread64, "the dynamic loader (nft, worker)"),
+    // Sockets: netlink (sets, routes, NFLOG, watches, sock_diag), the channels.
+    (libc::SYS_socket, "netlink sockets (NFLOG hand-over, route dumps, nft)"),
+    (libc::SYS_socketpair, "a restarted worker's channels"),
+    (libc::SYS_bind, "netlink sockets"),
+    (libc::SYS_getsockname, "the netlink port id of the set socket"),
+    (libc::SYS_getsockopt, "SO_PEERCRED, SO_PEERPIDFD, SO_SNDBUF"),
+    (libc::SYS_setsockopt, "receive timeouts and buffers of netlink sockets"),
+    (libc::SYS_sendto, "netlink requests"),
+    (libc::SYS_recvfrom, "netlink answers and notifications"),
+    (libc::SYS_sendmsg, "replies on the channels (one descriptor at most), nft's netlink batches"),
+    (libc::SYS_recvmsg, "requests on the channels, nft's netlink answers"),
+    (libc::SYS_connect, "nft's resolver lookups are never made; std's UnixStream probe at recovery only"),
+    // Files: hosts.deny and its lock, /proc for the peer check, nft's and the worker's start.
+    (libc::SYS_openat, "hosts.deny, its lock, /proc/PID/{exe,cgroup}, fdinfo, nft's libraries"),
+    (libc::SYS_newfstatat, "metadata (peer check, hosts.deny)"),
+    (libc::SYS_fstat, "metadata of open files"),
+    (libc::SYS_statx, "std's metadata"),
+    (libc::SYS_readlinkat, "/proc/PID/exe"),
+    (libc::SYS_flock, "the hosts.deny writers' lock"),
+    (libc::SYS_ftruncate, "hosts.deny rewritten in place"),
+    (libc::SYS_fsync, "hosts.deny rewritten in place"),
+    (libc::SYS_fdatasync, "hosts.deny rewritten in place"),
+    (libc::SYS_getdents64, "directory reads"),
+    (libc::SYS_faccessat, "nft's dynamic loader"),
+    (libc::SYS_faccessat2, "nft's dynamic loader"),
+    (libc::SYS_unlinkat, "removing the sockets at stop"),
+    (libc::SYS_getcwd, "nft"),
+    (libc::SYS_chdir, "children start in /"),
+    (libc::SYS_uname, "nft's libraries"),
+    (libc::SYS_getrandom, "std's hash maps; nft"),
+    // Memory (the parent, nft, a starting worker; executable mappings are the loader's).
+    (libc::SYS_brk, "allocator"),
+    (libc::SYS_mmap, "allocator, loader"),
+    (libc::SYS_munmap, "allocator"),
+    (libc::SYS_mremap, "allocator"),
+    (libc::SYS_mprotect, "loader (RELRO), thread stacks"),
+    (libc::SYS_madvise, "allocator"),
+    (libc::SYS_futex, "std's locks, glibc"),
+    (libc::SYS_set_robust_list, "glibc start-up of nft and the worker"),
+    (libc::SYS_rseq, "glibc start-up"),
+    (libc::SYS_set_tid_address, "glibc start-up"),
+    (libc::SYS_prlimit64, "glibc start-up"),
+    (libc::SYS_sched_getaffinity, "std::thread::available_parallelism in a starting worker"),
+    (libc::SYS_sigaltstack, "std's stack-overflow guard"),
+    (libc::SYS_rt_sigaction, "std and children reset handlers"),
+    (libc::SYS_rt_sigprocmask, "blocking the loop's signals; children unblock them"),
+    (libc::SYS_rt_sigreturn, "signal delivery"),
+    (libc::SYS_restart_syscall, "interrupted calls"),
+    // Children: nft runs, a restarted worker.
+    (libc::SYS_clone, "fork of nft runs and of a restarted worker (no namespace flags: see clone3)"),
+    (libc::SYS_clone3, "allowed here, answered ENOSYS by the first filter so glibc falls back to clone"),
+    (libc::SYS_execve, "nft, and the worker binary"),
+    (libc::SYS_wait4, "reaping nft, the worker and the helper"),
+    (libc::SYS_waitid, "reaping"),
+    (libc::SYS_kill, "killing a timed-out nft's process group; SIGTERM/SIGKILL to the worker"),
+    (libc::SYS_pidfd_open, "the worker's pidfd, the sensor's pidfd (old kernels), nft runs"),
+    (libc::SYS_setpgid, "nft runs in a process group of their own"),
+    (libc::SYS_pipe2, "nft's stdin and stderr, std's exec-error pipe"),
+    (libc::SYS_dup2, "a restarted worker's descriptors"),
+    (libc::SYS_dup3, "std's child setup"),
+    (libc::SYS_close_range, "a restarted worker closes what it must not inherit"),
+    (libc::SYS_prctl, "a restarted worker: PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS; capget/set follow"),
+    (libc::SYS_capget, "reading capabilities (worker start check)"),
+    (libc::SYS_setgroups, "a restarted worker drops its groups"),
+    (libc::SYS_setresgid, "a restarted worker drops to its group"),
+    (libc::SYS_setresuid, "a restarted worker drops to its user"),
+    (libc::SYS_getresuid, "the worker checks the switch took"),
+    (libc::SYS_getresgid, "the worker checks the switch took"),
+    (libc::SYS_getpid, "netlink sequence numbers"),
+    (libc::SYS_getppid, "a forked worker checks its parent is alive"),
+    (libc::SYS_gettid, "glibc"),
+    (libc::SYS_getuid, "nft, glibc"),
+    (libc::SYS_geteuid, "nft, glibc"),
+    (libc::SYS_getgid, "nft, glibc"),
+    (libc::SYS_getegid, "nft, glibc"),
+    (libc::SYS_clock_gettime, "time stamps (usually the vDSO)"),
+    (libc::SYS_clock_nanosleep, "hosts.deny lock back-off"),
+    (libc::SYS_nanosleep, "hosts.deny lock back-off"),
+    (libc::SYS_tgkill, "abort()"),
+    (libc::SYS_exit, "threads of children"),
+    (libc::SYS_exit_group, "exit"),
+];
+
+/// Arch-specific legacy calls (x86_64 only; aarch64 has only the *at forms).
+#[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
+const ALLOWED_X86: &[(libc::c_long, &str)] = &[
+    (libc::SYS_poll, "glibc's poll on older versions"),
+    (libc::SYS_access, "nft's dynamic loader"),
+    (libc::SYS_arch_prctl, "glibc start-up of nft and the worker"),
+    (libc::SYS_readlink, "/proc/PID/exe on older glibc"),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const ALLOWED_X86: &[(libc::c_long, &str)] = &[];
+
+/// Namespace flags a fork never needs (a new user namespace needs no privilege).
+const CLONE_NS: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// The two filters: the allowlist (default: kill the process), and one that answers
+/// clone3 ENOSYS (its flags are in memory the filter cannot read; glibc then uses clone,
+/// whose flags the allowlist checks).
+pub fn filters() -> Result<[BpfProgram; 2], String> {
+    let mut rules = Rules::new();
+    for (nr, _why) in ALLOWED.iter().chain(ALLOWED_X86) {
+        rules.insert(*nr, Vec::new());
+    }
+    rules.insert(libc::SYS_clone, vec![cond(0, Op::MaskedEq(CLONE_NS), 0)?]);
+    let allow = compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)?;
+    let clone3 = Rules::from([(libc::SYS_clone3, Vec::new())]);
+    let enosys = compile(
+        clone3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    Ok([allow, enosys])
+}
+
+/// Install both filters on this thread (the parent has no other).
+pub fn apply_seccomp() -> Result<(), String> {
+    for f in filters()? {
+        seccompiler::apply_filter(&f).map_err(|e| format!("seccomp install: {e}"))?;
+    }
+    Ok(())
+}

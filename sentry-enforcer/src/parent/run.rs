@@ -1,0 +1,793 @@
+//! Start-up in order, then the one poll loop: the worker's two request channels, the
+//! helper's answers, the worker's pidfd, the table and host watches, signals, and the
+//! timers (served ports, worker restart, table-change settling, the refusal summary).
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Gid;
+use sentry_privsep::{Channel, Event, RecvError, Reply, Request, Verb};
+
+use super::args::Args;
+use super::host::HostWatch;
+use super::serve::{gather, Answer, Batch, Step};
+use super::spawn::{self, Helper, Plan, Worker};
+use super::{floor::Floor, say, start, Detect, Log, Parent};
+use crate::kernel::{capture, netlink::NlSocket, served, table};
+
+/// How long a worker that stops reading may hold up one reply before it is restarted.
+const SEND_WAIT: Duration = Duration::from_secs(5);
+/// Lets the rest of another process's table transaction arrive before answering it.
+const TABLE_SETTLE: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What a failed receive on a worker channel means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing there after all: poll again.
+    Again,
+    /// A broken or hostile worker: stop it (it is restarted). `true`: count it as a
+    /// record that did not decode.
+    Restart(String, bool),
+}
+
+pub fn fault(e: &RecvError) -> Fault {
+    match e {
+        RecvError::Os(Errno::EAGAIN | Errno::EINTR) => Fault::Again,
+        RecvError::Closed => Fault::Restart("closed its channel".into(), false),
+        RecvError::Os(e) => Fault::Restart(format!("channel failed: {e}"), false),
+        RecvError::Truncated | RecvError::Decode(_) => {
+            Fault::Restart(format!("sent a bad record ({e})"), true)
+        }
+    }
+}
+
+/// Start-up as root, the children, confinement, then the loop.
+pub fn run(args: Args) -> Result<(), String> {
+    let sig = block_signals()?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let (parent, plan, sockets) = start_up(&args)?;
+    let helper =
+        spawn::helper(&parent.cfg).map_err(|e| format!("cannot start the command helper: {e}"))?;
+    let host = HostWatch::open().map_err(|e| say(&format!("adminalert: cannot watch address changes ({e}); own addresses are read at start only"))).ok();
+    let mut l = Loop::new(parent, plan, helper, sig, sockets);
+    l.host = host;
+    l.p.refresh_host();
+    let worker = spawn::worker(&l.plan).map_err(|e| format!("cannot start the worker: {e}"))?;
+    say(&format!(
+        "worker started (pid {}, uid {})",
+        worker.pid, l.plan.uid
+    ));
+    l.worker = Some(worker);
+    confine()?;
+    say(&format!(
+        "started: config {}, capabilities kept {:?}",
+        l.p.cfg.path.display(),
+        super::confine::PARENT_CAPS
+    ));
+    l.serve()
+}
+
+/// The parent's capabilities and its seccomp filter.
+pub fn confine() -> Result<(), String> {
+    use caps::Capability::CAP_NET_ADMIN;
+    for w in super::confine::keep_only(&super::confine::PARENT_CAPS, &[CAP_NET_ADMIN])? {
+        say(&format!("adminalert: confinement: {w}"));
+    }
+    super::confine::apply_seccomp()
+}
+
+fn block_signals() -> Result<SignalFd, String> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Configuration, accounts, directories, sockets and the kernel's sockets.
+pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
+    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+    for w in &cfg.warnings {
+        say(&format!("adminalert: config: {w}"));
+    }
+    let ignore = cfg.load_ignore().map_err(|e| e.to_string())?;
+    let acc = start::accounts(args, &cfg)?;
+    start::runtime_dir(&args.runtime_dir)?;
+    crate::effects::hostsdeny::set_lock_file(args.runtime_dir.join("hosts.deny.lock"));
+    for n in start::worker_files(&cfg, &args.state_dir, acc.worker)? {
+        say(&format!("adminalert: {n}"));
+    }
+    let paths = vec![
+        args.runtime_dir.join("enforcer.sock"),
+        args.runtime_dir.join("control.sock"),
+    ];
+    let sensor = start::bind_socket(&paths[0], acc.sensor.1, 0o660)?;
+    let control = match acc.control_gid {
+        Some(g) => start::bind_socket(&paths[1], g, 0o660),
+        None => start::bind_socket(&paths[1], Gid::from_raw(0), 0o600),
+    }
+    .inspect_err(|_| drop(std::fs::remove_file(&paths[0])))?;
+    let opened = open_parent(cfg, ignore, args, acc.sensor.0.as_raw()).and_then(|p| {
+        let plan = worker_plan(args, acc.worker, true, sensor.into(), control.into())?;
+        Ok((p, plan))
+    });
+    match opened {
+        Ok((p, plan)) => Ok((p, plan, paths)),
+        Err(e) => {
+            paths.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            Err(e)
+        }
+    }
+}
+
+/// The worker's binary and command line: `[worker, "--privsep", <our arguments>]`
+/// (`--recover`: without `--privsep`).
+pub fn worker_plan(
+    args: &Args,
+    (uid, gid): (nix::unistd::Uid, Gid),
+    privsep: bool,
+    sensor: OwnedFd,
+    control: OwnedFd,
+) -> Result<Plan, String> {
+    let exe = match &args.worker {
+        Some(p) => p.clone(),
+        None => crate::peercheck::default_exe()
+            .map_err(|e| format!("own executable: {e}"))?
+            .with_file_name("sentry-worker"),
+    };
+    let c = |s: &[u8]| CString::new(s).map_err(|_| "an argument holds a NUL byte".to_string());
+    let exe = c(exe.as_os_str().as_bytes())?;
+    let mut argv = vec![exe.clone()];
+    if privsep {
+        argv.push(c(b"--privsep")?);
+    }
+    for a in &args.raw {
+        argv.push(c(a.as_bytes())?);
+    }
+    Ok(Plan {
+        exe,
+        argv,
+        uid,
+        gid,
+        sensor,
+        control,
+    })
+}
+
+/// The kernel side: what nf_tables offers, the set and route sockets, the served-port
+/// poller, the first NFLOG group, the sensor's expected executable.
+fn open_parent(
+    cfg: policy::Config,
+    ignore: policy::IgnoreList,
+    args: &Args,
+    sensor_uid: u32,
+) -> Result<Parent, String> {
+    let support = table::probe_support(&cfg.nft_table);
+    if let Err(e) = &support.nftables {
+        say(&format!("adminalert: ERROR: nf_tables is missing or unusable ({e}): no table and no detection chain can be built"));
+    }
+    let nft = match cfg.firewall {
+        policy::Firewall::Nftables => NlSocket::netfilter()
+            .map_err(|e| say(&format!("adminalert: ERROR: netfilter netlink: {e}")))
+            .ok(),
+        policy::Firewall::None => None,
+    };
+    let route = match cfg.blackhole_route {
+        true => Some(NlSocket::route().map_err(|e| format!("route netlink: {e}"))?),
+        false => None,
+    };
+    let skip = (sensor_uid != 0).then_some(sensor_uid);
+    let served = match (cfg.restart_grace.is_zero(), &support.nftables) {
+        (false, Ok(())) => served::Poller::open(&cfg.nft_table, skip, cfg.restart_grace)
+            .map_err(|e| say(&format!("adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only")))
+            .ok(),
+        _ => None,
+    };
+    // Start on a group nobody holds (a sensor of an earlier run may keep its socket).
+    let group =
+        capture::open_next(*capture::GROUPS.end(), 0).map_or(capture::NFLOG_GROUP, |(g, _)| g);
+    let exe = match &args.sensor_exe {
+        Some(p) => p.clone(),
+        None => crate::peercheck::default_exe().map_err(|e| format!("own executable: {e}"))?,
+    };
+    let unit = crate::peercheck::own_unit().map(|_| {
+        args.sensor_unit
+            .clone()
+            .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
+    });
+    Ok(Parent {
+        floor: Floor::new(&cfg, ignore),
+        cfg,
+        nft,
+        route,
+        support,
+        watch: None,
+        table_foreign: false,
+        served,
+        served_resync: false,
+        detect: Detect {
+            group,
+            ..Detect::default()
+        },
+        sensor_uid,
+        sensor_want: crate::peercheck::Expected { exe, unit },
+        log: Log::default(),
+    })
+}
+
+impl Parent {
+    /// Read this host's addresses and default gateways again; rebuild the detection chain
+    /// when the gateways (which it never blocks) changed.
+    pub fn refresh_host(&mut self) {
+        let (own, ends) = super::host::addresses();
+        let gateways = match super::host::default_gateways() {
+            Ok(g) => g,
+            Err(e) => {
+                say(&format!(
+                    "adminalert: cannot read the default gateways ({e}); the last ones are kept"
+                ));
+                self.floor.gateways()
+            }
+        };
+        let changed = gateways != self.floor.gateways();
+        self.floor.set_host(own, ends, &gateways);
+        if changed {
+            if let Err(e) = self.apply_detection() {
+                say(&format!(
+                    "adminalert: ERROR: detection chain not rebuilt for the gateways: {e}"
+                ));
+            }
+        }
+    }
+}
+
+/// `--recover`: the worker's offline recovery, run as the worker user (it reads the
+/// state directory, BLOCKED_FILE and hosts.deny, and writes only the state directory).
+pub fn recover(args: &Args) -> Result<(), String> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let control = args.runtime_dir.join("control.sock");
+    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
+        return Err(format!(
+            "{}: an enforcer is running; stop it before --recover",
+            control.display()
+        ));
+    }
+    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+    let acc = start::accounts(args, &cfg)?;
+    start::worker_files(&cfg, &args.state_dir, acc.worker)?;
+    let null = |_| {
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| e.to_string())
+    };
+    let plan = worker_plan(args, acc.worker, false, null(0)?, null(1)?)?;
+    spawn::drop_to(plan.uid, plan.gid)?;
+    crate::sys::reset_signals().map_err(|e| e.to_string())?;
+    let env: [CString; 0] = [];
+    let e = nix::unistd::execve(&plan.exe, &plan.argv, &env).unwrap_err();
+    Err(format!("exec {:?}: {e}", plan.exe))
+}
+
+/// A kill request handed to the helper: which channel and request it answers.
+#[derive(Debug)]
+struct Fwd {
+    chan: usize,
+    id: u32,
+    helper_id: u32,
+    /// The worker that asked is still the one running.
+    live: bool,
+}
+
+/// Where a ready descriptor came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Chan(usize),
+    Helper,
+    Worker,
+    Table,
+    Host,
+    Signal,
+}
+
+/// The loop's state besides [`Parent`].
+pub struct Loop {
+    pub p: Parent,
+    pub plan: Plan,
+    helper: Helper,
+    pub worker: Option<Worker>,
+    /// The worker was told to stop (its channels are no longer read).
+    dying: bool,
+    pending: [Option<Batch>; 2],
+    forwarded: VecDeque<Fwd>,
+    helper_seq: u32,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    sig: SignalFd,
+    pub host: Option<HostWatch>,
+    table_due: Option<Instant>,
+    /// TableChanged was sent and no Build came since.
+    table_sent: bool,
+    served_due: Instant,
+    served_failing: Option<String>,
+    sockets: Vec<PathBuf>,
+}
+
+impl Loop {
+    pub fn new(
+        p: Parent,
+        plan: Plan,
+        helper: Helper,
+        sig: SignalFd,
+        sockets: Vec<PathBuf>,
+    ) -> Self {
+        Self {
+            p,
+            plan,
+            helper,
+            worker: None,
+            dying: false,
+            pending: [None, None],
+            forwarded: VecDeque::new(),
+            helper_seq: 0,
+            restart_at: None,
+            backoff: Duration::from_secs(1),
+            sig,
+            host: None,
+            table_due: None,
+            table_sent: false,
+            served_due: Instant::now(),
+            served_failing: None,
+            sockets,
+        }
+    }
+
+    /// Serve until SIGTERM or SIGINT (`Ok`), or until the helper is gone (`Err`).
+    pub fn serve(&mut self) -> Result<(), String> {
+        loop {
+            for src in self.wait()? {
+                let done = match src {
+                    Src::Chan(c) => self.on_request(c).map(|()| false),
+                    Src::Helper => self.on_helper().map(|()| false),
+                    Src::Worker => self.on_worker_exit().map(|()| false),
+                    Src::Table => {
+                        self.table_due = Some(Instant::now() + TABLE_SETTLE);
+                        Ok(false)
+                    }
+                    Src::Host => self.on_host().map(|()| false),
+                    Src::Signal => self.on_signal(),
+                };
+                match done {
+                    Ok(false) => {}
+                    Ok(true) => return Ok(()),
+                    Err(e) => {
+                        self.shutdown();
+                        return Err(e);
+                    }
+                }
+            }
+            self.timers();
+        }
+    }
+
+    /// The next deadline of a timer.
+    fn next_due(&self) -> Instant {
+        let tick = Instant::now() + Duration::from_secs(1);
+        let served = self.p.served.as_ref().map(|_| self.served_due);
+        [Some(tick), served, self.restart_at, self.table_due]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(tick)
+    }
+
+    /// Poll every descriptor that may need work; the sources that are ready.
+    fn wait(&mut self) -> Result<Vec<Src>, String> {
+        let mut fds: Vec<(BorrowedFd<'_>, Src)> = vec![
+            (self.helper.chan.fd(), Src::Helper),
+            (self.sig.as_fd(), Src::Signal),
+        ];
+        if let Some(w) = &self.worker {
+            fds.push((w.pidfd.as_fd(), Src::Worker));
+            for (c, ch) in [&w.rpc, &w.fx].into_iter().enumerate() {
+                if !self.dying && !self.forwarded.iter().any(|f| f.live && f.chan == c) {
+                    fds.push((ch.fd(), Src::Chan(c)));
+                }
+            }
+        }
+        if let (Some(w), None) = (&self.p.watch, self.table_due) {
+            fds.push((w.fd(), Src::Table));
+        }
+        if let Some(h) = &self.host {
+            fds.push((h.fd(), Src::Host));
+        }
+        let left = self.next_due().saturating_duration_since(Instant::now());
+        let timeout =
+            PollTimeout::try_from(left + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX);
+        let mut pfds: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|(fd, _)| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match nix::poll::poll(&mut pfds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        let ready = pfds
+            .iter()
+            .zip(&fds)
+            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, (_, s))| *s);
+        Ok(ready.collect())
+    }
+
+    fn chan(&self, c: usize) -> Option<&Channel> {
+        self.worker
+            .as_ref()
+            .map(|w| if c == 0 { &w.rpc } else { &w.fx })
+    }
+
+    fn on_request(&mut self, c: usize) -> Result<(), String> {
+        let Some(ch) = self.chan(c) else {
+            return Ok(());
+        };
+        match ch.recv_request() {
+            Ok((r, fd)) => self.take(c, r, fd),
+            Err(e) => match fault(&e) {
+                Fault::Again => {}
+                Fault::Restart(why, bad) => {
+                    self.p.log.decode_errors += u64::from(bad);
+                    self.stop_worker(&format!("{why} on its {} channel", ["rpc", "fx"][c]));
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, c: usize, r: Request, fd: Option<OwnedFd>) {
+        match gather(&mut self.pending[c], r, fd, self.p.floor.cap) {
+            Step::Wait => {}
+            Step::Act(b) => self.answer(c, b),
+            Step::Break(id, why, r, fd) => {
+                self.p.log.refused(r.verb, None, why);
+                self.send(c, &[Reply::refused(id, why)], None);
+                self.take(c, r, fd);
+            }
+        }
+    }
+
+    fn answer(&mut self, c: usize, b: Batch) {
+        let (verb, id) = (b.verb, b.id);
+        match self.p.act(b) {
+            Answer::Replies(v, fd) => self.send(c, &v, fd),
+            Answer::Forward(mut r) => {
+                self.helper_seq = self.helper_seq.wrapping_add(1);
+                r.id = self.helper_seq;
+                if let Err(e) = self.helper.chan.send_request(&r, None) {
+                    self.send(
+                        c,
+                        &[Reply::fail(id, e as u64, "the command helper is gone")],
+                        None,
+                    );
+                } else {
+                    self.forwarded.push_back(Fwd {
+                        chan: c,
+                        id,
+                        helper_id: r.id,
+                        live: true,
+                    });
+                }
+            }
+        }
+        if verb == Verb::Build {
+            self.table_sent = false;
+        }
+        if std::mem::take(&mut self.p.table_foreign) {
+            self.table_changed();
+        }
+    }
+
+    /// Send replies on channel `c`, waiting at most [`SEND_WAIT`] for room; a worker
+    /// that does not read is stopped.
+    fn send(&mut self, c: usize, replies: &[Reply], fd: Option<OwnedFd>) {
+        let Some(ch) = self.chan(c) else { return };
+        let last = replies.len().saturating_sub(1);
+        let sent = replies.iter().enumerate().try_for_each(|(i, r)| {
+            send_waiting(ch, r, fd.as_ref().filter(|_| i == last).map(|f| f.as_fd()))
+        });
+        if let Err(e) = sent {
+            self.stop_worker(&format!("cannot be answered ({e})"));
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        let Some(w) = &self.worker else { return };
+        if let Err(err) = send_waiting(&w.events, &Reply::event(e), None) {
+            self.stop_worker(&format!("does not take events ({err})"));
+        }
+    }
+
+    fn table_changed(&mut self) {
+        if self.worker.is_some() && !self.dying && !self.table_sent {
+            say("adminalert: another process changed the nftables table: the worker rebuilds it");
+            self.table_sent = true;
+            self.event(Event::TableChanged);
+        }
+    }
+
+    /// Kill the worker (it is reaped and restarted when its pidfd says it is gone).
+    fn stop_worker(&mut self, why: &str) {
+        let Some(w) = &self.worker else { return };
+        if !self.dying {
+            say(&format!(
+                "adminalert: the worker (pid {}) {why}: stopping and restarting it",
+                w.pid
+            ));
+            let _ = nix::sys::signal::kill(w.pid, Signal::SIGKILL);
+            self.dying = true;
+        }
+    }
+
+    fn on_worker_exit(&mut self) -> Result<(), String> {
+        let Some(w) = self.worker.take() else {
+            return Ok(());
+        };
+        let how = match waitpid(w.pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => format!("exited with status {c}"),
+            Ok(WaitStatus::Signaled(_, Signal::SIGSYS, _)) => {
+                "was killed by SIGSYS (a system call outside the seccomp filters)".into()
+            }
+            Ok(WaitStatus::Signaled(_, s, _)) => format!("was killed by {s}"),
+            other => format!("ended ({other:?})"),
+        };
+        for f in &mut self.forwarded {
+            f.live = false;
+        }
+        (self.pending, self.dying, self.table_sent) = ([None, None], false, false);
+        self.p.release_nflog();
+        if w.started.elapsed() >= Duration::from_secs(60) {
+            self.backoff = Duration::from_secs(1);
+        }
+        say(&format!(
+            "adminalert: the worker (pid {}) {how}; blocks stay in the kernel, restart in {:?}",
+            w.pid, self.backoff
+        ));
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        Ok(())
+    }
+
+    fn on_helper(&mut self) -> Result<(), String> {
+        let (mut rep, _) = self
+            .helper
+            .chan
+            .recv_reply()
+            .map_err(|e| format!("the command helper is gone ({e})"))?;
+        let Some(f) = self.forwarded.pop_front() else {
+            return Err("the command helper answered nothing asked".into());
+        };
+        if f.helper_id != rep.id {
+            return Err("the command helper answered out of order".into());
+        }
+        if f.live {
+            rep.id = f.id;
+            self.send(f.chan, &[rep], None);
+        }
+        Ok(())
+    }
+
+    fn on_host(&mut self) -> Result<(), String> {
+        let Some(h) = self.host.as_mut() else {
+            return Ok(());
+        };
+        match h.drain() {
+            Ok(true) => self.p.refresh_host(),
+            Ok(false) => {}
+            Err(e) => {
+                say(&format!(
+                    "adminalert: address watch failed ({e}); own addresses are no longer refreshed"
+                ));
+                self.host = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(true)`: stop.
+    fn on_signal(&mut self) -> Result<bool, String> {
+        while let Ok(Some(s)) = self.sig.read_signal() {
+            match Signal::try_from(i32::try_from(s.ssi_signo).unwrap_or(0)) {
+                Ok(Signal::SIGHUP) => self.reload(),
+                Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                    say(&format!(
+                        "adminalert: stopping on {s}; the table stays in place"
+                    ));
+                    self.shutdown();
+                    return Ok(true);
+                }
+                Ok(Signal::SIGCHLD)
+                    if !matches!(
+                        waitpid(self.helper.pid, Some(WaitPidFlag::WNOHANG)),
+                        Ok(WaitStatus::StillAlive)
+                    ) =>
+                {
+                    return Err("the command helper exited".into());
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// SIGHUP: the parent's ignore list again (a list that does not load is said and
+    /// the old one kept), the detection chain's ignore sets with it; then the worker.
+    fn reload(&mut self) {
+        match self.p.cfg.load_ignore() {
+            Ok(i) => {
+                self.p.floor.set_ignore(i);
+                if let Err(e) = self.p.apply_detection() {
+                    say(&format!(
+                        "adminalert: ERROR: detection chain not rebuilt with the ignore list: {e}"
+                    ));
+                }
+            }
+            Err(e) => say(&format!(
+                "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
+            )),
+        }
+        self.event(Event::Reload);
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        self.p.log.tick();
+        if self.table_due.is_some_and(|t| t <= now) {
+            self.table_due = None;
+            self.on_table();
+        }
+        if self.restart_at.is_some_and(|t| t <= now) {
+            self.restart_at = None;
+            match spawn::worker(&self.plan) {
+                Ok(w) => {
+                    say(&format!("worker restarted (pid {})", w.pid));
+                    self.worker = Some(w);
+                }
+                Err(e) => {
+                    say(&format!(
+                        "adminalert: ERROR: cannot restart the worker ({e}); next try in {:?}",
+                        self.backoff
+                    ));
+                    self.restart_at = Some(now + self.backoff);
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        if self.p.served.is_some() && self.served_due <= now {
+            self.served_due = now + served::POLL;
+            self.poll_served(now);
+        }
+    }
+
+    fn on_table(&mut self) {
+        let own = self.p.nft_portid();
+        let Some(w) = self.p.watch.as_mut() else {
+            return;
+        };
+        match w.drain(&self.p.cfg.nft_table, own) {
+            Ok(c) if c.any() => self.table_changed(),
+            Ok(_) => {}
+            Err(e) => {
+                say(&format!("adminalert: nftables watch failed ({e}); a deleted table is rebuilt only at the next start"));
+                self.p.watch = None;
+            }
+        }
+    }
+
+    /// RESTART_GRACE in the kernel: a failure is said once (and its end once); until the
+    /// detection chain exists the sets are missing (ENOENT), which is retried quietly.
+    fn poll_served(&mut self, now: Instant) {
+        let Some(p) = self.p.served.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut self.p.served_resync) {
+            p.resync();
+        }
+        match p.poll(now) {
+            Ok(_) => {
+                if self.served_failing.take().is_some() {
+                    say("adminalert: served ports are written to the kernel again");
+                }
+            }
+            Err(served::Error::Kernel(Errno::ENOENT)) => {}
+            Err(e) => {
+                let text = e.to_string();
+                if self.served_failing.as_deref() != Some(text.as_str()) {
+                    say(&format!(
+                        "adminalert: cannot write the served ports ({text})"
+                    ));
+                }
+                self.served_failing = Some(text);
+            }
+        }
+    }
+
+    /// SIGTERM the worker, wait for it at most 2 s, remove the sockets. The table (and
+    /// with it every block) stays in the kernel.
+    fn shutdown(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = nix::sys::signal::kill(w.pid, Signal::SIGTERM);
+            let mut p = [PollFd::new(w.pidfd.as_fd(), PollFlags::POLLIN)];
+            if !matches!(nix::poll::poll(&mut p, PollTimeout::from(2000u16)), Ok(n) if n > 0) {
+                let _ = nix::sys::signal::kill(w.pid, Signal::SIGKILL);
+            }
+            let _ = waitpid(w.pid, None);
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+/// Send one reply, waiting for room at most [`SEND_WAIT`] (our ends are non-blocking).
+fn send_waiting(ch: &Channel, r: &Reply, fd: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
+    let deadline = Instant::now() + SEND_WAIT;
+    loop {
+        match ch.send_reply(r, fd) {
+            Err(Errno::EAGAIN) => {}
+            other => return other,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut p = [PollFd::new(ch.fd(), PollFlags::POLLOUT)];
+        match nix::poll::poll(
+            &mut p,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO),
+        ) {
+            Ok(0) => return Err(Errno::ETIMEDOUT),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentry_privsep::DecodeError;
+
+    #[test]
+    fn bad_records_restart_the_worker() {
+        assert_eq!(fault(&RecvError::Os(Errno::EAGAIN)), Fault::Again);
+        assert!(matches!(
+            fault(&RecvError::Closed),
+            Fault::Restart(_, false)
+        ));
+        assert!(matches!(
+            fault(&RecvError::Os(Errno::ECONNRESET)),
+            Fault::Restart(_, false)
+        ));
+        assert!(matches!(
+            fault(&RecvError::Truncated),
+            Fault::Restart(_, true)
+        ));
+        let Fault::Restart(why, true) = fault(&RecvError::Decode(DecodeError::Verb(99))) else {
+            panic!()
+        };
+        assert!(why.contains("unknown verb 99"), "{why}");
+    }
+}

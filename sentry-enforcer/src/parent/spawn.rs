@@ -1,0 +1,166 @@
+//! The parent's two children: the unprivileged worker (fork, drop to its user, exec
+//! `sentry-worker --privsep ...` with its descriptors at fixed numbers) and the root
+//! command helper (fork only, before the parent's seccomp filter).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use nix::unistd::{Gid, Pid, Uid};
+use sentry_privsep::Channel;
+
+use crate::sys;
+
+/// How to start a worker (prepared once, before any confinement).
+#[derive(Debug)]
+pub struct Plan {
+    pub exe: CString,
+    /// `[exe, "--privsep", <the parent's own arguments>]`.
+    pub argv: Vec<CString>,
+    pub uid: Uid,
+    pub gid: Gid,
+    pub sensor: OwnedFd,
+    pub control: OwnedFd,
+}
+
+/// A running worker: the parent's ends of its channels and a pidfd to poll.
+#[derive(Debug)]
+pub struct Worker {
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+    pub rpc: Channel,
+    pub fx: Channel,
+    pub events: Channel,
+    pub started: Instant,
+}
+
+/// Our ends never block: a worker that stops reading is found out, not waited for.
+fn nonblocking(c: &Channel) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fl = OFlag::from_bits_truncate(fcntl(c.fd(), FcntlArg::F_GETFL)?);
+    fcntl(c.fd(), FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK)).map(drop)
+}
+
+pub fn worker(plan: &Plan) -> std::io::Result<Worker> {
+    let (rpc, rpc_w) = Channel::pair()?;
+    let (fx, fx_w) = Channel::pair()?;
+    let (events, ev_w) = Channel::pair()?;
+    let parent = nix::unistd::getpid();
+    let Some(pid) = sys::fork()? else {
+        // 3 rpc, 4 fx, 5 events, 6 the sensor's listener, 7 the control listener.
+        let fds = [
+            &rpc_w.fd(),
+            &fx_w.fd(),
+            &ev_w.fd(),
+            &plan.sensor.as_fd(),
+            &plan.control.as_fd(),
+        ];
+        let e = become_worker(plan, parent, &fds.map(|f| f.as_raw_fd()));
+        eprintln!("sentry-enforcer: worker start: {e}");
+        std::process::exit(127);
+    };
+    let pidfd = sys::pidfd_open(u32::try_from(pid.as_raw()).unwrap_or(0))?;
+    for c in [&rpc, &fx, &events] {
+        nonblocking(c)?;
+    }
+    Ok(Worker {
+        pid,
+        pidfd,
+        rpc,
+        fx,
+        events,
+        started: Instant::now(),
+    })
+}
+
+/// In the forked child: die with the parent, drop to the worker user for good, put the
+/// descriptors in place and exec. Returns only why it could not.
+fn become_worker(plan: &Plan, parent: Pid, fds: &[i32; 5]) -> String {
+    use nix::sys::signal::Signal;
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
+        return format!("PR_SET_PDEATHSIG: {e}");
+    }
+    if nix::unistd::getppid() != parent {
+        return "the parent is gone".into();
+    }
+    if let Err(e) = sys::reset_signals() {
+        return format!("signal mask: {e}");
+    }
+    if let Err(e) = drop_to(plan.uid, plan.gid) {
+        return e;
+    }
+    if let Err(e) = sys::place_fds(fds) {
+        return format!("descriptors: {e}");
+    }
+    let env: [CString; 0] = [];
+    let e = nix::unistd::execve(&plan.exe, &plan.argv, &env).unwrap_err();
+    format!("exec {:?}: {e}", plan.exe)
+}
+
+/// setgroups([]), setgid, setuid (real, effective and saved), no_new_privs, and check
+/// that it took: no uid or gid 0 left and no capability in any set (setuid from 0 to
+/// another uid clears them; verified, not trusted).
+pub fn drop_to(uid: Uid, gid: Gid) -> Result<(), String> {
+    use caps::CapSet;
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    let ids = nix::unistd::getresuid().map_err(|e| e.to_string())?;
+    let gids = nix::unistd::getresgid().map_err(|e| e.to_string())?;
+    if [ids.real, ids.effective, ids.saved] != [uid; 3]
+        || [gids.real, gids.effective, gids.saved] != [gid; 3]
+        || uid.is_root()
+    {
+        return Err("the user switch did not take".into());
+    }
+    for set in [
+        CapSet::Permitted,
+        CapSet::Effective,
+        CapSet::Inheritable,
+        CapSet::Ambient,
+    ] {
+        match caps::read(None, set) {
+            Ok(c) if c.is_empty() => {}
+            Ok(c) => return Err(format!("capabilities left in {set:?}: {c:?}")),
+            Err(e) => return Err(format!("cannot read capabilities: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The running command helper.
+#[derive(Debug)]
+pub struct Helper {
+    pub pid: Pid,
+    pub chan: Channel,
+}
+
+/// Fork the command helper: it keeps descriptor 3 (its channel) and stdio, CAP_NET_ADMIN
+/// and CAP_NET_RAW (also as ambient capabilities, for the commands), and serves until
+/// the parent's end closes.
+pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
+    let (chan, child) = Channel::pair()?;
+    let Some(pid) = sys::fork()? else {
+        let r = (|| -> Result<(), String> {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(|e| e.to_string())?;
+            sys::reset_signals().map_err(|e| e.to_string())?;
+            sys::place_fds(&[child.fd().as_raw_fd()]).map_err(|e| e.to_string())?;
+            let keep = [
+                caps::Capability::CAP_NET_ADMIN,
+                caps::Capability::CAP_NET_RAW,
+            ];
+            super::confine::keep_only(&keep, &keep)?;
+            let ch = Channel::from_inherited(3).map_err(|e| e.to_string())?;
+            super::helper::serve(&ch, cfg);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            eprintln!("sentry-enforcer: command helper: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    };
+    Ok(Helper { pid, chan })
+}
