@@ -706,7 +706,7 @@ mod tests {
         );
         let a = x.run(&c, &Action::Nft(Op::Add), &S);
         assert_eq!(a.status, ActionStatus::Error);
-        assert_eq!(a.error.as_deref(), Some("nftables backend not open"));
+        assert_eq!(a.error.as_deref(), Some("root parent backend not open"));
         let a = x.run(&c, &Action::Command(Command::KillRoute), &S);
         assert_eq!(a.action, ActionKind::KillRoute);
         assert!(!a.ok());

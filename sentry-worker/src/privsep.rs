@@ -174,3 +174,87 @@ pub fn mode_bits(modes: &[sentry_proto::Mode]) -> sentry_privsep::Modes {
     }
     Modes(b)
 }
+
+/// The root parent's own verbs, served in a thread over a real channel pair, without
+/// kernel sockets: the unit tests' hosts.deny lines and kill commands run for real,
+/// through the same floor, line rendering and command helper code the parent runs.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::Arc;
+
+    use sentry_enforcer::kernel::table::Support;
+    use sentry_enforcer::parent::serve::{gather, Answer, Step};
+    use sentry_enforcer::parent::{floor::Floor, helper, Detect, Log, Parent};
+    use sentry_privsep::{Channel, Reply};
+
+    use super::Link;
+    use crate::action::Backends;
+
+    /// A parent for `cfg`, and the backends it has: nftables only for a root test that
+    /// asks for it (in a network namespace of its own, which the parent's thread shares).
+    pub fn parent(cfg: &policy::Config) -> (Arc<Link>, Backends) {
+        let (ours, theirs) = Channel::pair().expect("socketpair");
+        let nft = (cfg.firewall == policy::Firewall::Nftables
+            && nix::unistd::geteuid().is_root())
+        .then(|| sentry_enforcer::kernel::netlink::NlSocket::netfilter().ok())
+        .flatten();
+        let backends = Backends {
+            nft: nft.is_some(),
+            route: false,
+        };
+        let cfg = cfg.clone();
+        std::thread::spawn(move || serve(&cfg, nft, &theirs));
+        (Arc::new(Link::new(ours)), backends)
+    }
+
+    fn serve(
+        cfg: &policy::Config,
+        nft: Option<sentry_enforcer::kernel::netlink::NlSocket>,
+        chan: &Channel,
+    ) {
+        let ignore = cfg
+            .load_ignore()
+            .unwrap_or_else(|_| policy::IgnoreList::empty());
+        let mut p = Parent {
+            cfg: cfg.clone(),
+            floor: Floor::new(cfg, ignore),
+            nft,
+            route: None,
+            support: Support {
+                nftables: Err("unit test".into()),
+                socket: Err("unit test".into()),
+            },
+            watch: None,
+            table_foreign: false,
+            served: None,
+            served_resync: false,
+            detect: Detect::default(),
+            sensor_uid: 0,
+            sensor_want: sentry_enforcer::peercheck::Expected {
+                exe: "/nonexistent".into(),
+                unit: None,
+            },
+            log: Log::default(),
+        };
+        let mut pending = None;
+        loop {
+            let Ok((r, fd)) = chan.recv_request() else {
+                return;
+            };
+            let answer = match gather(&mut pending, r, fd, 1 << 20) {
+                Step::Wait => continue,
+                Step::Act(b) => p.act(b),
+                Step::Break(id, why, _, _) => Answer::one(Reply::refused(id, why)),
+            };
+            let replies = match answer {
+                Answer::Replies(v, _) => v,
+                Answer::Forward(req) => vec![helper::answer(cfg, &req)],
+            };
+            for rep in replies {
+                if chan.send_reply(&rep, None).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

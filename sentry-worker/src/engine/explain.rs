@@ -146,15 +146,17 @@ mod tests {
             ),
         )
         .unwrap();
+        let cfg = policy::Config::load(&conf).unwrap();
+        let parent = Some(crate::privsep::testing::parent(&cfg));
         Engine::new(
-            policy::Config::load(&conf).unwrap(),
+            cfg,
             Options {
                 state_dir: dir.path().join("state"),
                 refresh_own_addresses: false,
                 infra: None,
                 boot_id_path: DEFAULT_BOOT_ID_PATH.into(),
                 boot_id: None,
-                parent: None,
+                parent,
             },
             Arc::new(Logger::new(true, "test")),
         )

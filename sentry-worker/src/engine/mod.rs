@@ -1318,6 +1318,7 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir, conf: &Path) -> Engine {
         let cfg = Config::load(conf).unwrap_or_else(|e| panic!("{e}"));
+        let parent = Some(crate::privsep::testing::parent(&cfg));
         Engine::new(
             cfg,
             Options {
@@ -1326,7 +1327,7 @@ mod tests {
                 infra: None,
                 boot_id_path: DEFAULT_BOOT_ID_PATH.into(),
                 boot_id: None,
-                parent: None,
+                parent,
             },
             Arc::new(Logger::new(true, "test")),
         )
@@ -1957,15 +1958,9 @@ mod tests {
             ]);
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             t.engine.enable_effects(tx);
-            let mut worker = Executor::new(
-                None,
-                action::Backends {
-                    nft: false,
-                    route: false,
-                },
-                Arc::new(Logger::new(true, "test")),
-            );
             let cfg = t.engine.config().clone();
+            let (link, _) = crate::privsep::testing::parent(&cfg);
+            let mut worker = t.engine.executor().with_link(link);
             let mut work = |t: &mut T| {
                 let job = t.engine.take_effects().expect("a job");
                 let actions = effects::run(&mut worker, &cfg, &job);
