@@ -76,113 +76,131 @@ fn compile(
 }
 
 /// The system calls the parent makes, with why; and, because they run under this
-/// filter too (filters are inherited across fork and exec), those of the `nft` it runs
+/// filter too (a filter is inherited across fork and exec), those of the `nft` it runs
 /// (table and detection builds: an ordinary dynamically linked program) and of a
-/// restarted worker until that one installs its own, narrower filter. Anything else
-/// kills the process (SECCOMP_RET_KILL_PROCESS).
+/// restarted worker (a Rust program with threads) until it adds its own, narrower
+/// filter: a system call the worker makes must be in this list, or a restarted worker is
+/// killed. Anything else kills the process (SECCOMP_RET_KILL_PROCESS).
 #[rustfmt::skip]
 const ALLOWED: &[(libc::c_long, &str)] = &[
     // The loop and its descriptors.
-    (libc::SYS_ppoll, "the poll loop (glibc's poll), waits for children and for room"),
-    (libc::SYS_read, "signalfd, pipes of nft's stderr, /proc files, config reads"),
-    (libc::SYS_write, "stderr lines; nft's stdin script"),
+    (libc::SYS_ppoll, "the poll loop where glibc's poll() is ppoll (aarch64)"),
+    (libc::SYS_pselect6, "nft waits for the kernel's netlink answers"),
+    (libc::SYS_read, "signalfd, nft's stderr pipe, /proc files, the configuration"),
+    (libc::SYS_write, "stderr lines, nft's stdin script, hosts.deny"),
     (libc::SYS_writev, "std's stderr writer"),
     (libc::SYS_close, "every descriptor"),
-    (libc::SYS_fcntl, "non-blocking pipes and channels, F_DUPFD_CLOEXEC when placing the worker's descriptors"),
-    (libc::SYS_ioctl, "std checks terminals/FIONBIO; nft's libraries (TCGETS)"),
-    (libc::SYS_lseek, "file reads (hosts.deny rewrite, /proc)"),
-    (libc::SYS_pread64, "the dynamic loader (nft, worker)"),
-    // Sockets: netlink (sets, routes, NFLOG, watches, sock_diag), the channels.
-    (libc::SYS_socket, "netlink sockets (NFLOG hand-over, route dumps, nft)"),
+    (libc::SYS_fcntl, "non-blocking pipes and channels, F_DUPFD_CLOEXEC placing a worker's descriptors"),
+    (libc::SYS_ioctl, "coreutils and glibc (TCGETS), std's FIONBIO in a worker"),
+    (libc::SYS_lseek, "hosts.deny rewritten in place"),
+    (libc::SYS_pread64, "the dynamic loader (nft, the worker)"),
+    // Sockets: netlink (sets, routes, NFLOG, watches, sock_diag), the channels, a worker's.
+    (libc::SYS_socket, "netlink sockets (NFLOG hand-over, route dumps, nft), a worker's /dev/log"),
     (libc::SYS_socketpair, "a restarted worker's channels"),
     (libc::SYS_bind, "netlink sockets"),
+    (libc::SYS_connect, "a worker's syslog socket"),
+    (libc::SYS_accept4, "a worker accepts on the listeners it inherits"),
     (libc::SYS_getsockname, "the netlink port id of the set socket"),
     (libc::SYS_getsockopt, "SO_PEERCRED, SO_PEERPIDFD, SO_SNDBUF"),
     (libc::SYS_setsockopt, "receive timeouts and buffers of netlink sockets"),
     (libc::SYS_sendto, "netlink requests"),
     (libc::SYS_recvfrom, "netlink answers and notifications"),
-    (libc::SYS_sendmsg, "replies on the channels (one descriptor at most), nft's netlink batches"),
-    (libc::SYS_recvmsg, "requests on the channels, nft's netlink answers"),
-    (libc::SYS_connect, "nft's resolver lookups are never made; std's UnixStream probe at recovery only"),
-    // Files: hosts.deny and its lock, /proc for the peer check, nft's and the worker's start.
-    (libc::SYS_openat, "hosts.deny, its lock, /proc/PID/{exe,cgroup}, fdinfo, nft's libraries"),
+    (libc::SYS_sendmsg, "channel replies (one descriptor at most), nft's netlink batches"),
+    (libc::SYS_recvmsg, "channel requests, nft's netlink answers"),
+    (libc::SYS_shutdown, "a worker's connections"),
+    // Files: hosts.deny and its lock, /proc for the peer check, the state of a worker.
+    (libc::SYS_openat, "hosts.deny and its lock, /proc/PID/{exe,cgroup}, fdinfo, libraries"),
     (libc::SYS_newfstatat, "metadata (peer check, hosts.deny)"),
     (libc::SYS_fstat, "metadata of open files"),
     (libc::SYS_statx, "std's metadata"),
-    (libc::SYS_readlinkat, "/proc/PID/exe"),
+    (libc::SYS_statfs, "coreutils in the worker's place (tests), glibc"),
+    (libc::SYS_readlinkat, "/proc/PID/exe (aarch64)"),
+    (libc::SYS_getdents64, "directory reads"),
+    (libc::SYS_faccessat, "the dynamic loader"),
+    (libc::SYS_faccessat2, "the dynamic loader"),
     (libc::SYS_flock, "the hosts.deny writers' lock"),
     (libc::SYS_ftruncate, "hosts.deny rewritten in place"),
-    (libc::SYS_fsync, "hosts.deny rewritten in place"),
-    (libc::SYS_fdatasync, "hosts.deny rewritten in place"),
-    (libc::SYS_getdents64, "directory reads"),
-    (libc::SYS_faccessat, "nft's dynamic loader"),
-    (libc::SYS_faccessat2, "nft's dynamic loader"),
-    (libc::SYS_unlinkat, "removing the sockets at stop"),
-    (libc::SYS_getcwd, "nft"),
+    (libc::SYS_fsync, "hosts.deny; a worker's state"),
+    (libc::SYS_fdatasync, "hosts.deny; a worker's journal"),
+    (libc::SYS_unlinkat, "removing the sockets at stop (aarch64); a worker's temporary files"),
+    (libc::SYS_renameat, "a worker's atomic state writes"),
+    (libc::SYS_renameat2, "a worker's atomic state writes"),
+    (libc::SYS_mkdirat, "a worker's audit directory"),
+    (libc::SYS_fchmod, "a worker's files"),
+    (libc::SYS_getcwd, "glibc in children"),
     (libc::SYS_chdir, "children start in /"),
-    (libc::SYS_uname, "nft's libraries"),
-    (libc::SYS_getrandom, "std's hash maps; nft"),
-    // Memory (the parent, nft, a starting worker; executable mappings are the loader's).
+    (libc::SYS_uname, "glibc in children"),
+    (libc::SYS_getrandom, "std's hash maps; glibc"),
+    // Memory and runtime (the parent, nft, a starting worker).
     (libc::SYS_brk, "allocator"),
     (libc::SYS_mmap, "allocator, loader"),
     (libc::SYS_munmap, "allocator"),
     (libc::SYS_mremap, "allocator"),
-    (libc::SYS_mprotect, "loader (RELRO), thread stacks"),
+    (libc::SYS_mprotect, "loader (RELRO), thread stack guards"),
     (libc::SYS_madvise, "allocator"),
-    (libc::SYS_futex, "std's locks, glibc"),
-    (libc::SYS_set_robust_list, "glibc start-up of nft and the worker"),
-    (libc::SYS_rseq, "glibc start-up"),
+    (libc::SYS_futex, "std's locks, glibc; a worker's threads"),
+    (libc::SYS_set_robust_list, "glibc start-up, threads"),
+    (libc::SYS_rseq, "glibc start-up, threads"),
     (libc::SYS_set_tid_address, "glibc start-up"),
     (libc::SYS_prlimit64, "glibc start-up"),
-    (libc::SYS_sched_getaffinity, "std::thread::available_parallelism in a starting worker"),
+    (libc::SYS_sched_getaffinity, "std::thread::available_parallelism in a worker"),
+    (libc::SYS_sched_yield, "a worker's locks"),
+    (libc::SYS_sched_getattr, "a worker's short scheduler slice for the sensor's thread"),
+    (libc::SYS_sched_setattr, "a worker's short scheduler slice for the sensor's thread"),
     (libc::SYS_sigaltstack, "std's stack-overflow guard"),
     (libc::SYS_rt_sigaction, "std and children reset handlers"),
-    (libc::SYS_rt_sigprocmask, "blocking the loop's signals; children unblock them"),
+    (libc::SYS_rt_sigprocmask, "the loop's blocked signals; children unblock them"),
     (libc::SYS_rt_sigreturn, "signal delivery"),
     (libc::SYS_restart_syscall, "interrupted calls"),
+    (libc::SYS_clock_gettime, "time stamps (usually the vDSO)"),
+    (libc::SYS_clock_nanosleep, "hosts.deny lock back-off, a worker's timers"),
+    (libc::SYS_nanosleep, "hosts.deny lock back-off"),
     // Children: nft runs, a restarted worker.
-    (libc::SYS_clone, "fork of nft runs and of a restarted worker (no namespace flags: see clone3)"),
+    (libc::SYS_clone, "fork for nft and a restarted worker, a worker's threads (no namespace flags)"),
     (libc::SYS_clone3, "allowed here, answered ENOSYS by the first filter so glibc falls back to clone"),
     (libc::SYS_execve, "nft, and the worker binary"),
     (libc::SYS_wait4, "reaping nft, the worker and the helper"),
     (libc::SYS_waitid, "reaping"),
     (libc::SYS_kill, "killing a timed-out nft's process group; SIGTERM/SIGKILL to the worker"),
-    (libc::SYS_pidfd_open, "the worker's pidfd, the sensor's pidfd (old kernels), nft runs"),
-    (libc::SYS_setpgid, "nft runs in a process group of their own"),
+    (libc::SYS_pidfd_open, "the worker's pidfd, an nft run's, the sensor's on old kernels"),
+    (libc::SYS_setpgid, "nft runs in a process group of its own"),
     (libc::SYS_pipe2, "nft's stdin and stderr, std's exec-error pipe"),
-    (libc::SYS_dup2, "a restarted worker's descriptors"),
     (libc::SYS_dup3, "std's child setup"),
     (libc::SYS_close_range, "a restarted worker closes what it must not inherit"),
-    (libc::SYS_prctl, "a restarted worker: PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS; capget/set follow"),
-    (libc::SYS_capget, "reading capabilities (worker start check)"),
+    (libc::SYS_prctl, "a restarted worker: PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, ambient capabilities"),
+    (libc::SYS_capget, "a restarted worker checks it holds no capability"),
+    (libc::SYS_capset, "a restarted worker clears its inheritable set"),
+    (libc::SYS_seccomp, "a restarted worker adds its own, narrower filter (a filter is never removed)"),
     (libc::SYS_setgroups, "a restarted worker drops its groups"),
     (libc::SYS_setresgid, "a restarted worker drops to its group"),
     (libc::SYS_setresuid, "a restarted worker drops to its user"),
-    (libc::SYS_getresuid, "the worker checks the switch took"),
-    (libc::SYS_getresgid, "the worker checks the switch took"),
+    (libc::SYS_getresuid, "a restarted worker checks the switch took"),
+    (libc::SYS_getresgid, "a restarted worker checks the switch took"),
     (libc::SYS_getpid, "netlink sequence numbers"),
     (libc::SYS_getppid, "a forked worker checks its parent is alive"),
     (libc::SYS_gettid, "glibc"),
-    (libc::SYS_getuid, "nft, glibc"),
-    (libc::SYS_geteuid, "nft, glibc"),
-    (libc::SYS_getgid, "nft, glibc"),
-    (libc::SYS_getegid, "nft, glibc"),
-    (libc::SYS_clock_gettime, "time stamps (usually the vDSO)"),
-    (libc::SYS_clock_nanosleep, "hosts.deny lock back-off"),
-    (libc::SYS_nanosleep, "hosts.deny lock back-off"),
+    (libc::SYS_getuid, "glibc, nft"),
+    (libc::SYS_geteuid, "glibc, nft"),
+    (libc::SYS_getgid, "glibc"),
+    (libc::SYS_getegid, "glibc"),
     (libc::SYS_tgkill, "abort()"),
-    (libc::SYS_exit, "threads of children"),
+    (libc::SYS_exit, "threads"),
     (libc::SYS_exit_group, "exit"),
 ];
 
-/// Arch-specific legacy calls (x86_64 only; aarch64 has only the *at forms).
+/// The legacy forms x86_64 programs still use (aarch64 has only the *at forms).
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
 const ALLOWED_X86: &[(libc::c_long, &str)] = &[
-    (libc::SYS_poll, "glibc's poll on older versions"),
-    (libc::SYS_access, "nft's dynamic loader"),
+    (libc::SYS_poll, "the poll loop (glibc's poll)"),
+    (libc::SYS_access, "the dynamic loader"),
     (libc::SYS_arch_prctl, "glibc start-up of nft and the worker"),
-    (libc::SYS_readlink, "/proc/PID/exe on older glibc"),
+    (libc::SYS_readlink, "/proc/PID/exe (std's read_link)"),
+    (libc::SYS_unlink, "removing the sockets at stop (std's remove_file)"),
+    (libc::SYS_rename, "a worker's atomic state writes"),
+    (libc::SYS_mkdir, "a worker's audit directory"),
+    (libc::SYS_dup2, "a restarted worker's descriptors at 3-7"),
+    (libc::SYS_vfork, "posix_spawn in a shell or a worker"),
 ];
 #[cfg(not(target_arch = "x86_64"))]
 const ALLOWED_X86: &[(libc::c_long, &str)] = &[];
@@ -212,7 +230,7 @@ pub fn filters() -> Result<[BpfProgram; 2], String> {
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
     )?;
-    Ok([allow, enosys])
+    Ok([enosys, allow])
 }
 
 /// Install both filters on this thread (the parent has no other).

@@ -14,6 +14,8 @@ pub mod spawn;
 pub mod start;
 mod verbs;
 
+mod tests;
+
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;

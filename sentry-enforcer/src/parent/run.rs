@@ -86,7 +86,7 @@ pub fn confine() -> Result<(), String> {
     super::confine::apply_seccomp()
 }
 
-fn block_signals() -> Result<SignalFd, String> {
+pub fn block_signals() -> Result<SignalFd, String> {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGHUP,

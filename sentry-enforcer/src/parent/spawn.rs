@@ -35,7 +35,7 @@ pub struct Worker {
 }
 
 /// Our ends never block: a worker that stops reading is found out, not waited for.
-fn nonblocking(c: &Channel) -> nix::Result<()> {
+pub fn nonblocking(c: &Channel) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let fl = OFlag::from_bits_truncate(fcntl(c.fd(), FcntlArg::F_GETFL)?);
     fcntl(c.fd(), FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK)).map(drop)
@@ -99,13 +99,15 @@ fn become_worker(plan: &Plan, parent: Pid, fds: &[i32; 5]) -> String {
 
 /// setgroups([]), setgid, setuid (real, effective and saved), no_new_privs, and check
 /// that it took: no uid or gid 0 left and no capability in any set (setuid from 0 to
-/// another uid clears them; verified, not trusted).
+/// another uid clears all but the inheritable set, which is cleared here; verified, not
+/// trusted).
 pub fn drop_to(uid: Uid, gid: Gid) -> Result<(), String> {
     use caps::CapSet;
     nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| format!("inheritable set: {e}"))?;
     let ids = nix::unistd::getresuid().map_err(|e| e.to_string())?;
     let gids = nix::unistd::getresgid().map_err(|e| e.to_string())?;
     if [ids.real, ids.effective, ids.saved] != [uid; 3]
