@@ -47,7 +47,7 @@ pub const VERSION: u64 = 1;
 /// Bytes of every request.
 pub const REQ_LEN: usize = 48;
 /// Bytes of every reply and event.
-pub const REP_LEN: usize = 160;
+pub const REP_LEN: usize = 512;
 /// Bytes of a reply's text (an error or a command's stderr, cut at a character boundary).
 pub const TEXT_LEN: usize = REP_LEN - 62;
 
@@ -90,9 +90,9 @@ pub enum Verb {
     /// Is the connection passed with this message the installed sensor? (`extra`: the
     /// sensor's uid.)
     Peer = 15,
-    /// RESTART_GRACE: a served port (address, protocol, port) goes in (`flag` 0) or out
-    /// (`flag` 1) of the `detect_served` sets, `timeout_ms` its grace.
-    Served = 16,
+    /// The worker got SIGHUP (`sentryctl` or an admin signalled it): the parent reads its
+    /// own ignore list again. Harmless from a hostile worker: it only re-reads a root file.
+    Reload = 16,
 }
 
 impl Verb {
@@ -112,7 +112,7 @@ impl Verb {
         Verb::Dump,
         Verb::Forget,
         Verb::Peer,
-        Verb::Served,
+        Verb::Reload,
     ];
 
     fn from_u8(b: u8) -> Option<Self> {
@@ -130,7 +130,6 @@ impl Verb {
                 | Verb::DenyDel
                 | Verb::Build
                 | Verb::Detect
-                | Verb::Served
         )
     }
 
@@ -604,7 +603,7 @@ impl Reply {
         b[40..48].copy_from_slice(&self.b.to_le_bytes());
         b[48..60].copy_from_slice(&self.data);
         let t = cut(&self.text).as_bytes();
-        // `cut` keeps the text within TEXT_LEN (98), so it fits in a u16.
+        // `cut` keeps the text within TEXT_LEN (450), so it fits in a u16.
         b[60..62].copy_from_slice(&u16::try_from(t.len()).unwrap_or(0).to_le_bytes());
         b[62..62 + t.len()].copy_from_slice(t);
         b

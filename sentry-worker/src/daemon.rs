@@ -1098,7 +1098,7 @@ fn answer_control(sh: &Shared, peer: Peer, req: ControlRequest) -> ControlRespon
             sh.notify_lifted();
             ControlResponse::UnblockedAll { count, errors }
         }
-        ControlRequest::Reload => match reload(sh) {
+        ControlRequest::Reload => match reload(sh, true) {
             Ok((entries, lifted)) => ControlResponse::Reloaded { entries, lifted },
             Err(e) => ControlResponse::Error(format!("ignore list not reloaded: {e}")),
         },
@@ -1215,7 +1215,7 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
         };
         match sig {
             Signal::SIGHUP => {
-                let _ = reload(&sh);
+                let _ = reload(&sh, true);
             }
             _ => {
                 // Wait for any decision in progress, then leave. The nftables table stays
@@ -1234,7 +1234,16 @@ fn signal_loop(sh: Arc<Shared>, set: SigSet) {
 /// SIGHUP and `sentryctl ignore`: re-read the ignore list (lifting what it now covers)
 /// and rebuild the detection chain's ignore sets; a list that does not load is logged
 /// and the old one kept. Returns (entries, blocks lifted).
-fn reload(sh: &Shared) -> Result<(u64, u64), EnforcerError> {
+fn reload(sh: &Shared, tell_parent: bool) -> Result<(u64, u64), EnforcerError> {
+    // The parent's floor reads the same ignore list: a SIGHUP that reached the worker
+    // (`kill -HUP` of the pid `sentryctl status` shows) goes on to the parent; one that
+    // reached the parent came here as its event.
+    if tell_parent {
+        let req = sentry_privsep::Request::new(sentry_privsep::Verb::Reload, 0);
+        if let Err(e) = sh.parent.ask(&[req]) {
+            sh.log.err(&format!("adminalert: ERROR: the root parent's ignore list: {e}"));
+        }
+    }
     let r = sh.engine().reload(WallMs::now());
     sh.notify_lifted();
     match &r {
@@ -1352,7 +1361,7 @@ fn events_loop(sh: Arc<Shared>, events: sentry_privsep::Channel) {
                 rebuild_detection_locked(&sh, &e, None);
             }
             Some(sentry_privsep::Event::Reload) => {
-                if let Err(e) = reload(&sh) {
+                if let Err(e) = reload(&sh, false) {
                     sh.log
                         .err(&format!("adminalert: ERROR: reload failed: {e}"));
                 }

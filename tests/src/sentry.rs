@@ -412,10 +412,10 @@ impl Sentry {
         // CAP_SYS_PTRACE: the sensor check reads the (not dumpable) sensor's
         // /proc/PID/exe. CAP_SETUID/SETGID: the parent starts (and restarts) its worker
         // as the worker's user; CAP_CHOWN/FOWNER: it gives the state and log directories
-        // to that user at start.
+        // to that user at start. CAP_KILL: it signals (and restarts) a worker of another uid.
         c.args([
             "--bounding-set",
-            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown,+fowner",
+            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown,+fowner,+kill",
             "--groups",
         ])
         .arg(groups)

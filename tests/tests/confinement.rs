@@ -44,43 +44,55 @@ fn running_sensor_is_unprivileged_and_seccomp_confined() {
     );
 }
 
-/// CAP_SYS_PTRACE (bit 19), which the confined enforcer keeps for the sensor check, is
-/// held by its `peercheck` thread only: not by the threads that decide, run kill commands
-/// or `nft`, and so never by a command (issue #21).
+/// The split of issue #22, as it runs: the root parent is one thread under its own
+/// seccomp filter with no_new_privs, holding CAP_NET_ADMIN and CAP_SYS_PTRACE (the sensor
+/// check); the worker (the pid `sentryctl status` names) runs as `sentry-worker` with no
+/// capability in any thread, no_new_privs, and is the parent's child.
 #[test]
-fn only_the_enforcers_peer_check_thread_can_ptrace() {
-    let test = "only_the_enforcers_peer_check_thread_can_ptrace";
+fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
+    let test = "the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing";
     if !require_root(test) {
         return;
     }
     let s = Sentry::start(test, Settings::new(&["atcp"]));
-    let enf = s.enforcer_pid();
-    const SYS_PTRACE: u64 = 1 << 19;
-    let mut seen = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{enf}/task")).unwrap() {
+    let worker = s.enforcer_pid();
+    let wfield = |f: &str| Sentry::proc_status(worker, f).unwrap_or_else(|| panic!("no {f}"));
+    let parent: u32 = wfield("PPid").parse().unwrap();
+    let pfield = |f: &str| Sentry::proc_status(parent, f).unwrap_or_else(|| panic!("no {f}"));
+    let (wuid, _) = sentry_tests::ensure_worker_user();
+    assert!(
+        wfield("Uid").split_whitespace().all(|u| u == wuid.to_string()),
+        "worker uids {}",
+        wfield("Uid")
+    );
+    assert_eq!(wfield("NoNewPrivs"), "1");
+    // Every thread of the worker: no capability in any set.
+    for e in std::fs::read_dir(format!("/proc/{worker}/task")).unwrap() {
         let tid = e.unwrap().file_name().to_string_lossy().into_owned();
-        let dir = format!("/proc/{enf}/task/{tid}");
-        let comm = std::fs::read_to_string(format!("{dir}/comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
-        let cap = |f: &str| {
-            status
+        let status = std::fs::read_to_string(format!("/proc/{worker}/task/{tid}/status"))
+            .unwrap_or_default();
+        for f in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            let v = status
                 .lines()
                 .find_map(|l| l.strip_prefix(&format!("{f}:\t")))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or_else(|| panic!("no {f} for thread {tid}"))
-        };
-        let held = ["CapEff", "CapPrm", "CapInh", "CapAmb"]
-            .iter()
-            .any(|f| cap(f) & SYS_PTRACE != 0);
-        seen.push((comm.trim().to_string(), held));
+                .unwrap_or_else(|| panic!("no {f} for worker thread {tid}"));
+            assert_eq!(v, 0, "worker thread {tid}: {f} = {v:#x}");
+        }
     }
+    assert_eq!(pfield("Uid").split_whitespace().next(), Some("0"));
+    assert_eq!(pfield("Threads"), "1", "the root parent is single-threaded");
+    assert_eq!(pfield("Seccomp"), "2", "the root parent has no seccomp filter");
+    assert_eq!(pfield("NoNewPrivs"), "1");
+    const NET_ADMIN: u64 = 1 << 12;
+    const SYS_PTRACE: u64 = 1 << 19;
+    let eff = u64::from_str_radix(&pfield("CapEff"), 16).unwrap();
     assert!(
-        seen.iter().any(|(c, h)| c == "peercheck" && *h),
-        "the peer check thread lacks CAP_SYS_PTRACE: {seen:?}"
+        eff & NET_ADMIN != 0 && eff & SYS_PTRACE != 0,
+        "the parent's CapEff {eff:#x}"
     );
-    assert!(
-        seen.iter().all(|(c, h)| c == "peercheck" || !*h),
-        "a thread other than the peer check holds CAP_SYS_PTRACE: {seen:?}"
+    println!(
+        "FIGURE root parent pid {parent}: Threads 1, Seccomp 2, NoNewPrivs 1, CapEff {eff:#x}; worker pid {worker} uid {wuid}: no capability"
     );
 }
 

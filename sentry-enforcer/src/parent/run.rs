@@ -234,6 +234,27 @@ fn open_parent(
 }
 
 impl Parent {
+    /// The ignore list again (a list that does not load is said and the old one kept),
+    /// the detection chain's ignore sets with it: on SIGHUP, and when the worker got one.
+    pub fn reload_ignore(&mut self, id: u32) -> Reply {
+        match self.cfg.load_ignore() {
+            Ok(i) => {
+                self.floor.set_ignore(i);
+                if let Err(e) = self.apply_detection() {
+                    say(&format!(
+                        "adminalert: ERROR: detection chain not rebuilt with the ignore list: {e}"
+                    ));
+                }
+                Reply::ok(id)
+            }
+            Err(e) => {
+                let m = format!("ignore list not reloaded (old one kept): {e}");
+                say(&format!("adminalert: ERROR: {m}"));
+                Reply::fail(id, 0, &m)
+            }
+        }
+    }
+
     /// Read this host's addresses and default gateways again; rebuild the detection chain
     /// when the gateways (which it never blocks) changed.
     pub fn refresh_host(&mut self) {
@@ -638,19 +659,7 @@ impl Loop {
     /// SIGHUP: the parent's ignore list again (a list that does not load is said and
     /// the old one kept), the detection chain's ignore sets with it; then the worker.
     fn reload(&mut self) {
-        match self.p.cfg.load_ignore() {
-            Ok(i) => {
-                self.p.floor.set_ignore(i);
-                if let Err(e) = self.p.apply_detection() {
-                    say(&format!(
-                        "adminalert: ERROR: detection chain not rebuilt with the ignore list: {e}"
-                    ));
-                }
-            }
-            Err(e) => say(&format!(
-                "adminalert: ERROR: ignore list not reloaded (old one kept): {e}"
-            )),
-        }
+        let _ = self.p.reload_ignore(0);
         self.event(Event::Reload);
     }
 

@@ -70,8 +70,7 @@ pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap:
 pub fn check(r: &Request, floor: &Floor) -> Result<Option<Subject>, Refusal> {
     match r.verb {
         Verb::Hello if r.extra != VERSION => Err(Refusal::Version),
-        Verb::Hello | Verb::Nflog | Verb::Peer => Ok(None),
-        Verb::Served => Err(Refusal::Malformed),
+        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload => Ok(None),
         Verb::Dump if SetName::from_u8(r.flag).is_some() && r.addr.is_none() => Ok(None),
         Verb::Dump => Err(Refusal::Malformed),
         Verb::Detect => Ok(r.addr.map(|a| (a, None))),
@@ -182,7 +181,7 @@ impl Parent {
                 | Verb::Dump
                 | Verb::Forget
                 | Verb::Peer
-                | Verb::Served
+                | Verb::Reload
         );
         if single {
             if let Err(why) = check(&first, &self.floor) {
@@ -202,7 +201,7 @@ impl Parent {
             Verb::Dump => Answer::Replies(self.dump(&first), None),
             Verb::Forget => Answer::one(self.forget(&first)),
             Verb::Peer => Answer::one(self.peer(b.id, b.fd)),
-            Verb::Served => Answer::one(Reply::refused(b.id, Refusal::Malformed)),
+            Verb::Reload => Answer::one(self.reload_ignore(b.id)),
         }
     }
 }
@@ -291,7 +290,7 @@ mod tests {
                 .1,
             None
         );
-        assert_eq!(c(Request::new(Verb::Served, 1)), Err(Refusal::Malformed));
+        assert_eq!(c(Request::new(Verb::Reload, 1)), Ok(None));
         let mut dump = Request::new(Verb::Dump, 1);
         assert_eq!(c(dump), Ok(None));
         dump.flag = 7;

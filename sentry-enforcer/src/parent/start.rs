@@ -142,23 +142,34 @@ pub fn worker_files(
     let mut notes = Vec::new();
     let mut dirs = vec![(state.to_path_buf(), 0o700)];
     dirs.extend(cfg.created_dirs());
+    // Directories are given last: once one is the worker's (0700), root without
+    // CAP_DAC_OVERRIDE can no longer look inside it.
+    let mut give_dirs = Vec::new();
     for (i, (d, mode)) in dirs.iter().enumerate() {
         let made = ensure_dir(d, *mode)?;
         if made {
             notes.push(format!("created {} (mode {mode:o})", d.display()));
         }
-        if i == 0 || made || d.file_name().is_some_and(|n| n == "sentry") {
+        // Already the worker's (an earlier start gave it): nothing to do, and nothing root
+        // without CAP_DAC_OVERRIDE could open.
+        let mine = std::fs::symlink_metadata(d).is_ok_and(|m| m.uid() == to.0.as_raw());
+        if !mine && (i == 0 || made || d.file_name().is_some_and(|n| n == "sentry")) {
             let fd = open_nofollow(None, d, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| format!("{}: {e}", d.display()))?;
-            give(&fd, to, d)?;
+            give_dirs.push((fd, d.clone()));
         }
     }
-    let sd = open_nofollow(None, state, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-        .map_err(|e| format!("{}: {e}", state.display()))?;
-    for e in std::fs::read_dir(state).map_err(|e| format!("{}: {e}", state.display()))? {
-        let name = PathBuf::from(e.map_err(|e| e.to_string())?.file_name());
-        if let Ok(fd) = open_nofollow(Some(&sd), &name, OFlag::O_RDONLY) {
-            give(&fd, to, &state.join(&name))?;
+    // The files an earlier, single-process enforcer left as root's (a state directory
+    // that is already the worker's holds only its files).
+    let root_owned = std::fs::symlink_metadata(state).is_ok_and(|m| m.uid() == 0);
+    if root_owned {
+        let sd = open_nofollow(None, state, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| format!("{}: {e}", state.display()))?;
+        for e in std::fs::read_dir(state).map_err(|e| format!("{}: {e}", state.display()))? {
+            let name = PathBuf::from(e.map_err(|e| e.to_string())?.file_name());
+            if let Ok(fd) = open_nofollow(Some(&sd), &name, OFlag::O_RDONLY) {
+                give(&fd, to, &state.join(&name))?;
+            }
         }
     }
     let files = [
@@ -175,8 +186,13 @@ pub fn worker_files(
             .open(f);
         match opened {
             Ok(file) => give(&OwnedFd::from(file), to, f)?,
+            // Inside a directory that is already the worker's: the worker made it.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
             Err(e) => notes.push(format!("{}: not given to the worker: {e}", f.display())),
         }
+    }
+    for (fd, d) in give_dirs {
+        give(&fd, to, &d)?;
     }
     Ok(notes)
 }

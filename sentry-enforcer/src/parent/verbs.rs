@@ -213,11 +213,8 @@ impl Parent {
                     ..t.reply(b.id, b.items.len())
                 }
             }
-            Err(e) => Reply::fail(
-                b.id,
-                e.raw_os_error().map_or(0, |x| x as u64),
-                &format!("{}: {e}", path.display()),
-            ),
+            // The deny file's errors name the file already.
+            Err(e) => Reply::fail(b.id, e.raw_os_error().map_or(0, |x| x as u64), &e.to_string()),
         }
     }
 

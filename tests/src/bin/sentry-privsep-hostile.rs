@@ -25,7 +25,14 @@ fn main() {
         .map(PathBuf::from)
         .expect("--config");
     let dir = config.parent().expect("config dir").to_path_buf();
-    let marker = dir.join("hostile-worker.started");
+    // The state directory is the worker's own: the only place it may write.
+    let state = args
+        .iter()
+        .position(|a| a == "--state-dir")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .expect("--state-dir");
+    let marker = state.join("hostile-worker.started");
     if marker.exists() {
         println!("RESTARTED");
         loop {
