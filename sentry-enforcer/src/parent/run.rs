@@ -126,8 +126,20 @@ pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
     }
     .inspect_err(|_| drop(std::fs::remove_file(&paths[0])))?;
     let opened = open_parent(cfg, ignore, args, acc.sensor.0.as_raw()).and_then(|p| {
-        let plan = worker_plan(args, acc.worker, true, sensor.into(), control.into())?;
-        Ok((p, plan))
+        let (exe, argv) = worker_argv(args, true)?;
+        let (uid, gid) = acc.worker;
+        let (sensor, control) = (sensor.into(), control.into());
+        Ok((
+            p,
+            Plan {
+                exe,
+                argv,
+                uid,
+                gid,
+                sensor,
+                control,
+            },
+        ))
     });
     match opened {
         Ok((p, plan)) => Ok((p, plan, paths)),
@@ -140,13 +152,7 @@ pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
 
 /// The worker's binary and command line: `[worker, "--privsep", <our arguments>]`
 /// (`--recover`: without `--privsep`).
-pub fn worker_plan(
-    args: &Args,
-    (uid, gid): (nix::unistd::Uid, Gid),
-    privsep: bool,
-    sensor: OwnedFd,
-    control: OwnedFd,
-) -> Result<Plan, String> {
+pub fn worker_argv(args: &Args, privsep: bool) -> Result<(CString, Vec<CString>), String> {
     let exe = match &args.worker {
         Some(p) => p.clone(),
         None => crate::peercheck::default_exe()
@@ -162,14 +168,7 @@ pub fn worker_plan(
     for a in &args.raw {
         argv.push(c(a.as_bytes())?);
     }
-    Ok(Plan {
-        exe,
-        argv,
-        uid,
-        gid,
-        sensor,
-        control,
-    })
+    Ok((exe, argv))
 }
 
 /// The kernel side: what nf_tables offers, the set and route sockets, the served-port
@@ -273,17 +272,12 @@ pub fn recover(args: &Args) -> Result<(), String> {
     let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
     let acc = start::accounts(args, &cfg)?;
     start::worker_files(&cfg, &args.state_dir, acc.worker)?;
-    let null = |_| {
-        std::fs::File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(|e| e.to_string())
-    };
-    let plan = worker_plan(args, acc.worker, false, null(0)?, null(1)?)?;
-    spawn::drop_to(plan.uid, plan.gid)?;
+    let (exe, argv) = worker_argv(args, false)?;
+    spawn::drop_to(acc.worker.0, acc.worker.1)?;
     crate::sys::reset_signals().map_err(|e| e.to_string())?;
     let env: [CString; 0] = [];
-    let e = nix::unistd::execve(&plan.exe, &plan.argv, &env).unwrap_err();
-    Err(format!("exec {:?}: {e}", plan.exe))
+    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
+    Err(format!("exec {exe:?}: {e}"))
 }
 
 /// A kill request handed to the helper: which channel and request it answers.
@@ -769,6 +763,29 @@ fn send_waiting(ch: &Channel, r: &Reply, fd: Option<BorrowedFd<'_>>) -> Result<(
 mod tests {
     use super::*;
     use sentry_privsep::DecodeError;
+
+    #[test]
+    fn worker_command_line() {
+        let a = ["--worker", "/opt/w", "--config=/c", "--log-stderr"].map(std::ffi::OsString::from);
+        let super::super::args::Cmd::Run(a) = super::super::args::parse(a).unwrap() else {
+            panic!()
+        };
+        let (exe, argv) = worker_argv(&a, true).unwrap();
+        assert_eq!(exe.to_str().unwrap(), "/opt/w");
+        let argv: Vec<&str> = argv.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/opt/w",
+                "--privsep",
+                "--worker",
+                "/opt/w",
+                "--config=/c",
+                "--log-stderr"
+            ]
+        );
+        assert_eq!(worker_argv(&a, false).unwrap().1.len(), 5);
+    }
 
     #[test]
     fn bad_records_restart_the_worker() {

@@ -26,6 +26,22 @@ fn elem(r: &Request, addr: IpAddr) -> SetElem {
     }
 }
 
+/// The KILL_HOSTS_DENY line for a block (IPv6 in brackets, as hosts_access(5) wants; a
+/// network as `[net]/len`), rendered by the parent from its own template.
+pub fn deny_line(cfg: &policy::Config, r: &Request, a: IpAddr, net: Option<u8>) -> Option<String> {
+    let tpl = cfg.kill_hosts_deny.as_ref()?;
+    let target = match (a, net) {
+        (IpAddr::V4(a), _) => a.to_string(),
+        (IpAddr::V6(a), None) => format!("[{a}]"),
+        (IpAddr::V6(a), Some(len)) => format!("[{a}]/{len}"),
+    };
+    Some(tpl.render(&policy::Vars {
+        target: &target,
+        port: r.port,
+        mode: r.proto.as_str(),
+    }))
+}
+
 fn enoent(e: &NlError) -> bool {
     match e {
         NlError::Kernel(Errno::ENOENT) => true,
@@ -162,21 +178,6 @@ impl Parent {
         Reply::ok(b.id)
     }
 
-    /// The KILL_HOSTS_DENY line for a block (IPv6 in brackets, as hosts_access(5) wants).
-    pub fn deny_line(&self, r: &Request, a: IpAddr, net: Option<u8>) -> Option<String> {
-        let tpl = self.cfg.kill_hosts_deny.as_ref()?;
-        let target = match (a, net) {
-            (IpAddr::V4(a), _) => a.to_string(),
-            (IpAddr::V6(a), None) => format!("[{a}]"),
-            (IpAddr::V6(a), Some(len)) => format!("[{a}]/{len}"),
-        };
-        Some(tpl.render(&policy::Vars {
-            target: &target,
-            port: r.port,
-            mode: r.proto.as_str(),
-        }))
-    }
-
     pub fn deny(&mut self, b: &Batch) -> Reply {
         let add = b.verb == Verb::DenyAdd;
         if self.cfg.kill_hosts_deny.is_none() {
@@ -192,7 +193,7 @@ impl Parent {
         let mut lines = Vec::new();
         for (r, s) in self.checked(b, &mut t) {
             if let Some((a, net)) = s {
-                let line = self.deny_line(&r, a, net).unwrap_or_default();
+                let line = deny_line(&self.cfg, &r, a, net).unwrap_or_default();
                 lines.push((a, line, !add && r.flag == 1));
             }
         }
@@ -504,5 +505,35 @@ impl Parent {
             },
             Some(why) => Reply::fail(id, 0, &format!("{why} (exe {})", v.exe)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentry_privsep::Proto;
+
+    #[test]
+    fn deny_lines() {
+        let cfg = policy::Config::parse(
+            "KILL_HOSTS_DENY=\"ALL: $TARGET$ : $PORT$ $MODE$\"\n",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let mut r = Request::new(Verb::DenyAdd, 1);
+        r.port = 22;
+        r.proto = Proto::Udp;
+        let line = |a: &str, net| deny_line(&cfg, &r, a.parse().unwrap(), net).unwrap();
+        assert_eq!(line("192.0.2.9", None), "ALL: 192.0.2.9 : 22 udp");
+        assert_eq!(line("2001:db8::9", None), "ALL: [2001:db8::9] : 22 udp");
+        assert_eq!(
+            line("2001:db8::", Some(64)),
+            "ALL: [2001:db8::]/64 : 22 udp"
+        );
+        let none = policy::Config::parse("", std::path::Path::new("t.conf")).unwrap();
+        assert_eq!(
+            deny_line(&none, &r, "192.0.2.9".parse().unwrap(), None),
+            None
+        );
     }
 }
