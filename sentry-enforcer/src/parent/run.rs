@@ -15,7 +15,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Gid;
-use sentry_privsep::{Channel, Event, RecvError, Reply, Request, Verb};
+use sentry_privsep::{Channel, Event, RecvError, Refusal, Reply, Request, Verb};
 
 use super::args::Args;
 use super::host::HostWatch;
@@ -458,9 +458,9 @@ impl Loop {
         match gather(&mut self.pending[c], r, fd, self.p.floor.cap) {
             Step::Wait => {}
             Step::Act(b) => self.answer(c, b),
-            Step::Break(id, why, r, fd) => {
-                self.p.log.refused(r.verb, None, why);
-                self.send(c, &[Reply::refused(id, why)], None);
+            Step::Break(verb, id, r, fd) => {
+                let refused = self.p.refuse(verb, None, id, Refusal::Malformed);
+                self.send(c, &[refused], None);
                 self.take(c, r, fd);
             }
         }

@@ -136,8 +136,7 @@ impl Parent {
         let n = hosts.len() + nets.len();
         let Some(s) = self.nft.as_mut().filter(|_| n > 0) else {
             if n > 0 {
-                self.log.refused(b.verb, None, Refusal::NotConfigured);
-                return Reply::refused(b.id, Refusal::NotConfigured);
+                return self.refuse(b.verb, None, b.id, Refusal::NotConfigured);
             }
             return t.reply(b.id, b.items.len());
         };
@@ -155,15 +154,14 @@ impl Parent {
         let r = b.items[0];
         let add = b.verb == Verb::RouteAdd;
         let Ok(Some((a, net))) = super::serve::check(&r, &self.floor) else {
-            return Reply::refused(b.id, Refusal::Malformed);
+            return self.refuse(r.verb, r.addr, b.id, Refusal::Malformed);
         };
         let now = Instant::now();
         if add && self.floor.room(Kind::Route, now) == 0 {
-            self.log.refused(r.verb, r.addr, Refusal::Rate);
-            return Reply::refused(b.id, Refusal::Rate);
+            return self.refuse(r.verb, r.addr, b.id, Refusal::Rate);
         }
         let Some(s) = self.route.as_mut() else {
-            return Reply::refused(b.id, Refusal::NotConfigured);
+            return self.refuse(r.verb, r.addr, b.id, Refusal::NotConfigured);
         };
         match (
             s.blackhole(a, net.unwrap_or_else(|| full_prefix(a)), add),
@@ -181,13 +179,11 @@ impl Parent {
     pub fn deny(&mut self, b: &Batch) -> Reply {
         let add = b.verb == Verb::DenyAdd;
         if self.cfg.kill_hosts_deny.is_none() {
-            self.log.refused(b.verb, None, Refusal::NotConfigured);
-            return Reply::refused(b.id, Refusal::NotConfigured);
+            return self.refuse(b.verb, None, b.id, Refusal::NotConfigured);
         }
         let now = Instant::now();
         if add && self.floor.room(Kind::Deny, now) == 0 {
-            self.log.refused(b.verb, b.items[0].addr, Refusal::Rate);
-            return Reply::refused(b.id, Refusal::Rate);
+            return self.refuse(b.verb, b.items[0].addr, b.id, Refusal::Rate);
         }
         let mut t = Tally::default();
         let mut lines = Vec::new();
@@ -234,8 +230,7 @@ impl Parent {
             (self.floor.room(Kind::Kill, Instant::now()) == 0).then_some(Refusal::Rate)
         };
         if let Some(why) = why {
-            self.log.refused(r.verb, r.addr, why);
-            return Answer::one(Reply::refused(b.id, why));
+            return Answer::one(self.refuse(r.verb, r.addr, b.id, why));
         }
         if let Ok(Some((a, _))) = super::serve::check(&r, &self.floor) {
             r.addr = Some(a);
@@ -300,7 +295,7 @@ impl Parent {
 
     pub fn detect(&mut self, b: &Batch) -> Reply {
         let Some(last) = b.items.iter().find(|r| r.addr.is_none()) else {
-            return Reply::refused(b.id, Refusal::Malformed);
+            return self.refuse(b.verb, None, b.id, Refusal::Malformed);
         };
         let modes = Modes(u8::try_from(last.extra).unwrap_or(0));
         let never = b.items.iter().filter_map(|r| r.addr).collect();
@@ -413,8 +408,11 @@ impl Parent {
             Some(SetName::Hit4) => &[HIT_V4],
             _ => &[HIT_V6],
         };
+        if self.nft.is_none() {
+            return vec![self.refuse(r.verb, None, r.id, Refusal::NotConfigured)];
+        }
         let Some(s) = self.nft.as_mut() else {
-            return vec![Reply::refused(r.id, Refusal::NotConfigured)];
+            return Vec::new();
         };
         let mut out = Vec::new();
         for set in sets {
@@ -442,8 +440,11 @@ impl Parent {
     }
 
     pub fn forget(&mut self, r: &Request) -> Reply {
+        if self.nft.is_none() {
+            return self.refuse(r.verb, r.addr, r.id, Refusal::NotConfigured);
+        }
         let (Some(a), Some(s)) = (r.addr, self.nft.as_mut()) else {
-            return Reply::refused(r.id, Refusal::NotConfigured);
+            return self.refuse(r.verb, r.addr, r.id, Refusal::Malformed);
         };
         let map = if a.is_ipv4() { HIT_V4 } else { HIT_V6 };
         // Look first: deleting a missing element aborts a transaction (an RCU grace
@@ -468,7 +469,7 @@ impl Parent {
     pub fn peer(&mut self, id: u32, fd: Option<OwnedFd>) -> Reply {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         let Some(fd) = fd else {
-            return Reply::refused(id, Refusal::Malformed);
+            return self.refuse(Verb::Peer, None, id, Refusal::Malformed);
         };
         let cred = match getsockopt(&fd, PeerCredentials) {
             Ok(c) => c,
