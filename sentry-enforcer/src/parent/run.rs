@@ -15,7 +15,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Gid;
-use sentry_privsep::{Channel, Event, RecvError, Reply, Request, Verb};
+use sentry_privsep::{Channel, Event, RecvError, Refusal, Reply, Request, Verb};
 
 use super::args::Args;
 use super::host::HostWatch;
@@ -126,8 +126,20 @@ pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
     }
     .inspect_err(|_| drop(std::fs::remove_file(&paths[0])))?;
     let opened = open_parent(cfg, ignore, args, acc.sensor.0.as_raw()).and_then(|p| {
-        let plan = worker_plan(args, acc.worker, true, sensor.into(), control.into())?;
-        Ok((p, plan))
+        let (exe, argv) = worker_argv(args, true)?;
+        let (uid, gid) = acc.worker;
+        let (sensor, control) = (sensor.into(), control.into());
+        Ok((
+            p,
+            Plan {
+                exe,
+                argv,
+                uid,
+                gid,
+                sensor,
+                control,
+            },
+        ))
     });
     match opened {
         Ok((p, plan)) => Ok((p, plan, paths)),
@@ -140,13 +152,7 @@ pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
 
 /// The worker's binary and command line: `[worker, "--privsep", <our arguments>]`
 /// (`--recover`: without `--privsep`).
-pub fn worker_plan(
-    args: &Args,
-    (uid, gid): (nix::unistd::Uid, Gid),
-    privsep: bool,
-    sensor: OwnedFd,
-    control: OwnedFd,
-) -> Result<Plan, String> {
+pub fn worker_argv(args: &Args, privsep: bool) -> Result<(CString, Vec<CString>), String> {
     let exe = match &args.worker {
         Some(p) => p.clone(),
         None => crate::peercheck::default_exe()
@@ -162,14 +168,7 @@ pub fn worker_plan(
     for a in &args.raw {
         argv.push(c(a.as_bytes())?);
     }
-    Ok(Plan {
-        exe,
-        argv,
-        uid,
-        gid,
-        sensor,
-        control,
-    })
+    Ok((exe, argv))
 }
 
 /// The kernel side: what nf_tables offers, the set and route sockets, the served-port
@@ -294,17 +293,12 @@ pub fn recover(args: &Args) -> Result<(), String> {
     let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
     let acc = start::accounts(args, &cfg)?;
     start::worker_files(&cfg, &args.state_dir, acc.worker)?;
-    let null = |_| {
-        std::fs::File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(|e| e.to_string())
-    };
-    let plan = worker_plan(args, acc.worker, false, null(0)?, null(1)?)?;
-    spawn::drop_to(plan.uid, plan.gid)?;
+    let (exe, argv) = worker_argv(args, false)?;
+    spawn::drop_to(acc.worker.0, acc.worker.1)?;
     crate::sys::reset_signals().map_err(|e| e.to_string())?;
     let env: [CString; 0] = [];
-    let e = nix::unistd::execve(&plan.exe, &plan.argv, &env).unwrap_err();
-    Err(format!("exec {:?}: {e}", plan.exe))
+    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
+    Err(format!("exec {exe:?}: {e}"))
 }
 
 /// A kill request handed to the helper: which channel and request it answers.
@@ -485,9 +479,9 @@ impl Loop {
         match gather(&mut self.pending[c], r, fd, self.p.floor.cap) {
             Step::Wait => {}
             Step::Act(b) => self.answer(c, b),
-            Step::Break(id, why, r, fd) => {
-                self.p.log.refused(r.verb, None, why);
-                self.send(c, &[Reply::refused(id, why)], None);
+            Step::Break(verb, id, r, fd) => {
+                let refused = self.p.refuse(verb, None, id, Refusal::Malformed);
+                self.send(c, &[refused], None);
                 self.take(c, r, fd);
             }
         }
@@ -778,6 +772,29 @@ fn send_waiting(ch: &Channel, r: &Reply, fd: Option<BorrowedFd<'_>>) -> Result<(
 mod tests {
     use super::*;
     use sentry_privsep::DecodeError;
+
+    #[test]
+    fn worker_command_line() {
+        let a = ["--worker", "/opt/w", "--config=/c", "--log-stderr"].map(std::ffi::OsString::from);
+        let super::super::args::Cmd::Run(a) = super::super::args::parse(a).unwrap() else {
+            panic!()
+        };
+        let (exe, argv) = worker_argv(&a, true).unwrap();
+        assert_eq!(exe.to_str().unwrap(), "/opt/w");
+        let argv: Vec<&str> = argv.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/opt/w",
+                "--privsep",
+                "--worker",
+                "/opt/w",
+                "--config=/c",
+                "--log-stderr"
+            ]
+        );
+        assert_eq!(worker_argv(&a, false).unwrap().1.len(), 5);
+    }
 
     #[test]
     fn bad_records_restart_the_worker() {

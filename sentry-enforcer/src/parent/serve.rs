@@ -31,18 +31,18 @@ pub enum Step {
     Wait,
     /// The request is complete.
     Act(Batch),
-    /// The batch under way is refused (another verb or id came in the middle of it);
-    /// the item that broke it is then taken as a request of its own.
-    Break(u32, Refusal, Request, Option<OwnedFd>),
+    /// The batch under way (its verb and id) is refused: another verb or id came in the
+    /// middle of it. The item that broke it is then taken as a request of its own.
+    Break(Verb, u32, Request, Option<OwnedFd>),
 }
 
 /// Add `r` to the batch under way on its channel (`pending`), keeping at most `cap` items.
 pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap: usize) -> Step {
     if let Some(b) = pending.as_mut() {
         if b.verb != r.verb || b.id != r.id {
-            let id = b.id;
+            let (verb, id) = (b.verb, b.id);
             *pending = None;
-            return Step::Break(id, Refusal::Malformed, r, fd);
+            return Step::Break(verb, id, r, fd);
         }
         if b.items.len() < cap {
             b.items.push(r);
@@ -152,13 +152,20 @@ impl Parent {
         out
     }
 
+    /// A refusal, said (rate-limited) and counted.
+    pub fn refuse(&mut self, verb: Verb, addr: Option<IpAddr>, id: u32, why: Refusal) -> Reply {
+        self.log.refused(verb, addr, why);
+        Reply::refused(id, why)
+    }
+
     pub fn refuse_item(&mut self, r: &Request, why: Refusal, t: &mut Tally) {
         self.log.refused(r.verb, r.addr, why);
         t.refused += 1;
         t.last = Some(why);
     }
 
-    /// Act on a complete request.
+    /// Act on a complete request. A verb that takes one item is checked here; the items
+    /// of a batch are checked by its verb.
     pub fn act(&mut self, b: Batch) -> Answer {
         if b.over {
             let why = if b.verb == Verb::Build {
@@ -166,27 +173,12 @@ impl Parent {
             } else {
                 Refusal::TooMany
             };
-            self.log.refused(b.verb, None, why);
-            return Answer::one(Reply::refused(b.id, why));
+            return Answer::one(self.refuse(b.verb, None, b.id, why));
         }
         let first = b.items[0];
-        let single = matches!(
-            b.verb,
-            Verb::Hello
-                | Verb::RouteAdd
-                | Verb::RouteDel
-                | Verb::KillRoute
-                | Verb::KillRunCmd
-                | Verb::Nflog
-                | Verb::Dump
-                | Verb::Forget
-                | Verb::Peer
-                | Verb::Reload
-        );
-        if single {
+        if !b.verb.batches() {
             if let Err(why) = check(&first, &self.floor) {
-                self.log.refused(b.verb, first.addr, why);
-                return Answer::one(Reply::refused(b.id, why));
+                return Answer::one(self.refuse(b.verb, first.addr, b.id, why));
             }
         }
         match b.verb {
@@ -241,12 +233,12 @@ mod tests {
         }
         assert!(p.is_none());
         let _ = gather(&mut p, req(Verb::Build, 3, "192.0.2.9", true), None, 3);
-        let Step::Break(id, why, next, _) =
+        let Step::Break(verb, id, next, _) =
             gather(&mut p, req(Verb::NftDel, 4, "192.0.2.9", false), None, 3)
         else {
             panic!()
         };
-        assert_eq!((id, why, next.verb), (3, Refusal::Malformed, Verb::NftDel));
+        assert_eq!((verb, id, next.verb), (Verb::Build, 3, Verb::NftDel));
         assert!(p.is_none());
         // A single request is complete at once.
         assert!(matches!(

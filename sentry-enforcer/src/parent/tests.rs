@@ -260,7 +260,10 @@ mod under_filter {
         kernel_verbs(w);
         // The parent's thread (the process's main one) is confined by now.
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        assert!(status.contains("Seccomp:\t2") && status.contains("NoNewPrivs:\t1"), "{status}");
+        assert!(
+            status.contains("Seccomp:\t2") && status.contains("NoNewPrivs:\t1"),
+            "{status}"
+        );
         floor_and_caps(w);
         effects(w, d);
         events_and_restart(w, d);

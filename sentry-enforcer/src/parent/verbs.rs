@@ -26,6 +26,22 @@ fn elem(r: &Request, addr: IpAddr) -> SetElem {
     }
 }
 
+/// The KILL_HOSTS_DENY line for a block (IPv6 in brackets, as hosts_access(5) wants; a
+/// network as `[net]/len`), rendered by the parent from its own template.
+pub fn deny_line(cfg: &policy::Config, r: &Request, a: IpAddr, net: Option<u8>) -> Option<String> {
+    let tpl = cfg.kill_hosts_deny.as_ref()?;
+    let target = match (a, net) {
+        (IpAddr::V4(a), _) => a.to_string(),
+        (IpAddr::V6(a), None) => format!("[{a}]"),
+        (IpAddr::V6(a), Some(len)) => format!("[{a}]/{len}"),
+    };
+    Some(tpl.render(&policy::Vars {
+        target: &target,
+        port: r.port,
+        mode: r.proto.as_str(),
+    }))
+}
+
 fn enoent(e: &NlError) -> bool {
     match e {
         NlError::Kernel(Errno::ENOENT) => true,
@@ -120,8 +136,7 @@ impl Parent {
         let n = hosts.len() + nets.len();
         let Some(s) = self.nft.as_mut().filter(|_| n > 0) else {
             if n > 0 {
-                self.log.refused(b.verb, None, Refusal::NotConfigured);
-                return Reply::refused(b.id, Refusal::NotConfigured);
+                return self.refuse(b.verb, None, b.id, Refusal::NotConfigured);
             }
             return t.reply(b.id, b.items.len());
         };
@@ -139,15 +154,14 @@ impl Parent {
         let r = b.items[0];
         let add = b.verb == Verb::RouteAdd;
         let Ok(Some((a, net))) = super::serve::check(&r, &self.floor) else {
-            return Reply::refused(b.id, Refusal::Malformed);
+            return self.refuse(r.verb, r.addr, b.id, Refusal::Malformed);
         };
         let now = Instant::now();
         if add && self.floor.room(Kind::Route, now) == 0 {
-            self.log.refused(r.verb, r.addr, Refusal::Rate);
-            return Reply::refused(b.id, Refusal::Rate);
+            return self.refuse(r.verb, r.addr, b.id, Refusal::Rate);
         }
         let Some(s) = self.route.as_mut() else {
-            return Reply::refused(b.id, Refusal::NotConfigured);
+            return self.refuse(r.verb, r.addr, b.id, Refusal::NotConfigured);
         };
         match (
             s.blackhole(a, net.unwrap_or_else(|| full_prefix(a)), add),
@@ -162,37 +176,20 @@ impl Parent {
         Reply::ok(b.id)
     }
 
-    /// The KILL_HOSTS_DENY line for a block (IPv6 in brackets, as hosts_access(5) wants).
-    pub fn deny_line(&self, r: &Request, a: IpAddr, net: Option<u8>) -> Option<String> {
-        let tpl = self.cfg.kill_hosts_deny.as_ref()?;
-        let target = match (a, net) {
-            (IpAddr::V4(a), _) => a.to_string(),
-            (IpAddr::V6(a), None) => format!("[{a}]"),
-            (IpAddr::V6(a), Some(len)) => format!("[{a}]/{len}"),
-        };
-        Some(tpl.render(&policy::Vars {
-            target: &target,
-            port: r.port,
-            mode: r.proto.as_str(),
-        }))
-    }
-
     pub fn deny(&mut self, b: &Batch) -> Reply {
         let add = b.verb == Verb::DenyAdd;
         if self.cfg.kill_hosts_deny.is_none() {
-            self.log.refused(b.verb, None, Refusal::NotConfigured);
-            return Reply::refused(b.id, Refusal::NotConfigured);
+            return self.refuse(b.verb, None, b.id, Refusal::NotConfigured);
         }
         let now = Instant::now();
         if add && self.floor.room(Kind::Deny, now) == 0 {
-            self.log.refused(b.verb, b.items[0].addr, Refusal::Rate);
-            return Reply::refused(b.id, Refusal::Rate);
+            return self.refuse(b.verb, b.items[0].addr, b.id, Refusal::Rate);
         }
         let mut t = Tally::default();
         let mut lines = Vec::new();
         for (r, s) in self.checked(b, &mut t) {
             if let Some((a, net)) = s {
-                let line = self.deny_line(&r, a, net).unwrap_or_default();
+                let line = deny_line(&self.cfg, &r, a, net).unwrap_or_default();
                 lines.push((a, line, !add && r.flag == 1));
             }
         }
@@ -230,8 +227,7 @@ impl Parent {
             (self.floor.room(Kind::Kill, Instant::now()) == 0).then_some(Refusal::Rate)
         };
         if let Some(why) = why {
-            self.log.refused(r.verb, r.addr, why);
-            return Answer::one(Reply::refused(b.id, why));
+            return Answer::one(self.refuse(r.verb, r.addr, b.id, why));
         }
         if let Ok(Some((a, _))) = super::serve::check(&r, &self.floor) {
             r.addr = Some(a);
@@ -296,7 +292,7 @@ impl Parent {
 
     pub fn detect(&mut self, b: &Batch) -> Reply {
         let Some(last) = b.items.iter().find(|r| r.addr.is_none()) else {
-            return Reply::refused(b.id, Refusal::Malformed);
+            return self.refuse(b.verb, None, b.id, Refusal::Malformed);
         };
         let modes = Modes(u8::try_from(last.extra).unwrap_or(0));
         let never = b.items.iter().filter_map(|r| r.addr).collect();
@@ -409,8 +405,11 @@ impl Parent {
             Some(SetName::Hit4) => &[HIT_V4],
             _ => &[HIT_V6],
         };
+        if self.nft.is_none() {
+            return vec![self.refuse(r.verb, None, r.id, Refusal::NotConfigured)];
+        }
         let Some(s) = self.nft.as_mut() else {
-            return vec![Reply::refused(r.id, Refusal::NotConfigured)];
+            return Vec::new();
         };
         let mut out = Vec::new();
         for set in sets {
@@ -438,8 +437,11 @@ impl Parent {
     }
 
     pub fn forget(&mut self, r: &Request) -> Reply {
+        if self.nft.is_none() {
+            return self.refuse(r.verb, r.addr, r.id, Refusal::NotConfigured);
+        }
         let (Some(a), Some(s)) = (r.addr, self.nft.as_mut()) else {
-            return Reply::refused(r.id, Refusal::NotConfigured);
+            return self.refuse(r.verb, r.addr, r.id, Refusal::Malformed);
         };
         let map = if a.is_ipv4() { HIT_V4 } else { HIT_V6 };
         // Look first: deleting a missing element aborts a transaction (an RCU grace
@@ -464,7 +466,7 @@ impl Parent {
     pub fn peer(&mut self, id: u32, fd: Option<OwnedFd>) -> Reply {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         let Some(fd) = fd else {
-            return Reply::refused(id, Refusal::Malformed);
+            return self.refuse(Verb::Peer, None, id, Refusal::Malformed);
         };
         let cred = match getsockopt(&fd, PeerCredentials) {
             Ok(c) => c,
@@ -501,5 +503,35 @@ impl Parent {
             },
             Some(why) => Reply::fail(id, 0, &format!("{why} (exe {})", v.exe)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentry_privsep::Proto;
+
+    #[test]
+    fn deny_lines() {
+        let cfg = policy::Config::parse(
+            "KILL_HOSTS_DENY=\"ALL: $TARGET$ : $PORT$ $MODE$\"\n",
+            std::path::Path::new("t.conf"),
+        )
+        .unwrap();
+        let mut r = Request::new(Verb::DenyAdd, 1);
+        r.port = 22;
+        r.proto = Proto::Udp;
+        let line = |a: &str, net| deny_line(&cfg, &r, a.parse().unwrap(), net).unwrap();
+        assert_eq!(line("192.0.2.9", None), "ALL: 192.0.2.9 : 22 udp");
+        assert_eq!(line("2001:db8::9", None), "ALL: [2001:db8::9] : 22 udp");
+        assert_eq!(
+            line("2001:db8::", Some(64)),
+            "ALL: [2001:db8::]/64 : 22 udp"
+        );
+        let none = policy::Config::parse("", std::path::Path::new("t.conf")).unwrap();
+        assert_eq!(
+            deny_line(&none, &r, "192.0.2.9".parse().unwrap(), None),
+            None
+        );
     }
 }

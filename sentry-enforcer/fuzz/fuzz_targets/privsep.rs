@@ -1,0 +1,56 @@
+//! The root parent's only peer protocol (issue #22): whatever bytes a worker taken over
+//! sends, the decoder refuses what is not exactly one record, a record it takes
+//! re-encodes to the same bytes, and the parent's checks (batching, shape, floor) never
+//! panic and never let an add through for an address its floor refuses.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use sentry_enforcer::parent::floor::Floor;
+use sentry_enforcer::parent::serve::{check, gather, Step};
+use sentry_privsep::{Request, Verb, REQ_LEN};
+
+fn floor() -> &'static Floor {
+    static F: OnceLock<Floor> = OnceLock::new();
+    F.get_or_init(|| {
+        let p = std::path::Path::new("fuzz.conf");
+        let cfg = policy::Config::parse("MAX_BLOCKS=\"4\"\nBLOCK_PREFIX6=\"64\"\n", p).unwrap();
+        let ignore = policy::IgnoreList::parse("10.0.0.0/8\n2001:db8:77::/48\n", p).unwrap();
+        let mut f = Floor::new(&cfg, ignore);
+        f.set_host(
+            vec!["192.0.2.10".parse().unwrap(), "2001:db8:1:2::5".parse().unwrap()],
+            vec!["192.0.2.0".parse().unwrap(), "192.0.2.255".parse().unwrap()],
+            &["192.0.2.1".parse().unwrap()],
+        );
+        f
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let f = floor();
+    // A whole datagram of any length is one decode; then the bytes as records.
+    let _ = Request::decode(data);
+    let mut pending = None;
+    for chunk in data.chunks(REQ_LEN) {
+        let Ok(r) = Request::decode(chunk) else { continue };
+        assert_eq!(&r.encode()[..], chunk);
+        let adds = matches!(
+            r.verb,
+            Verb::NftAdd | Verb::RouteAdd | Verb::DenyAdd | Verb::KillRoute | Verb::KillRunCmd
+        );
+        match check(&r, f) {
+            Ok(Some((a, net))) if adds || (r.verb == Verb::Build && r.addr.is_some()) => {
+                assert!(f.allows(a, net).is_ok());
+                assert!(!a.is_loopback() && !a.is_multicast() && !a.is_unspecified());
+                assert_ne!(a, "192.0.2.1".parse::<std::net::IpAddr>().unwrap());
+            }
+            Ok(None) => assert!(!adds),
+            _ => {}
+        }
+        if let Step::Act(b) = gather(&mut pending, r, None, f.cap) {
+            assert!(b.items.len() <= f.cap && !b.items.is_empty());
+            assert!(b.items.iter().all(|i| i.verb == b.verb && i.id == b.id));
+        }
+    }
+});
