@@ -44,6 +44,11 @@ pub const NFLOG_PREFIX_INVALID: &str = "sentry invalid";
 /// ([`Verb::Hello`]) carries it, and the parent refuses any other.
 pub const VERSION: u64 = 1;
 
+/// The worker's exit status when its start-up failed (configuration, damaged state, a
+/// missing account): restarting it would fail the same way, so the parent exits too
+/// (EX_CONFIG). Any other end of a worker is restarted.
+pub const EXIT_START_FAILED: u8 = 78;
+
 /// Bytes of every request.
 pub const REQ_LEN: usize = 48;
 /// Bytes of every reply and event.

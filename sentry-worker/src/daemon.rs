@@ -1438,7 +1438,9 @@ pub fn main() -> ExitCode {
             if !journal {
                 eprintln!("sentry-enforcer: {e}");
             }
-            ExitCode::from(1)
+            // A start that cannot succeed (configuration, damaged state, accounts): the
+            // parent stops too instead of restarting it in a loop.
+            ExitCode::from(sentry_privsep::EXIT_START_FAILED)
         }
     }
 }

@@ -208,8 +208,12 @@ pub struct Sentry {
     pub sensor_gid: u32,
     pub enforcer: Option<Child>,
     pub sensor: Option<Child>,
-    /// The daemons' own pids (differ from the children's under strace).
+    /// The daemons' own pids (differ from the children's under strace); for the
+    /// enforcer, the root parent's (signals go to it).
     enforcer_real: Option<u32>,
+    /// The worker's pid: what `sentryctl status` reports (the process that serves the
+    /// sockets, holds the state and the memory).
+    worker: Option<u32>,
     sensor_real: Option<u32>,
     runs: u32,
     // Declared last: dropped after the processes are gone.
@@ -283,6 +287,7 @@ impl Sentry {
             enforcer: None,
             sensor: None,
             enforcer_real: None,
+            worker: None,
             sensor_real: None,
             runs: 0,
             dir,
@@ -357,10 +362,15 @@ impl Sentry {
             },
             || self.diag(),
         );
-        self.enforcer_real = st
+        self.worker = st
             .get("pid")
             .and_then(Value::as_u64)
             .and_then(|p| u32::try_from(p).ok());
+        // The worker's parent is the root parent: the process every signal goes to.
+        self.enforcer_real = self
+            .worker
+            .and_then(|w| Sentry::proc_status(w, "PPid"))
+            .and_then(|p| p.trim().parse().ok());
     }
 
     /// Spawn the enforcer (the root parent, which starts its worker) without waiting for
@@ -539,7 +549,14 @@ impl Sentry {
     }
 
     /// The enforcer's own pid.
+    /// The worker's pid (what `sentryctl status` reports).
     pub fn enforcer_pid(&self) -> u32 {
+        assert!(self.enforcer.is_some(), "enforcer not running");
+        self.worker.expect("enforcer pid known")
+    }
+
+    /// The root parent's pid.
+    pub fn parent_pid(&self) -> u32 {
         assert!(self.enforcer.is_some(), "enforcer not running");
         self.enforcer_real.expect("enforcer pid known")
     }

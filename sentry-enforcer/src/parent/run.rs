@@ -564,6 +564,12 @@ impl Loop {
             return Ok(());
         };
         let how = match waitpid(w.pid, None) {
+            Ok(WaitStatus::Exited(_, c)) if c == i32::from(sentry_privsep::EXIT_START_FAILED) => {
+                return Err(format!(
+                    "the worker (pid {}) could not start (see its lines above); not restarting it",
+                    w.pid
+                ));
+            }
             Ok(WaitStatus::Exited(_, c)) => format!("exited with status {c}"),
             Ok(WaitStatus::Signaled(_, Signal::SIGSYS, _)) => {
                 "was killed by SIGSYS (a system call outside the seccomp filters)".into()
