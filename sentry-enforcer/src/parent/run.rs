@@ -609,8 +609,10 @@ impl Loop {
             match Signal::try_from(i32::try_from(s.ssi_signo).unwrap_or(0)) {
                 Ok(Signal::SIGHUP) => self.reload(),
                 Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                    let l = &self.p.log;
                     say(&format!(
-                        "adminalert: stopping on {s}; the table stays in place"
+                        "adminalert: stopping on {s}; the table stays in place ({} refusals, {} bad records from workers)",
+                        l.refusals, l.decode_errors
                     ));
                     self.shutdown();
                     return Ok(true);
