@@ -133,9 +133,9 @@ pub fn main() -> ExitCode {
         ));
     }
     let r = if args.recover {
-        run::recover(&args)
+        start::recover(&args)
     } else {
-        run::run(args)
+        start::run(args)
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,8 @@ mod under_filter {
         VERSION,
     };
 
-    use super::super::run::{confine, start_up, Loop};
+    use super::super::run::Loop;
+    use super::super::start::{confine, start_up};
     use super::super::{args, spawn};
 
     const CHILD: &str = "SENTRY_PARENT_UNDER_FILTER";
@@ -129,7 +130,7 @@ mod under_filter {
     }
 
     fn run_parent(a: &args::Args, d: &Path) -> Result<(), String> {
-        let sig = super::super::run::block_signals()?;
+        let sig = super::super::start::block_signals()?;
         let (p, plan, sockets) = start_up(a)?;
         let helper = spawn::helper(&p.cfg).map_err(|e| e.to_string())?;
         let mut l = Loop::new(p, plan, helper, sig, sockets.clone());
