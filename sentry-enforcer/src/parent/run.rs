@@ -168,7 +168,7 @@ impl Loop {
         if let Some(w) = &self.worker {
             fds.push((w.pidfd.as_fd(), Src::Worker));
             for (c, ch) in [&w.rpc, &w.fx].into_iter().enumerate() {
-                if !self.dying && !self.forwarded.iter().any(|f| f.live && f.chan == c) {
+                if !self.dying && !self.busy(c) {
                     fds.push((ch.fd(), Src::Chan(c)));
                 }
             }
@@ -204,19 +204,29 @@ impl Loop {
             .map(|w| if c == 0 { &w.rpc } else { &w.fx })
     }
 
+    /// A kill request of channel `c` is with the helper: the worker waits for it, and
+    /// the channel is not read meanwhile.
+    fn busy(&self, c: usize) -> bool {
+        self.forwarded.iter().any(|f| f.live && f.chan == c)
+    }
+
+    /// Read what channel `c` has queued (a batch's items come together), until it is
+    /// empty, busy, or the worker is being stopped.
     fn on_request(&mut self, c: usize) -> Result<(), String> {
-        let Some(ch) = self.chan(c) else {
-            return Ok(());
-        };
-        match ch.recv_request() {
-            Ok((r, fd)) => self.take(c, r, fd),
-            Err(e) => match fault(&e) {
-                Fault::Again => {}
-                Fault::Restart(why, bad) => {
-                    self.p.log.decode_errors += u64::from(bad);
-                    self.stop_worker(&format!("{why} on its {} channel", ["rpc", "fx"][c]));
+        for _ in 0..1024 {
+            let Some(ch) = self.chan(c).filter(|_| !self.dying && !self.busy(c)) else {
+                break;
+            };
+            match ch.recv_request() {
+                Ok((r, fd)) => self.take(c, r, fd),
+                Err(e) => {
+                    if let Fault::Restart(why, bad) = fault(&e) {
+                        self.p.log.decode_errors += u64::from(bad);
+                        self.stop_worker(&format!("{why} on its {} channel", ["rpc", "fx"][c]));
+                    }
+                    break;
                 }
-            },
+            }
         }
         Ok(())
     }

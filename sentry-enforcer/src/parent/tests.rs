@@ -46,6 +46,9 @@ mod under_filter {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        for l in text.lines().filter(|l| l.contains("round trip")) {
+            eprintln!("{l}");
+        }
         assert!(out.status.success() && text.contains("1 passed"), "{text}");
     }
 
@@ -390,15 +393,27 @@ mod under_filter {
         // The hard rate: 120 element adds a minute (2 made so far).
         let mut n_ok = 0;
         let mut rate = false;
+        let mut took = Vec::new();
         for i in 0..200u32 {
+            let t = Instant::now();
             let r = w.one(
                 Verb::NftAdd,
                 &IpAddr::from((0xcb00_7100u32 + i).to_be_bytes()).to_string(),
             );
+            if ok(&r) {
+                took.push(t.elapsed());
+            }
             n_ok += u32::from(ok(&r));
             rate |= refused(&r) == Some(Refusal::Rate);
         }
         assert!(rate && n_ok == 118, "{n_ok} {rate}");
+        took.sort();
+        let p = |q: usize| took[(took.len() - 1) * q / 100];
+        eprintln!(
+            "NftAdd round trip through the parent: p50 {:?}, p99 {:?}",
+            p(50),
+            p(99)
+        );
     }
 
     fn effects(w: &mut W, d: &Path) {
