@@ -1,4 +1,4 @@
-//! Netlink plumbing shared by the enforcer's sockets ([`crate::kernel::netlink`], [`crate::infra`],
+//! Netlink plumbing shared by the enforcer's sockets ([`crate::kernel::netlink`], the parent's host watch,
 //! [`crate::kernel::tablewatch`], [`crate::kernel::capture`]): the constants they have in common, one
 //! message builder, one checked splitter for messages and attributes, and the socket
 //! helpers (open and bind, send, drain a notification socket).

@@ -327,7 +327,7 @@ fn advanced(limit: u16, exclude: &policy::PortSet) -> Vec<(u16, u16)> {
 
 impl DetectSpec {
     /// What the chains watch for `modes`; `native`: the enforcer's block sets are in the
-    /// table (`Some(BLOCK_PREFIX6)`, [`crate::engine::Engine::native_sets`]), so the block
+    /// table (`Some(BLOCK_PREFIX6)`: FIREWALL="nftables" and the parent's set socket), so the block
     /// check looks them up. Basic modes alone watch nothing here.
     pub fn new(
         cfg: &Config,
@@ -522,7 +522,7 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
 /// A candidate is a probe of a watched port: `detect_tcp`/`detect_udp` (ACK/RST-bearing
 /// segments are never probes; stealth ports `detect_stcp`/`detect_sudp`; advanced ports
 /// `detect_atcp`/`detect_audp` unless a socket serves them), the other kinds
-/// ([`other_kinds`]). Every candidate reaches `detect_copy` or a first-hit chain, and both
+/// (`other_kinds`). Every candidate reaches `detect_copy` or a first-hit chain, and both
 /// begin with `detect_cand`: a source already blocked goes to `detect_seen`, which copies
 /// its probe under a per-source rate ([`SEEN_RATE`]) so the evidence keeps growing after
 /// the block, and drops it. Any other candidate is copied to the sensor ([`DETECT_RATE`]

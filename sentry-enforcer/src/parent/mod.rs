@@ -1,6 +1,6 @@
 //! The root parent (`sentry-enforcer`): start-up as root ([`start`]), the command helper
 //! and the worker ([`spawn`]), confinement ([`confine`]), then one single-threaded poll
-//! loop (`run.rs`) that serves the worker's requests ([`serve`], [`verbs`]) against its
+//! loop (`run.rs`) that serves the worker's requests ([`serve`], `verbs.rs`) against its
 //! own [`floor`].
 
 pub mod args;
@@ -133,9 +133,9 @@ pub fn main() -> ExitCode {
         ));
     }
     let r = if args.recover {
-        run::recover(&args)
+        start::recover(&args)
     } else {
-        run::run(args)
+        start::run(args)
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

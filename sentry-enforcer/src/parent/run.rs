@@ -1,28 +1,24 @@
-//! Start-up in order, then the one poll loop: the worker's two request channels, the
-//! helper's answers, the worker's pidfd, the table and host watches, signals, and the
-//! timers (served ports, worker restart, table-change settling, the refusal summary).
+//! The one poll loop: the worker's two request channels, the helper's answers, the
+//! worker's pidfd, the table and host watches, signals, and the timers (served ports,
+//! worker restart, table-change settling, the refusal summary).
 
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Gid;
 use sentry_privsep::{Channel, Event, RecvError, Refusal, Reply, Request, Verb};
 
-use super::args::Args;
 use super::host::HostWatch;
 use super::serve::{gather, Answer, Batch, Step};
 use super::spawn::{self, Helper, Plan, Worker};
-use super::{floor::Floor, say, start, Detect, Log, Parent};
-use crate::kernel::{capture, netlink::NlSocket, served, table};
+use super::{say, Parent};
+use crate::kernel::served;
 
 /// How long a worker that stops reading may hold up one reply before it is restarted.
 const SEND_WAIT: Duration = Duration::from_secs(5);
@@ -49,256 +45,6 @@ pub fn fault(e: &RecvError) -> Fault {
             Fault::Restart(format!("sent a bad record ({e})"), true)
         }
     }
-}
-
-/// Start-up as root, the children, confinement, then the loop.
-pub fn run(args: Args) -> Result<(), String> {
-    let sig = block_signals()?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let (parent, plan, sockets) = start_up(&args)?;
-    let helper =
-        spawn::helper(&parent.cfg).map_err(|e| format!("cannot start the command helper: {e}"))?;
-    let host = HostWatch::open().map_err(|e| say(&format!("adminalert: cannot watch address changes ({e}); own addresses are read at start only"))).ok();
-    let mut l = Loop::new(parent, plan, helper, sig, sockets);
-    l.host = host;
-    l.p.refresh_host();
-    let worker = spawn::worker(&l.plan).map_err(|e| format!("cannot start the worker: {e}"))?;
-    say(&format!(
-        "worker started (pid {}, uid {})",
-        worker.pid, l.plan.uid
-    ));
-    l.worker = Some(worker);
-    confine()?;
-    say(&format!(
-        "started: config {}, capabilities kept {:?}",
-        l.p.cfg.path.display(),
-        super::confine::PARENT_CAPS
-    ));
-    l.serve()
-}
-
-/// The parent's capabilities and its seccomp filter.
-pub fn confine() -> Result<(), String> {
-    use caps::Capability::CAP_NET_ADMIN;
-    for w in super::confine::keep_only(&super::confine::PARENT_CAPS, &[CAP_NET_ADMIN])? {
-        say(&format!("adminalert: confinement: {w}"));
-    }
-    super::confine::apply_seccomp()
-}
-
-pub fn block_signals() -> Result<SignalFd, String> {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGHUP,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGCHLD,
-    ] {
-        set.add(s);
-    }
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("signalfd: {e}"))
-}
-
-/// Configuration, accounts, directories, sockets and the kernel's sockets.
-pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
-    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
-    for w in &cfg.warnings {
-        say(&format!("adminalert: config: {w}"));
-    }
-    let ignore = cfg.load_ignore().map_err(|e| e.to_string())?;
-    let acc = start::accounts(args, &cfg)?;
-    start::runtime_dir(&args.runtime_dir)?;
-    crate::effects::hostsdeny::set_lock_file(args.runtime_dir.join("hosts.deny.lock"));
-    for n in start::worker_files(&cfg, &args.state_dir, acc.worker)? {
-        say(&format!("adminalert: {n}"));
-    }
-    let paths = vec![
-        args.runtime_dir.join("enforcer.sock"),
-        args.runtime_dir.join("control.sock"),
-    ];
-    let sensor = start::bind_socket(&paths[0], acc.sensor.1, 0o660)?;
-    let control = match acc.control_gid {
-        Some(g) => start::bind_socket(&paths[1], g, 0o660),
-        None => start::bind_socket(&paths[1], Gid::from_raw(0), 0o600),
-    }
-    .inspect_err(|_| drop(std::fs::remove_file(&paths[0])))?;
-    let opened = open_parent(cfg, ignore, args, acc.sensor.0.as_raw()).and_then(|p| {
-        let (exe, argv) = worker_argv(args, true)?;
-        let (uid, gid) = acc.worker;
-        let (sensor, control) = (sensor.into(), control.into());
-        Ok((
-            p,
-            Plan {
-                exe,
-                argv,
-                uid,
-                gid,
-                sensor,
-                control,
-            },
-        ))
-    });
-    match opened {
-        Ok((p, plan)) => Ok((p, plan, paths)),
-        Err(e) => {
-            paths.iter().for_each(|p| drop(std::fs::remove_file(p)));
-            Err(e)
-        }
-    }
-}
-
-/// The worker's binary and command line: `[worker, "--privsep", <our arguments>]`
-/// (`--recover`: without `--privsep`).
-pub fn worker_argv(args: &Args, privsep: bool) -> Result<(CString, Vec<CString>), String> {
-    let exe = match &args.worker {
-        Some(p) => p.clone(),
-        None => crate::peercheck::default_exe()
-            .map_err(|e| format!("own executable: {e}"))?
-            .with_file_name("sentry-worker"),
-    };
-    let c = |s: &[u8]| CString::new(s).map_err(|_| "an argument holds a NUL byte".to_string());
-    let exe = c(exe.as_os_str().as_bytes())?;
-    let mut argv = vec![exe.clone()];
-    if privsep {
-        argv.push(c(b"--privsep")?);
-    }
-    for a in &args.raw {
-        argv.push(c(a.as_bytes())?);
-    }
-    Ok((exe, argv))
-}
-
-/// The kernel side: what nf_tables offers, the set and route sockets, the served-port
-/// poller, the first NFLOG group, the sensor's expected executable.
-fn open_parent(
-    cfg: policy::Config,
-    ignore: policy::IgnoreList,
-    args: &Args,
-    sensor_uid: u32,
-) -> Result<Parent, String> {
-    let support = table::probe_support(&cfg.nft_table);
-    if let Err(e) = &support.nftables {
-        say(&format!("adminalert: ERROR: nf_tables is missing or unusable ({e}): no table and no detection chain can be built"));
-    }
-    let nft = match cfg.firewall {
-        policy::Firewall::Nftables => NlSocket::netfilter()
-            .map_err(|e| say(&format!("adminalert: ERROR: netfilter netlink: {e}")))
-            .ok(),
-        policy::Firewall::None => None,
-    };
-    let route = match cfg.blackhole_route {
-        true => Some(NlSocket::route().map_err(|e| format!("route netlink: {e}"))?),
-        false => None,
-    };
-    let skip = (sensor_uid != 0).then_some(sensor_uid);
-    let served = match (cfg.restart_grace.is_zero(), &support.nftables) {
-        (false, Ok(())) => served::Poller::open(&cfg.nft_table, skip, cfg.restart_grace)
-            .map_err(|e| say(&format!("adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only")))
-            .ok(),
-        _ => None,
-    };
-    // Start on a group nobody holds (a sensor of an earlier run may keep its socket).
-    let group =
-        capture::open_next(*capture::GROUPS.end(), 0).map_or(capture::NFLOG_GROUP, |(g, _)| g);
-    let exe = match &args.sensor_exe {
-        Some(p) => p.clone(),
-        None => crate::peercheck::default_exe().map_err(|e| format!("own executable: {e}"))?,
-    };
-    let unit = crate::peercheck::own_unit().map(|_| {
-        args.sensor_unit
-            .clone()
-            .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
-    });
-    Ok(Parent {
-        floor: Floor::new(&cfg, ignore),
-        cfg,
-        nft,
-        route,
-        support,
-        watch: None,
-        table_foreign: false,
-        served,
-        served_resync: false,
-        detect: Detect {
-            group,
-            ..Detect::default()
-        },
-        sensor_uid,
-        sensor_want: crate::peercheck::Expected { exe, unit },
-        log: Log::default(),
-    })
-}
-
-impl Parent {
-    /// The ignore list again (a list that does not load is said and the old one kept),
-    /// the detection chain's ignore sets with it: on SIGHUP, and when the worker got one.
-    pub fn reload_ignore(&mut self, id: u32) -> Reply {
-        match self.cfg.load_ignore() {
-            Ok(i) => {
-                self.floor.set_ignore(i);
-                if let Err(e) = self.apply_detection() {
-                    say(&format!(
-                        "adminalert: ERROR: detection chain not rebuilt with the ignore list: {e}"
-                    ));
-                }
-                Reply::ok(id)
-            }
-            Err(e) => {
-                let m = format!("ignore list not reloaded (old one kept): {e}");
-                say(&format!("adminalert: ERROR: {m}"));
-                Reply::fail(id, 0, &m)
-            }
-        }
-    }
-
-    /// Read this host's addresses and default gateways again; rebuild the detection chain
-    /// when the gateways (which it never blocks) changed.
-    pub fn refresh_host(&mut self) {
-        let (own, ends) = super::host::addresses();
-        let gateways = match super::host::default_gateways() {
-            Ok(g) => g,
-            Err(e) => {
-                say(&format!(
-                    "adminalert: cannot read the default gateways ({e}); the last ones are kept"
-                ));
-                self.floor.gateways()
-            }
-        };
-        let changed = gateways != self.floor.gateways();
-        self.floor.set_host(own, ends, &gateways);
-        if changed {
-            if let Err(e) = self.apply_detection() {
-                say(&format!(
-                    "adminalert: ERROR: detection chain not rebuilt for the gateways: {e}"
-                ));
-            }
-        }
-    }
-}
-
-/// `--recover`: the worker's offline recovery, run as the worker user (it reads the
-/// state directory, BLOCKED_FILE and hosts.deny, and writes only the state directory).
-pub fn recover(args: &Args) -> Result<(), String> {
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let control = args.runtime_dir.join("control.sock");
-    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
-        return Err(format!(
-            "{}: an enforcer is running; stop it before --recover",
-            control.display()
-        ));
-    }
-    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
-    let acc = start::accounts(args, &cfg)?;
-    start::worker_files(&cfg, &args.state_dir, acc.worker)?;
-    let (exe, argv) = worker_argv(args, false)?;
-    spawn::drop_to(acc.worker.0, acc.worker.1)?;
-    crate::sys::reset_signals().map_err(|e| e.to_string())?;
-    let env: [CString; 0] = [];
-    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
-    Err(format!("exec {exe:?}: {e}"))
 }
 
 /// A kill request handed to the helper: which channel and request it answers.
@@ -422,7 +168,7 @@ impl Loop {
         if let Some(w) = &self.worker {
             fds.push((w.pidfd.as_fd(), Src::Worker));
             for (c, ch) in [&w.rpc, &w.fx].into_iter().enumerate() {
-                if !self.dying && !self.forwarded.iter().any(|f| f.live && f.chan == c) {
+                if !self.dying && !self.busy(c) {
                     fds.push((ch.fd(), Src::Chan(c)));
                 }
             }
@@ -458,19 +204,29 @@ impl Loop {
             .map(|w| if c == 0 { &w.rpc } else { &w.fx })
     }
 
+    /// A kill request of channel `c` is with the helper: the worker waits for it, and
+    /// the channel is not read meanwhile.
+    fn busy(&self, c: usize) -> bool {
+        self.forwarded.iter().any(|f| f.live && f.chan == c)
+    }
+
+    /// Read what channel `c` has queued (a batch's items come together), until it is
+    /// empty, busy, or the worker is being stopped.
     fn on_request(&mut self, c: usize) -> Result<(), String> {
-        let Some(ch) = self.chan(c) else {
-            return Ok(());
-        };
-        match ch.recv_request() {
-            Ok((r, fd)) => self.take(c, r, fd),
-            Err(e) => match fault(&e) {
-                Fault::Again => {}
-                Fault::Restart(why, bad) => {
-                    self.p.log.decode_errors += u64::from(bad);
-                    self.stop_worker(&format!("{why} on its {} channel", ["rpc", "fx"][c]));
+        for _ in 0..1024 {
+            let Some(ch) = self.chan(c).filter(|_| !self.dying && !self.busy(c)) else {
+                break;
+            };
+            match ch.recv_request() {
+                Ok((r, fd)) => self.take(c, r, fd),
+                Err(e) => {
+                    if let Fault::Restart(why, bad) = fault(&e) {
+                        self.p.log.decode_errors += u64::from(bad);
+                        self.stop_worker(&format!("{why} on its {} channel", ["rpc", "fx"][c]));
+                    }
+                    break;
                 }
-            },
+            }
         }
         Ok(())
     }
@@ -636,8 +392,10 @@ impl Loop {
             match Signal::try_from(i32::try_from(s.ssi_signo).unwrap_or(0)) {
                 Ok(Signal::SIGHUP) => self.reload(),
                 Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                    let l = &self.p.log;
                     say(&format!(
-                        "adminalert: stopping on {s}; the table stays in place"
+                        "adminalert: stopping on {s}; the table stays in place ({} refusals, {} bad records from workers)",
+                        l.refusals, l.decode_errors
                     ));
                     self.shutdown();
                     return Ok(true);
@@ -778,29 +536,6 @@ fn send_waiting(ch: &Channel, r: &Reply, fd: Option<BorrowedFd<'_>>) -> Result<(
 mod tests {
     use super::*;
     use sentry_privsep::DecodeError;
-
-    #[test]
-    fn worker_command_line() {
-        let a = ["--worker", "/opt/w", "--config=/c", "--log-stderr"].map(std::ffi::OsString::from);
-        let super::super::args::Cmd::Run(a) = super::super::args::parse(a).unwrap() else {
-            panic!()
-        };
-        let (exe, argv) = worker_argv(&a, true).unwrap();
-        assert_eq!(exe.to_str().unwrap(), "/opt/w");
-        let argv: Vec<&str> = argv.iter().map(|c| c.to_str().unwrap()).collect();
-        assert_eq!(
-            argv,
-            [
-                "/opt/w",
-                "--privsep",
-                "--worker",
-                "/opt/w",
-                "--config=/c",
-                "--log-stderr"
-            ]
-        );
-        assert_eq!(worker_argv(&a, false).unwrap().1.len(), 5);
-    }
 
     #[test]
     fn bad_records_restart_the_worker() {

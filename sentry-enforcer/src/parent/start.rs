@@ -1,16 +1,26 @@
 //! Start-up as root, before anything untrusted runs: accounts, directories (the worker's
-//! given to it), the two listening sockets, and the kernel's sockets.
+//! given to it), the two listening sockets, the kernel's sockets, the children, and
+//! confinement; then the loop ([`super::run`]). And `--recover`.
 
+use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::args::Args;
+use super::host::HostWatch;
+use super::run::Loop;
+use super::spawn::{self, Plan};
+use super::{floor::Floor, say, Detect, Log, Parent};
+use crate::kernel::{capture, netlink::NlSocket, served, table};
 
 /// The users and groups the parent needs, looked up before anything is bound.
 #[derive(Debug)]
@@ -235,9 +245,283 @@ pub fn bind_socket(path: &Path, gid: Gid, mode: u32) -> Result<UnixListener, Str
     Ok(l)
 }
 
+/// Start-up as root, the children, confinement, then the loop.
+pub fn run(args: Args) -> Result<(), String> {
+    let sig = block_signals()?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let (parent, plan, sockets) = start_up(&args)?;
+    let helper =
+        spawn::helper(&parent.cfg).map_err(|e| format!("cannot start the command helper: {e}"))?;
+    let host = HostWatch::open().map_err(|e| say(&format!("adminalert: cannot watch address changes ({e}); own addresses are read at start only"))).ok();
+    let mut l = Loop::new(parent, plan, helper, sig, sockets);
+    l.host = host;
+    l.p.refresh_host();
+    let worker = spawn::worker(&l.plan).map_err(|e| format!("cannot start the worker: {e}"))?;
+    say(&format!(
+        "worker started (pid {}, uid {})",
+        worker.pid, l.plan.uid
+    ));
+    l.worker = Some(worker);
+    confine()?;
+    say(&format!(
+        "started: config {}, capabilities kept {:?}",
+        l.p.cfg.path.display(),
+        super::confine::PARENT_CAPS
+    ));
+    l.serve()
+}
+
+/// The parent's capabilities and its seccomp filter.
+pub fn confine() -> Result<(), String> {
+    use caps::Capability::CAP_NET_ADMIN;
+    for w in super::confine::keep_only(&super::confine::PARENT_CAPS, &[CAP_NET_ADMIN])? {
+        say(&format!("adminalert: confinement: {w}"));
+    }
+    super::confine::apply_seccomp()
+}
+
+pub fn block_signals() -> Result<SignalFd, String> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Configuration, accounts, directories, sockets and the kernel's sockets.
+pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
+    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+    for w in &cfg.warnings {
+        say(&format!("adminalert: config: {w}"));
+    }
+    let ignore = cfg.load_ignore().map_err(|e| e.to_string())?;
+    let acc = accounts(args, &cfg)?;
+    runtime_dir(&args.runtime_dir)?;
+    crate::effects::hostsdeny::set_lock_file(args.runtime_dir.join("hosts.deny.lock"));
+    for n in worker_files(&cfg, &args.state_dir, acc.worker)? {
+        say(&format!("adminalert: {n}"));
+    }
+    let paths = vec![
+        args.runtime_dir.join("enforcer.sock"),
+        args.runtime_dir.join("control.sock"),
+    ];
+    let sensor = bind_socket(&paths[0], acc.sensor.1, 0o660)?;
+    let control = match acc.control_gid {
+        Some(g) => bind_socket(&paths[1], g, 0o660),
+        None => bind_socket(&paths[1], Gid::from_raw(0), 0o600),
+    }
+    .inspect_err(|_| drop(std::fs::remove_file(&paths[0])))?;
+    let opened = open_parent(cfg, ignore, args, acc.sensor.0.as_raw()).and_then(|p| {
+        let (exe, argv) = worker_argv(args, true)?;
+        let (uid, gid) = acc.worker;
+        let (sensor, control) = (sensor.into(), control.into());
+        Ok((
+            p,
+            Plan {
+                exe,
+                argv,
+                uid,
+                gid,
+                sensor,
+                control,
+            },
+        ))
+    });
+    match opened {
+        Ok((p, plan)) => Ok((p, plan, paths)),
+        Err(e) => {
+            paths.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            Err(e)
+        }
+    }
+}
+
+/// The worker's binary and command line: `[worker, "--privsep", <our arguments>]`
+/// (`--recover`: without `--privsep`).
+pub fn worker_argv(args: &Args, privsep: bool) -> Result<(CString, Vec<CString>), String> {
+    let exe = match &args.worker {
+        Some(p) => p.clone(),
+        None => crate::peercheck::default_exe()
+            .map_err(|e| format!("own executable: {e}"))?
+            .with_file_name("sentry-worker"),
+    };
+    let c = |s: &[u8]| CString::new(s).map_err(|_| "an argument holds a NUL byte".to_string());
+    let exe = c(exe.as_os_str().as_bytes())?;
+    let mut argv = vec![exe.clone()];
+    if privsep {
+        argv.push(c(b"--privsep")?);
+    }
+    for a in &args.raw {
+        argv.push(c(a.as_bytes())?);
+    }
+    Ok((exe, argv))
+}
+
+/// The kernel side: what nf_tables offers, the set and route sockets, the served-port
+/// poller, the first NFLOG group, the sensor's expected executable.
+fn open_parent(
+    cfg: policy::Config,
+    ignore: policy::IgnoreList,
+    args: &Args,
+    sensor_uid: u32,
+) -> Result<Parent, String> {
+    let support = table::probe_support(&cfg.nft_table);
+    if let Err(e) = &support.nftables {
+        say(&format!("adminalert: ERROR: nf_tables is missing or unusable ({e}): no table and no detection chain can be built"));
+    }
+    let nft = match cfg.firewall {
+        policy::Firewall::Nftables => NlSocket::netfilter()
+            .map_err(|e| say(&format!("adminalert: ERROR: netfilter netlink: {e}")))
+            .ok(),
+        policy::Firewall::None => None,
+    };
+    let route = match cfg.blackhole_route {
+        true => Some(NlSocket::route().map_err(|e| format!("route netlink: {e}"))?),
+        false => None,
+    };
+    let skip = (sensor_uid != 0).then_some(sensor_uid);
+    let served = match (cfg.restart_grace.is_zero(), &support.nftables) {
+        (false, Ok(())) => served::Poller::open(&cfg.nft_table, skip, cfg.restart_grace)
+            .map_err(|e| say(&format!("adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only")))
+            .ok(),
+        _ => None,
+    };
+    // Start on a group nobody holds (a sensor of an earlier run may keep its socket).
+    let group =
+        capture::open_next(*capture::GROUPS.end(), 0).map_or(capture::NFLOG_GROUP, |(g, _)| g);
+    let exe = match &args.sensor_exe {
+        Some(p) => p.clone(),
+        None => crate::peercheck::default_exe().map_err(|e| format!("own executable: {e}"))?,
+    };
+    let unit = crate::peercheck::own_unit().map(|_| {
+        args.sensor_unit
+            .clone()
+            .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
+    });
+    Ok(Parent {
+        floor: Floor::new(&cfg, ignore),
+        cfg,
+        nft,
+        route,
+        support,
+        watch: None,
+        table_foreign: false,
+        served,
+        served_resync: false,
+        detect: Detect {
+            group,
+            ..Detect::default()
+        },
+        sensor_uid,
+        sensor_want: crate::peercheck::Expected { exe, unit },
+        log: Log::default(),
+    })
+}
+
+impl Parent {
+    /// The ignore list again (a list that does not load is said and the old one kept),
+    /// the detection chain's ignore sets with it: on SIGHUP, and when the worker got one.
+    pub fn reload_ignore(&mut self, id: u32) -> sentry_privsep::Reply {
+        use sentry_privsep::Reply;
+        match self.cfg.load_ignore() {
+            Ok(i) => {
+                self.floor.set_ignore(i);
+                if let Err(e) = self.apply_detection() {
+                    say(&format!(
+                        "adminalert: ERROR: detection chain not rebuilt with the ignore list: {e}"
+                    ));
+                }
+                Reply::ok(id)
+            }
+            Err(e) => {
+                let m = format!("ignore list not reloaded (old one kept): {e}");
+                say(&format!("adminalert: ERROR: {m}"));
+                Reply::fail(id, 0, &m)
+            }
+        }
+    }
+
+    /// Read this host's addresses and default gateways again; rebuild the detection chain
+    /// when the gateways (which it never blocks) changed.
+    pub fn refresh_host(&mut self) {
+        let (own, ends) = super::host::addresses();
+        let gateways = match super::host::default_gateways() {
+            Ok(g) => g,
+            Err(e) => {
+                say(&format!(
+                    "adminalert: cannot read the default gateways ({e}); the last ones are kept"
+                ));
+                self.floor.gateways()
+            }
+        };
+        let changed = gateways != self.floor.gateways();
+        self.floor.set_host(own, ends, &gateways);
+        if changed {
+            if let Err(e) = self.apply_detection() {
+                say(&format!(
+                    "adminalert: ERROR: detection chain not rebuilt for the gateways: {e}"
+                ));
+            }
+        }
+    }
+}
+
+/// `--recover`: the worker's offline recovery, run as the worker user (it reads the
+/// state directory, BLOCKED_FILE and hosts.deny, and writes only the state directory).
+pub fn recover(args: &Args) -> Result<(), String> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let control = args.runtime_dir.join("control.sock");
+    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
+        return Err(format!(
+            "{}: an enforcer is running; stop it before --recover",
+            control.display()
+        ));
+    }
+    let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
+    let acc = accounts(args, &cfg)?;
+    worker_files(&cfg, &args.state_dir, acc.worker)?;
+    let (exe, argv) = worker_argv(args, false)?;
+    spawn::drop_to(acc.worker.0, acc.worker.1)?;
+    crate::sys::reset_signals().map_err(|e| e.to_string())?;
+    let env: [CString; 0] = [];
+    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
+    Err(format!("exec {exe:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_command_line() {
+        let a = ["--worker", "/opt/w", "--config=/c", "--log-stderr"].map(std::ffi::OsString::from);
+        let super::super::args::Cmd::Run(a) = super::super::args::parse(a).unwrap() else {
+            panic!()
+        };
+        let (exe, argv) = worker_argv(&a, true).unwrap();
+        assert_eq!(exe.to_str().unwrap(), "/opt/w");
+        let argv: Vec<&str> = argv.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/opt/w",
+                "--privsep",
+                "--worker",
+                "/opt/w",
+                "--config=/c",
+                "--log-stderr"
+            ]
+        );
+        assert_eq!(worker_argv(&a, false).unwrap().1.len(), 5);
+    }
 
     #[test]
     fn stale_sockets() {

@@ -16,7 +16,8 @@ mod under_filter {
         VERSION,
     };
 
-    use super::super::run::{confine, start_up, Loop};
+    use super::super::run::Loop;
+    use super::super::start::{confine, start_up};
     use super::super::{args, spawn};
 
     const CHILD: &str = "SENTRY_PARENT_UNDER_FILTER";
@@ -45,6 +46,9 @@ mod under_filter {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        for l in text.lines().filter(|l| l.contains("round trip")) {
+            eprintln!("{l}");
+        }
         assert!(out.status.success() && text.contains("1 passed"), "{text}");
     }
 
@@ -129,7 +133,7 @@ mod under_filter {
     }
 
     fn run_parent(a: &args::Args, d: &Path) -> Result<(), String> {
-        let sig = super::super::run::block_signals()?;
+        let sig = super::super::start::block_signals()?;
         let (p, plan, sockets) = start_up(a)?;
         let helper = spawn::helper(&p.cfg).map_err(|e| e.to_string())?;
         let mut l = Loop::new(p, plan, helper, sig, sockets.clone());
@@ -386,15 +390,27 @@ mod under_filter {
         // The hard rate: 120 element adds a minute (2 made so far).
         let mut n_ok = 0;
         let mut rate = false;
+        let mut took = Vec::new();
         for i in 0..200u32 {
+            let t = Instant::now();
             let r = w.one(
                 Verb::NftAdd,
                 &IpAddr::from((0xcb00_7100u32 + i).to_be_bytes()).to_string(),
             );
+            if ok(&r) {
+                took.push(t.elapsed());
+            }
             n_ok += u32::from(ok(&r));
             rate |= refused(&r) == Some(Refusal::Rate);
         }
         assert!(rate && n_ok == 118, "{n_ok} {rate}");
+        took.sort();
+        let p = |q: usize| took[(took.len() - 1) * q / 100];
+        eprintln!(
+            "NftAdd round trip through the parent: p50 {:?}, p99 {:?}",
+            p(50),
+            p(99)
+        );
     }
 
     fn effects(w: &mut W, d: &Path) {
