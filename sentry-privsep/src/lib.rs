@@ -49,6 +49,9 @@ pub const VERSION: u64 = 1;
 /// (EX_CONFIG). Any other end of a worker is restarted.
 pub const EXIT_START_FAILED: u8 = 78;
 
+/// Largest metrics textfile the parent publishes ([`Verb::Metrics`]).
+pub const MAX_TEXTFILE: u64 = 4 << 20;
+
 /// Bytes of every request.
 pub const REQ_LEN: usize = 48;
 /// Bytes of every reply and event.
@@ -70,8 +73,10 @@ pub enum Verb {
     /// A blackhole route (KILL_ROUTE's in-process form).
     RouteAdd = 4,
     RouteDel = 5,
-    /// The KILL_HOSTS_DENY line, rendered by the parent from its own template; `flag` 1 on
-    /// a delete: the line was written by a version that did not mark its lines.
+    /// The KILL_HOSTS_DENY line, rendered by the parent from its own template; `flag` 1:
+    /// the block's line was written by a version that did not mark its lines (a restore
+    /// does not add a marked copy of it while it is still there; a delete takes it back
+    /// only when that is unambiguous).
     DenyAdd = 6,
     DenyDel = 7,
     /// Run KILL_ROUTE / KILL_RUN_CMD for the subject (rendered by the parent).
@@ -98,10 +103,15 @@ pub enum Verb {
     /// The worker got SIGHUP (`sentryctl` or an admin signalled it): the parent reads its
     /// own ignore list again. Harmless from a hostile worker: it only re-reads a root file.
     Reload = 16,
+    /// Publish the metrics textfile: the descriptor beside it is the worker's rendered
+    /// file (at most [`MAX_TEXTFILE`] bytes, read from its start); the parent writes it as
+    /// METRICS_DIR/sentry-enforcer.prom atomically. The parent copies bytes, it never
+    /// parses them. At most one a second.
+    Metrics = 17,
 }
 
 impl Verb {
-    const ALL: [Verb; 16] = [
+    const ALL: [Verb; 17] = [
         Verb::Hello,
         Verb::NftAdd,
         Verb::NftDel,
@@ -118,6 +128,7 @@ impl Verb {
         Verb::Forget,
         Verb::Peer,
         Verb::Reload,
+        Verb::Metrics,
     ];
 
     fn from_u8(b: u8) -> Option<Self> {
@@ -140,7 +151,7 @@ impl Verb {
 
     /// Verbs whose request carries a descriptor.
     pub fn takes_fd(self) -> bool {
-        self == Verb::Peer
+        matches!(self, Verb::Peer | Verb::Metrics)
     }
 }
 

@@ -1241,7 +1241,9 @@ fn reload(sh: &Shared, tell_parent: bool) -> Result<(u64, u64), EnforcerError> {
     if tell_parent {
         let req = sentry_privsep::Request::new(sentry_privsep::Verb::Reload, 0);
         if let Err(e) = sh.parent.ask(&[req]) {
-            sh.log.err(&format!("adminalert: ERROR: the root parent's ignore list: {e}"));
+            sh.log.err(&format!(
+                "adminalert: ERROR: the root parent's ignore list: {e}"
+            ));
         }
     }
     let r = sh.engine().reload(WallMs::now());
@@ -1258,6 +1260,25 @@ fn reload(sh: &Shared, tell_parent: bool) -> Result<(u64, u64), EnforcerError> {
     r
 }
 
+/// Publish the metrics textfile: rendered into the worker's own state directory, then
+/// handed to the root parent, which copies it into METRICS_DIR (a collector directory is
+/// root's, and the worker cannot write there).
+fn publish_metrics(sh: &Shared, text: &str) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let path = lock(&sh.detect).state_dir.join(".metrics.prom");
+    crate::store::write_atomic(&path, text.as_bytes(), 0o600)?;
+    let f = std::fs::File::open(&path)?;
+    let req = sentry_privsep::Request::new(sentry_privsep::Verb::Metrics, 0);
+    match sh.parent.call(&[req], Some(f.as_fd())) {
+        Ok((mut r, _)) => match r.pop().map(crate::privsep::check) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(io::Error::other(e.to_string())),
+            None => Err(io::Error::other("no reply from the root parent")),
+        },
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
+}
+
 /// The one-second tick: BLOCK_TIMEOUT expiry, and the AUDIT_RATE summaries of a second
 /// that is over (written within about two seconds even when no further request comes).
 fn expiry_loop(sh: Arc<Shared>) {
@@ -1270,11 +1291,7 @@ fn expiry_loop(sh: Arc<Shared>) {
         if let (Some(dir), 0) = (&metrics_dir, tick % METRICS_EVERY_S) {
             let snap = sh.engine().metrics_snapshot();
             let text = crate::control::metrics::render_live(snap);
-            match crate::control::metrics::write_textfile(
-                dir,
-                crate::control::metrics::TEXTFILE,
-                &text,
-            ) {
+            match publish_metrics(&sh, &text) {
                 Ok(()) => last_metrics_error = None,
                 Err(e) => {
                     let why = format!(

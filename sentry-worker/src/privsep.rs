@@ -194,10 +194,9 @@ pub mod testing {
     /// asks for it (in a network namespace of its own, which the parent's thread shares).
     pub fn parent(cfg: &policy::Config) -> (Arc<Link>, Backends) {
         let (ours, theirs) = Channel::pair().expect("socketpair");
-        let nft = (cfg.firewall == policy::Firewall::Nftables
-            && nix::unistd::geteuid().is_root())
-        .then(|| sentry_enforcer::kernel::netlink::NlSocket::netfilter().ok())
-        .flatten();
+        let nft = (cfg.firewall == policy::Firewall::Nftables && nix::unistd::geteuid().is_root())
+            .then(|| sentry_enforcer::kernel::netlink::NlSocket::netfilter().ok())
+            .flatten();
         let backends = Backends {
             nft: nft.is_some(),
             route: false,
@@ -235,6 +234,7 @@ pub mod testing {
                 unit: None,
             },
             log: Log::default(),
+            metrics_at: None,
         };
         let mut pending = None;
         loop {
@@ -244,7 +244,9 @@ pub mod testing {
             let answer = match gather(&mut pending, r, fd, 1 << 20) {
                 Step::Wait => continue,
                 Step::Act(b) => p.act(b),
-                Step::Break(id, why, _, _) => Answer::one(Reply::refused(id, why)),
+                Step::Break(_, id, _, _) => {
+                    Answer::one(Reply::refused(id, sentry_privsep::Refusal::Malformed))
+                }
             };
             let replies = match answer {
                 Answer::Replies(v, _) => v,

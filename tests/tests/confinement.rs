@@ -61,7 +61,9 @@ fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
     let pfield = |f: &str| Sentry::proc_status(parent, f).unwrap_or_else(|| panic!("no {f}"));
     let (wuid, _) = sentry_tests::ensure_worker_user();
     assert!(
-        wfield("Uid").split_whitespace().all(|u| u == wuid.to_string()),
+        wfield("Uid")
+            .split_whitespace()
+            .all(|u| u == wuid.to_string()),
         "worker uids {}",
         wfield("Uid")
     );
@@ -82,7 +84,11 @@ fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
     }
     assert_eq!(pfield("Uid").split_whitespace().next(), Some("0"));
     assert_eq!(pfield("Threads"), "1", "the root parent is single-threaded");
-    assert_eq!(pfield("Seccomp"), "2", "the root parent has no seccomp filter");
+    assert_eq!(
+        pfield("Seccomp"),
+        "2",
+        "the root parent has no seccomp filter"
+    );
     assert_eq!(pfield("NoNewPrivs"), "1");
     const NET_ADMIN: u64 = 1 << 12;
     const SYS_PTRACE: u64 = 1 << 19;

@@ -59,7 +59,10 @@ fn until_never_blocked(
             // The root parent's floor (issue #22) learned the gateway before the worker's
             // judge did and refused the element: nothing was blocked.
             Decision::Failed => {
-                assert!(!env.nft_has(addr.parse().unwrap()), "a refused add is in the set");
+                assert!(
+                    !env.nft_has(addr.parse().unwrap()),
+                    "a refused add is in the set"
+                );
             }
             d => panic!("unexpected {d:?}"),
         }
@@ -1087,28 +1090,51 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
         .unwrap();
         env.start_enforcer();
         drop(marker);
-        let pid = env.enforcer_pid();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        assert_eq!(comm.trim(), "sentry-enforcer");
-        let st = proc_fields(pid);
-        let hex = |k: &str| u64::from_str_radix(&st[k], 16).unwrap();
-        assert_eq!(hex("CapEff"), want, "{keys:?} {st:?}");
-        assert_eq!(hex("CapPrm"), want, "{keys:?}");
-        assert_eq!(hex("CapBnd"), want, "{keys:?}");
-        assert_eq!(hex("CapInh"), want, "{keys:?}");
-        assert_eq!(hex("CapAmb"), want, "{keys:?}");
-        assert_eq!(st["NoNewPrivs"], "1");
+        // Issue #22: the root parent keeps what its verbs and the worker's restarts need,
+        // whatever the actions; the command helper keeps what the actions need (CAP_NET_RAW
+        // only with KILL_ROUTE / KILL_RUN_CMD); the worker holds nothing.
+        const PTRACE_SETUID_SETGID_KILL: u64 = (1 << 19) | (1 << 7) | (1 << 6) | (1 << 5);
+        let parent = env.parent_pid();
+        let worker = env.enforcer_pid();
+        let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm(parent).trim(), "sentry-enforcer");
+        assert_eq!(comm(worker).trim(), "sentry-worker");
+        let caps = |pid: u32, k: &str| u64::from_str_radix(&proc_fields(pid)[k], 16).unwrap();
+        assert_eq!(
+            caps(parent, "CapEff"),
+            NET_ADMIN | PTRACE_SETUID_SETGID_KILL,
+            "{keys:?}"
+        );
+        assert_eq!(
+            caps(parent, "CapPrm"),
+            NET_ADMIN | PTRACE_SETUID_SETGID_KILL,
+            "{keys:?}"
+        );
+        assert_eq!(proc_fields(parent)["NoNewPrivs"], "1");
+        for k in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            assert_eq!(caps(worker, k), 0, "worker {k} {keys:?}");
+        }
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        let helper: u32 = children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .find(|c| *c != worker)
+            .expect("the command helper");
+        assert_eq!(caps(helper, "CapEff"), want, "helper {keys:?}");
+        assert_eq!(caps(helper, "CapAmb"), want, "helper {keys:?}");
         // Only stdin/stdout/stderr were inherited; nothing else leaks in.
-        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .map(|e| {
-                std::fs::read_link(e.unwrap().path())
-                    .unwrap()
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        assert!(!fds.iter().any(|f| f.contains("leak-marker")), "{fds:?}");
+        for pid in [parent, worker, helper] {
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect();
+            assert!(
+                !fds.iter().any(|f| f.contains("leak-marker")),
+                "{pid}: {fds:?}"
+            );
+        }
         // And blocking still works with what is left.
         let mut s = env.connect();
         s.handshake();

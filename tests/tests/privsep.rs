@@ -15,18 +15,19 @@ use sentry_tests::cmd::wait_until;
 use sentry_tests::netns::{Side, SCANNER_V4, TARGET_V4, TARGET_V6};
 use sentry_tests::{bin_dir, require_root, Sentry, Settings};
 
-/// Addresses the floor must refuse, by name, with the refusal each verb must get.
-fn forbidden() -> Vec<(&'static str, String, &'static str)> {
+/// Addresses the floor must refuse, by name, with the refusals each verb may get (the
+/// loopback addresses are also addresses of this host's `lo`).
+fn forbidden() -> Vec<(&'static str, String, &'static [&'static str])> {
     vec![
-        ("gateway", SCANNER_V4.to_string(), "Gateway"),
-        ("ignored", "198.51.100.7".into(), "Ignored"),
-        ("loopback", "127.0.0.1".into(), "Loopback"),
-        ("loopback6", "::1".into(), "Loopback"),
-        ("own", TARGET_V4.to_string(), "OwnAddress"),
-        ("ownnet6", format!("{TARGET_V6}/64"), "OwnAddress"),
-        ("multicast", "224.0.0.251".into(), "Multicast"),
-        ("linklocal", "169.254.10.10".into(), "LinkLocal"),
-        ("broadcast", "255.255.255.255".into(), "Broadcast"),
+        ("gateway", SCANNER_V4.to_string(), &["Gateway"]),
+        ("ignored", "198.51.100.7".into(), &["Ignored"]),
+        ("loopback", "127.0.0.1".into(), &["Loopback", "OwnAddress"]),
+        ("loopback6", "::1".into(), &["Loopback", "OwnAddress"]),
+        ("own", TARGET_V4.to_string(), &["OwnAddress"]),
+        ("ownnet6", format!("{TARGET_V6}/64"), &["OwnAddress"]),
+        ("multicast", "224.0.0.251".into(), &["Multicast"]),
+        ("linklocal", "169.254.10.10".into(), &["LinkLocal"]),
+        ("broadcast", "255.255.255.255".into(), &["Broadcast"]),
     ]
 }
 
@@ -108,7 +109,10 @@ fn a_hostile_worker_cannot_block_what_the_floor_protects_nor_exceed_the_caps() {
             let reason = sentry_privsep::Refusal::from_u8(code)
                 .map(|r| format!("{r:?}"))
                 .unwrap_or_default();
-            assert_eq!(reason, why, "{verb} {name} ({addr}): wrong reason:\n{log}");
+            assert!(
+                why.contains(&reason.as_str()),
+                "{verb} {name} ({addr}): refused as {reason}, not {why:?}:\n{log}"
+            );
         }
     }
     for verb in ["NftAdd", "RouteAdd", "DenyAdd", "KillRunCmd"] {

@@ -227,11 +227,17 @@ fn lock(f: File, path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
 /// Open the deny file for reading and appending, creating it (mode 0644) if missing. The
 /// caller holds [`lock_writers`].
 fn open(path: &Path) -> io::Result<File> {
+    open_as(path, true)
+}
+
+/// `write`: for the writers (created when missing); else read-only, for `--recover`,
+/// which runs as the worker and only reads the markers.
+fn open_as(path: &Path, write: bool) -> io::Result<File> {
     check_dir(path)?;
     let f = OpenOptions::new()
         .read(true)
-        .append(true)
-        .create(true)
+        .append(write)
+        .create(write)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)
@@ -687,7 +693,7 @@ pub fn rewrite_in_place(w: &mut File, kept: &[u8], read_len: u64) -> io::Result<
 /// Every marked pair of the file (address and owned line), for `--recover`.
 pub fn marked_entries(path: &Path) -> io::Result<Vec<(IpAddr, u64, String)>> {
     let _lock = lock_writers(LOCK_TIMEOUT)?;
-    let mut f = open(path)?;
+    let mut f = open_as(path, false)?;
     let text = read_all(&mut f, path)?;
     let lines = split_lines(&text);
     let mut out = Vec::new();

@@ -5,3 +5,4 @@
 
 pub mod exec;
 pub mod hostsdeny;
+pub mod textfile;

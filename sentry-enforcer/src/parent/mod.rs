@@ -103,6 +103,8 @@ pub struct Parent {
     pub sensor_uid: u32,
     pub sensor_want: crate::peercheck::Expected,
     pub log: Log,
+    /// When the worker's metrics textfile was last published (at most one a second).
+    pub metrics_at: Option<std::time::Instant>,
 }
 
 /// Entry point of the `sentry-enforcer` binary.

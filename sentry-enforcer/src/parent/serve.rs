@@ -70,7 +70,7 @@ pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap:
 pub fn check(r: &Request, floor: &Floor) -> Result<Option<Subject>, Refusal> {
     match r.verb {
         Verb::Hello if r.extra != VERSION => Err(Refusal::Version),
-        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload => Ok(None),
+        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload | Verb::Metrics => Ok(None),
         Verb::Dump if SetName::from_u8(r.flag).is_some() && r.addr.is_none() => Ok(None),
         Verb::Dump => Err(Refusal::Malformed),
         Verb::Detect => Ok(r.addr.map(|a| (a, None))),
@@ -194,6 +194,7 @@ impl Parent {
             Verb::Forget => Answer::one(self.forget(&first)),
             Verb::Peer => Answer::one(self.peer(b.id, b.fd)),
             Verb::Reload => Answer::one(self.reload_ignore(b.id)),
+            Verb::Metrics => Answer::one(self.metrics(b.id, b.fd)),
         }
     }
 }

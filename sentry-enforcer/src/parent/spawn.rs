@@ -139,8 +139,9 @@ pub struct Helper {
 }
 
 /// Fork the command helper: it keeps descriptor 3 (its channel) and stdio, CAP_NET_ADMIN
-/// and CAP_NET_RAW (also as ambient capabilities, for the commands), and serves until
-/// the parent's end closes.
+/// and, when KILL_ROUTE or KILL_RUN_CMD is set (a legacy iptables opens a raw socket),
+/// CAP_NET_RAW (also as ambient capabilities, for the commands), and serves until the
+/// parent's end closes.
 pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
     let (chan, child) = Channel::pair()?;
     let Some(pid) = sys::fork()? else {
@@ -149,10 +150,10 @@ pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
                 .map_err(|e| e.to_string())?;
             sys::reset_signals().map_err(|e| e.to_string())?;
             sys::place_fds(&[child.fd().as_raw_fd()]).map_err(|e| e.to_string())?;
-            let keep = [
-                caps::Capability::CAP_NET_ADMIN,
-                caps::Capability::CAP_NET_RAW,
-            ];
+            let mut keep = vec![caps::Capability::CAP_NET_ADMIN];
+            if cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some() {
+                keep.push(caps::Capability::CAP_NET_RAW);
+            }
             super::confine::keep_only(&keep, &keep)?;
             let ch = Channel::from_inherited(3).map_err(|e| e.to_string())?;
             super::helper::serve(&ch, cfg);

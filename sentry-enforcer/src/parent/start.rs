@@ -423,10 +423,38 @@ fn open_parent(
         sensor_uid,
         sensor_want: crate::peercheck::Expected { exe, unit },
         log: Log::default(),
+        metrics_at: None,
     })
 }
 
 impl Parent {
+    /// METRICS_DIR's textfile from the worker's rendered file (`fd`).
+    pub fn metrics(&mut self, id: u32, fd: Option<OwnedFd>) -> sentry_privsep::Reply {
+        use sentry_privsep::{Refusal, Reply, Verb};
+        let Some(dir) = self.cfg.metrics_dir.clone() else {
+            return self.refuse(Verb::Metrics, None, id, Refusal::NotConfigured);
+        };
+        let Some(fd) = fd else {
+            return self.refuse(Verb::Metrics, None, id, Refusal::Malformed);
+        };
+        let now = std::time::Instant::now();
+        if self
+            .metrics_at
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(900))
+        {
+            return self.refuse(Verb::Metrics, None, id, Refusal::Rate);
+        }
+        self.metrics_at = Some(now);
+        match crate::effects::textfile::publish(&dir, fd) {
+            Ok(()) => Reply::ok(id),
+            Err(e) => Reply::fail(
+                id,
+                e.raw_os_error().map_or(0, |x| x as u64),
+                &format!("METRICS_DIR {}: {e}", dir.display()),
+            ),
+        }
+    }
+
     /// The ignore list again (a list that does not load is said and the old one kept),
     /// the detection chain's ignore sets with it: on SIGHUP, and when the worker got one.
     pub fn reload_ignore(&mut self, id: u32) -> sentry_privsep::Reply {

@@ -190,7 +190,7 @@ impl Parent {
         for (r, s) in self.checked(b, &mut t) {
             if let Some((a, net)) = s {
                 let line = deny_line(&self.cfg, &r, a, net).unwrap_or_default();
-                lines.push((a, line, !add && r.flag == 1));
+                lines.push((a, line, r.flag == 1));
             }
         }
         let path = self.cfg.hosts_deny_file.clone();
@@ -211,7 +211,11 @@ impl Parent {
                 }
             }
             // The deny file's errors name the file already.
-            Err(e) => Reply::fail(b.id, e.raw_os_error().map_or(0, |x| x as u64), &e.to_string()),
+            Err(e) => Reply::fail(
+                b.id,
+                e.raw_os_error().map_or(0, |x| x as u64),
+                &e.to_string(),
+            ),
         }
     }
 
