@@ -743,7 +743,7 @@ mod tests {
 
     #[test]
     fn reply_round_trip_and_cut() {
-        let mut r = Reply::fail(9, 17, &"é".repeat(80));
+        let mut r = Reply::fail(9, 17, &"é".repeat(300));
         r.addr = Some("10.0.0.1".parse().unwrap());
         r.prefix = 32;
         r.data = [1; 12];
@@ -752,7 +752,7 @@ mod tests {
         assert_eq!(d.a, 17);
         assert_eq!(d.data, [1; 12]);
         let mut b = r.encode();
-        b[60] = 200;
+        b[60..62].copy_from_slice(&u16::try_from(TEXT_LEN + 1).unwrap().to_le_bytes());
         assert_eq!(Reply::decode(&b), Err(DecodeError::Text));
         assert_eq!(
             Reply::decode(&Reply::event(Event::Reload).encode())

@@ -18,7 +18,7 @@ trap 'rm -rf "$ROOT"' EXIT
 install -d "$ROOT/DEBIAN" "$ROOT/usr/sbin" "$ROOT/lib/systemd/system" \
     "$ROOT/usr/share/man/man8" "$ROOT/usr/share/man/man5" \
     "$ROOT/usr/share/doc/sentry"
-for b in sentry-sensor sentry-enforcer sentryctl; do
+for b in sentry-sensor sentry-enforcer sentry-worker sentryctl; do
     install -m 0755 "$REL/$b" "$ROOT/usr/sbin/$b"
     # As dh_strip does: no symbols or build notes in the shipped binaries.
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$ROOT/usr/sbin/$b"
@@ -64,8 +64,9 @@ Section: net
 Priority: optional
 Description: privilege-separated port scan detector (PortSentry successor)
  sentry-sensor (unprivileged, seccomp-confined) detects port scans in all of
- PortSentry's modes; sentry-enforcer (a small root core) re-checks and blocks
- the scanner in an nftables set, hosts.deny or with PortSentry's commands.
+ PortSentry's modes; sentry-worker (unprivileged) re-checks and decides, and
+ sentry-enforcer (a small root parent) blocks the scanner in an nftables set,
+ hosts.deny or with PortSentry's commands.
  Reads portsentry.conf unchanged.
 CTRL
 printf '/etc/logrotate.d/sentry\n' >"$ROOT/DEBIAN/conffiles"
@@ -107,6 +108,9 @@ case "$1" in
 configure|abort-upgrade|abort-deconfigure|abort-remove)
     getent passwd sentry >/dev/null || useradd --system --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin sentry
+    # The enforcer's unprivileged worker (the root parent starts it as this user).
+    getent passwd sentry-worker >/dev/null || useradd --system --user-group --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin sentry-worker
     install -d -m 0700 /var/lib/sentry
     install -d -m 0750 /var/log/sentry
     [ -e /etc/hosts.deny ] || install -m 0644 /dev/null /etc/hosts.deny

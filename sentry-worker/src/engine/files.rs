@@ -37,13 +37,33 @@ impl Engine {
             ));
             text.push('\n');
         }
-        if let Err(e) = write_atomic(&path, text.as_bytes(), 0o600) {
+        // In a directory the worker cannot write (PortSentry's /var/lib/portsentry, which
+        // the root parent gives the file but not the directory): in place, in the file
+        // the parent gave it.
+        let r = write_atomic(&path, text.as_bytes(), 0o600).or_else(|e| {
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return Err(e);
+            }
+            rewrite_in_place(&path, text.as_bytes())
+        });
+        if let Err(e) = r {
             self.error(
                 ErrorKind::Persist,
                 format!("cannot write {}: {e}", path.display()),
             );
         }
     }
+}
+
+/// Replace the contents of an existing file of ours, refusing symlinks.
+fn rewrite_in_place(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_data()
 }
 
 /// Append one line, refusing symlinks and files writable by group or others.
