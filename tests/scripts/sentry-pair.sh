@@ -2,9 +2,12 @@
 # Start, stop or inspect the installed sentry pair on a machine WITHOUT systemd as
 # PID 1 (containers, minimal VMs). With systemd, use the units instead (make run
 # does). Privilege separation matches the units:
-#   enforcer: root, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW (+CAP_SYS_PTRACE,
-#             kept only by the thread that checks the sensor's executable), member of
-#             the sensor's group (to hand it enforcer.sock), no_new_privs.
+#   enforcer: the root parent, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW
+#             +CAP_SYS_PTRACE (the sensor's executable check) +CAP_SETUID+CAP_SETGID
+#             +CAP_KILL (it starts, signals and restarts its worker as `sentry-worker`)
+#             +CAP_CHOWN (it gives the worker its state and log files at start), member
+#             of the sensor's group (to hand it enforcer.sock), no_new_privs; its worker
+#             runs as `sentry-worker` with no capability.
 #   sensor:   user `sentry`, no capabilities at all (the enforcer hands it the
 #             NFLOG socket it reads), no_new_privs.
 # Logs: /var/log/sentry/{enforcer,sensor}.log; audit: AUDIT_LOG (sentry.conf).
@@ -34,15 +37,19 @@ wait_status() {
 start() {
     [ "$(id -u)" = 0 ] || die "must run as root"
     id "$USER_" >/dev/null 2>&1 || die "user $USER_ missing (make install creates it)"
+    id sentry-worker >/dev/null 2>&1 || die "user sentry-worker missing (make install creates it)"
     install -d -m 0755 -o root -g root "$RUN"
-    install -d -m 0700 -o root -g root "$STATE"
-    install -d -m 0750 -o root -g root "$LOGDIR"
+    # The worker writes the state and the audit log (AUDIT_LOG is in $LOGDIR as shipped);
+    # the enforcer gives it the files inside at start.
+    [ -d "$STATE" ] || install -d -m 0700 -o sentry-worker -g sentry-worker "$STATE"
+    [ -d "$LOGDIR" ] || install -d -m 0750 -o sentry-worker -g sentry-worker "$LOGDIR"
     "$SBIN/sentryctl" check-config "$CONF" || die "configuration $CONF is invalid"
     gid=$(id -g "$USER_")
     if alive "$RUN/enforcer.pid"; then
         echo "enforcer already running (pid $(cat "$RUN/enforcer.pid"))"
     else
-        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace --groups "$gid" --no-new-privs \
+        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+kill,+chown \
+            --groups "$gid" --no-new-privs \
             "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
             --sensor-user "$USER_" --log-stderr </dev/null >>"$LOGDIR/enforcer.log" 2>&1 &
         echo $! >"$RUN/enforcer.pid"

@@ -421,11 +421,11 @@ impl Sentry {
         let mut c = self.daemon_command("enforcer");
         // CAP_SYS_PTRACE: the sensor check reads the (not dumpable) sensor's
         // /proc/PID/exe. CAP_SETUID/SETGID: the parent starts (and restarts) its worker
-        // as the worker's user; CAP_CHOWN/FOWNER: it gives the state and log directories
-        // to that user at start. CAP_KILL: it signals (and restarts) a worker of another uid.
+        // as the worker's user. CAP_KILL: it signals (and restarts) a worker of another
+        // uid. CAP_CHOWN: at start, it gives the worker its files.
         c.args([
             "--bounding-set",
-            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown,+fowner,+kill",
+            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+kill,+chown",
             "--groups",
         ])
         .arg(groups)

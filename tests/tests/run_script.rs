@@ -72,6 +72,7 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
     }
     bins();
     let (sensor_uid, _) = ensure_sensor_user();
+    sentry_tests::ensure_worker_user();
     let dir = tempfile::Builder::new()
         .prefix("se2e-run-")
         .tempdir()
@@ -132,23 +133,40 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
     );
     assert_eq!(status_field(sen, "Seccomp"), "2");
     assert_eq!(status_field(sen, "NoNewPrivs"), "1");
-    // The enforcer: root, bounded to CAP_NET_ADMIN + CAP_NET_RAW, and CAP_SYS_PTRACE for
-    // its sensor-check thread only (issue #21): the main thread holds none of it.
+    // The enforcer's root parent (issue #22): root, one thread, its own seccomp filter,
+    // bounded to what the script's setpriv gives it; CAP_NET_RAW (the command helper's)
+    // and CAP_CHOWN (start-up only) are not held.
     assert!(status_field(enf, "Uid")
         .split_whitespace()
         .all(|u| u == "0"));
+    let allowed: u64 =
+        (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 19);
     let bnd = u64::from_str_radix(&status_field(enf, "CapBnd"), 16).unwrap();
+    assert_eq!(bnd & !allowed, 0, "enforcer bounding set {bnd:#x}");
+    let eff = u64::from_str_radix(&status_field(enf, "CapEff"), 16).unwrap();
     assert_eq!(
-        bnd & !((1 << 12) | (1 << 13) | (1 << 19)),
+        eff & ((1 << 13) | 1),
         0,
-        "enforcer bounding set {bnd:#x}"
+        "the parent holds CAP_NET_RAW or CAP_CHOWN: {eff:#x}"
     );
+    assert_eq!(status_field(enf, "Threads"), "1");
+    assert_eq!(status_field(enf, "Seccomp"), "2");
+    assert_eq!(status_field(enf, "NoNewPrivs"), "1");
+    // Its worker: no capability at all.
+    let children = std::fs::read_to_string(format!("/proc/{enf}/task/{enf}/children")).unwrap();
+    let worker = children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| n.trim() == "sentry-worker")
+        })
+        .expect("the worker");
     for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
-        let v = u64::from_str_radix(&status_field(enf, set), 16).unwrap();
         assert_eq!(
-            v & (1 << 19),
-            0,
-            "the enforcer's main thread has CAP_SYS_PTRACE in {set}"
+            status_field(worker, set),
+            "0000000000000000",
+            "worker {set}"
         );
     }
     // It detects and blocks.

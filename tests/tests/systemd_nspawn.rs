@@ -286,11 +286,36 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     assert_eq!(proc_field(&status, "NoNewPrivs"), "1");
     assert_eq!(proc_field(&status, "Seccomp"), "2");
 
+    // The enforcer's root parent under the shipped unit (issue #22): one thread, its own
+    // seccomp filter, no_new_privs; its worker runs as sentry-worker with nothing.
+    let ppid = c.unit_prop("sentry-enforcer.service", "MainPID");
+    let pstatus = c.exec_ok(&["cat", &format!("/proc/{ppid}/status")]).stdout;
+    assert_eq!(proc_field(&pstatus, "Seccomp"), "2", "{pstatus}");
+    assert_eq!(proc_field(&pstatus, "NoNewPrivs"), "1", "{pstatus}");
+    assert_eq!(proc_field(&pstatus, "Threads"), "1", "{pstatus}");
+    let wpid = c
+        .exec_ok(&["pgrep", "-u", "sentry-worker", "-x", "sentry-worker"])
+        .stdout
+        .trim()
+        .to_string();
+    let wstatus = c.exec_ok(&["cat", &format!("/proc/{wpid}/status")]).stdout;
+    for f in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(
+            proc_field(&wstatus, f),
+            "0000000000000000",
+            "worker {f}\n{wstatus}"
+        );
+    }
+    eprintln!(
+        "{TEST}: FIGURE root parent pid {ppid}: Seccomp 2, NoNewPrivs 1, Threads 1; worker pid {wpid}: no capability"
+    );
+
     // The installed units' exposure as the running systemd scores them (the offline
     // figures are checked in units.rs).
     for (u, max) in [
         ("sentry-sensor.service", 1.5),
-        ("sentry-enforcer.service", 2.5),
+        // 3.0: the root parent's worker capabilities (see units.rs).
+        ("sentry-enforcer.service", 3.0),
     ] {
         let o = c.exec_ok(&["systemd-analyze", "security", "--no-pager", u]);
         let line = o
@@ -538,7 +563,7 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "cp /etc/sentry/sentry.conf /etc/sentry/sentry.conf.orig && \
          echo 'KILL_RUN_CMD=\"/bin/true $TARGET$\"' >> /etc/sentry/sentry.conf && \
          mkdir -p /etc/systemd/system/sentry-enforcer.service.d && \
-         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN\\n' \
+         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_PTRACE CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN\\n' \
            > /etc/systemd/system/sentry-enforcer.service.d/test-caps.conf && \
          systemctl daemon-reload",
     ]);

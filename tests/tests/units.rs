@@ -76,13 +76,17 @@ fn sensor_unit_exposure_at_most_1_5() {
     assert!(s <= 1.5, "sentry-sensor.service exposure {s} > 1.5");
 }
 
+/// 2.4 before issue #22 (this systemd's scoring); the root parent's CAP_SETUID/CAP_SETGID
+/// and CAP_KILL (it starts, signals and restarts its worker as `sentry-worker`) and
+/// CAP_CHOWN (at start, the worker's files) add 0.6, which `systemd-analyze` cannot weigh
+/// against the worker no longer being root. Held here so it grows no further.
 #[test]
-fn enforcer_unit_exposure_at_most_2_5() {
-    if !have_analyze("enforcer_unit_exposure_at_most_2_5") {
+fn enforcer_unit_exposure_at_most_3_0() {
+    if !have_analyze("enforcer_unit_exposure_at_most_3_0") {
         return;
     }
     let s = exposure(&enforcer_unit());
-    assert!(s <= 2.5, "sentry-enforcer.service exposure {s} > 2.5");
+    assert!(s <= 3.0, "sentry-enforcer.service exposure {s} > 3.0");
 }
 
 /// issue #14: the fleet bridge holds no capability and speaks HTTP: it must be the
@@ -217,14 +221,24 @@ fn enforcer_unit_privileges_and_writable_paths() {
     let d = directives(&enforcer_unit());
     let caps = values(&d, "CapabilityBoundingSet").join(" ");
     assert!(caps.contains("CAP_NET_ADMIN"));
-    for forbidden in ["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE", "CAP_SETUID"] {
+    for forbidden in ["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"] {
         assert!(!caps.contains(forbidden), "enforcer may keep {forbidden}");
     }
-    // CAP_SYS_PTRACE is in the bounding set for one thread only, the sensor check (issue
-    // #21); tests/tests/confinement.rs checks that no other thread holds it.
+    // Issue #22: the root parent keeps CAP_SYS_PTRACE (the sensor check), CAP_SETUID,
+    // CAP_SETGID and CAP_KILL (its worker, as `sentry-worker`), CAP_CHOWN during start-up
+    // (the worker's files); CAP_NET_RAW is for the command helper's KILL_* commands.
+    // tests/tests/confinement.rs checks what the running processes hold.
     assert_eq!(
         caps.split_whitespace().collect::<Vec<_>>(),
-        ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE"]
+        [
+            "CAP_NET_ADMIN",
+            "CAP_NET_RAW",
+            "CAP_SYS_PTRACE",
+            "CAP_SETUID",
+            "CAP_SETGID",
+            "CAP_KILL",
+            "CAP_CHOWN"
+        ]
     );
     for k in ["Requires", "BindsTo", "PartOf"] {
         assert!(values(&d, k).is_empty(), "enforcer unit has {k}=");

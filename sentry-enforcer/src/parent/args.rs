@@ -45,6 +45,7 @@ pub struct Args {
     /// `None`: `sentry-worker` in the directory of our own executable.
     pub worker: Option<PathBuf>,
     pub recover: bool,
+
     /// Every argument as given, for the worker's command line.
     pub raw: Vec<String>,
 }

@@ -154,7 +154,11 @@ pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
             if cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some() {
                 keep.push(caps::Capability::CAP_NET_RAW);
             }
-            super::confine::keep_only(&keep, &keep)?;
+            for w in super::confine::keep_only(&keep, &keep)? {
+                // Said once, at start: a configured KILL_* command will fail without it.
+                let w = w.replace(" is needed", " is needed by the configured actions");
+                eprintln!("sentry-enforcer: adminalert: confinement: {w}");
+            }
             let ch = Channel::from_inherited(3).map_err(|e| e.to_string())?;
             super::helper::serve(&ch, cfg);
             Ok(())

@@ -406,6 +406,13 @@ fn open_parent(
             .clone()
             .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
     });
+    say(&format!(
+        "adminalert: the detection input goes only to a sensor running {}{}",
+        exe.display(),
+        unit.as_deref()
+            .map(|u| format!(" in unit {u}"))
+            .unwrap_or_default()
+    ));
     Ok(Parent {
         floor: Floor::new(&cfg, ignore),
         cfg,
