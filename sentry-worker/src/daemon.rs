@@ -1241,7 +1241,9 @@ fn reload(sh: &Shared, tell_parent: bool) -> Result<(u64, u64), EnforcerError> {
     if tell_parent {
         let req = sentry_privsep::Request::new(sentry_privsep::Verb::Reload, 0);
         if let Err(e) = sh.parent.ask(&[req]) {
-            sh.log.err(&format!("adminalert: ERROR: the root parent's ignore list: {e}"));
+            sh.log.err(&format!(
+                "adminalert: ERROR: the root parent's ignore list: {e}"
+            ));
         }
     }
     let r = sh.engine().reload(WallMs::now());

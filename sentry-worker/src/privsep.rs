@@ -194,10 +194,9 @@ pub mod testing {
     /// asks for it (in a network namespace of its own, which the parent's thread shares).
     pub fn parent(cfg: &policy::Config) -> (Arc<Link>, Backends) {
         let (ours, theirs) = Channel::pair().expect("socketpair");
-        let nft = (cfg.firewall == policy::Firewall::Nftables
-            && nix::unistd::geteuid().is_root())
-        .then(|| sentry_enforcer::kernel::netlink::NlSocket::netfilter().ok())
-        .flatten();
+        let nft = (cfg.firewall == policy::Firewall::Nftables && nix::unistd::geteuid().is_root())
+            .then(|| sentry_enforcer::kernel::netlink::NlSocket::netfilter().ok())
+            .flatten();
         let backends = Backends {
             nft: nft.is_some(),
             route: false,

@@ -211,7 +211,11 @@ impl Parent {
                 }
             }
             // The deny file's errors name the file already.
-            Err(e) => Reply::fail(b.id, e.raw_os_error().map_or(0, |x| x as u64), &e.to_string()),
+            Err(e) => Reply::fail(
+                b.id,
+                e.raw_os_error().map_or(0, |x| x as u64),
+                &e.to_string(),
+            ),
         }
     }
 
