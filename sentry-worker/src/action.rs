@@ -70,14 +70,6 @@ impl Subject {
             None => self.addr.to_string(),
         }
     }
-
-    fn prefix_len(&self) -> u8 {
-        match (self.prefix6, self.addr) {
-            (Some(len), _) => len,
-            (None, IpAddr::V4(_)) => 32,
-            (None, IpAddr::V6(_)) => 128,
-        }
-    }
 }
 
 /// The KILL_HOSTS_DENY line for `s` (IPv6 in brackets, as hosts_access(5) wants).
