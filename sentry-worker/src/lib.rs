@@ -50,6 +50,7 @@
 pub mod action;
 pub mod audit;
 pub mod budget;
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod dirs;
