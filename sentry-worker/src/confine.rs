@@ -357,9 +357,9 @@ mod tests {
         out.status
     }
 
-    /// Under the filter, threads start (glibc falls back from clone3 to clone), files,
-    /// netlink dumps and syslog-style datagram sockets work; a fork, a TCP socket or a
-    /// signal to another process kills the process.
+    /// Under the filter, threads start (glibc falls back from clone3 to clone), the state
+    /// and textfile writes, netlink dumps and syslog lines work; a fork, a TCP socket or
+    /// a signal to another process kills the process.
     #[test]
     fn under_the_filter() {
         use std::os::unix::process::ExitStatusExt;
@@ -380,17 +380,25 @@ mod tests {
         let Some(what) = std::env::var_os(CHILD) else {
             return;
         };
+        let d =
+            std::path::PathBuf::from(std::env::var_os("SENTRY_WORKER_UNDER_FILTER_DIR").unwrap());
+        // A stand-in for /dev/log, bound before the filter as syslogd's would be.
+        let syslog = std::os::unix::net::UnixDatagram::bind(d.join("log")).unwrap();
         apply().unwrap();
         let status = std::thread::spawn(|| std::fs::read_to_string("/proc/thread-self/status"))
             .join()
             .unwrap()
             .unwrap();
         assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
-        let d =
-            std::path::PathBuf::from(std::env::var_os("SENTRY_WORKER_UNDER_FILTER_DIR").unwrap());
         crate::store::write_atomic(&d.join("f"), b"x", 0o600).unwrap();
+        crate::control::metrics::write_textfile(&d, "t.prom", "x 1\n").unwrap();
         let _ = crate::infra::dump_default_gateways();
-        let _ = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        // What the Logger does for each syslog line.
+        let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        s.connect(d.join("log")).unwrap();
+        s.send(b"<29>sentry-enforcer[1]: line").unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(syslog.recv(&mut buf).unwrap(), 28);
         match what.to_str() {
             Some("fork") => drop(std::process::Command::new("/bin/true").status()),
             Some("tcp") => drop(std::net::TcpListener::bind("127.0.0.1:0")),
