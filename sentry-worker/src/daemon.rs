@@ -1535,6 +1535,9 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
     let mut engine = open_engine(cfg, &args, &log, Some((Arc::clone(&rpc), backends)))?;
     log_started(&log, &engine, &config_path, sensor.uid);
     let effects = effects_worker(&mut engine, &log, fx)?;
+    // Start-up is done: everything the worker opens from here on is what the filter
+    // allows, and every thread started below inherits it.
+    crate::confine::apply().map_err(|e| EnforcerError::confine("seccomp filter", e))?;
     let addr_fd = engine.addr_watch_fd();
     let sh = Arc::new(Shared {
         engine: Mutex::new(engine),

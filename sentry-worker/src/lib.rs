@@ -38,8 +38,8 @@
 //! * [`audit`] — JSON-lines audit log and syslog/stderr lines in PortSentry's wording.
 //! * [`budget`] — AUDIT_RATE: per-second bound on records and log lines of decisions
 //!   that changed nothing, with one summary per kind for the rest.
-//! * `sys` — the crate's only unsafe code: closing inherited descriptors, peer groups and
-//!   pidfds, poll (`sched_setattr`, shared with the sensor, is in the `sentry-sched` crate).
+//! * `sys` — the crate's only unsafe code: closing inherited descriptors, peer groups,
+//!   poll (`sched_setattr`, shared with the sensor, is in the `sentry-sched` crate).
 //!
 //! Files are grouped by role: `kernel/` (nftables, netlink, NFLOG, the table watch,
 //! served ports), `effects/` (actions, kill commands, hosts.deny), `control/` (watch
@@ -50,6 +50,7 @@
 pub mod action;
 pub mod audit;
 pub mod budget;
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod dirs;

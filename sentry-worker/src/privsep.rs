@@ -185,7 +185,7 @@ pub mod testing {
     use sentry_enforcer::kernel::table::Support;
     use sentry_enforcer::parent::serve::{gather, Answer, Step};
     use sentry_enforcer::parent::{floor::Floor, helper, Detect, Log, Parent};
-    use sentry_privsep::{Channel, Reply};
+    use sentry_privsep::{Channel, Refusal, Reply};
 
     use super::Link;
     use crate::action::Backends;
@@ -244,9 +244,7 @@ pub mod testing {
             let answer = match gather(&mut pending, r, fd, 1 << 20) {
                 Step::Wait => continue,
                 Step::Act(b) => p.act(b),
-                Step::Break(_, id, _, _) => {
-                    Answer::one(Reply::refused(id, sentry_privsep::Refusal::Malformed))
-                }
+                Step::Break(_, id, _, _) => Answer::one(Reply::refused(id, Refusal::Malformed)),
             };
             let replies = match answer {
                 Answer::Replies(v, _) => v,

@@ -561,6 +561,12 @@ impl Sentry {
         self.enforcer_real.expect("enforcer pid known")
     }
 
+    /// The worker the parent runs now (after a restart, not the one it started first),
+    /// taken as the pid `sentryctl status` names, and signalled at stop from then on.
+    pub fn worker_restarted(&mut self, pid: u32) {
+        self.enforcer_real = Some(pid);
+    }
+
     /// The sensor's own pid.
     pub fn sensor_pid(&self) -> u32 {
         assert!(self.sensor.is_some(), "sensor not running");

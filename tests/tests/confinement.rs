@@ -1,7 +1,9 @@
 //! The running sensor, started as the harness (and the unit) starts it, holds no privilege
 //! worth stealing.
 
-use sentry_tests::{require_root, Sentry, Settings};
+use std::time::Duration;
+
+use sentry_tests::{require_root, wait_until, Sentry, Settings};
 
 #[test]
 fn running_sensor_is_unprivileged_and_seccomp_confined() {
@@ -47,7 +49,8 @@ fn running_sensor_is_unprivileged_and_seccomp_confined() {
 /// The split of issue #22, as it runs: the root parent is one thread under its own
 /// seccomp filter with no_new_privs, holding CAP_NET_ADMIN and CAP_SYS_PTRACE (the sensor
 /// check); the worker (the pid `sentryctl status` names) runs as `sentry-worker` with no
-/// capability in any thread, no_new_privs, and is the parent's child.
+/// capability in any thread, no_new_privs, under its own seccomp filter, and is the
+/// parent's child.
 #[test]
 fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
     let test = "the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing";
@@ -68,6 +71,7 @@ fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
         wfield("Uid")
     );
     assert_eq!(wfield("NoNewPrivs"), "1");
+    assert_eq!(wfield("Seccomp"), "2", "the worker has no seccomp filter");
     // Every thread of the worker: no capability in any set.
     for e in std::fs::read_dir(format!("/proc/{worker}/task")).unwrap() {
         let tid = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -100,6 +104,55 @@ fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
     println!(
         "FIGURE root parent pid {parent}: Threads 1, Seccomp 2, NoNewPrivs 1, CapEff {eff:#x}; worker pid {worker} uid {wuid}: no capability"
     );
+}
+
+/// A worker that dies is started again by the parent, which is confined by then: the new
+/// worker runs under the parent's filters and its own (stacked, four in all), so every
+/// system call it makes must pass both. It comes back, takes the sensor again and blocks.
+#[test]
+fn a_killed_worker_comes_back_under_the_parents_filter_and_its_own() {
+    let test = "a_killed_worker_comes_back_under_the_parents_filter_and_its_own";
+    if !require_root(test) {
+        return;
+    }
+    let mut s = Sentry::start(test, Settings::new(&["atcp"]));
+    let old = s.enforcer_pid();
+    assert_eq!(
+        Sentry::proc_status(old, "Seccomp_filters").as_deref(),
+        Some("2"),
+        "the first worker: its own two filters"
+    );
+    let pid = |st: &serde_json::Value| st.get("pid").and_then(serde_json::Value::as_u64);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(old).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Back, with the sensor connected again (the hand-over ran under both filters).
+    let st = wait_until(
+        Duration::from_secs(30),
+        "the restarted worker with the sensor",
+        || {
+            let st = s.try_status().ok()?;
+            (pid(&st).is_some_and(|p| p != u64::from(old)) && !st["sensor"].is_null()).then_some(st)
+        },
+        || s.diag(),
+    );
+    let new = u32::try_from(pid(&st).unwrap()).unwrap();
+    s.worker_restarted(new);
+    let field = |f: &str| Sentry::proc_status(new, f).unwrap_or_else(|| panic!("no {f}"));
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(
+        field("Seccomp_filters"),
+        "4",
+        "the restarted worker: the parent's two filters and its own two"
+    );
+    let out = s.sentryctl(&["block", "203.0.113.77"]);
+    assert!(out.success(), "{out}");
+    assert!(s.nft_has("203.0.113.77".parse().unwrap()), "{}", s.diag());
+    let log = s.enforcer_log();
+    assert!(!log.contains("SIGSYS"), "{log}");
+    println!("FIGURE worker {old} killed, {new} restarted under 4 seccomp filters");
 }
 
 /// `se.slice` (ns) of a thread, from /proc/<pid>/task/<tid>/sched; None when the kernel

@@ -82,7 +82,7 @@ fn compile(
 /// filter: a system call the worker makes must be in this list, or a restarted worker is
 /// killed. Anything else kills the process (SECCOMP_RET_KILL_PROCESS).
 #[rustfmt::skip]
-const ALLOWED: &[(libc::c_long, &str)] = &[
+pub const ALLOWED: &[(libc::c_long, &str)] = &[
     // The loop and its descriptors.
     (libc::SYS_ppoll, "the poll loop where glibc's poll() is ppoll (aarch64)"),
     (libc::SYS_pselect6, "nft waits for the kernel's netlink answers"),
@@ -123,7 +123,6 @@ const ALLOWED: &[(libc::c_long, &str)] = &[
     (libc::SYS_fsync, "hosts.deny; a worker's state"),
     (libc::SYS_fdatasync, "hosts.deny; a worker's journal"),
     (libc::SYS_unlinkat, "removing the sockets at stop (aarch64); a worker's temporary files"),
-    (libc::SYS_renameat, "a worker's atomic state writes"),
     (libc::SYS_renameat2, "a worker's atomic state writes"),
     (libc::SYS_mkdirat, "a worker's audit directory"),
     (libc::SYS_fchmod, "a worker's files"),
@@ -159,6 +158,7 @@ const ALLOWED: &[(libc::c_long, &str)] = &[
     (libc::SYS_rt_sigaction, "std and children reset handlers"),
     (libc::SYS_rt_sigprocmask, "the loop's blocked signals; children unblock them"),
     (libc::SYS_rt_sigreturn, "signal delivery"),
+    (libc::SYS_rt_sigtimedwait, "a restarted worker's signal thread (sigwait)"),
     (libc::SYS_restart_syscall, "interrupted calls"),
     (libc::SYS_clock_gettime, "time stamps (usually the vDSO)"),
     (libc::SYS_clock_nanosleep, "hosts.deny lock back-off, a worker's timers"),
@@ -199,20 +199,21 @@ const ALLOWED: &[(libc::c_long, &str)] = &[
 /// The legacy forms x86_64 programs still use (aarch64 has only the *at forms).
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
-const ALLOWED_X86: &[(libc::c_long, &str)] = &[
+pub const ALLOWED_X86: &[(libc::c_long, &str)] = &[
     (libc::SYS_poll, "the poll loop (glibc's poll)"),
     (libc::SYS_access, "the dynamic loader"),
     (libc::SYS_arch_prctl, "glibc start-up of nft and the worker"),
     (libc::SYS_readlink, "/proc/PID/exe (std's read_link)"),
     (libc::SYS_unlink, "removing the sockets at stop (std's remove_file)"),
     (libc::SYS_rename, "a worker's atomic state writes"),
-    (libc::SYS_chmod, "a worker's files (std's set_permissions)"),
+    (libc::SYS_renameat, "a worker's atomic state writes (no such call on aarch64)"),
     (libc::SYS_mkdir, "a worker's audit directory"),
+    (libc::SYS_chmod, "a worker's metrics textfile mode (std's set_permissions)"),
     (libc::SYS_dup2, "a restarted worker's descriptors at 3-7"),
     (libc::SYS_vfork, "posix_spawn in a shell or a worker"),
 ];
 #[cfg(not(target_arch = "x86_64"))]
-const ALLOWED_X86: &[(libc::c_long, &str)] = &[];
+pub const ALLOWED_X86: &[(libc::c_long, &str)] = &[];
 
 /// Namespace flags a fork never needs (a new user namespace needs no privilege).
 const CLONE_NS: u64 = (libc::CLONE_NEWUSER
