@@ -169,6 +169,9 @@ pub fn needs_net_raw(cfg: &Config) -> bool {
 pub struct Executor {
     link: Option<Arc<Link>>,
     backends: Backends,
+    /// The last never-block refusal of the parent's floor (its own gateways, addresses,
+    /// ignore list, ...), for the engine to record the decision as never_block.
+    floor: std::cell::Cell<Option<sentry_privsep::Refusal>>,
     /// For the deny file's notes about lines it kept.
     log: Arc<Logger>,
 }
@@ -191,8 +194,14 @@ impl Executor {
         Self {
             link,
             backends,
+            floor: std::cell::Cell::new(None),
             log,
         }
+    }
+
+    /// The never-block refusal the parent's floor gave since the last call, if any.
+    pub fn take_floor_refusal(&self) -> Option<sentry_privsep::Refusal> {
+        self.floor.take()
     }
 
     /// The same channel, for another thread's executor (the effects worker's `fx`).
@@ -225,7 +234,23 @@ impl Executor {
 
     /// One request that must succeed.
     fn ask(&self, items: &[Request]) -> Result<sentry_privsep::Reply, EnforcerError> {
-        self.link()?.ask(items).map_err(failure)
+        use sentry_privsep::Refusal as R;
+        self.link()?.ask(items).map_err(|f| {
+            if let Failure::Refused(
+                r @ (R::Ignored
+                | R::Loopback
+                | R::OwnAddress
+                | R::LinkLocal
+                | R::Multicast
+                | R::Broadcast
+                | R::Gateway
+                | R::Reserved),
+            ) = f
+            {
+                self.floor.set(Some(r));
+            }
+            failure(f)
+        })
     }
 
     /// Run one action for `s`. Adding an element uses the block's duration

@@ -1862,8 +1862,12 @@ fn run_enforcer_once(env: &Sentry, extra: &[&str]) -> (Option<i32>, String) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("enforcer {extra:?} did not exit");
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "enforcer {extra:?} did not exit: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -305,6 +305,16 @@ impl Loop {
     /// Kill the worker (it is reaped and restarted when its pidfd says it is gone).
     fn stop_worker(&mut self, why: &str) {
         let Some(w) = &self.worker else { return };
+        // A worker that ends by itself (a start that failed: exit 78) closes its channels
+        // a moment before its pidfd says so: give it that moment, so its exit status, not
+        // our SIGKILL, decides what happens next.
+        let mut fds = [nix::poll::PollFd::new(
+            w.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(500u16)).unwrap_or(0) > 0 {
+            return;
+        }
         if !self.dying {
             say(&format!(
                 "adminalert: the worker (pid {}) {why}: stopping and restarting it",

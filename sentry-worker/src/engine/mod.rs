@@ -957,10 +957,35 @@ impl Engine {
             rec.actions.iter().filter(|a| !a.ok()).count(),
             rec.actions.len(),
         );
+        let floor = self.exec.take_floor_refusal();
         if !took_effect {
             self.blocks.remove(&addr);
             if let Err(e) = self.store.del(addr, &self.blocks) {
                 self.persist_error(&format!("state for {addr}"), &e);
+            }
+            // The root parent's floor knew first (a gateway it saw before this process
+            // did): never blocked, and this process looks again.
+            if let Some(r) = floor {
+                self.refresh_own_addresses();
+                self.refresh_infra(false);
+                use policy::{InfraReason as I, NeverBlockReason as N};
+                use sentry_privsep::Refusal as R;
+                // The judge's words for the same reason, so a record reads the same
+                // whichever process knew first.
+                let why = match r {
+                    R::Gateway => N::Infrastructure(I::DefaultGateway).as_str(),
+                    R::Loopback => N::Loopback.as_str(),
+                    R::OwnAddress => N::OwnAddress.as_str(),
+                    R::LinkLocal => N::LinkLocal.as_str(),
+                    R::Multicast => N::Multicast.as_str(),
+                    R::Broadcast => N::Broadcast.as_str(),
+                    R::Reserved => N::Reserved.as_str(),
+                    other => other.as_str(),
+                };
+                if r == R::Ignored {
+                    return (Decision::Ignored, why.to_string(), None);
+                }
+                return (Decision::NeverBlock, why.to_string(), None);
             }
             let why = format!("{n_failed} of {n_all} actions failed; host not blocked");
             return (Decision::Failed, why, None);
