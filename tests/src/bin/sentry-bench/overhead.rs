@@ -184,40 +184,88 @@ fn udp_rate(pair: &NetPair, secs: u64) -> Result<f64, String> {
     Ok((packets - lost) / seconds)
 }
 
-/// New TCP connections per second from the client to the server's port 8080 (a listener
-/// that accepts and closes, blocking in accept so the backlog never fills), for `secs`.
-fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
+/// A connect that took longer than this lost a SYN (or its SYN/ACK) and waited for the
+/// 1 s initial retransmission timeout: a stall, not the table's cost.
+const STALL: Duration = Duration::from_millis(200);
+
+/// One round of [`conn_rate`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Conns {
+    /// Connections per second.
+    rate: f64,
+    /// Connects that took longer than [`STALL`].
+    stalls: u64,
+    /// The server namespace's `ListenOverflows` during the round (SYNs dropped because the
+    /// accept queue was full).
+    overflows: u64,
+}
+
+/// `TcpExtListenOverflows` of the namespace `side` of `pair`.
+fn listen_overflows(pair: &NetPair, side: Side) -> u64 {
+    let out = run(
+        pair.command(side, "cat").arg("/proc/net/netstat"),
+        Duration::from_secs(10),
+    );
+    let mut lines = out.stdout.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// New TCP connections per second from the client to the server's port 8080 for `secs`:
+/// the client connects and closes with a RST (SO_LINGER 0), one connection after the
+/// other, so neither side keeps a TIME_WAIT and no round runs out of ports.
+///
+/// The server only accepts and drops each connection (its socket is reset or closed
+/// already), from an accept queue of 4096. It once waited for each client's RST before
+/// the next accept: that made it slower than the client, its accept queue of 128 (std's
+/// backlog) overflowed, the SYN was dropped (`ListenOverflows`) and the client waited
+/// for the 1 s retransmission: 2-3 such stalls in a 3 s round, so the rounds' rates
+/// varied by a factor of two or more with the number of stalls, whatever the table.
+fn conn_rate(pair: &NetPair, secs: u64) -> Conns {
+    let overflows = listen_overflows(pair, Side::Target);
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let (st, rd) = (stop.clone(), ready.clone());
     let server = pair.spawn_in_ns(Side::Target, move || {
         pin(SERVER_CPU);
-        let Ok(l) = TcpListener::bind((TARGET_V4, 8080)) else {
-            rd.store(true, Ordering::SeqCst);
+        let listener = TcpListener::bind((TARGET_V4, 8080)).and_then(|l| {
+            let backlog = nix::sys::socket::Backlog::new(4096).map_err(std::io::Error::from)?;
+            nix::sys::socket::listen(&l, backlog).map_err(std::io::Error::from)?;
+            Ok(l)
+        });
+        rd.store(true, Ordering::SeqCst);
+        let Ok(l) = listener else {
             return;
         };
-        rd.store(true, Ordering::SeqCst);
         while !st.load(Ordering::SeqCst) {
-            if let Ok((mut c, _)) = l.accept() {
-                // Wait for the client's RST: the server never closes first, so no
-                // TIME_WAIT piles up on either side over the rounds.
-                let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
-            }
+            // Dropped at once: a close needs no wake-up for the client's RST, so the
+            // server keeps ahead of the client and the queue never fills.
+            drop(l.accept());
         }
     });
     while !ready.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let st = stop.clone();
-    let n = pair.in_ns(Side::Scanner, move || {
+    let (n, stalls) = pair.in_ns(Side::Scanner, move || {
         pin(CLIENT_CPU);
         let to = SocketAddr::from((TARGET_V4, 8080));
         let end = Instant::now() + Duration::from_secs(secs);
-        let mut n = 0u64;
+        let (mut n, mut stalls) = (0u64, 0u64);
         while Instant::now() < end {
-            if let Ok(c) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                // Closed with a RST: no TIME_WAIT, so the client never runs out of ports
-                // and every round starts alike.
+            let t0 = Instant::now();
+            let c = TcpStream::connect_timeout(&to, Duration::from_secs(3));
+            if t0.elapsed() > STALL {
+                stalls += 1;
+            }
+            if let Ok(c) = c {
                 let _ = nix::sys::socket::setsockopt(
                     &c,
                     nix::sys::socket::sockopt::Linger,
@@ -232,15 +280,59 @@ fn conn_rate(pair: &NetPair, secs: u64) -> f64 {
         // One more connection wakes the server from accept, now told to stop.
         st.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&to, Duration::from_secs(1));
-        n
+        (n, stalls)
     });
     let _ = server.join();
-    n as f64 / secs as f64
+    Conns {
+        rate: n as f64 / secs as f64,
+        stalls,
+        overflows: listen_overflows(pair, Side::Target).saturating_sub(overflows),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `median (min-max)` of `v`, with `digits` decimals.
+fn spread(v: &[f64], digits: usize) -> String {
+    if v.is_empty() {
+        return "-".to_string();
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.digits$} ({lo:.digits$}-{hi:.digits$})",
+        median(v.to_vec())
+    )
+}
+
+/// One round: each measurement in both pairs, the pair that goes first alternating.
+/// Index 0 is the measured pair, 1 the reference.
+#[derive(Debug, Default)]
+struct Round {
+    udp: [f64; 2],
+    conn: [Conns; 2],
+}
+
+fn round(measured: &NetPair, reference: &NetPair, first: usize, secs: u64) -> Round {
+    let order = if first == 0 {
+        [(0, measured), (1, reference)]
+    } else {
+        [(1, reference), (0, measured)]
+    };
+    let mut r = Round::default();
+    for (i, p) in order {
+        match udp_rate(p, secs) {
+            Ok(v) => r.udp[i] = v,
+            Err(e) => eprintln!("sentry-bench overhead: {e}"),
+        }
+    }
+    for (i, p) in order {
+        r.conn[i] = conn_rate(p, secs.min(3));
+    }
+    r
 }
 
 fn setup(pair: &NetPair) -> Result<(), String> {
@@ -295,9 +387,22 @@ pub fn scenario(opts: &Opts) {
         &[
             "on top of a conntrack firewall",
             "64-byte UDP, datagrams/s (median)",
-            "ratio to firewall alone",
+            "ratio to firewall alone, median (min-max)",
             "new TCP connections/s to a served port",
-            "ratio to firewall alone",
+            "ratio to firewall alone, median (min-max)",
+            "stalled connects",
+        ],
+    );
+    let mut rounds = Table::new(
+        "overhead, every round (measured pair / reference pair)",
+        &[
+            "on top of a conntrack firewall",
+            "round",
+            "UDP datagrams/s",
+            "ratio",
+            "connections/s",
+            "ratio",
+            "stalled connects (ListenOverflows)",
         ],
     );
     for layout in [Layout::FirewallAlone, Layout::Previous, Layout::Current] {
@@ -319,39 +424,39 @@ pub fn scenario(opts: &Opts) {
             continue;
         }
         let (mut udp, mut udp_ratio, mut conn, mut conn_ratio) = (vec![], vec![], vec![], vec![]);
-        for round in 0..opts.runs {
-            // Alternate which pair goes first.
-            let order = if round % 2 == 0 {
-                [&measured, &reference]
-            } else {
-                [&reference, &measured]
-            };
-            let mut rates = [0.0f64; 2];
-            for p in order {
-                match udp_rate(p, secs) {
-                    Ok(r) => rates[usize::from(std::ptr::eq(p, &reference))] = r,
-                    Err(e) => eprintln!("sentry-bench overhead: {e}"),
-                }
+        let mut stalls = 0;
+        for i in 0..opts.runs {
+            let r = round(&measured, &reference, usize::from(i % 2 == 1), secs);
+            let (u, c) = (r.udp, r.conn);
+            if u[1] > 0.0 {
+                udp.push(u[0]);
+                udp_ratio.push(u[0] / u[1]);
             }
-            if rates[1] > 0.0 {
-                udp.push(rates[0]);
-                udp_ratio.push(rates[0] / rates[1]);
+            if c[1].rate > 0.0 {
+                conn.push(c[0].rate);
+                conn_ratio.push(c[0].rate / c[1].rate);
             }
-            let mut c = [0.0f64; 2];
-            for p in order {
-                c[usize::from(std::ptr::eq(p, &reference))] = conn_rate(p, secs.min(3));
-            }
-            if c[1] > 0.0 {
-                conn.push(c[0]);
-                conn_ratio.push(c[0] / c[1]);
-            }
+            stalls += c[0].stalls + c[1].stalls;
+            rounds.row(vec![
+                layout.label().to_string(),
+                (i + 1).to_string(),
+                format!("{:.0} / {:.0}", u[0], u[1]),
+                format!("{:.3}", u[0] / u[1]),
+                format!("{:.0} / {:.0}", c[0].rate, c[1].rate),
+                format!("{:.3}", c[0].rate / c[1].rate),
+                format!(
+                    "{} / {} ({} / {})",
+                    c[0].stalls, c[1].stalls, c[0].overflows, c[1].overflows
+                ),
+            ]);
         }
         t.row(vec![
             layout.label().to_string(),
             format!("{:.0}", median(udp)),
-            format!("{:.3}", median(udp_ratio)),
+            spread(&udp_ratio, 3),
             format!("{:.0}", median(conn)),
-            format!("{:.3}", median(conn_ratio)),
+            spread(&conn_ratio, 3),
+            stalls.to_string(),
         ]);
     }
     for s in &mut servers {
@@ -359,4 +464,5 @@ pub fn scenario(opts: &Opts) {
         let _ = s.wait();
     }
     t.print();
+    rounds.print();
 }
