@@ -19,7 +19,7 @@
 //! to the reference pair in the same round.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,7 +188,7 @@ fn udp_rate(pair: &NetPair, secs: u64) -> Result<f64, String> {
 /// 1 s initial retransmission timeout: a stall, not the table's cost.
 const STALL: Duration = Duration::from_millis(200);
 
-/// One round of [`conn_rate`].
+/// One round of [`conn_rates`], for one pair.
 #[derive(Debug, Clone, Copy, Default)]
 struct Conns {
     /// Connections per second.
@@ -218,21 +218,53 @@ fn listen_overflows(pair: &NetPair, side: Side) -> u64 {
         .unwrap_or(0)
 }
 
-/// New TCP connections per second from the client to the server's port 8080 for `secs`:
-/// the client connects and closes with a RST (SO_LINGER 0), one connection after the
-/// other, so neither side keeps a TIME_WAIT and no round runs out of ports.
-///
-/// The server only accepts and drops each connection (its socket is reset or closed
-/// already), from an accept queue of 4096. It once waited for each client's RST before
-/// the next accept: that made it slower than the client, its accept queue of 128 (std's
-/// backlog) overflowed, the SYN was dropped (`ListenOverflows`) and the client waited
-/// for the 1 s retransmission: 2-3 such stalls in a 3 s round, so the rounds' rates
-/// varied by a factor of two or more with the number of stalls, whatever the table.
-fn conn_rate(pair: &NetPair, secs: u64) -> Conns {
-    let overflows = listen_overflows(pair, Side::Target);
-    let stop = Arc::new(AtomicBool::new(false));
+/// How long the client stays in one pair's namespace before it turns to the other one.
+/// The two pairs are measured in many short alternating slices rather than one after the
+/// other, so a change in the machine's load (other builds, the hypervisor's other guests)
+/// falls on both alike: measured 3 s apart, two identical pairs differed by up to 10 %.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// Run `work` for `secs` in all, on [`CLIENT_CPU`], in slices of [`SLICE`] that alternate
+/// between the client namespaces of `pairs[first]` and the other pair: `work(i, until)`
+/// runs in the client namespace of `pairs[i]` until `until` and returns what it counted.
+/// The counts and the time spent in each namespace.
+fn in_turns<F>(pairs: [&NetPair; 2], secs: u64, first: usize, mut work: F) -> [(u64, Duration); 2]
+where
+    F: FnMut(usize, Instant) -> u64 + Send + 'static,
+{
+    let paths = pairs.map(|p| format!("/run/netns/{}", p.name(Side::Scanner)));
+    std::thread::spawn(move || {
+        pin(CLIENT_CPU);
+        let fds = paths.map(|p| std::fs::File::open(&p).unwrap_or_else(|e| panic!("{p}: {e}")));
+        let mut out = [(0u64, Duration::ZERO); 2];
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut k = first;
+        while Instant::now() < end {
+            let i = k % 2;
+            k += 1;
+            nix::sched::setns(&fds[i], nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns: {e}"));
+            let t0 = Instant::now();
+            out[i].0 += work(i, t0 + SLICE);
+            out[i].1 += t0.elapsed();
+        }
+        out
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// The TCP server of [`conn_rates`] on port 8080 of `pair`'s server, until `stop` is set
+/// (and one more connection wakes it). It only accepts and drops each connection (its
+/// socket is reset or closed already), from an accept queue of 4096. It once waited for
+/// each client's RST before the next accept: that made it slower than the client, its
+/// accept queue of 128 (std's backlog) overflowed, the SYN was dropped
+/// (`ListenOverflows`) and the client waited for the 1 s retransmission: 2-3 such stalls
+/// in a 3 s round, so the rounds' rates varied by a factor of two or more with the number
+/// of stalls, whatever the table.
+fn accept_and_drop(pair: &NetPair, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let ready = Arc::new(AtomicBool::new(false));
-    let (st, rd) = (stop.clone(), ready.clone());
+    let rd = ready.clone();
     let server = pair.spawn_in_ns(Side::Target, move || {
         pin(SERVER_CPU);
         let listener = TcpListener::bind((TARGET_V4, 8080)).and_then(|l| {
@@ -244,7 +276,7 @@ fn conn_rate(pair: &NetPair, secs: u64) -> Conns {
         let Ok(l) = listener else {
             return;
         };
-        while !st.load(Ordering::SeqCst) {
+        while !stop.load(Ordering::SeqCst) {
             // Dropped at once: a close needs no wake-up for the client's RST, so the
             // server keeps ahead of the client and the queue never fills.
             drop(l.accept());
@@ -253,17 +285,27 @@ fn conn_rate(pair: &NetPair, secs: u64) -> Conns {
     while !ready.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let st = stop.clone();
-    let (n, stalls) = pair.in_ns(Side::Scanner, move || {
-        pin(CLIENT_CPU);
-        let to = SocketAddr::from((TARGET_V4, 8080));
-        let end = Instant::now() + Duration::from_secs(secs);
-        let (mut n, mut stalls) = (0u64, 0u64);
-        while Instant::now() < end {
+    server
+}
+
+/// New TCP connections per second from the client to the server's port 8080 in each of
+/// `pairs`, for `secs` in all, in alternating slices ([`in_turns`]): the client connects
+/// and closes with a RST (SO_LINGER 0), one connection after the other, so neither side
+/// keeps a TIME_WAIT and no round runs out of ports.
+fn conn_rates(pairs: [&NetPair; 2], secs: u64, first: usize) -> [Conns; 2] {
+    let overflows = pairs.map(|p| listen_overflows(p, Side::Target));
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = pairs.map(|p| accept_and_drop(p, stop.clone()));
+    let stalls = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let st = stalls.clone();
+    let to = SocketAddr::from((TARGET_V4, 8080));
+    let counts = in_turns(pairs, secs, first, move |i, until| {
+        let mut n = 0;
+        while Instant::now() < until {
             let t0 = Instant::now();
             let c = TcpStream::connect_timeout(&to, Duration::from_secs(3));
             if t0.elapsed() > STALL {
-                stalls += 1;
+                st[i].fetch_add(1, Ordering::Relaxed);
             }
             if let Ok(c) = c {
                 let _ = nix::sys::socket::setsockopt(
@@ -277,17 +319,23 @@ fn conn_rate(pair: &NetPair, secs: u64) -> Conns {
                 n += 1;
             }
         }
-        // One more connection wakes the server from accept, now told to stop.
-        st.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&to, Duration::from_secs(1));
-        (n, stalls)
+        n
     });
-    let _ = server.join();
-    Conns {
-        rate: n as f64 / secs as f64,
-        stalls,
-        overflows: listen_overflows(pair, Side::Target).saturating_sub(overflows),
+    // One more connection in each pair wakes its server from accept, now told to stop.
+    stop.store(true, Ordering::SeqCst);
+    for p in pairs {
+        p.in_ns(Side::Scanner, move || {
+            let _ = TcpStream::connect_timeout(&to, Duration::from_secs(1));
+        });
     }
+    for s in servers {
+        let _ = s.join();
+    }
+    std::array::from_fn(|i| Conns {
+        rate: counts[i].0 as f64 / counts[i].1.as_secs_f64().max(1e-9),
+        stalls: stalls[i].load(Ordering::Relaxed),
+        overflows: listen_overflows(pairs[i], Side::Target).saturating_sub(overflows[i]),
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -329,9 +377,7 @@ fn round(measured: &NetPair, reference: &NetPair, first: usize, secs: u64) -> Ro
             Err(e) => eprintln!("sentry-bench overhead: {e}"),
         }
     }
-    for (i, p) in order {
-        r.conn[i] = conn_rate(p, secs.min(3));
-    }
+    r.conn = conn_rates([measured, reference], secs.min(3) * 2, first);
     r
 }
 
