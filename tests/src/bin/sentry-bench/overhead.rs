@@ -45,6 +45,20 @@ const TABLE: &str = "sentry";
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
 
+/// Give the calling thread (a server) the lowest real-time priority, so that other work
+/// on its CPU cannot hold it off: a TCP server held off for 160 ms let 4096 connections
+/// pile up, its accept queue overflowed and the next SYN waited 1 s for its
+/// retransmission (`ListenOverflows`, seen under a load of 2-3 from other builds). The
+/// servers only drain their sockets; the round's work is the client's.
+fn realtime() {
+    let tid = nix::unistd::gettid().to_string();
+    let _ = std::process::Command::new("chrt")
+        .args(["-f", "-p", "1", &tid])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Pin the calling thread to `cpu`.
 fn pin(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
@@ -182,6 +196,7 @@ fn udp_server(
     let rd = ready.clone();
     let server = pair.spawn_in_ns(Side::Target, move || {
         pin(SERVER_CPU);
+        realtime();
         let sock = UdpSocket::bind((TARGET_V4, 5201));
         rd.store(true, Ordering::SeqCst);
         let Ok(sock) = sock else {
@@ -353,6 +368,7 @@ fn accept_and_drop(pair: &NetPair, stop: Arc<AtomicBool>) -> std::thread::JoinHa
     let rd = ready.clone();
     let server = pair.spawn_in_ns(Side::Target, move || {
         pin(SERVER_CPU);
+        realtime();
         let listener = TcpListener::bind((TARGET_V4, 8080)).and_then(|l| {
             let backlog = nix::sys::socket::Backlog::new(4096).map_err(std::io::Error::from)?;
             nix::sys::socket::listen(&l, backlog).map_err(std::io::Error::from)?;
