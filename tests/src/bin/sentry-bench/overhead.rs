@@ -9,9 +9,9 @@
 //! * `+ previous table` (the layout before issue #19: two prerouting base chains at -300
 //!   with five set lookups before conntrack, plus the detection chain in input);
 //! * `+ sentry table` (the current one: one input and one forward base chain after
-//!   conntrack, replies in the host's own flows first), built with the enforcer's own
-//!   scripts from the shipped policy, first hit on, with `--overhead-blocks` addresses in
-//!   the block sets.
+//!   conntrack, established and related packets out at the first rule), built with the
+//!   enforcer's own scripts from the shipped policy, first hit on, with
+//!   `--overhead-blocks` addresses in the block sets.
 //!
 //! Measured, each as the ratio of the measured pair to the reference pair in the same
 //! round, both pairs in alternating 50 ms slices from one client thread ([`in_turns`]), so
