@@ -35,8 +35,8 @@ APT_PKGS    = nftables iproute2 util-linux build-essential
 # logwatch + fail2ban for the log-consumer checks; scapy (system python3) crafts
 # fragments and IPv6 header chains for input_path.rs; masscan is sentry-bench's 1M
 # packets/s scanner (issue #13's figures: a scanner with its own TCP stack, far faster
-# than nmap); iperf3 is sentry-bench overhead's traffic (the host's own flows).
-APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iperf3 iptables tcpdump systemd strace net-tools \
+# than nmap).
+APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
                 procps passwd dpkg-dev python3-scapy masscan \
                 debootstrap systemd-container lintian logwatch fail2ban
 # ...of which these are daemons: when test-deps installs one on a host running systemd,

@@ -20,22 +20,26 @@ pub const SET_V6NET: &str = "v6net";
 
 /// The regular chain every new, invalid or untracked packet goes through: a source in a
 /// block set (or, from the detection script, a first-hit map) is dropped here.
+///
+/// Packets of established flows never come here: a block takes away the right to open
+/// connections to or through this host, not the flows the address had opened before it
+/// (they end with the connection, or with conntrack's timeout). That keeps the host's
+/// own traffic at one base chain and one compare per packet: a block-set lookup for every
+/// established packet cost 3-4 % of the 64-byte UDP rate (`sentry-bench overhead`, issue
+/// #19 item 7), and a forged probe then no longer cuts the sessions a client of this
+/// host already has.
 pub const CHAIN_BLOCKED: &str = "blocked";
-/// The same for packets of established flows the other side opened: the block sets only.
-/// A first-hit source was dropped at its first new packet, so it opened nothing since;
-/// a flow it had opened before is dropped once the enforcer records the block (within
-/// milliseconds). One lookup less on the path of most of the host's traffic.
-pub const CHAIN_BLOCKED_EST: &str = "blocked_est";
 
 /// Build the `nft -f -` script that (re)creates the table: sets with per-element timeouts
 /// for single addresses (`v4`, `v6`) and for IPv6 networks of BLOCK_PREFIX6 (`v6net`,
 /// looked up with the source masked, so it stays a plain hash set), and the two base
 /// chains every block acts in.
 ///
-/// A block removes only what the blocked address originates: both base chains sit after
-/// connection tracking (priority -150) and let `ct direction reply` pass first, so the
-/// replies in a flow this host (or, on a router, one of its clients) opened are never
-/// dropped. A forged probe "from" a server the host talks to (its LAPI, NTP server, package
+/// A block removes only what the blocked address originates, and only new flows: both
+/// base chains sit after connection tracking (priority -150) and let established and
+/// related packets pass first, so the replies in a flow this host (or, on a router, one of
+/// its clients) opened are never dropped, and neither is a flow opened before the block
+/// ([`CHAIN_BLOCKED`]). A forged probe "from" a server the host talks to (its LAPI, NTP server, package
 /// mirror) then costs the host nothing; the forged address only loses the right to open
 /// connections to or through this host. `input` is rebuilt with the detection rules when
 /// the sensor announces its modes ([`detection_script`]); `forward` (a router's, a
@@ -53,10 +57,9 @@ pub fn setup_script(table: &str, prefix6: u8) -> String {
     base_chains(&mut o, table);
     for r in blocked_rules(Some(prefix6), false) {
         let _ = writeln!(o, "add rule inet {table} {CHAIN_BLOCKED} {r}");
-        let _ = writeln!(o, "add rule inet {table} {CHAIN_BLOCKED_EST} {r}");
     }
     for r in [
-        "ct direction reply return".to_string(),
+        "ct state established,related return".to_string(),
         format!("goto {CHAIN_BLOCKED}"),
     ] {
         let _ = writeln!(o, "add rule inet {table} input {r}");
@@ -64,22 +67,19 @@ pub fn setup_script(table: &str, prefix6: u8) -> String {
     o
 }
 
-/// Declare the base chains and the block chains (a no-op for those that exist), then
-/// empty the ones whose rules the caller writes next (`input`, the block chains);
+/// Declare the base chains and the block chain (a no-op for those that exist), then
+/// empty the ones whose rules the caller writes next (`input`, the block chain);
 /// `forward`'s rules never change and are written here.
 fn base_chains(o: &mut String, table: &str) {
     let _ = writeln!(
         o,
         "add chain inet {table} input {{ type filter hook input priority -150; policy accept; }}\n\
          add chain inet {table} {CHAIN_BLOCKED}\n\
-         add chain inet {table} {CHAIN_BLOCKED_EST}\n\
          add chain inet {table} forward {{ type filter hook forward priority -150; policy accept; }}\n\
          flush chain inet {table} input\n\
          flush chain inet {table} {CHAIN_BLOCKED}\n\
-         flush chain inet {table} {CHAIN_BLOCKED_EST}\n\
          flush chain inet {table} forward\n\
-         add rule inet {table} forward ct direction reply return\n\
-         add rule inet {table} forward ct state established,related goto {CHAIN_BLOCKED_EST}\n\
+         add rule inet {table} forward ct state established,related return\n\
          add rule inet {table} forward goto {CHAIN_BLOCKED}"
     );
 }
@@ -511,9 +511,11 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
 /// (`type filter hook input priority -150`: after conntrack (-200) and defragmentation,
 /// before the host's own filter rules (0), so a host firewall that drops a scan does not
 /// hide it; the input hook only sees packets for this host, never forwarded ones):
-/// * replies within the host's own flows (`ct direction reply`) return first: a block
-///   never cuts the host off from a server it talks to;
-/// * established/related packets and packets not unicast to us go to the block check;
+/// * established and related packets return first: the replies within the host's own
+///   flows (a block never cuts the host off from a server it talks to) and the flows
+///   others opened before any block ([`CHAIN_BLOCKED`]): one compare for most of the
+///   host's traffic;
+/// * packets not unicast to us go to the block check;
 /// * the ignore list returns (the enforcer never blocks it);
 /// * what is left is new, invalid or untracked (`notrack` rules too: they are probes
 ///   all the same) and goes through the per-protocol candidate chains, then the block
@@ -534,9 +536,6 @@ pub fn detection_script(table: &str, spec: &DetectSpec) -> String {
     detection_objects(&mut o, table, spec);
     for r in blocked_rules(spec.native, spec.tripwire.is_some()) {
         add_rule(&mut o, table, CHAIN_BLOCKED, &r);
-    }
-    for r in blocked_rules(spec.native, false) {
-        add_rule(&mut o, table, CHAIN_BLOCKED_EST, &r);
     }
     input_rules(&mut o, table, spec);
     protocol_rules(&mut o, table, spec);
@@ -582,16 +581,12 @@ fn detection_objects(o: &mut String, table: &str, spec: &DetectSpec) {
     elements(o, table, "detect_audp", port_items(&spec.audp));
 }
 
-/// The `input` chain: replies and established flows out, then not-for-us and ignored
-/// sources, then each protocol's candidates to its detect chain; the rest to the block
-/// check.
+/// The `input` chain: established flows (replies included) out, then not-for-us and
+/// ignored sources, then each protocol's candidates to its detect chain; the rest to the
+/// block check.
 fn input_rules(o: &mut String, table: &str, spec: &DetectSpec) {
     let rule = |o: &mut String, r: &str| add_rule(o, table, "input", r);
-    rule(o, "ct direction reply return");
-    rule(
-        o,
-        &format!("ct state established,related goto {CHAIN_BLOCKED_EST}"),
-    );
+    rule(o, "ct state established,related return");
     rule(o, &format!("meta pkttype != host goto {CHAIN_BLOCKED}"));
     rule(o, "ip saddr @detect_ign4 return");
     rule(o, "ip6 saddr @detect_ign6 return");
@@ -1098,17 +1093,16 @@ mod tests {
         // notrack'ed probes are candidates, logged as unverified.
         assert!(rules("detect_log")[1].starts_with("ct state invalid,untracked log"));
         // The block check covers the kernel's maps too, and forwarded traffic; an
-        // established flow's packets look up the block sets alone.
+        // established flow's packets (replies included) look nothing up.
         assert_eq!(rules("blocked").len(), 5);
-        assert_eq!(rules("blocked_est").len(), 3);
         assert_eq!(
-            rules("input")[..3],
+            rules("input")[..2],
             [
-                "ct direction reply return",
-                "ct state established,related goto blocked_est",
+                "ct state established,related return",
                 "meta pkttype != host goto blocked"
             ]
         );
+        assert!(!s.contains("blocked_est"));
         // ANSWER_PROBES=1: nothing dropped for want of a block.
         let answer = DetectSpec {
             answer_probes: true,
@@ -1177,8 +1171,8 @@ mod tests {
         assert!(!s.contains("prerouting"));
         assert!(s.contains("hook input priority -150"));
         assert!(s.contains("hook forward priority -150"));
-        assert!(s.contains("add rule inet sentry input ct direction reply return\nadd rule inet sentry input goto blocked\n"), "{s}");
-        assert!(s.contains("add rule inet sentry forward ct direction reply return\nadd rule inet sentry forward ct state established,related goto blocked_est\nadd rule inet sentry forward goto blocked"), "{s}");
+        assert!(s.contains("add rule inet sentry input ct state established,related return\nadd rule inet sentry input goto blocked\n"), "{s}");
+        assert!(s.contains("add rule inet sentry forward ct state established,related return\nadd rule inet sentry forward goto blocked"), "{s}");
         assert!(s.contains("ip saddr @v4 counter drop"));
         assert!(s.contains("ip6 saddr @v6 counter drop"));
         assert!(s.contains("ip6 saddr & ffff:ffff:ffff:ffff:: @v6net counter drop"));

@@ -49,8 +49,9 @@ Scenarios (default: all):
                 iptables rule per host, blackhole route) and SYN->RST data-path rate
                 with N active blocks vs none
   overhead   6. the host's own traffic over a conntrack firewall, alone, with the previous
-                table and with sentry's table: 64-byte UDP datagrams/s (iperf3) and new
-                TCP connections/s to a served port, as ratios to the firewall alone
+                table and with sentry's table: 64-byte UDP datagrams/s of an established
+                flow and new TCP connections/s to a served port, as ratios to the
+                firewall alone (both pairs in alternating 50 ms slices), every round
   all        every scenario above
 
 Options:
@@ -68,7 +69,7 @@ Options:
   --ps-flood-rate N      PortSentry flood rate, packets/s (default 1000)
   --ps-settle-secs N     how long PortSentry may keep blocking after its flood (default 60)
   --settle-secs N        how long sentry may keep working after a flood (default 60)
-  --overhead-secs N      seconds per overhead round (default 3; --runs rounds)
+  --overhead-secs N      seconds each pair is measured per overhead round (default 3)
   --overhead-blocks N    blocked addresses in the sets during `overhead` (default 10000)
 Environment: SENTRY_BENCH_TREE=COMMIT names the source tree in the output when it has no .git;
 SENTRY_BENCH_VERBOSE=1 prints each sentry run's audit record and sensor log;
