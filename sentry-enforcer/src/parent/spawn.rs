@@ -89,6 +89,15 @@ fn become_worker(plan: &Plan, parent: Pid, fds: &[i32; 5]) -> String {
     if let Err(e) = drop_to(plan.uid, plan.gid) {
         return e;
     }
+    // Again after the user switch, which clears it: the worker must die the moment the
+    // parent does, so no listening socket outlives it (the next parent would take a live
+    // one for another enforcer). It survives the exec of an ordinary binary.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return format!("PR_SET_PDEATHSIG: {e}");
+    }
+    if nix::unistd::getppid() != parent {
+        return "the parent is gone".into();
+    }
     if let Err(e) = sys::place_fds(fds) {
         return format!("descriptors: {e}");
     }

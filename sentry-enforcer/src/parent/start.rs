@@ -217,10 +217,21 @@ fn clear_stale_socket(path: &Path) -> Result<(), String> {
             "{}: exists and is not a socket; refusing to remove it",
             path.display()
         )),
-        Ok(_) if UnixStream::connect(path).is_ok() => Err(format!(
-            "{}: another enforcer is running (the socket accepts connections)",
-            path.display()
-        )),
+        // A worker of a parent that was just killed may hold it for a moment more.
+        Ok(_)
+            if (0..20).all(|_| {
+                let live = UnixStream::connect(path).is_ok();
+                if live {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                live
+            }) =>
+        {
+            Err(format!(
+                "{}: another enforcer is running (the socket accepts connections)",
+                path.display()
+            ))
+        }
         Ok(_) => std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display())),
     }
 }

@@ -157,9 +157,10 @@ fn main() {
             }
         }
         "hello" => {
-            if send(&mut s, &frame(&hello(PROTOCOL_VERSION)), &mut r) {
-                drain(&mut s, &mut r, 4);
-            }
+            // A refusal may come before the Hello is written (the peer check answers at
+            // accept): whether or not the write went through, read what was sent.
+            send(&mut s, &frame(&hello(PROTOCOL_VERSION)), &mut r);
+            drain(&mut s, &mut r, 4);
         }
         "hold" => {
             let secs: u64 = args
