@@ -158,6 +158,23 @@ pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(|e| e.to_string())?;
             sys::reset_signals().map_err(|e| e.to_string())?;
+            // systemd's stop signals every process of the unit: the helper must outlive
+            // the parent's own shutdown (it dies with the parent, by PR_SET_PDEATHSIG), or
+            // the parent would take its end for a failure and stop with an error.
+            let mut stop = nix::sys::signal::SigSet::empty();
+            for sig in [
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::Signal::SIGHUP,
+            ] {
+                stop.add(sig);
+            }
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&stop),
+                None,
+            )
+            .map_err(|e| e.to_string())?;
             sys::place_fds(&[child.fd().as_raw_fd()]).map_err(|e| e.to_string())?;
             let mut keep = vec![caps::Capability::CAP_NET_ADMIN];
             if cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some() {
