@@ -12,6 +12,8 @@
 //! * [`session`] — the sensor connection's protocol state machine (handshake first, no
 //!   second Hello, strictly increasing sequence numbers) and the one place every block
 //!   request is checked (fields, announced mode); fuzzed in `fuzz/`.
+//! * [`confine`] — the worker's seccomp allowlist, one reason per system call, installed
+//!   once start-up is done and before any other thread starts.
 //! * [`judge`] — the decision order, pure: request + state snapshot in, verdict out.
 //! * [`engine`] — owns the state; per decision: judge, act, persist, audit; restore,
 //!   expiry and status in its submodules.
