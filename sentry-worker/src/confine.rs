@@ -26,14 +26,12 @@
 //! it reads only the state directory, BLOCKED_FILE and hosts.deny and writes only the
 //! state directory, and it has no peer: no socket, no request from anyone.
 
-use std::collections::BTreeMap;
+use sentry_enforcer::parent::confine::{clone3_enosys, compile, Rules, CLONE_NS};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
-    SeccompCondition as Cond, SeccompFilter, SeccompRule,
+    SeccompCondition as Cond, SeccompRule,
 };
-
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 /// Built with `SENTRY_SECCOMP_AUDIT` set (any value), the filter logs what it would
 /// refuse (SECCOMP_RET_LOG) instead of killing the process: for finding the system calls
@@ -116,14 +114,6 @@ pub const ALLOWED_X86: &[(libc::c_long, &str)] = &[
 #[cfg(not(target_arch = "x86_64"))]
 pub const ALLOWED_X86: &[(libc::c_long, &str)] = &[];
 
-/// Namespace flags, never wanted by a thread.
-const CLONE_NS: u64 = (libc::CLONE_NEWUSER
-    | libc::CLONE_NEWNS
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWCGROUP) as u64;
 /// What makes a clone a thread: same memory, same thread group.
 const CLONE_THREAD: u64 = (libc::CLONE_VM | libc::CLONE_THREAD) as u64;
 
@@ -220,20 +210,6 @@ pub fn syscalls() -> Result<Vec<libc::c_long>, String> {
     Ok(v)
 }
 
-fn compile(
-    rules: Rules,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, String> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| format!("seccomp: {e:?}"))?;
-    let f = SeccompFilter::new(rules, mismatch, matched, arch)
-        .map_err(|e| format!("seccomp filter: {e}"))?;
-    f.try_into()
-        .map_err(|e: seccompiler::BackendError| format!("seccomp compile: {e}"))
-}
-
 /// The two filters: one that answers clone3 ENOSYS (its flags are in memory a filter
 /// cannot read; glibc then creates the thread with clone, whose flags the allowlist
 /// checks), and the allowlist (anything else kills the process).
@@ -250,13 +226,7 @@ pub fn filters() -> Result<[BpfProgram; 2], String> {
         SeccompAction::KillProcess
     };
     let allow = compile(rules, refuse, SeccompAction::Allow)?;
-    let clone3 = Rules::from([(libc::SYS_clone3, Vec::new())]);
-    let enosys = compile(
-        clone3,
-        SeccompAction::Allow,
-        SeccompAction::Errno(u32::try_from(libc::ENOSYS).unwrap_or(38)),
-    )?;
-    Ok([enosys, allow])
+    Ok([clone3_enosys()?, allow])
 }
 
 /// Install both filters on the calling thread; threads started after inherit them.

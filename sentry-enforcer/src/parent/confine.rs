@@ -54,14 +54,15 @@ use seccompiler::{
     SeccompCondition as Cond, SeccompFilter, SeccompRule,
 };
 
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 fn cond(arg: u8, op: Op, v: u64) -> Result<SeccompRule, String> {
     let c = Cond::new(arg, Len::Qword, op, v).map_err(|e| format!("seccomp condition: {e}"))?;
     SeccompRule::new(vec![c]).map_err(|e| format!("seccomp rule: {e}"))
 }
 
-fn compile(
+/// One filter for this machine's architecture (the worker's filter is built with it too).
+pub fn compile(
     rules: Rules,
     default: SeccompAction,
     on_match: SeccompAction,
@@ -215,8 +216,9 @@ pub const ALLOWED_X86: &[(libc::c_long, &str)] = &[
 #[cfg(not(target_arch = "x86_64"))]
 pub const ALLOWED_X86: &[(libc::c_long, &str)] = &[];
 
-/// Namespace flags a fork never needs (a new user namespace needs no privilege).
-const CLONE_NS: u64 = (libc::CLONE_NEWUSER
+/// Namespace flags a fork or a thread never needs (a new user namespace needs no
+/// privilege).
+pub const CLONE_NS: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWPID
@@ -234,13 +236,18 @@ pub fn filters() -> Result<[BpfProgram; 2], String> {
     }
     rules.insert(libc::SYS_clone, vec![cond(0, Op::MaskedEq(CLONE_NS), 0)?]);
     let allow = compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)?;
+    Ok([clone3_enosys()?, allow])
+}
+
+/// The filter that answers clone3 ENOSYS: its flags are in memory a filter cannot read,
+/// so glibc falls back to clone, whose flags an allowlist checks. Parent and worker.
+pub fn clone3_enosys() -> Result<BpfProgram, String> {
     let clone3 = Rules::from([(libc::SYS_clone3, Vec::new())]);
-    let enosys = compile(
+    compile(
         clone3,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
-    Ok([enosys, allow])
+        SeccompAction::Errno(u32::try_from(libc::ENOSYS).unwrap_or(38)),
+    )
 }
 
 /// Install both filters on this thread (the parent has no other).
