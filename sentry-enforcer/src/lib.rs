@@ -30,3 +30,5 @@ mod sys;
 // The paths tests/, the fuzz targets and the worker use.
 pub use effects::hostsdeny;
 pub use kernel::{capture, netlink, served, table};
+/// Also the worker's first call (from descriptor 8, above the ones its parent placed).
+pub use sys::close_inherited_fds;

@@ -1412,7 +1412,7 @@ pub fn main() -> ExitCode {
     // Before anything else opens a descriptor or starts a thread.
     // The parent's channels and listeners are at 3..=7 (crate::privsep); nothing else.
     let first = u32::try_from(crate::privsep::FD_CONTROL_LISTENER + 1).unwrap_or(8);
-    let fd_result = crate::sys::close_inherited_fds(first);
+    let fd_result = sentry_enforcer::close_inherited_fds(first);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     for (k, _) in std::env::vars_os() {
         std::env::remove_var(k);

@@ -1,37 +1,6 @@
 //! The only unsafe code in the worker crate (its one call shared with the sensor,
 //! `sched_setattr(2)`, is in the `sentry-sched` crate).
 
-/// Close every file descriptor from `first` up that was inherited from whoever started
-/// us (the parent's channels and listeners are below `first`; nothing else may leak in).
-/// Call first thing in `main`, before any thread exists and before anything in this
-/// process opened a descriptor of its own.
-pub fn close_inherited_fds(first: u32) -> std::io::Result<()> {
-    // SAFETY: close_range(2) only closes descriptors; at this point in `main` no Rust
-    // object owns a descriptor above 2 (nothing has been opened yet and no other thread
-    // exists), so no owned descriptor is invalidated behind its owner's back.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
-    if r == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(err);
-    }
-    // Kernels before 5.9: walk /proc/self/fd instead.
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| u32::try_from(*fd).is_ok_and(|f| f >= first))
-        .collect();
-    for fd in fds {
-        // SAFETY: as above; the directory handle used for listing is already closed, and
-        // EBADF for it (or any other stale number) is harmless.
-        unsafe {
-            libc::close(fd);
-        }
-    }
-    Ok(())
-}
-
 /// `SO_PEERGROUPS` (Linux 4.13+); libc does not export it for every architecture. It is
 /// 59 in every Linux socket ABI except sparc's (0x3d).
 #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]

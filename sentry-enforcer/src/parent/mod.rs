@@ -110,7 +110,7 @@ pub struct Parent {
 /// Entry point of the `sentry-enforcer` binary.
 pub fn main() -> ExitCode {
     // Before anything else opens a descriptor.
-    let closed = crate::sys::close_inherited_fds();
+    let closed = crate::sys::close_inherited_fds(3);
     for (k, _) in std::env::vars_os() {
         std::env::remove_var(k);
     }
