@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::cleanup::TempDir;
 use crate::packet::{self, spoofed_source, Plan};
-use crate::procfs::{self, median};
+use crate::procfs::{self, median, quantile};
 use crate::scans::{start_sentry, KILL_ROUTE_IPTABLES};
 use crate::table::Table;
 use crate::Opts;
@@ -273,6 +273,8 @@ fn fmt_us(v: Option<f64>) -> String {
 
 struct BackendResult {
     add: [Option<f64>; 3],
+    /// The whole block path of every add after the first (request -> Ack): p50, p99, max.
+    path: [Option<f64>; 3],
     active: usize,
     decisions: BTreeMap<String, u64>,
     empty: Paired,
@@ -302,10 +304,12 @@ fn measure_backend(b: Backend, opts: &Opts, control: &NetPair) -> Result<Backend
         let lo = usize::try_from(n.checked_sub(offset)?).ok()?;
         median(v.get(lo..(lo + 50).min(v.len()))?)
     };
+    let mut all = Vec::new();
     let (mid_t, big_t) = match b {
         Backend::Nft | Backend::Blackhole => {
             let (v, d) = drive(&sock, 1, big + 49 - 1)?;
             merge(d);
+            all.clone_from(&v);
             (window(&v, mid, 2), window(&v, big, 2))
         }
         Backend::Iptables => {
@@ -315,6 +319,7 @@ fn measure_backend(b: Backend, opts: &Opts, control: &NetPair) -> Result<Backend
             iptables_prefill(&s.net, &dir.path, 1_000_000 + mid, big - mid - 10)?;
             let (v2, d) = drive(&sock, 11, 10)?;
             merge(d);
+            all.extend(v1.iter().chain(&v2));
             (median(&v1), median(&v2))
         }
     };
@@ -340,6 +345,11 @@ fn measure_backend(b: Backend, opts: &Opts, control: &NetPair) -> Result<Backend
     crate::cleanup::unregister_dir(s.dir.path());
     Ok(BackendResult {
         add: [first.first().copied(), mid_t, big_t],
+        path: [
+            quantile(&all, 0.5),
+            quantile(&all, 0.99),
+            quantile(&all, 1.0),
+        ],
         active,
         decisions,
         empty,
@@ -355,7 +365,7 @@ pub fn scenario(opts: &Opts) {
     let control = NetPair::new();
     let mut adds = Table::new(
         "Enforcement cost: time to add the Nth block (request -> Ack at the enforcer socket; for N > 1 the median of blocks N..N+49, iptables N..N+9)",
-        &["backend", "N = 1", &format!("N = {mid}"), &format!("N = {big}"), "active blocks at end", "enforcer CPU for all adds", "enforcer VmHWM", "decisions"],
+        &["backend", "N = 1", &format!("N = {mid}"), &format!("N = {big}"), "every add: p50 / p99 / max", "active blocks at end", "enforcer CPU for all adds", "enforcer VmHWM", "decisions"],
     );
     let mut dp = Table::new(
         &format!("Data path: SYN -> RST packets/s through the target from an unblocked source; 5 x 1 s, alternating with a bare namespace pair (no firewall) as control; {big} active blocks vs none"),
@@ -373,6 +383,7 @@ pub fn scenario(opts: &Opts) {
                     fmt_us(r.add[0]),
                     fmt_us(r.add[1]),
                     fmt_us(r.add[2]),
+                    r.path.map(fmt_us).join(" / "),
                     r.active.to_string(),
                     format!("{:.2} s", r.enforcer_cpu_s),
                     format!("{} KiB", r.enforcer_hwm_kib),

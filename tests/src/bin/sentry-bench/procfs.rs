@@ -60,6 +60,22 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Median of a list (mean of the middle two for an even count); `None` when empty.
+/// The `q`-quantile (0..=1) of `v` by nearest rank: the smallest sample with at least
+/// `q` of the samples at or below it (the maximum for q = 1).
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    // Nearest rank: the first k (1-based) with k >= q * n; no float-to-integer cast.
+    let n = u32::try_from(s.len()).ok()?;
+    let rank = (1..=n)
+        .find(|&k| f64::from(k) >= q * f64::from(n))
+        .unwrap_or(n);
+    s.get(usize::try_from(rank).ok()? - 1).copied()
+}
+
 pub fn median(v: &[f64]) -> Option<f64> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if s.is_empty() {
@@ -90,6 +106,18 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[]), None);
         assert_eq!(min_max(&[2.0, 5.0, 1.0]), Some((1.0, 5.0)));
+    }
+
+    #[test]
+    fn quantile_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50.0));
+        assert_eq!(quantile(&v, 0.99), Some(99.0));
+        assert_eq!(quantile(&v, 1.0), Some(100.0));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&[7.0], 0.99), Some(7.0));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&v, 1.5), None);
     }
 
     #[test]
