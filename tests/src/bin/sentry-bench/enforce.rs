@@ -94,7 +94,9 @@ fn client(sock: &str, start: u64, count: u64) -> Result<Value, String> {
                     *decisions.entry(decision.as_str().to_string()).or_default() += 1;
                     break;
                 }
-                EnforcerFrame::Ack { .. } => continue,
+                // Other sequence numbers, and the NFLOG socket the enforcer hands a verified
+                // sensor (its descriptor is discarded with the frame): nothing to time.
+                EnforcerFrame::Ack { .. } | EnforcerFrame::Capture { .. } => continue,
                 other => return Err(format!("unexpected frame {other:?}")),
             }
         }
@@ -210,12 +212,22 @@ impl Backend {
     }
 
     fn settings(self) -> Settings {
-        let s = Settings::new(&["atcp"])
+        let mut s = Settings::new(&["atcp"])
             .without_sensor()
             .unset("KILL_HOSTS_DENY")
             .set("MAX_BLOCKS", "100000")
             .set("BLOCK_RATE", "1000000")
-            .set("BLOCK_TIMEOUT", "0");
+            .set("BLOCK_TIMEOUT", "0")
+            // The data path's SYN stream comes from the scanner address to ports nothing
+            // serves: without this the detection chain (never answer a probe, the first
+            // hit) drops it and the data path measures nothing after the first run.
+            .ignore(&SCANNER_V4.to_string());
+        // The stand-in sensor is this binary (`__client`): the enforcer checks that the
+        // peer of the sensor's uid runs the sensor executable (issue #21), so name ours.
+        if let Ok(exe) = std::env::current_exe() {
+            s.enforcer_args.push("--sensor-exe".into());
+            s.enforcer_args.push(exe.display().to_string());
+        }
         match self {
             Backend::Nft => s.set("FIREWALL", "nftables"),
             Backend::Iptables => s
