@@ -32,6 +32,7 @@ pub mod req;
 pub mod router;
 pub mod sensor;
 pub mod sentry;
+pub mod state;
 
 pub use audit::{
     read_audit, ActionKind, ActionStatus, AuditAction, AuditDecision, AuditLine, RestoreCounts,

@@ -14,30 +14,9 @@ use sentry_tests::{
 /// debug-build start-up can outlast the kit's wait for the enforcer.
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A version-1 state file (as the bench writes it) with `n` IPv4 and `n` IPv6 blocks.
+/// A version-1 state file with `n` IPv4 and `n` IPv6 blocks.
 fn persist(env: &Sentry, n: u32, timeout_ms: u64) {
-    std::fs::create_dir_all(&env.state_dir).unwrap();
-    let now = now_ms();
-    let mut blocks = Vec::new();
-    for i in 0..n {
-        for addr in [
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-            IpAddr::V6(Ipv6Addr::from(
-                0x2001_0db8_0000_0000_0000_0000_0000_0000u128
-                    + u128::from(i) * 65_536 * 65_536 * 65_536 * 65_536,
-            )),
-        ] {
-            blocks.push(serde_json::json!({
-                "addr": addr, "protocol": "tcp", "port": 22, "mode": "stcp", "scan": "syn",
-                "since_ms": now, "expires_ms": now + timeout_ms, "nft": true,
-                "distinct_ports": 3, "hosts_deny_legacy": false
-            }));
-        }
-    }
-    let snap = serde_json::json!({"version": 1, "blocks": blocks});
-    std::fs::write(env.state_dir.join("blocks.json"), snap.to_string()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&env.state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    sentry_tests::state::persist_blocks(&env.state_dir, n, timeout_ms).unwrap();
 }
 
 fn summary(env: &Sentry) -> RestoreCounts {

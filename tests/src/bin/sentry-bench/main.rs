@@ -25,6 +25,7 @@ mod pcap;
 mod portsentry;
 mod probe;
 mod procfs;
+mod restore;
 mod scans;
 mod sensorctl;
 mod sys;
@@ -52,6 +53,8 @@ Scenarios (default: all):
                 table and with sentry's table: 64-byte UDP datagrams/s of an established
                 flow and new TCP connections/s to a served port, as ratios to the
                 firewall alone (both pairs in alternating 50 ms slices), every round
+  restore    7. a state of N blocks restored into an empty ruleset (as after a boot):
+                seconds to every block in the kernel's sets, peak memory of both processes
   all        every scenario above
 
 Options:
@@ -61,6 +64,7 @@ Options:
   --portsentry-deb FILE  use this portsentry .deb instead of `apt-get download portsentry`
   --no-portsentry        skip the PortSentry rows
   --enforce-n N          blocks for the enforcement-cost scenario (default 10000)
+  --restore-n N          blocks for the restore scenario (default 100000, MAX_BLOCKS' bound)
   --capture-rates LIST   paced rates for `capture`, packets/s (default 25000,50000,100000,200000)
   --step-secs N          seconds per capture step (default 3)
   --flood-sizes LIST     distinct sources per flood (default 10000,1000000)
@@ -87,6 +91,7 @@ pub struct Opts {
     pub portsentry_deb: Option<PathBuf>,
     pub no_portsentry: bool,
     pub enforce_n: u64,
+    pub restore_n: u64,
     pub capture_rates: Vec<u64>,
     pub step_secs: u64,
     pub flood_sizes: Vec<u64>,
@@ -102,7 +107,9 @@ pub struct Opts {
     pub scans: Option<Vec<probe::Scan>>,
 }
 
-const SCENARIOS: [&str; 6] = ["syn", "scans", "capture", "flood", "enforce", "overhead"];
+const SCENARIOS: [&str; 7] = [
+    "syn", "scans", "capture", "flood", "enforce", "overhead", "restore",
+];
 
 /// A number within `lo..=hi`, or an error naming the option.
 fn num(name: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
@@ -130,6 +137,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         portsentry_deb: None,
         no_portsentry: false,
         enforce_n: 10_000,
+        restore_n: 100_000,
         capture_rates: vec![25_000, 50_000, 100_000, 200_000],
         step_secs: 3,
         flood_sizes: vec![10_000, 1_000_000],
@@ -161,6 +169,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--no-portsentry" => o.no_portsentry = true,
             "--scans" => o.scans = Some(probe::select(&value("--scans")?)?),
+            "--restore-n" => o.restore_n = num("--restore-n", &value("--restore-n")?, 2, 100_000)?,
             "--enforce-n" => {
                 let v = value("--enforce-n")?;
                 o.enforce_n = v
@@ -350,6 +359,9 @@ fn main() {
     }
     if want("overhead") {
         overhead::scenario(&opts);
+    }
+    if want("restore") {
+        restore::scenario(&opts);
     }
     drop(pkg);
     cleanup::emergency_cleanup();
