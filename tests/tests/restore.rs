@@ -1,13 +1,12 @@
 //! A restore is verified element by element against what the kernel holds, and
 //! KILL_ROUTE is re-run once after a reboot. The real enforcer in a test namespace.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use sentry_proto::{Decision, Protocol};
 use sentry_tests::{
-    now_ms, require_root, run_ok, wait_until, ActionKind, ActionStatus, AuditDecision,
-    RestoreCounts, Sentry, Settings, Side,
+    require_root, run_ok, wait_until, ActionKind, ActionStatus, AuditDecision, RestoreCounts,
+    Sentry, Settings, Side,
 };
 
 /// The two tests with tens of thousands of blocks take turns: at once, on two cores, a
