@@ -4,7 +4,7 @@
 //! the pair in their own network namespaces.
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,7 @@ use serde_json::Value;
 
 use sentry_tests::netns::{SCANNER2_V4, SCANNER_V4, TARGET_V4};
 use sentry_tests::{
-    bins, now_ms, require_root, require_tool, run, wait_until, AuditDecision, Sentry, Settings,
-    Side,
+    bins, require_root, require_tool, run, wait_until, AuditDecision, Sentry, Settings, Side,
 };
 
 const SCANNER: IpAddr = IpAddr::V4(SCANNER_V4);
@@ -45,27 +44,7 @@ fn ready(test: &str) -> bool {
 
 /// `n` IPv4 and `n` IPv6 blocks in a version-1 state file, restored at the next start.
 fn persist(env: &Sentry, n: u32) {
-    std::fs::create_dir_all(&env.state_dir).unwrap();
-    let now = now_ms();
-    let mut blocks = Vec::new();
-    for i in 0..n {
-        for addr in [
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-            IpAddr::V6(Ipv6Addr::from(
-                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + (u128::from(i) << 64),
-            )),
-        ] {
-            blocks.push(serde_json::json!({
-                "addr": addr, "protocol": "tcp", "port": 22, "mode": "stcp", "scan": "syn",
-                "since_ms": now, "expires_ms": now + 3_600_000, "nft": true,
-                "distinct_ports": 3, "hosts_deny_legacy": false
-            }));
-        }
-    }
-    let snap = serde_json::json!({"version": 1, "blocks": blocks});
-    std::fs::write(env.state_dir.join("blocks.json"), snap.to_string()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&env.state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    sentry_tests::state::persist_blocks(&env.state_dir, n, 3_600_000).unwrap();
 }
 
 /// `sentryctl ARGS | READER` in bash: (sentryctl's exit status, its stderr).
