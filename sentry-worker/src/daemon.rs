@@ -1532,6 +1532,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         nft: hello.has(sentry_privsep::Hello::NFT),
         route: hello.has(sentry_privsep::Hello::ROUTE),
     };
+    let served = served_poller(&cfg, hello, sensor.uid, &log);
     let mut engine = open_engine(cfg, &args, &log, Some((Arc::clone(&rpc), backends)))?;
     log_started(&log, &engine, &config_path, sensor.uid);
     let effects = effects_worker(&mut engine, &log, fx)?;
@@ -1564,10 +1565,69 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         addr_fd,
         events,
         control_l,
+        served,
     };
     start_threads(&sh, threads)?;
     accept_loop(sh, sensor_l, true);
     Ok(())
+}
+
+/// RESTART_GRACE's poller (crate::served), when the grace is on and the kernel can hold
+/// the detection chain: its sock_diag socket is opened here, before the seccomp filter.
+fn served_poller(
+    cfg: &policy::Config,
+    hello: sentry_privsep::Hello,
+    sensor: Uid,
+    log: &Logger,
+) -> Option<crate::served::Poller> {
+    if cfg.restart_grace.is_zero() || !hello.has(sentry_privsep::Hello::NFTABLES) {
+        return None;
+    }
+    // The sensor's basic-mode listeners are no services (a root sensor's are not told
+    // apart from root's services: nothing is skipped).
+    let skip = (!sensor.is_root()).then_some(sensor.as_raw());
+    crate::served::Poller::open(skip, cfg.restart_grace)
+        .map_err(|e| log.err(&format!("adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only")))
+        .ok()
+}
+
+/// Poll the served ports every [`crate::served::POLL`] and have the parent write what
+/// changed. A failure is said once (and its end once); until the detection chain exists
+/// the sets are missing (ENOENT), which is retried quietly. A parent that has no socket
+/// for the sets (it said why) ends the poller.
+fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
+    use crate::privsep::Failure;
+    use crate::served::Error;
+    let mut failing: Option<String> = None;
+    let mut due = Instant::now();
+    loop {
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        due = now + crate::served::POLL;
+        let epoch = sh.parent.rebuilds();
+        match p.poll(now, epoch, &mut |items| sh.parent.ask(items).map(drop)) {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    sh.log
+                        .notice("adminalert: served ports are written to the kernel again");
+                }
+            }
+            Err(Error::Parent(f)) if f.errno() == Some(nix::errno::Errno::ENOENT) => {}
+            Err(Error::Parent(Failure::Refused(sentry_privsep::Refusal::NotConfigured))) => {
+                sh.log.err("adminalert: ERROR: the root parent cannot write the served ports: RESTART_GRACE holds in the sensor only");
+                return;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    sh.log.err(&format!(
+                        "adminalert: cannot write the served ports ({text})"
+                    ));
+                }
+                failing = Some(text);
+            }
+        }
+    }
 }
 
 /// The first request: the protocol version; the parent answers with what it has.
@@ -1707,6 +1767,7 @@ struct Threads {
     addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
     events: sentry_privsep::Channel,
     control_l: Listener,
+    served: Option<crate::served::Poller>,
 }
 
 /// Start the signal, expiry, effects, address, parent-event and control threads.
@@ -1725,6 +1786,7 @@ fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
         addr_fd,
         events,
         control_l,
+        served,
     } = t;
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
@@ -1736,6 +1798,9 @@ fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
     spawn("parent", Box::new(move |sh| events_loop(sh, events)))?;
+    if let Some(p) = served {
+        spawn("served", Box::new(move |sh| served_loop(sh, p)))?;
+    }
     spawn(
         "control",
         Box::new(move |sh| accept_loop(sh, control_l, false)),

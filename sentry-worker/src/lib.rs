@@ -62,6 +62,7 @@ pub mod infra;
 pub mod judge;
 pub mod privsep;
 pub mod recover;
+pub mod served;
 pub mod session;
 pub mod store;
 #[allow(unsafe_code)]

@@ -71,9 +71,9 @@ fn foreign_change(m: nl::Msg<'_>, table: &str, own_portid: u32) -> Option<u32> {
             && elems
             && name.starts_with(crate::kernel::served::SET_ANY.as_bytes())
         {
-            // The served-port poller's own writes (crate::kernel::served), four a second at
-            // most: not a change to answer with a rebuild. Whatever else changes them
-            // is overwritten by its next full rewrite.
+            // The served-port writes (crate::kernel::served, asked for by the worker's
+            // poller, four a second at most): not a change to answer with a rebuild.
+            // Whatever else changes them is overwritten by the next full rewrite.
             return None;
         }
     }
@@ -179,7 +179,7 @@ mod tests {
             scan_datagram(&note(NFT_MSG_NEWGEN, 1, "sentry", 77), "sentry", 5),
             None
         );
-        // The served-port poller's element writes are not tampering; other sets' are.
+        // The served-port element writes are not tampering; other sets' are.
         let served = |set: &str| {
             let mut b = nl::MsgBuilder::new(Vec::new());
             b.begin((NFNL_SUBSYS_NFTABLES << 8) | DELSETELEM, 0, 1);

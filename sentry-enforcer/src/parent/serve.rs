@@ -36,6 +36,15 @@ pub enum Step {
     Break(Verb, u32, Request, Option<OwnedFd>),
 }
 
+/// Most items of one request of `verb`: the block cap (`MAX_BLOCKS`-derived) for the
+/// block verbs, one nfnetlink batch for the served ports.
+pub fn cap(verb: Verb, block_cap: usize) -> usize {
+    match verb {
+        Verb::Served => sentry_privsep::SERVED_BATCH,
+        _ => block_cap,
+    }
+}
+
 /// Add `r` to the batch under way on its channel (`pending`), keeping at most `cap` items.
 pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap: usize) -> Step {
     if let Some(b) = pending.as_mut() {
@@ -70,7 +79,10 @@ pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap:
 pub fn check(r: &Request, floor: &Floor) -> Result<Option<Subject>, Refusal> {
     match r.verb {
         Verb::Hello if r.extra != VERSION => Err(Refusal::Version),
-        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload | Verb::Metrics => Ok(None),
+        // A served-port item's shape is all there is to check, and the decoder did.
+        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload | Verb::Metrics | Verb::Served => {
+            Ok(None)
+        }
         Verb::Dump if SetName::from_u8(r.flag).is_some() && r.addr.is_none() => Ok(None),
         Verb::Dump => Err(Refusal::Malformed),
         Verb::Detect => Ok(r.addr.map(|a| (a, None))),
@@ -195,6 +207,7 @@ impl Parent {
             Verb::Peer => Answer::one(self.peer(b.id, b.fd)),
             Verb::Reload => Answer::one(self.reload_ignore(b.id)),
             Verb::Metrics => Answer::one(self.metrics(b.id, b.fd)),
+            Verb::Served => Answer::one(self.served(&b)),
         }
     }
 }
