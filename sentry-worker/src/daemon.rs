@@ -787,6 +787,39 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 
 // --- detection input (issue #13) ---
 
+/// Send `frame` (an encoded `EnforcerFrame::Capture`) with `fd` attached. The caller keeps
+/// its `fd` only to [`unbind`] the group later.
+pub fn send_with_fd(
+    stream: &impl std::os::fd::AsFd,
+    frame: &[u8],
+    fd: &std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let mut sent = 0;
+    while sent < frame.len() {
+        let rest = frame.get(sent..).unwrap_or(&[]);
+        let iov = [io::IoSlice::new(rest)];
+        // The descriptor travels with the first byte only.
+        let c: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
+        match sendmsg::<UnixAddr>(
+            stream.as_fd().as_raw_fd(),
+            &iov,
+            c,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// After the Welcome: bind a fresh NFLOG group, switch the detection chain (for the modes
 /// the sensor announced) to it, and send the socket to the sensor (`Capture` frame +
 /// SCM_RIGHTS). Our copy is kept in [`Detect::held`] to unbind the group when this
@@ -794,7 +827,7 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 /// need no detection input, or this kernel has none to give); `Err` only when the
 /// connection itself failed.
 fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
-    use sentry_enforcer::kernel::capture::{send_with_fd, NFLOG_SNAPLEN};
+    use sentry_enforcer::kernel::capture::NFLOG_SNAPLEN;
     let basic = modes.iter().all(|m| m.is_basic());
     // The modes first: the parent moves the chain to the new group with them.
     if !rebuild_detection(sh, Some(modes)) || basic {

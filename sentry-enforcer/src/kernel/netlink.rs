@@ -12,7 +12,6 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -21,8 +20,8 @@ use nix::sys::time::TimeVal;
 
 use crate::kernel::nl::{
     self, pad4, MsgBuilder, AF_INET, AF_INET6, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF, RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV6_IFADDR, RTM_DELROUTE, RTM_NEWROUTE,
+    NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF, RTM_DELROUTE,
+    RTM_NEWROUTE,
 };
 
 /// Set by the kernel on a dump message when the object changed while it was dumped.
@@ -560,21 +559,6 @@ impl NlSocket {
         }
     }
 
-    /// Every element key of `set` in `table`, read back from the kernel with a
-    /// GETSETELEM dump; at most `limit` (a larger set is [`NlError::TooMany`]).
-    pub fn set_elements(
-        &mut self,
-        table: &str,
-        set: &str,
-        limit: usize,
-    ) -> Result<Vec<IpAddr>, NlError> {
-        Ok(self
-            .elements(table, set, limit)?
-            .into_iter()
-            .map(|e| e.addr)
-            .collect())
-    }
-
     /// Every element of `set` (or map) in `table`, with its data and time left; at most
     /// `limit`.
     pub fn elements(
@@ -622,48 +606,6 @@ impl NlSocket {
         let seq = self.next_seq(1);
         let msg = encode_blackhole(addr, prefix, add, seq);
         self.transact(&msg, vec![seq])
-    }
-}
-
-/// Most reads per [`AddrWatch::drain`]: only the kernel can produce these messages (it
-/// takes CAP_NET_ADMIN to change an address), but a drain must still end.
-const DRAIN_MAX_READS: usize = 256;
-
-/// A NETLINK_ROUTE socket subscribed to this network namespace's address changes, so the
-/// enforcer's copy of its own addresses is re-read when (and only when) the kernel says
-/// they changed, instead of dumping them before every decision.
-///
-/// The kernel queues the notification before it acknowledges the `RTM_NEWADDR` that
-/// caused it, so once `ip addr add` has returned, [`AddrWatch::drain`] sees the change.
-#[derive(Debug)]
-pub struct AddrWatch(nl::Watch);
-
-impl AddrWatch {
-    /// Open and subscribe (no capability needed to listen to these groups).
-    pub fn open() -> Result<Self, NlError> {
-        let groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
-        nl::Watch::open(SockProtocol::NetlinkRoute, groups, 16 * 1024)
-            .map(Self)
-            .map_err(NlError::Io)
-    }
-
-    /// The socket, for a thread that waits for it to become readable (it must not read
-    /// from it: only [`AddrWatch::drain`] consumes, so no change is ever missed).
-    pub fn poll_fd(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.0.fd)
-    }
-
-    /// Read everything queued without waiting. `Ok(true)` when the kernel reported an
-    /// address change, or the queue overran (`ENOBUFS`: changes were lost, so the caller
-    /// must assume one). Messages not sent by the kernel (port id 0) are discarded: any
-    /// local process may send a unicast datagram to this socket, and it must not be able
-    /// to make the enforcer re-read its addresses. One cheap `recvfrom` returning
-    /// `EAGAIN` when nothing changed.
-    pub fn drain(&mut self) -> Result<bool, NlError> {
-        let mut changed = false;
-        // Lost notifications (an overrun, or more still queued) count as a change.
-        let lost = self.0.drain(DRAIN_MAX_READS, |_| changed = true);
-        Ok(lost.map_err(NlError::Io)? || changed)
     }
 }
 

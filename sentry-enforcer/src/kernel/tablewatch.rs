@@ -10,9 +10,6 @@
 //! the enforcer rebuild by writing to this socket. Reading notifications is reading
 //! kernel objects, never packets.
 
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
-
 use nix::sys::socket::{setsockopt, sockopt, SockProtocol};
 
 use crate::kernel::netlink::NlError;
@@ -103,11 +100,6 @@ impl TableWatch {
         // A flush of a large set is one notification per element batch: room for bursts.
         let _ = setsockopt(&*w.fd, sockopt::RcvBuf, &(4usize << 20));
         Ok(Self(w))
-    }
-
-    /// The socket, for the thread that waits for it to become readable.
-    pub fn poll_fd(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.0.fd)
     }
 
     /// The socket, for a poll loop (which must not read it: only [`TableWatch::drain`]
