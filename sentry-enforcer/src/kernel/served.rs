@@ -3,7 +3,8 @@
 //! chain treats them as served — no drop, no copy, no first hit — while a service restarts.
 //!
 //! The worker finds the served ports (sentry-worker's `served`: a sock_diag dump every
-//! 250 ms, no privilege needed) and asks for each change with [`Verb::Served`] items;
+//! 250 ms, no privilege needed) and asks for each change with
+//! [`Verb::Served`](sentry_privsep::Verb::Served) items;
 //! this is the only part that needs CAP_NET_ADMIN: the set writes. Each item is written
 //! as add (creates a missing element), delete, add with the timeout, all in one nfnetlink
 //! batch — a re-add does not refresh an element's timeout, and in one batch the change
