@@ -259,6 +259,26 @@ mod tests {
             gather(&mut p, Request::new(Verb::Nflog, 5), None, 3),
             Step::Act(_)
         ));
+        // Served-port requests have their own cap, whatever the block cap.
+        assert_eq!(cap(Verb::Served, 3), sentry_privsep::SERVED_BATCH);
+        assert_eq!(cap(Verb::Build, 3), 3);
+        let mut served = Request::new(Verb::Served, 6);
+        (served.flag, served.port) = (sentry_privsep::SERVED_DEL, 22);
+        let n = sentry_privsep::SERVED_BATCH + 1;
+        let mut over = false;
+        for i in 0..n {
+            let r = Request {
+                more: i + 1 < n,
+                ..served
+            };
+            if let Step::Act(b) = gather(&mut p, r, None, cap(r.verb, 3)) {
+                over = b.over && b.items.len() == n - 1;
+            }
+        }
+        assert!(over && p.is_none());
+        let last = gather(&mut p, served, None, cap(Verb::Served, 3));
+        let Step::Act(b) = last else { panic!() };
+        assert!(!b.over && b.items.len() == 1);
     }
 
     #[test]
@@ -297,6 +317,9 @@ mod tests {
             None
         );
         assert_eq!(c(Request::new(Verb::Reload, 1)), Ok(None));
+        let mut served = Request::new(Verb::Served, 1);
+        (served.flag, served.port) = (sentry_privsep::SERVED_DEL, 22);
+        assert_eq!(c(served), Ok(None));
         let mut dump = Request::new(Verb::Dump, 1);
         assert_eq!(c(dump), Ok(None));
         dump.flag = 7;
