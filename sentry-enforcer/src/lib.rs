@@ -12,7 +12,7 @@
 //!   [`kernel::netlink`] set elements and blackhole routes over netlink (on the plumbing
 //!   in [`kernel::nl`]); [`kernel::tablewatch`] notices another process changing the
 //!   table; [`kernel::capture`] binds the NFLOG socket the sensor gets; [`kernel::served`]
-//!   keeps the served ports for RESTART_GRACE.
+//!   writes the served ports the worker finds (RESTART_GRACE), and says why it may.
 //! * [`effects::hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite;
 //!   [`effects::exec`] — kill commands: argv + execve, never a shell, clean environment,
 //!   timeout (run by the command helper, outside the parent's seccomp filter).

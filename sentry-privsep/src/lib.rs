@@ -52,6 +52,18 @@ pub const EXIT_START_FAILED: u8 = 78;
 /// Largest metrics textfile the parent publishes ([`Verb::Metrics`]).
 pub const MAX_TEXTFILE: u64 = 4 << 20;
 
+/// [`Verb::Served`]'s `flag`: add the element (or replace it) with `timeout_ms`.
+pub const SERVED_ADD: u8 = 1;
+/// [`Verb::Served`]'s `flag`: remove the element.
+pub const SERVED_DEL: u8 = 2;
+/// Most items of one [`Verb::Served`] request: one nfnetlink batch of the parent's
+/// (each element is written three times), far below the 64 KiB a netlink message may
+/// have. A longer batch is refused ([`Refusal::TooMany`]).
+pub const SERVED_BATCH: usize = 128;
+/// Longest timeout of a served element: policy's largest RESTART_GRACE (one hour), which
+/// is also above the worker's hold time of a port served now.
+pub const SERVED_TIMEOUT_MAX_MS: u64 = 3_600_000;
+
 /// Bytes of every request.
 pub const REQ_LEN: usize = 48;
 /// Bytes of every reply and event.
@@ -108,10 +120,17 @@ pub enum Verb {
     /// METRICS_DIR/sentry-enforcer.prom atomically. The parent copies bytes, it never
     /// parses them. At most one a second.
     Metrics = 17,
+    /// RESTART_GRACE: write one element of the `detect_served` sets (a port a service
+    /// serves or just stopped serving), one item per element, at most [`SERVED_BATCH`]
+    /// items a request. `flag` [`SERVED_ADD`] (the element with `timeout_ms`, at most
+    /// [`SERVED_TIMEOUT_MAX_MS`]) or [`SERVED_DEL`] (`timeout_ms` 0); `proto` TCP or UDP,
+    /// `port` not 0, `addr` none (any address) or one address that is not unspecified,
+    /// loopback or IPv4-mapped. [`Request::decode`] refuses any other shape.
+    Served = 18,
 }
 
 impl Verb {
-    const ALL: [Verb; 17] = [
+    const ALL: [Verb; 18] = [
         Verb::Hello,
         Verb::NftAdd,
         Verb::NftDel,
@@ -129,6 +148,7 @@ impl Verb {
         Verb::Peer,
         Verb::Reload,
         Verb::Metrics,
+        Verb::Served,
     ];
 
     fn from_u8(b: u8) -> Option<Self> {
@@ -146,6 +166,7 @@ impl Verb {
                 | Verb::DenyDel
                 | Verb::Build
                 | Verb::Detect
+                | Verb::Served
         )
     }
 
@@ -241,6 +262,8 @@ pub enum DecodeError {
     Modes(u64),
     Text,
     Kind(u8),
+    /// A [`Verb::Served`] item of another shape (what is wrong with it).
+    Served(&'static str),
 }
 
 impl fmt::Display for DecodeError {
@@ -256,6 +279,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Modes(m) => write!(f, "unknown mode bits {m:#x}"),
             DecodeError::Text => f.write_str("text length beyond the record"),
             DecodeError::Kind(k) => write!(f, "unknown reply kind {k}"),
+            DecodeError::Served(w) => write!(f, "served-port item: {w}"),
         }
     }
 }
@@ -339,7 +363,7 @@ impl Request {
         if verb == Verb::Detect && addr.is_none() && extra & !u64::from(Modes::KNOWN) != 0 {
             return Err(DecodeError::Modes(extra));
         }
-        Ok(Self {
+        let r = Self {
             verb,
             more: b[1] == 1,
             flag: b[2],
@@ -350,7 +374,37 @@ impl Request {
             port,
             timeout_ms: u64_at(b, 32),
             extra,
-        })
+        };
+        if verb == Verb::Served {
+            served_shape(&r).map_err(DecodeError::Served)?;
+        }
+        Ok(r)
+    }
+}
+
+/// The one shape of a [`Verb::Served`] item: the parent turns it into a set element as
+/// it is, so nothing else may get through (a lying worker can still name any port, which
+/// only makes the detection chain answer it: see the parent's `kernel::served`).
+fn served_shape(r: &Request) -> Result<(), &'static str> {
+    match (r.flag, r.timeout_ms) {
+        (SERVED_ADD, 0) => return Err("add without a timeout"),
+        (SERVED_ADD, t) if t > SERVED_TIMEOUT_MAX_MS => return Err("timeout too long"),
+        (SERVED_DEL, 0) | (SERVED_ADD, _) => {}
+        (SERVED_DEL, _) => return Err("delete with a timeout"),
+        _ => return Err("unknown operation"),
+    }
+    if !matches!(r.proto, Proto::Tcp | Proto::Udp) {
+        return Err("protocol is not TCP or UDP");
+    }
+    if r.port == 0 || r.extra != 0 {
+        return Err("port 0 or extra bits");
+    }
+    match r.addr {
+        None => Ok(()),
+        Some(a) if r.prefix != full_prefix(a) => Err("not a single address"),
+        Some(a) if a.is_unspecified() || a.is_loopback() => Err("unspecified or loopback"),
+        Some(IpAddr::V6(a)) if a.to_ipv4_mapped().is_some() => Err("IPv4-mapped address"),
+        Some(_) => Ok(()),
     }
 }
 
@@ -739,6 +793,64 @@ mod tests {
         let mut d = Request::new(Verb::Detect, 1);
         d.extra = 64;
         assert_eq!(Request::decode(&d.encode()), Err(DecodeError::Modes(64)));
+    }
+
+    fn served(flag: u8, timeout_ms: u64, addr: Option<&str>) -> Request {
+        let mut r = match addr {
+            Some(a) => Request::for_addr(Verb::Served, 1, a.parse().unwrap()),
+            None => Request::new(Verb::Served, 1),
+        };
+        (r.flag, r.timeout_ms, r.port, r.proto) = (flag, timeout_ms, 53, Proto::Udp);
+        r
+    }
+
+    #[test]
+    fn served_items_have_one_shape() {
+        for ok in [
+            served(SERVED_ADD, 60_000, None),
+            served(SERVED_ADD, SERVED_TIMEOUT_MAX_MS, Some("192.0.2.1")),
+            served(SERVED_DEL, 0, Some("2001:db8::1")),
+        ] {
+            assert_eq!(Request::decode(&ok.encode()), Ok(ok));
+        }
+        let bad = |r: Request| match Request::decode(&r.encode()) {
+            Err(DecodeError::Served(w)) => w,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(bad(served(SERVED_ADD, 0, None)), "add without a timeout");
+        assert_eq!(
+            bad(served(SERVED_ADD, SERVED_TIMEOUT_MAX_MS + 1, None)),
+            "timeout too long"
+        );
+        assert_eq!(bad(served(SERVED_DEL, 5, None)), "delete with a timeout");
+        assert_eq!(bad(served(0, 0, None)), "unknown operation");
+        assert_eq!(bad(served(3, 1, None)), "unknown operation");
+        let mut sctp = served(SERVED_DEL, 0, None);
+        sctp.proto = Proto::Sctp;
+        assert_eq!(bad(sctp), "protocol is not TCP or UDP");
+        let mut p0 = served(SERVED_DEL, 0, None);
+        p0.port = 0;
+        assert_eq!(bad(p0), "port 0 or extra bits");
+        let mut x = served(SERVED_DEL, 0, None);
+        x.extra = 1;
+        assert_eq!(bad(x), "port 0 or extra bits");
+        let mut net = served(SERVED_DEL, 0, Some("2001:db8::"));
+        net.prefix = 64;
+        assert_eq!(bad(net), "not a single address");
+        for a in ["0.0.0.0", "::", "127.0.0.1", "::1"] {
+            assert_eq!(
+                bad(served(SERVED_DEL, 0, Some(a))),
+                "unspecified or loopback"
+            );
+        }
+        assert_eq!(
+            bad(served(SERVED_DEL, 0, Some("::ffff:192.0.2.1"))),
+            "IPv4-mapped address"
+        );
+        // Other verbs keep their own rules for the same bytes.
+        let mut other = served(0, 0, None);
+        other.verb = Verb::Reload;
+        assert!(Request::decode(&other.encode()).is_ok());
     }
 
     #[test]

@@ -252,7 +252,7 @@ fn bench(c: &mut Criterion) {
                         line: &line,
                         legacy: false,
                     };
-                    sentry_enforcer::hostsdeny::add(&p, &e).unwrap();
+                    sentry_enforcer::hostsdeny::add_many(&p, std::slice::from_ref(&e)).unwrap();
                     total += t.elapsed();
                     std::fs::write(&p, &base).unwrap();
                 }

@@ -11,7 +11,10 @@
 //! processes (no `ptrace`, `kill` or `process_vm_*`; `tgkill` only to itself), enter
 //! namespaces, mount, change ids, load executable memory (`mmap`/`mprotect` without
 //! PROT_EXEC), and open sockets other than Unix datagram sockets (syslog's /dev/log) and
-//! NETLINK_ROUTE sockets (address and route dumps and notifications).
+//! NETLINK_ROUTE sockets (address and route dumps and notifications). The one
+//! NETLINK_SOCK_DIAG socket, RESTART_GRACE's served-port poller's ([`crate::served`]), is
+//! opened before the filter and only sent to and read from under it (`sendto`,
+//! `recvfrom`): no new sock_diag socket is allowed.
 //!
 //! The list was taken from the worker as it runs the end-to-end tests (strace, and the
 //! filter built with `SENTRY_SECCOMP_AUDIT=1` so that the kernel logs each system call it
@@ -328,7 +331,7 @@ mod tests {
     }
 
     /// Under the filter, threads start (glibc falls back from clone3 to clone), the state
-    /// and textfile writes, netlink dumps and syslog lines work; a fork, a TCP socket or
+    /// and textfile writes, netlink and sock_diag dumps and syslog lines work; a fork, a TCP socket or
     /// a signal to another process kills the process.
     #[test]
     fn under_the_filter() {
@@ -354,6 +357,11 @@ mod tests {
             std::path::PathBuf::from(std::env::var_os("SENTRY_WORKER_UNDER_FILTER_DIR").unwrap());
         // A stand-in for /dev/log, bound before the filter as syslogd's would be.
         let syslog = std::os::unix::net::UnixDatagram::bind(d.join("log")).unwrap();
+        // The served-port poller's socket, opened before the filter as the daemon does.
+        let mut served =
+            crate::served::Poller::open(None, std::time::Duration::from_secs(5)).unwrap();
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = l.local_addr().unwrap().port();
         apply().unwrap();
         let status = std::thread::spawn(|| std::fs::read_to_string("/proc/thread-self/status"))
             .join()
@@ -363,6 +371,10 @@ mod tests {
         crate::store::write_atomic(&d.join("f"), b"x", 0o600).unwrap();
         crate::control::metrics::write_textfile(&d, "t.prom", "x 1\n").unwrap();
         let _ = crate::infra::dump_default_gateways();
+        // A sock_diag dump under the filter sees the listener.
+        let (ports, _) = served.dump().unwrap();
+        assert!(ports.contains(&crate::served::Key::Any { proto: 6, port }));
+        drop(l);
         // What the Logger does for each syslog line.
         let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
         s.connect(d.join("log")).unwrap();

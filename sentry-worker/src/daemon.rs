@@ -787,6 +787,39 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 
 // --- detection input (issue #13) ---
 
+/// Send `frame` (an encoded `EnforcerFrame::Capture`) with `fd` attached. The caller keeps
+/// its `fd` only to [`unbind`] the group later.
+pub fn send_with_fd(
+    stream: &impl std::os::fd::AsFd,
+    frame: &[u8],
+    fd: &std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let mut sent = 0;
+    while sent < frame.len() {
+        let rest = frame.get(sent..).unwrap_or(&[]);
+        let iov = [io::IoSlice::new(rest)];
+        // The descriptor travels with the first byte only.
+        let c: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
+        match sendmsg::<UnixAddr>(
+            stream.as_fd().as_raw_fd(),
+            &iov,
+            c,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// After the Welcome: bind a fresh NFLOG group, switch the detection chain (for the modes
 /// the sensor announced) to it, and send the socket to the sensor (`Capture` frame +
 /// SCM_RIGHTS). Our copy is kept in [`Detect::held`] to unbind the group when this
@@ -794,7 +827,7 @@ fn welcome(sh: &Shared, s: &mut Stream, peer: Peer, h: &sentry_proto::Hello) -> 
 /// need no detection input, or this kernel has none to give); `Err` only when the
 /// connection itself failed.
 fn hand_over(sh: &Shared, s: &Stream, modes: Vec<sentry_proto::Mode>) -> Result<bool, ()> {
-    use sentry_enforcer::kernel::capture::{send_with_fd, NFLOG_SNAPLEN};
+    use sentry_enforcer::kernel::capture::NFLOG_SNAPLEN;
     let basic = modes.iter().all(|m| m.is_basic());
     // The modes first: the parent moves the chain to the new group with them.
     if !rebuild_detection(sh, Some(modes)) || basic {
@@ -1532,6 +1565,7 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         nft: hello.has(sentry_privsep::Hello::NFT),
         route: hello.has(sentry_privsep::Hello::ROUTE),
     };
+    let served = served_poller(&cfg, hello, sensor.uid, &log);
     let mut engine = open_engine(cfg, &args, &log, Some((Arc::clone(&rpc), backends)))?;
     log_started(&log, &engine, &config_path, sensor.uid);
     let effects = effects_worker(&mut engine, &log, fx)?;
@@ -1564,10 +1598,69 @@ fn run(args: Args, log: Arc<Logger>) -> Result<(), EnforcerError> {
         addr_fd,
         events,
         control_l,
+        served,
     };
     start_threads(&sh, threads)?;
     accept_loop(sh, sensor_l, true);
     Ok(())
+}
+
+/// RESTART_GRACE's poller (crate::served), when the grace is on and the kernel can hold
+/// the detection chain: its sock_diag socket is opened here, before the seccomp filter.
+fn served_poller(
+    cfg: &policy::Config,
+    hello: sentry_privsep::Hello,
+    sensor: Uid,
+    log: &Logger,
+) -> Option<crate::served::Poller> {
+    if cfg.restart_grace.is_zero() || !hello.has(sentry_privsep::Hello::NFTABLES) {
+        return None;
+    }
+    // The sensor's basic-mode listeners are no services (a root sensor's are not told
+    // apart from root's services: nothing is skipped).
+    let skip = (!sensor.is_root()).then_some(sensor.as_raw());
+    crate::served::Poller::open(skip, cfg.restart_grace)
+        .map_err(|e| log.err(&format!("adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only")))
+        .ok()
+}
+
+/// Poll the served ports every [`crate::served::POLL`] and have the parent write what
+/// changed. A failure is said once (and its end once); until the detection chain exists
+/// the sets are missing (ENOENT), which is retried quietly. A parent that has no socket
+/// for the sets (it said why) ends the poller.
+fn served_loop(sh: Arc<Shared>, mut p: crate::served::Poller) {
+    use crate::privsep::Failure;
+    use crate::served::Error;
+    let mut failing: Option<String> = None;
+    let mut due = Instant::now();
+    loop {
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        due = now + crate::served::POLL;
+        let epoch = sh.parent.rebuilds();
+        match p.poll(now, epoch, &mut |items| sh.parent.ask(items).map(drop)) {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    sh.log
+                        .notice("adminalert: served ports are written to the kernel again");
+                }
+            }
+            Err(Error::Parent(f)) if f.errno() == Some(nix::errno::Errno::ENOENT) => {}
+            Err(Error::Parent(Failure::Refused(sentry_privsep::Refusal::NotConfigured))) => {
+                sh.log.err("adminalert: ERROR: the root parent cannot write the served ports: RESTART_GRACE holds in the sensor only");
+                return;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    sh.log.err(&format!(
+                        "adminalert: cannot write the served ports ({text})"
+                    ));
+                }
+                failing = Some(text);
+            }
+        }
+    }
 }
 
 /// The first request: the protocol version; the parent answers with what it has.
@@ -1707,6 +1800,7 @@ struct Threads {
     addr_fd: Option<Arc<std::os::fd::OwnedFd>>,
     events: sentry_privsep::Channel,
     control_l: Listener,
+    served: Option<crate::served::Poller>,
 }
 
 /// Start the signal, expiry, effects, address, parent-event and control threads.
@@ -1725,6 +1819,7 @@ fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
         addr_fd,
         events,
         control_l,
+        served,
     } = t;
     spawn("signals", Box::new(move |sh| signal_loop(sh, sigs)))?;
     spawn("expiry", Box::new(expiry_loop))?;
@@ -1736,6 +1831,9 @@ fn start_threads(sh: &Arc<Shared>, t: Threads) -> Result<(), EnforcerError> {
         spawn("addresses", Box::new(move |sh| addr_watch_loop(sh, fd)))?;
     }
     spawn("parent", Box::new(move |sh| events_loop(sh, events)))?;
+    if let Some(p) = served {
+        spawn("served", Box::new(move |sh| served_loop(sh, p)))?;
+    }
     spawn(
         "control",
         Box::new(move |sh| accept_loop(sh, control_l, false)),

@@ -751,6 +751,42 @@ pub fn log_entries(log: &crate::audit::Logger, entries: &[(IpAddr, InfraReason)]
     ));
 }
 
+/// A NETLINK_ROUTE socket subscribed to this network namespace's address changes, so the
+/// worker's copy of its own addresses is re-read when (and only when) the kernel says
+/// they changed, instead of dumping them before every decision.
+///
+/// The kernel queues the notification before it acknowledges the `RTM_NEWADDR` that
+/// caused it, so once `ip addr add` has returned, [`AddrWatch::drain`] sees the change.
+#[derive(Debug)]
+pub struct AddrWatch(nl::Watch);
+
+impl AddrWatch {
+    /// Open and subscribe (no capability needed to listen to these groups).
+    pub fn open() -> Result<Self, Errno> {
+        let groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        nl::Watch::open(SockProtocol::NetlinkRoute, groups, 16 * 1024).map(Self)
+    }
+
+    /// The socket, for a thread that waits for it to become readable (it must not read
+    /// from it: only [`AddrWatch::drain`] consumes, so no change is ever missed).
+    pub fn poll_fd(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.0.fd)
+    }
+
+    /// Read everything queued without waiting. `Ok(true)` when the kernel reported an
+    /// address change, or the queue overran (`ENOBUFS`: changes were lost, so the caller
+    /// must assume one). Messages not sent by the kernel (port id 0) are discarded: any
+    /// local process may send a unicast datagram to this socket, and it must not be able
+    /// to make the worker re-read its addresses. One cheap `recvfrom` returning
+    /// `EAGAIN` when nothing changed.
+    pub fn drain(&mut self) -> Result<bool, Errno> {
+        let mut changed = false;
+        // Lost notifications (an overrun, or more still queued) count as a change.
+        let lost = self.0.drain(DRAIN_MAX_READS, |_| changed = true);
+        Ok(lost? || changed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv6Addr;

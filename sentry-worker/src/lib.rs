@@ -28,6 +28,8 @@
 //! * [`effects::exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
 //! * [`infra`] — default gateways, nameservers, point-to-point peers and DHCP servers
 //!   (never blocked), kept current from rtnetlink notifications and file changes.
+//! * [`served`] — RESTART_GRACE: the served ports from a sock_diag dump every 250 ms;
+//!   the root parent writes what changed into the kernel's `detect_served` sets.
 //! * [`effects::hostsdeny`] — the deny file: O_NOFOLLOW, owner/mode checks, atomic rewrite.
 //! * [`kernel::netlink`] — nftables set elements and blackhole routes over netlink (written here:
 //!   the only complete nftables crate is GPL-3.0; the project is MIT OR Apache-2.0);
@@ -62,6 +64,7 @@ pub mod infra;
 pub mod judge;
 pub mod privsep;
 pub mod recover;
+pub mod served;
 pub mod session;
 pub mod store;
 #[allow(unsafe_code)]

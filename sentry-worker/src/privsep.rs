@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -63,12 +64,16 @@ impl std::error::Error for Failure {}
 #[derive(Debug)]
 pub struct Link {
     chan: Mutex<(Channel, u32)>,
+    /// Requests that rebuilt the table or its detection chain (Build, Detect, Nflog), so
+    /// that the served-port poller rewrites its elements into sets that may be new.
+    rebuilds: AtomicU64,
 }
 
 impl Link {
     pub fn new(chan: Channel) -> Self {
         Self {
             chan: Mutex::new((chan, 0)),
+            rebuilds: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +106,14 @@ impl Link {
                 .map_err(|e| Failure::Channel(format!("send: {e}")))?;
         }
         let dump = items.first().is_some_and(|r| r.verb == Verb::Dump);
+        if items
+            .first()
+            .is_some_and(|r| matches!(r.verb, Verb::Build | Verb::Detect | Verb::Nflog))
+        {
+            // Counted before the reply: a poll that reads the count after this rebuild
+            // began rewrites everything, whether or not it saw the rebuild end.
+            self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        }
         let mut out = Vec::new();
         loop {
             let (rep, fd) =
@@ -118,6 +131,11 @@ impl Link {
                 return Ok((out, fd));
             }
         }
+    }
+
+    /// How many requests that rebuild the table or its detection chain went through.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
     }
 
     /// One request whose single reply must be Ok: the reply, or the failure it names.
@@ -214,6 +232,11 @@ pub mod testing {
         let ignore = cfg
             .load_ignore()
             .unwrap_or_else(|_| policy::IgnoreList::empty());
+        // The served-port writes beside the block sets, on a socket of their own as in the
+        // parent.
+        let served = nft
+            .as_ref()
+            .and_then(|_| sentry_enforcer::kernel::netlink::NlSocket::netfilter().ok());
         let mut p = Parent {
             cfg: cfg.clone(),
             floor: Floor::new(cfg, ignore),
@@ -225,8 +248,7 @@ pub mod testing {
             },
             watch: None,
             table_foreign: false,
-            served: None,
-            served_resync: false,
+            served,
             detect: Detect::default(),
             sensor_uid: 0,
             sensor_want: sentry_enforcer::peercheck::Expected {
@@ -241,7 +263,8 @@ pub mod testing {
             let Ok((r, fd)) = chan.recv_request() else {
                 return;
             };
-            let answer = match gather(&mut pending, r, fd, 1 << 20) {
+            let cap = sentry_enforcer::parent::serve::cap(r.verb, 1 << 20);
+            let answer = match gather(&mut pending, r, fd, cap) {
                 Step::Wait => continue,
                 Step::Act(b) => p.act(b),
                 Step::Break(_, id, _, _) => Answer::one(Reply::refused(id, Refusal::Malformed)),

@@ -166,13 +166,34 @@ fn from_blocked_file(
     })
 }
 
+/// Every marked pair of the deny file: address, marker time (s), owned line. Read-only,
+/// under the writers' lock, with the deny file's own checks (owner, mode, no link, size).
+pub fn marked_entries(path: &Path) -> std::io::Result<Vec<(IpAddr, u64, String)>> {
+    let _lock = hostsdeny::lock_writers(hostsdeny::LOCK_TIMEOUT)?;
+    let mut f = hostsdeny::open_as(path, false)?;
+    let text = hostsdeny::read_all(&mut f, path)?;
+    let lines = hostsdeny::split_lines(&text);
+    let mut out = Vec::new();
+    for (i, addr, _) in hostsdeny::marked_pairs(&lines) {
+        let when = std::str::from_utf8(lines[i].text)
+            .ok()
+            .and_then(|s| s.strip_prefix(hostsdeny::MARKER))
+            .and_then(|s| s.split(' ').nth(1))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let line = String::from_utf8_lossy(hostsdeny::trim_end(lines[i + 1].text)).into_owned();
+        out.push((addr, when, line));
+    }
+    Ok(out)
+}
+
 /// Re-attach sentry's marked hosts.deny lines to their blocks, adding the blocks the
 /// state lost; the report line.
 fn from_hosts_deny(
     cfg: &Config,
     blocks: &mut HashMap<IpAddr, BlockRecord>,
 ) -> Result<String, String> {
-    let marked = hostsdeny::marked_entries(&cfg.hosts_deny_file).map_err(|e| e.to_string())?;
+    let marked = marked_entries(&cfg.hosts_deny_file).map_err(|e| e.to_string())?;
     let (mut added, mut lines) = (0, 0);
     for (addr, when, line) in marked {
         match blocks.get_mut(&addr) {
@@ -241,7 +262,7 @@ mod tests {
                 line: l,
                 legacy: false,
             };
-            hostsdeny::add(&deny, &e).unwrap();
+            hostsdeny::add_many(&deny, std::slice::from_ref(&e)).unwrap();
         }
         let conf = d.path().join("c.conf");
         std::fs::write(

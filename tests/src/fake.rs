@@ -263,9 +263,8 @@ impl FakeEnforcer {
                             };
                             let _ = write_frame(&mut s, &welcome);
                             if let Some(fd) = fd {
-                                use sentry_enforcer::capture::{
-                                    send_with_fd, NFLOG_GROUP, NFLOG_SNAPLEN,
-                                };
+                                use sentry_enforcer::capture::{NFLOG_GROUP, NFLOG_SNAPLEN};
+                                use sentry_worker::daemon::send_with_fd;
                                 let frame = encode_frame(&EnforcerFrame::Capture {
                                     group: NFLOG_GROUP,
                                     snaplen: NFLOG_SNAPLEN,

@@ -3,8 +3,9 @@
 //! `sentry-privsep-hostile`, which speaks the parent's protocol with hostile requests.
 //! Its gateway, an ignored address, loopback, an own address (also inside an IPv6 network
 //! block), multicast, link-local and broadcast are refused for every verb; a table build
-//! over the hard cap and single adds over the hard rate are refused; a malformed record
-//! gets the worker killed and restarted. What reached the kernel, hosts.deny and the kill
+//! over the hard cap and single adds over the hard rate are refused; so is a served-port
+//! request (RESTART_GRACE) over its cap; a malformed record (of the wrong length, or a
+//! served-port item of the wrong shape) gets the worker killed and restarted. What reached the kernel, hosts.deny and the kill
 //! command is checked, not only what the parent answered.
 
 use std::collections::BTreeMap;
@@ -81,10 +82,10 @@ fn a_hostile_worker_cannot_block_what_the_floor_protects_nor_exceed_the_caps() {
     s.spawn_enforcer();
     let log = wait_until(
         Duration::from_secs(60),
-        "the hostile worker's restart",
+        "the hostile worker's second restart",
         || {
             let l = s.enforcer_log();
-            l.contains("RESTARTED").then_some(l)
+            l.contains("RESTARTED 2").then_some(l)
         },
         || s.enforcer_log(),
     );
@@ -165,6 +166,27 @@ fn a_hostile_worker_cannot_block_what_the_floor_protects_nor_exceed_the_caps() {
         "the hard rate refused too little: {rate}"
     );
     assert!(log.contains("GARBAGE"));
+    // Served ports: one item is taken (or fails for want of the sets, which only a
+    // detection chain creates), a request over the cap is refused, a malformed item is a
+    // bad record like any other.
+    let served = log
+        .lines()
+        .find(|l| l.starts_with("SERVED "))
+        .expect("SERVED line");
+    assert!(
+        served.starts_with("SERVED Ok 0 1") || served.starts_with("SERVED Fail"),
+        "a served-port item: {served}"
+    );
+    let too_many = sentry_privsep::Refusal::TooMany as u8;
+    assert!(
+        log.contains(&format!("SERVED_OVER Refused {too_many}")),
+        "a served-port request over the cap was taken:\n{log}"
+    );
+    assert!(log.contains("SERVED_GARBAGE"));
+    assert!(
+        log.contains("served-port item: add without a timeout"),
+        "the malformed served-port item was not named:\n{log}"
+    );
     println!(
         "FIGURE hostile worker: {} refusals checked, {rate}, {cap}",
         got.len()

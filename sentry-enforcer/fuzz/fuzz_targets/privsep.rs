@@ -1,15 +1,18 @@
 //! The root parent's only peer protocol (issue #22): whatever bytes a worker taken over
 //! sends, the decoder refuses what is not exactly one record, a record it takes
 //! re-encodes to the same bytes, and the parent's checks (batching, shape, floor) never
-//! panic and never let an add through for an address its floor refuses.
+//! panic and never let an add through for an address its floor refuses. A served-port
+//! item it takes is one element of the right set: a TCP or UDP port, a bounded timeout
+//! for an add and none for a delete, no unspecified, loopback or mapped address.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sentry_enforcer::parent::floor::Floor;
-use sentry_enforcer::parent::serve::{check, gather, Step};
-use sentry_privsep::{Request, Verb, REQ_LEN};
+use sentry_enforcer::parent::serve::{cap, check, gather, Step};
+use sentry_enforcer::served::{Elem, SET_ANY, SET_V4, SET_V6};
+use sentry_privsep::{Request, Verb, REQ_LEN, SERVED_ADD, SERVED_BATCH, SERVED_TIMEOUT_MAX_MS};
 
 fn floor() -> &'static Floor {
     static F: OnceLock<Floor> = OnceLock::new();
@@ -48,8 +51,35 @@ fuzz_target!(|data: &[u8]| {
             Ok(None) => assert!(!adds),
             _ => {}
         }
-        if let Step::Act(b) = gather(&mut pending, r, None, f.cap) {
-            assert!(b.items.len() <= f.cap && !b.items.is_empty());
+        if r.verb == Verb::Served {
+            let e = Elem::of(&r);
+            let (set, len) = match r.addr {
+                None => (SET_ANY, 8),
+                Some(a) => {
+                    assert!(!a.is_unspecified() && !a.is_loopback());
+                    if a.is_ipv4() {
+                        (SET_V4, 12)
+                    } else {
+                        (SET_V6, 24)
+                    }
+                }
+            };
+            assert_eq!((e.set, e.key.len()), (set, len));
+            assert!(e.key[len - 8] == 6 || e.key[len - 8] == 17);
+            assert_ne!(r.port, 0);
+            match e.timeout {
+                Some(t) => {
+                    assert_eq!(r.flag, SERVED_ADD);
+                    assert!(!t.is_zero() && t.as_millis() <= u128::from(SERVED_TIMEOUT_MAX_MS));
+                }
+                None => assert_eq!(r.timeout_ms, 0),
+            }
+            assert_eq!(check(&r, f), Ok(None));
+        }
+        let c = cap(r.verb, f.cap);
+        if let Step::Act(b) = gather(&mut pending, r, None, c) {
+            assert!(b.items.len() <= c && !b.items.is_empty());
+            assert!(b.verb != Verb::Served || c == SERVED_BATCH);
             assert!(b.items.iter().all(|i| i.verb == b.verb && i.id == b.id));
         }
     }

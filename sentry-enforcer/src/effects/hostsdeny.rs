@@ -90,7 +90,7 @@ pub fn set_lock_file(path: PathBuf) {
 
 /// Held for one operation on the deny file.
 #[derive(Debug)]
-struct WriterLock {
+pub struct WriterLock {
     _file: Option<Flock<File>>,
     _mutex: std::sync::MutexGuard<'static, ()>,
 }
@@ -122,7 +122,8 @@ fn open_lock(p: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-fn lock_writers(timeout: Duration) -> io::Result<WriterLock> {
+/// Hold the writers' lock (this process's and, with a lock file, every process's).
+pub fn lock_writers(timeout: Duration) -> io::Result<WriterLock> {
     let mutex = WRITERS.lock().unwrap_or_else(|p| p.into_inner());
     let file = match LOCK_FILE.get() {
         None => None,
@@ -232,7 +233,7 @@ fn open(path: &Path) -> io::Result<File> {
 
 /// `write`: for the writers (created when missing); else read-only, for `--recover`,
 /// which runs as the worker and only reads the markers.
-fn open_as(path: &Path, write: bool) -> io::Result<File> {
+pub fn open_as(path: &Path, write: bool) -> io::Result<File> {
     check_dir(path)?;
     let f = OpenOptions::new()
         .read(true)
@@ -259,7 +260,8 @@ fn open_as(path: &Path, write: bool) -> io::Result<File> {
     Ok(f)
 }
 
-fn read_all(f: &mut File, path: &Path) -> io::Result<Vec<u8>> {
+/// The whole file, at most [`MAX_FILE`] bytes.
+pub fn read_all(f: &mut File, path: &Path) -> io::Result<Vec<u8>> {
     let mut b = Vec::new();
     f.seek(SeekFrom::Start(0))?;
     f.take(MAX_FILE + 1).read_to_end(&mut b)?;
@@ -286,13 +288,14 @@ fn check_line(line: &str) -> io::Result<()> {
 }
 
 /// One line of the file: its bytes including the terminator, and its text without it.
-struct Line<'a> {
+#[derive(Debug)]
+pub struct Line<'a> {
     start: usize,
     end: usize,
-    text: &'a [u8],
+    pub text: &'a [u8],
 }
 
-fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
+pub fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < b.len() {
@@ -329,7 +332,7 @@ fn parse_marker(text: &[u8]) -> Option<(IpAddr, bool)> {
 
 /// Index of every marked pair: (marker line index, addr, sep flag); the owned line is
 /// the next one.
-fn marked_pairs(lines: &[Line<'_>]) -> Vec<(usize, IpAddr, bool)> {
+pub fn marked_pairs(lines: &[Line<'_>]) -> Vec<(usize, IpAddr, bool)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i + 1 < lines.len() {
@@ -364,7 +367,8 @@ fn owned_and_foreign<'a>(lines: &'a [Line<'a>]) -> (Vec<&'a [u8]>, Vec<&'a [u8]>
     (owned, foreign)
 }
 
-fn trim_end(b: &[u8]) -> &[u8] {
+/// `b` without trailing whitespace.
+pub fn trim_end(b: &[u8]) -> &[u8] {
     let n = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -376,12 +380,6 @@ fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Append `e.line` (with its marker) unless sentry's marked copy is present. Returns
-/// whether it was added.
-pub fn add(path: &Path, e: &Entry<'_>) -> io::Result<bool> {
-    Ok(add_many(path, std::slice::from_ref(e))? > 0)
 }
 
 /// Append every entry that is not present yet, with one read and one write (used when
@@ -490,16 +488,6 @@ fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::R
         }
     }
     Ok(added)
-}
-
-/// Whether sentry's marked copy of `line` is present.
-pub fn contains(path: &Path, line: &str) -> io::Result<bool> {
-    let _lock = lock_writers(LOCK_TIMEOUT)?;
-    let mut f = open(path)?;
-    let text = read_all(&mut f, path)?;
-    let lines = split_lines(&text);
-    let (owned, _) = owned_and_foreign(&lines);
-    Ok(owned.contains(&line.as_bytes()))
 }
 
 /// Remove sentry's lines for `entries` (and their markers); see the module documentation
@@ -690,30 +678,26 @@ pub fn rewrite_in_place(w: &mut File, kept: &[u8], read_len: u64) -> io::Result<
     w.sync_data()
 }
 
-/// Every marked pair of the file (address and owned line), for `--recover`.
-pub fn marked_entries(path: &Path) -> io::Result<Vec<(IpAddr, u64, String)>> {
-    let _lock = lock_writers(LOCK_TIMEOUT)?;
-    let mut f = open_as(path, false)?;
-    let text = read_all(&mut f, path)?;
-    let lines = split_lines(&text);
-    let mut out = Vec::new();
-    for (i, addr, _) in marked_pairs(&lines) {
-        let when = std::str::from_utf8(lines[i].text)
-            .ok()
-            .and_then(|s| s.strip_prefix(MARKER))
-            .and_then(|s| s.split(' ').nth(1))
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let line = String::from_utf8_lossy(trim_end(lines[i + 1].text)).into_owned();
-        out.push((addr, when, line));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Append `e.line` (with its marker) unless sentry's marked copy is present. Returns
+    /// whether it was added. (The parent adds a request's lines at once: `add_many`.)
+    fn add(path: &Path, e: &Entry<'_>) -> io::Result<bool> {
+        Ok(add_many(path, std::slice::from_ref(e))? > 0)
+    }
+
+    /// Whether sentry's marked copy of `line` is present.
+    fn contains(path: &Path, line: &str) -> io::Result<bool> {
+        let _lock = lock_writers(LOCK_TIMEOUT)?;
+        let mut f = open(path)?;
+        let text = read_all(&mut f, path)?;
+        let lines = split_lines(&text);
+        let (owned, _) = owned_and_foreign(&lines);
+        Ok(owned.contains(&line.as_bytes()))
+    }
 
     fn dir() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -1027,11 +1011,12 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().ino(), before);
         // No temporary files are left in (or needed from) the directory.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-        let m = marked_entries(&p).unwrap();
+        let text = std::fs::read(&p).unwrap();
+        let lines = split_lines(&text);
+        let m = marked_pairs(&lines);
         assert_eq!(m.len(), 1);
-        assert_eq!(m[0].0, "192.0.2.2".parse::<IpAddr>().unwrap());
-        assert_eq!(m[0].2, "ALL: 192.0.2.2");
-        assert!(m[0].1 > 1_700_000_000);
+        assert_eq!(m[0].1, "192.0.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(lines[m[0].0 + 1].text, b"ALL: 192.0.2.2");
     }
 
     #[test]

@@ -14,15 +14,14 @@
 //!
 //! Everything is done through nix's safe socket API; no unsafe code is needed here.
 
-use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{
-    bind, recv, send, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
-    MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, UnixAddr,
+    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
 
@@ -216,33 +215,6 @@ pub fn open_nflog(group: u16, snaplen: u32) -> Result<OwnedFd, BindError> {
     let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(fl)).map_err(|e| other("F_SETFL", e))?;
     Ok(fd)
-}
-
-/// Send `frame` (an encoded `EnforcerFrame::Capture`) with `fd` attached. The caller keeps
-/// its `fd` only to [`unbind`] the group later.
-pub fn send_with_fd(stream: &impl AsFd, frame: &[u8], fd: &OwnedFd) -> std::io::Result<()> {
-    let fds = [fd.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let mut sent = 0;
-    while sent < frame.len() {
-        let rest = frame.get(sent..).unwrap_or(&[]);
-        let iov = [IoSlice::new(rest)];
-        // The descriptor travels with the first byte only.
-        let c: &[ControlMessage] = if sent == 0 { &cmsg } else { &[] };
-        match sendmsg::<UnixAddr>(
-            stream.as_fd().as_raw_fd(),
-            &iov,
-            c,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! #22): the nftables table and its detection chain ([`table`]), set elements and routes
 //! over netlink ([`netlink`], on the shared plumbing in `nl`), noticing when another
 //! process changes the table ([`tablewatch`]), the NFLOG socket handed to the sensor
-//! ([`capture`]) and the served ports kept for RESTART_GRACE ([`served`]).
+//! ([`capture`]) and the writes of the served ports the worker finds for RESTART_GRACE
+//! ([`served`]).
 
 pub mod capture;
 pub mod netlink;

@@ -12,7 +12,6 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -21,8 +20,8 @@ use nix::sys::time::TimeVal;
 
 use crate::kernel::nl::{
     self, pad4, MsgBuilder, AF_INET, AF_INET6, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF, RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV6_IFADDR, RTM_DELROUTE, RTM_NEWROUTE,
+    NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RECV_BUF, RTM_DELROUTE,
+    RTM_NEWROUTE,
 };
 
 /// Set by the kernel on a dump message when the object changed while it was dumped.
@@ -143,6 +142,75 @@ pub struct SetElem {
     pub timeout: Option<Duration>,
 }
 
+/// One nfnetlink batch of set-element messages, the one encoder of every element the
+/// parent writes (the block sets, the first-hit maps, the served-port sets): begun with
+/// [`SetElemBatch::new`], one NEWSETELEM/DELSETELEM message per [`SetElemBatch::push`],
+/// ended by [`SetElemBatch::finish`]. The kernel applies a batch as one transaction.
+#[derive(Debug)]
+pub struct SetElemBatch {
+    b: MsgBuilder,
+    seq: u32,
+    acks: Vec<u32>,
+}
+
+impl SetElemBatch {
+    /// A batch whose messages are numbered from `first_seq`, with room for `elems`.
+    pub fn new(first_seq: u32, elems: usize) -> Self {
+        let mut b = MsgBuilder::new(Vec::with_capacity(128 + elems * 40));
+        b.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_seq);
+        b.nfgen(0, NFNL_SUBSYS_NFTABLES);
+        b.end();
+        Self {
+            b,
+            seq: first_seq,
+            acks: Vec::new(),
+        }
+    }
+
+    /// One message adding (creating what is missing) or deleting `elems` of `set` in
+    /// `table` (family inet): each its key's bytes and, for an add, its timeout (`None`:
+    /// the set's default, none for ours).
+    pub fn push<'a>(
+        &mut self,
+        table: &str,
+        set: &str,
+        add: bool,
+        elems: impl IntoIterator<Item = (&'a [u8], Option<Duration>)>,
+    ) {
+        self.seq = self.seq.wrapping_add(1);
+        let (ty, flags) = if add {
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+        } else {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+        };
+        begin_setelem(&mut self.b, ty, flags, self.seq, table, set);
+        self.b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for (key, timeout) in elems {
+            self.b.nest_begin(NFTA_LIST_ELEM);
+            self.b.nest_begin(NFTA_SET_ELEM_KEY);
+            self.b.attr(NFTA_DATA_VALUE, key);
+            self.b.nest_end();
+            if let (true, Some(t)) = (add, timeout) {
+                let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+                self.b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+            }
+            self.b.nest_end();
+        }
+        self.b.nest_end();
+        self.b.end();
+        self.acks.push(self.seq);
+    }
+
+    /// The batch's bytes and the sequence numbers that expect an ACK.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<u32>) {
+        self.b
+            .begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self.seq.wrapping_add(1));
+        self.b.nfgen(0, NFNL_SUBSYS_NFTABLES);
+        self.b.end();
+        (self.b.finish(), self.acks)
+    }
+}
+
 /// Encode one nfnetlink batch that adds (or deletes) `elems` in `table` (family inet). The
 /// elements are split over as many NEWSETELEM/DELSETELEM messages as needed, one per set
 /// (`set_v4` / `set_v6`). Returns the bytes and the sequence numbers that expect an ACK.
@@ -154,45 +222,19 @@ pub fn encode_setelem_batch(
     add: bool,
     first_seq: u32,
 ) -> (Vec<u8>, Vec<u32>) {
-    let mut b = MsgBuilder::new(Vec::with_capacity(128 + elems.len() * 40));
-    let mut seq = first_seq;
-    b.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq);
-    b.nfgen(0, NFNL_SUBSYS_NFTABLES);
-    b.end();
-    let mut acks = Vec::new();
+    let mut batch = SetElemBatch::new(first_seq, elems.len());
     for (set, v4) in [(set_v4, true), (set_v6, false)] {
         // At most 256 elements per message keeps each message well under 64 KiB.
-        let mine: Vec<&SetElem> = elems.iter().filter(|e| e.addr.is_ipv4() == v4).collect();
+        let mine: Vec<(Vec<u8>, Option<Duration>)> = elems
+            .iter()
+            .filter(|e| e.addr.is_ipv4() == v4)
+            .map(|e| (addr_bytes(&e.addr), e.timeout))
+            .collect();
         for chunk in mine.chunks(256) {
-            seq = seq.wrapping_add(1);
-            let (ty, flags) = if add {
-                (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
-            } else {
-                (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
-            };
-            begin_setelem(&mut b, ty, flags, seq, table, set);
-            b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
-            for e in chunk {
-                b.nest_begin(NFTA_LIST_ELEM);
-                b.nest_begin(NFTA_SET_ELEM_KEY);
-                b.attr(NFTA_DATA_VALUE, &addr_bytes(&e.addr));
-                b.nest_end();
-                if let (true, Some(t)) = (add, e.timeout) {
-                    let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
-                    b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
-                }
-                b.nest_end();
-            }
-            b.nest_end();
-            b.end();
-            acks.push(seq);
+            batch.push(table, set, add, chunk.iter().map(|(k, t)| (&k[..], *t)));
         }
     }
-    seq = seq.wrapping_add(1);
-    b.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq);
-    b.nfgen(0, NFNL_SUBSYS_NFTABLES);
-    b.end();
-    (b.finish(), acks)
+    batch.finish()
 }
 
 /// Encode an RTM_NEWROUTE / RTM_DELROUTE for a host blackhole route in the main table.
@@ -407,7 +449,7 @@ pub struct NlSocket {
     buf: Vec<u8>,
     /// Largest batch sent in one sendmsg: under the socket's send buffer (SO_SNDBUF,
     /// read at open) and [`BATCH_MAX`].
-    send_limit: usize,
+    pub(crate) send_limit: usize,
 }
 
 impl NlSocket {
@@ -444,7 +486,8 @@ impl NlSocket {
             .map_err(NlError::Io)
     }
 
-    fn next_seq(&mut self, n: u32) -> u32 {
+    /// The first of `n` sequence numbers (and room for a batch's begin and end).
+    pub(crate) fn next_seq(&mut self, n: u32) -> u32 {
         let s = self.seq.wrapping_add(1);
         self.seq = self.seq.wrapping_add(n + 2);
         s
@@ -464,7 +507,7 @@ impl NlSocket {
     }
 
     /// Send `msg` and wait until every sequence number in `pending` has been ACKed.
-    fn transact(&mut self, msg: &[u8], mut pending: Vec<u32>) -> Result<(), NlError> {
+    pub(crate) fn transact(&mut self, msg: &[u8], mut pending: Vec<u32>) -> Result<(), NlError> {
         nl::send(&self.fd, msg).map_err(NlError::Io)?;
         let mut result = Ok(());
         while !pending.is_empty() {
@@ -516,21 +559,6 @@ impl NlSocket {
         }
     }
 
-    /// Every element key of `set` in `table`, read back from the kernel with a
-    /// GETSETELEM dump; at most `limit` (a larger set is [`NlError::TooMany`]).
-    pub fn set_elements(
-        &mut self,
-        table: &str,
-        set: &str,
-        limit: usize,
-    ) -> Result<Vec<IpAddr>, NlError> {
-        Ok(self
-            .elements(table, set, limit)?
-            .into_iter()
-            .map(|e| e.addr)
-            .collect())
-    }
-
     /// Every element of `set` (or map) in `table`, with its data and time left; at most
     /// `limit`.
     pub fn elements(
@@ -578,48 +606,6 @@ impl NlSocket {
         let seq = self.next_seq(1);
         let msg = encode_blackhole(addr, prefix, add, seq);
         self.transact(&msg, vec![seq])
-    }
-}
-
-/// Most reads per [`AddrWatch::drain`]: only the kernel can produce these messages (it
-/// takes CAP_NET_ADMIN to change an address), but a drain must still end.
-const DRAIN_MAX_READS: usize = 256;
-
-/// A NETLINK_ROUTE socket subscribed to this network namespace's address changes, so the
-/// enforcer's copy of its own addresses is re-read when (and only when) the kernel says
-/// they changed, instead of dumping them before every decision.
-///
-/// The kernel queues the notification before it acknowledges the `RTM_NEWADDR` that
-/// caused it, so once `ip addr add` has returned, [`AddrWatch::drain`] sees the change.
-#[derive(Debug)]
-pub struct AddrWatch(nl::Watch);
-
-impl AddrWatch {
-    /// Open and subscribe (no capability needed to listen to these groups).
-    pub fn open() -> Result<Self, NlError> {
-        let groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
-        nl::Watch::open(SockProtocol::NetlinkRoute, groups, 16 * 1024)
-            .map(Self)
-            .map_err(NlError::Io)
-    }
-
-    /// The socket, for a thread that waits for it to become readable (it must not read
-    /// from it: only [`AddrWatch::drain`] consumes, so no change is ever missed).
-    pub fn poll_fd(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.0.fd)
-    }
-
-    /// Read everything queued without waiting. `Ok(true)` when the kernel reported an
-    /// address change, or the queue overran (`ENOBUFS`: changes were lost, so the caller
-    /// must assume one). Messages not sent by the kernel (port id 0) are discarded: any
-    /// local process may send a unicast datagram to this socket, and it must not be able
-    /// to make the enforcer re-read its addresses. One cheap `recvfrom` returning
-    /// `EAGAIN` when nothing changed.
-    pub fn drain(&mut self) -> Result<bool, NlError> {
-        let mut changed = false;
-        // Lost notifications (an overrun, or more still queued) count as a change.
-        let lost = self.0.drain(DRAIN_MAX_READS, |_| changed = true);
-        Ok(lost.map_err(NlError::Io)? || changed)
     }
 }
 

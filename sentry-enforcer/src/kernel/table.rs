@@ -389,14 +389,6 @@ impl DetectSpec {
             ..Self::default()
         }
     }
-
-    /// Does the chain copy anything at all?
-    pub fn watches(&self) -> bool {
-        !(self.stcp.is_empty()
-            && self.sudp.is_empty()
-            && self.atcp.is_empty()
-            && self.audp.is_empty())
-    }
 }
 
 fn elements(out: &mut String, table: &str, set: &str, items: impl IntoIterator<Item = String>) {
@@ -941,6 +933,11 @@ pub fn probe_support(table: &str) -> Support {
 mod tests {
     use super::*;
 
+    /// Does the chain copy anything at all?
+    fn watches(s: &DetectSpec) -> bool {
+        !(s.stcp.is_empty() && s.sudp.is_empty() && s.atcp.is_empty() && s.audp.is_empty())
+    }
+
     #[test]
     fn port_ranges() {
         assert_eq!(
@@ -972,7 +969,7 @@ mod tests {
             true,
             Some(64),
         );
-        assert!(spec.watches());
+        assert!(watches(&spec));
         assert!(spec.sudp.is_empty() && spec.audp.is_empty());
         let s = detection_script("sentry", &spec);
         assert!(s.contains("hook input priority -150"), "{s}");
@@ -1040,7 +1037,7 @@ mod tests {
         // Stealth modes alone: no IP-protocol rule (that is the advanced modes' job).
         let stealth = DetectSpec::new(&cfg, Modes(Modes::STCP), &ign, true, None);
         assert!(!detection_script("sentry", &stealth).contains("meta l4proto !="));
-        assert!(!DetectSpec::default().watches());
+        assert!(!watches(&DetectSpec::default()));
     }
 
     #[test]

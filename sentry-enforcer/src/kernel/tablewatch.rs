@@ -10,9 +10,6 @@
 //! the enforcer rebuild by writing to this socket. Reading notifications is reading
 //! kernel objects, never packets.
 
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
-
 use nix::sys::socket::{setsockopt, sockopt, SockProtocol};
 
 use crate::kernel::netlink::NlError;
@@ -71,9 +68,9 @@ fn foreign_change(m: nl::Msg<'_>, table: &str, own_portid: u32) -> Option<u32> {
             && elems
             && name.starts_with(crate::kernel::served::SET_ANY.as_bytes())
         {
-            // The served-port poller's own writes (crate::kernel::served), four a second at
-            // most: not a change to answer with a rebuild. Whatever else changes them
-            // is overwritten by its next full rewrite.
+            // The served-port writes (crate::kernel::served, asked for by the worker's
+            // poller, four a second at most): not a change to answer with a rebuild.
+            // Whatever else changes them is overwritten by the next full rewrite.
             return None;
         }
     }
@@ -103,11 +100,6 @@ impl TableWatch {
         // A flush of a large set is one notification per element batch: room for bursts.
         let _ = setsockopt(&*w.fd, sockopt::RcvBuf, &(4usize << 20));
         Ok(Self(w))
-    }
-
-    /// The socket, for the thread that waits for it to become readable.
-    pub fn poll_fd(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.0.fd)
     }
 
     /// The socket, for a poll loop (which must not read it: only [`TableWatch::drain`]
@@ -179,7 +171,7 @@ mod tests {
             scan_datagram(&note(NFT_MSG_NEWGEN, 1, "sentry", 77), "sentry", 5),
             None
         );
-        // The served-port poller's element writes are not tampering; other sets' are.
+        // The served-port element writes are not tampering; other sets' are.
         let served = |set: &str| {
             let mut b = nl::MsgBuilder::new(Vec::new());
             b.begin((NFNL_SUBSYS_NFTABLES << 8) | DELSETELEM, 0, 1);

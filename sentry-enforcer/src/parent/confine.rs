@@ -96,7 +96,7 @@ pub const ALLOWED: &[(libc::c_long, &str)] = &[
     (libc::SYS_lseek, "hosts.deny rewritten in place"),
     (libc::SYS_pread64, "the dynamic loader (nft, the worker)"),
     // Sockets: netlink (sets, routes, NFLOG, watches, sock_diag), the channels, a worker's.
-    (libc::SYS_socket, "netlink sockets (NFLOG hand-over, route dumps, nft), a worker's /dev/log"),
+    (libc::SYS_socket, "netlink sockets (NFLOG hand-over, route dumps, nft), a worker's /dev/log and its served-port sock_diag socket (opened before its own filter)"),
     (libc::SYS_socketpair, "a restarted worker's channels"),
     (libc::SYS_bind, "netlink sockets"),
     (libc::SYS_connect, "a worker's syslog socket"),

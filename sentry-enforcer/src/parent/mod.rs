@@ -23,7 +23,6 @@ use std::process::ExitCode;
 use sentry_privsep::{Modes, Refusal, Verb};
 
 use crate::kernel::netlink::NlSocket;
-use crate::kernel::served::Poller;
 use crate::kernel::table::{DetectSpec, Support};
 use crate::kernel::tablewatch::TableWatch;
 
@@ -97,8 +96,9 @@ pub struct Parent {
     pub watch: Option<TableWatch>,
     /// Another process changed the table (seen while draining our own changes).
     pub table_foreign: bool,
-    pub served: Option<Poller>,
-    pub served_resync: bool,
+    /// The socket the served-port sets are written with (RESTART_GRACE on and nf_tables
+    /// usable; `kernel::served`): the worker finds the ports, the parent writes them.
+    pub served: Option<NlSocket>,
     pub detect: Detect,
     pub sensor_uid: u32,
     pub sensor_want: crate::peercheck::Expected,

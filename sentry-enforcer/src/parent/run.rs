@@ -1,6 +1,6 @@
 //! The one poll loop: the worker's two request channels, the helper's answers, the
-//! worker's pidfd, the table and host watches, signals, and the timers (served ports,
-//! worker restart, table-change settling, the refusal summary).
+//! worker's pidfd, the table and host watches, signals, and the timers (worker restart,
+//! table-change settling, the refusal summary).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,10 +15,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use sentry_privsep::{Channel, Event, RecvError, Refusal, Reply, Request, Verb};
 
 use super::host::HostWatch;
-use super::serve::{gather, Answer, Batch, Step};
+use super::serve::{self, gather, Answer, Batch, Step};
 use super::spawn::{self, Helper, Plan, Worker};
 use super::{say, Parent};
-use crate::kernel::served;
 
 /// How long a worker that stops reading may hold up one reply before it is restarted.
 const SEND_WAIT: Duration = Duration::from_secs(5);
@@ -86,8 +85,6 @@ pub struct Loop {
     table_due: Option<Instant>,
     /// TableChanged was sent and no Build came since.
     table_sent: bool,
-    served_due: Instant,
-    served_failing: Option<String>,
     sockets: Vec<PathBuf>,
 }
 
@@ -114,8 +111,6 @@ impl Loop {
             host: None,
             table_due: None,
             table_sent: false,
-            served_due: Instant::now(),
-            served_failing: None,
             sockets,
         }
     }
@@ -151,8 +146,7 @@ impl Loop {
     /// The next deadline of a timer.
     fn next_due(&self) -> Instant {
         let tick = Instant::now() + Duration::from_secs(1);
-        let served = self.p.served.as_ref().map(|_| self.served_due);
-        [Some(tick), served, self.restart_at, self.table_due]
+        [Some(tick), self.restart_at, self.table_due]
             .into_iter()
             .flatten()
             .min()
@@ -232,7 +226,8 @@ impl Loop {
     }
 
     fn take(&mut self, c: usize, r: Request, fd: Option<OwnedFd>) {
-        match gather(&mut self.pending[c], r, fd, self.p.floor.cap) {
+        let cap = serve::cap(r.verb, self.p.floor.cap);
+        match gather(&mut self.pending[c], r, fd, cap) {
             Step::Wait => {}
             Step::Act(b) => self.answer(c, b),
             Step::Break(verb, id, r, fd) => {
@@ -455,10 +450,6 @@ impl Loop {
                 }
             }
         }
-        if self.p.served.is_some() && self.served_due <= now {
-            self.served_due = now + served::POLL;
-            self.poll_served(now);
-        }
     }
 
     fn on_table(&mut self) {
@@ -472,34 +463,6 @@ impl Loop {
             Err(e) => {
                 say(&format!("adminalert: nftables watch failed ({e}); a deleted table is rebuilt only at the next start"));
                 self.p.watch = None;
-            }
-        }
-    }
-
-    /// RESTART_GRACE in the kernel: a failure is said once (and its end once); until the
-    /// detection chain exists the sets are missing (ENOENT), which is retried quietly.
-    fn poll_served(&mut self, now: Instant) {
-        let Some(p) = self.p.served.as_mut() else {
-            return;
-        };
-        if std::mem::take(&mut self.p.served_resync) {
-            p.resync();
-        }
-        match p.poll(now) {
-            Ok(_) => {
-                if self.served_failing.take().is_some() {
-                    say("adminalert: served ports are written to the kernel again");
-                }
-            }
-            Err(served::Error::Kernel(Errno::ENOENT)) => {}
-            Err(e) => {
-                let text = e.to_string();
-                if self.served_failing.as_deref() != Some(text.as_str()) {
-                    say(&format!(
-                        "adminalert: cannot write the served ports ({text})"
-                    ));
-                }
-                self.served_failing = Some(text);
             }
         }
     }

@@ -36,6 +36,15 @@ pub enum Step {
     Break(Verb, u32, Request, Option<OwnedFd>),
 }
 
+/// Most items of one request of `verb`: the block cap (`MAX_BLOCKS`-derived) for the
+/// block verbs, one nfnetlink batch for the served ports.
+pub fn cap(verb: Verb, block_cap: usize) -> usize {
+    match verb {
+        Verb::Served => sentry_privsep::SERVED_BATCH,
+        _ => block_cap,
+    }
+}
+
 /// Add `r` to the batch under way on its channel (`pending`), keeping at most `cap` items.
 pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap: usize) -> Step {
     if let Some(b) = pending.as_mut() {
@@ -70,7 +79,10 @@ pub fn gather(pending: &mut Option<Batch>, r: Request, fd: Option<OwnedFd>, cap:
 pub fn check(r: &Request, floor: &Floor) -> Result<Option<Subject>, Refusal> {
     match r.verb {
         Verb::Hello if r.extra != VERSION => Err(Refusal::Version),
-        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload | Verb::Metrics => Ok(None),
+        // A served-port item's shape is all there is to check, and the decoder did.
+        Verb::Hello | Verb::Nflog | Verb::Peer | Verb::Reload | Verb::Metrics | Verb::Served => {
+            Ok(None)
+        }
         Verb::Dump if SetName::from_u8(r.flag).is_some() && r.addr.is_none() => Ok(None),
         Verb::Dump => Err(Refusal::Malformed),
         Verb::Detect => Ok(r.addr.map(|a| (a, None))),
@@ -195,6 +207,7 @@ impl Parent {
             Verb::Peer => Answer::one(self.peer(b.id, b.fd)),
             Verb::Reload => Answer::one(self.reload_ignore(b.id)),
             Verb::Metrics => Answer::one(self.metrics(b.id, b.fd)),
+            Verb::Served => Answer::one(self.served(&b)),
         }
     }
 }
@@ -246,6 +259,26 @@ mod tests {
             gather(&mut p, Request::new(Verb::Nflog, 5), None, 3),
             Step::Act(_)
         ));
+        // Served-port requests have their own cap, whatever the block cap.
+        assert_eq!(cap(Verb::Served, 3), sentry_privsep::SERVED_BATCH);
+        assert_eq!(cap(Verb::Build, 3), 3);
+        let mut served = Request::new(Verb::Served, 6);
+        (served.flag, served.port) = (sentry_privsep::SERVED_DEL, 22);
+        let n = sentry_privsep::SERVED_BATCH + 1;
+        let mut over = false;
+        for i in 0..n {
+            let r = Request {
+                more: i + 1 < n,
+                ..served
+            };
+            if let Step::Act(b) = gather(&mut p, r, None, cap(r.verb, 3)) {
+                over = b.over && b.items.len() == n - 1;
+            }
+        }
+        assert!(over && p.is_none());
+        let last = gather(&mut p, served, None, cap(Verb::Served, 3));
+        let Step::Act(b) = last else { panic!() };
+        assert!(!b.over && b.items.len() == 1);
     }
 
     #[test]
@@ -284,6 +317,9 @@ mod tests {
             None
         );
         assert_eq!(c(Request::new(Verb::Reload, 1)), Ok(None));
+        let mut served = Request::new(Verb::Served, 1);
+        (served.flag, served.port) = (sentry_privsep::SERVED_DEL, 22);
+        assert_eq!(c(served), Ok(None));
         let mut dump = Request::new(Verb::Dump, 1);
         assert_eq!(c(dump), Ok(None));
         dump.flag = 7;

@@ -20,7 +20,7 @@ use super::host::HostWatch;
 use super::run::Loop;
 use super::spawn::{self, Plan};
 use super::{floor::Floor, say, Detect, Log, Parent};
-use crate::kernel::{capture, netlink::NlSocket, served, table};
+use crate::kernel::{capture, netlink::NlSocket, table};
 
 /// The users and groups the parent needs, looked up before anything is bound.
 #[derive(Debug)]
@@ -376,8 +376,8 @@ pub fn worker_argv(args: &Args, privsep: bool) -> Result<(CString, Vec<CString>)
     Ok((exe, argv))
 }
 
-/// The kernel side: what nf_tables offers, the set and route sockets, the served-port
-/// poller, the first NFLOG group, the sensor's expected executable.
+/// The kernel side: what nf_tables offers, the set, served-port and route sockets, the
+/// first NFLOG group, the sensor's expected executable.
 fn open_parent(
     cfg: policy::Config,
     ignore: policy::IgnoreList,
@@ -398,10 +398,11 @@ fn open_parent(
         true => Some(NlSocket::route().map_err(|e| format!("route netlink: {e}"))?),
         false => None,
     };
-    let skip = (sensor_uid != 0).then_some(sensor_uid);
+    // Its own socket: the served sets are part of the detection chain, which is built
+    // whatever FIREWALL says (the block sets' socket exists only for nftables).
     let served = match (cfg.restart_grace.is_zero(), &support.nftables) {
-        (false, Ok(())) => served::Poller::open(&cfg.nft_table, skip, cfg.restart_grace)
-            .map_err(|e| say(&format!("adminalert: ERROR: cannot poll the served ports ({e}): RESTART_GRACE holds in the sensor only")))
+        (false, Ok(())) => NlSocket::netfilter()
+            .map_err(|e| say(&format!("adminalert: ERROR: cannot write the served ports ({e}): RESTART_GRACE holds in the sensor only")))
             .ok(),
         _ => None,
     };
@@ -433,7 +434,6 @@ fn open_parent(
         watch: None,
         table_foreign: false,
         served,
-        served_resync: false,
         detect: Detect {
             group,
             ..Detect::default()

@@ -15,9 +15,9 @@ use super::floor::Kind;
 use super::serve::{Answer, Batch, Tally};
 use super::{say, Parent};
 use crate::effects::hostsdeny;
-use crate::kernel::capture;
 use crate::kernel::netlink::{NlError, NlSocket, SetElem};
 use crate::kernel::table::{self, DetectSpec, Tripwire, HIT_V4, HIT_V6, SET_V4, SET_V6, SET_V6NET};
+use crate::kernel::{capture, served};
 
 fn elem(r: &Request, addr: IpAddr) -> SetElem {
     SetElem {
@@ -259,7 +259,8 @@ impl Parent {
     }
 
     /// The table is new: watch it (from now on, so its own build is no news), put the
-    /// detection chain back when its inputs are known, rewrite the served ports.
+    /// detection chain back when its inputs are known. (The worker rewrites the served
+    /// ports after its Build.)
     fn after_build(&mut self) {
         if self.watch.is_none() && self.nft.is_some() {
             match crate::kernel::tablewatch::TableWatch::open() {
@@ -269,7 +270,6 @@ impl Parent {
         }
         self.drain_own_changes();
         self.detect.applied = None;
-        self.served_resync = true;
         if self.detect.input.is_some() {
             if let Err(e) = self.apply_detection() {
                 say(&format!(
@@ -333,7 +333,6 @@ impl Parent {
         }
         table::apply_detection(&self.cfg, &spec)?;
         self.detect.applied = Some(spec);
-        self.served_resync = true;
         self.drain_own_changes();
         Ok(())
     }
@@ -369,6 +368,22 @@ impl Parent {
             ..Reply::ok(id)
         };
         Answer::Replies(vec![r], Some(fd))
+    }
+
+    /// RESTART_GRACE: write the served-port elements the worker found (`kernel::served`:
+    /// why nothing but their shape, checked by the decoder, is asked of them).
+    pub fn served(&mut self, b: &Batch) -> Reply {
+        let Some(s) = self.served.as_mut() else {
+            return self.refuse(b.verb, None, b.id, Refusal::NotConfigured);
+        };
+        let elems: Vec<served::Elem> = b.items.iter().map(served::Elem::of).collect();
+        match served::write(s, &self.cfg.nft_table, &elems) {
+            Ok(()) => Reply {
+                a: elems.len() as u64,
+                ..Reply::ok(b.id)
+            },
+            Err(e) => nl_fail(b.id, "served ports", &e),
+        }
     }
 
     /// Unbind the group handed out last (its holders, a sensor gone or a child it forked,

@@ -34,11 +34,11 @@ use crate::audit::{ActionRecord, AuditLog, AuditRecord, Level, Logger, Peer, Rec
 use crate::budget::AuditBudget;
 use crate::control::metrics::{ErrorKind, Stats};
 use crate::error::EnforcerError;
+use crate::infra::AddrWatch;
 use crate::judge::{self, Evidence, Facts, Verdict};
 use crate::session::{Checked, Invalid};
 use crate::store::{BlockRecord, Store};
 use crate::time::{WallMs, WallUs};
-use sentry_enforcer::kernel::netlink::AddrWatch;
 
 /// The address-change subscription; without it, this host's addresses are re-read
 /// before every decision (said once).

@@ -6,15 +6,23 @@
 //!   (`hostile-worker.plan` beside the configuration: lines `<name> <address>[/<len>]`);
 //! * `CAP <kind> <code>`: a table build with more elements than the parent's hard cap;
 //! * `RATE ok=<n> refused=<n>`: single adds of distinct addresses as fast as it can;
+//! * `SERVED <kind> <code> <a>`: a served-port item (RESTART_GRACE), then
+//!   `SERVED_OVER <kind> <code>`: a served-port request with more items than the
+//!   parent's hard cap;
 //! * `GARBAGE`: a record of the wrong length, after which the parent must kill and
-//!   restart it (`RESTARTED` is printed by the next start, which then only waits).
+//!   restart it. The next start prints `RESTARTED`, sends a served-port add without a
+//!   timeout (a record of the right length that does not decode) and prints
+//!   `SERVED_GARBAGE`: the parent must kill and restart it again; the start after that
+//!   prints `RESTARTED 2` and only waits.
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sentry_privsep::{Channel, Reply, ReplyKind, Request, Verb, VERSION};
+use sentry_privsep::{
+    Channel, Proto, Reply, ReplyKind, Request, Verb, SERVED_ADD, SERVED_BATCH, SERVED_DEL, VERSION,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -33,8 +41,22 @@ fn main() {
         .map(PathBuf::from)
         .expect("--state-dir");
     let marker = state.join("hostile-worker.started");
+    let again = state.join("hostile-worker.restarted");
+    if again.exists() {
+        println!("RESTARTED 2");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     if marker.exists() {
+        std::fs::write(&again, b"1").expect("marker");
         println!("RESTARTED");
+        let rpc = Channel::from_inherited(3).expect("fd 3");
+        // A served-port add without a timeout: the right length, but no valid record.
+        let mut r = served_item(Some(Duration::from_secs(60)));
+        r.timeout_ms = 0;
+        rpc.send_request(&r, None).expect("send");
+        println!("SERVED_GARBAGE");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
@@ -113,6 +135,13 @@ fn main() {
         }
     }
     println!("RATE ok={ok} refused={refused}");
+    // One served-port item (the sets may not exist: no detection chain was asked for),
+    // then more items in one request than the parent takes.
+    let one = ask(&rpc, &[served_item(Some(Duration::from_secs(60)))]);
+    println!("SERVED {:?} {} {}", one.kind, one.code, one.a);
+    let over: Vec<Request> = (0..=SERVED_BATCH).map(|_| served_item(None)).collect();
+    let o = ask(&rpc, &over);
+    println!("SERVED_OVER {:?} {}", o.kind, o.code);
     // A record of the wrong length: the parent must treat the worker as hostile.
     let fd = rpc.into_fd();
     let _ = nix::sys::socket::send(
@@ -124,4 +153,18 @@ fn main() {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// A served-port item for TCP port 8080 on any address: an add with `timeout`, or a
+/// delete.
+fn served_item(timeout: Option<Duration>) -> Request {
+    let mut r = Request::new(Verb::Served, 0);
+    (r.proto, r.port) = (Proto::Tcp, 8080);
+    match timeout {
+        Some(t) => {
+            (r.flag, r.timeout_ms) = (SERVED_ADD, u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+        }
+        None => r.flag = SERVED_DEL,
+    }
+    r
 }

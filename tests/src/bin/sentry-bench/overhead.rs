@@ -141,12 +141,12 @@ fn current_script(n: u64) -> Result<String, String> {
     let mut s = setup_script(TABLE, cfg.block_prefix6);
     s.push_str(&elements_script(TABLE, &blocked(n), false));
     s.push_str(&detection_script(TABLE, &spec));
-    // The servers' ports, as the enforcer's poll of the listening sockets writes them
-    // (sentry_enforcer::served) on a host that runs these services.
+    // The servers' ports, as the worker's poll of the listening sockets has the parent
+    // write them (sentry_worker::served) on a host that runs these services.
     s.push_str(&format!(
         "add element inet {TABLE} {} {{ tcp . 8080 timeout {hold}s, udp . 5201 timeout {hold}s }}\n",
         sentry_enforcer::served::SET_ANY,
-        hold = sentry_enforcer::served::HOLD.as_secs()
+        hold = sentry_worker::served::HOLD.as_secs()
     ));
     Ok(s)
 }

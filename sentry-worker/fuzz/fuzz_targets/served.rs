@@ -1,4 +1,4 @@
-//! The served-port poller's sock_diag reply parser (issue #21): the kernel's reply is
+//! The worker's served-port poller's sock_diag reply parser (issue #21): the kernel's reply is
 //! checked, never trusted. Must never panic; every key it yields is one a probe can
 //! reach (a port, no loopback address), and the set stays bounded.
 #![no_main]
@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
-use sentry_enforcer::served::{parse_dump, Key, MAX_KEYS};
+use sentry_worker::served::{parse_dump, Key, MAX_KEYS};
 
 fuzz_target!(|data: &[u8]| {
     let (proto, seq, rest) = match data {
