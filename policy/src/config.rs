@@ -147,14 +147,8 @@ pub struct Config {
     empty_required: Vec<String>,
 }
 
-/// Result of [`Config::check_files`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FileCheck {
-    pub errors: Vec<ConfigError>,
-    pub warnings: Vec<ConfigError>,
-}
-
-fn dir_mode(key: &str) -> u32 {
+/// The mode the enforcer gives a directory it creates for `key`'s file.
+pub fn dir_mode(key: &str) -> u32 {
     if key == "AUDIT_LOG" {
         0o750
     } else {
@@ -547,7 +541,7 @@ impl Config {
     }
 
     /// A problem with `key`, located at the line that set it.
-    fn key_error(&self, key: &str, msg: impl Into<String>) -> ConfigError {
+    pub fn key_error(&self, key: &str, msg: impl Into<String>) -> ConfigError {
         ConfigError::new(&self.path, self.key_lines.get(key).copied(), Some(key), msg)
     }
 
@@ -584,51 +578,6 @@ impl Config {
                 "RESOLVE_HOST",
                 "host names are not resolved (a scanner controls its reverse DNS); logs show the address in the NAME field",
             ));
-        }
-    }
-
-    /// Which blocking is in effect, in the order it is applied (for check-config and the
-    /// enforcer's start-up line): the nftables set first, then the KILL_* actions.
-    pub fn blocking_summary(&self) -> String {
-        let mut parts = Vec::new();
-        if self.firewall == Firewall::Nftables {
-            parts.push(match self.firewall_origin {
-                FirewallOrigin::Key => format!("nftables set (table inet {})", self.nft_table),
-                FirewallOrigin::Default => format!(
-                    "nftables set (table inet {}; FIREWALL not set: the default where the kernel has nf_tables, FIREWALL=\"none\" opts out)",
-                    self.nft_table
-                ),
-            });
-        }
-        let cmd_first = self.kill_run_cmd_first && self.kill_run_cmd.is_some();
-        if cmd_first {
-            parts.push("KILL_RUN_CMD (KILL_RUN_CMD_FIRST)".into());
-        }
-        if self.blackhole_route {
-            parts.push("blackhole route".into());
-        }
-        if self.kill_route.is_some() {
-            parts.push("KILL_ROUTE".into());
-        }
-        if self.kill_hosts_deny.is_some() {
-            parts.push(format!(
-                "KILL_HOSTS_DENY ({})",
-                self.hosts_deny_file.display()
-            ));
-        }
-        if self.kill_run_cmd.is_some() && !cmd_first {
-            parts.push("KILL_RUN_CMD".into());
-        }
-        let modes = match (self.block_tcp, self.block_udp) {
-            (BlockMode::LogOnly, BlockMode::LogOnly) => {
-                return "none: BLOCK_TCP and BLOCK_UDP are 0 (detect and log only)".into()
-            }
-            (t, u) => format!("BLOCK_TCP={} BLOCK_UDP={}", t.as_num(), u.as_num()),
-        };
-        if parts.is_empty() {
-            format!("none ({modes}, but no blocking action is configured)")
-        } else {
-            format!("{} ({modes})", parts.join(", then "))
         }
     }
 
@@ -671,87 +620,6 @@ impl Config {
             Some(p) => IgnoreList::load(p),
             None => Ok(IgnoreList::empty()),
         }
-    }
-
-    /// Check the files the configuration names: the ignore list parses, the directories
-    /// of files to be written exist, and kill programs exist and are executable. A
-    /// configuration's errors are told from a host that is merely not set up yet: a missing
-    /// directory the enforcer creates itself at start (those of AUDIT_LOG, HISTORY_FILE and
-    /// BLOCKED_FILE, see [`Config::created_dirs`]) is a warning when its nearest existing
-    /// ancestor is a directory not writable by group or others (where the enforcer will
-    /// create it), and an error otherwise.
-    pub fn check_files(&self) -> FileCheck {
-        use std::os::unix::fs::PermissionsExt;
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        if let Err(ConfigErrors(mut e)) = self.load_ignore() {
-            errors.append(&mut e);
-        }
-        let writable: [(&str, Option<&Path>); 4] = [
-            ("HISTORY_FILE", self.history_file.as_deref()),
-            ("BLOCKED_FILE", self.blocked_file.as_deref()),
-            (
-                "HOSTS_DENY_FILE",
-                self.uses_hosts_deny()
-                    .then_some(self.hosts_deny_file.as_path()),
-            ),
-            ("AUDIT_LOG", Some(self.audit_log.as_path())),
-        ];
-        for (key, file) in writable {
-            let Some(file) = file else { continue };
-            let created = key != "HOSTS_DENY_FILE";
-            match file.parent() {
-                Some(dir) if dir.is_dir() => {}
-                Some(dir) if created && !dir.as_os_str().is_empty() => {
-                    match creatable(dir) {
-                        Ok(()) => warnings.push(self.key_error(
-                            key,
-                            format!(
-                                "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}, owned by root) when it starts",
-                                dir.display(),
-                                dir_mode(key)
-                            ),
-                        )),
-                        Err(why) => errors.push(self.key_error(
-                            key,
-                            format!(
-                                "directory of {} does not exist, and sentry-enforcer will not create it: {why}",
-                                file.display()
-                            ),
-                        )),
-                    }
-                }
-                _ => errors.push(self.key_error(
-                    key,
-                    format!("directory of {} does not exist", file.display()),
-                )),
-            }
-        }
-        // METRICS_DIR is not created by the enforcer: it belongs to node_exporter's
-        // textfile collector (and under systemd needs a ReadWritePaths= drop-in).
-        if let Some(dir) = &self.metrics_dir {
-            if !dir.is_dir() {
-                errors.push(self.key_error(
-                    "METRICS_DIR",
-                    format!("{} is not an existing directory", dir.display()),
-                ));
-            }
-        }
-        for (key, tpl) in [
-            ("KILL_ROUTE", &self.kill_route),
-            ("KILL_RUN_CMD", &self.kill_run_cmd),
-        ] {
-            let Some(tpl) = tpl else { continue };
-            let ok = std::fs::metadata(tpl.program())
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false);
-            if !ok {
-                errors.push(
-                    self.key_error(key, format!("{} is not an executable file", tpl.program())),
-                );
-            }
-        }
-        FileCheck { errors, warnings }
     }
 
     /// Directories the enforcer creates at start when missing, with their modes: the

@@ -18,7 +18,7 @@ mod ports;
 mod template;
 
 pub use config::{
-    creatable, BlockMode, Config, FileCheck, Firewall, FirewallOrigin, ScanClass,
+    creatable, dir_mode, BlockMode, Config, Firewall, FirewallOrigin, ScanClass,
     DEFAULT_CONFIG_PATH, PORTSENTRY_CONFIG_PATH,
 };
 pub use error::{ConfigError, ConfigErrors};

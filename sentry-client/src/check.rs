@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use policy::{BlockMode, Config, ConfigErrors, Firewall, FirewallOrigin};
 use sentry_proto::MAX_BLOCK_DURATION_MS;
 
 /// The origin `sentryctl block` records without `--origin`.
@@ -66,16 +67,147 @@ pub fn check_config(
                 warnings.extend(infra_warnings(&cfg, &ignore, &infra()));
             }
             // A directory the enforcer creates at start is a warning.
-            let files = cfg.check_files();
+            let files = check_files(&cfg);
             warnings.extend(files.warnings.iter().map(|w| w.to_string()));
             let errors: Vec<String> = files.errors.iter().map(|e| e.to_string()).collect();
             CheckReport {
                 ok: errors.is_empty(),
                 errors,
                 warnings,
-                blocking: Some(cfg.blocking_summary()),
+                blocking: Some(blocking_summary(&cfg)),
             }
         }
+    }
+}
+
+/// Result of [`check_files`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileCheck {
+    pub errors: Vec<policy::ConfigError>,
+    pub warnings: Vec<policy::ConfigError>,
+}
+
+/// Check the files the configuration names: the ignore list parses, the directories
+/// of files to be written exist, and kill programs exist and are executable. A
+/// configuration's errors are told from a host that is merely not set up yet: a missing
+/// directory the enforcer creates itself at start (those of AUDIT_LOG, HISTORY_FILE and
+/// BLOCKED_FILE, see [`Config::created_dirs`]) is a warning when its nearest existing
+/// ancestor is a directory not writable by group or others (where the enforcer will
+/// create it), and an error otherwise.
+pub fn check_files(cfg: &Config) -> FileCheck {
+    use std::os::unix::fs::PermissionsExt;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    if let Err(ConfigErrors(mut e)) = cfg.load_ignore() {
+        errors.append(&mut e);
+    }
+    let writable: [(&str, Option<&Path>); 4] = [
+        ("HISTORY_FILE", cfg.history_file.as_deref()),
+        ("BLOCKED_FILE", cfg.blocked_file.as_deref()),
+        (
+            "HOSTS_DENY_FILE",
+            cfg.uses_hosts_deny()
+                .then_some(cfg.hosts_deny_file.as_path()),
+        ),
+        ("AUDIT_LOG", Some(cfg.audit_log.as_path())),
+    ];
+    for (key, file) in writable {
+        let Some(file) = file else { continue };
+        let created = key != "HOSTS_DENY_FILE";
+        match file.parent() {
+            Some(dir) if dir.is_dir() => {}
+            Some(dir) if created && !dir.as_os_str().is_empty() => {
+                match policy::creatable(dir) {
+                    Ok(()) => warnings.push(cfg.key_error(
+                        key,
+                        format!(
+                            "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}, owned by root) when it starts",
+                            dir.display(),
+                            policy::dir_mode(key)
+                        ),
+                    )),
+                    Err(why) => errors.push(cfg.key_error(
+                        key,
+                        format!(
+                            "directory of {} does not exist, and sentry-enforcer will not create it: {why}",
+                            file.display()
+                        ),
+                    )),
+                }
+            }
+            _ => errors.push(cfg.key_error(
+                key,
+                format!("directory of {} does not exist", file.display()),
+            )),
+        }
+    }
+    // METRICS_DIR is not created by the enforcer: it belongs to node_exporter's
+    // textfile collector (and under systemd needs a ReadWritePaths= drop-in).
+    if let Some(dir) = &cfg.metrics_dir {
+        if !dir.is_dir() {
+            errors.push(cfg.key_error(
+                "METRICS_DIR",
+                format!("{} is not an existing directory", dir.display()),
+            ));
+        }
+    }
+    for (key, tpl) in [
+        ("KILL_ROUTE", &cfg.kill_route),
+        ("KILL_RUN_CMD", &cfg.kill_run_cmd),
+    ] {
+        let Some(tpl) = tpl else { continue };
+        let ok = std::fs::metadata(tpl.program())
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !ok {
+            errors.push(cfg.key_error(key, format!("{} is not an executable file", tpl.program())));
+        }
+    }
+    FileCheck { errors, warnings }
+}
+
+/// Which blocking is in effect, in the order it is applied (for check-config and the
+/// worker's start-up line): the nftables set first, then the KILL_* actions.
+pub fn blocking_summary(cfg: &Config) -> String {
+    let mut parts = Vec::new();
+    if cfg.firewall == Firewall::Nftables {
+        parts.push(match cfg.firewall_origin {
+            FirewallOrigin::Key => format!("nftables set (table inet {})", cfg.nft_table),
+            FirewallOrigin::Default => format!(
+                "nftables set (table inet {}; FIREWALL not set: the default where the kernel has nf_tables, FIREWALL=\"none\" opts out)",
+                cfg.nft_table
+            ),
+        });
+    }
+    let cmd_first = cfg.kill_run_cmd_first && cfg.kill_run_cmd.is_some();
+    if cmd_first {
+        parts.push("KILL_RUN_CMD (KILL_RUN_CMD_FIRST)".into());
+    }
+    if cfg.blackhole_route {
+        parts.push("blackhole route".into());
+    }
+    if cfg.kill_route.is_some() {
+        parts.push("KILL_ROUTE".into());
+    }
+    if cfg.kill_hosts_deny.is_some() {
+        parts.push(format!(
+            "KILL_HOSTS_DENY ({})",
+            cfg.hosts_deny_file.display()
+        ));
+    }
+    if cfg.kill_run_cmd.is_some() && !cmd_first {
+        parts.push("KILL_RUN_CMD".into());
+    }
+    let modes = match (cfg.block_tcp, cfg.block_udp) {
+        (BlockMode::LogOnly, BlockMode::LogOnly) => {
+            return "none: BLOCK_TCP and BLOCK_UDP are 0 (detect and log only)".into()
+        }
+        (t, u) => format!("BLOCK_TCP={} BLOCK_UDP={}", t.as_num(), u.as_num()),
+    };
+    if parts.is_empty() {
+        format!("none ({modes}, but no blocking action is configured)")
+    } else {
+        format!("{} ({modes})", parts.join(", then "))
     }
 }
 

@@ -474,15 +474,18 @@ impl Engine {
 
     /// Whether any action that blocks traffic (as opposed to only running a command) is
     /// configured.
-    /// [`policy::Config::blocking_summary`] of what actually came up (the default
+    /// [`sentry_client::check::blocking_summary`] of what actually came up (the default
     /// nftables set is left out when the kernel refused it).
     pub fn blocking_in_effect(&self) -> String {
         if self.cfg.firewall == Firewall::Nftables && !self.exec.backends().nft {
             let mut c = self.cfg.clone();
             c.firewall = Firewall::None;
-            return format!("{} (nftables unavailable)", c.blocking_summary());
+            return format!(
+                "{} (nftables unavailable)",
+                sentry_client::check::blocking_summary(&c)
+            );
         }
-        self.cfg.blocking_summary()
+        sentry_client::check::blocking_summary(&self.cfg)
     }
 
     fn blocking_configured(&self) -> bool {
