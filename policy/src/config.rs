@@ -707,7 +707,7 @@ impl Config {
                         Ok(()) => warnings.push(self.key_error(
                             key,
                             format!(
-                                "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}, owned by root) when it starts",
+                                "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}) for its worker when it starts with CAP_CHOWN (without systemd); the shipped unit has none: create it owned by sentry-worker",
                                 dir.display(),
                                 dir_mode(key)
                             ),
