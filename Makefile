@@ -10,13 +10,15 @@
 #
 # Migration: if /etc/portsentry/portsentry.conf exists and /etc/sentry/sentry.conf
 # does not, install links /etc/sentry/sentry.conf to it, so the PortSentry
-# configuration and ignore file are used unchanged, and lets the enforcer unit
-# write /var/lib/portsentry (a drop-in) where PortSentry keeps its files.
+# configuration and ignore file are used unchanged, lets the enforcer unit write
+# /var/lib/portsentry (a drop-in) where PortSentry keeps its files, and gives that
+# directory to the enforcer's worker (/etc/tmpfiles.d/sentry-portsentry.conf).
 
 PREFIX     ?= /usr/local
 SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 CONFDIR    ?= /etc/sentry
 PORTSENTRY ?= /etc/portsentry/portsentry.conf
 CARGO      ?= cargo
@@ -106,6 +108,10 @@ install-units:
 	sed 's|/usr/local/sbin|$(SBINDIR)|g' sentry-share/dist/sentry-share.service \
 	    > $(DESTDIR)$(UNITDIR)/sentry-share.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/sentry-*.service
+	@# The worker's state and log directories, its own before the enforcer unit starts
+	@# (the unit has no CAP_CHOWN and no StateDirectory=; see the snippet).
+	install -d $(DESTDIR)$(TMPFILESDIR)
+	install -m 0644 sentry-enforcer/dist/sentry.tmpfiles $(DESTDIR)$(TMPFILESDIR)/sentry.conf
 
 install-man:
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
@@ -132,6 +138,9 @@ install-conf:
 	    install -d $(DESTDIR)/var/lib/portsentry $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d; \
 	    printf '[Service]\n# PortSentry configuration in use: its files live here.\nReadWritePaths=-/var/lib/portsentry\n' \
 	        > $(DESTDIR)/etc/systemd/system/sentry-enforcer.service.d/portsentry.conf; \
+	    install -d $(DESTDIR)/etc/tmpfiles.d; \
+	    printf '# sentry: the PortSentry configuration in use keeps its files here; the\n# enforcer worker writes them (the unit gives it no CAP_CHOWN).\nd /var/lib/portsentry 0755 sentry-worker sentry-worker -\nZ /var/lib/portsentry - sentry-worker sentry-worker -\n' \
+	        > $(DESTDIR)/etc/tmpfiles.d/sentry-portsentry.conf; \
 	    echo "note: stop PortSentry itself (systemctl disable --now portsentry) before starting sentry"; \
 	else \
 	    install -m 0644 policy/dist/sentry.conf $(DESTDIR)$(CONFDIR)/sentry.conf; \
@@ -143,6 +152,15 @@ install-conf:
 	    install -m 0644 policy/dist/sentry.ignore $(DESTDIR)$(CONFDIR)/sentry.ignore
 	@# The enforcer runs with UMask=0077: give hosts.deny its usual mode up front.
 	@[ -e $(DESTDIR)/etc/hosts.deny ] || install -m 0644 /dev/null $(DESTDIR)/etc/hosts.deny
+	@# The worker owns its state and audit log now, not at the next boot (and takes over
+	@# what an older, root-only version left). Without systemd-tmpfiles (no systemd) the
+	@# run script's enforcer gives them at start, with CAP_CHOWN.
+	@if [ -z "$(DESTDIR)" ] && command -v systemd-tmpfiles >/dev/null && \
+	    [ -e $(TMPFILESDIR)/sentry.conf ]; then \
+	    echo "systemd-tmpfiles --create $(TMPFILESDIR)/sentry.conf"; \
+	    systemd-tmpfiles --create $(TMPFILESDIR)/sentry.conf; \
+	    if [ -e /etc/tmpfiles.d/sentry-portsentry.conf ]; then \
+	        systemd-tmpfiles --create /etc/tmpfiles.d/sentry-portsentry.conf; fi; fi
 	install -d $(DESTDIR)/etc/logrotate.d
 	install -m 0644 sentry-enforcer/dist/sentry.logrotate $(DESTDIR)/etc/logrotate.d/sentry
 	@# fail2ban's [portsentry] jail (Debian) reads PortSentry's history file: point it
@@ -197,7 +215,7 @@ uninstall: stop
 	for b in $(BINS); do rm -f $(DESTDIR)$(SBINDIR)/$$b; done
 	-systemctl disable --now sentry-share.service 2>/dev/null
 	rm -f $(DESTDIR)$(UNITDIR)/sentry-enforcer.service $(DESTDIR)$(UNITDIR)/sentry-sensor.service \
-	    $(DESTDIR)$(UNITDIR)/sentry-share.service
+	    $(DESTDIR)$(UNITDIR)/sentry-share.service $(DESTDIR)$(TMPFILESDIR)/sentry.conf
 	rm -f $(DESTDIR)$(MANDIR)/man8/sentry-sensor.8 $(DESTDIR)$(MANDIR)/man8/sentry-enforcer.8 \
 	    $(DESTDIR)$(MANDIR)/man8/sentryctl.8 $(DESTDIR)$(MANDIR)/man8/sentry-share.8 \
 	    $(DESTDIR)$(MANDIR)/man5/sentry.conf.5

@@ -121,7 +121,7 @@ pub fn check_files(cfg: &Config) -> FileCheck {
                     Ok(()) => warnings.push(cfg.key_error(
                         key,
                         format!(
-                            "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}, owned by root) when it starts",
+                            "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}) for its worker when it starts with CAP_CHOWN (without systemd); the shipped unit has none: create it owned by sentry-worker",
                             dir.display(),
                             policy::dir_mode(key)
                         ),

@@ -43,7 +43,7 @@ fn referenced_files_are_checked() {
         .collect();
     assert_eq!(
         w,
-        ["/c.conf:2: HISTORY_FILE: directory /nonexistent-dir does not exist yet; sentry-enforcer creates it (mode 700, owned by root) when it starts"]
+        ["/c.conf:2: HISTORY_FILE: directory /nonexistent-dir does not exist yet; sentry-enforcer creates it (mode 700) for its worker when it starts with CAP_CHOWN (without systemd); the shipped unit has none: create it owned by sentry-worker"]
     );
 }
 

@@ -1,5 +1,6 @@
 //! The only unsafe code in the enforcer crate: descriptors (closing inherited ones,
-//! placing the worker's), fork, signal dispositions, and the pidfd calls libc lacks.
+//! placing the worker's), fork, signal dispositions, and the pidfd calls libc lacks
+//! (open one, send a signal through one).
 
 use std::os::fd::RawFd;
 
@@ -86,6 +87,38 @@ pub fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel just installed `fd` (close-on-exec) for us alone; the OwnedFd is
     // its only owner.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)` (Linux 5.1+): signal exactly the process
+/// `pidfd` names (never another one that reused its pid).
+pub fn pidfd_send_signal(
+    pidfd: std::os::fd::BorrowedFd<'_>,
+    sig: nix::sys::signal::Signal,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: descriptor, signal number and flags by value, and a null siginfo (the kernel
+    // then fills one in as for kill(2)); no memory is shared with the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `_exit(2)`: end a forked child at once, running no exit handler and flushing no
+/// buffer it shares with the parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes the status by value and never returns; it touches no memory of
+    // this process.
+    unsafe { libc::_exit(code) }
 }
 
 /// Whether `fd` is readable right now (poll(2) with a zero timeout). For a pidfd:

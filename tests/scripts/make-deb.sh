@@ -32,6 +32,10 @@ done
 gzip -9n <policy/man/sentry.conf.5 >"$ROOT/usr/share/man/man5/sentry.conf.5.gz"
 install -d "$ROOT/usr/share/sentry"
 install -m 0644 policy/dist/sentry.conf policy/dist/sentry.ignore "$ROOT/usr/share/sentry/"
+# The worker's state and log directories: its own before the enforcer unit starts (the
+# unit has no CAP_CHOWN and no StateDirectory=); postinst applies it at once.
+install -d "$ROOT/usr/lib/tmpfiles.d"
+install -m 0644 sentry-enforcer/dist/sentry.tmpfiles "$ROOT/usr/lib/tmpfiles.d/sentry.conf"
 install -d "$ROOT/etc/logrotate.d"
 install -m 0644 sentry-enforcer/dist/sentry.logrotate "$ROOT/etc/logrotate.d/sentry"
 # Machine-readable copyright (DEP-5); the licence texts are in common-licenses
@@ -95,6 +99,10 @@ install_policy() {
         install -d /var/lib/portsentry /etc/systemd/system/sentry-enforcer.service.d
         printf '[Service]\n# PortSentry configuration in use: its files live here.\nReadWritePaths=-/var/lib/portsentry\n' \
             >/etc/systemd/system/sentry-enforcer.service.d/portsentry.conf
+        # ...and its files are the worker's (the unit gives it no CAP_CHOWN).
+        install -d /etc/tmpfiles.d
+        printf '# sentry: the PortSentry configuration in use keeps its files here; the\n# enforcer worker writes them (the unit gives it no CAP_CHOWN).\nd /var/lib/portsentry 0755 sentry-worker sentry-worker -\nZ /var/lib/portsentry - sentry-worker sentry-worker -\n' \
+            >/etc/tmpfiles.d/sentry-portsentry.conf
         echo "sentry: stop PortSentry itself (systemctl disable --now portsentry)"
     else
         install -m 0644 /usr/share/sentry/sentry.conf /etc/sentry/sentry.conf
@@ -115,6 +123,14 @@ configure|abort-upgrade|abort-deconfigure|abort-remove)
     install -d -m 0750 /var/log/sentry
     [ -e /etc/hosts.deny ] || install -m 0644 /dev/null /etc/hosts.deny
     install_policy
+    # The worker owns its state and audit log before the enforcer starts, and takes over
+    # what an older, root-only version left (tmpfiles.d/sentry.conf; at boot too).
+    if command -v systemd-tmpfiles >/dev/null; then
+        systemd-tmpfiles --create sentry.conf
+        if [ -e /etc/tmpfiles.d/sentry-portsentry.conf ]; then
+            systemd-tmpfiles --create sentry-portsentry.conf
+        fi
+    fi
     for u in $UNITS; do
         if command -v deb-systemd-helper >/dev/null; then
             # Only removes a mask deb-systemd-helper itself set on package removal.
@@ -196,6 +212,7 @@ purge)
     rmdir /etc/sentry 2>/dev/null || true
     rm -f /etc/systemd/system/sentry-enforcer.service.d/portsentry.conf
     rmdir /etc/systemd/system/sentry-enforcer.service.d 2>/dev/null || true
+    rm -f /etc/tmpfiles.d/sentry-portsentry.conf
     rm -rf /var/lib/sentry /var/log/sentry
     if getent passwd sentry >/dev/null; then
         userdel sentry >/dev/null 2>&1 || true

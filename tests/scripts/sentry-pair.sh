@@ -4,8 +4,10 @@
 # does). Privilege separation matches the units:
 #   enforcer: the root parent, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW
 #             +CAP_SYS_PTRACE (the sensor's executable check) +CAP_SETUID+CAP_SETGID
-#             +CAP_KILL (it starts, signals and restarts its worker as `sentry-worker`)
-#             +CAP_CHOWN (it gives the worker its state and log files at start), member
+#             (it starts and restarts its worker as `sentry-worker`, and signals it from
+#             a child with the worker's uid: no CAP_KILL)
+#             +CAP_CHOWN (without systemd's tmpfiles.d, it gives the worker its state and
+#             log files at start; the unit has no CAP_CHOWN), member
 #             of the sensor's group (to hand it enforcer.sock), no_new_privs; its worker
 #             runs as `sentry-worker` with no capability.
 #   sensor:   user `sentry`, no capabilities at all (the enforcer hands it the
@@ -48,7 +50,7 @@ start() {
     if alive "$RUN/enforcer.pid"; then
         echo "enforcer already running (pid $(cat "$RUN/enforcer.pid"))"
     else
-        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+kill,+chown \
+        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown \
             --groups "$gid" --no-new-privs \
             "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
             --sensor-user "$USER_" --log-stderr </dev/null >>"$LOGDIR/enforcer.log" 2>&1 &

@@ -421,11 +421,13 @@ impl Sentry {
         let mut c = self.daemon_command("enforcer");
         // CAP_SYS_PTRACE: the sensor check reads the (not dumpable) sensor's
         // /proc/PID/exe. CAP_SETUID/SETGID: the parent starts (and restarts) its worker
-        // as the worker's user. CAP_KILL: it signals (and restarts) a worker of another
-        // uid. CAP_CHOWN: at start, it gives the worker its files.
+        // as the worker's user, and signals it from a child that takes the worker's uid
+        // (no CAP_KILL, as in the unit). CAP_CHOWN: at start, it gives the worker its
+        // files, as without systemd (the unit has none: tmpfiles.d makes them the
+        // worker's; systemd_nspawn.rs runs that way).
         c.args([
             "--bounding-set",
-            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+kill,+chown",
+            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown",
             "--groups",
         ])
         .arg(groups)

@@ -48,7 +48,7 @@ fn running_sensor_is_unprivileged_and_seccomp_confined() {
 
 /// The split of issue #22, as it runs: the root parent is one thread under its own
 /// seccomp filter with no_new_privs, holding CAP_NET_ADMIN and CAP_SYS_PTRACE (the sensor
-/// check); the worker (the pid `sentryctl status` names) runs as `sentry-worker` with no
+/// check) but neither CAP_KILL nor CAP_CHOWN; the worker (the pid `sentryctl status` names) runs as `sentry-worker` with no
 /// capability in any thread, no_new_privs, under its own seccomp filter, and is the
 /// parent's child.
 #[test]
@@ -96,10 +96,14 @@ fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
     assert_eq!(pfield("NoNewPrivs"), "1");
     const NET_ADMIN: u64 = 1 << 12;
     const SYS_PTRACE: u64 = 1 << 19;
+    // CAP_KILL: it signals its worker from a child that takes the worker's uid;
+    // CAP_CHOWN: the harness gives it one for start-up only.
+    const KILL_CHOWN: u64 = (1 << 5) | (1 << 0);
     let eff = u64::from_str_radix(&pfield("CapEff"), 16).unwrap();
+    let prm = u64::from_str_radix(&pfield("CapPrm"), 16).unwrap();
     assert!(
-        eff & NET_ADMIN != 0 && eff & SYS_PTRACE != 0,
-        "the parent's CapEff {eff:#x}"
+        eff & NET_ADMIN != 0 && eff & SYS_PTRACE != 0 && (eff | prm) & KILL_CHOWN == 0,
+        "the parent's CapEff {eff:#x}, CapPrm {prm:#x}"
     );
     println!(
         "FIGURE root parent pid {parent}: Threads 1, Seccomp 2, NoNewPrivs 1, CapEff {eff:#x}; worker pid {worker} uid {wuid}: no capability"

@@ -1091,9 +1091,11 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
         env.start_enforcer();
         drop(marker);
         // Issue #22: the root parent keeps what its verbs and the worker's restarts need,
-        // whatever the actions; the command helper keeps what the actions need (CAP_NET_RAW
-        // only with KILL_ROUTE / KILL_RUN_CMD); the worker holds nothing.
-        const PTRACE_SETUID_SETGID_KILL: u64 = (1 << 19) | (1 << 7) | (1 << 6) | (1 << 5);
+        // whatever the actions (not CAP_KILL: it signals its worker from a child with the
+        // worker's uid; not CAP_CHOWN: start-up only); the command helper keeps what the
+        // actions need (CAP_NET_RAW only with KILL_ROUTE / KILL_RUN_CMD); the worker holds
+        // nothing.
+        const PTRACE_SETUID_SETGID: u64 = (1 << 19) | (1 << 7) | (1 << 6);
         let parent = env.parent_pid();
         let worker = env.enforcer_pid();
         let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
@@ -1102,12 +1104,12 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
         let caps = |pid: u32, k: &str| u64::from_str_radix(&proc_fields(pid)[k], 16).unwrap();
         assert_eq!(
             caps(parent, "CapEff"),
-            NET_ADMIN | PTRACE_SETUID_SETGID_KILL,
+            NET_ADMIN | PTRACE_SETUID_SETGID,
             "{keys:?}"
         );
         assert_eq!(
             caps(parent, "CapPrm"),
-            NET_ADMIN | PTRACE_SETUID_SETGID_KILL,
+            NET_ADMIN | PTRACE_SETUID_SETGID,
             "{keys:?}"
         );
         assert_eq!(proc_fields(parent)["NoNewPrivs"], "1");

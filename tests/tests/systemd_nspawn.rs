@@ -219,6 +219,29 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         dropin.contains("ReadWritePaths=-/var/lib/portsentry"),
         "no migration drop-in: {o}"
     );
+    // ...and PortSentry's directory is the worker's (the unit has no CAP_CHOWN to give its
+    // files at start): a tmpfiles.d entry, applied by postinst and at each boot.
+    let tmpfiles =
+        std::fs::read_to_string(migrating.join("/etc/tmpfiles.d/sentry-portsentry.conf"))
+            .unwrap_or_default();
+    assert!(
+        tmpfiles.contains("d /var/lib/portsentry 0755 sentry-worker sentry-worker -"),
+        "no migration tmpfiles.d entry: {o}"
+    );
+    let wuid = migrating
+        .offline(&["id", "-u", "sentry-worker"], Duration::from_secs(60))
+        .stdout
+        .trim()
+        .parse::<u32>()
+        .expect("the sentry-worker user");
+    for p in ["/var/lib/portsentry", "/var/lib/sentry", "/var/log/sentry"] {
+        let md = std::fs::metadata(migrating.join(p)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&md),
+            wuid,
+            "{p} is not the worker's after the offline install: {o}"
+        );
+    }
     let check = migrating.offline(
         &[
             "/usr/sbin/sentryctl",
@@ -314,8 +337,8 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     // figures are checked in units.rs).
     for (u, max) in [
         ("sentry-sensor.service", 1.5),
-        // 3.0: the root parent's worker capabilities (see units.rs).
-        ("sentry-enforcer.service", 3.0),
+        // 2.7: the root parent's CAP_SETUID/CAP_SETGID for its worker (see units.rs).
+        ("sentry-enforcer.service", 2.7),
     ] {
         let o = c.exec_ok(&["systemd-analyze", "security", "--no-pager", u]);
         let line = o
@@ -434,6 +457,38 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "{second} is on the ignore list and was blocked anyway\n{}",
         c.diag()
     );
+
+    // ---- the worker's files are its own (tmpfiles.d at install and boot; the unit has no
+    // CAP_CHOWN and no StateDirectory=/LogsDirectory= that systemd would hand back to
+    // root at each start), and stay so across a restart of the enforcer.
+    let owners = || {
+        c.exec_ok(&[
+            "sh",
+            "-c",
+            "stat -c '%U %n' /var/lib/sentry /var/lib/sentry/* /var/log/sentry /var/log/sentry/*",
+        ])
+        .stdout
+    };
+    let check_owners = |when: &str| {
+        let o = owners();
+        let not_worker: Vec<&str> = o
+            .lines()
+            .filter(|l| !l.starts_with("sentry-worker "))
+            .collect();
+        assert!(
+            not_worker.is_empty() && o.contains("/var/log/sentry/audit.jsonl"),
+            "{when}: not the worker's:\n{}\n{o}",
+            not_worker.join("\n")
+        );
+    };
+    check_owners("after boot");
+    let epid = c.unit_prop("sentry-enforcer.service", "MainPID");
+    let before = sensor_connections(&c);
+    c.exec_ok(&["systemctl", "restart", "sentry-enforcer.service"]);
+    wait_active(&c, "sentry-enforcer.service");
+    assert_ne!(c.unit_prop("sentry-enforcer.service", "MainPID"), epid);
+    wait_sensor_connected(&c, before);
+    check_owners("after systemctl restart");
 
     // ---- a restart of each unit: the block holds, the sensor reconnects.
     for u in UNITS {
@@ -563,7 +618,7 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "cp /etc/sentry/sentry.conf /etc/sentry/sentry.conf.orig && \
          echo 'KILL_RUN_CMD=\"/bin/true $TARGET$\"' >> /etc/sentry/sentry.conf && \
          mkdir -p /etc/systemd/system/sentry-enforcer.service.d && \
-         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_PTRACE CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN\\n' \
+         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_PTRACE CAP_SETUID CAP_SETGID\\n' \
            > /etc/systemd/system/sentry-enforcer.service.d/test-caps.conf && \
          systemctl daemon-reload",
     ]);
@@ -634,6 +689,46 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "inactive",
         "upgrade started the stopped sensor"
     );
+
+    // ---- a state directory that is not the worker's (an admin's chown, a backup restored
+    // as root): the enforcer, without CAP_CHOWN, refuses to start and names the fix; the
+    // fix works.
+    c.exec_ok(&["systemctl", "stop", "sentry-enforcer.service"]);
+    c.exec_ok(&["chown", "root:root", "/var/lib/sentry"]);
+    let failures_before =
+        lines_with(&c.journal(&["-t", "sentry-enforcer"]), "must own its files").len();
+    c.exec_ok(&["systemctl", "start", "sentry-enforcer.service"]);
+    wait_until(
+        WAIT,
+        "the enforcer to refuse a state directory that is not the worker's",
+        || {
+            let j = c.journal(&["-t", "sentry-enforcer"]);
+            let hits = lines_with(&j, "must own its files");
+            (hits.len() > failures_before
+                && hits.iter().any(|l| {
+                    l.contains("/var/lib/sentry is owned by uid 0")
+                        && l.contains("systemd-tmpfiles --create sentry.conf")
+                }))
+            .then_some(())
+        },
+        || c.diag(),
+    );
+    c.exec_ok(&["systemctl", "stop", "sentry-enforcer.service"]);
+    c.exec_ok(&["systemctl", "reset-failed", "sentry-enforcer.service"]);
+    c.exec_ok(&["systemd-tmpfiles", "--create", "sentry.conf"]);
+    c.exec_ok(&["systemctl", "start", "sentry-enforcer.service"]);
+    // (The sensor is stopped by now: the worker answering sentryctl is the sign of life.)
+    wait_until(
+        WAIT,
+        "the enforcer's worker to answer after the fix",
+        || {
+            c.exec(&["/usr/sbin/sentryctl", "status"], WAIT)
+                .success()
+                .then_some(())
+        },
+        || c.diag(),
+    );
+    check_owners("after the fix the enforcer named");
 
     // ---- apt remove keeps the configuration, purge removes user, state and logs.
     c.exec_ok(&["apt-get", "remove", "-y", "-q", "sentry"]);

@@ -37,14 +37,17 @@ pub fn keep_only(keep: &[Capability], ambient: &[Capability]) -> Result<Vec<Stri
 
 /// What the parent keeps: CAP_NET_ADMIN (tables, elements, routes, NFLOG binds),
 /// CAP_SYS_PTRACE (reading the non-dumpable sensor's /proc entry in the peer check),
-/// CAP_SETUID and CAP_SETGID (a restarted worker drops to its user), CAP_KILL (stopping a
-/// worker of another uid). Not CAP_NET_RAW: kill commands run in the helper.
-pub const PARENT_CAPS: [Capability; 5] = [
+/// CAP_SETUID and CAP_SETGID (a restarted worker drops to its user). Not CAP_NET_RAW: kill
+/// commands run in the helper. Not CAP_KILL: the worker, of another uid, is signalled by a
+/// short-lived child that takes its uid ([`super::spawn::signal_worker`]); the parent's
+/// other signals go to its own root children. Not CAP_CHOWN: the worker's files are its
+/// own before the parent starts (tmpfiles.d), or given at start-up by a parent that was
+/// started with CAP_CHOWN and drops it here.
+pub const PARENT_CAPS: [Capability; 4] = [
     Capability::CAP_NET_ADMIN,
     Capability::CAP_SYS_PTRACE,
     Capability::CAP_SETUID,
     Capability::CAP_SETGID,
-    Capability::CAP_KILL,
 ];
 
 use std::collections::BTreeMap;
@@ -170,7 +173,8 @@ pub const ALLOWED: &[(libc::c_long, &str)] = &[
     (libc::SYS_execve, "nft, and the worker binary"),
     (libc::SYS_wait4, "reaping nft, the worker and the helper"),
     (libc::SYS_waitid, "reaping"),
-    (libc::SYS_kill, "killing a timed-out nft's process group; SIGTERM/SIGKILL to the worker"),
+    (libc::SYS_kill, "killing a timed-out nft's process group (root's own children)"),
+    (libc::SYS_pidfd_send_signal, "SIGTERM/SIGKILL to the worker, from a child with its uid"),
     (libc::SYS_pidfd_open, "the worker's pidfd, an nft run's, the sensor's on old kernels"),
     (libc::SYS_setpgid, "nft runs in a process group of its own"),
     (libc::SYS_pipe2, "nft's stdin and stderr, std's exec-error pipe"),
@@ -182,7 +186,7 @@ pub const ALLOWED: &[(libc::c_long, &str)] = &[
     (libc::SYS_seccomp, "a restarted worker adds its own, narrower filter (a filter is never removed)"),
     (libc::SYS_setgroups, "a restarted worker drops its groups"),
     (libc::SYS_setresgid, "a restarted worker drops to its group"),
-    (libc::SYS_setresuid, "a restarted worker drops to its user"),
+    (libc::SYS_setresuid, "a restarted worker drops to its user; the worker's signaller takes its uid"),
     (libc::SYS_getresuid, "a restarted worker checks the switch took"),
     (libc::SYS_getresgid, "a restarted worker checks the switch took"),
     (libc::SYS_getpid, "netlink sequence numbers"),

@@ -315,7 +315,9 @@ impl Loop {
                 "adminalert: the worker (pid {}) {why}: stopping and restarting it",
                 w.pid
             ));
-            let _ = nix::sys::signal::kill(w.pid, Signal::SIGKILL);
+            if let Err(e) = spawn::signal_worker(w, self.plan.uid, Signal::SIGKILL) {
+                say(&format!("adminalert: ERROR: cannot stop the worker: {e}"));
+            }
             self.dying = true;
         }
     }
@@ -471,12 +473,24 @@ impl Loop {
     /// with it every block) stays in the kernel.
     fn shutdown(&mut self) {
         if let Some(w) = self.worker.take() {
-            let _ = nix::sys::signal::kill(w.pid, Signal::SIGTERM);
-            let mut p = [PollFd::new(w.pidfd.as_fd(), PollFlags::POLLIN)];
-            if !matches!(nix::poll::poll(&mut p, PollTimeout::from(2000u16)), Ok(n) if n > 0) {
-                let _ = nix::sys::signal::kill(w.pid, Signal::SIGKILL);
+            let uid = self.plan.uid;
+            if let Err(e) = spawn::signal_worker(&w, uid, Signal::SIGTERM) {
+                say(&format!("adminalert: ERROR: cannot stop the worker: {e}"));
             }
-            let _ = waitpid(w.pid, None);
+            let mut p = [PollFd::new(w.pidfd.as_fd(), PollFlags::POLLIN)];
+            let gone =
+                matches!(nix::poll::poll(&mut p, PollTimeout::from(2000u16)), Ok(n) if n > 0);
+            let killed = gone
+                || spawn::signal_worker(&w, uid, Signal::SIGKILL)
+                    .inspect_err(|e| {
+                        say(&format!("adminalert: ERROR: cannot kill the worker: {e}"))
+                    })
+                    .is_ok();
+            // A worker that could not be signalled is not waited for: it dies with this
+            // process (PR_SET_PDEATHSIG).
+            if killed {
+                let _ = waitpid(w.pid, None);
+            }
         }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);

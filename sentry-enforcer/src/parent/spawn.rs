@@ -73,6 +73,50 @@ pub fn worker(plan: &Plan) -> std::io::Result<Worker> {
     })
 }
 
+/// Send `sig` to the worker without CAP_KILL. A process may signal another uid's
+/// processes only with CAP_KILL, and the worker runs as its own user: so a short-lived
+/// child takes the worker's uid (setresuid: CAP_SETUID, which the parent keeps anyway to
+/// start workers), sends the signal through the worker's pidfd it inherited (exactly that
+/// process, even were its pid reused) and exits; the parent reaps it here.
+///
+/// Honestly: CAP_SETUID alone already gives the power to signal any uid's processes this
+/// way. The gain is that the power is not ambient in the daemon: only this function, on a
+/// pidfd the parent opened for its own child, can use it; a kill(2) anywhere else in the
+/// parent (a timed-out `nft`'s process group) reaches only root's own children.
+pub fn signal_worker(w: &Worker, uid: Uid, sig: nix::sys::signal::Signal) -> Result<(), String> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    // The exit status of a child whose setresuid failed (a send failure exits with its
+    // errno, below 125).
+    const SETUID_FAILED: i32 = 125;
+    if uid.is_root() {
+        return Err("the worker's uid is root".into());
+    }
+    let Some(pid) = sys::fork().map_err(|e| format!("fork: {e}"))? else {
+        // Only the uid matters to the kernel's check (kill_ok_by_cred): the child keeps
+        // root's groups for the moment it lives, and setresuid to a non-root uid clears
+        // every capability it had.
+        let code = match nix::unistd::setresuid(uid, uid, uid) {
+            Err(_) => SETUID_FAILED,
+            Ok(()) => match sys::pidfd_send_signal(w.pidfd.as_fd(), sig) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(1).clamp(1, SETUID_FAILED - 1),
+            },
+        };
+        sys::exit_now(code);
+    };
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+        // ESRCH: the worker is already gone (its pidfd says so in the loop).
+        Ok(WaitStatus::Exited(_, c)) if c == libc::ESRCH => Ok(()),
+        Ok(WaitStatus::Exited(_, SETUID_FAILED)) => Err(format!("setresuid({uid}) failed")),
+        Ok(WaitStatus::Exited(_, c)) => Err(format!(
+            "pidfd_send_signal: {}",
+            std::io::Error::from_raw_os_error(c)
+        )),
+        other => Err(format!("the signalling child ended: {other:?}")),
+    }
+}
+
 /// In the forked child: die with the parent, drop to the worker user for good, put the
 /// descriptors in place and exec. Returns only why it could not.
 fn become_worker(plan: &Plan, parent: Pid, fds: &[i32; 5]) -> String {

@@ -139,12 +139,95 @@ fn open_nofollow(dir: Option<&OwnedFd>, p: &Path, flags: OFlag) -> nix::Result<O
     }
 }
 
+/// The worker's files, made or found the worker's before it starts. With CAP_CHOWN (runs
+/// without systemd: the no-systemd run script, the test harness, `--recover`) they are
+/// given to it ([`give_worker_files`]). Without it (the shipped unit, whose bounding set
+/// has no CAP_CHOWN) they must already be its own: the shipped tmpfiles.d snippet makes
+/// /var/lib/sentry and /var/log/sentry so at boot and at install, and systemd never hands
+/// them back to root (the unit has no StateDirectory=/LogsDirectory= for them). A file that
+/// is not the worker's then fails the start, naming the fix: a worker that cannot write
+/// its state would run and lose what it must remember.
+pub fn worker_files(
+    cfg: &policy::Config,
+    state: &Path,
+    to: (Uid, Gid),
+) -> Result<Vec<String>, String> {
+    use caps::{CapSet, Capability};
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_CHOWN).unwrap_or(false) {
+        give_worker_files(cfg, state, to)
+    } else {
+        check_worker_files(cfg, state, to.0).map(|()| Vec::new())
+    }
+}
+
+/// What must be the worker's when nothing can be given: the state directory, each
+/// configured directory named `sentry` (/var/log/sentry), and AUDIT_LOG, HISTORY_FILE and
+/// BLOCKED_FILE (a missing one only if its directory is the worker's, where the worker
+/// creates it). What root cannot even look at (inside the worker's 0700 directory; root
+/// holds no CAP_DAC_OVERRIDE under the unit) is the worker's. Symbolic links are not
+/// followed: a link in place of one of them is not the worker's file.
+fn check_worker_files(cfg: &policy::Config, state: &Path, uid: Uid) -> Result<(), String> {
+    use std::io::ErrorKind;
+    let mut bad = Vec::new();
+    let mut dirs = vec![(state.to_path_buf(), 0o700)];
+    dirs.extend(cfg.created_dirs());
+    for (i, (d, _)) in dirs.iter().enumerate() {
+        let needed = i == 0 || d.file_name().is_some_and(|n| n == "sentry");
+        match std::fs::symlink_metadata(d) {
+            Ok(md) if !md.is_dir() => bad.push(format!("{} is not a directory", d.display())),
+            Ok(md) if needed && md.uid() != uid.as_raw() => {
+                bad.push(format!("{} is owned by uid {}", d.display(), md.uid()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                bad.push(format!("{} does not exist", d.display()));
+            }
+            Err(e) => bad.push(format!("{}: {e}", d.display())),
+        }
+    }
+    let files = [
+        Some(&cfg.audit_log),
+        cfg.history_file.as_ref(),
+        cfg.blocked_file.as_ref(),
+    ];
+    for f in files.into_iter().flatten() {
+        match std::fs::symlink_metadata(f) {
+            Ok(md) if md.is_file() && md.uid() == uid.as_raw() => {}
+            Ok(md) if !md.is_file() => bad.push(format!("{} is not a regular file", f.display())),
+            Ok(md) => bad.push(format!("{} is owned by uid {}", f.display(), md.uid())),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir_uid = dir.and_then(|d| std::fs::symlink_metadata(d).ok().map(|m| m.uid()));
+                if dir_uid != Some(uid.as_raw()) {
+                    bad.push(format!(
+                        "{} does not exist and its directory is not the worker's",
+                        f.display()
+                    ));
+                }
+            }
+            Err(e) => bad.push(format!("{}: {e}", f.display())),
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the worker (uid {uid}) must own its files, and this enforcer has no CAP_CHOWN to \
+         give them: {}. Fix: `systemd-tmpfiles --create sentry.conf` (the tmpfiles.d \
+         snippet the package installs: /var/lib/sentry and /var/log/sentry), or chown \
+         the paths named to the worker user, or start the enforcer with CAP_CHOWN",
+        bad.join("; ")
+    ))
+}
+
 /// The state directory (0700) and the configuration's log and record directories,
 /// created when missing; the worker's files given to the worker: the state directory
-/// and the regular files in it, each directory created now or named `sentry` (the
-/// shipped LogsDirectory=), and AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE (created empty
+/// and the regular files in it, each directory created now or named `sentry`
+/// (/var/log/sentry), and AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE (created empty
 /// when missing). Nothing is followed through a symbolic link. Returns notes for the log.
-pub fn worker_files(
+fn give_worker_files(
     cfg: &policy::Config,
     state: &Path,
     to: (Uid, Gid),
@@ -625,5 +708,62 @@ mod tests {
             (0, 0)
         );
         assert_eq!(uid(&d.path().join("log")), 0);
+    }
+
+    /// Without CAP_CHOWN nothing is given: files that are not the worker's fail the start
+    /// with the fix named; once they are the worker's (what the tmpfiles.d snippet does),
+    /// the start goes on and changes nothing.
+    #[test]
+    fn files_checked_without_chown() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED (needs root): files_checked_without_chown");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "AUDIT_LOG=\"{0}/log/sentry/audit.jsonl\"\nHISTORY_FILE=\"{0}/state/h\"\nBLOCKED_FILE=\"{0}/state/b\"\n",
+            d.path().display()
+        );
+        let cfg = policy::Config::parse(&conf, Path::new("t.conf")).unwrap();
+        let state = d.path().join("state");
+        let log = d.path().join("log/sentry");
+        let w = Uid::from_raw(65534);
+        // Missing: nothing is created (it would be root's).
+        let e = check_worker_files(&cfg, &state, w).unwrap_err();
+        assert!(
+            e.contains(&format!("{} does not exist", state.display()))
+                && e.contains(&format!("{} does not exist", log.display()))
+                && e.contains("systemd-tmpfiles --create sentry.conf"),
+            "{e}"
+        );
+        assert!(!state.exists() && !log.exists());
+        std::fs::create_dir(&state).unwrap();
+        std::fs::create_dir_all(&log).unwrap();
+        // Root's, as an older root-only enforcer or systemd's StateDirectory= left them.
+        std::fs::write(state.join("h"), "").unwrap();
+        let e = check_worker_files(&cfg, &state, w).unwrap_err();
+        assert!(
+            e.contains(&format!("{} is owned by uid 0", state.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("{} is owned by uid 0", log.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("{} is owned by uid 0", state.join("h").display())),
+            "{e}"
+        );
+        let own = |p: &Path| nix::unistd::chown(p, Some(w), None).unwrap();
+        for p in [&state, &log, &state.join("h")] {
+            own(p);
+        }
+        // The audit log and BLOCKED_FILE are missing in the worker's directories: it
+        // creates them itself.
+        check_worker_files(&cfg, &state, w).unwrap();
+        // A symbolic link in a file's place is not the worker's file.
+        std::os::unix::fs::symlink("/etc/passwd", log.join("audit.jsonl")).unwrap();
+        let e = check_worker_files(&cfg, &state, w).unwrap_err();
+        assert!(e.contains("audit.jsonl is not a regular file"), "{e}");
     }
 }

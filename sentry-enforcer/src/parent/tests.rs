@@ -7,6 +7,7 @@ mod under_filter {
     use std::net::IpAddr;
     use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
     use std::path::Path;
     use std::process::Command;
     use std::time::{Duration, Instant};
@@ -139,9 +140,13 @@ mod under_filter {
         let mut l = Loop::new(p, plan, helper, sig, sockets.clone());
         l.host = super::super::host::HostWatch::open().ok();
         l.p.refresh_host();
-        // This test is the worker: a stand-in process gives it a pid and a pidfd.
+        // This test is the worker: a stand-in process gives it a pid and a pidfd. It runs
+        // as the worker user (nobody), as a real worker does: the parent, without
+        // CAP_KILL, must still stop it (events_and_restart) and, at the end, SIGTERM it.
         let stand_in = Command::new("sleep")
             .arg("1000")
+            .uid(65534)
+            .gid(65534)
             .spawn()
             .map_err(|e| e.to_string())?;
         let (ends, mine) = pairs();
@@ -268,6 +273,14 @@ mod under_filter {
             status.contains("Seccomp:\t2") && status.contains("NoNewPrivs:\t1"),
             "{status}"
         );
+        // ...and holds neither CAP_KILL (bit 5: it signals its worker through a child with
+        // the worker's uid) nor CAP_CHOWN (bit 0: start-up only), but CAP_SETUID (bit 7).
+        let capeff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap();
+        assert_eq!(capeff & (1 << 5 | 1 << 0 | 1 << 7), 1 << 7, "{status}");
         floor_and_caps(w);
         effects(w, d);
         events_and_restart(w, d);
