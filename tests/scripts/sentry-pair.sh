@@ -12,7 +12,9 @@
 #             runs as `sentry-worker` with no capability.
 #   sensor:   user `sentry`, no capabilities at all (the enforcer hands it the
 #             NFLOG socket it reads), no_new_privs.
-# Logs: /var/log/sentry/{enforcer,sensor}.log; audit: AUDIT_LOG (sentry.conf).
+# Logs: /var/log/sentry-pair/{enforcer,sensor}.log (root's: the shell appends to them as
+# root, so they are never in /var/log/sentry, which the worker owns and where it could put
+# a symbolic link in their place); audit: AUDIT_LOG (sentry.conf).
 set -eu
 
 SBIN=${SBIN:-/usr/local/sbin}
@@ -20,6 +22,7 @@ CONF=${CONF:-/etc/sentry/sentry.conf}
 RUN=${RUN:-/run/sentry}
 STATE=${STATE:-/var/lib/sentry}
 LOGDIR=${LOGDIR:-/var/log/sentry}
+PAIRLOG=${PAIRLOG:-/var/log/sentry-pair}
 MODES=${MODES:--atcp -audp}
 USER_=${SENSOR_USER:-sentry}
 
@@ -45,6 +48,9 @@ start() {
     # the enforcer gives it the files inside at start.
     [ -d "$STATE" ] || install -d -m 0700 -o sentry-worker -g sentry-worker "$STATE"
     [ -d "$LOGDIR" ] || install -d -m 0750 -o sentry-worker -g sentry-worker "$LOGDIR"
+    # Root appends to these: a real directory of root's alone, never a link.
+    [ -L "$PAIRLOG" ] && die "$PAIRLOG is a symbolic link"
+    install -d -m 0750 -o root -g root "$PAIRLOG"
     "$SBIN/sentryctl" check-config "$CONF" || die "configuration $CONF is invalid"
     gid=$(id -g "$USER_")
     if alive "$RUN/enforcer.pid"; then
@@ -53,9 +59,9 @@ start() {
         setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown \
             --groups "$gid" --no-new-privs \
             "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
-            --sensor-user "$USER_" --log-stderr </dev/null >>"$LOGDIR/enforcer.log" 2>&1 &
+            --sensor-user "$USER_" --log-stderr </dev/null >>"$PAIRLOG/enforcer.log" 2>&1 &
         echo $! >"$RUN/enforcer.pid"
-        wait_status || die "enforcer did not come up; see $LOGDIR/enforcer.log"
+        wait_status || die "enforcer did not come up; see $PAIRLOG/enforcer.log"
     fi
     if alive "$RUN/sensor.pid"; then
         echo "sensor already running (pid $(cat "$RUN/sensor.pid"))"
@@ -65,7 +71,7 @@ start() {
             --securebits +noroot,+noroot_locked --bounding-set -all --inh-caps -all \
             --no-new-privs \
             "$SBIN/sentry-sensor" --config "$CONF" --runtime-dir "$RUN" --log-stderr $MODES \
-            </dev/null >>"$LOGDIR/sensor.log" 2>&1 &
+            </dev/null >>"$PAIRLOG/sensor.log" 2>&1 &
         echo $! >"$RUN/sensor.pid"
     fi
     # Wait (bounded) until the enforcer reports the sensor connected.
@@ -74,12 +80,12 @@ start() {
         if "$SBIN/sentryctl" --runtime-dir "$RUN" --json status 2>/dev/null | grep -Eq '"sensor": ?[{]'; then
             break
         fi
-        alive "$RUN/sensor.pid" || die "sensor exited; see $LOGDIR/sensor.log"
+        alive "$RUN/sensor.pid" || die "sensor exited; see $PAIRLOG/sensor.log"
         i=$((i + 1)); sleep 0.1
     done
     "$SBIN/sentryctl" --runtime-dir "$RUN" status
     echo
-    echo "sentry is running. Logs: $LOGDIR/enforcer.log $LOGDIR/sensor.log"
+    echo "sentry is running. Logs: $PAIRLOG/enforcer.log $PAIRLOG/sensor.log"
     echo "Check it any time with: sentryctl status | sentryctl blocked"
 }
 

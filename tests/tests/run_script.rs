@@ -31,7 +31,8 @@ impl Pair {
                 .env("CONF", d.join("sentry.conf"))
                 .env("RUN", d.join("run"))
                 .env("STATE", d.join("state"))
-                .env("LOGDIR", d.join("log")),
+                .env("LOGDIR", d.join("log"))
+                .env("PAIRLOG", d.join("pairlog")),
             Duration::from_secs(60),
         )
     }
@@ -205,11 +206,22 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
         || {
             format!(
                 "{}\n{}",
-                std::fs::read_to_string(d.join("log/enforcer.log")).unwrap_or_default(),
-                std::fs::read_to_string(d.join("log/sensor.log")).unwrap_or_default()
+                std::fs::read_to_string(d.join("pairlog/enforcer.log")).unwrap_or_default(),
+                std::fs::read_to_string(d.join("pairlog/sensor.log")).unwrap_or_default()
             )
         },
     );
+    // Root's shell appends the daemons' output: in a directory of root's alone, never in
+    // the worker's log directory (where it could swap the file for a link).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(d.join("pairlog")).unwrap();
+        assert!(
+            md.is_dir() && md.uid() == 0 && md.mode() & 0o022 == 0,
+            "{md:?}"
+        );
+        assert!(std::fs::metadata(d.join("pairlog/enforcer.log")).is_ok());
+    }
     let audit = read_audit(&d.join("log/audit.jsonl"));
     assert!(
         audit.iter().any(|r| r.decision == AuditDecision::Blocked),
