@@ -40,7 +40,7 @@ APT_PKGS    = nftables iproute2 util-linux build-essential
 # than nmap).
 APT_TEST_PKGS = $(APT_PKGS) nmap hping3 iptables tcpdump systemd strace net-tools \
                 procps passwd dpkg-dev python3-scapy masscan \
-                debootstrap systemd-container lintian logwatch fail2ban
+                debootstrap systemd-container lintian logwatch fail2ban logrotate
 # ...of which these are daemons: when test-deps installs one on a host running systemd,
 # it is stopped and disabled again (the tests only run fail2ban-regex).
 APT_TEST_DAEMONS = fail2ban

@@ -342,3 +342,89 @@ fn tmpfiles_snippet_gives_the_worker_its_directories() {
     assert_eq!(md("/var/lib/sentry/journal").uid(), 4242);
     assert_eq!(md("/secret").uid(), 0, "followed a symbolic link");
 }
+
+/// The shipped logrotate file, run for real (`logrotate -f`) on a scratch copy of
+/// /var/log/sentry that is the worker's, as tmpfiles.d makes it: the audit log is rotated
+/// and created again as the worker's (0640), the file operations run as the worker (`su`:
+/// nothing the worker plants there is followed with root's rights), and the postrotate
+/// script, which reloads the enforcer, still runs as root.
+#[test]
+fn logrotate_rotates_the_audit_log_as_the_worker_and_reloads_as_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let test = "logrotate_rotates_the_audit_log_as_the_worker_and_reloads_as_root";
+    if !sentry_tests::require_root(test) {
+        return;
+    }
+    let Some(logrotate) = which("logrotate") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: logrotate missing (make test-deps installs it) and CI=true forbids skipping");
+        }
+        sentry_tests::skipped(&format!("SKIPPED (logrotate not installed): {test}"));
+        return;
+    };
+    let (uid, gid) = sentry_tests::ensure_worker_user();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = d.path().join("log");
+    std::fs::create_dir(&log).unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o750)).unwrap();
+    nix::unistd::chown(&log, Some(uid.into()), Some(gid.into())).unwrap();
+    let audit = log.join("audit.jsonl");
+    std::fs::write(&audit, "{\"old\":1}\n").unwrap();
+    nix::unistd::chown(&audit, Some(uid.into()), Some(gid.into())).unwrap();
+    let marker = d.path().join("postrotate-uid");
+    let shipped =
+        std::fs::read_to_string(repo().join("sentry-enforcer/dist/sentry.logrotate")).unwrap();
+    // The same file with the scratch paths, and a postrotate that says who ran it.
+    let mut conf = String::new();
+    let mut in_script = false;
+    for line in shipped.lines() {
+        let line = line
+            .replace("/var/log/sentry/", &format!("{}/", log.display()))
+            .replace(
+                "/var/log/sentry-pair/",
+                &format!("{}/pair/", d.path().display()),
+            );
+        match line.trim() {
+            "postrotate" => {
+                in_script = true;
+                conf.push_str(&format!("{line}\n        id -u >> {}\n", marker.display()));
+            }
+            "endscript" => {
+                in_script = false;
+                conf.push_str(&format!("{line}\n"));
+            }
+            _ if in_script => {}
+            _ => conf.push_str(&format!("{line}\n")),
+        }
+    }
+    assert!(conf.contains("su sentry-worker sentry-worker"), "{conf}");
+    let conf_path = d.path().join("logrotate.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let o = run(
+        std::process::Command::new(logrotate)
+            .arg("-f")
+            .arg("-s")
+            .arg(d.path().join("state"))
+            .arg(&conf_path),
+        Duration::from_secs(30),
+    );
+    assert!(o.success(), "logrotate: {o}");
+    let rotated = std::fs::symlink_metadata(log.join("audit.jsonl.1")).unwrap();
+    assert_eq!((rotated.uid(), rotated.gid()), (uid, gid));
+    assert_eq!(
+        std::fs::read_to_string(log.join("audit.jsonl.1")).unwrap(),
+        "{\"old\":1}\n"
+    );
+    let new = std::fs::symlink_metadata(&audit).unwrap();
+    assert_eq!(
+        (new.uid(), new.gid(), new.mode() & 0o7777, new.len()),
+        (uid, gid, 0o640, 0),
+        "the new audit log is the worker's"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "0",
+        "postrotate ran as root"
+    );
+}
