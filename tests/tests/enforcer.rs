@@ -71,10 +71,10 @@ fn until_never_blocked(
     }
 }
 
-/// Ask to block `addr` until it is blocked, within `within`. Meanwhile a never-block answer
-/// is allowed only as the root parent's floor gives it (issue #22): the parent watches the
-/// routes on its own, so for a moment after a default route moves it may still protect the
-/// old gateway that the worker's judge already released (conservative: nothing blocked).
+/// Ask to block `addr` until it is blocked, within `within`; meanwhile a never-block answer
+/// must have blocked nothing. The root parent's floor and the worker's judge each watch the
+/// routes (issue #22: the parent trusts no one for its floor), so for a moment after a
+/// default route moves one of them may still protect the old gateway (conservative).
 fn until_blocked(
     env: &Sentry,
     s: &mut FakeSensor,
