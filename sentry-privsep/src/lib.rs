@@ -42,7 +42,7 @@ pub const NFLOG_PREFIX_INVALID: &str = "sentry invalid";
 
 /// Bumped whenever a record's layout or meaning changes; the worker's first request
 /// ([`Verb::Hello`]) carries it, and the parent refuses any other.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// The worker's exit status when its start-up failed (configuration, damaged state, a
 /// missing account): restarting it would fail the same way, so the parent exits too
@@ -264,6 +264,8 @@ pub enum DecodeError {
     Kind(u8),
     /// A [`Verb::Served`] item of another shape (what is wrong with it).
     Served(&'static str),
+    /// A [`ReplyKind::Elem`] reply with no element or more than [`ELEMS_PER_REPLY`].
+    Elems(u8),
 }
 
 impl fmt::Display for DecodeError {
@@ -280,6 +282,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Text => f.write_str("text length beyond the record"),
             DecodeError::Kind(k) => write!(f, "unknown reply kind {k}"),
             DecodeError::Served(w) => write!(f, "served-port item: {w}"),
+            DecodeError::Elems(n) => write!(f, "{n} elements in one reply"),
         }
     }
 }
@@ -476,7 +479,8 @@ pub enum ReplyKind {
     Fail = 2,
     /// Not tried: the floor refuses it ([`Refusal`] in `code`).
     Refused = 3,
-    /// One element of a [`Verb::Dump`]: `addr`, `a` its expiry in ms (0 none), `data`.
+    /// Elements of a [`Verb::Dump`], 1 to [`ELEMS_PER_REPLY`] in [`Reply::elems`]: a dump
+    /// of 100,000 elements is 8,334 records, not 100,000.
     Elem = 4,
     /// The end of a [`Verb::Dump`]: `a` elements sent.
     End = 5,
@@ -605,6 +609,25 @@ impl Hello {
     }
 }
 
+/// Most elements in one [`ReplyKind::Elem`] reply: after its 8-byte head, [`ELEM_LEN`]
+/// bytes each.
+pub const ELEMS_PER_REPLY: usize = 12;
+/// One dumped element in a reply: the address block (20 bytes, as in requests), the
+/// expiry (8), the map's data (12).
+pub const ELEM_LEN: usize = 40;
+
+/// One element of a set or map read back ([`Verb::Dump`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpItem {
+    pub addr: IpAddr,
+    /// The address's full length, or BLOCK_PREFIX6 for an element of `v6net`.
+    pub prefix: u8,
+    /// Milliseconds until the kernel expires it (0: no timeout).
+    pub expires_ms: u64,
+    /// A first-hit map element's data (protocol, port, TCP flags), zero for a set's.
+    pub data: [u8; 12],
+}
+
 /// One reply (or, on the event channel, one [`Event`] in `code`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -619,6 +642,9 @@ pub struct Reply {
     pub data: [u8; 12],
     /// At most [`TEXT_LEN`] bytes (longer text is cut at a character boundary).
     pub text: String,
+    /// A [`ReplyKind::Elem`]'s elements (1 to [`ELEMS_PER_REPLY`]; the other fields then
+    /// stay empty); empty for every other kind.
+    pub elems: Vec<DumpItem>,
 }
 
 impl Reply {
@@ -634,6 +660,15 @@ impl Reply {
             b: 0,
             data: [0; 12],
             text: String::new(),
+            elems: Vec::new(),
+        }
+    }
+
+    /// Elements of a dump: `items` must hold 1 to [`ELEMS_PER_REPLY`] (more are not sent).
+    pub fn elems(id: u32, items: &[DumpItem]) -> Self {
+        Self {
+            elems: items.iter().take(ELEMS_PER_REPLY).copied().collect(),
+            ..Self::new(ReplyKind::Elem, id)
         }
     }
 
@@ -668,6 +703,17 @@ impl Reply {
         b[0] = self.kind as u8;
         b[1] = self.code;
         b[4..8].copy_from_slice(&self.id.to_le_bytes());
+        if self.kind == ReplyKind::Elem {
+            let items = &self.elems[..self.elems.len().min(ELEMS_PER_REPLY)];
+            // At most ELEMS_PER_REPLY (12): fits in a byte.
+            b[1] = u8::try_from(items.len()).unwrap_or(0);
+            for (e, o) in items.iter().zip(b[8..].chunks_exact_mut(ELEM_LEN)) {
+                put_addr(&mut o[..20], Some(e.addr), e.prefix, 0);
+                o[20..28].copy_from_slice(&e.expires_ms.to_le_bytes());
+                o[28..40].copy_from_slice(&e.data);
+            }
+            return b;
+        }
         put_addr(&mut b[8..28], self.addr, self.prefix, self.port);
         b[32..40].copy_from_slice(&self.a.to_le_bytes());
         b[40..48].copy_from_slice(&self.b.to_le_bytes());
@@ -684,6 +730,9 @@ impl Reply {
             return Err(DecodeError::Length(b.len()));
         }
         let kind = ReplyKind::from_u8(b[0]).ok_or(DecodeError::Kind(b[0]))?;
+        if kind == ReplyKind::Elem {
+            return decode_elems(b);
+        }
         let (addr, prefix, port) = get_addr(&b[8..28])?;
         let n = usize::from(u16::from_le_bytes([b[60], b[61]]));
         if n > TEXT_LEN {
@@ -703,8 +752,43 @@ impl Reply {
             b: u64_at(b, 40),
             data,
             text: text.to_string(),
+            elems: Vec::new(),
         })
     }
+}
+
+/// A [`ReplyKind::Elem`] record: 1 to [`ELEMS_PER_REPLY`] elements, each a single address
+/// or network with no port, and every byte after them zero.
+fn decode_elems(b: &[u8]) -> Result<Reply, DecodeError> {
+    let n = usize::from(b[1]);
+    if n == 0 || n > ELEMS_PER_REPLY {
+        return Err(DecodeError::Elems(b[1]));
+    }
+    let end = 8 + n * ELEM_LEN;
+    if b[2..4].iter().chain(&b[end..]).any(|x| *x != 0) {
+        return Err(DecodeError::Padding);
+    }
+    let mut elems = Vec::with_capacity(n);
+    for o in b[8..end].chunks_exact(ELEM_LEN) {
+        let (Some(addr), prefix, 0) = get_addr(&o[..20])? else {
+            return Err(DecodeError::Padding);
+        };
+        let mut data = [0u8; 12];
+        data.copy_from_slice(&o[28..40]);
+        elems.push(DumpItem {
+            addr,
+            prefix,
+            expires_ms: u64_at(o, 20),
+            data,
+        });
+    }
+    Ok(Reply {
+        elems,
+        ..Reply::new(
+            ReplyKind::Elem,
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        )
+    })
 }
 
 /// At most [`TEXT_LEN`] bytes of `s`, ending at a character boundary.
@@ -872,5 +956,52 @@ mod tests {
                 .code,
             Event::Reload as u8
         );
+    }
+
+    fn item(i: u8) -> DumpItem {
+        DumpItem {
+            addr: if i % 2 == 0 {
+                IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))
+            } else {
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, u16::from(i), 0, 0, 0, 0, 0))
+            },
+            prefix: if i % 2 == 0 { 32 } else { 64 },
+            expires_ms: u64::from(i) * 1000,
+            data: [i; 12],
+        }
+    }
+
+    #[test]
+    fn dump_elements_are_packed_twelve_to_a_reply() {
+        let items: Vec<DumpItem> = (0..20).map(item).collect();
+        let r = Reply::elems(7, &items);
+        assert_eq!(r.elems.len(), ELEMS_PER_REPLY, "at most twelve are sent");
+        let d = Reply::decode(&r.encode()).unwrap();
+        assert_eq!((d.kind, d.id), (ReplyKind::Elem, 7));
+        assert_eq!(d.elems, items[..ELEMS_PER_REPLY]);
+        let one = Reply::elems(8, &items[1..2]);
+        assert_eq!(Reply::decode(&one.encode()).unwrap(), one);
+        // The decoder takes exactly what an encoder makes.
+        let good = one.encode();
+        for (at, v, want) in [
+            (1, 0, DecodeError::Elems(0)),
+            (1, 13, DecodeError::Elems(13)),
+            (2, 1, DecodeError::Padding),
+            (8 + ELEM_LEN, 1, DecodeError::Padding),
+            (REP_LEN - 1, 1, DecodeError::Padding),
+            (8, 5, DecodeError::Family(5)),
+            (9, 129, DecodeError::Prefix(129)),
+        ] {
+            let mut b = good;
+            b[at] = v;
+            assert_eq!(Reply::decode(&b), Err(want), "byte {at} = {v}");
+        }
+        // No address, or a port: not an element.
+        let mut b = good;
+        b[8..28].fill(0);
+        assert_eq!(Reply::decode(&b), Err(DecodeError::Padding));
+        let mut b = good;
+        b[10] = 1;
+        assert_eq!(Reply::decode(&b), Err(DecodeError::Padding));
     }
 }

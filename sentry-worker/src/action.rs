@@ -478,13 +478,11 @@ impl Executor {
             if r.kind != sentry_privsep::ReplyKind::Elem {
                 break;
             }
-            if let Some(addr) = r.addr {
-                out.push(DumpElem {
-                    addr,
-                    data: (which != SetName::Blocks).then(|| r.data.to_vec()),
-                    expires: (r.a > 0).then(|| std::time::Duration::from_millis(r.a)),
-                });
-            }
+            out.extend(r.elems.iter().map(|e| DumpElem {
+                addr: e.addr,
+                data: (which != SetName::Blocks).then(|| e.data.to_vec()),
+                expires: (e.expires_ms > 0).then(|| std::time::Duration::from_millis(e.expires_ms)),
+            }));
         }
         Ok(out)
     }

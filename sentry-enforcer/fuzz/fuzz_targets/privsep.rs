@@ -3,7 +3,8 @@
 //! re-encodes to the same bytes, and the parent's checks (batching, shape, floor) never
 //! panic and never let an add through for an address its floor refuses. A served-port
 //! item it takes is one element of the right set: a TCP or UDP port, a bounded timeout
-//! for an add and none for a delete, no unspecified, loopback or mapped address.
+//! for an add and none for a delete, no unspecified, loopback or mapped address. And the
+//! worker's reply decoder: what it takes re-encodes to the same reply.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -12,7 +13,10 @@ use libfuzzer_sys::fuzz_target;
 use sentry_enforcer::parent::floor::Floor;
 use sentry_enforcer::parent::serve::{cap, check, gather, Step};
 use sentry_enforcer::served::{Elem, SET_ANY, SET_V4, SET_V6};
-use sentry_privsep::{Request, Verb, REQ_LEN, SERVED_ADD, SERVED_BATCH, SERVED_TIMEOUT_MAX_MS};
+use sentry_privsep::{
+    Reply, ReplyKind, Request, Verb, ELEMS_PER_REPLY, REQ_LEN, SERVED_ADD, SERVED_BATCH,
+    SERVED_TIMEOUT_MAX_MS,
+};
 
 fn floor() -> &'static Floor {
     static F: OnceLock<Floor> = OnceLock::new();
@@ -34,6 +38,13 @@ fuzz_target!(|data: &[u8]| {
     let f = floor();
     // A whole datagram of any length is one decode; then the bytes as records.
     let _ = Request::decode(data);
+    // The worker's side: a reply it takes (a dump's packed elements included) encodes to
+    // a record that decodes to the same reply.
+    if let Ok(rep) = Reply::decode(data) {
+        assert!(rep.elems.len() <= ELEMS_PER_REPLY);
+        assert_eq!(rep.elems.is_empty(), rep.kind != ReplyKind::Elem);
+        assert_eq!(Reply::decode(&rep.encode()), Ok(rep));
+    }
     let mut pending = None;
     for chunk in data.chunks(REQ_LEN) {
         let Ok(r) = Request::decode(chunk) else { continue };

@@ -332,12 +332,13 @@ mod under_filter {
         let (elems, _) = w.call_on(false, &[dump], None);
         let end = elems.last().unwrap();
         assert_eq!((end.kind, end.a), (ReplyKind::End, 3), "{elems:?}");
-        assert!(elems
-            .iter()
-            .any(|e| e.addr == Some("2001:db8:5::".parse().unwrap()) && e.prefix == 64));
-        assert!(elems
-            .iter()
-            .any(|e| e.addr == Some("198.51.100.8".parse().unwrap()) && e.a > 50_000));
+        let items: Vec<_> = elems.iter().flat_map(|r| r.elems.iter()).collect();
+        assert!(items.iter().any(|e| e.addr
+            == "2001:db8:5::".parse::<std::net::IpAddr>().unwrap()
+            && e.prefix == 64));
+        assert!(items.iter().any(|e| e.addr
+            == "198.51.100.8".parse::<std::net::IpAddr>().unwrap()
+            && e.expires_ms > 50_000));
         let gone = [
             add,
             Request::for_addr(Verb::NftDel, 0, "198.51.100.200".parse().unwrap()),

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use sentry_privsep::{
-    full_prefix, Hello, Modes, Refusal, Reply, ReplyKind, Request, SetName, Verb,
+    full_prefix, DumpItem, Hello, Modes, Refusal, Reply, ReplyKind, Request, SetName, Verb,
+    ELEMS_PER_REPLY,
 };
 
 use super::floor::Kind;
@@ -397,20 +398,20 @@ impl Parent {
     }
 }
 
-/// One read-back element as an Elem reply.
-fn elem_reply(id: u32, e: &crate::kernel::netlink::DumpElem, prefix: u8) -> Reply {
+/// One read-back element, for an Elem reply.
+fn dump_item(e: &crate::kernel::netlink::DumpElem, prefix: u8) -> DumpItem {
     let mut data = [0u8; 12];
     if let Some(d) = &e.data {
         let n = d.len().min(12);
         data[..n].copy_from_slice(&d[..n]);
     }
-    Reply {
-        addr: Some(e.addr),
+    DumpItem {
+        addr: e.addr,
         prefix,
-        a: e.expires
+        expires_ms: e
+            .expires
             .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         data,
-        ..Reply::new(ReplyKind::Elem, id)
     }
 }
 
@@ -430,9 +431,9 @@ impl Parent {
         let Some(s) = self.nft.as_mut() else {
             return Vec::new();
         };
-        let mut out = Vec::new();
+        let mut items = Vec::new();
         for set in sets {
-            let left = limit.saturating_sub(out.len());
+            let left = limit.saturating_sub(items.len());
             match s.elements(&self.cfg.nft_table, set, left) {
                 Ok(v) => {
                     let p = |a: IpAddr| {
@@ -442,12 +443,16 @@ impl Parent {
                             full_prefix(a)
                         }
                     };
-                    out.extend(v.iter().map(|e| elem_reply(r.id, e, p(e.addr))));
+                    items.extend(v.iter().map(|e| dump_item(e, p(e.addr))));
                 }
                 Err(e) => return vec![nl_fail(r.id, "nftables read-back", &e)],
             }
         }
-        let n = out.len() as u64;
+        let mut out: Vec<Reply> = items
+            .chunks(ELEMS_PER_REPLY)
+            .map(|c| Reply::elems(r.id, c))
+            .collect();
+        let n = items.len() as u64;
         out.push(Reply {
             a: n,
             ..Reply::new(ReplyKind::End, r.id)
