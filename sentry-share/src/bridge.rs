@@ -81,6 +81,13 @@ pub struct Shared {
     unblocked_unpulled: Mutex<HashMap<IpAddr, Instant>>,
     /// The first startup poll was applied.
     pulled_once: AtomicBool,
+    /// An alert was pushed: the next poll is a full (startup) one. The LAPI's stream can
+    /// miss a decision for good: 1.4.6 selects a key's new decisions by `created_at`
+    /// after its last pull and moves that cursor to the time the reply was made, so a
+    /// decision committed while a poll of this key was answered (this host's own push
+    /// and pull run side by side) falls behind the cursor unseen. A full poll after each
+    /// push lists it; decisions already applied are not asked for again.
+    resync: AtomicBool,
     /// The decision stream caught up once (its first heartbeat): the pull waits for it,
     /// so that unblocks made while the bridge was down are known before it applies the
     /// fleet's decisions.
@@ -93,6 +100,10 @@ pub struct Shared {
     pushed: Mutex<HashMap<IpAddr, Instant>>,
     last_log: Mutex<HashMap<&'static str, String>>,
 }
+
+/// Least time between two full polls made because alerts were pushed ([`Shared`]'s
+/// `resync`).
+pub const RESYNC_SPACING: Duration = Duration::from_secs(5);
 
 /// How long a queued address is not queued again.
 pub const PUSHED_MEMORY: Duration = Duration::from_secs(3600);
@@ -151,6 +162,7 @@ impl Shared {
             pending_unblocks: Mutex::default(),
             unblocked_unpulled: Mutex::default(),
             pulled_once: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
             watch_ready: AtomicBool::new(false),
             not_pushed_log: Mutex::new(RateLog::new(NOT_PUSHED_LOG_EVERY)),
             to_delete: Mutex::default(),
@@ -549,6 +561,7 @@ pub fn push_loop(sh: Arc<Shared>, mut lapi: Lapi) {
             Ok(ids) => {
                 backoff = Duration::from_secs(1);
                 sh.log_change("push", None);
+                sh.resync.store(true, Ordering::SeqCst);
                 if lapi.failed_over {
                     lapi.failed_over = false;
                     sh.log(&format!("pushing to {} now", lapi.current_url()));
@@ -796,9 +809,13 @@ pub fn apply_stream(
     };
     let now = now_ms();
     let mut state_changed = false;
-    if startup {
-        lock(&sh.active).clear();
-    }
+    // A startup reply is the whole active set: what an earlier poll applied is only kept
+    // if it is listed again (and then not asked for again).
+    let known = if startup {
+        std::mem::take(&mut *lock(&sh.active))
+    } else {
+        HashMap::new()
+    };
     for d in reply.deleted.unwrap_or_default() {
         let Action::Block { addr, .. } = classify(&crate::lapi::Decision {
             duration: "1h".into(),
@@ -922,6 +939,10 @@ pub fn apply_stream(
                 duration_ms,
                 id,
             } => {
+                if let Some(until) = known.get(&addr).and_then(|ids| ids.get(&id)) {
+                    lock(&sh.active).entry(addr).or_default().insert(id, *until);
+                    continue;
+                }
                 let until_ms = now.saturating_add(duration_ms);
                 lock(&sh.active)
                     .entry(addr)
@@ -1066,8 +1087,20 @@ pub fn pull_loop(sh: Arc<Shared>, mut lapi: Lapi) {
     while !sh.watch_ready.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let mut last_full = Instant::now();
     loop {
         let t = Instant::now();
+        // After a push, a full poll, at most one per RESYNC_SPACING (a full poll also
+        // lists the enforcer's blocks): a burst of pushes costs one.
+        if !startup
+            && last_full.elapsed() >= RESYNC_SPACING
+            && sh.resync.swap(false, Ordering::SeqCst)
+        {
+            startup = true;
+        }
+        if startup {
+            last_full = t;
+        }
         match lapi.stream(startup) {
             Ok(r) => {
                 sh.log_change("pull", None);
