@@ -605,13 +605,10 @@ mod tests {
             return;
         }
         let r = std::thread::spawn(|| -> Result<(), String> {
-            use sentry_enforcer::served::{SET_ANY, SET_V4, SET_V6};
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
             let script = format!(
-                "table inet st {{\n\
-                 set {SET_ANY} {{ type inet_proto . inet_service; flags timeout; }}\n\
-                 set {SET_V4} {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n\
-                 set {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n}}\n"
+                "add table inet st\n{}",
+                sentry_enforcer::served::declare("st")
             );
             let out = std::process::Command::new("nft")
                 .args(["-f", "-"])

@@ -37,6 +37,21 @@ pub const SET_V4: &str = "detect_served4";
 /// Port served on one IPv6 address (`ipv6_addr . inet_proto . inet_service`).
 pub const SET_V6: &str = "detect_served6";
 
+/// `add set` lines for the three sets in `table` (a no-op for those that exist): the
+/// detection chain's declaration, and the kernel round-trip tests' set-up.
+pub fn declare(table: &str) -> String {
+    [
+        (SET_ANY, ""),
+        (SET_V4, "ipv4_addr . "),
+        (SET_V6, "ipv6_addr . "),
+    ]
+    .iter()
+    .map(|(set, addr)| {
+        format!("add set inet {table} {set} {{ type {addr}inet_proto . inet_service; flags timeout; }}\n")
+    })
+    .collect()
+}
+
 /// One element write, from a [`Verb::Served`](sentry_privsep::Verb::Served) item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Elem {
@@ -187,12 +202,7 @@ mod tests {
         }
         let r = std::thread::spawn(|| -> Result<(), String> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-            let script = format!(
-                "table inet st {{\n\
-                 set {SET_ANY} {{ type inet_proto . inet_service; flags timeout; }}\n\
-                 set {SET_V4} {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n\
-                 set {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n}}\n"
-            );
+            let script = format!("add table inet st\n{}", declare("st"));
             let out = std::process::Command::new("nft")
                 .args(["-f", "-"])
                 .stdin(std::process::Stdio::piped())
@@ -228,7 +238,10 @@ mod tests {
                 ],
             )?;
             let l = list();
-            if !(l.contains("tcp . 7777") && l.contains("udp . 7778") && l.contains("10.0.0.1 . udp . 53")) {
+            if !(l.contains("tcp . 7777")
+                && l.contains("udp . 7778")
+                && l.contains("10.0.0.1 . udp . 53"))
+            {
                 return Err(l);
             }
             // The port closed: its element now expires after the grace.
@@ -242,7 +255,10 @@ mod tests {
             if l.contains("tcp . 7777") || !l.contains("udp . 7778") {
                 return Err(l);
             }
-            w(&mut s, &[item(SERVED_DEL, 0, Some("10.0.0.1"), Proto::Udp, 53)])?;
+            w(
+                &mut s,
+                &[item(SERVED_DEL, 0, Some("10.0.0.1"), Proto::Udp, 53)],
+            )?;
             if list().contains("10.0.0.1") {
                 return Err(list());
             }

@@ -463,22 +463,7 @@ fn declare_dynamic(o: &mut String, table: &str, spec: &DetectSpec) {
     }
     // The served ports (crate::kernel::served writes them; never flushed here, so a rebuild of
     // the chains keeps the grace of a service that just stopped).
-    for (set, key) in [
-        (crate::kernel::served::SET_ANY, "inet_proto . inet_service"),
-        (
-            crate::kernel::served::SET_V4,
-            "ipv4_addr . inet_proto . inet_service",
-        ),
-        (
-            crate::kernel::served::SET_V6,
-            "ipv6_addr . inet_proto . inet_service",
-        ),
-    ] {
-        let _ = writeln!(
-            o,
-            "add set inet {table} {set} {{ type {key}; flags timeout; }}"
-        );
-    }
+    o.push_str(&crate::kernel::served::declare(table));
     for (set, key) in [
         ("detect_rl4", "ipv4_addr"),
         ("detect_rl6", "ipv6_addr"),
