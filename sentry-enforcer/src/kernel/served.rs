@@ -203,19 +203,7 @@ mod tests {
         let r = std::thread::spawn(|| -> Result<(), String> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
             let script = format!("add table inet st\n{}", declare("st"));
-            let out = std::process::Command::new("nft")
-                .args(["-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .and_then(|mut c| {
-                    use std::io::Write;
-                    c.stdin.take().unwrap().write_all(script.as_bytes())?;
-                    c.wait()
-                })
-                .map_err(|e| e.to_string())?;
-            if !out.success() {
-                return Err("nft failed".into());
-            }
+            crate::kernel::table::nft(&script, Duration::from_secs(10))?;
             let list = || {
                 let o = std::process::Command::new("nft")
                     .args(["list", "table", "inet", "st"])

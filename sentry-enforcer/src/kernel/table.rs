@@ -844,7 +844,8 @@ fn first_hit_rules(o: &mut String, table: &str, proto: &str, t: &Tripwire) {
     }
 }
 
-fn nft(script: &str, timeout: Duration) -> Result<(), String> {
+/// `nft -f -` with `script` on its stdin, killed after `timeout`.
+pub fn nft(script: &str, timeout: Duration) -> Result<(), String> {
     let r = exec::run(
         &["nft".to_string(), "-f".to_string(), "-".to_string()],
         Some(script.as_bytes()),
