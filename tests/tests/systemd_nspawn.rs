@@ -316,6 +316,14 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     assert_eq!(proc_field(&pstatus, "Seccomp"), "2", "{pstatus}");
     assert_eq!(proc_field(&pstatus, "NoNewPrivs"), "1", "{pstatus}");
     assert_eq!(proc_field(&pstatus, "Threads"), "1", "{pstatus}");
+    // No CAP_SYS_PTRACE (bit 19) under the unit: the sensor check reads its unit's
+    // cgroup.procs, not its executable.
+    let cap_bnd = u64::from_str_radix(&proc_field(&pstatus, "CapBnd"), 16).unwrap();
+    assert_eq!(
+        cap_bnd & (1 << 19),
+        0,
+        "the parent may regain CAP_SYS_PTRACE\n{pstatus}"
+    );
     let wpid = c
         .exec_ok(&["pgrep", "-u", "sentry-worker", "-x", "sentry-worker"])
         .stdout
@@ -333,12 +341,57 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "{TEST}: FIGURE root parent pid {ppid}: Seccomp 2, NoNewPrivs 1, Threads 1; worker pid {wpid}: no capability"
     );
 
+    // ---- an impostor of the sensor's uid, outside the sensor's unit, running the real
+    // sensor binary: the root parent (no CAP_SYS_PTRACE under the unit, so it cannot read
+    // the sensor's executable) refuses it by its cgroup, names it, and the unit's sensor
+    // keeps the detection input.
+    let connected = |c: &Container| {
+        lines_with(&c.journal(&["-t", "sentry-enforcer"]), " connected (uid ").len()
+    };
+    let handed = connected(&c);
+    let imp = c.exec(
+        &[
+            "timeout",
+            "5",
+            "setpriv",
+            "--reuid=sentry",
+            "--regid=sentry",
+            "--clear-groups",
+            "/usr/sbin/sentry-sensor",
+            "--config",
+            "/etc/sentry/sentry.conf",
+            "--runtime-dir",
+            "/run/sentry",
+            "-stcp",
+        ],
+        Duration::from_secs(30),
+    );
+    wait_until(
+        WAIT,
+        "the enforcer to refuse a sensor outside the sensor's unit",
+        || {
+            c.journal(&["-t", "sentry-enforcer"])
+                .lines()
+                .any(|l| {
+                    l.contains("is not the verified sensor")
+                        && l.contains("does not run in the sensor's unit sentry-sensor.service")
+                })
+                .then_some(())
+        },
+        || format!("the impostor: {imp}\n{}", c.diag()),
+    );
+    assert_eq!(
+        connected(&c),
+        handed,
+        "the impostor got the detection input"
+    );
+
     // The installed units' exposure as the running systemd scores them (the offline
     // figures are checked in units.rs).
     for (u, max) in [
         ("sentry-sensor.service", 1.5),
-        // 2.7: the root parent's CAP_SETUID/CAP_SETGID for its worker (see units.rs).
-        ("sentry-enforcer.service", 2.7),
+        // 2.2 (see units.rs).
+        ("sentry-enforcer.service", 2.2),
     ] {
         let o = c.exec_ok(&["systemd-analyze", "security", "--no-pager", u]);
         let line = o
@@ -618,7 +671,7 @@ fn systemd_nspawn_package_units_and_log_consumers() {
         "cp /etc/sentry/sentry.conf /etc/sentry/sentry.conf.orig && \
          echo 'KILL_RUN_CMD=\"/bin/true $TARGET$\"' >> /etc/sentry/sentry.conf && \
          mkdir -p /etc/systemd/system/sentry-enforcer.service.d && \
-         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_PTRACE CAP_SETUID CAP_SETGID\\n' \
+         printf '[Service]\\nCapabilityBoundingSet=\\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_SETUID CAP_SETGID\\n' \
            > /etc/systemd/system/sentry-enforcer.service.d/test-caps.conf && \
          systemctl daemon-reload",
     ]);

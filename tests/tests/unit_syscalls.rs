@@ -277,8 +277,8 @@ fn check(unit: &Path, traces: &[PathBuf], binary: &str, writable: &[String]) {
             "{binary} writes outside its writable paths: {outside:?}"
         );
         writes.extend(tr.writes);
-        // ProcSubset=pid + ProtectProc=invisible: only the process's own /proc entries
-        // exist. ProtectHome=yes: no home directories.
+        // ProcSubset=pid: only process entries exist in /proc (and, for the sensor,
+        // ProtectProc=invisible: only its own). ProtectHome=yes: no home directories.
         let hidden: Vec<_> = tr
             .reads
             .iter()

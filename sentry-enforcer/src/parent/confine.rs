@@ -36,19 +36,26 @@ pub fn keep_only(keep: &[Capability], ambient: &[Capability]) -> Result<Vec<Stri
 }
 
 /// What the parent keeps: CAP_NET_ADMIN (tables, elements, routes, NFLOG binds),
-/// CAP_SYS_PTRACE (reading the non-dumpable sensor's /proc entry in the peer check),
-/// CAP_SETUID and CAP_SETGID (a restarted worker drops to its user). Not CAP_NET_RAW: kill
-/// commands run in the helper. Not CAP_KILL: the worker, of another uid, is signalled by a
-/// short-lived child that takes its uid ([`super::spawn::signal_worker`]); the parent's
-/// other signals go to its own root children. Not CAP_CHOWN: the worker's files are its
-/// own before the parent starts (tmpfiles.d), or given at start-up by a parent that was
-/// started with CAP_CHOWN and drops it here.
-pub const PARENT_CAPS: [Capability; 4] = [
-    Capability::CAP_NET_ADMIN,
-    Capability::CAP_SYS_PTRACE,
-    Capability::CAP_SETUID,
-    Capability::CAP_SETGID,
-];
+/// CAP_SETUID and CAP_SETGID (a restarted worker drops to its user), and CAP_SYS_PTRACE
+/// only when `ptrace` (without systemd: the sensor check reads the non-dumpable sensor's
+/// /proc/PID/exe; under systemd its unit is checked instead, see
+/// [`crate::peercheck::needs_ptrace`]). Not CAP_NET_RAW: kill commands run in the
+/// helper. Not CAP_KILL: the worker, of another uid, is signalled by a short-lived child
+/// that takes its uid ([`super::spawn::signal_worker`]); the parent's other signals go to
+/// its own root children. Not CAP_CHOWN: the worker's files are its own before the
+/// parent starts (tmpfiles.d), or given at start-up by a parent that was started with
+/// CAP_CHOWN and drops it here.
+pub fn parent_caps(ptrace: bool) -> Vec<Capability> {
+    let mut c = vec![
+        Capability::CAP_NET_ADMIN,
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+    ];
+    if ptrace {
+        c.push(Capability::CAP_SYS_PTRACE);
+    }
+    c
+}
 
 use std::collections::BTreeMap;
 

@@ -356,11 +356,11 @@ pub fn run(args: Args) -> Result<(), String> {
         worker.pid, l.plan.uid
     ));
     l.worker = Some(worker);
-    confine()?;
+    let keep = super::confine::parent_caps(crate::peercheck::needs_ptrace(&l.p.sensor_want));
+    confine(&keep)?;
     say(&format!(
-        "started: config {}, capabilities kept {:?}",
+        "started: config {}, capabilities kept {keep:?}",
         l.p.cfg.path.display(),
-        super::confine::PARENT_CAPS
     ));
     // Every block waits for this thread: a short slice lets it preempt a busy task when
     // the worker's request wakes it, as the worker's sensor thread does (the kernel's
@@ -374,9 +374,9 @@ pub fn run(args: Args) -> Result<(), String> {
 }
 
 /// The parent's capabilities and its seccomp filter.
-pub fn confine() -> Result<(), String> {
+pub fn confine(keep: &[caps::Capability]) -> Result<(), String> {
     use caps::Capability::CAP_NET_ADMIN;
-    for w in super::confine::keep_only(&super::confine::PARENT_CAPS, &[CAP_NET_ADMIN])? {
+    for w in super::confine::keep_only(keep, &[CAP_NET_ADMIN])? {
         say(&format!("adminalert: confinement: {w}"));
     }
     super::confine::apply_seccomp()
@@ -504,16 +504,15 @@ fn open_parent(
         Some(p) => p.clone(),
         None => crate::peercheck::default_exe().map_err(|e| format!("own executable: {e}"))?,
     };
-    let unit = crate::peercheck::own_unit().map(|_| {
-        args.sensor_unit
-            .clone()
-            .unwrap_or_else(|| crate::peercheck::DEFAULT_UNIT.into())
+    let unit = crate::peercheck::own_unit().map(|own| {
+        let name = args.sensor_unit.as_deref();
+        crate::peercheck::Unit::sibling(&own, name.unwrap_or(crate::peercheck::DEFAULT_UNIT))
     });
     say(&format!(
         "adminalert: the detection input goes only to a sensor running {}{}",
         exe.display(),
-        unit.as_deref()
-            .map(|u| format!(" in unit {u}"))
+        unit.as_ref()
+            .map(|u| format!(" in unit {} ({})", u.name, u.dir.display()))
             .unwrap_or_default()
     ));
     Ok(Parent {

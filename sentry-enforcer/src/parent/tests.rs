@@ -166,9 +166,9 @@ mod under_filter {
         let worker = std::thread::spawn(move || play_worker(mine, &dir));
         if std::env::var_os("SENTRY_TEST_NO_SECCOMP").is_some() {
             // For strace runs that list what the filter must allow.
-            super::super::confine::keep_only(&super::super::confine::PARENT_CAPS, &[])?;
+            super::super::confine::keep_only(&super::super::confine::parent_caps(true), &[])?;
         } else {
-            confine()?;
+            confine(&super::super::confine::parent_caps(true))?;
         }
         l.serve()?;
         let r = worker
