@@ -86,11 +86,6 @@ pub fn service_cgroup(cgroup: &str) -> Option<(&str, &str)> {
     find("").or_else(|| find("name=systemd"))
 }
 
-/// The unit named by a `/proc/PID/cgroup` text (see [`service_cgroup`]).
-pub fn unit_of(cgroup: &str) -> Option<&str> {
-    service_cgroup(cgroup).and_then(|(_, p)| p.rsplit('/').next())
-}
-
 /// The `Pid:` field of a pidfd's `/proc/self/fdinfo/N` (Linux 5.10+): the process's pid
 /// in our namespace, -1 once it has exited, 0 when it is outside our pid namespace.
 pub fn fdinfo_pid(text: &str) -> Option<i64> {
@@ -253,6 +248,10 @@ fn exe_refusal(proc_dir: &Path, exe: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn unit_of(cgroup: &str) -> Option<&str> {
+        service_cgroup(cgroup).and_then(|(_, p)| p.rsplit('/').next())
+    }
+
     #[test]
     fn units_from_cgroup_files() {
         assert_eq!(
@@ -262,6 +261,11 @@ mod tests {
         // Hybrid: the unified line is the root, name=systemd names the unit.
         let hybrid = "4:memory:/x\n1:name=systemd:/system.slice/sentry-sensor.service\n0::/\n";
         assert_eq!(unit_of(hybrid), Some("sentry-sensor.service"));
+        // ... and the hierarchy it is in, so its cgroup.procs is looked for there.
+        assert_eq!(
+            service_cgroup(hybrid),
+            Some(("name=systemd", "/system.slice/sentry-sensor.service"))
+        );
         assert_eq!(
             unit_of("0::/user.slice/user-1000.slice/session-2.scope\n"),
             None
