@@ -303,11 +303,7 @@ impl Loop {
         // A worker that ends by itself (a start that failed: exit 78) closes its channels
         // a moment before its pidfd says so: give it that moment, so its exit status, not
         // our SIGKILL, decides what happens next.
-        let mut fds = [nix::poll::PollFd::new(
-            w.pidfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(500u16)).unwrap_or(0) > 0 {
+        if exited_within(w, 500) {
             return;
         }
         if !self.dying {
@@ -315,11 +311,16 @@ impl Loop {
                 "adminalert: the worker (pid {}) {why}: stopping and restarting it",
                 w.pid
             ));
-            if let Err(e) = spawn::signal_worker(w, self.plan.uid, Signal::SIGKILL) {
-                say(&format!("adminalert: ERROR: cannot stop the worker: {e}"));
-            }
+            self.signal(w, Signal::SIGKILL);
             self.dying = true;
         }
+    }
+
+    /// Signal the worker ([`spawn::signal_worker`]), saying so when that fails.
+    fn signal(&self, w: &spawn::Worker, sig: Signal) -> bool {
+        spawn::signal_worker(w, self.plan.uid, sig)
+            .inspect_err(|e| say(&format!("adminalert: ERROR: cannot {sig} the worker: {e}")))
+            .is_ok()
     }
 
     fn on_worker_exit(&mut self) -> Result<(), String> {
@@ -473,19 +474,8 @@ impl Loop {
     /// with it every block) stays in the kernel.
     fn shutdown(&mut self) {
         if let Some(w) = self.worker.take() {
-            let uid = self.plan.uid;
-            if let Err(e) = spawn::signal_worker(&w, uid, Signal::SIGTERM) {
-                say(&format!("adminalert: ERROR: cannot stop the worker: {e}"));
-            }
-            let mut p = [PollFd::new(w.pidfd.as_fd(), PollFlags::POLLIN)];
-            let gone =
-                matches!(nix::poll::poll(&mut p, PollTimeout::from(2000u16)), Ok(n) if n > 0);
-            let killed = gone
-                || spawn::signal_worker(&w, uid, Signal::SIGKILL)
-                    .inspect_err(|e| {
-                        say(&format!("adminalert: ERROR: cannot kill the worker: {e}"))
-                    })
-                    .is_ok();
+            self.signal(&w, Signal::SIGTERM);
+            let killed = exited_within(&w, 2000) || self.signal(&w, Signal::SIGKILL);
             // A worker that could not be signalled is not waited for: it dies with this
             // process (PR_SET_PDEATHSIG).
             if killed {
@@ -517,6 +507,12 @@ fn send_waiting(ch: &Channel, r: &Reply, fd: Option<BorrowedFd<'_>>) -> Result<(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether the worker's pidfd says it exited within `ms` milliseconds.
+fn exited_within(w: &spawn::Worker, ms: u16) -> bool {
+    let mut p = [PollFd::new(w.pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(nix::poll::poll(&mut p, PollTimeout::from(ms)), Ok(n) if n > 0)
 }
 
 #[cfg(test)]
