@@ -79,7 +79,7 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
     let package = match tool {
         "nft" => "nftables",
         "route" => "net-tools",
-        "systemd-analyze" => "systemd",
+        "systemd-analyze" | "systemd-tmpfiles" => "systemd",
         "ip" => "iproute2",
         "setpriv" => "util-linux",
         other => other,
