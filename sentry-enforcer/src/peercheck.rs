@@ -70,6 +70,17 @@ impl Unit {
     }
 }
 
+/// Whether `name` is a systemd service's name (what `--sensor-unit` may be): at most 255
+/// bytes of systemd's unit-name characters, ending in `.service`. It becomes a path
+/// component under /sys/fs/cgroup, so it can hold no `/`.
+pub fn is_service_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c);
+    name.len() <= 255
+        && name.len() > ".service".len()
+        && name.ends_with(".service")
+        && name.chars().all(ok)
+}
+
 /// Where a `/proc/PID/cgroup` text places its process as a systemd service: the
 /// hierarchy (`""` unified, or `name=systemd` on cgroup v1 and hybrid set-ups) and the
 /// path whose last component names the `.service`. The unified line first.
@@ -329,6 +340,32 @@ mod tests {
         };
         assert!(needs_ptrace(&want(None)));
         assert!(!needs_ptrace(&want(Some(unit))));
+    }
+
+    #[test]
+    fn service_names() {
+        for good in [
+            "sentry-sensor.service",
+            "a.service",
+            "x@1.service",
+            "a\\x2d.service",
+        ] {
+            assert!(is_service_name(good), "{good}");
+        }
+        let long = format!("{}.service", "a".repeat(248));
+        for bad in [
+            "",
+            ".service",
+            "sentry-sensor",
+            "sentry-sensor.socket",
+            "../x.service",
+            "a/b.service",
+            "a b.service",
+            "é.service",
+            long.as_str(),
+        ] {
+            assert!(!is_service_name(bad), "{bad}");
+        }
     }
 
     #[test]

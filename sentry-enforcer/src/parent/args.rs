@@ -128,6 +128,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, String> {
         if v.is_empty() {
             return Err(format!("{opt}: empty value"));
         }
+        // A path component under /sys/fs/cgroup (the sensor check): a name, nothing more.
+        if opt == "--sensor-unit" && !crate::peercheck::is_service_name(&v) {
+            return Err(format!(
+                "{opt}: {v:?} is not a service unit name (NAME.service)"
+            ));
+        }
         given.push((opt, v));
     }
     let get = |o: &str| given.iter().find(|(n, _)| *n == o).map(|(_, v)| v.clone());
@@ -201,6 +207,8 @@ mod tests {
             &["--log-stderr=1"],
             &["--recover", "--recover"],
             &["-x"],
+            &["--sensor-unit", "../../x.service"],
+            &["--sensor-unit=sentry-sensor"],
         ] {
             assert!(run(bad).is_err(), "{bad:?}");
         }
