@@ -166,10 +166,10 @@ fn from_blocked_file(
     })
 }
 
-/// Every marked pair of the deny file: address, marker time (s), owned line. Read-only,
-/// under the writers' lock, with the deny file's own checks (owner, mode, no link, size).
+/// Every marked pair of the deny file: address, marker time (s), owned line. Read-only
+/// (no enforcer runs during `--recover`), with the deny file's own checks (owner, mode, no
+/// link, size).
 pub fn marked_entries(path: &Path) -> std::io::Result<Vec<(IpAddr, u64, String)>> {
-    let _lock = hostsdeny::lock_writers(hostsdeny::LOCK_TIMEOUT)?;
     let mut f = hostsdeny::open_as(path, false)?;
     let text = hostsdeny::read_all(&mut f, path)?;
     let lines = hostsdeny::split_lines(&text);

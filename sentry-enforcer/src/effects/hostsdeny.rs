@@ -35,12 +35,11 @@
 //!
 //! # Other writers
 //!
-//! sentry's own writers (the enforcer's threads, `--recover`) serialise on a lock that
-//! only root can take: an in-process mutex plus an `flock` on [`set_lock_file`]'s file in
-//! the enforcer's state directory (mode 0600, directory 0700). Never on the deny file
-//! itself: it is world-readable, so any local user could open it and hold an `flock` on
-//! it, and every block would wait on that user (issue #21). Other programs' lines are kept
-//! without any lock:
+//! The root parent is sentry's only writer: one process with one thread (the worker's
+//! `--recover` only reads the markers, and only while no enforcer runs), so sentry's own
+//! edits need no lock. The deny file itself is never locked: it is world-readable, so any
+//! local user could open it and hold an `flock` on it, and every block would wait on that
+//! user (issue #21). Other programs' lines are kept without any lock:
 //!
 //! * adds are single `write(2)`s on an O_APPEND descriptor, which the kernel positions
 //!   at the end atomically with respect to every other O_APPEND writer (fail2ban,
@@ -60,80 +59,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 
 /// Refuse to read deny files larger than this (an attacker-inflated file must not make us
 /// allocate without bound).
 pub const MAX_FILE: u64 = 32 << 20;
-/// Longest wait for the lock of sentry's own writers (held only by root processes, for
-/// the few milliseconds of one read-modify-write).
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reads and merges a removal tries before giving up when the file keeps changing.
 pub const REWRITE_TRIES: usize = 5;
 
-/// The lock file of sentry's writers; unset (unit tests, `sentryctl`): the in-process
-/// mutex alone.
-static LOCK_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-/// Serialises this process's writers (flock is per open file description, so threads
-/// with their own descriptors would not exclude each other by it alone).
-static WRITERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Name the file whose `flock` serialises sentry's processes. It must be in a directory
-/// only root can enter (the enforcer's state directory); it is created 0600 and refused
-/// when a symbolic link, not ours, or open to group or others. Set once, at start.
-pub fn set_lock_file(path: PathBuf) {
-    let _ = LOCK_FILE.set(path);
-}
-
-/// Held for one operation on the deny file.
-#[derive(Debug)]
-pub struct WriterLock {
-    _file: Option<Flock<File>>,
-    _mutex: std::sync::MutexGuard<'static, ()>,
-}
-
-/// Open (creating it 0600) the lock file, refusing a symbolic link, another owner, or
-/// access for group or others: a lock another user could open, they could hold.
-fn open_lock(p: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(p)
-        .map_err(|e| err(p, e))?;
-    let md = f.metadata()?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !md.file_type().is_file() || md.uid() != me || md.mode() & 0o077 != 0 {
-        return Err(err(
-            p,
-            format!(
-                "lock file must be a regular file of uid {me} with mode 0600 (uid {}, mode {:o})",
-                md.uid(),
-                md.mode() & 0o7777
-            ),
-        ));
-    }
-    Ok(f)
-}
-
-/// Hold the writers' lock (this process's and, with a lock file, every process's).
-pub fn lock_writers(timeout: Duration) -> io::Result<WriterLock> {
-    let mutex = WRITERS.lock().unwrap_or_else(|p| p.into_inner());
-    let file = match LOCK_FILE.get() {
-        None => None,
-        Some(p) => Some(lock(open_lock(p)?, p, timeout)?),
-    };
-    Ok(WriterLock {
-        _file: file,
-        _mutex: mutex,
-    })
-}
 /// Start of every marker line.
 pub const MARKER: &str = "# sentry: ";
 const SEP_FLAG: &str = " +sep";
@@ -203,30 +135,7 @@ fn check_dir(path: &Path) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Take the advisory lock on sentry's own lock file, polling until [`LOCK_TIMEOUT`].
-fn lock(f: File, path: &Path, timeout: Duration) -> io::Result<Flock<File>> {
-    let deadline = Instant::now() + timeout;
-    let mut f = f;
-    loop {
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(l),
-            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) => {
-                if Instant::now() >= deadline {
-                    return Err(err(
-                        path,
-                        format!("locked by another process for more than {timeout:?}; not changed"),
-                    ));
-                }
-                f = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((_, e)) => return Err(err(path, format!("flock: {}", e.desc()))),
-        }
-    }
-}
-
-/// Open the deny file for reading and appending, creating it (mode 0644) if missing. The
-/// caller holds [`lock_writers`].
+/// Open the deny file for reading and appending, creating it (mode 0644) if missing.
 fn open(path: &Path) -> io::Result<File> {
     open_as(path, true)
 }
@@ -382,14 +291,6 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Append every entry that is not present yet, with one read and one write (used when
-/// many blocks are restored at once). A marked copy counts as present; for a legacy entry
-/// an unmarked copy does too (it is the line the previous version wrote). Returns how
-/// many were added.
-pub fn add_many(path: &Path, entries: &[Entry<'_>]) -> io::Result<usize> {
-    add_many_with(path, entries, LOCK_TIMEOUT)
-}
-
 /// What the last add read or wrote, so the next add under a flood of blocks does not
 /// re-read and re-parse the whole file (which grows by two lines per block): valid only
 /// while the file's identity, size, mtime and ctime are exactly what this process left.
@@ -422,11 +323,14 @@ fn stamp(md: &std::fs::Metadata) -> Stamp {
 
 static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
 
-fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<usize> {
+/// Append every entry that is not present yet, with one read and one write (used when
+/// many blocks are restored at once). A marked copy counts as present; for a legacy entry
+/// an unmarked copy does too (it is the line the previous version wrote). Returns how
+/// many were added.
+pub fn add_many(path: &Path, entries: &[Entry<'_>]) -> io::Result<usize> {
     for e in entries {
         check_line(e.line)?;
     }
-    let _lock = lock_writers(timeout)?;
     let mut f = open(path)?;
     let mut cache = PARSED.lock().unwrap_or_else(|p| p.into_inner());
     let now = stamp(&f.metadata()?);
@@ -500,11 +404,6 @@ fn add_many_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::R
 /// old content after the new content — more deny lines, never fewer — and the next
 /// removal rewrites them away.
 pub fn remove(path: &Path, entries: &[Entry<'_>]) -> io::Result<Removed> {
-    remove_with(path, entries, LOCK_TIMEOUT)
-}
-
-fn remove_with(path: &Path, entries: &[Entry<'_>], timeout: Duration) -> io::Result<Removed> {
-    let _lock = lock_writers(timeout)?;
     // Rewritten in place below: the next add reads it again.
     *PARSED.lock().unwrap_or_else(|p| p.into_inner()) = None;
     for _ in 0..REWRITE_TRIES {
@@ -681,7 +580,9 @@ pub fn rewrite_in_place(w: &mut File, kept: &[u8], read_len: u64) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
 
     /// Append `e.line` (with its marker) unless sentry's marked copy is present. Returns
     /// whether it was added. (The parent adds a request's lines at once: `add_many`.)
@@ -691,7 +592,6 @@ mod tests {
 
     /// Whether sentry's marked copy of `line` is present.
     fn contains(path: &Path, line: &str) -> io::Result<bool> {
-        let _lock = lock_writers(LOCK_TIMEOUT)?;
         let mut f = open(path)?;
         let text = read_all(&mut f, path)?;
         let lines = split_lines(&text);
@@ -775,20 +675,6 @@ mod tests {
             std::fs::read_to_string(&p).unwrap(),
             "ALL: 203.0.113.1\nALL: 198.51.100.9\n"
         );
-    }
-
-    #[test]
-    fn the_lock_file_must_be_ours_alone() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = dir();
-        let p = d.path().join("lock");
-        let f = open_lock(&p).unwrap();
-        assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(open_lock(&p).is_err(), "a readable lock file was used");
-        let l = d.path().join("link");
-        std::os::unix::fs::symlink(&p, &l).unwrap();
-        assert!(open_lock(&l).is_err(), "a symlinked lock file was used");
     }
 
     #[test]
@@ -972,23 +858,6 @@ mod tests {
         add(&p, &e("ALL: 192.0.2.3")).unwrap();
         assert_eq!(remove(&p, &[legacy("ALL: 192.0.2.3")]).unwrap().removed, 1);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "ALL: 192.0.2.3\n");
-    }
-
-    #[test]
-    fn lock_contention_is_bounded_and_an_error() {
-        // Contention on sentry's own lock file (only another root process of sentry's can
-        // hold it): bounded, and an error, never a hang.
-        let d = dir();
-        let p = d.path().join("hosts.deny.lock");
-        let other = Flock::lock(open_lock(&p).unwrap(), FlockArg::LockExclusive).unwrap();
-        let t = Instant::now();
-        let r = lock(open_lock(&p).unwrap(), &p, Duration::from_millis(200));
-        let waited = t.elapsed();
-        let msg = r.unwrap_err().to_string();
-        assert!(msg.contains("locked by another process"), "{msg}");
-        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2));
-        drop(other);
-        assert!(lock(open_lock(&p).unwrap(), &p, Duration::from_millis(200)).is_ok());
     }
 
     #[test]

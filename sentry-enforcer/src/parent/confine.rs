@@ -172,8 +172,8 @@ pub const ALLOWED: &[(libc::c_long, &str)] = &[
     (libc::SYS_rt_sigtimedwait, "a restarted worker's signal thread (sigwait)"),
     (libc::SYS_restart_syscall, "interrupted calls"),
     (libc::SYS_clock_gettime, "time stamps (usually the vDSO)"),
-    (libc::SYS_clock_nanosleep, "hosts.deny lock back-off, a worker's timers"),
-    (libc::SYS_nanosleep, "hosts.deny lock back-off"),
+    (libc::SYS_clock_nanosleep, "a worker's timers and sleeps (this filter stays on it)"),
+    (libc::SYS_nanosleep, "the same, through a libc that calls nanosleep(2)"),
     // Children: nft runs, a restarted worker.
     (libc::SYS_clone, "fork for nft and a restarted worker, a worker's threads (no namespace flags)"),
     (libc::SYS_clone3, "allowed here, answered ENOSYS by the first filter so glibc falls back to clone"),

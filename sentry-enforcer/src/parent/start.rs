@@ -407,7 +407,6 @@ pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
     let ignore = cfg.load_ignore().map_err(|e| e.to_string())?;
     let acc = accounts(args, &cfg)?;
     runtime_dir(&args.runtime_dir)?;
-    crate::effects::hostsdeny::set_lock_file(args.runtime_dir.join("hosts.deny.lock"));
     for n in worker_files(&cfg, &args.state_dir, acc.worker)? {
         say(&format!("adminalert: {n}"));
     }
