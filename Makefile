@@ -153,8 +153,9 @@ install-conf:
 	@# The enforcer runs with UMask=0077: give hosts.deny its usual mode up front.
 	@[ -e $(DESTDIR)/etc/hosts.deny ] || install -m 0644 /dev/null $(DESTDIR)/etc/hosts.deny
 	@# The worker owns its state and audit log now, not at the next boot (and takes over
-	@# what an older, root-only version left). Without systemd-tmpfiles (no systemd) the
-	@# run script's enforcer gives them at start, with CAP_CHOWN.
+	@# what an older, root-only version left): the enforcer only checks them. Without
+	@# systemd-tmpfiles (no systemd) `make run`'s script, tests/scripts/sentry-pair.sh,
+	@# does the same before each start.
 	@if [ -z "$(DESTDIR)" ] && command -v systemd-tmpfiles >/dev/null && \
 	    [ -e $(TMPFILESDIR)/sentry.conf ]; then \
 	    echo "systemd-tmpfiles --create $(TMPFILESDIR)/sentry.conf"; \

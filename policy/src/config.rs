@@ -147,48 +147,6 @@ pub struct Config {
     empty_required: Vec<String>,
 }
 
-/// The mode the enforcer gives a directory it creates for `key`'s file.
-pub fn dir_mode(key: &str) -> u32 {
-    if key == "AUDIT_LOG" {
-        0o750
-    } else {
-        0o700
-    }
-}
-
-/// Whether a missing directory `dir` would be created by the enforcer: its nearest
-/// existing ancestor must be a directory owned by root and not writable by group or
-/// others (otherwise another user could plant something in its place).
-pub fn creatable(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut a = dir;
-    loop {
-        match std::fs::metadata(a) {
-            Ok(md) if !md.is_dir() => return Err(format!("{} is not a directory", a.display())),
-            Ok(md) if md.mode() & 0o022 != 0 => {
-                return Err(format!(
-                    "{} is writable by group or others (mode {:o})",
-                    a.display(),
-                    md.mode() & 0o7777
-                ))
-            }
-            Ok(md) if md.uid() != 0 => {
-                return Err(format!(
-                    "{} is owned by uid {}, not root",
-                    a.display(),
-                    md.uid()
-                ))
-            }
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match a.parent() {
-                Some(p) if !p.as_os_str().is_empty() => a = p,
-                _ => return Err(format!("no existing parent of {}", dir.display())),
-            },
-            Err(e) => return Err(format!("{}: {e}", a.display())),
-        }
-    }
-}
-
 /// Where a key's value is stored.
 type Field<T> = fn(&mut Config) -> &mut T;
 
@@ -620,29 +578,6 @@ impl Config {
             Some(p) => IgnoreList::load(p),
             None => Ok(IgnoreList::empty()),
         }
-    }
-
-    /// Directories the enforcer creates at start when missing, with their modes: the
-    /// audit log's (0750, like /var/log/sentry) and those of HISTORY_FILE and
-    /// BLOCKED_FILE (0700, like the state directory).
-    pub fn created_dirs(&self) -> Vec<(PathBuf, u32)> {
-        let mut v: Vec<(PathBuf, u32)> = Vec::new();
-        let files = [
-            ("AUDIT_LOG", Some(self.audit_log.as_path())),
-            ("HISTORY_FILE", self.history_file.as_deref()),
-            ("BLOCKED_FILE", self.blocked_file.as_deref()),
-        ];
-        for (key, f) in files {
-            if let Some(d) = f
-                .and_then(Path::parent)
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                if !v.iter().any(|(x, _)| x == d) {
-                    v.push((d.to_path_buf(), dir_mode(key)));
-                }
-            }
-        }
-        v
     }
 
     /// True when blocks write the TCP-wrappers deny file.

@@ -18,8 +18,8 @@ mod ports;
 mod template;
 
 pub use config::{
-    creatable, dir_mode, BlockMode, Config, Firewall, FirewallOrigin, ScanClass,
-    DEFAULT_CONFIG_PATH, PORTSENTRY_CONFIG_PATH,
+    BlockMode, Config, Firewall, FirewallOrigin, ScanClass, DEFAULT_CONFIG_PATH,
+    PORTSENTRY_CONFIG_PATH,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use ignore::IgnoreList;

@@ -2,7 +2,7 @@
 //! command-line values that the enforcer would refuse anyway.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use policy::{BlockMode, Config, ConfigErrors, Firewall, FirewallOrigin};
@@ -87,13 +87,81 @@ pub struct FileCheck {
     pub warnings: Vec<policy::ConfigError>,
 }
 
+/// The mode of a directory made for `key`'s file: 0750 for AUDIT_LOG's (like
+/// /var/log/sentry, which logrotate and admins read), 0700 for the others (like the
+/// state directory).
+pub fn dir_mode(key: &str) -> u32 {
+    if key == "AUDIT_LOG" {
+        0o750
+    } else {
+        0o700
+    }
+}
+
+/// The directories the worker writes its files in, with the modes to make them with:
+/// AUDIT_LOG's, HISTORY_FILE's and BLOCKED_FILE's (the state directory is a command-line
+/// value). The enforcer creates none of them (issue #22): the installers do, and the
+/// test harness uses this list to do as they do.
+pub fn created_dirs(cfg: &Config) -> Vec<(PathBuf, u32)> {
+    let mut v: Vec<(PathBuf, u32)> = Vec::new();
+    let files = [
+        ("AUDIT_LOG", Some(cfg.audit_log.as_path())),
+        ("HISTORY_FILE", cfg.history_file.as_deref()),
+        ("BLOCKED_FILE", cfg.blocked_file.as_deref()),
+    ];
+    for (key, f) in files {
+        if let Some(d) = f
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            if !v.iter().any(|(x, _)| x == d) {
+                v.push((d.to_path_buf(), dir_mode(key)));
+            }
+        }
+    }
+    v
+}
+
+/// Whether a missing directory `dir` may safely be made for the worker: its nearest
+/// existing ancestor must be a directory owned by root and not writable by group or
+/// others (otherwise another user could plant something in its place first).
+pub fn creatable(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut a = dir;
+    loop {
+        match std::fs::metadata(a) {
+            Ok(md) if !md.is_dir() => return Err(format!("{} is not a directory", a.display())),
+            Ok(md) if md.mode() & 0o022 != 0 => {
+                return Err(format!(
+                    "{} is writable by group or others (mode {:o})",
+                    a.display(),
+                    md.mode() & 0o7777
+                ))
+            }
+            Ok(md) if md.uid() != 0 => {
+                return Err(format!(
+                    "{} is owned by uid {}, not root",
+                    a.display(),
+                    md.uid()
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match a.parent() {
+                Some(p) if !p.as_os_str().is_empty() => a = p,
+                _ => return Err(format!("no existing parent of {}", dir.display())),
+            },
+            Err(e) => return Err(format!("{}: {e}", a.display())),
+        }
+    }
+}
+
 /// Check the files the configuration names: the ignore list parses, the directories
 /// of files to be written exist, and kill programs exist and are executable. A
 /// configuration's errors are told from a host that is merely not set up yet: a missing
-/// directory the enforcer creates itself at start (those of AUDIT_LOG, HISTORY_FILE and
-/// BLOCKED_FILE, see [`Config::created_dirs`]) is a warning when its nearest existing
-/// ancestor is a directory not writable by group or others (where the enforcer will
-/// create it), and an error otherwise.
+/// directory of the worker's (those of AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE, see
+/// [`created_dirs`]) is a warning naming the command that makes it, when its nearest
+/// existing ancestor is a root-owned directory not writable by group or others
+/// ([`creatable`]), and an error otherwise.
 pub fn check_files(cfg: &Config) -> FileCheck {
     use std::os::unix::fs::PermissionsExt;
     let mut errors = Vec::new();
@@ -117,19 +185,19 @@ pub fn check_files(cfg: &Config) -> FileCheck {
         match file.parent() {
             Some(dir) if dir.is_dir() => {}
             Some(dir) if created && !dir.as_os_str().is_empty() => {
-                match policy::creatable(dir) {
+                match creatable(dir) {
                     Ok(()) => warnings.push(cfg.key_error(
                         key,
                         format!(
-                            "directory {} does not exist yet; sentry-enforcer creates it (mode {:o}) for its worker when it starts with CAP_CHOWN (without systemd); the shipped unit has none: create it owned by sentry-worker",
+                            "directory {0} does not exist yet; the enforcer creates nothing: make it for its worker before it starts: install -d -o sentry-worker -g sentry-worker -m {1:o} {0}",
                             dir.display(),
-                            policy::dir_mode(key)
+                            dir_mode(key)
                         ),
                     )),
                     Err(why) => errors.push(cfg.key_error(
                         key,
                         format!(
-                            "directory of {} does not exist, and sentry-enforcer will not create it: {why}",
+                            "directory of {} does not exist, and must not be made for the worker there: {why}",
                             file.display()
                         ),
                     )),

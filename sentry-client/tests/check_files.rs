@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use policy::{Config, Firewall};
-use sentry_client::check::{blocking_summary, check_files};
+use sentry_client::check::{blocking_summary, check_files, created_dirs};
 
 #[test]
 fn referenced_files_are_checked() {
@@ -43,7 +43,7 @@ fn referenced_files_are_checked() {
         .collect();
     assert_eq!(
         w,
-        ["/c.conf:2: HISTORY_FILE: directory /nonexistent-dir does not exist yet; sentry-enforcer creates it (mode 700) for its worker when it starts with CAP_CHOWN (without systemd); the shipped unit has none: create it owned by sentry-worker"]
+        ["/c.conf:2: HISTORY_FILE: directory /nonexistent-dir does not exist yet; the enforcer creates nothing: make it for its worker before it starts: install -d -o sentry-worker -g sentry-worker -m 700 /nonexistent-dir"]
     );
 }
 
@@ -63,15 +63,15 @@ fn missing_log_directory_is_a_warning_unless_its_parent_is_unsafe() {
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     assert_eq!(c.warnings.len(), 1);
     assert!(
-        c.warnings[0].to_string().contains("mode 750"),
+        c.warnings[0].to_string().contains("-m 750 "),
         "{:?}",
         c.warnings
     );
     assert_eq!(
-        cfg.created_dirs(),
+        created_dirs(&cfg),
         vec![(dir.path().join("log/sentry"), 0o750)]
     );
-    // Under a world-writable directory the enforcer would not create it: an error.
+    // Under a world-writable directory it must not be made for the worker: an error.
     let open = dir.path().join("tmp");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();

@@ -29,8 +29,6 @@ pub enum EnforcerError {
     Account { what: String, detail: String },
     /// The runtime directory or a socket in it (stale socket, bind, chown, chmod).
     Runtime { path: PathBuf, detail: String },
-    /// The state or log directories (missing parent, unsafe mode or owner).
-    Dirs(String),
     /// Capability or no_new_privs confinement.
     Confine { what: String, detail: String },
     /// A system call of the process set-up (signal mask, threads).
@@ -95,7 +93,6 @@ impl fmt::Display for EnforcerError {
             Self::BackendClosed(what) => write!(f, "{what} backend not open"),
             Self::Account { what, detail } => write!(f, "{what}: {detail}"),
             Self::Runtime { path, detail } => write!(f, "{}: {detail}", path.display()),
-            Self::Dirs(m) => f.write_str(m),
             Self::Confine { what, detail } => write!(f, "{what}: {detail}"),
             Self::System { what, detail } => write!(f, "{what}: {detail}"),
         }

@@ -24,7 +24,6 @@
 //!   [`kernel::tablewatch`] notices when another process deletes or flushes it.
 //! * [`kernel::capture`] — the NFLOG socket the enforcer binds and hands to the sensor.
 //! * [`error`], [`time`] — the one error type; wall-clock newtypes.
-//! * [`dirs`] — the state and log directories, created at start with safe modes.
 //! * [`effects::exec`] — kill commands: argv + execve, never a shell, clean environment, timeout.
 //! * [`infra`] — default gateways, nameservers, point-to-point peers and DHCP servers
 //!   (never blocked), kept current from rtnetlink notifications and file changes.
@@ -57,7 +56,6 @@ pub mod budget;
 pub mod confine;
 pub mod control;
 pub mod daemon;
-pub mod dirs;
 pub mod engine;
 pub mod error;
 pub mod infra;

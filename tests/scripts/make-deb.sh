@@ -123,13 +123,25 @@ configure|abort-upgrade|abort-deconfigure|abort-remove)
     install -d -m 0750 /var/log/sentry
     [ -e /etc/hosts.deny ] || install -m 0644 /dev/null /etc/hosts.deny
     install_policy
-    # The worker owns its state and audit log before the enforcer starts, and takes over
-    # what an older, root-only version left (tmpfiles.d/sentry.conf; at boot too).
+    # The worker owns its state and audit log before the enforcer starts (which only
+    # checks them), and takes over what an older, root-only version left
+    # (tmpfiles.d/sentry.conf; at boot too).
     if command -v systemd-tmpfiles >/dev/null; then
         systemd-tmpfiles --create sentry.conf
         if [ -e /etc/tmpfiles.d/sentry-portsentry.conf ]; then
             systemd-tmpfiles --create sentry-portsentry.conf
         fi
+    else
+        # No systemd-tmpfiles: the snippet's d and Z lines by hand (directories and
+        # regular files with one link, never through a symbolic link), while the
+        # directory is still root's.
+        for d in /var/lib/sentry /var/log/sentry; do
+            if [ "$(stat -c %u "$d")" = 0 ]; then
+                find "$d" -mindepth 1 \( -type d -o -type f -links 1 \) \
+                    -exec chown -h sentry-worker:sentry-worker {} +
+                chown sentry-worker:sentry-worker "$d"
+            fi
+        done
     fi
     for u in $UNITS; do
         if command -v deb-systemd-helper >/dev/null; then

@@ -5,11 +5,11 @@
 #   enforcer: the root parent, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW
 #             +CAP_SYS_PTRACE (the sensor's executable check) +CAP_SETUID+CAP_SETGID
 #             (it starts and restarts its worker as `sentry-worker`, and signals it from
-#             a child with the worker's uid: no CAP_KILL)
-#             +CAP_CHOWN (without systemd's tmpfiles.d, it gives the worker its state and
-#             log files at start; the unit has no CAP_CHOWN), member
-#             of the sensor's group (to hand it enforcer.sock), no_new_privs; its worker
-#             runs as `sentry-worker` with no capability.
+#             a child with the worker's uid: no CAP_KILL), no CAP_CHOWN (it creates and
+#             chowns none of the worker's files: this script makes them the worker's
+#             first, as tmpfiles.d does under systemd), member of the sensor's group (to
+#             hand it enforcer.sock), no_new_privs; its worker runs as `sentry-worker`
+#             with no capability.
 #   sensor:   user `sentry`, no capabilities at all (the enforcer hands it the
 #             NFLOG socket it reads), no_new_privs.
 # Logs: /var/log/sentry-pair/{enforcer,sensor}.log (root's: the shell appends to them as
@@ -30,6 +30,20 @@ die() { echo "sentry-pair: $*" >&2; exit 1; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# The worker's directory $1 (mode $2), made or made the worker's: what the shipped
+# tmpfiles.d snippet does at boot under systemd. What an older, root-only enforcer left
+# in it becomes the worker's too (the snippet's Z line): directories and regular files
+# with one link, never through a symbolic link, and only while the directory is still
+# root's (once it is the worker's, what is in it is the worker's doing).
+worker_dir() {
+    [ -L "$1" ] && die "$1 is a symbolic link"
+    if [ -d "$1" ] && [ "$(stat -c %u "$1")" = 0 ]; then
+        find "$1" -mindepth 1 \( -type d -o -type f -links 1 \) \
+            -exec chown -h sentry-worker:sentry-worker {} +
+    fi
+    install -d -m "$2" -o sentry-worker -g sentry-worker "$1"
+}
+
 wait_status() {
     i=0
     while [ $i -lt 100 ]; do
@@ -44,10 +58,21 @@ start() {
     id "$USER_" >/dev/null 2>&1 || die "user $USER_ missing (make install creates it)"
     id sentry-worker >/dev/null 2>&1 || die "user sentry-worker missing (make install creates it)"
     install -d -m 0755 -o root -g root "$RUN"
-    # The worker writes the state and the audit log (AUDIT_LOG is in $LOGDIR as shipped);
-    # the enforcer gives it the files inside at start.
-    [ -d "$STATE" ] || install -d -m 0700 -o sentry-worker -g sentry-worker "$STATE"
-    [ -d "$LOGDIR" ] || install -d -m 0750 -o sentry-worker -g sentry-worker "$LOGDIR"
+    # The worker writes the state and the audit log (AUDIT_LOG is in $LOGDIR as shipped):
+    # they must be its own before the enforcer starts, which only checks them. The
+    # installed tmpfiles.d snippet when systemd-tmpfiles is there (it names the default
+    # directories), else the same by hand. Another directory the configuration names
+    # (HISTORY_FILE, BLOCKED_FILE, AUDIT_LOG elsewhere) is for the admin: check-config
+    # below prints the command that makes a missing one, and the enforcer refuses to
+    # start, naming each path, until it is the worker's.
+    if [ "$STATE" = /var/lib/sentry ] && [ "$LOGDIR" = /var/log/sentry ] &&
+        command -v systemd-tmpfiles >/dev/null 2>&1 &&
+        systemd-tmpfiles --create sentry.conf 2>/dev/null; then
+        :
+    else
+        worker_dir "$STATE" 0700
+        worker_dir "$LOGDIR" 0750
+    fi
     # Root appends to these: a real directory of root's alone, never a link.
     [ -L "$PAIRLOG" ] && die "$PAIRLOG is a symbolic link"
     install -d -m 0750 -o root -g root "$PAIRLOG"
@@ -56,7 +81,7 @@ start() {
     if alive "$RUN/enforcer.pid"; then
         echo "enforcer already running (pid $(cat "$RUN/enforcer.pid"))"
     else
-        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown \
+        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid \
             --groups "$gid" --no-new-privs \
             "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
             --sensor-user "$USER_" --log-stderr </dev/null >>"$PAIRLOG/enforcer.log" 2>&1 &

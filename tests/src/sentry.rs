@@ -373,11 +373,69 @@ impl Sentry {
             .and_then(|p| p.trim().parse().ok());
     }
 
+    /// Make the worker's files its own, as the installers do on a real host (the
+    /// tmpfiles.d snippet, tests/scripts/sentry-pair.sh): the enforcer only checks them
+    /// (issue #22). The state directory and the configuration's directories of AUDIT_LOG,
+    /// HISTORY_FILE and BLOCKED_FILE are made when missing (0700; the audit log's 0750);
+    /// the state directory, each directory made or named `sentry`, and those three files
+    /// (created empty when missing) become the worker's, and so does what the test wrote
+    /// as root into the state directory (regular files with one link and directories: a
+    /// link is never followed). Before each start, since a test may move the files or
+    /// write into the state directory between starts. A configuration that does not load
+    /// is left to the enforcer to refuse.
+    pub fn give_worker_files(&self) {
+        use nix::unistd::{chown, Gid, Uid};
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let (uid, gid) = crate::ensure_worker_user();
+        let give = |p: &Path| {
+            chown(p, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+        };
+        let cfg = policy::Config::load(&self.conf).ok();
+        let mut dirs = vec![(self.state_dir.clone(), 0o700)];
+        dirs.extend(cfg.iter().flat_map(sentry_client::check::created_dirs));
+        for (i, (d, mode)) in dirs.iter().enumerate() {
+            let made = !d.exists();
+            if made {
+                fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+                world_readable(d, *mode);
+            }
+            if i == 0 || made || d.file_name().is_some_and(|n| n == "sentry") {
+                give(d);
+            }
+        }
+        for e in fs::read_dir(&self.state_dir).expect("read the state directory") {
+            let p = e.expect("state directory entry").path();
+            let md = fs::symlink_metadata(&p).expect("stat");
+            if md.is_dir() || (md.is_file() && md.nlink() == 1) {
+                give(&p);
+            }
+        }
+        let Some(cfg) = cfg else { return };
+        let files = [
+            (Some(&cfg.audit_log), 0o640),
+            (cfg.history_file.as_ref(), 0o600),
+            (cfg.blocked_file.as_ref(), 0o600),
+        ];
+        for (f, mode) in files.into_iter().filter_map(|(f, m)| Some((f?, m))) {
+            // A test may put something else there on purpose: only regular files.
+            let opened = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(mode)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(f);
+            if opened.is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file())) {
+                give(f);
+            }
+        }
+    }
+
     /// Spawn the enforcer (the root parent, which starts its worker) without waiting for
-    /// anything.
+    /// anything; the worker's files are made its own first ([`Sentry::give_worker_files`]).
     pub fn spawn_enforcer(&mut self) {
         assert!(self.enforcer.is_none(), "enforcer already running");
-        crate::ensure_worker_user();
+        self.give_worker_files();
         let (out, err) = self.log_file("enforcer");
         let mut c = if self.settings.confined {
             self.confined_enforcer()
@@ -422,12 +480,11 @@ impl Sentry {
         // CAP_SYS_PTRACE: the sensor check reads the (not dumpable) sensor's
         // /proc/PID/exe. CAP_SETUID/SETGID: the parent starts (and restarts) its worker
         // as the worker's user, and signals it from a child that takes the worker's uid
-        // (no CAP_KILL, as in the unit). CAP_CHOWN: at start, it gives the worker its
-        // files, as without systemd (the unit has none: tmpfiles.d makes them the
-        // worker's; systemd_nspawn.rs runs that way).
+        // (no CAP_KILL, as in the unit). No CAP_CHOWN, as in the unit and the run
+        // script: the worker's files are its own before the start.
         c.args([
             "--bounding-set",
-            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid,+chown",
+            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid",
             "--groups",
         ])
         .arg(groups)

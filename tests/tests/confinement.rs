@@ -97,7 +97,8 @@ fn the_root_parent_is_one_confined_thread_and_the_worker_holds_nothing() {
     const NET_ADMIN: u64 = 1 << 12;
     const SYS_PTRACE: u64 = 1 << 19;
     // CAP_KILL: it signals its worker from a child that takes the worker's uid;
-    // CAP_CHOWN: the harness gives it one for start-up only.
+    // CAP_CHOWN: it gives no file away (the harness makes them the worker's, as the
+    // installers do), and the harness's bounding set, like the unit's, has none.
     const KILL_CHOWN: u64 = (1 << 5) | (1 << 0);
     let eff = u64::from_str_radix(&pfield("CapEff"), 16).unwrap();
     let prm = u64::from_str_radix(&pfield("CapPrm"), 16).unwrap();

@@ -351,8 +351,10 @@ fn sockets_have_explicit_modes_and_control_is_root_only() {
         .arg(&env.conf)
         .arg("--runtime-dir")
         .arg(&env.runtime_dir)
+        // The first one's: the second must stop at the live socket before it reads
+        // anything (the worker's files are checked before the sockets are bound).
         .arg("--state-dir")
-        .arg(env.path("state2"))
+        .arg(&env.state_dir)
         .args(["--sensor-user", "nobody", "--log-stderr"])
         .output()
         .unwrap();
@@ -1115,7 +1117,7 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
         drop(marker);
         // Issue #22: the root parent keeps what its verbs and the worker's restarts need,
         // whatever the actions (not CAP_KILL: it signals its worker from a child with the
-        // worker's uid; not CAP_CHOWN: start-up only); the command helper keeps what the
+        // worker's uid; not CAP_CHOWN: it gives no file away); the command helper keeps what the
         // actions need (CAP_NET_RAW only with KILL_ROUTE / KILL_RUN_CMD); the worker holds
         // nothing.
         const PTRACE_SETUID_SETGID: u64 = (1 << 19) | (1 << 7) | (1 << 6);
@@ -1292,6 +1294,8 @@ fn something_other_than_a_socket_where_the_socket_goes_is_never_removed() {
     std::fs::create_dir(&rd).unwrap();
     std::fs::set_permissions(&rd, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(rd.join("enforcer.sock"), "precious").unwrap();
+    // What the installers do: past the worker's files' check, to the sockets.
+    env.give_worker_files();
     let out = start_by_hand(&env, &rd, &env.conf);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
@@ -2006,11 +2010,13 @@ fn damaged_state_is_refused_and_recovered() {
 }
 
 /// issue #11 D: a host that is not set up yet is not a configuration error: check-config
-/// warns (exit 0) about a missing log directory, and the enforcer creates it (0750) and
-/// the state directory (0700), owned by root; below a world-writable directory it
-/// refuses.
+/// warns (exit 0) about a missing log directory, naming the command that makes it. The
+/// enforcer creates nothing (issue #22): it refuses to start, naming the fix, until the
+/// installer (here the harness, as the run script and tmpfiles.d do) has made the
+/// directories the worker's; below a world-writable directory check-config says they
+/// must not be made, and the enforcer still refuses.
 #[test]
-fn missing_directories_are_a_warning_and_created_safely() {
+fn missing_directories_are_a_warning_and_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("portsentry.conf");
     std::fs::write(
@@ -2035,38 +2041,52 @@ fn missing_directories_are_a_warning_and_created_safely() {
         "check-config creates nothing"
     );
 
-    if !require_root("missing_directories_are_a_warning_and_created_safely (enforcer part)") {
+    if !require_root("missing_directories_are_a_warning_and_refused_with_the_fix (enforcer part)") {
         return;
     }
-    let mut env = rig("missing_directories_are_a_warning_and_created_safely", &[]);
+    let mut env = rig(
+        "missing_directories_are_a_warning_and_refused_with_the_fix",
+        &[],
+    );
     let logs = env.path("newlog/sentry");
     env.settings.keys.insert(
         "AUDIT_LOG".into(),
         logs.join("audit.jsonl").display().to_string(),
     );
     env.write_config();
-    // The kit makes the state directory up front; here the enforcer must make it.
     std::fs::remove_dir(&env.state_dir).unwrap();
-    assert!(!env.state_dir.exists());
+    // Started by hand (not through the harness, which prepares them): refused, the fix
+    // named, nothing made.
+    let (code, out) = run_enforcer_once(&env, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    for d in [&env.state_dir, &logs] {
+        assert!(
+            out.contains(&format!("{} does not exist", d.display())),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("systemd-tmpfiles --create sentry.conf")
+            && out.contains("sentry-pair.sh start")
+            && out.contains("install -d -o sentry-worker -g sentry-worker -m 0700 DIR"),
+        "{out}"
+    );
+    assert!(!env.state_dir.exists() && !env.path("newlog").exists());
+    assert!(!env.sensor_sock().exists());
+    // Made as the installers make them: the enforcer starts, and changes none of it.
     env.start_enforcer();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(&logs), 0o750);
     assert_eq!(mode(&env.state_dir), 0o700);
-    // Created by the root parent, then given to the worker that writes them (issue #22);
-    // the directory above the log directory stays root's.
     let (worker_uid, _) = sentry_tests::ensure_worker_user();
     assert_eq!(std::fs::metadata(&logs).unwrap().uid(), worker_uid);
     assert_eq!(std::fs::metadata(&env.state_dir).unwrap().uid(), worker_uid);
     assert_eq!(std::fs::metadata(logs.parent().unwrap()).unwrap().uid(), 0);
     assert!(logs.join("audit.jsonl").exists());
-    assert!(
-        env.enforcer_log().contains("created "),
-        "{}",
-        env.enforcer_log()
-    );
     env.stop_enforcer().expect("enforcer was running");
 
-    // Below a world-writable directory: refused, nothing created.
+    // Below a world-writable directory: check-config says it must not be made there, and
+    // the enforcer refuses; nothing is made.
     let open = env.path("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -2075,9 +2095,16 @@ fn missing_directories_are_a_warning_and_created_safely() {
         open.join("sentry/audit.jsonl").display().to_string(),
     );
     env.write_config();
+    let out = sentryctl(&["check-config"], &env.conf);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
     let (code, out) = run_enforcer_once(&env, &[]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("writable by group or others"), "{out}");
+    assert!(
+        out.contains(&format!("{} does not exist", open.join("sentry").display())),
+        "{out}"
+    );
     assert!(!open.join("sentry").exists());
 }
 

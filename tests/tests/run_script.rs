@@ -1,7 +1,8 @@
 //! `make run` on a machine without systemd as PID 1 starts the pair with
 //! tests/scripts/sentry-pair.sh. Run that script (with every path redirected into a
 //! temporary directory, inside a private network namespace) and check that it starts a
-//! correctly privilege-separated pair that detects and blocks, and that `stop` stops it.
+//! correctly privilege-separated pair that detects and blocks, that it hands the worker
+//! its directories (the enforcer only checks them), and that `stop` stops it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,12 +114,40 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
         )
         .unwrap();
     }
+    // What an older, single-process enforcer left: a root-owned state directory with its
+    // files in it. The enforcer gives nothing away (issue #22): the script must hand them
+    // to the worker, never through a link (a hard link and a symbolic link to a file of
+    // root's elsewhere stay root's); the log directory does not exist yet.
+    let state = d.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("sentry.history"), "old history\n").unwrap();
+    std::fs::write(d.join("secret"), "s").unwrap();
+    std::fs::hard_link(d.join("secret"), state.join("linked")).unwrap();
+    std::os::unix::fs::symlink(d.join("secret"), state.join("sym")).unwrap();
     let pair = Pair {
         net: NetPair::new(),
         dir,
     };
     let out = pair.script("start");
     assert!(out.success(), "start: {out}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (wuid, _) = sentry_tests::ensure_worker_user();
+        let md = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        for (p, mode) in [(&state, 0o700), (&d.join("log"), 0o750)] {
+            assert_eq!(
+                (md(p).uid(), md(p).mode() & 0o7777),
+                (wuid, mode),
+                "{}",
+                p.display()
+            );
+        }
+        assert_eq!(md(&state.join("sentry.history")).uid(), wuid);
+        assert_eq!(
+            (md(&d.join("secret")).uid(), md(&state.join("sym")).uid()),
+            (0, 0)
+        );
+    }
     assert!(
         out.stdout.contains("sensor:") && out.stdout.contains("connected"),
         "start did not show the status: {out}"
@@ -136,12 +165,13 @@ fn no_systemd_start_script_runs_a_privilege_separated_pair() {
     assert_eq!(status_field(sen, "NoNewPrivs"), "1");
     // The enforcer's root parent (issue #22): root, one thread, its own seccomp filter,
     // bounded to what the script's setpriv gives it (no CAP_KILL: it signals its worker
-    // from a child with the worker's uid); CAP_NET_RAW (the command helper's) and
-    // CAP_CHOWN (start-up only) are not held.
+    // from a child with the worker's uid) and no CAP_CHOWN (the script makes the worker's
+    // files its own; the enforcer gives nothing); CAP_NET_RAW (the command helper's) is
+    // not held.
     assert!(status_field(enf, "Uid")
         .split_whitespace()
         .all(|u| u == "0"));
-    let allowed: u64 = (1 << 0) | (1 << 6) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 19);
+    let allowed: u64 = (1 << 6) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 19);
     let bnd = u64::from_str_radix(&status_field(enf, "CapBnd"), 16).unwrap();
     assert_eq!(bnd & !allowed, 0, "enforcer bounding set {bnd:#x}");
     let eff = u64::from_str_radix(&status_field(enf, "CapEff"), 16).unwrap();

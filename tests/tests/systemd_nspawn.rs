@@ -744,8 +744,8 @@ fn systemd_nspawn_package_units_and_log_consumers() {
     );
 
     // ---- a state directory that is not the worker's (an admin's chown, a backup restored
-    // as root): the enforcer, without CAP_CHOWN, refuses to start and names the fix; the
-    // fix works.
+    // as root): the enforcer, which creates and chowns nothing, refuses to start and
+    // names the fix; the fix works.
     c.exec_ok(&["systemctl", "stop", "sentry-enforcer.service"]);
     c.exec_ok(&["chown", "root:root", "/var/lib/sentry"]);
     let failures_before =

@@ -42,9 +42,9 @@ pub fn keep_only(keep: &[Capability], ambient: &[Capability]) -> Result<Vec<Stri
 /// [`crate::peercheck::needs_ptrace`]). Not CAP_NET_RAW: kill commands run in the
 /// helper. Not CAP_KILL: the worker, of another uid, is signalled by a short-lived child
 /// that takes its uid ([`super::spawn::signal_worker`]); the parent's other signals go to
-/// its own root children. Not CAP_CHOWN: the worker's files are its own before the
-/// parent starts (tmpfiles.d), or given at start-up by a parent that was started with
-/// CAP_CHOWN and drops it here.
+/// its own root children. Not CAP_CHOWN: the parent creates and chowns none of the
+/// worker's files (they are its own before the parent starts: tmpfiles.d, the run
+/// script), and enforcer.sock goes to its own supplementary group, which needs none.
 pub fn parent_caps(ptrace: bool) -> Vec<Capability> {
     let mut c = vec![
         Capability::CAP_NET_ADMIN,

@@ -1,18 +1,16 @@
 //! Start-up as root, before anything untrusted runs: accounts, directories (the worker's
-//! given to it), the two listening sockets, the kernel's sockets, the children, and
+//! checked to be its own), the two listening sockets, the kernel's sockets, the children, and
 //! confinement; then the loop ([`super::run`]). And `--recover`.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::args::Args;
@@ -86,92 +84,38 @@ pub fn runtime_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Create `dir` (missing parents 0755, itself `mode`, root's) unless it exists, only
-/// below a root-owned directory no one else can write. Returns whether it was created.
-fn ensure_dir(dir: &Path, mode: u32) -> Result<bool, String> {
-    match std::fs::metadata(dir) {
-        Ok(md) if md.is_dir() => return Ok(false),
-        Ok(_) => return Err(format!("{}: exists and is not a directory", dir.display())),
-        Err(_) if std::fs::symlink_metadata(dir).is_ok() => {
-            return Err(format!("{}: is a dangling symbolic link", dir.display()))
-        }
-        Err(_) => {}
-    }
-    policy::creatable(dir)
-        .map_err(|why| format!("{}: will not be created: {why}", dir.display()))?;
-    let mut missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|p| std::fs::symlink_metadata(p).is_err())
-        .collect();
-    missing.reverse();
-    for (i, m) in missing.iter().enumerate() {
-        let want = if i + 1 == missing.len() { mode } else { 0o755 };
-        std::fs::DirBuilder::new()
-            .mode(want)
-            .create(m)
-            .map_err(|e| format!("{}: mkdir: {e}", m.display()))?;
-        nix::unistd::chown(*m, Some(Uid::from_raw(0)), Some(Gid::from_raw(0)))
-            .map_err(|e| format!("{}: chown: {e}", m.display()))?;
-        std::fs::set_permissions(m, PermissionsExt::from_mode(want))
-            .map_err(|e| format!("{}: chmod: {e}", m.display()))?;
-    }
-    Ok(true)
-}
-
-/// Give `fd` (opened without following a symbolic link) to the worker, when it is a
-/// directory, or a regular file with one link (a hard link the worker made to another
-/// file is never given away).
-fn give(fd: &OwnedFd, to: (Uid, Gid), what: &Path) -> Result<(), String> {
-    let st = nix::sys::stat::fstat(fd).map_err(|e| format!("{}: {e}", what.display()))?;
-    let kind = st.st_mode & libc::S_IFMT;
-    if kind == libc::S_IFDIR || (kind == libc::S_IFREG && st.st_nlink == 1) {
-        nix::unistd::fchown(fd.as_fd(), Some(to.0), Some(to.1))
-            .map_err(|e| format!("{}: chown: {e}", what.display()))?;
-    }
-    Ok(())
-}
-
-fn open_nofollow(dir: Option<&OwnedFd>, p: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
-    match dir {
-        Some(d) => nix::fcntl::openat(d, p, flags, Mode::empty()),
-        None => nix::fcntl::open(p, flags, Mode::empty()),
-    }
-}
-
-/// The worker's files, made or found the worker's before it starts. With CAP_CHOWN (runs
-/// without systemd: the no-systemd run script, the test harness, `--recover`) they are
-/// given to it ([`give_worker_files`]). Without it (the shipped unit, whose bounding set
-/// has no CAP_CHOWN) they must already be its own: the shipped tmpfiles.d snippet makes
-/// /var/lib/sentry and /var/log/sentry so at boot and at install, and systemd never hands
-/// them back to root (the unit has no StateDirectory=/LogsDirectory= for them). A file that
-/// is not the worker's then fails the start, naming the fix: a worker that cannot write
-/// its state would run and lose what it must remember.
+/// The worker's files must be its own before it starts; the parent only looks, and
+/// creates or chowns nothing (issue #22: the installers, which run as root once, make
+/// them: the tmpfiles.d snippet under systemd, tests/scripts/sentry-pair.sh without it).
+/// A worker that cannot write its state would run and lose what it must remember, so a
+/// file that is not the worker's fails the start, naming the fix.
+///
+/// Checked: the state directory and each directory named `sentry` (/var/log/sentry)
+/// among those of AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE are the worker's; those files
+/// are the worker's, or missing in a directory of the worker's (where it creates them).
+/// What root cannot even look at (inside the worker's 0700 directory; root holds no
+/// CAP_DAC_OVERRIDE under the unit) is the worker's. Symbolic links are not followed: a
+/// link in place of one of them is not the worker's file.
 pub fn worker_files(
     cfg: &policy::Config,
     state: &Path,
-    to: (Uid, Gid),
-) -> Result<Vec<String>, String> {
-    use caps::{CapSet, Capability};
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_CHOWN).unwrap_or(false) {
-        give_worker_files(cfg, state, to)
-    } else {
-        check_worker_files(cfg, state, to.0).map(|()| Vec::new())
-    }
-}
-
-/// What must be the worker's when nothing can be given: the state directory, each
-/// configured directory named `sentry` (/var/log/sentry), and AUDIT_LOG, HISTORY_FILE and
-/// BLOCKED_FILE (a missing one only if its directory is the worker's, where the worker
-/// creates it). What root cannot even look at (inside the worker's 0700 directory; root
-/// holds no CAP_DAC_OVERRIDE under the unit) is the worker's. Symbolic links are not
-/// followed: a link in place of one of them is not the worker's file.
-fn check_worker_files(cfg: &policy::Config, state: &Path, uid: Uid) -> Result<(), String> {
+    uid: Uid,
+    user: &str,
+) -> Result<(), String> {
     use std::io::ErrorKind;
     let mut bad = Vec::new();
-    let mut dirs = vec![(state.to_path_buf(), 0o700)];
-    dirs.extend(cfg.created_dirs());
-    for (i, (d, _)) in dirs.iter().enumerate() {
+    let files = [
+        Some(&cfg.audit_log),
+        cfg.history_file.as_ref(),
+        cfg.blocked_file.as_ref(),
+    ];
+    let mut dirs = vec![state];
+    for d in files.iter().flatten().filter_map(|f| f.parent()) {
+        if !d.as_os_str().is_empty() && !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    for (i, d) in dirs.iter().enumerate() {
         let needed = i == 0 || d.file_name().is_some_and(|n| n == "sentry");
         match std::fs::symlink_metadata(d) {
             Ok(md) if !md.is_dir() => bad.push(format!("{} is not a directory", d.display())),
@@ -186,11 +130,6 @@ fn check_worker_files(cfg: &policy::Config, state: &Path, uid: Uid) -> Result<()
             Err(e) => bad.push(format!("{}: {e}", d.display())),
         }
     }
-    let files = [
-        Some(&cfg.audit_log),
-        cfg.history_file.as_ref(),
-        cfg.blocked_file.as_ref(),
-    ];
     for f in files.into_iter().flatten() {
         match std::fs::symlink_metadata(f) {
             Ok(md) if md.is_file() && md.uid() == uid.as_raw() => {}
@@ -214,80 +153,15 @@ fn check_worker_files(cfg: &policy::Config, state: &Path, uid: Uid) -> Result<()
         return Ok(());
     }
     Err(format!(
-        "the worker (uid {uid}) must own its files, and this enforcer has no CAP_CHOWN to \
-         give them: {}. Fix: `systemd-tmpfiles --create sentry.conf` (the tmpfiles.d \
-         snippet the package installs: /var/lib/sentry and /var/log/sentry), or chown \
-         the paths named to the worker user, or start the enforcer with CAP_CHOWN",
+        "the worker ({user}, uid {uid}) must own its files before the enforcer starts, \
+         which creates and chowns nothing: {}. Fix: with systemd, `systemd-tmpfiles \
+         --create sentry.conf` (the tmpfiles.d snippet the package and `make install` \
+         install: /var/lib/sentry and /var/log/sentry); without systemd, start with \
+         `sentry-pair.sh start` (`make run`), which makes them; for other paths, \
+         `install -d -o {user} -g {user} -m 0700 DIR` for each directory named and \
+         `chown {user}: FILE` for each file",
         bad.join("; ")
     ))
-}
-
-/// The state directory (0700) and the configuration's log and record directories,
-/// created when missing; the worker's files given to the worker: the state directory
-/// and the regular files in it, each directory created now or named `sentry`
-/// (/var/log/sentry), and AUDIT_LOG, HISTORY_FILE and BLOCKED_FILE (created empty
-/// when missing). Nothing is followed through a symbolic link. Returns notes for the log.
-fn give_worker_files(
-    cfg: &policy::Config,
-    state: &Path,
-    to: (Uid, Gid),
-) -> Result<Vec<String>, String> {
-    let mut notes = Vec::new();
-    let mut dirs = vec![(state.to_path_buf(), 0o700)];
-    dirs.extend(cfg.created_dirs());
-    // Directories are given last: once one is the worker's (0700), root without
-    // CAP_DAC_OVERRIDE can no longer look inside it.
-    let mut give_dirs = Vec::new();
-    for (i, (d, mode)) in dirs.iter().enumerate() {
-        let made = ensure_dir(d, *mode)?;
-        if made {
-            notes.push(format!("created {} (mode {mode:o})", d.display()));
-        }
-        // Already the worker's (an earlier start gave it): nothing to do, and nothing root
-        // without CAP_DAC_OVERRIDE could open.
-        let mine = std::fs::symlink_metadata(d).is_ok_and(|m| m.uid() == to.0.as_raw());
-        if !mine && (i == 0 || made || d.file_name().is_some_and(|n| n == "sentry")) {
-            let fd = open_nofollow(None, d, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-                .map_err(|e| format!("{}: {e}", d.display()))?;
-            give_dirs.push((fd, d.clone()));
-        }
-    }
-    // The files an earlier, single-process enforcer left as root's (a state directory
-    // that is already the worker's holds only its files).
-    let root_owned = std::fs::symlink_metadata(state).is_ok_and(|m| m.uid() == 0);
-    if root_owned {
-        let sd = open_nofollow(None, state, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-            .map_err(|e| format!("{}: {e}", state.display()))?;
-        for e in std::fs::read_dir(state).map_err(|e| format!("{}: {e}", state.display()))? {
-            let name = PathBuf::from(e.map_err(|e| e.to_string())?.file_name());
-            if let Ok(fd) = open_nofollow(Some(&sd), &name, OFlag::O_RDONLY) {
-                give(&fd, to, &state.join(&name))?;
-            }
-        }
-    }
-    let files = [
-        (Some(&cfg.audit_log), 0o640),
-        (cfg.history_file.as_ref(), 0o600),
-        (cfg.blocked_file.as_ref(), 0o600),
-    ];
-    for (f, mode) in files.into_iter().filter_map(|(f, m)| Some((f?, m))) {
-        let opened = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(f);
-        match opened {
-            Ok(file) => give(&OwnedFd::from(file), to, f)?,
-            // Inside a directory that is already the worker's: the worker made it.
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
-            Err(e) => notes.push(format!("{}: not given to the worker: {e}", f.display())),
-        }
-    }
-    for (fd, d) in give_dirs {
-        give(&fd, to, &d)?;
-    }
-    Ok(notes)
 }
 
 /// Remove a stale socket left by a previous run; refuse anything that is not a socket,
@@ -407,9 +281,7 @@ pub fn start_up(args: &Args) -> Result<(Parent, Plan, Vec<PathBuf>), String> {
     let ignore = cfg.load_ignore().map_err(|e| e.to_string())?;
     let acc = accounts(args, &cfg)?;
     runtime_dir(&args.runtime_dir)?;
-    for n in worker_files(&cfg, &args.state_dir, acc.worker)? {
-        say(&format!("adminalert: {n}"));
-    }
+    worker_files(&cfg, &args.state_dir, acc.worker.0, &args.worker_user)?;
     let paths = vec![
         args.runtime_dir.join("enforcer.sock"),
         args.runtime_dir.join("control.sock"),
@@ -622,7 +494,7 @@ pub fn recover(args: &Args) -> Result<(), String> {
     }
     let cfg = policy::Config::load(&args.config).map_err(|e| e.to_string())?;
     let acc = accounts(args, &cfg)?;
-    worker_files(&cfg, &args.state_dir, acc.worker)?;
+    worker_files(&cfg, &args.state_dir, acc.worker.0, &args.worker_user)?;
     let (exe, argv) = worker_argv(args, false)?;
     spawn::drop_to(acc.worker.0, acc.worker.1)?;
     crate::sys::reset_signals().map_err(|e| e.to_string())?;
@@ -674,55 +546,64 @@ mod tests {
         assert!(clear_stale_socket(&p).is_ok() && !p.exists());
     }
 
+    /// What an older, single-process enforcer left (a root-owned state directory with
+    /// root's files in it, a file linked to another of root's) is refused with the fix
+    /// named, and stays as it was: the parent gives nothing away, not even through the
+    /// links (the run script and the packaging hand such a directory over).
     #[test]
-    fn files_given_to_the_worker() {
+    fn old_root_owned_state_is_refused_and_left_alone() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED (needs root): files_given_to_the_worker");
+            eprintln!("SKIPPED (needs root): old_root_owned_state_is_refused_and_left_alone");
             return;
         }
         let d = tempfile::tempdir().unwrap();
         let conf = format!(
-            "AUDIT_LOG=\"{0}/log/sentry/audit.jsonl\"\nHISTORY_FILE=\"{0}/state/h\"\nBLOCKED_FILE=\"{0}/rec/b\"\n",
+            "AUDIT_LOG=\"{0}/log/sentry/audit.jsonl\"\nHISTORY_FILE=\"{0}/state/h\"\nBLOCKED_FILE=\"{0}/state/linked\"\n",
             d.path().display()
         );
         let cfg = policy::Config::parse(&conf, Path::new("t.conf")).unwrap();
         let state = d.path().join("state");
         std::fs::create_dir(&state).unwrap();
+        std::fs::create_dir_all(d.path().join("log/sentry")).unwrap();
         std::fs::write(state.join("journal"), "x").unwrap();
+        std::fs::write(state.join("h"), "").unwrap();
         std::fs::write(d.path().join("secret"), "s").unwrap();
         std::fs::hard_link(d.path().join("secret"), state.join("linked")).unwrap();
-        std::os::unix::fs::symlink(d.path().join("secret"), state.join("sym")).unwrap();
-        let to = (Uid::from_raw(65534), Gid::from_raw(65534));
-        let notes = worker_files(&cfg, &state, to).unwrap();
-        assert_eq!(notes.len(), 2, "{notes:?}");
+        let w = Uid::from_raw(65534);
+        let e = worker_files(&cfg, &state, w, "sentry-worker").unwrap_err();
+        for named in [&state, &state.join("h"), &state.join("linked")] {
+            assert!(
+                e.contains(&format!("{} is owned by uid 0", named.display())),
+                "{e}"
+            );
+        }
+        assert!(
+            e.contains("the worker (sentry-worker, uid 65534)")
+                && e.contains("systemd-tmpfiles --create sentry.conf")
+                && e.contains("sentry-pair.sh start")
+                && e.contains("install -d -o sentry-worker -g sentry-worker -m 0700 DIR"),
+            "{e}"
+        );
         let uid = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
         for p in [
-            &state,
-            &state.join("journal"),
-            &state.join("h"),
-            &d.path().join("rec"),
-            &d.path().join("rec/b"),
+            state.clone(),
+            state.join("journal"),
+            state.join("h"),
+            d.path().join("secret"),
+            d.path().join("log/sentry"),
         ] {
-            assert_eq!(uid(p), 65534, "{}", p.display());
+            assert_eq!(uid(&p), 0, "{}", p.display());
         }
-        let log = d.path().join("log/sentry");
-        assert_eq!((uid(&log), uid(&log.join("audit.jsonl"))), (65534, 65534));
-        assert_eq!(std::fs::metadata(&log).unwrap().mode() & 0o7777, 0o750);
-        // Never through a link: the hard link's and the symlink's target stay root's.
-        assert_eq!(
-            (uid(&d.path().join("secret")), uid(&state.join("sym"))),
-            (0, 0)
-        );
-        assert_eq!(uid(&d.path().join("log")), 0);
+        assert!(!d.path().join("log/sentry/audit.jsonl").exists());
     }
 
-    /// Without CAP_CHOWN nothing is given: files that are not the worker's fail the start
-    /// with the fix named; once they are the worker's (what the tmpfiles.d snippet does),
-    /// the start goes on and changes nothing.
+    /// Files that are not the worker's fail the start with the fix named, and nothing is
+    /// created (it would be root's); once they are the worker's (what the tmpfiles.d
+    /// snippet or the run script does), the start goes on and changes nothing.
     #[test]
-    fn files_checked_without_chown() {
+    fn worker_files_are_checked_and_nothing_is_made() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED (needs root): files_checked_without_chown");
+            eprintln!("SKIPPED (needs root): worker_files_are_checked_and_nothing_is_made");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -734,8 +615,9 @@ mod tests {
         let state = d.path().join("state");
         let log = d.path().join("log/sentry");
         let w = Uid::from_raw(65534);
+        let check = || worker_files(&cfg, &state, w, "nobody");
         // Missing: nothing is created (it would be root's).
-        let e = check_worker_files(&cfg, &state, w).unwrap_err();
+        let e = check().unwrap_err();
         assert!(
             e.contains(&format!("{} does not exist", state.display()))
                 && e.contains(&format!("{} does not exist", log.display()))
@@ -747,29 +629,24 @@ mod tests {
         std::fs::create_dir_all(&log).unwrap();
         // Root's, as an older root-only enforcer or systemd's StateDirectory= left them.
         std::fs::write(state.join("h"), "").unwrap();
-        let e = check_worker_files(&cfg, &state, w).unwrap_err();
-        assert!(
-            e.contains(&format!("{} is owned by uid 0", state.display())),
-            "{e}"
-        );
-        assert!(
-            e.contains(&format!("{} is owned by uid 0", log.display())),
-            "{e}"
-        );
-        assert!(
-            e.contains(&format!("{} is owned by uid 0", state.join("h").display())),
-            "{e}"
-        );
+        let e = check().unwrap_err();
+        for p in [&state, &log, &state.join("h")] {
+            assert!(
+                e.contains(&format!("{} is owned by uid 0", p.display())),
+                "{e}"
+            );
+        }
         let own = |p: &Path| nix::unistd::chown(p, Some(w), None).unwrap();
         for p in [&state, &log, &state.join("h")] {
             own(p);
         }
         // The audit log and BLOCKED_FILE are missing in the worker's directories: it
         // creates them itself.
-        check_worker_files(&cfg, &state, w).unwrap();
+        check().unwrap();
+        assert!(!log.join("audit.jsonl").exists() && !state.join("b").exists());
         // A symbolic link in a file's place is not the worker's file.
         std::os::unix::fs::symlink("/etc/passwd", log.join("audit.jsonl")).unwrap();
-        let e = check_worker_files(&cfg, &state, w).unwrap_err();
+        let e = check().unwrap_err();
         assert!(e.contains("audit.jsonl is not a regular file"), "{e}");
     }
 }

@@ -110,6 +110,19 @@ mod under_filter {
             d.display()
         );
         std::fs::write(d.join("c.conf"), conf).unwrap();
+        // The worker's (nobody's) directories, made as the installers make them: the
+        // parent only checks them.
+        for (dir, mode) in [("state", 0o700), ("log/sentry", 0o750)] {
+            let p = d.join(dir);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(mode)).unwrap();
+            nix::unistd::chown(
+                &p,
+                Some(nix::unistd::Uid::from_raw(65534)),
+                Some(nix::unistd::Gid::from_raw(65534)),
+            )
+            .unwrap();
+        }
         let argv = [
             "--config",
             &format!("{}/c.conf", d.display()),
@@ -274,7 +287,8 @@ mod under_filter {
             "{status}"
         );
         // ...and holds neither CAP_KILL (bit 5: it signals its worker through a child with
-        // the worker's uid) nor CAP_CHOWN (bit 0: start-up only), but CAP_SETUID (bit 7).
+        // the worker's uid) nor CAP_CHOWN (bit 0: it gives nothing away), but CAP_SETUID
+        // (bit 7).
         let capeff = status
             .lines()
             .find_map(|l| l.strip_prefix("CapEff:"))
