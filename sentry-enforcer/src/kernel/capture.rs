@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn the_chain_copies_to_the_spec_group() {
         let spec = crate::kernel::table::DetectSpec {
-            stcp: vec![(22, 22)],
+            sets: [("detect_stcp", vec!["22".to_string()])].into(),
             nflog_group: NFLOG_GROUP + 5,
             ..crate::kernel::table::DetectSpec::blocks_only(None)
         };

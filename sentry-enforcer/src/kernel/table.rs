@@ -4,6 +4,7 @@
 //! ([`crate::kernel::netlink`]); nft(8) is used here because the table is built once and
 //! its text form is what an administrator reads back with `nft list table`.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::time::Duration;
 
@@ -44,20 +45,14 @@ pub fn setup_script(table: &str, prefix6: u8) -> Result<String, String> {
 /// `add element` statements for `elems` (appended to [`setup_script`]): single addresses
 /// into `v4`/`v6`, or, with `nets`, IPv6 network addresses into `v6net`.
 pub fn elements_script(table: &str, elems: &[SetElem], nets: bool) -> String {
-    let mut out = String::new();
-    for (set, v4) in [
-        (SET_V4, true),
-        (if nets { SET_V6NET } else { SET_V6 }, false),
-    ] {
-        let items = elems
-            .iter()
-            .filter(|e| e.addr.is_ipv4() == v4)
-            .map(|e| match e.timeout {
-                Some(t) => format!("{} timeout {}ms", e.addr, t.as_millis().max(1)),
-                None => e.addr.to_string(),
-            });
-        elements(&mut out, table, set, items);
-    }
+    let item = |e: &&SetElem| match e.timeout {
+        Some(t) => format!("{} timeout {}ms", e.addr, t.as_millis().max(1)),
+        None => e.addr.to_string(),
+    };
+    let (v4, v6): (Vec<&SetElem>, Vec<&SetElem>) = elems.iter().partition(|e| e.addr.is_ipv4());
+    let (mut out, v6set) = (String::new(), if nets { SET_V6NET } else { SET_V6 });
+    elements(&mut out, table, SET_V4, v4.iter().map(item));
+    elements(&mut out, table, v6set, v6.iter().map(item));
     out
 }
 
@@ -70,26 +65,22 @@ pub fn build(cfg: &Config, hosts: &[SetElem], nets: &[SetElem]) -> Result<(), St
     nft_table(cfg, &script)
 }
 
-/// What the detection chain watches: derived from the policy and the modes the sensor
-/// announced.
+/// What fills the skeleton's detection part: derived from the policy and the modes the
+/// sensor announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectSpec {
-    pub stcp: Vec<(u16, u16)>,
-    pub sudp: Vec<(u16, u16)>,
-    pub atcp: Vec<(u16, u16)>,
-    pub audp: Vec<(u16, u16)>,
-    pub ignore4: Vec<String>,
-    pub ignore6: Vec<String>,
+    /// Interval items of the skeleton's static sets, by set: the watched ports
+    /// (`detect_stcp`, `detect_sudp`, `detect_atcp`, `detect_audp`), the ignore list
+    /// (`detect_ign4`/`6`), the IP protocols a probe may name (`detect_ipproto`) and what
+    /// the first hit never blocks (`detect_never4`/`6`, [`kernel_never`]). A set not named
+    /// here is empty, and so are the rules that look it up.
+    pub sets: BTreeMap<&'static str, Vec<String>>,
     /// The kernel has the `socket` expression (CONFIG_NFT_SOCKET): advanced modes skip
     /// served ports in the kernel. Without it the sensor's own listener check does it.
     pub socket_expr: bool,
     /// The in-kernel first hit (SCAN_TRIGGER=0 with BLOCK_*=1 and the native set); never
     /// without `socket_expr` ([`DetectSpec::with_tripwire`]): its chains look sockets up.
     pub tripwire: Option<Tripwire>,
-    /// Addresses never blocked in the kernel (default gateways, nameservers, ...), as
-    /// interval-set items: a probe from one is only copied, for the enforcer to audit.
-    pub never4: Vec<String>,
-    pub never6: Vec<String>,
     /// The enforcer's own block sets exist (FIREWALL="nftables" and its backend came up),
     /// with this BLOCK_PREFIX6: the block check and the evidence path look them up.
     pub native: Option<u8>,
@@ -174,35 +165,33 @@ pub fn kernel_never(extra: &[std::net::IpAddr]) -> (Vec<String>, Vec<String>) {
         }
     }
     (
-        merge(v4, u32::MAX)
-            .into_iter()
-            .map(|(a, b)| item(Ipv4Addr::from(a), Ipv4Addr::from(b)))
-            .collect(),
-        merge(v6, u128::MAX)
-            .into_iter()
-            .map(|(a, b)| item(Ipv6Addr::from(a), Ipv6Addr::from(b)))
-            .collect(),
+        items(v4, u32::MAX, Ipv4Addr::from),
+        items(v6, u128::MAX, Ipv6Addr::from),
     )
 }
 
-/// Sorted, merged port ranges of `ports` (port 0 is none).
-fn ranges(ports: Vec<u16>) -> Vec<(u16, u16)> {
-    merge(
-        ports
-            .into_iter()
-            .filter(|&p| p != 0)
-            .map(|p| (p, p))
-            .collect(),
+/// The interval items of `ports` (port 0 is none).
+fn ports(ports: impl Iterator<Item = u16>) -> Vec<String> {
+    items(
+        ports.filter(|&p| p != 0).map(|p| (p, p)).collect(),
         u16::MAX,
+        |p| p,
     )
 }
 
-/// `v`'s intervals sorted, with the overlapping and adjacent ones merged, as an interval
-/// set needs them (`max`: the type's largest value, which has no successor).
-fn merge<T: Copy + Ord + std::ops::Add<Output = T> + From<u8>>(
-    mut v: Vec<(T, T)>,
-    max: T,
-) -> Vec<(T, T)> {
+/// An advanced mode's ports: those below `limit`, but for `exclude`.
+fn advanced(limit: u16, exclude: &policy::PortSet) -> Vec<String> {
+    ports((1..limit).filter(|p| !exclude.contains(*p)))
+}
+
+/// `v`'s intervals sorted, the overlapping and adjacent ones merged, as the items an
+/// interval set needs (`max`: the type's largest value, which has no successor; `show`:
+/// what is written of a value).
+fn items<T, D>(mut v: Vec<(T, T)>, max: T, show: impl Fn(T) -> D) -> Vec<String>
+where
+    T: Copy + Ord + std::ops::Add<Output = T> + From<u8>,
+    D: PartialEq + Display,
+{
     v.sort();
     let mut out: Vec<(T, T)> = Vec::new();
     for (lo, hi) in v {
@@ -211,11 +200,9 @@ fn merge<T: Copy + Ord + std::ops::Add<Output = T> + From<u8>>(
             _ => out.push((lo, hi)),
         }
     }
-    out
-}
-
-fn advanced(limit: u16, exclude: &policy::PortSet) -> Vec<(u16, u16)> {
-    ranges((1..limit).filter(|p| !exclude.contains(*p)).collect())
+    out.into_iter()
+        .map(|(a, b)| item(show(a), show(b)))
+        .collect()
 }
 
 impl DetectSpec {
@@ -232,26 +219,37 @@ impl DetectSpec {
         if modes.basic_only() {
             return Self::blocks_only(native);
         }
-        let has = |m| modes.has(m);
         let mut s = Self {
             socket_expr,
             answer_probes: cfg.answer_probes,
             ..Self::blocks_only(native)
         };
-        if has(Modes::STCP) {
-            s.stcp = ranges(cfg.tcp_ports.iter().collect());
+        let mut watch = |mode, set, items: Vec<String>| {
+            if modes.has(mode) && !items.is_empty() {
+                s.sets.insert(set, items);
+            }
+        };
+        watch(Modes::STCP, "detect_stcp", ports(cfg.tcp_ports.iter()));
+        watch(Modes::SUDP, "detect_sudp", ports(cfg.udp_ports.iter()));
+        watch(
+            Modes::ATCP,
+            "detect_atcp",
+            advanced(cfg.advanced_ports_tcp, &cfg.advanced_exclude_tcp),
+        );
+        watch(
+            Modes::AUDP,
+            "detect_audp",
+            advanced(cfg.advanced_ports_udp, &cfg.advanced_exclude_udp),
+        );
+        // IP-protocol probes are the advanced modes' job.
+        if s.sets.contains_key("detect_atcp") || s.sets.contains_key("detect_audp") {
+            s.sets.insert("detect_ipproto", probe_protocols());
         }
-        if has(Modes::SUDP) {
-            s.sudp = ranges(cfg.udp_ports.iter().collect());
-        }
-        if has(Modes::ATCP) {
-            s.atcp = advanced(cfg.advanced_ports_tcp, &cfg.advanced_exclude_tcp);
-        }
-        if has(Modes::AUDP) {
-            s.audp = advanced(cfg.advanced_ports_udp, &cfg.advanced_exclude_udp);
-        }
-        s.ignore4 = ignore.ranges_v4().map(|(a, b)| item(a, b)).collect();
-        s.ignore6 = ignore.ranges_v6().map(|(a, b)| item(a, b)).collect();
+        let (v4, v6) = (ignore.ranges_v4(), ignore.ranges_v6());
+        s.sets
+            .insert("detect_ign4", v4.map(|(a, b)| item(a, b)).collect());
+        s.sets
+            .insert("detect_ign6", v6.map(|(a, b)| item(a, b)).collect());
         s
     }
 
@@ -260,7 +258,9 @@ impl DetectSpec {
     /// served port from a tripwire, and only the sensor's listener table can.
     pub fn with_tripwire(mut self, t: Option<Tripwire>, never: &[std::net::IpAddr]) -> Self {
         self.tripwire = t.filter(|_| self.socket_expr);
-        (self.never4, self.never6) = kernel_never(never);
+        let (v4, v6) = kernel_never(never);
+        self.sets.insert("detect_never4", v4);
+        self.sets.insert("detect_never6", v6);
         self
     }
 
@@ -268,16 +268,9 @@ impl DetectSpec {
     /// first NFLOG group (see `crate::kernel::capture::GROUPS`).
     pub fn blocks_only(native: Option<u8>) -> Self {
         Self {
-            stcp: Vec::new(),
-            sudp: Vec::new(),
-            atcp: Vec::new(),
-            audp: Vec::new(),
-            ignore4: Vec::new(),
-            ignore6: Vec::new(),
+            sets: BTreeMap::new(),
             socket_expr: false,
             tripwire: None,
-            never4: Vec::new(),
-            never6: Vec::new(),
             native,
             answer_probes: false,
             nflog_group: crate::kernel::capture::NFLOG_GROUP,
@@ -291,32 +284,14 @@ impl DetectSpec {
 /// the detection objects), and never deletes anything.
 pub fn detection_script(table: &str, spec: &DetectSpec) -> Result<String, String> {
     let mut o = render(SKELETON, table, spec)?;
-    let ports = |r: &[(u16, u16)]| r.iter().map(|&(a, b)| item(a, b)).collect::<Vec<_>>();
-    let hit = spec.tripwire.map_or(Vec::new(), |t| {
-        [(t.tcp, "tcp"), (t.udp, "udp")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, p)| p.to_string())
-            .collect()
-    });
-    // IP-protocol probes are the advanced modes' job.
-    let ipproto = match spec.atcp.is_empty() && spec.audp.is_empty() {
-        true => Vec::new(),
-        false => probe_protocols(),
-    };
-    for (set, items) in [
-        ("detect_ign4", spec.ignore4.clone()),
-        ("detect_ign6", spec.ignore6.clone()),
-        ("detect_never4", spec.never4.clone()),
-        ("detect_never6", spec.never6.clone()),
-        ("detect_stcp", ports(&spec.stcp)),
-        ("detect_sudp", ports(&spec.sudp)),
-        ("detect_atcp", ports(&spec.atcp)),
-        ("detect_audp", ports(&spec.audp)),
-        ("detect_hitproto", hit),
-        ("detect_ipproto", ipproto),
-    ] {
-        elements(&mut o, table, set, items);
+    // The first hit's protocols come from the tripwire itself, so that no probe is ever
+    // sent to a first-hit chain that was not loaded.
+    let t = spec.tripwire.iter();
+    let hit = t.flat_map(|t| [(t.tcp, "tcp"), (t.udp, "udp")]);
+    let hit = hit.filter(|(on, _)| *on).map(|(_, p)| p.to_string());
+    elements(&mut o, table, "detect_hitproto", hit);
+    for (set, items) in &spec.sets {
+        elements(&mut o, table, set, items.iter().cloned());
     }
     Ok(o)
 }
@@ -332,9 +307,8 @@ fn render(text: &str, table: &str, spec: &DetectSpec) -> Result<String, String> 
         ("nosocket", !spec.socket_expr),
         ("drop", !spec.answer_probes),
     ];
-    let (size, timeout) = spec
-        .tripwire
-        .map_or((1, HIT_TIMEOUT), |t| (t.size, t.timeout));
+    let t = spec.tripwire;
+    let (size, timeout) = t.map_or((1, HIT_TIMEOUT), |t| (t.size, t.timeout));
     let mask = std::net::Ipv6Addr::from(policy::prefix6_bits(spec.native.unwrap_or(64)));
     let mut vars = vec![
         ("TABLE", table.to_string()),
@@ -346,7 +320,7 @@ fn render(text: &str, table: &str, spec: &DetectSpec) -> Result<String, String> 
         ("PREFIX_NEW", NFLOG_PREFIX_NEW.to_string()),
         ("PREFIX_INVALID", NFLOG_PREFIX_INVALID.to_string()),
     ];
-    if let Some(t) = spec.tripwire {
+    if let Some(t) = t {
         vars.push(("HIT_RATE", t.per_minute.to_string()));
         vars.push(("HIT_PREFIX_RATE", t.per_prefix_minute.to_string()));
     }
@@ -386,12 +360,12 @@ fn fill(text: &str, vars: &[(&str, String)]) -> Result<String, String> {
     for (name, value) in vars {
         s = s.replace(&format!("@{name}@"), value);
     }
-    match s
+    let left = s
         .split('@')
         .skip(1)
-        .find(|w| w.starts_with(|c: char| c.is_ascii_uppercase()))
-    {
-        Some(left) => Err(format!("table.nft: no value for @{left}@")),
+        .find(|w| w.starts_with(char::is_uppercase));
+    match left {
+        Some(name) => Err(format!("table.nft: no value for @{name}@")),
         None => Ok(s),
     }
 }
@@ -420,8 +394,7 @@ fn item<T: PartialEq + Display>(lo: T, hi: T) -> String {
 /// stack, tunnels and routing daemons use, and TCP/UDP/SCTP), as interval items.
 fn probe_protocols() -> Vec<String> {
     let probes = (0..=u8::MAX).filter(|p| !NOT_PROBE_PROTOCOLS.contains(p));
-    let merged = merge(probes.map(|p| (p, p)).collect(), u8::MAX);
-    merged.into_iter().map(|(a, b)| item(a, b)).collect()
+    items(probes.map(|p| (p, p)).collect(), u8::MAX, |p| p)
 }
 
 /// `nft -f -` with `script` on its stdin, killed after `timeout`.
@@ -491,7 +464,9 @@ mod tests {
 
     /// Does the chain copy anything at all?
     fn watches(s: &DetectSpec) -> bool {
-        !(s.stcp.is_empty() && s.sudp.is_empty() && s.atcp.is_empty() && s.audp.is_empty())
+        ["detect_stcp", "detect_sudp", "detect_atcp", "detect_audp"]
+            .iter()
+            .any(|set| s.sets.contains_key(set))
     }
 
     /// The rules `script` puts in `chain`, in order (a chain's rules may come in more than
@@ -514,13 +489,10 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!(
-            ranges(vec![5, 1, 2, 3, 9, 0, 2]),
-            vec![(1, 3), (5, 5), (9, 9)]
-        );
-        assert_eq!(ranges(vec![65534, 65535]), vec![(65534, 65535)]);
+        assert_eq!(ports([5, 1, 2, 3, 9, 0, 2].into_iter()), ["1-3", "5", "9"]);
+        assert_eq!(ports([65534, 65535].into_iter()), ["65534-65535"]);
         let ex: policy::PortSet = policy::PortSet::parse("113,139").unwrap();
-        assert_eq!(advanced(1024, &ex), vec![(1, 112), (114, 138), (140, 1023)]);
+        assert_eq!(advanced(1024, &ex), ["1-112", "114-138", "140-1023"]);
         assert!(advanced(1, &ex).is_empty());
     }
 
@@ -584,6 +556,15 @@ mod tests {
             assert!(s.contains(&format!("\tmap {map} {{ type ")), "{map}");
         }
         assert_eq!(SKELETON.matches(DETECTION_PART).count(), 1);
+        // A spec names only sets the skeleton flushes and refills, never a kept one.
+        let (_, full) = &golden_specs()[0];
+        assert_eq!(full.sets.len(), 9, "{full:?}");
+        for set in full.sets.keys() {
+            assert!(
+                SKELETON.contains(&format!("\nflush set inet @TABLE@ {set}\n")),
+                "{set}"
+            );
+        }
     }
 
     #[test]
@@ -606,7 +587,7 @@ mod tests {
             Some(64),
         );
         assert!(watches(&spec));
-        assert!(spec.sudp.is_empty() && spec.audp.is_empty());
+        assert!(!spec.sets.contains_key("detect_sudp") && !spec.sets.contains_key("detect_audp"));
         let s = detection_script("sentry", &spec).unwrap();
         assert!(s.contains("hook input priority -150"), "{s}");
         assert!(
