@@ -73,7 +73,7 @@ pub struct DetectSpec {
     /// (`detect_stcp`, `detect_sudp`, `detect_atcp`, `detect_audp`), the ignore list
     /// (`detect_ign4`/`6`), the IP protocols a probe may name (`detect_ipproto`) and what
     /// the first hit never blocks (`detect_never4`/`6`, [`kernel_never`]). A set not named
-    /// here is empty, and so are the rules that look it up.
+    /// here is empty, and the rules that look it up match nothing.
     pub sets: BTreeMap<&'static str, Vec<String>>,
     /// The kernel has the `socket` expression (CONFIG_NFT_SOCKET): advanced modes skip
     /// served ports in the kernel. Without it the sensor's own listener check does it.
