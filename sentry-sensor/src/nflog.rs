@@ -1,5 +1,5 @@
 //! The detection input: NFLOG messages from the socket the enforcer bound and handed over
-//! (see `sentry-enforcer/src/kernel/capture.rs` and `kernel/table.rs`). The enforcer's input-path chain
+//! (see `sentry-enforcer/src/kernel/capture.rs` and `kernel/table.nft`). The enforcer's input-path chain
 //! copies only what this host's stack accepts for itself (after defragmentation, routing,
 //! rp_filter and conntrack; never forwarded packets, never replies to our own flows), so
 //! this module only has to split netlink datagrams into packets — bounds-checked, since a

@@ -606,10 +606,11 @@ mod tests {
         }
         let r = std::thread::spawn(|| -> Result<(), String> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-            let script = format!(
-                "add table inet st\n{}",
-                sentry_enforcer::served::declare("st")
-            );
+            // The sets as the enforcer's table declares them.
+            let script = sentry_enforcer::table::detection_script(
+                "st",
+                &sentry_enforcer::table::DetectSpec::blocks_only(None),
+            )?;
             sentry_enforcer::table::nft(&script, Duration::from_secs(10))?;
             let list = || {
                 let o = std::process::Command::new("nft")

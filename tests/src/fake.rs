@@ -203,7 +203,8 @@ fn capture_for(target_ns: &str, config: &Path, h: &Hello) -> Option<OwnedFd> {
         None,
     );
     let script = config.with_extension("detect.nft");
-    std::fs::write(&script, detection_script(&cfg.nft_table, &spec)).expect("write script");
+    let text = detection_script(&cfg.nft_table, &spec).expect("detection script");
+    std::fs::write(&script, text).expect("write script");
     let mut c = std::process::Command::new("ip");
     c.args(["netns", "exec", target_ns, "nft", "-f"])
         .arg(&script);

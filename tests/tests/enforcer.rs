@@ -2155,7 +2155,7 @@ fn netlink_batches_child() {
         .unwrap();
     {
         use std::io::Write;
-        let script = sentry_enforcer::table::setup_script(table, 64);
+        let script = sentry_enforcer::table::setup_script(table, 64).unwrap();
         nft.stdin
             .take()
             .unwrap()

@@ -289,15 +289,15 @@ mod tests {
     #[test]
     fn the_chain_copies_to_the_spec_group() {
         let spec = crate::kernel::table::DetectSpec {
-            stcp: vec![(22, 22)],
+            sets: [("detect_stcp", vec!["22".to_string()])].into(),
             nflog_group: NFLOG_GROUP + 5,
-            ..Default::default()
+            ..crate::kernel::table::DetectSpec::blocks_only(None)
         };
-        let s = crate::kernel::table::detection_script("t", &spec);
+        let s = crate::kernel::table::detection_script("t", &spec).unwrap();
         let want = format!("group {} snaplen", NFLOG_GROUP + 5);
         assert_eq!(s.matches(&want).count(), 2, "{s}");
         assert_eq!(
-            crate::kernel::table::DetectSpec::default().nflog_group,
+            crate::kernel::table::DetectSpec::blocks_only(None).nflog_group,
             NFLOG_GROUP
         );
     }

@@ -37,21 +37,6 @@ pub const SET_V4: &str = "detect_served4";
 /// Port served on one IPv6 address (`ipv6_addr . inet_proto . inet_service`).
 pub const SET_V6: &str = "detect_served6";
 
-/// `add set` lines for the three sets in `table` (a no-op for those that exist): the
-/// detection chain's declaration, and the kernel round-trip tests' set-up.
-pub fn declare(table: &str) -> String {
-    [
-        (SET_ANY, ""),
-        (SET_V4, "ipv4_addr . "),
-        (SET_V6, "ipv6_addr . "),
-    ]
-    .iter()
-    .map(|(set, addr)| {
-        format!("add set inet {table} {set} {{ type {addr}inet_proto . inet_service; flags timeout; }}\n")
-    })
-    .collect()
-}
-
 /// One element write, from a [`Verb::Served`](sentry_privsep::Verb::Served) item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Elem {
@@ -202,7 +187,11 @@ mod tests {
         }
         let r = std::thread::spawn(|| -> Result<(), String> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-            let script = format!("add table inet st\n{}", declare("st"));
+            // The sets as the table declares them (with the rest of the detection objects).
+            let script = crate::kernel::table::detection_script(
+                "st",
+                &crate::kernel::table::DetectSpec::blocks_only(None),
+            )?;
             crate::kernel::table::nft(&script, Duration::from_secs(10))?;
             let list = || {
                 let o = std::process::Command::new("nft")

@@ -4,7 +4,7 @@
 //! scanner's veth end at fixed rates and then as fast as the veth carries them.
 //!
 //! Since issue #13 the sensor reads copies the detection chain makes (NFLOG), and the
-//! chain holds them to DETECT_RATE per second (sentry-enforcer/src/kernel/table.rs), counting the
+//! chain holds them to 20,000 per second (`detect_copy` in sentry-enforcer/src/kernel/table.nft), counting the
 //! rest on its limit rule. And with SCAN_TRIGGER=0 and BLOCK_TCP=1 the kernel would drop
 //! the one source after its first probe, so that the sensor saw one packet: the run is
 //! log-only (BLOCK_TCP/BLOCK_UDP="0"), so every probe keeps reaching the chain.

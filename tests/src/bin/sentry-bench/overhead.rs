@@ -138,9 +138,9 @@ fn current_script(n: u64) -> Result<String, String> {
         Some(cfg.block_prefix6),
     )
     .with_tripwire(Tripwire::from_config(&cfg, true), &[]);
-    let mut s = setup_script(TABLE, cfg.block_prefix6);
+    let mut s = setup_script(TABLE, cfg.block_prefix6)?;
     s.push_str(&elements_script(TABLE, &blocked(n), false));
-    s.push_str(&detection_script(TABLE, &spec));
+    s.push_str(&detection_script(TABLE, &spec)?);
     // The servers' ports, as the worker's poll of the listening sockets has the parent
     // write them (sentry_worker::served) on a host that runs these services.
     s.push_str(&format!(
