@@ -45,14 +45,21 @@ pub fn setup_script(table: &str, prefix6: u8) -> Result<String, String> {
 /// `add element` statements for `elems` (appended to [`setup_script`]): single addresses
 /// into `v4`/`v6`, or, with `nets`, IPv6 network addresses into `v6net`.
 pub fn elements_script(table: &str, elems: &[SetElem], nets: bool) -> String {
-    let item = |e: &&SetElem| match e.timeout {
-        Some(t) => format!("{} timeout {}ms", e.addr, t.as_millis().max(1)),
-        None => e.addr.to_string(),
-    };
-    let (v4, v6): (Vec<&SetElem>, Vec<&SetElem>) = elems.iter().partition(|e| e.addr.is_ipv4());
+    /// One element as nft writes it, formatted straight into the script.
+    struct Item<'a>(&'a SetElem);
+    impl Display for Item<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0.timeout {
+                Some(t) => write!(f, "{} timeout {}ms", self.0.addr, t.as_millis().max(1)),
+                None => write!(f, "{}", self.0.addr),
+            }
+        }
+    }
     let (mut out, v6set) = (String::new(), if nets { SET_V6NET } else { SET_V6 });
-    elements(&mut out, table, SET_V4, v4.iter().map(item));
-    elements(&mut out, table, v6set, v6.iter().map(item));
+    for (set, v4) in [(SET_V4, true), (v6set, false)] {
+        let mine = elems.iter().filter(|e| e.addr.is_ipv4() == v4);
+        elements(&mut out, table, set, mine.map(Item));
+    }
     out
 }
 
@@ -370,14 +377,31 @@ fn fill(text: &str, vars: &[(&str, String)]) -> Result<String, String> {
     }
 }
 
-/// `add element` lines for `items` of `set`, 1000 to a statement.
-fn elements(out: &mut String, table: &str, set: &str, items: impl IntoIterator<Item = String>) {
-    let items: Vec<String> = items.into_iter().collect();
-    for chunk in items.chunks(1000) {
-        out.push_str(&format!(
-            "add element inet {table} {set} {{ {} }}\n",
-            chunk.join(", ")
-        ));
+/// `add element` lines for `items` of `set`, 1000 to a statement, written straight into
+/// `out`: a restore's 100,000 blocks never exist as 100,000 separate strings.
+fn elements<D: Display>(
+    out: &mut String,
+    table: &str,
+    set: &str,
+    items: impl IntoIterator<Item = D>,
+) {
+    use std::fmt::Write as _;
+    let mut n = 0usize;
+    for i in items {
+        let sep = match n % 1000 {
+            0 if n > 0 => " }\nadd element inet ",
+            0 => "add element inet ",
+            _ => ", ",
+        };
+        out.push_str(sep);
+        if n % 1000 == 0 {
+            let _ = write!(out, "{table} {set} {{ ");
+        }
+        let _ = write!(out, "{i}");
+        n += 1;
+    }
+    if n > 0 {
+        out.push_str(" }\n");
     }
 }
 
@@ -851,6 +875,20 @@ mod tests {
         );
         assert_eq!(elements_script("t", &[], false), "");
         assert!(elements_script("t", &e[1..2], true).starts_with("add element inet t v6net {"));
+        // 1000 to a statement: 2,001 addresses are three statements, each closed.
+        let many: Vec<SetElem> = (0..2001u32)
+            .map(|i| SetElem {
+                addr: std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
+                timeout: None,
+            })
+            .collect();
+        let s = elements_script("t", &many, false);
+        assert_eq!(s.lines().count(), 3, "{}", &s[..200]);
+        assert!(s
+            .lines()
+            .all(|l| l.starts_with("add element inet t v4 { ") && l.ends_with(" }")));
+        assert_eq!(s.matches(", ").count(), 2001 - 3);
+        assert!(s.ends_with("add element inet t v4 { 10.0.7.208 }\n"));
     }
 
     #[test]
