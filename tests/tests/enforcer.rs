@@ -1807,12 +1807,21 @@ fn unblock_and_expiry_take_back_only_sentrys_hosts_deny_lines() {
     // The banned host scans once (spoofed or not): blocked by sentry too.
     assert_eq!(s.block("192.0.2.150", Protocol::Tcp, 22), Decision::Blocked);
     assert_eq!(s.block("192.0.2.151", Protocol::Tcp, 22), Decision::Blocked);
-    let text = env.hosts_deny_text();
+    // The decision answers once the element is in; the deny lines follow.
+    let text = wait_until(
+        Duration::from_secs(5),
+        "sentry's hosts.deny lines for both blocks",
+        || {
+            let t = env.hosts_deny_text();
+            (t.contains("\n# sentry: 192.0.2.150 ") && t.contains("\n# sentry: 192.0.2.151 "))
+                .then_some(t)
+        },
+        || env.enforcer_log(),
+    );
     assert!(
         text.starts_with(std::str::from_utf8(&admin).unwrap()),
         "{text:?}"
     );
-    assert!(text.contains("\n# sentry: 192.0.2.150 "), "{text:?}");
     // Unblocking removes sentry's copy only.
     assert!(env.sentryctl(&["unblock", "192.0.2.150"]).success());
     assert!(env
@@ -1831,11 +1840,12 @@ fn unblock_and_expiry_take_back_only_sentrys_hosts_deny_lines() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        std::fs::read(&env.hosts_deny).unwrap(),
-        admin,
-        "{}",
-        env.enforcer_log()
+    // The expiry is audited when decided; its deny-line removal may follow.
+    wait_until(
+        Duration::from_secs(5),
+        "the deny file exactly as the admin wrote it",
+        || (std::fs::read(&env.hosts_deny).ok()? == admin).then_some(()),
+        || format!("{:?}\n{}", env.hosts_deny_text(), env.enforcer_log()),
     );
     env.stop_enforcer().expect("enforcer was running");
 
