@@ -584,4 +584,14 @@ impl Config {
     pub fn uses_hosts_deny(&self) -> bool {
         self.kill_hosts_deny.is_some()
     }
+
+    /// The files the enforcer's worker writes, by key (`None`: not configured): they and
+    /// their directories must be the worker's before the enforcer starts.
+    pub fn worker_files(&self) -> [(&'static str, Option<&Path>); 3] {
+        [
+            ("AUDIT_LOG", Some(self.audit_log.as_path())),
+            ("HISTORY_FILE", self.history_file.as_deref()),
+            ("BLOCKED_FILE", self.blocked_file.as_deref()),
+        ]
+    }
 }

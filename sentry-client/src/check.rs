@@ -104,12 +104,7 @@ pub fn dir_mode(key: &str) -> u32 {
 /// test harness uses this list to do as they do.
 pub fn created_dirs(cfg: &Config) -> Vec<(PathBuf, u32)> {
     let mut v: Vec<(PathBuf, u32)> = Vec::new();
-    let files = [
-        ("AUDIT_LOG", Some(cfg.audit_log.as_path())),
-        ("HISTORY_FILE", cfg.history_file.as_deref()),
-        ("BLOCKED_FILE", cfg.blocked_file.as_deref()),
-    ];
-    for (key, f) in files {
+    for (key, f) in cfg.worker_files() {
         if let Some(d) = f
             .and_then(Path::parent)
             .filter(|d| !d.as_os_str().is_empty())

@@ -412,12 +412,9 @@ impl Sentry {
             }
         }
         let Some(cfg) = cfg else { return };
-        let files = [
-            (Some(&cfg.audit_log), 0o640),
-            (cfg.history_file.as_ref(), 0o600),
-            (cfg.blocked_file.as_ref(), 0o600),
-        ];
-        for (f, mode) in files.into_iter().filter_map(|(f, m)| Some((f?, m))) {
+        for (key, f) in cfg.worker_files() {
+            let Some(f) = f else { continue };
+            let mode = if key == "AUDIT_LOG" { 0o640 } else { 0o600 };
             // A test may put something else there on purpose: only regular files.
             let opened = fs::OpenOptions::new()
                 .append(true)

@@ -386,21 +386,12 @@ fn elements<D: Display>(
     items: impl IntoIterator<Item = D>,
 ) {
     use std::fmt::Write as _;
-    let mut n = 0usize;
-    for i in items {
-        let sep = match n % 1000 {
-            0 if n > 0 => " }\nadd element inet ",
-            0 => "add element inet ",
-            _ => ", ",
-        };
-        out.push_str(sep);
-        if n % 1000 == 0 {
-            let _ = write!(out, "{table} {set} {{ ");
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let _ = write!(out, "add element inet {table} {set} {{ ");
+        for (k, i) in items.by_ref().take(1000).enumerate() {
+            let _ = write!(out, "{}{i}", if k > 0 { ", " } else { "" });
         }
-        let _ = write!(out, "{i}");
-        n += 1;
-    }
-    if n > 0 {
         out.push_str(" }\n");
     }
 }

@@ -104,11 +104,7 @@ pub fn worker_files(
 ) -> Result<(), String> {
     use std::io::ErrorKind;
     let mut bad = Vec::new();
-    let files = [
-        Some(&cfg.audit_log),
-        cfg.history_file.as_ref(),
-        cfg.blocked_file.as_ref(),
-    ];
+    let files = cfg.worker_files().map(|(_, f)| f);
     let mut dirs = vec![state];
     for d in files.iter().flatten().filter_map(|f| f.parent()) {
         if !d.as_os_str().is_empty() && !dirs.contains(&d) {
