@@ -81,7 +81,12 @@ fn parse_entry(s: &str) -> Result<Net, String> {
     }
 }
 
-fn merge<T: Ord + Copy>(mut ranges: Vec<(T, T)>, next: impl Fn(T) -> Option<T>) -> Vec<(T, T)> {
+/// `ranges` sorted, the overlapping and adjacent ones merged (`next`: a value's successor,
+/// `None` for the type's largest). Shared with the enforcer's interval sets.
+pub fn merge_ranges<T: Ord + Copy>(
+    mut ranges: Vec<(T, T)>,
+    next: impl Fn(T) -> Option<T>,
+) -> Vec<(T, T)> {
     ranges.sort_unstable();
     let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
     for (lo, hi) in ranges {
@@ -137,8 +142,8 @@ impl IgnoreList {
         Ok(Self {
             // Entries read, before merging.
             entries: v4.len() + v6.len(),
-            v4: merge(v4, |x: u32| x.checked_add(1)),
-            v6: merge(v6, |x: u128| x.checked_add(1)),
+            v4: merge_ranges(v4, |x: u32| x.checked_add(1)),
+            v6: merge_ranges(v6, |x: u128| x.checked_add(1)),
         })
     }
 

@@ -22,7 +22,7 @@ pub use config::{
     PORTSENTRY_CONFIG_PATH,
 };
 pub use error::{ConfigError, ConfigErrors};
-pub use ignore::IgnoreList;
+pub use ignore::{merge_ranges, IgnoreList};
 pub use neverblock::{InfraReason, NeverBlock, NeverBlockReason};
 pub use ports::PortSet;
 pub use template::{CommandTemplate, LineTemplate, TemplateError, Token, Vars};

@@ -172,18 +172,15 @@ pub fn kernel_never(extra: &[std::net::IpAddr]) -> (Vec<String>, Vec<String>) {
         }
     }
     (
-        items(v4, u32::MAX, Ipv4Addr::from),
-        items(v6, u128::MAX, Ipv6Addr::from),
+        items(v4, |x: u32| x.checked_add(1), Ipv4Addr::from),
+        items(v6, |x: u128| x.checked_add(1), Ipv6Addr::from),
     )
 }
 
 /// The interval items of `ports` (port 0 is none).
 fn ports(ports: impl Iterator<Item = u16>) -> Vec<String> {
-    items(
-        ports.filter(|&p| p != 0).map(|p| (p, p)).collect(),
-        u16::MAX,
-        |p| p,
-    )
+    let ports = ports.filter(|&p| p != 0).map(|p| (p, p)).collect();
+    items(ports, |p: u16| p.checked_add(1), |p| p)
 }
 
 /// An advanced mode's ports: those below `limit`, but for `exclude`.
@@ -191,23 +188,15 @@ fn advanced(limit: u16, exclude: &policy::PortSet) -> Vec<String> {
     ports((1..limit).filter(|p| !exclude.contains(*p)))
 }
 
-/// `v`'s intervals sorted, the overlapping and adjacent ones merged, as the items an
-/// interval set needs (`max`: the type's largest value, which has no successor; `show`:
-/// what is written of a value).
-fn items<T, D>(mut v: Vec<(T, T)>, max: T, show: impl Fn(T) -> D) -> Vec<String>
-where
-    T: Copy + Ord + std::ops::Add<Output = T> + From<u8>,
-    D: PartialEq + Display,
-{
-    v.sort();
-    let mut out: Vec<(T, T)> = Vec::new();
-    for (lo, hi) in v {
-        match out.last_mut() {
-            Some((_, h)) if *h == max || lo <= *h + T::from(1) => *h = (*h).max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out.into_iter()
+/// `v`'s intervals merged ([`policy::merge_ranges`]; `next`: a value's successor), as the
+/// items an interval set needs (`show`: what is written of a value).
+fn items<T: Ord + Copy, D: PartialEq + Display>(
+    v: Vec<(T, T)>,
+    next: impl Fn(T) -> Option<T>,
+    show: impl Fn(T) -> D,
+) -> Vec<String> {
+    policy::merge_ranges(v, next)
+        .into_iter()
         .map(|(a, b)| item(show(a), show(b)))
         .collect()
 }
@@ -409,7 +398,11 @@ fn item<T: PartialEq + Display>(lo: T, hi: T) -> String {
 /// stack, tunnels and routing daemons use, and TCP/UDP/SCTP), as interval items.
 fn probe_protocols() -> Vec<String> {
     let probes = (0..=u8::MAX).filter(|p| !NOT_PROBE_PROTOCOLS.contains(p));
-    items(probes.map(|p| (p, p)).collect(), u8::MAX, |p| p)
+    items(
+        probes.map(|p| (p, p)).collect(),
+        |p: u8| p.checked_add(1),
+        |p| p,
+    )
 }
 
 /// `nft -f -` with `script` on its stdin, killed after `timeout`.
