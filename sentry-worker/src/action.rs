@@ -157,13 +157,6 @@ pub fn record_effect(rec: &mut BlockRecord, action: &Action, ok: bool) {
     }
 }
 
-/// Whether the configured actions need CAP_NET_RAW: KILL_ROUTE / KILL_RUN_CMD may run
-/// legacy iptables(8), which opens a raw socket. (CAP_NET_ADMIN, for the nftables sets,
-/// blackhole routes, firewall commands and the detection chain, is always kept.)
-pub fn needs_net_raw(cfg: &Config) -> bool {
-    cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some()
-}
-
 /// The backends the parent has open (its Hello), and the channel to it.
 #[derive(Debug, Clone)]
 pub struct Executor {

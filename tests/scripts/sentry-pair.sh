@@ -2,7 +2,8 @@
 # Start, stop or inspect the installed sentry pair on a machine WITHOUT systemd as
 # PID 1 (containers, minimal VMs). With systemd, use the units instead (make run
 # does). Privilege separation matches the units:
-#   enforcer: the root parent, capability bounding set CAP_NET_ADMIN+CAP_NET_RAW
+#   enforcer: the root parent, capability bounding set CAP_NET_ADMIN
+#             (+CAP_NET_RAW with SENTRY_NET_RAW=1, for a legacy iptables KILL_ROUTE)
 #             +CAP_SYS_PTRACE (the sensor's executable check) +CAP_SETUID+CAP_SETGID
 #             (it starts and restarts its worker as `sentry-worker`, and signals it from
 #             a child with the worker's uid: no CAP_KILL), no CAP_CHOWN (it creates and
@@ -81,7 +82,9 @@ start() {
     if alive "$RUN/enforcer.pid"; then
         echo "enforcer already running (pid $(cat "$RUN/enforcer.pid"))"
     else
-        setsid setpriv --bounding-set -all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid \
+        bound=-all,+net_admin,+sys_ptrace,+setuid,+setgid
+        [ "${SENTRY_NET_RAW:-0}" = 1 ] && bound="$bound,+net_raw"
+        setsid setpriv --bounding-set "$bound" \
             --groups "$gid" --no-new-privs \
             "$SBIN/sentry-enforcer" --config "$CONF" --runtime-dir "$RUN" --state-dir "$STATE" \
             --sensor-user "$USER_" --log-stderr </dev/null >>"$PAIRLOG/enforcer.log" 2>&1 &

@@ -459,8 +459,8 @@ impl Sentry {
     /// `ip netns exec <target> [strace] setpriv ... sentry-enforcer`, confined as the
     /// unit confines it.
     fn confined_enforcer(&self) -> Command {
-        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN +
-        // CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
+        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN,
+        // no CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
         // member of that group, SupplementaryGroups=sentry).
         // With CONTROL_GROUP, control.sock goes to that group too: the documented drop-in
         // adds it to SupplementaryGroups=, and so do we.
@@ -481,7 +481,7 @@ impl Sentry {
         // script: the worker's files are its own before the start.
         c.args([
             "--bounding-set",
-            "-all,+net_admin,+net_raw,+sys_ptrace,+setuid,+setgid",
+            "-all,+net_admin,+sys_ptrace,+setuid,+setgid",
             "--groups",
         ])
         .arg(groups)

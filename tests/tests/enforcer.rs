@@ -1094,17 +1094,43 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
     }
     const NET_ADMIN: u64 = 1 << 12;
     const NET_RAW: u64 = 1 << 13;
-    for (keys, want) in [
-        (vec![], NET_ADMIN),
+    const RAW_WARNING: &str = "CAP_NET_RAW is needed by the configured actions but not held";
+    let true_route = ("KILL_ROUTE", "/bin/true $TARGET$");
+    let legacy = (
+        "KILL_RUN_CMD",
+        "/usr/sbin/iptables-legacy -w -C INPUT -s $TARGET$ -j DROP",
+    );
+    // (keys, started under the unit's bounding set, the helper's capabilities, warned)
+    for (keys, confined, want, warns) in [
+        (vec![], false, NET_ADMIN, false),
         // CAP_NET_ADMIN whatever the actions: the detection chain and the NFLOG binding
         // for the sensor need it (issue #13).
-        (vec![("FIREWALL", "none")], NET_ADMIN),
+        (vec![("FIREWALL", "none")], false, NET_ADMIN, false),
+        // CAP_NET_RAW, when held, goes to the commands (a site script may run a legacy
+        // iptables)...
         (
-            vec![("FIREWALL", "none"), ("KILL_ROUTE", "/bin/true $TARGET$")],
+            vec![("FIREWALL", "none"), true_route],
+            false,
             NET_ADMIN | NET_RAW,
+            false,
         ),
+        // ...and the unit leaves it out: a command not known to need it goes without,
+        // silently...
+        (
+            vec![("FIREWALL", "none"), true_route],
+            true,
+            NET_ADMIN,
+            false,
+        ),
+        // ...and a legacy iptables, which opens a raw socket, gets it said at start.
+        (vec![legacy], true, NET_ADMIN, true),
     ] {
-        let mut env = rig("capabilities_are_reduced_to_what_the_actions_need", &keys);
+        let mut settings = Settings::enforcer(&keys);
+        settings.confined = confined;
+        let mut env = Sentry::prepare(
+            "capabilities_are_reduced_to_what_the_actions_need",
+            settings,
+        );
         // A descriptor without close-on-exec, inherited by the enforcer we start: it must
         // close it first thing.
         let marker = std::fs::File::create(env.path("leak-marker")).unwrap();
@@ -1118,8 +1144,7 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
         // Issue #22: the root parent keeps what its verbs and the worker's restarts need,
         // whatever the actions (not CAP_KILL: it signals its worker from a child with the
         // worker's uid; not CAP_CHOWN: it gives no file away); the command helper keeps what the
-        // actions need (CAP_NET_RAW only with KILL_ROUTE / KILL_RUN_CMD); the worker holds
-        // nothing.
+        // actions need and the bounding set allows; the worker holds nothing.
         const PTRACE_SETUID_SETGID: u64 = (1 << 19) | (1 << 7) | (1 << 6);
         let parent = env.parent_pid();
         let worker = env.enforcer_pid();
@@ -1169,6 +1194,13 @@ fn capabilities_are_reduced_to_what_the_actions_need() {
             s.block("192.0.2.80", Protocol::Tcp, 22),
             Decision::Blocked,
             "{}",
+            env.enforcer_log()
+        );
+        // Said by the command helper as it starts, long before the block's answer.
+        assert_eq!(
+            env.enforcer_log().contains(RAW_WARNING),
+            warns,
+            "{keys:?}: {}",
             env.enforcer_log()
         );
     }

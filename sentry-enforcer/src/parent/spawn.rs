@@ -191,10 +191,25 @@ pub struct Helper {
     pub chan: Channel,
 }
 
+/// Whether a KILL_* program opens a raw IP socket, so needs CAP_NET_RAW: legacy iptables
+/// (`xtables-legacy-multi` under any of its names) and the older ipchains and ipfwadm.
+/// iptables-nft, ip(8) and route(8) talk netlink or an ioctl and need only CAP_NET_ADMIN,
+/// which is why the shipped unit leaves CAP_NET_RAW out. Links are followed
+/// (/usr/sbin/iptables → /etc/alternatives/iptables → xtables-legacy-multi).
+fn raw_socket(program: &str) -> bool {
+    let path = std::path::Path::new(program);
+    let named = |p: &std::path::Path| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.contains("legacy") || n.starts_with("ipchains") || n.starts_with("ipfwadm")
+        })
+    };
+    named(path) || std::fs::canonicalize(path).is_ok_and(|real| named(&real))
+}
+
 /// Fork the command helper: it keeps descriptor 3 (its channel) and stdio, CAP_NET_ADMIN
-/// and, when KILL_ROUTE or KILL_RUN_CMD is set (a legacy iptables opens a raw socket),
-/// CAP_NET_RAW (also as ambient capabilities, for the commands), and serves until the
-/// parent's end closes.
+/// and, for KILL_ROUTE or KILL_RUN_CMD, CAP_NET_RAW (also as ambient capabilities, for the
+/// commands) when it is held or a command is known to need it ([`raw_socket`]: then it is
+/// asked for when missing), and serves until the parent's end closes.
 pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
     let (chan, child) = Channel::pair()?;
     let Some(pid) = sys::fork()? else {
@@ -221,13 +236,26 @@ pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
             .map_err(|e| e.to_string())?;
             sys::place_fds(&[child.fd().as_raw_fd()]).map_err(|e| e.to_string())?;
             let mut keep = vec![caps::Capability::CAP_NET_ADMIN];
-            if cfg.kill_route.is_some() || cfg.kill_run_cmd.is_some() {
+            let commands = [&cfg.kill_route, &cfg.kill_run_cmd];
+            let legacy = commands
+                .iter()
+                .copied()
+                .flatten()
+                .any(|t| raw_socket(t.program()));
+            let held = caps::has_cap(None, caps::CapSet::Permitted, caps::Capability::CAP_NET_RAW)
+                .unwrap_or(false);
+            if legacy || (held && commands.iter().any(|t| t.is_some())) {
                 keep.push(caps::Capability::CAP_NET_RAW);
             }
             for w in super::confine::keep_only(&keep, &keep)? {
                 // Said once, at start: a configured KILL_* command will fail without it.
                 let w = w.replace(" is needed", " is needed by the configured actions");
-                eprintln!("sentry-enforcer: adminalert: confinement: {w}");
+                eprintln!(
+                    "sentry-enforcer: adminalert: confinement: {w} (a legacy iptables opens a \
+                     raw socket; to add it: systemctl edit sentry-enforcer, [Service] \
+                     CapabilityBoundingSet=CAP_NET_RAW; without systemd: SENTRY_NET_RAW=1 \
+                     sentry-pair.sh start)"
+                );
             }
             let ch = Channel::from_inherited(3).map_err(|e| e.to_string())?;
             super::helper::serve(&ch, cfg);
@@ -240,4 +268,27 @@ pub fn helper(cfg: &policy::Config) -> std::io::Result<Helper> {
         std::process::exit(0);
     };
     Ok(Helper { pid, chan })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_socket;
+
+    #[test]
+    fn raw_socket_programs_by_name_and_through_links() {
+        assert!(raw_socket("/usr/sbin/iptables-legacy"));
+        assert!(raw_socket("/sbin/ipchains"));
+        assert!(!raw_socket("/sbin/route"));
+        assert!(!raw_socket("/sbin/ip"));
+        let dir = tempfile::tempdir().unwrap();
+        let link = |name: &str, to: &str| {
+            let real = dir.path().join(to);
+            std::fs::write(&real, b"").unwrap();
+            let l = dir.path().join(name);
+            std::os::unix::fs::symlink(&real, &l).unwrap();
+            l.to_str().unwrap().to_owned()
+        };
+        assert!(raw_socket(&link("iptables", "xtables-legacy-multi")));
+        assert!(!raw_socket(&link("ip6tables", "xtables-nft-multi")));
+    }
 }
