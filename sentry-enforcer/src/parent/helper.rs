@@ -1,10 +1,10 @@
 //! The command helper: a root child forked before the parent confines itself, so the
 //! KILL_ROUTE / KILL_RUN_CMD commands (iptables, ip, a site script) run outside the
-//! parent's seccomp filter, with CAP_NET_ADMIN (and CAP_NET_RAW when held or a legacy iptables needs it:
-//! `spawn::helper`). It takes only the two
-//! kill verbs, from the parent alone (its end of a private socket pair), renders the argv
-//! from its own copy of the configuration's templates, runs it without a shell
-//! ([`crate::effects::exec`]) and answers once. It exits when the parent's end closes.
+//! parent's seccomp filter, with CAP_NET_ADMIN (and CAP_NET_RAW when held or a legacy
+//! iptables needs it: `spawn::helper`). It takes only the two kill verbs, from the parent
+//! alone (its end of a private socket pair), renders the argv from its own copy of the
+//! configuration's templates, runs it without a shell ([`crate::effects::exec`]) and
+//! answers once. It exits when the parent's end closes.
 
 use policy::{CommandTemplate, Config, Vars};
 use sentry_privsep::{full_prefix, Channel, Outcome, Reply, Request, Verb};
