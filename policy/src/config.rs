@@ -121,7 +121,8 @@ pub struct Config {
     /// ANSWER_PROBES: let the stack answer probes of watched ports where nothing is
     /// served (a RST, an ICMP port unreachable), as PortSentry did. Off (default): the
     /// detection chain drops them, so a scanner learns nothing from a port sentry
-    /// watches, whatever its block budget allows.
+    /// watches, whatever its block budget allows; and FIN, NULL and XMAS probes of the
+    /// ports it does not watch, which no TCP exchange sends.
     pub answer_probes: bool,
     /// RESTART_GRACE: a port a service served within this long is still treated as
     /// served, by the kernel's first hit and by the sensor alike, so a client that

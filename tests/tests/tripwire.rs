@@ -265,3 +265,56 @@ fn a_flag_probe_is_dropped_and_left_to_the_sensor() {
         s.diag()
     );
 }
+
+/// A flag probe (FIN, NULL, XMAS) of a port no mode watches (ADVANCED_EXCLUDE_TCP's 113
+/// and 139) is dropped, not answered: its RST would tell `nmap -sF/-sN/-sX` the host is
+/// there before a watched port gets the scanner blocked. It is no evidence either. A SYN
+/// there still gets its RST at once (an ident lookup must not wait), and ANSWER_PROBES=1
+/// lets the stack answer the flag probe too, as PortSentry did.
+#[test]
+fn flag_probes_of_unwatched_ports_are_not_answered() {
+    let test = "flag_probes_of_unwatched_ports_are_not_answered";
+    if !ready(test) {
+        return;
+    }
+    let target = TARGET_V4.to_string();
+    let probe = |s: &Sentry, port: &str, flags: &[&str]| {
+        let mut args = vec!["-c", "1", "-p", port];
+        args.extend_from_slice(flags);
+        args.push(&target);
+        s.hping(&args);
+    };
+    {
+        let s = Sentry::start(test, Settings::new(&["atcp", "stcp"]));
+        count_answers(&s);
+        probe(&s, "113", &["-F"]);
+        probe(&s, "113", &[]);
+        probe(&s, "139", &["-F", "-P", "-U"]);
+        assert_eq!(answers(&s), 0, "flag probes answered\n{}", s.diag());
+        assert!(!s.nft_has(SCANNER), "{}", s.diag());
+        assert!(
+            s.audit().iter().all(|r| r.source != Some(SCANNER)),
+            "an unwatched port's probe counted\n{}",
+            s.diag()
+        );
+        probe(&s, "113", &["-S"]);
+        wait_until(
+            WAIT,
+            "the SYN to 113 to get its RST",
+            || (answers(&s) == 1).then_some(()),
+            || s.diag(),
+        );
+        assert!(!s.nft_has(SCANNER), "{}", s.diag());
+    }
+    let mut settings = Settings::new(&["atcp", "stcp"]);
+    settings.keys.insert("ANSWER_PROBES".into(), "1".into());
+    let s = Sentry::start(test, settings);
+    count_answers(&s);
+    probe(&s, "113", &["-F"]);
+    wait_until(
+        WAIT,
+        "ANSWER_PROBES=1: the FIN to 113 to get its RST",
+        || (answers(&s) == 1).then_some(()),
+        || s.diag(),
+    );
+}
