@@ -595,4 +595,19 @@ impl Config {
             ("BLOCKED_FILE", self.blocked_file.as_deref()),
         ]
     }
+
+    /// The directories of [`Config::worker_files`], each once, with the first key whose
+    /// file is in it.
+    pub fn worker_dirs(&self) -> Vec<(&'static str, &Path)> {
+        let mut v: Vec<(&'static str, &Path)> = Vec::new();
+        for (key, f) in self.worker_files() {
+            let dir = f
+                .and_then(Path::parent)
+                .filter(|d| !d.as_os_str().is_empty());
+            if let Some(d) = dir.filter(|d| !v.iter().any(|(_, x)| x == d)) {
+                v.push((key, d));
+            }
+        }
+        v
+    }
 }

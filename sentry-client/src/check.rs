@@ -103,18 +103,9 @@ pub fn dir_mode(key: &str) -> u32 {
 /// value). The enforcer creates none of them (issue #22): the installers do, and the
 /// test harness uses this list to do as they do.
 pub fn created_dirs(cfg: &Config) -> Vec<(PathBuf, u32)> {
-    let mut v: Vec<(PathBuf, u32)> = Vec::new();
-    for (key, f) in cfg.worker_files() {
-        if let Some(d) = f
-            .and_then(Path::parent)
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            if !v.iter().any(|(x, _)| x == d) {
-                v.push((d.to_path_buf(), dir_mode(key)));
-            }
-        }
-    }
-    v
+    let dirs = cfg.worker_dirs().into_iter();
+    dirs.map(|(key, d)| (d.to_path_buf(), dir_mode(key)))
+        .collect()
 }
 
 /// Whether a missing directory `dir` may safely be made for the worker: its nearest

@@ -104,10 +104,9 @@ pub fn worker_files(
 ) -> Result<(), String> {
     use std::io::ErrorKind;
     let mut bad = Vec::new();
-    let files = cfg.worker_files().map(|(_, f)| f);
     let mut dirs = vec![state];
-    for d in files.iter().flatten().filter_map(|f| f.parent()) {
-        if !d.as_os_str().is_empty() && !dirs.contains(&d) {
+    for (_, d) in cfg.worker_dirs() {
+        if !dirs.contains(&d) {
             dirs.push(d);
         }
     }
@@ -126,7 +125,8 @@ pub fn worker_files(
             Err(e) => bad.push(format!("{}: {e}", d.display())),
         }
     }
-    for f in files.into_iter().flatten() {
+    for (_, f) in cfg.worker_files() {
+        let Some(f) = f else { continue };
         match std::fs::symlink_metadata(f) {
             Ok(md) if md.is_file() && md.uid() == uid.as_raw() => {}
             Ok(md) if !md.is_file() => bad.push(format!("{} is not a regular file", f.display())),
