@@ -459,9 +459,10 @@ impl Sentry {
     /// `ip netns exec <target> [strace] setpriv ... sentry-enforcer`, confined as the
     /// unit confines it.
     fn confined_enforcer(&self) -> Command {
-        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN,
-        // no CAP_NET_RAW (no CAP_CHOWN: it may give enforcer.sock to the sensor's group as a
-        // member of that group, SupplementaryGroups=sentry).
+        // Confined as the systemd unit confines it: capability bounding set CAP_NET_ADMIN
+        // and what is named below; no CAP_NET_RAW (route, ip and iptables-nft need none),
+        // no CAP_CHOWN (it gives enforcer.sock to the sensor's group as a member of that
+        // group, SupplementaryGroups=sentry).
         // With CONTROL_GROUP, control.sock goes to that group too: the documented drop-in
         // adds it to SupplementaryGroups=, and so do we.
         let mut groups = self.sensor_gid.to_string();
